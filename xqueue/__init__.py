@@ -1,0 +1,53 @@
+"""xqueue: run large numbers of jobs from async Python, on whatever compute you have.
+
+Only public names live here; backends are imported when chosen, never at import time.
+"""
+
+from .errors import (
+    ConfigError,
+    Interrupted,
+    InvalidTransitionError,
+    JobFailedError,
+    PluginError,
+    QueueStateError,
+    SchedulerError,
+    SchedulerOptionError,
+    SubmissionError,
+    UnknownSchedulerError,
+    WorkdirError,
+    XqueueError,
+)
+from .hooks import hookimpl
+from .job import Job
+from .options import SchedulerOptions
+from .queue import QueueStatistics, Xqueue
+from .resources import Resources
+from .scheduler import JobState, Scheduler, SchedulerStats
+from .states import JobStatus
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "Interrupted",
+    "InvalidTransitionError",
+    "Job",
+    "JobFailedError",
+    "JobState",
+    "JobStatus",
+    "PluginError",
+    "QueueStateError",
+    "QueueStatistics",
+    "Resources",
+    "Scheduler",
+    "SchedulerError",
+    "SchedulerOptionError",
+    "SchedulerOptions",
+    "SchedulerStats",
+    "SubmissionError",
+    "UnknownSchedulerError",
+    "WorkdirError",
+    "Xqueue",
+    "XqueueError",
+    "hookimpl",
+]

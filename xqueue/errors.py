@@ -1,0 +1,108 @@
+"""Every exception xqueue raises, so callers can catch one base class.
+
+Hierarchy::
+
+    XqueueError
+    ├── ConfigError (also ValueError)      an argument or option is invalid
+    │   ├── UnknownSchedulerError (also LookupError)
+    │   ├── SchedulerOptionError           a scheduler does not accept an option
+    │   └── WorkdirError                   the workdir cannot be created or written
+    ├── QueueStateError (also RuntimeError) a method called in the wrong lifecycle state
+    ├── InvalidTransitionError             a job was moved between states illegally
+    ├── JobFailedError                     a job failed under error_strategy="halt"
+    ├── Interrupted                        a run was stopped by SIGTERM or SIGHUP
+    ├── SchedulerError                     a backend misbehaved (command failed, unreachable)
+    │   └── SubmissionError                a backend refused a submission
+    └── PluginError                        a hook implementation raised
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .job import Job
+    from .states import JobStatus
+
+
+class XqueueError(Exception):
+    """Base class of every error raised by xqueue itself."""
+
+
+class ConfigError(XqueueError, ValueError):
+    """Raised when an argument to xqueue is invalid, before any job runs."""
+
+
+class UnknownSchedulerError(ConfigError, LookupError):
+    """Raised when a scheduler name is not registered; the message lists the names that are."""
+
+    def __init__(self, name: str, available: list[str]) -> None:
+        self.name = name
+        self.available = sorted(available)
+        names = ", ".join(self.available) or "none (is xqueue installed, not just on sys.path?)"
+        super().__init__(f"unknown scheduler {name!r}; available schedulers: {names}")
+
+
+class SchedulerOptionError(ConfigError):
+    """Raised when scheduler_opts holds a key or value the chosen scheduler cannot use."""
+
+
+class WorkdirError(ConfigError):
+    """Raised when the workdir cannot be created or written to."""
+
+
+class QueueStateError(XqueueError, RuntimeError):
+    """Raised when a queue method is called in a lifecycle state that does not allow it."""
+
+
+class InvalidTransitionError(XqueueError):
+    """Raised when code tries to move a job between two states the state table forbids."""
+
+    def __init__(self, job: Job, old: JobStatus, new: JobStatus) -> None:
+        self.job = job
+        super().__init__(f"job {job.index} ({job.name}): illegal transition {old.name} -> {new.name}")
+
+
+class JobFailedError(XqueueError):
+    """Raised by a run under error_strategy="halt" when a job fails for good.
+
+    It names the job, its return code, the reason and where its stderr is, so the
+    user can act without digging through the workdir.
+    """
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        rc = "no return code" if job.rc is None else f"return code {job.rc}"
+        reason = f": {job.reason}" if job.reason else ""
+        super().__init__(
+            f"job {job.index} ({job.name}) failed with {rc}{reason}; stderr: {job.stderr_path}"
+        )
+
+
+class Interrupted(XqueueError):
+    """Raised by a run stopped by SIGTERM or SIGHUP, after its running jobs were killed."""
+
+
+class SchedulerError(XqueueError):
+    """Raised or recorded when a scheduler backend fails (a command errors, a host is down)."""
+
+
+class SubmissionError(SchedulerError):
+    """Recorded on a job when its scheduler refused or failed the submission.
+
+    ``retryable`` is False when trying again cannot help (the command does not exist),
+    so error_strategy="retry" does not waste attempts on it.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        self.retryable = retryable
+        super().__init__(message)
+
+
+class PluginError(XqueueError):
+    """Raised when a hook implementation raises; names the plugin and the hook."""
+
+    def __init__(self, plugin: str, hook: str, cause: BaseException) -> None:
+        self.plugin = plugin
+        self.hook = hook
+        super().__init__(f"plugin {plugin!r} raised in hook {hook}: {cause!r}")

@@ -1,0 +1,112 @@
+"""Plugin loading and hook calling, on top of pluggy.
+
+Each queue has its own plugin manager, so two queues in one process never share plugin
+state. pluggy itself is synchronous, so hooks are not called through ``pm.hook``: the
+implementations are walked here in pluggy's order (last registered first), each is
+given only the arguments it names, and results that are awaitable are awaited.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import ConfigError, PluginError
+
+hookimpl = pluggy.HookimplMarker("xqueue")
+
+ENTRY_POINT_GROUP = "xqueue.plugins"
+DISABLE_AUTOLOAD_ENV = "XQUEUE_DISABLE_PLUGIN_AUTOLOAD"
+
+_Impl = tuple[str, Callable[..., Any], tuple[str, ...]]
+
+
+def _entry_points() -> dict[str, Any]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+class Hooks:
+    """The plugins of one queue and a fast, async-aware way to call them."""
+
+    def __init__(self, plugins: Iterable[Any] | None = None, *, autoload: bool | None = None) -> None:
+        self.pm = pluggy.PluginManager("xqueue")
+        self.pm.add_hookspecs(hookspecs)
+        plugins = list(plugins or [])
+        blocked = {p[1:] for p in plugins if isinstance(p, str) and p.startswith("-")}
+        wanted = [p for p in plugins if not (isinstance(p, str) and p.startswith("-"))]
+        if autoload is None:
+            autoload = not os.environ.get(DISABLE_AUTOLOAD_ENV)
+        named = [p for p in wanted if isinstance(p, str)]
+        eps = _entry_points() if (autoload or named) else {}
+        for name in named:
+            if name not in eps:
+                raise ConfigError(
+                    f"unknown plugin {name!r}; installed plugins: {', '.join(sorted(eps)) or 'none'}"
+                )
+        if autoload:
+            for name, ep in eps.items():
+                if name not in blocked and name not in named:
+                    self._register(ep.load(), name)
+        for name in named:
+            if name not in blocked:
+                self._register(eps[name].load(), name)
+        for plugin in wanted:
+            if not isinstance(plugin, str):
+                self._register(plugin, None)
+        self._impls: dict[str, list[_Impl]] = {}
+
+    def _register(self, plugin: Any, name: str | None) -> None:
+        try:
+            self.pm.register(plugin, name)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            label = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+            raise ConfigError(f"plugin {label!r} cannot be registered: {exc}") from exc
+
+    def register(self, plugin: Any, name: str | None = None) -> None:
+        """Add a plugin after construction (the CLI adds its progress view this way)."""
+        self._register(plugin, name)
+        self._impls.clear()
+
+    def names(self) -> list[str]:
+        return [self.pm.get_name(p) or repr(p) for p in self.pm.get_plugins()]
+
+    def _implementations(self, hook: str) -> list[_Impl]:
+        impls = self._impls.get(hook)
+        if impls is None:
+            caller = getattr(self.pm.hook, hook)
+            impls = [
+                (impl.plugin_name, impl.function, tuple(impl.argnames))
+                for impl in reversed(caller.get_hookimpls())
+            ]
+            self._impls[hook] = impls
+        return impls
+
+    async def call(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call every implementation of ``hook``; return (plugin name, result) pairs."""
+        impls = self._implementations(hook)
+        if not impls:
+            return []
+        results = []
+        for plugin, fn, argnames in impls:
+            try:
+                result = fn(*[kwargs[a] for a in argnames])
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:
+                raise PluginError(plugin, hook, exc) from exc
+            results.append((plugin, result))
+        return results
+
+    async def vetoed_by(self, hook: str, **kwargs: Any) -> str | None:
+        """Call a veto hook; the name of the first plugin that returned False, else None."""
+        for plugin, result in await self.call(hook, **kwargs):
+            if result is False:
+                return plugin
+        return None

@@ -1,0 +1,85 @@
+"""The plugin contract: one function per lifecycle event.
+
+Implement any of these in a plugin (a module or an object) decorated with
+``xqueue.hookimpl``; name only the arguments you need. Implementations may be plain or
+``async`` functions; async ones are awaited, one after another, in the engine's task,
+so a slow hook slows the queue: hand long work to your own task.
+
+Arguments available to every job hook: ``xqueue`` (the queue), ``scheduler`` and ``job``.
+A hook that raises stops the run with a ``PluginError`` naming the plugin.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .job import Job
+    from .queue import Xqueue
+    from .scheduler import Scheduler
+
+hookspec = pluggy.HookspecMarker("xqueue")
+
+
+@hookspec
+def on_init(xqueue: Xqueue, scheduler: Scheduler) -> None:
+    """The queue starts running (before the first submission)."""
+
+
+@hookspec
+def on_shutdown(xqueue: Xqueue, scheduler: Scheduler, reason: str) -> None:
+    """The queue stopped: ``reason`` is "complete", "cancelled", "halted" or "error"."""
+
+
+@hookspec
+def on_job_init(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> None:
+    """A job was fed and its folder prepared."""
+
+
+@hookspec
+def on_job_queued(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> None:
+    """A job waits for a free slot (after feeding, and again before each retry)."""
+
+
+@hookspec
+def on_job_submitting(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> bool | None:
+    """A job is about to be submitted. Return ``False`` to veto: the job becomes SKIPPED."""
+
+
+@hookspec
+def on_job_submitted(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> None:
+    """The scheduler accepted the job; ``job.jid`` holds its id."""
+
+
+@hookspec
+def on_job_started(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> None:
+    """The job is known to run. Fires before the job's final hook even for jobs too
+    quick for any status query to see running."""
+
+
+@hookspec
+def on_job_killing(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> bool | None:
+    """A job is about to be killed. Return ``False`` to veto: the job keeps running and,
+    if the queue is stopping, is left running (its id stays recorded for a later run)."""
+
+
+@hookspec
+def on_job_killed(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> None:
+    """A job was killed (or cancelled before it could run)."""
+
+
+@hookspec
+def on_job_failed(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> None:
+    """A job failed for good: no retry is left (``job.rc``, ``job.reason`` say why)."""
+
+
+@hookspec
+def on_job_succeeded(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> None:
+    """A job finished with return code 0."""
+
+
+@hookspec
+def on_job_retrying(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> None:
+    """An attempt failed and the job will run again; ``job.rc`` is the failed attempt's."""

@@ -1,0 +1,149 @@
+"""The Job: one command, its settings, and where it is in its life.
+
+A Job is a plain in-memory record that the engine owns; schedulers read it and
+never change its status themselves (they report states, the engine applies them).
+It uses ``__slots__`` because a run may hold 100,000 of them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import anyio
+
+from .errors import ConfigError, InvalidTransitionError
+from .resources import Resources
+from .states import JobStatus, can_transition
+
+# Names of the files a job keeps in its folder.
+SPEC_FILE = "job.json"
+STATUS_FILE = "job.status"
+STDOUT_FILE = "job.stdout"
+STDERR_FILE = "job.stderr"
+SCRIPT_FILE = "job.sh"
+RC_FILE = "job.rc"
+STARTED_FILE = "job.started"
+
+
+def normalize_command(cmd: str | Sequence[Any]) -> str | tuple[str, ...]:
+    """A string stays a shell command; a sequence becomes an argv tuple of strings."""
+    if isinstance(cmd, str):
+        if not cmd.strip():
+            raise ConfigError("empty command: give a program to run, e.g. ['echo', 'hi']")
+        return cmd
+    if isinstance(cmd, (bytes, bytearray)) or not isinstance(cmd, Sequence):
+        raise ConfigError(f"a command is a string or a list of arguments, not {type(cmd).__name__}")
+    argv = tuple(str(a) for a in cmd)
+    if not argv or not argv[0].strip():
+        raise ConfigError("empty command: give a program to run, e.g. ['echo', 'hi']")
+    return argv
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_envs(envs: Mapping[str, Any]) -> dict[str, str]:
+    bad = [k for k in envs if not _ENV_NAME.match(str(k))]
+    if bad:
+        raise ConfigError(f"invalid environment variable name(s) {bad}: use letters, digits and _")
+    return {str(k): str(v) for k, v in envs.items()}
+
+
+def default_name(command: str | tuple[str, ...]) -> str:
+    if isinstance(command, str):
+        return command.strip()[:48]
+    return " ".join([os.path.basename(command[0]), *command[1:3]])[:48]
+
+
+class Job:
+    """A command to run, with its environment, resources and state."""
+
+    __slots__ = (
+        "_done",
+        "_kill_requested",
+        "attempt",
+        "command",
+        "data",
+        "dir",
+        "envs",
+        "index",
+        "jid",
+        "name",
+        "rc",
+        "reason",
+        "resources",
+        "status",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        command: str | Sequence[Any],
+        *,
+        envs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        resources: Resources | dict[str, Any] | None = None,
+        dir: str = "",
+    ) -> None:
+        self.index = index
+        self.command = normalize_command(command)
+        self.envs = _check_envs(envs) if envs else None
+        self.name = name or default_name(self.command)
+        self.resources = Resources.from_value(resources)
+        self.dir = dir
+        self.status = JobStatus.INIT
+        self.jid: str | None = None
+        self.rc: int | None = None
+        self.reason = ""
+        self.attempt = 0
+        self.data: Any = None  # free for embedders (a pipeline's own job record)
+        self._done: anyio.Event | None = None
+        self._kill_requested = False
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """The exact argv to execute: a list command as given, a string through ``sh -c``."""
+        if isinstance(self.command, str):
+            return ("/bin/sh", "-c", self.command)
+        return self.command
+
+    @property
+    def kill_requested(self) -> bool:
+        """True once a kill was asked for, so its end is reported as KILLED."""
+        return self._kill_requested
+
+    @property
+    def stdout_path(self) -> str:
+        return os.path.join(self.dir, STDOUT_FILE)
+
+    @property
+    def stderr_path(self) -> str:
+        return os.path.join(self.dir, STDERR_FILE)
+
+    def path(self, filename: str) -> str:
+        return os.path.join(self.dir, filename)
+
+    def transition(self, new: JobStatus) -> JobStatus:
+        """Move to ``new`` if the state table allows it; return the old state."""
+        old = self.status
+        if not can_transition(old, new):
+            raise InvalidTransitionError(self, old, new)
+        self.status = new
+        if new.is_final and self._done is not None:
+            self._done.set()
+        return old
+
+    async def wait(self) -> Job:
+        """Wait until the job reaches a final state in this run, then return it."""
+        if not self.status.is_final:
+            if self._done is None:
+                self._done = anyio.Event()
+            await self._done.wait()
+        return self
+
+    def __repr__(self) -> str:
+        rc = "" if self.rc is None else f" rc={self.rc}"
+        return f"<Job {self.index} {self.name!r} {self.status.name}{rc}>"

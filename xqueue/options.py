@@ -1,0 +1,106 @@
+"""Typed scheduler options, parsed from ``scheduler_opts`` or the CLI's ``-o key=value``.
+
+Each scheduler declares a dataclass of the options it understands. Parsing coerces the
+strings the command line gives into the declared types and rejects unknown keys with the
+list of accepted ones, unless the scheduler passes extra keys through to its backend
+(Slurm hands them to sbatch as long options).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
+
+from .errors import SchedulerOptionError
+
+T = TypeVar("T", bound="SchedulerOptions")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclasses.dataclass
+class SchedulerOptions:
+    """Options every scheduler accepts."""
+
+    poll_interval: float = 1.0
+    """Seconds between two batched status queries (polled schedulers only)."""
+    submit_concurrency: int = 8
+    """How many submissions a scheduler may have in flight at once."""
+    kill_grace: float = 5.0
+    """Seconds between SIGTERM and SIGKILL when a job is killed."""
+    vanish_grace: float = 10.0
+    """Seconds a job may be unknown to the scheduler, with no return code, before it is failed."""
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keys the scheduler passes through to its backend (only when ``accepts_extra``)."""
+
+    accepts_extra: ClassVar[bool] = False
+
+    @classmethod
+    def parse(cls: type[T], scheduler: str, raw: Mapping[str, Any] | None) -> T:
+        hints = typing.get_type_hints(cls)
+        fields = {f.name for f in dataclasses.fields(cls) if f.name != "extra"}
+        known: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in (raw or {}).items():
+            name = str(key).replace("-", "_")
+            if name in fields:
+                known[name] = _coerce(scheduler, name, value, hints[name])
+            elif cls.accepts_extra:
+                extra[str(key)] = value
+            else:
+                accepted = ", ".join(sorted(fields))
+                raise SchedulerOptionError(
+                    f"scheduler {scheduler!r} does not accept option {key!r}; accepted: {accepted}"
+                )
+        opts = cls(**known, extra=extra)
+        opts.validate(scheduler)
+        return opts
+
+    def validate(self, scheduler: str) -> None:
+        """Reject values that parse but cannot work; subclasses extend it."""
+        for name in ("poll_interval", "kill_grace", "vanish_grace"):
+            if getattr(self, name) < 0:
+                raise SchedulerOptionError(f"{scheduler}: {name} must be >= 0")
+        if self.submit_concurrency < 1:
+            raise SchedulerOptionError(f"{scheduler}: submit_concurrency must be >= 1")
+
+
+def _coerce(scheduler: str, name: str, value: Any, hint: Any) -> Any:
+    """Turn a CLI string into the declared type; pass through values already of that type."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        hint = non_none[0] if len(non_none) == 1 else Any
+        origin = typing.get_origin(hint)
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError(value)
+        if hint in (int, float):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return hint(value)
+        if hint is str:
+            return str(value)
+        if origin in (dict, list, Mapping) and isinstance(value, str):
+            return json.loads(value)
+    except ValueError as exc:
+        expected = getattr(hint, "__name__", str(hint))
+        raise SchedulerOptionError(
+            f"scheduler {scheduler!r}: option {name!r} expects {expected}, got {value!r}"
+        ) from exc
+    return value

@@ -1,0 +1,268 @@
+"""``Xqueue``: the public face of the engine, in the xqute style.
+
+It validates arguments up front (so a typo fails before any job runs), resolves the
+scheduler and plugins, and offers the three ways to run: ``run_until_complete()``,
+``async with Xqueue(...) as q:`` (daemon mode, structured), and the xqute-compatible
+``run_until_complete(keep_feeding=True)`` + ``stop_feeding()`` on asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .engine import Engine
+from .errors import ConfigError, QueueStateError
+from .hooks import Hooks
+from .job import Job
+from .registry import resolve
+from .resources import Resources
+from .scheduler import Scheduler
+from .states import JobStatus
+from .workdir import Workdir
+
+ERROR_STRATEGIES = ("halt", "retry", "ignore")
+
+
+@dataclass(frozen=True)
+class QueueStatistics:
+    """A snapshot of a queue, cheap to take (no job is scanned)."""
+
+    total: int
+    counts: Mapping[str, int] = field(default_factory=dict)
+    active: int = 0
+    pending: int = 0
+    submit_calls: int = 0
+    status_calls: int = 0
+    kill_calls: int = 0
+    ticks: int = 0
+    elapsed: float = 0.0
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.get(s.value, 0) for s in JobStatus if s.is_final)
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get(JobStatus.FAILED.value, 0)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+class Xqueue:
+    """A queue of jobs run by one scheduler with at most ``forks`` active at once.
+
+    ``scheduler`` is a registered name ("local", "slurm", ...), a ``Scheduler``
+    subclass, or an instance. ``error_strategy`` decides what a failed job does:
+    "halt" stops the run and raises ``JobFailedError``; "retry" runs it again up to
+    ``num_retries`` times (then it is failed and the run goes on); "ignore" records the
+    failure and goes on.
+    """
+
+    def __init__(
+        self,
+        scheduler: str | type[Scheduler] | Scheduler = "local",
+        *,
+        forks: int = 1,
+        workdir: str | os.PathLike[str] = "./.xqueue",
+        error_strategy: str = "halt",
+        num_retries: int = 3,
+        scheduler_opts: dict[str, Any] | None = None,
+        plugins: Iterable[Any] | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        forks = _check_int("forks", forks, 1)
+        num_retries = _check_int("num_retries", num_retries, 0)
+        if error_strategy not in ERROR_STRATEGIES:
+            raise ConfigError(
+                f"invalid error_strategy {error_strategy!r}; choose one of "
+                + ", ".join(repr(s) for s in ERROR_STRATEGIES)
+            )
+        self.scheduler = resolve(scheduler, scheduler_opts)
+        self.workdir = Workdir(workdir)
+        self.hooks = Hooks(plugins)
+        self._engine = Engine(
+            self,
+            self.scheduler,
+            self.hooks,
+            self.workdir,
+            forks=forks,
+            error_strategy=error_strategy,
+            num_retries=num_retries,
+            handle_signals=handle_signals,
+        )
+        self._closed = False
+        self._task_group: TaskGroup | None = None
+        self._background: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+
+    # -- properties ----------------------------------------------------------------------
+    @property
+    def jobs(self) -> Sequence[Job]:
+        return self._engine.jobs
+
+    @property
+    def forks(self) -> int:
+        return self._engine.forks
+
+    @property
+    def error_strategy(self) -> str:
+        return self._engine.error_strategy
+
+    def is_feeding(self) -> bool:
+        return self._engine.feeding
+
+    def statistics(self) -> QueueStatistics:
+        e = self._engine
+        end = e.stopped_at if e.stopped_at is not None else time.monotonic()
+        stats = self.scheduler.stats
+        return QueueStatistics(
+            total=len(e.jobs),
+            counts={s.value: n for s, n in e.counts.items() if n},
+            active=len(e.active_jobs()),
+            pending=e.counts.get(JobStatus.QUEUED, 0),
+            submit_calls=stats.submit_calls,
+            status_calls=stats.status_calls,
+            kill_calls=stats.kill_calls,
+            ticks=stats.ticks,
+            elapsed=0.0 if e.started_at is None else end - e.started_at,
+        )
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        return (
+            f"<Xqueue {self.scheduler.name} forks={self.forks} jobs={s.total} "
+            f"active={s.active} done={s.done} failed={s.failed}>"
+        )
+
+    # -- feeding ---------------------------------------------------------------------------
+    async def feed(
+        self,
+        cmd: str | Sequence[Any],
+        envs: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        resources: Resources | dict[str, Any] | None = None,
+    ) -> Job:
+        """Add a job and return it.
+
+        A list is executed exactly as given (no shell, nothing expanded); a string is run
+        by ``/bin/sh -c``. Fed again with the same workdir (same index and command), a
+        job that already succeeded is not run again.
+        """
+        if self._closed:
+            raise QueueStateError("this queue is closed; create a new Xqueue to run more jobs")
+        if self._engine.running and not self._engine.feeding:
+            raise QueueStateError(
+                "the queue is running and no longer accepts jobs; feed before "
+                "run_until_complete(), or use keep_feeding=True / async with"
+            )
+        job = Job(len(self._engine.jobs), cmd, envs=envs, name=name, resources=resources)
+        await self._engine.add(job)
+        return job
+
+    # -- running ---------------------------------------------------------------------------
+    async def run_until_complete(self, keep_feeding: bool = False) -> None:
+        """Run every job fed and return when all have ended.
+
+        Raises ``JobFailedError`` when a job fails under "halt", and lets cancellation
+        through after killing the running jobs. With ``keep_feeding=True`` this returns
+        at once on asyncio (the xqute style): feed from here on, then ``await
+        stop_feeding()``. Structured alternatives that work on every backend: ``async
+        with Xqueue(...) as q:``, or running this in your own task group and calling
+        ``stop_feeding()`` from another task.
+        """
+        if self._closed:
+            raise QueueStateError("this queue is closed")
+        if keep_feeding and self._task_group is None and self._background is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise QueueStateError(
+                    "run_until_complete(keep_feeding=True) returns at once only on asyncio; "
+                    "on trio use `async with Xqueue(...) as q:` instead"
+                ) from None
+            self._engine.feeding = True
+            self._background = loop.create_task(self._engine.run(keep_feeding=True))
+            await anyio.sleep(0)
+            return
+        await self._engine.run(keep_feeding=keep_feeding)
+
+    async def stop_feeding(self) -> None:
+        """Accept no more jobs, then wait until every job has ended."""
+        self._engine.feeding = False
+        self._engine._wake_submitter()
+        self._engine._check_done()
+        if self._background is not None:
+            task, self._background = self._background, None
+            await task
+        else:
+            await self._engine.wait_stopped()
+
+    async def kill(self, job: Job) -> bool:
+        """Kill a job (queued or running); False if it had ended or a plugin vetoed."""
+        return await self._engine.kill(job)
+
+    async def as_completed(self) -> AsyncIterator[Job]:
+        """Yield each job once, as it reaches a final state, until the run stops."""
+        async for job in self._engine.as_completed():
+            yield job
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self.scheduler.aclose()
+
+    async def __aenter__(self) -> Xqueue:
+        if self._closed or self._task_group is not None:
+            raise QueueStateError("an Xqueue can be entered only once")
+        self._engine.feeding = True
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._task_group = tg
+        tg.start_soon(self._run_in_background)
+        return self
+
+    async def _run_in_background(self) -> None:
+        try:
+            await self._engine.run(keep_feeding=True)
+        except Exception as exc:
+            self._failure = exc
+            assert self._task_group is not None
+            self._task_group.cancel_scope.cancel()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        tg = self._task_group
+        assert tg is not None
+        try:
+            if exc_type is None:
+                self._engine.feeding = False
+                self._engine._wake_submitter()
+                self._engine._check_done()
+            else:
+                tg.cancel_scope.cancel()
+            suppressed = await tg.__aexit__(exc_type, exc, tb)
+        finally:
+            await self.aclose()
+        if self._failure is not None:
+            raise self._failure
+        return suppressed

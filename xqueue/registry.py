@@ -1,0 +1,66 @@
+"""Scheduler lookup by name, through the ``xqueue.schedulers`` entry-point group.
+
+Built-in schedulers are registered in xqueue's own pyproject exactly as a third-party
+plugin would register one, so there is one lookup path. Entry points are read only when
+a name is resolved, never at ``import xqueue``, and a backend module is imported only
+when it is chosen.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from .errors import ConfigError, SchedulerOptionError, UnknownSchedulerError
+from .scheduler import Scheduler
+
+ENTRY_POINT_GROUP = "xqueue.schedulers"
+
+
+@cache
+def _entry_points() -> dict[str, Any]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available() -> list[str]:
+    return sorted(_entry_points())
+
+
+def scheduler_class(name: str) -> type[Scheduler]:
+    eps = _entry_points()
+    if name not in eps:
+        raise UnknownSchedulerError(name, list(eps))
+    try:
+        cls = eps[name].load()
+    except ImportError as exc:
+        raise ConfigError(
+            f"scheduler {name!r} needs a package that is not installed ({exc.name or exc}); "
+            f"install it with: pip install 'xqueue[{name}]'"
+        ) from exc
+    if not (isinstance(cls, type) and issubclass(cls, Scheduler)):
+        raise ConfigError(f"entry point {name!r} does not name a Scheduler subclass: {cls!r}")
+    return cls
+
+
+def resolve(
+    scheduler: str | type[Scheduler] | Scheduler, options: dict[str, Any] | None
+) -> Scheduler:
+    """A scheduler instance from a name, a class or an instance."""
+    if isinstance(scheduler, Scheduler):
+        if options:
+            raise SchedulerOptionError(
+                "scheduler_opts cannot be combined with a scheduler instance; "
+                "pass them to its constructor instead"
+            )
+        return scheduler
+    if isinstance(scheduler, str):
+        cls = scheduler_class(scheduler)
+    elif isinstance(scheduler, type) and issubclass(scheduler, Scheduler):
+        cls = scheduler
+    else:
+        raise ConfigError(
+            f"scheduler must be a name, a Scheduler subclass or instance, not {scheduler!r}"
+        )
+    return cls(**(options or {}))

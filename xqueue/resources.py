@@ -1,0 +1,104 @@
+"""A portable resource request that every backend maps to its own flags.
+
+Values are normalised once, here, so backends never parse user strings: memory is
+in MiB, walltime in seconds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+_MEM_UNITS = {"": 1, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
+_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_memory(value: int | str) -> int:
+    """Memory in MiB from ``2048``, ``"2G"``, ``"512MB"``, ``"1.5GiB"``; ints are MiB."""
+    if isinstance(value, bool):
+        raise ConfigError(f"memory must be a size such as '4G', not {value!r}")
+    if isinstance(value, int):
+        mib = value
+    else:
+        m = _MEM_RE.match(str(value))
+        if not m:
+            raise ConfigError(f"invalid memory {value!r}: use a number of MiB or e.g. '512M', '4G'")
+        mib = int(float(m.group(1)) * _MEM_UNITS[m.group(2).lower()])
+    if mib <= 0:
+        raise ConfigError(f"memory must be positive, got {value!r}")
+    return mib
+
+
+def parse_walltime(value: int | float | str) -> int:
+    """Seconds from ``3600``, ``"90m"``, ``"2h"``, ``"1-12:00:00"``, ``"01:30:00"``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"walltime must be a duration, not {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = int(value)
+    else:
+        text = str(value).strip()
+        days = 0
+        if "-" in text:
+            d, _, text = text.partition("-")
+            if not d.isdigit():
+                raise ConfigError(f"invalid walltime {value!r}")
+            days = int(d)
+        if ":" in text:
+            parts = text.split(":")
+            if len(parts) > 3 or not all(p.isdigit() for p in parts):
+                raise ConfigError(f"invalid walltime {value!r}: use [D-]HH:MM:SS, '90m' or seconds")
+            h, m, s = ([0] * (3 - len(parts))) + [int(p) for p in parts]
+            seconds = days * 86400 + h * 3600 + m * 60 + s
+        else:
+            match = _DURATION_RE.match(text)
+            if not match:
+                raise ConfigError(f"invalid walltime {value!r}: use [D-]HH:MM:SS, '90m' or seconds")
+            unit = _DURATION_UNITS[match.group(2).lower()]
+            seconds = days * 86400 + int(float(match.group(1)) * unit)
+    if seconds <= 0:
+        raise ConfigError(f"walltime must be positive, got {value!r}")
+    return seconds
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one job asks for; ``None`` means "the backend's default"."""
+
+    cpus: int | None = None
+    memory_mb: int | None = None
+    gpus: int | None = None
+    walltime_s: int | None = None
+
+    @classmethod
+    def from_value(cls, value: Resources | dict[str, Any] | None) -> Resources | None:
+        """Accept a Resources, a dict with user units (``memory="4G"``) or None."""
+        if value is None or isinstance(value, Resources):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"resources must be a dict or Resources, got {type(value).__name__}")
+        known = {"cpus", "memory", "gpus", "walltime"}
+        unknown = set(value) - known
+        if unknown:
+            raise ConfigError(
+                f"unknown resource(s) {sorted(unknown)}; accepted: cpus, memory, gpus, walltime"
+            )
+        return cls(
+            cpus=None if value.get("cpus") is None else _positive_int("cpus", value["cpus"]),
+            memory_mb=None if value.get("memory") is None else parse_memory(value["memory"]),
+            gpus=None if value.get("gpus") is None else _positive_int("gpus", value["gpus"]),
+            walltime_s=None if value.get("walltime") is None else parse_walltime(value["walltime"]),
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {k: v for k, v in asdict(self).items() if v is not None}

@@ -1,0 +1,254 @@
+"""The scheduler contract: how the engine talks to any backend.
+
+A backend implements three coroutines, the same three an xqute scheduler has:
+
+- ``submit_job(job) -> str``: start the job, return the backend's id for it;
+- ``kill_job(job)``: stop it;
+- ``job_is_running(job) -> bool``: whether the backend still holds it.
+
+The engine never calls those directly. It calls the batched forms, whose defaults loop
+over the single forms with bounded concurrency:
+
+- ``submit_jobs(jobs)``: one result per job (an id, or the exception that refused it);
+- ``kill_jobs(jobs)``;
+- ``poll_jobs(jobs) -> {job: JobState}``: once per tick with *every* active job.
+
+A cluster backend overrides ``poll_jobs`` (or ``jobs_are_running``) so that one status
+command per tick serves every job, and ``submit_jobs`` to pack jobs into arrays. A
+backend that can simply await its jobs (local processes) sets ``awaits_completion`` and
+implements ``wait_job`` instead of being polled.
+
+How completion is learnt when polled: the wrapper script written by ``write_script``
+records ``job.started`` and ``job.rc`` in the job's folder. ``poll_jobs`` reconciles those
+files with the backend's answer: a return code wins; a job the backend holds is
+running; a job the backend has forgotten that left no return code is given
+``vanish_grace`` seconds (file systems lag) and then failed as vanished, never left
+"running forever".
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import shlex
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import anyio
+
+from .job import RC_FILE, SCRIPT_FILE, STARTED_FILE, Job
+from .options import SchedulerOptions
+from .states import JobStatus
+from .workdir import atomic_write, read_rc, read_text
+
+if TYPE_CHECKING:
+    from .workdir import Workdir
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+VANISHED = (
+    "vanished: the scheduler no longer knows the job and it left no return code "
+    "(killed outside xqueue, node failure, or purged before it could write one)"
+)
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What a backend reports about one job: a status, and a return code once it ended."""
+
+    status: JobStatus
+    rc: int | None = None
+    reason: str = ""
+    retryable: bool = True
+    """False when running the job again could repeat work already done (exit status lost)."""
+
+
+@dataclass
+class SchedulerStats:
+    """How many backend operations were made; tests and benchmarks assert on these."""
+
+    submit_calls: int = 0
+    status_calls: int = 0
+    kill_calls: int = 0
+    ticks: int = 0
+
+
+async def gather_bounded(
+    items: Sequence[T], fn: Callable[[T], Awaitable[R]], limit: int
+) -> list[R | BaseException]:
+    """Run ``fn`` on every item, at most ``limit`` at once; keep each item's exception."""
+    results: list[R | BaseException] = [RuntimeError("not run")] * len(items)
+    if len(items) == 1:
+        limit = 1
+    limiter = anyio.Semaphore(limit)
+
+    async def one(i: int, item: T) -> None:
+        async with limiter:
+            try:
+                results[i] = await fn(item)
+            except Exception as exc:
+                results[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i, item in enumerate(items):
+            tg.start_soon(one, i, item)
+    return results
+
+
+class Scheduler(abc.ABC):
+    """Base class of every backend; the engine knows backends only through it."""
+
+    name: ClassVar[str] = "custom"
+    """The registered name, used in messages."""
+    Options: ClassVar[type[SchedulerOptions]] = SchedulerOptions
+    """The dataclass of options this scheduler accepts."""
+    awaits_completion: ClassVar[bool] = False
+    """True when ``wait_job`` reports each job's end (no polling)."""
+    running_on_submit: ClassVar[bool] = False
+    """True when a submitted job is already running (no queue in between)."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = self.Options.parse(self.name, options)
+        self.stats = SchedulerStats()
+        self.workdir: Workdir | None = None
+        self._missing_since: dict[Job, float] = {}
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def open(self, workdir: Workdir) -> None:
+        """Called once before the first submission; open connections here."""
+        self.workdir = workdir
+
+    async def aclose(self) -> None:
+        """Called once when the queue stops; close connections here."""
+
+    # -- the single forms ------------------------------------------------------------
+    @abc.abstractmethod
+    async def submit_job(self, job: Job) -> str:
+        """Start ``job``; return the backend's id for it. Raise to refuse it."""
+
+    @abc.abstractmethod
+    async def kill_job(self, job: Job) -> None:
+        """Stop ``job`` (it may already have ended)."""
+
+    @abc.abstractmethod
+    async def job_is_running(self, job: Job) -> bool:
+        """Whether the backend still holds ``job`` (queued or running)."""
+
+    # -- the batched forms the engine calls -------------------------------------------
+    async def submit_jobs(self, jobs: Sequence[Job]) -> list[str | BaseException]:
+        """Submit many jobs; one id or exception per job, in order."""
+
+        async def one(job: Job) -> str:
+            self.stats.submit_calls += 1
+            return await self.submit_job(job)
+
+        return await gather_bounded(jobs, one, self.options.submit_concurrency)
+
+    async def kill_jobs(self, jobs: Sequence[Job]) -> list[BaseException | None]:
+        """Kill many jobs; one exception (or None) per job, in order."""
+
+        async def one(job: Job) -> None:
+            self.stats.kill_calls += 1
+            await self.kill_job(job)
+
+        return [r if isinstance(r, BaseException) else None
+                for r in await gather_bounded(jobs, one, self.options.submit_concurrency)]
+
+    async def jobs_are_running(self, jobs: Sequence[Job]) -> dict[Job, bool]:
+        """Which jobs the backend still holds; override with one batched query."""
+
+        async def one(job: Job) -> bool:
+            self.stats.status_calls += 1
+            return await self.job_is_running(job)
+
+        results = await gather_bounded(jobs, one, self.options.submit_concurrency)
+        # A failed check is not evidence that the job ended: count it as running.
+        return {job: (r if isinstance(r, bool) else True) for job, r in zip(jobs, results)}
+
+    async def poll_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobState]:
+        """The state of every active job, from one batched query plus the jobs' own files."""
+        running = await self.jobs_are_running(jobs)
+        return {job: self.reconcile(job, running.get(job, False)) for job in jobs}
+
+    def reconcile(self, job: Job, held: bool, backend_state: JobState | None = None) -> JobState:
+        """Merge the wrapper's files with what the backend says about one job.
+
+        The return code file wins (it is the job's own word). Then the backend's
+        terminal answer, if it has one. A job the backend still holds is running (or
+        submitted if its wrapper has not started). A job nobody knows is failed as
+        vanished after ``vanish_grace`` seconds.
+        """
+        rc = read_rc(job)
+        if rc is not None:
+            self._missing_since.pop(job, None)
+            return JobState(JobStatus.FINISHED if rc == 0 else JobStatus.FAILED, rc)
+        if backend_state is not None and backend_state.status.is_final:
+            self._missing_since.pop(job, None)
+            return backend_state
+        started = os.path.exists(job.path(STARTED_FILE))
+        current = JobState(JobStatus.RUNNING if started else JobStatus.SUBMITTED)
+        if held:
+            self._missing_since.pop(job, None)
+            return backend_state or current
+        if job.kill_requested:
+            return JobState(JobStatus.KILLED, None, "killed")
+        first = self._missing_since.setdefault(job, time.monotonic())
+        if time.monotonic() - first >= self.options.vanish_grace:
+            self._missing_since.pop(job, None)
+            return JobState(JobStatus.FAILED, None, VANISHED)
+        return current
+
+    async def wait_job(self, job: Job) -> JobState:
+        """Wait for a submitted job to end (only for ``awaits_completion`` backends)."""
+        raise NotImplementedError(f"{type(self).__name__} is polled, not awaited")
+
+    async def recover_job(self, job: Job) -> bool:
+        """Whether a job an earlier run submitted (``job.jid`` set) can be adopted."""
+        return await self.job_is_running(job)
+
+    def forget(self, job: Job) -> None:
+        """Drop any per-job state once the job has ended."""
+        self._missing_since.pop(job, None)
+
+    # -- the wrapper script ----------------------------------------------------------
+    def script_lines(self, job: Job) -> list[str]:
+        """Backend directives placed after the shebang (``#SBATCH ...``); none by default."""
+        return []
+
+    def write_script(self, job: Job, jobdir: str | None = None) -> str:
+        """Write the job's wrapper script once and return its path.
+
+        ``jobdir`` is the job folder as the executing host sees it (a container mount,
+        say). The script is written to a temporary name and renamed: a running copy keeps
+        reading its own inode, so even a rewrite could never truncate it under a running
+        shell. The argv is quoted word by word, so it reaches the program exactly as given.
+        """
+        path = job.path(SCRIPT_FILE)
+        text = render_script(job, jobdir or job.dir, self.script_lines(job))
+        if read_text(path) != text:
+            atomic_write(path, text)
+            os.chmod(path, 0o755)
+        return path
+
+
+def render_script(job: Job, jobdir: str, directives: Iterable[str] = ()) -> str:
+    q = shlex.quote
+    d = q(jobdir)
+    envs = {"XQUEUE_JOB_INDEX": str(job.index), "XQUEUE_JOB_DIR": jobdir, **(job.envs or {})}
+    lines = [
+        "#!/bin/sh",
+        *directives,
+        f"# xqueue job {job.index}: {job.name}",
+        "# Written once per job; the engine never rewrites it while it may run.",
+        *(f"export {k}={q(v)}" for k, v in envs.items()),
+        f"date +%s > {d}/{STARTED_FILE}",
+        f"{' '.join(q(a) for a in job.argv)} < /dev/null > {d}/job.stdout 2> {d}/job.stderr",
+        "rc=$?",
+        f'echo "$rc" > {d}/{RC_FILE}.tmp && mv -f {d}/{RC_FILE}.tmp {d}/{RC_FILE}',
+        'exit "$rc"',
+        "",
+    ]
+    return "\n".join(lines)

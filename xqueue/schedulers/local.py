@@ -1,0 +1,205 @@
+"""Run each job as a local process and await its exit.
+
+No wrapper script and no polling: the job's argv is executed directly (a string command
+through ``/bin/sh -c``) with stdout and stderr going straight to the job's files, and
+its exit is awaited on a pidfd, which costs no thread per child and works the same on
+asyncio and trio. Every job gets its own session, so a kill reaches the whole process
+group, and Ctrl-C in a terminal does not hit the jobs behind the queue's back.
+
+The id recorded for a job is ``pid:start_time`` (start time in clock ticks since boot,
+from /proc), so a later run never mistakes an unrelated process that reused the pid for
+the job. While a run holds a job's Popen handle the pid cannot be reused at all (the
+exited child stays a zombie until it is reaped here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+from typing import Any
+
+import anyio
+
+from ..errors import SchedulerOptionError, SubmissionError
+from ..job import Job
+from ..options import SchedulerOptions
+from ..scheduler import JobState, Scheduler
+from ..states import JobStatus
+
+UNKNOWN_EXIT = (
+    "exit status unknown: the job ended while no xqueue controller was watching it "
+    "(an earlier run was killed); see its stdout/stderr"
+)
+
+
+@dataclasses.dataclass
+class LocalOptions(SchedulerOptions):
+    cwd: str | None = None
+    """Directory the jobs run in (default: the controller's current directory)."""
+
+    def validate(self, scheduler: str) -> None:
+        super().validate(scheduler)
+        if self.cwd is not None and not os.path.isdir(self.cwd):
+            raise SchedulerOptionError(f"{scheduler}: cwd {self.cwd!r} is not a directory")
+
+
+def _start_time(pid: int) -> str | None:
+    """Process start time from /proc, or None if the process is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ")".
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    if fields[0] == b"Z":
+        return None
+    return fields[19].decode()
+
+
+def _parse_jid(jid: str | None) -> tuple[int, str] | None:
+    if not jid or ":" not in jid:
+        return None
+    pid, _, start = jid.partition(":")
+    return (int(pid), start) if pid.isdigit() else None
+
+
+async def _wait_exit(pid: int) -> None:
+    """Wait until process ``pid`` exits, without reaping it."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        await anyio.wait_readable(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalScheduler(Scheduler):
+    """Jobs are child processes of the controller."""
+
+    name = "local"
+    Options = LocalOptions
+    awaits_completion = True
+    running_on_submit = True
+    options: LocalOptions
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        # job -> its Popen, or None for a job adopted from an earlier run.
+        self._procs: dict[Job, subprocess.Popen[bytes] | None] = {}
+        self._base_env: dict[str, str] = {}
+
+    async def open(self, workdir: Any) -> None:
+        await super().open(workdir)
+        self._base_env = dict(os.environ)
+
+    async def submit_jobs(self, jobs: Any) -> list[str | BaseException]:
+        # Spawning is synchronous and fast; a task per job would only add overhead.
+        results: list[str | BaseException] = []
+        for job in jobs:
+            self.stats.submit_calls += 1
+            try:
+                results.append(self._spawn(job))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    async def submit_job(self, job: Job) -> str:
+        return self._spawn(job)
+
+    def _spawn(self, job: Job) -> str:
+        env = self._base_env.copy()
+        env["XQUEUE_JOB_INDEX"] = str(job.index)
+        env["XQUEUE_JOB_DIR"] = job.dir
+        if job.envs:
+            env.update(job.envs)
+        out = open(job.stdout_path, "wb")
+        try:
+            err = open(job.stderr_path, "wb")
+            try:
+                proc = subprocess.Popen(
+                    job.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    env=env,
+                    cwd=self.options.cwd,
+                    start_new_session=True,
+                )
+            finally:
+                err.close()
+        except FileNotFoundError as exc:
+            raise SubmissionError(
+                f"command not found: {job.argv[0]!r} (not an executable on PATH)", retryable=False
+            ) from exc
+        except PermissionError as exc:
+            raise SubmissionError(
+                f"command not executable: {job.argv[0]!r} ({exc.strerror})", retryable=False
+            ) from exc
+        finally:
+            out.close()
+        self._procs[job] = proc
+        return f"{proc.pid}:{_start_time(proc.pid)}"
+
+    async def wait_job(self, job: Job) -> JobState:
+        proc = self._procs.get(job)
+        if proc is None:  # adopted: not our child, so its exit status cannot be read
+            parsed = _parse_jid(job.jid)
+            if parsed:
+                await _wait_exit(parsed[0])
+            return JobState(JobStatus.FAILED, None, UNKNOWN_EXIT, retryable=False)
+        if proc.returncode is None:
+            try:
+                await _wait_exit(proc.pid)
+            except OSError:  # no pidfd support: fall back to a thread
+                await anyio.to_thread.run_sync(proc.wait, abandon_on_cancel=True)
+        rc = proc.wait()
+        return JobState(JobStatus.FINISHED if rc == 0 else JobStatus.FAILED, rc)
+
+    def _alive_pid(self, job: Job) -> int | None:
+        proc = self._procs.get(job)
+        if proc is not None:
+            return proc.pid if proc.poll() is None else None
+        parsed = _parse_jid(job.jid)
+        if parsed and _start_time(parsed[0]) == parsed[1]:
+            return parsed[0]
+        return None
+
+    async def job_is_running(self, job: Job) -> bool:
+        return self._alive_pid(job) is not None
+
+    async def recover_job(self, job: Job) -> bool:
+        if self._alive_pid(job) is None:
+            return False
+        self._procs[job] = None
+        return True
+
+    async def kill_job(self, job: Job) -> None:
+        """SIGTERM the job's process group, then SIGKILL it if it has not exited in time."""
+        pid = self._alive_pid(job)
+        if pid is None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                return
+            with anyio.move_on_after(self.options.kill_grace):
+                await _wait_exit(pid)
+                break
+        # The leader is gone; take down anything it left behind in its group, then reap.
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc = self._procs.get(job)
+        if proc is not None:
+            proc.poll()
+
+    def forget(self, job: Job) -> None:
+        super().forget(job)
+        self._procs.pop(job, None)

@@ -1,0 +1,55 @@
+"""Job states and the table of legal moves between them.
+
+The table is the single source of truth: ``Job.transition`` refuses anything not
+listed, so a bug that would skip a state (and so skip its hook) fails loudly.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class JobStatus(enum.Enum):
+    """Where a job is in its life; ``is_final`` states never change again in a run."""
+
+    INIT = "init"  # fed, not yet in the queue
+    QUEUED = "queued"  # waiting for a free slot (forks)
+    SUBMITTED = "submitted"  # accepted by the scheduler, not known to run yet
+    RUNNING = "running"
+    RETRYING = "retrying"  # an attempt failed and another one will follow
+    FINISHED = "finished"  # return code 0
+    FAILED = "failed"  # failed for good (non-zero rc, lost, refused by the scheduler)
+    KILLED = "killed"  # killed on request, or cancelled before it could run
+    SKIPPED = "skipped"  # never run because a plugin vetoed its submission
+
+    @property
+    def is_final(self) -> bool:
+        return self in _FINAL
+
+    @property
+    def is_active(self) -> bool:
+        """True while the scheduler holds the job, so it counts against ``forks``."""
+        return self in (JobStatus.SUBMITTED, JobStatus.RUNNING)
+
+
+_FINAL = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.KILLED, JobStatus.SKIPPED})
+
+S = JobStatus
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    # INIT -> FINISHED: an earlier run with the same workdir already succeeded.
+    # INIT -> SUBMITTED/RUNNING: re-adopting a job an earlier run left running.
+    S.INIT: frozenset({S.QUEUED, S.FINISHED, S.SUBMITTED, S.RUNNING, S.KILLED}),
+    S.QUEUED: frozenset({S.SUBMITTED, S.RUNNING, S.FAILED, S.RETRYING, S.KILLED, S.SKIPPED}),
+    S.SUBMITTED: frozenset({S.RUNNING, S.FINISHED, S.FAILED, S.RETRYING, S.KILLED}),
+    S.RUNNING: frozenset({S.FINISHED, S.FAILED, S.RETRYING, S.KILLED}),
+    S.RETRYING: frozenset({S.QUEUED, S.KILLED}),
+    S.FINISHED: frozenset(),
+    S.FAILED: frozenset(),
+    S.KILLED: frozenset(),
+    S.SKIPPED: frozenset(),
+}
+del S
+
+
+def can_transition(old: JobStatus, new: JobStatus) -> bool:
+    return new in TRANSITIONS[old]

@@ -1,0 +1,162 @@
+"""The on-disk layout of a run: one folder per job, every state file written atomically.
+
+Layout of ``<workdir>/<index>-<slug>/``:
+
+- ``job.json``    what the job is (command, envs, resources); written once when fed
+- ``job.status``  the engine's last durable record (submitted with its scheduler id, or final)
+- ``job.stdout`` / ``job.stderr``  the command's output
+- ``job.sh``      the wrapper script, for schedulers that need one; written once, atomically
+- ``job.started`` / ``job.rc``  written by the wrapper on the compute side
+- ``attempts/<n>/``  the output and return code of earlier attempts, moved aside on retry
+
+Small files are written with plain blocking calls on purpose: each takes microseconds
+on a local disk, and a thread hop per write would cost more than the write. Every
+write goes to a temporary name and is renamed into place, so a crash leaves either the
+old record or the new one, never half of one. (No fsync: we guard against a crashed
+controller, not against power loss.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import WorkdirError
+from .job import RC_FILE, SPEC_FILE, STARTED_FILE, STATUS_FILE, STDERR_FILE, STDOUT_FILE, Job
+
+_SLUG_MAX = 40
+
+
+def slug(text: str) -> str:
+    from slugify import slugify  # imported lazily: it pulls in unidecode tables
+
+    return slugify(text, max_length=_SLUG_MAX, word_boundary=True) or "job"
+
+
+def atomic_write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
+def read_json(path: str) -> dict[str, Any] | None:
+    text = read_text(path)
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_rc(job: Job) -> int | None:
+    """The return code a wrapper script recorded, if it finished."""
+    text = read_text(job.path(RC_FILE))
+    if text is None:
+        return None
+    try:
+        return int(text.strip())
+    except ValueError:
+        return None
+
+
+def job_spec(job: Job) -> str:
+    spec = {
+        "index": job.index,
+        "name": job.name,
+        "command": job.command if isinstance(job.command, str) else list(job.command),
+        "envs": job.envs,
+        "resources": job.resources.to_dict() if job.resources else None,
+    }
+    return json.dumps(spec, sort_keys=True)
+
+
+class Workdir:
+    """The folder that holds every job's files for one queue."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).absolute()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".xqueue-write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise WorkdirError(
+                f"workdir {str(self.path)!r} is not writable ({exc.strerror or exc}); "
+                "pass workdir= a folder you can write to"
+            ) from exc
+
+    def job_dir(self, job: Job) -> str:
+        return os.path.join(self.path, f"{job.index}-{slug(job.name)}")
+
+    def prepare(self, job: Job) -> dict[str, Any] | None:
+        """Create the job's folder and return the last status record of an earlier run.
+
+        A folder left by an earlier run of the *same* job (same spec) is kept, so the
+        engine can skip or re-adopt it. A folder whose spec differs belongs to another
+        job that used this index: it is moved aside rather than overwritten.
+        """
+        job.dir = self.job_dir(job)
+        spec = job_spec(job)
+        try:
+            os.mkdir(job.dir)
+        except FileExistsError:
+            if read_text(job.path(SPEC_FILE)) == spec:
+                return read_json(job.path(STATUS_FILE))
+            os.replace(job.dir, f"{job.dir}.replaced-{time.time_ns()}")
+            os.mkdir(job.dir)
+        except OSError as exc:
+            raise WorkdirError(f"cannot create job folder {job.dir!r}: {exc}") from exc
+        atomic_write(job.path(SPEC_FILE), spec)
+        return None
+
+    def record(self, job: Job) -> None:
+        """Persist the job's durable state: its scheduler id while active, its result at the end."""
+        record = {
+            "status": job.status.value,
+            "attempt": job.attempt,
+            "jid": job.jid,
+            "rc": job.rc,
+            "reason": job.reason,
+            "time": time.time(),
+        }
+        atomic_write(job.path(STATUS_FILE), json.dumps(record))
+
+    def archive_attempt(self, job: Job) -> None:
+        """Move an attempt's output aside before the next one, keeping every attempt's files."""
+        dest = os.path.join(job.dir, "attempts", str(job.attempt))
+        os.makedirs(dest, exist_ok=True)
+        for name in (STDOUT_FILE, STDERR_FILE, RC_FILE, STARTED_FILE, STATUS_FILE):
+            try:
+                os.replace(job.path(name), os.path.join(dest, name))
+            except FileNotFoundError:
+                pass
+
+    def iter_records(self) -> Iterator[tuple[str, dict[str, Any] | None, dict[str, Any] | None]]:
+        """(folder, spec, status record) for every job folder, in index order."""
+        entries = []
+        for entry in os.scandir(self.path):
+            head = entry.name.split("-", 1)[0]
+            if entry.is_dir() and head.isdigit() and ".replaced-" not in entry.name:
+                entries.append((int(head), entry.path))
+        for _, folder in sorted(entries):
+            yield (
+                folder,
+                read_json(os.path.join(folder, SPEC_FILE)),
+                read_json(os.path.join(folder, STATUS_FILE)),
+            )
