@@ -78,10 +78,12 @@ class Engine:
         self._active: set[Job] = set()
         self._submitting = 0
         self.feeding = False
+        self.feed_closed = False  # stop_feeding() came, possibly before run() started
         self.running = False
         self._opened = False
         self._tg: TaskGroup | None = None
         self._error: BaseException | None = None
+        self._halting = False  # no more submissions: the run is about to stop
         self._done: anyio.Event | None = None
         self._submit_wake: anyio.Event | None = None
         self._poll_wake: anyio.Event | None = None
@@ -122,6 +124,7 @@ class Engine:
 
     def _stop(self, error: BaseException) -> None:
         """Record the first error and end the run; later errors are logged only."""
+        self._halting = True
         if self._error is None:
             self._error = error
         else:
@@ -169,7 +172,9 @@ class Engine:
             from .errors import QueueStateError
 
             raise QueueStateError("the queue is already running")
-        self.running, self.feeding, self._error = True, keep_feeding, None
+        self.running, self._error = True, None
+        self.feeding = keep_feeding and not self.feed_closed
+        self._halting = False
         self._done = anyio.Event()
         self.started_at, self.stopped_at = time.monotonic(), None
         reason = "error"
@@ -220,7 +225,7 @@ class Engine:
             self._stop(exc)
         finally:
             self.running = False
-            self.feeding = False
+            self.feeding = self.feed_closed = False
             self.stopped_at = time.monotonic()
             self._notify_progress()
 
@@ -273,7 +278,7 @@ class Engine:
         while True:
             if self._to_adopt:
                 await self._adopt()
-            while self._pending and self._free_slots() > 0:
+            while self._pending and self._free_slots() > 0 and not self._halting:
                 await self._submit_batch()
             self._check_done()
             self._submit_wake = anyio.Event()
@@ -421,8 +426,11 @@ class Engine:
             job.jid, job.rc, job.reason = None, None, ""
             await self._enqueue(job)
             return
+        halt = status is S.FAILED and self.error_strategy == "halt"
+        if halt:
+            self._halting = True  # before the hooks run, so nothing else is submitted
         await self._finalize(job, status)
-        if status is S.FAILED and self.error_strategy == "halt":
+        if halt:
             self._stop(JobFailedError(job))
 
     async def _finalize(self, job: Job, status: JobStatus, *, record: bool = True) -> None:
@@ -481,6 +489,12 @@ class Engine:
             if self._progress is None:
                 self._progress = anyio.Event()
             await self._progress.wait()
+
+    def close_feeding(self) -> None:
+        """No more jobs: the run ends once every job fed has ended."""
+        self.feeding, self.feed_closed = False, True
+        self._wake_submitter()
+        self._check_done()
 
     def active_jobs(self) -> Sequence[Job]:
         return list(self._active)

@@ -176,15 +176,25 @@ class Xqueue:
         return job
 
     # -- running ---------------------------------------------------------------------------
-    async def run_until_complete(self, keep_feeding: bool = False) -> None:
+    async def run(self, *, keep_feeding: bool = False) -> None:
         """Run every job fed and return when all have ended.
 
+        With ``keep_feeding=True`` it also takes jobs fed while it runs, until
+        ``stop_feeding()`` is called from another task: start it in your own task group.
         Raises ``JobFailedError`` when a job fails under "halt", and lets cancellation
-        through after killing the running jobs. With ``keep_feeding=True`` this returns
-        at once on asyncio (the xqute style): feed from here on, then ``await
-        stop_feeding()``. Structured alternatives that work on every backend: ``async
-        with Xqueue(...) as q:``, or running this in your own task group and calling
-        ``stop_feeding()`` from another task.
+        through after killing the running jobs.
+        """
+        if self._closed:
+            raise QueueStateError("this queue is closed")
+        await self._engine.run(keep_feeding=keep_feeding)
+
+    async def run_until_complete(self, keep_feeding: bool = False) -> None:
+        """Run every job fed and return when all have ended (see ``run``).
+
+        With ``keep_feeding=True`` this returns at once, as xqute's does: feed from here
+        on, then ``await stop_feeding()``. That needs a task nobody awaits, so it works on
+        asyncio only; the structured forms work on every backend: ``async with
+        Xqueue(...) as q:``, or ``run(keep_feeding=True)`` in your own task group.
         """
         if self._closed:
             raise QueueStateError("this queue is closed")
@@ -194,19 +204,18 @@ class Xqueue:
             except RuntimeError:
                 raise QueueStateError(
                     "run_until_complete(keep_feeding=True) returns at once only on asyncio; "
-                    "on trio use `async with Xqueue(...) as q:` instead"
+                    "on trio use `async with Xqueue(...) as q:` or run(keep_feeding=True) "
+                    "in a task group"
                 ) from None
             self._engine.feeding = True
             self._background = loop.create_task(self._engine.run(keep_feeding=True))
             await anyio.sleep(0)
             return
-        await self._engine.run(keep_feeding=keep_feeding)
+        await self.run(keep_feeding=keep_feeding)
 
     async def stop_feeding(self) -> None:
         """Accept no more jobs, then wait until every job has ended."""
-        self._engine.feeding = False
-        self._engine._wake_submitter()
-        self._engine._check_done()
+        self._engine.close_feeding()
         if self._background is not None:
             task, self._background = self._background, None
             await task
@@ -230,7 +239,6 @@ class Xqueue:
     async def __aenter__(self) -> Xqueue:
         if self._closed or self._task_group is not None:
             raise QueueStateError("an Xqueue can be entered only once")
-        self._engine.feeding = True
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._task_group = tg
@@ -255,12 +263,17 @@ class Xqueue:
         assert tg is not None
         try:
             if exc_type is None:
-                self._engine.feeding = False
-                self._engine._wake_submitter()
-                self._engine._check_done()
+                self._engine.close_feeding()
+                suppressed = await tg.__aexit__(None, None, None)
+            elif issubclass(exc_type, Exception) and self._failure is None:
+                # The body failed: stop the run (its jobs are killed) and let the body's
+                # own exception through, not wrapped in an exception group.
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(None, None, None)
+                suppressed = False
             else:
                 tg.cancel_scope.cancel()
-            suppressed = await tg.__aexit__(exc_type, exc, tb)
+                suppressed = await tg.__aexit__(exc_type, exc, tb)
         finally:
             await self.aclose()
         if self._failure is not None:

@@ -1,0 +1,114 @@
+"""Test helpers: real schedulers and plugins used by several test modules."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from typing import Any
+
+from xqueue import Job, Scheduler, hookimpl
+
+
+class DetachedScheduler(Scheduler):
+    """A custom scheduler written the xqute way: only the three single-job methods.
+
+    It starts each job's wrapper script as a detached process and is *polled*, so it
+    exercises the base class's batched defaults and the rc-file reconciliation.
+    """
+
+    name = "detached"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.poll_sizes: list[int] = []
+
+    async def submit_job(self, job: Job) -> str:
+        script = self.write_script(job)
+        proc = subprocess.Popen(
+            ["/bin/sh", script],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.procs[str(proc.pid)] = proc
+        return str(proc.pid)
+
+    async def kill_job(self, job: Job) -> None:
+        assert job.jid
+        try:
+            os.killpg(int(job.jid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.procs[job.jid].wait()
+
+    async def job_is_running(self, job: Job) -> bool:
+        assert job.jid
+        return self.procs[job.jid].poll() is None
+
+    async def poll_jobs(self, jobs: Any) -> Any:
+        self.poll_sizes.append(len(jobs))
+        return await super().poll_jobs(jobs)
+
+
+class Recorder:
+    """A plugin that records every hook call as (hook, job index or None)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int | None]] = []
+
+    def _add(self, hook: str, job: Job | None = None) -> None:
+        self.calls.append((hook, None if job is None else job.index))
+
+    @hookimpl
+    def on_init(self) -> None:
+        self._add("on_init")
+
+    @hookimpl
+    async def on_shutdown(self, reason: str) -> None:
+        self._add(f"on_shutdown:{reason}")
+
+    @hookimpl
+    def on_job_init(self, job: Job) -> None:
+        self._add("on_job_init", job)
+
+    @hookimpl
+    async def on_job_queued(self, job: Job) -> None:
+        self._add("on_job_queued", job)
+
+    @hookimpl
+    def on_job_submitting(self, job: Job) -> None:
+        self._add("on_job_submitting", job)
+
+    @hookimpl
+    async def on_job_submitted(self, job: Job) -> None:
+        self._add("on_job_submitted", job)
+
+    @hookimpl
+    def on_job_started(self, job: Job) -> None:
+        self._add("on_job_started", job)
+
+    @hookimpl
+    def on_job_killing(self, job: Job) -> None:
+        self._add("on_job_killing", job)
+
+    @hookimpl
+    def on_job_killed(self, job: Job) -> None:
+        self._add("on_job_killed", job)
+
+    @hookimpl
+    def on_job_failed(self, job: Job) -> None:
+        self._add("on_job_failed", job)
+
+    @hookimpl
+    async def on_job_succeeded(self, job: Job) -> None:
+        self._add("on_job_succeeded", job)
+
+    @hookimpl
+    def on_job_retrying(self, job: Job) -> None:
+        self._add("on_job_retrying", job)
+
+    def for_job(self, index: int) -> list[str]:
+        return [hook for hook, i in self.calls if i == index]

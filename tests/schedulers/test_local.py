@@ -1,0 +1,170 @@
+"""The local scheduler against real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from xqueue import Job, JobStatus, Xqueue
+from xqueue.schedulers.local import LocalScheduler
+
+pytestmark = pytest.mark.anyio
+
+PY = sys.executable
+
+
+def read(path: str) -> str:
+    return Path(path).read_text()
+
+
+async def run_one(workdir: Path, cmd: object, **kw: object) -> Job:
+    q = Xqueue(workdir=workdir, error_strategy="ignore", **kw)  # type: ignore[arg-type]
+    job = await q.feed(cmd)  # type: ignore[arg-type]
+    await q.run_until_complete()
+    return job
+
+
+async def test_list_command_reaches_program_exactly(workdir: Path) -> None:
+    args = ["print('hi')", "$HOME", "`whoami`", "a  b", "'q'", '"dq"', "; rm -rf /", ""]
+    job = await run_one(workdir, [PY, "-c", "import sys, json; print(json.dumps(sys.argv[1:]))", *args])
+    assert job.status is JobStatus.FINISHED, read(job.stderr_path)
+    assert json.loads(read(job.stdout_path)) == args
+
+
+async def test_python_dash_c_runs(workdir: Path) -> None:
+    job = await run_one(workdir, ["python3", "-c", 'print("hi there")'])
+    assert read(job.stdout_path) == "hi there\n"
+    assert read(job.stderr_path) == ""
+
+
+async def test_string_command_runs_in_a_shell(workdir: Path) -> None:
+    job = await run_one(workdir, "echo $((1 + 2)) | tr 3 X; echo err >&2")
+    assert read(job.stdout_path) == "X\n"
+    assert read(job.stderr_path) == "err\n"
+
+
+async def test_envs_and_job_variables_reach_the_job(workdir: Path) -> None:
+    q = Xqueue(workdir=workdir)
+    job = await q.feed("echo $GREETING $XQUEUE_JOB_INDEX; pwd", envs={"GREETING": "hello $HOME"})
+    await q.run_until_complete()
+    out = read(job.stdout_path).splitlines()
+    assert out[0] == "hello $HOME 0"
+    assert out[1] == os.getcwd()
+
+
+async def test_cwd_option(workdir: Path, tmp_path: Path) -> None:
+    job = await run_one(workdir, ["pwd"], scheduler_opts={"cwd": str(tmp_path)})
+    assert read(job.stdout_path).strip() == str(tmp_path)
+
+
+async def test_return_code_and_status_are_recorded(workdir: Path) -> None:
+    job = await run_one(workdir, "echo bad >&2; exit 3")
+    assert job.status is JobStatus.FAILED
+    assert job.rc == 3
+    record = json.loads(read(job.path("job.status")))
+    assert record["status"] == "failed" and record["rc"] == 3
+    assert read(job.stderr_path) == "bad\n"
+
+
+async def test_job_killed_by_signal_reports_negative_rc(workdir: Path) -> None:
+    job = await run_one(workdir, "kill -9 $$")
+    assert job.status is JobStatus.FAILED
+    assert job.rc == -signal.SIGKILL
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+
+
+async def _wait_for_file(path: Path, timeout: float = 10) -> str:
+    with anyio.fail_after(timeout):
+        while not (path.exists() and path.read_text().strip()):
+            await anyio.sleep(0.02)
+    return path.read_text().strip()
+
+
+async def test_kill_reaches_the_whole_process_group(workdir: Path, tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    async with Xqueue(workdir=workdir, error_strategy="ignore") as q:
+        # the job forks a grandchild; killing must take both down
+        job = await q.feed(f"sleep 60 & echo $! > {pidfile}; wait")
+        grandchild = int(await _wait_for_file(pidfile))
+        assert await q.kill(job)
+        await job.wait()
+    assert job.status is JobStatus.KILLED
+    assert not _alive(grandchild)
+    assert json.loads(read(job.path("job.status")))["status"] == "killed"
+
+
+async def test_kill_escalates_to_sigkill_after_grace(workdir: Path, tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    opts = {"kill_grace": 0.3}
+    async with Xqueue(workdir=workdir, error_strategy="ignore", scheduler_opts=opts) as q:
+        job = await q.feed(["sh", "-c", f"trap '' TERM; echo 1 > {ready}; sleep 60"])
+        await _wait_for_file(ready)
+        start = time.monotonic()
+        await q.kill(job)
+        await job.wait()
+    assert job.status is JobStatus.KILLED
+    assert 0.25 < time.monotonic() - start < 5
+
+
+async def test_liveness_is_not_fooled_by_pid_reuse(workdir: Path) -> None:
+    job = await run_one(workdir, ["true"])
+    sched = LocalScheduler()
+    # Same pid as a live process (ours), but a start time that is not its own.
+    job.jid = f"{os.getpid()}:1"
+    assert not await sched.job_is_running(job)
+    assert not await sched.recover_job(job)
+    with open(f"/proc/{os.getpid()}/stat") as fh:
+        start = fh.read().rsplit(")", 1)[1].split()[19]
+    job.jid = f"{os.getpid()}:{start}"
+    assert await sched.job_is_running(job)
+
+
+async def test_forks_bounds_concurrency(workdir: Path) -> None:
+    from tests.helpers import Recorder
+
+    class Active(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.now = self.peak = 0
+
+        def on_job_started(self, job: Job) -> None:  # type: ignore[override]
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+
+        def on_job_succeeded(self, job: Job) -> None:  # type: ignore[override]
+            self.now -= 1
+
+    from xqueue import hookimpl
+
+    Active.on_job_started = hookimpl(Active.on_job_started)  # type: ignore[method-assign]
+    Active.on_job_succeeded = hookimpl(Active.on_job_succeeded)  # type: ignore[method-assign]
+    plugin = Active()
+    q = Xqueue(workdir=workdir, forks=3, plugins=[plugin])
+    for i in range(12):
+        await q.feed(["sleep", f"0.0{i % 5}"])
+    await q.run_until_complete()
+    assert plugin.peak == 3
+    assert q.statistics().counts == {"finished": 12}
+
+
+async def test_many_jobs_complete(workdir: Path) -> None:
+    q = Xqueue(workdir=workdir, forks=32)
+    for i in range(300):
+        await q.feed(["sh", "-c", f"echo {i}"])
+    await q.run_until_complete()
+    assert q.statistics().counts == {"finished": 300}
+    assert all(read(j.stdout_path) == f"{j.index}\n" for j in q.jobs)

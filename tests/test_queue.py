@@ -1,0 +1,227 @@
+"""Engine behaviour through the public API, with real processes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from functools import partial
+from pathlib import Path
+
+import anyio
+import pytest
+
+from tests.helpers import DetachedScheduler
+from xqueue import JobFailedError, JobStatus, QueueStateError, Xqueue
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_seed_document_local_example(workdir: Path) -> None:
+    # xqute's README example, with only the import and class name changed.
+    xqute = Xqueue(forks=3, workdir=workdir)
+    for _ in range(10):
+        await xqute.feed(["sleep", "0.1"])
+    await xqute.run_until_complete()
+    assert [j.status for j in xqute.jobs] == [JobStatus.FINISHED] * 10
+
+
+async def test_halt_raises_naming_the_job_and_kills_the_others(workdir: Path) -> None:
+    q = Xqueue(forks=2, workdir=workdir, error_strategy="halt")
+    slow = await q.feed(["sleep", "60"])
+    bad = await q.feed("sleep 0.2; exit 4", name="the bad one")
+    later = await q.feed(["true"])
+    with anyio.fail_after(20), pytest.raises(JobFailedError) as info:
+        await q.run_until_complete()
+    assert info.value.job is bad
+    assert "job 1 (the bad one) failed with return code 4" in str(info.value)
+    assert bad.stderr_path in str(info.value)
+    assert slow.status is JobStatus.KILLED
+    assert later.status is JobStatus.KILLED
+    assert "cancelled before it was submitted" in later.reason
+
+
+async def test_retry_until_success_keeps_every_attempt(workdir: Path, tmp_path: Path) -> None:
+    counter = tmp_path / "n"
+    cmd = f"echo x >> {counter}; n=$(wc -l < {counter}); echo attempt $n; [ $n -ge 3 ]"
+    q = Xqueue(workdir=workdir, error_strategy="retry", num_retries=3)
+    job = await q.feed(cmd)
+    await q.run_until_complete()
+    assert job.status is JobStatus.FINISHED
+    assert job.attempt == 3
+    assert Path(job.stdout_path).read_text() == "attempt 3\n"
+    for n in (1, 2):
+        assert Path(job.dir, "attempts", str(n), "job.stdout").read_text() == f"attempt {n}\n"
+
+
+async def test_retry_exhausted_fails_and_run_goes_on(workdir: Path) -> None:
+    q = Xqueue(workdir=workdir, error_strategy="retry", num_retries=2)
+    bad = await q.feed("exit 7")
+    good = await q.feed(["true"])
+    await q.run_until_complete()
+    assert bad.status is JobStatus.FAILED and bad.rc == 7 and bad.attempt == 3
+    assert good.status is JobStatus.FINISHED
+
+
+async def test_ignore_records_failures(workdir: Path) -> None:
+    q = Xqueue(workdir=workdir, error_strategy="ignore", forks=4)
+    jobs = [await q.feed(f"exit {i % 2}") for i in range(6)]
+    await q.run_until_complete()
+    assert [j.rc for j in jobs] == [0, 1, 0, 1, 0, 1]
+    assert q.statistics().counts == {"finished": 3, "failed": 3}
+
+
+async def test_daemon_mode_collects_while_feeding(workdir: Path) -> None:
+    async with Xqueue(forks=1, workdir=workdir) as q:
+        for i in range(3):
+            job = await q.feed(["sh", "-c", f"echo {i}"])
+            with anyio.fail_after(10):
+                await job.wait()  # finished jobs are collected while feeding goes on
+            assert job.status is JobStatus.FINISHED
+        assert q.is_feeding()
+    assert not q.is_feeding()
+    assert q.statistics().counts == {"finished": 3}
+
+
+async def test_daemon_mode_feeding_from_other_tasks(workdir: Path) -> None:
+    q = Xqueue(forks=4, workdir=workdir)
+
+    async def producer(start: int) -> None:
+        for i in range(start, start + 5):
+            await q.feed(["sh", "-c", f"echo {i}"])
+            await anyio.sleep(0.01)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(partial(q.run, keep_feeding=True))
+        async with anyio.create_task_group() as producers:
+            producers.start_soon(producer, 0)
+            producers.start_soon(producer, 100)
+        await q.stop_feeding()
+    assert q.statistics().counts == {"finished": 10}
+
+
+async def test_xqute_style_keep_feeding(workdir: Path, anyio_backend: str) -> None:
+    xqute = Xqueue(forks=3, workdir=workdir)
+    if anyio_backend == "trio":
+        with pytest.raises(QueueStateError, match="async with"):
+            await xqute.run_until_complete(keep_feeding=True)
+        return
+    await xqute.run_until_complete(keep_feeding=True)
+    assert xqute.is_feeding()
+    for _ in range(5):
+        await xqute.feed(["sleep", "0.05"])
+    await xqute.stop_feeding()
+    assert xqute.statistics().counts == {"finished": 5}
+
+
+async def test_as_completed_yields_in_completion_order(workdir: Path) -> None:
+    q = Xqueue(forks=3, workdir=workdir)
+    for delay in ("0.6", "0.3", "0.01"):
+        await q.feed(["sleep", delay])
+    order = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(q.run_until_complete)
+        async for job in q.as_completed():
+            order.append(job.index)
+    assert order == [2, 1, 0]
+
+
+async def test_cancelling_the_caller_kills_jobs_and_raises(workdir: Path, tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    q = Xqueue(forks=2, workdir=workdir)
+    job = await q.feed(f"echo $$ > {pidfile}; exec sleep 60")
+    queued = await q.feed(["sleep", "60"])
+    await q.feed(["sleep", "60"])
+    with pytest.raises(TimeoutError):
+        with anyio.fail_after(1):
+            await q.run_until_complete()
+    assert job.status is JobStatus.KILLED
+    assert queued.status is JobStatus.KILLED
+    assert not os.path.exists(f"/proc/{pidfile.read_text().strip()}")
+
+
+async def test_error_in_async_with_body_kills_jobs(workdir: Path) -> None:
+    with pytest.raises(ZeroDivisionError):
+        async with Xqueue(workdir=workdir) as q:
+            job = await q.feed(["sleep", "60"])
+            await anyio.sleep(0.2)
+            1 / 0  # noqa: B018
+    assert job.status is JobStatus.KILLED
+
+
+async def test_halt_inside_async_with_raises_job_failed(workdir: Path) -> None:
+    with anyio.fail_after(10), pytest.raises(JobFailedError):
+        async with Xqueue(workdir=workdir) as q:
+            await q.feed("exit 1")
+            await anyio.sleep(30)  # cancelled by the halt
+
+
+async def test_feed_after_close_is_refused(workdir: Path) -> None:
+    async with Xqueue(workdir=workdir) as q:
+        await q.feed(["true"])
+    with pytest.raises(QueueStateError, match="closed"):
+        await q.feed(["true"])
+
+
+async def test_kill_queued_job(workdir: Path) -> None:
+    async with Xqueue(forks=1, workdir=workdir) as q:
+        first = await q.feed(["sleep", "0.3"])
+        second = await q.feed(["true"])
+        assert await q.kill(second)
+        assert second.status is JobStatus.KILLED
+        assert not await q.kill(second)
+    assert first.status is JobStatus.FINISHED
+
+
+async def test_custom_polled_scheduler_batches_active_jobs_only(workdir: Path) -> None:
+    sched = DetachedScheduler(poll_interval=0.05)
+    q = Xqueue(sched, forks=8, workdir=workdir, error_strategy="ignore")
+    for i in range(60):
+        await q.feed(f"exit {1 if i == 7 else 0}")
+    await q.run_until_complete()
+    stats = q.statistics()
+    assert stats.counts == {"finished": 59, "failed": 1}
+    assert q.jobs[7].rc == 1
+    # every tick passes only the active jobs (never the finished ones) in one call
+    assert max(sched.poll_sizes) <= 8
+    assert len(sched.poll_sizes) == stats.ticks
+    assert stats.status_calls <= 8 * stats.ticks
+
+
+async def test_polled_job_that_vanishes_is_failed_not_hung(workdir: Path) -> None:
+    sched = DetachedScheduler(poll_interval=0.05, vanish_grace=0.3)
+    q = Xqueue(sched, workdir=workdir, error_strategy="ignore")
+    # The wrapper dies before it can record a return code: nobody knows the job any more.
+    job = await q.feed(["sleep", "60"])
+
+    async def kill_wrapper() -> None:
+        while job.jid is None:
+            await anyio.sleep(0.01)
+        await anyio.sleep(0.1)
+        os.killpg(int(job.jid), 9)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(kill_wrapper)
+            await q.run_until_complete()
+    sched.procs[job.jid].wait()  # type: ignore[index]
+    assert job.status is JobStatus.FAILED
+    assert "vanished" in job.reason
+
+
+async def test_statistics_and_repr(workdir: Path) -> None:
+    q = Xqueue(forks=2, workdir=workdir, error_strategy="ignore")
+    await q.feed(["true"])
+    await q.feed(["false"])
+    await q.run_until_complete()
+    s = q.statistics()
+    assert (s.total, s.done, s.failed, s.active) == (2, 2, 1, 0)
+    assert repr(q) == "<Xqueue local forks=2 jobs=2 active=0 done=2 failed=1>"
+    assert repr(q.jobs[1]) == "<Job 1 'false' FAILED rc=1>"
+
+
+async def test_interpreter_path_with_spaces(tmp_path: Path) -> None:
+    wd = tmp_path / "work dir with spaces"
+    q = Xqueue(workdir=wd)
+    job = await q.feed([sys.executable, "-c", "print(1)"])
+    await q.run_until_complete()
+    assert Path(job.stdout_path).read_text() == "1\n"
