@@ -138,7 +138,7 @@ class Engine:
         self.jobs.append(job)
         self.counts[S.INIT] += 1
         await self.hooks.call("on_job_init", **self._kw(job))
-        if record and self._resume(job, record):
+        if record is not None and self._resume(job, record):
             if job.status is S.FINISHED:
                 await self.hooks.call("on_job_succeeded", **self._kw(job))
             return
@@ -155,10 +155,13 @@ class Engine:
             return True
         if status in (S.SUBMITTED.value, S.RUNNING.value) and record.get("jid"):
             job.jid, job.attempt = str(record["jid"]), int(attempt or 1)
-            self._to_adopt.append(job)
-            self._wake_submitter()
-            return True
-        return False
+        elif record:
+            return False  # it ended (failed, killed): run it again
+        # else: no record at all, so the earlier run may have died between starting the
+        # job and recording its id; the scheduler gets a chance to find it.
+        self._to_adopt.append(job)
+        self._wake_submitter()
+        return True
 
     async def _enqueue(self, job: Job) -> None:
         self._move(job, S.QUEUED)
@@ -345,7 +348,8 @@ class Engine:
         jobs, self._to_adopt = self._to_adopt, []
         for job in jobs:
             alive = await self.scheduler.recover_job(job)
-            if alive or read_rc(job) is not None:
+            if alive or (job.jid and read_rc(job) is not None):
+                job.attempt = max(job.attempt, 1)
                 log.info("job %s (%s): re-adopted %s", job.index, job.name, job.jid)
                 self._move(job, S.SUBMITTED)
                 self._active.add(job)

@@ -63,6 +63,12 @@ class Hooks:
         self._impls: dict[str, list[_Impl]] = {}
 
     def _register(self, plugin: Any, name: str | None) -> None:
+        if name is None:  # a readable name for messages, unique within this queue
+            base = getattr(plugin, "__name__", None) or type(plugin).__qualname__
+            name, n = base, 1
+            while self.pm.has_plugin(name):
+                n += 1
+                name = f"{base}-{n}"
         try:
             self.pm.register(plugin, name)
         except (pluggy.PluginValidationError, ValueError) as exc:

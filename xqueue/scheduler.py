@@ -206,7 +206,14 @@ class Scheduler(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} is polled, not awaited")
 
     async def recover_job(self, job: Job) -> bool:
-        """Whether a job an earlier run submitted (``job.jid`` set) can be adopted."""
+        """Whether a job an earlier run may have submitted can be adopted.
+
+        ``job.jid`` is the id that run recorded, or None when it died before recording
+        one: a backend that can find the job another way (its name, its environment)
+        sets ``job.jid`` and returns True. The default can only check a known id.
+        """
+        if job.jid is None:
+            return False
         return await self.job_is_running(job)
 
     def forget(self, job: Job) -> None:

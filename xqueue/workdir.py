@@ -107,8 +107,9 @@ class Workdir:
     def prepare(self, job: Job) -> dict[str, Any] | None:
         """Create the job's folder and return the last status record of an earlier run.
 
-        A folder left by an earlier run of the *same* job (same spec) is kept, so the
-        engine can skip or re-adopt it. A folder whose spec differs belongs to another
+        None means a fresh folder. A folder left by an earlier run of the *same* job
+        (same spec) is kept, so the engine can skip or re-adopt it; its record is ``{}``
+        when that run died before recording anything (it may still have started the job). A folder whose spec differs belongs to another
         job that used this index: it is moved aside rather than overwritten.
         """
         job.dir = self.job_dir(job)
@@ -117,7 +118,7 @@ class Workdir:
             os.mkdir(job.dir)
         except FileExistsError:
             if read_text(job.path(SPEC_FILE)) == spec:
-                return read_json(job.path(STATUS_FILE))
+                return read_json(job.path(STATUS_FILE)) or {}
             os.replace(job.dir, f"{job.dir}.replaced-{time.time_ns()}")
             os.mkdir(job.dir)
         except OSError as exc:

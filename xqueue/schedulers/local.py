@@ -18,6 +18,7 @@ import dataclasses
 import os
 import signal
 import subprocess
+import time
 from typing import Any
 
 import anyio
@@ -66,6 +67,33 @@ def _parse_jid(jid: str | None) -> tuple[int, str] | None:
     return (int(pid), start) if pid.isdigit() else None
 
 
+def _job_dirs_of_processes() -> dict[str, int]:
+    """XQUEUE_JOB_DIR -> pid for every live process we may read (the leader wins)."""
+    found: dict[str, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                environ = fh.read()
+        except OSError:
+            continue
+        start = environ.find(b"XQUEUE_JOB_DIR=")
+        if start < 0 or _start_time(int(entry)) is None:
+            continue
+        end = environ.find(b"\0", start)
+        jobdir = environ[start + 15 : end if end >= 0 else None].decode(errors="replace")
+        pid = int(entry)
+        try:
+            leader = os.getsid(pid) == pid
+        except OSError:
+            continue
+        # A job's children inherit the variable; the session leader is the job itself.
+        if jobdir not in found or leader:
+            found[jobdir] = pid
+    return found
+
+
 async def _wait_exit(pid: int) -> None:
     """Wait until process ``pid`` exits, without reaping it."""
     try:
@@ -92,6 +120,7 @@ class LocalScheduler(Scheduler):
         # job -> its Popen, or None for a job adopted from an earlier run.
         self._procs: dict[Job, subprocess.Popen[bytes] | None] = {}
         self._base_env: dict[str, str] = {}
+        self._env_map: tuple[float, dict[str, int]] | None = None
 
     async def open(self, workdir: Any) -> None:
         await super().open(workdir)
@@ -173,10 +202,27 @@ class LocalScheduler(Scheduler):
         return self._alive_pid(job) is not None
 
     async def recover_job(self, job: Job) -> bool:
+        if job.jid is None:
+            pid = self._find_by_environment(job)
+            if pid is None:
+                return False
+            job.jid = f"{pid}:{_start_time(pid)}"
         if self._alive_pid(job) is None:
             return False
         self._procs[job] = None
         return True
+
+    def _find_by_environment(self, job: Job) -> int | None:
+        """The pid of a process started for ``job`` (XQUEUE_JOB_DIR in its environment).
+
+        An earlier run killed between starting a job and recording its pid leaves no
+        other trace; every job process carries its folder in its environment. /proc is
+        scanned once and the map reused for the jobs recovered in the same second.
+        """
+        now = time.monotonic()
+        if self._env_map is None or now - self._env_map[0] > 1.0:
+            self._env_map = (now, _job_dirs_of_processes())
+        return self._env_map[1].get(job.dir)
 
     async def kill_job(self, job: Job) -> None:
         """SIGTERM the job's process group, then SIGKILL it if it has not exited in time."""

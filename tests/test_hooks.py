@@ -1,0 +1,131 @@
+"""Hooks and plugins: order, async and sync implementations, vetoes, failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from tests.helpers import Recorder
+from xqueue import ConfigError, Job, JobStatus, PluginError, Xqueue, hookimpl
+
+pytestmark = pytest.mark.anyio
+
+LIFECYCLE = [
+    "on_job_init",
+    "on_job_queued",
+    "on_job_submitting",
+    "on_job_submitted",
+    "on_job_started",
+]
+
+
+async def test_hooks_fire_in_lifecycle_order(workdir: Path) -> None:
+    rec = Recorder()
+    q = Xqueue(workdir=workdir, plugins=[rec], error_strategy="ignore")
+    await q.feed(["true"])
+    await q.feed("exit 2")
+    await q.run_until_complete()
+    assert rec.calls[0] == ("on_job_init", 0)
+    assert ("on_init", None) in rec.calls
+    assert rec.calls[-1] == ("on_shutdown:complete", None)
+    assert rec.for_job(0) == [*LIFECYCLE, "on_job_succeeded"]
+    assert rec.for_job(1) == [*LIFECYCLE, "on_job_failed"]
+
+
+async def test_retrying_hook_and_requeue(workdir: Path) -> None:
+    rec = Recorder()
+    q = Xqueue(workdir=workdir, plugins=[rec], error_strategy="retry", num_retries=1)
+    await q.feed("exit 2")
+    await q.run_until_complete()
+    assert rec.for_job(0) == [
+        *LIFECYCLE,
+        "on_job_retrying",
+        *LIFECYCLE[1:],
+        "on_job_failed",
+    ]
+
+
+async def test_module_style_plugin_with_async_hooks(workdir: Path) -> None:
+    seen: list[tuple[str, Any]] = []
+
+    class Plugin:
+        @hookimpl
+        async def on_job_succeeded(self, job: Job, xqueue: Xqueue) -> None:
+            await anyio.sleep(0)
+            seen.append((job.name, xqueue.forks))
+
+    q = Xqueue(workdir=workdir, plugins=[Plugin()], forks=2)
+    await q.feed(["true"], name="a")
+    await q.run_until_complete()
+    assert seen == [("a", 2)]
+
+
+async def test_submission_veto_skips_the_job_without_hanging(workdir: Path) -> None:
+    class Veto:
+        @hookimpl
+        def on_job_submitting(self, job: Job) -> bool:
+            return job.index != 1
+
+    q = Xqueue(workdir=workdir, plugins=[Veto()])
+    jobs = [await q.feed(["true"]) for _ in range(3)]
+    with anyio.fail_after(10):
+        await q.run_until_complete()
+    assert [j.status for j in jobs] == [JobStatus.FINISHED, JobStatus.SKIPPED, JobStatus.FINISHED]
+    assert "vetoed by plugin" in jobs[1].reason
+
+
+async def test_kill_veto_leaves_job_running_to_completion(workdir: Path) -> None:
+    class NoKill:
+        @hookimpl
+        def on_job_killing(self) -> bool:
+            return False
+
+    async with Xqueue(workdir=workdir, plugins=[NoKill()]) as q:
+        job = await q.feed(["sleep", "0.3"])
+        await anyio.sleep(0.1)
+        assert await q.kill(job) is False
+        await job.wait()
+    assert job.status is JobStatus.FINISHED
+
+
+async def test_failing_plugin_is_named_and_does_not_hang(workdir: Path) -> None:
+    class Broken:
+        @hookimpl
+        def on_job_submitted(self, job: Job) -> None:
+            raise RuntimeError("boom")
+
+    q = Xqueue(workdir=workdir, plugins=[Broken()])
+    job = await q.feed(["sleep", "30"])
+    with anyio.fail_after(10), pytest.raises(PluginError) as info:
+        await q.run_until_complete()
+    assert info.value.hook == "on_job_submitted"
+    assert "Broken" in info.value.plugin
+    assert "boom" in str(info.value)
+    assert job.status is JobStatus.KILLED
+
+
+async def test_plugin_with_unknown_argument_is_rejected(workdir: Path) -> None:
+    class Bad:
+        @hookimpl
+        def on_job_queued(self, nonsense: int) -> None: ...
+
+    with pytest.raises(ConfigError, match="cannot be registered"):
+        Xqueue(workdir=workdir, plugins=[Bad()])
+
+
+async def test_unknown_entry_point_plugin_is_named(workdir: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown plugin 'nope'"):
+        Xqueue(workdir=workdir, plugins=["nope"])
+
+
+async def test_two_queues_have_separate_plugins(workdir: Path, tmp_path: Path) -> None:
+    a, b = Recorder(), Recorder()
+    qa = Xqueue(workdir=tmp_path / "a", plugins=[a])
+    qb = Xqueue(workdir=tmp_path / "b", plugins=[b])
+    await qa.feed(["true"])
+    await qa.run_until_complete()
+    assert a.calls and not b.calls
+    assert qb.statistics().total == 0

@@ -1,0 +1,117 @@
+"""A later run with the same workdir skips successes and re-adopts running jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from xqueue import JobStatus, Xqueue
+
+pytestmark = pytest.mark.anyio
+
+
+def counting(marker: Path, i: int, extra: str = "") -> str:
+    """A job that appends a line to ``marker`` each time it really runs."""
+    return f"echo {i} >> {marker}; {extra}"
+
+
+async def test_second_run_skips_succeeded_and_reruns_failed(workdir: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    flag = tmp_path / "fixed"
+    cmds = [counting(marker, 0), counting(marker, 1, f"test -e {flag}"), counting(marker, 2)]
+
+    q1 = Xqueue(workdir=workdir, error_strategy="ignore")
+    for c in cmds:
+        await q1.feed(c)
+    await q1.run_until_complete()
+    assert [j.status for j in q1.jobs] == [JobStatus.FINISHED, JobStatus.FAILED, JobStatus.FINISHED]
+
+    flag.write_text("")
+    q2 = Xqueue(workdir=workdir, error_strategy="ignore")
+    for c in cmds:
+        await q2.feed(c)
+    assert q2.jobs[0].status is JobStatus.FINISHED  # known before running
+    await q2.run_until_complete()
+    assert [j.status for j in q2.jobs] == [JobStatus.FINISHED] * 3
+    assert q2.jobs[0].reason == "succeeded in an earlier run"
+    assert sorted(marker.read_text().split()) == ["0", "1", "1", "2"]  # only job 1 ran again
+    assert len(list(workdir.iterdir())) == 3
+
+
+async def test_same_command_maps_to_same_folder_other_command_does_not(workdir: Path) -> None:
+    q1 = Xqueue(workdir=workdir)
+    a = await q1.feed(["echo", "a"])
+    await q1.run_until_complete()
+    q2 = Xqueue(workdir=workdir)
+    a2 = await q2.feed(["echo", "a"])
+    assert a2.dir == a.dir and a2.status is JobStatus.FINISHED
+    q3 = Xqueue(workdir=workdir)
+    b = await q3.feed(["echo", "a"], envs={"X": "1"})  # same index, different job
+    assert b.status is JobStatus.QUEUED
+    await q3.run_until_complete()
+    assert [p.name for p in workdir.iterdir() if ".replaced-" in p.name]
+
+
+CONTROLLER = textwrap.dedent(
+    """
+    import anyio, sys
+    from xqueue import Xqueue
+
+    async def main(workdir, marker, n):
+        q = Xqueue(workdir=workdir, forks=3, error_strategy="ignore")
+        for i in range(n):
+            await q.feed(f"echo {i} >> {marker}; sleep 1.5")
+        await q.run_until_complete()
+        print("statuses", [j.status.value for j in q.jobs], flush=True)
+
+    anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    """
+)
+
+
+async def test_controller_killed_mid_run_loses_nothing_and_runs_nothing_twice(
+    workdir: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    script = tmp_path / "controller.py"
+    script.write_text(CONTROLLER)
+    n = 6
+    first = subprocess.Popen([sys.executable, str(script), str(workdir), str(marker), str(n)])
+    # Wait until the first three jobs run, then kill the controller without warning.
+    deadline = time.monotonic() + 20
+    while not (marker.exists() and len(marker.read_text().split()) >= 3):
+        assert time.monotonic() < deadline, "jobs never started"
+        await anyio.sleep(0.05)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    # The kill may land between a job's start and the record of its pid, so a job can
+    # be running with no record yet: the next run must find it all the same.
+    records = [json.loads(p.read_text()) for p in workdir.glob("*/job.status")]
+    assert len(records) <= 3 and all(r["status"] == "submitted" for r in records)
+    assert len(marker.read_text().split()) == 3  # forks=3: no more than three started
+
+    q = Xqueue(workdir=workdir, forks=3, error_strategy="ignore")
+    for i in range(n):
+        await q.feed(f"echo {i} >> {marker}; sleep 1.5")
+    with anyio.fail_after(30):
+        await q.run_until_complete()
+
+    ran = marker.read_text().split()
+    assert sorted(ran) == [str(i) for i in range(n)], "a job was lost or run twice"
+    adopted, fresh = q.jobs[:3], q.jobs[3:]
+    assert all(j.status is JobStatus.FINISHED for j in fresh)
+    # The adopted jobs were not our children, so their exit status is unknown: say so,
+    # and do not run them again.
+    for job in adopted:
+        assert job.status is JobStatus.FAILED
+        assert "exit status unknown" in job.reason
+        assert job.attempt == 1
