@@ -76,11 +76,15 @@ async def main() -> None:
             base.append(await baseline(args.jobs, forks))
             xq.append(await xqueue_rate(args.jobs, forks))
         b, x = statistics.median(base), statistics.median(xq)
-        print(f"forks={forks:<3} N={args.jobs}: asyncio {b:7.0f} jobs/s  xqueue {x:7.0f} jobs/s"
-              f"  ratio {x / b:.2f}x")
+        print(
+            f"forks={forks:<3} N={args.jobs}: asyncio {b:7.0f} jobs/s  xqueue {x:7.0f} jobs/s"
+            f"  ratio {x / b:.2f}x"
+        )
     lx, lb = await latency(20)
-    print(f"feed-to-done latency (median of 20): xqueue {lx * 1000:.2f} ms, "
-          f"asyncio spawn+wait {lb * 1000:.2f} ms")
+    print(
+        f"feed-to-done latency (median of 20): xqueue {lx * 1000:.2f} ms, "
+        f"asyncio spawn+wait {lb * 1000:.2f} ms"
+    )
 
 
 if __name__ == "__main__":

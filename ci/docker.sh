@@ -66,7 +66,7 @@ fi
 docker_up() { "${DOCKER[@]}" version --format '{{.Server.Version}}'; }
 if ! pidfile_alive "$PIDF" dockerd; then
   # a dockerd we did not start (e.g. from an init script) would fight over /var/lib/docker
-  if pgrep -x dockerd >/dev/null; then die "a dockerd not started by this script is running (pid $(pgrep -x dockerd | paste -sd,)); stop it first"; fi
+  if ! none_running dockerd; then die "a dockerd not started by this script is running (pid $(live_pids dockerd | paste -sd,)); stop it first"; fi
   rm -f "$PIDF"
   log "starting dockerd on unix://$SOCK"
   setsid /usr/sbin/dockerd -H "unix://$SOCK" -p "$PIDF" >"$LOGF" 2>&1 </dev/null &

@@ -33,7 +33,9 @@ esac
 need_root
 
 if [ ! -s "$TAR" ]; then
-  command -v dpkg-deb >/dev/null && command -v apt-get >/dev/null || die "needs apt-get and dpkg-deb (a Debian/Ubuntu machine)"
+  if ! command -v dpkg-deb >/dev/null || ! command -v apt-get >/dev/null; then
+    die "needs apt-get and dpkg-deb (a Debian/Ubuntu machine)"
+  fi
   W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
   # apt-get download drops privileges to _apt, which must be able to write the directory
   chmod 755 "$W"; mkdir -p "$W/deb"; chown _apt "$W/deb" 2>/dev/null || true

@@ -40,6 +40,11 @@ proc_alive() {
 
 proc_gone() { ! proc_alive "$@"; }
 
+# live_pids NAME: pids of live (non-zombie) processes named NAME. Unlike plain `pgrep -x`, this
+# ignores the zombies PID 1 has not reaped yet.
+live_pids() { local p; for p in $(pgrep -x "$1" || true); do proc_alive "$p" "$1" && echo "$p"; done; return 0; }
+none_running() { [ -z "$(live_pids "$1")" ]; }
+
 # pidfile_alive FILE [COMM]
 pidfile_alive() { [ -s "$1" ] && proc_alive "$(head -n1 "$1" | tr -dc 0-9)" "${2:-}"; }
 

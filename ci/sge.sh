@@ -37,14 +37,12 @@ SPOOL=/var/spool/gridengine
 QM_PID=$SPOOL/qmaster/qmaster.pid
 [[ "$SLOTS" =~ ^[1-9][0-9]*$ ]] || die "XQ_SGE_SLOTS must be a positive integer, not '$SLOTS'"
 
-gone() { ! pgrep -x "$1" >/dev/null; }
-
 stop_all() {
   command -v qconf >/dev/null || return 0
   qconf -ke all >/dev/null 2>&1 || true
-  wait_for 30 gone sge_execd || true
+  wait_for 30 none_running sge_execd || true
   qconf -km >/dev/null 2>&1 || true
-  wait_for 60 gone sge_qmaster || true
+  wait_for 60 none_running sge_qmaster || true
   # fall back to signals if qmaster did not answer (e.g. half-started)
   local f; for f in "$SPOOL"/execd/*/execd.pid; do [ -f "$f" ] && stop_pidfile "$f" sge_execd; done
   stop_pidfile "$QM_PID" sge_qmaster 30
@@ -83,7 +81,7 @@ fi
 qmaster_up() { qconf -sh; }
 if ! qmaster_up >/dev/null 2>&1; then
   if ! pidfile_alive "$QM_PID" sge_qmaster; then
-    wait_for 30 gone sge_qmaster || die "an sge_qmaster is still running but does not answer; run: $0 stop"
+    wait_for 30 none_running sge_qmaster || die "an sge_qmaster is still running but does not answer; run: $0 stop"
     log "starting sge_qmaster"
     /usr/sbin/sge_qmaster
   fi

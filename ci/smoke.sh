@@ -8,6 +8,7 @@
 # Prints one line per service with its time; exit status non-zero if any check failed.
 # Takes ~3 s when everything is up. (Check functions run with errexit off, so every step that
 # matters checks its own status.)
+# shellcheck disable=SC2329  # the small check functions are called through wait_for
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 XQ_NAME=smoke
@@ -19,7 +20,7 @@ W=$(mktemp -d /tmp/xq-smoke.XXXXXX); trap 'rm -rf "$W"' EXIT
 chmod 755 "$W"
 
 smoke_slurm() {
-  local j s acct
+  local j
   j=$(cd "$W" && sbatch --parsable -o "$W/slurm-%j.out" --wrap 'echo hi; exit 3') || { echo "sbatch failed"; return 1; }
   job_done() { scontrol show job -o "$j" | has -E 'JobState=(FAILED|COMPLETED|CANCELLED)'; }
   wait_for 30 job_done || { echo "job $j did not finish: $(scontrol show job -o "$j")"; return 1; }

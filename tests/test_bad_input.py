@@ -23,18 +23,44 @@ pytestmark = pytest.mark.anyio
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"scheduler": "slurmm"}, UnknownSchedulerError, r"unknown scheduler 'slurmm'; available schedulers: .*local.*slurm"),
+        (
+            {"scheduler": "slurmm"},
+            UnknownSchedulerError,
+            r"unknown scheduler 'slurmm'; available schedulers: .*local.*slurm",
+        ),
         ({"forks": 0}, ConfigError, "forks must be >= 1, got 0"),
         ({"forks": "4"}, ConfigError, "forks must be an integer, got '4'"),
         ({"num_retries": -1}, ConfigError, "num_retries must be >= 0"),
-        ({"error_strategy": "stop"}, ConfigError, "invalid error_strategy 'stop'; choose one of 'halt', 'retry', 'ignore'"),
-        ({"scheduler_opts": {"partition": "x"}}, SchedulerOptionError, "scheduler 'local' does not accept option 'partition'; accepted: .*cwd"),
-        ({"scheduler_opts": {"kill_grace": "soon"}}, SchedulerOptionError, "option 'kill_grace' expects float, got 'soon'"),
-        ({"scheduler_opts": {"cwd": "/no/such/dir"}}, SchedulerOptionError, "cwd '/no/such/dir' is not a directory"),
-        ({"scheduler": 42}, ConfigError, "scheduler must be a name, a Scheduler subclass or instance"),
+        (
+            {"error_strategy": "stop"},
+            ConfigError,
+            "invalid error_strategy 'stop'; choose one of 'halt', 'retry', 'ignore'",
+        ),
+        (
+            {"scheduler_opts": {"partition": "x"}},
+            SchedulerOptionError,
+            "scheduler 'local' does not accept option 'partition'; accepted: .*cwd",
+        ),
+        (
+            {"scheduler_opts": {"kill_grace": "soon"}},
+            SchedulerOptionError,
+            "option 'kill_grace' expects float, got 'soon'",
+        ),
+        (
+            {"scheduler_opts": {"cwd": "/no/such/dir"}},
+            SchedulerOptionError,
+            "cwd '/no/such/dir' is not a directory",
+        ),
+        (
+            {"scheduler": 42},
+            ConfigError,
+            "scheduler must be a name, a Scheduler subclass or instance",
+        ),
     ],
 )
-def test_bad_queue_arguments(workdir: Path, kwargs: dict[str, Any], error: type, message: str) -> None:
+def test_bad_queue_arguments(
+    workdir: Path, kwargs: dict[str, Any], error: type, message: str
+) -> None:
     with pytest.raises(error, match=message):
         Xqueue(workdir=workdir, **kwargs)
 
@@ -42,7 +68,7 @@ def test_bad_queue_arguments(workdir: Path, kwargs: dict[str, Any], error: type,
 def test_workdir_not_writable(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    with pytest.raises(WorkdirError, match="is not writable .*pass workdir= a folder"):
+    with pytest.raises(WorkdirError, match=r"is not writable .*pass workdir= a folder"):
         Xqueue(workdir=blocker / "wd")
 
 
@@ -53,13 +79,19 @@ def test_workdir_not_writable(tmp_path: Path) -> None:
         ("  ", {}, "empty command"),
         ([""], {}, "empty command"),
         (b"ls", {}, "a command is a string or a list of arguments, not bytes"),
-        (["true"], {"envs": {"BAD-NAME": "1"}}, r"invalid environment variable name\(s\) \['BAD-NAME'\]"),
+        (
+            ["true"],
+            {"envs": {"BAD-NAME": "1"}},
+            r"invalid environment variable name\(s\) \['BAD-NAME'\]",
+        ),
         (["true"], {"resources": {"memory": "lots"}}, "invalid memory 'lots'"),
         (["true"], {"resources": {"walltime": "1:xx"}}, "invalid walltime '1:xx'"),
         (["true"], {"resources": {"cores": 2}}, r"unknown resource\(s\) \['cores'\]"),
     ],
 )
-async def test_bad_job_arguments(workdir: Path, cmd: Any, kwargs: dict[str, Any], message: str) -> None:
+async def test_bad_job_arguments(
+    workdir: Path, cmd: Any, kwargs: dict[str, Any], message: str
+) -> None:
     q = Xqueue(workdir=workdir)
     with pytest.raises(ConfigError, match=message):
         await q.feed(cmd, **kwargs)
@@ -81,7 +113,7 @@ async def test_command_not_found_names_the_command(workdir: Path) -> None:
 async def test_command_not_found_under_halt_raises(workdir: Path) -> None:
     q = Xqueue(workdir=workdir)
     await q.feed(["no-such-command-xq"])
-    with pytest.raises(JobFailedError, match="job 0 .*command not found: 'no-such-command-xq'"):
+    with pytest.raises(JobFailedError, match=r"job 0 .*command not found: 'no-such-command-xq'"):
         await q.run_until_complete()
 
 

@@ -120,8 +120,7 @@ async def test_as_completed_yields_in_completion_order(workdir: Path) -> None:
     order = []
     async with anyio.create_task_group() as tg:
         tg.start_soon(q.run_until_complete)
-        async for job in q.as_completed():
-            order.append(job.index)
+        order += [job.index async for job in q.as_completed()]
     assert order == [2, 1, 0]
 
 

@@ -60,7 +60,9 @@ class InvalidTransitionError(XqueueError):
 
     def __init__(self, job: Job, old: JobStatus, new: JobStatus) -> None:
         self.job = job
-        super().__init__(f"job {job.index} ({job.name}): illegal transition {old.name} -> {new.name}")
+        super().__init__(
+            f"job {job.index} ({job.name}): illegal transition {old.name} -> {new.name}"
+        )
 
 
 class JobFailedError(XqueueError):

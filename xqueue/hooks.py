@@ -35,7 +35,9 @@ def _entry_points() -> dict[str, Any]:
 class Hooks:
     """The plugins of one queue and a fast, async-aware way to call them."""
 
-    def __init__(self, plugins: Iterable[Any] | None = None, *, autoload: bool | None = None) -> None:
+    def __init__(
+        self, plugins: Iterable[Any] | None = None, *, autoload: bool | None = None
+    ) -> None:
         self.pm = pluggy.PluginManager("xqueue")
         self.pm.add_hookspecs(hookspecs)
         plugins = list(plugins or [])
@@ -47,9 +49,8 @@ class Hooks:
         eps = _entry_points() if (autoload or named) else {}
         for name in named:
             if name not in eps:
-                raise ConfigError(
-                    f"unknown plugin {name!r}; installed plugins: {', '.join(sorted(eps)) or 'none'}"
-                )
+                installed = ", ".join(sorted(eps)) or "none"
+                raise ConfigError(f"unknown plugin {name!r}; installed plugins: {installed}")
         if autoload:
             for name, ep in eps.items():
                 if name not in blocked and name not in named:

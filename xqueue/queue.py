@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from .engine import Engine
@@ -209,7 +210,7 @@ class Xqueue:
                 ) from None
             self._engine.feeding = True
             self._background = loop.create_task(self._engine.run(keep_feeding=True))
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             return
         await self.run(keep_feeding=keep_feeding)
 

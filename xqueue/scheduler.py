@@ -121,7 +121,7 @@ class Scheduler(abc.ABC):
         """Called once before the first submission; open connections here."""
         self.workdir = workdir
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional for backends
         """Called once when the queue stops; close connections here."""
 
     # -- the single forms ------------------------------------------------------------
@@ -154,8 +154,10 @@ class Scheduler(abc.ABC):
             self.stats.kill_calls += 1
             await self.kill_job(job)
 
-        return [r if isinstance(r, BaseException) else None
-                for r in await gather_bounded(jobs, one, self.options.submit_concurrency)]
+        return [
+            r if isinstance(r, BaseException) else None
+            for r in await gather_bounded(jobs, one, self.options.submit_concurrency)
+        ]
 
     async def jobs_are_running(self, jobs: Sequence[Job]) -> dict[Job, bool]:
         """Which jobs the backend still holds; override with one batched query."""

@@ -109,8 +109,9 @@ class Workdir:
 
         None means a fresh folder. A folder left by an earlier run of the *same* job
         (same spec) is kept, so the engine can skip or re-adopt it; its record is ``{}``
-        when that run died before recording anything (it may still have started the job). A folder whose spec differs belongs to another
-        job that used this index: it is moved aside rather than overwritten.
+        when that run died before recording anything (it may still have started the
+        job). A folder whose spec differs belongs to another job that used this index:
+        it is moved aside rather than overwritten.
         """
         job.dir = self.job_dir(job)
         spec = job_spec(job)

@@ -33,7 +33,9 @@ async def run_one(workdir: Path, cmd: object, **kw: object) -> Job:
 
 async def test_list_command_reaches_program_exactly(workdir: Path) -> None:
     args = ["print('hi')", "$HOME", "`whoami`", "a  b", "'q'", '"dq"', "; rm -rf /", ""]
-    job = await run_one(workdir, [PY, "-c", "import sys, json; print(json.dumps(sys.argv[1:]))", *args])
+    job = await run_one(
+        workdir, [PY, "-c", "import sys, json; print(json.dumps(sys.argv[1:]))", *args]
+    )
     assert job.status is JobStatus.FINISHED, read(job.stderr_path)
     assert json.loads(read(job.stdout_path)) == args
 

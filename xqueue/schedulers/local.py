@@ -46,8 +46,8 @@ class LocalOptions(SchedulerOptions):
             raise SchedulerOptionError(f"{scheduler}: cwd {self.cwd!r} is not a directory")
 
 
-def _start_time(pid: int) -> str | None:
-    """Process start time from /proc, or None if the process is gone or a zombie."""
+def _stat(pid: int) -> tuple[bytes, str] | None:
+    """(state, start time in clock ticks) of a process from /proc, None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()
@@ -55,9 +55,13 @@ def _start_time(pid: int) -> str | None:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ")".
     fields = stat[stat.rindex(b")") + 2 :].split()
-    if fields[0] == b"Z":
-        return None
-    return fields[19].decode()
+    return fields[0], fields[19].decode()
+
+
+def _start_time(pid: int) -> str | None:
+    """Start time of a live process; None if it is gone or a zombie."""
+    stat = _stat(pid)
+    return None if stat is None or stat[0] == b"Z" else stat[1]
 
 
 def _parse_jid(jid: str | None) -> tuple[int, str] | None:
@@ -65,6 +69,12 @@ def _parse_jid(jid: str | None) -> tuple[int, str] | None:
         return None
     pid, _, start = jid.partition(":")
     return (int(pid), start) if pid.isdigit() else None
+
+
+def live_local_jid(jid: str) -> bool:
+    """Whether a local job id (``pid:start_time``) names a process that is still alive."""
+    parsed = _parse_jid(jid)
+    return parsed is not None and _start_time(parsed[0]) == parsed[1]
 
 
 def _job_dirs_of_processes() -> dict[str, int]:
@@ -172,7 +182,8 @@ class LocalScheduler(Scheduler):
         finally:
             out.close()
         self._procs[job] = proc
-        return f"{proc.pid}:{_start_time(proc.pid)}"
+        stat = _stat(proc.pid)  # still there: the exited child stays a zombie until reaped
+        return f"{proc.pid}:{stat[1] if stat else 0}"
 
     async def wait_job(self, job: Job) -> JobState:
         proc = self._procs.get(job)
@@ -193,9 +204,8 @@ class LocalScheduler(Scheduler):
         proc = self._procs.get(job)
         if proc is not None:
             return proc.pid if proc.poll() is None else None
-        parsed = _parse_jid(job.jid)
-        if parsed and _start_time(parsed[0]) == parsed[1]:
-            return parsed[0]
+        if job.jid and live_local_jid(job.jid):
+            return int(job.jid.partition(":")[0])
         return None
 
     async def job_is_running(self, job: Job) -> bool:
@@ -206,7 +216,7 @@ class LocalScheduler(Scheduler):
             pid = self._find_by_environment(job)
             if pid is None:
                 return False
-            job.jid = f"{pid}:{_start_time(pid)}"
+            job.jid = f"{pid}:{_start_time(pid) or 0}"
         if self._alive_pid(job) is None:
             return False
         self._procs[job] = None

@@ -1,0 +1,55 @@
+"""Sessions: ``nox`` runs lint, typecheck and tests (starting the services the tests need).
+
+nox                 # the whole suite, as CI runs it
+nox -s tests        # tests only (services are started when we are root with apt)
+nox -s bench        # benchmarks, not part of the default run
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+PYTHON = "3.11" if shutil.which("python3.11") else None
+
+
+def _can_start_services() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get") is not None
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[lint]")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """All tests. Real services are installed and started by ci/services.sh first."""
+    session.install("-e", ".[test]")
+    if os.environ.get("XQUEUE_SKIP_SERVICES"):
+        session.log("XQUEUE_SKIP_SERVICES is set: service tests will be skipped")
+    elif _can_start_services():
+        session.run("bash", "ci/services.sh", external=True)
+    else:
+        session.log("not root with apt-get: tests that need Slurm, SGE, sshd or containers skip")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    session.install("-e", ".")
+    session.run("python", "benchmarks/local_throughput.py", *session.posargs)

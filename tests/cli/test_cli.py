@@ -1,0 +1,133 @@
+"""The ``xqueue`` command as a user runs it: a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+XQ = [sys.executable, "-m", "xqueue"]
+
+
+def xqueue(
+    *args: str, input: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*XQ, *args], input=input, capture_output=True, text=True, cwd=cwd, timeout=60
+    )
+
+
+def test_run_from_stdin_success(tmp_path: Path) -> None:
+    wd = tmp_path / "wd"
+    out = xqueue("run", "-w", str(wd), "-f", "4", input="echo one\n# comment\n\necho two\n")
+    assert out.returncode == 0, out.stderr
+    assert "2 job(s) in" in out.stderr and "2 finished" in out.stderr
+    assert sorted(p.read_text() for p in wd.glob("*/job.stdout")) == ["one\n", "two\n"]
+
+
+def test_run_file_with_failures_exits_nonzero_with_table(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("true\necho oops >&2; exit 3\n")
+    out = xqueue("run", str(jobs), "-w", str(tmp_path / "wd"))
+    assert out.returncode == 1
+    assert "1 job(s) did not succeed" in out.stderr
+    assert "oops" in out.stderr  # last stderr line shown as the reason
+    assert "job.stderr" in out.stderr.replace("\n", "").replace(" ", "").replace("│", "")
+
+
+def test_retry_strategy_from_cli(tmp_path: Path) -> None:
+    counter = tmp_path / "n"
+    cmd = f"echo x >> {counter}; [ $(wc -l < {counter}) -ge 2 ]\n"
+    out = xqueue("run", "-w", str(tmp_path / "wd"), "-e", "retry", "-r", "2", input=cmd)
+    assert out.returncode == 0, out.stderr
+    assert counter.read_text().count("x") == 2
+
+
+def test_halt_strategy_names_the_job(tmp_path: Path) -> None:
+    out = xqueue("run", "-w", str(tmp_path / "wd"), "-e", "halt", input="exit 9\n")
+    assert out.returncode == 1
+    assert "halted:" in out.stderr and "return code 9" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-s", "nosuch"], "unknown scheduler 'nosuch'; available schedulers:"),
+        (["-f", "0"], "forks must be >= 1"),
+        (["-o", "partition=debug"], "does not accept option 'partition'"),
+        (["-o", "justakey"], "is not KEY=VALUE"),
+        (["-o", "kill_grace=x"], "expects float"),
+        (["/no/such/list.txt"], "cannot read job list '/no/such/list.txt'"),
+    ],
+)
+def test_bad_input_exits_2_with_message(tmp_path: Path, args: list[str], message: str) -> None:
+    out = xqueue("run", "-w", str(tmp_path / "wd"), *args, input="true\n")
+    assert out.returncode == 2
+    assert message in " ".join(out.stderr.split())
+
+
+def test_status_of_a_finished_workdir(tmp_path: Path) -> None:
+    wd = tmp_path / "wd"
+    xqueue("run", "-w", str(wd), input="true\nexit 4\n")
+    out = xqueue("status", str(wd), "--json")
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(r["command"], r["state"]["status"], r["state"]["rc"]) for r in rows] == [
+        ("true", "finished", 0),
+        ("exit 4", "failed", 4),
+    ]
+    table = xqueue("status", str(wd))
+    assert "1 failed, 1 finished" in table.stdout
+
+
+def test_status_shows_running_jobs_and_sigterm_stops_the_run(tmp_path: Path) -> None:
+    wd = tmp_path / "wd"
+    proc = subprocess.Popen(
+        [*XQ, "run", "-w", str(wd), "-f", "2"],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin
+    proc.stdin.write("sleep 60\nsleep 60\nsleep 60\n")
+    proc.stdin.close()
+    proc.stdin = None
+    deadline = time.monotonic() + 20
+    while True:
+        out = xqueue("status", str(wd), "--json")
+        states = [json.loads(line)["state"] for line in out.stdout.splitlines()]
+        if sum(1 for s in states if s and s["status"] == "running") == 2:
+            break
+        assert time.monotonic() < deadline, out
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143
+    assert "interrupted" in err
+    final = [
+        json.loads(line)["state"]
+        for line in xqueue("status", str(wd), "--json").stdout.splitlines()
+    ]
+    assert [s["status"] if s else None for s in final] == ["killed", "killed", None]
+    for s in final[:2]:
+        pid = int(s["jid"].split(":")[0])
+        assert (
+            not os.path.exists(f"/proc/{pid}")
+            or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+        )
+
+
+def test_schedulers_lists_builtins() -> None:
+    out = xqueue("schedulers")
+    assert {"local", "slurm", "sge", "ssh", "container"} <= set(out.stdout.split())
+
+
+def test_progress_view_renders(tmp_path: Path) -> None:
+    out = xqueue("run", "--progress", "-w", str(tmp_path / "wd"), input="true\ntrue\n")
+    assert out.returncode == 0
+    assert "2/2" in out.stderr and "jobs/s" in out.stderr

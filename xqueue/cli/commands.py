@@ -1,0 +1,205 @@
+"""``xqueue run`` and ``xqueue status``: argument parsing, exit codes, wiring."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import anyio
+
+from .. import registry
+from ..errors import Interrupted, JobFailedError, XqueueError
+from ..queue import ERROR_STRATEGIES, Xqueue
+from ..states import JobStatus
+from ..workdir import Workdir
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xqueue", description="Run many jobs on local processes, clusters, servers."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser(
+        "run",
+        help="run commands, one per line, from a file or stdin",
+        description="Run each non-empty line (not starting with #) as a shell command.",
+    )
+    run.add_argument("file", nargs="?", default="-", help="job list (default: stdin)")
+    run.add_argument("-s", "--scheduler", default="local", help="scheduler name (default: local)")
+    run.add_argument(
+        "-f",
+        "--forks",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="jobs active at once (default: number of CPUs)",
+    )
+    run.add_argument("-w", "--workdir", default="./.xqueue", help="where job files go")
+    run.add_argument(
+        "-e",
+        "--error-strategy",
+        choices=ERROR_STRATEGIES,
+        default="ignore",
+        help="what a failed job does (default: ignore, i.e. run the rest)",
+    )
+    run.add_argument(
+        "-r",
+        "--retries",
+        type=int,
+        default=3,
+        help="attempts after the first, with --error-strategy retry (default 3)",
+    )
+    run.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="scheduler option (repeatable), e.g. -o partition=debug",
+    )
+    run.add_argument(
+        "-p",
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="enable an installed plugin; -p no:NAME disables one",
+    )
+    view = run.add_mutually_exclusive_group()
+    view.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="always show the live view",
+    )
+    view.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="never show the live view"
+    )
+
+    status = sub.add_parser("status", help="show the jobs of a workdir")
+    status.add_argument("workdir", help="the workdir of a run")
+    status.add_argument("--json", action="store_true", help="one JSON object per job")
+
+    sub.add_parser("schedulers", help="list the installed schedulers")
+    return parser
+
+
+def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise XqueueError(f"scheduler option {pair!r} is not KEY=VALUE")
+        options[key.strip()] = value
+    return options
+
+
+def read_commands(stream: TextIO) -> list[str]:
+    return [line.strip() for line in stream if line.strip() and not line.lstrip().startswith("#")]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    try:
+        if args.command == "schedulers":
+            print("\n".join(registry.available()))
+            return EXIT_OK
+        if args.command == "status":
+            return _status(args, Console())
+        return _run(args, console)
+    except XqueueError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace, console: Any) -> int:
+    from .progress import ProgressView
+    from .report import failures_table, print_table, summary_line
+
+    if args.file == "-":
+        commands = read_commands(sys.stdin)
+    else:
+        try:
+            with open(args.file, encoding="utf-8") as fh:
+                commands = read_commands(fh)
+        except OSError as exc:
+            raise XqueueError(f"cannot read job list {args.file!r}: {exc.strerror}") from exc
+    plugins = [p[3:] and f"-{p[3:]}" if p.startswith("no:") else p for p in args.plugin]
+    queue = Xqueue(
+        args.scheduler,
+        forks=args.forks,
+        workdir=args.workdir,
+        error_strategy=args.error_strategy,
+        num_retries=args.retries,
+        scheduler_opts=parse_options(args.option),
+        plugins=plugins,
+    )
+    show = console.is_terminal if args.progress is None else args.progress
+    if show:
+        queue.hooks.register(ProgressView(queue, console), "xqueue-progress")
+
+    async def go() -> None:
+        for command in commands:
+            await queue.feed(command)
+        try:
+            await queue.run_until_complete()
+        finally:
+            await queue.aclose()
+
+    code = EXIT_OK
+    try:
+        anyio.run(go)
+    except JobFailedError as exc:
+        console.print(f"[bold red]halted:[/] {exc}", highlight=False)
+        code = EXIT_FAILED
+    except Interrupted as exc:
+        console.print(f"[bold red]interrupted:[/] {exc}", highlight=False)
+        code = EXIT_SIGTERM
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted:[/] Ctrl-C; running jobs were killed")
+        code = EXIT_SIGINT
+    stats = queue.statistics()
+    console.print(summary_line(dict(stats.counts), stats.total, stats.elapsed), highlight=False)
+    print_table(console, failures_table(queue.jobs))
+    bad = stats.counts.get(JobStatus.FAILED.value, 0) + stats.counts.get(JobStatus.KILLED.value, 0)
+    if code == EXIT_OK and bad:
+        code = EXIT_FAILED
+    return code
+
+
+def _status(args: argparse.Namespace, console: Any) -> int:
+    from ..schedulers.local import live_local_jid
+    from .report import status_table
+
+    if not os.path.isdir(args.workdir):
+        raise XqueueError(f"no workdir at {args.workdir!r}")
+    rows = []
+    for folder, spec, record in Workdir(args.workdir).iter_records():
+        if record and record.get("status") == JobStatus.SUBMITTED.value:
+            if live_local_jid(str(record.get("jid"))) or os.path.exists(
+                os.path.join(folder, "job.started")
+            ):
+                record = {**record, "status": JobStatus.RUNNING.value}
+        rows.append((folder, spec, record))
+    if args.json:
+        for folder, spec, record in rows:
+            print(json.dumps({"folder": folder, **(spec or {}), "state": record}))
+    else:
+        console.print(status_table(rows))
+        counts: dict[str, int] = {}
+        for _, _, record in rows:
+            state = (record or {}).get("status", "not submitted")
+            counts[state] = counts.get(state, 0) + 1
+        console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no jobs")
+    return EXIT_OK

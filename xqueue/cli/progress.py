@@ -1,0 +1,81 @@
+"""A live rich view of a run, registered as an ordinary hook plugin.
+
+It keeps no per-job state: it reads ``Xqueue.statistics()``, which is O(1), at the
+display's refresh rate, so a 100,000-job run costs the same to draw as a 10-job one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from ..hooks import hookimpl
+from ..states import JobStatus
+
+if TYPE_CHECKING:
+    from ..queue import Xqueue
+
+STYLES = {
+    JobStatus.QUEUED: "cyan",
+    JobStatus.SUBMITTED: "blue",
+    JobStatus.RUNNING: "yellow",
+    JobStatus.RETRYING: "magenta",
+    JobStatus.FINISHED: "green",
+    JobStatus.FAILED: "red",
+    JobStatus.KILLED: "red",
+    JobStatus.SKIPPED: "dim",
+}
+
+
+class ProgressView:
+    """Counts by state, rate and ETA, redrawn a few times a second."""
+
+    def __init__(self, queue: Xqueue, console: Console) -> None:
+        self.queue = queue
+        self.console = console
+        self.live: Live | None = None
+        self.started = time.monotonic()
+
+    def __rich__(self) -> RenderableType:
+        s = self.queue.statistics()
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = s.done / elapsed
+        left = s.total - s.done
+        eta = f"{left / rate:,.0f}s" if rate > 0 and left else "-"
+        counts = Text()
+        for status, style in STYLES.items():
+            n = s.counts.get(status.value, 0)
+            if n:
+                counts.append(f"{status.value} {n:,}  ", style=style)
+        bar = ProgressBar(total=max(s.total, 1), completed=s.done, width=40)
+        head = Table.grid(padding=(0, 1))
+        head.add_row(
+            bar,
+            Text(f"{s.done:,}/{s.total:,}"),
+            Text(f"{rate:,.1f} jobs/s", style="bold"),
+            Text(f"ETA {eta}"),
+            Text(f"{elapsed:,.1f}s", style="dim"),
+        )
+        return Group(head, counts)
+
+    @hookimpl
+    def on_init(self) -> None:
+        self.started = time.monotonic()
+        self.live = Live(self, console=self.console, refresh_per_second=4, transient=False)
+        self.live.start()
+
+    @hookimpl
+    def on_shutdown(self) -> None:
+        if self.live is not None:
+            self.live.refresh()
+            self.live.stop()
+            self.live = None
+
+    def __getstate__(self) -> dict[str, Any]:  # pragma: no cover - never pickled
+        raise TypeError("ProgressView cannot be pickled")
