@@ -44,6 +44,7 @@ def tests(session: nox.Session) -> None:
         session.log("XQUEUE_SKIP_SERVICES is set: service tests will be skipped")
     elif _can_start_services():
         session.run("bash", "ci/services.sh", external=True)
+        session.env["XQUEUE_REQUIRE_SERVICES"] = "1"
     else:
         session.log("not root with apt-get: tests that need Slurm, SGE, sshd or containers skip")
     session.run("pytest", *session.posargs)

@@ -47,3 +47,74 @@ def _no_unreaped_jobs() -> Iterator[None]:
     yield
     left = set(zombie_children()) - before
     assert not left, f"the test left unreaped child processes {sorted(left)}"
+
+
+# -- real services -------------------------------------------------------------------------
+# ci/services.sh starts them. Where it could not run (no root, no apt) the tests that need
+# them skip with the reason; where it did (CI sets XQUEUE_REQUIRE_SERVICES=1), a service
+# that is down fails the test instead, so a broken setup can never pass as a skip.
+
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+
+
+def _service_missing(reason: str) -> None:
+    if os.environ.get("XQUEUE_REQUIRE_SERVICES"):
+        pytest.fail(f"required service is not available: {reason}")
+    pytest.skip(f"{reason} (run `bash ci/services.sh` as root to start it)")
+
+
+def _ok(*argv: str) -> str | None:
+    if not shutil.which(argv[0]):
+        return None
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """The single-node Slurm of ci/slurm.sh; returns the node's state."""
+    state = _ok("sinfo", "-h", "-o", "%T")
+    if not state or not state.strip():
+        _service_missing("no Slurm controller answers sinfo")
+    return (state or "").strip()
+
+
+@pytest.fixture(scope="session")
+def sge_cluster() -> None:
+    if _ok("qstat", "-f") is None:
+        _service_missing("no SGE qmaster answers qstat")
+
+
+@pytest.fixture(scope="session")
+def ssh_env() -> dict[str, str]:
+    """Host, ports, user, key and known_hosts of the two sshd instances of ci/ssh.sh."""
+    path = "/tmp/xqueue-sshd/env"
+    if not os.path.exists(path):
+        _service_missing(f"no sshd environment file at {path}")
+    env: dict[str, str] = {}
+    with open(path) as fh:
+        for line in fh:
+            key, sep, value = line.strip().partition("=")
+            if sep:
+                env[key.removeprefix("export ").strip()] = value.strip().strip("'\"")
+    return env
+
+
+def _socket(path: str, what: str) -> str:
+    if not os.path.exists(path):
+        _service_missing(f"no {what} API socket at {path}")
+    return f"unix://{path}"
+
+
+@pytest.fixture(scope="session")
+def podman_socket() -> str:
+    return _socket("/run/podman/podman.sock", "podman")
+
+
+@pytest.fixture(scope="session")
+def docker_socket() -> str:
+    return _socket("/run/docker.sock", "dockerd")

@@ -44,6 +44,8 @@ log = logging.getLogger("xqueue")
 S = JobStatus
 # A scheduler whose status query fails this many ticks in a row stops the run.
 MAX_POLL_FAILURES = 30
+# The most jobs handed to one submit_jobs call (a backend splits further as it needs).
+MAX_BATCH = 10_000
 # How long a stopping run waits for its jobs to be killed.
 SHUTDOWN_TIMEOUT = 60.0
 
@@ -183,6 +185,7 @@ class Engine:
         reason = "error"
         try:
             if not self._opened:
+                self.scheduler.forks = self.forks
                 await self.scheduler.open(self.workdir)
                 self._opened = True
             await self.hooks.call("on_init", xqueue=self.queue, scheduler=self.scheduler)
@@ -275,6 +278,8 @@ class Engine:
 
     # -- submitting --------------------------------------------------------------------
     def _free_slots(self) -> int:
+        if self.scheduler.enforces_forks:
+            return MAX_BATCH
         return self.forks - len(self._active) - self._submitting
 
     async def _submitter(self) -> None:
@@ -290,7 +295,8 @@ class Engine:
 
     async def _submit_batch(self) -> None:
         batch: list[Job] = []
-        while self._pending and len(batch) < self._free_slots():
+        limit = min(self._free_slots(), MAX_BATCH)
+        while self._pending and len(batch) < limit:
             job = self._pending.popleft()
             if job.status is not S.QUEUED:  # killed while it waited
                 continue

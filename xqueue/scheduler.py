@@ -110,10 +110,21 @@ class Scheduler(abc.ABC):
     running_on_submit: ClassVar[bool] = False
     """True when a submitted job is already running (no queue in between)."""
 
+    @property
+    def enforces_forks(self) -> bool:
+        """True when the backend itself keeps at most ``self.forks`` jobs running.
+
+        The engine then hands it every queued job at once instead of one per free slot,
+        so it can pack them into few submissions (Slurm arrays with a ``%forks``
+        throttle). False by default: the engine bounds active jobs.
+        """
+        return False
+
     def __init__(self, **options: Any) -> None:
         self.options = self.Options.parse(self.name, options)
         self.stats = SchedulerStats()
         self.workdir: Workdir | None = None
+        self.forks = 1  # set by the engine before open()
         self._missing_since: dict[Job, float] = {}
 
     # -- lifecycle -------------------------------------------------------------------

@@ -1,0 +1,84 @@
+"""Run one scheduler command (sbatch, squeue, qsub ...) and map its failure to our errors.
+
+Backends build argv lists (never shell strings) and call ``run_command``. A command that
+exits non-zero raises ``SchedulerCommandError`` carrying the command's own stderr, so the
+user sees the scheduler's words ("invalid partition specified"), not ours. Timeouts and
+errors that a controller under load produces (socket timeouts, "try again") are marked
+transient so callers can retry them instead of failing jobs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import anyio
+
+from ..errors import SchedulerError
+
+_TRANSIENT = re.compile(
+    r"timed? ?out|try again|temporarily|unable to contact|connection refused|"
+    r"resource temporarily unavailable|slurm_load_jobs error|socket",
+    re.IGNORECASE,
+)
+
+
+class SchedulerCommandError(SchedulerError):
+    """A scheduler command failed; ``stderr`` holds what the scheduler itself said."""
+
+    def __init__(self, argv: Sequence[str], returncode: int | None, stderr: str) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr.strip()
+        self.transient = returncode is None or bool(_TRANSIENT.search(self.stderr))
+        what = "timed out" if returncode is None else f"exited {returncode}"
+        detail = f": {self.stderr}" if self.stderr else ""
+        super().__init__(f"{shlex.join(self.argv[:2])} {what}{detail}")
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run_command(
+    argv: Sequence[str],
+    *,
+    timeout: float = 60.0,
+    check: bool = True,
+    input: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> CommandResult:
+    """Run ``argv`` and return its output; raise ``SchedulerCommandError`` on failure."""
+    full_env = {**os.environ, **env} if env else None
+    try:
+        with anyio.fail_after(timeout):
+            proc = await anyio.run_process(
+                list(argv),
+                input=input.encode() if input is not None else None,
+                check=False,
+                env=full_env,
+                cwd=cwd,
+                stdin=None if input is not None else subprocess.DEVNULL,
+            )
+    except TimeoutError:
+        raise SchedulerCommandError(argv, None, f"no answer within {timeout:g}s") from None
+    except FileNotFoundError:
+        raise SchedulerError(
+            f"{argv[0]!r} not found: is the scheduler's client installed and on PATH?"
+        ) from None
+    result = CommandResult(
+        proc.returncode,
+        proc.stdout.decode(errors="replace"),
+        proc.stderr.decode(errors="replace"),
+    )
+    if check and result.returncode != 0:
+        raise SchedulerCommandError(argv, result.returncode, result.stderr or result.stdout)
+    return result
