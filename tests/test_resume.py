@@ -44,7 +44,7 @@ async def test_second_run_skips_succeeded_and_reruns_failed(workdir: Path, tmp_p
     assert [j.status for j in q2.jobs] == [JobStatus.FINISHED] * 3
     assert q2.jobs[0].reason == "succeeded in an earlier run"
     assert sorted(marker.read_text().split()) == ["0", "1", "1", "2"]  # only job 1 ran again
-    assert len(list(workdir.iterdir())) == 3
+    assert len([p for p in workdir.iterdir() if p.is_dir()]) == 3  # reused, none replaced
 
 
 async def test_same_command_maps_to_same_folder_other_command_does_not(workdir: Path) -> None:
@@ -115,3 +115,19 @@ async def test_controller_killed_mid_run_loses_nothing_and_runs_nothing_twice(
         assert job.status is JobStatus.FAILED
         assert "exit status unknown" in job.reason
         assert job.attempt == 1
+
+
+async def test_two_runs_on_one_workdir_are_refused(workdir: Path) -> None:
+    first = Xqueue(workdir=workdir)
+    await first.feed(["sleep", "0.5"])
+    second = Xqueue(workdir=workdir)
+    await second.feed(["true"])
+    from xqueue import WorkdirError
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first.run_until_complete)
+        await anyio.sleep(0.1)
+        with pytest.raises(WorkdirError, match=r"in use by another xqueue run \(pid \d+\)"):
+            await second.run_until_complete()
+    await second.run_until_complete()  # free again once the first run ended
+    assert second.jobs[0].status is JobStatus.FINISHED

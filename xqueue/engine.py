@@ -177,6 +177,7 @@ class Engine:
             from .errors import QueueStateError
 
             raise QueueStateError("the queue is already running")
+        self.workdir.lock()
         self.running, self._error = True, None
         self.feeding = keep_feeding and not self.feed_closed
         self._halting = False
@@ -208,7 +209,10 @@ class Engine:
             raise
         finally:
             with anyio.CancelScope(shield=True):
-                await self._shutdown(reason)
+                try:
+                    await self._shutdown(reason)
+                finally:
+                    self.workdir.unlock()
         if self._error is not None:
             raise self._error
 

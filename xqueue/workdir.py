@@ -3,11 +3,14 @@
 Layout of ``<workdir>/<index>-<slug>/``:
 
 - ``job.json``    what the job is (command, envs, resources); written once when fed
-- ``job.status``  the engine's last durable record (submitted with its scheduler id, or final)
+- ``job.status``  the job's final record (status, return code, reason, scheduler id)
 - ``job.stdout`` / ``job.stderr``  the command's output
 - ``job.sh``      the wrapper script, for schedulers that need one; written once, atomically
 - ``job.started`` / ``job.rc``  written by the wrapper on the compute side
 - ``attempts/<n>/``  the output and return code of earlier attempts, moved aside on retry
+
+and ``<workdir>/journal.jsonl``: one line per submission (the job's scheduler id), so a
+later run can re-adopt jobs still running; ``<workdir>/.lock`` is held during a run.
 
 Small files are written with plain blocking calls on purpose: each takes microseconds
 on a local disk, and a thread hop per write would cost more than the write. Every
@@ -29,6 +32,8 @@ from .errors import WorkdirError
 from .job import RC_FILE, SPEC_FILE, STARTED_FILE, STATUS_FILE, STDERR_FILE, STDOUT_FILE, Job
 
 _SLUG_MAX = 40
+LOCK_FILE = ".lock"
+JOURNAL_FILE = "journal.jsonl"
 
 
 def slug(text: str) -> str:
@@ -101,6 +106,68 @@ class Workdir:
                 "pass workdir= a folder you can write to"
             ) from exc
 
+        self._journal_fd: int | None = None
+        self._journal: dict[str, dict[str, Any]] | None = None
+        self._lock_fd: int | None = None
+
+    # -- the run lock ---------------------------------------------------------------------
+    def lock(self) -> None:
+        """Take the workdir for one run; a second controller on it would corrupt both."""
+        import fcntl
+
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise WorkdirError(
+                f"workdir {str(self.path)!r} is in use by another xqueue run (pid {holder}); "
+                "wait for it to end or use another workdir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
+
+    # -- the journal ------------------------------------------------------------------------
+    def _append_journal(self, line: str) -> None:
+        """One write() per record: O_APPEND keeps concurrent lines whole, and a torn last
+        line left by a crash is skipped when the journal is read."""
+        if self._journal_fd is None:
+            self._journal_fd = os.open(
+                self.path / JOURNAL_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            )
+        os.write(self._journal_fd, line.encode())
+
+    def journal_records(self) -> dict[str, dict[str, Any]]:
+        """The last journal record of each job folder (by folder name)."""
+        if self._journal is None:
+            self._journal = {}
+            text = read_text(str(self.path / JOURNAL_FILE)) or ""
+            for line in text.splitlines():
+                try:
+                    entry = json.loads(line)
+                    self._journal[entry.pop("dir")] = entry
+                except (ValueError, KeyError, AttributeError):
+                    continue  # a line torn by a crash
+        return self._journal
+
+    def last_record(self, folder: str) -> dict[str, Any] | None:
+        """The newer of a folder's status file and its last journal record."""
+        final = read_json(os.path.join(folder, STATUS_FILE))
+        logged = self.journal_records().get(os.path.basename(folder))
+        if final is None or (logged and logged.get("time", 0) > final.get("time", 0)):
+            return logged
+        return final
+
     def job_dir(self, job: Job) -> str:
         return os.path.join(self.path, f"{job.index}-{slug(job.name)}")
 
@@ -119,16 +186,24 @@ class Workdir:
             os.mkdir(job.dir)
         except FileExistsError:
             if read_text(job.path(SPEC_FILE)) == spec:
-                return read_json(job.path(STATUS_FILE)) or {}
+                return self.last_record(job.dir) or {}
             os.replace(job.dir, f"{job.dir}.replaced-{time.time_ns()}")
             os.mkdir(job.dir)
         except OSError as exc:
             raise WorkdirError(f"cannot create job folder {job.dir!r}: {exc}") from exc
-        atomic_write(job.path(SPEC_FILE), spec)
+        # A brand-new folder: nobody reads it yet, so no temporary name is needed. A spec
+        # torn by a crash only fails to match next time, and the job then runs afresh.
+        with open(job.path(SPEC_FILE), "w", encoding="utf-8") as fh:
+            fh.write(spec)
         return None
 
     def record(self, job: Job) -> None:
-        """Persist the job's durable state: its scheduler id while active, its result at the end."""
+        """Persist the job's durable state.
+
+        While the job is active (its scheduler id) the record goes to the workdir's
+        append-only journal: the hot path of a run, one write() and no new file. Its
+        final result goes to the job's own ``job.status``, written atomically.
+        """
         record = {
             "status": job.status.value,
             "attempt": job.attempt,
@@ -137,7 +212,11 @@ class Workdir:
             "reason": job.reason,
             "time": time.time(),
         }
-        atomic_write(job.path(STATUS_FILE), json.dumps(record))
+        if job.status.is_final:
+            atomic_write(job.path(STATUS_FILE), json.dumps(record))
+        else:
+            record["dir"] = os.path.basename(job.dir)
+            self._append_journal(json.dumps(record) + "\n")
 
     def archive_attempt(self, job: Job) -> None:
         """Move an attempt's output aside before the next one, keeping every attempt's files."""
@@ -157,8 +236,4 @@ class Workdir:
             if entry.is_dir() and head.isdigit() and ".replaced-" not in entry.name:
                 entries.append((int(head), entry.path))
         for _, folder in sorted(entries):
-            yield (
-                folder,
-                read_json(os.path.join(folder, SPEC_FILE)),
-                read_json(os.path.join(folder, STATUS_FILE)),
-            )
+            yield folder, read_json(os.path.join(folder, SPEC_FILE)), self.last_record(folder)

@@ -115,7 +115,7 @@ def test_status_shows_running_jobs_and_sigterm_stops_the_run(tmp_path: Path) -> 
     ]
     assert [s["status"] if s else None for s in final] == ["killed", "killed", None]
     for s in final[:2]:
-        pid = int(s["jid"].split(":")[0])
+        pid = int(s["jid"].split("@")[0])
         assert (
             not os.path.exists(f"/proc/{pid}")
             or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"

@@ -125,13 +125,15 @@ async def test_kill_escalates_to_sigkill_after_grace(workdir: Path, tmp_path: Pa
 async def test_liveness_is_not_fooled_by_pid_reuse(workdir: Path) -> None:
     job = await run_one(workdir, ["true"])
     sched = LocalScheduler()
-    # Same pid as a live process (ours), but a start time that is not its own.
-    job.jid = f"{os.getpid()}:1"
+    # The pid of a live process (ours), but recorded with a start time that is not its own.
+    job.jid = f"{os.getpid()}@{time.time() - 3600:.2f}"
     assert not await sched.job_is_running(job)
     assert not await sched.recover_job(job)
     with open(f"/proc/{os.getpid()}/stat") as fh:
-        start = fh.read().rsplit(")", 1)[1].split()[19]
-    job.jid = f"{os.getpid()}:{start}"
+        ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/stat") as fh:
+        btime = next(int(line.split()[1]) for line in fh if line.startswith("btime"))
+    job.jid = f"{os.getpid()}@{btime + ticks / os.sysconf('SC_CLK_TCK'):.2f}"
     assert await sched.job_is_running(job)
 
 

@@ -6,10 +6,10 @@ its exit is awaited on a pidfd, which costs no thread per child and works the sa
 asyncio and trio. Every job gets its own session, so a kill reaches the whole process
 group, and Ctrl-C in a terminal does not hit the jobs behind the queue's back.
 
-The id recorded for a job is ``pid:start_time`` (start time in clock ticks since boot,
-from /proc), so a later run never mistakes an unrelated process that reused the pid for
-the job. While a run holds a job's Popen handle the pid cannot be reused at all (the
-exited child stays a zombie until it is reaped here).
+The id recorded for a job is ``pid@start`` (when it was spawned, in seconds since the
+epoch), checked against the process's start time in /proc, so a later run never mistakes
+an unrelated process that reused the pid for the job. While a run holds a job's Popen
+handle the pid cannot be reused at all (the exited child stays a zombie until reaped).
 """
 
 from __future__ import annotations
@@ -46,8 +46,27 @@ class LocalOptions(SchedulerOptions):
             raise SchedulerOptionError(f"{scheduler}: cwd {self.cwd!r} is not a directory")
 
 
-def _stat(pid: int) -> tuple[bytes, str] | None:
-    """(state, start time in clock ticks) of a process from /proc, None if it is gone."""
+_BOOT_TIME: float | None = None
+# A pid is only reused after the kernel has cycled through every other pid, which takes
+# far longer than this; a start time within it is the same process.
+_SAME_PROCESS_WINDOW = 2.0
+
+
+def _boot_time() -> float:
+    global _BOOT_TIME
+    if _BOOT_TIME is None:
+        with open("/proc/stat", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"btime "):
+                    _BOOT_TIME = float(line.split()[1])
+                    break
+            else:  # pragma: no cover - every Linux has btime
+                _BOOT_TIME = 0.0
+    return _BOOT_TIME
+
+
+def _start_epoch(pid: int) -> float | None:
+    """When a live process started (seconds since the epoch); None if gone or a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()
@@ -55,26 +74,29 @@ def _stat(pid: int) -> tuple[bytes, str] | None:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ")".
     fields = stat[stat.rindex(b")") + 2 :].split()
-    return fields[0], fields[19].decode()
-
-
-def _start_time(pid: int) -> str | None:
-    """Start time of a live process; None if it is gone or a zombie."""
-    stat = _stat(pid)
-    return None if stat is None or stat[0] == b"Z" else stat[1]
-
-
-def _parse_jid(jid: str | None) -> tuple[int, str] | None:
-    if not jid or ":" not in jid:
+    if fields[0] == b"Z":
         return None
-    pid, _, start = jid.partition(":")
-    return (int(pid), start) if pid.isdigit() else None
+    return _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def _parse_jid(jid: str | None) -> tuple[int, float] | None:
+    """A local job id is ``pid@start`` (start in seconds since the epoch)."""
+    if not jid or "@" not in jid:
+        return None
+    pid, _, start = jid.partition("@")
+    try:
+        return int(pid), float(start)
+    except ValueError:
+        return None
 
 
 def live_local_jid(jid: str) -> bool:
-    """Whether a local job id (``pid:start_time``) names a process that is still alive."""
+    """Whether a local job id names a process that is still alive (not a reused pid)."""
     parsed = _parse_jid(jid)
-    return parsed is not None and _start_time(parsed[0]) == parsed[1]
+    if parsed is None:
+        return False
+    started = _start_epoch(parsed[0])
+    return started is not None and abs(started - parsed[1]) < _SAME_PROCESS_WINDOW
 
 
 def _job_dirs_of_processes() -> dict[str, int]:
@@ -89,7 +111,7 @@ def _job_dirs_of_processes() -> dict[str, int]:
         except OSError:
             continue
         start = environ.find(b"XQUEUE_JOB_DIR=")
-        if start < 0 or _start_time(int(entry)) is None:
+        if start < 0 or _start_epoch(int(entry)) is None:
             continue
         end = environ.find(b"\0", start)
         jobdir = environ[start + 15 : end if end >= 0 else None].decode(errors="replace")
@@ -182,8 +204,7 @@ class LocalScheduler(Scheduler):
         finally:
             out.close()
         self._procs[job] = proc
-        stat = _stat(proc.pid)  # still there: the exited child stays a zombie until reaped
-        return f"{proc.pid}:{stat[1] if stat else 0}"
+        return f"{proc.pid}@{time.time():.2f}"
 
     async def wait_job(self, job: Job) -> JobState:
         proc = self._procs.get(job)
@@ -205,7 +226,7 @@ class LocalScheduler(Scheduler):
         if proc is not None:
             return proc.pid if proc.poll() is None else None
         if job.jid and live_local_jid(job.jid):
-            return int(job.jid.partition(":")[0])
+            return int(job.jid.partition("@")[0])
         return None
 
     async def job_is_running(self, job: Job) -> bool:
@@ -216,7 +237,7 @@ class LocalScheduler(Scheduler):
             pid = self._find_by_environment(job)
             if pid is None:
                 return False
-            job.jid = f"{pid}:{_start_time(pid) or 0}"
+            job.jid = f"{pid}@{_start_epoch(pid) or 0:.2f}"
         if self._alive_pid(job) is None:
             return False
         self._procs[job] = None
