@@ -1,0 +1,127 @@
+"""What the Slurm and SGE backends share: option rendering, array packing, submit errors.
+
+Both submit the job's wrapper script (written once by ``Scheduler.write_script``) and
+put every directive on the command line, so a single job and an array element run the
+very same wrapper and the argv in an error message shows exactly what was asked for.
+An array is a small batch script that maps the element's task id to the wrapper of one
+job (a ``case`` statement, so nothing is parsed at run time), with a ``.jobs`` file next
+to it listing the job folders in index order, which a later run reads to re-adopt the
+elements of an array whose id it never recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import shlex
+import time
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+from ..errors import SubmissionError
+from ..job import SCRIPT_FILE, Job
+from ..workdir import atomic_write
+from ._process import SchedulerCommandError
+
+T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+
+_counter = itertools.count()
+
+
+def long_options(opts: Mapping[str, Any]) -> list[str]:
+    """``--key=value`` per option; True is a bare flag, False/None are dropped, lists repeat."""
+    argv: list[str] = []
+    for key, value in opts.items():
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if v is None or v is False:
+                continue
+            argv.append(f"--{key}" if v is True else f"--{key}={v}")
+    return argv
+
+
+def short_options(opts: Mapping[str, Any]) -> list[str]:
+    """``-key value`` for each option (the SGE style); True is a bare flag, lists repeat."""
+    argv: list[str] = []
+    for key, value in opts.items():
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if v is None or v is False:
+                continue
+            argv.extend([f"-{key}"] if v is True else [f"-{key}", str(v)])
+    return argv
+
+
+def group_by(items: Iterable[T], key: Callable[[T], K]) -> dict[K, list[T]]:
+    """Items grouped by ``key``, groups and items in first-seen order."""
+    groups: dict[K, list[T]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return groups
+
+
+def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), max(size, 1)):
+        yield items[start : start + size]
+
+
+def run_tag(workdir: str) -> str:
+    """A short tag naming one workdir, put on every job so a later run can find its jobs."""
+    return hashlib.sha1(os.path.abspath(workdir).encode()).hexdigest()[:10]
+
+
+def hms(seconds: int) -> str:
+    """``[D-]HH:MM:SS``, the walltime format Slurm and SGE both read."""
+    days, rest = divmod(int(seconds), 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    return f"{days}-{h:02d}:{m:02d}:{s:02d}" if days else f"{h:02d}:{m:02d}:{s:02d}"
+
+
+def submission_error(exc: SchedulerCommandError) -> SubmissionError:
+    """The scheduler's own message, retryable only when the failure looked transient.
+
+    A refused option (unknown partition or queue, a bad memory value, an invalid array
+    spec) fails the same way every time, so retrying it would only burn attempts.
+    """
+    return SubmissionError(str(exc), retryable=exc.transient)
+
+
+def write_array(
+    folder: str, jobs: Sequence[Job], task_var: str, first_index: int, *, jobdirs: bool = True
+) -> tuple[str, str]:
+    """Write the batch script of one array; return (its name, its path).
+
+    Element ``first_index + i`` runs the wrapper of ``jobs[i]``. ``exec`` keeps the
+    wrapper's exit status as the element's, and a task id with no job fails loudly.
+    """
+    os.makedirs(folder, exist_ok=True)
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{next(_counter)}"
+    lines = [
+        "#!/bin/sh",
+        "# xqueue array: each element runs the wrapper of one job",
+        f'case "${task_var}" in',
+        *(
+            f"{first_index + i}) exec /bin/sh {shlex.quote(job.path(SCRIPT_FILE))} ;;"
+            for i, job in enumerate(jobs)
+        ),
+        "esac",
+        f'echo "xqueue: no job for array task ${task_var}" >&2',
+        "exit 127",
+        "",
+    ]
+    path = os.path.join(folder, f"{name}.sh")
+    atomic_write(path, "\n".join(lines))
+    os.chmod(path, 0o755)
+    if jobdirs:
+        atomic_write(os.path.join(folder, f"{name}.jobs"), "".join(f"{j.dir}\n" for j in jobs))
+    return name, path
+
+
+def array_jobdirs(folder: str, name: str) -> list[str]:
+    """The job folders of an array written by ``write_array``, in element order."""
+    try:
+        with open(os.path.join(folder, f"{name}.jobs"), encoding="utf-8") as fh:
+            return [line.rstrip("\n") for line in fh]
+    except OSError:
+        return []

@@ -1,0 +1,136 @@
+"""Pure parsers for Slurm's output, tested on output captured from a real cluster.
+
+Formats are always requested explicitly (``squeue -o '%i|%T|%r'``, ``sacct -P -o ...``),
+so a user's ``SQUEUE_FORMAT`` or a site's defaults cannot change what is parsed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..scheduler import JobState
+from ..states import JobStatus
+
+SQUEUE_FORMAT = "%i|%T|%r"
+SACCT_FIELDS = "JobID,State,ExitCode"
+
+# States in which Slurm still holds the job (it may run, or run again).
+HELD = frozenset(
+    {
+        "PENDING",
+        "CONFIGURING",
+        "RUNNING",
+        "COMPLETING",
+        "SUSPENDED",
+        "REQUEUED",
+        "REQUEUE_FED",
+        "REQUEUE_HOLD",
+        "RESIZING",
+        "SIGNALING",
+        "STAGE_OUT",
+        "STOPPED",
+        "RESV_DEL_HOLD",
+        "SPECIAL_EXIT",
+    }
+)
+# Ended normally: the wrapper's return code file has the verdict.
+ENDED = frozenset({"COMPLETED", "FAILED"})
+# Ended by Slurm itself, usually before the wrapper could write a return code.
+_ENDED_BY_SLURM = {
+    "CANCELLED": "cancelled in Slurm",
+    "TIMEOUT": "walltime exceeded (Slurm TIMEOUT)",
+    "OUT_OF_MEMORY": "out of memory (Slurm OUT_OF_MEMORY)",
+    "NODE_FAIL": "its node failed (Slurm NODE_FAIL)",
+    "BOOT_FAIL": "its node failed to boot (Slurm BOOT_FAIL)",
+    "PREEMPTED": "preempted (Slurm PREEMPTED)",
+    "DEADLINE": "deadline reached (Slurm DEADLINE)",
+    "REVOKED": "revoked by a sibling cluster (Slurm REVOKED)",
+}
+NEVER_SATISFIED = "DependencyNeverSatisfied"
+
+
+@dataclass(frozen=True)
+class SlurmRow:
+    state: str
+    reason: str = ""
+    exit_code: str = ""
+
+
+def parse_jobid(stdout: str) -> str:
+    """The id ``sbatch --parsable`` printed (``id`` or ``id;cluster``)."""
+    for line in reversed(stdout.strip().splitlines()):
+        head = line.strip().split(";", 1)[0]
+        if head.isdigit():
+            return head
+    raise ValueError(f"no job id in sbatch output {stdout!r}")
+
+
+def parse_squeue(stdout: str) -> dict[str, SlurmRow]:
+    """``squeue -h -r -o '%i|%T|%r'``: element ids (``12_3``) map to their own row."""
+    rows: dict[str, SlurmRow] = {}
+    for line in stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) >= 2 and parts[0]:
+            rows[parts[0]] = SlurmRow(parts[1].strip(), parts[2].strip() if len(parts) > 2 else "")
+    return rows
+
+
+def parse_sacct(stdout: str) -> dict[str, SlurmRow]:
+    """``sacct -n -P -X -o JobID,State,ExitCode``; ``CANCELLED by 0`` keeps its first word."""
+    rows: dict[str, SlurmRow] = {}
+    for line in stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) >= 3 and parts[0]:
+            state, _, by = parts[1].partition(" ")
+            rows[parts[0]] = SlurmRow(state, by, parts[2])
+    return rows
+
+
+def parse_config(stdout: str) -> dict[str, str]:
+    """``scontrol show config`` as a dict (``MaxArraySize`` -> ``1001``)."""
+    config: dict[str, str] = {}
+    for line in stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and " " not in key.strip():
+            config[key.strip()] = value.strip()
+    return config
+
+
+def exit_status(exit_code: str) -> int | None:
+    """A shell-style status from Slurm's ``code:signal`` (a signal gives 128 + signal)."""
+    code, _, sig = exit_code.partition(":")
+    if sig.isdigit() and int(sig):
+        return 128 + int(sig)
+    return int(code) if code.isdigit() else None
+
+
+def terminal_state(row: SlurmRow) -> JobState | None:
+    """What a row says when Slurm itself ended the job (or it can never start); else None."""
+    if row.state == "PENDING" and row.reason == NEVER_SATISFIED:
+        return JobState(
+            JobStatus.FAILED,
+            None,
+            "dependency can never be satisfied (Slurm DependencyNeverSatisfied); cancelled",
+            retryable=False,
+        )
+    why = _ENDED_BY_SLURM.get(row.state)
+    if why is None:
+        return None
+    if row.state == "CANCELLED":
+        if row.reason == NEVER_SATISFIED:
+            why = "dependency can never be satisfied (Slurm cancelled it)"
+        elif row.reason and row.reason not in ("None", "by"):
+            why = f"{why} ({row.reason})"
+        return JobState(JobStatus.KILLED, None, why)
+    return JobState(JobStatus.FAILED, exit_status(row.exit_code), why)
+
+
+def accounting_state(row: SlurmRow) -> JobState | None:
+    """A verdict from a ``sacct`` row for a job whose wrapper left no return code."""
+    if row.state in HELD:
+        return None
+    if row.state in ENDED:
+        rc = exit_status(row.exit_code)
+        status = JobStatus.FINISHED if rc == 0 else JobStatus.FAILED
+        return JobState(status, rc, f"return code from sacct ({row.state}); the wrapper wrote none")
+    return terminal_state(row)
