@@ -1,0 +1,128 @@
+"""Pure parsers for SGE's output, tested on output captured from a real qmaster."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+from ..scheduler import JobState
+from ..states import JobStatus
+
+
+@dataclass(frozen=True)
+class QacctRecord:
+    exit_status: int | None
+    failed: str
+
+
+def parse_qsub(stdout: str) -> str:
+    """The job id ``qsub -terse`` printed: ``7``, or ``7.1-4:1`` for an array (gives ``7``)."""
+    for line in reversed(stdout.strip().splitlines()):
+        head = line.strip().split(".", 1)[0]
+        if head.isdigit():
+            return head
+    raise ValueError(f"no job id in qsub output {stdout!r}")
+
+
+def parse_qstat_xml(text: str) -> dict[str, str]:
+    """``qstat -xml -g d``: id (``7``, or ``7.3`` for an array task) -> state letters (``qw``).
+
+    With ``-g d`` every task of an array is listed on its own, pending ones included.
+    A task range (``1-4:1``), which appears without ``-g d``, is expanded.
+    """
+    states: dict[str, str] = {}
+    if not text.strip():
+        return states
+    root = ET.fromstring(text)
+    for entry in root.iter("job_list"):
+        number = (entry.findtext("JB_job_number") or "").strip()
+        state = (entry.findtext("state") or "").strip()
+        tasks = (entry.findtext("tasks") or "").strip()
+        if not number:
+            continue
+        if not tasks:
+            states[number] = state
+            continue
+        for task in expand_tasks(tasks):
+            states[f"{number}.{task}"] = state
+    return states
+
+
+def parse_qstat_names(text: str) -> dict[str, str]:
+    """``qstat -xml -g d``: id (as in ``parse_qstat_xml``) -> job name (``-N``)."""
+    names: dict[str, str] = {}
+    if not text.strip():
+        return names
+    for entry in ET.fromstring(text).iter("job_list"):
+        number = (entry.findtext("JB_job_number") or "").strip()
+        name = (entry.findtext("JB_name") or "").strip()
+        tasks = (entry.findtext("tasks") or "").strip()
+        for task in expand_tasks(tasks) if tasks else [None]:
+            names[number if task is None else f"{number}.{task}"] = name
+    return names
+
+
+def expand_tasks(spec: str) -> list[int]:
+    """``3``, ``1-4:1`` or ``3,5-6:1`` as task numbers."""
+    tasks: list[int] = []
+    for part in spec.split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+))?)?", part.strip())
+        if not m:
+            continue
+        first = int(m.group(1))
+        last = int(m.group(2) or first)
+        tasks.extend(range(first, last + 1, int(m.group(3) or 1)))
+    return tasks
+
+
+def parse_qacct(text: str) -> dict[str, QacctRecord]:
+    """``qacct -j ID`` records: id (``7`` or ``7.3``) -> exit status and ``failed`` field."""
+    records: dict[str, QacctRecord] = {}
+    for block in re.split(r"^=+\s*$", text, flags=re.MULTILINE):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            key, _, value = line.strip().partition(" ")
+            if key:
+                fields[key] = value.strip()
+        number = fields.get("jobnumber", "")
+        if not number:
+            continue
+        task = fields.get("taskid", "undefined")
+        jid = f"{number}.{task}" if task.isdigit() else number
+        status = fields.get("exit_status", "").split(" ", 1)[0]
+        records[jid] = QacctRecord(
+            int(status) if status.isdigit() else None, fields.get("failed", "0")
+        )
+    return records
+
+
+def parse_error_reason(text: str) -> str:
+    """The ``error reason`` lines of ``qstat -j ID`` for a job in error state (Eqw)."""
+    reasons = [
+        line.split(":", 1)[1].strip() if ":" in line else line
+        for line in text.splitlines()
+        if line.startswith("error reason")
+    ]
+    return "; ".join(reasons)
+
+
+def held(state: str) -> bool:
+    """Whether SGE still holds a job in this state (queued, running, suspended, held)."""
+    return bool(state) and "E" not in state and "d" not in state
+
+
+def accounting_state(record: QacctRecord) -> JobState:
+    """A verdict from ``qacct`` for a job whose wrapper left no return code."""
+    failed = record.failed.split(" ", 1)[0]
+    if failed == "100" or record.exit_status == 137:
+        return JobState(JobStatus.KILLED, record.exit_status, f"killed in SGE (failed {failed})")
+    if failed not in ("", "0"):
+        return JobState(
+            JobStatus.FAILED,
+            record.exit_status,
+            f"SGE could not run the job: failed {record.failed}",
+        )
+    rc = record.exit_status
+    status = JobStatus.FINISHED if rc == 0 else JobStatus.FAILED
+    return JobState(status, rc, "return code from qacct; the wrapper wrote none")
