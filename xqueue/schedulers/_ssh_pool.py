@@ -1,0 +1,395 @@
+"""Connections to one SSH server: multiplexed channels, session limits, reconnects.
+
+This module is asyncio code (asyncssh runs on asyncio only); the scheduler calls it
+through ``AsyncioBridge``. It knows nothing about jobs: it runs short shell scripts on a
+server and reports what came back, or why the server could not be reached.
+
+- One connection carries up to ``max_sessions`` channels at once (OpenSSH's MaxSessions
+  defaults to 10; the 11th channel is refused with "open failed"). Beyond that another
+  connection is opened, up to ``max_connections``; past that callers queue. A server
+  whose real limit is lower than configured refuses a channel: that connection's limit
+  is lowered to what it carried and the command retried elsewhere, so a wrong
+  ``max_sessions`` costs one refused channel, not a failed job.
+- Connecting is serialised per server and rate-limited by an exponential backoff. After
+  ``reconnect_attempts`` failures in a row the server is marked *down*; it is probed
+  again every ``down_retry`` seconds and comes back into rotation when a probe succeeds.
+- A refused host key or login is not retried: it is a configuration problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import time
+from typing import Any
+
+import asyncssh
+
+from ..errors import SchedulerOptionError
+
+log = logging.getLogger("xqueue.ssh")
+
+_SERVER_KEYS = (
+    "host",
+    "port",
+    "user",
+    "keyfile",
+    "known_hosts",
+    "verify_host_keys",
+    "max_sessions",
+    "max_connections",
+    "remote_workdir",
+    "connect_timeout",
+)
+# Keys of xqute's server entries that have no meaning when speaking SSH in-process.
+_IGNORED_KEYS = ("ctrl_persist", "ctrl_dir", "ssh")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """One entry of ``servers``: where to log in and how hard to load the connection."""
+
+    name: str
+    host: str
+    port: int = 22
+    user: str | None = None
+    keyfile: tuple[str, ...] | None = None
+    known_hosts: str | None = None
+    verify_host_keys: bool = True
+    max_sessions: int = 10
+    max_connections: int = 4
+    remote_workdir: str | None = None
+    connect_timeout: float = 10.0
+
+    @property
+    def address(self) -> str:
+        user = f"{self.user}@" if self.user else ""
+        return f"{user}{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, scheduler: str, name: str, raw: Any) -> ServerConfig:
+        where = f"{scheduler}: server {name!r}"
+        if not isinstance(raw, dict):
+            raise SchedulerOptionError(
+                f"{where} must be a mapping like {{'host': ..., 'user': ..., 'keyfile': ...}}"
+            )
+        unknown = [k for k in raw if k not in _SERVER_KEYS and k not in _IGNORED_KEYS]
+        if unknown:
+            raise SchedulerOptionError(
+                f"{where} does not accept {', '.join(map(repr, unknown))}; accepted: "
+                f"{', '.join(_SERVER_KEYS)}"
+                + (" (passwords are not supported: use a key)" if "password" in unknown else "")
+            )
+        for key in _IGNORED_KEYS:
+            if key in raw:
+                log.warning(
+                    "%s: option %r has no effect (xqueue speaks SSH itself, over one "
+                    "multiplexed connection)",
+                    where,
+                    key,
+                )
+        if not raw.get("host"):
+            raise SchedulerOptionError(f"{where} needs a 'host'")
+        kw: dict[str, Any] = {"name": name, "host": str(raw["host"])}
+        try:
+            for key in ("port", "max_sessions", "max_connections"):
+                if key in raw:
+                    kw[key] = int(raw[key])
+            if "connect_timeout" in raw:
+                kw["connect_timeout"] = float(raw["connect_timeout"])
+        except (TypeError, ValueError) as exc:
+            raise SchedulerOptionError(f"{where}: {exc}") from exc
+        for key in ("user", "known_hosts", "remote_workdir"):
+            if raw.get(key) is not None:
+                kw[key] = str(raw[key])
+        if "verify_host_keys" in raw:
+            value = raw["verify_host_keys"]
+            if isinstance(value, str):
+                value = value.strip().lower() not in ("0", "false", "no", "off")
+            kw["verify_host_keys"] = bool(value)
+        keyfile = raw.get("keyfile")
+        if keyfile:
+            files = (keyfile,) if isinstance(keyfile, (str, os.PathLike)) else tuple(keyfile)
+            kw["keyfile"] = tuple(os.path.expanduser(str(f)) for f in files)
+            for f in kw["keyfile"]:
+                if not os.path.isfile(f):
+                    raise SchedulerOptionError(f"{where}: keyfile {f!r} does not exist")
+        if kw.get("known_hosts"):
+            kw["known_hosts"] = os.path.expanduser(kw["known_hosts"])
+            if not os.path.isfile(kw["known_hosts"]):
+                raise SchedulerOptionError(
+                    f"{where}: known_hosts file {kw['known_hosts']!r} does not exist"
+                )
+        config = cls(**kw)
+        if not 1 <= config.port <= 65535:
+            raise SchedulerOptionError(f"{where}: port must be 1..65535, got {config.port}")
+        if config.max_sessions < 1 or config.max_connections < 1:
+            raise SchedulerOptionError(f"{where}: max_sessions and max_connections must be >= 1")
+        if not config.verify_host_keys:
+            log.warning(
+                "%s (%s): host key verification is OFF (verify_host_keys=false); "
+                "anyone on the network path can impersonate this server",
+                where,
+                config.address,
+            )
+        return config
+
+
+@dataclasses.dataclass(frozen=True)
+class ReconnectPolicy:
+    attempts: int = 5
+    backoff: float = 0.5
+    max_delay: float = 10.0
+    down_retry: float = 60.0
+
+    def delay(self, failures: int) -> float:
+        return float(min(self.backoff * 2 ** max(failures - 1, 0), self.max_delay))
+
+
+class Unreachable(Exception):
+    """The server could not be reached, or the connection dropped.
+
+    ``maybe_started`` is True when the command was sent before the failure, so it may
+    have run; False when it certainly did not (no channel was opened).
+    """
+
+    def __init__(self, message: str, *, maybe_started: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_started = maybe_started
+
+
+class Refused(Exception):
+    """The server refused us for good (host key not trusted, login denied)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    exit_status: int
+    stdout: str
+    stderr: str
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, asyncssh.Error):
+        return exc.reason or type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+class _Conn:
+    __slots__ = ("conn", "in_use", "limit")
+
+    def __init__(self, conn: asyncssh.SSHClientConnection, limit: int) -> None:
+        self.conn = conn
+        self.in_use = 0
+        self.limit = limit
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.is_closed()
+
+
+class ServerPool:
+    """Every connection to one server, and whether the server is up."""
+
+    def __init__(self, config: ServerConfig, policy: ReconnectPolicy) -> None:
+        self.config = config
+        self.policy = policy
+        self._conns: list[_Conn] = []
+        self._opening = False
+        self._room: asyncio.Event | None = None
+        self.failures = 0
+        self.next_try = 0.0
+        self.down = False
+        self.down_since = 0.0
+        self.last_error = ""
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def available(self, now: float) -> bool:
+        """Whether a new command may be sent now (connected, or a connect attempt is due)."""
+        if any(not c.closed for c in self._conns):
+            return True
+        if self.down:
+            return now >= self.down_since + self.policy.down_retry
+        return now >= self.next_try
+
+    # -- connecting ------------------------------------------------------------------
+    def _connect_kwargs(self) -> dict[str, Any]:
+        cfg = self.config
+        kw: dict[str, Any] = {
+            "port": cfg.port,
+            "keepalive_interval": 15,
+            "keepalive_count_max": 3,
+            # Never fall back to typing a password, and never prompt.
+            "password": None,
+            "kbdint_auth": False,
+        }
+        if cfg.user:
+            kw["username"] = cfg.user
+        if cfg.keyfile:
+            kw["client_keys"] = list(cfg.keyfile)
+        if not cfg.verify_host_keys:
+            kw["known_hosts"] = None
+        elif cfg.known_hosts:
+            kw["known_hosts"] = cfg.known_hosts
+        return kw
+
+    async def _open_connection(self) -> asyncssh.SSHClientConnection:
+        now = time.monotonic()
+        where = f"server {self.name!r} ({self.config.address})"
+        if self.down and now < self.down_since + self.policy.down_retry:
+            raise Unreachable(f"{where} is down: {self.last_error}")
+        if now < self.next_try:
+            raise Unreachable(
+                f"{where} is unreachable ({self.last_error}); next attempt in "
+                f"{self.next_try - now:.1f}s"
+            )
+        try:
+            conn = await asyncio.wait_for(
+                asyncssh.connect(self.config.host, **self._connect_kwargs()),
+                self.config.connect_timeout,
+            )
+        except asyncssh.HostKeyNotVerifiable as exc:
+            self._mark_down(f"host key not trusted: {_describe(exc)}")
+            source = self.config.known_hosts or "~/.ssh/known_hosts"
+            raise Refused(
+                f"{where}: its host key is not in {source} ({_describe(exc)}); add it with "
+                f"`ssh-keyscan -p {self.config.port} {self.config.host} >> {source}` after "
+                "checking its fingerprint, or set known_hosts to a file that has it"
+            ) from exc
+        except asyncssh.PermissionDenied as exc:
+            self._mark_down(f"login refused: {_describe(exc)}")
+            raise Refused(
+                f"{where}: login refused ({_describe(exc)}); check 'user' and 'keyfile' "
+                "(only key authentication is used)"
+            ) from exc
+        except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+            self._failed(_describe(exc))
+            raise Unreachable(f"cannot connect to {where}: {_describe(exc)}") from exc
+        if self.failures or self.down:
+            log.warning("ssh: %s is reachable again", where)
+        self.failures, self.down, self.last_error = 0, False, ""
+        return conn
+
+    def _failed(self, why: str) -> None:
+        now = time.monotonic()
+        self.failures += 1
+        self.last_error = why
+        self.next_try = now + self.policy.delay(self.failures)
+        if self.down:
+            self.down_since = now
+        elif self.failures >= self.policy.attempts:
+            self._mark_down(why)
+        else:
+            log.info(
+                "ssh: server %r unreachable (%s), attempt %d of %d",
+                self.name,
+                why,
+                self.failures,
+                self.policy.attempts,
+            )
+
+    def _mark_down(self, why: str) -> None:
+        self.last_error = why
+        if not self.down:
+            log.warning(
+                "ssh: server %r (%s) is down after %d failed attempt(s): %s; taken out of "
+                "rotation, probed again every %gs",
+                self.name,
+                self.config.address,
+                self.failures,
+                why,
+                self.policy.down_retry,
+            )
+        self.down, self.down_since = True, time.monotonic()
+
+    def note_dropped(self, why: str) -> None:
+        """A command lost its connection: the next connect goes through the backoff."""
+        if self.failures == 0:
+            self.last_error = why
+
+    # -- channels ------------------------------------------------------------------------
+    def _pick(self) -> _Conn | None:
+        self._conns = [c for c in self._conns if not c.closed]
+        free = [c for c in self._conns if c.in_use < c.limit]
+        return min(free, key=lambda c: c.in_use) if free else None
+
+    def _wake(self) -> None:
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+
+    async def _acquire(self) -> _Conn:
+        while True:
+            conn = self._pick()
+            if conn is None and len(self._conns) < self.config.max_connections:
+                if not self._opening:
+                    self._opening = True
+                    try:
+                        conn = _Conn(await self._open_connection(), self.config.max_sessions)
+                    finally:
+                        self._opening = False
+                        self._wake()
+                    self._conns.append(conn)
+            if conn is not None:
+                conn.in_use += 1
+                return conn
+            if self._room is None:
+                self._room = asyncio.Event()
+            await self._room.wait()
+
+    def _release(self, conn: _Conn) -> None:
+        conn.in_use -= 1
+        self._wake()
+
+    async def run(self, script: str, *, timeout: float) -> Result:
+        """Run a POSIX sh script (sent on stdin, so the login shell never parses it)."""
+        for _ in range(self.config.max_connections * 2 + 2):
+            conn = await self._acquire()
+            started = False
+            try:
+                process = await conn.conn.create_process("sh -s", encoding="utf-8")
+                started = True
+                stdout, stderr = await asyncio.wait_for(process.communicate(script), timeout)
+                status = process.exit_status
+                return Result(-1 if status is None else status, str(stdout), str(stderr))
+            except asyncssh.ChannelOpenError as exc:
+                if not conn.closed and conn.in_use > 1:
+                    # The server's MaxSessions is lower than we assumed: learn it.
+                    conn.limit = conn.in_use - 1
+                    log.info(
+                        "ssh: server %r refused channel %d on a connection; using at most %d",
+                        self.name,
+                        conn.in_use,
+                        conn.limit,
+                    )
+                    continue
+                conn.conn.close()
+                self.note_dropped(_describe(exc))
+                continue
+            except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+                conn.conn.close()
+                self.note_dropped(_describe(exc))
+                raise Unreachable(
+                    f"lost the connection to server {self.name!r} ({self.config.address}): "
+                    f"{_describe(exc)}",
+                    maybe_started=started,
+                ) from exc
+            finally:
+                self._release(conn)
+        raise Unreachable(f"server {self.name!r} refused every channel we opened")
+
+    async def close(self) -> None:
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.conn.close()
+        for conn in conns:
+            await conn.conn.wait_closed()

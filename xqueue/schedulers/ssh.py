@@ -1,0 +1,438 @@
+"""Run jobs on SSH servers, spread by load, over multiplexed asyncssh connections.
+
+Each job's wrapper script (``write_script``) is started detached on a server::
+
+    setsid sh <job folder>/job.sh </dev/null >/dev/null 2>&1 &
+
+so the submission returns as soon as the remote shell has forked, and the job is the
+leader of its own process group, whose id is its pid. The wrapper writes ``job.started``
+and ``job.rc`` into the job folder, which the controller reads: the workdir must be
+shared between the controller and the servers (the same path by default; a server's
+``remote_workdir`` maps it when the server mounts it elsewhere).
+
+One status command per server per tick reads ``/proc/<pid>/stat`` of every active job
+on that server; the answer is merged with the job's files by ``reconcile``. A job id is
+``<server>:<pid>:<start time>``, so a later controller re-attaches to the right process
+and never to an unrelated one that reused the pid.
+
+Connections that drop are reopened with backoff (see ``_ssh_pool``). While a server is
+unreachable its jobs count as running (their return code files still end them); once
+it is marked down, its jobs that left no return code are failed as lost, with the
+reason, and not retried (they may still be running there). New jobs go to the servers
+that are up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shlex
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+from ..errors import SchedulerError, SchedulerOptionError, SubmissionError
+from ..job import SCRIPT_FILE, Job
+from ..options import SchedulerOptions
+from ..scheduler import JobState, Scheduler
+from ..states import JobStatus
+from ..workdir import read_text
+from ._aio import AsyncioBridge
+from ._ssh_pool import ReconnectPolicy, Refused, ServerConfig, ServerPool, Unreachable
+
+log = logging.getLogger("xqueue.ssh")
+
+PID_FILE = "job.ssh"
+"""Written on the server right after the fork: ``<server> <pid>``; finds a job whose id
+was never recorded (the connection or the controller died in between)."""
+
+# Exit codes of the submit script for problems found on the server before the fork.
+_NO_SCRIPT, _NO_SETSID, _NO_CWD = 95, 96, 97
+
+
+@dataclasses.dataclass
+class SshOptions(SchedulerOptions):
+    servers: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """name -> {host, port, user, keyfile, known_hosts, verify_host_keys, max_sessions,
+    max_connections, remote_workdir, connect_timeout}."""
+    cwd: str | None = None
+    """Directory the jobs run in on the server (default: the login directory)."""
+    reconnect_attempts: int = 5
+    """Failed connection attempts in a row after which a server is marked down."""
+    reconnect_backoff: float = 0.5
+    """Seconds before the first reconnect; doubled after each failure (up to 10 s)."""
+    down_retry: float = 60.0
+    """Seconds between probes of a server marked down."""
+    command_timeout: float = 30.0
+    """Seconds a status or submit command may take before its connection is dropped."""
+    submit_timeout: float = 120.0
+    """Seconds a job may wait for a reachable server before its submission fails."""
+
+    def validate(self, scheduler: str) -> None:
+        super().validate(scheduler)
+        if not isinstance(self.servers, dict) or not self.servers:
+            raise SchedulerOptionError(
+                f"{scheduler}: give at least one server, e.g. servers={{'node1': {{'host': "
+                "'node1.example.org', 'user': 'me', 'keyfile': '~/.ssh/id_ed25519'}}"
+            )
+        if self.reconnect_attempts < 1:
+            raise SchedulerOptionError(f"{scheduler}: reconnect_attempts must be >= 1")
+        for name in ("reconnect_backoff", "down_retry", "command_timeout", "submit_timeout"):
+            if getattr(self, name) < 0:
+                raise SchedulerOptionError(f"{scheduler}: {name} must be >= 0")
+
+    def server_configs(self, scheduler: str) -> list[ServerConfig]:
+        return [ServerConfig.parse(scheduler, str(n), raw) for n, raw in self.servers.items()]
+
+
+def _parse_jid(jid: str | None) -> tuple[str, int, str] | None:
+    """(server, pid, start time) from ``server:pid:start``; the server name may hold ':'."""
+    if not jid:
+        return None
+    server, _, rest = jid.rpartition(":")
+    server, _, pid = server.rpartition(":")
+    if not server or not pid.isdigit():
+        return None
+    return server, int(pid), rest
+
+
+def _parse_stat(line: str) -> tuple[int, str, str] | None:
+    """(pid, state, start time) from one /proc/<pid>/stat line."""
+    head, _, tail = line.rpartition(")")
+    fields = tail.split()
+    pid = head.split(" ", 1)[0]
+    if not pid.isdigit() or len(fields) < 20:
+        return None
+    return int(pid), fields[0], fields[19]
+
+
+def _status_script(pids: Sequence[int]) -> str:
+    files = " ".join(f"{pid}/stat" for pid in sorted(set(pids)))
+    return f"cd /proc && cat {files} 2>/dev/null\nexit 0\n"
+
+
+def _alive(stats: dict[int, tuple[str, str]], pid: int, start: str) -> bool:
+    found = stats.get(pid)
+    return found is not None and found[0] != "Z" and (not start or found[1] == start)
+
+
+class SshScheduler(Scheduler):
+    """Jobs are detached process groups on SSH servers."""
+
+    name = "ssh"
+    Options = SshOptions
+    options: SshOptions
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.configs = self.options.server_configs(self.name)
+        self.policy = ReconnectPolicy(
+            attempts=self.options.reconnect_attempts,
+            backoff=self.options.reconnect_backoff,
+            down_retry=self.options.down_retry,
+        )
+        self._bridge = AsyncioBridge()
+        self._pools: dict[str, ServerPool] = {}
+        self._load: dict[str, int] = {c.name: 0 for c in self.configs}
+        self._server_of: dict[Job, str] = {}
+        self._lost: dict[str, str] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def open(self, workdir: Any) -> None:
+        await super().open(workdir)
+        self._bridge.start()
+        self._pools = {c.name: ServerPool(c, self.policy) for c in self.configs}
+        errors: dict[str, BaseException] = {}
+
+        async def probe(pool: ServerPool) -> None:
+            try:
+                await self._bridge.call(pool.run, "exit 0", timeout=self.options.command_timeout)
+            except (Unreachable, Refused) as exc:
+                errors[pool.name] = exc
+
+        async with anyio.create_task_group() as tg:
+            for pool in self._pools.values():
+                tg.start_soon(probe, pool)
+        refused = [e for e in errors.values() if isinstance(e, Refused)]
+        if refused:
+            await self.aclose()
+            raise SchedulerError(str(refused[0])) from refused[0]
+        if len(errors) == len(self._pools):
+            await self.aclose()
+            detail = "; ".join(str(e) for e in errors.values())
+            raise SchedulerError(f"ssh: no server is reachable: {detail}")
+        for name, exc in errors.items():
+            log.warning("ssh: server %r is not reachable yet: %s", name, exc)
+
+    async def aclose(self) -> None:
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            await self._bridge.call(pool.close)
+        self._bridge.stop()
+
+    # -- paths ---------------------------------------------------------------------------
+    def _remote(self, config: ServerConfig, path: str) -> str:
+        """A controller path as the server sees it."""
+        if not config.remote_workdir or self.workdir is None:
+            return path
+        root = str(self.workdir.path)
+        rel = os.path.relpath(path, root)
+        return config.remote_workdir if rel == "." else os.path.join(config.remote_workdir, rel)
+
+    # -- submitting ----------------------------------------------------------------------
+    def _pick(self, exclude: set[str]) -> ServerPool | None:
+        """The reachable server with the fewest jobs (declaration order breaks ties)."""
+        now = time.monotonic()
+        candidates = [p for p in self._pools.values() if p.name not in exclude and p.available(now)]
+        return min(candidates, key=lambda p: self._load[p.name]) if candidates else None
+
+    async def submit_job(self, job: Job) -> str:
+        deadline = time.monotonic() + self.options.submit_timeout
+        tried: set[str] = set()
+        while True:
+            pool = self._pick(tried)
+            if pool is None:
+                await self._wait_for_a_server(deadline, tried)
+                tried.clear()
+                continue
+            self._load[pool.name] += 1
+            try:
+                jid = await self._submit_to(pool, job)
+            except Unreachable as exc:
+                self._load[pool.name] -= 1
+                found = self._started_by_pid_file(job, pool) if exc.maybe_started else None
+                if found:
+                    self._load[pool.name] += 1
+                    self._server_of[job] = pool.name
+                    return found
+                log.info("job %s: %s; trying another server", job.index, exc)
+                tried.add(pool.name)
+                continue
+            except BaseException:
+                self._load[pool.name] -= 1
+                raise
+            self._server_of[job] = pool.name
+            return jid
+
+    async def _wait_for_a_server(self, deadline: float, tried: set[str]) -> None:
+        """Sleep until some server may take jobs again; fail once none can."""
+        pools = list(self._pools.values())
+        now = time.monotonic()
+        if not pools or all(p.down for p in pools) or now >= deadline:
+            detail = "; ".join(f"{p.name}: {p.last_error or 'failed'}" for p in pools)
+            raise SubmissionError(f"no SSH server can take the job ({detail})")
+        waits = [max(p.next_try - now, 0.05) for p in pools if not p.down]
+        await anyio.sleep(min([*waits, 1.0, deadline - now]))
+
+    async def _submit_to(self, pool: ServerPool, job: Job) -> str:
+        config = pool.config
+        jobdir = self._remote(config, job.dir)
+        self.write_script(job, jobdir)
+        try:
+            os.remove(job.path(PID_FILE))
+        except FileNotFoundError:
+            pass
+        q = shlex.quote
+        script = q(f"{jobdir}/{SCRIPT_FILE}")
+        pid_file = q(f"{jobdir}/{PID_FILE}")
+        lines = [
+            f"[ -r {script} ] || exit {_NO_SCRIPT}",
+            f"command -v setsid >/dev/null 2>&1 || exit {_NO_SETSID}",
+        ]
+        if self.options.cwd:
+            lines.append(f"cd {q(self.options.cwd)} || exit {_NO_CWD}")
+        lines += [
+            f"setsid sh {script} </dev/null >/dev/null 2>&1 &",
+            "p=$!",
+            f'echo "{pool.name} $p" > {pid_file}.tmp && mv -f {pid_file}.tmp {pid_file}',
+            "cat /proc/$p/stat",
+            "exit 0",
+        ]
+        result = await self._bridge.call(
+            pool.run, "\n".join(lines) + "\n", timeout=self.options.command_timeout
+        )
+        if result.exit_status != 0:
+            raise SubmissionError(self._submit_failure(pool, jobdir, result), retryable=False)
+        parsed = _parse_stat(result.stdout.strip())
+        if parsed is None:
+            raise SubmissionError(
+                f"server {pool.name!r} gave no process for the job: {result.stdout.strip()!r}"
+            )
+        return f"{pool.name}:{parsed[0]}:{parsed[2]}"
+
+    def _submit_failure(self, pool: ServerPool, jobdir: str, result: Any) -> str:
+        where = f"server {pool.name!r} ({pool.config.address})"
+        status = result.exit_status
+        if status == _NO_SCRIPT:
+            return (
+                f"{where} cannot read {jobdir}/{SCRIPT_FILE}: the workdir must be shared with "
+                "the server (same path, or set the server's remote_workdir) and readable by "
+                "the remote user"
+            )
+        if status == _NO_SETSID:
+            return f"{where} has no `setsid` (util-linux), which runs each job in its own group"
+        if status == _NO_CWD:
+            return f"{where} cannot enter cwd {self.options.cwd!r}"
+        detail = (result.stderr or result.stdout).strip()
+        return f"{where}: the submit command exited {status}: {detail}"
+
+    def _started_by_pid_file(self, job: Job, pool: ServerPool) -> str | None:
+        """The id of a job whose start was cut off before its pid came back, if it started."""
+        text = read_text(job.path(PID_FILE))
+        if not text:
+            return None
+        server, _, pid = text.strip().partition(" ")
+        if server != pool.name or not pid.isdigit():
+            return None
+        log.warning(
+            "job %s started on %r although its submission lost the connection", job.index, server
+        )
+        return f"{server}:{pid}:"
+
+    # -- status --------------------------------------------------------------------------
+    def _jobs_by_server(self, jobs: Sequence[Job]) -> dict[str, list[tuple[Job, int, str]]]:
+        grouped: dict[str, list[tuple[Job, int, str]]] = {}
+        for job in jobs:
+            parsed = _parse_jid(job.jid)
+            server = parsed[0] if parsed else ""
+            grouped.setdefault(server, []).append(
+                (job, parsed[1] if parsed else 0, parsed[2] if parsed else "")
+            )
+        return grouped
+
+    async def _stats(self, pool: ServerPool, pids: Sequence[int]) -> dict[int, tuple[str, str]]:
+        self.stats.status_calls += 1
+        result = await self._bridge.call(
+            pool.run, _status_script(pids), timeout=self.options.command_timeout
+        )
+        stats: dict[int, tuple[str, str]] = {}
+        for line in result.stdout.splitlines():
+            parsed = _parse_stat(line)
+            if parsed:
+                stats[parsed[0]] = (parsed[1], parsed[2])
+        return stats
+
+    async def poll_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobState]:
+        states: dict[Job, JobState] = {}
+
+        async def one(server: str, entries: list[tuple[Job, int, str]]) -> None:
+            pool = self._pools.get(server)
+            if pool is None:  # an id we cannot place: reconcile fails it after vanish_grace
+                for job, _, _ in entries:
+                    states[job] = self.reconcile(job, False)
+                return
+            try:
+                stats = await self._stats(pool, [pid for _, pid, _ in entries])
+            except (Unreachable, Refused) as exc:
+                for job, _, _ in entries:
+                    states[job] = self._unreachable_state(job, pool, exc)
+                return
+            for job, pid, start in entries:
+                states[job] = self.reconcile(job, _alive(stats, pid, start))
+
+        async with anyio.create_task_group() as tg:
+            for server, entries in self._jobs_by_server(jobs).items():
+                tg.start_soon(one, server, entries)
+        return states
+
+    def _unreachable_state(self, job: Job, pool: ServerPool, exc: BaseException) -> JobState:
+        """Running while the server may come back; lost once it is marked down."""
+        if not pool.down:
+            return self.reconcile(job, True)
+        lost = JobState(
+            JobStatus.FAILED,
+            None,
+            f"lost: server {pool.name!r} ({pool.config.address}) went down while the job "
+            f"ran ({pool.last_error}); it may still be running there, so it is not retried",
+            retryable=False,
+        )
+        return self.reconcile(job, False, lost)
+
+    async def job_is_running(self, job: Job) -> bool:
+        parsed = _parse_jid(job.jid)
+        pool = self._pools.get(parsed[0]) if parsed else None
+        if parsed is None or pool is None:
+            return False
+        try:
+            stats = await self._stats(pool, [parsed[1]])
+        except (Unreachable, Refused) as exc:
+            raise SchedulerError(f"job {job.index}: {exc}") from exc
+        return _alive(stats, parsed[1], parsed[2])
+
+    async def recover_job(self, job: Job) -> bool:
+        if job.jid is None:
+            text = read_text(job.path(PID_FILE)) or ""
+            server, _, pid = text.strip().partition(" ")
+            if server not in self._pools or not pid.isdigit():
+                return False
+            job.jid = f"{server}:{pid}:"
+        try:
+            alive = await self.job_is_running(job)
+        except SchedulerError as exc:
+            log.warning("job %s: cannot check %s: %s", job.index, job.jid, exc)
+            alive = True  # not evidence that it ended; polling settles it
+        parsed = _parse_jid(job.jid)
+        if alive and parsed:
+            self._server_of[job] = parsed[0]
+            self._load[parsed[0]] = self._load.get(parsed[0], 0) + 1
+        return alive
+
+    # -- killing -------------------------------------------------------------------------
+    async def kill_job(self, job: Job) -> None:
+        """TERM the job's process group, KILL it after kill_grace, and check it is gone."""
+        parsed = _parse_jid(job.jid)
+        pool = self._pools.get(parsed[0]) if parsed else None
+        if parsed is None or pool is None:
+            return
+        grace = self.options.kill_grace
+        try:
+            result = await self._bridge.call(
+                pool.run,
+                _kill_script(parsed[1], grace),
+                timeout=self.options.command_timeout + grace,
+            )
+        except (Unreachable, Refused) as exc:
+            raise SchedulerError(f"cannot kill job {job.index} ({job.jid}): {exc}") from exc
+        if "survived" in result.stdout:
+            raise SchedulerError(
+                f"job {job.index} ({job.jid}): processes of group {parsed[1]} survived SIGKILL "
+                f"on server {parsed[0]!r}"
+            )
+
+    def forget(self, job: Job) -> None:
+        super().forget(job)
+        server = self._server_of.pop(job, None)
+        if server is not None:
+            self._load[server] -= 1
+
+
+def _kill_script(pgid: int, grace: float) -> str:
+    """TERM, wait up to ``grace``, KILL, and say whether anything of the group survived.
+
+    A group member in state Z is dead (the server's init may reap it late), so liveness
+    is read from /proc rather than from ``kill -0``. The command name in a stat line may
+    hold spaces: the fields are split after its closing parenthesis.
+    """
+    tenths = max(int(grace * 10), 1)
+    awk = (
+        'BEGIN { found = 0 } { s = $0; sub(/^.*\\) /, "", s); split(s, f, " "); '
+        'if (f[3] == g && f[1] != "Z") { found = 1; exit } } END { exit !found }'
+    )
+    return f"""g={pgid}
+alive() {{
+  cat /proc/[0-9]*/stat 2>/dev/null | awk -v g="$g" {shlex.quote(awk)}
+}}
+alive || {{ echo gone; exit 0; }}
+kill -TERM -- -$g 2>/dev/null
+i=0
+while alive && [ $i -lt {tenths} ]; do sleep 0.1; i=$((i + 1)); done
+if alive; then
+  kill -KILL -- -$g 2>/dev/null
+  i=0
+  while alive && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+fi
+if alive; then echo survived; else echo dead; fi
+"""
