@@ -1,0 +1,75 @@
+"""The scheduler base class: wrapper scripts, option parsing, reconciliation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import DetachedScheduler
+from xqueue import Job, JobStatus, SchedulerOptionError
+from xqueue.scheduler import VANISHED
+from xqueue.workdir import Workdir
+
+
+def make_job(tmp_path: Path, cmd: object, **kw: object) -> Job:
+    job = Job(0, cmd, **kw)  # type: ignore[arg-type]
+    Workdir(tmp_path / "wd").prepare(job)
+    return job
+
+
+def test_script_is_written_once_and_never_in_place(tmp_path: Path) -> None:
+    job = make_job(tmp_path, ["echo", "a"])
+    sched = DetachedScheduler()
+    path = sched.write_script(job)
+    first = os.stat(path).st_ino
+    sched.write_script(job)  # same content (e.g. a retry): not touched at all
+    assert os.stat(path).st_ino == first
+    # Another content goes to a new inode by rename; a shell still reading the old
+    # one keeps reading the old text, never a truncated file.
+    with open(path) as reader:
+        job.envs = {"X": "1"}
+        sched.write_script(job)
+        assert os.stat(path).st_ino != first
+        assert "export X" not in reader.read()
+
+
+def test_script_passes_argv_verbatim_through_sh(tmp_path: Path) -> None:
+    args = ["$HOME", "`id`", "a b", "it's", '"q"', "\\n", ""]
+    job = make_job(tmp_path, ["printf", "[%s]", *args], envs={"V": "$(id) 'x'"})
+    script = DetachedScheduler().write_script(job)
+    subprocess.run(["sh", script], check=True)
+    assert Path(job.stdout_path).read_text() == "".join(f"[{a}]" for a in args)
+    assert Path(job.path("job.rc")).read_text().strip() == "0"
+    assert Path(job.path("job.started")).exists()
+
+
+def test_reconcile_prefers_the_return_code_file(tmp_path: Path) -> None:
+    job = make_job(tmp_path, ["true"])
+    sched = DetachedScheduler(vanish_grace=0)
+    assert sched.reconcile(job, held=True).status is JobStatus.SUBMITTED
+    Path(job.path("job.started")).write_text("1")
+    assert sched.reconcile(job, held=True).status is JobStatus.RUNNING
+    Path(job.path("job.rc")).write_text("5\n")
+    state = sched.reconcile(job, held=True)
+    assert (state.status, state.rc) == (JobStatus.FAILED, 5)
+
+
+def test_reconcile_fails_a_vanished_job_after_the_grace(tmp_path: Path) -> None:
+    job = make_job(tmp_path, ["true"])
+    sched = DetachedScheduler(vanish_grace=3600)
+    assert sched.reconcile(job, held=False).status is JobStatus.SUBMITTED  # within grace
+    sched.options.vanish_grace = 0
+    state = sched.reconcile(job, held=False)
+    assert state.status is JobStatus.FAILED and state.reason == VANISHED
+
+
+def test_options_coerce_cli_strings() -> None:
+    sched = DetachedScheduler(poll_interval="0.5", submit_concurrency="3")
+    assert sched.options.poll_interval == 0.5 and sched.options.submit_concurrency == 3
+    with pytest.raises(SchedulerOptionError, match="submit_concurrency must be >= 1"):
+        DetachedScheduler(submit_concurrency=0)
+    with pytest.raises(SchedulerOptionError, match="expects int, got 'many'"):
+        DetachedScheduler(submit_concurrency="many")
