@@ -33,7 +33,8 @@ def test_script_is_written_once_and_never_in_place(tmp_path: Path) -> None:
         job.envs = {"X": "1"}
         sched.write_script(job)
         assert os.stat(path).st_ino != first
-        assert "export X" not in reader.read()
+        assert "export X=" not in reader.read()
+    assert "export X=" in Path(path).read_text()
 
 
 def test_script_passes_argv_verbatim_through_sh(tmp_path: Path) -> None:
