@@ -40,6 +40,8 @@ def typecheck(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """All tests. Real services are installed and started by ci/services.sh first."""
     session.install("-e", ".[test]")
+    for plugin in sorted(os.listdir("plugins")):  # the plugin distributions, tested too
+        session.install("-e", f"plugins/{plugin}")
     if os.environ.get("XQUEUE_SKIP_SERVICES"):
         session.log("XQUEUE_SKIP_SERVICES is set: service tests will be skipped")
     elif _can_start_services():
@@ -47,7 +49,11 @@ def tests(session: nox.Session) -> None:
         session.env["XQUEUE_REQUIRE_SERVICES"] = "1"
     else:
         session.log("not root with apt-get: tests that need Slurm, SGE, sshd or containers skip")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", *(session.posargs or ["tests", *_plugin_tests()]))
+
+
+def _plugin_tests() -> list[str]:
+    return [f"plugins/{p}/tests" for p in sorted(os.listdir("plugins"))]
 
 
 @nox.session(python=PYTHON)
