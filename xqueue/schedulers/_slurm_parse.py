@@ -118,8 +118,9 @@ def terminal_state(row: SlurmRow) -> JobState | None:
         return None
     if row.state == "CANCELLED":
         if row.reason == NEVER_SATISFIED:
-            why = "dependency can never be satisfied (Slurm cancelled it)"
-        elif row.reason and row.reason not in ("None", "by"):
+            why = "dependency can never be satisfied (Slurm DependencyNeverSatisfied); cancelled"
+            return JobState(JobStatus.FAILED, None, why, retryable=False)
+        if row.reason and row.reason not in ("None", "by"):
             why = f"{why} ({row.reason})"
         return JobState(JobStatus.KILLED, None, why)
     return JobState(JobStatus.FAILED, exit_status(row.exit_code), why)

@@ -1,0 +1,291 @@
+"""The Slurm scheduler against the real single-node Slurm of ci/slurm.sh.
+
+Every test reads back what Slurm itself recorded (``scontrol show job``, ``squeue``,
+``sacct``) rather than trusting xqueue's view, and cancels whatever it left behind.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from xqueue import Job, JobStatus, Xqueue
+from xqueue.schedulers.slurm import SlurmScheduler, sbatch_options
+from xqueue.workdir import Workdir
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+
+FAST = {"poll_interval": 0.2, "vanish_grace": 2.0}
+
+
+def sh(*argv: str) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+
+
+def show_job(jid: str) -> dict[str, str]:
+    """``scontrol show job -o`` as a dict (it keeps ended jobs for MinJobAge)."""
+    fields: dict[str, str] = {}
+    for word in sh("scontrol", "show", "job", "-o", jid).split():
+        key, sep, value = word.partition("=")
+        if sep:
+            fields.setdefault(key, value)
+    return fields
+
+
+@pytest.fixture
+def cancel_after() -> Iterator[list[Job]]:
+    """Jobs to cancel in Slurm when the test ends, whatever happened to it."""
+    jobs: list[Job] = []
+    yield jobs
+    ids = [j.jid for j in jobs if j.jid]
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
+
+
+def queue(workdir: Path, **kw: Any) -> Xqueue:
+    opts = {**FAST, **kw.pop("scheduler_opts", {})}
+    return Xqueue("slurm", workdir=workdir, scheduler_opts=opts, **kw)
+
+
+def test_seed_document_options_render_as_sbatch_flags() -> None:
+    # The seed document's example, as the argv it becomes (this cluster has no gpu partition).
+    opts = {"partition": "gpu", "time": "24:00:00", "mem": "8G", "gres": "gpu:1"}
+    job = Job(0, ["true"], resources={"cpus": 4, "memory": "1G", "walltime": "1h"})
+    flags = sbatch_options(job, {**opts, "exclusive": True, "requeue": False, "J": "x"})
+    assert flags == {
+        "cpus-per-task": 4,
+        "mem": "8G",  # the raw option wins over the mapped one
+        "time": "24:00:00",
+        "partition": "gpu",
+        "gres": "gpu:1",
+        "exclusive": True,
+        "requeue": False,
+        "job-name": "x",
+    }
+    scheduler = SlurmScheduler(**opts, exclusive=True, requeue=False)
+    argv = scheduler._argv(sbatch_options(None, scheduler.options.extra), "job.sh")
+    assert argv[2:] == [
+        "--partition=gpu",
+        "--time=24:00:00",
+        "--mem=8G",
+        "--gres=gpu:1",
+        "--exclusive",
+        "job.sh",
+    ]
+
+
+async def test_batch_succeeds_with_stdout_and_return_codes(workdir: Path) -> None:
+    q = queue(
+        workdir,
+        forks=10,
+        error_strategy="ignore",
+        scheduler_opts={"partition": "debug", "time": "00:10:00", "mem": "100M"},
+    )
+    jobs = [
+        await q.feed(["sh", "-c", f"echo out {i}; echo err {i} >&2; exit {i % 3}"])
+        for i in range(12)
+    ]
+    with anyio.fail_after(60):
+        await q.run_until_complete()
+    for i, job in enumerate(jobs):
+        assert job.rc == i % 3
+        assert job.status is (JobStatus.FINISHED if i % 3 == 0 else JobStatus.FAILED)
+        assert Path(job.stdout_path).read_text() == f"out {i}\n"
+        assert Path(job.stderr_path).read_text() == f"err {i}\n"
+    # One array, throttled by forks, whose elements Slurm records with the job's own exit.
+    base = jobs[0].jid.split("_")[0] if jobs[0].jid else ""
+    assert all(j.jid == f"{base}_{i}" for i, j in enumerate(jobs))
+    info = show_job(f"{base}_2")
+    assert info["ExitCode"] == "2:0" and info["Partition"] == "debug"
+    assert info["ArrayTaskThrottle"] == "10"
+    assert q.statistics().submit_calls == 1
+
+
+async def test_failing_job_is_retried_and_reports_its_last_return_code(workdir: Path) -> None:
+    q = queue(workdir, error_strategy="retry", num_retries=2)
+    bad = await q.feed("echo try; exit 5")
+    good = await q.feed(["true"])
+    with anyio.fail_after(60):
+        await q.run_until_complete()
+    assert bad.status is JobStatus.FAILED and bad.rc == 5 and bad.attempt == 3
+    assert good.status is JobStatus.FINISHED and good.attempt == 1
+    for n in (1, 2):
+        assert (Path(bad.dir) / "attempts" / str(n) / "job.rc").read_text().strip() == "5"
+    assert bad.jid and show_job(bad.jid)["ExitCode"] == "5:0"
+
+
+async def test_running_job_is_killed_and_slurm_shows_it_cancelled(
+    workdir: Path, cancel_after: list[Job]
+) -> None:
+    async with queue(workdir, forks=2) as q:
+        job = await q.feed(["sleep", "120"])
+        cancel_after.append(job)
+        with anyio.fail_after(30):
+            while job.status is not JobStatus.RUNNING:
+                await anyio.sleep(0.1)
+        assert await q.kill(job)
+        with anyio.fail_after(30):
+            await job.wait()
+    assert job.status is JobStatus.KILLED
+    assert job.jid
+    assert show_job(job.jid)["JobState"] == "CANCELLED"
+    assert q.statistics().kill_calls == 1
+
+
+async def test_resources_and_options_reach_slurm(workdir: Path) -> None:
+    q = queue(workdir, scheduler_opts={"job-name": "xq-res-test", "mem": "300M", "nice": 5})
+    job = await q.feed(["true"], resources={"cpus": 2, "memory": "200M", "walltime": "7m"})
+    other = await q.feed(["true"], resources={"cpus": 3, "walltime": 3600})
+    with anyio.fail_after(60):
+        await q.run_until_complete()
+    assert job.jid and other.jid
+    info = show_job(job.jid)
+    assert info["JobName"] == "xq-res-test"
+    assert info["NumCPUs"] == "2" and info["TimeLimit"] == "00:07:00"
+    assert info["MinMemoryNode"] == "300M"  # scheduler_opts mem wins over resources memory
+    assert info["Nice"] == "5"
+    assert info["Comment"] == f"xqueue:{q.scheduler._tag}:0"  # type: ignore[attr-defined]
+    info = show_job(other.jid)
+    assert info["NumCPUs"] == "3" and info["TimeLimit"] == "01:00:00"
+
+
+@pytest.mark.slow
+async def test_200_jobs_with_status_calls_proportional_to_ticks(workdir: Path) -> None:
+    # Without arrays: 200 separate sbatch calls, still one squeue per tick for all of them.
+    q = queue(workdir, forks=200, scheduler_opts={"arrays": False, "submit_concurrency": 16})
+    jobs = [await q.feed(["true"]) for _ in range(200)]
+    with anyio.fail_after(110):
+        await q.run_until_complete()
+    assert all(j.status is JobStatus.FINISHED for j in jobs)
+    stats = q.statistics()
+    assert stats.submit_calls == 200
+    assert stats.ticks < 200
+    # one squeue per tick; a sacct only for jobs Slurm reports ended before their rc file
+    assert stats.ticks <= stats.status_calls <= stats.ticks + 3
+
+
+async def test_array_of_100_retries_only_the_failing_element(workdir: Path, tmp_path: Path) -> None:
+    flag = tmp_path / "failed-once"
+    q = queue(workdir, forks=100, error_strategy="retry", num_retries=2)
+    # Homogeneous jobs; the one with index 37 fails on its first attempt only.
+    cmd = (
+        f'echo "$XQUEUE_JOB_INDEX"; [ "$XQUEUE_JOB_INDEX" != 37 ] || [ -e {flag} ] || '
+        f"{{ touch {flag}; exit 9; }}"
+    )
+    jobs = [await q.feed(cmd) for _ in range(100)]
+    with anyio.fail_after(90):
+        await q.run_until_complete()
+    assert all(j.status is JobStatus.FINISHED for j in jobs)
+    assert [j.index for j in jobs if j.attempt > 1] == [37]
+    first_array = jobs[0].jid.split("_")[0] if jobs[0].jid else ""
+    assert all(j.jid == f"{first_array}_{j.index}" for j in jobs if j.index != 37)
+    assert jobs[37].jid and not jobs[37].jid.startswith(f"{first_array}_")
+    assert show_job(f"{first_array}_37")["ExitCode"] == "9:0"
+    assert q.statistics().submit_calls == 2  # the array, then the one element again
+    assert Path(jobs[37].stdout_path).read_text() == "37\n"
+
+
+async def test_unknown_partition_fails_with_slurms_message(workdir: Path) -> None:
+    q = queue(workdir, error_strategy="retry", num_retries=3, scheduler_opts={"partition": "nope"})
+    jobs = [await q.feed(["true"]) for _ in range(3)]
+    with anyio.fail_after(30):
+        await q.run_until_complete()
+    for job in jobs:
+        assert job.status is JobStatus.FAILED
+        assert "invalid partition specified: nope" in job.reason
+        assert job.attempt == 1  # not retryable: it would fail the same way
+        assert "invalid partition specified" in Path(job.stderr_path).read_text()
+
+
+async def test_invalid_memory_fails_only_the_jobs_it_carries(workdir: Path) -> None:
+    q = queue(workdir, error_strategy="ignore", scheduler_opts={"mem": "lots"})
+    jobs = [await q.feed(["true"]) for _ in range(2)]
+    with anyio.fail_after(30):
+        await q.run_until_complete()
+    assert all("Invalid --mem specification" in j.reason for j in jobs)
+
+    q = queue(workdir / "2", error_strategy="ignore")
+    good = [await q.feed(["echo", str(i)]) for i in range(3)]
+    huge = await q.feed(["true"], resources={"memory": "100T"})
+    with anyio.fail_after(60):
+        await q.run_until_complete()
+    assert huge.status is JobStatus.FAILED and huge.jid is None
+    assert "Memory specification can not be satisfied" in huge.reason
+    assert [j.status for j in good] == [JobStatus.FINISHED] * 3
+    assert [Path(j.stdout_path).read_text() for j in good] == ["0\n", "1\n", "2\n"]
+
+
+async def test_dependency_that_can_never_be_satisfied_ends_the_job(workdir: Path) -> None:
+    failed = sh("sbatch", "--parsable", "-o", "/dev/null", "--wrap", "exit 1").strip()
+    for _ in range(100):
+        if show_job(failed).get("JobState") == "FAILED":
+            break
+        await anyio.sleep(0.2)
+    q = queue(workdir, error_strategy="retry", scheduler_opts={"dependency": f"afterok:{failed}"})
+    job = await q.feed(["true"])
+    with anyio.fail_after(60):
+        await q.run_until_complete()
+    assert job.status is JobStatus.FAILED and job.attempt == 1
+    assert "dependency can never be satisfied" in job.reason
+    assert job.jid and show_job(job.jid)["JobState"] == "CANCELLED"
+
+
+async def test_ended_job_without_rc_file_is_resolved_by_sacct_or_vanishes(workdir: Path) -> None:
+    q = queue(workdir)
+    job = await q.feed(["sh", "-c", "exit 4"])
+    with pytest.raises(Exception, match="return code 4"):
+        await q.run_until_complete()
+    Path(job.path("job.rc")).unlink()  # as if the file system lost it
+    job.status = JobStatus.RUNNING
+
+    scheduler = SlurmScheduler(**FAST)
+    await scheduler.open(Workdir(workdir))
+    states = await scheduler.poll_jobs([job])
+    assert states[job].status is JobStatus.FAILED and states[job].rc == 4
+    assert "sacct" in states[job].reason
+    assert scheduler.stats.status_calls == 2  # one squeue, one sacct
+
+    blind = SlurmScheduler(accounting=False, vanish_grace=0)
+    await blind.open(Workdir(workdir))
+    state = (await blind.poll_jobs([job]))[job]
+    assert state.status is JobStatus.FAILED and state.reason.startswith("vanished")
+    assert blind.stats.status_calls == 1
+
+    # An id Slurm has never heard of (or long purged) is not "running forever" either.
+    job.jid = "99999999"
+    state = (await blind.poll_jobs([job]))[job]
+    assert state.status is JobStatus.FAILED and state.reason.startswith("vanished")
+
+
+async def test_later_run_readopts_jobs_whose_ids_were_never_recorded(
+    workdir: Path, tmp_path: Path, cancel_after: list[Job]
+) -> None:
+    marker = tmp_path / "ran"
+    cmds = [f"echo {i} >> {marker}; sleep 2" for i in range(3)]
+    # A controller that died right after sbatch: jobs submitted, no id recorded.
+    wd = Workdir(workdir)
+    scheduler = SlurmScheduler(**FAST)
+    scheduler.forks = 3
+    await scheduler.open(wd)
+    early = [Job(i, c) for i, c in enumerate(cmds)]
+    for job in early:
+        wd.prepare(job)
+    ids = await scheduler.submit_jobs(early[:2]) + await scheduler.submit_jobs(early[2:])
+    cancel_after.extend(early)
+    for job, jid in zip(early, ids):
+        job.jid = str(jid)
+    assert ids[0] == f"{str(ids[0]).split('_')[0]}_0" and "_" not in str(ids[2])
+
+    q = queue(workdir, forks=3)
+    jobs = [await q.feed(c) for c in cmds]
+    with anyio.fail_after(60):
+        await q.run_until_complete()
+    assert [j.jid for j in jobs] == ids
+    assert all(j.status is JobStatus.FINISHED and j.rc == 0 for j in jobs)
+    assert sorted(marker.read_text().split()) == ["0", "1", "2"]  # each ran once
+    assert q.statistics().submit_calls == 0
