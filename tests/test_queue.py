@@ -224,3 +224,13 @@ async def test_interpreter_path_with_spaces(tmp_path: Path) -> None:
     job = await q.feed([sys.executable, "-c", "print(1)"])
     await q.run_until_complete()
     assert Path(job.stdout_path).read_text() == "1\n"
+
+
+async def test_a_queue_runs_again_after_more_feeding(workdir: Path) -> None:
+    q = Xqueue(workdir=workdir, forks=2)
+    await q.feed(["true"])
+    await q.run_until_complete()
+    await q.feed(["sh", "-c", "echo second"])
+    await q.run_until_complete()
+    assert [j.status for j in q.jobs] == [JobStatus.FINISHED, JobStatus.FINISHED]
+    assert Path(q.jobs[1].stdout_path).read_text() == "second\n"

@@ -37,8 +37,8 @@ _FINAL = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.KILLED, JobS
 S = JobStatus
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     # INIT -> FINISHED: an earlier run with the same workdir already succeeded.
-    # INIT -> SUBMITTED/RUNNING: re-adopting a job an earlier run left running.
-    S.INIT: frozenset({S.QUEUED, S.FINISHED, S.SUBMITTED, S.RUNNING, S.KILLED}),
+    # INIT -> SUBMITTED: re-adopting a job an earlier run left running.
+    S.INIT: frozenset({S.QUEUED, S.FINISHED, S.SUBMITTED, S.KILLED}),
     S.QUEUED: frozenset({S.SUBMITTED, S.RUNNING, S.FAILED, S.RETRYING, S.KILLED, S.SKIPPED}),
     S.SUBMITTED: frozenset({S.RUNNING, S.FINISHED, S.FAILED, S.RETRYING, S.KILLED}),
     S.RUNNING: frozenset({S.FINISHED, S.FAILED, S.RETRYING, S.KILLED}),
