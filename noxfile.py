@@ -1,4 +1,4 @@
-"""Sessions: ``nox`` runs lint, typecheck and tests (starting the services the tests need).
+"""Sessions: ``nox`` runs lint, typecheck, docs and tests (starting the services they need).
 
 nox                 # the whole suite, as CI runs it
 nox -s tests        # tests only (services are started when we are root with apt)
@@ -12,7 +12,7 @@ import shutil
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "docs", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -54,6 +54,12 @@ def tests(session: nox.Session) -> None:
 
 def _plugin_tests() -> list[str]:
     return [f"plugins/{p}/tests" for p in sorted(os.listdir("plugins"))]
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "-d", os.path.join(session.create_tmp(), "site"))
 
 
 @nox.session(python=PYTHON)
