@@ -131,3 +131,19 @@ def test_progress_view_renders(tmp_path: Path) -> None:
     out = xqueue("run", "--progress", "-w", str(tmp_path / "wd"), input="true\ntrue\n")
     assert out.returncode == 0
     assert "2/2" in out.stderr and "jobs/s" in out.stderr
+
+
+def test_run_without_a_job_list_on_a_terminal_says_what_to_do(tmp_path: Path) -> None:
+    import pty
+
+    _, terminal = pty.openpty()
+    out = subprocess.run(
+        [*XQ, "run", "-w", str(tmp_path / "wd")],
+        stdin=terminal,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    os.close(terminal)
+    assert out.returncode == 2
+    assert "no job list: give a file" in out.stderr

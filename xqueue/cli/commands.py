@@ -128,6 +128,10 @@ def _run(args: argparse.Namespace, console: Any) -> int:
     from .report import failures_table, print_table, summary_line
 
     if args.file == "-":
+        if sys.stdin.isatty():
+            raise XqueueError(
+                "no job list: give a file (xqueue run jobs.txt) or pipe commands on stdin"
+            )
         commands = read_commands(sys.stdin)
     else:
         try:
