@@ -120,7 +120,7 @@ def terminal_state(row: SlurmRow) -> JobState | None:
         if row.reason == NEVER_SATISFIED:
             why = "dependency can never be satisfied (Slurm DependencyNeverSatisfied); cancelled"
             return JobState(JobStatus.FAILED, None, why, retryable=False)
-        if row.reason and row.reason not in ("None", "by"):
+        if row.reason and row.reason != "None":
             why = f"{why} ({row.reason})"
         return JobState(JobStatus.KILLED, None, why)
     return JobState(JobStatus.FAILED, exit_status(row.exit_code), why)

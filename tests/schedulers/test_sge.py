@@ -1,0 +1,237 @@
+"""The SGE scheduler against the real SGE 8.1.9 of ci/sge.sh.
+
+What SGE itself recorded (``qstat -j``, ``qacct``) is read back; jobs left behind are
+deleted when a test ends.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from xqueue import Job, JobStatus, Xqueue
+from xqueue.schedulers._sge_parse import parse_qacct
+from xqueue.schedulers.sge import SgeScheduler, _argv_flags, qsub_options
+from xqueue.workdir import Workdir
+
+pytestmark = [pytest.mark.anyio, pytest.mark.sge, pytest.mark.usefixtures("sge_cluster")]
+
+FAST = {"poll_interval": 0.3, "vanish_grace": 3.0}
+
+
+def sh(*argv: str) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+
+
+async def qacct(jid: str) -> dict[str, Any]:
+    """The accounting record of a job or task, waiting for SGE to write it."""
+    for _ in range(50):
+        record = parse_qacct(sh("qacct", "-j", jid.split(".")[0])).get(jid)
+        if record is not None:
+            return {"exit_status": record.exit_status, "failed": record.failed}
+        await anyio.sleep(0.2)
+    raise AssertionError(f"no accounting record for {jid}")
+
+
+@pytest.fixture
+def delete_after() -> Iterator[list[Job]]:
+    jobs: list[Job] = []
+    yield jobs
+    ids = [j.jid for j in jobs if j.jid]
+    if ids:
+        subprocess.run(["qdel", *ids], capture_output=True, timeout=30)
+
+
+def queue(workdir: Path, **kw: Any) -> Xqueue:
+    opts = {**FAST, **kw.pop("scheduler_opts", {})}
+    return Xqueue("sge", workdir=workdir, scheduler_opts=opts, **kw)
+
+
+def test_seed_document_options_render_as_qsub_flags() -> None:
+    job = Job(0, ["true"], resources={"cpus": 4, "memory": "1G", "walltime": "1h"})
+    raw = {"q": "all.q", "l": ["h_vmem=2G", "scratch=1"], "cwd": True, "N": "x", "qsub_p": -5}
+    opts = qsub_options(job, "smp", raw)
+    assert _argv_flags(opts) == [
+        "-pe", "smp", "4",
+        "-q", "all.q",
+        "-cwd",
+        "-N", "x",
+        "-p", "-5",
+        "-l", "h_rt=3600",  # mapped; h_vmem is given raw, and the raw one wins
+        "-l", "h_vmem=2G",
+        "-l", "scratch=1",
+    ]  # fmt: skip
+
+
+async def test_batch_succeeds_with_stdout_and_return_codes(workdir: Path) -> None:
+    q = queue(
+        workdir,
+        forks=6,
+        error_strategy="ignore",
+        scheduler_opts={"q": "all.q", "l": ["h_rt=600"], "cwd": True},
+    )
+    jobs = [
+        await q.feed(["sh", "-c", f"echo 'out {i}'; echo err {i} >&2; exit {i % 3}"])
+        for i in range(12)
+    ]
+    with anyio.fail_after(60):
+        await q.run_until_complete()
+    for i, job in enumerate(jobs):
+        assert job.rc == i % 3
+        assert Path(job.stdout_path).read_text() == f"out {i}\n"
+        assert Path(job.stderr_path).read_text() == f"err {i}\n"
+    base = jobs[0].jid.split(".")[0] if jobs[0].jid else ""
+    assert [j.jid for j in jobs] == [f"{base}.{i + 1}" for i in range(12)]
+    assert (await qacct(f"{base}.3"))["exit_status"] == 2
+    assert q.statistics().submit_calls == 1
+
+
+async def test_failing_job_is_retried_and_reports_its_last_return_code(workdir: Path) -> None:
+    q = queue(workdir, error_strategy="retry", num_retries=2)
+    bad = await q.feed("echo try; exit 5")
+    good = await q.feed(["true"])
+    with anyio.fail_after(60):
+        await q.run_until_complete()
+    assert bad.status is JobStatus.FAILED and bad.rc == 5 and bad.attempt == 3
+    assert good.status is JobStatus.FINISHED and good.attempt == 1
+    assert (Path(bad.dir) / "attempts" / "2" / "job.rc").read_text().strip() == "5"
+    assert bad.jid and (await qacct(bad.jid))["exit_status"] == 5
+
+
+async def test_running_job_is_killed_and_sge_records_the_kill(
+    workdir: Path, delete_after: list[Job]
+) -> None:
+    async with queue(workdir) as q:
+        job = await q.feed(["sleep", "120"])
+        delete_after.append(job)
+        with anyio.fail_after(30):
+            while job.status is not JobStatus.RUNNING:
+                await anyio.sleep(0.1)
+        assert await q.kill(job)
+        with anyio.fail_after(30):
+            await job.wait()
+    assert job.status is JobStatus.KILLED and job.jid
+    record = await qacct(job.jid)
+    assert record["exit_status"] == 137 and record["failed"].startswith("100")
+    assert job.jid not in sh("qstat", "-u", "root")
+
+
+async def test_resources_and_options_reach_sge(workdir: Path, delete_after: list[Job]) -> None:
+    # -h holds the jobs, so they stay in qstat to be read back; then they are killed.
+    opts = {"h": True, "l": ["h_vmem=300M"], "N": "xq_res", "p": -10}
+    async with queue(workdir, scheduler_opts=opts) as q:
+        job = await q.feed(["true"], resources={"memory": "200M", "walltime": "7m"})
+        delete_after.append(job)
+        with anyio.fail_after(30):
+            while not job.jid:
+                await anyio.sleep(0.05)
+        info = sh("qstat", "-j", job.jid)
+        assert await q.kill(job)
+    assert "job_name:                   xq_res" in info
+    assert "h_vmem=300M" in info and "h_vmem=200M" not in info  # raw l wins
+    assert "h_rt=420" in info
+    assert "priority:                   -10" in info
+    assert job.status is JobStatus.KILLED
+
+
+@pytest.mark.slow
+async def test_200_jobs_with_status_calls_proportional_to_ticks(
+    workdir: Path, anyio_backend: str
+) -> None:
+    # One event loop submits 200 single jobs, the other one array: each mode once,
+    # to keep the cluster tests short. Either way, one status command per tick.
+    arrays = anyio_backend == "trio"
+    opts = {"arrays": arrays, "submit_concurrency": 8}
+    q = queue(workdir, forks=200, scheduler_opts=opts)
+    jobs = [await q.feed(["true"]) for _ in range(200)]
+    with anyio.fail_after(110):
+        await q.run_until_complete()
+    assert all(j.status is JobStatus.FINISHED for j in jobs)
+    stats = q.statistics()
+    assert stats.submit_calls == (1 if arrays else 200) and stats.ticks < 200
+    assert stats.ticks <= stats.status_calls <= stats.ticks + 3  # one qstat per tick
+
+
+async def test_array_of_100_retries_only_the_failing_element(workdir: Path, tmp_path: Path) -> None:
+    flag = tmp_path / "failed-once"
+    q = queue(workdir, forks=100, error_strategy="retry", num_retries=2)
+    cmd = (
+        f'echo "$XQUEUE_JOB_INDEX"; [ "$XQUEUE_JOB_INDEX" != 37 ] || [ -e {flag} ] || '
+        f"{{ touch {flag}; exit 9; }}"
+    )
+    jobs = [await q.feed(cmd) for _ in range(100)]
+    with anyio.fail_after(90):
+        await q.run_until_complete()
+    assert all(j.status is JobStatus.FINISHED for j in jobs)
+    assert [j.index for j in jobs if j.attempt > 1] == [37]
+    base = jobs[0].jid.split(".")[0] if jobs[0].jid else ""
+    assert all(j.jid == f"{base}.{j.index + 1}" for j in jobs if j.index != 37)
+    assert jobs[37].jid and not jobs[37].jid.startswith(f"{base}.")
+    assert (await qacct(f"{base}.38"))["exit_status"] == 9
+    assert q.statistics().submit_calls == 2
+    assert Path(jobs[37].stdout_path).read_text() == "37\n"
+
+
+async def test_bad_options_fail_with_sges_message(workdir: Path) -> None:
+    q = queue(workdir, error_strategy="retry", scheduler_opts={"q": "nope.q"})
+    job = await q.feed(["true"])
+    with anyio.fail_after(30):
+        await q.run_until_complete()
+    assert 'job requests unknown queue "nope.q"' in job.reason and job.attempt == 1
+
+    q = queue(workdir / "2", error_strategy="ignore", scheduler_opts={"l": "h_vmem=lots"})
+    job = await q.feed(["true"])
+    await q.run_until_complete()
+    assert 'attribute "h_vmem" is not a memory value' in job.reason
+
+
+async def test_bad_resource_fails_only_its_job(workdir: Path) -> None:
+    q = queue(workdir, error_strategy="ignore")
+    good = [await q.feed(["echo", str(i)]) for i in range(3)]
+    gpu = await q.feed(["true"], resources={"gpus": 1})  # this SGE has no gpu complex
+    with anyio.fail_after(60):
+        await q.run_until_complete()
+    assert gpu.status is JobStatus.FAILED and 'unknown resource "gpu"' in gpu.reason
+    assert [Path(j.stdout_path).read_text() for j in good] == ["0\n", "1\n", "2\n"]
+
+
+async def test_job_in_error_state_fails_with_sges_reason(workdir: Path) -> None:
+    q = queue(workdir, error_strategy="retry", scheduler_opts={"o": "/nonexistent/dir/x.log"})
+    job = await q.feed(["true"])
+    with anyio.fail_after(60):
+        await q.run_until_complete()
+    assert job.status is JobStatus.FAILED and job.attempt == 1
+    assert "can't open output file" in job.reason
+    assert job.jid and job.jid not in sh("qstat", "-u", "root")  # deleted, not left in Eqw
+
+
+async def test_later_run_readopts_jobs_whose_ids_were_never_recorded(
+    workdir: Path, tmp_path: Path, delete_after: list[Job]
+) -> None:
+    marker = tmp_path / "ran"
+    cmds = [f"echo {i} >> {marker}; sleep 2" for i in range(3)]
+    wd = Workdir(workdir)
+    scheduler = SgeScheduler(**FAST)
+    scheduler.forks = 3
+    await scheduler.open(wd)
+    early = [Job(i, c) for i, c in enumerate(cmds)]
+    for job in early:
+        wd.prepare(job)
+    ids = await scheduler.submit_jobs(early[:2]) + await scheduler.submit_jobs(early[2:])
+    for job, jid in zip(early, ids):
+        job.jid = str(jid)
+    delete_after.extend(early)
+
+    q = queue(workdir, forks=3)
+    jobs = [await q.feed(c) for c in cmds]
+    with anyio.fail_after(60):
+        await q.run_until_complete()
+    assert [j.jid for j in jobs] == ids
+    assert all(j.status is JobStatus.FINISHED and j.rc == 0 for j in jobs)
+    assert sorted(marker.read_text().split()) == ["0", "1", "2"]
+    assert q.statistics().submit_calls == 0
