@@ -16,13 +16,16 @@ import itertools
 import os
 import shlex
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
+
+import anyio
 
 from ..errors import SubmissionError
 from ..job import SCRIPT_FILE, Job
+from ..scheduler import SchedulerStats
 from ..workdir import atomic_write
-from ._process import SchedulerCommandError
+from ._process import SchedulerCommandError, run_command
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
@@ -76,6 +79,76 @@ def hms(seconds: int) -> str:
     h, rest = divmod(rest, 3600)
     m, s = divmod(rest, 60)
     return f"{days}-{h:02d}:{m:02d}:{s:02d}" if days else f"{h:02d}:{m:02d}:{s:02d}"
+
+
+async def run_submit(argv: Sequence[str], timeout: float, stats: SchedulerStats) -> str:
+    """Run one sbatch/qsub and return its stdout; count it; retry only transient refusals.
+
+    A controller under load answers "socket timed out" or "try again": that is retried
+    twice after a pause. A command that we timed out ourselves is not retried, since it
+    may have submitted the job already.
+    """
+    for attempt in range(3):
+        stats.submit_calls += 1
+        try:
+            return (await run_command(argv, timeout=timeout)).stdout
+        except SchedulerCommandError as exc:
+            if not (exc.transient and exc.returncode is not None and attempt < 2):
+                raise submission_error(exc) from exc
+        await anyio.sleep(1.0 + attempt)
+    raise AssertionError("unreachable")
+
+
+async def submit_grouped(
+    jobs: Sequence[Job],
+    *,
+    arrays: bool,
+    max_array: int,
+    concurrency: int,
+    one: Callable[[Job], Awaitable[str]],
+    array: Callable[[Sequence[Job]], Awaitable[list[str]]],
+) -> list[str | BaseException]:
+    """Submit jobs with the same resources as arrays (of at most ``max_array``), others alone.
+
+    Submissions run concurrently, at most ``concurrency`` at once. A failed submission
+    fails only the jobs it carried: one id or exception per job, in order.
+    """
+    results: dict[Job, str | BaseException] = {}
+    singles: list[Job] = []
+    batches: list[Sequence[Job]] = []
+    if arrays:
+        for group in group_by(jobs, lambda j: j.resources).values():
+            for part in chunks(group, max_array):
+                if len(part) == 1:
+                    singles.extend(part)
+                else:
+                    batches.append(part)
+    else:
+        singles = list(jobs)
+    limiter = anyio.Semaphore(concurrency)
+
+    async def submit_batch(part: Sequence[Job]) -> None:
+        async with limiter:
+            try:
+                ids: list[str] | BaseException = await array(part)
+            except Exception as exc:
+                ids = exc
+        for i, job in enumerate(part):
+            results[job] = ids if isinstance(ids, BaseException) else ids[i]
+
+    async def submit_one(job: Job) -> None:
+        async with limiter:
+            try:
+                results[job] = await one(job)
+            except Exception as exc:
+                results[job] = exc
+
+    async with anyio.create_task_group() as tg:
+        for part in batches:
+            tg.start_soon(submit_batch, part)
+        for job in singles:
+            tg.start_soon(submit_one, job)
+    return [results[job] for job in jobs]
 
 
 def submission_error(exc: SchedulerCommandError) -> SubmissionError:

@@ -22,8 +22,6 @@ import pwd
 from collections.abc import Sequence
 from typing import Any
 
-import anyio
-
 from ..errors import SchedulerError
 from ..job import Job
 from ..options import SchedulerOptions
@@ -34,13 +32,13 @@ from . import _sge_parse as parse
 from ._cluster import (
     array_jobdirs,
     chunks,
-    group_by,
+    run_submit,
     run_tag,
     short_options,
-    submission_error,
+    submit_grouped,
     write_array,
 )
-from ._process import SchedulerCommandError, run_command
+from ._process import run_command
 
 _KILL_CHUNK = 500
 
@@ -129,14 +127,10 @@ class SgeScheduler(Scheduler):
 
     # -- submitting ------------------------------------------------------------------
     async def _qsub(self, opts: dict[str, Any], script: str) -> str:
-        self.stats.submit_calls += 1
         argv = [self.options.qsub, "-terse", "-S", "/bin/sh", *_argv_flags(opts), script]
+        stdout = await run_submit(argv, self.options.submit_timeout, self.stats)
         try:
-            result = await run_command(argv, timeout=self.options.submit_timeout)
-        except SchedulerCommandError as exc:
-            raise submission_error(exc) from exc
-        try:
-            return parse.parse_qsub(result.stdout)
+            return parse.parse_qsub(stdout)
         except ValueError as exc:
             raise SchedulerError(str(exc)) from exc
 
@@ -175,39 +169,14 @@ class SgeScheduler(Scheduler):
     async def submit_jobs(self, jobs: Sequence[Job]) -> list[str | BaseException]:
         """One ``-t`` array per group of jobs with the same resources; a failed qsub fails
         only the jobs it carried, with SGE's own message."""
-        results: dict[Job, str | BaseException] = {}
-        batches: list[Sequence[Job]] = []
-        singles: list[Job] = []
-        if self.enforces_forks:
-            for group in group_by(jobs, lambda j: j.resources).values():
-                for part in chunks(group, 75_000):
-                    (singles.extend(part) if len(part) == 1 else batches.append(part))
-        else:
-            singles = list(jobs)
-        limiter = anyio.Semaphore(self.options.submit_concurrency)
-
-        async def one_batch(part: Sequence[Job]) -> None:
-            async with limiter:
-                try:
-                    ids: list[str] | BaseException = await self._submit_array(part)
-                except Exception as exc:
-                    ids = exc
-            for i, job in enumerate(part):
-                results[job] = ids if isinstance(ids, BaseException) else ids[i]
-
-        async def one(job: Job) -> None:
-            async with limiter:
-                try:
-                    results[job] = await self.submit_job(job)
-                except Exception as exc:
-                    results[job] = exc
-
-        async with anyio.create_task_group() as tg:
-            for part in batches:
-                tg.start_soon(one_batch, part)
-            for job in singles:
-                tg.start_soon(one, job)
-        return [results[job] for job in jobs]
+        return await submit_grouped(
+            jobs,
+            arrays=self.enforces_forks,
+            max_array=75_000,
+            concurrency=self.options.submit_concurrency,
+            one=self.submit_job,
+            array=self._submit_array,
+        )
 
     # -- status ----------------------------------------------------------------------
     async def _qstat(self) -> dict[str, str]:

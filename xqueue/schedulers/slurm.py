@@ -22,8 +22,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import anyio
-
 from ..errors import SchedulerError
 from ..job import Job
 from ..options import SchedulerOptions
@@ -33,11 +31,11 @@ from . import _slurm_parse as parse
 from ._cluster import (
     array_jobdirs,
     chunks,
-    group_by,
     hms,
     long_options,
+    run_submit,
     run_tag,
-    submission_error,
+    submit_grouped,
     write_array,
 )
 from ._process import SchedulerCommandError, run_command
@@ -155,13 +153,9 @@ class SlurmScheduler(Scheduler):
         return [self.options.sbatch, "--parsable", *long_options(opts), script]
 
     async def _sbatch(self, argv: list[str]) -> str:
-        self.stats.submit_calls += 1
+        stdout = await run_submit(argv, self.options.submit_timeout, self.stats)
         try:
-            result = await run_command(argv, timeout=self.options.submit_timeout)
-        except SchedulerCommandError as exc:
-            raise submission_error(exc) from exc
-        try:
-            return parse.parse_jobid(result.stdout)
+            return parse.parse_jobid(stdout)
         except ValueError as exc:
             raise SchedulerError(str(exc)) from exc
 
@@ -196,42 +190,14 @@ class SlurmScheduler(Scheduler):
 
         A failed ``sbatch`` fails only the jobs it carried, with Slurm's own message.
         """
-        results: dict[Job, str | BaseException] = {}
-        singles: list[Job] = []
-        batches: list[Sequence[Job]] = []
-        if self.enforces_forks:
-            for group in group_by(jobs, lambda j: j.resources).values():
-                for part in chunks(group, self._max_array):
-                    (singles.extend(part) if len(part) == 1 else batches.append(part))
-        else:
-            singles = list(jobs)
-
-        async def one_batch(part: Sequence[Job]) -> None:
-            try:
-                ids: list[str] | BaseException = await self._submit_array(part)
-            except Exception as exc:
-                ids = exc
-            for i, job in enumerate(part):
-                results[job] = ids if isinstance(ids, BaseException) else ids[i]
-
-        async def one(job: Job) -> None:
-            try:
-                results[job] = await self.submit_job(job)
-            except Exception as exc:
-                results[job] = exc
-
-        limiter = anyio.Semaphore(self.options.submit_concurrency)
-
-        async def bounded(fn: Any, arg: Any) -> None:
-            async with limiter:
-                await fn(arg)
-
-        async with anyio.create_task_group() as tg:
-            for part in batches:
-                tg.start_soon(bounded, one_batch, part)
-            for job in singles:
-                tg.start_soon(bounded, one, job)
-        return [results[job] for job in jobs]
+        return await submit_grouped(
+            jobs,
+            arrays=self.enforces_forks,
+            max_array=self._max_array,
+            concurrency=self.options.submit_concurrency,
+            one=self.submit_job,
+            array=self._submit_array,
+        )
 
     # -- status ----------------------------------------------------------------------
     async def _squeue(self, ids: Sequence[str]) -> dict[str, parse.SlurmRow]:
@@ -307,7 +273,7 @@ class SlurmScheduler(Scheduler):
             return self._queue_cache[1]
         self.stats.status_calls += 1
         result = await run_command(
-            [self.options.squeue, "-h", "-r", "-u", self._user, "-o", "%i|%T|%r|%k"],
+            [self.options.squeue, "-h", "-r", "-t", "all", "-u", self._user, "-o", "%i|%T|%r|%k"],
             timeout=self.options.status_timeout,
         )
         found: dict[str, tuple[parse.SlurmRow, str]] = {}
