@@ -174,8 +174,8 @@ class Result:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
     if isinstance(exc, asyncssh.Error):
         return exc.reason or type(exc).__name__
     return str(exc) or type(exc).__name__
@@ -201,6 +201,8 @@ class ServerPool:
         self.config = config
         self.policy = policy
         self._conns: list[_Conn] = []
+        # Every connection ever opened, dropped ones too, so close() waits for all of them.
+        self._opened: list[asyncssh.SSHClientConnection] = []
         self._opening = False
         self._room: asyncio.Event | None = None
         self.failures = 0
@@ -334,7 +336,9 @@ class ServerPool:
                 if not self._opening:
                     self._opening = True
                     try:
-                        conn = _Conn(await self._open_connection(), self.config.max_sessions)
+                        opened = await self._open_connection()
+                        self._opened.append(opened)
+                        conn = _Conn(opened, self.config.max_sessions)
                     finally:
                         self._opening = False
                         self._wake()
@@ -388,8 +392,8 @@ class ServerPool:
         raise Unreachable(f"server {self.name!r} refused every channel we opened")
 
     async def close(self) -> None:
-        conns, self._conns = self._conns, []
+        conns, self._conns, self._opened = self._opened, [], []
         for conn in conns:
-            conn.conn.close()
+            conn.close()
         for conn in conns:
-            await conn.conn.wait_closed()
+            await conn.wait_closed()

@@ -247,8 +247,12 @@ class SshScheduler(Scheduler):
         lines += [
             f"setsid sh {script} </dev/null >/dev/null 2>&1 &",
             "p=$!",
+            # Builtins only until the start time is read: waiting for an external command
+            # lets the shell reap a job that already ended, and its /proc entry with it.
+            "read -r st < /proc/$p/stat",
+            'echo "pid $p"',
+            'echo "$st"',
             f'echo "{pool.name} $p" > {pid_file}.tmp && mv -f {pid_file}.tmp {pid_file}',
-            "cat /proc/$p/stat",
             "exit 0",
         ]
         result = await self._bridge.call(
@@ -256,12 +260,14 @@ class SshScheduler(Scheduler):
         )
         if result.exit_status != 0:
             raise SubmissionError(self._submit_failure(pool, jobdir, result), retryable=False)
-        parsed = _parse_stat(result.stdout.strip())
-        if parsed is None:
+        lines_out = result.stdout.splitlines()
+        pid = lines_out[0].removeprefix("pid ").strip() if lines_out else ""
+        if not pid.isdigit():
             raise SubmissionError(
                 f"server {pool.name!r} gave no process for the job: {result.stdout.strip()!r}"
             )
-        return f"{pool.name}:{parsed[0]}:{parsed[2]}"
+        parsed = _parse_stat(lines_out[1]) if len(lines_out) > 1 else None
+        return f"{pool.name}:{pid}:{parsed[2] if parsed else ''}"
 
     def _submit_failure(self, pool: ServerPool, jobdir: str, result: Any) -> str:
         where = f"server {pool.name!r} ({pool.config.address})"
@@ -426,11 +432,11 @@ alive() {{
   cat /proc/[0-9]*/stat 2>/dev/null | awk -v g="$g" {shlex.quote(awk)}
 }}
 alive || {{ echo gone; exit 0; }}
-kill -TERM -- -$g 2>/dev/null
+kill -TERM -$g 2>/dev/null
 i=0
 while alive && [ $i -lt {tenths} ]; do sleep 0.1; i=$((i + 1)); done
 if alive; then
-  kill -KILL -- -$g 2>/dev/null
+  kill -KILL -$g 2>/dev/null
   i=0
   while alive && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 fi

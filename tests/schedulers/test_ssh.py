@@ -1,0 +1,356 @@
+"""The SSH scheduler against the two real sshd of ci/ssh.sh (ports 2222 and 2223).
+
+Jobs log in as root with the test key (pytest's tmp_path is root's, mode 0700). What
+the scheduler claims is read back on the server over a separate `ssh` login: processes
+gone after a kill, output where the engine reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from xqueue import JobStatus, SchedulerError, Xqueue
+from xqueue.errors import SchedulerOptionError
+from xqueue.schedulers.ssh import SshScheduler
+
+pytestmark = [pytest.mark.anyio, pytest.mark.ssh]
+
+HERE = Path(__file__).resolve().parents[2]
+
+
+def server(env: dict[str, str], port: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "host": env["XQ_SSH_HOST"],
+        "port": int(port),
+        "user": "root",
+        "keyfile": env["XQ_SSH_KEY"],
+        "known_hosts": env["XQ_SSH_KNOWN_HOSTS"],
+        **extra,
+    }
+
+
+@pytest.fixture
+def servers(ssh_env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    return {
+        "big": server(ssh_env, ssh_env["XQ_SSH_PORT"]),
+        "small": server(ssh_env, ssh_env["XQ_SSH_PORT2"]),
+    }
+
+
+def on_server(env: dict[str, str], port: str, script: str) -> str:
+    """Run a script on a server with OpenSSH's client: an independent witness."""
+    argv = [
+        "ssh",
+        "-p",
+        port,
+        "-i",
+        env["XQ_SSH_KEY"],
+        "-o",
+        f"UserKnownHostsFile={env['XQ_SSH_KNOWN_HOSTS']}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        f"root@{env['XQ_SSH_HOST']}",
+        "sh -s",
+    ]
+    out = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def live_group_members(env: dict[str, str], pgid: int) -> list[str]:
+    """Non-zombie processes of a process group, as the server sees them."""
+    awk = (
+        '{ s = $0; sub(/^.*\\) /, "", s); split(s, f, " "); '
+        'if (f[3] == g && f[1] != "Z") print $1 }'
+    )
+    script = f"cat /proc/[0-9]*/stat 2>/dev/null | awk -v g={pgid} '{awk}'\n"
+    return on_server(env, env["XQ_SSH_PORT"], script).split()
+
+
+def sshd(action: str, port: str) -> None:
+    subprocess.run(["bash", str(HERE / "ci" / "ssh.sh"), action, port], check=True, timeout=60)
+
+
+@pytest.fixture
+def small_server_restored(ssh_env: dict[str, str]) -> Iterator[None]:
+    """Whatever a test does to port 2223, it is running again afterwards."""
+    try:
+        yield
+    finally:
+        sshd("start", ssh_env["XQ_SSH_PORT2"])
+
+
+def kill_leftovers(jobs: Any) -> None:
+    """Loopback servers: jobs a test left on a server it stopped are local process groups."""
+    for job in jobs:
+        if job.jid:
+            pid = int(job.jid.split(":")[1])
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+async def test_fifty_jobs_spread_over_both_servers(servers: dict[str, Any], workdir: Path) -> None:
+    q = Xqueue(
+        "ssh",
+        forks=50,
+        workdir=workdir,
+        error_strategy="ignore",
+        scheduler_opts={"servers": servers, "poll_interval": 0.3},
+    )
+    try:
+        jobs = [
+            await q.feed(["sh", "-c", f"sleep 1; echo job $XQUEUE_JOB_INDEX; exit {i % 3}"])
+            for i in range(50)
+        ]
+        with anyio.fail_after(60):
+            await q.run_until_complete()
+    finally:
+        await q.aclose()
+    assert [j.rc for j in jobs] == [i % 3 for i in range(50)]
+    assert [Path(j.stdout_path).read_text() for j in jobs] == [f"job {i}\n" for i in range(50)]
+    per_server = Counter(str(j.jid).split(":")[0] for j in jobs)
+    # Fewest running jobs first: 50 jobs at once split evenly.
+    assert per_server == {"big": 25, "small": 25}
+    # One status command per server per tick, however many jobs are active.
+    stats = q.scheduler.stats
+    assert stats.status_calls <= 2 * stats.ticks
+
+
+async def test_list_command_reaches_the_program_exactly(
+    servers: dict[str, Any], workdir: Path
+) -> None:
+    args = ["$HOME", "`whoami`", "a  b", "'q'", '"dq"', "; rm -rf /", "", "*"]
+    q = Xqueue("ssh", workdir=workdir, scheduler_opts={"servers": {"big": servers["big"]}})
+    try:
+        job = await q.feed(
+            [sys.executable, "-c", "import sys, json; print(json.dumps(sys.argv[1:]))", *args]
+        )
+        env_job = await q.feed("echo $GREETING", envs={"GREETING": "hi $USER"})
+        await q.run_until_complete()
+    finally:
+        await q.aclose()
+    assert json.loads(Path(job.stdout_path).read_text()) == args
+    assert Path(env_job.stdout_path).read_text() == "hi $USER\n"
+
+
+async def test_session_limit_is_respected_with_one_connection(
+    servers: dict[str, Any], workdir: Path
+) -> None:
+    # Port 2223 allows 10 sessions per connection. Claiming 100 on a single connection,
+    # the 11th channel is refused; the scheduler learns the real limit and queues.
+    small = {**servers["small"], "max_sessions": 100, "max_connections": 1}
+    q = Xqueue(
+        "ssh",
+        forks=30,
+        workdir=workdir,
+        scheduler_opts={
+            "servers": {"small": small},
+            "poll_interval": 0.3,
+            "submit_concurrency": 30,
+        },
+    )
+    try:
+        jobs = [await q.feed(["true"]) for _ in range(30)]
+        with anyio.fail_after(60):
+            await q.run_until_complete()
+        pool = q.scheduler._pools["small"]  # type: ignore[attr-defined]
+        # Learnt from the refusals (a closing channel may still count on the server's side).
+        assert len(pool._conns) == 1 and 5 <= pool._conns[0].limit <= 10
+    finally:
+        await q.aclose()
+    assert all(j.status is JobStatus.FINISHED for j in jobs)
+
+
+async def test_session_limit_opens_more_connections(servers: dict[str, Any], workdir: Path) -> None:
+    q = Xqueue(
+        "ssh",
+        forks=30,
+        workdir=workdir,
+        scheduler_opts={
+            "servers": {"small": servers["small"]},
+            "poll_interval": 0.3,
+            "submit_concurrency": 30,
+        },
+    )
+    try:
+        jobs = [await q.feed(["sleep", "0.5"]) for _ in range(30)]
+        with anyio.fail_after(60):
+            await q.run_until_complete()
+        pool = q.scheduler._pools["small"]  # type: ignore[attr-defined]
+        assert 1 < len(pool._conns) <= 4
+        assert all(c.limit == 10 for c in pool._conns)
+    finally:
+        await q.aclose()
+    assert all(j.status is JobStatus.FINISHED for j in jobs)
+
+
+async def test_kill_takes_down_the_whole_group_on_the_server(
+    servers: dict[str, Any], workdir: Path, ssh_env: dict[str, str]
+) -> None:
+    q = Xqueue(
+        "ssh",
+        workdir=workdir,
+        scheduler_opts={"servers": {"big": servers["big"]}, "poll_interval": 0.2},
+    )
+    async with q:
+        job = await q.feed(["sh", "-c", "sleep 300 & sleep 300; echo never"])
+        with anyio.fail_after(20):
+            while job.status is not JobStatus.RUNNING:
+                await anyio.sleep(0.05)
+        pgid = int(str(job.jid).split(":")[1])
+        with anyio.fail_after(20):
+            while len(live_group_members(ssh_env, pgid)) < 3:  # wrapper, sh, two sleeps
+                await anyio.sleep(0.1)
+        assert await q.kill(job)
+        with anyio.fail_after(20):
+            await job.wait()
+    await q.aclose()
+    assert job.status.name == "KILLED"
+    assert live_group_members(ssh_env, pgid) == []
+    assert Path(job.stdout_path).read_text() == ""
+
+
+async def test_server_restarted_mid_run_jobs_are_reattached(
+    servers: dict[str, Any], workdir: Path, ssh_env: dict[str, str], small_server_restored: None
+) -> None:
+    q = Xqueue(
+        "ssh",
+        forks=6,
+        workdir=workdir,
+        scheduler_opts={
+            "servers": servers,
+            "poll_interval": 0.2,
+            "reconnect_attempts": 20,
+            "reconnect_backoff": 0.2,
+        },
+    )
+    try:
+        async with q:
+            jobs = [await q.feed(["sh", "-c", "sleep 2; echo done"]) for _ in range(12)]
+            with anyio.fail_after(20):
+                while sum(j.status is JobStatus.RUNNING for j in jobs) < 6:
+                    await anyio.sleep(0.05)
+            on_small = [j for j in jobs if str(j.jid).startswith("small:")]
+            assert on_small
+            sshd("stop", ssh_env["XQ_SSH_PORT2"])
+            await anyio.sleep(1.5)
+            sshd("start", ssh_env["XQ_SSH_PORT2"])
+            with anyio.fail_after(60):
+                for job in jobs:
+                    await job.wait()
+    finally:
+        await q.aclose()
+        kill_leftovers(jobs)
+    assert [j.status for j in jobs] == [JobStatus.FINISHED] * 12
+    assert all(Path(j.stdout_path).read_text() == "done\n" for j in jobs)
+    # The jobs running on the restarted server were followed to their end, not re-run.
+    assert all(j.attempt == 1 for j in jobs)
+
+
+async def test_server_that_stays_down_loses_its_jobs_and_others_take_the_queue(
+    servers: dict[str, Any], workdir: Path, ssh_env: dict[str, str], small_server_restored: None
+) -> None:
+    q = Xqueue(
+        "ssh",
+        forks=4,
+        workdir=workdir,
+        error_strategy="ignore",
+        scheduler_opts={
+            "servers": servers,
+            "poll_interval": 0.2,
+            "reconnect_attempts": 2,
+            "reconnect_backoff": 0.2,
+            "down_retry": 600,
+        },
+    )
+    jobs: list[Any] = []
+    try:
+        async with q:
+            jobs = [await q.feed(["sleep", "60"]) for _ in range(4)]
+            with anyio.fail_after(20):
+                while sum(j.status is JobStatus.RUNNING for j in jobs) < 4:
+                    await anyio.sleep(0.05)
+            lost = [j for j in jobs if str(j.jid).startswith("small:")]
+            assert len(lost) == 2
+            sshd("stop", ssh_env["XQ_SSH_PORT2"])
+            later = [await q.feed(["echo", "later"]) for _ in range(4)]
+            with anyio.fail_after(30):
+                for job in [*lost, *later]:
+                    await job.wait()
+            for job in jobs:
+                if job not in lost:
+                    await q.kill(job)
+    finally:
+        await q.aclose()
+        kill_leftovers(jobs)
+    for job in lost:
+        assert job.status is JobStatus.FAILED
+        assert job.reason.startswith("lost: server 'small'"), job.reason
+        assert job.attempt == 1
+    for job in later:
+        assert job.status is JobStatus.FINISHED
+        assert str(job.jid).startswith("big:")
+
+
+async def test_unknown_host_key_is_refused(
+    servers: dict[str, Any], workdir: Path, tmp_path: Path, ssh_env: dict[str, str]
+) -> None:
+    # A known_hosts that pins only port 2222's key: port 2223 is a stranger.
+    lines = Path(ssh_env["XQ_SSH_KNOWN_HOSTS"]).read_text().splitlines()
+    only_big = tmp_path / "known_hosts"
+    only_big.write_text("\n".join(ln for ln in lines if "]:2223 " not in ln) + "\n")
+    small = {**servers["small"], "known_hosts": str(only_big)}
+    q = Xqueue("ssh", workdir=workdir, scheduler_opts={"servers": {"small": small}})
+    await q.feed(["true"])
+    with pytest.raises(SchedulerError, match=r"host key is not in .*known_hosts"):
+        await q.run_until_complete()
+    await q.aclose()
+
+
+async def test_unreachable_host_is_reported(servers: dict[str, Any], workdir: Path) -> None:
+    nowhere = {**servers["big"], "port": 1, "connect_timeout": 5}
+    q = Xqueue("ssh", workdir=workdir, scheduler_opts={"servers": {"nowhere": nowhere}})
+    await q.feed(["true"])
+    with pytest.raises(
+        SchedulerError, match=r"no server is reachable.*'nowhere'.*Connection refused"
+    ):
+        await q.run_until_complete()
+    await q.aclose()
+
+
+def test_bad_server_options_are_refused(ssh_env: dict[str, str]) -> None:
+    good = server(ssh_env, ssh_env["XQ_SSH_PORT"])
+    with pytest.raises(SchedulerOptionError, match="does not accept 'hots'; accepted: host"):
+        SshScheduler(servers={"a": {**good, "hots": "x"}})
+    with pytest.raises(SchedulerOptionError, match="passwords are not supported"):
+        SshScheduler(servers={"a": {**good, "password": "secret"}})
+    with pytest.raises(SchedulerOptionError, match="give at least one server"):
+        SshScheduler()
+    with pytest.raises(SchedulerOptionError, match="keyfile '/nonexistent' does not exist"):
+        SshScheduler(servers={"a": {**good, "keyfile": "/nonexistent"}})
+    with pytest.raises(SchedulerOptionError, match="needs a 'host'"):
+        SshScheduler(servers={"a": {"port": 22}})
+
+
+def test_turning_host_key_checks_off_warns(
+    ssh_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="xqueue.ssh"):
+        SshScheduler(servers={"a": server(ssh_env, "2222", verify_host_keys="false")})
+    assert "host key verification is OFF" in caplog.text
