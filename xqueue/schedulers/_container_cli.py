@@ -1,0 +1,172 @@
+"""charliecloud's ``ch-run``: containers with no daemon and no API, so a CLI backend.
+
+``ch-run`` unshares namespaces and then execs the command, so the container *is* the
+child process: it runs in its own session (a kill reaches the whole group), its exit
+code is ``ch-run``'s, and it is awaited like a local process. The image is an unpacked
+directory (``ch-convert image.tar DIR``, or any root filesystem tarball unpacked).
+What ``ch-run`` itself prints (a missing image, a bad bind) goes to ``job.runtime.log``
+in the job folder, and its last line becomes the job's reason when the wrapper never ran.
+
+The id is ``pid:start time``. A later controller re-adopts a job that is still running
+by that id and reads the return code its wrapper wrote once it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from typing import TYPE_CHECKING
+
+import anyio
+from anyio.abc import Process
+
+from ..errors import SchedulerError, SubmissionError
+from ..job import Job
+from ..workdir import read_rc
+
+if TYPE_CHECKING:
+    from .container import ContainerOptions
+
+log = logging.getLogger("xqueue.container")
+
+RUNTIME_LOG = "job.runtime.log"
+
+
+def _start_time(pid: int) -> str | None:
+    """Start time of a live (non-zombie) process, from /proc; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return None if fields[0] == b"Z" else fields[19].decode()
+
+
+def _is_dir(path: str) -> bool:
+    return os.path.isdir(path)
+
+
+def _parse(jid: str | None) -> tuple[int, str] | None:
+    pid, _, start = (jid or "").partition(":")
+    return (int(pid), start) if pid.isdigit() else None
+
+
+class ChRunRuntime:
+    """Each job is a ``ch-run IMAGE -- sh job.sh`` child process."""
+
+    def __init__(self, options: ContainerOptions) -> None:
+        self.options = options
+        self._procs: dict[Job, Process] = {}
+        self._root = ""
+        self._bin = options.bin
+
+    async def open(self, workdir_root: str) -> None:
+        self._root = workdir_root
+        found = shutil.which(self._bin)
+        if found is None:
+            raise SchedulerError(
+                f"{self._bin!r} not found: install charliecloud (Debian: "
+                "`apt-get install charliecloud-runtime`) or give its path as bin"
+            )
+        self._bin = found
+
+    async def close(self) -> None:
+        for proc in list(self._procs.values()):
+            await proc.aclose()
+        self._procs.clear()
+
+    def _argv(self, job: Job, script: str) -> list[str]:
+        opts = self.options
+        argv = [self._bin, *opts.bin_args, "--env-no-expand", "-b", f"{self._root}:{self._root}"]
+        argv += [f"--set-env={k}={v}" for k, v in opts.envs.items()]
+        for host, inside, mode in opts.volumes:
+            if mode != "rw":
+                raise SubmissionError("ch-run binds are read-write only", retryable=False)
+            argv += ["-b", f"{host}:{inside}"]
+        argv += ["-c", opts.cwd or job.dir, opts.image, "--", *opts.entrypoint, script]
+        return argv
+
+    async def submit(self, job: Job, script: str) -> str:
+        image = self.options.image
+        if not _is_dir(image):
+            raise SubmissionError(
+                f"image directory {image!r} does not exist; ch-run needs an unpacked image: "
+                f"`ch-convert image.tar {image}`, or unpack a root filesystem tarball there",
+                retryable=False,
+            )
+        env = {**os.environ, "XQUEUE_JOB_DIR": job.dir}
+        env.setdefault("USER", "root" if os.getuid() == 0 else str(os.getuid()))
+        with open(job.path(RUNTIME_LOG), "wb") as out:
+            proc = await anyio.open_process(
+                self._argv(job, script),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env=env,
+                start_new_session=True,
+            )
+        self._procs[job] = proc
+        return f"{proc.pid}:{_start_time(proc.pid) or ''}"
+
+    async def wait(self, job: Job) -> int | None:
+        proc = self._procs.get(job)
+        if proc is None:  # adopted from an earlier run: not our child, poll its pid
+            parsed = _parse(job.jid)
+            while (
+                parsed
+                and _start_time(parsed[0]) not in (None, "")
+                and (not parsed[1] or _start_time(parsed[0]) == parsed[1])
+            ):
+                await anyio.sleep(1.0)
+            return None
+        rc = await proc.wait()
+        await proc.aclose()
+        if rc < 0:  # killed by a signal: report it the way a shell would
+            return 128 - rc
+        if read_rc(job) is None:
+            self._explain(job, rc)
+        return rc
+
+    def _explain(self, job: Job, rc: int) -> None:
+        """ch-run failed before the wrapper ran: put its own words in the job's stderr."""
+        try:
+            with open(job.path(RUNTIME_LOG), encoding="utf-8", errors="replace") as fh:
+                lines = [ln.strip() for ln in fh if ln.strip()]
+        except OSError:
+            return
+        if lines:
+            with open(job.stderr_path, "a", encoding="utf-8") as fh:
+                fh.write(f"xqueue: ch-run exited {rc}: {lines[-1]}\n")
+
+    async def kill(self, job: Job) -> None:
+        """SIGTERM the job's group, SIGKILL it after kill_grace."""
+        parsed = _parse(job.jid)
+        if parsed is None:
+            return
+        pid = parsed[0]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                return
+            with anyio.move_on_after(self.options.kill_grace if sig == signal.SIGTERM else 10):
+                while _start_time(pid) is not None:
+                    await anyio.sleep(0.05)
+                return
+
+    async def exists(self, job: Job) -> bool:
+        parsed = _parse(job.jid)
+        if parsed is None:
+            return False
+        start = _start_time(parsed[0])
+        return start is not None and (not parsed[1] or start == parsed[1])
+
+    async def find(self, job: Job) -> str | None:
+        return None  # nothing but the recorded id identifies a ch-run process
+
+    def forget(self, job: Job) -> None:
+        self._procs.pop(job, None)
