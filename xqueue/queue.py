@@ -8,13 +8,12 @@ scheduler and plugins, and offers the three ways to run: ``run_until_complete()`
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -29,6 +28,9 @@ from .resources import Resources
 from .scheduler import Scheduler
 from .states import JobStatus
 from .workdir import Workdir
+
+if TYPE_CHECKING:
+    import asyncio
 
 ERROR_STRATEGIES = ("halt", "retry", "ignore")
 
@@ -200,6 +202,8 @@ class Xqueue:
         if self._closed:
             raise QueueStateError("this queue is closed")
         if keep_feeding and self._task_group is None and self._background is None:
+            import asyncio  # only this xqute-style mode needs it; keeps `import xqueue` light
+
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
