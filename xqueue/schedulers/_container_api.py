@@ -32,6 +32,7 @@ T = TypeVar("T")
 LABEL_JOBDIR = "xqueue.jobdir"
 LABEL_WORKDIR = "xqueue.workdir"
 _WAIT_RETRIES = 5
+_NO_CONNECTION = 900  # aiodocker's status for "could not connect to the socket"
 
 
 class ApiRuntime:
@@ -54,7 +55,7 @@ class ApiRuntime:
         self._root = ""
 
     # -- error mapping -------------------------------------------------------------------
-    def _unreachable(self, exc: BaseException) -> SchedulerError:
+    def _unreachable(self, exc: object) -> SchedulerError:
         return SchedulerError(
             f"cannot reach the {self.bin} API at {self.url} ({exc}); is the "
             f"{'podman system service' if self.bin == 'podman' else 'docker daemon'} running?"
@@ -75,6 +76,10 @@ class ApiRuntime:
             return await self._bridge.call(fn, *args)
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             raise self._unreachable(exc) from exc
+        except aiodocker.DockerError as exc:
+            if exc.status == _NO_CONNECTION:
+                raise self._unreachable(exc.message) from exc
+            raise SchedulerError(f"{self.bin} API at {self.url}: {exc}") from exc
 
     # -- lifecycle -----------------------------------------------------------------------
     async def open(self, workdir_root: str) -> None:
@@ -97,6 +102,8 @@ class ApiRuntime:
         try:
             await docker.version()
         except aiodocker.DockerError as exc:
+            if exc.status == _NO_CONNECTION:
+                raise
             raise SchedulerError(f"the {self.bin} API at {self.url} answered: {exc}") from exc
 
     async def close(self) -> None:
@@ -139,6 +146,8 @@ class ApiRuntime:
         try:
             container = await self._docker.containers.create(config)
         except aiodocker.DockerError as exc:
+            if exc.status == _NO_CONNECTION:
+                raise
             if exc.status == 404 and "image" in exc.message.lower():
                 raise self._missing_image() from exc
             raise SubmissionError(
@@ -160,6 +169,7 @@ class ApiRuntime:
     async def _wait(self, cid: str, remove: bool) -> int | None:
         """The wait result's exit code; the container is removed only after it is read."""
         container = self._docker.containers.container(cid)
+        last = _WAIT_RETRIES - 1
         for attempt in range(_WAIT_RETRIES):
             try:
                 result = await container.wait()
@@ -167,14 +177,14 @@ class ApiRuntime:
             except aiodocker.DockerError as exc:
                 if exc.status == 404:
                     return None
-                if attempt == _WAIT_RETRIES - 1:
-                    raise SchedulerError(
-                        f"{self.bin}: waiting for {cid[:12]} failed: {exc}"
-                    ) from exc
-            except (aiohttp.ClientError, OSError) as exc:  # the daemon restarted, say
-                if attempt == _WAIT_RETRIES - 1:
+                if exc.status != _NO_CONNECTION or attempt == last:
                     raise
-                log.warning("%s: wait for %s interrupted (%s); retrying", self.bin, cid[:12], exc)
+                why = exc.message
+            except (aiohttp.ClientError, OSError) as exc:  # the daemon restarted, say
+                if attempt == last:
+                    raise
+                why = str(exc)
+            log.warning("%s: wait for %s interrupted (%s); retrying", self.bin, cid[:12], why)
             await asyncio.sleep(2**attempt)
         code = result.get("StatusCode")
         if remove:
@@ -201,6 +211,8 @@ class ApiRuntime:
         except aiodocker.DockerError as exc:
             if exc.status in (304, 404):  # already stopped, or gone
                 return
+            if exc.status == _NO_CONNECTION:
+                raise
             raise SchedulerError(f"{self.bin}: could not stop container {cid[:12]}: {exc}") from exc
         if state.get("Running"):
             await container.kill(signal="SIGKILL")
@@ -216,6 +228,8 @@ class ApiRuntime:
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 return False
+            if exc.status == _NO_CONNECTION:
+                raise
             raise SchedulerError(f"{self.bin}: inspecting {cid[:12]} failed: {exc}") from exc
         return True
 

@@ -1,0 +1,339 @@
+"""The container scheduler against real dockerd and podman (API) and charliecloud (CLI).
+
+The image is imported by the test setup from the busybox root filesystem tarball that
+ci/images.sh builds, through each engine's own API, under a name no other test uses.
+What the scheduler claims (exit codes, removal, a stopped container) is read back from
+the engine's API.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import pytest
+
+from xqueue import Job, JobStatus, SchedulerError, Xqueue
+from xqueue.errors import SchedulerOptionError
+from xqueue.schedulers.container import ContainerScheduler
+from xqueue.workdir import Workdir
+
+pytestmark = pytest.mark.anyio
+
+ROOTFS = Path(os.environ.get("XQ_IMAGE_DIR", "/var/tmp/xqueue-images")) / "busybox-rootfs.tar"
+IMAGE = "localhost/xqueue-test-busybox:latest"
+
+
+class _UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=60)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def api(url: str, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+    """One synchronous request to an engine's API (the witness, independent of aiodocker)."""
+    conn = _UnixHTTP(url.removeprefix("unix://"))
+    try:
+        headers = {"Content-Type": "application/x-tar"} if body is not None else {}
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+    finally:
+        conn.close()
+    try:
+        return resp.status, json.loads(data) if data else None
+    except ValueError:
+        return resp.status, data
+
+
+def containers_of(url: str, workdir: Path) -> list[dict[str, Any]]:
+    filters = quote(json.dumps({"label": [f"xqueue.workdir={workdir.absolute()}"]}))
+    status, found = api(url, "GET", f"/containers/json?all=1&filters={filters}")
+    assert status == 200, found
+    return list(found)
+
+
+@pytest.fixture(scope="session")
+def rootfs() -> Path:
+    if not ROOTFS.is_file():
+        if os.environ.get("XQUEUE_REQUIRE_SERVICES"):
+            pytest.fail(f"no image tarball at {ROOTFS}")
+        pytest.skip(f"no image tarball at {ROOTFS} (run `bash ci/images.sh` as root)")
+    return ROOTFS
+
+
+_imported: set[str] = set()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("docker", marks=pytest.mark.docker),
+        pytest.param("podman", marks=pytest.mark.podman),
+    ]
+)
+def engine(request: pytest.FixtureRequest, rootfs: Path) -> dict[str, str]:
+    """bin, url and an image imported from the tarball through that engine's API."""
+    name = str(request.param)
+    url = str(request.getfixturevalue(f"{name}_socket"))
+    if url not in _imported:
+        status, answer = api(
+            url,
+            "POST",
+            "/images/create?fromSrc=-&repo=localhost/xqueue-test-busybox&tag=latest",
+            rootfs.read_bytes(),
+        )
+        assert status == 200, answer
+        _imported.add(url)
+    return {"bin": name, "url": url, "image": IMAGE}
+
+
+def queue(engine: dict[str, str], workdir: Path, **opts: Any) -> Xqueue:
+    forks = opts.pop("forks", 4)
+    strategy = opts.pop("error_strategy", "ignore")
+    return Xqueue(
+        "container",
+        forks=forks,
+        workdir=workdir,
+        error_strategy=strategy,
+        scheduler_opts={**engine, **opts},
+    )
+
+
+async def test_exit_codes_stdout_and_env(engine: dict[str, str], workdir: Path) -> None:
+    q = queue(engine, workdir, envs={"FROM_OPTS": "opt $X"})
+    args = ["a  b", "$HOME", "'q'", "", "*"]
+    try:
+        codes = [await q.feed(["sh", "-c", f"exit {rc}"]) for rc in (0, 3, 7, 130)]
+        argv = await q.feed(["printf", "[%s]\\n", *args])
+        env = await q.feed(
+            "echo $FROM_OPTS/$FROM_JOB/$XQUEUE_JOB_INDEX; pwd", envs={"FROM_JOB": "j"}
+        )
+        err = await q.feed("echo oops >&2; exit 2")
+        with anyio.fail_after(60):
+            await q.run_until_complete()
+    finally:
+        await q.aclose()
+    assert [j.rc for j in codes] == [0, 3, 7, 130]
+    assert [j.status for j in codes] == [JobStatus.FINISHED] + [JobStatus.FAILED] * 3
+    assert Path(argv.stdout_path).read_text() == "".join(f"[{a}]\n" for a in args)
+    assert Path(env.stdout_path).read_text() == f"opt $X/j/{env.index}\n{env.dir}\n"
+    assert Path(err.stderr_path).read_text() == "oops\n" and err.rc == 2
+    # remove=True (the default): every container is gone once its code was read.
+    assert containers_of(engine["url"], workdir) == []
+
+
+async def test_kept_containers_report_the_same_exit_code(
+    engine: dict[str, str], workdir: Path
+) -> None:
+    q = queue(engine, workdir, remove=False)
+    try:
+        job = await q.feed(["sh", "-c", "exit 5"])
+        await q.run_until_complete()
+    finally:
+        await q.aclose()
+    found = containers_of(engine["url"], workdir)
+    try:
+        assert [c["Id"] for c in found] == [job.jid]
+        status, info = api(engine["url"], "GET", f"/containers/{job.jid}/json")
+        assert status == 200
+        assert info["State"]["ExitCode"] == 5 == job.rc
+        assert info["Config"]["Labels"]["xqueue.jobdir"] == job.dir
+    finally:
+        for c in found:
+            api(engine["url"], "DELETE", f"/containers/{c['Id']}?force=1")
+
+
+async def test_volumes_are_mounted(engine: dict[str, str], workdir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in.txt").write_text("from the host\n")
+    same = tmp_path / "same"
+    same.mkdir()
+    q = queue(engine, workdir, volumes=[f"{data}:/data:ro", str(same)])
+    try:
+        read = await q.feed(["cat", "/data/in.txt"])
+        write_ro = await q.feed(["sh", "-c", "echo x > /data/new"])
+        write_rw = await q.feed(["sh", "-c", f"echo written > {same}/out.txt"])
+        await q.run_until_complete()
+    finally:
+        await q.aclose()
+    assert Path(read.stdout_path).read_text() == "from the host\n"
+    assert write_ro.rc != 0 and not (data / "new").exists()
+    assert write_rw.rc == 0 and (same / "out.txt").read_text() == "written\n"
+
+
+async def test_kill_stops_the_container_not_a_client(engine: dict[str, str], workdir: Path) -> None:
+    q = queue(engine, workdir, remove=False, kill_grace=1)
+    try:
+        async with q:
+            job = await q.feed(["sleep", "300"])
+            with anyio.fail_after(30):
+                while job.status is not JobStatus.RUNNING:
+                    await anyio.sleep(0.05)
+            status, info = api(engine["url"], "GET", f"/containers/{job.jid}/json")
+            assert info["State"]["Running"] is True
+            assert await q.kill(job)
+            with anyio.fail_after(30):
+                await job.wait()
+        await q.aclose()
+        assert job.status.name == "KILLED"
+        status, info = api(engine["url"], "GET", f"/containers/{job.jid}/json")
+        assert status == 200 and info["State"]["Running"] is False
+        assert info["State"]["ExitCode"] == 137
+    finally:
+        for c in containers_of(engine["url"], workdir):
+            api(engine["url"], "DELETE", f"/containers/{c['Id']}?force=1")
+
+
+async def test_missing_image_is_reported_clearly_and_not_retried(
+    engine: dict[str, str], workdir: Path
+) -> None:
+    missing = {**engine, "image": "localhost/xqueue-no-such-image:latest"}
+    q = Xqueue(
+        "container", workdir=workdir, error_strategy="retry", num_retries=3, scheduler_opts=missing
+    )
+    try:
+        job = await q.feed(["true"])
+        await q.run_until_complete()
+    finally:
+        await q.aclose()
+    assert job.status is JobStatus.FAILED
+    assert job.attempt == 1
+    assert "image 'localhost/xqueue-no-such-image:latest' is not present" in job.reason
+    assert f"{engine['bin']} pull" in job.reason and f"{engine['bin']} import" in job.reason
+
+
+async def test_a_controller_restart_readopts_the_container(
+    engine: dict[str, str], tmp_path: Path
+) -> None:
+    wd = Workdir(tmp_path / "wd")
+    opts = {**engine, "remove": False}
+    first = ContainerScheduler(**opts)
+    await first.open(wd)
+    job = Job(0, ["sh", "-c", "sleep 1; exit 6"])
+    wd.prepare(job)
+    try:
+        await first.submit_job(job)  # the controller dies before recording the id
+        await first.aclose()
+        second = ContainerScheduler(**opts)
+        await second.open(wd)
+        try:
+            job.jid = None
+            assert await second.recover_job(job)
+            with anyio.fail_after(30):
+                state = await second.wait_job(job)
+        finally:
+            await second.aclose()
+        assert state.rc == 6
+    finally:
+        for c in containers_of(engine["url"], tmp_path / "wd"):
+            api(engine["url"], "DELETE", f"/containers/{c['Id']}?force=1")
+
+
+@pytest.mark.docker
+async def test_unreachable_api_is_reported(workdir: Path) -> None:
+    q = Xqueue(
+        "container",
+        workdir=workdir,
+        scheduler_opts={"image": IMAGE, "url": "unix:///tmp/xqueue-no-such.sock"},
+    )
+    await q.feed(["true"])
+    with pytest.raises(SchedulerError, match=r"cannot reach the docker API at unix:///tmp/xq"):
+        await q.run_until_complete()
+    await q.aclose()
+
+
+def test_bad_options_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(SchedulerOptionError, match="option 'image' is required"):
+        ContainerScheduler()
+    with pytest.raises(SchedulerOptionError, match="bin 'lxc' is not supported; use one of"):
+        ContainerScheduler(image="x", bin="lxc")
+    with pytest.raises(SchedulerOptionError, match="does not accept option 'mount'"):
+        ContainerScheduler(image="x", mount="/a")
+    with pytest.raises(SchedulerOptionError, match="'--gpus' cannot be passed to the docker"):
+        ContainerScheduler(image="x", bin_args=["--gpus", "all"])
+    with pytest.raises(SchedulerOptionError, match="does not exist"):
+        ContainerScheduler(image="x", volumes=["/no/such/dir:/x"])
+    sched = ContainerScheduler(image="x", bin_args=["--network", "host", "--init"])
+    assert sched.runtime._extra_host == {"NetworkMode": "host", "Init": True}  # type: ignore[attr-defined]
+
+
+# -- charliecloud (CLI backend) ----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def chrun_image(rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if shutil.which("ch-run") is None:
+        if os.environ.get("XQUEUE_REQUIRE_SERVICES"):
+            pytest.fail("ch-run is not installed")
+        pytest.skip("ch-run is not installed (apt-get install charliecloud-runtime)")
+    image = tmp_path_factory.mktemp("chrun") / "busybox"
+    image.mkdir()
+    with tarfile.open(rootfs) as tar:
+        tar.extractall(image, filter="fully_trusted")
+    yield str(image)
+
+
+async def test_chrun_exit_codes_env_and_kill(chrun_image: str, workdir: Path) -> None:
+    q = Xqueue(
+        "container",
+        forks=4,
+        workdir=workdir,
+        error_strategy="ignore",
+        scheduler_opts={
+            "bin": "ch-run",
+            "image": chrun_image,
+            "envs": {"A": "x $Y"},
+            "kill_grace": 1,
+        },
+    )
+    async with q:
+        codes = [await q.feed(["sh", "-c", f"exit {rc}"]) for rc in (0, 4)]
+        env = await q.feed(["sh", "-c", "echo $A; [ -x /bin/busybox ] && echo in the image"])
+        slow = await q.feed(["sh", "-c", "sleep 300 & sleep 300"])
+        with anyio.fail_after(30):
+            while (
+                slow.status is not JobStatus.RUNNING or not Path(slow.path("job.started")).exists()
+            ):
+                await anyio.sleep(0.05)
+        pgid = int(str(slow.jid).split(":")[0])
+        assert await q.kill(slow)
+        with anyio.fail_after(30):
+            await slow.wait()
+    await q.aclose()
+    assert [j.rc for j in codes] == [0, 4]
+    assert Path(env.stdout_path).read_text() == "x $Y\nin the image\n"
+    assert slow.status.name == "KILLED"
+    out = subprocess.run(
+        ["ps", "-o", "pid=,stat=", "-g", str(pgid)], capture_output=True, text=True
+    )
+    assert [ln for ln in out.stdout.splitlines() if "Z" not in ln.split()[-1]] == []
+
+
+async def test_chrun_missing_image_directory(workdir: Path, chrun_image: str) -> None:
+    q = Xqueue(
+        "container",
+        workdir=workdir,
+        error_strategy="ignore",
+        scheduler_opts={"bin": "ch-run", "image": chrun_image + "-missing"},
+    )
+    job = await q.feed(["true"])
+    await q.run_until_complete()
+    await q.aclose()
+    assert job.status is JobStatus.FAILED
+    assert "does not exist; ch-run needs an unpacked image" in job.reason
