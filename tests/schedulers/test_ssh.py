@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +23,10 @@ from typing import Any
 import anyio
 import pytest
 
-from xqueue import JobStatus, SchedulerError, Xqueue
+from xqueue import Job, JobStatus, SchedulerError, Xqueue
 from xqueue.errors import SchedulerOptionError
 from xqueue.schedulers.ssh import SshScheduler
+from xqueue.workdir import Workdir
 
 pytestmark = [pytest.mark.anyio, pytest.mark.ssh]
 
@@ -354,3 +357,81 @@ def test_turning_host_key_checks_off_warns(
     with caplog.at_level(logging.WARNING, logger="xqueue.ssh"):
         SshScheduler(servers={"a": server(ssh_env, "2222", verify_host_keys="false")})
     assert "host key verification is OFF" in caplog.text
+
+
+async def test_controller_restart_readopts_a_running_job(
+    servers: dict[str, Any], tmp_path: Path
+) -> None:
+    wd = Workdir(tmp_path / "wd")
+    opts = {"servers": {"big": servers["big"]}, "vanish_grace": 0}
+    first = SshScheduler(**opts)
+    await first.open(wd)
+    job = Job(0, ["sh", "-c", "sleep 1; echo survived the controller"])
+    wd.prepare(job)
+    try:
+        await first.submit_job(job)  # the controller dies before recording the id
+    finally:
+        await first.aclose()
+    second = SshScheduler(**opts)
+    await second.open(wd)
+    try:
+        job.jid = None
+        assert await second.recover_job(job)  # found by the pid file the server wrote
+        assert str(job.jid).startswith("big:")
+        with anyio.fail_after(30):
+            while not (state := (await second.poll_jobs([job]))[job]).status.is_final:
+                await anyio.sleep(0.2)
+    finally:
+        await second.aclose()
+    assert state.status is JobStatus.FINISHED and state.rc == 0
+    assert Path(job.stdout_path).read_text() == "survived the controller\n"
+
+
+async def test_unprivileged_user_and_remote_workdir(
+    ssh_env: dict[str, str], servers: dict[str, Any]
+) -> None:
+    # The server sees the workdir through another path (a symlink standing in for a
+    # different mount point), and logs in as the unprivileged xqtest.
+    base = Path(tempfile.mkdtemp(prefix="xqueue-ssh-", dir="/tmp"))
+    alias = Path(f"{base}-as-seen-remotely")
+    old_umask = os.umask(0)  # the job folders must be writable by xqtest
+    try:
+        base.chmod(0o777)
+        alias.symlink_to(base)
+        remote = {
+            **servers["big"],
+            "user": ssh_env["XQ_SSH_USER"],
+            "remote_workdir": str(alias / "wd"),
+        }
+        q = Xqueue("ssh", workdir=base / "wd", scheduler_opts={"servers": {"big": remote}})
+        try:
+            job = await q.feed("id -un; echo $XQUEUE_JOB_DIR")
+            await q.run_until_complete()
+        finally:
+            await q.aclose()
+        assert job.status is JobStatus.FINISHED, Path(job.stderr_path).read_text()
+        user, jobdir = Path(job.stdout_path).read_text().split()
+        assert user == ssh_env["XQ_SSH_USER"]
+        assert jobdir == str(alias / "wd" / Path(job.dir).name)
+    finally:
+        os.umask(old_umask)
+        alias.unlink(missing_ok=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_workdir_not_shared_is_reported(servers: dict[str, Any], workdir: Path) -> None:
+    elsewhere = {**servers["big"], "remote_workdir": "/nonexistent/xqueue"}
+    q = Xqueue(
+        "ssh",
+        workdir=workdir,
+        error_strategy="ignore",
+        scheduler_opts={"servers": {"b": elsewhere}},
+    )
+    try:
+        job = await q.feed(["true"])
+        await q.run_until_complete()
+    finally:
+        await q.aclose()
+    assert job.status is JobStatus.FAILED
+    assert "cannot read /nonexistent/xqueue/" in job.reason
+    assert "the workdir must be shared with the server" in job.reason
