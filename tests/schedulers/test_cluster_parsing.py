@@ -99,3 +99,18 @@ def test_option_rendering() -> None:
         "-cwd", "-l", "a=1", "-l", "b=2", "-q", "all.q",
     ]  # fmt: skip
     assert hms(90061) == "1-01:01:01" and hms(420) == "00:07:00"
+
+
+def test_array_elements_cancelled_before_they_were_split_off() -> None:
+    # squeue -r lists them under the array's own record; sacct as a bracketed range.
+    rows = slurm.parse_squeue(read("slurm_squeue_cancelled_array.txt"))
+    element = slurm.lookup(rows, "4678_3")
+    assert element is not None and element.state == "CANCELLED"
+    state = slurm.terminal_state(element)
+    assert state is not None and state.reason == "cancelled in Slurm"  # no stale reason
+    acct = slurm.parse_sacct(read("slurm_sacct_cancelled_array.txt"))
+    assert sorted(acct) == ["4678_0", "4678_1", "4678_2", "4678_3"]
+    state = slurm.accounting_state(acct["4678_2"])
+    assert state is not None and state.reason == "cancelled in Slurm (by 0)"
+    assert slurm.expand_ids("7_[1,3-4%2]") == ["7_1", "7_3", "7_4"]
+    assert slurm.lookup(rows, "999_1") is None

@@ -294,3 +294,38 @@ async def test_later_run_readopts_jobs_whose_ids_were_never_recorded(
     assert all(j.status is JobStatus.FINISHED and j.rc == 0 for j in jobs)
     assert sorted(marker.read_text().split()) == ["0", "1", "2"]  # each ran once
     assert q.statistics().submit_calls == 0
+
+
+async def test_arrays_split_at_max_array_size(workdir: Path, cancel_after: list[Job]) -> None:
+    wd = Workdir(workdir)
+    scheduler = SlurmScheduler(**FAST)
+    scheduler.forks = 2
+    await scheduler.open(wd)
+    assert scheduler._max_array == 1001  # read from the cluster's own configuration
+    scheduler._max_array = 4  # as on a cluster with MaxArraySize=4
+    jobs = [Job(i, ["sleep", "60"], resources={"cpus": 1 + i // 9}) for i in range(10)]
+    for job in jobs:
+        wd.prepare(job)
+    ids = [str(jid) for jid in await scheduler.submit_jobs(jobs)]
+    for job, jid in zip(jobs, ids):
+        job.jid = jid
+    cancel_after.extend(jobs)
+    # cpus=1 for jobs 0-8: arrays of 4, 4 and 1 (a lone job goes without --array); job 9 alone
+    bases = [jid.split("_")[0] for jid in ids]
+    assert len(set(bases[0:4])) == len(set(bases[4:8])) == 1 and bases[0] != bases[4]
+    assert [jid.partition("_")[2] for jid in ids[:8]] == ["0", "1", "2", "3"] * 2
+    assert "_" not in ids[8] and "_" not in ids[9]
+    assert scheduler.stats.submit_calls == 4
+    assert show_job(ids[0])["ArrayTaskThrottle"] == "2"
+    assert show_job(ids[9])["NumCPUs"] == "2"
+    await scheduler.kill_jobs(jobs)
+    assert scheduler.stats.kill_calls == 1
+    with anyio.fail_after(30):
+        while True:  # running elements go through COMPLETING first
+            states = await scheduler.poll_jobs(jobs)
+            if all(s.status.is_final for s in states.values()):
+                break
+            await anyio.sleep(0.2)
+    assert {(s.status, s.rc, s.reason) for s in states.values()} == {
+        (JobStatus.KILLED, None, "cancelled in Slurm")
+    }

@@ -65,14 +65,40 @@ def parse_jobid(stdout: str) -> str:
     raise ValueError(f"no job id in sbatch output {stdout!r}")
 
 
+def expand_ids(jid: str) -> list[str]:
+    """``12_[2-4%2]`` or ``12_[1,3]`` (elements not yet split off an array) as element ids."""
+    base, sep, rest = jid.partition("_[")
+    if not sep:
+        return [jid]
+    ids: list[str] = []
+    for part in rest.rstrip("]").split("%")[0].split(","):
+        first, _, last = part.partition("-")
+        if first.isdigit() and (not last or last.isdigit()):
+            ids.extend(f"{base}_{i}" for i in range(int(first), int(last or first) + 1))
+    return ids
+
+
 def parse_squeue(stdout: str) -> dict[str, SlurmRow]:
-    """``squeue -h -r -o '%i|%T|%r'``: element ids (``12_3``) map to their own row."""
+    """``squeue -h -r -o '%i|%T|%r'``: element ids (``12_3``) map to their own row.
+
+    Elements of an array that were never split off its record (still pending, or
+    cancelled while pending) appear under the array's bare id (``12``): see ``lookup``.
+    """
     rows: dict[str, SlurmRow] = {}
     for line in stdout.splitlines():
         parts = line.strip().split("|")
         if len(parts) >= 2 and parts[0]:
-            rows[parts[0]] = SlurmRow(parts[1].strip(), parts[2].strip() if len(parts) > 2 else "")
+            row = SlurmRow(parts[1].strip(), parts[2].strip() if len(parts) > 2 else "")
+            rows.update(dict.fromkeys(expand_ids(parts[0]), row))
     return rows
+
+
+def lookup(rows: dict[str, SlurmRow], jid: str) -> SlurmRow | None:
+    """The row of a job or array element (an unsplit element shares its array's row)."""
+    row = rows.get(jid)
+    if row is None and "_" in jid:
+        row = rows.get(jid.split("_", 1)[0])
+    return row
 
 
 def parse_sacct(stdout: str) -> dict[str, SlurmRow]:
@@ -82,7 +108,7 @@ def parse_sacct(stdout: str) -> dict[str, SlurmRow]:
         parts = line.strip().split("|")
         if len(parts) >= 3 and parts[0]:
             state, _, by = parts[1].partition(" ")
-            rows[parts[0]] = SlurmRow(state, by, parts[2])
+            rows.update(dict.fromkeys(expand_ids(parts[0]), SlurmRow(state, by, parts[2])))
     return rows
 
 
@@ -120,7 +146,7 @@ def terminal_state(row: SlurmRow) -> JobState | None:
         if row.reason == NEVER_SATISFIED:
             why = "dependency can never be satisfied (Slurm DependencyNeverSatisfied); cancelled"
             return JobState(JobStatus.FAILED, None, why, retryable=False)
-        if row.reason and row.reason != "None":
+        if row.reason.startswith("by "):  # sacct says who; squeue keeps a stale pending reason
             why = f"{why} ({row.reason})"
         return JobState(JobStatus.KILLED, None, why)
     return JobState(JobStatus.FAILED, exit_status(row.exit_code), why)

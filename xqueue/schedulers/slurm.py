@@ -240,7 +240,7 @@ class SlurmScheduler(Scheduler):
         gone: list[Job] = []
         never: list[Job] = []
         for job in jobs:
-            row = rows.get(job.jid or "")
+            row = parse.lookup(rows, job.jid or "")
             if row is None or row.state in parse.ENDED:
                 gone.append(job)
                 continue
@@ -251,7 +251,7 @@ class SlurmScheduler(Scheduler):
         unresolved = [job for job in gone if read_rc(job) is None and job.jid]
         acct = await self._sacct([str(job.jid) for job in unresolved]) if unresolved else {}
         for job in gone:
-            row = acct.get(job.jid or "")
+            row = parse.lookup(acct, job.jid or "")
             verdict = parse.accounting_state(row) if row else None
             held = row is not None and row.state in parse.HELD
             states[job] = self.reconcile(job, held, verdict)
@@ -262,7 +262,7 @@ class SlurmScheduler(Scheduler):
     async def job_is_running(self, job: Job) -> bool:
         if not job.jid:
             return False
-        row = (await self._squeue([job.jid.split("_")[0]])).get(job.jid)
+        row = parse.lookup(await self._squeue([job.jid.split("_")[0]]), job.jid)
         return row is not None and row.state in parse.HELD
 
     # -- resume ----------------------------------------------------------------------
