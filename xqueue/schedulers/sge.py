@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import pwd
+import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +43,10 @@ from ._cluster import (
 from ._process import run_command
 
 _KILL_CHUNK = 500
+_QDEL_OK = re.compile(
+    r"does not exist|already in deletion|registered .* for deletion|has deleted|"
+    r"has registered",
+)
 
 
 @dataclasses.dataclass
@@ -114,6 +120,7 @@ class SgeScheduler(Scheduler):
         self._user = pwd.getpwuid(os.getuid()).pw_name
         self._batch_dir = ""
         self._tag = ""
+        self._recover_cache: tuple[float, str] | None = None
 
     @property
     def enforces_forks(self) -> bool:
@@ -243,15 +250,19 @@ class SgeScheduler(Scheduler):
         batch whose ``.jobs`` file maps tasks to job folders), so a job whose id was never
         recorded (the controller died right after qsub) is found all the same.
         """
-        self.stats.status_calls += 1
-        result = await run_command(
-            [self.options.qstat, "-xml", "-g", "d", "-u", self._user],
-            timeout=self.options.status_timeout,
-        )
-        queue = parse.parse_qstat_xml(result.stdout)
+        now = time.monotonic()
+        if self._recover_cache is None or now - self._recover_cache[0] > 1.0:
+            # One qstat serves every job re-adopted within the same second.
+            self.stats.status_calls += 1
+            result = await run_command(
+                [self.options.qstat, "-xml", "-g", "d", "-u", self._user],
+                timeout=self.options.status_timeout,
+            )
+            self._recover_cache = (now, result.stdout)
+        text = self._recover_cache[1]
         if job.jid is None:
-            job.jid = self._find_by_name(job, parse.parse_qstat_names(result.stdout))
-        return parse.held(queue.get(job.jid or "", ""))
+            job.jid = self._find_by_name(job, parse.parse_qstat_names(text))
+        return parse.held(parse.parse_qstat_xml(text).get(job.jid or "", ""))
 
     def _find_by_name(self, job: Job, names: dict[str, str]) -> str | None:
         for jid, name in names.items():
@@ -269,14 +280,22 @@ class SgeScheduler(Scheduler):
     async def kill_jobs(self, jobs: Sequence[Job]) -> list[BaseException | None]:
         """One ``qdel`` for many jobs and array tasks (``7.3``); ended ones are no error."""
         ids = [str(job.jid) for job in jobs if job.jid]
+        errors: list[BaseException | None] = [None] * len(jobs)
         for part in chunks(ids, _KILL_CHUNK):
             self.stats.kill_calls += 1
-            # qdel exits 1 when any id no longer exists, yet deletes the others: the next
-            # poll tells what really happened, so its exit status is not an error here.
-            await run_command(
+            result = await run_command(
                 [self.options.qdel, *part], timeout=self.options.status_timeout, check=False
             )
-        return [None] * len(jobs)
+            # qdel exits 1 when an id no longer exists, yet deletes the others; only a
+            # failure that is not about an ended job is an error.
+            text = (result.stdout + result.stderr).strip()
+            unexpected = [ln for ln in text.splitlines() if not _QDEL_OK.search(ln)]
+            if result.returncode != 0 and unexpected:
+                error = SchedulerError(f"qdel failed: {'; '.join(unexpected)}")
+                errors = [error if j.jid in part else e for j, e in zip(jobs, errors)]
+        return errors
 
     async def kill_job(self, job: Job) -> None:
-        await self.kill_jobs([job])
+        (error,) = await self.kill_jobs([job])
+        if error is not None:
+            raise error
