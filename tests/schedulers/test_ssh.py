@@ -128,8 +128,9 @@ async def test_fifty_jobs_spread_over_both_servers(servers: dict[str, Any], work
     assert [j.rc for j in jobs] == [i % 3 for i in range(50)]
     assert [Path(j.stdout_path).read_text() for j in jobs] == [f"job {i}\n" for i in range(50)]
     per_server = Counter(str(j.jid).split(":")[0] for j in jobs)
-    # Fewest running jobs first: 50 jobs at once split evenly.
-    assert per_server == {"big": 25, "small": 25}
+    # Fewest running jobs first: 50 jobs at once split evenly (a job that ends while
+    # others are still being submitted frees its server's slot, hence the margin).
+    assert set(per_server) == {"big", "small"} and min(per_server.values()) >= 20
     # One status command per server per tick, however many jobs are active.
     stats = q.scheduler.stats
     assert stats.status_calls <= 2 * stats.ticks
@@ -366,7 +367,8 @@ async def test_controller_restart_readopts_a_running_job(
     opts = {"servers": {"big": servers["big"]}, "vanish_grace": 0}
     first = SshScheduler(**opts)
     await first.open(wd)
-    job = Job(0, ["sh", "-c", "sleep 1; echo survived the controller"])
+    go = tmp_path / "go"
+    job = Job(0, ["sh", "-c", f"while [ ! -e {go} ]; do sleep 0.1; done; echo survived"])
     wd.prepare(job)
     try:
         await first.submit_job(job)  # the controller dies before recording the id
@@ -378,13 +380,15 @@ async def test_controller_restart_readopts_a_running_job(
         job.jid = None
         assert await second.recover_job(job)  # found by the pid file the server wrote
         assert str(job.jid).startswith("big:")
+        assert not (await second.poll_jobs([job]))[job].status.is_final
+        go.touch()
         with anyio.fail_after(30):
             while not (state := (await second.poll_jobs([job]))[job]).status.is_final:
                 await anyio.sleep(0.2)
     finally:
         await second.aclose()
     assert state.status is JobStatus.FINISHED and state.rc == 0
-    assert Path(job.stdout_path).read_text() == "survived the controller\n"
+    assert Path(job.stdout_path).read_text() == "survived\n"
 
 
 async def test_unprivileged_user_and_remote_workdir(
