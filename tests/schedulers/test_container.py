@@ -23,7 +23,7 @@ from urllib.parse import quote
 import anyio
 import pytest
 
-from xqueue import Job, JobStatus, SchedulerError, Xqueue
+from xqueue import Job, JobFailedError, JobStatus, SchedulerError, Xqueue
 from xqueue.errors import SchedulerOptionError
 from xqueue.schedulers.container import ContainerScheduler
 from xqueue.workdir import Workdir
@@ -337,3 +337,35 @@ async def test_chrun_missing_image_directory(workdir: Path, chrun_image: str) ->
     await q.aclose()
     assert job.status is JobStatus.FAILED
     assert "does not exist; ch-run needs an unpacked image" in job.reason
+
+
+async def test_a_halted_run_leaves_no_container_behind(
+    engine: dict[str, str], workdir: Path
+) -> None:
+    q = queue(engine, workdir, error_strategy="halt", kill_grace=1)
+    try:
+        slow = await q.feed(["sleep", "300"])
+        bad = await q.feed(["sh", "-c", "sleep 1; exit 3"])
+        with anyio.fail_after(60), pytest.raises(JobFailedError):
+            await q.run_until_complete()
+    finally:
+        await q.aclose()
+    assert bad.rc == 3
+    assert slow.status.name == "KILLED"
+    assert containers_of(engine["url"], workdir) == []
+
+
+async def test_chrun_halted_run_kills_and_reaps(chrun_image: str, workdir: Path) -> None:
+    q = Xqueue(
+        "container",
+        workdir=workdir,
+        forks=2,
+        error_strategy="halt",
+        scheduler_opts={"bin": "ch-run", "image": chrun_image, "kill_grace": 1},
+    )
+    slow = await q.feed(["sleep", "300"])
+    await q.feed(["sh", "-c", "sleep 1; exit 3"])
+    with anyio.fail_after(60), pytest.raises(JobFailedError):
+        await q.run_until_complete()
+    await q.aclose()
+    assert slow.status is JobStatus.KILLED  # and the autouse fixture finds no zombie

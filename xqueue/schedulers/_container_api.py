@@ -200,10 +200,15 @@ class ApiRuntime:
 
     async def kill(self, job: Job) -> None:
         if job.jid is not None:
-            await self._call(self._stop, job.jid, max(int(self.options.kill_grace + 0.999), 0))
+            grace = max(int(self.options.kill_grace + 0.999), 0)
+            await self._call(self._stop, job.jid, grace, self.options.remove)
 
-    async def _stop(self, cid: str, grace: int) -> None:
-        """SIGTERM, SIGKILL after ``grace`` seconds; then check it really stopped."""
+    async def _stop(self, cid: str, grace: int, remove: bool) -> None:
+        """SIGTERM, SIGKILL after ``grace`` seconds, check it stopped, remove it if asked.
+
+        Removing here, not only after the wait, matters when the run is stopping: its
+        waits are already cancelled, and nobody else would remove the container.
+        """
         container = self._docker.containers.container(cid)
         try:
             await container.stop(t=grace)
@@ -216,6 +221,8 @@ class ApiRuntime:
             raise SchedulerError(f"{self.bin}: could not stop container {cid[:12]}: {exc}") from exc
         if state.get("Running"):
             await container.kill(signal="SIGKILL")
+        if remove:
+            await self._remove(cid)
 
     async def exists(self, job: Job) -> bool:
         if job.jid is None:

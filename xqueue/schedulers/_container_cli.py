@@ -156,7 +156,11 @@ class ChRunRuntime:
             with anyio.move_on_after(self.options.kill_grace if sig == signal.SIGTERM else 10):
                 while _start_time(pid) is not None:
                     await anyio.sleep(0.05)
-                return
+                break
+        proc = self._procs.get(job)
+        if proc is not None:  # reap it now: a stopping run no longer awaits it
+            with anyio.move_on_after(10):
+                await proc.wait()
 
     async def exists(self, job: Job) -> bool:
         parsed = _parse(job.jid)
