@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 import pytest
 
-from xqueue import Job, JobStatus, SchedulerError, Xqueue
+from xqueue import Job, JobFailedError, JobStatus, SchedulerError, Xqueue
 from xqueue.errors import SchedulerOptionError
 from xqueue.schedulers.ssh import SshScheduler
 from xqueue.workdir import Workdir
@@ -439,3 +439,25 @@ async def test_workdir_not_shared_is_reported(servers: dict[str, Any], workdir: 
     assert job.status is JobStatus.FAILED
     assert "cannot read /nonexistent/xqueue/" in job.reason
     assert "the workdir must be shared with the server" in job.reason
+
+
+async def test_a_halted_run_kills_its_remote_jobs(
+    servers: dict[str, Any], workdir: Path, ssh_env: dict[str, str]
+) -> None:
+    q = Xqueue(
+        "ssh",
+        forks=3,
+        workdir=workdir,
+        error_strategy="halt",
+        scheduler_opts={"servers": servers, "poll_interval": 0.2, "kill_grace": 1},
+    )
+    try:
+        slow = [await q.feed(["sleep", "300"]) for _ in range(2)]
+        await q.feed(["sh", "-c", "sleep 1; exit 3"])
+        with anyio.fail_after(60), pytest.raises(JobFailedError):
+            await q.run_until_complete()
+    finally:
+        await q.aclose()
+    for job in slow:
+        assert job.status is JobStatus.KILLED
+        assert live_group_members(ssh_env, int(str(job.jid).split(":")[1])) == []
