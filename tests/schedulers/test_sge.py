@@ -47,6 +47,12 @@ def delete_after() -> Iterator[list[Job]]:
         subprocess.run(["qdel", *ids], capture_output=True, timeout=30)
 
 
+async def wait_running(job: Job) -> None:
+    with anyio.fail_after(30):
+        while job.status is not JobStatus.RUNNING:
+            await anyio.sleep(0.1)
+
+
 def queue(workdir: Path, **kw: Any) -> Xqueue:
     opts = {**FAST, **kw.pop("scheduler_opts", {})}
     return Xqueue("sge", workdir=workdir, scheduler_opts=opts, **kw)
@@ -109,9 +115,7 @@ async def test_running_job_is_killed_and_sge_records_the_kill(
     async with queue(workdir) as q:
         job = await q.feed(["sleep", "120"])
         delete_after.append(job)
-        with anyio.fail_after(30):
-            while job.status is not JobStatus.RUNNING:
-                await anyio.sleep(0.1)
+        await wait_running(job)
         assert await q.kill(job)
         with anyio.fail_after(30):
             await job.wait()

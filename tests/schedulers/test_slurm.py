@@ -47,6 +47,12 @@ def cancel_after() -> Iterator[list[Job]]:
         subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
 
 
+async def wait_running(job: Job) -> None:
+    with anyio.fail_after(30):
+        while job.status is not JobStatus.RUNNING:
+            await anyio.sleep(0.1)
+
+
 def queue(workdir: Path, **kw: Any) -> Xqueue:
     opts = {**FAST, **kw.pop("scheduler_opts", {})}
     return Xqueue("slurm", workdir=workdir, scheduler_opts=opts, **kw)
@@ -125,9 +131,7 @@ async def test_running_job_is_killed_and_slurm_shows_it_cancelled(
     async with queue(workdir, forks=2) as q:
         job = await q.feed(["sleep", "120"])
         cancel_after.append(job)
-        with anyio.fail_after(30):
-            while job.status is not JobStatus.RUNNING:
-                await anyio.sleep(0.1)
+        await wait_running(job)
         assert await q.kill(job)
         with anyio.fail_after(30):
             await job.wait()
