@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shlex
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -42,15 +41,20 @@ from ..states import JobStatus
 from ..workdir import read_text
 from ._aio import AsyncioBridge
 from ._ssh_pool import ReconnectPolicy, Refused, ServerConfig, ServerPool, Unreachable
+from ._ssh_scripts import (
+    NO_CWD,
+    NO_SCRIPT,
+    NO_SETSID,
+    PID_FILE,
+    alive,
+    kill_script,
+    parse_jid,
+    parse_stat,
+    status_script,
+    submit_script,
+)
 
 log = logging.getLogger("xqueue.ssh")
-
-PID_FILE = "job.ssh"
-"""Written on the server right after the fork: ``<server> <pid>``; finds a job whose id
-was never recorded (the connection or the controller died in between)."""
-
-# Exit codes of the submit script for problems found on the server before the fork.
-_NO_SCRIPT, _NO_SETSID, _NO_CWD = 95, 96, 97
 
 
 @dataclasses.dataclass
@@ -86,37 +90,6 @@ class SshOptions(SchedulerOptions):
 
     def server_configs(self, scheduler: str) -> list[ServerConfig]:
         return [ServerConfig.parse(scheduler, str(n), raw) for n, raw in self.servers.items()]
-
-
-def _parse_jid(jid: str | None) -> tuple[str, int, str] | None:
-    """(server, pid, start time) from ``server:pid:start``; the server name may hold ':'."""
-    if not jid:
-        return None
-    server, _, rest = jid.rpartition(":")
-    server, _, pid = server.rpartition(":")
-    if not server or not pid.isdigit():
-        return None
-    return server, int(pid), rest
-
-
-def _parse_stat(line: str) -> tuple[int, str, str] | None:
-    """(pid, state, start time) from one /proc/<pid>/stat line."""
-    head, _, tail = line.rpartition(")")
-    fields = tail.split()
-    pid = head.split(" ", 1)[0]
-    if not pid.isdigit() or len(fields) < 20:
-        return None
-    return int(pid), fields[0], fields[19]
-
-
-def _status_script(pids: Sequence[int]) -> str:
-    files = " ".join(f"{pid}/stat" for pid in sorted(set(pids)))
-    return f"cd /proc && cat {files} 2>/dev/null\nexit 0\n"
-
-
-def _alive(stats: dict[int, tuple[str, str]], pid: int, start: str) -> bool:
-    found = stats.get(pid)
-    return found is not None and found[0] != "Z" and (not start or found[1] == start)
 
 
 class SshScheduler(Scheduler):
@@ -235,28 +208,10 @@ class SshScheduler(Scheduler):
             os.remove(job.path(PID_FILE))
         except FileNotFoundError:
             pass
-        q = shlex.quote
-        script = q(f"{jobdir}/{SCRIPT_FILE}")
-        pid_file = q(f"{jobdir}/{PID_FILE}")
-        lines = [
-            f"[ -r {script} ] || exit {_NO_SCRIPT}",
-            f"command -v setsid >/dev/null 2>&1 || exit {_NO_SETSID}",
-        ]
-        if self.options.cwd:
-            lines.append(f"cd {q(self.options.cwd)} || exit {_NO_CWD}")
-        lines += [
-            f"setsid sh {script} </dev/null >/dev/null 2>&1 &",
-            "p=$!",
-            # Builtins only until the start time is read: waiting for an external command
-            # lets the shell reap a job that already ended, and its /proc entry with it.
-            "read -r st < /proc/$p/stat",
-            'echo "pid $p"',
-            'echo "$st"',
-            f'echo "{pool.name} $p" > {pid_file}.tmp && mv -f {pid_file}.tmp {pid_file}',
-            "exit 0",
-        ]
         result = await self._bridge.call(
-            pool.run, "\n".join(lines) + "\n", timeout=self.options.command_timeout
+            pool.run,
+            submit_script(pool.name, jobdir, self.options.cwd),
+            timeout=self.options.command_timeout,
         )
         if result.exit_status != 0:
             raise SubmissionError(self._submit_failure(pool, jobdir, result), retryable=False)
@@ -266,21 +221,21 @@ class SshScheduler(Scheduler):
             raise SubmissionError(
                 f"server {pool.name!r} gave no process for the job: {result.stdout.strip()!r}"
             )
-        parsed = _parse_stat(lines_out[1]) if len(lines_out) > 1 else None
+        parsed = parse_stat(lines_out[1]) if len(lines_out) > 1 else None
         return f"{pool.name}:{pid}:{parsed[2] if parsed else ''}"
 
     def _submit_failure(self, pool: ServerPool, jobdir: str, result: Any) -> str:
         where = f"server {pool.name!r} ({pool.config.address})"
         status = result.exit_status
-        if status == _NO_SCRIPT:
+        if status == NO_SCRIPT:
             return (
                 f"{where} cannot read {jobdir}/{SCRIPT_FILE}: the workdir must be shared with "
                 "the server (same path, or set the server's remote_workdir) and readable by "
                 "the remote user"
             )
-        if status == _NO_SETSID:
+        if status == NO_SETSID:
             return f"{where} has no `setsid` (util-linux), which runs each job in its own group"
-        if status == _NO_CWD:
+        if status == NO_CWD:
             return f"{where} cannot enter cwd {self.options.cwd!r}"
         detail = (result.stderr or result.stdout).strip()
         return f"{where}: the submit command exited {status}: {detail}"
@@ -290,7 +245,7 @@ class SshScheduler(Scheduler):
         text = read_text(job.path(PID_FILE))
         if not text:
             return None
-        server, _, pid = text.strip().partition(" ")
+        server, _, pid = text.strip().rpartition(" ")
         if server != pool.name or not pid.isdigit():
             return None
         log.warning(
@@ -302,7 +257,7 @@ class SshScheduler(Scheduler):
     def _jobs_by_server(self, jobs: Sequence[Job]) -> dict[str, list[tuple[Job, int, str]]]:
         grouped: dict[str, list[tuple[Job, int, str]]] = {}
         for job in jobs:
-            parsed = _parse_jid(job.jid)
+            parsed = parse_jid(job.jid)
             server = parsed[0] if parsed else ""
             grouped.setdefault(server, []).append(
                 (job, parsed[1] if parsed else 0, parsed[2] if parsed else "")
@@ -312,11 +267,11 @@ class SshScheduler(Scheduler):
     async def _stats(self, pool: ServerPool, pids: Sequence[int]) -> dict[int, tuple[str, str]]:
         self.stats.status_calls += 1
         result = await self._bridge.call(
-            pool.run, _status_script(pids), timeout=self.options.command_timeout
+            pool.run, status_script(pids), timeout=self.options.command_timeout
         )
         stats: dict[int, tuple[str, str]] = {}
         for line in result.stdout.splitlines():
-            parsed = _parse_stat(line)
+            parsed = parse_stat(line)
             if parsed:
                 stats[parsed[0]] = (parsed[1], parsed[2])
         return stats
@@ -337,7 +292,7 @@ class SshScheduler(Scheduler):
                     states[job] = self._unreachable_state(job, pool, exc)
                 return
             for job, pid, start in entries:
-                states[job] = self.reconcile(job, _alive(stats, pid, start))
+                states[job] = self.reconcile(job, alive(stats, pid, start))
 
         async with anyio.create_task_group() as tg:
             for server, entries in self._jobs_by_server(jobs).items():
@@ -358,7 +313,7 @@ class SshScheduler(Scheduler):
         return self.reconcile(job, False, lost)
 
     async def job_is_running(self, job: Job) -> bool:
-        parsed = _parse_jid(job.jid)
+        parsed = parse_jid(job.jid)
         pool = self._pools.get(parsed[0]) if parsed else None
         if parsed is None or pool is None:
             return False
@@ -366,12 +321,12 @@ class SshScheduler(Scheduler):
             stats = await self._stats(pool, [parsed[1]])
         except (Unreachable, Refused) as exc:
             raise SchedulerError(f"job {job.index}: {exc}") from exc
-        return _alive(stats, parsed[1], parsed[2])
+        return alive(stats, parsed[1], parsed[2])
 
     async def recover_job(self, job: Job) -> bool:
         if job.jid is None:
             text = read_text(job.path(PID_FILE)) or ""
-            server, _, pid = text.strip().partition(" ")
+            server, _, pid = text.strip().rpartition(" ")
             if server not in self._pools or not pid.isdigit():
                 return False
             job.jid = f"{server}:{pid}:"
@@ -380,7 +335,7 @@ class SshScheduler(Scheduler):
         except SchedulerError as exc:
             log.warning("job %s: cannot check %s: %s", job.index, job.jid, exc)
             alive = True  # not evidence that it ended; polling settles it
-        parsed = _parse_jid(job.jid)
+        parsed = parse_jid(job.jid)
         if alive and parsed:
             self._server_of[job] = parsed[0]
             self._load[parsed[0]] = self._load.get(parsed[0], 0) + 1
@@ -389,7 +344,7 @@ class SshScheduler(Scheduler):
     # -- killing -------------------------------------------------------------------------
     async def kill_job(self, job: Job) -> None:
         """TERM the job's process group, KILL it after kill_grace, and check it is gone."""
-        parsed = _parse_jid(job.jid)
+        parsed = parse_jid(job.jid)
         pool = self._pools.get(parsed[0]) if parsed else None
         if parsed is None or pool is None:
             return
@@ -397,7 +352,7 @@ class SshScheduler(Scheduler):
         try:
             result = await self._bridge.call(
                 pool.run,
-                _kill_script(parsed[1], grace),
+                kill_script(parsed[1], grace),
                 timeout=self.options.command_timeout + grace,
             )
         except (Unreachable, Refused) as exc:
@@ -413,32 +368,3 @@ class SshScheduler(Scheduler):
         server = self._server_of.pop(job, None)
         if server is not None:
             self._load[server] -= 1
-
-
-def _kill_script(pgid: int, grace: float) -> str:
-    """TERM, wait up to ``grace``, KILL, and say whether anything of the group survived.
-
-    A group member in state Z is dead (the server's init may reap it late), so liveness
-    is read from /proc rather than from ``kill -0``. The command name in a stat line may
-    hold spaces: the fields are split after its closing parenthesis.
-    """
-    tenths = max(int(grace * 10), 1)
-    awk = (
-        'BEGIN { found = 0 } { s = $0; sub(/^.*\\) /, "", s); split(s, f, " "); '
-        'if (f[3] == g && f[1] != "Z") { found = 1; exit } } END { exit !found }'
-    )
-    return f"""g={pgid}
-alive() {{
-  cat /proc/[0-9]*/stat 2>/dev/null | awk -v g="$g" {shlex.quote(awk)}
-}}
-alive || {{ echo gone; exit 0; }}
-kill -TERM -$g 2>/dev/null
-i=0
-while alive && [ $i -lt {tenths} ]; do sleep 0.1; i=$((i + 1)); done
-if alive; then
-  kill -KILL -$g 2>/dev/null
-  i=0
-  while alive && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-fi
-if alive; then echo survived; else echo dead; fi
-"""
