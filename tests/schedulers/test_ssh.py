@@ -461,3 +461,30 @@ async def test_a_halted_run_kills_its_remote_jobs(
     for job in slow:
         assert job.status is JobStatus.KILLED
         assert live_group_members(ssh_env, int(str(job.jid).split(":")[1])) == []
+
+
+async def test_a_job_killed_on_the_server_outside_xqueue_is_reported(
+    servers: dict[str, Any], workdir: Path, ssh_env: dict[str, str]
+) -> None:
+    q = Xqueue(
+        "ssh",
+        workdir=workdir,
+        error_strategy="ignore",
+        scheduler_opts={
+            "servers": {"big": servers["big"]},
+            "poll_interval": 0.2,
+            "vanish_grace": 0.5,
+        },
+    )
+    async with q:
+        job = await q.feed(["sleep", "300"])
+        with anyio.fail_after(20):
+            while job.jid is None or not Path(job.path("job.started")).exists():
+                await anyio.sleep(0.05)
+        pgid = int(str(job.jid).split(":")[1])
+        on_server(ssh_env, ssh_env["XQ_SSH_PORT"], f"kill -KILL -{pgid}\n")
+        with anyio.fail_after(20):
+            await job.wait()
+    await q.aclose()
+    assert job.status is JobStatus.FAILED
+    assert job.rc is None and job.reason.startswith("vanished")
