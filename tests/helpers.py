@@ -48,6 +48,13 @@ class DetachedScheduler(Scheduler):
         assert job.jid
         return self.procs[job.jid].poll() is None
 
+    def forget(self, job: Job) -> None:
+        # The rc file can settle a job before its wrapper shell has exited: reap it here.
+        super().forget(job)
+        proc = self.procs.get(job.jid or "")
+        if proc is not None:
+            proc.wait(timeout=10)
+
     async def poll_jobs(self, jobs: Any) -> Any:
         self.poll_sizes.append(len(jobs))
         return await super().poll_jobs(jobs)

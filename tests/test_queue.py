@@ -234,3 +234,33 @@ async def test_a_queue_runs_again_after_more_feeding(workdir: Path) -> None:
     await q.run_until_complete()
     assert [j.status for j in q.jobs] == [JobStatus.FINISHED, JobStatus.FINISHED]
     assert Path(q.jobs[1].stdout_path).read_text() == "second\n"
+
+
+async def test_backend_enforcing_forks_gets_a_big_batch_only_when_idle(workdir: Path) -> None:
+    class Packing(DetachedScheduler):
+        """Claims to throttle itself; records what the engine hands it."""
+
+        batches: list[tuple[int, int]] = []  # (batch size, active when handed)
+
+        @property
+        def enforces_forks(self) -> bool:
+            return True
+
+        @property
+        def max_batch(self) -> int:
+            return 7
+
+        async def submit_jobs(self, jobs):  # type: ignore[no-untyped-def]
+            self.batches.append((len(jobs), len(q._engine.active_jobs())))
+            return await super().submit_jobs(jobs)
+
+    sched = Packing(poll_interval=0.05)
+    q = Xqueue(sched, forks=3, workdir=workdir)
+    for _ in range(10):
+        await q.feed(["sleep", "0.1"])
+    await q.run_until_complete()
+    assert q.statistics().counts == {"finished": 10}
+    first, *rest = sched.batches
+    assert first == (7, 0)  # idle: up to max_batch, for the backend to throttle to forks
+    for size, active in rest:  # otherwise never more than the free slots
+        assert active == 0 and size <= 7 or size <= 3 - active

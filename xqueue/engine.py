@@ -282,9 +282,12 @@ class Engine:
 
     # -- submitting --------------------------------------------------------------------
     def _free_slots(self) -> int:
-        if self.scheduler.enforces_forks:
-            return MAX_BATCH
-        return self.forks - len(self._active) - self._submitting
+        free = self.forks - len(self._active) - self._submitting
+        if self.scheduler.enforces_forks and not self._active and not self._submitting:
+            # Nothing of this backend runs: it may take more than forks at once and
+            # throttle them itself (see Scheduler.enforces_forks).
+            return max(free, self.scheduler.max_batch)
+        return free
 
     async def _submitter(self) -> None:
         while True:

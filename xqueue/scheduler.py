@@ -114,11 +114,18 @@ class Scheduler(abc.ABC):
     def enforces_forks(self) -> bool:
         """True when the backend itself keeps at most ``self.forks`` jobs running.
 
-        The engine then hands it every queued job at once instead of one per free slot,
-        so it can pack them into few submissions (Slurm arrays with a ``%forks``
-        throttle). False by default: the engine bounds active jobs.
+        When none of its jobs is active, the engine then hands it up to ``max_batch``
+        queued jobs at once, more than ``forks``, so it can pack them into few
+        submissions whose throttles add up to ``forks`` (Slurm arrays with ``%N``);
+        otherwise it gets only as many jobs as there are free slots, so the bound holds
+        across batches. False by default: the engine bounds active jobs by itself.
         """
         return False
+
+    @property
+    def max_batch(self) -> int:
+        """The most jobs one ``submit_jobs`` call should get (a backend's array limit)."""
+        return 1 << 30
 
     def __init__(self, **options: Any) -> None:
         self.options = self.Options.parse(self.name, options)

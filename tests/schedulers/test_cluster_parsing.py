@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from xqueue.schedulers import _sge_parse as sge
 from xqueue.schedulers import _slurm_parse as slurm
 from xqueue.schedulers._cluster import hms, long_options, short_options
@@ -114,3 +116,21 @@ def test_array_elements_cancelled_before_they_were_split_off() -> None:
     assert state is not None and state.reason == "cancelled in Slurm (by 0)"
     assert slurm.expand_ids("7_[1,3-4%2]") == ["7_1", "7_3", "7_4"]
     assert slurm.lookup(rows, "999_1") is None
+
+
+@pytest.mark.parametrize(
+    ("sizes", "budget", "expected"),
+    [
+        ([1000], 100, [100]),
+        ([500, 500], 100, [50, 50]),
+        ([900, 100], 100, [90, 10]),
+        ([3, 3, 3], 5, [2, 2, 1]),
+        ([10, 4], 100, [10, 4]),  # fits: no throttle needed
+        ([50, 50, 50], 3, [1, 1, 1]),
+    ],
+)
+def test_array_throttles_share_forks(sizes: list[int], budget: int, expected: list[int]) -> None:
+    from xqueue.schedulers._cluster import split_throttle
+
+    assert split_throttle(sizes, budget) == expected
+    assert sum(expected) <= max(budget, len(sizes))

@@ -320,7 +320,9 @@ async def test_arrays_split_at_max_array_size(workdir: Path, cancel_after: list[
     assert [jid.partition("_")[2] for jid in ids[:8]] == ["0", "1", "2", "3"] * 2
     assert "_" not in ids[8] and "_" not in ids[9]
     assert scheduler.stats.submit_calls == 4
-    assert show_job(ids[0])["ArrayTaskThrottle"] == "2"
+    # forks=2 is shared: the two single jobs take both slots, so each array gets the
+    # minimum throttle of 1 (the engine itself never hands over more than max_batch).
+    assert show_job(ids[0])["ArrayTaskThrottle"] == "1"
     assert show_job(ids[9])["NumCPUs"] == "2"
     await scheduler.kill_jobs(jobs)
     assert scheduler.stats.kill_calls == 1
@@ -333,3 +335,33 @@ async def test_arrays_split_at_max_array_size(workdir: Path, cancel_after: list[
     assert {(s.status, s.rc, s.reason) for s in states.values()} == {
         (JobStatus.KILLED, None, "cancelled in Slurm")
     }
+
+
+def max_overlap(jobs: list[Job]) -> int:
+    """Most jobs running at once, from the start/end times the jobs wrote themselves."""
+    events = []
+    for job in jobs:
+        start, end = (float(x) for x in Path(job.stdout_path).read_text().split())
+        events += [(start, 1), (end, -1)]
+    now = peak = 0
+    for _, step in sorted(events, key=lambda e: (e[0], e[1])):
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+async def test_forks_bounds_running_jobs_across_arrays(
+    workdir: Path, cancel_after: list[Job]
+) -> None:
+    # Two resource shapes fed together become two arrays; their throttles share forks.
+    q = queue(workdir, forks=4)
+    cmd = "date +%s.%N; sleep 1.5; date +%s.%N"
+    for i in range(12):
+        cancel_after.append(await q.feed(cmd, resources={"cpus": 1 + i % 2}))
+    with anyio.fail_after(120):
+        await q.run_until_complete()
+    assert q.statistics().counts == {"finished": 12}
+    assert q.statistics().submit_calls == 2  # one array per shape
+    throttles = sorted(show_job(j.jid or "").get("ArrayTaskThrottle", "?") for j in q.jobs[:2])
+    assert throttles == ["2", "2"]
+    assert max_overlap(list(q.jobs)) <= 4

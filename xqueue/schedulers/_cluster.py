@@ -99,19 +99,46 @@ async def run_submit(argv: Sequence[str], timeout: float, stats: SchedulerStats)
     raise AssertionError("unreachable")
 
 
+def split_throttle(sizes: Sequence[int], budget: int) -> list[int]:
+    """Throttles for arrays submitted together, adding up to at most ``budget``.
+
+    Each array gets a share of ``budget`` in proportion to its size (largest remainder
+    first), at least 1 and never more than its size, so the arrays of one batch together
+    never run more than ``forks`` elements at once. (Only when there are more arrays than
+    ``budget`` can the minimum of 1 each exceed it.)
+    """
+    total = sum(sizes)
+    if total <= budget:
+        return list(sizes)
+    exact = [budget * n / total for n in sizes]
+    shares = [max(1, min(n, int(e))) for n, e in zip(sizes, exact)]
+    spare = budget - sum(shares)
+    by_remainder = sorted(range(len(sizes)), key=lambda i: exact[i] - int(exact[i]), reverse=True)
+    for i in by_remainder:
+        if spare <= 0:
+            break
+        if shares[i] < sizes[i]:
+            shares[i] += 1
+            spare -= 1
+    return shares
+
+
 async def submit_grouped(
     jobs: Sequence[Job],
     *,
     arrays: bool,
     max_array: int,
+    forks: int,
     concurrency: int,
     one: Callable[[Job], Awaitable[str]],
-    array: Callable[[Sequence[Job]], Awaitable[list[str]]],
+    array: Callable[[Sequence[Job], int], Awaitable[list[str]]],
 ) -> list[str | BaseException]:
     """Submit jobs with the same resources as arrays (of at most ``max_array``), others alone.
 
-    Submissions run concurrently, at most ``concurrency`` at once. A failed submission
-    fails only the jobs it carried: one id or exception per job, in order.
+    ``forks`` is shared: single jobs take one slot each and the arrays split the rest
+    between their throttles (``split_throttle``). Submissions run concurrently, at most
+    ``concurrency`` at once. A failed submission fails only the jobs it carried: one id
+    or exception per job, in order.
     """
     results: dict[Job, str | BaseException] = {}
     singles: list[Job] = []
@@ -126,11 +153,12 @@ async def submit_grouped(
     else:
         singles = list(jobs)
     limiter = anyio.Semaphore(concurrency)
+    throttles = split_throttle([len(b) for b in batches], max(forks - len(singles), 1))
 
-    async def submit_batch(part: Sequence[Job]) -> None:
+    async def submit_batch(part: Sequence[Job], throttle: int) -> None:
         async with limiter:
             try:
-                ids: list[str] | BaseException = await array(part)
+                ids: list[str] | BaseException = await array(part, throttle)
             except Exception as exc:
                 ids = exc
         for i, job in enumerate(part):
@@ -144,8 +172,8 @@ async def submit_grouped(
                 results[job] = exc
 
     async with anyio.create_task_group() as tg:
-        for part in batches:
-            tg.start_soon(submit_batch, part)
+        for part, throttle in zip(batches, throttles):
+            tg.start_soon(submit_batch, part, throttle)
         for job in singles:
             tg.start_soon(submit_one, job)
     return [results[job] for job in jobs]

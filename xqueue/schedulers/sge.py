@@ -43,6 +43,8 @@ from ._cluster import (
 from ._process import run_command
 
 _KILL_CHUNK = 500
+# SGE's default max_aj_tasks: the most tasks one -t array may have.
+_MAX_ARRAY = 75_000
 _QDEL_OK = re.compile(
     r"does not exist|already in deletion|registered .* for deletion|has deleted|"
     r"has registered",
@@ -123,6 +125,10 @@ class SgeScheduler(Scheduler):
         self._recover_cache: tuple[float, str] | None = None
 
     @property
+    def max_batch(self) -> int:
+        return _MAX_ARRAY
+
+    @property
     def enforces_forks(self) -> bool:
         extra = {str(k).removeprefix("qsub_") for k in self.options.extra}
         return self.options.arrays and "t" not in extra
@@ -158,7 +164,7 @@ class SgeScheduler(Scheduler):
         }
         return await self._qsub(opts, script)
 
-    async def _submit_array(self, jobs: Sequence[Job]) -> list[str]:
+    async def _submit_array(self, jobs: Sequence[Job], throttle: int) -> list[str]:
         for job in jobs:
             self.write_script(job)
         name, script = write_array(self._batch_dir, jobs, "SGE_TASK_ID", 1)
@@ -167,7 +173,7 @@ class SgeScheduler(Scheduler):
             "o": os.path.join(self._batch_dir, f"{name}.$TASK_ID.log"),
             "j": "y",
             "t": f"1-{len(jobs)}",
-            "tc": max(self.forks, 1),
+            "tc": throttle,
             **qsub_options(jobs[0], self.options.pe, self.options.extra),
         }
         base = await self._qsub(opts, script)
@@ -179,7 +185,8 @@ class SgeScheduler(Scheduler):
         return await submit_grouped(
             jobs,
             arrays=self.enforces_forks,
-            max_array=75_000,
+            max_array=_MAX_ARRAY,
+            forks=self.forks,
             concurrency=self.options.submit_concurrency,
             one=self.submit_job,
             array=self._submit_array,

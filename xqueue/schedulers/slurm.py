@@ -120,6 +120,10 @@ class SlurmScheduler(Scheduler):
         self._queue_cache: tuple[float, dict[str, tuple[parse.SlurmRow, str]]] | None = None
 
     @property
+    def max_batch(self) -> int:
+        return self._max_array
+
+    @property
     def enforces_forks(self) -> bool:
         return self.options.arrays and "array" not in self._raw_keys()
 
@@ -170,7 +174,7 @@ class SlurmScheduler(Scheduler):
         }
         return await self._sbatch(self._argv(opts, script))
 
-    async def _submit_array(self, jobs: Sequence[Job]) -> list[str]:
+    async def _submit_array(self, jobs: Sequence[Job], throttle: int) -> list[str]:
         for job in jobs:
             self.write_script(job)
         name, script = write_array(self._batch_dir, jobs, "SLURM_ARRAY_TASK_ID", 0)
@@ -179,7 +183,7 @@ class SlurmScheduler(Scheduler):
             "output": os.path.join(self._batch_dir, f"{name}-%a.log"),
             "comment": f"xqueue:{self._tag}:@{name}",
             "kill-on-invalid-dep": "yes",
-            "array": f"0-{len(jobs) - 1}%{max(self.forks, 1)}",
+            "array": f"0-{len(jobs) - 1}%{throttle}",
             **sbatch_options(jobs[0], self.options.extra),
         }
         base = await self._sbatch(self._argv(opts, script))
@@ -194,6 +198,7 @@ class SlurmScheduler(Scheduler):
             jobs,
             arrays=self.enforces_forks,
             max_array=self._max_array,
+            forks=self.forks,
             concurrency=self.options.submit_concurrency,
             one=self.submit_job,
             array=self._submit_array,
