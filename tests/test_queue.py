@@ -263,4 +263,4 @@ async def test_backend_enforcing_forks_gets_a_big_batch_only_when_idle(workdir: 
     first, *rest = sched.batches
     assert first == (7, 0)  # idle: up to max_batch, for the backend to throttle to forks
     for size, active in rest:  # otherwise never more than the free slots
-        assert active == 0 and size <= 7 or size <= 3 - active
+        assert (active == 0 and size <= 7) or size <= 3 - active

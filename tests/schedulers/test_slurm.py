@@ -356,8 +356,7 @@ async def test_forks_bounds_running_jobs_across_arrays(
     # Two resource shapes fed together become two arrays; their throttles share forks.
     q = queue(workdir, forks=4)
     cmd = "date +%s.%N; sleep 1.5; date +%s.%N"
-    for i in range(12):
-        cancel_after.append(await q.feed(cmd, resources={"cpus": 1 + i % 2}))
+    cancel_after.extend([await q.feed(cmd, resources={"cpus": 1 + i % 2}) for i in range(12)])
     with anyio.fail_after(120):
         await q.run_until_complete()
     assert q.statistics().counts == {"finished": 12}
