@@ -101,10 +101,13 @@ def kill_leftovers(jobs: Any) -> None:
     """Loopback servers: jobs a test left on a server it stopped are local process groups."""
     for job in jobs:
         if job.jid:
-            pid = int(job.jid.split(":")[1])
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+            _, pid, start = job.jid.rsplit(":", 2)
+            try:  # only if the pid is still the job's, never a group that reused it
+                with open(f"/proc/{pid}/stat") as fh:
+                    if fh.read().rsplit(")", 1)[1].split()[19] != start:
+                        continue
+                os.killpg(int(pid), signal.SIGKILL)
+            except (OSError, IndexError):
                 pass
 
 

@@ -147,7 +147,14 @@ class ChRunRuntime:
         parsed = _parse(job.jid)
         if parsed is None:
             return
-        pid = parsed[0]
+        pid, start = parsed
+        proc = self._procs.get(job)
+        # Unless we hold the unreaped child, the pid may have been reused since the job
+        # ended: signal the group only if its leader is still the job's process.
+        if (proc is None or proc.returncode is not None) and (
+            not start or _start_time(pid) != start
+        ):
+            return
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
                 os.killpg(pid, sig)
@@ -157,7 +164,6 @@ class ChRunRuntime:
                 while _start_time(pid) is not None:
                     await anyio.sleep(0.05)
                 break
-        proc = self._procs.get(job)
         if proc is not None:  # reap it now: a stopping run no longer awaits it
             with anyio.move_on_after(10):
                 await proc.wait()

@@ -75,8 +75,13 @@ def submit_script(server: str, jobdir: str, cwd: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def kill_script(pgid: int, grace: float) -> str:
+def kill_script(pgid: int, grace: float, start: str = "", jobdir: str = "") -> str:
     """TERM, wait up to ``grace``, KILL, and say whether anything of the group survived.
+
+    The group is killed only if it is still the job's: its leader has the recorded start
+    time, or a live member carries the job's ``XQUEUE_JOB_DIR``. Once a job has ended its
+    group id can be reused by any process of the server (pid wrap-around), and killing
+    that group would take down something else entirely.
 
     A group member in state Z is dead (the server's init may reap it late), so liveness
     is read from /proc rather than from ``kill -0``. The command name in a stat line may
@@ -87,11 +92,27 @@ def kill_script(pgid: int, grace: float) -> str:
         'BEGIN { found = 0 } { s = $0; sub(/^.*\\) /, "", s); split(s, f, " "); '
         'if (f[3] == g && f[1] != "Z") { found = 1; exit } } END { exit !found }'
     )
+    members = (
+        '{ s = $0; sub(/^.*\\) /, "", s); split(s, f, " "); '
+        'if (f[3] == g && f[1] != "Z") print $1 }'
+    )
+    leader = '{ s = $0; sub(/^.*\\) /, "", s); split(s, f, " "); print f[20] }'
+    marker = shlex.quote(f"XQUEUE_JOB_DIR={jobdir}")
     return f"""g={pgid}
 alive() {{
   cat /proc/[0-9]*/stat 2>/dev/null | awk -v g="$g" {shlex.quote(awk)}
 }}
+ours() {{
+  st=$(awk {shlex.quote(leader)} /proc/$g/stat 2>/dev/null)
+  [ -n {shlex.quote(start)} ] && [ "$st" = {shlex.quote(start)} ] && return 0
+  [ -n {shlex.quote(jobdir)} ] || return 1
+  for p in $(cat /proc/[0-9]*/stat 2>/dev/null | awk -v g="$g" {shlex.quote(members)}); do
+    tr '\\0' '\\n' < /proc/$p/environ 2>/dev/null | grep -qxF {marker} && return 0
+  done
+  return 1
+}}
 alive || {{ echo gone; exit 0; }}
+ours || {{ echo gone; exit 0; }}
 kill -TERM -$g 2>/dev/null
 i=0
 while alive && [ $i -lt {tenths} ]; do sleep 0.1; i=$((i + 1)); done

@@ -352,7 +352,7 @@ class SshScheduler(Scheduler):
         try:
             result = await self._bridge.call(
                 pool.run,
-                kill_script(parsed[1], grace),
+                kill_script(parsed[1], grace, parsed[2], self._remote(pool.config, job.dir)),
                 timeout=self.options.command_timeout + grace,
             )
         except (Unreachable, Refused) as exc:
