@@ -264,3 +264,44 @@ async def test_backend_enforcing_forks_gets_a_big_batch_only_when_idle(workdir: 
     assert first == (7, 0)  # idle: up to max_batch, for the backend to throttle to forks
     for size, active in rest:  # otherwise never more than the free slots
         assert (active == 0 and size <= 7) or size <= 3 - active
+
+
+async def test_each_run_opens_and_closes_the_scheduler(workdir: Path) -> None:
+    from xqueue.schedulers.local import LocalScheduler
+
+    class Counting(LocalScheduler):
+        opened = closed = 0
+
+        async def open(self, workdir):  # type: ignore[no-untyped-def]
+            self.opened += 1
+            await super().open(workdir)
+
+        async def aclose(self) -> None:
+            self.closed += 1
+
+    sched = Counting()
+    q = Xqueue(sched, workdir=workdir)  # the xqute style: nobody calls aclose()
+    await q.feed(["true"])
+    await q.run_until_complete()
+    assert (sched.opened, sched.closed) == (1, 1)
+    await q.feed(["true"])
+    await q.run_until_complete()
+    assert (sched.opened, sched.closed) == (2, 2)
+
+
+async def test_a_job_the_backend_loses_fails_alone(workdir: Path) -> None:
+    from xqueue import Job, SchedulerError
+    from xqueue.schedulers.local import LocalScheduler
+
+    class Flaky(LocalScheduler):
+        async def wait_job(self, job: Job):  # type: ignore[no-untyped-def]
+            state = await super().wait_job(job)
+            if job.index == 1:
+                raise SchedulerError("connection to the engine dropped")
+            return state
+
+    q = Xqueue(Flaky(), workdir=workdir, error_strategy="ignore", forks=3)
+    jobs = [await q.feed(["true"]) for _ in range(3)]
+    await q.run_until_complete()
+    assert [j.status for j in jobs] == [JobStatus.FINISHED, JobStatus.FAILED, JobStatus.FINISHED]
+    assert jobs[1].reason == "lost: connection to the engine dropped"

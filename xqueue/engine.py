@@ -82,7 +82,6 @@ class Engine:
         self.feeding = False
         self.feed_closed = False  # stop_feeding() came, possibly before run() started
         self.running = False
-        self._opened = False
         self._tg: TaskGroup | None = None
         self._error: BaseException | None = None
         self._halting = False  # no more submissions: the run is about to stop
@@ -185,10 +184,8 @@ class Engine:
         self.started_at, self.stopped_at = time.monotonic(), None
         reason = "error"
         try:
-            if not self._opened:
-                self.scheduler.forks = self.forks
-                await self.scheduler.open(self.workdir)
-                self._opened = True
+            self.scheduler.forks = self.forks
+            await self.scheduler.open(self.workdir)
             await self.hooks.call("on_init", xqueue=self.queue, scheduler=self.scheduler)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -234,6 +231,13 @@ class Engine:
         except PluginError as exc:
             self._stop(exc)
         finally:
+            # Every run opens the backend and closes it again, so code that never calls
+            # aclose() (the xqute style) leaves no connection or thread behind.
+            with anyio.move_on_after(SHUTDOWN_TIMEOUT):
+                try:
+                    await self.scheduler.aclose()
+                except Exception as exc:  # closing must not hide the run's own outcome
+                    log.warning("closing scheduler %s failed: %r", self.scheduler.name, exc)
             self.running = False
             self.feeding = self.feed_closed = False
             self.stopped_at = time.monotonic()
@@ -373,7 +377,10 @@ class Engine:
 
     # -- completion --------------------------------------------------------------------
     async def _await_job(self, job: Job) -> None:
-        state = await self.scheduler.wait_job(job)
+        try:
+            state = await self.scheduler.wait_job(job)
+        except SchedulerError as exc:  # this job is lost to us; the others go on
+            state = JobState(S.FAILED, None, f"lost: {exc}")
         await self.apply(job, state)
 
     async def _poller(self) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 import pytest
 
-from xqueue import Job, JobFailedError, JobStatus, SchedulerError, Xqueue
+from xqueue import Job, JobFailedError, JobStatus, SchedulerError, Xqueue, hookimpl
 from xqueue.errors import SchedulerOptionError
 from xqueue.schedulers.ssh import SshScheduler
 from xqueue.workdir import Workdir
@@ -156,16 +156,29 @@ async def test_list_command_reaches_the_program_exactly(
     assert Path(env_job.stdout_path).read_text() == "hi $USER\n"
 
 
+class PoolSnapshot:
+    """Reads the connection pool at the end of a run, before the run closes it."""
+
+    def __init__(self) -> None:
+        self.limits: list[int] = []
+
+    @hookimpl
+    def on_shutdown(self, scheduler: Any) -> None:
+        self.limits = [c.limit for c in scheduler._pools["small"]._conns]
+
+
 async def test_session_limit_is_respected_with_one_connection(
     servers: dict[str, Any], workdir: Path
 ) -> None:
     # Port 2223 allows 10 sessions per connection. Claiming 100 on a single connection,
     # the 11th channel is refused; the scheduler learns the real limit and queues.
     small = {**servers["small"], "max_sessions": 100, "max_connections": 1}
+    snapshot = PoolSnapshot()
     q = Xqueue(
         "ssh",
         forks=30,
         workdir=workdir,
+        plugins=[snapshot],
         scheduler_opts={
             "servers": {"small": small},
             "poll_interval": 0.3,
@@ -176,19 +189,20 @@ async def test_session_limit_is_respected_with_one_connection(
         jobs = [await q.feed(["true"]) for _ in range(30)]
         with anyio.fail_after(60):
             await q.run_until_complete()
-        pool = q.scheduler._pools["small"]  # type: ignore[attr-defined]
         # Learnt from the refusals (a closing channel may still count on the server's side).
-        assert len(pool._conns) == 1 and 5 <= pool._conns[0].limit <= 10
+        assert len(snapshot.limits) == 1 and 5 <= snapshot.limits[0] <= 10
     finally:
         await q.aclose()
     assert all(j.status is JobStatus.FINISHED for j in jobs)
 
 
 async def test_session_limit_opens_more_connections(servers: dict[str, Any], workdir: Path) -> None:
+    snapshot = PoolSnapshot()
     q = Xqueue(
         "ssh",
         forks=30,
         workdir=workdir,
+        plugins=[snapshot],
         scheduler_opts={
             "servers": {"small": servers["small"]},
             "poll_interval": 0.3,
@@ -199,9 +213,8 @@ async def test_session_limit_opens_more_connections(servers: dict[str, Any], wor
         jobs = [await q.feed(["sleep", "0.5"]) for _ in range(30)]
         with anyio.fail_after(60):
             await q.run_until_complete()
-        pool = q.scheduler._pools["small"]  # type: ignore[attr-defined]
-        assert 1 < len(pool._conns) <= 4
-        assert all(c.limit == 10 for c in pool._conns)
+        assert 1 < len(snapshot.limits) <= 4
+        assert all(limit == 10 for limit in snapshot.limits)
     finally:
         await q.aclose()
     assert all(j.status is JobStatus.FINISHED for j in jobs)
