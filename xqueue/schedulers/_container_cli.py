@@ -26,6 +26,7 @@ from anyio.abc import Process
 from ..errors import SchedulerError, SubmissionError
 from ..job import Job
 from ..workdir import read_rc
+from ._proc import start_ticks
 
 if TYPE_CHECKING:
     from .container import ContainerOptions
@@ -36,14 +37,9 @@ RUNTIME_LOG = "job.runtime.log"
 
 
 def _start_time(pid: int) -> str | None:
-    """Start time of a live (non-zombie) process, from /proc; None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return None if fields[0] == b"Z" else fields[19].decode()
+    """Start time of a live (non-zombie) process as recorded in a job id; None if gone."""
+    ticks = start_ticks(pid)
+    return None if ticks is None else str(ticks)
 
 
 def _is_dir(path: str) -> bool:

@@ -28,6 +28,7 @@ from ..job import Job
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
 from ..states import JobStatus
+from ._proc import start_ticks
 
 UNKNOWN_EXIT = (
     "exit status unknown: the job ended while no xqueue controller was watching it "
@@ -67,16 +68,8 @@ def _boot_time() -> float:
 
 def _start_epoch(pid: int) -> float | None:
     """When a live process started (seconds since the epoch); None if gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ")".
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    if fields[0] == b"Z":
-        return None
-    return _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    ticks = start_ticks(pid)
+    return None if ticks is None else _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _parse_jid(jid: str | None) -> tuple[int, float] | None:
