@@ -7,7 +7,7 @@ display's refresh rate, so a 100,000-job run costs the same to draw as a 10-job 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -76,6 +76,3 @@ class ProgressView:
             self.live.refresh()
             self.live.stop()
             self.live = None
-
-    def __getstate__(self) -> dict[str, Any]:  # pragma: no cover - never pickled
-        raise TypeError("ProgressView cannot be pickled")
