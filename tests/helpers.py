@@ -5,9 +5,34 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from xqueue import Job, Scheduler, hookimpl
+import anyio
+
+from xqueue import Job, JobStatus, Scheduler, Xqueue, hookimpl
+
+
+async def wait_running(job: Job, timeout: float = 30) -> None:
+    with anyio.fail_after(timeout):
+        while job.status is not JobStatus.RUNNING:
+            await anyio.sleep(0.1)
+
+
+def cluster_queue(scheduler: str, fast: dict[str, Any], workdir: Path, **kw: Any) -> Xqueue:
+    """A queue on a real cluster with short test intervals; ``scheduler_opts`` add to them."""
+    opts = {**fast, **kw.pop("scheduler_opts", {})}
+    return Xqueue(scheduler, workdir=workdir, scheduler_opts=opts, **kw)
+
+
+def remove_after(command: str) -> Iterator[list[Job]]:
+    """Jobs to remove from a cluster with ``command`` (scancel, qdel) when a test ends."""
+    jobs: list[Job] = []
+    yield jobs
+    ids = [j.jid for j in jobs if j.jid]
+    if ids:
+        subprocess.run([command, *ids], capture_output=True, timeout=30)
 
 
 class DetachedScheduler(Scheduler):

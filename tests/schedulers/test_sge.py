@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
+from tests.helpers import cluster_queue, remove_after, wait_running
 from xqueue import Job, JobStatus, Xqueue
 from xqueue.schedulers._sge_parse import parse_qacct
 from xqueue.schedulers.sge import SgeScheduler, _argv_flags, qsub_options
@@ -40,22 +41,11 @@ async def qacct(jid: str) -> dict[str, Any]:
 
 @pytest.fixture
 def delete_after() -> Iterator[list[Job]]:
-    jobs: list[Job] = []
-    yield jobs
-    ids = [j.jid for j in jobs if j.jid]
-    if ids:
-        subprocess.run(["qdel", *ids], capture_output=True, timeout=30)
-
-
-async def wait_running(job: Job) -> None:
-    with anyio.fail_after(30):
-        while job.status is not JobStatus.RUNNING:
-            await anyio.sleep(0.1)
+    yield from remove_after("qdel")
 
 
 def queue(workdir: Path, **kw: Any) -> Xqueue:
-    opts = {**FAST, **kw.pop("scheduler_opts", {})}
-    return Xqueue("sge", workdir=workdir, scheduler_opts=opts, **kw)
+    return cluster_queue("sge", FAST, workdir, **kw)
 
 
 def test_seed_document_options_render_as_qsub_flags() -> None:

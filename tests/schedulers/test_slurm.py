@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
+from tests.helpers import cluster_queue, remove_after, wait_running
 from xqueue import Job, JobStatus, Xqueue
 from xqueue.schedulers.slurm import SlurmScheduler, sbatch_options
 from xqueue.workdir import Workdir
@@ -39,23 +40,11 @@ def show_job(jid: str) -> dict[str, str]:
 
 @pytest.fixture
 def cancel_after() -> Iterator[list[Job]]:
-    """Jobs to cancel in Slurm when the test ends, whatever happened to it."""
-    jobs: list[Job] = []
-    yield jobs
-    ids = [j.jid for j in jobs if j.jid]
-    if ids:
-        subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
-
-
-async def wait_running(job: Job) -> None:
-    with anyio.fail_after(30):
-        while job.status is not JobStatus.RUNNING:
-            await anyio.sleep(0.1)
+    yield from remove_after("scancel")
 
 
 def queue(workdir: Path, **kw: Any) -> Xqueue:
-    opts = {**FAST, **kw.pop("scheduler_opts", {})}
-    return Xqueue("slurm", workdir=workdir, scheduler_opts=opts, **kw)
+    return cluster_queue("slurm", FAST, workdir, **kw)
 
 
 def test_seed_document_options_render_as_sbatch_flags() -> None:
