@@ -238,6 +238,15 @@ async def test_ended_job_without_rc_file_is_resolved_by_sacct_or_vanishes(workdi
     job = await q.feed(["sh", "-c", "exit 4"])
     with pytest.raises(Exception, match="return code 4"):
         await q.run_until_complete()
+    # The rc file settles a job before Slurm has finished it (COMPLETING): wait until
+    # Slurm itself has it as ended, which is what this test is about.
+    with anyio.fail_after(60):
+        while sh("squeue", "-h", "-t", "all", "-j", str(job.jid), "-o", "%T").strip() in (
+            "RUNNING",
+            "COMPLETING",
+            "PENDING",
+        ):
+            await anyio.sleep(0.2)
     Path(job.path("job.rc")).unlink()  # as if the file system lost it
     job.status = JobStatus.RUNNING
 
