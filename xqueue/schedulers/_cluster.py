@@ -23,7 +23,7 @@ import anyio
 
 from ..errors import SubmissionError
 from ..job import SCRIPT_FILE, Job
-from ..scheduler import SchedulerStats
+from ..scheduler import SchedulerStats, gather_bounded
 from ..workdir import atomic_write
 from ._process import SchedulerCommandError, run_command
 
@@ -140,7 +140,6 @@ async def submit_grouped(
     ``concurrency`` at once. A failed submission fails only the jobs it carried: one id
     or exception per job, in order.
     """
-    results: dict[Job, str | BaseException] = {}
     singles: list[Job] = []
     batches: list[Sequence[Job]] = []
     if arrays:
@@ -152,30 +151,21 @@ async def submit_grouped(
                     batches.append(part)
     else:
         singles = list(jobs)
-    limiter = anyio.Semaphore(concurrency)
     throttles = split_throttle([len(b) for b in batches], max(forks - len(singles), 1))
+    # One unit per submission: an array with its throttle, or a single job (no throttle).
+    units: list[tuple[Sequence[Job], int | None]] = [
+        *zip(batches, throttles),
+        *(([job], None) for job in singles),
+    ]
 
-    async def submit_batch(part: Sequence[Job], throttle: int) -> None:
-        async with limiter:
-            try:
-                ids: list[str] | BaseException = await array(part, throttle)
-            except Exception as exc:
-                ids = exc
+    async def submit(unit: tuple[Sequence[Job], int | None]) -> list[str]:
+        part, throttle = unit
+        return await array(part, throttle) if throttle is not None else [await one(part[0])]
+
+    results: dict[Job, str | BaseException] = {}
+    for (part, _), ids in zip(units, await gather_bounded(units, submit, concurrency)):
         for i, job in enumerate(part):
             results[job] = ids if isinstance(ids, BaseException) else ids[i]
-
-    async def submit_one(job: Job) -> None:
-        async with limiter:
-            try:
-                results[job] = await one(job)
-            except Exception as exc:
-                results[job] = exc
-
-    async with anyio.create_task_group() as tg:
-        for part, throttle in zip(batches, throttles):
-            tg.start_soon(submit_batch, part, throttle)
-        for job in singles:
-            tg.start_soon(submit_one, job)
     return [results[job] for job in jobs]
 
 

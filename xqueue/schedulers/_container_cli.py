@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import subprocess
 from typing import TYPE_CHECKING
 
@@ -26,7 +25,7 @@ from anyio.abc import Process
 from ..errors import SchedulerError, SubmissionError
 from ..job import Job
 from ..workdir import read_rc
-from ._proc import start_ticks
+from ._proc import kill_group, start_ticks
 
 if TYPE_CHECKING:
     from .container import ContainerOptions
@@ -151,15 +150,7 @@ class ChRunRuntime:
             not start or _start_time(pid) != start
         ):
             return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                return
-            with anyio.move_on_after(self.options.kill_grace if sig == signal.SIGTERM else 10):
-                while _start_time(pid) is not None:
-                    await anyio.sleep(0.05)
-                break
+        await kill_group(pid, self.options.kill_grace, 10)
         if proc is not None:  # reap it now: a stopping run no longer awaits it
             with anyio.move_on_after(10):
                 await proc.wait()

@@ -6,6 +6,11 @@ same pid later, so every backend that records a local pid checks it through here
 
 from __future__ import annotations
 
+import os
+import signal
+
+import anyio
+
 
 def stat(pid: int) -> tuple[bytes, int] | None:
     """(state letter, start time in clock ticks since boot), or None if there is no such pid."""
@@ -23,3 +28,31 @@ def start_ticks(pid: int) -> int | None:
     """Start time of a live process in clock ticks since boot; None if gone or a zombie."""
     found = stat(pid)
     return None if found is None or found[0] == b"Z" else found[1]
+
+
+async def wait_exit(pid: int) -> None:
+    """Wait until process ``pid`` exits, without reaping it (a pidfd: no thread, no polling)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        await anyio.wait_readable(fd)
+    finally:
+        os.close(fd)
+
+
+async def kill_group(pid: int, grace: float, after_kill: float) -> None:
+    """SIGTERM the process group led by ``pid``; SIGKILL it if the leader outlives ``grace``.
+
+    The caller must know the group is still the job's (a held child or a checked start
+    time): a group id is reused once its processes are gone.
+    """
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, after_kill)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        with anyio.move_on_after(wait):
+            await wait_exit(pid)
+            return

@@ -28,7 +28,7 @@ from ..job import Job
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
 from ..states import JobStatus
-from ._proc import start_ticks
+from ._proc import kill_group, start_ticks, wait_exit
 
 UNKNOWN_EXIT = (
     "exit status unknown: the job ended while no xqueue controller was watching it "
@@ -119,18 +119,6 @@ def _job_dirs_of_processes() -> dict[str, int]:
     return found
 
 
-async def _wait_exit(pid: int) -> None:
-    """Wait until process ``pid`` exits, without reaping it."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        await anyio.wait_readable(fd)
-    finally:
-        os.close(fd)
-
-
 class LocalScheduler(Scheduler):
     """Jobs are child processes of the controller."""
 
@@ -204,11 +192,11 @@ class LocalScheduler(Scheduler):
         if proc is None:  # adopted: not our child, so its exit status cannot be read
             parsed = _parse_jid(job.jid)
             if parsed:
-                await _wait_exit(parsed[0])
+                await wait_exit(parsed[0])
             return JobState(JobStatus.FAILED, None, UNKNOWN_EXIT, retryable=False)
         if proc.returncode is None:
             try:
-                await _wait_exit(proc.pid)
+                await wait_exit(proc.pid)
             except OSError:  # no pidfd support: fall back to a thread
                 await anyio.to_thread.run_sync(proc.wait, abandon_on_cancel=True)
         rc = proc.wait()
@@ -253,14 +241,7 @@ class LocalScheduler(Scheduler):
         pid = self._alive_pid(job)
         if pid is None:
             return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                return
-            with anyio.move_on_after(self.options.kill_grace):
-                await _wait_exit(pid)
-                break
+        await kill_group(pid, self.options.kill_grace, self.options.kill_grace)
         # The leader is gone; take down anything it left behind in its group, then reap.
         try:
             os.killpg(pid, signal.SIGKILL)
