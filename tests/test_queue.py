@@ -50,7 +50,7 @@ async def test_retry_until_success_keeps_every_attempt(workdir: Path, tmp_path: 
     assert job.attempt == 3
     assert Path(job.stdout_path).read_text() == "attempt 3\n"
     for n in (1, 2):
-        assert Path(job.dir, "attempts", str(n), "job.stdout").read_text() == f"attempt {n}\n"
+        assert Path(job.attempt_path("stdout", n)).read_text() == f"attempt {n}\n"
 
 
 async def test_retry_exhausted_fails_and_run_goes_on(workdir: Path) -> None:

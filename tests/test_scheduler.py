@@ -43,17 +43,17 @@ def test_script_passes_argv_verbatim_through_sh(tmp_path: Path) -> None:
     script = DetachedScheduler().write_script(job)
     subprocess.run(["sh", script], check=True)
     assert Path(job.stdout_path).read_text() == "".join(f"[{a}]" for a in args)
-    assert Path(job.path("job.rc")).read_text().strip() == "0"
-    assert Path(job.path("job.started")).exists()
+    assert Path(job.attempt_path("rc")).read_text().strip() == "0"
+    assert Path(job.attempt_path("started")).exists()
 
 
 def test_reconcile_prefers_the_return_code_file(tmp_path: Path) -> None:
     job = make_job(tmp_path, ["true"])
     sched = DetachedScheduler(vanish_grace=0)
     assert sched.reconcile(job, held=True).status is JobStatus.SUBMITTED
-    Path(job.path("job.started")).write_text("1")
+    Path(job.attempt_path("started")).write_text("1")
     assert sched.reconcile(job, held=True).status is JobStatus.RUNNING
-    Path(job.path("job.rc")).write_text("5\n")
+    Path(job.attempt_path("rc")).write_text("5\n")
     state = sched.reconcile(job, held=True)
     assert (state.status, state.rc) == (JobStatus.FAILED, 5)
 

@@ -446,7 +446,6 @@ class Engine:
         ):
             self._move(job, S.RETRYING)
             await self.hooks.call("on_job_retrying", **self._kw(job))
-            self.workdir.archive_attempt(job)
             job.jid, job.rc, job.reason = None, None, ""
             await self._enqueue(job)
             return

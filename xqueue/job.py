@@ -18,14 +18,21 @@ from .errors import ConfigError, InvalidTransitionError
 from .resources import Resources
 from .states import JobStatus, can_transition
 
-# Names of the files a job keeps in its folder.
+# Names of the files a job keeps in its folder, once per job.
 SPEC_FILE = "job.json"
 STATUS_FILE = "job.status"
-STDOUT_FILE = "job.stdout"
-STDERR_FILE = "job.stderr"
-SCRIPT_FILE = "job.sh"
-RC_FILE = "job.rc"
-STARTED_FILE = "job.started"
+# Kinds of the files each attempt writes, as ``job.<attempt>.<kind>``: every attempt has its
+# own, so a late earlier attempt (a cluster job that surfaces after it was given up) can
+# never overwrite the output of the current one or settle it with its own return code.
+STDOUT = "stdout"
+STDERR = "stderr"
+SCRIPT = "sh"
+RC = "rc"
+STARTED = "started"
+
+
+def attempt_file(kind: str, attempt: int) -> str:
+    return f"job.{attempt}.{kind}"
 
 
 def normalize_command(cmd: str | Sequence[Any]) -> str | tuple[str, ...]:
@@ -117,14 +124,19 @@ class Job:
 
     @property
     def stdout_path(self) -> str:
-        return os.path.join(self.dir, STDOUT_FILE)
+        """The current attempt's stdout (the first attempt's before any was made)."""
+        return self.attempt_path(STDOUT)
 
     @property
     def stderr_path(self) -> str:
-        return os.path.join(self.dir, STDERR_FILE)
+        return self.attempt_path(STDERR)
 
     def path(self, filename: str) -> str:
         return os.path.join(self.dir, filename)
+
+    def attempt_path(self, kind: str, attempt: int | None = None) -> str:
+        """The file of ``kind`` (``STDOUT``, ``RC``, ...) of one attempt, the current by default."""
+        return os.path.join(self.dir, attempt_file(kind, attempt or max(self.attempt, 1)))
 
     def transition(self, new: JobStatus) -> JobStatus:
         """Move to ``new`` if the state table allows it; return the old state."""

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import anyio
 
-from .job import RC_FILE, SCRIPT_FILE, STARTED_FILE, Job
+from .job import RC, SCRIPT, STARTED, STDERR, STDOUT, Job, attempt_file
 from .options import SchedulerOptions
 from .states import JobStatus
 from .workdir import atomic_write, read_rc, read_text
@@ -208,7 +208,7 @@ class Scheduler(abc.ABC):
         if backend_state is not None and backend_state.status.is_final:
             self._missing_since.pop(job, None)
             return backend_state
-        started = os.path.exists(job.path(STARTED_FILE))
+        started = os.path.exists(job.attempt_path(STARTED))
         current = JobState(JobStatus.RUNNING if started else JobStatus.SUBMITTED)
         if held:
             self._missing_since.pop(job, None)
@@ -253,7 +253,7 @@ class Scheduler(abc.ABC):
         reading its own inode, so even a rewrite could never truncate it under a running
         shell. The argv is quoted word by word, so it reaches the program exactly as given.
         """
-        path = job.path(SCRIPT_FILE)
+        path = job.attempt_path(SCRIPT)
         text = render_script(job, jobdir or job.dir, self.script_lines(job))
         if read_text(path) != text:
             atomic_write(path, text)
@@ -263,18 +263,27 @@ class Scheduler(abc.ABC):
 
 def render_script(job: Job, jobdir: str, directives: Iterable[str] = ()) -> str:
     q = shlex.quote
-    d = q(jobdir)
-    envs = {"XQUEUE_JOB_INDEX": str(job.index), "XQUEUE_JOB_DIR": jobdir, **(job.envs or {})}
+    n = max(job.attempt, 1)
+
+    def f(kind: str) -> str:
+        return q(f"{jobdir}/{attempt_file(kind, n)}")
+
+    envs = {
+        "XQUEUE_JOB_INDEX": str(job.index),
+        "XQUEUE_JOB_ATTEMPT": str(n),
+        "XQUEUE_JOB_DIR": jobdir,
+        **(job.envs or {}),
+    }
     lines = [
         "#!/bin/sh",
         *directives,
         f"# xqueue job {job.index}: {job.name}",
         "# Written once per job; the engine never rewrites it while it may run.",
         *(f"export {k}={q(v)}" for k, v in envs.items()),
-        f"date +%s > {d}/{STARTED_FILE}",
-        f"{' '.join(q(a) for a in job.argv)} < /dev/null > {d}/job.stdout 2> {d}/job.stderr",
+        f"date +%s > {f(STARTED)}",
+        f"{' '.join(q(a) for a in job.argv)} < /dev/null > {f(STDOUT)} 2> {f(STDERR)}",
         "rc=$?",
-        f'echo "$rc" > {d}/{RC_FILE}.tmp && mv -f {d}/{RC_FILE}.tmp {d}/{RC_FILE}',
+        f'echo "$rc" > {f(RC)}.tmp && mv -f {f(RC)}.tmp {f(RC)}',
         'exit "$rc"',
         "",
     ]

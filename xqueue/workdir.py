@@ -4,10 +4,9 @@ Layout of ``<workdir>/<index>-<slug>/``:
 
 - ``job.json``    what the job is (command, envs, resources); written once when fed
 - ``job.status``  the job's final record (status, return code, reason, scheduler id)
-- ``job.stdout`` / ``job.stderr``  the command's output
-- ``job.sh``      the wrapper script, for schedulers that need one; written once, atomically
-- ``job.started`` / ``job.rc``  written by the wrapper on the compute side
-- ``attempts/<n>/``  the output and return code of earlier attempts, moved aside on retry
+- ``job.<n>.stdout`` / ``job.<n>.stderr``  attempt n's output (every attempt keeps its own)
+- ``job.<n>.sh``  attempt n's wrapper script, for schedulers that need one
+- ``job.<n>.started`` / ``job.<n>.rc``  written by that wrapper on the compute side
 
 and ``<workdir>/journal.jsonl``: one line per submission (the job's scheduler id), so a
 later run can re-adopt jobs still running; ``<workdir>/.lock`` is held during a run.
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import WorkdirError
-from .job import RC_FILE, SPEC_FILE, STARTED_FILE, STATUS_FILE, STDERR_FILE, STDOUT_FILE, Job
+from .job import RC, SPEC_FILE, STATUS_FILE, Job
 
 _SLUG_MAX = 40
 LOCK_FILE = ".lock"
@@ -70,7 +69,7 @@ def read_json(path: str) -> dict[str, Any] | None:
 
 def read_rc(job: Job) -> int | None:
     """The return code a wrapper script recorded, if it finished."""
-    text = read_text(job.path(RC_FILE))
+    text = read_text(job.attempt_path(RC))
     if text is None:
         return None
     try:
@@ -217,16 +216,6 @@ class Workdir:
         else:
             record["dir"] = os.path.basename(job.dir)
             self._append_journal(json.dumps(record) + "\n")
-
-    def archive_attempt(self, job: Job) -> None:
-        """Move an attempt's output aside before the next one, keeping every attempt's files."""
-        dest = os.path.join(job.dir, "attempts", str(job.attempt))
-        os.makedirs(dest, exist_ok=True)
-        for name in (STDOUT_FILE, STDERR_FILE, RC_FILE, STARTED_FILE, STATUS_FILE):
-            try:
-                os.replace(job.path(name), os.path.join(dest, name))
-            except FileNotFoundError:
-                pass
 
     def iter_records(self) -> Iterator[tuple[str, dict[str, Any] | None, dict[str, Any] | None]]:
         """(folder, spec, status record) for every job folder, in index order."""

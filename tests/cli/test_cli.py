@@ -28,7 +28,7 @@ def test_run_from_stdin_success(tmp_path: Path) -> None:
     out = xqueue("run", "-w", str(wd), "-f", "4", input="echo one\n# comment\n\necho two\n")
     assert out.returncode == 0, out.stderr
     assert "2 job(s) in" in out.stderr and "2 finished" in out.stderr
-    assert sorted(p.read_text() for p in wd.glob("*/job.stdout")) == ["one\n", "two\n"]
+    assert sorted(p.read_text() for p in wd.glob("*/job.1.stdout")) == ["one\n", "two\n"]
 
 
 def test_run_file_with_failures_exits_nonzero_with_table(tmp_path: Path) -> None:
@@ -38,7 +38,7 @@ def test_run_file_with_failures_exits_nonzero_with_table(tmp_path: Path) -> None
     assert out.returncode == 1
     assert "1 job(s) did not succeed" in out.stderr
     assert "oops" in out.stderr  # last stderr line shown as the reason
-    assert "job.stderr" in out.stderr.replace("\n", "").replace(" ", "").replace("│", "")
+    assert "job.1.stderr" in out.stderr.replace("\n", "").replace(" ", "").replace("│", "")
 
 
 def test_retry_strategy_from_cli(tmp_path: Path) -> None:

@@ -307,9 +307,8 @@ async def test_chrun_exit_codes_env_and_kill(chrun_image: str, workdir: Path) ->
         env = await q.feed(["sh", "-c", "echo $A; [ -x /bin/busybox ] && echo in the image"])
         slow = await q.feed(["sh", "-c", "sleep 300 & sleep 300"])
         with anyio.fail_after(30):
-            while (
-                slow.status is not JobStatus.RUNNING or not Path(slow.path("job.started")).exists()
-            ):
+            started = Path(slow.attempt_path("started"))
+            while slow.status is not JobStatus.RUNNING or not started.exists():
                 await anyio.sleep(0.05)
         pgid = int(str(slow.jid).split(":")[0])
         assert await q.kill(slow)

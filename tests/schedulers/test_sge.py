@@ -95,7 +95,7 @@ async def test_failing_job_is_retried_and_reports_its_last_return_code(workdir: 
         await q.run_until_complete()
     assert bad.status is JobStatus.FAILED and bad.rc == 5 and bad.attempt == 3
     assert good.status is JobStatus.FINISHED and good.attempt == 1
-    assert (Path(bad.dir) / "attempts" / "2" / "job.rc").read_text().strip() == "5"
+    assert Path(bad.attempt_path("rc", 2)).read_text().strip() == "5"
     assert bad.jid and (await qacct(bad.jid))["exit_status"] == 5
 
 

@@ -110,7 +110,7 @@ async def test_failing_job_is_retried_and_reports_its_last_return_code(workdir: 
     assert bad.status is JobStatus.FAILED and bad.rc == 5 and bad.attempt == 3
     assert good.status is JobStatus.FINISHED and good.attempt == 1
     for n in (1, 2):
-        assert (Path(bad.dir) / "attempts" / str(n) / "job.rc").read_text().strip() == "5"
+        assert Path(bad.attempt_path("rc", n)).read_text().strip() == "5"
     assert bad.jid and show_job(bad.jid)["ExitCode"] == "5:0"
 
 
@@ -247,7 +247,7 @@ async def test_ended_job_without_rc_file_is_resolved_by_sacct_or_vanishes(workdi
             "PENDING",
         ):
             await anyio.sleep(0.2)
-    Path(job.path("job.rc")).unlink()  # as if the file system lost it
+    Path(job.attempt_path("rc")).unlink()  # as if the file system lost it
     job.status = JobStatus.RUNNING
 
     scheduler = SlurmScheduler(**FAST)

@@ -495,7 +495,7 @@ async def test_a_job_killed_on_the_server_outside_xqueue_is_reported(
     async with q:
         job = await q.feed(["sleep", "300"])
         with anyio.fail_after(20):
-            while job.jid is None or not Path(job.path("job.started")).exists():
+            while job.jid is None or not Path(job.attempt_path("started")).exists():
                 await anyio.sleep(0.05)
         pgid = int(str(job.jid).split(":")[1])
         on_server(ssh_env, ssh_env["XQ_SSH_PORT"], f"kill -KILL -{pgid}\n")

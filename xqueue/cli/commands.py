@@ -192,7 +192,7 @@ def _status(args: argparse.Namespace, console: Any) -> int:
     for folder, spec, record in Workdir(args.workdir).iter_records():
         if record and record.get("status") == JobStatus.SUBMITTED.value:
             if live_local_jid(str(record.get("jid"))) or os.path.exists(
-                os.path.join(folder, "job.started")
+                os.path.join(folder, f"job.{record.get('attempt') or 1}.started")
             ):
                 record = {**record, "status": JobStatus.RUNNING.value}
         rows.append((folder, spec, record))

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import anyio
 
 from ..errors import SubmissionError
-from ..job import SCRIPT_FILE, Job
+from ..job import SCRIPT, Job
 from ..scheduler import SchedulerStats, gather_bounded
 from ..workdir import atomic_write
 from ._process import SchedulerCommandError, run_command
@@ -193,7 +193,7 @@ def write_array(
         "# xqueue array: each element runs the wrapper of one job",
         f'case "${task_var}" in',
         *(
-            f"{first_index + i}) exec /bin/sh {shlex.quote(job.path(SCRIPT_FILE))} ;;"
+            f"{first_index + i}) exec /bin/sh {shlex.quote(job.attempt_path(SCRIPT))} ;;"
             for i, job in enumerate(jobs)
         ),
         "esac",

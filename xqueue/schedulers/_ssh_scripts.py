@@ -9,11 +9,12 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
-from ..job import SCRIPT_FILE
+from ..job import SCRIPT, attempt_file
 
-PID_FILE = "job.ssh"
-"""Written on the server right after the fork: ``<server> <pid>``; finds a job whose id
-was never recorded (the connection or the controller died in between)."""
+PID = "ssh"
+"""The kind of the attempt file (``job.<n>.ssh``) written on the server right after the
+fork: ``<server> <pid>``; finds a job whose id was never recorded (the connection or the
+controller died in between)."""
 
 # Exit codes of the submit script for problems found on the server before the fork.
 NO_SCRIPT, NO_SETSID, NO_CWD = 95, 96, 97
@@ -50,11 +51,11 @@ def alive(stats: dict[int, tuple[str, str]], pid: int, start: str) -> bool:
     return found is not None and found[0] != "Z" and (not start or found[1] == start)
 
 
-def submit_script(server: str, jobdir: str, cwd: str | None) -> str:
-    """Start the job's wrapper detached; print its pid and its /proc stat line."""
+def submit_script(server: str, jobdir: str, attempt: int, cwd: str | None) -> str:
+    """Start the attempt's wrapper detached; print its pid and its /proc stat line."""
     q = shlex.quote
-    script = q(f"{jobdir}/{SCRIPT_FILE}")
-    pid_file = q(f"{jobdir}/{PID_FILE}")
+    script = q(f"{jobdir}/{attempt_file(SCRIPT, attempt)}")
+    pid_file = q(f"{jobdir}/{attempt_file(PID, attempt)}")
     lines = [
         f"[ -r {script} ] || exit {NO_SCRIPT}",
         f"command -v setsid >/dev/null 2>&1 || exit {NO_SETSID}",

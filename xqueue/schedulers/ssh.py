@@ -34,7 +34,7 @@ from typing import Any
 import anyio
 
 from ..errors import SchedulerError, SchedulerOptionError, SubmissionError
-from ..job import SCRIPT_FILE, Job
+from ..job import SCRIPT, Job, attempt_file
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
 from ..states import JobStatus
@@ -45,7 +45,7 @@ from ._ssh_scripts import (
     NO_CWD,
     NO_SCRIPT,
     NO_SETSID,
-    PID_FILE,
+    PID,
     alive,
     kill_script,
     parse_jid,
@@ -205,16 +205,16 @@ class SshScheduler(Scheduler):
         jobdir = self._remote(config, job.dir)
         self.write_script(job, jobdir)
         try:
-            os.remove(job.path(PID_FILE))
+            os.remove(job.attempt_path(PID))
         except FileNotFoundError:
             pass
         result = await self._bridge.call(
             pool.run,
-            submit_script(pool.name, jobdir, self.options.cwd),
+            submit_script(pool.name, jobdir, max(job.attempt, 1), self.options.cwd),
             timeout=self.options.command_timeout,
         )
         if result.exit_status != 0:
-            raise SubmissionError(self._submit_failure(pool, jobdir, result), retryable=False)
+            raise SubmissionError(self._submit_failure(pool, job, jobdir, result), retryable=False)
         lines_out = result.stdout.splitlines()
         pid = lines_out[0].removeprefix("pid ").strip() if lines_out else ""
         if not pid.isdigit():
@@ -224,14 +224,14 @@ class SshScheduler(Scheduler):
         parsed = parse_stat(lines_out[1]) if len(lines_out) > 1 else None
         return f"{pool.name}:{pid}:{parsed[2] if parsed else ''}"
 
-    def _submit_failure(self, pool: ServerPool, jobdir: str, result: Any) -> str:
+    def _submit_failure(self, pool: ServerPool, job: Job, jobdir: str, result: Any) -> str:
         where = f"server {pool.name!r} ({pool.config.address})"
         status = result.exit_status
         if status == NO_SCRIPT:
             return (
-                f"{where} cannot read {jobdir}/{SCRIPT_FILE}: the workdir must be shared with "
-                "the server (same path, or set the server's remote_workdir) and readable by "
-                "the remote user"
+                f"{where} cannot read {jobdir}/{attempt_file(SCRIPT, max(job.attempt, 1))}: "
+                "the workdir must be shared with the server (same path, or set the server's "
+                "remote_workdir) and readable by the remote user"
             )
         if status == NO_SETSID:
             return f"{where} has no `setsid` (util-linux), which runs each job in its own group"
@@ -242,7 +242,7 @@ class SshScheduler(Scheduler):
 
     def _started_by_pid_file(self, job: Job, pool: ServerPool) -> str | None:
         """The id of a job whose start was cut off before its pid came back, if it started."""
-        text = read_text(job.path(PID_FILE))
+        text = read_text(job.attempt_path(PID))
         if not text:
             return None
         server, _, pid = text.strip().rpartition(" ")
@@ -325,7 +325,7 @@ class SshScheduler(Scheduler):
 
     async def recover_job(self, job: Job) -> bool:
         if job.jid is None:
-            text = read_text(job.path(PID_FILE)) or ""
+            text = read_text(job.attempt_path(PID)) or ""
             server, _, pid = text.strip().rpartition(" ")
             if server not in self._pools or not pid.isdigit():
                 return False
