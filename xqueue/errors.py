@@ -12,7 +12,9 @@ Hierarchy::
     ├── JobFailedError                     a job failed under error_strategy="halt"
     ├── Interrupted                        a run was stopped by SIGTERM or SIGHUP
     ├── SchedulerError                     a backend misbehaved (command failed, unreachable)
-    │   └── SubmissionError                a backend refused a submission
+    │   ├── SchedulerOutputError           a backend answered with output xqueue cannot read
+    │   ├── SubmissionError                a backend refused a submission
+    │   └── SubmissionUnknownError         a submission may or may not have reached the backend
     └── PluginError                        a hook implementation raised
 """
 
@@ -99,6 +101,31 @@ class SubmissionError(SchedulerError):
     def __init__(self, message: str, *, retryable: bool = True) -> None:
         self.retryable = retryable
         super().__init__(message)
+
+
+class SchedulerOutputError(SchedulerError):
+    """A backend command answered with output its parser cannot read.
+
+    It is a SchedulerError like any other failure of that command, so one garbled
+    ``qstat`` answer counts against the status-query budget instead of ending the run.
+    The message names the command and shows the start of its output.
+    """
+
+    def __init__(self, command: str, output: str, detail: str = "") -> None:
+        self.command = command
+        self.output = output
+        head = output[:200] + ("..." if len(output) > 200 else "")
+        why = f" ({detail})" if detail else ""
+        super().__init__(f"cannot read the output of {command}{why}: {head!r}")
+
+
+class SubmissionUnknownError(SchedulerError):
+    """A submission whose outcome is unknown: it timed out, or the connection dropped.
+
+    Unlike a refused submission (``SubmissionError``), the job may be queued on the
+    backend already, so submitting it again could run it twice. The engine first looks
+    for it by its tag (``Scheduler.recover_job``) and resubmits only if it is not there.
+    """
 
 
 class PluginError(XqueueError):
