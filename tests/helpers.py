@@ -144,3 +144,12 @@ class Recorder:
 
     def for_job(self, index: int) -> list[str]:
         return [hook for hook, i in self.calls if i == index]
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process; a zombie (exited, not yet reaped) is dead."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False

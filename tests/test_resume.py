@@ -54,6 +54,7 @@ async def test_same_command_maps_to_same_folder_other_command_does_not(workdir: 
     q2 = Xqueue(workdir=workdir)
     a2 = await q2.feed(["echo", "a"])
     assert a2.dir == a.dir and a2.status is JobStatus.FINISHED
+    await q2.aclose()  # a fed queue holds the workdir until it runs or is closed
     q3 = Xqueue(workdir=workdir)
     b = await q3.feed(["echo", "a"], envs={"X": "1"})  # same index, different job
     assert b.status is JobStatus.QUEUED
@@ -107,27 +108,29 @@ async def test_controller_killed_mid_run_loses_nothing_and_runs_nothing_twice(
 
     ran = marker.read_text().split()
     assert sorted(ran) == [str(i) for i in range(n)], "a job was lost or run twice"
-    adopted, fresh = q.jobs[:3], q.jobs[3:]
-    assert all(j.status is JobStatus.FINISHED for j in fresh)
-    # The adopted jobs were not our children, so their exit status is unknown: say so,
-    # and do not run them again.
-    for job in adopted:
-        assert job.status is JobStatus.FAILED
-        assert "exit status unknown" in job.reason
-        assert job.attempt == 1
+    # The adopted jobs were not our children: their wrappers left their return codes.
+    assert all(j.status is JobStatus.FINISHED and j.rc == 0 for j in q.jobs)
+    assert all(j.attempt == 1 for j in q.jobs[:3])
 
 
 async def test_two_runs_on_one_workdir_are_refused(workdir: Path) -> None:
     first = Xqueue(workdir=workdir)
     await first.feed(["sleep", "0.5"])
+    before = sorted(p.name for p in workdir.iterdir())
     second = Xqueue(workdir=workdir)
-    await second.feed(["true"])
     from xqueue import WorkdirError
 
+    # Refused at its first feed, before it touches a folder of the first run.
+    with pytest.raises(WorkdirError, match=r"in use by another xqueue run \(pid \d+\)"):
+        await second.feed(["echo", "other"])
+    assert sorted(p.name for p in workdir.iterdir()) == before
+    assert not second.jobs
     async with anyio.create_task_group() as tg:
         tg.start_soon(first.run_until_complete)
         await anyio.sleep(0.1)
-        with pytest.raises(WorkdirError, match=r"in use by another xqueue run \(pid \d+\)"):
-            await second.run_until_complete()
-    await second.run_until_complete()  # free again once the first run ended
+        with pytest.raises(WorkdirError, match="in use by another xqueue run"):
+            await second.feed(["echo", "other"])
+    assert first.jobs[0].status is JobStatus.FINISHED
+    await second.feed(["true"])  # free again once the first run ended
+    await second.run_until_complete()
     assert second.jobs[0].status is JobStatus.FINISHED

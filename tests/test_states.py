@@ -17,7 +17,17 @@ def test_final_states_are_terminal() -> None:
 
 def test_normal_life_of_a_job() -> None:
     job = Job(0, ["true"])
-    for new in (S.QUEUED, S.SUBMITTED, S.RUNNING, S.RETRYING, S.QUEUED, S.SUBMITTED, S.FINISHED):
+    for new in (
+        S.QUEUED,
+        S.SUBMITTING,
+        S.SUBMITTED,
+        S.RUNNING,
+        S.RETRYING,
+        S.QUEUED,
+        S.SUBMITTING,
+        S.SUBMITTED,
+        S.FINISHED,
+    ):
         job.transition(new)
     assert job.status is S.FINISHED
 
@@ -26,10 +36,11 @@ def test_normal_life_of_a_job() -> None:
     ("path", "bad"),
     [
         ([], S.RUNNING),  # INIT cannot run without being queued or adopted
-        ([S.QUEUED, S.SUBMITTED, S.RUNNING, S.FINISHED], S.RUNNING),  # final is final
-        ([S.QUEUED, S.SUBMITTED, S.RUNNING], S.QUEUED),  # must go through RETRYING
-        ([S.QUEUED, S.SKIPPED], S.QUEUED),
-        ([S.QUEUED, S.SUBMITTED, S.KILLED], S.RETRYING),
+        ([S.QUEUED, S.SUBMITTING, S.SUBMITTED, S.RUNNING, S.FINISHED], S.RUNNING),  # final is final
+        ([S.QUEUED, S.SUBMITTING, S.SUBMITTED, S.RUNNING], S.QUEUED),  # must go through RETRYING
+        ([S.QUEUED, S.SUBMITTING, S.SKIPPED], S.QUEUED),
+        ([S.QUEUED, S.SUBMITTING, S.SUBMITTED, S.KILLED], S.RETRYING),
+        ([S.QUEUED], S.SUBMITTED),  # a submission goes through SUBMITTING,
     ],
 )
 def test_illegal_transitions_raise(path: list[JobStatus], bad: JobStatus) -> None:

@@ -1,24 +1,31 @@
-"""The engine: a bounded pool that feeds jobs to a scheduler and applies what comes back.
+"""The engine: one owner of every job's state, deciding synchronously and acting after.
 
-Three kinds of task run in one anyio task group:
+Everything that happens to a run arrives as an *event* in one inbox: a job fed, a
+submission's result, a state reported by the backend (awaited or polled: both arrive
+as ``("update", job, state)``), a kill asked for, a signal, a stop. One loop takes the
+events in order and applies each with plain synchronous code (``_handle``): state moves
+through the state table, counters, the few indexes kept next to them. Only then are
+the hooks awaited, and the I/O that the new state calls for (submit these, kill those,
+look that one up) is started as tasks owned by the run's task group; those tasks never
+touch a job's state, they post events. httpcore's connection pool works the same way:
+decide under no ``await``, act outside.
 
-- the submitter takes queued jobs while fewer than ``forks`` are active and hands them
-  to ``scheduler.submit_jobs`` in batches;
-- completion: for an awaiting scheduler one small task per active job awaits
-  ``scheduler.wait_job``; for a polled one a single poller calls ``scheduler.poll_jobs``
-  once per tick with every active job;
-- an optional signal watcher turns SIGTERM/SIGHUP into an orderly stop.
+So a job's place is its status, never its membership of some container that an
+``await`` could leave half-updated, and "done" is computed from the counts: every job
+fed is final (or left running on purpose), and no more can come.
 
-Every state change goes through ``_move`` (state table, counters) and the few methods
-that call it, so the cost of a tick depends on the active jobs only: finished jobs are
-never scanned. Tasks never raise into the task group: an error is stored, the run is
-stopped, running jobs are killed, and the error is raised on its own, not inside an
-exception group.
+A stopping run (a job failed under "halt", a signal, an error, cancellation) submits
+nothing more, cancels what was not submitted, kills every active job at once and waits
+until the backend confirms each is gone: a job is recorded KILLED only then. Jobs that
+could not be killed in time are reported with their ids and stay recorded as active, so
+a later run re-adopts them.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
+import math
 import signal
 import threading
 import time
@@ -29,7 +36,14 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
-from .errors import Interrupted, JobFailedError, PluginError, SchedulerError
+from .errors import (
+    Interrupted,
+    JobFailedError,
+    PluginError,
+    QueueStateError,
+    SchedulerError,
+    SubmissionUnknownError,
+)
 from .hooks import Hooks
 from .job import Job
 from .scheduler import JobState, Scheduler
@@ -46,8 +60,41 @@ S = JobStatus
 MAX_POLL_FAILURES = 30
 # The most jobs handed to one submit_jobs call (a backend splits further as it needs).
 MAX_BATCH = 10_000
-# How long a stopping run waits for its jobs to be killed.
-SHUTDOWN_TIMEOUT = 60.0
+# How long a stopping run waits, beyond kill_grace, for the backend to confirm its kills.
+SHUTDOWN_MARGIN = 30.0
+# How long one hook may take while the run is stopping, before it is reported and skipped.
+SHUTDOWN_HOOK_TIMEOUT = 10.0
+# Seconds between two lookups of a submission whose outcome is unknown.
+RESOLVE_DELAY = 1.0
+
+ACTIVE = (S.SUBMITTING, S.SUBMITTED, S.RUNNING)
+
+
+class RunState(enum.Enum):
+    """The lifecycle of a queue's engine; what each method may do depends on it alone."""
+
+    IDLE = "idle"  # not running: feed() prepares jobs for the next run
+    RUNNING = "running"  # running and taking new jobs (keep_feeding)
+    DRAINING = "draining"  # running; no more jobs will come, it ends when all have ended
+    STOPPING = "stopping"  # halted, signalled or cancelled: killing what is active
+    CLOSED = "closed"  # aclose() was called; nothing more can happen
+
+
+Event = tuple[Any, ...]
+HookCall = tuple[str, Job]
+Action = tuple[Callable[..., Awaitable[None]], tuple[Any, ...]]
+
+
+class _Reply:
+    """The answer to a kill() call, set by the loop (or the kill it started)."""
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.value: bool | BaseException = False
+
+    def set(self, value: bool | BaseException) -> None:
+        self.value = value
+        self.event.set()
 
 
 class Engine:
@@ -72,327 +119,589 @@ class Engine:
         self.num_retries = num_retries
         self.handle_signals = handle_signals
 
+        self.state = RunState.IDLE
         self.jobs: list[Job] = []
         self.counts: Counter[JobStatus] = Counter()
         self.completed: list[Job] = []  # final jobs, in the order they ended
-        self._pending: deque[Job] = deque()
-        self._to_adopt: list[Job] = []
-        self._active: set[Job] = set()
-        self._submitting = 0
-        self.feeding = False
-        self.feed_closed = False  # stop_feeding() came, possibly before run() started
-        self.running = False
+        # Indexes kept by _move, never by hand: queued jobs in order, active ones.
+        self._queued: deque[Job] = deque()
+        self._active: dict[Job, None] = {}
+        self._to_resolve: list[tuple[Job, float]] = []  # SUBMITTING jobs to look up (not before)
+        self._to_kill: list[Job] = []
+        self._left: set[Job] = set()  # left running: a kill vetoed or failed while stopping
+        self._inbox: deque[Event] = deque()
+        self._actions: list[Action] = []
+        self._wake: anyio.Event | None = None
+        self._progress: anyio.Event | None = None
         self._tg: TaskGroup | None = None
         self._error: BaseException | None = None
-        self._halting = False  # no more submissions: the run is about to stop
-        self._done: anyio.Event | None = None
-        self._submit_wake: anyio.Event | None = None
-        self._poll_wake: anyio.Event | None = None
-        self._progress: anyio.Event | None = None
+        self._signal: signal.Signals | None = None
+        self._deadline: float | None = None
         self.started_at: float | None = None
         self.stopped_at: float | None = None
 
-    # -- bookkeeping -----------------------------------------------------------------
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.state in (RunState.RUNNING, RunState.DRAINING, RunState.STOPPING)
+
+    @property
+    def feeding(self) -> bool:
+        return self.state is RunState.RUNNING
+
+    def check_can_feed(self) -> None:
+        if self.state is RunState.CLOSED:
+            raise QueueStateError("this queue is closed; create a new Xqueue to run more jobs")
+        if self.state is RunState.DRAINING:
+            raise QueueStateError(
+                "the queue is running and no longer accepts jobs; feed before "
+                "run_until_complete(), or use keep_feeding=True / async with"
+            )
+        if self.state is RunState.STOPPING:
+            raise QueueStateError("the queue is stopping and accepts no more jobs")
+
     def _move(self, job: Job, new: JobStatus) -> None:
+        """The only place a job's status changes; it keeps the counts and indexes."""
         old = job.transition(new)
         self.counts[old] -= 1
         self.counts[new] += 1
+        if old.is_active:
+            self._active.pop(job, None)
+        if new.is_active:
+            self._active[job] = None
+        if new is S.QUEUED:
+            self._queued.append(job)  # left behind lazily when it moves on
 
     def _kw(self, job: Job) -> dict[str, Any]:
         return {"xqueue": self.queue, "scheduler": self.scheduler, "job": job}
 
-    def _wake_submitter(self) -> None:
-        if self._submit_wake is not None:
-            self._submit_wake.set()
+    def _post(self, *event: Any) -> None:
+        self._inbox.append(event)
+        if self._wake is not None:
+            self._wake.set()
 
     def _notify_progress(self) -> None:
         if self._progress is not None:
             self._progress.set()
             self._progress = None
 
-    def _all_done(self) -> bool:
-        return (
-            not self.feeding
-            and not self._pending
-            and not self._active
-            and not self._to_adopt
-            and self._submitting == 0
-        )
+    def _unsettled(self) -> int:
+        final = sum(n for s, n in self.counts.items() if s.is_final)
+        return len(self.jobs) - final - len(self._left)
 
-    def _check_done(self) -> None:
-        if self._done is not None and self._all_done():
-            self._done.set()
+    def _finished(self) -> bool:
+        return self.state is not RunState.RUNNING and self._unsettled() == 0
 
-    def _stop(self, error: BaseException) -> None:
-        """Record the first error and end the run; later errors are logged only."""
-        self._halting = True
-        if self._error is None:
-            self._error = error
-        else:
-            log.error("further error while stopping: %r", error)
-        if self._done is not None:
-            self._done.set()
-
-    # -- feeding -----------------------------------------------------------------------
+    # -- feeding ---------------------------------------------------------------------------
     async def add(self, job: Job) -> None:
+        """Take a fed job: the workdir is locked first, so a refused controller changes nothing."""
+        self.check_can_feed()
+        self.workdir.lock()
         record = self.workdir.prepare(job)
         self.jobs.append(job)
         self.counts[S.INIT] += 1
         await self.hooks.call("on_job_init", **self._kw(job))
-        if record is not None and self._resume(job, record):
-            if job.status is S.FINISHED:
-                await self.hooks.call("on_job_succeeded", **self._kw(job))
-            return
-        await self._enqueue(job)
-
-    def _resume(self, job: Job, record: dict[str, Any]) -> bool:
-        """Use an earlier run's record: skip a success, adopt a job that may still run."""
-        status, rc, attempt = record.get("status"), record.get("rc"), record.get("attempt")
-        if status == S.FINISHED.value and rc == 0:
-            job.rc, job.attempt = 0, int(attempt or 1)
-            job.reason = "succeeded in an earlier run"
-            self._move(job, S.FINISHED)
-            self.completed.append(job)
-            return True
-        if status in (S.SUBMITTED.value, S.RUNNING.value) and record.get("jid"):
-            job.jid, job.attempt = str(record["jid"]), int(attempt or 1)
-        elif record:
-            return False  # it ended (failed, killed): run it again
-        # else: no record at all, so the earlier run may have died between starting the
-        # job and recording its id; the scheduler gets a chance to find it.
-        self._to_adopt.append(job)
-        self._wake_submitter()
-        return True
-
-    async def _enqueue(self, job: Job) -> None:
-        self._move(job, S.QUEUED)
-        await self.hooks.call("on_job_queued", **self._kw(job))
-        self._pending.append(job)
-        self._wake_submitter()
-
-    # -- running -----------------------------------------------------------------------
-    async def run(self, keep_feeding: bool) -> None:
+        event = ("fed", job, record)
         if self.running:
-            from .errors import QueueStateError
+            self._post(*event)
+        else:
+            await self._call_hooks(self._handle(event))
 
+    def close_feeding(self) -> None:
+        """No more jobs: the run ends once every job fed has ended."""
+        if self.state is RunState.RUNNING:
+            self.state = RunState.DRAINING
+            self._post("check")
+
+    # -- running ---------------------------------------------------------------------------
+    def begin(self, keep_feeding: bool) -> None:
+        """The synchronous start of a run, so feeding state is right before any await."""
+        if self.state is RunState.CLOSED:
+            raise QueueStateError("this queue is closed")
+        if self.running:
             raise QueueStateError("the queue is already running")
         self.workdir.lock()
-        self.running, self._error = True, None
-        self.feeding = keep_feeding and not self.feed_closed
-        self._halting = False
-        self._done = anyio.Event()
+        self.state = RunState.RUNNING if keep_feeding else RunState.DRAINING
+        self._error, self._signal, self._deadline = None, None, None
+        self._left.clear()
         self.started_at, self.stopped_at = time.monotonic(), None
+
+    async def run(self, keep_feeding: bool, *, begun: bool = False) -> None:
+        if not begun:
+            self.begin(keep_feeding)
         reason = "error"
+        receiver = self._open_signals()
         try:
             self.scheduler.forks = self.forks
             await self.scheduler.open(self.workdir)
             await self.hooks.call("on_init", xqueue=self.queue, scheduler=self.scheduler)
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                tg.start_soon(self._guard, self._submitter)
-                if not self.scheduler.awaits_completion:
-                    tg.start_soon(self._guard, self._poller)
-                if self.handle_signals and threading.current_thread() is threading.main_thread():
-                    tg.start_soon(self._guard, self._watch_signals)
-                self._check_done()
-                await self._done.wait()
-                tg.cancel_scope.cancel()
+            await self._run_loop(receiver)
+            reason = self._reason()
+        except Exception as exc:  # the backend would not open, a plugin failed on_init
+            reason = "error"
             if self._error is None:
-                reason = "complete"
-            elif isinstance(self._error, JobFailedError):
-                reason = "halted"
+                self._error = exc
         except BaseException:
             reason = "cancelled"
             raise
         finally:
             with anyio.CancelScope(shield=True):
                 try:
-                    await self._shutdown(reason)
+                    if not self._finished():
+                        # Cancelled mid-run: stop here, with the run's tasks gone. A
+                        # submission cut short may or may not have happened: look it up.
+                        for job in self.jobs:
+                            if job.status is S.SUBMITTING:
+                                self._to_resolve.append((job, 0.0))
+                        self._post("stop", None)
+                        await self._run_loop(receiver)
+                    await self._shutdown_hooks(reason)
                 finally:
-                    self.workdir.unlock()
+                    await self._close(receiver)
+        if self._signal is not None:
+            raise self._signal_error()
         if self._error is not None:
             raise self._error
 
-    async def _guard(self, fn: Callable[[], Awaitable[None]]) -> None:
+    def _reason(self) -> str:
+        if self._signal is not None:
+            return "signal"
+        if self._error is None:
+            return "complete"
+        return "halted" if isinstance(self._error, JobFailedError) else "error"
+
+    async def _run_loop(self, receiver: Any) -> None:
+        """Run the loop and the tasks that feed it until every job has settled."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                if not self.scheduler.awaits_completion:
+                    tg.start_soon(self._guard, self._poller)
+                else:
+                    for job in self._active:
+                        if job.status is not S.SUBMITTING:
+                            tg.start_soon(self._guard, self._await_job, job)
+                if receiver is not None:
+                    tg.start_soon(self._guard, self._watch_signals, receiver)
+                await self._loop()
+            finally:
+                self._tg = None
+                tg.cancel_scope.cancel()
+
+    async def _loop(self) -> None:
+        while True:
+            self._decide()
+            actions, self._actions = self._actions, []
+            assert self._tg is not None
+            for fn, args in actions:
+                self._tg.start_soon(self._guard, fn, *args)
+            if self._finished():
+                return
+            if not self._inbox:
+                self._wake = anyio.Event()
+                with anyio.move_on_after(self._wait_for()):
+                    await self._wake.wait()
+                self._wake = None
+                if self._deadline is not None and time.monotonic() >= self._deadline:
+                    self._give_up()
+                    return
+            while self._inbox:
+                await self._call_hooks(self._handle(self._inbox.popleft()))
+
+    def _wait_for(self) -> float:
+        waits = [math.inf]
+        if self._deadline is not None:
+            waits.append(self._deadline - time.monotonic())
+        if self._to_resolve:
+            waits.append(min(at for _, at in self._to_resolve) - time.monotonic())
+        return max(0.0, min(waits))
+
+    async def _guard(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Tasks never raise into the task group: an error stops the run instead."""
         try:
-            await fn()
+            await fn(*args)
         except Exception as exc:
-            self._stop(exc)
+            self._post("stop", exc)
 
-    async def _shutdown(self, reason: str) -> None:
-        """Leave no job behind: cancel queued ones, kill running ones, tell the plugins."""
-        self._tg = None
-        try:
-            if self._pending or self._to_adopt or self._active:
-                await self._kill_all(f"the run stopped ({reason})")
-            await self.hooks.call(
-                "on_shutdown", xqueue=self.queue, scheduler=self.scheduler, reason=reason
-            )
-        except PluginError as exc:
-            self._stop(exc)
-        finally:
-            # Every run opens the backend and closes it again, so code that never calls
-            # aclose() (the xqute style) leaves no connection or thread behind.
-            with anyio.move_on_after(SHUTDOWN_TIMEOUT):
-                try:
-                    await self.scheduler.aclose()
-                except Exception as exc:  # closing must not hide the run's own outcome
-                    log.warning("closing scheduler %s failed: %r", self.scheduler.name, exc)
-            self.running = False
-            self.feeding = self.feed_closed = False
-            self.stopped_at = time.monotonic()
-            self._notify_progress()
+    # -- decide: events in, state moves and actions out, no await ----------------------
+    def _handle(self, event: Event) -> list[HookCall]:
+        kind = event[0]
+        handler: Callable[..., list[HookCall]] = getattr(self, f"_on_{kind}")
+        return handler(*event[1:])
 
-    async def _kill_all(self, why: str) -> None:
-        for job in [*self._pending, *self._to_adopt]:
-            if not job.status.is_final:
+    def _on_check(self) -> list[HookCall]:
+        return []
+
+    def _on_fed(self, job: Job, record: dict[str, Any] | None) -> list[HookCall]:
+        if job.status is not S.INIT:  # killed (or cancelled) while on_job_init ran
+            return []
+        if record is None:
+            return self._enqueue(job)
+        status, attempt = record.get("status"), record.get("attempt")
+        if status == S.FINISHED.value and record.get("rc") == 0:
+            job.rc, job.attempt = 0, _int(attempt, 1)
+            job.reason = "succeeded in an earlier run"
+            return self._finalize(job, S.FINISHED, record=False)
+        if status in (S.SUBMITTING.value, S.SUBMITTED.value, S.RUNNING.value) or not record:
+            # An earlier run may have started it: look before running it again.
+            job.attempt = _int(attempt, 0) or self.workdir.last_attempt(job)
+            job.jid = str(record["jid"]) if record.get("jid") else None
+            job._base_attempt = job.attempt - 1  # a lost attempt n is not held against it
+            if job.attempt == 0:
+                return self._enqueue(job)
+            self._move(job, S.SUBMITTING)
+            self._to_resolve.append((job, 0.0))
+            return []
+        return self._enqueue(job)  # it ended (failed, killed): run it again
+
+    def _enqueue(self, job: Job) -> list[HookCall]:
+        self._move(job, S.QUEUED)
+        return [("on_job_queued", job)]
+
+    def _on_submitted(self, job: Job, result: str | BaseException) -> list[HookCall]:
+        if isinstance(result, SubmissionUnknownError):
+            log.warning("job %s: %s; looking for it before submitting again", job.index, result)
+            job.jid = None
+            self._to_resolve.append((job, time.monotonic() + RESOLVE_DELAY))
+            return []
+        if isinstance(result, BaseException):
+            job.jid, job.rc = None, None
+            job.reason = f"submission failed: {result}"
+            self._note_in_stderr(job)
+            log.warning("job %s (%s): %s", job.index, job.name, job.reason)
+            if job.kill_requested:
+                return self._finalize(job, S.KILLED)
+            return self._end_attempt(job, S.FAILED, retryable=getattr(result, "retryable", True))
+        job.jid = result
+        return self._now_active(job, ["on_job_submitted"])
+
+    def _now_active(self, job: Job, hooks: list[str]) -> list[HookCall]:
+        self._move(job, S.SUBMITTED)
+        self.workdir.record(job)
+        calls = [(h, job) for h in hooks]
+        if self.scheduler.running_on_submit:
+            self._move(job, S.RUNNING)
+            calls.append(("on_job_started", job))
+        if job.kill_requested:
+            self._to_kill.append(job)
+        if self.scheduler.awaits_completion:
+            self._actions.append((self._await_job, (job,)))
+        elif self._wake_poller is not None:
+            self._wake_poller.set()
+        return calls
+
+    def _on_vetoed(self, job: Job, plugin: str) -> list[HookCall]:
+        job.reason = f"submission vetoed by plugin {plugin!r}"
+        return self._finalize(job, S.SKIPPED)
+
+    def _on_resolved(self, job: Job, found: bool | BaseException) -> list[HookCall]:
+        if job.status is not S.SUBMITTING:
+            return []
+        if isinstance(found, BaseException):
+            log.warning("job %s: looking it up failed (%s); trying again", job.index, found)
+            self._to_resolve.append((job, time.monotonic() + RESOLVE_DELAY))
+            return []
+        if found or job.jid is not None:
+            # Held by the backend, or known by id: following it settles it (its rc
+            # file, the backend's accounting, or vanished after a grace).
+            log.info("job %s (%s): re-adopted %s", job.index, job.name, job.jid)
+            return self._now_active(job, [])
+        # Never submitted, or lost before it started: the next attempt gets new files.
+        job._base_attempt += 1
+        if job.kill_requested:
+            job.reason = "killed before it was submitted"
+            return self._finalize(job, S.KILLED, record=False)
+        self._move(job, S.QUEUED)
+        return []
+
+    def _on_update(self, job: Job, state: JobState) -> list[HookCall]:
+        if not job.status.is_active or job.status is S.SUBMITTING:
+            return []
+        if state.status is S.SUBMITTED:
+            return []
+        calls: list[HookCall] = []
+        if job.status is S.SUBMITTED:
+            self._move(job, S.RUNNING)  # on_job_started always precedes the final hook
+            calls.append(("on_job_started", job))
+        if state.status is S.RUNNING:
+            return calls
+        if state.kill and not job.kill_requested:
+            # The backend wants it removed (a dependency that can never be met): kill it
+            # like any other, veto included, and record this state once it is gone.
+            job._pending_state = state
+            self._to_kill.append(job)
+            return calls
+        self.scheduler.forget(job)
+        job.rc, job.reason = state.rc, state.reason
+        if job.kill_requested and job._pending_state is None:
+            job.reason = job.reason or "killed"
+            return calls + self._finalize(job, S.KILLED)
+        if job._pending_state is not None:
+            state, job._pending_state = job._pending_state, None
+            job.rc, job.reason = state.rc, state.reason
+        if state.status is S.KILLED:
+            job.reason = job.reason or "killed outside xqueue"
+        new = S.FINISHED if state.status is S.FINISHED else S.FAILED
+        return calls + self._end_attempt(job, new, retryable=state.retryable)
+
+    def _end_attempt(self, job: Job, status: JobStatus, *, retryable: bool) -> list[HookCall]:
+        if (
+            status is S.FAILED
+            and self.error_strategy == "retry"
+            and retryable
+            and job.attempt - job._base_attempt <= self.num_retries
+            and self.state is not RunState.STOPPING
+        ):
+            self._move(job, S.RETRYING)
+            self.workdir.record(job)
+            job.jid, job.rc, job.reason = None, None, ""
+            return [("on_job_retrying", job), *self._enqueue(job)]
+        calls = self._finalize(job, status)
+        if status is S.FAILED and self.error_strategy == "halt":
+            calls += self._on_stop(JobFailedError(job))
+        return calls
+
+    def _finalize(self, job: Job, status: JobStatus, *, record: bool = True) -> list[HookCall]:
+        self._move(job, status)
+        self._left.discard(job)
+        if record:
+            self.workdir.record(job)
+        self.completed.append(job)
+        self._notify_progress()
+        hook = _FINAL_HOOKS.get(status)
+        return [(hook, job)] if hook else []
+
+    def _on_kill(self, job: Job, reply: _Reply) -> list[HookCall]:
+        if job.status.is_final or job.kill_requested:
+            reply.set(False)
+            return []
+        job._kill_requested = True
+        if job.status.is_active and job.status is not S.SUBMITTING:
+            self._actions.append((self._kill, ([job], reply, False)))
+            return []
+        reply.set(True)
+        if job.status is S.SUBMITTING:
+            return []  # killed as soon as its submission (or lookup) comes back
+        job.reason = "killed before it was submitted"
+        return self._finalize(job, S.KILLED, record=False)
+
+    def _on_killed(
+        self, job: Job, error: BaseException | None, reply: _Reply | None
+    ) -> list[HookCall]:
+        if error is not None:
+            if self.state is RunState.STOPPING:
+                job.reason = f"could not be killed: {error}"
+                self._left.add(job)
+                log.error("job %s (%s, %s) %s", job.index, job.name, job.jid, job.reason)
+            else:
+                job._kill_requested = False
+        if reply is not None:
+            reply.set(error if error is not None else True)
+        return []  # the job ends when the backend reports it gone
+
+    def _on_left(self, job: Job, plugin: str) -> list[HookCall]:
+        why = f"left running: plugin {plugin!r} vetoed the kill"
+        log.warning("job %s %s", job.index, why)
+        job._kill_requested = False
+        state, job._pending_state = job._pending_state, None
+        if state is not None and job.status.is_active:
+            # The backend's verdict stands; the job is only left where it is.
+            self.scheduler.forget(job)
+            job.rc, job.reason = state.rc, f"{state.reason} ({why})"
+            return self._end_attempt(job, S.FAILED, retryable=False)
+        job.reason = why
+        if self.state is RunState.STOPPING:
+            self._left.add(job)
+        return []
+
+    def _on_stop(self, error: BaseException | None) -> list[HookCall]:
+        """Stop the run: nothing more is submitted, every active job is killed."""
+        if error is not None:
+            if self._error is None:
+                self._error = error
+            elif error is not self._error:
+                log.error("further error while stopping: %r", error)
+        if self.state is RunState.STOPPING:
+            return []
+        self.state = RunState.STOPPING
+        grace = _grace(self.scheduler)
+        self._deadline = time.monotonic() + grace + SHUTDOWN_MARGIN
+        calls: list[HookCall] = []
+        why = f"the run stopped ({self._reason()})"
+        for job in self.jobs:
+            if job.status in (S.INIT, S.QUEUED, S.RETRYING):
                 job._kill_requested = True
                 job.reason = f"cancelled before it was submitted: {why}"
-                await self._finalize(job, S.KILLED, record=False)
-        self._pending.clear()
-        self._to_adopt.clear()
-        to_kill = []
-        for job in list(self._active):
-            vetoer = await self.hooks.vetoed_by("on_job_killing", **self._kw(job))
-            if vetoer:
-                job.reason = f"left running: plugin {vetoer!r} vetoed the kill ({why})"
-                log.warning("job %s %s", job.index, job.reason)
-                self._active.discard(job)
-                continue
-            job._kill_requested = True
-            to_kill.append(job)
-        if to_kill:
-            with anyio.move_on_after(SHUTDOWN_TIMEOUT):
-                await self.scheduler.kill_jobs(to_kill)
-        for job in to_kill:
-            self._active.discard(job)
-            self.scheduler.forget(job)
-            job.reason = f"killed: {why}"
-            await self._finalize(job, S.KILLED)
+                calls += self._finalize(job, S.KILLED, record=False)
+            elif job.status is S.SUBMITTING:
+                job._kill_requested = True
+            elif job.status.is_active and not job.kill_requested:
+                job._kill_requested = True
+                job.reason = f"killed: {why}"
+                self._to_kill.append(job)
+        return calls
 
-    async def _watch_signals(self) -> None:
-        """Turn SIGTERM/SIGHUP into an orderly stop; restore the old handlers afterwards."""
-        sigs = (signal.SIGTERM, signal.SIGHUP)
-        previous = {sig: signal.getsignal(sig) for sig in sigs}
-        try:
-            with anyio.open_signal_receiver(*sigs) as received:
-                async for sig in received:
-                    self._stop(Interrupted(f"run stopped by {sig.name}; running jobs were killed"))
-                    return
-        finally:
-            for sig, handler in previous.items():
-                if handler is not None:
-                    signal.signal(sig, handler)
+    def _on_signal(self, sig: signal.Signals) -> list[HookCall]:
+        if self._signal is None and self.state is not RunState.STOPPING:
+            self._signal = sig
+            log.warning("%s: stopping; killing %d active job(s)", sig.name, len(self._active))
+            return self._on_stop(None)
+        log.warning("%s again: still killing %d job(s)", sig.name, len(self._active))
+        if self._signal is None:
+            self._signal = sig
+        return []
 
-    # -- submitting --------------------------------------------------------------------
+    def _decide(self) -> None:
+        """Turn the current state into actions: submissions, lookups, kills."""
+        now = time.monotonic()
+        if self._to_resolve:
+            due = [job for job, at in self._to_resolve if at <= now]
+            if due:
+                self._to_resolve = [(j, at) for j, at in self._to_resolve if at > now]
+                self._actions.append((self._resolve, (due,)))
+        if self._to_kill:
+            jobs, self._to_kill = self._to_kill, []
+            self._actions.append((self._kill, (jobs, None, True)))
+        if self.state not in (RunState.RUNNING, RunState.DRAINING):
+            return
+        while self._queued:
+            free = self._free_slots()
+            if free <= 0:
+                break
+            batch: list[Job] = []
+            while self._queued and len(batch) < min(free, MAX_BATCH):
+                job = self._queued.popleft()
+                if job.status is not S.QUEUED:  # moved on while it waited
+                    continue
+                job.attempt += 1
+                self._move(job, S.SUBMITTING)
+                batch.append(job)
+            if batch:
+                self._actions.append((self._submit, (batch,)))
+
     def _free_slots(self) -> int:
-        free = self.forks - len(self._active) - self._submitting
-        if self.scheduler.enforces_forks and not self._active and not self._submitting:
+        busy = sum(self.counts[s] for s in ACTIVE)
+        free = self.forks - busy
+        if self.scheduler.enforces_forks and not busy:
             # Nothing of this backend runs: it may take more than forks at once and
             # throttle them itself (see Scheduler.enforces_forks).
             return max(free, self.scheduler.max_batch)
         return free
 
-    async def _submitter(self) -> None:
-        while True:
-            if self._to_adopt:
-                await self._adopt()
-            while self._pending and self._free_slots() > 0 and not self._halting:
-                await self._submit_batch()
-            self._check_done()
-            self._submit_wake = anyio.Event()
-            await self._submit_wake.wait()
-            self._submit_wake = None
+    def _give_up(self) -> None:
+        """The shutdown deadline passed: report what is still alive, leave it recorded."""
+        for job in self.jobs:
+            if job.status.is_active and job not in self._left:
+                job.reason = job.reason or "could not be killed in time"
+                self._left.add(job)
+                log.error(
+                    "job %s (%s) is still alive after the shutdown deadline; id %s",
+                    job.index,
+                    job.name,
+                    job.jid,
+                )
 
-    async def _submit_batch(self) -> None:
-        batch: list[Job] = []
-        limit = min(self._free_slots(), MAX_BATCH)
-        while self._pending and len(batch) < limit:
-            job = self._pending.popleft()
-            if job.status is not S.QUEUED:  # killed while it waited
-                continue
-            vetoer = await self.hooks.vetoed_by("on_job_submitting", **self._kw(job))
-            if vetoer:
-                job.reason = f"submission vetoed by plugin {vetoer!r}"
-                await self._finalize(job, S.SKIPPED)
-                continue
-            job.attempt += 1
-            batch.append(job)
-        if not batch:
+    # -- act: I/O and hooks, outside the decision ----------------------------------------
+    async def _call_hooks(self, calls: list[HookCall]) -> None:
+        timeout = SHUTDOWN_HOOK_TIMEOUT if self.state is RunState.STOPPING else None
+        for hook, job in calls:
+            try:
+                await self.hooks.call(hook, timeout=timeout, **self._kw(job))
+            except PluginError as exc:
+                if self.state is RunState.STOPPING:
+                    log.error("%s", exc)
+                else:
+                    self._handle(("stop", exc))
+
+    async def _submit(self, batch: list[Job]) -> None:
+        allowed: list[Job] = []
+        try:
+            for job in batch:
+                vetoer = await self.hooks.vetoed_by("on_job_submitting", **self._kw(job))
+                if vetoer:
+                    self._post("vetoed", job, vetoer)
+                else:
+                    allowed.append(job)
+        except PluginError as exc:
+            for job in batch[len(allowed) :]:
+                self._post("submitted", job, exc)
+            self._post("stop", exc)
+        if not allowed:
             return
-        self._submitting += len(batch)
+        # The intent first: a controller that dies during the submission leaves a record
+        # that makes the next run look for the job instead of starting it again.
+        self.workdir.record_many(allowed)
         try:
-            results = await self.scheduler.submit_jobs(batch)
-        finally:
-            self._submitting -= len(batch)
-        for job, result in zip(batch, results):
-            if isinstance(result, BaseException):
-                await self._submission_failed(job, result)
-            else:
-                await self._submitted(job, result)
+            results = await self.scheduler.submit_jobs(allowed)
+        except Exception as exc:  # a backend bug fails the batch, it does not lose it
+            results = [SubmissionUnknownError(f"{self.scheduler.name}: {exc!r}")] * len(allowed)
+        for job, result in zip(allowed, results):
+            self._post("submitted", job, result)
 
-    async def _submitted(self, job: Job, jid: str) -> None:
-        job.jid = jid
-        self._move(job, S.SUBMITTED)
-        self._active.add(job)
-        self.workdir.record(job)
-        await self.hooks.call("on_job_submitted", **self._kw(job))
-        await self._track(job)
-
-    async def _track(self, job: Job) -> None:
-        """Start following an active job's progress."""
-        if self.scheduler.running_on_submit:
-            await self._started(job)
-        if self.scheduler.awaits_completion:
-            assert self._tg is not None
-            self._tg.start_soon(self._guard, lambda: self._await_job(job))
-        elif self._poll_wake is not None:
-            self._poll_wake.set()
-
-    async def _submission_failed(self, job: Job, exc: BaseException) -> None:
-        job.jid, job.rc = None, None
-        job.reason = f"submission failed: {exc}"
-        try:
-            with open(job.stderr_path, "a", encoding="utf-8") as fh:
-                fh.write(f"xqueue: {job.reason}\n")
-        except OSError:
-            pass
-        log.warning("job %s (%s): %s", job.index, job.name, job.reason)
-        await self._end_attempt(job, S.FAILED, retryable=getattr(exc, "retryable", True))
-
-    async def _adopt(self) -> None:
-        """Re-attach jobs an earlier run left running (or that ended while nobody watched)."""
-        jobs, self._to_adopt = self._to_adopt, []
+    async def _resolve(self, jobs: list[Job]) -> None:
+        """Find jobs whose submission may have happened: their rc file, or the backend."""
         for job in jobs:
-            alive = await self.scheduler.recover_job(job)
-            if alive or (job.jid and read_rc(job) is not None):
-                job.attempt = max(job.attempt, 1)
-                log.info("job %s (%s): re-adopted %s", job.index, job.name, job.jid)
-                self._move(job, S.SUBMITTED)
-                self._active.add(job)
-                await self._track(job)
-            else:
-                job.jid = None
-                await self._enqueue(job)
+            if job.jid is not None and read_rc(job) is not None:
+                self._post("resolved", job, True)
+                continue
+            try:
+                found: bool | BaseException = await self.scheduler.recover_job(job)
+            except Exception as exc:
+                found = exc
+            if found is False and job.jid is None and read_rc(job) is not None:
+                found = True  # it ran and ended; its rc file settles it
+                job.jid = job.jid or "unknown"
+            self._post("resolved", job, found)
 
-    # -- completion --------------------------------------------------------------------
+    async def _kill(self, jobs: list[Job], reply: _Reply | None, ask_veto: bool) -> None:
+        to_kill = []
+        for job in jobs:
+            if not ask_veto:
+                to_kill.append(job)
+                continue
+            try:
+                vetoer = await self.hooks.vetoed_by(
+                    "on_job_killing",
+                    timeout=SHUTDOWN_HOOK_TIMEOUT if self.state is RunState.STOPPING else None,
+                    **self._kw(job),
+                )
+            except PluginError as exc:
+                log.error("%s; killing job %s anyway", exc, job.index)
+                vetoer = None
+            if vetoer:
+                self._post("left", job, vetoer)
+            else:
+                to_kill.append(job)
+        if not to_kill:
+            return
+        try:
+            errors = await self.scheduler.kill_jobs(to_kill)
+        except Exception as exc:
+            errors = [exc] * len(to_kill)
+        for job, error in zip(to_kill, errors):
+            self._post("killed", job, error, reply)
+
     async def _await_job(self, job: Job) -> None:
         try:
             state = await self.scheduler.wait_job(job)
         except SchedulerError as exc:  # this job is lost to us; the others go on
             state = JobState(S.FAILED, None, f"lost: {exc}")
-        await self.apply(job, state)
+        self._post("update", job, state)
+
+    _wake_poller: anyio.Event | None = None
 
     async def _poller(self) -> None:
         failures = 0
         interval = self.scheduler.options.poll_interval
         while True:
-            if not self._active:
-                self._poll_wake = anyio.Event()
-                await self._poll_wake.wait()
-                self._poll_wake = None
-            await anyio.sleep(interval)
-            jobs = list(self._active)
+            jobs = [j for j in self._active if j.status is not S.SUBMITTING]
+            if not jobs:
+                self._wake_poller = anyio.Event()
+                await self._wake_poller.wait()
+                self._wake_poller = None
+            stopping = self.state is RunState.STOPPING
+            await anyio.sleep(min(interval, 0.5) if stopping else interval)
+            jobs = [j for j in self._active if j.status is not S.SUBMITTING]
             if not jobs:
                 continue
             self.scheduler.stats.ticks += 1
@@ -401,97 +710,115 @@ class Engine:
             except SchedulerError as exc:
                 failures += 1
                 log.warning("status query failed (%d in a row): %s", failures, exc)
-                if failures >= MAX_POLL_FAILURES:
-                    raise SchedulerError(
-                        f"{self.scheduler.name}: status queries failed {failures} times in a "
-                        f"row; last error: {exc}"
-                    ) from exc
+                if failures >= MAX_POLL_FAILURES and not stopping:
+                    self._post(
+                        "stop",
+                        SchedulerError(
+                            f"{self.scheduler.name}: status queries failed {failures} times "
+                            f"in a row; last error: {exc}"
+                        ),
+                    )
                 continue
             failures = 0
             for job, state in states.items():
-                await self.apply(job, state)
+                self._post("update", job, state)
 
-    async def _started(self, job: Job) -> None:
-        self._move(job, S.RUNNING)
-        await self.hooks.call("on_job_started", **self._kw(job))
+    # -- signals ---------------------------------------------------------------------------
+    def _open_signals(self) -> Any:
+        """SIGINT, SIGTERM and SIGHUP are the run's own from start to end of its shutdown.
 
-    async def apply(self, job: Job, state: JobState) -> None:
-        """Apply what the scheduler reports about an active job."""
-        if job not in self._active:
-            return
-        if state.status is S.SUBMITTED:
-            return
-        if job.status is S.SUBMITTED:
-            await self._started(job)  # on_job_started always precedes the final hook
-        if state.status is S.RUNNING:
-            return
-        self._active.discard(job)
-        self.scheduler.forget(job)
-        job.rc, job.reason = state.rc, state.reason
-        if job.kill_requested:
-            job.reason = job.reason or "killed"
-            await self._finalize(job, S.KILLED)
-            return
-        if state.status is S.KILLED:  # killed outside xqueue
-            job.reason = job.reason or "killed outside xqueue"
-        new = S.FINISHED if state.status is S.FINISHED else S.FAILED
-        await self._end_attempt(job, new, retryable=state.retryable)
+        Taking SIGINT too means Ctrl-C stops the run the same way on asyncio and trio,
+        and a second Ctrl-C cannot abandon the kills of the first: the old handlers are
+        put back only after the shutdown has finished.
+        """
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return None
+        sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {sig: signal.getsignal(sig) for sig in sigs}
+        receiver = anyio.open_signal_receiver(*sigs)
+        iterator = receiver.__enter__()
+        return (receiver, iterator, previous)
 
-    async def _end_attempt(self, job: Job, status: JobStatus, *, retryable: bool) -> None:
-        if (
-            status is S.FAILED
-            and self.error_strategy == "retry"
-            and retryable
-            and job.attempt <= self.num_retries
-        ):
-            self._move(job, S.RETRYING)
-            await self.hooks.call("on_job_retrying", **self._kw(job))
-            job.jid, job.rc, job.reason = None, None, ""
-            await self._enqueue(job)
-            return
-        halt = status is S.FAILED and self.error_strategy == "halt"
-        if halt:
-            self._halting = True  # before the hooks run, so nothing else is submitted
-        await self._finalize(job, status)
-        if halt:
-            self._stop(JobFailedError(job))
+    async def _watch_signals(self, opened: Any) -> None:
+        async for sig in opened[1]:
+            self._post("signal", sig)
 
-    async def _finalize(self, job: Job, status: JobStatus, *, record: bool = True) -> None:
-        self._move(job, status)
-        if record:
-            self.workdir.record(job)
-        self.completed.append(job)
-        self._notify_progress()
-        hook = _FINAL_HOOKS.get(status)
-        if hook:
-            await self.hooks.call(hook, **self._kw(job))
-        self._wake_submitter()
-        self._check_done()
+    def _signal_error(self) -> BaseException:
+        sig = self._signal
+        assert sig is not None
+        left = [j for j in self._left if not j.status.is_final]
+        what = "running jobs were killed"
+        if left:
+            ids = ", ".join(f"{j.index} ({j.jid})" for j in left[:10])
+            what = f"{len(left)} job(s) could not be killed and may still run: {ids}"
+        if sig is signal.SIGINT:
+            log.warning("interrupted: %s", what)
+            return KeyboardInterrupt()
+        return Interrupted(f"run stopped by {sig.name}; {what}", signal=sig)
 
-    # -- control -------------------------------------------------------------------------
+    # -- the end of a run ------------------------------------------------------------------
+    async def _shutdown_hooks(self, reason: str) -> None:
+        self.state = RunState.STOPPING if self.state is not RunState.CLOSED else self.state
+        try:
+            await self.hooks.call(
+                "on_shutdown",
+                timeout=SHUTDOWN_HOOK_TIMEOUT,
+                xqueue=self.queue,
+                scheduler=self.scheduler,
+                reason=reason,
+                signal=self._signal.name if self._signal else None,
+            )
+        except PluginError as exc:
+            log.error("%s", exc)
+            if self._error is None:
+                self._error = exc
+
+    async def _close(self, receiver: Any) -> None:
+        try:
+            # Every run opens the backend and closes it again, so code that never calls
+            # aclose() (the xqute style) leaves no connection or thread behind.
+            with anyio.move_on_after(SHUTDOWN_MARGIN):
+                try:
+                    await self.scheduler.aclose()
+                except Exception as exc:  # closing must not hide the run's own outcome
+                    log.warning("closing scheduler %s failed: %r", self.scheduler.name, exc)
+        finally:
+            if receiver is not None:
+                cm, _, previous = receiver
+                cm.__exit__(None, None, None)
+                for sig, handler in previous.items():
+                    if handler is not None:
+                        signal.signal(sig, handler)
+            if self.state is not RunState.CLOSED:
+                self.state = RunState.IDLE
+            self.stopped_at = time.monotonic()
+            self.workdir.unlock()
+            self._notify_progress()
+
+    # -- control ---------------------------------------------------------------------------
     async def kill(self, job: Job) -> bool:
         """Kill one job; False if it already ended or a plugin vetoed the kill."""
         if job.status.is_final or job.kill_requested:
             return False
-        vetoer = await self.hooks.vetoed_by("on_job_killing", **self._kw(job))
-        if vetoer:
-            log.info("job %s: kill vetoed by plugin %r", job.index, vetoer)
-            return False
-        job._kill_requested = True
-        if job in self._active:
-            (error,) = await self.scheduler.kill_jobs([job])
-            if error is not None:
-                job._kill_requested = False
-                raise SchedulerError(f"could not kill job {job.index}: {error}") from error
-            return True
-        if job in self._to_adopt:
-            self._to_adopt.remove(job)
-        job.reason = "killed before it was submitted"
-        if job.status is not S.INIT:
-            await self._finalize(job, S.KILLED, record=False)
+        if job.status.is_active and job.status is not S.SUBMITTING:
+            vetoer = await self.hooks.vetoed_by("on_job_killing", **self._kw(job))
+            if vetoer:
+                log.info("job %s: kill vetoed by plugin %r", job.index, vetoer)
+                return False
+        reply = _Reply()
+        if self.running:
+            self._post("kill", job, reply)
+            await reply.event.wait()
+        elif job.status.is_active and job.status is not S.SUBMITTING:
+            raise QueueStateError(
+                f"job {job.index} was left running by a stopped run; run the queue again to "
+                "re-adopt it, or kill it on its backend ({job.jid})"
+            )
         else:
-            self._move(job, S.KILLED)
-        return True
+            await self._call_hooks(self._on_kill(job, reply))
+        if isinstance(reply.value, BaseException):
+            raise SchedulerError(f"could not kill job {job.index}: {reply.value}") from reply.value
+        return reply.value
 
     async def as_completed(self) -> AsyncIterator[Job]:
         seen = 0
@@ -501,7 +828,7 @@ class Engine:
                 seen += 1
             if self.stopped_at is not None and not self.running:
                 return
-            if not self.feeding and not self.running and len(self.completed) == len(self.jobs):
+            if not self.running and len(self.completed) == len(self.jobs):
                 return
             if self._progress is None:
                 self._progress = anyio.Event()
@@ -513,14 +840,26 @@ class Engine:
                 self._progress = anyio.Event()
             await self._progress.wait()
 
-    def close_feeding(self) -> None:
-        """No more jobs: the run ends once every job fed has ended."""
-        self.feeding, self.feed_closed = False, True
-        self._wake_submitter()
-        self._check_done()
-
     def active_jobs(self) -> Sequence[Job]:
-        return list(self._active)
+        return [j for j in self._active if j.status is not S.SUBMITTING]
+
+    def _note_in_stderr(self, job: Job) -> None:
+        try:
+            with open(job.stderr_path, "a", encoding="utf-8") as fh:
+                fh.write(f"xqueue: {job.reason}\n")
+        except OSError:
+            pass
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _grace(scheduler: Scheduler) -> float:
+    return float(getattr(scheduler.options, "kill_grace", 5.0))
 
 
 _FINAL_HOOKS = {

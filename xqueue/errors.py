@@ -84,7 +84,14 @@ class JobFailedError(XqueueError):
 
 
 class Interrupted(XqueueError):
-    """Raised by a run stopped by SIGTERM or SIGHUP, after its running jobs were killed."""
+    """Raised by a run stopped by SIGTERM or SIGHUP, after its running jobs were killed.
+
+    ``signal`` is the signal that stopped it, so a command line can exit 128 + its number.
+    """
+
+    def __init__(self, message: str, *, signal: int | None = None) -> None:
+        self.signal = signal
+        super().__init__(message)
 
 
 class SchedulerError(XqueueError):

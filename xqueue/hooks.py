@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import anyio
 import pluggy
 
 from . import hookspecs
@@ -95,8 +96,14 @@ class Hooks:
             self._impls[hook] = impls
         return impls
 
-    async def call(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Call every implementation of ``hook``; return (plugin name, result) pairs."""
+    async def call(
+        self, hook: str, timeout: float | None = None, **kwargs: Any
+    ) -> list[tuple[str, Any]]:
+        """Call every implementation of ``hook``; return (plugin name, result) pairs.
+
+        ``timeout`` bounds each awaitable implementation (a stopping run must not hang on
+        a plugin): one that takes longer is cancelled and reported as a PluginError.
+        """
         impls = self._implementations(hook)
         if not impls:
             return []
@@ -105,15 +112,25 @@ class Hooks:
             try:
                 result = fn(*[kwargs[a] for a in argnames])
                 if inspect.isawaitable(result):
-                    result = await result
+                    if timeout is None:
+                        result = await result
+                    else:
+                        result = await _bounded(result, timeout)
             except Exception as exc:
                 raise PluginError(plugin, hook, exc) from exc
             results.append((plugin, result))
         return results
 
-    async def vetoed_by(self, hook: str, **kwargs: Any) -> str | None:
+    async def vetoed_by(self, hook: str, timeout: float | None = None, **kwargs: Any) -> str | None:
         """Call a veto hook; the name of the first plugin that returned False, else None."""
-        for plugin, result in await self.call(hook, **kwargs):
+        for plugin, result in await self.call(hook, timeout, **kwargs):
             if result is False:
                 return plugin
         return None
+
+
+async def _bounded(awaitable: Any, timeout: float) -> Any:
+    with anyio.move_on_after(timeout) as scope:
+        return await awaitable
+    if scope.cancelled_caught:
+        raise TimeoutError(f"did not return within {timeout:g} s")

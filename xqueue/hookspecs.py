@@ -29,8 +29,11 @@ def on_init(xqueue: Xqueue, scheduler: Scheduler) -> None:
 
 
 @hookspec
-def on_shutdown(xqueue: Xqueue, scheduler: Scheduler, reason: str) -> None:
-    """The queue stopped: ``reason`` is "complete", "cancelled", "halted" or "error"."""
+def on_shutdown(xqueue: Xqueue, scheduler: Scheduler, reason: str, signal: str | None) -> None:
+    """The queue stopped: ``reason`` is "complete", "cancelled", "halted", "signal" or "error".
+
+    ``signal`` names the signal that stopped the run ("SIGTERM"), or is None. Like every
+    hook called while a run stops, it has a bounded time before it is reported and skipped."""
 
 
 @hookspec

@@ -69,8 +69,10 @@ class Job:
     """A command to run, with its environment, resources and state."""
 
     __slots__ = (
+        "_base_attempt",
         "_done",
         "_kill_requested",
+        "_pending_state",
         "attempt",
         "command",
         "data",
@@ -109,6 +111,8 @@ class Job:
         self.data: Any = None  # free for embedders (a pipeline's own job record)
         self._done: anyio.Event | None = None
         self._kill_requested = False
+        self._base_attempt = 0  # attempts that do not count against num_retries
+        self._pending_state: Any = None  # a backend's verdict waiting for its kill
 
     @property
     def argv(self) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -64,8 +65,13 @@ class SchedulerOptions:
     def validate(self, scheduler: str) -> None:
         """Reject values that parse but cannot work; subclasses extend it."""
         for name in ("poll_interval", "kill_grace", "vanish_grace"):
-            if getattr(self, name) < 0:
-                raise SchedulerOptionError(f"{scheduler}: {name} must be >= 0")
+            value = getattr(self, name)
+            # NaN compares false with everything, so a plain "< 0" would let it through
+            # and every wait on it would misbehave silently.
+            if not math.isfinite(value) or value < 0:
+                raise SchedulerOptionError(
+                    f"{scheduler}: {name} must be a finite number of seconds >= 0, got {value!r}"
+                )
         if self.submit_concurrency < 1:
             raise SchedulerOptionError(f"{scheduler}: submit_concurrency must be >= 1")
 

@@ -19,7 +19,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from .engine import Engine
+from .engine import Engine, RunState
 from .errors import ConfigError, QueueStateError
 from .hooks import Hooks
 from .job import Job
@@ -108,7 +108,6 @@ class Xqueue:
             num_retries=num_retries,
             handle_signals=handle_signals,
         )
-        self._closed = False
         self._task_group: TaskGroup | None = None
         self._background: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
@@ -167,13 +166,7 @@ class Xqueue:
         by ``/bin/sh -c``. Fed again with the same workdir (same index and command), a
         job that already succeeded is not run again.
         """
-        if self._closed:
-            raise QueueStateError("this queue is closed; create a new Xqueue to run more jobs")
-        if self._engine.running and not self._engine.feeding:
-            raise QueueStateError(
-                "the queue is running and no longer accepts jobs; feed before "
-                "run_until_complete(), or use keep_feeding=True / async with"
-            )
+        self._engine.check_can_feed()
         job = Job(len(self._engine.jobs), cmd, envs=envs, name=name, resources=resources)
         await self._engine.add(job)
         return job
@@ -187,8 +180,6 @@ class Xqueue:
         Raises ``JobFailedError`` when a job fails under "halt", and lets cancellation
         through after killing the running jobs.
         """
-        if self._closed:
-            raise QueueStateError("this queue is closed")
         await self._engine.run(keep_feeding=keep_feeding)
 
     async def run_until_complete(self, keep_feeding: bool = False) -> None:
@@ -199,7 +190,7 @@ class Xqueue:
         asyncio only; the structured forms work on every backend: ``async with
         Xqueue(...) as q:``, or ``run(keep_feeding=True)`` in your own task group.
         """
-        if self._closed:
+        if self._engine.state is RunState.CLOSED:
             raise QueueStateError("this queue is closed")
         if keep_feeding and self._task_group is None and self._background is None:
             import asyncio  # only this xqute-style mode needs it; keeps `import xqueue` light
@@ -212,8 +203,8 @@ class Xqueue:
                     "on trio use `async with Xqueue(...) as q:` or run(keep_feeding=True) "
                     "in a task group"
                 ) from None
-            self._engine.feeding = True
-            self._background = loop.create_task(self._engine.run(keep_feeding=True))
+            self._engine.begin(keep_feeding=True)  # feeding from this line on
+            self._background = loop.create_task(self._engine.run(True, begun=True))
             await anyio.lowlevel.checkpoint()
             return
         await self.run(keep_feeding=keep_feeding)
@@ -237,13 +228,15 @@ class Xqueue:
             yield job
 
     async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
+        if self._engine.state is not RunState.CLOSED:
+            self._engine.state = RunState.CLOSED
+            self.workdir.unlock()
             await self.scheduler.aclose()
 
     async def __aenter__(self) -> Xqueue:
-        if self._closed or self._task_group is not None:
+        if self._engine.state is RunState.CLOSED or self._task_group is not None:
             raise QueueStateError("an Xqueue can be entered only once")
+        self._engine.begin(keep_feeding=True)
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._task_group = tg
@@ -252,7 +245,7 @@ class Xqueue:
 
     async def _run_in_background(self) -> None:
         try:
-            await self._engine.run(keep_feeding=True)
+            await self._engine.run(True, begun=True)
         except Exception as exc:
             self._failure = exc
             assert self._task_group is not None

@@ -64,6 +64,9 @@ class JobState:
     reason: str = ""
     retryable: bool = True
     """False when running the job again could repeat work already done (exit status lost)."""
+    kill: bool = False
+    """The backend wants the job removed first (a dependency that can never be met): the
+    engine kills it, plugin vetoes included, and records this state once it is gone."""
 
 
 @dataclass
@@ -172,9 +175,12 @@ class Scheduler(abc.ABC):
             self.stats.kill_calls += 1
             await self.kill_job(job)
 
+        # Every kill at once (up to a bound): kills that each wait kill_grace must not
+        # queue behind each other, or a stopping run outlives its shutdown deadline.
+        limit = max(self.options.submit_concurrency, 256)
         return [
             r if isinstance(r, BaseException) else None
-            for r in await gather_bounded(jobs, one, self.options.submit_concurrency)
+            for r in await gather_bounded(jobs, one, limit)
         ]
 
     async def jobs_are_running(self, jobs: Sequence[Job]) -> dict[Job, bool]:

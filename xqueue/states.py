@@ -14,6 +14,7 @@ class JobStatus(enum.Enum):
 
     INIT = "init"  # fed, not yet in the queue
     QUEUED = "queued"  # waiting for a free slot (forks)
+    SUBMITTING = "submitting"  # being submitted, or looked up after an unknown outcome
     SUBMITTED = "submitted"  # accepted by the scheduler, not known to run yet
     RUNNING = "running"
     RETRYING = "retrying"  # an attempt failed and another one will follow
@@ -28,8 +29,8 @@ class JobStatus(enum.Enum):
 
     @property
     def is_active(self) -> bool:
-        """True while the scheduler holds the job, so it counts against ``forks``."""
-        return self in (JobStatus.SUBMITTED, JobStatus.RUNNING)
+        """True while the scheduler holds (or may hold) the job: it counts against ``forks``."""
+        return self in (JobStatus.SUBMITTING, JobStatus.SUBMITTED, JobStatus.RUNNING)
 
 
 _FINAL = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.KILLED, JobStatus.SKIPPED})
@@ -37,9 +38,11 @@ _FINAL = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.KILLED, JobS
 S = JobStatus
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     # INIT -> FINISHED: an earlier run with the same workdir already succeeded.
-    # INIT -> SUBMITTED: re-adopting a job an earlier run left running.
-    S.INIT: frozenset({S.QUEUED, S.FINISHED, S.SUBMITTED, S.KILLED}),
-    S.QUEUED: frozenset({S.SUBMITTED, S.RUNNING, S.FAILED, S.RETRYING, S.KILLED, S.SKIPPED}),
+    # INIT -> SUBMITTING: an earlier run may have started it; it is looked up first.
+    S.INIT: frozenset({S.QUEUED, S.FINISHED, S.SUBMITTING, S.KILLED}),
+    S.QUEUED: frozenset({S.SUBMITTING, S.KILLED}),
+    # SUBMITTING -> QUEUED: a lookup found the submission never happened.
+    S.SUBMITTING: frozenset({S.SUBMITTED, S.QUEUED, S.FAILED, S.RETRYING, S.KILLED, S.SKIPPED}),
     S.SUBMITTED: frozenset({S.RUNNING, S.FINISHED, S.FAILED, S.RETRYING, S.KILLED}),
     S.RUNNING: frozenset({S.FINISHED, S.FAILED, S.RETRYING, S.KILLED}),
     S.RETRYING: frozenset({S.QUEUED, S.KILLED}),

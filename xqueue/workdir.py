@@ -111,9 +111,15 @@ class Workdir:
 
     # -- the run lock ---------------------------------------------------------------------
     def lock(self) -> None:
-        """Take the workdir for one run; a second controller on it would corrupt both."""
+        """Take the workdir for this queue; a second controller on it would corrupt both.
+
+        Taken by the first ``feed()`` (before any folder is touched, so a refused
+        controller changes nothing) and held until the run ends; idempotent.
+        """
         import fcntl
 
+        if self._lock_fd is not None:
+            return
         fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -167,6 +173,19 @@ class Workdir:
             return logged
         return final
 
+    def last_attempt(self, job: Job) -> int:
+        """The highest attempt number whose files exist in the job's folder (0 if none)."""
+        best = 0
+        try:
+            names = os.listdir(job.dir)
+        except OSError:
+            return 0
+        for name in names:
+            parts = name.split(".")
+            if len(parts) == 3 and parts[0] == "job" and parts[1].isdigit():
+                best = max(best, int(parts[1]))
+        return best
+
     def job_dir(self, job: Job) -> str:
         return os.path.join(self.path, f"{job.index}-{slug(job.name)}")
 
@@ -214,8 +233,25 @@ class Workdir:
         if job.status.is_final:
             atomic_write(job.path(STATUS_FILE), json.dumps(record))
         else:
-            record["dir"] = os.path.basename(job.dir)
-            self._append_journal(json.dumps(record) + "\n")
+            self._append_journal(self._journal_line(job, record))
+
+    def record_many(self, jobs: list[Job]) -> None:
+        """Journal the state of many active jobs in one write (the submission intents)."""
+        if jobs:
+            now = time.time()
+            self._append_journal(
+                "".join(
+                    self._journal_line(
+                        job, {"status": job.status.value, "attempt": job.attempt, "time": now}
+                    )
+                    for job in jobs
+                )
+            )
+
+    @staticmethod
+    def _journal_line(job: Job, record: dict[str, Any]) -> str:
+        record["dir"] = os.path.basename(job.dir)
+        return json.dumps(record) + "\n"
 
     def iter_records(self) -> Iterator[tuple[str, dict[str, Any] | None, dict[str, Any] | None]]:
         """(folder, spec, status record) for every job folder, in index order."""

@@ -1,10 +1,15 @@
 """Run each job as a local process and await its exit.
 
-No wrapper script and no polling: the job's argv is executed directly (a string command
-through ``/bin/sh -c``) with stdout and stderr going straight to the job's files, and
-its exit is awaited on a pidfd, which costs no thread per child and works the same on
-asyncio and trio. Every job gets its own session, so a kill reaches the whole process
-group, and Ctrl-C in a terminal does not hit the jobs behind the queue's back.
+No polling: the job runs under a two-line ``sh`` wrapper (its argv passed through as
+``"$@"``, so nothing is re-parsed) whose only task is to write the job's return code to
+``job.<n>.rc`` when it ends. While the controller lives it reads the exit status from its
+child directly, awaited on a pidfd (no thread per child, the same on asyncio and trio);
+the rc file is for the controller that died: a job that ends while nobody watches still
+leaves its exit status, so the next run collects it instead of running the job again.
+The wrapper costs one ``sh`` per job, measured in benchmarks/local_throughput.py.
+
+Every job gets its own session, so a kill reaches the whole process group, and Ctrl-C
+in a terminal does not hit the jobs behind the queue's back.
 
 The id recorded for a job is ``pid@start`` (when it was spawned, in seconds since the
 epoch), checked against the process's start time in /proc, so a later run never mistakes
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -24,11 +30,15 @@ from typing import Any
 import anyio
 
 from ..errors import SchedulerOptionError, SubmissionError
-from ..job import Job
+from ..job import RC, Job
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
 from ..states import JobStatus
-from ._proc import kill_group, start_ticks, wait_exit
+from ..workdir import read_rc
+from ._proc import start_ticks, wait_exit
+
+# Records the job's return code where a later run finds it; exits with the same code.
+WRAPPER = 'f=$1; shift; "$@"; r=$?; echo "$r" > "$f"; exit "$r"'
 
 UNKNOWN_EXIT = (
     "exit status unknown: the job ended while no xqueue controller was watching it "
@@ -90,6 +100,21 @@ def live_local_jid(jid: str) -> bool:
         return False
     started = _start_epoch(parsed[0])
     return started is not None and abs(started - parsed[1]) < _SAME_PROCESS_WINDOW
+
+
+def _has_marker(pid: int, jobdir: str) -> bool:
+    """Whether the process carries the job's folder in its environment (XQUEUE_JOB_DIR).
+
+    A journal line is only a claim (anyone who can write the workdir can plant one):
+    the start time and this marker together make sure a process is the job's own before
+    it is adopted, waited on or killed.
+    """
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            environ = fh.read()
+    except OSError:
+        return False
+    return f"XQUEUE_JOB_DIR={jobdir}".encode() in environ.split(b"\0")
 
 
 def _job_dirs_of_processes() -> dict[str, int]:
@@ -156,6 +181,7 @@ class LocalScheduler(Scheduler):
     def _spawn(self, job: Job) -> str:
         env = self._base_env.copy()
         env["XQUEUE_JOB_INDEX"] = str(job.index)
+        env["XQUEUE_JOB_ATTEMPT"] = str(max(job.attempt, 1))
         env["XQUEUE_JOB_DIR"] = job.dir
         if job.envs:
             env.update(job.envs)
@@ -163,8 +189,13 @@ class LocalScheduler(Scheduler):
         try:
             err = open(job.stderr_path, "wb")
             try:
+                if "/" in job.argv[0]:
+                    if not os.access(os.path.join(self.options.cwd or "", job.argv[0]), os.X_OK):
+                        raise PermissionError(13, "not executable", job.argv[0])
+                elif shutil.which(job.argv[0], path=env.get("PATH")) is None:
+                    raise FileNotFoundError(job.argv[0])
                 proc = subprocess.Popen(
-                    job.argv,
+                    ["/bin/sh", "-c", WRAPPER, "xqueue-job", job.attempt_path(RC), *job.argv],
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=err,
@@ -189,11 +220,14 @@ class LocalScheduler(Scheduler):
 
     async def wait_job(self, job: Job) -> JobState:
         proc = self._procs.get(job)
-        if proc is None:  # adopted: not our child, so its exit status cannot be read
-            parsed = _parse_jid(job.jid)
-            if parsed:
-                await wait_exit(parsed[0])
-            return JobState(JobStatus.FAILED, None, UNKNOWN_EXIT, retryable=False)
+        if proc is None:  # adopted: not our child; its wrapper leaves the return code
+            pid = self._alive_pid(job)
+            if pid is not None:
+                await wait_exit(pid)
+            rc = read_rc(job)
+            if rc is None:
+                return JobState(JobStatus.FAILED, None, UNKNOWN_EXIT, retryable=False)
+            return JobState(JobStatus.FINISHED if rc == 0 else JobStatus.FAILED, rc)
         if proc.returncode is None:
             try:
                 await wait_exit(proc.pid)
@@ -207,7 +241,9 @@ class LocalScheduler(Scheduler):
         if proc is not None:
             return proc.pid if proc.poll() is None else None
         if job.jid and live_local_jid(job.jid):
-            return int(job.jid.partition("@")[0])
+            pid = int(job.jid.partition("@")[0])
+            if _has_marker(pid, job.dir):
+                return pid
         return None
 
     async def job_is_running(self, job: Job) -> bool:
@@ -237,20 +273,58 @@ class LocalScheduler(Scheduler):
         return self._env_map[1].get(job.dir)
 
     async def kill_job(self, job: Job) -> None:
-        """SIGTERM the job's process group, then SIGKILL it if it has not exited in time."""
-        pid = self._alive_pid(job)
-        if pid is None:
-            return
-        await kill_group(pid, self.options.kill_grace, self.options.kill_grace)
-        # The leader is gone; take down anything it left behind in its group, then reap.
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc = self._procs.get(job)
-        if proc is not None:
-            proc.poll()
+        (error,) = await self.kill_jobs([job])
+        if error is not None:
+            raise error
+
+    async def kill_jobs(self, jobs: Any) -> list[BaseException | None]:
+        """SIGTERM every job's group at once, wait once for kill_grace, SIGKILL the rest.
+
+        Returns an error for a job whose leader outlived even SIGKILL, so the engine
+        reports it instead of recording it as killed.
+        """
+        self.stats.kill_calls += 1
+        groups = {job: pid for job in jobs if (pid := self._alive_pid(job)) is not None}
+        _signal_groups(groups.values(), signal.SIGTERM)
+        left = await _wait_all(groups, self.options.kill_grace)
+        _signal_groups(left.values(), signal.SIGKILL)
+        # Our own children's groups cannot be reused before we reap them: take down
+        # whatever a leader left behind in its group.
+        _signal_groups(
+            [pid for job, pid in groups.items() if self._procs.get(job) is not None],
+            signal.SIGKILL,
+        )
+        left = await _wait_all(left, max(self.options.kill_grace, 5.0))
+        return [
+            SubmissionError(f"process group {left[job]} survived SIGKILL", retryable=False)
+            if job in left
+            else None
+            for job in jobs
+        ]
 
     def forget(self, job: Job) -> None:
         super().forget(job)
         self._procs.pop(job, None)
+
+
+def _signal_groups(pids: Any, sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+async def _wait_all(groups: dict[Job, int], timeout: float) -> dict[Job, int]:
+    """Wait up to ``timeout`` for every leader to exit; return the ones still alive."""
+    left = dict(groups)
+
+    async def one(job: Job, pid: int) -> None:
+        await wait_exit(pid)
+        left.pop(job, None)
+
+    with anyio.move_on_after(timeout):
+        async with anyio.create_task_group() as tg:
+            for job, pid in groups.items():
+                tg.start_soon(one, job, pid)
+    return left
