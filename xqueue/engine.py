@@ -497,6 +497,13 @@ class Engine:
                 job._kill_requested = False
         if reply is not None:
             reply.set(error if error is not None else True)
+        state = job._pending_state
+        if error is None and state is not None and job.status.is_active:
+            # The backend asked for this kill and confirmed it: record its verdict.
+            job._pending_state = None
+            self.scheduler.forget(job)
+            job.rc, job.reason = state.rc, state.reason
+            return self._end_attempt(job, S.FAILED, retryable=state.retryable)
         return []  # the job ends when the backend reports it gone
 
     def _on_left(self, job: Job, plugin: str) -> list[HookCall]:

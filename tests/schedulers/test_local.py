@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -75,10 +76,13 @@ async def test_return_code_and_status_are_recorded(workdir: Path) -> None:
     assert read(job.stderr_path) == "bad\n"
 
 
-async def test_job_killed_by_signal_reports_negative_rc(workdir: Path) -> None:
+async def test_job_killed_by_signal_reports_128_plus_the_signal(workdir: Path) -> None:
+    # As the shell and every batch backend report it (the job runs under an sh wrapper
+    # that records its return code), and the same whether a controller watched or not.
     job = await run_one(workdir, "kill -9 $$")
     assert job.status is JobStatus.FAILED
-    assert job.rc == -signal.SIGKILL
+    assert job.rc == 128 + signal.SIGKILL
+    assert read(job.attempt_path("rc")).strip() == str(128 + signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
@@ -122,19 +126,33 @@ async def test_kill_escalates_to_sigkill_after_grace(workdir: Path, tmp_path: Pa
     assert 0.25 < time.monotonic() - start < 5
 
 
-async def test_liveness_is_not_fooled_by_pid_reuse(workdir: Path) -> None:
-    job = await run_one(workdir, ["true"])
-    sched = LocalScheduler()
-    # The pid of a live process (ours), but recorded with a start time that is not its own.
-    job.jid = f"{os.getpid()}@{time.time() - 3600:.2f}"
-    assert not await sched.job_is_running(job)
-    assert not await sched.recover_job(job)
-    with open(f"/proc/{os.getpid()}/stat") as fh:
+def _start_of(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
         ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
     with open("/proc/stat") as fh:
         btime = next(int(line.split()[1]) for line in fh if line.startswith("btime"))
-    job.jid = f"{os.getpid()}@{btime + ticks / os.sysconf('SC_CLK_TCK'):.2f}"
-    assert await sched.job_is_running(job)
+    return btime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def test_liveness_is_not_fooled_by_pid_reuse_or_a_planted_id(workdir: Path) -> None:
+    job = await run_one(workdir, ["true"])
+    sched = LocalScheduler()
+    marked = subprocess.Popen(["sleep", "30"], env={**os.environ, "XQUEUE_JOB_DIR": job.dir})
+    try:
+        # The job's own process (it carries the job's folder), at its own start time.
+        job.jid = f"{marked.pid}@{_start_of(marked.pid):.2f}"
+        assert await sched.job_is_running(job)
+        # The same pid with a start time that is not its own: a reused pid.
+        job.jid = f"{marked.pid}@{time.time() - 3600:.2f}"
+        assert not await sched.job_is_running(job)
+        assert not await sched.recover_job(job)
+        # A planted journal line naming an unrelated live process at its real start time.
+        job.jid = f"{os.getpid()}@{_start_of(os.getpid()):.2f}"
+        assert not await sched.job_is_running(job)
+        assert not await sched.recover_job(job)
+    finally:
+        marked.kill()
+        marked.wait()
 
 
 async def test_forks_bounds_concurrency(workdir: Path) -> None:

@@ -38,7 +38,10 @@ from ..workdir import read_rc
 from ._proc import start_ticks, wait_exit
 
 # Records the job's return code where a later run finds it; exits with the same code.
-WRAPPER = 'f=$1; shift; "$@"; r=$?; echo "$r" > "$f"; exit "$r"'
+# The no-op TERM trap keeps the wrapper alive until its command has ended (a trap runs
+# only after the foreground command completes), so a kill's grace applies to the job
+# and not to the wrapper, while the command itself keeps TERM's default action.
+WRAPPER = 'trap : TERM; f=$1; shift; "$@"; r=$?; echo "$r" > "$f"; exit "$r"'
 
 UNKNOWN_EXIT = (
     "exit status unknown: the job ended while no xqueue controller was watching it "
@@ -159,6 +162,7 @@ class LocalScheduler(Scheduler):
         self._procs: dict[Job, subprocess.Popen[bytes] | None] = {}
         self._base_env: dict[str, str] = {}
         self._env_map: tuple[float, dict[str, int]] | None = None
+        self._let_go: list[subprocess.Popen[bytes]] = []
 
     async def open(self, workdir: Any) -> None:
         await super().open(workdir)
@@ -179,6 +183,8 @@ class LocalScheduler(Scheduler):
         return self._spawn(job)
 
     def _spawn(self, job: Job) -> str:
+        if self._let_go:
+            self.reap()
         env = self._base_env.copy()
         env["XQUEUE_JOB_INDEX"] = str(job.index)
         env["XQUEUE_JOB_ATTEMPT"] = str(max(job.attempt, 1))
@@ -295,6 +301,10 @@ class LocalScheduler(Scheduler):
             signal.SIGKILL,
         )
         left = await _wait_all(left, max(self.options.kill_grace, 5.0))
+        for job in groups:
+            proc = self._procs.get(job)
+            if proc is not None:
+                proc.poll()  # reap it now; its waiter reads the cached return code
         return [
             SubmissionError(f"process group {left[job]} survived SIGKILL", retryable=False)
             if job in left
@@ -304,7 +314,13 @@ class LocalScheduler(Scheduler):
 
     def forget(self, job: Job) -> None:
         super().forget(job)
-        self._procs.pop(job, None)
+        proc = self._procs.pop(job, None)
+        if proc is not None and proc.poll() is None:
+            self._let_go.append(proc)  # left running (a vetoed kill): still ours to reap
+
+    def reap(self) -> None:
+        """Reap the children let go while still running that have exited since."""
+        self._let_go = [proc for proc in self._let_go if proc.poll() is None]
 
 
 def _signal_groups(pids: Any, sig: signal.Signals) -> None:

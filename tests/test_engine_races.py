@@ -1,0 +1,228 @@
+"""Races between feeding, submitting, killing and stopping, each of which broke the old engine.
+
+The schedulers here run real local processes; what they add is timing: a submission that
+takes a while, or one whose outcome is unknown. Each test fails on the bug it names.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from tests.helpers import process_alive
+from xqueue import (
+    JobState,
+    JobStatus,
+    SchedulerOptionError,
+    SubmissionUnknownError,
+    Xqueue,
+    hookimpl,
+)
+from xqueue.job import Job
+from xqueue.schedulers.local import LocalScheduler
+
+pytestmark = pytest.mark.anyio
+S = JobStatus
+
+
+class SlowSubmit(LocalScheduler):
+    """Local processes, but each submission waits on a gate first (an sbatch under load)."""
+
+    name = "slow-submit"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.gate = anyio.Event()
+        self.in_flight = anyio.Event()
+
+    async def submit_jobs(self, jobs: Any) -> list[str | BaseException]:
+        self.in_flight.set()
+        await self.gate.wait()
+        return await super().submit_jobs(jobs)
+
+
+async def test_veto_at_the_end_of_a_batch_does_not_end_the_run_early(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """The last job of a batch vetoed, while the others are still being submitted."""
+    ledger = tmp_path / "ledger"
+
+    class VetoLast:
+        @hookimpl
+        async def on_job_submitting(self, job: Job) -> bool | None:
+            await anyio.sleep(0.05)  # the veto check itself takes a moment
+            return False if job.index == 4 else None
+
+    q = Xqueue(workdir=workdir, forks=5, plugins=[VetoLast()])
+    for i in range(5):
+        await q.feed(f"sleep 0.3; echo {i} >> {ledger}")
+    await q.run_until_complete()
+    assert [j.status for j in q.jobs] == [S.FINISHED] * 4 + [S.SKIPPED]
+    assert sorted(ledger.read_text().split()) == ["0", "1", "2", "3"]
+
+
+async def test_kill_during_an_in_flight_submission(workdir: Path, tmp_path: Path) -> None:
+    """kill() while the job is being submitted: killed once submitted, nothing orphaned."""
+    pidfile = tmp_path / "pid"
+    sched = SlowSubmit()
+    q = Xqueue(sched, workdir=workdir, error_strategy="ignore")
+    job = await q.feed(f"echo $$ > {pidfile}; exec sleep 60")
+    other = await q.feed(["true"])
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(q.run_until_complete)
+        with anyio.fail_after(10):
+            await sched.in_flight.wait()
+        assert job.status is S.SUBMITTING
+        assert await q.kill(job) is True
+        sched.gate.set()
+    assert job.status is S.KILLED
+    assert other.status is S.FINISHED
+    # It may have been killed before its shell wrote the pid (or all of it).
+    text = pidfile.read_text().strip() if pidfile.exists() else ""
+    if text:
+        assert not process_alive(int(text))
+
+
+async def test_feed_racing_stop_feeding_with_an_async_init_hook(workdir: Path) -> None:
+    """A job fed while on_job_init awaits, as stop_feeding() comes: it runs, wait() returns."""
+
+    class SlowInit:
+        @hookimpl
+        async def on_job_init(self, job: Job) -> None:
+            await anyio.sleep(0.2)
+
+    async with Xqueue(workdir=workdir, plugins=[SlowInit()]) as q:
+        async with anyio.create_task_group() as tg:
+            fed: list[Job] = []
+
+            async def feed() -> None:
+                fed.append(await q.feed(["true"]))
+
+            tg.start_soon(feed)
+            await anyio.sleep(0.05)  # feed() is inside on_job_init now
+            await q.stop_feeding()
+    with anyio.fail_after(10):
+        (job,) = fed
+        await job.wait()
+    assert job.status is S.FINISHED
+
+
+class UnknownOnce(LocalScheduler):
+    """The first submission starts the job but reports its outcome as unknown (a timeout).
+
+    ``started`` decides whether the process really started before the "timeout".
+    """
+
+    name = "unknown-once"
+
+    def __init__(self, started: bool, **options: Any) -> None:
+        super().__init__(**options)
+        self.started = started
+        self.submits = 0
+
+    async def submit_jobs(self, jobs: Any) -> list[str | BaseException]:
+        self.submits += 1
+        if self.submits == 1:
+            if self.started:
+                await super().submit_jobs(jobs)
+            return [SubmissionUnknownError("sbatch timed out")] * len(jobs)
+        return await super().submit_jobs(jobs)
+
+
+@pytest.mark.parametrize("started", [True, False])
+async def test_unknown_submission_is_looked_up_before_resubmitting(
+    workdir: Path, tmp_path: Path, started: bool
+) -> None:
+    ledger = tmp_path / "ledger"
+    sched = UnknownOnce(started)
+    q = Xqueue(sched, workdir=workdir, error_strategy="retry", num_retries=0)
+    job = await q.feed(f"echo ran >> {ledger}; sleep 0.2")
+    with anyio.fail_after(20):
+        await q.run_until_complete()
+    assert job.status is S.FINISHED
+    assert ledger.read_text().split() == ["ran"]  # exactly once, whichever way
+    # Found by the lookup: no second submission. Not found: resubmitted, not counted
+    # against num_retries=0.
+    assert sched.submits == (1 if started else 2)
+
+
+class WantsKill(LocalScheduler):
+    """Reports a running job as failed-and-to-be-removed, as Slurm does for a dead dependency."""
+
+    name = "wants-kill"
+
+    async def wait_job(self, job: Job) -> JobState:
+        if job.index == 0:
+            await anyio.sleep(0.2)
+            return JobState(S.FAILED, None, "dependency can never be satisfied", kill=True)
+        return await super().wait_job(job)
+
+
+async def test_a_backend_kill_goes_through_the_kill_veto(workdir: Path, tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    vetoed: list[int] = []
+
+    class Veto:
+        @hookimpl
+        def on_job_killing(self, job: Job) -> bool:
+            vetoed.append(job.index)
+            return False
+
+    q = Xqueue(WantsKill(), workdir=workdir, error_strategy="ignore", plugins=[Veto()])
+    job = await q.feed(f"echo $$ > {pidfile}; exec sleep 2")
+    await q.run_until_complete()
+    assert vetoed == [0]
+    assert job.status is S.FAILED
+    assert "dependency can never be satisfied" in job.reason and "vetoed" in job.reason
+    pid = int(pidfile.read_text().strip())
+    assert process_alive(pid)  # the plugin kept it alive
+    os.kill(pid, 9)
+    with anyio.fail_after(10):
+        while process_alive(pid):
+            await anyio.sleep(0.05)
+    with anyio.fail_after(10):
+        while q.scheduler._let_go:  # type: ignore[attr-defined]
+            await anyio.sleep(0.05)
+            q.scheduler.reap()  # type: ignore[attr-defined]
+
+
+async def test_a_backend_kill_is_carried_out(workdir: Path, tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    q = Xqueue(WantsKill(), workdir=workdir, error_strategy="ignore")
+    job = await q.feed(f"echo $$ > {pidfile}; exec sleep 30")
+    with anyio.fail_after(20):
+        await q.run_until_complete()
+    assert job.status is S.FAILED
+    assert job.reason == "dependency can never be satisfied"
+    assert not process_alive(int(pidfile.read_text().strip()))
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_kill_grace_must_be_a_finite_number(value: str) -> None:
+    with pytest.raises(SchedulerOptionError, match="kill_grace must be a finite number"):
+        Xqueue(scheduler_opts={"kill_grace": value})
+
+
+async def test_a_hung_shutdown_hook_is_reported_and_the_run_ends(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import xqueue.engine
+
+    monkeypatch.setattr(xqueue.engine, "SHUTDOWN_HOOK_TIMEOUT", 0.5)
+
+    class Hangs:
+        @hookimpl
+        async def on_shutdown(self) -> None:
+            await anyio.sleep_forever()
+
+    q = Xqueue(workdir=workdir, plugins=[Hangs()])
+    await q.feed(["true"])
+    from xqueue import PluginError
+
+    with anyio.fail_after(10), pytest.raises(PluginError, match=r"Hangs.*on_shutdown"):
+        await q.run_until_complete()
+    assert q.jobs[0].status is S.FINISHED
