@@ -56,8 +56,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("xqueue")
 
 S = JobStatus
-# A scheduler whose status query fails this many ticks in a row stops the run.
+# A scheduler whose status query fails this many ticks in a row, for at least
+# OUTAGE_TOLERANCE seconds, stops the run; a controller restart (slurmctld, sge_qmaster)
+# is ridden out. Submissions that prove the backend unreachable wait as long.
 MAX_POLL_FAILURES = 30
+OUTAGE_TOLERANCE = 120.0
 # The most jobs handed to one submit_jobs call (a backend splits further as it needs).
 MAX_BATCH = 10_000
 # How long a stopping run waits, beyond kill_grace, for the backend to confirm its kills.
@@ -137,6 +140,8 @@ class Engine:
         self._error: BaseException | None = None
         self._signal: signal.Signals | None = None
         self._deadline: float | None = None
+        self._hold_until = 0.0  # no submission before this (the backend looked down)
+        self._unavailable_since = 0.0
         self.started_at: float | None = None
         self.stopped_at: float | None = None
 
@@ -314,6 +319,8 @@ class Engine:
             waits.append(self._deadline - time.monotonic())
         if self._to_resolve:
             waits.append(min(at for _, at in self._to_resolve) - time.monotonic())
+        if self._hold_until and self._queued:
+            waits.append(self._hold_until - time.monotonic())
         return max(0.0, min(waits))
 
     async def _guard(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
@@ -364,6 +371,18 @@ class Engine:
             job.jid = None
             self._to_resolve.append((job, time.monotonic() + RESOLVE_DELAY))
             return []
+        if getattr(result, "transient", False) and not job.kill_requested:
+            # Nothing was submitted and the backend looks down: wait and submit again,
+            # without spending an attempt, until the outage outlasts the tolerance.
+            now = time.monotonic()
+            self._unavailable_since = self._unavailable_since or now
+            if now - self._unavailable_since < OUTAGE_TOLERANCE:
+                log.warning("job %s: %s; submitting again shortly", job.index, result)
+                job._base_attempt += 1
+                self._hold_until = now + RESOLVE_DELAY
+                self._move(job, S.QUEUED)
+                self._queued.appendleft(self._queued.pop())  # keep its place in line
+                return []
         if isinstance(result, BaseException):
             job.jid, job.rc = None, None
             job.reason = f"submission failed: {result}"
@@ -373,6 +392,7 @@ class Engine:
                 return self._finalize(job, S.KILLED)
             return self._end_attempt(job, S.FAILED, retryable=getattr(result, "retryable", True))
         job.jid = result
+        self._unavailable_since = 0.0
         return self._now_active(job, ["on_job_submitted"])
 
     def _now_active(self, job: Job, hooks: list[str]) -> list[HookCall]:
@@ -569,7 +589,7 @@ class Engine:
         if self._to_kill:
             jobs, self._to_kill = self._to_kill, []
             self._actions.append((self._kill, (jobs, None, True)))
-        if self.state not in (RunState.RUNNING, RunState.DRAINING):
+        if self.state not in (RunState.RUNNING, RunState.DRAINING) or self._hold_until > now:
             return
         while self._queued:
             free = self._free_slots()
@@ -698,7 +718,7 @@ class Engine:
     _wake_poller: anyio.Event | None = None
 
     async def _poller(self) -> None:
-        failures = 0
+        failures, since = 0, 0.0
         interval = self.scheduler.options.poll_interval
         while True:
             jobs = [j for j in self._active if j.status is not S.SUBMITTING]
@@ -716,17 +736,19 @@ class Engine:
                 states = await self.scheduler.poll_jobs(jobs)
             except SchedulerError as exc:
                 failures += 1
+                since = since or time.monotonic()
                 log.warning("status query failed (%d in a row): %s", failures, exc)
-                if failures >= MAX_POLL_FAILURES and not stopping:
+                outage = time.monotonic() - since
+                if failures >= MAX_POLL_FAILURES and outage >= OUTAGE_TOLERANCE and not stopping:
                     self._post(
                         "stop",
                         SchedulerError(
                             f"{self.scheduler.name}: status queries failed {failures} times "
-                            f"in a row; last error: {exc}"
+                            f"in a row over {outage:.0f} s; last error: {exc}"
                         ),
                     )
                 continue
-            failures = 0
+            failures, since = 0, 0.0
             for job, state in states.items():
                 self._post("update", job, state)
 

@@ -102,11 +102,15 @@ class SubmissionError(SchedulerError):
     """Recorded on a job when its scheduler refused or failed the submission.
 
     ``retryable`` is False when trying again cannot help (the command does not exist),
-    so error_strategy="retry" does not waste attempts on it.
+    so error_strategy="retry" does not waste attempts on it. ``transient`` is True when
+    nothing was submitted because the backend could not be reached (its controller is
+    restarting): the engine then submits the job again after a pause, without spending
+    an attempt, for as long as the outage tolerance allows.
     """
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(self, message: str, *, retryable: bool = True, transient: bool = False) -> None:
         self.retryable = retryable
+        self.transient = transient
         super().__init__(message)
 
 
