@@ -69,6 +69,7 @@ gridengine-master gridengine/adminmail string root@localhost
 DEBCONF
   ensure_pkgs gridengine-master gridengine-exec gridengine-client
 fi
+ensure_pkgs procps   # pgrep (ci/lib.sh none_running)
 [ -f "$COMMON/bootstrap" ] || die "SGE cell not initialised ($COMMON/bootstrap missing): the debconf preseed did not take; purge gridengine-* and its debconf answers (echo PURGE | debconf-communicate gridengine-common) and re-run"
 
 # ---------------------------------------------------------------- hostname alias fix
