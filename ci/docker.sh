@@ -35,7 +35,7 @@ case "${1:-start}" in
   *) die "usage: $0 [start|stop]" ;;
 esac
 
-ensure_pkgs docker.io
+ensure_pkgs docker.io procps   # procps: pgrep (ci/lib.sh live_pids)
 [ -x /usr/sbin/dockerd ] || die "/usr/sbin/dockerd missing after installing docker.io"
 DOCKER=(docker -H "unix://$SOCK")
 

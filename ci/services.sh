@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs (apt-get, as root) and starts every real service the xqueue test suite can use:
 #
-#   ci/services.sh                    all of: slurm sge ssh images podman docker
+#   ci/services.sh                    all of: slurm sge ssh images charliecloud podman docker
 #   ci/services.sh slurm ssh          only those, in that order
 #   ci/services.sh stop [NAME...]     stop all (or the named ones), in reverse order
 #
@@ -17,7 +17,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 XQ_NAME=services
 . "$HERE/lib.sh"
 
-ALL=(slurm sge ssh images podman docker)
+ALL=(slurm sge ssh images charliecloud podman docker)
 ACTION=start
 if [ "${1:-}" = stop ] || [ "${1:-}" = start ]; then ACTION=$1; shift; fi
 NAMES=("$@"); [ ${#NAMES[@]} -gt 0 ] || NAMES=("${ALL[@]}")

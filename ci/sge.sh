@@ -4,6 +4,10 @@
 #
 #   ci/sge.sh          install if needed, configure, start, wait until all.q accepts jobs
 #   ci/sge.sh stop     qconf -ke all; qconf -km   (a clean qmaster shutdown takes ~8-10 s)
+#   ci/sge.sh stop-qmaster    stop only sge_qmaster (SIGTERM, by pid file): a qmaster outage.
+#                             sge_execd goes on running its jobs and reports them later
+#   ci/sge.sh start-qmaster   the same as start: starts whatever is down and waits until all.q
+#                             accepts jobs again (execd has re-registered)
 #
 # Idempotent: a re-run with everything up only compares the configuration (~1-2 s; every qconf
 # call costs ~0.1 s of client CPU).
@@ -49,9 +53,10 @@ stop_all() {
 }
 
 case "${1:-start}" in
-  start) need_root ;;
+  start|start-qmaster) need_root ;;
   stop) need_root; stop_all; echo "sge stopped"; exit 0 ;;
-  *) die "usage: $0 [start|stop]" ;;
+  stop-qmaster) need_root; stop_pidfile "$QM_PID" sge_qmaster 60; echo "sge_qmaster stopped"; exit 0 ;;
+  *) die "usage: $0 [start|stop|stop-qmaster|start-qmaster]" ;;
 esac
 
 # ---------------------------------------------------------------- install
@@ -69,6 +74,7 @@ gridengine-master gridengine/adminmail string root@localhost
 DEBCONF
   ensure_pkgs gridengine-master gridengine-exec gridengine-client
 fi
+ensure_pkgs procps   # pgrep (ci/lib.sh none_running)
 [ -f "$COMMON/bootstrap" ] || die "SGE cell not initialised ($COMMON/bootstrap missing): the debconf preseed did not take; purge gridengine-* and its debconf answers (echo PURGE | debconf-communicate gridengine-common) and re-run"
 
 # ---------------------------------------------------------------- hostname alias fix

@@ -4,6 +4,11 @@
 #
 #   ci/slurm.sh          install if needed, configure, start, wait until the node is idle
 #   ci/slurm.sh stop     stop slurmd, slurmctld, slurmdbd, mariadbd, munged (by pid file)
+#   ci/slurm.sh stop-ctld    stop only slurmctld (SIGTERM, by pid file): a controller outage.
+#                            slurmd goes on running its jobs and reports them when it is back
+#   ci/slurm.sh start-ctld   the same as start: starts whatever is down (here slurmctld, which
+#                            recovers its jobs from StateSaveLocation) and waits until the node
+#                            takes jobs again (~1-3 s)
 #
 # Idempotent: a re-run with nothing changed only checks the daemons (well under a second).
 # If slurm.conf changes (e.g. another XQ_SLURM_MINJOBAGE) both Slurm daemons are restarted,
@@ -60,9 +65,10 @@ stop_all() {
 }
 
 case "${1:-start}" in
-  start) need_root ;;
+  start|start-ctld) need_root ;;
   stop) need_root; stop_all; echo "slurm stopped"; exit 0 ;;
-  *) die "usage: $0 [start|stop]" ;;
+  stop-ctld) need_root; stop_pidfile "$CTLD_PID" slurmctld; echo "slurmctld stopped"; exit 0 ;;
+  *) die "usage: $0 [start|stop|stop-ctld|start-ctld]" ;;
 esac
 
 # ---------------------------------------------------------------- install

@@ -2,7 +2,7 @@
 # Quick end-to-end check of the services started by ci/services.sh, with each system's own CLI
 # (no Python needed). Runs one real job/login/container per service and checks its exit code.
 #
-#   ci/smoke.sh                 all of: slurm sge ssh podman docker
+#   ci/smoke.sh                 all of: slurm sge ssh podman docker charliecloud
 #   ci/smoke.sh ssh docker      only those
 #
 # Prints one line per service with its time; exit status non-zero if any check failed.
@@ -14,7 +14,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 XQ_NAME=smoke
 . "$HERE/lib.sh"
 
-ALL=(slurm sge ssh podman docker)
+ALL=(slurm sge ssh podman docker charliecloud)
 NAMES=("$@"); [ ${#NAMES[@]} -gt 0 ] || NAMES=("${ALL[@]}")
 W=$(mktemp -d /tmp/xq-smoke.XXXXXX); trap 'rm -rf "$W"' EXIT
 chmod 755 "$W"
@@ -66,6 +66,12 @@ smoke_docker() {
   local rc=0
   docker -H unix:///run/docker.sock run --rm --network none xq-busybox:latest sh -c 'exit 3' || rc=$?
   [ "$rc" = 3 ] || { echo "docker run: rc $rc, expected 3"; return 1; }
+}
+
+smoke_charliecloud() {
+  local rc=0 dir=${XQ_IMAGE_DIR:-/var/tmp/xqueue-images}/busybox-chrun
+  USER=${USER:-$(id -un)} ch-run "$dir" -- sh -c 'exit 3' || rc=$?
+  [ "$rc" = 3 ] || { echo "ch-run: rc $rc, expected 3"; return 1; }
 }
 
 failed=()

@@ -80,7 +80,7 @@ if [ "$ACTION" = stop ]; then
 fi
 
 # ---------------------------------------------------------------- install, keys, user
-ensure_pkgs openssh-server openssh-client
+ensure_pkgs openssh-server openssh-client procps   # procps: ps, to find a server's sessions
 if [ -e "$DIR" ] && [ "$(stat -c %u "$DIR")" != 0 ]; then die "$DIR exists and is not owned by root; remove it"; fi
 mkdir -p "$DIR" /run/sshd; chmod 755 "$DIR" /run/sshd      # /run/sshd: sshd's privilege-separation dir
 [ -s "$KEY" ] || ssh-keygen -q -t ed25519 -N '' -f "$KEY" -C xqueue-test-client

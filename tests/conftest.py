@@ -90,6 +90,15 @@ def sge_cluster() -> None:
 
 
 @pytest.fixture(scope="session")
+def chrun() -> str:
+    """charliecloud's ch-run, from ci/charliecloud.sh (it needs $USER even for --version)."""
+    user = os.environ.get("USER") or ("root" if os.getuid() == 0 else str(os.getuid()))
+    if _ok("env", f"USER={user}", "ch-run", "--version") is None:
+        _service_missing("ch-run (charliecloud-runtime) is not installed or does not run")
+    return str(shutil.which("ch-run"))
+
+
+@pytest.fixture(scope="session")
 def ssh_env() -> dict[str, str]:
     """Host, ports, user, key and known_hosts of the two sshd instances of ci/ssh.sh."""
     path = "/tmp/xqueue-sshd/env"

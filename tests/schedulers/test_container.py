@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import socket
 import subprocess
 import tarfile
@@ -277,11 +276,9 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def chrun_image(rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if shutil.which("ch-run") is None:
-        if os.environ.get("XQUEUE_REQUIRE_SERVICES"):
-            pytest.fail("ch-run is not installed")
-        pytest.skip("ch-run is not installed (apt-get install charliecloud-runtime)")
+def chrun_image(
+    chrun: str, rootfs: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     image = tmp_path_factory.mktemp("chrun") / "busybox"
     image.mkdir()
     with tarfile.open(rootfs) as tar:
