@@ -1,0 +1,368 @@
+"""Exactly once, proven by fault injection: a controller SIGKILLed anywhere loses nothing.
+
+The harness runs a real controller (tests/fault_driver.py, by the API on asyncio or trio,
+or as ``xqueue run``) on a job list whose every job appends its index to a ledger file,
+SIGKILLs it at 50 or more seeded random points (while Python starts, while it feeds,
+right after the run starts, after the n-th new job started), starts it again on the same
+workdir each time, and finally lets a run complete. The ledger is the jobs' own word on
+how often each one ran: every index must be there exactly once. A job that was still
+running when its controller died keeps running (it has its own session): the next
+controller must adopt it, and collect its real return code even if it ended while no
+controller was watching, never run it a second time.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.procs import driver_argv, kill_job_processes, stop, wait_no_job_processes
+
+JOBS = 300
+KILLS = 50
+FORKS = 8
+SEED = 20260823
+# The longest one controller may take to reach its kill point or its end.
+RUN_TIMEOUT = 30.0
+FINAL_TIMEOUT = 90.0
+MAX_FINAL_RUNS = 3
+
+
+def job_sleep(i: int) -> float:
+    """Seconds job ``i`` sleeps: mostly 0-96 ms, and every 25th job 1.2 s, so that some
+    jobs are still running when the next controller starts (to be adopted alive), while
+    most end while no controller watches (to be collected)."""
+    return 1.2 if i % 25 == 7 else ((i * 37) % 97) / 1000
+
+
+def write_jobs(path: Path, ledger: Path, n: int) -> None:
+    lines = [f"echo {i} >> {ledger}; sleep {job_sleep(i):.3f}" for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def ledger_lines(ledger: Path) -> list[str]:
+    try:
+        return ledger.read_text().split()
+    except FileNotFoundError:
+        return []
+
+
+def phases(path: Path) -> list[str]:
+    """The phases an api driver has reported so far."""
+    try:
+        return path.read_text().split()
+    except FileNotFoundError:
+        return []
+
+
+def check_ledger(ledger: Path, n: int) -> None:
+    """Every job index appears in the ledger exactly once."""
+    seen = Counter(ledger_lines(ledger))
+    missing = [i for i in range(n) if seen[str(i)] == 0]
+    twice = {int(i): c for i, c in seen.items() if c > 1}
+    stray = sorted(i for i in seen if not (i.isdigit() and int(i) < n))
+    assert not (missing or twice or stray), (
+        f"not exactly once: {len(twice)} job(s) ran more than once "
+        f"{dict(sorted(twice.items())[:15])}, {len(missing)} never ran {missing[:15]}, "
+        f"stray lines {stray[:5]}"
+    )
+
+
+@dataclass
+class KillPoint:
+    """Where to SIGKILL a controller: ``delay`` seconds after its anchor is reached.
+
+    Anchors: "spawn" (the process was started: Python is still starting, or feeding),
+    "feeding"/"running" (the phase the api driver reports), "ledger" (``count`` new
+    jobs have started since this controller was spawned).
+    """
+
+    anchor: str
+    delay: float
+    count: int = 0
+
+    def __str__(self) -> str:
+        what = f"{self.count} new jobs" if self.anchor == "ledger" else self.anchor
+        return f"{what} + {self.delay * 1000:.0f} ms"
+
+
+def kill_points(rng: random.Random, with_phases: bool) -> Iterator[KillPoint]:
+    """Seeded kill points: the first ones fixed and very early, then drawn at random."""
+    yield KillPoint("spawn", 0.0)
+    yield KillPoint("spawn", 0.25)
+    if with_phases:
+        yield KillPoint("feeding", 0.0)
+        yield KillPoint("running", 0.0)
+    yield KillPoint("ledger", 0.0, 1)
+    while True:
+        kind = rng.random()
+        if kind < 0.25:
+            yield KillPoint("spawn", rng.uniform(0.0, 0.45))
+        elif kind < 0.4 and with_phases:
+            yield KillPoint("feeding", rng.uniform(0.0, 0.03))
+        elif kind < 0.55 and with_phases:
+            yield KillPoint("running", rng.uniform(0.0, 0.05))
+        else:
+            yield KillPoint("ledger", rng.uniform(0.0, 0.02), rng.randint(1, 10))
+
+
+@dataclass
+class Harness:
+    """One workdir, one ledger, and the controllers started on them."""
+
+    tmp: Path
+    mode: str  # "api" or "cli"
+    backend: str = "asyncio"
+    scheduler: str = "local"
+    forks: int = FORKS
+    error_strategy: str = "retry"
+    options: list[str] = field(default_factory=list)
+    runs: int = 0
+    log: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.workdir = self.tmp / "wd"
+        self.ledger = self.tmp / "ledger"
+        self.jobs = self.tmp / "jobs.txt"
+        self.logs = self.tmp / "runs"
+        self.logs.mkdir()
+
+    def start(self) -> tuple[subprocess.Popen[bytes], Path]:
+        self.runs += 1
+        phase = self.logs / f"{self.runs}.phase"
+        args = [self.mode, str(self.jobs), "-w", str(self.workdir), "-f", str(self.forks)]
+        args += ["-e", self.error_strategy, "-s", self.scheduler]
+        for pair in self.options:
+            args += ["-o", pair]
+        if self.mode == "api":
+            args += ["--backend", self.backend, "--phase", str(phase)]
+            args += ["--result", str(self.result_path)]
+        with open(self.logs / f"{self.runs}.out", "wb") as out:
+            proc = subprocess.Popen(
+                driver_argv(*args), stdin=subprocess.DEVNULL, stdout=out, stderr=out
+            )
+        return proc, phase
+
+    @property
+    def result_path(self) -> Path:
+        return self.tmp / "result.json"
+
+    def _reached(self, point: KillPoint, phase: Path, base: int) -> bool:
+        if point.anchor == "spawn":
+            return True
+        if point.anchor == "ledger":
+            return len(ledger_lines(self.ledger)) - base >= point.count
+        return point.anchor in phases(phase)
+
+    def run_and_kill(self, point: KillPoint) -> bool:
+        """Start a controller and SIGKILL it at ``point``; False if it ended before."""
+        base = len(ledger_lines(self.ledger))
+        proc, phase = self.start()
+        started = time.monotonic()
+        try:
+            while not self._reached(point, phase, base):
+                if proc.poll() is not None:
+                    break
+                if time.monotonic() - started > RUN_TIMEOUT:
+                    self.log.append(f"run {self.runs}: {point} not reached in {RUN_TIMEOUT}s")
+                    break
+                time.sleep(0.002)
+            if point.delay:
+                time.sleep(point.delay)
+            if proc.poll() is not None:
+                self.log.append(f"run {self.runs}: ended (rc {proc.returncode}) before {point}")
+                return False
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            self.log.append(f"run {self.runs}: SIGKILLed at {point}")
+            return True
+        finally:
+            stop(proc)
+
+    def run_to_end(self) -> int:
+        """Start a controller and let it finish; its exit code."""
+        proc, _ = self.start()
+        try:
+            return proc.wait(timeout=FINAL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the final run did not end within {FINAL_TIMEOUT}s: {self.last_output()}")
+        finally:
+            stop(proc)
+
+    def last_output(self, limit: int = 3000) -> str:
+        try:
+            return (self.logs / f"{self.runs}.out").read_text()[-limit:]
+        except FileNotFoundError:
+            return ""
+
+    def status_records(self) -> list[dict[str, Any]]:
+        """What ``xqueue status --json`` reads back from the workdir."""
+        out = subprocess.run(
+            [sys.executable, "-m", "xqueue", "status", "--json", str(self.workdir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+    def cleanup(self) -> list[int]:
+        """Kill what the runs left behind; keep the harness's notes next to the run logs."""
+        (self.logs / "harness.log").write_text("\n".join(self.log) + "\n")
+        return kill_job_processes(self.workdir)
+
+
+def inject_faults(h: Harness, n_jobs: int, kills: int, rng: random.Random) -> int:
+    """Kill ``kills`` controllers at seeded points, then run to the end; the exit code."""
+    write_jobs(h.jobs, h.ledger, n_jobs)
+    delivered = 0
+    points = kill_points(rng, with_phases=h.mode == "api")
+    # Some points may come after a controller had nothing left to do and ended:
+    # those do not count, so allow a few more attempts than kills.
+    while delivered < kills and h.runs < 3 * kills:
+        if h.run_and_kill(next(points)):
+            delivered += 1
+    assert delivered >= kills, (
+        f"harness: only {delivered} of {kills} kills landed in {h.runs} runs: "
+        + "; ".join(h.log[-10:])
+    )
+    for _ in range(MAX_FINAL_RUNS):
+        code = h.run_to_end()
+        h.log.append(f"run {h.runs}: ran to the end, exit code {code}")
+        if code == 0:
+            break
+    return code
+
+
+def check_all_finished(records: list[dict[str, Any]], n_jobs: int, where: str) -> None:
+    bad = [r for r in records if r.get("status") != "finished" or r.get("rc") != 0]
+    assert len(records) == n_jobs and not bad, (
+        f"{where}: {len(bad)} of {len(records)} job(s) not finished with rc 0, e.g. {bad[:3]}"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("mode", "backend"), [("api", "asyncio"), ("api", "trio"), ("cli", "asyncio")]
+)
+def test_controller_killed_at_50_points_runs_each_job_exactly_once(
+    tmp_path: Path, mode: str, backend: str
+) -> None:
+    h = Harness(tmp_path, mode, backend)
+    try:
+        code = inject_faults(h, JOBS, KILLS, random.Random(f"{SEED}-{mode}-{backend}"))
+        check_ledger(h.ledger, JOBS)
+        assert code == 0, f"no run completed in {MAX_FINAL_RUNS} tries: {h.last_output()}"
+        if mode == "api":
+            result = json.loads(h.result_path.read_text())
+            assert result["error"] is None, result["error"]
+            check_all_finished(result["jobs"], JOBS, "the final run's report")
+        states = [r["state"] or {} for r in h.status_records()]
+        check_all_finished(states, JOBS, "xqueue status --json")
+        left = wait_no_job_processes(h.workdir, settle=2.0)
+        assert not left, f"job processes still running after a complete run: {left}"
+    finally:
+        h.cleanup()
+
+
+# -- a job that ends while no controller watches -----------------------------------------
+
+
+def waiting_job(i: int, ledger: Path, go: Path, rc: int) -> str:
+    """Record that job ``i`` started, wait for the test's go-ahead, then exit ``rc``."""
+    return f"echo {i} >> {ledger}; while [ ! -e {go} ]; do sleep 0.02; done; exit {rc}"
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("ends", ["before-restart", "after-restart"])
+def test_job_ending_unwatched_is_collected_with_its_rc_not_rerun(
+    tmp_path: Path, backend: str, ends: str
+) -> None:
+    # Ignore, not retry: a failure collected from an earlier run is final, so any
+    # second ledger line can only be a job run again by mistake.
+    h = Harness(tmp_path, "api", backend, forks=2, error_strategy="ignore")
+    go = tmp_path / "go"
+    h.jobs.write_text(
+        waiting_job(0, h.ledger, go, 0) + "\n" + waiting_job(1, h.ledger, go, 3) + "\n"
+    )
+    proc = None
+    try:
+        proc, _ = h.start()
+        wait_for(lambda: len(ledger_lines(h.ledger)) == 2, 30, "both jobs to start")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        if ends == "before-restart":
+            go.touch()
+            left = wait_no_job_processes(h.workdir, settle=10)
+            assert not left, f"the jobs did not end on their own: {left}"
+            proc, _ = h.start()
+        else:
+            proc, phase = h.start()
+            wait_for(lambda: "running" in phases(phase), 30, "the second run")
+            time.sleep(0.5)  # let it adopt the jobs before they end
+            assert len(wait_no_job_processes(h.workdir, settle=0)) >= 2
+            go.touch()
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the second run did not end: {h.last_output()}")
+        assert code == 0, h.last_output()
+        assert sorted(ledger_lines(h.ledger)) == ["0", "1"], "a job ran again"
+        result = json.loads(h.result_path.read_text())
+        got = [(j["status"], j["rc"]) for j in result["jobs"]]
+        assert got == [("finished", 0), ("failed", 3)], [
+            (j["status"], j["rc"], j["reason"]) for j in result["jobs"]
+        ]
+        states = [(r["state"]["status"], r["state"]["rc"]) for r in h.status_records()]
+        assert states == [("finished", 0), ("failed", 3)]
+    finally:
+        stop(proc)
+        h.cleanup()
+
+
+# -- Slurm -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.timeout(600)
+@pytest.mark.usefixtures("slurm_cluster")
+def test_slurm_controller_killed_at_50_points_runs_each_job_exactly_once(
+    tmp_path: Path,
+) -> None:
+    name = f"xqfault-{uuid.uuid4().hex[:8]}"
+    h = Harness(tmp_path, "api", "asyncio", scheduler="slurm")
+    # Arrays on (the default), a short poll; the job name marks this test's jobs for scancel.
+    h.options = ["poll_interval=0.2", "vanish_grace=5", "arrays=true", f"job-name={name}"]
+    try:
+        code = inject_faults(h, 100, KILLS, random.Random(f"{SEED}-slurm"))
+        check_ledger(h.ledger, 100)
+        assert code == 0, f"no run completed in {MAX_FINAL_RUNS} tries: {h.last_output()}"
+        result = json.loads(h.result_path.read_text())
+        assert result["error"] is None, result["error"]
+        check_all_finished(result["jobs"], 100, "the final run's report")
+        states = [r["state"] or {} for r in h.status_records()]
+        check_all_finished(states, 100, "xqueue status --json")
+    finally:
+        subprocess.run(["scancel", f"--name={name}"], capture_output=True, timeout=30)
