@@ -68,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--kill-first", action="store_true", help="kill job 0 (q.kill) once it runs"
     )
+    parser.add_argument("--hook-timeout", type=float, default=300.0)
     return parser
 
 
@@ -132,6 +133,7 @@ async def _run(args: argparse.Namespace, holder: list[Xqueue]) -> None:
         num_retries=args.retries,
         scheduler_opts=options,
         plugins=[PLUGINS[name]() for name in args.plugin],
+        hook_timeout=args.hook_timeout,
     )
     holder.append(q)
     _phase(args.phase, "feeding")

@@ -200,7 +200,8 @@ def error_text(result: Path) -> str:
     ("plugin", "job", "extra"),
     [
         ("HangsInOnShutdown", "true", []),
-        ("HangsInOnJobKilled", "exec sleep 60", ["--kill-first"]),
+        # Killed while the run goes on: the queue's hook_timeout bounds it.
+        ("HangsInOnJobKilled", "exec sleep 60", ["--kill-first", "--hook-timeout", "3"]),
     ],
 )
 def test_hung_hook_does_not_block_the_end_of_the_run(

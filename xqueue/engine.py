@@ -112,8 +112,10 @@ class Engine:
         error_strategy: str,
         num_retries: int,
         handle_signals: bool,
+        hook_timeout: float | None = None,
     ) -> None:
         self.queue = queue
+        self.hook_timeout = hook_timeout
         self.scheduler = scheduler
         self.hooks = hooks
         self.workdir = workdir
@@ -629,8 +631,13 @@ class Engine:
                 )
 
     # -- act: I/O and hooks, outside the decision ----------------------------------------
+    def _hook_timeout(self) -> float | None:
+        if self.state is RunState.STOPPING:
+            return min(self.hook_timeout or math.inf, SHUTDOWN_HOOK_TIMEOUT)
+        return self.hook_timeout
+
     async def _call_hooks(self, calls: list[HookCall]) -> None:
-        timeout = SHUTDOWN_HOOK_TIMEOUT if self.state is RunState.STOPPING else None
+        timeout = self._hook_timeout()
         for hook, job in calls:
             try:
                 await self.hooks.call(hook, timeout=timeout, **self._kw(job))
@@ -688,9 +695,7 @@ class Engine:
                 continue
             try:
                 vetoer = await self.hooks.vetoed_by(
-                    "on_job_killing",
-                    timeout=SHUTDOWN_HOOK_TIMEOUT if self.state is RunState.STOPPING else None,
-                    **self._kw(job),
+                    "on_job_killing", timeout=self._hook_timeout(), **self._kw(job)
                 )
             except PluginError as exc:
                 log.error("%s; killing job %s anyway", exc, job.index)
@@ -791,7 +796,7 @@ class Engine:
         try:
             await self.hooks.call(
                 "on_shutdown",
-                timeout=SHUTDOWN_HOOK_TIMEOUT,
+                timeout=self._hook_timeout(),
                 xqueue=self.queue,
                 scheduler=self.scheduler,
                 reason=reason,

@@ -63,6 +63,7 @@ class Hooks:
             if not isinstance(plugin, str):
                 self._register(plugin, None)
         self._impls: dict[str, list[_Impl]] = {}
+        self.hung: set[str] = set()  # plugins that outlived a timeout: skipped from then on
 
     def _register(self, plugin: Any, name: str | None) -> None:
         if name is None:  # a readable name for messages, unique within this queue
@@ -109,6 +110,8 @@ class Hooks:
             return []
         results = []
         for plugin, fn, argnames in impls:
+            if plugin in self.hung:
+                continue  # it hung once already; its error was reported then
             try:
                 result = fn(*[kwargs[a] for a in argnames])
                 if inspect.isawaitable(result):
@@ -116,6 +119,9 @@ class Hooks:
                         result = await result
                     else:
                         result = await _bounded(result, timeout)
+            except TimeoutError as exc:
+                self.hung.add(plugin)
+                raise PluginError(plugin, hook, exc) from exc
             except Exception as exc:
                 raise PluginError(plugin, hook, exc) from exc
             results.append((plugin, result))

@@ -66,6 +66,18 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
+def _check_timeout(value: Any) -> float | None:
+    import math
+
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"hook_timeout must be a number of seconds or None, got {value!r}")
+    if value <= 0:
+        raise ConfigError(f"hook_timeout must be > 0, got {value}")
+    return float(value)
+
+
 class Xqueue:
     """A queue of jobs run by one scheduler with at most ``forks`` active at once.
 
@@ -74,6 +86,10 @@ class Xqueue:
     "halt" stops the run and raises ``JobFailedError``; "retry" runs it again up to
     ``num_retries`` times (then it is failed and the run goes on); "ignore" records the
     failure and goes on.
+
+    ``hook_timeout`` bounds each awaited hook implementation (seconds, None for no
+    bound): a plugin that hangs stops the run with a PluginError naming it, instead of
+    hanging the run for ever. While a run stops, hooks get at most 10 s each.
     """
 
     def __init__(
@@ -87,6 +103,7 @@ class Xqueue:
         scheduler_opts: dict[str, Any] | None = None,
         plugins: Iterable[Any] | None = None,
         handle_signals: bool = True,
+        hook_timeout: float | None = 300.0,
     ) -> None:
         forks = _check_int("forks", forks, 1)
         num_retries = _check_int("num_retries", num_retries, 0)
@@ -107,6 +124,7 @@ class Xqueue:
             error_strategy=error_strategy,
             num_retries=num_retries,
             handle_signals=handle_signals,
+            hook_timeout=_check_timeout(hook_timeout),
         )
         self._task_group: TaskGroup | None = None
         self._background: asyncio.Task[None] | None = None

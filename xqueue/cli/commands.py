@@ -169,9 +169,15 @@ def _run(args: argparse.Namespace, console: Any) -> int:
         code = EXIT_FAILED
     except Interrupted as exc:
         console.print(f"[bold red]interrupted:[/] {exc}", highlight=False)
-        code = EXIT_SIGTERM
+        code = 128 + exc.signal if exc.signal else EXIT_SIGTERM
     except KeyboardInterrupt:
-        console.print("[bold red]interrupted:[/] Ctrl-C; running jobs were killed")
+        left = [j for j in queue.jobs if j.status.is_active]
+        what = (
+            f"{len(left)} job(s) could not be killed and may still run"
+            if left
+            else "running jobs were killed"
+        )
+        console.print(f"[bold red]interrupted:[/] Ctrl-C; {what}")
         code = EXIT_SIGINT
     stats = queue.statistics()
     console.print(summary_line(dict(stats.counts), stats.total, stats.elapsed), highlight=False)
