@@ -288,6 +288,13 @@ async def test_each_run_opens_and_closes_the_scheduler(workdir: Path) -> None:
     await q.feed(["true"])
     await q.run_until_complete()
     assert (sched.opened, sched.closed) == (2, 2)
+    await q.aclose()  # closing the queue does not close the backend a second time
+    assert (sched.opened, sched.closed) == (2, 2)
+
+    sched2 = Counting()
+    async with Xqueue(sched2, workdir=workdir) as q2:
+        await q2.feed(["true"])
+    assert (sched2.opened, sched2.closed) == (1, 1)
 
 
 async def test_a_job_the_backend_loses_fails_alone(workdir: Path) -> None:

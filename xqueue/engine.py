@@ -142,6 +142,7 @@ class Engine:
         self._error: BaseException | None = None
         self._signal: signal.Signals | None = None
         self._deadline: float | None = None
+        self.scheduler_open = False  # so aclose() runs exactly once per open()
         self._hold_until = 0.0  # no submission before this (the backend looked down)
         self._unavailable_since = 0.0
         self.started_at: float | None = None
@@ -240,6 +241,7 @@ class Engine:
         receiver = self._open_signals()
         try:
             self.scheduler.forks = self.forks
+            self.scheduler_open = True  # closed by _close, even if open() fails half-way
             await self.scheduler.open(self.workdir)
             await self.hooks.call("on_init", xqueue=self.queue, scheduler=self.scheduler)
             await self._run_loop(receiver)
@@ -813,6 +815,7 @@ class Engine:
             # aclose() (the xqute style) leaves no connection or thread behind.
             with anyio.move_on_after(SHUTDOWN_MARGIN):
                 try:
+                    self.scheduler_open = False
                     await self.scheduler.aclose()
                 except Exception as exc:  # closing must not hide the run's own outcome
                     log.warning("closing scheduler %s failed: %r", self.scheduler.name, exc)

@@ -249,7 +249,9 @@ class Xqueue:
         if self._engine.state is not RunState.CLOSED:
             self._engine.state = RunState.CLOSED
             self.workdir.unlock()
-            await self.scheduler.aclose()
+            if self._engine.scheduler_open:  # a run closes what it opened
+                self._engine.scheduler_open = False
+                await self.scheduler.aclose()
 
     async def __aenter__(self) -> Xqueue:
         if self._engine.state is RunState.CLOSED or self._task_group is not None:
