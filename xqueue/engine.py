@@ -647,7 +647,7 @@ class Engine:
                 if self.state is RunState.STOPPING:
                     log.error("%s", exc)
                 else:
-                    self._handle(("stop", exc))
+                    self._post("stop", exc)
 
     async def _submit(self, batch: list[Job]) -> None:
         allowed: list[Job] = []
