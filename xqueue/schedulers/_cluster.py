@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import re
 import shlex
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
@@ -53,6 +54,22 @@ def short_options(opts: Mapping[str, Any]) -> list[str]:
                 continue
             argv.extend([f"-{key}"] if v is True else [f"-{key}", str(v)])
     return argv
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.+-]+")
+
+
+def job_name(text: str, limit: int = 64) -> str:
+    """A job's name as a cluster may carry it: letters, digits and ``_.+-`` only.
+
+    A name is free text, yet Slurm and SGE print job names in line- and space-separated
+    listings (``squeue``, ``qstat``, ``sacct -P``) and SGE refuses whitespace, ``/``,
+    ``:`` and ``@`` outright. Every other run of characters becomes one ``_``, a leading
+    ``-`` or ``.`` is dropped (it would read as an option or a hidden file), and the
+    result is cut to ``limit``; an empty result is ``xqueue``.
+    """
+    safe = _UNSAFE_NAME.sub("_", text).lstrip("-.")[:limit]
+    return safe or "xqueue"
 
 
 def group_by(items: Iterable[T], key: Callable[[T], K]) -> dict[K, list[T]]:

@@ -32,6 +32,7 @@ from ._cluster import (
     array_jobdirs,
     chunks,
     hms,
+    job_name,
     long_options,
     run_submit,
     run_tag,
@@ -166,7 +167,7 @@ class SlurmScheduler(Scheduler):
     async def submit_job(self, job: Job) -> str:
         script = self.write_script(job)
         opts = {
-            "job-name": job.name,
+            "job-name": job_name(job.name),
             "output": job.path("slurm.log"),
             "comment": self._comment(job),
             "kill-on-invalid-dep": "yes",
@@ -179,7 +180,7 @@ class SlurmScheduler(Scheduler):
             self.write_script(job)
         name, script = write_array(self._batch_dir, jobs, "SLURM_ARRAY_TASK_ID", 0)
         opts = {
-            "job-name": f"xqueue-{jobs[0].name}"[:64],
+            "job-name": job_name(f"xqueue-{jobs[0].name}"),
             "output": os.path.join(self._batch_dir, f"{name}-%a.log"),
             "comment": f"xqueue:{self._tag}:@{name}",
             "kill-on-invalid-dep": "yes",
