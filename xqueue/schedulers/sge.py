@@ -1,10 +1,14 @@
 """SGE (Son of Grid Engine and kin): ``qsub`` of the wrapper script, one ``qstat -xml`` per tick.
 
 The wrapper is submitted as a script file, never with ``-b y`` (SGE re-joins the
-arguments of a binary job and loses their quoting). Options from ``scheduler_opts``
-become qsub flags as the xqute seed documents them: ``q="all.q"`` -> ``-q all.q``,
-``l=["h_vmem=2G", "h_rt=3600"]`` -> ``-l h_vmem=2G -l h_rt=3600``, ``cwd=True`` ->
-``-cwd``, ``N="name"`` -> ``-N name``; a ``qsub_`` prefix is dropped (``qsub_pe="smp 4"``).
+arguments of a binary job and loses their quoting), and with ``-C ''``: qsub scans
+*every* line of a script for ``#$`` directives, so a job argument holding a newline
+could otherwise smuggle in qsub options; all options go on the command line instead.
+
+Options from ``scheduler_opts`` become qsub flags as the xqute seed documents them:
+``q="all.q"`` -> ``-q all.q``, ``l=["h_vmem=2G", "h_rt=3600"]`` -> ``-l h_vmem=2G -l
+h_rt=3600``, ``cwd=True`` -> ``-cwd``, ``N="name"`` -> ``-N name``; a ``qsub_`` prefix is
+dropped (``qsub_pe="smp 4"``).
 A job's ``resources`` become ``-l h_vmem``, ``-l h_rt``, ``-l gpu`` and, when the
 ``pe`` option names a parallel environment, ``-pe <pe> <cpus>``; a raw ``l`` entry for
 the same resource wins.
@@ -140,7 +144,9 @@ class SgeScheduler(Scheduler):
 
     # -- submitting ------------------------------------------------------------------
     async def _qsub(self, opts: dict[str, Any], script: str) -> str:
-        argv = [self.options.qsub, "-terse", "-S", "/bin/sh", *_argv_flags(opts), script]
+        # -C '': qsub would otherwise read every line of the script starting with "#$" as
+        # an option, even inside a quoted argument that spans lines ('a\n#$ -a 2030...').
+        argv = [self.options.qsub, "-terse", "-C", "", "-S", "/bin/sh", *_argv_flags(opts), script]
         stdout = await run_submit(argv, self.options.submit_timeout, self.stats)
         try:
             return parse.parse_qsub(stdout)
