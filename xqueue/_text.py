@@ -99,9 +99,24 @@ def comment(text: str, limit: int = 200) -> str:
     return out + ("..." if len(text) > limit else "")
 
 
+_CR = "\"$(printf '\\r')\""
+
+
+def quote(word: str) -> str:
+    """``shlex.quote``, except that a carriage return is spelled ``"$(printf '\\r')"``.
+
+    sbatch refuses a batch script that holds a carriage return before a newline (it takes
+    it for a DOS file), even inside quotes, so a script never holds a raw one: the parts
+    between them are quoted and joined by that expansion into the same single word.
+    """
+    if "\r" not in word:
+        return shlex.quote(word)
+    return _CR.join(shlex.quote(part) if part else "" for part in word.split("\r"))
+
+
 def export(name: str, value: str) -> str:
     """One ``export NAME='value'`` line; the name is checked again here because it is the
     one word of a script that cannot be quoted (a plugin may have changed ``job.envs``)."""
     if not ENV_NAME.fullmatch(name):
         raise ConfigError(f"invalid environment variable name {name!r}")
-    return f"export {name}={shlex.quote(value)}"
+    return f"export {name}={quote(value)}"

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import abc
 import os
-import shlex
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import anyio
 
-from ._text import comment, export
+from ._text import comment, export, quote
 from .job import RC, SCRIPT, STARTED, STDERR, STDOUT, Job, attempt_file
 from .options import SchedulerOptions
 from .states import JobStatus
@@ -264,10 +263,10 @@ class Scheduler(abc.ABC):
 
 def render_script(job: Job, jobdir: str, directives: Iterable[str] = ()) -> str:
     """The wrapper's text. Nothing of the job's reaches it unquoted: arguments and values
-    are single-quoted word by word (``shlex.quote``), and the name, which is only a
+    are single-quoted word by word (``_text.quote``), and the name, which is only a
     comment, has its line breaks and other unprintable characters escaped (``comment``),
     so no name, argument or value can end a line and start a command of its own."""
-    q = shlex.quote
+    q = quote
     n = max(job.attempt, 1)
 
     def f(kind: str) -> str:

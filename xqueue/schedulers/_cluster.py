@@ -15,13 +15,13 @@ import hashlib
 import itertools
 import os
 import re
-import shlex
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
 
+from .._text import quote
 from ..errors import SubmissionError
 from ..job import SCRIPT, Job
 from ..scheduler import SchedulerStats, gather_bounded
@@ -210,7 +210,7 @@ def write_array(
         "# xqueue array: each element runs the wrapper of one job",
         f'case "${task_var}" in',
         *(
-            f"{first_index + i}) exec /bin/sh {shlex.quote(job.attempt_path(SCRIPT))} ;;"
+            f"{first_index + i}) exec /bin/sh {quote(job.attempt_path(SCRIPT))} ;;"
             for i, job in enumerate(jobs)
         ),
         "esac",
