@@ -152,6 +152,16 @@ BACKENDS = [
 ]
 
 
+# The workdir's own path reaches scripts, --output/-o patterns, mounts and binds. Each
+# backend gets every character but the one it has no way to spell (and refuses: below).
+WORKDIR = "wd $(touch CANARY-w) `x` 'q' \"dq\" ; # %j %a $TASK_ID :x ,y"
+UNSPELLABLE = {"ch-run": ":", "podman": ":", "sge": "$"}
+
+
+def hostile_workdir(tmp_path: Path, backend: str) -> Path:
+    return tmp_path / WORKDIR.replace(UNSPELLABLE.get(backend, "\0"), "")
+
+
 @pytest.fixture
 def cleanup() -> Iterator[list[tuple[str, list[Job]]]]:
     """Cluster jobs a failed test left behind are removed (scancel, qdel)."""
@@ -197,9 +207,9 @@ async def test_hostile_strings_run_as_data_on_every_backend(
     request: pytest.FixtureRequest,
     backend: str,
     tmp_path: Path,
-    workdir: Path,
     cleanup: list[tuple[str, list[Job]]],
 ) -> None:
+    workdir = hostile_workdir(tmp_path, backend)
     canary = workdir / CANARY
     args = payloads(canary)
     envs = {f"XQ_E{i}": v for i, v in enumerate(args)}
@@ -456,3 +466,21 @@ def test_chrun_set_env_spelling() -> None:
     assert set_env_value("'") == "'"
     assert set_env_value("a'b'") == "a'b'"
     assert set_env_value("$(x)") == "$(x)"
+
+
+@pytest.mark.parametrize(
+    ("backend", "opts", "message"),
+    [
+        ("sge", {}, r"holds one of the variables qsub expands .*\$HOME"),
+        ("container", {"bin": "ch-run", "image": "/x"}, "ch-run cannot bind the workdir"),
+        ("container", {"bin": "podman", "image": "x"}, "podman cannot mount .*without ':'"),
+    ],
+)
+async def test_workdirs_a_backend_cannot_spell_are_refused(
+    tmp_path: Path, backend: str, opts: dict[str, Any], message: str
+) -> None:
+    # Refused when the queue starts, before anything is submitted (no service needed).
+    q = Xqueue(backend, workdir=tmp_path / "wd:$HOME", scheduler_opts=opts)
+    await q.feed(["true"])
+    with pytest.raises(ConfigError, match=message):
+        await q.run_until_complete()

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import Process
 
-from ..errors import SchedulerError, SubmissionError
+from ..errors import SchedulerError, SchedulerOptionError, SubmissionError
 from ..job import Job
 from ..workdir import read_rc
 from ._proc import kill_group, start_ticks
@@ -72,6 +72,11 @@ class ChRunRuntime:
         self._bin = options.bin
 
     async def open(self, workdir_root: str) -> None:
+        if ":" in workdir_root:
+            raise SchedulerOptionError(
+                f"ch-run cannot bind the workdir {workdir_root!r}: its -b SRC:DST has no way "
+                "to spell a ':' in a path; choose a workdir without one"
+            )
         self._root = workdir_root
         found = shutil.which(self._bin)
         if found is None:

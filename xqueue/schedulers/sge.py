@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import SchedulerError
+from ..errors import SchedulerError, SchedulerOptionError
 from ..job import Job
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
@@ -103,6 +103,16 @@ def qsub_options(job: Job | None, pe: str | None, extra: dict[str, Any]) -> dict
     return opts
 
 
+# What qsub expands in an -o path (its own variables, not the shell's).
+_PSEUDO_VARS = re.compile(r"\$\{?(HOME|USER|JOB_ID|JOB_NAME|HOSTNAME|TASK_ID)\b")
+
+
+def output_path(path: str) -> str:
+    """``path`` for ``-o``: qsub reads ``host:path``, so an empty host is given (a ``:`` in
+    the path would otherwise be taken for one)."""
+    return f":{path}"
+
+
 def _argv_flags(opts: dict[str, Any]) -> list[str]:
     """Flags whose value holds several words (``-pe smp 4``) are split into arguments."""
     argv: list[str] = []
@@ -139,6 +149,12 @@ class SgeScheduler(Scheduler):
 
     async def open(self, workdir: Any) -> None:
         await super().open(workdir)
+        if _PSEUDO_VARS.search(str(workdir.path)):
+            raise SchedulerOptionError(
+                f"sge: the workdir path {str(workdir.path)!r} holds one of the variables qsub "
+                "expands in output paths ($HOME, $USER, $JOB_ID, $JOB_NAME, $HOSTNAME, "
+                "$TASK_ID); choose a workdir without it"
+            )
         self._batch_dir = os.path.join(workdir.path, ".xqueue-sge")
         self._tag = run_tag(str(workdir.path))
 
@@ -164,7 +180,7 @@ class SgeScheduler(Scheduler):
         script = self.write_script(job)
         opts = {
             "N": self._name(job),
-            "o": job.path("sge.log"),
+            "o": output_path(job.path("sge.log")),
             "j": "y",
             **qsub_options(job, self.options.pe, self.options.extra),
         }
@@ -176,7 +192,7 @@ class SgeScheduler(Scheduler):
         name, script = write_array(self._batch_dir, jobs, "SGE_TASK_ID", 1)
         opts = {
             "N": f"{self._prefix()}A{name}",
-            "o": os.path.join(self._batch_dir, f"{name}.$TASK_ID.log"),
+            "o": output_path(os.path.join(self._batch_dir, f"{name}.$TASK_ID.log")),
             "j": "y",
             "t": f"1-{len(jobs)}",
             "tc": throttle,

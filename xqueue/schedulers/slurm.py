@@ -84,6 +84,12 @@ class SlurmOptions(SchedulerOptions):
     accepts_extra = True
 
 
+def literal_path(path: str) -> str:
+    """``path`` as an ``--output`` pattern that names it: sbatch replaces ``%j``, ``%a``...
+    in it, so a ``%`` of the path itself is doubled."""
+    return path.replace("%", "%%")
+
+
 def sbatch_options(job: Job | None, extra: dict[str, Any]) -> dict[str, Any]:
     """The long options for one job (or one array group): mapped resources, then raw ones."""
     opts: dict[str, Any] = {}
@@ -168,7 +174,7 @@ class SlurmScheduler(Scheduler):
         script = self.write_script(job)
         opts = {
             "job-name": job_name(job.name),
-            "output": job.path("slurm.log"),
+            "output": literal_path(job.path("slurm.log")),
             "comment": self._comment(job),
             "kill-on-invalid-dep": "yes",
             **sbatch_options(job, self.options.extra),
@@ -181,7 +187,7 @@ class SlurmScheduler(Scheduler):
         name, script = write_array(self._batch_dir, jobs, "SLURM_ARRAY_TASK_ID", 0)
         opts = {
             "job-name": job_name(f"xqueue-{jobs[0].name}"),
-            "output": os.path.join(self._batch_dir, f"{name}-%a.log"),
+            "output": os.path.join(literal_path(self._batch_dir), f"{name}-%a.log"),
             "comment": f"xqueue:{self._tag}:@{name}",
             "kill-on-invalid-dep": "yes",
             "array": f"0-{len(jobs) - 1}%{throttle}",
