@@ -154,7 +154,7 @@ BACKENDS = [
 
 # The workdir's own path reaches scripts, --output/-o patterns, mounts and binds. Each
 # backend gets every character but the one it has no way to spell (and refuses: below).
-WORKDIR = "wd $(touch CANARY-w) `x` 'q' \"dq\" ; # %j %a $TASK_ID :x ,y"
+WORKDIR = "wd\n$(touch CANARY-w) `x` 'q' \"dq\" ; # %j %a $TASK_ID :x ,y"
 UNSPELLABLE = {"ch-run": ":", "podman": ":", "sge": "$"}
 
 
