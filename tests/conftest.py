@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import ROOTFS, container_engine
+
 # Tests must not pick up hook plugins installed in the environment.
 os.environ["XQUEUE_DISABLE_PLUGIN_AUTOLOAD"] = "1"
 
@@ -56,6 +58,7 @@ def _no_unreaped_jobs() -> Iterator[None]:
 
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
+import tarfile  # noqa: E402
 
 
 def _service_missing(reason: str) -> None:
@@ -127,3 +130,34 @@ def podman_socket() -> str:
 @pytest.fixture(scope="session")
 def docker_socket() -> str:
     return _socket("/run/docker.sock", "dockerd")
+
+
+@pytest.fixture(scope="session")
+def rootfs() -> Path:
+    """The busybox root filesystem tarball of ci/images.sh."""
+    if not ROOTFS.is_file():
+        _service_missing(f"no image tarball at {ROOTFS}")
+    return ROOTFS
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("docker", marks=pytest.mark.docker),
+        pytest.param("podman", marks=pytest.mark.podman),
+    ]
+)
+def engine(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Each API engine in turn: bin, url and the test image (``container_engine``)."""
+    return container_engine(request, str(request.param))
+
+
+@pytest.fixture(scope="session")
+def chrun_image(
+    chrun: str, rootfs: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The busybox tarball unpacked for charliecloud's ch-run (from ci/charliecloud.sh)."""
+    image = tmp_path_factory.mktemp("chrun") / "busybox"
+    image.mkdir()
+    with tarfile.open(rootfs) as tar:
+        tar.extractall(image, filter="fully_trusted")
+    yield str(image)

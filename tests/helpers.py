@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 
 from xqueue import Job, JobStatus, Scheduler, Xqueue, hookimpl
 
@@ -18,6 +22,11 @@ async def wait_running(job: Job, timeout: float = 30) -> None:
     with anyio.fail_after(timeout):
         while job.status is not JobStatus.RUNNING:
             await anyio.sleep(0.1)
+
+
+SLURM_FAST = {"poll_interval": 0.2, "vanish_grace": 2.0}
+"""Slurm options for tests: short intervals."""
+SGE_FAST = {"poll_interval": 0.3, "vanish_grace": 3.0}
 
 
 def cluster_queue(scheduler: str, fast: dict[str, Any], workdir: Path, **kw: Any) -> Xqueue:
@@ -33,6 +42,71 @@ def remove_after(command: str) -> Iterator[list[Job]]:
     ids = [j.jid for j in jobs if j.jid]
     if ids:
         subprocess.run([command, *ids], capture_output=True, timeout=30)
+
+
+def ssh_server(env: dict[str, str], port: str, **extra: Any) -> dict[str, Any]:
+    """One entry of the SSH scheduler's ``servers`` for an sshd of ci/ssh.sh, as root
+    (pytest's tmp_path is root's, mode 0700)."""
+    return {
+        "host": env["XQ_SSH_HOST"],
+        "port": int(port),
+        "user": "root",
+        "keyfile": env["XQ_SSH_KEY"],
+        "known_hosts": env["XQ_SSH_KNOWN_HOSTS"],
+        **extra,
+    }
+
+
+# -- container engines ---------------------------------------------------------------------
+ROOTFS = Path(os.environ.get("XQ_IMAGE_DIR", "/var/tmp/xqueue-images")) / "busybox-rootfs.tar"
+IMAGE = "localhost/xqueue-test-busybox:latest"
+
+
+class _UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=60)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def api(url: str, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+    """One synchronous request to an engine's API (the witness, independent of aiodocker)."""
+    conn = _UnixHTTP(url.removeprefix("unix://"))
+    try:
+        headers = {"Content-Type": "application/x-tar"} if body is not None else {}
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+    finally:
+        conn.close()
+    try:
+        return resp.status, json.loads(data) if data else None
+    except ValueError:
+        return resp.status, data
+
+
+_imported: set[str] = set()
+
+
+def container_engine(request: pytest.FixtureRequest, name: str) -> dict[str, str]:
+    """bin, url and an image imported from the ci/images.sh tarball through that engine's
+    API (once per engine and session), for ``scheduler_opts`` of the container scheduler."""
+    url = str(request.getfixturevalue(f"{name}_socket"))
+    rootfs: Path = request.getfixturevalue("rootfs")
+    if url not in _imported:
+        status, answer = api(
+            url,
+            "POST",
+            "/images/create?fromSrc=-&repo=localhost/xqueue-test-busybox&tag=latest",
+            rootfs.read_bytes(),
+        )
+        assert status == 200, answer
+        _imported.add(url)
+    return {"bin": name, "url": url, "image": IMAGE}
 
 
 class DetachedScheduler(Scheduler):

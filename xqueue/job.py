@@ -8,12 +8,12 @@ It uses ``__slots__`` because a run may hold 100,000 of them.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
 
+from ._text import check_envs, check_text
 from .errors import ConfigError, InvalidTransitionError
 from .resources import Resources
 from .states import JobStatus, can_transition
@@ -36,27 +36,42 @@ def attempt_file(kind: str, attempt: int) -> str:
 
 
 def normalize_command(cmd: str | Sequence[Any]) -> str | tuple[str, ...]:
-    """A string stays a shell command; a sequence becomes an argv tuple of strings."""
+    """A string stays a shell command; a sequence becomes an argv tuple of strings.
+
+    Arguments are converted with ``str`` (a path with ``os.fspath``); ``None`` and bytes
+    are refused, as is a NUL anywhere (see ``_text``): the error names the argument.
+    """
     if isinstance(cmd, str):
         if not cmd.strip():
             raise ConfigError("empty command: give a program to run, e.g. ['echo', 'hi']")
-        return cmd
+        return check_text(cmd, "the command")
     if isinstance(cmd, (bytes, bytearray)) or not isinstance(cmd, Sequence):
         raise ConfigError(f"a command is a string or a list of arguments, not {type(cmd).__name__}")
-    argv = tuple(str(a) for a in cmd)
+    argv = tuple(_argument(i, a) for i, a in enumerate(cmd))
     if not argv or not argv[0].strip():
         raise ConfigError("empty command: give a program to run, e.g. ['echo', 'hi']")
     return argv
 
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+def _argument(i: int, arg: Any) -> str:
+    what = f"argument {i} of the command"
+    if arg is None or isinstance(arg, (bytes, bytearray)):
+        raise ConfigError(f"{what} is {type(arg).__name__}; give a string")
+    return check_text(os.fspath(arg) if isinstance(arg, os.PathLike) else str(arg), what)
+
+
+def check_name(name: Any) -> str | None:
+    """A job name as given (None: derived from the command); refused if no script can hold it."""
+    if name is None or name == "":
+        return None
+    if not isinstance(name, str):
+        raise ConfigError(f"a job name is a string, not {type(name).__name__}")
+    return check_text(name, "the job name")
 
 
 def _check_envs(envs: Mapping[str, Any]) -> dict[str, str]:
-    bad = [k for k in envs if not _ENV_NAME.match(str(k))]
-    if bad:
-        raise ConfigError(f"invalid environment variable name(s) {bad}: use letters, digits and _")
-    return {str(k): str(v) for k, v in envs.items()}
+    """Valid, unreserved names; values converted by the rule of ``_text.env_value``."""
+    return check_envs(envs)
 
 
 def default_name(command: str | tuple[str, ...]) -> str:
@@ -100,7 +115,7 @@ class Job:
         self.index = index
         self.command = normalize_command(command)
         self.envs = _check_envs(envs) if envs else None
-        self.name = name or default_name(self.command)
+        self.name = check_name(name) or default_name(self.command)
         self.resources = Resources.from_value(resources)
         self.dir = dir
         self.status = JobStatus.INIT

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import abc
 import os
-import shlex
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import anyio
 
+from ._text import comment, export, quote
 from .job import RC, SCRIPT, STARTED, STDERR, STDOUT, Job, attempt_file
 from .options import SchedulerOptions
 from .states import JobStatus
@@ -268,7 +268,11 @@ class Scheduler(abc.ABC):
 
 
 def render_script(job: Job, jobdir: str, directives: Iterable[str] = ()) -> str:
-    q = shlex.quote
+    """The wrapper's text. Nothing of the job's reaches it unquoted: arguments and values
+    are single-quoted word by word (``_text.quote``), and the name, which is only a
+    comment, has its line breaks and other unprintable characters escaped (``comment``),
+    so no name, argument or value can end a line and start a command of its own."""
+    q = quote
     n = max(job.attempt, 1)
 
     def f(kind: str) -> str:
@@ -283,9 +287,9 @@ def render_script(job: Job, jobdir: str, directives: Iterable[str] = ()) -> str:
     lines = [
         "#!/bin/sh",
         *directives,
-        f"# xqueue job {job.index}: {job.name}",
+        f"# xqueue job {job.index}: {comment(job.name)}",
         "# Written once per job; the engine never rewrites it while it may run.",
-        *(f"export {k}={q(v)}" for k, v in envs.items()),
+        *(export(k, v) for k, v in envs.items()),
         f"date +%s > {f(STARTED)}",
         f"{' '.join(q(a) for a in job.argv)} < /dev/null > {f(STDOUT)} 2> {f(STDERR)}",
         "rc=$?",

@@ -8,13 +8,8 @@ the engine's API.
 
 from __future__ import annotations
 
-import http.client
 import json
-import os
-import socket
 import subprocess
-import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -22,6 +17,7 @@ from urllib.parse import quote
 import anyio
 import pytest
 
+from tests.helpers import IMAGE, api
 from xqueue import Job, JobFailedError, JobStatus, SchedulerError, Xqueue
 from xqueue.errors import SchedulerOptionError
 from xqueue.schedulers.container import ContainerScheduler
@@ -29,76 +25,12 @@ from xqueue.workdir import Workdir
 
 pytestmark = pytest.mark.anyio
 
-ROOTFS = Path(os.environ.get("XQ_IMAGE_DIR", "/var/tmp/xqueue-images")) / "busybox-rootfs.tar"
-IMAGE = "localhost/xqueue-test-busybox:latest"
-
-
-class _UnixHTTP(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=60)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(self._path)
-        self.sock = sock
-
-
-def api(url: str, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
-    """One synchronous request to an engine's API (the witness, independent of aiodocker)."""
-    conn = _UnixHTTP(url.removeprefix("unix://"))
-    try:
-        headers = {"Content-Type": "application/x-tar"} if body is not None else {}
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        data = resp.read()
-    finally:
-        conn.close()
-    try:
-        return resp.status, json.loads(data) if data else None
-    except ValueError:
-        return resp.status, data
-
 
 def containers_of(url: str, workdir: Path) -> list[dict[str, Any]]:
     filters = quote(json.dumps({"label": [f"xqueue.workdir={workdir.absolute()}"]}))
     status, found = api(url, "GET", f"/containers/json?all=1&filters={filters}")
     assert status == 200, found
     return list(found)
-
-
-@pytest.fixture(scope="session")
-def rootfs() -> Path:
-    if not ROOTFS.is_file():
-        if os.environ.get("XQUEUE_REQUIRE_SERVICES"):
-            pytest.fail(f"no image tarball at {ROOTFS}")
-        pytest.skip(f"no image tarball at {ROOTFS} (run `bash ci/images.sh` as root)")
-    return ROOTFS
-
-
-_imported: set[str] = set()
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("docker", marks=pytest.mark.docker),
-        pytest.param("podman", marks=pytest.mark.podman),
-    ]
-)
-def engine(request: pytest.FixtureRequest, rootfs: Path) -> dict[str, str]:
-    """bin, url and an image imported from the tarball through that engine's API."""
-    name = str(request.param)
-    url = str(request.getfixturevalue(f"{name}_socket"))
-    if url not in _imported:
-        status, answer = api(
-            url,
-            "POST",
-            "/images/create?fromSrc=-&repo=localhost/xqueue-test-busybox&tag=latest",
-            rootfs.read_bytes(),
-        )
-        assert status == 200, answer
-        _imported.add(url)
-    return {"bin": name, "url": url, "image": IMAGE}
 
 
 def queue(engine: dict[str, str], workdir: Path, **opts: Any) -> Xqueue:
@@ -273,17 +205,6 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
 
 
 # -- charliecloud (CLI backend) ----------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def chrun_image(
-    chrun: str, rootfs: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    image = tmp_path_factory.mktemp("chrun") / "busybox"
-    image.mkdir()
-    with tarfile.open(rootfs) as tar:
-        tar.extractall(image, filter="fully_trusted")
-    yield str(image)
 
 
 async def test_chrun_exit_codes_env_and_kill(chrun_image: str, workdir: Path) -> None:

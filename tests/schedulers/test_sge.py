@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
+from tests.helpers import SGE_FAST as FAST
 from tests.helpers import cluster_queue, remove_after, wait_running
 from xqueue import Job, JobStatus, Xqueue
 from xqueue.schedulers._sge_parse import parse_qacct
@@ -21,8 +22,6 @@ from xqueue.schedulers.sge import SgeScheduler, _argv_flags, qsub_options
 from xqueue.workdir import Workdir
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sge, pytest.mark.usefixtures("sge_cluster")]
-
-FAST = {"poll_interval": 0.3, "vanish_grace": 3.0}
 
 
 def sh(*argv: str) -> str:

@@ -14,14 +14,13 @@ from typing import Any
 import anyio
 import pytest
 
+from tests.helpers import SLURM_FAST as FAST
 from tests.helpers import cluster_queue, remove_after, wait_running
 from xqueue import Job, JobStatus, Xqueue
 from xqueue.schedulers.slurm import SlurmScheduler, sbatch_options
 from xqueue.workdir import Workdir
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
-
-FAST = {"poll_interval": 0.2, "vanish_grace": 2.0}
 
 
 def sh(*argv: str) -> str:

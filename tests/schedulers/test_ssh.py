@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 import pytest
 
+from tests.helpers import ssh_server as server
 from xqueue import Job, JobFailedError, JobStatus, SchedulerError, Xqueue, hookimpl
 from xqueue.errors import SchedulerOptionError
 from xqueue.schedulers.ssh import SshScheduler
@@ -31,17 +32,6 @@ from xqueue.workdir import Workdir
 pytestmark = [pytest.mark.anyio, pytest.mark.ssh]
 
 HERE = Path(__file__).resolve().parents[2]
-
-
-def server(env: dict[str, str], port: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "host": env["XQ_SSH_HOST"],
-        "port": int(port),
-        "user": "root",
-        "keyfile": env["XQ_SSH_KEY"],
-        "known_hosts": env["XQ_SSH_KNOWN_HOSTS"],
-        **extra,
-    }
 
 
 @pytest.fixture

@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import shlex
+import re
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
 
+from .._text import quote
 from ..errors import SubmissionError
 from ..job import SCRIPT, Job
 from ..scheduler import SchedulerStats, gather_bounded
@@ -53,6 +54,22 @@ def short_options(opts: Mapping[str, Any]) -> list[str]:
                 continue
             argv.extend([f"-{key}"] if v is True else [f"-{key}", str(v)])
     return argv
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.+-]+")
+
+
+def job_name(text: str, limit: int = 64) -> str:
+    """A job's name as a cluster may carry it: letters, digits and ``_.+-`` only.
+
+    A name is free text, yet Slurm and SGE print job names in line- and space-separated
+    listings (``squeue``, ``qstat``, ``sacct -P``) and SGE refuses whitespace, ``/``,
+    ``:`` and ``@`` outright. Every other run of characters becomes one ``_``, a leading
+    ``-`` or ``.`` is dropped (it would read as an option or a hidden file), and the
+    result is cut to ``limit``; an empty result is ``xqueue``.
+    """
+    safe = _UNSAFE_NAME.sub("_", text).lstrip("-.")[:limit]
+    return safe or "xqueue"
 
 
 def group_by(items: Iterable[T], key: Callable[[T], K]) -> dict[K, list[T]]:
@@ -193,7 +210,7 @@ def write_array(
         "# xqueue array: each element runs the wrapper of one job",
         f'case "${task_var}" in',
         *(
-            f"{first_index + i}) exec /bin/sh {shlex.quote(job.attempt_path(SCRIPT))} ;;"
+            f"{first_index + i}) exec /bin/sh {quote(job.attempt_path(SCRIPT))} ;;"
             for i, job in enumerate(jobs)
         ),
         "esac",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiodocker
 import aiohttp
 
-from ..errors import SchedulerError, SubmissionError
+from ..errors import SchedulerError, SchedulerOptionError, SubmissionError
 from ..job import Job
 from ._aio import AsyncioBridge
 
@@ -83,6 +83,13 @@ class ApiRuntime:
 
     # -- lifecycle -----------------------------------------------------------------------
     async def open(self, workdir_root: str) -> None:
+        paths = [workdir_root, *(p for h, c, _ in self.options.volumes for p in (h, c))]
+        colon = next((p for p in paths if ":" in p), None)
+        if self.bin == "podman" and colon is not None:
+            raise SchedulerOptionError(
+                f"podman cannot mount {colon!r}: its API reads a mount as src:dst:mode "
+                "(and a structured mount as CSV); choose a workdir and volumes without ':'"
+            )
         self._root = workdir_root
         self._bridge.start()
         try:
@@ -126,7 +133,18 @@ class ApiRuntime:
     # -- jobs ----------------------------------------------------------------------------
     def _config(self, job: Job, script: str) -> dict[str, Any]:
         opts = self.options
-        binds = [f"{self._root}:{self._root}:rw"] + [f"{h}:{c}:{m}" for h, c, m in opts.volumes]
+        volumes = [(self._root, self._root, "rw"), *opts.volumes]
+        if self.bin == "podman":
+            # podman's compatible API turns structured mounts into a CSV string, which a
+            # path with ',' or '"' breaks; "src:dst:mode" carries any path without ':'.
+            mounts: dict[str, Any] = {"Binds": [f"{h}:{c}:{m}" for h, c, m in volumes]}
+        else:  # docker takes any path in a structured mount
+            mounts = {
+                "Mounts": [
+                    {"Type": "bind", "Source": h, "Target": c, "ReadOnly": m == "ro"}
+                    for h, c, m in volumes
+                ]
+            }
         return {
             "Image": opts.image,
             "Entrypoint": list(opts.entrypoint),
@@ -136,7 +154,7 @@ class ApiRuntime:
             "User": opts.user or f"{os.getuid()}:{os.getgid()}",
             "WorkingDir": opts.cwd or job.dir,
             **self._extra_config,
-            "HostConfig": {"Binds": binds, "AutoRemove": False, **self._extra_host},
+            "HostConfig": {**mounts, "AutoRemove": False, **self._extra_host},
         }
 
     async def submit(self, job: Job, script: str) -> str:

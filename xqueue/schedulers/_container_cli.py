@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import Process
 
-from ..errors import SchedulerError, SubmissionError
+from ..errors import SchedulerError, SchedulerOptionError, SubmissionError
 from ..job import Job
 from ..workdir import read_rc
 from ._proc import kill_group, start_ticks
@@ -45,6 +45,18 @@ def _is_dir(path: str) -> bool:
     return os.path.isdir(path)
 
 
+def set_env_value(value: str) -> str:
+    """``value`` as ``--set-env=NAME=VALUE`` must spell it to arrive unchanged.
+
+    ch-run strips one pair of single quotes around a value (``'x'`` arrives as ``x``), and
+    ``--env-no-expand`` keeps it from expanding ``$``: so a value that starts and ends
+    with a quote gets one more pair, which ch-run strips again. Nothing else is touched.
+    """
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        return f"'{value}'"
+    return value
+
+
 def _parse(jid: str | None) -> tuple[int, str] | None:
     pid, _, start = (jid or "").partition(":")
     return (int(pid), start) if pid.isdigit() else None
@@ -60,6 +72,11 @@ class ChRunRuntime:
         self._bin = options.bin
 
     async def open(self, workdir_root: str) -> None:
+        if ":" in workdir_root:
+            raise SchedulerOptionError(
+                f"ch-run cannot bind the workdir {workdir_root!r}: its -b SRC:DST has no way "
+                "to spell a ':' in a path; choose a workdir without one"
+            )
         self._root = workdir_root
         found = shutil.which(self._bin)
         if found is None:
@@ -77,7 +94,7 @@ class ChRunRuntime:
     def _argv(self, job: Job, script: str) -> list[str]:
         opts = self.options
         argv = [self._bin, *opts.bin_args, "--env-no-expand", "-b", f"{self._root}:{self._root}"]
-        argv += [f"--set-env={k}={v}" for k, v in opts.envs.items()]
+        argv += [f"--set-env={k}={set_env_value(v)}" for k, v in opts.envs.items()]
         for host, inside, mode in opts.volumes:
             if mode != "rw":
                 raise SubmissionError("ch-run binds are read-write only", retryable=False)

@@ -84,6 +84,9 @@ def kill_script(pgid: int, grace: float, start: str = "", jobdir: str = "") -> s
     group id can be reused by any process of the server (pid wrap-around), and killing
     that group would take down something else entirely.
 
+    Every value is single-quoted into the script (``shlex.quote``); a job folder with a
+    newline in its path is not used as a marker (see below).
+
     A group member in state Z is dead (the server's init may reap it late), so liveness
     is read from /proc rather than from ``kill -0``. The command name in a stat line may
     hold spaces: the fields are split after its closing parenthesis.
@@ -98,6 +101,10 @@ def kill_script(pgid: int, grace: float, start: str = "", jobdir: str = "") -> s
         'if (f[3] == g && f[1] != "Z") print $1 }'
     )
     leader = '{ s = $0; sub(/^.*\\) /, "", s); split(s, f, " "); print f[20] }'
+    if "\n" in jobdir:
+        # grep -F reads a pattern with a newline as several patterns, any of which could
+        # match another process's variable: without an exact marker, trust the start time.
+        jobdir = ""
     marker = shlex.quote(f"XQUEUE_JOB_DIR={jobdir}")
     return f"""g={pgid}
 alive() {{

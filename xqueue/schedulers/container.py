@@ -26,7 +26,8 @@ import logging
 import os
 from typing import Any, Protocol
 
-from ..errors import SchedulerOptionError
+from .._text import check_envs
+from ..errors import ConfigError, SchedulerOptionError
 from ..job import Job
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
@@ -89,7 +90,10 @@ class ContainerOptions(SchedulerOptions):
             raise SchedulerOptionError(f"{scheduler}: bin_args must be a list of arguments")
         if not isinstance(self.envs, dict):
             raise SchedulerOptionError(f"{scheduler}: envs must be a mapping")
-        self.envs = {str(k): str(v) for k, v in self.envs.items()}
+        try:  # the same names and value rule as a job's envs
+            self.envs = check_envs(self.envs)
+        except ConfigError as exc:
+            raise SchedulerOptionError(f"{scheduler}: envs: {exc}") from None
 
     @property
     def backend(self) -> str:

@@ -1,10 +1,14 @@
 """SGE (Son of Grid Engine and kin): ``qsub`` of the wrapper script, one ``qstat -xml`` per tick.
 
 The wrapper is submitted as a script file, never with ``-b y`` (SGE re-joins the
-arguments of a binary job and loses their quoting). Options from ``scheduler_opts``
-become qsub flags as the xqute seed documents them: ``q="all.q"`` -> ``-q all.q``,
-``l=["h_vmem=2G", "h_rt=3600"]`` -> ``-l h_vmem=2G -l h_rt=3600``, ``cwd=True`` ->
-``-cwd``, ``N="name"`` -> ``-N name``; a ``qsub_`` prefix is dropped (``qsub_pe="smp 4"``).
+arguments of a binary job and loses their quoting), and with ``-C ''``: qsub scans
+*every* line of a script for ``#$`` directives, so a job argument holding a newline
+could otherwise smuggle in qsub options; all options go on the command line instead.
+
+Options from ``scheduler_opts`` become qsub flags as the xqute seed documents them:
+``q="all.q"`` -> ``-q all.q``, ``l=["h_vmem=2G", "h_rt=3600"]`` -> ``-l h_vmem=2G -l
+h_rt=3600``, ``cwd=True`` -> ``-cwd``, ``N="name"`` -> ``-N name``; a ``qsub_`` prefix is
+dropped (``qsub_pe="smp 4"``).
 A job's ``resources`` become ``-l h_vmem``, ``-l h_rt``, ``-l gpu`` and, when the
 ``pe`` option names a parallel environment, ``-pe <pe> <cpus>``; a raw ``l`` entry for
 the same resource wins.
@@ -24,7 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import SchedulerError
+from ..errors import SchedulerError, SchedulerOptionError
 from ..job import Job
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
@@ -99,6 +103,16 @@ def qsub_options(job: Job | None, pe: str | None, extra: dict[str, Any]) -> dict
     return opts
 
 
+# What qsub expands in an -o path (its own variables, not the shell's).
+_PSEUDO_VARS = re.compile(r"\$\{?(HOME|USER|JOB_ID|JOB_NAME|HOSTNAME|TASK_ID)\b")
+
+
+def output_path(path: str) -> str:
+    """``path`` for ``-o``: qsub reads ``host:path``, so an empty host is given (a ``:`` in
+    the path would otherwise be taken for one)."""
+    return f":{path}"
+
+
 def _argv_flags(opts: dict[str, Any]) -> list[str]:
     """Flags whose value holds several words (``-pe smp 4``) are split into arguments."""
     argv: list[str] = []
@@ -135,12 +149,20 @@ class SgeScheduler(Scheduler):
 
     async def open(self, workdir: Any) -> None:
         await super().open(workdir)
+        if _PSEUDO_VARS.search(str(workdir.path)):
+            raise SchedulerOptionError(
+                f"sge: the workdir path {str(workdir.path)!r} holds one of the variables qsub "
+                "expands in output paths ($HOME, $USER, $JOB_ID, $JOB_NAME, $HOSTNAME, "
+                "$TASK_ID); choose a workdir without it"
+            )
         self._batch_dir = os.path.join(workdir.path, ".xqueue-sge")
         self._tag = run_tag(str(workdir.path))
 
     # -- submitting ------------------------------------------------------------------
     async def _qsub(self, opts: dict[str, Any], script: str) -> str:
-        argv = [self.options.qsub, "-terse", "-S", "/bin/sh", *_argv_flags(opts), script]
+        # -C '': qsub would otherwise read every line of the script starting with "#$" as
+        # an option, even inside a quoted argument that spans lines ('a\n#$ -a 2030...').
+        argv = [self.options.qsub, "-terse", "-C", "", "-S", "/bin/sh", *_argv_flags(opts), script]
         stdout = await run_submit(argv, self.options.submit_timeout, self.stats)
         try:
             return parse.parse_qsub(stdout)
@@ -158,7 +180,7 @@ class SgeScheduler(Scheduler):
         script = self.write_script(job)
         opts = {
             "N": self._name(job),
-            "o": job.path("sge.log"),
+            "o": output_path(job.path("sge.log")),
             "j": "y",
             **qsub_options(job, self.options.pe, self.options.extra),
         }
@@ -170,7 +192,7 @@ class SgeScheduler(Scheduler):
         name, script = write_array(self._batch_dir, jobs, "SGE_TASK_ID", 1)
         opts = {
             "N": f"{self._prefix()}A{name}",
-            "o": os.path.join(self._batch_dir, f"{name}.$TASK_ID.log"),
+            "o": output_path(os.path.join(self._batch_dir, f"{name}.$TASK_ID.log")),
             "j": "y",
             "t": f"1-{len(jobs)}",
             "tc": throttle,

@@ -32,6 +32,7 @@ from ._cluster import (
     array_jobdirs,
     chunks,
     hms,
+    job_name,
     long_options,
     run_submit,
     run_tag,
@@ -81,6 +82,12 @@ class SlurmOptions(SchedulerOptions):
     scontrol: str = "scontrol"
 
     accepts_extra = True
+
+
+def literal_path(path: str) -> str:
+    """``path`` as an ``--output`` pattern that names it: sbatch replaces ``%j``, ``%a``...
+    in it, so a ``%`` of the path itself is doubled."""
+    return path.replace("%", "%%")
 
 
 def sbatch_options(job: Job | None, extra: dict[str, Any]) -> dict[str, Any]:
@@ -166,8 +173,8 @@ class SlurmScheduler(Scheduler):
     async def submit_job(self, job: Job) -> str:
         script = self.write_script(job)
         opts = {
-            "job-name": job.name,
-            "output": job.path("slurm.log"),
+            "job-name": job_name(job.name),
+            "output": literal_path(job.path("slurm.log")),
             "comment": self._comment(job),
             "kill-on-invalid-dep": "yes",
             **sbatch_options(job, self.options.extra),
@@ -179,8 +186,8 @@ class SlurmScheduler(Scheduler):
             self.write_script(job)
         name, script = write_array(self._batch_dir, jobs, "SLURM_ARRAY_TASK_ID", 0)
         opts = {
-            "job-name": f"xqueue-{jobs[0].name}"[:64],
-            "output": os.path.join(self._batch_dir, f"{name}-%a.log"),
+            "job-name": job_name(f"xqueue-{jobs[0].name}"),
+            "output": os.path.join(literal_path(self._batch_dir), f"{name}-%a.log"),
             "comment": f"xqueue:{self._tag}:@{name}",
             "kill-on-invalid-dep": "yes",
             "array": f"0-{len(jobs) - 1}%{throttle}",

@@ -1,0 +1,486 @@
+"""Hostile strings in job names, arguments and environment values, on every backend.
+
+Each payload tries to run ``touch CANARY-<n>`` (inside the workdir, which every backend
+shares, containers included) should any writer let it out of its quotes: through a
+newline, ``$(...)``, backticks, a closing quote, ``;``, ``&&``, ``#``, ``\\``, a qsub or
+sbatch directive on a line of its own. After a real run the canaries must not exist,
+every job must have succeeded, and its stdout must show every argument and value
+byte for byte. NULs and other text no script can carry are refused at ``feed``.
+
+The unit tests at the end render the same strings into each script writer (wrapper,
+array, SSH submit and kill) and run the scripts with ``sh`` here, for fast feedback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from tests.helpers import (
+    SGE_FAST,
+    SLURM_FAST,
+    container_engine,
+    ssh_server,
+)
+from xqueue import ConfigError, Job, JobStatus, Xqueue
+from xqueue.job import SCRIPT
+from xqueue.scheduler import render_script
+from xqueue.schedulers._cluster import job_name, write_array
+from xqueue.schedulers._container_cli import set_env_value
+from xqueue.schedulers._ssh_scripts import kill_script, submit_script
+
+pytestmark = pytest.mark.anyio
+
+CANARY = "CANARY-"
+SAFE_NAME = r"[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,63}"
+
+
+# Hostile arguments and environment values; "@T" is a command creating the canary of
+# that payload (by its index), "@C" its path.
+TEMPLATES = [
+    "\n@T\n",
+    "a\n@T\nb",
+    "$(@T)",
+    "`@T`",
+    "'; @T; '",
+    '"; @T; "',
+    "'\"'\"'; @T; #",
+    "; @T",
+    "&& @T",
+    "|| @T ||",
+    "| @T",
+    "# @T",
+    "\\\n@T",
+    "x\\'; @T; '\\",
+    "${IFS}@T",
+    "\r\n@T\r\n",
+    ">@C <(true)",
+    "\n#$ -v XQ_SMUGGLED=qsub\n#SBATCH --export=ALL,XQ_SMUGGLED=sbatch\n",
+    "-n",
+    "--help",
+    "-",
+    "",
+    "  two  spaces ",
+    "*",
+    "~",
+    "$HOME",
+    "%s%n%%",
+    "\\",
+    "ünïcødé ✓ 日本語 🙂 \u2028 \u0085 \u202e",
+    "@LONG",
+]
+
+
+def payloads(canary: Path) -> list[str]:
+    """The templates with their canaries filled in (absolute paths in the shared workdir)."""
+    found = []
+    for i, template in enumerate(TEMPLATES):
+        path = shlex.quote(f"{canary}{i}")
+        text = template.replace("@T", f"touch {path}").replace("@C", path)
+        found.append(text.replace("@LONG", long(f"$(touch {path});`touch {path}`;'\"\\\n", 90_000)))
+    return found
+
+
+def long(unit: str, size: int) -> str:
+    """``unit`` repeated to about ``size`` characters (an argument may hold 128 KiB)."""
+    return unit * (size // len(unit))
+
+
+def leaks(*folders: Path) -> list[str]:
+    """Canaries anywhere under ``folders``, or in the two places a relative one lands."""
+    found = [p for folder in folders for p in folder.rglob(f"{CANARY}*")]
+    for place in (Path.cwd(), Path.home()):
+        found += place.glob(f"{CANARY}*")
+    return sorted(str(p) for p in found)
+
+
+def names(canary: Path) -> list[str]:
+    """Job names: one job per name (they are comments, backend names and folder slugs)."""
+    t = f"touch {shlex.quote(f'{canary}name')}"
+    return [
+        f"n\n{t}\n",
+        f"$({t})",
+        f"`{t}`",
+        f"'; {t}; '",
+        f'"; {t}; "',
+        f"; {t} && {t} || {t} | {t} # \\",
+        f"-n --help \\\n{t}",
+        "\n#SBATCH --export=ALL,XQ_SMUGGLED=sbatch\n#$ -v XQ_SMUGGLED=qsub\n",
+        "ünïcødé ✓ 日本語 🙂\r\u2028\u0085\u202ex",
+        long(f"x\n{t}\n", 100_000),
+    ]
+
+
+# Options envs of the container backends (the API's Env, ch-run's --set-env).
+OPTION_ENVS = {"XQ_O0": "'q'", "XQ_O1": "a\n$(touch CANARY-o)`touch CANARY-o`", "XQ_O2": '"dq"'}
+
+
+def print_all(n_envs: int) -> str:
+    """The job: print each argument, each env value, each option env, then the smuggle probe."""
+    words = [
+        '"$@"',
+        *(f'"$XQ_E{i}"' for i in range(n_envs)),
+        *(f'"${{{k}-}}"' for k in OPTION_ENVS),
+        '"${XQ_SMUGGLED-unset}"',
+    ]
+    return f'printf "%s\\n" {" ".join(words)}'
+
+
+def expected(args: list[str], envs: list[str], container: bool) -> bytes:
+    options = list(OPTION_ENVS.values()) if container else [""] * len(OPTION_ENVS)
+    return "".join(f"{v}\n" for v in [*args, *envs, *options, "unset"]).encode()
+
+
+# -- the backends --------------------------------------------------------------------------
+BACKENDS = [
+    pytest.param("local", id="local"),
+    pytest.param("slurm", id="slurm", marks=pytest.mark.slurm),
+    pytest.param("sge", id="sge", marks=pytest.mark.sge),
+    pytest.param("ssh", id="ssh", marks=pytest.mark.ssh),
+    pytest.param("docker", id="docker", marks=pytest.mark.docker),
+    pytest.param("podman", id="podman", marks=pytest.mark.podman),
+    pytest.param("ch-run", id="ch-run"),
+]
+
+
+# The workdir's own path reaches scripts, --output/-o patterns, mounts and binds. Each
+# backend gets every character but the one it has no way to spell (and refuses: below).
+WORKDIR = "wd\n$(touch CANARY-w) `x` 'q' \"dq\" ; # %j %a $TASK_ID :x ,y"
+UNSPELLABLE = {"ch-run": ":", "podman": ":", "sge": "$"}
+
+
+def hostile_workdir(tmp_path: Path, backend: str) -> Path:
+    return tmp_path / WORKDIR.replace(UNSPELLABLE.get(backend, "\0"), "")
+
+
+@pytest.fixture
+def cleanup() -> Iterator[list[tuple[str, list[Job]]]]:
+    """Cluster jobs a failed test left behind are removed (scancel, qdel)."""
+    pending: list[tuple[str, list[Job]]] = []
+    yield pending
+    for command, jobs in pending:
+        ids = [j.jid for j in jobs if j.jid and not j.status.is_final]
+        if ids:
+            subprocess.run([command, *ids], capture_output=True, timeout=30)
+
+
+def backend_queue(
+    request: pytest.FixtureRequest, backend: str, tmp_path: Path, workdir: Path, forks: int
+) -> tuple[str, dict[str, Any]]:
+    """The scheduler and its options for one backend (a missing service skips or fails)."""
+    if backend == "local":
+        return "local", {}
+    if backend == "slurm":
+        request.getfixturevalue("slurm_cluster")
+        return "slurm", dict(SLURM_FAST)
+    if backend == "sge":
+        request.getfixturevalue("sge_cluster")
+        return "sge", dict(SGE_FAST)
+    if backend == "ssh":
+        env: dict[str, str] = request.getfixturevalue("ssh_env")
+        # The server's name, its view of the workdir (a link) and the jobs' cwd are
+        # hostile too: all of them reach the scripts run on the server.
+        remote = tmp_path / "remote $(touch CANARY-r) 'q' `x`\nnl"
+        remote.symlink_to(workdir, target_is_directory=True)
+        cwd = tmp_path / 'cwd $(touch CANARY-c) "dq" ; #'
+        cwd.mkdir()
+        srv = ssh_server(env, env["XQ_SSH_PORT"], remote_workdir=str(remote))
+        opts = {"servers": {"srv '$(touch CANARY-s)` \"x": srv}, "cwd": str(cwd)}
+        return "ssh", {**opts, "poll_interval": 0.2}
+    if backend in ("docker", "podman"):
+        return "container", {**container_engine(request, backend), "envs": OPTION_ENVS}
+    image: str = request.getfixturevalue("chrun_image")
+    return "container", {"bin": "ch-run", "image": image, "envs": OPTION_ENVS}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_hostile_strings_run_as_data_on_every_backend(
+    request: pytest.FixtureRequest,
+    backend: str,
+    tmp_path: Path,
+    cleanup: list[tuple[str, list[Job]]],
+) -> None:
+    workdir = hostile_workdir(tmp_path, backend)
+    canary = workdir / CANARY
+    args = payloads(canary)
+    envs = {f"XQ_E{i}": v for i, v in enumerate(args)}
+    job_names = names(canary)
+    forks = len(job_names) + 1
+    scheduler, opts = backend_queue(request, backend, tmp_path, workdir, forks)
+    q = Xqueue(
+        scheduler, forks=forks, workdir=workdir, error_strategy="ignore", scheduler_opts=opts
+    )
+    jobs: list[Job] = []
+    for i, name in enumerate(job_names):
+        # The first half share their resources (a Slurm/SGE array), the rest are single
+        # submissions (their own walltime), so both namings are exercised.
+        resources = {"walltime": 3600 + i} if i >= len(job_names) // 2 else None
+        argv = ["sh", "-c", print_all(len(envs)), "xq", *args]
+        jobs.append(await q.feed(argv, envs, name=name, resources=resources))
+    # A string command: its quoting in the wrapper is the second layer; its name is derived.
+    command = f"printf '%s\\n' {' '.join(shlex.quote(a) for a in args)}"
+    text_job = await q.feed(f'{command}; printf "%s\\n" "${{XQ_SMUGGLED-unset}}"')
+    if scheduler in ("slurm", "sge"):
+        cleanup.append(("scancel" if scheduler == "slurm" else "qdel", [*jobs, text_job]))
+    with anyio.fail_after(110):
+        await q.run_until_complete()
+
+    for job in [*jobs, text_job]:
+        assert job.status is JobStatus.FINISHED, (job, job.reason, read(job.stderr_path))
+    assert leaks(tmp_path) == [], f"{backend}: payloads ran as commands"
+    container = scheduler == "container"
+    for job in jobs:
+        assert Path(job.stdout_path).read_bytes() == expected(args, list(envs.values()), container)
+    want = "".join(f"{a}\n" for a in [*args, "unset"]).encode()
+    assert Path(text_job.stdout_path).read_bytes() == want
+    if scheduler == "slurm":
+        assert_slurm_names(jobs)
+
+
+def read(path: str) -> str:
+    try:
+        return Path(path).read_text(errors="replace")[-2000:]
+    except OSError:
+        return ""
+
+
+def assert_slurm_names(jobs: list[Job]) -> None:
+    """What Slurm recorded as each job's name: the safe form, never the raw name."""
+    first_of_array = next(j for j in jobs if "_" in str(j.jid))
+    for job in jobs:
+        out = subprocess.run(
+            ["scontrol", "show", "job", "-o", str(job.jid)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+        recorded = re.search(r"\bJobName=(\S*)", out)
+        assert recorded, out
+        raw = f"xqueue-{first_of_array.name}" if "_" in str(job.jid) else job.name
+        assert recorded.group(1) == job_name(raw)
+        assert re.fullmatch(SAFE_NAME, recorded.group(1))
+
+
+# -- refused at feed -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("cmd", "kwargs", "message"),
+    [
+        (["echo", "a\0b"], {}, "argument 1 of the command contains a NUL"),
+        (["echo\0", "a"], {}, "argument 0 of the command contains a NUL"),
+        ("echo a\0b", {}, "the command contains a NUL"),
+        (["echo"], {"envs": {"A": "x\0"}}, "environment variable 'A' contains a NUL"),
+        (["echo"], {"envs": {"A\0": "x"}}, r"invalid environment variable name\(s\)"),
+        (["echo"], {"name": "a\0b"}, "the job name contains a NUL"),
+        (["echo", "\ud800"], {}, "argument 1 of the command is not valid Unicode"),
+        (["echo"], {"name": "\udcff"}, "the job name is not valid Unicode"),
+        (["echo", None], {}, "argument 1 of the command is NoneType"),
+        (["echo", b"x"], {}, "argument 1 of the command is bytes"),
+        (["echo"], {"name": 3}, "a job name is a string, not int"),
+        (["echo"], {"envs": {"A\n": "x"}}, r"invalid environment variable name\(s\)"),
+        (["echo"], {"envs": {"A": None}}, "'A' must be a string .* not NoneType .*leave"),
+        (["echo"], {"envs": {"A": ["x"]}}, "'A' must be a string .* not list"),
+        (["echo"], {"envs": {"A": b"x"}}, "'A' must be a string .* not bytes"),
+        (["echo"], {"envs": {"XQUEUE_JOB_DIR": "/x"}}, "are set by xqueue for every job"),
+    ],
+)
+async def test_unusable_text_is_refused_at_feed(
+    workdir: Path, cmd: Any, kwargs: dict[str, Any], message: str
+) -> None:
+    q = Xqueue(workdir=workdir)
+    with pytest.raises(ConfigError, match=message):
+        await q.feed(cmd, **kwargs)
+    assert q.statistics().total == 0  # nothing queued, so nothing to retry
+
+
+async def test_env_values_are_converted_by_the_documented_rule(workdir: Path) -> None:
+    envs = {"T": True, "F": False, "I": 7, "X": 0.5, "P": Path("/a b"), "S": "s"}
+    q = Xqueue(workdir=workdir)
+    job = await q.feed(["sh", "-c", 'printf "%s," "$T" "$F" "$I" "$X" "$P" "$S"'], envs)
+    assert job.envs == {"T": "1", "F": "0", "I": "7", "X": "0.5", "P": "/a b", "S": "s"}
+    await q.run_until_complete()
+    assert Path(job.stdout_path).read_text() == "1,0,7,0.5,/a b,s,"
+
+
+def test_container_envs_follow_the_same_rule() -> None:
+    from xqueue.schedulers.container import ContainerScheduler
+
+    sched = ContainerScheduler(image="x", envs={"A": True, "B": 2})
+    assert sched.options.envs == {"A": "1", "B": "2"}
+    with pytest.raises(ConfigError, match=r"envs: .*'A' contains a NUL"):
+        ContainerScheduler(image="x", envs={"A": "\0"})
+    with pytest.raises(ConfigError, match=r"envs: invalid environment variable name"):
+        ContainerScheduler(image="x", envs={"A=B": "x"})
+
+
+# -- the script writers, run here ---------------------------------------------------------
+HOSTILE_DIR = "d $(touch CANARY-d) 'q' \"dq\" `x` ; # \\\nnl"
+
+
+def hostile_job(folder: Path, index: int, canary: Path) -> Job:
+    args = payloads(canary)
+    job = Job(
+        index,
+        ["printf", "%s\\n", *args],
+        envs={f"E{i}": v for i, v in enumerate(args)},
+        name=names(canary)[index % len(names(canary))],
+    )
+    job.dir = str(folder / f"{HOSTILE_DIR}{index}")
+    os.makedirs(job.dir)
+    return job
+
+
+def sh_n(text: str) -> None:
+    """``sh -n``: the script parses as a whole (no quote left open)."""
+    out = subprocess.run(["sh", "-n"], input=text.encode(), capture_output=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+
+
+def test_rendered_wrapper_runs_the_argv_verbatim(tmp_path: Path) -> None:
+    canary = tmp_path / CANARY
+    job = hostile_job(tmp_path, 0, canary)
+    for index in range(len(names(canary))):
+        job.name = names(canary)[index]
+        text = render_script(job, job.dir)
+        sh_n(text)
+        assert "\r" not in text  # sbatch refuses a script with "\r\n", even quoted
+        # Before the exports: the shebang and two comments, the name on one line of them
+        # (split as Python does, at any line or paragraph separator, not only at \n).
+        header = text.split("\nexport ", 1)[0].splitlines()
+        assert len(header) == 3 and all(line.startswith("#") for line in header), header
+        assert header[1].startswith("# xqueue job 0: ")
+    Path(job.attempt_path(SCRIPT)).write_text(text)
+    subprocess.run(["sh", job.attempt_path(SCRIPT)], check=True, timeout=30, cwd=tmp_path)
+    args = payloads(canary)
+    assert Path(job.stdout_path).read_bytes() == "".join(f"{a}\n" for a in args).encode()
+    assert Path(job.attempt_path("rc")).read_text() == "0\n"
+    assert leaks(tmp_path) == []
+
+
+def test_rendered_wrapper_exports_values_verbatim(tmp_path: Path) -> None:
+    canary = tmp_path / CANARY
+    args = payloads(canary)
+    envs = {f"E{i}": v for i, v in enumerate(args)}
+    words = " ".join(f'"$E{i}"' for i in range(len(args)))
+    job = Job(0, ["sh", "-c", f'printf "%s\\n" {words}'], envs=envs, name=names(canary)[0])
+    job.dir = str(tmp_path / HOSTILE_DIR)
+    os.makedirs(job.dir)
+    Path(job.attempt_path(SCRIPT)).write_text(render_script(job, job.dir))
+    subprocess.run(["sh", job.attempt_path(SCRIPT)], check=True, timeout=30, cwd=tmp_path)
+    assert Path(job.stdout_path).read_bytes() == "".join(f"{a}\n" for a in args).encode()
+    assert leaks(tmp_path) == []
+
+
+def test_array_script_runs_each_hostile_wrapper(tmp_path: Path) -> None:
+    canary = tmp_path / CANARY
+    jobs = [hostile_job(tmp_path, i, canary) for i in range(3)]
+    for job in jobs:
+        Path(job.attempt_path(SCRIPT)).write_text(render_script(job, job.dir))
+    _, path = write_array(str(tmp_path / f"batch {HOSTILE_DIR}"), jobs, "TASK", 1)
+    sh_n(Path(path).read_text())
+    want = "".join(f"{a}\n" for a in payloads(canary)).encode()
+    for i, job in enumerate(jobs):
+        env = {"PATH": os.environ["PATH"], "TASK": str(i + 1)}
+        subprocess.run(["sh", path], check=True, timeout=30, env=env, cwd=tmp_path)
+        assert Path(job.stdout_path).read_bytes() == want
+    # A task id with no job fails, whatever it holds.
+    bad = {"PATH": os.environ["PATH"], "TASK": "$(touch CANARY-t)"}
+    failed = subprocess.run(["sh", path], timeout=30, env=bad, capture_output=True, cwd=tmp_path)
+    assert failed.returncode == 127
+    assert leaks(tmp_path) == []
+
+
+def test_ssh_submit_script_with_hostile_server_paths_and_cwd(tmp_path: Path) -> None:
+    canary = tmp_path / CANARY
+    job = hostile_job(tmp_path, 0, canary)
+    Path(job.attempt_path(SCRIPT)).write_text(render_script(job, job.dir))
+    cwd = tmp_path / f"cwd {HOSTILE_DIR}"
+    cwd.mkdir()
+    server = "srv '$(touch CANARY-s)` \"x\nnl"
+    script = submit_script(server, job.dir, 1, str(cwd))
+    sh_n(script)
+    out = subprocess.run(
+        ["sh", "-s"], input=script.encode(), capture_output=True, timeout=30, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    pid = int(out.stdout.decode().splitlines()[0].removeprefix("pid "))
+    assert Path(job.attempt_path("ssh")).read_text() == f"{server} {pid}\n"
+    rc = Path(job.attempt_path("rc"))
+    deadline = time.monotonic() + 30
+    while not rc.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rc.read_text() == "0\n"
+    want = "".join(f"{a}\n" for a in payloads(canary)).encode()
+    assert Path(job.stdout_path).read_bytes() == want
+    assert leaks(tmp_path) == []
+
+
+def test_ssh_kill_script_with_hostile_job_folders(tmp_path: Path) -> None:
+    for jobdir in (f"/w/{HOSTILE_DIR}", "/w/'$(touch CANARY-k)'"):
+        marker = f"XQUEUE_JOB_DIR={jobdir}"
+        group = subprocess.Popen(
+            ["sh", "-c", "sleep 60 & wait"],
+            start_new_session=True,
+            env={**os.environ, "XQUEUE_JOB_DIR": jobdir},
+            cwd=tmp_path,
+        )
+        try:
+            time.sleep(0.2)
+            script = kill_script(group.pid, 0.2, "1", jobdir)
+            sh_n(script)
+            verdict = subprocess.run(
+                ["sh", "-s"], input=script.encode(), capture_output=True, timeout=30, cwd=tmp_path
+            ).stdout.decode()
+            # A one-line folder is an exact marker: the job's group is killed. One with a
+            # newline is no marker at all (grep would read it as two): with a wrong start
+            # time the group is left alone rather than matched by half a path.
+            assert verdict.strip() == ("gone" if "\n" in marker else "dead")
+        finally:
+            if group.poll() is None:
+                os.killpg(group.pid, 9)
+            group.wait()
+    assert leaks(tmp_path) == []
+
+
+def test_backend_job_names_are_safe() -> None:
+    for name in [*names(Path("/w/C")), *payloads(Path("/w/C"))]:
+        safe = job_name(name)
+        assert re.fullmatch(SAFE_NAME, safe), safe
+    assert job_name("--x y/z:1@h") == "x_y_z_1_h"
+    assert job_name("align-reads.v2") == "align-reads.v2"
+    assert job_name("日本") == "_"
+    assert job_name("") == job_name("-.") == "xqueue"
+
+
+def test_chrun_set_env_spelling() -> None:
+    # ch-run strips one pair of single quotes around a --set-env value.
+    assert set_env_value("'q'") == "''q''"
+    assert set_env_value("'") == "'"
+    assert set_env_value("a'b'") == "a'b'"
+    assert set_env_value("$(x)") == "$(x)"
+
+
+@pytest.mark.parametrize(
+    ("backend", "opts", "message"),
+    [
+        ("sge", {}, r"holds one of the variables qsub expands .*\$HOME"),
+        ("container", {"bin": "ch-run", "image": "/x"}, "ch-run cannot bind the workdir"),
+        ("container", {"bin": "podman", "image": "x"}, "podman cannot mount .*without ':'"),
+    ],
+)
+async def test_workdirs_a_backend_cannot_spell_are_refused(
+    tmp_path: Path, backend: str, opts: dict[str, Any], message: str
+) -> None:
+    # Refused when the queue starts, before anything is submitted (no service needed).
+    q = Xqueue(backend, workdir=tmp_path / "wd:$HOME", scheduler_opts=opts)
+    await q.feed(["true"])
+    with pytest.raises(ConfigError, match=message):
+        await q.run_until_complete()
