@@ -28,6 +28,7 @@ from ..job import Job
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
 from ..states import JobStatus
+from ..workdir import open_output
 from ._proc import kill_group, start_ticks, wait_exit
 
 UNKNOWN_EXIT = (
@@ -159,9 +160,9 @@ class LocalScheduler(Scheduler):
         env["XQUEUE_JOB_DIR"] = job.dir
         if job.envs:
             env.update(job.envs)
-        out = open(job.stdout_path, "wb")
+        out = open_output(job.stdout_path)  # never through a link planted at the name
         try:
-            err = open(job.stderr_path, "wb")
+            err = open_output(job.stderr_path)
             try:
                 proc = subprocess.Popen(
                     job.argv,
@@ -173,7 +174,7 @@ class LocalScheduler(Scheduler):
                     start_new_session=True,
                 )
             finally:
-                err.close()
+                os.close(err)
         except FileNotFoundError as exc:
             raise SubmissionError(
                 f"command not found: {job.argv[0]!r} (not an executable on PATH)", retryable=False
@@ -183,7 +184,7 @@ class LocalScheduler(Scheduler):
                 f"command not executable: {job.argv[0]!r} ({exc.strerror})", retryable=False
             ) from exc
         finally:
-            out.close()
+            os.close(out)
         self._procs[job] = proc
         return f"{proc.pid}@{time.time():.2f}"
 
