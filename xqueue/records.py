@@ -14,10 +14,10 @@ user, and ``xqueue status`` reads workdirs it did not write. So every reader her
   hide a real problem.
 
 A job's records come from two places: the append-only ``journal.jsonl`` (one JSON object
-per line; a folder's newest line wins) and the job's own ``job.status`` (its final
-record). The newer of the two by ``time`` wins. A *final* record found in the journal is
-trusted without opening ``job.status``: once final records are journaled, that makes a
-summary one file read instead of one per job.
+per line, appended in time order: a folder's last valid line is its newest) and the job's
+own ``job.status`` (its final record). The newer of the two by ``time`` wins. A *final*
+record found in the journal is trusted without opening ``job.status``: once final records
+are journaled, a summary is one file read instead of one per job.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import logging
 import math
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,11 @@ def file_error(path: str | os.PathLike[str], exc: OSError, doing: str = "read") 
         return WorkdirError(
             f"{os.fspath(path)!r} is a symbolic link, where xqueue only ever writes plain "
             "files: someone else put it there; remove it and check who can write to the workdir"
+        )
+    if exc.errno == errno.ENXIO:  # a FIFO nobody reads, or a device: not xqueue's
+        return WorkdirError(
+            f"{os.fspath(path)!r} is not a plain file, which xqueue never makes: someone "
+            "else put it there; remove it and check who can write to the workdir"
         )
     if exc.errno == errno.EISDIR:
         return WorkdirError(
@@ -93,13 +98,52 @@ def read_text(path: str | os.PathLike[str]) -> str | None:
     return None if data is None else data.decode("utf-8", errors="replace")
 
 
-def parse_object(data: bytes) -> dict[str, Any] | None:
-    """A JSON object, or None for anything else (torn, not UTF-8, a list, absurdly deep)."""
+_decode = json.JSONDecoder().raw_decode
+
+
+def parse_object(data: bytes | str) -> dict[str, Any] | None:
+    """A JSON object, or None for anything else (torn, not UTF-8, a list, absurdly deep).
+
+    ``raw_decode`` on text skips ``json.loads``'s encoding sniffing and whitespace
+    handling: this runs once or twice per job in ``xqueue status``, so its cost is the
+    summary's.
+    """
     try:
-        value = json.loads(data)
+        text = data.decode() if isinstance(data, bytes) else data
+        try:
+            value, end = _decode(text)
+        except ValueError:  # maybe only leading whitespace: xqueue writes none
+            text = text.strip()
+            value, end = _decode(text)
+        if end != len(text) and text[end:].strip():
+            return None
     except (ValueError, RecursionError):
         return None
-    return value if isinstance(value, dict) else None
+    return value if type(value) is dict else None
+
+
+def parse_objects(items: Sequence[bytes | str]) -> list[dict[str, Any] | None]:
+    """``parse_object`` of each item, in one ``json.loads`` when every item is sound.
+
+    Per call, the JSON decoder's setup costs as much as parsing a record, so a summary
+    parses its 100,000 records as one array: an item that is not one whole JSON value
+    makes the array invalid or changes its length, and then each item is parsed alone.
+    (Items that together look like the right number of values could only shift records
+    between files that are all the crafter's, who could write those records anyway.)
+    """
+    if not items:
+        return []
+    try:
+        if isinstance(items[0], bytes):
+            joined = b",".join(items).decode()  # type: ignore[arg-type]
+        else:
+            joined = ",".join(items)  # type: ignore[arg-type]
+        values = json.loads(f"[{joined}]")
+    except (ValueError, RecursionError, TypeError):
+        values = None
+    if type(values) is not list or len(values) != len(items):
+        return [parse_object(item) for item in items]
+    return [value if type(value) is dict else None for value in values]
 
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -107,43 +151,58 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return None if not data else parse_object(data)
 
 
-def _int(value: Any) -> int | None:
-    return value if type(value) is int else None
+_INT_OR_NONE = (int, type(None))
 
 
 def clean_record(value: dict[str, Any]) -> dict[str, Any] | None:
     """The record with every field the engine reads of the type it expects, or None
     without a status. Unknown fields are kept: a newer xqueue may have written them."""
     status = value.get("status")
-    if not isinstance(status, str) or not status:
+    if type(status) is not str or not status:
         return None
-    when, jid, reason = value.get("time"), value.get("jid"), value.get("reason")
+    attempt, rc, jid = value.get("attempt"), value.get("rc"), value.get("jid")
+    reason, when = value.get("reason"), value.get("time")
+    if (  # the common case, as xqueue writes it, costs no copy
+        type(attempt) in _INT_OR_NONE
+        and type(rc) in _INT_OR_NONE
+        and type(jid) in (str, type(None))
+        and type(reason) is str
+        and type(when) is float
+        and math.isfinite(when)
+    ):
+        return value
     record = dict(value)
-    record["attempt"] = _int(value.get("attempt"))
-    record["rc"] = _int(value.get("rc"))
-    record["jid"] = str(jid) if isinstance(jid, (str, int)) and not isinstance(jid, bool) else None
-    record["reason"] = reason if isinstance(reason, str) else ""
-    record["time"] = (
-        float(when)
-        if isinstance(when, (int, float)) and not isinstance(when, bool) and math.isfinite(when)
-        else 0.0
-    )
+    record["attempt"] = attempt if type(attempt) is int else None
+    record["rc"] = rc if type(rc) is int else None
+    record["jid"] = str(jid) if type(jid) in (str, int) else None
+    record["reason"] = reason if type(reason) is str else ""
+    record["time"] = _seconds(when)
     return record
 
 
-def read_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """A job's ``job.status``: its record, or None (missing, or garbage with a warning)."""
-    data = read_bytes(path)
-    if data is None:
-        return None
-    value = parse_object(data)
-    record = None if value is None else clean_record(value)
-    if record is None:
-        log.warning(
-            "ignoring %s: not an xqueue record (torn or edited); the job counts as not finished",
-            os.fspath(path),
-        )
-    return record
+def _seconds(when: Any) -> float:
+    if isinstance(when, (int, float)) and not isinstance(when, bool) and math.isfinite(when):
+        return float(when)
+    return 0.0
+
+
+def read_records(paths: Sequence[str]) -> list[dict[str, Any] | None]:
+    """Each ``job.status``'s record, or None (missing, or garbage: with a warning), their
+    JSON parsed together."""
+    datas = [read_bytes(path) for path in paths]
+    present = [i for i, data in enumerate(datas) if data is not None]
+    values = parse_objects([datas[i] or b"" for i in present])
+    found: list[dict[str, Any] | None] = [None] * len(paths)
+    for i, value in zip(present, values, strict=True):
+        record = None if value is None else clean_record(value)
+        if record is None:
+            log.warning(
+                "ignoring %s: not an xqueue record (torn or edited); the job counts as "
+                "not finished",
+                paths[i],
+            )
+        found[i] = record
+    return found
 
 
 def _plain_name(name: str) -> bool:
@@ -153,15 +212,92 @@ def _plain_name(name: str) -> bool:
 def parse_journal(data: bytes, path: str) -> dict[str, dict[str, Any]]:
     """The newest record of each job folder in a journal's lines.
 
+    The journal is appended in time order, so a folder's last valid line is its newest
+    record. Only that line needs parsing, which halves the work once a job has several:
+    a line ending ``"dir": "<folder>"}``, as xqueue writes them, is filed under its folder
+    unparsed, and only the winners are parsed. Should a winner not parse, the journal is
+    read again strictly line by line, so the answer never depends on the shortcut.
+
     A line that is not a record is skipped with one warning for the file; a torn last
     line (no newline: a crash mid-write) is expected and only logged at info level.
     """
+    lines = _lines(data)
+    torn = lines.pop()  # empty unless the last line was torn
+    latest: dict[str, str | bytes | dict[str, Any]] = {}
+    bad = []
+    for number, line in enumerate([*lines, torn], 1):
+        folder = _folder_of(line)
+        if folder is not None:
+            latest[folder] = line
+        elif line.strip():
+            entry = _journal_entry(line)
+            if entry is not None:
+                latest[entry[0]] = entry[1]
+            elif number <= len(lines):
+                bad.append(number)
+            else:
+                log.info("%s: ignoring its torn last line (a run stopped mid-write)", path)
+    records = {f: item for f, item in latest.items() if isinstance(item, dict)}
+    unparsed = [(f, item) for f, item in latest.items() if not isinstance(item, dict)]
+    values = parse_objects([item for _, item in unparsed])
+    for (folder, _), value in zip(unparsed, values, strict=True):
+        record = None if value is None else clean_record(value)
+        if record is None or record.pop("dir", None) != folder:
+            return _parse_strictly(lines, torn, path)
+        records[folder] = record
+    _warn_bad(bad, path)
+    return records
+
+
+def _lines(data: bytes) -> list[str | bytes]:
+    try:
+        return list(data.decode().split("\n"))
+    except UnicodeDecodeError:  # some line is not UTF-8: each line is decoded on its own
+        return list(data.split(b"\n"))
+
+
+def _folder_of(line: str | bytes) -> str | None:
+    """The folder of a line as xqueue writes it (``"dir"`` last), found without parsing."""
+    if isinstance(line, bytes) or not line.endswith('"}'):
+        return None
+    start = line.rfind('"dir": "')
+    if start < 0:
+        return None
+    folder = line[start + 8 : -2]
+    return None if '"' in folder or "\\" in folder or not _plain_name(folder) else folder
+
+
+def _journal_entry(line: str | bytes) -> tuple[str, dict[str, Any]] | None:
+    """(folder, record) of one journal line, or None if it is not one."""
+    entry = parse_object(line)
+    if entry is None:
+        return None
+    folder = entry.pop("dir", None)
+    if type(folder) is not str or not _plain_name(folder):
+        return None
+    record = clean_record(entry)
+    return None if record is None else (folder, record)
+
+
+def _parse_strictly(lines: list[str | bytes], torn: str | bytes, path: str) -> dict[str, Any]:
     records: dict[str, dict[str, Any]] = {}
-    lines = data.split(b"\n")
-    last = lines.pop()  # empty unless the last line was torn
-    bad = [n for n, line in enumerate(lines, 1) if line.strip() and not _take(records, line)]
-    if last.strip() and not _take(records, last):
+    bad = []
+    for number, line in enumerate(lines, 1):
+        entry = _journal_entry(line) if line.strip() else None
+        if entry is not None:
+            records[entry[0]] = entry[1]
+        elif line.strip():
+            bad.append(number)
+    entry = _journal_entry(torn) if torn.strip() else None
+    if entry is not None:
+        records[entry[0]] = entry[1]
+    elif torn.strip():
         log.info("%s: ignoring its torn last line (a run stopped mid-write)", path)
+    _warn_bad(bad, path)
+    return records
+
+
+def _warn_bad(bad: list[int], path: str) -> None:
     if bad:
         shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
         log.warning(
@@ -171,23 +307,6 @@ def parse_journal(data: bytes, path: str) -> dict[str, dict[str, Any]]:
             len(bad),
             shown,
         )
-    return records
-
-
-def _take(records: dict[str, dict[str, Any]], line: bytes) -> bool:
-    entry = parse_object(line)
-    if entry is None:
-        return False
-    folder = entry.pop("dir", None)
-    if not isinstance(folder, str) or not _plain_name(folder):
-        return False
-    record = clean_record(entry)
-    if record is None:
-        return False
-    old = records.get(folder)
-    if old is None or record["time"] >= old["time"]:
-        records[folder] = record
-    return True
 
 
 def job_index(name: str) -> int | None:
@@ -219,17 +338,23 @@ class WorkdirReader:
 
     def last_record(self, folder: str) -> dict[str, Any] | None:
         """The newer of a folder's journal record and its ``job.status``."""
-        logged = self.journal().get(os.path.basename(folder))
-        if logged is not None and logged["status"] in FINAL_STATES:
-            return logged
-        final = read_record(os.path.join(self.path, folder, STATUS_FILE))
-        if final is None or (logged is not None and logged["time"] > final["time"]):
-            return logged
-        return final
+        return self.last_records([os.path.basename(folder)])[0]
+
+    def last_records(self, folders: Sequence[str]) -> list[dict[str, Any] | None]:
+        """``last_record`` of many folders (names in the workdir), in one pass."""
+        journal, root = self.journal(), str(self.path)
+        found = [journal.get(folder) for folder in folders]
+        unsure = [i for i, r in enumerate(found) if r is None or r["status"] not in FINAL_STATES]
+        finals = read_records([f"{root}/{folders[i]}/{STATUS_FILE}" for i in unsure])
+        for i, final in zip(unsure, finals, strict=True):
+            logged = found[i]
+            if final is not None and (logged is None or logged["time"] <= final["time"]):
+                found[i] = final
+        return found
 
     def folders(self) -> list[str]:
         """The names of the job folders, in index order (links and stray entries left out)."""
-        found = []
+        found: list[tuple[int, str]] = []
         try:
             with os.scandir(self.path) as entries:
                 for entry in entries:
@@ -247,8 +372,9 @@ class WorkdirReader:
 
     def iter_records(self) -> Iterator[tuple[str, dict[str, Any] | None, dict[str, Any] | None]]:
         """(folder path, spec, record) for every job folder, in index order."""
-        for name in self.folders():
-            yield str(self.path / name), self.spec(name), self.last_record(name)
+        folders = self.folders()
+        for name, record in zip(folders, self.last_records(folders), strict=True):
+            yield str(self.path / name), self.spec(name), record
 
     def controller(self) -> str | None:
         """The pid (as recorded) of the run holding the workdir's lock, None if no run does.
