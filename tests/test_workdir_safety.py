@@ -88,6 +88,32 @@ def test_a_garbage_newest_line_falls_back_to_the_last_valid_one(tmp_path: Path) 
     assert parse_journal(data, "j")["0-a"]["jid"] == "7@1.00"
 
 
+def test_the_journal_shortcut_gives_the_strict_answer() -> None:
+    """Lines as xqueue writes them are grouped without parsing; lines of any other shape,
+    garbage and torn lines in between must not change which record wins."""
+    import random
+
+    from xqueue.records import _parse_strictly
+
+    def line(folder: str, n: int, shape: int) -> str:
+        record = {"status": "submitted", "attempt": 1, "jid": f"{n}@1.0", "rc": None}
+        if shape == 0:  # as xqueue writes it: "dir" last
+            return json.dumps({**record, "reason": "", "time": 1.0, "dir": folder})
+        if shape == 1:  # another writer: "dir" first, trailing blank
+            return json.dumps({"dir": folder, **record, "time": 1.0}) + " "
+        return json.dumps({**record, "dir": folder})[: n % 40]  # torn somewhere
+
+    rng = random.Random(8)
+    for _ in range(200):
+        lines = [
+            line(f"{rng.randrange(5)}-j", n, rng.choice([0, 0, 0, 1, 2]))
+            for n in range(rng.randrange(1, 30))
+        ]
+        data = "\n".join(lines).encode() + rng.choice([b"\n", b""])
+        strict = _parse_strictly(data.decode().split("\n"), "j")
+        assert parse_journal(data, "j") == strict, lines
+
+
 def test_fields_of_the_wrong_type_are_not_trusted(tmp_path: Path) -> None:
     data = b'{"status": "submitted", "attempt": "x", "rc": true, "jid": 5, "time": "soon"'
     record = parse_journal(data + b', "dir": "0-a"}\n', "j")["0-a"]

@@ -213,58 +213,58 @@ def parse_journal(data: bytes, path: str) -> dict[str, dict[str, Any]]:
     """The newest record of each job folder in a journal's lines.
 
     The journal is appended in time order, so a folder's last valid line is its newest
-    record. Only that line needs parsing, which halves the work once a job has several:
-    a line ending ``"dir": "<folder>"}``, as xqueue writes them, is filed under its folder
-    unparsed, and only the winners are parsed. Should a winner not parse, the journal is
-    read again strictly line by line, so the answer never depends on the shortcut.
+    record, and only that line needs parsing (a job has one line per submission, and
+    will have more once final states are journaled too). Lines as xqueue writes them
+    end ``"dir": "<folder>"}``, so they are grouped by folder with string methods, and
+    only the winners are parsed, as one JSON array. Any other line is parsed on its own
+    and wins if it is newer. Should a winner not parse, the journal is read again
+    strictly line by line: the shortcut never changes the answer.
 
     A line that is not a record is skipped with one warning for the file; a torn last
     line (no newline: a crash mid-write) is expected and only logged at info level.
     """
-    lines = _lines(data)
-    torn = lines.pop()  # empty unless the last line was torn
-    latest: dict[str, str | bytes | dict[str, Any]] = {}
-    bad = []
-    for number, line in enumerate([*lines, torn], 1):
-        folder = _folder_of(line)
-        if folder is not None:
-            latest[folder] = line
-        elif line.strip():
-            entry = _journal_entry(line)
-            if entry is not None:
-                latest[entry[0]] = entry[1]
-            elif number <= len(lines):
-                bad.append(number)
-            else:
-                log.info("%s: ignoring its torn last line (a run stopped mid-write)", path)
-    records = {f: item for f, item in latest.items() if isinstance(item, dict)}
-    unparsed = [(f, item) for f, item in latest.items() if not isinstance(item, dict)]
-    values = parse_objects([item for _, item in unparsed])
-    for (folder, _), value in zip(unparsed, values, strict=True):
+    try:
+        lines: list[str] = data.decode().split("\n")
+    except UnicodeDecodeError:  # some line is not UTF-8: each is decoded on its own
+        return _parse_strictly(list(data.split(b"\n")), path)
+    tails = {line.rpartition(_DIR_KEY)[2]: n for n, line in enumerate(lines) if line[-2:] == '"}'}
+    fast: dict[str, int] = {}
+    for tail, n in tails.items():
+        folder = tail[:-2]
+        if '"' in folder or "\\" in folder or not _plain_name(folder) or _DIR_KEY not in lines[n]:
+            return _parse_strictly(lines, path)  # "}"-ended lines of another shape: rare
+        fast[folder] = n
+    others, bad = _parse_others(lines, path)
+    names = [f for f in fast if f not in others or others[f][0] < fast[f]]
+    records = {f: rec for f, (n, rec) in others.items() if f not in fast or fast[f] < n}
+    for folder, value in zip(names, parse_objects([lines[fast[f]] for f in names]), strict=True):
         record = None if value is None else clean_record(value)
         if record is None or record.pop("dir", None) != folder:
-            return _parse_strictly(lines, torn, path)
+            return _parse_strictly(lines, path)
         records[folder] = record
     _warn_bad(bad, path)
     return records
 
 
-def _lines(data: bytes) -> list[str | bytes]:
-    try:
-        return list(data.decode().split("\n"))
-    except UnicodeDecodeError:  # some line is not UTF-8: each line is decoded on its own
-        return list(data.split(b"\n"))
+_DIR_KEY = '"dir": "'
 
 
-def _folder_of(line: str | bytes) -> str | None:
-    """The folder of a line as xqueue writes it (``"dir"`` last), found without parsing."""
-    if isinstance(line, bytes) or not line.endswith('"}'):
-        return None
-    start = line.rfind('"dir": "')
-    if start < 0:
-        return None
-    folder = line[start + 8 : -2]
-    return None if '"' in folder or "\\" in folder or not _plain_name(folder) else folder
+def _parse_others(lines: list[str], path: str) -> tuple[dict[str, tuple[int, Any]], list[int]]:
+    """The lines not ending in ``"}``, parsed one by one: (folder -> (line index, record)
+    of the last valid one, numbers of the lines that are not records)."""
+    found: dict[str, tuple[int, Any]] = {}
+    bad = []
+    for n in [n for n, line in enumerate(lines) if line[-2:] != '"}']:
+        if not lines[n].strip():
+            continue
+        entry = _journal_entry(lines[n])
+        if entry is not None:
+            found[entry[0]] = (n, entry[1])
+        elif n < len(lines) - 1:
+            bad.append(n + 1)
+        else:
+            log.info("%s: ignoring its torn last line (a run stopped mid-write)", path)
+    return found, bad
 
 
 def _journal_entry(line: str | bytes) -> tuple[str, dict[str, Any]] | None:
@@ -279,20 +279,19 @@ def _journal_entry(line: str | bytes) -> tuple[str, dict[str, Any]] | None:
     return None if record is None else (folder, record)
 
 
-def _parse_strictly(lines: list[str | bytes], torn: str | bytes, path: str) -> dict[str, Any]:
+def _parse_strictly(lines: Sequence[str | bytes], path: str) -> dict[str, Any]:
     records: dict[str, dict[str, Any]] = {}
     bad = []
-    for number, line in enumerate(lines, 1):
+    for n, line in enumerate(lines):
         entry = _journal_entry(line) if line.strip() else None
         if entry is not None:
             records[entry[0]] = entry[1]
-        elif line.strip():
-            bad.append(number)
-    entry = _journal_entry(torn) if torn.strip() else None
-    if entry is not None:
-        records[entry[0]] = entry[1]
-    elif torn.strip():
-        log.info("%s: ignoring its torn last line (a run stopped mid-write)", path)
+        elif not line.strip():
+            continue
+        elif n < len(lines) - 1:
+            bad.append(n + 1)
+        else:
+            log.info("%s: ignoring its torn last line (a run stopped mid-write)", path)
     _warn_bad(bad, path)
     return records
 
