@@ -8,6 +8,9 @@ a local run leaves, so its layout follows the code. The mix is what a big run le
 behind: mostly finished jobs, a few failed and killed, some still recorded as running by
 a controller that is gone, some never submitted. Building 100,000 job folders takes a
 while (a slug and four files per job); ``--keep D`` builds once into D and reuses it.
+``--finals-in-journal`` writes final states as journal lines instead of ``job.status``
+files, the layout planned for the journal (issue 11), which ``xqueue status`` reads
+without opening a file per job.
 
 Reported: wall-clock seconds of ``xqueue status WD`` (the summary), of ``--json`` (one
 object per job, written to /dev/null) and of a bare interpreter start for reference.
@@ -16,6 +19,7 @@ object per job, written to /dev/null) and of a bare interpreter start for refere
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -29,7 +33,22 @@ from xqueue.states import JobStatus
 from xqueue.workdir import Workdir
 
 
-def build(path: str, n: int) -> None:
+def journal_final(workdir: Workdir, job: Job) -> None:
+    """Record a final state the way the planned journal-only layout would (issue 11):
+    one more journal line instead of a ``job.status`` file."""
+    record = {
+        "status": job.status.value,
+        "attempt": job.attempt,
+        "jid": job.jid,
+        "rc": job.rc,
+        "reason": job.reason,
+        "time": time.time(),
+        "dir": os.path.basename(job.dir),
+    }
+    workdir._append_journal(json.dumps(record) + "\n")
+
+
+def build(path: str, n: int, finals_in_journal: bool = False) -> None:
     workdir = Workdir(path)
     try:
         for i in range(n):
@@ -51,7 +70,10 @@ def build(path: str, n: int) -> None:
                 job.status, job.rc, job.reason = JobStatus.KILLED, None, "killed on request"
             else:
                 job.status, job.rc = JobStatus.FINISHED, 0
-            workdir.record(job)
+            if finals_in_journal:
+                journal_final(workdir, job)
+            else:
+                workdir.record(job)
     finally:
         workdir.unlock()
 
@@ -76,13 +98,18 @@ def main() -> None:
     parser.add_argument("--dir", default="/dev/shm", help="where to build (default tmpfs)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--keep", help="build into (or reuse) this workdir")
+    parser.add_argument(
+        "--finals-in-journal",
+        action="store_true",
+        help="record final states in the journal, not job.status (the planned layout)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="xq-status-") as tmp:
         wd = args.keep or os.path.join(tmp, "wd")
         if not os.path.exists(os.path.join(wd, "journal.jsonl")):
             start = time.perf_counter()
-            build(wd, args.jobs)
+            build(wd, args.jobs, args.finals_in_journal)
             print(f"built {args.jobs:,} jobs in {time.perf_counter() - start:.1f}s: {wd}")
         xq = [sys.executable, "-m", "xqueue", "status", wd]
         print(f"python start:            {timed([sys.executable, '-c', 'pass'], args.reps)}")

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 
@@ -14,6 +14,9 @@ from .. import registry
 from ..errors import Interrupted, JobFailedError, XqueueError
 from ..queue import ERROR_STRATEGIES, Xqueue
 from ..states import JobStatus
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_SIGINT, EXIT_SIGPIPE, EXIT_SIGTERM = 130, 141, 143
@@ -119,11 +122,6 @@ def read_commands(stream: TextIO) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from rich.console import Console
-
-    from .report import message
-
-    console = Console(stderr=True)
     try:
         if args.command == "schedulers":
             print("\n".join(registry.available()))
@@ -133,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             status.run(args.workdir, args.state, args.all, args.json)
             return EXIT_OK
-        return _run(args, console)
+        return _run(args, _console())
     except BrokenPipeError:
         # The reader went away (``xqueue status --json | head -1``): stop quietly, as
         # other tools do, and keep the interpreter's final flush from failing again.
@@ -142,11 +140,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.close(devnull)
         return EXIT_SIGPIPE
     except XqueueError as exc:
-        console.print(message("error", str(exc)), soft_wrap=True)
+        from .report import message
+
+        _console().print(message("error", str(exc)), soft_wrap=True)
         return EXIT_USAGE
 
 
-def _run(args: argparse.Namespace, console: Any) -> int:
+def _console() -> Console:
+    """Where a run's view and every error go; rich is imported only when it is needed
+    (``xqueue status`` prints plain text and starts faster without it)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _run(args: argparse.Namespace, console: Console) -> int:
     from .progress import ProgressView
     from .report import failures_table, message, print_table, summary_line
 

@@ -18,18 +18,7 @@ from rich.text import Text
 from ..job import Job
 from ..records import READ_FLAGS
 from ..states import JobStatus
-
-MAX_ROWS = 50
-
-_ESCAPES: dict[int, str] = {c: f"\\x{c:02x}" for c in (*range(32), *range(127, 160))}
-_ESCAPES.update({9: "\\t", 10: "\\n", 13: "\\r"})
-# Bidirectional overrides reorder what is shown ("Trojan source"): shown as escapes too.
-_ESCAPES.update({c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))})
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters and bidirectional overrides spelled as escapes."""
-    return text.translate(_ESCAPES)
+from .text import MAX_ROWS, printable
 
 
 def plain(text: str, style: str = "") -> Text:

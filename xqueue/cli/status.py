@@ -23,7 +23,7 @@ from typing import Any, TextIO
 from ..errors import XqueueError
 from ..records import WorkdirReader, job_index
 from ..states import JobStatus
-from .report import MAX_ROWS, printable
+from .text import MAX_ROWS, printable
 
 ORPHANED, NOT_SUBMITTED = "orphaned", "not submitted"
 ATTENTION = ("failed", "killed", ORPHANED)
