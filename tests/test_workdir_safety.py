@@ -101,12 +101,16 @@ def test_the_journal_shortcut_gives_the_strict_answer() -> None:
             return json.dumps({**record, "reason": "", "time": 1.0, "dir": folder})
         if shape == 1:  # another writer: "dir" first, trailing blank
             return json.dumps({"dir": folder, **record, "time": 1.0}) + " "
-        return json.dumps({**record, "dir": folder})[: n % 40]  # torn somewhere
+        if shape == 2:
+            return json.dumps({**record, "dir": folder})[: n % 40]  # torn somewhere
+        if shape == 3:
+            return f'garbage, "dir": "{folder}"}}'  # looks like xqueue's at the end
+        return ["", '{"status": "finished"}', "[1]"][n % 3]  # blank, no folder, not a dict
 
     rng = random.Random(8)
-    for _ in range(200):
+    for _ in range(500):
         lines = [
-            line(f"{rng.randrange(5)}-j", n, rng.choice([0, 0, 0, 1, 2]))
+            line(f"{rng.randrange(5)}-j", n, rng.choice([0, 0, 0, 0, 1, 2, 3, 4]))
             for n in range(rng.randrange(1, 30))
         ]
         data = "\n".join(lines).encode() + rng.choice([b"\n", b""])

@@ -224,23 +224,32 @@ def parse_journal(data: bytes, path: str) -> dict[str, dict[str, Any]]:
     line (no newline: a crash mid-write) is expected and only logged at info level.
     """
     try:
-        lines: list[str] = data.decode().split("\n")
+        text = data.decode()
     except UnicodeDecodeError:  # some line is not UTF-8: each is decoded on its own
-        return _parse_strictly(list(data.split(b"\n")), path)
-    tails = {line.rpartition(_DIR_KEY)[2]: n for n, line in enumerate(lines) if line[-2:] == '"}'}
-    fast: dict[str, int] = {}
-    for tail, n in tails.items():
-        folder = tail[:-2]
-        if '"' in folder or "\\" in folder or not _plain_name(folder) or _DIR_KEY not in lines[n]:
-            return _parse_strictly(lines, path)  # "}"-ended lines of another shape: rare
-        fast[folder] = n
-    others, bad = _parse_others(lines, path)
+        return _parse_strictly(data.split(b"\n"), path)
+    lines = text.split("\n")
+    ended = lines[-1] == ""  # else the last line was torn by a crash
+    if ended:
+        lines.pop()
+    others: dict[str, tuple[int, Any]] = {}
+    bad: list[int] = []
+    if text.count('"}\n') + text.endswith('"}') == len(lines):  # no line of another shape
+        tails = {line.rpartition(_DIR_KEY)[2]: n for n, line in enumerate(lines)}
+    else:
+        tails = {
+            line.rpartition(_DIR_KEY)[2]: n for n, line in enumerate(lines) if line[-2:] == '"}'
+        }
+        others, bad = _parse_others(lines, ended, path)
+    fast = dict(zip([tail[:-2] for tail in tails], tails.values(), strict=True))
+    everything = "\n".join(fast)  # one scan for what no folder name contains
+    if any(c in everything for c in '"\\/\0') or {"", ".", ".."} & fast.keys():
+        return _parse_strictly([*lines, ""] if ended else lines, path)  # lines of another shape
     names = [f for f in fast if f not in others or others[f][0] < fast[f]]
     records = {f: rec for f, (n, rec) in others.items() if f not in fast or fast[f] < n}
     for folder, value in zip(names, parse_objects([lines[fast[f]] for f in names]), strict=True):
         record = None if value is None else clean_record(value)
         if record is None or record.pop("dir", None) != folder:
-            return _parse_strictly(lines, path)
+            return _parse_strictly([*lines, ""] if ended else lines, path)
         records[folder] = record
     _warn_bad(bad, path)
     return records
@@ -249,7 +258,9 @@ def parse_journal(data: bytes, path: str) -> dict[str, dict[str, Any]]:
 _DIR_KEY = '"dir": "'
 
 
-def _parse_others(lines: list[str], path: str) -> tuple[dict[str, tuple[int, Any]], list[int]]:
+def _parse_others(
+    lines: list[str], ended: bool, path: str
+) -> tuple[dict[str, tuple[int, Any]], list[int]]:
     """The lines not ending in ``"}``, parsed one by one: (folder -> (line index, record)
     of the last valid one, numbers of the lines that are not records)."""
     found: dict[str, tuple[int, Any]] = {}
@@ -260,7 +271,7 @@ def _parse_others(lines: list[str], path: str) -> tuple[dict[str, tuple[int, Any
         entry = _journal_entry(lines[n])
         if entry is not None:
             found[entry[0]] = (n, entry[1])
-        elif n < len(lines) - 1:
+        elif ended or n < len(lines) - 1:
             bad.append(n + 1)
         else:
             log.info("%s: ignoring its torn last line (a run stopped mid-write)", path)
@@ -280,6 +291,8 @@ def _journal_entry(line: str | bytes) -> tuple[str, dict[str, Any]] | None:
 
 
 def _parse_strictly(lines: Sequence[str | bytes], path: str) -> dict[str, Any]:
+    """Every line parsed on its own; the last line counts as torn unless it ends the file
+    with a newline (then ``lines`` ends with an empty item, or was cut before it)."""
     records: dict[str, dict[str, Any]] = {}
     bad = []
     for n, line in enumerate(lines):
