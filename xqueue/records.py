@@ -382,6 +382,16 @@ class WorkdirReader:
         """What the job is (``job.json``); None when missing or unreadable as JSON."""
         return read_json(os.path.join(self.path, folder, SPEC_FILE))
 
+    def specs(self, folders: Sequence[str]) -> list[dict[str, Any] | None]:
+        """``spec`` of many folders, their JSON parsed together."""
+        root = str(self.path)
+        datas = [read_bytes(f"{root}/{folder}/{SPEC_FILE}") or b"" for folder in folders]
+        present = [i for i, data in enumerate(datas) if data]
+        found: list[dict[str, Any] | None] = [None] * len(folders)
+        for i, value in zip(present, parse_objects([datas[i] for i in present]), strict=True):
+            found[i] = value
+        return found
+
     def iter_records(self) -> Iterator[tuple[str, dict[str, Any] | None, dict[str, Any] | None]]:
         """(folder path, spec, record) for every job folder, in index order."""
         folders = self.folders()
