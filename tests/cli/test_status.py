@@ -306,12 +306,16 @@ def test_status_prints_names_and_reasons_literally(tmp_path: Path) -> None:
         job.rc, job.reason = 1, f"[/] {job.index} \x1b[31mred\u202e"
         w.record(job)
     w.unlock()
+    status = Path(jobs[0].path("job.status"))
+    status.write_text(status.read_text().replace('"failed"', '"\\u001b[2Jodd"'))
     out = subprocess.run(
-        [*XQ, "status", str(wd)], capture_output=True, text=True, env=WIDE, timeout=60
+        [*XQ, "status", str(wd), "--all"], capture_output=True, text=True, env=WIDE, timeout=60
     )
     assert out.returncode == 0 and out.stderr == ""
-    assert "[bold]n0[/] [link=x]" in out.stdout
-    assert "[/] 0 \\x1b[31mred\\u202e" in out.stdout
+    assert "[bold]n1[/] [link=x]" in out.stdout
+    assert "[/] 1 \\x1b[31mred\\u202e" in out.stdout
+    assert "1 \\x1b[2Jodd, 3 failed" in out.stdout  # a state is whatever a record says
+    assert "n0[/] [link=x]  \\x1b[2Jodd" in out.stdout
     assert "\x1b" not in out.stdout and "\u202e" not in out.stdout
 
 

@@ -112,7 +112,8 @@ def _summary(reader: WorkdirReader, rows: Sequence[Row], holder: str | None, out
         counts[row.status] = counts.get(row.status, 0) + 1
     run = f"a run is in progress (pid {holder})" if holder else "no run in progress"
     out.write(f"{printable(str(reader.path))}: {len(rows):,} job(s), {run}\n")
-    out.write(", ".join(f"{n:,} {s}" for s, n in sorted(counts.items())) or "no jobs")
+    tally = ", ".join(f"{n:,} {s}" for s, n in sorted(counts.items()))
+    out.write(printable(tally) or "no jobs")  # a state is whatever a record says
     out.write("\n")
     if counts.get(ORPHANED):
         out.write(
@@ -129,7 +130,7 @@ def _cells(row: Row, spec: dict[str, Any] | None) -> tuple[str, ...]:
     return (
         str(job_index(row.folder)),
         name,
-        row.status,
+        printable(row.status),
         str(record.get("attempt") or "-"),
         "-" if record.get("rc") is None else str(record["rc"]),
         printable(record.get("jid") or "-"),
