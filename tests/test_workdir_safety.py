@@ -355,3 +355,24 @@ def test_the_cli_says_how_to_opt_in(tmp_path: Path) -> None:
     no_traceback(out.stderr)
     assert "every user can write to it" in out.stderr and "XQUEUE_TRUST_WORKDIR=1" in out.stderr
     assert stat.S_IMODE(path.stat().st_mode) == 0o777 and list(path.iterdir()) == []
+
+
+def test_a_status_probe_on_the_lock_does_not_fail_a_starting_run(tmp_path: Path) -> None:
+    """``xqueue status`` tests the lock with a brief shared flock; a run that starts at
+    that moment waits it out instead of reporting the workdir in use."""
+    import fcntl
+    import threading
+
+    wd = Workdir(tmp_path / "wd")
+    (wd.path / ".lock").write_text("")
+    probe = os.open(wd.path / ".lock", os.O_RDONLY)
+    fcntl.flock(probe, fcntl.LOCK_SH)
+    threading.Timer(0.05, os.close, [probe]).start()
+    wd.lock()  # would fail at once without the retry
+    try:
+        assert WorkdirReader(wd.path).controller() == str(os.getpid())
+        with pytest.raises(WorkdirError, match=r"in use by another xqueue run \(pid \d+\)"):
+            Workdir(tmp_path / "wd").lock()
+    finally:
+        wd.unlock()
+    assert WorkdirReader(wd.path).controller() is None
