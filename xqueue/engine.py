@@ -43,12 +43,13 @@ from .errors import (
     QueueStateError,
     SchedulerError,
     SubmissionUnknownError,
+    WorkdirError,
 )
 from .hooks import Hooks
 from .job import Job
 from .scheduler import JobState, Scheduler
 from .states import JobStatus
-from .workdir import Workdir, read_rc
+from .workdir import Workdir, open_plain, read_rc
 
 if TYPE_CHECKING:
     from .queue import Xqueue
@@ -882,10 +883,13 @@ class Engine:
 
     def _note_in_stderr(self, job: Job) -> None:
         try:
-            with open(job.stderr_path, "a", encoding="utf-8") as fh:
-                fh.write(f"xqueue: {job.reason}\n")
-        except OSError:
-            pass
+            fd = open_plain(job.stderr_path, os.O_WRONLY | os.O_APPEND)
+        except (OSError, WorkdirError):
+            return
+        try:
+            os.write(fd, f"xqueue: {job.reason}\n".encode())
+        finally:
+            os.close(fd)
 
 
 def _int(value: Any, default: int) -> int:

@@ -87,6 +87,10 @@ class Xqueue:
     ``num_retries`` times (then it is failed and the run goes on); "ignore" records the
     failure and goes on.
 
+    ``trust_workdir=True`` accepts a workdir that another user owns or can write to
+    (refused by default: whoever can write it could redirect what xqueue writes or
+    plant records; the XQUEUE_TRUST_WORKDIR=1 environment variable does the same).
+
     ``hook_timeout`` bounds each awaited hook implementation (seconds, None for no
     bound): a plugin that hangs stops the run with a PluginError naming it, instead of
     hanging the run for ever. While a run stops, hooks get at most 10 s each.
@@ -104,6 +108,7 @@ class Xqueue:
         plugins: Iterable[Any] | None = None,
         handle_signals: bool = True,
         hook_timeout: float | None = 300.0,
+        trust_workdir: bool | None = None,
     ) -> None:
         forks = _check_int("forks", forks, 1)
         num_retries = _check_int("num_retries", num_retries, 0)
@@ -113,7 +118,7 @@ class Xqueue:
                 + ", ".join(repr(s) for s in ERROR_STRATEGIES)
             )
         self.scheduler = resolve(scheduler, scheduler_opts)
-        self.workdir = Workdir(workdir)
+        self.workdir = Workdir(workdir, trust=trust_workdir)
         self.hooks = Hooks(plugins)
         self._engine = Engine(
             self,

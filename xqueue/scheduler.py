@@ -290,6 +290,10 @@ def render_script(job: Job, jobdir: str, directives: Iterable[str] = ()) -> str:
         f"# xqueue job {job.index}: {comment(job.name)}",
         "# Written once per job; the engine never rewrites it while it may run.",
         *(export(k, v) for k, v in envs.items()),
+        # Only files this attempt creates, each with O_EXCL (noclobber): a link planted
+        # at one of these names is removed, never written through.
+        f"rm -f {f(STARTED)} {f(STDOUT)} {f(STDERR)} {f(RC)}.tmp",
+        "set -C",
         f"date +%s > {f(STARTED)}",
         f"{' '.join(q(a) for a in job.argv)} < /dev/null > {f(STDOUT)} 2> {f(STDERR)}",
         "rc=$?",

@@ -16,12 +16,20 @@ on a local disk, and a thread hop per write would cost more than the write. Ever
 write goes to a temporary name and is renamed into place, so a crash leaves either the
 old record or the new one, never half of one. (No fsync: we guard against a crashed
 controller, not against power loss.)
+
+A workdir must not be usable against its user. Files are created without following
+links (``O_NOFOLLOW``; temporary names are unpredictable and ``O_EXCL``), and a workdir
+that another user owns or that every user can write to is refused unless the caller
+opts in (``Workdir(path, trust=True)`` or ``XQUEUE_TRUST_WORKDIR=1``). Reading lives in
+``records``: a read-only ``WorkdirReader`` that ``xqueue status`` uses without writing.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,10 +37,32 @@ from typing import Any
 
 from .errors import WorkdirError
 from .job import RC, SPEC_FILE, STATUS_FILE, Job
+from .records import (
+    JOURNAL_FILE,
+    LOCK_FILE,
+    WorkdirReader,
+    file_error,
+    read_json,
+    read_text,
+)
+
+__all__ = [
+    "JOURNAL_FILE",
+    "LOCK_FILE",
+    "Workdir",
+    "WorkdirReader",
+    "atomic_write",
+    "open_output",
+    "read_json",
+    "read_rc",
+    "read_text",
+]
 
 _SLUG_MAX = 40
-LOCK_FILE = ".lock"
-JOURNAL_FILE = "journal.jsonl"
+TRUST_ENV = "XQUEUE_TRUST_WORKDIR"
+# O_NOFOLLOW: a link planted where xqueue writes a file must not redirect the write.
+# O_NONBLOCK: a planted FIFO must not hang the open (it is then refused as not a file).
+_CREATE_FLAGS = os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 def slug(text: str) -> str:
@@ -41,30 +71,116 @@ def slug(text: str) -> str:
     return slugify(text, max_length=_SLUG_MAX, word_boundary=True) or "job"
 
 
-def atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+def atomic_write(path: str, text: str, mode: int = 0o666) -> None:
+    """Write a file whole or not at all, through a fresh temporary file.
 
-
-def read_text(path: str) -> str | None:
+    The temporary name is unpredictable and created with ``O_EXCL``, so nobody can have
+    planted a link there; the rename replaces whatever is at ``path`` (even a link)
+    without following it.
+    """
+    tmp = f"{path}.{secrets.token_hex(6)}.tmp"
     try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        return None
-
-
-def read_json(path: str) -> dict[str, Any] | None:
-    text = read_text(path)
-    if not text:
-        return None
+        fd = os.open(tmp, os.O_WRONLY | os.O_EXCL | _CREATE_FLAGS, mode)
+    except OSError as exc:
+        raise file_error(tmp, exc, "create") from None
     try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
+        try:
+            view = memoryview(text.encode())
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        _unlink_quietly(tmp)
+        raise file_error(path, exc, "write") from None
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def open_plain(path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> int:
+    """Open (creating) a file xqueue owns, refusing anything but a plain file of its own.
+
+    Refused: a link (``O_NOFOLLOW``), a FIFO or device, and a file with a second hard
+    link (whoever made it could read or damage the other name). Nothing is truncated
+    before these checks pass; pass ``O_TRUNC`` in ``flags`` to have it emptied after.
+    """
+    trunc = flags & os.O_TRUNC
+    try:
+        fd = os.open(path, (flags & ~os.O_TRUNC) | _CREATE_FLAGS, mode)
+    except OSError as exc:
+        raise file_error(path, exc, "open") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+            kind = "a hard link to another file" if info.st_nlink > 1 else "not a plain file"
+            raise WorkdirError(
+                f"{os.fspath(path)!r} is {kind}, which xqueue never makes: someone else put "
+                "it there; remove it and check who can write to the workdir"
+            )
+        if trunc and info.st_size:
+            os.ftruncate(fd, 0)
+        os.set_blocking(fd, True)
+    except OSError as exc:
+        os.close(fd)
+        raise file_error(path, exc, "open") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_output(path: str | os.PathLike[str]) -> int:
+    """A descriptor for a job's stdout or stderr, emptied; the caller closes it.
+
+    For a scheduler that hands the file to a child (``Popen(stdout=fd)``): a link or a
+    hard link planted at the name cannot redirect the output into someone else's file.
+    """
+    return open_plain(path, os.O_WRONLY | os.O_TRUNC)
+
+
+def check_trust(path: Path, trust: bool | None = None) -> None:
+    """Refuse a workdir that another user can write to, unless the caller opts in.
+
+    Whoever can write to the workdir can plant files and links in it. xqueue opens its
+    own files without following links, but job scripts and compute-side wrappers write
+    with the shell, and a planted ``job.json`` decides what a resuming run executes.
+    """
+    if trust is None:
+        trust = os.environ.get(TRUST_ENV, "") not in ("", "0")
+    if trust:
+        return
+    info = path.stat()
+    me = os.geteuid()
+    if info.st_uid != me:
+        why = f"it belongs to {_user(info.st_uid)}, not to you ({_user(me)})"
+    elif info.st_mode & stat.S_IWOTH:
+        mode = stat.S_IMODE(info.st_mode)
+        why = f"every user can write to it (mode {mode:o}; chmod o-w fixes that)"
+    else:
+        return
+    raise WorkdirError(
+        f"workdir {str(path)!r} is not safe to run in: {why}, so someone else could plant "
+        f"files there that redirect or replace the jobs'. Use a folder of your own, or set "
+        f"{TRUST_ENV}=1 if you trust everyone who can write there"
+    )
+
+
+def _user(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name!r} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def read_rc(job: Job) -> int | None:
@@ -92,22 +208,31 @@ def job_spec(job: Job) -> str:
 class Workdir:
     """The folder that holds every job's files for one queue."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, trust: bool | None = None) -> None:
+        """Create (if needed) and check the folder; ``trust=True`` (or the environment
+        variable ``XQUEUE_TRUST_WORKDIR=1``) accepts one that other users can write to."""
         self.path = Path(path).absolute()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / f".xqueue-write-test-{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
         except OSError as exc:
-            raise WorkdirError(
-                f"workdir {str(self.path)!r} is not writable ({exc.strerror or exc}); "
-                "pass workdir= a folder you can write to"
-            ) from exc
+            raise self._not_writable(exc) from exc
+        check_trust(self.path, trust)
+        try:  # an unpredictable O_EXCL name: a planted link cannot turn the probe into a write
+            probe = self.path / f".xqueue-write-test-{secrets.token_hex(6)}"
+            os.close(os.open(probe, os.O_WRONLY | os.O_EXCL | _CREATE_FLAGS, 0o600))
+            os.unlink(probe)
+        except OSError as exc:
+            raise self._not_writable(exc) from exc
 
+        self.reader = WorkdirReader(self.path)
         self._journal_fd: int | None = None
-        self._journal: dict[str, dict[str, Any]] | None = None
         self._lock_fd: int | None = None
+
+    def _not_writable(self, exc: OSError) -> WorkdirError:
+        return WorkdirError(
+            f"workdir {str(self.path)!r} is not writable ({exc.strerror or exc}); "
+            "pass workdir= a folder you can write to"
+        )
 
     # -- the run lock ---------------------------------------------------------------------
     def lock(self) -> None:
@@ -116,14 +241,10 @@ class Workdir:
         Taken by the first ``feed()`` (before any folder is touched, so a refused
         controller changes nothing) and held until the run ends; idempotent.
         """
-        import fcntl
-
         if self._lock_fd is not None:
             return
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        fd = open_plain(self.path / LOCK_FILE, os.O_RDWR)
+        if not _flock_exclusive(fd):
             holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise WorkdirError(
@@ -147,31 +268,30 @@ class Workdir:
         """One write() per record: O_APPEND keeps concurrent lines whole, and a torn last
         line left by a crash is skipped when the journal is read."""
         if self._journal_fd is None:
-            self._journal_fd = os.open(
-                self.path / JOURNAL_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-            )
+            self._journal_fd = self._open_journal()
         os.write(self._journal_fd, line.encode())
+
+    def _open_journal(self) -> int:
+        """Open the journal for appending, ending a line torn by a crash first, so the
+        next record starts on a line of its own instead of being glued to the garbage."""
+        path = self.path / JOURNAL_FILE
+        fd = open_plain(path, os.O_RDWR | os.O_APPEND)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                os.write(fd, b"\n")
+        except OSError as exc:
+            os.close(fd)
+            raise file_error(path, exc, "append to") from None
+        return fd
 
     def journal_records(self) -> dict[str, dict[str, Any]]:
         """The last journal record of each job folder (by folder name)."""
-        if self._journal is None:
-            self._journal = {}
-            text = read_text(str(self.path / JOURNAL_FILE)) or ""
-            for line in text.splitlines():
-                try:
-                    entry = json.loads(line)
-                    self._journal[entry.pop("dir")] = entry
-                except (ValueError, KeyError, AttributeError):
-                    continue  # a line torn by a crash
-        return self._journal
+        return self.reader.journal()
 
     def last_record(self, folder: str) -> dict[str, Any] | None:
         """The newer of a folder's status file and its last journal record."""
-        final = read_json(os.path.join(folder, STATUS_FILE))
-        logged = self.journal_records().get(os.path.basename(folder))
-        if final is None or (logged and logged.get("time", 0) > final.get("time", 0)):
-            return logged
-        return final
+        return self.reader.last_record(folder)
 
     def last_attempt(self, job: Job) -> int:
         """The highest attempt number whose files exist in the job's folder (0 if none)."""
@@ -255,10 +375,19 @@ class Workdir:
 
     def iter_records(self) -> Iterator[tuple[str, dict[str, Any] | None, dict[str, Any] | None]]:
         """(folder, spec, status record) for every job folder, in index order."""
-        entries = []
-        for entry in os.scandir(self.path):
-            head = entry.name.split("-", 1)[0]
-            if entry.is_dir() and head.isdigit() and ".replaced-" not in entry.name:
-                entries.append((int(head), entry.path))
-        for _, folder in sorted(entries):
-            yield folder, read_json(os.path.join(folder, SPEC_FILE)), self.last_record(folder)
+        return self.reader.iter_records()
+
+
+def _flock_exclusive(fd: int, tries: int = 20) -> bool:
+    """Lock for a run. ``xqueue status`` probes the lock with a shared flock held for
+    microseconds, so a refusal is retried for a moment before it means another run."""
+    import fcntl
+
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < tries:
+                time.sleep(0.01)
+    return False

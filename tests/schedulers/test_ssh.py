@@ -398,10 +398,11 @@ async def test_controller_restart_readopts_a_running_job(
 
 
 async def test_unprivileged_user_and_remote_workdir(
-    ssh_env: dict[str, str], servers: dict[str, Any]
+    ssh_env: dict[str, str], servers: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The server sees the workdir through another path (a symlink standing in for a
     # different mount point), and logs in as the unprivileged xqtest.
+    monkeypatch.setenv("XQUEUE_TRUST_WORKDIR", "1")  # xqtest writes there: trusted on purpose
     base = Path(tempfile.mkdtemp(prefix="xqueue-ssh-", dir="/tmp"))
     alias = Path(f"{base}-as-seen-remotely")
     old_umask = os.umask(0)  # the job folders must be writable by xqtest

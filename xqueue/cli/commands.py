@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 
@@ -15,10 +14,12 @@ from .. import registry
 from ..errors import Interrupted, JobFailedError, XqueueError
 from ..queue import ERROR_STRATEGIES, Xqueue
 from ..states import JobStatus
-from ..workdir import Workdir
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+EXIT_SIGINT, EXIT_SIGPIPE, EXIT_SIGTERM = 130, 141, 143
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,9 +85,22 @@ def _parser() -> argparse.ArgumentParser:
         "--no-progress", dest="progress", action="store_false", help="never show the live view"
     )
 
-    status = sub.add_parser("status", help="show the jobs of a workdir")
+    status = sub.add_parser(
+        "status",
+        help="show the jobs of a workdir",
+        description="Count a workdir's jobs by state and list those that need attention "
+        "(failed, killed, orphaned by a run that is gone). Writes nothing to the workdir.",
+    )
     status.add_argument("workdir", help="the workdir of a run")
-    status.add_argument("--json", action="store_true", help="one JSON object per job")
+    status.add_argument("--json", action="store_true", help="one JSON object per job (JSON lines)")
+    status.add_argument("-a", "--all", action="store_true", help="one row per job")
+    status.add_argument(
+        "--state",
+        action="append",
+        default=[],
+        metavar="STATE",
+        help="only jobs in these states (repeatable or comma-separated), e.g. failed,orphaned",
+    )
 
     sub.add_parser("schedulers", help="list the installed schedulers")
     return parser
@@ -108,24 +122,41 @@ def read_commands(stream: TextIO) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from rich.console import Console
-
-    console = Console(stderr=True)
     try:
         if args.command == "schedulers":
             print("\n".join(registry.available()))
             return EXIT_OK
         if args.command == "status":
-            return _status(args, Console())
-        return _run(args, console)
+            from . import status
+
+            status.run(args.workdir, args.state, args.all, args.json)
+            return EXIT_OK
+        return _run(args, _console())
+    except BrokenPipeError:
+        # The reader went away (``xqueue status --json | head -1``): stop quietly, as
+        # other tools do, and keep the interpreter's final flush from failing again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_SIGPIPE
     except XqueueError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        from .report import message
+
+        _console().print(message("error", str(exc)), soft_wrap=True)
         return EXIT_USAGE
 
 
-def _run(args: argparse.Namespace, console: Any) -> int:
+def _console() -> Console:
+    """Where a run's view and every error go; rich is imported only when it is needed
+    (``xqueue status`` prints plain text and starts faster without it)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _run(args: argparse.Namespace, console: Console) -> int:
     from .progress import ProgressView
-    from .report import failures_table, print_table, summary_line
+    from .report import failures_table, message, print_table, summary_line
 
     if args.file == "-":
         if sys.stdin.isatty():
@@ -165,10 +196,10 @@ def _run(args: argparse.Namespace, console: Any) -> int:
     try:
         anyio.run(go)
     except JobFailedError as exc:
-        console.print(f"[bold red]halted:[/] {exc}", highlight=False)
+        console.print(message("halted", str(exc)), soft_wrap=True)
         code = EXIT_FAILED
     except Interrupted as exc:
-        console.print(f"[bold red]interrupted:[/] {exc}", highlight=False)
+        console.print(message("interrupted", str(exc)), soft_wrap=True)
         code = 128 + exc.signal if exc.signal else EXIT_SIGTERM
     except KeyboardInterrupt:
         left = [j for j in queue.jobs if j.status.is_active]
@@ -177,39 +208,12 @@ def _run(args: argparse.Namespace, console: Any) -> int:
             if left
             else "running jobs were killed"
         )
-        console.print(f"[bold red]interrupted:[/] Ctrl-C; {what}")
+        console.print(message("interrupted", f"Ctrl-C; {what}"), soft_wrap=True)
         code = EXIT_SIGINT
     stats = queue.statistics()
-    console.print(summary_line(dict(stats.counts), stats.total, stats.elapsed), highlight=False)
+    console.print(summary_line(dict(stats.counts), stats.total, stats.elapsed))
     print_table(console, failures_table(queue.jobs))
     bad = stats.counts.get(JobStatus.FAILED.value, 0) + stats.counts.get(JobStatus.KILLED.value, 0)
     if code == EXIT_OK and bad:
         code = EXIT_FAILED
     return code
-
-
-def _status(args: argparse.Namespace, console: Any) -> int:
-    from ..schedulers.local import live_local_jid
-    from .report import status_table
-
-    if not os.path.isdir(args.workdir):
-        raise XqueueError(f"no workdir at {args.workdir!r}")
-    rows = []
-    for folder, spec, record in Workdir(args.workdir).iter_records():
-        if record and record.get("status") == JobStatus.SUBMITTED.value:
-            if live_local_jid(str(record.get("jid"))) or os.path.exists(
-                os.path.join(folder, f"job.{record.get('attempt') or 1}.started")
-            ):
-                record = {**record, "status": JobStatus.RUNNING.value}
-        rows.append((folder, spec, record))
-    if args.json:
-        for folder, spec, record in rows:
-            print(json.dumps({"folder": folder, **(spec or {}), "state": record}))
-    else:
-        console.print(status_table(rows))
-        counts: dict[str, int] = {}
-        for _, _, record in rows:
-            state = (record or {}).get("status", "not submitted")
-            counts[state] = counts.get(state, 0) + 1
-        console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no jobs")
-    return EXIT_OK

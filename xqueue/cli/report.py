@@ -1,17 +1,34 @@
-"""Tables printed after a run and by ``xqueue status``."""
+"""What a run prints when it ends, and the escaping every CLI output goes through.
+
+Job names, commands, reasons and stderr lines come from users and from workdirs, so they
+are never handed to rich as markup (``[/]`` in a name would crash the table, ``[link=...]``
+would forge a link) and never reach the terminal with control characters (an escape
+sequence in a name could rewrite the screen or the window title).
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ..job import Job
+from ..records import READ_FLAGS
 from ..states import JobStatus
+from .text import MAX_ROWS, printable
 
-MAX_ROWS = 50
+
+def plain(text: str, style: str = "") -> Text:
+    """A rich cell that shows ``text`` literally: no markup, no emoji codes, no controls."""
+    return Text(printable(text), style=style)
+
+
+def message(label: str, text: str, style: str = "bold red") -> Text:
+    """``label: text`` with only the label styled, for errors that quote user input."""
+    return Text.assemble((f"{label}: ", style), printable(text))
 
 
 def failures_table(jobs: Iterable[Job]) -> Table | None:
@@ -23,12 +40,12 @@ def failures_table(jobs: Iterable[Job]) -> Table | None:
         table.add_column(col, overflow="fold")
     for job in bad[:MAX_ROWS]:
         table.add_row(
-            str(job.index),
-            job.name,
-            job.status.value,
-            "-" if job.rc is None else str(job.rc),
-            job.reason or _last_line(job.stderr_path),
-            job.stderr_path,
+            plain(str(job.index)),
+            plain(job.name),
+            plain(job.status.value),
+            plain("-" if job.rc is None else str(job.rc)),
+            plain(job.reason or _last_line(job.stderr_path)),
+            plain(job.stderr_path),
         )
     if len(bad) > MAX_ROWS:
         table.caption = f"... and {len(bad) - MAX_ROWS} more"
@@ -36,38 +53,24 @@ def failures_table(jobs: Iterable[Job]) -> Table | None:
 
 
 def _last_line(path: str, limit: int = 120) -> str:
-    """The last line of a job's stderr: usually the reason it failed."""
+    """The last line of a job's stderr: usually the reason it failed. Read through the
+    workdir's reader rules (no links followed, a FIFO never waited on), 4 KiB at most."""
     try:
-        with open(path, "rb") as fh:
-            fh.seek(0, 2)
-            fh.seek(max(0, fh.tell() - 4096))
-            lines = fh.read().decode(errors="replace").strip().splitlines()
+        fd = os.open(path, READ_FLAGS)
+        try:
+            size = os.fstat(fd).st_size
+            tail = os.pread(fd, 4096, max(0, size - 4096))
+        finally:
+            os.close(fd)
     except OSError:
         return ""
+    lines = tail.decode(errors="replace").strip().splitlines()
     return lines[-1][:limit] if lines else ""
 
 
-def summary_line(counts: dict[str, int], total: int, elapsed: float) -> str:
+def summary_line(counts: dict[str, int], total: int, elapsed: float) -> Text:
     parts = ", ".join(f"{n:,} {state}" for state, n in sorted(counts.items()))
-    return f"{total:,} job(s) in {elapsed:,.1f}s: {parts or 'nothing to do'}"
-
-
-def status_table(rows: Iterable[tuple[str, dict[str, Any] | None, dict[str, Any] | None]]) -> Table:
-    table = Table()
-    for col in ("#", "job", "status", "attempt", "rc", "id", "reason"):
-        table.add_column(col, overflow="fold")
-    for folder, spec, record in rows:
-        spec, record = spec or {}, record or {}
-        table.add_row(
-            str(spec.get("index", "?")),
-            str(spec.get("name", folder)),
-            str(record.get("status", "not submitted")),
-            str(record.get("attempt") or "-"),
-            "-" if record.get("rc") is None else str(record["rc"]),
-            str(record.get("jid") or "-"),
-            str(record.get("reason") or ""),
-        )
-    return table
+    return plain(f"{total:,} job(s) in {elapsed:,.1f}s: {parts or 'nothing to do'}")
 
 
 def print_table(console: Console, table: Table | None) -> None:

@@ -34,14 +34,16 @@ from ..job import RC, Job
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
 from ..states import JobStatus
-from ..workdir import read_rc
+from ..workdir import open_output, read_rc
 from ._proc import start_ticks, wait_exit
 
 # Records the job's return code where a later run finds it; exits with the same code.
 # The no-op TERM trap keeps the wrapper alive until its command has ended (a trap runs
 # only after the foreground command completes), so a kill's grace applies to the job
 # and not to the wrapper, while the command itself keeps TERM's default action.
-WRAPPER = 'trap : TERM; f=$1; shift; "$@"; r=$?; echo "$r" > "$f"; exit "$r"'
+# ``set -C`` (noclobber) creates the rc file with O_EXCL, so a link planted at its name
+# makes the write fail instead of redirecting it; the controller removes a stale one first.
+WRAPPER = 'trap : TERM; f=$1; shift; "$@"; r=$?; set -C; echo "$r" > "$f"; exit "$r"'
 
 UNKNOWN_EXIT = (
     "exit status unknown: the job ended while no xqueue controller was watching it "
@@ -191,9 +193,14 @@ class LocalScheduler(Scheduler):
         env["XQUEUE_JOB_DIR"] = job.dir
         if job.envs:
             env.update(job.envs)
-        out = open(job.stdout_path, "wb")
+        rc_path = job.attempt_path(RC)
         try:
-            err = open(job.stderr_path, "wb")
+            os.unlink(rc_path)  # a stale one (an earlier run's attempt n) or a planted link
+        except FileNotFoundError:
+            pass
+        out = open_output(job.stdout_path)  # never through a link planted at the name
+        try:
+            err = open_output(job.stderr_path)
             try:
                 if "/" in job.argv[0]:
                     if not os.access(os.path.join(self.options.cwd or "", job.argv[0]), os.X_OK):
@@ -201,7 +208,7 @@ class LocalScheduler(Scheduler):
                 elif shutil.which(job.argv[0], path=env.get("PATH")) is None:
                     raise FileNotFoundError(job.argv[0])
                 proc = subprocess.Popen(
-                    ["/bin/sh", "-c", WRAPPER, "xqueue-job", job.attempt_path(RC), *job.argv],
+                    ["/bin/sh", "-c", WRAPPER, "xqueue-job", rc_path, *job.argv],
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=err,
@@ -210,7 +217,7 @@ class LocalScheduler(Scheduler):
                     start_new_session=True,
                 )
             finally:
-                err.close()
+                os.close(err)
         except FileNotFoundError as exc:
             raise SubmissionError(
                 f"command not found: {job.argv[0]!r} (not an executable on PATH)", retryable=False
@@ -220,7 +227,7 @@ class LocalScheduler(Scheduler):
                 f"command not executable: {job.argv[0]!r} ({exc.strerror})", retryable=False
             ) from exc
         finally:
-            out.close()
+            os.close(out)
         self._procs[job] = proc
         return f"{proc.pid}@{time.time():.2f}"
 

@@ -1,0 +1,121 @@
+"""How long ``xqueue status`` takes on a large workdir, as a user runs it (a subprocess).
+
+    python benchmarks/status_bench.py [--jobs 100000] [--dir /dev/shm] [--reps 3] [--keep D]
+
+The workdir is written through the real ``Workdir`` API (the same calls the engine
+makes: ``prepare``, ``record`` while active and when final), plus the empty output files
+a local run leaves, so its layout follows the code. The mix is what a big run leaves
+behind: mostly finished jobs, a few failed and killed, some still recorded as running by
+a controller that is gone, some never submitted. Building 100,000 job folders takes a
+while (a slug and four files per job); ``--keep D`` builds once into D and reuses it.
+``--finals-in-journal`` writes final states as journal lines instead of ``job.status``
+files, the layout planned for the journal (issue 11), which ``xqueue status`` reads
+without opening a file per job.
+
+Reported: wall-clock seconds of ``xqueue status WD`` (the summary), of ``--json`` (one
+object per job, written to /dev/null) and of a bare interpreter start for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from xqueue.job import Job
+from xqueue.states import JobStatus
+from xqueue.workdir import Workdir
+
+
+def journal_final(workdir: Workdir, job: Job) -> None:
+    """Record a final state the way the planned journal-only layout would (issue 11):
+    one more journal line instead of a ``job.status`` file."""
+    record = {
+        "status": job.status.value,
+        "attempt": job.attempt,
+        "jid": job.jid,
+        "rc": job.rc,
+        "reason": job.reason,
+        "time": time.time(),
+        "dir": os.path.basename(job.dir),
+    }
+    workdir._append_journal(json.dumps(record) + "\n")
+
+
+def build(path: str, n: int, finals_in_journal: bool = False) -> None:
+    workdir = Workdir(path)
+    try:
+        for i in range(n):
+            job = Job(i, f"echo {i}; sleep 0")
+            workdir.prepare(job)
+            if i % 1000 == 999:
+                continue  # fed, never submitted
+            for name in ("job.stdout", "job.stderr"):
+                with open(job.path(name), "wb"):
+                    pass
+            job.attempt, job.jid = 1, f"{100000 + i}@{time.time():.2f}"
+            job.status = JobStatus.SUBMITTED
+            workdir.record(job)
+            if i % 1000 == 998:
+                continue  # left running by a controller that is gone
+            if i % 100 == 7:
+                job.status, job.rc, job.reason = JobStatus.FAILED, 1, "return code 1"
+            elif i % 500 == 11:
+                job.status, job.rc, job.reason = JobStatus.KILLED, None, "killed on request"
+            else:
+                job.status, job.rc = JobStatus.FINISHED, 0
+            if finals_in_journal:
+                journal_final(workdir, job)
+            else:
+                workdir.record(job)
+    finally:
+        workdir.unlock()
+
+
+def timed(argv: list[str], reps: int) -> str:
+    """Median wall and CPU (user+sys) seconds of ``reps`` runs. CPU time is the steadier
+    figure on a shared machine; a failing run stops the benchmark."""
+    walls, cpus = [], []
+    for _ in range(reps):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True)
+        walls.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return f"{statistics.median(walls):.3f}s wall, {statistics.median(cpus):.3f}s CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--dir", default="/dev/shm", help="where to build (default tmpfs)")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--keep", help="build into (or reuse) this workdir")
+    parser.add_argument(
+        "--finals-in-journal",
+        action="store_true",
+        help="record final states in the journal, not job.status (the planned layout)",
+    )
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="xq-status-") as tmp:
+        wd = args.keep or os.path.join(tmp, "wd")
+        if not os.path.exists(os.path.join(wd, "journal.jsonl")):
+            start = time.perf_counter()
+            build(wd, args.jobs, args.finals_in_journal)
+            print(f"built {args.jobs:,} jobs in {time.perf_counter() - start:.1f}s: {wd}")
+        xq = [sys.executable, "-m", "xqueue", "status", wd]
+        print(f"python start:            {timed([sys.executable, '-c', 'pass'], args.reps)}")
+        print(f"xqueue status (summary): {timed(xq, args.reps)}")
+        print(f"xqueue status --json:    {timed([*xq, '--json'], args.reps)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""``xqueue status`` and what every CLI output shows, run as a user runs them (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from xqueue.job import Job
+from xqueue.states import JobStatus
+from xqueue.workdir import Workdir
+
+from .test_cli import XQ, xqueue
+
+WIDE = {**os.environ, "COLUMNS": "300"}  # rich tables fold long cells at 80 columns
+
+
+def build(path: Path, states: list[JobStatus | None]) -> None:
+    """A workdir as the engine leaves it: one job per entry, recorded submitted and then
+    in that final state (SUBMITTED: left active; None: fed, never submitted)."""
+    wd = Workdir(path)
+    for i, state in enumerate(states):
+        job = Job(i, f"echo {i}", name=f"job-{i}")
+        wd.prepare(job)
+        if state is None:
+            continue
+        job.attempt, job.jid, job.status = 1, f"{999000 + i}@1.00", JobStatus.SUBMITTED
+        wd.record(job)
+        if state is not JobStatus.SUBMITTED:
+            job.status, job.rc = state, 0 if state is JobStatus.FINISHED else 3
+            job.reason = "" if state is JobStatus.FINISHED else f"reason {i}"
+            wd.record(job)
+    wd.unlock()
+
+
+def rows(text: str) -> list[list[str]]:
+    """The job rows of the plain table (lines after the header)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("#"))
+    return [re.split(r" {2,}", line) for line in lines[start + 1 :] if line[:1].isdigit()]
+
+
+def test_summary_counts_and_bounded_attention_rows(tmp_path: Path) -> None:
+    states = (
+        [JobStatus.FAILED] * 55
+        + [JobStatus.FINISHED] * 20
+        + [JobStatus.KILLED] * 2
+        + [JobStatus.SUBMITTED] * 3
+        + [None] * 4
+    )
+    build(tmp_path / "wd", states)
+    out = xqueue("status", str(tmp_path / "wd"))
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""
+    assert "84 job(s), no run in progress" in out.stdout
+    assert "55 failed, 20 finished, 2 killed, 4 not submitted, 3 orphaned" in out.stdout
+    assert "3 job(s) were left submitted or running by a run that is gone" in out.stdout
+    shown = rows(out.stdout)
+    assert len(shown) == 50 and all(r[2] == "failed" for r in shown)
+    assert shown[0][:6] == ["0", "job-0", "failed", "1", "3", "999000@1.00"]
+    assert "... and 10 more: xqueue status" in out.stdout  # 5 failed, 2 killed, 3 orphaned
+
+    failed = xqueue("status", str(tmp_path / "wd"), "--state", "failed")
+    assert [r[0] for r in rows(failed.stdout)] == [str(i) for i in range(55)]
+    picked = xqueue("status", str(tmp_path / "wd"), "--state", "orphaned,not-submitted")
+    assert [(r[0], r[2]) for r in rows(picked.stdout)] == [
+        *((str(i), "orphaned") for i in range(77, 80)),
+        *((str(i), "not submitted") for i in range(80, 84)),
+    ]
+    every = xqueue("status", str(tmp_path / "wd"), "--all")
+    assert [r[0] for r in rows(every.stdout)] == [str(i) for i in range(84)]
+
+    lines = xqueue("status", str(tmp_path / "wd"), "--json", "--state", "killed").stdout
+    objects = [json.loads(line) for line in lines.splitlines()]
+    assert [(o["index"], o["name"], o["status"], o["state"]["rc"]) for o in objects] == [
+        (75, "job-75", "killed", 3),
+        (76, "job-76", "killed", 3),
+    ]
+
+
+def test_unknown_state_is_a_usage_error(tmp_path: Path) -> None:
+    build(tmp_path / "wd", [JobStatus.FINISHED])
+    out = xqueue("status", str(tmp_path / "wd"), "--state", "broken")
+    assert out.returncode == 2
+    assert "unknown state 'broken' for --state; choose from" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_json_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    build(tmp_path / "wd", [JobStatus.FINISHED] * 1500)  # far more than a pipe buffer
+    xq = " ".join(XQ)
+    script = f'{xq} status {tmp_path / "wd"} --json | head -1; echo "rc=${{PIPESTATUS[0]}}"'
+    out = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    first, status = out.stdout.splitlines()
+    assert json.loads(first)["index"] == 0
+    assert status == "rc=141"  # as if killed by SIGPIPE, like other tools
+    assert out.stderr == ""
+
+
+@pytest.fixture
+def controller_killed(tmp_path: Path) -> Iterator[Path]:
+    """A workdir whose run was SIGKILLed while two jobs ran (they are killed afterwards)."""
+    wd = tmp_path / "wd"
+    proc = subprocess.Popen(
+        [*XQ, "run", "-w", str(wd), "-f", "2"], stdin=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdin and proc.stderr
+    proc.stdin.write(b"sleep 60\nsleep 60\nsleep 60\n")
+    proc.stdin.close()
+    journal = wd / "journal.jsonl"
+    deadline = time.monotonic() + 20
+    while not journal.exists() or journal.read_bytes().count(b"\n") < 2:
+        assert time.monotonic() < deadline, "the run never submitted two jobs"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    proc.stderr.close()
+    try:
+        yield wd
+    finally:
+        for line in journal.read_text().splitlines():
+            pid = int(json.loads(line)["jid"].split("@")[0])
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_jobs_of_a_controller_that_is_gone_are_orphaned(controller_killed: Path) -> None:
+    out = xqueue("status", str(controller_killed))
+    assert "3 job(s), no run in progress" in out.stdout
+    assert "1 not submitted, 2 orphaned" in out.stdout
+    assert [r[2] for r in rows(out.stdout)] == ["orphaned", "orphaned"]
+    lines = xqueue("status", str(controller_killed), "--json").stdout.splitlines()
+    objects = [json.loads(line) for line in lines]
+    assert [o["status"] for o in objects] == ["orphaned", "orphaned", "not submitted"]
+    assert [o["state"] and o["state"]["status"] for o in objects] == ["submitted"] * 2 + [None]
+
+
+def test_a_held_lock_means_a_live_controller(tmp_path: Path) -> None:
+    import fcntl
+
+    build(tmp_path / "wd", [JobStatus.SUBMITTED])
+    fd = os.open(tmp_path / "wd" / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    os.write(fd, b"4242")
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        out = xqueue("status", str(tmp_path / "wd"), "--all")
+    finally:
+        os.close(fd)
+    assert "a run is in progress (pid 4242)" in out.stdout
+    assert [r[2] for r in rows(out.stdout)] == ["submitted"]
+
+
+# -- read-only ----------------------------------------------------------------------------
+def snapshot(root: Path) -> dict[str, tuple[int, int, int, int]]:
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in [".", *dirs, *files]:
+            info = os.lstat(os.path.join(folder, name))
+            key = os.path.relpath(os.path.join(folder, name), root)
+            found[key] = (info.st_mode, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    return found
+
+
+def make_read_only(root: Path) -> None:
+    for folder, dirs, files in os.walk(root):
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o444)
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o555)
+    os.chmod(root, 0o555)
+
+
+def as_nobody() -> tuple[list[str], dict[str, str]] | None:
+    """An interpreter and environment uid 65534 can run xqueue with, or None."""
+    import xqueue as package
+
+    source = str(Path(package.__file__).parent.parent)
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{source}:{site}", "COLUMNS": "300"}
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for python in (sys.executable, f"/usr/bin/python{version}"):
+        try:
+            probe = subprocess.run(
+                [python, "-c", "import xqueue.cli"],
+                user=65534,
+                group=65534,
+                extra_groups=[],
+                env=env,
+                capture_output=True,
+                cwd="/",
+                timeout=60,
+            )
+        except OSError:  # this interpreter lives where uid 65534 may not go
+            continue
+        if probe.returncode == 0:
+            return [python, "-m", "xqueue"], env
+    return None
+
+
+def test_status_writes_nothing_even_where_it_could(tmp_path: Path) -> None:
+    wd = tmp_path / "wd"
+    xqueue("run", "-w", str(wd), input="true\necho [bold]boom >&2; exit 2\n")
+    make_read_only(wd)
+    before = snapshot(wd)
+    for extra in ([], ["--all"], ["--json"], ["--state", "failed"]):
+        out = xqueue("status", str(wd), *extra)
+        assert out.returncode == 0, out.stderr
+    assert snapshot(wd) == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to an unprivileged user")
+def test_status_of_a_read_only_copy_as_another_user(tmp_path: Path) -> None:
+    runner = as_nobody()
+    if runner is None:
+        pytest.skip("no Python interpreter that uid 65534 may run")
+    argv, env = runner
+    xqueue("run", "-w", str(tmp_path / "wd"), input="true\nexit 5\n")
+    base = Path(tempfile.mkdtemp(prefix="xq-ro-"))  # pytest's tmp_path is root-only (0700)
+    try:
+        base.chmod(0o755)
+        copy = base / "wd"
+        shutil.copytree(tmp_path / "wd", copy)
+        make_read_only(copy)
+        before = snapshot(copy)
+        out = subprocess.run(
+            [*argv, "status", str(copy), "--all"],
+            user=65534,
+            group=65534,
+            extra_groups=[],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd="/",
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "1 failed, 1 finished" in out.stdout
+        assert snapshot(copy) == before
+    finally:
+        for folder, dirs, _ in os.walk(base):
+            for name in dirs:
+                os.chmod(os.path.join(folder, name), 0o755)
+        base.chmod(0o755)
+        shutil.rmtree(base)
+
+
+# -- names and output shown literally -----------------------------------------------------------
+NASTY = [
+    "echo '[/]' >&2; exit 1",
+    "echo '[link=https://evil.example]click[/link] [bold]loud' >&2; exit 2",
+    "echo ':smile: [red]' >&2; exit 3",
+    "printf 'title\\033]0;pwned\\007\\n' >&2; exit 4",
+]
+
+
+@pytest.mark.parametrize("progress", ["--progress", "--no-progress"])
+def test_run_prints_names_and_stderr_literally(tmp_path: Path, progress: str) -> None:
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("\n".join([*NASTY, "echo 'esc \x1b]0;pwned\x07' >&2; exit 6"]) + "\n")
+    out = subprocess.run(
+        [*XQ, "run", str(jobs), "-w", str(tmp_path / "wd"), progress],
+        capture_output=True,
+        text=True,
+        env=WIDE,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert "5 job(s) did not succeed" in out.stderr
+    for literal in (
+        "echo '[/]' >&2; exit 1",  # the name
+        "[link=https://evil.example]click[/link] [bold]loud",  # a stderr line as the reason
+        ":smile: [red]",
+    ):
+        assert literal in out.stderr
+    assert "\x1b]0;" not in out.stderr and "\x07" not in out.stderr
+    assert "esc \\x1b]0;pwned\\x07" in out.stderr  # the name, escaped
+    assert "title\\x1b]0;pwned\\x07" in out.stderr  # the stderr line, escaped
+
+
+def test_status_prints_names_and_reasons_literally(tmp_path: Path) -> None:
+    wd = tmp_path / "wd"
+    build(wd, [])
+    jobs = [Job(i, cmd, name=f"[bold]n{i}[/] [link=x]") for i, cmd in enumerate(NASTY)]
+    w = Workdir(wd)
+    for job in jobs:
+        w.prepare(job)
+        job.attempt, job.jid, job.status = 1, "1@1.00", JobStatus.FAILED
+        job.rc, job.reason = 1, f"[/] {job.index} \x1b[31mred\u202e"
+        w.record(job)
+    w.unlock()
+    status = Path(jobs[0].path("job.status"))
+    status.write_text(status.read_text().replace('"failed"', '"\\u001b[2Jodd"'))
+    out = subprocess.run(
+        [*XQ, "status", str(wd), "--all"], capture_output=True, text=True, env=WIDE, timeout=60
+    )
+    assert out.returncode == 0 and out.stderr == ""
+    assert "[bold]n1[/] [link=x]" in out.stdout
+    assert "[/] 1 \\x1b[31mred\\u202e" in out.stdout
+    assert "1 \\x1b[2Jodd, 3 failed" in out.stdout  # a state is whatever a record says
+    assert "n0[/] [link=x]  \\x1b[2Jodd" in out.stdout
+    assert "\x1b" not in out.stdout and "\u202e" not in out.stdout
+
+
+def test_errors_quote_user_input_literally(tmp_path: Path) -> None:
+    out = xqueue("status", str(tmp_path / "[bold]no[/]such"))
+    assert out.returncode == 2
+    assert "error: no workdir at" in out.stderr and "[bold]no[/]such" in out.stderr

@@ -1,0 +1,378 @@
+"""A workdir cannot be turned against its user: corrupted files are recovered or named in a
+one-line error, planted links never redirect a write, and other users' workdirs are refused."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from xqueue import WorkdirError, Xqueue
+from xqueue.job import Job
+from xqueue.records import WorkdirReader, parse_journal
+from xqueue.states import JobStatus
+from xqueue.workdir import Workdir, atomic_write, open_output
+
+from .cli.test_cli import xqueue
+
+pytestmark = pytest.mark.anyio
+
+
+def submitted(wd: Workdir, index: int, final: JobStatus | None = None) -> Job:
+    """A job recorded the way the engine records it: submitted, then maybe final."""
+    job = Job(index, f"echo {index}")
+    wd.prepare(job)
+    job.attempt, job.jid, job.status = 1, f"{4000 + index}@1.00", JobStatus.SUBMITTED
+    wd.record(job)
+    if final is not None:
+        job.status, job.rc = final, 0 if final is JobStatus.FINISHED else 1
+        wd.record(job)
+    return job
+
+
+def outside_file(tmp_path: Path) -> Path:
+    target = tmp_path / "victim.txt"
+    target.write_text("precious\n")
+    return target
+
+
+def no_traceback(out: str) -> None:
+    assert "Traceback" not in out, out
+
+
+# -- corrupted state files ------------------------------------------------------------------
+GARBAGE_LINES = [
+    b"\xff\xfe\xfd not utf-8",
+    b"[1, 2, 3]",
+    b"42",
+    b'"just a string"',
+    b"null",
+    b'{"status": "submitted", "dir": 5}',
+    b'{"status": 3, "dir": "1-x"}',
+    b'{"status": "submitted", "dir": "../../etc"}',
+    b"[" * 100_000,
+]
+
+
+@pytest.mark.parametrize("garbage", GARBAGE_LINES, ids=range(len(GARBAGE_LINES)))
+def test_garbage_journal_lines_are_skipped_with_a_warning(
+    tmp_path: Path, garbage: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    wd = Workdir(tmp_path / "wd")
+    first, second = submitted(wd, 0), submitted(wd, 1)
+    wd.unlock()
+    journal = tmp_path / "wd" / "journal.jsonl"
+    lines = journal.read_bytes().splitlines()
+    journal.write_bytes(b"\n".join([lines[0], garbage, lines[1]]) + b"\n")
+    with caplog.at_level(logging.WARNING, "xqueue.workdir"):
+        records = WorkdirReader(tmp_path / "wd").journal()
+    assert {k: v["jid"] for k, v in records.items()} == {
+        os.path.basename(first.dir): "4000@1.00",
+        os.path.basename(second.dir): "4001@1.00",
+    }
+    assert "journal.jsonl: ignoring 1 line(s) that are not xqueue records (line 2)" in caplog.text
+
+
+def test_a_garbage_newest_line_falls_back_to_the_last_valid_one(tmp_path: Path) -> None:
+    """The fast path files a line under its folder unparsed; when that winner is not a
+    record, the strict reading decides, and the folder's previous line wins."""
+    ok = b'{"status": "submitted", "attempt": 1, "jid": "7@1.00", "rc": null, "reason": ""'
+    data = (
+        ok + b', "time": 1.0, "dir": "0-a"}\n'
+        b'{"status": ["not", "a", "string"], "time": 2.0, "dir": "0-a"}\n'
+    )
+    assert parse_journal(data, "j")["0-a"]["jid"] == "7@1.00"
+
+
+def test_the_journal_shortcut_gives_the_strict_answer() -> None:
+    """Lines as xqueue writes them are grouped without parsing; lines of any other shape,
+    garbage and torn lines in between must not change which record wins."""
+    import random
+
+    from xqueue.records import _parse_strictly
+
+    def line(folder: str, n: int, shape: int) -> str:
+        record = {"status": "submitted", "attempt": 1, "jid": f"{n}@1.0", "rc": None}
+        if shape == 0:  # as xqueue writes it: "dir" last
+            return json.dumps({**record, "reason": "", "time": 1.0, "dir": folder})
+        if shape == 1:  # another writer: "dir" first, trailing blank
+            return json.dumps({"dir": folder, **record, "time": 1.0}) + " "
+        if shape == 2:
+            return json.dumps({**record, "dir": folder})[: n % 40]  # torn somewhere
+        if shape == 3:
+            return f'garbage, "dir": "{folder}"}}'  # looks like xqueue's at the end
+        return ["", '{"status": "finished"}', "[1]"][n % 3]  # blank, no folder, not a dict
+
+    rng = random.Random(8)
+    for _ in range(500):
+        lines = [
+            line(f"{rng.randrange(5)}-j", n, rng.choice([0, 0, 0, 0, 1, 2, 3, 4]))
+            for n in range(rng.randrange(1, 30))
+        ]
+        data = "\n".join(lines).encode() + rng.choice([b"\n", b""])
+        strict = _parse_strictly(data.decode().split("\n"), "j")
+        assert parse_journal(data, "j") == strict, lines
+
+
+def test_fields_of_the_wrong_type_are_not_trusted(tmp_path: Path) -> None:
+    data = b'{"status": "submitted", "attempt": "x", "rc": true, "jid": 5, "time": "soon"'
+    record = parse_journal(data + b', "dir": "0-a"}\n', "j")["0-a"]
+    assert [record[k] for k in ("attempt", "rc", "jid", "time")] == [None, None, "5", 0.0]
+
+
+@pytest.mark.parametrize(
+    "garbage", [b"\xff\xfe", b"[]", b"12", b'"finished"', b'{"status": "fin', b'{"status": []}']
+)
+def test_a_garbage_status_file_counts_as_not_finished(
+    tmp_path: Path, garbage: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    wd = Workdir(tmp_path / "wd")
+    job = submitted(wd, 0, JobStatus.FINISHED)
+    wd.unlock()
+    Path(job.path("job.status")).write_bytes(garbage)
+    with caplog.at_level(logging.WARNING, "xqueue.workdir"):
+        record = WorkdirReader(tmp_path / "wd").last_record(job.dir)
+    assert record is not None and record["status"] == "submitted"  # the journal's word
+    assert f"ignoring {job.path('job.status')}: not an xqueue record" in caplog.text
+
+
+async def test_a_run_over_a_corrupted_status_file_runs_the_job_again(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    first = Xqueue(workdir=tmp_path / "wd")
+    job = await first.feed(f"echo x >> {marker}")
+    await first.run_until_complete()
+    assert job.status is JobStatus.FINISHED
+    Path(job.path("job.status")).write_bytes(b"\xff[1,2")
+    again = Xqueue(workdir=tmp_path / "wd")
+    rerun = await again.feed(f"echo x >> {marker}")
+    await again.run_until_complete()
+    assert rerun.status is JobStatus.FINISHED and rerun.reason != "succeeded in an earlier run"
+    assert marker.read_text() == "x\nx\n"
+
+
+def test_a_directory_as_the_journal_is_a_one_line_error(tmp_path: Path) -> None:
+    wd = Workdir(tmp_path / "wd")
+    (tmp_path / "wd" / "journal.jsonl").mkdir()
+    with pytest.raises(WorkdirError, match=r"journal.jsonl' is a directory .* move it away"):
+        WorkdirReader(wd.path).journal()
+    with pytest.raises(WorkdirError, match=r"journal.jsonl' is a directory"):
+        submitted(wd, 0)
+    for out in (
+        xqueue("status", str(wd.path)),
+        xqueue("run", "-w", str(wd.path), input="true\n"),
+    ):
+        assert out.returncode == 2
+        no_traceback(out.stderr)
+        assert "journal.jsonl' is a directory where xqueue keeps a file; move it away" in out.stderr
+
+
+def test_a_directory_as_a_status_file_is_a_one_line_error(tmp_path: Path) -> None:
+    wd = Workdir(tmp_path / "wd")
+    job = submitted(wd, 0)
+    wd.unlock()
+    Path(job.path("job.status")).mkdir()
+    with pytest.raises(WorkdirError, match=r"job.status' is a directory"):
+        wd.last_record(job.dir)
+    with pytest.raises(WorkdirError, match=r"job.status' is a directory"):
+        atomic_write(job.path("job.status"), "{}")
+    assert [p.name for p in Path(job.dir).iterdir() if p.name.endswith(".tmp")] == []
+    for out in (
+        xqueue("status", str(wd.path)),
+        xqueue("run", "-w", str(wd.path), input="echo 0\n"),
+    ):
+        assert out.returncode == 2, out
+        no_traceback(out.stderr)
+        assert "job.status' is a directory" in out.stderr
+
+
+def test_a_torn_last_line_is_ignored_and_the_next_record_starts_a_new_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    wd = Workdir(tmp_path / "wd")
+    first = submitted(wd, 0)
+    wd.unlock()
+    journal = tmp_path / "wd" / "journal.jsonl"
+    with journal.open("ab") as fh:
+        fh.write(b'{"status": "submitted", "attempt": 1, "ji')  # a crash mid-write
+    with caplog.at_level(logging.WARNING, "xqueue.workdir"):
+        assert set(WorkdirReader(wd.path).journal()) == {os.path.basename(first.dir)}
+    assert caplog.text == ""  # expected after a crash: not worth a warning
+
+    again = Workdir(tmp_path / "wd")
+    second = submitted(again, 1)
+    again.unlock()
+    lines = journal.read_bytes().split(b"\n")
+    assert lines[1] == b'{"status": "submitted", "attempt": 1, "ji'
+    assert json.loads(lines[2])["dir"] == os.path.basename(second.dir)
+    assert set(WorkdirReader(wd.path).journal()) == {
+        os.path.basename(first.dir),
+        os.path.basename(second.dir),
+    }
+
+
+# -- planted links ----------------------------------------------------------------------------
+def plant(path: Path, target: Path, kind: str) -> None:
+    if kind == "symlink":
+        path.symlink_to(target)
+    elif kind == "hardlink":
+        os.link(target, path)
+    else:
+        os.mkfifo(path)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "fifo"])
+def test_a_planted_lock_file_is_refused(tmp_path: Path, kind: str) -> None:
+    target = outside_file(tmp_path)
+    wd = Workdir(tmp_path / "wd")
+    plant(wd.path / ".lock", target, kind)
+    with pytest.raises(WorkdirError, match=r"\.lock' is (a symbolic link|a hard link|not a plain)"):
+        wd.lock()
+    assert target.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "fifo"])
+def test_a_planted_journal_is_refused(tmp_path: Path, kind: str) -> None:
+    target = outside_file(tmp_path)
+    wd = Workdir(tmp_path / "wd")
+    plant(wd.path / "journal.jsonl", target, kind)
+    with pytest.raises(WorkdirError, match=r"journal.jsonl' is"):
+        submitted(wd, 0)
+    assert target.read_text() == "precious\n"
+    if kind == "symlink":  # reading does not follow it either
+        with pytest.raises(WorkdirError, match="is a symbolic link"):
+            WorkdirReader(wd.path).journal()
+
+
+def test_status_files_are_written_through_fresh_names_only(tmp_path: Path) -> None:
+    target = outside_file(tmp_path)
+    wd = Workdir(tmp_path / "wd")
+    job = submitted(wd, 0)
+    status = Path(job.path("job.status"))
+    status.symlink_to(target)
+    Path(f"{status}.tmp").symlink_to(target)  # the temporary name xqueue once used
+    job.status, job.rc = JobStatus.FINISHED, 0
+    wd.record(job)
+    assert target.read_text() == "precious\n"
+    assert not status.is_symlink() and json.loads(status.read_text())["status"] == "finished"
+    assert sorted(p.name for p in Path(job.dir).iterdir()) == [
+        "job.json",
+        "job.status",
+        "job.status.tmp",
+    ]
+
+
+def test_the_write_probe_cannot_be_redirected(tmp_path: Path) -> None:
+    target = outside_file(tmp_path)
+    (tmp_path / "wd").mkdir()
+    (tmp_path / "wd" / f".xqueue-write-test-{os.getpid()}").symlink_to(target)  # the old name
+    Workdir(tmp_path / "wd")
+    assert target.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "fifo"])
+def test_open_output_refuses_anything_but_a_plain_file(tmp_path: Path, kind: str) -> None:
+    target = outside_file(tmp_path)
+    plant(tmp_path / "job.stdout", target, kind)
+    with pytest.raises(WorkdirError, match=r"job\.stdout' is"):
+        open_output(tmp_path / "job.stdout")
+    assert target.read_text() == "precious\n"
+
+
+def test_open_output_empties_a_plain_file(tmp_path: Path) -> None:
+    (tmp_path / "job.stdout").write_text("an earlier attempt\n")
+    fd = open_output(tmp_path / "job.stdout")
+    os.write(fd, b"new\n")
+    os.close(fd)
+    assert (tmp_path / "job.stdout").read_text() == "new\n"
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink"])
+async def test_a_planted_job_output_fails_the_job_not_the_target(tmp_path: Path, kind: str) -> None:
+    target = outside_file(tmp_path)
+    first = Xqueue(workdir=tmp_path / "wd", error_strategy="ignore")
+    job = await first.feed("echo overwritten; exit 1")
+    await first.run_until_complete()
+    assert job.status is JobStatus.FAILED
+    os.unlink(job.stdout_path)
+    plant(Path(job.stdout_path), target, kind)
+    again = Xqueue(workdir=tmp_path / "wd", error_strategy="ignore")
+    rerun = await again.feed("echo overwritten; exit 1")
+    await again.run_until_complete()
+    assert rerun.status is JobStatus.FAILED
+    assert "job.stdout' is a" in rerun.reason
+    assert target.read_text() == "precious\n"
+
+
+# -- whose workdir ------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o757])
+def test_a_workdir_everyone_can_write_to_is_refused(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "wd"
+    path.mkdir()
+    path.chmod(mode)
+    with pytest.raises(WorkdirError, match=r"every user can write to it .*XQUEUE_TRUST_WORKDIR=1"):
+        Workdir(path)
+    Workdir(path, trust=True)
+
+
+def test_trust_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "wd"
+    path.mkdir()
+    path.chmod(0o777)
+    monkeypatch.setenv("XQUEUE_TRUST_WORKDIR", "0")
+    with pytest.raises(WorkdirError):
+        Workdir(path)
+    monkeypatch.setenv("XQUEUE_TRUST_WORKDIR", "1")
+    Workdir(path)
+
+
+def test_a_group_writable_workdir_of_ours_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "wd"
+    path.mkdir()
+    path.chmod(0o770)
+    Workdir(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a folder to another user")
+def test_a_workdir_of_another_user_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "wd"
+    path.mkdir()
+    os.chown(path, 65534, 65534)
+    with pytest.raises(WorkdirError, match=r"it belongs to .*uid 65534.*, not to you"):
+        Workdir(path)
+    Workdir(path, trust=True)
+
+
+def test_the_cli_says_how_to_opt_in(tmp_path: Path) -> None:
+    path = tmp_path / "wd"
+    path.mkdir()
+    path.chmod(0o777)
+    out = xqueue("run", "-w", str(path), input="true\n")
+    assert out.returncode == 2
+    no_traceback(out.stderr)
+    assert "every user can write to it" in out.stderr and "XQUEUE_TRUST_WORKDIR=1" in out.stderr
+    assert stat.S_IMODE(path.stat().st_mode) == 0o777 and list(path.iterdir()) == []
+
+
+def test_a_status_probe_on_the_lock_does_not_fail_a_starting_run(tmp_path: Path) -> None:
+    """``xqueue status`` tests the lock with a brief shared flock; a run that starts at
+    that moment waits it out instead of reporting the workdir in use."""
+    import fcntl
+    import threading
+
+    wd = Workdir(tmp_path / "wd")
+    (wd.path / ".lock").write_text("")
+    probe = os.open(wd.path / ".lock", os.O_RDONLY)
+    fcntl.flock(probe, fcntl.LOCK_SH)
+    threading.Timer(0.05, os.close, [probe]).start()
+    wd.lock()  # would fail at once without the retry
+    try:
+        assert WorkdirReader(wd.path).controller() == str(os.getpid())
+        with pytest.raises(WorkdirError, match=r"in use by another xqueue run \(pid \d+\)"):
+            Workdir(tmp_path / "wd").lock()
+    finally:
+        wd.unlock()
+    assert WorkdirReader(wd.path).controller() is None

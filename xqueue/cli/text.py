@@ -1,0 +1,20 @@
+"""Text from users and workdirs made safe to print, without importing rich.
+
+Job names, commands, reasons and stderr lines come from users and from workdirs. An
+escape sequence in one could rewrite the screen or the window title, and a bidirectional
+override could make it read as something else, so they are shown as escapes.
+"""
+
+from __future__ import annotations
+
+MAX_ROWS = 50  # rows of failed jobs shown by default, after a run and by xqueue status
+
+_ESCAPES: dict[int, str] = {c: f"\\x{c:02x}" for c in (*range(32), *range(127, 160))}
+_ESCAPES.update({9: "\\t", 10: "\\n", 13: "\\r"})
+# Bidirectional overrides reorder what is shown ("Trojan source").
+_ESCAPES.update({c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))})
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters and bidirectional overrides spelled as escapes."""
+    return text.translate(_ESCAPES)

@@ -1,0 +1,448 @@
+"""Reading a workdir's files without trusting them.
+
+What is in a workdir may have been torn by a crash, edited by hand or planted by another
+user, and ``xqueue status`` reads workdirs it did not write. So every reader here:
+
+- opens with ``O_NOFOLLOW``: a link where xqueue keeps a plain file is refused, never
+  followed (xqueue never makes one, so someone planted it);
+- never writes, so a read-only workdir, or someone else's, can be inspected;
+- treats garbage *content* (invalid UTF-8, JSON that is not an object, fields of the
+  wrong type) as no record, with a logged warning: the job then counts as not finished
+  and a new run runs it again, which is safe;
+- turns a file that cannot be read at all (a directory, a link, no permission) into a
+  one-line ``WorkdirError`` that names it and says what to do: guessing there could
+  hide a real problem.
+
+A job's records come from two places: the append-only ``journal.jsonl`` (one JSON object
+per line, appended in time order: a folder's last valid line is its newest) and the job's
+own ``job.status`` (its final record). The newer of the two by ``time`` wins. A *final*
+record found in the journal is trusted without opening ``job.status``: once final records
+are journaled, a summary is one file read instead of one per job.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import math
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import WorkdirError
+from .job import SPEC_FILE, STATUS_FILE
+
+log = logging.getLogger("xqueue.workdir")
+
+LOCK_FILE = ".lock"
+JOURNAL_FILE = "journal.jsonl"
+FINAL_STATES = frozenset({"finished", "failed", "killed", "skipped"})
+
+# O_NONBLOCK: opening a planted FIFO must not hang the reader (it reads as empty).
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_CHUNK = 1 << 16
+
+
+def file_error(path: str | os.PathLike[str], exc: OSError, doing: str = "read") -> WorkdirError:
+    """A one-line error for a workdir file xqueue cannot use, saying what to do about it."""
+    if exc.errno == errno.ELOOP:
+        return WorkdirError(
+            f"{os.fspath(path)!r} is a symbolic link, where xqueue only ever writes plain "
+            "files: someone else put it there; remove it and check who can write to the workdir"
+        )
+    if exc.errno == errno.ENXIO:  # a FIFO nobody reads, or a device: not xqueue's
+        return WorkdirError(
+            f"{os.fspath(path)!r} is not a plain file, which xqueue never makes: someone "
+            "else put it there; remove it and check who can write to the workdir"
+        )
+    if exc.errno == errno.EISDIR:
+        return WorkdirError(
+            f"{os.fspath(path)!r} is a directory where xqueue keeps a file; move it away"
+        )
+    return WorkdirError(
+        f"cannot {doing} {os.fspath(path)!r}: {exc.strerror or exc}; "
+        "fix its permissions or use another workdir"
+    )
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes | None:
+    """The content of a file in the workdir; None if there is none."""
+    try:
+        fd = os.open(path, READ_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise file_error(path, exc) from None
+    try:
+        data = os.read(fd, _CHUNK)
+        if len(data) == _CHUNK:  # rare: state files are a few hundred bytes
+            parts = [data]
+            while chunk := os.read(fd, _CHUNK):
+                parts.append(chunk)
+            data = b"".join(parts)
+        return data
+    except OSError as exc:
+        raise file_error(path, exc) from None
+    finally:
+        os.close(fd)
+
+
+def read_text(path: str | os.PathLike[str]) -> str | None:
+    """A file's text; bytes that are not UTF-8 become U+FFFD, so a torn file never
+    matches what xqueue would write (and is rewritten) instead of raising."""
+    data = read_bytes(path)
+    return None if data is None else data.decode("utf-8", errors="replace")
+
+
+_decode = json.JSONDecoder().raw_decode
+
+
+def parse_object(data: bytes | str) -> dict[str, Any] | None:
+    """A JSON object, or None for anything else (torn, not UTF-8, a list, absurdly deep).
+
+    ``raw_decode`` on text skips ``json.loads``'s encoding sniffing and whitespace
+    handling: this runs once or twice per job in ``xqueue status``, so its cost is the
+    summary's.
+    """
+    try:
+        text = data.decode() if isinstance(data, bytes) else data
+        try:
+            value, end = _decode(text)
+        except ValueError:  # maybe only leading whitespace: xqueue writes none
+            text = text.strip()
+            value, end = _decode(text)
+        if end != len(text) and text[end:].strip():
+            return None
+    except (ValueError, RecursionError):
+        return None
+    return value if type(value) is dict else None
+
+
+def parse_objects(items: Sequence[bytes | str]) -> list[dict[str, Any] | None]:
+    """``parse_object`` of each item, in one ``json.loads`` when every item is sound.
+
+    Per call, the JSON decoder's setup costs as much as parsing a record, so a summary
+    parses its 100,000 records as one array: an item that is not one whole JSON value
+    makes the array invalid or changes its length, and then each item is parsed alone.
+    (Items that together look like the right number of values could only shift records
+    between files that are all the crafter's, who could write those records anyway.)
+    """
+    if not items:
+        return []
+    try:
+        if isinstance(items[0], bytes):
+            joined = b",".join(items).decode()  # type: ignore[arg-type]
+        else:
+            joined = ",".join(items)  # type: ignore[arg-type]
+        values = json.loads(f"[{joined}]")
+    except (ValueError, RecursionError, TypeError):
+        values = None
+    if type(values) is not list or len(values) != len(items):
+        return [parse_object(item) for item in items]
+    return [value if type(value) is dict else None for value in values]
+
+
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    data = read_bytes(path)
+    return None if not data else parse_object(data)
+
+
+_INT_OR_NONE = (int, type(None))
+
+
+def clean_record(value: dict[str, Any]) -> dict[str, Any] | None:
+    """The record with every field the engine reads of the type it expects, or None
+    without a status. Unknown fields are kept: a newer xqueue may have written them."""
+    status = value.get("status")
+    if type(status) is not str or not status:
+        return None
+    attempt, rc, jid = value.get("attempt"), value.get("rc"), value.get("jid")
+    reason, when = value.get("reason"), value.get("time")
+    if (  # the common case, as xqueue writes it, costs no copy
+        type(attempt) in _INT_OR_NONE
+        and type(rc) in _INT_OR_NONE
+        and type(jid) in (str, type(None))
+        and type(reason) is str
+        and type(when) is float
+        and math.isfinite(when)
+    ):
+        return value
+    record = dict(value)
+    record["attempt"] = attempt if type(attempt) is int else None
+    record["rc"] = rc if type(rc) is int else None
+    record["jid"] = str(jid) if type(jid) in (str, int) else None
+    record["reason"] = reason if type(reason) is str else ""
+    record["time"] = _seconds(when)
+    return record
+
+
+def _seconds(when: Any) -> float:
+    if isinstance(when, (int, float)) and not isinstance(when, bool) and math.isfinite(when):
+        return float(when)
+    return 0.0
+
+
+def read_records(paths: Sequence[str]) -> list[dict[str, Any] | None]:
+    """Each ``job.status``'s record, or None (missing, or garbage: with a warning), their
+    JSON parsed together."""
+    datas = [read_bytes(path) for path in paths]
+    present = [i for i, data in enumerate(datas) if data is not None]
+    values = parse_objects([datas[i] or b"" for i in present])
+    found: list[dict[str, Any] | None] = [None] * len(paths)
+    for i, value in zip(present, values, strict=True):
+        record = None if value is None else clean_record(value)
+        if record is None:
+            log.warning(
+                "ignoring %s: not an xqueue record (torn or edited); the job counts as "
+                "not finished",
+                paths[i],
+            )
+        found[i] = record
+    return found
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and "/" not in name and "\0" not in name and name not in (".", "..")
+
+
+def parse_journal(data: bytes, path: str) -> dict[str, dict[str, Any]]:
+    """The newest record of each job folder in a journal's lines.
+
+    The journal is appended in time order, so a folder's last valid line is its newest
+    record, and only that line needs parsing (a job has one line per submission, and
+    will have more once final states are journaled too). Lines as xqueue writes them
+    end ``"dir": "<folder>"}``, so they are grouped by folder with string methods, and
+    only the winners are parsed, as one JSON array. Any other line is parsed on its own
+    and wins if it is newer. Should a winner not parse, the journal is read again
+    strictly line by line: the shortcut never changes the answer.
+
+    A line that is not a record is skipped with one warning for the file; a torn last
+    line (no newline: a crash mid-write) is expected and only logged at info level.
+    """
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:  # some line is not UTF-8: each is decoded on its own
+        return _parse_strictly(data.split(b"\n"), path)
+    lines = text.split("\n")
+    ended = lines[-1] == ""  # else the last line was torn by a crash
+    if ended:
+        lines.pop()
+    others: dict[str, tuple[int, Any]] = {}
+    bad: list[int] = []
+    if text.count('"}\n') + text.endswith('"}') == len(lines):  # no line of another shape
+        tails = {line.rpartition(_DIR_KEY)[2]: n for n, line in enumerate(lines)}
+    else:
+        tails = {
+            line.rpartition(_DIR_KEY)[2]: n for n, line in enumerate(lines) if line[-2:] == '"}'
+        }
+        others, bad = _parse_others(lines, ended, path)
+    fast = dict(zip([tail[:-2] for tail in tails], tails.values(), strict=True))
+    everything = "\n".join(fast)  # one scan for what no folder name contains
+    if any(c in everything for c in '"\\/\0') or {"", ".", ".."} & fast.keys():
+        return _parse_strictly([*lines, ""] if ended else lines, path)  # lines of another shape
+    names = [f for f in fast if f not in others or others[f][0] < fast[f]]
+    records = {f: rec for f, (n, rec) in others.items() if f not in fast or fast[f] < n}
+    for folder, value in zip(names, parse_objects([lines[fast[f]] for f in names]), strict=True):
+        record = None if value is None else clean_record(value)
+        if record is None or record.pop("dir", None) != folder:
+            return _parse_strictly([*lines, ""] if ended else lines, path)
+        records[folder] = record
+    _warn_bad(bad, path)
+    return records
+
+
+_DIR_KEY = '"dir": "'
+
+
+def _parse_others(
+    lines: list[str], ended: bool, path: str
+) -> tuple[dict[str, tuple[int, Any]], list[int]]:
+    """The lines not ending in ``"}``, parsed one by one: (folder -> (line index, record)
+    of the last valid one, numbers of the lines that are not records)."""
+    found: dict[str, tuple[int, Any]] = {}
+    bad = []
+    for n in [n for n, line in enumerate(lines) if line[-2:] != '"}']:
+        if not lines[n].strip():
+            continue
+        entry = _journal_entry(lines[n])
+        if entry is not None:
+            found[entry[0]] = (n, entry[1])
+        elif ended or n < len(lines) - 1:
+            bad.append(n + 1)
+        else:
+            log.info("%s: ignoring its torn last line (a run stopped mid-write)", path)
+    return found, bad
+
+
+def _journal_entry(line: str | bytes) -> tuple[str, dict[str, Any]] | None:
+    """(folder, record) of one journal line, or None if it is not one."""
+    entry = parse_object(line)
+    if entry is None:
+        return None
+    folder = entry.pop("dir", None)
+    if type(folder) is not str or not _plain_name(folder):
+        return None
+    record = clean_record(entry)
+    return None if record is None else (folder, record)
+
+
+def _parse_strictly(lines: Sequence[str | bytes], path: str) -> dict[str, Any]:
+    """Every line parsed on its own; the last line counts as torn unless it ends the file
+    with a newline (then ``lines`` ends with an empty item, or was cut before it)."""
+    records: dict[str, dict[str, Any]] = {}
+    bad = []
+    for n, line in enumerate(lines):
+        entry = _journal_entry(line) if line.strip() else None
+        if entry is not None:
+            records[entry[0]] = entry[1]
+        elif not line.strip():
+            continue
+        elif n < len(lines) - 1:
+            bad.append(n + 1)
+        else:
+            log.info("%s: ignoring its torn last line (a run stopped mid-write)", path)
+    _warn_bad(bad, path)
+    return records
+
+
+def _warn_bad(bad: list[int], path: str) -> None:
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        log.warning(
+            "%s: ignoring %d line(s) that are not xqueue records (line %s); "
+            "those jobs fall back to their job.status files",
+            path,
+            len(bad),
+            shown,
+        )
+
+
+def job_index(name: str) -> int | None:
+    """The index in a job folder's name (``<index>-<slug>``), None for other entries."""
+    head, sep, _ = name.partition("-")
+    if sep and head.isascii() and head.isdigit() and ".replaced-" not in name:
+        return int(head)
+    return None
+
+
+class WorkdirReader:
+    """A read-only view of a workdir: what ``xqueue status`` and a resuming run read.
+
+    It never creates, writes or locks anything for longer than a probe, so it works on a
+    read-only mount and on another user's workdir.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).absolute()
+        self._journal: dict[str, dict[str, Any]] | None = None
+
+    def journal(self) -> dict[str, dict[str, Any]]:
+        """The newest journal record of each job folder, by folder name (read once)."""
+        if self._journal is None:
+            path = self.path / JOURNAL_FILE
+            data = _read_regular(path)
+            self._journal = {} if data is None else parse_journal(data, str(path))
+        return self._journal
+
+    def last_record(self, folder: str) -> dict[str, Any] | None:
+        """The newer of a folder's journal record and its ``job.status``."""
+        return self.last_records([os.path.basename(folder)])[0]
+
+    def last_records(self, folders: Sequence[str]) -> list[dict[str, Any] | None]:
+        """``last_record`` of many folders (names in the workdir), in one pass."""
+        journal, root = self.journal(), str(self.path)
+        found = [journal.get(folder) for folder in folders]
+        unsure = [i for i, r in enumerate(found) if r is None or r["status"] not in FINAL_STATES]
+        finals = read_records([f"{root}/{folders[i]}/{STATUS_FILE}" for i in unsure])
+        for i, final in zip(unsure, finals, strict=True):
+            logged = found[i]
+            if final is not None and (logged is None or logged["time"] <= final["time"]):
+                found[i] = final
+        return found
+
+    def folders(self) -> list[str]:
+        """The names of the job folders, in index order (links and stray entries left out)."""
+        found: list[tuple[int, str]] = []
+        try:
+            with os.scandir(self.path) as entries:
+                for entry in entries:
+                    index = job_index(entry.name)
+                    if index is not None and entry.is_dir(follow_symlinks=False):
+                        found.append((index, entry.name))
+        except OSError as exc:
+            raise file_error(self.path, exc, "list") from None
+        found.sort()
+        return [name for _, name in found]
+
+    def spec(self, folder: str) -> dict[str, Any] | None:
+        """What the job is (``job.json``); None when missing or unreadable as JSON."""
+        return read_json(os.path.join(self.path, folder, SPEC_FILE))
+
+    def specs(self, folders: Sequence[str]) -> list[dict[str, Any] | None]:
+        """``spec`` of many folders, their JSON parsed together."""
+        root = str(self.path)
+        datas = [read_bytes(f"{root}/{folder}/{SPEC_FILE}") or b"" for folder in folders]
+        present = [i for i, data in enumerate(datas) if data]
+        found: list[dict[str, Any] | None] = [None] * len(folders)
+        for i, value in zip(present, parse_objects([datas[i] for i in present]), strict=True):
+            found[i] = value
+        return found
+
+    def iter_records(self) -> Iterator[tuple[str, dict[str, Any] | None, dict[str, Any] | None]]:
+        """(folder path, spec, record) for every job folder, in index order."""
+        folders = self.folders()
+        for name, record in zip(folders, self.last_records(folders), strict=True):
+            yield str(self.path / name), self.spec(name), record
+
+    def controller(self) -> str | None:
+        """The pid (as recorded) of the run holding the workdir's lock, None if no run does.
+
+        A shared, non-blocking flock on a read-only descriptor tests the lock without
+        needing write access; the run's own lock attempt retries briefly, so this probe
+        never makes a starting run fail.
+        """
+        try:
+            fd = os.open(self.path / LOCK_FILE, READ_FLAGS)
+        except OSError:
+            return None  # no lock file, or one no run could have locked (a link)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 64).decode("ascii", errors="replace").strip()
+                return holder if holder.isdigit() else "unknown"
+            except OSError:
+                return None
+            return None  # closing the descriptor releases the probe's lock
+        finally:
+            os.close(fd)
+
+
+def _read_regular(path: Path) -> bytes | None:
+    """A whole file that must be a regular file (the journal): anything else is an error."""
+    try:
+        fd = os.open(path, READ_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise file_error(path, exc) from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise file_error(path, IsADirectoryError(errno.EISDIR, "Is a directory"))
+        if not stat.S_ISREG(info.st_mode):
+            raise WorkdirError(f"{str(path)!r} is not a regular file; move it away")
+        parts = []
+        while chunk := os.read(fd, max(info.st_size, _CHUNK)):
+            parts.append(chunk)
+        return b"".join(parts)
+    except OSError as exc:
+        raise file_error(path, exc) from None
+    finally:
+        os.close(fd)
