@@ -26,6 +26,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import os
 import signal
 import threading
 import time

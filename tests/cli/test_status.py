@@ -124,7 +124,8 @@ def controller_killed(tmp_path: Path) -> Iterator[Path]:
     proc.stdin.close()
     journal = wd / "journal.jsonl"
     deadline = time.monotonic() + 20
-    while not journal.exists() or journal.read_bytes().count(b"\n") < 2:
+    # Each submission is journalled twice: its intent, then its id ("jid").
+    while not journal.exists() or journal.read_bytes().count(b'"jid": "') < 2:
         assert time.monotonic() < deadline, "the run never submitted two jobs"
         time.sleep(0.05)
     proc.kill()
@@ -134,6 +135,8 @@ def controller_killed(tmp_path: Path) -> Iterator[Path]:
         yield wd
     finally:
         for line in journal.read_text().splitlines():
+            if not json.loads(line).get("jid"):
+                continue  # an intent: the id follows on a later line
             pid = int(json.loads(line)["jid"].split("@")[0])
             try:
                 os.killpg(pid, signal.SIGKILL)
