@@ -446,8 +446,8 @@ async def test_sbatch_that_times_out_is_unknown_and_found_by_its_tag(
     # The controller took the job, but sbatch's answer came too late.
     fake = submitting_then(tmp_path, "sbatch", "sleep 5")
     scheduler = await scheduler_with(workdir, 2, sbatch=fake, submit_timeout=1)
-    marker = tmp_path / "ran"
-    (job,) = new_jobs(workdir, [f"echo once >> {marker}; sleep 1"])
+    marker, go = tmp_path / "ran", tmp_path / "go"
+    (job,) = new_jobs(workdir, [f"echo once >> {marker}; while [ ! -e {go} ]; do sleep 0.1; done"])
     cancel_after.append(job)
     (result,) = await scheduler.submit_jobs([job])
     assert isinstance(result, SubmissionUnknownError) and "timed out" in str(result)
@@ -456,6 +456,7 @@ async def test_sbatch_that_times_out_is_unknown_and_found_by_its_tag(
 
     assert job.jid is None and await scheduler.recover_job(job)  # held: queued or running
     assert job.jid == real
+    go.touch()
     await until_ended(scheduler, [job])
     assert marker.read_text() == "once\n"
     comment = f"xqueue:{scheduler._tag}:0.1"
@@ -463,6 +464,7 @@ async def test_sbatch_that_times_out_is_unknown_and_found_by_its_tag(
 
     # A later run finds it too, ended (the engine then reads its return code file);
     # the next attempt of the same job is another submission, not this one.
+    await slurm_ended(real)  # the rc file settles it before Slurm lets it go (COMPLETING)
     later = await scheduler_with(workdir, 2)
     job.jid = None
     assert not await later.recover_job(job) and job.jid == real
