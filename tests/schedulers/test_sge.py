@@ -278,14 +278,14 @@ async def test_forks_bounds_running_jobs_when_shapes_outnumber_forks(
 
 
 async def test_qsub_that_times_out_is_unknown_and_found_by_its_name(
-    workdir: Path, tmp_path: Path, delete_after: list[Job]
+    workdir: Path, tmp_path: Path, delete_after: list[Job], go: Path
 ) -> None:
     fake = submitting_then(tmp_path, "qsub", "sleep 5")
     wd = Workdir(workdir)
     scheduler = SgeScheduler(**FAST, qsub=fake, submit_timeout=1)
     scheduler.forks = 3
     await scheduler.open(wd)
-    marker, go = tmp_path / "ran", tmp_path / "go"
+    marker = tmp_path / "ran"
     wait = f"while [ ! -e {go} ]; do sleep 0.1; done"  # held until the test says go
     jobs = [Job(i, f"echo {i} >> {marker}; {wait}") for i in range(3)]
     for job in jobs:

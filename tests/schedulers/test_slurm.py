@@ -441,12 +441,12 @@ def tagged(comment: str) -> list[str]:
 
 
 async def test_sbatch_that_times_out_is_unknown_and_found_by_its_tag(
-    workdir: Path, tmp_path: Path, cancel_after: list[Job]
+    workdir: Path, tmp_path: Path, cancel_after: list[Job], go: Path
 ) -> None:
     # The controller took the job, but sbatch's answer came too late.
     fake = submitting_then(tmp_path, "sbatch", "sleep 5")
     scheduler = await scheduler_with(workdir, 2, sbatch=fake, submit_timeout=1)
-    marker, go = tmp_path / "ran", tmp_path / "go"
+    marker = tmp_path / "ran"
     (job,) = new_jobs(workdir, [f"echo once >> {marker}; while [ ! -e {go} ]; do sleep 0.1; done"])
     cancel_after.append(job)
     (result,) = await scheduler.submit_jobs([job])
