@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import socket
+import threading
 from pathlib import Path
 
 
@@ -64,3 +66,67 @@ def submitted_ids(fake: str) -> list[str]:
     """What the real command printed through ``submitting_then``, one line per submission."""
     out = Path(f"{fake}.out")
     return out.read_text().split() if out.exists() else []
+
+
+class DroppingProxy:
+    """A Unix socket in front of a real API socket that loses one answer on purpose.
+
+    Bytes are relayed both ways, unchanged, until a request whose first line contains
+    ``marker`` has been passed on: the engine acts on it, but its answer is swallowed
+    and the client's connection closed, as when a connection drops mid-request.
+    """
+
+    def __init__(self, upstream: str, path: Path, marker: bytes) -> None:
+        self.upstream, self.path, self.marker = upstream, str(path), marker
+        self.dropped = 0
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(self.path)
+        self._server.listen(16)
+        self._threads: list[threading.Thread] = []
+        self._closing = False
+        self._accepting = threading.Thread(target=self._accept, daemon=True)
+        self._accepting.start()
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.path}"
+
+    def _accept(self) -> None:
+        while not self._closing:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            engine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            engine.connect(self.upstream)
+            doomed = threading.Event()
+            for args in ((client, engine, doomed, True), (engine, client, doomed, False)):
+                thread = threading.Thread(target=self._relay, args=args, daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def _relay(
+        self, src: socket.socket, dst: socket.socket, doomed: threading.Event, request: bool
+    ) -> None:
+        try:
+            while data := src.recv(65536):
+                if not request and doomed.is_set():
+                    break  # the answer to the marked request: lost
+                if request and not self.dropped and self.marker in data.split(b"\r\n", 1)[0]:
+                    self.dropped += 1
+                    doomed.set()
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def close(self) -> None:
+        self._closing = True
+        self._server.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
