@@ -5,8 +5,13 @@ put every directive on the command line, so a single job and an array element ru
 very same wrapper and the argv in an error message shows exactly what was asked for.
 An array is a small batch script that maps the element's task id to the wrapper of one
 job (a ``case`` statement, so nothing is parsed at run time), with a ``.jobs`` file next
-to it listing the job folders in index order, which a later run reads to re-adopt the
+to it listing the attempt and folder of each element in index order, which a later run
+(or the same run, after a submission whose outcome is unknown) reads to find the
 elements of an array whose id it never recorded.
+
+A submission either returns ids, fails for sure (``SubmissionError``: nothing was
+queued), or fails with an unknown outcome (``SubmissionUnknownError``: the job may be
+queued); only the second kind is looked up by its tag before anything is resubmitted.
 """
 
 from __future__ import annotations

@@ -343,8 +343,15 @@ class SshScheduler(Scheduler):
             except SchedulerOutputError as exc:
                 garbled.append(exc)
                 return
-            for job, pid, start in entries:
-                states[job] = self.reconcile(job, alive(stats, pid, start))
+            # Each reconcile reads the job's files: the server's batch goes to a thread.
+            states.update(
+                await anyio.to_thread.run_sync(
+                    lambda: {
+                        job: self.reconcile(job, alive(stats, pid, start))
+                        for job, pid, start in entries
+                    }
+                )
+            )
 
         async with anyio.create_task_group() as tg:
             for server, entries in self._jobs_by_server(jobs).items():
