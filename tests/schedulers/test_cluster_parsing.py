@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from xqueue import Job
+from xqueue.errors import SchedulerOutputError, SubmissionError, SubmissionUnknownError
+from xqueue.scheduler import SchedulerStats
 from xqueue.schedulers import _sge_parse as sge
 from xqueue.schedulers import _slurm_parse as slurm
-from xqueue.schedulers._cluster import hms, long_options, short_options
+from xqueue.schedulers._cluster import (
+    array_jobdirs,
+    hms,
+    long_options,
+    run_submit,
+    short_options,
+    write_array,
+)
+from xqueue.schedulers._forks import Slot, plan
+from xqueue.schedulers._process import SchedulerCommandError, read_output
 from xqueue.states import JobStatus
 
 OUT = Path(__file__).parent / "outputs"
@@ -123,14 +136,159 @@ def test_array_elements_cancelled_before_they_were_split_off() -> None:
     [
         ([1000], 100, [100]),
         ([500, 500], 100, [50, 50]),
-        ([900, 100], 100, [90, 10]),
+        ([900, 100], 100, [89, 11]),  # each gets 1, the rest in proportion to what is left
         ([3, 3, 3], 5, [2, 2, 1]),
         ([10, 4], 100, [10, 4]),  # fits: no throttle needed
         ([50, 50, 50], 3, [1, 1, 1]),
     ],
 )
 def test_array_throttles_share_forks(sizes: list[int], budget: int, expected: list[int]) -> None:
-    from xqueue.schedulers._cluster import split_throttle
+    from xqueue.schedulers._forks import split_throttle
 
     assert split_throttle(sizes, budget) == expected
     assert sum(expected) <= max(budget, len(sizes))
+
+
+# -- answers that cannot be read ----------------------------------------------------------
+def garbled(parse: Callable[[str], object], output: str, command: str = "cmd -x") -> str:
+    """The message of the SchedulerOutputError that reading ``output`` raises."""
+    with pytest.raises(SchedulerOutputError) as info:
+        read_output(command.split(), output, parse)
+    assert info.value.command == command and info.value.output == output
+    return str(info.value)
+
+
+def test_garbled_slurm_answers_are_output_errors_not_empty_queues() -> None:
+    good = read("slurm_squeue_pending.txt")
+    message = garbled(slurm.parse_squeue, "<html>502 Bad Gateway</html>\n", "squeue -h")
+    assert message.startswith("cannot read the output of squeue -h (not a job line")
+    assert "502 Bad Gateway" in message
+    # One bad line among good ones spoils the answer: the rest may be cut short too.
+    garbled(slurm.parse_squeue, good + "squeue: error: slurm_receive_msg: Zero Bytes\n")
+    garbled(slurm.parse_squeue, "12|running|None\n")  # not a Slurm state
+    garbled(slurm.parse_sacct, "12|COMPLETED|done\n")  # not an exit code
+    garbled(slurm.parse_sacct, read("slurm_sacct.txt")[:-30])  # cut mid-line
+    garbled(slurm.parse_my_jobs, "JOBID|STATE|REASON|COMMENT\n")  # a header, not a job
+    garbled(slurm.parse_config, "slurm_load_ctl_conf error: Unable to contact\n")
+    assert read_output(["squeue"], "", slurm.parse_squeue) == {}  # no jobs: a real answer
+    # A comment may itself hold the separator.
+    mine = slurm.parse_my_jobs("7_[1-2]|PENDING|JobArrayTaskLimit|xqueue:ab:@x|y\n")
+    assert mine["7_2"] == (slurm.SlurmRow("PENDING", "JobArrayTaskLimit"), "xqueue:ab:@x|y")
+
+
+def test_garbled_sge_answers_are_output_errors() -> None:
+    whole = read("sge_qstat_array.xml")
+    message = garbled(sge.parse_qstat_xml, whole[: len(whole) // 2], "qstat -xml")
+    assert "cannot read the output of qstat -xml" in message and "<job_info" in message
+    garbled(sge.parse_qstat_xml, "<html><body>error</body></html>")
+    garbled(sge.parse_qstat_names, whole.replace("<JB_job_number>9<", "<JB_job_number>x<"))
+    garbled(sge.parse_qacct, "error: ending connection before all data received\n")
+    long = "x" * 500
+    assert garbled(sge.parse_qstat_xml, long).endswith("x...'")  # only the start is shown
+
+
+def test_submission_failures_that_may_have_queued_the_job_are_told_apart() -> None:
+    def error(stderr: str, rc: int | None = 1) -> SchedulerCommandError:
+        return SchedulerCommandError(["sbatch", "x.sh"], rc, stderr)
+
+    lost = error("sbatch: error: Batch job submission failed: Socket timed out on send/recv")
+    assert lost.ambiguous and lost.transient
+    gdi = error("error: failed receiving gdi request response for mid=1 (got syncron message)")
+    assert gdi.ambiguous
+    assert error("", None).ambiguous  # we timed it out ourselves
+    refused = error("sbatch: error: Unable to contact slurm controller (connect failure)")
+    assert refused.transient and not refused.ambiguous
+    busy = error("sbatch: error: Batch job submission failed: Resource temporarily unavailable")
+    assert busy.transient and not busy.ambiguous
+    bad = error("sbatch: error: invalid partition specified: nope")
+    assert not bad.transient and not bad.ambiguous
+
+
+@pytest.mark.anyio
+async def test_run_submit_retries_only_what_proves_nothing_was_queued(tmp_path: Path) -> None:
+    def command(stderr: str, rc: int, stdout: str = "") -> list[str]:
+        return [
+            "sh",
+            "-c",
+            f"echo x >> {tmp_path}/calls; printf '{stdout}'; echo '{stderr}' >&2; exit {rc}",
+        ]
+
+    def count() -> int:
+        return len((tmp_path / "calls").read_text().split())
+
+    stats = SchedulerStats()
+    with pytest.raises(SubmissionUnknownError, match="may have been queued"):
+        await run_submit(
+            command("Socket timed out on send/recv operation", 1), 10, stats, slurm.parse_jobid
+        )
+    assert count() == 1 and stats.submit_calls == 1
+    with pytest.raises(SubmissionUnknownError, match="no job id we can read: 'Submitted'"):
+        await run_submit(command("", 0, "Submitted"), 10, stats, slurm.parse_jobid)
+    with pytest.raises(SubmissionUnknownError, match="timed out"):
+        await run_submit(["sleep", "5"], 0.2, stats, slurm.parse_jobid)
+    (tmp_path / "calls").unlink()
+    with pytest.raises(SubmissionError, match="invalid partition") as refused:
+        await run_submit(command("invalid partition specified", 1), 10, stats, slurm.parse_jobid)
+    assert not refused.value.retryable and count() == 1
+    assert await run_submit(command("", 0, "42;cluster\\n"), 10, stats, slurm.parse_jobid) == "42"
+    # Refused by a controller that could not be reached: retried, once here.
+    (tmp_path / "calls").unlink()
+    flaky = [
+        "sh",
+        "-c",
+        f"echo x >> {tmp_path}/calls; [ $(wc -l < {tmp_path}/calls) -gt 1 ] && echo 43 && "
+        "exit 0; echo 'Unable to contact slurm controller (connect failure)' >&2; exit 1",
+    ]
+    assert await run_submit(flaky, 10, stats, slurm.parse_jobid) == "43" and count() == 2
+
+
+def test_array_element_files_name_folder_and_attempt(tmp_path: Path) -> None:
+    jobs = [Job(i, ["true"], dir=str(tmp_path / f"{i} job")) for i in range(3)]
+    jobs[1].attempt = 3
+    name, _ = write_array(str(tmp_path), jobs, "SLURM_ARRAY_TASK_ID", 0)
+    assert array_jobdirs(str(tmp_path), name) == [
+        (jobs[0].dir, 1),
+        (jobs[1].dir, 3),
+        (jobs[2].dir, 1),
+    ]
+    (tmp_path / "old.jobs").write_text("/w/0-a\n/w/1 b\n")  # written before attempts were
+    assert array_jobdirs(str(tmp_path), "old") == [("/w/0-a", 1), ("/w/1 b", 1)]
+
+
+def running_at_once(sizes: list[int], slots: list[Slot]) -> int:
+    """The most jobs that can run at once: one unit per lane runs, at its throttle."""
+    lane_of: list[int] = []
+    for i, slot in enumerate(slots):
+        lane_of.append(i if slot.after is None else lane_of[slot.after])
+    widest: dict[int, int] = {}
+    for i, slot in enumerate(slots):
+        widest[lane_of[i]] = max(widest.get(lane_of[i], 0), min(slot.throttle, sizes[i]))
+    return sum(widest.values())
+
+
+@pytest.mark.parametrize(
+    ("sizes", "forks"),
+    [
+        ([6, 6, 6], 2),  # three shapes, forks=2: the case that ran three at once
+        ([1000, 1, 1, 1, 1], 4),
+        ([1] * 50, 3),  # 50 jobs of distinct resources
+        ([4, 4, 1, 1], 2),
+        ([10, 3], 8),
+        ([500, 300, 200, 7, 7, 7, 7], 5),
+    ],
+)
+def test_lanes_keep_running_jobs_within_forks(sizes: list[int], forks: int) -> None:
+    slots = plan(sizes, forks)
+    assert len(slots) == len(sizes)
+    assert running_at_once(sizes, slots) <= forks
+    assert all(s.after is None or s.after < i for i, s in enumerate(slots))  # queue order
+    assert all(1 <= s.throttle for s in slots)
+    if len(sizes) <= forks:
+        assert all(s.after is None for s in slots)  # nothing needs to wait
+
+
+def test_one_lane_at_full_width_beats_many_narrow_ones() -> None:
+    # A big array and a few singles with forks=4: the big one runs 4 wide, the singles
+    # after it, rather than the big one 1 wide beside three singles.
+    slots = plan([1000, 1, 1, 1, 1], 4)
+    assert slots[0] == Slot(4, None)

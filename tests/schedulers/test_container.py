@@ -18,8 +18,10 @@ import anyio
 import pytest
 
 from tests.helpers import IMAGE, api
+from tests.schedulers.fakes import DroppingProxy
 from xqueue import Job, JobFailedError, JobStatus, SchedulerError, Xqueue
-from xqueue.errors import SchedulerOptionError
+from xqueue.errors import SchedulerOptionError, SchedulerOutputError, SubmissionUnknownError
+from xqueue.schedulers._container_api import _exit_code, _state
 from xqueue.schedulers.container import ContainerScheduler
 from xqueue.workdir import Workdir
 
@@ -286,3 +288,63 @@ async def test_chrun_halted_run_kills_and_reaps(chrun_image: str, workdir: Path)
         await q.run_until_complete()
     await q.aclose()
     assert slow.status is JobStatus.KILLED  # and the autouse fixture finds no zombie
+
+
+@pytest.mark.parametrize("lost", ["create", "start"])
+async def test_lost_answer_is_unknown_and_the_container_found_by_its_labels(
+    engine: dict[str, str], workdir: Path, tmp_path: Path, lost: str
+) -> None:
+    # The engine acted on the request, but its answer never came back.
+    upstream = engine["url"].removeprefix("unix://")
+    proxy = DroppingProxy(upstream, tmp_path / "api.sock", f"/{lost}".encode())
+    scheduler = ContainerScheduler(**{**engine, "url": proxy.url, "remove": False})
+    wd = Workdir(workdir)
+    await scheduler.open(wd)
+    job = Job(0, ["sh", "-c", "echo ran; exit 4"])
+    wd.prepare(job)
+    job.attempt = 1
+    try:
+        with pytest.raises(SubmissionUnknownError, match="may have been created"):
+            await scheduler.submit_job(job)
+        assert proxy.dropped == 1
+        job.jid = None
+        if lost == "create":
+            # Created, never started: nothing ran in it, so it is removed, not adopted.
+            assert not await scheduler.recover_job(job) and job.jid is None
+            assert containers_of(engine["url"], workdir) == []
+        else:
+            assert await scheduler.recover_job(job)
+            (found,) = containers_of(engine["url"], workdir)
+            assert job.jid == found["Id"] and found["Labels"]["xqueue.attempt"] == "1"
+            with anyio.fail_after(30):
+                state = await scheduler.wait_job(job)
+            assert state.rc == 4 and Path(job.stdout_path).read_text() == "ran\n"
+            job.jid, job.attempt = None, 2  # another attempt is not this container
+            assert not await scheduler.recover_job(job) and job.jid is None
+    finally:
+        await scheduler.aclose()
+        proxy.close()
+        for c in containers_of(engine["url"], workdir):
+            api(engine["url"], "DELETE", f"/containers/{c['Id']}?force=1")
+
+
+@pytest.mark.docker
+async def test_answers_not_in_the_documented_shape_are_output_errors(
+    docker_socket: str, workdir: Path
+) -> None:
+    scheduler = ContainerScheduler(image=IMAGE, url=docker_socket)
+    await scheduler.open(Workdir(workdir))
+    runtime: Any = scheduler.runtime
+
+    async def wait_answer() -> Any:
+        return _exit_code({"Error": {"Message": "busy"}})  # a wait answer with no code
+
+    async def inspect_answer() -> Any:
+        return _state({"Id": "x"})
+
+    try:
+        for fn, what in ((wait_answer, "StatusCode"), (inspect_answer, "State")):
+            with pytest.raises(SchedulerOutputError, match=f"no {what}"):
+                await runtime._call(fn)
+    finally:
+        await scheduler.aclose()

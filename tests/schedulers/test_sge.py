@@ -6,6 +6,7 @@ deleted when a test ends.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,10 @@ import pytest
 
 from tests.helpers import SGE_FAST as FAST
 from tests.helpers import cluster_queue, remove_after, wait_running
+from tests.schedulers.fakes import calls, garbling, submitted_ids, submitting_then
+from tests.schedulers.test_slurm import max_overlap
 from xqueue import Job, JobStatus, Xqueue
+from xqueue.errors import SubmissionUnknownError
 from xqueue.schedulers._sge_parse import parse_qacct
 from xqueue.schedulers.sge import SgeScheduler, _argv_flags, qsub_options
 from xqueue.workdir import Workdir
@@ -228,3 +232,87 @@ async def test_later_run_readopts_jobs_whose_ids_were_never_recorded(
     assert all(j.status is JobStatus.FINISHED and j.rc == 0 for j in jobs)
     assert sorted(marker.read_text().split()) == ["0", "1", "2"]
     assert q.statistics().submit_calls == 0
+
+
+async def test_garbled_qstat_answer_mid_run_is_survived(
+    workdir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A qstat -xml cut short: its XML error used to end the whole run.
+    whole = Path(__file__).with_name("outputs").joinpath("sge_qstat_array.xml").read_text()
+    fake = garbling(tmp_path, "qstat", whole[:300], {2})
+    q = queue(workdir, forks=3, scheduler_opts={"qstat": fake, "vanish_grace": 0})
+    jobs = [await q.feed(["sleep", "2"]) for _ in range(3)]
+    with caplog.at_level(logging.WARNING, logger="xqueue"), anyio.fail_after(60):
+        await q.run_until_complete()
+    assert [j.status for j in jobs] == [JobStatus.FINISHED] * 3
+    assert calls(fake) > 2
+    assert "cannot read the output of" in caplog.text and "<job_info" in caplog.text
+
+
+async def test_exit_codes_sge_acts_on_run_the_job_once(workdir: Path, tmp_path: Path) -> None:
+    # SGE reschedules a job script exiting 99 and sets one exiting 100 in error state.
+    runs = tmp_path / "runs"
+    q = queue(workdir, forks=2, error_strategy="ignore", scheduler_opts={"arrays": False})
+    jobs = [await q.feed(f"echo {rc} >> {runs}; exit {rc}") for rc in (99, 100)]
+    with anyio.fail_after(60):
+        await q.run_until_complete()
+    assert [(j.status, j.rc) for j in jobs] == [(JobStatus.FAILED, 99), (JobStatus.FAILED, 100)]
+    await anyio.sleep(3)  # time enough for SGE to start a rescheduled one again
+    assert sorted(runs.read_text().split()) == ["100", "99"]
+    assert all(j.jid and j.jid not in sh("qstat", "-u", "root") for j in jobs)
+
+
+async def test_forks_bounds_running_jobs_when_shapes_outnumber_forks(
+    workdir: Path, delete_after: list[Job]
+) -> None:
+    q = queue(workdir, forks=2)
+    cmd = "date +%s.%N; sleep 1; date +%s.%N"
+    shapes = ["100M", "200M", "300M"]
+    delete_after.extend([await q.feed(cmd, resources={"memory": shapes[i % 3]}) for i in range(6)])
+    with anyio.fail_after(120):
+        await q.run_until_complete()
+    assert q.statistics().counts == {"finished": 6}
+    assert q.statistics().submit_calls == 3  # one array per shape
+    assert max_overlap(list(q.jobs)) <= 2
+
+
+async def test_qsub_that_times_out_is_unknown_and_found_by_its_name(
+    workdir: Path, tmp_path: Path, delete_after: list[Job], go: Path
+) -> None:
+    fake = submitting_then(tmp_path, "qsub", "sleep 5")
+    wd = Workdir(workdir)
+    scheduler = SgeScheduler(**FAST, qsub=fake, submit_timeout=1)
+    scheduler.forks = 3
+    await scheduler.open(wd)
+    marker = tmp_path / "ran"
+    wait = f"while [ ! -e {go} ]; do sleep 0.1; done"  # held until the test says go
+    jobs = [Job(i, f"echo {i} >> {marker}; {wait}") for i in range(3)]
+    for job in jobs:
+        wd.prepare(job)
+        job.attempt = 1
+    delete_after.extend(jobs)
+    single = await scheduler.submit_jobs(jobs[:1])  # alone: a single job
+    array = await scheduler.submit_jobs(jobs[1:])  # together: one array
+    assert all(isinstance(r, SubmissionUnknownError) for r in [*single, *array])
+    assert calls(fake) == 2
+    single_id, array_id = (line.split(".")[0] for line in submitted_ids(fake))
+    for job in jobs:
+        assert await scheduler.recover_job(job)
+    assert [j.jid for j in jobs] == [single_id, f"{array_id}.1", f"{array_id}.2"]
+    go.touch()
+    with anyio.fail_after(60):
+        while not all(s.status.is_final for s in (await scheduler.poll_jobs(jobs)).values()):
+            await anyio.sleep(0.3)
+    assert sorted(marker.read_text().split()) == ["0", "1", "2"]  # each ran once
+
+    # Ended, it has left qstat: a later run finds it in qacct by its name.
+    with anyio.fail_after(30):  # the rc file settles a job before SGE has let it go
+        while any(f" {j.jid.split('.')[0]} " in sh("qstat", "-u", "root") for j in jobs if j.jid):
+            await anyio.sleep(0.3)
+    later = SgeScheduler(**FAST)
+    await later.open(wd)
+    for job in jobs:
+        found, job.jid = job.jid, None
+        assert not await later.recover_job(job) and job.jid == found
+    jobs[0].jid, jobs[0].attempt = None, 2  # another attempt is another submission
+    assert not await later.recover_job(jobs[0]) and jobs[0].jid is None

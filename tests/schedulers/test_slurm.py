@@ -6,6 +6,7 @@ Every test reads back what Slurm itself recorded (``scontrol show job``, ``squeu
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,9 @@ import pytest
 
 from tests.helpers import SLURM_FAST as FAST
 from tests.helpers import cluster_queue, remove_after, wait_running
+from tests.schedulers.fakes import calls, garbling, submitted_ids, submitting_then
 from xqueue import Job, JobStatus, Xqueue
+from xqueue.errors import SubmissionUnknownError
 from xqueue.schedulers.slurm import SlurmScheduler, sbatch_options
 from xqueue.workdir import Workdir
 
@@ -35,6 +38,14 @@ def show_job(jid: str) -> dict[str, str]:
         if sep:
             fields.setdefault(key, value)
     return fields
+
+
+async def slurm_ended(jid: str) -> dict[str, str]:
+    """``show_job`` once Slurm itself has the job as ended."""
+    with anyio.fail_after(30):
+        while (info := show_job(jid)).get("JobState") in ("PENDING", "RUNNING", "COMPLETING"):
+            await anyio.sleep(0.1)
+    return info
 
 
 @pytest.fixture
@@ -110,7 +121,9 @@ async def test_failing_job_is_retried_and_reports_its_last_return_code(workdir: 
     assert good.status is JobStatus.FINISHED and good.attempt == 1
     for n in (1, 2):
         assert Path(bad.attempt_path("rc", n)).read_text().strip() == "5"
-    assert bad.jid and show_job(bad.jid)["ExitCode"] == "5:0"
+    assert bad.jid
+    # The rc file settles a job before Slurm has recorded its end (COMPLETING).
+    assert (await slurm_ended(bad.jid))["ExitCode"] == "5:0"
 
 
 async def test_running_job_is_killed_and_slurm_shows_it_cancelled(
@@ -141,7 +154,7 @@ async def test_resources_and_options_reach_slurm(workdir: Path) -> None:
     assert info["NumCPUs"] == "2" and info["TimeLimit"] == "00:07:00"
     assert info["MinMemoryNode"] == "300M"  # scheduler_opts mem wins over resources memory
     assert info["Nice"] == "5"
-    assert info["Comment"] == f"xqueue:{q.scheduler._tag}:0"  # type: ignore[attr-defined]
+    assert info["Comment"] == f"xqueue:{q.scheduler._tag}:0.1"  # type: ignore[attr-defined]
     info = show_job(other.jid)
     assert info["NumCPUs"] == "3" and info["TimeLimit"] == "01:00:00"
 
@@ -361,3 +374,120 @@ async def test_forks_bounds_running_jobs_across_arrays(
     throttles = sorted(show_job(j.jid or "").get("ArrayTaskThrottle", "?") for j in q.jobs[:2])
     assert throttles == ["2", "2"]
     assert max_overlap(list(q.jobs)) <= 4
+
+
+async def test_forks_bounds_running_jobs_when_shapes_outnumber_forks(
+    workdir: Path, cancel_after: list[Job]
+) -> None:
+    # Three shapes and forks=2: three arrays side by side, each with a throttle of at
+    # least 1, would run three at once. Some of them wait for another one instead.
+    q = queue(workdir, forks=2)
+    cmd = "date +%s.%N; sleep 1; date +%s.%N"
+    cancel_after.extend([await q.feed(cmd, resources={"cpus": 1 + i % 3}) for i in range(6)])
+    with anyio.fail_after(120):
+        await q.run_until_complete()
+    assert q.statistics().counts == {"finished": 6}
+    assert q.statistics().submit_calls == 3  # still one array per shape
+    assert max_overlap(list(q.jobs)) <= 2
+    # Arrays that waited became eligible only when the one before them had ended.
+    arrays = [show_job(j.jid or "") for j in q.jobs[:3]]
+    assert sum(a["EligibleTime"] > a["SubmitTime"] for a in arrays) >= 1, arrays
+
+
+async def test_garbled_squeue_answer_mid_run_is_survived(
+    workdir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Without accounting and with no grace, a garbled answer read as "no jobs" would
+    # fail every job as vanished; it must count as a failed query instead.
+    fake = garbling(tmp_path, "squeue", "<html>502 Bad Gateway</html>\n", {3})
+    opts = {"squeue": fake, "accounting": False, "vanish_grace": 0}
+    q = queue(workdir, forks=3, scheduler_opts=opts)
+    jobs = [await q.feed(["sleep", "2"]) for _ in range(3)]
+    with caplog.at_level(logging.WARNING, logger="xqueue"), anyio.fail_after(60):
+        await q.run_until_complete()
+    assert [j.status for j in jobs] == [JobStatus.FINISHED] * 3
+    assert calls(fake) > 3  # the garbled answer came mid-run, and polling went on
+    assert "cannot read the output of" in caplog.text and "502 Bad Gateway" in caplog.text
+
+
+async def scheduler_with(workdir: Path, forks: int, **opts: Any) -> SlurmScheduler:
+    scheduler = SlurmScheduler(**{**FAST, **opts})
+    scheduler.forks = forks
+    await scheduler.open(Workdir(workdir))
+    return scheduler
+
+
+def new_jobs(workdir: Path, commands: list[str]) -> list[Job]:
+    """Jobs prepared in the workdir as the engine would, at their first attempt."""
+    wd = Workdir(workdir)
+    jobs = [Job(i, c) for i, c in enumerate(commands)]
+    for job in jobs:
+        wd.prepare(job)
+        job.attempt = 1
+    return jobs
+
+
+async def until_ended(scheduler: SlurmScheduler, jobs: list[Job]) -> None:
+    with anyio.fail_after(60):
+        while not all(s.status.is_final for s in (await scheduler.poll_jobs(jobs)).values()):
+            await anyio.sleep(0.2)
+
+
+def tagged(comment: str) -> list[str]:
+    """Every job Slurm has (ended ones too) whose comment is exactly ``comment``."""
+    out = sh("squeue", "-h", "-r", "-t", "all", "-o", "%i|%k")
+    return [line.split("|")[0] for line in out.split() if line.split("|", 1)[1] == comment]
+
+
+async def test_sbatch_that_times_out_is_unknown_and_found_by_its_tag(
+    workdir: Path, tmp_path: Path, cancel_after: list[Job], go: Path
+) -> None:
+    # The controller took the job, but sbatch's answer came too late.
+    fake = submitting_then(tmp_path, "sbatch", "sleep 5")
+    scheduler = await scheduler_with(workdir, 2, sbatch=fake, submit_timeout=1)
+    marker = tmp_path / "ran"
+    (job,) = new_jobs(workdir, [f"echo once >> {marker}; while [ ! -e {go} ]; do sleep 0.1; done"])
+    cancel_after.append(job)
+    (result,) = await scheduler.submit_jobs([job])
+    assert isinstance(result, SubmissionUnknownError) and "timed out" in str(result)
+    assert calls(fake) == 1  # never submitted again on its own
+    (real,) = submitted_ids(fake)
+
+    assert job.jid is None and await scheduler.recover_job(job)  # held: queued or running
+    assert job.jid == real
+    go.touch()
+    await until_ended(scheduler, [job])
+    assert marker.read_text() == "once\n"
+    comment = f"xqueue:{scheduler._tag}:0.1"
+    assert tagged(comment) == [real]  # one cluster job for the attempt: it ran once
+
+    # A later run finds it too, ended (the engine then reads its return code file);
+    # the next attempt of the same job is another submission, not this one.
+    await slurm_ended(real)  # the rc file settles it before Slurm lets it go (COMPLETING)
+    later = await scheduler_with(workdir, 2)
+    job.jid = None
+    assert not await later.recover_job(job) and job.jid == real
+    job.jid, job.attempt = None, 2
+    assert not await later.recover_job(job) and job.jid is None
+
+
+async def test_array_whose_sbatch_answer_was_lost_is_found_element_by_element(
+    workdir: Path, tmp_path: Path, cancel_after: list[Job]
+) -> None:
+    lost = (
+        "echo 'sbatch: error: Batch job submission failed: Socket timed out on send/recv "
+        "operation' >&2; exit 1"
+    )
+    fake = submitting_then(tmp_path, "sbatch", lost)
+    scheduler = await scheduler_with(workdir, 3, sbatch=fake)
+    jobs = new_jobs(workdir, ["echo 0", "echo 1", "echo 2"])
+    cancel_after.extend(jobs)
+    results = await scheduler.submit_jobs(jobs)
+    assert all(isinstance(r, SubmissionUnknownError) for r in results), results
+    assert calls(fake) == 1  # one sbatch for the array, not retried
+    (base,) = submitted_ids(fake)
+    for job in jobs:
+        await scheduler.recover_job(job)
+    assert [j.jid for j in jobs] == [f"{base}_{i}" for i in range(3)]
+    await until_ended(scheduler, jobs)
+    assert [Path(j.stdout_path).read_text() for j in jobs] == ["0\n", "1\n", "2\n"]

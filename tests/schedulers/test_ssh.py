@@ -25,7 +25,9 @@ import pytest
 
 from tests.helpers import ssh_server as server
 from xqueue import Job, JobFailedError, JobStatus, SchedulerError, Xqueue, hookimpl
-from xqueue.errors import SchedulerOptionError
+from xqueue.errors import SchedulerOptionError, SubmissionUnknownError
+from xqueue.scheduler import JobState
+from xqueue.schedulers._ssh_pool import Unreachable
 from xqueue.schedulers.ssh import SshScheduler
 from xqueue.workdir import Workdir
 
@@ -495,3 +497,147 @@ async def test_a_job_killed_on_the_server_outside_xqueue_is_reported(
     await q.aclose()
     assert job.status is JobStatus.FAILED
     assert job.rc is None and job.reason.startswith("vanished")
+
+
+# -- connections that drop at the worst moment ----------------------------------------------
+def drop_submit_answers(pool: Any, delay: float = 0.0) -> list[str]:
+    """Make ``pool`` lose the answer of its next submission, on the real server.
+
+    The submit script is sent over a real channel (after ``sleep delay`` on the server,
+    as a slow server would run it), which is closed at once, before any answer: the
+    server runs the script with nobody reading its output, and the client sees the
+    connection drop. Returns the list of scripts it dropped.
+    """
+    run = pool.run
+    dropped: list[str] = []
+
+    async def dropping(script: str, *, timeout: float) -> Any:
+        if "setsid sh" not in script or dropped:
+            return await run(script, timeout=timeout)
+        dropped.append(script)
+        conn = await pool._acquire()
+        try:
+            process = await conn.conn.create_process("sh -s", encoding="utf-8")
+            process.stdin.write(f"sleep {delay}\n{script}" if delay else script)
+            process.stdin.write_eof()
+            process.close()
+        finally:
+            pool._release(conn)
+        raise Unreachable(f"lost the connection to server {pool.name!r}", maybe_started=True)
+
+    pool.run = dropping
+    return dropped
+
+
+async def ssh_scheduler(servers: dict[str, Any], workdir: Path) -> SshScheduler:
+    scheduler = SshScheduler(servers=servers, vanish_grace=0)
+    await scheduler.open(Workdir(workdir))
+    return scheduler
+
+
+def first_attempt(workdir: Path, command: str) -> Job:
+    job = Job(0, command)
+    Workdir(workdir).prepare(job)
+    job.attempt = 1
+    return job
+
+
+async def until_final(scheduler: SshScheduler, job: Job) -> JobState:
+    with anyio.fail_after(30):
+        while not (state := (await scheduler.poll_jobs([job]))[job]).status.is_final:
+            await anyio.sleep(0.1)
+    return state
+
+
+async def test_answer_lost_after_the_job_started_keeps_it_on_that_server(
+    servers: dict[str, Any], workdir: Path, tmp_path: Path
+) -> None:
+    # The submit script ran, but its answer never came back: the job runs on "big", and
+    # must not be started on "small" as well.
+    scheduler = await ssh_scheduler(servers, workdir)
+    try:
+        dropped = drop_submit_answers(scheduler._pools["big"])
+        runs = tmp_path / "runs"
+        job = first_attempt(workdir, f"echo $XQUEUE_JOB_INDEX >> {runs}")
+        job.jid = await scheduler.submit_job(job)
+        assert dropped and job.jid.startswith("big:")
+        state = await until_final(scheduler, job)
+    finally:
+        await scheduler.aclose()
+    assert state.status is JobStatus.FINISHED
+    await anyio.sleep(0.5)  # a second copy, had one been started, would have written by now
+    assert runs.read_text() == "0\n"
+
+
+async def test_unknown_submission_is_found_by_its_pid_file_where_it_runs(
+    servers: dict[str, Any], workdir: Path, tmp_path: Path, go: Path
+) -> None:
+    # A slow server: when the connection drops, it has not started the job yet.
+    scheduler = await ssh_scheduler(servers, workdir)
+    runs = tmp_path / "runs"
+    job = first_attempt(workdir, f"echo once >> {runs}; while [ ! -e {go} ]; do sleep 0.1; done")
+    try:
+        drop_submit_answers(scheduler._pools["big"], delay=2.5)
+        with pytest.raises(SubmissionUnknownError, match="may have started on server 'big'"):
+            await scheduler.submit_job(job)
+        assert not runs.exists()  # not started anywhere else meanwhile
+        with anyio.fail_after(20):
+            while not Path(job.attempt_path("ssh")).exists():
+                await anyio.sleep(0.1)
+        job.jid = None
+        assert await scheduler.recover_job(job)  # the pid file names "big"; it runs there
+        assert str(job.jid).startswith("big:")
+        go.touch()
+        state = await until_final(scheduler, job)
+    finally:
+        await scheduler.aclose()
+    assert state.status is JobStatus.FINISHED and runs.read_text() == "once\n"
+
+
+class GarbleStatus:
+    """On its third status command, the server answers garbage (a busy login shell)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl
+    def on_init(self, scheduler: Any) -> None:
+        pool = scheduler._pools["big"]
+        run = pool.run
+
+        async def garbling(script: str, *, timeout: float) -> Any:
+            if "/stat" in script and "setsid" not in script:
+                self.calls += 1
+                if self.calls == 3:
+                    script = "echo '<html>server busy</html>'\nexit 0\n"
+            return await run(script, timeout=timeout)
+
+        pool.run = garbling
+
+
+async def test_garbled_status_answer_mid_run_is_survived(
+    servers: dict[str, Any], workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    garble = GarbleStatus()
+    q = Xqueue(
+        "ssh",
+        forks=3,
+        workdir=workdir,
+        plugins=[garble],
+        scheduler_opts={
+            "servers": {"big": servers["big"]},
+            "poll_interval": 0.2,
+            "vanish_grace": 0,
+        },
+    )
+    try:
+        jobs = [await q.feed(["sleep", "2"]) for _ in range(3)]
+        with caplog.at_level(logging.WARNING, logger="xqueue"), anyio.fail_after(60):
+            await q.run_until_complete()
+    finally:
+        await q.aclose()
+    assert [j.status for j in jobs] == [JobStatus.FINISHED] * 3
+    assert garble.calls > 3
+    assert (
+        "cannot read the output of ssh big status" in caplog.text and "server busy" in caplog.text
+    )

@@ -5,8 +5,18 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from pathlib import Path
 
-from xqueue.schedulers._ssh_scripts import kill_script
+import pytest
+
+from xqueue.schedulers._ssh_scripts import (
+    kill_script,
+    parse_kill,
+    parse_pid_file,
+    parse_stats,
+    status_script,
+    submit_script,
+)
 
 
 def start_group(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -47,3 +57,46 @@ def test_kill_takes_the_job_group_by_start_time_or_marker() -> None:
     assert run(kill_script(by_start.pid, 0.2, start_ticks(by_start.pid), "")).strip() == "dead"
     assert run(kill_script(by_marker.pid, 0.2, "1", "/w/3-job")).strip() == "dead"
     assert by_start.wait(5) != 0 and by_marker.wait(5) != 0
+
+
+def test_submit_script_writes_the_pid_file_even_when_nobody_reads_its_answer(
+    tmp_path: Path,
+) -> None:
+    # The connection drops before the answer: the first echo hits a closed pipe. The job
+    # has started, so its pid file must be there (written before anything is printed).
+    (tmp_path / "job.1.sh").write_text("echo ran >> ran\n")
+    shell = subprocess.Popen(["sh", "-s"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert shell.stdin is not None and shell.stdout is not None
+    shell.stdout.close()  # nobody will read what it prints
+    shell.stdin.write(submit_script("node one", str(tmp_path), 1, str(tmp_path)).encode())
+    shell.stdin.close()
+    assert shell.wait(10) == 0  # SIGPIPE did not stop it
+    parsed = parse_pid_file((tmp_path / "job.1.ssh").read_text())
+    assert parsed is not None and parsed[0] == "node one" and parsed[2].isdigit()
+    for _ in range(50):
+        if (tmp_path / "ran").exists():
+            break
+        time.sleep(0.1)
+    assert (tmp_path / "ran").read_text() == "ran\n"
+    assert not (tmp_path / "job.1.ssh.tmp").exists()
+
+
+def test_status_answers_are_read_between_their_markers() -> None:
+    me = os.getpid()
+    answer = run(status_script([me, 999_999_999]))
+    stats = parse_stats("Welcome to node one\n" + answer)  # a login's greeting is left out
+    assert list(stats) == [me] and stats[me][1] == start_ticks(me)
+    with pytest.raises(ValueError, match="cut short"):
+        parse_stats(answer.replace("xqueue-stat-end", ""))
+    with pytest.raises(ValueError, match="not a /proc stat line"):
+        parse_stats("xqueue-stat-begin\n<html>busy</html>\nxqueue-stat-end\n")
+    assert parse_stats("xqueue-stat-begin\nxqueue-stat-end\n") == {}  # all of them gone
+
+
+def test_pid_files_old_and_new() -> None:
+    assert parse_pid_file("a b 12 345\n") == ("a b", 12, "345")
+    assert parse_pid_file("big 12\n") == ("big", 12, "")  # written before start times were
+    assert parse_pid_file("") is None and parse_pid_file("garbage") is None
+    assert parse_kill("dead\n") == "dead"
+    with pytest.raises(ValueError):
+        parse_kill("Welcome\n")

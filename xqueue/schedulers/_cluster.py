@@ -5,14 +5,20 @@ put every directive on the command line, so a single job and an array element ru
 very same wrapper and the argv in an error message shows exactly what was asked for.
 An array is a small batch script that maps the element's task id to the wrapper of one
 job (a ``case`` statement, so nothing is parsed at run time), with a ``.jobs`` file next
-to it listing the job folders in index order, which a later run reads to re-adopt the
+to it listing the attempt and folder of each element in index order, which a later run
+(or the same run, after a submission whose outcome is unknown) reads to find the
 elements of an array whose id it never recorded.
+
+A submission either returns ids, fails for sure (``SubmissionError``: nothing was
+queued), or fails with an unknown outcome (``SubmissionUnknownError``: the job may be
+queued); only the second kind is looked up by its tag before anything is resubmitted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import re
 import time
@@ -22,11 +28,12 @@ from typing import Any, TypeVar
 import anyio
 
 from .._text import quote
-from ..errors import SubmissionError
+from ..errors import SubmissionError, SubmissionUnknownError
 from ..job import SCRIPT, Job
 from ..scheduler import SchedulerStats, gather_bounded
 from ..workdir import atomic_write
-from ._process import SchedulerCommandError, run_command
+from ._forks import Slot, plan
+from ._process import SchedulerCommandError, describe, run_command
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
@@ -98,46 +105,48 @@ def hms(seconds: int) -> str:
     return f"{days}-{h:02d}:{m:02d}:{s:02d}" if days else f"{h:02d}:{m:02d}:{s:02d}"
 
 
-async def run_submit(argv: Sequence[str], timeout: float, stats: SchedulerStats) -> str:
-    """Run one sbatch/qsub and return its stdout; count it; retry only transient refusals.
+def attempt_of(job: Job) -> int:
+    """The attempt a submission is for (1 before the engine has counted any)."""
+    return max(job.attempt, 1)
 
-    A controller under load answers "socket timed out" or "try again": that is retried
-    twice after a pause. A command that we timed out ourselves is not retried, since it
-    may have submitted the job already.
+
+async def run_submit(
+    argv: Sequence[str], timeout: float, stats: SchedulerStats, parse: Callable[[str], str]
+) -> str:
+    """Run one sbatch/qsub and return the id ``parse`` reads from its stdout.
+
+    A refusal that proves nothing was queued ("try again", a controller that cannot be
+    contacted) is retried twice after a pause. A failure that leaves open whether the
+    job was queued (we timed the command out; the controller's answer timed out; it
+    exited 0 but printed no id we can read) raises ``SubmissionUnknownError``: submitting
+    again could run the job twice, so the caller looks for it by its tag first.
     """
     for attempt in range(3):
         stats.submit_calls += 1
         try:
-            return (await run_command(argv, timeout=timeout)).stdout
+            stdout = (await run_command(argv, timeout=timeout)).stdout
         except SchedulerCommandError as exc:
-            if not (exc.transient and exc.returncode is not None and attempt < 2):
+            if exc.ambiguous:
+                raise SubmissionUnknownError(
+                    f"{exc}; the job may have been queued all the same"
+                ) from exc
+            if not (exc.transient and attempt < 2):
                 raise submission_error(exc) from exc
-        await anyio.sleep(1.0 + attempt)
+            await anyio.sleep(1.0 + attempt)
+            continue
+        try:
+            return parse(stdout)
+        except ValueError as exc:
+            raise SubmissionUnknownError(
+                f"{describe(argv)} exited 0 but printed no job id we can read: {stdout[:200]!r}"
+            ) from exc
     raise AssertionError("unreachable")
 
 
-def split_throttle(sizes: Sequence[int], budget: int) -> list[int]:
-    """Throttles for arrays submitted together, adding up to at most ``budget``.
-
-    Each array gets a share of ``budget`` in proportion to its size (largest remainder
-    first), at least 1 and never more than its size, so the arrays of one batch together
-    never run more than ``forks`` elements at once. (Only when there are more arrays than
-    ``budget`` can the minimum of 1 each exceed it.)
-    """
-    total = sum(sizes)
-    if total <= budget:
-        return list(sizes)
-    exact = [budget * n / total for n in sizes]
-    shares = [max(1, min(n, int(e))) for n, e in zip(sizes, exact)]
-    spare = budget - sum(shares)
-    by_remainder = sorted(range(len(sizes)), key=lambda i: exact[i] - int(exact[i]), reverse=True)
-    for i in by_remainder:
-        if spare <= 0:
-            break
-        if shares[i] < sizes[i]:
-            shares[i] += 1
-            spare -= 1
-    return shares
+# One submission: the jobs it carries, the throttle of an array (None for a single job),
+# and the id of the unit it must wait for (None when it may start at once). It returns
+# the id a dependency names (an array's own id) and one id per job.
+Submit = Callable[[Sequence[Job], int | None, str | None], Awaitable[tuple[str, list[str]]]]
 
 
 async def submit_grouped(
@@ -147,42 +156,53 @@ async def submit_grouped(
     max_array: int,
     forks: int,
     concurrency: int,
-    one: Callable[[Job], Awaitable[str]],
-    array: Callable[[Sequence[Job], int], Awaitable[list[str]]],
+    submit: Submit,
 ) -> list[str | BaseException]:
     """Submit jobs with the same resources as arrays (of at most ``max_array``), others alone.
 
-    ``forks`` is shared: single jobs take one slot each and the arrays split the rest
-    between their throttles (``split_throttle``). Submissions run concurrently, at most
-    ``concurrency`` at once. A failed submission fails only the jobs it carried: one id
-    or exception per job, in order.
+    ``forks`` is shared between the submissions of the batch (``_forks.plan``): the
+    throttles of those that may run at once add up to at most ``forks``, and the others
+    wait in a lane for the one before them. Lanes are submitted concurrently, at most
+    ``concurrency`` at once, each in order (a unit needs its predecessor's id). A failed
+    submission fails only the jobs it carried, and the next unit of its lane waits for
+    the last one that was submitted: one id or exception per job, in order.
     """
-    singles: list[Job] = []
-    batches: list[Sequence[Job]] = []
+    units: list[Sequence[Job]] = []
     if arrays:
         for group in group_by(jobs, lambda j: j.resources).values():
-            for part in chunks(group, max_array):
-                if len(part) == 1:
-                    singles.extend(part)
-                else:
-                    batches.append(part)
+            units.extend(chunks(group, max_array))
+        # Queue order, so the first jobs fed are the first to start.
+        units.sort(key=lambda part: min(j.index for j in part))
     else:
-        singles = list(jobs)
-    throttles = split_throttle([len(b) for b in batches], max(forks - len(singles), 1))
-    # One unit per submission: an array with its throttle, or a single job (no throttle).
-    units: list[tuple[Sequence[Job], int | None]] = [
-        *zip(batches, throttles),
-        *(([job], None) for job in singles),
-    ]
+        units = [[job] for job in jobs]
+    slots = plan([len(u) for u in units], forks) if arrays else [Slot(1, None)] * len(units)
+    lanes: list[list[int]] = []
+    for i, slot in enumerate(slots):
+        lane = [i] if slot.after is None else next(ln for ln in lanes if ln[-1] == slot.after)
+        if slot.after is None:
+            lanes.append(lane)
+        else:
+            lane.append(i)
+    outcome: list[tuple[str, list[str]] | BaseException] = [RuntimeError("not run")] * len(units)
 
-    async def submit(unit: tuple[Sequence[Job], int | None]) -> list[str]:
-        part, throttle = unit
-        return await array(part, throttle) if throttle is not None else [await one(part[0])]
+    async def run_lane(lane: list[int]) -> None:
+        after: str | None = None
+        for i in lane:
+            part = units[i]
+            throttle = slots[i].throttle if len(part) > 1 else None
+            try:
+                base, ids = await submit(part, throttle, after)
+            except Exception as exc:
+                outcome[i] = exc
+                continue
+            outcome[i] = (base, ids)
+            after = base
 
+    await gather_bounded(lanes, run_lane, concurrency)
     results: dict[Job, str | BaseException] = {}
-    for (part, _), ids in zip(units, await gather_bounded(units, submit, concurrency)):
-        for i, job in enumerate(part):
-            results[job] = ids if isinstance(ids, BaseException) else ids[i]
+    for part, done in zip(units, outcome):
+        for k, job in enumerate(part):
+            results[job] = done if isinstance(done, BaseException) else done[1][k]
     return [results[job] for job in jobs]
 
 
@@ -200,8 +220,10 @@ def write_array(
 ) -> tuple[str, str]:
     """Write the batch script of one array; return (its name, its path).
 
-    Element ``first_index + i`` runs the wrapper of ``jobs[i]``. ``exec`` keeps the
-    wrapper's exit status as the element's, and a task id with no job fails loudly.
+    Element ``first_index + i`` runs the wrapper of ``jobs[i]``'s current attempt.
+    ``exec`` keeps the wrapper's exit status as the element's, and a task id with no job
+    fails loudly. The ``.jobs`` file beside it names the attempt and folder of each
+    element, so an element is found again for the attempt it ran.
     """
     os.makedirs(folder, exist_ok=True)
     name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{next(_counter)}"
@@ -222,14 +244,60 @@ def write_array(
     atomic_write(path, "\n".join(lines))
     os.chmod(path, 0o755)
     if jobdirs:
-        atomic_write(os.path.join(folder, f"{name}.jobs"), "".join(f"{j.dir}\n" for j in jobs))
+        # One JSON array per line: a folder whose name holds a newline stays one element.
+        elements = "".join(json.dumps([attempt_of(j), j.dir]) + "\n" for j in jobs)
+        atomic_write(os.path.join(folder, f"{name}.jobs"), elements)
     return name, path
 
 
-def array_jobdirs(folder: str, name: str) -> list[str]:
-    """The job folders of an array written by ``write_array``, in element order."""
+def array_jobdirs(folder: str, name: str) -> list[tuple[str, int]]:
+    """(job folder, attempt) of each element of an array written by ``write_array``.
+
+    A line with a folder only (written before attempts were recorded) is attempt 1.
+    """
     try:
         with open(os.path.join(folder, f"{name}.jobs"), encoding="utf-8") as fh:
-            return [line.rstrip("\n") for line in fh]
+            lines = [line.rstrip("\n") for line in fh]
     except OSError:
         return []
+    elements = []
+    for line in lines:
+        if line.startswith("["):
+            try:
+                attempt_no, folder_name = json.loads(line)
+                elements.append((str(folder_name), int(attempt_no)))
+                continue
+            except (ValueError, TypeError):
+                pass
+        attempt, sep, jobdir = line.partition(" ")
+        if sep and attempt.isdigit():
+            elements.append((jobdir, int(attempt)))
+        else:
+            elements.append((line, 1))
+    return elements
+
+
+def matches(job: Job, attempt: int) -> bool:
+    """Whether a submission tagged for ``job`` with ``attempt`` is the one looked for.
+
+    A job whose attempt the engine does not know yet (0: an earlier run died before it
+    recorded anything) takes any attempt; ``best_match`` then keeps the latest.
+    """
+    return job.attempt < 1 or attempt == job.attempt
+
+
+def best_match(job: Job, found: Iterable[tuple[str, int]]) -> str | None:
+    """The id among (id, attempt) pairs tagged for ``job``: its latest attempt, newest id.
+
+    Sets ``job.attempt`` when it was unknown, so the engine reads that attempt's files.
+    """
+
+    def newest(item: tuple[str, int]) -> tuple[int, list[int]]:
+        return item[1], [int(p) for p in re.split(r"[._]", item[0]) if p.isdigit()]
+
+    best = max(found, key=newest, default=None)
+    if best is None:
+        return None
+    if job.attempt < 1:
+        job.attempt = best[1]
+    return best[0]

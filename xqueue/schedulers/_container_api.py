@@ -1,7 +1,11 @@
 """docker and podman through their (Docker-compatible) API, with aiodocker.
 
 aiodocker runs on asyncio only: every call goes through ``AsyncioBridge``, and all
-aiodocker and aiohttp errors are mapped to xqueue's errors here, in ``_mapped``.
+aiodocker and aiohttp errors are mapped to xqueue's errors here, in ``_call``: an answer
+whose JSON is not what the API documents (a missing key, a wrong type) becomes
+``SchedulerOutputError``. A creation whose request may have reached the engine but whose
+answer was lost is ``SubmissionUnknownError``: the container is then looked up by its
+labels (job folder and attempt) before anything is created again.
 The HTTP connection pool is unbounded: each running job holds one long-poll request on
 the wait endpoint, and aiohttp's default cap of 100 connections would otherwise stall
 creates and kills behind the waits once more than 100 jobs run.
@@ -19,7 +23,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiodocker
 import aiohttp
 
-from ..errors import SchedulerError, SchedulerOptionError, SubmissionError
+from ..errors import (
+    SchedulerError,
+    SchedulerOptionError,
+    SchedulerOutputError,
+    SubmissionError,
+    SubmissionUnknownError,
+)
 from ..job import Job
 from ._aio import AsyncioBridge
 
@@ -31,6 +41,7 @@ T = TypeVar("T")
 
 LABEL_JOBDIR = "xqueue.jobdir"
 LABEL_WORKDIR = "xqueue.workdir"
+LABEL_ATTEMPT = "xqueue.attempt"
 _WAIT_RETRIES = 5
 _NO_CONNECTION = 900  # aiodocker's status for "could not connect to the socket"
 
@@ -71,7 +82,7 @@ class ApiRuntime:
         )
 
     async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run ``fn`` in the asyncio loop; connection failures become SchedulerError."""
+        """Run ``fn`` in the asyncio loop; every failure becomes one of our errors."""
         try:
             return await self._bridge.call(fn, *args)
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
@@ -80,6 +91,14 @@ class ApiRuntime:
             if exc.status == _NO_CONNECTION:
                 raise self._unreachable(exc.message) from exc
             raise SchedulerError(f"{self.bin} API at {self.url}: {exc}") from exc
+        except (ValueError, LookupError, TypeError, AttributeError) as exc:
+            # JSON that does not decode, or not in the documented shape (aiodocker reads
+            # data["Id"] itself); a SchedulerError raised by our own code passes as is.
+            raise SchedulerOutputError(
+                f"the {self.bin} API at {self.url} ({getattr(fn, '__name__', 'call')})",
+                repr(exc),
+                type(exc).__name__,
+            ) from exc
 
     # -- lifecycle -----------------------------------------------------------------------
     async def open(self, workdir_root: str) -> None:
@@ -150,7 +169,11 @@ class ApiRuntime:
             "Entrypoint": list(opts.entrypoint),
             "Cmd": [script],
             "Env": [f"{k}={v}" for k, v in opts.envs.items()],
-            "Labels": {LABEL_JOBDIR: job.dir, LABEL_WORKDIR: self._root},
+            "Labels": {
+                LABEL_JOBDIR: job.dir,
+                LABEL_WORKDIR: self._root,
+                LABEL_ATTEMPT: str(max(job.attempt, 1)),
+            },
             "User": opts.user or f"{os.getuid()}:{os.getgid()}",
             "WorkingDir": opts.cwd or job.dir,
             **self._extra_config,
@@ -158,7 +181,18 @@ class ApiRuntime:
         }
 
     async def submit(self, job: Job, script: str) -> str:
-        return await self._call(self._start, self._config(job, script))
+        """Create and start the job's container; unknown if the answer may have been lost."""
+        try:
+            return await self._call(self._start, self._config(job, script))
+        except (SubmissionError, SubmissionUnknownError):
+            raise
+        except SchedulerError as exc:
+            if isinstance(exc, SchedulerOutputError) or _maybe_received(exc.__cause__):
+                raise SubmissionUnknownError(
+                    f"{exc}; the container may have been created (it is looked up by its "
+                    "labels before another one is)"
+                ) from exc
+            raise
 
     async def _start(self, config: dict[str, Any]) -> str:
         try:
@@ -173,12 +207,24 @@ class ApiRuntime:
             ) from exc
         try:
             await container.start()
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise self._start_unknown(exc) from exc
         except aiodocker.DockerError as exc:
+            if exc.status == _NO_CONNECTION:
+                # The container exists and may be running the job: never remove it here.
+                raise self._start_unknown(exc.__context__ or exc) from exc
             await self._remove(container.id)
             raise SubmissionError(
                 f"{self.bin} could not start the container: {exc.message}", retryable=False
             ) from exc
         return str(container.id)
+
+    def _start_unknown(self, exc: BaseException) -> SubmissionUnknownError:
+        return SubmissionUnknownError(
+            f"{self.bin} API at {self.url}: the connection dropped while the container was "
+            f"started ({exc}); it may have been created and started (it is looked up by its "
+            "labels before another one is)"
+        )
 
     async def wait(self, job: Job) -> int | None:
         assert job.jid is not None
@@ -204,10 +250,10 @@ class ApiRuntime:
                 why = str(exc)
             log.warning("%s: wait for %s interrupted (%s); retrying", self.bin, cid[:12], why)
             await asyncio.sleep(2**attempt)
-        code = result.get("StatusCode")
+        code = _exit_code(result)
         if remove:
             await self._remove(cid)
-        return int(code) if isinstance(code, int) and code >= 0 else None
+        return code
 
     async def _remove(self, cid: str) -> None:
         try:
@@ -230,7 +276,7 @@ class ApiRuntime:
         container = self._docker.containers.container(cid)
         try:
             await container.stop(t=grace)
-            state = (await container.show())["State"]
+            state = _state(await container.show())
         except aiodocker.DockerError as exc:
             if exc.status in (304, 404):  # already stopped, or gone
                 return
@@ -259,16 +305,71 @@ class ApiRuntime:
         return True
 
     async def find(self, job: Job) -> str | None:
-        return await self._call(self._find, job.dir)
-
-    async def _find(self, jobdir: str) -> str | None:
-        """The newest container labelled with the job's folder, running or not."""
-        filters = json.dumps({"label": [f"{LABEL_JOBDIR}={jobdir}"]})
-        found = await self._docker.containers.list(all=True, filters=filters)
-        if not found:
+        """The container of the job's attempt (its latest one if the attempt is unknown)."""
+        found = await self._call(self._find, job.dir, job.attempt)
+        if found is None:
             return None
-        newest = max(found, key=lambda c: c._container.get("Created", 0))
-        return str(newest.id)
+        cid, attempt = found
+        if job.attempt < 1:
+            job.attempt = attempt
+        return cid
+
+    async def _find(self, jobdir: str, attempt: int) -> tuple[str, int] | None:
+        """The newest container labelled with the job's folder (and attempt), if started.
+
+        One that was created but never started (the connection dropped in between) is
+        removed: nothing ran in it, and the job can be started afresh.
+        """
+        labels = [f"{LABEL_JOBDIR}={jobdir}"]
+        if attempt >= 1:
+            labels.append(f"{LABEL_ATTEMPT}={attempt}")
+        found = await self._docker.containers.list(all=True, filters=json.dumps({"label": labels}))
+        for newest in sorted(found, key=_created, reverse=True):
+            info = newest._container
+            if str(info.get("State", "")).lower() == "created":
+                await self._remove(str(newest.id))
+                continue
+            label = _labels(info).get(LABEL_ATTEMPT, "1")
+            return str(newest.id), int(label) if label.isdigit() else 1
+        return None
 
     def forget(self, job: Job) -> None:
         pass
+
+
+def _maybe_received(cause: BaseException | None) -> bool:
+    """Whether a failed request may have reached the engine: not if the connect failed."""
+    if isinstance(cause, aiodocker.DockerError):
+        cause = cause.__context__  # aiodocker turns every connection error into status 900
+    connect_failed = (aiohttp.ClientConnectorError, ConnectionRefusedError, FileNotFoundError)
+    return cause is not None and not isinstance(cause, connect_failed)
+
+
+def _exit_code(result: Any) -> int | None:
+    """The exit code of a wait answer (None for a negative one: the engine lost it)."""
+    if not isinstance(result, dict) or not isinstance(result.get("StatusCode"), int):
+        raise ValueError(f"no StatusCode in the wait answer {result!r:.200}")
+    code = int(result["StatusCode"])
+    return code if code >= 0 else None
+
+
+def _state(info: Any) -> dict[str, Any]:
+    """The ``State`` object of an inspect answer."""
+    state = info.get("State") if isinstance(info, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"no State object in the inspect answer {info!r:.200}")
+    return state
+
+
+def _created(container: Any) -> float:
+    created = container._container.get("Created", 0)
+    if not isinstance(created, (int, float)):
+        raise ValueError(f"a container listed with Created={created!r}")
+    return float(created)
+
+
+def _labels(info: dict[str, Any]) -> dict[str, str]:
+    labels = info.get("Labels") or {}
+    if not isinstance(labels, dict):
+        raise ValueError(f"a container listed with Labels={labels!r:.200}")
+    return {str(k): str(v) for k, v in labels.items()}

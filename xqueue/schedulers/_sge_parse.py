@@ -1,4 +1,9 @@
-"""Pure parsers for SGE's output, tested on output captured from a real qmaster."""
+"""Pure parsers for SGE's output, tested on output captured from a real qmaster.
+
+An answer that is not what was asked for raises (ValueError, or the XML parser's own
+``ParseError``) rather than being read as "no jobs": the backend turns that into
+``SchedulerOutputError`` at its boundary (``_process.read_output``).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,24 @@ def parse_qsub(stdout: str) -> str:
     raise ValueError(f"no job id in qsub output {stdout!r}")
 
 
+def _job_lists(text: str) -> list[ET.Element]:
+    """The ``job_list`` entries of ``qstat -xml``; each must carry a numeric job id.
+
+    Empty output is an empty queue (qstat prints nothing when the user has no jobs).
+    """
+    if not text.strip():
+        return []
+    root = ET.fromstring(text)
+    if root.tag != "job_info":
+        raise ValueError(f"not a qstat -xml answer: root element <{root.tag}>")
+    entries = list(root.iter("job_list"))
+    for entry in entries:
+        number = (entry.findtext("JB_job_number") or "").strip()
+        if not number.isdigit():
+            raise ValueError(f"job_list without a job number: {number!r}")
+    return entries
+
+
 def parse_qstat_xml(text: str) -> dict[str, str]:
     """``qstat -xml -g d``: id (``7``, or ``7.3`` for an array task) -> state letters (``qw``).
 
@@ -32,15 +55,10 @@ def parse_qstat_xml(text: str) -> dict[str, str]:
     A task range (``1-4:1``), which appears without ``-g d``, is expanded.
     """
     states: dict[str, str] = {}
-    if not text.strip():
-        return states
-    root = ET.fromstring(text)
-    for entry in root.iter("job_list"):
+    for entry in _job_lists(text):
         number = (entry.findtext("JB_job_number") or "").strip()
         state = (entry.findtext("state") or "").strip()
         tasks = (entry.findtext("tasks") or "").strip()
-        if not number:
-            continue
         if not tasks:
             states[number] = state
             continue
@@ -52,9 +70,7 @@ def parse_qstat_xml(text: str) -> dict[str, str]:
 def parse_qstat_names(text: str) -> dict[str, str]:
     """``qstat -xml -g d``: id (as in ``parse_qstat_xml``) -> job name (``-N``)."""
     names: dict[str, str] = {}
-    if not text.strip():
-        return names
-    for entry in ET.fromstring(text).iter("job_list"):
+    for entry in _job_lists(text):
         number = (entry.findtext("JB_job_number") or "").strip()
         name = (entry.findtext("JB_name") or "").strip()
         tasks = (entry.findtext("tasks") or "").strip()
@@ -94,6 +110,8 @@ def parse_qacct(text: str) -> dict[str, QacctRecord]:
         records[jid] = QacctRecord(
             int(status) if status.isdigit() else None, fields.get("failed", "0")
         )
+    if text.strip() and not records:
+        raise ValueError("no accounting record (no jobnumber line)")
     return records
 
 

@@ -6,6 +6,7 @@ so a user's ``SQUEUE_FORMAT`` or a site's defaults cannot change what is parsed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ..scheduler import JobState
@@ -48,6 +49,23 @@ _ENDED_BY_SLURM = {
 }
 NEVER_SATISFIED = "DependencyNeverSatisfied"
 
+# A job id as squeue and sacct print it: ``12``, ``12_3``, ``12_[1-4%2]``, ``12+0`` (a
+# heterogeneous job's component). A line that starts otherwise is not an answer to the
+# format we asked for, and a parser that skipped it would report the job as gone.
+_JOBID = re.compile(r"\d+(?:_\d+|_\[[\d,%-]+\]|\+\d+)?")
+_STATE = re.compile(r"[A-Z_]+")
+_EXIT = re.compile(r"\d+:\d+")
+
+
+def _fields(line: str, count: int) -> list[str]:
+    """The first ``count`` ``|``-separated fields of a line, whose id and state are checked."""
+    parts = line.strip().split("|")
+    if len(parts) < count or not _JOBID.fullmatch(parts[0]):
+        raise ValueError(f"not a job line: {line.strip()[:80]!r}")
+    if not _STATE.fullmatch(parts[1].strip().partition(" ")[0]):
+        raise ValueError(f"not a job state: {parts[1][:40]!r}")
+    return parts
+
 
 @dataclass(frozen=True)
 class SlurmRow:
@@ -57,7 +75,7 @@ class SlurmRow:
 
 
 def parse_jobid(stdout: str) -> str:
-    """The id ``sbatch --parsable`` printed (``id`` or ``id;cluster``)."""
+    """The id ``sbatch --parsable`` printed (``id`` or ``id;cluster``); ValueError if none."""
     for line in reversed(stdout.strip().splitlines()):
         head = line.strip().split(";", 1)[0]
         if head.isdigit():
@@ -86,11 +104,25 @@ def parse_squeue(stdout: str) -> dict[str, SlurmRow]:
     """
     rows: dict[str, SlurmRow] = {}
     for line in stdout.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) >= 2 and parts[0]:
-            row = SlurmRow(parts[1].strip(), parts[2].strip() if len(parts) > 2 else "")
-            rows.update(dict.fromkeys(expand_ids(parts[0]), row))
+        if not line.strip():
+            continue
+        parts = _fields(line, 3)
+        row = SlurmRow(parts[1].strip(), parts[2].strip())
+        rows.update(dict.fromkeys(expand_ids(parts[0]), row))
     return rows
+
+
+def parse_my_jobs(stdout: str) -> dict[str, tuple[SlurmRow, str]]:
+    """``squeue -o '%i|%T|%r|%k'``: id -> (row, comment); the comment may hold ``|``."""
+    found: dict[str, tuple[SlurmRow, str]] = {}
+    for line in stdout.splitlines():
+        if not line.strip():
+            continue
+        parts = _fields(line, 4)
+        row = SlurmRow(parts[1].strip(), parts[2].strip())
+        comment = "|".join(parts[3:]).strip()
+        found.update(dict.fromkeys(expand_ids(parts[0]), (row, comment)))
+    return found
 
 
 def lookup(rows: dict[str, SlurmRow], jid: str) -> SlurmRow | None:
@@ -105,10 +137,13 @@ def parse_sacct(stdout: str) -> dict[str, SlurmRow]:
     """``sacct -n -P -X -o JobID,State,ExitCode``; ``CANCELLED by 0`` keeps its first word."""
     rows: dict[str, SlurmRow] = {}
     for line in stdout.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) >= 3 and parts[0]:
-            state, _, by = parts[1].partition(" ")
-            rows.update(dict.fromkeys(expand_ids(parts[0]), SlurmRow(state, by, parts[2])))
+        if not line.strip():
+            continue
+        parts = _fields(line, 3)
+        if not _EXIT.fullmatch(parts[2].strip()):
+            raise ValueError(f"not an exit code: {parts[2][:40]!r}")
+        state, _, by = parts[1].partition(" ")
+        rows.update(dict.fromkeys(expand_ids(parts[0]), SlurmRow(state, by, parts[2])))
     return rows
 
 
@@ -119,6 +154,8 @@ def parse_config(stdout: str) -> dict[str, str]:
         key, sep, value = line.partition("=")
         if sep and key.strip() and " " not in key.strip():
             config[key.strip()] = value.strip()
+    if "ClusterName" not in config and "MaxArraySize" not in config:
+        raise ValueError("no ClusterName or MaxArraySize line: not a Slurm configuration")
     return config
 
 

@@ -13,8 +13,12 @@ from ..job import SCRIPT, attempt_file
 
 PID = "ssh"
 """The kind of the attempt file (``job.<n>.ssh``) written on the server right after the
-fork: ``<server> <pid>``; finds a job whose id was never recorded (the connection or the
-controller died in between)."""
+fork, before anything is sent back: ``<server> <pid> <start time>``. It finds a job whose
+id never came back (the connection or the controller died in between)."""
+
+# Lines around the status script's answer: text a login adds (a ~/.ssh/rc that prints)
+# is left out, and an answer cut short is told from "none of these processes exist".
+_BEGIN, _END = "xqueue-stat-begin", "xqueue-stat-end"
 
 # Exit codes of the submit script for problems found on the server before the fork.
 NO_SCRIPT, NO_SETSID, NO_CWD = 95, 96, 97
@@ -41,9 +45,37 @@ def parse_stat(line: str) -> tuple[int, str, str] | None:
     return int(pid), fields[0], fields[19]
 
 
+def parse_pid_file(text: str) -> tuple[str, int, str] | None:
+    """(server, pid, start time) from a pid file; a file of old holds no start time."""
+    words = text.strip().rsplit(" ", 2)
+    if len(words) == 3 and words[1].isdigit() and words[2].isdigit():
+        return words[0], int(words[1]), words[2]
+    server, _, pid = text.strip().rpartition(" ")
+    return (server, int(pid), "") if server and pid.isdigit() else None
+
+
 def status_script(pids: Sequence[int]) -> str:
     files = " ".join(f"{pid}/stat" for pid in sorted(set(pids)))
-    return f"cd /proc && cat {files} 2>/dev/null\nexit 0\n"
+    return f"echo {_BEGIN}\ncd /proc && cat {files} 2>/dev/null\necho {_END}\nexit 0\n"
+
+
+def parse_stats(stdout: str) -> dict[int, tuple[str, str]]:
+    """pid -> (state, start time) from the status script's answer; ValueError if garbled.
+
+    A process that is gone has no line (cat skips its file): only the lines between
+    the markers count, and each must be a /proc stat line.
+    """
+    lines = stdout.splitlines()
+    if _BEGIN not in lines or _END not in lines[lines.index(_BEGIN) :]:
+        raise ValueError("the status script's answer is cut short (no end marker)")
+    first = lines.index(_BEGIN) + 1
+    stats: dict[int, tuple[str, str]] = {}
+    for line in lines[first : lines.index(_END, first)]:
+        parsed = parse_stat(line)
+        if parsed is None:
+            raise ValueError(f"not a /proc stat line: {line[:80]!r}")
+        stats[parsed[0]] = (parsed[1], parsed[2])
+    return stats
 
 
 def alive(stats: dict[int, tuple[str, str]], pid: int, start: str) -> bool:
@@ -52,11 +84,18 @@ def alive(stats: dict[int, tuple[str, str]], pid: int, start: str) -> bool:
 
 
 def submit_script(server: str, jobdir: str, attempt: int, cwd: str | None) -> str:
-    """Start the attempt's wrapper detached; print its pid and its /proc stat line."""
+    """Start the attempt's wrapper detached; write its pid file, then print pid and stat.
+
+    The pid file is written (atomically) before anything is printed, and a dropped
+    connection (SIGHUP, SIGPIPE on the first echo) does not stop the script: a job that
+    started always leaves its pid file, so a submission whose answer was lost is found
+    where it runs instead of being started again on another server.
+    """
     q = shlex.quote
     script = q(f"{jobdir}/{attempt_file(SCRIPT, attempt)}")
     pid_file = q(f"{jobdir}/{attempt_file(PID, attempt)}")
     lines = [
+        "trap '' HUP PIPE",
         f"[ -r {script} ] || exit {NO_SCRIPT}",
         f"command -v setsid >/dev/null 2>&1 || exit {NO_SETSID}",
     ]
@@ -68,12 +107,28 @@ def submit_script(server: str, jobdir: str, attempt: int, cwd: str | None) -> st
         # Builtins only until the start time is read: waiting for an external command
         # lets the shell reap a job that already ended, and its /proc entry with it.
         "read -r st < /proc/$p/stat",
+        # The start time is the 20th field after the command name, which may hold spaces.
+        "set -f; set -- ${st##*) }; start=${20}",
+        f'printf \'%s %s %s\\n\' {q(server)} "$p" "$start" > {pid_file}.tmp &&'
+        f" mv -f {pid_file}.tmp {pid_file}",
         'echo "pid $p"',
         'echo "$st"',
-        f"printf '%s %s\\n' {q(server)} \"$p\" > {pid_file}.tmp && mv -f {pid_file}.tmp {pid_file}",
         "exit 0",
     ]
     return "\n".join(lines) + "\n"
+
+
+def read_pid_file_script(jobdir: str, attempt: int) -> str:
+    """Print the attempt's pid file as the server itself sees it (no shared-FS lag)."""
+    return f"cat {shlex.quote(f'{jobdir}/{attempt_file(PID, attempt)}')} 2>/dev/null\nexit 0\n"
+
+
+def parse_kill(stdout: str) -> str:
+    """What the kill script found: gone, dead or survived; ValueError for anything else."""
+    words = stdout.split()
+    if not words or words[-1] not in ("gone", "dead", "survived"):
+        raise ValueError("the kill script gave no verdict")
+    return words[-1]
 
 
 def kill_script(pgid: int, grace: float, start: str = "", jobdir: str = "") -> str:

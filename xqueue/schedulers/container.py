@@ -27,7 +27,7 @@ import os
 from typing import Any, Protocol
 
 from .._text import check_envs
-from ..errors import ConfigError, SchedulerOptionError
+from ..errors import ConfigError, SchedulerOptionError, SchedulerOutputError
 from ..job import Job
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
@@ -243,12 +243,19 @@ class ContainerScheduler(Scheduler):
         return await self.runtime.submit(job, self.write_script(job))
 
     async def wait_job(self, job: Job) -> JobState:
-        rc = await self.runtime.wait(job)
+        unreadable: SchedulerOutputError | None = None
+        try:
+            rc = await self.runtime.wait(job)
+        except SchedulerOutputError as exc:  # the wrapper's rc file may still tell
+            log.warning("job %s: %s", job.index, exc)
+            rc, unreadable = None, exc
         if rc is None:
             rc = read_rc(job)  # the wrapper's own word, if it got that far
         if rc is None:
             if job.kill_requested:
                 return JobState(JobStatus.KILLED, None, "killed")
+            if unreadable is not None:
+                return JobState(JobStatus.FAILED, None, f"lost: {unreadable}")
             return JobState(JobStatus.FAILED, None, REMOVED_OUTSIDE)
         return JobState(JobStatus.FINISHED if rc == 0 else JobStatus.FAILED, rc)
 

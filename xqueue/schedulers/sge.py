@@ -21,6 +21,7 @@ resolved from the wrapper's return code file, then ``qacct``, then "vanished".
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import pwd
 import re
@@ -28,8 +29,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import SchedulerError, SchedulerOptionError
-from ..job import Job
+import anyio
+
+from ..errors import SchedulerError, SchedulerOptionError, SubmissionUnknownError
+from ..job import SCRIPT, STARTED, Job
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
 from ..states import JobStatus
@@ -37,14 +40,17 @@ from ..workdir import read_rc
 from . import _sge_parse as parse
 from ._cluster import (
     array_jobdirs,
+    attempt_of,
+    best_match,
     chunks,
+    matches,
     run_submit,
     run_tag,
     short_options,
     submit_grouped,
     write_array,
 )
-from ._process import run_command
+from ._process import read_output, run_command
 
 _KILL_CHUNK = 500
 # SGE's default max_aj_tasks: the most tasks one -t array may have.
@@ -136,7 +142,10 @@ class SgeScheduler(Scheduler):
         self._user = pwd.getpwuid(os.getuid()).pw_name
         self._batch_dir = ""
         self._tag = ""
-        self._recover_cache: tuple[float, str] | None = None
+        self._recover_cache: tuple[float, str, dict[str, str]] | None = None
+        # When a submission last ended with an unknown outcome (see SlurmScheduler).
+        self._unknown_at = 0.0
+        self._arrays: dict[str, list[tuple[str, int]]] = {}
 
     @property
     def max_batch(self) -> int:
@@ -159,37 +168,66 @@ class SgeScheduler(Scheduler):
         self._tag = run_tag(str(workdir.path))
 
     # -- submitting ------------------------------------------------------------------
+    def script_lines(self, job: Job) -> list[str]:
+        """Keep SGE from acting on the job's own exit status (it is in the rc file).
+
+        SGE reschedules a job script that exits 99 (it would run again) and puts one that
+        exits 100 in error state, as would wait every job held on it: those two leave
+        the wrapper as 1.
+        """
+        return ["trap 'st=$?; case $st in 99|100) exit 1;; esac' EXIT"]
+
     async def _qsub(self, opts: dict[str, Any], script: str) -> str:
         # -C '': qsub would otherwise read every line of the script starting with "#$" as
         # an option, even inside a quoted argument that spans lines ('a\n#$ -a 2030...').
         argv = [self.options.qsub, "-terse", "-C", "", "-S", "/bin/sh", *_argv_flags(opts), script]
-        stdout = await run_submit(argv, self.options.submit_timeout, self.stats)
         try:
-            return parse.parse_qsub(stdout)
-        except ValueError as exc:
-            raise SchedulerError(str(exc)) from exc
+            return await run_submit(argv, self.options.submit_timeout, self.stats, parse.parse_qsub)
+        except SubmissionUnknownError:
+            self._unknown_at = time.monotonic()
+            raise
 
     def _prefix(self) -> str:
         # SGE job names may not start with a digit nor hold '/', ':', '@' or whitespace.
         return f"xq{self._tag}_"
 
     def _name(self, job: Job) -> str:
-        return f"{self._prefix()}{job.index}"
+        """The tag ``recover_job`` looks for: this workdir, the job and its attempt."""
+        return f"{self._prefix()}{job.index}_{attempt_of(job)}"
 
-    async def submit_job(self, job: Job) -> str:
-        script = self.write_script(job)
-        opts = {
-            "N": self._name(job),
-            "o": output_path(job.path("sge.log")),
-            "j": "y",
-            **qsub_options(job, self.options.pe, self.options.extra),
-        }
-        return await self._qsub(opts, script)
+    def _hold(self, after: str | None) -> dict[str, str]:
+        """``-hold_jid``: the user's, and the unit this one waits for (every task of it)."""
+        if after is None:
+            return {}
+        user = str(qsub_options(None, None, self.options.extra).get("hold_jid") or "")
+        return {"hold_jid": f"{user},{after}" if user else after}
 
-    async def _submit_array(self, jobs: Sequence[Job], throttle: int) -> list[str]:
+    def _write_scripts(self, jobs: Sequence[Job]) -> None:
         for job in jobs:
             self.write_script(job)
-        name, script = write_array(self._batch_dir, jobs, "SGE_TASK_ID", 1)
+
+    async def submit_job(self, job: Job) -> str:
+        await anyio.to_thread.run_sync(self.write_script, job)
+        return (await self._submit([job], None, None))[0]
+
+    async def _submit(
+        self, jobs: Sequence[Job], throttle: int | None, after: str | None
+    ) -> tuple[str, list[str]]:
+        """One qsub: a single job (no throttle) or a ``-t`` array; scripts are written."""
+        if throttle is None:
+            (job,) = jobs
+            opts: dict[str, Any] = {
+                "N": self._name(job),
+                "o": output_path(job.path("sge.log")),
+                "j": "y",
+                **qsub_options(job, self.options.pe, self.options.extra),
+                **self._hold(after),
+            }
+            jid = await self._qsub(opts, job.attempt_path(SCRIPT))
+            return jid, [jid]
+        name, script = await anyio.to_thread.run_sync(
+            lambda: write_array(self._batch_dir, jobs, "SGE_TASK_ID", 1)
+        )
         opts = {
             "N": f"{self._prefix()}A{name}",
             "o": output_path(os.path.join(self._batch_dir, f"{name}.$TASK_ID.log")),
@@ -197,38 +235,44 @@ class SgeScheduler(Scheduler):
             "t": f"1-{len(jobs)}",
             "tc": throttle,
             **qsub_options(jobs[0], self.options.pe, self.options.extra),
+            **self._hold(after),
         }
         base = await self._qsub(opts, script)
-        return [f"{base}.{i + 1}" for i in range(len(jobs))]
+        return base, [f"{base}.{i + 1}" for i in range(len(jobs))]
 
     async def submit_jobs(self, jobs: Sequence[Job]) -> list[str | BaseException]:
-        """One ``-t`` array per group of jobs with the same resources; a failed qsub fails
-        only the jobs it carried, with SGE's own message."""
+        """``-t`` arrays of jobs with the same resources, single jobs otherwise, sharing
+        forks; a failed qsub fails only the jobs it carried, with SGE's own message, and
+        one whose outcome is unknown gives each of them ``SubmissionUnknownError``."""
+        await anyio.to_thread.run_sync(self._write_scripts, jobs)
         return await submit_grouped(
             jobs,
             arrays=self.enforces_forks,
             max_array=_MAX_ARRAY,
             forks=self.forks,
             concurrency=self.options.submit_concurrency,
-            one=self.submit_job,
-            array=self._submit_array,
+            submit=self._submit,
         )
 
     # -- status ----------------------------------------------------------------------
-    async def _qstat(self) -> dict[str, str]:
+    async def _qstat_text(self) -> tuple[str, dict[str, str]]:
+        """One ``qstat -xml`` of this user's jobs: its text, and id -> state letters."""
         self.stats.status_calls += 1
-        result = await run_command(
-            [self.options.qstat, "-xml", "-g", "d", "-u", self._user],
-            timeout=self.options.status_timeout,
-        )
-        return parse.parse_qstat_xml(result.stdout)
+        argv = [self.options.qstat, "-xml", "-g", "d", "-u", self._user]
+        result = await run_command(argv, timeout=self.options.status_timeout)
+        return result.stdout, read_output(argv, result.stdout, parse.parse_qstat_xml)
 
-    async def _qacct(self, base: str) -> dict[str, parse.QacctRecord]:
+    async def _qstat(self) -> dict[str, str]:
+        return (await self._qstat_text())[1]
+
+    async def _qacct(self, what: str) -> dict[str, parse.QacctRecord]:
+        """The accounting records of a job id or job name; {} if SGE has none (yet)."""
         self.stats.status_calls += 1
-        result = await run_command(
-            [self.options.qacct, "-j", base], timeout=self.options.status_timeout, check=False
-        )
-        return parse.parse_qacct(result.stdout) if result.returncode == 0 else {}
+        argv = [self.options.qacct, "-j", what]
+        result = await run_command(argv, timeout=self.options.status_timeout, check=False)
+        if result.returncode != 0:
+            return {}
+        return read_output(argv, result.stdout, parse.parse_qacct)
 
     async def _error_reason(self, job: Job) -> str:
         self.stats.status_calls += 1
@@ -241,17 +285,22 @@ class SgeScheduler(Scheduler):
 
     async def poll_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobState]:
         queue = await self._qstat()
-        states: dict[Job, JobState] = {}
+        # Return code files are read in one worker thread per tick, not in the loop.
+        has_rc = await anyio.to_thread.run_sync(
+            lambda: {job for job in jobs if read_rc(job) is not None}
+        )
+        held: list[tuple[Job, bool, JobState | None]] = []
         gone: list[Job] = []
         broken: list[Job] = []
         for job in jobs:
             state = queue.get(job.jid or "")
             if state is None:
                 gone.append(job)
-            elif "E" in state and read_rc(job) is None:
+            elif "E" in state and job not in has_rc:
                 broken.append(job)
             else:
-                states[job] = self.reconcile(job, parse.held(state))
+                held.append((job, parse.held(state), None))
+        states: dict[Job, JobState] = {}
         for job in broken:
             why = await self._error_reason(job)
             states[job] = JobState(
@@ -260,50 +309,92 @@ class SgeScheduler(Scheduler):
         if broken:
             await self.kill_jobs(broken)
         records: dict[str, parse.QacctRecord] = {}
-        bases = {str(j.jid).split(".")[0] for j in gone if j.jid and read_rc(j) is None}
+        bases = {str(j.jid).split(".")[0] for j in gone if j.jid and j not in has_rc}
         for base in sorted(bases):
             records.update(await self._qacct(base))
         for job in gone:
             record = records.get(job.jid or "")
-            verdict = parse.accounting_state(record) if record else None
-            states[job] = self.reconcile(job, False, verdict)
+            held.append((job, False, parse.accounting_state(record) if record else None))
+        states.update(
+            await anyio.to_thread.run_sync(
+                lambda: {job: self.reconcile(job, alive, verdict) for job, alive, verdict in held}
+            )
+        )
         return states
 
     async def job_is_running(self, job: Job) -> bool:
         return parse.held((await self._qstat()).get(job.jid or "", ""))
 
     async def recover_job(self, job: Job) -> bool:
-        """Re-adopt a job an earlier run submitted: by its id, or by its ``-N`` name.
+        """Find a job submitted earlier: by its id, or by its ``-N`` name; True if held.
 
-        The name carries the workdir's tag and the job's index (or, for an array, the
-        batch whose ``.jobs`` file maps tasks to job folders), so a job whose id was never
-        recorded (the controller died right after qsub) is found all the same.
+        The name carries the workdir's tag, the job's index and attempt (or, for an
+        array, the batch whose ``.jobs`` file maps tasks to job folders and attempts), so
+        a submission whose id never came back (qsub timed out, the controller died right
+        after it) is found all the same. qstat lists only jobs still held: one that has
+        already ended, as its ``started`` file shows, is looked up in ``qacct`` by name,
+        so ``job.jid`` is set then too (its return code file tells how it ended).
         """
         now = time.monotonic()
-        if self._recover_cache is None or now - self._recover_cache[0] > 1.0:
+        cache = self._recover_cache
+        if cache is None or now - cache[0] > 1.0 or cache[0] <= self._unknown_at:
             # One qstat serves every job re-adopted within the same second.
-            self.stats.status_calls += 1
-            result = await run_command(
-                [self.options.qstat, "-xml", "-g", "d", "-u", self._user],
-                timeout=self.options.status_timeout,
-            )
-            self._recover_cache = (now, result.stdout)
-        text = self._recover_cache[1]
+            self._recover_cache = cache = (now, *await self._qstat_text())
+        _, text, states = cache
         if job.jid is None:
-            job.jid = self._find_by_name(job, parse.parse_qstat_names(text))
-        return parse.held(parse.parse_qstat_xml(text).get(job.jid or "", ""))
+            names = read_output(["qstat", "-xml"], text, parse.parse_qstat_names)
+            job.jid = await anyio.to_thread.run_sync(self._find_by_name, job, names)
+            if job.jid is None:
+                job.jid = await self._find_ended(job)
+        return parse.held(states.get(job.jid or "", ""))
+
+    def _elements(self, name: str) -> list[tuple[str, int]]:
+        if name not in self._arrays:  # written once, never changed: read once
+            self._arrays[name] = array_jobdirs(self._batch_dir, name)
+        return self._arrays[name]
 
     def _find_by_name(self, job: Job, names: dict[str, str]) -> str | None:
+        found: list[tuple[str, int]] = []
+        single = f"{self._prefix()}{job.index}"
+        array = f"{self._prefix()}A"
         for jid, name in names.items():
-            if name == self._name(job):
-                return jid
-            prefix = f"{self._prefix()}A"
-            if name.startswith(prefix) and "." in jid:
+            rest = name.removeprefix(single)
+            if rest != name and (not rest or rest[0] == "_"):  # "<prefix><index>[_<attempt>]"
+                attempt = int(rest[1:]) if rest[1:].isdigit() else 1
+                if matches(job, attempt):
+                    found.append((jid, attempt))
+            elif name.startswith(array) and "." in jid:
                 task = jid.partition(".")[2]
-                dirs = array_jobdirs(self._batch_dir, name[len(prefix) :])
-                if task.isdigit() and 0 < int(task) <= len(dirs) and dirs[int(task) - 1] == job.dir:
-                    return jid
+                elements = self._elements(name[len(array) :])
+                if task.isdigit() and 0 < int(task) <= len(elements):
+                    jobdir, attempt = elements[int(task) - 1]
+                    if jobdir == job.dir and matches(job, attempt):
+                        found.append((jid, attempt))
+        return best_match(job, found)
+
+    def _task_of(self, job: Job) -> tuple[str, int] | None:
+        """(array batch name, task) of this attempt, if an array carried it."""
+        pattern = os.path.join(glob.escape(self._batch_dir), "*.jobs")
+        for path in sorted(glob.glob(pattern), reverse=True):  # newest first
+            name = os.path.basename(path)[: -len(".jobs")]
+            for k, element in enumerate(self._elements(name)):
+                if element == (job.dir, job.attempt):
+                    return name, k + 1
         return None
+
+    async def _find_ended(self, job: Job) -> str | None:
+        """The id of this attempt once it left qstat, from ``qacct`` by its job name."""
+        started = job.attempt_path(STARTED)
+        if job.attempt < 1 or not await anyio.to_thread.run_sync(os.path.exists, started):
+            return None  # it never started: nothing ran that could run twice
+        where = await anyio.to_thread.run_sync(self._task_of, job)
+        if where is None:
+            records = await self._qacct(self._name(job))
+            ids = [jid for jid in records if "." not in jid]
+        else:
+            records = await self._qacct(f"{self._prefix()}A{where[0]}")
+            ids = [jid for jid in records if jid.endswith(f".{where[1]}")]
+        return max(ids, key=lambda jid: int(jid.split(".")[0]), default=None)
 
     # -- killing ---------------------------------------------------------------------
     async def kill_jobs(self, jobs: Sequence[Job]) -> list[BaseException | None]:

@@ -22,24 +22,29 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import SchedulerError
-from ..job import Job
+import anyio
+
+from ..errors import SchedulerError, SubmissionUnknownError
+from ..job import SCRIPT, Job
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
 from ..workdir import read_rc
 from . import _slurm_parse as parse
 from ._cluster import (
     array_jobdirs,
+    attempt_of,
+    best_match,
     chunks,
     hms,
     job_name,
     long_options,
+    matches,
     run_submit,
     run_tag,
     submit_grouped,
     write_array,
 )
-from ._process import SchedulerCommandError, run_command
+from ._process import SchedulerCommandError, read_output, run_command
 
 # sbatch's one-letter options, read as their long names so a raw option and a mapped
 # one meet under one key (and the raw one wins).
@@ -62,6 +67,11 @@ _SHORT = {
     "w": "nodelist",
 }
 _KILL_CHUNK = 500
+# Tagged jobs of this workdir: "#<index>" (a single job) or a job folder (an array
+# element) -> every (id, attempt) carrying that tag.
+_TagIndex = dict[str, list[tuple[str, int]]]
+# Every job of the user: id -> (row, comment).
+_Listing = dict[str, tuple[parse.SlurmRow, str]]
 _QUERY_CHUNK = 2000
 
 
@@ -124,7 +134,11 @@ class SlurmScheduler(Scheduler):
         self._tag = ""
         self._batch_dir = ""
         self._user = pwd.getpwuid(os.getuid()).pw_name
-        self._queue_cache: tuple[float, dict[str, tuple[parse.SlurmRow, str]]] | None = None
+        self._queue_cache: tuple[float, _Listing, _TagIndex] | None = None
+        # When a submission last ended with an unknown outcome: an older listing of the
+        # queue cannot tell whether that job is there.
+        self._unknown_at = 0.0
+        self._arrays: dict[str, list[tuple[str, int]]] = {}
 
     @property
     def max_batch(self) -> int:
@@ -132,22 +146,24 @@ class SlurmScheduler(Scheduler):
 
     @property
     def enforces_forks(self) -> bool:
-        return self.options.arrays and "array" not in self._raw_keys()
+        # Arrays that wait for each other (see _forks) need their dependency joined to
+        # the user's: "a?b" (any of) cannot be joined with an "and".
+        raw = sbatch_options(None, self.options.extra)
+        return self.options.arrays and "array" not in raw and "?" not in self._user_dependency()
 
-    def _raw_keys(self) -> set[str]:
-        return set(sbatch_options(None, self.options.extra))
+    def _user_dependency(self) -> str:
+        return str(sbatch_options(None, self.options.extra).get("dependency") or "")
 
     async def open(self, workdir: Any) -> None:
         await super().open(workdir)
         self._tag = run_tag(str(workdir.path))
         self._batch_dir = os.path.join(workdir.path, ".xqueue-slurm")
+        argv = [self.options.scontrol, "show", "config"]
         try:
-            result = await run_command(
-                [self.options.scontrol, "show", "config"], timeout=self.options.status_timeout
-            )
+            result = await run_command(argv, timeout=self.options.status_timeout)
+            config = read_output(argv, result.stdout, parse.parse_config)
         except SchedulerError:
             return  # the defaults hold; sbatch will say what is wrong
-        config = parse.parse_config(result.stdout)
         size = config.get("MaxArraySize", "")
         if size.isdigit() and int(size) > 1:
             self._max_array = int(size)
@@ -158,33 +174,55 @@ class SlurmScheduler(Scheduler):
 
     # -- submitting ------------------------------------------------------------------
     def _comment(self, job: Job) -> str:
-        return f"xqueue:{self._tag}:{job.index}"
+        """The tag ``recover_job`` looks for: this workdir, the job and its attempt."""
+        return f"xqueue:{self._tag}:{job.index}.{attempt_of(job)}"
 
     def _argv(self, opts: dict[str, Any], script: str) -> list[str]:
         return [self.options.sbatch, "--parsable", *long_options(opts), script]
 
+    def _dependency(self, after: str | None) -> dict[str, str]:
+        """``--dependency``: the user's, and (all of) the unit this one waits for."""
+        if after is None:
+            return {}
+        user = self._user_dependency()
+        return {"dependency": f"{user},afterany:{after}" if user else f"afterany:{after}"}
+
     async def _sbatch(self, argv: list[str]) -> str:
-        stdout = await run_submit(argv, self.options.submit_timeout, self.stats)
         try:
-            return parse.parse_jobid(stdout)
-        except ValueError as exc:
-            raise SchedulerError(str(exc)) from exc
+            return await run_submit(
+                argv, self.options.submit_timeout, self.stats, parse.parse_jobid
+            )
+        except SubmissionUnknownError:
+            self._unknown_at = time.monotonic()
+            raise
 
-    async def submit_job(self, job: Job) -> str:
-        script = self.write_script(job)
-        opts = {
-            "job-name": job_name(job.name),
-            "output": literal_path(job.path("slurm.log")),
-            "comment": self._comment(job),
-            "kill-on-invalid-dep": "yes",
-            **sbatch_options(job, self.options.extra),
-        }
-        return await self._sbatch(self._argv(opts, script))
-
-    async def _submit_array(self, jobs: Sequence[Job], throttle: int) -> list[str]:
+    def _write_scripts(self, jobs: Sequence[Job]) -> None:
         for job in jobs:
             self.write_script(job)
-        name, script = write_array(self._batch_dir, jobs, "SLURM_ARRAY_TASK_ID", 0)
+
+    async def submit_job(self, job: Job) -> str:
+        await anyio.to_thread.run_sync(self.write_script, job)
+        return (await self._submit([job], None, None))[0]
+
+    async def _submit(
+        self, jobs: Sequence[Job], throttle: int | None, after: str | None
+    ) -> tuple[str, list[str]]:
+        """One sbatch: a single job (no throttle) or an array; scripts are written."""
+        if throttle is None:
+            (job,) = jobs
+            opts = {
+                "job-name": job_name(job.name),
+                "output": literal_path(job.path("slurm.log")),
+                "comment": self._comment(job),
+                "kill-on-invalid-dep": "yes",
+                **sbatch_options(job, self.options.extra),
+                **self._dependency(after),
+            }
+            jid = await self._sbatch(self._argv(opts, job.attempt_path(SCRIPT)))
+            return jid, [jid]
+        name, script = await anyio.to_thread.run_sync(
+            lambda: write_array(self._batch_dir, jobs, "SLURM_ARRAY_TASK_ID", 0)
+        )
         opts = {
             "job-name": job_name(f"xqueue-{jobs[0].name}"),
             "output": os.path.join(literal_path(self._batch_dir), f"{name}-%a.log"),
@@ -192,23 +230,26 @@ class SlurmScheduler(Scheduler):
             "kill-on-invalid-dep": "yes",
             "array": f"0-{len(jobs) - 1}%{throttle}",
             **sbatch_options(jobs[0], self.options.extra),
+            **self._dependency(after),
         }
         base = await self._sbatch(self._argv(opts, script))
-        return [f"{base}_{i}" for i in range(len(jobs))]
+        return base, [f"{base}_{i}" for i in range(len(jobs))]
 
     async def submit_jobs(self, jobs: Sequence[Job]) -> list[str | BaseException]:
-        """One array per group of jobs with the same resources; single jobs otherwise.
+        """Arrays of jobs with the same resources, single jobs otherwise, sharing forks.
 
-        A failed ``sbatch`` fails only the jobs it carried, with Slurm's own message.
+        A failed ``sbatch`` fails only the jobs it carried, with Slurm's own message;
+        one whose outcome is unknown gives each of its jobs ``SubmissionUnknownError``.
+        The wrapper scripts of the whole batch are written in a worker thread first.
         """
+        await anyio.to_thread.run_sync(self._write_scripts, jobs)
         return await submit_grouped(
             jobs,
             arrays=self.enforces_forks,
             max_array=self._max_array,
             forks=self.forks,
             concurrency=self.options.submit_concurrency,
-            one=self.submit_job,
-            array=self._submit_array,
+            submit=self._submit,
         )
 
     # -- status ----------------------------------------------------------------------
@@ -218,15 +259,14 @@ class SlurmScheduler(Scheduler):
         for part in chunks(sorted(set(ids)), _QUERY_CHUNK):
             self.stats.status_calls += 1
             argv = [self.options.squeue, "-h", "-r", "-t", "all", "-o", parse.SQUEUE_FORMAT]
+            argv += ["-j", ",".join(part)]
             try:
-                result = await run_command(
-                    [*argv, "-j", ",".join(part)], timeout=self.options.status_timeout
-                )
+                result = await run_command(argv, timeout=self.options.status_timeout)
             except SchedulerCommandError as exc:
                 if "Invalid job id" in exc.stderr:
                     continue  # every id in the list has been purged
                 raise
-            rows.update(parse.parse_squeue(result.stdout))
+            rows.update(read_output(argv, result.stdout, parse.parse_squeue))
         return rows
 
     async def _sacct(self, ids: Sequence[str]) -> dict[str, parse.SlurmRow]:
@@ -234,21 +274,20 @@ class SlurmScheduler(Scheduler):
             return {}
         self.stats.status_calls += 1
         argv = [self.options.sacct, "-n", "-P", "-X", "-o", parse.SACCT_FIELDS]
+        argv += ["-j", ",".join(sorted(set(ids)))]
         try:
-            result = await run_command(
-                [*argv, "-j", ",".join(sorted(set(ids)))], timeout=self.options.status_timeout
-            )
+            result = await run_command(argv, timeout=self.options.status_timeout)
         except SchedulerCommandError as exc:
             if "accounting storage is disabled" in exc.stderr.lower():
                 self._accounting = False
                 return {}
             raise
-        return parse.parse_sacct(result.stdout)
+        return read_output(argv, result.stdout, parse.parse_sacct)
 
     async def poll_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobState]:
         known = [job for job in jobs if job.jid]
         rows = await self._squeue([str(job.jid).split("_")[0] for job in known])
-        states: dict[Job, JobState] = {}
+        held: list[tuple[Job, bool, JobState | None]] = []
         gone: list[Job] = []
         never: list[Job] = []
         for job in jobs:
@@ -259,16 +298,24 @@ class SlurmScheduler(Scheduler):
             ended = parse.terminal_state(row)
             if ended is not None and row.state == "PENDING":
                 never.append(job)
-            states[job] = self.reconcile(job, ended is None, ended)
-        unresolved = [job for job in gone if read_rc(job) is None and job.jid]
+            held.append((job, ended is None, ended))
+        # Reading return code files is blocking work: one worker thread per tick.
+        unresolved = await anyio.to_thread.run_sync(
+            lambda: [job for job in gone if job.jid and read_rc(job) is None]
+        )
         acct = await self._sacct([str(job.jid) for job in unresolved]) if unresolved else {}
         for job in gone:
             row = parse.lookup(acct, job.jid or "")
             verdict = parse.accounting_state(row) if row else None
-            held = row is not None and row.state in parse.HELD
-            states[job] = self.reconcile(job, held, verdict)
-        if never:
-            await self.kill_jobs(never)
+            held.append((job, row is not None and row.state in parse.HELD, verdict))
+        states = await anyio.to_thread.run_sync(
+            lambda: {job: self.reconcile(job, alive, verdict) for job, alive, verdict in held}
+        )
+        for job in never:
+            # Cancelled by the engine (through the kill veto), then recorded as this state.
+            state = states[job]
+            if state.status.is_final:
+                states[job] = dataclasses.replace(state, kill=True)
         return states
 
     async def job_is_running(self, job: Job) -> bool:
@@ -278,51 +325,67 @@ class SlurmScheduler(Scheduler):
         return row is not None and row.state in parse.HELD
 
     # -- resume ----------------------------------------------------------------------
-    async def _my_jobs(self) -> dict[str, tuple[parse.SlurmRow, str]]:
-        """jid -> (row, comment) for every job of this user; one squeue per second of resume."""
-        now = time.monotonic()
-        if self._queue_cache is not None and now - self._queue_cache[0] < 1.0:
-            return self._queue_cache[1]
-        self.stats.status_calls += 1
-        result = await run_command(
-            [self.options.squeue, "-h", "-r", "-t", "all", "-u", self._user, "-o", "%i|%T|%r|%k"],
-            timeout=self.options.status_timeout,
-        )
-        found: dict[str, tuple[parse.SlurmRow, str]] = {}
-        for line in result.stdout.splitlines():
-            parts = line.strip().split("|", 3)
-            if len(parts) == 4:
-                found[parts[0]] = (parse.SlurmRow(parts[1], parts[2]), parts[3])
-        self._queue_cache = (now, found)
-        return found
+    async def _my_jobs(self) -> tuple[_Listing, _TagIndex]:
+        """Every job of this user (jid -> (row, comment)) and this workdir's jobs by tag.
 
-    async def recover_job(self, job: Job) -> bool:
-        """Re-adopt a job an earlier run submitted: by its id, or by its ``--comment``.
-
-        The comment names the workdir and the job's index (or, for an array, the batch
-        whose ``.jobs`` file maps elements to job folders), so a job submitted by a
-        controller that died before it recorded the id is found all the same.
+        One squeue serves every job re-adopted within a second, but a listing older than
+        the last submission with an unknown outcome is not reused: it cannot show that job.
         """
-        mine = await self._my_jobs()
-        if job.jid is None:
-            job.jid = self._find_by_comment(job, mine)
-        entry = mine.get(job.jid or "")
-        return entry is not None and entry[0].state in parse.HELD
+        now = time.monotonic()
+        cache = self._queue_cache
+        if cache is not None and now - cache[0] < 1.0 and cache[0] > self._unknown_at:
+            return cache[1], cache[2]
+        self.stats.status_calls += 1
+        argv = [self.options.squeue, "-h", "-r", "-t", "all", "-u", self._user, "-o", "%i|%T|%r|%k"]
+        result = await run_command(argv, timeout=self.options.status_timeout)
+        found = read_output(argv, result.stdout, parse.parse_my_jobs)
+        index = await anyio.to_thread.run_sync(self._index_tags, found)
+        self._queue_cache = (now, found, index)
+        return found, index
 
-    def _find_by_comment(self, job: Job, mine: dict[str, tuple[parse.SlurmRow, str]]) -> str | None:
+    def _index_tags(self, mine: _Listing) -> _TagIndex:
+        """(id, attempt) of this workdir's jobs, under ``#<index>`` or an element's folder.
+
+        Array elements are mapped to folders and attempts by their batch's ``.jobs`` file.
+        """
         prefix = f"xqueue:{self._tag}:"
+        index: _TagIndex = {}
         for jid, (_, comment) in mine.items():
             if not comment.startswith(prefix):
                 continue
             what = comment[len(prefix) :]
-            if what == str(job.index):
-                return jid
-            if what.startswith("@") and "_" in jid:
+            if what.startswith("@"):
                 element = jid.partition("_")[2]
-                dirs = array_jobdirs(self._batch_dir, what[1:])
-                if element.isdigit() and int(element) < len(dirs) and dirs[int(element)] == job.dir:
-                    return jid
-        return None
+                elements = self._elements(what[1:])
+                if element.isdigit() and int(element) < len(elements):
+                    jobdir, attempt = elements[int(element)]
+                    index.setdefault(jobdir, []).append((jid, attempt))
+                continue
+            number, _, attempt_text = what.partition(".")
+            attempt = int(attempt_text) if attempt_text.isdigit() else 1
+            index.setdefault(f"#{number}", []).append((jid, attempt))
+        return index
+
+    def _elements(self, name: str) -> list[tuple[str, int]]:
+        if name not in self._arrays:  # written once, never changed: read once
+            self._arrays[name] = array_jobdirs(self._batch_dir, name)
+        return self._arrays[name]
+
+    async def recover_job(self, job: Job) -> bool:
+        """Find a job submitted earlier: by its id, or by its ``--comment``; True if held.
+
+        The comment names the workdir, the job's index and attempt (or, for an array,
+        the batch whose ``.jobs`` file maps elements to job folders and attempts), so a
+        submission whose id never came back (sbatch timed out, the controller died
+        right after it) is found all the same. ``job.jid`` is set when the job is found,
+        also when it has already ended (its return code file then tells how).
+        """
+        mine, index = await self._my_jobs()
+        if job.jid is None:
+            tagged = [*index.get(f"#{job.index}", []), *index.get(job.dir, [])]
+            job.jid = best_match(job, [(jid, n) for jid, n in tagged if matches(job, n)])
+        entry = mine.get(job.jid or "")
+        return entry is not None and entry[0].state in parse.HELD
 
     # -- killing ---------------------------------------------------------------------
     async def kill_jobs(self, jobs: Sequence[Job]) -> list[BaseException | None]:

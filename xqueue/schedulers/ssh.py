@@ -33,13 +33,20 @@ from typing import Any
 
 import anyio
 
-from ..errors import SchedulerError, SchedulerOptionError, SubmissionError
+from ..errors import (
+    SchedulerError,
+    SchedulerOptionError,
+    SchedulerOutputError,
+    SubmissionError,
+    SubmissionUnknownError,
+)
 from ..job import SCRIPT, Job, attempt_file
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
 from ..states import JobStatus
 from ..workdir import read_text
 from ._aio import AsyncioBridge
+from ._process import read_output
 from ._ssh_pool import ReconnectPolicy, Refused, ServerConfig, ServerPool, Unreachable
 from ._ssh_scripts import (
     NO_CWD,
@@ -49,7 +56,11 @@ from ._ssh_scripts import (
     alive,
     kill_script,
     parse_jid,
+    parse_kill,
+    parse_pid_file,
     parse_stat,
+    parse_stats,
+    read_pid_file_script,
     status_script,
     submit_script,
 )
@@ -112,6 +123,9 @@ class SshScheduler(Scheduler):
         self._load: dict[str, int] = {c.name: 0 for c in self.configs}
         self._server_of: dict[Job, str] = {}
         self._lost: dict[str, str] = {}
+        # Jobs whose submission to a server may have started them there (the answer was
+        # lost): recover_job asks that server for the pid file.
+        self._maybe_on: dict[Job, str] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
     async def open(self, workdir: Any) -> None:
@@ -163,6 +177,13 @@ class SshScheduler(Scheduler):
         return min(candidates, key=lambda p: self._load[p.name]) if candidates else None
 
     async def submit_job(self, job: Job) -> str:
+        """Start the job on the reachable server with the fewest jobs.
+
+        A server that could not be reached is left for the next one, since nothing was
+        sent to it. A connection that dropped after the submit script was sent may have
+        started the job there: its pid file says so, or else the outcome is unknown
+        (``SubmissionUnknownError``) and the job is not started anywhere else.
+        """
         deadline = time.monotonic() + self.options.submit_timeout
         tried: set[str] = set()
         while True:
@@ -176,11 +197,8 @@ class SshScheduler(Scheduler):
                 jid = await self._submit_to(pool, job)
             except Unreachable as exc:
                 self._load[pool.name] -= 1
-                found = self._started_by_pid_file(job, pool) if exc.maybe_started else None
-                if found:
-                    self._load[pool.name] += 1
-                    self._server_of[job] = pool.name
-                    return found
+                if exc.maybe_started:
+                    return await self._after_lost_answer(pool, job, exc)
                 log.info("job %s: %s; trying another server", job.index, exc)
                 tried.add(pool.name)
                 continue
@@ -189,6 +207,50 @@ class SshScheduler(Scheduler):
                 raise
             self._server_of[job] = pool.name
             return jid
+
+    async def _after_lost_answer(self, pool: ServerPool, job: Job, why: BaseException) -> str:
+        """The id of a job whose submit answer was lost, if it started; else unknown."""
+        self._maybe_on[job] = pool.name
+        found = await self._by_pid_file(job, pool.name, settle=1.0)
+        if found is None:
+            raise SubmissionUnknownError(
+                f"job {job.index}: {why}; it may have started on server {pool.name!r}, "
+                "where no pid file shows it yet"
+            ) from why
+        log.warning(
+            "job %s started on %r although its submission lost the connection", job.index, pool.name
+        )
+        self._maybe_on.pop(job, None)
+        self._load[pool.name] += 1
+        self._server_of[job] = pool.name
+        return found
+
+    async def _by_pid_file(self, job: Job, server: str | None, settle: float = 0.0) -> str | None:
+        """The id in the attempt's pid file, read here (for up to ``settle`` seconds while
+        it is missing) and else on ``server`` itself, which sees its own write at once
+        where a shared file system may not yet. Only a pid file naming ``server`` (any
+        known server when None) counts."""
+        path = job.attempt_path(PID)
+        deadline = time.monotonic() + settle
+        while True:
+            parsed = parse_pid_file(read_text(path) or "")
+            if parsed is not None or time.monotonic() >= deadline:
+                break
+            await anyio.sleep(0.1)
+        pool = self._pools.get(server or "")
+        if parsed is None and pool is not None:
+            script = read_pid_file_script(self._remote(pool.config, job.dir), max(job.attempt, 1))
+            try:
+                result = await self._bridge.call(
+                    pool.run, script, timeout=self.options.command_timeout
+                )
+            except (Unreachable, Refused) as exc:
+                log.info("job %s: cannot read its pid file on %r: %s", job.index, server, exc)
+            else:
+                parsed = parse_pid_file(result.stdout)
+        if parsed is None or parsed[0] not in self._pools or server not in (None, parsed[0]):
+            return None
+        return f"{parsed[0]}:{parsed[1]}:{parsed[2]}"
 
     async def _wait_for_a_server(self, deadline: float, tried: set[str]) -> None:
         """Sleep until some server may take jobs again; fail once none can."""
@@ -213,16 +275,20 @@ class SshScheduler(Scheduler):
             submit_script(pool.name, jobdir, max(job.attempt, 1), self.options.cwd),
             timeout=self.options.command_timeout,
         )
-        if result.exit_status != 0:
+        if result.exit_status in (NO_SCRIPT, NO_SETSID, NO_CWD):  # before the fork
             raise SubmissionError(self._submit_failure(pool, job, jobdir, result), retryable=False)
         lines_out = result.stdout.splitlines()
         pid = lines_out[0].removeprefix("pid ").strip() if lines_out else ""
-        if not pid.isdigit():
-            raise SubmissionError(
-                f"server {pool.name!r} gave no process for the job: {result.stdout.strip()!r}"
-            )
         parsed = parse_stat(lines_out[1]) if len(lines_out) > 1 else None
-        return f"{pool.name}:{pid}:{parsed[2] if parsed else ''}"
+        if result.exit_status != 0 or not pid.isdigit() or parsed is None:
+            # The script may have got past the fork (the job runs) before it went wrong.
+            what = (
+                self._submit_failure(pool, job, jobdir, result)
+                if result.exit_status != 0
+                else f"server {pool.name!r} answered the submission with {result.stdout[:200]!r}"
+            )
+            raise Unreachable(what, maybe_started=True)
+        return f"{pool.name}:{pid}:{parsed[2]}"
 
     def _submit_failure(self, pool: ServerPool, job: Job, jobdir: str, result: Any) -> str:
         where = f"server {pool.name!r} ({pool.config.address})"
@@ -240,19 +306,6 @@ class SshScheduler(Scheduler):
         detail = (result.stderr or result.stdout).strip()
         return f"{where}: the submit command exited {status}: {detail}"
 
-    def _started_by_pid_file(self, job: Job, pool: ServerPool) -> str | None:
-        """The id of a job whose start was cut off before its pid came back, if it started."""
-        text = read_text(job.attempt_path(PID))
-        if not text:
-            return None
-        server, _, pid = text.strip().rpartition(" ")
-        if server != pool.name or not pid.isdigit():
-            return None
-        log.warning(
-            "job %s started on %r although its submission lost the connection", job.index, server
-        )
-        return f"{server}:{pid}:"
-
     # -- status --------------------------------------------------------------------------
     def _jobs_by_server(self, jobs: Sequence[Job]) -> dict[str, list[tuple[Job, int, str]]]:
         grouped: dict[str, list[tuple[Job, int, str]]] = {}
@@ -266,18 +319,14 @@ class SshScheduler(Scheduler):
 
     async def _stats(self, pool: ServerPool, pids: Sequence[int]) -> dict[int, tuple[str, str]]:
         self.stats.status_calls += 1
-        result = await self._bridge.call(
-            pool.run, status_script(pids), timeout=self.options.command_timeout
-        )
-        stats: dict[int, tuple[str, str]] = {}
-        for line in result.stdout.splitlines():
-            parsed = parse_stat(line)
-            if parsed:
-                stats[parsed[0]] = (parsed[1], parsed[2])
-        return stats
+        script = status_script(pids)
+        result = await self._bridge.call(pool.run, script, timeout=self.options.command_timeout)
+        return read_output(["ssh", pool.name, "status"], result.stdout, parse_stats)
 
     async def poll_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobState]:
+        """One status command per server; an unreadable answer fails the whole query."""
         states: dict[Job, JobState] = {}
+        garbled: list[SchedulerOutputError] = []
 
         async def one(server: str, entries: list[tuple[Job, int, str]]) -> None:
             pool = self._pools.get(server)
@@ -291,12 +340,24 @@ class SshScheduler(Scheduler):
                 for job, _, _ in entries:
                     states[job] = self._unreachable_state(job, pool, exc)
                 return
-            for job, pid, start in entries:
-                states[job] = self.reconcile(job, alive(stats, pid, start))
+            except SchedulerOutputError as exc:
+                garbled.append(exc)
+                return
+            # Each reconcile reads the job's files: the server's batch goes to a thread.
+            states.update(
+                await anyio.to_thread.run_sync(
+                    lambda: {
+                        job: self.reconcile(job, alive(stats, pid, start))
+                        for job, pid, start in entries
+                    }
+                )
+            )
 
         async with anyio.create_task_group() as tg:
             for server, entries in self._jobs_by_server(jobs).items():
                 tg.start_soon(one, server, entries)
+        if garbled:
+            raise garbled[0]
         return states
 
     def _unreachable_state(self, job: Job, pool: ServerPool, exc: BaseException) -> JobState:
@@ -324,12 +385,20 @@ class SshScheduler(Scheduler):
         return alive(stats, parsed[1], parsed[2])
 
     async def recover_job(self, job: Job) -> bool:
+        """Find a job started earlier: by its id, or by its pid file; True if it runs.
+
+        The attempt's pid file names the server and the process (with its start time,
+        so a reused pid is not taken for the job). After a submission whose answer was
+        lost the file is also read on that server itself. ``job.jid`` is set when the
+        job is found, also when it has ended (its return code file tells how).
+        """
         if job.jid is None:
-            text = read_text(job.attempt_path(PID)) or ""
-            server, _, pid = text.strip().rpartition(" ")
-            if server not in self._pools or not pid.isdigit():
+            if job.attempt < 1:
+                job.attempt = await anyio.to_thread.run_sync(_latest_attempt, job)
+            job.jid = await self._by_pid_file(job, self._maybe_on.get(job))
+            if job.jid is None:
                 return False
-            job.jid = f"{server}:{pid}:"
+        self._maybe_on.pop(job, None)
         try:
             alive = await self.job_is_running(job)
         except SchedulerError as exc:
@@ -357,7 +426,8 @@ class SshScheduler(Scheduler):
             )
         except (Unreachable, Refused) as exc:
             raise SchedulerError(f"cannot kill job {job.index} ({job.jid}): {exc}") from exc
-        if "survived" in result.stdout:
+        verdict = read_output(["ssh", pool.name, "kill"], result.stdout, parse_kill)
+        if verdict == "survived":
             raise SchedulerError(
                 f"job {job.index} ({job.jid}): processes of group {parsed[1]} survived SIGKILL "
                 f"on server {parsed[0]!r}"
@@ -365,6 +435,21 @@ class SshScheduler(Scheduler):
 
     def forget(self, job: Job) -> None:
         super().forget(job)
+        self._maybe_on.pop(job, None)
         server = self._server_of.pop(job, None)
         if server is not None:
             self._load[server] -= 1
+
+
+def _latest_attempt(job: Job) -> int:
+    """The latest attempt that left a pid file in the job's folder (1 if none did)."""
+    attempts = (
+        [
+            int(name.split(".")[1])
+            for name in os.listdir(job.dir)
+            if name.startswith("job.") and name.endswith(f".{PID}") and name.split(".")[1].isdigit()
+        ]
+        if os.path.isdir(job.dir)
+        else []
+    )
+    return max(attempts, default=1)
