@@ -256,11 +256,25 @@ class ApiRuntime:
         return code
 
     async def _remove(self, cid: str) -> None:
+        """Remove a container; both the kill and the wait that sees it end may ask."""
+        container = self._docker.containers.container(cid)
         try:
-            await self._docker.containers.container(cid).delete(force=True)
+            await container.delete(force=True)
+            return
         except aiodocker.DockerError as exc:
-            if exc.status != 404:
+            if exc.status == 404:
+                return
+            if exc.status != 409:  # 409: a removal already in progress; wait for it
                 log.warning("%s: could not remove container %s: %s", self.bin, cid[:12], exc)
+                return
+        for _ in range(50):
+            try:
+                await container.show()
+            except aiodocker.DockerError as exc:
+                if exc.status == 404:
+                    return
+            await asyncio.sleep(0.1)
+        log.warning("%s: container %s is still being removed", self.bin, cid[:12])
 
     async def kill(self, job: Job) -> None:
         if job.jid is not None:
