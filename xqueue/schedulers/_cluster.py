@@ -210,9 +210,12 @@ def submission_error(exc: SchedulerCommandError) -> SubmissionError:
     """The scheduler's own message, retryable only when the failure looked transient.
 
     A refused option (unknown partition or queue, a bad memory value, an invalid array
-    spec) fails the same way every time, so retrying it would only burn attempts.
+    spec) fails the same way every time, so retrying it would only burn attempts. A
+    transient refusal that reaches here proved nothing was queued (an ambiguous one is
+    raised as SubmissionUnknownError first), so the engine submits it again after a pause
+    without spending an attempt, for as long as its outage tolerance allows.
     """
-    return SubmissionError(str(exc), retryable=exc.transient)
+    return SubmissionError(str(exc), retryable=exc.transient, transient=exc.transient)
 
 
 def write_array(
