@@ -206,7 +206,8 @@ class Engine:
     async def add(self, job: Job) -> None:
         """Take a fed job: the workdir is locked first, so a refused controller changes nothing."""
         self.check_can_feed()
-        self.workdir.lock()
+        await self.workdir.lock_async()
+        self.check_can_feed()  # the state may have moved on while the lock was taken
         record = self.workdir.prepare(job)
         self.jobs.append(job)
         self.counts[S.INIT] += 1
@@ -224,12 +225,23 @@ class Engine:
             self._post("check")
 
     # -- running ---------------------------------------------------------------------------
-    def begin(self, keep_feeding: bool) -> None:
-        """The synchronous start of a run, so feeding state is right before any await."""
+    def check_can_begin(self) -> None:
         if self.state is RunState.CLOSED:
             raise QueueStateError("this queue is closed")
         if self.running:
             raise QueueStateError("the queue is already running")
+
+    async def lock_workdir(self) -> None:
+        """Take the workdir's lock before ``begin`` (which must not await to take it)."""
+        self.check_can_begin()
+        await self.workdir.lock_async()
+
+    def begin(self, keep_feeding: bool) -> None:
+        """The synchronous start of a run, so feeding state is right before any await.
+
+        Async callers ``lock_workdir()`` first; the lock is then already held here.
+        """
+        self.check_can_begin()
         self.workdir.lock()
         self.state = RunState.RUNNING if keep_feeding else RunState.DRAINING
         self._error, self._signal, self._deadline = None, None, None
@@ -238,6 +250,7 @@ class Engine:
 
     async def run(self, keep_feeding: bool, *, begun: bool = False) -> None:
         if not begun:
+            await self.lock_workdir()
             self.begin(keep_feeding)
         reason = "error"
         receiver = self._open_signals()

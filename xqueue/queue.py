@@ -226,6 +226,7 @@ class Xqueue:
                     "on trio use `async with Xqueue(...) as q:` or run(keep_feeding=True) "
                     "in a task group"
                 ) from None
+            await self._engine.lock_workdir()
             self._engine.begin(keep_feeding=True)  # feeding from this line on
             self._background = loop.create_task(self._engine.run(True, begun=True))
             await anyio.lowlevel.checkpoint()
@@ -261,6 +262,7 @@ class Xqueue:
     async def __aenter__(self) -> Xqueue:
         if self._engine.state is RunState.CLOSED or self._task_group is not None:
             raise QueueStateError("an Xqueue can be entered only once")
+        await self._engine.lock_workdir()
         self._engine.begin(keep_feeding=True)
         tg = anyio.create_task_group()
         await tg.__aenter__()

@@ -197,10 +197,16 @@ class Scheduler(abc.ABC):
     async def poll_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobState]:
         """The state of every active job, from one batched query plus the jobs' own files."""
         running = await self.jobs_are_running(jobs)
-        return {job: self.reconcile(job, running.get(job, False)) for job in jobs}
+        # Each reconcile reads the job's rc and started files: the whole tick's batch
+        # goes to one worker thread, so a slow file system never stalls the event loop.
+        return await anyio.to_thread.run_sync(
+            lambda: {job: self.reconcile(job, running.get(job, False)) for job in jobs}
+        )
 
     def reconcile(self, job: Job, held: bool, backend_state: JobState | None = None) -> JobState:
         """Merge the wrapper's files with what the backend says about one job.
+
+        It reads the job's files: call it from a worker thread, a tick's jobs at once.
 
         The return code file wins (it is the job's own word). Then the backend's
         terminal answer, if it has one. A job the backend still holds is running (or

@@ -35,6 +35,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from .errors import WorkdirError
 from .job import RC, SPEC_FILE, STATUS_FILE, Job
 from .records import (
@@ -227,6 +229,7 @@ class Workdir:
         self.reader = WorkdirReader(self.path)
         self._journal_fd: int | None = None
         self._lock_fd: int | None = None
+        self._locking: anyio.Lock | None = None
 
     def _not_writable(self, exc: OSError) -> WorkdirError:
         return WorkdirError(
@@ -254,6 +257,17 @@ class Workdir:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
+
+    async def lock_async(self) -> None:
+        """``lock`` for async callers: in a worker thread, since a refusal is retried for a
+        moment (``_flock_exclusive``) and the event loop must not sleep through it."""
+        if self._lock_fd is not None:
+            return
+        if self._locking is None:
+            self._locking = anyio.Lock()
+        async with self._locking:  # two tasks feeding at once must not both open the file
+            if self._lock_fd is None:
+                await anyio.to_thread.run_sync(self.lock)
 
     def unlock(self) -> None:
         if self._lock_fd is not None:

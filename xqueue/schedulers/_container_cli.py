@@ -24,8 +24,8 @@ from anyio.abc import Process
 
 from ..errors import SchedulerError, SchedulerOptionError, SubmissionError
 from ..job import Job
-from ..workdir import read_rc
-from ._proc import kill_group, start_ticks
+from ..workdir import open_output, read_rc
+from ._proc import kill_group, start_ticks, wait_exit
 
 if TYPE_CHECKING:
     from .container import ContainerOptions
@@ -41,8 +41,18 @@ def _start_time(pid: int) -> str | None:
     return None if ticks is None else str(ticks)
 
 
-def _is_dir(path: str) -> bool:
-    return os.path.isdir(path)
+def _open_log(image: str, log: str) -> int:
+    """The descriptor ch-run's own output goes to, once the image is known to exist.
+
+    Blocking (a stat and an open): called in a worker thread.
+    """
+    if not os.path.isdir(image):
+        raise SubmissionError(
+            f"image directory {image!r} does not exist; ch-run needs an unpacked image: "
+            f"`ch-convert image.tar {image}`, or unpack a root filesystem tarball there",
+            retryable=False,
+        )
+    return open_output(log)
 
 
 def set_env_value(value: str) -> str:
@@ -78,7 +88,7 @@ class ChRunRuntime:
                 "to spell a ':' in a path; choose a workdir without one"
             )
         self._root = workdir_root
-        found = shutil.which(self._bin)
+        found = await anyio.to_thread.run_sync(shutil.which, self._bin)
         if found is None:
             raise SchedulerError(
                 f"{self._bin!r} not found: install charliecloud (Debian: "
@@ -103,16 +113,10 @@ class ChRunRuntime:
         return argv
 
     async def submit(self, job: Job, script: str) -> str:
-        image = self.options.image
-        if not _is_dir(image):
-            raise SubmissionError(
-                f"image directory {image!r} does not exist; ch-run needs an unpacked image: "
-                f"`ch-convert image.tar {image}`, or unpack a root filesystem tarball there",
-                retryable=False,
-            )
         env = {**os.environ, "XQUEUE_JOB_DIR": job.dir}
         env.setdefault("USER", "root" if os.getuid() == 0 else str(os.getuid()))
-        with open(job.path(RUNTIME_LOG), "wb") as out:
+        out = await anyio.to_thread.run_sync(_open_log, self.options.image, job.path(RUNTIME_LOG))
+        try:
             proc = await anyio.open_process(
                 self._argv(job, script),
                 stdin=subprocess.DEVNULL,
@@ -121,30 +125,33 @@ class ChRunRuntime:
                 env=env,
                 start_new_session=True,
             )
+        finally:
+            os.close(out)
         self._procs[job] = proc
-        return f"{proc.pid}:{_start_time(proc.pid) or ''}"
+        return f"{proc.pid}:{await anyio.to_thread.run_sync(_start_time, proc.pid) or ''}"
 
     async def wait(self, job: Job) -> int | None:
         proc = self._procs.get(job)
-        if proc is None:  # adopted from an earlier run: not our child, poll its pid
+        if proc is None:  # adopted from an earlier run: not our child, await its pid
             parsed = _parse(job.jid)
-            while (
-                parsed
-                and _start_time(parsed[0]) not in (None, "")
-                and (not parsed[1] or _start_time(parsed[0]) == parsed[1])
-            ):
-                await anyio.sleep(1.0)
+            if parsed is not None:
+                pid, start = parsed
+                await wait_exit(pid, int(start) if start.isdigit() else None)
             return None
         rc = await proc.wait()
         await proc.aclose()
         if rc < 0:  # killed by a signal: report it the way a shell would
             return 128 - rc
-        if read_rc(job) is None:
-            self._explain(job, rc)
+        await anyio.to_thread.run_sync(self._explain, job, rc)
         return rc
 
     def _explain(self, job: Job, rc: int) -> None:
-        """ch-run failed before the wrapper ran: put its own words in the job's stderr."""
+        """ch-run failed before the wrapper ran: put its own words in the job's stderr.
+
+        Blocking (it reads and appends files): called in a worker thread.
+        """
+        if read_rc(job) is not None:
+            return  # the wrapper ran and recorded its exit status
         try:
             with open(job.path(RUNTIME_LOG), encoding="utf-8", errors="replace") as fh:
                 lines = [ln.strip() for ln in fh if ln.strip()]
@@ -164,7 +171,7 @@ class ChRunRuntime:
         # Unless we hold the unreaped child, the pid may have been reused since the job
         # ended: signal the group only if its leader is still the job's process.
         if (proc is None or proc.returncode is not None) and (
-            not start or _start_time(pid) != start
+            not start or await anyio.to_thread.run_sync(_start_time, pid) != start
         ):
             return
         await kill_group(pid, self.options.kill_grace, 10)
@@ -176,7 +183,7 @@ class ChRunRuntime:
         parsed = _parse(job.jid)
         if parsed is None:
             return False
-        start = _start_time(parsed[0])
+        start = await anyio.to_thread.run_sync(_start_time, parsed[0])
         return start is not None and (not parsed[1] or start == parsed[1])
 
     async def find(self, job: Job) -> str | None:

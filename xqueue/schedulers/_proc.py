@@ -30,14 +30,20 @@ def start_ticks(pid: int) -> int | None:
     return None if found is None or found[0] == b"Z" else found[1]
 
 
-async def wait_exit(pid: int) -> None:
-    """Wait until process ``pid`` exits, without reaping it (a pidfd: no thread, no polling)."""
+async def wait_exit(pid: int, ticks: int | None = None) -> None:
+    """Wait until process ``pid`` exits, without reaping it (a pidfd: no thread, no polling).
+
+    With ``ticks``, the start time recorded for the process, a pid that names another
+    process by now means the one awaited is gone: it is checked after the pidfd is
+    open, so the pid cannot be reused in between.
+    """
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
         return
     try:
-        await anyio.wait_readable(fd)
+        if ticks is None or await anyio.to_thread.run_sync(start_ticks, pid) == ticks:
+            await anyio.wait_readable(fd)
     finally:
         os.close(fd)
 

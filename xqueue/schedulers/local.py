@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import anyio
@@ -149,6 +150,18 @@ def _job_dirs_of_processes() -> dict[str, int]:
     return found
 
 
+def _adopted_pids(jobs: list[Job]) -> dict[Job, int]:
+    """The live process of each adopted job: its recorded pid, if that process is still the
+    one started at the recorded time and carries the job's folder. Blocking (/proc)."""
+    alive: dict[Job, int] = {}
+    for job in jobs:
+        if job.jid and live_local_jid(job.jid):
+            pid = int(job.jid.partition("@")[0])
+            if _has_marker(pid, job.dir):
+                alive[job] = pid
+    return alive
+
+
 class LocalScheduler(Scheduler):
     """Jobs are child processes of the controller."""
 
@@ -234,10 +247,10 @@ class LocalScheduler(Scheduler):
     async def wait_job(self, job: Job) -> JobState:
         proc = self._procs.get(job)
         if proc is None:  # adopted: not our child; its wrapper leaves the return code
-            pid = self._alive_pid(job)
+            pid = (await self._alive_pids([job])).get(job)
             if pid is not None:
                 await wait_exit(pid)
-            rc = read_rc(job)
+            rc = await anyio.to_thread.run_sync(read_rc, job)
             if rc is None:
                 return JobState(JobStatus.FAILED, None, UNKNOWN_EXIT, retryable=False)
             return JobState(JobStatus.FINISHED if rc == 0 else JobStatus.FAILED, rc)
@@ -249,41 +262,53 @@ class LocalScheduler(Scheduler):
         rc = proc.wait()
         return JobState(JobStatus.FINISHED if rc == 0 else JobStatus.FAILED, rc)
 
-    def _alive_pid(self, job: Job) -> int | None:
-        proc = self._procs.get(job)
-        if proc is not None:
-            return proc.pid if proc.poll() is None else None
-        if job.jid and live_local_jid(job.jid):
-            pid = int(job.jid.partition("@")[0])
-            if _has_marker(pid, job.dir):
-                return pid
-        return None
+    async def _alive_pids(self, jobs: Iterable[Job]) -> dict[Job, int]:
+        """The live process of each job that still runs.
+
+        Our own children are asked directly (a non-blocking waitpid); the processes of
+        adopted jobs are checked in /proc, all of them in one worker thread.
+        """
+        alive: dict[Job, int] = {}
+        adopted: list[Job] = []
+        for job in jobs:
+            proc = self._procs.get(job)
+            if proc is None:
+                adopted.append(job)
+            elif proc.poll() is None:
+                alive[job] = proc.pid
+        if adopted:
+            found = await anyio.to_thread.run_sync(_adopted_pids, adopted)
+            alive.update(found)
+        return alive
 
     async def job_is_running(self, job: Job) -> bool:
-        return self._alive_pid(job) is not None
+        return job in await self._alive_pids([job])
 
     async def recover_job(self, job: Job) -> bool:
         if job.jid is None:
-            pid = self._find_by_environment(job)
-            if pid is None:
+            # The /proc scan and the checks of what it finds run in a worker thread.
+            jid = await anyio.to_thread.run_sync(self._find_by_environment, job)
+            if jid is None:
                 return False
-            job.jid = f"{pid}@{_start_epoch(pid) or 0:.2f}"
-        if self._alive_pid(job) is None:
+            job.jid = jid
+        if job not in await self._alive_pids([job]):
             return False
         self._procs[job] = None
         return True
 
-    def _find_by_environment(self, job: Job) -> int | None:
-        """The pid of a process started for ``job`` (XQUEUE_JOB_DIR in its environment).
+    def _find_by_environment(self, job: Job) -> str | None:
+        """The id of a process started for ``job`` (XQUEUE_JOB_DIR in its environment).
 
         An earlier run killed between starting a job and recording its pid leaves no
         other trace; every job process carries its folder in its environment. /proc is
         scanned once and the map reused for the jobs recovered in the same second.
+        Blocking (it reads /proc): called in a worker thread.
         """
         now = time.monotonic()
         if self._env_map is None or now - self._env_map[0] > 1.0:
             self._env_map = (now, _job_dirs_of_processes())
-        return self._env_map[1].get(job.dir)
+        pid = self._env_map[1].get(job.dir)
+        return None if pid is None else f"{pid}@{_start_epoch(pid) or 0:.2f}"
 
     async def kill_job(self, job: Job) -> None:
         (error,) = await self.kill_jobs([job])
@@ -297,7 +322,7 @@ class LocalScheduler(Scheduler):
         reports it instead of recording it as killed.
         """
         self.stats.kill_calls += 1
-        groups = {job: pid for job in jobs if (pid := self._alive_pid(job)) is not None}
+        groups = await self._alive_pids(jobs)
         _signal_groups(groups.values(), signal.SIGTERM)
         left = await _wait_all(groups, self.options.kill_grace)
         _signal_groups(left.values(), signal.SIGKILL)

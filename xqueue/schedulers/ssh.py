@@ -330,20 +330,29 @@ class SshScheduler(Scheduler):
 
         async def one(server: str, entries: list[tuple[Job, int, str]]) -> None:
             pool = self._pools.get(server)
+            # Each reconcile reads the job's files: the server's batch goes to a thread.
             if pool is None:  # an id we cannot place: reconcile fails it after vanish_grace
-                for job, _, _ in entries:
-                    states[job] = self.reconcile(job, False)
+                states.update(
+                    await anyio.to_thread.run_sync(
+                        lambda: {job: self.reconcile(job, False) for job, _, _ in entries}
+                    )
+                )
                 return
             try:
                 stats = await self._stats(pool, [pid for _, pid, _ in entries])
             except (Unreachable, Refused) as exc:
-                for job, _, _ in entries:
-                    states[job] = self._unreachable_state(job, pool, exc)
+                error: BaseException = exc
+                states.update(
+                    await anyio.to_thread.run_sync(
+                        lambda: {
+                            job: self._unreachable_state(job, pool, error) for job, _, _ in entries
+                        }
+                    )
+                )
                 return
             except SchedulerOutputError as exc:
                 garbled.append(exc)
                 return
-            # Each reconcile reads the job's files: the server's batch goes to a thread.
             states.update(
                 await anyio.to_thread.run_sync(
                     lambda: {
