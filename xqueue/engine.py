@@ -691,15 +691,23 @@ class Engine:
 
     async def _resolve(self, jobs: list[Job]) -> None:
         """Find jobs whose submission may have happened: their rc file, or the backend."""
+        # The rc files are read in a worker thread, the whole batch at once.
+        ended = await anyio.to_thread.run_sync(
+            lambda: {job for job in jobs if job.jid is not None and read_rc(job) is not None}
+        )
         for job in jobs:
-            if job.jid is not None and read_rc(job) is not None:
+            if job in ended:
                 self._post("resolved", job, True)
                 continue
             try:
                 found: bool | BaseException = await self.scheduler.recover_job(job)
             except Exception as exc:
                 found = exc
-            if found is False and job.jid is None and read_rc(job) is not None:
+            if (
+                found is False
+                and job.jid is None
+                and await anyio.to_thread.run_sync(read_rc, job) is not None
+            ):
                 found = True  # it ran and ended; its rc file settles it
                 job.jid = job.jid or "unknown"
             self._post("resolved", job, found)
