@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.blocking import no_blocking  # noqa: F401 - autouse: no blocking call in a loop
 from tests.helpers import ROOTFS, container_engine
 
 # Tests must not pick up hook plugins installed in the environment.

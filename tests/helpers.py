@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import Process
 
 from xqueue import Job, JobStatus, Scheduler, Xqueue, hookimpl
 
@@ -120,12 +121,12 @@ class DetachedScheduler(Scheduler):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.procs: dict[str, Process] = {}
         self.poll_sizes: list[int] = []
 
     async def submit_job(self, job: Job) -> str:
-        script = self.write_script(job)
-        proc = subprocess.Popen(
+        script = await anyio.to_thread.run_sync(self.write_script, job)
+        proc = await anyio.open_process(
             ["/bin/sh", script],
             start_new_session=True,
             stdin=subprocess.DEVNULL,
@@ -141,18 +142,20 @@ class DetachedScheduler(Scheduler):
             os.killpg(int(job.jid), signal.SIGKILL)
         except ProcessLookupError:
             pass
-        self.procs[job.jid].wait()
+        await self.procs[job.jid].wait()
 
     async def job_is_running(self, job: Job) -> bool:
         assert job.jid
-        return self.procs[job.jid].poll() is None
+        return self.procs[job.jid].returncode is None
 
-    def forget(self, job: Job) -> None:
-        # The rc file can settle a job before its wrapper shell has exited: reap it here.
-        super().forget(job)
-        proc = self.procs.get(job.jid or "")
-        if proc is not None:
-            proc.wait(timeout=10)
+    async def aclose(self) -> None:
+        # The rc file can settle a job before its wrapper shell has exited: every wrapper
+        # is reaped here, at the end of the run.
+        while self.procs:
+            _, proc = self.procs.popitem()
+            with anyio.fail_after(10):
+                await proc.wait()
+            await proc.aclose()
 
     async def poll_jobs(self, jobs: Any) -> Any:
         self.poll_sizes.append(len(jobs))
@@ -227,3 +230,13 @@ def process_alive(pid: int) -> bool:
             return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except OSError:
         return False
+
+
+async def is_alive(pid: int) -> bool:
+    """``process_alive`` for async tests: /proc is read in a worker thread (tests/blocking.py)."""
+    return await anyio.to_thread.run_sync(process_alive, pid)
+
+
+async def read_text(path: str | os.PathLike[str]) -> str:
+    """A file's text, for async tests: read without blocking the event loop."""
+    return await anyio.Path(path).read_text()

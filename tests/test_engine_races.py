@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.helpers import process_alive
+from tests.helpers import is_alive, read_text
 from xqueue import (
     JobState,
     JobStatus,
@@ -62,7 +62,7 @@ async def test_veto_at_the_end_of_a_batch_does_not_end_the_run_early(
         await q.feed(f"sleep 0.3; echo {i} >> {ledger}")
     await q.run_until_complete()
     assert [j.status for j in q.jobs] == [S.FINISHED] * 4 + [S.SKIPPED]
-    assert sorted(ledger.read_text().split()) == ["0", "1", "2", "3"]
+    assert sorted((await read_text(ledger)).split()) == ["0", "1", "2", "3"]
 
 
 async def test_kill_during_an_in_flight_submission(workdir: Path, tmp_path: Path) -> None:
@@ -82,9 +82,9 @@ async def test_kill_during_an_in_flight_submission(workdir: Path, tmp_path: Path
     assert job.status is S.KILLED
     assert other.status is S.FINISHED
     # It may have been killed before its shell wrote the pid (or all of it).
-    text = pidfile.read_text().strip() if pidfile.exists() else ""
+    text = (await read_text(pidfile)).strip() if await anyio.Path(pidfile).exists() else ""
     if text:
-        assert not process_alive(int(text))
+        assert not await is_alive(int(text))
 
 
 async def test_feed_racing_stop_feeding_with_an_async_init_hook(workdir: Path) -> None:
@@ -144,7 +144,7 @@ async def test_unknown_submission_is_looked_up_before_resubmitting(
     with anyio.fail_after(20):
         await q.run_until_complete()
     assert job.status is S.FINISHED
-    assert ledger.read_text().split() == ["ran"]  # exactly once, whichever way
+    assert (await read_text(ledger)).split() == ["ran"]  # exactly once, whichever way
     # Found by the lookup: no second submission. Not found: resubmitted, not counted
     # against num_retries=0.
     assert sched.submits == (1 if started else 2)
@@ -178,11 +178,11 @@ async def test_a_backend_kill_goes_through_the_kill_veto(workdir: Path, tmp_path
     assert vetoed == [0]
     assert job.status is S.FAILED
     assert "dependency can never be satisfied" in job.reason and "vetoed" in job.reason
-    pid = int(pidfile.read_text().strip())
-    assert process_alive(pid)  # the plugin kept it alive
+    pid = int(await read_text(pidfile))
+    assert await is_alive(pid)  # the plugin kept it alive
     os.kill(pid, 9)
     with anyio.fail_after(10):
-        while process_alive(pid):
+        while await is_alive(pid):
             await anyio.sleep(0.05)
     with anyio.fail_after(10):
         while q.scheduler._let_go:  # type: ignore[attr-defined]
@@ -198,7 +198,7 @@ async def test_a_backend_kill_is_carried_out(workdir: Path, tmp_path: Path) -> N
         await q.run_until_complete()
     assert job.status is S.FAILED
     assert job.reason == "dependency can never be satisfied"
-    assert not process_alive(int(pidfile.read_text().strip()))
+    assert not await is_alive(int(await read_text(pidfile)))
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-1"])

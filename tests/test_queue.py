@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.helpers import DetachedScheduler, process_alive
+from tests.helpers import DetachedScheduler, is_alive, read_text
 from xqueue import JobFailedError, JobStatus, QueueStateError, Xqueue
 
 pytestmark = pytest.mark.anyio
@@ -48,9 +48,9 @@ async def test_retry_until_success_keeps_every_attempt(workdir: Path, tmp_path: 
     await q.run_until_complete()
     assert job.status is JobStatus.FINISHED
     assert job.attempt == 3
-    assert Path(job.stdout_path).read_text() == "attempt 3\n"
+    assert await read_text(job.stdout_path) == "attempt 3\n"
     for n in (1, 2):
-        assert Path(job.attempt_path("stdout", n)).read_text() == f"attempt {n}\n"
+        assert await read_text(job.attempt_path("stdout", n)) == f"attempt {n}\n"
 
 
 async def test_retry_exhausted_fails_and_run_goes_on(workdir: Path) -> None:
@@ -136,7 +136,7 @@ async def test_cancelling_the_caller_kills_jobs_and_raises(workdir: Path, tmp_pa
     assert job.status is JobStatus.KILLED
     assert queued.status is JobStatus.KILLED
     # Gone, or a zombie: the job's process is the wrapper's child, reaped by init.
-    assert not process_alive(int(pidfile.read_text().strip()))
+    assert not await is_alive(int(await read_text(pidfile)))
 
 
 async def test_error_in_async_with_body_kills_jobs(workdir: Path) -> None:
@@ -203,7 +203,6 @@ async def test_polled_job_that_vanishes_is_failed_not_hung(workdir: Path) -> Non
         async with anyio.create_task_group() as tg:
             tg.start_soon(kill_wrapper)
             await q.run_until_complete()
-    sched.procs[job.jid].wait()  # type: ignore[index]
     assert job.status is JobStatus.FAILED
     assert "vanished" in job.reason
 
@@ -224,7 +223,7 @@ async def test_interpreter_path_with_spaces(tmp_path: Path) -> None:
     q = Xqueue(workdir=wd)
     job = await q.feed([sys.executable, "-c", "print(1)"])
     await q.run_until_complete()
-    assert Path(job.stdout_path).read_text() == "1\n"
+    assert await read_text(job.stdout_path) == "1\n"
 
 
 async def test_a_queue_runs_again_after_more_feeding(workdir: Path) -> None:
@@ -234,7 +233,7 @@ async def test_a_queue_runs_again_after_more_feeding(workdir: Path) -> None:
     await q.feed(["sh", "-c", "echo second"])
     await q.run_until_complete()
     assert [j.status for j in q.jobs] == [JobStatus.FINISHED, JobStatus.FINISHED]
-    assert Path(q.jobs[1].stdout_path).read_text() == "second\n"
+    assert await read_text(q.jobs[1].stdout_path) == "second\n"
 
 
 async def test_backend_enforcing_forks_gets_a_big_batch_only_when_idle(workdir: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -35,7 +34,7 @@ async def test_second_run_skips_succeeded_and_reruns_failed(workdir: Path, tmp_p
     await q1.run_until_complete()
     assert [j.status for j in q1.jobs] == [JobStatus.FINISHED, JobStatus.FAILED, JobStatus.FINISHED]
 
-    flag.write_text("")
+    await anyio.Path(flag).write_text("")
     q2 = Xqueue(workdir=workdir, error_strategy="ignore")
     for c in cmds:
         await q2.feed(c)
@@ -43,8 +42,10 @@ async def test_second_run_skips_succeeded_and_reruns_failed(workdir: Path, tmp_p
     await q2.run_until_complete()
     assert [j.status for j in q2.jobs] == [JobStatus.FINISHED] * 3
     assert q2.jobs[0].reason == "succeeded in an earlier run"
-    assert sorted(marker.read_text().split()) == ["0", "1", "1", "2"]  # only job 1 ran again
-    assert len([p for p in workdir.iterdir() if p.is_dir()]) == 3  # reused, none replaced
+    ran = (await anyio.Path(marker).read_text()).split()
+    assert sorted(ran) == ["0", "1", "1", "2"]  # only job 1 ran again
+    folders = [p async for p in anyio.Path(workdir).iterdir() if await p.is_dir()]
+    assert len(folders) == 3  # reused, none replaced
 
 
 async def test_same_command_maps_to_same_folder_other_command_does_not(workdir: Path) -> None:
@@ -59,7 +60,7 @@ async def test_same_command_maps_to_same_folder_other_command_does_not(workdir: 
     b = await q3.feed(["echo", "a"], envs={"X": "1"})  # same index, different job
     assert b.status is JobStatus.QUEUED
     await q3.run_until_complete()
-    assert [p.name for p in workdir.iterdir() if ".replaced-" in p.name]
+    assert [p.name async for p in anyio.Path(workdir).iterdir() if ".replaced-" in p.name]
 
 
 CONTROLLER = textwrap.dedent(
@@ -82,23 +83,27 @@ CONTROLLER = textwrap.dedent(
 async def test_controller_killed_mid_run_loses_nothing_and_runs_nothing_twice(
     workdir: Path, tmp_path: Path
 ) -> None:
-    marker = tmp_path / "ran"
-    script = tmp_path / "controller.py"
-    script.write_text(CONTROLLER)
+    marker = anyio.Path(tmp_path / "ran")
+    script = anyio.Path(tmp_path / "controller.py")
+    await script.write_text(CONTROLLER)
     n = 6
-    first = subprocess.Popen([sys.executable, str(script), str(workdir), str(marker), str(n)])
+    argv = [sys.executable, str(script), str(workdir), str(marker), str(n)]
+    first = await anyio.open_process(argv, stdin=None, stdout=None, stderr=None)
     # Wait until the first three jobs run, then kill the controller without warning.
     deadline = time.monotonic() + 20
-    while not (marker.exists() and len(marker.read_text().split()) >= 3):
+    while not (await marker.exists() and len((await marker.read_text()).split()) >= 3):
         assert time.monotonic() < deadline, "jobs never started"
         await anyio.sleep(0.05)
     os.kill(first.pid, signal.SIGKILL)
-    first.wait()
+    await first.wait()
+    await first.aclose()
     # The kill may land between a job's start and the record of its pid, so a job can
     # be running with no record yet: the next run must find it all the same.
-    records = [json.loads(p.read_text()) for p in workdir.glob("*/job.status")]
+    records = [
+        json.loads(await p.read_text()) async for p in anyio.Path(workdir).glob("*/job.status")
+    ]
     assert len(records) <= 3 and all(r["status"] == "submitted" for r in records)
-    assert len(marker.read_text().split()) == 3  # forks=3: no more than three started
+    assert len((await marker.read_text()).split()) == 3  # forks=3: no more than three started
 
     q = Xqueue(workdir=workdir, forks=3, error_strategy="ignore")
     for i in range(n):
@@ -106,7 +111,7 @@ async def test_controller_killed_mid_run_loses_nothing_and_runs_nothing_twice(
     with anyio.fail_after(30):
         await q.run_until_complete()
 
-    ran = marker.read_text().split()
+    ran = (await marker.read_text()).split()
     assert sorted(ran) == [str(i) for i in range(n)], "a job was lost or run twice"
     # The adopted jobs were not our children: their wrappers left their return codes.
     assert all(j.status is JobStatus.FINISHED and j.rc == 0 for j in q.jobs)
@@ -116,14 +121,14 @@ async def test_controller_killed_mid_run_loses_nothing_and_runs_nothing_twice(
 async def test_two_runs_on_one_workdir_are_refused(workdir: Path) -> None:
     first = Xqueue(workdir=workdir)
     await first.feed(["sleep", "0.5"])
-    before = sorted(p.name for p in workdir.iterdir())
+    before = sorted([p.name async for p in anyio.Path(workdir).iterdir()])
     second = Xqueue(workdir=workdir)
     from xqueue import WorkdirError
 
     # Refused at its first feed, before it touches a folder of the first run.
     with pytest.raises(WorkdirError, match=r"in use by another xqueue run \(pid \d+\)"):
         await second.feed(["echo", "other"])
-    assert sorted(p.name for p in workdir.iterdir()) == before
+    assert sorted([p.name async for p in anyio.Path(workdir).iterdir()]) == before
     assert not second.jobs
     async with anyio.create_task_group() as tg:
         tg.start_soon(first.run_until_complete)

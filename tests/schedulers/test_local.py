@@ -8,11 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import anyio
 import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
 
+from tests.helpers import process_alive
 from xqueue import Job, JobStatus, Xqueue
 from xqueue.schedulers.local import LocalScheduler
 
@@ -21,8 +24,8 @@ pytestmark = pytest.mark.anyio
 PY = sys.executable
 
 
-def read(path: str) -> str:
-    return Path(path).read_text()
+async def read(path: str) -> str:
+    return await anyio.Path(path).read_text()
 
 
 async def run_one(workdir: Path, cmd: object, **kw: object) -> Job:
@@ -37,43 +40,43 @@ async def test_list_command_reaches_program_exactly(workdir: Path) -> None:
     job = await run_one(
         workdir, [PY, "-c", "import sys, json; print(json.dumps(sys.argv[1:]))", *args]
     )
-    assert job.status is JobStatus.FINISHED, read(job.stderr_path)
-    assert json.loads(read(job.stdout_path)) == args
+    assert job.status is JobStatus.FINISHED, await read(job.stderr_path)
+    assert json.loads(await read(job.stdout_path)) == args
 
 
 async def test_python_dash_c_runs(workdir: Path) -> None:
     job = await run_one(workdir, ["python3", "-c", 'print("hi there")'])
-    assert read(job.stdout_path) == "hi there\n"
-    assert read(job.stderr_path) == ""
+    assert await read(job.stdout_path) == "hi there\n"
+    assert await read(job.stderr_path) == ""
 
 
 async def test_string_command_runs_in_a_shell(workdir: Path) -> None:
     job = await run_one(workdir, "echo $((1 + 2)) | tr 3 X; echo err >&2")
-    assert read(job.stdout_path) == "X\n"
-    assert read(job.stderr_path) == "err\n"
+    assert await read(job.stdout_path) == "X\n"
+    assert await read(job.stderr_path) == "err\n"
 
 
 async def test_envs_and_job_variables_reach_the_job(workdir: Path) -> None:
     q = Xqueue(workdir=workdir)
     job = await q.feed("echo $GREETING $XQUEUE_JOB_INDEX; pwd", envs={"GREETING": "hello $HOME"})
     await q.run_until_complete()
-    out = read(job.stdout_path).splitlines()
+    out = (await read(job.stdout_path)).splitlines()
     assert out[0] == "hello $HOME 0"
-    assert out[1] == os.getcwd()
+    assert out[1] == str(await anyio.Path.cwd())
 
 
 async def test_cwd_option(workdir: Path, tmp_path: Path) -> None:
     job = await run_one(workdir, ["pwd"], scheduler_opts={"cwd": str(tmp_path)})
-    assert read(job.stdout_path).strip() == str(tmp_path)
+    assert (await read(job.stdout_path)).strip() == str(tmp_path)
 
 
 async def test_return_code_and_status_are_recorded(workdir: Path) -> None:
     job = await run_one(workdir, "echo bad >&2; exit 3")
     assert job.status is JobStatus.FAILED
     assert job.rc == 3
-    record = json.loads(read(job.path("job.status")))
+    record = json.loads(await read(job.path("job.status")))
     assert record["status"] == "failed" and record["rc"] == 3
-    assert read(job.stderr_path) == "bad\n"
+    assert await read(job.stderr_path) == "bad\n"
 
 
 async def test_job_killed_by_signal_reports_128_plus_the_signal(workdir: Path) -> None:
@@ -82,22 +85,15 @@ async def test_job_killed_by_signal_reports_128_plus_the_signal(workdir: Path) -
     job = await run_one(workdir, "kill -9 $$")
     assert job.status is JobStatus.FAILED
     assert job.rc == 128 + signal.SIGKILL
-    assert read(job.attempt_path("rc")).strip() == str(128 + signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except FileNotFoundError:
-        return False
+    assert (await read(job.attempt_path("rc"))).strip() == str(128 + signal.SIGKILL)
 
 
 async def _wait_for_file(path: Path, timeout: float = 10) -> str:
+    file = anyio.Path(path)
     with anyio.fail_after(timeout):
-        while not (path.exists() and path.read_text().strip()):
+        while not (await file.exists() and (await file.read_text()).strip()):
             await anyio.sleep(0.02)
-    return path.read_text().strip()
+    return (await file.read_text()).strip()
 
 
 async def test_kill_reaches_the_whole_process_group(workdir: Path, tmp_path: Path) -> None:
@@ -109,8 +105,8 @@ async def test_kill_reaches_the_whole_process_group(workdir: Path, tmp_path: Pat
         assert await q.kill(job)
         await job.wait()
     assert job.status is JobStatus.KILLED
-    assert not _alive(grandchild)
-    assert json.loads(read(job.path("job.status")))["status"] == "killed"
+    assert not await anyio.to_thread.run_sync(process_alive, grandchild)
+    assert json.loads(await read(job.path("job.status")))["status"] == "killed"
 
 
 async def test_kill_escalates_to_sigkill_after_grace(workdir: Path, tmp_path: Path) -> None:
@@ -137,22 +133,33 @@ def _start_of(pid: int) -> float:
 async def test_liveness_is_not_fooled_by_pid_reuse_or_a_planted_id(workdir: Path) -> None:
     job = await run_one(workdir, ["true"])
     sched = LocalScheduler()
-    marked = subprocess.Popen(["sleep", "30"], env={**os.environ, "XQUEUE_JOB_DIR": job.dir})
+    # It says "ready" once it runs: right after an exec its environment may still read
+    # as empty from /proc, and the marker check would miss it.
+    marked = await anyio.open_process(
+        [PY, "-c", "import time; print('ready', flush=True); time.sleep(30)"],
+        env={**os.environ, "XQUEUE_JOB_DIR": job.dir},
+        stdin=subprocess.DEVNULL,
+    )
+    start_of = partial(anyio.to_thread.run_sync, _start_of)
     try:
+        assert marked.stdout is not None
+        ready = BufferedByteReceiveStream(marked.stdout)
+        assert await ready.receive_until(b"\n", 100) == b"ready"
         # The job's own process (it carries the job's folder), at its own start time.
-        job.jid = f"{marked.pid}@{_start_of(marked.pid):.2f}"
+        job.jid = f"{marked.pid}@{await start_of(marked.pid):.2f}"
         assert await sched.job_is_running(job)
         # The same pid with a start time that is not its own: a reused pid.
         job.jid = f"{marked.pid}@{time.time() - 3600:.2f}"
         assert not await sched.job_is_running(job)
         assert not await sched.recover_job(job)
         # A planted journal line naming an unrelated live process at its real start time.
-        job.jid = f"{os.getpid()}@{_start_of(os.getpid()):.2f}"
+        job.jid = f"{os.getpid()}@{await start_of(os.getpid()):.2f}"
         assert not await sched.job_is_running(job)
         assert not await sched.recover_job(job)
     finally:
         marked.kill()
-        marked.wait()
+        await marked.wait()
+        await marked.aclose()
 
 
 async def test_forks_bounds_concurrency(workdir: Path) -> None:
@@ -189,4 +196,4 @@ async def test_many_jobs_complete(workdir: Path) -> None:
         await q.feed(["sh", "-c", f"echo {i}"])
     await q.run_until_complete()
     assert q.statistics().counts == {"finished": 300}
-    assert all(read(j.stdout_path) == f"{j.index}\n" for j in q.jobs)
+    assert [await read(j.stdout_path) for j in q.jobs] == [f"{j.index}\n" for j in q.jobs]

@@ -1,0 +1,140 @@
+"""Fail any test whose event loop thread makes a blocking call (blockbuster), on asyncio and trio.
+
+A scheduler that reads a file per job per tick, or a hook that sleeps, stalls every
+other job of the run while it blocks; nothing in a test's outcome shows it. So while an
+async test runs, blockbuster replaces the blocking functions (file reads and writes,
+os.stat and friends, os.listdir, time.sleep, blocking socket calls, waiting on a held
+lock...) with checks that raise ``BlockingError`` when called from the loop's thread
+with xqueue's or the tests' code on the stack. Work in a worker thread is not checked.
+
+blockbuster knows only asyncio: it asks ``asyncio.get_running_loop()`` whether the call
+comes from a loop. ``_LoopProbe`` answers for trio as well, by ``in_trio_task()``:
+true only while a trio task runs, in that run's thread. (``in_trio_run()`` would not
+do: anyio runs trio tests as a guest run whose runner stays set between tests, so
+synchronous fixtures would be checked too.) ``test_blocking.py`` proves both backends
+are covered, so a blockbuster release that stops consulting the probe fails there.
+
+What may block, deliberately, is listed in ``ALLOWED`` with its reason, by function
+name; anything else is a bug to fix (a worker thread, ``anyio.Path``, a batch). A test
+whose own code must block says so with ``@pytest.mark.blocking_allowed("why")``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import Iterator
+
+import blockbuster.blockbuster as _bb
+import pytest
+import trio
+from blockbuster import BlockBuster
+
+BlockingError = _bb.BlockingError
+
+FILE_IO = ("io.BufferedWriter.write", "io.TextIOWrapper.write", "io.BufferedReader.read")
+OS_WRITE = ("os.write", "os.replace", "os.unlink", "os.mkdir", "os.stat")
+
+# (blockbuster functions, file, functions in it, why blocking there is accepted)
+ALLOWED: list[tuple[tuple[str, ...], str, tuple[str, ...], str]] = [
+    (
+        OS_WRITE,
+        "xqueue/workdir.py",
+        ("record", "record_many"),
+        "one O_APPEND write per event to the journal, or one atomic job.status at the end: "
+        "microseconds on a local disk (a later issue batches them off the loop)",
+    ),
+    (
+        (*OS_WRITE, *FILE_IO, "os.read"),
+        "xqueue/workdir.py",
+        ("prepare",),
+        "the job's folder and job.json (or an earlier run's records), once per job when fed",
+    ),
+    (
+        ("os.listdir",),
+        "xqueue/workdir.py",
+        ("last_attempt",),
+        "at feed, for a resumed job whose record names no attempt (an earlier run died "
+        "before recording it): one listing of its folder",
+    ),
+    (
+        ("os.write",),
+        "xqueue/engine.py",
+        ("_note_in_stderr",),
+        "one line appended to a job's stderr when its submission failed",
+    ),
+    (
+        ("os.stat", "os.access", "os.unlink", "os.read"),
+        "xqueue/schedulers/local.py",
+        ("_spawn",),
+        "a local job is a fork/exec (Popen waits for the exec on a pipe) after looking the "
+        "command up on PATH and removing a stale rc file: the spawn itself",
+    ),
+    (
+        ("os.stat", "os.mkdir", "os.unlink", "os.listdir", "io.TextIOWrapper.read"),
+        "xqueue/queue.py",
+        ("__init__",),
+        "constructing a queue (synchronous, once): it creates and checks the workdir and "
+        "reads the installed entry points",
+    ),
+    (
+        ("io.TextIOWrapper.write", "io.BufferedWriter.write"),
+        "logging/__init__.py",
+        ("emit",),
+        "a log record written to stderr (pytest's capture file here, a terminal in use)",
+    ),
+]
+
+
+class _LoopProbe:
+    """Stands in for the asyncio module inside blockbuster: "is an event loop running here?"."""
+
+    @staticmethod
+    def get_running_loop() -> object:
+        try:
+            return asyncio.get_running_loop()
+        except RuntimeError:
+            if trio.lowlevel.in_trio_task():
+                return trio
+            raise
+
+
+@pytest.fixture(autouse=True)
+def no_blocking(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[BlockBuster | None]:
+    """Blocking calls in the event loop thread fail the test (on asyncio and on trio).
+
+    Active for every test: synchronous code is not checked (no loop runs), but an async
+    test, its async fixtures, and everything they call are. Mark a test
+    ``blocking_allowed("why")`` only where its own code must block.
+    """
+    if request.node.get_closest_marker("blocking_allowed"):
+        yield None
+        return
+    monkeypatch.setattr(_bb, "asyncio", _LoopProbe)
+    bb = BlockBuster(["xqueue", "tests"])
+    for function in ("os.read", "os.write"):
+        bb.functions[function].can_block_predicate = _never_waits
+    for functions, path, names, _why in ALLOWED:
+        for function in functions:
+            bb.functions[function].can_block_in(path, names)
+    bb.activate()
+    try:
+        yield bb
+    finally:
+        bb.deactivate()
+
+
+def _never_waits(fd: int, *_: object, **__: object) -> bool:
+    """os.read/os.write on a descriptor that cannot block: a non-blocking pipe or socket.
+
+    blockbuster lets every non-blocking descriptor through, but O_NONBLOCK means nothing
+    to a regular file (xqueue opens its state files with it, so a planted FIFO cannot
+    hang the open): reading one still waits for the disk, and is checked here.
+    """
+    try:
+        return not os.get_blocking(fd) and not stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
