@@ -37,7 +37,7 @@ class AsyncioBridge:
         self._thread: threading.Thread | None = None
         self.native = True
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Pick the mode from the running backend; start the loop thread if it is not asyncio."""
         self.native = _in_asyncio()
         if self.native or self._loop is not None:
@@ -54,7 +54,7 @@ class AsyncioBridge:
         self._thread = threading.Thread(target=run, name="xqueue-asyncio", daemon=True)
         self._loop = loop
         self._thread.start()
-        ready.wait()
+        await anyio.to_thread.run_sync(ready.wait)  # not on the event loop
 
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         if self.native:
@@ -84,10 +84,10 @@ class AsyncioBridge:
             raise
         return fut.result()
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         """Stop the loop thread (after the caller closed what lives in it)."""
         loop, thread = self._loop, self._thread
         self._loop = self._thread = None
         if loop is not None and thread is not None:
             loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
+            await anyio.to_thread.run_sync(thread.join, 10)  # not on the event loop

@@ -110,7 +110,7 @@ class ApiRuntime:
                 "(and a structured mount as CSV); choose a workdir and volumes without ':'"
             )
         self._root = workdir_root
-        self._bridge.start()
+        await self._bridge.start()
         try:
             await self._call(self._connect)
         except BaseException:
@@ -138,9 +138,9 @@ class ApiRuntime:
             try:
                 await self._bridge.call(self._close, docker)
             finally:
-                self._bridge.stop()
+                await self._bridge.stop()
         else:
-            self._bridge.stop()
+            await self._bridge.stop()
 
     @staticmethod
     async def _close(docker: Any) -> None:

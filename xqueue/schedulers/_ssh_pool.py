@@ -255,9 +255,16 @@ class ServerPool:
                 f"{self.next_try - now:.1f}s"
             )
         try:
+            kwargs = self._connect_kwargs()
+            if isinstance(kwargs.get("known_hosts"), str):
+                # Given a path, asyncssh reads the file during the handshake, on the event
+                # loop: read it in a worker thread first (afresh for every connection, so
+                # a key added after a refusal counts).
+                kwargs["known_hosts"] = await asyncio.get_running_loop().run_in_executor(
+                    None, asyncssh.read_known_hosts, kwargs["known_hosts"]
+                )
             conn = await asyncio.wait_for(
-                asyncssh.connect(self.config.host, **self._connect_kwargs()),
-                self.config.connect_timeout,
+                asyncssh.connect(self.config.host, **kwargs), self.config.connect_timeout
             )
         except asyncssh.HostKeyNotVerifiable as exc:
             self._mark_down(f"host key not trusted: {_describe(exc)}")

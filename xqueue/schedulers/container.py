@@ -26,6 +26,8 @@ import logging
 import os
 from typing import Any, Protocol
 
+import anyio
+
 from .._text import check_envs
 from ..errors import ConfigError, SchedulerOptionError, SchedulerOutputError
 from ..job import Job
@@ -240,7 +242,8 @@ class ContainerScheduler(Scheduler):
         await self.runtime.close()
 
     async def submit_job(self, job: Job) -> str:
-        return await self.runtime.submit(job, self.write_script(job))
+        script = await anyio.to_thread.run_sync(self.write_script, job)
+        return await self.runtime.submit(job, script)
 
     async def wait_job(self, job: Job) -> JobState:
         unreadable: SchedulerOutputError | None = None
@@ -250,7 +253,8 @@ class ContainerScheduler(Scheduler):
             log.warning("job %s: %s", job.index, exc)
             rc, unreadable = None, exc
         if rc is None:
-            rc = read_rc(job)  # the wrapper's own word, if it got that far
+            # The wrapper's own word, if it got that far.
+            rc = await anyio.to_thread.run_sync(read_rc, job)
         if rc is None:
             if job.kill_requested:
                 return JobState(JobStatus.KILLED, None, "killed")

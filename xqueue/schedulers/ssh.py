@@ -130,7 +130,7 @@ class SshScheduler(Scheduler):
     # -- lifecycle -----------------------------------------------------------------------
     async def open(self, workdir: Any) -> None:
         await super().open(workdir)
-        self._bridge.start()
+        await self._bridge.start()
         self._pools = {c.name: ServerPool(c, self.policy) for c in self.configs}
         errors: dict[str, BaseException] = {}
 
@@ -158,7 +158,7 @@ class SshScheduler(Scheduler):
         pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             await self._bridge.call(pool.close)
-        self._bridge.stop()
+        await self._bridge.stop()
 
     # -- paths ---------------------------------------------------------------------------
     def _remote(self, config: ServerConfig, path: str) -> str:
@@ -233,7 +233,8 @@ class SshScheduler(Scheduler):
         path = job.attempt_path(PID)
         deadline = time.monotonic() + settle
         while True:
-            parsed = parse_pid_file(read_text(path) or "")
+            text = await anyio.to_thread.run_sync(read_text, path)
+            parsed = parse_pid_file(text or "")
             if parsed is not None or time.monotonic() >= deadline:
                 break
             await anyio.sleep(0.1)
@@ -265,11 +266,7 @@ class SshScheduler(Scheduler):
     async def _submit_to(self, pool: ServerPool, job: Job) -> str:
         config = pool.config
         jobdir = self._remote(config, job.dir)
-        self.write_script(job, jobdir)
-        try:
-            os.remove(job.attempt_path(PID))
-        except FileNotFoundError:
-            pass
+        await anyio.to_thread.run_sync(self._prepare_files, job, jobdir)
         result = await self._bridge.call(
             pool.run,
             submit_script(pool.name, jobdir, max(job.attempt, 1), self.options.cwd),
@@ -289,6 +286,14 @@ class SshScheduler(Scheduler):
             )
             raise Unreachable(what, maybe_started=True)
         return f"{pool.name}:{pid}:{parsed[2]}"
+
+    def _prepare_files(self, job: Job, jobdir: str) -> None:
+        """The wrapper script written, a stale pid file removed. Blocking: in a worker thread."""
+        self.write_script(job, jobdir)
+        try:
+            os.remove(job.attempt_path(PID))
+        except FileNotFoundError:
+            pass
 
     def _submit_failure(self, pool: ServerPool, job: Job, jobdir: str, result: Any) -> str:
         where = f"server {pool.name!r} ({pool.config.address})"
