@@ -71,12 +71,15 @@ ALLOWED: list[tuple[tuple[str, ...], str, tuple[str, ...], str]] = [
         "a local job is a fork/exec (Popen waits for the exec on a pipe) after looking the "
         "command up on PATH and removing a stale rc file: the spawn itself",
     ),
-    (
-        ("os.stat", "os.mkdir", "os.unlink", "os.listdir", "io.TextIOWrapper.read"),
-        "xqueue/queue.py",
-        ("__init__",),
-        "constructing a queue (synchronous, once): it creates and checks the workdir and "
-        "reads the installed entry points",
+    *(
+        (
+            ("os.stat", "os.mkdir", "os.unlink", "os.listdir", "io.TextIOWrapper.read"),
+            path,
+            ("__init__",),
+            "constructing a queue, its scheduler or its workdir (synchronous, once): the "
+            "workdir is created and checked, entry points and option paths looked up",
+        )
+        for path in ("xqueue/queue.py", "xqueue/scheduler.py", "xqueue/workdir.py")
     ),
     (
         ("io.TextIOWrapper.write", "io.BufferedWriter.write"),
@@ -117,6 +120,7 @@ def no_blocking(
     bb = BlockBuster(["xqueue", "tests"])
     for function in ("os.read", "os.write"):
         bb.functions[function].can_block_predicate = _never_waits
+    bb.functions["os.path.abspath"].can_block_predicate = _already_absolute
     for functions, path, names, _why in ALLOWED:
         for function in functions:
             bb.functions[function].can_block_in(path, names)
@@ -125,6 +129,12 @@ def no_blocking(
         yield bb
     finally:
         bb.deactivate()
+
+
+def _already_absolute(path: str | os.PathLike[str], *_: object, **__: object) -> bool:
+    """os.path.abspath of an absolute path is string work; only a relative one asks for
+    the working directory (blockbuster counts every call)."""
+    return os.path.isabs(path)
 
 
 def _never_waits(fd: int, *_: object, **__: object) -> bool:

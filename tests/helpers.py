@@ -90,6 +90,11 @@ def api(url: str, method: str, path: str, body: bytes | None = None) -> tuple[in
         return resp.status, data
 
 
+async def call_api(url: str, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+    """``api`` for async tests: the request is made in a worker thread."""
+    return await anyio.to_thread.run_sync(api, url, method, path, body)
+
+
 _imported: set[str] = set()
 
 
@@ -240,3 +245,8 @@ async def is_alive(pid: int) -> bool:
 async def read_text(path: str | os.PathLike[str]) -> str:
     """A file's text, for async tests: read without blocking the event loop."""
     return await anyio.Path(path).read_text()
+
+
+async def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """A file's bytes, for async tests: read without blocking the event loop."""
+    return await anyio.Path(path).read_bytes()

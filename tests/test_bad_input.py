@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import read_text
 from xqueue import (
     ConfigError,
     JobFailedError,
@@ -106,7 +107,7 @@ async def test_command_not_found_names_the_command(workdir: Path) -> None:
     assert job.status is JobStatus.FAILED
     assert job.attempt == 1  # not retried: it cannot succeed
     assert "command not found: 'no-such-command-xq'" in job.reason
-    assert "command not found" in Path(job.stderr_path).read_text()
+    assert "command not found" in (await read_text(job.stderr_path))
     assert ok.status is JobStatus.FINISHED
 
 

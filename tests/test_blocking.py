@@ -85,4 +85,4 @@ async def test_reconciling_job_files_in_the_loop_is_caught(workdir: Path) -> Non
 
 @pytest.mark.blocking_allowed("checks that the opt-out marker switches the fixture off")
 async def test_the_opt_out_marker_allows_blocking() -> None:
-    time.sleep(0.001)
+    time.sleep(0.001)  # noqa: ASYNC251 - the blocking call this test is about

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from tests.helpers import Recorder
@@ -54,7 +55,7 @@ async def test_module_style_plugin_with_async_hooks(workdir: Path) -> None:
     class Plugin:
         @hookimpl
         async def on_job_succeeded(self, job: Job, xqueue: Xqueue) -> None:
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             seen.append((job.name, xqueue.forks))
 
     q = Xqueue(workdir=workdir, plugins=[Plugin()], forks=2)

@@ -29,6 +29,8 @@ from tests.helpers import (
     SGE_FAST,
     SLURM_FAST,
     container_engine,
+    read_bytes,
+    read_text,
     ssh_server,
 )
 from xqueue import ConfigError, Job, JobStatus, Xqueue
@@ -174,7 +176,7 @@ def cleanup() -> Iterator[list[tuple[str, list[Job]]]]:
 
 
 def backend_queue(
-    request: pytest.FixtureRequest, backend: str, tmp_path: Path, workdir: Path, forks: int
+    request: pytest.FixtureRequest, backend: str, tmp_path: Path, workdir: Path
 ) -> tuple[str, dict[str, Any]]:
     """The scheduler and its options for one backend (a missing service skips or fails)."""
     if backend == "local":
@@ -202,9 +204,18 @@ def backend_queue(
     return "container", {"bin": "ch-run", "image": image, "envs": OPTION_ENVS}
 
 
+@pytest.fixture
+def backend_opts(
+    request: pytest.FixtureRequest, backend: str, tmp_path: Path
+) -> tuple[str, dict[str, Any]]:
+    """``backend_queue`` as a fixture: its services' fixtures are set up before the test
+    runs, not requested from inside its event loop."""
+    return backend_queue(request, backend, tmp_path, hostile_workdir(tmp_path, backend))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_hostile_strings_run_as_data_on_every_backend(
-    request: pytest.FixtureRequest,
+    backend_opts: tuple[str, dict[str, Any]],
     backend: str,
     tmp_path: Path,
     cleanup: list[tuple[str, list[Job]]],
@@ -215,7 +226,7 @@ async def test_hostile_strings_run_as_data_on_every_backend(
     envs = {f"XQ_E{i}": v for i, v in enumerate(args)}
     job_names = names(canary)
     forks = len(job_names) + 1
-    scheduler, opts = backend_queue(request, backend, tmp_path, workdir, forks)
+    scheduler, opts = backend_opts
     q = Xqueue(
         scheduler, forks=forks, workdir=workdir, error_strategy="ignore", scheduler_opts=opts
     )
@@ -235,15 +246,16 @@ async def test_hostile_strings_run_as_data_on_every_backend(
         await q.run_until_complete()
 
     for job in [*jobs, text_job]:
-        assert job.status is JobStatus.FINISHED, (job, job.reason, read(job.stderr_path))
-    assert leaks(tmp_path) == [], f"{backend}: payloads ran as commands"
+        stderr = await anyio.to_thread.run_sync(read, job.stderr_path)
+        assert job.status is JobStatus.FINISHED, (job, job.reason, stderr)
+    assert await anyio.to_thread.run_sync(leaks, tmp_path) == [], f"{backend}: payloads ran"
     container = scheduler == "container"
     for job in jobs:
-        assert Path(job.stdout_path).read_bytes() == expected(args, list(envs.values()), container)
+        assert (await read_bytes(job.stdout_path)) == expected(args, list(envs.values()), container)
     want = "".join(f"{a}\n" for a in [*args, "unset"]).encode()
-    assert Path(text_job.stdout_path).read_bytes() == want
+    assert (await read_bytes(text_job.stdout_path)) == want
     if scheduler == "slurm":
-        assert_slurm_names(jobs)
+        await anyio.to_thread.run_sync(assert_slurm_names, jobs)
 
 
 def read(path: str) -> str:
@@ -307,7 +319,7 @@ async def test_env_values_are_converted_by_the_documented_rule(workdir: Path) ->
     job = await q.feed(["sh", "-c", 'printf "%s," "$T" "$F" "$I" "$X" "$P" "$S"'], envs)
     assert job.envs == {"T": "1", "F": "0", "I": "7", "X": "0.5", "P": "/a b", "S": "s"}
     await q.run_until_complete()
-    assert Path(job.stdout_path).read_text() == "1,0,7,0.5,/a b,s,"
+    assert (await read_text(job.stdout_path)) == "1,0,7,0.5,/a b,s,"
 
 
 def test_container_envs_follow_the_same_rule() -> None:

@@ -9,6 +9,7 @@ import os
 import stat
 from pathlib import Path
 
+import anyio
 import pytest
 
 from xqueue import WorkdirError, Xqueue
@@ -146,14 +147,14 @@ async def test_a_run_over_a_corrupted_status_file_recovers_the_result(tmp_path: 
     job = await first.feed(f"echo x >> {marker}")
     await first.run_until_complete()
     assert job.status is JobStatus.FINISHED
-    Path(job.path("job.status")).write_bytes(b"\xff[1,2")
+    await anyio.Path(job.path("job.status")).write_bytes(b"\xff[1,2")
     again = Xqueue(workdir=tmp_path / "wd")
     rerun = await again.feed(f"echo x >> {marker}")
     await again.run_until_complete()
     # The unreadable record is passed over; the journal and the job's own rc file still
     # say it ran and succeeded, so it is collected, not run a second time.
     assert rerun.status is JobStatus.FINISHED and rerun.rc == 0
-    assert marker.read_text() == "x\n"
+    assert await anyio.Path(marker).read_text() == "x\n"
 
 
 def test_a_directory_as_the_journal_is_a_one_line_error(tmp_path: Path) -> None:
@@ -294,19 +295,23 @@ def test_open_output_empties_a_plain_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["symlink", "hardlink"])
 async def test_a_planted_job_output_fails_the_job_not_the_target(tmp_path: Path, kind: str) -> None:
-    target = outside_file(tmp_path)
+    target = await anyio.to_thread.run_sync(outside_file, tmp_path)
     first = Xqueue(workdir=tmp_path / "wd", error_strategy="ignore")
     job = await first.feed("echo overwritten; exit 1")
     await first.run_until_complete()
     assert job.status is JobStatus.FAILED
-    os.unlink(job.stdout_path)
-    plant(Path(job.stdout_path), target, kind)
+
+    def plant_output() -> None:
+        os.unlink(job.stdout_path)
+        plant(Path(job.stdout_path), target, kind)
+
+    await anyio.to_thread.run_sync(plant_output)
     again = Xqueue(workdir=tmp_path / "wd", error_strategy="ignore")
     rerun = await again.feed("echo overwritten; exit 1")
     await again.run_until_complete()
     assert rerun.status is JobStatus.FAILED
     assert "job.1.stdout' is a" in rerun.reason
-    assert target.read_text() == "precious\n"
+    assert await anyio.Path(target).read_text() == "precious\n"
 
 
 # -- whose workdir ------------------------------------------------------------------------------

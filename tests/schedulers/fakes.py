@@ -14,26 +14,29 @@ import socket
 import threading
 from pathlib import Path
 
+import anyio
 
-def _write(path: Path, body: str) -> str:
-    path.write_text("#!/bin/sh\n" + body)
-    path.chmod(0o755)
+
+async def _write(path: Path, body: str) -> str:
+    script = anyio.Path(path)
+    await script.write_text("#!/bin/sh\n" + body)
+    await script.chmod(0o755)
     return str(path)
 
 
-def calls(fake: str) -> int:
+async def calls(fake: str) -> int:
     """How many times a fake command has been run."""
-    counter = Path(f"{fake}.calls")
-    return len(counter.read_text().splitlines()) if counter.exists() else 0
+    counter = anyio.Path(f"{fake}.calls")
+    return len((await counter.read_text()).splitlines()) if await counter.exists() else 0
 
 
-def garbling(folder: Path, command: str, garbage: str, on_calls: set[int]) -> str:
+async def garbling(folder: Path, command: str, garbage: str, on_calls: set[int]) -> str:
     """``command`` that prints ``garbage`` (exit 0) on the given calls (1-based), else runs."""
-    real = shutil.which(command)
+    real = await anyio.to_thread.run_sync(shutil.which, command)
     assert real, f"{command} is not installed"
     path = folder / f"fake-{command}"
     cases = "|".join(str(n) for n in sorted(on_calls))
-    return _write(
+    return await _write(
         path,
         f"""echo x >> {path}.calls
 n=$(wc -l < {path}.calls)
@@ -43,17 +46,17 @@ exec {real} "$@"
     )
 
 
-def submitting_then(folder: Path, command: str, after: str) -> str:
+async def submitting_then(folder: Path, command: str, after: str) -> str:
     """``command`` that submits for real, keeps what it printed, then runs ``after``.
 
     ``after`` is what makes the outcome unknown to the backend: ``sleep 5`` outlasts a
     short submit timeout, ``echo 'Socket timed out on send/recv operation' >&2; exit 1``
     is Slurm's answer when the controller took the job but its reply was lost.
     """
-    real = shutil.which(command)
+    real = await anyio.to_thread.run_sync(shutil.which, command)
     assert real, f"{command} is not installed"
     path = folder / f"fake-{command}"
-    return _write(
+    return await _write(
         path,
         f"""echo x >> {path}.calls
 {real} "$@" >> {path}.out || exit $?
@@ -62,10 +65,10 @@ def submitting_then(folder: Path, command: str, after: str) -> str:
     )
 
 
-def submitted_ids(fake: str) -> list[str]:
+async def submitted_ids(fake: str) -> list[str]:
     """What the real command printed through ``submitting_then``, one line per submission."""
-    out = Path(f"{fake}.out")
-    return out.read_text().split() if out.exists() else []
+    out = anyio.Path(f"{fake}.out")
+    return (await out.read_text()).split() if await out.exists() else []
 
 
 class DroppingProxy:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 import pytest
 
 from xqueue import Job
@@ -213,33 +214,33 @@ async def test_run_submit_retries_only_what_proves_nothing_was_queued(tmp_path: 
             f"echo x >> {tmp_path}/calls; printf '{stdout}'; echo '{stderr}' >&2; exit {rc}",
         ]
 
-    def count() -> int:
-        return len((tmp_path / "calls").read_text().split())
+    async def count() -> int:
+        return len((await anyio.Path(tmp_path / "calls").read_text()).split())
 
     stats = SchedulerStats()
     with pytest.raises(SubmissionUnknownError, match="may have been queued"):
         await run_submit(
             command("Socket timed out on send/recv operation", 1), 10, stats, slurm.parse_jobid
         )
-    assert count() == 1 and stats.submit_calls == 1
+    assert await count() == 1 and stats.submit_calls == 1
     with pytest.raises(SubmissionUnknownError, match="no job id we can read: 'Submitted'"):
         await run_submit(command("", 0, "Submitted"), 10, stats, slurm.parse_jobid)
     with pytest.raises(SubmissionUnknownError, match="timed out"):
         await run_submit(["sleep", "5"], 0.2, stats, slurm.parse_jobid)
-    (tmp_path / "calls").unlink()
+    await anyio.Path(tmp_path / "calls").unlink()
     with pytest.raises(SubmissionError, match="invalid partition") as refused:
         await run_submit(command("invalid partition specified", 1), 10, stats, slurm.parse_jobid)
-    assert not refused.value.retryable and count() == 1
+    assert not refused.value.retryable and await count() == 1
     assert await run_submit(command("", 0, "42;cluster\\n"), 10, stats, slurm.parse_jobid) == "42"
     # Refused by a controller that could not be reached: retried, once here.
-    (tmp_path / "calls").unlink()
+    await anyio.Path(tmp_path / "calls").unlink()
     flaky = [
         "sh",
         "-c",
         f"echo x >> {tmp_path}/calls; [ $(wc -l < {tmp_path}/calls) -gt 1 ] && echo 43 && "
         "exit 0; echo 'Unable to contact slurm controller (connect failure)' >&2; exit 1",
     ]
-    assert await run_submit(flaky, 10, stats, slurm.parse_jobid) == "43" and count() == 2
+    assert await run_submit(flaky, 10, stats, slurm.parse_jobid) == "43" and await count() == 2
 
 
 def test_array_element_files_name_folder_and_attempt(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ the engine's API.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -17,7 +16,7 @@ from urllib.parse import quote
 import anyio
 import pytest
 
-from tests.helpers import IMAGE, api
+from tests.helpers import IMAGE, call_api, read_text
 from tests.schedulers.fakes import DroppingProxy
 from xqueue import Job, JobFailedError, JobStatus, SchedulerError, Xqueue
 from xqueue.errors import SchedulerOptionError, SchedulerOutputError, SubmissionUnknownError
@@ -28,9 +27,10 @@ from xqueue.workdir import Workdir
 pytestmark = pytest.mark.anyio
 
 
-def containers_of(url: str, workdir: Path) -> list[dict[str, Any]]:
-    filters = quote(json.dumps({"label": [f"xqueue.workdir={workdir.absolute()}"]}))
-    status, found = api(url, "GET", f"/containers/json?all=1&filters={filters}")
+async def containers_of(url: str, workdir: Path) -> list[dict[str, Any]]:
+    # The workdirs here are absolute (under tmp_path), as the label records them.
+    filters = quote(json.dumps({"label": [f"xqueue.workdir={workdir}"]}))
+    status, found = await call_api(url, "GET", f"/containers/json?all=1&filters={filters}")
     assert status == 200, found
     return list(found)
 
@@ -63,11 +63,11 @@ async def test_exit_codes_stdout_and_env(engine: dict[str, str], workdir: Path) 
         await q.aclose()
     assert [j.rc for j in codes] == [0, 3, 7, 130]
     assert [j.status for j in codes] == [JobStatus.FINISHED] + [JobStatus.FAILED] * 3
-    assert Path(argv.stdout_path).read_text() == "".join(f"[{a}]\n" for a in args)
-    assert Path(env.stdout_path).read_text() == f"opt $X/j/{env.index}\n{env.dir}\n"
-    assert Path(err.stderr_path).read_text() == "oops\n" and err.rc == 2
+    assert (await read_text(argv.stdout_path)) == "".join(f"[{a}]\n" for a in args)
+    assert (await read_text(env.stdout_path)) == f"opt $X/j/{env.index}\n{env.dir}\n"
+    assert (await read_text(err.stderr_path)) == "oops\n" and err.rc == 2
     # remove=True (the default): every container is gone once its code was read.
-    assert containers_of(engine["url"], workdir) == []
+    assert await containers_of(engine["url"], workdir) == []
 
 
 async def test_kept_containers_report_the_same_exit_code(
@@ -79,24 +79,24 @@ async def test_kept_containers_report_the_same_exit_code(
         await q.run_until_complete()
     finally:
         await q.aclose()
-    found = containers_of(engine["url"], workdir)
+    found = await containers_of(engine["url"], workdir)
     try:
         assert [c["Id"] for c in found] == [job.jid]
-        status, info = api(engine["url"], "GET", f"/containers/{job.jid}/json")
+        status, info = await call_api(engine["url"], "GET", f"/containers/{job.jid}/json")
         assert status == 200
         assert info["State"]["ExitCode"] == 5 == job.rc
         assert info["Config"]["Labels"]["xqueue.jobdir"] == job.dir
     finally:
         for c in found:
-            api(engine["url"], "DELETE", f"/containers/{c['Id']}?force=1")
+            await call_api(engine["url"], "DELETE", f"/containers/{c['Id']}?force=1")
 
 
 async def test_volumes_are_mounted(engine: dict[str, str], workdir: Path, tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "in.txt").write_text("from the host\n")
-    same = tmp_path / "same"
-    same.mkdir()
+    data = anyio.Path(tmp_path / "data")
+    await data.mkdir()
+    await (data / "in.txt").write_text("from the host\n")
+    same = anyio.Path(tmp_path / "same")
+    await same.mkdir()
     q = queue(engine, workdir, volumes=[f"{data}:/data:ro", str(same)])
     try:
         read = await q.feed(["cat", "/data/in.txt"])
@@ -105,9 +105,9 @@ async def test_volumes_are_mounted(engine: dict[str, str], workdir: Path, tmp_pa
         await q.run_until_complete()
     finally:
         await q.aclose()
-    assert Path(read.stdout_path).read_text() == "from the host\n"
-    assert write_ro.rc != 0 and not (data / "new").exists()
-    assert write_rw.rc == 0 and (same / "out.txt").read_text() == "written\n"
+    assert (await read_text(read.stdout_path)) == "from the host\n"
+    assert write_ro.rc != 0 and not await (data / "new").exists()
+    assert write_rw.rc == 0 and await (same / "out.txt").read_text() == "written\n"
 
 
 async def test_kill_stops_the_container_not_a_client(engine: dict[str, str], workdir: Path) -> None:
@@ -118,19 +118,19 @@ async def test_kill_stops_the_container_not_a_client(engine: dict[str, str], wor
             with anyio.fail_after(30):
                 while job.status is not JobStatus.RUNNING:
                     await anyio.sleep(0.05)
-            status, info = api(engine["url"], "GET", f"/containers/{job.jid}/json")
+            status, info = await call_api(engine["url"], "GET", f"/containers/{job.jid}/json")
             assert info["State"]["Running"] is True
             assert await q.kill(job)
             with anyio.fail_after(30):
                 await job.wait()
         await q.aclose()
         assert job.status.name == "KILLED"
-        status, info = api(engine["url"], "GET", f"/containers/{job.jid}/json")
+        status, info = await call_api(engine["url"], "GET", f"/containers/{job.jid}/json")
         assert status == 200 and info["State"]["Running"] is False
         assert info["State"]["ExitCode"] == 137
     finally:
-        for c in containers_of(engine["url"], workdir):
-            api(engine["url"], "DELETE", f"/containers/{c['Id']}?force=1")
+        for c in await containers_of(engine["url"], workdir):
+            await call_api(engine["url"], "DELETE", f"/containers/{c['Id']}?force=1")
 
 
 async def test_missing_image_is_reported_clearly_and_not_retried(
@@ -174,8 +174,8 @@ async def test_a_controller_restart_readopts_the_container(
             await second.aclose()
         assert state.rc == 6
     finally:
-        for c in containers_of(engine["url"], tmp_path / "wd"):
-            api(engine["url"], "DELETE", f"/containers/{c['Id']}?force=1")
+        for c in await containers_of(engine["url"], tmp_path / "wd"):
+            await call_api(engine["url"], "DELETE", f"/containers/{c['Id']}?force=1")
 
 
 @pytest.mark.docker
@@ -228,7 +228,7 @@ async def test_chrun_exit_codes_env_and_kill(chrun_image: str, workdir: Path) ->
         slow = await q.feed(["sh", "-c", "sleep 300 & sleep 300"])
         with anyio.fail_after(30):
             started = Path(slow.attempt_path("started"))
-            while slow.status is not JobStatus.RUNNING or not started.exists():
+            while slow.status is not JobStatus.RUNNING or not await anyio.Path(started).exists():
                 await anyio.sleep(0.05)
         pgid = int(str(slow.jid).split(":")[0])
         assert await q.kill(slow)
@@ -236,12 +236,10 @@ async def test_chrun_exit_codes_env_and_kill(chrun_image: str, workdir: Path) ->
             await slow.wait()
     await q.aclose()
     assert [j.rc for j in codes] == [0, 4]
-    assert Path(env.stdout_path).read_text() == "x $Y\nin the image\n"
+    assert (await read_text(env.stdout_path)) == "x $Y\nin the image\n"
     assert slow.status.name == "KILLED"
-    out = subprocess.run(
-        ["ps", "-o", "pid=,stat=", "-g", str(pgid)], capture_output=True, text=True
-    )
-    assert [ln for ln in out.stdout.splitlines() if "Z" not in ln.split()[-1]] == []
+    out = await anyio.run_process(["ps", "-o", "pid=,stat=", "-g", str(pgid)], check=False)
+    assert [ln for ln in out.stdout.decode().splitlines() if "Z" not in ln.split()[-1]] == []
 
 
 async def test_chrun_missing_image_directory(workdir: Path, chrun_image: str) -> None:
@@ -271,7 +269,7 @@ async def test_a_halted_run_leaves_no_container_behind(
         await q.aclose()
     assert bad.rc == 3
     assert slow.status.name == "KILLED"
-    assert containers_of(engine["url"], workdir) == []
+    assert await containers_of(engine["url"], workdir) == []
 
 
 async def test_chrun_halted_run_kills_and_reaps(chrun_image: str, workdir: Path) -> None:
@@ -311,21 +309,21 @@ async def test_lost_answer_is_unknown_and_the_container_found_by_its_labels(
         if lost == "create":
             # Created, never started: nothing ran in it, so it is removed, not adopted.
             assert not await scheduler.recover_job(job) and job.jid is None
-            assert containers_of(engine["url"], workdir) == []
+            assert await containers_of(engine["url"], workdir) == []
         else:
             assert await scheduler.recover_job(job)
-            (found,) = containers_of(engine["url"], workdir)
+            (found,) = await containers_of(engine["url"], workdir)
             assert job.jid == found["Id"] and found["Labels"]["xqueue.attempt"] == "1"
             with anyio.fail_after(30):
                 state = await scheduler.wait_job(job)
-            assert state.rc == 4 and Path(job.stdout_path).read_text() == "ran\n"
+            assert state.rc == 4 and (await read_text(job.stdout_path)) == "ran\n"
             job.jid, job.attempt = None, 2  # another attempt is not this container
             assert not await scheduler.recover_job(job) and job.jid is None
     finally:
         await scheduler.aclose()
         proxy.close()
-        for c in containers_of(engine["url"], workdir):
-            api(engine["url"], "DELETE", f"/containers/{c['Id']}?force=1")
+        for c in await containers_of(engine["url"], workdir):
+            await call_api(engine["url"], "DELETE", f"/containers/{c['Id']}?force=1")
 
 
 @pytest.mark.docker

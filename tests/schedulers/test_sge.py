@@ -7,7 +7,6 @@ deleted when a test ends.
 from __future__ import annotations
 
 import logging
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import anyio
 import pytest
 
 from tests.helpers import SGE_FAST as FAST
-from tests.helpers import cluster_queue, remove_after, wait_running
+from tests.helpers import cluster_queue, read_text, remove_after, wait_running
 from tests.schedulers.fakes import calls, garbling, submitted_ids, submitting_then
 from tests.schedulers.test_slurm import max_overlap
 from xqueue import Job, JobStatus, Xqueue
@@ -28,14 +27,16 @@ from xqueue.workdir import Workdir
 pytestmark = [pytest.mark.anyio, pytest.mark.sge, pytest.mark.usefixtures("sge_cluster")]
 
 
-def sh(*argv: str) -> str:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+async def sh(*argv: str) -> str:
+    """A command's output (the cluster's own CLI, the witness independent of xqueue)."""
+    with anyio.fail_after(30):
+        return (await anyio.run_process(argv, check=False)).stdout.decode()
 
 
 async def qacct(jid: str) -> dict[str, Any]:
     """The accounting record of a job or task, waiting for SGE to write it."""
     for _ in range(50):
-        record = parse_qacct(sh("qacct", "-j", jid.split(".")[0])).get(jid)
+        record = parse_qacct(await sh("qacct", "-j", jid.split(".")[0])).get(jid)
         if record is not None:
             return {"exit_status": record.exit_status, "failed": record.failed}
         await anyio.sleep(0.2)
@@ -82,8 +83,8 @@ async def test_batch_succeeds_with_stdout_and_return_codes(workdir: Path) -> Non
         await q.run_until_complete()
     for i, job in enumerate(jobs):
         assert job.rc == i % 3
-        assert Path(job.stdout_path).read_text() == f"out {i}\n"
-        assert Path(job.stderr_path).read_text() == f"err {i}\n"
+        assert (await read_text(job.stdout_path)) == f"out {i}\n"
+        assert (await read_text(job.stderr_path)) == f"err {i}\n"
     base = jobs[0].jid.split(".")[0] if jobs[0].jid else ""
     assert [j.jid for j in jobs] == [f"{base}.{i + 1}" for i in range(12)]
     assert (await qacct(f"{base}.3"))["exit_status"] == 2
@@ -98,7 +99,7 @@ async def test_failing_job_is_retried_and_reports_its_last_return_code(workdir: 
         await q.run_until_complete()
     assert bad.status is JobStatus.FAILED and bad.rc == 5 and bad.attempt == 3
     assert good.status is JobStatus.FINISHED and good.attempt == 1
-    assert Path(bad.attempt_path("rc", 2)).read_text().strip() == "5"
+    assert (await read_text(bad.attempt_path("rc", 2))).strip() == "5"
     assert bad.jid and (await qacct(bad.jid))["exit_status"] == 5
 
 
@@ -115,7 +116,7 @@ async def test_running_job_is_killed_and_sge_records_the_kill(
     assert job.status is JobStatus.KILLED and job.jid
     record = await qacct(job.jid)
     assert record["exit_status"] == 137 and record["failed"].startswith("100")
-    assert job.jid not in sh("qstat", "-u", "root")
+    assert job.jid not in await sh("qstat", "-u", "root")
 
 
 async def test_resources_and_options_reach_sge(workdir: Path, delete_after: list[Job]) -> None:
@@ -127,7 +128,7 @@ async def test_resources_and_options_reach_sge(workdir: Path, delete_after: list
         with anyio.fail_after(30):
             while not job.jid:
                 await anyio.sleep(0.05)
-        info = sh("qstat", "-j", job.jid)
+        info = await sh("qstat", "-j", job.jid)
         assert await q.kill(job)
     assert "job_name:                   xq_res" in info
     assert "h_vmem=300M" in info and "h_vmem=200M" not in info  # raw l wins
@@ -171,7 +172,7 @@ async def test_array_of_100_retries_only_the_failing_element(workdir: Path, tmp_
     assert jobs[37].jid and not jobs[37].jid.startswith(f"{base}.")
     assert (await qacct(f"{base}.38"))["exit_status"] == 9
     assert q.statistics().submit_calls == 2
-    assert Path(jobs[37].stdout_path).read_text() == "37\n"
+    assert (await read_text(jobs[37].stdout_path)) == "37\n"
 
 
 async def test_bad_options_fail_with_sges_message(workdir: Path) -> None:
@@ -194,7 +195,7 @@ async def test_bad_resource_fails_only_its_job(workdir: Path) -> None:
     with anyio.fail_after(60):
         await q.run_until_complete()
     assert gpu.status is JobStatus.FAILED and 'unknown resource "gpu"' in gpu.reason
-    assert [Path(j.stdout_path).read_text() for j in good] == ["0\n", "1\n", "2\n"]
+    assert [(await read_text(j.stdout_path)) for j in good] == ["0\n", "1\n", "2\n"]
 
 
 async def test_job_in_error_state_fails_with_sges_reason(workdir: Path) -> None:
@@ -204,7 +205,7 @@ async def test_job_in_error_state_fails_with_sges_reason(workdir: Path) -> None:
         await q.run_until_complete()
     assert job.status is JobStatus.FAILED and job.attempt == 1
     assert "can't open output file" in job.reason
-    assert job.jid and job.jid not in sh("qstat", "-u", "root")  # deleted, not left in Eqw
+    assert job.jid and job.jid not in await sh("qstat", "-u", "root")  # deleted, not left in Eqw
 
 
 async def test_later_run_readopts_jobs_whose_ids_were_never_recorded(
@@ -230,7 +231,7 @@ async def test_later_run_readopts_jobs_whose_ids_were_never_recorded(
         await q.run_until_complete()
     assert [j.jid for j in jobs] == ids
     assert all(j.status is JobStatus.FINISHED and j.rc == 0 for j in jobs)
-    assert sorted(marker.read_text().split()) == ["0", "1", "2"]
+    assert sorted((await read_text(marker)).split()) == ["0", "1", "2"]
     assert q.statistics().submit_calls == 0
 
 
@@ -238,14 +239,14 @@ async def test_garbled_qstat_answer_mid_run_is_survived(
     workdir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A qstat -xml cut short: its XML error used to end the whole run.
-    whole = Path(__file__).with_name("outputs").joinpath("sge_qstat_array.xml").read_text()
-    fake = garbling(tmp_path, "qstat", whole[:300], {2})
+    whole = await read_text(Path(__file__).with_name("outputs") / "sge_qstat_array.xml")
+    fake = await garbling(tmp_path, "qstat", whole[:300], {2})
     q = queue(workdir, forks=3, scheduler_opts={"qstat": fake, "vanish_grace": 0})
     jobs = [await q.feed(["sleep", "2"]) for _ in range(3)]
     with caplog.at_level(logging.WARNING, logger="xqueue"), anyio.fail_after(60):
         await q.run_until_complete()
     assert [j.status for j in jobs] == [JobStatus.FINISHED] * 3
-    assert calls(fake) > 2
+    assert await calls(fake) > 2
     assert "cannot read the output of" in caplog.text and "<job_info" in caplog.text
 
 
@@ -258,8 +259,9 @@ async def test_exit_codes_sge_acts_on_run_the_job_once(workdir: Path, tmp_path: 
         await q.run_until_complete()
     assert [(j.status, j.rc) for j in jobs] == [(JobStatus.FAILED, 99), (JobStatus.FAILED, 100)]
     await anyio.sleep(3)  # time enough for SGE to start a rescheduled one again
-    assert sorted(runs.read_text().split()) == ["100", "99"]
-    assert all(j.jid and j.jid not in sh("qstat", "-u", "root") for j in jobs)
+    assert sorted((await read_text(runs)).split()) == ["100", "99"]
+    queued = await sh("qstat", "-u", "root")
+    assert all(j.jid and j.jid not in queued for j in jobs)
 
 
 async def test_forks_bounds_running_jobs_when_shapes_outnumber_forks(
@@ -273,13 +275,13 @@ async def test_forks_bounds_running_jobs_when_shapes_outnumber_forks(
         await q.run_until_complete()
     assert q.statistics().counts == {"finished": 6}
     assert q.statistics().submit_calls == 3  # one array per shape
-    assert max_overlap(list(q.jobs)) <= 2
+    assert await anyio.to_thread.run_sync(max_overlap, list(q.jobs)) <= 2
 
 
 async def test_qsub_that_times_out_is_unknown_and_found_by_its_name(
     workdir: Path, tmp_path: Path, delete_after: list[Job], go: Path
 ) -> None:
-    fake = submitting_then(tmp_path, "qsub", "sleep 5")
+    fake = await submitting_then(tmp_path, "qsub", "sleep 5")
     wd = Workdir(workdir)
     scheduler = SgeScheduler(**FAST, qsub=fake, submit_timeout=1)
     scheduler.forks = 3
@@ -294,21 +296,23 @@ async def test_qsub_that_times_out_is_unknown_and_found_by_its_name(
     single = await scheduler.submit_jobs(jobs[:1])  # alone: a single job
     array = await scheduler.submit_jobs(jobs[1:])  # together: one array
     assert all(isinstance(r, SubmissionUnknownError) for r in [*single, *array])
-    assert calls(fake) == 2
-    single_id, array_id = (line.split(".")[0] for line in submitted_ids(fake))
+    assert await calls(fake) == 2
+    single_id, array_id = (line.split(".")[0] for line in (await submitted_ids(fake)))
     for job in jobs:
         assert await scheduler.recover_job(job)
     assert [j.jid for j in jobs] == [single_id, f"{array_id}.1", f"{array_id}.2"]
-    go.touch()
+    await anyio.Path(go).touch()
     with anyio.fail_after(60):
         while not all(s.status.is_final for s in (await scheduler.poll_jobs(jobs)).values()):
             await anyio.sleep(0.3)
-    assert sorted(marker.read_text().split()) == ["0", "1", "2"]  # each ran once
+    assert sorted((await read_text(marker)).split()) == ["0", "1", "2"]  # each ran once
 
     # Ended, it has left qstat: a later run finds it in qacct by its name.
+    queued = await sh("qstat", "-u", "root")
     with anyio.fail_after(30):  # the rc file settles a job before SGE has let it go
-        while any(f" {j.jid.split('.')[0]} " in sh("qstat", "-u", "root") for j in jobs if j.jid):
+        while any(f" {j.jid.split('.')[0]} " in queued for j in jobs if j.jid):
             await anyio.sleep(0.3)
+            queued = await sh("qstat", "-u", "root")
     later = SgeScheduler(**FAST)
     await later.open(wd)
     for job in jobs:

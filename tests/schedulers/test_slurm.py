@@ -7,7 +7,6 @@ Every test reads back what Slurm itself recorded (``scontrol show job``, ``squeu
 from __future__ import annotations
 
 import logging
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import anyio
 import pytest
 
 from tests.helpers import SLURM_FAST as FAST
-from tests.helpers import cluster_queue, remove_after, wait_running
+from tests.helpers import cluster_queue, read_text, remove_after, wait_running
 from tests.schedulers.fakes import calls, garbling, submitted_ids, submitting_then
 from xqueue import Job, JobStatus, Xqueue
 from xqueue.errors import SubmissionUnknownError
@@ -26,14 +25,16 @@ from xqueue.workdir import Workdir
 pytestmark = [pytest.mark.anyio, pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 
-def sh(*argv: str) -> str:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+async def sh(*argv: str) -> str:
+    """A command's output (the cluster's own CLI, the witness independent of xqueue)."""
+    with anyio.fail_after(30):
+        return (await anyio.run_process(argv, check=False)).stdout.decode()
 
 
-def show_job(jid: str) -> dict[str, str]:
+async def show_job(jid: str) -> dict[str, str]:
     """``scontrol show job -o`` as a dict (it keeps ended jobs for MinJobAge)."""
     fields: dict[str, str] = {}
-    for word in sh("scontrol", "show", "job", "-o", jid).split():
+    for word in (await sh("scontrol", "show", "job", "-o", jid)).split():
         key, sep, value = word.partition("=")
         if sep:
             fields.setdefault(key, value)
@@ -43,7 +44,7 @@ def show_job(jid: str) -> dict[str, str]:
 async def slurm_ended(jid: str) -> dict[str, str]:
     """``show_job`` once Slurm itself has the job as ended."""
     with anyio.fail_after(30):
-        while (info := show_job(jid)).get("JobState") in ("PENDING", "RUNNING", "COMPLETING"):
+        while (info := await show_job(jid)).get("JobState") in ("PENDING", "RUNNING", "COMPLETING"):
             await anyio.sleep(0.1)
     return info
 
@@ -100,12 +101,12 @@ async def test_batch_succeeds_with_stdout_and_return_codes(workdir: Path) -> Non
     for i, job in enumerate(jobs):
         assert job.rc == i % 3
         assert job.status is (JobStatus.FINISHED if i % 3 == 0 else JobStatus.FAILED)
-        assert Path(job.stdout_path).read_text() == f"out {i}\n"
-        assert Path(job.stderr_path).read_text() == f"err {i}\n"
+        assert (await read_text(job.stdout_path)) == f"out {i}\n"
+        assert (await read_text(job.stderr_path)) == f"err {i}\n"
     # One array, throttled by forks, whose elements Slurm records with the job's own exit.
     base = jobs[0].jid.split("_")[0] if jobs[0].jid else ""
     assert all(j.jid == f"{base}_{i}" for i, j in enumerate(jobs))
-    info = show_job(f"{base}_2")
+    info = await show_job(f"{base}_2")
     assert info["ExitCode"] == "2:0" and info["Partition"] == "debug"
     assert info["ArrayTaskThrottle"] == "10"
     assert q.statistics().submit_calls == 1
@@ -120,7 +121,7 @@ async def test_failing_job_is_retried_and_reports_its_last_return_code(workdir: 
     assert bad.status is JobStatus.FAILED and bad.rc == 5 and bad.attempt == 3
     assert good.status is JobStatus.FINISHED and good.attempt == 1
     for n in (1, 2):
-        assert Path(bad.attempt_path("rc", n)).read_text().strip() == "5"
+        assert (await read_text(bad.attempt_path("rc", n))).strip() == "5"
     assert bad.jid
     # The rc file settles a job before Slurm has recorded its end (COMPLETING).
     assert (await slurm_ended(bad.jid))["ExitCode"] == "5:0"
@@ -138,7 +139,7 @@ async def test_running_job_is_killed_and_slurm_shows_it_cancelled(
             await job.wait()
     assert job.status is JobStatus.KILLED
     assert job.jid
-    assert show_job(job.jid)["JobState"] == "CANCELLED"
+    assert (await show_job(job.jid))["JobState"] == "CANCELLED"
     assert q.statistics().kill_calls == 1
 
 
@@ -149,13 +150,13 @@ async def test_resources_and_options_reach_slurm(workdir: Path) -> None:
     with anyio.fail_after(60):
         await q.run_until_complete()
     assert job.jid and other.jid
-    info = show_job(job.jid)
+    info = await show_job(job.jid)
     assert info["JobName"] == "xq-res-test"
     assert info["NumCPUs"] == "2" and info["TimeLimit"] == "00:07:00"
     assert info["MinMemoryNode"] == "300M"  # scheduler_opts mem wins over resources memory
     assert info["Nice"] == "5"
     assert info["Comment"] == f"xqueue:{q.scheduler._tag}:0.1"  # type: ignore[attr-defined]
-    info = show_job(other.jid)
+    info = await show_job(other.jid)
     assert info["NumCPUs"] == "3" and info["TimeLimit"] == "01:00:00"
 
 
@@ -195,9 +196,9 @@ async def test_array_of_100_retries_only_the_failing_element(workdir: Path, tmp_
     first_array = jobs[0].jid.split("_")[0] if jobs[0].jid else ""
     assert all(j.jid == f"{first_array}_{j.index}" for j in jobs if j.index != 37)
     assert jobs[37].jid and not jobs[37].jid.startswith(f"{first_array}_")
-    assert show_job(f"{first_array}_37")["ExitCode"] == "9:0"
+    assert (await show_job(f"{first_array}_37"))["ExitCode"] == "9:0"
     assert q.statistics().submit_calls == 2  # the array, then the one element again
-    assert Path(jobs[37].stdout_path).read_text() == "37\n"
+    assert (await read_text(jobs[37].stdout_path)) == "37\n"
 
 
 async def test_unknown_partition_fails_with_slurms_message(workdir: Path) -> None:
@@ -209,7 +210,7 @@ async def test_unknown_partition_fails_with_slurms_message(workdir: Path) -> Non
         assert job.status is JobStatus.FAILED
         assert "invalid partition specified: nope" in job.reason
         assert job.attempt == 1  # not retryable: it would fail the same way
-        assert "invalid partition specified" in Path(job.stderr_path).read_text()
+        assert "invalid partition specified" in (await read_text(job.stderr_path))
 
 
 async def test_invalid_memory_fails_only_the_jobs_it_carries(workdir: Path) -> None:
@@ -227,13 +228,13 @@ async def test_invalid_memory_fails_only_the_jobs_it_carries(workdir: Path) -> N
     assert huge.status is JobStatus.FAILED and huge.jid is None
     assert "Memory specification can not be satisfied" in huge.reason
     assert [j.status for j in good] == [JobStatus.FINISHED] * 3
-    assert [Path(j.stdout_path).read_text() for j in good] == ["0\n", "1\n", "2\n"]
+    assert [(await read_text(j.stdout_path)) for j in good] == ["0\n", "1\n", "2\n"]
 
 
 async def test_dependency_that_can_never_be_satisfied_ends_the_job(workdir: Path) -> None:
-    failed = sh("sbatch", "--parsable", "-o", "/dev/null", "--wrap", "exit 1").strip()
+    failed = (await sh("sbatch", "--parsable", "-o", "/dev/null", "--wrap", "exit 1")).strip()
     for _ in range(100):
-        if show_job(failed).get("JobState") == "FAILED":
+        if (await show_job(failed)).get("JobState") == "FAILED":
             break
         await anyio.sleep(0.2)
     q = queue(workdir, error_strategy="retry", scheduler_opts={"dependency": f"afterok:{failed}"})
@@ -242,7 +243,7 @@ async def test_dependency_that_can_never_be_satisfied_ends_the_job(workdir: Path
         await q.run_until_complete()
     assert job.status is JobStatus.FAILED and job.attempt == 1
     assert "dependency can never be satisfied" in job.reason
-    assert job.jid and show_job(job.jid)["JobState"] == "CANCELLED"
+    assert job.jid and (await show_job(job.jid))["JobState"] == "CANCELLED"
 
 
 async def test_ended_job_without_rc_file_is_resolved_by_sacct_or_vanishes(workdir: Path) -> None:
@@ -253,13 +254,13 @@ async def test_ended_job_without_rc_file_is_resolved_by_sacct_or_vanishes(workdi
     # The rc file settles a job before Slurm has finished it (COMPLETING): wait until
     # Slurm itself has it as ended, which is what this test is about.
     with anyio.fail_after(60):
-        while sh("squeue", "-h", "-t", "all", "-j", str(job.jid), "-o", "%T").strip() in (
+        while (await sh("squeue", "-h", "-t", "all", "-j", str(job.jid), "-o", "%T")).strip() in (
             "RUNNING",
             "COMPLETING",
             "PENDING",
         ):
             await anyio.sleep(0.2)
-    Path(job.attempt_path("rc")).unlink()  # as if the file system lost it
+    await anyio.Path(job.attempt_path("rc")).unlink()  # as if the file system lost it
     job.status = JobStatus.RUNNING
 
     scheduler = SlurmScheduler(**FAST)
@@ -306,7 +307,7 @@ async def test_later_run_readopts_jobs_whose_ids_were_never_recorded(
         await q.run_until_complete()
     assert [j.jid for j in jobs] == ids
     assert all(j.status is JobStatus.FINISHED and j.rc == 0 for j in jobs)
-    assert sorted(marker.read_text().split()) == ["0", "1", "2"]  # each ran once
+    assert sorted((await read_text(marker)).split()) == ["0", "1", "2"]  # each ran once
     assert q.statistics().submit_calls == 0
 
 
@@ -332,8 +333,8 @@ async def test_arrays_split_at_max_array_size(workdir: Path, cancel_after: list[
     assert scheduler.stats.submit_calls == 4
     # forks=2 is shared: the two single jobs take both slots, so each array gets the
     # minimum throttle of 1 (the engine itself never hands over more than max_batch).
-    assert show_job(ids[0])["ArrayTaskThrottle"] == "1"
-    assert show_job(ids[9])["NumCPUs"] == "2"
+    assert (await show_job(ids[0]))["ArrayTaskThrottle"] == "1"
+    assert (await show_job(ids[9]))["NumCPUs"] == "2"
     await scheduler.kill_jobs(jobs)
     assert scheduler.stats.kill_calls == 1
     with anyio.fail_after(30):
@@ -371,9 +372,11 @@ async def test_forks_bounds_running_jobs_across_arrays(
         await q.run_until_complete()
     assert q.statistics().counts == {"finished": 12}
     assert q.statistics().submit_calls == 2  # one array per shape
-    throttles = sorted(show_job(j.jid or "").get("ArrayTaskThrottle", "?") for j in q.jobs[:2])
+    throttles = sorted(
+        [(await show_job(j.jid or "")).get("ArrayTaskThrottle", "?") for j in q.jobs[:2]]
+    )
     assert throttles == ["2", "2"]
-    assert max_overlap(list(q.jobs)) <= 4
+    assert await anyio.to_thread.run_sync(max_overlap, list(q.jobs)) <= 4
 
 
 async def test_forks_bounds_running_jobs_when_shapes_outnumber_forks(
@@ -388,9 +391,9 @@ async def test_forks_bounds_running_jobs_when_shapes_outnumber_forks(
         await q.run_until_complete()
     assert q.statistics().counts == {"finished": 6}
     assert q.statistics().submit_calls == 3  # still one array per shape
-    assert max_overlap(list(q.jobs)) <= 2
+    assert await anyio.to_thread.run_sync(max_overlap, list(q.jobs)) <= 2
     # Arrays that waited became eligible only when the one before them had ended.
-    arrays = [show_job(j.jid or "") for j in q.jobs[:3]]
+    arrays = [await show_job(j.jid or "") for j in q.jobs[:3]]
     assert sum(a["EligibleTime"] > a["SubmitTime"] for a in arrays) >= 1, arrays
 
 
@@ -399,14 +402,14 @@ async def test_garbled_squeue_answer_mid_run_is_survived(
 ) -> None:
     # Without accounting and with no grace, a garbled answer read as "no jobs" would
     # fail every job as vanished; it must count as a failed query instead.
-    fake = garbling(tmp_path, "squeue", "<html>502 Bad Gateway</html>\n", {3})
+    fake = await garbling(tmp_path, "squeue", "<html>502 Bad Gateway</html>\n", {3})
     opts = {"squeue": fake, "accounting": False, "vanish_grace": 0}
     q = queue(workdir, forks=3, scheduler_opts=opts)
     jobs = [await q.feed(["sleep", "2"]) for _ in range(3)]
     with caplog.at_level(logging.WARNING, logger="xqueue"), anyio.fail_after(60):
         await q.run_until_complete()
     assert [j.status for j in jobs] == [JobStatus.FINISHED] * 3
-    assert calls(fake) > 3  # the garbled answer came mid-run, and polling went on
+    assert await calls(fake) > 3  # the garbled answer came mid-run, and polling went on
     assert "cannot read the output of" in caplog.text and "502 Bad Gateway" in caplog.text
 
 
@@ -433,9 +436,9 @@ async def until_ended(scheduler: SlurmScheduler, jobs: list[Job]) -> None:
             await anyio.sleep(0.2)
 
 
-def tagged(comment: str) -> list[str]:
+async def tagged(comment: str) -> list[str]:
     """Every job Slurm has (ended ones too) whose comment is exactly ``comment``."""
-    out = sh("squeue", "-h", "-r", "-t", "all", "-o", "%i|%k")
+    out = await sh("squeue", "-h", "-r", "-t", "all", "-o", "%i|%k")
     return [line.split("|")[0] for line in out.split() if line.split("|", 1)[1] == comment]
 
 
@@ -443,23 +446,23 @@ async def test_sbatch_that_times_out_is_unknown_and_found_by_its_tag(
     workdir: Path, tmp_path: Path, cancel_after: list[Job], go: Path
 ) -> None:
     # The controller took the job, but sbatch's answer came too late.
-    fake = submitting_then(tmp_path, "sbatch", "sleep 5")
+    fake = await submitting_then(tmp_path, "sbatch", "sleep 5")
     scheduler = await scheduler_with(workdir, 2, sbatch=fake, submit_timeout=1)
     marker = tmp_path / "ran"
     (job,) = new_jobs(workdir, [f"echo once >> {marker}; while [ ! -e {go} ]; do sleep 0.1; done"])
     cancel_after.append(job)
     (result,) = await scheduler.submit_jobs([job])
     assert isinstance(result, SubmissionUnknownError) and "timed out" in str(result)
-    assert calls(fake) == 1  # never submitted again on its own
-    (real,) = submitted_ids(fake)
+    assert await calls(fake) == 1  # never submitted again on its own
+    (real,) = await submitted_ids(fake)
 
     assert job.jid is None and await scheduler.recover_job(job)  # held: queued or running
     assert job.jid == real
-    go.touch()
+    await anyio.Path(go).touch()
     await until_ended(scheduler, [job])
-    assert marker.read_text() == "once\n"
+    assert (await read_text(marker)) == "once\n"
     comment = f"xqueue:{scheduler._tag}:0.1"
-    assert tagged(comment) == [real]  # one cluster job for the attempt: it ran once
+    assert await tagged(comment) == [real]  # one cluster job for the attempt: it ran once
 
     # A later run finds it too, ended (the engine then reads its return code file);
     # the next attempt of the same job is another submission, not this one.
@@ -478,16 +481,16 @@ async def test_array_whose_sbatch_answer_was_lost_is_found_element_by_element(
         "echo 'sbatch: error: Batch job submission failed: Socket timed out on send/recv "
         "operation' >&2; exit 1"
     )
-    fake = submitting_then(tmp_path, "sbatch", lost)
+    fake = await submitting_then(tmp_path, "sbatch", lost)
     scheduler = await scheduler_with(workdir, 3, sbatch=fake)
     jobs = new_jobs(workdir, ["echo 0", "echo 1", "echo 2"])
     cancel_after.extend(jobs)
     results = await scheduler.submit_jobs(jobs)
     assert all(isinstance(r, SubmissionUnknownError) for r in results), results
-    assert calls(fake) == 1  # one sbatch for the array, not retried
-    (base,) = submitted_ids(fake)
+    assert await calls(fake) == 1  # one sbatch for the array, not retried
+    (base,) = await submitted_ids(fake)
     for job in jobs:
         await scheduler.recover_job(job)
     assert [j.jid for j in jobs] == [f"{base}_{i}" for i in range(3)]
     await until_ended(scheduler, jobs)
-    assert [Path(j.stdout_path).read_text() for j in jobs] == ["0\n", "1\n", "2\n"]
+    assert [(await read_text(j.stdout_path)) for j in jobs] == ["0\n", "1\n", "2\n"]

@@ -17,12 +17,14 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
+from tests.helpers import read_text
 from tests.helpers import ssh_server as server
 from xqueue import Job, JobFailedError, JobStatus, SchedulerError, Xqueue, hookimpl
 from xqueue.errors import SchedulerOptionError, SubmissionUnknownError
@@ -121,7 +123,7 @@ async def test_fifty_jobs_spread_over_both_servers(servers: dict[str, Any], work
     finally:
         await q.aclose()
     assert [j.rc for j in jobs] == [i % 3 for i in range(50)]
-    assert [Path(j.stdout_path).read_text() for j in jobs] == [f"job {i}\n" for i in range(50)]
+    assert [(await read_text(j.stdout_path)) for j in jobs] == [f"job {i}\n" for i in range(50)]
     per_server = Counter(str(j.jid).split(":")[0] for j in jobs)
     # Fewest running jobs first: 50 jobs at once split evenly (a job that ends while
     # others are still being submitted frees its server's slot, hence the margin).
@@ -144,8 +146,8 @@ async def test_list_command_reaches_the_program_exactly(
         await q.run_until_complete()
     finally:
         await q.aclose()
-    assert json.loads(Path(job.stdout_path).read_text()) == args
-    assert Path(env_job.stdout_path).read_text() == "hi $USER\n"
+    assert json.loads(await read_text(job.stdout_path)) == args
+    assert (await read_text(env_job.stdout_path)) == "hi $USER\n"
 
 
 class PoolSnapshot:
@@ -235,7 +237,7 @@ async def test_kill_takes_down_the_whole_group_on_the_server(
     await q.aclose()
     assert job.status.name == "KILLED"
     assert live_group_members(ssh_env, pgid) == []
-    assert Path(job.stdout_path).read_text() == ""
+    assert (await read_text(job.stdout_path)) == ""
 
 
 async def test_server_restarted_mid_run_jobs_are_reattached(
@@ -270,7 +272,7 @@ async def test_server_restarted_mid_run_jobs_are_reattached(
         await q.aclose()
         kill_leftovers(jobs)
     assert [j.status for j in jobs] == [JobStatus.FINISHED] * 12
-    assert all(Path(j.stdout_path).read_text() == "done\n" for j in jobs)
+    assert [await read_text(j.stdout_path) for j in jobs] == ["done\n"] * len(jobs)
     # The jobs running on the restarted server were followed to their end, not re-run.
     assert all(j.attempt == 1 for j in jobs)
 
@@ -324,9 +326,10 @@ async def test_unknown_host_key_is_refused(
     servers: dict[str, Any], workdir: Path, tmp_path: Path, ssh_env: dict[str, str]
 ) -> None:
     # A known_hosts that pins only port 2222's key: port 2223 is a stranger.
-    lines = Path(ssh_env["XQ_SSH_KNOWN_HOSTS"]).read_text().splitlines()
+    lines = (await read_text(ssh_env["XQ_SSH_KNOWN_HOSTS"])).splitlines()
     only_big = tmp_path / "known_hosts"
-    only_big.write_text("\n".join(ln for ln in lines if "]:2223 " not in ln) + "\n")
+    pinned = "\n".join(ln for ln in lines if "]:2223 " not in ln) + "\n"
+    await anyio.Path(only_big).write_text(pinned)
     small = {**servers["small"], "known_hosts": str(only_big)}
     q = Xqueue("ssh", workdir=workdir, scheduler_opts={"servers": {"small": small}})
     await q.feed(["true"])
@@ -389,14 +392,14 @@ async def test_controller_restart_readopts_a_running_job(
         assert await second.recover_job(job)  # found by the pid file the server wrote
         assert str(job.jid).startswith("big:")
         assert not (await second.poll_jobs([job]))[job].status.is_final
-        go.touch()
+        await anyio.Path(go).touch()
         with anyio.fail_after(30):
             while not (state := (await second.poll_jobs([job]))[job]).status.is_final:
                 await anyio.sleep(0.2)
     finally:
         await second.aclose()
     assert state.status is JobStatus.FINISHED and state.rc == 0
-    assert Path(job.stdout_path).read_text() == "survived\n"
+    assert (await read_text(job.stdout_path)) == "survived\n"
 
 
 async def test_unprivileged_user_and_remote_workdir(
@@ -405,12 +408,14 @@ async def test_unprivileged_user_and_remote_workdir(
     # The server sees the workdir through another path (a symlink standing in for a
     # different mount point), and logs in as the unprivileged xqtest.
     monkeypatch.setenv("XQUEUE_TRUST_WORKDIR", "1")  # xqtest writes there: trusted on purpose
-    base = Path(tempfile.mkdtemp(prefix="xqueue-ssh-", dir="/tmp"))
+    base = Path(
+        await anyio.to_thread.run_sync(partial(tempfile.mkdtemp, "", "xqueue-ssh-", "/tmp"))
+    )
     alias = Path(f"{base}-as-seen-remotely")
     old_umask = os.umask(0)  # the job folders must be writable by xqtest
     try:
-        base.chmod(0o777)
-        alias.symlink_to(base)
+        await anyio.Path(base).chmod(0o777)
+        await anyio.Path(alias).symlink_to(base)
         remote = {
             **servers["big"],
             "user": ssh_env["XQ_SSH_USER"],
@@ -422,14 +427,14 @@ async def test_unprivileged_user_and_remote_workdir(
             await q.run_until_complete()
         finally:
             await q.aclose()
-        assert job.status is JobStatus.FINISHED, Path(job.stderr_path).read_text()
-        user, jobdir = Path(job.stdout_path).read_text().split()
+        assert job.status is JobStatus.FINISHED, await anyio.Path(job.stderr_path).read_text()
+        user, jobdir = (await read_text(job.stdout_path)).split()
         assert user == ssh_env["XQ_SSH_USER"]
         assert jobdir == str(alias / "wd" / Path(job.dir).name)
     finally:
         os.umask(old_umask)
-        alias.unlink(missing_ok=True)
-        shutil.rmtree(base, ignore_errors=True)
+        await anyio.Path(alias).unlink(missing_ok=True)
+        await anyio.to_thread.run_sync(partial(shutil.rmtree, base, ignore_errors=True))
 
 
 async def test_workdir_not_shared_is_reported(servers: dict[str, Any], workdir: Path) -> None:
@@ -488,7 +493,7 @@ async def test_a_job_killed_on_the_server_outside_xqueue_is_reported(
     async with q:
         job = await q.feed(["sleep", "300"])
         with anyio.fail_after(20):
-            while job.jid is None or not Path(job.attempt_path("started")).exists():
+            while job.jid is None or not await anyio.Path(job.attempt_path("started")).exists():
                 await anyio.sleep(0.05)
         pgid = int(str(job.jid).split(":")[1])
         on_server(ssh_env, ssh_env["XQ_SSH_PORT"], f"kill -KILL -{pgid}\n")
@@ -566,7 +571,7 @@ async def test_answer_lost_after_the_job_started_keeps_it_on_that_server(
         await scheduler.aclose()
     assert state.status is JobStatus.FINISHED
     await anyio.sleep(0.5)  # a second copy, had one been started, would have written by now
-    assert runs.read_text() == "0\n"
+    assert await read_text(runs) == "0\n"
 
 
 async def test_unknown_submission_is_found_by_its_pid_file_where_it_runs(
@@ -580,18 +585,18 @@ async def test_unknown_submission_is_found_by_its_pid_file_where_it_runs(
         drop_submit_answers(scheduler._pools["big"], delay=2.5)
         with pytest.raises(SubmissionUnknownError, match="may have started on server 'big'"):
             await scheduler.submit_job(job)
-        assert not runs.exists()  # not started anywhere else meanwhile
+        assert not await anyio.Path(runs).exists()  # not started anywhere else meanwhile
         with anyio.fail_after(20):
-            while not Path(job.attempt_path("ssh")).exists():
+            while not await anyio.Path(job.attempt_path("ssh")).exists():
                 await anyio.sleep(0.1)
         job.jid = None
         assert await scheduler.recover_job(job)  # the pid file names "big"; it runs there
         assert str(job.jid).startswith("big:")
-        go.touch()
+        await anyio.Path(go).touch()
         state = await until_final(scheduler, job)
     finally:
         await scheduler.aclose()
-    assert state.status is JobStatus.FINISHED and runs.read_text() == "once\n"
+    assert state.status is JobStatus.FINISHED and await read_text(runs) == "once\n"
 
 
 class GarbleStatus:
