@@ -321,7 +321,7 @@ async def test_lost_answer_is_unknown_and_the_container_found_by_its_labels(
             assert not await scheduler.recover_job(job) and job.jid is None
     finally:
         await scheduler.aclose()
-        proxy.close()
+        await anyio.to_thread.run_sync(proxy.close)
         for c in await containers_of(engine["url"], workdir):
             await call_api(engine["url"], "DELETE", f"/containers/{c['Id']}?force=1")
 

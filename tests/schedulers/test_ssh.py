@@ -46,7 +46,7 @@ def servers(ssh_env: dict[str, str]) -> dict[str, dict[str, Any]]:
     }
 
 
-def on_server(env: dict[str, str], port: str, script: str) -> str:
+async def on_server(env: dict[str, str], port: str, script: str) -> str:
     """Run a script on a server with OpenSSH's client: an independent witness."""
     argv = [
         "ssh",
@@ -63,19 +63,20 @@ def on_server(env: dict[str, str], port: str, script: str) -> str:
         f"root@{env['XQ_SSH_HOST']}",
         "sh -s",
     ]
-    out = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=30)
+    with anyio.fail_after(30):
+        out = await anyio.run_process(argv, input=script.encode(), check=False)
     assert out.returncode == 0, out.stderr
-    return out.stdout
+    return out.stdout.decode()
 
 
-def live_group_members(env: dict[str, str], pgid: int) -> list[str]:
+async def live_group_members(env: dict[str, str], pgid: int) -> list[str]:
     """Non-zombie processes of a process group, as the server sees them."""
     awk = (
         '{ s = $0; sub(/^.*\\) /, "", s); split(s, f, " "); '
         'if (f[3] == g && f[1] != "Z") print $1 }'
     )
     script = f"cat /proc/[0-9]*/stat 2>/dev/null | awk -v g={pgid} '{awk}'\n"
-    return on_server(env, env["XQ_SSH_PORT"], script).split()
+    return (await on_server(env, env["XQ_SSH_PORT"], script)).split()
 
 
 def sshd(action: str, port: str) -> None:
@@ -229,14 +230,14 @@ async def test_kill_takes_down_the_whole_group_on_the_server(
                 await anyio.sleep(0.05)
         pgid = int(str(job.jid).split(":")[1])
         with anyio.fail_after(20):
-            while len(live_group_members(ssh_env, pgid)) < 3:  # wrapper, sh, two sleeps
+            while len(await live_group_members(ssh_env, pgid)) < 3:  # wrapper, sh, two sleeps
                 await anyio.sleep(0.1)
         assert await q.kill(job)
         with anyio.fail_after(20):
             await job.wait()
     await q.aclose()
     assert job.status.name == "KILLED"
-    assert live_group_members(ssh_env, pgid) == []
+    assert await live_group_members(ssh_env, pgid) == []
     assert (await read_text(job.stdout_path)) == ""
 
 
@@ -262,15 +263,15 @@ async def test_server_restarted_mid_run_jobs_are_reattached(
                     await anyio.sleep(0.05)
             on_small = [j for j in jobs if str(j.jid).startswith("small:")]
             assert on_small
-            sshd("stop", ssh_env["XQ_SSH_PORT2"])
+            await anyio.to_thread.run_sync(sshd, "stop", ssh_env["XQ_SSH_PORT2"])
             await anyio.sleep(1.5)
-            sshd("start", ssh_env["XQ_SSH_PORT2"])
+            await anyio.to_thread.run_sync(sshd, "start", ssh_env["XQ_SSH_PORT2"])
             with anyio.fail_after(60):
                 for job in jobs:
                     await job.wait()
     finally:
         await q.aclose()
-        kill_leftovers(jobs)
+        await anyio.to_thread.run_sync(kill_leftovers, jobs)
     assert [j.status for j in jobs] == [JobStatus.FINISHED] * 12
     assert [await read_text(j.stdout_path) for j in jobs] == ["done\n"] * len(jobs)
     # The jobs running on the restarted server were followed to their end, not re-run.
@@ -302,7 +303,7 @@ async def test_server_that_stays_down_loses_its_jobs_and_others_take_the_queue(
                     await anyio.sleep(0.05)
             lost = [j for j in jobs if str(j.jid).startswith("small:")]
             assert len(lost) == 2
-            sshd("stop", ssh_env["XQ_SSH_PORT2"])
+            await anyio.to_thread.run_sync(sshd, "stop", ssh_env["XQ_SSH_PORT2"])
             later = [await q.feed(["echo", "later"]) for _ in range(4)]
             with anyio.fail_after(30):
                 for job in [*lost, *later]:
@@ -312,7 +313,7 @@ async def test_server_that_stays_down_loses_its_jobs_and_others_take_the_queue(
                     await q.kill(job)
     finally:
         await q.aclose()
-        kill_leftovers(jobs)
+        await anyio.to_thread.run_sync(kill_leftovers, jobs)
     for job in lost:
         assert job.status is JobStatus.FAILED
         assert job.reason.startswith("lost: server 'small'"), job.reason
@@ -474,7 +475,7 @@ async def test_a_halted_run_kills_its_remote_jobs(
         await q.aclose()
     for job in slow:
         assert job.status is JobStatus.KILLED
-        assert live_group_members(ssh_env, int(str(job.jid).split(":")[1])) == []
+        assert await live_group_members(ssh_env, int(str(job.jid).split(":")[1])) == []
 
 
 async def test_a_job_killed_on_the_server_outside_xqueue_is_reported(
@@ -496,7 +497,7 @@ async def test_a_job_killed_on_the_server_outside_xqueue_is_reported(
             while job.jid is None or not await anyio.Path(job.attempt_path("started")).exists():
                 await anyio.sleep(0.05)
         pgid = int(str(job.jid).split(":")[1])
-        on_server(ssh_env, ssh_env["XQ_SSH_PORT"], f"kill -KILL -{pgid}\n")
+        await on_server(ssh_env, ssh_env["XQ_SSH_PORT"], f"kill -KILL -{pgid}\n")
         with anyio.fail_after(20):
             await job.wait()
     await q.aclose()
