@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 from xqueue import Job, JobStatus, Xqueue
+from xqueue.records import WorkdirReader
 from xqueue.schedulers.local import LocalScheduler
 
 pytestmark = pytest.mark.anyio
@@ -71,8 +72,8 @@ async def test_return_code_and_status_are_recorded(workdir: Path) -> None:
     job = await run_one(workdir, "echo bad >&2; exit 3")
     assert job.status is JobStatus.FAILED
     assert job.rc == 3
-    record = json.loads(read(job.path("job.status")))
-    assert record["status"] == "failed" and record["rc"] == 3
+    record = WorkdirReader(workdir).last_record(job.dir)
+    assert record is not None and record["status"] == "failed" and record["rc"] == 3
     assert read(job.stderr_path) == "bad\n"
 
 
@@ -110,7 +111,8 @@ async def test_kill_reaches_the_whole_process_group(workdir: Path, tmp_path: Pat
         await job.wait()
     assert job.status is JobStatus.KILLED
     assert not _alive(grandchild)
-    assert json.loads(read(job.path("job.status")))["status"] == "killed"
+    record = WorkdirReader(workdir).last_record(job.dir)
+    assert record is not None and record["status"] == "killed"
 
 
 async def test_kill_escalates_to_sigkill_after_grace(workdir: Path, tmp_path: Path) -> None:
@@ -139,6 +141,9 @@ async def test_liveness_is_not_fooled_by_pid_reuse_or_a_planted_id(workdir: Path
     sched = LocalScheduler()
     marked = subprocess.Popen(["sleep", "30"], env={**os.environ, "XQUEUE_JOB_DIR": job.dir})
     try:
+        with anyio.fail_after(10):  # until the child has exec'd (it has its environment)
+            while b"sleep" not in Path(f"/proc/{marked.pid}/cmdline").read_bytes():
+                await anyio.sleep(0.01)
         # The job's own process (it carries the job's folder), at its own start time.
         job.jid = f"{marked.pid}@{_start_of(marked.pid):.2f}"
         assert await sched.job_is_running(job)
