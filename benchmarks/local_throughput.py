@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import tempfile
 import time
+
+# The engine alone: hook plugins installed in the environment are not loaded.
+os.environ["XQUEUE_DISABLE_PLUGIN_AUTOLOAD"] = "1"
 
 from xqueue import Xqueue
 

@@ -8,9 +8,9 @@ a local run leaves, so its layout follows the code. The mix is what a big run le
 behind: mostly finished jobs, a few failed and killed, some still recorded as running by
 a controller that is gone, some never submitted. Building 100,000 job folders takes a
 while (a slug and four files per job); ``--keep D`` builds once into D and reuses it.
-``--finals-in-journal`` writes final states as journal lines instead of ``job.status``
-files, the layout planned for the journal (issue 11), which ``xqueue status`` reads
-without opening a file per job.
+Final states are journal lines, as the engine writes them; ``--status-files`` writes
+them as one ``job.status`` file per job instead, the layout of earlier versions (still
+read), to compare.
 
 Reported: wall-clock seconds of ``xqueue status WD`` (the summary), of ``--json`` (one
 object per job, written to /dev/null) and of a bare interpreter start for reference.
@@ -30,12 +30,11 @@ import time
 
 from xqueue.job import Job
 from xqueue.states import JobStatus
-from xqueue.workdir import Workdir
+from xqueue.workdir import Workdir, atomic_write
 
 
-def journal_final(workdir: Workdir, job: Job) -> None:
-    """Record a final state the way the planned journal-only layout would (issue 11):
-    one more journal line instead of a ``job.status`` file."""
+def status_file(job: Job) -> None:
+    """Record a final state as earlier versions did: a ``job.status`` file per job."""
     record = {
         "status": job.status.value,
         "attempt": job.attempt,
@@ -43,12 +42,11 @@ def journal_final(workdir: Workdir, job: Job) -> None:
         "rc": job.rc,
         "reason": job.reason,
         "time": time.time(),
-        "dir": os.path.basename(job.dir),
     }
-    workdir._append_journal(json.dumps(record) + "\n")
+    atomic_write(job.path("job.status"), json.dumps(record))
 
 
-def build(path: str, n: int, finals_in_journal: bool = False) -> None:
+def build(path: str, n: int, status_files: bool = False) -> None:
     workdir = Workdir(path)
     try:
         for i in range(n):
@@ -56,7 +54,7 @@ def build(path: str, n: int, finals_in_journal: bool = False) -> None:
             workdir.prepare(job)
             if i % 1000 == 999:
                 continue  # fed, never submitted
-            for name in ("job.stdout", "job.stderr"):
+            for name in ("job.1.stdout", "job.1.stderr"):
                 with open(job.path(name), "wb"):
                     pass
             job.attempt, job.jid = 1, f"{100000 + i}@{time.time():.2f}"
@@ -70,8 +68,8 @@ def build(path: str, n: int, finals_in_journal: bool = False) -> None:
                 job.status, job.rc, job.reason = JobStatus.KILLED, None, "killed on request"
             else:
                 job.status, job.rc = JobStatus.FINISHED, 0
-            if finals_in_journal:
-                journal_final(workdir, job)
+            if status_files:
+                status_file(job)
             else:
                 workdir.record(job)
     finally:
@@ -99,9 +97,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--keep", help="build into (or reuse) this workdir")
     parser.add_argument(
-        "--finals-in-journal",
+        "--status-files",
         action="store_true",
-        help="record final states in the journal, not job.status (the planned layout)",
+        help="record final states as job.status files, as earlier versions did",
     )
     args = parser.parse_args()
 
@@ -109,7 +107,7 @@ def main() -> None:
         wd = args.keep or os.path.join(tmp, "wd")
         if not os.path.exists(os.path.join(wd, "journal.jsonl")):
             start = time.perf_counter()
-            build(wd, args.jobs, args.finals_in_journal)
+            build(wd, args.jobs, args.status_files)
             print(f"built {args.jobs:,} jobs in {time.perf_counter() - start:.1f}s: {wd}")
         xq = [sys.executable, "-m", "xqueue", "status", wd]
         print(f"python start:            {timed([sys.executable, '-c', 'pass'], args.reps)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +42,16 @@ def zombie_children() -> list[int]:
         if fields[0] == b"Z" and fields[1].decode() == me:
             found.append(int(entry))
     return found
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored() -> Iterator[None]:
+    """A run takes SIGINT, SIGTERM and SIGHUP for itself; it must give them all back."""
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {sig: signal.getsignal(sig) for sig in sigs}
+    yield
+    changed = {sig.name for sig in sigs if signal.getsignal(sig) is not before[sig]}
+    assert not changed, f"the test left signal handlers changed: {sorted(changed)}"
 
 
 @pytest.fixture(autouse=True)

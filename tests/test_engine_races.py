@@ -7,6 +7,7 @@ takes a while, or one whose outcome is unknown. Each test fails on the bug it na
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,18 @@ import pytest
 
 from tests.helpers import is_alive, read_text
 from xqueue import (
+    Interrupted,
+    JobFailedError,
     JobState,
     JobStatus,
+    SchedulerError,
     SchedulerOptionError,
     SubmissionUnknownError,
     Xqueue,
     hookimpl,
 )
 from xqueue.job import Job
+from xqueue.records import WorkdirReader
 from xqueue.schedulers.local import LocalScheduler
 
 pytestmark = pytest.mark.anyio
@@ -226,3 +231,69 @@ async def test_a_hung_shutdown_hook_is_reported_and_the_run_ends(
     with anyio.fail_after(10), pytest.raises(PluginError, match=r"Hangs.*on_shutdown"):
         await q.run_until_complete()
     assert q.jobs[0].status is S.FINISHED
+
+
+class CannotKill(LocalScheduler):
+    """A backend whose kill of job 0 fails (a node that does not answer), as seen from xqueue."""
+
+    name = "cannot-kill"
+
+    async def kill_jobs(self, jobs: Any) -> list[BaseException | None]:
+        ours = [j for j in jobs if j.index != 0]
+        errors = dict(zip(ours, await super().kill_jobs(ours))) if ours else {}
+        return [
+            SchedulerError("the node did not answer") if j.index == 0 else errors[j] for j in jobs
+        ]
+
+
+async def test_a_job_that_cannot_be_killed_is_reported_not_recorded_killed(
+    workdir: Path, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "pid"
+    q = Xqueue(CannotKill(kill_grace=0.5), workdir=workdir, forks=3)
+    stuck = await q.feed(f"echo $$ > {pidfile}; exec sleep 30")
+    other = await q.feed(["sleep", "30"])
+    await q.feed("sleep 0.5; exit 2")  # halts the run
+    with anyio.fail_after(20), pytest.raises(JobFailedError):
+        await q.run_until_complete()
+    try:
+        assert other.status is S.KILLED
+        assert stuck.status is S.RUNNING  # not recorded as killed: it is not
+        assert "could not be killed" in stuck.reason and "did not answer" in stuck.reason
+        record = await anyio.to_thread.run_sync(WorkdirReader(workdir).last_record, stuck.dir)
+        assert record is not None and record["status"] == "submitted"  # a later run adopts it
+        assert await is_alive(int(await read_text(pidfile)))
+    finally:
+        os.killpg(int(str(stuck.jid).partition("@")[0]), signal.SIGKILL)
+        proc = q.scheduler._procs[stuck]  # type: ignore[attr-defined]
+        with anyio.fail_after(10):
+            while proc.poll() is None:  # reap the wrapper the run left running
+                await anyio.sleep(0.05)
+
+
+async def test_on_shutdown_receives_the_signal_and_interrupted_carries_it(
+    workdir: Path, tmp_path: Path
+) -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    class Record:
+        @hookimpl
+        def on_shutdown(self, reason: str, signal: str | None) -> None:
+            seen.append((reason, signal))
+
+    q = Xqueue(workdir=workdir, plugins=[Record()])
+    job = await q.feed(["sleep", "30"])
+
+    async def send() -> None:
+        while job.status is not S.RUNNING:
+            await anyio.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send)
+            with pytest.raises(Interrupted) as caught:
+                await q.run_until_complete()
+    assert caught.value.signal == signal.SIGTERM
+    assert seen == [("signal", "SIGTERM")]
+    assert job.status is S.KILLED

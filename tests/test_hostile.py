@@ -424,7 +424,10 @@ def test_ssh_submit_script_with_hostile_server_paths_and_cwd(tmp_path: Path) -> 
     )
     assert out.returncode == 0, out.stderr
     pid = int(out.stdout.decode().splitlines()[0].removeprefix("pid "))
-    assert Path(job.attempt_path("ssh")).read_text() == f"{server} {pid}\n"
+    # "<server> <pid> <start time>": the name comes back whole, newline and all.
+    recorded = Path(job.attempt_path("ssh")).read_text()
+    assert recorded.startswith(f"{server} {pid} ") and recorded.endswith("\n")
+    assert recorded.removeprefix(f"{server} {pid} ").strip().isdigit()
     rc = Path(job.attempt_path("rc"))
     deadline = time.monotonic() + 30
     while not rc.exists() and time.monotonic() < deadline:

@@ -72,3 +72,39 @@ def test_ctrl_c_after_a_run_behaves_normally(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "KeyboardInterrupt", out.stderr
+
+
+@pytest.mark.parametrize("slow_first", [True, False])
+async def test_concurrent_runs_share_signals_and_restore_the_handlers(
+    workdir: Path, slow_first: bool
+) -> None:
+    """Two queues in one process: one SIGTERM stops both; the handlers from before either
+    run are back afterwards, whether the run holding them ends first or last."""
+    before = signal.getsignal(signal.SIGTERM)
+    fast = Xqueue(workdir=workdir / "a")
+    slow = Xqueue(workdir=workdir / "b", scheduler_opts={"kill_grace": 1})
+    a = await fast.feed(["sleep", "30"])
+    b = await slow.feed(["sh", "-c", "trap '' TERM; exec sleep 30"])
+    errors: list[BaseException] = []
+
+    async def run(q: Xqueue) -> None:
+        try:
+            await q.run_until_complete()
+        except Interrupted as exc:
+            errors.append(exc)
+
+    async def send() -> None:
+        while a.status is not JobStatus.RUNNING or b.status is not JobStatus.RUNNING:
+            await anyio.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            first, second = (slow, fast) if slow_first else (fast, slow)
+            tg.start_soon(run, first)  # the first to start holds the handlers
+            await anyio.sleep(0.05)
+            tg.start_soon(run, second)
+            tg.start_soon(send)
+    assert len(errors) == 2
+    assert a.status is JobStatus.KILLED and b.status is JobStatus.KILLED
+    assert signal.getsignal(signal.SIGTERM) is before

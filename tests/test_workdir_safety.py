@@ -131,8 +131,9 @@ def test_fields_of_the_wrong_type_are_not_trusted(tmp_path: Path) -> None:
 def test_a_garbage_status_file_counts_as_not_finished(
     tmp_path: Path, garbage: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # A workdir of the older layout: final records in job.status files, still read.
     wd = Workdir(tmp_path / "wd")
-    job = submitted(wd, 0, JobStatus.FINISHED)
+    job = submitted(wd, 0)
     wd.unlock()
     Path(job.path("job.status")).write_bytes(garbage)
     with caplog.at_level(logging.WARNING, "xqueue.workdir"):
@@ -258,9 +259,12 @@ def test_status_files_are_written_through_fresh_names_only(tmp_path: Path) -> No
     status.symlink_to(target)
     Path(f"{status}.tmp").symlink_to(target)  # the temporary name xqueue once used
     job.status, job.rc = JobStatus.FINISHED, 0
-    wd.record(job)
+    wd.record(job)  # a final record is a journal line: no file at a name one could plant
     assert target.read_text() == "precious\n"
-    assert not status.is_symlink() and json.loads(status.read_text())["status"] == "finished"
+    assert WorkdirReader(wd.path).journal()[os.path.basename(job.dir)]["status"] == "finished"
+    atomic_write(str(status), "{}")  # and a file written atomically replaces the link
+    assert target.read_text() == "precious\n"
+    assert not status.is_symlink() and status.read_text() == "{}"
     assert sorted(p.name for p in Path(job.dir).iterdir()) == [
         "job.json",
         "job.status",

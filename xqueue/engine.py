@@ -792,6 +792,9 @@ class Engine:
         """
         if not self.handle_signals or threading.current_thread() is not threading.main_thread():
             return None
+        _SIGNALLED.append(self)
+        if len(_SIGNALLED) > 1:
+            return None  # another run of this process holds the signals and tells us too
         sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         previous = {sig: signal.getsignal(sig) for sig in sigs}
         receiver = anyio.open_signal_receiver(*sigs)
@@ -800,7 +803,8 @@ class Engine:
 
     async def _watch_signals(self, opened: Any) -> None:
         async for sig in opened[1]:
-            self._post("signal", sig)
+            for engine in _SIGNALLED:  # every run of the process stops together
+                engine._post("signal", sig)
 
     def _signal_error(self) -> BaseException:
         sig = self._signal
@@ -843,6 +847,8 @@ class Engine:
                 except Exception as exc:  # closing must not hide the run's own outcome
                     log.warning("closing scheduler %s failed: %r", self.scheduler.name, exc)
         finally:
+            if self in _SIGNALLED:
+                _SIGNALLED.remove(self)
             if receiver is not None:
                 cm, _, previous = receiver
                 cm.__exit__(None, None, None)
@@ -924,6 +930,13 @@ def _int(value: Any, default: int) -> int:
 def _grace(scheduler: Scheduler) -> float:
     return float(getattr(scheduler.options, "kill_grace", 5.0))
 
+
+# The runs of this process that take signals, in the order they started. Only the first
+# installs handlers (so the handlers it restores are the ones from before any run) and it
+# passes each signal to all of them; a run that starts while it runs gets signals from
+# it, and none after it ends. Concurrent runs with handlers of their own would restore
+# each other's stale handlers when they end in another order than they started.
+_SIGNALLED: list[Engine] = []
 
 _FINAL_HOOKS = {
     S.FINISHED: "on_job_succeeded",

@@ -38,7 +38,7 @@ from typing import Any
 import anyio
 
 from .errors import WorkdirError
-from .job import RC, SPEC_FILE, STATUS_FILE, Job
+from .job import RC, SPEC_FILE, Job
 from .records import (
     JOURNAL_FILE,
     LOCK_FILE,
@@ -352,9 +352,11 @@ class Workdir:
     def record(self, job: Job) -> None:
         """Persist the job's durable state.
 
-        While the job is active (its scheduler id) the record goes to the workdir's
-        append-only journal: the hot path of a run, one write() and no new file. Its
-        final result goes to the job's own ``job.status``, written atomically.
+        Every record, active (the scheduler id) or final (return code, reason), is one
+        line appended to the workdir's journal: one write() and no new file per job, and
+        a reader (the next run, ``xqueue status``) learns the state of 100,000 jobs from
+        one file. A job's last line wins. ``job.status`` files of older workdirs are
+        still read.
         """
         record = {
             "status": job.status.value,
@@ -364,10 +366,7 @@ class Workdir:
             "reason": job.reason,
             "time": time.time(),
         }
-        if job.status.is_final:
-            atomic_write(job.path(STATUS_FILE), json.dumps(record))
-        else:
-            self._append_journal(self._journal_line(job, record))
+        self._append_journal(self._journal_line(job, record))
 
     def record_many(self, jobs: list[Job]) -> None:
         """Journal the state of many active jobs in one write (the submission intents)."""

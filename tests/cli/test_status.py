@@ -309,8 +309,14 @@ def test_status_prints_names_and_reasons_literally(tmp_path: Path) -> None:
         job.rc, job.reason = 1, f"[/] {job.index} \x1b[31mred\u202e"
         w.record(job)
     w.unlock()
-    status = Path(jobs[0].path("job.status"))
-    status.write_text(status.read_text().replace('"failed"', '"\\u001b[2Jodd"'))
+    journal = wd / "journal.jsonl"
+    first = os.path.basename(jobs[0].dir)
+    journal.write_text(
+        "".join(
+            line.replace('"failed"', '"\\u001b[2Jodd"') if f'"dir": "{first}"' in line else line
+            for line in journal.read_text().splitlines(keepends=True)
+        )
+    )
     out = subprocess.run(
         [*XQ, "status", str(wd), "--all"], capture_output=True, text=True, env=WIDE, timeout=60
     )

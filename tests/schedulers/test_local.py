@@ -17,6 +17,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from tests.helpers import process_alive
 from xqueue import Job, JobStatus, Xqueue
+from xqueue.records import WorkdirReader
 from xqueue.schedulers.local import LocalScheduler
 
 pytestmark = pytest.mark.anyio
@@ -74,8 +75,8 @@ async def test_return_code_and_status_are_recorded(workdir: Path) -> None:
     job = await run_one(workdir, "echo bad >&2; exit 3")
     assert job.status is JobStatus.FAILED
     assert job.rc == 3
-    record = json.loads(await read(job.path("job.status")))
-    assert record["status"] == "failed" and record["rc"] == 3
+    record = await anyio.to_thread.run_sync(WorkdirReader(workdir).last_record, job.dir)
+    assert record is not None and record["status"] == "failed" and record["rc"] == 3
     assert await read(job.stderr_path) == "bad\n"
 
 
@@ -106,7 +107,8 @@ async def test_kill_reaches_the_whole_process_group(workdir: Path, tmp_path: Pat
         await job.wait()
     assert job.status is JobStatus.KILLED
     assert not await anyio.to_thread.run_sync(process_alive, grandchild)
-    assert json.loads(await read(job.path("job.status")))["status"] == "killed"
+    record = await anyio.to_thread.run_sync(WorkdirReader(workdir).last_record, job.dir)
+    assert record is not None and record["status"] == "killed"
 
 
 async def test_kill_escalates_to_sigkill_after_grace(workdir: Path, tmp_path: Path) -> None:

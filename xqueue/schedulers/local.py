@@ -178,6 +178,7 @@ class LocalScheduler(Scheduler):
         self._base_env: dict[str, str] = {}
         self._env_map: tuple[float, dict[str, int]] | None = None
         self._let_go: list[subprocess.Popen[bytes]] = []
+        self._found: set[tuple[str, str | None]] = set()
 
     async def open(self, workdir: Any) -> None:
         await super().open(workdir)
@@ -218,7 +219,7 @@ class LocalScheduler(Scheduler):
                 if "/" in job.argv[0]:
                     if not os.access(os.path.join(self.options.cwd or "", job.argv[0]), os.X_OK):
                         raise PermissionError(13, "not executable", job.argv[0])
-                elif shutil.which(job.argv[0], path=env.get("PATH")) is None:
+                elif not self._on_path(job.argv[0], env.get("PATH")):
                     raise FileNotFoundError(job.argv[0])
                 proc = subprocess.Popen(
                     ["/bin/sh", "-c", WRAPPER, "xqueue-job", rc_path, *job.argv],
@@ -349,6 +350,17 @@ class LocalScheduler(Scheduler):
         proc = self._procs.pop(job, None)
         if proc is not None and proc.poll() is None:
             self._let_go.append(proc)  # left running (a vetoed kill): still ours to reap
+
+    def _on_path(self, program: str, path: str | None) -> bool:
+        """Whether ``program`` is on PATH; found ones are remembered (a PATH search is a
+        dozen stat calls, and a run usually starts the same few programs many times)."""
+        key = (program, path)
+        if key in self._found:
+            return True
+        if shutil.which(program, path=path) is None:
+            return False
+        self._found.add(key)
+        return True
 
     def reap(self) -> None:
         """Reap the children let go while still running that have exited since."""
