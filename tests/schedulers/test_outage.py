@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import collections
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +47,14 @@ def ci(script: str, action: str) -> None:
     subprocess.run(["bash", str(CI / script), action], check=True, capture_output=True, timeout=180)
 
 
-@contextmanager
-def daemon_restored(script: str, start: str) -> Iterator[None]:
+@asynccontextmanager
+async def daemon_restored(script: str, start: str) -> AsyncIterator[None]:
     """Whatever happens in the test, the daemon runs again and the cluster takes jobs."""
     try:
         yield
     finally:
-        ci(script, start)  # idempotent; returns once the node / all.q accepts jobs
+        with anyio.CancelScope(shield=True):  # idempotent; returns once it accepts jobs
+            await anyio.to_thread.run_sync(ci, script, start)
 
 
 def ledger_lines(ledger: Path) -> list[str]:
@@ -115,21 +116,27 @@ class Outage:
         await self.feed("s", EARLY_JOBS)
         began = anyio.Event()
         try:
-            with daemon_restored(script, start), anyio.fail_after(OUTAGE + 90):
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._run, "a")
-                    tg.start_soon(self._run, "s")
-                    tg.start_soon(self._run_late, began)
-                    while len(ledger_lines(self.ledger)) < FORKS:  # running, more waiting
-                        await anyio.sleep(0.1)
-                    await anyio.run_process(["bash", str(CI / script), stop])
-                    self.started_at_stop = len(ledger_lines(self.ledger))
-                    began.set()
-                    await anyio.sleep(OUTAGE)
-                    await anyio.run_process(["bash", str(CI / script), start])
+            async with daemon_restored(script, start):
+                with anyio.fail_after(OUTAGE + 90):
+                    async with anyio.create_task_group() as tg:
+                        await self._outage(tg, script, stop, start, began)
         finally:
             for q in self.queues.values():
                 await q.aclose()
+
+    async def _outage(
+        self, tg: Any, script: str, stop: str, start: str, began: anyio.Event
+    ) -> None:
+        tg.start_soon(self._run, "a")
+        tg.start_soon(self._run, "s")
+        tg.start_soon(self._run_late, began)
+        while len(await anyio.to_thread.run_sync(ledger_lines, self.ledger)) < FORKS:
+            await anyio.sleep(0.1)  # running, more waiting
+        await anyio.run_process(["bash", str(CI / script), stop])
+        self.started_at_stop = len(await anyio.to_thread.run_sync(ledger_lines, self.ledger))
+        began.set()
+        await anyio.sleep(OUTAGE)
+        await anyio.run_process(["bash", str(CI / script), start])
 
     def assert_each_finished_once(self) -> None:
         # The outage really fell in the middle of the run.
@@ -167,7 +174,7 @@ async def test_slurm_run_rides_out_a_slurmctld_outage(
 ) -> None:
     outage = Outage("slurm", SLURM_FAST, tmp_path, cancel_after)
     await outage.ride_out("slurm.sh", "stop-ctld", "start-ctld")
-    outage.assert_each_finished_once()
+    await anyio.to_thread.run_sync(outage.assert_each_finished_once)  # reads the ledger
 
 
 @pytest.mark.sge
@@ -178,4 +185,4 @@ async def test_sge_run_rides_out_a_qmaster_outage(
 ) -> None:
     outage = Outage("sge", SGE_FAST, tmp_path, delete_after)
     await outage.ride_out("sge.sh", "stop-qmaster", "start-qmaster")
-    outage.assert_each_finished_once()
+    await anyio.to_thread.run_sync(outage.assert_each_finished_once)  # reads the ledger
