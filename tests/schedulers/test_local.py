@@ -106,7 +106,10 @@ async def test_kill_reaches_the_whole_process_group(workdir: Path, tmp_path: Pat
         assert await q.kill(job)
         await job.wait()
     assert job.status is JobStatus.KILLED
-    assert not await anyio.to_thread.run_sync(process_alive, grandchild)
+    # Signalled with its group; the kernel takes it down a moment later under load.
+    with anyio.fail_after(5):
+        while await anyio.to_thread.run_sync(process_alive, grandchild):
+            await anyio.sleep(0.02)
     record = await anyio.to_thread.run_sync(WorkdirReader(workdir).last_record, job.dir)
     assert record is not None and record["status"] == "killed"
 
