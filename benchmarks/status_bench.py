@@ -30,20 +30,12 @@ import time
 
 from xqueue.job import Job
 from xqueue.states import JobStatus
-from xqueue.workdir import Workdir, atomic_write
+from xqueue.workdir import Workdir, atomic_write, job_record
 
 
 def status_file(job: Job) -> None:
     """Record a final state as earlier versions did: a ``job.status`` file per job."""
-    record = {
-        "status": job.status.value,
-        "attempt": job.attempt,
-        "jid": job.jid,
-        "rc": job.rc,
-        "reason": job.reason,
-        "time": time.time(),
-    }
-    atomic_write(job.path("job.status"), json.dumps(record))
+    atomic_write(job.path("job.status"), json.dumps(job_record(job)))
 
 
 def build(path: str, n: int, status_files: bool = False) -> None:

@@ -196,6 +196,18 @@ def read_rc(job: Job) -> int | None:
         return None
 
 
+def job_record(job: Job) -> dict[str, Any]:
+    """A job's durable state as one record (a journal line; the older job.status file)."""
+    return {
+        "status": job.status.value,
+        "attempt": job.attempt,
+        "jid": job.jid,
+        "rc": job.rc,
+        "reason": job.reason,
+        "time": time.time(),
+    }
+
+
 def job_spec(job: Job) -> str:
     spec = {
         "index": job.index,
@@ -358,15 +370,7 @@ class Workdir:
         one file. A job's last line wins. ``job.status`` files of older workdirs are
         still read.
         """
-        record = {
-            "status": job.status.value,
-            "attempt": job.attempt,
-            "jid": job.jid,
-            "rc": job.rc,
-            "reason": job.reason,
-            "time": time.time(),
-        }
-        self._append_journal(self._journal_line(job, record))
+        self._append_journal(self._journal_line(job, job_record(job)))
 
     def record_many(self, jobs: list[Job]) -> None:
         """Journal the state of many active jobs in one write (the submission intents)."""
