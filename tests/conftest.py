@@ -17,6 +17,14 @@ os.environ["XQUEUE_DISABLE_PLUGIN_AUTOLOAD"] = "1"
 
 pytestmark = pytest.mark.anyio
 
+# The signal tests expect what a terminal gives a program. Started from a script in the
+# background (`nox &`, no job control) the suite inherits SIGINT ignored, under `nohup`
+# SIGHUP ignored, and so would every controller it starts; a run rightly leaves an
+# ignored signal ignored (tested on its own), so put the defaults back first.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+for _sig in (signal.SIGTERM, signal.SIGHUP):
+    signal.signal(_sig, signal.SIG_DFL)
+
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:

@@ -795,7 +795,12 @@ class Engine:
         _SIGNALLED.append(self)
         if len(_SIGNALLED) > 1:
             return None  # another run of this process holds the signals and tells us too
-        sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        # A signal ignored when the run starts stays ignored: `nohup` ignores SIGHUP, and a
+        # shell without job control starts `cmd &` with SIGINT ignored so that the terminal's
+        # Ctrl-C does not reach it. Taking those would undo what the user asked for.
+        sigs = [s for s in _RUN_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
+        if not sigs:
+            return None
         previous = {sig: signal.getsignal(sig) for sig in sigs}
         receiver = anyio.open_signal_receiver(*sigs)
         iterator = receiver.__enter__()
@@ -937,6 +942,7 @@ def _grace(scheduler: Scheduler) -> float:
 # it, and none after it ends. Concurrent runs with handlers of their own would restore
 # each other's stale handlers when they end in another order than they started.
 _SIGNALLED: list[Engine] = []
+_RUN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 _FINAL_HOOKS = {
     S.FINISHED: "on_job_succeeded",
