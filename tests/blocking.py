@@ -84,11 +84,17 @@ ALLOWED: list[tuple[tuple[str, ...], str, tuple[str, ...], str]] = [
         "one line appended to a job's stderr when its submission failed",
     ),
     (
-        ("os.stat", "os.access", "os.unlink", "os.read"),
+        ("os.stat", "os.access", "os.unlink"),
         "xqueue/schedulers/local.py",
-        ("_spawn",),
-        "a local job is a fork/exec (Popen waits for the exec on a pipe) after looking the "
-        "command up on PATH and removing a stale rc file: the spawn itself",
+        ("_request",),
+        "before a local job is handed to the shepherd: its command looked up on PATH "
+        "(cached) and a stale rc file removed",
+    ),
+    (
+        ("os.read",),
+        "xqueue/schedulers/_shepherd_link.py",
+        ("start",),
+        "the shepherd's fork/exec, once per run (Popen waits for the exec on a pipe)",
     ),
     *(
         (

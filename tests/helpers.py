@@ -242,6 +242,17 @@ async def is_alive(pid: int) -> bool:
     return await anyio.to_thread.run_sync(process_alive, pid)
 
 
+async def reap_lingering_shepherds(timeout: float = 10) -> None:
+    """Wait until the shepherds a run left with jobs running (a vetoed kill) have exited,
+    and reap them: a test that lets a job go must not leave a zombie to the next one."""
+    from xqueue.schedulers import local
+
+    with anyio.fail_after(timeout):
+        while local._LINGERING:
+            local.reap()
+            await anyio.sleep(0.05)
+
+
 async def read_text(path: str | os.PathLike[str]) -> str:
     """A file's text, for async tests: read without blocking the event loop."""
     return await anyio.Path(path).read_text()

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.helpers import is_alive, read_text
+from tests.helpers import is_alive, read_text, reap_lingering_shepherds
 from xqueue import (
     Interrupted,
     JobFailedError,
@@ -189,10 +189,7 @@ async def test_a_backend_kill_goes_through_the_kill_veto(workdir: Path, tmp_path
     with anyio.fail_after(10):
         while await is_alive(pid):
             await anyio.sleep(0.05)
-    with anyio.fail_after(10):
-        while q.scheduler._let_go:  # type: ignore[attr-defined]
-            await anyio.sleep(0.05)
-            q.scheduler.reap()  # type: ignore[attr-defined]
+    await reap_lingering_shepherds()
 
 
 async def test_a_backend_kill_is_carried_out(workdir: Path, tmp_path: Path) -> None:
@@ -265,10 +262,7 @@ async def test_a_job_that_cannot_be_killed_is_reported_not_recorded_killed(
         assert await is_alive(int(await read_text(pidfile)))
     finally:
         os.killpg(int(str(stuck.jid).partition("@")[0]), signal.SIGKILL)
-        proc = q.scheduler._procs[stuck]  # type: ignore[attr-defined]
-        with anyio.fail_after(10):
-            while proc.poll() is None:  # reap the wrapper the run left running
-                await anyio.sleep(0.05)
+        await reap_lingering_shepherds()
 
 
 async def test_on_shutdown_receives_the_signal_and_interrupted_carries_it(

@@ -278,6 +278,7 @@ async def test_each_run_opens_and_closes_the_scheduler(workdir: Path) -> None:
 
         async def aclose(self) -> None:
             self.closed += 1
+            await super().aclose()
 
     sched = Counting()
     q = Xqueue(sched, workdir=workdir)  # the xqute style: nobody calls aclose()

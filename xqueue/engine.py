@@ -299,6 +299,7 @@ class Engine:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             try:
+                tg.start_soon(self._guard, self.scheduler.serve)
                 if not self.scheduler.awaits_completion:
                     tg.start_soon(self._guard, self._poller)
                 else:

@@ -145,6 +145,15 @@ class Scheduler(abc.ABC):
     async def aclose(self) -> None:  # noqa: B027 - optional for backends
         """Called once when the queue stops; close connections here."""
 
+    async def serve(self) -> None:  # noqa: B027 - optional for backends
+        """A backend's own long-running task (reading a helper process's answers, say).
+
+        The engine runs it in the run's task group for as long as the run's loop runs and
+        cancels it after, so it never outlives the run and nobody else has to own it. A
+        cancelled run's shutdown runs the loop, and so this, a second time. An exception
+        stops the run with that error.
+        """
+
     # -- the single forms ------------------------------------------------------------
     @abc.abstractmethod
     async def submit_job(self, job: Job) -> str:

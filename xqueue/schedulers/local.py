@@ -1,20 +1,19 @@
 """Run each job as a local process and await its exit.
 
-No polling: the job runs under a two-line ``sh`` wrapper (its argv passed through as
-``"$@"``, so nothing is re-parsed) whose only task is to write the job's return code to
-``job.<n>.rc`` when it ends. While the controller lives it reads the exit status from its
-child directly, awaited on a pidfd (no thread per child, the same on asyncio and trio);
-the rc file is for the controller that died: a job that ends while nobody watches still
-leaves its exit status, so the next run collects it instead of running the job again.
-The wrapper costs one ``sh`` per job, measured in benchmarks/local_throughput.py.
+No polling, and no fork in the controller: a per-run shepherd process (``_shepherd.py``)
+starts the jobs, reaps them and reports each start and exit on a socket. It writes each
+job's return code to ``job.<n>.rc`` too, and outlives a controller that dies: a job that
+ends while nobody watches still leaves its exit status, so the next run collects it
+instead of running the job again. Forking from the small shepherd, on another core,
+also takes the bulk of a local run's CPU off the controller
+(benchmarks/local_throughput.py).
 
 Every job gets its own session, so a kill reaches the whole process group, and Ctrl-C
 in a terminal does not hit the jobs behind the queue's back.
 
 The id recorded for a job is ``pid@start`` (when it was spawned, in seconds since the
 epoch), checked against the process's start time in /proc, so a later run never mistakes
-an unrelated process that reused the pid for the job. While a run holds a job's Popen
-handle the pid cannot be reused at all (the exited child stays a zombie until reaped).
+an unrelated process that reused the pid for the job.
 """
 
 from __future__ import annotations
@@ -23,32 +22,30 @@ import dataclasses
 import os
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterable
 from typing import Any
 
 import anyio
 
-from ..errors import SchedulerOptionError, SubmissionError
+from ..errors import SchedulerError, SchedulerOptionError, SubmissionError
 from ..job import RC, Job
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
 from ..states import JobStatus
 from ..workdir import open_output, read_rc
 from ._proc import start_ticks, wait_exit
+from ._shepherd_link import Request, ShepherdLink, Ticket
 
-# Records the job's return code where a later run finds it; exits with the same code.
-# The no-op TERM trap keeps the wrapper alive until its command has ended (a trap runs
-# only after the foreground command completes), so a kill's grace applies to the job
-# and not to the wrapper, while the command itself keeps TERM's default action.
-# ``set -C`` (noclobber) creates the rc file with O_EXCL, so a link planted at its name
-# makes the write fail instead of redirecting it; the controller removes a stale one first.
-WRAPPER = 'trap : TERM; f=$1; shift; "$@"; r=$?; set -C; echo "$r" > "$f"; exit "$r"'
+# The shepherd writes an adopted job's return code right after the job exits; a job
+# whose code has not appeared this long after its exit lost its shepherd too.
+_RC_LAG = 2.0
+# Shepherds of ended runs that still had jobs running: reaped once those end.
+_LINGERING: list[ShepherdLink] = []
 
 UNKNOWN_EXIT = (
-    "exit status unknown: the job ended while no xqueue controller was watching it "
-    "(an earlier run was killed); see its stdout/stderr"
+    "exit status unknown: the job ended while neither an xqueue controller nor its "
+    "shepherd process was watching it (both were killed); see its stdout/stderr"
 )
 
 
@@ -163,7 +160,7 @@ def _adopted_pids(jobs: list[Job]) -> dict[Job, int]:
 
 
 class LocalScheduler(Scheduler):
-    """Jobs are child processes of the controller."""
+    """Jobs are children of the run's shepherd process."""
 
     name = "local"
     Options = LocalOptions
@@ -173,40 +170,102 @@ class LocalScheduler(Scheduler):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        # job -> its Popen, or None for a job adopted from an earlier run.
-        self._procs: dict[Job, subprocess.Popen[bytes] | None] = {}
+        # job -> its ticket with the shepherd, or None for a job adopted from an earlier run.
+        self._tickets: dict[Job, Ticket | None] = {}
+        self._link: ShepherdLink | None = None
         self._base_env: dict[str, str] = {}
         self._env_map: tuple[float, dict[str, int]] | None = None
-        self._let_go: list[subprocess.Popen[bytes]] = []
         self._found: set[tuple[str, str | None]] = set()
+        self._let_go: list[Ticket] = []
 
     async def open(self, workdir: Any) -> None:
         await super().open(workdir)
+        reap()
         self._base_env = dict(os.environ)
+        self._link = ShepherdLink.start(self._base_env)
+
+    async def serve(self) -> None:
+        if self._link is not None:
+            await self._link.serve()
+
+    async def aclose(self) -> None:
+        link, self._link = self._link, None
+        if link is None:
+            return
+        # Jobs let go while running (a vetoed kill) keep their shepherd alive until they
+        # end; otherwise it exits as soon as it has reaped the last one.
+        let_go = [t.pid for t in self._let_go if not t.ended.is_set()]
+        if let_go:
+            let_go = await anyio.to_thread.run_sync(_still_running, let_go)
+        if not await link.close(wait=0 if let_go else 5.0):
+            _LINGERING.append(link)
 
     async def submit_jobs(self, jobs: Any) -> list[str | BaseException]:
-        # Spawning is synchronous and fast; a task per job would only add overhead.
+        """Every job in one message to the shepherd; then await its answers."""
+        if self._link is None:
+            raise SchedulerError("local: the scheduler is not open")
         results: list[str | BaseException] = []
-        for job in jobs:
-            self.stats.submit_calls += 1
-            try:
-                results.append(self._spawn(job))
-            except Exception as exc:
-                results.append(exc)
+        requests: list[Request] = []
+        sent: list[tuple[int, Job]] = []
+        try:
+            for job in jobs:
+                self.stats.submit_calls += 1
+                try:
+                    requests.append(self._request(job))
+                except Exception as exc:
+                    results.append(exc)
+                else:
+                    sent.append((len(results), job))
+                    results.append("")
+            tickets = await self._link.spawn(requests)
+        finally:
+            for request in requests:
+                os.close(request.stdout)
+                os.close(request.stderr)
+        for (i, job), ticket in zip(sent, tickets):
+            await ticket.started.wait()
+            if ticket.error is not None:
+                results[i] = SubmissionError(
+                    f"could not start {job.argv[0]!r}: {ticket.error}", retryable=False
+                )
+            elif not ticket.pid:
+                results[i] = SchedulerError(self._link.failure() or "the shepherd is gone")
+            else:
+                self._tickets[job] = ticket
+                results[i] = f"{ticket.pid}@{ticket.start:.2f}"
         return results
 
     async def submit_job(self, job: Job) -> str:
-        return self._spawn(job)
+        (result,) = await self.submit_jobs([job])
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
-    def _spawn(self, job: Job) -> str:
-        if self._let_go:
-            self.reap()
-        env = self._base_env.copy()
-        env["XQUEUE_JOB_INDEX"] = str(job.index)
-        env["XQUEUE_JOB_ATTEMPT"] = str(max(job.attempt, 1))
-        env["XQUEUE_JOB_DIR"] = job.dir
+    def _request(self, job: Job) -> Request:
+        """The shepherd's request for ``job``, and its open stdout and stderr.
+
+        The checks and the opening of the output files stay here, so every refusal is
+        the controller's own error and a planted link is refused before anything runs.
+        """
+        env = {
+            "XQUEUE_JOB_INDEX": str(job.index),
+            "XQUEUE_JOB_ATTEMPT": str(max(job.attempt, 1)),
+            "XQUEUE_JOB_DIR": job.dir,
+        }
         if job.envs:
             env.update(job.envs)
+        path = env.get("PATH", self._base_env.get("PATH"))
+        program = job.argv[0]
+        if "/" in program:
+            if not os.access(os.path.join(self.options.cwd or "", program), os.X_OK):
+                raise SubmissionError(
+                    f"command not executable: {program!r} (no such file, or not executable)",
+                    retryable=False,
+                )
+        elif not self._on_path(program, path):
+            raise SubmissionError(
+                f"command not found: {program!r} (not an executable on PATH)", retryable=False
+            )
         rc_path = job.attempt_path(RC)
         try:
             os.unlink(rc_path)  # a stale one (an earlier run's attempt n) or a planted link
@@ -215,68 +274,46 @@ class LocalScheduler(Scheduler):
         out = open_output(job.stdout_path)  # never through a link planted at the name
         try:
             err = open_output(job.stderr_path)
-            try:
-                if "/" in job.argv[0]:
-                    if not os.access(os.path.join(self.options.cwd or "", job.argv[0]), os.X_OK):
-                        raise PermissionError(13, "not executable", job.argv[0])
-                elif not self._on_path(job.argv[0], env.get("PATH")):
-                    raise FileNotFoundError(job.argv[0])
-                proc = subprocess.Popen(
-                    ["/bin/sh", "-c", WRAPPER, "xqueue-job", rc_path, *job.argv],
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    env=env,
-                    cwd=self.options.cwd,
-                    start_new_session=True,
-                )
-            finally:
-                os.close(err)
-        except FileNotFoundError as exc:
-            raise SubmissionError(
-                f"command not found: {job.argv[0]!r} (not an executable on PATH)", retryable=False
-            ) from exc
-        except PermissionError as exc:
-            raise SubmissionError(
-                f"command not executable: {job.argv[0]!r} ({exc.strerror})", retryable=False
-            ) from exc
-        finally:
+        except BaseException:
             os.close(out)
-        self._procs[job] = proc
-        return f"{proc.pid}@{time.time():.2f}"
+            raise
+        return Request(job.argv, env, self.options.cwd, rc_path, out, err)
 
     async def wait_job(self, job: Job) -> JobState:
-        proc = self._procs.get(job)
-        if proc is None:  # adopted: not our child; its wrapper leaves the return code
+        ticket = self._tickets.get(job)
+        if ticket is None:  # adopted: its earlier run's shepherd leaves the return code
             pid = (await self._alive_pids([job])).get(job)
             if pid is not None:
                 await wait_exit(pid)
             rc = await anyio.to_thread.run_sync(read_rc, job)
+            deadline = time.monotonic() + _RC_LAG
+            while rc is None and pid is not None and time.monotonic() < deadline:
+                await anyio.sleep(0.05)
+                rc = await anyio.to_thread.run_sync(read_rc, job)
             if rc is None:
                 return JobState(JobStatus.FAILED, None, UNKNOWN_EXIT, retryable=False)
             return JobState(JobStatus.FINISHED if rc == 0 else JobStatus.FAILED, rc)
-        if proc.returncode is None:
-            try:
-                await wait_exit(proc.pid)
-            except OSError:  # no pidfd support: fall back to a thread
-                await anyio.to_thread.run_sync(proc.wait, abandon_on_cancel=True)
-        rc = proc.wait()
-        return JobState(JobStatus.FINISHED if rc == 0 else JobStatus.FAILED, rc)
+        await ticket.ended.wait()
+        if ticket.rc is None:
+            raise SchedulerError(
+                (self._link.failure() if self._link else None) or "the shepherd is gone"
+            )
+        return JobState(JobStatus.FINISHED if ticket.rc == 0 else JobStatus.FAILED, ticket.rc)
 
     async def _alive_pids(self, jobs: Iterable[Job]) -> dict[Job, int]:
         """The live process of each job that still runs.
 
-        Our own children are asked directly (a non-blocking waitpid); the processes of
-        adopted jobs are checked in /proc, all of them in one worker thread.
+        The shepherd tells of our own jobs' ends; the processes of adopted jobs are
+        checked in /proc, all of them in one worker thread.
         """
         alive: dict[Job, int] = {}
         adopted: list[Job] = []
         for job in jobs:
-            proc = self._procs.get(job)
-            if proc is None:
+            ticket = self._tickets.get(job)
+            if ticket is None:  # adopted, or not ours: only /proc can tell
                 adopted.append(job)
-            elif proc.poll() is None:
-                alive[job] = proc.pid
+            elif not ticket.ended.is_set():
+                alive[job] = ticket.pid
         if adopted:
             found = await anyio.to_thread.run_sync(_adopted_pids, adopted)
             alive.update(found)
@@ -294,7 +331,7 @@ class LocalScheduler(Scheduler):
             job.jid = jid
         if job not in await self._alive_pids([job]):
             return False
-        self._procs[job] = None
+        self._tickets[job] = None
         return True
 
     def _find_by_environment(self, job: Job) -> str | None:
@@ -327,17 +364,14 @@ class LocalScheduler(Scheduler):
         _signal_groups(groups.values(), signal.SIGTERM)
         left = await _wait_all(groups, self.options.kill_grace)
         _signal_groups(left.values(), signal.SIGKILL)
-        # Our own children's groups cannot be reused before we reap them: take down
-        # whatever a leader left behind in its group.
+        # Take down whatever a leader left behind in its group. Only for the jobs of this
+        # run: their ids were checked against the shepherd's word a moment ago, while an
+        # adopted job's group id could, in principle, have been reused since its check.
         _signal_groups(
-            [pid for job, pid in groups.items() if self._procs.get(job) is not None],
+            [pid for job, pid in groups.items() if self._tickets.get(job) is not None],
             signal.SIGKILL,
         )
         left = await _wait_all(left, max(self.options.kill_grace, 5.0))
-        for job in groups:
-            proc = self._procs.get(job)
-            if proc is not None:
-                proc.poll()  # reap it now; its waiter reads the cached return code
         return [
             SubmissionError(f"process group {left[job]} survived SIGKILL", retryable=False)
             if job in left
@@ -347,9 +381,9 @@ class LocalScheduler(Scheduler):
 
     def forget(self, job: Job) -> None:
         super().forget(job)
-        proc = self._procs.pop(job, None)
-        if proc is not None and proc.poll() is None:
-            self._let_go.append(proc)  # left running (a vetoed kill): still ours to reap
+        ticket = self._tickets.pop(job, None)
+        if ticket is not None and not ticket.ended.is_set():
+            self._let_go.append(ticket)  # maybe left running: the shepherd reaps it
 
     def _on_path(self, program: str, path: str | None) -> bool:
         """Whether ``program`` is on PATH; found ones are remembered (a PATH search is a
@@ -362,9 +396,15 @@ class LocalScheduler(Scheduler):
         self._found.add(key)
         return True
 
-    def reap(self) -> None:
-        """Reap the children let go while still running that have exited since."""
-        self._let_go = [proc for proc in self._let_go if proc.poll() is None]
+
+def _still_running(pids: list[int]) -> list[int]:
+    """The pids that name a live process (not gone, not an exited zombie)."""
+    return [pid for pid in pids if start_ticks(pid) is not None]
+
+
+def reap() -> None:
+    """Reap the shepherds of ended runs whose last jobs have ended since."""
+    _LINGERING[:] = [link for link in _LINGERING if link.proc.poll() is None]
 
 
 def _signal_groups(pids: Any, sig: signal.Signals) -> None:

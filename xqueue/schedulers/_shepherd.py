@@ -1,0 +1,235 @@
+"""The shepherd: one process per local run that starts the run's jobs and reaps them.
+
+It runs as a script of its own (``python -I -S _shepherd.py``: standard library only, no
+site packages, so it starts in milliseconds) and is never imported by xqueue. Two jobs:
+
+- A job's exit status outlives its controller. The shepherd writes every job's return
+  code to ``job.<n>.rc`` when it reaps it, and lives until its last job has ended even
+  when the controller is gone (SIGKILLed, say), as HTCondor's starter and Slurm's
+  slurmstepd outlive their schedulers. It ignores the signals a terminal or a
+  ``kill`` of the controller sends, and sits in a session of its own.
+- Starting processes costs the controller nothing but a message. Forking is the bulk of
+  a local run's CPU; done here it runs on another core, from a process far smaller than
+  the controller, so each fork is cheaper too.
+
+Protocol, on a Unix stream socket at descriptor 0:
+
+- controller to shepherd: frames of a 4-byte big-endian length and NUL-separated fields
+  (job arguments and environment values cannot hold a NUL: feed() refuses them):
+  ``key, cwd ("" for none), rc path, argument count, arguments..., NAME=value...``. The
+  job's stdout and stderr descriptors ride on the frame's first byte (SCM_RIGHTS): the
+  controller opens them, with its checks against planted links, and the shepherd only
+  hands them on. Linux returns the descriptors of one ``sendmsg`` apart from the next,
+  in order, so frame n owns the n-th pair received.
+- shepherd to controller: lines ``S key pid start`` (started; ``start`` in seconds since
+  the epoch), ``E key message`` (could not start) and ``X key rc`` (ended; ``128 +
+  signal`` for a job a signal ended, as a shell reports it).
+
+End of the controller's stream: start nothing more, reap the rest, exit.
+
+Only modules that load in microseconds are imported (no json, no subprocess, not even
+``socket``, whose enums cost more than the rest of the start): a run waits for this.
+"""
+
+from __future__ import annotations
+
+import _socket
+import os
+import select
+import signal
+import sys
+import time
+
+_RC_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# What a job starts with whatever the shepherd itself does with these signals: the
+# default action (Python ignores SIGPIPE and SIGXFSZ; the shepherd ignores the rest).
+_DEFAULT = {
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGPIPE,
+    signal.SIGXFSZ,
+    signal.SIGCHLD,
+}
+_INT = 4
+
+
+def _decode(field: bytes) -> str:
+    return field.decode("utf-8", "surrogateescape")
+
+
+class Shepherd:
+    def __init__(self, sock: _socket.socket) -> None:
+        self.sock = sock
+        self.connected = True
+        self.buf = bytearray()
+        self.fds: list[int] = []
+        self.children: dict[int, tuple[str, str]] = {}  # pid -> (key, rc path)
+        self.out: list[str] = []
+        self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self.environ = dict(os.environ)
+
+    def receive(self) -> None:
+        try:
+            data, ancdata, flags, _ = self.sock.recvmsg(1 << 16, _socket.CMSG_SPACE(64 * _INT))
+        except OSError:
+            data, ancdata, flags = b"", [], 0
+        for level, kind, payload in ancdata:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                usable = len(payload) - len(payload) % _INT
+                self.fds += [
+                    int.from_bytes(payload[i : i + _INT], sys.byteorder, signed=True)
+                    for i in range(0, usable, _INT)
+                ]
+        if flags & _socket.MSG_CTRUNC:  # pragma: no cover - room for 64, frames send 2
+            raise SystemExit("shepherd: descriptors were lost in transit")
+        if not data:
+            self.connected = False
+            return
+        self.buf += data
+        while len(self.buf) >= _INT:
+            size = int.from_bytes(self.buf[:_INT], "big")
+            if len(self.buf) < _INT + size:
+                break
+            fields = bytes(self.buf[_INT : _INT + size]).split(b"\0")
+            del self.buf[: _INT + size]
+            out, err = self.fds[0], self.fds[1]
+            del self.fds[:2]
+            try:
+                self.spawn(fields, out, err)
+            finally:
+                os.close(out)
+                os.close(err)
+
+    def spawn(self, fields: list[bytes], out: int, err: int) -> None:
+        key, cwd, rc_path = _decode(fields[0]), _decode(fields[1]), _decode(fields[2])
+        nargs = int(fields[3])
+        argv = [_decode(f) for f in fields[4 : 4 + nargs]]
+        env = self.environ.copy()
+        for item in fields[4 + nargs :]:
+            name, _, value = _decode(item).partition("=")
+            env[name] = value
+        try:
+            pid = (
+                self._fork_exec(argv, env, cwd, out, err)
+                if cwd
+                else self._spawn(argv, env, out, err)
+            )
+        except OSError as exc:
+            message = f"{exc.strerror or exc}".replace("\n", " ")
+            self.out.append(f"E {key} {message}")
+            return
+        self.children[pid] = (key, rc_path)
+        self.out.append(f"S {key} {pid} {time.time():.2f}")
+
+    def _spawn(self, argv: list[str], env: dict[str, str], out: int, err: int) -> int:
+        return os.posix_spawnp(
+            argv[0],
+            argv,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, self.devnull, 0),
+                (os.POSIX_SPAWN_DUP2, out, 1),
+                (os.POSIX_SPAWN_DUP2, err, 2),
+            ],
+            setsid=True,
+            setsigdef=_DEFAULT,
+        )
+
+    def _fork_exec(self, argv: list[str], env: dict[str, str], cwd: str, out: int, err: int) -> int:
+        """posix_spawn cannot change directory (before Python 3.13's chdir action)."""
+        r, w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child execs or exits
+            try:
+                os.setsid()
+                for sig in _DEFAULT:
+                    signal.signal(sig, signal.SIG_DFL)
+                os.chdir(cwd)
+                os.dup2(self.devnull, 0)
+                os.dup2(out, 1)
+                os.dup2(err, 2)
+                os.execvpe(argv[0], argv, env)
+            except OSError as exc:
+                os.write(w, str(exc.errno).encode())
+            finally:
+                os._exit(127)
+        os.close(w)
+        try:
+            failed = os.read(r, 64)
+        finally:
+            os.close(r)
+        if failed:
+            os.waitpid(pid, 0)
+            code = int(failed)
+            raise OSError(code, os.strerror(code))
+        return pid
+
+    def reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            entry = self.children.pop(pid, None)
+            if entry is None:
+                continue
+            key, rc_path = entry
+            rc = os.waitstatus_to_exitcode(status)
+            rc = 128 - rc if rc < 0 else rc
+            try:
+                fd = os.open(rc_path, _RC_FLAGS, 0o644)
+                try:
+                    os.write(fd, f"{rc}\n".encode())
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass  # a planted file at the name: the controller hears the code below
+            self.out.append(f"X {key} {rc}")
+
+    def flush(self) -> None:
+        if not self.out:
+            return
+        data = ("\n".join(self.out) + "\n").encode()
+        self.out.clear()
+        if self.connected:
+            try:
+                self.sock.sendall(data)
+            except OSError:  # the controller is gone; the rc files keep the codes
+                self.connected = False
+
+
+def main() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    shepherd = Shepherd(_socket.socket(fileno=0))
+    poller = select.poll()
+    poller.register(0, select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    while shepherd.connected or shepherd.children:
+        try:
+            events = poller.poll()
+        except InterruptedError:  # pragma: no cover - Python retries poll() itself
+            continue
+        for fd, _ in events:
+            if fd == 0:
+                shepherd.receive()
+                if not shepherd.connected:
+                    poller.unregister(0)
+            else:
+                try:
+                    os.read(wake_r, 4096)
+                except BlockingIOError:
+                    pass
+        shepherd.reap()
+        shepherd.flush()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

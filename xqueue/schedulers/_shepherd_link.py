@@ -1,0 +1,192 @@
+"""The controller's end of a local run's shepherd process (see ``_shepherd.py``).
+
+Requests go out as frames with the job's output descriptors attached; replies come back
+as lines, read by one task (``serve``, run by the engine for the whole run) that hands
+each to the request it answers. A request is a ``Ticket``: awaited once for the start,
+then, by the job's waiter, for the exit.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from ..errors import SchedulerError
+from ._proc import wait_exit
+
+SCRIPT = str(Path(__file__).with_name("_shepherd.py"))
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+@dataclass
+class Request:
+    """One job for the shepherd: what to run, where, and its open output files."""
+
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    cwd: str | None
+    rc_path: str
+    stdout: int
+    stderr: int
+
+    def frame(self, key: int) -> bytes:
+        fields = [str(key), self.cwd or "", self.rc_path, str(len(self.argv)), *self.argv]
+        fields += [f"{name}={value}" for name, value in self.env.items()]
+        body = b"\0".join(map(_encode, fields))
+        return len(body).to_bytes(4, "big") + body
+
+
+class Ticket:
+    """One job handed to the shepherd: its pid once started, its return code once ended."""
+
+    __slots__ = ("ended", "error", "pid", "rc", "start", "started")
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self.start = 0.0
+        self.error: str | None = None
+        self.rc: int | None = None
+        self.started = anyio.Event()
+        self.ended = anyio.Event()
+
+
+class ShepherdLink:
+    """A running shepherd, and the tickets it has not answered yet."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
+        self.proc = proc
+        self.sock = sock
+        self._tickets: dict[int, Ticket] = {}
+        self._next = 0
+        self._send_lock = anyio.Lock()
+        self._gone: str | None = None
+
+    @classmethod
+    def start(cls, env: dict[str, str]) -> ShepherdLink:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # Its own session: Ctrl-C on the controller's terminal, or a signal to the
+            # controller's process group, does not reach it.
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", SCRIPT],
+                stdin=theirs.fileno(),
+                stdout=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        return cls(proc, ours)
+
+    async def spawn(self, requests: Sequence[Request]) -> list[Ticket]:
+        """Hand jobs to the shepherd; the caller closes their descriptors once this
+        returns. Each ticket's ``started`` is set when the shepherd answers."""
+        tickets: list[Ticket] = []
+        async with self._send_lock:
+            for request in requests:
+                self._check()
+                key = self._next
+                self._next += 1
+                ticket = self._tickets[key] = Ticket()
+                tickets.append(ticket)
+                await self._send(request.frame(key), [request.stdout, request.stderr])
+        return tickets
+
+    async def _send(self, data: bytes, fds: list[int]) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                if fds:
+                    sent = socket.send_fds(self.sock, [view], fds)
+                    fds = []
+                else:
+                    sent = self.sock.send(view)
+                view = view[sent:]
+            except BlockingIOError:
+                await anyio.wait_writable(self.sock)
+            except OSError as exc:
+                self._lost(f"writing to it failed: {exc}")
+                self._check()
+
+    async def serve(self) -> None:
+        """Read the shepherd's answers and wake whoever waits on them, for as long as the
+        run lasts. Cancelled at the end of the run's loop; restartable."""
+        buf = b""
+        while self._gone is None:
+            await anyio.wait_readable(self.sock)
+            try:
+                data = self.sock.recv(1 << 16)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                data, buf = b"", b""
+                self._lost(f"reading from it failed: {exc}")
+            if not data:
+                self._lost("it exited")
+                break
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                self._answer(line)
+
+    def _answer(self, line: bytes) -> None:
+        kind, key_text, rest = line.decode().split(" ", 2)
+        key = int(key_text)
+        ticket = self._tickets.get(key)
+        if ticket is None:
+            return
+        if kind == "S":
+            pid, start = rest.split()
+            ticket.pid, ticket.start = int(pid), float(start)
+            ticket.started.set()
+        elif kind == "E":
+            ticket.error = rest
+            del self._tickets[key]
+            ticket.started.set()
+            ticket.ended.set()
+        else:
+            ticket.rc = int(rest)
+            del self._tickets[key]
+            ticket.ended.set()
+
+    def _lost(self, why: str) -> None:
+        if self._gone is not None:
+            return
+        self._gone = f"the local run's shepherd process (pid {self.proc.pid}) is gone: {why}"
+        for ticket in self._tickets.values():
+            ticket.started.set()
+            ticket.ended.set()
+
+    def _check(self) -> None:
+        if self._gone is not None:
+            raise SchedulerError(self._gone)
+
+    def failure(self) -> str | None:
+        """Why the link broke, if it did."""
+        return self._gone
+
+    async def close(self, wait: float) -> bool:
+        """End the request stream; wait up to ``wait`` s for the shepherd to exit, which
+        it does once its last job has ended. True if it exited and was reaped."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self.sock.close()
+        if self.proc.poll() is None and wait > 0:
+            with anyio.move_on_after(wait):
+                await wait_exit(self.proc.pid)
+        return self.proc.poll() is not None
