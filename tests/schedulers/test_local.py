@@ -15,8 +15,8 @@ import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from tests.helpers import process_alive
-from xqueue import Job, JobStatus, Xqueue
+from tests.helpers import process_alive, read_text
+from xqueue import Job, JobStatus, SchedulerError, Xqueue
 from xqueue.records import WorkdirReader
 from xqueue.schedulers.local import LocalScheduler
 
@@ -202,3 +202,40 @@ async def test_many_jobs_complete(workdir: Path) -> None:
     await q.run_until_complete()
     assert q.statistics().counts == {"finished": 300}
     assert [await read(j.stdout_path) for j in q.jobs] == [f"{j.index}\n" for j in q.jobs]
+
+
+# -- the shepherd ------------------------------------------------------------------------
+
+
+async def test_jobs_start_with_default_signal_dispositions(workdir: Path) -> None:
+    """The shepherd ignores the terminal's signals (and Python ignores SIGPIPE and SIGXFSZ):
+    none of that may reach a job, or `yes | head` would not end and a kill's SIGTERM
+    would be ignored."""
+    job = await run_one(workdir, ["grep", "^SigIgn:", "/proc/self/status"])
+    assert job.status is JobStatus.FINISHED
+    mask = int((await read_text(job.stdout_path)).split()[1], 16)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ):
+        assert not mask & (1 << (sig - 1)), f"{sig.name} is ignored in the job"
+
+
+async def test_a_dead_shepherd_stops_the_run_and_leaves_nothing_running(
+    workdir: Path, tmp_path: Path
+) -> None:
+    q = Xqueue(workdir=workdir, forks=3, scheduler_opts={"kill_grace": 1})
+    jobs = [await q.feed(f"echo $$ > {tmp_path}/{i}; exec sleep 30") for i in range(3)]
+
+    async def kill_the_shepherd() -> None:
+        while not all(j.status is JobStatus.RUNNING for j in jobs):
+            await anyio.sleep(0.02)
+        while not all([await anyio.Path(tmp_path / str(i)).exists() for i in range(3)]):
+            await anyio.sleep(0.02)
+        os.kill(q.scheduler._link.proc.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(kill_the_shepherd)
+            with pytest.raises(SchedulerError, match=r"shepherd process \(pid \d+\) is gone"):
+                await q.run_until_complete()
+    pids = [int(await read_text(tmp_path / str(i))) for i in range(3)]
+    assert not [pid for pid in pids if process_alive(pid)]
+    assert all(j.status is JobStatus.KILLED for j in jobs), [j.status for j in jobs]

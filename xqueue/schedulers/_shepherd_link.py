@@ -69,6 +69,7 @@ class ShepherdLink:
         self._next = 0
         self._send_lock = anyio.Lock()
         self._gone: str | None = None
+        self._buf = b""  # a line not yet whole (kept across a cancelled serve())
 
     @classmethod
     def start(cls, env: dict[str, str]) -> ShepherdLink:
@@ -123,8 +124,8 @@ class ShepherdLink:
 
     async def serve(self) -> None:
         """Read the shepherd's answers and wake whoever waits on them, for as long as the
-        run lasts. Cancelled at the end of the run's loop; restartable."""
-        buf = b""
+        run lasts. Cancelled at the end of the run's loop; restartable. Raises when the
+        shepherd is gone: no job can be started or heard of any more."""
         while self._gone is None:
             await anyio.wait_readable(self.sock)
             try:
@@ -132,15 +133,15 @@ class ShepherdLink:
             except BlockingIOError:
                 continue
             except OSError as exc:
-                data, buf = b"", b""
                 self._lost(f"reading from it failed: {exc}")
+                break
             if not data:
                 self._lost("it exited")
                 break
-            buf += data
-            *lines, buf = buf.split(b"\n")
+            *lines, self._buf = (self._buf + data).split(b"\n")
             for line in lines:
                 self._answer(line)
+        raise SchedulerError(f"{self._gone}; the run stops")
 
     def _answer(self, line: bytes) -> None:
         kind, key_text, rest = line.decode().split(" ", 2)

@@ -281,24 +281,23 @@ class LocalScheduler(Scheduler):
 
     async def wait_job(self, job: Job) -> JobState:
         ticket = self._tickets.get(job)
-        if ticket is None:  # adopted: its earlier run's shepherd leaves the return code
-            pid = (await self._alive_pids([job])).get(job)
-            if pid is not None:
-                await wait_exit(pid)
+        if ticket is not None:
+            await ticket.ended.wait()
+            if ticket.rc is not None:
+                return _ended(ticket.rc)
+        # Adopted (its earlier run's shepherd leaves the return code), or the shepherd
+        # died under it: it may still run, and is watched, and killed, through /proc.
+        pid = (await self._alive_pids([job])).get(job)
+        if pid is not None:
+            await wait_exit(pid)
+        rc = await anyio.to_thread.run_sync(read_rc, job)
+        deadline = time.monotonic() + _RC_LAG
+        while rc is None and pid is not None and time.monotonic() < deadline:
+            await anyio.sleep(0.05)
             rc = await anyio.to_thread.run_sync(read_rc, job)
-            deadline = time.monotonic() + _RC_LAG
-            while rc is None and pid is not None and time.monotonic() < deadline:
-                await anyio.sleep(0.05)
-                rc = await anyio.to_thread.run_sync(read_rc, job)
-            if rc is None:
-                return JobState(JobStatus.FAILED, None, UNKNOWN_EXIT, retryable=False)
-            return JobState(JobStatus.FINISHED if rc == 0 else JobStatus.FAILED, rc)
-        await ticket.ended.wait()
-        if ticket.rc is None:
-            raise SchedulerError(
-                (self._link.failure() if self._link else None) or "the shepherd is gone"
-            )
-        return JobState(JobStatus.FINISHED if ticket.rc == 0 else JobStatus.FAILED, ticket.rc)
+        if rc is None:
+            return JobState(JobStatus.FAILED, None, UNKNOWN_EXIT, retryable=False)
+        return _ended(rc)
 
     async def _alive_pids(self, jobs: Iterable[Job]) -> dict[Job, int]:
         """The live process of each job that still runs.
@@ -310,8 +309,8 @@ class LocalScheduler(Scheduler):
         adopted: list[Job] = []
         for job in jobs:
             ticket = self._tickets.get(job)
-            if ticket is None:  # adopted, or not ours: only /proc can tell
-                adopted.append(job)
+            if ticket is None or (ticket.rc is None and ticket.ended.is_set()):
+                adopted.append(job)  # adopted, not ours, or its shepherd died: ask /proc
             elif not ticket.ended.is_set():
                 alive[job] = ticket.pid
         if adopted:
@@ -395,6 +394,10 @@ class LocalScheduler(Scheduler):
             return False
         self._found.add(key)
         return True
+
+
+def _ended(rc: int) -> JobState:
+    return JobState(JobStatus.FINISHED if rc == 0 else JobStatus.FAILED, rc)
 
 
 def _still_running(pids: list[int]) -> list[int]:
