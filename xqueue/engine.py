@@ -277,7 +277,9 @@ class Engine:
                         for job in self.jobs:
                             if job.status is S.SUBMITTING:
                                 self._to_resolve.append((job, 0.0))
-                        self._post("stop", None)
+                        # Stopped before the loop decides anything: a job that the last
+                        # event queued (a dependency just succeeded) must not be submitted.
+                        await self._call_hooks(self._on_stop(None))
                         await self._run_loop(receiver)
                     await self._shutdown_hooks(reason)
                 finally:
