@@ -224,6 +224,10 @@ class Recorder:
     def on_job_retrying(self, job: Job) -> None:
         self._add("on_job_retrying", job)
 
+    @hookimpl
+    def on_job_skipped(self, job: Job) -> None:
+        self._add("on_job_skipped", job)
+
     def for_job(self, index: int) -> list[str]:
         return [hook for hook, i in self.calls if i == index]
 

@@ -14,6 +14,11 @@ So a job's place is its status, never its membership of some container that an
 ``await`` could leave half-updated, and "done" is computed from the counts: every job
 fed is final (or left running on purpose), and no more can come.
 
+A job fed ``after=`` others is WAITING until they have all succeeded: it is in no queue
+and holds no slot. The dependency graph (``dependencies.Graph``) is an index like the
+others: when a job ends, only the jobs that wait for it are queued, or skipped for good
+if it did not succeed (``_settle_dependents``), so waiting jobs cost nothing per tick.
+
 A stopping run (a job failed under "halt", a signal, an error, cancellation) submits
 nothing more, cancels what was not submitted, kills every active job at once and waits
 until the backend confirms each is gone: a job is recorded KILLED only then. Jobs that
@@ -37,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
+from .dependencies import Graph, skip_reason
 from .errors import (
     Interrupted,
     JobFailedError,
@@ -136,6 +142,7 @@ class Engine:
         self._to_resolve: list[tuple[Job, float]] = []  # SUBMITTING jobs to look up (not before)
         self._to_kill: list[Job] = []
         self._left: set[Job] = set()  # left running: a kill vetoed or failed while stopping
+        self._graph = Graph()  # who waits for whom (feed(after=...)); WAITING jobs are there
         self._inbox: deque[Event] = deque()
         self._actions: list[Action] = []
         self._wake: anyio.Event | None = None
@@ -277,7 +284,9 @@ class Engine:
                         for job in self.jobs:
                             if job.status is S.SUBMITTING:
                                 self._to_resolve.append((job, 0.0))
-                        self._post("stop", None)
+                        # Stopped before the loop decides anything: a job that the last
+                        # event queued (a dependency just succeeded) must not be submitted.
+                        await self._call_hooks(self._on_stop(None))
                         await self._run_loop(receiver)
                     await self._shutdown_hooks(reason)
                 finally:
@@ -363,7 +372,7 @@ class Engine:
         if job.status is not S.INIT:  # killed (or cancelled) while on_job_init ran
             return []
         if record is None:
-            return self._enqueue(job)
+            return self._release(job)
         status, attempt = record.get("status"), record.get("attempt")
         if status == S.FINISHED.value and record.get("rc") == 0:
             job.rc, job.attempt = 0, _int(attempt, 1)
@@ -375,11 +384,29 @@ class Engine:
             job.jid = str(record["jid"]) if record.get("jid") else None
             job._base_attempt = job.attempt - 1  # a lost attempt n is not held against it
             if job.attempt == 0:
-                return self._enqueue(job)
+                return self._release(job)
+            # Re-adopted whatever its dependencies: the earlier run only started it once
+            # they had succeeded, and it must not run twice.
             self._move(job, S.SUBMITTING)
             self._to_resolve.append((job, 0.0))
             return []
-        return self._enqueue(job)  # it ended (failed, killed): run it again
+        return self._release(job)  # it ended (failed, killed, skipped): run it again
+
+    def _release(self, job: Job, *, announce: bool = True) -> list[HookCall]:
+        """Queue a job whose dependencies have all succeeded; else hold it, or skip it
+        for good if one of them ended without succeeding."""
+        if job.after:
+            dep = self._graph.add(job)
+            if dep is not None:
+                job.reason = skip_reason(dep, dep)
+                return self._finalize(job, S.SKIPPED)
+            if self._graph.waits(job):
+                self._move(job, S.WAITING)  # not queued: no slot, no look at each tick
+                return []
+        if not announce:
+            self._move(job, S.QUEUED)
+            return []
+        return self._enqueue(job)
 
     def _enqueue(self, job: Job) -> list[HookCall]:
         self._move(job, S.QUEUED)
@@ -451,8 +478,7 @@ class Engine:
         if job.kill_requested:
             job.reason = "killed before it was submitted"
             return self._finalize(job, S.KILLED, record=False)
-        self._move(job, S.QUEUED)
-        return []
+        return self._release(job, announce=False)
 
     def _on_update(self, job: Job, state: JobState) -> list[HookCall]:
         if not job.status.is_active or job.status is S.SUBMITTING:
@@ -501,15 +527,41 @@ class Engine:
             calls += self._on_stop(JobFailedError(job))
         return calls
 
-    def _finalize(self, job: Job, status: JobStatus, *, record: bool = True) -> list[HookCall]:
+    def _finalize(
+        self, job: Job, status: JobStatus, *, record: bool = True, cascade: bool = True
+    ) -> list[HookCall]:
+        """End a job; the jobs that wait for it are queued or skipped (``cascade``)."""
+        calls = self._end(job, status, record)
+        if cascade and self._graph.followed(job):
+            calls += self._settle_dependents(job)
+        return calls
+
+    def _end(self, job: Job, status: JobStatus, record: bool) -> list[HookCall]:
         self._move(job, status)
         self._left.discard(job)
         if record:
             self.workdir.record(job)
         self.completed.append(job)
         self._notify_progress()
-        hook = _FINAL_HOOKS.get(status)
-        return [(hook, job)] if hook else []
+        return [(_FINAL_HOOKS[status], job)]
+
+    def _settle_dependents(self, ended: Job) -> list[HookCall]:
+        """``ended`` is final: queue the jobs it was the last to wait for, or, if it did
+        not succeed, skip every job that waits for it, directly or through others. A
+        loop, not recursion: a chain of 100,000 jobs must not overflow the stack."""
+        if ended.status is S.FINISHED:
+            ready = [job for job in self._graph.succeeded(ended) if job.status is S.WAITING]
+            return [call for job in ready for call in self._enqueue(job)]
+        calls: list[HookCall] = []
+        todo = [ended]
+        while todo:
+            dep = todo.pop()
+            for job in self._graph.stranded(dep):
+                if job.status is S.WAITING:
+                    job.reason = skip_reason(dep, ended)
+                    calls += self._end(job, S.SKIPPED, record=True)
+                    todo.append(job)
+        return calls
 
     def _on_kill(self, job: Job, reply: _Reply) -> list[HookCall]:
         if job.status.is_final or job.kill_requested:
@@ -576,10 +628,11 @@ class Engine:
         calls: list[HookCall] = []
         why = f"the run stopped ({self._reason()})"
         for job in self.jobs:
-            if job.status in (S.INIT, S.QUEUED, S.RETRYING):
+            if job.status in (S.INIT, S.WAITING, S.QUEUED, S.RETRYING):
                 job._kill_requested = True
                 job.reason = f"cancelled before it was submitted: {why}"
-                calls += self._finalize(job, S.KILLED, record=False)
+                # Every job not submitted is cancelled here: none is skipped for another.
+                calls += self._finalize(job, S.KILLED, record=False, cascade=False)
             elif job.status is S.SUBMITTING:
                 job._kill_requested = True
             elif job.status.is_active and not job.kill_requested:
@@ -949,4 +1002,5 @@ _FINAL_HOOKS = {
     S.FINISHED: "on_job_succeeded",
     S.FAILED: "on_job_failed",
     S.KILLED: "on_job_killed",
+    S.SKIPPED: "on_job_skipped",
 }

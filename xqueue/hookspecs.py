@@ -48,7 +48,8 @@ def on_job_queued(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> None:
 
 @hookspec
 def on_job_submitting(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> bool | None:
-    """A job is about to be submitted. Return ``False`` to veto: the job becomes SKIPPED."""
+    """A job is about to be submitted. Return ``False`` to veto: the job becomes SKIPPED
+    (and ``on_job_skipped`` fires)."""
 
 
 @hookspec
@@ -81,6 +82,13 @@ def on_job_failed(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> None:
 @hookspec
 def on_job_succeeded(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> None:
     """A job finished with return code 0."""
+
+
+@hookspec
+def on_job_skipped(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> None:
+    """A job ended without running: a plugin vetoed its submission, or a job it runs after
+    (``feed(after=...)``) failed for good, was killed or was skipped (``job.reason`` names
+    it). Fires once per skipped job, for the dependents of dependents too."""
 
 
 @hookspec

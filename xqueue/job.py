@@ -88,6 +88,7 @@ class Job:
         "_done",
         "_kill_requested",
         "_pending_state",
+        "after",
         "attempt",
         "command",
         "data",
@@ -124,6 +125,8 @@ class Job:
         self.reason = ""
         self.attempt = 0
         self.data: Any = None  # free for embedders (a pipeline's own job record)
+        # The jobs it runs after (``feed(after=...)``), fixed when it is fed: read-only.
+        self.after: tuple[Job, ...] = ()
         self._done: anyio.Event | None = None
         self._kill_requested = False
         self._base_attempt = 0  # attempts that do not count against num_retries

@@ -19,6 +19,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
+from .dependencies import After, resolve_after
 from .engine import Engine, RunState
 from .errors import ConfigError, QueueStateError
 from .hooks import Hooks
@@ -182,15 +183,22 @@ class Xqueue:
         *,
         name: str | None = None,
         resources: Resources | dict[str, Any] | None = None,
+        after: After = None,
     ) -> Job:
         """Add a job and return it.
 
         A list is executed exactly as given (no shell, nothing expanded); a string is run
         by ``/bin/sh -c``. Fed again with the same workdir (same index and command), a
         job that already succeeded is not run again.
+
+        ``after`` (jobs of this queue, or their indices) holds the job until each of them
+        has succeeded; if one fails for good or is killed, the job ends SKIPPED, and so do
+        the jobs that wait for it. Only jobs fed before it can be named, so dependencies
+        never form a cycle; anything else is refused with ``ConfigError``.
         """
         self._engine.check_can_feed()
         job = Job(len(self._engine.jobs), cmd, envs=envs, name=name, resources=resources)
+        job.after = resolve_after(after, self._engine.jobs)
         await self._engine.add(job)
         return job
 

@@ -13,6 +13,7 @@ class JobStatus(enum.Enum):
     """Where a job is in its life; ``is_final`` states never change again in a run."""
 
     INIT = "init"  # fed, not yet in the queue
+    WAITING = "waiting"  # held until every job it runs after (``feed(after=...)``) succeeded
     QUEUED = "queued"  # waiting for a free slot (forks)
     SUBMITTING = "submitting"  # being submitted, or looked up after an unknown outcome
     SUBMITTED = "submitted"  # accepted by the scheduler, not known to run yet
@@ -21,7 +22,7 @@ class JobStatus(enum.Enum):
     FINISHED = "finished"  # return code 0
     FAILED = "failed"  # failed for good (non-zero rc, lost, refused by the scheduler)
     KILLED = "killed"  # killed on request, or cancelled before it could run
-    SKIPPED = "skipped"  # never run because a plugin vetoed its submission
+    SKIPPED = "skipped"  # never run: a plugin vetoed it, or a job it runs after did not succeed
 
     @property
     def is_final(self) -> bool:
@@ -39,10 +40,15 @@ S = JobStatus
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     # INIT -> FINISHED: an earlier run with the same workdir already succeeded.
     # INIT -> SUBMITTING: an earlier run may have started it; it is looked up first.
-    S.INIT: frozenset({S.QUEUED, S.FINISHED, S.SUBMITTING, S.KILLED}),
+    # INIT -> SKIPPED: a job it runs after had already failed (or was killed) when it was fed.
+    S.INIT: frozenset({S.QUEUED, S.WAITING, S.FINISHED, S.SUBMITTING, S.KILLED, S.SKIPPED}),
+    S.WAITING: frozenset({S.QUEUED, S.SKIPPED, S.KILLED}),
     S.QUEUED: frozenset({S.SUBMITTING, S.KILLED}),
-    # SUBMITTING -> QUEUED: a lookup found the submission never happened.
-    S.SUBMITTING: frozenset({S.SUBMITTED, S.QUEUED, S.FAILED, S.RETRYING, S.KILLED, S.SKIPPED}),
+    # SUBMITTING -> QUEUED: a lookup found the submission never happened (-> WAITING: and
+    # a job it runs after has not succeeded in this run yet).
+    S.SUBMITTING: frozenset(
+        {S.SUBMITTED, S.QUEUED, S.WAITING, S.FAILED, S.RETRYING, S.KILLED, S.SKIPPED}
+    ),
     S.SUBMITTED: frozenset({S.RUNNING, S.FINISHED, S.FAILED, S.RETRYING, S.KILLED}),
     S.RUNNING: frozenset({S.FINISHED, S.FAILED, S.RETRYING, S.KILLED}),
     S.RETRYING: frozenset({S.QUEUED, S.KILLED}),

@@ -197,8 +197,12 @@ def read_rc(job: Job) -> int | None:
 
 
 def job_record(job: Job) -> dict[str, Any]:
-    """A job's durable state as one record (a journal line; the older job.status file)."""
-    return {
+    """A job's durable state as one record (a journal line; the older job.status file).
+
+    ``after`` lists the indices of the jobs it runs after, only when there are some: it
+    is what ``xqueue status`` can tell of the graph (a resumed run rebuilds the graph
+    from its own feeds, not from here)."""
+    record: dict[str, Any] = {
         "status": job.status.value,
         "attempt": job.attempt,
         "jid": job.jid,
@@ -206,6 +210,9 @@ def job_record(job: Job) -> dict[str, Any]:
         "reason": job.reason,
         "time": time.time(),
     }
+    if job.after:
+        record["after"] = [dep.index for dep in job.after]
+    return record
 
 
 def job_spec(job: Job) -> str:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..queue import Xqueue
 
 STYLES = {
+    JobStatus.WAITING: "dim cyan",
     JobStatus.QUEUED: "cyan",
     JobStatus.SUBMITTED: "blue",
     JobStatus.RUNNING: "yellow",

@@ -26,7 +26,8 @@ async def test_autoloaded_from_entry_point(tmp_path: Path) -> None:
     q = Xqueue(workdir=tmp_path, error_strategy="ignore")
     assert "jsonl-events" in q.hooks.names()
     await q.feed(["true"])
-    await q.feed("exit 3")
+    bad = await q.feed("exit 3")
+    await q.feed(["true"], after=[bad])
     await q.run_until_complete()
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     names = [e["event"] for e in events]
@@ -35,11 +36,14 @@ async def test_autoloaded_from_entry_point(tmp_path: Path) -> None:
     assert events[started]["scheduler"] == "local"
     assert started < names.index("job_submitted")
     assert events[-1] == {**events[-1], "event": "run_stopped", "reason": "complete"}
-    assert events[-1]["counts"] == {"finished": 1, "failed": 1}
+    assert events[-1]["counts"] == {"finished": 1, "failed": 1, "skipped": 1}
     per_job = [(e["event"], e["job"]) for e in events if "job" in e]
     assert per_job.count(("job_succeeded", 0)) == 1
     failed = next(e for e in events if e["event"] == "job_failed")
     assert (failed["job"], failed["rc"], failed["status"]) == (1, 3, "failed")
+    skipped = next(e for e in events if e["event"] == "job_skipped")
+    assert (skipped["job"], skipped["status"]) == (2, "skipped")
+    assert "job 1 (exit 3), which it runs after, failed with rc 3" in skipped["reason"]
 
 
 async def test_can_be_blocked_per_queue(tmp_path: Path) -> None:
