@@ -98,11 +98,12 @@ ALLOWED: list[tuple[tuple[str, ...], str, tuple[str, ...], str]] = [
     ),
     *(
         (
-            ("os.stat", "os.mkdir", "os.unlink", "os.listdir", *FILE_READ),
+            ("os.stat", "os.mkdir", "os.unlink", "os.listdir", "os.getcwd", *FILE_READ),
             path,
             ("__init__",),
             "constructing a queue, its scheduler or its workdir (synchronous, once): the "
-            "workdir is created and checked, entry points and option paths looked up",
+            "workdir is created and checked, entry points and option paths looked up, "
+            "the config files of profiles read (./xqueue.toml)",
         )
         for path in (
             "xqueue/queue.py",

@@ -14,6 +14,9 @@ from tests.helpers import ROOTFS, container_engine
 
 # Tests must not pick up hook plugins installed in the environment.
 os.environ["XQUEUE_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+# Nor profiles from the user's config file (xqueue/profiles.py): a user's default
+# profile would change every queue the tests make. This folder does not exist.
+os.environ["XDG_CONFIG_HOME"] = str(Path(__file__).parent / "no-user-config")
 
 pytestmark = pytest.mark.anyio
 

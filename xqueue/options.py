@@ -43,24 +43,33 @@ class SchedulerOptions:
 
     @classmethod
     def parse(cls: type[T], scheduler: str, raw: Mapping[str, Any] | None) -> T:
-        hints = typing.get_type_hints(cls)
-        fields = {f.name for f in dataclasses.fields(cls) if f.name != "extra"}
         known: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for key, value in (raw or {}).items():
-            name = str(key).replace("-", "_")
-            if name in fields:
-                known[name] = _coerce(scheduler, name, value, hints[name])
-            elif cls.accepts_extra:
+            name, value = cls.parse_option(scheduler, key, value)
+            if name is None:
                 extra[str(key)] = value
             else:
-                accepted = ", ".join(sorted(fields))
-                raise SchedulerOptionError(
-                    f"scheduler {scheduler!r} does not accept option {key!r}; accepted: {accepted}"
-                )
+                known[name] = value
         opts = cls(**known, extra=extra)
         opts.validate(scheduler)
         return opts
+
+    @classmethod
+    def parse_option(cls, scheduler: str, key: Any, value: Any) -> tuple[str | None, Any]:
+        """One option as ``parse`` reads it: its field name (None for a key passed through
+        to the backend) and coerced value. It runs none of the checks across options
+        (``validate``), so a caller can blame the one key that is wrong (a profile file)."""
+        hints = _declared(cls)
+        name = str(key).replace("-", "_")
+        if name in hints:
+            return name, _coerce(scheduler, name, value, hints[name])
+        if cls.accepts_extra:
+            return None, value
+        accepted = ", ".join(sorted(hints))
+        raise SchedulerOptionError(
+            f"scheduler {scheduler!r} does not accept option {key!r}; accepted: {accepted}"
+        )
 
     def validate(self, scheduler: str) -> None:
         """Reject values that parse but cannot work; subclasses extend it."""
@@ -74,6 +83,18 @@ class SchedulerOptions:
                 )
         if self.submit_concurrency < 1:
             raise SchedulerOptionError(f"{scheduler}: submit_concurrency must be >= 1")
+
+
+_DECLARED: dict[type[SchedulerOptions], dict[str, Any]] = {}
+
+
+def _declared(cls: type[SchedulerOptions]) -> dict[str, Any]:
+    """The type of each option field of an options class (``extra`` is not an option)."""
+    if cls not in _DECLARED:
+        hints = typing.get_type_hints(cls)
+        fields = dataclasses.fields(cls)
+        _DECLARED[cls] = {f.name: hints[f.name] for f in fields if f.name != "extra"}
+    return _DECLARED[cls]
 
 
 def _coerce(scheduler: str, name: str, value: Any, hint: Any) -> Any:
@@ -104,7 +125,7 @@ def _coerce(scheduler: str, name: str, value: Any, hint: Any) -> Any:
             return str(value)
         if origin in (dict, list, Mapping) and isinstance(value, str):
             return json.loads(value)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:  # TypeError: float([1]) from a TOML list
         expected = getattr(hint, "__name__", str(hint))
         raise SchedulerOptionError(
             f"scheduler {scheduler!r}: option {name!r} expects {expected}, got {value!r}"

@@ -19,12 +19,12 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
+from . import profiles
 from .dependencies import After, resolve_after
 from .engine import Engine, RunState
 from .errors import ConfigError, QueueStateError
 from .hooks import Hooks
 from .job import Job
-from .registry import resolve
 from .resources import Resources
 from .scheduler import Scheduler
 from .states import JobStatus
@@ -92,6 +92,11 @@ class Xqueue:
     (refused by default: whoever can write it could redirect what xqueue writes or
     plant records; the XQUEUE_TRUST_WORKDIR=1 environment variable does the same).
 
+    ``profile`` names a profile of the config files (``xqueue.toml``, see
+    ``xqueue.profiles``): its options, on top of the scheduler's ``default`` profile,
+    are used where ``scheduler_opts`` does not set them, and its ``resources`` are the
+    defaults of every job fed.
+
     ``hook_timeout`` bounds each awaited hook implementation (seconds, None for no
     bound): a plugin that hangs stops the run with a PluginError naming it, instead of
     hanging the run for ever. While a run stops, hooks get at most 10 s each.
@@ -106,6 +111,7 @@ class Xqueue:
         error_strategy: str = "halt",
         num_retries: int = 3,
         scheduler_opts: dict[str, Any] | None = None,
+        profile: str | None = None,
         plugins: Iterable[Any] | None = None,
         handle_signals: bool = True,
         hook_timeout: float | None = 300.0,
@@ -118,7 +124,9 @@ class Xqueue:
                 f"invalid error_strategy {error_strategy!r}; choose one of "
                 + ", ".join(repr(s) for s in ERROR_STRATEGIES)
             )
-        self.scheduler = resolve(scheduler, scheduler_opts)
+        self.scheduler, self._default_resources = profiles.resolve(
+            scheduler, profile, scheduler_opts
+        )
         self.workdir = Workdir(workdir, trust=trust_workdir)
         self.hooks = Hooks(plugins)
         self._engine = Engine(
@@ -197,6 +205,7 @@ class Xqueue:
         never form a cycle; anything else is refused with ``ConfigError``.
         """
         self._engine.check_can_feed()
+        resources = profiles.with_defaults(Resources.from_value(resources), self._default_resources)
         job = Job(len(self._engine.jobs), cmd, envs=envs, name=name, resources=resources)
         job.after = resolve_after(after, self._engine.jobs)
         await self._engine.add(job)

@@ -66,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
         help="scheduler option (repeatable), e.g. -o partition=debug",
     )
     run.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="scheduler options from a profile of xqueue.toml; -o options win over it",
+    )
+    run.add_argument(
         "-p",
         "--plugin",
         action="append",
@@ -178,6 +183,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         error_strategy=args.error_strategy,
         num_retries=args.retries,
         scheduler_opts=parse_options(args.option),
+        profile=args.profile,
         plugins=plugins,
     )
     show = console.is_terminal if args.progress is None else args.progress
