@@ -3,7 +3,9 @@
 Only public names live here; backends are imported when chosen, never at import time.
 """
 
+from .calls import CallJob, RemoteTraceback
 from .errors import (
+    CallError,
     ConfigError,
     Interrupted,
     InvalidTransitionError,
@@ -30,6 +32,8 @@ from .states import JobStatus
 __version__ = "0.1.0"
 
 __all__ = [
+    "CallError",
+    "CallJob",
     "ConfigError",
     "Interrupted",
     "InvalidTransitionError",
@@ -40,6 +44,7 @@ __all__ = [
     "PluginError",
     "QueueStateError",
     "QueueStatistics",
+    "RemoteTraceback",
     "Resources",
     "Scheduler",
     "SchedulerError",

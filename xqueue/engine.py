@@ -36,7 +36,7 @@ import signal
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -210,12 +210,14 @@ class Engine:
         return self.state is not RunState.RUNNING and self._unsettled() == 0
 
     # -- feeding ---------------------------------------------------------------------------
-    async def add(self, job: Job) -> None:
-        """Take a fed job: the workdir is locked first, so a refused controller changes nothing."""
+    async def add(self, job: Job, staged: Mapping[str, str] | None = None) -> None:
+        """Take a fed job: the workdir is locked first, so a refused controller changes nothing.
+
+        ``staged``: files written beforehand for the job's folder (``Workdir.stage``)."""
         self.check_can_feed()
         await self.workdir.lock_async()
         self.check_can_feed()  # the state may have moved on while the lock was taken
-        record = self.workdir.prepare(job)
+        record = self.workdir.prepare(job, staged)
         self.jobs.append(job)
         self.counts[S.INIT] += 1
         await self.hooks.call("on_job_init", **self._kw(job))

@@ -10,6 +10,7 @@ Hierarchy::
     ├── QueueStateError (also RuntimeError) a method called in the wrong lifecycle state
     ├── InvalidTransitionError             a job was moved between states illegally
     ├── JobFailedError                     a job failed under error_strategy="halt"
+    ├── CallError                          a call job gave neither a value nor its exception
     ├── Interrupted                        a run was stopped by SIGTERM or SIGHUP
     ├── SchedulerError                     a backend misbehaved (command failed, unreachable)
     │   ├── SchedulerOutputError           a backend answered with output xqueue cannot read
@@ -81,6 +82,16 @@ class JobFailedError(XqueueError):
         super().__init__(
             f"job {job.index} ({job.name}) failed with {rc}{reason}; stderr: {job.stderr_path}"
         )
+
+
+class CallError(XqueueError):
+    """Raised by ``CallJob.result()`` when the call gave neither a value nor an exception
+    of its own: the job was killed, vanished, could not start the interpreter, or its
+    outcome cannot be loaded here. The message names the job and its status."""
+
+    def __init__(self, job: Job, message: str) -> None:
+        self.job = job
+        super().__init__(message)
 
 
 class Interrupted(XqueueError):

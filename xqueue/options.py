@@ -36,6 +36,10 @@ class SchedulerOptions:
     """Seconds between SIGTERM and SIGKILL when a job is killed."""
     vanish_grace: float = 10.0
     """Seconds a job may be unknown to the scheduler, with no return code, before it is failed."""
+    python: str = ""
+    """Interpreter that runs Python calls (``Xqueue.submit``) where the jobs run; empty:
+    the controller's own ``sys.executable``, right when the backend shares its files and
+    Python environment (local, a cluster or SSH host on the same file system)."""
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Keys the scheduler passes through to its backend (only when ``accepts_extra``)."""
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from . import profiles
+from . import calls, profiles
 from .dependencies import After, resolve_after
 from .engine import Engine, RunState
 from .errors import ConfigError, QueueStateError
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     import asyncio
 
 ERROR_STRATEGIES = ("halt", "retry", "ignore")
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,37 @@ class Xqueue:
         job.after = resolve_after(after, self._engine.jobs)
         await self._engine.add(job)
         return job
+
+    async def submit(
+        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> calls.CallJob[T]:
+        """Add a job that runs ``fn(*args, **kwargs)``; ``await job.result()`` gives its value.
+
+        See ``submit_call`` (which also takes a name, envs, resources and the interpreter).
+        """
+        return await self.submit_call(fn, args, kwargs)
+
+    async def submit_call(
+        self,
+        fn: Callable[..., T],
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        envs: Mapping[str, Any] | None = None,
+        resources: Resources | dict[str, Any] | None = None,
+        python: str | None = None,
+    ) -> calls.CallJob[T]:
+        """Add a job that runs a Python call where jobs run, and return it.
+
+        The call is pickled now (cloudpickle), so one that cannot be sent raises
+        ConfigError here. ``python`` is the interpreter on the executing side (default:
+        the scheduler option ``python``, else this interpreter): it must see this
+        workdir at the same path and have xqueue and cloudpickle installed.
+        """
+        return await calls.submit(
+            self._engine, fn, args, kwargs, name=name, envs=envs, resources=resources, python=python
+        )
 
     # -- running ---------------------------------------------------------------------------
     async def run(self, *, keep_feeding: bool = False) -> None:

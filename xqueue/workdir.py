@@ -7,6 +7,7 @@ Layout of ``<workdir>/<index>-<slug>/``:
 - ``job.<n>.stdout`` / ``job.<n>.stderr``  attempt n's output (every attempt keeps its own)
 - ``job.<n>.sh``  attempt n's wrapper script, for schedulers that need one
 - ``job.<n>.started`` / ``job.<n>.rc``  written by that wrapper on the compute side
+- ``call.pkl`` / ``job.<n>.result``  a Python call's pickle and attempt n's outcome (``calls``)
 
 and ``<workdir>/journal.jsonl``: one line per submission (the job's scheduler id), so a
 later run can re-adopt jobs still running; ``<workdir>/.lock`` is held during a run.
@@ -31,7 +32,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ def slug(text: str) -> str:
     return slugify(text, max_length=_SLUG_MAX, word_boundary=True) or "job"
 
 
-def atomic_write(path: str, text: str, mode: int = 0o666) -> None:
+def atomic_write(path: str, text: str | bytes, mode: int = 0o666) -> None:
     """Write a file whole or not at all, through a fresh temporary file.
 
     The temporary name is unpredictable and created with ``O_EXCL``, so nobody can have
@@ -86,18 +87,39 @@ def atomic_write(path: str, text: str, mode: int = 0o666) -> None:
     except OSError as exc:
         raise file_error(tmp, exc, "create") from None
     try:
-        try:
-            view = memoryview(text.encode())
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
+        _write_all(fd, text.encode() if isinstance(text, str) else text)
         os.replace(tmp, path)
     except OSError as exc:
         _unlink_quietly(tmp)
         raise file_error(path, exc, "write") from None
     except BaseException:
         _unlink_quietly(tmp)
+        raise
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write everything, then close the descriptor (even if a write fails)."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def write_new(path: str, data: bytes, mode: int = 0o666) -> None:
+    """Create a file that must not exist yet (``O_EXCL``, no link followed) and write it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_EXCL | _CREATE_FLAGS, mode)
+    except OSError as exc:
+        raise file_error(path, exc, "create") from None
+    try:
+        _write_all(fd, data)
+    except OSError as exc:
+        _unlink_quietly(path)
+        raise file_error(path, exc, "write") from None
+    except BaseException:
+        _unlink_quietly(path)
         raise
 
 
@@ -342,7 +364,24 @@ class Workdir:
     def job_dir(self, job: Job) -> str:
         return os.path.join(self.path, f"{job.index}-{slug(job.name)}")
 
-    def prepare(self, job: Job) -> dict[str, Any] | None:
+    def stage(self, data: bytes) -> str:
+        """Write a file meant for a job folder not made yet; ``prepare`` renames it in.
+
+        For inputs too large to write in the event loop (a call's pickle): the caller
+        writes them here in a worker thread, and ``prepare`` only renames. The name is
+        unpredictable and created with ``O_EXCL``; the caller removes it if the job is
+        never prepared (``discard``).
+        """
+        path = str(self.path / f".staged-{secrets.token_hex(8)}.tmp")
+        write_new(path, data)
+        return path
+
+    @staticmethod
+    def discard(staged: Mapping[str, str]) -> None:
+        for path in staged.values():
+            _unlink_quietly(path)
+
+    def prepare(self, job: Job, staged: Mapping[str, str] | None = None) -> dict[str, Any] | None:
         """Create the job's folder and return the last status record of an earlier run.
 
         None means a fresh folder. A folder left by an earlier run of the *same* job
@@ -350,6 +389,10 @@ class Workdir:
         when that run died before recording anything (it may still have started the
         job). A folder whose spec differs belongs to another job that used this index:
         it is moved aside rather than overwritten.
+
+        ``staged`` maps file names to files written by ``stage``: they are renamed into
+        the folder, a kept one too (its spec names the same content, so a file a crash
+        lost is restored, and a running earlier attempt keeps the inode it opened).
         """
         job.dir = self.job_dir(job)
         spec = job_spec(job)
@@ -357,16 +400,26 @@ class Workdir:
             os.mkdir(job.dir)
         except FileExistsError:
             if read_text(job.path(SPEC_FILE)) == spec:
+                self._move_in(job, staged)
                 return self.last_record(job.dir) or {}
             os.replace(job.dir, f"{job.dir}.replaced-{time.time_ns()}")
             os.mkdir(job.dir)
         except OSError as exc:
             raise WorkdirError(f"cannot create job folder {job.dir!r}: {exc}") from exc
+        self._move_in(job, staged)
         # A brand-new folder: nobody reads it yet, so no temporary name is needed. A spec
         # torn by a crash only fails to match next time, and the job then runs afresh.
         with open(job.path(SPEC_FILE), "w", encoding="utf-8") as fh:
             fh.write(spec)
         return None
+
+    @staticmethod
+    def _move_in(job: Job, staged: Mapping[str, str] | None) -> None:
+        for name, path in (staged or {}).items():
+            try:  # a rename replaces a link planted at the name, never follows it
+                os.replace(path, job.path(name))
+            except OSError as exc:
+                raise file_error(job.path(name), exc, "write") from None
 
     def record(self, job: Job) -> None:
         """Persist the job's durable state.

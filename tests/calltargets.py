@@ -1,0 +1,104 @@
+"""Functions that tests/test_callables.py runs as jobs.
+
+They live in a module of their own, importable where the jobs run, and light to import
+(no pytest): cloudpickle sends them by reference, so each job imports this module.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Point:
+    x: int
+    tags: list[str] = field(default_factory=list)
+
+
+class Refused(Exception):
+    """An exception with an attribute of its own, rebuilt whole on the controller."""
+
+    def __init__(self, what: str, code: int) -> None:
+        super().__init__(what, code)
+        self.code = code
+
+
+class Stubborn(Exception):
+    """Pickles, but cannot be rebuilt: its constructor does not take its own ``args``."""
+
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a}/{b}")
+
+
+def combine(a: int, b: int = 0, *rest: int, scale: int = 1, **extra: Any) -> dict[str, Any]:
+    return {"sum": (a + b + sum(rest)) * scale, "extra": extra}
+
+
+def make_point(x: int, *tags: str) -> Point:
+    return Point(x, list(tags))
+
+
+def echo(value: Any) -> Any:
+    return value
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def refuse(code: int) -> None:
+    inner_helper_that_raises(code)
+
+
+def inner_helper_that_raises(code: int) -> None:
+    try:
+        {}["missing"]
+    except KeyError as exc:
+        raise Refused("no way", code) from exc
+
+
+def stubborn() -> None:
+    raise Stubborn("x", "y")
+
+
+def exit_with(code: int) -> None:
+    raise SystemExit(code)
+
+
+def returns_a_lock() -> Any:
+    return threading.Lock()
+
+
+def sleep(seconds: float) -> str:
+    time.sleep(seconds)
+    return "slept"
+
+
+def count_and_return(path: str, value: Any) -> Any:
+    """Appends a line to ``path`` each time it runs: how often a call really ran."""
+    with open(path, "a") as fh:
+        fh.write("ran\n")
+    return value
+
+
+def fail_first_attempt() -> int:
+    attempt = int(os.environ["XQUEUE_JOB_ATTEMPT"])
+    if attempt == 1:
+        raise RuntimeError("first attempt fails")
+    return attempt
+
+
+def environment(*names: str) -> dict[str, str | None]:
+    return {name: os.environ.get(name) for name in names}
+
+
+def raise_unless(path: str) -> None:
+    """Raises; once ``path`` exists, dies by SIGKILL instead, leaving no outcome."""
+    if os.path.exists(path):
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise ValueError("raised in the first run")

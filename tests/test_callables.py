@@ -1,0 +1,346 @@
+"""Python callables as jobs (``Xqueue.submit``): real interpreters on every backend.
+
+Each call runs in a fresh ``python -m xqueue._callrun`` started by the backend, so what
+is asserted here crossed a process (and for SSH and the clusters, a login or a batch
+system) both ways: arguments and function there, value or exception back.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import anyio
+import pytest
+
+from tests import calltargets as t
+from tests.helpers import (
+    SGE_FAST,
+    SLURM_FAST,
+    cluster_queue,
+    read_bytes,
+    read_text,
+    remove_after,
+    wait_running,
+)
+from tests.helpers import ssh_server as server
+from xqueue import CallError, ConfigError, Job, JobStatus, RemoteTraceback, Xqueue
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def outside_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """A module found only through an import path entry this test adds: not under the
+    project (which its editable install puts on every interpreter's path), nor the cwd."""
+    src = tmp_path / "elsewhere"
+    src.mkdir()
+    (src / "xq_elsewhere.py").write_text("import os\n\ndef where():\n    return os.getcwd()\n")
+    monkeypatch.syspath_prepend(str(src))
+    monkeypatch.delitem(sys.modules, "xq_elsewhere", raising=False)
+    return importlib.import_module("xq_elsewhere")
+
+
+def remote_text(exc: BaseException) -> str:
+    cause = exc.__cause__
+    assert isinstance(cause, RemoteTraceback), f"no remote traceback on {exc!r}"
+    return cause.text
+
+
+async def test_values_and_arguments_cross_both_ways(workdir: Path) -> None:
+    big = bytes(range(256)) * 4096  # 1 MiB: not a toy payload
+    async with Xqueue(forks=4, workdir=workdir) as q:
+        summed = await q.submit(t.combine, 1, 2, 3, 4, scale=10, colour="red")
+        point = await q.submit(t.make_point, 7, "a", "b")
+        raw = await q.submit(t.echo, big)
+        nested = await q.submit(t.echo, {"set": {1, 2}, "none": None, "tuple": (1.5, "x")})
+        offset = 5
+        closure = await q.submit(lambda n: [n + offset, sys.version_info[:2]], 3)
+        called = await q.submit_call(t.combine, [1], {"b": 2}, name="by submit_call")
+        results = [await j.result() for j in (summed, point, raw, nested, closure, called)]
+    assert results[0] == {"sum": 100, "extra": {"colour": "red"}}
+    assert isinstance(results[1], t.Point) and results[1] == t.Point(7, ["a", "b"])
+    assert results[2] == big
+    assert results[3] == {"set": {1, 2}, "none": None, "tuple": (1.5, "x")}
+    assert results[4] == [8, sys.version_info[:2]]
+    assert results[5] == {"sum": 3, "extra": {}}
+    assert called.name == "by submit_call" and summed.name == "combine"
+    # Each ran in a process of its own, through the backend: the runner's return code.
+    assert all(j.status is JobStatus.FINISHED and j.rc == 0 for j in q.jobs)
+    assert summed.command[1:3] == ("-m", "xqueue._callrun")
+    assert await read_text(summed.stderr_path) == ""  # the runner says nothing of its own
+
+
+async def test_raised_exception_keeps_its_type_fields_and_remote_traceback(
+    workdir: Path,
+) -> None:
+    async with Xqueue(workdir=workdir, error_strategy="ignore") as q:
+        job = await q.submit(t.refuse, 42)
+        with pytest.raises(t.Refused) as info:
+            await job.result()
+    exc = info.value
+    assert exc.args == ("no way", 42) and exc.code == 42
+    text = remote_text(exc)
+    # The frames where it was raised, the chained cause, and nothing of the runner.
+    assert "in refuse" in text and "in inner_helper_that_raises" in text
+    assert 'raise Refused("no way", code) from exc' in text
+    assert "KeyError: 'missing'" in text and "Refused: ('no way', 42)" in text
+    assert "_callrun" not in text
+    # A raising call is a failed job: exit 1, and the traceback is in its stderr too.
+    assert job.status is JobStatus.FAILED and job.rc == 1
+    assert "Refused: ('no way', 42)" in await read_text(job.stderr_path)
+
+
+async def test_exception_that_cannot_be_rebuilt_becomes_call_error(workdir: Path) -> None:
+    async with Xqueue(workdir=workdir, error_strategy="ignore") as q:
+        stubborn = await q.submit(t.stubborn)
+        exits = await q.submit(t.exit_with, 3)
+        with pytest.raises(CallError) as info:
+            await stubborn.result()
+        with pytest.raises(CallError) as exited:
+            await exits.result()
+    message = str(info.value)
+    assert "job 0 (stubborn)" in message and "tests.calltargets.Stubborn: x/y" in message
+    assert "cannot be rebuilt here" in message and "missing 1 required" in message
+    assert 'raise Stubborn("x", "y")' in remote_text(info.value)
+    # SystemExit raised by a call must not stop the controller: it is reported instead.
+    assert "the call raised builtins.SystemExit: 3" in str(exited.value)
+    assert exits.status is JobStatus.FAILED
+
+
+async def test_unpicklable_call_is_refused_at_submit_with_the_reason(workdir: Path) -> None:
+    lock = threading.Lock()
+    async with Xqueue(workdir=workdir) as q:
+        with pytest.raises(ConfigError, match=r"cannot pickle '_thread\.lock' object"):
+            await q.submit(t.echo, lock)
+        with pytest.raises(ConfigError, match=r"<lambda>': the call cannot be pickled.*lock"):
+            await q.submit(lambda: lock)
+        with pytest.raises(ConfigError, match="invalid environment variable name"):
+            await q.submit_call(t.square, [1], envs={"not a name": "x"})
+        with pytest.raises(ConfigError, match="needs a callable"):
+            await q.submit("print")  # type: ignore[arg-type]
+        assert q.jobs == []
+    # Nothing of the refused calls was left: no staged pickle, no job folder.
+    left = [p.name async for p in anyio.Path(workdir).iterdir()]
+    assert [name for name in left if name.startswith(".staged") or name[0].isdigit()] == []
+
+
+async def test_unpicklable_return_value_fails_the_job_with_the_reason(workdir: Path) -> None:
+    async with Xqueue(workdir=workdir, error_strategy="ignore") as q:
+        job = await q.submit(t.returns_a_lock)
+        with pytest.raises(TypeError, match=r"the return value \(lock\) cannot be pickled"):
+            await job.result()
+    assert job.status is JobStatus.FAILED and job.rc == 1
+
+
+async def test_many_calls_submitted_and_awaited_concurrently(workdir: Path) -> None:
+    n = 30
+    results: dict[int, int] = {}
+    async with Xqueue(forks=6, workdir=workdir) as q:
+
+        async def one(i: int) -> None:
+            job = await q.submit(t.square, i)
+            results[i] = await job.result()
+
+        async with anyio.create_task_group() as tg:
+            for i in range(n):
+                tg.start_soon(one, i)
+    assert results == {i: i * i for i in range(n)}
+    # Submitted from 30 tasks at once, each still got a position and a folder of its own.
+    assert sorted(j.index for j in q.jobs) == list(range(n))
+    assert len({j.dir for j in q.jobs}) == n
+
+
+async def test_each_attempt_keeps_its_outcome_and_result_is_the_last(workdir: Path) -> None:
+    async with Xqueue(workdir=workdir, error_strategy="retry", num_retries=2) as q:
+        job = await q.submit(t.fail_first_attempt)
+        assert await job.result() == 2
+    assert job.attempt == 2
+    first = pickle.loads(await read_bytes(job.attempt_path("result", 1)))
+    assert first["ok"] is False and "first attempt fails" in first["traceback"]
+
+
+async def test_succeeded_call_is_not_run_again_and_still_gives_its_result(
+    workdir: Path, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    async with Xqueue(workdir=workdir) as q:
+        job = await q.submit(t.count_and_return, str(runs), {"answer": 42})
+        assert await job.result() == {"answer": 42}
+    async with Xqueue(workdir=workdir) as q:
+        again = await q.submit(t.count_and_return, str(runs), {"answer": 42})
+        assert await again.result() == {"answer": 42}
+        assert again.reason == "succeeded in an earlier run"
+        assert await read_text(runs) == "ran\n"  # not run a second time
+        # Other arguments at the same position: another call, which runs.
+        changed = await q.submit(t.count_and_return, str(runs), {"answer": 43})
+        assert await changed.result() == {"answer": 43}
+    assert await read_text(runs) == "ran\nran\n"
+
+
+async def test_outcome_of_an_earlier_run_never_passes_for_a_later_attempt(
+    workdir: Path, tmp_path: Path
+) -> None:
+    die = tmp_path / "die"
+    async with Xqueue(workdir=workdir, error_strategy="ignore") as q:
+        first = await q.submit(t.raise_unless, str(die))
+        with pytest.raises(ValueError, match="raised in the first run"):
+            await first.result()
+    await anyio.Path(die).touch()
+    async with Xqueue(workdir=workdir, error_strategy="ignore") as q:
+        # It failed before, so it runs again, as attempt 1 again, and is killed.
+        again = await q.submit(t.raise_unless, str(die))
+        with pytest.raises(CallError, match=r"job 0 \(raise_unless\) failed .* left no result"):
+            await again.result()
+    assert again.attempt == 1 and again.status is JobStatus.FAILED
+
+
+async def test_a_call_file_that_is_not_the_submitted_call_is_refused(workdir: Path) -> None:
+    q = Xqueue(workdir=workdir, error_strategy="ignore")
+    try:
+        job = await q.submit(t.square, 3)
+        other = await q.submit(t.square, 4)
+        # Someone swaps the pickle: the command names the call's digest, so it won't run.
+        await anyio.Path(job.path("call.pkl")).write_bytes(await read_bytes(other.path("call.pkl")))
+        await q.run_until_complete()
+    finally:
+        await q.aclose()
+    with pytest.raises(RuntimeError, match="is not the call this job was submitted with"):
+        await job.result()
+    assert job.rc == 2 and await other.result() == 16
+
+
+async def test_killed_call_raises_call_error_naming_the_job(workdir: Path) -> None:
+    async with Xqueue(workdir=workdir) as q:
+        job = await q.submit(t.sleep, 60)
+        await wait_running(job)
+        assert await q.kill(job)
+        with pytest.raises(CallError, match=r"job 0 \(sleep\) was killed"):
+            await job.result()
+
+
+async def test_call_whose_interpreter_leaves_no_result_says_so(workdir: Path) -> None:
+    async with Xqueue(workdir=workdir, error_strategy="ignore") as q:
+        job = await q.submit_call(t.square, [2], python="/bin/false")
+        with pytest.raises(CallError) as info:
+            await job.result()
+    message = str(info.value)
+    assert "job 0 (square) failed with return code 1" in message
+    assert "left no result" in message and job.stderr_path in message
+
+
+async def test_interpreter_comes_from_the_option_or_the_call(workdir: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "used"
+    wrapper = tmp_path / "python-wrapper"
+    await anyio.Path(wrapper).write_text(
+        f'#!/bin/sh\necho "$3" >> {marker}\nexec {sys.executable} "$@"\n'
+    )
+    await anyio.Path(wrapper).chmod(0o755)
+    async with Xqueue(workdir=workdir, scheduler_opts={"python": str(wrapper)}) as q:
+        through_option = await q.submit(t.square, 5)
+        direct = await q.submit_call(t.square, [6], python=sys.executable)
+        assert (await through_option.result(), await direct.result()) == (25, 36)
+    assert through_option.command[0] == str(wrapper) and direct.command[0] == sys.executable
+    assert await read_text(marker) == through_option.command[3] + "\n"  # only that one used it
+
+
+async def test_function_of_a_module_on_our_import_path_is_found_where_it_runs(
+    workdir: Path, outside_module: ModuleType
+) -> None:
+    # Pickled by reference (its module is importable here), it is imported by the
+    # runner through the import path the call carries.
+    async with Xqueue(workdir=workdir) as q:
+        job = await q.submit(outside_module.where)
+        assert await job.result() == await anyio.to_thread.run_sync(os.getcwd)
+
+
+async def test_commands_and_calls_share_a_queue(workdir: Path) -> None:
+    async with Xqueue(forks=2, workdir=workdir) as q:
+        command = await q.feed(["sh", "-c", "echo hi"])
+        call = await q.submit(t.square, 9)
+        assert await call.result() == 81
+    assert command.status is JobStatus.FINISHED and not hasattr(command, "result")
+
+
+# -- the real SSH servers and clusters ---------------------------------------------------------
+
+
+async def _run_remote_calls(q: Xqueue, names: tuple[str, ...]) -> tuple[Any, ...]:
+    value = await q.submit(t.make_point, 3, "remote")
+    env = await q.submit(t.environment, *names)
+    raised = await q.submit(t.refuse, 7)
+    with pytest.raises(t.Refused) as info:
+        await raised.result()
+    assert info.value.code == 7 and "in inner_helper_that_raises" in remote_text(info.value)
+    assert raised.rc == 1
+    return await value.result(), await env.result(), env
+
+
+@pytest.mark.ssh
+async def test_calls_over_ssh(
+    ssh_env: dict[str, str], workdir: Path, outside_module: ModuleType
+) -> None:
+    servers = {"big": server(ssh_env, ssh_env["XQ_SSH_PORT"])}
+    opts = {"servers": servers, "poll_interval": 0.2}
+    async with Xqueue(
+        "ssh", forks=3, workdir=workdir, error_strategy="ignore", scheduler_opts=opts
+    ) as q:
+        point, env, _ = await _run_remote_calls(q, ("SSH_CONNECTION",))
+        where = await (await q.submit(outside_module.where)).result()
+    assert point == t.Point(3, ["remote"])
+    # It ran in an SSH session (sshd sets SSH_CONNECTION), in a login whose working
+    # directory is not ours: a module found only on our import path was found there too.
+    assert env["SSH_CONNECTION"] and env["SSH_CONNECTION"].split()[2] == ssh_env["XQ_SSH_HOST"]
+    assert where != await anyio.to_thread.run_sync(os.getcwd)
+
+
+@pytest.fixture
+def scancel_after() -> Iterator[list[Job]]:
+    yield from remove_after("scancel")
+
+
+@pytest.fixture
+def qdel_after() -> Iterator[list[Job]]:
+    yield from remove_after("qdel")
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm_cluster")
+async def test_calls_on_slurm(workdir: Path, scancel_after: list[Job]) -> None:
+    q = cluster_queue("slurm", SLURM_FAST, workdir, forks=3, error_strategy="ignore")
+    try:
+        async with q:
+            point, env, job = await _run_remote_calls(q, ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID"))
+    finally:
+        scancel_after.extend(q.jobs)
+    assert point == t.Point(3, ["remote"])
+    # It ran as a Slurm job: the environment slurmd gives it names the job xqueue submitted.
+    assert job.jid and job.jid.split("_")[0] in (env["SLURM_JOB_ID"], env["SLURM_ARRAY_JOB_ID"])
+
+
+@pytest.mark.sge
+@pytest.mark.usefixtures("sge_cluster")
+async def test_calls_on_sge(workdir: Path, qdel_after: list[Job]) -> None:
+    q = cluster_queue("sge", SGE_FAST, workdir, forks=3, error_strategy="ignore")
+    try:
+        async with q:
+            point, env, job = await _run_remote_calls(q, ("JOB_ID",))
+    finally:
+        qdel_after.extend(q.jobs)
+    assert point == t.Point(3, ["remote"])
+    assert job.jid and job.jid.split(".")[0] == env["JOB_ID"]
+
+
+def test_importing_xqueue_does_not_import_cloudpickle() -> None:
+    import subprocess
+
+    code = "import sys, xqueue; print('cloudpickle' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
