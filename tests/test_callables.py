@@ -344,3 +344,17 @@ def test_importing_xqueue_does_not_import_cloudpickle() -> None:
     code = "import sys, xqueue; print('cloudpickle' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+async def test_a_call_runs_after_its_dependencies_and_is_skipped_when_one_fails(
+    workdir: Path,
+) -> None:
+    q = Xqueue(workdir=workdir, error_strategy="ignore")
+    first = await q.submit(t.sleep, 0.3)
+    then = await q.submit_call(t.square, (4,), after=[first])
+    bad = await q.submit(t.refuse, 3)
+    never = await q.submit_call(t.square, (5,), after=[bad])
+    await q.run_until_complete()
+    assert await then.result() == 16
+    assert first.status is JobStatus.FINISHED and then.status is JobStatus.FINISHED
+    assert never.status is JobStatus.SKIPPED and f"job {bad.index}" in never.reason

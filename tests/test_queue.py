@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from tests.helpers import DetachedScheduler, is_alive, read_text
-from xqueue import JobFailedError, JobStatus, QueueStateError, Xqueue
+from xqueue import Job, JobFailedError, JobStatus, QueueStateError, Xqueue
 
 pytestmark = pytest.mark.anyio
 
@@ -298,7 +298,7 @@ async def test_each_run_opens_and_closes_the_scheduler(workdir: Path) -> None:
 
 
 async def test_a_job_the_backend_loses_fails_alone(workdir: Path) -> None:
-    from xqueue import Job, SchedulerError
+    from xqueue import SchedulerError
     from xqueue.schedulers.local import LocalScheduler
 
     class Flaky(LocalScheduler):
@@ -313,3 +313,22 @@ async def test_a_job_the_backend_loses_fails_alone(workdir: Path) -> None:
     await q.run_until_complete()
     assert [j.status for j in jobs] == [JobStatus.FINISHED, JobStatus.FAILED, JobStatus.FINISHED]
     assert jobs[1].reason == "lost: connection to the engine dropped"
+
+
+async def test_concurrent_first_feeds_get_distinct_indices_and_folders(workdir: Path) -> None:
+    """The first feed waits for the workdir lock; feeds racing over it must not share an
+    index (and so a folder)."""
+    q = Xqueue(workdir=workdir)
+    jobs: list[Job] = []
+
+    async def feed(i: int) -> None:
+        jobs.append(await q.feed(["echo", str(i)]))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(20):
+            tg.start_soon(feed, i)
+    assert sorted(j.index for j in jobs) == list(range(20))
+    assert len({j.dir for j in jobs}) == 20
+    await q.run_until_complete()
+    for job in jobs:
+        assert (await read_text(job.stdout_path)).strip() == job.argv[1]

@@ -101,6 +101,7 @@ async def submit(
     envs: Mapping[str, Any] | None,
     resources: Resources | dict[str, Any] | None,
     python: str | None,
+    after: tuple[Job, ...] = (),
 ) -> CallJob[T]:
     """``Xqueue.submit_call``: check, pickle, stage the pickle, then add the job.
 
@@ -111,11 +112,11 @@ async def submit(
     call, call_digest = pickle_call(fn, args, kwargs)
     argv = command(interpreter(engine.scheduler, python), call_digest)
     job: CallJob[T] = CallJob(0, argv, envs=envs, name=name or label(fn), resources=resources)
+    job.after = after
     workdir = engine.workdir
     await workdir.lock_async()
     staged = {CALL_FILE: await anyio.to_thread.run_sync(_stage, workdir, call)}
     try:
-        job.index = len(engine.jobs)  # taken after the last await before add(), as feed() does
         await engine.add(job, staged)
     except BaseException:
         with anyio.CancelScope(shield=True):

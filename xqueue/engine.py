@@ -217,6 +217,9 @@ class Engine:
         self.check_can_feed()
         await self.workdir.lock_async()
         self.check_can_feed()  # the state may have moved on while the lock was taken
+        # Numbered here, after the last await: two feeds racing over the first lock must
+        # not both take the same index (and folder).
+        job.index = len(self.jobs)
         record = self.workdir.prepare(job, staged)
         self.jobs.append(job)
         self.counts[S.INIT] += 1

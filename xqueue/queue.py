@@ -232,16 +232,27 @@ class Xqueue:
         envs: Mapping[str, Any] | None = None,
         resources: Resources | dict[str, Any] | None = None,
         python: str | None = None,
+        after: After = None,
     ) -> calls.CallJob[T]:
         """Add a job that runs a Python call where jobs run, and return it.
 
         The call is pickled now (cloudpickle), so one that cannot be sent raises
         ConfigError here. ``python`` is the interpreter on the executing side (default:
         the scheduler option ``python``, else this interpreter): it must see this
-        workdir at the same path and have xqueue and cloudpickle installed.
+        workdir at the same path and have xqueue and cloudpickle installed. ``after`` and
+        the profile's default resources work as for ``feed``.
         """
+        resources = profiles.with_defaults(Resources.from_value(resources), self._default_resources)
         return await calls.submit(
-            self._engine, fn, args, kwargs, name=name, envs=envs, resources=resources, python=python
+            self._engine,
+            fn,
+            args,
+            kwargs,
+            name=name,
+            envs=envs,
+            resources=resources,
+            python=python,
+            after=resolve_after(after, self._engine.jobs),
         )
 
     # -- running ---------------------------------------------------------------------------
