@@ -82,19 +82,12 @@ def atomic_write(path: str, text: str | bytes, mode: int = 0o666) -> None:
     without following it.
     """
     tmp = f"{path}.{secrets.token_hex(6)}.tmp"
+    write_new(tmp, text.encode() if isinstance(text, str) else text, mode)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_EXCL | _CREATE_FLAGS, mode)
-    except OSError as exc:
-        raise file_error(tmp, exc, "create") from None
-    try:
-        _write_all(fd, text.encode() if isinstance(text, str) else text)
         os.replace(tmp, path)
     except OSError as exc:
         _unlink_quietly(tmp)
         raise file_error(path, exc, "write") from None
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
 
 
 def _write_all(fd: int, data: bytes) -> None:
