@@ -69,8 +69,12 @@ def file_error(path: str | os.PathLike[str], exc: OSError, doing: str = "read") 
     )
 
 
-def read_bytes(path: str | os.PathLike[str]) -> bytes | None:
-    """The content of a file in the workdir; None if there is none."""
+def read_bytes(path: str | os.PathLike[str], *, regular: bool = False) -> bytes | None:
+    """The content of a file in the workdir; None if there is none.
+
+    ``regular``: the file must be a regular file (the journal); a directory, FIFO or
+    device there is an error rather than something to read.
+    """
     try:
         fd = os.open(path, READ_FLAGS)
     except FileNotFoundError:
@@ -78,10 +82,18 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes | None:
     except OSError as exc:
         raise file_error(path, exc) from None
     try:
-        data = os.read(fd, _CHUNK)
-        if len(data) == _CHUNK:  # rare: state files are a few hundred bytes
+        size = _CHUNK
+        if regular:
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                raise file_error(path, IsADirectoryError(errno.EISDIR, "Is a directory"))
+            if not stat.S_ISREG(info.st_mode):
+                raise WorkdirError(f"{os.fspath(path)!r} is not a regular file; move it away")
+            size = max(info.st_size, _CHUNK)
+        data = os.read(fd, size)
+        if len(data) == size:  # rare for state files (a few hundred bytes); a growing journal
             parts = [data]
-            while chunk := os.read(fd, _CHUNK):
+            while chunk := os.read(fd, size):
                 parts.append(chunk)
             data = b"".join(parts)
         return data
@@ -344,7 +356,7 @@ class WorkdirReader:
         """The newest journal record of each job folder, by folder name (read once)."""
         if self._journal is None:
             path = self.path / JOURNAL_FILE
-            data = _read_regular(path)
+            data = read_bytes(path, regular=True)
             self._journal = {} if data is None else parse_journal(data, str(path))
         return self._journal
 
@@ -422,27 +434,3 @@ class WorkdirReader:
             return None  # closing the descriptor releases the probe's lock
         finally:
             os.close(fd)
-
-
-def _read_regular(path: Path) -> bytes | None:
-    """A whole file that must be a regular file (the journal): anything else is an error."""
-    try:
-        fd = os.open(path, READ_FLAGS)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise file_error(path, exc) from None
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise file_error(path, IsADirectoryError(errno.EISDIR, "Is a directory"))
-        if not stat.S_ISREG(info.st_mode):
-            raise WorkdirError(f"{str(path)!r} is not a regular file; move it away")
-        parts = []
-        while chunk := os.read(fd, max(info.st_size, _CHUNK)):
-            parts.append(chunk)
-        return b"".join(parts)
-    except OSError as exc:
-        raise file_error(path, exc) from None
-    finally:
-        os.close(fd)
