@@ -68,11 +68,17 @@ class SgeOptions(SchedulerOptions):
     pe: str | None = None
     """Parallel environment that a job's ``cpus`` are requested from (``-pe <pe> <cpus>``)."""
     submit_timeout: float = 60.0
+    """Seconds a ``qsub`` may take before its outcome counts as unknown."""
     status_timeout: float = 60.0
+    """Seconds a ``qstat``/``qacct``/``qdel`` may take."""
     qsub: str = "qsub"
+    """The ``qsub`` command (a name on PATH or a path); likewise the three below."""
     qstat: str = "qstat"
+    """The ``qstat`` command: one ``qstat -xml`` per tick for every active job."""
     qdel: str = "qdel"
+    """The ``qdel`` command."""
     qacct: str = "qacct"
+    """The ``qacct`` command, for jobs ``qstat`` no longer shows."""
 
     accepts_extra = True
 

@@ -86,10 +86,15 @@ class SlurmOptions(SchedulerOptions):
     status_timeout: float = 60.0
     """Seconds a ``squeue``/``sacct``/``scancel`` may take."""
     sbatch: str = "sbatch"
+    """The ``sbatch`` command (a name on PATH or a path); likewise the four below."""
     squeue: str = "squeue"
+    """The ``squeue`` command: one call per tick for every active job."""
     sacct: str = "sacct"
+    """The ``sacct`` command, for jobs ``squeue`` has forgotten."""
     scancel: str = "scancel"
+    """The ``scancel`` command."""
     scontrol: str = "scontrol"
+    """The ``scontrol`` command (configuration and recovery by tag)."""
 
     accepts_extra = True
 
