@@ -332,19 +332,20 @@ async def test_controller_restart_readopts_running_jobs(
 async def test_one_status_call_per_tick_for_many_jobs(
     panda: Panda, workdir: Path, anyio_backend: str
 ) -> None:
-    # One event loop asks for every job at once, the other in chunks of 8 ids.
-    chunk = 5000 if anyio_backend == "asyncio" else 8
-    q = Xqueue("panda", workdir=workdir, forks=30, scheduler_opts=panda.opts(status_chunk=chunk))
+    # One event loop sends every job at once, the other in chunks of 8 jobs and 8 ids.
+    chunk = 1000 if anyio_backend == "asyncio" else 8
+    opts = panda.opts(status_chunk=chunk, submit_chunk=chunk)
+    q = Xqueue("panda", workdir=workdir, forks=30, scheduler_opts=opts)
     jobs = [await q.feed(["true"]) for _ in range(30)]
     with anyio.fail_after(60):
         await q.run_until_complete()
     assert all(j.status is JobStatus.FINISHED for j in jobs)
     stats = q.statistics()
     counts, described = panda.server.calls()
-    assert counts["job/submit"] == stats.submit_calls == 1
+    per_tick = -(-30 // chunk)  # the calls one batch of 30 jobs takes
+    assert counts["job/submit"] == stats.submit_calls == per_tick
     assert counts["job/get_description"] == stats.status_calls
     assert max(len(ids) for ids in described) == min(chunk, 30)
-    per_tick = -(-30 // chunk)  # the most calls a tick with every job active makes
     assert stats.status_calls <= stats.ticks * per_tick
     assert stats.ticks < 30
 

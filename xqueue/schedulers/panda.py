@@ -61,7 +61,7 @@ from ..errors import (
 )
 from ..job import SCRIPT, Job
 from ..options import SchedulerOptions
-from ..scheduler import JobState, Scheduler
+from ..scheduler import JobState, Scheduler, gather_bounded
 from ..states import JobStatus
 from ._cluster import attempt_of, best_match, chunks, job_name, matches, run_tag
 from ._panda_states import field, verdict
@@ -72,6 +72,8 @@ SERVER_MAX_DESCRIBE = 5500
 # The jediTaskID a workdir's jobs are filed under when ``task_id`` is not given: above any
 # task number a PanDA server hands out (JEDI counts from 1), within its 11-digit column.
 TASK_BASE = 10**10
+# Seconds one listing of a workdir's jobs serves the lookups of a resumed run.
+LISTING_TTL = 10.0
 RESOURCE_TYPES = ("SCORE", "MCORE", "SCORE_HIMEM", "MCORE_HIMEM")
 
 
@@ -272,13 +274,22 @@ class PandaScheduler(Scheduler):
         return sendable, self.api.dump_jobs([self._spec(j) for j in sendable]), refused
 
     async def submit_jobs(self, jobs: Sequence[Job]) -> list[str | BaseException]:
-        """One ``job/submit`` per chunk; one PandaID or exception per job, in order."""
+        """One ``job/submit`` per chunk, ``submit_concurrency`` chunks at once; one
+        PandaID or exception per job, in order."""
         results: dict[Job, str | BaseException] = {}
-        for part in chunks(jobs, self.options.submit_chunk):
+
+        async def one(part: Sequence[Job]) -> None:
             sendable, payload, refused = await anyio.to_thread.run_sync(self._prepare, part)
             results.update(refused)
             if sendable:
                 results.update(zip(sendable, await self._submit(sendable, payload)))
+
+        parts = list(chunks(jobs, self.options.submit_chunk))
+        for part, error in zip(
+            parts, await gather_bounded(parts, one, self.options.submit_concurrency)
+        ):
+            if isinstance(error, BaseException):  # the wrappers could not be written
+                results.update((job, error) for job in part if job not in results)
         return [results[job] for job in jobs]
 
     async def _submit(self, jobs: list[Job], payload: str) -> list[str | BaseException]:
@@ -374,12 +385,18 @@ class PandaScheduler(Scheduler):
 
     # -- finding a submission again --------------------------------------------------------
     async def _filed(self) -> dict[str, Any]:
-        """Every job filed under this workdir's task number, by PandaID; one lookup
-        serves the jobs re-adopted within a second (none made before an unknown outcome)."""
+        """Every job filed under this workdir's task number, by PandaID.
+
+        One listing serves the jobs re-adopted within ``LISTING_TTL`` seconds, unless a
+        submission's outcome turned unknown since: only such a submission can add a job
+        this workdir's lookups must see. A stale state is harmless: a job found by
+        name is adopted whatever its state, and its next poll reads the state afresh.
+        """
         async with self._listing_lock:
             cached = self._listing
             now = time.monotonic()
-            if cached is not None and now - cached[0] < 1.0 and cached[0] > self._unknown_at:
+            fresh = cached is not None and now - cached[0] < LISTING_TTL
+            if cached is not None and fresh and cached[0] > self._unknown_at:
                 return cached[1]
             self.stats.status_calls += 1
             try:
