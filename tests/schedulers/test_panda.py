@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 import pytest
+from pandaclient.JobSpec import JobSpec  # the client's data class: reads no configuration
 
 from tests.helpers import read_text, wait_running
 from tests.procs import DRIVER
@@ -31,6 +32,8 @@ from tests.standins.panda_server import USER, PandaStandIn
 from xqueue import Job, JobStatus, Xqueue
 from xqueue.errors import SchedulerOptionError, SubmissionUnknownError
 from xqueue.job import SCRIPT
+from xqueue.scheduler import JobState
+from xqueue.schedulers._panda_states import verdict
 from xqueue.schedulers.panda import PandaScheduler
 from xqueue.workdir import Workdir, WorkdirReader
 
@@ -383,3 +386,42 @@ async def test_client_that_cannot_load_is_reported(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert b"panda-client could not be loaded" in result.stderr
     assert b"PANDA_BEHIND_REAL_LB=1" in result.stderr
+
+
+async def test_job_cancelled_outside_the_run_fails_without_retry(
+    panda: Panda, workdir: Path, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    q = Xqueue(
+        "panda",
+        workdir=workdir,
+        error_strategy="retry",
+        num_retries=2,
+        scheduler_opts=panda.opts(),
+    )
+    job = await q.feed(f"while [ ! -e {shlex.quote(str(go))} ]; do sleep 0.1; done")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(q.run_until_complete)
+        await wait_running(job)
+        # Someone else kills it, with the client's own public call (pbook does the same).
+        # Imported here: the client reads the server's address when first imported.
+        from pandaclient import Client
+
+        status, answer = await anyio.to_thread.run_sync(Client.killJobs, [int(str(job.jid))])
+        assert (status, answer) == (0, [True])
+    assert job.status is JobStatus.FAILED and job.attempt == 1  # not retried
+    assert job.reason.startswith("cancelled in PanDA outside this run (pilot error 1144")
+    assert f"task buffer error 100: killed by {USER}" in job.reason
+
+
+def test_closed_and_unknown_states_read_from_the_clients_jobspec() -> None:
+    spec = JobSpec()
+    spec.jobStatus, spec.supErrorCode, spec.supErrorDiag = "closed", 4, "reassigned"
+    held, state = verdict(spec, kill_requested=False)
+    assert not held and state is not None and state.status is JobStatus.FAILED
+    assert state.reason == "closed by PanDA before it finished (supervisor error 4: reassigned)"
+    assert state.retryable and state.rc is None
+    spec.jobStatus = "some-future-state"  # held: PanDA itself ends every job it holds
+    assert verdict(spec, kill_requested=False) == (True, None)
+    spec.jobStatus = "merging"
+    assert verdict(spec, kill_requested=False)[1] == JobState(JobStatus.RUNNING)
