@@ -22,10 +22,10 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.helpers import read_text, wait_running
+from tests.helpers import container_engine, read_text, wait_running
 from tests.standins.gcloud import Gcloud, running
 from xqueue import Job, JobStatus, Xqueue
-from xqueue.errors import SchedulerOptionError
+from xqueue.errors import SchedulerError, SchedulerOptionError
 from xqueue.schedulers import _gbatch_spec as spec
 from xqueue.schedulers.gbatch import GbatchScheduler
 from xqueue.workdir import Workdir
@@ -503,3 +503,86 @@ def test_exit_codes_are_read_from_real_shaped_status_events() -> None:
     assert "50005" in timed_out.reason
     assert spec.ended_state("CANCELLED", []).status is JobStatus.KILLED
     assert json.dumps(spec.ended_state("SUCCEEDED", []).rc) == "0"
+
+
+# -- lost answers and a service without CancelJob ----------------------------------------------
+async def test_a_create_whose_answer_is_lost_is_sent_again_and_runs_once(
+    gcloud: Gcloud, project: str, workdir: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    await anyio.to_thread.run_sync(
+        lambda: gcloud.control(
+            "Slow", method="CreateJob", parent=parent(project), seconds=1.5, times=1
+        )
+    )
+    q = queue(gcloud, project, workdir, scheduler_opts={"rpc_timeout": 0.5})
+    job = await q.feed(f"echo x >> {marker}")
+    with anyio.fail_after(30):
+        await q.run_until_complete()
+    assert job.status is JobStatus.FINISHED, job.reason
+    assert await read_text(marker) == "x\n"  # the job the first create made, only
+    assert (await calls(gcloud, project))["CreateJob"] == 2  # the second met ALREADY_EXISTS
+    assert q.statistics().submit_calls == 2
+
+
+async def test_kill_deletes_the_job_where_the_service_cannot_cancel(
+    gcloud: Gcloud, project: str, workdir: Path
+) -> None:
+    await anyio.to_thread.run_sync(
+        lambda: gcloud.control("Disable", method="CancelJob", parent=parent(project))
+    )
+    async with queue(gcloud, project, workdir) as q:
+        job = await q.feed(["sleep", "60"])
+        await wait_running(job)
+        assert await q.kill(job)
+        with anyio.fail_after(30):
+            await job.wait()
+    assert job.status is JobStatus.KILLED
+    seen = await calls(gcloud, project)
+    assert seen["CancelJob"] == 1 and seen["DeleteJob"] == 1
+    assert job.jid
+    with pytest.raises(Exception, match="not found"):
+        await batch_job(gcloud, job.jid)
+
+
+@pytest.fixture
+def podman_image(request: pytest.FixtureRequest) -> str:
+    """The busybox image of ci/images.sh, imported into podman (the stand-in runs podman)."""
+    return container_engine(request, "podman")["image"]
+
+
+@pytest.mark.podman
+async def test_image_runs_the_wrapper_in_a_container_runnable(
+    gcloud: Gcloud, project: str, workdir: Path, podman_image: str
+) -> None:
+    image = podman_image  # busybox: /bin/busybox is the image's, not this machine's
+    q = queue(gcloud, project, workdir, scheduler_opts={"image": image}, error_strategy="ignore")
+    job = await q.feed(["sh", "-c", 'ls /bin/busybox && echo "task $BATCH_TASK_INDEX"; exit 4'])
+    with anyio.fail_after(60):
+        await q.run_until_complete()
+    assert job.rc == 4, job.reason
+    assert await read_text(job.stdout_path) == "/bin/busybox\ntask 0\n"
+    assert job.jid
+    runnable = (await batch_job(gcloud, job.jid)).task_groups[0].task_spec.runnables[-1]
+    assert runnable.container.image_uri == image
+
+
+async def test_gpus_without_a_type_fail_the_job_before_anything_is_created(
+    gcloud: Gcloud, project: str, workdir: Path
+) -> None:
+    q = queue(gcloud, project, workdir, error_strategy="retry", num_retries=2)
+    job = await q.feed(["true"], resources={"gpus": 1})
+    with anyio.fail_after(30):
+        await q.run_until_complete()
+    assert job.status is JobStatus.FAILED and job.attempt == 1
+    assert "gpu_type" in job.reason
+    assert "CreateJob" not in await calls(gcloud, project)
+
+
+async def test_a_missing_staging_bucket_stops_the_run_with_the_reason(
+    gcloud: Gcloud, project: str, workdir: Path
+) -> None:
+    q = queue(gcloud, project, workdir, scheduler_opts={"staging_bucket": "gs://no-such-bkt"})
+    await q.feed(["true"])
+    with anyio.fail_after(30), pytest.raises(SchedulerError, match="no-such-bkt does not exist"):
+        await q.run_until_complete()

@@ -29,8 +29,11 @@ does, as the real service does:
   long-running operations that GetOperation reports done (NOT_FOUND for unknown ones).
 
 A control service (``xqueue.standin.Control``, JSON in and out) lets tests count calls
-per method and parent (``Stats``) and make the service lose a job (``Forget``: its
-task is killed and its record dropped, nothing written back, as when a VM vanishes).
+per method and parent (``Stats``), make the service lose a job (``Forget``: its task
+is killed and its record dropped, nothing written back, as when a VM vanishes), answer
+a method late after doing its work (``Slow``: a lost answer) or not at all
+(``Disable``: UNIMPLEMENTED). Those last two apply to one parent (project and
+location), so tests sharing one stand-in do not see each other's.
 """
 
 from __future__ import annotations
@@ -115,6 +118,9 @@ class StandinBatch:
         self.jobs: dict[str, Record] = {}
         self.ops: dict[str, tuple[operations_pb2.Operation, Record, str]] = {}
         self.calls: Counter[tuple[str, str]] = Counter()
+        # (method, parent) -> delays of its next answers; methods answered UNIMPLEMENTED
+        self.slow: dict[tuple[str, str], list[float]] = {}
+        self.disabled: set[tuple[str, str]] = set()
 
     # -- the BatchService -------------------------------------------------------------
     async def CreateJob(self, req: batch_t.CreateJobRequest) -> job_t.Job:
@@ -233,6 +239,17 @@ class StandinBatch:
     async def Stats(self, req: dict[str, Any]) -> dict[str, Any]:
         parent = str(req.get("parent", ""))
         return {"calls": {m: n for (m, p), n in self.calls.items() if p == parent}}
+
+    async def Slow(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Delay the next ``times`` answers of ``method`` for ``parent`` by ``seconds``."""
+        delays = self.slow.setdefault((str(req["method"]), str(req["parent"])), [])
+        delays.extend([float(req["seconds"])] * int(req.get("times", 1)))
+        return {}
+
+    async def Disable(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Answer ``method`` for ``parent`` with UNIMPLEMENTED, as a service without it."""
+        self.disabled.add((str(req["method"]), str(req["parent"])))
+        return {}
 
     async def Forget(self, req: dict[str, Any]) -> dict[str, Any]:
         record = self.jobs.get(str(req.get("name")))
@@ -703,11 +720,18 @@ def _handler(
     parent_of: Callable[[Any], str],
 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        impl.calls[(method, parent_of(request))] += 1
+        key = (method, parent_of(request))
+        impl.calls[key] += 1
+        if key in impl.disabled:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented")
         try:
-            return await fn(request)
+            answer = await fn(request)
         except Abort as exc:
             await context.abort(exc.code, exc.message)
+        delays = impl.slow.get(key)
+        if delays:
+            await asyncio.sleep(delays.pop(0))  # done, but the answer comes late
+        return answer
 
     return call
 
@@ -783,6 +807,8 @@ def handlers(impl: StandinBatch) -> list[grpc.GenericRpcHandler]:
     as_json = (lambda b: json.loads(b or b"{}"), lambda d: json.dumps(d).encode())
     control = {
         "Stats": unary(impl.Stats, *as_json, lambda r: ""),
+        "Slow": unary(impl.Slow, *as_json, lambda r: ""),
+        "Disable": unary(impl.Disable, *as_json, lambda r: ""),
         "Forget": unary(impl.Forget, *as_json, lambda r: ""),
     }
     return [

@@ -31,13 +31,13 @@ class Gcloud:
     storage: str  # http://host:port of the storage emulator
     vm_root: str  # where the stand-in's "VMs" mount their volumes
 
-    def control(self, method: str, **payload: Any) -> Any:
+    def control(self, rpc: str, **payload: Any) -> Any:
         """Call the stand-in's control service (blocking: from a worker thread in tests)."""
         import grpc
 
         with grpc.insecure_channel(self.batch) as channel:
             call = channel.unary_unary(
-                f"/xqueue.standin.Control/{method}",
+                f"/xqueue.standin.Control/{rpc}",
                 request_serializer=lambda d: json.dumps(d).encode(),
                 response_deserializer=json.loads,
             )

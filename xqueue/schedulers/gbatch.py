@@ -157,10 +157,14 @@ class GbatchScheduler(Scheduler):
         self._staging = await anyio.to_thread.run_sync(self._make_staging, credentials)
         await anyio.to_thread.run_sync(self._staging.check)
         await self._bridge.start()
-        # The channel is made in the loop it will live in; the client around it in a
-        # worker thread, since its constructor reads files (mTLS configuration).
-        channel = await self._bridge.call(self._channel, credentials)
-        self._client = await anyio.to_thread.run_sync(_client, channel, self._host)
+        try:
+            # The channel is made in the loop it will live in; the client around it in a
+            # worker thread, since its constructor reads files (mTLS configuration).
+            channel = await self._bridge.call(self._channel, credentials)
+            self._client = await anyio.to_thread.run_sync(_client, channel, self._host)
+        except BaseException:
+            await self._bridge.stop()
+            raise
 
     def _make_staging(self, credentials: Any) -> Staging:
         client = make_client(self.options.project, self.options.storage_endpoint, credentials)
@@ -272,7 +276,10 @@ class GbatchScheduler(Scheduler):
                 f"gbatch: the Batch job built from scheduler_opts is not valid: {exc}",
                 retryable=False,
             ) from exc
-        await anyio.to_thread.run_sync(self._stage, job, batch_id)
+        try:
+            await anyio.to_thread.run_sync(self._stage, job, batch_id)
+        except SchedulerError as exc:  # nothing was created: submit again after a pause
+            raise SubmissionError(str(exc), transient=True) from exc
         name = f"{self.parent}/jobs/{batch_id}"
         for attempt in range(3):
             self.stats.submit_calls += attempt > 0  # the first is counted by submit_jobs
@@ -357,9 +364,12 @@ class GbatchScheduler(Scheduler):
             else:
                 ended.append((job, view))
         if ended:
-            await gather_bounded(
+            fetched = await gather_bounded(
                 [job for job, _ in ended], self._fetch, self.options.submit_concurrency
             )
+            failed = [r for r in fetched if isinstance(r, BaseException)]
+            if failed:  # settling a job without the files it left could misreport it
+                raise SchedulerError(f"gbatch: cannot read ended jobs' outputs: {failed[0]}")
             states.update(
                 await anyio.to_thread.run_sync(
                     lambda: {
