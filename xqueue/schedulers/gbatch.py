@@ -139,7 +139,7 @@ class GbatchScheduler(Scheduler):
         self._client: Any = None
         self._staging: Staging | None = None
         self._tag = ""
-        self._nonce = secrets.token_hex(3)
+        self._nonce = ""
         self._listing: tuple[float, dict[str, _Seen]] | None = None
         self._unknown_at = 0.0
 
@@ -151,6 +151,9 @@ class GbatchScheduler(Scheduler):
     async def open(self, workdir: Any) -> None:
         await super().open(workdir)
         self._tag = run_tag(str(workdir.path))
+        # Ids are deterministic within a run (a lost create is retried under its id) and
+        # new for each run (a job run again restarts its attempts at 1).
+        self._nonce = secrets.token_hex(3)
         credentials = None
         if not self.options.insecure:
             credentials = await anyio.to_thread.run_sync(_default_credentials)
@@ -187,8 +190,8 @@ class GbatchScheduler(Scheduler):
         if holder[0] is not None:
             await self._bridge.call(holder[0].transport.close)
             # When the process's last grpc.aio channel is freed, grpc joins its poller
-            # thread: the last reference is dropped in a worker thread, off the loop.
-            await anyio.to_thread.run_sync(holder.clear)
+            # thread: the client is freed in a worker thread, off the loop.
+            await anyio.to_thread.run_sync(_free, holder)
         await self._bridge.stop()
 
     async def _call(self, method: str, **kwargs: Any) -> Any:
@@ -200,6 +203,10 @@ class GbatchScheduler(Scheduler):
     # -- submitting ----------------------------------------------------------------------
     def batch_id(self, job: Job) -> str:
         return spec.job_id(self.options.job_prefix, self._tag, self._nonce, job.index, job.attempt)
+
+    def mount_path(self, batch_id: str) -> str:
+        """Where the job's staging folder is mounted on its VM (its own folder only)."""
+        return f"{self.options.mount_root.rstrip('/')}/{batch_id}"
 
     def _runnable(self, script: str) -> dict[str, Any]:
         if self.options.image:
@@ -214,7 +221,7 @@ class GbatchScheduler(Scheduler):
 
     def build(self, job: Job, batch_id: str) -> dict[str, Any]:
         """The Batch job (as JSON data) that runs one attempt of ``job``."""
-        mount = f"{self.options.mount_root.rstrip('/')}/{batch_id}"
+        mount = self.mount_path(batch_id)
         assert self._staging is not None
         res = job.resources
         labels = {
@@ -250,8 +257,7 @@ class GbatchScheduler(Scheduler):
                 os.unlink(job.attempt_path(kind, attempt_of(job)))
             except FileNotFoundError:
                 pass
-        mount = f"{self.options.mount_root.rstrip('/')}/{batch_id}"
-        script = self.write_script(job, mount)
+        script = self.write_script(job, self.mount_path(batch_id))
         files = {os.path.basename(script): script}
         if os.path.exists(job.path(CALL_FILE)):
             files[CALL_FILE] = job.path(CALL_FILE)
@@ -320,9 +326,12 @@ class GbatchScheduler(Scheduler):
         """The job a lost create made, once its labels show it is this very attempt."""
         found = await self._call("get_job", name=name)
         labels = dict(found.labels)
-        if labels.get(spec.RUN_LABEL) == self._tag and labels.get(spec.INDEX_LABEL) == str(
-            job.index
-        ):
+        mine = {
+            spec.RUN_LABEL: self._tag,
+            spec.INDEX_LABEL: str(job.index),
+            spec.ATTEMPT_LABEL: str(attempt_of(job)),
+        }
+        if all(labels.get(key) == value for key, value in mine.items()):
             return name
         raise SubmissionError(f"gbatch: a Batch job named {name} exists already", retryable=False)
 
@@ -456,6 +465,16 @@ class GbatchScheduler(Scheduler):
                 raise SchedulerError(f"gbatch: DeleteJob {job.jid}: {_describe(exc)}") from exc
         except gexc.GoogleAPICallError as exc:
             raise SchedulerError(f"gbatch: CancelJob {job.jid}: {_describe(exc)}") from exc
+
+
+def _free(holder: list[Any]) -> None:
+    """Drop the last reference to the client, and collect the cycles that may hold its
+    channel too (a traceback kept by an API error does), so that the channel is freed
+    here and now rather than by a later collection inside the event loop."""
+    import gc
+
+    holder.clear()
+    gc.collect()
 
 
 def _client(channel: Any, host: str) -> Any:
