@@ -112,6 +112,15 @@ class Scheduler(abc.ABC):
     """True when ``wait_job`` reports each job's end (no polling)."""
     running_on_submit: ClassVar[bool] = False
     """True when a submitted job is already running (no queue in between)."""
+    shared_fs: ClassVar[bool] = True
+    """False when the jobs do not see the controller's workdir (a cloud batch service).
+
+    Such a backend stages each job's files itself and copies a job's outputs (stdout,
+    stderr, return code, a call's result) into its local folder *before* it reports the
+    job ended, so what reads the workdir (the engine, ``xqueue status``, ``result()``)
+    only ever reads local files. While such a job runs its folder holds only its
+    script: its output is wherever the backend staged it, never read from here.
+    """
 
     @property
     def enforces_forks(self) -> bool:

@@ -1,0 +1,1 @@
+"""Stand-in services the project owns, for backends whose real service is a cloud API."""

@@ -1,0 +1,551 @@
+"""Google Cloud Batch: each job is one Batch job of one task, its files staged in a bucket.
+
+There is no file system shared with the jobs (``shared_fs = False``). The workdir stays
+on the controller; each job's wrapper script (``write_script``, the same wrapper every
+backend runs) is uploaded to the job's own folder in ``staging_bucket``, which the Batch
+job mounts as a GCS volume (gcsfuse, set up by Batch itself) at ``mount_root/<job id>``.
+The runnable runs the wrapper from there, so ``started``, ``stdout``, ``stderr`` and
+``rc`` land in the bucket; when Batch reports the job ended (or forgets it) they are
+downloaded into the local job folder (``_gcs.Staging``) and the job is settled from them
+exactly as a cluster job is from its shared files (``Scheduler.reconcile``).
+
+The API is driven with the official ``google-cloud-batch`` async client (grpc.aio). It
+runs on asyncio only; under trio its calls go through ``_aio.AsyncioBridge``'s private
+loop, like asyncssh and aiodocker. Storage calls are blocking and go to worker threads.
+
+Status: one ``ListJobs`` per tick, filtered on the workdir's run tag label, serves every
+job of the run (pages of ``page_size``). Batch states map to xqueue's: QUEUED and
+SCHEDULED are submitted, RUNNING and CANCELLATION_IN_PROGRESS running; SUCCEEDED,
+FAILED, CANCELLED and DELETION_IN_PROGRESS have ended. A job that ended without a return
+code file (the wrapper never ran, or was cut off by a preemption or the walltime) is
+settled from the task exit code in Batch's status events (``_gbatch_spec.ended_state``).
+
+Kill: ``CancelJob`` (the service falls back to ``DeleteJob`` where cancel is not
+offered); the job ends when the listing shows it CANCELLED. Resume: a job whose Batch
+name was recorded is looked up by ``GetJob``; one whose name never came back is found by
+its labels (run tag, index, attempt).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import anyio
+from google.api_core import exceptions as gexc
+from google.cloud import batch_v1
+from google.cloud.batch_v1.services.batch_service.transports import (
+    BatchServiceGrpcAsyncIOTransport,
+)
+
+from .._text import quote
+from ..calls import CALL_FILE
+from ..errors import SchedulerError, SchedulerOptionError, SubmissionError, SubmissionUnknownError
+from ..job import SCRIPT, Job, attempt_file
+from ..options import SchedulerOptions
+from ..scheduler import JobState, Scheduler, gather_bounded
+from . import _gbatch_spec as spec
+from ._aio import AsyncioBridge
+from ._cluster import attempt_of, run_tag
+from ._gcs import OUTPUTS, Staging, make_client
+
+log = logging.getLogger("xqueue.gbatch")
+
+
+@dataclasses.dataclass
+class GbatchOptions(SchedulerOptions):
+    project: str = ""
+    """The Google Cloud project the jobs run in."""
+    location: str = ""
+    """The Batch region, e.g. ``us-central1``."""
+    staging_bucket: str = ""
+    """``gs://bucket[/prefix]``: where each job's script and outputs are staged."""
+    mount_root: str = "/mnt/disks/xqueue"
+    """Where a job's staging folder is mounted on its VM (``<mount_root>/<job id>``)."""
+    image: str = ""
+    """Run the wrapper in this container image (a container runnable); empty: on the VM."""
+    entrypoint: str = "/bin/sh"
+    """The program that runs the wrapper script (on the VM, or in ``image``)."""
+    gpu_type: str = ""
+    """Accelerator type for jobs that ask for GPUs (e.g. ``nvidia-tesla-t4``)."""
+    job_prefix: str = "xq"
+    """First part of every Batch job id (lowercase letters, digits, ``-``)."""
+    endpoint: str = ""
+    """Batch API endpoint (host:port); empty: the service's default."""
+    storage_endpoint: str = ""
+    """Cloud Storage endpoint; empty: the default (``STORAGE_EMULATOR_HOST`` applies)."""
+    insecure: bool = False
+    """Talk plaintext gRPC to ``endpoint`` with no credentials: for a local emulator only."""
+    page_size: int = 1000
+    """Jobs per ``ListJobs`` page."""
+    rpc_timeout: float = 60.0
+    """Seconds one Batch API call may take."""
+    python: str = "python3"
+    """Interpreter that runs Python calls on the VM (it needs xqueue and cloudpickle)."""
+
+    accepts_extra = True
+
+    def validate(self, scheduler: str) -> None:
+        super().validate(scheduler)
+        for name in ("project", "location", "staging_bucket"):
+            if not getattr(self, name):
+                raise SchedulerOptionError(
+                    f"{scheduler}: option {name!r} is required (project='my-project', "
+                    "location='us-central1', staging_bucket='gs://my-bucket/xqueue')"
+                )
+        spec.parse_staging(self.staging_bucket)
+        if not spec.PREFIX.match(self.job_prefix):
+            raise SchedulerOptionError(
+                f"{scheduler}: job_prefix {self.job_prefix!r} must be 1-20 lowercase letters, "
+                "digits or '-', starting with a letter"
+            )
+        if not self.mount_root.startswith("/"):
+            raise SchedulerOptionError(f"{scheduler}: mount_root must be an absolute path")
+        if self.insecure and not self.endpoint:
+            raise SchedulerOptionError(f"{scheduler}: insecure needs an endpoint (host:port)")
+        if self.page_size < 1 or self.rpc_timeout <= 0:
+            raise SchedulerOptionError(f"{scheduler}: page_size and rpc_timeout must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Seen:
+    """One Batch job as a listing showed it."""
+
+    state: str
+    labels: dict[str, str]
+    events: tuple[Any, ...]
+    created: float
+
+
+class GbatchScheduler(Scheduler):
+    """Jobs are Google Cloud Batch jobs; their files travel through a bucket."""
+
+    name = "gbatch"
+    Options = GbatchOptions
+    options: GbatchOptions
+    shared_fs: ClassVar[bool] = False
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.template = spec.template(self.name, self.options.extra)
+        _check_template(self.template)
+        self._bucket, self._prefix = spec.parse_staging(self.options.staging_bucket)
+        self._bridge = AsyncioBridge()
+        self._client: Any = None
+        self._staging: Staging | None = None
+        self._tag = ""
+        self._nonce = ""
+        self._listing: tuple[float, dict[str, _Seen]] | None = None
+        self._unknown_at = 0.0
+
+    @property
+    def parent(self) -> str:
+        return f"projects/{self.options.project}/locations/{self.options.location}"
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def open(self, workdir: Any) -> None:
+        await super().open(workdir)
+        self._tag = run_tag(str(workdir.path))
+        # Ids are deterministic within a run (a lost create is retried under its id) and
+        # new for each run (a job run again restarts its attempts at 1).
+        self._nonce = secrets.token_hex(3)
+        credentials = None
+        if not self.options.insecure:
+            credentials = await anyio.to_thread.run_sync(_default_credentials)
+        self._staging = await anyio.to_thread.run_sync(self._make_staging, credentials)
+        await anyio.to_thread.run_sync(self._staging.check)
+        await self._bridge.start()
+        try:
+            # The channel is made in the loop it will live in; the client around it in a
+            # worker thread, since its constructor reads files (mTLS configuration).
+            channel = await self._bridge.call(self._channel, credentials)
+            self._client = await anyio.to_thread.run_sync(_client, channel, self._host)
+        except BaseException:
+            await self._bridge.stop()
+            raise
+
+    def _make_staging(self, credentials: Any) -> Staging:
+        client = make_client(self.options.project, self.options.storage_endpoint, credentials)
+        return Staging(client, self._bucket, self._prefix)
+
+    @property
+    def _host(self) -> str:
+        return self.options.endpoint or batch_v1.BatchServiceAsyncClient.DEFAULT_ENDPOINT
+
+    async def _channel(self, credentials: Any) -> Any:
+        """The gRPC channel (in the client's loop): plaintext for a local emulator."""
+        import grpc
+
+        if self.options.insecure:
+            return grpc.aio.insecure_channel(self.options.endpoint)
+        return BatchServiceGrpcAsyncIOTransport.create_channel(self._host, credentials=credentials)
+
+    async def aclose(self) -> None:
+        holder, self._client = [self._client], None
+        if holder[0] is not None:
+            await self._bridge.call(holder[0].transport.close)
+            # When the process's last grpc.aio channel is freed, grpc joins its poller
+            # thread: the client is freed in a worker thread, off the loop.
+            await anyio.to_thread.run_sync(_free, holder)
+        await self._bridge.stop()
+
+    async def _call(self, method: str, **kwargs: Any) -> Any:
+        """One Batch API call, in the client's loop, with no retry of the library's own."""
+        assert self._client is not None, "GbatchScheduler.open() was not called"
+        fn = getattr(self._client, method)
+        return await self._bridge.call(fn, retry=None, timeout=self.options.rpc_timeout, **kwargs)
+
+    # -- submitting ----------------------------------------------------------------------
+    def batch_id(self, job: Job) -> str:
+        return spec.job_id(self.options.job_prefix, self._tag, self._nonce, job.index, job.attempt)
+
+    def mount_path(self, batch_id: str) -> str:
+        """Where the job's staging folder is mounted on its VM (its own folder only)."""
+        return f"{self.options.mount_root.rstrip('/')}/{batch_id}"
+
+    def _runnable(self, script: str) -> dict[str, Any]:
+        if self.options.image:
+            return {
+                "container": {
+                    "image_uri": self.options.image,
+                    "entrypoint": self.options.entrypoint,
+                    "commands": [script],
+                }
+            }
+        return {"script": {"text": f"exec {quote(self.options.entrypoint)} {quote(script)}\n"}}
+
+    def build(self, job: Job, batch_id: str) -> dict[str, Any]:
+        """The Batch job (as JSON data) that runs one attempt of ``job``."""
+        mount = self.mount_path(batch_id)
+        assert self._staging is not None
+        res = job.resources
+        labels = {
+            spec.RUN_LABEL: self._tag,
+            spec.INDEX_LABEL: str(job.index),
+            spec.ATTEMPT_LABEL: str(attempt_of(job)),
+            spec.NAME_LABEL: spec.label_value(job.name),
+        }
+        return spec.build_job(
+            self.template,
+            runnable=self._runnable(f"{mount}/{attempt_file(SCRIPT, attempt_of(job))}"),
+            volume={
+                "gcs": {"remote_path": self._staging.remote_path(batch_id)},
+                "mount_path": mount,
+            },
+            labels=labels,
+            cpus=res.cpus if res else None,
+            memory_mb=res.memory_mb if res else None,
+            gpus=res.gpus if res else None,
+            walltime_s=res.walltime_s if res else None,
+            gpu_type=self.options.gpu_type or None,
+        )
+
+    def _stage(self, job: Job, batch_id: str) -> None:
+        """Write the wrapper for the mount path and upload it (and a call's pickle).
+
+        Local copies of this attempt's outputs left by an earlier run go first: they
+        would otherwise settle a job that ends without writing its own (preempted).
+        """
+        assert self._staging is not None
+        for kind in OUTPUTS:
+            try:
+                os.unlink(job.attempt_path(kind, attempt_of(job)))
+            except FileNotFoundError:
+                pass
+        script = self.write_script(job, self.mount_path(batch_id))
+        files = {os.path.basename(script): script}
+        if os.path.exists(job.path(CALL_FILE)):
+            files[CALL_FILE] = job.path(CALL_FILE)
+        self._staging.upload(batch_id, files)
+
+    async def submit_job(self, job: Job) -> str:
+        """Stage the job's files, then create its Batch job; return the job's full name.
+
+        A refusal (INVALID_ARGUMENT, a missing permission, an unknown project) fails the
+        job with the service's message and is not retried. A create whose answer was lost
+        is sent again under the same id: ALREADY_EXISTS then proves the first one went
+        through. Only when that cannot be told is the outcome unknown.
+        """
+        batch_id = self.batch_id(job)
+        try:
+            body = self.build(job, batch_id)
+            message = batch_v1.Job.from_json(_json(body))
+        except SchedulerOptionError as exc:
+            raise SubmissionError(str(exc), retryable=False) from exc
+        except Exception as exc:  # json_format.ParseError: a field Batch does not have
+            raise SubmissionError(
+                f"gbatch: the Batch job built from scheduler_opts is not valid: {exc}",
+                retryable=False,
+            ) from exc
+        try:
+            await anyio.to_thread.run_sync(self._stage, job, batch_id)
+        except SchedulerError as exc:  # nothing was created: submit again after a pause
+            raise SubmissionError(str(exc), transient=True) from exc
+        name = f"{self.parent}/jobs/{batch_id}"
+        for attempt in range(3):
+            self.stats.submit_calls += attempt > 0  # the first is counted by submit_jobs
+            try:
+                created = await self._call(
+                    "create_job", parent=self.parent, job=message, job_id=batch_id
+                )
+                return str(created.name)
+            except gexc.AlreadyExists:
+                return await self._adopt_existing(job, name)
+            except (gexc.ResourceExhausted, gexc.TooManyRequests) as exc:
+                raise SubmissionError(
+                    f"gbatch: {_describe(exc)}; nothing was created", transient=True
+                ) from exc
+            except (
+                gexc.ServiceUnavailable,
+                gexc.DeadlineExceeded,
+                gexc.InternalServerError,
+                gexc.Aborted,
+                gexc.Unknown,
+            ) as exc:
+                log.info("job %s: create_job %s: %s; trying again", job.index, batch_id, exc)
+                if attempt < 2:
+                    await anyio.sleep(0.5 * (attempt + 1))
+                    continue
+                self._unknown_at = time.monotonic()
+                raise SubmissionUnknownError(
+                    f"gbatch: creating {name} failed ({_describe(exc)}); it may exist all the same"
+                ) from exc
+            except gexc.GoogleAPICallError as exc:
+                raise SubmissionError(
+                    f"gbatch: Batch refused job {job.index} ({name}): {_describe(exc)}",
+                    retryable=False,
+                ) from exc
+        raise AssertionError("unreachable")
+
+    async def _adopt_existing(self, job: Job, name: str) -> str:
+        """The job a lost create made, once its labels show it is this very attempt."""
+        found = await self._call("get_job", name=name)
+        labels = dict(found.labels)
+        mine = {
+            spec.RUN_LABEL: self._tag,
+            spec.INDEX_LABEL: str(job.index),
+            spec.ATTEMPT_LABEL: str(attempt_of(job)),
+        }
+        if all(labels.get(key) == value for key, value in mine.items()):
+            return name
+        raise SubmissionError(f"gbatch: a Batch job named {name} exists already", retryable=False)
+
+    # -- status --------------------------------------------------------------------------
+    async def _list_run(self) -> dict[str, _Seen]:
+        """Every Batch job of this workdir (one filtered ListJobs, page by page)."""
+        request = {
+            "parent": self.parent,
+            "filter": f'labels.{spec.RUN_LABEL}="{self._tag}"',
+            "page_size": self.options.page_size,
+        }
+        pages = await self._bridge.call(self._list_pages, request)
+        self.stats.status_calls += len(pages)
+        now = time.monotonic()
+        seen = {name: view for page in pages for name, view in page.items()}
+        self._listing = (now, seen)
+        return seen
+
+    async def _list_pages(self, request: dict[str, Any]) -> list[dict[str, _Seen]]:
+        """Runs in the client's loop: the pager fetches the next page as it is iterated."""
+        try:
+            pager = await self._client.list_jobs(
+                request=request, retry=None, timeout=self.options.rpc_timeout
+            )
+            pages = [{str(j.name): _seen(j) for j in page.jobs} async for page in pager.pages]
+        except gexc.GoogleAPICallError as exc:
+            raise SchedulerError(f"gbatch: ListJobs failed: {_describe(exc)}") from exc
+        return pages
+
+    async def poll_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobState]:
+        seen = await self._list_run()
+        states: dict[Job, JobState] = {}
+        ended: list[tuple[Job, _Seen | None]] = []
+        for job in jobs:
+            view = seen.get(job.jid or "")
+            if view is not None and view.state in spec.HELD:
+                self._missing_since.pop(job, None)
+                states[job] = JobState(spec.HELD[view.state])
+            else:
+                ended.append((job, view))
+        if ended:
+            fetched = await gather_bounded(
+                [job for job, _ in ended], self._fetch, self.options.submit_concurrency
+            )
+            failed = [r for r in fetched if isinstance(r, BaseException)]
+            if failed:  # settling a job without the files it left could misreport it
+                raise SchedulerError(f"gbatch: cannot read ended jobs' outputs: {failed[0]}")
+            states.update(
+                await anyio.to_thread.run_sync(
+                    lambda: {
+                        job: self.reconcile(
+                            job,
+                            False,
+                            spec.ended_state(view.state, view.events) if view else None,
+                        )
+                        for job, view in ended
+                    }
+                )
+            )
+        return states
+
+    async def _fetch(self, job: Job) -> None:
+        """Download the outputs an ended (or forgotten) job left in its staging folder."""
+        batch_id = _batch_id(job.jid)
+        if batch_id is None or self._staging is None:
+            return
+        staging = self._staging
+        await anyio.to_thread.run_sync(staging.fetch, batch_id, attempt_of(job), job.dir)
+
+    async def job_is_running(self, job: Job) -> bool:
+        if not job.jid:
+            return False
+        try:
+            found = await self._call("get_job", name=job.jid)
+        except gexc.NotFound:
+            return False
+        except gexc.GoogleAPICallError as exc:
+            raise SchedulerError(f"gbatch: GetJob {job.jid}: {_describe(exc)}") from exc
+        self.stats.status_calls += 1
+        return _seen(found).state in spec.HELD
+
+    # -- resume --------------------------------------------------------------------------
+    async def recover_job(self, job: Job) -> bool:
+        """Find a job an earlier run submitted: by its recorded name, or by its labels.
+
+        The labels name this workdir, the job's index and attempt, so a create whose
+        answer never came back is found all the same. ``job.jid`` is set when the job is
+        found, also when it has ended (polling then reads its outputs).
+        """
+        if job.jid is not None:
+            return await self.job_is_running(job)
+        now = time.monotonic()
+        cached = self._listing
+        if cached is not None and now - cached[0] < 1.0 and cached[0] > self._unknown_at:
+            seen = cached[1]
+        else:
+            seen = await self._list_run()
+        mine = [
+            (int(view.labels.get(spec.ATTEMPT_LABEL, "0") or 0), view.created, name, view)
+            for name, view in seen.items()
+            if view.labels.get(spec.INDEX_LABEL) == str(job.index)
+        ]
+        mine = [m for m in mine if job.attempt < 1 or m[0] == job.attempt]
+        if not mine:
+            return False
+        attempt, _, name, view = max(mine, key=lambda m: (m[0], m[1]))
+        if job.attempt < 1:
+            job.attempt = attempt
+        job.jid = name
+        return view.state in spec.HELD
+
+    # -- killing -------------------------------------------------------------------------
+    async def kill_job(self, job: Job) -> None:
+        """Ask Batch to cancel the job; it has ended once the listing shows it CANCELLED.
+
+        A job Batch no longer has, or that has already ended, needs nothing more. Where
+        the service does not offer CancelJob, the job is deleted instead.
+        """
+        if not job.jid or _batch_id(job.jid) is None:
+            return
+        try:
+            await self._call("cancel_job", name=job.jid)
+        except (gexc.NotFound, gexc.FailedPrecondition):
+            return
+        except gexc.MethodNotImplemented:
+            try:
+                await self._call("delete_job", name=job.jid)
+            except gexc.NotFound:
+                return
+            except gexc.GoogleAPICallError as exc:
+                raise SchedulerError(f"gbatch: DeleteJob {job.jid}: {_describe(exc)}") from exc
+        except gexc.GoogleAPICallError as exc:
+            raise SchedulerError(f"gbatch: CancelJob {job.jid}: {_describe(exc)}") from exc
+
+
+def _free(holder: list[Any]) -> None:
+    """Drop the last reference to the client, and collect the cycles that may hold its
+    channel too (a traceback kept by an API error does), so that the channel is freed
+    here and now rather than by a later collection inside the event loop."""
+    import gc
+
+    holder.clear()
+    gc.collect()
+
+
+def _client(channel: Any, host: str) -> Any:
+    """The async client on ``channel`` (blocking: the constructor reads files)."""
+    transport = BatchServiceGrpcAsyncIOTransport(channel=channel, host=host)
+    return batch_v1.BatchServiceAsyncClient(transport=transport)
+
+
+def _check_template(template: dict[str, Any]) -> None:
+    """Refuse Batch fields the service does not have, when the scheduler is made."""
+    sample = spec.build_job(
+        template,
+        runnable={"script": {"text": "true"}},
+        volume={"gcs": {"remote_path": "bucket/folder"}, "mount_path": "/mnt/disks/x"},
+        labels={},
+        cpus=None,
+        memory_mb=None,
+        gpus=None,
+        walltime_s=None,
+        gpu_type=None,
+    )
+    try:
+        batch_v1.Job.from_json(_json(sample))
+    except Exception as exc:  # json_format.ParseError
+        raise SchedulerOptionError(
+            f"gbatch: scheduler_opts do not make a Batch job: {exc}"
+        ) from exc
+
+
+def _default_credentials() -> Any:
+    """Application default credentials (blocking: it reads files, may ask a metadata server)."""
+    import google.auth
+
+    try:
+        credentials, _ = google.auth.default(
+            scopes=["https://www.googleapis.com/auth/cloud-platform"]
+        )
+    except Exception as exc:
+        raise SchedulerError(
+            f"gbatch: no Google Cloud credentials ({exc}); run `gcloud auth application-default "
+            "login` or set GOOGLE_APPLICATION_CREDENTIALS"
+        ) from exc
+    return credentials
+
+
+def _seen(job: Any) -> _Seen:
+    status = job.status
+    created = job.create_time.timestamp() if job.create_time else 0.0
+    return _Seen(
+        state=status.state.name,
+        labels=dict(job.labels),
+        events=tuple(status.status_events),
+        created=created,
+    )
+
+
+def _batch_id(jid: str | None) -> str | None:
+    """The job id at the end of a Batch job name (None for anything else)."""
+    if not jid or "/jobs/" not in jid:
+        return None
+    batch_id = jid.rsplit("/jobs/", 1)[1]
+    return batch_id if spec.JOB_ID.match(batch_id) else None
+
+
+def _describe(exc: Any) -> str:
+    code = getattr(exc, "code", None)
+    name = getattr(getattr(exc, "grpc_status_code", None), "name", None) or code
+    return f"{name}: {getattr(exc, 'message', exc)}"
+
+
+def _json(body: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(body)
