@@ -295,6 +295,18 @@ def test_bad_slot_axes_are_refused() -> None:
         Resources.from_value({"slots": [1]})
 
 
+def test_bad_capacity_options_are_refused() -> None:
+    for options, words in [
+        ({"cpus": 0}, "cpus must be an integer >= 1"),
+        ({"memory": "lots"}, "invalid memory 'lots'"),
+        ({"gpus": [0, "0"]}, "gpus must be a count or a list of distinct device ids"),
+        ({"gpus": "a,,a"}, "distinct device ids"),
+        ({"gpu_env": ["CUDA VISIBLE"]}, "gpu_env must be a list of variable names"),
+    ]:
+        with pytest.raises(ConfigError, match=words):
+            LocalScheduler(**options)
+
+
 # -- the durable record --------------------------------------------------------------------
 CONTROLLER = """
 import sys

@@ -299,6 +299,8 @@ class Pool:
     # -- checks ----------------------------------------------------------------------
     def never_fits(self, need: Need) -> str | None:
         """Why ``need`` can never be granted (unknown axes, more than any host has), or None."""
+        if not need:
+            return None
         unknown = [a for a in need.axes if a not in self.axes]
         if unknown:
             have = ", ".join(self.axes) or "none (give the queue slots=...)"
