@@ -184,7 +184,7 @@ async def test_gpu_ids_come_back_after_refusal_failure_and_kill(
     last = await q.feed(timed(log, "last", 0), resources=gpus)
     with anyio.fail_after(30):
         async with q:
-            while killed.status is not JobStatus.RUNNING:
+            while "env" not in await _text(log / "killed"):  # it started, and told what it got
                 await anyio.sleep(0.05)
             assert last.status is JobStatus.QUEUED  # no GPU for it while `killed` runs
             assert await q.kill(killed)
@@ -195,6 +195,13 @@ async def test_gpu_ids_come_back_after_refusal_failure_and_kill(
     seen = await spans(log)
     given = {name: s.env["CUDA_VISIBLE_DEVICES"] for name, s in seen.items()}
     assert given == {"failed": "0,1", "killed": "0,1", "last": "0,1"}
+
+
+async def _text(path: Path) -> str:
+    try:
+        return await anyio.Path(path).read_text()
+    except FileNotFoundError:
+        return ""
 
 
 def test_gpus_are_detected_or_none_without_error(monkeypatch: pytest.MonkeyPatch) -> None:

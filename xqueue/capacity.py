@@ -54,6 +54,14 @@ class Capacity:
     gpus: tuple[str, ...] | None = None
     gpu_env: tuple[str, ...] = GPU_ENV
 
+    def holds(self, need: Need) -> bool:
+        """Whether ``need`` fits in this capacity when nothing else runs."""
+        return (
+            (self.cpus is None or need.cpus <= self.cpus)
+            and (self.memory_mb is None or need.memory_mb <= self.memory_mb)
+            and (self.gpus is None or need.gpus <= len(self.gpus))
+        )
+
     def describe(self) -> str:
         parts = [
             "CPUs not counted" if self.cpus is None else f"{self.cpus} CPU(s)",
@@ -226,12 +234,7 @@ class _Host:
         return short
 
     def could_ever(self, need: Need) -> bool:
-        cap = self.cap
-        return (
-            (cap.cpus is None or need.cpus <= cap.cpus)
-            and (cap.memory_mb is None or need.memory_mb <= cap.memory_mb)
-            and (cap.gpus is None or need.gpus <= len(cap.gpus))
-        )
+        return self.cap.holds(need)
 
     def fits(self, need: Need, mark: Earmark | None) -> bool:
         cap = self.cap
@@ -315,17 +318,20 @@ class Pool:
     ) -> Claim | None:
         """A claim for ``need`` if it fits in what is free (beside ``mark``), else None.
 
-        Among the hosts it fits on, those in ``prefer`` first (hosts reachable now), then
-        the one with the fewest jobs, declaration order breaking ties.
+        Only the hosts in ``prefer`` (reachable now) are considered when one of them
+        could ever hold ``need``: it waits for room there rather than go where it cannot
+        start. Among the hosts it fits on, the one with the fewest jobs, declaration
+        order breaking ties.
         """
         slots: dict[str, Any] | None = {}
         if need.axes:
             slots = self._free_values(need.axes, mark.slots if mark else None)
             if slots is None:
                 return None
-        hosts = [h for h in self._offered() if h.fits(need, mark)]
-        if prefer is not None:
-            hosts = [h for h in hosts if h.name in prefer] or hosts
+        hosts = self._offered()
+        if prefer is not None and any(h.could_ever(need) for h in hosts if h.name in prefer):
+            hosts = [h for h in hosts if h.name in prefer]
+        hosts = [h for h in hosts if h.fits(need, mark)]
         if not hosts:
             return None
         host = min(hosts, key=lambda h: h.jobs)

@@ -40,7 +40,7 @@ from typing import Any
 
 import anyio
 
-from ..capacity import Capacity
+from ..capacity import Capacity, Need
 from ..errors import (
     SchedulerError,
     SchedulerOptionError,
@@ -234,8 +234,10 @@ class SshScheduler(Scheduler):
         reachable server with the fewest jobs.
 
         A server that could not be reached is left for the next one, since nothing was
-        sent to it; a placed job goes back to the engine to be placed again (a transient
-        refusal), unless no other server is reachable either. A connection that dropped
+        sent to it. A job that holds something on the server it was placed on (CPUs,
+        memory, GPU ids, slot values) goes back to the engine instead, to be placed again
+        (a transient refusal: a new attempt number, not counted as a retry), unless no
+        other server is reachable either. A connection that dropped
         after the submit script was sent may have started the job there: its pid file
         says so, or else the outcome is unknown (``SubmissionUnknownError``) and the job
         is not started anywhere else.
@@ -246,13 +248,18 @@ class SshScheduler(Scheduler):
         tried: set[str] = set()
         while True:
             pool = self._pick(tried, placed)
-            if pool is None:
-                if placed is not None and self._pick({placed}) is not None:
+            if pool is None and placed is not None and self._pick(tried | {placed}):
+                assert job.claim is not None
+                if job.claim.record() is None:
+                    placed = None  # it holds nothing there: any server will do
+                    continue
+                if self._elsewhere(job, placed, tried):
                     # Its devices and slots are on that server: the engine places it anew.
                     raise SubmissionError(
                         f"server {placed!r} cannot be reached now; placing the job again",
                         transient=True,
                     )
+            if pool is None:
                 await self._wait_for_a_server(deadline, tried)
                 tried.clear()
                 continue
@@ -271,6 +278,19 @@ class SshScheduler(Scheduler):
                 raise
             self._server_of[job] = pool.name
             return jid
+
+    def _elsewhere(self, job: Job, placed: str, tried: set[str]) -> bool:
+        """Whether a reachable server other than ``placed`` could ever hold the job."""
+        need = Need.of(job.resources)
+        now = time.monotonic()
+        return any(
+            p.available(now)
+            and _machine.merged(self._given[p.name], self._measured.get(p.name, Capacity())).holds(
+                need
+            )
+            for p in self._pools.values()
+            if p.name not in tried and p.name != placed
+        )
 
     async def _after_lost_answer(self, pool: ServerPool, job: Job, why: BaseException) -> str:
         """The id of a job whose submit answer was lost, if it started; else unknown."""
