@@ -23,10 +23,11 @@ that are up.
 
 Each server has a capacity (``cpus``, ``memory``, ``gpus`` in its entry, else measured
 when the run opens: ``nproc``, MemTotal, its GPUs): the engine places each job on a
-server where what it asks fits beside the jobs running there, reachable servers first,
-then the one with the fewest jobs, and hands out that server's GPU ids. A job placed on
-a server that cannot be reached goes back to the queue to be placed again while another
-server is up.
+server where what it asks fits beside the jobs running there (among the reachable
+servers, when one of them could hold it), the one with the fewest jobs first, and hands
+out that server's GPU ids. A job placed on a server that turns out unreachable goes back
+to the queue to be placed again if it holds something there and another reachable
+server could take it; a job that holds nothing goes to another server at once.
 """
 
 from __future__ import annotations
