@@ -181,7 +181,7 @@ def test_unknown_profile_without_a_config_file_says_where_it_looked(config: Conf
         (
             "[profiles.local.fast]\ncwdd = '/'\n",
             "profiles.local.fast.cwdd: scheduler 'local' does not accept option 'cwdd'; "
-            "accepted: cwd, kill_grace,",
+            "accepted: cpus, cwd, gpu_env, gpus, kill_grace,",
         ),
         (
             "[profiles.local.fast]\npoll_interval = 'soon'\n",
@@ -271,6 +271,9 @@ async def test_profile_resources_are_each_jobs_defaults(config: Config) -> None:
         [profiles.local.default.resources]
         walltime = "1h"
         memory = "1G"
+        [profiles.local.big]  # room for its jobs, whatever this machine has
+        cpus = 8
+        gpus = 2
         [profiles.local.big.resources]
         cpus = 4
         memory = "2G"

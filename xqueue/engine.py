@@ -19,6 +19,12 @@ and holds no slot. The dependency graph (``dependencies.Graph``) is an index lik
 others: when a job ends, only the jobs that wait for it are queued, or skipped for good
 if it did not succeed (``_settle_dependents``), so waiting jobs cost nothing per tick.
 
+Which queued job starts is decided by ``_decide`` too: with ``forks`` free slots only,
+or, when the scheduler knows its hosts' capacity or the queue has slot axes, by the
+``admission.Backlog``: a job starts once what it asks fits in what is free, and holds
+its ``capacity.Claim`` (host, GPU ids, slot values) until it leaves the active set,
+which ``_move`` gives back, whatever took it out.
+
 A stopping run (a job failed under "halt", a signal, an error, cancellation) submits
 nothing more, cancels what was not submitted, kills every active job at once and waits
 until the backend confirms each is gone: a job is recorded KILLED only then. Jobs that
@@ -42,13 +48,17 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
+from .admission import Backlog
+from .capacity import Need, Pool
 from .dependencies import Graph, skip_reason
 from .errors import (
+    ConfigError,
     Interrupted,
     JobFailedError,
     PluginError,
     QueueStateError,
     SchedulerError,
+    SubmissionError,
     SubmissionUnknownError,
     WorkdirError,
 )
@@ -121,6 +131,8 @@ class Engine:
         num_retries: int,
         handle_signals: bool,
         hook_timeout: float | None = None,
+        slots: Mapping[str, Sequence[Any]] | None = None,
+        backfill: int = 16,
     ) -> None:
         self.queue = queue
         self.hook_timeout = hook_timeout
@@ -143,6 +155,9 @@ class Engine:
         self._to_kill: list[Job] = []
         self._left: set[Job] = set()  # left running: a kill vetoed or failed while stopping
         self._graph = Graph()  # who waits for whom (feed(after=...)); WAITING jobs are there
+        self._pool = Pool(slots)  # what active jobs hold of the hosts' capacity and slots
+        self._backlog = Backlog(backfill)  # queued jobs waiting for room, when counted
+        self._capacity_known = False
         self._inbox: deque[Event] = deque()
         self._actions: list[Action] = []
         self._wake: anyio.Event | None = None
@@ -184,6 +199,8 @@ class Engine:
         self.counts[new] += 1
         if old.is_active:
             self._active.pop(job, None)
+            if not new.is_active and job.claim is not None:
+                self._pool.release(job.claim)  # ended, failed, killed, refused, requeued
         if new.is_active:
             self._active[job] = None
         if new is S.QUEUED:
@@ -215,6 +232,7 @@ class Engine:
 
         ``staged``: files written beforehand for the job's folder (``Workdir.stage``)."""
         self.check_can_feed()
+        await self._check_fits(job)
         await self.workdir.lock_async()
         self.check_can_feed()  # the state may have moved on while the lock was taken
         # Numbered here, after the last await: two feeds racing over the first lock must
@@ -229,6 +247,20 @@ class Engine:
             self._post(*event)
         else:
             await self._call_hooks(self._handle(event))
+
+    async def _check_fits(self, job: Job) -> None:
+        """Refuse a job that could never start: more than any host has, unknown slot axes.
+
+        The capacity is asked of the scheduler once (a local machine is looked at then);
+        a backend that learns it only when it opens (SSH servers that were not given
+        one) refuses such a job when its turn comes instead.
+        """
+        if not self._capacity_known:
+            self._pool.set_hosts(await self.scheduler.capacity())
+            self._capacity_known = True
+        why = self._pool.never_fits(Need.of(job.resources))
+        if why is not None:
+            raise ConfigError(f"job {job.name!r} can never start on {self.scheduler.name}: {why}")
 
     def close_feeding(self) -> None:
         """No more jobs: the run ends once every job fed has ended."""
@@ -270,6 +302,8 @@ class Engine:
             self.scheduler.forks = self.forks
             self.scheduler_open = True  # closed by _close, even if open() fails half-way
             await self.scheduler.open(self.workdir)
+            self._pool.set_hosts(await self.scheduler.capacity())  # now measured, if it was not
+            self._capacity_known = True
             await self.hooks.call("on_init", xqueue=self.queue, scheduler=self.scheduler)
             await self._run_loop(receiver)
             reason = self._reason()
@@ -353,7 +387,7 @@ class Engine:
             waits.append(self._deadline - time.monotonic())
         if self._to_resolve:
             waits.append(min(at for _, at in self._to_resolve) - time.monotonic())
-        if self._hold_until and self._queued:
+        if self._hold_until and (self._queued or self._backlog):
             waits.append(self._hold_until - time.monotonic())
         return max(0.0, min(waits))
 
@@ -391,8 +425,10 @@ class Engine:
             if job.attempt == 0:
                 return self._release(job)
             # Re-adopted whatever its dependencies: the earlier run only started it once
-            # they had succeeded, and it must not run twice.
+            # they had succeeded, and it must not run twice. It may still hold the devices
+            # and slot values it was given: held again, so no other job gets them.
             self._move(job, S.SUBMITTING)
+            job.claim = self._pool.restore(record.get("claim"), Need.of(job.resources))
             self._to_resolve.append((job, 0.0))
             return []
         return self._release(job)  # it ended (failed, killed, skipped): run it again
@@ -669,6 +705,9 @@ class Engine:
             self._actions.append((self._kill, (jobs, None, True)))
         if self.state not in (RunState.RUNNING, RunState.DRAINING) or self._hold_until > now:
             return
+        if self._pool.in_use:
+            self._admit()
+            return
         while self._queued:
             free = self._free_slots()
             if free <= 0:
@@ -683,6 +722,27 @@ class Engine:
                 batch.append(job)
             if batch:
                 self._actions.append((self._submit, (batch,)))
+
+    def _admit(self) -> None:
+        """Submit the queued jobs that fit in what is free, each with its claim."""
+        while self._queued:
+            job = self._queued.popleft()
+            if job.status is S.QUEUED:
+                self._backlog.push(job, Need.of(job.resources))
+        free = min(self._free_slots(), MAX_BATCH)
+        if free <= 0 or not self._backlog:
+            return
+        started, refused = self._backlog.pick(self._pool, free, self.scheduler.usable_hosts())
+        for job, why in refused:  # the hosts turned out smaller than any could be at feed
+            job.attempt += 1
+            self._move(job, S.SUBMITTING)
+            self._post("submitted", job, SubmissionError(f"cannot start: {why}", retryable=False))
+        for job, claim in started:
+            job.attempt += 1
+            job.claim = claim
+            self._move(job, S.SUBMITTING)
+        if started:
+            self._actions.append((self._submit, ([job for job, _ in started],)))
 
     def _free_slots(self) -> int:
         busy = sum(self.counts[s] for s in ACTIVE)

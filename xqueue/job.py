@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 
 from ._text import check_envs, check_text
+from .capacity import Claim
 from .errors import ConfigError, InvalidTransitionError
 from .resources import Resources
 from .states import JobStatus, can_transition
@@ -90,6 +91,7 @@ class Job:
         "_pending_state",
         "after",
         "attempt",
+        "claim",
         "command",
         "data",
         "dir",
@@ -127,6 +129,8 @@ class Job:
         self.data: Any = None  # free for embedders (a pipeline's own job record)
         # The jobs it runs after (``feed(after=...)``), fixed when it is fed: read-only.
         self.after: tuple[Job, ...] = ()
+        # What its latest start was given (a host, GPU ids, slot values); set by the engine.
+        self.claim: Claim | None = None
         self._done: anyio.Event | None = None
         self._kill_requested = False
         self._base_attempt = 0  # attempts that do not count against num_retries
@@ -138,6 +142,19 @@ class Job:
         if isinstance(self.command, str):
             return ("/bin/sh", "-c", self.command)
         return self.command
+
+    @property
+    def slots(self) -> dict[str, Any]:
+        """The slot values (axis -> value) its latest start was given; read-only.
+
+        ``capacity.fill_slots(text, job.slots)`` puts them into a ``{axis}`` template.
+        """
+        return dict(self.claim.slots) if self.claim is not None else {}
+
+    @property
+    def gpus(self) -> tuple[str, ...]:
+        """The GPU ids its latest start was given (also in its CUDA_VISIBLE_DEVICES)."""
+        return self.claim.gpus if self.claim is not None else ()
 
     @property
     def kill_requested(self) -> bool:

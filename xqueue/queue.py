@@ -20,6 +20,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from . import calls, profiles
+from .capacity import check_axes
 from .dependencies import After, resolve_after
 from .engine import Engine, RunState
 from .errors import ConfigError, QueueStateError
@@ -102,6 +103,13 @@ class Xqueue:
     ``hook_timeout`` bounds each awaited hook implementation (seconds, None for no
     bound): a plugin that hangs stops the run with a PluginError naming it, instead of
     hanging the run for ever. While a run stops, hooks get at most 10 s each.
+
+    ``slots`` gives the queue named slot axes (``{"machine": [0, 1], "gpu": [0, 1]}``):
+    a job fed with ``resources={"slots": ["machine", "gpu"]}`` gets one value of each,
+    never held by a running job at the same time (``job.slots``, and the variables
+    ``XQUEUE_SLOT_MACHINE``...). ``backfill``: how many later jobs may start ahead of a job
+    that waits for room (CPUs, memory, GPUs, slot values) before room is set aside for
+    it; see ``xqueue.admission``.
     """
 
     def __init__(
@@ -118,8 +126,12 @@ class Xqueue:
         handle_signals: bool = True,
         hook_timeout: float | None = 300.0,
         trust_workdir: bool | None = None,
+        slots: Mapping[str, Sequence[Any]] | None = None,
+        backfill: int = 16,
     ) -> None:
         forks = _check_int("forks", forks, 1)
+        backfill = _check_int("backfill", backfill, 0)
+        axes = check_axes(slots)  # before anything is made on disk
         num_retries = _check_int("num_retries", num_retries, 0)
         if error_strategy not in ERROR_STRATEGIES:
             raise ConfigError(
@@ -141,6 +153,8 @@ class Xqueue:
             num_retries=num_retries,
             handle_signals=handle_signals,
             hook_timeout=_check_timeout(hook_timeout),
+            slots=axes,
+            backfill=backfill,
         )
         self._task_group: TaskGroup | None = None
         self._background: asyncio.Task[None] | None = None

@@ -1,7 +1,8 @@
 """A portable resource request that every backend maps to its own flags.
 
 Values are normalised once, here, so backends never parse user strings: memory is
-in MiB, walltime in seconds.
+in MiB, walltime in seconds. ``slots`` names axes of the queue's named slots
+(``Xqueue(slots=...)``, see ``capacity``): the job gets one value of each while it runs.
 """
 
 from __future__ import annotations
@@ -65,6 +66,16 @@ def parse_walltime(value: int | float | str) -> int:
     return seconds
 
 
+def _axis_names(value: Any) -> tuple[str, ...]:
+    """``"gpu"`` or ``["machine", "gpu"]``: the slot axes a job asks a value of."""
+    names = (value,) if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"slots must be an axis name or a list of them, got {value!r}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"slots names an axis twice: {value!r}")
+    return tuple(names)
+
+
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
@@ -79,6 +90,7 @@ class Resources:
     memory_mb: int | None = None
     gpus: int | None = None
     walltime_s: int | None = None
+    slots: tuple[str, ...] | None = None
 
     @classmethod
     def from_value(cls, value: Resources | dict[str, Any] | None) -> Resources | None:
@@ -87,18 +99,20 @@ class Resources:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"resources must be a dict or Resources, got {type(value).__name__}")
-        known = {"cpus", "memory", "gpus", "walltime"}
+        known = {"cpus", "memory", "gpus", "walltime", "slots"}
         unknown = set(value) - known
         if unknown:
             raise ConfigError(
-                f"unknown resource(s) {sorted(unknown)}; accepted: cpus, memory, gpus, walltime"
+                f"unknown resource(s) {sorted(unknown)}; accepted: cpus, memory, gpus, "
+                "walltime, slots"
             )
         return cls(
             cpus=None if value.get("cpus") is None else _positive_int("cpus", value["cpus"]),
             memory_mb=None if value.get("memory") is None else parse_memory(value["memory"]),
             gpus=None if value.get("gpus") is None else _positive_int("gpus", value["gpus"]),
             walltime_s=None if value.get("walltime") is None else parse_walltime(value["walltime"]),
+            slots=None if not value.get("slots") else _axis_names(value["slots"]),
         )
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

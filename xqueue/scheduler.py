@@ -31,13 +31,14 @@ from __future__ import annotations
 import abc
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import anyio
 
 from ._text import comment, export, quote
+from .capacity import Capacity
 from .job import RC, SCRIPT, STARTED, STDERR, STDOUT, Job, attempt_file
 from .options import SchedulerOptions
 from .states import JobStatus
@@ -145,6 +146,24 @@ class Scheduler(abc.ABC):
         self.workdir: Workdir | None = None
         self.forks = 1  # set by the engine before open()
         self._missing_since: dict[Job, float] = {}
+
+    # -- capacity --------------------------------------------------------------------
+    async def capacity(self) -> Mapping[str, Capacity] | None:
+        """The hosts this backend runs jobs on and what each can run at once.
+
+        None (the default) means the backend decides by itself (a cluster's own
+        scheduler): the engine then bounds jobs by ``forks`` and slot values only.
+        Otherwise a job starts only when what it asks fits in what the jobs running on
+        some host leave free there, and a job that fits nowhere is refused when fed. It
+        may be called before ``open`` (a job is fed before the run): answer with what
+        is known then; it is called again once the backend is open.
+        """
+        return None
+
+    def usable_hosts(self) -> Collection[str] | None:
+        """The hosts that can take a job right now (None: all); others are used only when
+        a job fits on none of these."""
+        return None
 
     # -- lifecycle -------------------------------------------------------------------
     async def open(self, workdir: Workdir) -> None:
@@ -307,6 +326,7 @@ def render_script(job: Job, jobdir: str, directives: Iterable[str] = ()) -> str:
         "XQUEUE_JOB_ATTEMPT": str(n),
         "XQUEUE_JOB_DIR": jobdir,
         **(job.envs or {}),
+        **(job.claim.environment() if job.claim is not None else {}),
     }
     lines = [
         "#!/bin/sh",

@@ -227,6 +227,15 @@ def job_record(job: Job) -> dict[str, Any]:
     }
     if job.after:
         record["after"] = [dep.index for dep in job.after]
+    return _with_claim(job, record)
+
+
+def _with_claim(job: Job, record: dict[str, Any]) -> dict[str, Any]:
+    """``claim``: the host, GPU ids and slot values the job's latest start was given, so
+    ``xqueue status`` shows them and a run that re-adopts the job holds them again."""
+    claim = job.claim.record() if job.claim is not None else None
+    if claim is not None:
+        record["claim"] = claim
     return record
 
 
@@ -432,7 +441,10 @@ class Workdir:
             self._append_journal(
                 "".join(
                     self._journal_line(
-                        job, {"status": job.status.value, "attempt": job.attempt, "time": now}
+                        job,
+                        _with_claim(
+                            job, {"status": job.status.value, "attempt": job.attempt, "time": now}
+                        ),
                     )
                     for job in jobs
                 )

@@ -26,7 +26,8 @@ import pytest
 
 from tests.helpers import read_text
 from tests.helpers import ssh_server as server
-from xqueue import Job, JobFailedError, JobStatus, SchedulerError, Xqueue, hookimpl
+from tests.timeline import concurrent, depth, spans, timed
+from xqueue import ConfigError, Job, JobFailedError, JobStatus, SchedulerError, Xqueue, hookimpl
 from xqueue.errors import SchedulerOptionError, SubmissionUnknownError
 from xqueue.scheduler import JobState
 from xqueue.schedulers._ssh_pool import Unreachable
@@ -647,3 +648,121 @@ async def test_garbled_status_answer_mid_run_is_survived(
     assert (
         "cannot read the output of ssh big status" in caplog.text and "server busy" in caplog.text
     )
+
+
+# -- capacity per server -------------------------------------------------------------------
+async def test_each_server_runs_what_its_capacity_holds_with_its_own_gpus(
+    servers: dict[str, Any], workdir: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "log"
+    await anyio.Path(log).mkdir()
+    # The small server first: filling servers by their number of jobs alone would put
+    # a second job on it, where there is room for one.
+    placed = {
+        "small": {**servers["small"], "cpus": 1, "memory": "1G", "gpus": ["7"]},
+        "big": {**servers["big"], "cpus": 3, "gpus": [0, 1, 2]},
+    }
+    q = Xqueue(
+        "ssh", forks=8, workdir=workdir, scheduler_opts={"servers": placed, "poll_interval": 0.2}
+    )
+    try:
+        with pytest.raises(ConfigError, match=r"4 CPU\(s\).*small: 1 CPU\(s\).*big: 3 CPU"):
+            await q.feed(["true"], resources={"cpus": 4})
+        jobs = [
+            await q.feed(timed(log, f"j{i}", 0.8), name=f"j{i}", resources={"cpus": 1, "gpus": 1})
+            for i in range(8)
+        ]
+        with anyio.fail_after(60):
+            await q.run_until_complete()
+    finally:
+        await q.aclose()
+    seen = await spans(log)
+    on = {job.name: str(job.jid).split(":")[0] for job in jobs}
+    assert set(on.values()) == {"big", "small"}
+    ids = {"big": {"0", "1", "2"}, "small": {"7"}}
+    for job in jobs:
+        assert job.claim is not None and job.claim.host == on[job.name]  # placed, ran there
+        assert seen[job.name].env["CUDA_VISIBLE_DEVICES"] in ids[on[job.name]]
+    for host, cpus in (("big", 3), ("small", 1)):
+        mine = [seen[name] for name, where in on.items() if where == host]
+        assert depth(mine) <= cpus
+        for a, b in concurrent(mine):
+            assert a.env["CUDA_VISIBLE_DEVICES"] != b.env["CUDA_VISIBLE_DEVICES"], (a, b)
+    assert depth(seen.values()) == 4  # both servers, full, at once
+
+
+async def test_capacity_is_measured_on_connect_where_not_given(
+    servers: dict[str, Any], workdir: Path, ssh_env: dict[str, str]
+) -> None:
+    opts = {"big": servers["big"], "small": {**servers["small"], "cpus": 1}}
+    before = await SshScheduler(servers=opts).capacity()
+    assert before["big"].cpus is None and before["small"].cpus == 1  # not measured yet
+    scheduler = await ssh_scheduler(opts, workdir)
+    try:
+        caps = await scheduler.capacity()
+    finally:
+        await scheduler.aclose()
+    port = ssh_env["XQ_SSH_PORT"]
+    nproc = int(await on_server(ssh_env, port, "nproc\n"))
+    meminfo = await on_server(ssh_env, port, "cat /proc/meminfo\n")
+    total = next(int(ln.split()[1]) for ln in meminfo.splitlines() if ln.startswith("MemTotal:"))
+    devices = await on_server(ssh_env, port, "ls /dev\n")
+    gpus = tuple(sorted((n[6:] for n in devices.split() if n[6:].isdigit()), key=int))
+    assert caps["big"].cpus == nproc and caps["big"].memory_mb == total // 1024
+    assert caps["big"].gpus == gpus  # () on a server without GPUs, not an error
+    assert caps["small"].cpus == 1 and caps["small"].memory_mb == total // 1024
+
+
+async def test_a_job_larger_than_every_measured_server_fails_when_its_turn_comes(
+    servers: dict[str, Any], workdir: Path
+) -> None:
+    # Not known when fed (nothing measured before the run opens): refused once it is.
+    q = Xqueue(
+        "ssh",
+        forks=2,
+        workdir=workdir,
+        error_strategy="ignore",
+        scheduler_opts={"servers": {"big": servers["big"]}, "poll_interval": 0.2},
+    )
+    try:
+        huge = await q.feed(["true"], resources={"cpus": 4096})
+        fits = await q.feed(["true"], resources={"cpus": 1})
+        with anyio.fail_after(60):
+            await q.run_until_complete()
+    finally:
+        await q.aclose()
+    assert huge.status is JobStatus.FAILED and huge.jid is None
+    assert "cannot start: asks for 4096 CPU(s), more than there is" in huge.reason
+    assert fits.status is JobStatus.FINISHED
+
+
+async def test_a_job_placed_on_a_server_that_went_away_is_placed_again(
+    servers: dict[str, Any], workdir: Path, ssh_env: dict[str, str], small_server_restored: None
+) -> None:
+    # The small server is stopped, but one failed connection (when the run opens) does
+    # not take it out: it still looks usable, and it comes first, so the job is placed
+    # there. Its submission fails there, which marks it down (2 attempts).
+    await anyio.to_thread.run_sync(sshd, "stop", ssh_env["XQ_SSH_PORT2"])
+    placed = {
+        "small": {**servers["small"], "cpus": 1, "gpus": ["7"]},
+        "big": {**servers["big"], "cpus": 2, "gpus": [0, 1]},
+    }
+    opts = {
+        "servers": placed,
+        "poll_interval": 0.2,
+        "reconnect_attempts": 2,
+        "reconnect_backoff": 0,
+    }
+    q = Xqueue("ssh", forks=2, workdir=workdir, scheduler_opts=opts)
+    try:
+        job = await q.feed(
+            ["sh", "-c", 'echo "$CUDA_VISIBLE_DEVICES"'], resources={"cpus": 1, "gpus": 1}
+        )
+        with anyio.fail_after(60):
+            await q.run_until_complete()
+    finally:
+        await q.aclose()
+    assert job.status is JobStatus.FINISHED and str(job.jid).startswith("big:")
+    assert job.attempt == 2  # the first went nowhere: it was not counted as a retry
+    assert job.claim is not None and job.claim.host == "big"
+    assert await read_text(job.stdout_path) == "0\n"  # big's GPU, not small's

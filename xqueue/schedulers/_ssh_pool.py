@@ -69,17 +69,20 @@ class ServerConfig:
         return f"{user}{self.host}:{self.port}"
 
     @classmethod
-    def parse(cls, scheduler: str, name: str, raw: Any) -> ServerConfig:
+    def parse(
+        cls, scheduler: str, name: str, raw: Any, others: tuple[str, ...] = ()
+    ) -> ServerConfig:
+        """``others``: keys the caller reads itself (a server's capacity), accepted here."""
         where = f"{scheduler}: server {name!r}"
         if not isinstance(raw, dict):
             raise SchedulerOptionError(
                 f"{where} must be a mapping like {{'host': ..., 'user': ..., 'keyfile': ...}}"
             )
-        unknown = [k for k in raw if k not in _SERVER_KEYS and k not in _IGNORED_KEYS]
+        unknown = [k for k in raw if k not in (*_SERVER_KEYS, *_IGNORED_KEYS, *others)]
         if unknown:
             raise SchedulerOptionError(
                 f"{where} does not accept {', '.join(map(repr, unknown))}; accepted: "
-                f"{', '.join(_SERVER_KEYS)}"
+                f"{', '.join((*_SERVER_KEYS, *others))}"
                 + (" (passwords are not supported: use a key)" if "password" in unknown else "")
             )
         for key in _IGNORED_KEYS:

@@ -8,6 +8,10 @@ instead of running the job again. Forking from the small shepherd, on another co
 also takes the bulk of a local run's CPU off the controller
 (benchmarks/local_throughput.py).
 
+A job starts only when what it asks (``resources``: cpus, memory, gpus) fits in what the
+jobs already running leave free of this machine (``_machine.measure``, or the options
+``cpus``, ``memory``, ``gpus``); the GPU ids it is given are in its environment.
+
 Every job gets its own session, so a kill reaches the whole process group, and Ctrl-C
 in a terminal does not hit the jobs behind the queue's back.
 
@@ -28,12 +32,14 @@ from typing import Any
 
 import anyio
 
+from ..capacity import Capacity
 from ..errors import SchedulerError, SchedulerOptionError, SubmissionError
 from ..job import RC, Job
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
 from ..states import JobStatus
 from ..workdir import open_output, read_rc
+from . import _machine
 from ._proc import start_ticks, wait_exit
 from ._shepherd_link import Request, ShepherdLink, Ticket
 
@@ -53,9 +59,19 @@ UNKNOWN_EXIT = (
 class LocalOptions(SchedulerOptions):
     cwd: str | None = None
     """Directory the jobs run in (default: the controller's current directory)."""
+    cpus: int | None = None
+    """CPUs the jobs may use at once (default: those this process may run on)."""
+    memory: Any = None
+    """Memory the jobs may use at once, e.g. ``"16G"`` (default: MemTotal or the cgroup's
+    limit)."""
+    gpus: Any = None
+    """GPUs to hand out: a count or a list of device ids (default: detected)."""
+    gpu_env: Any = None
+    """The variables a job's GPU ids are put in (default: ``["CUDA_VISIBLE_DEVICES"]``)."""
 
     def validate(self, scheduler: str) -> None:
         super().validate(scheduler)
+        _machine.given(scheduler, self.cpus, self.memory, self.gpus, self.gpu_env)
         if self.cwd is not None and not os.path.isdir(self.cwd):
             raise SchedulerOptionError(f"{scheduler}: cwd {self.cwd!r} is not a directory")
 
@@ -177,6 +193,21 @@ class LocalScheduler(Scheduler):
         self._env_map: tuple[float, dict[str, int]] | None = None
         self._found: set[tuple[str, str | None]] = set()
         self._let_go: list[Ticket] = []
+        self._capacity: Capacity | None = None
+
+    async def capacity(self) -> dict[str, Capacity]:
+        """This machine: the options, and what is measured (once) for what they leave out."""
+        if self._capacity is None:
+            o = self.options
+            given = _machine.given(self.name, o.cpus, o.memory, o.gpus, o.gpu_env)
+            measured = await anyio.to_thread.run_sync(
+                _machine.measure,
+                given.cpus is None,
+                given.memory_mb is None,
+                given.gpus is None,
+            )
+            self._capacity = _machine.merged(given, measured)
+        return {"localhost": self._capacity}
 
     async def open(self, workdir: Any) -> None:
         await super().open(workdir)
@@ -254,6 +285,8 @@ class LocalScheduler(Scheduler):
         }
         if job.envs:
             env.update(job.envs)
+        if job.claim is not None:
+            env.update(job.claim.environment())  # its GPU ids and slot values
         path = env.get("PATH", self._base_env.get("PATH"))
         program = job.argv[0]
         if "/" in program:

@@ -20,6 +20,14 @@ unreachable its jobs count as running (their return code files still end them); 
 it is marked down, its jobs that left no return code are failed as lost, with the
 reason, and not retried (they may still be running there). New jobs go to the servers
 that are up.
+
+Each server has a capacity (``cpus``, ``memory``, ``gpus`` in its entry, else measured
+when the run opens: ``nproc``, MemTotal, its GPUs): the engine places each job on a
+server where what it asks fits beside the jobs running there (among the reachable
+servers, when one of them could hold it), the one with the fewest jobs first, and hands
+out that server's GPU ids. A job placed on a server that turns out unreachable goes back
+to the queue to be placed again if it holds something there and another reachable
+server could take it; a job that holds nothing goes to another server at once.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from typing import Any
 
 import anyio
 
+from ..capacity import Capacity, Need
 from ..errors import (
     SchedulerError,
     SchedulerOptionError,
@@ -45,6 +54,7 @@ from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
 from ..states import JobStatus
 from ..workdir import read_text
+from . import _machine
 from ._aio import AsyncioBridge
 from ._process import read_output
 from ._ssh_pool import ReconnectPolicy, Refused, ServerConfig, ServerPool, Unreachable
@@ -72,7 +82,7 @@ log = logging.getLogger("xqueue.ssh")
 class SshOptions(SchedulerOptions):
     servers: dict[str, Any] = dataclasses.field(default_factory=dict)
     """name -> {host, port, user, keyfile, known_hosts, verify_host_keys, max_sessions,
-    max_connections, remote_workdir, connect_timeout}."""
+    max_connections, remote_workdir, connect_timeout, cpus, memory, gpus, gpu_env}."""
     cwd: str | None = None
     """Directory the jobs run in on the server (default: the login directory)."""
     reconnect_attempts: int = 5
@@ -100,7 +110,22 @@ class SshOptions(SchedulerOptions):
                 raise SchedulerOptionError(f"{scheduler}: {name} must be >= 0")
 
     def server_configs(self, scheduler: str) -> list[ServerConfig]:
-        return [ServerConfig.parse(scheduler, str(n), raw) for n, raw in self.servers.items()]
+        return [
+            ServerConfig.parse(scheduler, str(n), raw, _CAPACITY_KEYS)
+            for n, raw in self.servers.items()
+        ]
+
+    def capacities(self, scheduler: str) -> dict[str, Capacity]:
+        """Each server's capacity as its entry gives it; None where it is to be measured."""
+        return {
+            str(name): _machine.given(
+                f"{scheduler}: server {name!r}", *(raw.get(k) for k in _CAPACITY_KEYS)
+            )
+            for name, raw in self.servers.items()
+        }
+
+
+_CAPACITY_KEYS = ("cpus", "memory", "gpus", "gpu_env")
 
 
 class SshScheduler(Scheduler):
@@ -113,6 +138,8 @@ class SshScheduler(Scheduler):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.configs = self.options.server_configs(self.name)
+        self._given = self.options.capacities(self.name)
+        self._measured: dict[str, Capacity] = {}
         self.policy = ReconnectPolicy(
             attempts=self.options.reconnect_attempts,
             backoff=self.options.reconnect_backoff,
@@ -135,10 +162,18 @@ class SshScheduler(Scheduler):
         errors: dict[str, BaseException] = {}
 
         async def probe(pool: ServerPool) -> None:
+            given = self._given[pool.name]
+            known = None not in (given.cpus, given.memory_mb, given.gpus)
+            script = "exit 0" if known else _machine.PROBE
             try:
-                await self._bridge.call(pool.run, "exit 0", timeout=self.options.command_timeout)
+                result = await self._bridge.call(
+                    pool.run, script, timeout=self.options.command_timeout
+                )
             except (Unreachable, Refused) as exc:
                 errors[pool.name] = exc
+                return
+            if not known:
+                self._measured[pool.name] = _machine.parse_probe(result.stdout)
 
         async with anyio.create_task_group() as tg:
             for pool in self._pools.values():
@@ -160,6 +195,21 @@ class SshScheduler(Scheduler):
             await self._bridge.call(pool.close)
         await self._bridge.stop()
 
+    # -- capacity ------------------------------------------------------------------------
+    async def capacity(self) -> dict[str, Capacity]:
+        """Each server: its entry's values, and what was measured when the run opened for
+        the rest (not counted for a server that could not be reached then)."""
+        return {
+            name: _machine.merged(given, self._measured.get(name, Capacity()))
+            for name, given in self._given.items()
+        }
+
+    def usable_hosts(self) -> list[str] | None:
+        if not self._pools:
+            return None
+        now = time.monotonic()
+        return [p.name for p in self._pools.values() if p.available(now)]
+
     # -- paths ---------------------------------------------------------------------------
     def _remote(self, config: ServerConfig, path: str) -> str:
         """A controller path as the server sees it."""
@@ -170,24 +220,46 @@ class SshScheduler(Scheduler):
         return config.remote_workdir if rel == "." else os.path.join(config.remote_workdir, rel)
 
     # -- submitting ----------------------------------------------------------------------
-    def _pick(self, exclude: set[str]) -> ServerPool | None:
+    def _pick(self, exclude: set[str], only: str | None = None) -> ServerPool | None:
         """The reachable server with the fewest jobs (declaration order breaks ties)."""
         now = time.monotonic()
-        candidates = [p for p in self._pools.values() if p.name not in exclude and p.available(now)]
+        candidates = [
+            p
+            for p in self._pools.values()
+            if p.name not in exclude and p.available(now) and only in (None, p.name)
+        ]
         return min(candidates, key=lambda p: self._load[p.name]) if candidates else None
 
     async def submit_job(self, job: Job) -> str:
-        """Start the job on the reachable server with the fewest jobs.
+        """Start the job on the server the engine placed it on (its claim), else on the
+        reachable server with the fewest jobs.
 
         A server that could not be reached is left for the next one, since nothing was
-        sent to it. A connection that dropped after the submit script was sent may have
-        started the job there: its pid file says so, or else the outcome is unknown
-        (``SubmissionUnknownError``) and the job is not started anywhere else.
+        sent to it. A job that holds something on the server it was placed on (CPUs,
+        memory, GPU ids, slot values) goes back to the engine instead, to be placed again
+        (a transient refusal: a new attempt number, not counted as a retry), unless no
+        other server is reachable either. A connection that dropped
+        after the submit script was sent may have started the job there: its pid file
+        says so, or else the outcome is unknown (``SubmissionUnknownError``) and the job
+        is not started anywhere else.
         """
         deadline = time.monotonic() + self.options.submit_timeout
+        placed = job.claim.host if job.claim is not None else None
+        placed = placed if placed in self._pools else None
         tried: set[str] = set()
         while True:
-            pool = self._pick(tried)
+            pool = self._pick(tried, placed)
+            if pool is None and placed is not None and self._pick(tried | {placed}):
+                assert job.claim is not None
+                if job.claim.record() is None:
+                    placed = None  # it holds nothing there: any server will do
+                    continue
+                if self._elsewhere(job, placed, tried):
+                    # Its devices and slots are on that server: the engine places it anew.
+                    raise SubmissionError(
+                        f"server {placed!r} cannot be reached now; placing the job again",
+                        transient=True,
+                    )
             if pool is None:
                 await self._wait_for_a_server(deadline, tried)
                 tried.clear()
@@ -207,6 +279,19 @@ class SshScheduler(Scheduler):
                 raise
             self._server_of[job] = pool.name
             return jid
+
+    def _elsewhere(self, job: Job, placed: str, tried: set[str]) -> bool:
+        """Whether a reachable server other than ``placed`` could ever hold the job."""
+        need = Need.of(job.resources)
+        now = time.monotonic()
+        return any(
+            p.available(now)
+            and _machine.merged(self._given[p.name], self._measured.get(p.name, Capacity())).holds(
+                need
+            )
+            for p in self._pools.values()
+            if p.name not in tried and p.name != placed
+        )
 
     async def _after_lost_answer(self, pool: ServerPool, job: Job, why: BaseException) -> str:
         """The id of a job whose submit answer was lost, if it started; else unknown."""
