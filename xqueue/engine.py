@@ -158,6 +158,9 @@ class Engine:
         self._pool = Pool(slots)  # what active jobs hold of the hosts' capacity and slots
         self._backlog = Backlog(backfill)  # queued jobs waiting for room, when counted
         self._capacity_known = False
+        # Set once a job asks for something countable: until then admission is by forks
+        # alone, the fast path, even on a backend whose capacity is known.
+        self._counting = bool(self._pool.axes)
         self._inbox: deque[Event] = deque()
         self._actions: list[Action] = []
         self._wake: anyio.Event | None = None
@@ -255,10 +258,14 @@ class Engine:
         a backend that learns it only when it opens (SSH servers that were not given
         one) refuses such a job when its turn comes instead.
         """
+        need = Need.of(job.resources)
+        if not need:
+            return
+        self._counting = True
         if not self._capacity_known:
             self._pool.set_hosts(await self.scheduler.capacity())
             self._capacity_known = True
-        why = self._pool.never_fits(Need.of(job.resources))
+        why = self._pool.never_fits(need)
         if why is not None:
             raise ConfigError(f"job {job.name!r} can never start on {self.scheduler.name}: {why}")
 
@@ -705,7 +712,7 @@ class Engine:
             self._actions.append((self._kill, (jobs, None, True)))
         if self.state not in (RunState.RUNNING, RunState.DRAINING) or self._hold_until > now:
             return
-        if self._pool.in_use:
+        if self._counting and self._pool.in_use:
             self._admit()
             return
         while self._queued:
