@@ -26,6 +26,7 @@ from .errors import ConfigError, QueueStateError
 from .hooks import Hooks
 from .job import Job
 from .resources import Resources
+from .retry import RetryPolicy
 from .scheduler import Scheduler
 from .states import JobStatus
 from .workdir import Workdir
@@ -102,6 +103,12 @@ class Xqueue:
     ``hook_timeout`` bounds each awaited hook implementation (seconds, None for no
     bound): a plugin that hangs stops the run with a PluginError naming it, instead of
     hanging the run for ever. While a run stops, hooks get at most 10 s each.
+
+    ``retry_policy`` says, per failure class (``job.failure``: OOM, TIMEOUT, PREEMPTED,
+    ...), whether a failed job runs again and with what, e.g. ``{"OOM": {"memory": 2,
+    "max_memory": "64G"}, "NONZERO_EXIT": "stop"}`` (see ``xqueue.retry``); classes it
+    does not name follow ``error_strategy`` and ``num_retries``. Under "halt" a failure
+    the policy retries does not stop the run; one it does not retry does.
     """
 
     def __init__(
@@ -118,6 +125,7 @@ class Xqueue:
         handle_signals: bool = True,
         hook_timeout: float | None = 300.0,
         trust_workdir: bool | None = None,
+        retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
     ) -> None:
         forks = _check_int("forks", forks, 1)
         num_retries = _check_int("num_retries", num_retries, 0)
@@ -126,6 +134,7 @@ class Xqueue:
                 f"invalid error_strategy {error_strategy!r}; choose one of "
                 + ", ".join(repr(s) for s in ERROR_STRATEGIES)
             )
+        policy = RetryPolicy.parse(retry_policy)
         self.scheduler, self._default_resources = profiles.resolve(
             scheduler, profile, scheduler_opts
         )
@@ -141,6 +150,7 @@ class Xqueue:
             num_retries=num_retries,
             handle_signals=handle_signals,
             hook_timeout=_check_timeout(hook_timeout),
+            retry_policy=policy,
         )
         self._task_group: TaskGroup | None = None
         self._background: asyncio.Task[None] | None = None
