@@ -74,6 +74,10 @@ def test_a_policy_parses_into_typed_rules() -> None:
         F.NONZERO_EXIT: RetryRule("stop"),
     }
     assert RetryPolicy.parse(policy) is policy and RetryPolicy.parse(None) is None
+    with pytest.raises(ConfigError, match=r"RetryRule\.action: unknown action 'again'"):
+        RetryRule("again")
+    with pytest.raises(ConfigError, match=r"RetryRule\.memory must be a number > 1"):
+        RetryRule(memory=0.5)
 
 
 # -- decisions, one failed attempt at a time ---------------------------------------------

@@ -58,6 +58,15 @@ class RetryRule:
     """Factor (> 1) the walltime grows by for the next attempt."""
     max_walltime_s: int | None = None
 
+    def __post_init__(self) -> None:
+        # A rule made directly (not parsed) is held to the same rules as a parsed one.
+        _action("RetryRule.action", self.action)
+        _retries("RetryRule.retries", self.retries)
+        _factor("RetryRule.memory", self.memory)
+        _factor("RetryRule.walltime", self.walltime)
+        if (self.memory or self.walltime) and self.action != "retry":
+            raise ConfigError("RetryRule: growing memory or walltime needs the action 'retry'")
+
     @property
     def own_budget(self) -> bool:
         """Whether its retries are counted apart from ``num_retries``."""
