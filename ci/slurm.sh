@@ -33,6 +33,13 @@
 #     prints the value in effect so tests can rely on it;
 #   * jobcomp/filetxt writes one line per finished job to /var/log/slurm/jobcomp.log, which works
 #     even without slurmdbd.
+#   * memory is enforced, so tests can see a job killed for its --mem (xqueue's OOM class): with
+#     CR_Core a --mem is only a scheduling hint. CR_Core_Memory makes memory consumable, and
+#     JobAcctGatherParams=OverMemoryKill has the accounting poll (every second here, default 30)
+#     kill a step that outgrows it; the step ends FAILED (signal 9) and slurmstepd writes
+#     "exceeded memory limit" into the job's output (task/cgroup, which would report
+#     OUT_OF_MEMORY, does not work on this machine kind). A job without --mem gets
+#     DefMemPerCPU = RealMemory / CPUs, so CPUs, not memory, still bound how many run at once.
 # Known Slurm behaviour tests should expect: a job whose dependency can never be satisfied stays
 # PENDING (Reason=DependencyNeverSatisfied) unless submitted with --kill-on-invalid-dep=yes.
 set -euo pipefail
@@ -107,13 +114,16 @@ SlurmdLogFile=$LOGDIR/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherParams=OverMemoryKill
+JobAcctGatherFrequency=task=1
 $ACCT_LINES
 JobCompType=jobcomp/filetxt
 JobCompLoc=$LOGDIR/jobcomp.log
 SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=100000
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=$(( MEM / CPUS ))
 SlurmdParameters=config_overrides
 ReturnToService=2
 MinJobAge=$MINJOBAGE

@@ -21,11 +21,13 @@ from .errors import (
     WorkdirError,
     XqueueError,
 )
+from .failures import FailureClass
 from .hooks import hookimpl
 from .job import Job
 from .options import SchedulerOptions
 from .queue import QueueStatistics, Xqueue
 from .resources import Resources
+from .retry import RetryPolicy, RetryRule
 from .scheduler import JobState, Scheduler, SchedulerStats
 from .states import JobStatus
 
@@ -35,6 +37,7 @@ __all__ = [
     "CallError",
     "CallJob",
     "ConfigError",
+    "FailureClass",
     "Interrupted",
     "InvalidTransitionError",
     "Job",
@@ -46,6 +49,8 @@ __all__ = [
     "QueueStatistics",
     "RemoteTraceback",
     "Resources",
+    "RetryPolicy",
+    "RetryRule",
     "Scheduler",
     "SchedulerError",
     "SchedulerOptionError",

@@ -30,11 +30,27 @@ nothing more, cancels what was not submitted, kills every active job at once and
 until the backend confirms each is gone: a job is recorded KILLED only then. Jobs that
 could not be killed in time are reported with their ids and stay recorded as active, so
 a later run re-adopts them.
+
+A job's time limit (its ``walltime``, else the scheduler's ``timeout`` option) is an
+index too, for backends that do not enforce one of their own (local, SSH, containers):
+a heap of deadlines, armed by ``_move`` when a job starts running. The loop sleeps no
+longer than the nearest deadline; a job still running at its deadline is killed through
+the backend's own kill (its whole process group) with a TIMEOUT verdict waiting for the
+kill, like any verdict the backend asks a kill for. One heap serves every job: no task
+or timer per job. It is enforced while a controller runs; a re-adopted job's limit
+counts from when its wrapper recorded its start, where there is such a record.
+
+A failed attempt carries a class (``FailureClass``: the backend's, else derived here);
+the retry policy (``retry.RetryPolicy``) turns the class into: run it again, maybe with
+more memory or time, or stop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import heapq
+import itertools
 import logging
 import math
 import os
@@ -62,11 +78,14 @@ from .errors import (
     SubmissionUnknownError,
     WorkdirError,
 )
+from .failures import FailureClass, timed_out
 from .hooks import Hooks
-from .job import Job
+from .job import STARTED, Job
+from .resources import Resources
+from .retry import RetryPolicy
 from .scheduler import JobState, Scheduler
 from .states import JobStatus
-from .workdir import Workdir, open_plain, read_rc
+from .workdir import Workdir, open_plain, read_rc, read_text
 
 if TYPE_CHECKING:
     from .queue import Xqueue
@@ -133,6 +152,7 @@ class Engine:
         hook_timeout: float | None = None,
         slots: Mapping[str, Sequence[Any]] | None = None,
         backfill: int = 16,
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
         self.queue = queue
         self.hook_timeout = hook_timeout
@@ -142,6 +162,7 @@ class Engine:
         self.forks = forks
         self.error_strategy = error_strategy
         self.num_retries = num_retries
+        self.retry_policy = retry_policy or RetryPolicy()
         self.handle_signals = handle_signals
 
         self.state = RunState.IDLE
@@ -161,6 +182,10 @@ class Engine:
         # Set once a job asks for something countable: until then admission is by forks
         # alone, the fast path, even on a backend whose capacity is known.
         self._counting = bool(self._pool.axes)
+        # (deadline, n, job, attempt) of running jobs with a time limit the backend does
+        # not enforce itself; left behind lazily once the job or its attempt has ended.
+        self._deadlines: list[tuple[float, int, Job, int]] = []
+        self._deadline_seq = itertools.count()
         self._inbox: deque[Event] = deque()
         self._actions: list[Action] = []
         self._wake: anyio.Event | None = None
@@ -208,6 +233,16 @@ class Engine:
             self._active[job] = None
         if new is S.QUEUED:
             self._queued.append(job)  # left behind lazily when it moves on
+        elif new is S.RUNNING and not self.scheduler.enforces_walltime:
+            self._arm_deadline(job, time.monotonic())
+
+    def _arm_deadline(self, job: Job, started: float) -> None:
+        limit = self.scheduler.walltime(job)
+        if limit:
+            self._push_deadline(started + limit, job)
+
+    def _push_deadline(self, at: float, job: Job) -> None:
+        heapq.heappush(self._deadlines, (at, next(self._deadline_seq), job, job.attempt))
 
     def _kw(self, job: Job) -> dict[str, Any]:
         return {"xqueue": self.queue, "scheduler": self.scheduler, "job": job}
@@ -370,6 +405,7 @@ class Engine:
 
     async def _loop(self) -> None:
         while True:
+            self._expire_deadlines()
             self._decide()
             actions, self._actions = self._actions, []
             assert self._tg is not None
@@ -396,6 +432,8 @@ class Engine:
             waits.append(min(at for _, at in self._to_resolve) - time.monotonic())
         if self._hold_until and (self._queued or self._backlog):
             waits.append(self._hold_until - time.monotonic())
+        if self._deadlines:
+            waits.append(self._deadlines[0][0] - time.monotonic())
         return max(0.0, min(waits))
 
     async def _guard(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
@@ -419,6 +457,9 @@ class Engine:
             return []
         if record is None:
             return self._release(job)
+        grown = Resources.from_record(record.get("resources"))
+        if grown is not None:  # a retry policy grew it: go on from there
+            job.resources, job._grown = grown, True
         status, attempt = record.get("status"), record.get("attempt")
         if status == S.FINISHED.value and record.get("rc") == 0:
             job.rc, job.attempt = 0, _int(attempt, 1)
@@ -485,7 +526,12 @@ class Engine:
             log.warning("job %s (%s): %s", job.index, job.name, job.reason)
             if job.kill_requested:
                 return self._finalize(job, S.KILLED)
-            return self._end_attempt(job, S.FAILED, retryable=getattr(result, "retryable", True))
+            return self._end_attempt(
+                job,
+                S.FAILED,
+                retryable=getattr(result, "retryable", True),
+                failure=FailureClass.SUBMIT_FAILED,
+            )
         job.jid = result
         self._unavailable_since = 0.0
         return self._now_active(job, ["on_job_submitted"])
@@ -520,7 +566,9 @@ class Engine:
             # Held by the backend, or known by id: following it settles it (its rc
             # file, the backend's accounting, or vanished after a grace).
             log.info("job %s (%s): re-adopted %s", job.index, job.name, job.jid)
-            return self._now_active(job, [])
+            calls = self._now_active(job, [])
+            self._arm_readopted(job)
+            return calls
         # Never submitted, or lost before it started: the next attempt gets new files.
         job._base_attempt += 1
         if job.kill_requested:
@@ -528,9 +576,40 @@ class Engine:
             return self._finalize(job, S.KILLED, record=False)
         return self._release(job, announce=False)
 
-    def _on_update(self, job: Job, state: JobState) -> list[HookCall]:
+    def _arm_readopted(self, job: Job) -> None:
+        """A re-adopted job's limit counts from the start its wrapper recorded, if any."""
+        if self.scheduler.enforces_walltime or not self.scheduler.walltime(job):
+            return
+        try:
+            epoch = float(read_text(job.attempt_path(STARTED)) or "")
+        except (ValueError, WorkdirError):
+            return
+        self._arm_deadline(job, time.monotonic() - max(0.0, time.time() - epoch))
+
+    def _expire_deadlines(self) -> None:
+        """Kill the jobs running past their limit; a TIMEOUT verdict waits for the kill."""
+        now = time.monotonic()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, job, attempt = heapq.heappop(self._deadlines)
+            if (
+                job.status not in (S.SUBMITTED, S.RUNNING)
+                or job.attempt != attempt
+                or job.kill_requested
+                or job._pending_state is not None
+            ):
+                continue  # ended, a later attempt, or already being killed
+            limit = self.scheduler.walltime(job) or 0
+            job._pending_state = JobState(
+                S.FAILED, None, timed_out(limit), failure=FailureClass.TIMEOUT
+            )
+            log.warning("job %s (%s): %s; killing it", job.index, job.name, timed_out(limit))
+            self._to_kill.append(job)
+
+    def _on_update(self, job: Job, state: JobState, attempt: int | None = None) -> list[HookCall]:
         if not job.status.is_active or job.status is S.SUBMITTING:
             return []
+        if attempt is not None and attempt != job.attempt:
+            return []  # an earlier attempt's late word (it was settled by its kill)
         if state.status is S.SUBMITTED:
             return []
         calls: list[HookCall] = []
@@ -551,29 +630,65 @@ class Engine:
             job.reason = job.reason or "killed"
             return calls + self._finalize(job, S.KILLED)
         if job._pending_state is not None:
-            state, job._pending_state = job._pending_state, None
-            job.rc, job.reason = state.rc, state.reason
+            pending, job._pending_state = job._pending_state, None
+            # The verdict the kill was for, with the job's own code if it left one; but a
+            # job that exited 0 at its deadline finished (as its rc file says on Slurm).
+            if not (pending.failure is FailureClass.TIMEOUT and state.status is S.FINISHED):
+                rc = state.rc if pending.rc is None else pending.rc
+                state = dataclasses.replace(pending, rc=rc)
+                job.rc, job.reason = state.rc, state.reason
         if state.status is S.KILLED:
             job.reason = job.reason or "killed outside xqueue"
         new = S.FINISHED if state.status is S.FINISHED else S.FAILED
-        return calls + self._end_attempt(job, new, retryable=state.retryable)
+        return calls + self._end_attempt(
+            job, new, retryable=state.retryable, failure=_classify(state)
+        )
 
-    def _end_attempt(self, job: Job, status: JobStatus, *, retryable: bool) -> list[HookCall]:
-        if (
-            status is S.FAILED
-            and self.error_strategy == "retry"
-            and retryable
-            and job.attempt - job._base_attempt <= self.num_retries
-            and self.state is not RunState.STOPPING
-        ):
-            self._move(job, S.RETRYING)
-            self.workdir.record(job)
-            job.jid, job.rc, job.reason = None, None, ""
-            return [("on_job_retrying", job), *self._enqueue(job)]
+    def _end_attempt(
+        self,
+        job: Job,
+        status: JobStatus,
+        *,
+        retryable: bool,
+        failure: FailureClass | None = None,
+    ) -> list[HookCall]:
+        if status is S.FAILED:
+            job.failure = failure or (
+                FailureClass.NONZERO_EXIT if job.rc else FailureClass.VANISHED
+            )
+            counts = job._failures = job._failures or {}
+            counts[job.failure] = counts.get(job.failure, 0) + 1
+            if retryable and self.state is not RunState.STOPPING and self._retry(job):
+                self._move(job, S.RETRYING)
+                self.workdir.record(job)
+                job.jid, job.rc, job.reason = None, None, ""
+                return [("on_job_retrying", job), *self._enqueue(job)]
         calls = self._finalize(job, status)
         if status is S.FAILED and self.error_strategy == "halt":
             calls += self._on_stop(JobFailedError(job))
         return calls
+
+    def _retry(self, job: Job) -> bool:
+        """Whether the retry policy runs a failed job again; it may grow its request."""
+        assert job.failure is not None and job._failures is not None
+        decision = self.retry_policy.decide(
+            job.failure,
+            failures=job._failures,
+            attempts=job.attempt - job._base_attempt,
+            num_retries=self.num_retries,
+            error_strategy=self.error_strategy,
+            resources=job.resources,
+            walltime=self.scheduler.walltime(job),
+        )
+        if not decision.retry:
+            if decision.note:
+                job.reason = f"{job.reason}; {decision.note}" if job.reason else decision.note
+            return False
+        if decision.resources is not None:
+            job.resources, job._grown = decision.resources, True
+        if decision.note:
+            log.info("job %s (%s): %s; %s", job.index, job.name, job.failure.name, decision.note)
+        return True
 
     def _finalize(
         self, job: Job, status: JobStatus, *, record: bool = True, cascade: bool = True
@@ -585,6 +700,8 @@ class Engine:
         return calls
 
     def _end(self, job: Job, status: JobStatus, record: bool) -> list[HookCall]:
+        if status is not S.FAILED:
+            job.failure = None  # a class tells why the job failed, and it has not
         self._move(job, status)
         self._left.discard(job)
         if record:
@@ -635,6 +752,11 @@ class Engine:
                 log.error("job %s (%s, %s) %s", job.index, job.name, job.jid, job.reason)
             else:
                 job._kill_requested = False
+                pending = job._pending_state
+                if pending is not None and pending.failure is FailureClass.TIMEOUT:
+                    # Past its limit still: the kill is tried again shortly.
+                    job._pending_state = None
+                    self._push_deadline(time.monotonic() + RESOLVE_DELAY, job)
         if reply is not None:
             reply.set(error if error is not None else True)
         state = job._pending_state
@@ -643,7 +765,9 @@ class Engine:
             job._pending_state = None
             self.scheduler.forget(job)
             job.rc, job.reason = state.rc, state.reason
-            return self._end_attempt(job, S.FAILED, retryable=state.retryable)
+            return self._end_attempt(
+                job, S.FAILED, retryable=state.retryable, failure=_classify(state)
+            )
         return []  # the job ends when the backend reports it gone
 
     def _on_left(self, job: Job, plugin: str) -> list[HookCall]:
@@ -655,7 +779,7 @@ class Engine:
             # The backend's verdict stands; the job is only left where it is.
             self.scheduler.forget(job)
             job.rc, job.reason = state.rc, f"{state.reason} ({why})"
-            return self._end_attempt(job, S.FAILED, retryable=False)
+            return self._end_attempt(job, S.FAILED, retryable=False, failure=_classify(state))
         job.reason = why
         if self.state is RunState.STOPPING:
             self._left.add(job)
@@ -865,11 +989,12 @@ class Engine:
             self._post("killed", job, error, reply)
 
     async def _await_job(self, job: Job) -> None:
+        attempt = job.attempt  # its word is for this attempt (a kill may settle it first)
         try:
             state = await self.scheduler.wait_job(job)
         except SchedulerError as exc:  # this job is lost to us; the others go on
             state = JobState(S.FAILED, None, f"lost: {exc}")
-        self._post("update", job, state)
+        self._post("update", job, state, attempt)
 
     _wake_poller: anyio.Event | None = None
 
@@ -1049,6 +1174,17 @@ class Engine:
             os.write(fd, f"xqueue: {job.reason}\n".encode())
         finally:
             os.close(fd)
+
+
+def _classify(state: JobState) -> FailureClass | None:
+    """The class of a failed state: the backend's, else what the state itself shows."""
+    if state.status is S.FINISHED:
+        return None
+    if state.failure is not None:
+        return state.failure
+    if state.status is S.KILLED:
+        return FailureClass.KILLED
+    return FailureClass.NONZERO_EXIT if state.rc else FailureClass.VANISHED
 
 
 def _int(value: Any, default: int) -> int:

@@ -16,6 +16,7 @@ import anyio
 from ._text import check_envs, check_text
 from .capacity import Claim
 from .errors import ConfigError, InvalidTransitionError
+from .failures import FailureClass
 from .resources import Resources
 from .states import JobStatus, can_transition
 
@@ -87,6 +88,8 @@ class Job:
     __slots__ = (
         "_base_attempt",
         "_done",
+        "_failures",
+        "_grown",
         "_kill_requested",
         "_pending_state",
         "after",
@@ -96,6 +99,7 @@ class Job:
         "data",
         "dir",
         "envs",
+        "failure",
         "index",
         "jid",
         "name",
@@ -125,6 +129,8 @@ class Job:
         self.jid: str | None = None
         self.rc: int | None = None
         self.reason = ""
+        # Why its last failed attempt failed; None once it succeeded, or never failed.
+        self.failure: FailureClass | None = None
         self.attempt = 0
         self.data: Any = None  # free for embedders (a pipeline's own job record)
         # The jobs it runs after (``feed(after=...)``), fixed when it is fed: read-only.
@@ -135,6 +141,8 @@ class Job:
         self._kill_requested = False
         self._base_attempt = 0  # attempts that do not count against num_retries
         self._pending_state: Any = None  # a backend's verdict waiting for its kill
+        self._failures: dict[FailureClass, int] | None = None  # failed attempts by class
+        self._grown = False  # resources grown by a retry policy (job.json has the fed ones)
 
     @property
     def argv(self) -> tuple[str, ...]:

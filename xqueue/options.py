@@ -36,6 +36,9 @@ class SchedulerOptions:
     """Seconds between SIGTERM and SIGKILL when a job is killed."""
     vanish_grace: float = 10.0
     """Seconds a job may be unknown to the scheduler, with no return code, before it is failed."""
+    timeout: float = 0.0
+    """Seconds any job of the run may run (0: no limit), as xqute's option; a job's own
+    ``walltime`` resource takes precedence. Slurm and SGE get it as their own limit."""
     python: str = ""
     """Interpreter that runs Python calls (``Xqueue.submit``) where the jobs run; empty:
     the controller's own ``sys.executable``, right when the backend shares its files and
@@ -77,7 +80,7 @@ class SchedulerOptions:
 
     def validate(self, scheduler: str) -> None:
         """Reject values that parse but cannot work; subclasses extend it."""
-        for name in ("poll_interval", "kill_grace", "vanish_grace"):
+        for name in ("poll_interval", "kill_grace", "vanish_grace", "timeout"):
             value = getattr(self, name)
             # NaN compares false with everything, so a plain "< 0" would let it through
             # and every wait on it would misbehave silently.

@@ -27,6 +27,7 @@ from .errors import ConfigError, QueueStateError
 from .hooks import Hooks
 from .job import Job
 from .resources import Resources
+from .retry import RetryPolicy
 from .scheduler import Scheduler
 from .states import JobStatus
 from .workdir import Workdir
@@ -110,6 +111,11 @@ class Xqueue:
     ``XQUEUE_SLOT_MACHINE``...). ``backfill``: how many later jobs may start ahead of a job
     that waits for room (CPUs, memory, GPUs, slot values) before room is set aside for
     it; see ``xqueue.admission``.
+    ``retry_policy`` says, per failure class (``job.failure``: OOM, TIMEOUT, PREEMPTED,
+    ...), whether a failed job runs again and with what, e.g. ``{"OOM": {"memory": 2,
+    "max_memory": "64G"}, "NONZERO_EXIT": "stop"}`` (see ``xqueue.retry``); classes it
+    does not name follow ``error_strategy`` and ``num_retries``. Under "halt" a failure
+    the policy retries does not stop the run; one it does not retry does.
     """
 
     def __init__(
@@ -128,6 +134,7 @@ class Xqueue:
         trust_workdir: bool | None = None,
         slots: Mapping[str, Sequence[Any]] | None = None,
         backfill: int = 16,
+        retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
     ) -> None:
         forks = _check_int("forks", forks, 1)
         backfill = _check_int("backfill", backfill, 0)
@@ -138,6 +145,7 @@ class Xqueue:
                 f"invalid error_strategy {error_strategy!r}; choose one of "
                 + ", ".join(repr(s) for s in ERROR_STRATEGIES)
             )
+        policy = RetryPolicy.parse(retry_policy)
         self.scheduler, self._default_resources = profiles.resolve(
             scheduler, profile, scheduler_opts
         )
@@ -155,6 +163,7 @@ class Xqueue:
             hook_timeout=_check_timeout(hook_timeout),
             slots=axes,
             backfill=backfill,
+            retry_policy=policy,
         )
         self._task_group: TaskGroup | None = None
         self._background: asyncio.Task[None] | None = None

@@ -116,3 +116,16 @@ class Resources:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_record(cls, value: Any) -> Resources | None:
+        """The request a record holds (``to_dict``'s form), or None if it is not one: a
+        record may be torn or edited, and a bad one must not fail the run."""
+        if not isinstance(value, dict) or not value or set(value) - _FIELDS:
+            return None
+        if not all(type(v) is int and v > 0 for v in value.values()):
+            return None
+        return cls(**value)
+
+
+_FIELDS = {"cpus", "memory_mb", "gpus", "walltime_s"}

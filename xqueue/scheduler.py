@@ -39,6 +39,7 @@ import anyio
 
 from ._text import comment, export, quote
 from .capacity import Capacity
+from .failures import BACKEND_CLASSES, FailureClass
 from .job import RC, SCRIPT, STARTED, STDERR, STDOUT, Job, attempt_file
 from .options import SchedulerOptions
 from .states import JobStatus
@@ -68,6 +69,9 @@ class JobState:
     kill: bool = False
     """The backend wants the job removed first (a dependency that can never be met): the
     engine kills it, plugin vetoes included, and records this state once it is gone."""
+    failure: FailureClass | None = None
+    """Why it failed, when the backend can tell (OOM, TIMEOUT, ...); the engine derives
+    the rest (a non-zero return code, killed outside xqueue, vanished)."""
 
 
 @dataclass
@@ -122,6 +126,9 @@ class Scheduler(abc.ABC):
     only ever reads local files. While such a job runs its folder holds only its
     script: its output is wherever the backend staged it, never read from here.
     """
+    enforces_walltime: ClassVar[bool] = False
+    """True when the backend stops a job at its limit itself (Slurm ``--time``, SGE
+    ``h_rt``) and reports it as TIMEOUT; otherwise the engine kills it at the limit."""
 
     @property
     def enforces_forks(self) -> bool:
@@ -181,6 +188,14 @@ class Scheduler(abc.ABC):
         cancelled run's shutdown runs the loop, and so this, a second time. An exception
         stops the run with that error.
         """
+
+    def walltime(self, job: Job) -> float | None:
+        """The job's time limit in seconds: its own ``walltime``, else the ``timeout``
+        option; None for none."""
+        res = job.resources
+        if res is not None and res.walltime_s:
+            return res.walltime_s
+        return getattr(self.options, "timeout", 0.0) or None
 
     # -- the single forms ------------------------------------------------------------
     @abc.abstractmethod
@@ -245,15 +260,22 @@ class Scheduler(abc.ABC):
 
         It reads the job's files: call it from a worker thread, a tick's jobs at once.
 
-        The return code file wins (it is the job's own word). Then the backend's
-        terminal answer, if it has one. A job the backend still holds is running (or
-        submitted if its wrapper has not started). A job nobody knows is failed as
-        vanished after ``vanish_grace`` seconds.
+        The return code file wins (it is the job's own word), though a failure the
+        backend explains (a step killed for its memory or time, a preemption) keeps the
+        backend's class and reason. Then the backend's terminal answer, if it has one. A
+        job the backend still holds is running (or submitted if its wrapper has not
+        started). A job nobody knows is failed as vanished after ``vanish_grace`` seconds.
         """
         rc = read_rc(job)
         if rc is not None:
             self._missing_since.pop(job, None)
-            return JobState(JobStatus.FINISHED if rc == 0 else JobStatus.FAILED, rc)
+            if rc == 0:
+                return JobState(JobStatus.FINISHED, rc)
+            if backend_state is not None and backend_state.failure in BACKEND_CLASSES:
+                return JobState(
+                    JobStatus.FAILED, rc, backend_state.reason, failure=backend_state.failure
+                )
+            return JobState(JobStatus.FAILED, rc)
         if backend_state is not None and backend_state.status.is_final:
             self._missing_since.pop(job, None)
             return backend_state
@@ -267,7 +289,7 @@ class Scheduler(abc.ABC):
         first = self._missing_since.setdefault(job, time.monotonic())
         if time.monotonic() - first >= self.options.vanish_grace:
             self._missing_since.pop(job, None)
-            return JobState(JobStatus.FAILED, None, VANISHED)
+            return JobState(JobStatus.FAILED, None, VANISHED, failure=FailureClass.VANISHED)
         return current
 
     async def wait_job(self, job: Job) -> JobState:

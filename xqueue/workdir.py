@@ -48,6 +48,7 @@ from .records import (
     read_json,
     read_text,
 )
+from .states import JobStatus
 
 __all__ = [
     "JOURNAL_FILE",
@@ -62,6 +63,7 @@ __all__ = [
 ]
 
 _SLUG_MAX = 40
+_FAILED = (JobStatus.FAILED, JobStatus.RETRYING)
 TRUST_ENV = "XQUEUE_TRUST_WORKDIR"
 # O_NOFOLLOW: a link planted where xqueue writes a file must not redirect the write.
 # O_NONBLOCK: a planted FIFO must not hang the open (it is then refused as not a file).
@@ -216,7 +218,9 @@ def job_record(job: Job) -> dict[str, Any]:
 
     ``after`` lists the indices of the jobs it runs after, only when there are some: it
     is what ``xqueue status`` can tell of the graph (a resumed run rebuilds the graph
-    from its own feeds, not from here)."""
+    from its own feeds, not from here). ``failure`` is the class of a failed attempt;
+    ``resources`` the request a retry policy grew (``job.json`` keeps the one fed), so a
+    resumed run goes on from it."""
     record: dict[str, Any] = {
         "status": job.status.value,
         "attempt": job.attempt,
@@ -227,6 +231,10 @@ def job_record(job: Job) -> dict[str, Any]:
     }
     if job.after:
         record["after"] = [dep.index for dep in job.after]
+    if job.failure is not None and job.status in _FAILED:
+        record["failure"] = job.failure.value
+    if job._grown and job.resources is not None:
+        record["resources"] = job.resources.to_dict()
     return _with_claim(job, record)
 
 
@@ -440,13 +448,7 @@ class Workdir:
             now = time.time()
             self._append_journal(
                 "".join(
-                    self._journal_line(
-                        job,
-                        _with_claim(
-                            job, {"status": job.status.value, "attempt": job.attempt, "time": now}
-                        ),
-                    )
-                    for job in jobs
+                    self._journal_line(job, _with_claim(job, _intent(job, now))) for job in jobs
                 )
             )
 
@@ -458,6 +460,14 @@ class Workdir:
     def iter_records(self) -> Iterator[tuple[str, dict[str, Any] | None, dict[str, Any] | None]]:
         """(folder, spec, status record) for every job folder, in index order."""
         return self.reader.iter_records()
+
+
+def _intent(job: Job, now: float) -> dict[str, Any]:
+    """A submission's intent record; a grown request goes with it, as a resume needs it."""
+    record: dict[str, Any] = {"status": job.status.value, "attempt": job.attempt, "time": now}
+    if job._grown and job.resources is not None:
+        record["resources"] = job.resources.to_dict()
+    return record
 
 
 def _flock_exclusive(fd: int, tries: int = 20) -> bool:

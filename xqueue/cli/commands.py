@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
         help="attempts after the first, with --error-strategy retry (default 3)",
     )
     run.add_argument(
+        "--retry-policy",
+        metavar="JSON",
+        help='what each failure class leads to, e.g. \'{"TIMEOUT": {"walltime": 2}}\'',
+    )
+    run.add_argument(
         "-o",
         "--option",
         action="append",
@@ -121,6 +126,18 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     return options
 
 
+def parse_policy(text: str | None) -> Any:
+    """``--retry-policy`` as data; the queue validates what it says."""
+    if text is None:
+        return None
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise XqueueError(f"--retry-policy is not JSON: {exc}") from None
+
+
 def read_commands(stream: TextIO) -> list[str]:
     return [line.strip() for line in stream if line.strip() and not line.lstrip().startswith("#")]
 
@@ -182,6 +199,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         workdir=args.workdir,
         error_strategy=args.error_strategy,
         num_retries=args.retries,
+        retry_policy=parse_policy(args.retry_policy),
         scheduler_opts=parse_options(args.option),
         profile=args.profile,
         plugins=plugins,

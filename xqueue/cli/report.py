@@ -42,7 +42,7 @@ def failures_table(jobs: Iterable[Job]) -> Table | None:
         table.add_row(
             plain(str(job.index)),
             plain(job.name),
-            plain(job.status.value),
+            plain(job.status.value + (f" ({job.failure.name})" if job.failure else "")),
             plain("-" if job.rc is None else str(job.rc)),
             plain(job.reason or _last_line(job.stderr_path)),
             plain(job.stderr_path),

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..errors import ConfigError
+from ..failures import FailureClass, timed_out
+from ..resources import parse_memory, parse_walltime
 from ..scheduler import JobState
 from ..states import JobStatus
 
@@ -19,6 +23,12 @@ from ..states import JobStatus
 class QacctRecord:
     exit_status: int | None
     failed: str
+    wallclock: float | None = None
+    """Seconds it ran (``ru_wallclock``)."""
+    maxvmem_mb: float | None = None
+    """The most virtual memory it used, MiB (``maxvmem``)."""
+    category: str = ""
+    """What it asked for (``-l h_rt=5,h_vmem=1G ...``)."""
 
 
 def parse_qsub(stdout: str) -> str:
@@ -108,11 +118,37 @@ def parse_qacct(text: str) -> dict[str, QacctRecord]:
         jid = f"{number}.{task}" if task.isdigit() else number
         status = fields.get("exit_status", "").split(" ", 1)[0]
         records[jid] = QacctRecord(
-            int(status) if status.isdigit() else None, fields.get("failed", "0")
+            int(status) if status.isdigit() else None,
+            fields.get("failed", "0"),
+            _number(fields.get("ru_wallclock", "")),
+            _size_mb(fields.get("maxvmem", "")),
+            fields.get("category", ""),
         )
     if text.strip() and not records:
         raise ValueError("no accounting record (no jobnumber line)")
     return records
+
+
+def _number(text: str) -> float | None:
+    """``5s``, ``5`` or ``5.000`` (qacct versions differ) as a number."""
+    m = re.match(r"(\d+(?:\.\d+)?)", text.strip())
+    return float(m.group(1)) if m else None
+
+
+_MIB = 1 << 20
+_SIZE_UNITS = {"": 1 / _MIB, "B": 1 / _MIB, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1 << 20}
+
+
+def _size_mb(text: str) -> float | None:
+    """``3.367MB``, ``1.2GB``, ``0.000B`` as MiB."""
+    m = re.match(r"(\d+(?:\.\d+)?)\s*([KMGT]?)B?$", text.strip(), re.IGNORECASE)
+    return float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()] if m else None
+
+
+def requested(category: str, resource: str) -> str | None:
+    """The value of one ``-l`` resource in a qacct ``category`` (``h_rt`` -> ``5``)."""
+    m = re.search(rf"(?:^|[\s,]){resource}=([^\s,]+)", category)
+    return m.group(1) if m else None
 
 
 def parse_error_reason(text: str) -> str:
@@ -133,6 +169,8 @@ def held(state: str) -> bool:
 def accounting_state(record: QacctRecord) -> JobState:
     """A verdict from ``qacct`` for a job whose wrapper left no return code."""
     failed = record.failed.split(" ", 1)[0]
+    if failed == "37":
+        return _limit_state(record)
     if failed == "100" or record.exit_status == 137:
         return JobState(JobStatus.KILLED, record.exit_status, f"killed in SGE (failed {failed})")
     if failed not in ("", "0"):
@@ -144,3 +182,27 @@ def accounting_state(record: QacctRecord) -> JobState:
     rc = record.exit_status
     status = JobStatus.FINISHED if rc == 0 else JobStatus.FAILED
     return JobState(status, rc, "return code from qacct; the wrapper wrote none")
+
+
+def _limit_state(record: QacctRecord) -> JobState:
+    """``failed 37``: qmaster killed it at a limit, one of h_rt, h_cpu and h_vmem (it
+    does not say which): the one its run reached, by the record's own numbers."""
+    rt = _limit(requested(record.category, "h_rt"), parse_walltime)
+    vmem = _limit(requested(record.category, "h_vmem"), parse_memory)
+    if rt is not None and record.wallclock is not None and record.wallclock >= rt:
+        why = timed_out(rt, "SGE h_rt")
+        return JobState(JobStatus.FAILED, record.exit_status, why, failure=FailureClass.TIMEOUT)
+    if vmem is not None and record.maxvmem_mb is not None and record.maxvmem_mb >= vmem:
+        why = f"out of memory: SGE killed it for using more than its h_vmem of {vmem} MiB"
+        return JobState(JobStatus.FAILED, record.exit_status, why, failure=FailureClass.OOM)
+    why = f"killed by SGE at a limit (failed {record.failed})"
+    return JobState(JobStatus.FAILED, record.exit_status, why, failure=FailureClass.KILLED)
+
+
+def _limit(value: str | None, parse: Callable[[str], int]) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse(value)
+    except ConfigError:
+        return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..failures import FailureClass
 from ..scheduler import JobState
 from ..states import JobStatus
 
@@ -36,17 +37,24 @@ HELD = frozenset(
 )
 # Ended normally: the wrapper's return code file has the verdict.
 ENDED = frozenset({"COMPLETED", "FAILED"})
-# Ended by Slurm itself, usually before the wrapper could write a return code.
+# Ended by Slurm itself, usually before the wrapper could write a return code: why, in
+# words and as a failure class.
 _ENDED_BY_SLURM = {
-    "CANCELLED": "cancelled in Slurm",
-    "TIMEOUT": "walltime exceeded (Slurm TIMEOUT)",
-    "OUT_OF_MEMORY": "out of memory (Slurm OUT_OF_MEMORY)",
-    "NODE_FAIL": "its node failed (Slurm NODE_FAIL)",
-    "BOOT_FAIL": "its node failed to boot (Slurm BOOT_FAIL)",
-    "PREEMPTED": "preempted (Slurm PREEMPTED)",
-    "DEADLINE": "deadline reached (Slurm DEADLINE)",
-    "REVOKED": "revoked by a sibling cluster (Slurm REVOKED)",
+    "CANCELLED": ("cancelled in Slurm", FailureClass.KILLED),
+    "TIMEOUT": ("walltime exceeded (Slurm TIMEOUT)", FailureClass.TIMEOUT),
+    "OUT_OF_MEMORY": ("out of memory (Slurm OUT_OF_MEMORY)", FailureClass.OOM),
+    "NODE_FAIL": ("its node failed (Slurm NODE_FAIL)", FailureClass.NODE_FAIL),
+    "BOOT_FAIL": ("its node failed to boot (Slurm BOOT_FAIL)", FailureClass.NODE_FAIL),
+    "PREEMPTED": ("preempted (Slurm PREEMPTED)", FailureClass.PREEMPTED),
+    "DEADLINE": ("deadline reached (Slurm DEADLINE)", FailureClass.KILLED),
+    "REVOKED": ("revoked by a sibling cluster (Slurm REVOKED)", FailureClass.KILLED),
 }
+# What slurmstepd writes into a job's output when it ends a step for its memory: the
+# accounting poll (JobAcctGatherParams=OverMemoryKill: "StepId=12.batch exceeded memory
+# limit (329953280 > 104857600), being killed") or the cgroup's OOM killer ("Detected 1
+# oom-kill event(s) in StepId=12.batch"). Such a job ends FAILED (signal 9), or
+# OUT_OF_MEMORY where cgroups count the kills: this line is the evidence of the first.
+_MEMORY_KILL = re.compile(r"exceeded (?:job |step )?memory limit|oom-kill event", re.IGNORECASE)
 NEVER_SATISFIED = "DependencyNeverSatisfied"
 
 # A job id as squeue and sacct print it: ``12``, ``12_3``, ``12_[1-4%2]``, ``12+0`` (a
@@ -169,24 +177,28 @@ def exit_status(exit_code: str) -> int | None:
 
 def terminal_state(row: SlurmRow) -> JobState | None:
     """What a row says when Slurm itself ended the job (or it can never start); else None."""
+    never = "dependency can never be satisfied (Slurm DependencyNeverSatisfied); cancelled"
     if row.state == "PENDING" and row.reason == NEVER_SATISFIED:
-        return JobState(
-            JobStatus.FAILED,
-            None,
-            "dependency can never be satisfied (Slurm DependencyNeverSatisfied); cancelled",
-            retryable=False,
-        )
-    why = _ENDED_BY_SLURM.get(row.state)
-    if why is None:
+        return JobState(JobStatus.FAILED, None, never, retryable=False, failure=FailureClass.KILLED)
+    ended = _ENDED_BY_SLURM.get(row.state)
+    if ended is None:
         return None
+    why, failure = ended
     if row.state == "CANCELLED":
         if row.reason == NEVER_SATISFIED:
-            why = "dependency can never be satisfied (Slurm DependencyNeverSatisfied); cancelled"
-            return JobState(JobStatus.FAILED, None, why, retryable=False)
+            return JobState(JobStatus.FAILED, None, never, retryable=False, failure=failure)
         if row.reason.startswith("by "):  # sacct says who; squeue keeps a stale pending reason
             why = f"{why} ({row.reason})"
-        return JobState(JobStatus.KILLED, None, why)
-    return JobState(JobStatus.FAILED, exit_status(row.exit_code), why)
+        return JobState(JobStatus.KILLED, None, why, failure=failure)
+    return JobState(JobStatus.FAILED, exit_status(row.exit_code), why, failure=failure)
+
+
+def memory_kill(log: str) -> str | None:
+    """The line of a job's Slurm output saying Slurm ended it for its memory, if any."""
+    for line in log.splitlines():
+        if _MEMORY_KILL.search(line):
+            return line.strip()
+    return None
 
 
 def accounting_state(row: SlurmRow) -> JobState | None:

@@ -9,19 +9,24 @@ Options from ``scheduler_opts`` become qsub flags as the xqute seed documents th
 ``q="all.q"`` -> ``-q all.q``, ``l=["h_vmem=2G", "h_rt=3600"]`` -> ``-l h_vmem=2G -l
 h_rt=3600``, ``cwd=True`` -> ``-cwd``, ``N="name"`` -> ``-N name``; a ``qsub_`` prefix is
 dropped (``qsub_pe="smp 4"``).
-A job's ``resources`` become ``-l h_vmem``, ``-l h_rt``, ``-l gpu`` and, when the
-``pe`` option names a parallel environment, ``-pe <pe> <cpus>``; a raw ``l`` entry for
-the same resource wins.
+A job's ``resources`` become ``-l h_vmem``, ``-l h_rt`` (the ``timeout`` option for a
+job with no walltime of its own), ``-l gpu`` and, when the ``pe`` option names a
+parallel environment, ``-pe <pe> <cpus>``; a raw ``l`` entry for the same resource wins.
 
 Status: one ``qstat -xml -g d`` per tick for all jobs. A job in error state (``Eqw``)
 is failed with the reason ``qstat -j`` gives and deleted; a job SGE no longer lists is
-resolved from the wrapper's return code file, then ``qacct``, then "vanished".
+resolved from the wrapper's return code file, then ``qacct``, then "vanished". A job
+qmaster killed at a limit (``failed 37``, which names h_rt, h_cpu and h_vmem together)
+is a TIMEOUT when its wallclock reached its ``h_rt``, an OOM when its ``maxvmem``
+reached its ``h_vmem``. A program that hits ``h_vmem`` itself (SGE makes it an address
+space limit, so its allocations fail) exits as it sees fit: that is a plain non-zero exit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
+import math
 import os
 import pwd
 import re
@@ -87,8 +92,12 @@ def _l_key(entry: str) -> str:
     return entry.split("=", 1)[0].strip()
 
 
-def qsub_options(job: Job | None, pe: str | None, extra: dict[str, Any]) -> dict[str, Any]:
-    """The flags for one job (or array group): mapped resources, then raw ones (which win)."""
+def qsub_options(
+    job: Job | None, pe: str | None, extra: dict[str, Any], timeout: float = 0.0
+) -> dict[str, Any]:
+    """The flags for one job (or array group): mapped resources, then raw ones (which win).
+
+    ``timeout`` (the scheduler option) is the ``h_rt`` of a job that gives no walltime."""
     raw: dict[str, Any] = {}
     for key, value in extra.items():
         name = str(key).lstrip("-").removeprefix("qsub_")
@@ -99,11 +108,12 @@ def qsub_options(job: Job | None, pe: str | None, extra: dict[str, Any]) -> dict
     mapped_l: list[str] = []
     opts: dict[str, Any] = {}
     res = job.resources if job is not None else None
+    walltime = res.walltime_s if res is not None and res.walltime_s else timeout
+    if res is not None and res.memory_mb:
+        mapped_l.append(f"h_vmem={res.memory_mb}M")
+    if job is not None and walltime:
+        mapped_l.append(f"h_rt={math.ceil(walltime)}")
     if res is not None:
-        if res.memory_mb:
-            mapped_l.append(f"h_vmem={res.memory_mb}M")
-        if res.walltime_s:
-            mapped_l.append(f"h_rt={res.walltime_s}")
         if res.gpus:
             mapped_l.append(f"gpu={res.gpus}")
         if res.cpus and pe and "pe" not in raw:
@@ -141,6 +151,7 @@ class SgeScheduler(Scheduler):
 
     name = "sge"
     Options = SgeOptions
+    enforces_walltime = True
     options: SgeOptions
 
     def __init__(self, **options: Any) -> None:
@@ -226,7 +237,7 @@ class SgeScheduler(Scheduler):
                 "N": self._name(job),
                 "o": output_path(job.path("sge.log")),
                 "j": "y",
-                **qsub_options(job, self.options.pe, self.options.extra),
+                **qsub_options(job, self.options.pe, self.options.extra, self.options.timeout),
                 **self._hold(after),
             }
             jid = await self._qsub(opts, job.attempt_path(SCRIPT))
@@ -240,7 +251,7 @@ class SgeScheduler(Scheduler):
             "j": "y",
             "t": f"1-{len(jobs)}",
             "tc": throttle,
-            **qsub_options(jobs[0], self.options.pe, self.options.extra),
+            **qsub_options(jobs[0], self.options.pe, self.options.extra, self.options.timeout),
             **self._hold(after),
         }
         base = await self._qsub(opts, script)

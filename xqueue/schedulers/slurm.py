@@ -3,19 +3,26 @@
 Every option of ``scheduler_opts`` that is not one of xqueue's own knobs goes to
 ``sbatch`` as a long option (``partition="gpu"`` -> ``--partition=gpu``; a one-letter
 key such as ``p`` is read as its long name). A job's portable ``resources`` become
-``--cpus-per-task``, ``--mem``, ``--gres=gpu:N`` and ``--time``; an option given in
-``scheduler_opts`` wins over the mapped one.
+``--cpus-per-task``, ``--mem``, ``--gres=gpu:N`` and ``--time`` (the ``timeout`` option
+for a job with no walltime of its own); an option given in ``scheduler_opts`` wins over
+the mapped one.
 
 Status: one ``squeue -t all -r`` per tick for every active job (array elements
 expanded), then, for jobs Slurm no longer lists (after ``MinJobAge``), the wrapper's
 return code file, then one ``sacct`` for all of them when accounting is on, and
 finally the "vanished" verdict after ``vanish_grace``. A job pending on a dependency
 that can never be satisfied is failed and cancelled instead of waiting for ever.
+
+Slurm's own verdicts carry a failure class: TIMEOUT, OUT_OF_MEMORY, PREEMPTED,
+NODE_FAIL. A step that Slurm's accounting killed for exceeding ``--mem``
+(``JobAcctGatherParams=OverMemoryKill``) ends as a plain FAILED with signal 9: the
+line slurmstepd wrote into the job's Slurm output is the evidence that makes it an OOM.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pwd
 import time
@@ -24,11 +31,13 @@ from typing import Any
 
 import anyio
 
-from ..errors import SchedulerError, SubmissionUnknownError
+from ..errors import SchedulerError, SubmissionUnknownError, WorkdirError
+from ..failures import FailureClass, timed_out
 from ..job import SCRIPT, Job
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
-from ..workdir import read_rc
+from ..states import JobStatus
+from ..workdir import read_rc, read_text
 from . import _slurm_parse as parse
 from ._cluster import (
     array_jobdirs,
@@ -105,8 +114,10 @@ def literal_path(path: str) -> str:
     return path.replace("%", "%%")
 
 
-def sbatch_options(job: Job | None, extra: dict[str, Any]) -> dict[str, Any]:
-    """The long options for one job (or one array group): mapped resources, then raw ones."""
+def sbatch_options(job: Job | None, extra: dict[str, Any], timeout: float = 0.0) -> dict[str, Any]:
+    """The long options for one job (or one array group): mapped resources, then raw ones.
+
+    ``timeout`` (the scheduler option) is the walltime of a job that gives none."""
     opts: dict[str, Any] = {}
     res = job.resources if job is not None else None
     if res is not None:
@@ -116,8 +127,9 @@ def sbatch_options(job: Job | None, extra: dict[str, Any]) -> dict[str, Any]:
             opts["mem"] = f"{res.memory_mb}M"
         if res.gpus:
             opts["gres"] = f"gpu:{res.gpus}"
-        if res.walltime_s:
-            opts["time"] = hms(res.walltime_s)
+    walltime = res.walltime_s if res is not None and res.walltime_s else timeout
+    if job is not None and walltime:
+        opts["time"] = hms(math.ceil(walltime))
     for key, value in extra.items():
         name = str(key).lstrip("-")
         name = _SHORT.get(name, name.replace("_", "-"))
@@ -130,6 +142,7 @@ class SlurmScheduler(Scheduler):
 
     name = "slurm"
     Options = SlurmOptions
+    enforces_walltime = True
     options: SlurmOptions
 
     def __init__(self, **options: Any) -> None:
@@ -144,6 +157,7 @@ class SlurmScheduler(Scheduler):
         # queue cannot tell whether that job is there.
         self._unknown_at = 0.0
         self._arrays: dict[str, list[tuple[str, int]]] = {}
+        self._logs: dict[Job, str] = {}  # the Slurm output file of each job's attempt
 
     @property
     def max_batch(self) -> int:
@@ -220,9 +234,10 @@ class SlurmScheduler(Scheduler):
                 "output": literal_path(job.path("slurm.log")),
                 "comment": self._comment(job),
                 "kill-on-invalid-dep": "yes",
-                **sbatch_options(job, self.options.extra),
+                **sbatch_options(job, self.options.extra, self.options.timeout),
                 **self._dependency(after),
             }
+            self._logs[job] = job.path("slurm.log")
             jid = await self._sbatch(self._argv(opts, job.attempt_path(SCRIPT)))
             return jid, [jid]
         name, script = await anyio.to_thread.run_sync(
@@ -234,9 +249,11 @@ class SlurmScheduler(Scheduler):
             "comment": f"xqueue:{self._tag}:@{name}",
             "kill-on-invalid-dep": "yes",
             "array": f"0-{len(jobs) - 1}%{throttle}",
-            **sbatch_options(jobs[0], self.options.extra),
+            **sbatch_options(jobs[0], self.options.extra, self.options.timeout),
             **self._dependency(after),
         }
+        for i, job in enumerate(jobs):
+            self._logs[job] = os.path.join(self._batch_dir, f"{name}-{i}.log")
         base = await self._sbatch(self._argv(opts, script))
         return base, [f"{base}_{i}" for i in range(len(jobs))]
 
@@ -321,7 +338,50 @@ class SlurmScheduler(Scheduler):
             state = states[job]
             if state.status.is_final:
                 states[job] = dataclasses.replace(state, kill=True)
+        suspects = [
+            job
+            for job, state in states.items()
+            if state.status is JobStatus.FAILED
+            and state.failure in (None, FailureClass.VANISHED)
+            and state.rc in (None, 128 + 9)
+        ]
+        if suspects:  # a step killed for its memory says so only in its output
+            found = await anyio.to_thread.run_sync(
+                lambda: {j: self._memory_kill(j) for j in suspects}
+            )
+            for job, line in found.items():
+                if line:
+                    states[job] = self._out_of_memory(job, states[job], line)
+        for job, state in states.items():
+            if state.failure is FailureClass.TIMEOUT:
+                states[job] = dataclasses.replace(state, reason=self._timed_out(job))
         return states
+
+    def _memory_kill(self, job: Job) -> str | None:
+        """slurmstepd's line about a memory kill in the attempt's Slurm output. Blocking."""
+        path = self._logs.get(job)
+        if path is None and job.jid and "_" not in job.jid:
+            path = job.path("slurm.log")  # re-adopted single job: its own file
+        try:
+            text = read_text(path) if path else None
+        except WorkdirError:
+            return None
+        return parse.memory_kill(text) if text else None
+
+    @staticmethod
+    def _out_of_memory(job: Job, state: JobState, line: str) -> JobState:
+        limit = job.resources.memory_mb if job.resources else None
+        what = f"its {limit} MiB" if limit else "its memory limit"
+        why = f"out of memory: Slurm killed it for using more than {what} ({line})"
+        return dataclasses.replace(state, reason=why, failure=FailureClass.OOM)
+
+    def _timed_out(self, job: Job) -> str:
+        raw = sbatch_options(None, self.options.extra).get("time")
+        limit = self.walltime(job)
+        if raw is not None or not limit:  # given as sbatch's own option, or by the site
+            return f"timed out at its Slurm time limit ({raw or 'set outside xqueue'}; TIMEOUT)"
+        # Slurm counts time limits in whole minutes.
+        return timed_out(math.ceil(limit / 60) * 60, "Slurm TIMEOUT")
 
     async def job_is_running(self, job: Job) -> bool:
         if not job.jid:
@@ -411,3 +471,7 @@ class SlurmScheduler(Scheduler):
         (error,) = await self.kill_jobs([job])
         if error is not None:
             raise error
+
+    def forget(self, job: Job) -> None:
+        super().forget(job)
+        self._logs.pop(job, None)

@@ -49,6 +49,7 @@ from ..errors import (
     SubmissionError,
     SubmissionUnknownError,
 )
+from ..failures import FailureClass
 from ..job import SCRIPT, Job, attempt_file
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
@@ -469,6 +470,7 @@ class SshScheduler(Scheduler):
             f"lost: server {pool.name!r} ({pool.config.address}) went down while the job "
             f"ran ({pool.last_error}); it may still be running there, so it is not retried",
             retryable=False,
+            failure=FailureClass.NODE_FAIL,
         )
         return self.reconcile(job, False, lost)
 
