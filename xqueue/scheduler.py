@@ -325,6 +325,13 @@ class Scheduler(abc.ABC):
         shell. The argv is quoted word by word, so it reaches the program exactly as given.
         """
         path = job.attempt_path(SCRIPT)
+        # Only a submission writes a script: what an earlier run's attempt of the same
+        # number left (a failed job runs again from attempt 1) must not settle this one.
+        for kind in (RC, STARTED):
+            try:
+                os.unlink(job.attempt_path(kind))
+            except FileNotFoundError:
+                pass
         text = render_script(job, jobdir or job.dir, self.script_lines(job))
         if read_text(path) != text:
             atomic_write(path, text)
