@@ -234,6 +234,16 @@ def job_record(job: Job) -> dict[str, Any]:
     }
     if job.after:
         record["after"] = [dep.index for dep in job.after]
+    if job.cache_key is not None:
+        record["cache_key"] = job.cache_key
+    return record
+
+
+def _intent(job: Job, now: float) -> dict[str, Any]:
+    """The record of a submission about to be made (``Workdir.record_many``)."""
+    record: dict[str, Any] = {"status": job.status.value, "attempt": job.attempt, "time": now}
+    if job.cache_key is not None:
+        record["cache_key"] = job.cache_key  # a later run tells a stale attempt by it
     return record
 
 
@@ -437,12 +447,7 @@ class Workdir:
         if jobs:
             now = time.time()
             self._append_journal(
-                "".join(
-                    self._journal_line(
-                        job, {"status": job.status.value, "attempt": job.attempt, "time": now}
-                    )
-                    for job in jobs
-                )
+                "".join(self._journal_line(job, _intent(job, now)) for job in jobs)
             )
 
     @staticmethod
