@@ -11,13 +11,22 @@ import signal
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from tests.helpers import DetachedScheduler, Recorder, is_alive, read_text
+from tests.helpers import (
+    SLURM_FAST,
+    DetachedScheduler,
+    Recorder,
+    cluster_queue,
+    is_alive,
+    read_text,
+    remove_after,
+)
 from xqueue import (
     CallJob,
     ConfigError,
@@ -639,3 +648,40 @@ async def test_xqute_style_feeding_never_stopped_warns(
         [sys.executable, str(script), str(workdir), how], env={**os.environ, "PYTHONPATH": root}
     )
     assert warning in done.stderr.decode(), done.stderr
+
+
+# -- on a real cluster -----------------------------------------------------------------------------
+@pytest.fixture
+def cancel_after() -> Iterator[list[Job]]:
+    yield from remove_after("scancel")
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm_cluster")
+async def test_on_slurm_shell_lines_checks_and_polling_hooks(
+    workdir: Path, cancel_after: list[Job]
+) -> None:
+    outputs, polls = Outputs(), Polls()
+    opts = {
+        "prescript": 'export OUT="$XQUEUE_JOB_DIR/out"',
+        "postscript": 'echo "post $XQUEUE_JOB_RC"',
+    }
+    q = cluster_queue(
+        "slurm",
+        SLURM_FAST,
+        workdir,
+        scheduler_opts=opts,
+        plugins=[outputs, polls, CmdHooks()],
+        error_strategy="retry",
+        num_retries=1,
+    )
+    job = await q.feed(["sh", "-c", '[ "$XQUEUE_JOB_ATTEMPT" -ge 2 ] && touch "$OUT"; ' + TICKING])
+    cancel_after.append(job)
+    with anyio.fail_after(90):
+        await q.run_until_complete()
+    assert job.status is S.FINISHED and job.attempt == 2, job.reason
+    assert outputs.checked == [(0, 1), (0, 2)]  # the first attempt left no output
+    out = await read_text(job.stdout_path)
+    assert out == "init\nprep 2\n" + "".join(f"{i}\n" for i in range(1, 9)) + "post 0\nend 0\n"
+    assert 1 <= len(polls.batches) <= q.statistics().ticks
+    assert any(0 < len(tail) < len(out) for *_, tail in polls.each)
