@@ -407,8 +407,8 @@ class Engine:
         status, attempt = record.get("status"), record.get("attempt")
         if status == S.FINISHED.value and record.get("rc") == 0:
             if not self._reusable(job, record):
-                # Not wanted again (resume=False, another cache key): a fresh attempt
-                # after the last, so that attempt's files stay as they are.
+                # Not wanted again (resume=False, another cache key): a new attempt after
+                # the last, so the files of the attempt that succeeded stay as they are.
                 job.attempt = job._base_attempt = _int(attempt, 0)
                 return self._release(job)
             job.rc, job.attempt = 0, _int(attempt, 1)

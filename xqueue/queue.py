@@ -157,9 +157,9 @@ class Xqueue:
     For pipeline frameworks (docs/embedding.md): ``job_class`` is the class ``feed``
     makes its jobs of (a subclass of ``Job``; ``feed_job`` takes jobs built by the
     caller). ``resume=False`` never counts an earlier run's success: every job fed runs
-    again, in the same folder, as a new attempt after the last one there (so no file
-    of an earlier attempt is overwritten); an attempt of an earlier run that is still
-    running is killed first, never run twice at once.
+    again, in the same folder (one that succeeded as a new attempt after that one, so
+    its files stay); an attempt of an earlier run that is still running is killed
+    first, never run twice at once.
     """
 
     def __init__(
