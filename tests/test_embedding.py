@@ -544,6 +544,21 @@ async def test_a_job_being_checked_has_ended_and_is_not_killed(workdir: Path) ->
     assert job.status is S.FINISHED
 
 
+async def test_a_run_cancelled_during_a_check_still_settles_the_job(workdir: Path) -> None:
+    outputs = Outputs(delay=1.0)
+    q = Xqueue(workdir=workdir, plugins=[outputs], error_strategy="ignore")
+    job = await q.feed('touch "$XQUEUE_JOB_DIR/out"')
+    with anyio.fail_after(15):  # not the shutdown deadline (kill_grace + 30 s)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(q.run_until_complete)
+            while not outputs.checked:
+                await anyio.sleep(0.02)
+            tg.cancel_scope.cancel()
+    # The check was cut short with the run; the shutdown asked again and it passed.
+    assert outputs.checked == [(0, 1), (0, 1)]
+    assert job.status is S.FINISHED
+
+
 # -- keep-feeding misuse warns ---------------------------------------------------------------------
 async def test_stop_feeding_outside_keep_feeding_mode_warns(
     workdir: Path, caplog: pytest.LogCaptureFixture

@@ -338,6 +338,8 @@ class Engine:
             self._tg = tg
             try:
                 tg.start_soon(self._guard, self.scheduler.serve)
+                for job in self._checking:  # a run cancelled mid-check checks it again
+                    tg.start_soon(self._guard, self._check, job)
                 if not self.scheduler.awaits_completion:
                     tg.start_soon(self._guard, self._poller)
                 else:
