@@ -235,6 +235,8 @@ def job_record(job: Job) -> dict[str, Any]:
         record["failure"] = job.failure.value
     if job._grown and job.resources is not None:
         record["resources"] = job.resources.to_dict()
+    if job.cache_key is not None:
+        record["cache_key"] = job.cache_key
     return _with_claim(job, record)
 
 
@@ -467,6 +469,8 @@ def _intent(job: Job, now: float) -> dict[str, Any]:
     record: dict[str, Any] = {"status": job.status.value, "attempt": job.attempt, "time": now}
     if job._grown and job.resources is not None:
         record["resources"] = job.resources.to_dict()
+    if job.cache_key is not None:
+        record["cache_key"] = job.cache_key  # a later run tells a stale attempt by it
     return record
 
 
