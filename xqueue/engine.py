@@ -243,6 +243,8 @@ class Engine:
                 self._pool.release(job.claim)  # ended, failed, killed, refused, requeued
         if new.is_active:
             self._active[job] = None
+            if old is S.QUEUED:  # a new attempt: nothing of the one before is its own
+                job.rc, job.reason = None, ""
         if new is S.QUEUED:
             self._queued.append(job)  # left behind lazily when it moves on
         elif new is S.RUNNING and not self.scheduler.enforces_walltime:
@@ -763,7 +765,9 @@ class Engine:
             if retryable and self.state is not RunState.STOPPING and self._retry(job):
                 self._move(job, S.RETRYING)
                 self.workdir.record(job)
-                job.jid, job.rc, job.reason = None, None, ""
+                # The failed attempt's rc and reason stay for on_job_retrying (and for
+                # `status` while it waits); the next submission clears them (_move).
+                job.jid = None
                 return [("on_job_retrying", job), *self._enqueue(job)]
         calls = self._finalize(job, status)
         if status is S.FAILED and self.error_strategy == "halt":

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 
 from . import calls, profiles
 from ._text import check_envs, check_text
@@ -395,11 +395,18 @@ class Xqueue:
         )
 
     # -- running ---------------------------------------------------------------------------
-    async def run(self, *, keep_feeding: bool = False) -> None:
+    async def run(
+        self,
+        *,
+        keep_feeding: bool = False,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Run every job fed and return when all have ended.
 
         With ``keep_feeding=True`` it also takes jobs fed while it runs, until
-        ``stop_feeding()`` is called from another task: start it in your own task group.
+        ``stop_feeding()`` is called from another task: start it in your own task group
+        with ``await tg.start(partial(q.run, keep_feeding=True))``, which returns once the
+        run has begun, so a ``stop_feeding()`` right after it cannot come too early.
         Raises ``JobFailedError`` when a job fails under "halt", and lets cancellation
         through after killing the running jobs (with a warning if it was still feeding:
         ``stop_feeding()`` is the way to end a keep-feeding run and keep its jobs).
@@ -407,7 +414,10 @@ class Xqueue:
         if keep_feeding:
             self._set_feeding_mode(True)
         try:
-            await self._engine.run(keep_feeding=keep_feeding)
+            await self._engine.lock_workdir()
+            self._engine.begin(keep_feeding)
+            task_status.started()
+            await self._engine.run(keep_feeding=keep_feeding, begun=True)
         except anyio.get_cancelled_exc_class():
             self._warn_cancelled_while_feeding()
             raise
