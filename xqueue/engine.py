@@ -1043,6 +1043,20 @@ class Engine:
             for job in allowed:
                 self._post("submitted", job, exc)
             return
+        # Folders are made only now, a batch at a time off the loop: feeding costs no I/O.
+        unmade = [job for job in allowed if not self.workdir.has_folder(job)]
+        if unmade:
+            try:
+                failed: dict[Job, Exception] = dict(
+                    await anyio.to_thread.run_sync(self.workdir.make_folders, unmade)
+                )
+            except Exception as exc:  # a bug, not a job's fault: no job is left submitting
+                failed = dict.fromkeys(unmade, exc)
+            for job, error in failed.items():
+                self._post("submitted", job, SubmissionError(str(error), retryable=False))
+            allowed = [job for job in allowed if job not in failed]
+            if not allowed:
+                return
         # The intent first: a controller that dies during the submission leaves a record
         # that makes the next run look for the job instead of starting it again.
         self.workdir.record_many(allowed)

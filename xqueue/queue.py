@@ -502,6 +502,8 @@ class Xqueue:
     async def aclose(self) -> None:
         if self._engine.state is not RunState.CLOSED:
             self._engine.state = RunState.CLOSED
+            if self.workdir.has_unmade():
+                await anyio.to_thread.run_sync(self.workdir.forget_unmade)
             self.workdir.unlock()
             if self._engine.scheduler_open:  # a run closes what it opened
                 self._engine.scheduler_open = False

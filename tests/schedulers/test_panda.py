@@ -262,7 +262,7 @@ async def test_lost_submit_answer_is_found_by_tag_not_submitted_twice(
     await scheduler.open(wd)
     jobs = [Job(i, f"echo {i} >> {shlex.quote(str(marker))}") for i in range(3)]
     for job in jobs:
-        wd.prepare(job)
+        wd.prepare(job, make=True)
         job.attempt = 1
     await anyio.to_thread.run_sync(panda.server.drop_submit_answers, 1)
     results = await scheduler.submit_jobs(jobs)

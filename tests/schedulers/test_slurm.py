@@ -314,7 +314,7 @@ async def test_later_run_readopts_jobs_whose_ids_were_never_recorded(
     await scheduler.open(wd)
     early = [Job(i, c) for i, c in enumerate(cmds)]
     for job in early:
-        wd.prepare(job)
+        wd.prepare(job, make=True)
     ids = await scheduler.submit_jobs(early[:2]) + await scheduler.submit_jobs(early[2:])
     cancel_after.extend(early)
     for job, jid in zip(early, ids):
@@ -340,7 +340,7 @@ async def test_arrays_split_at_max_array_size(workdir: Path, cancel_after: list[
     scheduler._max_array = 4  # as on a cluster with MaxArraySize=4
     jobs = [Job(i, ["sleep", "60"], resources={"cpus": 1 + i // 9}) for i in range(10)]
     for job in jobs:
-        wd.prepare(job)
+        wd.prepare(job, make=True)
     ids = [str(jid) for jid in await scheduler.submit_jobs(jobs)]
     for job, jid in zip(jobs, ids):
         job.jid = jid
@@ -445,7 +445,7 @@ def new_jobs(workdir: Path, commands: list[str]) -> list[Job]:
     wd = Workdir(workdir)
     jobs = [Job(i, c) for i, c in enumerate(commands)]
     for job in jobs:
-        wd.prepare(job)
+        wd.prepare(job, make=True)
         job.attempt = 1
     return jobs
 
