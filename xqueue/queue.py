@@ -20,9 +20,11 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from . import calls, profiles
+from .control import Control
 from .dependencies import After, resolve_after
 from .engine import Engine, RunState
 from .errors import ConfigError, QueueStateError
+from .events import EventLog
 from .hooks import Hooks
 from .job import Job
 from .resources import Resources
@@ -102,6 +104,10 @@ class Xqueue:
     ``hook_timeout`` bounds each awaited hook implementation (seconds, None for no
     bound): a plugin that hangs stops the run with a PluginError naming it, instead of
     hanging the run for ever. While a run stops, hooks get at most 10 s each.
+
+    ``events=False`` turns off the run's event stream, ``<workdir>/events.jsonl`` (one
+    JSON line per job event, written off the event loop; see ``xqueue.events``), which
+    ``xqueue status --follow`` reads.
     """
 
     def __init__(
@@ -118,6 +124,7 @@ class Xqueue:
         handle_signals: bool = True,
         hook_timeout: float | None = 300.0,
         trust_workdir: bool | None = None,
+        events: bool = True,
     ) -> None:
         forks = _check_int("forks", forks, 1)
         num_retries = _check_int("num_retries", num_retries, 0)
@@ -131,6 +138,11 @@ class Xqueue:
         )
         self.workdir = Workdir(workdir, trust=trust_workdir)
         self.hooks = Hooks(plugins)
+        # Built in, registered as any plugin is (after the user's, so called first):
+        # run.json and kill requests for `xqueue cancel`, the event stream.
+        self.hooks.register(Control(), "xqueue-control")
+        if events:
+            self.hooks.register(EventLog(), "xqueue-events")
         self._engine = Engine(
             self,
             self.scheduler,
@@ -163,14 +175,18 @@ class Xqueue:
         return self._engine.feeding
 
     def statistics(self) -> QueueStatistics:
+        """O(1) whatever the number of jobs: from the engine's counts, which it keeps as
+        jobs move. Safe from another thread (rich's refresh thread): the counts are
+        copied in one step, never iterated while the loop changes them."""
         e = self._engine
         end = e.stopped_at if e.stopped_at is not None else time.monotonic()
         stats = self.scheduler.stats
+        counts = dict(e.counts)
         return QueueStatistics(
             total=len(e.jobs),
-            counts={s.value: n for s, n in e.counts.items() if n},
-            active=len(e.active_jobs()),
-            pending=e.counts.get(JobStatus.QUEUED, 0),
+            counts={s.value: n for s, n in counts.items() if n},
+            active=counts.get(JobStatus.SUBMITTED, 0) + counts.get(JobStatus.RUNNING, 0),
+            pending=counts.get(JobStatus.QUEUED, 0),
             submit_calls=stats.submit_calls,
             status_calls=stats.status_calls,
             kill_calls=stats.kill_calls,
