@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 POLL = 0.2  # seconds between two reads of the stream
 CONTROLLER_CHECK = 1.0  # seconds between two looks at the workdir's lock
 PLAIN_EVERY = 1.0  # the most often a line is printed into a pipe
+START_GRACE = 2.0  # how long a workdir with neither stream nor run is given to get one
 FAILURES = 5
 FINAL = frozenset(s.value for s in JobStatus if s.is_final)
 BAD = (JobStatus.FAILED.value, JobStatus.KILLED.value)
@@ -161,14 +162,20 @@ class Follower:
         self._stale = False  # the stream read first had ended: a new one is awaited
 
     def start(self) -> None:
-        """Read what is there; refuse to follow a workdir with neither stream nor run."""
-        self._controller = self.reader.controller()
-        self.step()
-        if not self.tail.exists() and self._controller is None:
-            raise XqueueError(
-                f"nothing to follow in {self.reader.path}: no {EVENTS_FILE} and no run in "
-                "progress (a run writes its events there unless started with events off)"
-            )
+        """Read what is there; refuse to follow a workdir with neither stream nor run
+        (after ``START_GRACE``: ``xqueue run ... &`` may not have taken the workdir yet)."""
+        deadline = time.monotonic() + START_GRACE
+        while True:
+            self._controller = self.reader.controller()
+            self.step()
+            if self.tail.exists() or self._controller is not None:
+                break
+            if time.monotonic() >= deadline:
+                raise XqueueError(
+                    f"nothing to follow in {self.reader.path}: no {EVENTS_FILE} and no run "
+                    "in progress (a run writes its events there unless started with events off)"
+                )
+            time.sleep(POLL)
         self._stale = self.view.stopped is not None and self._controller is not None
 
     def step(self) -> bool:
