@@ -25,9 +25,11 @@ from anyio.abc import TaskGroup, TaskStatus
 from . import calls, profiles
 from ._text import check_envs, check_text
 from .capacity import check_axes
+from .control import Control
 from .dependencies import After, resolve_after
 from .engine import Engine, RunState
 from .errors import ConfigError, QueueStateError
+from .events import EventLog
 from .hooks import Hooks
 from .job import Job, check_name, default_name, normalize_command
 from .resources import Resources
@@ -173,6 +175,9 @@ class Xqueue:
     again, in the same folder (one that succeeded as a new attempt after that one, so
     its files stay); an attempt of an earlier run that is still running is killed
     first, never run twice at once.
+    ``events=False`` turns off the run's event stream, ``<workdir>/events.jsonl`` (one
+    JSON line per job event, written off the event loop; see ``xqueue.events``), which
+    ``xqueue status --follow`` reads.
     """
 
     def __init__(
@@ -194,6 +199,7 @@ class Xqueue:
         retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
         job_class: type[Job] = Job,
         resume: bool = True,
+        events: bool = True,
     ) -> None:
         forks = _check_int("forks", forks, 1)
         backfill = _check_int("backfill", backfill, 0)
@@ -213,6 +219,11 @@ class Xqueue:
         )
         self.workdir = Workdir(workdir, trust=trust_workdir)
         self.hooks = Hooks(plugins)
+        # Built in, registered as any plugin is (after the user's, so called first):
+        # run.json and kill requests for `xqueue cancel`, the event stream.
+        self.hooks.register(Control(), "xqueue-control")
+        if events:
+            self.hooks.register(EventLog(), "xqueue-events")
         self._engine = Engine(
             self,
             self.scheduler,
@@ -259,14 +270,18 @@ class Xqueue:
         return self._engine.feeding
 
     def statistics(self) -> QueueStatistics:
+        """O(1) whatever the number of jobs: from the engine's counts, which it keeps as
+        jobs move. Safe from another thread (rich's refresh thread): the counts are
+        copied in one step, never iterated while the loop changes them."""
         e = self._engine
         end = e.stopped_at if e.stopped_at is not None else time.monotonic()
         stats = self.scheduler.stats
+        counts = dict(e.counts)
         return QueueStatistics(
             total=len(e.jobs),
-            counts={s.value: n for s, n in e.counts.items() if n},
-            active=len(e.active_jobs()),
-            pending=e.counts.get(JobStatus.QUEUED, 0),
+            counts={s.value: n for s, n in counts.items() if n},
+            active=counts.get(JobStatus.SUBMITTED, 0) + counts.get(JobStatus.RUNNING, 0),
+            pending=counts.get(JobStatus.QUEUED, 0),
             submit_calls=stats.submit_calls,
             status_calls=stats.status_calls,
             kill_calls=stats.kill_calls,

@@ -10,7 +10,10 @@ Layout of ``<workdir>/<index>-<slug>/``:
 - ``call.pkl`` / ``job.<n>.result``  a Python call's pickle and attempt n's outcome (``calls``)
 
 and ``<workdir>/journal.jsonl``: one line per submission (the job's scheduler id), so a
-later run can re-adopt jobs still running; ``<workdir>/.lock`` is held during a run.
+later run can re-adopt jobs still running; ``<workdir>/.lock`` is held during a run and
+names its controller (``pid@start``, see ``_identity``). A run also writes its event
+stream, ``events.jsonl`` (``events``), and ``run.json`` and takes kill requests in
+``.control/`` (``control``), for ``xqueue status --follow`` and ``xqueue cancel``.
 
 Small files are written with plain blocking calls on purpose: each takes microseconds
 on a local disk, and a thread hop per write would cost more than the write. Every
@@ -38,6 +41,7 @@ from typing import Any
 
 import anyio
 
+from ._identity import own_identity
 from .errors import WorkdirError
 from .job import RC, SPEC_FILE, Job
 from .records import (
@@ -306,14 +310,16 @@ class Workdir:
             return
         fd = open_plain(self.path / LOCK_FILE, os.O_RDWR)
         if not _flock_exclusive(fd):
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            holder = os.read(fd, 64).decode(errors="replace").strip().partition("@")[0]
             os.close(fd)
             raise WorkdirError(
-                f"workdir {str(self.path)!r} is in use by another xqueue run (pid {holder}); "
-                "wait for it to end or use another workdir"
+                f"workdir {str(self.path)!r} is in use by another xqueue run "
+                f"(pid {holder or 'unknown'}); wait for it to end or use another workdir"
             ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        # pid@start-time: `xqueue cancel` signals the controller only once it has made
+        # sure that this is the process holding the lock (see _identity).
+        os.write(fd, own_identity().encode())
         self._lock_fd = fd
 
     async def lock_async(self) -> None:

@@ -14,6 +14,7 @@ from .. import registry
 from ..errors import Interrupted, JobFailedError, XqueueError
 from ..queue import ERROR_STRATEGIES, Xqueue
 from ..states import JobStatus
+from . import operate
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -94,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     view.add_argument(
         "--no-progress", dest="progress", action="store_false", help="never show the live view"
     )
+    run.add_argument(
+        "--no-events",
+        dest="events",
+        action="store_false",
+        help="do not write the run's event stream (<workdir>/events.jsonl)",
+    )
 
     status = sub.add_parser(
         "status",
@@ -111,6 +118,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="STATE",
         help="only jobs in these states (repeatable or comma-separated), e.g. failed,orphaned",
     )
+    status.add_argument(
+        "-F",
+        "--follow",
+        action="store_true",
+        help="follow the run live from its event stream until it stops (--json: the events)",
+    )
+    operate.add_parsers(sub)
 
     sub.add_parser("schedulers", help="list the installed schedulers")
     return parser
@@ -148,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "schedulers":
             print("\n".join(registry.available()))
             return EXIT_OK
+        code = operate.dispatch(args)
+        if code is not None:
+            return code
         if args.command == "status":
             from . import status
 
@@ -203,6 +220,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         scheduler_opts=parse_options(args.option),
         profile=args.profile,
         plugins=plugins,
+        events=args.events,
     )
     show = console.is_terminal if args.progress is None else args.progress
     if show:
