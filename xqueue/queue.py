@@ -26,6 +26,7 @@ from .engine import Engine, RunState
 from .errors import ConfigError, QueueStateError
 from .hooks import Hooks
 from .job import Job
+from .params import check_params
 from .resources import Resources
 from .retry import RetryPolicy
 from .scheduler import Scheduler
@@ -217,6 +218,7 @@ class Xqueue:
         name: str | None = None,
         resources: Resources | dict[str, Any] | None = None,
         after: After = None,
+        params: Mapping[str, Any] | None = None,
     ) -> Job:
         """Add a job and return it.
 
@@ -228,11 +230,16 @@ class Xqueue:
         has succeeded; if one fails for good or is killed, the job ends SKIPPED, and so do
         the jobs that wait for it. Only jobs fed before it can be named, so dependencies
         never form a cycle; anything else is refused with ``ConfigError``.
+
+        ``params`` (names to plain values: a sweep's point) are recorded with the job, in
+        its ``job.json``: ``xqueue status`` shows them and filters on them (``--param``).
+        They are part of what the job is, so a resumed run skips it only with the same.
         """
         self._engine.check_can_feed()
         resources = profiles.with_defaults(Resources.from_value(resources), self._default_resources)
         job = Job(len(self._engine.jobs), cmd, envs=envs, name=name, resources=resources)
         job.after = resolve_after(after, self._engine.jobs)
+        job.params = check_params(params)
         await self._engine.add(job)
         return job
 
@@ -256,14 +263,15 @@ class Xqueue:
         resources: Resources | dict[str, Any] | None = None,
         python: str | None = None,
         after: After = None,
+        params: Mapping[str, Any] | None = None,
     ) -> calls.CallJob[T]:
         """Add a job that runs a Python call where jobs run, and return it.
 
         The call is pickled now (cloudpickle), so one that cannot be sent raises
         ConfigError here. ``python`` is the interpreter on the executing side (default:
         the scheduler option ``python``, else this interpreter): it must see this
-        workdir at the same path and have xqueue and cloudpickle installed. ``after`` and
-        the profile's default resources work as for ``feed``.
+        workdir at the same path and have xqueue and cloudpickle installed. ``after``,
+        ``params`` and the profile's default resources work as for ``feed``.
         """
         resources = profiles.with_defaults(Resources.from_value(resources), self._default_resources)
         return await calls.submit(
@@ -276,6 +284,7 @@ class Xqueue:
             resources=resources,
             python=python,
             after=resolve_after(after, self._engine.jobs),
+            params=check_params(params),
         )
 
     # -- running ---------------------------------------------------------------------------
