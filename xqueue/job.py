@@ -117,6 +117,7 @@ class Job:
         "index",
         "jid",
         "name",
+        "params",
         "rc",
         "reason",
         "resources",
@@ -147,6 +148,8 @@ class Job:
         self.failure: FailureClass | None = None
         self.attempt = 0
         self.data: Any = None  # free for embedders (a pipeline's own job record)
+        # What it was fed with as ``params`` (a sweep's point): part of its spec, read-only.
+        self.params: dict[str, Any] | None = None
         # The jobs it runs after (``feed(after=...)``), fixed when it is fed: read-only.
         self.after: tuple[Job, ...] = ()
         # What its latest start was given (a host, GPU ids, slot values); set by the engine.

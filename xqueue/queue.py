@@ -32,6 +32,7 @@ from .errors import ConfigError, QueueStateError
 from .events import EventLog
 from .hooks import Hooks
 from .job import Job, check_name, default_name, normalize_command
+from .params import check_params
 from .resources import Resources
 from .retry import RetryPolicy
 from .scheduler import Scheduler
@@ -306,6 +307,7 @@ class Xqueue:
         resources: Resources | dict[str, Any] | None = None,
         after: After = None,
         cache_key: str | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> Job:
         """Add a job and return it.
 
@@ -323,6 +325,9 @@ class Xqueue:
         the job is skipped only if it succeeded under the same key; under another key
         (or none) it runs again, in the same folder, as a new attempt after the last.
         The job is made by the queue's ``job_class``.
+        ``params`` (names to plain values: a sweep's point) are recorded with the job, in
+        its ``job.json``: ``xqueue status`` shows them and filters on them (``--param``).
+        They are part of what the job is, so a resumed run skips it only with the same.
         """
         self._engine.check_can_feed()
         cache_key = _check_cache_key(cache_key)
@@ -332,6 +337,7 @@ class Xqueue:
         )
         job.cache_key = cache_key
         job.after = resolve_after(after, self._engine.jobs)
+        job.params = check_params(params)
         await self._engine.add(job)
         return job
 
@@ -364,6 +370,7 @@ class Xqueue:
         )
         job.cache_key = _check_cache_key(job.cache_key if cache_key is None else cache_key)
         job.after = resolve_after(after, self._engine.jobs)
+        job.params = check_params(job.params)
         await self._engine.add(job)
         return job
 
@@ -387,14 +394,15 @@ class Xqueue:
         resources: Resources | dict[str, Any] | None = None,
         python: str | None = None,
         after: After = None,
+        params: Mapping[str, Any] | None = None,
     ) -> calls.CallJob[T]:
         """Add a job that runs a Python call where jobs run, and return it.
 
         The call is pickled now (cloudpickle), so one that cannot be sent raises
         ConfigError here. ``python`` is the interpreter on the executing side (default:
         the scheduler option ``python``, else this interpreter): it must see this
-        workdir at the same path and have xqueue and cloudpickle installed. ``after`` and
-        the profile's default resources work as for ``feed``.
+        workdir at the same path and have xqueue and cloudpickle installed. ``after``,
+        ``params`` and the profile's default resources work as for ``feed``.
         """
         resources = profiles.with_defaults(Resources.from_value(resources), self._default_resources)
         return await calls.submit(
@@ -407,6 +415,7 @@ class Xqueue:
             resources=resources,
             python=python,
             after=resolve_after(after, self._engine.jobs),
+            params=check_params(params),
         )
 
     # -- running ---------------------------------------------------------------------------

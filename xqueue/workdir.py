@@ -261,6 +261,8 @@ def job_spec(job: Job) -> str:
         "envs": job.envs,
         "resources": job.resources.to_dict() if job.resources else None,
     }
+    if job.params:  # only when given: the spec, so the identity, of other jobs is unchanged
+        spec["params"] = job.params
     return json.dumps(spec, sort_keys=True)
 
 
