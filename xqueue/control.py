@@ -40,6 +40,7 @@ import anyio.from_thread
 import anyio.lowlevel
 
 from ._identity import own_identity
+from ._threads import run_in_daemon_thread
 from .errors import XqueueError
 from .hooks import hookimpl
 from .records import READ_FLAGS, parse_object
@@ -219,7 +220,7 @@ class Control:
     async def on_init(self, xqueue: Xqueue, scheduler: Scheduler) -> None:
         self._queue = xqueue
         path = xqueue.workdir.path
-        await anyio.to_thread.run_sync(_prepare, path, run_info(xqueue, scheduler))
+        await run_in_daemon_thread(_prepare, path, run_info(xqueue, scheduler))
         self._watcher = _Watcher(path / CONTROL_DIR, anyio.lowlevel.current_token(), self._apply)
         self._open = True
         self._watcher.start()

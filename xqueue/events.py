@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ._threads import run_in_daemon_thread
 from .hooks import hookimpl
 from .workdir import open_plain
 
@@ -192,7 +193,7 @@ class EventLog:
         writer = Writer(str(xqueue.workdir.path / EVENTS_FILE), self.pending)
         self._writer = writer
         try:
-            await anyio.to_thread.run_sync(writer.open)
+            await run_in_daemon_thread(writer.open)  # not anyio's: see _threads
             writer.start()
         except BaseException:
             self._writer = None  # the next event tries again (and reports again)
