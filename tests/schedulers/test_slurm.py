@@ -19,6 +19,7 @@ from tests.helpers import cluster_queue, read_text, remove_after, wait_running
 from tests.schedulers.fakes import calls, garbling, submitted_ids, submitting_then
 from xqueue import Job, JobStatus, Xqueue
 from xqueue.errors import SubmissionUnknownError
+from xqueue.schedulers.batch import Submission
 from xqueue.schedulers.slurm import SlurmScheduler, sbatch_options
 from xqueue.workdir import Workdir
 
@@ -74,14 +75,35 @@ def test_seed_document_options_render_as_sbatch_flags() -> None:
         "job-name": "x",
     }
     scheduler = SlurmScheduler(**opts, exclusive=True, requeue=False)
-    argv = scheduler._argv(sbatch_options(None, scheduler.options.extra), "job.sh")
-    assert argv[2:] == [
-        "--partition=gpu",
-        "--time=24:00:00",
-        "--mem=8G",
-        "--gres=gpu:1",
-        "--exclusive",
-        "job.sh",
+    scheduler.run_tag, scheduler.batch_dir = "t", "/w/.xqueue-slurm"
+    raw = ["--partition=gpu", "--time=24:00:00", "--mem=8G", "--gres=gpu:1", "--exclusive"]
+    one, two = Job(0, ["true"], dir="/w/0-true"), Job(1, ["true"], dir="/w/1-true")
+    single = Submission((one,), "/w/0-true/job.1.sh", scheduler.tag(one))
+    assert scheduler.submit_argv(single) == [
+        "sbatch",
+        "--parsable",
+        "--job-name=true",
+        "--output=/w/0-true/slurm.log",
+        "--comment=xqueue:t:0.1",  # the tag recovery looks for
+        "--kill-on-invalid-dep=yes",
+        *raw,
+        "/w/0-true/job.1.sh",
+    ]
+    # An array that waits for another (a lane: see _forks) adds to the user's dependency.
+    scheduler = SlurmScheduler(**opts, exclusive=True, requeue=False, d="afterok:5")
+    scheduler.run_tag, scheduler.batch_dir = "t", "/w/.xqueue-slurm"
+    array = Submission((one, two), "/w/b.sh", scheduler.array_tag("b"), 2, "17", "b", range(2))
+    assert scheduler.submit_argv(array) == [
+        "sbatch",
+        "--parsable",
+        "--job-name=xqueue-true",
+        "--output=/w/.xqueue-slurm/b-%a.log",
+        "--array=0-1%2",
+        "--comment=xqueue:t:@b",
+        "--kill-on-invalid-dep=yes",
+        *raw,
+        "--dependency=afterok:5,afterany:17",
+        "/w/b.sh",
     ]
 
 
@@ -155,7 +177,7 @@ async def test_resources_and_options_reach_slurm(workdir: Path) -> None:
     assert info["NumCPUs"] == "2" and info["TimeLimit"] == "00:07:00"
     assert info["MinMemoryNode"] == "300M"  # scheduler_opts mem wins over resources memory
     assert info["Nice"] == "5"
-    assert info["Comment"] == f"xqueue:{q.scheduler._tag}:0.1"  # type: ignore[attr-defined]
+    assert info["Comment"] == f"xqueue:{q.scheduler.run_tag}:0.1"  # type: ignore[attr-defined]
     info = await show_job(other.jid)
     assert info["NumCPUs"] == "3" and info["TimeLimit"] == "01:00:00"
 
@@ -316,8 +338,8 @@ async def test_arrays_split_at_max_array_size(workdir: Path, cancel_after: list[
     scheduler = SlurmScheduler(**FAST)
     scheduler.forks = 2
     await scheduler.open(wd)
-    assert scheduler._max_array == 1001  # read from the cluster's own configuration
-    scheduler._max_array = 4  # as on a cluster with MaxArraySize=4
+    assert scheduler.array_limit == 1001  # read from the cluster's own configuration
+    scheduler.array_limit = 4  # as on a cluster with MaxArraySize=4
     jobs = [Job(i, ["sleep", "60"], resources={"cpus": 1 + i // 9}) for i in range(10)]
     for job in jobs:
         wd.prepare(job)
@@ -461,7 +483,7 @@ async def test_sbatch_that_times_out_is_unknown_and_found_by_its_tag(
     await anyio.Path(go).touch()
     await until_ended(scheduler, [job])
     assert (await read_text(marker)) == "once\n"
-    comment = f"xqueue:{scheduler._tag}:0.1"
+    comment = f"xqueue:{scheduler.run_tag}:0.1"
     assert await tagged(comment) == [real]  # one cluster job for the attempt: it ran once
 
     # A later run finds it too, ended (the engine then reads its return code file);
