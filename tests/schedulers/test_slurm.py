@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from tests.helpers import SLURM_FAST as FAST
-from tests.helpers import cluster_queue, read_text, remove_after, wait_running
+from tests.helpers import cluster_queue, read_text, remove_after
 from tests.schedulers.fakes import calls, garbling, submitted_ids, submitting_then
 from xqueue import Job, JobStatus, Xqueue
 from xqueue.errors import SubmissionUnknownError
@@ -105,64 +105,6 @@ def test_seed_document_options_render_as_sbatch_flags() -> None:
         "--dependency=afterok:5,afterany:17",
         "/w/b.sh",
     ]
-
-
-async def test_batch_succeeds_with_stdout_and_return_codes(workdir: Path) -> None:
-    q = queue(
-        workdir,
-        forks=10,
-        error_strategy="ignore",
-        scheduler_opts={"partition": "debug", "time": "00:10:00", "mem": "100M"},
-    )
-    jobs = [
-        await q.feed(["sh", "-c", f"echo out {i}; echo err {i} >&2; exit {i % 3}"])
-        for i in range(12)
-    ]
-    with anyio.fail_after(60):
-        await q.run_until_complete()
-    for i, job in enumerate(jobs):
-        assert job.rc == i % 3
-        assert job.status is (JobStatus.FINISHED if i % 3 == 0 else JobStatus.FAILED)
-        assert (await read_text(job.stdout_path)) == f"out {i}\n"
-        assert (await read_text(job.stderr_path)) == f"err {i}\n"
-    # One array, throttled by forks, whose elements Slurm records with the job's own exit.
-    base = jobs[0].jid.split("_")[0] if jobs[0].jid else ""
-    assert all(j.jid == f"{base}_{i}" for i, j in enumerate(jobs))
-    info = await show_job(f"{base}_2")
-    assert info["ExitCode"] == "2:0" and info["Partition"] == "debug"
-    assert info["ArrayTaskThrottle"] == "10"
-    assert q.statistics().submit_calls == 1
-
-
-async def test_failing_job_is_retried_and_reports_its_last_return_code(workdir: Path) -> None:
-    q = queue(workdir, error_strategy="retry", num_retries=2)
-    bad = await q.feed("echo try; exit 5")
-    good = await q.feed(["true"])
-    with anyio.fail_after(60):
-        await q.run_until_complete()
-    assert bad.status is JobStatus.FAILED and bad.rc == 5 and bad.attempt == 3
-    assert good.status is JobStatus.FINISHED and good.attempt == 1
-    for n in (1, 2):
-        assert (await read_text(bad.attempt_path("rc", n))).strip() == "5"
-    assert bad.jid
-    # The rc file settles a job before Slurm has recorded its end (COMPLETING).
-    assert (await slurm_ended(bad.jid))["ExitCode"] == "5:0"
-
-
-async def test_running_job_is_killed_and_slurm_shows_it_cancelled(
-    workdir: Path, cancel_after: list[Job]
-) -> None:
-    async with queue(workdir, forks=2) as q:
-        job = await q.feed(["sleep", "120"])
-        cancel_after.append(job)
-        await wait_running(job)
-        assert await q.kill(job)
-        with anyio.fail_after(30):
-            await job.wait()
-    assert job.status is JobStatus.KILLED
-    assert job.jid
-    assert (await show_job(job.jid))["JobState"] == "CANCELLED"
-    assert q.statistics().kill_calls == 1
 
 
 async def test_resources_and_options_reach_slurm(workdir: Path) -> None:
@@ -304,35 +246,6 @@ async def test_ended_job_without_rc_file_is_resolved_by_sacct_or_vanishes(workdi
     assert state.status is JobStatus.FAILED and state.reason.startswith("vanished")
 
 
-async def test_later_run_readopts_jobs_whose_ids_were_never_recorded(
-    workdir: Path, tmp_path: Path, cancel_after: list[Job]
-) -> None:
-    marker = tmp_path / "ran"
-    cmds = [f"echo {i} >> {marker}; sleep 2" for i in range(3)]
-    # A controller that died right after sbatch: jobs submitted, no id recorded.
-    wd = Workdir(workdir)
-    scheduler = SlurmScheduler(**FAST)
-    scheduler.forks = 3
-    await scheduler.open(wd)
-    early = [Job(i, c) for i, c in enumerate(cmds)]
-    for job in early:
-        wd.prepare(job)
-    ids = await scheduler.submit_jobs(early[:2]) + await scheduler.submit_jobs(early[2:])
-    cancel_after.extend(early)
-    for job, jid in zip(early, ids):
-        job.jid = str(jid)
-    assert ids[0] == f"{str(ids[0]).split('_')[0]}_0" and "_" not in str(ids[2])
-
-    q = queue(workdir, forks=3)
-    jobs = [await q.feed(c) for c in cmds]
-    with anyio.fail_after(60):
-        await q.run_until_complete()
-    assert [j.jid for j in jobs] == ids
-    assert all(j.status is JobStatus.FINISHED and j.rc == 0 for j in jobs)
-    assert sorted((await read_text(marker)).split()) == ["0", "1", "2"]  # each ran once
-    assert q.statistics().submit_calls == 0
-
-
 async def test_arrays_split_at_max_array_size(workdir: Path, cancel_after: list[Job]) -> None:
     wd = Workdir(workdir)
     scheduler = SlurmScheduler(**FAST)
@@ -399,24 +312,6 @@ async def test_forks_bounds_running_jobs_across_arrays(
     )
     assert throttles == ["2", "2"]
     assert await anyio.to_thread.run_sync(max_overlap, list(q.jobs)) <= 4
-
-
-async def test_forks_bounds_running_jobs_when_shapes_outnumber_forks(
-    workdir: Path, cancel_after: list[Job]
-) -> None:
-    # Three shapes and forks=2: three arrays side by side, each with a throttle of at
-    # least 1, would run three at once. Some of them wait for another one instead.
-    q = queue(workdir, forks=2)
-    cmd = "date +%s.%N; sleep 1; date +%s.%N"
-    cancel_after.extend([await q.feed(cmd, resources={"cpus": 1 + i % 3}) for i in range(6)])
-    with anyio.fail_after(120):
-        await q.run_until_complete()
-    assert q.statistics().counts == {"finished": 6}
-    assert q.statistics().submit_calls == 3  # still one array per shape
-    assert await anyio.to_thread.run_sync(max_overlap, list(q.jobs)) <= 2
-    # Arrays that waited became eligible only when the one before them had ended.
-    arrays = [await show_job(j.jid or "") for j in q.jobs[:3]]
-    assert sum(a["EligibleTime"] > a["SubmitTime"] for a in arrays) >= 1, arrays
 
 
 async def test_garbled_squeue_answer_mid_run_is_survived(
