@@ -60,7 +60,7 @@ async def _wait_for(job: Job, status: JobStatus, timeout: float) -> None:
 
 
 async def _text(path: str) -> str:
-    """A file's text exactly (no newline translation: a ``\r`` stays one)."""
+    """A file's text exactly: no newline translation, so a carriage return stays one."""
     return (await anyio.Path(path).read_bytes()).decode()
 
 
