@@ -72,6 +72,13 @@ ALLOWED: list[tuple[tuple[str, ...], str, tuple[str, ...], str]] = [
         "earlier run left has its job.json compared (a fresh job costs no I/O)",
     ),
     (
+        ("os.mkdir", "os.replace", *FILE_IO),
+        "xqueue/workdir.py",
+        ("_make_now",),
+        "prepare(job, make=True): a test or tool that hands a job straight to a backend "
+        "makes its folder at once (the engine has its folders made off the loop)",
+    ),
+    (
         ("os.listdir",),
         "xqueue/workdir.py",
         ("last_attempt",),

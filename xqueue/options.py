@@ -4,6 +4,13 @@ Each scheduler declares a dataclass of the options it understands. Parsing coerc
 strings the command line gives into the declared types and rejects unknown keys with the
 list of accepted ones, unless the scheduler passes extra keys through to its backend
 (Slurm hands them to sbatch as long options).
+
+Two namespaces share ``scheduler_opts``: xqueue's own options (the fields) and, for a
+backend that passes keys through, the batch system's native flags. A bare key is
+xqueue's when a field has its name, else native. Either side can be named outright:
+``xq_<option>`` (``xq_poll_interval``) is always xqueue's own and never reaches the
+backend, and ``native={"pe": "smp 4"}`` (or ``native.pe="smp 4"``, as the CLI and
+TOML spell it) always goes to the backend, even under a name xqueue also uses.
 """
 
 from __future__ import annotations
@@ -20,6 +27,11 @@ from .errors import ConfigError, SchedulerOptionError
 from .wrapping import check_fragment
 
 T = TypeVar("T", bound="SchedulerOptions")
+
+OWN_PREFIX = "xq_"
+"""``xq_<option>``: xqueue's own option, whatever the backend's flags are called."""
+NATIVE = "native"
+"""``native={...}`` / ``native.<flag>``: the backend's own flags, passed through as given."""
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -63,6 +75,8 @@ class SchedulerOptions:
             name, value = cls.parse_option(scheduler, key, value)
             if name is None:
                 extra[str(key)] = value
+            elif name == NATIVE:
+                extra.update(value)
             else:
                 known[name] = value
         opts = cls(**known, extra=extra)
@@ -72,18 +86,50 @@ class SchedulerOptions:
     @classmethod
     def parse_option(cls, scheduler: str, key: Any, value: Any) -> tuple[str | None, Any]:
         """One option as ``parse`` reads it: its field name (None for a key passed through
-        to the backend) and coerced value. It runs none of the checks across options
-        (``validate``), so a caller can blame the one key that is wrong (a profile file)."""
+        to the backend, ``NATIVE`` for a mapping of native flags) and coerced value. It
+        runs none of the checks across options (``validate``), so a caller can blame the
+        one key that is wrong (a profile file)."""
         hints = _declared(cls)
-        name = str(key).replace("-", "_")
+        text = str(key)
+        if text == NATIVE or text.startswith(f"{NATIVE}."):
+            return NATIVE, cls._native(scheduler, text, value)
+        name = text.replace("-", "_")
+        own = name.startswith(OWN_PREFIX)
+        if own:
+            name = name[len(OWN_PREFIX) :]
         if name in hints:
             return name, _coerce(scheduler, name, value, hints[name])
-        if cls.accepts_extra:
+        if cls.accepts_extra and not own:
             return None, value
         accepted = ", ".join(sorted(hints))
         raise SchedulerOptionError(
             f"scheduler {scheduler!r} does not accept option {key!r}; accepted: {accepted}"
         )
+
+    @classmethod
+    def _native(cls, scheduler: str, key: str, value: Any) -> dict[str, Any]:
+        """``native={...}`` or ``native.<flag>=value`` as {flag: value}."""
+        if not cls.accepts_extra:
+            raise SchedulerOptionError(
+                f"scheduler {scheduler!r} takes no native flags ({key!r}): all its options "
+                f"are xqueue's own"
+            )
+        if key != NATIVE:
+            flag = key[len(NATIVE) + 1 :]
+            if not flag:
+                raise SchedulerOptionError(f"scheduler {scheduler!r}: {key!r} names no flag")
+            return {flag: value}
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                value = None
+        if not isinstance(value, Mapping):
+            raise SchedulerOptionError(
+                f"scheduler {scheduler!r}: {NATIVE!r} must map flags to values, "
+                f'e.g. native={{"pe": "smp 4"}}; got {value!r}'
+            )
+        return {str(k): v for k, v in value.items()}
 
     def validate(self, scheduler: str) -> None:
         """Reject values that parse but cannot work; subclasses extend it."""

@@ -30,6 +30,7 @@ from typing import Any
 
 from . import registry
 from .errors import ConfigError, SchedulerOptionError
+from .options import NATIVE
 from .resources import Resources
 from .scheduler import Scheduler
 
@@ -152,8 +153,11 @@ def _merge(into: dict[str, Any], layer: Mapping[str, Any]) -> None:
     # A key set again moves to the end: a scheduler that reads two spellings of one
     # option (Slurm's ``t`` and ``time``) keeps the last one it sees, so the later
     # layer must also come later in the dict.
+    # A ``native`` table adds to the one below it, flag by flag, as ``native.<flag>`` keys do.
     for key, value in layer.items():
-        into.pop(key, None)
+        below = into.pop(key, None)
+        if key == NATIVE and isinstance(below, Mapping) and isinstance(value, Mapping):
+            value = {**below, **value}
         into[key] = value
 
 

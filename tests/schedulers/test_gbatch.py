@@ -15,7 +15,6 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,8 @@ import anyio
 import pytest
 
 from tests.helpers import container_engine, read_text, wait_running
-from tests.standins.gcloud import Gcloud, running
+from tests.schedulers.conftest import BUCKET, LOCATION
+from tests.standins.gcloud import Gcloud
 from xqueue import FailureClass, Job, JobStatus, Xqueue
 from xqueue.errors import SchedulerError, SchedulerOptionError
 from xqueue.schedulers import _gbatch_spec as spec
@@ -31,16 +31,6 @@ from xqueue.schedulers.gbatch import GbatchScheduler
 from xqueue.workdir import Workdir
 
 pytestmark = pytest.mark.anyio
-
-BUCKET = "xq-stage"
-LOCATION = "us-central1"
-
-
-@pytest.fixture(scope="session")
-def gcloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gcloud]:
-    with running(tmp_path_factory.mktemp("gcloud")) as services:
-        services.storage_client().create_bucket(BUCKET)
-        yield services
 
 
 @pytest.fixture
@@ -239,25 +229,6 @@ async def test_running_job_is_killed_and_batch_shows_it_cancelled(
     assert (await batch_job(gcloud, job.jid)).status.state.name == "CANCELLED"
     assert q.statistics().kill_calls == 1
     assert (await calls(gcloud, project))["CancelJob"] == 1
-
-
-async def test_a_job_the_service_forgets_fails_as_vanished(
-    gcloud: Gcloud, project: str, workdir: Path
-) -> None:
-    q = queue(gcloud, project, workdir, error_strategy="ignore")
-
-    async def forget_when_running(job: Job) -> None:
-        await wait_running(job)
-        answer = await anyio.to_thread.run_sync(lambda: gcloud.control("Forget", name=job.jid))
-        assert answer == {"forgotten": True}
-
-    job = await q.feed(["sleep", "60"])
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(forget_when_running, job)
-            await q.run_until_complete()
-    assert job.status is JobStatus.FAILED
-    assert job.reason.startswith("vanished"), job.reason
 
 
 async def test_a_later_run_readopts_jobs_by_name_and_by_label(

@@ -15,9 +15,8 @@ import anyio
 import pytest
 
 from tests.helpers import SGE_FAST as FAST
-from tests.helpers import cluster_queue, read_text, remove_after, wait_running
+from tests.helpers import cluster_queue, read_text, remove_after
 from tests.schedulers.fakes import calls, garbling, submitted_ids, submitting_then
-from tests.schedulers.test_slurm import max_overlap
 from xqueue import Job, JobStatus, Xqueue
 from xqueue.errors import SubmissionUnknownError
 from xqueue.schedulers._sge_parse import parse_qacct
@@ -66,57 +65,6 @@ def test_seed_document_options_render_as_qsub_flags() -> None:
         "-l", "h_vmem=2G",
         "-l", "scratch=1",
     ]  # fmt: skip
-
-
-async def test_batch_succeeds_with_stdout_and_return_codes(workdir: Path) -> None:
-    q = queue(
-        workdir,
-        forks=6,
-        error_strategy="ignore",
-        scheduler_opts={"q": "all.q", "l": ["h_rt=600"], "cwd": True},
-    )
-    jobs = [
-        await q.feed(["sh", "-c", f"echo 'out {i}'; echo err {i} >&2; exit {i % 3}"])
-        for i in range(12)
-    ]
-    with anyio.fail_after(60):
-        await q.run_until_complete()
-    for i, job in enumerate(jobs):
-        assert job.rc == i % 3
-        assert (await read_text(job.stdout_path)) == f"out {i}\n"
-        assert (await read_text(job.stderr_path)) == f"err {i}\n"
-    base = jobs[0].jid.split(".")[0] if jobs[0].jid else ""
-    assert [j.jid for j in jobs] == [f"{base}.{i + 1}" for i in range(12)]
-    assert (await qacct(f"{base}.3"))["exit_status"] == 2
-    assert q.statistics().submit_calls == 1
-
-
-async def test_failing_job_is_retried_and_reports_its_last_return_code(workdir: Path) -> None:
-    q = queue(workdir, error_strategy="retry", num_retries=2)
-    bad = await q.feed("echo try; exit 5")
-    good = await q.feed(["true"])
-    with anyio.fail_after(60):
-        await q.run_until_complete()
-    assert bad.status is JobStatus.FAILED and bad.rc == 5 and bad.attempt == 3
-    assert good.status is JobStatus.FINISHED and good.attempt == 1
-    assert (await read_text(bad.attempt_path("rc", 2))).strip() == "5"
-    assert bad.jid and (await qacct(bad.jid))["exit_status"] == 5
-
-
-async def test_running_job_is_killed_and_sge_records_the_kill(
-    workdir: Path, delete_after: list[Job]
-) -> None:
-    async with queue(workdir) as q:
-        job = await q.feed(["sleep", "120"])
-        delete_after.append(job)
-        await wait_running(job)
-        assert await q.kill(job)
-        with anyio.fail_after(30):
-            await job.wait()
-    assert job.status is JobStatus.KILLED and job.jid
-    record = await qacct(job.jid)
-    assert record["exit_status"] == 137 and record["failed"].startswith("100")
-    assert job.jid not in await sh("qstat", "-u", "root")
 
 
 async def test_resources_and_options_reach_sge(workdir: Path, delete_after: list[Job]) -> None:
@@ -208,33 +156,6 @@ async def test_job_in_error_state_fails_with_sges_reason(workdir: Path) -> None:
     assert job.jid and job.jid not in await sh("qstat", "-u", "root")  # deleted, not left in Eqw
 
 
-async def test_later_run_readopts_jobs_whose_ids_were_never_recorded(
-    workdir: Path, tmp_path: Path, delete_after: list[Job]
-) -> None:
-    marker = tmp_path / "ran"
-    cmds = [f"echo {i} >> {marker}; sleep 2" for i in range(3)]
-    wd = Workdir(workdir)
-    scheduler = SgeScheduler(**FAST)
-    scheduler.forks = 3
-    await scheduler.open(wd)
-    early = [Job(i, c) for i, c in enumerate(cmds)]
-    for job in early:
-        wd.prepare(job, make=True)
-    ids = await scheduler.submit_jobs(early[:2]) + await scheduler.submit_jobs(early[2:])
-    for job, jid in zip(early, ids):
-        job.jid = str(jid)
-    delete_after.extend(early)
-
-    q = queue(workdir, forks=3)
-    jobs = [await q.feed(c) for c in cmds]
-    with anyio.fail_after(60):
-        await q.run_until_complete()
-    assert [j.jid for j in jobs] == ids
-    assert all(j.status is JobStatus.FINISHED and j.rc == 0 for j in jobs)
-    assert sorted((await read_text(marker)).split()) == ["0", "1", "2"]
-    assert q.statistics().submit_calls == 0
-
-
 async def test_garbled_qstat_answer_mid_run_is_survived(
     workdir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -262,20 +183,6 @@ async def test_exit_codes_sge_acts_on_run_the_job_once(workdir: Path, tmp_path: 
     assert sorted((await read_text(runs)).split()) == ["100", "99"]
     queued = await sh("qstat", "-u", "root")
     assert all(j.jid and j.jid not in queued for j in jobs)
-
-
-async def test_forks_bounds_running_jobs_when_shapes_outnumber_forks(
-    workdir: Path, delete_after: list[Job]
-) -> None:
-    q = queue(workdir, forks=2)
-    cmd = "date +%s.%N; sleep 1; date +%s.%N"
-    shapes = ["100M", "200M", "300M"]
-    delete_after.extend([await q.feed(cmd, resources={"memory": shapes[i % 3]}) for i in range(6)])
-    with anyio.fail_after(120):
-        await q.run_until_complete()
-    assert q.statistics().counts == {"finished": 6}
-    assert q.statistics().submit_calls == 3  # one array per shape
-    assert await anyio.to_thread.run_sync(max_overlap, list(q.jobs)) <= 2
 
 
 async def test_qsub_that_times_out_is_unknown_and_found_by_its_name(

@@ -15,10 +15,11 @@ import anyio
 import pytest
 
 from tests.helpers import SLURM_FAST as FAST
-from tests.helpers import cluster_queue, read_text, remove_after, wait_running
+from tests.helpers import cluster_queue, read_text, remove_after
 from tests.schedulers.fakes import calls, garbling, submitted_ids, submitting_then
 from xqueue import Job, JobStatus, Xqueue
 from xqueue.errors import SubmissionUnknownError
+from xqueue.schedulers.batch import Submission
 from xqueue.schedulers.slurm import SlurmScheduler, sbatch_options
 from xqueue.workdir import Workdir
 
@@ -74,57 +75,36 @@ def test_seed_document_options_render_as_sbatch_flags() -> None:
         "job-name": "x",
     }
     scheduler = SlurmScheduler(**opts, exclusive=True, requeue=False)
-    argv = scheduler._argv(sbatch_options(None, scheduler.options.extra), "job.sh")
-    assert argv[2:] == [
-        "--partition=gpu",
-        "--time=24:00:00",
-        "--mem=8G",
-        "--gres=gpu:1",
-        "--exclusive",
-        "job.sh",
+    scheduler.run_tag, scheduler.batch_dir = "t", "/w/.xqueue-slurm"
+    raw = ["--partition=gpu", "--time=24:00:00", "--mem=8G", "--gres=gpu:1", "--exclusive"]
+    one, two = Job(0, ["true"], dir="/w/0-true"), Job(1, ["true"], dir="/w/1-true")
+    single = Submission((one,), "/w/0-true/job.1.sh", scheduler.tag(one))
+    assert scheduler.submit_argv(single) == [
+        "sbatch",
+        "--parsable",
+        "--job-name=true",
+        "--output=/w/0-true/slurm.log",
+        "--comment=xqueue:t:0.1",  # the tag recovery looks for
+        "--kill-on-invalid-dep=yes",
+        *raw,
+        "/w/0-true/job.1.sh",
     ]
-
-
-async def test_batch_succeeds_with_stdout_and_return_codes(workdir: Path) -> None:
-    q = queue(
-        workdir,
-        forks=10,
-        error_strategy="ignore",
-        scheduler_opts={"partition": "debug", "time": "00:10:00", "mem": "100M"},
-    )
-    jobs = [
-        await q.feed(["sh", "-c", f"echo out {i}; echo err {i} >&2; exit {i % 3}"])
-        for i in range(12)
+    # An array that waits for another (a lane: see _forks) adds to the user's dependency.
+    scheduler = SlurmScheduler(**opts, exclusive=True, requeue=False, d="afterok:5")
+    scheduler.run_tag, scheduler.batch_dir = "t", "/w/.xqueue-slurm"
+    array = Submission((one, two), "/w/b.sh", scheduler.array_tag("b"), 2, "17", "b", range(2))
+    assert scheduler.submit_argv(array) == [
+        "sbatch",
+        "--parsable",
+        "--job-name=xqueue-true",
+        "--output=/w/.xqueue-slurm/b-%a.log",
+        "--array=0-1%2",
+        "--comment=xqueue:t:@b",
+        "--kill-on-invalid-dep=yes",
+        *raw,
+        "--dependency=afterok:5,afterany:17",
+        "/w/b.sh",
     ]
-    with anyio.fail_after(60):
-        await q.run_until_complete()
-    for i, job in enumerate(jobs):
-        assert job.rc == i % 3
-        assert job.status is (JobStatus.FINISHED if i % 3 == 0 else JobStatus.FAILED)
-        assert (await read_text(job.stdout_path)) == f"out {i}\n"
-        assert (await read_text(job.stderr_path)) == f"err {i}\n"
-    # One array, throttled by forks, whose elements Slurm records with the job's own exit.
-    base = jobs[0].jid.split("_")[0] if jobs[0].jid else ""
-    assert all(j.jid == f"{base}_{i}" for i, j in enumerate(jobs))
-    info = await show_job(f"{base}_2")
-    assert info["ExitCode"] == "2:0" and info["Partition"] == "debug"
-    assert info["ArrayTaskThrottle"] == "10"
-    assert q.statistics().submit_calls == 1
-
-
-async def test_failing_job_is_retried_and_reports_its_last_return_code(workdir: Path) -> None:
-    q = queue(workdir, error_strategy="retry", num_retries=2)
-    bad = await q.feed("echo try; exit 5")
-    good = await q.feed(["true"])
-    with anyio.fail_after(60):
-        await q.run_until_complete()
-    assert bad.status is JobStatus.FAILED and bad.rc == 5 and bad.attempt == 3
-    assert good.status is JobStatus.FINISHED and good.attempt == 1
-    for n in (1, 2):
-        assert (await read_text(bad.attempt_path("rc", n))).strip() == "5"
-    assert bad.jid
-    # The rc file settles a job before Slurm has recorded its end (COMPLETING).
-    assert (await slurm_ended(bad.jid))["ExitCode"] == "5:0"
 
 
 async def test_a_failed_job_run_again_by_a_later_run_is_not_settled_by_its_old_rc(
@@ -147,22 +127,6 @@ async def test_a_failed_job_run_again_by_a_later_run_is_not_settled_by_its_old_r
     assert again.status is JobStatus.FINISHED and again.rc == 0, again.reason
 
 
-async def test_running_job_is_killed_and_slurm_shows_it_cancelled(
-    workdir: Path, cancel_after: list[Job]
-) -> None:
-    async with queue(workdir, forks=2) as q:
-        job = await q.feed(["sleep", "120"])
-        cancel_after.append(job)
-        await wait_running(job)
-        assert await q.kill(job)
-        with anyio.fail_after(30):
-            await job.wait()
-    assert job.status is JobStatus.KILLED
-    assert job.jid
-    assert (await show_job(job.jid))["JobState"] == "CANCELLED"
-    assert q.statistics().kill_calls == 1
-
-
 async def test_resources_and_options_reach_slurm(workdir: Path) -> None:
     q = queue(workdir, scheduler_opts={"job-name": "xq-res-test", "mem": "300M", "nice": 5})
     job = await q.feed(["true"], resources={"cpus": 2, "memory": "200M", "walltime": "7m"})
@@ -175,7 +139,7 @@ async def test_resources_and_options_reach_slurm(workdir: Path) -> None:
     assert info["NumCPUs"] == "2" and info["TimeLimit"] == "00:07:00"
     assert info["MinMemoryNode"] == "300M"  # scheduler_opts mem wins over resources memory
     assert info["Nice"] == "5"
-    assert info["Comment"] == f"xqueue:{q.scheduler._tag}:0.1"  # type: ignore[attr-defined]
+    assert info["Comment"] == f"xqueue:{q.scheduler.run_tag}:0.1"  # type: ignore[attr-defined]
     info = await show_job(other.jid)
     assert info["NumCPUs"] == "3" and info["TimeLimit"] == "01:00:00"
 
@@ -302,42 +266,13 @@ async def test_ended_job_without_rc_file_is_resolved_by_sacct_or_vanishes(workdi
     assert state.status is JobStatus.FAILED and state.reason.startswith("vanished")
 
 
-async def test_later_run_readopts_jobs_whose_ids_were_never_recorded(
-    workdir: Path, tmp_path: Path, cancel_after: list[Job]
-) -> None:
-    marker = tmp_path / "ran"
-    cmds = [f"echo {i} >> {marker}; sleep 2" for i in range(3)]
-    # A controller that died right after sbatch: jobs submitted, no id recorded.
-    wd = Workdir(workdir)
-    scheduler = SlurmScheduler(**FAST)
-    scheduler.forks = 3
-    await scheduler.open(wd)
-    early = [Job(i, c) for i, c in enumerate(cmds)]
-    for job in early:
-        wd.prepare(job, make=True)
-    ids = await scheduler.submit_jobs(early[:2]) + await scheduler.submit_jobs(early[2:])
-    cancel_after.extend(early)
-    for job, jid in zip(early, ids):
-        job.jid = str(jid)
-    assert ids[0] == f"{str(ids[0]).split('_')[0]}_0" and "_" not in str(ids[2])
-
-    q = queue(workdir, forks=3)
-    jobs = [await q.feed(c) for c in cmds]
-    with anyio.fail_after(60):
-        await q.run_until_complete()
-    assert [j.jid for j in jobs] == ids
-    assert all(j.status is JobStatus.FINISHED and j.rc == 0 for j in jobs)
-    assert sorted((await read_text(marker)).split()) == ["0", "1", "2"]  # each ran once
-    assert q.statistics().submit_calls == 0
-
-
 async def test_arrays_split_at_max_array_size(workdir: Path, cancel_after: list[Job]) -> None:
     wd = Workdir(workdir)
     scheduler = SlurmScheduler(**FAST)
     scheduler.forks = 2
     await scheduler.open(wd)
-    assert scheduler._max_array == 1001  # read from the cluster's own configuration
-    scheduler._max_array = 4  # as on a cluster with MaxArraySize=4
+    assert scheduler.array_limit == 1001  # read from the cluster's own configuration
+    scheduler.array_limit = 4  # as on a cluster with MaxArraySize=4
     jobs = [Job(i, ["sleep", "60"], resources={"cpus": 1 + i // 9}) for i in range(10)]
     for job in jobs:
         wd.prepare(job, make=True)
@@ -397,24 +332,6 @@ async def test_forks_bounds_running_jobs_across_arrays(
     )
     assert throttles == ["2", "2"]
     assert await anyio.to_thread.run_sync(max_overlap, list(q.jobs)) <= 4
-
-
-async def test_forks_bounds_running_jobs_when_shapes_outnumber_forks(
-    workdir: Path, cancel_after: list[Job]
-) -> None:
-    # Three shapes and forks=2: three arrays side by side, each with a throttle of at
-    # least 1, would run three at once. Some of them wait for another one instead.
-    q = queue(workdir, forks=2)
-    cmd = "date +%s.%N; sleep 1; date +%s.%N"
-    cancel_after.extend([await q.feed(cmd, resources={"cpus": 1 + i % 3}) for i in range(6)])
-    with anyio.fail_after(120):
-        await q.run_until_complete()
-    assert q.statistics().counts == {"finished": 6}
-    assert q.statistics().submit_calls == 3  # still one array per shape
-    assert await anyio.to_thread.run_sync(max_overlap, list(q.jobs)) <= 2
-    # Arrays that waited became eligible only when the one before them had ended.
-    arrays = [await show_job(j.jid or "") for j in q.jobs[:3]]
-    assert sum(a["EligibleTime"] > a["SubmitTime"] for a in arrays) >= 1, arrays
 
 
 async def test_garbled_squeue_answer_mid_run_is_survived(
@@ -481,7 +398,7 @@ async def test_sbatch_that_times_out_is_unknown_and_found_by_its_tag(
     await anyio.Path(go).touch()
     await until_ended(scheduler, [job])
     assert (await read_text(marker)) == "once\n"
-    comment = f"xqueue:{scheduler._tag}:0.1"
+    comment = f"xqueue:{scheduler.run_tag}:0.1"
     assert await tagged(comment) == [real]  # one cluster job for the attempt: it ran once
 
     # A later run finds it too, ended (the engine then reads its return code file);

@@ -373,37 +373,6 @@ def test_turning_host_key_checks_off_warns(
     assert "host key verification is OFF" in caplog.text
 
 
-async def test_controller_restart_readopts_a_running_job(
-    servers: dict[str, Any], tmp_path: Path
-) -> None:
-    wd = Workdir(tmp_path / "wd")
-    opts = {"servers": {"big": servers["big"]}, "vanish_grace": 0}
-    first = SshScheduler(**opts)
-    await first.open(wd)
-    go = tmp_path / "go"
-    job = Job(0, ["sh", "-c", f"while [ ! -e {go} ]; do sleep 0.1; done; echo survived"])
-    wd.prepare(job, make=True)
-    try:
-        await first.submit_job(job)  # the controller dies before recording the id
-    finally:
-        await first.aclose()
-    second = SshScheduler(**opts)
-    await second.open(wd)
-    try:
-        job.jid = None
-        assert await second.recover_job(job)  # found by the pid file the server wrote
-        assert str(job.jid).startswith("big:")
-        assert not (await second.poll_jobs([job]))[job].status.is_final
-        await anyio.Path(go).touch()
-        with anyio.fail_after(30):
-            while not (state := (await second.poll_jobs([job]))[job]).status.is_final:
-                await anyio.sleep(0.2)
-    finally:
-        await second.aclose()
-    assert state.status is JobStatus.FINISHED and state.rc == 0
-    assert (await read_text(job.stdout_path)) == "survived\n"
-
-
 async def test_unprivileged_user_and_remote_workdir(
     ssh_env: dict[str, str], servers: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -286,7 +286,7 @@ def execute(queue: Xqueue, console: Console, go: Callable[[], Awaitable[object]]
         code = EXIT_SIGINT
     stats = queue.statistics()
     console.print(summary_line(dict(stats.counts), stats.total, stats.elapsed))
-    print_table(console, failures_table(queue.jobs))
+    print_table(console, failures_table(queue.jobs, queue.scheduler.shared_fs))
     bad = stats.counts.get(JobStatus.FAILED.value, 0) + stats.counts.get(JobStatus.KILLED.value, 0)
     if code == EXIT_OK and bad:
         code = EXIT_FAILED

@@ -31,7 +31,17 @@ def message(label: str, text: str, style: str = "bold red") -> Text:
     return Text.assemble((f"{label}: ", style), printable(text))
 
 
-def failures_table(jobs: Iterable[Job]) -> Table | None:
+NOT_COPIED = "- (not copied back: the job ran without this machine's file system)"
+
+
+def failures_table(jobs: Iterable[Job], shared_fs: bool = True) -> Table | None:
+    """The jobs that did not succeed, with the last line of each one's stderr.
+
+    ``shared_fs`` is the scheduler's (``Scheduler.shared_fs``): where it is False a job's
+    stderr is only here if the backend copied it back (it does once the job ended, not
+    for one killed or lost on the way), so a missing file is said to be elsewhere rather
+    than shown as a path to open.
+    """
     bad = [j for j in jobs if j.status in (JobStatus.FAILED, JobStatus.KILLED)]
     if not bad:
         return None
@@ -39,13 +49,15 @@ def failures_table(jobs: Iterable[Job]) -> Table | None:
     for col in ("#", "job", "status", "rc", "reason", "stderr"):
         table.add_column(col, overflow="fold")
     for job in bad[:MAX_ROWS]:
+        tail = _last_line(job.stderr_path)
+        here = shared_fs or tail or os.path.lexists(job.stderr_path)
         table.add_row(
             plain(str(job.index)),
             plain(job.name),
             plain(job.status.value + (f" ({job.failure.name})" if job.failure else "")),
             plain("-" if job.rc is None else str(job.rc)),
-            plain(job.reason or _last_line(job.stderr_path)),
-            plain(job.stderr_path),
+            plain(job.reason or tail),
+            plain(job.stderr_path if here else NOT_COPIED),
         )
     if len(bad) > MAX_ROWS:
         table.caption = f"... and {len(bad) - MAX_ROWS} more"

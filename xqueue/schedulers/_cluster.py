@@ -111,9 +111,14 @@ def attempt_of(job: Job) -> int:
 
 
 async def run_submit(
-    argv: Sequence[str], timeout: float, stats: SchedulerStats, parse: Callable[[str], str]
+    argv: Sequence[str],
+    timeout: float,
+    stats: SchedulerStats,
+    parse: Callable[[str], str],
+    *,
+    input: str | None = None,
 ) -> str:
-    """Run one sbatch/qsub and return the id ``parse`` reads from its stdout.
+    """Run one sbatch/qsub (``input`` on its stdin) and return the id ``parse`` reads.
 
     A refusal that proves nothing was queued ("try again", a controller that cannot be
     contacted) is retried twice after a pause. A failure that leaves open whether the
@@ -124,7 +129,7 @@ async def run_submit(
     for attempt in range(3):
         stats.submit_calls += 1
         try:
-            stdout = (await run_command(argv, timeout=timeout)).stdout
+            stdout = (await run_command(argv, timeout=timeout, input=input)).stdout
         except SchedulerCommandError as exc:
             if exc.ambiguous:
                 raise SubmissionUnknownError(

@@ -25,35 +25,29 @@ import dataclasses
 import math
 import os
 import pwd
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import anyio
 
-from ..errors import SchedulerError, SubmissionUnknownError, WorkdirError
+from ..errors import SchedulerError, WorkdirError
 from ..failures import FailureClass, timed_out
-from ..job import SCRIPT, Job
-from ..options import SchedulerOptions
-from ..scheduler import JobState, Scheduler
+from ..job import Job
+from ..scheduler import JobState
 from ..states import JobStatus
-from ..workdir import read_rc, read_text
+from ..workdir import read_text
 from . import _slurm_parse as parse
-from ._cluster import (
-    array_jobdirs,
-    attempt_of,
-    best_match,
-    chunks,
+from ._process import read_output, run_command
+from .batch import (
+    BatchOptions,
+    BatchScheduler,
+    CommandResult,
+    Submission,
+    TagStyle,
     hms,
     job_name,
     long_options,
-    matches,
-    run_submit,
-    run_tag,
-    submit_grouped,
-    write_array,
 )
-from ._process import SchedulerCommandError, read_output, run_command
 
 # sbatch's one-letter options, read as their long names so a raw option and a mapped
 # one meet under one key (and the raw one wins).
@@ -75,25 +69,12 @@ _SHORT = {
     "t": "time",
     "w": "nodelist",
 }
-_KILL_CHUNK = 500
-# Tagged jobs of this workdir: "#<index>" (a single job) or a job folder (an array
-# element) -> every (id, attempt) carrying that tag.
-_TagIndex = dict[str, list[tuple[str, int]]]
-# Every job of the user: id -> (row, comment).
-_Listing = dict[str, tuple[parse.SlurmRow, str]]
-_QUERY_CHUNK = 2000
 
 
 @dataclasses.dataclass
-class SlurmOptions(SchedulerOptions):
-    arrays: bool = True
-    """Submit jobs fed together with the same resources as one array (``--array=...%forks``)."""
+class SlurmOptions(BatchOptions):
     accounting: bool | None = None
     """Whether ``sacct`` works; None detects it from ``scontrol show config`` once."""
-    submit_timeout: float = 60.0
-    """Seconds an ``sbatch`` may take before it counts as failed."""
-    status_timeout: float = 60.0
-    """Seconds a ``squeue``/``sacct``/``scancel`` may take."""
     sbatch: str = "sbatch"
     """The ``sbatch`` command (a name on PATH or a path); likewise the four below."""
     squeue: str = "squeue"
@@ -104,8 +85,6 @@ class SlurmOptions(SchedulerOptions):
     """The ``scancel`` command."""
     scontrol: str = "scontrol"
     """The ``scontrol`` command (configuration and recovery by tag)."""
-
-    accepts_extra = True
 
 
 def literal_path(path: str) -> str:
@@ -137,7 +116,11 @@ def sbatch_options(job: Job | None, extra: dict[str, Any], timeout: float = 0.0)
     return opts
 
 
-class SlurmScheduler(Scheduler):
+def sbatch_argv(sbatch: str, opts: dict[str, Any], script: str) -> list[str]:
+    return [sbatch, "--parsable", *long_options(opts), script]
+
+
+class SlurmScheduler(BatchScheduler):
     """Jobs are Slurm batch jobs (array elements when submitted together)."""
 
     name = "slurm"
@@ -145,38 +128,31 @@ class SlurmScheduler(Scheduler):
     enforces_walltime = True
     options: SlurmOptions
 
+    array_task_var = "SLURM_ARRAY_TASK_ID"
+    array_first = 0
+    element_sep = "_"
+    max_array = 1001
+    chains = True
+    tag_style = TagStyle("xqueue:{run}:", ".", "@")  # in --comment
+
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self._max_array = 1001
         self._accounting = self.options.accounting
-        self._tag = ""
-        self._batch_dir = ""
         self._user = pwd.getpwuid(os.getuid()).pw_name
-        self._queue_cache: tuple[float, _Listing, _TagIndex] | None = None
-        # When a submission last ended with an unknown outcome: an older listing of the
-        # queue cannot tell whether that job is there.
-        self._unknown_at = 0.0
-        self._arrays: dict[str, list[tuple[str, int]]] = {}
-        self._logs: dict[Job, str] = {}  # the Slurm output file of each job's attempt
 
-    @property
-    def max_batch(self) -> int:
-        return self._max_array
+    def _raw(self) -> dict[str, Any]:
+        return sbatch_options(None, self.options.extra)
 
-    @property
-    def enforces_forks(self) -> bool:
+    def arrays_possible(self) -> bool:
+        return "array" not in self._raw()  # the user's own --array
+
+    def chains_possible(self) -> bool:
         # Arrays that wait for each other (see _forks) need their dependency joined to
         # the user's: "a?b" (any of) cannot be joined with an "and".
-        raw = sbatch_options(None, self.options.extra)
-        return self.options.arrays and "array" not in raw and "?" not in self._user_dependency()
-
-    def _user_dependency(self) -> str:
-        return str(sbatch_options(None, self.options.extra).get("dependency") or "")
+        return "?" not in str(self._raw().get("dependency") or "")
 
     async def open(self, workdir: Any) -> None:
         await super().open(workdir)
-        self._tag = run_tag(str(workdir.path))
-        self._batch_dir = os.path.join(workdir.path, ".xqueue-slurm")
         argv = [self.options.scontrol, "show", "config"]
         try:
             result = await run_command(argv, timeout=self.options.status_timeout)
@@ -185,159 +161,82 @@ class SlurmScheduler(Scheduler):
             return  # the defaults hold; sbatch will say what is wrong
         size = config.get("MaxArraySize", "")
         if size.isdigit() and int(size) > 1:
-            self._max_array = int(size)
+            self.array_limit = int(size)
         if self._accounting is None:
             self._accounting = "accounting_storage/none" not in config.get(
                 "AccountingStorageType", "accounting_storage/none"
             )
 
     # -- submitting ------------------------------------------------------------------
-    def _comment(self, job: Job) -> str:
-        """The tag ``recover_job`` looks for: this workdir, the job and its attempt."""
-        return f"xqueue:{self._tag}:{job.index}.{attempt_of(job)}"
+    def submit_argv(self, sub: Submission) -> list[str]:
+        """``--comment`` carries the tag; every directive is on the command line."""
+        opts: dict[str, Any] = {"job-name": job_name(sub.job.name)}
+        if sub.tasks is None:
+            opts["output"] = literal_path(sub.job.path("slurm.log"))
+        else:
+            opts["job-name"] = job_name(f"xqueue-{sub.job.name}")
+            opts["output"] = self._array_log(str(sub.name), "%a", literal_path(self.batch_dir))
+            opts["array"] = f"{sub.tasks[0]}-{sub.tasks[-1]}%{sub.throttle}"
+        opts.update({"comment": sub.tag, "kill-on-invalid-dep": "yes"})
+        opts.update(sbatch_options(sub.job, self.options.extra, self.options.timeout))
+        if sub.after is not None:  # the user's dependency, and (all of) the unit before
+            user = str(self._raw().get("dependency") or "")
+            opts["dependency"] = f"{user},afterany:{sub.after}" if user else f"afterany:{sub.after}"
+        return sbatch_argv(self.options.sbatch, opts, sub.script)
 
-    def _argv(self, opts: dict[str, Any], script: str) -> list[str]:
-        return [self.options.sbatch, "--parsable", *long_options(opts), script]
+    def parse_submit(self, stdout: str) -> str:
+        return parse.parse_jobid(stdout)
 
-    def _dependency(self, after: str | None) -> dict[str, str]:
-        """``--dependency``: the user's, and (all of) the unit this one waits for."""
-        if after is None:
-            return {}
-        user = self._user_dependency()
-        return {"dependency": f"{user},afterany:{after}" if user else f"afterany:{after}"}
-
-    async def _sbatch(self, argv: list[str]) -> str:
-        try:
-            return await run_submit(
-                argv, self.options.submit_timeout, self.stats, parse.parse_jobid
-            )
-        except SubmissionUnknownError:
-            self._unknown_at = time.monotonic()
-            raise
-
-    def _write_scripts(self, jobs: Sequence[Job]) -> None:
-        for job in jobs:
-            self.write_script(job)
-
-    async def submit_job(self, job: Job) -> str:
-        await anyio.to_thread.run_sync(self.write_script, job)
-        return (await self._submit([job], None, None))[0]
-
-    async def _submit(
-        self, jobs: Sequence[Job], throttle: int | None, after: str | None
-    ) -> tuple[str, list[str]]:
-        """One sbatch: a single job (no throttle) or an array; scripts are written."""
-        if throttle is None:
-            (job,) = jobs
-            opts = {
-                "job-name": job_name(job.name),
-                "output": literal_path(job.path("slurm.log")),
-                "comment": self._comment(job),
-                "kill-on-invalid-dep": "yes",
-                **sbatch_options(job, self.options.extra, self.options.timeout),
-                **self._dependency(after),
-            }
-            self._logs[job] = job.path("slurm.log")
-            jid = await self._sbatch(self._argv(opts, job.attempt_path(SCRIPT)))
-            return jid, [jid]
-        name, script = await anyio.to_thread.run_sync(
-            lambda: write_array(self._batch_dir, jobs, "SLURM_ARRAY_TASK_ID", 0)
-        )
-        opts = {
-            "job-name": job_name(f"xqueue-{jobs[0].name}"),
-            "output": os.path.join(literal_path(self._batch_dir), f"{name}-%a.log"),
-            "comment": f"xqueue:{self._tag}:@{name}",
-            "kill-on-invalid-dep": "yes",
-            "array": f"0-{len(jobs) - 1}%{throttle}",
-            **sbatch_options(jobs[0], self.options.extra, self.options.timeout),
-            **self._dependency(after),
-        }
-        for i, job in enumerate(jobs):
-            self._logs[job] = os.path.join(self._batch_dir, f"{name}-{i}.log")
-        base = await self._sbatch(self._argv(opts, script))
-        return base, [f"{base}_{i}" for i in range(len(jobs))]
-
-    async def submit_jobs(self, jobs: Sequence[Job]) -> list[str | BaseException]:
-        """Arrays of jobs with the same resources, single jobs otherwise, sharing forks.
-
-        A failed ``sbatch`` fails only the jobs it carried, with Slurm's own message;
-        one whose outcome is unknown gives each of its jobs ``SubmissionUnknownError``.
-        The wrapper scripts of the whole batch are written in a worker thread first.
-        """
-        await anyio.to_thread.run_sync(self._write_scripts, jobs)
-        return await submit_grouped(
-            jobs,
-            arrays=self.enforces_forks,
-            max_array=self._max_array,
-            forks=self.forks,
-            concurrency=self.options.submit_concurrency,
-            submit=self._submit,
-        )
+    def _array_log(self, name: str, task: str, folder: str | None = None) -> str:
+        return os.path.join(folder or self.batch_dir, f"{name}-{task}.log")
 
     # -- status ----------------------------------------------------------------------
-    async def _squeue(self, ids: Sequence[str]) -> dict[str, parse.SlurmRow]:
-        """One ``squeue`` for these ids (array elements expanded); {} if Slurm forgot them all."""
-        rows: dict[str, parse.SlurmRow] = {}
-        for part in chunks(sorted(set(ids)), _QUERY_CHUNK):
-            self.stats.status_calls += 1
-            argv = [self.options.squeue, "-h", "-r", "-t", "all", "-o", parse.SQUEUE_FORMAT]
-            argv += ["-j", ",".join(part)]
-            try:
-                result = await run_command(argv, timeout=self.options.status_timeout)
-            except SchedulerCommandError as exc:
-                if "Invalid job id" in exc.stderr:
-                    continue  # every id in the list has been purged
-                raise
-            rows.update(read_output(argv, result.stdout, parse.parse_squeue))
-        return rows
+    def status_argv(self, ids: Sequence[str]) -> list[str]:
+        """Array elements expanded (``-r``), ended jobs too (``-t all``, for MinJobAge)."""
+        argv = [self.options.squeue, "-h", "-r", "-t", "all", "-o", parse.SQUEUE_FORMAT]
+        return [*argv, "-j", ",".join(ids)]
 
-    async def _sacct(self, ids: Sequence[str]) -> dict[str, parse.SlurmRow]:
-        if not ids or self._accounting is False:
-            return {}
-        self.stats.status_calls += 1
-        argv = [self.options.sacct, "-n", "-P", "-X", "-o", parse.SACCT_FIELDS]
-        argv += ["-j", ",".join(sorted(set(ids)))]
-        try:
-            result = await run_command(argv, timeout=self.options.status_timeout)
-        except SchedulerCommandError as exc:
-            if "accounting storage is disabled" in exc.stderr.lower():
-                self._accounting = False
-                return {}
-            raise
-        return read_output(argv, result.stdout, parse.parse_sacct)
-
-    async def poll_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobState]:
-        known = [job for job in jobs if job.jid]
-        rows = await self._squeue([str(job.jid).split("_")[0] for job in known])
-        held: list[tuple[Job, bool, JobState | None]] = []
-        gone: list[Job] = []
-        never: list[Job] = []
-        for job in jobs:
-            row = parse.lookup(rows, job.jid or "")
-            if row is None or row.state in parse.ENDED:
-                gone.append(job)
-                continue
+    def parse_status(self, stdout: str) -> dict[str, JobState]:
+        states: dict[str, JobState] = {}
+        for jid, row in parse.parse_squeue(stdout).items():
+            if row.state in parse.ENDED:
+                continue  # COMPLETED or FAILED: the rc file, else sacct, has the verdict
             ended = parse.terminal_state(row)
-            if ended is not None and row.state == "PENDING":
-                never.append(job)
-            held.append((job, ended is None, ended))
-        # Reading return code files is blocking work: one worker thread per tick.
-        unresolved = await anyio.to_thread.run_sync(
-            lambda: [job for job in gone if job.jid and read_rc(job) is None]
-        )
-        acct = await self._sacct([str(job.jid) for job in unresolved]) if unresolved else {}
-        for job in gone:
-            row = parse.lookup(acct, job.jid or "")
-            verdict = parse.accounting_state(row) if row else None
-            held.append((job, row is not None and row.state in parse.HELD, verdict))
-        states = await anyio.to_thread.run_sync(
-            lambda: {job: self.reconcile(job, alive, verdict) for job, alive, verdict in held}
-        )
-        for job in never:
-            # Cancelled by the engine (through the kill veto), then recorded as this state.
-            state = states[job]
-            if state.status.is_final:
-                states[job] = dataclasses.replace(state, kill=True)
+            if ended is None:
+                pending = row.state == "PENDING"
+                states[jid] = JobState(JobStatus.SUBMITTED if pending else JobStatus.RUNNING)
+            elif row.state == "PENDING":  # a dependency never satisfied: cancel it first
+                states[jid] = dataclasses.replace(ended, kill=True)
+            else:
+                states[jid] = ended
+        return states
+
+    def accounting_argvs(self, ids: Sequence[str]) -> list[list[str]]:
+        if self._accounting is False:
+            return []
+        argv = [self.options.sacct, "-n", "-P", "-X", "-o", parse.SACCT_FIELDS]
+        return [[*argv, "-j", ",".join(ids)]]
+
+    def parse_accounting(self, stdout: str) -> dict[str, JobState]:
+        states: dict[str, JobState] = {}
+        for jid, row in parse.parse_sacct(stdout).items():
+            if row.state in parse.HELD:
+                states[jid] = JobState(JobStatus.RUNNING)
+            elif (verdict := parse.accounting_state(row)) is not None:
+                states[jid] = verdict
+        return states
+
+    def failure_is_answer(self, kind: str, result: CommandResult) -> bool:
+        if kind == "status" and "Invalid job id" in result.stderr:
+            return True  # every id in the list has been purged
+        if kind == "accounting" and "accounting storage is disabled" in result.stderr.lower():
+            self._accounting = False
+            return True
+        return False
+
+    async def explain(self, states: dict[Job, JobState]) -> dict[Job, JobState]:
+        """A step killed for its memory says so only in its output; a TIMEOUT gets the
+        limit it reached."""
         suspects = [
             job
             for job, state in states.items()
@@ -345,7 +244,7 @@ class SlurmScheduler(Scheduler):
             and state.failure in (None, FailureClass.VANISHED)
             and state.rc in (None, 128 + 9)
         ]
-        if suspects:  # a step killed for its memory says so only in its output
+        if suspects:
             found = await anyio.to_thread.run_sync(
                 lambda: {j: self._memory_kill(j) for j in suspects}
             )
@@ -359,9 +258,13 @@ class SlurmScheduler(Scheduler):
 
     def _memory_kill(self, job: Job) -> str | None:
         """slurmstepd's line about a memory kill in the attempt's Slurm output. Blocking."""
-        path = self._logs.get(job)
-        if path is None and job.jid and "_" not in job.jid:
-            path = job.path("slurm.log")  # re-adopted single job: its own file
+        where = self.placement(job)
+        if where is not None:
+            path: str | None = self._array_log(where[0], str(self.array_first + where[1]))
+        elif job.jid and self.element_sep not in job.jid:
+            path = job.path("slurm.log")  # a single job (re-adopted ones too): its own file
+        else:
+            path = None
         try:
             text = read_text(path) if path else None
         except WorkdirError:
@@ -376,102 +279,25 @@ class SlurmScheduler(Scheduler):
         return dataclasses.replace(state, reason=why, failure=FailureClass.OOM)
 
     def _timed_out(self, job: Job) -> str:
-        raw = sbatch_options(None, self.options.extra).get("time")
+        raw = self._raw().get("time")
         limit = self.walltime(job)
         if raw is not None or not limit:  # given as sbatch's own option, or by the site
             return f"timed out at its Slurm time limit ({raw or 'set outside xqueue'}; TIMEOUT)"
         # Slurm counts time limits in whole minutes.
         return timed_out(math.ceil(limit / 60) * 60, "Slurm TIMEOUT")
 
-    async def job_is_running(self, job: Job) -> bool:
-        if not job.jid:
-            return False
-        row = parse.lookup(await self._squeue([job.jid.split("_")[0]]), job.jid)
-        return row is not None and row.state in parse.HELD
+    # -- recovery and killing -----------------------------------------------------------
+    def listing_argv(self) -> list[str]:
+        """Every job of the user, ended ones too (``-t all``), with its ``--comment``."""
+        fmt = "%i|%T|%r|%k"
+        return [self.options.squeue, "-h", "-r", "-t", "all", "-u", self._user, "-o", fmt]
 
-    # -- resume ----------------------------------------------------------------------
-    async def _my_jobs(self) -> tuple[_Listing, _TagIndex]:
-        """Every job of this user (jid -> (row, comment)) and this workdir's jobs by tag.
+    def parse_listing(self, stdout: str) -> dict[str, tuple[bool, str]]:
+        return {
+            jid: (row.state in parse.HELD, comment)
+            for jid, (row, comment) in parse.parse_my_jobs(stdout).items()
+        }
 
-        One squeue serves every job re-adopted within a second, but a listing older than
-        the last submission with an unknown outcome is not reused: it cannot show that job.
-        """
-        now = time.monotonic()
-        cache = self._queue_cache
-        if cache is not None and now - cache[0] < 1.0 and cache[0] > self._unknown_at:
-            return cache[1], cache[2]
-        self.stats.status_calls += 1
-        argv = [self.options.squeue, "-h", "-r", "-t", "all", "-u", self._user, "-o", "%i|%T|%r|%k"]
-        result = await run_command(argv, timeout=self.options.status_timeout)
-        found = read_output(argv, result.stdout, parse.parse_my_jobs)
-        index = await anyio.to_thread.run_sync(self._index_tags, found)
-        self._queue_cache = (now, found, index)
-        return found, index
-
-    def _index_tags(self, mine: _Listing) -> _TagIndex:
-        """(id, attempt) of this workdir's jobs, under ``#<index>`` or an element's folder.
-
-        Array elements are mapped to folders and attempts by their batch's ``.jobs`` file.
-        """
-        prefix = f"xqueue:{self._tag}:"
-        index: _TagIndex = {}
-        for jid, (_, comment) in mine.items():
-            if not comment.startswith(prefix):
-                continue
-            what = comment[len(prefix) :]
-            if what.startswith("@"):
-                element = jid.partition("_")[2]
-                elements = self._elements(what[1:])
-                if element.isdigit() and int(element) < len(elements):
-                    jobdir, attempt = elements[int(element)]
-                    index.setdefault(jobdir, []).append((jid, attempt))
-                continue
-            number, _, attempt_text = what.partition(".")
-            attempt = int(attempt_text) if attempt_text.isdigit() else 1
-            index.setdefault(f"#{number}", []).append((jid, attempt))
-        return index
-
-    def _elements(self, name: str) -> list[tuple[str, int]]:
-        if name not in self._arrays:  # written once, never changed: read once
-            self._arrays[name] = array_jobdirs(self._batch_dir, name)
-        return self._arrays[name]
-
-    async def recover_job(self, job: Job) -> bool:
-        """Find a job submitted earlier: by its id, or by its ``--comment``; True if held.
-
-        The comment names the workdir, the job's index and attempt (or, for an array,
-        the batch whose ``.jobs`` file maps elements to job folders and attempts), so a
-        submission whose id never came back (sbatch timed out, the controller died
-        right after it) is found all the same. ``job.jid`` is set when the job is found,
-        also when it has already ended (its return code file then tells how).
-        """
-        mine, index = await self._my_jobs()
-        if job.jid is None:
-            tagged = [*index.get(f"#{job.index}", []), *index.get(job.dir, [])]
-            job.jid = best_match(job, [(jid, n) for jid, n in tagged if matches(job, n)])
-        entry = mine.get(job.jid or "")
-        return entry is not None and entry[0].state in parse.HELD
-
-    # -- killing ---------------------------------------------------------------------
-    async def kill_jobs(self, jobs: Sequence[Job]) -> list[BaseException | None]:
-        """One ``scancel`` for many jobs; ids that already ended are not an error to Slurm."""
-        ids = [job.jid for job in jobs if job.jid]
-        errors: list[BaseException | None] = [None] * len(jobs)
-        for part in chunks(ids, _KILL_CHUNK):
-            self.stats.kill_calls += 1
-            try:
-                await run_command(
-                    [self.options.scancel, *part], timeout=self.options.status_timeout
-                )
-            except SchedulerError as exc:
-                errors = [exc if job.jid in part else e for job, e in zip(jobs, errors)]
-        return errors
-
-    async def kill_job(self, job: Job) -> None:
-        (error,) = await self.kill_jobs([job])
-        if error is not None:
-            raise error
-
-    def forget(self, job: Job) -> None:
-        super().forget(job)
-        self._logs.pop(job, None)
+    def kill_argv(self, ids: Sequence[str]) -> list[str]:
+        """``scancel``: ids that already ended are not an error to Slurm."""
+        return [self.options.scancel, *ids]

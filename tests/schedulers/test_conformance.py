@@ -1,0 +1,130 @@
+"""The conformance kit (``xqueue.testing``) on every built-in backend, each on its real
+system: local processes, Slurm, SGE, an sshd, docker, podman, charliecloud, and the
+Batch and PanDA stand-ins. Each class is what a plugin author writes for their own
+scheduler: a ``backend`` fixture, nothing else; the tests come from the kit.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+import pytest
+
+from tests.helpers import SGE_FAST, SLURM_FAST, ssh_server
+from tests.schedulers.conftest import BUCKET, LOCATION, Panda
+from tests.standins.gcloud import Gcloud
+from xqueue import Job
+from xqueue.testing import Backend, SchedulerConformance
+
+NEVER_ISSUED = "99999999"
+"""A job id neither cluster of ci/ has issued (nor will, within a test run)."""
+
+
+def removing(command: str) -> Callable[[Sequence[Job]], None]:
+    """``Backend.cleanup`` for a cluster: its kill command on every id the jobs carry."""
+
+    def cleanup(jobs: Sequence[Job]) -> None:
+        ids = [j.jid for j in jobs if j.jid and j.jid != NEVER_ISSUED]
+        if ids:
+            subprocess.run([command, *ids], capture_output=True, timeout=30)
+
+    return cleanup
+
+
+def purging(command: str) -> Callable[[Job], Awaitable[None]]:
+    """``Backend.forget`` for a cluster, which cannot be told to forget a job: the job's
+    id becomes one the cluster never issued (what xqueue sees once a job is purged), and
+    the real job is removed, so it leaves no return code."""
+
+    async def forget(job: Job) -> None:
+        real, job.jid = str(job.jid), NEVER_ISSUED
+        await anyio.run_process([command, real], check=False)
+
+    return forget
+
+
+class TestLocal(SchedulerConformance):
+    @pytest.fixture
+    def backend(self) -> Backend:
+        return Backend("local")
+
+
+@pytest.mark.slurm
+class TestSlurm(SchedulerConformance):
+    @pytest.fixture
+    def backend(self, slurm_cluster: str) -> Backend:
+        return Backend(
+            "slurm",
+            SLURM_FAST,
+            packs=True,
+            forget=purging("scancel"),
+            cleanup=removing("scancel"),
+        )
+
+
+@pytest.mark.sge
+class TestSge(SchedulerConformance):
+    @pytest.fixture
+    def backend(self, sge_cluster: None) -> Backend:
+        return Backend(
+            "sge", SGE_FAST, packs=True, forget=purging("qdel"), cleanup=removing("qdel")
+        )
+
+
+@pytest.mark.ssh
+class TestSsh(SchedulerConformance):
+    @pytest.fixture
+    def backend(self, ssh_env: dict[str, str]) -> Backend:
+        servers = {"big": ssh_server(ssh_env, ssh_env["XQ_SSH_PORT"])}
+        return Backend("ssh", {"servers": servers, "poll_interval": 0.2, "vanish_grace": 2})
+
+
+class TestContainer(SchedulerConformance):
+    """docker and podman through their API (the ``engine`` fixture's two params)."""
+
+    @pytest.fixture
+    def backend(self, engine: dict[str, str]) -> Backend:
+        return Backend("container", {**engine, "kill_grace": 1})
+
+
+class TestChRun(SchedulerConformance):
+    @pytest.fixture
+    def backend(self, chrun_image: str) -> Backend:
+        # A ch-run process carries nothing but its pid to find it by (no labels, no
+        # daemon): only recorded ids are re-adopted.
+        opts = {"bin": "ch-run", "image": chrun_image, "kill_grace": 1}
+        return Backend("container", opts, recovers_by_tag=False)
+
+
+class TestGbatch(SchedulerConformance):
+    @pytest.fixture
+    def backend(self, gcloud: Gcloud) -> Backend:
+        async def forget(job: Job) -> None:
+            answer = await anyio.to_thread.run_sync(lambda: gcloud.control("Forget", name=job.jid))
+            assert answer == {"forgotten": True}
+
+        opts: dict[str, Any] = {
+            "project": f"p-{uuid.uuid4().hex[:10]}",
+            "location": LOCATION,
+            "staging_bucket": f"gs://{BUCKET}/runs",
+            "endpoint": gcloud.batch,
+            "insecure": True,
+            "storage_endpoint": gcloud.storage,
+            "mount_root": f"{gcloud.vm_root}/mnt",
+            "poll_interval": 0.2,
+            "vanish_grace": 1.0,
+        }
+        return Backend("gbatch", opts, forget=forget)
+
+
+class TestPanda(SchedulerConformance):
+    @pytest.fixture
+    def backend(self, panda: Panda) -> Backend:
+        async def forget(job: Job) -> None:
+            await anyio.to_thread.run_sync(panda.server.forget, str(job.jid))
+
+        return Backend("panda", panda.opts(), packs=True, forget=forget)
