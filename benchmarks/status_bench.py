@@ -43,7 +43,7 @@ def build(path: str, n: int, status_files: bool = False) -> None:
     try:
         for i in range(n):
             job = Job(i, f"echo {i}; sleep 0")
-            workdir.prepare(job)
+            workdir.prepare(job, make=True)
             if i % 1000 == 999:
                 continue  # fed, never submitted
             for name in ("job.1.stdout", "job.1.stderr"):

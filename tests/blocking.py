@@ -65,10 +65,11 @@ ALLOWED: list[tuple[tuple[str, ...], str, tuple[str, ...], str]] = [
         "microseconds on a local disk (a later issue batches them off the loop)",
     ),
     (
-        ("os.mkdir", "os.replace", "os.read", *FILE_IO),
+        ("os.listdir", "os.replace", "os.read", *FILE_IO),
         "xqueue/workdir.py",
         ("prepare",),
-        "the job's folder and job.json (or an earlier run's records), once per job when fed",
+        "at feed: one listing of the workdir (the first feed); a job whose folder an "
+        "earlier run left has its job.json compared (a fresh job costs no I/O)",
     ),
     (
         ("os.listdir",),

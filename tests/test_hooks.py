@@ -130,3 +130,18 @@ async def test_two_queues_have_separate_plugins(workdir: Path, tmp_path: Path) -
     await qa.run_until_complete()
     assert a.calls and not b.calls
     assert qb.statistics().total == 0
+
+
+async def test_retrying_hook_sees_the_failed_attempts_rc_and_reason(workdir: Path) -> None:
+    seen: list[tuple[int, int | None, str]] = []
+
+    class Watch:
+        @hookimpl
+        def on_job_retrying(self, job: Job) -> None:
+            seen.append((job.attempt, job.rc, job.status.value))
+
+    q = Xqueue(workdir=workdir, plugins=[Watch()], error_strategy="retry", num_retries=1)
+    job = await q.feed("exit 7")
+    await q.run_until_complete()
+    assert [(a, rc) for a, rc, _ in seen] == [(1, 7)]
+    assert job.rc == 7 and job.attempt == 2 and job.status is JobStatus.FAILED

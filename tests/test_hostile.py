@@ -9,6 +9,8 @@ byte for byte. NULs and other text no script can carry are refused at ``feed``.
 
 The unit tests at the end render the same strings into each script writer (wrapper,
 array, SSH submit and kill) and run the scripts with ``sh`` here, for fast feedback.
+Then the same arguments inside the shell lines a pipeline adds around each command
+(``prescript``, ``postscript``, the jobcmd hooks), on local processes and the clusters.
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ from tests.helpers import (
     read_text,
     ssh_server,
 )
-from xqueue import ConfigError, Job, JobStatus, Xqueue
+from xqueue import ConfigError, Job, JobStatus, Xqueue, hookimpl
 from xqueue.job import SCRIPT
 from xqueue.scheduler import render_script
 from xqueue.schedulers._cluster import job_name, write_array
 from xqueue.schedulers._container_cli import set_env_value
 from xqueue.schedulers._ssh_scripts import kill_script, submit_script
+from xqueue.wrapping import Wrap
 
 pytestmark = pytest.mark.anyio
 
@@ -499,3 +502,136 @@ async def test_workdirs_a_backend_cannot_spell_are_refused(
     await q.feed(["true"])
     with pytest.raises(ConfigError, match=message):
         await q.run_until_complete()
+
+
+# -- shell lines around the command (prescript, postscript, jobcmd hooks) -----------------------
+# The fragments are shell by design, so what must hold is that each runs exactly as
+# written, that none can reach the command's arguments or another fragment, and that the
+# wrapper around them stays whole. They hold quotes of every kind, what would be a
+# substitution outside single quotes, a heredoc, a raw carriage return (sbatch refuses
+# one in a script) and lines that only close constructs nobody opened.
+def pre_printed(canary: Path) -> tuple[str, str]:
+    """What the prescript prints with printf and with a heredoc: would-be substitutions."""
+    c = shlex.quote(f"{canary}pre")
+    return f'pre $(touch {c}) `touch {c}` "dq" ;# \\', f"heredoc $(touch {c})"
+
+
+def pre_fragment(canary: Path) -> str:
+    printed, heredoc = pre_printed(canary)
+    return (
+        f"printf '%s\\n' {shlex.quote(printed)}\n"
+        f"cat <<'EOF'\n{heredoc}\nEOF\n"
+        "printf '%s\\n' 'raw[\r]'"
+    )
+
+
+POST_FRAGMENT = 'printf "%s\\n" "post rc=$XQUEUE_JOB_RC" ")" "(" "\'" \'"\' "}" "fi"'
+
+
+def pre_out(canary: Path) -> bytes:
+    printed, heredoc = pre_printed(canary)
+    return f"{printed}\n{heredoc}\nraw[\r]\n".encode()
+
+
+POST_OUT = b"post rc=0\n)\n(\n'\n\"\n}\nfi\n"
+
+
+class HostileCmdHooks:
+    """jobcmd hooks whose text would break a wrapper that pasted it: each is evaluated
+    as one quoted word, so the `set --` cannot reach the command's arguments."""
+
+    @hookimpl
+    def on_jobcmd_init(self) -> str:
+        return "set -- hijacked; shift"
+
+    @hookimpl
+    def on_jobcmd_prep(self) -> str:
+        return "printf '%s\\n' 'prep )}\"'"
+
+
+WRAP_BACKENDS = [
+    pytest.param("local", id="local"),
+    pytest.param("slurm", id="slurm", marks=pytest.mark.slurm),
+    pytest.param("sge", id="sge", marks=pytest.mark.sge),
+    pytest.param("ssh", id="ssh", marks=pytest.mark.ssh),
+]
+
+
+@pytest.mark.parametrize("backend", WRAP_BACKENDS)
+async def test_hostile_strings_stay_data_inside_shell_lines(
+    backend_opts: tuple[str, dict[str, Any]],
+    backend: str,
+    tmp_path: Path,
+    cleanup: list[tuple[str, list[Job]]],
+) -> None:
+    workdir = hostile_workdir(tmp_path, backend)
+    canary = workdir / CANARY
+    args = payloads(canary)
+    scheduler, opts = backend_opts
+    opts = {**opts, "prescript": pre_fragment(canary), "postscript": POST_FRAGMENT}
+    q = Xqueue(
+        scheduler,
+        forks=3,
+        workdir=workdir,
+        error_strategy="ignore",
+        scheduler_opts=opts,
+        plugins=[HostileCmdHooks()],
+    )
+    argv_job = await q.feed(["printf", "%s\\n", *args], name=names(canary)[0])
+    command = f"printf '%s\\n' {' '.join(shlex.quote(a) for a in args)}"
+    text_job = await q.feed(command)
+    if scheduler in ("slurm", "sge"):
+        cleanup.append(("scancel" if scheduler == "slurm" else "qdel", [argv_job, text_job]))
+    with anyio.fail_after(110):
+        await q.run_until_complete()
+    want = b"".join([pre_out(canary), b'prep )}"\n', *(f"{a}\n".encode() for a in args), POST_OUT])
+    for job in (argv_job, text_job):
+        stderr = await anyio.to_thread.run_sync(read, job.stderr_path)
+        assert job.status is JobStatus.FINISHED, (job, job.reason, stderr)
+        assert await read_bytes(job.stdout_path) == want
+    assert await anyio.to_thread.run_sync(leaks, tmp_path) == [], f"{backend}: payloads ran"
+
+
+BREAKERS = [")", "}", "fi", "done", "'", '"', "`", "$(", "<<", "case", "exit 5"]
+
+
+def test_wrapped_wrapper_scripts_stay_whole(tmp_path: Path) -> None:
+    canary = tmp_path / CANARY
+    job = hostile_job(tmp_path, 0, canary)
+    job._wrap = Wrap((pre_fragment(canary), "set -- hijacked; shift"), (POST_FRAGMENT,))
+    text = render_script(job, job.dir)
+    sh_n(text)
+    assert "\r" not in text  # spelled by printf: sbatch would refuse the script
+    Path(job.attempt_path(SCRIPT)).write_text(text)
+    subprocess.run(["sh", job.attempt_path(SCRIPT)], check=True, timeout=30, cwd=tmp_path)
+    args = "".join(f"{a}\n" for a in payloads(canary)).encode()
+    assert Path(job.stdout_path).read_bytes() == pre_out(canary) + args + POST_OUT
+    assert Path(job.attempt_path("rc")).read_text() == "0\n"
+    # A fragment that is not whole shell fails the job (the shell's syntax error, 2), or
+    # exits with its own status; the script around it parses and records a return code.
+    for i, breaker in enumerate(BREAKERS):
+        job.attempt = i + 2
+        job._wrap = Wrap((breaker,), ("touch " + shlex.quote(f"{canary}after"),))
+        text = render_script(job, job.dir)
+        sh_n(text)
+        Path(job.attempt_path(SCRIPT)).write_text(text)
+        subprocess.run(["sh", job.attempt_path(SCRIPT)], timeout=30, cwd=tmp_path)
+        rc = Path(job.attempt_path("rc")).read_text()
+        assert rc == ("5\n" if breaker == "exit 5" else "2\n"), (breaker, rc)
+    assert leaks(tmp_path) == []
+
+
+def test_wrapped_local_argv_keeps_the_arguments_apart(tmp_path: Path) -> None:
+    canary = tmp_path / CANARY
+    args = payloads(canary)
+    wrap = Wrap((pre_fragment(canary), "set -- hijacked; shift"), (POST_FRAGMENT,))
+    argv = wrap.argv(["printf", "%s\\n", *args])
+    assert argv[:2] == ("/bin/sh", "-c") and argv[4:] == ("printf", "%s\\n", *args)
+    out = subprocess.run(argv, capture_output=True, timeout=30, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == pre_out(canary) + "".join(f"{a}\n" for a in args).encode() + POST_OUT
+    for breaker in BREAKERS:
+        argv = Wrap((breaker,), (f"touch {shlex.quote(f'{canary}after')}",)).argv(["true"])
+        done = subprocess.run(argv, capture_output=True, timeout=30, cwd=tmp_path)
+        assert done.returncode == (5 if breaker == "exit 5" else 2), (breaker, done)
+    assert leaks(tmp_path) == []

@@ -332,3 +332,17 @@ async def test_concurrent_first_feeds_get_distinct_indices_and_folders(workdir: 
     await q.run_until_complete()
     for job in jobs:
         assert (await read_text(job.stdout_path)).strip() == job.argv[1]
+
+
+async def test_a_run_started_with_tg_start_takes_stop_feeding_right_after(workdir: Path) -> None:
+    """``tg.start`` returns once the run has begun: a stop_feeding() right after it is
+    neither lost nor too early (with start_soon it could come before the run began)."""
+    from functools import partial
+
+    q = Xqueue(workdir=workdir)
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            await tg.start(partial(q.run, keep_feeding=True))
+            job = await q.feed(["true"])
+            await q.stop_feeding()
+    assert job.status is JobStatus.FINISHED

@@ -16,7 +16,7 @@ from xqueue.workdir import Workdir
 
 def make_job(tmp_path: Path, cmd: object, **kw: object) -> Job:
     job = Job(0, cmd, **kw)  # type: ignore[arg-type]
-    Workdir(tmp_path / "wd").prepare(job)
+    Workdir(tmp_path / "wd").prepare(job, make=True)
     return job
 
 

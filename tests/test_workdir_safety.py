@@ -26,7 +26,7 @@ pytestmark = pytest.mark.anyio
 def submitted(wd: Workdir, index: int, final: JobStatus | None = None) -> Job:
     """A job recorded the way the engine records it: submitted, then maybe final."""
     job = Job(index, f"echo {index}")
-    wd.prepare(job)
+    wd.prepare(job, make=True)
     job.attempt, job.jid, job.status = 1, f"{4000 + index}@1.00", JobStatus.SUBMITTED
     wd.record(job)
     if final is not None:

@@ -102,6 +102,7 @@ async def submit(
     resources: Resources | dict[str, Any] | None,
     python: str | None,
     after: tuple[Job, ...] = (),
+    params: dict[str, Any] | None = None,
 ) -> CallJob[T]:
     """``Xqueue.submit_call``: check, pickle, stage the pickle, then add the job.
 
@@ -112,7 +113,7 @@ async def submit(
     call, call_digest = pickle_call(fn, args, kwargs)
     argv = command(interpreter(engine.scheduler, python), call_digest)
     job: CallJob[T] = CallJob(0, argv, envs=envs, name=name or label(fn), resources=resources)
-    job.after = after
+    job.after, job.params = after, params
     workdir = engine.workdir
     await workdir.lock_async()
     staged = {CALL_FILE: await anyio.to_thread.run_sync(_stage, workdir, call)}

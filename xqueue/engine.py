@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
+from . import wrapping
 from .admission import Backlog
 from .capacity import Need, Pool
 from .dependencies import Graph, skip_reason
@@ -106,6 +107,8 @@ SHUTDOWN_MARGIN = 30.0
 SHUTDOWN_HOOK_TIMEOUT = 10.0
 # Seconds between two lookups of a submission whose outcome is unknown.
 RESOLVE_DELAY = 1.0
+# The shortest time between two polling-hook ticks of a backend that awaits its jobs.
+MIN_TICK = 0.05
 
 ACTIVE = (S.SUBMITTING, S.SUBMITTED, S.RUNNING)
 
@@ -153,6 +156,7 @@ class Engine:
         slots: Mapping[str, Sequence[Any]] | None = None,
         backfill: int = 16,
         retry_policy: RetryPolicy | None = None,
+        resume: bool = True,
     ) -> None:
         self.queue = queue
         self.hook_timeout = hook_timeout
@@ -164,6 +168,7 @@ class Engine:
         self.num_retries = num_retries
         self.retry_policy = retry_policy or RetryPolicy()
         self.handle_signals = handle_signals
+        self.resume = resume
 
         self.state = RunState.IDLE
         self.jobs: list[Job] = []
@@ -199,6 +204,13 @@ class Engine:
         self._unavailable_since = 0.0
         self.started_at: float | None = None
         self.stopped_at: float | None = None
+        # Embedding (docs/embedding.md): attempts of earlier runs whose result is not
+        # wanted (resume=False, a changed cache key), jobs that exited 0 and whose check
+        # (on_job_checking) is running, and which optional hooks the plugins implement.
+        self._stale: set[Job] = set()
+        self._checking: set[Job] = set()
+        self._wrapping = self._checks = self._polling = False
+        self._polling_posted = False
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -231,6 +243,8 @@ class Engine:
                 self._pool.release(job.claim)  # ended, failed, killed, refused, requeued
         if new.is_active:
             self._active[job] = None
+            if old is S.QUEUED:  # a new attempt: nothing of the one before is its own
+                job.rc, job.reason = None, ""
         if new is S.QUEUED:
             self._queued.append(job)  # left behind lazily when it moves on
         elif new is S.RUNNING and not self.scheduler.enforces_walltime:
@@ -342,6 +356,7 @@ class Engine:
         receiver = self._open_signals()
         try:
             self.scheduler.forks = self.forks
+            self._plugin_features()
             self.scheduler_open = True  # closed by _close, even if open() fails half-way
             await self.scheduler.open(self.workdir)
             self._pool.set_hosts(await self.scheduler.capacity())  # now measured, if it was not
@@ -377,6 +392,17 @@ class Engine:
         if self._error is not None:
             raise self._error
 
+    def _plugin_features(self) -> None:
+        """What this run must do for the optional hooks; nothing at all when unused."""
+        implements = self.hooks.implements
+        opts = self.scheduler.options
+        self._wrapping = bool(opts.prescript.strip() or opts.postscript.strip()) or any(
+            implements(h) for h in (*wrapping.BEFORE_HOOKS, wrapping.AFTER_HOOK)
+        )
+        self._checks = implements("on_job_checking")
+        self._polling = implements("on_job_polling") or implements("on_jobs_polling")
+        self._polling_posted = False
+
     def _reason(self) -> str:
         if self._signal is not None:
             return "signal"
@@ -390,12 +416,16 @@ class Engine:
             self._tg = tg
             try:
                 tg.start_soon(self._guard, self.scheduler.serve)
+                for job in self._checking:  # a run cancelled mid-check checks it again
+                    tg.start_soon(self._guard, self._check, job)
                 if not self.scheduler.awaits_completion:
                     tg.start_soon(self._guard, self._poller)
                 else:
                     for job in self._active:
-                        if job.status is not S.SUBMITTING:
+                        if job.status is not S.SUBMITTING and job not in self._checking:
                             tg.start_soon(self._guard, self._await_job, job)
+                    if self._polling:
+                        tg.start_soon(self._guard, self._poll_timer)
                 if receiver is not None:
                     tg.start_soon(self._guard, self._watch_signals, receiver)
                 await self._loop()
@@ -462,6 +492,11 @@ class Engine:
             job.resources, job._grown = grown, True
         status, attempt = record.get("status"), record.get("attempt")
         if status == S.FINISHED.value and record.get("rc") == 0:
+            if not self._reusable(job, record):
+                # Not wanted again (resume=False, another cache key): a new attempt after
+                # the last, so the files of the attempt that succeeded stay as they are.
+                job.attempt = job._base_attempt = _int(attempt, 0)
+                return self._release(job)
             job.rc, job.attempt = 0, _int(attempt, 1)
             job.reason = "succeeded in an earlier run"
             return self._finalize(job, S.FINISHED, record=False)
@@ -472,6 +507,8 @@ class Engine:
             job._base_attempt = job.attempt - 1  # a lost attempt n is not held against it
             if job.attempt == 0:
                 return self._release(job)
+            if not self._reusable(job, record):
+                self._stale.add(job)  # looked up all the same: stopped, never run twice
             # Re-adopted whatever its dependencies: the earlier run only started it once
             # they had succeeded, and it must not run twice. It may still hold the devices
             # and slot values it was given: held again, so no other job gets them.
@@ -480,6 +517,17 @@ class Engine:
             self._to_resolve.append((job, 0.0))
             return []
         return self._release(job)  # it ended (failed, killed, skipped): run it again
+
+    def _reusable(self, job: Job, record: Mapping[str, Any]) -> bool:
+        """Whether an earlier run's attempt of ``job`` may stand for this run's.
+
+        Not with ``resume=False``; with a cache key, only if the attempt was made under
+        the same key (an attempt recorded without one does not match any key). Without
+        a key, the job's folder is its identity: the same spec (command, environment,
+        resources) is the same job."""
+        if not self.resume:
+            return False
+        return job.cache_key is None or record.get("cache_key") == job.cache_key
 
     def _release(self, job: Job, *, announce: bool = True) -> list[HookCall]:
         """Queue a job whose dependencies have all succeeded; else hold it, or skip it
@@ -562,6 +610,14 @@ class Engine:
             log.warning("job %s: looking it up failed (%s); trying again", job.index, found)
             self._to_resolve.append((job, time.monotonic() + RESOLVE_DELAY))
             return []
+        if job in self._stale:
+            # An earlier run's attempt whose result is not wanted: stopped if the backend
+            # still holds it (the job must never run twice at once), then run afresh.
+            if found:
+                self._actions.append((self._stop_stale, (job,)))
+                return []
+            self._stale.discard(job)
+            job.jid = None
         if found or job.jid is not None:
             # Held by the backend, or known by id: following it settles it (its rc
             # file, the backend's accounting, or vanished after a grace).
@@ -605,8 +661,24 @@ class Engine:
             log.warning("job %s (%s): %s; killing it", job.index, job.name, timed_out(limit))
             self._to_kill.append(job)
 
+    def _on_stale_stopped(self, job: Job, error: BaseException | None) -> list[HookCall]:
+        self._stale.discard(job)
+        if job.status is not S.SUBMITTING:
+            return []
+        if error is not None:
+            # Left as it is, and recorded as it was, so a later run looks for it again.
+            job.reason = f"an attempt of an earlier run ({job.jid}) could not be stopped: {error}"
+            log.error("job %s (%s): %s", job.index, job.name, job.reason)
+            calls = self._finalize(job, S.FAILED, record=False)
+            if self.error_strategy == "halt":
+                calls += self._on_stop(JobFailedError(job))
+            return calls
+        self.scheduler.forget(job)
+        job.jid = None
+        return self._on_resolved(job, False)
+
     def _on_update(self, job: Job, state: JobState, attempt: int | None = None) -> list[HookCall]:
-        if not job.status.is_active or job.status is S.SUBMITTING:
+        if not job.status.is_active or job.status is S.SUBMITTING or job in self._checking:
             return []
         if attempt is not None and attempt != job.attempt:
             return []  # an earlier attempt's late word (it was settled by its kill)
@@ -640,9 +712,41 @@ class Engine:
         if state.status is S.KILLED:
             job.reason = job.reason or "killed outside xqueue"
         new = S.FINISHED if state.status is S.FINISHED else S.FAILED
+        if new is S.FINISHED and self._checks:
+            # It counts as a success once the plugins have checked what it left; it
+            # keeps its slot meanwhile.
+            self._checking.add(job)
+            self._actions.append((self._check, (job,)))
+            return calls
         return calls + self._end_attempt(
             job, new, retryable=state.retryable, failure=_classify(state)
         )
+
+    def _on_checked(self, job: Job, reason: str) -> list[HookCall]:
+        self._checking.discard(job)
+        if not job.status.is_active:
+            return []
+        if reason:
+            job.reason = reason
+            log.warning(
+                "job %s (%s) exited 0 but failed its check: %s", job.index, job.name, reason
+            )
+            # Its own result is wrong, as with a non-zero exit: retried by the same rules.
+            return self._end_attempt(
+                job, S.FAILED, retryable=True, failure=FailureClass.NONZERO_EXIT
+            )
+        return self._end_attempt(job, S.FINISHED, retryable=True)
+
+    def _on_polling(self) -> list[HookCall]:
+        """A tick of the polling hooks: they are called, with every active job, by an
+        action, so a sweep over many jobs never holds up the loop; the next tick is
+        taken only once that action has finished (``_tick``)."""
+        jobs = [j for j in self._active if j.status is not S.SUBMITTING and j not in self._checking]
+        if self.state is RunState.STOPPING or not jobs:
+            self._polling_posted = False
+        else:
+            self._actions.append((self._poll_hooks, (jobs,)))
+        return []
 
     def _end_attempt(
         self,
@@ -661,7 +765,9 @@ class Engine:
             if retryable and self.state is not RunState.STOPPING and self._retry(job):
                 self._move(job, S.RETRYING)
                 self.workdir.record(job)
-                job.jid, job.rc, job.reason = None, None, ""
+                # The failed attempt's rc and reason stay for on_job_retrying (and for
+                # `status` while it waits); the next submission clears them (_move).
+                job.jid = None
                 return [("on_job_retrying", job), *self._enqueue(job)]
         calls = self._finalize(job, status)
         if status is S.FAILED and self.error_strategy == "halt":
@@ -729,7 +835,7 @@ class Engine:
         return calls
 
     def _on_kill(self, job: Job, reply: _Reply) -> list[HookCall]:
-        if job.status.is_final or job.kill_requested:
+        if job.status.is_final or job.kill_requested or job in self._checking:
             reply.set(False)
             return []
         job._kill_requested = True
@@ -807,7 +913,7 @@ class Engine:
                 calls += self._finalize(job, S.KILLED, record=False, cascade=False)
             elif job.status is S.SUBMITTING:
                 job._kill_requested = True
-            elif job.status.is_active and not job.kill_requested:
+            elif job.status.is_active and not job.kill_requested and job not in self._checking:
                 job._kill_requested = True
                 job.reason = f"killed: {why}"
                 self._to_kill.append(job)
@@ -929,6 +1035,28 @@ class Engine:
             self._post("stop", exc)
         if not allowed:
             return
+        try:
+            for job in allowed:
+                job._wrap = await self._wrap(job) if self._wrapping else None
+        except PluginError as exc:
+            self._post("stop", exc)  # first: the run's error is the plugin's, not a job's
+            for job in allowed:
+                self._post("submitted", job, exc)
+            return
+        # Folders are made only now, a batch at a time off the loop: feeding costs no I/O.
+        unmade = [job for job in allowed if not self.workdir.has_folder(job)]
+        if unmade:
+            try:
+                failed: dict[Job, Exception] = dict(
+                    await anyio.to_thread.run_sync(self.workdir.make_folders, unmade)
+                )
+            except Exception as exc:  # a bug, not a job's fault: no job is left submitting
+                failed = dict.fromkeys(unmade, exc)
+            for job, error in failed.items():
+                self._post("submitted", job, SubmissionError(str(error), retryable=False))
+            allowed = [job for job in allowed if job not in failed]
+            if not allowed:
+                return
         # The intent first: a controller that dies during the submission leaves a record
         # that makes the next run look for the job instead of starting it again.
         self.workdir.record_many(allowed)
@@ -938,6 +1066,65 @@ class Engine:
             results = [SubmissionUnknownError(f"{self.scheduler.name}: {exc!r}")] * len(allowed)
         for job, result in zip(allowed, results):
             self._post("submitted", job, result)
+
+    async def _wrap(self, job: Job) -> wrapping.Wrap | None:
+        opts = self.scheduler.options
+        return await wrapping.build(
+            self.hooks, opts.prescript, opts.postscript, self._kw(job), self._hook_timeout()
+        )
+
+    async def _check(self, job: Job) -> None:
+        """Ask the plugins whether an attempt that exited 0 left what it should."""
+        hook, reason = "on_job_checking", ""
+        try:
+            for plugin, result in await self.hooks.call(
+                hook, timeout=self._hook_timeout(), **self._kw(job)
+            ):
+                if result is False:
+                    reason = f"plugin {plugin!r} failed the job's check"
+                elif isinstance(result, str) and result.strip():
+                    reason = result
+                elif result is not None and result is not True and result != "":
+                    why = f"returned {result!r}; return a reason (str), False or None"
+                    raise PluginError(plugin, hook, TypeError(why))
+                if reason:
+                    break
+        except PluginError as exc:
+            self._post("stop", exc)
+            reason = f"not checked: {exc}"
+        self._post("checked", job, reason)
+
+    async def _poll_hooks(self, jobs: list[Job]) -> None:
+        try:
+            timeout = self._hook_timeout()
+            if self.hooks.implements("on_jobs_polling"):
+                kw = {"xqueue": self.queue, "scheduler": self.scheduler, "jobs": jobs}
+                await self.hooks.call("on_jobs_polling", timeout=timeout, **kw)
+            if self.hooks.implements("on_job_polling"):
+                for job in jobs:
+                    if job.status in (S.SUBMITTED, S.RUNNING):  # it may have ended since
+                        await self.hooks.call("on_job_polling", timeout=timeout, **self._kw(job))
+        except PluginError as exc:
+            self._post("stop", exc)
+        finally:
+            self._polling_posted = False
+
+    async def _stop_stale(self, job: Job) -> None:
+        """Kill an earlier run's attempt that is not wanted, unless it has ended already."""
+        error: BaseException | None = None
+        if await anyio.to_thread.run_sync(read_rc, job) is None:
+            try:
+                (error,) = await self.scheduler.kill_jobs([job])
+            except Exception as exc:
+                error = exc
+        if error is None:
+            log.info(
+                "job %s (%s): stopped its attempt %s of an earlier run",
+                job.index,
+                job.name,
+                job.jid,
+            )
+        self._post("stale_stopped", job, error)
 
     async def _resolve(self, jobs: list[Job]) -> None:
         """Find jobs whose submission may have happened: their rc file, or the backend."""
@@ -1009,7 +1196,9 @@ class Engine:
                 self._wake_poller = None
             stopping = self.state is RunState.STOPPING
             await anyio.sleep(min(interval, 0.5) if stopping else interval)
-            jobs = [j for j in self._active if j.status is not S.SUBMITTING]
+            jobs = [
+                j for j in self._active if j.status is not S.SUBMITTING and j not in self._checking
+            ]
             if not jobs:
                 continue
             self.scheduler.stats.ticks += 1
@@ -1032,6 +1221,20 @@ class Engine:
             failures, since = 0, 0.0
             for job, state in states.items():
                 self._post("update", job, state)
+            self._tick()
+
+    def _tick(self) -> None:
+        """A tick of the polling hooks; at most one waits in the inbox at a time."""
+        if self._polling and not self._polling_posted:
+            self._polling_posted = True
+            self._post("polling")
+
+    async def _poll_timer(self) -> None:
+        """Polling-hook ticks for a backend that awaits its jobs (nothing polls it)."""
+        interval = max(self.scheduler.options.poll_interval, MIN_TICK)
+        while True:
+            await anyio.sleep(interval)
+            self._tick()
 
     # -- signals ---------------------------------------------------------------------------
     def _open_signals(self) -> Any:

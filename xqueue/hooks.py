@@ -97,6 +97,10 @@ class Hooks:
             self._impls[hook] = impls
         return impls
 
+    def implements(self, hook: str) -> bool:
+        """Whether any plugin implements ``hook`` (so the engine can skip work for none)."""
+        return bool(self._implementations(hook))
+
     async def call(
         self, hook: str, timeout: float | None = None, **kwargs: Any
     ) -> list[tuple[str, Any]]:

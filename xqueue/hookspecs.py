@@ -11,6 +11,7 @@ A hook that raises stops the run with a ``PluginError`` naming the plugin.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -94,3 +95,49 @@ def on_job_skipped(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> None:
 @hookspec
 def on_job_retrying(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> None:
     """An attempt failed and the job will run again; ``job.rc`` is the failed attempt's."""
+
+
+@hookspec
+def on_job_checking(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> str | bool | None:
+    """An attempt exited 0; check what it left (its outputs) before it counts as a success.
+
+    Return a reason (a non-empty string) to fail the attempt: the job ends FAILED with
+    that reason (``job.rc`` stays 0) and is retried under the normal rules
+    (``error_strategy``, ``num_retries``); under "halt" it stops the run. ``False`` fails it
+    with a reason naming the plugin. ``None`` (or ``True``, ``""``) accepts it. The job
+    keeps its slot until every implementation has answered. A job skipped as succeeded
+    in an earlier run is not checked again (see ``feed(cache_key=...)``)."""
+
+
+@hookspec
+def on_job_polling(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> None:
+    """Once per tick for each active job (submitted or running): live output tails.
+
+    A tick is one status query of a polled backend, or every ``poll_interval`` seconds
+    for a backend that awaits its jobs (local, containers). At most one tick is pending
+    at a time: a slow implementation makes ticks rarer, never piles them up. Not called
+    while the run stops. With many active jobs prefer ``on_jobs_polling``."""
+
+
+@hookspec
+def on_jobs_polling(xqueue: Xqueue, scheduler: Scheduler, jobs: Sequence[Job]) -> None:
+    """The batched form of ``on_job_polling``: once per tick with every active job."""
+
+
+@hookspec
+def on_jobcmd_init(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> str | None:
+    """Shell text run first, before the command and before the ``prescript`` option.
+
+    Called once per attempt, before it is submitted; the text is fixed for that attempt.
+    It runs in the job's shell, on every backend (see ``xqueue.wrapping``)."""
+
+
+@hookspec
+def on_jobcmd_prep(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> str | None:
+    """Shell text run right before the command, after the ``prescript`` option."""
+
+
+@hookspec
+def on_jobcmd_end(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> str | None:
+    """Shell text run after the command and the ``postscript`` option; ``$XQUEUE_JOB_RC``
+    holds the command's exit status. An ``exit N`` here ends the job with status N."""

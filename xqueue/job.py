@@ -19,6 +19,7 @@ from .errors import ConfigError, InvalidTransitionError
 from .failures import FailureClass
 from .resources import Resources
 from .states import JobStatus, can_transition
+from .wrapping import Wrap
 
 # Names of the files a job keeps in its folder, once per job.
 SPEC_FILE = "job.json"
@@ -83,7 +84,18 @@ def default_name(command: str | tuple[str, ...]) -> str:
 
 
 class Job:
-    """A command to run, with its environment, resources and state."""
+    """A command to run, with its environment, resources and state.
+
+    A pipeline framework may subclass it (``Xqueue(job_class=...)``, ``Xqueue.feed_job``)
+    to carry its own record: add attributes, properties and methods, and extend
+    ``__init__`` (keeping its parameters, which ``feed`` passes by keyword). A subclass
+    without ``__slots__`` gets a ``__dict__``, about 100 bytes more per job. Without
+    subclassing, ``data`` is a slot free for the embedder. The engine owns the rest:
+    ``index`` and ``dir`` are assigned when the job is fed; ``status``, ``attempt``,
+    ``jid``, ``rc`` and ``reason`` change only through it. Overriding those, or
+    ``transition``, ``wait``, ``argv``, ``command_argv`` or the path methods, is not
+    supported.
+    """
 
     __slots__ = (
         "_base_attempt",
@@ -92,8 +104,10 @@ class Job:
         "_grown",
         "_kill_requested",
         "_pending_state",
+        "_wrap",
         "after",
         "attempt",
+        "cache_key",
         "claim",
         "command",
         "data",
@@ -103,6 +117,7 @@ class Job:
         "index",
         "jid",
         "name",
+        "params",
         "rc",
         "reason",
         "resources",
@@ -133,6 +148,8 @@ class Job:
         self.failure: FailureClass | None = None
         self.attempt = 0
         self.data: Any = None  # free for embedders (a pipeline's own job record)
+        # What it was fed with as ``params`` (a sweep's point): part of its spec, read-only.
+        self.params: dict[str, Any] | None = None
         # The jobs it runs after (``feed(after=...)``), fixed when it is fed: read-only.
         self.after: tuple[Job, ...] = ()
         # What its latest start was given (a host, GPU ids, slot values); set by the engine.
@@ -143,13 +160,25 @@ class Job:
         self._pending_state: Any = None  # a backend's verdict waiting for its kill
         self._failures: dict[FailureClass, int] | None = None  # failed attempts by class
         self._grown = False  # resources grown by a retry policy (job.json has the fed ones)
+        # What decides whether an earlier success counts (``feed(cache_key=...)``).
+        self.cache_key: str | None = None
+        # Shell lines around this attempt's command (``wrapping``), set at submission.
+        self._wrap: Wrap | None = None
 
     @property
-    def argv(self) -> tuple[str, ...]:
-        """The exact argv to execute: a list command as given, a string through ``sh -c``."""
+    def command_argv(self) -> tuple[str, ...]:
+        """The job's own argv: a list command as given, a string through ``sh -c``."""
         if isinstance(self.command, str):
             return ("/bin/sh", "-c", self.command)
         return self.command
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """The exact argv to execute: ``command_argv``, inside ``/bin/sh -c`` when the
+        run adds shell lines around it (``prescript``, the jobcmd hooks: ``wrapping``)."""
+        if self._wrap is not None:
+            return self._wrap.argv(self.command_argv)
+        return self.command_argv
 
     @property
     def slots(self) -> dict[str, Any]:

@@ -16,7 +16,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
-from .errors import SchedulerOptionError
+from .errors import ConfigError, SchedulerOptionError
+from .wrapping import check_fragment
 
 T = TypeVar("T", bound="SchedulerOptions")
 
@@ -43,6 +44,12 @@ class SchedulerOptions:
     """Interpreter that runs Python calls (``Xqueue.submit``) where the jobs run; empty:
     the controller's own ``sys.executable``, right when the backend shares its files and
     Python environment (local, a cluster or SSH host on the same file system)."""
+    prescript: str = ""
+    """Shell lines run before each job's command, in the job's own shell (``export``,
+    ``cd``, ``module load`` apply to the command); see ``xqueue.wrapping``."""
+    postscript: str = ""
+    """Shell lines run after each job's command; ``$XQUEUE_JOB_RC`` holds its exit status,
+    which stays the job's unless a line exits with another."""
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Keys the scheduler passes through to its backend (only when ``accepts_extra``)."""
 
@@ -90,6 +97,11 @@ class SchedulerOptions:
                 )
         if self.submit_concurrency < 1:
             raise SchedulerOptionError(f"{scheduler}: submit_concurrency must be >= 1")
+        for name in ("prescript", "postscript"):
+            try:
+                check_fragment(getattr(self, name), f"{scheduler}: {name}")
+            except ConfigError as exc:
+                raise SchedulerOptionError(str(exc)) from None
 
 
 _DECLARED: dict[type[SchedulerOptions], dict[str, Any]] = {}

@@ -8,8 +8,11 @@ scheduler and plugins, and offers the three ways to run: ``run_until_complete()`
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -17,15 +20,19 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 
 from . import calls, profiles
+from ._text import check_envs, check_text
 from .capacity import check_axes
+from .control import Control
 from .dependencies import After, resolve_after
 from .engine import Engine, RunState
 from .errors import ConfigError, QueueStateError
+from .events import EventLog
 from .hooks import Hooks
-from .job import Job
+from .job import Job, check_name, default_name, normalize_command
+from .params import check_params
 from .resources import Resources
 from .retry import RetryPolicy
 from .scheduler import Scheduler
@@ -34,6 +41,8 @@ from .workdir import Workdir
 
 if TYPE_CHECKING:
     import asyncio
+
+log = logging.getLogger("xqueue")
 
 ERROR_STRATEGIES = ("halt", "retry", "ignore")
 P = ParamSpec("P")
@@ -69,6 +78,51 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+_FEEDING: weakref.WeakSet[Xqueue] = weakref.WeakSet()
+"""Queues in keep-feeding mode; one still running when the process exits is reported."""
+
+
+_EXIT_CHECK: list[bool] = []  # registered with atexit once, by the first feeding queue
+
+
+def _watch_at_exit(queue: Xqueue) -> None:
+    if not _EXIT_CHECK:
+        atexit.register(_warn_still_feeding)
+        _EXIT_CHECK.append(True)
+    _FEEDING.add(queue)
+
+
+def _warn_still_feeding() -> None:
+    """At exit: a queue left feeding by an event loop that stopped under its run (xqute
+    style ``loop.run_until_complete`` without ``stop_feeding()``). Its run never ended:
+    nobody waited for its jobs, and the ones it started may still be running."""
+    for queue in list(_FEEDING):
+        if queue._feeding_mode and queue._engine.state is RunState.RUNNING:
+            log.warning(
+                "the process exits while an Xqueue (%s, %d job(s)) is still feeding: "
+                "stop_feeding() was never called and its event loop stopped under it, so "
+                "its run never ended; jobs it started may still be running",
+                queue.workdir.path,
+                len(queue.jobs),
+            )
+
+
+def _check_job_class(value: Any) -> type[Job]:
+    if not (isinstance(value, type) and issubclass(value, Job)):
+        raise ConfigError(f"job_class must be xqueue.Job or a subclass of it, got {value!r}")
+    if issubclass(value, calls.CallJob):
+        raise ConfigError("job_class cannot be a CallJob: Python calls are fed by submit()")
+    return value
+
+
+def _check_cache_key(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"a cache key is a non-empty string, got {value!r}")
+    return check_text(value, "the cache key")
 
 
 def _check_timeout(value: Any) -> float | None:
@@ -116,6 +170,15 @@ class Xqueue:
     "max_memory": "64G"}, "NONZERO_EXIT": "stop"}`` (see ``xqueue.retry``); classes it
     does not name follow ``error_strategy`` and ``num_retries``. Under "halt" a failure
     the policy retries does not stop the run; one it does not retry does.
+    For pipeline frameworks (docs/embedding.md): ``job_class`` is the class ``feed``
+    makes its jobs of (a subclass of ``Job``; ``feed_job`` takes jobs built by the
+    caller). ``resume=False`` never counts an earlier run's success: every job fed runs
+    again, in the same folder (one that succeeded as a new attempt after that one, so
+    its files stay); an attempt of an earlier run that is still running is killed
+    first, never run twice at once.
+    ``events=False`` turns off the run's event stream, ``<workdir>/events.jsonl`` (one
+    JSON line per job event, written off the event loop; see ``xqueue.events``), which
+    ``xqueue status --follow`` reads.
     """
 
     def __init__(
@@ -135,6 +198,9 @@ class Xqueue:
         slots: Mapping[str, Sequence[Any]] | None = None,
         backfill: int = 16,
         retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+        job_class: type[Job] = Job,
+        resume: bool = True,
+        events: bool = True,
     ) -> None:
         forks = _check_int("forks", forks, 1)
         backfill = _check_int("backfill", backfill, 0)
@@ -146,11 +212,19 @@ class Xqueue:
                 + ", ".join(repr(s) for s in ERROR_STRATEGIES)
             )
         policy = RetryPolicy.parse(retry_policy)
+        self._job_class = _check_job_class(job_class)
+        if not isinstance(resume, bool):
+            raise ConfigError(f"resume must be True or False, got {resume!r}")
         self.scheduler, self._default_resources = profiles.resolve(
             scheduler, profile, scheduler_opts
         )
         self.workdir = Workdir(workdir, trust=trust_workdir)
         self.hooks = Hooks(plugins)
+        # Built in, registered as any plugin is (after the user's, so called first):
+        # run.json and kill requests for `xqueue cancel`, the event stream.
+        self.hooks.register(Control(), "xqueue-control")
+        if events:
+            self.hooks.register(EventLog(), "xqueue-events")
         self._engine = Engine(
             self,
             self.scheduler,
@@ -164,10 +238,21 @@ class Xqueue:
             slots=axes,
             backfill=backfill,
             retry_policy=policy,
+            resume=resume,
         )
         self._task_group: TaskGroup | None = None
         self._background: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        # Started in keep-feeding mode and stop_feeding() not called yet: a queue whose
+        # run is cancelled, or still runs when the process exits, in this mode warns.
+        self._feeding_mode = False
+
+    def _set_feeding_mode(self, on: bool) -> None:
+        self._feeding_mode = on
+        if on:
+            _watch_at_exit(self)
+        else:
+            _FEEDING.discard(self)
 
     # -- properties ----------------------------------------------------------------------
     @property
@@ -186,14 +271,18 @@ class Xqueue:
         return self._engine.feeding
 
     def statistics(self) -> QueueStatistics:
+        """O(1) whatever the number of jobs: from the engine's counts, which it keeps as
+        jobs move. Safe from another thread (rich's refresh thread): the counts are
+        copied in one step, never iterated while the loop changes them."""
         e = self._engine
         end = e.stopped_at if e.stopped_at is not None else time.monotonic()
         stats = self.scheduler.stats
+        counts = dict(e.counts)
         return QueueStatistics(
             total=len(e.jobs),
-            counts={s.value: n for s, n in e.counts.items() if n},
-            active=len(e.active_jobs()),
-            pending=e.counts.get(JobStatus.QUEUED, 0),
+            counts={s.value: n for s, n in counts.items() if n},
+            active=counts.get(JobStatus.SUBMITTED, 0) + counts.get(JobStatus.RUNNING, 0),
+            pending=counts.get(JobStatus.QUEUED, 0),
             submit_calls=stats.submit_calls,
             status_calls=stats.status_calls,
             kill_calls=stats.kill_calls,
@@ -217,6 +306,8 @@ class Xqueue:
         name: str | None = None,
         resources: Resources | dict[str, Any] | None = None,
         after: After = None,
+        cache_key: str | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> Job:
         """Add a job and return it.
 
@@ -228,11 +319,58 @@ class Xqueue:
         has succeeded; if one fails for good or is killed, the job ends SKIPPED, and so do
         the jobs that wait for it. Only jobs fed before it can be named, so dependencies
         never form a cycle; anything else is refused with ``ConfigError``.
+
+        ``cache_key`` (a string the caller derives from what the job depends on: its
+        script, its inputs) replaces "same command" as the test of an earlier success:
+        the job is skipped only if it succeeded under the same key; under another key
+        (or none) it runs again, in the same folder, as a new attempt after the last.
+        The job is made by the queue's ``job_class``.
+        ``params`` (names to plain values: a sweep's point) are recorded with the job, in
+        its ``job.json``: ``xqueue status`` shows them and filters on them (``--param``).
+        They are part of what the job is, so a resumed run skips it only with the same.
         """
         self._engine.check_can_feed()
+        cache_key = _check_cache_key(cache_key)
         resources = profiles.with_defaults(Resources.from_value(resources), self._default_resources)
-        job = Job(len(self._engine.jobs), cmd, envs=envs, name=name, resources=resources)
+        job = self._job_class(
+            len(self._engine.jobs), cmd, envs=envs, name=name, resources=resources
+        )
+        job.cache_key = cache_key
         job.after = resolve_after(after, self._engine.jobs)
+        job.params = check_params(params)
+        await self._engine.add(job)
+        return job
+
+    async def feed_job(self, job: Job, *, after: After = None, cache_key: str | None = None) -> Job:
+        """Add a job the caller built (a ``Job``, or an instance of a subclass) and return it.
+
+        For frameworks that make their own job objects before feeding them (to render a
+        script into them, to check their own cache). The queue assigns ``index`` and
+        ``dir`` (the index given to the constructor is a placeholder) and applies the
+        profile's default resources; ``after`` and ``cache_key`` work as for ``feed`` (a
+        ``cache_key`` given here replaces ``job.cache_key``). A job can be fed once, to
+        one queue; its command, environment and name are checked again, as ``feed``
+        checks them, since they may have been changed after it was made.
+        """
+        self._engine.check_can_feed()
+        if not isinstance(job, Job):
+            raise ConfigError(f"feed_job() takes an xqueue.Job, not {type(job).__name__}")
+        if isinstance(job, calls.CallJob):
+            raise ConfigError("a CallJob is fed by submit() / submit_call(), not feed_job()")
+        if job.dir or job.status is not JobStatus.INIT or job.attempt or job.jid is not None:
+            raise ConfigError(
+                f"{job!r} was fed already (or given a folder): the queue assigns a job's "
+                "index and folder when it is fed, once; make a new job to run it again"
+            )
+        job.command = normalize_command(job.command)
+        job.envs = check_envs(job.envs) if job.envs else None
+        job.name = check_name(job.name) or default_name(job.command)
+        job.resources = profiles.with_defaults(
+            Resources.from_value(job.resources), self._default_resources
+        )
+        job.cache_key = _check_cache_key(job.cache_key if cache_key is None else cache_key)
+        job.after = resolve_after(after, self._engine.jobs)
+        job.params = check_params(job.params)
         await self._engine.add(job)
         return job
 
@@ -256,14 +394,15 @@ class Xqueue:
         resources: Resources | dict[str, Any] | None = None,
         python: str | None = None,
         after: After = None,
+        params: Mapping[str, Any] | None = None,
     ) -> calls.CallJob[T]:
         """Add a job that runs a Python call where jobs run, and return it.
 
         The call is pickled now (cloudpickle), so one that cannot be sent raises
         ConfigError here. ``python`` is the interpreter on the executing side (default:
         the scheduler option ``python``, else this interpreter): it must see this
-        workdir at the same path and have xqueue and cloudpickle installed. ``after`` and
-        the profile's default resources work as for ``feed``.
+        workdir at the same path and have xqueue and cloudpickle installed. ``after``,
+        ``params`` and the profile's default resources work as for ``feed``.
         """
         resources = profiles.with_defaults(Resources.from_value(resources), self._default_resources)
         return await calls.submit(
@@ -276,18 +415,54 @@ class Xqueue:
             resources=resources,
             python=python,
             after=resolve_after(after, self._engine.jobs),
+            params=check_params(params),
         )
 
     # -- running ---------------------------------------------------------------------------
-    async def run(self, *, keep_feeding: bool = False) -> None:
+    async def run(
+        self,
+        *,
+        keep_feeding: bool = False,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Run every job fed and return when all have ended.
 
         With ``keep_feeding=True`` it also takes jobs fed while it runs, until
-        ``stop_feeding()`` is called from another task: start it in your own task group.
+        ``stop_feeding()`` is called from another task: start it in your own task group
+        with ``await tg.start(partial(q.run, keep_feeding=True))``, which returns once the
+        run has begun, so a ``stop_feeding()`` right after it cannot come too early.
         Raises ``JobFailedError`` when a job fails under "halt", and lets cancellation
-        through after killing the running jobs.
+        through after killing the running jobs (with a warning if it was still feeding:
+        ``stop_feeding()`` is the way to end a keep-feeding run and keep its jobs).
         """
-        await self._engine.run(keep_feeding=keep_feeding)
+        if keep_feeding:
+            self._set_feeding_mode(True)
+        try:
+            await self._engine.lock_workdir()
+            self._engine.begin(keep_feeding)
+            task_status.started()
+            await self._engine.run(keep_feeding=keep_feeding, begun=True)
+        except anyio.get_cancelled_exc_class():
+            self._warn_cancelled_while_feeding()
+            raise
+
+    def _warn_cancelled_while_feeding(self) -> None:
+        if self._feeding_mode:
+            log.warning(
+                "the run of an Xqueue (%s) was cancelled while still feeding: "
+                "stop_feeding() was never called, so its jobs that had not ended were "
+                "killed; await q.stop_feeding() before leaving to let them finish",
+                self.workdir.path,
+            )
+            self._set_feeding_mode(False)
+
+    async def _run_in_task(self) -> None:
+        """The xqute-style background run (``run_until_complete(keep_feeding=True)``)."""
+        try:
+            await self._engine.run(True, begun=True)
+        except anyio.get_cancelled_exc_class():
+            self._warn_cancelled_while_feeding()
+            raise
 
     async def run_until_complete(self, keep_feeding: bool = False) -> None:
         """Run every job fed and return when all have ended (see ``run``).
@@ -312,13 +487,26 @@ class Xqueue:
                 ) from None
             await self._engine.lock_workdir()
             self._engine.begin(keep_feeding=True)  # feeding from this line on
-            self._background = loop.create_task(self._engine.run(True, begun=True))
+            self._set_feeding_mode(True)
+            self._background = loop.create_task(self._run_in_task())
             await anyio.lowlevel.checkpoint()
             return
         await self.run(keep_feeding=keep_feeding)
 
     async def stop_feeding(self) -> None:
-        """Accept no more jobs, then wait until every job has ended."""
+        """Accept no more jobs, then wait until every job has ended.
+
+        Only meaningful in keep-feeding mode; called otherwise (twice, or on a queue not
+        started with ``keep_feeding=True`` or ``async with``) it logs a warning and only
+        waits for a run in progress to end."""
+        if not self._feeding_mode:
+            log.warning(
+                "stop_feeding() called on an Xqueue (%s) that is not in keep-feeding mode: "
+                "start it with run_until_complete(keep_feeding=True), run(keep_feeding="
+                "True) or `async with`; nothing to stop",
+                self.workdir.path,
+            )
+        self._set_feeding_mode(False)
         self._engine.close_feeding()
         if self._background is not None:
             task, self._background = self._background, None
@@ -338,6 +526,8 @@ class Xqueue:
     async def aclose(self) -> None:
         if self._engine.state is not RunState.CLOSED:
             self._engine.state = RunState.CLOSED
+            if self.workdir.has_unmade():
+                await anyio.to_thread.run_sync(self.workdir.forget_unmade)
             self.workdir.unlock()
             if self._engine.scheduler_open:  # a run closes what it opened
                 self._engine.scheduler_open = False
@@ -348,6 +538,7 @@ class Xqueue:
             raise QueueStateError("an Xqueue can be entered only once")
         await self._engine.lock_workdir()
         self._engine.begin(keep_feeding=True)
+        self._set_feeding_mode(True)
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._task_group = tg
@@ -370,6 +561,7 @@ class Xqueue:
     ) -> bool | None:
         tg = self._task_group
         assert tg is not None
+        self._set_feeding_mode(False)  # leaving the block ends feeding: no misuse
         try:
             if exc_type is None:
                 self._engine.close_feeding()

@@ -427,7 +427,8 @@ class WorkdirReader:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.read(fd, 64).decode("ascii", errors="replace").strip()
+                claim = os.read(fd, 64).decode("ascii", errors="replace").strip()
+                holder = claim.partition("@")[0]  # pid@start-time (``_identity``)
                 return holder if holder.isdigit() else "unknown"
             except OSError:
                 return None

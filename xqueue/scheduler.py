@@ -325,6 +325,13 @@ class Scheduler(abc.ABC):
         shell. The argv is quoted word by word, so it reaches the program exactly as given.
         """
         path = job.attempt_path(SCRIPT)
+        # Only a submission writes a script: what an earlier run's attempt of the same
+        # number left (a failed job runs again from attempt 1) must not settle this one.
+        for kind in (RC, STARTED):
+            try:
+                os.unlink(job.attempt_path(kind))
+            except FileNotFoundError:
+                pass
         text = render_script(job, jobdir or job.dir, self.script_lines(job))
         if read_text(path) != text:
             atomic_write(path, text)
@@ -361,10 +368,21 @@ def render_script(job: Job, jobdir: str, directives: Iterable[str] = ()) -> str:
         f"rm -f {f(STARTED)} {f(STDOUT)} {f(STDERR)} {f(RC)}.tmp",
         "set -C",
         f"date +%s > {f(STARTED)}",
-        f"{' '.join(q(a) for a in job.argv)} < /dev/null > {f(STDOUT)} 2> {f(STDERR)}",
+        *_command_lines(job, f"> {f(STDOUT)} 2> {f(STDERR)}"),
         "rc=$?",
         f'echo "$rc" > {f(RC)}.tmp && mv -f {f(RC)}.tmp {f(RC)}',
         'exit "$rc"',
         "",
     ]
     return "\n".join(lines)
+
+
+def _command_lines(job: Job, redirect: str) -> list[str]:
+    """The command, its output redirected; with shell lines around it (``wrapping``), a
+    subshell that runs them, so an ``exit`` in one still leaves a return code here."""
+    command = " ".join(quote(a) for a in job.command_argv)
+    if job._wrap is None:
+        return [f"{command} < /dev/null {redirect}"]
+    # set +C: the lines are the user's shell, to run as written (noclobber is only for
+    # the wrapper's own files, opened before the subshell starts).
+    return ["(", "set +C", *job._wrap.lines(command), f") < /dev/null {redirect}"]

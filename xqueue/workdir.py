@@ -10,7 +10,10 @@ Layout of ``<workdir>/<index>-<slug>/``:
 - ``call.pkl`` / ``job.<n>.result``  a Python call's pickle and attempt n's outcome (``calls``)
 
 and ``<workdir>/journal.jsonl``: one line per submission (the job's scheduler id), so a
-later run can re-adopt jobs still running; ``<workdir>/.lock`` is held during a run.
+later run can re-adopt jobs still running; ``<workdir>/.lock`` is held during a run and
+names its controller (``pid@start``, see ``_identity``). A run also writes its event
+stream, ``events.jsonl`` (``events``), and ``run.json`` and takes kill requests in
+``.control/`` (``control``), for ``xqueue status --follow`` and ``xqueue cancel``.
 
 Small files are written with plain blocking calls on purpose: each takes microseconds
 on a local disk, and a thread hop per write would cost more than the write. Every
@@ -32,12 +35,13 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 
+from ._identity import own_identity
 from .errors import WorkdirError
 from .job import RC, SPEC_FILE, Job
 from .records import (
@@ -235,6 +239,8 @@ def job_record(job: Job) -> dict[str, Any]:
         record["failure"] = job.failure.value
     if job._grown and job.resources is not None:
         record["resources"] = job.resources.to_dict()
+    if job.cache_key is not None:
+        record["cache_key"] = job.cache_key
     return _with_claim(job, record)
 
 
@@ -255,6 +261,8 @@ def job_spec(job: Job) -> str:
         "envs": job.envs,
         "resources": job.resources.to_dict() if job.resources else None,
     }
+    if job.params:  # only when given: the spec, so the identity, of other jobs is unchanged
+        spec["params"] = job.params
     return json.dumps(spec, sort_keys=True)
 
 
@@ -279,6 +287,11 @@ class Workdir:
 
         self.reader = WorkdirReader(self.path)
         self._journal_fd: int | None = None
+        # Folder names in the workdir, listed once (under the lock, nobody else adds any),
+        # so feeding a job that has no folder yet costs no file-system call at all.
+        self._names: set[str] | None = None
+        # Jobs fed without a folder yet, with their staged files: made when submitted.
+        self._unmade: dict[Job, Mapping[str, str] | None] = {}
         self._lock_fd: int | None = None
         self._locking: anyio.Lock | None = None
 
@@ -299,14 +312,16 @@ class Workdir:
             return
         fd = open_plain(self.path / LOCK_FILE, os.O_RDWR)
         if not _flock_exclusive(fd):
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            holder = os.read(fd, 64).decode(errors="replace").strip().partition("@")[0]
             os.close(fd)
             raise WorkdirError(
-                f"workdir {str(self.path)!r} is in use by another xqueue run (pid {holder}); "
-                "wait for it to end or use another workdir"
+                f"workdir {str(self.path)!r} is in use by another xqueue run "
+                f"(pid {holder or 'unknown'}); wait for it to end or use another workdir"
             ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        # pid@start-time: `xqueue cancel` signals the controller only once it has made
+        # sure that this is the process holding the lock (see _identity).
+        os.write(fd, own_identity().encode())
         self._lock_fd = fd
 
     async def lock_async(self) -> None:
@@ -391,37 +406,87 @@ class Workdir:
         for path in staged.values():
             _unlink_quietly(path)
 
-    def prepare(self, job: Job, staged: Mapping[str, str] | None = None) -> dict[str, Any] | None:
-        """Create the job's folder and return the last status record of an earlier run.
+    def prepare(
+        self, job: Job, staged: Mapping[str, str] | None = None, *, make: bool = False
+    ) -> dict[str, Any] | None:
+        """Name the job's folder and return the last status record of an earlier run.
 
-        None means a fresh folder. A folder left by an earlier run of the *same* job
-        (same spec) is kept, so the engine can skip or re-adopt it; its record is ``{}``
-        when that run died before recording anything (it may still have started the
-        job). A folder whose spec differs belongs to another job that used this index:
-        it is moved aside rather than overwritten.
+        None means a job with no folder yet: it costs nothing now (no file-system call,
+        so feeding 100,000 jobs takes a fraction of a second) and its folder is made
+        when it is submitted (``make_folders``). A folder left by an earlier run of the
+        *same* job (same spec) is kept, so the engine can skip or re-adopt it; its
+        record is ``{}`` when that run died before recording anything (it may still have
+        started the job). A folder whose spec differs belongs to another job that used
+        this index: it is moved aside rather than overwritten.
 
         ``staged`` maps file names to files written by ``stage``: they are renamed into
-        the folder, a kept one too (its spec names the same content, so a file a crash
-        lost is restored, and a running earlier attempt keeps the inode it opened).
+        the folder when it is made, or now into a kept one (its spec names the same
+        content, so a file a crash lost is restored, and a running earlier attempt keeps
+        the inode it opened). ``make``: make a new folder now (a tool or test that hands
+        the job straight to a backend, without the engine).
         """
         job.dir = self.job_dir(job)
+        if self._names is None:
+            self._names = set(os.listdir(self.path))
+        if os.path.basename(job.dir) not in self._names:
+            self._unmade[job] = staged
+            if make:
+                self._make_now(job)
+            return None
         spec = job_spec(job)
+        if read_text(job.path(SPEC_FILE)) == spec:
+            self._move_in(job, staged)
+            return self.last_record(job.dir) or {}
         try:
-            os.mkdir(job.dir)
-        except FileExistsError:
-            if read_text(job.path(SPEC_FILE)) == spec:
-                self._move_in(job, staged)
-                return self.last_record(job.dir) or {}
             os.replace(job.dir, f"{job.dir}.replaced-{time.time_ns()}")
-            os.mkdir(job.dir)
         except OSError as exc:
-            raise WorkdirError(f"cannot create job folder {job.dir!r}: {exc}") from exc
-        self._move_in(job, staged)
-        # A brand-new folder: nobody reads it yet, so no temporary name is needed. A spec
-        # torn by a crash only fails to match next time, and the job then runs afresh.
-        with open(job.path(SPEC_FILE), "w", encoding="utf-8") as fh:
-            fh.write(spec)
+            raise WorkdirError(f"cannot move job folder {job.dir!r} aside: {exc}") from exc
+        self._names.discard(os.path.basename(job.dir))
+        self._unmade[job] = staged
+        if make:
+            self._make_now(job)
         return None
+
+    def _make_now(self, job: Job) -> None:
+        error = self.make_folders([job]).get(job)
+        if error is not None:
+            raise error
+
+    def has_folder(self, job: Job) -> bool:
+        return job not in self._unmade
+
+    def make_folders(self, jobs: Sequence[Job]) -> dict[Job, WorkdirError]:
+        """Make the folders of jobs about to be submitted: the folder, its staged files,
+        then ``job.json``; return the jobs whose folder could not be made, with why.
+        Blocking: called in a worker thread, a batch at a time."""
+        errors: dict[Job, WorkdirError] = {}
+        for job in jobs:
+            if job not in self._unmade:
+                continue
+            try:
+                os.mkdir(job.dir)
+                self._move_in(job, self._unmade.pop(job))
+                # A brand-new folder: nobody reads it yet, so no temporary name is needed.
+                # A spec torn by a crash only fails to match next time: the job runs afresh.
+                with open(job.path(SPEC_FILE), "w", encoding="utf-8") as fh:
+                    fh.write(job_spec(job))
+            except OSError as exc:
+                errors[job] = WorkdirError(f"cannot create job folder {job.dir!r}: {exc}")
+            except WorkdirError as exc:
+                errors[job] = exc
+            if self._names is not None:
+                self._names.add(os.path.basename(job.dir))
+        return errors
+
+    def has_unmade(self) -> bool:
+        return bool(self._unmade)
+
+    def forget_unmade(self) -> None:
+        """Drop the staged files of jobs that were never submitted (the queue closes)."""
+        for staged in self._unmade.values():
+            if staged:
+                self.discard(staged)
+        self._unmade.clear()
 
     @staticmethod
     def _move_in(job: Job, staged: Mapping[str, str] | None) -> None:
@@ -467,6 +532,8 @@ def _intent(job: Job, now: float) -> dict[str, Any]:
     record: dict[str, Any] = {"status": job.status.value, "attempt": job.attempt, "time": now}
     if job._grown and job.resources is not None:
         record["resources"] = job.resources.to_dict()
+    if job.cache_key is not None:
+        record["cache_key"] = job.cache_key  # a later run tells a stale attempt by it
     return record
 
 

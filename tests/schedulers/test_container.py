@@ -159,7 +159,7 @@ async def test_a_controller_restart_readopts_the_container(
     first = ContainerScheduler(**opts)
     await first.open(wd)
     job = Job(0, ["sh", "-c", "sleep 1; exit 6"])
-    wd.prepare(job)
+    wd.prepare(job, make=True)
     try:
         await first.submit_job(job)  # the controller dies before recording the id
         await first.aclose()
@@ -306,7 +306,7 @@ async def test_lost_answer_is_unknown_and_the_container_found_by_its_labels(
     wd = Workdir(workdir)
     await scheduler.open(wd)
     job = Job(0, ["sh", "-c", "echo ran; exit 4"])
-    wd.prepare(job)
+    wd.prepare(job, make=True)
     job.attempt = 1
     try:
         with pytest.raises(SubmissionUnknownError, match="may have been created"):

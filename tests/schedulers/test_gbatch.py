@@ -24,7 +24,7 @@ import pytest
 
 from tests.helpers import container_engine, read_text, wait_running
 from tests.standins.gcloud import Gcloud, running
-from xqueue import Job, JobStatus, Xqueue
+from xqueue import FailureClass, Job, JobStatus, Xqueue
 from xqueue.errors import SchedulerError, SchedulerOptionError
 from xqueue.schedulers import _gbatch_spec as spec
 from xqueue.schedulers.gbatch import GbatchScheduler
@@ -201,6 +201,7 @@ async def test_walltime_is_enforced_by_batch_and_reported(
     assert job.status is JobStatus.FAILED
     assert job.rc is None
     assert "maximum run duration" in job.reason and "50005" in job.reason
+    assert job.failure is FailureClass.TIMEOUT
 
 
 async def test_exit_code_comes_from_status_events_when_the_wrapper_left_none(
@@ -272,7 +273,7 @@ async def test_a_later_run_readopts_jobs_by_name_and_by_label(
     try:
         early = [Job(i, c) for i, c in enumerate(cmds)]
         for job in early:
-            wd.prepare(job)
+            wd.prepare(job, make=True)
             job.attempt = 1
         ids = await first.submit_jobs(early)
         assert all(isinstance(i, str) for i in ids)

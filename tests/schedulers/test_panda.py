@@ -29,7 +29,7 @@ from tests.helpers import read_text, wait_running
 from tests.procs import DRIVER
 from tests.standins.panda_pilot import StandInPilot
 from tests.standins.panda_server import FINAL, USER, PandaStandIn
-from xqueue import Job, JobStatus, Xqueue
+from xqueue import FailureClass, Job, JobStatus, Xqueue
 from xqueue.errors import SchedulerOptionError, SubmissionUnknownError
 from xqueue.job import SCRIPT
 from xqueue.scheduler import JobState
@@ -161,6 +161,7 @@ async def test_pilot_error_is_the_reason_of_a_failed_job(panda: Panda, workdir: 
         await q.run_until_complete()
     assert job.status is JobStatus.FAILED and job.rc is None
     assert "pilot error 1213: Reached batch system time limit" in job.reason
+    assert job.failure is FailureClass.TIMEOUT
     record = await panda.record(job.jid)
     assert record["maxWalltime"] == 1 and record["history"] == [*WALK, "failed"]
 
@@ -261,7 +262,7 @@ async def test_lost_submit_answer_is_found_by_tag_not_submitted_twice(
     await scheduler.open(wd)
     jobs = [Job(i, f"echo {i} >> {shlex.quote(str(marker))}") for i in range(3)]
     for job in jobs:
-        wd.prepare(job)
+        wd.prepare(job, make=True)
         job.attempt = 1
     await anyio.to_thread.run_sync(panda.server.drop_submit_answers, 1)
     results = await scheduler.submit_jobs(jobs)

@@ -219,7 +219,7 @@ async def test_later_run_readopts_jobs_whose_ids_were_never_recorded(
     await scheduler.open(wd)
     early = [Job(i, c) for i, c in enumerate(cmds)]
     for job in early:
-        wd.prepare(job)
+        wd.prepare(job, make=True)
     ids = await scheduler.submit_jobs(early[:2]) + await scheduler.submit_jobs(early[2:])
     for job, jid in zip(early, ids):
         job.jid = str(jid)
@@ -290,7 +290,7 @@ async def test_qsub_that_times_out_is_unknown_and_found_by_its_name(
     wait = f"while [ ! -e {go} ]; do sleep 0.1; done"  # held until the test says go
     jobs = [Job(i, f"echo {i} >> {marker}; {wait}") for i in range(3)]
     for job in jobs:
-        wd.prepare(job)
+        wd.prepare(job, make=True)
         job.attempt = 1
     delete_after.extend(jobs)
     single = await scheduler.submit_jobs(jobs[:1])  # alone: a single job

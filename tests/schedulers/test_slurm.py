@@ -127,6 +127,26 @@ async def test_failing_job_is_retried_and_reports_its_last_return_code(workdir: 
     assert (await slurm_ended(bad.jid))["ExitCode"] == "5:0"
 
 
+async def test_a_failed_job_run_again_by_a_later_run_is_not_settled_by_its_old_rc(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """A later run starts a failed job again from attempt 1: the first run's job.1.rc
+    must not end the new attempt before it ran."""
+    flag = tmp_path / "ready"
+    command = f"sleep 1; test -e {flag} || exit 3"
+    first = queue(workdir, error_strategy="ignore")
+    job = await first.feed(command)
+    with anyio.fail_after(60):
+        await first.run_until_complete()
+    assert job.status is JobStatus.FAILED and job.rc == 3
+    await anyio.Path(flag).write_text("")
+    second = queue(workdir, error_strategy="ignore")
+    again = await second.feed(command)
+    with anyio.fail_after(60):
+        await second.run_until_complete()
+    assert again.status is JobStatus.FINISHED and again.rc == 0, again.reason
+
+
 async def test_running_job_is_killed_and_slurm_shows_it_cancelled(
     workdir: Path, cancel_after: list[Job]
 ) -> None:
@@ -294,7 +314,7 @@ async def test_later_run_readopts_jobs_whose_ids_were_never_recorded(
     await scheduler.open(wd)
     early = [Job(i, c) for i, c in enumerate(cmds)]
     for job in early:
-        wd.prepare(job)
+        wd.prepare(job, make=True)
     ids = await scheduler.submit_jobs(early[:2]) + await scheduler.submit_jobs(early[2:])
     cancel_after.extend(early)
     for job, jid in zip(early, ids):
@@ -320,7 +340,7 @@ async def test_arrays_split_at_max_array_size(workdir: Path, cancel_after: list[
     scheduler._max_array = 4  # as on a cluster with MaxArraySize=4
     jobs = [Job(i, ["sleep", "60"], resources={"cpus": 1 + i // 9}) for i in range(10)]
     for job in jobs:
-        wd.prepare(job)
+        wd.prepare(job, make=True)
     ids = [str(jid) for jid in await scheduler.submit_jobs(jobs)]
     for job, jid in zip(jobs, ids):
         job.jid = jid
@@ -425,7 +445,7 @@ def new_jobs(workdir: Path, commands: list[str]) -> list[Job]:
     wd = Workdir(workdir)
     jobs = [Job(i, c) for i, c in enumerate(commands)]
     for job in jobs:
-        wd.prepare(job)
+        wd.prepare(job, make=True)
         job.attempt = 1
     return jobs
 

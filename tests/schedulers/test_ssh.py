@@ -382,7 +382,7 @@ async def test_controller_restart_readopts_a_running_job(
     await first.open(wd)
     go = tmp_path / "go"
     job = Job(0, ["sh", "-c", f"while [ ! -e {go} ]; do sleep 0.1; done; echo survived"])
-    wd.prepare(job)
+    wd.prepare(job, make=True)
     try:
         await first.submit_job(job)  # the controller dies before recording the id
     finally:
@@ -544,7 +544,7 @@ async def ssh_scheduler(servers: dict[str, Any], workdir: Path) -> SshScheduler:
 
 def first_attempt(workdir: Path, command: str) -> Job:
     job = Job(0, command)
-    Workdir(workdir).prepare(job)
+    Workdir(workdir).prepare(job, make=True)
     job.attempt = 1
     return job
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
@@ -14,6 +14,7 @@ from .. import registry
 from ..errors import Interrupted, JobFailedError, XqueueError
 from ..queue import ERROR_STRATEGIES, Xqueue
 from ..states import JobStatus
+from . import operate, sweep
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -34,66 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Run each non-empty line (not starting with #) as a shell command.",
     )
     run.add_argument("file", nargs="?", default="-", help="job list (default: stdin)")
-    run.add_argument("-s", "--scheduler", default="local", help="scheduler name (default: local)")
-    run.add_argument(
-        "-f",
-        "--forks",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="jobs active at once (default: number of CPUs)",
-    )
-    run.add_argument("-w", "--workdir", default="./.xqueue", help="where job files go")
-    run.add_argument(
-        "-e",
-        "--error-strategy",
-        choices=ERROR_STRATEGIES,
-        default="ignore",
-        help="what a failed job does (default: ignore, i.e. run the rest)",
-    )
-    run.add_argument(
-        "-r",
-        "--retries",
-        type=int,
-        default=3,
-        help="attempts after the first, with --error-strategy retry (default 3)",
-    )
-    run.add_argument(
-        "--retry-policy",
-        metavar="JSON",
-        help='what each failure class leads to, e.g. \'{"TIMEOUT": {"walltime": 2}}\'',
-    )
-    run.add_argument(
-        "-o",
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="scheduler option (repeatable), e.g. -o partition=debug",
-    )
-    run.add_argument(
-        "--profile",
-        metavar="NAME",
-        help="scheduler options from a profile of xqueue.toml; -o options win over it",
-    )
-    run.add_argument(
-        "-p",
-        "--plugin",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="enable an installed plugin; -p no:NAME disables one",
-    )
-    view = run.add_mutually_exclusive_group()
-    view.add_argument(
-        "--progress",
-        dest="progress",
-        action="store_true",
-        default=None,
-        help="always show the live view",
-    )
-    view.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="never show the live view"
-    )
+    queue_arguments(run)
+    sweep.add_parser(sub)
 
     status = sub.add_parser(
         "status",
@@ -111,9 +54,96 @@ def _parser() -> argparse.ArgumentParser:
         metavar="STATE",
         help="only jobs in these states (repeatable or comma-separated), e.g. failed,orphaned",
     )
+    status.add_argument(
+        "-F",
+        "--follow",
+        action="store_true",
+        help="follow the run live from its event stream until it stops (--json: the events)",
+    )
+    status.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="only jobs fed with this parameter value (repeatable: values of one name are "
+        "alternatives, names must all match), e.g. --param decay=0.1",
+    )
+    operate.add_parsers(sub)
 
     sub.add_parser("schedulers", help="list the installed schedulers")
     return parser
+
+
+def queue_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the queue a command runs (``run``, ``sweep``): ``make_queue`` reads them."""
+    parser.add_argument(
+        "-s", "--scheduler", default="local", help="scheduler name (default: local)"
+    )
+    parser.add_argument(
+        "-f",
+        "--forks",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="jobs active at once (default: number of CPUs)",
+    )
+    parser.add_argument("-w", "--workdir", default="./.xqueue", help="where job files go")
+    parser.add_argument(
+        "-e",
+        "--error-strategy",
+        choices=ERROR_STRATEGIES,
+        default="ignore",
+        help="what a failed job does (default: ignore, i.e. run the rest)",
+    )
+    parser.add_argument(
+        "-r",
+        "--retries",
+        type=int,
+        default=3,
+        help="attempts after the first, with --error-strategy retry (default 3)",
+    )
+    parser.add_argument(
+        "--retry-policy",
+        metavar="JSON",
+        help='what each failure class leads to, e.g. \'{"TIMEOUT": {"walltime": 2}}\'',
+    )
+    parser.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="scheduler option (repeatable), e.g. -o partition=debug",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="scheduler options from a profile of xqueue.toml; -o options win over it",
+    )
+    parser.add_argument(
+        "-p",
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="enable an installed plugin; -p no:NAME disables one",
+    )
+    view = parser.add_mutually_exclusive_group()
+    view.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="always show the live view",
+    )
+    view.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="never show the live view"
+    )
+    parser.add_argument(
+        "--no-events",
+        dest="events",
+        action="store_false",
+        help="do not write the run's event stream (<workdir>/events.jsonl)",
+    )
 
 
 def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
@@ -148,11 +178,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "schedulers":
             print("\n".join(registry.available()))
             return EXIT_OK
+        code = operate.dispatch(args)
+        if code is not None:
+            return code
         if args.command == "status":
             from . import status
 
-            status.run(args.workdir, args.state, args.all, args.json)
+            status.run(args.workdir, args.state, args.all, args.json, args.param)
             return EXIT_OK
+        if args.command == "sweep":
+            return sweep.run(args, _console())
         return _run(args, _console())
     except BrokenPipeError:
         # The reader went away (``xqueue status --json | head -1``): stop quietly, as
@@ -177,9 +212,6 @@ def _console() -> Console:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
-    from .progress import ProgressView
-    from .report import failures_table, message, print_table, summary_line
-
     if args.file == "-":
         if sys.stdin.isatty():
             raise XqueueError(
@@ -192,6 +224,24 @@ def _run(args: argparse.Namespace, console: Console) -> int:
                 commands = read_commands(fh)
         except OSError as exc:
             raise XqueueError(f"cannot read job list {args.file!r}: {exc.strerror}") from exc
+    queue = make_queue(args, console)
+
+    async def go() -> None:
+        for command in commands:
+            await queue.feed(command)
+        try:
+            await queue.run_until_complete()
+        finally:
+            await queue.aclose()
+
+    return execute(queue, console, go)
+
+
+def make_queue(args: argparse.Namespace, console: Console, **extra: Any) -> Xqueue:
+    """The queue of ``queue_arguments``' options (and ``extra`` Xqueue arguments), with
+    the live view when it is asked for or the console is a terminal."""
+    from .progress import ProgressView
+
     plugins = [p[3:] and f"-{p[3:]}" if p.startswith("no:") else p for p in args.plugin]
     queue = Xqueue(
         args.scheduler,
@@ -203,18 +253,18 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         scheduler_opts=parse_options(args.option),
         profile=args.profile,
         plugins=plugins,
+        events=args.events,
+        **extra,
     )
     show = console.is_terminal if args.progress is None else args.progress
     if show:
         queue.hooks.register(ProgressView(queue, console), "xqueue-progress")
+    return queue
 
-    async def go() -> None:
-        for command in commands:
-            await queue.feed(command)
-        try:
-            await queue.run_until_complete()
-        finally:
-            await queue.aclose()
+
+def execute(queue: Xqueue, console: Console, go: Callable[[], Awaitable[object]]) -> int:
+    """Run ``go`` (which runs ``queue``), print how it ended, return the exit code."""
+    from .report import failures_table, message, print_table, summary_line
 
     code = EXIT_OK
     try:

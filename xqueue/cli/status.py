@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from ..errors import XqueueError
+from ..params import matches, parse_filters
 from ..records import WorkdirReader, job_index
 from ..states import JobStatus
 from .text import MAX_ROWS, printable
@@ -82,10 +83,20 @@ def _started(reader: WorkdirReader, folder: str, record: dict[str, Any]) -> bool
     return bool(record["jid"]) and live_local_jid(record["jid"])
 
 
-def show(reader: WorkdirReader, states: set[str], every: bool, as_json: bool, out: TextIO) -> None:
+def show(
+    reader: WorkdirReader,
+    states: set[str],
+    every: bool,
+    as_json: bool,
+    out: TextIO,
+    params: Mapping[str, list[str]] | None = None,
+) -> None:
     rows, holder = collect(reader)
     if states:
         rows = [r for r in rows if r.status in states]
+    if params:  # parameters are in job.json: read only for a filter or a row shown
+        specs = reader.specs([row.folder for row in rows])
+        rows = [r for r, spec in zip(rows, specs, strict=True) if matches(_params(spec), params)]
     if as_json:
         root = str(reader.path)
         for start in range(0, len(rows), 1000):  # bounded memory, few writes
@@ -94,7 +105,7 @@ def show(reader: WorkdirReader, states: set[str], every: bool, as_json: bool, ou
             out.write("".join(_json_line(root, *pair) for pair in zip(chunk, specs, strict=True)))
         return
     _summary(reader, rows, holder, out)
-    if every or states:
+    if every or states or params:
         _columns(reader, rows, out)
         return
     attention = [r for r in rows if r.status in ATTENTION]
@@ -144,10 +155,25 @@ def _columns(reader: WorkdirReader, rows: Sequence[Row], out: TextIO) -> None:
     table: list[tuple[str, ...]] = [("#", "job", "status", "attempt", "rc", "id", "reason")]
     specs = reader.specs([row.folder for row in rows])
     table += [_cells(row, spec) for row, spec in zip(rows, specs, strict=True)]
+    if any(_params(spec) for spec in specs):  # a column of their own only when fed some
+        cells = [printable(_params_text(_params(spec))) for spec in specs]
+        table = [(*line[:-1], param, line[-1]) for line, param in zip(table, ["params", *cells])]
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]) - 1)]
     for line in table:
         padded = [cell.ljust(w) for cell, w in zip(line, widths, strict=False)]
         out.write("  ".join([*padded, line[-1]]).rstrip() + "\n")
+
+
+def _params(spec: dict[str, Any] | None) -> Any:
+    return (spec or {}).get("params")
+
+
+def _params_text(params: Any) -> str:
+    if not isinstance(params, Mapping):
+        return "-" if params is None else json.dumps(params)
+    return " ".join(
+        f"{k}={v}" if isinstance(v, str) else f"{k}={json.dumps(v)}" for k, v in params.items()
+    )
 
 
 def _json_line(root: str, row: Row, spec: dict[str, Any] | None) -> str:
@@ -160,9 +186,12 @@ def _json_line(root: str, row: Row, spec: dict[str, Any] | None) -> str:
     return json.dumps(line) + "\n"
 
 
-def run(workdir: str, states: Sequence[str], every: bool, as_json: bool) -> None:
+def run(
+    workdir: str, states: Sequence[str], every: bool, as_json: bool, params: Sequence[str] = ()
+) -> None:
     """The command: raises XqueueError for what the user must fix."""
     if not os.path.isdir(workdir):
         raise XqueueError(f"no workdir at {workdir!r}")
-    show(WorkdirReader(workdir), parse_states(states), every, as_json, sys.stdout)
+    wanted = parse_filters(params)
+    show(WorkdirReader(workdir), parse_states(states), every, as_json, sys.stdout, wanted)
     sys.stdout.flush()  # inside the caller's BrokenPipeError handling, not at exit

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import SchedulerOptionError
+from ..failures import FailureClass
 from ..scheduler import JobState
 from ..states import JobStatus
 
@@ -52,6 +53,14 @@ _CAMEL = {
 }
 
 # Batch's reserved task exit codes (its troubleshooting guide): the runnable never said.
+RESERVED_CLASS = {
+    50001: FailureClass.PREEMPTED,
+    50002: FailureClass.NODE_FAIL,
+    50003: FailureClass.NODE_FAIL,
+    50004: FailureClass.NODE_FAIL,
+    50005: FailureClass.TIMEOUT,
+    50006: FailureClass.NODE_FAIL,
+}
 RESERVED_EXIT = {
     50001: "the VM was preempted",
     50002: "the VM stopped reporting to Batch",
@@ -273,7 +282,12 @@ def ended_state(state: str, events: Sequence[Any]) -> JobState:
     if state == "DELETION_IN_PROGRESS":
         return JobState(JobStatus.KILLED, None, "deleted in Batch, outside xqueue")
     if code is not None and code in RESERVED_EXIT:
-        return JobState(JobStatus.FAILED, None, f"{RESERVED_EXIT[code]} (Batch exit code {code})")
+        return JobState(
+            JobStatus.FAILED,
+            None,
+            f"{RESERVED_EXIT[code]} (Batch exit code {code})",
+            failure=RESERVED_CLASS[code],
+        )
     if code is not None and code != 50000:
         return JobState(
             JobStatus.FAILED,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..failures import FailureClass
 from ..scheduler import JobState
 from ..states import JobStatus
 
@@ -40,6 +41,11 @@ _ERRORS = (
     ("jobDispatcherErrorCode", "jobDispatcherErrorDiag", "dispatcher error"),
     ("taskBufferErrorCode", "taskBufferErrorDiag", "task buffer error"),
 )
+
+
+# The pilot error codes whose failure class is known (the pilot's own error table):
+# 1213, its walltime limit reached.
+PILOT_CLASSES = {1213: FailureClass.TIMEOUT}
 
 
 def field(spec: Any, name: str) -> Any:
@@ -108,4 +114,5 @@ def verdict(spec: Any, kill_requested: bool) -> tuple[bool, JobState | None]:
         reason = f"closed by PanDA before it finished ({why or 'no diagnostics'})"
         return False, JobState(JobStatus.FAILED, exit_code(spec), reason)
     reason = f"PanDA job failed: {why or 'no diagnostics recorded'}"
-    return False, JobState(JobStatus.FAILED, exit_code(spec), reason)
+    failure = PILOT_CLASSES.get(number(spec, "pilotErrorCode") or 0)
+    return False, JobState(JobStatus.FAILED, exit_code(spec), reason, failure=failure)

@@ -129,6 +129,8 @@ class GbatchScheduler(Scheduler):
     Options = GbatchOptions
     options: GbatchOptions
     shared_fs: ClassVar[bool] = False
+    # maxRunDuration: Batch stops the task itself and reports exit code 50005.
+    enforces_walltime: ClassVar[bool] = True
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

@@ -178,6 +178,8 @@ class PandaScheduler(Scheduler):
     """Jobs are PanDA jobs of one queue, run by its pilots."""
 
     name = "panda"
+    # maxWalltime: the pilot stops the payload itself (pilot error 1213).
+    enforces_walltime = True
     Options = PandaOptions
     options: PandaOptions
 

@@ -29,7 +29,8 @@ async def test_autoloaded_from_entry_point(tmp_path: Path) -> None:
     bad = await q.feed("exit 3")
     await q.feed(["true"], after=[bad])
     await q.run_until_complete()
-    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "jsonl-events.jsonl").read_text().splitlines()
+    events = [json.loads(line) for line in lines]
     names = [e["event"] for e in events]
     assert names[:2] == ["job_queued", "job_queued"]  # at feed time, before the run
     started = names.index("run_started")
@@ -44,6 +45,9 @@ async def test_autoloaded_from_entry_point(tmp_path: Path) -> None:
     skipped = next(e for e in events if e["event"] == "job_skipped")
     assert (skipped["job"], skipped["status"]) == (2, "skipped")
     assert "job 1 (exit 3), which it runs after, failed with rc 3" in skipped["reason"]
+    # xqueue's own stream went to its own file (it alone records job_init), not this one.
+    assert "job_init" not in names
+    assert '"event": "job_init"' in (tmp_path / "events.jsonl").read_text()
 
 
 async def test_can_be_blocked_per_queue(tmp_path: Path) -> None:
@@ -51,4 +55,5 @@ async def test_can_be_blocked_per_queue(tmp_path: Path) -> None:
     assert "jsonl-events" not in q.hooks.names()
     await q.feed(["true"])
     await q.run_until_complete()
-    assert not (tmp_path / "events.jsonl").exists()
+    assert not (tmp_path / "jsonl-events.jsonl").exists()
+    assert (tmp_path / "events.jsonl").exists()  # xqueue's own stream, another file

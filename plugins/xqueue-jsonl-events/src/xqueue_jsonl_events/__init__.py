@@ -1,8 +1,14 @@
-"""Write each job event as a JSON line, for tools that follow a run from outside.
+"""An example of a plugin distribution: each job event as a JSON line.
+
+xqueue writes a run's event stream itself (``<workdir>/events.jsonl``, off the event
+loop); this package shows how a plugin is packaged and loaded through its entry point.
+It writes to ``<workdir>/jsonl-events.jsonl`` (or ``$XQUEUE_EVENTS_FILE``), so the two
+never write the same file.
 
 A module-level plugin: xqueue registers the module itself. Each queue gets its own file
-handle, opened on ``on_init`` and closed on ``on_shutdown``; lines are flushed as they
-are written so ``tail -f`` shows them at once.
+handle, opened on its first event and closed on ``on_shutdown``; lines are flushed as
+they are written so ``tail -f`` shows them at once. (Written from the hook, on the event
+loop: simple, and fine for an example; see ``xqueue/events.py`` for a writer thread.)
 """
 
 from __future__ import annotations
@@ -14,11 +20,12 @@ from typing import IO, Any
 
 from xqueue import Job, Xqueue, hookimpl
 
+FILE_NAME = "jsonl-events.jsonl"
 _files: dict[int, IO[str]] = {}
 
 
 def _path(xqueue: Xqueue) -> str:
-    return os.environ.get("XQUEUE_EVENTS_FILE") or str(xqueue.workdir.path / "events.jsonl")
+    return os.environ.get("XQUEUE_EVENTS_FILE") or str(xqueue.workdir.path / FILE_NAME)
 
 
 def _emit(xqueue: Xqueue, event: str, job: Job | None = None, **extra: Any) -> None:

@@ -1,0 +1,307 @@
+"""Operating a run from another terminal, as a user does: ``xqueue status --follow``,
+``xqueue logs`` and ``xqueue cancel`` against a controller in another process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.procs import PtyProcess, job_processes, kill_job_processes, stop, wait_no_job_processes
+from xqueue.schedulers._proc import start_ticks
+
+from .test_cli import XQ, xqueue
+
+
+class Run:
+    """``xqueue run`` of some commands in the background, cleaned up whatever happens."""
+
+    def __init__(self, wd: Path, commands: list[str], *args: str) -> None:
+        self.wd = wd
+        self.proc = subprocess.Popen(
+            [*XQ, "run", "-w", str(wd), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdin
+        self.proc.stdin.write("".join(f"{c}\n" for c in commands))
+        self.proc.stdin.close()
+        self.proc.stdin = None
+
+    def wait_journal(self, what: str, count: int, timeout: float = 20) -> None:
+        """Until the journal holds ``count`` lines containing ``what``."""
+        journal = self.wd / "journal.jsonl"
+        deadline = time.monotonic() + timeout
+        while not journal.exists() or journal.read_text().count(what) < count:
+            assert self.proc.poll() is None or journal.exists(), self.stderr()
+            assert time.monotonic() < deadline, f"no {count} x {what!r} in the journal"
+            time.sleep(0.05)
+
+    def wait(self, timeout: float = 30) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stderr(self) -> str:
+        if self.proc.poll() is None or self.proc.stderr is None:
+            return ""
+        return self.proc.stderr.read()
+
+    def close(self) -> None:
+        stop(self.proc)  # type: ignore[arg-type]
+        kill_job_processes(self.wd)
+
+
+@pytest.fixture
+def runs() -> Iterator[list[Run]]:
+    started: list[Run] = []
+    yield started
+    for run in started:
+        run.close()
+
+
+def final_states(wd: Path) -> list[str | None]:
+    lines = xqueue("status", str(wd), "--json").stdout.splitlines()
+    return [(json.loads(line)["state"] or {}).get("status") for line in lines]
+
+
+# -- status --follow --------------------------------------------------------------------------
+def test_follow_shows_a_run_of_another_process_until_it_stops(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    wd = tmp_path / "wd"
+    commands = [f"sleep 0.{4 + i % 3}" for i in range(11)] + ["echo '[red]x' >&2; exit 3"]
+    run = Run(wd, commands, "-f", "3")
+    runs.append(run)
+    deadline = time.monotonic() + 20
+    while not (wd / "events.jsonl").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    plain = subprocess.Popen(
+        [*XQ, "status", str(wd), "--follow"], stdout=subprocess.PIPE, text=True
+    )
+    as_json = subprocess.Popen(
+        [*XQ, "status", str(wd), "-F", "--json"], stdout=subprocess.PIPE, text=True
+    )
+    out, _ = plain.communicate(timeout=60)
+    lines, _ = as_json.communicate(timeout=60)
+    assert run.wait() == 1  # one job failed
+    assert plain.returncode == 1  # the run did not fully succeed: so says the view too
+    shown = out.splitlines()
+    # Lines while it ran (one a second at most), then the end: counts, failures, outcome.
+    assert any(" running" in line for line in shown[:-3]), out
+    assert shown[-3].startswith("12/12 done, ") and shown[-3].endswith(": 1 failed, 11 finished")
+    assert shown[-2] == "  #11  echo '[red]x' >&2; exit 3  failed  rc 3"
+    assert shown[-1] == "the run stopped: complete"
+
+    assert as_json.returncode == 1
+    events = [json.loads(line) for line in lines.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[-1] == "run_stopped" and "run_started" in kinds
+    assert kinds.count("job_succeeded") == 11 and kinds.count("job_failed") == 1
+    assert events == [json.loads(line) for line in (wd / "events.jsonl").read_text().splitlines()]
+
+
+def test_follow_ends_when_the_controller_is_killed_and_on_ctrl_c(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    wd = tmp_path / "wd"
+    run = Run(wd, ["sleep 60"] * 2, "-f", "2")
+    runs.append(run)
+    run.wait_journal('"jid": "', 2)
+    following = subprocess.Popen(
+        [*XQ, "status", str(wd), "--follow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    interrupted = PtyProcess([*XQ, "status", str(wd), "--follow"])  # a terminal's view
+    try:
+        deadline = time.monotonic() + 20
+        while "running 2" not in interrupted.output():
+            assert time.monotonic() < deadline, interrupted.output()
+            time.sleep(0.05)
+        interrupted.type(b"\x03")  # Ctrl-C
+        assert interrupted.wait(timeout=10) == 130
+        assert "Traceback" not in interrupted.output()
+    finally:
+        interrupted.close()
+    run.proc.kill()  # no run_stopped event will ever come
+    out, err = following.communicate(timeout=30)
+    assert following.returncode == 1
+    assert "the run's controller is gone without stopping its run" in err
+    assert out.splitlines()[-1].endswith(": 2 running")
+
+
+def test_follow_without_a_stream_or_run_says_so(tmp_path: Path) -> None:
+    (tmp_path / "wd").mkdir()
+    out = xqueue("status", str(tmp_path / "wd"), "--follow")
+    assert out.returncode == 2
+    assert "nothing to follow" in out.stderr and "Traceback" not in out.stderr
+
+
+# -- logs ----------------------------------------------------------------------------------
+def test_logs_by_index_name_folder_stream_and_attempt(tmp_path: Path) -> None:
+    wd = tmp_path / "wd"
+    tries = 'echo "try $XQUEUE_JOB_ATTEMPT"; [ "$XQUEUE_JOB_ATTEMPT" -ge 2 ]'
+    commands = ["echo out; echo '[bold]err' >&2", "echo same", "echo same", tries]
+    ran = xqueue("run", "-w", str(wd), "-e", "retry", "-r", "2", input="\n".join(commands))
+    assert ran.returncode == 0, ran.stderr
+    assert xqueue("logs", str(wd), "0").stdout == "out\n"
+    assert xqueue("logs", str(wd), "0", "--stderr").stdout == "[bold]err\n"
+    assert xqueue("logs", str(wd), commands[0], "--stderr").stdout == "[bold]err\n"
+    folder = next(p.name for p in wd.iterdir() if p.name.startswith("1-"))
+    assert xqueue("logs", str(wd), folder).stdout == "same\n"
+    assert xqueue("logs", str(wd), "3").stdout == "try 2\n"  # the latest attempt
+    assert xqueue("logs", str(wd), "3", "--attempt", "1").stdout == "try 1\n"
+
+    ambiguous = xqueue("logs", str(wd), "echo same")
+    assert ambiguous.returncode == 2
+    assert "2 jobs are named 'echo same': jobs 1, 2; name one by its index" in ambiguous.stderr
+    for args, message in [
+        (["9"], "no job 9 in"),
+        (["nothing"], "no job named 'nothing'"),
+        (["3", "--attempt", "7"], 'job 3 (echo "try'),
+    ]:
+        out = xqueue("logs", str(wd), *args)
+        assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_logs_follow_prints_until_the_job_ends_while_the_run_goes_on(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    wd = tmp_path / "wd"
+    talk = "for i in 1 2 3; do echo line $i; sleep 0.4; done; echo bye >&2"
+    run = Run(wd, [talk, "sleep 60"], "-f", "2")
+    runs.append(run)
+    run.wait_journal('"status": "submitting"', 1)  # its folder exists; its output may not yet
+    out = xqueue("logs", str(wd), "0", "--follow")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "line 1\nline 2\nline 3\n"
+    assert run.proc.poll() is None  # it stopped with the job, not with the run
+    assert xqueue("logs", str(wd), "0", "-f", "--stderr").stdout == "bye\n"  # ended: at once
+    assert xqueue("cancel", str(wd)).returncode == 0
+    assert run.wait() == 143
+
+
+# -- cancel --------------------------------------------------------------------------------------
+def test_cancel_stops_a_live_run_as_its_sigterm_does(tmp_path: Path, runs: list[Run]) -> None:
+    wd = tmp_path / "wd"
+    run = Run(wd, ["sleep 60"] * 3, "-f", "2")
+    runs.append(run)
+    run.wait_journal('"jid": "', 2)
+    out = xqueue("cancel", str(wd))
+    assert out.returncode == 0, out.stderr
+    assert "sent SIGTERM to the run's controller" in out.stdout
+    assert out.stdout.endswith("the run stopped\n")
+    assert run.wait() == 143
+    assert "interrupted: run stopped by SIGTERM" in run.stderr()
+    assert final_states(wd) == ["killed", "killed", None]
+    assert wait_no_job_processes(wd, 5) == []
+
+
+def test_cancel_kills_named_jobs_through_the_live_run(tmp_path: Path, runs: list[Run]) -> None:
+    wd = tmp_path / "wd"
+    run = Run(wd, ["sleep 60", "sleep 60", "sleep 1; echo done", "sleep 60"], "-f", "3")
+    runs.append(run)
+    run.wait_journal('"jid": "', 3)
+    ambiguous = xqueue("cancel", str(wd), "sleep 60")
+    assert ambiguous.returncode == 2 and "jobs 0, 1, 3" in ambiguous.stderr
+    out = xqueue("cancel", str(wd), "0", "3")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "job 0 (sleep 60): killed\njob 3 (sleep 60): killed\n"
+    run.wait_journal('"status": "finished"', 1)  # the run goes on: job 2 ends as it would
+    assert run.proc.poll() is None
+    # Job 3 was still queued: killed before it was ever submitted, so never recorded.
+    states = final_states(wd)
+    assert states[0] == "killed" and states[2] == "finished" and states[3] is None
+    assert states[1] in ("submitted", "running")  # still running, untouched
+    again = xqueue("cancel", str(wd), "0")
+    assert again.returncode == 0 and again.stdout == "job 0 (sleep 60): already ended (killed)\n"
+    assert xqueue("cancel", str(wd)).returncode == 0
+    assert run.wait() == 143
+    assert final_states(wd) == ["killed", "killed", "finished", None]
+    assert wait_no_job_processes(wd, 5) == []
+
+
+def test_cancel_without_a_controller_kills_what_it_left_running(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    wd = tmp_path / "wd"
+    run = Run(wd, ["sleep 60"] * 3, "-f", "2")
+    runs.append(run)
+    run.wait_journal('"jid": "', 2)
+    run.proc.kill()
+    run.wait()
+    assert len(job_processes(wd)) >= 2  # the jobs outlive their controller
+    assert final_states(wd) == ["submitted", "submitted", None]
+    out = xqueue("cancel", str(wd))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["job 0", "job 1"]
+    assert all(": killed (" in line for line in lines)
+    assert wait_no_job_processes(wd, 10) == []
+    assert final_states(wd) == ["killed", "killed", None]
+    status = xqueue("status", str(wd))
+    assert "2 killed, 1 not submitted" in status.stdout
+    nothing = xqueue("cancel", str(wd))
+    assert nothing.returncode == 0
+    assert nothing.stdout == "no run is in progress and no job is recorded as active\n"
+
+
+LOCK_HOLDER = (
+    "import fcntl, os, sys, time\n"
+    "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)\n"
+    "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+    "print('locked', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_cancel_signals_only_the_process_that_holds_the_lock(tmp_path: Path) -> None:
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    lock = wd / ".lock"
+    bystander = subprocess.Popen(["sleep", "60"])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(lock)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout and holder.stdout.readline() == "locked\n"
+        ticks = {p.pid: start_ticks(p.pid) for p in (bystander, holder)}
+        refusals = [
+            (f"{bystander.pid}@{ticks[bystander.pid]}", "does not hold the lock"),  # planted
+            (f"{bystander.pid}", "does not hold the lock"),
+            (f"{holder.pid}@{ticks[holder.pid] + 1}", "its start time differs"),  # pid reused
+            ("rm -rf /", "names no process"),
+        ]
+        for claim, why in refusals:
+            lock.write_text(claim)
+            out = xqueue("cancel", str(wd))
+            assert out.returncode == 2, (claim, out)
+            assert why in out.stderr and "Traceback" not in out.stderr, (claim, out.stderr)
+            assert bystander.poll() is None and holder.poll() is None
+        lock.write_text(f"{holder.pid}@{ticks[holder.pid]}")  # the true holder, as a run writes
+        out = xqueue("cancel", str(wd))
+        assert out.returncode == 0, out.stderr
+        assert holder.wait(timeout=10) == -signal.SIGTERM
+        assert bystander.poll() is None
+    finally:
+        for proc in (bystander, holder):
+            stop(proc)  # type: ignore[arg-type]
+
+
+def test_cancel_refuses_a_workdir_others_can_write(tmp_path: Path) -> None:
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    wd.chmod(0o777)
+    out = xqueue("cancel", str(wd))
+    assert out.returncode == 2 and "every user can write to it" in out.stderr
+    assert os.listdir(wd) == []

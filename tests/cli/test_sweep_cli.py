@@ -1,0 +1,107 @@
+"""``xqueue sweep`` and ``xqueue status --param`` as a user runs them (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .test_cli import xqueue
+
+SWEEP = """
+[[section]]
+name = "grid"
+[[section.group]]
+name = "fit"
+command = ["printf", "%s %s", "{decay}", "{name}"]
+params.decay = [0.1, 0.01]
+params.name = ["a b", "c"]
+
+[[section]]
+name = "after"
+[[section.group]]
+name = "report"
+command = "echo done"
+"""
+
+
+def made(tmp_path: Path) -> tuple[Path, Path]:
+    """A sweep file, and the workdir of a run of it through the CLI."""
+    path, wd = tmp_path / "sweep.toml", tmp_path / "wd"
+    path.write_text(SWEEP)
+    out = xqueue("sweep", str(path), "-w", str(wd), "-f", "2", "--no-progress")
+    assert out.returncode == 0, out.stderr
+    assert "5 job(s) in" in out.stderr and "5 finished" in out.stderr
+    return path, wd
+
+
+def status_json(wd: Path, *params: str) -> list[dict[str, object]]:
+    out = xqueue("status", str(wd), "--json", *(f"--param={p}" for p in params))
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def test_sweep_runs_the_file_and_status_filters_on_parameters(tmp_path: Path) -> None:
+    path, wd = made(tmp_path)
+    outputs = sorted(p.read_text() for p in wd.glob("*/job.1.stdout"))
+    assert outputs == ["0.01 a b", "0.01 c", "0.1 a b", "0.1 c", "done\n"]
+
+    tenth = status_json(wd, "decay=0.1")
+    assert [job["params"] for job in tenth] == [
+        {"decay": 0.1, "name": "a b"},
+        {"decay": 0.1, "name": "c"},
+    ]
+    assert {job["status"] for job in tenth} == {"finished"}
+    assert status_json(wd, "decay=1e-1") == tenth  # compared as numbers
+    assert len(status_json(wd, "decay=0.1", "decay=0.01")) == 4  # one name: any of its values
+    assert [j["params"] for j in status_json(wd, "decay=0.01", "name=a b")] == [
+        {"decay": 0.01, "name": "a b"}
+    ]
+    assert status_json(wd, "colour=red") == []
+
+    table = xqueue("status", str(wd), "--param", "name=c")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert "2 job(s)" in lines[0]
+    assert lines[2].split() == ["#", "job", "status", "attempt", "rc", "id", "params", "reason"]
+    assert [line.split()[-2:] for line in lines[3:]] == [
+        ["decay=0.1", "name=c"],
+        ["decay=0.01", "name=c"],
+    ]
+
+    bad = xqueue("status", str(wd), "--param", "decay")
+    assert bad.returncode == 2 and "not NAME=VALUE" in bad.stderr
+
+    # Run again: every point had succeeded, nothing runs and the outputs stay.
+    before = {p: p.stat().st_mtime_ns for p in wd.glob("*/job.1.stdout")}
+    again = xqueue("sweep", str(path), "-w", str(wd), "--no-progress")
+    assert again.returncode == 0, again.stderr
+    assert {p: p.stat().st_mtime_ns for p in wd.glob("*/job.1.stdout")} == before
+    assert not list(wd.glob("*/job.2.*"))
+
+
+def test_dry_run_lists_the_jobs_and_runs_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.toml"
+    path.write_text(SWEEP)
+    out = xqueue("sweep", str(path), "--dry-run", "-w", str(tmp_path / "wd"))
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("\t") for line in out.stdout.splitlines()]
+    assert rows[0] == ["0", "grid", "fit decay=0.1 name=a b", "printf '%s %s' 0.1 'a b'"]
+    assert [r[2] for r in rows] == [
+        "fit decay=0.1 name=a b",
+        "fit decay=0.1 name=c",
+        "fit decay=0.01 name=a b",
+        "fit decay=0.01 name=c",
+        "report",
+    ]
+    assert not (tmp_path / "wd").exists()
+
+
+def test_a_bad_sweep_file_exits_2_naming_the_problem(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.toml"
+    path.write_text('[[section]]\n[[section.group]]\ncommand = "echo {typo}"\n')
+    out = xqueue("sweep", str(path), "-w", str(tmp_path / "wd"))
+    assert out.returncode == 2
+    assert "{typo} names no parameter or slot axis" in out.stderr
+    assert not (tmp_path / "wd").exists()
+    missing = xqueue("sweep", str(tmp_path / "nope.toml"))
+    assert missing.returncode == 2 and "cannot read sweep file" in missing.stderr

@@ -1,0 +1,289 @@
+"""``xqueue cancel WORKDIR [JOB...]``: stop a run, or kill some of its jobs, from elsewhere.
+
+With a run in progress (its controller holds the workdir's lock), the controller is
+first made sure of (``xqueue._identity``: the process the kernel shows holding the lock,
+started when the lock file says), then:
+
+- without JOBs, it gets SIGTERM and stops as on its own first SIGTERM: nothing more is
+  submitted, every active job is killed and recorded killed, and it exits (143 for
+  ``xqueue run``); ``cancel`` waits until the lock is released;
+- with JOBs, a kill request goes to the run through ``<workdir>/.control/``
+  (``xqueue.control``): the run kills those jobs as ``Xqueue.kill`` would and goes on.
+
+With no run in progress, the jobs the workdir records as active (all, or the JOBs given)
+are killed on their backend, which is built as the last run had it (``run.json``), and
+recorded killed. The workdir is locked meanwhile, so no run starts under it. A job that
+ended while nobody watched is left as it is: the next run collects its outcome.
+
+Either way the workdir must be one the user may run in (``workdir.check_trust``): what
+it says decides which process is signalled and which jobs are killed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import signal
+import stat
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+
+from .. import registry
+from .._identity import Controller, verify
+from ..control import CONTROL_DIR, RUN_FILE, read_request, reply_path, usable_folder
+from ..errors import XqueueError
+from ..job import Job
+from ..records import LOCK_FILE, READ_FLAGS, WorkdirReader, job_index, read_json
+from ..scheduler import Scheduler
+from ..states import JobStatus
+from ..workdir import Workdir, check_trust, write_new
+from .jobs import label, resolve
+from .text import printable
+
+ACTIVE = (JobStatus.SUBMITTING.value, JobStatus.SUBMITTED.value, JobStatus.RUNNING.value)
+POLL = 0.1
+KILLED_REASON = "killed by xqueue cancel (no run was in progress)"
+
+
+def held_lock(path: Path) -> tuple[str, int] | None:
+    """(the lock file's claim, its inode) while a run holds the lock; None if none does."""
+    try:
+        fd = os.open(path / LOCK_FILE, READ_FLAGS)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.read(fd, 64).decode("ascii", errors="replace"), info.st_ino
+        return None  # closing releases the probe's shared lock
+    finally:
+        os.close(fd)
+
+
+def run(workdir: str, jobs: list[str], timeout: float, out: TextIO) -> int:
+    """The command; returns the exit code."""
+    if not os.path.isdir(workdir):
+        raise XqueueError(f"no workdir at {workdir!r}")
+    path = Path(workdir).absolute()
+    check_trust(path)
+    reader = WorkdirReader(path)
+    folders = resolve(reader, jobs)
+    held = held_lock(path)
+    if held is None:
+        return _without_controller(path, reader, folders, out)
+    controller = verify(*held)
+    try:
+        if not folders:
+            return _stop_run(controller, reader, timeout, out)
+        return _through_controller(controller, reader, folders, timeout, out)
+    finally:
+        controller.close()
+
+
+# -- a run in progress --------------------------------------------------------------------
+def _stop_run(controller: Controller, reader: WorkdirReader, timeout: float, out: TextIO) -> int:
+    controller.signal(signal.SIGTERM)
+    out.write(
+        f"sent SIGTERM to the run's controller (pid {controller.pid}); "
+        "waiting for it to kill its jobs and stop\n"
+    )
+    out.flush()
+    deadline = time.monotonic() + timeout
+    while reader.controller() is not None:
+        if time.monotonic() >= deadline:
+            out.write(f"the run is still stopping after {timeout:g}s\n")
+            return 1
+        time.sleep(POLL)
+    out.write("the run stopped\n")
+    return 0
+
+
+def _through_controller(
+    controller: Controller, reader: WorkdirReader, folders: list[str], timeout: float, out: TextIO
+) -> int:
+    indices = [job_index(folder) for folder in folders]
+    request = _send(reader.path, {"kill": indices})
+    reply = _await_reply(request, reader, timeout)
+    if reply is None:
+        try:
+            os.unlink(request)  # withdrawn: a later run must not act on it
+        except FileNotFoundError:
+            pass
+        raise XqueueError(
+            f"the run (pid {controller.pid}) did not answer the kill request in {timeout:g}s"
+        )
+    if "error" in reply:
+        raise XqueueError(f"the run refused the kill request: {reply['error']}")
+    results = reply.get("results")
+    if not isinstance(results, dict):
+        raise XqueueError("the run's answer to the kill request is not one xqueue writes")
+    ok = True
+    for folder, index in zip(folders, indices, strict=True):
+        result = str(results.get(str(index), "no answer"))
+        ok = ok and (result == "killed" or result.startswith("already ended"))
+        out.write(f"{label(reader, folder)}: {printable(result)}\n")
+    return 0 if ok else 1
+
+
+def _send(workdir: Path, request: dict[str, Any]) -> Path:
+    """Put a request in the control folder whole (written aside, renamed in)."""
+    folder = workdir / CONTROL_DIR
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+    if not usable_folder(os.stat(folder, follow_symlinks=False)):
+        raise XqueueError(
+            f"{str(folder)!r} is not a directory of yours that only you can write; "
+            "remove it and try again"
+        )
+    name = f"kill-{secrets.token_hex(8)}"
+    aside = folder / f".{name}.tmp"
+    write_new(str(aside), json.dumps(request).encode(), 0o600)
+    final = folder / f"{name}.json"
+    os.replace(aside, final)
+    return final
+
+
+def _await_reply(request: Path, reader: WorkdirReader, timeout: float) -> dict[str, Any] | None:
+    reply = reply_path(request)
+    deadline = time.monotonic() + timeout
+    checked = time.monotonic()
+    while time.monotonic() < deadline:
+        data = read_request(reply) if os.path.exists(reply) else None
+        if data is not None:
+            os.unlink(reply)
+            try:
+                answer = json.loads(data)
+            except ValueError:
+                return {"error": "an answer that is not JSON"}
+            return answer if isinstance(answer, dict) else {"error": "a malformed answer"}
+        if time.monotonic() - checked > 1.0:
+            checked = time.monotonic()
+            if reader.controller() is None and os.path.exists(request):
+                raise XqueueError("the run ended before it took the kill request")
+        time.sleep(POLL)
+    return None
+
+
+# -- no run in progress ---------------------------------------------------------------------
+def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], out: TextIO) -> int:
+    workdir = Workdir(path)
+    workdir.lock()  # no run may start under us; refused if one just did
+    try:
+        every = reader.folders()
+        records = dict(zip(every, reader.last_records(every), strict=True))
+        chosen = folders or every
+        active = [f for f in chosen if (records.get(f) or {}).get("status") in ACTIVE]
+        for folder in folders:
+            if folder not in active:
+                status = (records.get(folder) or {}).get("status", "not submitted")
+                out.write(f"{label(reader, folder)}: not active ({printable(str(status))})\n")
+        if not active:
+            out.write("no run is in progress and no job is recorded as active\n")
+            return 0
+        info = read_json(path / RUN_FILE)
+        try:
+            scheduler = build_scheduler(info)
+        except XqueueError as exc:
+            ids = ", ".join(
+                f"{job_index(f)} ({(records[f] or {}).get('jid') or 'no id'})" for f in active
+            )
+            raise XqueueError(f"{exc}; kill these jobs on their backend: {ids}") from None
+        seen_as = _jobs_path(path, info)
+        jobs = [_job(reader, seen_as, folder, records[folder] or {}) for folder in active]
+        killed, _, errors = anyio.run(_kill, scheduler, workdir, jobs)
+        for job in killed:
+            job.status, job.rc, job.reason = JobStatus.KILLED, None, KILLED_REASON
+            workdir.record(job)
+        for job in jobs:
+            name = label(reader, os.path.basename(job.dir))
+            if job in killed:
+                out.write(f"{name}: killed ({printable(job.jid or '')})\n")
+            elif job in errors:
+                out.write(f"{name}: could not be killed: {printable(str(errors[job]))}\n")
+            else:
+                out.write(f"{name}: not running any more; a new run collects its outcome\n")
+        return 1 if errors else 0
+    finally:
+        workdir.unlock()
+
+
+def build_scheduler(info: dict[str, Any] | None) -> Scheduler:
+    """The last run's scheduler, from what it recorded; only an installed one, by name."""
+    if info is None:
+        raise XqueueError(f"the workdir has no {RUN_FILE}: it was last run by an older xqueue")
+    name, cls_path, options = info.get("scheduler"), info.get("class"), info.get("options")
+    if not isinstance(name, str) or not isinstance(options, dict):
+        raise XqueueError(f"the workdir's {RUN_FILE} is not one xqueue writes")
+    cls = registry.scheduler_class(name)
+    installed = f"{cls.__module__}:{cls.__qualname__}"
+    if cls_path != installed:
+        raise XqueueError(
+            f"the last run used scheduler {printable(str(cls_path))}, which is not the "
+            f"installed {name!r} ({installed})"
+        )
+    scheduler = cls(**options)
+    forks = info.get("forks")
+    scheduler.forks = forks if type(forks) is int and forks > 0 else 1
+    return scheduler
+
+
+def _jobs_path(path: Path, info: dict[str, Any] | None) -> str:
+    """The workdir as the run's jobs saw it (their environment names their folder by it)."""
+    recorded = (info or {}).get("workdir")
+    if isinstance(recorded, str) and os.path.isabs(recorded):
+        try:
+            if os.path.samefile(recorded, path):
+                return recorded
+        except OSError:
+            pass
+    return str(path)
+
+
+def _job(reader: WorkdirReader, workdir: str, folder: str, record: dict[str, Any]) -> Job:
+    index = job_index(folder)
+    assert index is not None
+    spec = reader.spec(folder) or {}
+    try:
+        job = Job(index, spec["command"], name=spec.get("name"), envs=spec.get("envs"))
+    except (KeyError, TypeError, XqueueError):  # a torn spec: killing needs only the ids
+        job = Job(index, ["unknown"], name=folder)
+    job.dir = os.path.join(workdir, folder)
+    job.jid = record.get("jid") or None
+    attempt = record.get("attempt")
+    job.attempt = attempt if type(attempt) is int and attempt > 0 else 1
+    job.status = JobStatus.SUBMITTED
+    return job
+
+
+async def _kill(
+    scheduler: Scheduler, workdir: Workdir, jobs: list[Job]
+) -> tuple[list[Job], list[Job], dict[Job, BaseException]]:
+    """(killed, found not running, could not be killed) on the backend."""
+    await scheduler.open(workdir)
+    try:
+        for job in jobs:
+            if job.jid is None:  # recorded just before its submission: look for it
+                try:
+                    await scheduler.recover_job(job)
+                except Exception:
+                    job.jid = None
+        known = [job for job in jobs if job.jid]
+        held = await scheduler.jobs_are_running(known) if known else {}
+        alive = [job for job in known if held.get(job)]
+        outcome = await scheduler.kill_jobs(alive) if alive else []
+    finally:
+        await scheduler.aclose()
+    errors = {job: error for job, error in zip(alive, outcome, strict=True) if error is not None}
+    killed = [job for job in alive if job not in errors]
+    return killed, [job for job in jobs if job not in alive], errors

@@ -1,0 +1,329 @@
+"""``xqueue status WORKDIR --follow``: a live view of a run started elsewhere.
+
+It reads the run's event stream (``<workdir>/events.jsonl``, see ``xqueue.events``) as it
+grows, and never the job folders: every event updates the counts by state, the number of
+jobs ended in this run and the last few failures, in O(1), so a refresh costs the same
+for 10 jobs as for 100,000. On a terminal the view is redrawn in place; into a pipe it is
+a line whenever the counts changed (at most one a second); ``--json`` passes the events
+on, one JSON object per line, for other tools.
+
+It ends with the run: at its ``run_stopped`` event (exit 0 if every job succeeded, else
+1), or when the workdir's lock shows the controller gone without one (killed: exit 1).
+A stream that already ended while a controller holds the lock belongs to the run before
+it: the view waits for the new run's stream. Names and reasons come from the workdir and
+are shown as plain text, escaped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import Counter, deque
+from typing import TYPE_CHECKING, Any, TextIO
+
+from ..errors import XqueueError
+from ..events import EVENTS_FILE
+from ..records import WorkdirReader, parse_object
+from ..states import JobStatus
+from .tail import Tail
+from .text import printable
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+POLL = 0.2  # seconds between two reads of the stream
+CONTROLLER_CHECK = 1.0  # seconds between two looks at the workdir's lock
+PLAIN_EVERY = 1.0  # the most often a line is printed into a pipe
+START_GRACE = 2.0  # how long a workdir with neither stream nor run is given to get one
+FAILURES = 5
+FINAL = frozenset(s.value for s in JobStatus if s.is_final)
+BAD = (JobStatus.FAILED.value, JobStatus.KILLED.value)
+
+
+class RunView:
+    """One run as its events tell it, kept up to date one event at a time."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.status: dict[int, str] = {}
+        self.counts: Counter[str] = Counter()
+        self.done = 0  # jobs in a final state
+        self.ended = 0  # jobs that reached a final state in this run (for the rate)
+        self.failures: deque[dict[str, Any]] = deque(maxlen=FAILURES)
+        self.started: dict[str, Any] | None = None
+        self.stopped: dict[str, Any] | None = None
+        self.ignored = 0  # lines that were not events
+
+    @property
+    def total(self) -> int:
+        return len(self.status)
+
+    def apply(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "run_started":
+            self.started = event
+            return
+        if kind == "run_stopped":
+            self.stopped = event
+            return
+        job, status = event.get("job"), event.get("status")
+        if type(job) is not int or type(status) is not str:
+            self.ignored += 1
+            return
+        old = self.status.get(job)
+        if old is not None:
+            self.counts[old] -= 1
+            if not self.counts[old]:
+                del self.counts[old]
+            self.done -= old in FINAL
+        self.status[job] = status
+        self.counts[status] += 1
+        if status in FINAL:
+            self.done += 1
+            self.ended += self.started is not None
+        if status in BAD:
+            self.failures.append(event)
+
+    def elapsed(self, now: float) -> float:
+        start = _number(self.started, "time")
+        if start is None:
+            return 0.0
+        end = _number(self.stopped, "time")
+        return max((end if end is not None else now) - start, 0.0)
+
+    def rate(self, now: float) -> float:
+        elapsed = self.elapsed(now)
+        return self.ended / elapsed if elapsed > 0 else 0.0
+
+    def eta(self, now: float) -> str:
+        rate, left = self.rate(now), self.total - self.done
+        if self.stopped is not None or not left:
+            return "-"
+        return f"{left / rate:,.0f}s" if rate > 0 else "?"
+
+    def summary(self, now: float) -> str:
+        """One line: progress, rate, ETA and the counts (escaped: states come from the file)."""
+        counts = ", ".join(f"{n:,} {s}" for s, n in sorted(self.counts.items()))
+        line = (
+            f"{self.done:,}/{self.total:,} done, {self.rate(now):,.1f} jobs/s, "
+            f"ETA {self.eta(now)}, {self.elapsed(now):,.1f}s: {counts or 'no jobs yet'}"
+        )
+        return printable(line)
+
+    def outcome(self) -> str:
+        stopped = self.stopped or {}
+        reason = stopped.get("reason")
+        signal = stopped.get("signal")
+        text = f"the run stopped: {reason}" if isinstance(reason, str) else "the run stopped"
+        return printable(text + (f" ({signal})" if isinstance(signal, str) else ""))
+
+    def succeeded(self) -> bool:
+        stopped = self.stopped or {}
+        bad = sum(self.counts.get(s, 0) for s in BAD)
+        return stopped.get("reason") == "complete" and not bad
+
+
+def _number(event: dict[str, Any] | None, key: str) -> float | None:
+    value = None if event is None else event.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def failure_line(event: dict[str, Any]) -> str:
+    rc = event.get("rc")
+    reason = event.get("reason")
+    parts = [
+        f"#{event.get('job')}",
+        str(event.get("name", "")),
+        str(event.get("status")),
+        f"rc {rc}" if type(rc) is int else "",
+        reason if isinstance(reason, str) else "",
+    ]
+    return printable("  ".join(p for p in parts if p))
+
+
+class Follower:
+    """Reads the stream, feeds the view, says when the run is over."""
+
+    def __init__(self, workdir: str, out: TextIO, as_json: bool) -> None:
+        self.reader = WorkdirReader(workdir)
+        self.tail = Tail(os.path.join(self.reader.path, EVENTS_FILE))
+        self.view = RunView()
+        self.out = out
+        self.as_json = as_json
+        self.gone = False  # the controller went away without a run_stopped event
+        self._checked = 0.0
+        self._controller: str | None = None
+        self._stale = False  # the stream read first had ended: a new one is awaited
+
+    def start(self) -> None:
+        """Read what is there; refuse to follow a workdir with neither stream nor run
+        (after ``START_GRACE``: ``xqueue run ... &`` may not have taken the workdir yet)."""
+        deadline = time.monotonic() + START_GRACE
+        while True:
+            self._controller = self.reader.controller()
+            self.step()
+            if self.tail.exists() or self._controller is not None:
+                break
+            if time.monotonic() >= deadline:
+                raise XqueueError(
+                    f"nothing to follow in {self.reader.path}: no {EVENTS_FILE} and no run "
+                    "in progress (a run writes its events there unless started with events off)"
+                )
+            time.sleep(POLL)
+        self._stale = self.view.stopped is not None and self._controller is not None
+
+    def step(self) -> bool:
+        """Read what was appended; True if anything was."""
+        changed = False
+        for item in self.tail.poll():
+            changed = True
+            if not isinstance(item, bytes):  # a new run's stream
+                self.view.reset()
+                self._stale = False
+                continue
+            event = parse_object(item) if item.strip() else None
+            if event is None:
+                self.view.ignored += bool(item.strip())
+                continue
+            self.view.apply(event)
+            if self.as_json:
+                self.out.write(json.dumps(event) + "\n")
+        if changed and self.as_json:
+            self.out.flush()
+        return changed
+
+    def over(self, now: float) -> bool:
+        """The run ended (its last event read), or its controller is gone."""
+        if self.view.stopped is not None and not self._stale and self.tail.caught_up():
+            return True
+        if now - self._checked < CONTROLLER_CHECK:
+            return False
+        self._checked = now
+        self._controller = self.reader.controller()
+        if self._controller is not None:
+            return False
+        self.step()  # the last words of a controller that just ended
+        if self.view.stopped is None:
+            self.gone = True
+        return True
+
+
+def run(workdir: str, as_json: bool) -> int:
+    """The command; returns the exit code."""
+    if not os.path.isdir(workdir):
+        raise XqueueError(f"no workdir at {workdir!r}")
+    out = sys.stdout
+    follower = Follower(workdir, out, as_json)
+    follower.start()
+    if as_json:
+        _follow_quietly(follower)
+    elif out.isatty():
+        _follow_live(follower)
+    else:
+        _follow_plain(follower, out)
+    return _ending(follower, None if as_json else out)
+
+
+def _follow_quietly(follower: Follower) -> None:
+    while not follower.over(time.time()):
+        if not follower.step():
+            time.sleep(POLL)
+
+
+def _follow_plain(follower: Follower, out: TextIO) -> None:
+    shown, last = "", 0.0
+    while not follower.over(time.time()):
+        follower.step()
+        now = time.time()
+        line = follower.view.summary(now)
+        counts = line.partition(": ")[2]
+        if counts != shown and now - last >= PLAIN_EVERY:
+            out.write(line + "\n")
+            out.flush()
+            shown, last = counts, now
+        time.sleep(POLL)
+
+
+def _follow_live(follower: Follower) -> None:
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    view = _Screen(follower)
+    with Live(view, console=console, auto_refresh=False, transient=True) as live:
+        while not follower.over(time.time()):
+            follower.step()
+            live.refresh()
+            time.sleep(POLL)
+
+
+def _ending(follower: Follower, out: TextIO | None) -> int:
+    view = follower.view
+    if out is not None:
+        out.write(view.summary(time.time()) + "\n")
+        for event in view.failures:
+            out.write("  " + failure_line(event) + "\n")
+    if follower.gone:
+        why = (
+            "the run's controller is gone without stopping its run (killed?)"
+            if follower.tail.exists()
+            else "the run ended without an event stream (started with events off)"
+        )
+        sys.stderr.write(f"xqueue: {why}; see xqueue status {printable(workdir_of(follower))}\n")
+        return 1
+    if out is not None:
+        out.write(view.outcome() + "\n")
+        out.flush()
+    return 0 if view.succeeded() else 1
+
+
+def workdir_of(follower: Follower) -> str:
+    return str(follower.reader.path)
+
+
+class _Screen:
+    """The terminal view: rendered from the view's counters only, whatever the run's size."""
+
+    def __init__(self, follower: Follower) -> None:
+        self.follower = follower
+
+    def __rich__(self) -> RenderableType:
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        from .progress import STYLES
+        from .report import plain
+
+        view, now = self.follower.view, time.time()
+        started = view.started or {}
+        head = Table.grid(padding=(0, 1))
+        head.add_row(
+            ProgressBar(total=max(view.total, 1), completed=view.done, width=40),
+            Text(f"{view.done:,}/{view.total:,}"),
+            Text(f"{view.rate(now):,.1f} jobs/s", style="bold"),
+            Text(f"ETA {view.eta(now)}"),
+            Text(f"{view.elapsed(now):,.1f}s", style="dim"),
+        )
+        where = plain(
+            f"{workdir_of(self.follower)}: "
+            + (f"{started.get('scheduler')}, forks {started.get('forks')}" if started else "")
+            + ("" if started else "waiting for the run to start"),
+            "dim",
+        )
+        counts = Text()
+        styles = {status.value: style for status, style in STYLES.items()}
+        for status, n in sorted(view.counts.items()):
+            counts.append_text(plain(f"{status} {n:,}  ", styles.get(status, "")))
+        parts: list[RenderableType] = [where, head, counts]
+        if view.failures:
+            parts.append(Text("latest failures:", style="bold red"))
+            parts.extend(plain("  " + failure_line(e)) for e in view.failures)
+        return Group(*parts)

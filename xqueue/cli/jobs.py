@@ -1,0 +1,65 @@
+"""Naming a job on the command line: by index, by name, or by its folder's name."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..errors import XqueueError
+from ..records import WorkdirReader, job_index
+from .text import printable
+
+_SHOWN = 10  # matches listed for an ambiguous name
+
+
+def resolve(reader: WorkdirReader, refs: Sequence[str]) -> list[str]:
+    """The folder of each job named in ``refs``, in order.
+
+    A reference made of digits is an index; else it is a job's folder name, or its name
+    (from ``job.json``). A name that several jobs share is refused with the list of
+    their indices: an index is unambiguous.
+    """
+    folders = reader.folders()
+    by_index = {job_index(folder): folder for folder in folders}
+    by_name: dict[str, list[str]] | None = None
+    found = []
+    for ref in refs:
+        if ref.isascii() and ref.isdigit():
+            folder = by_index.get(int(ref))
+            if folder is None:
+                raise XqueueError(f"no job {ref} in {reader.path} ({_extent(folders)})")
+            found.append(folder)
+            continue
+        if ref in by_index.values():
+            found.append(ref)
+            continue
+        if by_name is None:
+            by_name = {}
+            for folder, spec in zip(folders, reader.specs(folders), strict=True):
+                name = (spec or {}).get("name")
+                if isinstance(name, str):
+                    by_name.setdefault(name, []).append(folder)
+        matches = by_name.get(ref, [])
+        if not matches:
+            raise XqueueError(f"no job named {ref!r} in {reader.path} ({_extent(folders)})")
+        if len(matches) > 1:
+            listed = ", ".join(str(job_index(f)) for f in matches[:_SHOWN])
+            more = f" and {len(matches) - _SHOWN} more" if len(matches) > _SHOWN else ""
+            raise XqueueError(
+                f"{len(matches)} jobs are named {ref!r}: jobs {listed}{more}; name one by its index"
+            )
+        found.append(matches[0])
+    return found
+
+
+def _extent(folders: Sequence[str]) -> str:
+    if not folders:
+        return "it has no jobs"
+    return f"its jobs are {job_index(folders[0])} to {job_index(folders[-1])}"
+
+
+def label(reader: WorkdirReader, folder: str) -> str:
+    """``job 3 (its name)``, escaped, for messages."""
+    spec = reader.spec(folder) or {}
+    name = spec.get("name")
+    shown = f" ({name})" if isinstance(name, str) else ""
+    return printable(f"job {job_index(folder)}{shown}")

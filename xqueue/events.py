@@ -1,0 +1,257 @@
+"""A run's event stream: one JSON line per job event, in ``<workdir>/events.jsonl``.
+
+Written by default, by a built-in plugin (``Xqueue(events=False)`` or ``xqueue run
+--no-events`` turns it off), so that a run started anywhere can be followed from another
+terminal (``xqueue status WD --follow``) or by other tools (``tail -F``, ``jq``).
+
+It never blocks the event loop. A hook formats its line and appends it to a deque
+(thread-safe without a lock, so the loop never waits on one); a writer thread writes
+what has piled up every ``FLUSH_INTERVAL`` seconds in one ``write()``. A job event costs
+the loop a couple of microseconds and no system call; the one file operation of a run,
+opening the file, is awaited in a worker thread when its first event comes.
+
+One file holds one run: its first event renames the file of an earlier run to
+``events.jsonl.1`` (that one is replaced), so a reader starts at a run's beginning and
+knows a new run by a new file. Lines, each one JSON object::
+
+    {"time": 1767225600.125, "event": "job_started", "job": 3, "name": "sim 3",
+     "status": "running", "attempt": 1, "jid": "4242@1767225600.10", "rc": null,
+     "reason": ""}
+
+``event`` is the hook's name without ``on_`` (``job_init``, ``job_queued``,
+``job_submitted``, ``job_started``, ``job_retrying``, ``job_succeeded``, ``job_failed``,
+``job_killed``, ``job_skipped``), and every job event has the same keys: the job's state
+at that moment. A run adds ``run_started`` (``scheduler``, ``forks``, ``pid``, ``jobs``,
+``counts``) and, last, ``run_stopped`` (``reason``, ``signal``, ``jobs``, ``counts``,
+``elapsed``). Events of jobs fed before the run starts come before ``run_started``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from json.encoder import encode_basestring_ascii as _quote
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .hooks import hookimpl
+from .workdir import open_plain
+
+if TYPE_CHECKING:
+    from .job import Job
+    from .queue import Xqueue
+    from .scheduler import Scheduler
+
+log = logging.getLogger("xqueue")
+
+EVENTS_FILE = "events.jsonl"
+PREVIOUS = ".1"  # the earlier run's events: events.jsonl.1
+FLUSH_INTERVAL = 0.1
+_BATCH = 10_000  # lines per write(), so a burst never builds one huge string
+
+
+def job_line(
+    when: float,
+    event: str,
+    index: int,
+    name: str,
+    status: str,
+    attempt: int,
+    jid: str | None,
+    rc: int | None,
+    reason: str,
+) -> str:
+    """One job event's line, put together by hand: ``json.dumps`` of a dict costs three
+    times more, and this runs on the loop for every event. Strings still go through
+    json's own escaping, so the line is valid JSON whatever a name or reason holds."""
+    return (
+        f'{{"time": {when:.3f}, "event": "{event}", "job": {index}, '
+        f'"name": {_quote(name)}, "status": "{status}", "attempt": {attempt}, '
+        f'"jid": {"null" if jid is None else _quote(jid)}, '
+        f'"rc": {"null" if rc is None else int(rc)}, "reason": {_quote(reason)}}}\n'
+    )
+
+
+def run_line(when: float, event: str, fields: dict[str, Any]) -> str:
+    return json.dumps({"time": round(when, 3), "event": event, **fields}) + "\n"
+
+
+class Writer(threading.Thread):
+    """Writes the lines other threads append to ``pending``, in batches. It does as
+    little as it can while holding the GIL (join, write): a thread that computes holds
+    the GIL for up to a switch interval each time the loop makes a system call, and the
+    loop would wait for it (the convoy effect; formatting here made runs 1.5x slower)."""
+
+    def __init__(self, path: str, pending: deque[str]) -> None:
+        super().__init__(name="xqueue-events", daemon=True)
+        self.path = path
+        self.pending = pending
+        self._halt = threading.Event()
+        self._fd: int | None = None
+        self._failed = False
+
+    def open(self) -> None:
+        """Start a new file (the earlier run's kept as ``.1``). Blocking: a worker thread."""
+        try:
+            os.replace(self.path, self.path + PREVIOUS)  # a planted link is moved, not followed
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not keep the earlier run's events (%s): %s", self.path, exc)
+        self._fd = open_plain(self.path, os.O_WRONLY | os.O_APPEND | os.O_TRUNC)
+
+    def run(self) -> None:
+        while not self._halt.wait(FLUSH_INTERVAL):
+            self.flush()
+        self.flush()
+
+    def flush(self) -> None:
+        pop = self.pending.popleft
+        while self.pending:
+            lines: list[str] = []
+            try:
+                while len(lines) < _BATCH:
+                    lines.append(pop())
+            except IndexError:  # drained
+                pass
+            self._write("".join(lines).encode())
+
+    def _write(self, data: bytes) -> None:
+        if self._fd is None or self._failed:
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:  # a full disk must not stop the run: the stream stops
+            self._failed = True
+            log.warning("writing %s failed (%s); no further events are written", self.path, exc)
+
+    def finish(self) -> None:
+        """Write what is left and close the file. Blocking: a worker thread."""
+        self._halt.set()
+        if self.is_alive():
+            self.join()
+        else:
+            self.flush()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _job_event(event: str) -> Callable[[EventLog, Job], None]:
+    def hook(self: EventLog, job: Job) -> None:
+        self.add(event, job)
+
+    hook.__name__ = f"on_{event}"
+    return hookimpl(hook)
+
+
+class EventLog:
+    """The built-in plugin; one per queue, one writer thread per run."""
+
+    def __init__(self) -> None:
+        # Records wait here for the run's writer; one that comes between runs (a job
+        # killed after its run ended) waits for the next run's file.
+        self.pending: deque[str] = deque()
+        self._writer: Writer | None = None
+        self._opening: anyio.Event | None = None
+        self._started_at = 0.0
+
+    def add(self, event: str, job: Job) -> None:
+        self.pending.append(
+            job_line(
+                time.time(),
+                event,
+                job.index,
+                job.name,
+                job.status.value,
+                job.attempt,
+                job.jid,
+                job.rc,
+                job.reason,
+            )
+        )
+
+    def _add_run(self, event: str, fields: dict[str, Any]) -> None:
+        self.pending.append(run_line(time.time(), event, fields))
+
+    async def _start(self, xqueue: Xqueue) -> None:
+        """The run's first event: the file is opened in a worker thread, then the writer
+        starts. Events that come meanwhile wait in its deque."""
+        if self._opening is not None:
+            await self._opening.wait()
+            return
+        self._opening = anyio.Event()
+        writer = Writer(str(xqueue.workdir.path / EVENTS_FILE), self.pending)
+        self._writer = writer
+        try:
+            await anyio.to_thread.run_sync(writer.open)
+            writer.start()
+        except BaseException:
+            self._writer = None  # the next event tries again (and reports again)
+            raise
+        finally:
+            self._opening.set()
+            self._opening = None
+
+    # -- hooks ---------------------------------------------------------------------------
+    @hookimpl
+    def on_job_init(self, xqueue: Xqueue, job: Job) -> Awaitable[None] | None:
+        """Plain for every job but a run's first, which awaits the opening of the file
+        (``Hooks.call`` awaits what a hook returns only if it is awaitable)."""
+        if self._writer is None or self._opening is not None:
+            return self._first(xqueue, job)
+        self.add("job_init", job)
+        return None
+
+    async def _first(self, xqueue: Xqueue, job: Job) -> None:
+        await self._start(xqueue)
+        self.add("job_init", job)
+
+    @hookimpl
+    async def on_init(self, xqueue: Xqueue, scheduler: Scheduler) -> None:
+        if self._writer is None or self._opening is not None:
+            await self._start(xqueue)
+        self._started_at = time.monotonic()
+        stats = xqueue.statistics()
+        fields = {
+            "scheduler": scheduler.name,
+            "forks": xqueue.forks,
+            "pid": os.getpid(),
+            "jobs": stats.total,
+            "counts": dict(stats.counts),
+        }
+        self._add_run("run_started", fields)
+
+    @hookimpl
+    async def on_shutdown(self, xqueue: Xqueue, reason: str, signal: str | None) -> None:
+        writer, self._writer = self._writer, None  # the next run writes a file of its own
+        if writer is None:
+            return
+        stats = xqueue.statistics()
+        elapsed = round(time.monotonic() - self._started_at, 3)
+        fields = {
+            "reason": reason,
+            "signal": signal,
+            "jobs": stats.total,
+            "counts": dict(stats.counts),
+            "elapsed": elapsed,
+        }
+        self._add_run("run_stopped", fields)
+        await anyio.to_thread.run_sync(writer.finish)
+
+    on_job_queued = _job_event("job_queued")
+    on_job_submitted = _job_event("job_submitted")
+    on_job_started = _job_event("job_started")
+    on_job_retrying = _job_event("job_retrying")
+    on_job_succeeded = _job_event("job_succeeded")
+    on_job_failed = _job_event("job_failed")
+    on_job_killed = _job_event("job_killed")
+    on_job_skipped = _job_event("job_skipped")
