@@ -232,7 +232,7 @@ async def test_a_restarted_controller_readopts_its_job(
     first = HTCondorScheduler(**opts)
     await first.open(wd)
     job = Job(0, ["sh", "-c", "sleep 2; exit 6"])
-    await anyio.to_thread.run_sync(wd.prepare, job)
+    await anyio.to_thread.run_sync(lambda: wd.prepare(job, make=True))
     job.attempt = 1
     jid = await first.submit_job(job)  # the controller dies before it records the id
     remove_after.append(job)
