@@ -19,7 +19,14 @@ from xqueue import Job, JobStatus, Xqueue
 from xqueue.errors import SchedulerOptionError, SubmissionError
 from xqueue.failures import FailureClass
 from xqueue.job import SCRIPT
-from xqueue.schedulers.htcondor import HTCondorScheduler, description, submit_value
+from xqueue.scheduler import JobState
+from xqueue.schedulers.htcondor import (
+    HTCondorScheduler,
+    description,
+    ended_state,
+    held_state,
+    submit_value,
+)
 from xqueue.workdir import Workdir
 
 pytestmark = [pytest.mark.anyio, pytest.mark.htcondor]
@@ -152,11 +159,13 @@ async def test_held_job_fails_with_the_hold_reason(
     assert ad["JobStatus"] == 3
 
 
+@pytest.mark.parametrize("releases", [1, 0])
 async def test_held_job_released_by_policy_runs(
-    htcondor_pool: dict[str, Any], shared_workdir: Path
+    htcondor_pool: dict[str, Any], shared_workdir: Path, releases: int
 ) -> None:
-    # Submitted on hold: released once by on_hold="release", then it runs.
-    opts = {"hold": True, "on_hold": "release", "max_releases": 1}
+    # Submitted on hold: released once by on_hold="release", then it runs; with no
+    # release allowed it fails with the hold's reason.
+    opts = {"hold": True, "on_hold": "release", "max_releases": releases}
     q = queue(htcondor_pool, shared_workdir, scheduler_opts=opts)
     try:
         job = await q.feed(["sh", "-c", "echo ran"])
@@ -164,26 +173,31 @@ async def test_held_job_released_by_policy_runs(
             await q.run_until_complete()
     finally:
         await q.aclose()
-    assert job.status is JobStatus.FINISHED and await read_text(job.stdout_path) == "ran\n"
     ad = (await history(htcondor_pool, [str(job.jid)], ["NumHolds", "JobStatus"]))[str(job.jid)]
-    assert ad["JobStatus"] == 4 and ad["NumHolds"] == 1
+    if releases:
+        assert job.status is JobStatus.FINISHED and await read_text(job.stdout_path) == "ran\n"
+        assert ad["JobStatus"] == 4 and ad["NumHolds"] == 1
+    else:
+        assert job.status is JobStatus.FAILED and job.rc is None
+        assert job.reason.startswith("held by HTCondor: ") and "released 0 times" in job.reason
+        assert ad["JobStatus"] == 3
 
 
 @pytest.mark.slow
 async def test_many_jobs_one_query_per_tick(
     htcondor_pool: dict[str, Any], shared_workdir: Path, anyio_backend: str
 ) -> None:
-    if anyio_backend != "asyncio":
-        pytest.skip("the pool's throughput is the same under trio; once is enough")
-    q = queue(htcondor_pool, shared_workdir, forks=60)
+    # One event loop submits one cluster of 60 procs, the other 60 clusters of one.
+    arrays = anyio_backend == "asyncio"
+    q = queue(htcondor_pool, shared_workdir, forks=60, scheduler_opts={"arrays": arrays})
     jobs = [await q.feed(["sh", "-c", f"exit {i % 3}"]) for i in range(60)]
     with anyio.fail_after(110):
         await q.run_until_complete()
     await q.aclose()
     assert [j.rc for j in jobs] == [i % 3 for i in range(60)]
     stats = q.statistics()
-    assert stats.submit_calls == 1
-    assert len({str(j.jid).split(".")[0] for j in jobs}) == 1
+    assert stats.submit_calls == (1 if arrays else 60)
+    assert len({str(j.jid).split(".")[0] for j in jobs}) == (1 if arrays else 60)
     # One schedd query per tick (a history call only for jobs gone without an rc file).
     assert stats.ticks <= stats.status_calls <= stats.ticks + 2
 
@@ -289,3 +303,22 @@ def test_bad_options_are_refused() -> None:
         HTCondorScheduler(executable="/bin/true")
     with pytest.raises(SchedulerOptionError, match="line break"):
         HTCondorScheduler(requirements="true\nqueue 5")
+
+
+def test_how_ended_and_held_ads_read() -> None:
+    done = {"JobStatus": 4, "ExitCode": 0, "ExitBySignal": True, "ExitSignal": 9}
+    assert ended_state(done, False) == JobState(JobStatus.FAILED, 137)
+    assert ended_state({"JobStatus": 4, "ExitCode": 2}, False) == JobState(JobStatus.FAILED, 2)
+    assert ended_state({"JobStatus": 4, "ExitCode": 0}, False) == JobState(JobStatus.FINISHED, 0)
+    removed = {"JobStatus": 3, "RemoveReason": "via condor_rm (by user alice)"}
+    assert ended_state(removed, True) == JobState(JobStatus.KILLED, None, "killed")
+    outside = ended_state(removed, False)
+    assert outside is not None and outside.failure is FailureClass.KILLED
+    assert "via condor_rm (by user alice)" in outside.reason
+    assert ended_state({"JobStatus": 2}, False) is None
+    memory = {
+        "HoldReason": "Job has gone over memory limit of 100 megabytes.",
+        "HoldReasonCode": 34,
+    }
+    state = held_state(memory)
+    assert state.kill and state.failure is FailureClass.OOM and "memory limit" in state.reason
