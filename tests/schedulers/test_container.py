@@ -18,7 +18,7 @@ import pytest
 
 from tests.helpers import IMAGE, call_api, read_text
 from tests.schedulers.fakes import DroppingProxy
-from xqueue import Job, JobFailedError, JobStatus, SchedulerError, Xqueue
+from xqueue import FailureClass, Job, JobFailedError, JobStatus, SchedulerError, Xqueue
 from xqueue.errors import SchedulerOptionError, SchedulerOutputError, SubmissionUnknownError
 from xqueue.schedulers._container_api import _exit_code, _state
 from xqueue.schedulers.container import ContainerScheduler
@@ -444,3 +444,17 @@ async def test_apptainer_missing_image_is_not_retried(
     await q.aclose()
     assert job.status is JobStatus.FAILED and job.attempt == 1
     assert "does not exist; apptainer needs a .sif file" in job.reason
+
+
+@pytest.mark.apptainer
+async def test_apptainer_walltime_kills_the_container(
+    apptainer: dict[str, str], shared_workdir: Path
+) -> None:
+    q = apptainer_queue(apptainer, shared_workdir, kill_grace=0.5)
+    try:
+        job = await q.feed(["sleep", "300"], resources={"walltime": 1})
+        with anyio.fail_after(30):
+            await q.run_until_complete()
+    finally:
+        await q.aclose()
+    assert job.status is JobStatus.FAILED and job.failure is FailureClass.TIMEOUT

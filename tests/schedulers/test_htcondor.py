@@ -322,3 +322,20 @@ def test_how_ended_and_held_ads_read() -> None:
     }
     state = held_state(memory)
     assert state.kill and state.failure is FailureClass.OOM and "memory limit" in state.reason
+
+
+async def test_walltime_removes_the_job_as_a_timeout(
+    htcondor_pool: dict[str, Any], shared_workdir: Path, remove_after: list[Job]
+) -> None:
+    q = queue(htcondor_pool, shared_workdir, scheduler_opts={"kill_grace": 1})
+    try:
+        job = await q.feed(["sleep", "300"], resources={"walltime": 3})
+        remove_after.append(job)
+        with anyio.fail_after(60):
+            await q.run_until_complete()
+    finally:
+        await q.aclose()
+    assert job.status is JobStatus.FAILED and job.failure is FailureClass.TIMEOUT
+    assert job.reason.startswith("timed out after 3 s")
+    ad = (await history(htcondor_pool, [str(job.jid)], ["JobStatus", "RemoveReason"]))[str(job.jid)]
+    assert ad["JobStatus"] == 3 and "xqueue: killed" in ad["RemoveReason"]
