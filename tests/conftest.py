@@ -211,17 +211,15 @@ def htcondor_pool() -> dict[str, object]:
     if not env:
         _service_missing(f"no HTCondor pool environment file at {CONDOR_ENV}")
     os.environ.setdefault("CONDOR_CONFIG", "/dev/null")
-    opts: dict[str, object] = {
-        "collector": env["XQ_CONDOR_COLLECTOR"],
-        "config": {
-            "SEC_CLIENT_AUTHENTICATION_METHODS": "CLAIMTOBE",
-            "SEC_CLAIMTOBE_USER": env["XQ_CONDOR_USER"],
-        },
+    config = {
+        "SEC_CLIENT_AUTHENTICATION_METHODS": "CLAIMTOBE",
+        "SEC_CLAIMTOBE_USER": env["XQ_CONDOR_USER"],
     }
+    opts: dict[str, object] = {"collector": env["XQ_CONDOR_COLLECTOR"], "config": config}
     try:
         import htcondor2
 
-        for key, value in opts["config"].items():  # type: ignore[attr-defined]
+        for key, value in config.items():
             htcondor2.param[key] = value
         coll = htcondor2.Collector(env["XQ_CONDOR_COLLECTOR"])
         kinds = {str(ad.get("MyType")) for ad in coll.query(projection=["MyType"])}
