@@ -202,24 +202,16 @@ async def test_outcome_of_an_earlier_run_never_passes_for_a_later_attempt(
     assert again.attempt == 1 and again.status is JobStatus.FAILED
 
 
-async def test_a_call_file_that_is_not_the_submitted_call_is_refused(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    q = Xqueue(workdir=workdir, error_strategy="ignore", forks=2)  # both in one batch
-    job = await q.submit(t.square, 3)
-    other = await q.submit(t.square, 4)
-    make_folders = q.workdir.make_folders
-
-    def then_swap(jobs: list[Job]) -> Any:
-        # Someone swaps the pickle between the folder's making and the job's start: the
-        # command names the call's digest, so it won't run.
-        errors = make_folders(jobs)
-        if job in jobs:
-            Path(job.path("call.pkl")).write_bytes(Path(other.path("call.pkl")).read_bytes())
-        return errors
-
-    monkeypatch.setattr(q.workdir, "make_folders", then_swap)
+async def test_a_call_file_that_is_not_the_submitted_call_is_refused(workdir: Path) -> None:
+    q = Xqueue(workdir=workdir, error_strategy="ignore")
     try:
+        job = await q.submit(t.square, 3)
+        other = await q.submit(t.square, 4)
+        with anyio.fail_after(10):  # the folders are made in the background, soon after
+            while not (q.workdir.has_folder(job) and q.workdir.has_folder(other)):
+                await anyio.sleep(0.01)
+        # Someone swaps the pickle: the command names the call's digest, so it won't run.
+        await anyio.Path(job.path("call.pkl")).write_bytes(await read_bytes(other.path("call.pkl")))
         await q.run_until_complete()
     finally:
         await q.aclose()

@@ -291,3 +291,60 @@ async def test_on_shutdown_receives_the_signal_and_interrupted_carries_it(
     assert caught.value.signal == signal.SIGTERM
     assert seen == [("signal", "SIGTERM")]
     assert job.status is S.KILLED
+
+
+# -- time limits meeting checks and kills (found in review) ---------------------------------
+
+
+async def test_a_job_that_exited_in_time_is_not_timed_out_while_its_check_runs(
+    workdir: Path,
+) -> None:
+    class SlowCheck:
+        @hookimpl
+        async def on_job_checking(self, job: Job) -> None:
+            await anyio.sleep(1.5)  # past the job's limit, long after it exited
+
+    q = Xqueue(workdir=workdir, plugins=[SlowCheck()], error_strategy="retry", num_retries=2)
+    job = await q.feed(["sleep", "0.2"], resources={"walltime": 1})
+    with anyio.fail_after(20):
+        await q.run_until_complete()
+    assert job.status is S.FINISHED and job.attempt == 1 and job.failure is None
+
+
+async def test_a_kill_asked_while_a_time_limit_kill_runs_ends_the_job_killed(
+    workdir: Path,
+) -> None:
+    """The user's kill wins over the time limit's retry: the job is not run again, and
+    kill() answers even though the job's end was the run's last event."""
+    retried: list[int] = []
+
+    class Watch:
+        @hookimpl
+        def on_job_retrying(self, job: Job) -> None:
+            retried.append(job.attempt)
+
+    q = Xqueue(
+        workdir=workdir,
+        plugins=[Watch()],
+        error_strategy="retry",
+        num_retries=2,
+        scheduler_opts={"kill_grace": 2},
+    )
+    job = await q.feed(["sh", "-c", "trap '' TERM; sleep 30"], resources={"walltime": 1})
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(q.run_until_complete)
+            while job.status is not S.RUNNING:
+                await anyio.sleep(0.02)
+            await anyio.sleep(1.5)  # the limit's kill is waiting out kill_grace now
+            assert await q.kill(job) is True
+    assert job.status is S.KILLED and job.attempt == 1 and retried == []
+
+
+def test_a_grown_request_with_slots_survives_its_record() -> None:
+    import json
+
+    from xqueue.resources import Resources
+
+    grown = Resources(walltime_s=2, slots=("machine",))
+    assert Resources.from_record(json.loads(json.dumps(grown.to_dict()))) == grown

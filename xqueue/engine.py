@@ -652,6 +652,7 @@ class Engine:
                 or job.attempt != attempt
                 or job.kill_requested
                 or job._pending_state is not None
+                or job in self._checking  # it exited 0 in time; only its check remains
             ):
                 continue  # ended, a later attempt, or already being killed
             limit = self.scheduler.walltime(job) or 0
@@ -722,7 +723,9 @@ class Engine:
             job, new, retryable=state.retryable, failure=_classify(state)
         )
 
-    def _on_checked(self, job: Job, reason: str) -> list[HookCall]:
+    def _on_checked(self, job: Job, reason: str, attempt: int) -> list[HookCall]:
+        if attempt != job.attempt:
+            return []  # the answer for an attempt that has since been settled otherwise
         self._checking.discard(job)
         if not job.status.is_active:
             return []
@@ -756,6 +759,12 @@ class Engine:
         retryable: bool,
         failure: FailureClass | None = None,
     ) -> list[HookCall]:
+        self._checking.discard(job)
+        if status is S.FAILED and job.kill_requested:
+            # Killed on request while a kill of the backend's own (its time limit) was
+            # under way: it ends killed, as asked, and is not run again.
+            job.reason = job.reason or "killed"
+            return self._finalize(job, S.KILLED)
         if status is S.FAILED:
             job.failure = failure or (
                 FailureClass.NONZERO_EXIT if job.rc else FailureClass.VANISHED
@@ -1075,7 +1084,7 @@ class Engine:
 
     async def _check(self, job: Job) -> None:
         """Ask the plugins whether an attempt that exited 0 left what it should."""
-        hook, reason = "on_job_checking", ""
+        hook, reason, attempt = "on_job_checking", "", job.attempt
         try:
             for plugin, result in await self.hooks.call(
                 hook, timeout=self._hook_timeout(), **self._kw(job)
@@ -1092,7 +1101,7 @@ class Engine:
         except PluginError as exc:
             self._post("stop", exc)
             reason = f"not checked: {exc}"
-        self._post("checked", job, reason)
+        self._post("checked", job, reason, attempt)
 
     async def _poll_hooks(self, jobs: list[Job]) -> None:
         try:
@@ -1333,7 +1342,11 @@ class Engine:
         reply = _Reply()
         if self.running:
             self._post("kill", job, reply)
-            await reply.event.wait()
+            await self._await_reply(reply)
+            if not reply.event.is_set():
+                # The run ended first (the job's end was its last event): the kill's
+                # own answer was cancelled with the run; the job's state answers.
+                reply.set(job.status is S.KILLED)
         elif job.status.is_active and job.status is not S.SUBMITTING:
             raise QueueStateError(
                 f"job {job.index} was left running by a stopped run; run the queue again to "
@@ -1344,6 +1357,18 @@ class Engine:
         if isinstance(reply.value, BaseException):
             raise SchedulerError(f"could not kill job {job.index}: {reply.value}") from reply.value
         return reply.value
+
+    async def _await_reply(self, reply: _Reply) -> None:
+        """Wait for a kill's answer, or for the run to stop, whichever comes first."""
+        async with anyio.create_task_group() as tg:
+
+            async def until_stopped() -> None:
+                await self.wait_stopped()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(until_stopped)
+            await reply.event.wait()
+            tg.cancel_scope.cancel()
 
     async def as_completed(self) -> AsyncIterator[Job]:
         seen = 0

@@ -121,11 +121,19 @@ class Resources:
     def from_record(cls, value: Any) -> Resources | None:
         """The request a record holds (``to_dict``'s form), or None if it is not one: a
         record may be torn or edited, and a bad one must not fail the run."""
-        if not isinstance(value, dict) or not value or set(value) - _FIELDS:
+        if not isinstance(value, dict) or not value or set(value) - _FIELDS - {"slots"}:
             return None
-        if not all(type(v) is int and v > 0 for v in value.values()):
+        numbers = {k: v for k, v in value.items() if k != "slots"}
+        if not all(type(v) is int and v > 0 for v in numbers.values()):
             return None
-        return cls(**value)
+        slots = value.get("slots")
+        if slots is not None:
+            if not isinstance(slots, (list, tuple)) or not all(
+                isinstance(a, str) and a for a in slots
+            ):
+                return None
+            return cls(**numbers, slots=tuple(slots))
+        return cls(**numbers)
 
 
 _FIELDS = {"cpus", "memory_mb", "gpus", "walltime_s"}

@@ -34,6 +34,7 @@ import json
 import os
 import secrets
 import stat
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -290,8 +291,13 @@ class Workdir:
         # Folder names in the workdir, listed once (under the lock, nobody else adds any),
         # so feeding a job that has no folder yet costs no file-system call at all.
         self._names: set[str] | None = None
-        # Jobs fed without a folder yet, with their staged files: made when submitted.
+        # Jobs fed without a folder yet, with their staged files. A thread of the
+        # workdir's own makes them in the background, soon after feeding (so `xqueue
+        # status`, `logs` and `cancel` see a fed job), and a submission makes whatever
+        # of its batch is still missing first; the lock keeps the two apart.
         self._unmade: dict[Job, Mapping[str, str] | None] = {}
+        self._making = threading.Lock()
+        self._maker: threading.Thread | None = None
         self._lock_fd: int | None = None
         self._locking: anyio.Lock | None = None
 
@@ -411,9 +417,10 @@ class Workdir:
     ) -> dict[str, Any] | None:
         """Name the job's folder and return the last status record of an earlier run.
 
-        None means a job with no folder yet: it costs nothing now (no file-system call,
-        so feeding 100,000 jobs takes a fraction of a second) and its folder is made
-        when it is submitted (``make_folders``). A folder left by an earlier run of the
+        None means a job with no folder yet: it costs the caller nothing (no file-system
+        call on the event loop, so feeding 100,000 jobs takes a fraction of the time); the
+        workdir's own thread makes the folder soon after, and a submission makes any of
+        its batch still missing first (``make_folders``). A folder left by an earlier run of the
         *same* job (same spec) is kept, so the engine can skip or re-adopt it; its
         record is ``{}`` when that run died before recording anything (it may still have
         started the job). A folder whose spec differs belongs to another job that used
@@ -432,6 +439,8 @@ class Workdir:
             self._unmade[job] = staged
             if make:
                 self._make_now(job)
+            else:
+                self._start_maker()
             return None
         spec = job_spec(job)
         if read_text(job.path(SPEC_FILE)) == spec:
@@ -445,7 +454,26 @@ class Workdir:
         self._unmade[job] = staged
         if make:
             self._make_now(job)
+        else:
+            self._start_maker()
         return None
+
+    def _start_maker(self) -> None:
+        if self._maker is None or not self._maker.is_alive():
+            self._maker = threading.Thread(
+                target=self._make_in_background, name="xqueue-folders", daemon=True
+            )
+            self._maker.start()
+
+    def _make_in_background(self) -> None:
+        """Make the folders of fed jobs, a batch at a time, until none is left. An error
+        is left for the job's submission to report (it tries again, and says why)."""
+        failed: set[Job] = set()
+        while True:
+            batch = [job for job in list(self._unmade)[:256] if job not in failed]
+            if not batch:
+                return
+            failed.update(self.make_folders(batch))
 
     def _make_now(self, job: Job) -> None:
         error = self.make_folders([job]).get(job)
@@ -460,33 +488,38 @@ class Workdir:
         then ``job.json``; return the jobs whose folder could not be made, with why.
         Blocking: called in a worker thread, a batch at a time."""
         errors: dict[Job, WorkdirError] = {}
-        for job in jobs:
-            if job not in self._unmade:
-                continue
-            try:
-                os.mkdir(job.dir)
-                self._move_in(job, self._unmade.pop(job))
-                # A brand-new folder: nobody reads it yet, so no temporary name is needed.
-                # A spec torn by a crash only fails to match next time: the job runs afresh.
-                with open(job.path(SPEC_FILE), "w", encoding="utf-8") as fh:
-                    fh.write(job_spec(job))
-            except OSError as exc:
-                errors[job] = WorkdirError(f"cannot create job folder {job.dir!r}: {exc}")
-            except WorkdirError as exc:
-                errors[job] = exc
+        with self._making:
+            for job in jobs:
+                if job in self._unmade:
+                    self._make_one(job, errors)
+        return errors
+
+    def _make_one(self, job: Job, errors: dict[Job, WorkdirError]) -> None:
+        try:
+            os.mkdir(job.dir)
+            self._move_in(job, self._unmade.pop(job))
+            # A brand-new folder: nobody reads it yet, so no temporary name is needed.
+            # A spec torn by a crash only fails to match next time: the job runs afresh.
+            with open(job.path(SPEC_FILE), "w", encoding="utf-8") as fh:
+                fh.write(job_spec(job))
+        except OSError as exc:
+            errors[job] = WorkdirError(f"cannot create job folder {job.dir!r}: {exc}")
+        except WorkdirError as exc:
+            errors[job] = exc
+        else:
             if self._names is not None:
                 self._names.add(os.path.basename(job.dir))
-        return errors
 
     def has_unmade(self) -> bool:
         return bool(self._unmade)
 
     def forget_unmade(self) -> None:
-        """Drop the staged files of jobs that were never submitted (the queue closes)."""
-        for staged in self._unmade.values():
-            if staged:
-                self.discard(staged)
-        self._unmade.clear()
+        """Drop the staged files of jobs whose folder was never made (the queue closes)."""
+        with self._making:
+            for staged in self._unmade.values():
+                if staged:
+                    self.discard(staged)
+            self._unmade.clear()
 
     @staticmethod
     def _move_in(job: Job, staged: Mapping[str, str] | None) -> None:

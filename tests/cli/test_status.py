@@ -146,14 +146,13 @@ def controller_killed(tmp_path: Path) -> Iterator[Path]:
 
 def test_jobs_of_a_controller_that_is_gone_are_orphaned(controller_killed: Path) -> None:
     out = xqueue("status", str(controller_killed))
-    # The third job was never submitted: no folder was made for it, so it is not counted.
-    assert "2 job(s), no run in progress" in out.stdout
-    assert "2 orphaned" in out.stdout and "not submitted" not in out.stdout
+    assert "3 job(s), no run in progress" in out.stdout
+    assert "1 not submitted, 2 orphaned" in out.stdout
     assert [r[2] for r in rows(out.stdout)] == ["orphaned", "orphaned"]
     lines = xqueue("status", str(controller_killed), "--json").stdout.splitlines()
     objects = [json.loads(line) for line in lines]
-    assert [o["status"] for o in objects] == ["orphaned", "orphaned"]
-    assert [o["state"] and o["state"]["status"] for o in objects] == ["submitted"] * 2
+    assert [o["status"] for o in objects] == ["orphaned", "orphaned", "not submitted"]
+    assert [o["state"] and o["state"]["status"] for o in objects] == ["submitted"] * 2 + [None]
 
 
 def test_a_held_lock_means_a_live_controller(tmp_path: Path) -> None:
