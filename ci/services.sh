@@ -2,6 +2,7 @@
 # Installs (apt-get, as root) and starts every real service the xqueue test suite can use:
 #
 #   ci/services.sh                    all of: slurm sge ssh images charliecloud podman docker
+#                                     htcondor apptainer
 #   ci/services.sh slurm ssh          only those, in that order
 #   ci/services.sh stop [NAME...]     stop all (or the named ones), in reverse order
 #
@@ -11,13 +12,14 @@
 # where everything is up takes a few seconds. On a fresh machine `apt-get update` runs once (the
 # first script that needs a package does it; the others see a fresh stamp, see ci/lib.sh).
 # Environment knobs are passed through to the scripts (XQ_SLURM_ACCOUNTING, XQ_SLURM_MINJOBAGE,
-# XQ_SGE_SLOTS, XQ_SSH_DIR, XQ_IMAGE_DIR, ...).
+# XQ_SGE_SLOTS, XQ_SSH_DIR, XQ_IMAGE_DIR, XQ_CONDOR_*, ...). htcondor and apptainer share one
+# Debian trixie chroot (ci/lib-trixie.sh): the first of them to run builds it (~55 s, once).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 XQ_NAME=services
 . "$HERE/lib.sh"
 
-ALL=(slurm sge ssh images charliecloud podman docker)
+ALL=(slurm sge ssh images charliecloud podman docker htcondor apptainer)
 ACTION=start
 if [ "${1:-}" = stop ] || [ "${1:-}" = start ]; then ACTION=$1; shift; fi
 NAMES=("$@"); [ ${#NAMES[@]} -gt 0 ] || NAMES=("${ALL[@]}")

@@ -184,3 +184,86 @@ def chrun_image(
     with tarfile.open(rootfs) as tar:
         tar.extractall(image, filter="fully_trusted")
     yield str(image)
+
+
+# -- HTCondor and apptainer (ci/htcondor.sh, ci/apptainer.sh) --------------------------------
+# Both run inside a Debian trixie chroot; only the shared folder is seen at the same path
+# inside and outside, so these tests' workdirs live under it (``shared_workdir``).
+CONDOR_ENV = "/var/tmp/xqueue-condor/env"
+
+
+def _condor_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    if os.path.exists(CONDOR_ENV):
+        with open(CONDOR_ENV) as fh:
+            env = dict(ln.strip().split("=", 1) for ln in fh if "=" in ln)
+    return env
+
+
+@pytest.fixture(scope="session")
+def htcondor_pool() -> dict[str, object]:
+    """The personal pool of ci/htcondor.sh: scheduler_opts that reach it from this host.
+
+    The bindings read no host configuration (``CONDOR_CONFIG=/dev/null``) and claim to be
+    the pool's job user (CLAIMTOBE): HTCondor refuses jobs owned by root.
+    """
+    env = _condor_env()
+    if not env:
+        _service_missing(f"no HTCondor pool environment file at {CONDOR_ENV}")
+    os.environ.setdefault("CONDOR_CONFIG", "/dev/null")
+    config = {
+        "SEC_CLIENT_AUTHENTICATION_METHODS": "CLAIMTOBE",
+        "SEC_CLAIMTOBE_USER": env["XQ_CONDOR_USER"],
+    }
+    opts: dict[str, object] = {"collector": env["XQ_CONDOR_COLLECTOR"], "config": config}
+    try:
+        import htcondor2
+
+        for key, value in config.items():
+            htcondor2.param[key] = value
+        coll = htcondor2.Collector(env["XQ_CONDOR_COLLECTOR"])
+        kinds = {str(ad.get("MyType")) for ad in coll.query(projection=["MyType"])}
+    except Exception as exc:  # ImportError, or HTCondorException: nobody answers
+        kinds = set()
+        why = str(exc)
+    else:
+        why = f"ads: {sorted(kinds)}"
+    if not {"Scheduler", "Machine"} <= kinds:
+        _service_missing(f"the HTCondor pool at {env['XQ_CONDOR_COLLECTOR']} is not up ({why})")
+    return opts
+
+
+def _shared_folder() -> Path:
+    return Path(_condor_env().get("XQ_CONDOR_SHARED", "/var/tmp/xqueue-condor-shared"))
+
+
+@pytest.fixture
+def shared_workdir() -> Iterator[Path]:
+    """A workdir under the folder ci/htcondor.sh shares with its chroot (same path inside).
+
+    The folder's default ACL lets the pool's job user write into whatever is made below
+    it; ``os.mkdir`` keeps that (``mkdtemp``'s 0700 would mask it out).
+    """
+    shared = _shared_folder()
+    if not shared.is_dir():
+        _service_missing(f"no shared folder {shared} (ci/htcondor.sh makes it)")
+    import secrets
+
+    base = shared / f"test-{os.getpid()}-{secrets.token_hex(4)}"
+    os.mkdir(base)
+    yield base / "wd"
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def apptainer() -> dict[str, str]:
+    """bin and image for the container scheduler's apptainer engine (ci/apptainer.sh).
+
+    ``bin`` is the host command that runs apptainer inside the chroot (see there)."""
+    binary = os.environ.get("XQ_APPTAINER_BIN", "/usr/local/lib/xqueue-ci/bin/apptainer")
+    image = str(ROOTFS.parent / "busybox.sif")
+    if _ok(binary, "--version") is None:
+        _service_missing(f"apptainer does not run through {binary}")
+    if not os.path.isfile(image):
+        _service_missing(f"no apptainer image at {image}")
+    return {"bin": binary, "image": image}

@@ -154,17 +154,30 @@ BACKENDS = [
     pytest.param("docker", id="docker", marks=pytest.mark.docker),
     pytest.param("podman", id="podman", marks=pytest.mark.podman),
     pytest.param("ch-run", id="ch-run"),
+    pytest.param("htcondor", id="htcondor", marks=pytest.mark.htcondor),
+    pytest.param("apptainer", id="apptainer", marks=pytest.mark.apptainer),
 ]
+# Backends that run in the chroot of ci/htcondor.sh: their workdirs must be in its shared folder.
+SHARED_FOLDER = ("htcondor", "apptainer")
 
 
 # The workdir's own path reaches scripts, --output/-o patterns, mounts and binds. Each
 # backend gets every character but the one it has no way to spell (and refuses: below).
 WORKDIR = "wd\n$(touch CANARY-w) `x` 'q' \"dq\" ; # %j %a $TASK_ID :x ,y"
-UNSPELLABLE = {"ch-run": ":", "podman": ":", "sge": "$"}
+UNSPELLABLE = {"ch-run": ":", "podman": ":", "sge": "$", "htcondor": "\n", "apptainer": ":,"}
 
 
 def hostile_workdir(tmp_path: Path, backend: str) -> Path:
-    return tmp_path / WORKDIR.replace(UNSPELLABLE.get(backend, "\0"), "")
+    return tmp_path / "".join(c for c in WORKDIR if c not in UNSPELLABLE.get(backend, ""))
+
+
+@pytest.fixture
+def base(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> Path:
+    """Where the test's workdir and canaries go: ``tmp_path``, or for the backends in the
+    chroot of ci/htcondor.sh a folder under the one it shares."""
+    if backend in SHARED_FOLDER:
+        return Path(request.getfixturevalue("shared_workdir")).parent
+    return tmp_path
 
 
 @pytest.fixture
@@ -203,27 +216,31 @@ def backend_queue(
         return "ssh", {**opts, "poll_interval": 0.2}
     if backend in ("docker", "podman"):
         return "container", {**container_engine(request, backend), "envs": OPTION_ENVS}
+    if backend == "htcondor":
+        return "htcondor", {**request.getfixturevalue("htcondor_pool"), "poll_interval": 0.5}
+    if backend == "apptainer":
+        return "container", {**request.getfixturevalue("apptainer"), "envs": OPTION_ENVS}
     image: str = request.getfixturevalue("chrun_image")
     return "container", {"bin": "ch-run", "image": image, "envs": OPTION_ENVS}
 
 
 @pytest.fixture
 def backend_opts(
-    request: pytest.FixtureRequest, backend: str, tmp_path: Path
+    request: pytest.FixtureRequest, backend: str, base: Path
 ) -> tuple[str, dict[str, Any]]:
     """``backend_queue`` as a fixture: its services' fixtures are set up before the test
     runs, not requested from inside its event loop."""
-    return backend_queue(request, backend, tmp_path, hostile_workdir(tmp_path, backend))
+    return backend_queue(request, backend, base, hostile_workdir(base, backend))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_hostile_strings_run_as_data_on_every_backend(
     backend_opts: tuple[str, dict[str, Any]],
     backend: str,
-    tmp_path: Path,
+    base: Path,
     cleanup: list[tuple[str, list[Job]]],
 ) -> None:
-    workdir = hostile_workdir(tmp_path, backend)
+    workdir = hostile_workdir(base, backend)
     canary = workdir / CANARY
     args = payloads(canary)
     envs = {f"XQ_E{i}": v for i, v in enumerate(args)}
@@ -251,7 +268,7 @@ async def test_hostile_strings_run_as_data_on_every_backend(
     for job in [*jobs, text_job]:
         stderr = await anyio.to_thread.run_sync(read, job.stderr_path)
         assert job.status is JobStatus.FINISHED, (job, job.reason, stderr)
-    assert await anyio.to_thread.run_sync(leaks, tmp_path) == [], f"{backend}: payloads ran"
+    assert await anyio.to_thread.run_sync(leaks, base) == [], f"{backend}: payloads ran"
     container = scheduler == "container"
     for job in jobs:
         assert (await read_bytes(job.stdout_path)) == expected(args, list(envs.values()), container)
@@ -491,6 +508,7 @@ def test_chrun_set_env_spelling() -> None:
     [
         ("sge", {}, r"holds one of the variables qsub expands .*\$HOME"),
         ("container", {"bin": "ch-run", "image": "/x"}, "ch-run cannot bind the workdir"),
+        ("container", {"bin": "apptainer", "image": "/x"}, "apptainer cannot bind the workdir"),
         ("container", {"bin": "podman", "image": "x"}, "podman cannot mount .*without ':'"),
     ],
 )
@@ -561,10 +579,10 @@ WRAP_BACKENDS = [
 async def test_hostile_strings_stay_data_inside_shell_lines(
     backend_opts: tuple[str, dict[str, Any]],
     backend: str,
-    tmp_path: Path,
+    base: Path,
     cleanup: list[tuple[str, list[Job]]],
 ) -> None:
-    workdir = hostile_workdir(tmp_path, backend)
+    workdir = hostile_workdir(base, backend)
     canary = workdir / CANARY
     args = payloads(canary)
     scheduler, opts = backend_opts
@@ -589,7 +607,7 @@ async def test_hostile_strings_stay_data_inside_shell_lines(
         stderr = await anyio.to_thread.run_sync(read, job.stderr_path)
         assert job.status is JobStatus.FINISHED, (job, job.reason, stderr)
         assert await read_bytes(job.stdout_path) == want
-    assert await anyio.to_thread.run_sync(leaks, tmp_path) == [], f"{backend}: payloads ran"
+    assert await anyio.to_thread.run_sync(leaks, base) == [], f"{backend}: payloads ran"
 
 
 BREAKERS = [")", "}", "fi", "done", "'", '"', "`", "$(", "<<", "case", "exit 5"]

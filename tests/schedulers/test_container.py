@@ -18,7 +18,7 @@ import pytest
 
 from tests.helpers import IMAGE, call_api, read_text
 from tests.schedulers.fakes import DroppingProxy
-from xqueue import Job, JobFailedError, JobStatus, SchedulerError, Xqueue
+from xqueue import FailureClass, Job, JobFailedError, JobStatus, SchedulerError, Xqueue
 from xqueue.errors import SchedulerOptionError, SchedulerOutputError, SubmissionUnknownError
 from xqueue.schedulers._container_api import _exit_code, _state
 from xqueue.schedulers.container import ContainerScheduler
@@ -353,3 +353,108 @@ async def test_answers_not_in_the_documented_shape_are_output_errors(
                 await runtime._call(fn)
     finally:
         await scheduler.aclose()
+
+
+# -- apptainer (CLI backend; ci/apptainer.sh runs it inside a chroot, see there) ---------------
+
+
+def apptainer_queue(apptainer: dict[str, str], workdir: Path, **opts: Any) -> Xqueue:
+    forks = opts.pop("forks", 4)
+    return Xqueue(
+        "container",
+        forks=forks,
+        workdir=workdir,
+        error_strategy="ignore",
+        scheduler_opts={**apptainer, **opts},
+    )
+
+
+@pytest.mark.apptainer
+async def test_apptainer_exit_codes_env_and_workdir(
+    apptainer: dict[str, str], shared_workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XQ_LEAK", "the controller's")  # --cleanenv: not inside
+    hostile = {"A": "x $Y", "B": "'q'", "C": "$(echo no)`id`;\nz", "D": "a,b=c"}
+    data = shared_workdir.parent / "data"
+    await anyio.Path(data).mkdir()
+    await anyio.Path(data / "in.txt").write_text("from the host\n")
+    q = apptainer_queue(apptainer, shared_workdir, envs=hostile, volumes=[f"{data}:/data:ro"])
+    try:
+        codes = [await q.feed(["sh", "-c", f"exit {rc}"]) for rc in (0, 5, 130)]
+        env = await q.feed(
+            ["sh", "-c", 'printf "[%s]" "$A" "$B" "$C" "$D" "${XQ_LEAK-unset}"; pwd'],
+        )
+        files = await q.feed(
+            ["sh", "-c", "cat /data/in.txt; echo made > here.txt; echo x > /data/y"]
+        )
+        with anyio.fail_after(60):
+            await q.run_until_complete()
+    finally:
+        await q.aclose()
+    assert [j.rc for j in codes] == [0, 5, 130]
+    assert [j.status for j in codes] == [JobStatus.FINISHED, JobStatus.FAILED, JobStatus.FAILED]
+    want = "".join(f"[{v}]" for v in hostile.values()) + f"[unset]{env.dir}\n"
+    assert await read_text(env.stdout_path) == want
+    # The workdir is bound read-write at its own path; /data read-only.
+    assert files.rc != 0 and await read_text(files.stdout_path) == "from the host\n"
+    assert await read_text(Path(files.dir) / "here.txt") == "made\n"
+    assert not await anyio.Path(data / "y").exists()
+
+
+@pytest.mark.apptainer
+async def test_apptainer_kill_takes_the_container_down(
+    apptainer: dict[str, str], shared_workdir: Path
+) -> None:
+    q = apptainer_queue(apptainer, shared_workdir, kill_grace=1)
+    async with q:
+        slow = await q.feed(["sh", "-c", "sleep 300 & sleep 300"])
+        with anyio.fail_after(30):
+            started = anyio.Path(slow.attempt_path("started"))
+            while slow.status is not JobStatus.RUNNING or not await started.exists():
+                await anyio.sleep(0.05)
+        pgid = int(str(slow.jid).split(":")[0])
+        assert await q.kill(slow)
+        with anyio.fail_after(30):
+            await slow.wait()
+    await q.aclose()
+    assert slow.status is JobStatus.KILLED
+
+    async def group_alive() -> list[str]:
+        out = await anyio.run_process(["ps", "-o", "pid=,stat=", "-g", str(pgid)], check=False)
+        return [ln for ln in out.stdout.decode().splitlines() if "Z" not in ln.split()[-1]]
+
+    with anyio.fail_after(5):
+        while await group_alive():
+            await anyio.sleep(0.05)
+
+
+@pytest.mark.apptainer
+async def test_apptainer_missing_image_is_not_retried(
+    apptainer: dict[str, str], shared_workdir: Path
+) -> None:
+    q = Xqueue(
+        "container",
+        workdir=shared_workdir,
+        error_strategy="retry",
+        num_retries=3,
+        scheduler_opts={**apptainer, "image": apptainer["image"] + "-missing"},
+    )
+    job = await q.feed(["true"])
+    await q.run_until_complete()
+    await q.aclose()
+    assert job.status is JobStatus.FAILED and job.attempt == 1
+    assert "does not exist; apptainer needs a .sif file" in job.reason
+
+
+@pytest.mark.apptainer
+async def test_apptainer_walltime_kills_the_container(
+    apptainer: dict[str, str], shared_workdir: Path
+) -> None:
+    q = apptainer_queue(apptainer, shared_workdir, kill_grace=0.5)
+    try:
+        job = await q.feed(["sleep", "300"], resources={"walltime": 1})
+        with anyio.fail_after(30):
+            await q.run_until_complete()
+    finally:
+        await q.aclose()
+    assert job.status is JobStatus.FAILED and job.failure is FailureClass.TIMEOUT

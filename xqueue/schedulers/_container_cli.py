@@ -1,11 +1,19 @@
-"""charliecloud's ``ch-run``: containers with no daemon and no API, so a CLI backend.
+"""Container runners with no daemon and no API: charliecloud's ``ch-run`` and apptainer.
 
-``ch-run`` unshares namespaces and then execs the command, so the container *is* the
-child process: it runs in its own session (a kill reaches the whole group), its exit
-code is ``ch-run``'s, and it is awaited like a local process. The image is an unpacked
-directory (``ch-convert image.tar DIR``, or any root filesystem tarball unpacked).
-What ``ch-run`` itself prints (a missing image, a bad bind) goes to ``job.runtime.log``
-in the job folder, and its last line becomes the job's reason when the wrapper never ran.
+Both unshare namespaces and then exec the command, so the container *is* the child
+process: it runs in its own session (a kill reaches the whole group), its exit code is
+the runner's, and it is awaited like a local process. What the runner itself prints (a
+missing image, a bad bind) goes to ``job.runtime.log`` in the job folder, and its last
+line becomes the job's reason when the wrapper never ran.
+
+- ``ch-run`` takes an unpacked image directory (``ch-convert image.tar DIR``, or any root
+  filesystem tarball unpacked); as root it needs ``$USER`` set.
+- ``apptainer`` (or ``singularity``) runs ``apptainer exec --no-privs --containall
+  --cleanenv --no-eval`` on an image (a ``.sif`` file, a sandbox directory or a
+  ``docker://`` reference): nothing of the controller's environment leaks in, root gives
+  up its privileges inside, and the ``envs`` option reaches the container through
+  ``APPTAINERENV_*`` variables, which ``--no-eval`` keeps from being shell-evaluated
+  (without it ``$X`` and ``$(...)`` in a value would be expanded inside).
 
 The id is ``pid:start time``. A later controller re-adopts a job that is still running
 by that id and reads the return code its wrapper wrote once it ends.
@@ -41,15 +49,21 @@ def _start_time(pid: int) -> str | None:
     return None if ticks is None else str(ticks)
 
 
-def _open_log(image: str, log: str) -> int:
-    """The descriptor ch-run's own output goes to, once the image is known to exist.
+def _open_log(image: str, log: str, engine: str) -> int:
+    """The descriptor the runner's own output goes to, once the image is known to exist.
 
     Blocking (a stat and an open): called in a worker thread.
     """
-    if not os.path.isdir(image):
+    if engine == "ch-run" and not os.path.isdir(image):
         raise SubmissionError(
             f"image directory {image!r} does not exist; ch-run needs an unpacked image: "
             f"`ch-convert image.tar {image}`, or unpack a root filesystem tarball there",
+            retryable=False,
+        )
+    if engine != "ch-run" and "://" not in image and not os.path.exists(image):
+        raise SubmissionError(
+            f"image {image!r} does not exist; {engine} needs a .sif file, a sandbox directory "
+            f"or a URI such as docker://busybox (`{engine} build busybox.sif docker://busybox`)",
             retryable=False,
         )
     return open_output(log)
@@ -72,8 +86,13 @@ def _parse(jid: str | None) -> tuple[int, str] | None:
     return (int(pid), start) if pid.isdigit() else None
 
 
-class ChRunRuntime:
-    """Each job is a ``ch-run IMAGE -- sh job.sh`` child process."""
+class CliRuntime:
+    """Each job is one runner child process; subclasses say how to start it."""
+
+    engine = ""
+    bad_path_chars = ""
+    """Characters the runner's bind syntax has no way to spell in a path."""
+    install_hint = ""
 
     def __init__(self, options: ContainerOptions) -> None:
         self.options = options
@@ -82,17 +101,17 @@ class ChRunRuntime:
         self._bin = options.bin
 
     async def open(self, workdir_root: str) -> None:
-        if ":" in workdir_root:
+        bad = [c for c in self.bad_path_chars if c in workdir_root]
+        if bad:
             raise SchedulerOptionError(
-                f"ch-run cannot bind the workdir {workdir_root!r}: its -b SRC:DST has no way "
-                "to spell a ':' in a path; choose a workdir without one"
+                f"{self.engine} cannot bind the workdir {workdir_root!r}: its bind syntax has "
+                f"no way to spell {bad[0]!r} in a path; choose a workdir without one"
             )
         self._root = workdir_root
         found = await anyio.to_thread.run_sync(shutil.which, self._bin)
         if found is None:
             raise SchedulerError(
-                f"{self._bin!r} not found: install charliecloud (Debian: "
-                "`apt-get install charliecloud-runtime`) or give its path as bin"
+                f"{self._bin!r} not found: {self.install_hint} or give its path as bin"
             )
         self._bin = found
 
@@ -102,27 +121,22 @@ class ChRunRuntime:
         self._procs.clear()
 
     def _argv(self, job: Job, script: str) -> list[str]:
-        opts = self.options
-        argv = [self._bin, *opts.bin_args, "--env-no-expand", "-b", f"{self._root}:{self._root}"]
-        argv += [f"--set-env={k}={set_env_value(v)}" for k, v in opts.envs.items()]
-        for host, inside, mode in opts.volumes:
-            if mode != "rw":
-                raise SubmissionError("ch-run binds are read-write only", retryable=False)
-            argv += ["-b", f"{host}:{inside}"]
-        argv += ["-c", opts.cwd or job.dir, opts.image, "--", *opts.entrypoint, script]
-        return argv
+        raise NotImplementedError
+
+    def _env(self, job: Job) -> dict[str, str]:
+        raise NotImplementedError
 
     async def submit(self, job: Job, script: str) -> str:
-        env = {**os.environ, "XQUEUE_JOB_DIR": job.dir}
-        env.setdefault("USER", "root" if os.getuid() == 0 else str(os.getuid()))
-        out = await anyio.to_thread.run_sync(_open_log, self.options.image, job.path(RUNTIME_LOG))
+        out = await anyio.to_thread.run_sync(
+            _open_log, self.options.image, job.path(RUNTIME_LOG), self.engine
+        )
         try:
             proc = await anyio.open_process(
                 self._argv(job, script),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
-                env=env,
+                env=self._env(job),
                 start_new_session=True,
             )
         finally:
@@ -146,7 +160,7 @@ class ChRunRuntime:
         return rc
 
     def _explain(self, job: Job, rc: int) -> None:
-        """ch-run failed before the wrapper ran: put its own words in the job's stderr.
+        """The runner failed before the wrapper ran: put its own words in the job's stderr.
 
         Blocking (it reads and appends files): called in a worker thread.
         """
@@ -159,7 +173,7 @@ class ChRunRuntime:
             return
         if lines:
             with open(job.stderr_path, "a", encoding="utf-8") as fh:
-                fh.write(f"xqueue: ch-run exited {rc}: {lines[-1]}\n")
+                fh.write(f"xqueue: {self.engine} exited {rc}: {lines[-1]}\n")
 
     async def kill(self, job: Job) -> None:
         """SIGTERM the job's group, SIGKILL it after kill_grace."""
@@ -187,7 +201,69 @@ class ChRunRuntime:
         return start is not None and (not parsed[1] or start == parsed[1])
 
     async def find(self, job: Job) -> str | None:
-        return None  # nothing but the recorded id identifies a ch-run process
+        return None  # nothing but the recorded id identifies a runner process
 
     def forget(self, job: Job) -> None:
         self._procs.pop(job, None)
+
+
+class ChRunRuntime(CliRuntime):
+    """Each job is a ``ch-run IMAGE -- sh job.sh`` child process."""
+
+    engine = "ch-run"
+    bad_path_chars = ":"  # -b SRC:DST
+    install_hint = "install charliecloud (Debian: `apt-get install charliecloud-runtime`)"
+
+    def _argv(self, job: Job, script: str) -> list[str]:
+        opts = self.options
+        argv = [self._bin, *opts.bin_args, "--env-no-expand", "-b", f"{self._root}:{self._root}"]
+        argv += [f"--set-env={k}={set_env_value(v)}" for k, v in opts.envs.items()]
+        for host, inside, mode in opts.volumes:
+            if mode != "rw":
+                raise SubmissionError("ch-run binds are read-write only", retryable=False)
+            argv += ["-b", f"{host}:{inside}"]
+        argv += ["-c", opts.cwd or job.dir, opts.image, "--", *opts.entrypoint, script]
+        return argv
+
+    def _env(self, job: Job) -> dict[str, str]:
+        env = {**os.environ, "XQUEUE_JOB_DIR": job.dir}
+        env.setdefault("USER", "root" if os.getuid() == 0 else str(os.getuid()))
+        return env
+
+
+class ApptainerRuntime(CliRuntime):
+    """Each job is an ``apptainer exec ... IMAGE sh job.sh`` child process."""
+
+    engine = "apptainer"
+    bad_path_chars = ":,"  # --bind SRC:DST[:ro], and a comma separates binds
+    install_hint = "install apptainer (https://apptainer.org/docs/admin/main/installation.html)"
+
+    def __init__(self, options: ContainerOptions) -> None:
+        super().__init__(options)
+        self.engine = options.backend
+
+    def _argv(self, job: Job, script: str) -> list[str]:
+        opts = self.options
+        argv = [self._bin, "exec", "--no-privs", "--containall", "--cleanenv", "--no-eval"]
+        argv += [*opts.bin_args, "--bind", f"{self._root}:{self._root}"]
+        for host, inside, mode in opts.volumes:
+            if any(c in f"{host}{inside}" for c in self.bad_path_chars):
+                raise SubmissionError(
+                    f"{self.engine} cannot bind {host!r}: a ':' or ',' in a path",
+                    retryable=False,
+                )
+            argv += ["--bind", f"{host}:{inside}:{mode}"]
+        argv += ["--pwd", opts.cwd or job.dir, opts.image, *opts.entrypoint, script]
+        return argv
+
+    def _env(self, job: Job) -> dict[str, str]:
+        """The runner's environment: ``--cleanenv`` passes none of it in but the
+        ``APPTAINERENV_`` (and ``SINGULARITYENV_``) variables, which carry ``envs``."""
+        env = {k: v for k, v in os.environ.items() if not _container_env(k)}
+        env.update({f"APPTAINERENV_{k}": v for k, v in self.options.envs.items()})
+        return env
+
+
+def _container_env(name: str) -> bool:
+    """A variable of the controller's own that would reach inside the container."""
+    return name.startswith(("APPTAINERENV_", "SINGULARITYENV_"))

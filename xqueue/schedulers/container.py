@@ -15,8 +15,9 @@ container through the API: SIGTERM, then SIGKILL after ``kill_grace`` (killing a
 process would leave the container running). Containers carry labels naming their job
 folder, so a later controller finds and re-adopts them, exit code included.
 
-``bin="ch-run"`` runs the same wrapper under charliecloud, which has no daemon and no
-API: see ``_container_cli``.
+``bin="ch-run"`` runs the same wrapper under charliecloud, and ``bin="apptainer"`` (or
+``singularity``) under apptainer, the runner HPC sites allow instead of docker; neither
+has a daemon or an API: see ``_container_cli``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from ..workdir import read_rc
 log = logging.getLogger("xqueue.container")
 
 API_BINS = ("docker", "podman")
-CLI_BINS = ("ch-run",)
+CLI_BINS = ("ch-run", "apptainer", "singularity")
 
 REMOVED_OUTSIDE = (
     "the container disappeared before its exit code was read (removed outside xqueue?)"
@@ -49,11 +50,13 @@ REMOVED_OUTSIDE = (
 @dataclasses.dataclass
 class ContainerOptions(SchedulerOptions):
     image: str = ""
-    """Image to run (docker/podman), or the unpacked image directory (ch-run)."""
+    """Image to run (docker/podman), the unpacked image directory (ch-run), or a ``.sif``
+    file, sandbox directory or ``docker://`` URI (apptainer/singularity)."""
     entrypoint: Any = "sh"
     """Program (str or list) that runs the wrapper script inside the image."""
     bin: str = "docker"
-    """docker, podman (through their API socket) or ch-run (charliecloud's CLI)."""
+    """docker, podman (through their API socket), ch-run (charliecloud's CLI) or
+    apptainer/singularity (their CLI); a path to one of them is read by its name."""
     url: str | None = None
     """The API socket; default DOCKER_HOST / CONTAINER_HOST, else the engine's usual socket."""
     volumes: Any = dataclasses.field(default_factory=list)
@@ -65,7 +68,8 @@ class ContainerOptions(SchedulerOptions):
     user: str | None = None
     """uid:gid the job runs as (default: the controller's, so its files stay yours)."""
     bin_args: list[str] = dataclasses.field(default_factory=list)
-    """Extra arguments: ch-run options, or for the API the flags listed in the docs."""
+    """Extra arguments: ch-run or ``apptainer exec`` options, or for the API the flags
+    listed in the docs."""
     cwd: str | None = None
     """Working directory inside the container (default: the job's folder)."""
 
@@ -79,7 +83,7 @@ class ContainerOptions(SchedulerOptions):
         if name not in API_BINS + CLI_BINS:
             raise SchedulerOptionError(
                 f"{scheduler}: bin {self.bin!r} is not supported; use one of "
-                f"{', '.join(API_BINS + CLI_BINS)} (apptainer/singularity: not yet)"
+                f"{', '.join(API_BINS + CLI_BINS)}"
             )
         if isinstance(self.entrypoint, str):
             self.entrypoint = [self.entrypoint]
@@ -229,10 +233,14 @@ class ContainerScheduler(Scheduler):
             self.runtime = ApiRuntime(
                 self.options, url, *_translate_bin_args(self.options.bin_args)
             )
-        else:
+        elif self.options.backend == "ch-run":
             from ._container_cli import ChRunRuntime
 
             self.runtime = ChRunRuntime(self.options)
+        else:
+            from ._container_cli import ApptainerRuntime
+
+            self.runtime = ApptainerRuntime(self.options)
 
     async def open(self, workdir: Any) -> None:
         await super().open(workdir)
