@@ -204,16 +204,28 @@ async def _text(path: Path) -> str:
         return ""
 
 
-def test_gpus_are_detected_or_none_without_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gpus_are_detected_or_none_without_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    # The same on every machine: no nvidia-smi on PATH (the /dev fallback is measured),
+    # then one that answers `-L` in NVIDIA's format (its GPU indices are taken).
+    monkeypatch.setenv("PATH", str(tmp_path))
     cap = _machine.measure()
     assert cap.cpus == len(os.sched_getaffinity(0))
     with open("/proc/meminfo") as fh:
         total = next(int(line.split()[1]) for line in fh if line.startswith("MemTotal:"))
     assert cap.memory_mb is not None and 0 < cap.memory_mb <= total // 1024
     devices = sorted(int(n[6:]) for n in os.listdir("/dev") if n[6:].isdigit() and "nvidia" in n)
-    if not _machine.shutil.which("nvidia-smi"):
-        assert cap.gpus == tuple(str(n) for n in devices)  # () on a machine without GPUs
+    assert cap.gpus == tuple(str(n) for n in devices)  # () on a machine without GPUs
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(
+        "#!/bin/sh\n"
+        'echo "GPU 0: Tesla T4 (UUID: GPU-8a1b)"\n'
+        'echo "GPU 1: Tesla T4 (UUID: GPU-9c2d)"\n'
+    )
+    smi.chmod(0o755)
+    assert _machine.measure().gpus == ("0", "1")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
     assert _machine.measure().gpus == ("2", "3")  # what the controller was given
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
