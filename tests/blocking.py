@@ -69,7 +69,7 @@ ALLOWED: list[tuple[tuple[str, ...], str, tuple[str, ...], str]] = [
         "xqueue/workdir.py",
         ("prepare",),
         "at feed: one listing of the workdir (the first feed); a job whose folder an "
-        "earlier run left has its job.json compared (a fresh job costs no I/O)",
+        "earlier run left has its spec compared (a fresh job costs no I/O)",
     ),
     (
         ("os.mkdir", "os.replace", *FILE_IO),

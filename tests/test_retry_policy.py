@@ -202,8 +202,8 @@ async def test_timeout_retried_with_doubled_walltime_succeeds(workdir: Path) -> 
     assert retrying["failure"] == "TIMEOUT" and retrying["reason"] == "timed out after 1 s"
     # The grown request is in every record of attempt 2, the intent to submit included.
     assert all(r["resources"] == {"walltime_s": 2} for r in lines if r["attempt"] == 2)
-    spec = json.loads(await anyio.Path(job.dir, "job.json").read_text())
-    assert spec["resources"] == {"walltime_s": 1}  # the job as fed is unchanged
+    spec = await anyio.to_thread.run_sync(WorkdirReader(workdir).spec, Path(job.dir).name)
+    assert spec is not None and spec["resources"] == {"walltime_s": 1}  # as fed: unchanged
 
 
 async def test_a_request_at_its_cap_is_not_retried_and_halts(workdir: Path) -> None:

@@ -251,6 +251,33 @@ def test_a_planted_journal_is_refused(tmp_path: Path, kind: str) -> None:
             WorkdirReader(wd.path).journal()
 
 
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "fifo"])
+async def test_a_planted_specs_file_fails_the_job_not_the_target(tmp_path: Path, kind: str) -> None:
+    """specs.jsonl is where a job's spec goes when its folder is made: planted, it fails
+    the job before anything runs (a job with no spec could run twice later)."""
+    target = await anyio.to_thread.run_sync(outside_file, tmp_path)
+    q = Xqueue(workdir=tmp_path / "wd", error_strategy="ignore")
+    await anyio.to_thread.run_sync(plant, tmp_path / "wd" / "specs.jsonl", target, kind)
+    job = await q.feed(["echo", "never"])
+    await q.run_until_complete()
+    assert job.status is JobStatus.FAILED and "specs.jsonl' is" in job.reason
+    assert not await anyio.Path(job.stdout_path).exists()
+    assert await anyio.Path(target).read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "fifo"])
+async def test_a_planted_exits_file_stops_the_run_before_any_job(tmp_path: Path, kind: str) -> None:
+    """exits.jsonl is opened for the local shepherd when the run starts."""
+    target = await anyio.to_thread.run_sync(outside_file, tmp_path)
+    q = Xqueue(workdir=tmp_path / "wd", error_strategy="ignore")
+    await anyio.to_thread.run_sync(plant, tmp_path / "wd" / "exits.jsonl", target, kind)
+    job = await q.feed(["echo", "never"])
+    with pytest.raises(WorkdirError, match=r"exits.jsonl' is"):
+        await q.run_until_complete()
+    assert job.status is JobStatus.KILLED and not await anyio.Path(job.stdout_path).exists()
+    assert await anyio.Path(target).read_text() == "precious\n"
+
+
 def test_status_files_are_written_through_fresh_names_only(tmp_path: Path) -> None:
     target = outside_file(tmp_path)
     wd = Workdir(tmp_path / "wd")
@@ -266,7 +293,6 @@ def test_status_files_are_written_through_fresh_names_only(tmp_path: Path) -> No
     assert target.read_text() == "precious\n"
     assert not status.is_symlink() and status.read_text() == "{}"
     assert sorted(p.name for p in Path(job.dir).iterdir()) == [
-        "job.json",
         "job.status",
         "job.status.tmp",
     ]

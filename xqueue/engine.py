@@ -86,7 +86,7 @@ from .resources import Resources
 from .retry import RetryPolicy
 from .scheduler import JobState, Scheduler
 from .states import JobStatus
-from .workdir import Workdir, open_plain, read_rc, read_text
+from .workdir import Workdir, open_plain, read_text
 
 if TYPE_CHECKING:
     from .queue import Xqueue
@@ -504,6 +504,7 @@ class Engine:
             # An earlier run may have started it: look before running it again.
             job.attempt = _int(attempt, 0) or self.workdir.last_attempt(job)
             job.jid = str(record["jid"]) if record.get("jid") else None
+            job._since = _seconds(record.get("since", record.get("time")))
             job._base_attempt = job.attempt - 1  # a lost attempt n is not held against it
             if job.attempt == 0:
                 return self._release(job)
@@ -1121,7 +1122,7 @@ class Engine:
     async def _stop_stale(self, job: Job) -> None:
         """Kill an earlier run's attempt that is not wanted, unless it has ended already."""
         error: BaseException | None = None
-        if await anyio.to_thread.run_sync(read_rc, job) is None:
+        if await anyio.to_thread.run_sync(self.workdir.exit_code, job) is None:
             try:
                 (error,) = await self.scheduler.kill_jobs([job])
             except Exception as exc:
@@ -1137,9 +1138,9 @@ class Engine:
 
     async def _resolve(self, jobs: list[Job]) -> None:
         """Find jobs whose submission may have happened: their rc file, or the backend."""
-        # The rc files are read in a worker thread, the whole batch at once.
+        # Their exit records are read in a worker thread, the whole batch at once.
         ended = await anyio.to_thread.run_sync(
-            lambda: {job for job in jobs if job.jid is not None and read_rc(job) is not None}
+            self.workdir.exit_codes, [job for job in jobs if job.jid is not None]
         )
         for job in jobs:
             if job in ended:
@@ -1152,7 +1153,7 @@ class Engine:
             if (
                 found is False
                 and job.jid is None
-                and await anyio.to_thread.run_sync(read_rc, job) is not None
+                and await anyio.to_thread.run_sync(self.workdir.exit_code, job) is not None
             ):
                 found = True  # it ran and ended; its rc file settles it
                 job.jid = job.jid or "unknown"
@@ -1413,6 +1414,13 @@ def _classify(state: JobState) -> FailureClass | None:
     if state.status is S.KILLED:
         return FailureClass.KILLED
     return FailureClass.NONZERO_EXIT if state.rc else FailureClass.VANISHED
+
+
+def _seconds(value: Any) -> float:
+    """A time from a record; 0 (earlier than anything) if it is not one."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+        return float(value)
+    return 0.0
 
 
 def _int(value: Any, default: int) -> int:

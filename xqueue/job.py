@@ -22,7 +22,7 @@ from .states import JobStatus, can_transition
 from .wrapping import Wrap
 
 # Names of the files a job keeps in its folder, once per job.
-SPEC_FILE = "job.json"
+SPEC_FILE = "job.json"  # older versions; read, never written (see ``records``)
 STATUS_FILE = "job.status"
 # Kinds of the files each attempt writes, as ``job.<attempt>.<kind>``: every attempt has its
 # own, so a late earlier attempt (a cluster job that surfaces after it was given up) can
@@ -104,6 +104,7 @@ class Job:
         "_grown",
         "_kill_requested",
         "_pending_state",
+        "_since",
         "_wrap",
         "after",
         "attempt",
@@ -159,7 +160,9 @@ class Job:
         self._base_attempt = 0  # attempts that do not count against num_retries
         self._pending_state: Any = None  # a backend's verdict waiting for its kill
         self._failures: dict[FailureClass, int] | None = None  # failed attempts by class
-        self._grown = False  # resources grown by a retry policy (job.json has the fed ones)
+        self._grown = False  # resources grown by a retry policy (the spec has the fed ones)
+        # When an earlier run journaled the submission of the attempt it re-adopts.
+        self._since = 0.0
         # What decides whether an earlier success counts (``feed(cache_key=...)``).
         self.cache_key: str | None = None
         # Shell lines around this attempt's command (``wrapping``), set at submission.

@@ -1,7 +1,7 @@
 """A job's parameters: the point of a sweep it runs, kept with the job.
 
-``feed(..., params={"decay": 0.1})`` records plain data with a job, in its ``job.json``
-next to its command, so ``xqueue status`` can show and filter on it (``--param
+``feed(..., params={"decay": 0.1})`` records plain data with a job, in its spec
+(``specs.jsonl``) next to its command, so ``xqueue status`` can show and filter on it (``--param
 decay=0.1``) long after the run, without knowing how the command used it. They are part
 of the job's spec, so of its identity on resume: a job fed again at the same index with
 other parameters is another job, and runs.

@@ -326,7 +326,7 @@ class Xqueue:
         (or none) it runs again, in the same folder, as a new attempt after the last.
         The job is made by the queue's ``job_class``.
         ``params`` (names to plain values: a sweep's point) are recorded with the job, in
-        its ``job.json``: ``xqueue status`` shows them and filters on them (``--param``).
+        its spec (``specs.jsonl``): ``xqueue status`` shows them and filters on them (``--param``).
         They are part of what the job is, so a resumed run skips it only with the same.
         """
         self._engine.check_can_feed()

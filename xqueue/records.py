@@ -15,9 +15,19 @@ user, and ``xqueue status`` reads workdirs it did not write. So every reader her
 
 A job's records come from two places: the append-only ``journal.jsonl`` (one JSON object
 per line, appended in time order: a folder's last valid line is its newest) and the job's
-own ``job.status`` (its final record). The newer of the two by ``time`` wins. A *final*
-record found in the journal is trusted without opening ``job.status``: once final records
-are journaled, a summary is one file read instead of one per job.
+own ``job.status`` (its final record, written by older versions). The newer of the two by
+``time`` wins. A *final* record found in the journal is trusted without opening
+``job.status``, so a summary is one file read instead of one per job.
+
+Two more append-only files hold what used to be a file or two in every job folder:
+
+- ``specs.jsonl``: what each job is (its ``job.json`` before), one line per folder made,
+  ``{"spec": <the job's spec>, "dir": "<folder>"}``; the last line of a folder wins. A
+  resumed run compares a job's spec *text* with it, so reading it costs no JSON parsing.
+- ``exits.jsonl``: the return codes the local shepherd reaped (each attempt's ``job.<n>.rc``
+  before), ``{"rc": <code>, "attempt": <n>, "dir": "<folder>"}``. The controller hears of
+  an exit from the shepherd directly and journals its verdict; this file is read only
+  to learn how a job ended while its controller was gone.
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ import logging
 import math
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +50,10 @@ log = logging.getLogger("xqueue.workdir")
 
 LOCK_FILE = ".lock"
 JOURNAL_FILE = "journal.jsonl"
+SPECS_FILE = "specs.jsonl"
+EXITS_FILE = "exits.jsonl"
+SPEC_HEAD = '{"spec": '
+DIR_TAIL = ', "dir": "'
 FINAL_STATES = frozenset({"finished", "failed", "killed", "skipped"})
 
 # O_NONBLOCK: opening a planted FIFO must not hang the reader (it reads as empty).
@@ -333,6 +347,22 @@ def _warn_bad(bad: list[int], path: str) -> None:
         )
 
 
+def parse_specs(data: bytes) -> dict[str, str]:
+    """Folder -> spec text of ``specs.jsonl``'s lines (the last line of a folder wins).
+
+    Nothing is parsed as JSON: the text is compared with the spec a job would write, so
+    a line that is torn or edited only fails to match, and that job runs again (safely,
+    in a fresh folder). ``spec`` parses a text when someone wants to read it.
+    """
+    found: dict[str, str] = {}
+    start = len(SPEC_HEAD)
+    for line in data.decode(errors="replace").split("\n"):
+        head, sep, tail = line.rpartition(DIR_TAIL)
+        if sep and tail[-2:] == '"}' and head[:start] == SPEC_HEAD:
+            found[tail[:-2]] = head[start:]
+    return found
+
+
 def job_index(name: str) -> int | None:
     """The index in a job folder's name (``<index>-<slug>``), None for other entries."""
     head, sep, _ = name.partition("-")
@@ -351,6 +381,7 @@ class WorkdirReader:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).absolute()
         self._journal: dict[str, dict[str, Any]] | None = None
+        self._specs: dict[str, str] | None = None
 
     def journal(self) -> dict[str, dict[str, Any]]:
         """The newest journal record of each job folder, by folder name (read once)."""
@@ -390,18 +421,77 @@ class WorkdirReader:
         found.sort()
         return [name for _, name in found]
 
+    def spec_text(self, folder: str, *, forget: bool = False) -> str | None:
+        """What the job is, as the JSON text xqueue wrote (``specs.jsonl``, or the folder's
+        ``job.json`` in an older workdir); None if there is none: the folder was made but
+        its job never submitted. ``forget``: drop it from memory (a resume reads each one
+        once, and a million of them add up)."""
+        texts = self._spec_texts()
+        text = texts.pop(folder, None) if forget else texts.get(folder)
+        if text is None:
+            text = read_text(os.path.join(self.path, folder, SPEC_FILE))
+        return text
+
+    def _spec_texts(self) -> dict[str, str]:
+        if self._specs is None:
+            path = self.path / SPECS_FILE
+            data = read_bytes(path, regular=True)
+            self._specs = {} if data is None else parse_specs(data)
+        return self._specs
+
     def spec(self, folder: str) -> dict[str, Any] | None:
-        """What the job is (``job.json``); None when missing or unreadable as JSON."""
-        return read_json(os.path.join(self.path, folder, SPEC_FILE))
+        """What the job is; None when missing or unreadable as JSON."""
+        text = self.spec_text(folder)
+        return None if text is None else parse_object(text)
 
     def specs(self, folders: Sequence[str]) -> list[dict[str, Any] | None]:
         """``spec`` of many folders, their JSON parsed together."""
-        root = str(self.path)
-        datas = [read_bytes(f"{root}/{folder}/{SPEC_FILE}") or b"" for folder in folders]
-        present = [i for i, data in enumerate(datas) if data]
+        texts = [self.spec_text(folder) or "" for folder in folders]
+        present = [i for i, text in enumerate(texts) if text]
         found: list[dict[str, Any] | None] = [None] * len(folders)
-        for i, value in zip(present, parse_objects([datas[i] for i in present]), strict=True):
+        for i, value in zip(present, parse_objects([texts[i] for i in present]), strict=True):
             found[i] = value
+        return found
+
+    def exit_codes(
+        self, wanted: Mapping[tuple[str, int], tuple[str | None, float]]
+    ) -> dict[tuple[str, int], int]:
+        """The return codes ``exits.jsonl`` holds for these (folder, attempt) pairs.
+
+        ``wanted`` maps each pair to (pid, since): a later run may start a job again at
+        the same attempt number, so a line counts only if it was written after ``since``
+        (when the attempt's submission was journaled: an earlier start's line is older)
+        and, where the pid is known, names it.
+        Read afresh on every call: it is asked only about jobs whose controller was gone
+        when they ended (a resumed run re-adopting them), and a job adopted while still
+        running ends later, when its shepherd appends the line.
+        """
+        if not wanted:
+            return {}
+        data = read_bytes(self.path / EXITS_FILE, regular=True)
+        if not data:
+            return {}
+        folders = {folder for folder, _ in wanted}
+        found: dict[tuple[str, int], int] = {}
+        for line in data.decode(errors="replace").split("\n"):
+            tail = line.rpartition(DIR_TAIL)[2]
+            if tail[:-2] not in folders or tail[-2:] != '"}':
+                continue
+            value = parse_object(line)  # None for a line torn by a crash
+            if value is None:
+                continue
+            rc, attempt = value.get("rc"), value.get("attempt")
+            if type(rc) is not int or type(attempt) is not int:
+                continue
+            key = (tail[:-2], attempt)
+            start = wanted.get(key)
+            if start is None:
+                continue
+            pid, since = start
+            if _seconds(value.get("time")) >= since and (
+                not pid or str(value.get("jid", "")).partition("@")[0] == pid
+            ):
+                found[key] = rc
         return found
 
     def iter_records(self) -> Iterator[tuple[str, dict[str, Any] | None, dict[str, Any] | None]]:

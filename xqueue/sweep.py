@@ -24,7 +24,7 @@ together) if there is one.
 
 How it maps onto the queue, so that nothing here is a scheduler of its own:
 
-- every point is one job, fed with its point as ``params`` (recorded in ``job.json``:
+- every point is one job, fed with its point as ``params`` (recorded in its spec:
   ``xqueue status --param`` filters on it) and, for a command, in its environment as
   ``XQUEUE_PARAM_<NAME>``;
 - slot values are given by the queue's admission when the job starts (``Xqueue(slots=)``,

@@ -1,25 +1,33 @@
 """The on-disk layout of a run: one folder per job, every state file written atomically.
 
-Layout of ``<workdir>/<index>-<slug>/``:
+A job folder, ``<workdir>/<index>-<slug>/``, holds only what the job itself writes:
 
-- ``job.json``    what the job is (command, envs, resources); written once when fed
-- ``job.status``  the job's final record (status, return code, reason, scheduler id)
 - ``job.<n>.stdout`` / ``job.<n>.stderr``  attempt n's output (every attempt keeps its own)
 - ``job.<n>.sh``  attempt n's wrapper script, for schedulers that need one
 - ``job.<n>.started`` / ``job.<n>.rc``  written by that wrapper on the compute side
 - ``call.pkl`` / ``job.<n>.result``  a Python call's pickle and attempt n's outcome (``calls``)
 
-and ``<workdir>/journal.jsonl``: one line per submission (the job's scheduler id), so a
-later run can re-adopt jobs still running; ``<workdir>/.lock`` is held during a run and
-names its controller (``pid@start``, see ``_identity``). A run also writes its event
-stream, ``events.jsonl`` (``events``), and ``run.json`` and takes kill requests in
-``.control/`` (``control``), for ``xqueue status --follow`` and ``xqueue cancel``.
+The controller's own records go to append-only files of the workdir, written a batch at
+a time, so a job costs the controller no file of its own (creating a file on a disk, let
+alone NFS, costs far more than appending a line):
 
-Small files are written with plain blocking calls on purpose: each takes microseconds
-on a local disk, and a thread hop per write would cost more than the write. Every
-write goes to a temporary name and is renamed into place, so a crash leaves either the
-old record or the new one, never half of one. (No fsync: we guard against a crashed
-controller, not against power loss.)
+- ``journal.jsonl``: every state worth keeping (the submission's intent and scheduler id,
+  the final status, return code and reason): a later run skips, re-adopts or reruns
+  each job from it;
+- ``specs.jsonl``: what each job is (command, envs, resources), a line per folder made,
+  written with the folder by the workdir's thread (older versions wrote ``job.json``
+  into the folder, still read);
+- ``exits.jsonl``: the return codes the local scheduler's shepherd reaped (older
+  versions wrote ``job.<n>.rc``), the word of a job whose controller was gone.
+
+``<workdir>/.lock`` is held during a run and names its controller (``pid@start``, see
+``_identity``). A run also writes its event stream, ``events.jsonl`` (``events``), and
+``run.json`` and takes kill requests in ``.control/`` (``control``), for ``xqueue status
+--follow`` and ``xqueue cancel``.
+
+A journal line is one ``write()`` to a file opened ``O_APPEND``, so concurrent writers
+never interleave within a line and a crash leaves at most a torn last line, which readers
+skip. (No fsync: we guard against a crashed controller, not against power loss.)
 
 A workdir must not be usable against its user. Files are created without following
 links (``O_NOFOLLOW``; temporary names are unpredictable and ``O_EXCL``), and a workdir
@@ -44,10 +52,14 @@ import anyio
 
 from ._identity import own_identity
 from .errors import WorkdirError
-from .job import RC, SPEC_FILE, Job
+from .job import RC, Job
 from .records import (
+    DIR_TAIL,
+    EXITS_FILE,
     JOURNAL_FILE,
     LOCK_FILE,
+    SPEC_HEAD,
+    SPECS_FILE,
     WorkdirReader,
     file_error,
     read_json,
@@ -69,6 +81,7 @@ __all__ = [
 
 _SLUG_MAX = 40
 _FAILED = (JobStatus.FAILED, JobStatus.RETRYING)
+_ACTIVE = (JobStatus.SUBMITTING, JobStatus.SUBMITTED, JobStatus.RUNNING)
 TRUST_ENV = "XQUEUE_TRUST_WORKDIR"
 # O_NOFOLLOW: a link planted where xqueue writes a file must not redirect the write.
 # O_NONBLOCK: a planted FIFO must not hang the open (it is then refused as not a file).
@@ -176,7 +189,7 @@ def check_trust(path: Path, trust: bool | None = None) -> None:
 
     Whoever can write to the workdir can plant files and links in it. xqueue opens its
     own files without following links, but job scripts and compute-side wrappers write
-    with the shell, and a planted ``job.json`` decides what a resuming run executes.
+    with the shell, and a planted spec decides what a resuming run executes.
     """
     if trust is None:
         trust = os.environ.get(TRUST_ENV, "") not in ("", "0")
@@ -207,9 +220,10 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
-def read_rc(job: Job) -> int | None:
-    """The return code a wrapper script recorded, if it finished."""
-    text = read_text(job.attempt_path(RC))
+def read_rc(job: Job, attempt: int | None = None) -> int | None:
+    """The return code a wrapper script recorded, if it finished (``Workdir.exit_code``
+    also reads what the local shepherd recorded)."""
+    text = read_text(job.attempt_path(RC, attempt))
     if text is None:
         return None
     try:
@@ -218,13 +232,20 @@ def read_rc(job: Job) -> int | None:
         return None
 
 
+def _local_pid(jid: str | None) -> str | None:
+    """The pid in a local scheduler id (``pid@start``), else None. Only the pid: the
+    start of a process found again in /proc is measured otherwise than the shepherd's."""
+    pid, at, _ = (jid or "").partition("@")
+    return pid if at and pid.isdigit() else None
+
+
 def job_record(job: Job) -> dict[str, Any]:
     """A job's durable state as one record (a journal line; the older job.status file).
 
     ``after`` lists the indices of the jobs it runs after, only when there are some: it
     is what ``xqueue status`` can tell of the graph (a resumed run rebuilds the graph
     from its own feeds, not from here). ``failure`` is the class of a failed attempt;
-    ``resources`` the request a retry policy grew (``job.json`` keeps the one fed), so a
+    ``resources`` the request a retry policy grew (the spec keeps the one fed), so a
     resumed run goes on from it."""
     record: dict[str, Any] = {
         "status": job.status.value,
@@ -242,6 +263,10 @@ def job_record(job: Job) -> dict[str, Any]:
         record["resources"] = job.resources.to_dict()
     if job.cache_key is not None:
         record["cache_key"] = job.cache_key
+    if job.status in _ACTIVE and job._since:
+        # When this attempt's submission was journaled, carried by every later record of
+        # it: a run re-adopting it tells the attempt's exit line from an earlier start's.
+        record["since"] = job._since
     return _with_claim(job, record)
 
 
@@ -298,6 +323,8 @@ class Workdir:
         self._unmade: dict[Job, Mapping[str, str] | None] = {}
         self._making = threading.Lock()
         self._maker: threading.Thread | None = None
+        self._reuse: set[Job] = set()  # folders left without a spec: made, never used
+        self._specs_fd: int | None = None
         self._lock_fd: int | None = None
         self._locking: anyio.Lock | None = None
 
@@ -348,6 +375,10 @@ class Workdir:
         if self._journal_fd is not None:
             os.close(self._journal_fd)
             self._journal_fd = None
+        with self._making:
+            if self._specs_fd is not None:
+                os.close(self._specs_fd)
+                self._specs_fd = None
 
     # -- the journal ------------------------------------------------------------------------
     def _append_journal(self, line: str) -> None:
@@ -442,8 +473,19 @@ class Workdir:
             else:
                 self._start_maker()
             return None
-        spec = job_spec(job)
-        if read_text(job.path(SPEC_FILE)) == spec:
+        spec = self.reader.spec_text(os.path.basename(job.dir), forget=True)
+        if spec is None:
+            # Made, but the run died before the spec was written (or it was never
+            # submitted): no attempt ever started there, so it is this job's, fresh.
+            self._unmade[job] = staged
+            self._names.discard(os.path.basename(job.dir))
+            self._reuse.add(job)
+            if make:
+                self._make_now(job)
+            else:
+                self._start_maker()
+            return None
+        if spec == job_spec(job):
             self._move_in(job, staged)
             return self.last_record(job.dir) or {}
         try:
@@ -485,30 +527,92 @@ class Workdir:
 
     def make_folders(self, jobs: Sequence[Job]) -> dict[Job, WorkdirError]:
         """Make the folders of jobs about to be submitted: the folder, its staged files,
-        then ``job.json``; return the jobs whose folder could not be made, with why.
-        Blocking: called in a worker thread, a batch at a time."""
+        then the batch's ``specs.jsonl`` lines; return the jobs whose folder could not be
+        made, with why. Blocking: called in a worker thread, a batch at a time."""
         errors: dict[Job, WorkdirError] = {}
         with self._making:
-            for job in jobs:
-                if job in self._unmade:
-                    self._make_one(job, errors)
+            made = [job for job in jobs if job in self._unmade]
+            lines = "".join([self._make_one(job, errors) for job in made])
+            if lines:
+                try:
+                    self._append_specs(lines)
+                except (OSError, WorkdirError) as exc:
+                    error = (
+                        exc
+                        if isinstance(exc, WorkdirError)
+                        else file_error(self.path / SPECS_FILE, exc, "append to")
+                    )
+                    # Not made after all: a job with no spec must not run (a later run
+                    # could not tell its folder from one nobody used, and run it again).
+                    for job in made:
+                        if job not in errors:
+                            errors[job] = error
+                            self._unmade[job] = None  # its staged files are in the folder
+                            self._reuse.add(job)
+                    return errors
+            # Only now does a job count as having a folder (``has_folder``): a job
+            # submitted before its spec is written could run again after a crash.
+            for job in made:
+                if job not in errors:
+                    del self._unmade[job]
         return errors
 
-    def _make_one(self, job: Job, errors: dict[Job, WorkdirError]) -> None:
+    def _make_one(self, job: Job, errors: dict[Job, WorkdirError]) -> str:
+        """Make one folder; its ``specs.jsonl`` line, written by the caller with the batch's."""
         try:
-            os.mkdir(job.dir)
-            self._move_in(job, self._unmade.pop(job))
-            # A brand-new folder: nobody reads it yet, so no temporary name is needed.
-            # A spec torn by a crash only fails to match next time: the job runs afresh.
-            with open(job.path(SPEC_FILE), "w", encoding="utf-8") as fh:
-                fh.write(job_spec(job))
+            if job in self._reuse:
+                self._reuse.discard(job)
+                if not os.path.isdir(job.dir) or os.path.islink(job.dir):
+                    os.mkdir(job.dir)
+            else:
+                os.mkdir(job.dir)
+            self._move_in(job, self._unmade[job])
         except OSError as exc:
             errors[job] = WorkdirError(f"cannot create job folder {job.dir!r}: {exc}")
         except WorkdirError as exc:
             errors[job] = exc
         else:
+            folder = os.path.basename(job.dir)
             if self._names is not None:
-                self._names.add(os.path.basename(job.dir))
+                self._names.add(folder)
+            return f'{SPEC_HEAD}{job_spec(job)}{DIR_TAIL}{folder}"}}\n'
+        return ""
+
+    def _append_specs(self, lines: str) -> None:
+        """One write for a batch of folders. A spec torn by a crash only fails to match
+        next time: that job runs afresh, in a new folder."""
+        if self._specs_fd is None:
+            self._specs_fd = open_plain(self.path / SPECS_FILE, os.O_WRONLY | os.O_APPEND)
+        view = memoryview(lines.encode())
+        while view:  # all of it before any of these jobs counts as made
+            view = view[os.write(self._specs_fd, view) :]
+
+    def exits_fd(self) -> int:
+        """A new descriptor appending to ``exits.jsonl``, for the local shepherd; the
+        caller closes it."""
+        return open_plain(self.path / EXITS_FILE, os.O_WRONLY | os.O_APPEND)
+
+    def exit_code(self, job: Job, attempt: int | None = None) -> int | None:
+        """How an attempt ended, by the job's own word: the ``job.<n>.rc`` its wrapper
+        wrote, or the line the shepherd appended to ``exits.jsonl``. Blocking."""
+        return self.exit_codes([job], attempt).get(job)
+
+    def exit_codes(self, jobs: Sequence[Job], attempt: int | None = None) -> dict[Job, int]:
+        """``exit_code`` of many jobs (their current attempts), reading ``exits.jsonl``
+        once for all of them. Blocking: call it in a worker thread."""
+        found: dict[Job, int] = {}
+        wanted: dict[tuple[str, int], Job] = {}
+        for job in jobs:
+            n = max(job.attempt, 1) if attempt is None else attempt
+            rc = read_rc(job, n)
+            if rc is not None:
+                found[job] = rc
+            elif job.dir:
+                wanted[os.path.basename(job.dir), n] = job
+        starts = {key: (_local_pid(job.jid), job._since) for key, job in wanted.items()}
+        for key, rc in self.reader.exit_codes(starts).items():
+            found[wanted[key]] = rc
+        return found
 
     def has_unmade(self) -> bool:
         return bool(self._unmade)
@@ -563,6 +667,7 @@ class Workdir:
 def _intent(job: Job, now: float) -> dict[str, Any]:
     """A submission's intent record; a grown request goes with it, as a resume needs it."""
     record: dict[str, Any] = {"status": job.status.value, "attempt": job.attempt, "time": now}
+    job._since = now
     if job._grown and job.resources is not None:
         record["resources"] = job.resources.to_dict()
     if job.cache_key is not None:

@@ -86,7 +86,26 @@ async def test_job_killed_by_signal_reports_128_plus_the_signal(workdir: Path) -
     job = await run_one(workdir, "kill -9 $$")
     assert job.status is JobStatus.FAILED
     assert job.rc == 128 + signal.SIGKILL
-    assert (await read(job.attempt_path("rc"))).strip() == str(128 + signal.SIGKILL)
+    reader = WorkdirReader(workdir)
+    recorded = await anyio.to_thread.run_sync(
+        reader.exit_codes, {(os.path.basename(job.dir), 1): (str(job.jid).partition("@")[0], 0.0)}
+    )
+    assert recorded == {(os.path.basename(job.dir), 1): 128 + signal.SIGKILL}
+
+
+async def test_a_job_folder_holds_only_what_the_job_wrote(workdir: Path) -> None:
+    """The controller's records (spec, states, exit codes) are lines in the workdir's
+    append-only files: a job costs no file of the controller's own, on a disk where
+    creating one costs a metadata round trip."""
+    job = await run_one(workdir, "echo out; echo err >&2")
+    assert sorted([p.name async for p in anyio.Path(job.dir).iterdir()]) == [
+        "job.1.stderr",
+        "job.1.stdout",
+    ]
+    spec = await anyio.to_thread.run_sync(WorkdirReader(workdir).spec, os.path.basename(job.dir))
+    assert spec is not None and spec["command"] == job.command
+    files = {p.name async for p in anyio.Path(workdir).iterdir()}
+    assert {"journal.jsonl", "specs.jsonl", "exits.jsonl"} <= files
 
 
 async def _wait_for_file(path: Path, timeout: float = 10) -> str:

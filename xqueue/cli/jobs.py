@@ -15,7 +15,7 @@ def resolve(reader: WorkdirReader, refs: Sequence[str]) -> list[str]:
     """The folder of each job named in ``refs``, in order.
 
     A reference made of digits is an index; else it is a job's folder name, or its name
-    (from ``job.json``). A name that several jobs share is refused with the list of
+    (from its spec in ``specs.jsonl``). A name that several jobs share is refused with the list of
     their indices: an index is unambiguous.
     """
     folders = reader.folders()

@@ -2,7 +2,7 @@
 
 It goes through ``records.WorkdirReader``, so it works on a read-only or someone else's
 workdir. The summary costs one read of the journal plus one small read per job (its
-``job.status``); a job's ``job.json`` is read only when its row is shown. Rows are plain
+``job.status``); a job's spec (``specs.jsonl``) is parsed only when its row is shown. Rows are plain
 aligned columns, not a rich table: rich measured a 100,000-row table for minutes, and
 plain columns are what ``grep`` and ``sort`` want. ``--json`` is the format for scripts.
 
@@ -94,7 +94,7 @@ def show(
     rows, holder = collect(reader)
     if states:
         rows = [r for r in rows if r.status in states]
-    if params:  # parameters are in job.json: read only for a filter or a row shown
+    if params:  # parameters are in the specs: parsed only for a filter or a row shown
         specs = reader.specs([row.folder for row in rows])
         rows = [r for r, spec in zip(rows, specs, strict=True) if matches(_params(spec), params)]
     if as_json:

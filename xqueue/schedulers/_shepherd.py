@@ -3,8 +3,9 @@
 It runs as a script of its own (``python -I -S _shepherd.py``: standard library only, no
 site packages, so it starts in milliseconds) and is never imported by xqueue. Two jobs:
 
-- A job's exit status outlives its controller. The shepherd writes every job's return
-  code to ``job.<n>.rc`` when it reaps it, and lives until its last job has ended even
+- A job's exit status outlives its controller. The shepherd appends every job's return
+  code to the workdir's ``exits.jsonl`` (its descriptor is the script's argument) when it
+  reaps it, before it tells the controller, and lives until its last job has ended even
   when the controller is gone (SIGKILLed, say), as HTCondor's starter and Slurm's
   slurmstepd outlive their schedulers. It ignores the signals a terminal or a
   ``kill`` of the controller sends, and sits in a session of its own.
@@ -16,7 +17,8 @@ Protocol, on a Unix stream socket at descriptor 0:
 
 - controller to shepherd: frames of a 4-byte big-endian length and NUL-separated fields
   (job arguments and environment values cannot hold a NUL: feed() refuses them):
-  ``key, cwd ("" for none), rc path, argument count, arguments..., NAME=value...``. The
+  ``key, cwd ("" for none), exit line tail, argument count, arguments..., NAME=value...``
+  (the tail ends the job's ``exits.jsonl`` line: ``, "attempt": n, "dir": "folder"}``). The
   job's stdout and stderr descriptors ride on the frame's first byte (SCM_RIGHTS): the
   controller opens them, with its checks against planted links, and the shepherd only
   hands them on. Linux returns the descriptors of one ``sendmsg`` apart from the next,
@@ -40,7 +42,6 @@ import signal
 import sys
 import time
 
-_RC_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # What a job starts with whatever the shepherd itself does with these signals: the
 # default action (Python ignores SIGPIPE and SIGXFSZ; the shepherd ignores the rest).
 _DEFAULT = {
@@ -59,12 +60,14 @@ def _decode(field: bytes) -> str:
 
 
 class Shepherd:
-    def __init__(self, sock: _socket.socket) -> None:
+    def __init__(self, sock: _socket.socket, exits: int) -> None:
         self.sock = sock
+        self.exits = exits  # exits.jsonl, opened O_APPEND by the controller
+        self.lines: list[str] = []
         self.connected = True
         self.buf = bytearray()
         self.fds: list[int] = []
-        self.children: dict[int, tuple[str, str]] = {}  # pid -> (key, rc path)
+        self.children: dict[int, tuple[str, str, str]] = {}  # pid -> (key, start, tail)
         self.out: list[str] = []
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self.environ = dict(os.environ)
@@ -102,7 +105,7 @@ class Shepherd:
                 os.close(err)
 
     def spawn(self, fields: list[bytes], out: int, err: int) -> None:
-        key, cwd, rc_path = _decode(fields[0]), _decode(fields[1]), _decode(fields[2])
+        key, cwd, tail = _decode(fields[0]), _decode(fields[1]), _decode(fields[2])
         nargs = int(fields[3])
         argv = [_decode(f) for f in fields[4 : 4 + nargs]]
         env = self.environ.copy()
@@ -119,8 +122,9 @@ class Shepherd:
             message = f"{exc.strerror or exc}".replace("\n", " ")
             self.out.append(f"E {key} {message}")
             return
-        self.children[pid] = (key, rc_path)
-        self.out.append(f"S {key} {pid} {time.time():.2f}")
+        start = f"{time.time():.2f}"
+        self.children[pid] = (key, start, tail)
+        self.out.append(f"S {key} {pid} {start}")
 
     def _spawn(self, argv: list[str], env: dict[str, str], out: int, err: int) -> int:
         return os.posix_spawnp(
@@ -176,20 +180,24 @@ class Shepherd:
             entry = self.children.pop(pid, None)
             if entry is None:
                 continue
-            key, rc_path = entry
+            key, start, tail = entry
             rc = os.waitstatus_to_exitcode(status)
             rc = 128 - rc if rc < 0 else rc
-            try:
-                fd = os.open(rc_path, _RC_FLAGS, 0o644)
-                try:
-                    os.write(fd, f"{rc}\n".encode())
-                finally:
-                    os.close(fd)
-            except OSError:
-                pass  # a planted file at the name: the controller hears the code below
+            now = time.time()
+            self.lines.append(f'{{"rc": {rc}, "jid": "{pid}@{start}", "time": {now:.6f}{tail}')
             self.out.append(f"X {key} {rc}")
 
     def flush(self) -> None:
+        """Record the exits first, in one write, then tell the controller: a controller
+        that hears of an exit can count on the record being there already."""
+        if self.lines:
+            view = memoryview(("\n".join(self.lines) + "\n").encode())
+            self.lines.clear()
+            try:
+                while view:
+                    view = view[os.write(self.exits, view) :]
+            except OSError:
+                pass  # a full disk: the controller still hears the codes below
         if not self.out:
             return
         data = ("\n".join(self.out) + "\n").encode()
@@ -197,7 +205,7 @@ class Shepherd:
         if self.connected:
             try:
                 self.sock.sendall(data)
-            except OSError:  # the controller is gone; the rc files keep the codes
+            except OSError:  # the controller is gone; exits.jsonl keeps the codes
                 self.connected = False
 
 
@@ -207,7 +215,7 @@ def main() -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-    shepherd = Shepherd(_socket.socket(fileno=0))
+    shepherd = Shepherd(_socket.socket(fileno=0), int(sys.argv[1]))
     poller = select.poll()
     poller.register(0, select.POLLIN)
     poller.register(wake_r, select.POLLIN)

@@ -34,12 +34,12 @@ class Request:
     argv: Sequence[str]
     env: Mapping[str, str]
     cwd: str | None
-    rc_path: str
+    exit_tail: str  # the end of the job's exits.jsonl line (see _shepherd.py)
     stdout: int
     stderr: int
 
     def frame(self, key: int) -> bytes:
-        fields = [str(key), self.cwd or "", self.rc_path, str(len(self.argv)), *self.argv]
+        fields = [str(key), self.cwd or "", self.exit_tail, str(len(self.argv)), *self.argv]
         fields += [f"{name}={value}" for name, value in self.env.items()]
         body = b"\0".join(map(_encode, fields))
         return len(body).to_bytes(4, "big") + body
@@ -72,14 +72,16 @@ class ShepherdLink:
         self._buf = b""  # a line not yet whole (kept across a cancelled serve())
 
     @classmethod
-    def start(cls, env: dict[str, str]) -> ShepherdLink:
+    def start(cls, env: dict[str, str], exits: int) -> ShepherdLink:
+        """Start a shepherd that appends the exits it reaps to descriptor ``exits``."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             # Its own session: Ctrl-C on the controller's terminal, or a signal to the
             # controller's process group, does not reach it.
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", SCRIPT],
+                [sys.executable, "-I", "-S", SCRIPT, str(exits)],
                 stdin=theirs.fileno(),
+                pass_fds=(exits,),
                 stdout=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,

@@ -1,11 +1,11 @@
 """Run each job as a local process and await its exit.
 
 No polling, and no fork in the controller: a per-run shepherd process (``_shepherd.py``)
-starts the jobs, reaps them and reports each start and exit on a socket. It writes each
-job's return code to ``job.<n>.rc`` too, and outlives a controller that dies: a job that
-ends while nobody watches still leaves its exit status, so the next run collects it
-instead of running the job again. Forking from the small shepherd, on another core,
-also takes the bulk of a local run's CPU off the controller
+starts the jobs, reaps them and reports each start and exit on a socket. It appends
+each job's return code to the workdir's ``exits.jsonl`` too, and outlives a controller
+that dies: a job that ends while nobody watches still leaves its exit status, so the
+next run collects it instead of running the job again. Forking from the small
+shepherd, on another core, also takes the bulk of a local run's CPU off the controller
 (benchmarks/local_throughput.py).
 
 A job starts only when what it asks (``resources``: cpus, memory, gpus) fits in what the
@@ -23,6 +23,7 @@ an unrelated process that reused the pid for the job.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -34,11 +35,11 @@ import anyio
 
 from ..capacity import Capacity
 from ..errors import SchedulerError, SchedulerOptionError, SubmissionError
-from ..job import RC, Job
+from ..job import Job
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
 from ..states import JobStatus
-from ..workdir import open_output, read_rc
+from ..workdir import open_output
 from . import _machine
 from ._proc import start_ticks, wait_exit
 from ._shepherd_link import Request, ShepherdLink, Ticket
@@ -213,7 +214,11 @@ class LocalScheduler(Scheduler):
         await super().open(workdir)
         reap()
         self._base_env = dict(os.environ)
-        self._link = ShepherdLink.start(self._base_env)
+        exits = workdir.exits_fd()
+        try:
+            self._link = ShepherdLink.start(self._base_env, exits)
+        finally:
+            os.close(exits)  # the shepherd holds its own
 
     async def serve(self) -> None:
         if self._link is not None:
@@ -299,18 +304,15 @@ class LocalScheduler(Scheduler):
             raise SubmissionError(
                 f"command not found: {program!r} (not an executable on PATH)", retryable=False
             )
-        rc_path = job.attempt_path(RC)
-        try:
-            os.unlink(rc_path)  # a stale one (an earlier run's attempt n) or a planted link
-        except FileNotFoundError:
-            pass
+        folder = json.dumps(os.path.basename(job.dir))
+        tail = f', "attempt": {max(job.attempt, 1)}, "dir": {folder}}}'
         out = open_output(job.stdout_path)  # never through a link planted at the name
         try:
             err = open_output(job.stderr_path)
         except BaseException:
             os.close(out)
             raise
-        return Request(job.argv, env, self.options.cwd, rc_path, out, err)
+        return Request(job.argv, env, self.options.cwd, tail, out, err)
 
     async def wait_job(self, job: Job) -> JobState:
         ticket = self._tickets.get(job)
@@ -323,11 +325,12 @@ class LocalScheduler(Scheduler):
         pid = (await self._alive_pids([job])).get(job)
         if pid is not None:
             await wait_exit(pid)
-        rc = await anyio.to_thread.run_sync(read_rc, job)
+        assert self.workdir is not None  # open() set it
+        rc = await anyio.to_thread.run_sync(self.workdir.exit_code, job)
         deadline = time.monotonic() + _RC_LAG
         while rc is None and pid is not None and time.monotonic() < deadline:
             await anyio.sleep(0.05)
-            rc = await anyio.to_thread.run_sync(read_rc, job)
+            rc = await anyio.to_thread.run_sync(self.workdir.exit_code, job)
         if rc is None:
             return JobState(JobStatus.FAILED, None, UNKNOWN_EXIT, retryable=False)
         return _ended(rc)
