@@ -119,7 +119,10 @@ async def test_controller_killed_mid_run_loses_nothing_and_runs_nothing_twice(
 
 async def test_two_runs_on_one_workdir_are_refused(workdir: Path) -> None:
     first = Xqueue(workdir=workdir)
-    await first.feed(["sleep", "0.5"])
+    job = await first.feed(["sleep", "0.5"])
+    with anyio.fail_after(10):  # the workdir's thread makes a fed job's folder soon after
+        while not await anyio.Path(job.dir).exists():
+            await anyio.sleep(0.01)
     before = sorted([p.name async for p in anyio.Path(workdir).iterdir()])
     second = Xqueue(workdir=workdir)
     from xqueue import WorkdirError

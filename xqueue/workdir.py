@@ -80,6 +80,8 @@ __all__ = [
 ]
 
 _SLUG_MAX = 40
+_MAKER_DELAY = 0.05  # seconds the folder thread lets submissions go first
+_MAKER_IDLE = 10.0  # seconds without work after which it ends
 _FAILED = (JobStatus.FAILED, JobStatus.RETRYING)
 _ACTIVE = (JobStatus.SUBMITTING, JobStatus.SUBMITTED, JobStatus.RUNNING)
 TRUST_ENV = "XQUEUE_TRUST_WORKDIR"
@@ -323,6 +325,8 @@ class Workdir:
         self._unmade: dict[Job, Mapping[str, str] | None] = {}
         self._making = threading.Lock()
         self._maker: threading.Thread | None = None
+        self._maker_lock = threading.Lock()
+        self._wake = threading.Event()
         self._reuse: set[Job] = set()  # folders left without a spec: made, never used
         self._specs_fd: int | None = None
         self._lock_fd: int | None = None
@@ -501,21 +505,39 @@ class Workdir:
         return None
 
     def _start_maker(self) -> None:
-        if self._maker is None or not self._maker.is_alive():
-            self._maker = threading.Thread(
-                target=self._make_in_background, name="xqueue-folders", daemon=True
-            )
-            self._maker.start()
+        """Wake the workdir's folder thread (started on first use). Cheap when it is
+        awake already: this runs once per feed."""
+        if self._wake.is_set():
+            return
+        with self._maker_lock:
+            self._wake.set()
+            if self._maker is None:
+                self._maker = threading.Thread(
+                    target=self._make_in_background, name="xqueue-folders", daemon=True
+                )
+                self._maker.start()
 
     def _make_in_background(self) -> None:
-        """Make the folders of fed jobs, a batch at a time, until none is left. An error
-        is left for the job's submission to report (it tries again, and says why)."""
+        """Make the folders of fed jobs, a batch at a time, until none is left; then wait
+        for more, and end after a while without any. An error is left for the job's
+        submission to report (it tries again, and says why).
+
+        It starts a moment after it is woken: a job submitted at once gets its folder
+        from its submission, which would otherwise wait for this thread (the lock) and
+        compete with it for the interpreter, so a lone job's latency does not pay for
+        a thread it does not need.
+        """
         failed: set[Job] = set()
         while True:
-            batch = [job for job in list(self._unmade)[:256] if job not in failed]
-            if not batch:
-                return
-            failed.update(self.make_folders(batch))
+            if not self._wake.wait(_MAKER_IDLE):
+                with self._maker_lock:
+                    if not self._wake.is_set():
+                        self._maker = None
+                        return
+            time.sleep(_MAKER_DELAY)
+            self._wake.clear()
+            while batch := [job for job in list(self._unmade)[:256] if job not in failed]:
+                failed.update(self.make_folders(batch))
 
     def _make_now(self, job: Job) -> None:
         error = self.make_folders([job]).get(job)

@@ -238,6 +238,10 @@ def test_cancel_without_a_controller_kills_what_it_left_running(
     run = Run(wd, ["sleep 60"] * 3, "-f", "2")
     runs.append(run)
     run.wait_journal('"jid": "', 2)
+    deadline = time.monotonic() + 20  # and the third job's folder (its spec: made, fed)
+    while (wd / "specs.jsonl").read_text().count("\n") < 3:
+        assert time.monotonic() < deadline, "the third job's folder was never made"
+        time.sleep(0.05)
     run.proc.kill()
     run.wait()
     assert len(job_processes(wd)) >= 2  # the jobs outlive their controller

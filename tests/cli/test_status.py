@@ -128,6 +128,10 @@ def controller_killed(tmp_path: Path) -> Iterator[Path]:
     while not journal.exists() or journal.read_bytes().count(b'"jid": "') < 2:
         assert time.monotonic() < deadline, "the run never submitted two jobs"
         time.sleep(0.05)
+    # The third job's folder is made by the workdir's thread soon after it is fed.
+    while (wd / "specs.jsonl").read_bytes().count(b"\n") < 3:
+        assert time.monotonic() < deadline, "the third job's folder was never made"
+        time.sleep(0.05)
     proc.kill()
     proc.wait()
     proc.stderr.close()
