@@ -284,9 +284,11 @@ class Engine:
 
         ``staged``: files written beforehand for the job's folder (``Workdir.stage``)."""
         self.check_can_feed()
-        await self._check_fits(job)
-        await self.workdir.lock_async()
-        self.check_can_feed()  # the state may have moved on while the lock was taken
+        if job.resources is not None:  # feeding is the hot path: no call for nothing
+            await self._check_fits(job)
+        if not self.workdir.locked:
+            await self.workdir.lock_async()
+            self.check_can_feed()  # the state may have moved on while the lock was taken
         # Numbered here, after the last await: two feeds racing over the first lock must
         # not both take the same index (and folder).
         job.index = len(self.jobs)

@@ -118,7 +118,7 @@ class Hooks:
                 continue  # it hung once already; its error was reported then
             try:
                 result = fn(*[kwargs[a] for a in argnames])
-                if inspect.isawaitable(result):
+                if result is not None and inspect.isawaitable(result):
                     if timeout is None:
                         result = await result
                     else:

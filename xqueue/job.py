@@ -50,13 +50,15 @@ def normalize_command(cmd: str | Sequence[Any]) -> str | tuple[str, ...]:
         return check_text(cmd, "the command")
     if isinstance(cmd, (bytes, bytearray)) or not isinstance(cmd, Sequence):
         raise ConfigError(f"a command is a string or a list of arguments, not {type(cmd).__name__}")
-    argv = tuple(_argument(i, a) for i, a in enumerate(cmd))
+    argv = tuple([_argument(i, a) for i, a in enumerate(cmd)])
     if not argv or not argv[0].strip():
         raise ConfigError("empty command: give a program to run, e.g. ['echo', 'hi']")
     return argv
 
 
 def _argument(i: int, arg: Any) -> str:
+    if type(arg) is str and arg.isascii() and "\0" not in arg:
+        return arg  # the common case, checked without a call
     what = f"argument {i} of the command"
     if arg is None or isinstance(arg, (bytes, bytearray)):
         raise ConfigError(f"{what} is {type(arg).__name__}; give a string")

@@ -24,6 +24,10 @@ class JobStatus(enum.Enum):
     KILLED = "killed"  # killed on request, or cancelled before it could run
     SKIPPED = "skipped"  # never run: a plugin vetoed it, or a job it runs after did not succeed
 
+    # Members are singletons compared by identity: hashing them by identity too (in C)
+    # keeps the engine's per-state tables cheap; Enum's own hash is a Python call.
+    __hash__ = object.__hash__
+
     @property
     def is_final(self) -> bool:
         return self in _FINAL

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import stat
 import threading
@@ -80,6 +81,11 @@ __all__ = [
 ]
 
 _SLUG_MAX = 40
+# Text that python-slugify only lowercases and splits at non-alphanumerics: no quote,
+# no "&" (entities), no comma (between digits it is dropped), nothing beyond ASCII.
+_PLAIN = re.compile(r"[A-Za-z0-9 \t./:=_+@%^*()\[\]{}<>|;!?~#$-]*")
+_NOT_ALNUM = re.compile(r"[^-a-z0-9]+")
+_DASHES = re.compile(r"-{2,}")
 _MAKER_DELAY = 0.05  # seconds the folder thread lets submissions go first
 _MAKER_IDLE = 10.0  # seconds without work after which it ends
 _FAILED = (JobStatus.FAILED, JobStatus.RETRYING)
@@ -91,6 +97,17 @@ _CREATE_FLAGS = os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 def slug(text: str) -> str:
+    """A folder-name slug of a job's name: python-slugify's, always, since folders of
+    earlier runs are found again by it. Plain ASCII names (the common case: commands
+    and their arguments) skip its transliteration and entity passes, which leave such a
+    name as it is; the tests compare the two on random text."""
+    if _PLAIN.fullmatch(text):
+        plain = _DASHES.sub("-", _NOT_ALNUM.sub("-", text.lower())).strip("-")
+        if len(plain) < _SLUG_MAX:
+            return plain or "job"  # smart_truncate leaves it as it is
+        from slugify import smart_truncate
+
+        return smart_truncate(plain, _SLUG_MAX, True, "-") or "job"
     from slugify import slugify  # imported lazily: it pulls in unidecode tables
 
     return slugify(text, max_length=_SLUG_MAX, word_boundary=True) or "job"
@@ -314,6 +331,7 @@ class Workdir:
             raise self._not_writable(exc) from exc
 
         self.reader = WorkdirReader(self.path)
+        self._root = str(self.path)
         self._journal_fd: int | None = None
         # Folder names in the workdir, listed once (under the lock, nobody else adds any),
         # so feeding a job that has no folder yet costs no file-system call at all.
@@ -360,6 +378,10 @@ class Workdir:
         # sure that this is the process holding the lock (see _identity).
         os.write(fd, own_identity().encode())
         self._lock_fd = fd
+
+    @property
+    def locked(self) -> bool:
+        return self._lock_fd is not None
 
     async def lock_async(self) -> None:
         """``lock`` for async callers: in a worker thread, since a refusal is retried for a
@@ -428,7 +450,7 @@ class Workdir:
         return best
 
     def job_dir(self, job: Job) -> str:
-        return os.path.join(self.path, f"{job.index}-{slug(job.name)}")
+        return f"{self._root}/{job.index}-{slug(job.name)}"
 
     def stage(self, data: bytes) -> str:
         """Write a file meant for a job folder not made yet; ``prepare`` renames it in.
@@ -467,22 +489,23 @@ class Workdir:
         the inode it opened). ``make``: make a new folder now (a tool or test that hands
         the job straight to a backend, without the engine).
         """
-        job.dir = self.job_dir(job)
+        folder = f"{job.index}-{slug(job.name)}"
+        job.dir = f"{self._root}/{folder}"
         if self._names is None:
             self._names = set(os.listdir(self.path))
-        if os.path.basename(job.dir) not in self._names:
+        if folder not in self._names:
             self._unmade[job] = staged
             if make:
                 self._make_now(job)
             else:
                 self._start_maker()
             return None
-        spec = self.reader.spec_text(os.path.basename(job.dir), forget=True)
+        spec = self.reader.spec_text(folder, forget=True)
         if spec is None:
             # Made, but the run died before the spec was written (or it was never
             # submitted): no attempt ever started there, so it is this job's, fresh.
             self._unmade[job] = staged
-            self._names.discard(os.path.basename(job.dir))
+            self._names.discard(folder)
             self._reuse.add(job)
             if make:
                 self._make_now(job)
@@ -496,7 +519,7 @@ class Workdir:
             os.replace(job.dir, f"{job.dir}.replaced-{time.time_ns()}")
         except OSError as exc:
             raise WorkdirError(f"cannot move job folder {job.dir!r} aside: {exc}") from exc
-        self._names.discard(os.path.basename(job.dir))
+        self._names.discard(folder)
         self._unmade[job] = staged
         if make:
             self._make_now(job)
