@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -347,6 +348,11 @@ def _warn_bad(bad: list[int], path: str) -> None:
         )
 
 
+def digest(spec: bytes) -> bytes:
+    """What a resume compares specs by: 16 bytes instead of the text."""
+    return hashlib.blake2b(spec, digest_size=16).digest()
+
+
 def parse_specs(data: bytes) -> dict[str, str]:
     """Folder -> spec text of ``specs.jsonl``'s lines (the last line of a folder wins).
 
@@ -382,6 +388,11 @@ class WorkdirReader:
         self.path = Path(path).absolute()
         self._journal: dict[str, dict[str, Any]] | None = None
         self._specs: dict[str, str] | None = None
+        # What a resuming run reads once per folder and then drops (``take_record``,
+        # ``spec_digest``): newest journal lines unparsed, digests of specs. A million
+        # jobs' parsed records and spec texts would cost the run more than its jobs.
+        self._winners: dict[str, bytes] | None = None
+        self._digests: dict[str, bytes] | None = None
 
     def journal(self) -> dict[str, dict[str, Any]]:
         """The newest journal record of each job folder, by folder name (read once)."""
@@ -420,6 +431,77 @@ class WorkdirReader:
             raise file_error(self.path, exc, "list") from None
         found.sort()
         return [name for _, name in found]
+
+    def take_record(self, folder: str) -> dict[str, Any] | None:
+        """``last_record`` for a run that asks once per folder (a resume): the journal is
+        read line by line, keeping each folder's newest line unparsed until asked for, and
+        dropping it then. Any line of a shape xqueue does not write sends every folder
+        through ``last_record``'s careful reading instead."""
+        if self._winners is None:
+            self._winners = self._index_winners()
+        if self._journal is not None:
+            return self.last_record(folder)
+        line = self._winners.pop(folder, None)
+        record = None
+        if line is not None:
+            entry = _journal_entry(line)
+            if entry is None or entry[0] != folder:
+                self._winners.clear()
+                self.journal()  # a torn or edited newest line: the strict reading
+                return self.last_record(folder)
+            record = entry[1]
+        if record is None or record["status"] not in FINAL_STATES:
+            older = read_records([f"{self.path}/{folder}/{STATUS_FILE}"])[0]
+            if older is not None and (record is None or record["time"] <= older["time"]):
+                record = older
+        return record
+
+    def _index_winners(self) -> dict[str, bytes]:
+        winners: dict[str, bytes] = {}
+        key = _DIR_KEY.encode()
+        try:
+            fd = os.open(self.path / JOURNAL_FILE, READ_FLAGS)
+        except FileNotFoundError:
+            return winners
+        except OSError as exc:
+            raise file_error(self.path / JOURNAL_FILE, exc) from None
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                self.journal()  # the careful reading says what is wrong with it
+                return winners
+            os.set_blocking(fd, True)
+            for line in fh:
+                tail = line.rpartition(key)[2]
+                if tail[-3:] == b'"}\n' and b"\\" not in tail:
+                    winners[tail[:-3].decode(errors="replace")] = line
+                elif line[-1:] != b"\n":
+                    log.info("%s: ignoring its torn last line", self.path / JOURNAL_FILE)
+                elif line.strip():  # a line of another shape
+                    winners.clear()
+                    self.journal()
+                    return winners
+        return winners
+
+    def spec_digest(self, folder: str) -> bytes | None:
+        """A digest of the job's spec text, dropped once asked for (a resume compares
+        each folder's once: ``digest(job_spec(job))``); None if there is no spec line
+        (an older workdir's ``job.json`` is then read by ``spec_text``)."""
+        if self._digests is None:
+            self._digests = {}
+            try:
+                fd = os.open(self.path / SPECS_FILE, READ_FLAGS)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise file_error(self.path / SPECS_FILE, exc) from None
+            head, tail_key, start = SPEC_HEAD.encode(), DIR_TAIL.encode(), len(SPEC_HEAD)
+            with os.fdopen(fd, "rb") as fh:
+                os.set_blocking(fd, True)
+                for line in fh:
+                    text, sep, tail = line.rpartition(tail_key)
+                    if sep and tail[-3:] == b'"}\n' and text[:start] == head:
+                        self._digests[tail[:-3].decode(errors="replace")] = digest(text[start:])
+        return self._digests.pop(folder, None)
 
     def spec_text(self, folder: str, *, forget: bool = False) -> str | None:
         """What the job is, as the JSON text xqueue wrote (``specs.jsonl``, or the folder's

@@ -53,7 +53,7 @@ import anyio
 
 from ._identity import own_identity
 from .errors import WorkdirError
-from .job import RC, Job
+from .job import RC, SPEC_FILE, Job
 from .records import (
     DIR_TAIL,
     EXITS_FILE,
@@ -62,6 +62,7 @@ from .records import (
     SPEC_HEAD,
     SPECS_FILE,
     WorkdirReader,
+    digest,
     file_error,
     read_json,
     read_text,
@@ -500,8 +501,12 @@ class Workdir:
             else:
                 self._start_maker()
             return None
-        spec = self.reader.spec_text(folder, forget=True)
-        if spec is None:
+        spec = job_spec(job)
+        known = self.reader.spec_digest(folder)
+        if known is None:  # an older workdir's folder has its job.json
+            text = read_text(f"{job.dir}/{SPEC_FILE}")
+            known = None if text is None else digest(text.encode())
+        if known is None:
             # Made, but the run died before the spec was written (or it was never
             # submitted): no attempt ever started there, so it is this job's, fresh.
             self._unmade[job] = staged
@@ -512,9 +517,9 @@ class Workdir:
             else:
                 self._start_maker()
             return None
-        if spec == job_spec(job):
+        if known == digest(spec.encode()):
             self._move_in(job, staged)
-            return self.last_record(job.dir) or {}
+            return self.reader.take_record(folder) or {}
         try:
             os.replace(job.dir, f"{job.dir}.replaced-{time.time_ns()}")
         except OSError as exc:
@@ -617,9 +622,9 @@ class Workdir:
         except WorkdirError as exc:
             errors[job] = exc
         else:
+            # Not added to ``_names``: that set is the listing of earlier runs' folders
+            # (each index is fed once), and a million names would be a million strings.
             folder = os.path.basename(job.dir)
-            if self._names is not None:
-                self._names.add(folder)
             return f'{SPEC_HEAD}{job_spec(job)}{DIR_TAIL}{folder}"}}\n'
         return ""
 

@@ -209,7 +209,8 @@ def test_cancel_stops_a_live_run_as_its_sigterm_does(tmp_path: Path, runs: list[
 
 def test_cancel_kills_named_jobs_through_the_live_run(tmp_path: Path, runs: list[Run]) -> None:
     wd = tmp_path / "wd"
-    run = Run(wd, ["sleep 60", "sleep 60", "sleep 1; echo done", "sleep 60"], "-f", "3")
+    # Job 2 ends after 5 s: until then job 3 stays queued, however slow the CLI calls are.
+    run = Run(wd, ["sleep 60", "sleep 60", "sleep 5; echo done", "sleep 60"], "-f", "3")
     runs.append(run)
     run.wait_journal('"jid": "', 3)
     ambiguous = xqueue("cancel", str(wd), "sleep 60")
