@@ -1,7 +1,8 @@
 """The conformance kit (``xqueue.testing``) on every built-in backend, each on its real
-system: local processes, Slurm, SGE, an sshd, docker, podman, charliecloud, and the
-Batch and PanDA stand-ins. Each class is what a plugin author writes for their own
-scheduler: a ``backend`` fixture, nothing else; the tests come from the kit.
+system: local processes, Slurm, SGE, HTCondor, an sshd, docker, podman, charliecloud,
+apptainer, and the Batch and PanDA stand-ins. Each class is what a plugin author
+writes for their own scheduler: a ``backend`` fixture, nothing else; the tests come from
+the kit.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -76,6 +78,46 @@ class TestSge(SchedulerConformance):
 
 
 @pytest.mark.ssh
+class TestHTCondor(SchedulerConformance):
+    """The personal pool of ci/htcondor.sh; workdirs in the folder it shares at the same
+    path. Jobs with the same resources fed together are procs of one cluster (packs)."""
+
+    @pytest.fixture
+    def backend(self, htcondor_pool: dict[str, Any], shared_workdir: Path) -> Backend:
+        def schedd() -> Any:
+            import htcondor2
+
+            coll = htcondor2.Collector(str(htcondor_pool["collector"]))
+            return htcondor2.Schedd(coll.locate(htcondor2.DaemonType.Schedd))
+
+        def remove(ids: list[str]) -> None:
+            import htcondor2
+
+            if ids:
+                schedd().act(htcondor2.JobAction.Remove, ids)
+
+        async def forget(job: Job) -> None:
+            # As with Slurm and SGE: an id the schedd never issued (what a job purged
+            # from its history looks like), and the real job removed.
+            real, job.jid = str(job.jid), f"{NEVER_ISSUED}.0"
+            await anyio.to_thread.run_sync(remove, [real])
+
+        def cleanup(jobs: Sequence[Job]) -> None:
+            remove([str(j.jid) for j in jobs if j.jid and not j.jid.startswith(NEVER_ISSUED)])
+
+        opts = {**htcondor_pool, "poll_interval": 0.2, "vanish_grace": 2.0}
+        return Backend(
+            "htcondor",
+            opts,
+            packs=True,
+            forget=forget,
+            cleanup=cleanup,
+            root=shared_workdir.parent,
+            timeout=90.0,
+        )
+
+
+@pytest.mark.ssh
 class TestSsh(SchedulerConformance):
     @pytest.fixture
     def backend(self, ssh_env: dict[str, str]) -> Backend:
@@ -98,6 +140,19 @@ class TestChRun(SchedulerConformance):
         # daemon): only recorded ids are re-adopted.
         opts = {"bin": "ch-run", "image": chrun_image, "kill_grace": 1}
         return Backend("container", opts, recovers_by_tag=False)
+
+
+@pytest.mark.apptainer
+class TestApptainer(SchedulerConformance):
+    """apptainer inside the chroot of ci/apptainer.sh, which sees only the shared folder
+    of this host (at the same path): the workdirs live there."""
+
+    @pytest.fixture
+    def backend(self, apptainer: dict[str, str], shared_workdir: Path) -> Backend:
+        # Like ch-run, an apptainer process carries nothing but its pid to find it by:
+        # only recorded ids are re-adopted.
+        opts = {**apptainer, "kill_grace": 1}
+        return Backend("container", opts, recovers_by_tag=False, root=shared_workdir.parent)
 
 
 class TestGbatch(SchedulerConformance):

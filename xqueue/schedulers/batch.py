@@ -1,7 +1,7 @@
-"""``BatchScheduler``: the base of every backend that drives a batch system by its commands.
+"""``BatchScheduler``: the base of every backend that drives a batch system.
 
-Slurm, SGE, HTCondor, PBS and LSF differ in the words of their commands and answers, not in
-what a backend must do with them. This base does that part once:
+Slurm, SGE, HTCondor, PBS and LSF differ in the words of their commands (or calls) and
+answers, not in what a backend must do with them. This base does that part once:
 
 - **submitting**: every job's wrapper script is written (``Scheduler.write_script``) in a
   worker thread; jobs fed together with the same resources become arrays (at most
@@ -10,46 +10,75 @@ what a backend must do with them. This base does that part once:
   submission fails only the jobs it carried; one whose outcome is unknown (it timed
   out) fails them with ``SubmissionUnknownError``, so the engine looks for them by their
   tag before it submits anything again;
-- **status**: one status command per tick for every active job (chunked only past
-  ``query_chunk`` ids); the wrapper's return code file wins; jobs the status command no
-  longer lists and that left no return code are looked up in accounting (one command
+- **status**: one status query per tick for every active job (chunked only past
+  ``query_chunk`` ids); the wrapper's return code file wins; jobs the status query no
+  longer lists and that left no return code are looked up in accounting (one query
   for all of them), and only then given ``vanish_grace`` (``Scheduler.reconcile``);
 - **recovery**: every submission carries a *tag* naming the workdir, the job and its
-  attempt (or, for an array, the batch whose ``.jobs`` file maps elements to job
-  folders), so a later run, or this one after an unknown outcome, finds a job whose id
-  was never recorded: from one listing of the user's jobs per second, then, for a job
-  that already left it, from accounting by tag;
-- **killing**: one kill command for many ids (``kill_chunk`` per command).
+  attempt (or, for an array with a batch script, the batch whose ``.jobs`` file maps
+  elements to job folders), so a later run, or this one after an unknown outcome,
+  finds a job whose id was never recorded: from one listing of the user's jobs per
+  second, then, for a job that already left it, from accounting by tag;
+- **killing**: one kill for many ids (``kill_chunk`` per call).
 
-A subclass supplies the facts, each small and pure where it can be, so a new batch
-backend is about a page long (``slurm.py`` and ``sge.py`` are the examples):
+The base reaches the system through six *steps*, each an async method a subclass may
+override; the default of each runs a command line (``run_command``: timeout, stderr in
+the error, ``stats`` counted) and parses its output with the subclass's *facts*. A
+system driven by commands supplies only the facts, each small and pure where it can be,
+so a new batch backend is about a page long (``slurm.py`` and ``sge.py`` are the
+examples); one reached through a library or an API overrides the steps instead and
+keeps everything above (``htcondor.py`` is the example):
+
+================================  ========================================================
+step (async)                      default: the facts it runs and reads
+================================  ========================================================
+``submit_unit(sub) -> str``       ``submit_argv(sub)`` (``submit_input(sub)`` on stdin),
+                                  ``parse_submit(out)``: the id the submission got
+                                  (``ValueError`` if none: the outcome is unknown).
+                                  Raise ``SubmissionError`` when nothing was queued,
+                                  ``SubmissionUnknownError`` when it may have been
+``query_status(ids)``             ``status_argv(ids)``, ``parse_status(out)``: id ->
+                                  ``JobState``; a non-final state means the system still
+                                  holds the job, a final one is its own verdict (killed,
+                                  timed out); an id left out has ended, and its return
+                                  code file or accounting says how. ``ids``: one chunk
+                                  of ``query_chunk`` array ids, or none when not
+                                  ``query_by_id`` (the step then lists every job)
+``query_accounting(ids)``         ``accounting_argvs(ids)`` (none by default),
+                                  ``parse_accounting(out)``: how ended jobs that left no
+                                  return code ended, read as ``query_status``'s answer
+``query_accounting_by_tag(tag)``  ``accounting_by_tag_argv(tag)``, ``parse_accounting``:
+                                  the ended jobs carrying ``tag``; None: not offered
+``kill_ids(ids)``                 ``kill_argv(ids)``: kill one chunk of ``kill_chunk``
+                                  ids (raise ``SchedulerError`` when it failed)
+``list_jobs()``                   ``listing_argv()``, ``parse_listing(out)``: every job of
+                                  the user as id -> (still held, tag), for recovery;
+                                  None: no recovery by tag
+================================  ========================================================
+
+A step that calls something other than ``run`` counts its calls itself in ``stats``
+(``submit_calls``, ``status_calls``, ``kill_calls``): the engine's one-query-per-tick
+promise is checked on them. Beside the steps a subclass states:
 
 ========================  =============================================================
 ``name``, ``Options``      the registered name; options (a ``BatchOptions`` subclass)
-``submit_argv(sub)``       the command that submits one ``Submission``; ``submit_input``
-                           its standard input, for systems that read a description there
-``parse_submit(out)``      the id in the submit command's output (``ValueError`` if none)
-``status_argv(ids)``       the one status command for these ids (``query_by_id``)
-``parse_status(out)``      id -> ``JobState``: a non-final state means the system still
-                           holds the job; a final one is its own verdict (killed, timed
-                           out); an id left out has ended, and its return code file or
-                           accounting says how
-``accounting_argvs(ids)``  the accounting commands for jobs that left no return code
-                           (none by default); ``parse_accounting(out)`` reads them alike
-``kill_argv(ids)``         the command that kills these ids
-``listing_argv()``         every job of the user with its tag (for recovery);
-                           ``parse_listing(out)``: id -> (still held, tag)
-``array_task_var``         the variable holding an array element's task id (None: no
-                           arrays); ``array_first``, ``element_sep`` (``12_3``, ``12.3``)
+``array_task_var``         the variable holding an array element's task id in the batch
+                           script the base writes for an array (None: no such script);
+                           ``array_first``, ``element_sep`` (``12_3``, ``12.3``)
+``per_element_scripts``    True when ``submit_unit`` gives each element of an array its
+                           own wrapper (HTCondor's item data): arrays without a batch
+                           script, each element tagged as a single job
 ``chains``                 True when a submission can wait for another one to end
+``query_by_id``            False when the status step lists every job of the user
+``tag_style``              how a tag is spelt where the system keeps it
 ========================  =============================================================
 
 and may refine: ``failure_is_answer`` (a non-zero exit that is an answer, such as
-"no such job"), ``explain`` (more evidence for states the status command gave, such as
-a reason only a second command tells), ``accounting_by_tag_argv`` (finding an ended job
-by its tag), ``script_lines`` (directives in the wrapper), ``arrays_possible`` and
-``chains_possible`` (a user's own option that rules them out), ``job_ids``,
-``element_id`` and ``array_id`` (ids spelt otherwise than ``<array><sep><task>``).
+"no such job"), ``explain`` (more evidence for states the status step gave, such as
+a reason only a second command tells), ``script_lines`` (directives in the wrapper),
+``arrays_possible`` and ``chains_possible`` (a user's own option that rules them out),
+``job_ids``, ``element_id`` and ``array_id`` (ids spelt otherwise than
+``<array><sep><task>``).
 
 Shared file system: like every polled backend, this one learns how a job ended from the
 files its wrapper writes into the job's folder, so the batch system's nodes must see the
@@ -140,10 +169,12 @@ class Submission:
     jobs: tuple[Job, ...]
     script: str
     """The file to submit: the job's wrapper, or the array's batch script that runs the
-    wrapper of the element's job (``write_array``)."""
+    wrapper of the element's job (``write_array``); empty for an array of
+    ``per_element_scripts``, whose elements run their own job's wrapper."""
     tag: str
-    """What recovery looks for; put it where ``parse_listing`` reads it back (Slurm's
-    ``--comment``, SGE's ``-N``)."""
+    """What recovery looks for; put it where ``list_jobs`` reads it back (Slurm's
+    ``--comment``, SGE's ``-N``). Empty for an array of ``per_element_scripts``: each
+    element carries its own job's tag (``BatchScheduler.tag``)."""
     throttle: int | None = None
     """For an array, the most elements that may run at once (Slurm's ``%N``, SGE's
     ``-tc``); None for a single job."""
@@ -151,7 +182,8 @@ class Submission:
     """The id of the submission this one must wait for (all of it, whatever its
     outcome), or None; only set when ``BatchScheduler.chains``."""
     name: str | None = None
-    """An array's batch name: its files in ``BatchScheduler.batch_dir`` start with it."""
+    """An array's batch name: its files in ``BatchScheduler.batch_dir`` start with it
+    (None for an array of ``per_element_scripts``: it has no files)."""
     tasks: range | None = None
     """An array's task ids, ``array_first`` onwards; None for a single job."""
 
@@ -182,17 +214,23 @@ _TagIndex = dict[str, list[tuple[str, int]]]
 
 
 class BatchScheduler(Scheduler):
-    """A backend that submits wrapper scripts to a batch system through its commands.
+    """A backend that submits wrapper scripts to a batch system, by its commands or by
+    steps of its own (``submit_unit``, ``query_status``, ...).
 
-    See the module's docstring for the facts a subclass supplies.
+    See the module's docstring for the steps and facts a subclass supplies.
     """
 
     Options: ClassVar[type[SchedulerOptions]] = BatchOptions
     options: BatchOptions
 
     array_task_var: ClassVar[str | None] = None
-    """The environment variable an array element reads its task id from (None: the system
-    has no arrays, every job is submitted alone)."""
+    """The environment variable an array element reads its task id from, in the batch
+    script the base writes for an array (None: no such script; then the system has no
+    arrays, every job is submitted alone, unless ``per_element_scripts``)."""
+    per_element_scripts: ClassVar[bool] = False
+    """True when ``submit_unit`` names each element's own wrapper in the submission (as
+    HTCondor's item data do): an array needs no batch script, and each element carries
+    its own job's tag, so recovery reads no ``.jobs`` file."""
     array_first: ClassVar[int] = 0
     """The task id of an array's first element (Slurm 0, SGE 1)."""
     element_sep: ClassVar[str] = "."
@@ -204,12 +242,12 @@ class BatchScheduler(Scheduler):
     ``-hold_jid``). Only then does the backend keep ``forks`` itself across arrays
     (``enforces_forks``), so that it is handed a whole batch at once."""
     query_by_id: ClassVar[bool] = True
-    """True when the status command takes the ids to report (``squeue -j``); False when it
-    lists every job of the user (``qstat -u``) and ``status_argv`` gets no ids."""
+    """True when the status query takes the ids to report (``squeue -j``); False when it
+    lists every job of the user (``qstat -u``) and ``query_status`` gets no ids."""
     query_chunk: ClassVar[int] = 2000
-    """The most ids one status or accounting command gets."""
+    """The most ids one status or accounting query gets."""
     kill_chunk: ClassVar[int] = 500
-    """The most ids one kill command gets."""
+    """The most ids one kill gets."""
     tag_style: ClassVar[TagStyle] = TagStyle()
 
     def __init__(self, **options: Any) -> None:
@@ -227,7 +265,66 @@ class BatchScheduler(Scheduler):
         self._arrays: dict[str, list[tuple[str, int]]] = {}
         self._placed: dict[Job, tuple[str, int]] = {}
 
-    # -- facts a subclass supplies ------------------------------------------------------
+    # -- steps: how the system is reached (override to call a library or an API) ----------
+    async def submit_unit(self, sub: Submission) -> str:
+        """Submit one ``Submission``; return the id the system gave it (``job_ids`` makes
+        each job's id of it). Raise ``SubmissionError`` when nothing was queued (its
+        ``transient`` when trying again later may help), ``SubmissionUnknownError`` when
+        the outcome is unknown (the job may be queued: it is looked up by its tag first).
+
+        The default runs ``submit_argv`` (stdin ``submit_input``) and reads the id with
+        ``parse_submit``, trying again twice a refusal that proves nothing was queued."""
+        return await run_submit(
+            self.submit_argv(sub),
+            self.options.submit_timeout,
+            self.stats,
+            self.parse_submit,
+            input=self.submit_input(sub),
+        )
+
+    async def query_status(self, ids: Sequence[str]) -> dict[str, JobState]:
+        """One status query: id -> state, as ``parse_status`` documents; raise
+        ``SchedulerError`` when the system did not answer (never return an empty answer
+        for a failure: every job would vanish). ``ids`` are at most ``query_chunk`` array
+        ids, or none when not ``query_by_id``. The default runs ``status_argv``."""
+        return await self._query("status", self.status_argv(ids), self.parse_status)
+
+    async def query_accounting(self, ids: Sequence[str]) -> dict[str, JobState]:
+        """How these ended jobs (that left no return code) ended, read as ``query_status``
+        reads its answer; at most ``query_chunk`` ids. The default runs the
+        ``accounting_argvs`` (none: nothing is known)."""
+        found: dict[str, JobState] = {}
+        for argv in self.accounting_argvs(ids):
+            found.update(await self._query("accounting", argv, self.parse_accounting))
+        return found
+
+    async def query_accounting_by_tag(self, tag: str) -> dict[str, JobState] | None:
+        """The ended jobs carrying ``tag`` (id -> state), to find a job that has left the
+        listing; None when not offered (the listing keeps ended jobs long enough, or
+        nothing can tell). The default runs ``accounting_by_tag_argv``."""
+        argv = self.accounting_by_tag_argv(tag)
+        if argv is None:
+            return None
+        found: dict[str, JobState] = await self._query("accounting", argv, self.parse_accounting)
+        return found
+
+    async def kill_ids(self, ids: Sequence[str]) -> None:
+        """Kill these jobs and array elements (at most ``kill_chunk``); one that has
+        already ended is no error. Raise ``SchedulerError`` when the kill failed. The
+        default runs ``kill_argv``."""
+        await self.run("kill", self.kill_argv(ids))
+
+    async def list_jobs(self) -> dict[str, tuple[bool, str]] | None:
+        """Every job of the user (or of this workdir) as id -> (the system still holds
+        it, its tag), for recovery; None: no recovery by tag. The default runs
+        ``listing_argv``."""
+        argv = self.listing_argv()
+        if argv is None:
+            return None
+        found: dict[str, tuple[bool, str]] = await self._query("listing", argv, self.parse_listing)
+        return found
+
+    # -- facts the default steps run and read ------------------------------------------------
     def submit_argv(self, sub: Submission) -> list[str]:
         """The command that submits ``sub`` (its script, tag, throttle and ``after``)."""
         raise NotImplementedError(f"{type(self).__name__} must define submit_argv")
@@ -307,7 +404,8 @@ class BatchScheduler(Scheduler):
     @property
     def uses_arrays(self) -> bool:
         """Whether jobs fed together are packed into arrays."""
-        return self.array_task_var is not None and self.options.arrays and self.arrays_possible()
+        has = self.array_task_var is not None or self.per_element_scripts
+        return has and self.options.arrays and self.arrays_possible()
 
     @property
     def enforces_forks(self) -> bool:
@@ -386,11 +484,14 @@ class BatchScheduler(Scheduler):
         failed submission fails only the jobs it carried, with the system's own message.
         """
         await anyio.to_thread.run_sync(self._write_scripts, jobs)
+        # A backend that does not keep forks itself is handed no more jobs than forks
+        # allows: its units all run side by side, none waits for another.
+        forks = self.forks if self.enforces_forks else max(self.forks, len(jobs))
         return await submit_grouped(
             jobs,
             arrays=self.uses_arrays,
             max_array=self.array_limit,
-            forks=self.forks,
+            forks=forks,
             concurrency=self.options.submit_concurrency,
             submit=self._submit_unit,
         )
@@ -400,13 +501,21 @@ class BatchScheduler(Scheduler):
     ) -> tuple[str, list[str]]:
         """One submit command for a single job (no throttle) or an array; its scripts are
         written. Returns the id ``after`` names and one id per job."""
+        first = self.array_first
+        if throttle is not None and self.per_element_scripts:
+            for job in jobs:
+                self._placed.pop(job, None)
+            tasks = range(first, first + len(jobs))
+            sub = Submission(tuple(jobs), "", "", throttle, after, None, tasks)
+            base = await self._submit(sub)
+            return base, self.job_ids(sub, base)
         if throttle is None or self.array_task_var is None:
             (job,) = jobs
             self._placed.pop(job, None)
             sub = Submission((job,), job.attempt_path(SCRIPT), self.tag(job), after=after)
             jid = await self._submit(sub)
             return jid, self.job_ids(sub, jid)
-        var, first = self.array_task_var, self.array_first
+        var = self.array_task_var
         name, script = await anyio.to_thread.run_sync(
             lambda: write_array(self.batch_dir, jobs, var, first)
         )
@@ -418,15 +527,8 @@ class BatchScheduler(Scheduler):
         return base, self.job_ids(sub, base)
 
     async def _submit(self, sub: Submission) -> str:
-        argv = self.submit_argv(sub)
         try:
-            return await run_submit(
-                argv,
-                self.options.submit_timeout,
-                self.stats,
-                self.parse_submit,
-                input=self.submit_input(sub),
-            )
+            return await self.submit_unit(sub)
         except SubmissionUnknownError:
             self._unknown_at = time.monotonic()
             raise
@@ -438,20 +540,19 @@ class BatchScheduler(Scheduler):
         return found
 
     async def status(self, ids: Iterable[str]) -> dict[str, JobState]:
-        """What the status command says about these jobs (one command per ``query_chunk``)."""
+        """What the status step says about these jobs (one query per ``query_chunk``)."""
         if not self.query_by_id:
-            return await self._query("status", self.status_argv(()), self.parse_status)
+            return await self.query_status(())
         found: dict[str, JobState] = {}
         for part in chunks(sorted({self.array_id(jid) for jid in ids}), self.query_chunk):
-            found.update(await self._query("status", self.status_argv(part), self.parse_status))
+            found.update(await self.query_status(part))
         return found
 
     async def accounting(self, ids: Iterable[str]) -> dict[str, JobState]:
-        """What accounting says about these ended jobs."""
+        """What accounting says about these ended jobs (one query per ``query_chunk``)."""
         found: dict[str, JobState] = {}
         for part in chunks(sorted(set(ids)), self.query_chunk):
-            for argv in self.accounting_argvs(part):
-                found.update(await self._query("accounting", argv, self.parse_accounting))
+            found.update(await self.query_accounting(part))
         return found
 
     def _find(self, states: Mapping[str, JobState], jid: str | None) -> JobState | None:
@@ -492,8 +593,26 @@ class BatchScheduler(Scheduler):
         return await self.explain(states)
 
     async def job_is_running(self, job: Job) -> bool:
-        state = self._find(await self.status([job.jid]), job.jid) if job.jid else None
-        return state is not None and not state.status.is_final
+        return (await self._still_held([job]))[job]
+
+    async def jobs_are_running(self, jobs: Sequence[Job]) -> dict[Job, bool]:
+        """Which jobs the system still holds, from one status query; a failed query is
+        not evidence that they ended: they count as held."""
+        try:
+            return await self._still_held(jobs)
+        except SchedulerError:
+            return dict.fromkeys(jobs, True)
+
+    async def _still_held(self, jobs: Sequence[Job]) -> dict[Job, bool]:
+        """One status query; a job whose state asks for its removal (a held one, one
+        waiting on a dependency that cannot be met) is still held."""
+        ids = [str(job.jid) for job in jobs if job.jid]
+        seen = await self.status(ids) if ids else {}
+        held: dict[Job, bool] = {}
+        for job in jobs:
+            state = self._find(seen, job.jid)
+            held[job] = state is not None and (not state.status.is_final or state.kill)
+        return held
 
     # -- recovery ---------------------------------------------------------------------------
     async def _listed(self) -> tuple[dict[str, tuple[bool, str]], _TagIndex] | None:
@@ -502,14 +621,13 @@ class BatchScheduler(Scheduler):
         One listing serves every job re-adopted within a second, but a listing older than
         the last submission with an unknown outcome is not reused: it cannot show that job.
         """
-        argv = self.listing_argv()
-        if argv is None:
-            return None
         now = time.monotonic()
         cache = self._listing
         if cache is not None and now - cache[0] < 1.0 and cache[0] > self._unknown_at:
             return cache[1], cache[2]
-        found: dict[str, tuple[bool, str]] = await self._query("listing", argv, self.parse_listing)
+        found = await self.list_jobs()
+        if found is None:
+            return None
         index = await anyio.to_thread.run_sync(self._index_tags, found)
         self._listing = (now, found, index)
         return found, index
@@ -589,33 +707,42 @@ class BatchScheduler(Scheduler):
 
     async def _find_ended(self, job: Job) -> str | None:
         """The id of this attempt once it left the listing, from accounting by its tag."""
-        if type(self).accounting_by_tag_argv is BatchScheduler.accounting_by_tag_argv:
+        if not self._by_tag_offered():
             return None  # not offered: the listing keeps ended jobs, or nothing can tell
         started = job.attempt_path(STARTED)
         if job.attempt < 1 or not await anyio.to_thread.run_sync(os.path.exists, started):
             return None  # it never started: nothing ran that could run twice
         where = await anyio.to_thread.run_sync(self._array_of, job)
         tag = self.tag(job) if where is None else self.array_tag(where[0])
-        argv = self.accounting_by_tag_argv(tag)
-        if argv is None:
+        records = await self.query_accounting_by_tag(tag)
+        if records is None:
             return None
-        records = await self._query("accounting", argv, self.parse_accounting)
         if where is None:
-            ids = [jid for jid in records if self.element_sep not in jid]
+            # A single job's tag; every element of a per-element array carries one too.
+            single = self.per_element_scripts
+            ids = [jid for jid in records if single or self.element_sep not in jid]
         else:
             task = str(self.array_first + where[1])
             ids = [jid for jid in records if jid.partition(self.element_sep)[2] == task]
         return max(ids, key=_numbers, default=None)
 
+    def _by_tag_offered(self) -> bool:
+        """Whether the subclass offers accounting by tag (either layer of it)."""
+        cls, base = type(self), BatchScheduler
+        return (
+            cls.query_accounting_by_tag is not base.query_accounting_by_tag
+            or cls.accounting_by_tag_argv is not base.accounting_by_tag_argv
+        )
+
     # -- killing ----------------------------------------------------------------------------
     async def kill_jobs(self, jobs: Sequence[Job]) -> list[BaseException | None]:
-        """One kill command for many jobs (``kill_chunk`` ids each); a failed one fails
-        only the jobs it carried."""
+        """One kill for many jobs (``kill_chunk`` ids each); a failed one fails only the
+        jobs it carried."""
         ids = [str(job.jid) for job in jobs if job.jid]
         errors: list[BaseException | None] = [None] * len(jobs)
         for part in chunks(ids, self.kill_chunk):
             try:
-                await self.run("kill", self.kill_argv(part))
+                await self.kill_ids(part)
             except SchedulerError as exc:
                 errors = [exc if job.jid in part else e for job, e in zip(jobs, errors)]
         return errors

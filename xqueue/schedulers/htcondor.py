@@ -15,6 +15,12 @@ command passed straight through (``request_cpus``, ``request_memory``,
 ``request_cpus``, ``request_memory`` (MiB) and ``request_gpus``; a command given in
 ``scheduler_opts`` wins over the mapped one.
 
+It is a ``BatchScheduler`` whose steps are bindings calls instead of command lines:
+``submit_unit`` is ``schedd.submit`` of a cluster (HTCondor's array), ``query_status`` one
+``schedd.query``, ``query_accounting`` one ``schedd.history``, ``kill_ids`` one
+``schedd.act(Remove)`` and ``list_jobs`` the same query read for tags; the base does the
+grouping, the accounting fallback, vanishing, recovery and batching as for Slurm and SGE.
+
 Status: ONE schedd query per tick, constrained on the run tag (``XqueueRun``, a custom
 attribute every job of the workdir carries), serves every active job. A job that left
 the queue is settled by its wrapper's return code file; one that left none is looked up
@@ -23,35 +29,39 @@ signal. A held job is reported with HTCondor's ``HoldReason``: by default it fai
 that reason and is removed (``on_hold="fail"``); ``on_hold="release"`` releases it up
 to ``max_releases`` times first, and ``on_hold="wait"`` leaves it for someone else.
 
-Kill: ``act(JobAction.Remove)`` for every job of a tick at once. Resume: a job whose id
-was recorded is followed by that id; one whose id never came back is found by its tag
-(``XqueueJob = "<index>.<attempt>"``).
+Kill: ``act(JobAction.Remove)`` for every job of a tick at once (``kill_chunk`` ids).
+Resume: a job whose id was recorded is followed by that id; one whose id never came back
+is found by its tag (``XqueueJob = "<index>.<attempt>"``) in the queue, or, once it left
+the queue, in the history.
 
 The bindings block: every call runs in a worker thread, one at a time (the library is
-not documented as thread-safe), under ``call_timeout``. Client settings come from the
-usual places (``CONDOR_CONFIG``, ``_CONDOR_*`` environment variables) and from the
-``config`` option, which sets HTCondor configuration knobs in this process (for
-example ``SEC_CLIENT_AUTHENTICATION_METHODS`` and ``SEC_CLAIMTOBE_USER``).
+not documented as thread-safe), under ``submit_timeout`` (a submission: past it, its
+outcome is unknown and the jobs are looked up by tag) or ``status_timeout`` (any other).
+Client settings come from the usual places (``CONDOR_CONFIG``, ``_CONDOR_*`` environment
+variables) and from the ``config`` option, which sets HTCondor configuration knobs in
+this process (for example ``SEC_CLIENT_AUTHENTICATION_METHODS`` and
+``SEC_CLAIMTOBE_USER``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
 from ..errors import SchedulerError, SchedulerOptionError, SubmissionError, SubmissionUnknownError
 from ..failures import FailureClass
 from ..job import SCRIPT, Job
-from ..options import SchedulerOptions
-from ..scheduler import JobState, Scheduler
+from ..scheduler import JobState
 from ..states import JobStatus
-from ..workdir import read_rc
-from ._cluster import attempt_of, best_match, chunks, group_by, matches, run_tag
+from ._cluster import attempt_of
+from .batch import BatchOptions, BatchScheduler, Submission, TagStyle
+
+if TYPE_CHECKING:
+    from ..workdir import Workdir
 
 log = logging.getLogger("xqueue.htcondor")
 T = TypeVar("T")
@@ -82,7 +92,10 @@ _HOLD_POLICIES = ("fail", "release", "wait")
 
 
 @dataclasses.dataclass
-class HTCondorOptions(SchedulerOptions):
+class HTCondorOptions(BatchOptions):
+    """``arrays``, ``submit_timeout`` (one submit call) and ``status_timeout`` (one
+    query, history or act call) are ``BatchOptions``'; any other key is a submit command."""
+
     collector: str = ""
     """The pool's collector (``host[:port]``); empty: the client configuration's."""
     schedd: str = ""
@@ -90,17 +103,11 @@ class HTCondorOptions(SchedulerOptions):
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     """HTCondor configuration knobs set in this process before the pool is contacted
     (process-wide), e.g. ``{"SEC_CLAIMTOBE_USER": "me"}``."""
-    arrays: bool = True
-    """Submit jobs fed together with the same resources as one cluster of many procs."""
     on_hold: str = "fail"
     """What a held job means: ``fail`` (with its HoldReason, and remove it), ``release``
     (release it up to ``max_releases`` times, then fail it) or ``wait`` (leave it)."""
     max_releases: int = 3
     """How often ``on_hold="release"`` releases one attempt before it fails it."""
-    call_timeout: float = 60.0
-    """Seconds one bindings call (submit, query, history, act) may take."""
-
-    accepts_extra = True
 
     def validate(self, scheduler: str) -> None:
         super().validate(scheduler)
@@ -109,8 +116,13 @@ class HTCondorOptions(SchedulerOptions):
                 f"{scheduler}: on_hold must be one of {', '.join(_HOLD_POLICIES)}, "
                 f"not {self.on_hold!r}"
             )
-        if self.max_releases < 0 or not self.call_timeout > 0:
-            raise SchedulerOptionError(f"{scheduler}: max_releases >= 0 and call_timeout > 0")
+        if self.max_releases < 0:
+            raise SchedulerOptionError(f"{scheduler}: max_releases must be >= 0")
+        if "call_timeout" in self.extra:  # it would reach HTCondor as a submit command
+            raise SchedulerOptionError(
+                f"{scheduler}: call_timeout is now submit_timeout (a submission) and "
+                "status_timeout (a query, history or act call)"
+            )
         if not isinstance(self.config, dict):
             raise SchedulerOptionError(f"{scheduler}: config must be a mapping of knobs")
         for key, value in [*self.extra.items(), *self.config.items()]:
@@ -225,39 +237,53 @@ def _htcondor() -> Any:
     return htcondor2
 
 
-class HTCondorScheduler(Scheduler):
-    """Jobs are HTCondor jobs (procs of one cluster when submitted together)."""
+class HTCondorScheduler(BatchScheduler):
+    """Jobs are HTCondor jobs (procs of one cluster when submitted together).
+
+    A ``BatchScheduler`` whose steps are bindings calls rather than command lines: the
+    base groups jobs into clusters, polls once per tick, looks ended jobs up in the
+    history, re-adopts by tag and kills in batches, as it does for Slurm and SGE.
+    """
 
     name = "htcondor"
     Options = HTCondorOptions
     options: HTCondorOptions
 
+    per_element_scripts = True  # each proc names its own wrapper (item data)
+    array_first = 0  # ProcId
+    element_sep = "."
+    max_array = _MAX_CLUSTER
+    query_by_id = False  # one query on the run tag lists every job of the workdir
+    # XqueueRun and XqueueJob, read back by list_jobs as "<run>:<index>.<attempt>".
+    tag_style = TagStyle("{run}:", ".", "@")
+
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self._tag = ""
         self._schedd: Any = None
         self._limiter = anyio.CapacityLimiter(1)
-        self._listing: tuple[float, dict[str, Any]] | None = None
-        self._unknown_at = 0.0
         self._releases: dict[Job, int] = {}
-        self._held_logged: set[Job] = set()
-
-    @property
-    def max_batch(self) -> int:
-        return _MAX_CLUSTER if self.options.arrays else 1 << 30
+        self._held: dict[str, Any] = {}  # id -> ad of a held job, from the last query
+        self._held_logged: set[str] = set()
+        self._removed: set[str] = set()  # ids this scheduler removed
 
     # -- the bindings, in a worker thread --------------------------------------------------
-    async def _call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
-        """One blocking bindings call in the worker thread, under ``call_timeout``."""
+    async def _call(self, what: str, fn: Callable[[], T], timeout: float) -> T:
+        """One blocking bindings call in the worker thread, under ``timeout``."""
         try:
-            with anyio.fail_after(self.options.call_timeout):
+            with anyio.fail_after(timeout):
                 return await anyio.to_thread.run_sync(
-                    fn, *args, limiter=self._limiter, abandon_on_cancel=True
+                    fn, limiter=self._limiter, abandon_on_cancel=True
                 )
         except TimeoutError as exc:
-            raise _Timeout(
-                f"htcondor: {what} took longer than {self.options.call_timeout:g} s"
-            ) from exc
+            raise _Timeout(f"htcondor: {what} took longer than {timeout:g} s") from exc
+
+    async def _ask(self, what: str, fn: Callable[[], T]) -> T:
+        """A query (status, history, listing), counted in ``status_calls``."""
+        self.stats.status_calls += 1
+        try:
+            return await self._call(what, fn, self.options.status_timeout)
+        except Exception as exc:
+            raise SchedulerError(f"htcondor: {what} failed: {exc}") from exc
 
     def _connect(self) -> Any:
         """Apply ``config``, find the schedd, return a handle on it. Blocking."""
@@ -272,37 +298,35 @@ class HTCondorScheduler(Scheduler):
             ad = ads[0] if len(ads) == 1 else collector.locate(htcondor.DaemonType.Schedd)
         return htcondor.Schedd(ad)
 
-    async def open(self, workdir: Any) -> None:
+    async def open(self, workdir: Workdir) -> None:
         await super().open(workdir)
-        self._tag = run_tag(str(workdir.path))
         try:
-            self._schedd = await self._call("finding the schedd", self._connect)
+            self._schedd = await self._call(
+                "finding the schedd", self._connect, self.options.status_timeout
+            )
         except Exception as exc:
             where = self.options.collector or "the configured collector"
             raise SchedulerError(
                 f"htcondor: cannot reach the schedd through {where}: {exc}"
             ) from exc
 
-    # -- submitting ------------------------------------------------------------------------
-    def _items(self, jobs: Sequence[Job]) -> list[dict[str, str]]:
-        """Each proc's item data; the scripts are written first. Blocking."""
-        items = []
-        for job in jobs:
-            self.write_script(job)
-            items.append(
-                {
-                    "xqscript": submit_value(job.attempt_path(SCRIPT)),
-                    "xqdir": submit_value(job.dir),
-                    "xqjob": f"{job.index}.{attempt_of(job)}",
-                }
-            )
-        return items
+    # -- submitting: one cluster, one proc per job -------------------------------------------
+    async def submit_unit(self, sub: Submission) -> str:
+        """One schedd submission: a cluster with one proc per job of ``sub``, each proc's
+        wrapper, folder and tag given as item data. Returns ``<cluster>.<first proc>``.
 
-    async def _submit(self, jobs: Sequence[Job]) -> list[str]:
-        """One schedd submission: a cluster with one proc per job; their ids in order."""
+        An array's throttle is not passed on: HTCondor keeps no ``forks`` of its own
+        (``chains`` is False), so the engine hands over no more jobs than may run."""
         htcondor = _htcondor()
-        items = await anyio.to_thread.run_sync(self._items, jobs)
-        desc = description(self._tag, jobs[0], self.options.extra)
+        items = [
+            {
+                "xqscript": submit_value(job.attempt_path(SCRIPT)),
+                "xqdir": submit_value(job.dir),
+                "xqjob": f"{job.index}.{attempt_of(job)}",
+            }
+            for job in sub.jobs
+        ]
+        desc = description(self.run_tag, sub.job, self.options.extra)
         schedd = self._schedd
 
         def submit() -> Any:
@@ -310,161 +334,114 @@ class HTCondorScheduler(Scheduler):
 
         self.stats.submit_calls += 1
         try:
-            result = await self._call("submit", submit)
+            result = await self._call("submit", submit, self.options.submit_timeout)
         except _Timeout as exc:
-            self._unknown_at = time.monotonic()
             raise SubmissionUnknownError(f"{exc}; the jobs may have been queued") from exc
         except Exception as exc:
             raise _submit_error(exc) from exc
-        cluster, first = int(result.cluster()), int(result.first_proc())
-        return [f"{cluster}.{first + i}" for i in range(len(jobs))]
+        return f"{int(result.cluster())}.{int(result.first_proc())}"
 
-    async def submit_job(self, job: Job) -> str:
-        return (await self._submit([job]))[0]
+    def job_ids(self, sub: Submission, base: str) -> list[str]:
+        """``<cluster>.<proc>`` of each job, from the cluster and its first proc."""
+        cluster, _, first = base.partition(".")
+        return [f"{cluster}.{int(first) + k}" for k in range(len(sub.jobs))]
 
-    async def submit_jobs(self, jobs: Sequence[Job]) -> list[str | BaseException]:
-        """Jobs with the same resources as procs of one cluster (at most 1000 a cluster).
-
-        A refused submission fails the jobs it carried, with HTCondor's message."""
-        units: list[Sequence[Job]] = []
-        if self.options.arrays:
-            for group in group_by(jobs, lambda j: j.resources).values():
-                units.extend(chunks(group, _MAX_CLUSTER))
-        else:
-            units = [[job] for job in jobs]
-        results: dict[Job, str | BaseException] = {}
-
-        async def one(unit: Sequence[Job]) -> None:
-            try:
-                ids: list[str | BaseException] = list(await self._submit(unit))
-            except Exception as exc:
-                ids = [exc] * len(unit)
-            results.update(zip(unit, ids))
-
-        async with anyio.create_task_group() as tg:
-            for unit in units:
-                tg.start_soon(one, unit)
-        return [results[job] for job in jobs]
-
-    # -- status ----------------------------------------------------------------------------
+    # -- status: one query on the run tag ----------------------------------------------------
     async def _queue(self) -> dict[str, Any]:
         """Every job of this workdir in the schedd's queue, by id: ONE query."""
         schedd = self._schedd
-        constraint = f'{RUN_ATTR} == "{self._tag}"'
-        self.stats.status_calls += 1
-        try:
-            ads = await self._call("query", lambda: schedd.query(constraint, PROJECTION))
-        except Exception as exc:
-            raise SchedulerError(f"htcondor: querying the schedd failed: {exc}") from exc
-        listing = {_jid(ad): ad for ad in ads}
-        self._listing = (time.monotonic(), listing)
-        return listing
-
-    async def _history(self, ids: Sequence[str]) -> dict[str, Any]:
-        """How jobs that left the queue ended: ONE history call for all of them."""
-        schedd = self._schedd
-        pairs = [jid.split(".") for jid in ids]
-        which = " || ".join(f"(ClusterId == {c} && ProcId == {p})" for c, p in pairs)
-        constraint = f'{RUN_ATTR} == "{self._tag}" && ({which})'
-        self.stats.status_calls += 1
-        try:
-            ads = await self._call(
-                "history", lambda: list(schedd.history(constraint, PROJECTION, match=len(ids)))
-            )
-        except Exception as exc:
-            raise SchedulerError(f"htcondor: reading the schedd's history failed: {exc}") from exc
+        constraint = f'{RUN_ATTR} == "{self.run_tag}"'
+        ads = await self._ask("querying the schedd", lambda: schedd.query(constraint, PROJECTION))
         return {_jid(ad): ad for ad in ads}
 
-    async def poll_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobState]:
-        queue = await self._queue()
-        held: list[tuple[Job, bool, JobState | None]] = []
-        gone: list[Job] = []
-        on_hold: list[tuple[Job, Any]] = []
-        for job in jobs:
-            ad = queue.get(job.jid or "")
-            status = ad.get("JobStatus") if ad is not None else None
-            if status in ALIVE:
-                held.append((job, True, None))
+    async def query_status(self, ids: Sequence[str]) -> dict[str, JobState]:
+        """Idle is submitted; running, transferring, suspended and being removed are
+        running; completed (not yet out of the queue) is its verdict. A held job is
+        failed with its ``HoldReason`` (``explain`` applies ``on_hold``), or left waiting
+        when ``on_hold="wait"``."""
+        states: dict[str, JobState] = {}
+        self._held = {}
+        for jid, ad in (await self._queue()).items():
+            status = ad.get("JobStatus")
+            if status == IDLE:
+                states[jid] = JobState(JobStatus.SUBMITTED)
+            elif status in ALIVE:
+                states[jid] = JobState(JobStatus.RUNNING)
             elif status == HELD:
-                on_hold.append((job, ad))
-            elif status == COMPLETED:
-                held.append((job, False, ended_state(ad, job.kill_requested)))
-            else:
-                gone.append(job)
-        held += await self._held(on_hold)
-        unresolved = await anyio.to_thread.run_sync(
-            lambda: [job.jid for job in gone if job.jid and read_rc(job) is None]
-        )
-        past = await self._history([j for j in unresolved if j]) if unresolved else {}
-        for job in gone:
-            ad = past.get(job.jid or "")
-            held.append((job, False, ended_state(ad, job.kill_requested) if ad else None))
-        return await anyio.to_thread.run_sync(
-            lambda: {job: self.reconcile(job, alive, verdict) for job, alive, verdict in held}
-        )
+                if jid not in self._held_logged:
+                    self._held_logged.add(jid)
+                    log.warning("job %s: held: %s", jid, ad.get("HoldReason"))
+                if self.options.on_hold == "wait":
+                    states[jid] = JobState(JobStatus.SUBMITTED)
+                else:
+                    self._held[jid] = ad
+                    states[jid] = held_state(ad)
+            elif (ended := ended_state(ad, jid in self._removed)) is not None:
+                states[jid] = ended
+        return states
 
-    async def _held(self, jobs: list[tuple[Job, Any]]) -> list[tuple[Job, bool, JobState | None]]:
-        """Held jobs, per ``on_hold``: failed with the reason, released, or left waiting."""
-        out: list[tuple[Job, bool, JobState | None]] = []
+    async def explain(self, states: dict[Job, JobState]) -> dict[Job, JobState]:
+        """``on_hold`` for the held jobs of this tick: a job being killed, or one
+        ``on_hold="release"`` releases (up to ``max_releases`` times), is still held."""
         release: list[Job] = []
-        for job, ad in jobs:
-            if job not in self._held_logged:
-                self._held_logged.add(job)
-                log.warning("job %s (%s): held: %s", job.index, job.jid, ad.get("HoldReason"))
+        for job, state in states.items():
+            if job.jid not in self._held or state.rc is not None or not state.kill:
+                continue
             policy = self.options.on_hold
-            if policy == "release" and self._releases.get(job, 0) < self.options.max_releases:
-                release.append(job)
-                out.append((job, True, None))
-            elif policy == "wait" or job.kill_requested:
-                out.append((job, True, None))
-            else:
-                state = held_state(ad)
-                if policy == "release":
-                    state = dataclasses.replace(
-                        state, reason=f"{state.reason}; released {self.options.max_releases} times"
-                    )
-                out.append((job, True, state))
+            if job.kill_requested or (
+                policy == "release" and self._releases.get(job, 0) < self.options.max_releases
+            ):
+                if not job.kill_requested:
+                    release.append(job)
+                states[job] = await anyio.to_thread.run_sync(self.reconcile, job, True)
+            elif policy == "release":
+                why = f"{state.reason}; released {self.options.max_releases} times"
+                states[job] = dataclasses.replace(state, reason=why)
         if release:
-            await self._act("Release", release, "xqueue: on_hold=release")
+            await self._act("Release", [str(job.jid) for job in release], "xqueue: on_hold=release")
             for job in release:
                 self._releases[job] = self._releases.get(job, 0) + 1
-                self._held_logged.discard(job)
-        return out
+                self._held_logged.discard(str(job.jid))
+        return states
 
-    async def job_is_running(self, job: Job) -> bool:
-        ad = (await self._queue()).get(job.jid or "")
-        return ad is not None and ad.get("JobStatus") in ALIVE | {HELD}
+    async def query_accounting(self, ids: Sequence[str]) -> dict[str, JobState]:
+        """How jobs that left the queue ended: ONE history call for all of them."""
+        pairs = [jid.split(".", 1) for jid in ids]
+        which = " || ".join(f"(ClusterId == {c} && ProcId == {p})" for c, p in pairs)
+        return await self._history(f"({which})", len(ids))
 
-    # -- resume ----------------------------------------------------------------------------
-    async def recover_job(self, job: Job) -> bool:
-        """Find a job an earlier run submitted: by its id, or by its ``XqueueJob`` tag.
+    async def query_accounting_by_tag(self, tag: str) -> dict[str, JobState]:
+        """The ended jobs carrying a job's tag (``XqueueJob``), from the history."""
+        mark = tag.rpartition(":")[2]
+        return await self._history(f'{JOB_ATTR} == "{mark}"', -1)
 
-        One queue listing serves every job re-adopted within a second (but never one
-        older than the last submission whose outcome was unknown). ``job.jid`` is set
-        when the job is found; a job no longer queued is then settled by polling (its
-        return code file, or the schedd's history)."""
-        cached = self._listing
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < 1.0 and cached[0] > self._unknown_at:
-            queue = cached[1]
-        else:
-            queue = await self._queue()
-        if job.jid is None:
-            found = []
-            for jid, ad in queue.items():
-                index, _, attempt = str(ad.get(JOB_ATTR) or "").partition(".")
-                if index == str(job.index) and attempt.isdigit() and matches(job, int(attempt)):
-                    found.append((jid, int(attempt)))
-            job.jid = best_match(job, found)
-        ad = queue.get(job.jid or "")
-        return ad is not None and ad.get("JobStatus") in ALIVE | {HELD}
+    async def _history(self, constraint: str, match: int) -> dict[str, JobState]:
+        schedd = self._schedd
+        where = f'{RUN_ATTR} == "{self.run_tag}" && {constraint}'
+        ads = await self._ask(
+            "reading the schedd's history",
+            lambda: list(schedd.history(where, PROJECTION, match=match)),
+        )
+        found = {_jid(ad): ended_state(ad, _jid(ad) in self._removed) for ad in ads}
+        return {jid: state for jid, state in found.items() if state is not None}
 
-    # -- killing ---------------------------------------------------------------------------
-    async def _act(self, action: str, jobs: Sequence[Job], reason: str) -> None:
+    # -- recovery and killing ----------------------------------------------------------------
+    async def list_jobs(self) -> dict[str, tuple[bool, str]]:
+        """This workdir's jobs in the queue (the same one query): held while not ended,
+        each with its tag ``<run>:<XqueueJob>``."""
+        prefix = self.tag_style.prefix.format(run=self.run_tag)
+        return {
+            jid: (ad.get("JobStatus") in ALIVE | {HELD}, f"{prefix}{ad.get(JOB_ATTR) or ''}")
+            for jid, ad in (await self._queue()).items()
+        }
+
+    async def kill_ids(self, ids: Sequence[str]) -> None:
+        """One ``Remove`` for these jobs; one that has already left is not an error."""
+        self._removed.update(ids)
+        await self._act("Remove", ids, "xqueue: killed")
+
+    async def _act(self, action: str, ids: Sequence[str], reason: str) -> None:
         htcondor = _htcondor()
-        ids = [job.jid for job in jobs if job.jid]
-        if not ids:
-            return
         schedd = self._schedd
         self.stats.kill_calls += action == "Remove"
         try:
@@ -472,32 +449,23 @@ class HTCondorScheduler(Scheduler):
                 action.lower(),
                 # A plain string reason is dropped by the bindings (25.x); a (reason,
                 # code) pair reaches the schedd, which records it as RemoveReason.
-                lambda: schedd.act(getattr(htcondor.JobAction, action), ids, reason=(reason, None)),
+                lambda: schedd.act(
+                    getattr(htcondor.JobAction, action), list(ids), reason=(reason, None)
+                ),
+                self.options.status_timeout,
             )
         except Exception as exc:
             raise SchedulerError(f"htcondor: {action} of {len(ids)} jobs failed: {exc}") from exc
 
-    async def kill_jobs(self, jobs: Sequence[Job]) -> list[BaseException | None]:
-        """One ``Remove`` for every job; a job that has already left is not an error."""
-        try:
-            await self._act("Remove", jobs, "xqueue: killed")
-        except SchedulerError as exc:
-            return [exc] * len(jobs)
-        return [None] * len(jobs)
-
-    async def kill_job(self, job: Job) -> None:
-        (error,) = await self.kill_jobs([job])
-        if error is not None:
-            raise error
-
     def forget(self, job: Job) -> None:
         super().forget(job)
         self._releases.pop(job, None)
-        self._held_logged.discard(job)
+        self._held_logged.discard(str(job.jid))
+        self._removed.discard(str(job.jid))
 
 
 class _Timeout(SchedulerError):
-    """A bindings call outlived ``call_timeout`` (it may still complete in its thread)."""
+    """A bindings call outlived its timeout (it may still complete in its thread)."""
 
 
 def _submit_error(exc: Exception) -> SubmissionError:

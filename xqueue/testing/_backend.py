@@ -44,6 +44,10 @@ class Backend:
     ended ones included, when each test ends)."""
     timeout: float = 60.0
     """Seconds any one run of a test may take."""
+    root: Path | None = None
+    """The folder each test makes its workdir in (None: pytest's ``tmp_path``). A system
+    that sees only part of this machine's file system at the same path (a pool sharing
+    one folder) names a folder in that part; the test cleans up what it made there."""
 
     cls: type[Scheduler] = field(init=False)
     """The scheduler's class, looked up once when the fixture makes the backend (the
