@@ -82,6 +82,8 @@ __all__ = [
 ]
 
 _SLUG_MAX = 40
+# json.dumps(spec, sort_keys=True), without building an encoder per call (the same text).
+_SPEC_ENCODER = json.JSONEncoder(sort_keys=True)
 # Text that python-slugify only lowercases and splits at non-alphanumerics: no quote,
 # no "&" (entities), no comma (between digits it is dropped), nothing beyond ASCII.
 _PLAIN = re.compile(r"[A-Za-z0-9 \t./:=_+@%^*()\[\]{}<>|;!?~#$-]*")
@@ -309,7 +311,7 @@ def job_spec(job: Job) -> str:
     }
     if job.params:  # only when given: the spec, so the identity, of other jobs is unchanged
         spec["params"] = job.params
-    return json.dumps(spec, sort_keys=True)
+    return _SPEC_ENCODER.encode(spec)
 
 
 class Workdir:
