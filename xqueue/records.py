@@ -503,13 +503,11 @@ class WorkdirReader:
                         self._digests[tail[:-3].decode(errors="replace")] = digest(text[start:])
         return self._digests.pop(folder, None)
 
-    def spec_text(self, folder: str, *, forget: bool = False) -> str | None:
+    def spec_text(self, folder: str) -> str | None:
         """What the job is, as the JSON text xqueue wrote (``specs.jsonl``, or the folder's
         ``job.json`` in an older workdir); None if there is none: the folder was made but
-        its job never submitted. ``forget``: drop it from memory (a resume reads each one
-        once, and a million of them add up)."""
-        texts = self._spec_texts()
-        text = texts.pop(folder, None) if forget else texts.get(folder)
+        its job never submitted."""
+        text = self._spec_texts().get(folder)
         if text is None:
             text = read_text(os.path.join(self.path, folder, SPEC_FILE))
         return text
