@@ -9,6 +9,13 @@ The runnable runs the wrapper from there, so ``started``, ``stdout``, ``stderr``
 downloaded into the local job folder (``_gcs.Staging``) and the job is settled from them
 exactly as a cluster job is from its shared files (``Scheduler.reconcile``).
 
+With a ``gs://`` workdir (``remote_workdir``; ``remote_store`` makes its storage) there
+is no staging bucket: a job's folder in the bucket is its workdir folder,
+``<prefix>/<index>-<slug>/``, which every attempt's Batch job mounts; ``job.json`` goes
+up with the wrapper; the run tag comes from the URL, so a run on another machine finds
+the jobs by their labels; and the journal is copied to the bucket every
+``journal_interval`` and when the run ends (``aclose``).
+
 The API is driven with the official ``google-cloud-batch`` async client (grpc.aio). It
 runs on asyncio only; under trio its calls go through ``_aio.AsyncioBridge``'s private
 loop, like asyncssh and aiodocker. Storage calls are blocking and go to worker threads.
