@@ -1,29 +1,34 @@
 """A workdir in cloud storage (``gs://bucket/prefix``): job files there, records here.
 
-A run keeps everything only its controller touches in a local folder: the journal, the
-lock, the event stream, ``run.json`` and kill requests, and a copy of each job's files.
-Those are local on purpose: the lock is a ``flock`` and the journal one ``O_APPEND``
-write per record, which an object store cannot offer, and ``xqueue cancel`` signals a
-process on this machine. The jobs' own files (``job.json``, the wrapper, what the
-wrapper writes) live in the bucket under ``<prefix>/<index>-<slug>/``, the same layout
-as a local workdir; the scheduler puts them there and reads them back (the scheduler
-is the only party that knows how its jobs reach storage, so a scheduler that cannot is
-refused up front: ``UsesRemoteWorkdir``).
+A run keeps everything only its controller touches in a local folder: the journal and
+``specs.jsonl``, the lock, the event stream, ``run.json`` and kill requests, and a copy
+of each job's files. Those are local on purpose: the lock is a ``flock`` and the
+journal and specs are appended a write at a time, which an object store cannot offer,
+and ``xqueue cancel`` signals a process on this machine. The jobs' own files (the
+wrapper, what the wrapper writes) live in the bucket under ``<prefix>/<index>-<slug>/``,
+the same layout as a local workdir; the scheduler puts them there and reads them back
+(the scheduler is the only party that knows how its jobs reach storage, so a scheduler
+that cannot is refused up front: ``UsesRemoteWorkdir``).
 
 The local folder is a cache of the bucket, by default under the user's cache folder
 (``default_local_dir``): private to the user, kept across reboots (unlike ``/tmp``) and
 safe to delete, since the bucket holds everything a later run needs:
 
-- each job's ``job.json`` and wrapper go to the bucket before its job is created, so
-  the bucket always names every attempt that may have started;
-- the journal is copied to ``<prefix>/journal.jsonl`` at checkpoints and at the end of
+- ``specs.jsonl`` (what each job folder's job is) is copied to ``<prefix>/specs.jsonl``
+  before a job's wrapper goes up (``RemoteWorkdir.push_specs``, once for all the
+  jobs submitted meanwhile), so the bucket always names every attempt that may have
+  started, and which job it is: a folder with no spec counts as never used;
+- both it and the journal are copied to ``<prefix>/`` at checkpoints and at the end of
   a run (``RemoteWorkdir.push``).
 
+A job's spec has no file of its own in the bucket: only a resume reads it, and the
+wrapper carries the command already.
+
 When a run first locks the local folder, it brings it up to date from the bucket
-(``RemoteWorkdir.pull``): the bucket's journal replaces a local one that is a prefix
-of it (another machine went on from here), job files are downloaded, and an attempt
-whose wrapper reached the bucket after the journal's last copy (a controller that died
-between checkpoints) is journalled as "being submitted". The engine then looks such a
+(``RemoteWorkdir.pull``): the bucket's journal and specs replace local ones that are a
+prefix of them (another machine went on from here), job files are downloaded, and an
+attempt whose wrapper reached the bucket after the journal's last copy (a controller
+that died between checkpoints) is journalled as "being submitted". The engine then looks such a
 job up with the backend (by its labels) before it would run it again, exactly as after
 a crash on one machine. So a run resumed elsewhere, with an empty cache, skips what
 succeeded and re-adopts what may still run, and a job never runs twice.
@@ -39,6 +44,7 @@ import hashlib
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,8 +52,8 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .errors import ConfigError, WorkdirError
-from .job import SPEC_FILE, Job
-from .records import JOURNAL_FILE, WorkdirReader, read_bytes
+from .job import Job
+from .records import JOURNAL_FILE, SPECS_FILE, WorkdirReader, read_bytes
 from .states import JobStatus
 from .workdir import Workdir, atomic_write, slug
 
@@ -60,10 +66,12 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 # The files of a job folder that exist in the bucket, by name; anything else is ignored.
 # Always fullmatch(): "$" would let a name end with a line break.
 JOB_FILE = re.compile(
-    r"job\.json|job\.status|call\.pkl|job\.[0-9]{1,9}\.(sh|started|stdout|stderr|rc|result)"
+    r"job\.status|call\.pkl|job\.[0-9]{1,9}\.(sh|started|stdout|stderr|rc|result)"
 )
 _FOLDER = re.compile(r"[0-9]{1,18}-[a-z0-9-]{1,80}")  # <index>-<slug>, as Workdir names them
 _SCRIPT = re.compile(r"job\.([0-9]{1,9})\.sh")
+# The workdir's own records copied to ``<prefix>/<name>``: what a resume elsewhere reads.
+COPIED = (JOURNAL_FILE, SPECS_FILE)
 _IN_FLIGHT = {JobStatus.SUBMITTING.value, JobStatus.SUBMITTED.value, JobStatus.RUNNING.value}
 
 
@@ -143,10 +151,12 @@ class RemoteStore(Protocol):
     url: WorkdirURL
     local_dir: str  # empty: default_local_dir(url)
 
-    def read_journal(self) -> tuple[bytes, float] | None:
-        """The journal's last copy and when it was written (the store's clock)."""
+    def read_copy(self, name: str) -> tuple[bytes, float] | None:
+        """The last copy of a record file (``COPIED``) and when it was written (the
+        store's clock); None if there is none."""
 
-    def write_journal(self, data: bytes) -> None: ...
+    def write_copy(self, name: str, data: bytes) -> None:
+        """Replace the copy of a record file (``COPIED``) with ``data``."""
 
     def list_files(self) -> Sequence[RemoteFile]:
         """Every job file under the prefix whose folder and name ``JOB_FILE`` accepts."""
@@ -184,7 +194,11 @@ class RemoteWorkdir(Workdir):
         self.store = store
         super().__init__(store.local_dir or default_local_dir(store.url), trust=trust)
         self._pulled = False
-        self._pushed = -1
+        # Per copied file: the length of the bucket's copy (-1: unknown, copy it) and
+        # of the local file when last read (unchanged: nothing to copy, nothing to read).
+        self._pushed = dict.fromkeys(COPIED, -1)
+        self._seen = dict.fromkeys(COPIED, -1)
+        self._pushing = {name: threading.Lock() for name in COPIED}
 
     def lock(self) -> None:
         """Take the local lock, then, once per queue, bring the folder up to date."""
@@ -201,22 +215,68 @@ class RemoteWorkdir(Workdir):
             raise
         except Exception as exc:  # the store's own errors (network, permission)
             raise WorkdirError(f"cannot read workdir {self.url.text}: {exc}") from exc
+        # What was read before the pull (nothing, normally) is stale now.
+        self.reader = WorkdirReader(self.path)
+        self._names = None
 
     def push(self) -> bool:
-        """Copy the journal to the bucket if it grew since the last copy (blocking)."""
-        data = read_bytes(self.path / JOURNAL_FILE, regular=True) or b""
-        if len(data) == self._pushed:
-            return False
-        self.store.write_journal(data)
-        self._pushed = len(data)
-        return True
+        """Copy the specs and the journal to the bucket where they grew since the last
+        copy (blocking); whether anything was copied. Specs first: a journal copy then
+        never names a folder whose job the bucket does not know."""
+        specs = self._push_copy(SPECS_FILE)
+        return self._push_copy(JOURNAL_FILE) or specs
+
+    def push_specs(self) -> None:
+        """Make sure the bucket's ``specs.jsonl`` names every job folder made so far
+        (blocking). Called before a job's wrapper goes up; jobs submitted at the same
+        time wait for one copy, which names them all."""
+        self._push_copy(SPECS_FILE)
+
+    def _push_copy(self, name: str) -> bool:
+        path = self.path / name
+        with self._pushing[name]:
+            try:
+                size = os.stat(path, follow_symlinks=False).st_size
+            except FileNotFoundError:
+                size = 0
+            if size == self._seen[name]:
+                return False
+            data = read_bytes(path, regular=True) or b""
+            self._seen[name] = len(data)
+            data = data[: data.rfind(b"\n") + 1]  # whole lines: a batch may be half written
+            if len(data) == self._pushed[name]:
+                return False
+            self.store.write_copy(name, data)
+            self._pushed[name] = len(data)
+            return True
 
 
 def _pull(wd: RemoteWorkdir) -> None:
-    path = wd.path / JOURNAL_FILE
+    copy = wd.store.read_copy(JOURNAL_FILE)
+    newer = _adopt(wd, JOURNAL_FILE, copy)
+    _adopt(wd, SPECS_FILE, wd.store.read_copy(SPECS_FILE))
+    files = wd.store.list_files()
+    for file in files:
+        _fetch(wd, file, overwrite=newer)
+    if newer:
+        _journal_unrecorded(wd, files, copy[1] if copy is not None else None)
+
+
+def _adopt(wd: RemoteWorkdir, name: str, copy: tuple[bytes, float] | None) -> bool:
+    """Bring one append-only record file up to date from its copy in the bucket; whether
+    the bucket's copy was the newer (then the local file is that copy now).
+
+    Appended to on one machine at a time, the two differ only by one having gone on
+    from the other. When both went on, the bucket's is used and the local file kept
+    aside. For the journal that means two controllers ran from the same copy (warned).
+    For the specs it also happens in turn: folders made here and never submitted
+    (their specs were never copied), then a run elsewhere; the bucket's copy names
+    every folder that was submitted, so nothing is lost (the local folders without a
+    spec there count as never used).
+    """
+    path = wd.path / name
     local = read_bytes(path, regular=True) or b""
-    copy = wd.store.read_journal()
-    remote, since = copy if copy is not None else (b"", None)
+    remote = copy[0] if copy is not None else b""
     if remote.startswith(local):
         newer = True  # the bucket's copy is this one, or went on from it
     elif local.startswith(remote):
@@ -224,9 +284,10 @@ def _pull(wd: RemoteWorkdir) -> None:
     else:
         aside = f"{path}.diverged-{time.time_ns()}"
         os.replace(path, aside)
-        log.warning(
-            "the journal in %s and the one of %s went different ways (two machines ran "
-            "from the same copy); the bucket's is used, this one is kept as %s",
+        (log.warning if name == JOURNAL_FILE else log.info)(
+            "%s in %s and the one of %s went different ways; the bucket's is used, "
+            "this one is kept as %s",
+            name,
             wd.path,
             wd.url.text,
             aside,
@@ -234,12 +295,9 @@ def _pull(wd: RemoteWorkdir) -> None:
         newer, local = True, b""
     if newer and len(remote) > len(local):
         atomic_write(str(path), remote)
-    files = wd.store.list_files()
-    for file in files:
-        _fetch(wd, file, overwrite=newer)
-    if newer:
-        _journal_unrecorded(wd, files, since)
-    wd._pushed = len(remote) if newer else -1
+    wd._pushed[name] = len(remote) if newer else -1
+    wd._seen[name] = -1
+    return newer
 
 
 def _fetch(wd: RemoteWorkdir, file: RemoteFile, overwrite: bool) -> None:
@@ -294,14 +352,15 @@ def _journal_unrecorded(
             newest[file.folder] = seen
     if not newest:
         return
-    records = WorkdirReader(wd.path).journal()  # a reader of its own: read after the pull
+    reader = WorkdirReader(wd.path)  # a reader of its own: read after the pull
+    records = reader.journal()
     jobs = []
     for folder, (_, attempt) in sorted(newest.items()):
         record = records.get(folder)
         if record and record.get("attempt") == attempt and record.get("status") in _IN_FLIGHT:
             continue
-        if not (wd.path / folder / SPEC_FILE).is_file():
-            continue  # no job.json: no run can feed it as this folder's job
+        if reader.spec_text(folder) is None:
+            continue  # not a submission of ours (a spec goes up before its wrapper)
         job = Job(int(folder.partition("-")[0]), ["true"])
         job.dir = str(wd.path / folder)
         job.status = JobStatus.SUBMITTING

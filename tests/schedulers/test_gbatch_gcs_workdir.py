@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import uuid
 from contextlib import redirect_stdout
@@ -107,7 +108,6 @@ async def test_job_files_live_in_the_bucket_and_outputs_are_read_back(
     for i in range(3):
         folder = f"{i}-j{i}"
         assert {n.split("/", 1)[1] for n in stored if n.startswith(f"{folder}/")} == {
-            "job.json",
             "job.1.sh",
             "job.1.started",
             "job.1.stdout",
@@ -116,13 +116,14 @@ async def test_job_files_live_in_the_bucket_and_outputs_are_read_back(
         }
         assert stored[f"{folder}/job.1.rc"] == f"{i % 2}\n".encode()
         assert stored[f"{folder}/job.1.stdout"] == f"out {i}\n".encode()
-        assert (
-            stored[f"{folder}/job.json"]
-            == await anyio.Path(local / folder / "job.json").read_bytes()
-        )
-    # The journal is copied at the end of the run; lock and events stay local.
-    assert stored["journal.jsonl"] == await anyio.Path(local / "journal.jsonl").read_bytes()
-    assert set(stored) - {n for n in stored if "/" in n} == {"journal.jsonl"}
+    # The journal and the specs are copied (at the end of the run at the latest); a
+    # job's spec has no object of its own; lock and events stay local.
+    for name in ("journal.jsonl", "specs.jsonl"):
+        assert stored[name] == await anyio.Path(local / name).read_bytes()
+    assert [json.loads(line)["dir"] for line in stored["specs.jsonl"].splitlines()] == [
+        f"{i}-j{i}" for i in range(3)
+    ]
+    assert set(stored) - {n for n in stored if "/" in n} == {"journal.jsonl", "specs.jsonl"}
     assert await anyio.Path(local / "events.jsonl").exists()
     # Each Batch job mounts its job's folder under the prefix.
     assert jobs[0].jid
@@ -142,10 +143,17 @@ async def test_a_resume_from_an_empty_local_folder_runs_nothing_again(
     with anyio.fail_after(60):
         await first.run_until_complete()
     assert [j.status for j in first.jobs] == [JobStatus.FINISHED] * 3 + [JobStatus.FAILED]
+    # What says which job each folder holds is the bucket's specs.jsonl, not a file per job.
+    stored = await objects(gcloud, prefix)
+    specs = stored["specs.jsonl"]
+    assert [json.loads(line)["spec"]["command"] for line in specs.splitlines()] == cmds
+    assert not [n for n in stored if n.endswith("job.json")]
 
     # Another machine: the same URL, a local folder that does not exist yet.
     second = gs_queue(gcloud, project, prefix, tmp_path / "b", forks=4, error_strategy="ignore")
     jobs = [await second.feed(c) for c in cmds]
+    # The specs came from the bucket (the first feed pulled them): the jobs are known.
+    assert (await anyio.Path(tmp_path / "b" / "specs.jsonl").read_bytes()).startswith(specs)
     with anyio.fail_after(60):
         await second.run_until_complete()
     for i, job in enumerate(jobs[:3]):
@@ -171,7 +179,7 @@ async def _submit_and_die(
     await sched.open(wd)
     try:
         for job in jobs:
-            wd.prepare(job, make=True)
+            await anyio.to_thread.run_sync(lambda job=job: wd.prepare(job, make=True))
             job.attempt = max(job.attempt, 0) + 1
             job.status = JobStatus.SUBMITTING
         wd.record_many(jobs)
@@ -193,10 +201,14 @@ async def test_a_controller_lost_before_its_first_checkpoint_is_resumed_elsewher
 ) -> None:
     marker = tmp_path / "ran"
     cmds = [f"echo {i} >> {marker}; sleep 1; echo done {i}" for i in range(4)]
-    ids = await _submit_and_die(
-        gcloud, project, prefix, tmp_path / "a", [Job(i, c) for i, c in enumerate(cmds)], 2
-    )
-    assert "journal.jsonl" not in await objects(gcloud, prefix)
+    lost = [Job(i, c) for i, c in enumerate(cmds)]
+    ids = await _submit_and_die(gcloud, project, prefix, tmp_path / "a", lost, 2)
+    stored = await objects(gcloud, prefix)
+    assert "journal.jsonl" not in stored
+    # The specs went up before the jobs were created: the resume knows what they are.
+    assert [json.loads(line)["dir"] for line in stored["specs.jsonl"].splitlines()] == [
+        Path(job.dir).name for job in lost
+    ]
 
     q = gs_queue(gcloud, project, prefix, tmp_path / "b", forks=4)
     jobs = [await q.feed(c) for c in cmds]
@@ -238,6 +250,46 @@ async def test_an_attempt_newer_than_the_journal_copy_is_not_run_again(
     assert q.statistics().submit_calls == 0
 
 
+async def test_a_folder_made_here_but_never_submitted_yields_to_a_run_elsewhere(
+    gcloud: Gcloud, project: str, prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The local specs.jsonl and the bucket's can go different ways with one controller
+    at a time: this machine made a folder and died before submitting it (its spec never
+    went up), then a run elsewhere went on. The bucket's specs win, and nothing runs twice."""
+    first = gs_queue(gcloud, project, prefix, tmp_path / "a")
+    await first.feed(["echo", "zero"])
+    with anyio.fail_after(30):
+        await first.run_until_complete()
+    sched = GbatchScheduler(**gs_options(gcloud, project, tmp_path / "a"))
+    wd = make_workdir(f"gs://{BUCKET}/{prefix}", sched, None)
+    await anyio.to_thread.run_sync(wd.lock)
+    try:  # job 1's folder and spec, here only
+        await anyio.to_thread.run_sync(lambda: wd.prepare(Job(1, ["echo", "never"]), make=True))
+    finally:
+        wd.unlock()
+
+    second = gs_queue(gcloud, project, prefix, tmp_path / "b")
+    await second.feed(["echo", "zero"])
+    other = await second.feed(["echo", "one"])  # job 1 is another job there
+    with anyio.fail_after(30):
+        await second.run_until_complete()
+    assert other.status is JobStatus.FINISHED, other.reason
+    bucket_specs = (await objects(gcloud, prefix))["specs.jsonl"]
+
+    third = gs_queue(gcloud, project, prefix, tmp_path / "a")
+    jobs = [await third.feed(["echo", "zero"]), await third.feed(["echo", "one"])]
+    with anyio.fail_after(30):
+        await third.run_until_complete()
+    for job in jobs:
+        assert job.status is JobStatus.FINISHED and job.reason == "succeeded in an earlier run"
+    assert await read_text(jobs[1].stdout_path) == "one\n"
+    assert third.statistics().submit_calls == 0
+    assert await anyio.Path(tmp_path / "a" / "specs.jsonl").read_bytes() == bucket_specs
+    aside = [p async for p in anyio.Path(tmp_path / "a").glob("specs.jsonl.diverged-*")]
+    assert len(aside) == 1 and b"never" in await aside[0].read_bytes()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
 async def test_hostile_names_and_planted_objects_stay_in_their_place(
     gcloud: Gcloud, project: str, prefix: str, tmp_path: Path
 ) -> None:
@@ -253,15 +305,15 @@ async def test_hostile_names_and_planted_objects_stay_in_their_place(
     stored = await objects(gcloud, prefix)
     folder = Path(job.dir).name
     assert re.fullmatch(r"0-[a-z0-9-]+", folder)
-    assert set(stored) == {"journal.jsonl"} | {
-        f"{folder}/{n}"
-        for n in ("job.json", *(f"job.1.{k}" for k in "sh started stdout stderr rc".split()))
+    assert set(stored) == {"journal.jsonl", "specs.jsonl"} | {
+        f"{folder}/job.1.{k}" for k in "sh started stdout stderr rc".split()
     }
     # Objects planted under the prefix that are no job file of a job folder are ignored.
     # (The emulator cannot store names with ".." segments; the filter is tested below.)
     planted = [
-        f"{prefix}/9-x/sub/job.json",
-        f"{prefix}/9-X/job.json",
+        f"{prefix}/9-x/sub/job.1.rc",
+        f"{prefix}/9-X/job.1.rc",
+        f"{prefix}/9-x/job.json",
         f"{prefix}/9-x/job.1.rc.tmp",
         f"{prefix}/.lock",
         f"{prefix}/planted",
@@ -289,15 +341,16 @@ async def test_hostile_names_and_planted_objects_stay_in_their_place(
 @pytest.mark.parametrize(
     ("folder", "name"),
     [
-        ("..", "job.json"),
+        ("..", "job.1.rc"),
         ("0-x", ".."),
-        ("0-x/..", "job.json"),
+        ("0-x/..", "job.1.rc"),
         ("0-x", "job.1.rc/../../escape"),
-        ("../0-x", "job.json"),
-        ("0-X", "job.json"),
+        ("../0-x", "job.1.rc"),
+        ("0-X", "job.1.rc"),
         ("0-x", "job.1.sh\n"),
-        ("-x", "job.json"),
+        ("-x", "job.1.rc"),
         ("0-x", "job.-1.rc"),
+        ("0-x", "job.json"),  # a spec is a line of specs.jsonl, never a job file
     ],
 )
 def test_only_job_files_of_job_folders_are_downloaded(folder: str, name: str) -> None:

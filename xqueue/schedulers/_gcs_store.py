@@ -14,13 +14,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import ConfigError
-from ..records import JOURNAL_FILE
-from ..remote_workdir import JOB_FILE, RemoteFile, WorkdirURL
+from ..remote_workdir import COPIED, JOB_FILE, RemoteFile, WorkdirURL
 from ._gcs import download, make_client
 
 
 class GcsStore:
-    """The job files and the journal copy of one ``gs://bucket/prefix``."""
+    """The job files and the record copies (journal, specs) of one ``gs://bucket/prefix``."""
 
     def __init__(
         self,
@@ -81,16 +80,18 @@ class GcsStore:
                 "create it (in the Batch jobs' region) or name another one"
             )
 
-    def read_journal(self) -> tuple[bytes, float] | None:
-        blob = self._bucket().get_blob(self.url.prefix + JOURNAL_FILE, **self._calls())
+    def read_copy(self, name: str) -> tuple[bytes, float] | None:
+        assert name in COPIED
+        blob = self._bucket().get_blob(self.url.prefix + name, **self._calls())
         if blob is None:
-            self.check()  # no journal yet, or no bucket: say which
+            self.check()  # no copy yet, or no bucket: say which
             return None
         data: bytes = blob.download_as_bytes(**self._calls())
         return data, blob.updated.timestamp()
 
-    def write_journal(self, data: bytes) -> None:
-        blob = self._bucket().blob(self.url.prefix + JOURNAL_FILE)
+    def write_copy(self, name: str, data: bytes) -> None:
+        assert name in COPIED
+        blob = self._bucket().blob(self.url.prefix + name)
         blob.upload_from_string(data, content_type="application/jsonl", **self._calls())
 
     def list_files(self) -> Sequence[RemoteFile]:

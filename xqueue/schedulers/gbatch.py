@@ -11,10 +11,10 @@ exactly as a cluster job is from its shared files (``Scheduler.reconcile``).
 
 With a ``gs://`` workdir (``remote_workdir``; ``remote_store`` makes its storage) there
 is no staging bucket: a job's folder in the bucket is its workdir folder,
-``<prefix>/<index>-<slug>/``, which every attempt's Batch job mounts; ``job.json`` goes
-up with the wrapper; the run tag comes from the URL, so a run on another machine finds
-the jobs by their labels; and the journal is copied to the bucket every
-``journal_interval`` and when the run ends (``aclose``).
+``<prefix>/<index>-<slug>/``, which every attempt's Batch job mounts; ``specs.jsonl`` is
+copied to the bucket before a wrapper goes up; the run tag comes from the URL, so a run
+on another machine finds the jobs by their labels; and the journal (with the specs) is
+copied to the bucket every ``journal_interval`` and when the run ends (``aclose``).
 
 The API is driven with the official ``google-cloud-batch`` async client (grpc.aio). It
 runs on asyncio only; under trio its calls go through ``_aio.AsyncioBridge``'s private
@@ -53,7 +53,7 @@ from google.cloud.batch_v1.services.batch_service.transports import (
 from .._text import quote
 from ..calls import CALL_FILE
 from ..errors import SchedulerError, SchedulerOptionError, SubmissionError, SubmissionUnknownError
-from ..job import SCRIPT, SPEC_FILE, Job, attempt_file
+from ..job import SCRIPT, Job, attempt_file
 from ..options import SchedulerOptions
 from ..remote_workdir import RemoteWorkdir, WorkdirURL
 from ..scheduler import JobState, Scheduler, gather_bounded
@@ -76,8 +76,8 @@ class GbatchOptions(SchedulerOptions):
     """``gs://bucket[/prefix]``: where each job's script and outputs are staged, for a
     local workdir (required then). With a ``gs://`` workdir the job files go there."""
     local_dir: str = ""
-    """With a ``gs://`` workdir: the local folder of the run's records (journal, lock,
-    events, copies of job files); empty: one under the user's cache folder."""
+    """With a ``gs://`` workdir: the local folder of the run's records (journal,
+    specs, lock, events, copies of job files); empty: one under the user's cache folder."""
     journal_interval: float = 30.0
     """With a ``gs://`` workdir: seconds between copies of the journal to the bucket
     (and one at the end of each run)."""
@@ -262,8 +262,9 @@ class GbatchScheduler(Scheduler):
         return await self._bridge.call(fn, retry=None, timeout=self.options.rpc_timeout, **kwargs)
 
     async def _push_journal(self) -> None:
-        """Copy the journal to the bucket. A copy that fails loses nothing: the bucket
-        names every attempt already (its wrapper), so a resume looks those up."""
+        """Copy the journal (and specs) to the bucket. A copy that fails loses nothing:
+        the bucket names every attempt already (its wrapper and spec), so a resume looks
+        those up."""
         assert self._remote is not None
         self._pushed_at = time.monotonic()
         try:
@@ -326,8 +327,9 @@ class GbatchScheduler(Scheduler):
 
         Local copies of this attempt's outputs left by an earlier run go first: they
         would otherwise settle a job that ends without writing its own (preempted). In a
-        gs:// workdir their copies in the bucket go too, and ``job.json`` goes up with
-        the script: the bucket then names every attempt that may start, for a resume.
+        gs:// workdir their copies in the bucket go too, and the bucket's ``specs.jsonl``
+        is brought up to date before the script goes up: the bucket then names every
+        attempt that may start, and its job, for a resume elsewhere (``remote_workdir``).
         """
         assert self._staging is not None
         key = self.folder_key(job, batch_id)
@@ -341,8 +343,13 @@ class GbatchScheduler(Scheduler):
         if os.path.exists(job.path(CALL_FILE)):
             files[CALL_FILE] = job.path(CALL_FILE)
         if self._remote is not None:
+            try:
+                self._remote.push_specs()
+            except Exception as exc:  # the store's (network, permission) or WorkdirError
+                raise SchedulerError(
+                    f"gbatch: cannot copy specs.jsonl to {self._remote.url.text}: {exc}"
+                ) from exc
             self._staging.clear(key, attempt_of(job))
-            files = {SPEC_FILE: job.path(SPEC_FILE), **files}  # before the script
         self._staging.upload(key, files)
 
     async def submit_job(self, job: Job) -> str:
