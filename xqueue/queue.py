@@ -22,7 +22,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
-from . import calls, profiles
+from . import calls, profiles, remote_workdir
 from ._text import check_envs, check_text
 from .capacity import check_axes
 from .control import Control
@@ -146,6 +146,10 @@ class Xqueue:
     ``num_retries`` times (then it is failed and the run goes on); "ignore" records the
     failure and goes on.
 
+    ``workdir`` is a folder, or ``gs://bucket/prefix`` for a scheduler that runs its jobs
+    on Cloud Storage (gbatch): the jobs' files go there, the run's records stay in a
+    local folder (``xqueue.remote_workdir``).
+
     ``trust_workdir=True`` accepts a workdir that another user owns or can write to
     (refused by default: whoever can write it could redirect what xqueue writes or
     plant records; the XQUEUE_TRUST_WORKDIR=1 environment variable does the same).
@@ -218,7 +222,8 @@ class Xqueue:
         self.scheduler, self._default_resources = profiles.resolve(
             scheduler, profile, scheduler_opts
         )
-        self.workdir = Workdir(workdir, trust=trust_workdir)
+        # A gs:// workdir: records in a local folder, job files in the bucket.
+        self.workdir: Workdir = remote_workdir.make_workdir(workdir, self.scheduler, trust_workdir)
         self.hooks = Hooks(plugins)
         # Built in, registered as any plugin is (after the user's, so called first):
         # run.json and kill requests for `xqueue cancel`, the event stream.

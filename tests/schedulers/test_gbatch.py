@@ -244,7 +244,7 @@ async def test_a_later_run_readopts_jobs_by_name_and_by_label(
     try:
         early = [Job(i, c) for i, c in enumerate(cmds)]
         for job in early:
-            wd.prepare(job, make=True)
+            await anyio.to_thread.run_sync(lambda job=job: wd.prepare(job, make=True))
             job.attempt = 1
         ids = await first.submit_jobs(early)
         assert all(isinstance(i, str) for i in ids)

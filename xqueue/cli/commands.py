@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 
-from .. import registry
+from .. import registry, remote_workdir
 from ..errors import Interrupted, JobFailedError, XqueueError
 from ..queue import ERROR_STRATEGIES, Xqueue
 from ..states import JobStatus
@@ -178,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "schedulers":
             print("\n".join(registry.available()))
             return EXIT_OK
+        if args.command in ("status", "logs", "cancel") and remote_workdir.is_url(args.workdir):
+            # A gs:// workdir: its local folder, up to date with the bucket.
+            args.workdir = remote_workdir.local_folder(args.workdir, pull=args.command != "cancel")
         code = operate.dispatch(args)
         if code is not None:
             return code

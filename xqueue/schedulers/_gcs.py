@@ -90,6 +90,21 @@ class Staging:
                     f"gbatch: cannot upload {path} to {self.url(batch_id)}: {exc}"
                 ) from exc
 
+    def clear(self, key: str, attempt: int) -> None:
+        """Delete what an earlier run left as this attempt's outputs in a job's folder.
+
+        In a gs:// workdir the folder is the job's, not one attempt's: a job run again
+        from attempt 1 must not be settled by the files of an earlier run's attempt 1.
+        """
+        folder = self.folder(key)
+        stale = {f"job.{attempt}.{kind}" for kind in OUTPUTS}
+        try:
+            for blob in self.client.list_blobs(self.bucket_name, prefix=f"{folder}job.{attempt}."):
+                if blob.name[len(folder) :] in stale:
+                    blob.delete()
+        except Exception as exc:
+            raise SchedulerError(f"gbatch: cannot clear {self.url(key)}: {exc}") from exc
+
     def fetch(self, batch_id: str, attempt: int, jobdir: str) -> list[str]:
         """Download the attempt's outputs that exist into ``jobdir``; return their names."""
         folder = self.folder(batch_id)
@@ -106,26 +121,27 @@ class Staging:
             blob = present.get(name)
             if blob is None:
                 continue
-            self._download(blob, os.path.join(jobdir, name))
+            download(blob, os.path.join(jobdir, name))
             fetched.append(name)
         return fetched
 
-    @staticmethod
-    def _download(blob: Any, target: str) -> None:
-        tmp = f"{target}.{secrets.token_hex(6)}.tmp"
+
+def download(blob: Any, target: str) -> None:
+    """Download ``blob`` to ``target`` through a new temporary file renamed into place."""
+    tmp = f"{target}.{secrets.token_hex(6)}.tmp"
+    try:
+        fd = os.open(tmp, _CREATE, 0o644)
+    except OSError as exc:
+        raise SchedulerError(f"gbatch: cannot create {tmp}: {exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            blob.download_to_file(fh)
+        os.replace(tmp, target)
+    except BaseException as exc:
         try:
-            fd = os.open(tmp, _CREATE, 0o644)
-        except OSError as exc:
-            raise SchedulerError(f"gbatch: cannot create {tmp}: {exc}") from exc
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                blob.download_to_file(fh)
-            os.replace(tmp, target)
-        except BaseException as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            if isinstance(exc, Exception):
-                raise SchedulerError(f"gbatch: cannot download {blob.name}: {exc}") from exc
-            raise
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, Exception):
+            raise SchedulerError(f"gbatch: cannot download {blob.name}: {exc}") from exc
+        raise

@@ -9,6 +9,13 @@ The runnable runs the wrapper from there, so ``started``, ``stdout``, ``stderr``
 downloaded into the local job folder (``_gcs.Staging``) and the job is settled from them
 exactly as a cluster job is from its shared files (``Scheduler.reconcile``).
 
+With a ``gs://`` workdir (``remote_workdir``; ``remote_store`` makes its storage) there
+is no staging bucket: a job's folder in the bucket is its workdir folder,
+``<prefix>/<index>-<slug>/``, which every attempt's Batch job mounts; ``specs.jsonl`` is
+copied to the bucket before a wrapper goes up; the run tag comes from the URL, so a run
+on another machine finds the jobs by their labels; and the journal (with the specs) is
+copied to the bucket every ``journal_interval`` and when the run ends (``aclose``).
+
 The API is driven with the official ``google-cloud-batch`` async client (grpc.aio). It
 runs on asyncio only; under trio its calls go through ``_aio.AsyncioBridge``'s private
 loop, like asyncssh and aiodocker. Storage calls are blocking and go to worker threads.
@@ -48,11 +55,13 @@ from ..calls import CALL_FILE
 from ..errors import SchedulerError, SchedulerOptionError, SubmissionError, SubmissionUnknownError
 from ..job import SCRIPT, Job, attempt_file
 from ..options import SchedulerOptions
+from ..remote_workdir import RemoteWorkdir, WorkdirURL
 from ..scheduler import JobState, Scheduler, gather_bounded
 from . import _gbatch_spec as spec
 from ._aio import AsyncioBridge
 from ._cluster import attempt_of, run_tag
 from ._gcs import OUTPUTS, Staging, make_client
+from ._gcs_store import GcsStore
 
 log = logging.getLogger("xqueue.gbatch")
 
@@ -64,7 +73,14 @@ class GbatchOptions(SchedulerOptions):
     location: str = ""
     """The Batch region, e.g. ``us-central1``."""
     staging_bucket: str = ""
-    """``gs://bucket[/prefix]``: where each job's script and outputs are staged."""
+    """``gs://bucket[/prefix]``: where each job's script and outputs are staged, for a
+    local workdir (required then). With a ``gs://`` workdir the job files go there."""
+    local_dir: str = ""
+    """With a ``gs://`` workdir: the local folder of the run's records (journal,
+    specs, lock, events, copies of job files); empty: one under the user's cache folder."""
+    journal_interval: float = 30.0
+    """With a ``gs://`` workdir: seconds between copies of the journal to the bucket
+    (and one at the end of each run)."""
     mount_root: str = "/mnt/disks/xqueue"
     """Where a job's staging folder is mounted on its VM (``<mount_root>/<job id>``)."""
     image: str = ""
@@ -92,13 +108,17 @@ class GbatchOptions(SchedulerOptions):
 
     def validate(self, scheduler: str) -> None:
         super().validate(scheduler)
-        for name in ("project", "location", "staging_bucket"):
+        for name in ("project", "location"):
             if not getattr(self, name):
                 raise SchedulerOptionError(
                     f"{scheduler}: option {name!r} is required (project='my-project', "
-                    "location='us-central1', staging_bucket='gs://my-bucket/xqueue')"
+                    "location='us-central1', and workdir='gs://my-bucket/runs' or "
+                    "staging_bucket='gs://my-bucket/xqueue')"
                 )
-        spec.parse_staging(self.staging_bucket)
+        if self.staging_bucket:
+            spec.parse_staging(self.staging_bucket)
+        if self.journal_interval <= 0:
+            raise SchedulerOptionError(f"{scheduler}: journal_interval must be > 0")
         if not spec.PREFIX.match(self.job_prefix):
             raise SchedulerOptionError(
                 f"{scheduler}: job_prefix {self.job_prefix!r} must be 1-20 lowercase letters, "
@@ -136,7 +156,12 @@ class GbatchScheduler(Scheduler):
         super().__init__(**options)
         self.template = spec.template(self.name, self.options.extra)
         _check_template(self.template)
-        self._bucket, self._prefix = spec.parse_staging(self.options.staging_bucket)
+        self._bucket, self._prefix = "", ""
+        if self.options.staging_bucket:
+            self._bucket, self._prefix = spec.parse_staging(self.options.staging_bucket)
+        self._store: GcsStore | None = None  # a gs:// workdir's (remote_store)
+        self._remote: RemoteWorkdir | None = None  # that workdir, once open
+        self._pushed_at = 0.0
         self._bridge = AsyncioBridge()
         self._client: Any = None
         self._staging: Staging | None = None
@@ -150,9 +175,38 @@ class GbatchScheduler(Scheduler):
         return f"projects/{self.options.project}/locations/{self.options.location}"
 
     # -- lifecycle -----------------------------------------------------------------------
+    def remote_store(self, url: WorkdirURL) -> GcsStore:
+        """The storage of a ``gs://`` workdir (``remote_workdir``): its job files go there."""
+        if self.options.staging_bucket:
+            raise SchedulerOptionError(
+                f"gbatch: workdir {url.text!r} is in Cloud Storage already; leave out "
+                "staging_bucket (it is for a local workdir)"
+            )
+        credentials = None if self.options.insecure else _default_credentials
+        self._store = GcsStore(
+            url,
+            project=self.options.project,
+            endpoint=self.options.storage_endpoint,
+            credentials=credentials,
+            timeout=self.options.rpc_timeout,
+            local_dir=self.options.local_dir,
+        )
+        return self._store
+
     async def open(self, workdir: Any) -> None:
         await super().open(workdir)
-        self._tag = run_tag(str(workdir.path))
+        remote = isinstance(workdir, RemoteWorkdir) and workdir.store is self._store
+        self._remote = workdir if remote else None
+        if self._remote is not None:  # the same tag whichever machine runs it
+            self._tag = self._remote.url.tag
+            self._bucket, self._prefix = self._remote.url.bucket, self._remote.url.prefix
+        elif not self.options.staging_bucket:
+            raise SchedulerOptionError(
+                "gbatch: with a local workdir, option 'staging_bucket' is required "
+                "(staging_bucket='gs://my-bucket/xqueue'), or use workdir='gs://my-bucket/runs'"
+            )
+        else:
+            self._tag = run_tag(str(workdir.path))
         # Ids are deterministic within a run (a lost create is retried under its id) and
         # new for each run (a job run again restarts its attempts at 1).
         self._nonce = secrets.token_hex(3)
@@ -172,7 +226,10 @@ class GbatchScheduler(Scheduler):
             raise
 
     def _make_staging(self, credentials: Any) -> Staging:
-        client = make_client(self.options.project, self.options.storage_endpoint, credentials)
+        if self._store is not None and self._remote is not None:
+            client = self._store.client()
+        else:
+            client = make_client(self.options.project, self.options.storage_endpoint, credentials)
         return Staging(client, self._bucket, self._prefix)
 
     @property
@@ -188,6 +245,8 @@ class GbatchScheduler(Scheduler):
         return BatchServiceGrpcAsyncIOTransport.create_channel(self._host, credentials=credentials)
 
     async def aclose(self) -> None:
+        if self._remote is not None:
+            await self._push_journal()
         holder, self._client = [self._client], None
         if holder[0] is not None:
             await self._bridge.call(holder[0].transport.close)
@@ -202,7 +261,23 @@ class GbatchScheduler(Scheduler):
         fn = getattr(self._client, method)
         return await self._bridge.call(fn, retry=None, timeout=self.options.rpc_timeout, **kwargs)
 
+    async def _push_journal(self) -> None:
+        """Copy the journal (and specs) to the bucket. A copy that fails loses nothing:
+        the bucket names every attempt already (its wrapper and spec), so a resume looks
+        those up."""
+        assert self._remote is not None
+        self._pushed_at = time.monotonic()
+        try:
+            await anyio.to_thread.run_sync(self._remote.push)
+        except Exception as exc:
+            log.warning("gbatch: cannot copy the journal to %s: %s", self._remote.url.text, exc)
+
     # -- submitting ----------------------------------------------------------------------
+    def folder_key(self, job: Job, batch_id: str) -> str:
+        """The job's folder under the bucket prefix: the job folder's own name in a
+        gs:// workdir (its files, every attempt), else one folder per Batch job."""
+        return os.path.basename(job.dir) if self._remote is not None else batch_id
+
     def batch_id(self, job: Job) -> str:
         return spec.job_id(self.options.job_prefix, self._tag, self._nonce, job.index, job.attempt)
 
@@ -236,7 +311,7 @@ class GbatchScheduler(Scheduler):
             self.template,
             runnable=self._runnable(f"{mount}/{attempt_file(SCRIPT, attempt_of(job))}"),
             volume={
-                "gcs": {"remote_path": self._staging.remote_path(batch_id)},
+                "gcs": {"remote_path": self._staging.remote_path(self.folder_key(job, batch_id))},
                 "mount_path": mount,
             },
             labels=labels,
@@ -251,9 +326,13 @@ class GbatchScheduler(Scheduler):
         """Write the wrapper for the mount path and upload it (and a call's pickle).
 
         Local copies of this attempt's outputs left by an earlier run go first: they
-        would otherwise settle a job that ends without writing its own (preempted).
+        would otherwise settle a job that ends without writing its own (preempted). In a
+        gs:// workdir their copies in the bucket go too, and the bucket's ``specs.jsonl``
+        is brought up to date before the script goes up: the bucket then names every
+        attempt that may start, and its job, for a resume elsewhere (``remote_workdir``).
         """
         assert self._staging is not None
+        key = self.folder_key(job, batch_id)
         for kind in OUTPUTS:
             try:
                 os.unlink(job.attempt_path(kind, attempt_of(job)))
@@ -263,7 +342,15 @@ class GbatchScheduler(Scheduler):
         files = {os.path.basename(script): script}
         if os.path.exists(job.path(CALL_FILE)):
             files[CALL_FILE] = job.path(CALL_FILE)
-        self._staging.upload(batch_id, files)
+        if self._remote is not None:
+            try:
+                self._remote.push_specs()
+            except Exception as exc:  # the store's (network, permission) or WorkdirError
+                raise SchedulerError(
+                    f"gbatch: cannot copy specs.jsonl to {self._remote.url.text}: {exc}"
+                ) from exc
+            self._staging.clear(key, attempt_of(job))
+        self._staging.upload(key, files)
 
     async def submit_job(self, job: Job) -> str:
         """Stage the job's files, then create its Batch job; return the job's full name.
@@ -364,6 +451,8 @@ class GbatchScheduler(Scheduler):
         return pages
 
     async def poll_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobState]:
+        if self._remote and time.monotonic() - self._pushed_at >= self.options.journal_interval:
+            await self._push_journal()
         seen = await self._list_run()
         states: dict[Job, JobState] = {}
         ended: list[tuple[Job, _Seen | None]] = []
@@ -398,10 +487,10 @@ class GbatchScheduler(Scheduler):
     async def _fetch(self, job: Job) -> None:
         """Download the outputs an ended (or forgotten) job left in its staging folder."""
         batch_id = _batch_id(job.jid)
-        if batch_id is None or self._staging is None:
+        if self._staging is None or (batch_id is None and self._remote is None):
             return
-        staging = self._staging
-        await anyio.to_thread.run_sync(staging.fetch, batch_id, attempt_of(job), job.dir)
+        staging, key = self._staging, self.folder_key(job, batch_id or "")
+        await anyio.to_thread.run_sync(staging.fetch, key, attempt_of(job), job.dir)
 
     async def job_is_running(self, job: Job) -> bool:
         if not job.jid:

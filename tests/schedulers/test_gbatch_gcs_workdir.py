@@ -1,0 +1,508 @@
+"""A ``gs://`` workdir on the gbatch scheduler, against the Batch stand-in and the real
+storage emulator (tests/standins): job files in the bucket, records in a local folder,
+and resumes from another machine (an empty local folder) that run nothing twice.
+
+What the scheduler claims is checked independently: the bucket's objects through the
+emulator's own client, the Batch jobs through the stand-in's call counts, and how many
+times each job really ran through a marker file its command appends to.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import uuid
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from tests.helpers import read_text
+from tests.schedulers.conftest import BUCKET
+from tests.schedulers.test_gbatch import batch_job, calls, options
+from tests.standins.gcloud import Gcloud
+from xqueue import Job, JobStatus, Xqueue
+from xqueue.errors import ConfigError, SchedulerOptionError, WorkdirError
+from xqueue.remote_workdir import (
+    RemoteWorkdir,
+    default_local_dir,
+    local_folder,
+    make_workdir,
+    parse,
+)
+from xqueue.schedulers.gbatch import GbatchScheduler
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def project() -> str:
+    return f"p-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A prefix of the test's own in the shared bucket."""
+    return f"wd-{uuid.uuid4().hex[:8]}"
+
+
+def gs_options(gcloud: Gcloud, project: str, local_dir: Path, **extra: Any) -> dict[str, Any]:
+    opts = options(gcloud, project, local_dir=str(local_dir), **extra)
+    del opts["staging_bucket"]
+    return opts
+
+
+def gs_queue(
+    gcloud: Gcloud, project: str, prefix: str, local_dir: Path, opts: Any = None, **kw: Any
+) -> Xqueue:
+    return Xqueue(
+        "gbatch",
+        workdir=f"gs://{BUCKET}/{prefix}",
+        scheduler_opts=gs_options(gcloud, project, local_dir, **(opts or {})),
+        **kw,
+    )
+
+
+async def objects(gcloud: Gcloud, prefix: str) -> dict[str, bytes]:
+    """Every object under the prefix (names relative to it) with its content."""
+
+    def read() -> dict[str, bytes]:
+        client = gcloud.storage_client()
+        return {
+            blob.name[len(prefix) + 1 :]: blob.download_as_bytes()
+            for blob in client.list_blobs(BUCKET, prefix=f"{prefix}/")
+        }
+
+    return await anyio.to_thread.run_sync(read)
+
+
+async def drop(gcloud: Gcloud, name: str) -> None:
+    await anyio.to_thread.run_sync(
+        lambda: gcloud.storage_client().bucket(BUCKET).blob(name).delete()
+    )
+
+
+async def test_job_files_live_in_the_bucket_and_outputs_are_read_back(
+    gcloud: Gcloud, project: str, prefix: str, tmp_path: Path
+) -> None:
+    local = tmp_path / "records"
+    q = gs_queue(gcloud, project, prefix, local, forks=4, error_strategy="ignore")
+    jobs = [
+        await q.feed(["sh", "-c", f"echo out {i}; echo err {i} >&2; exit {i % 2}"], name=f"j{i}")
+        for i in range(3)
+    ]
+    with anyio.fail_after(60):
+        await q.run_until_complete()
+    assert q.workdir.path == local
+    for i, job in enumerate(jobs):
+        assert job.rc == i % 2, job.reason
+        assert job.status is (JobStatus.FINISHED if i % 2 == 0 else JobStatus.FAILED)
+        assert await read_text(job.stdout_path) == f"out {i}\n"  # read back into the folder
+        assert await read_text(job.stderr_path) == f"err {i}\n"
+        assert job.dir == str(local / f"{i}-j{i}")
+    stored = await objects(gcloud, prefix)
+    for i in range(3):
+        folder = f"{i}-j{i}"
+        assert {n.split("/", 1)[1] for n in stored if n.startswith(f"{folder}/")} == {
+            "job.1.sh",
+            "job.1.started",
+            "job.1.stdout",
+            "job.1.stderr",
+            "job.1.rc",
+        }
+        assert stored[f"{folder}/job.1.rc"] == f"{i % 2}\n".encode()
+        assert stored[f"{folder}/job.1.stdout"] == f"out {i}\n".encode()
+    # The journal and the specs are copied (at the end of the run at the latest); a
+    # job's spec has no object of its own; lock and events stay local.
+    for name in ("journal.jsonl", "specs.jsonl"):
+        assert stored[name] == await anyio.Path(local / name).read_bytes()
+    assert [json.loads(line)["dir"] for line in stored["specs.jsonl"].splitlines()] == [
+        f"{i}-j{i}" for i in range(3)
+    ]
+    assert set(stored) - {n for n in stored if "/" in n} == {"journal.jsonl", "specs.jsonl"}
+    assert await anyio.Path(local / "events.jsonl").exists()
+    # Each Batch job mounts its job's folder under the prefix.
+    assert jobs[0].jid
+    volume = (await batch_job(gcloud, jobs[0].jid)).task_groups[0].task_spec.volumes[-1]
+    assert volume.gcs.remote_path == f"{BUCKET}/{prefix}/0-j0"
+
+
+async def test_a_resume_from_an_empty_local_folder_runs_nothing_again(
+    gcloud: Gcloud, project: str, prefix: str, tmp_path: Path
+) -> None:
+    marker, flaky = tmp_path / "ran", tmp_path / "flaky"
+    cmds = [f"echo {i} >> {marker}; echo out {i}" for i in range(3)]
+    cmds.append(f"echo 3 >> {marker}; test -e {flaky} || {{ touch {flaky}; exit 3; }}")
+    first = gs_queue(gcloud, project, prefix, tmp_path / "a", forks=4, error_strategy="ignore")
+    for c in cmds:
+        await first.feed(c)
+    with anyio.fail_after(60):
+        await first.run_until_complete()
+    assert [j.status for j in first.jobs] == [JobStatus.FINISHED] * 3 + [JobStatus.FAILED]
+    # What says which job each folder holds is the bucket's specs.jsonl, not a file per job.
+    stored = await objects(gcloud, prefix)
+    specs = stored["specs.jsonl"]
+    assert [json.loads(line)["spec"]["command"] for line in specs.splitlines()] == cmds
+    assert not [n for n in stored if n.endswith("job.json")]
+
+    # Another machine: the same URL, a local folder that does not exist yet.
+    second = gs_queue(gcloud, project, prefix, tmp_path / "b", forks=4, error_strategy="ignore")
+    jobs = [await second.feed(c) for c in cmds]
+    # The specs came from the bucket (the first feed pulled them): the jobs are known.
+    assert (await anyio.Path(tmp_path / "b" / "specs.jsonl").read_bytes()).startswith(specs)
+    with anyio.fail_after(60):
+        await second.run_until_complete()
+    for i, job in enumerate(jobs[:3]):
+        assert job.status is JobStatus.FINISHED and job.rc == 0
+        assert job.reason == "succeeded in an earlier run"
+        assert await read_text(job.stdout_path) == f"out {i}\n"  # its output came along
+    assert jobs[3].status is JobStatus.FINISHED and jobs[3].rc == 0, jobs[3].reason
+    assert sorted((await read_text(marker)).split()) == ["0", "1", "2", "3", "3"]
+    assert second.statistics().submit_calls == 1
+    assert (await calls(gcloud, project))["CreateJob"] == 5
+    # The failed job ran again as attempt 1: its earlier rc in the bucket was replaced.
+    assert (await objects(gcloud, prefix))[f"{Path(jobs[3].dir).name}/job.1.rc"] == b"0\n"
+
+
+async def _submit_and_die(
+    gcloud: Gcloud, project: str, prefix: str, local: Path, jobs: list[Job], recorded: int
+) -> list[str]:
+    """A controller that submits ``jobs`` (journalling the names of the first ``recorded``)
+    and stops before any checkpoint copies its journal to the bucket."""
+    sched = GbatchScheduler(**gs_options(gcloud, project, local))
+    wd = make_workdir(f"gs://{BUCKET}/{prefix}", sched, None)
+    await anyio.to_thread.run_sync(wd.lock)
+    await sched.open(wd)
+    try:
+        for job in jobs:
+            await anyio.to_thread.run_sync(lambda job=job: wd.prepare(job, make=True))
+            job.attempt = max(job.attempt, 0) + 1
+            job.status = JobStatus.SUBMITTING
+        wd.record_many(jobs)
+        ids = await sched.submit_jobs(jobs)
+        for job, jid in zip(jobs[:recorded], ids[:recorded]):
+            job.jid, job.status = str(jid), JobStatus.SUBMITTED
+            wd.record(job)
+        assert all(isinstance(i, str) for i in ids), ids
+    finally:
+        assert isinstance(wd, RemoteWorkdir)
+        sched._remote = None  # the copy of the journal aclose() would make: never made
+        await sched.aclose()
+        wd.unlock()
+    return [str(i) for i in ids]
+
+
+async def test_a_controller_lost_before_its_first_checkpoint_is_resumed_elsewhere(
+    gcloud: Gcloud, project: str, prefix: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    cmds = [f"echo {i} >> {marker}; sleep 1; echo done {i}" for i in range(4)]
+    lost = [Job(i, c) for i, c in enumerate(cmds)]
+    ids = await _submit_and_die(gcloud, project, prefix, tmp_path / "a", lost, 2)
+    stored = await objects(gcloud, prefix)
+    assert "journal.jsonl" not in stored
+    # The specs went up before the jobs were created: the resume knows what they are.
+    assert [json.loads(line)["dir"] for line in stored["specs.jsonl"].splitlines()] == [
+        Path(job.dir).name for job in lost
+    ]
+
+    q = gs_queue(gcloud, project, prefix, tmp_path / "b", forks=4)
+    jobs = [await q.feed(c) for c in cmds]
+    with anyio.fail_after(60):
+        await q.run_until_complete()
+    for i, job in enumerate(jobs):
+        assert job.status is JobStatus.FINISHED and job.rc == 0, job.reason
+        assert await read_text(job.stdout_path) == f"done {i}\n"
+    assert sorted(str(j.jid) for j in jobs) == sorted(ids)  # found by their labels
+    assert sorted((await read_text(marker)).split()) == ["0", "1", "2", "3"]  # each ran once
+    assert q.statistics().submit_calls == 0
+    assert (await calls(gcloud, project))["CreateJob"] == 4
+
+
+async def test_an_attempt_newer_than_the_journal_copy_is_not_run_again(
+    gcloud: Gcloud, project: str, prefix: str, tmp_path: Path
+) -> None:
+    """The bucket's journal says the job failed; a later controller ran it again (from
+    attempt 1) and died before copying its journal: the resume must find that attempt."""
+    marker, flaky = tmp_path / "ran", tmp_path / "flaky"
+    cmd = f"echo x >> {marker}; test -e {flaky} || {{ touch {flaky}; exit 3; }}; sleep 1"
+    first = gs_queue(gcloud, project, prefix, tmp_path / "a", error_strategy="ignore")
+    await first.feed(cmd)
+    with anyio.fail_after(30):
+        await first.run_until_complete()
+    assert first.jobs[0].status is JobStatus.FAILED
+    copy = (await objects(gcloud, prefix))["journal.jsonl"]
+    assert b'"failed"' in copy
+
+    await _submit_and_die(gcloud, project, prefix, tmp_path / "a", [Job(0, cmd)], 0)
+    assert (await objects(gcloud, prefix))["journal.jsonl"] == copy  # the copy is stale
+
+    q = gs_queue(gcloud, project, prefix, tmp_path / "b")
+    job = await q.feed(cmd)
+    with anyio.fail_after(30):
+        await q.run_until_complete()
+    assert job.status is JobStatus.FINISHED and job.rc == 0, job.reason
+    assert (await read_text(marker)).split() == ["x", "x"]  # once failed, once re-adopted
+    assert q.statistics().submit_calls == 0
+
+
+async def test_a_folder_made_here_but_never_submitted_yields_to_a_run_elsewhere(
+    gcloud: Gcloud, project: str, prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The local specs.jsonl and the bucket's can go different ways with one controller
+    at a time: this machine made a folder and died before submitting it (its spec never
+    went up), then a run elsewhere went on. The bucket's specs win, and nothing runs twice."""
+    first = gs_queue(gcloud, project, prefix, tmp_path / "a")
+    await first.feed(["echo", "zero"])
+    with anyio.fail_after(30):
+        await first.run_until_complete()
+    sched = GbatchScheduler(**gs_options(gcloud, project, tmp_path / "a"))
+    wd = make_workdir(f"gs://{BUCKET}/{prefix}", sched, None)
+    await anyio.to_thread.run_sync(wd.lock)
+    try:  # job 1's folder and spec, here only
+        await anyio.to_thread.run_sync(lambda: wd.prepare(Job(1, ["echo", "never"]), make=True))
+    finally:
+        wd.unlock()
+
+    second = gs_queue(gcloud, project, prefix, tmp_path / "b")
+    await second.feed(["echo", "zero"])
+    other = await second.feed(["echo", "one"])  # job 1 is another job there
+    with anyio.fail_after(30):
+        await second.run_until_complete()
+    assert other.status is JobStatus.FINISHED, other.reason
+    bucket_specs = (await objects(gcloud, prefix))["specs.jsonl"]
+
+    third = gs_queue(gcloud, project, prefix, tmp_path / "a")
+    jobs = [await third.feed(["echo", "zero"]), await third.feed(["echo", "one"])]
+    with anyio.fail_after(30):
+        await third.run_until_complete()
+    for job in jobs:
+        assert job.status is JobStatus.FINISHED and job.reason == "succeeded in an earlier run"
+    assert await read_text(jobs[1].stdout_path) == "one\n"
+    assert third.statistics().submit_calls == 0
+    assert await anyio.Path(tmp_path / "a" / "specs.jsonl").read_bytes() == bucket_specs
+    aside = [p async for p in anyio.Path(tmp_path / "a").glob("specs.jsonl.diverged-*")]
+    assert len(aside) == 1 and b"never" in await aside[0].read_bytes()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+async def test_hostile_names_and_planted_objects_stay_in_their_place(
+    gcloud: Gcloud, project: str, prefix: str, tmp_path: Path
+) -> None:
+    pwned = tmp_path / "pwned"
+    name = f"../../Ünïcode\n$(touch {pwned}); `touch {pwned}` ' \" /etc/passwd {'x' * 200}"
+    argv = ["printf", "%s|", f"a b'c\"d;$(touch {pwned})", "$HOME", "line\nbreak", "*", ""]
+    q = gs_queue(gcloud, project, prefix, tmp_path / "a")
+    job = await q.feed(argv, name=name, envs={"HOSTILE": f"'; touch {pwned}; echo '"})
+    with anyio.fail_after(30):
+        await q.run_until_complete()
+    assert job.status is JobStatus.FINISHED, job.reason
+    assert await read_text(job.stdout_path) == "|".join(argv[2:]) + "|"
+    stored = await objects(gcloud, prefix)
+    folder = Path(job.dir).name
+    assert re.fullmatch(r"0-[a-z0-9-]+", folder)
+    assert set(stored) == {"journal.jsonl", "specs.jsonl"} | {
+        f"{folder}/job.1.{k}" for k in "sh started stdout stderr rc".split()
+    }
+    # Objects planted under the prefix that are no job file of a job folder are ignored.
+    # (The emulator cannot store names with ".." segments; the filter is tested below.)
+    planted = [
+        f"{prefix}/9-x/sub/job.1.rc",
+        f"{prefix}/9-X/job.1.rc",
+        f"{prefix}/9-x/job.json",
+        f"{prefix}/9-x/job.1.rc.tmp",
+        f"{prefix}/.lock",
+        f"{prefix}/planted",
+    ]
+
+    def plant() -> None:
+        bucket = gcloud.storage_client().bucket(BUCKET)
+        for object_name in planted:
+            bucket.blob(object_name).upload_from_string(b"planted", retry=None)
+
+    await anyio.to_thread.run_sync(plant)
+    second = gs_queue(gcloud, project, prefix, tmp_path / "b")
+    job2 = await second.feed(argv, name=name, envs={"HOSTILE": f"'; touch {pwned}; echo '"})
+    with anyio.fail_after(30):
+        await second.run_until_complete()
+    assert job2.status is JobStatus.FINISHED and job2.reason == "succeeded in an earlier run"
+    b_files = await anyio.to_thread.run_sync(
+        lambda: sorted(str(p.relative_to(tmp_path / "b")) for p in (tmp_path / "b").rglob("*"))
+    )
+    assert [f for f in b_files if f.startswith(("9-", "planted"))] == []
+    assert (await read_text(tmp_path / "b" / ".lock")) != "planted"
+    assert not await anyio.Path(pwned).exists()
+
+
+@pytest.mark.parametrize(
+    ("folder", "name"),
+    [
+        ("..", "job.1.rc"),
+        ("0-x", ".."),
+        ("0-x/..", "job.1.rc"),
+        ("0-x", "job.1.rc/../../escape"),
+        ("../0-x", "job.1.rc"),
+        ("0-X", "job.1.rc"),
+        ("0-x", "job.1.sh\n"),
+        ("-x", "job.1.rc"),
+        ("0-x", "job.-1.rc"),
+        ("0-x", "job.json"),  # a spec is a line of specs.jsonl, never a job file
+    ],
+)
+def test_only_job_files_of_job_folders_are_downloaded(folder: str, name: str) -> None:
+    from xqueue.remote_workdir import _FOLDER, JOB_FILE
+
+    assert not (_FOLDER.fullmatch(folder) and JOB_FILE.fullmatch(name))
+    assert _FOLDER.fullmatch("12-a-b-0") and JOB_FILE.fullmatch("job.12.stdout")
+
+
+# -- errors ------------------------------------------------------------------------------------
+def test_a_scheduler_that_cannot_use_a_gs_workdir_is_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError) as info:
+        Xqueue("local", workdir="gs://my-bucket/runs")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "gs://my-bucket/runs" in message and "'local'" in message and "gbatch" in message
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("gs://", "does not name a Cloud Storage bucket"),
+        ("gs://Bad_Bucket/x", "does not name a Cloud Storage bucket"),
+        ("gs://bucket-1/a/../b", "dot segment"),
+        ("gs://bucket-1/a//b", "empty or dot segment"),
+        ("gs://bucket-1/a\nb", "unprintable"),
+        ("s3://bucket-1/x", "s3:// workdirs are not supported"),
+    ],
+)
+def test_a_bad_url_is_refused_when_the_queue_is_made(url: str, message: str) -> None:
+    opts = {"project": "p", "location": "l"}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Xqueue("gbatch", workdir=url, scheduler_opts=opts)
+
+
+def test_staging_bucket_and_a_gs_workdir_are_not_both_given() -> None:
+    opts = {"project": "p", "location": "l", "staging_bucket": "gs://other/x"}
+    with pytest.raises(SchedulerOptionError, match="leave out staging_bucket"):
+        Xqueue("gbatch", workdir="gs://bucket-1/runs", scheduler_opts=opts)
+
+
+async def test_unreachable_storage_is_a_clear_error_at_the_first_feed(
+    gcloud: Gcloud, project: str, prefix: str, tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    q = gs_queue(
+        gcloud,
+        project,
+        prefix,
+        tmp_path / "a",
+        {"storage_endpoint": f"http://127.0.0.1:{port}", "rpc_timeout": 1.0},
+    )
+    with anyio.fail_after(30), pytest.raises(WorkdirError) as info:
+        await q.feed(["true"])
+    assert str(info.value).startswith(f"cannot read workdir gs://{BUCKET}/{prefix}: ")
+    assert "Connection refused" in str(info.value) or "connect" in str(info.value).lower()
+    await q.aclose()
+
+
+async def test_a_missing_bucket_is_a_clear_error_at_the_first_feed(
+    gcloud: Gcloud, project: str, tmp_path: Path
+) -> None:
+    q = Xqueue(
+        "gbatch",
+        workdir="gs://no-such-bkt/runs",
+        scheduler_opts=gs_options(gcloud, project, tmp_path / "a"),
+    )
+    with anyio.fail_after(30), pytest.raises(ConfigError, match="gs://no-such-bkt does not exist"):
+        await q.feed(["true"])
+    await q.aclose()
+
+
+async def test_a_local_workdir_still_needs_a_staging_bucket(
+    gcloud: Gcloud, project: str, workdir: Path
+) -> None:
+    opts = options(gcloud, project)
+    del opts["staging_bucket"]
+    q = Xqueue("gbatch", workdir=workdir, scheduler_opts=opts)
+    job = await q.feed(["true"])
+    with anyio.fail_after(30), pytest.raises(SchedulerOptionError, match="'staging_bucket' is"):
+        await q.run_until_complete()
+    assert job.status is not JobStatus.FINISHED
+    assert "CreateJob" not in await calls(gcloud, project)
+
+
+def test_the_default_local_folder_is_in_the_user_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("XQUEUE_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    one, two = parse("gs://bucket-1/runs/a"), parse("gs://bucket-1/runs/a/")
+    assert one == two and one.text == "gs://bucket-1/runs/a"
+    path = default_local_dir(one)
+    assert path.parent == tmp_path / "xqueue" / "workdirs" / "gs"
+    assert path.name.startswith("bucket-1-runs-a-") and path.name.endswith(one.tag)
+    assert default_local_dir(parse("gs://bucket-1/runs-a")) != path
+    monkeypatch.setenv("XQUEUE_CACHE_DIR", str(tmp_path / "c"))
+    assert default_local_dir(one).parent == tmp_path / "c" / "workdirs" / "gs"
+
+
+# -- xqueue status / logs -----------------------------------------------------------------------
+async def test_status_and_logs_read_a_gs_workdir_back_from_the_bucket(
+    gcloud: Gcloud, project: str, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from xqueue.cli.commands import main
+
+    q = gs_queue(gcloud, project, prefix, tmp_path / "a", error_strategy="ignore")
+    await q.feed(["sh", "-c", "echo hello from the bucket"], name="hello")
+    await q.feed(["sh", "-c", "echo oops >&2; exit 5"], name="broken")
+    with anyio.fail_after(30):
+        await q.run_until_complete()
+    # Another machine: an empty cache, the emulator named as the client reads it.
+    monkeypatch.setenv("XQUEUE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcloud.storage)
+    url = f"gs://{BUCKET}/{prefix}"
+
+    def cli(*argv: str) -> tuple[int, str]:
+        out = io.StringIO()
+        with redirect_stdout(out):
+            code = main(list(argv))
+        return code, out.getvalue()
+
+    code, text = await anyio.to_thread.run_sync(cli, "status", url, "--json")
+    assert code == 0
+    rows = {r["name"]: r for r in map(json.loads, text.splitlines())}
+    assert rows["hello"]["status"] == "finished" and rows["hello"]["state"]["rc"] == 0
+    assert rows["broken"]["status"] == "failed" and rows["broken"]["state"]["rc"] == 5
+    assert await anyio.Path(tmp_path / "cache" / "workdirs" / "gs").is_dir()
+
+    def logs(*argv: str) -> tuple[int, bytes]:
+        import sys
+
+        out = io.BytesIO()
+        wrapper = io.TextIOWrapper(out)
+        saved, sys.stdout = sys.stdout, wrapper
+        try:
+            code = main(list(argv))
+            wrapper.flush()
+        finally:
+            sys.stdout = saved
+        return code, out.getvalue()
+
+    assert await anyio.to_thread.run_sync(logs, "logs", url, "0") == (
+        0,
+        b"hello from the bucket\n",
+    )
+    assert await anyio.to_thread.run_sync(logs, "logs", url, "1", "--stderr") == (0, b"oops\n")
+    code, _ = await anyio.to_thread.run_sync(cli, "status", "gs://no-such-bkt/runs")
+    assert code == 2  # the error is printed (on stderr), not a traceback
+    with pytest.raises(ConfigError, match="bucket gs://no-such-bkt does not exist"):
+        await anyio.to_thread.run_sync(local_folder, "gs://no-such-bkt/runs")
