@@ -95,8 +95,7 @@ ALLOWED: list[tuple[tuple[str, ...], str, tuple[str, ...], str]] = [
         ("os.stat", "os.access"),
         "xqueue/schedulers/local.py",
         ("_request",),
-        "before a local job is handed to the shepherd: its command looked up on PATH "
-        "(cached)",
+        "before a local job is handed to the shepherd: its command looked up on PATH (cached)",
     ),
     (
         ("os.read",),
