@@ -211,10 +211,16 @@ def gbatch_opts(gcloud: Any, project: str, poll: float) -> dict[str, Any]:
     }
 
 
-def gbatch_loop(gcloud: Any, project: str, n: int) -> dict[str, float]:
+def gbatch_loop(gcloud: Any, project: str, n: int, staged: bool = False) -> dict[str, float]:
     """One CreateJob per job from one client, one after the other (what a shell loop of
     ``gcloud batch jobs submit`` sends, without starting gcloud each time), then one
-    ListJobs a second until every job has ended."""
+    ListJobs a second until every job has ended.
+
+    ``staged``: each job as xqueue runs it, its files through the bucket: a script
+    uploaded to the job's own folder, mounted as the job's GCS volume, which the job
+    runs, leaving its stdout, stderr and exit status there, downloaded once it has ended
+    (``gsutil cp`` and a ``gcloud`` submission per job, then ``gsutil cp`` back).
+    """
     import grpc
     from google.cloud import batch_v1
     from google.cloud.batch_v1.services.batch_service.transports import (
@@ -223,12 +229,23 @@ def gbatch_loop(gcloud: Any, project: str, n: int) -> dict[str, float]:
 
     channel = grpc.insecure_channel(gcloud.batch)
     client = batch_v1.BatchServiceClient(transport=BatchServiceGrpcTransport(channel=channel))
+    bucket = gcloud.storage_client().bucket(GBATCH_BUCKET)
     parent = f"projects/{project}/locations/{GBATCH_LOCATION}"
-    body = {"task_groups": [{"task_spec": {"runnables": [{"script": {"text": "true"}}]}}]}
+    script = "true >stdout 2>stderr; echo $? >rc\n"
     try:
         start = time.perf_counter()
         for i in range(n):
-            job = batch_v1.Job(body, labels={"bench": "loop"})
+            body: dict[str, Any] = {"runnables": [{"script": {"text": "true"}}]}
+            if staged:
+                bucket.blob(f"loop/{i}/run.sh").upload_from_string(script)
+                mount = f"{gcloud.vm_root}/mnt/loop-{i}"
+                body = {
+                    "runnables": [{"script": {"text": f"cd {mount} && sh run.sh"}}],
+                    "volumes": [
+                        {"gcs": {"remote_path": f"{GBATCH_BUCKET}/loop/{i}"}, "mount_path": mount}
+                    ],
+                }
+            job = batch_v1.Job({"task_groups": [{"task_spec": body}]}, labels={"bench": "loop"})
             client.create_job(parent=parent, job=job, job_id=f"loop-{i}", timeout=30)
         status = 0
         ended = {"SUCCEEDED", "FAILED"}
@@ -241,6 +258,12 @@ def gbatch_loop(gcloud: Any, project: str, n: int) -> dict[str, float]:
             if len(states) == n and all(s in ended for s in states):
                 break
             time.sleep(1.0)
+        if staged:
+            with tempfile.TemporaryDirectory(prefix="xq-bench-gcs-") as out:
+                for i in range(n):
+                    for name in ("stdout", "stderr", "rc"):
+                        local = os.path.join(out, f"{i}.{name}")
+                        bucket.blob(f"loop/{i}/{name}").download_to_filename(local)
         wall = time.perf_counter() - start
     finally:
         client.transport.close()
