@@ -31,6 +31,8 @@
 #   * MinJobAge: how long finished jobs stay in squeue/scontrol (default 300);
 #   * MaxArraySize is left at Slurm's default (1001, i.e. array indices 0-1000); the ready line
 #     prints the value in effect so tests can rely on it;
+#   * MaxJobCount=20000 (default 10000; each array element counts, and ended jobs too until
+#     MinJobAge): benchmarks/slurm_bench.py queues 10,000 jobs while test runs share the node;
 #   * jobcomp/filetxt writes one line per finished job to /var/log/slurm/jobcomp.log, which works
 #     even without slurmdbd.
 #   * memory is enforced, so tests can see a job killed for its --mem (xqueue's OOM class): with

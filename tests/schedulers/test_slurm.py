@@ -266,6 +266,30 @@ async def test_ended_job_without_rc_file_is_resolved_by_sacct_or_vanishes(workdi
     assert state.status is JobStatus.FAILED and state.reason.startswith("vanished")
 
 
+async def test_a_run_past_max_array_size_takes_one_sbatch_per_array(
+    workdir: Path, cancel_after: list[Job]
+) -> None:
+    # An idle backend gets every queued job: 10 jobs where arrays hold 4 are 3 arrays
+    # sharing forks=3, not one array with the rest trickling out behind it one sbatch per
+    # tick as its slow element leaves slots free (issue 11: 10,000 jobs in ten sbatch calls).
+    class SmallArrays(SlurmScheduler):
+        async def open(self, workdir: Any) -> None:
+            await super().open(workdir)
+            self.array_limit = 4  # as on a cluster with MaxArraySize=4
+
+    q = Xqueue(SmallArrays(**FAST), forks=3, workdir=workdir)
+    jobs = [await q.feed(["sleep", "2"] if i % 4 == 3 else ["true"]) for i in range(10)]
+    cancel_after.extend(jobs)
+    with anyio.fail_after(90):
+        await q.run_until_complete()
+    assert [j.status for j in jobs] == [JobStatus.FINISHED] * 10
+    assert q.statistics().submit_calls == 3
+    arrays = [str(j.jid).split("_")[0] for j in jobs]
+    assert arrays == [arrays[0]] * 4 + [arrays[4]] * 4 + [arrays[8]] * 2
+    for base in dict.fromkeys(arrays):  # Slurm's own record: forks shared by the throttles
+        assert (await show_job(f"{base}_0"))["ArrayTaskThrottle"] == "1"
+
+
 async def test_arrays_split_at_max_array_size(workdir: Path, cancel_after: list[Job]) -> None:
     wd = Workdir(workdir)
     scheduler = SlurmScheduler(**FAST)
