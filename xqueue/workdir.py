@@ -179,12 +179,10 @@ def open_plain(path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> i
         raise file_error(path, exc, "open") from None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
-            kind = "a hard link to another file" if info.st_nlink > 1 else "not a plain file"
-            raise WorkdirError(
-                f"{os.fspath(path)!r} is {kind}, which xqueue never makes: someone else put "
-                "it there; remove it and check who can write to the workdir"
-            )
+        if not stat.S_ISREG(info.st_mode):
+            raise refusal(path, NOT_PLAIN)
+        if info.st_nlink > 1:
+            raise refusal(path, HARD_LINK)
         if trunc and info.st_size:
             os.ftruncate(fd, 0)
         os.set_blocking(fd, True)
@@ -195,6 +193,23 @@ def open_plain(path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> i
         os.close(fd)
         raise
     return fd
+
+
+# Why a file xqueue would write was refused, besides an errno (the shepherd's codes too).
+HARD_LINK, NOT_PLAIN = -1, -2
+
+
+def refusal(path: str | os.PathLike[str], code: int) -> WorkdirError:
+    """The error for a file refused by ``open_plain``'s checks (or the local shepherd's,
+    which makes each job's output files): ``code`` is an errno, ``HARD_LINK`` or
+    ``NOT_PLAIN``."""
+    if code in (HARD_LINK, NOT_PLAIN):
+        kind = "a hard link to another file" if code == HARD_LINK else "not a plain file"
+        return WorkdirError(
+            f"{os.fspath(path)!r} is {kind}, which xqueue never makes: someone else put "
+            "it there; remove it and check who can write to the workdir"
+        )
+    return file_error(path, OSError(code, os.strerror(code)), "open")
 
 
 def open_output(path: str | os.PathLike[str]) -> int:

@@ -9,23 +9,27 @@ site packages, so it starts in milliseconds) and is never imported by xqueue. Tw
   when the controller is gone (SIGKILLed, say), as HTCondor's starter and Slurm's
   slurmstepd outlive their schedulers. It ignores the signals a terminal or a
   ``kill`` of the controller sends, and sits in a session of its own.
-- Starting processes costs the controller nothing but a message. Forking is the bulk of
-  a local run's CPU; done here it runs on another core, from a process far smaller than
-  the controller, so each fork is cheaper too.
+- Starting processes costs the controller nothing but a message. Forking, and creating
+  each job's output files (on a disk, creating a file costs far more than appending a
+  line), are the bulk of a local run's cost; done here they run on another core, from a
+  process far smaller than the controller, so each fork is cheaper too.
 
 Protocol, on a Unix stream socket at descriptor 0:
 
 - controller to shepherd: frames of a 4-byte big-endian length and NUL-separated fields
   (job arguments and environment values cannot hold a NUL: feed() refuses them):
-  ``key, cwd ("" for none), exit line tail, argument count, arguments..., NAME=value...``
-  (the tail ends the job's ``exits.jsonl`` line: ``, "attempt": n, "dir": "folder"}``). The
-  job's stdout and stderr descriptors ride on the frame's first byte (SCM_RIGHTS): the
-  controller opens them, with its checks against planted links, and the shepherd only
-  hands them on. Linux returns the descriptors of one ``sendmsg`` apart from the next,
-  in order, so frame n owns the n-th pair received.
+  ``key, cwd ("" for none), exit line tail, stdout path, stderr path, argument count,
+  arguments..., NAME=value...`` (the tail ends the job's ``exits.jsonl`` line: ``,
+  "attempt": n, "dir": "folder"}``), many frames to a write.
 - shepherd to controller: lines ``S key pid start`` (started; ``start`` in seconds since
-  the epoch), ``E key message`` (could not start) and ``X key rc`` (ended; ``128 +
-  signal`` for a job a signal ended, as a shell reports it).
+  the epoch), ``E key message`` (could not start), ``F key code stream`` (its stdout or
+  stderr file was refused: ``code`` is an errno, or -1 for a file with a second hard
+  link, -2 for one that is not a plain file; the controller words the error) and ``X
+  key rc`` (ended; ``128 + signal`` for a job a signal ended, as a shell reports it).
+
+Output files are opened as the controller's ``workdir.open_plain`` does, refusing what
+someone may have planted at the name: never through a link (``O_NOFOLLOW``), never a
+FIFO or device, never a file with a second hard link; emptied only once it passed.
 
 End of the controller's stream: start nothing more, reap the rest, exit.
 
@@ -39,6 +43,7 @@ import _socket
 import os
 import select
 import signal
+import stat
 import sys
 import time
 
@@ -53,6 +58,36 @@ _DEFAULT = {
     signal.SIGCHLD,
 }
 _INT = 4
+_OUTPUT = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_HARD_LINK, _NOT_PLAIN = -1, -2
+
+
+class Refused(Exception):
+    def __init__(self, code: int, stream: str) -> None:
+        self.code, self.stream = code, stream
+
+
+def _open_output(path: str, stream: str) -> int:
+    try:
+        fd = os.open(path, _OUTPUT, 0o644)
+    except OSError as exc:
+        raise Refused(exc.errno or 0, stream) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise Refused(_NOT_PLAIN, stream)
+        if info.st_nlink > 1:
+            raise Refused(_HARD_LINK, stream)
+        if info.st_size:
+            os.ftruncate(fd, 0)
+        os.set_blocking(fd, True)
+    except OSError as exc:
+        os.close(fd)
+        raise Refused(exc.errno or 0, stream) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _decode(field: bytes) -> str:
@@ -66,7 +101,6 @@ class Shepherd:
         self.lines: list[str] = []
         self.connected = True
         self.buf = bytearray()
-        self.fds: list[int] = []
         self.children: dict[int, tuple[str, str, str]] = {}  # pid -> (key, start, tail)
         self.out: list[str] = []
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -74,18 +108,9 @@ class Shepherd:
 
     def receive(self) -> None:
         try:
-            data, ancdata, flags, _ = self.sock.recvmsg(1 << 16, _socket.CMSG_SPACE(64 * _INT))
+            data = self.sock.recv(1 << 16)
         except OSError:
-            data, ancdata, flags = b"", [], 0
-        for level, kind, payload in ancdata:
-            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-                usable = len(payload) - len(payload) % _INT
-                self.fds += [
-                    int.from_bytes(payload[i : i + _INT], sys.byteorder, signed=True)
-                    for i in range(0, usable, _INT)
-                ]
-        if flags & _socket.MSG_CTRUNC:  # pragma: no cover - room for 64, frames send 2
-            raise SystemExit("shepherd: descriptors were lost in transit")
+            data = b""
         if not data:
             self.connected = False
             return
@@ -96,20 +121,31 @@ class Shepherd:
                 break
             fields = bytes(self.buf[_INT : _INT + size]).split(b"\0")
             del self.buf[: _INT + size]
-            out, err = self.fds[0], self.fds[1]
-            del self.fds[:2]
-            try:
-                self.spawn(fields, out, err)
-            finally:
-                os.close(out)
-                os.close(err)
+            self.spawn(fields)
 
-    def spawn(self, fields: list[bytes], out: int, err: int) -> None:
+    def spawn(self, fields: list[bytes]) -> None:
         key, cwd, tail = _decode(fields[0]), _decode(fields[1]), _decode(fields[2])
-        nargs = int(fields[3])
-        argv = [_decode(f) for f in fields[4 : 4 + nargs]]
+        try:
+            out = _open_output(_decode(fields[3]), "stdout")
+            try:
+                err = _open_output(_decode(fields[4]), "stderr")
+            except BaseException:
+                os.close(out)
+                raise
+        except Refused as refused:
+            self.out.append(f"F {key} {refused.code} {refused.stream}")
+            return
+        try:
+            self.start(key, cwd, tail, fields, out, err)
+        finally:
+            os.close(out)
+            os.close(err)
+
+    def start(self, key: str, cwd: str, tail: str, fields: list[bytes], out: int, err: int) -> None:
+        nargs = int(fields[5])
+        argv = [_decode(f) for f in fields[6 : 6 + nargs]]
         env = self.environ.copy()
-        for item in fields[4 + nargs :]:
+        for item in fields[6 + nargs :]:
             name, _, value = _decode(item).partition("=")
             env[name] = value
         try:

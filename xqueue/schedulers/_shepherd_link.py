@@ -1,8 +1,8 @@
 """The controller's end of a local run's shepherd process (see ``_shepherd.py``).
 
-Requests go out as frames with the job's output descriptors attached; replies come back
-as lines, read by one task (``serve``, run by the engine for the whole run) that hands
-each to the request it answers. A request is a ``Ticket``: awaited once for the start,
+Requests go out as frames, a batch to a write; replies come back as lines, read by one
+task (``serve``, run by the engine for the whole run) that hands each to the request it
+answers. A request is a ``Ticket``: awaited once for the start,
 then, by the job's waiter, for the exit.
 """
 
@@ -29,17 +29,19 @@ def _encode(text: str) -> bytes:
 
 @dataclass
 class Request:
-    """One job for the shepherd: what to run, where, and its open output files."""
+    """One job for the shepherd: what to run, where, and the paths of its output files
+    (the shepherd creates them, with the workdir's checks against planted files)."""
 
     argv: Sequence[str]
     env: Mapping[str, str]
     cwd: str | None
     exit_tail: str  # the end of the job's exits.jsonl line (see _shepherd.py)
-    stdout: int
-    stderr: int
+    stdout: str
+    stderr: str
 
     def frame(self, key: int) -> bytes:
-        fields = [str(key), self.cwd or "", self.exit_tail, str(len(self.argv)), *self.argv]
+        fields = [str(key), self.cwd or "", self.exit_tail, self.stdout, self.stderr]
+        fields += [str(len(self.argv)), *self.argv]
         fields += [f"{name}={value}" for name, value in self.env.items()]
         body = b"\0".join(map(_encode, fields))
         return len(body).to_bytes(4, "big") + body
@@ -48,12 +50,14 @@ class Request:
 class Ticket:
     """One job handed to the shepherd: its pid once started, its return code once ended."""
 
-    __slots__ = ("ended", "error", "pid", "rc", "start", "started")
+    __slots__ = ("ended", "error", "pid", "rc", "refused", "start", "started")
 
     def __init__(self) -> None:
         self.pid = 0
         self.start = 0.0
         self.error: str | None = None
+        # (code, "stdout" or "stderr"): the shepherd refused that output file.
+        self.refused: tuple[int, str] | None = None
         self.rc: int | None = None
         self.started = anyio.Event()
         self.ended = anyio.Event()
@@ -99,25 +103,22 @@ class ShepherdLink:
         returns. Each ticket's ``started`` is set when the shepherd answers."""
         tickets: list[Ticket] = []
         async with self._send_lock:
+            self._check()
+            frames = []
             for request in requests:
-                self._check()
                 key = self._next
                 self._next += 1
                 ticket = self._tickets[key] = Ticket()
                 tickets.append(ticket)
-                await self._send(request.frame(key), [request.stdout, request.stderr])
+                frames.append(request.frame(key))
+            await self._send(b"".join(frames))
         return tickets
 
-    async def _send(self, data: bytes, fds: list[int]) -> None:
+    async def _send(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             try:
-                if fds:
-                    sent = socket.send_fds(self.sock, [view], fds)
-                    fds = []
-                else:
-                    sent = self.sock.send(view)
-                view = view[sent:]
+                view = view[self.sock.send(view) :]
             except BlockingIOError:
                 await anyio.wait_writable(self.sock)
             except OSError as exc:
@@ -155,8 +156,12 @@ class ShepherdLink:
             pid, start = rest.split()
             ticket.pid, ticket.start = int(pid), float(start)
             ticket.started.set()
-        elif kind == "E":
-            ticket.error = rest
+        elif kind in ("E", "F"):
+            if kind == "E":
+                ticket.error = rest
+            else:
+                code, stream = rest.split(" ", 1)
+                ticket.refused = (int(code), stream)
             del self._tickets[key]
             ticket.started.set()
             ticket.ended.set()

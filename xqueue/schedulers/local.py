@@ -39,7 +39,7 @@ from ..job import Job
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
 from ..states import JobStatus
-from ..workdir import open_output
+from ..workdir import refusal
 from . import _machine
 from ._proc import start_ticks, wait_exit
 from ._shepherd_link import Request, ShepherdLink, Ticket
@@ -243,24 +243,23 @@ class LocalScheduler(Scheduler):
         results: list[str | BaseException] = []
         requests: list[Request] = []
         sent: list[tuple[int, Job]] = []
-        try:
-            for job in jobs:
-                self.stats.submit_calls += 1
-                try:
-                    requests.append(self._request(job))
-                except Exception as exc:
-                    results.append(exc)
-                else:
-                    sent.append((len(results), job))
-                    results.append("")
-            tickets = await self._link.spawn(requests)
-        finally:
-            for request in requests:
-                os.close(request.stdout)
-                os.close(request.stderr)
+        for job in jobs:
+            self.stats.submit_calls += 1
+            try:
+                requests.append(self._request(job))
+            except Exception as exc:
+                results.append(exc)
+            else:
+                sent.append((len(results), job))
+                results.append("")
+        tickets = await self._link.spawn(requests)
         for (i, job), ticket in zip(sent, tickets):
             await ticket.started.wait()
-            if ticket.error is not None:
+            if ticket.refused is not None:
+                code, stream = ticket.refused
+                path = job.stdout_path if stream == "stdout" else job.stderr_path
+                results[i] = refusal(path, code)
+            elif ticket.error is not None:
                 results[i] = SubmissionError(
                     f"could not start {job.argv[0]!r}: {ticket.error}", retryable=False
                 )
@@ -278,11 +277,10 @@ class LocalScheduler(Scheduler):
         return result
 
     def _request(self, job: Job) -> Request:
-        """The shepherd's request for ``job``, and its open stdout and stderr.
-
-        The checks and the opening of the output files stay here, so every refusal is
-        the controller's own error and a planted link is refused before anything runs.
-        """
+        """The shepherd's request for ``job``. The shepherd creates its output files, off
+        this loop (on a disk that is most of a job's cost), refusing a planted link, FIFO
+        or hard link there as ``open_plain`` does; the command is checked here, so a
+        missing program is the controller's own error before anything runs."""
         env = {
             "XQUEUE_JOB_INDEX": str(job.index),
             "XQUEUE_JOB_ATTEMPT": str(max(job.attempt, 1)),
@@ -306,13 +304,7 @@ class LocalScheduler(Scheduler):
             )
         folder = json.dumps(os.path.basename(job.dir))
         tail = f', "attempt": {max(job.attempt, 1)}, "dir": {folder}}}'
-        out = open_output(job.stdout_path)  # never through a link planted at the name
-        try:
-            err = open_output(job.stderr_path)
-        except BaseException:
-            os.close(out)
-            raise
-        return Request(job.argv, env, self.options.cwd, tail, out, err)
+        return Request(job.argv, env, self.options.cwd, tail, job.stdout_path, job.stderr_path)
 
     async def wait_job(self, job: Job) -> JobState:
         ticket = self._tickets.get(job)
