@@ -172,6 +172,9 @@ def test_a_directory_as_the_journal_is_a_one_line_error(tmp_path: Path) -> None:
         assert out.returncode == 2
         no_traceback(out.stderr)
         assert "journal.jsonl' is a directory where xqueue keeps a file; move it away" in out.stderr
+        # The job was never started (its intent could not be recorded): nothing is left
+        # submitting for the run to wait for until its shutdown deadline.
+        assert "still alive" not in out.stderr
 
 
 def test_a_directory_as_a_status_file_is_a_one_line_error(tmp_path: Path) -> None:

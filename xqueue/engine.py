@@ -1071,7 +1071,16 @@ class Engine:
                 return
         # The intent first: a controller that dies during the submission leaves a record
         # that makes the next run look for the job instead of starting it again.
-        self.workdir.record_many(allowed)
+        try:
+            self.workdir.record_many(allowed)
+        except (OSError, WorkdirError) as exc:
+            # Nothing may start unrecorded (a later run could start it again): the jobs
+            # were never submitted, and the run stops with the workdir's own error.
+            error = exc if isinstance(exc, WorkdirError) else WorkdirError(str(exc))
+            self._post("stop", error)
+            for job in allowed:
+                self._post("submitted", job, SubmissionError(str(error), retryable=False))
+            return
         try:
             results = await self.scheduler.submit_jobs(allowed)
         except Exception as exc:  # a backend bug fails the batch, it does not lose it
