@@ -3,6 +3,9 @@
 nox                 # the whole suite, as CI runs it
 nox -s tests        # tests only (services are started when we are root with apt)
 nox -s bench        # benchmarks, not part of the default run
+
+XQUEUE_TEST_WORKERS=N (default 3) sets how many pytest-xdist workers run the tests; 0 runs
+them in this one process.
 """
 
 from __future__ import annotations
@@ -49,7 +52,12 @@ def tests(session: nox.Session) -> None:
         session.env["XQUEUE_REQUIRE_SERVICES"] = "1"
     else:
         session.log("not root with apt-get: tests that need Slurm, SGE, sshd or containers skip")
-    session.run("pytest", *(session.posargs or ["tests", *_plugin_tests()]))
+    # Most tests wait on something (a cluster's poll, a sleeping job, ssh), so several
+    # workers overlap the waits even on 2 cores; the tests of one service stay on one
+    # worker (loadgroup, tests/conftest.py says why). Later posargs win (`-- -n 0`).
+    workers = os.environ.get("XQUEUE_TEST_WORKERS", "3")
+    parallel = ["-n", workers, "--dist", "loadgroup"]
+    session.run("pytest", *parallel, *(session.posargs or ["tests", *_plugin_tests()]))
 
 
 def _plugin_tests() -> list[str]:

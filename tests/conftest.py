@@ -29,6 +29,46 @@ for _sig in (signal.SIGTERM, signal.SIGHUP):
     signal.signal(_sig, signal.SIG_DFL)
 
 
+# -- parallel runs: pytest-xdist, `-n N --dist loadgroup` (noxfile.py) ----------------------
+# Most tests wait (a cluster's poll, a sleeping job, an ssh round trip), so CI spreads them
+# over worker processes. The tests of one real service run one after another on a single
+# worker, because they share it in ways that interfere: the outage tests stop slurmctld or
+# sge_qmaster; the 200-job tests fill the Slurm node and SGE's slots, and the limit tests
+# time jobs that would otherwise queue behind others'; test_ssh.py restarts the sshd on
+# port 2223 and fills its sessions. Tests of no service spread freely (each has its own
+# tmp_path). The stand-ins of Batch and PanDA are session fixtures: grouping their tests
+# starts them once per run instead of once per worker. The harnesses that SIGKILL
+# controllers at many points or signal them through a pty each spawn process after
+# process and bound how long a stop may take: one at a time, they keep the CPU load of a
+# run near what those bounds were measured under.
+SERVICE_MARKS = ("slurm", "sge", "ssh", "htcondor", "docker", "podman", "apptainer")
+STANDIN_FIXTURES = {"gcloud": "gcloud", "panda_server": "panda"}
+HARNESS_MODULES = ("test_exactly_once.py", "test_shutdown.py", "test_signals.py", "test_resume.py")
+
+
+def xdist_group_of(item: pytest.Item) -> str | None:
+    """The one group an item runs in, None for no group; a test of two services fails."""
+    services = [m for m in SERVICE_MARKS if item.get_closest_marker(m)]
+    if len(services) > 1:  # one worker cannot hold two exclusive groups: say so, loudly
+        raise pytest.UsageError(f"{item.nodeid} is marked with two services {services}")
+    if services:
+        return services[0]
+    fixtures = getattr(item, "fixturenames", ())
+    standin = next((g for f, g in STANDIN_FIXTURES.items() if f in fixtures), None)
+    if standin is None and item.path.name in HARNESS_MODULES:
+        return "harness"
+    return standin
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("xdist"):
+        return  # the marker is xdist's (and --strict-markers would refuse it without)
+    for item in items:
+        group = xdist_group_of(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)

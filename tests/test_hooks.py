@@ -84,11 +84,20 @@ async def test_kill_veto_leaves_job_running_to_completion(workdir: Path) -> None
         def on_job_killing(self) -> bool:
             return False
 
+    # The job runs until the test lets it end: a fixed sleep would let a slow machine
+    # ask the kill while the job is still queued (killed, no veto asked) or already over.
+    go = workdir.parent / "go"
     async with Xqueue(workdir=workdir, plugins=[NoKill()]) as q:
-        job = await q.feed(["sleep", "0.3"])
-        await anyio.sleep(0.1)
+        job = await q.feed(["sh", "-c", f"while [ ! -e {go} ]; do sleep 0.02; done"])
+        with anyio.fail_after(10):
+            while job.status is not JobStatus.RUNNING:
+                await anyio.sleep(0.02)
         assert await q.kill(job) is False
-        await job.wait()
+        await anyio.sleep(0.2)  # a kill let through would have ended it by now
+        assert job.status is JobStatus.RUNNING
+        await anyio.Path(go).touch()
+        with anyio.fail_after(10):
+            await job.wait()
     assert job.status is JobStatus.FINISHED
 
 

@@ -208,9 +208,11 @@ def test_cancel_stops_a_live_run_as_its_sigterm_does(tmp_path: Path, runs: list[
 
 
 def test_cancel_kills_named_jobs_through_the_live_run(tmp_path: Path, runs: list[Run]) -> None:
-    wd = tmp_path / "wd"
-    # Job 2 ends after 5 s: until then job 3 stays queued, however slow the CLI calls are.
-    run = Run(wd, ["sleep 60", "sleep 60", "sleep 5; echo done", "sleep 60"], "-f", "3")
+    wd, go = tmp_path / "wd", tmp_path / "go"
+    # Job 2 ends when the test says: ended any sooner, it would free its fork for job 3
+    # while the cancels below are still starting up (a second, on a busy machine).
+    second = f"while [ ! -e {go} ]; do sleep 0.05; done; echo done"
+    run = Run(wd, ["sleep 60", "sleep 60", second, "sleep 60"], "-f", "3")
     runs.append(run)
     run.wait_journal('"jid": "', 3)
     ambiguous = xqueue("cancel", str(wd), "sleep 60")
@@ -218,6 +220,7 @@ def test_cancel_kills_named_jobs_through_the_live_run(tmp_path: Path, runs: list
     out = xqueue("cancel", str(wd), "0", "3")
     assert out.returncode == 0, out.stderr
     assert out.stdout == "job 0 (sleep 60): killed\njob 3 (sleep 60): killed\n"
+    go.touch()
     run.wait_journal('"status": "finished"', 1)  # the run goes on: job 2 ends as it would
     assert run.proc.poll() is None
     # Job 3 was still queued: killed before it was ever submitted, so never recorded.

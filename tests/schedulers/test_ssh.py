@@ -606,10 +606,22 @@ async def test_garbled_status_answer_mid_run_is_survived(
             "vanish_grace": 0,
         },
     )
+    # The jobs run until polling has gone on past the garbled answer: a fixed sleep
+    # could end before the third status command on a loaded machine.
+    go = workdir.parent / "go"
+
+    async def release() -> None:
+        while garble.calls <= 3:
+            await anyio.sleep(0.05)
+        await anyio.Path(go).touch()
+
     try:
-        jobs = [await q.feed(["sleep", "2"]) for _ in range(3)]
+        wait = f"while [ ! -e {go} ]; do sleep 0.05; done"
+        jobs = [await q.feed(["sh", "-c", wait]) for _ in range(3)]
         with caplog.at_level(logging.WARNING, logger="xqueue"), anyio.fail_after(60):
-            await q.run_until_complete()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(release)
+                await q.run_until_complete()
     finally:
         await q.aclose()
     assert [j.status for j in jobs] == [JobStatus.FINISHED] * 3
