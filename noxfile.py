@@ -4,7 +4,7 @@ nox                 # the whole suite, as CI runs it
 nox -s tests        # tests only (services are started when we are root with apt)
 nox -s bench        # benchmarks, not part of the default run
 
-XQUEUE_TEST_WORKERS=N (default 3) sets how many pytest-xdist workers run the tests; 0 runs
+XQUEUE_TEST_WORKERS=N (default 0) sets how many pytest-xdist workers run the tests; 0 runs
 them in this one process.
 """
 
@@ -55,7 +55,10 @@ def tests(session: nox.Session) -> None:
     # Most tests wait on something (a cluster's poll, a sleeping job, ssh), so several
     # workers overlap the waits even on 2 cores; the tests of one service stay on one
     # worker (loadgroup, tests/conftest.py says why). Later posargs win (`-- -n 0`).
-    workers = os.environ.get("XQUEUE_TEST_WORKERS", "3")
+    # Off by default for now: on 3 workers (12 min instead of 25) the SSH restart and
+    # halt tests, an SGE outage test and a Slurm vanish test failed, all timing; until
+    # they are made robust to a loaded machine, CI runs one test at a time.
+    workers = os.environ.get("XQUEUE_TEST_WORKERS", "0")
     parallel = ["-n", workers, "--dist", "loadgroup"]
     session.run("pytest", *parallel, *(session.posargs or ["tests", *_plugin_tests()]))
 

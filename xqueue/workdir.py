@@ -39,6 +39,7 @@ opts in (``Workdir(path, trust=True)`` or ``XQUEUE_TRUST_WORKDIR=1``). Reading l
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
@@ -80,6 +81,8 @@ __all__ = [
     "read_rc",
     "read_text",
 ]
+
+log = logging.getLogger("xqueue.workdir")
 
 _SLUG_MAX = 40
 # json.dumps(spec, sort_keys=True), without building an encoder per call (the same text).
@@ -680,6 +683,15 @@ class Workdir:
         for key, rc in self.reader.exit_codes(starts).items():
             found[wanted[key]] = rc
         return found
+
+    def make_remaining(self) -> None:
+        """Make every folder still missing, a batch at a time (a run's end); one that
+        cannot be made is logged: its job has ended, and its record is journaled."""
+        failed: set[Job] = set()
+        while batch := [job for job in list(self._unmade)[:256] if job not in failed]:
+            for job, error in self.make_folders(batch).items():
+                failed.add(job)
+                log.warning("job %s: %s", job.index, error)
 
     def has_unmade(self) -> bool:
         return bool(self._unmade)
