@@ -99,12 +99,7 @@ def read_bytes(path: str | os.PathLike[str], *, regular: bool = False) -> bytes 
     try:
         size = _CHUNK
         if regular:
-            info = os.fstat(fd)
-            if stat.S_ISDIR(info.st_mode):
-                raise file_error(path, IsADirectoryError(errno.EISDIR, "Is a directory"))
-            if not stat.S_ISREG(info.st_mode):
-                raise WorkdirError(f"{os.fspath(path)!r} is not a regular file; move it away")
-            size = max(info.st_size, _CHUNK)
+            size = max(_check_regular(path, fd), _CHUNK)
         data = os.read(fd, size)
         if len(data) == size:  # rare for state files (a few hundred bytes); a growing journal
             parts = [data]
@@ -116,6 +111,31 @@ def read_bytes(path: str | os.PathLike[str], *, regular: bool = False) -> bytes 
         raise file_error(path, exc) from None
     finally:
         os.close(fd)
+
+
+def _check_regular(path: str | os.PathLike[str], fd: int) -> int:
+    """The size of the regular file open at ``fd``; a one-line error for anything else."""
+    info = os.fstat(fd)
+    if stat.S_ISDIR(info.st_mode):
+        raise file_error(path, IsADirectoryError(errno.EISDIR, "Is a directory"))
+    if not stat.S_ISREG(info.st_mode):
+        raise WorkdirError(f"{os.fspath(path)!r} is not a regular file; move it away")
+    return info.st_size
+
+
+def read_lines(path: str | os.PathLike[str]) -> Iterator[bytes]:
+    """The lines of an append-only workdir file, read as a stream (a million lines are
+    not held at once); nothing if there is no such file. Blocking."""
+    try:
+        fd = os.open(path, READ_FLAGS)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise file_error(path, exc) from None
+    with os.fdopen(fd, "rb") as fh:
+        _check_regular(path, fd)
+        os.set_blocking(fd, True)
+        yield from fh
 
 
 def read_text(path: str | os.PathLike[str]) -> str | None:
@@ -459,27 +479,16 @@ class WorkdirReader:
     def _index_winners(self) -> dict[str, bytes]:
         winners: dict[str, bytes] = {}
         key = _DIR_KEY.encode()
-        try:
-            fd = os.open(self.path / JOURNAL_FILE, READ_FLAGS)
-        except FileNotFoundError:
-            return winners
-        except OSError as exc:
-            raise file_error(self.path / JOURNAL_FILE, exc) from None
-        with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                self.journal()  # the careful reading says what is wrong with it
+        for line in read_lines(self.path / JOURNAL_FILE):
+            tail = line.rpartition(key)[2]
+            if tail[-3:] == b'"}\n' and b"\\" not in tail:
+                winners[tail[:-3].decode(errors="replace")] = line
+            elif line[-1:] != b"\n":
+                log.info("%s: ignoring its torn last line", self.path / JOURNAL_FILE)
+            elif line.strip():  # a line of another shape: the careful reading, for all
+                winners.clear()
+                self.journal()
                 return winners
-            os.set_blocking(fd, True)
-            for line in fh:
-                tail = line.rpartition(key)[2]
-                if tail[-3:] == b'"}\n' and b"\\" not in tail:
-                    winners[tail[:-3].decode(errors="replace")] = line
-                elif line[-1:] != b"\n":
-                    log.info("%s: ignoring its torn last line", self.path / JOURNAL_FILE)
-                elif line.strip():  # a line of another shape
-                    winners.clear()
-                    self.journal()
-                    return winners
         return winners
 
     def spec_digest(self, folder: str) -> bytes | None:
@@ -488,19 +497,11 @@ class WorkdirReader:
         (an older workdir's ``job.json`` is then read by ``spec_text``)."""
         if self._digests is None:
             self._digests = {}
-            try:
-                fd = os.open(self.path / SPECS_FILE, READ_FLAGS)
-            except FileNotFoundError:
-                return None
-            except OSError as exc:
-                raise file_error(self.path / SPECS_FILE, exc) from None
             head, tail_key, start = SPEC_HEAD.encode(), DIR_TAIL.encode(), len(SPEC_HEAD)
-            with os.fdopen(fd, "rb") as fh:
-                os.set_blocking(fd, True)
-                for line in fh:
-                    text, sep, tail = line.rpartition(tail_key)
-                    if sep and tail[-3:] == b'"}\n' and text[:start] == head:
-                        self._digests[tail[:-3].decode(errors="replace")] = digest(text[start:])
+            for line in read_lines(self.path / SPECS_FILE):
+                text, sep, tail = line.rpartition(tail_key)
+                if sep and tail[-3:] == b'"}\n' and text[:start] == head:
+                    self._digests[tail[:-3].decode(errors="replace")] = digest(text[start:])
         return self._digests.pop(folder, None)
 
     def spec_text(self, folder: str) -> str | None:
