@@ -17,7 +17,8 @@ import anyio
 import pytest
 
 from tests.helpers import SGE_FAST, SLURM_FAST, ssh_server
-from tests.schedulers.conftest import BUCKET, LOCATION, Panda
+from tests.schedulers.conftest import Panda
+from tests.schedulers.test_gbatch import options as gbatch_options
 from tests.standins.gcloud import Gcloud
 from xqueue import Job
 from xqueue.testing import Backend, SchedulerConformance
@@ -162,17 +163,7 @@ class TestGbatch(SchedulerConformance):
             answer = await anyio.to_thread.run_sync(lambda: gcloud.control("Forget", name=job.jid))
             assert answer == {"forgotten": True}
 
-        opts: dict[str, Any] = {
-            "project": f"p-{uuid.uuid4().hex[:10]}",
-            "location": LOCATION,
-            "staging_bucket": f"gs://{BUCKET}/runs",
-            "endpoint": gcloud.batch,
-            "insecure": True,
-            "storage_endpoint": gcloud.storage,
-            "mount_root": f"{gcloud.vm_root}/mnt",
-            "poll_interval": 0.2,
-            "vanish_grace": 1.0,
-        }
+        opts = gbatch_options(gcloud, f"p-{uuid.uuid4().hex[:10]}")
         return Backend("gbatch", opts, forget=forget)
 
 
