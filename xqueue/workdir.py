@@ -584,8 +584,7 @@ class Workdir:
                         return
             time.sleep(_MAKER_DELAY)
             self._wake.clear()
-            while batch := [job for job in list(self._unmade)[:256] if job not in failed]:
-                failed.update(self.make_folders(batch))
+            self.make_remaining(failed, report=False)
 
     def _make_now(self, job: Job) -> None:
         error = self.make_folders([job]).get(job)
@@ -684,14 +683,17 @@ class Workdir:
             found[wanted[key]] = rc
         return found
 
-    def make_remaining(self) -> None:
-        """Make every folder still missing, a batch at a time (a run's end); one that
-        cannot be made is logged: its job has ended, and its record is journaled."""
-        failed: set[Job] = set()
+    def make_remaining(self, failed: set[Job] | None = None, *, report: bool = True) -> None:
+        """Make every folder still missing, a batch at a time, skipping (and adding to
+        ``failed``) those that could not be made. ``report``: log each failure (a run's
+        end: its job has ended, and its record is journaled); the workdir's thread
+        leaves them to the job's submission, which tries again and says why."""
+        failed = set() if failed is None else failed
         while batch := [job for job in list(self._unmade)[:256] if job not in failed]:
             for job, error in self.make_folders(batch).items():
                 failed.add(job)
-                log.warning("job %s: %s", job.index, error)
+                if report:
+                    log.warning("job %s: %s", job.index, error)
 
     def has_unmade(self) -> bool:
         return bool(self._unmade)
