@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import aiodocker
 import anyio
 import pytest
 
@@ -20,7 +21,7 @@ from tests.helpers import IMAGE, call_api, read_text
 from tests.schedulers.fakes import DroppingProxy
 from xqueue import FailureClass, Job, JobFailedError, JobStatus, SchedulerError, Xqueue
 from xqueue.errors import SchedulerOptionError, SchedulerOutputError, SubmissionUnknownError
-from xqueue.schedulers._container_api import _exit_code, _state
+from xqueue.schedulers._container_api import _exit_code, _gone, _state
 from xqueue.schedulers.container import ContainerScheduler
 from xqueue.workdir import Workdir
 
@@ -458,3 +459,17 @@ async def test_apptainer_walltime_kills_the_container(
     finally:
         await q.aclose()
     assert job.status is JobStatus.FAILED and job.failure is FailureClass.TIMEOUT
+
+
+def test_podmans_500_no_such_container_counts_as_gone() -> None:
+    # Podman answered a stop that raced the wait's removal with this 500 in CI; the kill
+    # then failed the run although the container had ended. Both answers mean "gone".
+    raced = aiodocker.DockerError(
+        500,
+        "container 943eb06eb5630acd20bd2b774d14a1505a2397d9ee0357db911c869f8600c6af"
+        " does not exist in database: no such container",
+    )
+    assert _gone(raced)
+    assert _gone(aiodocker.DockerError(404, "no such container"))
+    assert not _gone(aiodocker.DockerError(500, "runtime error: cgroup busy"))
+    assert not _gone(aiodocker.DockerError(409, "removal in progress"))

@@ -46,6 +46,16 @@ _WAIT_RETRIES = 5
 _NO_CONNECTION = 900  # aiodocker's status for "could not connect to the socket"
 
 
+def _gone(exc: aiodocker.DockerError) -> bool:
+    """Whether the daemon says the container no longer exists.
+
+    Docker answers 404. Podman's compatible API answers 500 "no such container" when the
+    container is removed while the request is in flight (a kill racing the wait that
+    removes it), so both count: the container is gone either way.
+    """
+    return exc.status == 404 or (exc.status == 500 and "no such container" in exc.message.lower())
+
+
 class ApiRuntime:
     """Containers created, started, awaited, stopped and removed over the API socket."""
 
@@ -239,7 +249,7 @@ class ApiRuntime:
                 result = await container.wait()
                 break
             except aiodocker.DockerError as exc:
-                if exc.status == 404:
+                if _gone(exc):
                     return None
                 if exc.status != _NO_CONNECTION or attempt == last:
                     raise
@@ -262,7 +272,7 @@ class ApiRuntime:
             await container.delete(force=True)
             return
         except aiodocker.DockerError as exc:
-            if exc.status == 404:
+            if _gone(exc):
                 return
             if exc.status != 409:  # 409: a removal already in progress; wait for it
                 log.warning("%s: could not remove container %s: %s", self.bin, cid[:12], exc)
@@ -271,7 +281,7 @@ class ApiRuntime:
             try:
                 await container.show()
             except aiodocker.DockerError as exc:
-                if exc.status == 404:
+                if _gone(exc):
                     return
             await asyncio.sleep(0.1)
         log.warning("%s: container %s is still being removed", self.bin, cid[:12])
@@ -292,7 +302,7 @@ class ApiRuntime:
             await container.stop(t=grace)
             state = _state(await container.show())
         except aiodocker.DockerError as exc:
-            if exc.status in (304, 404):  # already stopped, or gone
+            if exc.status == 304 or _gone(exc):  # already stopped, or gone
                 return
             if exc.status == _NO_CONNECTION:
                 raise
@@ -311,7 +321,7 @@ class ApiRuntime:
         try:
             await self._docker.containers.container(cid).show()
         except aiodocker.DockerError as exc:
-            if exc.status == 404:
+            if _gone(exc):
                 return False
             if exc.status == _NO_CONNECTION:
                 raise
