@@ -36,13 +36,13 @@ for _sig in (signal.SIGTERM, signal.SIGHUP):
 # sge_qmaster; the 200-job tests fill the Slurm node and SGE's slots, and the limit tests
 # time jobs that would otherwise queue behind others'; test_ssh.py restarts the sshd on
 # port 2223 and fills its sessions. Tests of no service spread freely (each has its own
-# tmp_path). The stand-ins of Batch and PanDA are session fixtures: grouping their tests
-# starts them once per run instead of once per worker. The harnesses that SIGKILL
-# controllers at many points or signal them through a pty each spawn process after
-# process and bound how long a stop may take: one at a time, they keep the CPU load of a
-# run near what those bounds were measured under.
+# tmp_path). The Batch stand-in is a session fixture: grouping its tests starts it once
+# per run instead of once per worker (the PanDA plugin's conftest does so for its own).
+# The harnesses that SIGKILL controllers at many points or signal them through a pty
+# each spawn process after process and bound how long a stop may take: one at a time,
+# they keep the CPU load of a run near what those bounds were measured under.
 SERVICE_MARKS = ("slurm", "sge", "ssh", "htcondor", "docker", "podman", "apptainer")
-STANDIN_FIXTURES = {"gcloud": "gcloud", "panda_server": "panda"}
+STANDIN_FIXTURES = {"gcloud": "gcloud"}
 HARNESS_MODULES = ("test_exactly_once.py", "test_shutdown.py", "test_signals.py", "test_resume.py")
 
 

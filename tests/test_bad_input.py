@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,41 @@ def test_bad_queue_arguments(
 ) -> None:
     with pytest.raises(error, match=message):
         Xqueue(workdir=workdir, **kwargs)
+
+
+def test_a_plugin_scheduler_not_installed_names_its_distribution() -> None:
+    # PanDA is a plugin distribution (plugins/xqueue-panda); without it, the name alone
+    # must tell the user what to install, not only that it is unknown.
+    message = str(UnknownSchedulerError("panda", ["local", "slurm"]))
+    assert "unknown scheduler 'panda'; available schedulers: local, slurm" in message
+    assert "pip install xqueue-panda" in message
+
+
+def test_a_plugin_whose_import_fails_says_to_reinstall_it(tmp_path: Path) -> None:
+    # A real distribution on sys.path whose entry point's module needs a missing package:
+    # the fix is to reinstall that distribution, not an xqueue extra of the same name.
+    info = tmp_path / "xq_broken-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: xq-broken\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[xqueue.schedulers]\nbroken = xq_broken_mod:Broken\n")
+    (tmp_path / "xq_broken_mod.py").write_text("import xq_no_such_client_library\n")
+    script = (
+        "from xqueue import Xqueue\n"
+        "try:\n"
+        "    Xqueue(scheduler='broken')\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.startswith("ConfigError scheduler 'broken' needs a package that is not installed")
+    assert "(xq_no_such_client_library); reinstall xq-broken" in out
+    assert "xqueue[" not in out
 
 
 def test_workdir_not_writable(tmp_path: Path) -> None:

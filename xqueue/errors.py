@@ -43,7 +43,16 @@ class UnknownSchedulerError(ConfigError, LookupError):
         self.name = name
         self.available = sorted(available)
         names = ", ".join(self.available) or "none (is xqueue installed, not just on sys.path?)"
-        super().__init__(f"unknown scheduler {name!r}; available schedulers: {names}")
+        message = f"unknown scheduler {name!r}; available schedulers: {names}"
+        if name in PLUGIN_SCHEDULERS:
+            message += f"; {name!r} comes with its own distribution: {PLUGIN_SCHEDULERS[name]}"
+        super().__init__(message)
+
+
+PLUGIN_SCHEDULERS = {
+    "panda": "pip install xqueue-panda (plugins/xqueue-panda in xqueue's repository)",
+}
+"""Schedulers xqueue's project ships as separate plugin distributions, and how to get each."""
 
 
 class SchedulerOptionError(ConfigError):

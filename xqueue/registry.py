@@ -35,9 +35,12 @@ def scheduler_class(name: str) -> type[Scheduler]:
     try:
         cls = eps[name].load()
     except ImportError as exc:
+        dist = str(getattr(eps[name].dist, "name", "xqueue"))  # whoever registers it
+        fix = f"install it with: pip install 'xqueue[{name}]'"
+        if dist != "xqueue":  # a plugin distribution: its dependency is missing
+            fix = f"reinstall {dist}"
         raise ConfigError(
-            f"scheduler {name!r} needs a package that is not installed ({exc.name or exc}); "
-            f"install it with: pip install 'xqueue[{name}]'"
+            f"scheduler {name!r} needs a package that is not installed ({exc.name or exc}); {fix}"
         ) from exc
     if not (isinstance(cls, type) and issubclass(cls, Scheduler)):
         raise ConfigError(f"entry point {name!r} does not name a Scheduler subclass: {cls!r}")

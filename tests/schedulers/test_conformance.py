@@ -1,8 +1,8 @@
 """The conformance kit (``xqueue.testing``) on every built-in backend, each on its real
 system: local processes, Slurm, SGE, HTCondor, an sshd, docker, podman, charliecloud,
-apptainer, and the Batch and PanDA stand-ins. Each class is what a plugin author
-writes for their own scheduler: a ``backend`` fixture, nothing else; the tests come from
-the kit.
+apptainer, and the Batch stand-in (the PanDA plugin runs it in its own tests). Each class
+is what a plugin author writes for their own scheduler: a ``backend`` fixture, nothing
+else; the tests come from the kit.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import anyio
 import pytest
 
 from tests.helpers import SGE_FAST, SLURM_FAST, ssh_server
-from tests.schedulers.conftest import Panda
 from tests.schedulers.test_gbatch import options as gbatch_options
 from tests.standins.gcloud import Gcloud
 from xqueue import Job
@@ -165,12 +164,3 @@ class TestGbatch(SchedulerConformance):
 
         opts = gbatch_options(gcloud, f"p-{uuid.uuid4().hex[:10]}")
         return Backend("gbatch", opts, forget=forget)
-
-
-class TestPanda(SchedulerConformance):
-    @pytest.fixture
-    def backend(self, panda: Panda) -> Backend:
-        async def forget(job: Job) -> None:
-            await anyio.to_thread.run_sync(panda.server.forget, str(job.jid))
-
-        return Backend("panda", panda.opts(), packs=True, forget=forget)

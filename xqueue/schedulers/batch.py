@@ -100,6 +100,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 
+from .._text import quote
 from ..errors import SchedulerError, SchedulerOptionError, SubmissionUnknownError
 from ..job import SCRIPT, STARTED, Job
 from ..options import SchedulerOptions
@@ -125,15 +126,24 @@ from ._process import CommandResult, SchedulerCommandError, read_output, run_com
 if TYPE_CHECKING:
     from ..workdir import Workdir
 
+# Public for every backend that hands jobs to another system, built on this base or not
+# (the PanDA plugin is a plain Scheduler): a plugin imports these from here, never from
+# the private modules behind them.
 __all__ = [
     "BatchOptions",
     "BatchScheduler",
     "CommandResult",
     "Submission",
     "TagStyle",
+    "attempt_of",
+    "best_match",
+    "chunks",
     "hms",
     "job_name",
     "long_options",
+    "matches",
+    "quote",
+    "run_tag",
     "short_options",
 ]
 

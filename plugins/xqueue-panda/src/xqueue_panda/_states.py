@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..failures import FailureClass
-from ..scheduler import JobState
-from ..states import JobStatus
+from xqueue.failures import FailureClass
+from xqueue.scheduler import JobState
+from xqueue.states import JobStatus
 
 WAITING = frozenset(
     {"pending", "defined", "assigned", "waiting", "activated", "throttled", "sent", "starting"}

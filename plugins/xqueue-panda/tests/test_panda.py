@@ -2,7 +2,7 @@
 
 A real PanDA server cannot be installed from the package registries (it needs
 PostgreSQL with extensions and a schema no registry carries; see
-tests/standins/panda_server.py), so the server is a stand-in on loopback speaking the
+panda_standin/server.py), so the server is a stand-in on loopback speaking the
 HTTP API the installed client speaks, and its pilot really runs every payload on this
 machine. Every test reads back what the server recorded (states walked, attributes,
 error codes, calls per endpoint) rather than trusting xqueue's view.
@@ -19,21 +19,30 @@ from pathlib import Path
 
 import anyio
 import pytest
+from panda_standin import Panda
+from panda_standin.server import USER
 from pandaclient.JobSpec import JobSpec  # the client's data class: reads no configuration
+from xqueue_panda import PandaScheduler
+from xqueue_panda._states import verdict
 
-from tests.helpers import read_text, wait_running
-from tests.procs import DRIVER
-from tests.schedulers.conftest import Panda
-from tests.standins.panda_server import USER
 from xqueue import FailureClass, Job, JobStatus, Xqueue
 from xqueue.errors import SchedulerOptionError, SubmissionUnknownError
 from xqueue.job import SCRIPT
 from xqueue.scheduler import JobState
-from xqueue.schedulers._panda_states import verdict
-from xqueue.schedulers.panda import PandaScheduler
 from xqueue.workdir import Workdir, WorkdirReader
 
 pytestmark = pytest.mark.anyio
+
+
+async def read_text(path: str | os.PathLike[str]) -> str:
+    return await anyio.Path(path).read_text()
+
+
+async def wait_running(job: Job, timeout: float = 30) -> None:
+    with anyio.fail_after(timeout):
+        while job.status is not JobStatus.RUNNING:
+            await anyio.sleep(0.1)
+
 
 WALK = ["defined", "activated", "sent", "starting", "running", "holding"]
 """The states every job that a pilot ran goes through before its final one."""
@@ -245,15 +254,19 @@ async def test_controller_restart_readopts_running_jobs(
     ]
     jobs_file = anyio.Path(tmp_path / "jobs")
     await jobs_file.write_text("".join(c + "\n" for c in commands))
+    # The first controller is the command line, as a user would start it; it dies by
+    # SIGKILL, and the second one is this test's own queue.
     argv = [
         sys.executable,
-        str(DRIVER),
-        "api",
+        "-m",
+        "xqueue",
+        "run",
         str(jobs_file),
         "-w",
         str(workdir),
-        "--backend",
-        anyio_backend,
+        "--no-progress",
+        "-f",
+        "3",
         "-s",
         "panda",
     ]
@@ -328,7 +341,7 @@ async def test_client_that_cannot_load_is_reported(tmp_path: Path) -> None:
     # a fresh interpreter shows what a user without outside DNS sees.
     script = (
         "import anyio\n"
-        "from xqueue.schedulers.panda import PandaScheduler\n"
+        "from xqueue_panda import PandaScheduler\n"
         "from xqueue.workdir import Workdir\n"
         "async def main():\n"
         f"    await PandaScheduler(queue='Q').open(Workdir({str(tmp_path / 'wd')!r}))\n"

@@ -22,7 +22,7 @@ against this server, which implements what the client sends, as read in panda-cl
   pilot reads in the answer to its next heartbeat;
 - ``GET task/get_job_ids?task_id=N``: the PandaIDs of the jobs filed under jediTaskID N;
 - ``POST pilot/acquire_jobs`` and ``POST pilot/update_job``: the pilot's side
-  (``panda_pilot.py``), with panda-server's parameter names and valid states.
+  (``pilot.py``), with panda-server's parameter names and valid states.
 
 Jobs walk PanDA's real states: ``defined`` when stored, ``activated`` on the server's
 next cycle (as its Setupper would), ``sent`` when a pilot acquires it, ``starting`` and

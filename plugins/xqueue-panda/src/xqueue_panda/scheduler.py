@@ -8,7 +8,7 @@ job's wrapper script, ``/bin/sh '<wrapper>'``, with the path quoted like every a
 the workdir at the same path, as a Slurm cluster's nodes do. The wrapper's return code
 file then settles the job; PanDA's own record (its state, the payload's exit code, the
 pilot's error code and diagnostics) settles it when the file is not there
-(``_panda_states``).
+(``_states``).
 
 Every client call is synchronous HTTP (a new httpx connection each): it runs in a worker
 thread, bounded by a timeout, and is batched: one ``job/get_description``
@@ -49,22 +49,30 @@ from functools import partial
 from typing import Any
 
 import anyio
-import pandaclient  # noqa: F401 - without the extra, choosing "panda" says what to install
+import pandaclient  # noqa: F401 - a missing client fails when "panda" is chosen, by name
 
-from .._text import quote
-from ..errors import (
+from xqueue.errors import (
     SchedulerError,
     SchedulerOptionError,
     SchedulerOutputError,
     SubmissionError,
     SubmissionUnknownError,
 )
-from ..job import SCRIPT, Job
-from ..options import SchedulerOptions
-from ..scheduler import JobState, Scheduler, gather_bounded
-from ..states import JobStatus
-from ._cluster import attempt_of, best_match, chunks, job_name, matches, run_tag
-from ._panda_states import field, verdict
+from xqueue.job import SCRIPT, Job
+from xqueue.options import SchedulerOptions
+from xqueue.scheduler import JobState, Scheduler, gather_bounded
+from xqueue.schedulers.batch import (
+    attempt_of,
+    best_match,
+    chunks,
+    job_name,
+    matches,
+    quote,
+    run_tag,
+)
+from xqueue.states import JobStatus
+
+from ._states import field, verdict
 
 # The server truncates longer lists (panda-server's api/v1 job.submit, job.get_description).
 SERVER_MAX_SUBMIT = 5000
