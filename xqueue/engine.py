@@ -94,6 +94,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("xqueue")
 
 S = JobStatus
+_ACTIVE = frozenset(s for s in JobStatus if s.is_active)
 # A scheduler whose status query fails this many ticks in a row, for at least
 # OUTAGE_TOLERANCE seconds, stops the run; a controller restart (slurmctld, sge_qmaster)
 # is ridden out. Submissions that prove the backend unreachable wait as long.
@@ -237,11 +238,11 @@ class Engine:
         old = job.transition(new)
         self.counts[old] -= 1
         self.counts[new] += 1
-        if old.is_active:
+        if old in _ACTIVE:  # JobStatus.is_active, without a property call per move
             self._active.pop(job, None)
-            if not new.is_active and job.claim is not None:
+            if new not in _ACTIVE and job.claim is not None:
                 self._pool.release(job.claim)  # ended, failed, killed, refused, requeued
-        if new.is_active:
+        if new in _ACTIVE:
             self._active[job] = None
             if old is S.QUEUED:  # a new attempt: nothing of the one before is its own
                 job.rc, job.reason = None, ""
@@ -295,12 +296,11 @@ class Engine:
         record = self.workdir.prepare(job, staged)
         self.jobs.append(job)
         self.counts[S.INIT] += 1
-        await self.hooks.call("on_job_init", **self._kw(job))
-        event = ("fed", job, record)
+        await self.hooks.call_with("on_job_init", self._kw(job))
         if self.running:
-            self._post(*event)
+            self._post("fed", job, record)
         else:
-            await self._call_hooks(self._handle(event))
+            await self._call_hooks(self._on_fed(job, record))
 
     async def _check_fits(self, job: Job) -> None:
         """Refuse a job that could never start: more than any host has, unknown slot axes.
@@ -1026,10 +1026,12 @@ class Engine:
         return self.hook_timeout
 
     async def _call_hooks(self, calls: list[HookCall]) -> None:
+        if not calls:
+            return
         timeout = self._hook_timeout()
         for hook, job in calls:
             try:
-                await self.hooks.call(hook, timeout=timeout, **self._kw(job))
+                await self.hooks.call_with(hook, self._kw(job), timeout)
             except PluginError as exc:
                 if self.state is RunState.STOPPING:
                     log.error("%s", exc)
@@ -1128,7 +1130,7 @@ class Engine:
             if self.hooks.implements("on_job_polling"):
                 for job in jobs:
                     if job.status in (S.SUBMITTED, S.RUNNING):  # it may have ended since
-                        await self.hooks.call("on_job_polling", timeout=timeout, **self._kw(job))
+                        await self.hooks.call_with("on_job_polling", self._kw(job), timeout)
         except PluginError as exc:
             self._post("stop", exc)
         finally:

@@ -172,7 +172,7 @@ class EventLog:
                 event,
                 job.index,
                 job.name,
-                job.status.value,
+                job.status._value_,  # Enum's .value is a Python-level descriptor
                 job.attempt,
                 job.jid,
                 job.rc,

@@ -109,7 +109,17 @@ class Hooks:
         ``timeout`` bounds each awaitable implementation (a stopping run must not hang on
         a plugin): one that takes longer is cancelled and reported as a PluginError.
         """
-        impls = self._implementations(hook)
+        return await self.call_with(hook, kwargs, timeout)
+
+    async def call_with(
+        self, hook: str, kwargs: dict[str, Any], timeout: float | None = None
+    ) -> list[tuple[str, Any]]:
+        """``call`` with the arguments as one dict, which the engine builds once per job
+        event: packing and unpacking keywords twice more per event shows when 100,000
+        jobs are fed."""
+        impls = self._impls.get(hook)
+        if impls is None:
+            impls = self._implementations(hook)
         if not impls:
             return []
         results = []
@@ -117,7 +127,10 @@ class Hooks:
             if plugin in self.hung:
                 continue  # it hung once already; its error was reported then
             try:
-                result = fn(*[kwargs[a] for a in argnames])
+                if len(argnames) == 1:  # most hooks take only the job: no list to build
+                    result = fn(kwargs[argnames[0]])
+                else:
+                    result = fn(*[kwargs[a] for a in argnames])
                 if result is not None and inspect.isawaitable(result):
                     if timeout is None:
                         result = await result

@@ -18,7 +18,7 @@ from .capacity import Claim
 from .errors import ConfigError, InvalidTransitionError
 from .failures import FailureClass
 from .resources import Resources
-from .states import JobStatus, can_transition
+from .states import TRANSITIONS, JobStatus
 from .wrapping import Wrap
 
 # Names of the files a job keeps in its folder, once per job.
@@ -48,6 +48,13 @@ def normalize_command(cmd: str | Sequence[Any]) -> str | tuple[str, ...]:
         if not cmd.strip():
             raise ConfigError("empty command: give a program to run, e.g. ['echo', 'hi']")
         return check_text(cmd, "the command")
+    if type(cmd) in (list, tuple):  # the common case, checked in C: all plain text
+        try:
+            joined = "".join(cmd)
+        except TypeError:  # not all strings: each argument is converted or refused
+            joined = "\0"
+        if joined.isascii() and "\0" not in joined and cmd and cmd[0].strip():
+            return tuple(cmd)
     if isinstance(cmd, (bytes, bytearray)) or not isinstance(cmd, Sequence):
         raise ConfigError(f"a command is a string or a list of arguments, not {type(cmd).__name__}")
     argv = tuple([_argument(i, a) for i, a in enumerate(cmd)])
@@ -82,7 +89,8 @@ def _check_envs(envs: Mapping[str, Any]) -> dict[str, str]:
 def default_name(command: str | tuple[str, ...]) -> str:
     if isinstance(command, str):
         return command.strip()[:48]
-    return " ".join([os.path.basename(command[0]), *command[1:3]])[:48]
+    # rpartition is os.path.basename for a str, without its Python-level call
+    return " ".join([command[0].rpartition("/")[2], *command[1:3]])[:48]
 
 
 class Job:
@@ -140,8 +148,9 @@ class Job:
         self.index = index
         self.command = normalize_command(command)
         self.envs = _check_envs(envs) if envs else None
-        self.name = check_name(name) or default_name(self.command)
-        self.resources = Resources.from_value(resources)
+        checked = None if name is None else check_name(name)
+        self.name = checked or default_name(self.command)
+        self.resources = None if resources is None else Resources.from_value(resources)
         self.dir = dir
         self.status = JobStatus.INIT
         self.jid: str | None = None
@@ -222,10 +231,10 @@ class Job:
     def transition(self, new: JobStatus) -> JobStatus:
         """Move to ``new`` if the state table allows it; return the old state."""
         old = self.status
-        if not can_transition(old, new):
+        if new not in TRANSITIONS[old]:  # can_transition, inline: every move passes here
             raise InvalidTransitionError(self, old, new)
         self.status = new
-        if new.is_final and self._done is not None:
+        if self._done is not None and new.is_final:
             self._done.set()
         return old
 

@@ -335,14 +335,21 @@ class Xqueue:
         They are part of what the job is, so a resumed run skips it only with the same.
         """
         self._engine.check_can_feed()
-        cache_key = _check_cache_key(cache_key)
-        resources = profiles.with_defaults(Resources.from_value(resources), self._default_resources)
+        # The hot path of feeding: helpers are called only for what was given.
+        if cache_key is not None:
+            cache_key = _check_cache_key(cache_key)
+        if resources is not None or self._default_resources is not None:
+            resources = profiles.with_defaults(
+                Resources.from_value(resources), self._default_resources
+            )
         job = self._job_class(
             len(self._engine.jobs), cmd, envs=envs, name=name, resources=resources
         )
         job.cache_key = cache_key
-        job.after = resolve_after(after, self._engine.jobs)
-        job.params = check_params(params)
+        if after is not None:
+            job.after = resolve_after(after, self._engine.jobs)
+        if params is not None:
+            job.params = check_params(params)
         await self._engine.add(job)
         return job
 

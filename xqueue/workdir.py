@@ -90,8 +90,9 @@ _SPEC_ENCODER = json.JSONEncoder(sort_keys=True)
 # Text that python-slugify only lowercases and splits at non-alphanumerics: no quote,
 # no "&" (entities), no comma (between digits it is dropped), nothing beyond ASCII.
 _PLAIN = re.compile(r"[A-Za-z0-9 \t./:=_+@%^*()\[\]{}<>|;!?~#$-]*")
-_NOT_ALNUM = re.compile(r"[^-a-z0-9]+")
-_DASHES = re.compile(r"-{2,}")
+# python-slugify turns each run of other characters into "-", then each run of dashes
+# into one: in one pass, each run of anything but a letter or digit becomes one "-".
+_NOT_ALNUM = re.compile(r"[^a-z0-9]+")
 _MAKER_DELAY = 0.05  # seconds the folder thread lets submissions go first
 _MAKER_IDLE = 10.0  # seconds without work after which it ends
 _FAILED = (JobStatus.FAILED, JobStatus.RETRYING)
@@ -108,7 +109,7 @@ def slug(text: str) -> str:
     and their arguments) skip its transliteration and entity passes, which leave such a
     name as it is; the tests compare the two on random text."""
     if _PLAIN.fullmatch(text):
-        plain = _DASHES.sub("-", _NOT_ALNUM.sub("-", text.lower())).strip("-")
+        plain = _NOT_ALNUM.sub("-", text.lower()).strip("-")
         if len(plain) < _SLUG_MAX:
             return plain or "job"  # smart_truncate leaves it as it is
         from slugify import smart_truncate
