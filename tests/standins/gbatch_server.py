@@ -103,6 +103,10 @@ class Record:
     tasks: list[task_t.Task] = field(default_factory=list)
     ending: str = ""  # "cancel", "delete", "forget" once asked
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    # The job's GCS volumes by mount path, mounted once on its "VM" and shared by its
+    # tasks (as gcsfuse is by the tasks of one VM), written back as each task ends.
+    mounts: dict[str, Mount] = field(default_factory=dict)
+    mount_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Stopped(Exception):
@@ -195,7 +199,20 @@ class StandinBatch:
         record = self._find(job_name)
         if group != "group0":
             raise Abort(grpc.StatusCode.NOT_FOUND, f"TaskGroup {req.parent} not found")
-        return batch_t.ListTasksResponse(tasks=record.tasks)
+        tasks = list(record.tasks)
+        wanted = req.filter.strip()
+        if wanted:  # the documented form only: State=RUNNING
+            key, _, value = wanted.partition("=")
+            if key.strip() not in ("State", "state", "status.state") or not value.strip():
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid filter {wanted!r}")
+            tasks = [t for t in tasks if t.status.state.name == value.strip().strip('"')]
+        size = min(req.page_size or 100, 1000)
+        try:
+            start = int(req.page_token or 0)
+        except ValueError:
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid page_token") from None
+        token = str(start + size) if start + size < len(tasks) else ""
+        return batch_t.ListTasksResponse(tasks=tasks[start : start + size], next_page_token=token)
 
     async def CancelJob(self, req: batch_t.CancelJobRequest) -> operations_pb2.Operation:
         record = self._find(req.name)
@@ -401,7 +418,9 @@ class StandinBatch:
                 )
             else:
                 self._move(record, JState.SUCCEEDED)
+            await self._unmount(record)
         except asyncio.CancelledError:
+            await asyncio.shield(self._unmount(record))
             if record.ending != "forget":
                 for i, task in enumerate(record.tasks):
                     if task.status.state in (TState.PENDING, TState.ASSIGNED, TState.RUNNING):
@@ -449,7 +468,7 @@ class StandinBatch:
         try:
             for volume in spec.volumes:
                 if "gcs" in volume:
-                    mount = await self._mount(volume.gcs.remote_path, volume.mount_path)
+                    mount = await self._mount(record, volume.gcs.remote_path, volume.mount_path)
                     mounts.append(mount)
             duration = spec.max_run_duration.total_seconds() if spec.max_run_duration else 0.0
             runs = self._runnables(record, procs, spec, env, [m[0] for m in mounts], vm)
@@ -464,11 +483,15 @@ class StandinBatch:
     async def _end_attempt(
         self, record: Record, procs: set[asyncio.subprocess.Process], mounts: list[Mount], vm: str
     ) -> None:
-        """Whatever still runs is killed, the volumes written back (unless the VM was
-        lost) and removed, as when Batch tears a task's VM down."""
+        """Whatever still runs is killed and the volumes written back (unless the VM was
+        lost), as gcsfuse has uploaded each file the task closed by the time Batch
+        reports the task ended; the volumes stay mounted for the job's other tasks."""
         await asyncio.gather(*(self._kill(proc) for proc in procs))
         record.procs -= procs
-        await self._unmount(mounts, sync=record.ending != "forget")
+        if record.ending != "forget":
+            async with record.mount_lock:
+                for mount in mounts:
+                    await asyncio.to_thread(self._upload, *mount)
         await asyncio.to_thread(shutil.rmtree, vm, True)
 
     async def _runnables(
@@ -569,42 +592,63 @@ class StandinBatch:
             raise OSError(f"mount path {mount_path} is outside the stand-in's VM root")
         return path
 
-    async def _mount(self, remote: str, mount_path: str) -> Mount:
+    async def _mount(self, record: Record, remote: str, mount_path: str) -> Mount:
+        """The job's volume at ``mount_path``: mounted (downloaded) by its first task; a
+        later task sees the objects added to the bucket since (gcsfuse lists the bucket)."""
         path = self._host_path(mount_path)
         bucket, _, prefix = remote.strip("/").partition("/")
         prefix = f"{prefix}/" if prefix else ""
-        snapshot = await asyncio.to_thread(self._download, bucket, prefix, path)
-        return path, bucket, prefix, snapshot
+        async with record.mount_lock:
+            mount = record.mounts.get(path)
+            if mount is None or mount[1:3] != (bucket, prefix):
+                snapshot = await asyncio.to_thread(self._download, bucket, prefix, path, None)
+                mount = record.mounts[path] = (path, bucket, prefix, snapshot)
+            else:
+                await asyncio.to_thread(self._download, bucket, prefix, path, mount[3])
+        return mount
 
-    def _download(self, bucket: str, prefix: str, path: str) -> dict[str, tuple[int, int]]:
-        shutil.rmtree(path, ignore_errors=True)
-        os.makedirs(path)
+    def _download(
+        self, bucket: str, prefix: str, path: str, snapshot: dict[str, tuple[int, int]] | None
+    ) -> dict[str, tuple[int, int]]:
+        """Fill ``path`` from the bucket: all of it (``snapshot`` None), or only the
+        objects it has not seen yet, which then join ``snapshot``."""
+        if snapshot is None:
+            shutil.rmtree(path, ignore_errors=True)
+            os.makedirs(path)
+            snapshot = {}
         for blob in self.storage.list_blobs(bucket, prefix=prefix):
             rel = blob.name[len(prefix) :]
-            if not rel or rel.endswith("/"):
+            if not rel or rel.endswith("/") or rel in snapshot:
                 continue
             target = os.path.join(path, rel)
+            if os.path.exists(target):
+                continue
             os.makedirs(os.path.dirname(target), exist_ok=True)
             blob.download_to_filename(target)
-        return _files(path)
+            info = os.stat(target)
+            snapshot[rel] = (info.st_size, info.st_mtime_ns)
+        return snapshot
 
-    async def _unmount(self, mounts: list[Mount], sync: bool) -> None:
-        for path, bucket, prefix, snapshot in mounts:
-            if sync:
-                await asyncio.to_thread(self._upload, path, bucket, prefix, snapshot)
+    async def _unmount(self, record: Record) -> None:
+        """The job's VM is gone: its volumes with it."""
+        mounts, record.mounts = list(record.mounts.values()), {}
+        for path, *_ in mounts:
             await asyncio.to_thread(shutil.rmtree, path, True)
 
     def _upload(
         self, path: str, bucket: str, prefix: str, snapshot: dict[str, tuple[int, int]]
     ) -> None:
+        """Write back what changed since ``snapshot`` (and bring it up to date)."""
         target = self.storage.bucket(bucket)
         files = _files(path)
         for rel, stat in files.items():
             if snapshot.get(rel) != stat:
                 target.blob(prefix + rel).upload_from_filename(os.path.join(path, rel))
+                snapshot[rel] = stat
         for rel in snapshot.keys() - files.keys():
             with contextlib.suppress(Exception):
                 target.blob(prefix + rel).delete()
+            snapshot.pop(rel, None)
 
 
 def _write_script(path: str, text: str) -> None:
