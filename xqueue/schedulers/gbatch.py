@@ -1,4 +1,16 @@
-"""Google Cloud Batch: each job is one Batch job of one task, its files staged in a bucket.
+"""Google Cloud Batch: each job is one Batch task, its files staged in a bucket.
+
+Jobs handed over together with the same resources become one Batch job of many tasks
+(``submit_jobs``: grouped by ``_cluster.submit_grouped`` as Slurm arrays are); task ``k``
+runs job ``k``, picked by the ``BATCH_TASK_INDEX`` Batch sets (``_gbatch_spec.selector``).
+Arrays are done here rather than by moving onto ``BatchScheduler``: that base reads
+return codes from a shared file system, chains arrays to keep ``forks`` (Batch jobs
+cannot wait for one another) and finds elements by ``.jobs`` files on that file system;
+this backend would override nearly every step, so it reuses the grouping only. Per-task
+status costs one ``ListTasks`` per array, and only on a tick when its task counts (in
+the ``ListJobs`` answer) moved. Batch cannot cancel one task: an element to kill gets a
+kill marker its task reads before it starts, and the array is cancelled once only
+elements to kill are left in it.
 
 There is no file system shared with the jobs (``shared_fs = False``). The workdir stays
 on the controller; each job's wrapper script (``write_script``, the same wrapper every
