@@ -18,8 +18,10 @@ does, as the real service does:
   ``BATCH_TASK_RETRY_ATTEMPT`` and the spec's environment, ``ignore_exit_status``,
   ``always_run``, ``background``, ``max_retry_count``, and ``max_run_duration`` (exit
   code 50005). A GCS volume is played by a folder at its mount path, filled from the
-  bucket before the task and written back after it (gcsfuse uploads a file when it is
-  closed, and nothing reads one mid-run here), then removed as the VM would be. Mount
+  bucket when the job's first task starts (a later task also gets the objects added
+  since, as gcsfuse lists the bucket), shared by the job's tasks as by those of one VM,
+  written back as each task ends (gcsfuse uploads a file when it is closed, and
+  nothing reads one mid-run here), and removed with the job as the VM would be. Mount
   paths must lie under ``--vm-root``: the stand-in never touches the host elsewhere.
 - ListJobs filters (``labels.K="V"``, ``labels.K:*``, ``status.state=S``, ``name=...``,
   ``!=``, ``AND``, ``OR``, ``NOT``), orders (``name``, ``create_time``, ``desc``) and
