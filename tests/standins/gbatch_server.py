@@ -640,12 +640,24 @@ class StandinBatch:
     def _upload(
         self, path: str, bucket: str, prefix: str, snapshot: dict[str, tuple[int, int]]
     ) -> None:
-        """Write back what changed since ``snapshot`` (and bring it up to date)."""
+        """Write back what changed since ``snapshot`` (and bring it up to date).
+
+        The volume is shared: other tasks of the job may still run and rename or remove
+        their files while this one's are written back (a wrapper's ``rc.tmp`` becomes
+        ``rc``). A file gone by the time it is read is not in the volume any more, so it
+        is not in the bucket either (gcsfuse renames and removes objects as the files
+        go); its new name is written back by the next task that ends, the last of them
+        at the latest. Such a race must not stop the job's tasks.
+        """
         target = self.storage.bucket(bucket)
         files = _files(path)
-        for rel, stat in files.items():
+        for rel, stat in list(files.items()):
             if snapshot.get(rel) != stat:
-                target.blob(prefix + rel).upload_from_filename(os.path.join(path, rel))
+                try:
+                    target.blob(prefix + rel).upload_from_filename(os.path.join(path, rel))
+                except FileNotFoundError:  # renamed or removed since it was listed
+                    del files[rel]
+                    continue
                 snapshot[rel] = stat
         for rel in snapshot.keys() - files.keys():
             with contextlib.suppress(Exception):
@@ -664,7 +676,10 @@ def _files(root: str) -> dict[str, tuple[int, int]]:
     for folder, _, names in os.walk(root):
         for name in names:
             full = os.path.join(folder, name)
-            info = os.stat(full)
+            try:
+                info = os.stat(full)
+            except FileNotFoundError:  # renamed or removed by a task still running
+                continue
             out[os.path.relpath(full, root)] = (info.st_size, info.st_mtime_ns)
     return out
 
