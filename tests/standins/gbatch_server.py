@@ -50,6 +50,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -431,6 +432,13 @@ class StandinBatch:
                 self._move(record, JState.CANCELLED)
             elif record.ending == "delete":
                 self.jobs.pop(record.job.name, None)
+        except Exception as exc:  # the stand-in's own fault: the job fails, it never hangs
+            traceback.print_exc()
+            await asyncio.shield(self._unmount(record))
+            for i, task in enumerate(record.tasks):
+                if task.status.state in (TState.PENDING, TState.ASSIGNED, TState.RUNNING):
+                    self._task_move(record, i, TState.FAILED, FAILED_EXIT)
+            self._move(record, JState.FAILED, f" The stand-in failed: {exc!r}")
         finally:
             record.done.set()
 
