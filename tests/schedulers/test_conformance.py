@@ -164,3 +164,20 @@ class TestGbatch(SchedulerConformance):
 
         opts = gbatch_options(gcloud, f"p-{uuid.uuid4().hex[:10]}")
         return Backend("gbatch", opts, forget=forget)
+
+
+class TestGbatchArrays(SchedulerConformance):
+    """Google Batch as it runs by default: jobs fed together with the same resources are
+    tasks of one Batch job (packs), whose per-task status takes a ListTasks beside the
+    run's ListJobs on a tick when its task counts moved (two status calls a tick). The
+    kit's forget test runs one job, a Batch job of its own (the stand-in forgets whole
+    Batch jobs); its re-adoption test finds an array's elements by its task script."""
+
+    @pytest.fixture
+    def backend(self, gcloud: Gcloud) -> Backend:
+        async def forget(job: Job) -> None:
+            answer = await anyio.to_thread.run_sync(lambda: gcloud.control("Forget", name=job.jid))
+            assert answer == {"forgotten": True}
+
+        opts = gbatch_options(gcloud, f"p-{uuid.uuid4().hex[:10]}", arrays=True)
+        return Backend("gbatch", opts, forget=forget, packs=True, status_calls_per_tick=2)

@@ -54,6 +54,9 @@ def options(gcloud: Gcloud, project: str, **extra: Any) -> dict[str, Any]:
         "mount_root": f"{gcloud.vm_root}/mnt",
         "poll_interval": 0.2,
         "vanish_grace": 1.0,
+        # One Batch job per job, the path these tests check; test_gbatch_arrays.py
+        # checks arrays (the default).
+        "arrays": False,
         **extra,
     }
 

@@ -18,8 +18,10 @@ does, as the real service does:
   ``BATCH_TASK_RETRY_ATTEMPT`` and the spec's environment, ``ignore_exit_status``,
   ``always_run``, ``background``, ``max_retry_count``, and ``max_run_duration`` (exit
   code 50005). A GCS volume is played by a folder at its mount path, filled from the
-  bucket before the task and written back after it (gcsfuse uploads a file when it is
-  closed, and nothing reads one mid-run here), then removed as the VM would be. Mount
+  bucket when the job's first task starts (a later task also gets the objects added
+  since, as gcsfuse lists the bucket), shared by the job's tasks as by those of one VM,
+  written back as each task ends (gcsfuse uploads a file when it is closed, and
+  nothing reads one mid-run here), and removed with the job as the VM would be. Mount
   paths must lie under ``--vm-root``: the stand-in never touches the host elsewhere.
 - ListJobs filters (``labels.K="V"``, ``labels.K:*``, ``status.state=S``, ``name=...``,
   ``!=``, ``AND``, ``OR``, ``NOT``), orders (``name``, ``create_time``, ``desc``) and
@@ -48,6 +50,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -103,6 +106,10 @@ class Record:
     tasks: list[task_t.Task] = field(default_factory=list)
     ending: str = ""  # "cancel", "delete", "forget" once asked
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    # The job's GCS volumes by mount path, mounted once on its "VM" and shared by its
+    # tasks (as gcsfuse is by the tasks of one VM), written back as each task ends.
+    mounts: dict[str, Mount] = field(default_factory=dict)
+    mount_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Stopped(Exception):
@@ -195,7 +202,20 @@ class StandinBatch:
         record = self._find(job_name)
         if group != "group0":
             raise Abort(grpc.StatusCode.NOT_FOUND, f"TaskGroup {req.parent} not found")
-        return batch_t.ListTasksResponse(tasks=record.tasks)
+        tasks = list(record.tasks)
+        wanted = req.filter.strip()
+        if wanted:  # the documented form only: State=RUNNING
+            key, _, value = wanted.partition("=")
+            if key.strip() not in ("State", "state", "status.state") or not value.strip():
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid filter {wanted!r}")
+            tasks = [t for t in tasks if t.status.state.name == value.strip().strip('"')]
+        size = min(req.page_size or 100, 1000)
+        try:
+            start = int(req.page_token or 0)
+        except ValueError:
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid page_token") from None
+        token = str(start + size) if start + size < len(tasks) else ""
+        return batch_t.ListTasksResponse(tasks=tasks[start : start + size], next_page_token=token)
 
     async def CancelJob(self, req: batch_t.CancelJobRequest) -> operations_pb2.Operation:
         record = self._find(req.name)
@@ -401,7 +421,9 @@ class StandinBatch:
                 )
             else:
                 self._move(record, JState.SUCCEEDED)
+            await self._unmount(record)
         except asyncio.CancelledError:
+            await asyncio.shield(self._unmount(record))
             if record.ending != "forget":
                 for i, task in enumerate(record.tasks):
                     if task.status.state in (TState.PENDING, TState.ASSIGNED, TState.RUNNING):
@@ -410,6 +432,13 @@ class StandinBatch:
                 self._move(record, JState.CANCELLED)
             elif record.ending == "delete":
                 self.jobs.pop(record.job.name, None)
+        except Exception as exc:  # the stand-in's own fault: the job fails, it never hangs
+            traceback.print_exc()
+            await asyncio.shield(self._unmount(record))
+            for i, task in enumerate(record.tasks):
+                if task.status.state in (TState.PENDING, TState.ASSIGNED, TState.RUNNING):
+                    self._task_move(record, i, TState.FAILED, FAILED_EXIT)
+            self._move(record, JState.FAILED, f" The stand-in failed: {exc!r}")
         finally:
             record.done.set()
 
@@ -449,7 +478,7 @@ class StandinBatch:
         try:
             for volume in spec.volumes:
                 if "gcs" in volume:
-                    mount = await self._mount(volume.gcs.remote_path, volume.mount_path)
+                    mount = await self._mount(record, volume.gcs.remote_path, volume.mount_path)
                     mounts.append(mount)
             duration = spec.max_run_duration.total_seconds() if spec.max_run_duration else 0.0
             runs = self._runnables(record, procs, spec, env, [m[0] for m in mounts], vm)
@@ -464,11 +493,15 @@ class StandinBatch:
     async def _end_attempt(
         self, record: Record, procs: set[asyncio.subprocess.Process], mounts: list[Mount], vm: str
     ) -> None:
-        """Whatever still runs is killed, the volumes written back (unless the VM was
-        lost) and removed, as when Batch tears a task's VM down."""
+        """Whatever still runs is killed and the volumes written back (unless the VM was
+        lost), as gcsfuse has uploaded each file the task closed by the time Batch
+        reports the task ended; the volumes stay mounted for the job's other tasks."""
         await asyncio.gather(*(self._kill(proc) for proc in procs))
         record.procs -= procs
-        await self._unmount(mounts, sync=record.ending != "forget")
+        if record.ending != "forget":
+            async with record.mount_lock:
+                for mount in mounts:
+                    await asyncio.to_thread(self._upload, *mount)
         await asyncio.to_thread(shutil.rmtree, vm, True)
 
     async def _runnables(
@@ -569,42 +602,75 @@ class StandinBatch:
             raise OSError(f"mount path {mount_path} is outside the stand-in's VM root")
         return path
 
-    async def _mount(self, remote: str, mount_path: str) -> Mount:
+    async def _mount(self, record: Record, remote: str, mount_path: str) -> Mount:
+        """The job's volume at ``mount_path``: mounted (downloaded) by its first task; a
+        later task sees the objects added to the bucket since (gcsfuse lists the bucket)."""
         path = self._host_path(mount_path)
         bucket, _, prefix = remote.strip("/").partition("/")
         prefix = f"{prefix}/" if prefix else ""
-        snapshot = await asyncio.to_thread(self._download, bucket, prefix, path)
-        return path, bucket, prefix, snapshot
+        async with record.mount_lock:
+            mount = record.mounts.get(path)
+            if mount is None or mount[1:3] != (bucket, prefix):
+                snapshot = await asyncio.to_thread(self._download, bucket, prefix, path, None)
+                mount = record.mounts[path] = (path, bucket, prefix, snapshot)
+            else:
+                await asyncio.to_thread(self._download, bucket, prefix, path, mount[3])
+        return mount
 
-    def _download(self, bucket: str, prefix: str, path: str) -> dict[str, tuple[int, int]]:
-        shutil.rmtree(path, ignore_errors=True)
-        os.makedirs(path)
+    def _download(
+        self, bucket: str, prefix: str, path: str, snapshot: dict[str, tuple[int, int]] | None
+    ) -> dict[str, tuple[int, int]]:
+        """Fill ``path`` from the bucket: all of it (``snapshot`` None), or only the
+        objects it has not seen yet, which then join ``snapshot``."""
+        if snapshot is None:
+            shutil.rmtree(path, ignore_errors=True)
+            os.makedirs(path)
+            snapshot = {}
         for blob in self.storage.list_blobs(bucket, prefix=prefix):
             rel = blob.name[len(prefix) :]
-            if not rel or rel.endswith("/"):
+            if not rel or rel.endswith("/") or rel in snapshot:
                 continue
             target = os.path.join(path, rel)
+            if os.path.exists(target):
+                continue
             os.makedirs(os.path.dirname(target), exist_ok=True)
             blob.download_to_filename(target)
-        return _files(path)
+            info = os.stat(target)
+            snapshot[rel] = (info.st_size, info.st_mtime_ns)
+        return snapshot
 
-    async def _unmount(self, mounts: list[Mount], sync: bool) -> None:
-        for path, bucket, prefix, snapshot in mounts:
-            if sync:
-                await asyncio.to_thread(self._upload, path, bucket, prefix, snapshot)
+    async def _unmount(self, record: Record) -> None:
+        """The job's VM is gone: its volumes with it."""
+        mounts, record.mounts = list(record.mounts.values()), {}
+        for path, *_ in mounts:
             await asyncio.to_thread(shutil.rmtree, path, True)
 
     def _upload(
         self, path: str, bucket: str, prefix: str, snapshot: dict[str, tuple[int, int]]
     ) -> None:
+        """Write back what changed since ``snapshot`` (and bring it up to date).
+
+        The volume is shared: other tasks of the job may still run and rename or remove
+        their files while this one's are written back (a wrapper's ``rc.tmp`` becomes
+        ``rc``). A file gone by the time it is read is not in the volume any more, so it
+        is not in the bucket either (gcsfuse renames and removes objects as the files
+        go); its new name is written back by the next task that ends, the last of them
+        at the latest. Such a race must not stop the job's tasks.
+        """
         target = self.storage.bucket(bucket)
         files = _files(path)
-        for rel, stat in files.items():
+        for rel, stat in list(files.items()):
             if snapshot.get(rel) != stat:
-                target.blob(prefix + rel).upload_from_filename(os.path.join(path, rel))
+                try:
+                    target.blob(prefix + rel).upload_from_filename(os.path.join(path, rel))
+                except FileNotFoundError:  # renamed or removed since it was listed
+                    del files[rel]
+                    continue
+                snapshot[rel] = stat
         for rel in snapshot.keys() - files.keys():
             with contextlib.suppress(Exception):
                 target.blob(prefix + rel).delete()
+            snapshot.pop(rel, None)
 
 
 def _write_script(path: str, text: str) -> None:
@@ -618,7 +684,10 @@ def _files(root: str) -> dict[str, tuple[int, int]]:
     for folder, _, names in os.walk(root):
         for name in names:
             full = os.path.join(folder, name)
-            info = os.stat(full)
+            try:
+                info = os.stat(full)
+            except FileNotFoundError:  # renamed or removed by a task still running
+                continue
             out[os.path.relpath(full, root)] = (info.st_size, info.st_mtime_ns)
     return out
 

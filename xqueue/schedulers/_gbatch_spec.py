@@ -23,8 +23,10 @@ from typing import Any
 
 from ..errors import SchedulerOptionError
 from ..failures import FailureClass
+from ..job import SCRIPT
 from ..scheduler import JobState
 from ..states import JobStatus
+from ._gcs import KILL_MARK
 
 JOB_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 PREFIX = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
@@ -35,7 +37,8 @@ RUN_LABEL = "xqueue_run"
 INDEX_LABEL = "xqueue_job"
 ATTEMPT_LABEL = "xqueue_attempt"
 NAME_LABEL = "xqueue_name"
-OWN_LABELS = (RUN_LABEL, INDEX_LABEL, ATTEMPT_LABEL, NAME_LABEL)
+ARRAY_LABEL = "xqueue_array"  # on an array's Batch job: its task count
+OWN_LABELS = (RUN_LABEL, INDEX_LABEL, ATTEMPT_LABEL, NAME_LABEL, ARRAY_LABEL)
 
 # Batch job fields a user may set through scheduler_opts; the rest are the service's.
 SETTABLE = (
@@ -79,6 +82,16 @@ HELD = {
     "CANCELLATION_IN_PROGRESS": JobStatus.RUNNING,
 }
 ENDED = ("SUCCEEDED", "FAILED", "CANCELLED", "DELETION_IN_PROGRESS")
+# Batch task state name -> what xqueue reports while the task has not ended.
+TASK_HELD = {
+    "STATE_UNSPECIFIED": JobStatus.SUBMITTED,
+    "PENDING": JobStatus.SUBMITTED,
+    "ASSIGNED": JobStatus.SUBMITTED,
+    "RUNNING": JobStatus.RUNNING,
+}
+# What an array task skipped by its kill marker exits with (128 + SIGTERM, as a shell).
+KILLED_EXIT = 143
+_ENTRY = re.compile(r"^(\d+)\) d='([^']*)' a=(\d+) j=(\d+) ;;$")
 _EXIT_CODE = re.compile(r"exit code (-?\d+)")
 
 
@@ -92,6 +105,50 @@ def job_id(prefix: str, tag: str, nonce: str, index: int, attempt: int) -> str:
     if not JOB_ID.match(jid):  # every part is checked or made here: a bug if it happens
         raise ValueError(f"not a valid Batch job id: {jid!r}")
     return jid
+
+
+def array_id(prefix: str, tag: str, nonce: str, serial: int) -> str:
+    """The Batch id of one array of this run (deterministic within it, as ``job_id``)."""
+    jid = f"{prefix}-{tag}-{nonce}-a{serial}"
+    if not JOB_ID.match(jid):
+        raise ValueError(f"not a valid Batch job id: {jid!r}")
+    return jid
+
+
+def selector(entries: Sequence[tuple[str, int, int]], entrypoint: str) -> str:
+    """The script every task of an array runs: it picks its job by ``BATCH_TASK_INDEX``.
+
+    ``entries[i]`` is (the job's folder on the VM, its attempt, its xqueue index) for
+    task ``i``. A task whose kill marker is in its folder when it starts exits at once
+    (``KILLED_EXIT``): Batch cannot cancel one task of a job. The text is also what a
+    later run reads back (``parse_selector``) to find which task ran which job.
+    """
+    from .._text import quote
+
+    lines = ['case "$BATCH_TASK_INDEX" in']
+    for task, (folder, attempt, index) in enumerate(entries):
+        if "'" in folder:  # folders are made of ids and slugs: a bug if it happens
+            raise ValueError(f"unquotable job folder {folder!r}")
+        lines.append(f"{task}) d='{folder}' a={attempt} j={index} ;;")
+    lines += [
+        '*) echo "xqueue: no job for task $BATCH_TASK_INDEX" >&2; exit 70 ;;',
+        "esac",
+        f'if [ -e "$d/job.$a.{KILL_MARK}" ]; then exit {KILLED_EXIT}; fi',
+        f'exec {quote(entrypoint)} "$d/job.$a.{SCRIPT}"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def parse_selector(text: str) -> list[tuple[int, str, int, int]]:
+    """(task, folder, attempt, xqueue index) of each task of a ``selector`` text."""
+    out = []
+    for line in text.splitlines():
+        found = _ENTRY.match(line)
+        if found:
+            task, folder, attempt, index = found.groups()
+            out.append((int(task), folder, int(attempt), int(index)))
+    return out
 
 
 def label_value(text: str) -> str:

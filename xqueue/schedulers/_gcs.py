@@ -30,6 +30,7 @@ from ..errors import SchedulerError
 from ..job import RC, STARTED, STDERR, STDOUT
 
 OUTPUTS = (STARTED, STDOUT, STDERR, RESULT, RC)  # rc last: it is what ends the job
+KILL_MARK = "kill"  # an array task that finds job.<n>.kill when it starts exits at once
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -61,6 +62,17 @@ class Staging:
     def remote_path(self, batch_id: str) -> str:
         """The folder as a Batch GCS volume names it: ``bucket/prefix/id``."""
         return f"{self.bucket_name}/{self.prefix}{batch_id}"
+
+    def root_path(self) -> str:
+        """The whole prefix as a Batch GCS volume names it (an array's tasks share it)."""
+        return f"{self.bucket_name}/{self.prefix}".rstrip("/")
+
+    def put(self, key: str, name: str, data: str) -> None:
+        """Write one small object (a kill marker) into a job's folder."""
+        try:
+            self._bucket.blob(self.folder(key) + name).upload_from_string(data)
+        except Exception as exc:
+            raise SchedulerError(f"gbatch: cannot write {self.url(key)}{name}: {exc}") from exc
 
     def url(self, batch_id: str) -> str:
         return f"gs://{self.bucket_name}/{self.folder(batch_id)}"
@@ -97,7 +109,7 @@ class Staging:
         from attempt 1 must not be settled by the files of an earlier run's attempt 1.
         """
         folder = self.folder(key)
-        stale = {f"job.{attempt}.{kind}" for kind in OUTPUTS}
+        stale = {f"job.{attempt}.{kind}" for kind in (*OUTPUTS, KILL_MARK)}
         try:
             for blob in self.client.list_blobs(self.bucket_name, prefix=f"{folder}job.{attempt}."):
                 if blob.name[len(folder) :] in stale:

@@ -1,4 +1,16 @@
-"""Google Cloud Batch: each job is one Batch job of one task, its files staged in a bucket.
+"""Google Cloud Batch: each job is one Batch task, its files staged in a bucket.
+
+Jobs handed over together with the same resources become one Batch job of many tasks
+(``submit_jobs``: grouped by ``_cluster.submit_grouped`` as Slurm arrays are); task ``k``
+runs job ``k``, picked by the ``BATCH_TASK_INDEX`` Batch sets (``_gbatch_spec.selector``).
+Arrays are done here rather than by moving onto ``BatchScheduler``: that base reads
+return codes from a shared file system, chains arrays to keep ``forks`` (Batch jobs
+cannot wait for one another) and finds elements by ``.jobs`` files on that file system;
+this backend would override nearly every step, so it reuses the grouping only. Per-task
+status costs one ``ListTasks`` per array, and only on a tick when its task counts (in
+the ``ListJobs`` answer) moved. Batch cannot cancel one task: an element to kill gets a
+kill marker its task reads before it starts, and the array is cancelled once only
+elements to kill are left in it.
 
 There is no file system shared with the jobs (``shared_fs = False``). The workdir stays
 on the controller; each job's wrapper script (``write_script``, the same wrapper every
@@ -57,10 +69,11 @@ from ..job import SCRIPT, Job, attempt_file
 from ..options import SchedulerOptions
 from ..remote_workdir import RemoteWorkdir, WorkdirURL
 from ..scheduler import JobState, Scheduler, gather_bounded
+from ..states import JobStatus
 from . import _gbatch_spec as spec
 from ._aio import AsyncioBridge
-from ._cluster import attempt_of, run_tag
-from ._gcs import OUTPUTS, Staging, make_client
+from ._cluster import attempt_of, run_tag, submit_grouped
+from ._gcs import KILL_MARK, OUTPUTS, Staging, make_client
 from ._gcs_store import GcsStore
 
 log = logging.getLogger("xqueue.gbatch")
@@ -103,6 +116,11 @@ class GbatchOptions(SchedulerOptions):
     """Seconds one Batch API call may take."""
     python: str = "python3"
     """Interpreter that runs Python calls on the VM (it needs xqueue and cloudpickle)."""
+    arrays: bool = True
+    """Submit jobs fed together with the same resources as one Batch job of many tasks
+    (``taskCount``), each task running one job; False: one Batch job per job."""
+    array_limit: int = 1000
+    """The most tasks (jobs) of one array."""
 
     accepts_extra = True
 
@@ -128,6 +146,8 @@ class GbatchOptions(SchedulerOptions):
             raise SchedulerOptionError(f"{scheduler}: mount_root must be an absolute path")
         if self.insecure and not self.endpoint:
             raise SchedulerOptionError(f"{scheduler}: insecure needs an endpoint (host:port)")
+        if self.array_limit < 1:
+            raise SchedulerOptionError(f"{scheduler}: array_limit must be >= 1")
         if self.page_size < 1 or self.rpc_timeout <= 0:
             raise SchedulerOptionError(f"{scheduler}: page_size and rpc_timeout must be > 0")
 
@@ -140,6 +160,20 @@ class _Seen:
     labels: dict[str, str]
     events: tuple[Any, ...]
     created: float
+    group: str = ""
+    """The task group's full name (its tasks are listed under it)."""
+    counts: tuple[tuple[str, int], ...] = ()
+    """Its tasks by state (``status.task_groups``): what changes when a task moves."""
+    selector: str = ""
+    """An array's task script (``_gbatch_spec.selector``); empty for a single job."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Task:
+    """One task of an array as ListTasks showed it."""
+
+    state: str
+    events: tuple[Any, ...]
 
 
 class GbatchScheduler(Scheduler):
@@ -169,6 +203,12 @@ class GbatchScheduler(Scheduler):
         self._nonce = ""
         self._listing: tuple[float, dict[str, _Seen]] | None = None
         self._unknown_at = 0.0
+        self._serial = 0  # arrays of this run, for their ids
+        # Array name -> (its task counts when last listed, its tasks then).
+        self._tasks: dict[str, tuple[tuple[tuple[str, int], ...], dict[int, _Task]]] = {}
+        # Array name -> its elements not settled yet; those asked to be killed.
+        self._members: dict[str, set[Job]] = {}
+        self._killing: dict[str, set[Job]] = {}
 
     @property
     def parent(self) -> str:
@@ -273,10 +313,23 @@ class GbatchScheduler(Scheduler):
             log.warning("gbatch: cannot copy the journal to %s: %s", self._remote.url.text, exc)
 
     # -- submitting ----------------------------------------------------------------------
-    def folder_key(self, job: Job, batch_id: str) -> str:
+    def folder_key(self, job: Job, batch_id: str, task: int | None = None) -> str:
         """The job's folder under the bucket prefix: the job folder's own name in a
-        gs:// workdir (its files, every attempt), else one folder per Batch job."""
-        return os.path.basename(job.dir) if self._remote is not None else batch_id
+        gs:// workdir (its files, every attempt), else one folder per Batch job (per
+        task of an array: ``<array id>/t<task>``)."""
+        if self._remote is not None:
+            return os.path.basename(job.dir)
+        return batch_id if task is None else f"{batch_id}/t{task}"
+
+    def task_dir(self, job: Job, batch_id: str, task: int | None) -> str:
+        """The job's folder on its VM: the mount itself for a single job, a folder of
+        the array's mount (the array's folder, or a gs:// workdir) for a task."""
+        mount = self.mount_path(batch_id)
+        if task is None:
+            return mount
+        if self._remote is not None:
+            return f"{mount}/{os.path.basename(job.dir)}"
+        return f"{mount}/t{task}"
 
     def batch_id(self, job: Job) -> str:
         return spec.job_id(self.options.job_prefix, self._tag, self._nonce, job.index, job.attempt)
@@ -285,7 +338,18 @@ class GbatchScheduler(Scheduler):
         """Where the job's staging folder is mounted on its VM (its own folder only)."""
         return f"{self.options.mount_root.rstrip('/')}/{batch_id}"
 
-    def _runnable(self, script: str) -> dict[str, Any]:
+    def _runnable(self, script: str, text: str = "") -> dict[str, Any]:
+        """The runnable of the job's wrapper at ``script``, or of an array's ``text``."""
+        if text:
+            if self.options.image:  # the selector is shell: the image has /bin/sh
+                return {
+                    "container": {
+                        "image_uri": self.options.image,
+                        "entrypoint": "/bin/sh",
+                        "commands": ["-c", text],
+                    }
+                }
+            return {"script": {"text": text}}
         if self.options.image:
             return {
                 "container": {
@@ -322,7 +386,45 @@ class GbatchScheduler(Scheduler):
             gpu_type=self.options.gpu_type or None,
         )
 
-    def _stage(self, job: Job, batch_id: str) -> None:
+    def build_array(self, jobs: Sequence[Job], batch_id: str, parallelism: int) -> dict[str, Any]:
+        """The Batch job (as JSON data) whose task ``i`` runs ``jobs[i]``'s attempt.
+
+        The volume is the array's own folder in the bucket (with a gs:// workdir, the
+        workdir), mounted once per VM at ``mount_path(batch_id)``; each task's folder is
+        a sub-folder of it.
+        """
+        mount = self.mount_path(batch_id)
+        assert self._staging is not None
+        res = jobs[0].resources  # the jobs of one array share them
+        remote = self._staging.remote_path(batch_id)
+        if self._remote is not None:
+            remote = self._staging.root_path()
+        entries = [
+            (self.task_dir(job, batch_id, k), attempt_of(job), job.index)
+            for k, job in enumerate(jobs)
+        ]
+        labels = {
+            spec.RUN_LABEL: self._tag,
+            spec.ARRAY_LABEL: str(len(jobs)),
+            spec.NAME_LABEL: spec.label_value(jobs[0].name),
+        }
+        body = spec.build_job(
+            self.template,
+            runnable=self._runnable("", spec.selector(entries, self.options.entrypoint)),
+            volume={"gcs": {"remote_path": remote}, "mount_path": mount},
+            labels=labels,
+            cpus=res.cpus if res else None,
+            memory_mb=res.memory_mb if res else None,
+            gpus=res.gpus if res else None,
+            walltime_s=res.walltime_s if res else None,
+            gpu_type=self.options.gpu_type or None,
+        )
+        group = body["task_groups"][0]
+        group["task_count"] = len(jobs)
+        group["parallelism"] = max(1, min(parallelism, len(jobs)))
+        return body
+
+    def _stage(self, job: Job, batch_id: str, task: int | None = None) -> None:
         """Write the wrapper for the mount path and upload it (and a call's pickle).
 
         Local copies of this attempt's outputs left by an earlier run go first: they
@@ -332,13 +434,13 @@ class GbatchScheduler(Scheduler):
         attempt that may start, and its job, for a resume elsewhere (``remote_workdir``).
         """
         assert self._staging is not None
-        key = self.folder_key(job, batch_id)
+        key = self.folder_key(job, batch_id, task)
         for kind in OUTPUTS:
             try:
                 os.unlink(job.attempt_path(kind, attempt_of(job)))
             except FileNotFoundError:
                 pass
-        script = self.write_script(job, self.mount_path(batch_id))
+        script = self.write_script(job, self.task_dir(job, batch_id, task))
         files = {os.path.basename(script): script}
         if os.path.exists(job.path(CALL_FILE)):
             files[CALL_FILE] = job.path(CALL_FILE)
@@ -375,6 +477,16 @@ class GbatchScheduler(Scheduler):
             await anyio.to_thread.run_sync(self._stage, job, batch_id)
         except SchedulerError as exc:  # nothing was created: submit again after a pause
             raise SubmissionError(str(exc), transient=True) from exc
+        mine = {
+            spec.RUN_LABEL: self._tag,
+            spec.INDEX_LABEL: str(job.index),
+            spec.ATTEMPT_LABEL: str(attempt_of(job)),
+        }
+        return await self._create(batch_id, message, f"job {job.index}", mine)
+
+    async def _create(self, batch_id: str, message: Any, what: str, mine: dict[str, str]) -> str:
+        """CreateJob, sent again under the same id when its answer was lost; an
+        ALREADY_EXISTS whose labels are ``mine`` proves the first one went through."""
         name = f"{self.parent}/jobs/{batch_id}"
         for attempt in range(3):
             self.stats.submit_calls += attempt > 0  # the first is counted by submit_jobs
@@ -384,7 +496,7 @@ class GbatchScheduler(Scheduler):
                 )
                 return str(created.name)
             except gexc.AlreadyExists:
-                return await self._adopt_existing(job, name)
+                return await self._adopt_existing(name, mine)
             except (gexc.ResourceExhausted, gexc.TooManyRequests) as exc:
                 raise SubmissionError(
                     f"gbatch: {_describe(exc)}; nothing was created", transient=True
@@ -396,7 +508,7 @@ class GbatchScheduler(Scheduler):
                 gexc.Aborted,
                 gexc.Unknown,
             ) as exc:
-                log.info("job %s: create_job %s: %s; trying again", job.index, batch_id, exc)
+                log.info("%s: create_job %s: %s; trying again", what, batch_id, exc)
                 if attempt < 2:
                     await anyio.sleep(0.5 * (attempt + 1))
                     continue
@@ -406,20 +518,74 @@ class GbatchScheduler(Scheduler):
                 ) from exc
             except gexc.GoogleAPICallError as exc:
                 raise SubmissionError(
-                    f"gbatch: Batch refused job {job.index} ({name}): {_describe(exc)}",
+                    f"gbatch: Batch refused {what} ({name}): {_describe(exc)}",
                     retryable=False,
                 ) from exc
         raise AssertionError("unreachable")
 
-    async def _adopt_existing(self, job: Job, name: str) -> str:
-        """The job a lost create made, once its labels show it is this very attempt."""
+    async def submit_jobs(self, jobs: Sequence[Job]) -> list[str | BaseException]:
+        """Jobs with the same resources as arrays (one Batch job of many tasks), others
+        alone, grouped as the batch backends group them (``_cluster.submit_grouped``).
+
+        Batch jobs cannot wait for one another, so this backend does not keep ``forks``
+        across submissions: the engine hands it no more jobs than there are free slots,
+        and each array runs all its tasks at once (``parallelism`` = its size), which
+        keeps the run within ``forks``.
+        """
+        if not self.options.arrays:
+            return await super().submit_jobs(jobs)
+        return await submit_grouped(
+            jobs,
+            arrays=True,
+            max_array=self.options.array_limit,
+            forks=max(self.forks, len(jobs)),
+            concurrency=self.options.submit_concurrency,
+            submit=self._submit_unit,
+        )
+
+    async def _submit_unit(
+        self, jobs: Sequence[Job], throttle: int | None, after: str | None
+    ) -> tuple[str, list[str]]:
+        del after  # never set: no chains (forks is not the backend's to keep)
+        self.stats.submit_calls += 1
+        if len(jobs) == 1:
+            name = await self.submit_job(jobs[0])
+            return name, [name]
+        return await self._submit_array(jobs, throttle or len(jobs))
+
+    async def _submit_array(self, jobs: Sequence[Job], parallelism: int) -> tuple[str, list[str]]:
+        """Stage every job's files under its task's folder, then create one Batch job
+        whose task ``i`` runs ``jobs[i]``; each job's id is its task's name."""
+        self._serial += 1
+        batch_id = spec.array_id(self.options.job_prefix, self._tag, self._nonce, self._serial)
+        try:
+            message = batch_v1.Job.from_json(_json(self.build_array(jobs, batch_id, parallelism)))
+        except SchedulerOptionError as exc:
+            raise SubmissionError(str(exc), retryable=False) from exc
+        except Exception as exc:  # json_format.ParseError
+            raise SubmissionError(
+                f"gbatch: the Batch job built from scheduler_opts is not valid: {exc}",
+                retryable=False,
+            ) from exc
+
+        def stage() -> None:
+            for k, job in enumerate(jobs):
+                self._stage(job, batch_id, k)
+
+        try:
+            await anyio.to_thread.run_sync(stage)
+        except SchedulerError as exc:
+            raise SubmissionError(str(exc), transient=True) from exc
+        mine = {spec.RUN_LABEL: self._tag, spec.ARRAY_LABEL: str(len(jobs))}
+        name = await self._create(batch_id, message, f"an array of {len(jobs)} jobs", mine)
+        group = f"{name}/taskGroups/group0"  # the name Batch gives a job's only group
+        self._members[name] = set(jobs)
+        return name, [f"{group}/tasks/{k}" for k in range(len(jobs))]
+
+    async def _adopt_existing(self, name: str, mine: dict[str, str]) -> str:
+        """The job a lost create made, once its labels show it is this very submission."""
         found = await self._call("get_job", name=name)
         labels = dict(found.labels)
-        mine = {
-            spec.RUN_LABEL: self._tag,
-            spec.INDEX_LABEL: str(job.index),
-            spec.ATTEMPT_LABEL: str(attempt_of(job)),
-        }
         if all(labels.get(key) == value for key, value in mine.items()):
             return name
         raise SubmissionError(f"gbatch: a Batch job named {name} exists already", retryable=False)
@@ -455,14 +621,30 @@ class GbatchScheduler(Scheduler):
             await self._push_journal()
         seen = await self._list_run()
         states: dict[Job, JobState] = {}
-        ended: list[tuple[Job, _Seen | None]] = []
+        ended: list[tuple[Job, JobState | None]] = []
+        arrays: dict[str, list[tuple[Job, int]]] = {}
         for job in jobs:
+            name, task = _split(job.jid)
+            if task is not None:
+                arrays.setdefault(name, []).append((job, task))
+                continue
             view = seen.get(job.jid or "")
             if view is not None and view.state in spec.HELD:
                 self._missing_since.pop(job, None)
                 states[job] = JobState(spec.HELD[view.state])
             else:
-                ended.append((job, view))
+                verdict = spec.ended_state(view.state, view.events) if view else None
+                ended.append((job, verdict))
+        for name, elements in arrays.items():
+            view = seen.get(name)
+            tasks = await self._array_tasks(name, view)
+            for job, task in elements:
+                held = _element_held(view, tasks.get(task))
+                if held is not None:
+                    self._missing_since.pop(job, None)
+                    states[job] = JobState(held)
+                else:
+                    ended.append((job, _element_verdict(view, tasks.get(task))))
         if ended:
             fetched = await gather_bounded(
                 [job for job, _ in ended], self._fetch, self.options.submit_concurrency
@@ -472,28 +654,88 @@ class GbatchScheduler(Scheduler):
                 raise SchedulerError(f"gbatch: cannot read ended jobs' outputs: {failed[0]}")
             states.update(
                 await anyio.to_thread.run_sync(
-                    lambda: {
-                        job: self.reconcile(
-                            job,
-                            False,
-                            spec.ended_state(view.state, view.events) if view else None,
-                        )
-                        for job, view in ended
-                    }
+                    lambda: {job: self.reconcile(job, False, verdict) for job, verdict in ended}
                 )
             )
+        for job, state in states.items():
+            if state.status.is_final:
+                self._settled(job)
+        for name, members in list(self._members.items()):
+            # Its other elements have ended: only elements to kill are left in it.
+            if name in arrays and members <= self._killing.get(name, set()):
+                await self._cancel(name)
         return states
+
+    async def _array_tasks(self, name: str, view: _Seen | None) -> dict[int, _Task]:
+        """The tasks of an array by index: one ListTasks, only when its task counts
+        changed since the last one (a task that ends always changes them)."""
+        if view is None or not view.group or view.state in ("QUEUED", "SCHEDULED"):
+            return {}
+        cached = self._tasks.get(name)
+        if cached is not None and cached[0] == view.counts:
+            return cached[1]
+        request = {"parent": view.group, "page_size": self.options.page_size}
+        pages = await self._bridge.call(self._task_pages, request)
+        self.stats.status_calls += len(pages)
+        tasks = {index: task for page in pages for index, task in page.items()}
+        self._tasks[name] = (view.counts, tasks)
+        return tasks
+
+    async def _task_pages(self, request: dict[str, Any]) -> list[dict[int, _Task]]:
+        """Runs in the client's loop: every page of one ListTasks."""
+        try:
+            pager = await self._client.list_tasks(
+                request=request, retry=None, timeout=self.options.rpc_timeout
+            )
+            pages = [
+                {
+                    int(str(t.name).rsplit("/", 1)[1]): _Task(
+                        t.status.state.name, tuple(t.status.status_events)
+                    )
+                    for t in page.tasks
+                }
+                async for page in pager.pages
+            ]
+        except gexc.GoogleAPICallError as exc:
+            raise SchedulerError(f"gbatch: ListTasks failed: {_describe(exc)}") from exc
+        return pages
+
+    def _settled(self, job: Job) -> None:
+        """An element that ended is no longer one its array waits on."""
+        name, task = _split(job.jid)
+        if task is None:
+            return
+        for table in (self._members, self._killing):
+            members = table.get(name)
+            if members is not None:
+                members.discard(job)
+                if not members:
+                    del table[name]
+        if name not in self._members:
+            self._tasks.pop(name, None)
+
+    def forget(self, job: Job) -> None:
+        super().forget(job)
+        self._settled(job)
 
     async def _fetch(self, job: Job) -> None:
         """Download the outputs an ended (or forgotten) job left in its staging folder."""
-        batch_id = _batch_id(job.jid)
+        name, task = _split(job.jid)
+        batch_id = _batch_id(name)
         if self._staging is None or (batch_id is None and self._remote is None):
             return
-        staging, key = self._staging, self.folder_key(job, batch_id or "")
+        staging, key = self._staging, self.folder_key(job, batch_id or "", task)
         await anyio.to_thread.run_sync(staging.fetch, key, attempt_of(job), job.dir)
 
     async def job_is_running(self, job: Job) -> bool:
         if not job.jid:
+            return False
+        name, task = _split(job.jid)
+        if task is not None:  # an element: its array's word, from the run's listing
+            view = (await self._recent_listing()).get(name)
+            if view is not None and view.state in spec.HELD:
+                self._members.setdefault(name, set()).add(job)
+                return True
             return False
         try:
             found = await self._call("get_job", name=job.jid)
@@ -509,53 +751,103 @@ class GbatchScheduler(Scheduler):
         """Find a job an earlier run submitted: by its recorded name, or by its labels.
 
         The labels name this workdir, the job's index and attempt, so a create whose
-        answer never came back is found all the same. ``job.jid`` is set when the job is
-        found, also when it has ended (polling then reads its outputs).
+        answer never came back is found all the same; an array element is found in its
+        array's task script, which names each task's job and attempt
+        (``_gbatch_spec.parse_selector``). ``job.jid`` is set when the job is found,
+        also when it has ended (polling then reads its outputs).
         """
         if job.jid is not None:
             return await self.job_is_running(job)
-        now = time.monotonic()
-        cached = self._listing
-        if cached is not None and now - cached[0] < 1.0 and cached[0] > self._unknown_at:
-            seen = cached[1]
-        else:
-            seen = await self._list_run()
-        mine = [
-            (int(view.labels.get(spec.ATTEMPT_LABEL, "0") or 0), view.created, name, view)
-            for name, view in seen.items()
-            if view.labels.get(spec.INDEX_LABEL) == str(job.index)
-        ]
-        mine = [m for m in mine if job.attempt < 1 or m[0] == job.attempt]
-        if not mine:
+        seen = await self._recent_listing()
+        found: list[tuple[int, float, str, str]] = []  # (attempt, created, id, array name)
+        for name, view in seen.items():
+            if view.labels.get(spec.INDEX_LABEL) == str(job.index):
+                attempt = int(view.labels.get(spec.ATTEMPT_LABEL, "0") or 0)
+                found.append((attempt, view.created, name, ""))
+            elif view.selector and view.group:
+                for task, _, attempt, index in spec.parse_selector(view.selector):
+                    if index == job.index:
+                        found.append((attempt, view.created, f"{view.group}/tasks/{task}", name))
+        found = [m for m in found if job.attempt < 1 or m[0] == job.attempt]
+        if not found:
             return False
-        attempt, _, name, view = max(mine, key=lambda m: (m[0], m[1]))
+        attempt, _, jid, array = max(found, key=lambda m: (m[0], m[1]))
         if job.attempt < 1:
             job.attempt = attempt
-        job.jid = name
-        return view.state in spec.HELD
+        job.jid = jid
+        held = seen[array or jid].state in spec.HELD
+        if array and held:
+            self._members.setdefault(array, set()).add(job)
+        return held
+
+    async def _recent_listing(self) -> dict[str, _Seen]:
+        """The run's listing, reused within a second (one serves a whole resume), unless
+        a submission's outcome became unknown since: it may not show that job."""
+        cached = self._listing
+        if cached is not None and time.monotonic() - cached[0] < 1.0:
+            if cached[0] > self._unknown_at:
+                return cached[1]
+        return await self._list_run()
 
     # -- killing -------------------------------------------------------------------------
-    async def kill_job(self, job: Job) -> None:
-        """Ask Batch to cancel the job; it has ended once the listing shows it CANCELLED.
+    async def kill_jobs(self, jobs: Sequence[Job]) -> list[BaseException | None]:
+        """Single jobs are cancelled one by one; elements of an array together.
 
-        A job Batch no longer has, or that has already ended, needs nothing more. Where
-        the service does not offer CancelJob, the job is deleted instead.
+        Batch cancels whole jobs only, never one task. An array is cancelled once every
+        element it still runs is to be killed; until then each element to kill gets a
+        kill marker in its folder, so its task exits at once if it has not started yet
+        (``_gbatch_spec.selector``); one already running runs to its end.
         """
+        singles = [job for job in jobs if _split(job.jid)[1] is None]
+        errors = dict(zip(singles, await super().kill_jobs(singles)))
+        arrays: dict[str, list[Job]] = {}
+        for job in jobs:
+            name, task = _split(job.jid)
+            if task is not None:
+                arrays.setdefault(name, []).append(job)
+        for name, members in arrays.items():
+            self.stats.kill_calls += 1
+            killing = self._killing.setdefault(name, set())
+            killing.update(members)
+            try:
+                if self._members.get(name, set()) <= killing:
+                    await self._cancel(name)
+                else:
+                    await anyio.to_thread.run_sync(self._mark_killed, members)
+            except SchedulerError as exc:
+                errors.update(dict.fromkeys(members, exc))
+        return [errors.get(job) for job in jobs]
+
+    def _mark_killed(self, jobs: Sequence[Job]) -> None:
+        """Put each element's kill marker in its folder (blocking)."""
+        assert self._staging is not None
+        for job in jobs:
+            name, task = _split(job.jid)
+            key = self.folder_key(job, _batch_id(name) or "", task)
+            self._staging.put(key, attempt_file(KILL_MARK, attempt_of(job)), "killed\n")
+
+    async def kill_job(self, job: Job) -> None:
+        """Ask Batch to cancel the job; it has ended once the listing shows it CANCELLED."""
         if not job.jid or _batch_id(job.jid) is None:
             return
+        await self._cancel(job.jid)
+
+    async def _cancel(self, name: str) -> None:
+        """CancelJob (DeleteJob where cancel is not offered). A Batch job that is gone or
+        has already ended needs nothing more."""
         try:
-            await self._call("cancel_job", name=job.jid)
+            await self._call("cancel_job", name=name)
         except (gexc.NotFound, gexc.FailedPrecondition):
             return
         except gexc.MethodNotImplemented:
             try:
-                await self._call("delete_job", name=job.jid)
+                await self._call("delete_job", name=name)
             except gexc.NotFound:
                 return
             except gexc.GoogleAPICallError as exc:
-                raise SchedulerError(f"gbatch: DeleteJob {job.jid}: {_describe(exc)}") from exc
+                raise SchedulerError(f"gbatch: DeleteJob {name}: {_describe(exc)}") from exc
         except gexc.GoogleAPICallError as exc:
-            raise SchedulerError(f"gbatch: CancelJob {job.jid}: {_describe(exc)}") from exc
+            raise SchedulerError(f"gbatch: CancelJob {name}: {_describe(exc)}") from exc
 
 
 def _free(holder: list[Any]) -> None:
@@ -614,12 +906,65 @@ def _default_credentials() -> Any:
 def _seen(job: Any) -> _Seen:
     status = job.status
     created = job.create_time.timestamp() if job.create_time else 0.0
+    labels = dict(job.labels)
+    group, selector = "", ""
+    counts: tuple[tuple[str, int], ...] = ()
+    if job.task_groups:
+        group = str(job.task_groups[0].name)
+    if spec.ARRAY_LABEL in labels and job.task_groups:
+        groups = status.task_groups
+        for key in groups:
+            counts = tuple(sorted((str(k), int(v)) for k, v in groups[key].counts.items()))
+        runnables = job.task_groups[0].task_spec.runnables
+        last = runnables[-1] if runnables else None
+        if last is not None:
+            selector = str(last.script.text) or (
+                str(last.container.commands[-1]) if last.container.commands else ""
+            )
     return _Seen(
         state=status.state.name,
-        labels=dict(job.labels),
+        labels=labels,
         events=tuple(status.status_events),
         created=created,
+        group=group,
+        counts=counts,
+        selector=selector,
     )
+
+
+def _split(jid: str | None) -> tuple[str, int | None]:
+    """(Batch job name, task index) of an array element's id (its task's name); a single
+    job's id and None otherwise."""
+    if not jid or "/taskGroups/" not in jid:
+        return jid or "", None
+    name, _, rest = jid.partition("/taskGroups/")
+    task = rest.rpartition("/tasks/")[2]
+    return (name, int(task)) if task.isdigit() else (jid, None)
+
+
+def _element_held(view: _Seen | None, task: _Task | None) -> JobStatus | None:
+    """What an element reports while Batch holds its task; None once it has ended."""
+    if view is None:
+        return None
+    if task is None:  # not listed (yet): the array's word
+        return spec.HELD.get(view.state)
+    if task.state in spec.TASK_HELD and view.state in spec.HELD:
+        return spec.TASK_HELD[task.state]
+    return None
+
+
+def _element_verdict(view: _Seen | None, task: _Task | None) -> JobState | None:
+    """How an ended element's task ended (its return code file, if any, wins)."""
+    if view is None:
+        return None
+    if task is None:
+        return spec.ended_state(view.state, ())
+    if view.state in ("CANCELLED", "DELETION_IN_PROGRESS") and task.state != "SUCCEEDED":
+        return spec.ended_state(view.state, task.events)
+    if task.state == "FAILED" and spec.exit_code(task.events) == spec.KILLED_EXIT:
+        return JobState(JobStatus.KILLED, None, "killed before its task started (kill marker)")
+    state = task.state if task.state in ("SUCCEEDED", "FAILED") else view.state
+    return spec.ended_state(state, task.events)
 
 
 def _batch_id(jid: str | None) -> str | None:
