@@ -234,32 +234,34 @@ async def test_running_job_is_killed_and_batch_shows_it_cancelled(
     assert (await calls(gcloud, project))["CancelJob"] == 1
 
 
-async def test_a_later_run_readopts_jobs_by_name_and_by_label(
-    gcloud: Gcloud, project: str, workdir: Path, tmp_path: Path
-) -> None:
+async def readopted_by_a_later_run(
+    gcloud: Gcloud, project: str, workdir: Path, tmp_path: Path, arrays: bool
+) -> tuple[list[str], dict[str, int]]:
+    """Four jobs submitted by a controller that died: jobs 0-1 had their names recorded
+    in the journal, jobs 2-3 never had (the answer to their submission was lost). A
+    later run must adopt all four, run none again and submit nothing; returns the ids
+    and the calls the stand-in saw, for each test's own claims about how it found them."""
     marker = tmp_path / "ran"
     cmds = [f"echo {i} >> {marker}; sleep 1; echo done {i}" for i in range(4)]
-    # A controller that died after submitting: jobs 0-1 had their names recorded in
-    # the journal, jobs 2-3 never had (the answer to their create was lost).
     wd = Workdir(workdir)
-    first = GbatchScheduler(**options(gcloud, project))
+    first = GbatchScheduler(**options(gcloud, project, arrays=arrays))
+    first.forks = 4
     await first.open(wd)
     try:
         early = [Job(i, c) for i, c in enumerate(cmds)]
         for job in early:
             await anyio.to_thread.run_sync(lambda job=job: wd.prepare(job, make=True))
             job.attempt = 1
-        ids = await first.submit_jobs(early)
-        assert all(isinstance(i, str) for i in ids)
+        ids = [str(i) for i in await first.submit_jobs(early)]
         for job, jid in zip(early[:2], ids[:2]):
-            job.jid = str(jid)
+            job.jid = jid
             job.status = JobStatus.SUBMITTED
             wd.record(job)
     finally:
         await first.aclose()
         wd.unlock()
 
-    q = queue(gcloud, project, workdir, forks=4)
+    q = queue(gcloud, project, workdir, forks=4, scheduler_opts={"arrays": arrays})
     jobs = [await q.feed(c) for c in cmds]
     with anyio.fail_after(60):
         await q.run_until_complete()
@@ -269,7 +271,13 @@ async def test_a_later_run_readopts_jobs_by_name_and_by_label(
         assert await read_text(job.stdout_path) == f"done {i}\n"
     assert sorted((await read_text(marker)).split()) == ["0", "1", "2", "3"]  # each ran once
     assert q.statistics().submit_calls == 0
-    seen = await calls(gcloud, project)
+    return ids, await calls(gcloud, project)
+
+
+async def test_a_later_run_readopts_jobs_by_name_and_by_label(
+    gcloud: Gcloud, project: str, workdir: Path, tmp_path: Path
+) -> None:
+    _, seen = await readopted_by_a_later_run(gcloud, project, workdir, tmp_path, arrays=False)
     assert seen["CreateJob"] == 4
     assert seen["GetJob"] >= 2  # the recorded names, looked up one by one
 

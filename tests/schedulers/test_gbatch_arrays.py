@@ -24,6 +24,7 @@ from tests.schedulers.test_gbatch import (  # noqa: F401
     parent,
     pid_alive,
     project,
+    readopted_by_a_later_run,
 )
 from tests.schedulers.test_gbatch import options as single_options
 from tests.schedulers.test_gbatch import queue as single_queue
@@ -171,43 +172,11 @@ async def test_a_killed_job_whose_task_has_not_started_never_runs(
 async def test_a_later_run_readopts_array_elements_by_name_and_by_task_script(
     gcloud: Gcloud, project: str, workdir: Path, tmp_path: Path
 ) -> None:
-    marker = tmp_path / "ran"
-    cmds = [f"echo {i} >> {marker}; sleep 1; echo done {i}" for i in range(4)]
-    # A controller that died after creating the array: jobs 0-1 had their ids
-    # recorded, jobs 2-3 never had.
-    wd = Workdir(workdir)
-    first = GbatchScheduler(**options(gcloud, project))
-    first.forks = 4
-    await first.open(wd)
-    try:
-        early = [Job(i, c) for i, c in enumerate(cmds)]
-        for job in early:
-            await anyio.to_thread.run_sync(lambda job=job: wd.prepare(job, make=True))
-            job.attempt = 1
-        ids = await first.submit_jobs(early)
-        assert all(isinstance(i, str) and "/tasks/" in i for i in ids)
-        for job, jid in zip(early[:2], ids[:2]):
-            job.jid = str(jid)
-            job.status = JobStatus.SUBMITTED
-            wd.record(job)
-    finally:
-        await first.aclose()
-        wd.unlock()
-
-    q = queue(gcloud, project, workdir, forks=4)
-    jobs = [await q.feed(c) for c in cmds]
-    with anyio.fail_after(60):
-        await q.run_until_complete()
-    assert [j.jid for j in jobs] == ids
-    for i, job in enumerate(jobs):
-        assert job.status is JobStatus.FINISHED and job.rc == 0, job.reason
-        assert await read_text(job.stdout_path) == f"done {i}\n"
-    assert sorted((await read_text(marker)).split()) == ["0", "1", "2", "3"]  # each ran once
-    assert q.statistics().submit_calls == 0
-    seen = await calls(gcloud, project)
+    ids, seen = await readopted_by_a_later_run(gcloud, project, workdir, tmp_path, arrays=True)
+    assert all("/tasks/" in i for i in ids)  # one array: each job is one of its tasks
     assert seen["CreateJob"] == 1
     assert "GetJob" not in seen  # one listing served every job
-    assert os.path.basename(str(ids[0])) == "0" and parent(project) in str(ids[0])
+    assert os.path.basename(ids[0]) == "0" and parent(project) in ids[0]
 
 
 async def test_an_array_in_a_gs_workdir_writes_each_job_folder_in_the_bucket(

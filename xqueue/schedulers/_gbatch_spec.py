@@ -24,6 +24,7 @@ from typing import Any
 from ..errors import SchedulerOptionError
 from ..failures import FailureClass
 from ..job import SCRIPT
+from ..resources import Resources
 from ..scheduler import JobState
 from ..states import JobStatus
 from ._gcs import KILL_MARK
@@ -249,10 +250,7 @@ def build_job(
     runnable: dict[str, Any],
     volume: dict[str, Any],
     labels: Mapping[str, str],
-    cpus: int | None,
-    memory_mb: int | None,
-    gpus: int | None,
-    walltime_s: int | None,
+    resources: Resources | None,
     gpu_type: str | None,
 ) -> dict[str, Any]:
     """One Batch job (as JSON data): ``base`` from the options, merged with the rest.
@@ -272,16 +270,17 @@ def build_job(
     spec["runnables"] = [*spec.get("runnables", []), runnable]
     spec["volumes"] = [*spec.get("volumes", []), volume]
     compute = spec.setdefault("compute_resource", {})
-    if cpus:
-        compute.setdefault("cpu_milli", cpus * 1000)
-    if memory_mb:
-        compute.setdefault("memory_mib", memory_mb)
+    res = resources or Resources()
+    if res.cpus:
+        compute.setdefault("cpu_milli", res.cpus * 1000)
+    if res.memory_mb:
+        compute.setdefault("memory_mib", res.memory_mb)
     if not compute:
         del spec["compute_resource"]
-    if walltime_s:
-        spec.setdefault("max_run_duration", f"{walltime_s}s")
-    if gpus:
-        _accelerators(job, gpus, gpu_type)
+    if res.walltime_s:
+        spec.setdefault("max_run_duration", f"{res.walltime_s}s")
+    if res.gpus:
+        _accelerators(job, res.gpus, gpu_type)
     job["labels"] = {**dict(job.get("labels") or {}), **labels}
     return job
 

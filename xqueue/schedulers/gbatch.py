@@ -364,7 +364,6 @@ class GbatchScheduler(Scheduler):
         """The Batch job (as JSON data) that runs one attempt of ``job``."""
         mount = self.mount_path(batch_id)
         assert self._staging is not None
-        res = job.resources
         labels = {
             spec.RUN_LABEL: self._tag,
             spec.INDEX_LABEL: str(job.index),
@@ -379,10 +378,7 @@ class GbatchScheduler(Scheduler):
                 "mount_path": mount,
             },
             labels=labels,
-            cpus=res.cpus if res else None,
-            memory_mb=res.memory_mb if res else None,
-            gpus=res.gpus if res else None,
-            walltime_s=res.walltime_s if res else None,
+            resources=job.resources,
             gpu_type=self.options.gpu_type or None,
         )
 
@@ -395,7 +391,6 @@ class GbatchScheduler(Scheduler):
         """
         mount = self.mount_path(batch_id)
         assert self._staging is not None
-        res = jobs[0].resources  # the jobs of one array share them
         remote = self._staging.remote_path(batch_id)
         if self._remote is not None:
             remote = self._staging.root_path()
@@ -413,10 +408,7 @@ class GbatchScheduler(Scheduler):
             runnable=self._runnable("", spec.selector(entries, self.options.entrypoint)),
             volume={"gcs": {"remote_path": remote}, "mount_path": mount},
             labels=labels,
-            cpus=res.cpus if res else None,
-            memory_mb=res.memory_mb if res else None,
-            gpus=res.gpus if res else None,
-            walltime_s=res.walltime_s if res else None,
+            resources=jobs[0].resources,  # the jobs of one array share them
             gpu_type=self.options.gpu_type or None,
         )
         group = body["task_groups"][0]
@@ -873,10 +865,7 @@ def _check_template(template: dict[str, Any]) -> None:
         runnable={"script": {"text": "true"}},
         volume={"gcs": {"remote_path": "bucket/folder"}, "mount_path": "/mnt/disks/x"},
         labels={},
-        cpus=None,
-        memory_mb=None,
-        gpus=None,
-        walltime_s=None,
+        resources=None,
         gpu_type=None,
     )
     try:
