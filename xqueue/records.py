@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import WorkdirError
-from .job import SPEC_FILE, STATUS_FILE
+from .job import RC, SPEC_FILE, STATUS_FILE, attempt_file
 
 log = logging.getLogger("xqueue.workdir")
 
@@ -225,6 +225,13 @@ def clean_record(value: dict[str, Any]) -> dict[str, Any] | None:
     record["reason"] = reason if type(reason) is str else ""
     record["time"] = _seconds(when)
     return record
+
+
+def local_pid(jid: str | None) -> str | None:
+    """The pid in a local scheduler id (``pid@start``), else None. Only the pid: the
+    start of a process found again in /proc is measured otherwise than the shepherd's."""
+    pid, at, _ = (jid or "").partition("@")
+    return pid if at and pid.isdigit() else None
 
 
 def _seconds(when: Any) -> float:
@@ -532,6 +539,25 @@ class WorkdirReader:
         found: list[dict[str, Any] | None] = [None] * len(folders)
         for i, value in zip(present, parse_objects([texts[i] for i in present]), strict=True):
             found[i] = value
+        return found
+
+    def attempt_codes(
+        self, wanted: Mapping[tuple[str, int], tuple[str | None, float]]
+    ) -> dict[tuple[str, int], int]:
+        """How these (folder, attempt) pairs ended, by the jobs' own word: the
+        ``job.<n>.rc`` a wrapper wrote, else the line a local shepherd appended to
+        ``exits.jsonl``. ``wanted`` maps each pair to the attempt's recorded id and
+        when its submission was journaled (see ``exit_codes``). Both a resumed run and
+        ``xqueue status`` ask this of jobs whose controller was gone when they ended."""
+        found: dict[tuple[str, int], int] = {}
+        rest: dict[tuple[str, int], tuple[str | None, float]] = {}
+        for (folder, attempt), (jid, since) in wanted.items():
+            text = read_text(os.path.join(self.path, folder, attempt_file(RC, attempt)))
+            try:
+                found[folder, attempt] = int((text or "").strip())
+            except ValueError:  # none yet, or torn: the shepherd's line may have it
+                rest[folder, attempt] = (local_pid(jid), since)
+        found.update(self.exit_codes(rest))
         return found
 
     def exit_codes(

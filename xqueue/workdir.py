@@ -273,13 +273,6 @@ def read_rc(job: Job, attempt: int | None = None) -> int | None:
         return None
 
 
-def _local_pid(jid: str | None) -> str | None:
-    """The pid in a local scheduler id (``pid@start``), else None. Only the pid: the
-    start of a process found again in /proc is measured otherwise than the shepherd's."""
-    pid, at, _ = (jid or "").partition("@")
-    return pid if at and pid.isdigit() else None
-
-
 def job_record(job: Job) -> dict[str, Any]:
     """A job's durable state as one record (a journal line; the older job.status file).
 
@@ -670,19 +663,13 @@ class Workdir:
     def exit_codes(self, jobs: Sequence[Job], attempt: int | None = None) -> dict[Job, int]:
         """``exit_code`` of many jobs (their current attempts), reading ``exits.jsonl``
         once for all of them. Blocking: call it in a worker thread."""
-        found: dict[Job, int] = {}
         wanted: dict[tuple[str, int], Job] = {}
         for job in jobs:
-            n = max(job.attempt, 1) if attempt is None else attempt
-            rc = read_rc(job, n)
-            if rc is not None:
-                found[job] = rc
-            elif job.dir:
+            if job.dir:
+                n = max(job.attempt, 1) if attempt is None else attempt
                 wanted[os.path.basename(job.dir), n] = job
-        starts = {key: (_local_pid(job.jid), job._since) for key, job in wanted.items()}
-        for key, rc in self.reader.exit_codes(starts).items():
-            found[wanted[key]] = rc
-        return found
+        starts = {key: (job.jid, job._since) for key, job in wanted.items()}
+        return {wanted[key]: rc for key, rc in self.reader.attempt_codes(starts).items()}
 
     def make_remaining(self, failed: set[Job] | None = None, *, report: bool = True) -> None:
         """Make every folder still missing, a batch at a time, skipping (and adding to

@@ -159,6 +159,28 @@ def test_jobs_of_a_controller_that_is_gone_are_orphaned(controller_killed: Path)
     assert [o["state"] and o["state"]["status"] for o in objects] == ["submitted"] * 2 + [None]
 
 
+def test_a_job_that_ended_after_its_controller_shows_its_code(controller_killed: Path) -> None:
+    # The shepherd outlives the SIGKILLed controller and appends the code of a job that
+    # ends meanwhile to exits.jsonl: status shows that end, not "orphaned".
+    journal = [
+        json.loads(s) for s in (controller_killed / "journal.jsonl").read_text().splitlines()
+    ]
+    first = next(r for r in journal if r.get("jid") and r["dir"].startswith("0-"))
+    os.killpg(int(first["jid"].split("@")[0]), signal.SIGTERM)
+    exits = controller_killed / "exits.jsonl"
+    deadline = time.monotonic() + 20
+    while not exits.exists() or b'"rc": 143' not in exits.read_bytes():
+        assert time.monotonic() < deadline, "the shepherd never recorded the job's end"
+        time.sleep(0.05)
+    out = xqueue("status", str(controller_killed))
+    assert "1 failed, 1 not submitted, 1 orphaned" in out.stdout
+    assert "1 job(s) ended after their run was gone" in out.stdout
+    assert [r[2] for r in rows(out.stdout)] == ["failed", "orphaned"]
+    lines = xqueue("status", str(controller_killed), "--json").stdout.splitlines()
+    state = json.loads(lines[0])["state"]
+    assert (state["rc"], state["ended_unwatched"], state["status"]) == (143, True, "submitted")
+
+
 def test_a_held_lock_means_a_live_controller(tmp_path: Path) -> None:
     import fcntl
 

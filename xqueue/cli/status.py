@@ -71,7 +71,36 @@ def collect(reader: WorkdirReader) -> tuple[list[Row], str | None]:
         else:
             status = record["status"]
         rows.append(Row(folder, record, status))
+    if holder is None:
+        _settle_orphans(reader, [row for row in rows if row.status == ORPHANED])
     return rows, holder
+
+
+def _settle_orphans(reader: WorkdirReader, orphans: Sequence[Row]) -> None:
+    """Show how the jobs of a run that is gone ended, where they left a return code.
+
+    The journal says "running", but the job may have ended after its controller died:
+    its wrapper's rc file, or the local shepherd's line in ``exits.jsonl`` (written
+    after the attempt's submission, by its pid), says how. Such a row shows as finished
+    or failed with that code, marked ``ended_unwatched``: the journal does not have it
+    yet, and the next run on the workdir records it as it re-adopts the job.
+    """
+    wanted: dict[tuple[str, int], tuple[str | None, float]] = {}
+    for row in orphans:
+        record = row.record or {}
+        attempt, jid = record.get("attempt"), record.get("jid")
+        since = record.get("since", record.get("time"))
+        key = (row.folder, attempt if type(attempt) is int and attempt > 0 else 1)
+        wanted[key] = (
+            str(jid) if jid else None,
+            float(since) if isinstance(since, (int, float)) else 0.0,
+        )
+    codes = reader.attempt_codes(wanted)
+    for row, key in zip(orphans, wanted, strict=True):
+        rc = codes.get(key)
+        if rc is not None:
+            row.status = JobStatus.FINISHED.value if rc == 0 else JobStatus.FAILED.value
+            row.record = {**(row.record or {}), "rc": rc, "ended_unwatched": True}
 
 
 def _started(reader: WorkdirReader, folder: str, record: dict[str, Any]) -> bool:
@@ -126,6 +155,12 @@ def _summary(reader: WorkdirReader, rows: Sequence[Row], holder: str | None, out
     tally = ", ".join(f"{n:,} {s}" for s, n in sorted(counts.items()))
     out.write(printable(tally) or "no jobs")  # a state is whatever a record says
     out.write("\n")
+    unwatched = sum(1 for row in rows if row.record and row.record.get("ended_unwatched"))
+    if unwatched:
+        out.write(
+            f"{unwatched:,} job(s) ended after their run was gone (their return codes are "
+            "counted above): the next run on this workdir records them\n"
+        )
     if counts.get(ORPHANED):
         out.write(
             f"{counts[ORPHANED]:,} job(s) were left submitted or running by a run that is "
