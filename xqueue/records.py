@@ -40,7 +40,7 @@ import logging
 import math
 import os
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,10 @@ SPECS_FILE = "specs.jsonl"
 EXITS_FILE = "exits.jsonl"
 SPEC_HEAD = '{"spec": '
 DIR_TAIL = ', "dir": "'
+# Seconds an exits.jsonl line may seem older than a line before it (its shepherd read the
+# wall clock when its job ended; clocks are stepped): the backward read looks this far
+# past the oldest line it needs.
+_CLOCK_SLACK = 600.0
 FINAL_STATES = frozenset({"finished", "failed", "killed", "skipped"})
 
 # O_NONBLOCK: opening a planted FIFO must not hang the reader (it reads as empty).
@@ -121,6 +125,42 @@ def _check_regular(path: str | os.PathLike[str], fd: int) -> int:
     if not stat.S_ISREG(info.st_mode):
         raise WorkdirError(f"{os.fspath(path)!r} is not a regular file; move it away")
     return info.st_size
+
+
+def read_recent_lines(
+    path: str | os.PathLike[str], newer_than: Callable[[bytes], bool]
+) -> list[bytes]:
+    """The newest lines of an append-only workdir file, in file order: read backwards a
+    block at a time, and no further back than the first block whose first whole line
+    ``newer_than`` refuses. Blocking.
+
+    For ``exits.jsonl``, whose lines come in the order their jobs ended: the lines an
+    adopted job waits for are at its end, while a run of a million jobs makes the whole
+    file about 100 MB, which every such job would otherwise read again.
+    """
+    try:
+        fd = os.open(path, READ_FLAGS)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise file_error(path, exc) from None
+    try:
+        end = _check_regular(path, fd)
+        blocks: list[list[bytes]] = []
+        carry = b""  # the start of a line whose beginning is in the block before
+        while end > 0:
+            start = max(0, end - _CHUNK * 4)
+            lines = (os.pread(fd, end - start, start) + carry).split(b"\n")
+            carry = lines.pop(0) if start else b""
+            blocks.append(lines)
+            end = start
+            if lines and not newer_than(lines[0]):
+                break
+        return [line for block in reversed(blocks) for line in block]
+    except OSError as exc:
+        raise file_error(path, exc) from None
+    finally:
+        os.close(fd)
 
 
 def read_lines(path: str | os.PathLike[str]) -> Iterator[bytes]:
@@ -569,18 +609,22 @@ class WorkdirReader:
         the same attempt number, so a line counts only if it was written after ``since``
         (when the attempt's submission was journaled: an earlier start's line is older)
         and, where the pid is known, names it.
-        Read afresh on every call: it is asked only about jobs whose controller was gone
-        when they ended (a resumed run re-adopting them), and a job adopted while still
-        running ends later, when its shepherd appends the line.
+        Read afresh on every call (a job adopted while still running ends later, when
+        its shepherd appends the line), but only back to the lines written before the
+        earliest ``since``, less ``_CLOCK_SLACK``: older ones cannot count.
         """
         if not wanted:
             return {}
-        data = read_bytes(self.path / EXITS_FILE, regular=True)
-        if not data:
-            return {}
+        oldest = min(since for _, since in wanted.values()) - _CLOCK_SLACK
+
+        def recent(line: bytes) -> bool:
+            value = parse_object(line.decode(errors="replace"))
+            return value is None or _seconds(value.get("time")) >= oldest
+
+        lines = read_recent_lines(self.path / EXITS_FILE, recent)
         folders = {folder for folder, _ in wanted}
         found: dict[tuple[str, int], int] = {}
-        for line in data.decode(errors="replace").split("\n"):
+        for line in b"\n".join(lines).decode(errors="replace").split("\n"):
             tail = line.rpartition(DIR_TAIL)[2]
             if tail[:-2] not in folders or tail[-2:] != '"}':
                 continue
