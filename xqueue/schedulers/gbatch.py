@@ -69,8 +69,8 @@ from ..job import SCRIPT, Job, attempt_file
 from ..options import SchedulerOptions
 from ..remote_workdir import RemoteWorkdir, WorkdirURL
 from ..scheduler import JobState, Scheduler, gather_bounded
-from ..states import JobStatus
 from . import _gbatch_spec as spec
+from . import _gbatch_view as listed
 from ._aio import AsyncioBridge
 from ._cluster import attempt_of, run_tag, submit_grouped
 from ._gcs import KILL_MARK, OUTPUTS, Staging, make_client
@@ -152,30 +152,6 @@ class GbatchOptions(SchedulerOptions):
             raise SchedulerOptionError(f"{scheduler}: page_size and rpc_timeout must be > 0")
 
 
-@dataclasses.dataclass(frozen=True)
-class _Seen:
-    """One Batch job as a listing showed it."""
-
-    state: str
-    labels: dict[str, str]
-    events: tuple[Any, ...]
-    created: float
-    group: str = ""
-    """The task group's full name (its tasks are listed under it)."""
-    counts: tuple[tuple[str, int], ...] = ()
-    """Its tasks by state (``status.task_groups``): what changes when a task moves."""
-    selector: str = ""
-    """An array's task script (``_gbatch_spec.selector``); empty for a single job."""
-
-
-@dataclasses.dataclass(frozen=True)
-class _Task:
-    """One task of an array as ListTasks showed it."""
-
-    state: str
-    events: tuple[Any, ...]
-
-
 class GbatchScheduler(Scheduler):
     """Jobs are Google Cloud Batch jobs; their files travel through a bucket."""
 
@@ -201,11 +177,11 @@ class GbatchScheduler(Scheduler):
         self._staging: Staging | None = None
         self._tag = ""
         self._nonce = ""
-        self._listing: tuple[float, dict[str, _Seen]] | None = None
+        self._listing: tuple[float, dict[str, listed.Seen]] | None = None
         self._unknown_at = 0.0
         self._serial = 0  # arrays of this run, for their ids
         # Array name -> (its task counts when last listed, its tasks then).
-        self._tasks: dict[str, tuple[tuple[tuple[str, int], ...], dict[int, _Task]]] = {}
+        self._tasks: dict[str, tuple[tuple[tuple[str, int], ...], dict[int, listed.Task]]] = {}
         # Array name -> its elements not settled yet; those asked to be killed.
         self._members: dict[str, set[Job]] = {}
         self._killing: dict[str, set[Job]] = {}
@@ -583,7 +559,7 @@ class GbatchScheduler(Scheduler):
         raise SubmissionError(f"gbatch: a Batch job named {name} exists already", retryable=False)
 
     # -- status --------------------------------------------------------------------------
-    async def _list_run(self) -> dict[str, _Seen]:
+    async def _list_run(self) -> dict[str, listed.Seen]:
         """Every Batch job of this workdir (one filtered ListJobs, page by page)."""
         request = {
             "parent": self.parent,
@@ -597,13 +573,13 @@ class GbatchScheduler(Scheduler):
         self._listing = (now, seen)
         return seen
 
-    async def _list_pages(self, request: dict[str, Any]) -> list[dict[str, _Seen]]:
+    async def _list_pages(self, request: dict[str, Any]) -> list[dict[str, listed.Seen]]:
         """Runs in the client's loop: the pager fetches the next page as it is iterated."""
         try:
             pager = await self._client.list_jobs(
                 request=request, retry=None, timeout=self.options.rpc_timeout
             )
-            pages = [{str(j.name): _seen(j) for j in page.jobs} async for page in pager.pages]
+            pages = [{str(j.name): listed.seen(j) for j in page.jobs} async for page in pager.pages]
         except gexc.GoogleAPICallError as exc:
             raise SchedulerError(f"gbatch: ListJobs failed: {_describe(exc)}") from exc
         return pages
@@ -616,7 +592,7 @@ class GbatchScheduler(Scheduler):
         ended: list[tuple[Job, JobState | None]] = []
         arrays: dict[str, list[tuple[Job, int]]] = {}
         for job in jobs:
-            name, task = _split(job.jid)
+            name, task = listed.split(job.jid)
             if task is not None:
                 arrays.setdefault(name, []).append((job, task))
                 continue
@@ -631,12 +607,12 @@ class GbatchScheduler(Scheduler):
             view = seen.get(name)
             tasks = await self._array_tasks(name, view)
             for job, task in elements:
-                held = _element_held(view, tasks.get(task))
+                held = listed.element_held(view, tasks.get(task))
                 if held is not None:
                     self._missing_since.pop(job, None)
                     states[job] = JobState(held)
                 else:
-                    ended.append((job, _element_verdict(view, tasks.get(task))))
+                    ended.append((job, listed.element_verdict(view, tasks.get(task))))
         if ended:
             fetched = await gather_bounded(
                 [job for job, _ in ended], self._fetch, self.options.submit_concurrency
@@ -658,7 +634,7 @@ class GbatchScheduler(Scheduler):
                 await self._cancel(name)
         return states
 
-    async def _array_tasks(self, name: str, view: _Seen | None) -> dict[int, _Task]:
+    async def _array_tasks(self, name: str, view: listed.Seen | None) -> dict[int, listed.Task]:
         """The tasks of an array by index: one ListTasks, only when its task counts
         changed since the last one (a task that ends always changes them)."""
         if view is None or not view.group or view.state in ("QUEUED", "SCHEDULED"):
@@ -673,7 +649,7 @@ class GbatchScheduler(Scheduler):
         self._tasks[name] = (view.counts, tasks)
         return tasks
 
-    async def _task_pages(self, request: dict[str, Any]) -> list[dict[int, _Task]]:
+    async def _task_pages(self, request: dict[str, Any]) -> list[dict[int, listed.Task]]:
         """Runs in the client's loop: every page of one ListTasks."""
         try:
             pager = await self._client.list_tasks(
@@ -681,7 +657,7 @@ class GbatchScheduler(Scheduler):
             )
             pages = [
                 {
-                    int(str(t.name).rsplit("/", 1)[1]): _Task(
+                    int(str(t.name).rsplit("/", 1)[1]): listed.Task(
                         t.status.state.name, tuple(t.status.status_events)
                     )
                     for t in page.tasks
@@ -694,7 +670,7 @@ class GbatchScheduler(Scheduler):
 
     def _settled(self, job: Job) -> None:
         """An element that ended is no longer one its array waits on."""
-        name, task = _split(job.jid)
+        name, task = listed.split(job.jid)
         if task is None:
             return
         for table in (self._members, self._killing):
@@ -712,8 +688,8 @@ class GbatchScheduler(Scheduler):
 
     async def _fetch(self, job: Job) -> None:
         """Download the outputs an ended (or forgotten) job left in its staging folder."""
-        name, task = _split(job.jid)
-        batch_id = _batch_id(name)
+        name, task = listed.split(job.jid)
+        batch_id = listed.batch_id(name)
         if self._staging is None or (batch_id is None and self._remote is None):
             return
         staging, key = self._staging, self.folder_key(job, batch_id or "", task)
@@ -722,7 +698,7 @@ class GbatchScheduler(Scheduler):
     async def job_is_running(self, job: Job) -> bool:
         if not job.jid:
             return False
-        name, task = _split(job.jid)
+        name, task = listed.split(job.jid)
         if task is not None:  # an element: its array's word, from the run's listing
             view = (await self._recent_listing()).get(name)
             if view is not None and view.state in spec.HELD:
@@ -736,7 +712,7 @@ class GbatchScheduler(Scheduler):
         except gexc.GoogleAPICallError as exc:
             raise SchedulerError(f"gbatch: GetJob {job.jid}: {_describe(exc)}") from exc
         self.stats.status_calls += 1
-        return _seen(found).state in spec.HELD
+        return listed.seen(found).state in spec.HELD
 
     # -- resume --------------------------------------------------------------------------
     async def recover_job(self, job: Job) -> bool:
@@ -772,7 +748,7 @@ class GbatchScheduler(Scheduler):
             self._members.setdefault(array, set()).add(job)
         return held
 
-    async def _recent_listing(self) -> dict[str, _Seen]:
+    async def _recent_listing(self) -> dict[str, listed.Seen]:
         """The run's listing, reused within a second (one serves a whole resume), unless
         a submission's outcome became unknown since: it may not show that job."""
         cached = self._listing
@@ -790,11 +766,11 @@ class GbatchScheduler(Scheduler):
         kill marker in its folder, so its task exits at once if it has not started yet
         (``_gbatch_spec.selector``); one already running runs to its end.
         """
-        singles = [job for job in jobs if _split(job.jid)[1] is None]
+        singles = [job for job in jobs if listed.split(job.jid)[1] is None]
         errors = dict(zip(singles, await super().kill_jobs(singles)))
         arrays: dict[str, list[Job]] = {}
         for job in jobs:
-            name, task = _split(job.jid)
+            name, task = listed.split(job.jid)
             if task is not None:
                 arrays.setdefault(name, []).append(job)
         for name, members in arrays.items():
@@ -814,13 +790,13 @@ class GbatchScheduler(Scheduler):
         """Put each element's kill marker in its folder (blocking)."""
         assert self._staging is not None
         for job in jobs:
-            name, task = _split(job.jid)
-            key = self.folder_key(job, _batch_id(name) or "", task)
+            name, task = listed.split(job.jid)
+            key = self.folder_key(job, listed.batch_id(name) or "", task)
             self._staging.put(key, attempt_file(KILL_MARK, attempt_of(job)), "killed\n")
 
     async def kill_job(self, job: Job) -> None:
         """Ask Batch to cancel the job; it has ended once the listing shows it CANCELLED."""
-        if not job.jid or _batch_id(job.jid) is None:
+        if not job.jid or listed.batch_id(job.jid) is None:
             return
         await self._cancel(job.jid)
 
@@ -890,78 +866,6 @@ def _default_credentials() -> Any:
             "login` or set GOOGLE_APPLICATION_CREDENTIALS"
         ) from exc
     return credentials
-
-
-def _seen(job: Any) -> _Seen:
-    status = job.status
-    created = job.create_time.timestamp() if job.create_time else 0.0
-    labels = dict(job.labels)
-    group, selector = "", ""
-    counts: tuple[tuple[str, int], ...] = ()
-    if job.task_groups:
-        group = str(job.task_groups[0].name)
-    if spec.ARRAY_LABEL in labels and job.task_groups:
-        groups = status.task_groups
-        for key in groups:
-            counts = tuple(sorted((str(k), int(v)) for k, v in groups[key].counts.items()))
-        runnables = job.task_groups[0].task_spec.runnables
-        last = runnables[-1] if runnables else None
-        if last is not None:
-            selector = str(last.script.text) or (
-                str(last.container.commands[-1]) if last.container.commands else ""
-            )
-    return _Seen(
-        state=status.state.name,
-        labels=labels,
-        events=tuple(status.status_events),
-        created=created,
-        group=group,
-        counts=counts,
-        selector=selector,
-    )
-
-
-def _split(jid: str | None) -> tuple[str, int | None]:
-    """(Batch job name, task index) of an array element's id (its task's name); a single
-    job's id and None otherwise."""
-    if not jid or "/taskGroups/" not in jid:
-        return jid or "", None
-    name, _, rest = jid.partition("/taskGroups/")
-    task = rest.rpartition("/tasks/")[2]
-    return (name, int(task)) if task.isdigit() else (jid, None)
-
-
-def _element_held(view: _Seen | None, task: _Task | None) -> JobStatus | None:
-    """What an element reports while Batch holds its task; None once it has ended."""
-    if view is None:
-        return None
-    if task is None:  # not listed (yet): the array's word
-        return spec.HELD.get(view.state)
-    if task.state in spec.TASK_HELD and view.state in spec.HELD:
-        return spec.TASK_HELD[task.state]
-    return None
-
-
-def _element_verdict(view: _Seen | None, task: _Task | None) -> JobState | None:
-    """How an ended element's task ended (its return code file, if any, wins)."""
-    if view is None:
-        return None
-    if task is None:
-        return spec.ended_state(view.state, ())
-    if view.state in ("CANCELLED", "DELETION_IN_PROGRESS") and task.state != "SUCCEEDED":
-        return spec.ended_state(view.state, task.events)
-    if task.state == "FAILED" and spec.exit_code(task.events) == spec.KILLED_EXIT:
-        return JobState(JobStatus.KILLED, None, "killed before its task started (kill marker)")
-    state = task.state if task.state in ("SUCCEEDED", "FAILED") else view.state
-    return spec.ended_state(state, task.events)
-
-
-def _batch_id(jid: str | None) -> str | None:
-    """The job id at the end of a Batch job name (None for anything else)."""
-    if not jid or "/jobs/" not in jid:
-        return None
-    batch_id = jid.rsplit("/jobs/", 1)[1]
-    return batch_id if spec.JOB_ID.match(batch_id) else None
 
 
 def _describe(exc: Any) -> str:
