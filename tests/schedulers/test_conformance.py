@@ -67,6 +67,15 @@ class TestSlurm(SchedulerConformance):
             cleanup=removing("scancel"),
         )
 
+    @pytest.mark.serial
+    async def test_a_job_the_backend_forgets_vanishes(
+        self, backend: Backend, root: Path, left: list[Job]
+    ) -> None:
+        """The kit's test, run alone (nox's serial phase): on a loaded machine the wrapper
+        of the job scancel removes got to write its return code (143) before it died, and
+        the job was rightly a failure of that code, not a vanished job."""
+        await super().test_a_job_the_backend_forgets_vanishes(backend, root, left)
+
 
 @pytest.mark.sge
 class TestSge(SchedulerConformance):
