@@ -4,8 +4,8 @@ nox                 # the whole suite, as CI runs it
 nox -s tests        # tests only (services are started when we are root with apt)
 nox -s bench        # benchmarks, not part of the default run
 
-XQUEUE_TEST_WORKERS=N (default 0) sets how many pytest-xdist workers run the tests; 0 runs
-them in this one process.
+XQUEUE_TEST_WORKERS=N (default 3) sets how many pytest-xdist workers run the tests; 0 runs
+them all in this one process, one at a time.
 """
 
 from __future__ import annotations
@@ -52,15 +52,38 @@ def tests(session: nox.Session) -> None:
         session.env["XQUEUE_REQUIRE_SERVICES"] = "1"
     else:
         session.log("not root with apt-get: tests that need Slurm, SGE, sshd or containers skip")
+    targets = session.posargs or ["tests", *_plugin_tests()]
+    workers = os.environ.get("XQUEUE_TEST_WORKERS", "3")
+    if workers == "0":
+        session.run("pytest", "-n", "0", *targets)
+        return
     # Most tests wait on something (a cluster's poll, a sleeping job, ssh), so several
     # workers overlap the waits even on 2 cores; the tests of one service stay on one
-    # worker (loadgroup, tests/conftest.py says why). Later posargs win (`-- -n 0`).
-    # Off by default for now: on 3 workers (12 min instead of 25) the SSH restart and
-    # halt tests, an SGE outage test and a Slurm vanish test failed, all timing; until
-    # they are made robust to a loaded machine, CI runs one test at a time.
-    workers = os.environ.get("XQUEUE_TEST_WORKERS", "0")
+    # worker (loadgroup, tests/conftest.py says why). The tests marked `serial` stop a
+    # service others use or time what a loaded machine slows (pyproject.toml's markers
+    # say which and why): they run first, one at a time, with nothing else running.
+    # Either phase may find none of its tests in a selection given as posargs (exit 5);
+    # with no posargs both always have some. Later posargs win (`-- -n 0`).
+    nothing = [0, 5] if session.posargs else [0]
+    session.run("pytest", "-n", "0", *_marked(targets, "serial"), success_codes=[0, 5])
     parallel = ["-n", workers, "--dist", "loadgroup"]
-    session.run("pytest", *parallel, *(session.posargs or ["tests", *_plugin_tests()]))
+    session.run("pytest", *parallel, *_marked(targets, "not serial"), success_codes=nothing)
+
+
+def _marked(args: list[str], expr: str) -> list[str]:
+    """``args`` selecting only the tests ``expr`` matches, within their own ``-m`` if any
+    (pytest keeps only the last ``-m``, so the two are joined into one)."""
+    rest: list[str] = []
+    own: str | None = None
+    words = iter(args)
+    for word in words:
+        if word == "-m":
+            own = next(words, "")
+        elif word.startswith("-m"):  # -mEXPR, -m=EXPR (pytest has no other option -m...)
+            own = word[2:].removeprefix("=")
+        else:
+            rest.append(word)
+    return [*rest, "-m", expr if own is None else f"({own}) and ({expr})"]
 
 
 def _plugin_tests() -> list[str]:

@@ -41,6 +41,9 @@ for _sig in (signal.SIGTERM, signal.SIGHUP):
 # The harnesses that SIGKILL controllers at many points or signal them through a pty
 # each spawn process after process and bound how long a stop may take: one at a time,
 # they keep the CPU load of a run near what those bounds were measured under.
+# Grouping cannot help a test whose time bound the other workers' load stretches (the
+# controller outages, a few SSH and Slurm tests): those are marked ``serial``, and nox
+# runs them first, one at a time, before the workers start.
 SERVICE_MARKS = ("slurm", "sge", "ssh", "htcondor", "docker", "podman", "apptainer")
 STANDIN_FIXTURES = {"gcloud": "gcloud"}
 HARNESS_MODULES = ("test_exactly_once.py", "test_shutdown.py", "test_signals.py", "test_resume.py")

@@ -67,6 +67,17 @@ class TestSlurm(SchedulerConformance):
             cleanup=removing("scancel"),
         )
 
+    @pytest.mark.serial
+    async def test_a_job_the_backend_forgets_vanishes(
+        self, backend: Backend, root: Path, left: list[Job]
+    ) -> None:
+        """The kit's test, run alone (nox's serial phase). scancel's SIGTERM reaches the job's
+        processes one by one, children first (proctrack/linuxproc): when slurmstepd lost
+        the CPU between the two, as on a machine loaded by xdist workers, the wrapper saw
+        its command end and wrote return code 143 before its own signal came, and the job
+        was rightly a failure of that code, not a vanished one."""
+        await super().test_a_job_the_backend_forgets_vanishes(backend, root, left)
+
 
 @pytest.mark.sge
 class TestSge(SchedulerConformance):

@@ -13,9 +13,10 @@ single jobs), whose status queries fail while it lasts, and one fed in the middl
 it, whose submissions fail.
 
 These tests stop a daemon every other test shares: they are marked ``outage`` (deselect
-with ``-m "not outage"``) and each runs on one event loop only, Slurm on asyncio and
-SGE on trio, which keeps the harness near a minute. The daemon is always started again,
-and the test waits until the cluster takes jobs before it ends.
+with ``-m "not outage"``) and ``serial`` (nox runs them alone: on a machine loaded by
+other tests' workers the SGE one failed), and each runs on one event loop only, Slurm
+on asyncio and SGE on trio, which keeps the harness near a minute. The daemon is always
+started again, and the test waits until the cluster takes jobs before it ends.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from tests.schedulers.test_sge import FAST as SGE_FAST
 from tests.schedulers.test_slurm import FAST as SLURM_FAST
 from xqueue import Job, JobStatus, Xqueue
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.outage]
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.outage, pytest.mark.serial]
 
 CI = Path(__file__).resolve().parents[2] / "ci"
 OUTAGE = 20.0
