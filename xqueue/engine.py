@@ -82,10 +82,11 @@ from .errors import (
 from .failures import FailureClass, timed_out
 from .hooks import Hooks
 from .job import STARTED, Job
+from .records import record_time
 from .resources import Resources
 from .retry import RetryPolicy
 from .scheduler import JobState, Scheduler
-from .states import JobStatus
+from .states import ACTIVE, JobStatus
 from .workdir import Workdir, open_plain, read_text
 
 if TYPE_CHECKING:
@@ -94,7 +95,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("xqueue")
 
 S = JobStatus
-_ACTIVE = frozenset(s for s in JobStatus if s.is_active)
 # A scheduler whose status query fails this many ticks in a row, for at least
 # OUTAGE_TOLERANCE seconds, stops the run; a controller restart (slurmctld, sge_qmaster)
 # is ridden out. Submissions that prove the backend unreachable wait as long.
@@ -110,8 +110,6 @@ SHUTDOWN_HOOK_TIMEOUT = 10.0
 RESOLVE_DELAY = 1.0
 # The shortest time between two polling-hook ticks of a backend that awaits its jobs.
 MIN_TICK = 0.05
-
-ACTIVE = (S.SUBMITTING, S.SUBMITTED, S.RUNNING)
 
 
 class RunState(enum.Enum):
@@ -238,11 +236,11 @@ class Engine:
         old = job.transition(new)
         self.counts[old] -= 1
         self.counts[new] += 1
-        if old in _ACTIVE:  # JobStatus.is_active, without a property call per move
+        if old in ACTIVE:  # JobStatus.is_active, without a property call per move
             self._active.pop(job, None)
-            if new not in _ACTIVE and job.claim is not None:
+            if new not in ACTIVE and job.claim is not None:
                 self._pool.release(job.claim)  # ended, failed, killed, refused, requeued
-        if new in _ACTIVE:
+        if new in ACTIVE:
             self._active[job] = None
             if old is S.QUEUED:  # a new attempt: nothing of the one before is its own
                 job.rc, job.reason = None, ""
@@ -510,7 +508,7 @@ class Engine:
             # An earlier run may have started it: look before running it again.
             job.attempt = _int(attempt, 0) or self.workdir.last_attempt(job)
             job.jid = str(record["jid"]) if record.get("jid") else None
-            job._since = _seconds(record.get("since", record.get("time")))
+            job._since = record_time(record.get("since", record.get("time")))
             job._base_attempt = job.attempt - 1  # a lost attempt n is not held against it
             if job.attempt == 0:
                 return self._release(job)
@@ -1431,13 +1429,6 @@ def _classify(state: JobState) -> FailureClass | None:
     if state.status is S.KILLED:
         return FailureClass.KILLED
     return FailureClass.NONZERO_EXIT if state.rc else FailureClass.VANISHED
-
-
-def _seconds(value: Any) -> float:
-    """A time from a record; 0 (earlier than anything) if it is not one."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
-        return float(value)
-    return 0.0
 
 
 def _int(value: Any, default: int) -> int:

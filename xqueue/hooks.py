@@ -117,9 +117,7 @@ class Hooks:
         """``call`` with the arguments as one dict, which the engine builds once per job
         event: packing and unpacking keywords twice more per event shows when 100,000
         jobs are fed."""
-        impls = self._impls.get(hook)
-        if impls is None:
-            impls = self._implementations(hook)
+        impls = self._implementations(hook)
         if not impls:
             return []
         results = []

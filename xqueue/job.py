@@ -148,9 +148,8 @@ class Job:
         self.index = index
         self.command = normalize_command(command)
         self.envs = _check_envs(envs) if envs else None
-        checked = None if name is None else check_name(name)
-        self.name = checked or default_name(self.command)
-        self.resources = None if resources is None else Resources.from_value(resources)
+        self.name = check_name(name) or default_name(self.command)
+        self.resources = Resources.from_value(resources)
         self.dir = dir
         self.status = JobStatus.INIT
         self.jid: str | None = None

@@ -263,8 +263,17 @@ def clean_record(value: dict[str, Any]) -> dict[str, Any] | None:
     record["rc"] = rc if type(rc) is int else None
     record["jid"] = str(jid) if type(jid) in (str, int) else None
     record["reason"] = reason if type(reason) is str else ""
-    record["time"] = _seconds(when)
+    record["time"] = record_time(when)
     return record
+
+
+def read_code(path: str | os.PathLike[str]) -> int | None:
+    """The return code in a ``job.<n>.rc`` file; None if there is none yet (or it is torn)."""
+    text = read_text(path)
+    try:
+        return None if text is None else int(text.strip())
+    except ValueError:
+        return None
 
 
 def local_pid(jid: str | None) -> str | None:
@@ -274,7 +283,8 @@ def local_pid(jid: str | None) -> str | None:
     return pid if at and pid.isdigit() else None
 
 
-def _seconds(when: Any) -> float:
+def record_time(when: Any) -> float:
+    """A time read from a record, in seconds; 0 (earlier than anything) if it is not one."""
     if isinstance(when, (int, float)) and not isinstance(when, bool) and math.isfinite(when):
         return float(when)
     return 0.0
@@ -592,11 +602,11 @@ class WorkdirReader:
         found: dict[tuple[str, int], int] = {}
         rest: dict[tuple[str, int], tuple[str | None, float]] = {}
         for (folder, attempt), (jid, since) in wanted.items():
-            text = read_text(os.path.join(self.path, folder, attempt_file(RC, attempt)))
-            try:
-                found[folder, attempt] = int((text or "").strip())
-            except ValueError:  # none yet, or torn: the shepherd's line may have it
+            rc = read_code(os.path.join(self.path, folder, attempt_file(RC, attempt)))
+            if rc is None:  # none yet, or torn: the shepherd's line may have it
                 rest[folder, attempt] = (local_pid(jid), since)
+            else:
+                found[folder, attempt] = rc
         found.update(self.exit_codes(rest))
         return found
 
@@ -619,12 +629,12 @@ class WorkdirReader:
 
         def recent(line: bytes) -> bool:
             value = parse_object(line.decode(errors="replace"))
-            return value is None or _seconds(value.get("time")) >= oldest
+            return value is None or record_time(value.get("time")) >= oldest
 
-        lines = read_recent_lines(self.path / EXITS_FILE, recent)
         folders = {folder for folder, _ in wanted}
         found: dict[tuple[str, int], int] = {}
-        for line in b"\n".join(lines).decode(errors="replace").split("\n"):
+        for raw in read_recent_lines(self.path / EXITS_FILE, recent):
+            line = raw.decode(errors="replace")
             tail = line.rpartition(DIR_TAIL)[2]
             if tail[:-2] not in folders or tail[-2:] != '"}':
                 continue
@@ -639,7 +649,7 @@ class WorkdirReader:
             if start is None:
                 continue
             pid, since = start
-            if _seconds(value.get("time")) >= since and (
+            if record_time(value.get("time")) >= since and (
                 not pid or str(value.get("jid", "")).partition("@")[0] == pid
             ):
                 found[key] = rc

@@ -35,10 +35,12 @@ class JobStatus(enum.Enum):
     @property
     def is_active(self) -> bool:
         """True while the scheduler holds (or may hold) the job: it counts against ``forks``."""
-        return self in (JobStatus.SUBMITTING, JobStatus.SUBMITTED, JobStatus.RUNNING)
+        return self in ACTIVE
 
 
 _FINAL = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.KILLED, JobStatus.SKIPPED})
+ACTIVE = frozenset({JobStatus.SUBMITTING, JobStatus.SUBMITTED, JobStatus.RUNNING})
+"""The states of ``is_active``, for a hot path to test without a property call."""
 
 S = JobStatus
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {

@@ -65,6 +65,7 @@ from .records import (
     WorkdirReader,
     digest,
     file_error,
+    read_code,
     read_json,
     read_text,
 )
@@ -264,13 +265,7 @@ def _user(uid: int) -> str:
 def read_rc(job: Job, attempt: int | None = None) -> int | None:
     """The return code a wrapper script recorded, if it finished (``Workdir.exit_code``
     also reads what the local shepherd recorded)."""
-    text = read_text(job.attempt_path(RC, attempt))
-    if text is None:
-        return None
-    try:
-        return int(text.strip())
-    except ValueError:
-        return None
+    return read_code(job.attempt_path(RC, attempt))
 
 
 def job_record(job: Job) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from ..errors import XqueueError
 from ..params import matches, parse_filters
-from ..records import WorkdirReader, job_index
+from ..records import WorkdirReader, job_index, record_time
 from ..states import JobStatus
 from .text import MAX_ROWS, printable
 
@@ -91,10 +91,7 @@ def _settle_orphans(reader: WorkdirReader, orphans: Sequence[Row]) -> None:
         attempt, jid = record.get("attempt"), record.get("jid")
         since = record.get("since", record.get("time"))
         key = (row.folder, attempt if type(attempt) is int and attempt > 0 else 1)
-        wanted[key] = (
-            str(jid) if jid else None,
-            float(since) if isinstance(since, (int, float)) else 0.0,
-        )
+        wanted[key] = (str(jid) if jid else None, record_time(since))
     codes = reader.attempt_codes(wanted)
     for row, key in zip(orphans, wanted, strict=True):
         rc = codes.get(key)
