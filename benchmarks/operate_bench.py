@@ -113,7 +113,8 @@ def follow(n: int, directory: str) -> tuple[float, float]:
         with open(os.path.join(tmp, "events.jsonl"), "w") as fh:
             fh.write(run_line(now, "run_started", {"scheduler": "local", "forks": 8}))
             for i in range(n):
-                name = f"job {i}"
+                job = Job(i, ["job", str(i)], name=f"job {i}")
+                job.attempt, job.jid = 1, f"{i}@1.0"
                 for event, status in (
                     ("job_init", "init"),
                     ("job_queued", "queued"),
@@ -124,8 +125,9 @@ def follow(n: int, directory: str) -> tuple[float, float]:
                         "finished" if i % 50 else "failed",
                     ),
                 ):
-                    rc = 0 if status == "finished" else (1 if status == "failed" else None)
-                    fh.write(job_line(now, event, i, name, status, 1, f"{i}@1.0", rc, ""))
+                    job.status = JobStatus(status)
+                    job.rc = 0 if status == "finished" else (1 if status == "failed" else None)
+                    fh.write(job_line(now, event, job))
         follower = Follower(tmp, io.StringIO(), as_json=False)
         start = time.perf_counter()
         follower.step()

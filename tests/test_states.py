@@ -54,3 +54,16 @@ def test_illegal_transitions_raise(path: list[JobStatus], bad: JobStatus) -> Non
     ):
         job.transition(bad)
     assert job.status is before  # unchanged
+
+
+def test_the_fast_names_are_the_members() -> None:
+    """``S`` (and the engine's ``_Run``) repeat the enums' members for speed: every member,
+    the same object, nothing else."""
+    from xqueue.engine import RunState, _Run
+    from xqueue.states import S
+
+    for alias, enum_class in ((S, JobStatus), (_Run, RunState)):
+        names = {n for n in vars(alias) if not n.startswith("_")}
+        assert names == set(enum_class.__members__)
+        for name, member in enum_class.__members__.items():
+            assert getattr(alias, name) is member

@@ -59,7 +59,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 from anyio.abc import TaskGroup
@@ -86,7 +86,7 @@ from .records import record_time
 from .resources import Resources
 from .retry import RetryPolicy
 from .scheduler import JobState, Scheduler
-from .states import ACTIVE, JobStatus
+from .states import ACTIVE, JobStatus, S
 from .workdir import Workdir, open_plain, read_text
 
 if TYPE_CHECKING:
@@ -94,7 +94,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("xqueue")
 
-S = JobStatus
 # A scheduler whose status query fails this many ticks in a row, for at least
 # OUTAGE_TOLERANCE seconds, stops the run; a controller restart (slurmctld, sge_qmaster)
 # is ridden out. Submissions that prove the backend unreachable wait as long.
@@ -121,6 +120,20 @@ class RunState(enum.Enum):
     STOPPING = "stopping"  # halted, signalled or cancelled: killing what is active
     CLOSED = "closed"  # aclose() was called; nothing more can happen
 
+
+class _Run:
+    """``RunState``'s members, read without ``EnumType.__getattr__`` (see ``states.S``)."""
+
+    IDLE: Final = RunState.IDLE
+    RUNNING: Final = RunState.RUNNING
+    DRAINING: Final = RunState.DRAINING
+    STOPPING: Final = RunState.STOPPING
+    CLOSED: Final = RunState.CLOSED
+
+
+# Tuples, tested with ``in`` (identity first, in C): Enum's own hash is a Python call.
+_LIVE = (_Run.RUNNING, _Run.DRAINING, _Run.STOPPING)
+_TAKES_JOBS = (_Run.IDLE, _Run.RUNNING)
 
 Event = tuple[Any, ...]
 HookCall = tuple[str, Job]
@@ -169,7 +182,7 @@ class Engine:
         self.handle_signals = handle_signals
         self.resume = resume
 
-        self.state = RunState.IDLE
+        self.state = _Run.IDLE
         self.jobs: list[Job] = []
         self.counts: Counter[JobStatus] = Counter()
         self.completed: list[Job] = []  # final jobs, in the order they ended
@@ -214,21 +227,23 @@ class Engine:
     # -- state -----------------------------------------------------------------------------
     @property
     def running(self) -> bool:
-        return self.state in (RunState.RUNNING, RunState.DRAINING, RunState.STOPPING)
+        return self.state in _LIVE
 
     @property
     def feeding(self) -> bool:
-        return self.state is RunState.RUNNING
+        return self.state is _Run.RUNNING
 
     def check_can_feed(self) -> None:
-        if self.state is RunState.CLOSED:
+        if self.state in _TAKES_JOBS:
+            return
+        if self.state is _Run.CLOSED:
             raise QueueStateError("this queue is closed; create a new Xqueue to run more jobs")
-        if self.state is RunState.DRAINING:
+        if self.state is _Run.DRAINING:
             raise QueueStateError(
                 "the queue is running and no longer accepts jobs; feed before "
                 "run_until_complete(), or use keep_feeding=True / async with"
             )
-        if self.state is RunState.STOPPING:
+        if self.state is _Run.STOPPING:
             raise QueueStateError("the queue is stopping and accepts no more jobs")
 
     def _move(self, job: Job, new: JobStatus) -> None:
@@ -275,7 +290,7 @@ class Engine:
         return len(self.jobs) - final - len(self._left)
 
     def _finished(self) -> bool:
-        return self.state is not RunState.RUNNING and self._unsettled() == 0
+        return self.state is not _Run.RUNNING and self._unsettled() == 0
 
     # -- feeding ---------------------------------------------------------------------------
     async def add(self, job: Job, staged: Mapping[str, str] | None = None) -> None:
@@ -294,11 +309,16 @@ class Engine:
         record = self.workdir.prepare(job, staged)
         self.jobs.append(job)
         self.counts[S.INIT] += 1
-        await self.hooks.call_with("on_job_init", self._kw(job))
-        if self.running:
+        # Hooks that return nothing to await cost no coroutine: this runs once a job fed.
+        pending = self.hooks.notify("on_job_init", self._kw(job))
+        if pending is not None:
+            await pending
+        if self.state in _LIVE:  # self.running, without a property call per job
             self._post("fed", job, record)
         else:
-            await self._call_hooks(self._on_fed(job, record))
+            calls = self._on_fed(job, record)
+            if calls:
+                await self._call_hooks(calls)
 
     async def _check_fits(self, job: Job) -> None:
         """Refuse a job that could never start: more than any host has, unknown slot axes.
@@ -320,13 +340,13 @@ class Engine:
 
     def close_feeding(self) -> None:
         """No more jobs: the run ends once every job fed has ended."""
-        if self.state is RunState.RUNNING:
-            self.state = RunState.DRAINING
+        if self.state is _Run.RUNNING:
+            self.state = _Run.DRAINING
             self._post("check")
 
     # -- running ---------------------------------------------------------------------------
     def check_can_begin(self) -> None:
-        if self.state is RunState.CLOSED:
+        if self.state is _Run.CLOSED:
             raise QueueStateError("this queue is closed")
         if self.running:
             raise QueueStateError("the queue is already running")
@@ -343,10 +363,11 @@ class Engine:
         """
         self.check_can_begin()
         self.workdir.lock()
-        self.state = RunState.RUNNING if keep_feeding else RunState.DRAINING
+        self.state = _Run.RUNNING if keep_feeding else _Run.DRAINING
         self._error, self._signal, self._deadline = None, None, None
         self._left.clear()
         self.started_at, self.stopped_at = time.monotonic(), None
+        self.workdir.making_ahead(True)
 
     async def run(self, keep_feeding: bool, *, begun: bool = False) -> None:
         if not begun:
@@ -372,6 +393,7 @@ class Engine:
             reason = "cancelled"
             raise
         finally:
+            self.workdir.making_ahead(False)
             with anyio.CancelScope(shield=True):
                 try:
                     if not self._finished():
@@ -750,7 +772,7 @@ class Engine:
         action, so a sweep over many jobs never holds up the loop; the next tick is
         taken only once that action has finished (``_tick``)."""
         jobs = [j for j in self._active if j.status is not S.SUBMITTING and j not in self._checking]
-        if self.state is RunState.STOPPING or not jobs:
+        if self.state is _Run.STOPPING or not jobs:
             self._polling_posted = False
         else:
             self._actions.append((self._poll_hooks, (jobs,)))
@@ -776,7 +798,7 @@ class Engine:
             )
             counts = job._failures = job._failures or {}
             counts[job.failure] = counts.get(job.failure, 0) + 1
-            if retryable and self.state is not RunState.STOPPING and self._retry(job):
+            if retryable and self.state is not _Run.STOPPING and self._retry(job):
                 self._move(job, S.RETRYING)
                 self.workdir.record(job)
                 # The failed attempt's rc and reason stay for on_job_retrying (and for
@@ -866,7 +888,7 @@ class Engine:
         self, job: Job, error: BaseException | None, reply: _Reply | None
     ) -> list[HookCall]:
         if error is not None:
-            if self.state is RunState.STOPPING:
+            if self.state is _Run.STOPPING:
                 job.reason = f"could not be killed: {error}"
                 self._left.add(job)
                 log.error("job %s (%s, %s) %s", job.index, job.name, job.jid, job.reason)
@@ -901,7 +923,7 @@ class Engine:
             job.rc, job.reason = state.rc, f"{state.reason} ({why})"
             return self._end_attempt(job, S.FAILED, retryable=False, failure=_classify(state))
         job.reason = why
-        if self.state is RunState.STOPPING:
+        if self.state is _Run.STOPPING:
             self._left.add(job)
         return []
 
@@ -912,9 +934,9 @@ class Engine:
                 self._error = error
             elif error is not self._error:
                 log.error("further error while stopping: %r", error)
-        if self.state is RunState.STOPPING:
+        if self.state is _Run.STOPPING:
             return []
-        self.state = RunState.STOPPING
+        self.state = _Run.STOPPING
         grace = _grace(self.scheduler)
         self._deadline = time.monotonic() + grace + SHUTDOWN_MARGIN
         calls: list[HookCall] = []
@@ -934,7 +956,7 @@ class Engine:
         return calls
 
     def _on_signal(self, sig: signal.Signals) -> list[HookCall]:
-        if self._signal is None and self.state is not RunState.STOPPING:
+        if self._signal is None and self.state is not _Run.STOPPING:
             self._signal = sig
             log.warning("%s: stopping; killing %d active job(s)", sig.name, len(self._active))
             return self._on_stop(None)
@@ -954,7 +976,7 @@ class Engine:
         if self._to_kill:
             jobs, self._to_kill = self._to_kill, []
             self._actions.append((self._kill, (jobs, None, True)))
-        if self.state not in (RunState.RUNNING, RunState.DRAINING) or self._hold_until > now:
+        if self.state not in (_Run.RUNNING, _Run.DRAINING) or self._hold_until > now:
             return
         if self._counting and self._pool.in_use:
             self._admit()
@@ -1019,7 +1041,7 @@ class Engine:
 
     # -- act: I/O and hooks, outside the decision ----------------------------------------
     def _hook_timeout(self) -> float | None:
-        if self.state is RunState.STOPPING:
+        if self.state is _Run.STOPPING:
             return min(self.hook_timeout or math.inf, SHUTDOWN_HOOK_TIMEOUT)
         return self.hook_timeout
 
@@ -1029,9 +1051,11 @@ class Engine:
         timeout = self._hook_timeout()
         for hook, job in calls:
             try:
-                await self.hooks.call_with(hook, self._kw(job), timeout)
+                pending = self.hooks.notify(hook, self._kw(job), timeout)
+                if pending is not None:
+                    await pending
             except PluginError as exc:
-                if self.state is RunState.STOPPING:
+                if self.state is _Run.STOPPING:
                     log.error("%s", exc)
                 else:
                     self._post("stop", exc)
@@ -1219,7 +1243,7 @@ class Engine:
                 self._wake_poller = anyio.Event()
                 await self._wake_poller.wait()
                 self._wake_poller = None
-            stopping = self.state is RunState.STOPPING
+            stopping = self.state is _Run.STOPPING
             await anyio.sleep(min(interval, 0.5) if stopping else interval)
             jobs = [
                 j for j in self._active if j.status is not S.SUBMITTING and j not in self._checking
@@ -1305,7 +1329,7 @@ class Engine:
 
     # -- the end of a run ------------------------------------------------------------------
     async def _shutdown_hooks(self, reason: str) -> None:
-        self.state = RunState.STOPPING if self.state is not RunState.CLOSED else self.state
+        self.state = _Run.STOPPING if self.state is not _Run.CLOSED else self.state
         try:
             await self.hooks.call(
                 "on_shutdown",
@@ -1339,8 +1363,8 @@ class Engine:
                 for sig, handler in previous.items():
                     if handler is not None:
                         signal.signal(sig, handler)
-            if self.state is not RunState.CLOSED:
-                self.state = RunState.IDLE
+            if self.state is not _Run.CLOSED:
+                self.state = _Run.IDLE
             self.stopped_at = time.monotonic()
             self.workdir.unlock()
             self._notify_progress()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import Any
 
 import anyio
@@ -87,12 +87,14 @@ class Hooks:
         return [self.pm.get_name(p) or repr(p) for p in self.pm.get_plugins()]
 
     def _implementations(self, hook: str) -> list[_Impl]:
+        """The implementations to call, in order; a plugin that hung is left out."""
         impls = self._impls.get(hook)
         if impls is None:
             caller = getattr(self.pm.hook, hook)
             impls = [
                 (impl.plugin_name, impl.function, tuple(impl.argnames))
                 for impl in reversed(caller.get_hookimpls())
+                if impl.plugin_name not in self.hung
             ]
             self._impls[hook] = impls
         return impls
@@ -117,30 +119,67 @@ class Hooks:
         """``call`` with the arguments as one dict, which the engine builds once per job
         event: packing and unpacking keywords twice more per event shows when 100,000
         jobs are fed."""
-        impls = self._implementations(hook)
-        if not impls:
-            return []
         results = []
-        for plugin, fn, argnames in impls:
-            if plugin in self.hung:
-                continue  # it hung once already; its error was reported then
-            try:
-                if len(argnames) == 1:  # most hooks take only the job: no list to build
+        for impl in self._implementations(hook):
+            result = _invoke(hook, impl, kwargs)
+            if result is not None and inspect.isawaitable(result):
+                result = await self._settle(hook, impl[0], result, timeout)
+            results.append((impl[0], result))
+        return results
+
+    def notify(
+        self, hook: str, kwargs: dict[str, Any], timeout: float | None = None
+    ) -> Coroutine[Any, Any, None] | None:
+        """Call a hook whose results nobody reads (the job events), without a coroutine
+        when no implementation returns an awaitable: None then, else a coroutine to
+        await that waits for it and calls the rest. The engine calls two of these for
+        each job it is fed, and most plugins' hooks are plain functions."""
+        impls = self._impls.get(hook)
+        if impls is None:
+            impls = self._implementations(hook)
+        rest = iter(impls)
+        for plugin, fn, argnames in rest:
+            try:  # ``_invoke``, inline
+                if len(argnames) == 1:
                     result = fn(kwargs[argnames[0]])
                 else:
                     result = fn(*[kwargs[a] for a in argnames])
-                if result is not None and inspect.isawaitable(result):
-                    if timeout is None:
-                        result = await result
-                    else:
-                        result = await _bounded(result, timeout)
-            except TimeoutError as exc:
-                self.hung.add(plugin)
-                raise PluginError(plugin, hook, exc) from exc
             except Exception as exc:
                 raise PluginError(plugin, hook, exc) from exc
-            results.append((plugin, result))
-        return results
+            if result is not None and inspect.isawaitable(result):
+                return self._notify_rest(hook, plugin, result, rest, kwargs, timeout)
+        return None
+
+    async def _notify_rest(
+        self,
+        hook: str,
+        plugin: str,
+        pending: Awaitable[Any],
+        rest: Iterator[_Impl],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> None:
+        await self._settle(hook, plugin, pending, timeout)
+        for impl in rest:
+            result = _invoke(hook, impl, kwargs)
+            if result is not None and inspect.isawaitable(result):
+                await self._settle(hook, impl[0], result, timeout)
+
+    async def _settle(
+        self, hook: str, plugin: str, result: Awaitable[Any], timeout: float | None
+    ) -> Any:
+        """Await what an implementation returned, bounded by ``timeout``; one that
+        outlives it is called no more (its error is reported once, now)."""
+        try:
+            if timeout is None:
+                return await result
+            return await _bounded(result, timeout)
+        except TimeoutError as exc:
+            self.hung.add(plugin)
+            self._impls.clear()
+            raise PluginError(plugin, hook, exc) from exc
+        except Exception as exc:
+            raise PluginError(plugin, hook, exc) from exc
 
     async def vetoed_by(self, hook: str, timeout: float | None = None, **kwargs: Any) -> str | None:
         """Call a veto hook; the name of the first plugin that returned False, else None."""
@@ -148,6 +187,17 @@ class Hooks:
             if result is False:
                 return plugin
         return None
+
+
+def _invoke(hook: str, impl: _Impl, kwargs: dict[str, Any]) -> Any:
+    """One implementation, given only the arguments it names."""
+    plugin, fn, argnames = impl
+    try:
+        if len(argnames) == 1:  # most hooks take only the job: no list to build
+            return fn(kwargs[argnames[0]])
+        return fn(*[kwargs[a] for a in argnames])
+    except Exception as exc:
+        raise PluginError(plugin, hook, exc) from exc
 
 
 async def _bounded(awaitable: Any, timeout: float) -> Any:

@@ -18,7 +18,7 @@ from .capacity import Claim
 from .errors import ConfigError, InvalidTransitionError
 from .failures import FailureClass
 from .resources import Resources
-from .states import TRANSITIONS, JobStatus
+from .states import TRANSITIONS, JobStatus, S
 from .wrapping import Wrap
 
 # Names of the files a job keeps in its folder, once per job.
@@ -148,10 +148,11 @@ class Job:
         self.index = index
         self.command = normalize_command(command)
         self.envs = _check_envs(envs) if envs else None
-        self.name = check_name(name) or default_name(self.command)
-        self.resources = Resources.from_value(resources)
+        # Checks only for what was given: a job is made for every feed.
+        self.name = (name is not None and check_name(name)) or default_name(self.command)
+        self.resources = None if resources is None else Resources.from_value(resources)
         self.dir = dir
-        self.status = JobStatus.INIT
+        self.status = S.INIT  # JobStatus.INIT, read faster (see S)
         self.jid: str | None = None
         self.rc: int | None = None
         self.reason = ""

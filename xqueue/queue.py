@@ -334,17 +334,20 @@ class Xqueue:
         its spec (``specs.jsonl``): ``xqueue status`` shows them and filters on them (``--param``).
         They are part of what the job is, so a resumed run skips it only with the same.
         """
-        self._engine.check_can_feed()
-        # The hot path of feeding: helpers are called only for what was given.
+        # The hot path of feeding: helpers are called only for what was given (and
+        # ``add`` checks that the queue takes jobs before anything changes).
         if cache_key is not None:
             cache_key = _check_cache_key(cache_key)
         if resources is not None or self._default_resources is not None:
             resources = profiles.with_defaults(
                 Resources.from_value(resources), self._default_resources
             )
-        job = self._job_class(
-            len(self._engine.jobs), cmd, envs=envs, name=name, resources=resources
-        )
+        if envs is None and name is None and resources is None:
+            job = self._job_class(len(self._engine.jobs), cmd)  # no keywords to pack
+        else:
+            job = self._job_class(
+                len(self._engine.jobs), cmd, envs=envs, name=name, resources=resources
+            )
         job.cache_key = cache_key
         if after is not None:
             job.after = resolve_after(after, self._engine.jobs)

@@ -41,7 +41,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import secrets
 import stat
 import threading
@@ -89,13 +88,22 @@ _SLUG_MAX = 40
 # json.dumps(spec, sort_keys=True), without building an encoder per call (the same text).
 _SPEC_ENCODER = json.JSONEncoder(sort_keys=True)
 # Text that python-slugify only lowercases and splits at non-alphanumerics: no quote,
-# no "&" (entities), no comma (between digits it is dropped), nothing beyond ASCII.
-_PLAIN = re.compile(r"[A-Za-z0-9 \t./:=_+@%^*()\[\]{}<>|;!?~#$-]*")
-# python-slugify turns each run of other characters into "-", then each run of dashes
-# into one: in one pass, each run of anything but a letter or digit becomes one "-".
-_NOT_ALNUM = re.compile(r"[^a-z0-9]+")
+# no "&" (entities), no comma (between digits it is dropped), nothing beyond ASCII. It
+# turns each run of the other characters into "-", then each run of dashes into one; so
+# in one pass, each run of anything but a letter or digit becomes one "-". One
+# ``translate`` does it (str.split then collapses the runs): letters to lower case, those
+# characters to spaces, and any other character to a NUL, which sends the text to
+# python-slugify itself.
+_SPLIT_AT = " \t./:=_+@%^*()[]{}<>|;!?~#$-"
+_SLUG_TABLE = str.maketrans(
+    {
+        i: chr(i).lower() if chr(i).isalnum() else " " if chr(i) in _SPLIT_AT else "\0"
+        for i in range(128)
+    }
+)
 _MAKER_DELAY = 0.05  # seconds the folder thread lets submissions go first
 _MAKER_IDLE = 10.0  # seconds without work after which it ends
+_MAKE_BATCH = 256  # folders made under one hold of the lock, and one specs.jsonl write
 _FAILED = (JobStatus.FAILED, JobStatus.RETRYING)
 _ACTIVE = (JobStatus.SUBMITTING, JobStatus.SUBMITTED, JobStatus.RUNNING)
 TRUST_ENV = "XQUEUE_TRUST_WORKDIR"
@@ -109,8 +117,9 @@ def slug(text: str) -> str:
     earlier runs are found again by it. Plain ASCII names (the common case: commands
     and their arguments) skip its transliteration and entity passes, which leave such a
     name as it is; the tests compare the two on random text."""
-    if _PLAIN.fullmatch(text):
-        plain = _NOT_ALNUM.sub("-", text.lower()).strip("-")
+    folded = text.translate(_SLUG_TABLE) if text.isascii() else "\0"
+    if "\0" not in folded:
+        plain = "-".join(folded.split())
         if len(plain) < _SLUG_MAX:
             return plain or "job"  # smart_truncate leaves it as it is
         from slugify import smart_truncate
@@ -349,8 +358,11 @@ class Workdir:
         # Jobs fed without a folder yet, with their staged files. A thread of the
         # workdir's own makes them in the background, soon after feeding (so `xqueue
         # status`, `logs` and `cancel` see a fed job), and a submission makes whatever
-        # of its batch is still missing first; the lock keeps the two apart.
+        # of its batch is still missing first; the lock keeps the two apart. Before a
+        # run (not ``making_ahead``) the thread waits for a pause in the feeding: a burst
+        # of feeds would otherwise share the interpreter with it.
         self._unmade: dict[Job, Mapping[str, str] | None] = {}
+        self._ahead = False
         self._making = threading.Lock()
         self._maker: threading.Thread | None = None
         self._maker_lock = threading.Lock()
@@ -507,7 +519,7 @@ class Workdir:
             self._unmade[job] = staged
             if make:
                 self._make_now(job)
-            else:
+            elif not self._wake.is_set():
                 self._start_maker()
             return None
         spec = job_spec(job)
@@ -523,7 +535,7 @@ class Workdir:
             self._reuse.add(job)
             if make:
                 self._make_now(job)
-            else:
+            elif not self._wake.is_set():
                 self._start_maker()
             return None
         if known == digest(spec.encode()):
@@ -537,15 +549,17 @@ class Workdir:
         self._unmade[job] = staged
         if make:
             self._make_now(job)
-        else:
+        elif not self._wake.is_set():
             self._start_maker()
         return None
 
+    def making_ahead(self, on: bool) -> None:
+        """Make fed jobs' folders soon after they are fed, without waiting for a pause
+        in the feeding (a run is on: its submissions need them), or no longer."""
+        self._ahead = on
+
     def _start_maker(self) -> None:
-        """Wake the workdir's folder thread (started on first use). Cheap when it is
-        awake already: this runs once per feed."""
-        if self._wake.is_set():
-            return
+        """Wake the workdir's folder thread (started on first use)."""
         with self._maker_lock:
             self._wake.set()
             if self._maker is None:
@@ -562,7 +576,8 @@ class Workdir:
         It starts a moment after it is woken: a job submitted at once gets its folder
         from its submission, which would otherwise wait for this thread (the lock) and
         compete with it for the interpreter, so a lone job's latency does not pay for
-        a thread it does not need.
+        a thread it does not need. Before a run, it waits until no job was fed for that
+        long: then the feeding is over, or paused.
         """
         failed: set[Job] = set()
         while True:
@@ -573,6 +588,9 @@ class Workdir:
                         return
             time.sleep(_MAKER_DELAY)
             self._wake.clear()
+            fed = -1
+            while not self._ahead and fed != (fed := len(self._unmade)):
+                time.sleep(_MAKER_DELAY)
             self.make_remaining(failed, report=False)
 
     def _make_now(self, job: Job) -> None:
@@ -672,11 +690,14 @@ class Workdir:
         end: its job has ended, and its record is journaled); the workdir's thread
         leaves them to the job's submission, which tries again and says why."""
         failed = set() if failed is None else failed
-        while batch := [job for job in list(self._unmade)[:256] if job not in failed]:
-            for job, error in self.make_folders(batch).items():
-                failed.add(job)
-                if report:
-                    log.warning("job %s: %s", job.index, error)
+        # A copy of the dict each round (taken at once, under the GIL: the loop adds to it
+        # meanwhile), not each batch: a million unmade jobs cost one pass, not 4,000.
+        while todo := [job for job in list(self._unmade) if job not in failed]:
+            for start in range(0, len(todo), _MAKE_BATCH):
+                for job, error in self.make_folders(todo[start : start + _MAKE_BATCH]).items():
+                    failed.add(job)
+                    if report:
+                        log.warning("job %s: %s", job.index, error)
 
     def has_unmade(self) -> bool:
         return bool(self._unmade)
