@@ -119,6 +119,41 @@ def test_the_journal_shortcut_gives_the_strict_answer() -> None:
         assert parse_journal(data, "j") == strict, lines
 
 
+@pytest.mark.parametrize("order", ["journal", "reversed", "shuffled"])
+def test_a_resume_reads_each_record_as_the_strict_reading_does(
+    tmp_path: Path, order: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume takes each folder's record once, parsing lines ahead in batches; in
+    whatever order it asks, with garbage among the lines, it gets the strict answer."""
+    import random
+
+    import xqueue.records as records
+
+    monkeypatch.setattr(records, "_PARSE_AHEAD", 3)  # many batches, and a full cache
+    rng = random.Random(order)
+    for trial in range(150):
+        wd = tmp_path / f"wd{trial}"
+        wd.mkdir()
+        folders = [f"{i}-j" for i in range(rng.randrange(1, 12))]
+        lines = []
+        for n in range(rng.randrange(1, 40)):
+            status = rng.choice(["submitted", "finished", "failed"])
+            record = {"status": status, "attempt": 1, "jid": f"{n}@1.0", "rc": n % 2}
+            line = json.dumps({**record, "reason": "", "time": 1.0, "dir": rng.choice(folders)})
+            if rng.random() < 0.04:
+                line = rng.choice([line[: n % 30], "[1]", '{"status": "finished"}', ""])
+            lines.append(line)
+        (wd / "journal.jsonl").write_text("\n".join(lines) + "\n")
+        asked = folders + ["99-none"]
+        if order == "reversed":
+            asked.reverse()
+        elif order == "shuffled":
+            rng.shuffle(asked)
+        resume, strict = WorkdirReader(wd), WorkdirReader(wd)
+        for folder in asked:
+            assert resume.take_record(folder) == strict.last_record(folder), (folder, lines)
+
+
 def test_fields_of_the_wrong_type_are_not_trusted(tmp_path: Path) -> None:
     data = b'{"status": "submitted", "attempt": "x", "rc": true, "jid": 5, "time": "soon"'
     record = parse_journal(data + b', "dir": "0-a"}\n', "j")["0-a"]

@@ -1,0 +1,51 @@
+"""A job's spec text is what a resumed run knows its folder by: whichever way it is put
+together, it must be exactly ``json.dumps`` of the spec with sorted keys."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from xqueue import Job
+from xqueue.workdir import job_spec
+
+# Quotes, backslashes, control characters, non-ASCII and characters outside the BMP:
+# everything JSON escapes, and some of what it does not.
+CHARS = "ab z09-_./ \"\\'\t\x01\x1f\x7fé€\u2028\U0001f600"
+
+
+def text(rng: random.Random) -> str:
+    return "".join(rng.choice(CHARS) for _ in range(rng.randint(1, 12)))
+
+
+def reference(job: Job) -> str:
+    spec = {
+        "index": job.index,
+        "name": job.name,
+        "command": job.command if isinstance(job.command, str) else list(job.command),
+        "envs": job.envs,
+        "resources": job.resources.to_dict() if job.resources else None,
+    }
+    if job.params:
+        spec["params"] = job.params
+    return json.dumps(spec, sort_keys=True)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_spec_text_is_json_dumps_of_the_spec(seed: int) -> None:
+    rng = random.Random(seed)
+    for index in range(2000):
+        argv = ["prog" + text(rng)] + [text(rng) for _ in range(rng.randint(0, 3))]
+        command: str | list[str] = " ".join(argv) if rng.random() < 0.3 else argv
+        job = Job(
+            index * rng.choice((1, 1000, 10**9)),
+            command,
+            name=text(rng) if rng.random() < 0.5 else None,
+            envs={"X_A": text(rng)} if rng.random() < 0.2 else None,
+            resources={"cpus": rng.randint(1, 4)} if rng.random() < 0.2 else None,
+        )
+        if rng.random() < 0.2:
+            job.params = {"p": rng.random(), "q": text(rng)}
+        assert job_spec(job) == reference(job), job
