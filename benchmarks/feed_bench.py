@@ -29,7 +29,7 @@ from xqueue import Xqueue
 
 
 class _Fed:
-    __slots__ = ("index", "argv", "name", "status")
+    __slots__ = ("argv", "index", "name", "status")
 
     def __init__(self, index: int, argv: list[str]) -> None:
         self.index, self.argv, self.name, self.status = index, tuple(argv), " ".join(argv), "init"
@@ -42,8 +42,10 @@ async def floor(n: int) -> float:
     async def feed(argv: list[str]) -> _Fed:
         job = _Fed(len(jobs), argv)
         jobs.append(job)
-        for event in ("job_init", "job_queued"):
-            lines.append(json.dumps({"event": event, "job": job.index, "name": job.name}))
+        lines.extend(
+            json.dumps({"event": event, "job": job.index, "name": job.name})
+            for event in ("job_init", "job_queued")
+        )
         return job
 
     start = time.perf_counter()

@@ -103,6 +103,41 @@ def test_a_plugin_whose_import_fails_says_to_reinstall_it(tmp_path: Path) -> Non
     assert "xqueue[" not in out
 
 
+def test_the_built_in_schedulers_are_those_the_pyproject_registers() -> None:
+    # registry.BUILT_IN resolves them without reading every distribution's entry points;
+    # the two lists must not drift apart (the wheel's metadata is the pyproject's).
+    from importlib.metadata import distribution
+
+    from xqueue import registry
+
+    registered = {
+        ep.name: ep.value
+        for ep in distribution("xqueue").entry_points
+        if ep.group == registry.ENTRY_POINT_GROUP
+    }
+    assert registered == registry.BUILT_IN
+    for name in registry.BUILT_IN:  # each also resolves through its entry point
+        assert registry._entry_points()[name].load() is registry.scheduler_class(name)
+
+
+def test_a_plugin_cannot_take_a_built_in_name(tmp_path: Path) -> None:
+    info = tmp_path / "xq_hijack-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: xq-hijack\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[xqueue.schedulers]\nlocal = xq_hijack_mod:Other\n")
+    (tmp_path / "xq_hijack_mod.py").write_text("raise SystemExit('the plugin was imported')\n")
+    script = "from xqueue import Xqueue\nprint(type(Xqueue(scheduler='local').scheduler).__name__)"
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,  # the queue's default workdir goes there
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out == "LocalScheduler\n"
+
+
 def test_workdir_not_writable(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")

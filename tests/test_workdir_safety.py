@@ -144,7 +144,7 @@ def test_a_resume_reads_each_record_as_the_strict_reading_does(
                 line = rng.choice([line[: n % 30], "[1]", '{"status": "finished"}', ""])
             lines.append(line)
         (wd / "journal.jsonl").write_text("\n".join(lines) + "\n")
-        asked = folders + ["99-none"]
+        asked = [*folders, "99-none"]
         if order == "reversed":
             asked.reverse()
         elif order == "shuffled":
