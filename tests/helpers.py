@@ -30,6 +30,26 @@ SLURM_FAST = {"poll_interval": 0.2, "vanish_grace": 2.0}
 SGE_FAST = {"poll_interval": 0.3, "vanish_grace": 3.0}
 
 
+async def run_watching_peak(q: Xqueue, timeout: float) -> int:
+    """Run ``q`` to its end within ``timeout``; return the most jobs it had active at
+    once (sampled every 50 ms). A test of "one status call per tick" needs it: the call
+    is batched only if many jobs were active at a tick, however long the run took."""
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, q.statistics().active)
+            await anyio.sleep(0.05)
+
+    with anyio.fail_after(timeout):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            await q.run_until_complete()
+            tg.cancel_scope.cancel()
+    return peak
+
+
 def cluster_queue(scheduler: str, fast: dict[str, Any], workdir: Path, **kw: Any) -> Xqueue:
     """A queue on a real cluster with short test intervals; ``scheduler_opts`` add to them."""
     opts = {**fast, **kw.pop("scheduler_opts", {})}

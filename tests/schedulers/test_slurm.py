@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from tests.helpers import SLURM_FAST as FAST
-from tests.helpers import cluster_queue, read_text, remove_after
+from tests.helpers import cluster_queue, read_text, remove_after, run_watching_peak
 from tests.schedulers.fakes import calls, garbling, submitted_ids, submitting_then
 from xqueue import Job, JobStatus, Xqueue
 from xqueue.errors import SubmissionUnknownError
@@ -154,12 +154,13 @@ async def test_200_jobs_with_status_calls_proportional_to_ticks(
     opts = {"arrays": arrays, "submit_concurrency": 16}
     q = queue(workdir, forks=200, scheduler_opts=opts)
     jobs = [await q.feed(["true"]) for _ in range(200)]
-    with anyio.fail_after(110):
-        await q.run_until_complete()
+    peak = await run_watching_peak(q, 110)
     assert all(j.status is JobStatus.FINISHED for j in jobs)
     stats = q.statistics()
+    # Many jobs were active at once (the node runs a few at a time), and yet one status
+    # command per tick, however many ticks the run took on a loaded machine.
+    assert peak > 20
     assert stats.submit_calls == (1 if arrays else 200)
-    assert stats.ticks < 200
     # one squeue per tick; a sacct only for jobs Slurm reports ended before their rc file
     assert stats.ticks <= stats.status_calls <= stats.ticks + 3
 
