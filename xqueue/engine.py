@@ -58,7 +58,7 @@ import signal
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -316,9 +316,9 @@ class Engine:
         if self.state in _LIVE:  # self.running, without a property call per job
             self._post("fed", job, record)
         else:
-            calls = self._on_fed(job, record)
-            if calls:
-                await self._call_hooks(calls)
+            pending = self._fire(self._on_fed(job, record))
+            if pending is not None:
+                await pending
 
     async def _check_fits(self, job: Job) -> None:
         """Refuse a job that could never start: more than any host has, unknown slot axes.
@@ -1046,19 +1046,39 @@ class Engine:
         return self.hook_timeout
 
     async def _call_hooks(self, calls: list[HookCall]) -> None:
+        pending = self._fire(calls)
+        if pending is not None:
+            await pending
+
+    def _fire(self, calls: list[HookCall]) -> Coroutine[Any, Any, None] | None:
+        """Call the hooks of ``calls`` in order, without a coroutine while each returns
+        nothing to await (None then); else a coroutine that awaits it and calls the rest.
+        A plugin's error stops the run (and is only logged by a run already stopping)."""
         if not calls:
-            return
+            return None
         timeout = self._hook_timeout()
-        for hook, job in calls:
+        for n, (hook, job) in enumerate(calls):
             try:
                 pending = self.hooks.notify(hook, self._kw(job), timeout)
-                if pending is not None:
-                    await pending
             except PluginError as exc:
-                if self.state is _Run.STOPPING:
-                    log.error("%s", exc)
-                else:
-                    self._post("stop", exc)
+                self._hook_failed(exc)
+                continue
+            if pending is not None:
+                return self._fire_rest(pending, calls[n + 1 :])
+        return None
+
+    async def _fire_rest(self, pending: Awaitable[None], rest: list[HookCall]) -> None:
+        try:
+            await pending
+        except PluginError as exc:
+            self._hook_failed(exc)
+        await self._call_hooks(rest)
+
+    def _hook_failed(self, exc: PluginError) -> None:
+        if self.state is _Run.STOPPING:
+            log.error("%s", exc)
+        else:
+            self._post("stop", exc)
 
     async def _submit(self, batch: list[Job]) -> None:
         allowed: list[Job] = []

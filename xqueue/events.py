@@ -157,7 +157,10 @@ def _job_event(event: str) -> Callable[[EventLog, Job], None]:
 class EventLog:
     """The built-in plugin; one per queue, one writer thread per run."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: str) -> None:
+        # The stream's file, known before any event: a job's hook then takes only the job
+        # (a hook of two arguments costs each call a list to build).
+        self.path = path
         # Records wait here for the run's writer; one that comes between runs (a job
         # killed after its run ended) waits for the next run's file.
         self.pending: deque[str] = deque()
@@ -177,14 +180,14 @@ class EventLog:
     def _add_run(self, event: str, fields: dict[str, Any]) -> None:
         self.pending.append(run_line(time.time(), event, fields))
 
-    async def _start(self, xqueue: Xqueue) -> None:
+    async def _start(self) -> None:
         """The run's first event: the file is opened in a worker thread, then the writer
         starts. Events that come meanwhile wait in its deque."""
         if self._opening is not None:
             await self._opening.wait()
             return
         self._opening = anyio.Event()
-        writer = Writer(str(xqueue.workdir.path / EVENTS_FILE), self.pending)
+        writer = Writer(self.path, self.pending)
         self._writer = writer
         try:
             await run_in_daemon_thread(writer.open)  # not anyio's: see _threads
@@ -198,22 +201,22 @@ class EventLog:
 
     # -- hooks ---------------------------------------------------------------------------
     @hookimpl
-    def on_job_init(self, xqueue: Xqueue, job: Job) -> Awaitable[None] | None:
+    def on_job_init(self, job: Job) -> Awaitable[None] | None:
         """Plain for every job but a run's first, which awaits the opening of the file
         (``Hooks.call`` awaits what a hook returns only if it is awaitable)."""
         if self._writer is None or self._opening is not None:
-            return self._first(xqueue, job)
+            return self._first(job)
         self.add("job_init", job)
         return None
 
-    async def _first(self, xqueue: Xqueue, job: Job) -> None:
-        await self._start(xqueue)
+    async def _first(self, job: Job) -> None:
+        await self._start()
         self.add("job_init", job)
 
     @hookimpl
     async def on_init(self, xqueue: Xqueue, scheduler: Scheduler) -> None:
         if self._writer is None or self._opening is not None:
-            await self._start(xqueue)
+            await self._start()
         self._started_at = time.monotonic()
         stats = xqueue.statistics()
         fields = {

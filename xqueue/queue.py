@@ -29,7 +29,7 @@ from .control import Control
 from .dependencies import After, resolve_after
 from .engine import Engine, RunState
 from .errors import ConfigError, QueueStateError
-from .events import EventLog
+from .events import EVENTS_FILE, EventLog
 from .hooks import Hooks
 from .job import Job, check_name, default_name, normalize_command
 from .params import check_params
@@ -229,7 +229,7 @@ class Xqueue:
         # run.json and kill requests for `xqueue cancel`, the event stream.
         self.hooks.register(Control(), "xqueue-control")
         if events:
-            self.hooks.register(EventLog(), "xqueue-events")
+            self.hooks.register(EventLog(str(self.workdir.path / EVENTS_FILE)), "xqueue-events")
         self._engine = Engine(
             self,
             self.scheduler,
