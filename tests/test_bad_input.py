@@ -76,14 +76,34 @@ def test_a_plugin_scheduler_not_installed_names_its_distribution() -> None:
     assert "pip install xqueue-panda" in message
 
 
+def with_plugin_distribution(tmp_path: Path, name: str, scheduler: str, module: str) -> str:
+    """A folder to put on sys.path holding a real distribution: a dist-info that
+    registers ``scheduler`` to a module whose source is ``module``."""
+    info = tmp_path / f"{name.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[xqueue.schedulers]\n{scheduler} = xq_mod:Plugin\n")
+    (tmp_path / "xq_mod.py").write_text(module)
+    return str(tmp_path)
+
+
+def run_python(script: str, path: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=path,  # a queue's default workdir goes there
+        env={"PYTHONPATH": path, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
 def test_a_plugin_whose_import_fails_says_to_reinstall_it(tmp_path: Path) -> None:
     # A real distribution on sys.path whose entry point's module needs a missing package:
     # the fix is to reinstall that distribution, not an xqueue extra of the same name.
-    info = tmp_path / "xq_broken-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: xq-broken\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[xqueue.schedulers]\nbroken = xq_broken_mod:Broken\n")
-    (tmp_path / "xq_broken_mod.py").write_text("import xq_no_such_client_library\n")
+    path = with_plugin_distribution(
+        tmp_path, "xq-broken", "broken", "import xq_no_such_client_library\n"
+    )
     script = (
         "from xqueue import Xqueue\n"
         "try:\n"
@@ -91,13 +111,7 @@ def test_a_plugin_whose_import_fails_says_to_reinstall_it(tmp_path: Path) -> Non
         "except Exception as exc:\n"
         "    print(type(exc).__name__, exc)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = run_python(script, path)
     assert out.startswith("ConfigError scheduler 'broken' needs a package that is not installed")
     assert "(xq_no_such_client_library); reinstall xq-broken" in out
     assert "xqueue[" not in out
@@ -121,21 +135,11 @@ def test_the_built_in_schedulers_are_those_the_pyproject_registers() -> None:
 
 
 def test_a_plugin_cannot_take_a_built_in_name(tmp_path: Path) -> None:
-    info = tmp_path / "xq_hijack-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: xq-hijack\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[xqueue.schedulers]\nlocal = xq_hijack_mod:Other\n")
-    (tmp_path / "xq_hijack_mod.py").write_text("raise SystemExit('the plugin was imported')\n")
+    path = with_plugin_distribution(
+        tmp_path, "xq-hijack", "local", "raise SystemExit('the plugin was imported')\n"
+    )
     script = "from xqueue import Xqueue\nprint(type(Xqueue(scheduler='local').scheduler).__name__)"
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,  # the queue's default workdir goes there
-        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert out == "LocalScheduler\n"
+    assert run_python(script, path) == "LocalScheduler\n"
 
 
 def test_workdir_not_writable(tmp_path: Path) -> None:
