@@ -67,6 +67,11 @@ def test_sacct_states_and_exit_codes() -> None:
     killed = slurm.accounting_state(rows["14_5"])
     assert killed is not None and killed.status is JobStatus.KILLED
     assert slurm.exit_status("0:15") == 143
+    # FAILED without an exit code (a CI run saw one, before accounting had the job's
+    # code): a failure whose code is unknown, never a success.
+    unknown = slurm.accounting_state(slurm.SlurmRow("FAILED", "", "0:0"))
+    assert unknown is not None and unknown.status is JobStatus.FAILED and unknown.rc is None
+    assert "FAILED with exit code 0:0" in unknown.reason
 
 
 def test_scontrol_show_config() -> None:

@@ -245,6 +245,14 @@ async def test_ended_job_without_rc_file_is_resolved_by_sacct_or_vanishes(workdi
             "PENDING",
         ):
             await anyio.sleep(0.2)
+    # Accounting may show the end a moment later still, and its exit code after that: a
+    # poll then holds the job, or fails it with no code (test_cluster_parsing); what is
+    # tested here is the verdict once accounting has it all.
+    with anyio.fail_after(60):
+        while (
+            await sh("sacct", "-n", "-P", "-X", "-o", "State,ExitCode", "-j", job.jid)
+        ).strip() != "FAILED|4:0":
+            await anyio.sleep(0.2)
     await anyio.Path(job.attempt_path("rc")).unlink()  # as if the file system lost it
     job.status = JobStatus.RUNNING
 

@@ -207,6 +207,14 @@ def accounting_state(row: SlurmRow) -> JobState | None:
         return None
     if row.state in ENDED:
         rc = exit_status(row.exit_code)
-        status = JobStatus.FINISHED if rc == 0 else JobStatus.FAILED
-        return JobState(status, rc, f"return code from sacct ({row.state}); the wrapper wrote none")
+        why = f"return code from sacct ({row.state}); the wrapper wrote none"
+        if row.state == "COMPLETED" and rc == 0:
+            return JobState(JobStatus.FINISHED, 0, why)
+        if not rc:  # FAILED with "0:0": never a success; Slurm gave no code
+            rc = None
+            why = (
+                f"Slurm ended it as {row.state} with exit code {row.exit_code} (sacct); "
+                "the wrapper wrote no return code"
+            )
+        return JobState(JobStatus.FAILED, rc, why)
     return terminal_state(row)
