@@ -530,12 +530,10 @@ class WorkdirReader:
         if self._journal is not None:
             return self.last_record(folder)
         record = None
-        if folder in self._parsed or folder in self._winners:
-            if folder in self._parsed:
-                parsed = self._parsed.pop(folder)
-            else:
-                parsed = self._parse_with_next(folder)
-            entry = _entry_of(parsed)
+        if folder in self._winners:
+            self._parse_with_next(folder)
+        if folder in self._parsed:
+            entry = _entry_of(self._parsed.pop(folder))
             if entry is None or entry[0] != folder:
                 self._winners.clear()
                 self._parsed.clear()
@@ -548,11 +546,12 @@ class WorkdirReader:
                 record = older
         return record
 
-    def _parse_with_next(self, folder: str) -> dict[str, Any] | None:
-        """A folder's newest line, parsed with the next ones in the journal's order in
-        one ``json.loads`` (``parse_objects``): per call, the decoder's setup costs as
-        much as a record, and a resume asks for the folders in about that order. Never
-        more than ``_PARSE_AHEAD`` wait unasked, whatever the order."""
+    def _parse_with_next(self, folder: str) -> None:
+        """Parse a folder's newest line into ``_parsed``, with the next ones in the
+        journal's order, in one ``json.loads`` (``parse_objects``): per call, the
+        decoder's setup costs as much as a record, and a resume asks for the folders in
+        about that order. Never more than ``_PARSE_AHEAD`` wait unasked, whatever the
+        order."""
         assert self._winners is not None
         folders, lines = [folder], [self._winners.pop(folder)]
         if len(self._parsed) < _PARSE_AHEAD:
@@ -561,9 +560,7 @@ class WorkdirReader:
                 if line is not None:
                     folders.append(name)
                     lines.append(line)
-        values = parse_objects(lines)
-        self._parsed.update(zip(folders[1:], values[1:], strict=True))
-        return values[0]
+        self._parsed.update(zip(folders, parse_objects(lines), strict=True))
 
     def _index_winners(self) -> dict[str, bytes]:
         winners: dict[str, bytes] = {}
