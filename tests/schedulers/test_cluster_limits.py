@@ -140,7 +140,10 @@ async def test_slurm_timeout_is_retried_with_more_time(
         num_retries=0,  # only the policy's own TIMEOUT retry
         retry_policy={"TIMEOUT": {"walltime": 2, "retries": 1}},
     )
-    cmd = '[ "$XQUEUE_JOB_ATTEMPT" = 1 ] && sleep 150; echo "attempt $XQUEUE_JOB_ATTEMPT"'
+    # Attempt 1 execs its sleep: no shell of the job's outlives it. Slurm signals every
+    # process of the step at its limit, in no set order; with `sleep 150; echo` the
+    # shell could reap a killed sleep, echo, and exit 0 before its own signal came.
+    cmd = '[ "$XQUEUE_JOB_ATTEMPT" = 1 ] && exec sleep 150; echo "attempt $XQUEUE_JOB_ATTEMPT"'
     job = await q.feed(cmd, resources={"walltime": "1m"})
     cancel_after.append(job)
     with anyio.fail_after(180):
