@@ -142,8 +142,19 @@ def test_a_resume_reads_each_record_as_the_strict_reading_does(
             line = json.dumps({**record, "reason": "", "time": 1.0, "dir": rng.choice(folders)})
             if rng.random() < 0.04:
                 line = rng.choice([line[: n % 30], "[1]", '{"status": "finished"}', ""])
+            elif rng.random() < 0.04:  # near misses of the shape a block is read fast in
+                line = rng.choice(
+                    [
+                        json.dumps({**record, "reason": "", "time": 1.0, "dir": '0-j"x'}),
+                        line + '"}',  # a second quote and brace after the folder's
+                        line[:-2] + '\\"}',  # a backslash in the folder
+                        '{"status": "finished", "reason": "x"}',  # no "dir", ends in "}
+                    ]
+                )
             lines.append(line)
         (wd / "journal.jsonl").write_text("\n".join(lines) + "\n")
+        # Blocks of a few lines, or of part of one: lines cross the blocks' ends.
+        monkeypatch.setattr(records, "_BLOCK", rng.choice([7, 64, 300, 1 << 22]))
         asked = [*folders, "99-none"]
         if order == "reversed":
             asked.reverse()

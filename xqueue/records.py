@@ -65,6 +65,7 @@ FINAL_STATES = frozenset({"finished", "failed", "killed", "skipped"})
 # O_NONBLOCK: opening a planted FIFO must not hang the reader (it reads as empty).
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _CHUNK = 1 << 16
+_BLOCK = 1 << 22  # read_line_blocks: about 20,000 journal lines
 
 
 def file_error(path: str | os.PathLike[str], exc: OSError, doing: str = "read") -> WorkdirError:
@@ -164,19 +165,32 @@ def read_recent_lines(
         os.close(fd)
 
 
-def read_lines(path: str | os.PathLike[str]) -> Iterator[bytes]:
-    """The lines of an append-only workdir file, read as a stream (a million lines are
-    not held at once); nothing if there is no such file. Blocking."""
+def read_line_blocks(path: str | os.PathLike[str]) -> Iterator[list[bytes]]:
+    """The whole lines of an append-only workdir file, without their newlines, a block
+    at a time: a million lines are never held at once, and a caller can split, slice and
+    check a block with calls that each take all of it. A last line with no newline
+    (torn by a crash) is left out. Nothing if there is no such file. Blocking."""
     try:
         fd = os.open(path, READ_FLAGS)
     except FileNotFoundError:
         return
     except OSError as exc:
         raise file_error(path, exc) from None
-    with os.fdopen(fd, "rb") as fh:
+    try:
         _check_regular(path, fd)
         os.set_blocking(fd, True)
-        yield from fh
+        carry = b""
+        while chunk := os.read(fd, _BLOCK):
+            lines = (carry + chunk).split(b"\n")
+            carry = lines.pop()
+            if lines:
+                yield lines
+    except OSError as exc:
+        raise file_error(path, exc) from None
+    finally:
+        os.close(fd)
+    if carry:
+        log.info("%s: ignoring its torn last line (a run stopped mid-write)", path)
 
 
 def read_text(path: str | os.PathLike[str]) -> str | None:
@@ -460,6 +474,27 @@ def job_index(name: str) -> int | None:
     return None
 
 
+def _folders_of(lines: list[bytes], key: bytes) -> list[str] | None:
+    """The folder each line names after its last ``key``, if every line ends that way
+    (``<key><folder>"}``), else None: then the caller reads the block line by line.
+
+    The block is checked by counting, in calls over all of it, since this runs for every
+    line of a million-job journal: a folder name holds no quote or backslash (its JSON
+    would escape them), so each line's tail must hold exactly one quote, just before its
+    closing brace, and no backslash.
+    """
+    tails = b"\n".join([line.rpartition(key)[2] for line in lines])
+    n = len(lines)
+    if (
+        tails.count(b'"') != n
+        or tails.count(b'"}\n') != n - 1
+        or tails[-2:] != b'"}'
+        or b"\\" in tails
+    ):
+        return None
+    return tails.decode(errors="replace").replace('"}', "").split("\n")
+
+
 class WorkdirReader:
     """A read-only view of a workdir: what ``xqueue status`` and a resuming run read.
 
@@ -565,16 +600,19 @@ class WorkdirReader:
     def _index_winners(self) -> dict[str, bytes]:
         winners: dict[str, bytes] = {}
         key = _DIR_KEY.encode()
-        for line in read_lines(self.path / JOURNAL_FILE):
-            tail = line.rpartition(key)[2]
-            if tail[-3:] == b'"}\n' and b"\\" not in tail:
-                winners[tail[:-3].decode(errors="replace")] = line
-            elif line[-1:] != b"\n":
-                log.info("%s: ignoring its torn last line", self.path / JOURNAL_FILE)
-            elif line.strip():  # a line of another shape: the careful reading, for all
-                winners.clear()
-                self.journal()
-                return winners
+        for lines in read_line_blocks(self.path / JOURNAL_FILE):
+            folders = _folders_of(lines, key)
+            if folders is not None:
+                winners.update(zip(folders, lines))
+                continue
+            for line in lines:  # a block with a line of another shape: line by line
+                tail = line.rpartition(key)[2]
+                if tail[-2:] == b'"}' and b"\\" not in tail:
+                    winners[tail[:-2].decode(errors="replace")] = line
+                elif line.strip():  # not a line xqueue writes: the careful reading, for all
+                    winners.clear()
+                    self.journal()
+                    return winners
         return winners
 
     def spec_digest(self, folder: str) -> bytes | None:
@@ -584,10 +622,17 @@ class WorkdirReader:
         if self._digests is None:
             self._digests = {}
             head, tail_key, start = SPEC_HEAD.encode(), DIR_TAIL.encode(), len(SPEC_HEAD)
-            for line in read_lines(self.path / SPECS_FILE):
-                text, sep, tail = line.rpartition(tail_key)
-                if sep and tail[-3:] == b'"}\n' and text[:start] == head:
-                    self._digests[tail[:-3].decode(errors="replace")] = digest(text[start:])
+            for lines in read_line_blocks(self.path / SPECS_FILE):
+                folders = _folders_of(lines, tail_key)
+                if folders is not None and b"\n".join(lines).count(b"\n" + head) == len(lines) - 1:
+                    if lines[0][:start] == head:  # and so does every line: the whole block
+                        specs = [line[start : line.rindex(tail_key)] for line in lines]
+                        self._digests.update(zip(folders, map(digest, specs)))
+                        continue
+                for line in lines:
+                    text, sep, tail = line.rpartition(tail_key)
+                    if sep and tail[-2:] == b'"}' and text[:start] == head:
+                        self._digests[tail[:-2].decode(errors="replace")] = digest(text[start:])
         return self._digests.pop(folder, None)
 
     def spec_text(self, folder: str) -> str | None:
