@@ -165,6 +165,56 @@ def test_a_resume_reads_each_record_as_the_strict_reading_does(
             assert resume.take_record(folder) == strict.last_record(folder), (folder, lines)
 
 
+def test_the_spec_index_reads_blocks_as_each_line_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume skips a job whose spec digest matches its folder's: the index, read a
+    block of lines at a time, must give each folder exactly what reading its lines one
+    by one gives, whatever near misses of xqueue's shape are among them."""
+    import random
+
+    import xqueue.records as records
+
+    def one_by_one(data: bytes) -> dict[str, bytes]:
+        found = {}
+        for line in data.split(b"\n")[:-1]:  # a last line with no newline is torn
+            text, sep, tail = line.rpartition(b', "dir": "')
+            if sep and tail[-2:] == b'"}' and text[:9] == b'{"spec": ':
+                found[tail[:-2].decode(errors="replace")] = records.digest(text[9:])
+        return found
+
+    rng = random.Random(11)
+    for trial in range(300):
+        lines = []
+        for n in range(rng.randrange(1, 30)):
+            spec = json.dumps({"command": ["true", str(n)], "index": n}, sort_keys=True)
+            folder = f"{rng.randrange(6)}-j"
+            line = f'{{"spec": {spec}, "dir": "{folder}"}}'
+            if rng.random() < 0.15:
+                line = rng.choice(
+                    [
+                        line[: rng.randrange(len(line))],  # torn
+                        f'{{"spec": {spec}, "dir": "{folder}\\"x"}}',  # an escaped quote
+                        f'{{"spec": {spec}, "dir": "{folder}"}}"}}',  # a second ending
+                        f'{{"spec" : {spec}, "dir": "{folder}"}}',  # another head
+                        f'{{"dir": "{folder}"}}',  # no spec
+                        f'{{"spec": {spec}, "dir": "{folder}\\\\"}}',  # an escaped backslash
+                        f'{{"spec": {spec}, "dir": "{folder}"',  # cut after the quote
+                        "",
+                    ]
+                )
+            lines.append(line)
+        data = "\n".join(lines).encode() + rng.choice([b"\n", b""])
+        wd = tmp_path / f"wd{trial}"
+        wd.mkdir()
+        (wd / "specs.jsonl").write_bytes(data)
+        monkeypatch.setattr(records, "_BLOCK", rng.choice([5, 50, 400, 1 << 22]))
+        reader = WorkdirReader(wd)
+        assert reader.spec_digest("none") is None
+        # All of the index, names no job could have included: the same as line by line.
+        assert reader._digests == one_by_one(data), lines
+
+
 def test_fields_of_the_wrong_type_are_not_trusted(tmp_path: Path) -> None:
     data = b'{"status": "submitted", "attempt": "x", "rc": true, "jid": 5, "time": "soon"'
     record = parse_journal(data + b', "dir": "0-a"}\n', "j")["0-a"]
