@@ -65,7 +65,7 @@ FINAL_STATES = frozenset({"finished", "failed", "killed", "skipped"})
 # O_NONBLOCK: opening a planted FIFO must not hang the reader (it reads as empty).
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _CHUNK = 1 << 16
-_BLOCK = 1 << 22  # read_line_blocks: about 20,000 journal lines
+_BLOCK = 1 << 20  # read_line_blocks: about 5,000 journal lines
 
 
 def file_error(path: str | os.PathLike[str], exc: OSError, doing: str = "read") -> WorkdirError:
