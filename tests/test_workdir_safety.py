@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from xqueue import WorkdirError, Xqueue
+from xqueue import WorkdirError, Xqueue, hookimpl
 from xqueue.job import Job
 from xqueue.records import WorkdirReader, parse_journal
 from xqueue.states import JobStatus
@@ -219,6 +219,70 @@ def test_fields_of_the_wrong_type_are_not_trusted(tmp_path: Path) -> None:
     data = b'{"status": "submitted", "attempt": "x", "rc": true, "jid": 5, "time": "soon"'
     record = parse_journal(data + b', "dir": "0-a"}\n', "j")["0-a"]
     assert [record[k] for k in ("attempt", "rc", "jid", "time")] == [None, None, "5", 0.0]
+
+
+def test_held_records_are_written_together_and_before_a_later_intent(tmp_path: Path) -> None:
+    """The engine holds the records it makes while handling a burst of events: none is
+    written until the flush, then all in one line each; a submission intent made
+    meanwhile goes after them (a job's intent must follow its earlier lines)."""
+    wd = Workdir(tmp_path / "wd")
+    first, second = submitted(wd, 0), submitted(wd, 1)
+    journal = wd.path / "journal.jsonl"
+    before = journal.read_bytes()
+    wd.hold_records()
+    first.status, first.rc = JobStatus.FINISHED, 0
+    wd.record(first)
+    second.status = JobStatus.RETRYING
+    wd.record(second)
+    assert journal.read_bytes() == before  # held
+    second.status, second.attempt = JobStatus.SUBMITTING, 2
+    wd.record_many([second])  # the intent of its next attempt: written now, after them
+    lines = journal.read_bytes()[len(before) :].decode().splitlines()
+    assert [(json.loads(x)["dir"][:1], json.loads(x)["status"]) for x in lines] == [
+        ("0", "finished"),
+        ("1", "retrying"),
+        ("1", "submitting"),
+    ]
+    wd.record(first)  # still held after the intent
+    assert journal.read_bytes().count(b"\n") == len(before.splitlines()) + 3
+    wd.flush_records()
+    assert journal.read_bytes().count(b"\n") == len(before.splitlines()) + 4
+    wd.record(second)  # no longer held: written at once
+    assert journal.read_bytes().count(b"\n") == len(before.splitlines()) + 5
+    assert WorkdirReader(wd.path).journal()["1-echo-1"]["status"] == "submitting"
+
+
+async def test_a_hook_that_awaits_finds_the_job_recorded(workdir: Path) -> None:
+    """Records held while the engine handles events are written before it awaits a hook:
+    a plugin that acts on a job's end finds that end in the journal."""
+    seen: list[tuple[str, int, str]] = []
+
+    async def newest(job: Job) -> str:
+        records = await anyio.to_thread.run_sync(WorkdirReader(workdir).journal)
+        return str(records[Path(job.dir).name]["status"])
+
+    class Plugin:
+        @hookimpl
+        async def on_job_retrying(self, job: Job) -> None:
+            seen.append(("retrying", job.attempt, await newest(job)))
+
+        @hookimpl
+        async def on_job_succeeded(self, job: Job) -> None:
+            seen.append(("succeeded", job.attempt, await newest(job)))
+
+        @hookimpl
+        async def on_job_failed(self, job: Job) -> None:
+            seen.append(("failed", job.attempt, await newest(job)))
+
+    q = Xqueue(workdir=workdir, plugins=[Plugin()], error_strategy="retry", num_retries=1)
+    await q.feed(["true"])
+    await q.feed("exit 3")
+    await q.run_until_complete()
+    assert sorted(seen) == [
+        ("failed", 2, "failed"),
+        ("retrying", 1, "retrying"),
+        ("succeeded", 1, "finished"),
+    ]
 
 
 @pytest.mark.parametrize(

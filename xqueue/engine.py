@@ -477,8 +477,22 @@ class Engine:
                 if self._deadline is not None and time.monotonic() >= self._deadline:
                     self._give_up()
                     return
+            if self._inbox:
+                await self._drain()
+
+    async def _drain(self) -> None:
+        """Handle the events that came in; the records they make are written together,
+        before any await (a hook that returns something to await may act on them)."""
+        self.workdir.hold_records()
+        try:
             while self._inbox:
-                await self._call_hooks(self._handle(self._inbox.popleft()))
+                pending = self._fire(self._handle(self._inbox.popleft()))
+                if pending is not None:
+                    self.workdir.flush_records()
+                    await pending
+                    self.workdir.hold_records()
+        finally:
+            self.workdir.flush_records()
 
     def _wait_for(self) -> float:
         waits = [math.inf]
