@@ -458,8 +458,8 @@ class Workdir:
         The engine holds them while it handles the events that came in together, and
         writes them in one write() before it awaits anything: each job's two or three
         records of a run cost a write() each otherwise, a metadata update on a disk and
-        a round trip on NFS. A crash loses at most lines that nothing outside the
-        controller has acted on yet, as if it had come a moment sooner.
+        a round trip on NFS. A crash loses at most that burst's lines, as if it had come
+        a moment sooner; the next run finds those jobs' ends as it finds any it missed.
         """
         if self._held is None:
             self._held = []
