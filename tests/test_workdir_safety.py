@@ -8,6 +8,7 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -250,6 +251,50 @@ def test_held_records_are_written_together_and_before_a_later_intent(tmp_path: P
     wd.record(second)  # no longer held: written at once
     assert journal.read_bytes().count(b"\n") == len(before.splitlines()) + 5
     assert WorkdirReader(wd.path).journal()["1-echo-1"]["status"] == "submitting"
+
+
+@pytest.mark.parametrize("journal", ["writable", "failing"])
+async def test_a_bug_in_a_handler_still_writes_the_held_records(
+    workdir: Path,
+    journal: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An error raised while the engine holds records (a bug in a handler) leaves with
+    the records made before it written; a write that fails then is logged, and does
+    not replace the error on its way out."""
+    from xqueue.engine import Engine
+
+    handle, flush, bugs = Engine._on_update, Workdir.flush_records, []
+
+    def buggy(self: Engine, job: Job, *args: Any) -> Any:
+        calls = handle(self, job, *args)
+        if job.status is JobStatus.FINISHED:
+            bugs.append(job)
+            raise RuntimeError("a bug in a handler")
+        return calls
+
+    def full(self: Workdir) -> None:
+        if bugs and self._held:  # the disk fills as the bug strikes
+            raise OSError(28, "No space left on device")
+        flush(self)
+
+    monkeypatch.setattr(Engine, "_on_update", buggy)
+    if journal == "failing":
+        monkeypatch.setattr(Workdir, "flush_records", full)
+    q = Xqueue(workdir=workdir)
+    job = await q.feed(["true"])
+    with caplog.at_level(logging.ERROR, "xqueue"), pytest.raises(Exception) as raised:
+        await q.run_until_complete()
+    # The run raises the task group's group, which holds the handler's error alone.
+    assert raised.group_contains(RuntimeError, match="a bug in a handler")
+    assert not raised.group_contains(OSError)
+    records = await anyio.to_thread.run_sync(WorkdirReader(workdir).journal)
+    if journal == "writable":
+        assert records[Path(job.dir).name]["status"] == "finished"
+    else:
+        assert records[Path(job.dir).name]["status"] == "submitted"
+        assert "could not write the journal: [Errno 28] No space left" in caplog.text
 
 
 async def test_a_hook_that_awaits_finds_the_job_recorded(workdir: Path) -> None:

@@ -491,8 +491,15 @@ class Engine:
                     self.workdir.flush_records()
                     await pending
                     self.workdir.hold_records()
-        finally:
-            self.workdir.flush_records()
+        except BaseException:
+            # What is on its way out (a cancellation, a bug) must not be replaced by an
+            # error of the write; the lost lines are only a crash's, logged.
+            try:
+                self.workdir.flush_records()
+            except Exception as exc:
+                log.error("could not write the journal: %s", exc)
+            raise
+        self.workdir.flush_records()
 
     def _wait_for(self) -> float:
         waits = [math.inf]
