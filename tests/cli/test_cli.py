@@ -31,6 +31,36 @@ def test_run_from_stdin_success(tmp_path: Path) -> None:
     assert sorted(p.read_text() for p in wd.glob("*/job.1.stdout")) == ["one\n", "two\n"]
 
 
+def test_a_job_list_has_a_job_a_line_ending_at_newlines(tmp_path: Path) -> None:
+    """\\r\\n ends a line too; a bare \\r inside a line is the command's own, not the start
+    of another job (a text-mode read took it for a line end: two broken jobs)."""
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_bytes(b"echo one > one.txt\r\nprintf 'a\rb' > cr.txt\r\n")
+    out = xqueue("run", "-w", str(tmp_path / "wd"), str(jobs), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "2 job(s) in" in out.stderr and "2 finished" in out.stderr
+    assert (tmp_path / "one.txt").read_bytes() == b"one\n"
+    assert (tmp_path / "cr.txt").read_bytes() == b"a\rb"
+
+
+@pytest.mark.parametrize("via", ["file", "stdin"])
+def test_a_job_list_that_is_not_utf8_is_refused_before_anything_is_made(
+    tmp_path: Path, via: str
+) -> None:
+    data = b"echo ok\necho caf\xe9\n"
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_bytes(data)
+    wd = tmp_path / "wd"
+    args = [*XQ, "run", "-w", str(wd), *([str(jobs)] if via == "file" else [])]
+    out = subprocess.run(args, input=data, capture_output=True, timeout=60)
+    stderr = out.stderr.decode()
+    assert out.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    where = f"job list {str(jobs)!r}" if via == "file" else "the job list on stdin"
+    assert f"{where}, line 2: not UTF-8 text (byte 0xe9 at column 9)" in " ".join(stderr.split())
+    assert not wd.exists()  # refused before the workdir was made
+
+
 def test_run_file_with_failures_exits_nonzero_with_table(tmp_path: Path) -> None:
     jobs = tmp_path / "jobs.txt"
     jobs.write_text("true\necho oops >&2; exit 3\n")

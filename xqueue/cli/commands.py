@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -86,7 +86,12 @@ def queue_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.cpu_count() or 1,
         help="jobs active at once (default: number of CPUs)",
     )
-    parser.add_argument("-w", "--workdir", default="./.xqueue", help="where job files go")
+    parser.add_argument(
+        "-w",
+        "--workdir",
+        default="./.xqueue",
+        help="the workdir: each job's folder, the journal, the event stream (default: ./.xqueue)",
+    )
     parser.add_argument(
         "-e",
         "--error-strategy",
@@ -168,8 +173,27 @@ def parse_policy(text: str | None) -> Any:
         raise XqueueError(f"--retry-policy is not JSON: {exc}") from None
 
 
-def read_commands(stream: TextIO) -> list[str]:
-    return [line.strip() for line in stream if line.strip() and not line.lstrip().startswith("#")]
+def read_commands(data: bytes, source: str) -> list[str]:
+    """The commands of a job list: one a line, blank lines and ``#`` comments left out.
+
+    Lines end at ``\n`` only (``\r\n`` too, the ``\r`` being stripped with the other
+    blanks at the ends): a carriage return inside a line is part of its command, not
+    the start of another job. Text that is not UTF-8 is an error naming its line, given
+    before anything is made.
+    """
+    commands = []
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            line = raw.decode()
+        except UnicodeDecodeError as exc:
+            raise XqueueError(
+                f"{source}, line {n}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
+                f"{exc.start + 1}); save the job list as UTF-8"
+            ) from None
+        command = line.strip()
+        if command and not command.startswith("#"):
+            commands.append(command)
+    return commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -220,13 +244,14 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             raise XqueueError(
                 "no job list: give a file (xqueue run jobs.txt) or pipe commands on stdin"
             )
-        commands = read_commands(sys.stdin)
+        commands = read_commands(sys.stdin.buffer.read(), "the job list on stdin")
     else:
         try:
-            with open(args.file, encoding="utf-8") as fh:
-                commands = read_commands(fh)
+            with open(args.file, "rb") as fh:
+                data = fh.read()
         except OSError as exc:
             raise XqueueError(f"cannot read job list {args.file!r}: {exc.strerror}") from exc
+        commands = read_commands(data, f"job list {args.file!r}")
     queue = make_queue(args, console)
 
     async def go() -> None:
