@@ -195,11 +195,12 @@ async def test_outcome_of_an_earlier_run_never_passes_for_a_later_attempt(
             await first.result()
     await anyio.Path(die).touch()
     async with Xqueue(workdir=workdir, error_strategy="ignore") as q:
-        # It failed before, so it runs again, as attempt 1 again, and is killed.
+        # It failed before, so it runs again, as attempt 2 (after the first run's one),
+        # and is killed: the first run's outcome, an exception, is not its.
         again = await q.submit(t.raise_unless, str(die))
         with pytest.raises(CallError, match=r"job 0 \(raise_unless\) failed .* left no result"):
             await again.result()
-    assert again.attempt == 1 and again.status is JobStatus.FAILED
+    assert again.attempt == 2 and again.status is JobStatus.FAILED
 
 
 async def test_a_call_file_that_is_not_the_submitted_call_is_refused(workdir: Path) -> None:

@@ -241,7 +241,8 @@ async def test_a_resumed_run_goes_on_from_the_grown_request(workdir: Path) -> No
     assert rerun.resources == Resources(walltime_s=3)  # known before it runs
     with anyio.fail_after(30):
         await again.run_until_complete()
-    assert rerun.status is JobStatus.FINISHED and rerun.attempt == 1  # no timeout this time
+    # One attempt, after the earlier run's two: no timeout this time.
+    assert rerun.status is JobStatus.FINISHED and rerun.attempt == 3
 
 
 def test_the_command_line_takes_a_policy_and_shows_the_class(tmp_path: Path) -> None:

@@ -539,17 +539,15 @@ async def test_a_planted_job_output_fails_the_job_not_the_target(tmp_path: Path,
     await first.run_until_complete()
     assert job.status is JobStatus.FAILED
 
-    def plant_output() -> None:
-        os.unlink(job.stdout_path)
-        plant(Path(job.stdout_path), target, kind)
-
-    await anyio.to_thread.run_sync(plant_output)
+    # Planted where the next run's attempt (the second) writes its output.
+    await anyio.to_thread.run_sync(plant, Path(job.dir, "job.2.stdout"), target, kind)
     again = Xqueue(workdir=tmp_path / "wd", error_strategy="ignore")
     rerun = await again.feed("echo overwritten; exit 1")
     await again.run_until_complete()
-    assert rerun.status is JobStatus.FAILED
-    assert "job.1.stdout' is a" in rerun.reason
+    assert rerun.status is JobStatus.FAILED and rerun.attempt == 2
+    assert "job.2.stdout' is a" in rerun.reason
     assert await anyio.Path(target).read_text() == "precious\n"
+    assert await anyio.Path(job.dir, "job.1.stdout").read_text() == "overwritten\n"  # kept
 
 
 # -- whose workdir ------------------------------------------------------------------------------

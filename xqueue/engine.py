@@ -564,7 +564,11 @@ class Engine:
             job.claim = self._pool.restore(record.get("claim"), Need.of(job.resources))
             self._to_resolve.append((job, 0.0))
             return []
-        return self._release(job)  # it ended (failed, killed, skipped): run it again
+        # It ended (failed, killed, skipped): run it again, as attempts after the last, so
+        # the earlier run's files stay as they were and `xqueue logs` shows this run's.
+        # Those attempts do not count against num_retries.
+        job.attempt = job._base_attempt = _int(attempt, 0)
+        return self._release(job)
 
     def _reusable(self, job: Job, record: Mapping[str, Any]) -> bool:
         """Whether an earlier run's attempt of ``job`` may stand for this run's.

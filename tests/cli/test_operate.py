@@ -174,6 +174,26 @@ def test_logs_by_index_name_folder_stream_and_attempt(tmp_path: Path) -> None:
         assert out.returncode == 2 and message in out.stderr, out.stderr
 
 
+def test_a_later_run_keeps_the_earlier_attempts_and_logs_shows_its_own(tmp_path: Path) -> None:
+    """A job that failed runs again in a later run as attempts after its last: the
+    earlier run's files stay, and ``logs`` shows the new output (a later run that
+    started again from attempt 1 overwrote job.1.* and left ``logs`` on the old 3)."""
+    wd, state = tmp_path / "wd", tmp_path / "state"
+    state.write_text("first\n")
+    job = f"cat {state}; exit 1"
+    first = xqueue("run", "-w", str(wd), "-e", "retry", "-r", "2", input=job)
+    assert first.returncode == 1 and "1 failed" in first.stderr, first.stderr
+    state.write_text("second\n")
+    second = xqueue("run", "-w", str(wd), input=job)
+    assert second.returncode == 1, second.stderr
+    assert xqueue("logs", str(wd), "0").stdout == "second\n"
+    assert xqueue("logs", str(wd), "0", "--attempt", "4").stdout == "second\n"
+    for n in (1, 2, 3):
+        assert xqueue("logs", str(wd), "0", "--attempt", str(n)).stdout == "first\n"
+    status = json.loads(xqueue("status", str(wd), "--json").stdout.splitlines()[0])
+    assert status["state"]["attempt"] == 4, status
+
+
 def test_logs_follow_prints_until_the_job_ends_while_the_run_goes_on(
     tmp_path: Path, runs: list[Run]
 ) -> None:
