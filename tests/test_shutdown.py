@@ -92,8 +92,8 @@ def send(term: PtyProcess, how: str) -> None:
 
 CLI_EXIT = {"ctrl-c": 130, "ctrl-c-twice": 130, "sigterm-twice": 143, "sighup": 129}
 API_ERROR = {
-    "ctrl-c": ("KeyboardInterrupt", ""),
-    "ctrl-c-twice": ("KeyboardInterrupt", ""),
+    "ctrl-c": ("KeyboardInterrupt", "running jobs were killed"),
+    "ctrl-c-twice": ("KeyboardInterrupt", "running jobs were killed"),
     "sigterm-twice": ("Interrupted", "SIGTERM"),
     "sighup": ("Interrupted", "SIGHUP"),
 }
@@ -129,6 +129,8 @@ def test_interrupted_run_exits_with_the_signal_and_leaves_no_job(
         if mode == "cli":
             assert code == CLI_EXIT[how], f"exit code {code} after {how}:\n{term.output()[-2000:]}"
             assert f"{N_JOBS} killed" in term.output(), term.output()[-2000:]
+            # Said once, by the command line (the engine no longer logs it as well).
+            assert term.output().count("interrupted:") == 1, term.output()[-2000:]
         else:
             outcome = json.loads(result.read_text())
             error = outcome["error"] or {}

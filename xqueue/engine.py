@@ -1368,8 +1368,7 @@ class Engine:
             ids = ", ".join(f"{j.index} ({j.jid})" for j in left[:10])
             what = f"{len(left)} job(s) could not be killed and may still run: {ids}"
         if sig is signal.SIGINT:
-            log.warning("interrupted: %s", what)
-            return KeyboardInterrupt()
+            return KeyboardInterrupt(what)  # its message, shown once: by its handler
         return Interrupted(f"run stopped by {sig.name}; {what}", signal=sig)
 
     # -- the end of a run ------------------------------------------------------------------

@@ -303,9 +303,10 @@ def execute(queue: Xqueue, console: Console, go: Callable[[], Awaitable[object]]
     except Interrupted as exc:
         console.print(message("interrupted", str(exc)), soft_wrap=True)
         code = 128 + exc.signal if exc.signal else EXIT_SIGTERM
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        # The run's own word on what it left; Python's, from outside a run, has none.
         left = [j for j in queue.jobs if j.status.is_active]
-        what = (
+        what = str(exc) or (
             f"{len(left)} job(s) could not be killed and may still run"
             if left
             else "running jobs were killed"
