@@ -85,6 +85,26 @@ def test_halt_strategy_names_the_job(tmp_path: Path) -> None:
     assert "halted:" in out.stderr and "return code 9" in out.stderr
 
 
+def test_the_failures_table_gives_no_stderr_file_for_a_job_that_never_started(
+    tmp_path: Path,
+) -> None:
+    wd = tmp_path / "wd"
+    argv = [*XQ, "run", "-w", str(wd), "-f", "1", "-e", "halt", "--no-progress"]
+    out = subprocess.run(
+        argv,
+        input="exit 9\necho never\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "400"},  # a wide table: no path folded in two
+    )
+    assert out.returncode == 1, out.stderr
+    row = next(line for line in out.stderr.splitlines() if "echo never" in line)
+    assert "cancelled before it was submitted" in row
+    assert [cell.strip() for cell in row.strip("│ ").split("│")][-1] == "-"
+    assert "stderr" not in row  # no path to a file that was never written
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

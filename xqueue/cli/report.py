@@ -49,15 +49,19 @@ def failures_table(jobs: Iterable[Job], shared_fs: bool = True) -> Table | None:
     for col in ("#", "job", "status", "rc", "reason", "stderr"):
         table.add_column(col, overflow="fold")
     for job in bad[:MAX_ROWS]:
-        tail = _last_line(job.stderr_path)
-        here = shared_fs or tail or os.path.lexists(job.stderr_path)
+        if job.attempt == 0:  # never started (cancelled before its turn): no stderr
+            tail, where = "", "-"
+        else:
+            tail = _last_line(job.stderr_path)
+            here = shared_fs or tail or os.path.lexists(job.stderr_path)
+            where = job.stderr_path if here else NOT_COPIED
         table.add_row(
             plain(str(job.index)),
             plain(job.name),
             plain(job.status.value + (f" ({job.failure.name})" if job.failure else "")),
             plain("-" if job.rc is None else str(job.rc)),
             plain(job.reason or tail),
-            plain(job.stderr_path if here else NOT_COPIED),
+            plain(where),
         )
     if len(bad) > MAX_ROWS:
         table.caption = f"... and {len(bad) - MAX_ROWS} more"
