@@ -145,7 +145,8 @@ def test_a_plugin_cannot_take_a_built_in_name(tmp_path: Path) -> None:
 def test_workdir_not_writable(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    with pytest.raises(WorkdirError, match=r"is not writable .*pass workdir= a folder"):
+    why = r"is not writable .*use a folder you can write to \(workdir= in Python, -w on"
+    with pytest.raises(WorkdirError, match=why):
         Xqueue(workdir=blocker / "wd")
 
 

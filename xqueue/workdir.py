@@ -389,7 +389,7 @@ class Workdir:
     def _not_writable(self, exc: OSError) -> WorkdirError:
         return WorkdirError(
             f"workdir {str(self.path)!r} is not writable ({exc.strerror or exc}); "
-            "pass workdir= a folder you can write to"
+            "use a folder you can write to (workdir= in Python, -w on the command line)"
         )
 
     # -- the run lock ---------------------------------------------------------------------
