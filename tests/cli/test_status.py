@@ -72,6 +72,7 @@ def test_summary_counts_and_bounded_attention_rows(tmp_path: Path) -> None:
 
     failed = xqueue("status", str(tmp_path / "wd"), "--state", "failed")
     assert [r[0] for r in rows(failed.stdout)] == [str(i) for i in range(55)]
+    assert "55 of 84 jobs, no run in progress" in failed.stdout  # chosen, of all
     picked = xqueue("status", str(tmp_path / "wd"), "--state", "orphaned,not-submitted")
     assert [(r[0], r[2]) for r in rows(picked.stdout)] == [
         *((str(i), "orphaned") for i in range(77, 80)),

@@ -118,6 +118,7 @@ def show(
     params: Mapping[str, list[str]] | None = None,
 ) -> None:
     rows, holder = collect(reader)
+    total = len(rows)
     if states:
         rows = [r for r in rows if r.status in states]
     if params:  # parameters are in the specs: parsed only for a filter or a row shown
@@ -130,7 +131,7 @@ def show(
             specs = reader.specs([row.folder for row in chunk])
             out.write("".join(_json_line(root, *pair) for pair in zip(chunk, specs, strict=True)))
         return
-    _summary(reader, rows, holder, out)
+    _summary(reader, rows, holder, out, total)
     if every or states or params:
         _columns(reader, rows, out)
         return
@@ -143,12 +144,17 @@ def show(
         )
 
 
-def _summary(reader: WorkdirReader, rows: Sequence[Row], holder: str | None, out: TextIO) -> None:
+def _summary(
+    reader: WorkdirReader, rows: Sequence[Row], holder: str | None, out: TextIO, total: int
+) -> None:
+    """The header and the counts of ``rows``: those ``--state``/``--param`` chose, of the
+    ``total`` in the workdir."""
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.status] = counts.get(row.status, 0) + 1
     run = f"a run is in progress (pid {holder})" if holder else "no run in progress"
-    out.write(f"{printable(str(reader.path))}: {len(rows):,} job(s), {run}\n")
+    shown = f"{len(rows):,} job(s)" if len(rows) == total else f"{len(rows):,} of {total:,} jobs"
+    out.write(f"{printable(str(reader.path))}: {shown}, {run}\n")
     tally = ", ".join(f"{n:,} {s}" for s, n in sorted(counts.items()))
     out.write(printable(tally) or "no jobs")  # a state is whatever a record says
     out.write("\n")
