@@ -126,9 +126,10 @@ async def test_plugin_with_unknown_argument_is_rejected(workdir: Path) -> None:
         Xqueue(workdir=workdir, plugins=[Bad()])
 
 
-async def test_unknown_entry_point_plugin_is_named(workdir: Path) -> None:
+async def test_unknown_entry_point_plugin_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown plugin 'nope'"):
-        Xqueue(workdir=workdir, plugins=["nope"])
+        Xqueue(workdir=tmp_path / "wd", plugins=["nope"])
+    assert not await anyio.Path(tmp_path / "wd").exists()  # refused before it was made
 
 
 async def test_two_queues_have_separate_plugins(workdir: Path, tmp_path: Path) -> None:

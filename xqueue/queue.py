@@ -222,9 +222,9 @@ class Xqueue:
         self.scheduler, self._default_resources = profiles.resolve(
             scheduler, profile, scheduler_opts
         )
+        self.hooks = Hooks(plugins)  # an unknown plugin is refused before anything is made
         # A gs:// workdir: records in a local folder, job files in the bucket.
         self.workdir: Workdir = remote_workdir.make_workdir(workdir, self.scheduler, trust_workdir)
-        self.hooks = Hooks(plugins)
         # Built in, registered as any plugin is (after the user's, so called first):
         # run.json and kill requests for `xqueue cancel`, the event stream.
         self.hooks.register(Control(), "xqueue-control")
