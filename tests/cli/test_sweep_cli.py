@@ -61,7 +61,7 @@ def test_sweep_runs_the_file_and_status_filters_on_parameters(tmp_path: Path) ->
     table = xqueue("status", str(wd), "--param", "name=c")
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert "2 job(s)" in lines[0]
+    assert "2 of 5 jobs" in lines[0]  # those chosen, of all
     assert lines[2].split() == ["#", "job", "status", "attempt", "rc", "id", "params", "reason"]
     assert [line.split()[-2:] for line in lines[3:]] == [
         ["decay=0.1", "name=c"],
