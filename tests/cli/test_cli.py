@@ -114,6 +114,8 @@ def test_the_failures_table_gives_no_stderr_file_for_a_job_that_never_started(
         (["-o", "justakey"], "is not KEY=VALUE"),
         (["-o", "kill_grace=x"], "expects float"),
         (["/no/such/list.txt"], "cannot read job list '/no/such/list.txt'"),
+        (["--frobnicate"], "usage: xqueue run [-h]"),  # run's own usage, not the top level's
+        (["--frobnicate"], "xqueue run: error: unrecognized arguments: --frobnicate"),
     ],
 )
 def test_bad_input_exits_2_with_message(tmp_path: Path, args: list[str], message: str) -> None:

@@ -74,6 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[name]
+            return found
+    return parser
+
+
 def queue_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of the queue a command runs (``run``, ``sweep``): ``make_queue`` reads them."""
     parser.add_argument(
@@ -197,7 +205,10 @@ def read_commands(data: bytes, source: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the command's own parser, with its usage (the top level's is no help)
+        _command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "schedulers":
             print("\n".join(registry.available()))
