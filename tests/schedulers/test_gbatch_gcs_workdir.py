@@ -164,8 +164,11 @@ async def test_a_resume_from_an_empty_local_folder_runs_nothing_again(
     assert sorted((await read_text(marker)).split()) == ["0", "1", "2", "3", "3"]
     assert second.statistics().submit_calls == 1
     assert (await calls(gcloud, project))["CreateJob"] == 5
-    # The failed job ran again as attempt 1: its earlier rc in the bucket was replaced.
-    assert (await objects(gcloud, prefix))[f"{Path(jobs[3].dir).name}/job.1.rc"] == b"0\n"
+    # The failed job ran again as attempt 2, after its last: both codes stay in the bucket.
+    stored = await objects(gcloud, prefix)
+    assert jobs[3].attempt == 2
+    assert stored[f"{Path(jobs[3].dir).name}/job.1.rc"] == b"3\n"
+    assert stored[f"{Path(jobs[3].dir).name}/job.2.rc"] == b"0\n"
 
 
 async def _submit_and_die(
