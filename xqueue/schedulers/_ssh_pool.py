@@ -9,7 +9,9 @@ server and reports what came back, or why the server could not be reached.
   connection is opened, up to ``max_connections``; past that callers queue. A server
   whose real limit is lower than configured refuses a channel: that connection's limit
   is lowered to what it carried and the command retried elsewhere, so a wrong
-  ``max_sessions`` costs one refused channel, not a failed job.
+  ``max_sessions`` costs a refused channel or two, not a failed job. A first refusal is
+  tried again after a pause before anything is learnt: a loaded sshd may still count a
+  session whose channel just closed, and its limit would be learnt one too low for good.
 - Connecting is serialised per server and rate-limited by an exponential backoff. After
   ``reconnect_attempts`` failures in a row the server is marked *down*; it is probed
   again every ``down_retry`` seconds and comes back into rotation when a probe succeeds.
@@ -30,6 +32,8 @@ import asyncssh
 from ..errors import SchedulerOptionError
 
 log = logging.getLogger("xqueue.ssh")
+# Seconds a refused channel waits before it is tried once more (``ServerPool.run``).
+_SESSION_SETTLE = 0.1
 
 _SERVER_KEYS = (
     "host",
@@ -366,7 +370,11 @@ class ServerPool:
 
     async def run(self, script: str, *, timeout: float) -> Result:
         """Run a POSIX sh script (sent on stdin, so the login shell never parses it)."""
-        for _ in range(self.config.max_connections * 2 + 2):
+        paused = pause = False
+        for _ in range(self.config.max_connections * 2 + 3):
+            if pause:  # after the channel was released, so no other caller counts it
+                pause = False
+                await asyncio.sleep(_SESSION_SETTLE)
             conn = await self._acquire()
             started = False
             try:
@@ -376,8 +384,14 @@ class ServerPool:
                 status = process.exit_status
                 return Result(-1 if status is None else status, str(stdout), str(stderr))
             except asyncssh.ChannelOpenError as exc:
+                if not conn.closed and conn.in_use > 1 and not paused:
+                    # A channel that just closed may hold its session on a loaded server
+                    # for a moment longer: a refusal then says nothing of MaxSessions.
+                    # Once, after a pause, it is tried again before anything is learnt.
+                    paused = pause = True
+                    continue
                 if not conn.closed and conn.in_use > 1:
-                    # The server's MaxSessions is lower than we assumed: learn it.
+                    # Refused again: the server's MaxSessions is lower than we assumed.
                     conn.limit = conn.in_use - 1
                     log.info(
                         "ssh: server %r refused channel %d on a connection; using at most %d",
