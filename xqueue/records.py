@@ -495,6 +495,12 @@ def _folders_of(lines: list[bytes], key: bytes) -> list[str] | None:
     return tails.decode(errors="replace").replace('"}', "").split("\n")
 
 
+def _all_start_with(lines: list[bytes], head: bytes) -> bool:
+    """Whether every line starts with ``head``, checked with calls over the whole block
+    (no line holds a newline, so each later line's head follows one)."""
+    return lines[0][: len(head)] == head and b"\n".join(lines).count(b"\n" + head) == len(lines) - 1
+
+
 class WorkdirReader:
     """A read-only view of a workdir: what ``xqueue status`` and a resuming run read.
 
@@ -624,11 +630,10 @@ class WorkdirReader:
             head, tail_key, start = SPEC_HEAD.encode(), DIR_TAIL.encode(), len(SPEC_HEAD)
             for lines in read_line_blocks(self.path / SPECS_FILE):
                 folders = _folders_of(lines, tail_key)
-                if folders is not None and b"\n".join(lines).count(b"\n" + head) == len(lines) - 1:
-                    if lines[0][:start] == head:  # and so does every line: the whole block
-                        specs = [line[start : line.rindex(tail_key)] for line in lines]
-                        self._digests.update(zip(folders, map(digest, specs)))
-                        continue
+                if folders is not None and _all_start_with(lines, head):  # the whole block
+                    specs = [line[start : line.rindex(tail_key)] for line in lines]
+                    self._digests.update(zip(folders, map(digest, specs)))
+                    continue
                 for line in lines:
                     text, sep, tail = line.rpartition(tail_key)
                     if sep and tail[-2:] == b'"}' and text[:start] == head:

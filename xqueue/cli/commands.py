@@ -316,12 +316,14 @@ def execute(queue: Xqueue, console: Console, go: Callable[[], Awaitable[object]]
         code = 128 + exc.signal if exc.signal else EXIT_SIGTERM
     except KeyboardInterrupt as exc:
         # The run's own word on what it left; Python's, from outside a run, has none.
-        left = [j for j in queue.jobs if j.status.is_active]
-        what = str(exc) or (
-            f"{len(left)} job(s) could not be killed and may still run"
-            if left
-            else "running jobs were killed"
-        )
+        what = str(exc)
+        if not what:
+            left = sum(1 for j in queue.jobs if j.status.is_active)
+            what = (
+                f"{left} job(s) could not be killed and may still run"
+                if left
+                else "running jobs were killed"
+            )
         console.print(message("interrupted", f"Ctrl-C; {what}"), soft_wrap=True)
         code = EXIT_SIGINT
     stats = queue.statistics()
