@@ -121,3 +121,48 @@ def test_the_terminal_view_renders_hostile_text_literally(tmp_path: Path) -> Non
     text = out.getvalue()
     assert "[link=https://evil.example]x[/link] [bold]" in text
     assert ":smile: [/]" in text and "[red]odd 1" in text and "[/], forks 2" in text
+
+
+def test_a_plain_follow_prints_the_final_counts_once(tmp_path: Path) -> None:
+    """Into a pipe the view prints the counts as they change; the run's end then adds the
+    failures and the outcome, not the same counts a second time."""
+    import io
+    import json
+    import threading
+    import time
+
+    from xqueue.cli import follow
+    from xqueue.workdir import Workdir
+
+    wd = Workdir(tmp_path / "wd")
+    wd.lock()  # a controller holds the workdir while its run goes on
+    now = time.time()
+    events = [
+        {"event": "run_started", "time": now, "scheduler": "local", "forks": 1},
+        job("job_init", 0, "init", time=now),
+        job("job_succeeded", 0, "finished", time=now),
+    ]
+    stream = wd.path / "events.jsonl"
+    stream.write_text("".join(json.dumps(e) + "\n" for e in events))
+
+    def stop() -> None:  # after the view printed the final counts while the run went on
+        time.sleep(follow.PLAIN_EVERY + 0.5)
+        append(
+            stream,
+            json.dumps({"event": "run_stopped", "time": now, "reason": "complete"}).encode()
+            + b"\n",
+        )
+
+    stopper = threading.Thread(target=stop)
+    stopper.start()
+    try:
+        out = io.StringIO()
+        follower = follow.Follower(str(wd.path), out, as_json=False)
+        follower.start()
+        code = follow._ending(follower, out, follow._follow_plain(follower, out))
+    finally:
+        stopper.join()
+        wd.unlock()
+    lines = out.getvalue().splitlines()
+    assert code == 0
+    assert [line.partition(": ")[2] for line in lines] == ["1 finished", "complete"], lines

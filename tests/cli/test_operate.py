@@ -98,6 +98,7 @@ def test_follow_shows_a_run_of_another_process_until_it_stops(
     # Lines while it ran (one a second at most), then the end: counts, failures, outcome.
     assert any(" running" in line for line in shown[:-3]), out
     assert shown[-3].startswith("12/12 done, ") and shown[-3].endswith(": 1 failed, 11 finished")
+    assert sum(line.endswith(": 1 failed, 11 finished") for line in shown) == 1, out  # once
     assert shown[-2] == "  #11  echo '[red]x' >&2; exit 3  failed  rc 3"
     assert shown[-1] == "the run stopped: complete"
 

@@ -226,7 +226,7 @@ def run(workdir: str, as_json: bool) -> int:
     elif out.isatty():
         _follow_live(follower)
     else:
-        _follow_plain(follower, out)
+        return _ending(follower, out, _follow_plain(follower, out))
     return _ending(follower, None if as_json else out)
 
 
@@ -236,7 +236,9 @@ def _follow_quietly(follower: Follower) -> None:
             time.sleep(POLL)
 
 
-def _follow_plain(follower: Follower, out: TextIO) -> None:
+def _follow_plain(follower: Follower, out: TextIO) -> str:
+    """Print the counts when they change, at most every ``PLAIN_EVERY``; return the
+    counts last printed."""
     shown, last = "", 0.0
     while not follower.over(time.time()):
         follower.step()
@@ -248,6 +250,7 @@ def _follow_plain(follower: Follower, out: TextIO) -> None:
             out.flush()
             shown, last = counts, now
         time.sleep(POLL)
+    return shown
 
 
 def _follow_live(follower: Follower) -> None:
@@ -263,10 +266,14 @@ def _follow_live(follower: Follower) -> None:
             time.sleep(POLL)
 
 
-def _ending(follower: Follower, out: TextIO | None) -> int:
+def _ending(follower: Follower, out: TextIO | None, shown: str = "") -> int:
+    """The end of the view; ``shown``: the counts a plain view printed last, not
+    printed again."""
     view = follower.view
     if out is not None:
-        out.write(view.summary(time.time()) + "\n")
+        line = view.summary(time.time())
+        if line.partition(": ")[2] != shown:
+            out.write(line + "\n")
         for event in view.failures:
             out.write("  " + failure_line(event) + "\n")
     if follower.gone:
