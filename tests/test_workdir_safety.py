@@ -150,6 +150,11 @@ def test_a_resume_reads_each_record_as_the_strict_reading_does(
                         line + '"}',  # a second quote and brace after the folder's
                         line[:-2] + '\\"}',  # a backslash in the folder
                         '{"status": "finished", "reason": "x"}',  # no "dir", ends in "}
+                        # a folder's name in another field, and spelt with an escape
+                        json.dumps({**record, "reason": rng.choice(folders), "dir": "0-j"}),
+                        json.dumps({**record, "reason": "", "time": 2.0, "dir": "0-j"}).replace(
+                            '"0-j"', '"\\u0030-j"'
+                        ),
                     ]
                 )
             lines.append(line)
@@ -164,6 +169,54 @@ def test_a_resume_reads_each_record_as_the_strict_reading_does(
         resume, strict = WorkdirReader(wd), WorkdirReader(wd)
         for folder in asked:
             assert resume.take_record(folder) == strict.last_record(folder), (folder, lines)
+            # ``xqueue logs`` asks for one folder, searching the journal's bytes instead
+            assert WorkdirReader(wd).record_of(folder) == strict.last_record(folder), (
+                folder,
+                lines,
+            )
+
+
+def test_a_job_folder_is_found_by_index_as_in_the_list_of_folders(tmp_path: Path) -> None:
+    """``xqueue logs 1`` looks for job 1's folder by its name's prefix instead of listing
+    every folder: it must pick what ``folders()`` would, never a link, a longer index, a
+    moved-aside folder or a path outside the workdir."""
+    wd = tmp_path / "wd"
+    for name in ["1-a", "1-b", "10-a", "1-c.replaced-5", "2-x", "12"]:
+        (wd / name).mkdir(parents=True)
+    (wd / "3-link").symlink_to(wd / "2-x")
+    (wd / "4-file").write_text("")
+    reader = WorkdirReader(wd)
+    listed = reader.folders()
+    by_index = {int(name.partition("-")[0]): name for name in listed}
+    for index in range(15):
+        assert reader.folder_of(index) == by_index.get(index), index
+    for name in [*listed, "3-link", "4-file", "12", "1-c.replaced-5", "2-x/..", "9-none"]:
+        assert reader.is_folder(name) == (name in listed), name
+
+
+def test_one_folder_is_looked_up_without_reading_the_journal_whole(tmp_path: Path) -> None:
+    """``record_of`` (what ``xqueue logs`` asks) finds a folder's newest line by searching
+    the journal; the careful reading, which parses every line, is not needed for lines
+    as xqueue writes them, and is for a folder named in another field."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    lines = [
+        {"status": "submitted", "attempt": 1, "jid": "7@1.0", "rc": None, "reason": ""},
+        {"status": "finished", "attempt": 1, "jid": "7@1.0", "rc": 0, "reason": ""},
+        {"status": "failed", "attempt": 2, "jid": "8@1.0", "rc": 3, "reason": "5-b"},
+    ]
+    folders = ["3-a", "3-a", "4-c"]
+    text = "".join(json.dumps({**r, "time": 1.0, "dir": f}) + "\n" for r, f in zip(lines, folders))
+    (wd / "journal.jsonl").write_text(text)
+    reader = WorkdirReader(wd)
+    reader.journal = None  # type: ignore[assignment,method-assign]  # any careful reading fails
+    assert reader.record_of("3-a") == {**lines[1], "time": 1.0}
+    assert reader.record_of("9-none") is None
+    with pytest.raises(TypeError):  # "5-b" is a reason here: only the careful reading can tell
+        reader.record_of("5-b")
+    assert WorkdirReader(wd).record_of("5-b") is None
+    (wd / "journal.jsonl").write_text("")
+    assert WorkdirReader(wd).record_of("3-a") is None
 
 
 def test_the_spec_index_reads_blocks_as_each_line_alone(

@@ -16,24 +16,25 @@ def resolve(reader: WorkdirReader, refs: Sequence[str]) -> list[str]:
 
     A reference made of digits is an index; else it is a job's folder name, or its name
     (from its spec in ``specs.jsonl``). A name that several jobs share is refused with the list of
-    their indices: an index is unambiguous.
+    their indices: an index is unambiguous. An index or a folder name is looked up
+    without listing the workdir's folders, which a million jobs make slow; only a name
+    needs them all.
     """
-    folders = reader.folders()
-    by_index = {job_index(folder): folder for folder in folders}
+    folders: list[str] | None = None
     by_name: dict[str, list[str]] | None = None
     found = []
     for ref in refs:
         if ref.isascii() and ref.isdigit():
-            folder = by_index.get(int(ref))
+            folder = reader.folder_of(int(ref))
             if folder is None:
-                raise XqueueError(f"no job {ref} in {reader.path} ({_extent(folders)})")
+                raise XqueueError(f"no job {ref} in {reader.path} ({_extent(reader.folders())})")
             found.append(folder)
             continue
-        if ref in by_index.values():
+        if reader.is_folder(ref):
             found.append(ref)
             continue
-        if by_name is None:
-            by_name = {}
+        if folders is None or by_name is None:
+            folders, by_name = reader.folders(), {}
             for folder, spec in zip(folders, reader.specs(folders), strict=True):
                 name = (spec or {}).get("name")
                 if isinstance(name, str):

@@ -40,7 +40,7 @@ CHUNK = 1 << 20
 
 def latest_attempt(reader: WorkdirReader, folder: str) -> int:
     """The job's last attempt: as recorded, or the highest with files (1 before any)."""
-    record = reader.last_record(folder) or {}
+    record = reader.record_of(folder) or {}
     recorded = record.get("attempt")
     best: int = recorded if type(recorded) is int else 0
     try:
