@@ -170,7 +170,9 @@ def read_line_blocks(path: str | os.PathLike[str]) -> Iterator[list[bytes]]:
     """The whole lines of an append-only workdir file, without their newlines, a block
     at a time: a million lines are never held at once, and a caller can split, slice and
     check a block with calls that each take all of it. A last line with no newline
-    (torn by a crash) is left out. Nothing if there is no such file. Blocking."""
+    (torn by a crash, or cut just before its newline) comes last, in a block of its
+    own: a caller takes it as the careful readings do, if it is whole. Nothing if there
+    is no such file. Blocking."""
     try:
         fd = os.open(path, READ_FLAGS)
     except FileNotFoundError:
@@ -191,7 +193,7 @@ def read_line_blocks(path: str | os.PathLike[str]) -> Iterator[list[bytes]]:
     finally:
         os.close(fd)
     if carry:
-        log.info("%s: ignoring its torn last line (a run stopped mid-write)", path)
+        yield [carry]
 
 
 def read_text(path: str | os.PathLike[str]) -> str | None:
@@ -569,12 +571,40 @@ class WorkdirReader:
         self._order: Iterator[str] = iter(())
 
     def journal(self) -> dict[str, dict[str, Any]]:
-        """The newest journal record of each job folder, by folder name (read once)."""
+        """The newest journal record of each job folder, by folder name (read once).
+
+        A journal whose lines are all as xqueue writes them is indexed a block at a time
+        and only each folder's newest line is parsed (``_index_winners``): a million jobs'
+        journal is never held whole, nor split into three million strings. Any other line
+        sends it to ``parse_journal``, so the answer is the same."""
         if self._journal is None:
-            path = self.path / JOURNAL_FILE
-            data = read_bytes(path, regular=True)
-            self._journal = {} if data is None else parse_journal(data, str(path))
+            winners = self._index_winners()
+            if self._journal is None:  # the index did not need the careful reading
+                self._journal = self._parse_winners(winners)
         return self._journal
+
+    def _careful_journal(self) -> dict[str, dict[str, Any]]:
+        """``journal`` by ``parse_journal``, which reads lines of any shape."""
+        path = self.path / JOURNAL_FILE
+        data = read_bytes(path, regular=True)
+        self._journal = {} if data is None else parse_journal(data, str(path))
+        return self._journal
+
+    def _parse_winners(self, winners: dict[str, bytes]) -> dict[str, dict[str, Any]]:
+        """The records of the newest lines ``_index_winners`` found, parsed a batch at a
+        time (each line dropped once parsed); one that is not its folder's record (torn,
+        edited) sends the journal to the careful reading."""
+        records: dict[str, dict[str, Any]] = {}
+        names = list(winners)
+        for start in range(0, len(names), _PARSE_AHEAD):
+            batch = names[start : start + _PARSE_AHEAD]
+            values = parse_objects([winners.pop(folder) for folder in batch])
+            for folder, value in zip(batch, values, strict=True):
+                entry = _entry_of(value)
+                if entry is None or entry[0] != folder:
+                    return self._careful_journal()
+                records[folder] = entry[1]
+        return records
 
     def last_record(self, folder: str) -> dict[str, Any] | None:
         """The newer of a folder's journal record and its ``job.status``."""
@@ -665,7 +695,7 @@ class WorkdirReader:
             if entry is None or entry[0] != folder:
                 self._winners.clear()
                 self._parsed.clear()
-                self.journal()  # a torn or edited newest line: the strict reading
+                self._careful_journal()  # a torn or edited newest line
                 return self.last_record(folder)
             record = entry[1]
         if record is None or record["status"] not in FINAL_STATES:
@@ -700,11 +730,12 @@ class WorkdirReader:
                 continue
             for line in lines:  # a block with a line of another shape: line by line
                 tail = line.rpartition(key)[2]
-                if tail[-2:] == b'"}' and b"\\" not in tail:
+                # a folder's name holds no quote: one here is a line of another shape
+                if tail[-2:] == b'"}' and b"\\" not in tail and tail.count(b'"') == 1:
                     winners[tail[:-2].decode(errors="replace")] = line
                 elif line.strip():  # not a line xqueue writes: the careful reading, for all
                     winners.clear()
-                    self.journal()
+                    self._careful_journal()
                     return winners
         return winners
 
