@@ -12,8 +12,9 @@ Final states are journal lines, as the engine writes them; ``--status-files`` wr
 them as one ``job.status`` file per job instead, the layout of earlier versions (still
 read), to compare.
 
-Reported: wall-clock seconds of ``xqueue status WD`` (the summary), of ``--json`` (one
-object per job, written to /dev/null) and of a bare interpreter start for reference.
+Reported: wall-clock seconds and peak RSS of ``xqueue status WD`` (the summary), of
+``--json`` (one object per job, written to /dev/null), of ``xqueue logs WD N`` (the
+output of the job in the middle) and of a bare interpreter start for reference.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -69,17 +69,24 @@ def build(path: str, n: int, status_files: bool = False) -> None:
 
 
 def timed(argv: list[str], reps: int) -> str:
-    """Median wall and CPU (user+sys) seconds of ``reps`` runs. CPU time is the steadier
-    figure on a shared machine; a failing run stops the benchmark."""
-    walls, cpus = [], []
+    """Median wall and CPU (user+sys) seconds of ``reps`` runs, and the largest peak RSS
+    of the process. CPU time is the steadier figure on a shared machine; a failing run
+    stops the benchmark."""
+    walls, cpus, peak = [], [], 0
     for _ in range(reps):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True)
+        child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own usage
+        child.returncode = os.waitstatus_to_exitcode(status)
         walls.append(time.perf_counter() - start)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-    return f"{statistics.median(walls):.3f}s wall, {statistics.median(cpus):.3f}s CPU"
+        if child.returncode != 0:
+            raise SystemExit(f"{argv} exited {child.returncode}")
+        cpus.append(usage.ru_utime + usage.ru_stime)
+        peak = max(peak, usage.ru_maxrss)
+    return (
+        f"{statistics.median(walls):.3f}s wall, {statistics.median(cpus):.3f}s CPU, "
+        f"peak RSS {peak / 1024:.0f} MB"
+    )
 
 
 def main() -> None:
@@ -105,6 +112,8 @@ def main() -> None:
         print(f"python start:            {timed([sys.executable, '-c', 'pass'], args.reps)}")
         print(f"xqueue status (summary): {timed(xq, args.reps)}")
         print(f"xqueue status --json:    {timed([*xq, '--json'], args.reps)}")
+        logs = [sys.executable, "-m", "xqueue", "logs", wd, str(args.jobs // 2)]
+        print(f"xqueue logs (one job):   {timed(logs, args.reps)}")
 
 
 if __name__ == "__main__":
