@@ -213,9 +213,17 @@ def test_logs_follow_prints_until_the_job_ends_while_the_run_goes_on(
 
 
 # -- cancel --------------------------------------------------------------------------------------
-def test_cancel_stops_a_live_run_as_its_sigterm_does(tmp_path: Path, runs: list[Run]) -> None:
+# A job whose shell dies on SIGTERM while the process it started ignores it: the whole
+# group must go, or the job is recorded killed while its work goes on (and runs twice).
+STUBBORN = "sh -c \"trap '' TERM; exec sleep 60\"; echo after"
+
+
+@pytest.mark.parametrize("job", ["sleep 60", STUBBORN])
+def test_cancel_stops_a_live_run_as_its_sigterm_does(
+    tmp_path: Path, runs: list[Run], job: str
+) -> None:
     wd = tmp_path / "wd"
-    run = Run(wd, ["sleep 60"] * 3, "-f", "2")
+    run = Run(wd, [job] * 3, "-f", "2", "-o", "kill_grace=1")
     runs.append(run)
     run.wait_journal('"jid": "', 2)
     out = xqueue("cancel", str(wd))
@@ -256,11 +264,12 @@ def test_cancel_kills_named_jobs_through_the_live_run(tmp_path: Path, runs: list
     assert wait_no_job_processes(wd, 5) == []
 
 
+@pytest.mark.parametrize("job", ["sleep 60", STUBBORN])
 def test_cancel_without_a_controller_kills_what_it_left_running(
-    tmp_path: Path, runs: list[Run]
+    tmp_path: Path, runs: list[Run], job: str
 ) -> None:
     wd = tmp_path / "wd"
-    run = Run(wd, ["sleep 60"] * 3, "-f", "2")
+    run = Run(wd, [job] * 3, "-f", "2", "-o", "kill_grace=1")
     runs.append(run)
     run.wait_journal('"jid": "', 2)
     deadline = time.monotonic() + 20  # and the third job's folder (its spec: made, fed)

@@ -146,6 +146,35 @@ async def test_kill_escalates_to_sigkill_after_grace(workdir: Path, tmp_path: Pa
     assert 0.25 < time.monotonic() - start < 5
 
 
+async def test_kill_ends_what_the_shell_leaves_in_its_group(workdir: Path, tmp_path: Path) -> None:
+    """A job's shell dies at once on SIGTERM; what it started lives on in its group. A
+    child that ignores SIGTERM is SIGKILLed once kill_grace is over (it outlived jobs
+    recorded killed, and a later run ran them again), and one that cleans up on SIGTERM
+    is given that grace, though its shell is gone."""
+    stubborn, graceful, cleaned = tmp_path / "stubborn", tmp_path / "graceful", tmp_path / "done"
+    opts = {"kill_grace": 2}
+    async with Xqueue(workdir=workdir, forks=2, error_strategy="ignore", scheduler_opts=opts) as q:
+        jobs = [
+            await q.feed(
+                f"sh -c \"trap '' TERM; echo \\$\\$ > {stubborn}; exec sleep 60\"; echo after"
+            ),
+            await q.feed(
+                f"sh -c \"trap 'sleep 0.5; echo clean > {cleaned}; exit 0' TERM; "
+                f'echo \\$\\$ > {graceful}; while :; do sleep 0.05; done"; echo after'
+            ),
+        ]
+        pids = [int(await _wait_for_file(path)) for path in (stubborn, graceful)]
+        start = time.monotonic()
+        for job in jobs:
+            assert await q.kill(job)
+        for job in jobs:
+            await job.wait()
+    assert [job.status for job in jobs] == [JobStatus.KILLED] * 2
+    assert not any([await anyio.to_thread.run_sync(process_alive, pid) for pid in pids])
+    assert time.monotonic() - start >= 1.5  # the stubborn child had its grace, then SIGKILL
+    assert await anyio.Path(cleaned).read_text() == "clean\n"  # it cleaned up in its grace
+
+
 def _start_of(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         ticks = int(fh.read().rsplit(")", 1)[1].split()[19])

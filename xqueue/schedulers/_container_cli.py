@@ -33,7 +33,7 @@ from anyio.abc import Process
 from ..errors import SchedulerError, SchedulerOptionError, SubmissionError
 from ..job import Job
 from ..workdir import open_output, read_rc
-from ._proc import kill_group, start_ticks, wait_exit
+from ._proc import end_groups, start_ticks, wait_exit
 
 if TYPE_CHECKING:
     from .container import ContainerOptions
@@ -176,7 +176,7 @@ class CliRuntime:
                 fh.write(f"xqueue: {self.engine} exited {rc}: {lines[-1]}\n")
 
     async def kill(self, job: Job) -> None:
-        """SIGTERM the job's group, SIGKILL it after kill_grace."""
+        """SIGTERM the job's group, SIGKILL what is left of it after kill_grace."""
         parsed = _parse(job.jid)
         if parsed is None:
             return
@@ -188,7 +188,7 @@ class CliRuntime:
             not start or await anyio.to_thread.run_sync(_start_time, pid) != start
         ):
             return
-        await kill_group(pid, self.options.kill_grace, 10)
+        await end_groups({job: pid}, self.options.kill_grace, 10)
         if proc is not None:  # reap it now: a stopping run no longer awaits it
             with anyio.move_on_after(10):
                 await proc.wait()

@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from collections.abc import Collection, Iterable, Mapping
+from typing import TypeVar
 
 import anyio
+
+K = TypeVar("K")
+_GROUP_POLL = 0.1  # seconds between looks at a group whose leader is gone
 
 
 def stat(pid: int) -> tuple[bytes, int] | None:
@@ -48,17 +54,71 @@ async def wait_exit(pid: int, ticks: int | None = None) -> None:
         os.close(fd)
 
 
-async def kill_group(pid: int, grace: float, after_kill: float) -> None:
-    """SIGTERM the process group led by ``pid``; SIGKILL it if the leader outlives ``grace``.
-
-    The caller must know the group is still the job's (a held child or a checked start
-    time): a group id is reused once its processes are gone.
-    """
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, after_kill)):
+def live_groups(pgids: Collection[int]) -> set[int]:
+    """The process groups among ``pgids`` that still hold a live process (a zombie does
+    not count: an orphan's is reaped whenever init gets to it). Blocking: one pass over
+    /proc, made only when a group's leader is gone and its group has to be looked at."""
+    found: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
         try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        with anyio.move_on_after(wait):
-            await wait_exit(pid)
-            return
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                line = fh.read()
+        except OSError:
+            continue
+        fields = line[line.rindex(b")") + 2 :].split()  # state, ppid, pgrp, ...
+        if fields[0] != b"Z" and int(fields[2]) in pgids:
+            found.add(int(fields[2]))
+    return found
+
+
+async def end_groups(groups: Mapping[K, int], grace: float, after_kill: float) -> dict[K, int]:
+    """SIGTERM each process group (``groups`` maps a key to its id, its leader's pid); once
+    every process in them has ended, or ``grace`` has passed, SIGKILL what is left of
+    them; return those with a live process ``after_kill`` later still.
+
+    The whole group, not only its leader: a job's shell dies on SIGTERM while a child
+    that ignores it runs on in the group, and would outlive a job recorded killed. The
+    caller must know each group is the job's when it calls (a held child, a checked
+    start time). A group's id stays taken while any process is in it, and each SIGKILL
+    goes only to a group just seen to hold one.
+    """
+    _signal_all(groups.values(), signal.SIGTERM)
+    left = await _wait_groups(groups, grace)
+    _signal_all(left.values(), signal.SIGKILL)
+    return await _wait_groups(left, after_kill)
+
+
+def _signal_all(pgids: Iterable[int], sig: signal.Signals) -> None:
+    for pgid in pgids:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+async def _wait_groups(groups: Mapping[K, int], timeout: float) -> dict[K, int]:
+    """Wait up to ``timeout`` for every process of the groups to end; return the groups
+    that still hold one. Leaders are awaited by pidfd (no polling); a group whose leader
+    is gone is then looked for in /proc, every ``_GROUP_POLL`` seconds while it lives."""
+    deadline = time.monotonic() + timeout
+    left = dict(groups)
+
+    async def leader(key: K, pgid: int) -> None:
+        await wait_exit(pgid)
+        del leaders[key]
+
+    leaders = dict(groups)
+    with anyio.move_on_after(timeout):
+        async with anyio.create_task_group() as tg:
+            for key, pgid in groups.items():
+                tg.start_soon(leader, key, pgid)
+    while True:
+        rest = {key: pgid for key, pgid in left.items() if key not in leaders}
+        alive = await anyio.to_thread.run_sync(live_groups, set(rest.values())) if rest else set()
+        left = {key: pgid for key, pgid in left.items() if key in leaders or pgid in alive}
+        pause = min(_GROUP_POLL, deadline - time.monotonic())
+        if not left or pause <= 0:
+            return left
+        await anyio.sleep(pause)

@@ -26,7 +26,6 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -41,7 +40,7 @@ from ..scheduler import JobState, Scheduler
 from ..states import JobStatus
 from ..workdir import refusal
 from . import _machine
-from ._proc import start_ticks, wait_exit
+from ._proc import end_groups, start_ticks, wait_exit
 from ._shepherd_link import Request, ShepherdLink, Ticket
 
 # The shepherd writes an adopted job's return code right after the job exits; a job
@@ -189,6 +188,8 @@ class LocalScheduler(Scheduler):
         super().__init__(**options)
         # job -> its ticket with the shepherd, or None for a job adopted from an earlier run.
         self._tickets: dict[Job, Ticket | None] = {}
+        # Jobs whose groups ``kill_jobs`` is ending: set once each group is gone.
+        self._killing: dict[Job, anyio.Event] = {}
         self._link: ShepherdLink | None = None
         self._base_env: dict[str, str] = {}
         self._env_map: tuple[float, dict[str, int]] | None = None
@@ -311,12 +312,14 @@ class LocalScheduler(Scheduler):
         if ticket is not None:
             await ticket.ended.wait()
             if ticket.rc is not None:
+                await self._group_gone(job)
                 return _ended(ticket.rc)
         # Adopted (its earlier run's shepherd leaves the return code), or the shepherd
         # died under it: it may still run, and is watched, and killed, through /proc.
         pid = (await self._alive_pids([job])).get(job)
         if pid is not None:
             await wait_exit(pid)
+        await self._group_gone(job)
         assert self.workdir is not None  # open() set it
         rc = await anyio.to_thread.run_sync(self.workdir.exit_code, job)
         deadline = time.monotonic() + _RC_LAG
@@ -326,6 +329,13 @@ class LocalScheduler(Scheduler):
         if rc is None:
             return JobState(JobStatus.FAILED, None, UNKNOWN_EXIT, retryable=False)
         return _ended(rc)
+
+    async def _group_gone(self, job: Job) -> None:
+        """A job being killed has ended once its whole group has, not when its shell
+        did: a child that ignores SIGTERM is still its work (``kill_jobs``)."""
+        killing = self._killing.get(job)
+        if killing is not None:
+            await killing.wait()
 
     async def _alive_pids(self, jobs: Iterable[Job]) -> dict[Job, int]:
         """The live process of each job that still runs.
@@ -381,24 +391,24 @@ class LocalScheduler(Scheduler):
             raise error
 
     async def kill_jobs(self, jobs: Any) -> list[BaseException | None]:
-        """SIGTERM every job's group at once, wait once for kill_grace, SIGKILL the rest.
+        """End every job's process group at once (``end_groups``: SIGTERM, one wait of
+        kill_grace, SIGKILL for whatever is left of each group).
 
-        Returns an error for a job whose leader outlived even SIGKILL, so the engine
+        Returns an error for a job whose group outlived even SIGKILL, so the engine
         reports it instead of recording it as killed.
         """
         self.stats.kill_calls += 1
         groups = await self._alive_pids(jobs)
-        _signal_groups(groups.values(), signal.SIGTERM)
-        left = await _wait_all(groups, self.options.kill_grace)
-        _signal_groups(left.values(), signal.SIGKILL)
-        # Take down whatever a leader left behind in its group. Only for the jobs of this
-        # run: their ids were checked against the shepherd's word a moment ago, while an
-        # adopted job's group id could, in principle, have been reused since its check.
-        _signal_groups(
-            [pid for job, pid in groups.items() if self._tickets.get(job) is not None],
-            signal.SIGKILL,
-        )
-        left = await _wait_all(left, max(self.options.kill_grace, 5.0))
+        ended = anyio.Event()
+        self._killing.update(dict.fromkeys(groups, ended))
+        try:
+            grace = self.options.kill_grace
+            left = await end_groups(groups, grace, max(grace, 5.0))
+        finally:
+            for job in groups:
+                if self._killing.get(job) is ended:
+                    del self._killing[job]
+            ended.set()
         return [
             SubmissionError(f"process group {left[job]} survived SIGKILL", retryable=False)
             if job in left
@@ -436,26 +446,3 @@ def _still_running(pids: list[int]) -> list[int]:
 def reap() -> None:
     """Reap the shepherds of ended runs whose last jobs have ended since."""
     _LINGERING[:] = [link for link in _LINGERING if link.proc.poll() is None]
-
-
-def _signal_groups(pids: Any, sig: signal.Signals) -> None:
-    for pid in pids:
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-async def _wait_all(groups: dict[Job, int], timeout: float) -> dict[Job, int]:
-    """Wait up to ``timeout`` for every leader to exit; return the ones still alive."""
-    left = dict(groups)
-
-    async def one(job: Job, pid: int) -> None:
-        await wait_exit(pid)
-        left.pop(job, None)
-
-    with anyio.move_on_after(timeout):
-        async with anyio.create_task_group() as tg:
-            for job, pid in groups.items():
-                tg.start_soon(one, job, pid)
-    return left
