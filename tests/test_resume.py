@@ -63,6 +63,32 @@ async def test_same_command_maps_to_same_folder_other_command_does_not(workdir: 
     assert [p.name async for p in anyio.Path(workdir).iterdir() if ".replaced-" in p.name]
 
 
+async def test_a_changed_command_moves_the_old_folder_of_its_index_aside(workdir: Path) -> None:
+    """A job list edited between runs: job 0's command, so its folder's name, changed.
+    The old folder holds another job: it is moved aside, as a changed spec's is, so
+    ``xqueue status`` counts one job 0 and ``logs 0`` shows the new one's output (it
+    used to show the old job's, and a status listed two job 0s). Links and files named
+    like job folders are left alone."""
+    q1 = Xqueue(workdir=workdir, forks=2)
+    old = [await q1.feed(["echo", "old-zeta"]), await q1.feed(["echo", "same"])]
+    await q1.run_until_complete()
+    await anyio.Path(workdir / "2-planted").symlink_to(old[1].dir)
+    q2 = Xqueue(workdir=workdir, forks=2)
+    new = [await q2.feed(["echo", "new-alpha"]), await q2.feed(["echo", "same"])]
+    await q2.run_until_complete()
+    assert new[1].dir == old[1].dir and new[1].reason == "succeeded in an earlier run"
+    assert new[0].dir != old[0].dir and new[0].attempt == 1
+    names = sorted([p.name async for p in anyio.Path(workdir).iterdir()])
+    zeros = [n for n in names if n.startswith("0-")]
+    assert len(zeros) == 2 and zeros[0] == os.path.basename(new[0].dir)
+    assert zeros[1].startswith(os.path.basename(old[0].dir) + ".replaced-")
+    assert "2-planted" in names
+    reader = WorkdirReader(workdir)
+    folders = await anyio.to_thread.run_sync(reader.folders)
+    assert folders == [os.path.basename(job.dir) for job in new]
+    assert await anyio.Path(reader.path / folders[0] / "job.1.stdout").read_text() == "new-alpha\n"
+
+
 CONTROLLER = textwrap.dedent(
     """
     import anyio, sys

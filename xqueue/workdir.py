@@ -65,6 +65,7 @@ from .records import (
     WorkdirReader,
     digest,
     file_error,
+    job_index,
     read_code,
     read_json,
     read_text,
@@ -369,6 +370,8 @@ class Workdir:
         # Folder names in the workdir, listed once (under the lock, nobody else adds any),
         # so feeding a job that has no folder yet costs no file-system call at all.
         self._names: set[str] | None = None
+        # Those names by job index, made only if a job is fed whose folder is not there.
+        self._by_index: dict[int, list[str]] | None = None
         # Jobs fed without a folder yet, with their staged files. A thread of the
         # workdir's own makes them in the background, soon after feeding (so `xqueue
         # status`, `logs` and `cancel` see a fed job), and a submission makes whatever
@@ -550,6 +553,8 @@ class Workdir:
         if self._names is None:
             self._names = set(os.listdir(self.path))
         if folder not in self._names:
+            if self._names:
+                self._move_aside_others(job.index, folder)
             self._unmade[job] = staged
             if make:
                 self._make_now(job)
@@ -586,6 +591,29 @@ class Workdir:
         elif not self._wake.is_set():
             self._start_maker()
         return None
+
+    def _move_aside_others(self, index: int, folder: str) -> None:
+        """Move aside an earlier run's folder of job ``index`` under another name (the
+        job's command, so its name, changed since): it holds another job, which
+        ``xqueue status`` would count and ``logs`` and ``cancel`` take for this one. The
+        folders are looked up by index once, and only if a fed job finds none of its own
+        name (a resumed run that changed nothing never pays for it)."""
+        assert self._names is not None
+        if self._by_index is None:
+            self._by_index = {}
+            for name in self._names:
+                found = job_index(name)
+                if found is not None:
+                    self._by_index.setdefault(found, []).append(name)
+        for name in self._by_index.pop(index, ()):
+            path = f"{self._root}/{name}"
+            if name == folder or not stat.S_ISDIR(os.lstat(path).st_mode):
+                continue  # a link or a file planted under a job folder's name: not ours
+            try:
+                os.replace(path, f"{path}.replaced-{time.time_ns()}")
+            except OSError as exc:
+                raise WorkdirError(f"cannot move job folder {path!r} aside: {exc}") from exc
+            self._names.discard(name)
 
     def making_ahead(self, on: bool) -> None:
         """Make fed jobs' folders soon after they are fed, without waiting for a pause
