@@ -209,6 +209,22 @@ class Sweep:
         _unique([s.name for s in parsed], "section")
         return cls(parsed, axes)
 
+    def check(self, source: str, axes: Mapping[str, Any]) -> None:
+        """Refuse now, naming ``source``, the section and the group, what feeding would
+        refuse once the queue and its workdir are made: slot axes a queue of ``axes``
+        does not have, a ``call`` that cannot be loaded. For a caller that makes the
+        queue itself, before it does (the command line: its queue has the file's
+        ``[slots]`` and no others)."""
+        for section in self.sections:
+            for group in section.groups:
+                where = f"{source}: group {group.name!r} of section {section.name!r}"
+                missing = [axis for axis in group.slots if axis not in axes]
+                if missing:
+                    table = "the [slots] table" if axes else "a [slots] table, which it lacks"
+                    raise ConfigError(f"{where}: slot axes {missing} must be in {table}")
+                if group.call is not None:
+                    _resolve(group, where)
+
     def points(self) -> Iterator[Point]:
         """Every point, in the order its job is fed (which resuming relies on)."""
         for section in self.sections:
@@ -322,19 +338,20 @@ def _call_with_slots(
     return fn(**params, **slots)
 
 
-def _resolve(group: Group) -> Callable[..., Any]:
+def _resolve(group: Group, where: str | None = None) -> Callable[..., Any]:
     assert group.call is not None
+    where = where or _what(group)
     module, sep, qualname = group.call.partition(":")
     if not sep or not module or not qualname:
-        raise ConfigError(f"{_what(group)}: call = {group.call!r} is not 'module:function'")
+        raise ConfigError(f"{where}: call = {group.call!r} is not 'module:function'")
     try:
         target: Any = importlib.import_module(module)
         for part in qualname.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"{_what(group)}: cannot load {group.call!r}: {exc}") from None
+        raise ConfigError(f"{where}: cannot load {group.call!r}: {exc}") from None
     if not callable(target):
-        raise ConfigError(f"{_what(group)}: {group.call!r} is not callable")
+        raise ConfigError(f"{where}: {group.call!r} is not callable")
     return target  # type: ignore[no-any-return]
 
 

@@ -44,10 +44,16 @@ def test_a_job_list_has_a_job_a_line_ending_at_newlines(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("via", ["file", "stdin"])
-def test_a_job_list_that_is_not_utf8_is_refused_before_anything_is_made(
-    tmp_path: Path, via: str
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        (b"echo ok\necho caf\xe9\n", "line 2: not UTF-8 text (byte 0xe9 at column 9)"),
+        (b"echo ok\necho a\x00b\n", "line 2: a NUL byte at column 7, which no command"),
+    ],
+)
+def test_a_job_list_that_is_not_text_is_refused_before_anything_is_made(
+    tmp_path: Path, via: str, data: bytes, said: str
 ) -> None:
-    data = b"echo ok\necho caf\xe9\n"
     jobs = tmp_path / "jobs.txt"
     jobs.write_bytes(data)
     wd = tmp_path / "wd"
@@ -57,8 +63,17 @@ def test_a_job_list_that_is_not_utf8_is_refused_before_anything_is_made(
     assert out.returncode == 2, stderr
     assert "Traceback" not in stderr
     where = f"job list {str(jobs)!r}" if via == "file" else "the job list on stdin"
-    assert f"{where}, line 2: not UTF-8 text (byte 0xe9 at column 9)" in " ".join(stderr.split())
+    assert f"{where}, {said}" in " ".join(stderr.split())
     assert not wd.exists()  # refused before the workdir was made
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_command(tmp_path: Path) -> None:
+    """Some editors start a UTF-8 file with U+FEFF: it made the first job fail with
+    ``\ufeffecho: not found``."""
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_bytes(b"\xef\xbb\xbfecho first\necho second\n")
+    out = xqueue("run", "-w", str(tmp_path / "wd"), str(jobs))
+    assert out.returncode == 0 and "2 finished" in out.stderr, out.stderr
 
 
 def test_run_file_with_failures_exits_nonzero_with_table(tmp_path: Path) -> None:

@@ -105,3 +105,20 @@ def test_a_bad_sweep_file_exits_2_naming_the_problem(tmp_path: Path) -> None:
     assert not (tmp_path / "wd").exists()
     missing = xqueue("sweep", str(tmp_path / "nope.toml"))
     assert missing.returncode == 2 and "cannot read sweep file" in missing.stderr
+
+
+def test_what_feeding_would_refuse_is_refused_before_the_workdir(tmp_path: Path) -> None:
+    """Slot axes the file's [slots] table lacks, and a call that cannot be loaded, were
+    refused only at feed: after the workdir was taken (its lock, event stream and exit
+    file made), in the Python API's words, naming neither file nor section."""
+    path, wd = tmp_path / "sweep.toml", tmp_path / "wd"
+    group = '[[section]]\nname = "s"\n[[section.group]]\nname = "g"\n'
+    for body, said in [
+        ('command = "echo x"\nslots = ["gpu"]\n', "slot axes ['gpu'] must be in a [slots] table"),
+        ('call = "nosuchmod:f"\n', "cannot load 'nosuchmod:f': No module named 'nosuchmod'"),
+    ]:
+        path.write_text(group + body)
+        out = xqueue("sweep", str(path), "-w", str(wd))
+        assert out.returncode == 2, out.stderr
+        assert f"{path}: group 'g' of section 's': {said}" in " ".join(out.stderr.split())
+        assert not wd.exists()

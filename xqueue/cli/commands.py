@@ -186,10 +186,12 @@ def read_commands(data: bytes, source: str) -> list[str]:
 
     Lines end at ``\n`` only (``\r\n`` too, the ``\r`` being stripped with the other
     blanks at the ends): a carriage return inside a line is part of its command, not
-    the start of another job. Text that is not UTF-8 is an error naming its line, given
-    before anything is made.
+    the start of another job. Text that is not UTF-8, or holds a NUL (which no command
+    can pass), is an error naming its line, given before anything is made. A byte order
+    mark that some editors put first is not part of the first command.
     """
     commands = []
+    data = data.removeprefix(b"\xef\xbb\xbf")
     for n, raw in enumerate(data.split(b"\n"), 1):
         try:
             line = raw.decode()
@@ -198,6 +200,11 @@ def read_commands(data: bytes, source: str) -> list[str]:
                 f"{source}, line {n}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
                 f"{exc.start + 1}); save the job list as UTF-8"
             ) from None
+        if "\0" in line:
+            raise XqueueError(
+                f"{source}, line {n}: a NUL byte at column {line.index(chr(0)) + 1}, which no "
+                "command can pass (is it a text file?)"
+            )
         command = line.strip()
         if command and not command.startswith("#"):
             commands.append(command)

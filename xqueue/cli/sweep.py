@@ -50,6 +50,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     folder = os.path.dirname(os.path.abspath(args.file))
     if folder not in sys.path:
         sys.path.insert(0, folder)
+    sweep.check(args.file, sweep.slots)  # before the queue takes (or makes) the workdir
     queue = make_queue(args, console, slots=sweep.slots)
 
     async def go() -> None:
