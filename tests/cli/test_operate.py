@@ -339,7 +339,21 @@ def test_cancel_signals_only_the_process_that_holds_the_lock(tmp_path: Path) -> 
 def test_cancel_refuses_a_workdir_others_can_write(tmp_path: Path) -> None:
     wd = tmp_path / "wd"
     wd.mkdir()
+    (wd / "journal.jsonl").write_text("")  # a run used it
     wd.chmod(0o777)
     out = xqueue("cancel", str(wd))
     assert out.returncode == 2 and "every user can write to it" in out.stderr
-    assert os.listdir(wd) == []
+    assert os.listdir(wd) == ["journal.jsonl"]
+
+
+def test_a_folder_no_run_used_is_refused_with_the_default_workdir_named(tmp_path: Path) -> None:
+    """``xqueue cancel .`` (the default workdir being ./.xqueue) said "no run is in
+    progress", exit 0, while a run went on there, and left a lock file in the folder."""
+    (tmp_path / ".xqueue").mkdir()
+    (tmp_path / "notes.txt").write_text("")
+    for args in (["cancel", "."], ["status", "."], ["logs", ".", "0"]):
+        out = subprocess.run([*XQ, *args], cwd=tmp_path, capture_output=True, text=True)
+        assert out.returncode == 2, (args, out)
+        assert "'.' is not an xqueue workdir: no run has used it" in out.stderr, out.stderr
+        assert "the default workdir is ./.xqueue: './.xqueue'" in out.stderr
+    assert sorted(os.listdir(tmp_path)) == [".xqueue", "notes.txt"]

@@ -42,7 +42,7 @@ from ..records import LOCK_FILE, READ_FLAGS, WorkdirReader, job_index, read_json
 from ..scheduler import Scheduler
 from ..states import JobStatus
 from ..workdir import Workdir, check_trust, write_new
-from .jobs import label, resolve
+from .jobs import check_workdir, label, resolve
 from .text import printable
 
 ACTIVE = (JobStatus.SUBMITTING.value, JobStatus.SUBMITTED.value, JobStatus.RUNNING.value)
@@ -71,8 +71,7 @@ def held_lock(path: Path) -> tuple[str, int] | None:
 
 def run(workdir: str, jobs: list[str], timeout: float, out: TextIO) -> int:
     """The command; returns the exit code."""
-    if not os.path.isdir(workdir):
-        raise XqueueError(f"no workdir at {workdir!r}")
+    check_workdir(workdir)
     path = Path(workdir).absolute()
     check_trust(path)
     reader = WorkdirReader(path)

@@ -1,12 +1,34 @@
-"""Naming a job on the command line: by index, by name, or by its folder's name."""
+"""Naming a workdir and a job on the command line: a job by index, by name, or by its
+folder's name."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
+from ..control import RUN_FILE
 from ..errors import XqueueError
-from ..records import WorkdirReader, job_index
+from ..events import EVENTS_FILE
+from ..records import EXITS_FILE, JOURNAL_FILE, LOCK_FILE, SPECS_FILE, WorkdirReader, job_index
 from .text import printable
+
+# What a run leaves in its workdir before or with its first job: one of them is there.
+_MARKS = (LOCK_FILE, JOURNAL_FILE, SPECS_FILE, EVENTS_FILE, EXITS_FILE, RUN_FILE)
+
+
+def check_workdir(workdir: str) -> None:
+    """Refuse a folder no run has used: ``xqueue cancel .`` said "no run is in progress"
+    (and left a lock file) while a run went on in ``./.xqueue``, the default workdir."""
+    if not os.path.isdir(workdir):
+        raise XqueueError(f"no workdir at {workdir!r}")
+    names = os.listdir(workdir)
+    if any(mark in names for mark in _MARKS) or any(job_index(n) is not None for n in names):
+        return
+    hint = ""
+    if ".xqueue" in names:
+        hint = f"; the default workdir is ./.xqueue: {os.path.join(workdir, '.xqueue')!r}"
+    raise XqueueError(f"{workdir!r} is not an xqueue workdir: no run has used it{hint}")
+
 
 _SHOWN = 10  # matches listed for an ambiguous name
 

@@ -30,7 +30,7 @@ from ..records import (
     file_error,
     parse_object,
 )
-from .jobs import label, resolve
+from .jobs import check_workdir, label, resolve
 from .tail import Tail
 
 POLL = 0.2
@@ -135,8 +135,7 @@ class _AttemptEnd:
 
 def run(workdir: str, job: str, stderr: bool, follow: bool, attempt: int | None) -> int:
     """The command; returns the exit code."""
-    if not os.path.isdir(workdir):
-        raise XqueueError(f"no workdir at {workdir!r}")
+    check_workdir(workdir)
     if attempt is not None and attempt < 1:
         raise XqueueError(f"--attempt counts from 1, not {attempt}")
     reader = WorkdirReader(workdir)

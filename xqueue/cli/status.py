@@ -24,6 +24,7 @@ from ..errors import XqueueError
 from ..params import matches, parse_filters
 from ..records import WorkdirReader, job_index, record_time
 from ..states import JobStatus
+from .jobs import check_workdir
 from .text import MAX_ROWS, printable
 
 ORPHANED, NOT_SUBMITTED = "orphaned", "not submitted"
@@ -228,8 +229,7 @@ def run(
     workdir: str, states: Sequence[str], every: bool, as_json: bool, params: Sequence[str] = ()
 ) -> None:
     """The command: raises XqueueError for what the user must fix."""
-    if not os.path.isdir(workdir):
-        raise XqueueError(f"no workdir at {workdir!r}")
+    check_workdir(workdir)
     wanted = parse_filters(params)
     show(WorkdirReader(workdir), parse_states(states), every, as_json, sys.stdout, wanted)
     sys.stdout.flush()  # inside the caller's BrokenPipeError handling, not at exit
