@@ -214,3 +214,22 @@ def test_run_without_a_job_list_on_a_terminal_says_what_to_do(tmp_path: Path) ->
     os.close(terminal)
     assert out.returncode == 2
     assert "no job list: give a file" in out.stderr
+
+
+def test_a_closed_pipe_on_stderr_exits_141_not_as_a_failed_job(tmp_path: Path) -> None:
+    """``xqueue run jobs 2>&1 | head -0``: rich exits 1 on a broken pipe, which says a
+    job failed; a closed pipe is 141, as on standard output."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        out = subprocess.run(
+            [*XQ, "run", "-w", str(tmp_path / "wd"), "--no-progress"],
+            input=b"true\n",
+            stdout=subprocess.DEVNULL,
+            stderr=write,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert out.returncode == 141
+    assert (tmp_path / "wd" / "journal.jsonl").read_text().count('"finished"') == 1

@@ -251,9 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _console() -> Console:
     """Where a run's view and every error go; rich is imported only when it is needed
     (``xqueue status`` prints plain text and starts faster without it)."""
-    from rich.console import Console
+    from .report import StderrConsole
 
-    return Console(stderr=True)
+    return StderrConsole()
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:

@@ -21,6 +21,23 @@ from ..states import JobStatus
 from .text import MAX_ROWS, printable
 
 
+class StderrConsole(Console):
+    """The console every run's view, summary and error go to: standard error."""
+
+    def __init__(self) -> None:
+        super().__init__(stderr=True)
+
+    def on_broken_pipe(self) -> None:
+        """A closed pipe exits 141, as one on standard output does (``main``), not 1,
+        which rich exits with and which says a job failed (``xqueue run 2>&1 | head``).
+        Standard error goes to /dev/null first, so nothing else tries to write there."""
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.file.fileno())
+        os.close(devnull)
+        raise BrokenPipeError
+
+
 def plain(text: str, style: str = "") -> Text:
     """A rich cell that shows ``text`` literally: no markup, no emoji codes, no controls."""
     return Text(printable(text), style=style)
