@@ -336,6 +336,31 @@ def test_cancel_signals_only_the_process_that_holds_the_lock(tmp_path: Path) -> 
             stop(proc)  # type: ignore[arg-type]
 
 
+def test_cancel_of_a_job_that_the_run_does_not_answer_exits_1(tmp_path: Path) -> None:
+    """A run that does not answer a kill request in ``--timeout`` is the run not
+    stopping in time (exit 1, as documented), not a usage error (2); the request is
+    withdrawn, so the run does not act on it later. A timeout not above 0 is refused."""
+    wd = tmp_path / "wd"
+    (wd / "0-job").mkdir(parents=True)
+    lock = wd / ".lock"
+    holder = subprocess.Popen(  # holds the lock as a run does, and never answers
+        [sys.executable, "-c", LOCK_HOLDER, str(lock)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout and holder.stdout.readline() == "locked\n"
+        lock.write_text(f"{holder.pid}@{start_ticks(holder.pid)}")
+        out = xqueue("cancel", str(wd), "0", "--timeout", "0.3")
+        assert out.returncode == 1, out
+        assert "did not answer the kill request in 0.3s; the request is withdrawn" in out.stdout
+        assert not list((wd / ".control").glob("kill-*.json"))
+        for bad in ("0", "-5", "nan"):
+            refused = xqueue("cancel", str(wd), "0", "--timeout", bad)
+            assert refused.returncode == 2 and "not a number of seconds above 0" in refused.stderr
+        assert holder.poll() is None
+    finally:
+        stop(holder)  # type: ignore[arg-type]
+
+
 def test_cancel_refuses_a_workdir_others_can_write(tmp_path: Path) -> None:
     wd = tmp_path / "wd"
     wd.mkdir()

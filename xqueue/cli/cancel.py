@@ -117,9 +117,11 @@ def _through_controller(
             os.unlink(request)  # withdrawn: a later run must not act on it
         except FileNotFoundError:
             pass
-        raise XqueueError(
-            f"the run (pid {controller.pid}) did not answer the kill request in {timeout:g}s"
+        out.write(
+            f"the run (pid {controller.pid}) did not answer the kill request in {timeout:g}s; "
+            "the request is withdrawn\n"
         )
+        return 1  # as for a run that does not stop in time: not a usage error
     if "error" in reply:
         raise XqueueError(f"the run refused the kill request: {reply['error']}")
     results = reply.get("results")

@@ -8,6 +8,7 @@ code 130 and no traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 EXIT_SIGINT = 130
@@ -39,11 +40,21 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     cancel.add_argument("jobs", nargs="*", metavar="JOB", help="a job's index, name or folder")
     cancel.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=120.0,
         metavar="SECONDS",
         help="how long to wait for the run to stop or answer (default 120)",
     )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
