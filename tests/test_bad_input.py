@@ -143,11 +143,29 @@ def test_a_plugin_cannot_take_a_built_in_name(tmp_path: Path) -> None:
 
 
 def test_workdir_not_writable(tmp_path: Path) -> None:
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
     why = r"is not writable .*use a folder you can write to \(workdir= in Python, -w on"
     with pytest.raises(WorkdirError, match=why):
-        Xqueue(workdir=blocker / "wd")
+        Xqueue(workdir="/sys/xqueue-wd")  # no one may make a folder there, root included
+
+
+def test_a_workdir_that_is_not_a_folder_is_named_for_what_it_is(tmp_path: Path) -> None:
+    """A file or a dangling link where the workdir (or a folder above it) would be was
+    "not writable (File exists)"; an empty path was the current folder."""
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    cases = [
+        ("a-file", "'{t}/a-file' is a file, not a folder; use another workdir"),
+        ("a-file/wd", "'{t}/a-file' (on the way to workdir '{t}/a-file/wd') is a file, not"),
+        ("dangling", "'{t}/dangling' is a symbolic link to nothing; use another workdir"),
+        ("dangling/wd", "'{t}/dangling' (on the way to workdir '{t}/dangling/wd') is a symbolic"),
+    ]
+    for workdir, message in cases:
+        with pytest.raises(WorkdirError) as caught:
+            Xqueue(workdir=tmp_path / workdir)
+        assert message.format(t=tmp_path) in str(caught.value)
+    with pytest.raises(WorkdirError, match="the workdir is an empty path; give a folder"):
+        Xqueue(workdir="")
+    assert not (tmp_path / "nowhere").exists()
 
 
 @pytest.mark.parametrize(

@@ -349,9 +349,16 @@ class Workdir:
     def __init__(self, path: str | os.PathLike[str], *, trust: bool | None = None) -> None:
         """Create (if needed) and check the folder; ``trust=True`` (or the environment
         variable ``XQUEUE_TRUST_WORKDIR=1``) accepts one that other users can write to."""
+        if not os.fspath(path):  # Path("") is the current folder: not what anyone meant
+            raise WorkdirError(
+                "the workdir is an empty path; give a folder (workdir= in Python, -w on the "
+                "command line)"
+            )
         self.path = Path(path).absolute()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise self._not_a_folder() from None
         except OSError as exc:
             raise self._not_writable(exc) from exc
         check_trust(self.path, trust)
@@ -388,6 +395,21 @@ class Workdir:
         self._specs_fd: int | None = None
         self._lock_fd: int | None = None
         self._locking: anyio.Lock | None = None
+
+    def _not_a_folder(self) -> WorkdirError:
+        """Something that is not a folder is where the workdir (or a folder above it) is."""
+        path = self.path
+        while not os.path.lexists(path) and path != path.parent:
+            path = path.parent
+        if path.is_symlink() and not path.exists():
+            what = "is a symbolic link to nothing"
+        else:
+            what = "is a file, not a folder"
+        where = "" if path == self.path else f" (on the way to workdir {str(self.path)!r})"
+        return WorkdirError(
+            f"{str(path)!r}{where} {what}; use another workdir (workdir= in Python, -w on the "
+            "command line) or move it away"
+        )
 
     def _not_writable(self, exc: OSError) -> WorkdirError:
         return WorkdirError(
