@@ -440,8 +440,8 @@ def _warn_bad(bad: list[int], path: str) -> None:
     if bad:
         shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
         log.warning(
-            "%s: ignoring %d line(s) that are not xqueue records (line %s); "
-            "those jobs fall back to their job.status files",
+            "%s: ignoring %d line(s) that are not xqueue records (line %s); each job "
+            "they were about keeps its newest valid record (none: it counts as never run)",
             path,
             len(bad),
             shown,
