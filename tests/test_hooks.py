@@ -117,6 +117,57 @@ async def test_failing_plugin_is_named_and_does_not_hang(workdir: Path) -> None:
     assert job.status is JobStatus.KILLED
 
 
+@pytest.mark.parametrize("live", [False, True], ids=["before-the-run", "in-the-run"])
+async def test_a_failing_on_job_init_stops_the_run_and_nothing_waits(
+    workdir: Path, live: bool
+) -> None:
+    """``feed()`` raised the hook's error, but the job stayed listed, in INIT, handed to
+    no one: the run then waited for it for ever."""
+
+    class Broken:
+        @hookimpl
+        def on_job_init(self, job: Job) -> None:
+            if job.index == 1:
+                raise RuntimeError("init boom")
+
+    q = Xqueue(workdir=workdir, plugins=[Broken()])
+    with anyio.fail_after(20):
+        if live:
+            with pytest.raises(PluginError, match="init boom"):  # the run's, at the end
+                async with q:
+                    await q.feed(["sleep", "30"])
+                    with pytest.raises(PluginError, match="init boom"):
+                        await q.feed(["true"])
+                    await q.stop_feeding()
+        else:
+            await q.feed(["sleep", "30"])
+            with pytest.raises(PluginError, match="init boom"):
+                await q.feed(["true"])
+            with pytest.raises(PluginError, match="init boom"):
+                await q.run_until_complete()
+    assert [job.status for job in q.jobs] == [JobStatus.KILLED] * 2
+
+
+async def test_a_feed_cancelled_in_its_hooks_leaves_a_job_the_run_runs(workdir: Path) -> None:
+    """Cancelled while an async ``on_job_init`` ran, ``feed()`` left its job in INIT and
+    the run waited for it for ever; the job is listed, so it is run."""
+
+    class Slow:
+        @hookimpl
+        async def on_job_init(self, job: Job) -> None:
+            if job.index == 1:
+                await anyio.sleep(30)
+
+    q = Xqueue(workdir=workdir, plugins=[Slow()])
+    await q.feed(["true"])
+    with anyio.move_on_after(0.2):
+        await q.feed(["true"])
+    assert len(q.jobs) == 2
+    with anyio.fail_after(20):
+        await q.run_until_complete()
+    assert [job.status for job in q.jobs] == [JobStatus.FINISHED] * 2
+
+
 async def test_plugin_with_unknown_argument_is_rejected(workdir: Path) -> None:
     class Bad:
         @hookimpl

@@ -310,9 +310,18 @@ class Engine:
         self.jobs.append(job)
         self.counts[S.INIT] += 1
         # Hooks that return nothing to await cost no coroutine: this runs once a job fed.
-        pending = self.hooks.notify("on_job_init", self._kw(job))
-        if pending is not None:
-            await pending
+        try:
+            pending = self.hooks.notify("on_job_init", self._kw(job))
+            if pending is not None:
+                await pending
+        except BaseException as exc:
+            # It is fed all the same (numbered, listed, counted): handed to the engine, so
+            # no run waits for a job nobody gave it. A plugin's error stops the run, as any
+            # hook's does; a cancelled feed leaves the job to the run like any other.
+            self._post("fed", job, record)
+            if isinstance(exc, PluginError):
+                self._hook_failed(exc)
+            raise
         if self.state in _LIVE:  # self.running, without a property call per job
             self._post("fed", job, record)
         else:
