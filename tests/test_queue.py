@@ -162,6 +162,30 @@ async def test_feed_after_close_is_refused(workdir: Path) -> None:
         await q.feed(["true"])
 
 
+async def test_feed_after_stop_feeding_in_async_with_is_refused(workdir: Path) -> None:
+    """Accepted once the block's run had ended, such a job waited for a run that could
+    never come (its ``wait()`` hung); refused with a message for the block, whether the
+    run is still draining or has ended."""
+    with anyio.fail_after(20):
+        async with Xqueue(workdir=workdir) as q:
+            await q.feed(["sleep", "0.5"])
+            stopping = anyio.Event()
+
+            async def stop() -> None:
+                stopping.set()
+                await q.stop_feeding()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stop)
+                await stopping.wait()
+                await anyio.lowlevel.checkpoint()
+                with pytest.raises(QueueStateError, match="block takes no more jobs"):
+                    await q.feed(["true"])  # while it drains
+            with pytest.raises(QueueStateError, match="block takes no more jobs"):
+                await q.feed(["true"])  # once it ended
+    assert [job.status for job in q.jobs] == [JobStatus.FINISHED]
+
+
 async def test_kill_queued_job(workdir: Path) -> None:
     async with Xqueue(forks=1, workdir=workdir) as q:
         first = await q.feed(["sleep", "0.3"])

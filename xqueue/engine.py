@@ -204,6 +204,9 @@ class Engine:
         self._deadlines: list[tuple[float, int, Job, int]] = []
         self._deadline_seq = itertools.count()
         self._inbox: deque[Event] = deque()
+        # Run by `async with` (``Xqueue.__aenter__``): one run, which a job fed after it
+        # stopped taking jobs would never reach.
+        self.in_block = False
         self._actions: list[Action] = []
         self._wake: anyio.Event | None = None
         self._progress: anyio.Event | None = None
@@ -234,10 +237,15 @@ class Engine:
         return self.state is _Run.RUNNING
 
     def check_can_feed(self) -> None:
-        if self.state in _TAKES_JOBS:
+        if self.state in _TAKES_JOBS and not (self.in_block and self.state is _Run.IDLE):
             return
         if self.state is _Run.CLOSED:
             raise QueueStateError("this queue is closed; create a new Xqueue to run more jobs")
+        if self.in_block:  # its one run is ending or has ended: no later run would take it
+            raise QueueStateError(
+                "the run of this `async with` block takes no more jobs: stop_feeding() was "
+                "called, or the run stopped; feed before that, or use a new Xqueue"
+            )
         if self.state is _Run.DRAINING:
             raise QueueStateError(
                 "the queue is running and no longer accepts jobs; feed before "

@@ -553,6 +553,7 @@ class Xqueue:
             raise QueueStateError("an Xqueue can be entered only once")
         await self._engine.lock_workdir()
         self._engine.begin(keep_feeding=True)
+        self._engine.in_block = True
         self._set_feeding_mode(True)
         tg = anyio.create_task_group()
         await tg.__aenter__()
