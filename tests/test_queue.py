@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from tests.helpers import DetachedScheduler, is_alive, read_text
-from xqueue import Job, JobFailedError, JobStatus, QueueStateError, Xqueue
+from xqueue import ConfigError, Job, JobFailedError, JobStatus, QueueStateError, Xqueue
 
 pytestmark = pytest.mark.anyio
 
@@ -194,6 +194,23 @@ async def test_kill_queued_job(workdir: Path) -> None:
         assert second.status is JobStatus.KILLED
         assert not await q.kill(second)
     assert first.status is JobStatus.FINISHED
+
+
+async def test_kill_refuses_what_this_queue_was_not_fed(workdir: Path, tmp_path: Path) -> None:
+    """Another queue's job was marked killed, left this queue's counts negative and that
+    queue's run waiting for ever; an index raised AttributeError."""
+    other = Xqueue(workdir=tmp_path / "other")
+    theirs = await other.feed(["true"])
+    async with Xqueue(workdir=workdir) as q:
+        ours = await q.feed(["true"])
+        with pytest.raises(ConfigError, match=r"kill\(\): job 0 \(true\) was not fed to this"):
+            await q.kill(theirs)
+        with pytest.raises(ConfigError, match=r"kill\(\) takes a job of this queue, not int"):
+            await q.kill(0)  # type: ignore[arg-type]
+    assert ours.status is JobStatus.FINISHED and theirs.status is JobStatus.QUEUED
+    with anyio.fail_after(20):
+        await other.run_until_complete()
+    assert theirs.status is JobStatus.FINISHED
 
 
 async def test_custom_polled_scheduler_batches_active_jobs_only(workdir: Path) -> None:

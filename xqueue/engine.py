@@ -1433,6 +1433,11 @@ class Engine:
     # -- control ---------------------------------------------------------------------------
     async def kill(self, job: Job) -> bool:
         """Kill one job; False if it already ended or a plugin vetoed the kill."""
+        if not isinstance(job, Job):
+            raise ConfigError(f"kill() takes a job of this queue, not {type(job).__name__}")
+        if not (0 <= job.index < len(self.jobs) and self.jobs[job.index] is job):
+            # Another queue's job: killing it here would corrupt both queues' counts.
+            raise ConfigError(f"kill(): job {job.index} ({job.name}) was not fed to this queue")
         if job.status.is_final or job.kill_requested:
             return False
         if job.status.is_active and job.status is not S.SUBMITTING:
