@@ -168,6 +168,41 @@ async def test_a_feed_cancelled_in_its_hooks_leaves_a_job_the_run_runs(workdir: 
     assert [job.status for job in q.jobs] == [JobStatus.FINISHED] * 2
 
 
+async def test_on_job_submitting_finds_the_job_folder_made(workdir: Path) -> None:
+    """A plugin that writes into ``job.dir`` at submission (as xqute-based frameworks
+    do) failed the job: folders were made after that hook."""
+
+    class Meta:
+        @hookimpl
+        async def on_job_submitting(self, job: Job) -> None:
+            await anyio.Path(job.dir, "meta.json").write_text(f'{{"index": {job.index}}}')
+
+    q = Xqueue(workdir=workdir, plugins=[Meta()], forks=2)
+    jobs = [await q.feed(["true"]) for _ in range(3)]
+    await q.run_until_complete()
+    assert [job.status for job in jobs] == [JobStatus.FINISHED] * 3
+    for job in jobs:
+        assert await anyio.Path(job.dir, "meta.json").read_text() == f'{{"index": {job.index}}}'
+
+
+@pytest.mark.parametrize("strategy", ["halt", "ignore"])
+async def test_a_raising_on_job_submitting_stops_the_run_with_its_error(
+    workdir: Path, strategy: str
+) -> None:
+    """Under halt, the job's failure came first and the run raised JobFailedError, naming
+    a stderr file that does not exist; the plugin's error was only logged."""
+
+    class Broken:
+        @hookimpl
+        def on_job_submitting(self, job: Job) -> None:
+            raise RuntimeError("submit boom")
+
+    q = Xqueue(workdir=workdir, plugins=[Broken()], error_strategy=strategy)
+    await q.feed(["true"])
+    with anyio.fail_after(20), pytest.raises(PluginError, match="submit boom"):
+        await q.run_until_complete()
+
+
 async def test_plugin_with_unknown_argument_is_rejected(workdir: Path) -> None:
     class Bad:
         @hookimpl

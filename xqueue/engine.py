@@ -1123,6 +1123,19 @@ class Engine:
             self._post("stop", exc)
 
     async def _submit(self, batch: list[Job]) -> None:
+        # Folders are made only now, a batch at a time off the loop (feeding costs no
+        # I/O), and before any hook: on_job_submitting may put files in them.
+        unmade = [job for job in batch if not self.workdir.has_folder(job)]
+        if unmade:
+            try:
+                failed: dict[Job, Exception] = dict(
+                    await anyio.to_thread.run_sync(self.workdir.make_folders, unmade)
+                )
+            except Exception as exc:  # a bug, not a job's fault: no job is left submitting
+                failed = dict.fromkeys(unmade, exc)
+            for job, error in failed.items():
+                self._post("submitted", job, SubmissionError(str(error), retryable=False))
+            batch = [job for job in batch if job not in failed]
         allowed: list[Job] = []
         try:
             for job in batch:
@@ -1132,9 +1145,9 @@ class Engine:
                 else:
                     allowed.append(job)
         except PluginError as exc:
+            self._post("stop", exc)  # first: the run's error is the plugin's, not a job's
             for job in batch[len(allowed) :]:
                 self._post("submitted", job, exc)
-            self._post("stop", exc)
         if not allowed:
             return
         try:
@@ -1145,20 +1158,6 @@ class Engine:
             for job in allowed:
                 self._post("submitted", job, exc)
             return
-        # Folders are made only now, a batch at a time off the loop: feeding costs no I/O.
-        unmade = [job for job in allowed if not self.workdir.has_folder(job)]
-        if unmade:
-            try:
-                failed: dict[Job, Exception] = dict(
-                    await anyio.to_thread.run_sync(self.workdir.make_folders, unmade)
-                )
-            except Exception as exc:  # a bug, not a job's fault: no job is left submitting
-                failed = dict.fromkeys(unmade, exc)
-            for job, error in failed.items():
-                self._post("submitted", job, SubmissionError(str(error), retryable=False))
-            allowed = [job for job in allowed if job not in failed]
-            if not allowed:
-                return
         # The intent first: a controller that dies during the submission leaves a record
         # that makes the next run look for the job instead of starting it again.
         try:

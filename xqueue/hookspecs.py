@@ -39,7 +39,9 @@ def on_shutdown(xqueue: Xqueue, scheduler: Scheduler, reason: str, signal: str |
 
 @hookspec
 def on_job_init(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> None:
-    """A job was fed and its folder prepared."""
+    """A job was fed: ``job.index`` and ``job.dir`` are set. The folder itself is made
+    later, off the event loop (feeding does no file I/O), and exists from
+    ``on_job_submitting`` on."""
 
 
 @hookspec
@@ -49,8 +51,8 @@ def on_job_queued(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> None:
 
 @hookspec
 def on_job_submitting(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> bool | None:
-    """A job is about to be submitted. Return ``False`` to veto: the job becomes SKIPPED
-    (and ``on_job_skipped`` fires)."""
+    """A job is about to be submitted; its folder exists (a plugin may put files in it).
+    Return ``False`` to veto: the job becomes SKIPPED (and ``on_job_skipped`` fires)."""
 
 
 @hookspec
