@@ -212,6 +212,22 @@ async def test_plugin_with_unknown_argument_is_rejected(workdir: Path) -> None:
         Xqueue(workdir=workdir, plugins=[Bad()])
 
 
+async def test_a_misspelt_hook_is_refused_with_the_hook_it_meant(workdir: Path) -> None:
+    """A hook that names no xqueue hook would never be called, and nothing said so."""
+
+    class Typo:
+        @hookimpl
+        def on_job_succeded(self, job: Job) -> None: ...
+
+    class Own:
+        @hookimpl(optionalhook=True)
+        def on_my_event(self, job: Job) -> None: ...
+
+    with pytest.raises(ConfigError, match="did you mean 'on_job_succeeded'"):
+        Xqueue(workdir=workdir, plugins=[Typo()])
+    assert any(n.endswith(".Own") for n in Xqueue(workdir=workdir, plugins=[Own()]).hooks.names())
+
+
 async def test_unknown_entry_point_plugin_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown plugin 'nope'"):
         Xqueue(workdir=tmp_path / "wd", plugins=["nope"])

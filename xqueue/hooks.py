@@ -8,6 +8,7 @@ given only the arguments it names, and results that are awaitable are awaited.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import os
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
@@ -25,6 +26,7 @@ ENTRY_POINT_GROUP = "xqueue.plugins"
 DISABLE_AUTOLOAD_ENV = "XQUEUE_DISABLE_PLUGIN_AUTOLOAD"
 
 _Impl = tuple[str, Callable[..., Any], tuple[str, ...]]
+_HOOK_NAMES = [name for name in dir(hookspecs) if name.startswith("on_")]
 
 
 def _entry_points() -> dict[str, Any]:
@@ -77,6 +79,20 @@ class Hooks:
         except (pluggy.PluginValidationError, ValueError) as exc:
             label = name or getattr(plugin, "__name__", None) or type(plugin).__name__
             raise ConfigError(f"plugin {label!r} cannot be registered: {exc}") from exc
+        unknown = [
+            caller.name
+            for caller in self.pm.get_hookcallers(plugin) or []
+            if not caller.has_spec()
+            and any(i.plugin is plugin and not i.optionalhook for i in caller.get_hookimpls())
+        ]
+        if unknown:  # a misspelt hook would never be called, and nothing would say so
+            self.pm.unregister(plugin)
+            close = difflib.get_close_matches(unknown[0], _HOOK_NAMES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"plugin {name!r} implements {unknown[0]!r}, which is no xqueue hook{hint} "
+                "(mark a hook of your own with @hookimpl(optionalhook=True))"
+            )
 
     def register(self, plugin: Any, name: str | None = None) -> None:
         """Add a plugin after construction (the CLI adds its progress view this way)."""
