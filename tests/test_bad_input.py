@@ -32,6 +32,16 @@ pytestmark = pytest.mark.anyio
             r"unknown scheduler 'slurmm'; available schedulers: .*local.*slurm",
         ),
         ({"forks": 0}, ConfigError, "forks must be >= 1, got 0"),
+        # Each was an AttributeError or TypeError from deep inside, a letter-by-letter
+        # plugin name, or a truthy string taken for True.
+        ({"scheduler_opts": "x"}, ConfigError, "scheduler_opts is a dict of option names"),
+        ({"workdir": 123}, ConfigError, r"workdir is a folder \(a str or a path\), not 123"),
+        ({"workdir": None}, ConfigError, r"workdir is a folder \(a str or a path\), not None"),
+        ({"plugins": "abc"}, ConfigError, r"not a string: plugins=\['abc'\]"),
+        ({"plugins": [object()]}, ConfigError, "implements no xqueue hook"),
+        ({"events": "no"}, ConfigError, "events must be True or False, got 'no'"),
+        ({"handle_signals": "no"}, ConfigError, "handle_signals must be True or False"),
+        ({"trust_workdir": "x"}, ConfigError, "trust_workdir must be True or False, got 'x'"),
         ({"forks": "4"}, ConfigError, "forks must be an integer, got '4'"),
         ({"num_retries": -1}, ConfigError, "num_retries must be >= 0"),
         (
@@ -65,7 +75,7 @@ def test_bad_queue_arguments(
     workdir: Path, kwargs: dict[str, Any], error: type, message: str
 ) -> None:
     with pytest.raises(error, match=message):
-        Xqueue(workdir=workdir, **kwargs)
+        Xqueue(**{"workdir": workdir, **kwargs})
 
 
 def test_a_plugin_scheduler_not_installed_names_its_distribution() -> None:

@@ -79,9 +79,16 @@ class Hooks:
         except (pluggy.PluginValidationError, ValueError) as exc:
             label = name or getattr(plugin, "__name__", None) or type(plugin).__name__
             raise ConfigError(f"plugin {label!r} cannot be registered: {exc}") from exc
+        callers = self.pm.get_hookcallers(plugin) or []
+        if not callers:  # a plugin that would never be called: a mistake, said now
+            self.pm.unregister(plugin)
+            raise ConfigError(
+                f"plugin {name!r} implements no xqueue hook: give an object or module with "
+                "functions marked @xqueue.hookimpl"
+            )
         unknown = [
             caller.name
-            for caller in self.pm.get_hookcallers(plugin) or []
+            for caller in callers
             if not caller.has_spec()
             and any(i.plugin is plugin and not i.optionalhook for i in caller.get_hookimpls())
         ]

@@ -109,6 +109,12 @@ def _warn_still_feeding() -> None:
             )
 
 
+def _check_bool(name: str, value: Any) -> None:
+    """True or False, not a value that only looks like one (``"no"`` is true)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+
+
 def _check_job_class(value: Any) -> type[Job]:
     if not (isinstance(value, type) and issubclass(value, Job)):
         raise ConfigError(f"job_class must be xqueue.Job or a subclass of it, got {value!r}")
@@ -217,8 +223,19 @@ class Xqueue:
             )
         policy = RetryPolicy.parse(retry_policy)
         self._job_class = _check_job_class(job_class)
-        if not isinstance(resume, bool):
-            raise ConfigError(f"resume must be True or False, got {resume!r}")
+        _check_bool("resume", resume)
+        _check_bool("events", events)
+        _check_bool("handle_signals", handle_signals)
+        if trust_workdir is not None:  # a safety check: "no" must not turn it off
+            _check_bool("trust_workdir", trust_workdir)
+        if not isinstance(workdir, (str, os.PathLike)):
+            raise ConfigError(f"workdir is a folder (a str or a path), not {workdir!r}")
+        if scheduler_opts is not None and not isinstance(scheduler_opts, Mapping):
+            raise ConfigError(
+                f"scheduler_opts is a dict of option names to values, not {scheduler_opts!r}"
+            )
+        if isinstance(plugins, (str, bytes)):  # iterated, a name would be its letters
+            raise ConfigError(f"plugins is a list of plugins, not a string: plugins=[{plugins!r}]")
         self.scheduler, self._default_resources = profiles.resolve(
             scheduler, profile, scheduler_opts
         )
