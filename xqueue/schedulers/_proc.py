@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import TypeVar
 
 import anyio
@@ -59,18 +59,25 @@ def live_groups(pgids: Collection[int]) -> set[int]:
     not count: an orphan's is reaped whenever init gets to it). Blocking: one pass over
     /proc, made only when a group's leader is gone and its group has to be looked at."""
     found: set[int] = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                line = fh.read()
-        except OSError:
-            continue
+    for _, line in each_process("stat"):
         fields = line[line.rindex(b")") + 2 :].split()  # state, ppid, pgrp, ...
         if fields[0] != b"Z" and int(fields[2]) in pgids:
             found.add(int(fields[2]))
     return found
+
+
+def each_process(name: str) -> Iterator[tuple[int, bytes]]:
+    """(pid, content of ``/proc/<pid>/<name>``) of every process whose file can be read
+    (one that ended meanwhile, or another user's, is passed over). Blocking."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/{name}", "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        yield int(entry), data
 
 
 async def end_groups(groups: Mapping[K, int], grace: float, after_kill: float) -> dict[K, int]:

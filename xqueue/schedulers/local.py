@@ -40,7 +40,7 @@ from ..scheduler import JobState, Scheduler
 from ..states import JobStatus
 from ..workdir import refusal
 from . import _machine
-from ._proc import end_groups, start_ticks, wait_exit
+from ._proc import each_process, end_groups, start_ticks, wait_exit
 from ._shepherd_link import Request, ShepherdLink, Ticket
 
 # The shepherd writes an adopted job's return code right after the job exits; a job
@@ -139,20 +139,12 @@ def _has_marker(pid: int, jobdir: str) -> bool:
 def _job_dirs_of_processes() -> dict[str, int]:
     """XQUEUE_JOB_DIR -> pid for every live process we may read (the leader wins)."""
     found: dict[str, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as fh:
-                environ = fh.read()
-        except OSError:
-            continue
+    for pid, environ in each_process("environ"):
         start = environ.find(b"XQUEUE_JOB_DIR=")
-        if start < 0 or _start_epoch(int(entry)) is None:
+        if start < 0 or _start_epoch(pid) is None:
             continue
         end = environ.find(b"\0", start)
         jobdir = environ[start + 15 : end if end >= 0 else None].decode(errors="replace")
-        pid = int(entry)
         try:
             leader = os.getsid(pid) == pid
         except OSError:
