@@ -132,6 +132,9 @@ def test_follow_ends_when_the_controller_is_killed_and_on_ctrl_c(
         interrupted.type(b"\x03")  # Ctrl-C
         assert interrupted.wait(timeout=10) == 130
         assert "Traceback" not in interrupted.output()
+        # The view is cleared as it closes; its last counts are printed as a line (the
+        # view itself writes "running 2").
+        assert ": 2 running" in interrupted.output()
     finally:
         interrupted.close()
     run.proc.kill()  # no run_stopped event will ever come

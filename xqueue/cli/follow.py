@@ -224,7 +224,11 @@ def run(workdir: str, as_json: bool) -> int:
     if as_json:
         _follow_quietly(follower)
     elif out.isatty():
-        _follow_live(follower)
+        try:
+            _follow_live(follower)
+        except KeyboardInterrupt:  # the view is cleared as it closes: its counts stay
+            out.write(follower.view.summary(time.time()) + "\n")
+            raise
     else:
         return _ending(follower, out, _follow_plain(follower, out))
     return _ending(follower, None if as_json else out)
