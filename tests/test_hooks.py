@@ -203,6 +203,29 @@ async def test_a_raising_on_job_submitting_stops_the_run_with_its_error(
         await q.run_until_complete()
 
 
+async def test_no_job_of_a_batch_starts_once_on_job_submitting_raised(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """One batch: job 0 vetoed, job 1 allowed, job 2's hook raises. Job 1 was both
+    failed with the plugin's error and submitted: it ran, untracked, recorded killed."""
+    ran = tmp_path / "ran"
+
+    class Mixed:
+        @hookimpl
+        def on_job_submitting(self, job: Job) -> bool | None:
+            if job.index == 2:
+                raise RuntimeError("submit boom")
+            return job.index != 0
+
+    q = Xqueue(workdir=workdir, plugins=[Mixed()], forks=3, error_strategy="ignore")
+    jobs = [await q.feed(f"echo {i} >> {ran}") for i in range(3)]
+    with anyio.fail_after(20), pytest.raises(PluginError, match="submit boom"):
+        await q.run_until_complete()
+    assert not await anyio.Path(ran).exists()
+    assert jobs[0].status is JobStatus.SKIPPED
+    assert [job.status for job in jobs[1:]] == [JobStatus.KILLED] * 2, jobs
+
+
 async def test_plugin_with_unknown_argument_is_rejected(workdir: Path) -> None:
     class Bad:
         @hookimpl
@@ -226,6 +249,29 @@ async def test_a_misspelt_hook_is_refused_with_the_hook_it_meant(workdir: Path) 
     with pytest.raises(ConfigError, match="did you mean 'on_job_succeeded'"):
         Xqueue(workdir=workdir, plugins=[Typo()])
     assert any(n.endswith(".Own") for n in Xqueue(workdir=workdir, plugins=[Own()]).hooks.names())
+
+
+async def test_an_installed_plugin_with_an_unknown_hook_only_warns(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Loaded because it is installed (made for a newer xqueue, say), it must not stop
+    every queue in that environment; named by the caller, it is refused."""
+    import xqueue.hooks
+
+    class Newer:
+        @hookimpl
+        def on_job_teleported(self, job: Job) -> None: ...
+
+    class EntryPoint:
+        def load(self) -> Any:
+            return Newer()
+
+    monkeypatch.delenv("XQUEUE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    monkeypatch.setattr(xqueue.hooks, "_entry_points", lambda: {"newer": EntryPoint()})
+    assert "newer" in Xqueue(workdir=workdir).hooks.names()
+    assert "plugin 'newer' implements 'on_job_teleported', which is no xqueue hook" in caplog.text
+    with pytest.raises(ConfigError, match="'on_job_teleported', which is no xqueue hook"):
+        Xqueue(workdir=workdir, plugins=["newer"])
 
 
 async def test_unknown_entry_point_plugin_is_named(tmp_path: Path) -> None:

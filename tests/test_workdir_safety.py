@@ -153,6 +153,8 @@ def test_a_resume_reads_each_record_as_the_strict_reading_does(
                         '{"status": "finished", "reason": "x"}',  # no "dir", ends in "}
                         # "dir" first: the text after the last "dir" is no folder's name
                         json.dumps({"dir": rng.choice(folders), **record, "reason": "x"}),
+                        # the last '"dir": "' is the end of another key (escaped quote)
+                        json.dumps({**record, "time": 2.0, "dir": "1-j", 'x"dir': "0-j"}),
                         # a folder's name in another field, and spelt with an escape
                         json.dumps({**record, "reason": rng.choice(folders), "dir": "0-j"}),
                         json.dumps({**record, "reason": "", "time": 2.0, "dir": "0-j"}).replace(
@@ -234,7 +236,10 @@ def test_the_spec_index_reads_blocks_as_each_line_alone(
 
     def one_by_one(data: bytes) -> dict[str, bytes]:
         found = {}
-        for line in data.split(b"\n"):  # a last line with no newline counts if whole
+        lines = data.split(b"\n")
+        if lines[-1] and records.parse_object(lines[-1]) is None:
+            lines.pop()  # a last line with no newline counts only if it is whole
+        for line in lines:
             text, sep, tail = line.rpartition(b', "dir": "')
             if sep and tail[-2:] == b'"}' and text[:9] == b'{"spec": ':
                 found[tail[:-2].decode(errors="replace")] = records.digest(text[9:])
@@ -257,6 +262,8 @@ def test_the_spec_index_reads_blocks_as_each_line_alone(
                         f'{{"dir": "{folder}"}}',  # no spec
                         f'{{"spec": {spec}, "dir": "{folder}\\\\"}}',  # an escaped backslash
                         f'{{"spec": {spec}, "dir": "{folder}"',  # cut after the quote
+                        # cut after a nested "dir" (in its envs): it ends as a line does
+                        f'{{"spec": {{"envs": {{"a": "1", "dir": "{folder}"}}',
                         "",
                     ]
                 )
@@ -270,6 +277,9 @@ def test_the_spec_index_reads_blocks_as_each_line_alone(
         assert reader.spec_digest("none") is None
         # All of the index, names no job could have included: the same as line by line.
         assert reader._digests == one_by_one(data), lines
+        # and what ``xqueue status`` reads (the careful reading) says the same
+        careful = records.parse_specs(data)
+        assert {f: records.digest(t.encode()) for f, t in careful.items()} == one_by_one(data)
 
 
 def test_fields_of_the_wrong_type_are_not_trusted(tmp_path: Path) -> None:

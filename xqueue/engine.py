@@ -1137,17 +1137,19 @@ class Engine:
                 self._post("submitted", job, SubmissionError(str(error), retryable=False))
             batch = [job for job in batch if job not in failed]
         allowed: list[Job] = []
-        try:
-            for job in batch:
+        for n, job in enumerate(batch):
+            try:
                 vetoer = await self.hooks.vetoed_by("on_job_submitting", **self._kw(job))
-                if vetoer:
-                    self._post("vetoed", job, vetoer)
-                else:
-                    allowed.append(job)
-        except PluginError as exc:
-            self._post("stop", exc)  # first: the run's error is the plugin's, not a job's
-            for job in batch[len(allowed) :]:
-                self._post("submitted", job, exc)
+            except PluginError as exc:
+                # The run stops: neither this job nor any allowed before it is submitted.
+                self._post("stop", exc)  # first: the run's error is the plugin's, not a job's
+                for unsent in [*allowed, *batch[n:]]:
+                    self._post("submitted", unsent, exc)
+                return
+            if vetoer:
+                self._post("vetoed", job, vetoer)
+            else:
+                allowed.append(job)
         if not allowed:
             return
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 import os
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from . import hookspecs
 from .errors import ConfigError, PluginError
 
 hookimpl = pluggy.HookimplMarker("xqueue")
+log = logging.getLogger("xqueue")
 
 ENTRY_POINT_GROUP = "xqueue.plugins"
 DISABLE_AUTOLOAD_ENV = "XQUEUE_DISABLE_PLUGIN_AUTOLOAD"
@@ -57,7 +59,7 @@ class Hooks:
         if autoload:
             for name, ep in eps.items():
                 if name not in blocked and name not in named:
-                    self._register(ep.load(), name)
+                    self._register(ep.load(), name, asked=False)
         for name in named:
             if name not in blocked:
                 self._register(eps[name].load(), name)
@@ -67,7 +69,10 @@ class Hooks:
         self._impls: dict[str, list[_Impl]] = {}
         self.hung: set[str] = set()  # plugins that outlived a timeout: skipped from then on
 
-    def _register(self, plugin: Any, name: str | None) -> None:
+    def _register(self, plugin: Any, name: str | None, *, asked: bool = True) -> None:
+        """``asked``: named or given by the caller, so a plugin that implements a hook
+        xqueue does not have is refused. One merely installed (loaded automatically) only
+        gets a warning: made for a newer xqueue, say, it must not stop every queue."""
         if name is None:  # a readable name for messages, unique within this queue
             base = getattr(plugin, "__name__", None) or type(plugin).__qualname__
             name, n = base, 1
@@ -80,7 +85,7 @@ class Hooks:
             label = name or getattr(plugin, "__name__", None) or type(plugin).__name__
             raise ConfigError(f"plugin {label!r} cannot be registered: {exc}") from exc
         callers = self.pm.get_hookcallers(plugin) or []
-        if not callers:  # a plugin that would never be called: a mistake, said now
+        if not callers and asked:  # a plugin that would never be called: a mistake
             self.pm.unregister(plugin)
             raise ConfigError(
                 f"plugin {name!r} implements no xqueue hook: give an object or module with "
@@ -93,13 +98,14 @@ class Hooks:
             and any(i.plugin is plugin and not i.optionalhook for i in caller.get_hookimpls())
         ]
         if unknown:  # a misspelt hook would never be called, and nothing would say so
-            self.pm.unregister(plugin)
             close = difflib.get_close_matches(unknown[0], _HOOK_NAMES, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"plugin {name!r} implements {unknown[0]!r}, which is no xqueue hook{hint} "
-                "(mark a hook of your own with @hookimpl(optionalhook=True))"
-            )
+            why = f"plugin {name!r} implements {unknown[0]!r}, which is no xqueue hook{hint}"
+            if not asked:
+                log.warning("%s; that hook is never called", why)
+                return
+            self.pm.unregister(plugin)
+            raise ConfigError(f"{why} (mark a hook of your own with @hookimpl(optionalhook=True))")
 
     def register(self, plugin: Any, name: str | None = None) -> None:
         """Add a plugin after construction (the CLI adds its progress view this way)."""

@@ -166,13 +166,15 @@ def read_recent_lines(
         os.close(fd)
 
 
-def read_line_blocks(path: str | os.PathLike[str]) -> Iterator[list[bytes]]:
+def read_line_blocks(
+    path: str | os.PathLike[str], torn: list[bytes] | None = None
+) -> Iterator[list[bytes]]:
     """The whole lines of an append-only workdir file, without their newlines, a block
     at a time: a million lines are never held at once, and a caller can split, slice and
     check a block with calls that each take all of it. A last line with no newline
-    (torn by a crash, or cut just before its newline) comes last, in a block of its
-    own: a caller takes it as the careful readings do, if it is whole. Nothing if there
-    is no such file. Blocking."""
+    (torn by a crash, or cut just before its newline) is not in them: it goes to
+    ``torn`` for the caller to judge as its careful reading does, or is dropped. Nothing
+    if there is no such file. Blocking."""
     try:
         fd = os.open(path, READ_FLAGS)
     except FileNotFoundError:
@@ -192,8 +194,10 @@ def read_line_blocks(path: str | os.PathLike[str]) -> Iterator[list[bytes]]:
         raise file_error(path, exc) from None
     finally:
         os.close(fd)
-    if carry:
-        yield [carry]
+    if carry and torn is not None:
+        torn.append(carry)
+    elif carry:
+        log.info("%s: ignoring its torn last line (a run stopped mid-write)", path)
 
 
 def read_text(path: str | os.PathLike[str]) -> str | None:
@@ -377,7 +381,9 @@ def parse_journal(data: bytes, path: str) -> dict[str, dict[str, Any]]:
     return records
 
 
-_DIR_KEY = '"dir": "'
+# How a line names its folder, last: the comma and space before the key make its quote
+# open a key, where '"dir": "' alone could end another key (``"x\\"dir": ...``).
+_DIR_KEY = DIR_TAIL
 _PARSE_AHEAD = 1024  # journal lines a resume parses in one json.loads
 
 
@@ -462,7 +468,10 @@ def parse_specs(data: bytes) -> dict[str, str]:
     """
     found: dict[str, str] = {}
     start = len(SPEC_HEAD)
-    for line in data.decode(errors="replace").split("\n"):
+    lines = data.decode(errors="replace").split("\n")
+    if lines[-1] and parse_object(lines[-1]) is None:
+        lines.pop()  # no newline, and torn: a cut can end like a line (a nested "dir")
+    for line in lines:
         head, sep, tail = line.rpartition(DIR_TAIL)
         if sep and tail[-2:] == '"}' and head[:start] == SPEC_HEAD:
             found[tail[:-2]] = head[start:]
@@ -723,7 +732,8 @@ class WorkdirReader:
     def _index_winners(self) -> dict[str, bytes]:
         winners: dict[str, bytes] = {}
         key = _DIR_KEY.encode()
-        for lines in read_line_blocks(self.path / JOURNAL_FILE):
+        torn: list[bytes] = []
+        for lines in read_line_blocks(self.path / JOURNAL_FILE, torn):
             folders = _folders_of(lines, key)
             if folders is not None:
                 winners.update(zip(folders, lines))
@@ -737,6 +747,9 @@ class WorkdirReader:
                     winners.clear()
                     self._careful_journal()
                     return winners
+        if torn and torn[0].strip():  # its newline, or more, lost: the careful reading judges
+            winners.clear()
+            self._careful_journal()
         return winners
 
     def spec_digest(self, folder: str) -> bytes | None:
@@ -746,17 +759,26 @@ class WorkdirReader:
         if self._digests is None:
             self._digests = {}
             head, tail_key, start = SPEC_HEAD.encode(), DIR_TAIL.encode(), len(SPEC_HEAD)
-            for lines in read_line_blocks(self.path / SPECS_FILE):
+            torn: list[bytes] = []
+            for lines in read_line_blocks(self.path / SPECS_FILE, torn):
                 folders = _folders_of(lines, tail_key)
                 if folders is not None and _all_start_with(lines, head):  # the whole block
                     specs = [line[start : line.rindex(tail_key)] for line in lines]
                     self._digests.update(zip(folders, map(digest, specs)))
                     continue
-                for line in lines:
-                    text, sep, tail = line.rpartition(tail_key)
-                    if sep and tail[-2:] == b'"}' and text[:start] == head:
-                        self._digests[tail[:-2].decode(errors="replace")] = digest(text[start:])
+                self._spec_lines(lines)
+            # A last line without its newline counts only whole, as in ``parse_specs``.
+            self._spec_lines([line for line in torn if parse_object(line) is not None])
         return self._digests.pop(folder, None)
+
+    def _spec_lines(self, lines: list[bytes]) -> None:
+        """``spec_digest``'s index of lines one by one (``parse_specs``' rule, on bytes)."""
+        assert self._digests is not None
+        head, tail_key, start = SPEC_HEAD.encode(), DIR_TAIL.encode(), len(SPEC_HEAD)
+        for line in lines:
+            text, sep, tail = line.rpartition(tail_key)
+            if sep and tail[-2:] == b'"}' and text[:start] == head:
+                self._digests[tail[:-2].decode(errors="replace")] = digest(text[start:])
 
     def spec_text(self, folder: str) -> str | None:
         """What the job is, as the JSON text xqueue wrote (``specs.jsonl``, or the folder's

@@ -629,10 +629,12 @@ class Workdir:
                     self._by_index.setdefault(found, []).append(name)
         for name in self._by_index.pop(index, ()):
             path = f"{self._root}/{name}"
-            if name == folder or not stat.S_ISDIR(os.lstat(path).st_mode):
-                continue  # a link or a file planted under a job folder's name: not ours
             try:
+                if name == folder or not stat.S_ISDIR(os.lstat(path).st_mode):
+                    continue  # a link or a file planted under a job folder's name: not ours
                 os.replace(path, f"{path}.replaced-{time.time_ns()}")
+            except FileNotFoundError:
+                pass  # removed by hand since the listing: nothing to move
             except OSError as exc:
                 raise WorkdirError(f"cannot move job folder {path!r} aside: {exc}") from exc
             self._names.discard(name)

@@ -175,6 +175,33 @@ async def test_kill_ends_what_the_shell_leaves_in_its_group(workdir: Path, tmp_p
     assert await anyio.Path(cleaned).read_text() == "clean\n"  # it cleaned up in its grace
 
 
+async def test_a_kill_is_seen_through_when_the_run_is_cancelled_in_its_grace(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """Cancelled while a kill waited for a stubborn child, the run recorded the job
+    killed and left the child alive."""
+    pidfile = tmp_path / "pid"
+    q = Xqueue(workdir=workdir, error_strategy="ignore", scheduler_opts={"kill_grace": 2})
+    job = await q.feed(
+        f"sh -c \"trap '' TERM; echo \\$\\$ > {pidfile}; exec sleep 60\"; echo after"
+    )
+    scope = anyio.CancelScope()
+
+    async def run() -> None:
+        with scope:
+            await q.run_until_complete()
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            pid = int(await _wait_for_file(pidfile))
+            tg.start_soon(q.kill, job)
+            await anyio.sleep(0.8)  # the shell is gone, the child ignores SIGTERM
+            scope.cancel()
+    assert job.status is JobStatus.KILLED
+    assert not await anyio.to_thread.run_sync(process_alive, pid)
+
+
 def _start_of(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         ticks = int(fh.read().rsplit(")", 1)[1].split()[19])

@@ -9,7 +9,15 @@ from collections.abc import Sequence
 from ..control import RUN_FILE
 from ..errors import XqueueError
 from ..events import EVENTS_FILE
-from ..records import EXITS_FILE, JOURNAL_FILE, LOCK_FILE, SPECS_FILE, WorkdirReader, job_index
+from ..records import (
+    EXITS_FILE,
+    JOURNAL_FILE,
+    LOCK_FILE,
+    SPECS_FILE,
+    WorkdirReader,
+    file_error,
+    job_index,
+)
 from .text import printable
 
 # What a run leaves in its workdir before or with its first job: one of them is there.
@@ -21,7 +29,10 @@ def check_workdir(workdir: str) -> None:
     (and left a lock file) while a run went on in ``./.xqueue``, the default workdir."""
     if not os.path.isdir(workdir):
         raise XqueueError(f"no workdir at {workdir!r}")
-    names = os.listdir(workdir)
+    try:
+        names = os.listdir(workdir)
+    except OSError as exc:
+        raise file_error(workdir, exc, "list") from None
     if any(mark in names for mark in _MARKS) or any(job_index(n) is not None for n in names):
         return
     hint = ""

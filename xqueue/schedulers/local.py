@@ -395,7 +395,10 @@ class LocalScheduler(Scheduler):
         self._killing.update(dict.fromkeys(groups, ended))
         try:
             grace = self.options.kill_grace
-            left = await end_groups(groups, grace, max(grace, 5.0))
+            # Seen through even if the run is cancelled meanwhile (bounded: grace + 5 s at
+            # most): cut short, it would leave a child of a group recorded killed alive.
+            with anyio.CancelScope(shield=True):
+                left = await end_groups(groups, grace, max(grace, 5.0))
         finally:
             for job in groups:
                 if self._killing.get(job) is ended:
