@@ -286,8 +286,6 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 def make_queue(args: argparse.Namespace, console: Console, **extra: Any) -> Xqueue:
     """The queue of ``queue_arguments``' options (and ``extra`` Xqueue arguments), with
     the live view when it is asked for or the console is a terminal."""
-    from .progress import ProgressView
-
     plugins = [p[3:] and f"-{p[3:]}" if p.startswith("no:") else p for p in args.plugin]
     queue = Xqueue(
         args.scheduler,
@@ -303,7 +301,9 @@ def make_queue(args: argparse.Namespace, console: Console, **extra: Any) -> Xque
         **extra,
     )
     show = console.is_terminal if args.progress is None else args.progress
-    if show:
+    if show:  # rich's live display is imported only for it
+        from .progress import ProgressView
+
         queue.hooks.register(ProgressView(queue, console), "xqueue-progress")
     return queue
 
