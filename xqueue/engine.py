@@ -191,6 +191,10 @@ class Engine:
         self._active: dict[Job, None] = {}
         self._to_resolve: list[tuple[Job, float]] = []  # SUBMITTING jobs to look up (not before)
         self._to_kill: list[Job] = []
+        # Jobs whose kill the backend has not answered yet, and the end it reported for
+        # one meanwhile: a job is recorded killed once its kill is confirmed, not when
+        # its shell died (the rest of it may still run on the backend).
+        self._killing: dict[Job, tuple[JobState, int | None] | None] = {}
         self._left: set[Job] = set()  # left running: a kill vetoed or failed while stopping
         self._graph = Graph()  # who waits for whom (feed(after=...)); WAITING jobs are there
         self._pool = Pool(slots)  # what active jobs hold of the hosts' capacity and slots
@@ -760,6 +764,9 @@ class Engine:
             calls.append(("on_job_started", job))
         if state.status is S.RUNNING:
             return calls
+        if job in self._killing:
+            self._killing[job] = (state, attempt)  # recorded once the kill is confirmed
+            return calls
         if state.kill and not job.kill_requested:
             # The backend wants it removed (a dependency that can never be met): kill it
             # like any other, veto included, and record this state once it is gone.
@@ -927,6 +934,17 @@ class Engine:
         return self._finalize(job, S.KILLED, record=False)
 
     def _on_killed(
+        self, job: Job, error: BaseException | None, reply: _Reply | None
+    ) -> list[HookCall]:
+        calls = self._killed(job, error, reply)
+        ended = self._killing.pop(job, None)
+        # The end the backend reported while the kill went on counts now that the kill
+        # answered; not for a job a stopping run could not kill (it is left running).
+        if ended is not None and job.status.is_active and job not in self._left:
+            calls += self._on_update(job, *ended)
+        return calls
+
+    def _killed(
         self, job: Job, error: BaseException | None, reply: _Reply | None
     ) -> list[HookCall]:
         if error is not None:
@@ -1280,10 +1298,19 @@ class Engine:
                 to_kill.append(job)
         if not to_kill:
             return
+        for job in to_kill:
+            self._killing.setdefault(job, None)
         try:
             errors = await self.scheduler.kill_jobs(to_kill)
         except Exception as exc:
             errors = [exc] * len(to_kill)
+        except BaseException:
+            # Cancelled (the run gives up on its kills): the backend's word on each stands.
+            for job in to_kill:
+                ended = self._killing.pop(job, None)
+                if ended is not None:
+                    self._post("update", job, *ended)
+            raise
         for job, error in zip(to_kill, errors):
             self._post("killed", job, error, reply)
 

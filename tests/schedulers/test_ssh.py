@@ -242,6 +242,34 @@ async def test_kill_takes_down_the_whole_group_on_the_server(
     assert (await read_text(job.stdout_path)) == ""
 
 
+async def test_a_killed_job_is_recorded_killed_once_its_whole_group_is_gone(
+    servers: dict[str, Any], workdir: Path, ssh_env: dict[str, str]
+) -> None:
+    """The job's wrapper dies at once on SIGTERM; its command cleans up for a second.
+    The job was recorded killed when a poll saw the wrapper gone, while the command
+    still ran (a rerun then overlapped it): it is recorded once the kill answered."""
+    q = Xqueue(
+        "ssh",
+        workdir=workdir,
+        scheduler_opts={"servers": {"big": servers["big"]}, "poll_interval": 0.2, "kill_grace": 10},
+    )
+    cleanup = "trap 'sleep 1; echo clean; exit 1' TERM; echo started; while :; do sleep 0.1; done"
+    async with q:
+        job = await q.feed(["sh", "-c", cleanup])
+        with anyio.fail_after(20):
+            while not await anyio.Path(job.stdout_path).exists() or "started" not in (
+                await read_text(job.stdout_path)
+            ):
+                await anyio.sleep(0.05)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(q.kill, job)
+            await job.wait()  # as a rerun would: the moment it is recorded ended
+            said = await read_text(job.stdout_path)
+    await q.aclose()
+    assert job.status is JobStatus.KILLED
+    assert said == "started\nclean\n"
+
+
 # serial: six jobs of two seconds must run at once before the server stops; under the
 # load of other tests' workers they did not within 20 s, in every run on 3 workers.
 @pytest.mark.serial
