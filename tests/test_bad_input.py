@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from xqueue import (
     ConfigError,
     JobFailedError,
     JobStatus,
+    SchedulerError,
     SchedulerOptionError,
     UnknownSchedulerError,
     WorkdirError,
@@ -150,6 +152,21 @@ def test_a_plugin_cannot_take_a_built_in_name(tmp_path: Path) -> None:
     )
     script = "from xqueue import Xqueue\nprint(type(Xqueue(scheduler='local').scheduler).__name__)"
     assert run_python(script, path) == "LocalScheduler\n"
+
+
+@pytest.mark.parametrize(("backend", "option"), [("slurm", "sbatch"), ("sge", "qstat")])
+async def test_a_missing_client_command_is_refused_when_the_run_opens(
+    tmp_path: Path, backend: str, option: str
+) -> None:
+    """Reported once, naming the command and the option for its path, before anything is
+    submitted; it used to fail every job, one by one, with "not found"."""
+    missing = str(tmp_path / "bin" / option)
+    q = Xqueue(backend, workdir=tmp_path / "wd", scheduler_opts={option: missing})
+    job = await q.feed(["true"])
+    message = f"{backend}: '{missing}' not found (no executable of that name on PATH)"
+    with pytest.raises(SchedulerError, match=re.escape(message)):
+        await q.run_until_complete()
+    assert job.status is JobStatus.KILLED and job.attempt == 0  # never submitted
 
 
 def test_workdir_not_writable(tmp_path: Path) -> None:

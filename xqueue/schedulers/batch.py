@@ -94,6 +94,7 @@ import glob
 import math
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -245,6 +246,9 @@ class BatchScheduler(Scheduler):
     """The task id of an array's first element (Slurm 0, SGE 1)."""
     element_sep: ClassVar[str] = "."
     """What joins an array's id and a task id in an element's id (``12_3``, ``12.3``)."""
+    clients: ClassVar[tuple[str, ...]] = ()
+    """The options naming the commands every run needs (submit, status, kill): ``open``
+    refuses a run whose commands are not there, instead of failing each job."""
     max_array: ClassVar[int] = 1000
     """The most elements of one array, unless the system says otherwise (``array_limit``)."""
     chains: ClassVar[bool] = False
@@ -430,6 +434,18 @@ class BatchScheduler(Scheduler):
         return 1 << 30
 
     async def open(self, workdir: Workdir) -> None:
+        commands = {option: getattr(self.options, option) for option in self.clients}
+        found = await anyio.to_thread.run_sync(
+            lambda: {option: shutil.which(command) for option, command in commands.items()}
+        )
+        missing = [option for option, path in found.items() if path is None]
+        if missing:
+            listed = ", ".join(repr(commands[option]) for option in missing)
+            raise SchedulerError(
+                f"{self.name}: {listed} not found (no executable of that name on PATH): "
+                f"install the {self.name} client commands here, or give their paths as "
+                f"options (e.g. -o {missing[0]}=/path/to/{os.path.basename(commands[missing[0]])})"
+            )
         await super().open(workdir)
         self.run_tag = run_tag(str(workdir.path))
         self.batch_dir = os.path.join(workdir.path, f".xqueue-{self.name}")

@@ -128,6 +128,7 @@ class SgeScheduler(BatchScheduler):
     Options = SgeOptions
     enforces_walltime = True
     options: SgeOptions
+    clients = ("qsub", "qstat", "qdel")
 
     array_task_var = "SGE_TASK_ID"
     array_first = 1

@@ -127,6 +127,7 @@ class SlurmScheduler(BatchScheduler):
     Options = SlurmOptions
     enforces_walltime = True
     options: SlurmOptions
+    clients = ("sbatch", "squeue", "scancel")
 
     array_task_var = "SLURM_ARRAY_TASK_ID"
     array_first = 0
