@@ -360,7 +360,11 @@ async def test_server_that_stays_down_loses_its_jobs_and_others_take_the_queue(
 
 
 async def test_unknown_host_key_is_refused(
-    servers: dict[str, Any], workdir: Path, tmp_path: Path, ssh_env: dict[str, str]
+    servers: dict[str, Any],
+    workdir: Path,
+    tmp_path: Path,
+    ssh_env: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # A known_hosts that pins only port 2222's key: port 2223 is a stranger.
     lines = (await read_text(ssh_env["XQ_SSH_KNOWN_HOSTS"])).splitlines()
@@ -373,15 +377,25 @@ async def test_unknown_host_key_is_refused(
     with pytest.raises(SchedulerError, match=r"host key is not in .*known_hosts"):
         await q.run_until_complete()
     await q.aclose()
+    # Refused at the first attempt: the warning said "down after 0 failed attempt(s)".
+    assert "server 'small' (" in caplog.text and "is down: host key not trusted" in caplog.text
 
 
-async def test_unreachable_host_is_reported(servers: dict[str, Any], workdir: Path) -> None:
-    nowhere = {**servers["big"], "port": 1, "connect_timeout": 5}
+@pytest.mark.parametrize(
+    ("where", "said"),
+    [
+        ({"port": 1}, "Connection refused"),
+        # getaddrinfo's own error: it was "Unknown error -2" (os.strerror of its code)
+        ({"host": "no-such-host.invalid"}, "its name does not resolve"),
+    ],
+)
+async def test_unreachable_host_is_reported(
+    servers: dict[str, Any], workdir: Path, where: dict[str, Any], said: str
+) -> None:
+    nowhere = {**servers["big"], **where, "connect_timeout": 5}
     q = Xqueue("ssh", workdir=workdir, scheduler_opts={"servers": {"nowhere": nowhere}})
     await q.feed(["true"])
-    with pytest.raises(
-        SchedulerError, match=r"no server is reachable.*'nowhere'.*Connection refused"
-    ):
+    with pytest.raises(SchedulerError, match=rf"no server is reachable.*'nowhere'.*{said}"):
         await q.run_until_complete()
     await q.aclose()
 

@@ -24,6 +24,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import socket
 import time
 from typing import Any
 
@@ -181,6 +182,8 @@ class Result:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
+    if isinstance(exc, socket.gaierror):  # its errno is getaddrinfo's: strerror has no word
+        return f"its name does not resolve ({exc.strerror or exc})"
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)
     if isinstance(exc, asyncssh.Error):
@@ -316,12 +319,13 @@ class ServerPool:
     def _mark_down(self, why: str) -> None:
         self.last_error = why
         if not self.down:
+            # A refusal (host key, login) comes at the first attempt: no count to give.
+            after = f" after {self.failures} failed attempts" if self.failures > 1 else ""
             log.warning(
-                "ssh: server %r (%s) is down after %d failed attempt(s): %s; taken out of "
-                "rotation, probed again every %gs",
+                "ssh: server %r (%s) is down%s: %s; taken out of rotation, probed again every %gs",
                 self.name,
                 self.config.address,
-                self.failures,
+                after,
                 why,
                 self.policy.down_retry,
             )
