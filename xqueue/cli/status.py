@@ -125,6 +125,8 @@ def show(
     if params:  # parameters are in the specs: parsed only for a filter or a row shown
         specs = reader.specs([row.folder for row in rows])
         rows = [r for r, spec in zip(rows, specs, strict=True) if matches(_params(spec), params)]
+        if not rows:
+            _say_unknown(params, specs)
     if as_json:
         root = str(reader.path)
         for start in range(0, len(rows), 1000):  # bounded memory, few writes
@@ -142,6 +144,19 @@ def show(
         out.write(
             f"... and {len(attention) - MAX_ROWS:,} more: "
             f"xqueue status {printable(str(reader.path))} --state {','.join(ATTENTION)}\n"
+        )
+
+
+def _say_unknown(params: Mapping[str, list[str]], specs: Sequence[dict[str, Any] | None]) -> None:
+    """Nothing matched: say which names no job has (a typo matches nothing, silently)."""
+    given = [_params(spec) for spec in specs]
+    known = sorted({name for p in given if isinstance(p, Mapping) for name in p})
+    unknown = [name for name in params if name not in known]
+    if unknown:
+        have = ", ".join(known) if known else "none: no job was fed params"
+        sys.stderr.write(
+            f"xqueue: no job has the parameter(s) {', '.join(map(repr, unknown))}; "
+            f"the parameters are: {have}\n"
         )
 
 
