@@ -56,6 +56,8 @@ JOURNAL_FILE = "journal.jsonl"
 SPECS_FILE = "specs.jsonl"
 EXITS_FILE = "exits.jsonl"
 SPEC_HEAD = '{"spec": '
+# How a line names its folder, last: the comma and space before the key make its quote
+# open a key, where '"dir": "' alone could end another key (``"x\\"dir": ...``).
 DIR_TAIL = ', "dir": "'
 # Seconds an exits.jsonl line may seem older than a line before it (its shepherd read the
 # wall clock when its job ended; clocks are stepped): the backward read looks this far
@@ -166,15 +168,13 @@ def read_recent_lines(
         os.close(fd)
 
 
-def read_line_blocks(
-    path: str | os.PathLike[str], torn: list[bytes] | None = None
-) -> Iterator[list[bytes]]:
+def read_line_blocks(path: str | os.PathLike[str], torn: list[bytes]) -> Iterator[list[bytes]]:
     """The whole lines of an append-only workdir file, without their newlines, a block
     at a time: a million lines are never held at once, and a caller can split, slice and
     check a block with calls that each take all of it. A last line with no newline
     (torn by a crash, or cut just before its newline) is not in them: it goes to
-    ``torn`` for the caller to judge as its careful reading does, or is dropped. Nothing
-    if there is no such file. Blocking."""
+    ``torn`` for the caller to judge as its careful reading does. Nothing if there is no
+    such file. Blocking."""
     try:
         fd = os.open(path, READ_FLAGS)
     except FileNotFoundError:
@@ -194,10 +194,8 @@ def read_line_blocks(
         raise file_error(path, exc) from None
     finally:
         os.close(fd)
-    if carry and torn is not None:
+    if carry:
         torn.append(carry)
-    elif carry:
-        log.info("%s: ignoring its torn last line (a run stopped mid-write)", path)
 
 
 def read_text(path: str | os.PathLike[str]) -> str | None:
@@ -360,10 +358,10 @@ def parse_journal(data: bytes, path: str) -> dict[str, dict[str, Any]]:
     others: dict[str, tuple[int, Any]] = {}
     bad: list[int] = []
     if text.count('"}\n') + text.endswith('"}') == len(lines):  # no line of another shape
-        tails = {line.rpartition(_DIR_KEY)[2]: n for n, line in enumerate(lines)}
+        tails = {line.rpartition(DIR_TAIL)[2]: n for n, line in enumerate(lines)}
     else:
         tails = {
-            line.rpartition(_DIR_KEY)[2]: n for n, line in enumerate(lines) if line[-2:] == '"}'
+            line.rpartition(DIR_TAIL)[2]: n for n, line in enumerate(lines) if line[-2:] == '"}'
         }
         others, bad = _parse_others(lines, ended, path)
     fast = dict(zip([tail[:-2] for tail in tails], tails.values(), strict=True))
@@ -381,9 +379,6 @@ def parse_journal(data: bytes, path: str) -> dict[str, dict[str, Any]]:
     return records
 
 
-# How a line names its folder, last: the comma and space before the key make its quote
-# open a key, where '"dir": "' alone could end another key (``"x\\"dir": ...``).
-_DIR_KEY = DIR_TAIL
 _PARSE_AHEAD = 1024  # journal lines a resume parses in one json.loads
 
 
@@ -731,7 +726,7 @@ class WorkdirReader:
 
     def _index_winners(self) -> dict[str, bytes]:
         winners: dict[str, bytes] = {}
-        key = _DIR_KEY.encode()
+        key = DIR_TAIL.encode()
         torn: list[bytes] = []
         for lines in read_line_blocks(self.path / JOURNAL_FILE, torn):
             folders = _folders_of(lines, key)

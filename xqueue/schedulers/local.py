@@ -180,8 +180,6 @@ class LocalScheduler(Scheduler):
         super().__init__(**options)
         # job -> its ticket with the shepherd, or None for a job adopted from an earlier run.
         self._tickets: dict[Job, Ticket | None] = {}
-        # Jobs whose groups ``kill_jobs`` is ending: set once each group is gone.
-        self._killing: dict[Job, anyio.Event] = {}
         self._link: ShepherdLink | None = None
         self._base_env: dict[str, str] = {}
         self._env_map: tuple[float, dict[str, int]] | None = None
@@ -304,14 +302,12 @@ class LocalScheduler(Scheduler):
         if ticket is not None:
             await ticket.ended.wait()
             if ticket.rc is not None:
-                await self._group_gone(job)
                 return _ended(ticket.rc)
         # Adopted (its earlier run's shepherd leaves the return code), or the shepherd
         # died under it: it may still run, and is watched, and killed, through /proc.
         pid = (await self._alive_pids([job])).get(job)
         if pid is not None:
             await wait_exit(pid)
-        await self._group_gone(job)
         assert self.workdir is not None  # open() set it
         rc = await anyio.to_thread.run_sync(self.workdir.exit_code, job)
         deadline = time.monotonic() + _RC_LAG
@@ -321,13 +317,6 @@ class LocalScheduler(Scheduler):
         if rc is None:
             return JobState(JobStatus.FAILED, None, UNKNOWN_EXIT, retryable=False)
         return _ended(rc)
-
-    async def _group_gone(self, job: Job) -> None:
-        """A job being killed has ended once its whole group has, not when its shell
-        did: a child that ignores SIGTERM is still its work (``kill_jobs``)."""
-        killing = self._killing.get(job)
-        if killing is not None:
-            await killing.wait()
 
     async def _alive_pids(self, jobs: Iterable[Job]) -> dict[Job, int]:
         """The live process of each job that still runs.
@@ -391,19 +380,11 @@ class LocalScheduler(Scheduler):
         """
         self.stats.kill_calls += 1
         groups = await self._alive_pids(jobs)
-        ended = anyio.Event()
-        self._killing.update(dict.fromkeys(groups, ended))
-        try:
-            grace = self.options.kill_grace
-            # Seen through even if the run is cancelled meanwhile (bounded: grace + 5 s at
-            # most): cut short, it would leave a child of a group recorded killed alive.
-            with anyio.CancelScope(shield=True):
-                left = await end_groups(groups, grace, max(grace, 5.0))
-        finally:
-            for job in groups:
-                if self._killing.get(job) is ended:
-                    del self._killing[job]
-            ended.set()
+        grace = self.options.kill_grace
+        # Seen through even if the run is cancelled meanwhile (bounded: grace + 5 s at
+        # most): cut short, it would leave a child of a group recorded killed alive.
+        with anyio.CancelScope(shield=True):
+            left = await end_groups(groups, grace, max(grace, 5.0))
         return [
             SubmissionError(f"process group {left[job]} survived SIGKILL", retryable=False)
             if job in left
