@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from xqueue.cli.text import rc_text
 from xqueue.job import Job
 from xqueue.states import JobStatus
 from xqueue.workdir import Workdir
@@ -359,3 +360,44 @@ def test_errors_quote_user_input_literally(tmp_path: Path) -> None:
     out = xqueue("status", str(tmp_path / "[bold]no[/]such"))
     assert out.returncode == 2
     assert "error: no workdir at" in out.stderr and "[bold]no[/]such" in out.stderr
+
+
+def test_status_and_the_run_say_why_a_job_failed(tmp_path: Path) -> None:
+    """A user reads the class of a failure and the signal behind a return code above 128
+    in the run's summary and in ``status``, not just a bare 137."""
+    wd = tmp_path / "wd"
+    run = subprocess.run(
+        [*XQ, "run", "-w", str(wd), "-o", "timeout=1", "--no-progress"],
+        input="exit 3\nkill -9 $$\nsleep 30\nexit 200\n",
+        capture_output=True,
+        text=True,
+        env=WIDE,
+        timeout=60,
+    )
+    assert run.returncode == 1, run.stderr
+    assert "137 (SIGKILL)" in run.stderr and "failed (TIMEOUT)" in run.stderr
+    out = subprocess.run(
+        [*XQ, "status", "-a", str(wd)], capture_output=True, text=True, env=WIDE, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert [r[2:5] for r in rows(out.stdout)] == [
+        ["failed (NONZERO_EXIT)", "1", "3"],
+        ["failed (NONZERO_EXIT)", "1", "137 (SIGKILL)"],
+        ["failed (TIMEOUT)", "1", "-"],
+        ["failed (NONZERO_EXIT)", "1", "200"],  # no signal is 72: a program's own code
+    ]
+
+
+def test_rc_text_names_only_standard_signals() -> None:
+    assert [rc_text(rc) for rc in (None, 0, 3, 128, 130, 139, 143, 159, 160, 255)] == [
+        "-",
+        "0",
+        "3",
+        "128",
+        "130 (SIGINT)",
+        "139 (SIGSEGV)",
+        "143 (SIGTERM)",
+        "159 (SIGSYS)",
+        "160",
+        "255",
+    ]

@@ -28,7 +28,7 @@ from ..events import EVENTS_FILE
 from ..records import WorkdirReader, parse_object
 from ..states import JobStatus
 from .tail import Tail
-from .text import printable
+from .text import printable, rc_text
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -141,7 +141,7 @@ def failure_line(event: dict[str, Any]) -> str:
         f"#{event.get('job')}",
         str(event.get("name", "")),
         str(event.get("status")),
-        f"rc {rc}" if type(rc) is int else "",
+        f"rc {rc_text(rc)}" if type(rc) is int else "",
         reason if isinstance(reason, str) else "",
     ]
     return printable("  ".join(p for p in parts if p))

@@ -18,7 +18,7 @@ from rich.text import Text
 from ..job import Job
 from ..records import READ_FLAGS
 from ..states import JobStatus
-from .text import MAX_ROWS, printable
+from .text import MAX_ROWS, printable, rc_text
 
 
 class StderrConsole(Console):
@@ -76,7 +76,7 @@ def failures_table(jobs: Iterable[Job], shared_fs: bool = True) -> Table | None:
             plain(str(job.index)),
             plain(job.name),
             plain(job.status.value + (f" ({job.failure.name})" if job.failure else "")),
-            plain("-" if job.rc is None else str(job.rc)),
+            plain(rc_text(job.rc)),
             plain(job.reason or tail),
             plain(where),
         )

@@ -25,7 +25,7 @@ from ..params import matches, parse_filters
 from ..records import WorkdirReader, job_index, record_time
 from ..states import JobStatus
 from .jobs import check_workdir
-from .text import MAX_ROWS, printable
+from .text import MAX_ROWS, printable, rc_text
 
 ORPHANED, NOT_SUBMITTED = "orphaned", "not submitted"
 ATTENTION = ("failed", "killed", ORPHANED)
@@ -195,12 +195,20 @@ def _cells(row: Row, spec: dict[str, Any] | None) -> tuple[str, ...]:
     return (
         str(job_index(row.folder)),
         name,
-        printable(row.status),
+        printable(_status_text(row.status, record.get("failure"))),
         str(record.get("attempt") or "-"),
-        "-" if record.get("rc") is None else str(record["rc"]),
+        rc_text(record.get("rc")),
         printable(record.get("jid") or "-"),
         printable(record.get("reason") or ""),
     )
+
+
+def _status_text(status: str, failure: Any) -> str:
+    """The status, with why it failed when the record says (as a run's own summary
+    shows it): ``failed (TIMEOUT)``."""
+    if status == JobStatus.FAILED.value and isinstance(failure, str) and failure:
+        return f"{status} ({failure})"
+    return status
 
 
 def _columns(reader: WorkdirReader, rows: Sequence[Row], out: TextIO) -> None:
