@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from xqueue.cli.text import rc_text
+from xqueue.failures import FailureClass
 from xqueue.job import Job
 from xqueue.states import JobStatus
 from xqueue.workdir import Workdir
@@ -28,20 +29,35 @@ WIDE = {**os.environ, "COLUMNS": "300"}  # rich tables fold long cells at 80 col
 
 def build(path: Path, states: list[JobStatus | None]) -> None:
     """A workdir as the engine leaves it: one job per entry, recorded submitted and then
-    in that final state (SUBMITTED: left active; None: fed, never submitted)."""
+    in that final state (SUBMITTED: left active; SUBMITTING: only the intent to submit it
+    recorded; RETRYING: an attempt failed, the next one not yet submitted; None: fed,
+    never submitted)."""
     wd = Workdir(path)
     for i, state in enumerate(states):
         job = Job(i, f"echo {i}", name=f"job-{i}")
         wd.prepare(job, make=True)
         if state is None:
             continue
+        if state is JobStatus.SUBMITTING:
+            job.attempt, job.status = 1, state
+            wd.record_many([job])
+            continue
         job.attempt, job.jid, job.status = 1, f"{999000 + i}@1.00", JobStatus.SUBMITTED
         wd.record(job)
         if state is not JobStatus.SUBMITTED:
             job.status, job.rc = state, 0 if state is JobStatus.FINISHED else 3
             job.reason = "" if state is JobStatus.FINISHED else f"reason {i}"
+            if state is JobStatus.RETRYING:
+                job.failure = FailureClass.NONZERO_EXIT
             wd.record(job)
     wd.unlock()
+
+
+def shepherd_exit(wd: Path, folder: str, rc: int, attempt: int = 1) -> None:
+    """The line the local scheduler's shepherd appends to exits.jsonl when a job ends."""
+    line = {"rc": rc, "jid": "4242@1.00", "time": time.time(), "attempt": attempt, "dir": folder}
+    with open(wd / "exits.jsonl", "a") as out:
+        out.write(json.dumps(line) + "\n")
 
 
 def rows(text: str) -> list[list[str]]:
@@ -65,7 +81,7 @@ def test_summary_counts_and_bounded_attention_rows(tmp_path: Path) -> None:
     assert out.stderr == ""
     assert "84 job(s), no run in progress" in out.stdout
     assert "55 failed, 20 finished, 2 killed, 4 not submitted, 3 orphaned" in out.stdout
-    assert "3 job(s) were left submitted or running by a run that is gone" in out.stdout
+    assert "3 job(s) were left submitting, submitted or running by a run that is gone" in out.stdout
     shown = rows(out.stdout)
     assert len(shown) == 50 and all(r[2] == "failed" for r in shown)
     assert shown[0][:6] == ["0", "job-0", "failed", "1", "3", "999000@1.00"]
@@ -186,7 +202,8 @@ def test_a_job_that_ended_after_its_controller_shows_its_code(controller_killed:
 def test_a_held_lock_means_a_live_controller(tmp_path: Path) -> None:
     import fcntl
 
-    build(tmp_path / "wd", [JobStatus.SUBMITTED])
+    build(tmp_path / "wd", [JobStatus.SUBMITTED, JobStatus.SUBMITTING, JobStatus.RETRYING])
+    shepherd_exit(tmp_path / "wd", "1-job-1", 0)  # a live run records it itself
     fd = os.open(tmp_path / "wd" / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     os.write(fd, b"4242")
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -195,7 +212,98 @@ def test_a_held_lock_means_a_live_controller(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert "a run is in progress (pid 4242)" in out.stdout
-    assert [r[2] for r in rows(out.stdout)] == ["submitted"]
+    assert "1 retrying, 1 submitted, 1 submitting" in out.stdout
+    assert [r[2] for r in rows(out.stdout)] == ["submitted", "submitting", "retrying"]
+
+
+def test_a_job_left_submitting_is_orphaned_or_settled_by_its_code(tmp_path: Path) -> None:
+    # The run journals its intent, then hands the job to the backend: a controller that
+    # dies in between leaves "submitting", and the job may run (and end) all the same.
+    # The next run looks such a job up first, as it does a submitted one: orphaned.
+    wd = tmp_path / "wd"
+    build(wd, [JobStatus.SUBMITTING] * 3 + [JobStatus.SUBMITTED])
+    shepherd_exit(wd, "1-job-1", 0)
+    shepherd_exit(wd, "2-job-2", 2)
+    shepherd_exit(wd, "0-job-0", 0, attempt=2)  # another attempt's end: not this one's
+    out = xqueue("status", str(wd))
+    assert out.returncode == 0 and out.stderr == ""
+    assert "4 job(s), no run in progress" in out.stdout
+    assert "1 failed, 1 finished, 2 orphaned" in out.stdout
+    assert "2 job(s) ended after their run was gone" in out.stdout
+    assert "2 job(s) were left submitting, submitted or running" in out.stdout
+    assert [r[:5] for r in rows(out.stdout)] == [
+        ["0", "job-0", "orphaned", "1", "-"],
+        ["2", "job-2", "failed", "1", "2"],
+        ["3", "job-3", "orphaned", "1", "-"],
+    ]
+    picked = xqueue("status", str(wd), "--state", "orphaned,submitting")
+    assert [(r[0], r[2]) for r in rows(picked.stdout)] == [("0", "orphaned"), ("3", "orphaned")]
+    lines = xqueue("status", str(wd), "--json").stdout.splitlines()
+    objects = [json.loads(line) for line in lines]
+    assert [o["status"] for o in objects] == ["orphaned", "finished", "failed", "orphaned"]
+    assert [o["state"]["status"] for o in objects] == ["submitting"] * 3 + ["submitted"]
+    assert [o["state"].get("rc") for o in objects] == [None, 0, 2, None]
+    assert objects[1]["state"]["ended_unwatched"] is True
+
+
+def test_a_retrying_job_without_a_run_is_failed(tmp_path: Path) -> None:
+    # Its attempt failed and the run that was to retry it is gone: nothing runs it until
+    # a new run, which runs it again as it does a failed job. Shown as failed, with the
+    # failed attempt's code and reason, among the jobs that need attention.
+    wd = tmp_path / "wd"
+    build(wd, [JobStatus.RETRYING, JobStatus.FINISHED])
+    out = xqueue("status", str(wd))
+    assert out.returncode == 0 and out.stderr == ""
+    assert "1 failed, 1 finished" in out.stdout
+    assert "1 failed job(s) were to be retried by a run that is gone" in out.stdout
+    assert [r[:7] for r in rows(out.stdout)] == [
+        ["0", "job-0", "failed (NONZERO_EXIT)", "1", "3", "999000@1.00", "reason 0"]
+    ]
+    picked = xqueue("status", str(wd), "--state", "failed,orphaned")
+    assert [r[0] for r in rows(picked.stdout)] == ["0"]
+    assert "no jobs" in xqueue("status", str(wd), "--state", "retrying").stdout
+    (line,) = xqueue("status", str(wd), "--json", "--state", "failed").stdout.splitlines()
+    job = json.loads(line)
+    assert (job["status"], job["state"]["status"], job["state"]["rc"]) == ("failed", "retrying", 3)
+
+
+def test_a_run_killed_before_a_retry_leaves_a_failed_job(tmp_path: Path) -> None:
+    """The retry of a failed attempt waits for the only slot; the controller is SIGKILLed."""
+    wd = tmp_path / "wd"
+    proc = subprocess.Popen(
+        [*XQ, "run", "-w", str(wd), "-f", "1", "-e", "retry", "-r", "2"],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdin
+    proc.stdin.write(b"exit 1\nsleep 60\n")
+    proc.stdin.close()
+    journal = wd / "journal.jsonl"
+    deadline = time.monotonic() + 20
+    # Job 1 takes the slot once job 0's attempt failed: then the retry waits behind it.
+    while not journal.exists() or not re.search(
+        rb'"retrying".*\n[^\n]*"jid": "[^"\n]+"[^\n]*"dir": "1-', journal.read_bytes(), re.DOTALL
+    ):
+        assert time.monotonic() < deadline, "the run never retried the failed job"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    try:
+        out = xqueue("status", str(wd))
+        assert "2 job(s), no run in progress" in out.stdout
+        assert "1 failed, 1 orphaned" in out.stdout
+        assert [r[:5] for r in rows(out.stdout)] == [
+            ["0", "exit 1", "failed (NONZERO_EXIT)", "1", "1"],
+            ["1", "sleep 60", "orphaned", "1", "-"],
+        ]
+    finally:
+        for line in journal.read_text().splitlines():
+            jid = json.loads(line).get("jid")
+            if jid and json.loads(line)["dir"].startswith("1-"):
+                try:
+                    os.killpg(int(jid.split("@")[0]), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 # -- read-only ----------------------------------------------------------------------------

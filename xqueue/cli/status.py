@@ -6,9 +6,12 @@ workdir. The summary costs one read of the journal plus one small read per job (
 aligned columns, not a rich table: rich measured a 100,000-row table for minutes, and
 plain columns are what ``grep`` and ``sort`` want. ``--json`` is the format for scripts.
 
-A job recorded as submitted or running is only being watched while a run holds the
-workdir's lock; without one it is shown as ``orphaned``. The next run on the workdir
-re-adopts it if it still runs, and runs it again if not.
+A job recorded as being submitted, submitted or running is only being watched while a
+run holds the workdir's lock; without one it is shown as ``orphaned`` (or as it ended, when
+it left a return code). The next run on the workdir looks it up first: it re-adopts it if
+it still runs, and runs it again if not. A job recorded as ``retrying`` without a run is
+shown ``failed``: its attempt failed, and the run that was to retry it is gone; the next
+run runs it again, as it does a failed job.
 """
 
 from __future__ import annotations
@@ -31,7 +34,10 @@ ORPHANED, NOT_SUBMITTED = "orphaned", "not submitted"
 ATTENTION = ("failed", "killed", ORPHANED)
 STATES = (*(s.value for s in JobStatus), ORPHANED, NOT_SUBMITTED)
 SUBMITTED, RUNNING = JobStatus.SUBMITTED.value, JobStatus.RUNNING.value  # enum lookups are
-_ACTIVE = (SUBMITTED, RUNNING)  # slow enough to show in a 100,000-job summary
+RETRYING, FAILED = JobStatus.RETRYING.value, JobStatus.FAILED.value  # slow enough to show
+# What a run that is gone may have left with the backend: a resumed run looks each of these
+# up before running it again (engine ``_on_fed``), so without a run they are orphaned.
+_ACTIVE = (JobStatus.SUBMITTING.value, SUBMITTED, RUNNING)  # in a 100,000-job summary
 _NAME_WIDTH = 48
 
 
@@ -65,8 +71,10 @@ def collect(reader: WorkdirReader) -> tuple[list[Row], str | None]:
     for folder, record in zip(folders, reader.last_records(folders), strict=True):
         if record is None:
             status = NOT_SUBMITTED
-        elif record["status"] in _ACTIVE and holder is None:
+        elif holder is None and record["status"] in _ACTIVE:
             status = ORPHANED
+        elif holder is None and record["status"] == RETRYING:
+            status = FAILED  # nothing will retry it: the next run runs it again, as if failed
         elif record["status"] == SUBMITTED and _started(reader, folder, record):
             status = RUNNING
         else:
@@ -80,11 +88,13 @@ def collect(reader: WorkdirReader) -> tuple[list[Row], str | None]:
 def _settle_orphans(reader: WorkdirReader, orphans: Sequence[Row]) -> None:
     """Show how the jobs of a run that is gone ended, where they left a return code.
 
-    The journal says "running", but the job may have ended after its controller died:
-    its wrapper's rc file, or the local shepherd's line in ``exits.jsonl`` (written
-    after the attempt's submission, by its pid), says how. Such a row shows as finished
-    or failed with that code, marked ``ended_unwatched``: the journal does not have it
-    yet, and the next run on the workdir records it as it re-adopts the job.
+    The journal says "running" (or "submitting": the intent, written before the job was
+    handed to the backend, which may have started it), but the job may have ended after
+    its controller died: its wrapper's rc file, or the local shepherd's line in
+    ``exits.jsonl`` (written after the attempt's submission, by its pid if known), says
+    how. Such a row shows as finished or failed with that code, marked ``ended_unwatched``:
+    the journal does not have it yet, and the next run on the workdir records it as it
+    re-adopts the job.
     """
     wanted: dict[tuple[str, int], tuple[str | None, float]] = {}
     for row in orphans:
@@ -175,15 +185,24 @@ def _summary(
     out.write(printable(tally) or "no jobs")  # a state is whatever a record says
     out.write("\n")
     unwatched = sum(1 for row in rows if row.record and row.record.get("ended_unwatched"))
+    unretried = sum(  # failed, as recorded retrying: their run is gone
+        1 for row in rows if row.status == FAILED and (row.record or {}).get("status") == RETRYING
+    )
     if unwatched:
         out.write(
             f"{unwatched:,} job(s) ended after their run was gone (their return codes are "
             "counted above): the next run on this workdir records them\n"
         )
+    if unretried:
+        out.write(
+            f"{unretried:,} failed job(s) were to be retried by a run that is gone (counted "
+            "as failed above): a new run on this workdir runs them again\n"
+        )
     if counts.get(ORPHANED):
         out.write(
-            f"{counts[ORPHANED]:,} job(s) were left submitted or running by a run that is "
-            "gone: a new run on this workdir re-adopts those still running and reruns the rest\n"
+            f"{counts[ORPHANED]:,} job(s) were left submitting, submitted or running by a run "
+            "that is gone: a new run on this workdir re-adopts those still running and reruns "
+            "the rest\n"
         )
 
 
