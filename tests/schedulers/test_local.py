@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -131,6 +132,35 @@ async def test_kill_reaches_the_whole_process_group(workdir: Path, tmp_path: Pat
             await anyio.sleep(0.02)
     record = await anyio.to_thread.run_sync(WorkdirReader(workdir).last_record, job.dir)
     assert record is not None and record["status"] == "killed"
+
+
+async def test_what_a_job_leaves_running_in_its_group_ends_with_it(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """A job that starts ``cmd &`` and exits has ended: what it left in its group, even
+    a process that ignores SIGTERM, is ended with it (as Slurm ends a step's processes),
+    instead of running on untracked into a later attempt. One that left the group
+    (``setsid``) is no longer the job's and is left alone."""
+    left, escaped = tmp_path / "left", tmp_path / "escaped"
+    q = Xqueue(workdir=workdir, error_strategy="ignore")
+    job = await q.feed(
+        f"sh -c \"trap '' TERM; echo \\$\\$ > {left}; exec sleep 60\" & "
+        f"setsid sh -c 'echo $$ > {escaped}; exec sleep 60' & "
+        f"while [ ! -s {left} ] || [ ! -s {escaped} ]; do sleep 0.01; done; echo done"
+    )
+    with anyio.fail_after(30):
+        await q.run_until_complete()
+    assert job.status is JobStatus.FINISHED and job.rc == 0
+    assert await anyio.Path(job.stdout_path).read_text() == "done\n"
+    child, other = int(await _wait_for_file(left)), int(await _wait_for_file(escaped))
+    try:
+        with anyio.fail_after(5):
+            while await anyio.to_thread.run_sync(process_alive, child):
+                await anyio.sleep(0.02)
+        assert await anyio.to_thread.run_sync(process_alive, other)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(other, signal.SIGKILL)
 
 
 async def test_kill_escalates_to_sigkill_after_grace(workdir: Path, tmp_path: Path) -> None:

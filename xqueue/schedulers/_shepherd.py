@@ -1,7 +1,7 @@
 """The shepherd: one process per local run that starts the run's jobs and reaps them.
 
 It runs as a script of its own (``python -I -S _shepherd.py``: standard library only, no
-site packages, so it starts in milliseconds) and is never imported by xqueue. Two jobs:
+site packages, so it starts in milliseconds) and is never imported by xqueue. Three jobs:
 
 - A job's exit status outlives its controller. The shepherd appends every job's return
   code to the workdir's ``exits.jsonl`` (its descriptor is the script's argument) when it
@@ -9,6 +9,9 @@ site packages, so it starts in milliseconds) and is never imported by xqueue. Tw
   when the controller is gone (SIGKILLed, say), as HTCondor's starter and Slurm's
   slurmstepd outlive their schedulers. It ignores the signals a terminal or a
   ``kill`` of the controller sends, and sits in a session of its own.
+- A job's processes end with it. Each job leads a session and process group of its own;
+  when its first process ends (other than by a stop's signal, whose sender ends the
+  group after its grace), whatever it left in the group is SIGKILLed.
 - Starting processes costs the controller nothing but a message. Forking, and creating
   each job's output files (on a disk, creating a file costs far more than appending a
   line), are the bulk of a local run's cost; done here they run on another core, from a
@@ -207,12 +210,16 @@ class Shepherd:
 
     def reap(self) -> None:
         while self.children:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+            try:  # which child ended, left unreaped: its pid cannot be reused meanwhile
+                ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
-            if pid == 0:
+            if ended is None:
                 return
+            pid = ended.si_pid
+            if pid in self.children and not _stopped(ended):
+                _end_group(pid)
+            _, status = os.waitpid(pid, 0)
             entry = self.children.pop(pid, None)
             if entry is None:
                 continue
@@ -243,6 +250,27 @@ class Shepherd:
                 self.sock.sendall(data)
             except OSError:  # the controller is gone; exits.jsonl keeps the codes
                 self.connected = False
+
+
+# The signals a stop sends (xqueue's kill, a terminal's Ctrl-C or hangup): their sender
+# ends the rest of the group in its own time, after a grace the rest may need.
+_STOPS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
+def _stopped(ended: os.waitid_result) -> bool:
+    return ended.si_code in (os.CLD_KILLED, os.CLD_DUMPED) and ended.si_status in _STOPS
+
+
+def _end_group(pid: int) -> None:
+    """SIGKILL what a job that ended left in its process group (``cmd &``), as Slurm ends
+    a step's processes when its script exits: otherwise it runs on untracked, writing
+    into the job's folder while a later attempt runs. Called before the job's first
+    process is reaped, while the group's id is still the job's and cannot name another
+    process's group. A process that left the group (``setsid``) is no longer the job's."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:  # nothing left in the group
+        pass
 
 
 def main() -> None:
