@@ -50,7 +50,7 @@ class UnknownSchedulerError(ConfigError, LookupError):
 
 
 PLUGIN_SCHEDULERS = {
-    "panda": "pip install xqueue-panda (plugins/xqueue-panda in xqueue's repository)",
+    "panda": "pip install ./plugins/xqueue-panda (in xqueue's source folder)",
 }
 """Schedulers xqueue's project ships as separate plugin distributions, and how to get each."""
 

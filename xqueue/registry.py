@@ -52,7 +52,8 @@ def scheduler_class(name: str) -> type[Scheduler]:
                 raise UnknownSchedulerError(name, sorted({*BUILT_IN, *eps}))
             cls = eps[name].load()
     except ImportError as exc:
-        fix = f"install it with: pip install 'xqueue[{name}]'"
+        # From the source folder: the "xqueue" on PyPI is another project.
+        fix = f"install xqueue's {name} extra: pip install '.[{name}]' in xqueue's source folder"
         if name not in BUILT_IN:  # a plugin distribution: its dependency is missing
             fix = f"reinstall {getattr(_entry_points()[name].dist, 'name', name)}"
         raise ConfigError(

@@ -381,7 +381,8 @@ def local_folder(text: str, *, pull: bool = True) -> str:
         from .schedulers._gcs_store import GcsStore
     except ImportError as exc:
         raise ConfigError(
-            f"reading {url.text} needs the gbatch extra: pip install 'xqueue[gbatch]' ({exc})"
+            f"reading {url.text} needs the gbatch extra: pip install '.[gbatch]' in "
+            f"xqueue's source folder ({exc})"
         ) from exc
     wd = RemoteWorkdir(GcsStore.from_environment(url))
     if not pull:
