@@ -216,14 +216,17 @@ def test_run_without_a_job_list_on_a_terminal_says_what_to_do(tmp_path: Path) ->
     assert "no job list: give a file" in out.stderr
 
 
-def test_a_closed_pipe_on_stderr_exits_141_not_as_a_failed_job(tmp_path: Path) -> None:
+@pytest.mark.parametrize("view", ["--no-progress", "--progress"])
+def test_a_closed_pipe_on_stderr_exits_141_not_as_a_failed_job(tmp_path: Path, view: str) -> None:
     """``xqueue run jobs 2>&1 | head -0``: rich exits 1 on a broken pipe, which says a
-    job failed; a closed pipe is 141, as on standard output."""
+    job failed; a closed pipe is 141, as on standard output. The live view (asked for)
+    meets it first, and must neither stop the run nor keep the event stream's last
+    event from being written (the run ended with exit code 2 and no run_stopped)."""
     read, write = os.pipe()
     os.close(read)
     try:
         out = subprocess.run(
-            [*XQ, "run", "-w", str(tmp_path / "wd"), "--no-progress"],
+            [*XQ, "run", "-w", str(tmp_path / "wd"), view],
             input=b"true\n",
             stdout=subprocess.DEVNULL,
             stderr=write,
@@ -233,3 +236,5 @@ def test_a_closed_pipe_on_stderr_exits_141_not_as_a_failed_job(tmp_path: Path) -
         os.close(write)
     assert out.returncode == 141
     assert (tmp_path / "wd" / "journal.jsonl").read_text().count('"finished"') == 1
+    events = (tmp_path / "wd" / "events.jsonl").read_text().splitlines()
+    assert json.loads(events[-1])["event"] == "run_stopped", events[-1:]

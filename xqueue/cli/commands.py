@@ -309,12 +309,18 @@ def make_queue(args: argparse.Namespace, console: Console, **extra: Any) -> Xque
 
 
 def execute(queue: Xqueue, console: Console, go: Callable[[], Awaitable[object]]) -> int:
-    """Run ``go`` (which runs ``queue``), print how it ended, return the exit code."""
-    from .report import failures_table, message, print_table, summary_line
+    """Run ``go`` (which runs ``queue``), print how it ended, return the exit code.
+
+    The run's warnings are printed by ``console`` too, so that a terminal that is gone
+    (a hangup: SSH dropped) makes nothing print a traceback (StderrConsole goes quiet),
+    and the code stays the signal's: 129 for the SIGHUP that came with it.
+    """
+    from .report import failures_table, logging_to, message, print_table, summary_line
 
     code = EXIT_OK
     try:
-        anyio.run(go)
+        with logging_to(console):
+            anyio.run(go)
     except JobFailedError as exc:
         console.print(message("halted", str(exc)), soft_wrap=True)
         code = EXIT_FAILED
@@ -339,4 +345,8 @@ def execute(queue: Xqueue, console: Console, go: Callable[[], Awaitable[object]]
     bad = stats.counts.get(JobStatus.FAILED.value, 0) + stats.counts.get(JobStatus.KILLED.value, 0)
     if code == EXIT_OK and bad:
         code = EXIT_FAILED
+    if getattr(console, "pipe_closed", False):
+        # The live view met the closed pipe first: the console went quiet then, and the
+        # lines above raised nothing. It is 141 all the same, as without the view.
+        return EXIT_SIGPIPE
     return code

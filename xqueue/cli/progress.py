@@ -2,6 +2,10 @@
 
 It keeps no per-job state: it reads ``Xqueue.statistics()``, which is O(1), at the
 display's refresh rate, so a 100,000-job run costs the same to draw as a 10-job one.
+
+It is only a display: a terminal it cannot write to (gone after an SSH connection
+dropped, a closed pipe) turns it off, quietly. Its hooks never raise for that, so the
+run, and the plugins called after it (the event stream's ``run_stopped``), go on.
 """
 
 from __future__ import annotations
@@ -34,13 +38,48 @@ STYLES = {
 }
 
 
+class _Live(Live):
+    """rich's live display, which never raises for a write that fails: the first one
+    stops it for good (its redraw thread's too, which would otherwise die with a
+    traceback), and gives standard output and error back."""
+
+    gone = False
+
+    def start(self, refresh: bool = False) -> None:
+        try:
+            super().start(refresh)
+        except OSError:
+            # Its one write before it takes anything over is hiding the cursor: undo
+            # only what came before it.
+            self.gone = True
+            self._started = False
+            self.console.clear_live()
+
+    def refresh(self) -> None:
+        if self.gone:
+            return
+        try:
+            super().refresh()
+        except OSError:
+            self.gone = True
+            self.stop()
+
+    def stop(self) -> None:
+        # rich gives standard output and error back before its last writes (a new line,
+        # the cursor shown again), so whichever of those fails, nothing is left taken.
+        try:
+            super().stop()
+        except OSError:
+            self.gone = True
+
+
 class ProgressView:
     """Counts by state, rate and ETA, redrawn a few times a second."""
 
     def __init__(self, queue: Xqueue, console: Console) -> None:
         self.queue = queue
         self.console = console
-        self.live: Live | None = None
+        self.live: _Live | None = None
         self.started = time.monotonic()
 
     def __rich__(self) -> RenderableType:
@@ -68,12 +107,13 @@ class ProgressView:
     @hookimpl
     def on_init(self) -> None:
         self.started = time.monotonic()
-        self.live = Live(self, console=self.console, refresh_per_second=4, transient=False)
-        self.live.start()
+        live = _Live(self, console=self.console, refresh_per_second=4, transient=False)
+        live.start()
+        self.live = None if live.gone else live
 
     @hookimpl
     def on_shutdown(self) -> None:
-        if self.live is not None:
-            self.live.refresh()
-            self.live.stop()
-            self.live = None
+        live, self.live = self.live, None
+        if live is not None:
+            live.refresh()
+            live.stop()

@@ -8,8 +8,10 @@ sequence in a name could rewrite the screen or the window title).
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from rich.console import Console
 from rich.table import Table
@@ -22,20 +24,81 @@ from .text import MAX_ROWS, printable, rc_text
 
 
 class StderrConsole(Console):
-    """The console every run's view, summary and error go to: standard error."""
+    """The console every run's view, summary and error go to: standard error.
+
+    A write that fails does not end the command with a traceback. A closed pipe raises
+    BrokenPipeError once (``on_broken_pipe``), for an exit code of 141; a terminal that
+    is gone (``EIO`` once an SSH connection dropped and its pty was closed) only makes
+    the console quiet, so the exit code stays the run's own: 129 for the SIGHUP that
+    came with it. Either way nothing is written there again.
+    """
 
     def __init__(self) -> None:
         super().__init__(stderr=True)
+        self.pipe_closed = False  # the reader went away: the command exits 141
 
     def on_broken_pipe(self) -> None:
         """A closed pipe exits 141, as one on standard output does (``main``), not 1,
         which rich exits with and which says a job failed (``xqueue run 2>&1 | head``).
         Standard error goes to /dev/null first, so nothing else tries to write there."""
-        self.quiet = True
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, self.file.fileno())
-        os.close(devnull)
+        self.pipe_closed = True
+        self._silence()
         raise BrokenPipeError
+
+    def _check_buffer(self) -> None:
+        # rich's one way to the file (print, control codes, the live view's redraws);
+        # it handles a closed pipe (on_broken_pipe) and lets every other error through.
+        try:
+            super()._check_buffer()
+        except BrokenPipeError:
+            raise
+        except OSError:  # the terminal is gone (EIO), or the disk under a file is full
+            self._silence()
+
+    def _silence(self) -> None:
+        """Write nothing more: rich is made quiet, and standard error is /dev/null, so
+        that whatever else writes there later (the interpreter's last flush, a late
+        warning, a thread's traceback) does not fail again."""
+        self.quiet = True
+        try:
+            fd = self.file.fileno()
+        except (OSError, ValueError):  # not a real file (a test's capture): nothing to do
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+
+
+class ConsoleLogHandler(logging.Handler):
+    """xqueue's warnings during a run (``SIGHUP: stopping; ...``), printed by the run's
+    console as logging's last resort printed them, the message alone, so that a write
+    that fails is handled as for every other line: quietly. Logging itself would print
+    a traceback (``--- Logging error ---``) for each warning to a terminal that is gone."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(logging.WARNING)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = "\n".join(printable(line) for line in self.format(record).split("\n"))
+            self.console.print(Text(text), soft_wrap=True)
+        except OSError:  # a closed pipe: the console has gone quiet, the exit code is 141
+            pass
+        except Exception:
+            self.handleError(record)
+
+
+@contextmanager
+def logging_to(console: Console) -> Iterator[None]:
+    """xqueue's log goes to ``console`` (``ConsoleLogHandler``) until the block ends."""
+    logger = logging.getLogger("xqueue")
+    handler = ConsoleLogHandler(console)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def plain(text: str, style: str = "") -> Text:
