@@ -22,6 +22,7 @@ from xqueue import (
     JobStatus,
     SchedulerError,
     SchedulerOptionError,
+    SubmissionError,
     SubmissionUnknownError,
     Xqueue,
     hookimpl,
@@ -153,6 +154,75 @@ async def test_unknown_submission_is_looked_up_before_resubmitting(
     # Found by the lookup: no second submission. Not found: resubmitted, not counted
     # against num_retries=0.
     assert sched.submits == (1 if started else 2)
+
+
+class Down(LocalScheduler):
+    """Local processes behind a backend that is down until ``up`` is set: each
+    submission is refused as transient (nothing was submitted), as an unreachable
+    slurmctld or schedd refuses it."""
+
+    name = "down"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.up = False
+        self.refused = 0
+
+    async def submit_jobs(self, jobs: Any) -> list[str | BaseException]:
+        if not self.up:
+            self.refused += len(jobs)
+            return [SubmissionError("cannot reach the controller", transient=True)] * len(jobs)
+        return await super().submit_jobs(jobs)
+
+
+async def test_an_outage_is_reported_once_and_a_stop_in_it_records_the_jobs_killed(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Jobs waiting out an outage: one warning for all of them (each job said so every
+    second before), and a run stopped meanwhile journals them killed. Their journal
+    ended with the intent of a submission the backend never took, which ``status`` and
+    the next run read as a submission a dead run may have made."""
+    sched = Down()
+    q = Xqueue(sched, workdir=workdir, forks=4)
+    jobs = [await q.feed(f"echo {i}") for i in range(4)]
+    scope = anyio.CancelScope()
+
+    async def run() -> None:
+        with scope:
+            await q.run_until_complete()
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            while sched.refused < 12:  # every job refused three times: a few seconds
+                await anyio.sleep(0.05)
+            scope.cancel()
+    warned = [r for r in caplog.records if "submitting again shortly" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelname == "WARNING"
+    assert [job.status for job in jobs] == [S.KILLED] * 4
+    reader = WorkdirReader(workdir)
+    records = [
+        await anyio.to_thread.run_sync(reader.last_record, os.path.basename(job.dir))
+        for job in jobs
+    ]
+    assert [r and r["status"] for r in records] == ["killed"] * 4
+
+
+async def test_a_job_killed_before_its_submission_is_recorded_killed(workdir: Path) -> None:
+    """Asked for by name (``q.kill``, ``xqueue cancel WD JOB``), a queued job is killed in
+    the workdir's record too: ``status`` showed it "not submitted", with no reason."""
+    q = Xqueue(workdir=workdir, forks=1)
+    async with q:
+        first = await q.feed("sleep 0.5")
+        queued = await q.feed("echo never")
+        assert await q.kill(queued)
+        await first.wait()
+    assert queued.status is S.KILLED and first.status is S.FINISHED
+    reader = WorkdirReader(workdir)
+    record = await anyio.to_thread.run_sync(reader.last_record, os.path.basename(queued.dir))
+    assert record is not None and record["status"] == "killed"
+    assert record["reason"] == "killed before it was submitted"
+    assert not await anyio.Path(queued.stdout_path).exists()
 
 
 class WantsKill(LocalScheduler):

@@ -107,6 +107,7 @@ SHUTDOWN_MARGIN = 30.0
 SHUTDOWN_HOOK_TIMEOUT = 10.0
 # Seconds between two lookups of a submission whose outcome is unknown.
 RESOLVE_DELAY = 1.0
+OUTAGE_NOTE_INTERVAL = 60.0
 # The shortest time between two polling-hook ticks of a backend that awaits its jobs.
 MIN_TICK = 0.05
 
@@ -221,6 +222,10 @@ class Engine:
         self.scheduler_open = False  # so aclose() runs exactly once per open()
         self._hold_until = 0.0  # no submission before this (the backend looked down)
         self._unavailable_since = 0.0
+        self._outage_noted = 0.0  # when the outage was last reported (once, then each minute)
+        # Jobs whose journal ends with the intent of a submission the backend could not
+        # take (transient): a run that stops before they are submitted again records them.
+        self._open_intents: set[Job] = set()
         self.started_at: float | None = None
         self.stopped_at: float | None = None
         # Embedding (docs/embedding.md): attempts of earlier runs whose result is not
@@ -634,7 +639,20 @@ class Engine:
             now = time.monotonic()
             self._unavailable_since = self._unavailable_since or now
             if now - self._unavailable_since < OUTAGE_TOLERANCE:
-                log.warning("job %s: %s; submitting again shortly", job.index, result)
+                # Once for the outage, then a minute apart: a thousand jobs waiting a
+                # second at a time would otherwise each say so, every second.
+                if now - self._outage_noted >= OUTAGE_NOTE_INTERVAL:
+                    self._outage_noted = now
+                    log.warning(
+                        "job %s: %s; submitting again shortly (jobs wait for the backend "
+                        "for up to %d s)",
+                        job.index,
+                        result,
+                        OUTAGE_TOLERANCE,
+                    )
+                else:
+                    log.debug("job %s: %s; submitting again shortly", job.index, result)
+                self._open_intents.add(job)
                 job._base_attempt += 1
                 self._hold_until = now + RESOLVE_DELAY
                 self._move(job, S.QUEUED)
@@ -654,7 +672,8 @@ class Engine:
                 failure=FailureClass.SUBMIT_FAILED,
             )
         job.jid = result
-        self._unavailable_since = 0.0
+        self._unavailable_since = self._outage_noted = 0.0
+        self._open_intents.discard(job)
         return self._now_active(job, ["on_job_submitted"])
 
     def _now_active(self, job: Job, hooks: list[str]) -> list[HookCall]:
@@ -931,7 +950,9 @@ class Engine:
         if job.status is S.SUBMITTING:
             return []  # killed as soon as its submission (or lookup) comes back
         job.reason = "killed before it was submitted"
-        return self._finalize(job, S.KILLED, record=False)
+        # Recorded: asked for by name, it is killed in `xqueue status` too, not "not
+        # submitted" (a later run runs it again either way).
+        return self._finalize(job, S.KILLED)
 
     def _on_killed(
         self, job: Job, error: BaseException | None, reply: _Reply | None
@@ -1006,7 +1027,11 @@ class Engine:
                 job._kill_requested = True
                 job.reason = f"cancelled before it was submitted: {why}"
                 # Every job not submitted is cancelled here: none is skipped for another.
-                calls += self._finalize(job, S.KILLED, record=False, cascade=False)
+                # Not recorded (status shows them "not submitted"), but for one whose
+                # journal ends with an intent the backend never took: that would read
+                # as a submission a dead run left, to look up.
+                record = job in self._open_intents
+                calls += self._finalize(job, S.KILLED, record=record, cascade=False)
             elif job.status is S.SUBMITTING:
                 job._kill_requested = True
             elif job.status.is_active and not job.kill_requested and job not in self._checking:

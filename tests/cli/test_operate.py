@@ -255,15 +255,17 @@ def test_cancel_kills_named_jobs_through_the_live_run(tmp_path: Path, runs: list
     go.touch()
     run.wait_journal('"status": "finished"', 1)  # the run goes on: job 2 ends as it would
     assert run.proc.poll() is None
-    # Job 3 was still queued: killed before it was ever submitted, so never recorded.
+    # Job 3 was still queued: killed before it was ever submitted, and recorded so (a
+    # kill asked for by name shows in status as killed, not "not submitted").
     states = final_states(wd)
-    assert states[0] == "killed" and states[2] == "finished" and states[3] is None
+    assert states[0] == "killed" and states[2] == "finished" and states[3] == "killed"
+    assert not (wd / "3-sleep-60" / "job.1.stdout").exists()  # never started
     assert states[1] in ("submitted", "running")  # still running, untouched
     again = xqueue("cancel", str(wd), "0")
     assert again.returncode == 0 and again.stdout == "job 0 (sleep 60): already ended (killed)\n"
     assert xqueue("cancel", str(wd)).returncode == 0
     assert run.wait() == 143
-    assert final_states(wd) == ["killed", "killed", "finished", None]
+    assert final_states(wd) == ["killed", "killed", "finished", "killed"]
     assert wait_no_job_processes(wd, 5) == []
 
 

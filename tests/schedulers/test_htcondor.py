@@ -8,6 +8,10 @@ live in the folder the pool's chroot shares with this host (``shared_workdir``).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -339,3 +343,30 @@ async def test_walltime_removes_the_job_as_a_timeout(
     assert job.reason.startswith("timed out after 3 s")
     ad = (await history(htcondor_pool, [str(job.jid)], ["JobStatus", "RemoveReason"]))[str(job.jid)]
     assert ad["JobStatus"] == 3 and "xqueue: killed" in ad["RemoveReason"]
+
+
+def test_a_refused_login_fails_at_once_not_as_an_outage(
+    htcondor_pool: dict[str, Any], shared_workdir: Path
+) -> None:
+    """A schedd that answers but will not authenticate the user (no CLAIMTOBE here: the
+    bindings try FS, which a network schedd refuses) is a setting to fix: the job fails
+    at its first attempt, saying so. It was retried as an outage for two minutes, an
+    attempt and a job script a second. A process of its own: the bindings' settings
+    are global to a process."""
+    started = time.monotonic()
+    run = [sys.executable, "-m", "xqueue", "run", "-s", "htcondor", "--no-progress"]
+    out = subprocess.run(
+        [*run, "-o", f"collector={htcondor_pool['collector']}", "-w", str(shared_workdir)],
+        input="echo never\n",
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CONDOR_CONFIG": "/dev/null", "COLUMNS": "300"},
+        timeout=100,
+    )
+    assert out.returncode == 1, out.stderr
+    assert time.monotonic() - started < 60
+    assert "refused to authenticate" in out.stderr and "AUTHENTICATE" in out.stderr
+    assert "submitting again" not in out.stderr
+    (folder,) = [p for p in shared_workdir.iterdir() if p.name.startswith("0-")]
+    assert sorted(p.name for p in folder.iterdir()) == ["job.1.sh", "job.1.stderr"]
+    assert "refused to authenticate" in (folder / "job.1.stderr").read_text()

@@ -469,11 +469,21 @@ class _Timeout(SchedulerError):
 
 
 def _submit_error(exc: Exception) -> SubmissionError:
-    """HTCondor's refusal of a submission: final for a bad description, else transient.
+    """HTCondor's refusal of a submission: final for a bad description or a refused
+    login, else transient.
 
-    "Failed to create job ad" is the submit language refusing the description: trying
-    again cannot help. A schedd or collector that cannot be reached queued nothing."""
+    "Failed to create job ad" is the submit language refusing the description, and an
+    ``AUTHENTICATE`` error a schedd that answered but would not take this user: trying
+    again cannot help (it was retried as an outage for two minutes, an attempt a
+    second). A schedd or collector that cannot be reached queued nothing."""
     text = str(exc).strip()
     if "Failed to create job ad" in text or "errmsg=Submit" in text:
         return SubmissionError(f"htcondor refused the submission: {text}", retryable=False)
+    if "AUTHENTICATE:" in text:  # reached, and refused: a setting, not an outage
+        return SubmissionError(
+            "htcondor: the schedd refused to authenticate this user; check the pool's "
+            "security settings (the `config` option: SEC_CLIENT_AUTHENTICATION_METHODS, "
+            f"a token or password): {text}",
+            retryable=False,
+        )
     return SubmissionError(f"htcondor: submission failed: {text}", transient=True)
