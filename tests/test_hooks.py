@@ -117,6 +117,60 @@ async def test_failing_plugin_is_named_and_does_not_hang(workdir: Path) -> None:
     assert job.status is JobStatus.KILLED
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_failing_plugin_does_not_keep_the_others_from_the_event(
+    workdir: Path, kind: str
+) -> None:
+    """The first plugin's error stops the run, but every other plugin still hears that
+    event and the ones the stop brings (the event stream records the job killed and the
+    run stopped): the next plugin, and the built-in event stream, used to miss them."""
+    heard: list[str] = []
+
+    class Broken:
+        if kind == "sync":
+
+            @hookimpl
+            def on_job_started(self, job: Job) -> None:
+                raise RuntimeError("boom")
+
+            @hookimpl
+            def on_shutdown(self) -> None:
+                raise RuntimeError("boom again")
+
+        else:
+
+            @hookimpl
+            async def on_job_started(self, job: Job) -> None:
+                raise RuntimeError("boom")
+
+            @hookimpl
+            async def on_shutdown(self) -> None:
+                raise RuntimeError("boom again")
+
+    class Listener:
+        @hookimpl
+        def on_job_started(self, job: Job) -> None:
+            heard.append("started")
+
+        @hookimpl
+        def on_job_killed(self, job: Job) -> None:
+            heard.append("killed")
+
+        @hookimpl
+        async def on_shutdown(self) -> None:
+            heard.append("shutdown")
+
+    q = Xqueue(workdir=workdir, plugins=[Listener(), Broken()])  # Broken is called first
+    job = await q.feed(["sleep", "30"])
+    with anyio.fail_after(20), pytest.raises(PluginError, match="boom") as info:
+        await q.run_until_complete()
+    assert info.value.hook == "on_job_started"
+    assert job.status is JobStatus.KILLED
+    assert heard == ["started", "killed", "shutdown"]
+    events = (await anyio.Path(workdir / "events.jsonl").read_text()).splitlines()
+    assert '"event": "job_killed"' in events[-2] and '"event": "run_stopped"' in events[-1]
+
+
 @pytest.mark.parametrize("live", [False, True], ids=["before-the-run", "in-the-run"])
 async def test_a_failing_on_job_init_stops_the_run_and_nothing_waits(
     workdir: Path, live: bool

@@ -147,13 +147,21 @@ class Hooks:
     ) -> list[tuple[str, Any]]:
         """``call`` with the arguments as one dict, which the engine builds once per job
         event: packing and unpacking keywords twice more per event shows when 100,000
-        jobs are fed."""
+        jobs are fed. A plugin that raises does not keep the others from the call; the
+        first error is raised once all were called."""
         results = []
+        errors: list[PluginError] = []
         for impl in self._implementations(hook):
-            result = _invoke(hook, impl, kwargs)
-            if result is not None and inspect.isawaitable(result):
-                result = await self._settle(hook, impl[0], result, timeout)
+            try:
+                result = _invoke(hook, impl, kwargs)
+                if result is not None and inspect.isawaitable(result):
+                    result = await self._settle(hook, impl[0], result, timeout)
+            except PluginError as exc:
+                errors.append(exc)
+                continue
             results.append((impl[0], result))
+        if errors:
+            raise errors[0]
         return results
 
     def notify(
@@ -162,11 +170,16 @@ class Hooks:
         """Call a hook whose results nobody reads (the job events), without a coroutine
         when no implementation returns an awaitable: None then, else a coroutine to
         await that waits for it and calls the rest. The engine calls two of these for
-        each job it is fed, and most plugins' hooks are plain functions."""
+        each job it is fed, and most plugins' hooks are plain functions.
+
+        A plugin that raises does not keep the others from the event (the event stream
+        must still record the job killed, the run stopped); the first error is raised
+        once all were called, and stops the run."""
         impls = self._impls.get(hook)
         if impls is None:
             impls = self._implementations(hook)
         rest = iter(impls)
+        error = None
         for plugin, fn, argnames in rest:
             try:  # ``_invoke``, inline
                 if len(argnames) == 1:
@@ -174,9 +187,12 @@ class Hooks:
                 else:
                     result = fn(*[kwargs[a] for a in argnames])
             except Exception as exc:
-                raise PluginError(plugin, hook, exc) from exc
+                error = error or _plugin_error(plugin, hook, exc)
+                continue
             if result is not None and inspect.isawaitable(result):
-                return self._notify_rest(hook, plugin, result, rest, kwargs, timeout)
+                return self._notify_rest(hook, plugin, result, rest, kwargs, timeout, error)
+        if error is not None:
+            raise error
         return None
 
     async def _notify_rest(
@@ -187,12 +203,21 @@ class Hooks:
         rest: Iterator[_Impl],
         kwargs: dict[str, Any],
         timeout: float | None,
+        error: PluginError | None,
     ) -> None:
-        await self._settle(hook, plugin, pending, timeout)
+        try:
+            await self._settle(hook, plugin, pending, timeout)
+        except PluginError as exc:
+            error = error or exc
         for impl in rest:
-            result = _invoke(hook, impl, kwargs)
-            if result is not None and inspect.isawaitable(result):
-                await self._settle(hook, impl[0], result, timeout)
+            try:
+                result = _invoke(hook, impl, kwargs)
+                if result is not None and inspect.isawaitable(result):
+                    await self._settle(hook, impl[0], result, timeout)
+            except PluginError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     async def _settle(
         self, hook: str, plugin: str, result: Awaitable[Any], timeout: float | None
@@ -216,6 +241,13 @@ class Hooks:
             if result is False:
                 return plugin
         return None
+
+
+def _plugin_error(plugin: str, hook: str, exc: Exception) -> PluginError:
+    """``raise PluginError(...) from exc``, as a value: raised once the others ran."""
+    error = PluginError(plugin, hook, exc)
+    error.__cause__ = exc
+    return error
 
 
 def _invoke(hook: str, impl: _Impl, kwargs: dict[str, Any]) -> Any:
