@@ -1,8 +1,11 @@
-"""The failures table of ``xqueue run``: what it says about a job's stderr, by where the
-file is (a backend without a shared file system copies it back only once a job ended)."""
+"""The failures table of ``xqueue run``: which jobs it lists (every one that did not
+succeed, skipped ones too) and what it says about a job's stderr, by where the file is
+(a backend without a shared file system copies it back only once a job ended)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 from rich.console import Console
@@ -10,6 +13,8 @@ from rich.console import Console
 from xqueue import Job, JobStatus
 from xqueue.cli.report import NOT_COPIED, failures_table
 from xqueue.workdir import Workdir
+
+from .test_cli import XQ
 
 
 def rendered(jobs: list[Job], shared_fs: bool) -> str:
@@ -43,3 +48,83 @@ def test_on_a_shared_file_system_every_stderr_path_is_shown(tmp_path: Path) -> N
     text = rendered([fetched, remote], shared_fs=True)
     assert fetched.stderr_path in text and remote.stderr_path in text
     assert NOT_COPIED not in text
+
+
+WIDE = {**os.environ, "COLUMNS": "400"}  # a wide table: no cell folded in two
+
+# A section whose job fails, and a later one whose job runs after it, so is skipped.
+HELD_BACK = """
+[[section]]
+name = "first"
+[[section.group]]
+name = "a"
+command = "echo boom >&2; exit 3"
+[[section.group]]
+name = "fine"
+command = "true"
+
+[[section]]
+name = "second"
+[[section.group]]
+name = "b"
+command = "echo never"
+"""
+
+
+def cells(stderr: str, name: str) -> list[str]:
+    """The cells of the failures table's row of the job ``name``."""
+    row = next(line for line in stderr.splitlines() if f"│ {name} " in line)
+    return [cell.strip() for cell in row.strip("│ ").split("│")]
+
+
+def test_a_job_skipped_because_one_it_runs_after_failed_is_listed(tmp_path: Path) -> None:
+    """The summary said ``1 failed, 1 finished, 1 skipped`` over a table titled ``1 job(s)
+    did not succeed`` that left the skipped job out; it did not succeed either."""
+    path = tmp_path / "sweep.toml"
+    path.write_text(HELD_BACK)
+    argv = [*XQ, "sweep", str(path), "-w", str(tmp_path / "wd"), "-f", "1", "--no-progress"]
+    out = subprocess.run(argv, capture_output=True, text=True, env=WIDE, timeout=60)
+    assert out.returncode == 1, out.stderr  # a job failed
+    assert "3 job(s) in" in out.stderr and "1 failed, 1 finished, 1 skipped" in out.stderr
+    assert "2 job(s) did not succeed" in out.stderr
+    assert cells(out.stderr, "a")[:4] == ["0", "a", "failed (NONZERO_EXIT)", "3"]
+    reason = "not run: job 0 (a), which it runs after, failed with rc 3"
+    assert cells(out.stderr, "b") == ["2", "b", "skipped", "-", reason, "-"]  # no stderr file
+
+
+VETO = """
+from xqueue import hookimpl
+
+
+@hookimpl
+def on_job_submitting(job):
+    return job.name != ": vetoed"
+"""
+
+
+def test_a_run_whose_only_unsuccessful_job_a_plugin_vetoed_lists_it_and_exits_0(
+    tmp_path: Path,
+) -> None:
+    """A veto is the plugin's decision, not a failure: the exit code stays 0 (1 is for a
+    job that failed or was killed, docs/cli.md), but the job is listed, with the reason."""
+    site = tmp_path / "site"
+    info = site / "xq_veto-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: xq-veto\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[xqueue.plugins]\nveto = xq_veto\n")
+    (site / "xq_veto.py").write_text(VETO)
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("true\n: vetoed\n")  # a command's name is the command
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    out = subprocess.run(
+        [*XQ, "run", str(jobs), "-w", str(tmp_path / "wd"), "-p", "veto", "--no-progress"],
+        capture_output=True,
+        text=True,
+        env={**WIDE, "PYTHONPATH": path, "XQUEUE_DISABLE_PLUGIN_AUTOLOAD": "1"},
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "1 finished, 1 skipped" in out.stderr
+    assert "1 job(s) did not succeed" in out.stderr
+    row = cells(out.stderr, ": vetoed")
+    assert row == ["1", ": vetoed", "skipped", "-", "submission vetoed by plugin 'veto'", "-"]

@@ -342,6 +342,9 @@ def execute(queue: Xqueue, console: Console, go: Callable[[], Awaitable[object]]
     stats = queue.statistics()
     console.print(summary_line(dict(stats.counts), stats.total, stats.elapsed))
     print_table(console, failures_table(queue.jobs, queue.scheduler.shared_fs))
+    # Skipped jobs are listed as not succeeded but do not make the code 1 (docs/cli.md):
+    # one skipped because a job it runs after failed comes with that failure, and one a
+    # plugin vetoed was the plugin's decision, not a job that failed.
     bad = stats.counts.get(JobStatus.FAILED.value, 0) + stats.counts.get(JobStatus.KILLED.value, 0)
     if code == EXIT_OK and bad:
         code = EXIT_FAILED

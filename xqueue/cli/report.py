@@ -114,22 +114,35 @@ def message(label: str, text: str, style: str = "bold red") -> Text:
 NOT_COPIED = "- (not copied back: the job ran without this machine's file system)"
 
 
+# A skipped job did not succeed either: left out, a run with a failure and the jobs it
+# held back reported "3 job(s): 1 failed, 1 finished, 1 skipped" over a table of one.
+NOT_SUCCEEDED = (JobStatus.FAILED, JobStatus.KILLED, JobStatus.SKIPPED)
+
+
 def failures_table(jobs: Iterable[Job], shared_fs: bool = True) -> Table | None:
     """The jobs that did not succeed, with the last line of each one's stderr.
+
+    Failed and killed jobs come first, then the skipped ones, each in index order: a
+    failure is the cause of the skips after it (``not run: job 0 (a), which it runs
+    after, failed``), and must not be pushed past the rows shown by the jobs it held back.
 
     ``shared_fs`` is the scheduler's (``Scheduler.shared_fs``): where it is False a job's
     stderr is only here if the backend copied it back (it does once the job ended, not
     for one killed or lost on the way), so a missing file is said to be elsewhere rather
     than shown as a path to open.
     """
-    bad = [j for j in jobs if j.status in (JobStatus.FAILED, JobStatus.KILLED)]
+    bad = [j for j in jobs if j.status in NOT_SUCCEEDED]
     if not bad:
         return None
+    bad.sort(key=lambda j: j.status is JobStatus.SKIPPED)  # stable: index order kept
     table = Table(title=f"{len(bad)} job(s) did not succeed", title_style="bold red")
     for col in ("#", "job", "status", "rc", "reason", "stderr"):
         table.add_column(col, overflow="fold")
     for job in bad[:MAX_ROWS]:
-        if job.attempt == 0:  # never started (cancelled before its turn): no stderr
+        if job.attempt == 0 or job.status is JobStatus.SKIPPED:
+            # Never started (cancelled before its turn, or skipped): no stderr of its own.
+            # A skipped job may have an attempt number all the same: a plugin's veto
+            # comes after it was counted, and a rerun goes on from an earlier run's.
             tail, where = "", "-"
         else:
             tail = _last_line(job.stderr_path)
