@@ -334,6 +334,21 @@ async def test_unknown_entry_point_plugin_is_named(tmp_path: Path) -> None:
     assert not await anyio.Path(tmp_path / "wd").exists()  # refused before it was made
 
 
+async def test_blocking_a_plugin_blocks_it_or_says_why_not(workdir: Path) -> None:
+    """``-name`` of a built-in left it on, and of a plugin nobody has was accepted: both
+    silently did nothing."""
+    q = Xqueue(workdir=workdir, plugins=["-xqueue-events"])
+    await q.feed("true")
+    await q.run_until_complete()
+    assert not await anyio.Path(workdir / "events.jsonl").exists()
+    with pytest.raises(ConfigError, match=r"unknown plugin 'nope'.*built in: xqueue-control"):
+        Xqueue(workdir=workdir, plugins=["-nope"])
+    with pytest.raises(ConfigError, match="'xqueue-control' cannot be blocked"):
+        Xqueue(workdir=workdir, plugins=["-xqueue-control"])
+    on = Xqueue(workdir=workdir, plugins=["xqueue-events"])  # on already: nothing to add
+    assert on.hooks.names().count("xqueue-events") == 1
+
+
 async def test_two_queues_have_separate_plugins(workdir: Path, tmp_path: Path) -> None:
     a, b = Recorder(), Recorder()
     qa = Xqueue(workdir=tmp_path / "a", plugins=[a])

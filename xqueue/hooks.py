@@ -31,6 +31,10 @@ _Impl = tuple[str, Callable[..., Any], tuple[str, ...]]
 _HOOK_NAMES = [name for name in dir(hookspecs) if name.startswith("on_")]
 
 
+BUILT_IN_PLUGINS = ("xqueue-control", "xqueue-events")
+"""Registered by every queue (``Xqueue``); ``-xqueue-events`` leaves the event stream out."""
+
+
 def _entry_points() -> dict[str, Any]:
     from importlib.metadata import entry_points
 
@@ -50,12 +54,22 @@ class Hooks:
         wanted = [p for p in plugins if not (isinstance(p, str) and p.startswith("-"))]
         if autoload is None:
             autoload = not os.environ.get(DISABLE_AUTOLOAD_ENV)
-        named = [p for p in wanted if isinstance(p, str)]
-        eps = _entry_points() if (autoload or named) else {}
-        for name in named:
-            if name not in eps:
+        # A built-in named is on already; one blocked is the queue's to leave out.
+        named = [p for p in wanted if isinstance(p, str) and p not in BUILT_IN_PLUGINS]
+        eps = _entry_points() if (autoload or named or blocked) else {}
+        if "xqueue-control" in blocked:
+            raise ConfigError(
+                "the built-in plugin 'xqueue-control' cannot be blocked: it records run.json "
+                "and takes the kill requests of `xqueue cancel`"
+            )
+        for name in [*named, *sorted(blocked)]:
+            if name not in eps and name not in BUILT_IN_PLUGINS:
                 installed = ", ".join(sorted(eps)) or "none"
-                raise ConfigError(f"unknown plugin {name!r}; installed plugins: {installed}")
+                raise ConfigError(
+                    f"unknown plugin {name!r}; installed plugins: {installed} (built in: "
+                    f"{', '.join(BUILT_IN_PLUGINS)})"
+                )
+        self.blocked = frozenset(blocked)
         if autoload:
             for name, ep in eps.items():
                 if name not in blocked and name not in named:

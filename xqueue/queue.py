@@ -245,7 +245,7 @@ class Xqueue:
         # Built in, registered as any plugin is (after the user's, so called first):
         # run.json and kill requests for `xqueue cancel`, the event stream.
         self.hooks.register(Control(), "xqueue-control")
-        if events:
+        if events and "xqueue-events" not in self.hooks.blocked:  # plugins=["-xqueue-events"]
             self.hooks.register(EventLog(str(self.workdir.path / EVENTS_FILE)), "xqueue-events")
         self._engine = Engine(
             self,
