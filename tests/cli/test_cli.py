@@ -94,6 +94,70 @@ def test_retry_strategy_from_cli(tmp_path: Path) -> None:
     assert counter.read_text().count("x") == 2
 
 
+COUNTED = "echo x >> {counter}; exit 1\n"  # each attempt leaves a line, then fails
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_retries_without_a_strategy_mean_retry(tmp_path: Path, command: str) -> None:
+    """``-r 3`` alone was silently ignored: the default strategy is ignore, so the job
+    made one attempt. A user who asks for retries wants them."""
+    counter = tmp_path / "n"
+    job = COUNTED.format(counter=counter)
+    wd = str(tmp_path / "wd")
+    if command == "run":
+        out = xqueue("run", "-w", wd, "-r", "2", "--no-progress", input=job)
+    else:
+        sweep = tmp_path / "sweep.toml"
+        sweep.write_text(f"[[section]]\n[[section.group]]\ncommand = {job.strip()!r}\n")
+        out = xqueue("sweep", str(sweep), "-w", wd, "--retries", "2", "--no-progress")
+    assert out.returncode == 1, out.stderr
+    assert counter.read_text().count("x") == 3  # the first attempt and 2 retries
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+@pytest.mark.parametrize("strategy", ["halt", "ignore"])
+def test_retries_with_a_strategy_that_never_retries_are_a_usage_error(
+    tmp_path: Path, command: str, strategy: str
+) -> None:
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text('[[section]]\n[[section.group]]\ncommand = "true"\n')
+    what = [] if command == "run" else [str(sweep)]
+    wd = tmp_path / "wd"
+    out = xqueue(command, *what, "-w", str(wd), "-e", strategy, "-r", "2", input="true\n")
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert f"-r/--retries 2 does nothing with -e/--error-strategy {strategy}" in lines[0]
+    assert not wd.exists()  # refused before anything was made
+
+
+def test_retries_give_the_count_of_retry_policy_rules_whatever_the_strategy(
+    tmp_path: Path,
+) -> None:
+    """With ``--retry-policy``, ``-r`` is the count of its rules that give none, under
+    any strategy; the classes it does not name follow ``-e`` (default ignore) as before."""
+    counter = tmp_path / "n"
+    job = COUNTED.format(counter=counter)
+    retried = '{"NONZERO_EXIT": "retry"}'
+    for strategy in (["-e", "ignore"], ["-e", "halt"], []):
+        counter.unlink(missing_ok=True)
+        wd = str(tmp_path / f"wd{len(strategy)}{strategy[-1:]}")
+        args = ["-w", wd, *strategy, "-r", "1", "--retry-policy", retried, "--no-progress"]
+        out = xqueue("run", *args, input=job)
+        assert out.returncode == 1, out.stderr
+        assert counter.read_text().count("x") == 2, strategy  # the rule's one retry
+    counter.unlink()
+    other = '{"TIMEOUT": "retry"}'  # NONZERO_EXIT is not named: it follows -e, ignore
+    out = xqueue("run", "-w", str(tmp_path / "wd"), "-r", "4", "--retry-policy", other, input=job)
+    assert out.returncode == 1, out.stderr
+    assert counter.read_text().count("x") == 1
+    own = '{"TIMEOUT": {"retries": 2}}'  # counts its own retries: -r would change nothing
+    wd = str(tmp_path / "refused")
+    refused = xqueue("run", "-w", wd, "-e", "halt", "-r", "1", "--retry-policy", own, input=job)
+    assert refused.returncode == 2
+    assert "no --retry-policy rule takes its count from it" in refused.stderr
+
+
 def test_halt_strategy_names_the_job(tmp_path: Path) -> None:
     out = xqueue("run", "-w", str(tmp_path / "wd"), "-e", "halt", input="exit 9\n")
     assert out.returncode == 1

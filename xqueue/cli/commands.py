@@ -13,6 +13,7 @@ import anyio
 from .. import registry, remote_workdir
 from ..errors import Interrupted, JobFailedError, XqueueError
 from ..queue import ERROR_STRATEGIES, Xqueue
+from ..retry import RetryPolicy
 from ..states import JobStatus
 from . import operate, sweep
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_SIGINT, EXIT_SIGPIPE, EXIT_SIGTERM = 130, 141, 143
+DEFAULT_STRATEGY, DEFAULT_RETRIES = "ignore", 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,15 +106,18 @@ def queue_arguments(parser: argparse.ArgumentParser) -> None:
         "-e",
         "--error-strategy",
         choices=ERROR_STRATEGIES,
-        default="ignore",
-        help="what a failed job does (default: ignore, i.e. run the rest)",
+        default=None,  # told apart from one given: -r alone makes it retry (retry_options)
+        help=f"what a failed job does (default: {DEFAULT_STRATEGY}, i.e. run the rest; "
+        "retry with -r, see there)",
     )
     parser.add_argument(
         "-r",
         "--retries",
         type=int,
-        default=3,
-        help="attempts after the first, with --error-strategy retry (default 3)",
+        default=None,
+        help=f"attempts after the first, with -e retry (default {DEFAULT_RETRIES}); -r "
+        "without -e means -e retry, unless --retry-policy has a rule that gives no count "
+        "(-r is then that count)",
     )
     parser.add_argument(
         "--retry-policy",
@@ -169,16 +174,44 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     return options
 
 
-def parse_policy(text: str | None) -> Any:
-    """``--retry-policy`` as data; the queue validates what it says."""
+def parse_policy(text: str | None) -> RetryPolicy | None:
+    """``--retry-policy``, validated as the queue would (``ConfigError`` naming the key)."""
     if text is None:
         return None
     import json
 
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except ValueError as exc:
         raise XqueueError(f"--retry-policy is not JSON: {exc}") from None
+    return RetryPolicy.parse(data)
+
+
+def retry_options(strategy: str | None, retries: int | None, policy: RetryPolicy | None) -> str:
+    """The error strategy a run gets from ``-e``, ``-r`` and ``--retry-policy``.
+
+    ``-r`` was ignored without ``-e retry`` (the default strategy is ignore): ``echo
+    "exit 1" | xqueue run -r 3`` made one attempt and said nothing. A user who asks for
+    retries wants them, so ``-r`` alone means ``-e retry``, and ``-r`` with ``-e halt``
+    or ``-e ignore``, where it would change nothing, is refused. Unless a policy rule
+    takes its count from ``-r`` (``"retry"`` or ``"requeue"`` without ``retries``):
+    then ``-r`` is that count, with any strategy, and the classes the policy does not
+    name keep following ``-e`` and its default, as documented.
+    """
+    if retries is None:
+        return strategy or DEFAULT_STRATEGY
+    counted = policy is not None and any(
+        rule.action != "stop" and rule.retries is None for rule in policy.rules.values()
+    )
+    if strategy is None:
+        return DEFAULT_STRATEGY if counted else "retry"
+    if strategy != "retry" and not counted:
+        what = "; no --retry-policy rule takes its count from it" if policy else ""
+        raise XqueueError(
+            f"-r/--retries {retries} does nothing with -e/--error-strategy {strategy}{what}: "
+            "give -e retry, or leave -e out (-r alone means -e retry)"
+        )
+    return strategy
 
 
 def read_commands(data: bytes, source: str) -> list[str]:
@@ -287,13 +320,14 @@ def make_queue(args: argparse.Namespace, console: Console, **extra: Any) -> Xque
     """The queue of ``queue_arguments``' options (and ``extra`` Xqueue arguments), with
     the live view when it is asked for or the console is a terminal."""
     plugins = [p[3:] and f"-{p[3:]}" if p.startswith("no:") else p for p in args.plugin]
+    policy = parse_policy(args.retry_policy)
     queue = Xqueue(
         args.scheduler,
         forks=args.forks,
         workdir=args.workdir,
-        error_strategy=args.error_strategy,
-        num_retries=args.retries,
-        retry_policy=parse_policy(args.retry_policy),
+        error_strategy=retry_options(args.error_strategy, args.retries, policy),
+        num_retries=DEFAULT_RETRIES if args.retries is None else args.retries,
+        retry_policy=policy,
         scheduler_opts=parse_options(args.option),
         profile=args.profile,
         plugins=plugins,
