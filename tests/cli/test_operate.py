@@ -178,6 +178,38 @@ def test_logs_by_index_name_folder_stream_and_attempt(tmp_path: Path) -> None:
         assert out.returncode == 2 and message in out.stderr, out.stderr
 
 
+# Commands longer than a name (48 characters) whose first 48 are the same: they cut to
+# one name, and only the whole command tells them apart.
+LONG = ": a command longer than the 48 characters of a job name; echo {0}"
+
+
+def test_logs_takes_a_job_by_its_whole_command_and_never_by_its_first_48(
+    tmp_path: Path,
+) -> None:
+    """A job's name is its command cut to 48 characters, so a whole long command named no
+    job (``no job named '...'``, and nothing said why). It names the job whose recorded
+    command it is; one that only begins as a job's name does is refused, naming it."""
+    wd = tmp_path / "wd"
+    commands = [LONG.format(word) for word in ("one", "two")]
+    short = "echo short"  # a command under 48: its name, as before
+    ran = xqueue("run", "-w", str(wd), input="\n".join([*commands, short, LONG.format("one")]))
+    assert ran.returncode == 0, ran.stderr
+    assert xqueue("logs", str(wd), commands[1]).stdout == "two\n"
+    assert xqueue("logs", str(wd), short).stdout == "short\n"
+
+    same = xqueue("logs", str(wd), commands[0])  # jobs 0 and 3 run the same command
+    assert same.returncode == 2
+    assert f"2 jobs have the command {commands[0]!r}: jobs 0, 3; name one by its index" in (
+        " ".join(same.stderr.split())
+    )
+    other = xqueue("logs", str(wd), LONG.format("six"))  # begins as jobs 0, 1 and 3 do
+    assert other.returncode == 2 and other.stdout == ""
+    said = " ".join(other.stderr.split())
+    assert f"no job named {LONG.format('six')!r}" in said
+    assert "a job's name is its command cut to 48 characters, and its first 48" in said
+    assert "are the name of jobs 0, 1, 3, whose commands are others" in said
+
+
 def test_a_later_run_keeps_the_earlier_attempts_and_logs_shows_its_own(tmp_path: Path) -> None:
     """A job that failed runs again in a later run as attempts after its last: the
     earlier run's files stay, and ``logs`` shows the new output (a later run that
@@ -267,6 +299,31 @@ def test_cancel_kills_named_jobs_through_the_live_run(tmp_path: Path, runs: list
     assert run.wait() == 143
     assert final_states(wd) == ["killed", "killed", "finished", "killed"]
     assert wait_no_job_processes(wd, 5) == []
+
+
+def test_cancel_kills_a_job_by_its_whole_command_never_by_its_first_48_characters(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    """``xqueue cancel WD "<a command over 48 characters>"`` said ``no job named`` and
+    killed nothing. The whole command names its job; a command that only begins as a
+    job's name does (its first 48 characters) kills nothing and says which job that is."""
+    wd = tmp_path / "wd"
+    one, two = (f"sleep 60; {LONG.format(word)}" for word in ("one", "two"))
+    run = Run(wd, [one, two], "-f", "2")
+    runs.append(run)
+    run.wait_journal('"jid": "', 2)
+    guess = xqueue("cancel", str(wd), f"sleep 60; {LONG.format('six')}")
+    assert guess.returncode == 2 and guess.stdout == ""
+    said = " ".join(guess.stderr.split())
+    assert "its first 48" in said and "are the name of jobs 0, 1, whose commands are others" in said
+    out = xqueue("cancel", str(wd), two)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"job 1 ({two[:48]}): killed\n"
+    run.wait_journal('"status": "killed"', 1)
+    assert run.proc.poll() is None  # the run goes on, job 0 with it
+    assert final_states(wd)[0] in ("submitted", "running")
+    assert xqueue("cancel", str(wd)).returncode == 0
+    assert run.wait() == 143
 
 
 @pytest.mark.parametrize("job", ["sleep 60", STUBBORN])

@@ -4,11 +4,14 @@ folder's name."""
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Sequence
+from typing import Any
 
 from ..control import RUN_FILE
 from ..errors import XqueueError
 from ..events import EVENTS_FILE
+from ..job import default_name
 from ..records import (
     EXITS_FILE,
     JOURNAL_FILE,
@@ -42,6 +45,42 @@ def check_workdir(workdir: str) -> None:
 
 
 _SHOWN = 10  # matches listed for an ambiguous name
+# A command's default name is the command cut to this many characters (job.default_name).
+NAME_LIMIT = len(default_name("x" * 1000))
+
+
+class _Jobs:
+    """The workdir's jobs by name and by command, read once for all the refs given."""
+
+    def __init__(self, reader: WorkdirReader) -> None:
+        self.folders = reader.folders()
+        self.specs = reader.specs(self.folders)
+        self.by_name: dict[str, list[str]] = {}
+        for folder, spec in zip(self.folders, self.specs, strict=True):
+            name = (spec or {}).get("name")
+            if isinstance(name, str):
+                self.by_name.setdefault(name, []).append(folder)
+        self._by_command: dict[str, list[str]] | None = None
+
+    def by_command(self, command: str) -> list[str]:
+        """The jobs whose command is ``command``: a shell line as it was given (ends
+        stripped), or an argument list as ``shlex.join`` writes it (as ``xqueue sweep
+        --dry-run`` shows it). Made only when a ref names no job: most never need it."""
+        if self._by_command is None:
+            self._by_command = {}
+            for folder, spec in zip(self.folders, self.specs, strict=True):
+                text = _command_text((spec or {}).get("command"))
+                if text is not None:
+                    self._by_command.setdefault(text, []).append(folder)
+        return self._by_command.get(command.strip(), [])
+
+
+def _command_text(command: Any) -> str | None:
+    if isinstance(command, str):
+        return command.strip()
+    if isinstance(command, list) and command and all(isinstance(a, str) for a in command):
+        return shlex.join(command)
+    return None
 
 
 def resolve(reader: WorkdirReader, refs: Sequence[str]) -> list[str]:
@@ -52,9 +91,16 @@ def resolve(reader: WorkdirReader, refs: Sequence[str]) -> list[str]:
     their indices: an index is unambiguous. An index or a folder name is looked up
     without listing the workdir's folders, which a million jobs make slow; only a name
     needs them all.
+
+    A ref that is no job's name may be a job's whole command: a job's name is its
+    command cut to ``NAME_LIMIT`` characters, so ``xqueue cancel WD "<a long command>"``
+    named nothing. It names the job whose command, as ``specs.jsonl`` records it, is
+    exactly that (several: refused as a shared name is). Never a job whose name is only
+    its first ``NAME_LIMIT`` characters: the rest may differ (``--seed=1`` and
+    ``--seed=2`` cut alike), and ``cancel`` must not kill by a guess; the error names
+    that job, and why, instead.
     """
-    folders: list[str] | None = None
-    by_name: dict[str, list[str]] | None = None
+    jobs: _Jobs | None = None
     found = []
     for ref in refs:
         if ref.isascii() and ref.isdigit():
@@ -66,23 +112,52 @@ def resolve(reader: WorkdirReader, refs: Sequence[str]) -> list[str]:
         if reader.is_folder(ref):
             found.append(ref)
             continue
-        if folders is None or by_name is None:
-            folders, by_name = reader.folders(), {}
-            for folder, spec in zip(folders, reader.specs(folders), strict=True):
-                name = (spec or {}).get("name")
-                if isinstance(name, str):
-                    by_name.setdefault(name, []).append(folder)
-        matches = by_name.get(ref, [])
+        if jobs is None:
+            jobs = _Jobs(reader)
+        matches, what = jobs.by_name.get(ref, []), "are named"
         if not matches:
-            raise XqueueError(f"no job named {ref!r} in {reader.path} ({_extent(folders)})")
+            matches, what = jobs.by_command(ref), "have the command"
+        if not matches:
+            raise XqueueError(_unknown(reader, jobs, ref))
         if len(matches) > 1:
-            listed = ", ".join(str(job_index(f)) for f in matches[:_SHOWN])
-            more = f" and {len(matches) - _SHOWN} more" if len(matches) > _SHOWN else ""
             raise XqueueError(
-                f"{len(matches)} jobs are named {ref!r}: jobs {listed}{more}; name one by its index"
+                f"{len(matches)} jobs {what} {ref!r}: jobs {_listed(matches)}; "
+                "name one by its index"
             )
         found.append(matches[0])
     return found
+
+
+def _unknown(reader: WorkdirReader, jobs: _Jobs, ref: str) -> str:
+    """Why ``ref`` names no job; for a long ref whose first ``NAME_LIMIT`` characters
+    are a job's name, which job that is and why it is not taken for it."""
+    said = f"no job named {ref!r} in {reader.path} ({_extent(jobs.folders)})"
+    cut = default_name(ref)
+    if len(ref.strip()) <= NAME_LIMIT or cut not in jobs.by_name:
+        return said
+    matches = jobs.by_name[cut]
+    why = f"a job's name is its command cut to {NAME_LIMIT} characters, and its first {NAME_LIMIT}"
+    if len(matches) > 1:
+        return (
+            f"{said}; {why}, {cut!r}, are the name of jobs {_listed(matches)}, whose commands "
+            "are others: name one by its index"
+        )
+    (folder,) = matches
+    index = job_index(folder)
+    command = _command_text((jobs.specs[jobs.folders.index(folder)] or {}).get("command"))
+    if command is None:  # a spec without a command: nothing to tell them apart by
+        return f"{said}; {why}, {cut!r}, are the name of job {index}: name it by its index"
+    shown = command if len(command) <= 200 else f"{command[:200]}..."
+    return (
+        f"{said}; {why}, {cut!r}, are the name of job {index}, whose command is another, "
+        f"{shown!r}: name it by its index, {index}, if it is the one"
+    )
+
+
+def _listed(folders: Sequence[str]) -> str:
+    listed = ", ".join(str(job_index(f)) for f in folders[:_SHOWN])
+    more = f" and {len(folders) - _SHOWN} more" if len(folders) > _SHOWN else ""
+    return listed + more
 
 
 def _extent(folders: Sequence[str]) -> str:
