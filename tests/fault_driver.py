@@ -171,7 +171,9 @@ def _api(args: argparse.Namespace) -> int:
 
 def _cli(args: argparse.Namespace) -> None:
     argv = [sys.executable, "-m", "xqueue", "run", args.jobs, "-w", args.workdir]
-    argv += ["-f", str(args.forks), "-e", args.error_strategy, "-r", str(args.retries)]
+    argv += ["-f", str(args.forks), "-e", args.error_strategy]
+    if args.error_strategy == "retry":  # -r with another strategy is a usage error
+        argv += ["-r", str(args.retries)]
     argv += ["-s", args.scheduler]
     for pair in args.option:
         argv += ["-o", pair]

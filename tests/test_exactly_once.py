@@ -28,7 +28,13 @@ from typing import Any
 
 import pytest
 
-from tests.procs import driver_argv, kill_job_processes, stop, wait_no_job_processes
+from tests.procs import (
+    driver_argv,
+    job_processes,
+    kill_job_processes,
+    stop,
+    wait_no_job_processes,
+)
 
 JOBS = 300
 KILLS = 50
@@ -366,3 +372,63 @@ def test_slurm_controller_killed_at_50_points_runs_each_job_exactly_once(
         check_all_finished(states, 100, "xqueue status --json")
     finally:
         subprocess.run(["scancel", f"--name={name}"], capture_output=True, timeout=30)
+
+
+def _limit_file_size(limit: int) -> None:
+    """In the controller's process: a file may not grow past ``limit`` bytes (the journal
+    hits it as on a full disk or a quota: the write fails, EFBIG)."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+@pytest.mark.parametrize("full", ["journal.jsonl", "specs.jsonl"])
+def test_a_workdir_that_cannot_be_written_stops_the_run_and_loses_nothing(
+    tmp_path: Path, full: str
+) -> None:
+    """The workdir refuses a write (a full disk, a quota): the journal mid-run, or the
+    specs file (written for every job fed, ahead of the run). The run stops with one line
+    saying so; it leaves its running jobs running instead of killing them (their kills
+    could not be recorded: a later run took their SIGTERM, rc 143, for the jobs' own
+    failure and did not run them again), and a later run picks them up: each job runs
+    exactly once and succeeds. It was a traceback (the journal), or a failure of every
+    job left, each said on its own (the specs)."""
+    wd, ledger = tmp_path / "wd", tmp_path / "L"
+    # Short commands: the journal (three lines a job) fills first; long ones: the specs.
+    pad = "" if full == "journal.jsonl" else f" # {'x' * 300}"
+    # The long jobs end when the test says: after the first run has stopped.
+    long = [f"while [ ! -e go ]; do sleep 0.05; done; echo long{i} >> L{pad}" for i in range(2)]
+    short = [f"echo {i} >> L{pad}" for i in range(200)]
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("\n".join(long + short) + "\n")
+    run = [sys.executable, "-m", "xqueue", "run", "-w", str(wd), "-f", "4", "--no-progress"]
+    # Output to a file: the shepherd keeps the left jobs, and a pipe, open after the run.
+    log = tmp_path / "first.log"
+    try:
+        with log.open("w") as out:
+            first = subprocess.run(
+                [*run, str(jobs)],
+                stdout=out,
+                stderr=out,
+                timeout=60,
+                cwd=tmp_path,
+                preexec_fn=lambda: _limit_file_size(30_000),
+            )
+        said = log.read_text()
+        assert first.returncode == 2, said
+        error = [line for line in said.splitlines() if line.startswith("error:")]
+        assert len(error) == 1 and f"{full}' (File too large): the run stops" in error[0], said
+        assert "Traceback" not in said and "job 1" not in said, said
+        if full == "journal.jsonl":  # the long jobs' shells: left running, not killed
+            assert len(job_processes(wd)) >= 2
+        (tmp_path / "go").touch()
+        again = subprocess.run(
+            [*run, str(jobs)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+        )
+        assert again.returncode == 0, again.stderr
+        counts = Counter(ledger.read_text().split())
+        assert counts == Counter([*(f"long{i}" for i in range(2)), *map(str, range(200))])
+        assert wait_no_job_processes(wd, 5) == []
+    finally:
+        kill_job_processes(wd)

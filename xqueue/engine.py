@@ -514,7 +514,7 @@ class Engine:
             while self._inbox:
                 pending = self._fire(self._handle(self._inbox.popleft()))
                 if pending is not None:
-                    self.workdir.flush_records()
+                    self._flush_records()
                     await pending
                     self.workdir.hold_records()
         except BaseException:
@@ -525,7 +525,15 @@ class Engine:
             except Exception as exc:
                 log.error("could not write the journal: %s", exc)
             raise
-        self.workdir.flush_records()
+        self._flush_records()
+
+    def _flush_records(self) -> None:
+        """Write the records held back; a workdir that refuses them (full) stops the run,
+        which then leaves its running jobs running (``Workdir._append_journal``)."""
+        try:
+            self.workdir.flush_records()
+        except WorkdirError as exc:
+            self._post("stop", exc)
 
     def _wait_for(self) -> float:
         waits = [math.inf]
@@ -658,6 +666,10 @@ class Engine:
                 self._move(job, S.QUEUED)
                 self._queued.appendleft(self._queued.pop())  # keep its place in line
                 return []
+        if result is self.workdir.broken:  # the run's own error says it, once
+            job.jid, job.rc = None, None
+            job.reason = f"cancelled before it was submitted: {result}"
+            return self._finalize(job, S.KILLED, record=False)
         if isinstance(result, BaseException):
             job.jid, job.rc = None, None
             job.reason = f"submission failed: {result}"
@@ -1035,6 +1047,14 @@ class Engine:
             elif job.status is S.SUBMITTING:
                 job._kill_requested = True
             elif job.status.is_active and not job.kill_requested and job not in self._checking:
+                if self.workdir.broken is not None:
+                    # Its kill could not be recorded, and a later run would take its
+                    # SIGTERM for its own failure: left running, as a dead controller
+                    # leaves it, for the next run to pick up (its intent is journalled).
+                    job.reason = "left running: the journal cannot be written"
+                    self._left.add(job)
+                    self.scheduler.forget(job)
+                    continue
                 job._kill_requested = True
                 job.reason = f"killed: {why}"
                 self._to_kill.append(job)
@@ -1176,8 +1196,13 @@ class Engine:
                 )
             except Exception as exc:  # a bug, not a job's fault: no job is left submitting
                 failed = dict.fromkeys(unmade, exc)
+            broken = self.workdir.broken
+            if broken is not None:  # full: the run stops, and these are cancelled
+                self._post("stop", broken)
             for job, error in failed.items():
-                self._post("submitted", job, SubmissionError(str(error), retryable=False))
+                if error is not broken:
+                    error = SubmissionError(str(error), retryable=False)
+                self._post("submitted", job, error)
             batch = [job for job in batch if job not in failed]
         allowed: list[Job] = []
         for n, job in enumerate(batch):
@@ -1212,8 +1237,10 @@ class Engine:
             # were never submitted, and the run stops with the workdir's own error.
             error = exc if isinstance(exc, WorkdirError) else WorkdirError(str(exc))
             self._post("stop", error)
+            if error is not self.workdir.broken:  # else the run's error says it, once
+                error = SubmissionError(str(error), retryable=False)
             for job in allowed:
-                self._post("submitted", job, SubmissionError(str(error), retryable=False))
+                self._post("submitted", job, error)
             return
         try:
             results = await self.scheduler.submit_jobs(allowed)

@@ -38,6 +38,7 @@ opts in (``Workdir(path, trust=True)`` or ``XQUEUE_TRUST_WORKDIR=1``). Reading l
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -172,6 +173,17 @@ def write_new(path: str, data: bytes, mode: int = 0o666) -> None:
     except BaseException:
         _unlink_quietly(path)
         raise
+
+
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})  # no room for a write
+
+
+def _cannot_write(path: str | os.PathLike[str], exc: OSError) -> WorkdirError:
+    return WorkdirError(
+        f"cannot write {os.fspath(path)!r} ({exc.strerror or exc}): the run stops, leaving "
+        "its running jobs running, since their ends could not be recorded; make room, "
+        "then run again on this workdir to pick them up"
+    )
 
 
 def _unlink_quietly(path: str) -> None:
@@ -372,6 +384,10 @@ class Workdir:
         self.reader = WorkdirReader(self.path)
         self._root = str(self.path)
         self._journal_fd: int | None = None
+        # The error of a write the workdir refused for want of room (a full disk, a quota)
+        # or that the journal refused: from then on no submission may be journalled, and
+        # other records are dropped (see ``_append_journal``).
+        self.broken: WorkdirError | None = None
         # Records held back by ``hold_records`` until ``flush_records`` writes them.
         self._held: list[str] | None = None
         # Folder names in the workdir, listed once (under the lock, nobody else adds any),
@@ -470,12 +486,30 @@ class Workdir:
     # -- the journal ------------------------------------------------------------------------
     def _append_journal(self, lines: str) -> None:
         """One write() for the lines: O_APPEND keeps concurrent lines whole, and a torn
-        last line left by a crash is skipped when the journal is read."""
+        last line left by a crash is skipped when the journal is read.
+
+        A write the journal refuses (ENOSPC, EDQUOT, EIO) is a ``WorkdirError``, once: the
+        engine then stops without killing the running jobs, whose kills it could not
+        record (a later run would take their SIGTERM for their own failure); a later
+        run picks them up as it does a dead controller's. Later records of this run are
+        dropped: they would only be lines after a torn one, and the next run finds
+        those ends as it finds a crashed run's."""
+        if self.broken is not None:
+            return
         if self._journal_fd is None:
             self._journal_fd = self._open_journal()
         view = memoryview(lines.encode())
-        while view:  # a regular file takes it all at once, short of a full disk
-            view = view[os.write(self._journal_fd, view) :]
+        try:
+            while view:  # a regular file takes it all at once, short of a full disk
+                view = view[os.write(self._journal_fd, view) :]
+        except OSError as exc:
+            raise self._full(self.path / JOURNAL_FILE, exc) from exc
+
+    def _full(self, path: str | os.PathLike[str], exc: OSError) -> WorkdirError:
+        """The workdir's first refused write (``broken``), kept: one error for the run."""
+        if self.broken is None:
+            self.broken = _cannot_write(path, exc)
+        return self.broken
 
     def hold_records(self) -> None:
         """Keep the records of ``record`` in memory until ``flush_records``.
@@ -693,17 +727,20 @@ class Workdir:
         made, with why. Blocking: called in a worker thread, a batch at a time."""
         errors: dict[Job, WorkdirError] = {}
         with self._making:
+            if self.broken is not None:  # full: not one more folder (and one error for all)
+                return dict.fromkeys([job for job in jobs if job in self._unmade], self.broken)
             made = [job for job in jobs if job in self._unmade]
             lines = "".join([self._make_one(job, errors) for job in made])
             if lines:
                 try:
                     self._append_specs(lines)
                 except (OSError, WorkdirError) as exc:
-                    error = (
-                        exc
-                        if isinstance(exc, WorkdirError)
-                        else file_error(self.path / SPECS_FILE, exc, "append to")
-                    )
+                    if isinstance(exc, WorkdirError):
+                        error = exc
+                    elif exc.errno in _FULL:  # the same for every job: the run stops
+                        error = self._full(self.path / SPECS_FILE, exc)
+                    else:
+                        error = file_error(self.path / SPECS_FILE, exc, "append to")
                     # Not made after all: a job with no spec must not run (a later run
                     # could not tell its folder from one nobody used, and run it again).
                     for job in made:
@@ -730,7 +767,10 @@ class Workdir:
                 os.mkdir(job.dir)
             self._move_in(job, self._unmade[job])
         except OSError as exc:
-            errors[job] = WorkdirError(f"cannot create job folder {job.dir!r}: {exc}")
+            if exc.errno in _FULL:  # the same for every job: the run stops
+                errors[job] = self._full(job.dir, exc)
+            else:
+                errors[job] = WorkdirError(f"cannot create job folder {job.dir!r}: {exc}")
         except WorkdirError as exc:
             errors[job] = exc
         else:
@@ -776,14 +816,18 @@ class Workdir:
         end: its job has ended, and its record is journaled); the workdir's thread
         leaves them to the job's submission, which tries again and says why."""
         failed = set() if failed is None else failed
+        if self.broken is not None:  # full: no folder can be made, the run says so once
+            return
         # A copy of the dict each round (taken at once, under the GIL: the loop adds to it
         # meanwhile), not each batch: a million unmade jobs cost one pass, not 4,000.
         while todo := [job for job in list(self._unmade) if job not in failed]:
             for start in range(0, len(todo), _MAKE_BATCH):
                 for job, error in self.make_folders(todo[start : start + _MAKE_BATCH]).items():
                     failed.add(job)
-                    if report:
+                    if report and error is not self.broken:
                         log.warning("job %s: %s", job.index, error)
+                if self.broken is not None:
+                    return
 
     def has_unmade(self) -> bool:
         return bool(self._unmade)
@@ -823,6 +867,8 @@ class Workdir:
         """Journal the state of many active jobs in one write (the submission intents),
         now, after the records held back: a job's intent must follow its earlier lines
         and be in the journal before the job is submitted."""
+        if self.broken is not None:  # nothing may start unrecorded
+            raise self.broken
         if jobs:
             now = time.time()
             lines = [self._journal_line(job, _with_claim(job, _intent(job, now))) for job in jobs]
