@@ -418,3 +418,32 @@ def test_a_grown_request_with_slots_survives_its_record() -> None:
 
     grown = Resources(walltime_s=2, slots=("machine",))
     assert Resources.from_record(json.loads(json.dumps(grown.to_dict()))) == grown
+
+
+async def test_a_killed_job_says_why_it_was_killed(workdir: Path) -> None:
+    """The reason of a kill is why it was asked for, not the backend's bare "killed":
+    by name, or by the run's stop (here a failure under halt)."""
+    q = Xqueue(workdir=workdir, forks=3)
+    named = await q.feed("sleep 30")
+    stopped = await q.feed("sleep 30")
+    failing = await q.feed("sleep 0.5; exit 3")
+    errors: list[BaseException] = []
+
+    async def run() -> None:
+        try:
+            await q.run_until_complete()
+        except JobFailedError as exc:
+            errors.append(exc)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            while named.status is not S.RUNNING:
+                await anyio.sleep(0.02)
+            assert await q.kill(named)
+    assert len(errors) == 1 and failing.status is S.FAILED
+    assert (named.status, named.reason) == (S.KILLED, "killed on request")
+    assert (stopped.status, stopped.reason) == (S.KILLED, "killed: the run stopped (halted)")
+    reader = WorkdirReader(workdir)
+    record = await anyio.to_thread.run_sync(reader.last_record, os.path.basename(named.dir))
+    assert record is not None and record["reason"] == "killed on request"

@@ -805,9 +805,10 @@ class Engine:
             self._to_kill.append(job)
             return calls
         self.scheduler.forget(job)
+        asked = job.reason  # why its kill was asked for (the run stopped, by name), if it was
         job.rc, job.reason = state.rc, state.reason
         if job.kill_requested and job._pending_state is None:
-            job.reason = job.reason or "killed"
+            job.reason = job.reason or asked or "killed"
             return calls + self._finalize(job, S.KILLED)
         if job._pending_state is not None:
             pending, job._pending_state = job._pending_state, None
@@ -956,6 +957,7 @@ class Engine:
             return []
         job._kill_requested = True
         if job.status.is_active and job.status is not S.SUBMITTING:
+            job.reason = "killed on request"
             self._actions.append((self._kill, ([job], reply, False)))
             return []
         reply.set(True)
@@ -986,7 +988,7 @@ class Engine:
                 self._left.add(job)
                 log.error("job %s (%s, %s) %s", job.index, job.name, job.jid, job.reason)
             else:
-                job._kill_requested = False
+                job._kill_requested, job.reason = False, ""  # it runs on
                 pending = job._pending_state
                 if pending is not None and pending.failure is FailureClass.TIMEOUT:
                     # Past its limit still: the kill is tried again shortly.
@@ -1033,7 +1035,7 @@ class Engine:
         grace = _grace(self.scheduler)
         self._deadline = time.monotonic() + grace + SHUTDOWN_MARGIN
         calls: list[HookCall] = []
-        why = f"the run stopped ({self._reason()})"
+        why = f"the run stopped ({self._signal.name if self._signal else self._reason()})"
         for job in self.jobs:
             if job.status in (S.INIT, S.WAITING, S.QUEUED, S.RETRYING):
                 job._kill_requested = True
