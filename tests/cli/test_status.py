@@ -509,3 +509,12 @@ def test_rc_text_names_only_standard_signals() -> None:
         "160",
         "255",
     ]
+
+
+def test_skipped_jobs_need_attention_too(tmp_path: Path) -> None:
+    """A job skipped because one it runs after failed is listed with the failed one, as
+    the run's own summary lists it; it was only counted."""
+    build(tmp_path / "wd", [JobStatus.FAILED, JobStatus.SKIPPED, JobStatus.FINISHED])
+    out = xqueue("status", str(tmp_path / "wd"))
+    assert out.returncode == 0, out.stderr
+    assert [(r[0], r[2]) for r in rows(out.stdout)] == [("0", "failed"), ("1", "skipped")]

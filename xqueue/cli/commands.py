@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         "status",
         help="show the jobs of a workdir",
         description="Count a workdir's jobs by state and list those that need attention "
-        "(failed, killed, orphaned by a run that is gone). Writes nothing to the workdir.",
+        "(failed, killed, skipped, orphaned by a run that is gone). Writes nothing to the workdir.",
     )
     status.add_argument("workdir", help="the workdir of a run")
     status.add_argument("--json", action="store_true", help="one JSON object per job (JSON lines)")

@@ -31,7 +31,7 @@ from .jobs import check_workdir
 from .text import MAX_ROWS, printable, rc_text
 
 ORPHANED, NOT_SUBMITTED = "orphaned", "not submitted"
-ATTENTION = ("failed", "killed", ORPHANED)
+ATTENTION = ("failed", "killed", "skipped", ORPHANED)  # as a run's own summary lists them
 STATES = (*(s.value for s in JobStatus), ORPHANED, NOT_SUBMITTED)
 SUBMITTED, RUNNING = JobStatus.SUBMITTED.value, JobStatus.RUNNING.value  # enum lookups are
 RETRYING, FAILED = JobStatus.RETRYING.value, JobStatus.FAILED.value  # slow enough to show
