@@ -432,3 +432,108 @@ def test_a_workdir_that_cannot_be_written_stops_the_run_and_loses_nothing(
         assert wait_no_job_processes(wd, 5) == []
     finally:
         kill_job_processes(wd)
+
+
+# Python-API runs whose workdir fills at a chosen moment (RLIMIT_FSIZE, in a process of
+# their own: the limit is the whole process's). Each prints what a test checks.
+_FULL_PRELUDE = """
+import os, resource, signal, sys
+import anyio
+from xqueue import Xqueue
+from xqueue.schedulers.local import LocalScheduler
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+HARD = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+wd = sys.argv[1]
+
+def fill(name, room=0):
+    size = os.path.getsize(os.path.join(wd, name))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + room, HARD))
+
+def report(label, jobs):
+    print(label, *[f"{j.status.value}:{j.rc}" for j in jobs])
+"""
+
+_FULL_WHILE_SUBMITTING = """
+class Slow(LocalScheduler):
+    name = "local"
+    async def submit_jobs(self, jobs):
+        if any("B" in j.name for j in jobs):  # its intent is journalled; now it is full
+            fill("journal.jsonl")
+            await anyio.sleep(1.0)  # meanwhile C ends, its record is refused: the run stops
+        return await super().submit_jobs(jobs)
+
+CMDS = ["sleep 1.2; echo A >> ../L", "sleep 0.3; echo C >> ../L", "sleep 1; echo B >> ../L"]
+
+async def first():
+    # Two at a time: B goes once C has ended; while its submission is on its way, A
+    # ends and its record is refused: the run stops.
+    q = Xqueue(Slow(), workdir=wd, forks=2, error_strategy="ignore")
+    jobs = [await q.feed(cmd) for cmd in CMDS]
+    try:
+        await q.run_until_complete()
+    except Exception as exc:
+        print("error", type(exc).__name__)
+    report("first", jobs)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (HARD, HARD))
+    # The same queue runs again, once there is room (its error is not kept).
+    jobs.append(await q.feed("echo D >> ../L"))
+    await q.run_until_complete()
+    report("again", jobs)
+    await q.aclose()
+
+anyio.run(first)
+"""
+
+_FULL_IN_THE_FOLDER_THREAD = """
+async def main():
+    q = Xqueue(workdir=wd, forks=4, error_strategy="ignore")
+    try:
+        async with q:
+            a = await q.feed("sleep 1; exit 3")
+            await anyio.sleep(0.3)
+            fill("specs.jsonl", room=1000)  # room for a few specs, of the folder thread
+            deps = [await q.feed(f"echo {i} # {'x' * 300}", after=[a]) for i in range(20)]
+    except Exception as exc:
+        print("error", type(exc).__name__)
+    else:
+        print("no error")
+
+anyio.run(main)
+"""
+
+
+def test_a_full_workdir_leaves_a_job_being_submitted_running_and_the_queue_usable(
+    tmp_path: Path,
+) -> None:
+    """A job whose submission was on its way when the workdir filled is left running too
+    (it was SIGTERMed unrecorded, and the next run took rc 143 for its failure), and the
+    same queue runs again once there is room (the error was kept: every job fed after it
+    was cancelled, every record dropped)."""
+    (tmp_path / "wd").mkdir()
+    script = tmp_path / "s.py"
+    script.write_text(_FULL_PRELUDE + _FULL_WHILE_SUBMITTING)
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "wd" / "w")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path / "wd",
+    )
+    lines = out.stdout.splitlines()
+    assert lines[:2] == ["error WorkdirError", "first finished:0 finished:0 running:None"], out
+    assert lines[2] == "again finished:0 finished:0 finished:0 finished:0", out
+    assert sorted((tmp_path / "L").read_text().split()) == ["A", "B", "C", "D"]
+
+
+def test_a_workdir_filled_by_its_folder_thread_stops_the_run(tmp_path: Path) -> None:
+    """The folder thread was the first to find the workdir full: every record after it
+    went nowhere, and the run ended without a word."""
+    script = tmp_path / "s.py"
+    script.write_text(_FULL_PRELUDE + _FULL_IN_THE_FOLDER_THREAD)
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "wd")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.stdout.splitlines() == ["error WorkdirError"], out

@@ -222,7 +222,7 @@ class Engine:
         self.scheduler_open = False  # so aclose() runs exactly once per open()
         self._hold_until = 0.0  # no submission before this (the backend looked down)
         self._unavailable_since = 0.0
-        self._outage_noted = 0.0  # when the outage was last reported (once, then each minute)
+        self._outage_noted = -math.inf  # when the outage was last reported (then each minute)
         # Jobs whose journal ends with the intent of a submission the backend could not
         # take (transient): a run that stops before they are submitted again records them.
         self._open_intents: set[Job] = set()
@@ -392,6 +392,7 @@ class Engine:
         self.state = _Run.RUNNING if keep_feeding else _Run.DRAINING
         self._error, self._signal, self._deadline = None, None, None
         self._left.clear()
+        self._open_intents.clear()
         self.started_at, self.stopped_at = time.monotonic(), None
         self.workdir.making_ahead(True)
 
@@ -436,6 +437,8 @@ class Engine:
                         # Jobs that ended unsubmitted (skipped, cancelled) get the folder
                         # every fed job has, so `xqueue status` lists them with the rest.
                         await anyio.to_thread.run_sync(self.workdir.make_remaining)
+                    if self.workdir.broken is not None and self._error is None:
+                        self._error = self.workdir.broken  # refused at the very end
                     await self._shutdown_hooks(reason)
                 finally:
                     await self._close(receiver)
@@ -534,6 +537,10 @@ class Engine:
             self.workdir.flush_records()
         except WorkdirError as exc:
             self._post("stop", exc)
+        else:
+            broken = self.workdir.broken  # by the folder thread: records now go nowhere
+            if broken is not None and self.state is not _Run.STOPPING:
+                self._post("stop", broken)
 
     def _wait_for(self) -> float:
         waits = [math.inf]
@@ -684,7 +691,7 @@ class Engine:
                 failure=FailureClass.SUBMIT_FAILED,
             )
         job.jid = result
-        self._unavailable_since = self._outage_noted = 0.0
+        self._unavailable_since, self._outage_noted = 0.0, -math.inf
         self._open_intents.discard(job)
         return self._now_active(job, ["on_job_submitted"])
 
@@ -696,6 +703,12 @@ class Engine:
             self._move(job, S.RUNNING)
             calls.append(("on_job_started", job))
         if job.kill_requested:
+            if self.workdir.broken is not None:  # as _on_stop leaves the active ones
+                job._kill_requested = False  # a later run of this queue awaits its end
+                job.reason = "left running: the workdir cannot be written"
+                self._left.add(job)
+                self.scheduler.forget(job)
+                return calls
             self._to_kill.append(job)
         if self.scheduler.awaits_completion:
             self._actions.append((self._await_job, (job,)))
@@ -1053,7 +1066,7 @@ class Engine:
                     # Its kill could not be recorded, and a later run would take its
                     # SIGTERM for its own failure: left running, as a dead controller
                     # leaves it, for the next run to pick up (its intent is journalled).
-                    job.reason = "left running: the journal cannot be written"
+                    job.reason = "left running: the workdir cannot be written"
                     self._left.add(job)
                     self.scheduler.forget(job)
                     continue

@@ -179,10 +179,11 @@ _FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})  # no room for a wr
 
 
 def _cannot_write(path: str | os.PathLike[str], exc: OSError) -> WorkdirError:
+    fix = "make room" if exc.errno in _FULL else "fix the file system"
     return WorkdirError(
         f"cannot write {os.fspath(path)!r} ({exc.strerror or exc}): the run stops, leaving "
-        "its running jobs running, since their ends could not be recorded; make room, "
-        "then run again on this workdir to pick them up"
+        f"its running jobs running, since their ends could not be recorded; {fix}, then "
+        "run again on this workdir to pick them up"
     )
 
 
@@ -472,6 +473,10 @@ class Workdir:
                 await anyio.to_thread.run_sync(self.lock)
 
     def unlock(self) -> None:
+        """The run's end: the lock released, the files closed. A refused write (``broken``)
+        is forgotten: the next run tries again (the user may have made room), and opens
+        the journal anew, ending a line the refused write tore."""
+        self.broken = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing releases the flock
             self._lock_fd = None
