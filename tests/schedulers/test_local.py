@@ -163,6 +163,49 @@ async def test_what_a_job_leaves_running_in_its_group_ends_with_it(
             os.kill(other, signal.SIGKILL)
 
 
+async def test_a_stopped_job_whose_shell_traps_sigterm_and_exits_gives_its_children_their_grace(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """A leader that handles SIGTERM by exiting (a wrapper that forwards it) looked like
+    a job that ended by itself, and its group was SIGKILLed at once: a child saving its
+    work on SIGTERM lost the grace kill_grace promises."""
+    saved, started = tmp_path / "saved", tmp_path / "started"
+    script = (
+        "trap 'exit 143' TERM\n"
+        f'sh -c \'trap "sleep 1; echo saved > {saved}; exit 0" TERM; '
+        f"echo 1 > {started}; sleep 30 & wait' &\n"
+        "wait\n"
+    )
+    opts = {"kill_grace": 5}
+    async with Xqueue(workdir=workdir, error_strategy="ignore", scheduler_opts=opts) as q:
+        job = await q.feed(["sh", "-c", script])
+        await _wait_for_file(started)
+        assert await q.kill(job)
+        with anyio.fail_after(15):
+            await job.wait()
+    assert job.status is JobStatus.KILLED
+    assert await _wait_for_file(saved) == "saved"
+
+
+async def test_a_job_whose_shell_is_killed_from_outside_leaves_nothing_running(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """SIGTERM from outside xqueue (a user's ``kill``) ended the leader; what it left in
+    its group ran on while the next attempt ran."""
+    pidfile = tmp_path / "pid"
+    q = Xqueue(workdir=workdir, error_strategy="retry", num_retries=1)
+    job = await q.feed(
+        f'sleep 60 & echo $! >> {pidfile}; [ "$XQUEUE_JOB_ATTEMPT" = 2 ] || kill -TERM $$'
+    )
+    with anyio.fail_after(30):
+        await q.run_until_complete()
+    assert job.status is JobStatus.FINISHED and job.attempt == 2
+    pids = [int(p) for p in (await anyio.Path(pidfile).read_text()).split()]
+    with anyio.fail_after(5):
+        while any([await anyio.to_thread.run_sync(process_alive, pid) for pid in pids]):
+            await anyio.sleep(0.02)
+
+
 async def test_kill_escalates_to_sigkill_after_grace(workdir: Path, tmp_path: Path) -> None:
     ready = tmp_path / "ready"
     opts = {"kill_grace": 0.3}

@@ -10,8 +10,9 @@ site packages, so it starts in milliseconds) and is never imported by xqueue. Th
   slurmstepd outlive their schedulers. It ignores the signals a terminal or a
   ``kill`` of the controller sends, and sits in a session of its own.
 - A job's processes end with it. Each job leads a session and process group of its own;
-  when its first process ends (other than by a stop's signal, whose sender ends the
-  group after its grace), whatever it left in the group is SIGKILLed.
+  when its first process ends, whatever it left in the group is SIGKILLed, unless the
+  controller is stopping the job (it said so first; the stop gives the group its grace)
+  or, once the controller is gone, a stop's signal ended it.
 - Starting processes costs the controller nothing but a message. Forking, and creating
   each job's output files (on a disk, creating a file costs far more than appending a
   line), are the bulk of a local run's cost; done here they run on another core, from a
@@ -20,7 +21,8 @@ site packages, so it starts in milliseconds) and is never imported by xqueue. Th
 Protocol, on a Unix stream socket at descriptor 0:
 
 - controller to shepherd: frames of a 4-byte big-endian length and NUL-separated fields
-  (job arguments and environment values cannot hold a NUL: feed() refuses them):
+  (job arguments and environment values cannot hold a NUL: feed() refuses them); a
+  frame ``K, pid`` says the controller is about to stop that job; any other is a job:
   ``key, cwd ("" for none), exit line tail, stdout path, stderr path, argument count,
   arguments..., NAME=value...`` (the tail ends the job's ``exits.jsonl`` line: ``,
   "attempt": n, "dir": "folder"}``), many frames to a write.
@@ -105,6 +107,7 @@ class Shepherd:
         self.connected = True
         self.buf = bytearray()
         self.children: dict[int, tuple[str, str, str]] = {}  # pid -> (key, start, tail)
+        self.stopping: set[int] = set()  # jobs the controller is stopping (``K`` frames)
         self.out: list[str] = []
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self.environ = dict(os.environ)
@@ -124,7 +127,10 @@ class Shepherd:
                 break
             fields = bytes(self.buf[_INT : _INT + size]).split(b"\0")
             del self.buf[: _INT + size]
-            self.spawn(fields)
+            if fields[0] == b"K":
+                self.stopping.add(int(fields[1]))
+            else:
+                self.spawn(fields)
 
     def spawn(self, fields: list[bytes]) -> None:
         key, cwd, tail = _decode(fields[0]), _decode(fields[1]), _decode(fields[2])
@@ -217,8 +223,9 @@ class Shepherd:
             if ended is None:
                 return
             pid = ended.si_pid
-            if pid in self.children and not _stopped(ended):
+            if pid in self.children and self._ends_group(pid, ended):
                 _end_group(pid)
+            self.stopping.discard(pid)
             _, status = os.waitpid(pid, 0)
             entry = self.children.pop(pid, None)
             if entry is None:
@@ -229,6 +236,17 @@ class Shepherd:
             now = time.time()
             self.lines.append(f'{{"rc": {rc}, "jid": "{pid}@{start}", "time": {now:.6f}{tail}')
             self.out.append(f"X {key} {rc}")
+
+    def _ends_group(self, pid: int, ended: os.waitid_result) -> bool:
+        """Whether the rest of an ended job's group is to be SIGKILLed now: not if the
+        controller is stopping the job (its stop gives the group its grace); with no
+        controller, not if a stop's signal ended it (a later controller may be stopping
+        it, with no way to say so). A notice sent just before the signal is read first."""
+        if self.connected and _readable(self.sock):
+            self.receive()
+        if pid in self.stopping:
+            return False
+        return self.connected or not _stopped(ended)
 
     def flush(self) -> None:
         """Record the exits first, in one write, then tell the controller: a controller
@@ -255,6 +273,12 @@ class Shepherd:
 # The signals a stop sends (xqueue's kill, a terminal's Ctrl-C or hangup): their sender
 # ends the rest of the group in its own time, after a grace the rest may need.
 _STOPS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
+def _readable(sock: _socket.socket) -> bool:
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _stopped(ended: os.waitid_result) -> bool:

@@ -114,6 +114,17 @@ class ShepherdLink:
             await self._send(b"".join(frames))
         return tickets
 
+    async def stopping(self, pids: Sequence[int]) -> None:
+        """Tell the shepherd these jobs are being stopped, before they are signalled: what
+        they leave in their groups is then the stop's to end, after its grace, and not
+        SIGKILLed the moment their first process exits (a leader that traps SIGTERM and
+        exits would cut its children's grace short). A frame ``K`` and a pid."""
+        if not pids or self.failure() is not None:
+            return
+        frames = [b"K\0" + str(pid).encode() for pid in pids]
+        async with self._send_lock:
+            await self._send(b"".join(len(f).to_bytes(4, "big") + f for f in frames))
+
     async def _send(self, data: bytes) -> None:
         view = memoryview(data)
         while view:

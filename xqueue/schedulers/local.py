@@ -381,6 +381,8 @@ class LocalScheduler(Scheduler):
         self.stats.kill_calls += 1
         groups = await self._alive_pids(jobs)
         grace = self.options.kill_grace
+        if self._link is not None:  # its own jobs: their groups are the stop's to end
+            await self._link.stopping([t.pid for j in jobs if (t := self._tickets.get(j))])
         # Seen through even if the run is cancelled meanwhile (bounded: grace + 5 s at
         # most): cut short, it would leave a child of a group recorded killed alive.
         with anyio.CancelScope(shield=True):
