@@ -119,25 +119,34 @@ _LAUNCH = (
 )
 
 
+def spawn_on_pty(
+    argv: Sequence[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``python argv`` in a new session whose controlling terminal is a fresh pty; the
+    process and the master side, which the caller closes."""
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, *argv],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            env=env,
+        )
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)
+    return proc, master
+
+
 class PtyProcess:
     """A process whose controlling terminal is a fresh pty we hold the master side of."""
 
     def __init__(self, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
-        master, slave = os.openpty()
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", _LAUNCH, *argv],
-                stdin=slave,
-                stdout=slave,
-                stderr=slave,
-                start_new_session=True,
-                env=env,
-            )
-        except BaseException:
-            os.close(master)
-            raise
-        finally:
-            os.close(slave)
+        self.proc, master = spawn_on_pty(["-c", _LAUNCH, *argv], env)
         self.master = master
         self._chunks: list[bytes] = []
         self._lock = threading.Lock()

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from tests.procs import kill_job_processes, stop, wait_no_job_processes
+from tests.procs import kill_job_processes, spawn_on_pty, stop, wait_no_job_processes
 from xqueue import Xqueue
 from xqueue.cli.progress import ProgressView
 from xqueue.cli.report import StderrConsole
@@ -78,24 +78,10 @@ class Terminal:
     not hang up until the controller next wrote (never, without the live view)."""
 
     def __init__(self, args: list[str], tracebacks: Path) -> None:
-        master, slave = os.openpty()
         env = {**os.environ, "TERM": "xterm-256color", "XQUEUE_TEST_TRACEBACKS": str(tracebacks)}
         for name in ("FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
             env.pop(name, None)
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", _LAUNCH, *args],
-                stdin=slave,
-                stdout=slave,
-                stderr=slave,
-                start_new_session=True,
-                env=env,
-            )
-        except BaseException:
-            os.close(master)
-            raise
-        finally:
-            os.close(slave)
+        self.proc, master = spawn_on_pty(["-c", _LAUNCH, *args], env)
         self.master: int | None = master
         self.data = bytearray()
 
