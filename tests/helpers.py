@@ -8,7 +8,7 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -285,3 +285,15 @@ async def read_text(path: str | os.PathLike[str]) -> str:
 async def read_bytes(path: str | os.PathLike[str]) -> bytes:
     """A file's bytes, for async tests: read without blocking the event loop."""
     return await anyio.Path(path).read_bytes()
+
+
+def cancellable_run(q: Xqueue) -> tuple[anyio.CancelScope, Callable[[], Awaitable[None]]]:
+    """A run of ``q`` for a test to start in its task group, and a scope to cancel it
+    with when the test chooses (a controller cancelled at that moment)."""
+    scope = anyio.CancelScope()
+
+    async def run() -> None:
+        with scope:
+            await q.run_until_complete()
+
+    return scope, run

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.helpers import is_alive, read_text, reap_lingering_shepherds
+from tests.helpers import cancellable_run, is_alive, read_text, reap_lingering_shepherds
 from xqueue import (
     Interrupted,
     JobFailedError,
@@ -185,11 +185,7 @@ async def test_an_outage_is_reported_once_and_a_stop_in_it_records_the_jobs_kill
     sched = Down()
     q = Xqueue(sched, workdir=workdir, forks=4)
     jobs = [await q.feed(f"echo {i}") for i in range(4)]
-    scope = anyio.CancelScope()
-
-    async def run() -> None:
-        with scope:
-            await q.run_until_complete()
+    scope, run = cancellable_run(q)
 
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:

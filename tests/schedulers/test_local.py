@@ -16,7 +16,7 @@ import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from tests.helpers import process_alive, read_text
+from tests.helpers import cancellable_run, process_alive, read_text
 from xqueue import Job, JobStatus, SchedulerError, Xqueue
 from xqueue.records import WorkdirReader
 from xqueue.schedulers.local import LocalScheduler
@@ -258,11 +258,7 @@ async def test_a_kill_is_seen_through_when_the_run_is_cancelled_in_its_grace(
     job = await q.feed(
         f"sh -c \"trap '' TERM; echo \\$\\$ > {pidfile}; exec sleep 60\"; echo after"
     )
-    scope = anyio.CancelScope()
-
-    async def run() -> None:
-        with scope:
-            await q.run_until_complete()
+    scope, run = cancellable_run(q)
 
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
