@@ -704,10 +704,7 @@ class Engine:
             calls.append(("on_job_started", job))
         if job.kill_requested:
             if self.workdir.broken is not None:  # as _on_stop leaves the active ones
-                job._kill_requested = False  # a later run of this queue awaits its end
-                job.reason = "left running: the workdir cannot be written"
-                self._left.add(job)
-                self.scheduler.forget(job)
+                self._leave_running(job)
                 return calls
             self._to_kill.append(job)
         if self.scheduler.awaits_completion:
@@ -1063,17 +1060,22 @@ class Engine:
                 job._kill_requested = True
             elif job.status.is_active and not job.kill_requested and job not in self._checking:
                 if self.workdir.broken is not None:
-                    # Its kill could not be recorded, and a later run would take its
-                    # SIGTERM for its own failure: left running, as a dead controller
-                    # leaves it, for the next run to pick up (its intent is journalled).
-                    job.reason = "left running: the workdir cannot be written"
-                    self._left.add(job)
-                    self.scheduler.forget(job)
+                    self._leave_running(job)
                     continue
                 job._kill_requested = True
                 job.reason = f"killed: {why}"
                 self._to_kill.append(job)
         return calls
+
+    def _leave_running(self, job: Job) -> None:
+        """A stopping run whose workdir refuses writes leaves an active job running: its
+        kill could not be recorded, and a later run would take its SIGTERM for its own
+        failure. As a dead controller leaves it, for the next run (of this queue, or
+        another) to pick up by its journalled intent."""
+        job._kill_requested = False
+        job.reason = "left running: the workdir cannot be written"
+        self._left.add(job)
+        self.scheduler.forget(job)
 
     def _on_signal(self, sig: signal.Signals) -> list[HookCall]:
         if self._signal is None and self.state is not _Run.STOPPING:
