@@ -129,6 +129,11 @@ class Scheduler(abc.ABC):
     enforces_walltime: ClassVar[bool] = False
     """True when the backend stops a job at its limit itself (Slurm ``--time``, SGE
     ``h_rt``) and reports it as TIMEOUT; otherwise the engine kills it at the limit."""
+    script_ends_group: ClassVar[bool] = False
+    """True when the job script SIGKILLs its own process group once the return code is
+    written, for a backend that leaves a finished job's other processes alone (a plain
+    SSH server: nothing else ends what a job left running with ``cmd &``). Only where
+    the script's own exit status is not read: it dies of that signal."""
 
     @property
     def enforces_forks(self) -> bool:
@@ -332,18 +337,25 @@ class Scheduler(abc.ABC):
                 os.unlink(job.attempt_path(kind))
             except FileNotFoundError:
                 pass
-        text = render_script(job, jobdir or job.dir, self.script_lines(job))
+        text = render_script(
+            job, jobdir or job.dir, self.script_lines(job), end_group=self.script_ends_group
+        )
         if read_text(path) != text:
             atomic_write(path, text)
             os.chmod(path, 0o755)
         return path
 
 
-def render_script(job: Job, jobdir: str, directives: Iterable[str] = ()) -> str:
+def render_script(
+    job: Job, jobdir: str, directives: Iterable[str] = (), *, end_group: bool = False
+) -> str:
     """The wrapper's text. Nothing of the job's reaches it unquoted: arguments and values
     are single-quoted word by word (``_text.quote``), and the name, which is only a
     comment, has its line breaks and other unprintable characters escaped (``comment``),
-    so no name, argument or value can end a line and start a command of its own."""
+    so no name, argument or value can end a line and start a command of its own.
+
+    ``end_group``: once the return code is written, SIGKILL the script's process group
+    (``Scheduler.script_ends_group``), the script with it."""
     q = quote
     n = max(job.attempt, 1)
 
@@ -371,6 +383,7 @@ def render_script(job: Job, jobdir: str, directives: Iterable[str] = ()) -> str:
         *_command_lines(job, f"> {f(STDOUT)} 2> {f(STDERR)}"),
         "rc=$?",
         f'echo "$rc" > {f(RC)}.tmp && mv -f {f(RC)}.tmp {f(RC)}',
+        *(["kill -KILL 0  # what the job left in its group (cmd &) ends with it"] * end_group),
         'exit "$rc"',
         "",
     ]

@@ -242,6 +242,29 @@ async def test_kill_takes_down_the_whole_group_on_the_server(
     assert (await read_text(job.stdout_path)) == ""
 
 
+async def test_what_a_job_leaves_running_on_the_server_ends_with_it(
+    servers: dict[str, Any], workdir: Path, ssh_env: dict[str, str]
+) -> None:
+    """A job that starts ``cmd &`` and exits has ended: what it left in its group on the
+    server is ended with it, not left to write into the job's folder later."""
+    q = Xqueue(
+        "ssh",
+        workdir=workdir,
+        scheduler_opts={"servers": {"big": servers["big"]}, "poll_interval": 0.2},
+    )
+    async with q:
+        job = await q.feed(["sh", "-c", "sh -c \"trap '' TERM; exec sleep 300\" & echo done"])
+        with anyio.fail_after(30):
+            await job.wait()
+    await q.aclose()
+    assert job.status is JobStatus.FINISHED and job.rc == 0
+    assert await read_text(job.stdout_path) == "done\n"
+    pgid = int(str(job.jid).split(":")[1])
+    with anyio.fail_after(10):
+        while await live_group_members(ssh_env, pgid):
+            await anyio.sleep(0.1)
+
+
 async def test_a_killed_job_is_recorded_killed_once_its_whole_group_is_gone(
     servers: dict[str, Any], workdir: Path, ssh_env: dict[str, str]
 ) -> None:

@@ -135,6 +135,7 @@ class SshScheduler(Scheduler):
     name = "ssh"
     Options = SshOptions
     options: SshOptions
+    script_ends_group = True  # its end is read from the rc file and /proc, not its status
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
