@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from tests.procs import job_processes
 from xqueue import JobStatus, Xqueue
 from xqueue.records import WorkdirReader
 
@@ -167,3 +169,109 @@ async def test_two_runs_on_one_workdir_are_refused(workdir: Path) -> None:
     await second.feed(["true"])  # free again once the first run ended
     await second.run_until_complete()
     assert second.jobs[0].status is JobStatus.FINISHED
+
+
+HALTING = textwrap.dedent(
+    """
+    import sys
+    import anyio
+    from xqueue import Xqueue
+
+    async def main(wd, ledger):
+        q = Xqueue(workdir=wd, forks=4)  # halt: the first failure stops the run
+        await q.feed(f"sleep 1; echo a >> {ledger}; exit 7", name="a")
+        for name in "bcd":
+            await q.feed(f"sleep 1; echo {name} >> {ledger}", name=name)
+        try:
+            await q.run_until_complete()
+        except Exception as exc:
+            print("raised", type(exc).__name__)
+        print(*[f"{j.name}:{j.status.value}:{j.rc}" for j in q.jobs], flush=True)
+
+    anyio.run(main, sys.argv[1], sys.argv[2])
+    """
+)
+
+
+def test_a_halt_does_not_turn_jobs_that_had_ended_into_kills(tmp_path: Path) -> None:
+    """A controller dies while four jobs run; they all end before the next run (one
+    failed, three succeeded). That run re-adopts them and halts on the failure: the
+    three successes, which no kill could reach any more, were recorded killed (rc 0),
+    and the run after started them again."""
+    script, wd, ledger = tmp_path / "halting.py", tmp_path / "wd", tmp_path / "ledger"
+    script.write_text(HALTING)
+    argv = [sys.executable, str(script), str(wd), str(ledger)]
+    first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while len(list(wd.glob("*/job.1.stdout"))) < 4:  # all four started
+        assert time.monotonic() < deadline, "jobs never started"
+        time.sleep(0.02)
+    first.kill()
+    first.wait()
+    while len(ledger.read_text().split() if ledger.exists() else []) < 4:
+        assert time.monotonic() < deadline + 10, "jobs never ended"
+        time.sleep(0.05)
+    time.sleep(0.3)  # their shepherd records the codes
+    second = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert second.stdout.splitlines() == [
+        "raised JobFailedError",
+        "a:failed:7 b:finished:0 c:finished:0 d:finished:0",
+    ], second
+    third = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert sorted(ledger.read_text().split()) == ["a", "a", "b", "c", "d"], third
+
+
+ONE_JOB = textwrap.dedent(
+    """
+    import sys
+    import anyio
+    from xqueue import Xqueue
+
+    async def main(wd, ledger):
+        q = Xqueue(workdir=wd, error_strategy="ignore")
+        job = await q.feed(f"echo ran >> {ledger}; sleep 1")
+        await q.run_until_complete()
+        print(job.status.value, job.rc, flush=True)
+
+    anyio.run(main, sys.argv[1], sys.argv[2])
+    """
+)
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_readopted_job_that_ended_unreaped_gets_its_code_not_a_rerun(tmp_path: Path) -> None:
+    """The controller dies; its job ends, but its shepherd (stopped here: slow) has not
+    reaped it yet when the next run looks. The process is a zombie, so not alive, and
+    the next run gave up on its code at once: "exit status unknown", and the run after
+    ran the job again. The code is waited for a moment whatever the process looks like."""
+    script, wd, ledger = tmp_path / "one.py", tmp_path / "wd", tmp_path / "ledger"
+    script.write_text(ONE_JOB)
+    argv = [sys.executable, str(script), str(wd), str(ledger)]
+    first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while not (ledger.exists() and ledger.read_text()):
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.02)
+    (leader,) = [p for p in job_processes(wd) if os.getpgid(p) == p]
+    with open(f"/proc/{leader}/stat") as fh:
+        shepherd = int(fh.read().rsplit(")", 1)[1].split()[1])
+    first.kill()
+    first.wait()
+    os.kill(shepherd, signal.SIGSTOP)
+    try:
+        while _state(leader) != "Z":  # ended, and nobody reaps it
+            assert time.monotonic() < deadline, "the job never ended"
+            time.sleep(0.05)
+        second = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)  # the new run has looked, and found no live process
+    finally:
+        os.kill(shepherd, signal.SIGCONT)
+    out, _ = second.communicate(timeout=60)
+    assert out.split() == ["finished", "0"]
+    third = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert third.stdout.split() == ["finished", "0"]
+    assert ledger.read_text().split() == ["ran"]

@@ -71,6 +71,7 @@ from .dependencies import Graph, skip_reason
 from .errors import (
     ConfigError,
     Interrupted,
+    JobAlreadyEnded,
     JobFailedError,
     PluginError,
     QueueStateError,
@@ -992,6 +993,13 @@ class Engine:
     def _killed(
         self, job: Job, error: BaseException | None, reply: _Reply | None
     ) -> list[HookCall]:
+        if isinstance(error, JobAlreadyEnded):
+            # Nothing was signalled: the end the backend reports is the job's own (an
+            # rc 0 recorded "killed" made the next run start a success again).
+            job._kill_requested, job.reason = False, ""
+            if reply is not None:
+                reply.set(False)
+            return []
         if error is not None:
             if self.state is _Run.STOPPING:
                 job.reason = f"could not be killed: {error}"

@@ -118,6 +118,15 @@ class SchedulerError(XqueueError):
     """Raised or recorded when a scheduler backend fails (a command errors, a host is down)."""
 
 
+class JobAlreadyEnded(SchedulerError):
+    """A kill's answer for a job that had ended on its own: nothing was signalled.
+
+    The engine then records the end the backend reports (its return code), not a kill:
+    a job that had succeeded before its kill came (a run halted, or stopped, just as it
+    ended; a re-adopted job whose end was not collected yet) is not run again.
+    """
+
+
 class SubmissionError(SchedulerError):
     """Recorded on a job when its scheduler refused or failed the submission.
 

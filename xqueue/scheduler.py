@@ -226,7 +226,11 @@ class Scheduler(abc.ABC):
         return await gather_bounded(jobs, one, self.options.submit_concurrency)
 
     async def kill_jobs(self, jobs: Sequence[Job]) -> list[BaseException | None]:
-        """Kill many jobs; one exception (or None) per job, in order."""
+        """Kill many jobs; one exception (or None) per job, in order.
+
+        ``JobAlreadyEnded`` for a job that had ended on its own, so nothing was signalled:
+        the engine then records the end the backend reports (a job that succeeded just
+        before a halt's kill came is not run again), not a kill."""
 
         async def one(job: Job) -> None:
             self.stats.kill_calls += 1

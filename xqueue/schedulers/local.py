@@ -33,7 +33,7 @@ from typing import Any
 import anyio
 
 from ..capacity import Capacity
-from ..errors import SchedulerError, SchedulerOptionError, SubmissionError
+from ..errors import JobAlreadyEnded, SchedulerError, SchedulerOptionError, SubmissionError
 from ..job import Job
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
@@ -310,8 +310,11 @@ class LocalScheduler(Scheduler):
             await wait_exit(pid)
         assert self.workdir is not None  # open() set it
         rc = await anyio.to_thread.run_sync(self.workdir.exit_code, job)
+        # Waited for even if no live process was seen: one that has exited but that its
+        # shepherd has not reaped yet (slow, or stopped) is no longer alive, and its code
+        # comes a moment later. Only a job whose shepherd is gone waits for nothing.
         deadline = time.monotonic() + _RC_LAG
-        while rc is None and pid is not None and time.monotonic() < deadline:
+        while rc is None and time.monotonic() < deadline:
             await anyio.sleep(0.05)
             rc = await anyio.to_thread.run_sync(self.workdir.exit_code, job)
         if rc is None:
@@ -391,6 +394,8 @@ class LocalScheduler(Scheduler):
             SubmissionError(f"process group {left[job]} survived SIGKILL", retryable=False)
             if job in left
             else None
+            if job in groups
+            else JobAlreadyEnded(f"job {job.index} had ended: nothing to kill")
             for job in jobs
         ]
 
