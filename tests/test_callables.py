@@ -362,3 +362,49 @@ async def test_a_call_runs_after_its_dependencies_and_is_skipped_when_one_fails(
     assert await then.result() == 16
     assert first.status is JobStatus.FINISHED and then.status is JobStatus.FINISHED
     assert never.status is JobStatus.SKIPPED and f"job {bad.index}" in never.reason
+
+
+MAIN_CLASSES = """
+import dataclasses, enum, sys, typing
+import anyio
+from xqueue import Xqueue
+
+@dataclasses.dataclass
+class Cfg:
+    x: int
+
+class Mode(enum.Enum):
+    FAST = 1
+
+class Pair(typing.NamedTuple):
+    a: int
+    b: str
+
+def step(cfg: Cfg, mode: Mode, pair: Pair, path: str) -> int:
+    with open(path, "a") as ledger:
+        ledger.write("ran\\n")
+    return cfg.x + mode.value + pair.a
+
+async def main() -> None:
+    q = Xqueue(workdir=sys.argv[1])
+    job = await q.submit(step, Cfg(1), Mode.FAST, Pair(2, "b"), sys.argv[2])
+    await q.run_until_complete()
+    print(job.reason or "ran", await job.result())
+
+anyio.run(main)
+"""
+
+
+def test_a_call_with_classes_of_main_resumes_in_a_later_process(tmp_path: Path) -> None:
+    """cloudpickle sends a ``__main__`` class by value with an id it draws once a
+    process: in the digest, it gave the same call another name in every run of the
+    script, so the call ran again each time and its folder was moved aside."""
+    import subprocess
+
+    script, ledger = tmp_path / "main_classes.py", tmp_path / "ledger"
+    script.write_text(MAIN_CLASSES)
+    argv = [sys.executable, str(script), str(tmp_path / "wd"), str(ledger)]
+    outs = [subprocess.run(argv, capture_output=True, text=True, timeout=60) for _ in range(2)]
+    assert [o.stdout for o in outs] == ["ran 4\n", "succeeded in an earlier run 4\n"], outs
+    assert ledger.read_text() == "ran\n"
+    assert not list((tmp_path / "wd").glob("*.replaced-*"))

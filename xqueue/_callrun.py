@@ -44,10 +44,11 @@ def _load(jobdir: str, expected: str) -> Any:
         raise FileNotFoundError(f"{path} is missing: the call cannot be run")
     envelope = pickle.loads(data)
     call = envelope["call"]
-    if digest(call) != expected:
+    found = digest(call, envelope.get("trackers", ()))
+    if found != expected:
         raise RuntimeError(
             f"{CALL_FILE} in {jobdir} is not the call this job was submitted with "
-            f"(its digest is {digest(call)}, the command names {expected})"
+            f"(its digest is {found}, the command names {expected})"
         )
     # The controller's import path, after this interpreter's own: a function pickled by
     # reference (its module importable there) is found here too when the file system is

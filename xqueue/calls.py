@@ -26,7 +26,7 @@ import hashlib
 import os
 import pickle
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import anyio
@@ -110,13 +110,14 @@ async def submit(
     is locked before the pickle is staged there, so a refused controller changes nothing.
     """
     engine.check_can_feed()
-    call, call_digest = pickle_call(fn, args, kwargs)
+    call, trackers = pickle_call(fn, args, kwargs)
+    call_digest = digest(call, trackers)
     argv = command(interpreter(engine.scheduler, python), call_digest)
     job: CallJob[T] = CallJob(0, argv, envs=envs, name=name or label(fn), resources=resources)
     job.after, job.params = after, params
     workdir = engine.workdir
     await workdir.lock_async()
-    staged = {CALL_FILE: await anyio.to_thread.run_sync(_stage, workdir, call)}
+    staged = {CALL_FILE: await anyio.to_thread.run_sync(_stage, workdir, call, trackers)}
     try:
         await engine.add(job, staged)
     except BaseException:
@@ -126,12 +127,31 @@ async def submit(
     return job
 
 
-def _stage(workdir: Workdir, call: bytes) -> str:
-    return workdir.stage(call_file(call))
+def _stage(workdir: Workdir, call: bytes, trackers: list[str]) -> str:
+    return workdir.stage(call_file(call, trackers))
 
 
-def digest(call: bytes) -> str:
+def digest(call: bytes, trackers: Sequence[str] = ()) -> str:
+    """What names a call: the SHA-256 of its pickle, with ``trackers`` (cloudpickle's
+    ids of the classes it sends by value) replaced by their order in it. cloudpickle
+    draws such an id at random once a process (``__main__`` dataclasses, enums, named
+    tuples, and functions that name them): with it in the digest, every run of the same
+    script gave the same call another name, and ran it again."""
+    for n, tracker in enumerate(sorted(trackers, key=lambda t: call.find(t.encode()))):
+        call = call.replace(tracker.encode(), f"xqueue-class-{n:019d}".encode())
     return hashlib.sha256(call).hexdigest()
+
+
+def class_trackers(call: bytes) -> list[str]:
+    """cloudpickle's ids of the classes ``call`` sends by value (those that occur in it),
+    from its registry: private to it, so none (and a digest as before) if it moved."""
+    try:
+        from cloudpickle import cloudpickle as inner
+
+        ids = list(inner._DYNAMIC_CLASS_TRACKER_BY_CLASS.values())
+    except Exception:
+        return []
+    return [i for i in ids if isinstance(i, str) and len(i) == 32 and i.encode() in call]
 
 
 def label(fn: Callable[..., Any]) -> str:
@@ -156,8 +176,10 @@ def interpreter(scheduler: Scheduler, python: str | None) -> str:
 
 def pickle_call(
     fn: Callable[..., Any], args: Iterable[Any], kwargs: Mapping[str, Any] | None
-) -> tuple[bytes, str]:
-    """The pickled call and the digest that names it; ConfigError if it cannot be sent.
+) -> tuple[bytes, list[str]]:
+    """The pickled call and the ids of the classes it sends by value (``digest``), read
+    here, in the loop's thread, while nothing else pickles; ConfigError if it cannot
+    be sent.
 
     Run when ``submit`` is called, so the arguments are taken as they are then.
     """
@@ -173,10 +195,10 @@ def pickle_call(
             f"({type(exc).__name__}: {exc}); pass what it needs as picklable arguments "
             "(paths, numbers, plain data) instead of open files, locks or connections"
         ) from exc
-    return call, digest(call)
+    return call, class_trackers(call)
 
 
-def call_file(call: bytes) -> bytes:
+def call_file(call: bytes, trackers: list[str]) -> bytes:
     """The call file's content: the call, and the controller's ``sys.path`` (absolute).
 
     The runner appends that path to its own, so a function of a module importable here
@@ -186,7 +208,8 @@ def call_file(call: bytes) -> bytes:
     """
     cwd = os.getcwd()
     path = [p if os.path.isabs(p) else os.path.join(cwd, p) for p in sys.path]
-    envelope = {"format": FORMAT, "call": call, "sys_path": path}
+    # The trackers: for the runner to check the digest as it was made.
+    envelope = {"format": FORMAT, "call": call, "sys_path": path, "trackers": trackers}
     return pickle.dumps(envelope, protocol=PROTOCOL)
 
 
