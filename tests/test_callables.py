@@ -408,3 +408,24 @@ def test_a_call_with_classes_of_main_resumes_in_a_later_process(tmp_path: Path) 
     assert [o.stdout for o in outs] == ["ran 4\n", "succeeded in an earlier run 4\n"], outs
     assert ledger.read_text() == "ran\n"
     assert not list((tmp_path / "wd").glob("*.replaced-*"))
+
+
+async def test_a_call_that_cannot_be_loaded_where_it_runs_is_a_call_error(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A function of a module loaded from a file by hand (in sys.modules, but not on any
+    import path) is pickled by reference and cannot be imported by the runner. result()
+    raised the runner's ModuleNotFoundError as if the function had raised it."""
+    source = tmp_path / "xq_by_hand.py"
+    await anyio.Path(source).write_text("def task(x):\n    return x\n")
+    spec = importlib.util.spec_from_file_location("xq_by_hand", source)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "xq_by_hand", module)
+    await anyio.to_thread.run_sync(spec.loader.exec_module, module)
+    async with Xqueue(workdir=workdir, error_strategy="ignore") as q:
+        job = await q.submit(module.task, 1)
+    with pytest.raises(CallError, match="could not be loaded where it ran") as info:
+        await job.result()
+    assert "ModuleNotFoundError" in str(info.value)
+    assert "xq_by_hand" in remote_text(info.value)

@@ -103,8 +103,14 @@ def _write(path: str, record: dict[str, Any]) -> None:
     atomic_write(path, pickle.dumps(record, protocol=PROTOCOL))
 
 
-def _fail(path: str, exc: BaseException, code: int, own_frames: int = 0) -> int:
+def _fail(
+    path: str, exc: BaseException, code: int, own_frames: int = 0, *, loaded: bool = True
+) -> int:
+    """``loaded``: False when the call itself could not be loaded here (its module not
+    importable, an argument that cannot be rebuilt): the function never ran, and the
+    controller must not take the error for one the function raised."""
     record = _describe(exc, own_frames)
+    record["loaded"] = loaded
     sys.stderr.write(record["traceback"])
     try:
         _write(path, record)
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fn, fargs, fkwargs = _load(jobdir, args[0])
     except BaseException as exc:
-        return _fail(path, exc, NOT_RUN)
+        return _fail(path, exc, NOT_RUN, loaded=False)
     try:
         value = fn(*fargs, **fkwargs)
     except BaseException as exc:

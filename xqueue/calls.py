@@ -266,6 +266,15 @@ def read_outcome(job: Job) -> tuple[bool, Any]:
 def _raised(job: Job, record: dict[str, Any]) -> BaseException:
     exc: Any = None
     why = str(record.get("why") or "")
+    if record.get("loaded") is False:  # never ran: not an error of the function's own
+        err = CallError(
+            job,
+            f"{_job(job)}: the call could not be loaded where it ran ({record.get('type')}: "
+            f"{record.get('message')}); the function's module, and the classes of its "
+            "arguments, must be importable there (or defined in the script that submits)",
+        )
+        err.__cause__ = RemoteTraceback(str(record.get("traceback") or ""))
+        return err
     if record.get("exception") is not None:
         import cloudpickle
 
