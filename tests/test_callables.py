@@ -216,8 +216,8 @@ async def test_a_call_file_that_is_not_the_submitted_call_is_refused(workdir: Pa
         await q.run_until_complete()
     finally:
         await q.aclose()
-    with pytest.raises(RuntimeError, match="is not the call this job was submitted with"):
-        await job.result()
+    with pytest.raises(CallError, match="is not the call this job was submitted with"):
+        await job.result()  # a CallError: the call never ran, it raised nothing
     assert job.rc == 2 and await other.result() == 16
 
 

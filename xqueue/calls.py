@@ -267,11 +267,17 @@ def _raised(job: Job, record: dict[str, Any]) -> BaseException:
     exc: Any = None
     why = str(record.get("why") or "")
     if record.get("loaded") is False:  # never ran: not an error of the function's own
+        kind = str(record.get("type"))
+        hint = (
+            "; the function's module, and the classes of its arguments, must be importable "
+            "there (or defined in the script that submits)"
+            if kind.endswith(("ImportError", "ModuleNotFoundError", "AttributeError"))
+            else ""
+        )
         err = CallError(
             job,
-            f"{_job(job)}: the call could not be loaded where it ran ({record.get('type')}: "
-            f"{record.get('message')}); the function's module, and the classes of its "
-            "arguments, must be importable there (or defined in the script that submits)",
+            f"{_job(job)}: the call could not be loaded where it ran, so it never ran "
+            f"({kind}: {record.get('message')}){hint}",
         )
         err.__cause__ = RemoteTraceback(str(record.get("traceback") or ""))
         return err
