@@ -193,6 +193,9 @@ class Engine:
         self._active: dict[Job, None] = {}
         self._to_resolve: list[tuple[Job, float]] = []  # SUBMITTING jobs to look up (not before)
         self._to_kill: list[Job] = []
+        # Jobs whose kill was sent to the backend (this attempt): an end reported for one
+        # not in it came before any signal, and is the job's own.
+        self._kill_sent: set[Job] = set()
         # Jobs whose kill the backend has not answered yet, and the end it reported for
         # one meanwhile: a job is recorded killed once its kill is confirmed, not when
         # its shell died (the rest of it may still run on the backend).
@@ -394,6 +397,7 @@ class Engine:
         self._error, self._signal, self._deadline = None, None, None
         self._left.clear()
         self._open_intents.clear()
+        self._kill_sent.clear()
         self.started_at, self.stopped_at = time.monotonic(), None
         self.workdir.making_ahead(True)
 
@@ -819,8 +823,12 @@ class Engine:
         asked = job.reason  # why its kill was asked for (the run stopped, by name), if it was
         job.rc, job.reason = state.rc, state.reason
         if job.kill_requested and job._pending_state is None:
-            job.reason = job.reason or asked or "killed"
-            return calls + self._finalize(job, S.KILLED)
+            if job in self._kill_sent:
+                job.reason = job.reason or asked or "killed"
+                return calls + self._finalize(job, S.KILLED)
+            # Decided, not sent yet (a halt's kills wait for their vetoes): it ended on
+            # its own, and that end stands (a success recorded "killed", rc 0, ran again).
+            job._kill_requested = False
         if job._pending_state is not None:
             pending, job._pending_state = job._pending_state, None
             # The verdict the kill was for, with the job's own code if it left one; but a
@@ -879,6 +887,7 @@ class Engine:
         failure: FailureClass | None = None,
     ) -> list[HookCall]:
         self._checking.discard(job)
+        self._kill_sent.discard(job)
         if status is S.FAILED and job.kill_requested:
             # Killed on request while a kill of the backend's own (its time limit) was
             # under way: it ends killed, as asked, and is not run again.
@@ -938,6 +947,7 @@ class Engine:
             job.failure = None  # a class tells why the job failed, and it has not
         self._move(job, status)
         self._left.discard(job)
+        self._kill_sent.discard(job)
         if record:
             self.workdir.record(job)
         self.completed.append(job)
@@ -1359,6 +1369,10 @@ class Engine:
     async def _kill(self, jobs: list[Job], reply: _Reply | None, ask_veto: bool) -> None:
         to_kill = []
         for job in jobs:
+            if job.status.is_final:  # it ended on its own before its kill was sent
+                if reply is not None:
+                    reply.set(False)
+                continue
             if not ask_veto:
                 to_kill.append(job)
                 continue
@@ -1377,6 +1391,7 @@ class Engine:
             return
         for job in to_kill:
             self._killing.setdefault(job, None)
+        self._kill_sent.update(to_kill)
         try:
             errors = await self.scheduler.kill_jobs(to_kill)
         except Exception as exc:

@@ -147,10 +147,10 @@ class TestContainer(SchedulerConformance):
 class TestChRun(SchedulerConformance):
     @pytest.fixture
     def backend(self, chrun_image: str) -> Backend:
-        # A ch-run process carries nothing but its pid to find it by (no labels, no
-        # daemon): only recorded ids are re-adopted.
+        # No labels, no daemon: a runner whose id was not recorded is found by the job
+        # folder in its environment (XQUEUE_JOB_DIR).
         opts = {"bin": "ch-run", "image": chrun_image, "kill_grace": 1}
-        return Backend("container", opts, recovers_by_tag=False)
+        return Backend("container", opts)
 
 
 @pytest.mark.apptainer
@@ -160,10 +160,9 @@ class TestApptainer(SchedulerConformance):
 
     @pytest.fixture
     def backend(self, apptainer: dict[str, str], shared_workdir: Path) -> Backend:
-        # Like ch-run, an apptainer process carries nothing but its pid to find it by:
-        # only recorded ids are re-adopted.
+        # Like ch-run: a runner whose id was not recorded is found by its job folder.
         opts = {**apptainer, "kill_grace": 1}
-        return Backend("container", opts, recovers_by_tag=False, root=shared_workdir.parent)
+        return Backend("container", opts, root=shared_workdir.parent)
 
 
 class TestGbatch(SchedulerConformance):

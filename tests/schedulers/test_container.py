@@ -17,7 +17,7 @@ import aiodocker
 import anyio
 import pytest
 
-from tests.helpers import IMAGE, call_api, read_text
+from tests.helpers import IMAGE, call_api, process_alive, read_text
 from tests.schedulers.fakes import DroppingProxy
 from xqueue import FailureClass, Job, JobFailedError, JobStatus, SchedulerError, Xqueue
 from xqueue.errors import SchedulerOptionError, SchedulerOutputError, SubmissionUnknownError
@@ -248,6 +248,46 @@ async def test_chrun_exit_codes_env_and_kill(chrun_image: str, workdir: Path) ->
     with anyio.fail_after(5):
         while await group_alive():
             await anyio.sleep(0.05)
+
+
+async def test_chrun_job_that_ends_leaves_nothing_running(chrun_image: str, workdir: Path) -> None:
+    """ch-run has no process namespace: what a job left running (``cmd &``) ran on after
+    it ended, writing into its folder while a later attempt ran."""
+    q = Xqueue("container", workdir=workdir, scheduler_opts={"bin": "ch-run", "image": chrun_image})
+    job = await q.feed(["sh", "-c", "sleep 300 & echo $! > bg.pid; echo done"])  # in its folder
+    with anyio.fail_after(60):
+        await q.run_until_complete()
+    await q.aclose()
+    assert job.status is JobStatus.FINISHED
+    pid = int(await read_text(Path(job.dir) / "bg.pid"))
+    with anyio.fail_after(5):
+        while await anyio.to_thread.run_sync(process_alive, pid):
+            await anyio.sleep(0.05)
+
+
+async def test_chrun_job_whose_id_was_not_recorded_is_found_by_its_folder(
+    chrun_image: str, workdir: Path
+) -> None:
+    """A controller that died between starting a runner and recording its id: the next
+    run found nothing (only the id identified a runner) and started the job a second
+    time beside the first. The runner carries its job's folder in its environment."""
+    opts = {"bin": "ch-run", "image": chrun_image, "kill_grace": 1}
+    q = Xqueue("container", workdir=workdir, scheduler_opts=opts)
+    async with q:
+        job = await q.feed(["sleep", "300"])
+        with anyio.fail_after(30):
+            while job.status is not JobStatus.RUNNING:
+                await anyio.sleep(0.05)
+        other = ContainerScheduler(**opts)
+        await other.open(q.workdir)
+        try:
+            lost = Job(job.index, job.command)
+            lost.dir, lost.attempt = job.dir, job.attempt
+            assert await other.recover_job(lost)
+            assert lost.jid == job.jid
+        finally:
+            await other.aclose()
+        assert await q.kill(job)
 
 
 async def test_chrun_missing_image_directory(workdir: Path, chrun_image: str) -> None:

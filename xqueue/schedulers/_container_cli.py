@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 from typing import TYPE_CHECKING
 
@@ -33,7 +34,7 @@ from anyio.abc import Process
 from ..errors import SchedulerError, SchedulerOptionError, SubmissionError
 from ..job import Job
 from ..workdir import open_output, read_rc
-from ._proc import end_groups, start_ticks, wait_exit
+from ._proc import end_groups, job_dirs_of_processes, live_groups, start_ticks, wait_exit
 
 if TYPE_CHECKING:
     from .container import ContainerOptions
@@ -47,6 +48,17 @@ def _start_time(pid: int) -> str | None:
     """Start time of a live (non-zombie) process as recorded in a job id; None if gone."""
     ticks = start_ticks(pid)
     return None if ticks is None else str(ticks)
+
+
+def _end_leftovers(pgid: int) -> None:
+    """SIGKILL what a runner that ended by itself left in its process group (``cmd &``
+    in the job, under a runner with no process namespace of its own: ch-run), as the
+    local shepherd does. The group's id is still the job's while anything is in it."""
+    if live_groups({pgid}):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _open_log(image: str, log: str, engine: str) -> int:
@@ -97,6 +109,7 @@ class CliRuntime:
     def __init__(self, options: ContainerOptions) -> None:
         self.options = options
         self._procs: dict[Job, Process] = {}
+        self._stopping: set[Job] = set()  # being killed: its group is the kill's to end
         self._root = ""
         self._bin = options.bin
 
@@ -154,6 +167,8 @@ class CliRuntime:
             return None
         rc = await proc.wait()
         await proc.aclose()
+        if job not in self._stopping:
+            await anyio.to_thread.run_sync(_end_leftovers, proc.pid)
         if rc < 0:  # killed by a signal: report it the way a shell would
             return 128 - rc
         await anyio.to_thread.run_sync(self._explain, job, rc)
@@ -188,6 +203,7 @@ class CliRuntime:
             not start or await anyio.to_thread.run_sync(_start_time, pid) != start
         ):
             return
+        self._stopping.add(job)
         await end_groups({job: pid}, self.options.kill_grace, 10)
         if proc is not None:  # reap it now: a stopping run no longer awaits it
             with anyio.move_on_after(10):
@@ -201,10 +217,18 @@ class CliRuntime:
         return start is not None and (not parsed[1] or start == parsed[1])
 
     async def find(self, job: Job) -> str | None:
-        return None  # nothing but the recorded id identifies a runner process
+        """The runner of a job whose id was never recorded (its controller died right
+        after starting it): the process that carries its folder in XQUEUE_JOB_DIR. Not
+        found, it never started; found, it is adopted, never started a second time."""
+        pid = (await anyio.to_thread.run_sync(job_dirs_of_processes)).get(job.dir)
+        if pid is None:
+            return None
+        start = await anyio.to_thread.run_sync(_start_time, pid)
+        return None if start is None else f"{pid}:{start}"
 
     def forget(self, job: Job) -> None:
         self._procs.pop(job, None)
+        self._stopping.discard(job)
 
 
 class ChRunRuntime(CliRuntime):
@@ -261,6 +285,7 @@ class ApptainerRuntime(CliRuntime):
         ``APPTAINERENV_`` (and ``SINGULARITYENV_``) variables, which carry ``envs``."""
         env = {k: v for k, v in os.environ.items() if not _container_env(k)}
         env.update({f"APPTAINERENV_{k}": v for k, v in self.options.envs.items()})
+        env["XQUEUE_JOB_DIR"] = job.dir  # marks the runner (``find``); --cleanenv keeps it out
         return env
 
 

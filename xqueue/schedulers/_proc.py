@@ -66,6 +66,26 @@ def live_groups(pgids: Collection[int]) -> set[int]:
     return found
 
 
+def job_dirs_of_processes() -> dict[str, int]:
+    """XQUEUE_JOB_DIR -> pid of every live process that carries it (a job's session
+    leader wins over its children, which inherit it): how a job whose id was never
+    recorded (its controller died right after starting it) is found. Blocking."""
+    found: dict[str, int] = {}
+    for pid, environ in each_process("environ"):
+        start = environ.find(b"XQUEUE_JOB_DIR=")
+        if start < 0 or start_ticks(pid) is None:
+            continue
+        end = environ.find(b"\0", start)
+        jobdir = environ[start + 15 : end if end >= 0 else None].decode(errors="replace")
+        try:
+            leader = os.getsid(pid) == pid
+        except OSError:
+            continue
+        if jobdir not in found or leader:
+            found[jobdir] = pid
+    return found
+
+
 def each_process(name: str) -> Iterator[tuple[int, bytes]]:
     """(pid, content of ``/proc/<pid>/<name>``) of every process whose file can be read
     (one that ended meanwhile, or another user's, is passed over). Blocking."""

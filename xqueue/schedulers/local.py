@@ -40,7 +40,7 @@ from ..scheduler import JobState, Scheduler
 from ..states import JobStatus
 from ..workdir import refusal
 from . import _machine
-from ._proc import each_process, end_groups, start_ticks, wait_exit
+from ._proc import end_groups, job_dirs_of_processes, start_ticks, wait_exit
 from ._shepherd_link import Request, ShepherdLink, Ticket
 
 # The shepherd writes an adopted job's return code right after the job exits; a job
@@ -134,25 +134,6 @@ def _has_marker(pid: int, jobdir: str) -> bool:
     except OSError:
         return False
     return f"XQUEUE_JOB_DIR={jobdir}".encode() in environ.split(b"\0")
-
-
-def _job_dirs_of_processes() -> dict[str, int]:
-    """XQUEUE_JOB_DIR -> pid for every live process we may read (the leader wins)."""
-    found: dict[str, int] = {}
-    for pid, environ in each_process("environ"):
-        start = environ.find(b"XQUEUE_JOB_DIR=")
-        if start < 0 or _start_epoch(pid) is None:
-            continue
-        end = environ.find(b"\0", start)
-        jobdir = environ[start + 15 : end if end >= 0 else None].decode(errors="replace")
-        try:
-            leader = os.getsid(pid) == pid
-        except OSError:
-            continue
-        # A job's children inherit the variable; the session leader is the job itself.
-        if jobdir not in found or leader:
-            found[jobdir] = pid
-    return found
 
 
 def _adopted_pids(jobs: list[Job]) -> dict[Job, int]:
@@ -365,7 +346,7 @@ class LocalScheduler(Scheduler):
         """
         now = time.monotonic()
         if self._env_map is None or now - self._env_map[0] > 1.0:
-            self._env_map = (now, _job_dirs_of_processes())
+            self._env_map = (now, job_dirs_of_processes())
         pid = self._env_map[1].get(job.dir)
         return None if pid is None else f"{pid}@{_start_epoch(pid) or 0:.2f}"
 
