@@ -46,9 +46,17 @@ class FailureClass(enum.Enum):
 
 
 # The classes a backend establishes on its own evidence; a wrapper's return code that
-# the same evidence explains keeps the class (a step killed at its limit still exits).
+# the same evidence explains keeps the class (a step killed at its limit still exits,
+# and so does one cancelled from outside: scancel, qdel, condor_rm; its 143 was the
+# cancel's doing, and a retry must not run what someone deliberately stopped).
 BACKEND_CLASSES = frozenset(
-    {FailureClass.OOM, FailureClass.TIMEOUT, FailureClass.PREEMPTED, FailureClass.NODE_FAIL}
+    {
+        FailureClass.OOM,
+        FailureClass.TIMEOUT,
+        FailureClass.PREEMPTED,
+        FailureClass.NODE_FAIL,
+        FailureClass.KILLED,
+    }
 )
 
 

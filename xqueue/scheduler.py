@@ -282,7 +282,11 @@ class Scheduler(abc.ABC):
                 return JobState(JobStatus.FINISHED, rc)
             if backend_state is not None and backend_state.failure in BACKEND_CLASSES:
                 return JobState(
-                    JobStatus.FAILED, rc, backend_state.reason, failure=backend_state.failure
+                    JobStatus.FAILED,
+                    rc,
+                    backend_state.reason,
+                    retryable=backend_state.retryable,
+                    failure=backend_state.failure,
                 )
             return JobState(JobStatus.FAILED, rc)
         if backend_state is not None and backend_state.status.is_final:

@@ -69,9 +69,13 @@ def test_a_return_code_slurm_explains_keeps_slurms_class(tmp_path: Path) -> None
     state = scheduler.reconcile(job, False, oom)
     assert state.status is JobStatus.FAILED and state.rc == 137
     assert state.failure is FailureClass.OOM and "OUT_OF_MEMORY" in state.reason
+    # Cancelled from outside while its wrapper still wrote the code the SIGTERM left:
+    # the cancel explains it (it was a plain NONZERO_EXIT, and retried).
     cancelled = slurm.terminal_state(slurm.SlurmRow("CANCELLED", "by 0", "0:15"))
-    plain = scheduler.reconcile(job, False, cancelled)  # a kill is not an explanation
-    assert plain.rc == 137 and plain.failure is None and plain.reason == ""
+    killed = scheduler.reconcile(job, False, cancelled)
+    assert killed.rc == 137 and killed.failure is FailureClass.KILLED
+    assert killed.reason.startswith("cancelled in Slurm")
+    assert killed.retryable == cancelled.retryable
     (tmp_path / "job.1.rc").write_text("0\n")
     assert scheduler.reconcile(job, False, oom).status is JobStatus.FINISHED
 
