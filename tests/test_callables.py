@@ -429,3 +429,20 @@ async def test_a_call_that_cannot_be_loaded_where_it_runs_is_a_call_error(
         await job.result()
     assert "ModuleNotFoundError" in str(info.value)
     assert "xq_by_hand" in remote_text(info.value)
+
+
+async def test_an_async_function_is_refused_at_submit(workdir: Path) -> None:
+    """It was accepted, run, and failed: its coroutine came back unrun and unpicklable."""
+
+    async def fetch() -> int:
+        return 1
+
+    class Handler:
+        async def __call__(self) -> int:
+            return 2
+
+    q = Xqueue(workdir=workdir)
+    for fn in (fetch, Handler()):
+        with pytest.raises(ConfigError, match="is an async function"):
+            await q.submit(fn)
+    assert q.jobs == []

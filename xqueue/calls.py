@@ -23,6 +23,7 @@ have side effects, and two equal calls are what the caller asked for).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import pickle
 import sys
@@ -185,6 +186,13 @@ def pickle_call(
     """
     if not callable(fn):
         raise ConfigError(f"submit() needs a callable, got {type(fn).__name__}")
+    # An async function, or an instance whose class's __call__ is one.
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__):
+        raise ConfigError(
+            f"cannot submit {label(fn)!r}: it is an async function, and a job runs a plain "
+            "call (its coroutine would come back unrun); submit a plain function that runs "
+            "it, e.g. one that calls asyncio.run() on it"
+        )
     import cloudpickle  # lazily: `import xqueue` stays light
 
     try:
