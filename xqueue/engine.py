@@ -847,7 +847,11 @@ class Engine:
             self._actions.append((self._check, (job,)))
             return calls
         return calls + self._end_attempt(
-            job, new, retryable=state.retryable, failure=_classify(state)
+            job,
+            new,
+            retryable=state.retryable,
+            failure=_classify(state),
+            record=not state.unsettled,
         )
 
     def _on_checked(self, job: Job, reason: str, attempt: int) -> list[HookCall]:
@@ -885,7 +889,10 @@ class Engine:
         *,
         retryable: bool,
         failure: FailureClass | None = None,
+        record: bool = True,
     ) -> list[HookCall]:
+        """``record=False``: the end is this run's verdict, not the workdir's (a job the
+        backend lost sight of stays journalled active, for a later run to look up)."""
         self._checking.discard(job)
         self._kill_sent.discard(job)
         if status is S.FAILED and job.kill_requested:
@@ -906,7 +913,7 @@ class Engine:
                 # `status` while it waits); the next submission clears them (_move).
                 job.jid = None
                 return [("on_job_retrying", job), *self._enqueue(job)]
-        calls = self._finalize(job, status)
+        calls = self._finalize(job, status, record=record)
         if status is S.FAILED and self.error_strategy == "halt":
             calls += self._on_stop(JobFailedError(job))
         return calls

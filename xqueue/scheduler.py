@@ -72,6 +72,10 @@ class JobState:
     failure: FailureClass | None = None
     """Why it failed, when the backend can tell (OOM, TIMEOUT, ...); the engine derives
     the rest (a non-zero return code, killed outside xqueue, vanished)."""
+    unsettled: bool = False
+    """The backend lost sight of a job that may still run (its server went down): this
+    run reports it failed, but the workdir keeps it journalled as active, so a later run
+    looks it up by its id, and follows it, before it would ever run it again."""
 
 
 @dataclass

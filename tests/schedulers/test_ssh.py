@@ -381,6 +381,26 @@ async def test_server_that_stays_down_loses_its_jobs_and_others_take_the_queue(
         assert job.status is JobStatus.FINISHED
         assert str(job.jid).startswith("big:")
 
+    # The server is back, its lost jobs still running: a later run follows them there.
+    # It ran them a second time, beside themselves (their record said failed).
+    await anyio.to_thread.run_sync(sshd, "start", ssh_env["XQ_SSH_PORT2"])
+    again = Xqueue("ssh", workdir=workdir, forks=4, scheduler_opts={"servers": servers})
+    resumed: list[Any] = []
+    try:
+        async with again:
+            resumed = [await again.feed(["sleep", "60"]) for _ in range(4)]
+            resumed += [await again.feed(["echo", "later"]) for _ in range(4)]
+            found = [resumed[j.index] for j in lost]
+            with anyio.fail_after(30):
+                while not all(j.status is JobStatus.RUNNING for j in found):
+                    await anyio.sleep(0.05)
+            assert [(j.jid, j.attempt) for j in found] == [(j.jid, 1) for j in lost]
+            for job in resumed:
+                await again.kill(job)
+    finally:
+        await again.aclose()
+        await anyio.to_thread.run_sync(kill_leftovers, [*jobs, *resumed])
+
 
 async def test_unknown_host_key_is_refused(
     servers: dict[str, Any],

@@ -18,8 +18,9 @@ and never to an unrelated one that reused the pid.
 Connections that drop are reopened with backoff (see ``_ssh_pool``). While a server is
 unreachable its jobs count as running (their return code files still end them); once
 it is marked down, its jobs that left no return code are failed as lost, with the
-reason, and not retried (they may still be running there). New jobs go to the servers
-that are up.
+reason, and not retried (they may still be running there): they stay journalled as
+running, so a later run looks for them there and follows them, never starting them a
+second time beside themselves. New jobs go to the servers that are up.
 
 Each server has a capacity (``cpus``, ``memory``, ``gpus`` in its entry, else measured
 when the run opens: ``nproc``, MemTotal, its GPUs): the engine places each job on a
@@ -472,6 +473,7 @@ class SshScheduler(Scheduler):
             f"ran ({pool.last_error}); it may still be running there, so it is not retried",
             retryable=False,
             failure=FailureClass.NODE_FAIL,
+            unsettled=True,  # a later run looks for it there before running it again
         )
         return self.reconcile(job, False, lost)
 
