@@ -216,14 +216,19 @@ async def test_session_limit_opens_more_connections(servers: dict[str, Any], wor
     assert all(j.status is JobStatus.FINISHED for j in jobs)
 
 
-async def test_kill_takes_down_the_whole_group_on_the_server(
-    servers: dict[str, Any], workdir: Path, ssh_env: dict[str, str]
-) -> None:
-    q = Xqueue(
+def on_big(servers: dict[str, Any], workdir: Path) -> Xqueue:
+    """A queue on the server "big" alone, polled often."""
+    return Xqueue(
         "ssh",
         workdir=workdir,
         scheduler_opts={"servers": {"big": servers["big"]}, "poll_interval": 0.2},
     )
+
+
+async def test_kill_takes_down_the_whole_group_on_the_server(
+    servers: dict[str, Any], workdir: Path, ssh_env: dict[str, str]
+) -> None:
+    q = on_big(servers, workdir)
     async with q:
         job = await q.feed(["sh", "-c", "sleep 300 & sleep 300; echo never"])
         with anyio.fail_after(20):
@@ -247,11 +252,7 @@ async def test_what_a_job_leaves_running_on_the_server_ends_with_it(
 ) -> None:
     """A job that starts ``cmd &`` and exits has ended: what it left in its group on the
     server is ended with it, not left to write into the job's folder later."""
-    q = Xqueue(
-        "ssh",
-        workdir=workdir,
-        scheduler_opts={"servers": {"big": servers["big"]}, "poll_interval": 0.2},
-    )
+    q = on_big(servers, workdir)
     async with q:
         job = await q.feed(["sh", "-c", "sh -c \"trap '' TERM; exec sleep 300\" & echo done"])
         with anyio.fail_after(30):
