@@ -274,6 +274,8 @@ class Engine:
         self.counts[new] += 1
         if old in ACTIVE:  # JobStatus.is_active, without a property call per move
             self._active.pop(job, None)
+            if new not in ACTIVE:
+                self._kill_sent.discard(job)  # the attempt is over, and its kill with it
             if new not in ACTIVE and job.claim is not None:
                 self._pool.release(job.claim)  # ended, failed, killed, refused, requeued
         if new in ACTIVE:
@@ -894,7 +896,6 @@ class Engine:
         """``record=False``: the end is this run's verdict, not the workdir's (a job the
         backend lost sight of stays journalled active, for a later run to look up)."""
         self._checking.discard(job)
-        self._kill_sent.discard(job)
         if status is S.FAILED and job.kill_requested:
             # Killed on request while a kill of the backend's own (its time limit) was
             # under way: it ends killed, as asked, and is not run again.
@@ -954,7 +955,6 @@ class Engine:
             job.failure = None  # a class tells why the job failed, and it has not
         self._move(job, status)
         self._left.discard(job)
-        self._kill_sent.discard(job)
         if record:
             self.workdir.record(job)
         self.completed.append(job)
@@ -1242,9 +1242,7 @@ class Engine:
             if broken is not None:  # full: the run stops, and these are cancelled
                 self._post("stop", broken)
             for job, error in failed.items():
-                if error is not broken:
-                    error = SubmissionError(str(error), retryable=False)
-                self._post("submitted", job, error)
+                self._post("submitted", job, self._submission_error(error))
             batch = [job for job in batch if job not in failed]
         allowed: list[Job] = []
         for n, job in enumerate(batch):
@@ -1279,10 +1277,8 @@ class Engine:
             # were never submitted, and the run stops with the workdir's own error.
             error = exc if isinstance(exc, WorkdirError) else WorkdirError(str(exc))
             self._post("stop", error)
-            if error is not self.workdir.broken:  # else the run's error says it, once
-                error = SubmissionError(str(error), retryable=False)
             for job in allowed:
-                self._post("submitted", job, error)
+                self._post("submitted", job, self._submission_error(error))
             return
         try:
             results = await self.scheduler.submit_jobs(allowed)
@@ -1290,6 +1286,14 @@ class Engine:
             results = [SubmissionUnknownError(f"{self.scheduler.name}: {exc!r}")] * len(allowed)
         for job, result in zip(allowed, results):
             self._post("submitted", job, result)
+
+    def _submission_error(self, error: Exception) -> Exception:
+        """What a job whose submission the workdir prevented is told: the workdir's own
+        refusal when it is full (``_on_submitted`` cancels the job, and the run's error
+        says it once), else a submission error that is not retried."""
+        if error is self.workdir.broken:
+            return error
+        return SubmissionError(str(error), retryable=False)
 
     async def _wrap(self, job: Job) -> wrapping.Wrap | None:
         opts = self.scheduler.options

@@ -163,20 +163,28 @@ class Hooks:
         event: packing and unpacking keywords twice more per event shows when 100,000
         jobs are fed. A plugin that raises does not keep the others from the call; the
         first error is raised once all were called."""
+        results, error = await self._each(hook, self._implementations(hook), kwargs, timeout)
+        if error is not None:
+            raise error
+        return results
+
+    async def _each(
+        self, hook: str, impls: Iterable[_Impl], kwargs: dict[str, Any], timeout: float | None
+    ) -> tuple[list[tuple[str, Any]], PluginError | None]:
+        """Call each implementation, awaiting what it returns; (plugin name, result)
+        pairs of those that answered, and the first error (the others are still called)."""
         results = []
-        errors: list[PluginError] = []
-        for impl in self._implementations(hook):
+        error: PluginError | None = None
+        for impl in impls:
             try:
                 result = _invoke(hook, impl, kwargs)
                 if result is not None and inspect.isawaitable(result):
                     result = await self._settle(hook, impl[0], result, timeout)
             except PluginError as exc:
-                errors.append(exc)
+                error = error or exc
                 continue
             results.append((impl[0], result))
-        if errors:
-            raise errors[0]
-        return results
+        return results, error
 
     def notify(
         self, hook: str, kwargs: dict[str, Any], timeout: float | None = None
@@ -223,13 +231,8 @@ class Hooks:
             await self._settle(hook, plugin, pending, timeout)
         except PluginError as exc:
             error = error or exc
-        for impl in rest:
-            try:
-                result = _invoke(hook, impl, kwargs)
-                if result is not None and inspect.isawaitable(result):
-                    await self._settle(hook, impl[0], result, timeout)
-            except PluginError as exc:
-                error = error or exc
+        _, later = await self._each(hook, rest, kwargs, timeout)
+        error = error or later
         if error is not None:
             raise error
 

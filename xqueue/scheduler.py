@@ -358,6 +358,9 @@ class Scheduler(abc.ABC):
         return path
 
 
+_END_GROUP = "kill -KILL 0  # what the job left in its group (cmd &) ends with it"
+
+
 def render_script(
     job: Job, jobdir: str, directives: Iterable[str] = (), *, end_group: bool = False
 ) -> str:
@@ -395,7 +398,7 @@ def render_script(
         *_command_lines(job, f"> {f(STDOUT)} 2> {f(STDERR)}"),
         "rc=$?",
         f'echo "$rc" > {f(RC)}.tmp && mv -f {f(RC)}.tmp {f(RC)}',
-        *(["kill -KILL 0  # what the job left in its group (cmd &) ends with it"] * end_group),
+        *([_END_GROUP] if end_group else []),
         'exit "$rc"',
         "",
     ]

@@ -20,7 +20,7 @@ from rich.text import Text
 from ..job import Job
 from ..records import READ_FLAGS
 from ..states import JobStatus
-from .text import MAX_ROWS, printable, rc_text
+from .text import MAX_ROWS, printable, rc_text, status_text
 
 
 class StderrConsole(Console):
@@ -151,7 +151,7 @@ def failures_table(jobs: Iterable[Job], shared_fs: bool = True) -> Table | None:
         table.add_row(
             plain(str(job.index)),
             plain(job.name),
-            plain(job.status.value + (f" ({job.failure.name})" if job.failure else "")),
+            plain(status_text(job.status.value, job.failure.name if job.failure else None)),
             plain(rc_text(job.rc)),
             plain(job.reason or tail),
             plain(where),

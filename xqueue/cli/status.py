@@ -28,7 +28,7 @@ from ..params import matches, parse_filters
 from ..records import WorkdirReader, job_index, record_time
 from ..states import JobStatus
 from .jobs import check_workdir
-from .text import MAX_ROWS, printable, rc_text
+from .text import MAX_ROWS, printable, rc_text, status_text
 
 ORPHANED, NOT_SUBMITTED = "orphaned", "not submitted"
 ATTENTION = ("failed", "killed", "skipped", ORPHANED)  # as a run's own summary lists them
@@ -214,7 +214,7 @@ def _cells(row: Row, spec: dict[str, Any] | None) -> tuple[str, ...]:
     return (
         str(job_index(row.folder)),
         name,
-        printable(_status_text(row.status, record.get("failure"))),
+        printable(status_text(row.status, _text_or_none(record.get("failure")))),
         str(record.get("attempt") or "-"),
         rc_text(record.get("rc")),
         printable(record.get("jid") or "-"),
@@ -222,12 +222,8 @@ def _cells(row: Row, spec: dict[str, Any] | None) -> tuple[str, ...]:
     )
 
 
-def _status_text(status: str, failure: Any) -> str:
-    """The status, with why it failed when the record says (as a run's own summary
-    shows it): ``failed (TIMEOUT)``."""
-    if status == JobStatus.FAILED.value and isinstance(failure, str) and failure:
-        return f"{status} ({failure})"
-    return status
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _columns(reader: WorkdirReader, rows: Sequence[Row], out: TextIO) -> None:

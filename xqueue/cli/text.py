@@ -34,3 +34,9 @@ def rc_text(rc: Any) -> str:
         return f"{rc} ({signal.Signals(rc - 128).name})" if 128 < rc < 160 else str(rc)
     except ValueError:  # no such signal here
         return str(rc)
+
+
+def status_text(status: str, failure: str | None) -> str:
+    """A job's status, with why it failed when that is known: ``failed (TIMEOUT)``, as the
+    run's summary and ``xqueue status`` both show it."""
+    return f"{status} ({failure})" if status == "failed" and failure else status
