@@ -57,6 +57,22 @@ def test_squeue_all_states_of_ended_jobs() -> None:
     assert slurm.terminal_state(rows["13"]) is None  # COMPLETED: the rc file decides
 
 
+def test_a_dependency_that_failed_is_never_satisfied_whatever_the_stale_reason() -> None:
+    # 11662: Slurm cancelled it as it was submitted (its dependency had failed) and kept
+    # the pending reason "Resources"; it was taken for a cancel and retried.
+    rows = slurm.parse_squeue(read("slurm_squeue_dependency.txt"))
+    assert (rows["11662"].state, rows["11662"].reason) == ("CANCELLED", "Resources")
+    for jid in ("11662", "11663", "11873", "11874"):  # cancelled, or still pending
+        never = slurm.terminal_state(rows[jid])
+        assert never is not None and never.status is JobStatus.FAILED, jid
+        assert not never.retryable and "dependency can never be satisfied" in never.reason
+    # Cancelled while its dependency could still be met: a cancel, not a dependency.
+    for jid in ("11871", "11872"):
+        cancelled = slurm.terminal_state(rows[jid])
+        assert cancelled is not None and cancelled.status is JobStatus.KILLED, jid
+    assert slurm.terminal_state(rows["11869"]) is None  # FAILED: the rc file decides
+
+
 def test_sacct_states_and_exit_codes() -> None:
     rows = slurm.parse_sacct(read("slurm_sacct.txt"))
     assert rows["4"] == slurm.SlurmRow("CANCELLED", "by 0", "0:0")

@@ -1,6 +1,6 @@
 """Pure parsers for Slurm's output, tested on output captured from a real cluster.
 
-Formats are always requested explicitly (``squeue -o '%i|%T|%r'``, ``sacct -P -o ...``),
+Formats are always requested explicitly (``squeue -o '%i|%T|%r|%E'``, ``sacct -P -o ...``),
 so a user's ``SQUEUE_FORMAT`` or a site's defaults cannot change what is parsed.
 """
 
@@ -13,7 +13,7 @@ from ..failures import FailureClass
 from ..scheduler import JobState
 from ..states import JobStatus
 
-SQUEUE_FORMAT = "%i|%T|%r"
+SQUEUE_FORMAT = "%i|%T|%r|%E"
 SACCT_FIELDS = "JobID,State,ExitCode"
 
 # States in which Slurm still holds the job (it may run, or run again).
@@ -80,6 +80,15 @@ class SlurmRow:
     state: str
     reason: str = ""
     exit_code: str = ""
+    dependency: str = ""
+    """squeue's ``%E``: each dependency left, marked ``(unfulfilled)`` or ``(failed)``."""
+
+    @property
+    def never_satisfied(self) -> bool:
+        """Whether it waits (or waited) on a dependency that can never be met. The
+        reason alone does not say: Slurm that cancels such a job as it is submitted
+        leaves its stale pending reason ("Resources"), and it was retried as cancelled."""
+        return self.reason == NEVER_SATISFIED or "(failed)" in self.dependency
 
 
 def parse_jobid(stdout: str) -> str:
@@ -105,7 +114,7 @@ def expand_ids(jid: str) -> list[str]:
 
 
 def parse_squeue(stdout: str) -> dict[str, SlurmRow]:
-    """``squeue -h -r -o '%i|%T|%r'``: element ids (``12_3``) map to their own row.
+    """``squeue -h -r -o '%i|%T|%r|%E'``: element ids (``12_3``) map to their own row.
 
     Elements of an array that were never split off its record (still pending, or
     cancelled while pending) appear under the array's bare id (``12``): see ``lookup``.
@@ -115,7 +124,8 @@ def parse_squeue(stdout: str) -> dict[str, SlurmRow]:
         if not line.strip():
             continue
         parts = _fields(line, 3)
-        row = SlurmRow(parts[1].strip(), parts[2].strip())
+        dependency = parts[3].strip() if len(parts) > 3 else ""
+        row = SlurmRow(parts[1].strip(), parts[2].strip(), dependency=dependency)
         rows.update(dict.fromkeys(expand_ids(parts[0]), row))
     return rows
 
@@ -178,14 +188,14 @@ def exit_status(exit_code: str) -> int | None:
 def terminal_state(row: SlurmRow) -> JobState | None:
     """What a row says when Slurm itself ended the job (or it can never start); else None."""
     never = "dependency can never be satisfied (Slurm DependencyNeverSatisfied); cancelled"
-    if row.state == "PENDING" and row.reason == NEVER_SATISFIED:
+    if row.state == "PENDING" and row.never_satisfied:
         return JobState(JobStatus.FAILED, None, never, retryable=False, failure=FailureClass.KILLED)
     ended = _ENDED_BY_SLURM.get(row.state)
     if ended is None:
         return None
     why, failure = ended
     if row.state == "CANCELLED":
-        if row.reason == NEVER_SATISFIED:
+        if row.never_satisfied:
             return JobState(JobStatus.FAILED, None, never, retryable=False, failure=failure)
         if row.reason.startswith("by "):  # sacct says who; squeue keeps a stale pending reason
             why = f"{why} ({row.reason})"
