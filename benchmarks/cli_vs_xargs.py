@@ -6,7 +6,8 @@
 The job list has N lines of ``true``. For each folder (a disk one and a tmpfs one by
 default: check ``df`` that the first is not tmpfs), the three run one after the other,
 their order rotated each round so that none always runs first or last on a loaded
-machine; each run gets a fresh folder there (made and removed outside the timing):
+machine; each run gets a fresh folder there, made outside the timing and removed only
+once every round has run (see ``_scratch``: a removal just before a run slowed it):
 
 - ``xargs -d '\\n' -n1 -P<forks> sh -c`` reading the list: records nothing;
 - ``parallel -j<forks> --joblog FILE --results DIR/{#}/``: one line per job with its
@@ -31,6 +32,8 @@ import sys
 import tempfile
 import time
 
+from _scratch import kept_folders
+
 XQUEUE = os.path.join(os.path.dirname(sys.executable), "xqueue")
 
 
@@ -43,21 +46,15 @@ def commands(tool: str, forks: int, out: str) -> list[str]:
     return [XQUEUE, "run", "-f", str(forks), "-w", os.path.join(out, "wd"), "--no-progress"]
 
 
-def once(tool: str, jobs: str, forks: int, where: str) -> float:
-    out = tempfile.mkdtemp(prefix=f"xq-cli-{tool}-", dir=where)
+def once(tool: str, jobs: str, forks: int, out: str) -> float:
     env = {**os.environ, "XQUEUE_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    try:
-        with open(jobs) as stdin:
-            start = time.perf_counter()
-            done = subprocess.run(
-                commands(tool, forks, out), stdin=stdin, capture_output=True, env=env
-            )
-            wall = time.perf_counter() - start
-        if done.returncode != 0:
-            sys.exit(f"{tool} exited {done.returncode}: {done.stderr.decode()[-2000:]}")
-        return wall
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+    with open(jobs) as stdin:
+        start = time.perf_counter()
+        done = subprocess.run(commands(tool, forks, out), stdin=stdin, capture_output=True, env=env)
+        wall = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"{tool} exited {done.returncode}: {done.stderr.decode()[-2000:]}")
+    return wall
 
 
 def fs_type(path: str) -> str:
@@ -76,9 +73,11 @@ def main(args: argparse.Namespace) -> None:
         print(f"{args.jobs} true jobs, {args.forks} at once, {args.repeat} rounds", flush=True)
         for where in args.dirs.split(","):
             times: dict[str, list[float]] = {t: [] for t in tools}
-            for r in range(args.repeat):
-                for tool in tools[r % 3 :] + tools[: r % 3]:
-                    times[tool].append(once(tool, jobs, args.forks, where))
+            with kept_folders(where) as new:
+                for r in range(args.repeat):
+                    for tool in tools[r % 3 :] + tools[: r % 3]:
+                        out = new(f"xq-cli-{tool}-")
+                        times[tool].append(once(tool, jobs, args.forks, out))
             med = {t: statistics.median(v) for t, v in times.items()}
             print(f"{where} ({fs_type(where)}):", flush=True)
             for tool in tools:

@@ -10,10 +10,10 @@ interleaved so drift hits all alike.
 
 The baseline writes no files while xqueue keeps a folder and output files per job, so
 the file system under ``--dir`` matters: the script prints what creating one file costs
-there. The default is tmpfs (/dev/shm), which isolates the engine's own cost. On the
-sandboxes this was written on, creating an inode on the ext4 disk cost 0.2-0.9 ms of CPU
-(a folder and three files per job), against 5 us on tmpfs; pass ``--dir`` to measure a
-disk.
+there. The default is tmpfs (/dev/shm), which isolates the engine's own cost; pass
+``--dir`` to measure a disk. Every run's folder is kept until the end (``_scratch``): on
+the sandboxes this was written on, a disk's file creations cost up to ten times more in
+the minutes after thousands of files were removed.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ import asyncio
 import os
 import statistics
 import subprocess
-import tempfile
 import time
+from collections.abc import Callable
+
+from _scratch import kept_folders
 
 # The engine alone: hook plugins installed in the environment are not loaded.
 os.environ["XQUEUE_DISABLE_PLUGIN_AUTOLOAD"] = "1"
@@ -47,60 +49,56 @@ async def baseline(n: int, forks: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-async def baseline_with_files(n: int, forks: int, directory: str) -> float:
+async def baseline_with_files(n: int, forks: int, tmp: str) -> float:
     """Plain asyncio that gives each job a folder with its stdout and stderr files: the
     floor for any queue that keeps each job's output."""
     sem = asyncio.Semaphore(forks)
-    with tempfile.TemporaryDirectory(dir=directory) as tmp:
 
-        async def one(i: int) -> None:
-            async with sem:
-                folder = f"{tmp}/{i}"
-                # Blocking, as the hand-written loop it stands for would be.
-                os.mkdir(folder)
-                out = open(f"{folder}/stdout", "wb")  # noqa: ASYNC230
-                err = open(f"{folder}/stderr", "wb")  # noqa: ASYNC230
-                with out, err:
-                    proc = await asyncio.create_subprocess_exec("true", stdout=out, stderr=err)
-                await proc.wait()
+    async def one(i: int) -> None:
+        async with sem:
+            folder = f"{tmp}/{i}"
+            # Blocking, as the hand-written loop it stands for would be.
+            os.mkdir(folder)
+            out = open(f"{folder}/stdout", "wb")  # noqa: ASYNC230
+            err = open(f"{folder}/stderr", "wb")  # noqa: ASYNC230
+            with out, err:
+                proc = await asyncio.create_subprocess_exec("true", stdout=out, stderr=err)
+            await proc.wait()
 
-        start = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(n)))
-        return n / (time.perf_counter() - start)
-
-
-def file_cost_us(directory: str, n: int = 500) -> float:
-    """Microseconds to create (and write) one small file in a fresh folder under directory."""
-    with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        start = time.perf_counter()
-        for i in range(n):
-            with open(f"{tmp}/{i}", "w") as fh:
-                fh.write("x")
-        return (time.perf_counter() - start) / n * 1e6
+    start = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return n / (time.perf_counter() - start)
 
 
-async def xqueue_rate(n: int, forks: int, directory: str) -> float:
-    with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        q = Xqueue(forks=forks, workdir=tmp, handle_signals=False)
-        start = time.perf_counter()
-        for _ in range(n):
-            await q.feed(["true"])
-        await q.run_until_complete()
-        rate = n / (time.perf_counter() - start)
-        assert q.statistics().counts == {"finished": n}, q.statistics()
-        return rate
+def file_cost_us(tmp: str, n: int = 500) -> float:
+    """Microseconds to create (and write) one small file in a fresh folder."""
+    start = time.perf_counter()
+    for i in range(n):
+        with open(f"{tmp}/{i}", "w") as fh:
+            fh.write("x")
+    return (time.perf_counter() - start) / n * 1e6
 
 
-async def latency(samples: int, directory: str) -> tuple[float, float]:
+async def xqueue_rate(n: int, forks: int, tmp: str) -> float:
+    q = Xqueue(forks=forks, workdir=tmp, handle_signals=False)
+    start = time.perf_counter()
+    for _ in range(n):
+        await q.feed(["true"])
+    await q.run_until_complete()
+    rate = n / (time.perf_counter() - start)
+    assert q.statistics().counts == {"finished": n}, q.statistics()
+    return rate
+
+
+async def latency(samples: int, tmp: str) -> tuple[float, float]:
     """Median seconds from feed() to the job observed done: xqueue (daemon), baseline."""
     xq, base = [], []
-    with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        async with Xqueue(forks=4, workdir=tmp, handle_signals=False) as q:
-            for _ in range(samples):
-                t = time.perf_counter()
-                job = await q.feed(["true"])
-                await job.wait()
-                xq.append(time.perf_counter() - t)
+    async with Xqueue(forks=4, workdir=tmp, handle_signals=False) as q:
+        for _ in range(samples):
+            t = time.perf_counter()
+            job = await q.feed(["true"])
+            await job.wait()
+            xq.append(time.perf_counter() - t)
     for _ in range(samples):
         t = time.perf_counter()
         proc = await asyncio.create_subprocess_exec("true")
@@ -116,19 +114,25 @@ async def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--dir", default="/dev/shm", help="where the workdirs go")
     args = ap.parse_args()
-    print(f"workdirs under {args.dir}: {file_cost_us(args.dir):.0f} us to create one file")
+    with kept_folders(args.dir) as new:  # removed at the end: see _scratch
+        await measure(args, new)
+
+
+async def measure(args: argparse.Namespace, new: Callable[[str], str]) -> None:
+    cost = file_cost_us(new("xq-files-"))
+    print(f"workdirs under {args.dir}: {cost:.0f} us to create one file")
     for forks in args.forks:
         base, files, xq = [], [], []
         for _ in range(args.reps):
             base.append(await baseline(args.jobs, forks))
-            files.append(await baseline_with_files(args.jobs, forks, args.dir))
-            xq.append(await xqueue_rate(args.jobs, forks, args.dir))
+            files.append(await baseline_with_files(args.jobs, forks, new("xq-asyncio-")))
+            xq.append(await xqueue_rate(args.jobs, forks, new("xq-xqueue-")))
         b, f, x = statistics.median(base), statistics.median(files), statistics.median(xq)
         print(
             f"forks={forks:<3} N={args.jobs}: asyncio {b:6.0f} jobs/s, asyncio+files {f:6.0f}, "
             f"xqueue {x:6.0f}; xqueue/asyncio {x / b:.2f}x, xqueue/asyncio+files {x / f:.2f}x"
         )
-    lx, lb = await latency(20, args.dir)
+    lx, lb = await latency(20, new("xq-latency-"))
     print(
         f"feed-to-done latency (median of 20): xqueue {lx * 1000:.2f} ms, "
         f"asyncio spawn+wait {lb * 1000:.2f} ms"
