@@ -492,6 +492,40 @@ def test_a_torn_last_line_is_ignored_and_the_next_record_starts_a_new_line(
     }
 
 
+async def test_a_torn_exits_line_does_not_take_the_next_exit_code_with_it(workdir: Path) -> None:
+    # The shepherd appended its next line to the torn one: a job that had ended while
+    # no controller watched was failed as "exit status unknown" and run again.
+    q = Xqueue(workdir=workdir, handle_signals=False)
+    await q.feed("true")
+    await q.run_until_complete()
+    exits = anyio.Path(workdir / "exits.jsonl")
+    await exits.write_bytes((await exits.read_bytes())[:-3])  # a crash mid-write
+    q = Xqueue(workdir=workdir, handle_signals=False, error_strategy="ignore")
+    await q.feed("true")
+    second = await q.feed("exit 3")
+    await q.run_until_complete()
+    codes = await anyio.to_thread.run_sync(Workdir(workdir).exit_codes, [second])
+    assert codes == {second: 3}
+
+
+async def test_a_torn_spec_line_does_not_make_the_next_job_run_again(workdir: Path) -> None:
+    # A full disk (or a crash) cut a spec line short; the next run's spec was glued to
+    # it and matched nothing after, so a job that had succeeded ran again in every run.
+    ledger = anyio.Path(workdir.parent / "ledger")
+    q = Xqueue(workdir=workdir, handle_signals=False)
+    await q.feed(f"echo 0 >> {ledger}")
+    await q.run_until_complete()
+    specs = anyio.Path(workdir / "specs.jsonl")
+    await specs.write_bytes((await specs.read_bytes())[:-5])
+    for _ in range(3):
+        q = Xqueue(workdir=workdir, handle_signals=False)
+        for i in range(2):
+            await q.feed(f"echo {i} >> {ledger}")
+        await q.run_until_complete()
+    # Job 0 ran again once (its own spec was the torn one), job 1 once: never again.
+    assert sorted((await ledger.read_text()).split()) == ["0", "0", "1"]
+
+
 # -- planted links ----------------------------------------------------------------------------
 def plant(path: Path, target: Path, kind: str) -> None:
     if kind == "symlink":

@@ -356,6 +356,22 @@ def job_spec(job: Job) -> str:
     return _SPEC_ENCODER.encode(spec)
 
 
+def open_appending(path: str | os.PathLike[str]) -> int:
+    """A workdir file opened for appending records, a line torn by a crash (or by a full
+    disk) ended first: the next record starts on a line of its own. Glued to the torn
+    one, it was lost with it: a spec that no longer matched ran a finished job again,
+    an exit code the shepherd appended made a job that succeeded run again."""
+    fd = open_plain(path, os.O_RDWR | os.O_APPEND)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            os.write(fd, b"\n")
+    except OSError as exc:
+        os.close(fd)
+        raise file_error(path, exc, "append to") from None
+    return fd
+
+
 class Workdir:
     """The folder that holds every job's files for one queue."""
 
@@ -535,18 +551,7 @@ class Workdir:
             self._append_journal("".join(held))
 
     def _open_journal(self) -> int:
-        """Open the journal for appending, ending a line torn by a crash first, so the
-        next record starts on a line of its own instead of being glued to the garbage."""
-        path = self.path / JOURNAL_FILE
-        fd = open_plain(path, os.O_RDWR | os.O_APPEND)
-        try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                os.write(fd, b"\n")
-        except OSError as exc:
-            os.close(fd)
-            raise file_error(path, exc, "append to") from None
-        return fd
+        return open_appending(self.path / JOURNAL_FILE)
 
     def journal_records(self) -> dict[str, dict[str, Any]]:
         """The last journal record of each job folder (by folder name)."""
@@ -789,7 +794,7 @@ class Workdir:
         """One write for a batch of folders. A spec torn by a crash only fails to match
         next time: that job runs afresh, in a new folder."""
         if self._specs_fd is None:
-            self._specs_fd = open_plain(self.path / SPECS_FILE, os.O_WRONLY | os.O_APPEND)
+            self._specs_fd = open_appending(self.path / SPECS_FILE)
         view = memoryview(lines.encode())
         while view:  # all of it before any of these jobs counts as made
             view = view[os.write(self._specs_fd, view) :]
@@ -797,7 +802,7 @@ class Workdir:
     def exits_fd(self) -> int:
         """A new descriptor appending to ``exits.jsonl``, for the local shepherd; the
         caller closes it."""
-        return open_plain(self.path / EXITS_FILE, os.O_WRONLY | os.O_APPEND)
+        return open_appending(self.path / EXITS_FILE)
 
     def exit_code(self, job: Job, attempt: int | None = None) -> int | None:
         """How an attempt ended, by the job's own word: the ``job.<n>.rc`` its wrapper

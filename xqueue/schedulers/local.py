@@ -186,7 +186,7 @@ class LocalScheduler(Scheduler):
         await super().open(workdir)
         reap()
         self._base_env = dict(os.environ)
-        exits = workdir.exits_fd()
+        exits = await anyio.to_thread.run_sync(workdir.exits_fd)  # it may end a torn line
         try:
             self._link = ShepherdLink.start(self._base_env, exits)
         finally:
