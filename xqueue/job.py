@@ -181,9 +181,11 @@ class Job:
 
     @property
     def command_argv(self) -> tuple[str, ...]:
-        """The job's own argv: a list command as given, a string through ``sh -c``."""
+        """The job's own argv: a list command as given, a string through ``sh -c --``
+        (without the ``--``, a line such as ``-rf`` or ``+e`` was read as the shell's
+        options and failed with "Illegal option", rc 2, instead of "not found", 127)."""
         if isinstance(self.command, str):
-            return ("/bin/sh", "-c", self.command)
+            return ("/bin/sh", "-c", "--", self.command)
         return self.command
 
     @property

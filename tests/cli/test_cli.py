@@ -76,6 +76,18 @@ def test_a_byte_order_mark_is_not_part_of_the_first_command(tmp_path: Path) -> N
     assert out.returncode == 0 and "2 finished" in out.stderr, out.stderr
 
 
+def test_a_line_that_starts_like_an_option_is_a_command(tmp_path: Path) -> None:
+    """``/bin/sh -c -rf`` read the line as the shell's options: "Illegal option", rc 2."""
+    wd = tmp_path / "wd"
+    out = xqueue("run", "-w", str(wd), "-e", "ignore", input="-rf\n+e\n-x; echo ran\n")
+    assert out.returncode == 1, out.stderr
+    rcs = sorted((p.parent.name, p.read_text()) for p in wd.glob("*/job.1.stderr"))
+    assert all("not found" in text and "Illegal option" not in text for _, text in rcs), rcs
+    assert [p.read_text() for p in wd.glob("2-*/job.1.stdout")] == ["ran\n"]
+    status = xqueue("status", str(wd), "--json")
+    assert [json.loads(line)["state"]["rc"] for line in status.stdout.splitlines()] == [127, 127, 0]
+
+
 def test_run_file_with_failures_exits_nonzero_with_table(tmp_path: Path) -> None:
     jobs = tmp_path / "jobs.txt"
     jobs.write_text("true\necho oops >&2; exit 3\n")

@@ -141,7 +141,9 @@ class SchedulerConformance:
             'printf "%s|%s|%s|%s" "$XQ_KIT" "$XQ_EMPTY" "$XQUEUE_JOB_INDEX" "$XQUEUE_JOB_ATTEMPT"',
             envs={"XQ_KIT": HOSTILE_ENV, "XQ_EMPTY": ""},
         )
-        left.extend([*jobs, argv, env])
+        # A line that starts like an option is a command, not the shell's options.
+        dash = await q.feed("-xq-kit-no-such-command 2>/dev/null; echo ran")
+        left.extend([*jobs, argv, env, dash])
         with anyio.fail_after(backend.timeout):
             await q.run_until_complete()
 
@@ -156,6 +158,7 @@ class SchedulerConformance:
         assert await _text(argv.stdout_path) == "".join(f"[{a}]\n" for a in HOSTILE_ARGS)
         assert env.status is JobStatus.FINISHED, env.reason
         assert await _text(env.stdout_path) == f"{HOSTILE_ENV}||{env.index}|1"
+        assert (dash.status, await _text(dash.stdout_path)) == (JobStatus.FINISHED, "ran\n")
 
         stats = q.statistics()
         assert stats.submit_calls == (1 if backend.packs else len(q.jobs))
