@@ -40,7 +40,7 @@ def _job_dir_of(pid: int) -> str | None:
         return None
     for item in environ.split(b"\0"):
         if item.startswith(JOB_DIR_VAR):
-            return item[len(JOB_DIR_VAR) :].decode(errors="replace")
+            return os.fsdecode(item[len(JOB_DIR_VAR) :])
     return None
 
 

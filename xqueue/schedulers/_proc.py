@@ -76,7 +76,7 @@ def job_dirs_of_processes() -> dict[str, int]:
         if start < 0 or start_ticks(pid) is None:
             continue
         end = environ.find(b"\0", start)
-        jobdir = environ[start + 15 : end if end >= 0 else None].decode(errors="replace")
+        jobdir = os.fsdecode(environ[start + 15 : end if end >= 0 else None])  # as job.dir
         try:
             leader = os.getsid(pid) == pid
         except OSError:

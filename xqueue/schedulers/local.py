@@ -133,7 +133,8 @@ def _has_marker(pid: int, jobdir: str) -> bool:
             environ = fh.read()
     except OSError:
         return False
-    return f"XQUEUE_JOB_DIR={jobdir}".encode() in environ.split(b"\0")
+    # fsencode: a folder under a path that is not UTF-8 is in the environment as its bytes.
+    return os.fsencode(f"XQUEUE_JOB_DIR={jobdir}") in environ.split(b"\0")
 
 
 def _adopted_pids(jobs: list[Job]) -> dict[Job, int]:
