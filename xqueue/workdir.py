@@ -70,6 +70,7 @@ from .records import (
     read_code,
     read_json,
     read_text,
+    record_time,
 )
 from .states import JobStatus
 
@@ -354,6 +355,10 @@ def job_spec(job: Job) -> str:
     if job.params:  # only when given: the spec, so the identity, of other jobs is unchanged
         spec["params"] = job.params
     return _SPEC_ENCODER.encode(spec)
+
+
+# The records of a job an earlier run may have left running (its controller died).
+_LEFT_ACTIVE = frozenset({"submitting", "submitted", "running"})
 
 
 def open_appending(path: str | os.PathLike[str]) -> int:
@@ -646,6 +651,7 @@ class Workdir:
         if known == digest(spec.encode()):
             self._move_in(job, staged)
             return self.reader.take_record(folder) or {}
+        self._check_ended(job.index, folder)
         try:
             os.replace(job.dir, f"{job.dir}.replaced-{time.time_ns()}")
         except OSError as exc:
@@ -676,12 +682,33 @@ class Workdir:
             try:
                 if name == folder or not stat.S_ISDIR(os.lstat(path).st_mode):
                     continue  # a link or a file planted under a job folder's name: not ours
+                self._check_ended(index, name)
                 os.replace(path, f"{path}.replaced-{time.time_ns()}")
             except FileNotFoundError:
                 pass  # removed by hand since the listing: nothing to move
             except OSError as exc:
                 raise WorkdirError(f"cannot move job folder {path!r} aside: {exc}") from exc
             self._names.discard(name)
+
+    def _check_ended(self, index: int, folder: str) -> None:
+        """Refuse to move aside a folder whose job an earlier run left running: moved, it
+        ran on unseen by ``status`` and ``cancel``, and the list changed back ran it a
+        second time beside itself. Its end, if an exit line or rc file has it, will do."""
+        record = self.reader.take_record(folder)
+        if not record or record.get("status") not in _LEFT_ACTIVE:
+            return
+        attempt, jid = record.get("attempt"), record.get("jid")
+        if type(attempt) is int and attempt > 0:
+            since = record_time(record.get("since", record.get("time")))
+            jid = jid if isinstance(jid, str) else None
+            if self.reader.attempt_codes({(folder, attempt): (jid, since)}):
+                return
+        raise WorkdirError(
+            f"job {index} is now another command, but its earlier one (folder {folder!r}) "
+            f"was {record['status']} when its run stopped and may be running still; "
+            f"`xqueue cancel {self.path}` looks up and kills what that run left running "
+            "(or wait for it to end), then run again"
+        )
 
     def making_ahead(self, on: bool) -> None:
         """Make fed jobs' folders soon after they are fed, without waiting for a pause

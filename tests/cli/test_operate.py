@@ -363,6 +363,43 @@ def test_cancel_without_a_controller_kills_what_it_left_running(
     assert nothing.stdout == "no run is in progress and no job is recorded as active\n"
 
 
+def test_a_changed_command_does_not_push_aside_a_job_left_running(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    """The list edited while a dead controller's job still ran: its folder was moved
+    aside, out of sight of ``status`` and ``cancel``, and the list changed back started
+    it again beside itself. Now the run refuses, and says what to do; a job that ended
+    unwatched (its shepherd recorded the end) makes way as before."""
+    wd = tmp_path / "wd"
+    run = Run(wd, ["sleep 0.2", "sleep 60"], "-f", "2")
+    runs.append(run)
+    run.wait_journal('"jid": "', 2)
+    run.proc.kill()
+    run.wait()
+    deadline = time.monotonic() + 10
+    while not (wd / "exits.jsonl").read_text().count("\n"):
+        assert time.monotonic() < deadline, "the shepherd recorded no exit"
+        time.sleep(0.05)
+    edited = "echo zero\necho one\n"
+    out = xqueue("run", "-w", str(wd), input=edited)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    said = " ".join(out.stderr.split())
+    assert "job 1 is now another command" in said and "may be running still" in said
+    assert f"xqueue cancel {wd}" in said
+    assert (wd / "1-sleep-60").is_dir() and job_processes(wd)  # untouched, running
+    assert xqueue("cancel", str(wd)).returncode == 0
+    assert wait_no_job_processes(wd, 10) == []
+    again = xqueue("run", "-w", str(wd), input=edited)
+    assert again.returncode == 0, again.stderr
+    outputs = [
+        (wd / f"{i}-echo-{w}" / "job.1.stdout").read_text()
+        for i, w in enumerate(edited.split()[1::2])
+    ]
+    assert outputs == ["zero\n", "one\n"]
+    assert len(list(wd.glob("*.replaced-*"))) == 2
+
+
 LOCK_HOLDER = (
     "import fcntl, os, sys, time\n"
     "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)\n"
