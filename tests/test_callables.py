@@ -446,3 +446,28 @@ async def test_an_async_function_is_refused_at_submit(workdir: Path) -> None:
         with pytest.raises(ConfigError, match="is an async function"):
             await q.submit(fn)
     assert q.jobs == []
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # its tasks start in order
+async def test_calls_submitted_at_once_are_numbered_in_the_order_submitted(
+    workdir: Path,
+) -> None:
+    # Numbered once their pickle was staged (in a worker thread), a big argument made a
+    # call come later; the order changed from run to run, so a resumed run took calls
+    # for other ones and ran them again, moving their folders aside.
+    async def each_run() -> tuple[list[int], int]:
+        jobs: dict[int, Job] = {}
+        async with Xqueue(workdir=workdir, forks=4, handle_signals=False) as q:
+
+            async def submit(i: int) -> None:
+                jobs[i] = await q.submit(t.combine, i, extra=bytes(4_000_000 if i % 3 == 0 else 8))
+
+            async with anyio.create_task_group() as tg:
+                for i in range(9):
+                    tg.start_soon(submit, i)
+        ran = sum(job.reason != "succeeded in an earlier run" for job in jobs.values())
+        return [jobs[i].index for i in range(9)], ran
+
+    assert await each_run() == (list(range(9)), 9)
+    assert await each_run() == (list(range(9)), 0)
+    assert not [p async for p in anyio.Path(workdir).glob("*.replaced-*")]

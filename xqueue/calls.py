@@ -117,10 +117,15 @@ async def submit(
     job: CallJob[T] = CallJob(0, argv, envs=envs, name=name or label(fn), resources=resources)
     job.after, job.params = after, params
     workdir = engine.workdir
-    await workdir.lock_async()
-    staged = {CALL_FILE: await anyio.to_thread.run_sync(_stage, workdir, call, trackers)}
+    turn = engine.take_turn()  # numbered in the order submitted, whatever the staging takes
     try:
-        await engine.add(job, staged)
+        await workdir.lock_async()
+        staged = {CALL_FILE: await anyio.to_thread.run_sync(_stage, workdir, call, trackers)}
+    except BaseException:
+        engine.leave_turn(turn)
+        raise
+    try:
+        await engine.add(job, staged, turn)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(workdir.discard, staged)

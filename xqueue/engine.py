@@ -154,6 +154,15 @@ class _Reply:
         self.event.set()
 
 
+class _Turn:
+    """A job's place in line for its number (``Engine.take_turn``)."""
+
+    __slots__ = ("ready",)
+
+    def __init__(self) -> None:
+        self.ready = anyio.Event()
+
+
 class Engine:
     def __init__(
         self,
@@ -193,6 +202,7 @@ class Engine:
         self._active: dict[Job, None] = {}
         self._to_resolve: list[tuple[Job, float]] = []  # SUBMITTING jobs to look up (not before)
         self._to_kill: list[Job] = []
+        self._turns: deque[_Turn] = deque()  # jobs fed, awaiting their number in order
         # Jobs whose kill was sent to the backend (this attempt): an end reported for one
         # not in it came before any signal, and is the job's own.
         self._kill_sent: set[Job] = set()
@@ -316,21 +326,52 @@ class Engine:
         return self.state is not _Run.RUNNING and self._unsettled() == 0
 
     # -- feeding ---------------------------------------------------------------------------
-    async def add(self, job: Job, staged: Mapping[str, str] | None = None) -> None:
+    def take_turn(self) -> _Turn:
+        """A place in line for a job fed now whose ``add`` comes after awaits of its own
+        (a call's pickle is staged in a worker thread first): jobs are numbered in the
+        order they were fed, not in the order those awaits end. An index is a job's
+        identity on a resumed run: calls submitted from a task group were numbered by
+        their pickles' sizes, and ran again in the next run. ``add`` gives it back."""
+        turn = _Turn()
+        if not self._turns:
+            turn.ready.set()
+        self._turns.append(turn)
+        return turn
+
+    def leave_turn(self, turn: _Turn) -> None:
+        """Give back a place in line (numbered, or refused); the next one's turn comes."""
+        first = self._turns[0] is turn
+        self._turns.remove(turn)
+        if first and self._turns:
+            self._turns[0].ready.set()
+
+    async def add(
+        self, job: Job, staged: Mapping[str, str] | None = None, turn: _Turn | None = None
+    ) -> None:
         """Take a fed job: the workdir is locked first, so a refused controller changes nothing.
 
-        ``staged``: files written beforehand for the job's folder (``Workdir.stage``)."""
-        self.check_can_feed()
-        if job.resources is not None:  # feeding is the hot path: no call for nothing
-            await self._check_fits(job)
-        if not self.workdir.locked:
-            await self.workdir.lock_async()
-            self.check_can_feed()  # the state may have moved on while the lock was taken
-        # Numbered here, after the last await: two feeds racing over the first lock must
-        # not both take the same index (and folder).
-        job.index = len(self.jobs)
-        record = self.workdir.prepare(job, staged)
-        self.jobs.append(job)
+        ``staged``: files written beforehand for the job's folder (``Workdir.stage``);
+        ``turn``: its place in line (``take_turn``), given back here."""
+        if turn is None and self._turns:  # a job fed before this one is not numbered yet
+            turn = self.take_turn()
+        try:
+            self.check_can_feed()
+            if job.resources is not None:  # feeding is the hot path: no call for nothing
+                await self._check_fits(job)
+            if not self.workdir.locked:
+                await self.workdir.lock_async()
+                self.check_can_feed()  # the state may have moved on while the lock was taken
+            if turn is not None:
+                await turn.ready.wait()
+                self.check_can_feed()
+            # Numbered here, after the last await: two feeds racing over the first lock
+            # must not both take the same index (and folder).
+            job.index = len(self.jobs)
+            record = self.workdir.prepare(job, staged)
+            self.jobs.append(job)
+        finally:
+            if turn is not None:
+                self.leave_turn(turn)
         self.counts[S.INIT] += 1
         # Hooks that return nothing to await cost no coroutine: this runs once a job fed.
         try:
