@@ -471,3 +471,27 @@ async def test_calls_submitted_at_once_are_numbered_in_the_order_submitted(
     assert await each_run() == (list(range(9)), 9)
     assert await each_run() == (list(range(9)), 0)
     assert not [p async for p in anyio.Path(workdir).glob("*.replaced-*")]
+
+
+async def test_a_changed_function_of_a_module_runs_again_on_resume(
+    workdir: Path, outside_module: ModuleType
+) -> None:
+    # cloudpickle sends a module's function by name: its fixed body left the call's
+    # digest as it was, and a resumed run handed back the result of the old code.
+    source = anyio.Path(outside_module.__file__ or "")
+    base = "import os\n\ndef where():\n    return os.getcwd()\n\ndef compute(x):\n"
+
+    async def each_run(body: str) -> tuple[Any, str]:
+        await source.write_text(base + body)
+        importlib.invalidate_caches()
+        module = importlib.reload(outside_module)
+        async with Xqueue(workdir=workdir, handle_signals=False) as q:
+            job = await q.submit(module.compute, 10)
+        return await job.result(), job.reason
+
+    assert await each_run("    return x + 1\n") == (11, "")
+    assert await each_run("    return x * 100\n") == (1000, "")
+    assert await each_run("    return x * 100\n") == (1000, "succeeded in an earlier run")
+    # Its line numbers are not its code: a line added above it changes nothing.
+    base = "# a comment\n" + base
+    assert await each_run("    return x * 100\n") == (1000, "succeeded in an earlier run")

@@ -44,7 +44,7 @@ def _load(jobdir: str, expected: str) -> Any:
         raise FileNotFoundError(f"{path} is missing: the call cannot be run")
     envelope = pickle.loads(data)
     call = envelope["call"]
-    found = digest(call, envelope.get("trackers", ()))
+    found = digest(call, envelope.get("trackers", ()), envelope.get("code", ""))
     if found != expected:
         raise RuntimeError(
             f"{CALL_FILE} in {jobdir} is not the call this job was submitted with "

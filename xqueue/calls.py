@@ -22,11 +22,13 @@ have side effects, and two equal calls are what the caller asked for).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import os
 import pickle
 import sys
+import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
@@ -112,7 +114,8 @@ async def submit(
     """
     engine.check_can_feed()
     call, trackers = pickle_call(fn, args, kwargs)
-    call_digest = digest(call, trackers)
+    code = code_version(fn)
+    call_digest = digest(call, trackers, code)
     argv = command(interpreter(engine.scheduler, python), call_digest)
     job: CallJob[T] = CallJob(0, argv, envs=envs, name=name or label(fn), resources=resources)
     job.after, job.params = after, params
@@ -120,7 +123,7 @@ async def submit(
     turn = engine.take_turn()  # numbered in the order submitted, whatever the staging takes
     try:
         await workdir.lock_async()
-        staged = {CALL_FILE: await anyio.to_thread.run_sync(_stage, workdir, call, trackers)}
+        staged = {CALL_FILE: await anyio.to_thread.run_sync(_stage, workdir, call, trackers, code)}
     except BaseException:
         engine.leave_turn(turn)
         raise
@@ -133,19 +136,58 @@ async def submit(
     return job
 
 
-def _stage(workdir: Workdir, call: bytes, trackers: list[str]) -> str:
-    return workdir.stage(call_file(call, trackers))
+def _stage(workdir: Workdir, call: bytes, trackers: list[str], code: str) -> str:
+    return workdir.stage(call_file(call, trackers, code))
 
 
-def digest(call: bytes, trackers: Sequence[str] = ()) -> str:
+def digest(call: bytes, trackers: Sequence[str] = (), code: str = "") -> str:
     """What names a call: the SHA-256 of its pickle, with ``trackers`` (cloudpickle's
-    ids of the classes it sends by value) replaced by their order in it. cloudpickle
-    draws such an id at random once a process (``__main__`` dataclasses, enums, named
-    tuples, and functions that name them): with it in the digest, every run of the same
-    script gave the same call another name, and ran it again."""
+    ids of the classes it sends by value) replaced by their order in it, and the
+    ``code_version`` of a function the pickle names only. cloudpickle draws such an id
+    at random once a process (``__main__`` dataclasses, enums, named tuples, and
+    functions that name them): with it in the digest, every run of the same script gave
+    the same call another name, and ran it again."""
     for n, tracker in enumerate(sorted(trackers, key=lambda t: call.find(t.encode()))):
         call = call.replace(tracker.encode(), f"xqueue-class-{n:019d}".encode())
-    return hashlib.sha256(call).hexdigest()
+    return hashlib.sha256(call + code.encode()).hexdigest()
+
+
+def code_version(fn: Callable[..., Any]) -> str:
+    """A digest of the code of a function that the pickle names by its module (one
+    importable here, not ``__main__``): its bytecode, names and constants, nested
+    functions included, not its line numbers. cloudpickle sends such a function as a
+    name, so a fixed bug in a module's function left the call's digest as it was, and
+    a resumed run handed back the old result. "" for anything else: a ``__main__``
+    function's code is in the pickle; a builtin, a class or a callable object is not
+    looked into (see callables.md)."""
+    target: Any = fn
+    while True:
+        if isinstance(target, functools.partial):
+            target = target.func
+        elif inspect.ismethod(target):
+            target = target.__func__
+        else:
+            break
+    module = getattr(target, "__module__", None)
+    if not isinstance(target, types.FunctionType) or module in (None, "__main__"):
+        return ""
+    if module not in sys.modules:
+        return ""
+    found = hashlib.sha256()
+    _add_code(found, target.__code__)
+    return found.hexdigest()
+
+
+def _add_code(found: Any, code: types.CodeType) -> None:
+    found.update(code.co_code)
+    found.update(repr((code.co_names, code.co_varnames, code.co_argcount)).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            _add_code(found, const)
+        elif isinstance(const, frozenset):  # its order follows the per-process str hash
+            found.update(repr(sorted(map(repr, const))).encode())
+        else:
+            found.update(repr(const).encode())
 
 
 def class_trackers(call: bytes) -> list[str]:
@@ -211,7 +253,7 @@ def pickle_call(
     return call, class_trackers(call)
 
 
-def call_file(call: bytes, trackers: list[str]) -> bytes:
+def call_file(call: bytes, trackers: list[str], code: str = "") -> bytes:
     """The call file's content: the call, and the controller's ``sys.path`` (absolute).
 
     The runner appends that path to its own, so a function of a module importable here
@@ -221,8 +263,14 @@ def call_file(call: bytes, trackers: list[str]) -> bytes:
     """
     cwd = os.getcwd()
     path = [p if os.path.isabs(p) else os.path.join(cwd, p) for p in sys.path]
-    # The trackers: for the runner to check the digest as it was made.
-    envelope = {"format": FORMAT, "call": call, "sys_path": path, "trackers": trackers}
+    # The trackers and code version: for the runner to check the digest as it was made.
+    envelope = {
+        "format": FORMAT,
+        "call": call,
+        "sys_path": path,
+        "trackers": trackers,
+        "code": code,
+    }
     return pickle.dumps(envelope, protocol=PROTOCOL)
 
 
