@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -65,6 +66,41 @@ def test_a_job_list_that_is_not_text_is_refused_before_anything_is_made(
     where = f"job list {str(jobs)!r}" if via == "file" else "the job list on stdin"
     assert f"{where}, {said}" in " ".join(stderr.split())
     assert not wd.exists()  # refused before the workdir was made
+
+
+def _limited_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+def test_an_endless_job_list_that_is_not_text_is_refused_as_it_is_read(tmp_path: Path) -> None:
+    """``< /dev/zero`` was read whole before a line was looked at: a MemoryError
+    traceback under a memory limit, the OOM killer without one."""
+    wd = tmp_path / "wd"
+    with open("/dev/zero", "rb") as zeros:
+        out = subprocess.run(
+            [*XQ, "run", "-w", str(wd)],
+            stdin=zeros,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            preexec_fn=_limited_memory,
+        )
+    assert out.returncode == 2, out.stderr
+    assert "line 1: a NUL byte at column 1" in out.stderr and "Traceback" not in out.stderr
+    assert not wd.exists()
+
+
+def test_a_closed_stdin_is_no_job_list(tmp_path: Path) -> None:
+    # sys.stdin is None then: an AttributeError traceback.
+    shell = 'exec "$@" <&-'
+    out = subprocess.run(
+        ["sh", "-c", shell, "sh", *XQ, "run", "-w", str(tmp_path / "wd")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "no job list" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_command(tmp_path: Path) -> None:

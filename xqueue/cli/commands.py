@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import anyio
 
@@ -289,20 +289,48 @@ def _console() -> Console:
     return StderrConsole()
 
 
+_CHUNK = 1 << 20
+LONGEST_LINE = 16 << 20
+"""No job list has a line this long (bytes): the reading stops there."""
+
+
+def read_job_list(stream: BinaryIO, source: str) -> list[str]:
+    """``read_commands`` of what ``stream`` holds, read a chunk at a time: it stops at
+    the first NUL byte, and at a line longer than ``LONGEST_LINE``, instead of taking
+    everything in first (``< /dev/zero`` or a binary file piped in by mistake was read
+    whole, until the OOM killer ended it)."""
+    chunks: list[bytes] = []
+    line = 0  # bytes of the line under way
+    while chunk := stream.read(_CHUNK):
+        nul = chunk.find(b"\0")
+        if nul >= 0:  # read_commands names its line and column
+            chunks.append(chunk[: nul + 1])
+            break
+        chunks.append(chunk)
+        end = chunk.rfind(b"\n")
+        line = line + len(chunk) if end < 0 else len(chunk) - end - 1
+        if line > LONGEST_LINE:
+            lines = sum(c.count(b"\n") for c in chunks) + 1
+            raise XqueueError(
+                f"{source}, line {lines}: over {LONGEST_LINE >> 20} MiB without a line end: "
+                "not a job list (one shell command a line)"
+            )
+    return read_commands(b"".join(chunks), source)
+
+
 def _run(args: argparse.Namespace, console: Console) -> int:
     if args.file == "-":
-        if sys.stdin.isatty():
+        if sys.stdin is None or sys.stdin.isatty():  # None: started with stdin closed
             raise XqueueError(
                 "no job list: give a file (xqueue run jobs.txt) or pipe commands on stdin"
             )
-        commands = read_commands(sys.stdin.buffer.read(), "the job list on stdin")
+        commands = read_job_list(sys.stdin.buffer, "the job list on stdin")
     else:
         try:
             with open(args.file, "rb") as fh:
-                data = fh.read()
+                commands = read_job_list(fh, f"job list {args.file!r}")
         except OSError as exc:
             raise XqueueError(f"cannot read job list {args.file!r}: {exc.strerror}") from exc
-        commands = read_commands(data, f"job list {args.file!r}")
     queue = make_queue(args, console)
 
     async def go() -> None:
