@@ -347,6 +347,11 @@ def test_cancel_without_a_controller_kills_what_it_left_running(
     run.wait()
     assert len(job_processes(wd)) >= 2  # the jobs outlive their controller
     assert final_states(wd) == ["submitted", "submitted", None]
+    info = (wd / "run.json").read_text()
+    (wd / "run.json").write_text('{"scheduler": ')  # torn: not "no run.json, older xqueue"
+    torn = xqueue("cancel", str(wd))
+    assert "run.json is not one xqueue writes (torn or edited)" in " ".join(torn.stderr.split())
+    (wd / "run.json").write_text(info)
     out = xqueue("cancel", str(wd))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()

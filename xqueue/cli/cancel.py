@@ -193,6 +193,8 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
             out.write("no run is in progress and no job is recorded as active\n")
             return 0
         info = read_json(path / RUN_FILE)
+        if info is None and (path / RUN_FILE).exists():  # there, but empty or not JSON
+            info = {}
         try:
             scheduler = build_scheduler(info)
         except XqueueError as exc:
@@ -225,7 +227,7 @@ def build_scheduler(info: dict[str, Any] | None) -> Scheduler:
         raise XqueueError(f"the workdir has no {RUN_FILE}: it was last run by an older xqueue")
     name, cls_path, options = info.get("scheduler"), info.get("class"), info.get("options")
     if not isinstance(name, str) or not isinstance(options, dict):
-        raise XqueueError(f"the workdir's {RUN_FILE} is not one xqueue writes")
+        raise XqueueError(f"the workdir's {RUN_FILE} is not one xqueue writes (torn or edited)")
     cls = registry.scheduler_class(name)
     installed = f"{cls.__module__}:{cls.__qualname__}"
     if cls_path != installed:
