@@ -129,12 +129,15 @@ async def test_cancelling_the_caller_kills_jobs_and_raises(workdir: Path, tmp_pa
     q = Xqueue(forks=2, workdir=workdir)
     job = await q.feed(f"echo $$ > {pidfile}; exec sleep 60")
     queued = await q.feed(["sleep", "60"])
-    await q.feed(["sleep", "60"])
+    waiting = await q.feed(["sleep", "60"])  # forks=2: never submitted
     with pytest.raises(TimeoutError):
         with anyio.fail_after(1):
             await q.run_until_complete()
     assert job.status is JobStatus.KILLED
     assert queued.status is JobStatus.KILLED
+    # Not "the run stopped (complete)", as they said when it was a cancellation.
+    assert job.reason == "killed: the run stopped (cancelled)"
+    assert waiting.reason == "cancelled before it was submitted: the run stopped (cancelled)"
     # Gone, or a zombie: the job's process is the wrapper's child, reaped by init.
     assert not await is_alive(int(await read_text(pidfile)))
 

@@ -232,6 +232,7 @@ class Engine:
         self._tg: TaskGroup | None = None
         self._error: BaseException | None = None
         self._signal: signal.Signals | None = None
+        self._cancelled = False  # the run's task was cancelled (not a signal, not an error)
         self._deadline: float | None = None
         self.scheduler_open = False  # so aclose() runs exactly once per open()
         self._hold_until = 0.0  # no submission before this (the backend looked down)
@@ -438,6 +439,7 @@ class Engine:
         self.workdir.lock()
         self.state = _Run.RUNNING if keep_feeding else _Run.DRAINING
         self._error, self._signal, self._deadline = None, None, None
+        self._cancelled = False
         self._left.clear()
         self._open_intents.clear()
         self._kill_sent.clear()
@@ -466,6 +468,7 @@ class Engine:
                 self._error = exc
         except BaseException:
             reason = "cancelled"
+            self._cancelled = True  # its jobs' kill reasons say so, not "complete"
             raise
         finally:
             self.workdir.making_ahead(False)
@@ -509,6 +512,8 @@ class Engine:
     def _reason(self) -> str:
         if self._signal is not None:
             return "signal"
+        if self._cancelled:
+            return "cancelled"
         if self._error is None:
             return "complete"
         return "halted" if isinstance(self._error, JobFailedError) else "error"
