@@ -11,7 +11,15 @@ import anyio
 import pytest
 
 from tests.helpers import DetachedScheduler, is_alive, read_text
-from xqueue import ConfigError, Job, JobFailedError, JobStatus, QueueStateError, Xqueue
+from xqueue import (
+    ConfigError,
+    Job,
+    JobFailedError,
+    JobStatus,
+    QueueStateError,
+    WorkdirError,
+    Xqueue,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -390,3 +398,17 @@ async def test_a_run_started_with_tg_start_takes_stop_feeding_right_after(workdi
             job = await q.feed(["true"])
             await q.stop_feeding()
     assert job.status is JobStatus.FINISHED
+
+
+async def test_a_queue_fed_and_left_names_itself_as_the_workdirs_holder(workdir: Path) -> None:
+    # The lock of a queue fed and neither run nor closed was blamed on "another xqueue
+    # run (pid N)", N being the caller's own process.
+    first = Xqueue(workdir=workdir)
+    await first.feed(["true"])
+    second = Xqueue(workdir=workdir)
+    with pytest.raises(WorkdirError, match="another Xqueue of this process") as caught:
+        await second.feed(["true"])
+    assert "aclose()" in str(caught.value)
+    await first.aclose()
+    await second.feed(["true"])
+    await second.run_until_complete()

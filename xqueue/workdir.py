@@ -468,6 +468,13 @@ class Workdir:
         if not _flock_exclusive(fd):
             holder = os.read(fd, 64).decode(errors="replace").strip().partition("@")[0]
             os.close(fd)
+            if holder == str(os.getpid()):
+                raise WorkdirError(
+                    f"workdir {str(self.path)!r} is taken by another Xqueue of this process, "
+                    "which was fed jobs and neither run nor closed: run it, or "
+                    "`await q.aclose()` it (`async with Xqueue(...)` does), before making "
+                    "another on the same workdir"
+                ) from None
             raise WorkdirError(
                 f"workdir {str(self.path)!r} is in use by another xqueue run "
                 f"(pid {holder or 'unknown'}); wait for it to end or use another workdir"
