@@ -305,6 +305,26 @@ async def test_a_misspelt_hook_is_refused_with_the_hook_it_meant(workdir: Path) 
     assert any(n.endswith(".Own") for n in Xqueue(workdir=workdir, plugins=[Own()]).hooks.names())
 
 
+async def test_a_plugin_class_given_for_its_instance_is_refused_at_once(workdir: Path) -> None:
+    """Accepted, its hooks failed at the first submission with "missing 1 required
+    positional argument: 'job'"; a class of static hooks is a plugin as it is."""
+
+    class Counter:
+        @hookimpl
+        def on_job_submitting(self, job: Job) -> None: ...
+
+    class Static:
+        @staticmethod
+        @hookimpl
+        def on_job_submitting(job: Job) -> None: ...
+
+    with pytest.raises(ConfigError, match=r"'.*Counter' is a class: give an instance of it"):
+        Xqueue(workdir=workdir, plugins=[Counter])
+    q = Xqueue(workdir=workdir, plugins=[Static, Counter()])
+    await q.feed(["true"])
+    await q.run_until_complete()
+
+
 async def test_an_installed_plugin_with_an_unknown_hook_only_warns(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -41,6 +41,16 @@ def _entry_points() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def _has_methods(cls: type) -> bool:
+    """Whether a class defines a hook implementation that takes ``self``."""
+    for value in vars(cls).values():
+        if inspect.isfunction(value) and hasattr(value, "xqueue_impl"):
+            params = list(inspect.signature(value).parameters)
+            if params[:1] == ["self"]:
+                return True
+    return False
+
+
 class Hooks:
     """The plugins of one queue and a fast, async-aware way to call them."""
 
@@ -87,6 +97,12 @@ class Hooks:
         """``asked``: named or given by the caller, so a plugin that implements a hook
         xqueue does not have is refused. One merely installed (loaded automatically) only
         gets a warning: made for a newer xqueue, say, it must not stop every queue."""
+        if inspect.isclass(plugin) and _has_methods(plugin):
+            # Its hooks would be called unbound: a TypeError at the first job, far from here.
+            raise ConfigError(
+                f"plugin {plugin.__qualname__!r} is a class: give an instance of it "
+                f"({plugin.__qualname__}()), whose hooks get their self"
+            )
         if name is None:  # a readable name for messages, unique within this queue
             base = getattr(plugin, "__name__", None) or type(plugin).__qualname__
             name, n = base, 1
