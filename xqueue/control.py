@@ -42,6 +42,7 @@ import anyio.lowlevel
 from ._identity import own_identity
 from ._threads import run_in_daemon_thread
 from .errors import XqueueError
+from .events import EVENTS_FILE, PREVIOUS
 from .hooks import hookimpl
 from .records import READ_FLAGS, parse_object
 from .states import JobStatus
@@ -83,6 +84,8 @@ def run_info(xqueue: Xqueue, scheduler: Scheduler) -> dict[str, Any]:
         "forks": xqueue.forks,
         "workdir": str(xqueue.workdir.path),
         "started": time.time(),
+        # Whether it writes events.jsonl: `xqueue status --follow` has nothing to follow.
+        "events": "xqueue-events" in xqueue.hooks.names(),
     }
 
 
@@ -191,6 +194,14 @@ def _prepare(workdir: Path, info: dict[str, Any]) -> None:
     info["controller"] = own_identity()
     text = json.dumps(info, default=str, indent=1)
     atomic_write(str(workdir / RUN_FILE), text, 0o600)
+    if not info.get("events"):
+        # A run without a stream leaves none of an earlier run's to pass for its own (a
+        # follower reported that run's end); it is kept as the earlier stream, ``.1``.
+        stream = workdir / EVENTS_FILE
+        try:
+            os.replace(stream, f"{stream}{PREVIOUS}")
+        except OSError:
+            pass
     folder = workdir / CONTROL_DIR
     try:
         if not usable_folder(os.stat(folder, follow_symlinks=False)):

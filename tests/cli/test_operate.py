@@ -151,6 +151,24 @@ def test_follow_without_a_stream_or_run_says_so(tmp_path: Path) -> None:
     assert "nothing to follow" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_follow_of_a_run_without_events_says_so_not_the_last_runs_end(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    """The earlier run's stream stayed: a follower of a --no-events run reported that
+    run's failure as this one's end, and exited 1 while the run went on to succeed."""
+    wd = tmp_path / "wd"
+    assert xqueue("run", "-w", str(wd), input="exit 3\n").returncode == 1
+    run = Run(wd, ["sleep 30"], "--no-events")
+    runs.append(run)
+    run.wait_journal('"status": "submitted", "attempt": 1, "jid": "', 2)  # then its own
+    out = xqueue("status", str(wd), "--follow")
+    assert out.returncode == 2, out.stdout
+    said = " ".join(out.stderr.split())
+    assert "writes no event stream (started with --no-events" in said, said
+    assert "complete" not in out.stdout and not (wd / "events.jsonl").exists()
+    assert '"run_stopped"' in (wd / "events.jsonl.1").read_text()  # kept as the earlier one
+
+
 # -- logs ----------------------------------------------------------------------------------
 def test_logs_by_index_name_folder_stream_and_attempt(tmp_path: Path) -> None:
     wd = tmp_path / "wd"

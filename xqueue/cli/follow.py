@@ -23,9 +23,10 @@ import time
 from collections import Counter, deque
 from typing import TYPE_CHECKING, Any, TextIO
 
+from ..control import RUN_FILE
 from ..errors import XqueueError
 from ..events import EVENTS_FILE
-from ..records import WorkdirReader, parse_object
+from ..records import WorkdirReader, parse_object, read_json
 from ..states import JobStatus
 from .tail import Tail
 from .text import printable, rc_text
@@ -168,6 +169,14 @@ class Follower:
         while True:
             self._controller = self.reader.controller()
             self.step()
+            if self._controller is not None and not self.tail.exists():
+                info = read_json(os.path.join(self.reader.path, RUN_FILE)) or {}
+                if info.get("events") is False:
+                    raise XqueueError(
+                        f"the run in progress in {self.reader.path} writes no event stream "
+                        "(started with --no-events, or events=False): nothing to follow; "
+                        "`xqueue status WORKDIR` shows its jobs from its records"
+                    )
             if self.tail.exists() or self._controller is not None:
                 break
             if time.monotonic() >= deadline:
