@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -650,6 +652,21 @@ async def test_a_planted_job_output_fails_the_job_not_the_target(tmp_path: Path,
     assert await anyio.Path(job.dir, "job.1.stdout").read_text() == "overwritten\n"  # kept
 
 
+async def test_a_link_planted_at_a_job_folder_is_never_written_through(tmp_path: Path) -> None:
+    # The job failed ("cannot create job folder ... File exists"), and its failure was
+    # noted in job.1.stderr through the link: outside the workdir.
+    elsewhere = anyio.Path(tmp_path / "elsewhere")
+    await elsewhere.mkdir()
+    workdir = anyio.Path(tmp_path / "wd")
+    await workdir.mkdir()
+    await (workdir / "0-echo-hi").symlink_to(elsewhere)
+    q = Xqueue(workdir=tmp_path / "wd", error_strategy="ignore", handle_signals=False)
+    job = await q.feed("echo hi")
+    await q.run_until_complete()
+    assert job.status is JobStatus.FAILED and "cannot create job folder" in job.reason
+    assert [p async for p in elsewhere.iterdir()] == []
+
+
 # -- whose workdir ------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", [0o777, 0o1777, 0o757])
 def test_a_workdir_everyone_can_write_to_is_refused(tmp_path: Path, mode: int) -> None:
@@ -700,6 +717,16 @@ def test_the_cli_says_how_to_opt_in(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o777 and list(path.iterdir()) == []
 
 
+_LOCK_HOLDER = (
+    "import fcntl, os, sys, time\n"
+    "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)\n"
+    "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+    "os.write(fd, f'{os.getpid()}@1'.encode())\n"
+    "print('locked', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
 def test_a_status_probe_on_the_lock_does_not_fail_a_starting_run(tmp_path: Path) -> None:
     """``xqueue status`` tests the lock with a brief shared flock; a run that starts at
     that moment waits it out instead of reporting the workdir in use."""
@@ -714,8 +741,23 @@ def test_a_status_probe_on_the_lock_does_not_fail_a_starting_run(tmp_path: Path)
     wd.lock()  # would fail at once without the retry
     try:
         assert WorkdirReader(wd.path).controller() == str(os.getpid())
-        with pytest.raises(WorkdirError, match=r"in use by another xqueue run \(pid \d+\)"):
+        with pytest.raises(WorkdirError, match="taken by another Xqueue of this process"):
             Workdir(tmp_path / "wd").lock()
     finally:
         wd.unlock()
     assert WorkdirReader(wd.path).controller() is None
+    # Held by another process: that one is named.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _LOCK_HOLDER, str(wd.path / ".lock")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout and holder.stdout.readline() == "locked\n"
+        with pytest.raises(
+            WorkdirError, match=rf"in use by another xqueue run \(pid {holder.pid}\)"
+        ):
+            Workdir(tmp_path / "wd").lock()
+    finally:
+        holder.kill()
+        holder.communicate()

@@ -1677,10 +1677,19 @@ class Engine:
         return [j for j in self._active if j.status is not S.SUBMITTING]
 
     def _note_in_stderr(self, job: Job) -> None:
+        # In the folder opened without following a link: one planted at its name (the
+        # folder's making failed on it) took the note outside the workdir.
         try:
-            fd = open_plain(job.stderr_path, os.O_WRONLY | os.O_APPEND)
+            folder = os.open(job.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            return
+        try:
+            name = os.path.basename(job.stderr_path)
+            fd = open_plain(name, os.O_WRONLY | os.O_APPEND, dir_fd=folder)
         except (OSError, WorkdirError):
             return
+        finally:
+            os.close(folder)
         try:
             os.write(fd, f"xqueue: {job.reason}\n".encode())
         finally:

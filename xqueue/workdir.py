@@ -195,16 +195,19 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
-def open_plain(path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> int:
+def open_plain(
+    path: str | os.PathLike[str], flags: int, mode: int = 0o644, *, dir_fd: int | None = None
+) -> int:
     """Open (creating) a file xqueue owns, refusing anything but a plain file of its own.
 
     Refused: a link (``O_NOFOLLOW``), a FIFO or device, and a file with a second hard
     link (whoever made it could read or damage the other name). Nothing is truncated
     before these checks pass; pass ``O_TRUNC`` in ``flags`` to have it emptied after.
+    ``dir_fd``: ``path`` is a name in that folder (opened without following a link).
     """
     trunc = flags & os.O_TRUNC
     try:
-        fd = os.open(path, (flags & ~os.O_TRUNC) | _CREATE_FLAGS, mode)
+        fd = os.open(path, (flags & ~os.O_TRUNC) | _CREATE_FLAGS, mode, dir_fd=dir_fd)
     except OSError as exc:
         raise file_error(path, exc, "open") from None
     try:
@@ -470,10 +473,10 @@ class Workdir:
             os.close(fd)
             if holder == str(os.getpid()):
                 raise WorkdirError(
-                    f"workdir {str(self.path)!r} is taken by another Xqueue of this process, "
-                    "which was fed jobs and neither run nor closed: run it, or "
-                    "`await q.aclose()` it (`async with Xqueue(...)` does), before making "
-                    "another on the same workdir"
+                    f"workdir {str(self.path)!r} is taken by another Xqueue of this process "
+                    "(one fed jobs holds it until its run ends or it is closed): wait for "
+                    "its run, or `await q.aclose()` the one you no longer use (`async with "
+                    "Xqueue(...)` closes it), before feeding another on the same workdir"
                 ) from None
             raise WorkdirError(
                 f"workdir {str(self.path)!r} is in use by another xqueue run "
