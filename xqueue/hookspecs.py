@@ -63,7 +63,8 @@ def on_job_submitted(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> None:
 @hookspec
 def on_job_started(xqueue: Xqueue, scheduler: Scheduler, job: Job) -> None:
     """The job is known to run. Fires before the job's final hook even for jobs too
-    quick for any status query to see running."""
+    quick for any status query to see running; not for a job resumed as succeeded in
+    an earlier run (it fires only ``on_job_init`` and ``on_job_succeeded``)."""
 
 
 @hookspec

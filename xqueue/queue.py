@@ -551,7 +551,11 @@ class Xqueue:
         return await self._engine.kill(job)
 
     async def as_completed(self) -> AsyncIterator[Job]:
-        """Yield each job once, as it reaches a final state, until the run stops."""
+        """Yield each job once, as it reaches a final state, until the run stops.
+
+        Inside ``async with Xqueue(...)`` the run stops only once ``stop_feeding()`` is
+        called (more jobs may come): call it before iterating, or the loop waits for
+        ever after the last job."""
         async for job in self._engine.as_completed():
             yield job
 
