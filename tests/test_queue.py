@@ -412,3 +412,26 @@ async def test_a_queue_fed_and_left_names_itself_as_the_workdirs_holder(workdir:
     await first.aclose()
     await second.feed(["true"])
     await second.run_until_complete()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_feeding_a_running_queue_from_another_threads_loop_is_refused(
+    workdir: Path,
+) -> None:
+    # Two threads doing so took the same index (two folders numbered 0), and the run hung.
+    import asyncio
+
+    async with Xqueue(workdir=workdir, forks=2, handle_signals=False) as q:
+
+        def from_a_thread() -> BaseException | None:
+            try:
+                asyncio.run(q.feed(["true"]))
+            except QueueStateError as exc:
+                return exc
+            return None
+
+        refused = await anyio.to_thread.run_sync(from_a_thread)
+        assert isinstance(refused, QueueStateError) and "anyio.from_thread.run" in str(refused)
+        fed = await anyio.to_thread.run_sync(anyio.from_thread.run, q.feed, ["true"])
+        await q.stop_feeding()
+    assert fed.status is JobStatus.FINISHED and [j.index for j in q.jobs] == [0]

@@ -233,6 +233,7 @@ class Engine:
         self._error: BaseException | None = None
         self._signal: signal.Signals | None = None
         self._cancelled = False  # the run's task was cancelled (not a signal, not an error)
+        self._thread = 0  # the thread of the run's event loop
         self._deadline: float | None = None
         self.scheduler_open = False  # so aclose() runs exactly once per open()
         self._hold_until = 0.0  # no submission before this (the backend looked down)
@@ -353,6 +354,13 @@ class Engine:
 
         ``staged``: files written beforehand for the job's folder (``Workdir.stage``);
         ``turn``: its place in line (``take_turn``), given back here."""
+        if self.state in _LIVE and threading.get_ident() != self._thread:
+            # An event loop of another thread: two such feeds took the same index (two
+            # folders numbered 0) and the run hung.
+            raise QueueStateError(
+                "feed() and submit() of a running queue must be called from its own event "
+                "loop; from another thread, use anyio.from_thread.run(q.feed, ...)"
+            )
         if turn is None and self._turns:  # a job fed before this one is not numbered yet
             turn = self.take_turn()
         try:
@@ -440,6 +448,7 @@ class Engine:
         self.state = _Run.RUNNING if keep_feeding else _Run.DRAINING
         self._error, self._signal, self._deadline = None, None, None
         self._cancelled = False
+        self._thread = threading.get_ident()
         self._left.clear()
         self._open_intents.clear()
         self._kill_sent.clear()
