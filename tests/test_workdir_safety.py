@@ -3,6 +3,7 @@ one-line error, planted links never redirect a write, and other users' workdirs 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -761,3 +762,14 @@ def test_a_status_probe_on_the_lock_does_not_fail_a_starting_run(tmp_path: Path)
     finally:
         holder.kill()
         holder.communicate()
+
+
+def test_a_full_file_system_is_not_called_a_permission_problem() -> None:
+    # Out of inodes, a job's output file was refused with "No space left on device;
+    # fix its permissions or use another workdir".
+    from xqueue.records import file_error
+
+    full = str(file_error("/wd/0-x/job.1.stdout", OSError(errno.ENOSPC, "No space left"), "open"))
+    assert "make room on its file system" in full and "permissions" not in full
+    denied = str(file_error("/wd/x", OSError(errno.EACCES, "Permission denied"), "open"))
+    assert "fix its permissions" in denied

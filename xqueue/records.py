@@ -87,10 +87,13 @@ def file_error(path: str | os.PathLike[str], exc: OSError, doing: str = "read") 
         return WorkdirError(
             f"{os.fspath(path)!r} is a directory where xqueue keeps a file; move it away"
         )
-    return WorkdirError(
-        f"cannot {doing} {os.fspath(path)!r}: {exc.strerror or exc}; "
-        "fix its permissions or use another workdir"
-    )
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # out of space or of inodes
+        fix = "make room on its file system (space and inodes: df -h, df -i) and run again"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "fix its permissions or use another workdir"
+    else:
+        fix = "use another workdir if it persists"
+    return WorkdirError(f"cannot {doing} {os.fspath(path)!r}: {exc.strerror or exc}; {fix}")
 
 
 def read_bytes(path: str | os.PathLike[str], *, regular: bool = False) -> bytes | None:
