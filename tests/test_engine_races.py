@@ -6,6 +6,7 @@ takes a while, or one whose outcome is unknown. Each test fails on the bug it na
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from pathlib import Path
@@ -27,9 +28,13 @@ from xqueue import (
     Xqueue,
     hookimpl,
 )
+from xqueue import engine as engine_module
 from xqueue.job import Job
 from xqueue.records import WorkdirReader
 from xqueue.schedulers.local import LocalScheduler
+from xqueue.workdir import Workdir
+
+from .test_workdir_safety import submitted
 
 pytestmark = pytest.mark.anyio
 S = JobStatus
@@ -329,6 +334,38 @@ async def test_a_job_that_cannot_be_killed_is_reported_not_recorded_killed(
     finally:
         os.killpg(int(str(stuck.jid).partition("@")[0]), signal.SIGKILL)
         await reap_lingering_shepherds()
+
+
+class CannotLookUp(LocalScheduler):
+    """A backend that cannot say whether an earlier run's job is there (it raises)."""
+
+    name = "cannot-look-up"
+
+    async def recover_job(self, job: Job) -> bool:
+        raise SchedulerError("the node did not answer")
+
+
+async def test_a_job_that_cannot_be_looked_up_is_left_as_recorded_in_time(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its lookup was tried every second for ever, a warning each time, and the run never
+    # ended. Not run again either: whether it runs cannot be known.
+    def left_by_a_dead_run() -> None:
+        wd = Workdir(workdir)
+        submitted(wd, 0)
+        wd.unlock()
+
+    await anyio.to_thread.run_sync(left_by_a_dead_run)
+    monkeypatch.setattr(engine_module, "OUTAGE_TOLERANCE", 1.0)
+    q = Xqueue(CannotLookUp(), workdir=workdir, handle_signals=False, error_strategy="ignore")
+    job = await q.feed("echo 0")
+    with anyio.fail_after(20), caplog.at_level(logging.WARNING, "xqueue"):
+        await q.run_until_complete()
+    assert job.status is S.FAILED and "could not be looked up for 1 s" in job.reason
+    assert caplog.text.count("looking it up failed") == 1
+    assert not await anyio.Path(job.attempt_path("stdout")).exists()  # never run
+    record = await anyio.to_thread.run_sync(WorkdirReader(workdir).last_record, job.dir)
+    assert record is not None and record["status"] == "submitted"  # a later run looks again
 
 
 async def test_on_shutdown_receives_the_signal_and_interrupted_carries_it(

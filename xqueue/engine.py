@@ -203,6 +203,7 @@ class Engine:
         self._to_resolve: list[tuple[Job, float]] = []  # SUBMITTING jobs to look up (not before)
         self._to_kill: list[Job] = []
         self._turns: deque[_Turn] = deque()  # jobs fed, awaiting their number in order
+        self._lookups_failing: dict[Job, float] = {}  # since when each lookup has failed
         # Jobs whose kill was sent to the backend (this attempt): an end reported for one
         # not in it came before any signal, and is the job's own.
         self._kill_sent: set[Job] = set()
@@ -782,10 +783,25 @@ class Engine:
     def _on_resolved(self, job: Job, found: bool | BaseException) -> list[HookCall]:
         if job.status is not S.SUBMITTING:
             return []
+        now = time.monotonic()
         if isinstance(found, BaseException):
-            log.warning("job %s: looking it up failed (%s); trying again", job.index, found)
-            self._to_resolve.append((job, time.monotonic() + RESOLVE_DELAY))
-            return []
+            first = self._lookups_failing.setdefault(job, now)
+            if now - first < OUTAGE_TOLERANCE:
+                # Said once: it was said for each job every second, for ever.
+                (log.warning if first == now else log.debug)(
+                    "job %s: looking it up failed (%s); trying again", job.index, found
+                )
+                self._to_resolve.append((job, now + RESOLVE_DELAY))
+                return []
+            # Whether it runs cannot be known, so it is not run again: left as recorded,
+            # for a later run to look up.
+            del self._lookups_failing[job]
+            return self._left_as_recorded(
+                job,
+                f"could not be looked up for {OUTAGE_TOLERANCE:.0f} s ({found}); it may still "
+                "run: left as it was recorded, a later run looks for it again",
+            )
+        self._lookups_failing.pop(job, None)
         if job in self._stale:
             # An earlier run's attempt whose result is not wanted: stopped if the backend
             # still holds it (the job must never run twice at once), then run afresh.
@@ -807,6 +823,16 @@ class Engine:
             job.reason = "killed before it was submitted"
             return self._finalize(job, S.KILLED, record=False)
         return self._release(job, announce=False)
+
+    def _left_as_recorded(self, job: Job, reason: str) -> list[HookCall]:
+        """Fail an earlier run's job for this run only: left as it is and recorded as it
+        was (it may run still), so a later run looks for it again."""
+        job.reason = reason
+        log.error("job %s (%s): %s", job.index, job.name, job.reason)
+        calls = self._finalize(job, S.FAILED, record=False)
+        if self.error_strategy == "halt":
+            calls += self._on_stop(JobFailedError(job))
+        return calls
 
     def _arm_readopted(self, job: Job) -> None:
         """A re-adopted job's limit counts from the start its wrapper recorded, if any."""
@@ -843,13 +869,8 @@ class Engine:
         if job.status is not S.SUBMITTING:
             return []
         if error is not None:
-            # Left as it is, and recorded as it was, so a later run looks for it again.
-            job.reason = f"an attempt of an earlier run ({job.jid}) could not be stopped: {error}"
-            log.error("job %s (%s): %s", job.index, job.name, job.reason)
-            calls = self._finalize(job, S.FAILED, record=False)
-            if self.error_strategy == "halt":
-                calls += self._on_stop(JobFailedError(job))
-            return calls
+            why = f"an attempt of an earlier run ({job.jid}) could not be stopped: {error}"
+            return self._left_as_recorded(job, why)
         self.scheduler.forget(job)
         job.jid = None
         return self._on_resolved(job, False)
