@@ -6,6 +6,7 @@ import os
 import sys
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -423,15 +424,19 @@ async def test_feeding_a_running_queue_from_another_threads_loop_is_refused(
 
     async with Xqueue(workdir=workdir, forks=2, handle_signals=False) as q:
 
-        def from_a_thread() -> BaseException | None:
+        def from_a_thread(coroutine: Any) -> BaseException | None:
             try:
-                asyncio.run(q.feed(["true"]))
+                asyncio.run(coroutine)
             except QueueStateError as exc:
                 return exc
             return None
 
-        refused = await anyio.to_thread.run_sync(from_a_thread)
-        assert isinstance(refused, QueueStateError) and "anyio.from_thread.run" in str(refused)
+        refused = await anyio.to_thread.run_sync(from_a_thread, q.feed(["true"]))
+        assert isinstance(refused, QueueStateError) and "BlockingPortal" in str(refused)
+        # A submit refused so must not leave its place in line taken: the feeds after it
+        # waited for it for ever.
+        refused = await anyio.to_thread.run_sync(from_a_thread, q.submit(len, "ab"))
+        assert isinstance(refused, QueueStateError)
         fed = await anyio.to_thread.run_sync(anyio.from_thread.run, q.feed, ["true"])
         await q.stop_feeding()
     assert fed.status is JobStatus.FINISHED and [j.index for j in q.jobs] == [0]

@@ -263,6 +263,15 @@ class Engine:
         return self.state is _Run.RUNNING
 
     def check_can_feed(self) -> None:
+        if self.state in _LIVE and threading.get_ident() != self._thread:
+            # An event loop of another thread: two such feeds took the same index (two
+            # folders numbered 0) and the run hung.
+            raise QueueStateError(
+                "feed() and submit() of a running queue must be called in its event loop's "
+                "thread; from another thread, hand the call over with a BlockingPortal "
+                "(anyio.from_thread.start_blocking_portal) or, in a thread anyio started "
+                "(anyio.to_thread.run_sync), anyio.from_thread.run(q.feed, ...)"
+            )
         if self.state in _TAKES_JOBS and not (self.in_block and self.state is _Run.IDLE):
             return
         if self.state is _Run.CLOSED:
@@ -355,13 +364,6 @@ class Engine:
 
         ``staged``: files written beforehand for the job's folder (``Workdir.stage``);
         ``turn``: its place in line (``take_turn``), given back here."""
-        if self.state in _LIVE and threading.get_ident() != self._thread:
-            # An event loop of another thread: two such feeds took the same index (two
-            # folders numbered 0) and the run hung.
-            raise QueueStateError(
-                "feed() and submit() of a running queue must be called from its own event "
-                "loop; from another thread, use anyio.from_thread.run(q.feed, ...)"
-            )
         if turn is None and self._turns:  # a job fed before this one is not numbered yet
             turn = self.take_turn()
         try:
@@ -450,6 +452,7 @@ class Engine:
         self._error, self._signal, self._deadline = None, None, None
         self._cancelled = False
         self._thread = threading.get_ident()
+        self._lookups_failing.clear()
         self._left.clear()
         self._open_intents.clear()
         self._kill_sent.clear()
