@@ -71,6 +71,12 @@ def test_a_dependency_that_failed_is_never_satisfied_whatever_the_stale_reason()
         cancelled = slurm.terminal_state(rows[jid])
         assert cancelled is not None and cancelled.status is JobStatus.KILLED, jid
     assert slurm.terminal_state(rows["11869"]) is None  # FAILED: the rc file decides
+    # Any of a?b will do: one failed, the other may still be met (Slurm ran such a job).
+    either = "afterok:14417(failed)?afterok:14418(unfulfilled)"
+    assert slurm.terminal_state(slurm.SlurmRow("PENDING", "Dependency", "", either)) is None
+    both = "afterok:14417(failed)?afterok:14418(failed)"
+    never = slurm.terminal_state(slurm.SlurmRow("CANCELLED", "Resources", "", both))
+    assert never is not None and "dependency can never be satisfied" in never.reason
 
 
 def test_sacct_states_and_exit_codes() -> None:

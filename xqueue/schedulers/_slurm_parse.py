@@ -88,7 +88,15 @@ class SlurmRow:
         """Whether it waits (or waited) on a dependency that can never be met. The
         reason alone does not say: Slurm that cancels such a job as it is submitted
         leaves its stale pending reason ("Resources"), and it was retried as cancelled."""
-        return self.reason == NEVER_SATISFIED or "(failed)" in self.dependency
+        return self.reason == NEVER_SATISFIED or _dependency_failed(self.dependency)
+
+
+def _dependency_failed(dependency: str) -> bool:
+    """Whether a ``%E`` list can no longer be met: one of ``a,b`` (all needed) failed, or
+    every one of ``a?b`` (any will do)."""
+    if "?" in dependency:
+        return all("(failed)" in part for part in dependency.split("?"))
+    return "(failed)" in dependency
 
 
 def parse_jobid(stdout: str) -> str:
