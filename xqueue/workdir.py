@@ -469,9 +469,11 @@ class Workdir:
             return
         fd = open_plain(self.path / LOCK_FILE, os.O_RDWR)
         if not _flock_exclusive(fd):
-            holder = os.read(fd, 64).decode(errors="replace").strip().partition("@")[0]
+            identity = os.read(fd, 64).decode(errors="replace").strip()
+            holder = identity.partition("@")[0]
             os.close(fd)
-            if holder == str(os.getpid()):
+            # pid and start time: another host's or container's pid 1 is not this process.
+            if identity == own_identity():
                 raise WorkdirError(
                     f"workdir {str(self.path)!r} is taken by another Xqueue of this process "
                     "(one fed jobs holds it until its run ends or it is closed): wait for "
@@ -687,12 +689,14 @@ class Workdir:
                 found = job_index(name)
                 if found is not None:
                     self._by_index.setdefault(found, []).append(name)
+        for name in self._by_index.get(index, ()):
+            if name != folder:  # each checked before any moves: a refusal holds next time
+                self._check_ended(index, name)
         for name in self._by_index.pop(index, ()):
             path = f"{self._root}/{name}"
             try:
                 if name == folder or not stat.S_ISDIR(os.lstat(path).st_mode):
                     continue  # a link or a file planted under a job folder's name: not ours
-                self._check_ended(index, name)
                 os.replace(path, f"{path}.replaced-{time.time_ns()}")
             except FileNotFoundError:
                 pass  # removed by hand since the listing: nothing to move
@@ -704,7 +708,7 @@ class Workdir:
         """Refuse to move aside a folder whose job an earlier run left running: moved, it
         ran on unseen by ``status`` and ``cancel``, and the list changed back ran it a
         second time beside itself. Its end, if an exit line or rc file has it, will do."""
-        record = self.reader.take_record(folder)
+        record = self.reader.record_of(folder)  # not taken: a refused feed may come again
         if not record or record.get("status") not in _LEFT_ACTIVE:
             return
         attempt, jid = record.get("attempt"), record.get("jid")
@@ -716,8 +720,8 @@ class Workdir:
         raise WorkdirError(
             f"job {index} is now another command, but its earlier one (folder {folder!r}) "
             f"was {record['status']} when its run stopped and may be running still; "
-            f"`xqueue cancel {self.path}` looks up and kills what that run left running "
-            "(or wait for it to end), then run again"
+            f"`xqueue cancel {self.path}` kills what that run left running and records "
+            "the end of what is not running any more; then run again"
         )
 
     def making_ahead(self, on: bool) -> None:

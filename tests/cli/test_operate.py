@@ -423,6 +423,48 @@ def test_a_changed_command_does_not_push_aside_a_job_left_running(
     assert len(list(wd.glob("*.replaced-*"))) == 2
 
 
+def _shepherds_of(wd: Path) -> list[int]:
+    """The shepherds appending to this workdir's exits.jsonl."""
+    exits, found = str(wd / "exits.jsonl"), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fds = os.listdir(f"/proc/{entry}/fd")
+                if any(os.readlink(f"/proc/{entry}/fd/{fd}") == exits for fd in fds):
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def test_cancel_records_the_end_of_a_job_nobody_watched_end(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    """Controller, shepherd and job all SIGKILLed: no exit code anywhere. cancel said "a
+    new run collects its outcome" and recorded nothing, so a changed list stayed refused
+    at that index for good (the refusal told the user to run cancel)."""
+    wd = tmp_path / "wd"
+    run = Run(wd, ["echo zero", "sleep 60"], "-f", "2")
+    runs.append(run)
+    run.wait_journal('"jid": "', 2)
+    run.proc.kill()
+    run.wait()
+    for pid in _shepherds_of(wd) + job_processes(wd):
+        os.kill(pid, signal.SIGKILL)
+    assert wait_no_job_processes(wd, 10) == []
+    edited = "echo zero\necho one\n"
+    assert xqueue("run", "-w", str(wd), input=edited).returncode == 2
+    out = xqueue("cancel", str(wd))
+    assert out.returncode == 0, out.stderr
+    assert "job 1 (sleep 60): not running any more: it left no exit code: recorded failed" in (
+        out.stdout
+    )
+    assert final_states(wd)[1] == "failed"
+    again = xqueue("run", "-w", str(wd), input=edited)
+    assert again.returncode == 0, again.stderr
+    assert (wd / "1-echo-one" / "job.1.stdout").read_text() == "one\n"
+
+
 LOCK_HOLDER = (
     "import fcntl, os, sys, time\n"
     "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)\n"

@@ -37,6 +37,7 @@ from .. import registry
 from .._identity import Controller, verify
 from ..control import CONTROL_DIR, RUN_FILE, read_request, reply_path, usable_folder
 from ..errors import XqueueError
+from ..failures import FailureClass
 from ..job import Job
 from ..records import LOCK_FILE, READ_FLAGS, WorkdirReader, job_index, read_json
 from ..scheduler import Scheduler
@@ -208,6 +209,7 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
         for job in killed:
             job.status, job.rc, job.reason = JobStatus.KILLED, None, KILLED_REASON
             workdir.record(job)
+        ended = _record_ends(workdir, [j for j in jobs if j not in killed and j not in errors])
         for job in jobs:
             name = label(reader, os.path.basename(job.dir))
             if job in killed:
@@ -215,10 +217,31 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
             elif job in errors:
                 out.write(f"{name}: could not be killed: {printable(str(errors[job]))}\n")
             else:
-                out.write(f"{name}: not running any more; a new run collects its outcome\n")
+                out.write(f"{name}: not running any more: {ended[job]}\n")
         return 1 if errors else 0
     finally:
         workdir.unlock()
+
+
+def _record_ends(workdir: Workdir, gone: list[Job]) -> dict[Job, str]:
+    """Record how the jobs that are not running any more ended: by their exit code if
+    they left one, else failed with no code. Left recorded as running, a list changed
+    since could never run at their index (``Workdir._check_ended``) whatever cancel did."""
+    codes = workdir.exit_codes(gone)
+    said: dict[Job, str] = {}
+    for job in gone:
+        job.rc = codes.get(job)
+        if job.rc is None:
+            job.status, job.failure = JobStatus.FAILED, FailureClass.VANISHED
+            job.reason = "ended while no controller watched it, leaving no exit code"
+            said[job] = "it left no exit code: recorded failed"
+        else:
+            job.status = JobStatus.FINISHED if job.rc == 0 else JobStatus.FAILED
+            job.failure = FailureClass.NONZERO_EXIT if job.rc else None
+            job.reason = "ended while no controller watched it"
+            said[job] = f"recorded {job.status.value} (exit code {job.rc})"
+        workdir.record(job)
+    return said
 
 
 def build_scheduler(info: dict[str, Any] | None) -> Scheduler:
