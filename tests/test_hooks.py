@@ -318,8 +318,12 @@ async def test_a_plugin_class_given_for_its_instance_is_refused_at_once(workdir:
         @hookimpl
         def on_job_submitting(job: Job) -> None: ...
 
-    with pytest.raises(ConfigError, match=r"'.*Counter' is a class: give an instance of it"):
-        Xqueue(workdir=workdir, plugins=[Counter])
+    class Inherits(Counter):
+        pass
+
+    for given in (Counter, Inherits):
+        with pytest.raises(ConfigError, match=r"is a class: give an instance of it"):
+            Xqueue(workdir=workdir, plugins=[given])
     q = Xqueue(workdir=workdir, plugins=[Static, Counter()])
     await q.feed(["true"])
     await q.run_until_complete()

@@ -42,11 +42,11 @@ def _entry_points() -> dict[str, Any]:
 
 
 def _has_methods(cls: type) -> bool:
-    """Whether a class defines a hook implementation that takes ``self``."""
-    for value in vars(cls).values():
-        if inspect.isfunction(value) and hasattr(value, "xqueue_impl"):
-            params = list(inspect.signature(value).parameters)
-            if params[:1] == ["self"]:
+    """Whether a class has a hook implementation (its own or inherited) that would be
+    called unbound: a plain function, not a static or class method."""
+    for klass in cls.__mro__:
+        for value in vars(klass).values():
+            if inspect.isfunction(value) and hasattr(value, "xqueue_impl"):
                 return True
     return False
 
@@ -97,7 +97,7 @@ class Hooks:
         """``asked``: named or given by the caller, so a plugin that implements a hook
         xqueue does not have is refused. One merely installed (loaded automatically) only
         gets a warning: made for a newer xqueue, say, it must not stop every queue."""
-        if inspect.isclass(plugin) and _has_methods(plugin):
+        if isinstance(plugin, type) and _has_methods(plugin):
             # Its hooks would be called unbound: a TypeError at the first job, far from here.
             raise ConfigError(
                 f"plugin {plugin.__qualname__!r} is a class: give an instance of it "
