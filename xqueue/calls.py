@@ -167,14 +167,26 @@ def code_version(fn: Callable[..., Any]) -> str:
         elif inspect.ismethod(target):
             target = target.__func__
         else:
-            break
+            try:  # functools.wraps: the decorated body is the code that counts
+                inner = inspect.unwrap(target)
+            except ValueError:  # a __wrapped__ cycle
+                break
+            if inner is target:
+                break
+            target = inner
     module = getattr(target, "__module__", None)
-    if not isinstance(target, types.FunctionType) or module in (None, "__main__"):
+    if not isinstance(target, types.FunctionType) or not isinstance(module, str):
         return ""
-    if module not in sys.modules:
+    if module == "__main__" or module not in sys.modules:
         return ""
+    return _code_digest(target.__code__)
+
+
+@functools.lru_cache(maxsize=256)
+def _code_digest(code: types.CodeType) -> str:
+    """Once per function: a thousand calls of one function read its code once."""
     found = hashlib.sha256()
-    _add_code(found, target.__code__)
+    _add_code(found, code)
     return found.hexdigest()
 
 
