@@ -59,6 +59,8 @@ class S:
 
 _FINAL = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.KILLED, JobStatus.SKIPPED})
 ACTIVE = frozenset({JobStatus.SUBMITTING, JobStatus.SUBMITTED, JobStatus.RUNNING})
+ACTIVE_RECORDS = frozenset(status.value for status in ACTIVE)
+"""The ``status`` of a record whose job its run may have left running."""
 """The states of ``is_active``, for a hot path to test without a property call."""
 
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {

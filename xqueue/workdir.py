@@ -72,7 +72,7 @@ from .records import (
     read_text,
     record_time,
 )
-from .states import JobStatus
+from .states import ACTIVE, ACTIVE_RECORDS, JobStatus
 
 __all__ = [
     "JOURNAL_FILE",
@@ -109,7 +109,9 @@ _MAKER_DELAY = 0.05  # seconds the folder thread lets submissions go first
 _MAKER_IDLE = 10.0  # seconds without work after which it ends
 _MAKE_BATCH = 256  # folders made under one hold of the lock, and one specs.jsonl write
 _FAILED = (JobStatus.FAILED, JobStatus.RETRYING)
-_ACTIVE = (JobStatus.SUBMITTING, JobStatus.SUBMITTED, JobStatus.RUNNING)
+# states.ACTIVE as a tuple: each record asks, and a tuple finds an enum member by its
+# identity where a set calls Enum.__hash__, a Python function.
+_ACTIVE = tuple(ACTIVE)
 TRUST_ENV = "XQUEUE_TRUST_WORKDIR"
 # O_NOFOLLOW: a link planted where xqueue writes a file must not redirect the write.
 # O_NONBLOCK: a planted FIFO must not hang the open (it is then refused as not a file).
@@ -358,10 +360,6 @@ def job_spec(job: Job) -> str:
     if job.params:  # only when given: the spec, so the identity, of other jobs is unchanged
         spec["params"] = job.params
     return _SPEC_ENCODER.encode(spec)
-
-
-# The records of a job an earlier run may have left running (its controller died).
-_LEFT_ACTIVE = frozenset({"submitting", "submitted", "running"})
 
 
 def open_appending(path: str | os.PathLike[str]) -> int:
@@ -709,7 +707,7 @@ class Workdir:
         ran on unseen by ``status`` and ``cancel``, and the list changed back ran it a
         second time beside itself. Its end, if an exit line or rc file has it, will do."""
         record = self.reader.record_of(folder)  # not taken: a refused feed may come again
-        if not record or record.get("status") not in _LEFT_ACTIVE:
+        if not record or record.get("status") not in ACTIVE_RECORDS:
             return
         attempt, jid = record.get("attempt"), record.get("jid")
         if type(attempt) is int and attempt > 0:

@@ -41,12 +41,11 @@ from ..failures import FailureClass
 from ..job import Job
 from ..records import LOCK_FILE, READ_FLAGS, WorkdirReader, job_index, read_json
 from ..scheduler import Scheduler
-from ..states import JobStatus
+from ..states import ACTIVE_RECORDS, JobStatus
 from ..workdir import Workdir, check_trust, write_new
 from .jobs import check_workdir, label, resolve
 from .text import printable
 
-ACTIVE = (JobStatus.SUBMITTING.value, JobStatus.SUBMITTED.value, JobStatus.RUNNING.value)
 POLL = 0.1
 KILLED_REASON = "killed by xqueue cancel (no run was in progress)"
 
@@ -185,7 +184,7 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
         every = reader.folders()
         records = dict(zip(every, reader.last_records(every), strict=True))
         chosen = folders or every
-        active = [f for f in chosen if (records.get(f) or {}).get("status") in ACTIVE]
+        active = [f for f in chosen if (records.get(f) or {}).get("status") in ACTIVE_RECORDS]
         for folder in folders:
             if folder not in active:
                 status = (records.get(folder) or {}).get("status", "not submitted")
