@@ -169,6 +169,35 @@ def test_follow_of_a_run_without_events_says_so_not_the_last_runs_end(
     assert '"run_stopped"' in (wd / "events.jsonl.1").read_text()  # kept as the earlier one
 
 
+SLOW_FEED = (
+    "import sys, time, anyio\n"
+    "from xqueue import Xqueue\n"
+    "async def main():\n"
+    "    q = Xqueue(workdir=sys.argv[1], events=False, handle_signals=False)\n"
+    "    await q.feed('sleep 2')\n"
+    "    print('fed', flush=True)\n"
+    "    await anyio.sleep(2)  # the workdir is taken; the earlier stream is still there\n"
+    "    await q.run_until_complete()\n"
+    "anyio.run(main)\n"
+)
+
+
+def test_follow_started_before_a_run_without_events_begins_says_so(tmp_path: Path) -> None:
+    """Started while the run was still being fed (the workdir taken, the earlier run's
+    stream still there), the follower reported that run's end once this one's ended."""
+    wd = tmp_path / "wd"
+    assert xqueue("run", "-w", str(wd), input="exit 3\n").returncode == 1
+    run = subprocess.Popen([sys.executable, "-c", SLOW_FEED, str(wd)], stdout=subprocess.PIPE)
+    try:
+        assert run.stdout and run.stdout.readline() == b"fed\n"
+        out = xqueue("status", str(wd), "--follow")
+        assert out.returncode == 2, out.stdout
+        assert "writes no event stream" in " ".join(out.stderr.split())
+    finally:
+        run.communicate(timeout=30)
+    assert run.returncode == 0
+
+
 # -- logs ----------------------------------------------------------------------------------
 def test_logs_by_index_name_folder_stream_and_attempt(tmp_path: Path) -> None:
     wd = tmp_path / "wd"

@@ -153,7 +153,8 @@ class Follower:
 
     def __init__(self, workdir: str, out: TextIO, as_json: bool) -> None:
         self.reader = WorkdirReader(workdir)
-        self.tail = Tail(os.path.join(self.reader.path, EVENTS_FILE))
+        self._stream = os.path.join(self.reader.path, EVENTS_FILE)
+        self.tail = Tail(self._stream)
         self.view = RunView()
         self.out = out
         self.as_json = as_json
@@ -170,13 +171,7 @@ class Follower:
             self._controller = self.reader.controller()
             self.step()
             if self._controller is not None and not self.tail.exists():
-                info = read_json(os.path.join(self.reader.path, RUN_FILE)) or {}
-                if info.get("events") is False:
-                    raise XqueueError(
-                        f"the run in progress in {self.reader.path} writes no event stream "
-                        "(started with --no-events, or events=False): nothing to follow; "
-                        "`xqueue status WORKDIR` shows its jobs from its records"
-                    )
+                self._refuse_without_stream()
             if self.tail.exists() or self._controller is not None:
                 break
             if time.monotonic() >= deadline:
@@ -207,6 +202,17 @@ class Follower:
             self.out.flush()
         return changed
 
+    def _refuse_without_stream(self) -> None:
+        """The run in progress writes no stream (events off), as its run.json says: the
+        earlier run's, read meanwhile, must not pass for its end."""
+        info = read_json(os.path.join(self.reader.path, RUN_FILE)) or {}
+        if info.get("events") is False:
+            raise XqueueError(
+                f"the run in progress in {self.reader.path} writes no event stream "
+                "(started with --no-events, or events=False): nothing to follow; "
+                "`xqueue status WORKDIR` shows its jobs from its records"
+            )
+
     def over(self, now: float) -> bool:
         """The run ended (its last event read), or its controller is gone."""
         if self.view.stopped is not None and not self._stale and self.tail.caught_up():
@@ -216,6 +222,8 @@ class Follower:
         self._checked = now
         self._controller = self.reader.controller()
         if self._controller is not None:
+            if self._stale and not os.path.exists(self._stream):  # moved aside: events off
+                self._refuse_without_stream()
             return False
         self.step()  # the last words of a controller that just ended
         if self.view.stopped is None:
