@@ -440,3 +440,22 @@ async def test_feeding_a_running_queue_from_another_threads_loop_is_refused(
         fed = await anyio.to_thread.run_sync(anyio.from_thread.run, q.feed, ["true"])
         await q.stop_feeding()
     assert fed.status is JobStatus.FINISHED and [j.index for j in q.jobs] == [0]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # its tasks start in order
+async def test_jobs_fed_at_once_are_numbered_in_the_order_fed(workdir: Path) -> None:
+    # The first feed awaits the lock and a feed with resources the capacity: a feed
+    # started after either one took its number first.
+    q = Xqueue(workdir=workdir, handle_signals=False)
+    found: dict[str, int] = {}
+
+    async def feed(what: str, cpus: int | None) -> None:
+        resources = {"cpus": cpus} if cpus else None
+        found[what] = (await q.feed(["true"], name=what, resources=resources)).index
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(feed, "first", 1)
+        tg.start_soon(feed, "second", None)
+        tg.start_soon(feed, "third", 1)
+    assert found == {"first": 0, "second": 1, "third": 2}
+    await q.aclose()

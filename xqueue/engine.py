@@ -364,7 +364,11 @@ class Engine:
 
         ``staged``: files written beforehand for the job's folder (``Workdir.stage``);
         ``turn``: its place in line (``take_turn``), given back here."""
-        if turn is None and self._turns:  # a job fed before this one is not numbered yet
+        if turn is None and (
+            self._turns  # a job fed before this one is not numbered yet
+            or not self.workdir.locked  # or this one awaits before its number: the lock,
+            or (job.resources is not None and not self._capacity_known)  # the capacity
+        ):
             turn = self.take_turn()
         try:
             self.check_can_feed()
