@@ -415,6 +415,15 @@ def test_cancel_without_a_controller_kills_what_it_left_running(
     assert nothing.stdout == "no run is in progress and no job is recorded as active\n"
 
 
+def killed_controller(wd: Path, commands: list[str], runs: list[Run]) -> None:
+    """Run the commands at once, and SIGKILL the controller once each was submitted."""
+    run = Run(wd, commands, "-f", str(len(commands)))
+    runs.append(run)
+    run.wait_journal('"jid": "', len(commands))
+    run.proc.kill()
+    run.wait()
+
+
 def test_a_changed_command_does_not_push_aside_a_job_left_running(
     tmp_path: Path, runs: list[Run]
 ) -> None:
@@ -423,11 +432,7 @@ def test_a_changed_command_does_not_push_aside_a_job_left_running(
     it again beside itself. Now the run refuses, and says what to do; a job that ended
     unwatched (its shepherd recorded the end) makes way as before."""
     wd = tmp_path / "wd"
-    run = Run(wd, ["sleep 0.2", "sleep 60"], "-f", "2")
-    runs.append(run)
-    run.wait_journal('"jid": "', 2)
-    run.proc.kill()
-    run.wait()
+    killed_controller(wd, ["sleep 0.2", "sleep 60"], runs)
     deadline = time.monotonic() + 10
     while not (wd / "exits.jsonl").read_text().count("\n"):
         assert time.monotonic() < deadline, "the shepherd recorded no exit"
@@ -473,11 +478,7 @@ def test_cancel_records_the_end_of_a_job_nobody_watched_end(
     new run collects its outcome" and recorded nothing, so a changed list stayed refused
     at that index for good (the refusal told the user to run cancel)."""
     wd = tmp_path / "wd"
-    run = Run(wd, ["echo zero", "sleep 60"], "-f", "2")
-    runs.append(run)
-    run.wait_journal('"jid": "', 2)
-    run.proc.kill()
-    run.wait()
+    killed_controller(wd, ["echo zero", "sleep 60"], runs)
     for pid in _shepherds_of(wd) + job_processes(wd):
         os.kill(pid, signal.SIGKILL)
     assert wait_no_job_processes(wd, 10) == []
