@@ -808,6 +808,17 @@ class WorkdirReader:
             found[i] = value
         return found
 
+    @staticmethod
+    def attempt_asked(
+        folder: str, record: Mapping[str, Any]
+    ) -> tuple[tuple[str, int], tuple[str | None, float]]:
+        """What ``attempt_codes`` asks of a folder's journal record: (folder, attempt),
+        the attempt 1 if the record names none, and (its id, when it was submitted)."""
+        attempt, jid = record.get("attempt"), record.get("jid")
+        since = record_time(record.get("since", record.get("time")))
+        key = (folder, attempt if type(attempt) is int and attempt > 0 else 1)
+        return key, (str(jid) if jid else None, since)
+
     def attempt_codes(
         self, wanted: Mapping[tuple[str, int], tuple[str | None, float]]
     ) -> dict[tuple[str, int], int]:

@@ -70,7 +70,6 @@ from .records import (
     read_code,
     read_json,
     read_text,
-    record_time,
 )
 from .states import ACTIVE, ACTIVE_RECORDS, JobStatus
 
@@ -709,11 +708,9 @@ class Workdir:
         record = self.reader.record_of(folder)  # not taken: a refused feed may come again
         if not record or record.get("status") not in ACTIVE_RECORDS:
             return
-        attempt, jid = record.get("attempt"), record.get("jid")
-        if type(attempt) is int and attempt > 0:
-            since = record_time(record.get("since", record.get("time")))
-            jid = jid if isinstance(jid, str) else None
-            if self.reader.attempt_codes({(folder, attempt): (jid, since)}):
+        attempt = record.get("attempt")
+        if type(attempt) is int and attempt > 0:  # else no attempt to ask about
+            if self.reader.attempt_codes(dict([self.reader.attempt_asked(folder, record)])):
                 return
         raise WorkdirError(
             f"job {index} is now another command, but its earlier one (folder {folder!r}) "

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 from ..errors import XqueueError
 from ..params import matches, parse_filters
-from ..records import WorkdirReader, job_index, record_time
+from ..records import WorkdirReader, job_index
 from ..states import JobStatus
 from .jobs import check_workdir
 from .text import MAX_ROWS, printable, rc_text, status_text
@@ -96,13 +96,7 @@ def _settle_orphans(reader: WorkdirReader, orphans: Sequence[Row]) -> None:
     the journal does not have it yet, and the next run on the workdir records it as it
     re-adopts the job.
     """
-    wanted: dict[tuple[str, int], tuple[str | None, float]] = {}
-    for row in orphans:
-        record = row.record or {}
-        attempt, jid = record.get("attempt"), record.get("jid")
-        since = record.get("since", record.get("time"))
-        key = (row.folder, attempt if type(attempt) is int and attempt > 0 else 1)
-        wanted[key] = (str(jid) if jid else None, record_time(since))
+    wanted = dict(reader.attempt_asked(row.folder, row.record or {}) for row in orphans)
     codes = reader.attempt_codes(wanted)
     for row, key in zip(orphans, wanted, strict=True):
         rc = codes.get(key)
