@@ -221,6 +221,35 @@ async def test_a_call_file_that_is_not_the_submitted_call_is_refused(workdir: Pa
     assert job.rc == 2 and await other.result() == 16
 
 
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"format": 99, "xqueue": "9.9"}, r"by xqueue 9\.9 \(call format 99\), which the xqueue"),
+        ({"call": b"other", "xqueue": "9.9"}, r"the controller runs xqueue 9\.9 and this host"),
+    ],
+)
+async def test_a_call_file_of_another_xqueue_is_refused_naming_both_versions(
+    workdir: Path, change: dict[str, Any], expected: str
+) -> None:
+    """A worker with another xqueue installed: a newer call format is named as such, and a
+    digest that differs says the versions differ, instead of only "not the call"."""
+    q = Xqueue(workdir=workdir, error_strategy="ignore")
+    try:
+        job = await q.submit(t.square, 3)
+        with anyio.fail_after(10):  # the folder is made in the background, soon after
+            while not q.workdir.has_folder(job):
+                await anyio.sleep(0.01)
+        path = anyio.Path(job.path("call.pkl"))
+        envelope = pickle.loads(await path.read_bytes())
+        await path.write_bytes(pickle.dumps({**envelope, **change}))
+        await q.run_until_complete()
+    finally:
+        await q.aclose()
+    with pytest.raises(CallError, match=expected):
+        await job.result()
+    assert job.rc == 2
+
+
 async def test_killed_call_raises_call_error_naming_the_job(workdir: Path) -> None:
     async with Xqueue(workdir=workdir) as q:
         job = await q.submit(t.sleep, 60)

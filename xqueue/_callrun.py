@@ -29,6 +29,7 @@ import traceback
 from types import TracebackType
 from typing import Any
 
+from xqueue import __version__
 from xqueue.calls import CALL_FILE, FORMAT, PROTOCOL, RESULT, digest
 
 RAISED = 1
@@ -43,12 +44,25 @@ def _load(jobdir: str, expected: str) -> Any:
     if data is None:
         raise FileNotFoundError(f"{path} is missing: the call cannot be run")
     envelope = pickle.loads(data)
+    theirs = str(envelope.get("xqueue") or "of an earlier version")
+    made = envelope.get("format", 1)
+    if type(made) is not int or made > FORMAT:
+        raise RuntimeError(
+            f"{CALL_FILE} in {jobdir} was written by xqueue {theirs} (call format {made}), "
+            f"which the xqueue {__version__} installed here cannot read (format {FORMAT} at "
+            f"most): install the controller's xqueue for {sys.executable}"
+        )
     call = envelope["call"]
     found = digest(call, envelope.get("trackers", ()), envelope.get("code", ""))
     if found != expected:
+        other = (
+            f"; the controller runs xqueue {theirs} and this host {__version__}"
+            if theirs != __version__
+            else ""
+        )
         raise RuntimeError(
             f"{CALL_FILE} in {jobdir} is not the call this job was submitted with "
-            f"(its digest is {found}, the command names {expected})"
+            f"(its digest is {found}, the command names {expected}{other})"
         )
     # The controller's import path, after this interpreter's own: a function pickled by
     # reference (its module importable there) is found here too when the file system is

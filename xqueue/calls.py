@@ -52,7 +52,9 @@ __all__ = ["CALL_FILE", "RESULT", "CallJob", "RemoteTraceback"]
 RUNNER = "xqueue._callrun"  # never imported here: ``python -m`` runs it as __main__
 CALL_FILE = "call.pkl"
 RESULT = "result"  # the kind of ``job.<attempt>.result`` (``Job.attempt_path``)
-FORMAT = 1
+FORMAT = 2
+"""The call file's format: 2 added the code version to the digest (``code_version``). The
+runner refuses a newer one by name, instead of taking it for another call."""
 PROTOCOL = 5  # read from Python 3.8 on; cloudpickle's own default
 _STDERR_TAIL = 600  # bytes of a job's stderr quoted when it left no result
 
@@ -276,8 +278,11 @@ def call_file(call: bytes, trackers: list[str], code: str = "") -> bytes:
     cwd = os.getcwd()
     path = [p if os.path.isabs(p) else os.path.join(cwd, p) for p in sys.path]
     # The trackers and code version: for the runner to check the digest as it was made.
+    from . import __version__
+
     envelope = {
         "format": FORMAT,
+        "xqueue": __version__,  # named in the runner's errors: it may be another one
         "call": call,
         "sys_path": path,
         "trackers": trackers,
