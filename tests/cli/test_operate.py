@@ -225,6 +225,20 @@ def test_logs_by_index_name_folder_stream_and_attempt(tmp_path: Path) -> None:
         assert out.returncode == 2 and message in out.stderr, out.stderr
 
 
+def test_logs_of_a_job_whose_folder_was_replaced_by_a_link_says_so(tmp_path: Path) -> None:
+    """A link where a job's folder was said "no job 0 (it has no jobs)" of a workdir whose
+    journal has it: now it says what is there, and that xqueue does not follow it."""
+    wd = tmp_path / "wd"
+    assert xqueue("run", "-w", str(wd), input="echo hi\n").returncode == 0
+    (folder,) = [p for p in wd.iterdir() if p.name.startswith("0-")]
+    folder.rename(tmp_path / "moved")
+    folder.symlink_to(tmp_path / "moved")
+    out = xqueue("logs", str(wd), "0")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"'{folder.name}' there, the name of job 0's folder, is a symbolic link" in out.stderr
+    assert "never follows links" in out.stderr
+
+
 # Commands longer than a name (48 characters) whose first 48 are the same: they cut to
 # one name, and only the whole command tells them apart.
 LONG = ": a command longer than the 48 characters of a job name; echo {0}"

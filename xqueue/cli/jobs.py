@@ -106,7 +106,7 @@ def resolve(reader: WorkdirReader, refs: Sequence[str]) -> list[str]:
         if ref.isascii() and ref.isdigit():
             folder = reader.folder_of(int(ref))
             if folder is None:
-                raise XqueueError(f"no job {ref} in {reader.path} ({_extent(reader.folders())})")
+                raise XqueueError(_no_folder(reader, int(ref)))
             found.append(folder)
             continue
         if reader.is_folder(ref):
@@ -126,6 +126,24 @@ def resolve(reader: WorkdirReader, refs: Sequence[str]) -> list[str]:
             )
         found.append(matches[0])
     return found
+
+
+def _no_folder(reader: WorkdirReader, index: int) -> str:
+    """Why job ``index`` has no folder; one replaced by a link (or a file) is named, since
+    "no job 0 (it has no jobs)" beside a journal that has it contradicted itself."""
+    said = f"no job {index} in {reader.path} ({_extent(reader.folders())})"
+    try:
+        names = sorted(n for n in os.listdir(reader.path) if job_index(n) == index)
+    except OSError:
+        return said
+    if not names:
+        return said
+    kind = "a symbolic link" if (reader.path / names[0]).is_symlink() else "not a folder"
+    return (
+        f"{said}; {printable(names[0])!r} there, the name of job {index}'s folder, is {kind}: "
+        "xqueue never follows links in a workdir (nor reads what someone put in a "
+        "folder's place); put the job's folder back under that name"
+    )
 
 
 def _unknown(reader: WorkdirReader, jobs: _Jobs, ref: str) -> str:
