@@ -192,9 +192,14 @@ class Job:
     def argv(self) -> tuple[str, ...]:
         """The exact argv to execute: ``command_argv``, inside ``/bin/sh -c`` when the
         run adds shell lines around it (``prescript``, the jobcmd hooks: ``wrapping``)."""
+        return self.argv_with(self.command_argv)
+
+    def argv_with(self, command_argv: tuple[str, ...]) -> tuple[str, ...]:
+        """``argv`` with ``command_argv`` in the place of the job's own: a backend that
+        runs a command too long for exec from a file keeps the run's shell lines."""
         if self._wrap is not None:
-            return self._wrap.argv(self.command_argv)
-        return self.command_argv
+            return self._wrap.argv(command_argv)
+        return command_argv
 
     @property
     def slots(self) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -56,6 +57,30 @@ async def test_string_command_runs_in_a_shell(workdir: Path) -> None:
     job = await run_one(workdir, "echo $((1 + 2)) | tr 3 X; echo err >&2")
     assert await read(job.stdout_path) == "X\n"
     assert await read(job.stderr_path) == "err\n"
+
+
+@pytest.mark.parametrize("opts", [{}, {"prescript": "echo pre"}])
+async def test_a_shell_command_too_long_for_exec_runs_from_a_script(
+    workdir: Path, opts: dict[str, str]
+) -> None:
+    """Over 128 KiB, ``sh -c -- COMMAND`` failed to start ("Argument list too long"),
+    where every other backend runs the command from a script: here too now, with the
+    run's shell lines around it, and the environment as for any job."""
+    canary = workdir.parent / "canary"
+    word = f"$(touch {canary})'\"\\"
+    command = f"printf %s {shlex.quote(word * 40_000)} | wc -c; echo $XQUEUE_JOB_INDEX"
+    job = await run_one(workdir, command, scheduler_opts=opts)
+    assert job.status is JobStatus.FINISHED, await read(job.stderr_path)
+    pre = "pre\n" if opts else ""
+    assert await read(job.stdout_path) == f"{pre}{len(word) * 40_000}\n0\n"
+    assert not await anyio.Path(canary).exists()
+
+
+async def test_an_argument_too_long_for_exec_fails_saying_so(workdir: Path) -> None:
+    """No program can get one argument over 128 KiB, from a script or not: exec's error."""
+    job = await run_one(workdir, ["echo", "a" * 200_000])
+    assert job.status is JobStatus.FAILED
+    assert "Argument list too long" in job.reason
 
 
 async def test_envs_and_job_variables_reach_the_job(workdir: Path) -> None:

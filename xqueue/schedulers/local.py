@@ -34,11 +34,11 @@ import anyio
 
 from ..capacity import Capacity
 from ..errors import JobAlreadyEnded, SchedulerError, SchedulerOptionError, SubmissionError
-from ..job import Job
+from ..job import SCRIPT, Job
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
 from ..states import JobStatus
-from ..workdir import refusal
+from ..workdir import atomic_write, refusal
 from . import _machine
 from ._proc import end_groups, job_dirs_of_processes, start_ticks, wait_exit
 from ._shepherd_link import Request, ShepherdLink, Ticket
@@ -219,7 +219,10 @@ class LocalScheduler(Scheduler):
         for job in jobs:
             self.stats.submit_calls += 1
             try:
-                requests.append(self._request(job))
+                request = self._request(job)
+                if _too_long_for_exec(job, request):  # rare: the script is written off the loop
+                    request = await anyio.to_thread.run_sync(_from_script, job, request)
+                requests.append(request)
             except Exception as exc:
                 results.append(exc)
             else:
@@ -397,6 +400,38 @@ class LocalScheduler(Scheduler):
             return False
         self._found.add(key)
         return True
+
+
+# exec refuses an argument longer than this, in bytes with its NUL (Linux's
+# MAX_ARG_STRLEN), and the arguments and variables together beyond ARG_MAX, which the
+# shepherd's own environment shares: a budget of half of it is left for that.
+_ONE_STRING = 32 * 4096
+_ALL_STRINGS = max(os.sysconf("SC_ARG_MAX"), 2 * _ONE_STRING) // 2
+
+
+def _too_long_for_exec(job: Job, request: Request) -> bool:
+    """Whether ``exec`` would refuse a job's shell command (``E2BIG``, "Argument list too
+    long"), which backends that run a script never meet. A list command is the exact
+    argv the program gets, and no script can pass one longer: exec's error stands.
+    Counted in characters first: under a quarter of the limit, no encoding reaches it."""
+    if type(job.command) is not str:
+        return False
+    chars = sum(map(len, request.argv)) + sum(map(len, request.env.values()))
+    if chars * 4 < _ONE_STRING:
+        return False
+    sizes = [len(os.fsencode(a)) + 1 for a in request.argv]
+    sizes += [len(os.fsencode(f"{k}={v}")) + 1 for k, v in request.env.items()]
+    return len(os.fsencode(job.command)) + 1 > _ONE_STRING or sum(sizes) > _ALL_STRINGS
+
+
+def _from_script(job: Job, request: Request) -> Request:
+    """``request`` with the job's shell command read by ``/bin/sh`` from the attempt's
+    script, as other backends run it: a shell reads a script of any length. Blocking: a
+    worker thread."""
+    assert isinstance(job.command, str)
+    path = job.attempt_path(SCRIPT)
+    atomic_write(path, f"{job.command}\n")
+    return dataclasses.replace(request, argv=job.argv_with(("/bin/sh", path)))
 
 
 def _ended(rc: int) -> JobState:
