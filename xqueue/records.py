@@ -691,7 +691,9 @@ class WorkdirReader:
         through ``last_record``'s careful reading instead."""
         if self._winners is None:
             self._winners = self._index_winners()
-            self._order = iter(list(self._winners))
+            # A tuple of strings, which the cycle collector stops walking (a list it walks
+            # at every full collection: a million names, each time).
+            self._order = iter(tuple(self._winners))
         if self._journal is not None:
             return self.last_record(folder)
         record = None

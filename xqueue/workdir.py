@@ -414,7 +414,7 @@ class Workdir:
         self._held: list[str] | None = None
         # Folder names in the workdir, listed once (under the lock, nobody else adds any),
         # so feeding a job that has no folder yet costs no file-system call at all.
-        self._names: set[str] | None = None
+        self._names: dict[str, None] | None = None
         # Those names by job index, made only if a job is fed whose folder is not there.
         self._by_index: dict[int, list[str]] | None = None
         # Jobs fed without a folder yet, with their staged files. A thread of the
@@ -631,7 +631,10 @@ class Workdir:
         folder = f"{job.index}-{slug(job.name)}"
         job.dir = f"{self._root}/{folder}"
         if self._names is None:
-            self._names = set(os.listdir(self.path))
+            # A dict, not a set: a dict of strings is left out of the cycle collector's
+            # walks, a set never is, and each full collection of a million-job resume
+            # walked a million names.
+            self._names = dict.fromkeys(os.listdir(self.path))
         if folder not in self._names:
             if self._names:
                 self._move_aside_others(job.index, folder)
@@ -650,7 +653,7 @@ class Workdir:
             # Made, but the run died before the spec was written (or it was never
             # submitted): no attempt ever started there, so it is this job's, fresh.
             self._unmade[job] = staged
-            self._names.discard(folder)
+            self._names.pop(folder, None)
             self._reuse.add(job)
             if make:
                 self._make_now(job)
@@ -665,7 +668,7 @@ class Workdir:
             os.replace(job.dir, f"{job.dir}.replaced-{time.time_ns()}")
         except OSError as exc:
             raise WorkdirError(f"cannot move job folder {job.dir!r} aside: {exc}") from exc
-        self._names.discard(folder)
+        self._names.pop(folder, None)
         self._unmade[job] = staged
         if make:
             self._make_now(job)
@@ -699,7 +702,7 @@ class Workdir:
                 pass  # removed by hand since the listing: nothing to move
             except OSError as exc:
                 raise WorkdirError(f"cannot move job folder {path!r} aside: {exc}") from exc
-            self._names.discard(name)
+            self._names.pop(name, None)
 
     def _check_ended(self, index: int, folder: str) -> None:
         """Refuse to move aside a folder whose job an earlier run left running: moved, it
@@ -820,7 +823,7 @@ class Workdir:
         except WorkdirError as exc:
             errors[job] = exc
         else:
-            # Not added to ``_names``: that set is the listing of earlier runs' folders
+            # Not added to ``_names``: that is the listing of earlier runs' folders
             # (each index is fed once), and a million names would be a million strings.
             folder = os.path.basename(job.dir)
             return f'{SPEC_HEAD}{job_spec(job)}{DIR_TAIL}{folder}"}}\n'
