@@ -412,16 +412,15 @@ _ALL_STRINGS = max(os.sysconf("SC_ARG_MAX"), 2 * _ONE_STRING) // 2
 def _too_long_for_exec(job: Job, request: Request) -> bool:
     """Whether ``exec`` would refuse a job's shell command (``E2BIG``, "Argument list too
     long"), which backends that run a script never meet. A list command is the exact
-    argv the program gets, and no script can pass one longer: exec's error stands.
-    Counted in characters first: under a quarter of the limit, no encoding reaches it."""
-    if type(job.command) is not str:
-        return False
-    chars = sum(map(len, request.argv)) + sum(map(len, request.env.values()))
-    if chars * 4 < _ONE_STRING:
+    argv the program gets, and no script can pass one longer: exec's error stands. This
+    runs for every job: a command under a quarter of the limit in characters (no
+    encoding reaches it then) is the one length asked."""
+    command = job.command
+    if type(command) is not str or len(command) * 4 < _ONE_STRING:
         return False
     sizes = [len(os.fsencode(a)) + 1 for a in request.argv]
     sizes += [len(os.fsencode(f"{k}={v}")) + 1 for k, v in request.env.items()]
-    return len(os.fsencode(job.command)) + 1 > _ONE_STRING or sum(sizes) > _ALL_STRINGS
+    return len(os.fsencode(command)) + 1 > _ONE_STRING or sum(sizes) > _ALL_STRINGS
 
 
 def _from_script(job: Job, request: Request) -> Request:
