@@ -209,6 +209,10 @@ def test_a_workdir_that_is_not_a_folder_is_named_for_what_it_is(tmp_path: Path) 
         ),
         (["true"], {"resources": {"memory": "lots"}}, "invalid memory 'lots'"),
         (["true"], {"resources": {"walltime": "1:xx"}}, "invalid walltime '1:xx'"),
+        # int(inf) raised OverflowError (nan ValueError): a traceback, from a TOML `inf`
+        (["true"], {"resources": {"walltime": float("inf")}}, "walltime must be a finite"),
+        (["true"], {"resources": {"walltime": float("nan")}}, "walltime must be a finite"),
+        (["true"], {"resources": {"memory": "1k"}}, "memory '1k' is under 1 MiB"),
         (["true"], {"resources": {"cores": 2}}, r"unknown resource\(s\) \['cores'\]"),
     ],
 )

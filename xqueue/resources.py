@@ -7,6 +7,7 @@ in MiB, walltime in seconds. ``slots`` names axes of the queue's named slots
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,6 +31,8 @@ def parse_memory(value: int | str) -> int:
         if not m:
             raise ConfigError(f"invalid memory {value!r}: use a number of MiB or e.g. '512M', '4G'")
         mib = int(float(m.group(1)) * _MEM_UNITS[m.group(2).lower()])
+        if mib <= 0 and float(m.group(1)) > 0:
+            raise ConfigError(f"memory {value!r} is under 1 MiB, the least a job can ask")
     if mib <= 0:
         raise ConfigError(f"memory must be positive, got {value!r}")
     return mib
@@ -40,6 +43,8 @@ def parse_walltime(value: int | float | str) -> int:
     if isinstance(value, bool):
         raise ConfigError(f"walltime must be a duration, not {value!r}")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):  # int() of it raised OverflowError, a traceback
+            raise ConfigError(f"walltime must be a finite number of seconds, got {value!r}")
         seconds = int(value)
     else:
         text = str(value).strip()
