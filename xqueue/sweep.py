@@ -284,6 +284,11 @@ async def _feed(
             for job in previous:  # the barrier that does not require success
                 await job.wait()
             after = None
+            if not queue.is_feeding():
+                # The run stopped meanwhile (a signal, a cancel, a halt): its own error
+                # is the one to tell, which leaving the block raises. A feed now was
+                # refused with "takes no more jobs", and exit code 2.
+                break
         previous = []
         for point, feed in points:
             job = await feed(queue, after)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 from pathlib import Path
 
-from .test_cli import xqueue
+import pytest
+
+from .test_cli import XQ, xqueue
 
 SWEEP = """
 [[section]]
@@ -128,3 +133,57 @@ def test_what_feeding_would_refuse_is_refused_before_the_workdir(tmp_path: Path)
         assert out.returncode == 2, out.stderr
         assert f"{path}: group 'g' of section 's': {said}" in " ".join(out.stderr.split())
         assert not wd.exists()
+
+
+TOLERANT = """
+[[section]]
+name = "first"
+continue_on_failure = true
+[[section.group]]
+name = "g"
+command = "{cmd}"
+params.i = [1, 2]
+
+[[section]]
+name = "next"
+[[section.group]]
+name = "n"
+command = "echo next"
+"""
+
+
+@pytest.mark.parametrize(
+    ("cmd", "args", "code", "said"),
+    [
+        ("sleep 30", [], 143, "interrupted"),  # SIGTERM, sent once both have started
+        ("exit 3", ["-e", "halt"], 1, "halted"),
+    ],
+)
+def test_a_run_stopped_in_a_tolerant_section_ends_as_the_stop_says(
+    tmp_path: Path, cmd: str, args: list[str], code: int, said: str
+) -> None:
+    """After the barrier of a ``continue_on_failure`` section, the next section was fed to
+    a run that had stopped: "takes no more jobs" and exit 2, with no summary, instead of
+    the signal's code or the halt's."""
+    path, wd = tmp_path / "sweep.toml", tmp_path / "wd"
+    path.write_text(TOLERANT.replace("{cmd}", cmd))
+    proc = subprocess.Popen(
+        [*XQ, "sweep", str(path), "-w", str(wd), "--no-progress", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        if cmd.startswith("sleep"):
+            deadline = time.monotonic() + 30
+            events = wd / "events.jsonl"
+            while not events.exists() or events.read_text().count('"job_started"') < 2:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == code, err
+    assert "takes no more jobs" not in err and f"{said}:" in err
+    assert "job(s) in" in err and "next" not in err.split("job(s) in")[1].split("\n")[0]
