@@ -544,9 +544,13 @@ async def test_a_halted_run_kills_its_remote_jobs(
         assert await live_group_members(ssh_env, int(str(job.jid).split(":")[1])) == []
 
 
+@pytest.mark.parametrize("victim", ["group", "wrapper"])
 async def test_a_job_killed_on_the_server_outside_xqueue_is_reported(
-    servers: dict[str, Any], workdir: Path, ssh_env: dict[str, str]
+    servers: dict[str, Any], workdir: Path, ssh_env: dict[str, str], victim: str
 ) -> None:
+    """Its whole group killed, or only its wrapper: then what the wrapper left of the job
+    in its group ran on after the job was failed (and beside its retry): it is killed
+    before the job ends."""
     q = Xqueue(
         "ssh",
         workdir=workdir,
@@ -563,9 +567,11 @@ async def test_a_job_killed_on_the_server_outside_xqueue_is_reported(
             while job.jid is None or not await anyio.Path(job.attempt_path("started")).exists():
                 await anyio.sleep(0.05)
         pgid = int(str(job.jid).split(":")[1])
-        await on_server(ssh_env, ssh_env["XQ_SSH_PORT"], f"kill -KILL -{pgid}\n")
+        target = f"-{pgid}" if victim == "group" else str(pgid)
+        await on_server(ssh_env, ssh_env["XQ_SSH_PORT"], f"kill -KILL {target}\n")
         with anyio.fail_after(20):
             await job.wait()
+        assert await live_group_members(ssh_env, pgid) == []  # when it ended, not later
     await q.aclose()
     assert job.status is JobStatus.FAILED
     assert job.rc is None and job.reason.startswith("vanished")

@@ -54,28 +54,60 @@ def parse_pid_file(text: str) -> tuple[str, int, str] | None:
     return (server, int(pid), "") if server and pid.isdigit() else None
 
 
+_GROUP = "xqueue-group"
+
+
 def status_script(pids: Sequence[int]) -> str:
+    """Each job leader's /proc stat line, and ``xqueue-group <pid>`` for each group with a
+    process left in it: a leader killed from outside leaves its job's other processes
+    running, which must end before the job is failed (and tried again beside them)."""
+    listed = " ".join(map(str, sorted(set(pids))))
     files = " ".join(f"{pid}/stat" for pid in sorted(set(pids)))
-    return f"echo {_BEGIN}\ncd /proc && cat {files} 2>/dev/null\necho {_END}\nexit 0\n"
+    return (
+        f"echo {_BEGIN}\ncd /proc && cat {files} 2>/dev/null\n"
+        f'for p in {listed}; do kill -0 -"$p" 2>/dev/null && echo "{_GROUP} $p"; done\n'
+        f"echo {_END}\nexit 0\n"
+    )
 
 
 def parse_stats(stdout: str) -> dict[int, tuple[str, str]]:
     """pid -> (state, start time) from the status script's answer; ValueError if garbled.
 
     A process that is gone has no line (cat skips its file): only the lines between
-    the markers count, and each must be a /proc stat line.
+    the markers count, and each must be a /proc stat line (or a group's, ``parse_groups``).
     """
-    lines = stdout.splitlines()
-    if _BEGIN not in lines or _END not in lines[lines.index(_BEGIN) :]:
-        raise ValueError("the status script's answer is cut short (no end marker)")
-    first = lines.index(_BEGIN) + 1
     stats: dict[int, tuple[str, str]] = {}
-    for line in lines[first : lines.index(_END, first)]:
+    for line in _answer(stdout):
+        if line.startswith(f"{_GROUP} "):
+            continue
         parsed = parse_stat(line)
         if parsed is None:
             raise ValueError(f"not a /proc stat line: {line[:80]!r}")
         stats[parsed[0]] = (parsed[1], parsed[2])
     return stats
+
+
+def parse_groups(stdout: str) -> set[int]:
+    """The job leaders' pids whose process groups still have a process, from the same
+    answer (already checked by ``parse_stats``)."""
+    head = f"{_GROUP} "
+    return {int(line[len(head) :]) for line in _answer(stdout) if line.startswith(head)}
+
+
+def _answer(stdout: str) -> list[str]:
+    lines = stdout.splitlines()
+    if _BEGIN not in lines or _END not in lines[lines.index(_BEGIN) :]:
+        raise ValueError("the status script's answer is cut short (no end marker)")
+    first = lines.index(_BEGIN) + 1
+    return lines[first : lines.index(_END, first)]
+
+
+def orphaned(stats: dict[int, tuple[str, str]], groups: set[int], pid: int) -> bool:
+    """Whether a job's leader is gone (or a zombie) while its group still has processes:
+    killed from outside, it left the rest of the job running. Its pid cannot have been
+    reused meanwhile (Linux frees a pid only once no group is named by it)."""
+    found = stats.get(pid)
+    return pid in groups and (found is None or found[0] == "Z")
 
 
 def alive(stats: dict[int, tuple[str, str]], pid: int, start: str) -> bool:

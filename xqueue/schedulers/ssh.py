@@ -67,6 +67,8 @@ from ._ssh_scripts import (
     PID,
     alive,
     kill_script,
+    orphaned,
+    parse_groups,
     parse_jid,
     parse_kill,
     parse_pid_file,
@@ -410,11 +412,34 @@ class SshScheduler(Scheduler):
             )
         return grouped
 
-    async def _stats(self, pool: ServerPool, pids: Sequence[int]) -> dict[int, tuple[str, str]]:
+    async def _stats(
+        self, pool: ServerPool, pids: Sequence[int]
+    ) -> tuple[dict[int, tuple[str, str]], set[int]]:
+        """Each leader's (state, start time), and the leaders whose groups have processes."""
         self.stats.status_calls += 1
         script = status_script(pids)
         result = await self._bridge.call(pool.run, script, timeout=self.options.command_timeout)
-        return read_output(["ssh", pool.name, "status"], result.stdout, parse_stats)
+        return read_output(
+            ["ssh", pool.name, "status"],
+            result.stdout,
+            lambda out: (parse_stats(out), parse_groups(out)),
+        )
+
+    async def _end_orphans(self, jobs: list[Job]) -> None:
+        """Kill what jobs whose wrapper was killed from outside left running in their
+        groups (the kill script trusts a group only by its members' ``XQUEUE_JOB_DIR``
+        then). Until that is done they count as running: failed at once, a retry ran
+        beside what was left of the attempt before it."""
+        for job in jobs:
+            log.warning(
+                "job %s (%s): its wrapper is gone but processes of its group run on; killing them",
+                job.index,
+                job.jid,
+            )
+            try:
+                await self.kill_job(job)
+            except SchedulerError as exc:
+                log.warning("job %s: %s", job.index, exc)
 
     async def poll_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobState]:
         """One status command per server; an unreadable answer fails the whole query."""
@@ -432,7 +457,7 @@ class SshScheduler(Scheduler):
                 )
                 return
             try:
-                stats = await self._stats(pool, [pid for _, pid, _ in entries])
+                stats, groups = await self._stats(pool, [pid for _, pid, _ in entries])
             except (Unreachable, Refused) as exc:
                 error: BaseException = exc
                 states.update(
@@ -446,10 +471,13 @@ class SshScheduler(Scheduler):
             except SchedulerOutputError as exc:
                 garbled.append(exc)
                 return
+            left = [job for job, pid, start in entries if orphaned(stats, groups, pid)]
+            if left:
+                await self._end_orphans(left)
             states.update(
                 await anyio.to_thread.run_sync(
                     lambda: {
-                        job: self.reconcile(job, alive(stats, pid, start))
+                        job: self.reconcile(job, alive(stats, pid, start) or job in left)
                         for job, pid, start in entries
                     }
                 )
@@ -483,10 +511,12 @@ class SshScheduler(Scheduler):
         if parsed is None or pool is None:
             return False
         try:
-            stats = await self._stats(pool, [parsed[1]])
+            stats, groups = await self._stats(pool, [parsed[1]])
         except (Unreachable, Refused) as exc:
             raise SchedulerError(f"job {job.index}: {exc}") from exc
-        return alive(stats, parsed[1], parsed[2])
+        # What is left of a job whose wrapper was killed runs all the same: adopted, the
+        # next poll kills it, and it is never started a second time beside it.
+        return alive(stats, parsed[1], parsed[2]) or orphaned(stats, groups, parsed[1])
 
     async def recover_job(self, job: Job) -> bool:
         """Find a job started earlier: by its id, or by its pid file; True if it runs.
