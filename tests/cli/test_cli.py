@@ -350,3 +350,24 @@ def test_a_closed_pipe_on_stderr_exits_141_not_as_a_failed_job(tmp_path: Path, v
     assert (tmp_path / "wd" / "journal.jsonl").read_text().count('"finished"') == 1
     events = (tmp_path / "wd" / "events.jsonl").read_text().splitlines()
     assert json.loads(events[-1])["event"] == "run_stopped", events[-1:]
+
+
+def test_a_ctrl_c_while_the_summary_prints_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    """A second Ctrl-C soon after the first came once the run had stopped, while its end
+    was printed with Python's own SIGINT handling back: a KeyboardInterrupt traceback.
+    The Ctrl-C is raised where the summary is made, in a process of its own."""
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("true\n")
+    script = (
+        "import sys\n"
+        "from xqueue.cli import commands, report\n"
+        "def interrupted(*args):\n"
+        "    raise KeyboardInterrupt\n"
+        "report.summary_line = interrupted\n"
+        "sys.exit(commands.main(sys.argv[1:]))\n"
+    )
+    argv = ["run", str(jobs), "-w", str(tmp_path / "wd"), "--no-progress"]
+    out = subprocess.run(
+        [sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 130 and "Traceback" not in out.stderr, out.stderr

@@ -274,6 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return EXIT_SIGPIPE
+    except KeyboardInterrupt:
+        # A Ctrl-C once the run has stopped (a second one while it said how it ended):
+        # the run's own handling is over, so only the printing stops, without a traceback.
+        return EXIT_SIGINT
     except XqueueError as exc:
         from .report import message
 
