@@ -326,6 +326,12 @@ def test_how_ended_and_held_ads_read() -> None:
     }
     state = held_state(memory)
     assert state.kill and state.failure is FailureClass.OOM and "memory limit" in state.reason
+    # A hold from outside stops a job that was accepted and may have run, as condor_rm
+    # does: KILLED, not SUBMIT_FAILED ("the backend refused it"), which policies tell apart.
+    user = held_state({"HoldReason": "outside test (by user bob)", "HoldReasonCode": 1})
+    assert user.kill and user.failure is FailureClass.KILLED and "by user bob" in user.reason
+    refused = held_state({"HoldReason": "Error from slot: no such file", "HoldReasonCode": 12})
+    assert refused.failure is FailureClass.SUBMIT_FAILED
 
 
 async def test_walltime_removes_the_job_as_a_timeout(

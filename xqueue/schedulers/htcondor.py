@@ -210,6 +210,9 @@ def ended_state(ad: Any, killed: bool) -> JobState | None:
     return None
 
 
+_USER_REQUEST = 1  # HoldReasonCode of a hold asked for by a user (condor_hold)
+
+
 def held_state(ad: Any) -> JobState:
     """A held job failed with HTCondor's reason (removed first, ``kill=True``)."""
     reason = ad.get("HoldReason") or "no reason given"
@@ -217,6 +220,8 @@ def held_state(ad: Any) -> JobState:
     failure = FailureClass.SUBMIT_FAILED  # it could not run as it was submitted
     if code == 34 and "memory" in str(reason).lower():  # JobOutOfResources: memory
         failure = FailureClass.OOM
+    elif code == _USER_REQUEST:  # condor_hold, from outside: stopped, as a removal is
+        failure = FailureClass.KILLED
     return JobState(
         JobStatus.FAILED,
         None,
