@@ -18,7 +18,7 @@ from tests.helpers import SLURM_FAST as FAST
 from tests.helpers import cluster_queue, read_text, remove_after, run_watching_peak
 from tests.schedulers.fakes import calls, garbling, submitted_ids, submitting_then
 from xqueue import Job, JobStatus, Xqueue
-from xqueue.errors import SubmissionUnknownError
+from xqueue.errors import SchedulerOptionError, SubmissionUnknownError
 from xqueue.schedulers.batch import Submission
 from xqueue.schedulers.slurm import SlurmScheduler, sbatch_options
 from xqueue.workdir import Workdir
@@ -184,6 +184,19 @@ async def test_array_of_100_retries_only_the_failing_element(workdir: Path, tmp_
     assert (await show_job(f"{first_array}_37"))["ExitCode"] == "9:0"
     assert q.statistics().submit_calls == 2  # the array, then the one element again
     assert (await read_text(jobs[37].stdout_path)) == "37\n"
+
+
+async def test_a_workdir_path_with_a_backslash_is_refused_when_the_run_opens(
+    workdir: Path,
+) -> None:
+    """In ``--output`` a backslash is dropped and turns the %-replacements off: every job
+    failed with "the wrapper wrote none". Refused before anything is submitted."""
+    q = queue(workdir / "back\\slash")
+    await q.feed(["true"])
+    with pytest.raises(SchedulerOptionError, match="holds a backslash"):
+        await q.run_until_complete()
+    await q.aclose()
+    assert q.statistics().submit_calls == 0
 
 
 async def test_unknown_partition_fails_with_slurms_message(workdir: Path) -> None:

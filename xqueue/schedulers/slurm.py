@@ -30,7 +30,7 @@ from typing import Any
 
 import anyio
 
-from ..errors import SchedulerError, WorkdirError
+from ..errors import SchedulerError, SchedulerOptionError, WorkdirError
 from ..failures import FailureClass, timed_out
 from ..job import Job
 from ..scheduler import JobState
@@ -89,7 +89,8 @@ class SlurmOptions(BatchOptions):
 
 def literal_path(path: str) -> str:
     """``path`` as an ``--output`` pattern that names it: sbatch replaces ``%j``, ``%a``...
-    in it, so a ``%`` of the path itself is doubled."""
+    in it, so a ``%`` of the path itself is doubled (a backslash, which turns the
+    replacements off, is refused when the run opens)."""
     return path.replace("%", "%%")
 
 
@@ -153,6 +154,14 @@ class SlurmScheduler(BatchScheduler):
         return "?" not in str(self._raw().get("dependency") or "")
 
     async def open(self, workdir: Any) -> None:
+        if "\\" in str(workdir.path):
+            # In an --output pattern a backslash turns off every %-replacement (the
+            # arrays' %a) and is dropped: slurmd opened another path, and each job
+            # failed with "the wrapper wrote none" (JobLaunchFailure).
+            raise SchedulerOptionError(
+                f"slurm: the workdir path {str(workdir.path)!r} holds a backslash, which "
+                "sbatch's --output cannot name; choose a workdir without one"
+            )
         await super().open(workdir)
         argv = [self.options.scontrol, "show", "config"]
         try:
