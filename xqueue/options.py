@@ -187,12 +187,19 @@ def _coerce(scheduler: str, name: str, value: Any, hint: Any) -> Any:
                 raise ValueError(value)
             return hint(value)
         if hint is str:
+            if isinstance(value, (list, tuple)):  # str() of it named a path "['a', 'b']"
+                raise ValueError(value)
             return str(value)
         if origin in (dict, list, Mapping) and isinstance(value, str):
             return json.loads(value)
     except (ValueError, TypeError) as exc:  # TypeError: float([1]) from a TOML list
         expected = getattr(hint, "__name__", str(hint))
+        twice = (
+            " (one value: was it given twice, as -o KEY=... -o KEY=...?)"
+            if isinstance(value, list) and hint in (bool, int, float, str)
+            else ""
+        )
         raise SchedulerOptionError(
-            f"scheduler {scheduler!r}: option {name!r} expects {expected}, got {value!r}"
+            f"scheduler {scheduler!r}: option {name!r} expects {expected}, got {value!r}{twice}"
         ) from exc
     return value

@@ -130,7 +130,8 @@ def queue_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="scheduler option (repeatable), e.g. -o partition=debug",
+        help="scheduler option (repeatable), e.g. -o partition=debug; a key given again "
+        "makes a list (a native flag repeated: -o l=h_rt=60 -o l=h_vmem=1G)",
     )
     parser.add_argument(
         "--profile",
@@ -165,12 +166,21 @@ def queue_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``-o KEY=VALUE`` pairs; a key given again makes a list of its values, in order, as
+    a list given in Python does (a native flag repeated: ``-o l=h_rt=2 -o l=h_vmem=1G``,
+    two volumes). The last one silently won, and the others were dropped."""
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise XqueueError(f"scheduler option {pair!r} is not KEY=VALUE")
-        options[key.strip()] = value
+        if key not in options:
+            options[key] = value
+        elif isinstance(options[key], list):
+            options[key].append(value)
+        else:
+            options[key] = [options[key], value]
     return options
 
 
