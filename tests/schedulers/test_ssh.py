@@ -456,6 +456,10 @@ def test_bad_server_options_are_refused(ssh_env: dict[str, str]) -> None:
         SshScheduler(servers={"a": {**good, "keyfile": "/nonexistent"}})
     with pytest.raises(SchedulerOptionError, match="needs a 'host'"):
         SshScheduler(servers={"a": {"port": 22}})
+    with pytest.raises(SchedulerOptionError, match="'port' must be a whole number, got 'abc'"):
+        SshScheduler(servers={"a": {**good, "port": "abc"}})
+    with pytest.raises(SchedulerOptionError, match="'connect_timeout' must be a number of"):
+        SshScheduler(servers={"a": {**good, "connect_timeout": "soon"}})
 
 
 def test_turning_host_key_checks_off_warns(

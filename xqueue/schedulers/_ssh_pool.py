@@ -101,14 +101,20 @@ class ServerConfig:
         if not raw.get("host"):
             raise SchedulerOptionError(f"{where} needs a 'host'")
         kw: dict[str, Any] = {"name": name, "host": str(raw["host"])}
-        try:
-            for key in ("port", "max_sessions", "max_connections"):
-                if key in raw:
-                    kw[key] = int(raw[key])
-            if "connect_timeout" in raw:
-                kw["connect_timeout"] = float(raw["connect_timeout"])
-        except (TypeError, ValueError) as exc:
-            raise SchedulerOptionError(f"{where}: {exc}") from exc
+        for key, kind in (
+            ("port", int),
+            ("max_sessions", int),
+            ("max_connections", int),
+            ("connect_timeout", float),
+        ):
+            if key in raw:
+                try:
+                    kw[key] = kind(raw[key])
+                except (TypeError, ValueError):  # int()'s own words named no key
+                    what = "a whole number" if kind is int else "a number of seconds"
+                    raise SchedulerOptionError(
+                        f"{where}: {key!r} must be {what}, got {raw[key]!r}"
+                    ) from None
         for key in ("user", "known_hosts", "remote_workdir"):
             if raw.get(key) is not None:
                 kw[key] = str(raw[key])
