@@ -224,6 +224,8 @@ class Sweep:
                     raise ConfigError(f"{where}: slot axes {missing} must be in {table}")
                 if group.call is not None:
                     _resolve(group, where)
+        for point in self.points():
+            _check_point(point, source)
 
     def points(self) -> Iterator[Point]:
         """Every point, in the order its job is fed (which resuming relies on)."""
@@ -301,8 +303,27 @@ async def _feed(
 
 
 # -- what each point is fed as --------------------------------------------------------------
+def _check_point(point: Point, source: str = "") -> None:
+    """Refuse, naming the group and section, what ``feed`` would refuse of the point's
+    job: its command empty or holding a NUL once the template is filled in (a parameter
+    ``""`` as the program), a name or environment no script can hold. Found at feed, it
+    came after earlier sections had run, in words that named neither."""
+    from .job import check_name, normalize_command
+
+    try:
+        check_name(point.name)
+        if point.group.command is not None:
+            command, envs = point.command()
+            normalize_command(command)
+            check_envs(envs)
+    except ConfigError as exc:
+        where = f"group {point.group.name!r} of section {point.section.name!r}"
+        raise ConfigError(f"{source}: {where}: {exc}" if source else f"{where}: {exc}") from None
+
+
 def _prepare(point: Point, axes: Mapping[str, tuple[Any, ...]]) -> Feed:
     """How to feed ``point``, made before anything is fed (so refused before, too)."""
+    _check_point(point)
     group, params = point.group, dict(point.params)
     resources = dict(group.resources)
     if group.slots:

@@ -127,12 +127,21 @@ def test_what_feeding_would_refuse_is_refused_before_the_workdir(tmp_path: Path)
     for body, said in [
         ('command = "echo x"\nslots = ["gpu"]\n', "slot axes ['gpu'] must be in a [slots] table"),
         ('call = "nosuchmod:f"\n', "cannot load 'nosuchmod:f': No module named 'nosuchmod'"),
+        # what the template makes of a point: found at feed, after earlier sections ran
+        ("command = ['{p}', 'hi']\nparams.p = ['echo', '']\n", "empty command: give a"),
+        ('command = ["echo", "a\\u0000b"]\n', "argument 1 of the command"),
     ]:
         path.write_text(group + body)
         out = xqueue("sweep", str(path), "-w", str(wd))
         assert out.returncode == 2, out.stderr
         assert f"{path}: group 'g' of section 's': {said}" in " ".join(out.stderr.split())
         assert not wd.exists()
+    path.write_text(
+        '[[section]]\nname = "s"\n[[section.group]]\nname = "a\\u0000b"\ncommand = "t"\n'
+    )
+    out = xqueue("sweep", str(path), "-w", str(wd))
+    assert out.returncode == 2 and "the job name" in out.stderr and "section 's'" in out.stderr
+    assert not wd.exists()
 
 
 TOLERANT = """
