@@ -57,6 +57,7 @@ from . import _template as template
 from ._text import check_envs
 from .capacity import check_axes, slot_variable
 from .errors import ConfigError
+from .job import check_name, normalize_command
 from .params import NAME, check_value, text
 from .resources import Resources
 
@@ -308,8 +309,6 @@ def _check_point(point: Point, source: str = "") -> None:
     job: its command empty or holding a NUL once the template is filled in (a parameter
     ``""`` as the program), a name or environment no script can hold. Found at feed, it
     came after earlier sections had run, in words that named neither."""
-    from .job import check_name, normalize_command
-
     try:
         check_name(point.name)
         if point.group.command is not None:
