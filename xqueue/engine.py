@@ -908,7 +908,7 @@ class Engine:
         asked = job.reason  # why its kill was asked for (the run stopped, by name), if it was
         job.rc, job.reason = state.rc, state.reason
         if job.kill_requested and job._pending_state is None:
-            if job in self._kill_sent:
+            if job in self._kill_sent and not state.unkilled:
                 job.reason = job.reason or asked or "killed"
                 return calls + self._finalize(job, S.KILLED)
             # Decided, not sent yet (a halt's kills wait for their vetoes): it ended on

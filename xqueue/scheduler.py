@@ -76,6 +76,10 @@ class JobState:
     """The backend lost sight of a job that may still run (its server went down): this
     run reports it failed, but the workdir keeps it journalled as active, so a later run
     looks it up by its id, and follows it, before it would ever run it again."""
+    unkilled: bool = False
+    """The job succeeded though its kill was sent: the kill had not reached it (a Batch
+    array task runs on while its kill waits for the whole array's cancel). The engine
+    records this end, not a kill: a success recorded killed ran again in the next run."""
 
 
 @dataclass

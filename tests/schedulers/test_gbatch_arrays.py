@@ -133,6 +133,29 @@ async def test_killing_one_job_of_an_array_leaves_the_others_and_cancels_at_the_
     assert seen["CancelJob"] == 1 and seen["CreateJob"] == 1
 
 
+async def test_a_killed_job_whose_task_succeeds_before_its_array_is_cancelled_finished(
+    gcloud: Gcloud, project: str, workdir: Path, tmp_path: Path
+) -> None:
+    """Batch cannot cancel one task: a running element's kill waits for the array's
+    cancel, and one that succeeds first was recorded killed with rc 0, and the next run
+    ran it again. Its success is recorded."""
+    started = tmp_path / "started"
+    async with queue(gcloud, project, workdir, forks=2) as q:
+        long = await q.feed("sleep 6; echo long")
+        short = await q.feed(f"echo go > {started}; sleep 2; echo short")
+        with anyio.fail_after(30):
+            while not await anyio.Path(started).exists():
+                await anyio.sleep(0.05)
+        assert array_name(long) == array_name(short)
+        await q.kill(short)
+        with anyio.fail_after(40):
+            await short.wait()
+            await long.wait()
+    assert short.status is JobStatus.FINISHED and short.rc == 0, short.reason
+    assert await read_text(short.stdout_path) == "short\n"
+    assert long.status is JobStatus.FINISHED
+
+
 async def test_a_killed_job_whose_task_has_not_started_never_runs(
     gcloud: Gcloud, project: str, workdir: Path, tmp_path: Path
 ) -> None:

@@ -69,6 +69,7 @@ from ..job import SCRIPT, Job, attempt_file
 from ..options import SchedulerOptions
 from ..remote_workdir import RemoteWorkdir, WorkdirURL
 from ..scheduler import JobState, Scheduler, gather_bounded
+from ..states import JobStatus
 from . import _gbatch_spec as spec
 from . import _gbatch_view as listed
 from ._aio import AsyncioBridge
@@ -627,6 +628,12 @@ class GbatchScheduler(Scheduler):
             )
         for job, state in states.items():
             if state.status.is_final:
+                name = listed.split(job.jid)[0]
+                if state.status is JobStatus.FINISHED and job in self._killing.get(name, ()):
+                    # Its kill waited for the array's cancel, and it succeeded first: a
+                    # success, not a kill (recorded killed, the next run ran it again).
+                    # One that failed by itself stays killed, as asked, and not retried.
+                    states[job] = dataclasses.replace(state, unkilled=True)
                 self._settled(job)
         for name, members in list(self._members.items()):
             # Its other elements have ended: only elements to kill are left in it.
