@@ -550,7 +550,11 @@ async def test_a_halted_run_kills_its_remote_jobs(
 
 @pytest.mark.parametrize("victim", ["group", "wrapper"])
 async def test_a_job_killed_on_the_server_outside_xqueue_is_reported(
-    servers: dict[str, Any], workdir: Path, ssh_env: dict[str, str], victim: str
+    servers: dict[str, Any],
+    workdir: Path,
+    ssh_env: dict[str, str],
+    victim: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Its whole group killed, or only its wrapper: then what the wrapper left of the job
     in its group ran on after the job was failed (and beside its retry): it is killed
@@ -577,6 +581,10 @@ async def test_a_job_killed_on_the_server_outside_xqueue_is_reported(
             await job.wait()
         assert await live_group_members(ssh_env, pgid) == []  # when it ended, not later
     await q.aclose()
+    # Only a wrapper killed alone leaves processes to kill; the group killed whole, or a
+    # job that ended (its zombies not reaped yet), has none.
+    said = [r.getMessage() for r in caplog.records if "processes of its group" in r.getMessage()]
+    assert len(said) == (victim == "wrapper"), said
     assert job.status is JobStatus.FAILED
     assert job.rc is None and job.reason.startswith("vanished")
 

@@ -55,17 +55,33 @@ def parse_pid_file(text: str) -> tuple[str, int, str] | None:
 
 
 _GROUP = "xqueue-group"
+# awk over /proc/*/stat lines: the fields after the command name (which may hold spaces).
+_FIELDS = '{ s = $0; sub(/^.*\\) /, "", s); split(s, f, " "); '
+# Exits 0 if a process of group ``g`` is alive (not a zombie: init may reap one late).
+_LIVE_MEMBER = (
+    "BEGIN { found = 0 } "
+    + _FIELDS
+    + 'if (f[3] == g && f[1] != "Z") { found = 1; exit } } END { exit !found }'
+)
 
 
 def status_script(pids: Sequence[int]) -> str:
-    """Each job leader's /proc stat line, and ``xqueue-group <pid>`` for each group with a
-    process left in it: a leader killed from outside leaves its job's other processes
-    running, which must end before the job is failed (and tried again beside them)."""
+    """Each job leader's /proc stat line, and ``xqueue-group <pid>`` for a leader that is
+    gone (or a zombie) while a live process is left in its group: killed from outside,
+    it left the rest of its job running, which must end before the job is failed (and
+    tried again beside it). Members are read from /proc, as in ``kill_script``: a group
+    of zombies only, which a wrapper leaves until they are reaped, is no group."""
     listed = " ".join(map(str, sorted(set(pids))))
     files = " ".join(f"{pid}/stat" for pid in sorted(set(pids)))
+    state = shlex.quote(_FIELDS + "print f[1] }")
     return (
         f"echo {_BEGIN}\ncd /proc && cat {files} 2>/dev/null\n"
-        f'for p in {listed}; do kill -0 -"$p" 2>/dev/null && echo "{_GROUP} $p"; done\n'
+        f"for p in {listed}; do\n"
+        f'  st=$(awk {state} "$p/stat" 2>/dev/null)\n'
+        '  [ -z "$st" ] || [ "$st" = Z ] || continue\n'
+        f'  cat [0-9]*/stat 2>/dev/null | awk -v g="$p" {shlex.quote(_LIVE_MEMBER)} &&'
+        f' echo "{_GROUP} $p"\n'
+        "done\n"
         f"echo {_END}\nexit 0\n"
     )
 
@@ -100,14 +116,6 @@ def _answer(stdout: str) -> list[str]:
         raise ValueError("the status script's answer is cut short (no end marker)")
     first = lines.index(_BEGIN) + 1
     return lines[first : lines.index(_END, first)]
-
-
-def orphaned(stats: dict[int, tuple[str, str]], groups: set[int], pid: int) -> bool:
-    """Whether a job's leader is gone (or a zombie) while its group still has processes:
-    killed from outside, it left the rest of the job running. Its pid cannot have been
-    reused meanwhile (Linux frees a pid only once no group is named by it)."""
-    found = stats.get(pid)
-    return pid in groups and (found is None or found[0] == "Z")
 
 
 def alive(stats: dict[int, tuple[str, str]], pid: int, start: str) -> bool:
@@ -179,15 +187,9 @@ def kill_script(pgid: int, grace: float, start: str = "", jobdir: str = "") -> s
     hold spaces: the fields are split after its closing parenthesis.
     """
     tenths = max(int(grace * 10), 1)
-    awk = (
-        'BEGIN { found = 0 } { s = $0; sub(/^.*\\) /, "", s); split(s, f, " "); '
-        'if (f[3] == g && f[1] != "Z") { found = 1; exit } } END { exit !found }'
-    )
-    members = (
-        '{ s = $0; sub(/^.*\\) /, "", s); split(s, f, " "); '
-        'if (f[3] == g && f[1] != "Z") print $1 }'
-    )
-    leader = '{ s = $0; sub(/^.*\\) /, "", s); split(s, f, " "); print f[20] }'
+    awk = _LIVE_MEMBER
+    members = _FIELDS + 'if (f[3] == g && f[1] != "Z") print $1 }'
+    leader = _FIELDS + "print f[20] }"
     if "\n" in jobdir:
         # grep -F reads a pattern with a newline as several patterns, any of which could
         # match another process's variable: without an exact marker, trust the start time.

@@ -53,7 +53,7 @@ from ..errors import (
 from ..failures import FailureClass
 from ..job import SCRIPT, Job, attempt_file
 from ..options import SchedulerOptions
-from ..scheduler import JobState, Scheduler
+from ..scheduler import JobState, Scheduler, gather_bounded
 from ..states import JobStatus
 from ..workdir import read_text
 from . import _machine
@@ -67,7 +67,6 @@ from ._ssh_scripts import (
     PID,
     alive,
     kill_script,
-    orphaned,
     parse_groups,
     parse_jid,
     parse_kill,
@@ -425,21 +424,26 @@ class SshScheduler(Scheduler):
             lambda out: (parse_stats(out), parse_groups(out)),
         )
 
-    async def _end_orphans(self, jobs: list[Job]) -> None:
+    async def _end_orphans(self, jobs: list[Job]) -> set[Job]:
         """Kill what jobs whose wrapper was killed from outside left running in their
-        groups (the kill script trusts a group only by its members' ``XQUEUE_JOB_DIR``
-        then). Until that is done they count as running: failed at once, a retry ran
-        beside what was left of the attempt before it."""
-        for job in jobs:
+        groups (the kill script trusts a group then only by its members'
+        ``XQUEUE_JOB_DIR``), and return those it found there: they count as running
+        until that is done (failed at once, a retry ran beside what was left of the
+        attempt before). What it does not take for the job's (a program that cleared its
+        environment) is left, and the job vanishes as before."""
+        verdicts = await gather_bounded(jobs, self._kill_group, self.options.submit_concurrency)
+        held = set()
+        for job, verdict in zip(jobs, verdicts, strict=True):
+            if verdict == "gone":
+                continue
+            held.add(job)  # killed now, or it could not be: looked at again next poll
             log.warning(
-                "job %s (%s): its wrapper is gone but processes of its group run on; killing them",
+                "job %s (%s): its wrapper was killed, and processes of its group ran on: %s",
                 job.index,
                 job.jid,
+                "killed" if verdict == "dead" else f"could not kill them ({verdict})",
             )
-            try:
-                await self.kill_job(job)
-            except SchedulerError as exc:
-                log.warning("job %s: %s", job.index, exc)
+        return held
 
     async def poll_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobState]:
         """One status command per server; an unreadable answer fails the whole query."""
@@ -471,9 +475,8 @@ class SshScheduler(Scheduler):
             except SchedulerOutputError as exc:
                 garbled.append(exc)
                 return
-            left = [job for job, pid, start in entries if orphaned(stats, groups, pid)]
-            if left:
-                await self._end_orphans(left)
+            orphans = [job for job, pid, _ in entries if pid in groups]
+            left = await self._end_orphans(orphans) if orphans else set()
             states.update(
                 await anyio.to_thread.run_sync(
                     lambda: {
@@ -516,7 +519,7 @@ class SshScheduler(Scheduler):
             raise SchedulerError(f"job {job.index}: {exc}") from exc
         # What is left of a job whose wrapper was killed runs all the same: adopted, the
         # next poll kills it, and it is never started a second time beside it.
-        return alive(stats, parsed[1], parsed[2]) or orphaned(stats, groups, parsed[1])
+        return alive(stats, parsed[1], parsed[2]) or parsed[1] in groups
 
     async def recover_job(self, job: Job) -> bool:
         """Find a job started earlier: by its id, or by its pid file; True if it runs.
@@ -547,10 +550,20 @@ class SshScheduler(Scheduler):
     # -- killing -------------------------------------------------------------------------
     async def kill_job(self, job: Job) -> None:
         """TERM the job's process group, KILL it after kill_grace, and check it is gone."""
+        if await self._kill_group(job) == "survived":
+            server, pgid, _ = parse_jid(job.jid) or ("?", 0, "")
+            raise SchedulerError(
+                f"job {job.index} ({job.jid}): processes of group {pgid} survived SIGKILL "
+                f"on server {server!r}"
+            )
+
+    async def _kill_group(self, job: Job) -> str:
+        """``kill_job``'s work, and the kill script's verdict: gone (nothing of the job's
+        was there), dead or survived."""
         parsed = parse_jid(job.jid)
         pool = self._pools.get(parsed[0]) if parsed else None
         if parsed is None or pool is None:
-            return
+            return "gone"
         grace = self.options.kill_grace
         try:
             result = await self._bridge.call(
@@ -560,12 +573,7 @@ class SshScheduler(Scheduler):
             )
         except (Unreachable, Refused) as exc:
             raise SchedulerError(f"cannot kill job {job.index} ({job.jid}): {exc}") from exc
-        verdict = read_output(["ssh", pool.name, "kill"], result.stdout, parse_kill)
-        if verdict == "survived":
-            raise SchedulerError(
-                f"job {job.index} ({job.jid}): processes of group {parsed[1]} survived SIGKILL "
-                f"on server {parsed[0]!r}"
-            )
+        return read_output(["ssh", pool.name, "kill"], result.stdout, parse_kill)
 
     def forget(self, job: Job) -> None:
         super().forget(job)
