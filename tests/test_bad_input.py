@@ -66,6 +66,11 @@ pytestmark = pytest.mark.anyio
             SchedulerOptionError,
             "cwd '/no/such/dir' is not a directory",
         ),
+        (  # a list (a TOML profile's) for a text option: str() of it named no directory
+            {"scheduler_opts": {"cwd": ["/", "/tmp"]}},
+            SchedulerOptionError,
+            r"option 'cwd' expects str, got \['/', '/tmp'\]",
+        ),
         (
             {"scheduler": 42},
             ConfigError,

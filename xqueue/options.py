@@ -194,12 +194,7 @@ def _coerce(scheduler: str, name: str, value: Any, hint: Any) -> Any:
             return json.loads(value)
     except (ValueError, TypeError) as exc:  # TypeError: float([1]) from a TOML list
         expected = getattr(hint, "__name__", str(hint))
-        twice = (
-            " (one value: was it given twice, as -o KEY=... -o KEY=...?)"
-            if isinstance(value, list) and hint in (bool, int, float, str)
-            else ""
-        )
         raise SchedulerOptionError(
-            f"scheduler {scheduler!r}: option {name!r} expects {expected}, got {value!r}{twice}"
+            f"scheduler {scheduler!r}: option {name!r} expects {expected}, got {value!r}"
         ) from exc
     return value

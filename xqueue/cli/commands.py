@@ -130,8 +130,7 @@ def queue_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="scheduler option (repeatable), e.g. -o partition=debug; a key given again "
-        "makes a list (a native flag repeated: -o l=h_rt=60 -o l=h_vmem=1G)",
+        help="scheduler option (repeatable, each key once), e.g. -o partition=debug",
     )
     parser.add_argument(
         "--profile",
@@ -166,21 +165,22 @@ def queue_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
-    """``-o KEY=VALUE`` pairs; a key given again makes a list of its values, in order, as
-    a list given in Python does (a native flag repeated: ``-o l=h_rt=2 -o l=h_vmem=1G``,
-    two volumes). The last one silently won, and the others were dropped."""
+    """``-o KEY=VALUE`` pairs. A key given twice is refused: the last one silently won,
+    and what each option would make of several (a flag repeated, a list of devices, a
+    submit value) differs by backend; a profile in xqueue.toml takes a list."""
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not key:
             raise XqueueError(f"scheduler option {pair!r} is not KEY=VALUE")
-        if key not in options:
-            options[key] = value
-        elif isinstance(options[key], list):
-            options[key].append(value)
-        else:
-            options[key] = [options[key], value]
+        if key in options:
+            raise XqueueError(
+                f"scheduler option {key!r} is given twice ({options[key]!r} and {value!r}): "
+                "give it once; for a flag repeated (sbatch's, qsub's -l), give a list in a "
+                "profile of xqueue.toml"
+            )
+        options[key] = value
     return options
 
 
