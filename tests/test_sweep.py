@@ -17,7 +17,8 @@ import anyio
 import pytest
 
 from tests.helpers import read_bytes, read_text
-from xqueue import CallJob, ConfigError, JobStatus, Xqueue
+from xqueue import CallJob, ConfigError, JobFailedError, JobStatus, Xqueue
+from xqueue.errors import QueueStateError
 from xqueue.records import WorkdirReader
 from xqueue.sweep import Sweep, SweepJob, run_sweep
 
@@ -260,6 +261,21 @@ async def test_continue_on_failure_starts_the_next_section_once_all_have_ended(
     assert done[2].job.after == ()  # the barrier is the controller's, not after=
     assert done[3].job.after == (done[2].job,)
     assert sorted((await read_text(log)).split()) == ["b", "bad", "c", "ok"]
+
+
+async def test_a_sweep_on_a_callers_queue_whose_run_stopped_raises_not_returns_a_part(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """A halt in a ``continue_on_failure`` section: the sweep's later sections cannot be
+    fed. Into the caller's own block, ``run_sweep`` must not return as if it had run."""
+    sweep = three_sections(tmp_path / "log", {"continue_on_failure": True})
+    returned: list[SweepJob] | None = None
+    with pytest.raises((QueueStateError, JobFailedError)) as raised:
+        async with Xqueue(workdir=workdir, forks=4, error_strategy="halt") as q:
+            returned = await run_sweep(sweep, q)
+    assert returned is None, f"run_sweep returned {len(returned)} of 4 jobs"
+    if isinstance(raised.value, QueueStateError):
+        assert "stopped before section 'b'" in str(raised.value)
 
 
 async def test_run_again_reruns_only_what_did_not_succeed(workdir: Path, tmp_path: Path) -> None:

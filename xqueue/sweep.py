@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 from . import _template as template
 from ._text import check_envs
 from .capacity import check_axes, slot_variable
-from .errors import ConfigError
+from .errors import ConfigError, QueueStateError
 from .job import check_name, normalize_command
 from .params import NAME, check_value, text
 from .resources import Resources
@@ -270,14 +270,15 @@ async def run_sweep(
     elif options:
         raise ConfigError(f"pass either a queue or its options, not both: {sorted(options)}")
     if queue.is_feeding():
-        return await _feed(queue, feeds)
+        return await _feed(queue, feeds, owned=False)
     async with queue:
-        return await _feed(queue, feeds)
+        return await _feed(queue, feeds, owned=True)
 
 
 async def _feed(
-    queue: Xqueue, feeds: list[tuple[Section, list[tuple[Point, Feed]]]]
+    queue: Xqueue, feeds: list[tuple[Section, list[tuple[Point, Feed]]]], *, owned: bool
 ) -> list[SweepJob]:
+    """Feed each section after the one before; ``owned``: the queue's block is ours."""
     done: list[SweepJob] = []
     previous: list[Job] = []  # the jobs of the section before
     tolerant = False  # whether that section has continue_on_failure
@@ -289,9 +290,15 @@ async def _feed(
             after = None
             if not queue.is_feeding():
                 # The run stopped meanwhile (a signal, a cancel, a halt): its own error
-                # is the one to tell, which leaving the block raises. A feed now was
-                # refused with "takes no more jobs", and exit code 2.
-                break
+                # is the one to tell, which leaving our block raises (a feed now was
+                # refused with "takes no more jobs", and exit code 2). In a caller's
+                # block, the sweep did not run whole, and must not return as if it had.
+                if owned:
+                    break
+                raise QueueStateError(
+                    f"the queue's run stopped before section {section.name!r} of the sweep "
+                    "could be fed; its earlier sections' jobs have ended"
+                )
         previous = []
         for point, feed in points:
             job = await feed(queue, after)
@@ -304,15 +311,18 @@ async def _feed(
 
 
 # -- what each point is fed as --------------------------------------------------------------
-def _check_point(point: Point, source: str = "") -> None:
+def _check_point(
+    point: Point, source: str = "", made: tuple[str | tuple[str, ...], dict[str, str]] | None = None
+) -> None:
     """Refuse, naming the group and section, what ``feed`` would refuse of the point's
     job: its command empty or holding a NUL once the template is filled in (a parameter
     ``""`` as the program), a name or environment no script can hold. Found at feed, it
-    came after earlier sections had run, in words that named neither."""
+    came after earlier sections had run, in words that named neither. ``made``: the
+    point's ``command()``, when the caller has it already."""
     try:
         check_name(point.name)
         if point.group.command is not None:
-            command, envs = point.command()
+            command, envs = made or point.command()
             normalize_command(command)
             check_envs(envs)
     except ConfigError as exc:
@@ -322,7 +332,6 @@ def _check_point(point: Point, source: str = "") -> None:
 
 def _prepare(point: Point, axes: Mapping[str, tuple[Any, ...]]) -> Feed:
     """How to feed ``point``, made before anything is fed (so refused before, too)."""
-    _check_point(point)
     group, params = point.group, dict(point.params)
     resources = dict(group.resources)
     if group.slots:
@@ -339,8 +348,10 @@ def _prepare(point: Point, axes: Mapping[str, tuple[Any, ...]]) -> Feed:
                 resources=resources or None, after=after, params=params,
             )  # fmt: skip
 
+        _check_point(point)
         return call
     command, envs = point.command()
+    _check_point(point, made=(command, envs))
 
     async def feed(queue: Xqueue, after: list[Job] | None) -> Job:
         return await queue.feed(
