@@ -218,6 +218,8 @@ def test_a_workdir_that_is_not_a_folder_is_named_for_what_it_is(tmp_path: Path) 
         (["true"], {"resources": {"walltime": float("inf")}}, "walltime must be a finite"),
         (["true"], {"resources": {"walltime": float("nan")}}, "walltime must be a finite"),
         (["true"], {"resources": {"memory": "1k"}}, "memory '1k' is under 1 MiB"),
+        (["true"], {"resources": {"walltime": "9" * 400 + "h"}}, "walltime '9+h' is too large"),
+        (["true"], {"resources": {"memory": "9" * 400 + "G"}}, "memory '9+G' is too large"),
         (["true"], {"resources": {"cores": 2}}, r"unknown resource\(s\) \['cores'\]"),
     ],
 )

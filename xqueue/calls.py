@@ -53,8 +53,9 @@ RUNNER = "xqueue._callrun"  # never imported here: ``python -m`` runs it as __ma
 CALL_FILE = "call.pkl"
 RESULT = "result"  # the kind of ``job.<attempt>.result`` (``Job.attempt_path``)
 FORMAT = 2
-"""The call file's format: 2 added the code version to the digest (``code_version``). The
-runner refuses a newer one by name, instead of taking it for another call."""
+"""The call file's format: 2 is the first that names the xqueue that wrote it, and the
+first a runner checks (a newer one is refused by name, instead of taken for another
+call). The code version (``code_version``) joined the digest before, under 1."""
 PROTOCOL = 5  # read from Python 3.8 on; cloudpickle's own default
 _STDERR_TAIL = 600  # bytes of a job's stderr quoted when it left no result
 

@@ -20,6 +20,13 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def _whole(number: float, what: str, value: object) -> int:
+    """``int(number)``; ConfigError for a number too large to be a float (OverflowError)."""
+    if not math.isfinite(number):
+        raise ConfigError(f"{what} {value!r} is too large")
+    return int(number)
+
+
 def parse_memory(value: int | str) -> int:
     """Memory in MiB from ``2048``, ``"2G"``, ``"512MB"``, ``"1.5GiB"``; ints are MiB."""
     if isinstance(value, bool):
@@ -30,7 +37,7 @@ def parse_memory(value: int | str) -> int:
         m = _MEM_RE.match(str(value))
         if not m:
             raise ConfigError(f"invalid memory {value!r}: use a number of MiB or e.g. '512M', '4G'")
-        mib = int(float(m.group(1)) * _MEM_UNITS[m.group(2).lower()])
+        mib = _whole(float(m.group(1)) * _MEM_UNITS[m.group(2).lower()], "memory", value)
         if mib <= 0 and float(m.group(1)) > 0:
             raise ConfigError(f"memory {value!r} is under 1 MiB, the least a job can ask")
     if mib <= 0:
@@ -43,7 +50,7 @@ def parse_walltime(value: int | float | str) -> int:
     if isinstance(value, bool):
         raise ConfigError(f"walltime must be a duration, not {value!r}")
     if isinstance(value, (int, float)):
-        if not math.isfinite(value):  # int() of it raised OverflowError, a traceback
+        if isinstance(value, float) and not math.isfinite(value):  # int() raised, a traceback
             raise ConfigError(f"walltime must be a finite number of seconds, got {value!r}")
         seconds = int(value)
     else:
@@ -65,7 +72,7 @@ def parse_walltime(value: int | float | str) -> int:
             if not match:
                 raise ConfigError(f"invalid walltime {value!r}: use [D-]HH:MM:SS, '90m' or seconds")
             unit = _DURATION_UNITS[match.group(2).lower()]
-            seconds = days * 86400 + int(float(match.group(1)) * unit)
+            seconds = days * 86400 + _whole(float(match.group(1)) * unit, "walltime", value)
     if seconds <= 0:
         raise ConfigError(f"walltime must be positive, got {value!r}")
     return seconds
