@@ -203,6 +203,19 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
         ContainerScheduler(image="x", bin_args=["--gpus", "all"])
     with pytest.raises(SchedulerOptionError, match="does not exist"):
         ContainerScheduler(image="x", volumes=["/no/such/dir:/x"])
+    # What ch-run and apptainer cannot do: each job failed at submission, or it was
+    # ignored (a job ran as root; HOME stayed the image's), before.
+    comma = tmp_path / "a,b"
+    comma.mkdir()
+    for opts, said in [
+        ({"bin": "ch-run", "user": "1000:1000"}, "option 'user' is for docker and podman"),
+        ({"bin": "apptainer", "user": "1000"}, "apptainer runs each job as the user"),
+        ({"bin": "ch-run", "volumes": [f"{tmp_path}:/v:ro"]}, "ch-run binds are read-write"),
+        ({"bin": "apptainer", "volumes": [f"{comma}:/v"]}, "a ',' in a path"),
+        ({"bin": "apptainer", "envs": {"HOME": "/h"}}, "does not let envs set HOME"),
+    ]:
+        with pytest.raises(SchedulerOptionError, match=said):
+            ContainerScheduler(image="x", **opts)
     sched = ContainerScheduler(image="x", bin_args=["--network", "host", "--init"])
     assert sched.runtime._extra_host == {"NetworkMode": "host", "Init": True}  # type: ignore[attr-defined]
 

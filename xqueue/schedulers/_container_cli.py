@@ -242,9 +242,7 @@ class ChRunRuntime(CliRuntime):
         opts = self.options
         argv = [self._bin, *opts.bin_args, "--env-no-expand", "-b", f"{self._root}:{self._root}"]
         argv += [f"--set-env={k}={set_env_value(v)}" for k, v in opts.envs.items()]
-        for host, inside, mode in opts.volumes:
-            if mode != "rw":
-                raise SubmissionError("ch-run binds are read-write only", retryable=False)
+        for host, inside, _ in opts.volumes:  # read-write only: refused otherwise (validate)
             argv += ["-b", f"{host}:{inside}"]
         argv += ["-c", opts.cwd or job.dir, opts.image, "--", *opts.entrypoint, script]
         return argv
@@ -270,12 +268,7 @@ class ApptainerRuntime(CliRuntime):
         opts = self.options
         argv = [self._bin, "exec", "--no-privs", "--containall", "--cleanenv", "--no-eval"]
         argv += [*opts.bin_args, "--bind", f"{self._root}:{self._root}"]
-        for host, inside, mode in opts.volumes:
-            if any(c in f"{host}{inside}" for c in self.bad_path_chars):
-                raise SubmissionError(
-                    f"{self.engine} cannot bind {host!r}: a ':' or ',' in a path",
-                    retryable=False,
-                )
+        for host, inside, mode in opts.volumes:  # paths checked when the options were
             argv += ["--bind", f"{host}:{inside}:{mode}"]
         argv += ["--pwd", opts.cwd or job.dir, opts.image, *opts.entrypoint, script]
         return argv

@@ -100,6 +100,35 @@ class ContainerOptions(SchedulerOptions):
             self.envs = check_envs(self.envs)
         except ConfigError as exc:
             raise SchedulerOptionError(f"{scheduler}: envs: {exc}") from None
+        if name in CLI_BINS:
+            self._check_cli(scheduler, name)
+
+    def _check_cli(self, scheduler: str, name: str) -> None:
+        """What ch-run and apptainer cannot do, refused before any job: found at each
+        submission, every job failed; ignored, a job ran as root, or without its HOME."""
+        from ._container_cli import ApptainerRuntime, ChRunRuntime
+
+        runtime = ChRunRuntime if name == "ch-run" else ApptainerRuntime
+        if self.user is not None:
+            raise SchedulerOptionError(
+                f"{scheduler}: option 'user' is for docker and podman; {name} runs each job "
+                "as the user that runs xqueue"
+            )
+        for host, inside, mode in self.volumes:
+            bad = [c for c in runtime.bad_path_chars if c in host + inside]
+            if bad:
+                raise SchedulerOptionError(
+                    f"{scheduler}: {name} cannot bind volume {host}:{inside}: a {bad[0]!r} "
+                    "in a path"
+                )
+            if name == "ch-run" and mode != "rw":
+                raise SchedulerOptionError(
+                    f"{scheduler}: volume {host}:{inside}:{mode}: ch-run binds are read-write only"
+                )
+        if name != "ch-run" and "HOME" in self.envs:
+            raise SchedulerOptionError(
+                f"{scheduler}: {name} does not let envs set HOME; give bin_args=['--home', DIR]"
+            )
 
     @property
     def backend(self) -> str:
