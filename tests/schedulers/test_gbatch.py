@@ -227,6 +227,7 @@ async def test_running_job_is_killed_and_batch_shows_it_cancelled(
         with anyio.fail_after(30):
             await job.wait()
     assert job.status is JobStatus.KILLED
+    assert "outside xqueue" not in job.reason, job.reason  # xqueue's own cancel
     assert not await anyio.to_thread.run_sync(pid_alive, pid)
     assert job.jid
     assert (await batch_job(gcloud, job.jid)).status.state.name == "CANCELLED"

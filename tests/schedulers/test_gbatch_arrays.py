@@ -123,6 +123,7 @@ async def test_killing_one_job_of_an_array_leaves_the_others_and_cancels_at_the_
             for job in short:
                 await job.wait()
     assert long.status is JobStatus.KILLED
+    assert "outside xqueue" not in long.reason, long.reason  # the array xqueue cancelled
     for i, job in enumerate(short):  # its siblings ran to their end
         assert job.status is JobStatus.FINISHED, job.reason
         assert await read_text(job.stdout_path) == f"ok {i}\n"

@@ -186,6 +186,8 @@ class GbatchScheduler(Scheduler):
         # Array name -> its elements not settled yet; those asked to be killed.
         self._members: dict[str, set[Job]] = {}
         self._killing: dict[str, set[Job]] = {}
+        # Batch jobs this run cancelled: their CANCELLED is not "outside xqueue".
+        self._cancelled: set[str] = set()
 
     @property
     def parent(self) -> str:
@@ -629,6 +631,9 @@ class GbatchScheduler(Scheduler):
         for job, state in states.items():
             if state.status.is_final:
                 name = listed.split(job.jid)[0]
+                if state.status is JobStatus.KILLED and name in self._cancelled:
+                    # Ours: the engine says why it was asked (the run stopped, by name).
+                    states[job] = state = dataclasses.replace(state, reason="")
                 if state.status is JobStatus.FINISHED and job in self._killing.get(name, ()):
                     # Its kill waited for the array's cancel, and it succeeded first: a
                     # success, not a kill (recorded killed, the next run ran it again).
@@ -810,6 +815,7 @@ class GbatchScheduler(Scheduler):
     async def _cancel(self, name: str) -> None:
         """CancelJob (DeleteJob where cancel is not offered). A Batch job that is gone or
         has already ended needs nothing more."""
+        self._cancelled.add(name)
         try:
             await self._call("cancel_job", name=name)
         except (gexc.NotFound, gexc.FailedPrecondition):
