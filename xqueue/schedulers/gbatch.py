@@ -776,7 +776,8 @@ class GbatchScheduler(Scheduler):
         Batch cancels whole jobs only, never one task. An array is cancelled once every
         element it still runs is to be killed; until then each element to kill gets a
         kill marker in its folder, so its task exits at once if it has not started yet
-        (``_gbatch_spec.selector``); one already running runs to its end.
+        (``_gbatch_spec.selector``); one already running runs on until the array is
+        cancelled, and one that succeeds first is recorded finished (``poll_jobs``).
         """
         singles = [job for job in jobs if listed.split(job.jid)[1] is None]
         errors = dict(zip(singles, await super().kill_jobs(singles)))
