@@ -83,6 +83,8 @@ def run_info(xqueue: Xqueue, scheduler: Scheduler) -> dict[str, Any]:
         "options": scheduler_options(scheduler),
         "forks": xqueue.forks,
         "workdir": str(xqueue.workdir.path),
+        # A gs:// run's: `xqueue cancel` opens the scheduler on it, not on the records here.
+        "url": getattr(getattr(xqueue.workdir, "url", None), "text", None),
         "started": time.time(),
         # Whether it writes events.jsonl: `xqueue status --follow` has nothing to follow.
         "events": "xqueue-events" in xqueue.hooks.names(),

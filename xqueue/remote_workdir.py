@@ -40,6 +40,7 @@ controller on another machine.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import os
@@ -53,7 +54,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .errors import ConfigError, WorkdirError
 from .job import Job
-from .records import JOURNAL_FILE, SPECS_FILE, WorkdirReader, read_bytes
+from .records import JOURNAL_FILE, LOCK_FILE, SPECS_FILE, WorkdirReader, read_bytes
 from .states import JobStatus
 from .workdir import Workdir, atomic_write, slug
 
@@ -384,7 +385,15 @@ def local_folder(text: str, *, pull: bool = True) -> str:
             f"reading {url.text} needs the gbatch extra: pip install '.[gbatch]' in "
             f"xqueue's source folder ({exc})"
         ) from exc
-    wd = RemoteWorkdir(GcsStore.from_environment(url))
+    store = GcsStore.from_environment(url)
+    path = Path(store.local_dir or default_local_dir(url))
+    if not pull and not path.is_dir():
+        raise ConfigError(
+            f"{url.text} is not an xqueue workdir here: no run on this machine has used it "
+            f"(its records would be in {str(path)!r}); cancel from the machine that ran it"
+        )
+    made = not path.exists()
+    wd = RemoteWorkdir(store)
     if not pull:
         return str(wd.path)
     try:
@@ -393,6 +402,15 @@ def local_folder(text: str, *, pull: bool = True) -> str:
         return str(wd.path)  # a run on this machine holds it
     try:
         wd.pull()
+        empty = {entry.name for entry in os.scandir(wd.path)} <= {LOCK_FILE}
     finally:
         wd.unlock()
+    if empty:  # a mistyped prefix: say so, and leave no folder that looks like a workdir
+        if made:
+            with contextlib.suppress(OSError):
+                os.unlink(wd.path / LOCK_FILE)
+                wd.path.rmdir()
+        raise ConfigError(
+            f"{url.text} is not an xqueue workdir: there is nothing under it in Cloud Storage"
+        )
     return str(wd.path)

@@ -9,6 +9,7 @@ times each job really ran through a marker file its command appends to.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -23,7 +24,7 @@ import pytest
 
 from tests.helpers import read_text
 from tests.schedulers.conftest import BUCKET
-from tests.schedulers.test_gbatch import batch_job, calls, options
+from tests.schedulers.test_gbatch import batch_job, calls, options, pid_alive
 from tests.standins.gcloud import Gcloud
 from xqueue import Job, JobStatus, Xqueue
 from xqueue.errors import ConfigError, SchedulerOptionError, WorkdirError
@@ -509,3 +510,96 @@ async def test_status_and_logs_read_a_gs_workdir_back_from_the_bucket(
     assert code == 2  # the error is printed (on stderr), not a traceback
     with pytest.raises(ConfigError, match="bucket gs://no-such-bkt does not exist"):
         await anyio.to_thread.run_sync(local_folder, "gs://no-such-bkt/runs")
+
+
+# -- xqueue cancel ------------------------------------------------------------------------------
+async def test_cancel_kills_what_a_dead_controller_left_running_in_a_gs_workdir(
+    gcloud: Gcloud, project: str, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``xqueue cancel gs://...`` with no controller alive: the jobs the records call
+    active are killed on Batch, as for a local workdir. It failed with "staging_bucket is
+    required": the scheduler was opened on the plain local folder, not the gs:// workdir."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from xqueue.cli.commands import main
+
+    monkeypatch.setenv("XQUEUE_CACHE_DIR", str(tmp_path / "cache"))
+    url, pidfile = f"gs://{BUCKET}/{prefix}", tmp_path / "pid"
+    opts = gs_options(gcloud, project, tmp_path, kill_grace=1)
+    del opts["local_dir"]  # the default folder, which `xqueue cancel URL` finds
+    argv = [sys.executable, "-m", "xqueue", "run", "-s", "gbatch", "-w", url]
+    for key, value in opts.items():
+        argv += ["-o", f"{key}={value}"]
+    env = {**os.environ, "XQUEUE_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    journal = anyio.Path(default_local_dir(parse(url)) / "journal.jsonl")
+
+    def run_and_kill() -> None:
+        """The controller, SIGKILLed once its job runs with a Batch name journalled."""
+        with subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as proc:
+            try:
+                assert proc.stdin and proc.stderr
+                proc.stdin.write(f"echo $$ > {pidfile}; exec sleep 60\n".encode())
+                proc.stdin.close()
+                deadline = time.monotonic() + 30
+                while not (pidfile.exists() and pidfile.read_text().strip()) or (
+                    b'"jid": "' not in (journal_path.read_bytes() if journal_path.exists() else b"")
+                ):
+                    assert proc.poll() is None, proc.stderr.read()
+                    assert time.monotonic() < deadline, "the job never ran"
+                    time.sleep(0.05)
+            finally:
+                proc.send_signal(signal.SIGKILL)
+
+    journal_path = Path(journal)
+    await anyio.to_thread.run_sync(run_and_kill)
+    pid = int(await read_text(pidfile))
+    assert await anyio.to_thread.run_sync(pid_alive, pid)  # it outlived its controller
+    jid = json.loads((await journal.read_text()).splitlines()[-1])["jid"]
+
+    out = io.StringIO()
+
+    def cancel() -> int:
+        with redirect_stdout(out):
+            return main(["cancel", url])
+
+    code = await anyio.to_thread.run_sync(cancel)
+    assert code == 0, out.getvalue()
+    assert out.getvalue().startswith("job 0") and ": killed (" in out.getvalue()
+    with anyio.fail_after(20):
+        while await anyio.to_thread.run_sync(pid_alive, pid):
+            await anyio.sleep(0.1)
+    assert (await batch_job(gcloud, jid)).status.state.name == "CANCELLED"
+    last = json.loads((await journal.read_text()).splitlines()[-1])
+    assert last["status"] == "killed"
+    copy = (await objects(gcloud, prefix))["journal.jsonl"]  # for a resume elsewhere
+    assert json.loads(copy.splitlines()[-1])["status"] == "killed"
+
+
+async def test_status_of_a_prefix_with_nothing_in_it_is_an_error_that_leaves_nothing(
+    gcloud: Gcloud, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistyped prefix in an existing bucket: "not an xqueue workdir", exit 2, as for a
+    local folder no run has used; it showed an empty run (exit 0) and left a cache folder."""
+    from xqueue.cli.commands import main
+
+    monkeypatch.setenv("XQUEUE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcloud.storage)
+    url = f"gs://{BUCKET}/{prefix}-typo"
+    for command in (["status", url], ["logs", url, "0"], ["cancel", url]):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = await anyio.to_thread.run_sync(main, command)
+        assert code == 2, (command, err.getvalue())
+        said = " ".join(err.getvalue().split())
+        assert f"{url} is not an xqueue workdir" in said, said
+        if command[0] == "cancel":  # which acts on the records of a run on this machine
+            assert "no run on this machine has used it" in said, said
+        else:
+            assert "nothing under it in Cloud Storage" in said, said
+    assert not await anyio.Path(tmp_path / "cache" / "workdirs" / "gs").exists() or not [
+        p async for p in anyio.Path(tmp_path / "cache" / "workdirs" / "gs").iterdir()
+    ]

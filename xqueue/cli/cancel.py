@@ -33,13 +33,14 @@ from typing import Any, TextIO
 
 import anyio
 
-from .. import registry
+from .. import registry, remote_workdir
 from .._identity import Controller, verify
 from ..control import CONTROL_DIR, RUN_FILE, read_request, reply_path, usable_folder
 from ..errors import XqueueError
 from ..failures import FailureClass
 from ..job import Job
 from ..records import LOCK_FILE, READ_FLAGS, WorkdirReader, job_index, read_json
+from ..remote_workdir import RemoteWorkdir, UsesRemoteWorkdir
 from ..scheduler import Scheduler
 from ..states import ACTIVE_RECORDS, JobStatus
 from ..workdir import Workdir, check_trust, write_new
@@ -197,6 +198,7 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
             info = {}
         try:
             scheduler = build_scheduler(info)
+            backend = _backend_workdir(workdir, info, scheduler)
         except XqueueError as exc:
             ids = ", ".join(
                 f"{job_index(f)} ({(records[f] or {}).get('jid') or 'no id'})" for f in active
@@ -204,11 +206,13 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
             raise XqueueError(f"{exc}; kill these jobs on their backend: {ids}") from None
         seen_as = _jobs_path(path, info)
         jobs = [_job(reader, seen_as, folder, records[folder] or {}) for folder in active]
-        killed, _, errors = anyio.run(_kill, scheduler, workdir, jobs)
+        killed, _, errors = anyio.run(_kill, scheduler, backend, jobs)
         for job in killed:
             job.status, job.rc, job.reason = JobStatus.KILLED, None, KILLED_REASON
             workdir.record(job)
         ended = _record_ends(workdir, [j for j in jobs if j not in killed and j not in errors])
+        if isinstance(backend, RemoteWorkdir):
+            _push(backend, out)
         for job in jobs:
             name = label(reader, os.path.basename(job.dir))
             if job in killed:
@@ -220,6 +224,33 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
         return 1 if errors else 0
     finally:
         workdir.unlock()
+
+
+def _backend_workdir(
+    workdir: Workdir, info: dict[str, Any] | None, scheduler: Scheduler
+) -> Workdir:
+    """The workdir the last run opened its scheduler on: this folder, or the ``gs://``
+    workdir whose records it holds (``run.json``'s ``url``). Its lock is ``workdir``'s:
+    the two name one folder, and only the one taken here is held."""
+    url = (info or {}).get("url")
+    if url is None:
+        return workdir
+    if not isinstance(url, str) or not isinstance(scheduler, UsesRemoteWorkdir):
+        raise XqueueError(f"the workdir's {RUN_FILE} is not one xqueue writes (torn or edited)")
+    store = scheduler.remote_store(remote_workdir.parse(url))
+    store.local_dir = str(workdir.path)  # the records are here, wherever the run said
+    return RemoteWorkdir(store)
+
+
+def _push(workdir: RemoteWorkdir, out: TextIO) -> None:
+    """Copy what was recorded here to the bucket, where a resume elsewhere reads it."""
+    try:
+        workdir.push()
+    except Exception as exc:  # the store's own errors: the kills stand, only the copy waits
+        out.write(
+            f"the records were not copied to {workdir.url.text} ({printable(str(exc))}); "
+            "the next run from this machine copies them\n"
+        )
 
 
 def _record_ends(workdir: Workdir, gone: list[Job]) -> dict[Job, str]:
