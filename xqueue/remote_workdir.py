@@ -390,7 +390,8 @@ def local_folder(text: str, *, pull: bool = True) -> str:
     if not pull and not path.is_dir():
         raise ConfigError(
             f"{url.text} is not an xqueue workdir here: no run on this machine has used it "
-            f"(its records would be in {str(path)!r}); cancel from the machine that ran it"
+            f"(its records would be in {str(path)!r}); cancel from the machine that ran it, "
+            "or name the folder the run kept its records in (its local_dir option)"
         )
     made = not path.exists()
     wd = RemoteWorkdir(store)
