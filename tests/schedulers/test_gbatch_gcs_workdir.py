@@ -518,7 +518,9 @@ async def test_cancel_kills_what_a_dead_controller_left_running_in_a_gs_workdir(
 ) -> None:
     """``xqueue cancel gs://...`` with no controller alive: the jobs the records call
     active are killed on Batch, as for a local workdir. It failed with "staging_bucket is
-    required": the scheduler was opened on the plain local folder, not the gs:// workdir."""
+    required": the scheduler was opened on the plain local folder, not the gs:// workdir.
+    A job that ended meanwhile is recorded by the exit code it left in the bucket (it was
+    recorded failed, "no exit code", when only the local folder was read)."""
     import os
     import signal
     import subprocess
@@ -531,7 +533,7 @@ async def test_cancel_kills_what_a_dead_controller_left_running_in_a_gs_workdir(
     url, pidfile = f"gs://{BUCKET}/{prefix}", tmp_path / "pid"
     opts = gs_options(gcloud, project, tmp_path, kill_grace=1)
     del opts["local_dir"]  # the default folder, which `xqueue cancel URL` finds
-    argv = [sys.executable, "-m", "xqueue", "run", "-s", "gbatch", "-w", url]
+    argv = [sys.executable, "-m", "xqueue", "run", "-s", "gbatch", "-w", url, "-f", "2"]
     for key, value in opts.items():
         argv += ["-o", f"{key}={value}"]
     env = {**os.environ, "XQUEUE_DISABLE_PLUGIN_AUTOLOAD": "1"}
@@ -542,11 +544,12 @@ async def test_cancel_kills_what_a_dead_controller_left_running_in_a_gs_workdir(
         with subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as proc:
             try:
                 assert proc.stdin and proc.stderr
-                proc.stdin.write(f"echo $$ > {pidfile}; exec sleep 60\n".encode())
+                proc.stdin.write(f"echo $$ > {pidfile}; exec sleep 60\nsleep 2\n".encode())
                 proc.stdin.close()
                 deadline = time.monotonic() + 30
-                while not (pidfile.exists() and pidfile.read_text().strip()) or (
-                    b'"jid": "' not in (journal_path.read_bytes() if journal_path.exists() else b"")
+                while (
+                    not (pidfile.exists() and pidfile.read_text().strip())
+                    or (journal_path.exists() and journal_path.read_bytes()).count(b'"jid": "') < 2
                 ):
                     assert proc.poll() is None, proc.stderr.read()
                     assert time.monotonic() < deadline, "the job never ran"
@@ -558,7 +561,11 @@ async def test_cancel_kills_what_a_dead_controller_left_running_in_a_gs_workdir(
     await anyio.to_thread.run_sync(run_and_kill)
     pid = int(await read_text(pidfile))
     assert await anyio.to_thread.run_sync(pid_alive, pid)  # it outlived its controller
-    jid = json.loads((await journal.read_text()).splitlines()[-1])["jid"]
+    records = [json.loads(line) for line in (await journal.read_text()).splitlines()]
+    jid = next(r["jid"] for r in records if r["dir"].startswith("0-") and r.get("jid"))
+    with anyio.fail_after(30):  # job 1 ends unwatched, its exit code in the bucket only
+        while not [n for n in await objects(gcloud, prefix) if n.endswith("job.1.rc")]:
+            await anyio.sleep(0.2)
 
     out = io.StringIO()
 
@@ -568,15 +575,21 @@ async def test_cancel_kills_what_a_dead_controller_left_running_in_a_gs_workdir(
 
     code = await anyio.to_thread.run_sync(cancel)
     assert code == 0, out.getvalue()
-    assert out.getvalue().startswith("job 0") and ": killed (" in out.getvalue()
+    said = out.getvalue().splitlines()
+    assert said[0].startswith("job 0") and ": killed (" in said[0], said
+    assert said[1].startswith("job 1") and "recorded finished (exit code 0)" in said[1], said
     with anyio.fail_after(20):
         while await anyio.to_thread.run_sync(pid_alive, pid):
             await anyio.sleep(0.1)
     assert (await batch_job(gcloud, jid)).status.state.name == "CANCELLED"
-    last = json.loads((await journal.read_text()).splitlines()[-1])
-    assert last["status"] == "killed"
+    last = {r["dir"][0]: r for r in map(json.loads, (await journal.read_text()).splitlines())}
+    assert last["0"]["status"] == "killed"
+    assert (last["1"]["status"], last["1"]["rc"]) == ("finished", 0)
     copy = (await objects(gcloud, prefix))["journal.jsonl"]  # for a resume elsewhere
-    assert json.loads(copy.splitlines()[-1])["status"] == "killed"
+    assert {r["dir"][0]: r["status"] for r in map(json.loads, copy.splitlines())} == {
+        "0": "killed",
+        "1": "finished",
+    }
 
 
 async def test_status_of_a_prefix_with_nothing_in_it_is_an_error_that_leaves_nothing(

@@ -182,6 +182,11 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
     workdir = Workdir(path)
     workdir.lock()  # no run may start under us; refused if one just did
     try:
+        info = read_json(path / RUN_FILE)
+        if info is None and (path / RUN_FILE).exists():  # there, but empty or not JSON
+            info = {}
+        if info is not None and info.get("url") is not None:
+            reader = _pulled(workdir, info, out) or reader
         every = reader.folders()
         records = dict(zip(every, reader.last_records(every), strict=True))
         chosen = folders or every
@@ -193,9 +198,6 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
         if not active:
             out.write("no run is in progress and no job is recorded as active\n")
             return 0
-        info = read_json(path / RUN_FILE)
-        if info is None and (path / RUN_FILE).exists():  # there, but empty or not JSON
-            info = {}
         try:
             scheduler = build_scheduler(info)
             backend = _backend_workdir(workdir, info, scheduler)
@@ -240,6 +242,23 @@ def _backend_workdir(
     store = scheduler.remote_store(remote_workdir.parse(url))
     store.local_dir = str(workdir.path)  # the records are here, wherever the run said
     return RemoteWorkdir(store)
+
+
+def _pulled(workdir: Workdir, info: dict[str, Any], out: TextIO) -> WorkdirReader | None:
+    """A gs:// run's records brought up to date from the bucket, read again: a job that
+    ended while no controller watched left its exit code there only, and would be
+    recorded failed. If the bucket cannot be read, the records here are all there is."""
+    try:
+        backend = _backend_workdir(workdir, info, build_scheduler(info))
+        assert isinstance(backend, RemoteWorkdir)
+        backend.pull()
+    except (XqueueError, OSError) as exc:
+        out.write(
+            f"the records were not brought up to date from the bucket ({printable(str(exc))}); "
+            "going by the ones here\n"
+        )
+        return None
+    return WorkdirReader(workdir.path)
 
 
 def _push(workdir: RemoteWorkdir, out: TextIO) -> None:
