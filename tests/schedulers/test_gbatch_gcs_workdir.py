@@ -513,14 +513,21 @@ async def test_status_and_logs_read_a_gs_workdir_back_from_the_bucket(
 
 
 # -- xqueue cancel ------------------------------------------------------------------------------
-async def test_cancel_kills_what_a_dead_controller_left_running_in_a_gs_workdir(
-    gcloud: Gcloud, project: str, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("kind", ["gs", "local"])
+async def test_cancel_kills_what_a_dead_controller_left_running(
+    gcloud: Gcloud,
+    project: str,
+    prefix: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
 ) -> None:
-    """``xqueue cancel gs://...`` with no controller alive: the jobs the records call
-    active are killed on Batch, as for a local workdir. It failed with "staging_bucket is
-    required": the scheduler was opened on the plain local folder, not the gs:// workdir.
-    A job that ended meanwhile is recorded by the exit code it left in the bucket (it was
-    recorded failed, "no exit code", when only the local folder was read)."""
+    """``xqueue cancel`` with no controller alive, on a ``gs://`` workdir and on a local
+    one with a staging bucket: the jobs the records call active are killed on Batch.
+    With a gs:// workdir it failed with "staging_bucket is required" (the scheduler was
+    opened on the plain local folder). A job that ended meanwhile is recorded by the
+    exit code it left in the bucket; it was recorded failed, "no exit code", when only
+    the local folder was read."""
     import os
     import signal
     import subprocess
@@ -530,17 +537,25 @@ async def test_cancel_kills_what_a_dead_controller_left_running_in_a_gs_workdir(
     from xqueue.cli.commands import main
 
     monkeypatch.setenv("XQUEUE_CACHE_DIR", str(tmp_path / "cache"))
-    url, pidfile = f"gs://{BUCKET}/{prefix}", tmp_path / "pid"
-    opts = gs_options(gcloud, project, tmp_path, kill_grace=1)
-    del opts["local_dir"]  # the default folder, which `xqueue cancel URL` finds
-    argv = [sys.executable, "-m", "xqueue", "run", "-s", "gbatch", "-w", url, "-f", "2"]
+    pidfile = tmp_path / "pid"
+    if kind == "gs":
+        target = f"gs://{BUCKET}/{prefix}"
+        opts = gs_options(gcloud, project, tmp_path, kill_grace=1)
+        del opts["local_dir"]  # the default folder, which `xqueue cancel URL` finds
+        folder = default_local_dir(parse(target))
+    else:
+        folder = tmp_path / "wd"
+        target = str(folder)
+        opts = options(gcloud, project, kill_grace=1)
+    argv = [sys.executable, "-m", "xqueue", "run", "-s", "gbatch", "-w", target, "-f", "2"]
     for key, value in opts.items():
         argv += ["-o", f"{key}={value}"]
     env = {**os.environ, "XQUEUE_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    journal = anyio.Path(default_local_dir(parse(url)) / "journal.jsonl")
+    journal = anyio.Path(folder / "journal.jsonl")
+    journal_path = folder / "journal.jsonl"
 
     def run_and_kill() -> None:
-        """The controller, SIGKILLed once its job runs with a Batch name journalled."""
+        """The controller, SIGKILLed once both jobs run with a Batch name journalled."""
         with subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as proc:
             try:
                 assert proc.stdin and proc.stderr
@@ -557,21 +572,20 @@ async def test_cancel_kills_what_a_dead_controller_left_running_in_a_gs_workdir(
             finally:
                 proc.send_signal(signal.SIGKILL)
 
-    journal_path = Path(journal)
     await anyio.to_thread.run_sync(run_and_kill)
     pid = int(await read_text(pidfile))
     assert await anyio.to_thread.run_sync(pid_alive, pid)  # it outlived its controller
     records = [json.loads(line) for line in (await journal.read_text()).splitlines()]
-    jid = next(r["jid"] for r in records if r["dir"].startswith("0-") and r.get("jid"))
+    jids = {r["dir"][0]: r["jid"] for r in records if r.get("jid")}
     with anyio.fail_after(30):  # job 1 ends unwatched, its exit code in the bucket only
-        while not [n for n in await objects(gcloud, prefix) if n.endswith("job.1.rc")]:
+        while (await batch_job(gcloud, jids["1"])).status.state.name != "SUCCEEDED":
             await anyio.sleep(0.2)
 
     out = io.StringIO()
 
     def cancel() -> int:
         with redirect_stdout(out):
-            return main(["cancel", url])
+            return main(["cancel", target])
 
     code = await anyio.to_thread.run_sync(cancel)
     assert code == 0, out.getvalue()
@@ -581,15 +595,16 @@ async def test_cancel_kills_what_a_dead_controller_left_running_in_a_gs_workdir(
     with anyio.fail_after(20):
         while await anyio.to_thread.run_sync(pid_alive, pid):
             await anyio.sleep(0.1)
-    assert (await batch_job(gcloud, jid)).status.state.name == "CANCELLED"
+    assert (await batch_job(gcloud, jids["0"])).status.state.name == "CANCELLED"
     last = {r["dir"][0]: r for r in map(json.loads, (await journal.read_text()).splitlines())}
     assert last["0"]["status"] == "killed"
     assert (last["1"]["status"], last["1"]["rc"]) == ("finished", 0)
-    copy = (await objects(gcloud, prefix))["journal.jsonl"]  # for a resume elsewhere
-    assert {r["dir"][0]: r["status"] for r in map(json.loads, copy.splitlines())} == {
-        "0": "killed",
-        "1": "finished",
-    }
+    if kind == "gs":
+        copy = (await objects(gcloud, prefix))["journal.jsonl"]  # for a resume elsewhere
+        assert {r["dir"][0]: r["status"] for r in map(json.loads, copy.splitlines())} == {
+            "0": "killed",
+            "1": "finished",
+        }
 
 
 async def test_status_of_a_prefix_with_nothing_in_it_is_an_error_that_leaves_nothing(

@@ -41,7 +41,7 @@ from ..failures import FailureClass
 from ..job import Job
 from ..records import LOCK_FILE, READ_FLAGS, WorkdirReader, job_index, read_json
 from ..remote_workdir import RemoteWorkdir, UsesRemoteWorkdir
-from ..scheduler import Scheduler
+from ..scheduler import JobState, Scheduler
 from ..states import ACTIVE_RECORDS, JobStatus
 from ..workdir import Workdir, check_trust, write_new
 from .jobs import check_workdir, label, resolve
@@ -208,11 +208,12 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
             raise XqueueError(f"{exc}; kill these jobs on their backend: {ids}") from None
         seen_as = _jobs_path(path, info)
         jobs = [_job(reader, seen_as, folder, records[folder] or {}) for folder in active]
-        killed, _, errors = anyio.run(_kill, scheduler, backend, jobs)
+        killed, states, errors = anyio.run(_kill, scheduler, backend, jobs)
         for job in killed:
             job.status, job.rc, job.reason = JobStatus.KILLED, None, KILLED_REASON
             workdir.record(job)
-        ended = _record_ends(workdir, [j for j in jobs if j not in killed and j not in errors])
+        gone = [j for j in jobs if j not in killed and j not in errors]
+        ended = _record_ends(workdir, gone, states)
         if isinstance(backend, RemoteWorkdir):
             _push(backend, out)
         for job in jobs:
@@ -272,23 +273,34 @@ def _push(workdir: RemoteWorkdir, out: TextIO) -> None:
         )
 
 
-def _record_ends(workdir: Workdir, gone: list[Job]) -> dict[Job, str]:
-    """Record how the jobs that are not running any more ended: by their exit code if
-    they left one, else failed with no code. Left recorded as running, a list changed
-    since could never run at their index (``Workdir._check_ended``) whatever cancel did."""
-    codes = workdir.exit_codes(gone)
+def _record_ends(workdir: Workdir, gone: list[Job], states: dict[Job, JobState]) -> dict[Job, str]:
+    """Record how the jobs that are not running any more ended: as the backend tells it
+    (``states``: one whose jobs leave their exit code elsewhere, in a bucket, fetches it),
+    else by the exit code they left here, else failed with no code. Left recorded as
+    running, a list changed since could never run at their index
+    (``Workdir._check_ended``) whatever cancel did."""
+    codes = workdir.exit_codes([job for job in gone if job not in states])
     said: dict[Job, str] = {}
     for job in gone:
-        job.rc = codes.get(job)
-        if job.rc is None:
-            job.status, job.failure = JobStatus.FAILED, FailureClass.VANISHED
-            job.reason = "ended while no controller watched it, leaving no exit code"
-            said[job] = "it left no exit code: recorded failed"
+        state = states.get(job)
+        if state is not None:
+            job.status, job.rc, job.failure = state.status, state.rc, state.failure
+            if job.status is JobStatus.FAILED and job.failure is None:
+                job.failure = FailureClass.NONZERO_EXIT if job.rc else FailureClass.VANISHED
+            job.reason = state.reason or "ended while no controller watched it"
+            code = "no exit code" if job.rc is None else f"exit code {job.rc}"
+            said[job] = f"recorded {job.status.value} ({code})"
         else:
-            job.status = JobStatus.FINISHED if job.rc == 0 else JobStatus.FAILED
-            job.failure = FailureClass.NONZERO_EXIT if job.rc else None
-            job.reason = "ended while no controller watched it"
-            said[job] = f"recorded {job.status.value} (exit code {job.rc})"
+            job.rc = codes.get(job)
+            if job.rc is None:
+                job.status, job.failure = JobStatus.FAILED, FailureClass.VANISHED
+                job.reason = "ended while no controller watched it, leaving no exit code"
+                said[job] = "it left no exit code: recorded failed"
+            else:
+                job.status = JobStatus.FINISHED if job.rc == 0 else JobStatus.FAILED
+                job.failure = FailureClass.NONZERO_EXIT if job.rc else None
+                job.reason = "ended while no controller watched it"
+                said[job] = f"recorded {job.status.value} (exit code {job.rc})"
         workdir.record(job)
     return said
 
@@ -343,8 +355,9 @@ def _job(reader: WorkdirReader, workdir: str, folder: str, record: dict[str, Any
 
 async def _kill(
     scheduler: Scheduler, workdir: Workdir, jobs: list[Job]
-) -> tuple[list[Job], list[Job], dict[Job, BaseException]]:
-    """(killed, found not running, could not be killed) on the backend."""
+) -> tuple[list[Job], dict[Job, JobState], dict[Job, BaseException]]:
+    """(killed, how those found not running ended where the backend knows it, could not
+    be killed) on the backend."""
     await scheduler.open(workdir)
     try:
         for job in jobs:
@@ -357,8 +370,13 @@ async def _kill(
         held = await scheduler.jobs_are_running(known) if known else {}
         alive = [job for job in known if held.get(job)]
         outcome = await scheduler.kill_jobs(alive) if alive else []
+        ended = [job for job in known if not held.get(job)]
+        # Asked as a run's poll asks: a backend fetches the files an ended job left
+        # elsewhere (gbatch, from its bucket), and gives its word on how the job ended.
+        polled = await scheduler.poll_jobs(ended) if ended else {}
     finally:
         await scheduler.aclose()
     errors = {job: error for job, error in zip(alive, outcome, strict=True) if error is not None}
     killed = [job for job in alive if job not in errors]
-    return killed, [job for job in jobs if job not in alive], errors
+    states = {job: state for job, state in polled.items() if state.status.is_final}
+    return killed, states, errors
