@@ -509,6 +509,38 @@ def test_cancel_records_the_end_of_a_job_nobody_watched_end(
     assert (wd / "1-echo-one" / "job.1.stdout").read_text() == "one\n"
 
 
+def test_cancel_records_its_kills_when_the_backend_cannot_say_how_others_ended(
+    tmp_path: Path,
+    runs: list[Run],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """cancel asks the backend how the jobs it found ended (gbatch's are in a bucket); a
+    backend that fails to answer must not lose the kills just made: they are recorded,
+    and the ended jobs go by the exit codes here."""
+    from xqueue.cli.commands import main
+    from xqueue.schedulers.local import LocalScheduler
+
+    wd = tmp_path / "wd"
+    killed_controller(wd, ["sleep 0.2", "sleep 60"], runs)
+    deadline = time.monotonic() + 10
+    while not (wd / "exits.jsonl").read_text().count("\n"):
+        assert time.monotonic() < deadline, "the shepherd recorded no exit"
+        time.sleep(0.05)
+
+    async def no_answer(self: LocalScheduler, jobs: object) -> None:
+        raise RuntimeError("the status query timed out")
+
+    monkeypatch.setattr(LocalScheduler, "poll_jobs", no_answer)
+    assert main(["cancel", str(wd)]) == 0
+    said = capsys.readouterr().out
+    assert "could not ask the backend how ended jobs ended: the status query timed out" in said
+    assert "job 0 (sleep 0.2): not running any more: recorded finished (exit code 0)" in said
+    assert "job 1 (sleep 60): killed (" in said
+    assert wait_no_job_processes(wd, 10) == []
+    assert final_states(wd) == ["finished", "killed"]
+
+
 LOCK_HOLDER = (
     "import fcntl, os, sys, time\n"
     "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)\n"

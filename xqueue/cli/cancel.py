@@ -208,7 +208,7 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
             raise XqueueError(f"{exc}; kill these jobs on their backend: {ids}") from None
         seen_as = _jobs_path(path, info)
         jobs = [_job(reader, seen_as, folder, records[folder] or {}) for folder in active]
-        killed, states, errors = anyio.run(_kill, scheduler, backend, jobs)
+        killed, states, errors = anyio.run(_kill, scheduler, backend, jobs, out)
         for job in killed:
             job.status, job.rc, job.reason = JobStatus.KILLED, None, KILLED_REASON
             workdir.record(job)
@@ -354,7 +354,7 @@ def _job(reader: WorkdirReader, workdir: str, folder: str, record: dict[str, Any
 
 
 async def _kill(
-    scheduler: Scheduler, workdir: Workdir, jobs: list[Job]
+    scheduler: Scheduler, workdir: Workdir, jobs: list[Job], out: TextIO
 ) -> tuple[list[Job], dict[Job, JobState], dict[Job, BaseException]]:
     """(killed, how those found not running ended where the backend knows it, could not
     be killed) on the backend."""
@@ -373,7 +373,11 @@ async def _kill(
         ended = [job for job in known if not held.get(job)]
         # Asked as a run's poll asks: a backend fetches the files an ended job left
         # elsewhere (gbatch, from its bucket), and gives its word on how the job ended.
-        polled = await scheduler.poll_jobs(ended) if ended else {}
+        polled: dict[Job, JobState] = {}
+        try:
+            polled = await scheduler.poll_jobs(ended) if ended else {}
+        except Exception as exc:  # the kills stand and are recorded; these go by the files
+            out.write(f"could not ask the backend how ended jobs ended: {printable(str(exc))}\n")
     finally:
         await scheduler.aclose()
     errors = {job: error for job, error in zip(alive, outcome, strict=True) if error is not None}
