@@ -396,3 +396,88 @@ async def test_retrying_hook_sees_the_failed_attempts_rc_and_reason(workdir: Pat
     await q.run_until_complete()
     assert [(a, rc) for a, rc, _ in seen] == [(1, 7)]
     assert job.rc == 7 and job.attempt == 2 and job.status is JobStatus.FAILED
+
+
+def _hung_in(hook: str) -> object:
+    """A plugin whose ``hook`` never returns."""
+
+    async def never(self: object, **kwargs: Any) -> None:
+        await anyio.sleep_forever()
+
+    if hook == "on_init":
+
+        async def impl(self: object, xqueue: Any) -> None:
+            await never(self)
+    else:
+
+        async def impl(self: object, job: Job) -> Any:
+            await never(self)
+
+    impl.__name__ = hook
+    return type("Hung", (), {hook: hookimpl(impl)})()
+
+
+@pytest.mark.parametrize("hook", ["on_init", "on_job_init", "on_job_submitting"])
+async def test_hook_timeout_bounds_every_awaited_hook(workdir: Path, hook: str) -> None:
+    """``hook_timeout`` bounds each awaited implementation "instead of hanging the run
+    for ever": these three hung the feed or the run whatever it said."""
+    q = Xqueue(workdir=workdir, plugins=[_hung_in(hook)], hook_timeout=0.5)
+    with anyio.fail_after(10), pytest.raises(PluginError, match=rf"in hook {hook}.*within 0\.5 s"):
+        await q.feed(["true"])
+        await q.run_until_complete()
+
+
+async def test_a_kill_asked_by_the_caller_is_bounded_and_stops_the_run_if_its_veto_hangs(
+    workdir: Path,
+) -> None:
+    """``q.kill`` asked every on_job_killing with no bound (a hung veto hung the caller),
+    and a veto that failed left the run going with the job running: now the caller
+    gets the plugin's error and the run stops, as for any hook's error."""
+    q = Xqueue(workdir=workdir, plugins=[_hung_in("on_job_killing")], hook_timeout=0.5)
+    job = await q.feed(["sleep", "30"])
+
+    async def run() -> None:
+        with pytest.raises(PluginError, match=r"on_job_killing"):  # stopped by the error
+            await q.run_until_complete()
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            while job.status is not JobStatus.RUNNING:
+                await anyio.sleep(0.05)
+            with pytest.raises(PluginError, match=r"on_job_killing.*within 0\.5 s"):
+                await q.kill(job)
+    assert job.status is JobStatus.KILLED
+
+
+async def test_a_job_left_running_by_a_veto_does_not_hold_up_the_stopping_run(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """A halted run whose kill of a job was vetoed leaves it running and returns; it
+    waited for the job's end (or 5 s) first, the backend not told to let it go."""
+    import contextlib
+    import os
+    import signal
+
+    from tests.helpers import is_alive, read_text, reap_lingering_shepherds
+    from xqueue import JobFailedError
+
+    class Keep:
+        @hookimpl
+        def on_job_killing(self, job: Job) -> bool:
+            return False
+
+    pidfile = tmp_path / "pid"
+    q = Xqueue(workdir=workdir, forks=2, plugins=[Keep()])
+    left = await q.feed(f"echo $$ > {pidfile}; exec sleep 4")
+    await q.feed("sleep 0.5; exit 2")  # fails: the run halts
+    with anyio.fail_after(20), pytest.raises(JobFailedError):
+        await q.run_until_complete()
+    pid = int(await read_text(pidfile))
+    try:
+        assert await is_alive(pid)  # returned without waiting for it
+        assert left.reason.startswith("left running: plugin") and "Keep" in left.reason
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        await reap_lingering_shepherds()

@@ -391,7 +391,7 @@ class Engine:
         self.counts[S.INIT] += 1
         # Hooks that return nothing to await cost no coroutine: this runs once a job fed.
         try:
-            pending = self.hooks.notify("on_job_init", self._kw(job))
+            pending = self.hooks.notify("on_job_init", self._kw(job), self._hook_timeout())
             if pending is not None:
                 await pending
         except BaseException as exc:
@@ -476,7 +476,9 @@ class Engine:
             await self.scheduler.open(self.workdir)
             self._pool.set_hosts(await self.scheduler.capacity())  # now measured, if it was not
             self._capacity_known = True
-            await self.hooks.call("on_init", xqueue=self.queue, scheduler=self.scheduler)
+            await self.hooks.call(
+                "on_init", self._hook_timeout(), xqueue=self.queue, scheduler=self.scheduler
+            )
             await self._run_loop(receiver)
             reason = self._reason()
         except Exception as exc:  # the backend would not open, a plugin failed on_init
@@ -1082,8 +1084,8 @@ class Engine:
     def _on_killed(
         self, job: Job, error: BaseException | None, reply: _Reply | None
     ) -> list[HookCall]:
-        calls = self._killed(job, error, reply)
         ended = self._killing.pop(job, None)
+        calls = self._killed(job, error, reply, ended is not None)
         # The end the backend reported while the kill went on counts now that the kill
         # answered; not for a job a stopping run could not kill (it is left running).
         if ended is not None and job.status.is_active and job not in self._left:
@@ -1091,7 +1093,7 @@ class Engine:
         return calls
 
     def _killed(
-        self, job: Job, error: BaseException | None, reply: _Reply | None
+        self, job: Job, error: BaseException | None, reply: _Reply | None, ended: bool = False
     ) -> list[HookCall]:
         if isinstance(error, JobAlreadyEnded):
             # Nothing was signalled: the end the backend reports is the job's own (an
@@ -1115,15 +1117,24 @@ class Engine:
         if reply is not None:
             reply.set(error if error is not None else True)
         state = job._pending_state
-        if error is None and state is not None and job.status.is_active:
-            # The backend asked for this kill and confirmed it: record its verdict.
-            job._pending_state = None
-            self.scheduler.forget(job)
-            job.rc, job.reason = state.rc, state.reason
-            return self._end_attempt(
-                job, S.FAILED, retryable=state.retryable, failure=_classify(state)
-            )
+        if error is None and state is not None and job.status.is_active and not ended:
+            # The kill was for a verdict (a deadline, or the backend's ``kill`` state)
+            # and is confirmed: the verdict stands. But a job's own end that came
+            # meanwhile (``ended``) is merged with it (``_on_update``: a job that exited
+            # 0 at its deadline finished), and at a deadline a backend that awaits each
+            # job is sure to report that end (its wait has not returned; a ``kill``
+            # state was that wait's answer): it is waited for.
+            if state.kill or not self.scheduler.awaits_completion:
+                return self._verdict(job)
         return []  # the job ends when the backend reports it gone
+
+    def _verdict(self, job: Job) -> list[HookCall]:
+        """End a job with the verdict its kill was for (``_pending_state``)."""
+        state, job._pending_state = job._pending_state, None
+        assert state is not None
+        self.scheduler.forget(job)
+        job.rc, job.reason = state.rc, state.reason
+        return self._end_attempt(job, S.FAILED, retryable=state.retryable, failure=_classify(state))
 
     def _on_left(self, job: Job, plugin: str) -> list[HookCall]:
         why = f"left running: plugin {plugin!r} vetoed the kill"
@@ -1138,6 +1149,9 @@ class Engine:
         job.reason = why
         if self.state is _Run.STOPPING:
             self._left.add(job)
+            # Let go, as ``_leave_running`` does: the backend's close does not wait for
+            # it (the local one waited 5 s for its shepherd, or until the job ended).
+            self.scheduler.forget(job)
         return []
 
     def _on_stop(self, error: BaseException | None) -> list[HookCall]:
@@ -1330,7 +1344,9 @@ class Engine:
         allowed: list[Job] = []
         for n, job in enumerate(batch):
             try:
-                vetoer = await self.hooks.vetoed_by("on_job_submitting", **self._kw(job))
+                vetoer = await self.hooks.vetoed_by(
+                    "on_job_submitting", self._hook_timeout(), **self._kw(job)
+                )
             except PluginError as exc:
                 # The run stops: neither this job nor any allowed before it is submitted.
                 self._post("stop", exc)  # first: the run's error is the plugin's, not a job's
@@ -1655,7 +1671,13 @@ class Engine:
         if job.status.is_final or job.kill_requested:
             return False
         if job.status.is_active and job.status is not S.SUBMITTING:
-            vetoer = await self.hooks.vetoed_by("on_job_killing", **self._kw(job))
+            try:
+                vetoer = await self.hooks.vetoed_by(
+                    "on_job_killing", self._hook_timeout(), **self._kw(job)
+                )
+            except PluginError as exc:  # as any hook's error: the run stops
+                self._hook_failed(exc)
+                raise
             if vetoer:
                 log.info("job %s: kill vetoed by plugin %r", job.index, vetoer)
                 return False

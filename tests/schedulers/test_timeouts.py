@@ -82,6 +82,39 @@ async def test_a_job_ignoring_sigterm_is_killed_at_its_limit(workdir: Path, tmp_
     assert job.status is JobStatus.FAILED and job.failure is FailureClass.TIMEOUT
 
 
+async def test_a_job_that_exits_at_its_limit_keeps_its_own_code(workdir: Path) -> None:
+    """docs/limits.md: a job that exits 0 at its deadline (it caught SIGTERM and finished
+    cleanly) counts as succeeded; one that exits with another code failed for its time,
+    with that code. It was recorded failed (TIMEOUT, no code) whatever it exited with:
+    the confirmed kill's verdict was recorded before the job's own end, reported meanwhile."""
+    q = Xqueue(
+        workdir=workdir,
+        forks=3,
+        error_strategy="ignore",
+        scheduler_opts={"timeout": 1, "kill_grace": 5},
+    )
+    clean = await q.feed(["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.05; done"])
+    python = await q.feed(
+        [
+            sys.executable,
+            "-c",
+            "import signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+            "time.sleep(30)",
+        ]
+    )
+    three = await q.feed(["sh", "-c", "trap 'exit 3' TERM; while :; do sleep 0.05; done"])
+    with anyio.fail_after(20):
+        await q.run_until_complete()
+    for job in (clean, python):
+        assert (job.status, job.rc, job.failure) == (JobStatus.FINISHED, 0, None), job.reason
+    assert (three.status, three.rc, three.failure) == (JobStatus.FAILED, 3, FailureClass.TIMEOUT)
+    assert three.reason == "timed out after 1 s"
+    rows = await anyio.to_thread.run_sync(status_json, workdir)
+    recorded = {row["index"]: row for row in rows}
+    assert [recorded[i]["status"] for i in range(3)] == ["finished", "finished", "failed"]
+
+
 async def test_timeout_option_applies_unless_the_job_has_a_walltime(workdir: Path) -> None:
     # xqute's scheduler option: every job of the run, unless its walltime says otherwise.
     q = Xqueue(
