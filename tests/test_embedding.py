@@ -544,6 +544,55 @@ async def test_a_job_being_checked_has_ended_and_is_not_killed(workdir: Path) ->
     assert job.status is S.FINISHED
 
 
+@pytest.mark.parametrize("seed", range(3))
+async def test_a_run_cancelled_while_its_jobs_start_leaves_none_running(
+    tmp_path: Path, seed: int
+) -> None:
+    """The caller's scope cancelled at seeded points while the shepherd starts the jobs:
+    each job it started is killed by its pid. The pids' answer was lost with the
+    cancelled submission, a look in /proc made before the jobs started found nothing,
+    and they were recorded "killed before it was submitted" while they ran on."""
+    import random
+
+    rng = random.Random(seed)
+    for round_ in range(6):
+        wd, pids = tmp_path / f"wd{round_}", anyio.Path(tmp_path / f"pids{round_}")
+        q = Xqueue(forks=4, workdir=wd)
+        for _ in range(4):
+            await q.feed(f"echo $$ >> {pids}; exec sleep 30")
+        with anyio.move_on_after(rng.uniform(0.003, 0.04)):
+            await q.run_until_complete()
+        await anyio.sleep(0.3)  # what the shepherd was still starting has started
+        started = [int(p) for p in (await pids.read_text()).split()] if await pids.exists() else []
+        alive = [pid for pid in started if await is_alive(pid)]
+        for pid in alive:
+            os.kill(pid, signal.SIGKILL)
+        assert alive == [], [(j.index, j.status.value, j.jid, j.reason) for j in q.jobs]
+        for pid in started:  # each one it started, it knew
+            assert [j for j in q.jobs if str(j.jid).startswith(f"{pid}@")], (pid, q.jobs)
+        assert all(job.status.is_final for job in q.jobs)
+
+
+@pytest.mark.parametrize("raised", [SystemExit(3), KeyboardInterrupt()], ids=["exit", "ctrl-c"])
+async def test_an_exit_in_the_block_comes_out_as_it_was_and_kills_the_jobs(
+    workdir: Path, tmp_path: Path, raised: BaseException
+) -> None:
+    """docs/embedding.md: an exception in the block stops the run and comes out as it
+    was. ``sys.exit(3)`` and a KeyboardInterrupt came out wrapped in an exception group
+    (the process exited 1 with a traceback, not 3)."""
+    from tests.helpers import wait_running
+
+    pidfile = tmp_path / "pid"
+    with pytest.raises(type(raised)) as caught:
+        async with Xqueue(workdir=workdir) as q:
+            job = await q.feed(f"echo $$ > {pidfile}; exec sleep 30")
+            await wait_running(job)
+            raise raised
+    assert caught.value is raised
+    assert job.status is JobStatus.KILLED
+    assert not await is_alive(int(await read_text(pidfile)))
+
+
 async def test_a_run_cancelled_during_a_check_still_settles_the_job(workdir: Path) -> None:
     outputs = Outputs(delay=1.0)
     q = Xqueue(workdir=workdir, plugins=[outputs], error_strategy="ignore")

@@ -603,9 +603,13 @@ class Xqueue:
             if exc_type is None:
                 self._engine.close_feeding()
                 suppressed = await tg.__aexit__(None, None, None)
-            elif issubclass(exc_type, Exception) and self._failure is None:
-                # The body failed: stop the run (its jobs are killed) and let the body's
-                # own exception through, not wrapped in an exception group.
+            elif self._failure is None and not issubclass(
+                exc_type, anyio.get_cancelled_exc_class()
+            ):
+                # The body failed, or exited (SystemExit, KeyboardInterrupt): stop the run
+                # (its jobs are killed) and let the body's own exception through, not
+                # wrapped in an exception group. A cancellation goes to the task group,
+                # whose scope it may belong to.
                 tg.cancel_scope.cancel()
                 await tg.__aexit__(None, None, None)
                 suppressed = False

@@ -21,6 +21,8 @@ from ..errors import SchedulerError
 from ._proc import wait_exit
 
 SCRIPT = str(Path(__file__).with_name("_shepherd.py"))
+# A shepherd that takes no request for this long is taken for gone (it reads at once).
+_SEND_WAIT = 30.0
 
 
 def _encode(text: str) -> bytes:
@@ -111,7 +113,13 @@ class ShepherdLink:
                 ticket = self._tickets[key] = Ticket()
                 tickets.append(ticket)
                 frames.append(request.frame(key))
-            await self._send(b"".join(frames))
+            # Whole, even for a cancelled run: a frame cut short would garble every
+            # later one, and the jobs of the frames sent start whatever happens here.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_SEND_WAIT) as sending:
+                await self._send(b"".join(frames))
+            if sending.cancelled_caught:  # it reads nothing: as good as gone
+                self._lost(f"it took no request for {_SEND_WAIT:.0f} s")
+                self._check()
         return tickets
 
     async def stopping(self, pids: Sequence[int]) -> None:

@@ -46,6 +46,9 @@ from ._shepherd_link import Request, ShepherdLink, Ticket
 # The shepherd writes an adopted job's return code right after the job exits; a job
 # whose code has not appeared this long after its exit lost its shepherd too.
 _RC_LAG = 2.0
+# How long a submission cut short waits for the shepherd's word on what it started
+# (it answers in milliseconds; a hung one is left to the /proc scan).
+SPAWN_ANSWER_WAIT = 10.0
 # Shepherds of ended runs that still had jobs running: reaped once those end.
 _LINGERING: list[ShepherdLink] = []
 
@@ -167,6 +170,10 @@ class LocalScheduler(Scheduler):
         self._env_map: tuple[float, dict[str, int]] | None = None
         self._found: set[tuple[str, str | None]] = set()
         self._let_go: list[Ticket] = []
+        # Jobs handed to the shepherd whose answer (the pid) was not awaited: the
+        # submission was cancelled. The shepherd starts them all the same, so
+        # ``recover_job`` takes the answer here rather than looking for the process.
+        self._unanswered: dict[Job, Ticket] = {}
         self._capacity: Capacity | None = None
 
     async def capacity(self) -> dict[str, Capacity]:
@@ -229,8 +236,10 @@ class LocalScheduler(Scheduler):
                 sent.append((len(results), job))
                 results.append("")
         tickets = await self._link.spawn(requests)
+        self._unanswered.update((job, ticket) for (_, job), ticket in zip(sent, tickets))
         for (i, job), ticket in zip(sent, tickets):
             await ticket.started.wait()
+            del self._unanswered[job]
             if ticket.refused is not None:
                 code, stream = ticket.refused
                 path = job.stdout_path if stream == "stdout" else job.stderr_path
@@ -329,6 +338,16 @@ class LocalScheduler(Scheduler):
         return job in await self._alive_pids([job])
 
     async def recover_job(self, job: Job) -> bool:
+        ticket = self._unanswered.pop(job, None)
+        if ticket is not None:  # its submission was cut short after the shepherd had it
+            with anyio.move_on_after(SPAWN_ANSWER_WAIT):
+                await ticket.started.wait()
+            if ticket.pid:
+                self._tickets[job] = ticket
+                job.jid = f"{ticket.pid}@{ticket.start:.2f}"
+                return True
+            if ticket.started.is_set():
+                return False  # refused, or not started: nothing runs
         if job.jid is None:
             # The /proc scan and the checks of what it finds run in a worker thread.
             jid = await anyio.to_thread.run_sync(self._find_by_environment, job)
@@ -386,6 +405,7 @@ class LocalScheduler(Scheduler):
 
     def forget(self, job: Job) -> None:
         super().forget(job)
+        self._unanswered.pop(job, None)
         ticket = self._tickets.pop(job, None)
         if ticket is not None and not ticket.ended.is_set():
             self._let_go.append(ticket)  # maybe left running: the shepherd reaps it
