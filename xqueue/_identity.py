@@ -36,9 +36,15 @@ def _identity_of(pid: int) -> str:
     return str(pid) if ticks is None else f"{pid}@{ticks}"
 
 
+CANCELLING = "cancel"
+"""Written after its identity by an ``xqueue cancel`` that holds a workdir's lock (no
+controller was alive): a second cancel must not take it for a run and signal it."""
+
+
 def parse_identity(text: str) -> tuple[int, int | None] | None:
     """(pid, start ticks or None) from a lock file's content; None if it names no process."""
-    pid, sep, ticks = text.strip().partition("@")
+    words = text.split()  # pid@ticks, then what holds it if not a run (``CANCELLING``)
+    pid, sep, ticks = (words[0] if words else "").partition("@")
     if not pid.isascii() or not pid.isdigit() or int(pid) <= 0:
         return None
     if not sep:

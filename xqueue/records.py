@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._identity import CANCELLING
 from .errors import WorkdirError
 from .job import RC, SPEC_FILE, STATUS_FILE, attempt_file
 
@@ -908,8 +909,10 @@ class WorkdirReader:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                claim = os.read(fd, 64).decode("ascii", errors="replace").strip()
-                holder = claim.partition("@")[0]  # pid@start-time (``_identity``)
+                claim = os.read(fd, 64).decode("ascii", errors="replace").split()
+                if claim[1:] == [CANCELLING]:
+                    return None  # an `xqueue cancel`, not a run
+                holder = claim[0].partition("@")[0] if claim else ""  # pid@start-time
                 return holder if holder.isdigit() else "unknown"
             except OSError:
                 return None

@@ -201,9 +201,9 @@ class RemoteWorkdir(Workdir):
         self._seen = dict.fromkeys(COPIED, -1)
         self._pushing = {name: threading.Lock() for name in COPIED}
 
-    def lock(self) -> None:
+    def lock(self, role: str = "") -> None:
         """Take the local lock, then, once per queue, bring the folder up to date."""
-        super().lock()
+        super().lock(role)
         if not self._pulled:
             self.pull()
             self._pulled = True

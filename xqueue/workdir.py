@@ -456,17 +456,20 @@ class Workdir:
         )
 
     # -- the run lock ---------------------------------------------------------------------
-    def lock(self) -> None:
+    def lock(self, role: str = "") -> None:
         """Take the workdir for this queue; a second controller on it would corrupt both.
 
         Taken by the first ``feed()`` (before any folder is touched, so a refused
-        controller changes nothing) and held until the run ends; idempotent.
+        controller changes nothing) and held until the run ends; idempotent. ``role``
+        follows the identity in the lock file when the holder is not a run
+        (``_identity.CANCELLING``).
         """
         if self._lock_fd is not None:
             return
         fd = open_plain(self.path / LOCK_FILE, os.O_RDWR)
         if not _flock_exclusive(fd):
-            identity = os.read(fd, 64).decode(errors="replace").strip()
+            claim = os.read(fd, 64).decode(errors="replace").split()
+            identity = claim[0] if claim else ""
             holder = identity.partition("@")[0]
             os.close(fd)
             # pid and start time: another host's or container's pid 1 is not this process.
@@ -484,7 +487,7 @@ class Workdir:
         os.ftruncate(fd, 0)
         # pid@start-time: `xqueue cancel` signals the controller only once it has made
         # sure that this is the process holding the lock (see _identity).
-        os.write(fd, own_identity().encode())
+        os.write(fd, (f"{own_identity()} {role}" if role else own_identity()).encode())
         self._lock_fd = fd
 
     @property

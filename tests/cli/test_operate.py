@@ -429,6 +429,43 @@ def test_cancel_without_a_controller_kills_what_it_left_running(
     assert nothing.stdout == "no run is in progress and no job is recorded as active\n"
 
 
+def test_a_second_cancel_does_not_take_the_first_for_the_run(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    """Two `xqueue cancel` on a workdir whose controller died: the first holds the lock
+    while it kills (the jobs ignore SIGTERM for kill_grace). The second took it for the
+    run's controller, SIGTERMed it mid-kill and said "the run stopped", exit 0, while
+    the jobs ran on. Now it is refused, and the first finishes its work."""
+    wd = tmp_path / "wd"
+    run = Run(wd, ["trap '' TERM; sleep 60"] * 2, "-f", "2", "-o", "kill_grace=3")
+    runs.append(run)
+    run.wait_journal('"jid": "', 2)
+    run.proc.kill()
+    run.wait()
+    first = subprocess.Popen(
+        [*XQ, "cancel", str(wd)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not (wd / ".lock").read_text().endswith(" cancel"):
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "the first cancel never took the lock"
+            time.sleep(0.02)
+        second = xqueue("cancel", str(wd))
+        assert second.returncode == 2, (second.stdout, second.stderr)
+        said = " ".join(second.stderr.split())
+        assert "another `xqueue cancel` (pid " in said and "is killing this workdir's jobs" in said
+        out, err = first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 0, err
+    assert out.count(": killed (") == 2, out
+    assert wait_no_job_processes(wd, 10) == []
+    assert final_states(wd) == ["killed", "killed"]
+
+
 def killed_controller(wd: Path, commands: list[str], runs: list[Run]) -> None:
     """Run the commands at once, and SIGKILL the controller once each was submitted."""
     run = Run(wd, commands, "-f", str(len(commands)))

@@ -34,7 +34,7 @@ from typing import Any, TextIO
 import anyio
 
 from .. import registry, remote_workdir
-from .._identity import Controller, verify
+from .._identity import CANCELLING, Controller, verify
 from ..control import CONTROL_DIR, RUN_FILE, read_request, reply_path, usable_folder
 from ..errors import XqueueError
 from ..failures import FailureClass
@@ -80,6 +80,11 @@ def run(workdir: str, jobs: list[str], timeout: float, out: TextIO) -> int:
     held = held_lock(path)
     if held is None:
         return _without_controller(path, reader, folders, out)
+    if held[0].split()[1:] == [CANCELLING]:
+        raise XqueueError(
+            f"another `xqueue cancel` (pid {held[0].partition('@')[0]}) is killing this "
+            "workdir's jobs: wait for it to end, then run cancel again if any job is still active"
+        )
     controller = verify(*held)
     try:
         if not folders:
@@ -180,7 +185,7 @@ def _await_reply(request: Path, reader: WorkdirReader, timeout: float) -> dict[s
 # -- no run in progress ---------------------------------------------------------------------
 def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], out: TextIO) -> int:
     workdir = Workdir(path)
-    workdir.lock()  # no run may start under us; refused if one just did
+    workdir.lock(CANCELLING)  # no run may start under us; refused if one just did
     try:
         info = read_json(path / RUN_FILE)
         if info is None and (path / RUN_FILE).exists():  # there, but empty or not JSON
