@@ -212,12 +212,21 @@ def _prepare(workdir: Path, info: dict[str, Any]) -> None:
     except OSError:
         return
     for name in names:
+        if REQUEST.fullmatch(name) and _addressed(folder / name, info["controller"]):
+            continue  # sent to this run since it took the lock (while it fed): served
         if REQUEST.fullmatch(name) or name.endswith(REPLY_SUFFIX):
             log.warning("removing a kill request left from an earlier run: %s", name)
             try:
                 os.unlink(folder / name)
             except OSError:
                 pass
+
+
+def _addressed(path: Path, controller: str) -> bool:
+    """Whether a request names ``controller`` (``pid@ticks``) as the run it is for."""
+    data = read_request(path)
+    request = None if data is None else parse_object(data)
+    return request is not None and request.get("controller") == controller
 
 
 class Control:

@@ -466,6 +466,93 @@ def test_a_second_cancel_does_not_take_the_first_for_the_run(
     assert final_states(wd) == ["killed", "killed"]
 
 
+def test_a_kill_request_the_run_took_is_not_said_to_be_withdrawn(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    """A kill that outlasts cancel's --timeout (the job ignores SIGTERM for kill_grace):
+    cancel said "the request is withdrawn" while the run was killing the job."""
+    wd = tmp_path / "wd"
+    run = Run(wd, ["trap '' TERM; sleep 60"], "-o", "kill_grace=3")
+    runs.append(run)
+    run.wait_journal('"jid": "', 1)
+    out = xqueue("cancel", str(wd), "0", "--timeout", "1")
+    assert out.returncode == 1, out.stderr
+    said = " ".join(out.stdout.split())
+    assert "took the kill request but did not answer in 1s: the kill is under way" in said
+    assert "withdrawn" not in said
+    deadline = time.monotonic() + 20
+    while final_states(wd) != ["killed"]:
+        assert time.monotonic() < deadline, final_states(wd)
+        time.sleep(0.2)
+    assert run.wait() == 1  # the killed job is the run's failure
+
+
+def test_a_kill_request_sent_while_the_run_feeds_is_kept_for_it(tmp_path: Path) -> None:
+    """A run takes the lock at its first feed and drops requests "left from an earlier
+    run" when it starts: one `xqueue cancel WD JOB` sent to it in between (a long list
+    being fed) was dropped, and cancel waited out its timeout. Requests now name the run
+    they are for; the others are still dropped."""
+    from xqueue._identity import own_identity
+    from xqueue.control import CONTROL_DIR, _prepare
+
+    wd = tmp_path / "wd"
+    folder = wd / CONTROL_DIR
+    folder.mkdir(parents=True, mode=0o700)
+    mine = folder / "kill-00000000000000aa.json"
+    mine.write_text(json.dumps({"kill": [0], "controller": own_identity()}))
+    other = folder / "kill-00000000000000bb.json"
+    other.write_text(json.dumps({"kill": [0], "controller": "1@1"}))
+    unaddressed = folder / "kill-00000000000000cc.json"
+    unaddressed.write_text(json.dumps({"kill": [0]}))
+    answered = folder / "kill-00000000000000dd.reply"
+    answered.write_text("{}")
+    for path in (mine, other, unaddressed, answered):
+        path.chmod(0o600)
+    _prepare(wd, {"events": True})
+    assert sorted(p.name for p in folder.iterdir()) == [mine.name]
+
+
+def test_a_run_that_stops_without_killing_what_is_running_is_not_said_to_have(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    """cancel SIGTERMs the run that holds the lock; one still feeding (no handlers yet)
+    dies of it and kills nothing, so an earlier run's jobs run on. cancel said "the run
+    stopped", exit 0. It now names the jobs still recorded running, exit 1, and a second
+    cancel (no controller) kills them. The holder here is a bare process taking the lock
+    as a run's first feed does."""
+    wd = tmp_path / "wd"
+    killed_controller(wd, ["sleep 60", "sleep 60"], runs)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from xqueue.workdir import Workdir\n"
+            "Workdir(sys.argv[1]).lock()\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(60)\n",
+            str(wd),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        out = xqueue("cancel", str(wd))
+        assert holder.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        stop(holder)  # type: ignore[arg-type]
+    assert out.returncode == 1, out.stderr
+    said = " ".join(out.stdout.split())
+    assert "the run stopped" in said
+    assert "2 job(s) are still recorded as running, which it did not kill" in said
+    assert len(job_processes(wd)) >= 2  # left running
+    again = xqueue("cancel", str(wd))
+    assert again.returncode == 0, again.stderr
+    assert wait_no_job_processes(wd, 10) == []
+    assert final_states(wd) == ["killed", "killed"]
+
+
 def killed_controller(wd: Path, commands: list[str], runs: list[Run]) -> None:
     """Run the commands at once, and SIGKILL the controller once each was submitted."""
     run = Run(wd, commands, "-f", str(len(commands)))

@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import secrets
+import shlex
 import signal
 import stat
 import time
@@ -89,7 +90,7 @@ def run(workdir: str, jobs: list[str], timeout: float, out: TextIO) -> int:
     try:
         if not folders:
             return _stop_run(controller, reader, timeout, out)
-        return _through_controller(controller, reader, folders, timeout, out)
+        return _through_controller(controller, held[0], reader, folders, timeout, out)
     finally:
         controller.close()
 
@@ -109,20 +110,49 @@ def _stop_run(controller: Controller, reader: WorkdirReader, timeout: float, out
             return 1
         time.sleep(POLL)
     out.write("the run stopped\n")
+    # A run stopped before it took up its jobs (SIGTERM while it fed, before its handlers
+    # were set) kills none: an earlier run's, still running, are left as they were.
+    fresh = WorkdirReader(reader.path)
+    every = fresh.folders()
+    active = [
+        folder
+        for folder, record in zip(every, fresh.last_records(every), strict=True)
+        if (record or {}).get("status") in ACTIVE_RECORDS
+    ]
+    if active:
+        shown = ", ".join(label(fresh, folder) for folder in active[:5])
+        more = f" and {len(active) - 5} more" if len(active) > 5 else ""
+        out.write(
+            f"{len(active)} job(s) are still recorded as running, which it did not kill: "
+            f"{shown}{more}; run `xqueue cancel {shlex.quote(str(reader.path))}` again to "
+            "kill them\n"
+        )
+        return 1
     return 0
 
 
 def _through_controller(
-    controller: Controller, reader: WorkdirReader, folders: list[str], timeout: float, out: TextIO
+    controller: Controller,
+    claim: str,
+    reader: WorkdirReader,
+    folders: list[str],
+    timeout: float,
+    out: TextIO,
 ) -> int:
     indices = [job_index(folder) for folder in folders]
-    request = _send(reader.path, {"kill": indices})
+    # Addressed to the run that holds the lock: one that has just taken it (still
+    # feeding) keeps it for when it starts, where it drops what was sent to others.
+    request = _send(reader.path, {"kill": indices, "controller": claim.split()[0]})
     reply = _await_reply(request, reader, timeout)
     if reply is None:
         try:
             os.unlink(request)  # withdrawn: a later run must not act on it
-        except FileNotFoundError:
-            pass
+        except FileNotFoundError:  # taken: the run is killing them, and answers later
+            out.write(
+                f"the run (pid {controller.pid}) took the kill request but did not answer "
+                f"in {timeout:g}s: the kill is under way (`xqueue status` shows when it ends)\n"
+            )
+            return 1
         out.write(
             f"the run (pid {controller.pid}) did not answer the kill request in {timeout:g}s; "
             "the request is withdrawn\n"
