@@ -308,6 +308,24 @@ def test_logs_follow_prints_until_the_job_ends_while_the_run_goes_on(
     assert run.wait() == 143
 
 
+def test_logs_follow_of_a_job_run_again_follows_the_new_attempt(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    """A job that failed in a run, run again by the next: `logs -f` took the journal's
+    old "failed" (attempt 1) for the end of attempt 2, and stopped at once."""
+    wd, flag = tmp_path / "wd", tmp_path / "flag"
+    ticks = "for i in 1 2 3; do echo tick $i; sleep 0.4; done"
+    job = f"if [ -e {flag} ]; then {ticks}; else touch {flag}; exit 1; fi"
+    assert xqueue("run", "-w", str(wd), input=job + "\n").returncode == 1
+    run = Run(wd, [job])
+    runs.append(run)
+    run.wait_journal('"attempt": 2', 1)  # attempt 2 is being submitted
+    out = xqueue("logs", str(wd), "0", "--follow")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "tick 1\ntick 2\ntick 3\n"
+    assert run.wait() == 0
+
+
 # -- cancel --------------------------------------------------------------------------------------
 # A job whose shell dies on SIGTERM while the process it started ignores it: the whole
 # group must go, or the job is recorded killed while its work goes on (and runs twice).

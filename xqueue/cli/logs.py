@@ -129,6 +129,8 @@ class _AttemptEnd:
         attempt, status = record.get("attempt"), record.get("status")
         if type(attempt) is int and attempt > self.attempt:
             self.ended = True  # a later attempt began
+        elif type(attempt) is int and attempt < self.attempt:
+            return  # an earlier attempt's word (the journal is read from its start)
         elif status in FINAL_STATES or (status == "retrying" and attempt == self.attempt):
             self.ended = True
 
