@@ -481,3 +481,29 @@ async def test_a_job_left_running_by_a_veto_does_not_hold_up_the_stopping_run(
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         await reap_lingering_shepherds()
+
+
+async def test_an_installed_plugin_that_cannot_load_is_named_and_left_out(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broken installed plugin (its module missing) made every Xqueue(), and so every
+    `xqueue run`, fail with a bare ModuleNotFoundError that named no plugin: now one
+    loaded because it is installed is left out with a warning naming it, and one the
+    caller names is refused with a ConfigError saying which and why."""
+    from importlib.metadata import EntryPoint
+
+    import xqueue.hooks
+
+    broken = EntryPoint("broken", "no_such_module_xyz:Plugin", "xqueue.plugins")
+    monkeypatch.delenv("XQUEUE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    monkeypatch.setattr(xqueue.hooks, "_entry_points", lambda: {"broken": broken})
+    q = Xqueue(workdir=workdir)
+    assert "broken" not in q.hooks.names()
+    assert "plugin 'broken' (entry point 'no_such_module_xyz:Plugin') cannot be loaded" in (
+        caplog.text
+    )
+    assert "ModuleNotFoundError" in caplog.text and "left out" in caplog.text
+    await q.feed(["true"])
+    await q.run_until_complete()
+    with pytest.raises(ConfigError, match=r"plugin 'broken' \(entry point .*cannot be loaded"):
+        Xqueue(workdir=workdir, plugins=["broken"])

@@ -83,10 +83,14 @@ class Hooks:
         if autoload:
             for name, ep in eps.items():
                 if name not in blocked and name not in named:
-                    self._register(ep.load(), name, asked=False)
+                    try:
+                        self._register(_load(ep, name), name, asked=False)
+                    except ConfigError as exc:  # installed, not asked for: every queue
+                        # of the environment would fail; only this plugin is left out
+                        log.warning("%s; left out (plugins=['-%s'] says so at once)", exc, name)
         for name in named:
             if name not in blocked:
-                self._register(eps[name].load(), name)
+                self._register(_load(eps[name], name), name)
         for plugin in wanted:
             if not isinstance(plugin, str):
                 self._register(plugin, None)
@@ -274,6 +278,20 @@ class Hooks:
             if result is False:
                 return plugin
         return None
+
+
+def _load(ep: Any, name: str) -> Any:
+    """An entry point's plugin; ConfigError naming it and its distribution if it cannot
+    be imported (a missing module, a dependency it lacks, an error in its code)."""
+    try:
+        return ep.load()
+    except Exception as exc:
+        dist = getattr(getattr(ep, "dist", None), "name", None)
+        where = f" of {dist}" if dist else ""
+        raise ConfigError(
+            f"plugin {name!r} (entry point {getattr(ep, 'value', '?')!r}{where}) cannot be "
+            f"loaded: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _plugin_error(plugin: str, hook: str, exc: Exception) -> PluginError:
