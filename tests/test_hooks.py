@@ -507,3 +507,27 @@ async def test_an_installed_plugin_that_cannot_load_is_named_and_left_out(
     await q.run_until_complete()
     with pytest.raises(ConfigError, match=r"plugin 'broken' \(entry point .*cannot be loaded"):
         Xqueue(workdir=workdir, plugins=["broken"])
+
+
+@pytest.mark.parametrize("hook", ["on_job_started", "on_job_succeeded"])
+async def test_a_hook_may_kill_a_job_and_stop_the_feeding(workdir: Path, hook: str) -> None:
+    """A hook the run awaits that awaited ``q.kill()`` (or ``stop_feeding()``) waited for
+    an answer the run gives only after the hook: the queue froze until hook_timeout, then
+    failed with the plugin's TimeoutError. Now the kill is asked for (True) and carried
+    out when the hook returns, and feeding is closed."""
+    said: list[bool] = []
+
+    async def act(self: object, job: Job) -> None:
+        if job.index == 1 and not said:
+            said.append(await q.kill(q.jobs[0]))
+            await q.stop_feeding()
+
+    act.__name__ = hook
+    plugin = type("Killer", (), {hook: hookimpl(act)})()
+    q = Xqueue(workdir=workdir, forks=2, plugins=[plugin], hook_timeout=30)
+    with anyio.fail_after(20):
+        async with q:
+            await q.feed(["sleep", "30"])
+            await q.feed(["sleep", "0.3"])
+    assert said == [True]
+    assert [j.status for j in q.jobs] == [JobStatus.KILLED, JobStatus.FINISHED]

@@ -231,6 +231,7 @@ class Engine:
         self._wake: anyio.Event | None = None
         self._progress: anyio.Event | None = None
         self._tg: TaskGroup | None = None
+        self._loop_task: int | None = None  # the id of the task running ``_loop``
         self._error: BaseException | None = None
         self._signal: signal.Signals | None = None
         self._cancelled = False  # the run's task was cancelled (not a signal, not an error)
@@ -561,6 +562,19 @@ class Engine:
                 tg.cancel_scope.cancel()
 
     async def _loop(self) -> None:
+        # The task that awaits the hooks it fires: a hook that waited in it for the run's
+        # answer (a kill's, the run's end) would wait for itself (``in_loop``).
+        self._loop_task = anyio.get_current_task().id
+        try:
+            await self._loop_until_finished()
+        finally:
+            self._loop_task = None
+
+    def in_loop(self) -> bool:
+        """Whether the caller runs in the run's own loop: in a hook it awaits."""
+        return self._loop_task is not None and anyio.get_current_task().id == self._loop_task
+
+    async def _loop_until_finished(self) -> None:
         while True:
             self._expire_deadlines()
             self._decide()
@@ -1662,7 +1676,9 @@ class Engine:
 
     # -- control ---------------------------------------------------------------------------
     async def kill(self, job: Job) -> bool:
-        """Kill one job; False if it already ended or a plugin vetoed the kill."""
+        """Kill one job; False if it already ended or a plugin vetoed the kill. From a
+        hook the run awaits, True once the kill is asked for: the run carries it out
+        when the hook returns."""
         if not isinstance(job, Job):
             raise ConfigError(f"kill() takes a job of this queue, not {type(job).__name__}")
         if not (0 <= job.index < len(self.jobs) and self.jobs[job.index] is job):
@@ -1684,6 +1700,10 @@ class Engine:
         reply = _Reply()
         if self.running:
             self._post("kill", job, reply)
+            if self.in_loop():
+                # From a hook the run awaits: its answer comes only after the hook, so
+                # waiting for it here would hang the run. Asked for is all it can say.
+                return True
             await self._await_reply(reply)
             if not reply.event.is_set():
                 # The run ended first (the job's end was its last event): the kill's

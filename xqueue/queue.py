@@ -530,7 +530,8 @@ class Xqueue:
 
         Only meaningful in keep-feeding mode; called otherwise (twice, or on a queue not
         started with ``keep_feeding=True`` or ``async with``) it logs a warning and only
-        waits for a run in progress to end."""
+        waits for a run in progress to end. From a hook the run awaits, it returns once
+        feeding is closed: the run would end only after the hook."""
         if not self._feeding_mode:
             log.warning(
                 "stop_feeding() called on an Xqueue (%s) that is not in keep-feeding mode: "
@@ -540,6 +541,10 @@ class Xqueue:
             )
         self._set_feeding_mode(False)
         self._engine.close_feeding()
+        if self._engine.in_loop():
+            # From a hook the run awaits: the run ends only after the hook returns, so
+            # waiting for its end here would hang it. Feeding is closed; it ends after.
+            return
         if self._background is not None:
             task, self._background = self._background, None
             await task
