@@ -128,3 +128,45 @@ def test_a_run_whose_only_unsuccessful_job_a_plugin_vetoed_lists_it_and_exits_0(
     assert "1 job(s) did not succeed" in out.stderr
     row = cells(out.stderr, ": vetoed")
     assert row == ["1", ": vetoed", "skipped", "-", "submission vetoed by plugin 'veto'", "-"]
+
+
+def test_the_live_view_of_a_resumed_run_counts_only_its_own_pace(tmp_path: Path) -> None:
+    """A resumed run settles what an earlier run did at once: the live view counted
+    those in its rate (900 jobs/s) and said "ETA 0s" for the whole of a 30 s run."""
+    import io
+
+    import anyio
+    from rich.console import Console
+
+    from xqueue import Xqueue
+    from xqueue.cli.progress import ProgressView
+
+    wd = tmp_path / "wd"
+
+    async def first() -> None:
+        q = Xqueue(workdir=wd, forks=8)
+        for i in range(200):
+            await q.feed(["true", str(i)])
+        await q.run_until_complete()
+
+    anyio.run(first)
+    q = Xqueue(workdir=wd)
+
+    async def resume() -> None:
+        for i in range(200):
+            await q.feed(["true", str(i)])
+        await q.feed(["sleep", "30"])
+
+    anyio.run(resume)
+    view = ProgressView(q, Console(file=io.StringIO(), width=200))
+    view.on_init()  # as the run starts: the 200 are settled already
+    try:
+        out = io.StringIO()
+        Console(file=out, width=200).print(view)
+        text = out.getvalue()
+    finally:
+        assert view.live is not None
+        view.live.stop()
+        anyio.run(q.aclose)
+    assert "200/201" in text
+    assert "0.0 jobs/s" in text and "ETA -" in text, text

@@ -81,11 +81,14 @@ class ProgressView:
         self.console = console
         self.live: _Live | None = None
         self.started = time.monotonic()
+        self.done_before = 0  # ended before the run began: skipped, done in an earlier run
 
     def __rich__(self) -> RenderableType:
         s = self.queue.statistics()
         elapsed = max(time.monotonic() - self.started, 1e-9)
-        rate = s.done / elapsed
+        # This run's pace: jobs an earlier run did, settled at once, made a resumed run
+        # show thousands of jobs/s and "ETA 0s" for its whole length.
+        rate = (s.done - self.done_before) / elapsed
         left = s.total - s.done
         eta = f"{left / rate:,.0f}s" if rate > 0 and left else "-"
         counts = Text()
@@ -107,6 +110,7 @@ class ProgressView:
     @hookimpl
     def on_init(self) -> None:
         self.started = time.monotonic()
+        self.done_before = self.queue.statistics().done
         live = _Live(self, console=self.console, refresh_per_second=4, transient=False)
         live.start()
         self.live = None if live.gone else live
