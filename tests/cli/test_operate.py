@@ -580,6 +580,16 @@ def killed_controller(wd: Path, commands: list[str], runs: list[Run]) -> None:
     run.wait()
 
 
+def one_ended_one_running(wd: Path, runs: list[Run]) -> None:
+    """A dead controller's two jobs: the first ended unwatched (its shepherd recorded
+    its exit), the second still runs."""
+    killed_controller(wd, ["sleep 0.2", "sleep 60"], runs)
+    deadline = time.monotonic() + 10
+    while not (wd / "exits.jsonl").read_text().count("\n"):
+        assert time.monotonic() < deadline, "the shepherd recorded no exit"
+        time.sleep(0.05)
+
+
 def test_a_changed_command_does_not_push_aside_a_job_left_running(
     tmp_path: Path, runs: list[Run]
 ) -> None:
@@ -588,11 +598,7 @@ def test_a_changed_command_does_not_push_aside_a_job_left_running(
     it again beside itself. Now the run refuses, and says what to do; a job that ended
     unwatched (its shepherd recorded the end) makes way as before."""
     wd = tmp_path / "wd"
-    killed_controller(wd, ["sleep 0.2", "sleep 60"], runs)
-    deadline = time.monotonic() + 10
-    while not (wd / "exits.jsonl").read_text().count("\n"):
-        assert time.monotonic() < deadline, "the shepherd recorded no exit"
-        time.sleep(0.05)
+    one_ended_one_running(wd, runs)
     edited = "echo zero\necho one\n"
     out = xqueue("run", "-w", str(wd), input=edited)
     assert out.returncode == 2, out.stderr
@@ -664,11 +670,7 @@ def test_cancel_records_its_kills_when_the_backend_cannot_say_how_others_ended(
     from xqueue.schedulers.local import LocalScheduler
 
     wd = tmp_path / "wd"
-    killed_controller(wd, ["sleep 0.2", "sleep 60"], runs)
-    deadline = time.monotonic() + 10
-    while not (wd / "exits.jsonl").read_text().count("\n"):
-        assert time.monotonic() < deadline, "the shepherd recorded no exit"
-        time.sleep(0.05)
+    one_ended_one_running(wd, runs)
 
     async def no_answer(self: LocalScheduler, jobs: object) -> None:
         raise RuntimeError("the status query timed out")
