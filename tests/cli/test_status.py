@@ -491,7 +491,7 @@ def test_status_and_the_run_say_why_a_job_failed(tmp_path: Path) -> None:
     assert [r[2:5] for r in rows(out.stdout)] == [
         ["failed (NONZERO_EXIT)", "1", "3"],
         ["failed (NONZERO_EXIT)", "1", "137 (SIGKILL)"],
-        ["failed (TIMEOUT)", "1", "-"],
+        ["failed (TIMEOUT)", "1", "143 (SIGTERM)"],  # its own code, from the kill at its limit
         ["failed (NONZERO_EXIT)", "1", "200"],  # no signal is 72: a program's own code
     ]
 
