@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,6 +197,34 @@ def test_follow_started_before_a_run_without_events_begins_says_so(tmp_path: Pat
     finally:
         run.communicate(timeout=30)
     assert run.returncode == 0
+
+
+def test_a_folder_name_that_is_another_jobs_name_is_refused(tmp_path: Path) -> None:
+    """A job named as another job's folder: `cancel WD <that>` killed the folder's job,
+    exit 0, and the job of that name ran on; which one is meant is a guess."""
+    wd = tmp_path / "wd"
+    code = textwrap.dedent(
+        f"""
+        import anyio
+        from xqueue import Xqueue
+
+        async def main():
+            q = Xqueue(workdir={str(wd)!r})
+            await q.feed(["echo", "zero"])
+            await q.feed(["echo", "one"], name="0-echo-zero")
+            await q.run_until_complete()
+
+        anyio.run(main)
+        """
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+    assert (wd / "0-echo-zero").is_dir()
+    for command in ("logs", "cancel"):
+        out = xqueue(command, str(wd), "0-echo-zero")
+        assert out.returncode == 2, (command, out.stdout)
+        said = " ".join(out.stderr.split())
+        assert "'0-echo-zero' is job 0's folder and the name of job(s) 1" in said, said
+    assert xqueue("logs", str(wd), "1").stdout == "one\n"
 
 
 # -- logs ----------------------------------------------------------------------------------

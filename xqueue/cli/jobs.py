@@ -109,11 +109,18 @@ def resolve(reader: WorkdirReader, refs: Sequence[str]) -> list[str]:
                 raise XqueueError(_no_folder(reader, int(ref)))
             found.append(folder)
             continue
-        if reader.is_folder(ref):
-            found.append(ref)
-            continue
         if jobs is None:
             jobs = _Jobs(reader)
+        if reader.is_folder(ref):
+            # Unless another job is named so: then which one is meant is a guess.
+            named = [f for f in jobs.by_name.get(ref, []) if f != ref]
+            if named:
+                raise XqueueError(
+                    f"{ref!r} is job {job_index(ref)}'s folder and the name of job(s) "
+                    f"{_listed(named)}; name the one you mean by its index"
+                )
+            found.append(ref)
+            continue
         matches, what = jobs.by_name.get(ref, []), "are named"
         if not matches:
             matches, what = jobs.by_command(ref), "have the command"
