@@ -509,7 +509,7 @@ async def test_an_installed_plugin_that_cannot_load_is_named_and_left_out(
         Xqueue(workdir=workdir, plugins=["broken"])
 
 
-@pytest.mark.parametrize("hook", ["on_job_started", "on_job_succeeded"])
+@pytest.mark.parametrize("hook", ["on_job_submitting", "on_job_started", "on_job_succeeded"])
 async def test_a_hook_may_kill_a_job_and_stop_the_feeding(workdir: Path, hook: str) -> None:
     """A hook the run awaits that awaited ``q.kill()`` (or ``stop_feeding()``) waited for
     an answer the run gives only after the hook: the queue froze until hook_timeout, then
@@ -531,3 +531,66 @@ async def test_a_hook_may_kill_a_job_and_stop_the_feeding(workdir: Path, hook: s
             await q.feed(["sleep", "0.3"])
     assert said == [True]
     assert [j.status for j in q.jobs] == [JobStatus.KILLED, JobStatus.FINISHED]
+
+
+async def test_the_run_s_first_and_last_hooks_may_act_on_the_queue(workdir: Path) -> None:
+    """on_init and on_shutdown are awaited by the run's own task, outside its loop: a
+    kill or stop_feeding there waited for itself as well."""
+    said: list[object] = []
+
+    class Acts:
+        @hookimpl
+        async def on_init(self) -> None:
+            said.append(await q.kill(q.jobs[0]))
+
+        @hookimpl
+        async def on_shutdown(self) -> None:
+            await q.stop_feeding()
+            said.append("stopped")
+
+    q = Xqueue(workdir=workdir, plugins=[Acts()], hook_timeout=30)
+    await q.feed(["sleep", "30"])
+    with anyio.fail_after(20):
+        async with q:
+            pass
+    assert said == [True, "stopped"]
+    assert q.jobs[0].status is JobStatus.KILLED
+
+
+async def test_a_failed_veto_between_runs_does_not_stop_the_next_run(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """``q.kill`` between runs whose on_job_killing raised left a "stop" for the next
+    run, which then stopped at once with that old error and killed its jobs."""
+    from tests.helpers import reap_lingering_shepherds
+    from xqueue import JobFailedError
+
+    calls: list[int] = []
+
+    class Veto:
+        @hookimpl
+        def on_job_killing(self, job: Job) -> bool | None:
+            calls.append(job.index)
+            if len(calls) == 1:
+                return False  # left running by the halted run
+            if len(calls) == 2:
+                raise RuntimeError("veto plugin broken once")
+            return None
+
+    q = Xqueue(workdir=workdir, forks=2, plugins=[Veto()])
+    left = await q.feed(["sleep", "30"])
+    await q.feed("sleep 0.3; exit 2")
+    with anyio.fail_after(20), pytest.raises(JobFailedError):
+        await q.run_until_complete()
+    with pytest.raises(PluginError, match="veto plugin broken once"):
+        await q.kill(left)
+    later = await q.feed(["true"])
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(q.run_until_complete)
+            while later.status is not JobStatus.FINISHED:
+                assert not left.status.is_final, left.reason  # not stopped by the old error
+                await anyio.sleep(0.05)
+            assert await q.kill(left)
+    assert left.status is JobStatus.KILLED
+    await reap_lingering_shepherds()  # the first run's, kept alive by the job it left

@@ -59,6 +59,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -111,6 +112,10 @@ RESOLVE_DELAY = 1.0
 OUTAGE_NOTE_INTERVAL = 60.0
 # The shortest time between two polling-hook ticks of a backend that awaits its jobs.
 MIN_TICK = 0.05
+
+
+_RUN: ContextVar[Engine | None] = ContextVar("xqueue_run", default=None)
+"""The engine whose run the current task belongs to (``Engine.in_run``)."""
 
 
 class RunState(enum.Enum):
@@ -231,7 +236,6 @@ class Engine:
         self._wake: anyio.Event | None = None
         self._progress: anyio.Event | None = None
         self._tg: TaskGroup | None = None
-        self._loop_task: int | None = None  # the id of the task running ``_loop``
         self._error: BaseException | None = None
         self._signal: signal.Signals | None = None
         self._cancelled = False  # the run's task was cancelled (not a signal, not an error)
@@ -465,6 +469,14 @@ class Engine:
         self.workdir.making_ahead(True)
 
     async def run(self, keep_feeding: bool, *, begun: bool = False) -> None:
+        # The run's tasks, started from here, inherit it: their hooks are ``in_run``.
+        token = _RUN.set(self)
+        try:
+            await self._run(keep_feeding, begun)
+        finally:
+            _RUN.reset(token)
+
+    async def _run(self, keep_feeding: bool, begun: bool) -> None:
         if not begun:
             await self.lock_workdir()
             self.begin(keep_feeding)
@@ -561,20 +573,13 @@ class Engine:
                 self._tg = None
                 tg.cancel_scope.cancel()
 
+    def in_run(self) -> bool:
+        """Whether the caller runs in one of the run's own tasks: in a hook the run
+        awaits, which must not wait for the run's answer (a kill's, its end): that
+        answer would come only after the hook."""
+        return _RUN.get() is self
+
     async def _loop(self) -> None:
-        # The task that awaits the hooks it fires: a hook that waited in it for the run's
-        # answer (a kill's, the run's end) would wait for itself (``in_loop``).
-        self._loop_task = anyio.get_current_task().id
-        try:
-            await self._loop_until_finished()
-        finally:
-            self._loop_task = None
-
-    def in_loop(self) -> bool:
-        """Whether the caller runs in the run's own loop: in a hook it awaits."""
-        return self._loop_task is not None and anyio.get_current_task().id == self._loop_task
-
-    async def _loop_until_finished(self) -> None:
         while True:
             self._expire_deadlines()
             self._decide()
@@ -1691,8 +1696,9 @@ class Engine:
                 vetoer = await self.hooks.vetoed_by(
                     "on_job_killing", self._hook_timeout(), **self._kw(job)
                 )
-            except PluginError as exc:  # as any hook's error: the run stops
-                self._hook_failed(exc)
+            except PluginError as exc:  # as any hook's error: a run in progress stops
+                if self.running:
+                    self._hook_failed(exc)
                 raise
             if vetoer:
                 log.info("job %s: kill vetoed by plugin %r", job.index, vetoer)
@@ -1700,7 +1706,7 @@ class Engine:
         reply = _Reply()
         if self.running:
             self._post("kill", job, reply)
-            if self.in_loop():
+            if self.in_run():
                 # From a hook the run awaits: its answer comes only after the hook, so
                 # waiting for it here would hang the run. Asked for is all it can say.
                 return True

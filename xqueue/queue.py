@@ -541,7 +541,7 @@ class Xqueue:
             )
         self._set_feeding_mode(False)
         self._engine.close_feeding()
-        if self._engine.in_loop():
+        if self._engine.in_run():
             # From a hook the run awaits: the run ends only after the hook returns, so
             # waiting for its end here would hang it. Feeding is closed; it ends after.
             return
