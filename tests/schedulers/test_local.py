@@ -38,6 +38,23 @@ async def run_one(workdir: Path, cmd: object, **kw: object) -> Job:
     return job
 
 
+async def test_a_batch_the_shepherd_takes_seconds_to_read_is_not_taken_for_its_death(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shepherd reads a batch as it starts its jobs: 3,000 take it over a second. A
+    bound on the whole send (meant for a shepherd that reads nothing) failed such a run
+    with "the shepherd is gone"; the bound is on a wait without progress."""
+    from xqueue.schedulers import _shepherd_link
+
+    monkeypatch.setattr(_shepherd_link, "_SEND_WAIT", 0.5)
+    q = Xqueue(workdir=workdir, forks=3000)
+    for _ in range(3000):
+        await q.feed(["true"])
+    with anyio.fail_after(120):
+        await q.run_until_complete()
+    assert q.statistics().counts == {"finished": 3000}
+
+
 async def test_list_command_reaches_program_exactly(workdir: Path) -> None:
     args = ["print('hi')", "$HOME", "`whoami`", "a  b", "'q'", '"dq"', "; rm -rf /", ""]
     job = await run_one(

@@ -21,7 +21,7 @@ from ..errors import SchedulerError
 from ._proc import wait_exit
 
 SCRIPT = str(Path(__file__).with_name("_shepherd.py"))
-# A shepherd that takes no request for this long is taken for gone (it reads at once).
+# A shepherd that reads nothing of what is sent to it for this long is taken for gone.
 _SEND_WAIT = 30.0
 
 
@@ -115,11 +115,8 @@ class ShepherdLink:
                 frames.append(request.frame(key))
             # Whole, even for a cancelled run: a frame cut short would garble every
             # later one, and the jobs of the frames sent start whatever happens here.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_SEND_WAIT) as sending:
+            with anyio.CancelScope(shield=True):
                 await self._send(b"".join(frames))
-            if sending.cancelled_caught:  # it reads nothing: as good as gone
-                self._lost(f"it took no request for {_SEND_WAIT:.0f} s")
-                self._check()
         return tickets
 
     async def stopping(self, pids: Sequence[int]) -> None:
@@ -139,7 +136,13 @@ class ShepherdLink:
             try:
                 view = view[self.sock.send(view) :]
             except BlockingIOError:
-                await anyio.wait_writable(self.sock)
+                # It reads as it starts jobs (a batch of thousands takes seconds, more
+                # on a slow disk): only no progress at all for this long means it is gone.
+                with anyio.move_on_after(_SEND_WAIT) as waiting:
+                    await anyio.wait_writable(self.sock)
+                if waiting.cancelled_caught:
+                    self._lost(f"it took nothing sent to it for {_SEND_WAIT:.0f} s")
+                    self._check()
             except OSError as exc:
                 self._lost(f"writing to it failed: {exc}")
                 self._check()
