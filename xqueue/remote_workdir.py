@@ -40,7 +40,6 @@ controller on another machine.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import logging
 import os
@@ -54,7 +53,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .errors import ConfigError, WorkdirError
 from .job import Job
-from .records import JOURNAL_FILE, LOCK_FILE, SPECS_FILE, WorkdirReader, read_bytes
+from .records import JOURNAL_FILE, SPECS_FILE, WorkdirReader, read_bytes
 from .states import JobStatus
 from .workdir import Workdir, atomic_write, slug
 
@@ -387,13 +386,19 @@ def local_folder(text: str, *, pull: bool = True) -> str:
         ) from exc
     store = GcsStore.from_environment(url)
     path = Path(store.local_dir or default_local_dir(url))
-    if not pull and not path.is_dir():
-        raise ConfigError(
-            f"{url.text} is not an xqueue workdir here: no run on this machine has used it "
-            f"(its records would be in {str(path)!r}); cancel from the machine that ran it, "
-            "or name the folder the run kept its records in (its local_dir option)"
-        )
-    made = not path.exists()
+    if not path.is_dir():
+        if not pull:
+            raise ConfigError(
+                f"{url.text} is not an xqueue workdir here: no run on this machine has used "
+                f"it (its records would be in {str(path)!r}); cancel from the machine that "
+                "ran it, or name the folder the run kept its records in (its local_dir option)"
+            )
+        # Asked before the folder is made: one made and removed again could be the
+        # folder a run starting meanwhile had just locked.
+        if not _holds_anything(store):  # a mistyped prefix
+            raise ConfigError(
+                f"{url.text} is not an xqueue workdir: there is nothing under it in Cloud Storage"
+            )
     wd = RemoteWorkdir(store)
     if not pull:
         return str(wd.path)
@@ -403,15 +408,20 @@ def local_folder(text: str, *, pull: bool = True) -> str:
         return str(wd.path)  # a run on this machine holds it
     try:
         wd.pull()
-        empty = {entry.name for entry in os.scandir(wd.path)} <= {LOCK_FILE}
     finally:
         wd.unlock()
-    if empty:  # a mistyped prefix: say so, and leave no folder that looks like a workdir
-        if made:
-            with contextlib.suppress(OSError):
-                os.unlink(wd.path / LOCK_FILE)
-                wd.path.rmdir()
-        raise ConfigError(
-            f"{url.text} is not an xqueue workdir: there is nothing under it in Cloud Storage"
-        )
     return str(wd.path)
+
+
+def _holds_anything(store: RemoteStore) -> bool:
+    """Whether the bucket has a record copy or a job file under the store's prefix."""
+    try:
+        return (
+            store.read_copy(JOURNAL_FILE) is not None
+            or store.read_copy(SPECS_FILE) is not None
+            or bool(store.list_files())
+        )
+    except (OSError, WorkdirError):
+        raise
+    except Exception as exc:  # the store's own errors (network, permission)
+        raise WorkdirError(f"cannot read workdir {store.url.text}: {exc}") from exc

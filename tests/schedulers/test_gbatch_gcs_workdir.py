@@ -631,3 +631,60 @@ async def test_status_of_a_prefix_with_nothing_in_it_is_an_error_that_leaves_not
     assert not await anyio.Path(tmp_path / "cache" / "workdirs" / "gs").exists() or not [
         p async for p in anyio.Path(tmp_path / "cache" / "workdirs" / "gs").iterdir()
     ]
+
+
+def test_status_of_an_empty_prefix_never_touches_a_run_starting_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`xqueue status` on a prefix with nothing in it, while a run starts on that URL:
+    status made the folder, found the bucket empty, then removed the folder and its lock
+    file, which the run had just locked; a second run then locked a new one beside it."""
+    import threading
+    import time
+
+    from xqueue.schedulers import _gcs_store
+
+    class SlowEmptyStore:
+        def __init__(self, url: Any) -> None:
+            self.url, self.local_dir = url, ""
+
+        def read_copy(self, name: str) -> None:
+            return None
+
+        def write_copy(self, name: str, data: bytes) -> None:
+            pass
+
+        def list_files(self) -> list[Any]:
+            time.sleep(0.2)  # a listing takes a round trip: the run locks meanwhile
+            return []
+
+        def download(self, file: Any, target: str) -> None:
+            pass
+
+    monkeypatch.setenv("XQUEUE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(
+        _gcs_store.GcsStore, "from_environment", classmethod(lambda cls, url: SlowEmptyStore(url))
+    )
+    url = "gs://bkt/fresh"
+    said: list[str] = []
+
+    def status() -> None:
+        try:
+            local_folder(url)
+        except ConfigError as exc:
+            said.append(str(exc))
+
+    watcher = threading.Thread(target=status)
+    watcher.start()
+    time.sleep(0.05)
+    run = RemoteWorkdir(SlowEmptyStore(parse(url)))  # type: ignore[arg-type]
+    run.lock()
+    try:
+        watcher.join()
+        assert said and "there is nothing under it in Cloud Storage" in said[0]
+        assert (run.path / ".lock").is_file()  # the run's folder and lock are its own
+        other = RemoteWorkdir(SlowEmptyStore(parse(url)))  # type: ignore[arg-type]
+        with pytest.raises(WorkdirError, match="taken by another Xqueue"):
+            other.lock()
+    finally:
+        run.unlock()
