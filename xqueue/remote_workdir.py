@@ -199,6 +199,9 @@ class RemoteWorkdir(Workdir):
         self._pushed = dict.fromkeys(COPIED, -1)
         self._seen = dict.fromkeys(COPIED, -1)
         self._pushing = {name: threading.Lock() for name in COPIED}
+        # Records that could not be brought up to date (``xqueue cancel`` when the bucket
+        # could not be read): copying them could replace newer ones there.
+        self.stale = False
 
     def lock(self, role: str = "") -> None:
         """Take the local lock, then, once per queue, bring the folder up to date."""
@@ -233,6 +236,8 @@ class RemoteWorkdir(Workdir):
         self._push_copy(SPECS_FILE)
 
     def _push_copy(self, name: str) -> bool:
+        if self.stale:
+            return False
         path = self.path / name
         with self._pushing[name]:
             try:

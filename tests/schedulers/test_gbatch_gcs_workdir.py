@@ -513,7 +513,7 @@ async def test_status_and_logs_read_a_gs_workdir_back_from_the_bucket(
 
 
 # -- xqueue cancel ------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["gs", "local"])
+@pytest.mark.parametrize("kind", ["gs", "local", "gs-unreadable"])
 async def test_cancel_kills_what_a_dead_controller_left_running(
     gcloud: Gcloud,
     project: str,
@@ -527,7 +527,8 @@ async def test_cancel_kills_what_a_dead_controller_left_running(
     With a gs:// workdir it failed with "staging_bucket is required" (the scheduler was
     opened on the plain local folder). A job that ended meanwhile is recorded by the
     exit code it left in the bucket; it was recorded failed, "no exit code", when only
-    the local folder was read."""
+    the local folder was read. If the bucket cannot be read first, cancel goes by the
+    records here and does not copy them back over the bucket's, which may be newer."""
     import os
     import signal
     import subprocess
@@ -538,7 +539,7 @@ async def test_cancel_kills_what_a_dead_controller_left_running(
 
     monkeypatch.setenv("XQUEUE_CACHE_DIR", str(tmp_path / "cache"))
     pidfile = tmp_path / "pid"
-    if kind == "gs":
+    if kind.startswith("gs"):
         target = f"gs://{BUCKET}/{prefix}"
         opts = gs_options(gcloud, project, tmp_path, kill_grace=1)
         del opts["local_dir"]  # the default folder, which `xqueue cancel URL` finds
@@ -582,6 +583,13 @@ async def test_cancel_kills_what_a_dead_controller_left_running(
             await anyio.sleep(0.2)
 
     out = io.StringIO()
+    before = (await objects(gcloud, prefix)).get("journal.jsonl")
+    if kind == "gs-unreadable":
+
+        def unreadable(self: RemoteWorkdir) -> None:
+            raise WorkdirError("cannot read workdir: the network is down")
+
+        monkeypatch.setattr(RemoteWorkdir, "pull", unreadable)
 
     def cancel() -> int:
         with redirect_stdout(out):
@@ -589,7 +597,7 @@ async def test_cancel_kills_what_a_dead_controller_left_running(
 
     code = await anyio.to_thread.run_sync(cancel)
     assert code == 0, out.getvalue()
-    said = out.getvalue().splitlines()
+    said = [line for line in out.getvalue().splitlines() if line.startswith("job ")]
     assert said[0].startswith("job 0") and ": killed (" in said[0], said
     assert said[1].startswith("job 1") and "recorded finished (exit code 0)" in said[1], said
     with anyio.fail_after(20):
@@ -599,6 +607,9 @@ async def test_cancel_kills_what_a_dead_controller_left_running(
     last = {r["dir"][0]: r for r in map(json.loads, (await journal.read_text()).splitlines())}
     assert last["0"]["status"] == "killed"
     assert (last["1"]["status"], last["1"]["rc"]) == ("finished", 0)
+    if kind == "gs-unreadable":
+        assert "which are not copied back" in out.getvalue()
+        assert (await objects(gcloud, prefix)).get("journal.jsonl") == before
     if kind == "gs":
         copy = (await objects(gcloud, prefix))["journal.jsonl"]  # for a resume elsewhere
         assert {r["dir"][0]: r["status"] for r in map(json.loads, copy.splitlines())} == {

@@ -220,8 +220,10 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
         info = read_json(path / RUN_FILE)
         if info is None and (path / RUN_FILE).exists():  # there, but empty or not JSON
             info = {}
+        pulled = None
         if info is not None and info.get("url") is not None:
-            reader = _pulled(workdir, info, out) or reader
+            pulled = _pulled(workdir, info, out)
+            reader = pulled or reader
         every = reader.folders()
         records = dict(zip(every, reader.last_records(every), strict=True))
         chosen = folders or every
@@ -243,13 +245,15 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
             raise XqueueError(f"{exc}; kill these jobs on their backend: {ids}") from None
         seen_as = _jobs_path(path, info)
         jobs = [_job(reader, seen_as, folder, records[folder] or {}) for folder in active]
+        if isinstance(backend, RemoteWorkdir) and pulled is None:
+            backend.stale = True  # the bucket's copies may be newer than these records
         killed, states, errors = anyio.run(_kill, scheduler, backend, jobs, out)
         for job in killed:
             job.status, job.rc, job.reason = JobStatus.KILLED, None, KILLED_REASON
             workdir.record(job)
         gone = [j for j in jobs if j not in killed and j not in errors]
         ended = _record_ends(workdir, gone, states)
-        if isinstance(backend, RemoteWorkdir):
+        if isinstance(backend, RemoteWorkdir) and not backend.stale:
             _push(backend, out)
         for job in jobs:
             name = label(reader, os.path.basename(job.dir))
@@ -291,7 +295,7 @@ def _pulled(workdir: Workdir, info: dict[str, Any], out: TextIO) -> WorkdirReade
     except (XqueueError, OSError) as exc:
         out.write(
             f"the records were not brought up to date from the bucket ({printable(str(exc))}); "
-            "going by the ones here\n"
+            "going by the ones here, which are not copied back (the bucket's may be newer)\n"
         )
         return None
     return WorkdirReader(workdir.path)
