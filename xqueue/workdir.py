@@ -53,7 +53,7 @@ from typing import Any
 
 import anyio
 
-from ._identity import own_identity
+from ._identity import CANCELLING, own_identity
 from .errors import WorkdirError
 from .job import RC, SPEC_FILE, Job
 from .records import (
@@ -479,6 +479,11 @@ class Workdir:
                     "(one fed jobs holds it until its run ends or it is closed): wait for "
                     "its run, or `await q.aclose()` the one you no longer use (`async with "
                     "Xqueue(...)` closes it), before feeding another on the same workdir"
+                ) from None
+            if claim[1:] == [CANCELLING]:
+                raise WorkdirError(
+                    f"workdir {str(self.path)!r} is held by `xqueue cancel` (pid "
+                    f"{holder or 'unknown'}), which is killing its jobs; try again when it ends"
                 ) from None
             raise WorkdirError(
                 f"workdir {str(self.path)!r} is in use by another xqueue run "

@@ -502,6 +502,9 @@ def test_a_second_cancel_does_not_take_the_first_for_the_run(
         assert second.returncode == 2, (second.stdout, second.stderr)
         said = " ".join(second.stderr.split())
         assert "another `xqueue cancel` (pid " in said and "is killing this workdir's jobs" in said
+        run_now = xqueue("run", "-w", str(wd), input="true\n")  # nor does a run start
+        assert run_now.returncode == 2
+        assert "is held by `xqueue cancel` (pid" in " ".join(run_now.stderr.split())
         out, err = first.communicate(timeout=30)
     finally:
         if first.poll() is None:

@@ -114,10 +114,12 @@ def _stop_run(controller: Controller, reader: WorkdirReader, timeout: float, out
     # were set) kills none: an earlier run's, still running, are left as they were.
     fresh = WorkdirReader(reader.path)
     every = fresh.folders()
+    # Those with a backend id: one left "submitting" (a lookup that found it never
+    # submitted is not journalled) is the next run's to look up, not a job running.
     active = [
         folder
         for folder, record in zip(every, fresh.last_records(every), strict=True)
-        if (record or {}).get("status") in ACTIVE_RECORDS
+        if (record or {}).get("status") in ACTIVE_RECORDS and (record or {}).get("jid")
     ]
     if active:
         shown = ", ".join(label(fresh, folder) for folder in active[:5])

@@ -128,7 +128,8 @@ class ShepherdLink:
             return
         frames = [b"K\0" + str(pid).encode() for pid in pids]
         async with self._send_lock:
-            await self._send(b"".join(len(f).to_bytes(4, "big") + f for f in frames))
+            with anyio.CancelScope(shield=True):  # whole, as ``spawn``'s
+                await self._send(b"".join(len(f).to_bytes(4, "big") + f for f in frames))
 
     async def _send(self, data: bytes) -> None:
         view = memoryview(data)
