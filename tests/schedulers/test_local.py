@@ -38,21 +38,50 @@ async def run_one(workdir: Path, cmd: object, **kw: object) -> Job:
     return job
 
 
-async def test_a_batch_the_shepherd_takes_seconds_to_read_is_not_taken_for_its_death(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch
+async def test_a_shepherd_that_reads_a_batch_slowly_is_not_taken_for_gone(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The shepherd reads a batch as it starts its jobs: 3,000 take it over a second. A
-    bound on the whole send (meant for a shepherd that reads nothing) failed such a run
-    with "the shepherd is gone"; the bound is on a wait without progress."""
+    """The shepherd reads a batch as it starts its jobs: 3,000 take it over a second, a
+    slow disk far more. A bound on the whole send (meant for a shepherd that reads
+    nothing) failed such a run with "the shepherd is gone"; the bound is on a wait
+    without progress. The shepherd here is a thread reading 4 KiB every 50 ms."""
+    import socket
+    import threading
+    import time
+    from types import SimpleNamespace
+
     from xqueue.schedulers import _shepherd_link
 
-    monkeypatch.setattr(_shepherd_link, "_SEND_WAIT", 0.5)
-    q = Xqueue(workdir=workdir, forks=3000)
-    for _ in range(3000):
-        await q.feed(["true"])
-    with anyio.fail_after(120):
-        await q.run_until_complete()
-    assert q.statistics().counts == {"finished": 3000}
+    monkeypatch.setattr(_shepherd_link, "_SEND_WAIT", 1.0)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ours.setblocking(False)
+    size, got = 200_000, []
+
+    def slow_reader() -> None:
+        while sum(got) < size:
+            got.append(len(theirs.recv(4096)))
+            time.sleep(0.05)
+
+    class Frame:
+        def frame(self, key: int) -> bytes:
+            return b"x" * size
+
+    reader = threading.Thread(target=slow_reader, daemon=True)
+    reader.start()
+    link = _shepherd_link.ShepherdLink(SimpleNamespace(pid=0), ours)  # type: ignore[arg-type]
+    try:
+        started = time.monotonic()
+        with anyio.fail_after(60):
+            await link.spawn([Frame()])  # type: ignore[list-item]
+        assert time.monotonic() - started > 1.0  # longer than the bound, all in all
+        assert link.failure() is None
+        await anyio.to_thread.run_sync(reader.join, 30)
+        assert sum(got) == size
+    finally:
+        ours.close()
+        theirs.close()
 
 
 async def test_list_command_reaches_program_exactly(workdir: Path) -> None:
