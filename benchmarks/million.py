@@ -10,7 +10,11 @@ inflates its memory:
   before: how long feeding takes, and how long the run takes to decide that every job
   is to be skipped (goal: under 10 s for 1M), with its peak RSS.
 
-    python benchmarks/million.py [--jobs 1000000] [--dir /var/tmp]
+    python benchmarks/million.py [--jobs 1000000] [--dir /var/tmp] [--variants]
+
+``--variants`` resumes three more times, with the event stream off, with the cycle
+collector off (``gc.disable()``, for the measure only) and with both: where a resume's
+time goes.
 
 The workdir goes under ``--dir`` (a disk: tmpfs would hold a million folders in RAM)
 and is removed at the end.
@@ -28,13 +32,18 @@ import textwrap
 
 PHASE = textwrap.dedent(
     """
-    import os, resource, sys, time
+    import gc, os, resource, sys, time
     os.environ["XQUEUE_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     import anyio
     from xqueue import Xqueue
 
     async def main(n, wd, phase):
-        q = Xqueue(forks=64, workdir=wd, handle_signals=False, error_strategy="ignore")
+        events = "no-events" not in phase
+        if "no-gc" in phase:
+            gc.disable()
+        q = Xqueue(
+            forks=64, workdir=wd, handle_signals=False, error_strategy="ignore", events=events
+        )
         marks = []
 
         async def watch():
@@ -60,7 +69,7 @@ PHASE = textwrap.dedent(
         ran = time.perf_counter() - t_run
         counts = q.statistics().counts
         assert counts == {"finished": n}, counts
-        if phase == "resume":
+        if phase.startswith("resume"):
             skipped = sum(1 for j in q.jobs if j.reason == "succeeded in an earlier run")
             assert skipped == n, f"only {skipped} of {n} were skipped"
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -82,11 +91,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=1_000_000)
     ap.add_argument("--dir", default="/var/tmp")
+    ap.add_argument("--variants", action="store_true", help="also resume without events, gc")
     args = ap.parse_args()
     top = tempfile.mkdtemp(prefix="xq-million-", dir=args.dir)
     wd = os.path.join(top, "wd")
     try:
-        for phase in ("run", "resume"):
+        phases = ["run", "resume"]
+        if args.variants:
+            phases += ["resume no-events", "resume no-gc", "resume no-events no-gc"]
+        for phase in phases:
             subprocess.run([sys.executable, "-c", PHASE, str(args.jobs), wd, phase], check=True)
     finally:
         shutil.rmtree(top, ignore_errors=True)
