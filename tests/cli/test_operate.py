@@ -805,3 +805,34 @@ def test_a_folder_no_run_used_is_refused_with_the_default_workdir_named(tmp_path
         assert "'.' is not an xqueue workdir: no run has used it" in out.stderr, out.stderr
         assert "the default workdir is ./.xqueue: './.xqueue'" in out.stderr
     assert sorted(os.listdir(tmp_path)) == [".xqueue", "notes.txt"]
+
+
+def test_cancel_leaves_a_job_its_backend_lost_sight_of_as_recorded(tmp_path: Path) -> None:
+    """A job the backend reports lost (an SSH server gone down: it may still run there,
+    ``JobState.unsettled``) is not recorded ended by cancel: a later run must look for it
+    before it runs it again, as the engine leaves such a job."""
+    from xqueue import Job, JobState, JobStatus
+    from xqueue.cli.cancel import _record_ends
+    from xqueue.failures import FailureClass
+    from xqueue.workdir import Workdir
+
+    workdir = Workdir(tmp_path / "wd")
+    workdir.lock()
+    try:
+        job = Job(0, ["sleep", "60"])
+        workdir.prepare(job, make=True)
+        job.attempt, job.jid, job.status = 1, "big:123@1", JobStatus.SUBMITTED
+        workdir.record(job)
+        lost = JobState(
+            JobStatus.FAILED,
+            None,
+            "lost: server 'big' went down while the job ran",
+            failure=FailureClass.NODE_FAIL,
+            unsettled=True,
+        )
+        said = _record_ends(workdir, [job], {job: lost})
+    finally:
+        workdir.unlock()
+    assert said[job].startswith("not known to have ended (lost: server 'big'")
+    assert said[job].endswith("left as recorded")
+    assert final_states(tmp_path / "wd") == ["submitted"]

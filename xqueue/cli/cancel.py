@@ -264,7 +264,7 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
             elif job in errors:
                 out.write(f"{name}: could not be killed: {printable(str(errors[job]))}\n")
             else:
-                out.write(f"{name}: not running any more: {ended[job]}\n")
+                out.write(f"{name}: {ended[job]}\n")
         return 1 if errors else 0
     finally:
         workdir.unlock()
@@ -324,24 +324,31 @@ def _record_ends(workdir: Workdir, gone: list[Job], states: dict[Job, JobState])
     said: dict[Job, str] = {}
     for job in gone:
         state = states.get(job)
+        if state is not None and state.unsettled:
+            # Lost from sight (an SSH server gone down), not ended: it may still run, so
+            # it stays recorded as it is, for a later run to look for before rerunning.
+            said[job] = f"not known to have ended ({state.reason}): left as recorded"
+            continue
         if state is not None:
             job.status, job.rc, job.failure = state.status, state.rc, state.failure
             if job.status is JobStatus.FAILED and job.failure is None:
                 job.failure = FailureClass.NONZERO_EXIT if job.rc else FailureClass.VANISHED
             job.reason = state.reason or "ended while no controller watched it"
             code = "no exit code" if job.rc is None else f"exit code {job.rc}"
-            said[job] = f"recorded {job.status.value} ({code})"
+            said[job] = f"not running any more: recorded {job.status.value} ({code})"
         else:
             job.rc = codes.get(job)
             if job.rc is None:
                 job.status, job.failure = JobStatus.FAILED, FailureClass.VANISHED
                 job.reason = "ended while no controller watched it, leaving no exit code"
-                said[job] = "it left no exit code: recorded failed"
+                said[job] = "not running any more: it left no exit code: recorded failed"
             else:
                 job.status = JobStatus.FINISHED if job.rc == 0 else JobStatus.FAILED
                 job.failure = FailureClass.NONZERO_EXIT if job.rc else None
                 job.reason = "ended while no controller watched it"
-                said[job] = f"recorded {job.status.value} (exit code {job.rc})"
+                said[job] = (
+                    f"not running any more: recorded {job.status.value} (exit code {job.rc})"
+                )
         workdir.record(job)
     return said
 
