@@ -41,10 +41,15 @@ CANCELLING = "cancel"
 controller was alive): a second cancel must not take it for a run and signal it."""
 
 
+def read_claim(text: str) -> tuple[str, bool]:
+    """A lock file's content as (the holder's ``pid@ticks``, whether it is a cancel)."""
+    words = text.split()
+    return (words[0] if words else ""), words[1:] == [CANCELLING]
+
+
 def parse_identity(text: str) -> tuple[int, int | None] | None:
     """(pid, start ticks or None) from a lock file's content; None if it names no process."""
-    words = text.split()  # pid@ticks, then what holds it if not a run (``CANCELLING``)
-    pid, sep, ticks = (words[0] if words else "").partition("@")
+    pid, sep, ticks = read_claim(text)[0].partition("@")
     if not pid.isascii() or not pid.isdigit() or int(pid) <= 0:
         return None
     if not sep:

@@ -1147,24 +1147,23 @@ class Engine:
                 return self._verdict(job)
         return []  # the job ends when the backend reports it gone
 
-    def _verdict(self, job: Job) -> list[HookCall]:
-        """End a job with the verdict its kill was for (``_pending_state``)."""
+    def _verdict(self, job: Job, left: str = "") -> list[HookCall]:
+        """End a job with the verdict its kill was for (``_pending_state``); ``left``: why
+        it was left running instead (a vetoed kill), and then it is not retried."""
         state, job._pending_state = job._pending_state, None
         assert state is not None
         self.scheduler.forget(job)
-        job.rc, job.reason = state.rc, state.reason
-        return self._end_attempt(job, S.FAILED, retryable=state.retryable, failure=_classify(state))
+        job.rc, job.reason = state.rc, f"{state.reason} ({left})" if left else state.reason
+        retryable = state.retryable and not left
+        return self._end_attempt(job, S.FAILED, retryable=retryable, failure=_classify(state))
 
     def _on_left(self, job: Job, plugin: str) -> list[HookCall]:
         why = f"left running: plugin {plugin!r} vetoed the kill"
         log.warning("job %s %s", job.index, why)
         job._kill_requested = False
-        state, job._pending_state = job._pending_state, None
-        if state is not None and job.status.is_active:
-            # The backend's verdict stands; the job is only left where it is.
-            self.scheduler.forget(job)
-            job.rc, job.reason = state.rc, f"{state.reason} ({why})"
-            return self._end_attempt(job, S.FAILED, retryable=False, failure=_classify(state))
+        if job._pending_state is not None and job.status.is_active:
+            return self._verdict(job, why)  # it stands; the job is only left where it is
+        job._pending_state = None
         job.reason = why
         if self.state is _Run.STOPPING:
             self._left.add(job)

@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._identity import CANCELLING
+from ._identity import read_claim
 from .errors import WorkdirError
 from .job import RC, SPEC_FILE, STATUS_FILE, attempt_file
 
@@ -909,10 +909,10 @@ class WorkdirReader:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                claim = os.read(fd, 64).decode("ascii", errors="replace").split()
-                if claim[1:] == [CANCELLING]:
+                identity, cancel = read_claim(os.read(fd, 64).decode("ascii", errors="replace"))
+                if cancel:
                     return None  # an `xqueue cancel`, not a run
-                holder = claim[0].partition("@")[0] if claim else ""  # pid@start-time
+                holder = identity.partition("@")[0]  # pid@start-time
                 return holder if holder.isdigit() else "unknown"
             except OSError:
                 return None

@@ -40,13 +40,14 @@ controller on another machine.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -212,12 +213,8 @@ class RemoteWorkdir(Workdir):
 
     def pull(self) -> None:
         """Bring the local folder up to date from the bucket (blocking; under the lock)."""
-        try:
+        with _reading(self.url):
             _pull(self)
-        except (OSError, WorkdirError):
-            raise
-        except Exception as exc:  # the store's own errors (network, permission)
-            raise WorkdirError(f"cannot read workdir {self.url.text}: {exc}") from exc
         # What was read before the pull (nothing, normally) is stale now.
         self.reader = WorkdirReader(self.path)
         self._names = None
@@ -420,13 +417,20 @@ def local_folder(text: str, *, pull: bool = True) -> str:
 
 def _holds_anything(store: RemoteStore) -> bool:
     """Whether the bucket has a record copy or a job file under the store's prefix."""
-    try:
+    with _reading(store.url):
         return (
             store.read_copy(JOURNAL_FILE) is not None
             or store.read_copy(SPECS_FILE) is not None
             or bool(store.list_files())
         )
+
+
+@contextlib.contextmanager
+def _reading(url: WorkdirURL) -> Iterator[None]:
+    """The store's own errors (network, permission) as a WorkdirError naming the URL."""
+    try:
+        yield
     except (OSError, WorkdirError):
         raise
-    except Exception as exc:  # the store's own errors (network, permission)
-        raise WorkdirError(f"cannot read workdir {store.url.text}: {exc}") from exc
+    except Exception as exc:
+        raise WorkdirError(f"cannot read workdir {url.text}: {exc}") from exc

@@ -53,7 +53,7 @@ from typing import Any
 
 import anyio
 
-from ._identity import CANCELLING, own_identity
+from ._identity import own_identity, read_claim
 from .errors import WorkdirError
 from .job import RC, SPEC_FILE, Job
 from .records import (
@@ -468,8 +468,7 @@ class Workdir:
             return
         fd = open_plain(self.path / LOCK_FILE, os.O_RDWR)
         if not _flock_exclusive(fd):
-            claim = os.read(fd, 64).decode(errors="replace").split()
-            identity = claim[0] if claim else ""
+            identity, cancel = read_claim(os.read(fd, 64).decode(errors="replace"))
             holder = identity.partition("@")[0]
             os.close(fd)
             # pid and start time: another host's or container's pid 1 is not this process.
@@ -480,7 +479,7 @@ class Workdir:
                     "its run, or `await q.aclose()` the one you no longer use (`async with "
                     "Xqueue(...)` closes it), before feeding another on the same workdir"
                 ) from None
-            if claim[1:] == [CANCELLING]:
+            if cancel:
                 raise WorkdirError(
                     f"workdir {str(self.path)!r} is held by `xqueue cancel` (pid "
                     f"{holder or 'unknown'}), which is killing its jobs; try again when it ends"

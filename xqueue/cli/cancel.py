@@ -35,7 +35,7 @@ from typing import Any, TextIO
 import anyio
 
 from .. import registry, remote_workdir
-from .._identity import CANCELLING, Controller, verify
+from .._identity import CANCELLING, Controller, read_claim, verify
 from ..control import CONTROL_DIR, RUN_FILE, read_request, reply_path, usable_folder
 from ..errors import XqueueError
 from ..failures import FailureClass
@@ -81,16 +81,17 @@ def run(workdir: str, jobs: list[str], timeout: float, out: TextIO) -> int:
     held = held_lock(path)
     if held is None:
         return _without_controller(path, reader, folders, out)
-    if held[0].split()[1:] == [CANCELLING]:
+    identity, cancel = read_claim(held[0])
+    if cancel:
         raise XqueueError(
-            f"another `xqueue cancel` (pid {held[0].partition('@')[0]}) is killing this "
+            f"another `xqueue cancel` (pid {identity.partition('@')[0]}) is killing this "
             "workdir's jobs: wait for it to end, then run cancel again if any job is still active"
         )
     controller = verify(*held)
     try:
         if not folders:
             return _stop_run(controller, reader, timeout, out)
-        return _through_controller(controller, held[0], reader, folders, timeout, out)
+        return _through_controller(controller, identity, reader, folders, timeout, out)
     finally:
         controller.close()
 
@@ -113,12 +114,11 @@ def _stop_run(controller: Controller, reader: WorkdirReader, timeout: float, out
     # A run stopped before it took up its jobs (SIGTERM while it fed, before its handlers
     # were set) kills none: an earlier run's, still running, are left as they were.
     fresh = WorkdirReader(reader.path)
-    every = fresh.folders()
     # Those with a backend id: one left "submitting" (a lookup that found it never
     # submitted is not journalled) is the next run's to look up, not a job running.
     active = [
         folder
-        for folder, record in zip(every, fresh.last_records(every), strict=True)
+        for folder, record in _records(fresh).items()
         if (record or {}).get("status") in ACTIVE_RECORDS and (record or {}).get("jid")
     ]
     if active:
@@ -133,9 +133,15 @@ def _stop_run(controller: Controller, reader: WorkdirReader, timeout: float, out
     return 0
 
 
+def _records(reader: WorkdirReader) -> dict[str, dict[str, Any] | None]:
+    """Each job folder's newest record, in the folders' order."""
+    every = reader.folders()
+    return dict(zip(every, reader.last_records(every), strict=True))
+
+
 def _through_controller(
     controller: Controller,
-    claim: str,
+    identity: str,
     reader: WorkdirReader,
     folders: list[str],
     timeout: float,
@@ -144,7 +150,7 @@ def _through_controller(
     indices = [job_index(folder) for folder in folders]
     # Addressed to the run that holds the lock: one that has just taken it (still
     # feeding) keeps it for when it starts, where it drops what was sent to others.
-    request = _send(reader.path, {"kill": indices, "controller": claim.split()[0]})
+    request = _send(reader.path, {"kill": indices, "controller": identity})
     reply = _await_reply(request, reader, timeout)
     if reply is None:
         try:
@@ -225,10 +231,10 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
         pulled = None
         if info is not None and info.get("url") is not None:
             pulled = _pulled(workdir, info, out)
-            reader = pulled or reader
-        every = reader.folders()
-        records = dict(zip(every, reader.last_records(every), strict=True))
-        chosen = folders or every
+            if pulled is not None:
+                reader = WorkdirReader(path)  # read again, as the bucket has it
+        records = _records(reader)
+        chosen = folders or list(records)
         active = [f for f in chosen if (records.get(f) or {}).get("status") in ACTIVE_RECORDS]
         for folder in folders:
             if folder not in active:
@@ -238,8 +244,7 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
             out.write("no run is in progress and no job is recorded as active\n")
             return 0
         try:
-            scheduler = build_scheduler(info)
-            backend = _backend_workdir(workdir, info, scheduler)
+            scheduler, backend = pulled or _opened_on(workdir, info)
         except XqueueError as exc:
             ids = ", ".join(
                 f"{job_index(f)} ({(records[f] or {}).get('jid') or 'no id'})" for f in active
@@ -270,28 +275,30 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
         workdir.unlock()
 
 
-def _backend_workdir(
-    workdir: Workdir, info: dict[str, Any] | None, scheduler: Scheduler
-) -> Workdir:
-    """The workdir the last run opened its scheduler on: this folder, or the ``gs://``
-    workdir whose records it holds (``run.json``'s ``url``). Its lock is ``workdir``'s:
-    the two name one folder, and only the one taken here is held."""
+def _opened_on(workdir: Workdir, info: dict[str, Any] | None) -> tuple[Scheduler, Workdir]:
+    """The last run's scheduler, and the workdir it opened it on: this folder, or the
+    ``gs://`` workdir whose records it holds (``run.json``'s ``url``). Its lock is
+    ``workdir``'s: the two name one folder, and only the one taken here is held."""
+    scheduler = build_scheduler(info)
     url = (info or {}).get("url")
     if url is None:
-        return workdir
+        return scheduler, workdir
     if not isinstance(url, str) or not isinstance(scheduler, UsesRemoteWorkdir):
         raise XqueueError(f"the workdir's {RUN_FILE} is not one xqueue writes (torn or edited)")
     store = scheduler.remote_store(remote_workdir.parse(url))
     store.local_dir = str(workdir.path)  # the records are here, wherever the run said
-    return RemoteWorkdir(store)
+    return scheduler, RemoteWorkdir(store)
 
 
-def _pulled(workdir: Workdir, info: dict[str, Any], out: TextIO) -> WorkdirReader | None:
-    """A gs:// run's records brought up to date from the bucket, read again: a job that
-    ended while no controller watched left its exit code there only, and would be
-    recorded failed. If the bucket cannot be read, the records here are all there is."""
+def _pulled(
+    workdir: Workdir, info: dict[str, Any], out: TextIO
+) -> tuple[Scheduler, Workdir] | None:
+    """``_opened_on`` for a gs:// run, its records brought up to date from the bucket: a
+    job that ended while no controller watched left its exit code there only, and would
+    be recorded failed. None if the bucket cannot be read: the records here are all
+    there is."""
     try:
-        backend = _backend_workdir(workdir, info, build_scheduler(info))
+        scheduler, backend = _opened_on(workdir, info)
         assert isinstance(backend, RemoteWorkdir)
         backend.pull()
     except (XqueueError, OSError) as exc:
@@ -300,7 +307,7 @@ def _pulled(workdir: Workdir, info: dict[str, Any], out: TextIO) -> WorkdirReade
             "going by the ones here, which are not copied back (the bucket's may be newer)\n"
         )
         return None
-    return WorkdirReader(workdir.path)
+    return scheduler, backend
 
 
 def _push(workdir: RemoteWorkdir, out: TextIO) -> None:

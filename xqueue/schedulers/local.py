@@ -171,8 +171,9 @@ class LocalScheduler(Scheduler):
         self._found: set[tuple[str, str | None]] = set()
         self._let_go: list[Ticket] = []
         # Jobs handed to the shepherd whose answer (the pid) was not awaited: the
-        # submission was cancelled. The shepherd starts them all the same, so
-        # ``recover_job`` takes the answer here rather than looking for the process.
+        # submission was cancelled (kept only then, off the hot path). The shepherd
+        # starts them all the same, so ``recover_job`` takes the answer here rather than
+        # looking for the process.
         self._unanswered: dict[Job, Ticket] = {}
         self._capacity: Capacity | None = None
 
@@ -236,10 +237,13 @@ class LocalScheduler(Scheduler):
                 sent.append((len(results), job))
                 results.append("")
         tickets = await self._link.spawn(requests)
-        self._unanswered.update((job, ticket) for (_, job), ticket in zip(sent, tickets))
+        try:
+            for _, ticket in zip(sent, tickets):
+                await ticket.started.wait()
+        except BaseException:  # cut short (cancelled): the shepherd starts them regardless
+            self._unanswered.update((job, t) for (_, job), t in zip(sent, tickets))
+            raise
         for (i, job), ticket in zip(sent, tickets):
-            await ticket.started.wait()
-            del self._unanswered[job]
             if ticket.refused is not None:
                 code, stream = ticket.refused
                 path = job.stdout_path if stream == "stdout" else job.stderr_path
@@ -252,7 +256,7 @@ class LocalScheduler(Scheduler):
                 results[i] = SchedulerError(self._link.failure() or "the shepherd is gone")
             else:
                 self._tickets[job] = ticket
-                results[i] = f"{ticket.pid}@{ticket.start:.2f}"
+                results[i] = _jid(ticket)
         return results
 
     async def submit_job(self, job: Job) -> str:
@@ -344,7 +348,7 @@ class LocalScheduler(Scheduler):
                 await ticket.started.wait()
             if ticket.pid:
                 self._tickets[job] = ticket
-                job.jid = f"{ticket.pid}@{ticket.start:.2f}"
+                job.jid = _jid(ticket)
                 return True
             if ticket.started.is_set():
                 return False  # refused, or not started: nothing runs
@@ -465,3 +469,8 @@ def _still_running(pids: list[int]) -> list[int]:
 def reap() -> None:
     """Reap the shepherds of ended runs whose last jobs have ended since."""
     _LINGERING[:] = [link for link in _LINGERING if link.proc.poll() is None]
+
+
+def _jid(ticket: Ticket) -> str:
+    """A started job's id: its pid and start time, which a reused pid cannot match."""
+    return f"{ticket.pid}@{ticket.start:.2f}"
