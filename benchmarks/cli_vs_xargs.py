@@ -10,6 +10,9 @@ machine; each run gets a fresh folder there, made outside the timing and removed
 once every round has run (see ``_scratch``: a removal just before a run slowed it):
 
 - ``xargs -d '\\n' -n1 -P<forks> sh -c`` reading the list: records nothing;
+- ``xargs+files``: the same ``sh`` per line, its output sent to two files in a folder of
+  its own, the folders made by one ``mkdir`` (no process more than xargs): the floor of
+  any tool that keeps each job's output as xqueue does, on that file system;
 - ``parallel -j<forks> --joblog FILE --results DIR/{#}/``: one line per job with its
   exit status, each job's stdout and stderr in a folder of its own (ci/bench-tools.sh
   installs GNU parallel);
@@ -18,7 +21,7 @@ once every round has run (see ``_scratch``: a removal just before a run slowed i
   environment are not loaded (XQUEUE_DISABLE_PLUGIN_AUTOLOAD), so xqueue alone is timed.
 
 Printed: the median wall time of each, and its rate against xargs' (issue 11's goal:
-xqueue at 0.8x xargs' rate or more) and against parallel's.
+xqueue at 0.8x xargs' rate or more), against that floor's and against parallel's.
 """
 
 from __future__ import annotations
@@ -40,6 +43,19 @@ XQUEUE = os.path.join(os.path.dirname(sys.executable), "xqueue")
 def commands(tool: str, forks: int, out: str) -> list[str]:
     if tool == "xargs":
         return ["xargs", "-d", "\n", "-n1", f"-P{forks}", "sh", "-c"]
+    if tool == "xargs+files":
+        # Each line after its number (awk), the folders named by those numbers made first.
+        job = 'eval "$2" > "$0/$1/stdout" 2> "$0/$1/stderr"'
+        return [
+            "sh",
+            "-c",
+            (
+                f'awk \'{{print NR; print}}\' > "$0/list" && cd "$0" && '
+                f"awk 'NR % 2' list | xargs mkdir && "
+                f'xargs -d "\\n" -n2 -P{forks} sh -c \'{job}\' "$0" < list'
+            ),
+            out,
+        ]
     if tool == "parallel":
         log, results = os.path.join(out, "joblog"), os.path.join(out, "results", "{#}") + "/"
         return ["parallel", "--will-cite", f"-j{forks}", "--joblog", log, "--results", results]
@@ -63,7 +79,7 @@ def fs_type(path: str) -> str:
 
 
 def main(args: argparse.Namespace) -> None:
-    tools = ["xargs", "parallel", "xqueue"]
+    tools = ["xargs", "xargs+files", "parallel", "xqueue"]
     if shutil.which("parallel") is None:
         sys.exit("GNU parallel is missing: run ci/bench-tools.sh")
     with tempfile.TemporaryDirectory(prefix="xq-cli-list-") as tmp:
@@ -75,16 +91,17 @@ def main(args: argparse.Namespace) -> None:
             times: dict[str, list[float]] = {t: [] for t in tools}
             with kept_folders(where) as new:
                 for r in range(args.repeat):
-                    for tool in tools[r % 3 :] + tools[: r % 3]:
-                        out = new(f"xq-cli-{tool}-")
+                    for tool in tools[r % len(tools) :] + tools[: r % len(tools)]:
+                        out = new(f"xq-cli-{tool.replace('+', '-')}-")
                         times[tool].append(once(tool, jobs, args.forks, out))
             med = {t: statistics.median(v) for t, v in times.items()}
             print(f"{where} ({fs_type(where)}):", flush=True)
             for tool in tools:
                 spread = ", ".join(f"{t:.2f}" for t in times[tool])
                 print(
-                    f"  {tool:<9} median {med[tool]:6.2f} s ({args.jobs / med[tool]:6.0f} jobs/s)"
+                    f"  {tool:<11} median {med[tool]:6.2f} s ({args.jobs / med[tool]:6.0f} jobs/s)"
                     f"  rate x{med['xargs'] / med[tool]:.2f} of xargs,"
+                    f" x{med['xargs+files'] / med[tool]:.2f} of xargs+files,"
                     f" x{med['parallel'] / med[tool]:.2f} of parallel  [{spread}]",
                     flush=True,
                 )
