@@ -11,10 +11,17 @@ inflates its memory:
   is to be skipped (goal: under 10 s for 1M), with its peak RSS.
 
     python benchmarks/million.py [--jobs 1000000] [--dir /var/tmp] [--variants]
+    python benchmarks/million.py --floor [--jobs 1000000]
 
 ``--variants`` resumes three more times, with the event stream off, with the cycle
 collector off (``gc.disable()``, for the measure only) and with both: where a resume's
 time goes.
+
+``--floor`` runs no queue and reads no disk: three loops of ``await`` on a coroutine per
+job, each in a fresh process, doing a little more of what a resume must do for each job
+with xqueue's own functions: make the ``Job``; then also its identity check (the folder's
+slug, the spec text, its digest, one lookup in a dict made beforehand); then also the two
+event lines a skipped job gets. What is left of the goal once the per-job work is paid.
 
 The workdir goes under ``--dir`` (a disk: tmpfs would hold a million folders in RAM)
 and is removed at the end.
@@ -87,12 +94,62 @@ PHASE = textwrap.dedent(
 )
 
 
+FLOOR = textwrap.dedent(
+    """
+    import gc, sys, time
+    import anyio
+    from xqueue.events import _line, _stamp
+    from xqueue.job import Job
+    from xqueue.records import digest
+    from xqueue.workdir import job_spec, slug
+
+    n, step = int(sys.argv[1]), sys.argv[2]
+    jobs, lines, known = [], [], {}
+    if step != "jobs":
+        for i in range(n):
+            job = Job(i, ["true", str(i)])
+            known[f"{i}-{slug(job.name)}"] = digest(job_spec(job).encode())
+        del job
+    gc.collect()
+
+    async def feed(argv):
+        job = Job(len(jobs), argv)
+        jobs.append(job)
+        if step == "jobs":
+            return job
+        folder = f"{job.index}-{slug(job.name)}"
+        job.dir = "/nowhere/" + folder
+        if known.pop(folder) == digest(job_spec(job).encode()):
+            job.rc, job.attempt, job.reason = 0, 1, "succeeded in an earlier run"
+        if step == "events":
+            stamp = _stamp(int(time.time() * 1000))
+            lines.append(_line(stamp, "job_init", job))
+            lines.append(_line(stamp, "job_succeeded", job))
+        return job
+
+    async def main():
+        start = time.perf_counter()
+        for i in range(n):
+            await feed(["true", str(i)])
+        print(f"floor, {step}: {time.perf_counter() - start:.2f} s for {n} jobs")
+
+    anyio.run(main)
+    """
+)
+FLOOR_STEPS = ("jobs", "identity", "events")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=1_000_000)
     ap.add_argument("--dir", default="/var/tmp")
     ap.add_argument("--variants", action="store_true", help="also resume without events, gc")
+    ap.add_argument("--floor", action="store_true", help="only the per-job floor of a resume")
     args = ap.parse_args()
+    if args.floor:
+        for step in FLOOR_STEPS:
+            subprocess.run([sys.executable, "-c", FLOOR, str(args.jobs), step], check=True)
+        return
     top = tempfile.mkdtemp(prefix="xq-million-", dir=args.dir)
     wd = os.path.join(top, "wd")
     try:
