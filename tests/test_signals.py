@@ -74,6 +74,39 @@ def test_ctrl_c_after_a_run_behaves_normally(tmp_path: Path) -> None:
     assert out.stdout.strip() == "KeyboardInterrupt", out.stderr
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_ctrl_c_in_daemon_mode_raises_keyboard_interrupt_once(tmp_path: Path, backend: str) -> None:
+    """In ``async with``, as in ``run_until_complete``, SIGINT comes out of the block as
+    a bare KeyboardInterrupt: it was wrapped in an exception group, and on asyncio the
+    event loop raised it a second time (the background run's task let it escape)."""
+    script = textwrap.dedent(
+        f"""
+        import anyio, os, signal
+        from xqueue import Xqueue
+
+        async def main():
+            try:
+                async with Xqueue(workdir={str(tmp_path / "wd")!r}) as q:
+                    job = await q.feed(["sleep", "60"])
+                    while not job.status.is_active:
+                        await anyio.sleep(0.01)
+                    os.kill(os.getpid(), signal.SIGINT)
+                    await job.wait()
+            except BaseException as exc:
+                print("raised", type(exc).__name__, str(exc), job.status.value)
+
+        try:
+            anyio.run(main, backend={backend!r})
+        except BaseException as exc:
+            print("and again", type(exc).__name__)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "raised KeyboardInterrupt running jobs were killed killed", (
+        out.stdout + out.stderr
+    )
+
+
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGINT, signal.SIGTERM])
 async def test_a_signal_ignored_before_the_run_stays_ignored(workdir: Path, sig: int) -> None:
     """`nohup` ignores SIGHUP, `cmd &` in a script ignores SIGINT: the run must not undo it."""

@@ -590,7 +590,10 @@ class Xqueue:
     async def _run_in_background(self) -> None:
         try:
             await self._engine.run(True, begun=True)
-        except Exception as exc:
+        except (Exception, KeyboardInterrupt) as exc:
+            # Raised by __aexit__ as it is: a KeyboardInterrupt (the run's SIGINT) that
+            # left this task was wrapped in an exception group, and asyncio's loop
+            # raised it a second time.
             self._failure = exc
             assert self._task_group is not None
             self._task_group.cancel_scope.cancel()
