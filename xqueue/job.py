@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -32,6 +32,9 @@ STDERR = "stderr"
 SCRIPT = "sh"
 RC = "rc"
 STARTED = "started"
+
+
+_J = TypeVar("_J", bound="Job")
 
 
 def attempt_file(kind: str, attempt: int) -> str:
@@ -245,8 +248,10 @@ class Job:
             self._done.set()
         return old
 
-    async def wait(self) -> Job:
-        """Wait until the job reaches a final state in this run, then return it."""
+    async def wait(self: _J) -> _J:
+        """Wait until the job reaches a final state in this run, then return it (typed as
+        the caller's own job class: ``await (await q.submit(f)).wait()`` is a ``CallJob``
+        whose ``result()`` keeps its type)."""
         if not self.status.is_final:
             if self._done is None:
                 self._done = anyio.Event()
