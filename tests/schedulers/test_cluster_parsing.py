@@ -213,6 +213,10 @@ def test_garbled_sge_answers_are_output_errors() -> None:
     garbled(sge.parse_qacct, "error: ending connection before all data received\n")
     long = "x" * 500
     assert garbled(sge.parse_qstat_xml, long).endswith("x...'")  # only the start is shown
+    # Nothing at all is not an empty queue (it failed a running job as vanished): the
+    # real qstat -xml answers a user with no jobs with a document (sge_qstat_empty.xml).
+    garbled(sge.parse_qstat_xml, "")
+    garbled(sge.parse_qstat_names, "\n")
 
 
 def test_submission_failures_that_may_have_queued_the_job_are_told_apart() -> None:

@@ -43,10 +43,12 @@ def parse_qsub(stdout: str) -> str:
 def _job_lists(text: str) -> list[ET.Element]:
     """The ``job_list`` entries of ``qstat -xml``; each must carry a numeric job id.
 
-    Empty output is an empty queue (qstat prints nothing when the user has no jobs).
+    Empty output is not an empty queue: ``qstat -xml`` answers a user with no jobs with a
+    ``<job_info>`` document all the same, and nothing at all (a wrapper that failed, a
+    broken pipe) would fail every running job as vanished.
     """
     if not text.strip():
-        return []
+        raise ValueError("no output: qstat -xml prints a <job_info> document even for no jobs")
     root = ET.fromstring(text)
     if root.tag != "job_info":
         raise ValueError(f"not a qstat -xml answer: root element <{root.tag}>")
