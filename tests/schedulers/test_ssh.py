@@ -425,6 +425,21 @@ async def test_unknown_host_key_is_refused(
     assert "server 'small' (" in caplog.text and "is down: host key not trusted" in caplog.text
 
 
+async def test_a_keyfile_that_is_not_a_key_is_refused_with_its_reason(
+    servers: dict[str, Any], workdir: Path, tmp_path: Path
+) -> None:
+    """asyncssh's KeyImportError is a ValueError, not an asyncssh.Error: it escaped as a
+    traceback of an exception group instead of the scheduler's one-line refusal."""
+    bogus = tmp_path / "not-a-key"
+    await anyio.Path(bogus).write_text("hostname\n")
+    small = {**servers["small"], "keyfile": str(bogus)}
+    q = Xqueue("ssh", workdir=workdir, scheduler_opts={"servers": {"small": small}})
+    await q.feed(["true"])
+    with pytest.raises(SchedulerError, match=r"not-a-key\) is not a usable private key"):
+        await q.run_until_complete()
+    await q.aclose()
+
+
 @pytest.mark.parametrize(
     ("where", "said"),
     [

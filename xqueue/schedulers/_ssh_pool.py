@@ -290,6 +290,13 @@ class ServerPool:
                 f"`ssh-keyscan -p {self.config.port} {self.config.host} >> {source}` after "
                 "checking its fingerprint, or set known_hosts to a file that has it"
             ) from exc
+        except asyncssh.KeyImportError as exc:  # a ValueError: not an asyncssh.Error
+            self._mark_down(f"key not usable: {exc}")
+            raise Refused(
+                f"{where}: its 'keyfile' ({', '.join(self.config.keyfile or ())}) is not a usable "
+                f"private key "
+                f"({exc}); give an unencrypted private key (ssh-keygen -t ed25519 -N '')"
+            ) from exc
         except asyncssh.PermissionDenied as exc:
             self._mark_down(f"login refused: {_describe(exc)}")
             raise Refused(
