@@ -60,10 +60,10 @@ ALLOWED: list[tuple[tuple[str, ...], str, tuple[str, ...], str]] = [
     (
         ("os.write",),
         "xqueue/workdir.py",
-        ("record", "record_many", "flush_records"),
+        ("record", "record_many", "record_kills", "flush_records"),
         "one O_APPEND write per record made outside the engine's handling of events, per "
-        "batch of them made in it (flush_records), or per batch of submission intents: "
-        "microseconds on a local disk",
+        "batch of them made in it (flush_records), or per batch of submission intents or "
+        "of kills: microseconds on a local disk",
     ),
     (
         ("os.listdir", "os.replace", "os.read", *FILE_IO),

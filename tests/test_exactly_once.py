@@ -14,6 +14,7 @@ controller was watching, never run it a second time.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -345,6 +346,53 @@ def test_job_ending_unwatched_is_collected_with_its_rc_not_rerun(
     finally:
         stop(proc)
         h.cleanup()
+
+
+# -- a controller killed while it stops ------------------------------------------------
+
+
+def test_controller_killed_while_stopping_ends_the_kill_and_runs_the_jobs_again(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM stops the run and signals its jobs; a SIGKILL of the controller within the
+    kill grace leaves each job's shell dead of that SIGTERM and a child that ignores it
+    alive. The next run must take rc 143 for the kill it was, not the job's own failure
+    (it recorded all of them failed, did not run them again and exited 1), and end the
+    children before the jobs run again (they ran on beside their next attempt)."""
+    ledger, go, wd = tmp_path / "ledger", tmp_path / "go", tmp_path / "wd"
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text(
+        "".join(
+            f"echo S {i} >> {ledger}; [ -e {go} ] && exit 0; "
+            f"(trap '' TERM; sleep 4; echo C {i} >> {ledger}) & sleep 60\n"
+            for i in range(2)
+        )
+    )
+    xq = [sys.executable, "-m", "xqueue"]
+    env = {**os.environ, "XQUEUE_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    run = [*xq, "run", str(jobs), "-w", str(wd), "-f", "2", "--no-progress"]
+    proc = subprocess.Popen(run, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: len(ledger_lines(ledger)) == 4, 30, "both jobs to start")
+        time.sleep(0.3)  # their children start too
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # inside the kill grace (5 s): the SIGTERM is sent, not the SIGKILL
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        status = subprocess.run([*xq, "status", str(wd)], env=env, capture_output=True, text=True)
+        assert status.stdout.count(" killed ") == 2, status.stdout
+        go.touch()
+        again = subprocess.run(
+            [*run, "-o", "kill_grace=1"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "2 finished" in again.stderr, again.stderr
+        time.sleep(5)  # past the children's sleep: any left would have written "C"
+        # Each job started twice (killed, then run again), and no child lived to write.
+        assert sorted(ledger.read_text().splitlines()) == ["S 0", "S 0", "S 1", "S 1"]
+    finally:
+        stop(proc)
+        kill_job_processes(wd)
 
 
 # -- Slurm -------------------------------------------------------------------------------

@@ -687,8 +687,11 @@ class Engine:
             job._base_attempt = job.attempt - 1  # a lost attempt n is not held against it
             if job.attempt == 0:
                 return self._release(job)
-            if not self._reusable(job, record):
-                self._stale.add(job)  # looked up all the same: stopped, never run twice
+            if not self._reusable(job, record) or record.get("kill"):
+                # Not wanted, or being killed when the earlier run died (its stop, a kill,
+                # a deadline: ``record_kills``), so its end is that kill's, not its own:
+                # looked up all the same, stopped, and run again; never run twice at once.
+                self._stale.add(job)
             # Re-adopted whatever its dependencies: the earlier run only started it once
             # they had succeeded, and it must not run twice. It may still hold the devices
             # and slot values it was given: held again, so no other job gets them.
@@ -1122,6 +1125,9 @@ class Engine:
                 reply.set(False)
             return []
         if error is not None:
+            # Journaled again without the kill's mark (``record_kills``): it runs on, and
+            # a later run adopts it, rather than take its end for this kill's.
+            self.workdir.record(job)
             if self.state is _Run.STOPPING:
                 job.reason = f"could not be killed: {error}"
                 self._left.add(job)
@@ -1455,13 +1461,18 @@ class Engine:
             self._polling_posted = False
 
     async def _stop_stale(self, job: Job) -> None:
-        """Kill an earlier run's attempt that is not wanted, unless it has ended already."""
+        """Kill an earlier run's attempt that is not wanted. One that has ended is asked
+        to be killed too, for what it may have left running (a stop's SIGTERM ended its
+        shell, and its controller died before the SIGKILL): that kill's error, if any,
+        does not hold up the new attempt."""
         error: BaseException | None = None
-        if await anyio.to_thread.run_sync(self.workdir.exit_code, job) is None:
-            try:
-                (error,) = await self.scheduler.kill_jobs([job])
-            except Exception as exc:
-                error = exc
+        ended = await anyio.to_thread.run_sync(self.workdir.exit_code, job) is not None
+        try:
+            (error,) = await self.scheduler.kill_jobs([job])
+        except Exception as exc:
+            error = exc
+        if ended or isinstance(error, JobAlreadyEnded):
+            error = None
         if error is None:
             log.info(
                 "job %s (%s): stopped its attempt %s of an earlier run",
@@ -1520,6 +1531,10 @@ class Engine:
         for job in to_kill:
             self._killing.setdefault(job, None)
         self._kill_sent.update(to_kill)
+        try:
+            self.workdir.record_kills(to_kill)
+        except WorkdirError as exc:  # a full disk: the kill is the user's word, sent all the same
+            log.error("could not journal the kills of %d job(s): %s", len(to_kill), exc)
         try:
             errors = await self.scheduler.kill_jobs(to_kill)
         except Exception as exc:

@@ -927,11 +927,30 @@ class Workdir:
             raise self.broken
         if jobs:
             now = time.time()
-            lines = [self._journal_line(job, _with_claim(job, _intent(job, now))) for job in jobs]
-            if self._held:
-                lines[:0] = self._held
-                self._held.clear()
-            self._append_journal("".join(lines))
+            self._write_now(
+                [self._journal_line(job, _with_claim(job, _intent(job, now))) for job in jobs]
+            )
+
+    def record_kills(self, jobs: list[Job]) -> None:
+        """Journal, now, that the run is about to kill these jobs (``"kill": true`` on
+        each one's current record). A run that dies before its kills are confirmed (a
+        SIGKILL during its stop) leaves that line newest: the next run takes the
+        attempt's end (SIGTERM's 143, a backend's CANCELLED) for the kill it was, not for
+        the job's own failure, and ends the attempt and runs the job again."""
+        lines = []
+        for job in jobs:
+            record = job_record(job)
+            record["kill"] = True
+            lines.append(self._journal_line(job, record))
+        self._write_now(lines)
+
+    def _write_now(self, lines: list[str]) -> None:
+        """Append ``lines`` at once, after the records held back (a job's later line must
+        follow its earlier ones)."""
+        if self._held:
+            lines[:0] = self._held
+            self._held.clear()
+        self._append_journal("".join(lines))
 
     @staticmethod
     def _journal_line(job: Job, record: dict[str, Any]) -> str:

@@ -94,14 +94,18 @@ def _settle_orphans(reader: WorkdirReader, orphans: Sequence[Row]) -> None:
     ``exits.jsonl`` (written after the attempt's submission, by its pid if known), says
     how. Such a row shows as finished or failed with that code, marked ``ended_unwatched``:
     the journal does not have it yet, and the next run on the workdir records it as it
-    re-adopts the job.
+    re-adopts the job. One its run was killing when it died (``"kill"``) shows as killed,
+    whatever its code: the next run runs it again.
     """
     wanted = dict(reader.attempt_asked(row.folder, row.record or {}) for row in orphans)
     codes = reader.attempt_codes(wanted)
     for row, key in zip(orphans, wanted, strict=True):
         rc = codes.get(key)
         if rc is not None:
-            row.status = JobStatus.FINISHED.value if rc == 0 else JobStatus.FAILED.value
+            if (row.record or {}).get("kill"):
+                row.status = JobStatus.KILLED.value
+            else:
+                row.status = JobStatus.FINISHED.value if rc == 0 else JobStatus.FAILED.value
             row.record = {**(row.record or {}), "rc": rc, "ended_unwatched": True}
 
 

@@ -66,6 +66,24 @@ def live_groups(pgids: Collection[int]) -> set[int]:
     return found
 
 
+def leaderless_groups(pgids: Collection[int]) -> dict[int, list[int]]:
+    """The groups among ``pgids`` whose leader is gone while other processes live on in
+    them (children a stop's SIGTERM did not end, their controller killed before it sent
+    SIGKILL), with those processes. No new process can have a group's id while any
+    process is in the group; a group whose id some new process took (and leads) has
+    that process, with the group's id as its pid, and is left out. The caller still
+    checks a member is the job's (its marker): a journal's id is only a claim.
+    Blocking: one pass over /proc."""
+    pids: set[int] = set()
+    found: dict[int, list[int]] = {}
+    for pid, line in each_process("stat"):
+        pids.add(pid)
+        fields = line[line.rindex(b")") + 2 :].split()  # state, ppid, pgrp, ...
+        if fields[0] != b"Z" and int(fields[2]) in pgids:
+            found.setdefault(int(fields[2]), []).append(pid)
+    return {pgid: members for pgid, members in found.items() if pgid not in pids}
+
+
 def job_dirs_of_processes() -> dict[str, int]:
     """XQUEUE_JOB_DIR -> pid of every live process that carries it (a job's session
     leader wins over its children, which inherit it): how a job whose id was never

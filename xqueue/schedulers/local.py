@@ -40,7 +40,7 @@ from ..scheduler import JobState, Scheduler
 from ..states import JobStatus
 from ..workdir import atomic_write, refusal
 from . import _machine
-from ._proc import end_groups, job_dirs_of_processes, start_ticks, wait_exit
+from ._proc import end_groups, job_dirs_of_processes, leaderless_groups, start_ticks, wait_exit
 from ._shepherd_link import Request, ShepherdLink, Ticket
 
 # The shepherd writes an adopted job's return code right after the job exits; a job
@@ -150,6 +150,16 @@ def _adopted_pids(jobs: list[Job]) -> dict[Job, int]:
             if _has_marker(pid, job.dir):
                 alive[job] = pid
     return alive
+
+
+def _leftovers(pgids: dict[Job, int]) -> dict[Job, int]:
+    """``LocalScheduler._leftover_groups``' look at /proc. Blocking."""
+    found = leaderless_groups(set(pgids.values()))
+    return {
+        job: pgid
+        for job, pgid in pgids.items()
+        if any(_has_marker(pid, job.dir) for pid in found.get(pgid, ()))
+    }
 
 
 class LocalScheduler(Scheduler):
@@ -394,10 +404,14 @@ class LocalScheduler(Scheduler):
         grace = self.options.kill_grace
         if self._link is not None:  # its own jobs: their groups are the stop's to end
             await self._link.stopping([t.pid for j in jobs if (t := self._tickets.get(j))])
+        # An adopted job's shell may be gone with its group alive: what an earlier run's
+        # stop signalled and could not end (its controller SIGKILLed in the grace). Ended
+        # too, and the job is still answered as ended on its own.
+        leftovers = await self._leftover_groups([j for j in jobs if j not in groups])
         # Seen through even if the run is cancelled meanwhile (bounded: grace + 5 s at
         # most): cut short, it would leave a child of a group recorded killed alive.
         with anyio.CancelScope(shield=True):
-            left = await end_groups(groups, grace, max(grace, 5.0))
+            left = await end_groups({**groups, **leftovers}, grace, max(grace, 5.0))
         return [
             SubmissionError(f"process group {left[job]} survived SIGKILL", retryable=False)
             if job in left
@@ -406,6 +420,17 @@ class LocalScheduler(Scheduler):
             else JobAlreadyEnded(f"job {job.index} had ended: nothing to kill")
             for job in jobs
         ]
+
+    async def _leftover_groups(self, jobs: list[Job]) -> dict[Job, int]:
+        """The groups of adopted jobs whose first process is gone and others live on."""
+        pgids = {
+            job: parsed[0]
+            for job in jobs
+            if self._tickets.get(job) is None and (parsed := _parse_jid(job.jid)) is not None
+        }
+        if not pgids:
+            return {}
+        return await anyio.to_thread.run_sync(_leftovers, pgids)
 
     def forget(self, job: Job) -> None:
         super().forget(job)
