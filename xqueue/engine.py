@@ -109,6 +109,10 @@ SHUTDOWN_MARGIN = 30.0
 SHUTDOWN_HOOK_TIMEOUT = 10.0
 # Seconds between two lookups of a submission whose outcome is unknown.
 RESOLVE_DELAY = 1.0
+# Submissions of one job in a row whose outcome was unknown and that its lookup did not
+# find, after which the job fails: a submit command that exits 0 and never prints an id
+# (a wrapper, a misconfigured sbatch) was submitted again every second, for ever.
+MAX_UNKNOWN_SUBMISSIONS = 3
 OUTAGE_NOTE_INTERVAL = 60.0
 # The shortest time between two polling-hook ticks of a backend that awaits its jobs.
 MIN_TICK = 0.05
@@ -209,6 +213,7 @@ class Engine:
         self._to_kill: list[Job] = []
         self._turns: deque[_Turn] = deque()  # jobs fed, awaiting their number in order
         self._lookups_failing: dict[Job, float] = {}  # since when each lookup has failed
+        self._unknown: dict[Job, int] = {}  # submissions in a row with an unknown outcome
         # Jobs whose kill was sent to the backend (this attempt): an end reported for one
         # not in it came before any signal, and is the job's own.
         self._kill_sent: set[Job] = set()
@@ -462,6 +467,7 @@ class Engine:
         self._cancelled = False
         self._thread = threading.get_ident()
         self._lookups_failing.clear()
+        self._unknown.clear()
         self._left.clear()
         self._open_intents.clear()
         self._kill_sent.clear()
@@ -738,6 +744,22 @@ class Engine:
 
     def _on_submitted(self, job: Job, result: str | BaseException) -> list[HookCall]:
         if isinstance(result, SubmissionUnknownError):
+            tries = self._unknown[job] = self._unknown.get(job, 0) + 1
+            if tries > MAX_UNKNOWN_SUBMISSIONS:
+                # Each lookup before found nothing, so nothing runs: fail, not loop.
+                del self._unknown[job]
+                job.jid, job.rc = None, None
+                job.reason = (
+                    f"submission failed: {result}; {MAX_UNKNOWN_SUBMISSIONS} submissions in "
+                    "a row ended so and none was found on the backend: not submitted again"
+                )
+                self._note_in_stderr(job)
+                log.error("job %s (%s): %s", job.index, job.name, job.reason)
+                if job.kill_requested:
+                    return self._finalize(job, S.KILLED)
+                return self._end_attempt(
+                    job, S.FAILED, retryable=False, failure=FailureClass.SUBMIT_FAILED
+                )
             log.warning("job %s: %s; looking for it before submitting again", job.index, result)
             job.jid = None
             self._to_resolve.append((job, time.monotonic() + RESOLVE_DELAY))
@@ -785,6 +807,7 @@ class Engine:
                 failure=FailureClass.SUBMIT_FAILED,
             )
         job.jid = result
+        self._unknown.pop(job, None)
         self._unavailable_since, self._outage_noted = 0.0, -math.inf
         self._open_intents.discard(job)
         return self._now_active(job, ["on_job_submitted"])

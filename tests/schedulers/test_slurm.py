@@ -18,7 +18,9 @@ from tests.helpers import SLURM_FAST as FAST
 from tests.helpers import cluster_queue, read_text, remove_after, run_watching_peak
 from tests.schedulers.fakes import calls, garbling, submitted_ids, submitting_then
 from xqueue import Job, JobStatus, Xqueue
+from xqueue.engine import MAX_UNKNOWN_SUBMISSIONS
 from xqueue.errors import SchedulerOptionError, SubmissionUnknownError
+from xqueue.failures import FailureClass
 from xqueue.schedulers.batch import Submission
 from xqueue.schedulers.slurm import SlurmScheduler, sbatch_options
 from xqueue.workdir import Workdir
@@ -209,6 +211,22 @@ async def test_unknown_partition_fails_with_slurms_message(workdir: Path) -> Non
         assert "invalid partition specified: nope" in job.reason
         assert job.attempt == 1  # not retryable: it would fail the same way
         assert "invalid partition specified" in (await read_text(job.stderr_path))
+
+
+async def test_an_sbatch_that_never_prints_an_id_fails_the_job_instead_of_looping(
+    workdir: Path,
+) -> None:
+    """An sbatch that exits 0 and prints no id is looked up, found nowhere and submitted
+    again, a few times in a row at most: it went on every second, for ever."""
+    q = queue(
+        workdir, error_strategy="retry", num_retries=5, scheduler_opts={"sbatch": "/bin/true"}
+    )
+    job = await q.feed(["true"])
+    with anyio.fail_after(60):
+        await q.run_until_complete()
+    assert job.status is JobStatus.FAILED and job.failure is FailureClass.SUBMIT_FAILED
+    assert "printed no job id" in job.reason and "not submitted again" in job.reason
+    assert q.statistics().submit_calls == MAX_UNKNOWN_SUBMISSIONS + 1
 
 
 async def test_invalid_memory_fails_only_the_jobs_it_carries(workdir: Path) -> None:
