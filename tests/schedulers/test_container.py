@@ -9,6 +9,7 @@ the engine's API.
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,6 +22,7 @@ from tests.helpers import IMAGE, call_api, process_alive, read_text
 from tests.schedulers.fakes import DroppingProxy
 from xqueue import FailureClass, Job, JobFailedError, JobStatus, SchedulerError, Xqueue
 from xqueue.errors import SchedulerOptionError, SchedulerOutputError, SubmissionUnknownError
+from xqueue.schedulers import _container_api
 from xqueue.schedulers._container_api import _exit_code, _gone, _state
 from xqueue.schedulers.container import ContainerScheduler
 from xqueue.workdir import Workdir
@@ -190,6 +192,31 @@ async def test_unreachable_api_is_reported(workdir: Path) -> None:
     with pytest.raises(SchedulerError, match=r"cannot reach the docker API at unix:///tmp/xq"):
         await q.run_until_complete()
     await q.aclose()
+
+
+async def test_an_api_that_never_answers_is_reported_in_time(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket that accepts the connection and never answers (a hung daemon) held the
+    run's open() for ever, deaf to SIGTERM and Ctrl-C."""
+    monkeypatch.setattr(_container_api, "API_ANSWER_TIMEOUT", 2.0)
+    path = str(tmp_path / "silent.sock")
+    silent = socket.socket(socket.AF_UNIX)
+    silent.bind(path)
+    silent.listen(8)  # the kernel takes connections; nobody reads or answers them
+    try:
+        q = Xqueue(
+            "container", workdir=workdir, scheduler_opts={"image": IMAGE, "url": f"unix://{path}"}
+        )
+        await q.feed(["true"])
+        with (
+            anyio.fail_after(20),
+            pytest.raises(SchedulerError, match=r"did not answer within 2 s"),
+        ):
+            await q.run_until_complete()
+        await q.aclose()
+    finally:
+        silent.close()
 
 
 def test_bad_options_are_refused(tmp_path: Path) -> None:

@@ -44,6 +44,9 @@ LABEL_WORKDIR = "xqueue.workdir"
 LABEL_ATTEMPT = "xqueue.attempt"
 _WAIT_RETRIES = 5
 _NO_CONNECTION = 900  # aiodocker's status for "could not connect to the socket"
+# How long the engine's API may take to answer its first request (its version): a socket
+# that takes the connection and never answers held open() for ever, signals unheard.
+API_ANSWER_TIMEOUT = 30.0
 
 
 def _gone(exc: aiodocker.DockerError) -> bool:
@@ -136,7 +139,13 @@ class ApiRuntime:
             docker = aiodocker.Docker(url=self.url)
         self._docker = docker
         try:
-            await docker.version()
+            await asyncio.wait_for(docker.version(), API_ANSWER_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise SchedulerError(
+                f"the {self.bin} API at {self.url} took the connection but did not answer "
+                f"within {API_ANSWER_TIMEOUT:.0f} s; is the daemon hung? (check "
+                f"`{self.bin} version`)"
+            ) from None
         except aiodocker.DockerError as exc:
             if exc.status == _NO_CONNECTION:
                 raise
