@@ -403,6 +403,15 @@ async def test_server_that_stays_down_loses_its_jobs_and_others_take_the_queue(
         await anyio.to_thread.run_sync(kill_leftovers, [*jobs, *resumed])
 
 
+async def refused_at_open(workdir: Path, servers: dict[str, Any], match: str) -> None:
+    """A run on ``servers`` fails as its scheduler opens, with a message matching ``match``."""
+    q = Xqueue("ssh", workdir=workdir, scheduler_opts={"servers": servers})
+    await q.feed(["true"])
+    with pytest.raises(SchedulerError, match=match):
+        await q.run_until_complete()
+    await q.aclose()
+
+
 async def test_unknown_host_key_is_refused(
     servers: dict[str, Any],
     workdir: Path,
@@ -416,11 +425,7 @@ async def test_unknown_host_key_is_refused(
     pinned = "\n".join(ln for ln in lines if "]:2223 " not in ln) + "\n"
     await anyio.Path(only_big).write_text(pinned)
     small = {**servers["small"], "known_hosts": str(only_big)}
-    q = Xqueue("ssh", workdir=workdir, scheduler_opts={"servers": {"small": small}})
-    await q.feed(["true"])
-    with pytest.raises(SchedulerError, match=r"host key is not in .*known_hosts"):
-        await q.run_until_complete()
-    await q.aclose()
+    await refused_at_open(workdir, {"small": small}, r"host key is not in .*known_hosts")
     # Refused at the first attempt: the warning said "down after 0 failed attempt(s)".
     assert "server 'small' (" in caplog.text and "is down: host key not trusted" in caplog.text
 
@@ -433,11 +438,7 @@ async def test_a_keyfile_that_is_not_a_key_is_refused_with_its_reason(
     bogus = tmp_path / "not-a-key"
     await anyio.Path(bogus).write_text("hostname\n")
     small = {**servers["small"], "keyfile": str(bogus)}
-    q = Xqueue("ssh", workdir=workdir, scheduler_opts={"servers": {"small": small}})
-    await q.feed(["true"])
-    with pytest.raises(SchedulerError, match=r"not-a-key\) is not a usable private key"):
-        await q.run_until_complete()
-    await q.aclose()
+    await refused_at_open(workdir, {"small": small}, r"not-a-key\) is not a usable private key")
 
 
 @pytest.mark.parametrize(
@@ -452,11 +453,9 @@ async def test_unreachable_host_is_reported(
     servers: dict[str, Any], workdir: Path, where: dict[str, Any], said: str
 ) -> None:
     nowhere = {**servers["big"], **where, "connect_timeout": 5}
-    q = Xqueue("ssh", workdir=workdir, scheduler_opts={"servers": {"nowhere": nowhere}})
-    await q.feed(["true"])
-    with pytest.raises(SchedulerError, match=rf"no server is reachable.*'nowhere'.*{said}"):
-        await q.run_until_complete()
-    await q.aclose()
+    await refused_at_open(
+        workdir, {"nowhere": nowhere}, rf"no server is reachable.*'nowhere'.*{said}"
+    )
 
 
 def test_bad_server_options_are_refused(ssh_env: dict[str, str]) -> None:
