@@ -221,6 +221,13 @@ def test_a_workdir_that_is_not_a_folder_is_named_for_what_it_is(tmp_path: Path) 
         (["true"], {"resources": {"walltime": "9" * 400 + "h"}}, "walltime '9+h' is too large"),
         (["true"], {"resources": {"memory": "9" * 400 + "G"}}, "memory '9+G' is too large"),
         (["true"], {"resources": {"cores": 2}}, r"unknown resource\(s\) \['cores'\]"),
+        # exec refuses it everywhere, and each backend failed the job its own way (local
+        # without naming it, Slurm with "no return code", SSH as vanished)
+        (
+            ["true"],
+            {"envs": {"BIG": "é" * 65536}},
+            r"environment variable 'BIG' is 131077 bytes with its name: no program",
+        ),
     ],
 )
 async def test_bad_job_arguments(

@@ -27,6 +27,9 @@ from .errors import ConfigError
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 """What a shell accepts as a variable name (matched whole: no trailing newline)."""
 RESERVED_ENVS = ("XQUEUE_JOB_INDEX", "XQUEUE_JOB_ATTEMPT", "XQUEUE_JOB_DIR")
+# The longest string exec passes, in bytes with its NUL (Linux's MAX_ARG_STRLEN): an
+# environment entry, NAME=value, longer than this reaches no program on any backend.
+LONGEST_EXEC_STRING = 32 * 4096
 """Set by xqueue for every job: the backends find and kill jobs by them."""
 
 
@@ -69,7 +72,16 @@ def env_value(name: str, value: Any) -> str:
         raise ConfigError(
             f"{what} must be a string (or bool/int/float/path), not {type(value).__name__}{hint}"
         )
-    return check_text(text, what)
+    check_text(text, what)
+    if (len(name) + len(text)) * 4 >= LONGEST_EXEC_STRING:  # only then is it measured
+        size = len(f"{name}={text}".encode()) + 1
+        if size > LONGEST_EXEC_STRING:
+            raise ConfigError(
+                f"{what} is {size} bytes with its name: no program can receive an "
+                f"environment entry over {LONGEST_EXEC_STRING} (exec refuses it, 'Argument "
+                "list too long'); write the value to a file and pass its path"
+            )
+    return text
 
 
 def check_envs(envs: Mapping[Any, Any]) -> dict[str, str]:
