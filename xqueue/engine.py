@@ -745,25 +745,18 @@ class Engine:
     def _on_submitted(self, job: Job, result: str | BaseException) -> list[HookCall]:
         if isinstance(result, SubmissionUnknownError):
             tries = self._unknown[job] = self._unknown.get(job, 0) + 1
-            if tries > MAX_UNKNOWN_SUBMISSIONS:
-                # Each lookup before found nothing, so nothing runs: fail, not loop.
-                del self._unknown[job]
-                job.jid, job.rc = None, None
-                job.reason = (
-                    f"submission failed: {result}; {MAX_UNKNOWN_SUBMISSIONS} submissions in "
-                    "a row ended so and none was found on the backend: not submitted again"
-                )
-                self._note_in_stderr(job)
-                log.error("job %s (%s): %s", job.index, job.name, job.reason)
-                if job.kill_requested:
-                    return self._finalize(job, S.KILLED)
-                return self._end_attempt(
-                    job, S.FAILED, retryable=False, failure=FailureClass.SUBMIT_FAILED
-                )
-            log.warning("job %s: %s; looking for it before submitting again", job.index, result)
-            job.jid = None
-            self._to_resolve.append((job, time.monotonic() + RESOLVE_DELAY))
-            return []
+            if tries <= MAX_UNKNOWN_SUBMISSIONS:
+                log.warning("job %s: %s; looking for it before submitting again", job.index, result)
+                job.jid = None
+                self._to_resolve.append((job, time.monotonic() + RESOLVE_DELAY))
+                return []
+            # Each lookup before found nothing, so nothing runs: a failed submission.
+            del self._unknown[job]
+            result = SubmissionError(
+                f"{result}; {MAX_UNKNOWN_SUBMISSIONS} submissions in a row ended so and none "
+                "was found on the backend: not submitted again",
+                retryable=False,
+            )
         if getattr(result, "transient", False) and not job.kill_requested:
             # Nothing was submitted and the backend looks down: wait and submit again,
             # without spending an attempt, until the outage outlasts the tolerance.

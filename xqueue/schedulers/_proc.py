@@ -58,12 +58,7 @@ def live_groups(pgids: Collection[int]) -> set[int]:
     """The process groups among ``pgids`` that still hold a live process (a zombie does
     not count: an orphan's is reaped whenever init gets to it). Blocking: one pass over
     /proc, made only when a group's leader is gone and its group has to be looked at."""
-    found: set[int] = set()
-    for _, line in each_process("stat"):
-        fields = line[line.rindex(b")") + 2 :].split()  # state, ppid, pgrp, ...
-        if fields[0] != b"Z" and int(fields[2]) in pgids:
-            found.add(int(fields[2]))
-    return found
+    return set(_members(pgids)[1])
 
 
 def leaderless_groups(pgids: Collection[int]) -> dict[int, list[int]]:
@@ -74,6 +69,12 @@ def leaderless_groups(pgids: Collection[int]) -> dict[int, list[int]]:
     that process, with the group's id as its pid, and is left out. The caller still
     checks a member is the job's (its marker): a journal's id is only a claim.
     Blocking: one pass over /proc."""
+    pids, found = _members(pgids)
+    return {pgid: members for pgid, members in found.items() if pgid not in pids}
+
+
+def _members(pgids: Collection[int]) -> tuple[set[int], dict[int, list[int]]]:
+    """Every live pid, and the live (not zombie) processes of each group of ``pgids``."""
     pids: set[int] = set()
     found: dict[int, list[int]] = {}
     for pid, line in each_process("stat"):
@@ -81,7 +82,7 @@ def leaderless_groups(pgids: Collection[int]) -> dict[int, list[int]]:
         fields = line[line.rindex(b")") + 2 :].split()  # state, ppid, pgrp, ...
         if fields[0] != b"Z" and int(fields[2]) in pgids:
             found.setdefault(int(fields[2]), []).append(pid)
-    return {pgid: members for pgid, members in found.items() if pgid not in pids}
+    return pids, found
 
 
 def job_dirs_of_processes() -> dict[str, int]:
