@@ -8,14 +8,16 @@ inflates its memory:
   tick that grew with the finished jobs would show as a falling rate;
 - **resume**: the same N jobs fed again on the same workdir, all of them succeeded
   before: how long feeding takes, and how long the run takes to decide that every job
-  is to be skipped (goal: under 10 s for 1M), with its peak RSS.
+  is to be skipped (goal: under 10 s for 1M), with its peak RSS. It reads the index of
+  successes the run wrote as it ended (``successes.idx``); ``--variants`` also resumes
+  without it (``no-index``: removed first), deciding from the journal.
 
     python benchmarks/million.py [--jobs 1000000] [--dir /var/tmp] [--variants]
     python benchmarks/million.py --floor [--jobs 1000000]
 
-``--variants`` resumes three more times, with the event stream off, with the cycle
-collector off (``gc.disable()``, for the measure only) and with both: where a resume's
-time goes.
+``--variants`` resumes four more times: without the index, with the event stream off,
+with the cycle collector off (``gc.disable()``, for the measure only) and with both:
+where a resume's time goes.
 
 ``--floor`` runs no queue and reads no disk: three loops of ``await`` on a coroutine per
 job, each in a fresh process, doing a little more of what a resume must do for each job
@@ -48,6 +50,8 @@ PHASE = textwrap.dedent(
         events = "no-events" not in phase
         if "no-gc" in phase:
             gc.disable()
+        if "no-index" in phase and os.path.exists(os.path.join(wd, "successes.idx")):
+            os.remove(os.path.join(wd, "successes.idx"))
         q = Xqueue(
             forks=64, workdir=wd, handle_signals=False, error_strategy="ignore", events=events
         )
@@ -155,7 +159,12 @@ def main() -> None:
     try:
         phases = ["run", "resume"]
         if args.variants:
-            phases += ["resume no-events", "resume no-gc", "resume no-events no-gc"]
+            phases += [
+                "resume no-index",
+                "resume no-events",
+                "resume no-gc",
+                "resume no-events no-gc",
+            ]
         for phase in phases:
             subprocess.run([sys.executable, "-c", PHASE, str(args.jobs), wd, phase], check=True)
     finally:

@@ -73,6 +73,13 @@ ALLOWED: list[tuple[tuple[str, ...], str, tuple[str, ...], str]] = [
         "earlier run left has its spec compared (a fresh job costs no I/O)",
     ),
     (
+        ("os.stat", "os.listdir", *FILE_READ),
+        "xqueue/successes.py",
+        ("load",),
+        "at the first feed: the index of an earlier run's successes is read and checked "
+        "(two stats and a listing of the workdir), in place of the journal's reading",
+    ),
+    (
         ("os.replace",),
         "xqueue/workdir.py",
         ("_move_aside_others",),

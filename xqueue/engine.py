@@ -526,6 +526,11 @@ class Engine:
                         # Jobs that ended unsubmitted (skipped, cancelled) get the folder
                         # every fed job has, so `xqueue status` lists them with the rest.
                         await anyio.to_thread.run_sync(self.workdir.make_remaining)
+                    if self._signal is None and not self._cancelled:  # not to delay a stop
+                        # What the next resume reads instead of the journal: a shortcut,
+                        # and only while nothing changed since (``successes``).
+                        jobs = list(self.jobs)
+                        await anyio.to_thread.run_sync(self.workdir.save_successes, jobs)
                     if self.workdir.broken is not None and self._error is None:
                         self._error = self.workdir.broken  # refused at the very end
                     await self._shutdown_hooks(reason)

@@ -53,6 +53,7 @@ from typing import Any
 
 import anyio
 
+from . import successes
 from ._identity import own_identity, read_claim
 from .errors import WorkdirError
 from .job import RC, SPEC_FILE, Job
@@ -415,6 +416,10 @@ class Workdir:
         # Folder names in the workdir, listed once (under the lock, nobody else adds any),
         # so feeding a job that has no folder yet costs no file-system call at all.
         self._names: dict[str, None] | None = None
+        # The index of succeeded jobs an earlier run left (``successes``), read at the
+        # first feed; None if there is none that is current.
+        self._successes: successes.Successes | None = None
+        self._successes_read = False
         # Those names by job index, made only if a job is fed whose folder is not there.
         self._by_index: dict[int, list[str]] | None = None
         # Jobs fed without a folder yet, with their staged files. A thread of the
@@ -509,10 +514,18 @@ class Workdir:
             if self._lock_fd is None:
                 await anyio.to_thread.run_sync(self.lock)
 
+    def save_successes(self, jobs: Sequence[Job]) -> None:
+        """A run's end, its records all written: the index of succeeded jobs the next
+        resume reads instead of the journal (``successes``). Blocking: a worker thread."""
+        if self.broken is None and not self._held:  # else some record is not written
+            successes.save(self._root, jobs, self._successes)
+
     def unlock(self) -> None:
         """The run's end: the lock released, the files closed. A refused write (``broken``)
         is forgotten: the next run tries again (the user may have made room), and opens
-        the journal anew, ending a line the refused write tore."""
+        the journal anew, ending a line the refused write tore. Another controller may
+        change the workdir once it is unlocked: the index of successes is read again."""
+        self._successes, self._successes_read = None, False
         self.broken = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing releases the flock
@@ -637,6 +650,14 @@ class Workdir:
         """
         folder = f"{job.index}-{slug(job.name)}"
         job.dir = f"{self._root}/{folder}"
+        if not self._successes_read:
+            self._successes_read = True
+            self._successes = successes.load(self._root)
+        if self._successes is not None:
+            attempt = self._successes.attempt(job, job_spec(job))
+            if attempt:  # what the journal says, without reading it
+                self._move_in(job, staged)
+                return {"status": JobStatus.FINISHED.value, "attempt": attempt, "rc": 0}
         if self._names is None:
             # A dict, not a set: a dict of strings is left out of the cycle collector's
             # walks, a set never is, and each full collection of a million-job resume
