@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.helpers import is_alive, read_text, wait_running
+from tests.helpers import Recorder, is_alive, read_text, wait_running
 from xqueue import JobStatus, Xqueue
 from xqueue.cli.cancel import _send
 from xqueue.control import reply_path
@@ -102,13 +102,35 @@ async def test_one_file_per_run_and_a_planted_link_is_moved_aside(
     await again.run_until_complete()
     assert await events_of(workdir / "events.jsonl.1") == first
     second = await events_of(workdir / "events.jsonl")
-    assert [e["event"] for e in second] == [
-        "job_init",
-        "job_succeeded",
-        "run_started",
-        "run_stopped",
-    ]
-    assert second[1]["reason"] == "succeeded in an earlier run"
+    # Settled as it was fed: one line, its end (plugins still get both hooks).
+    assert [e["event"] for e in second] == ["job_succeeded", "run_started", "run_stopped"]
+    assert second[0]["reason"] == "succeeded in an earlier run"
+    assert second[0]["status"] == "finished" and second[0]["attempt"] == 1
+
+
+async def test_a_job_an_earlier_run_settled_is_one_line_and_still_both_hooks(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """Fed while the run goes on, as before it: the stream gets the settled job's end
+    alone, a plugin both of its hooks, and a job that runs again its whole story."""
+    flag = tmp_path / "flag"
+    cmds = [["true"], ["test", "-e", str(flag)]]
+    first = Xqueue(workdir=workdir, error_strategy="ignore")
+    for cmd in cmds:
+        await first.feed(cmd)
+    await first.run_until_complete()
+    await anyio.Path(flag).touch()
+    rec = Recorder()
+    q = Xqueue(workdir=workdir, plugins=[rec])
+    async with q:
+        for cmd in cmds:
+            await q.feed(cmd)
+        await q.stop_feeding()
+    lines = await events_of(workdir / "events.jsonl")
+    assert [e["event"] for e in lines if e.get("job") == 0] == ["job_succeeded"]
+    assert [e["event"] for e in lines if e.get("job") == 1][:2] == ["job_init", "job_queued"]
+    assert [e["event"] for e in lines if e.get("job") == 1][-1] == "job_succeeded"
+    assert rec.for_job(0) == ["on_job_init", "on_job_succeeded"]
 
 
 async def test_run_json_records_the_scheduler_for_cancel(workdir: Path) -> None:

@@ -81,6 +81,7 @@ from .errors import (
     SubmissionUnknownError,
     WorkdirError,
 )
+from .events import EVENTS_PLUGIN, EventLog
 from .failures import FailureClass, timed_out
 from .hooks import Hooks
 from .job import STARTED, Job
@@ -195,6 +196,9 @@ class Engine:
         self.scheduler = scheduler
         self.hooks = hooks
         self.workdir = workdir
+        # The built-in event stream, told of the jobs an earlier run settles (``add``).
+        events = hooks.pm.get_plugin(EVENTS_PLUGIN)
+        self._events = events if isinstance(events, EventLog) else None
         self.forks = forks
         self.error_strategy = error_strategy
         self.num_retries = num_retries
@@ -399,6 +403,10 @@ class Engine:
             if turn is not None:
                 self.leave_turn(turn)
         self.counts[S.INIT] += 1
+        if self._events is not None and record and self._earlier_success(job, record):
+            # Settled now: the event stream's line for it is the one of its end, which
+            # says why (a million-job resume writes half the lines).
+            self._events.settling = job
         # Hooks that return nothing to await cost no coroutine: this runs once a job fed.
         try:
             pending = self.hooks.notify("on_job_init", self._kw(job), self._hook_timeout())
@@ -687,6 +695,7 @@ class Engine:
                 # the last, so the files of the attempt that succeeded stay as they are.
                 job.attempt = job._base_attempt = _int(attempt, 0)
                 return self._release(job)
+            # An earlier run's success (``_earlier_success``): settled as it is fed.
             job.rc, job.attempt = 0, _int(attempt, 1)
             job.reason = "succeeded in an earlier run"
             return self._finalize(job, S.FINISHED, record=False)
@@ -715,6 +724,14 @@ class Engine:
         # Those attempts do not count against num_retries.
         job.attempt = job._base_attempt = _int(attempt, 0)
         return self._release(job)
+
+    def _earlier_success(self, job: Job, record: Mapping[str, Any]) -> bool:
+        """Whether ``_on_fed`` settles ``job`` as the success ``record`` tells of."""
+        return (
+            record.get("status") == S.FINISHED.value
+            and record.get("rc") == 0
+            and self._reusable(job, record)
+        )
 
     def _reusable(self, job: Job, record: Mapping[str, Any]) -> bool:
         """Whether an earlier run's attempt of ``job`` may stand for this run's.

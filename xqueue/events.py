@@ -21,9 +21,12 @@ knows a new run by a new file. Lines, each one JSON object::
 ``event`` is the hook's name without ``on_`` (``job_init``, ``job_queued``,
 ``job_submitted``, ``job_started``, ``job_retrying``, ``job_succeeded``, ``job_failed``,
 ``job_killed``, ``job_skipped``), and every job event has the same keys: the job's state
-at that moment. A run adds ``run_started`` (``scheduler``, ``forks``, ``pid``, ``jobs``,
-``counts``) and, last, ``run_stopped`` (``reason``, ``signal``, ``jobs``, ``counts``,
-``elapsed``). Events of jobs fed before the run starts come before ``run_started``.
+at that moment. A job that an earlier run's success settles as it is fed has one line,
+its ``job_succeeded`` (reason "succeeded in an earlier run"), not a ``job_init`` before
+it: a resumed million-job run writes a million lines, not two. A run adds
+``run_started`` (``scheduler``, ``forks``, ``pid``, ``jobs``, ``counts``) and, last,
+``run_stopped`` (``reason``, ``signal``, ``jobs``, ``counts``, ``elapsed``). Events of
+jobs fed before the run starts come before ``run_started``.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("xqueue")
 
 EVENTS_FILE = "events.jsonl"
+EVENTS_PLUGIN = "xqueue-events"  # its plugin name (``plugins=["-xqueue-events"]``)
 PREVIOUS = ".1"  # the earlier run's events: events.jsonl.1
 FLUSH_INTERVAL = 0.1
 _BATCH = 10_000  # lines per write(), so a burst never builds one huge string
@@ -168,6 +172,9 @@ class EventLog:
         self._opening: anyio.Event | None = None
         self._started_at = 0.0
         self._ms, self._stamped = 0, ""  # the time of the latest line, in ms and as written
+        # A job being fed that an earlier run's success settles (the engine says so before
+        # its ``on_job_init``): it gets one line, its ``job_succeeded``, which says why.
+        self.settling: Job | None = None
 
     def add(self, event: str, job: Job) -> None:
         # The time is formatted once a millisecond, not once a line: feeding 100,000 jobs
@@ -206,12 +213,14 @@ class EventLog:
         (``Hooks.call`` awaits what a hook returns only if it is awaitable)."""
         if self._writer is None or self._opening is not None:
             return self._first(job)
-        self.add("job_init", job)
+        if job is not self.settling:
+            self.add("job_init", job)
         return None
 
     async def _first(self, job: Job) -> None:
         await self._start()
-        self.add("job_init", job)
+        if job is not self.settling:
+            self.add("job_init", job)
 
     @hookimpl
     async def on_init(self, xqueue: Xqueue, scheduler: Scheduler) -> None:

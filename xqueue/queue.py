@@ -29,7 +29,7 @@ from .control import Control
 from .dependencies import After, resolve_after
 from .engine import Engine, RunState
 from .errors import ConfigError, QueueStateError
-from .events import EVENTS_FILE, EventLog
+from .events import EVENTS_FILE, EVENTS_PLUGIN, EventLog
 from .hooks import Hooks
 from .job import Job, check_name, default_name, normalize_command
 from .params import check_params
@@ -245,8 +245,8 @@ class Xqueue:
         # Built in, registered as any plugin is (after the user's, so called first):
         # run.json and kill requests for `xqueue cancel`, the event stream.
         self.hooks.register(Control(), "xqueue-control")
-        if events and "xqueue-events" not in self.hooks.blocked:  # plugins=["-xqueue-events"]
-            self.hooks.register(EventLog(str(self.workdir.path / EVENTS_FILE)), "xqueue-events")
+        if events and EVENTS_PLUGIN not in self.hooks.blocked:  # plugins=["-xqueue-events"]
+            self.hooks.register(EventLog(str(self.workdir.path / EVENTS_FILE)), EVENTS_PLUGIN)
         self._engine = Engine(
             self,
             self.scheduler,
