@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import stat
 import zlib
 from collections.abc import Sequence
@@ -51,10 +50,16 @@ _NONE = bytes(4)
 
 
 def _file_id(path: str) -> list[int]:
+    """Opened, not just looked at: on NFS an open fetches the file's current attributes
+    (close-to-open), where a stat may answer from the client's cache."""
     try:
-        st = os.stat(path, follow_symlinks=False)
+        fd = os.open(path, READ_FLAGS)
     except OSError:
         return []
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
 
 
@@ -177,8 +182,10 @@ def _save(root: str, jobs: Sequence[Job], previous: Successes | None) -> None:
     if previous is not None and previous.made_from["folders"] == made_from["folders"]:
         entries += previous.entries_from(count)  # jobs not fed this time: untouched
     meta = {"format": FORMAT, "jobs": len(entries) // _ENTRY, **made_from}
-    temp = f"{root}/.{SUCCESSES_FILE}-{secrets.token_hex(6)}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    # One name, under the run's lock: a run killed while writing leaves one file, which
+    # the next one's overwrites (O_NOFOLLOW: never through a link planted there).
+    temp = f"{root}/.{SUCCESSES_FILE}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(json.dumps(meta).encode() + b"\n")
