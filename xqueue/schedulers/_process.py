@@ -17,10 +17,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
@@ -98,29 +99,67 @@ async def run_command(
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
 ) -> CommandResult:
-    """Run ``argv`` and return its output; raise ``SchedulerCommandError`` on failure."""
+    """Run ``argv`` and return its output; raise ``SchedulerCommandError`` on failure.
+
+    The command leads a session of its own, and a command cut short (no answer within
+    ``timeout``, or the caller cancelled) is ended with everything it started: sites
+    wrap ``squeue`` or ``qsub`` in scripts, and a hung script's children would otherwise
+    outlive it, one more each time the query is tried again."""
     full_env = {**os.environ, **env} if env else None
     try:
-        with anyio.fail_after(timeout):
-            proc = await anyio.run_process(
-                list(argv),
-                input=input.encode() if input is not None else None,
-                check=False,
-                env=full_env,
-                cwd=cwd,
-                stdin=None if input is not None else subprocess.DEVNULL,
-            )
-    except TimeoutError:
-        raise SchedulerCommandError(argv, None, f"no answer within {timeout:g}s") from None
+        process = await anyio.open_process(
+            list(argv),
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            env=full_env,
+            cwd=cwd,
+            start_new_session=True,
+        )
     except FileNotFoundError:
         raise SchedulerError(
             f"{argv[0]!r} not found: is the scheduler's client installed and on PATH?"
         ) from None
+    out: list[bytes] = []
+    err: list[bytes] = []
+    try:
+        with anyio.fail_after(timeout):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_drain, process.stdout, out)
+                tg.start_soon(_drain, process.stderr, err)
+                if process.stdin is not None and input is not None:
+                    async with process.stdin:
+                        try:
+                            await process.stdin.send(input.encode())
+                        except anyio.BrokenResourceError:
+                            pass  # it ended, or closed its input, without reading it all
+                await process.wait()
+    except TimeoutError:
+        _end_group(process.pid)
+        raise SchedulerCommandError(argv, None, f"no answer within {timeout:g}s") from None
+    except BaseException:
+        _end_group(process.pid)
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await process.aclose()
+    assert process.returncode is not None
     result = CommandResult(
-        proc.returncode,
-        proc.stdout.decode(errors="replace"),
-        proc.stderr.decode(errors="replace"),
+        process.returncode,
+        b"".join(out).decode(errors="replace"),
+        b"".join(err).decode(errors="replace"),
     )
     if check and result.returncode != 0:
         raise SchedulerCommandError(argv, result.returncode, result.stderr or result.stdout)
     return result
+
+
+async def _drain(stream: Any, into: list[bytes]) -> None:
+    if stream is not None:
+        into.extend([chunk async for chunk in stream])
+
+
+def _end_group(pgid: int) -> None:
+    """SIGKILL the session a command led (it, and whatever it started and left there)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # all gone already
