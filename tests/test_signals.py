@@ -8,11 +8,13 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
 from xqueue import Interrupted, JobStatus, Xqueue
+from xqueue.schedulers.local import LocalScheduler
 
 pytestmark = pytest.mark.anyio
 
@@ -48,6 +50,38 @@ async def test_sigterm_during_run_kills_jobs_and_raises(workdir: Path) -> None:
                 await q.run_until_complete()
     assert job.status is JobStatus.KILLED
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+class _SlowToOpen(LocalScheduler):
+    """A backend whose server does not answer as it opens (a silent collector)."""
+
+    async def open(self, workdir: Any) -> None:
+        self.opening.set()
+        await anyio.sleep(120)
+        await super().open(workdir)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+async def test_a_signal_while_the_backend_opens_stops_the_run_at_once(
+    workdir: Path, sig: signal.Signals
+) -> None:
+    scheduler = _SlowToOpen()
+    scheduler.opening = anyio.Event()  # type: ignore[attr-defined]
+    q = Xqueue(scheduler=scheduler, workdir=workdir)
+    job = await q.feed(["true"])
+    expected = KeyboardInterrupt if sig is signal.SIGINT else Interrupted
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+
+            async def send() -> None:
+                await scheduler.opening.wait()  # type: ignore[attr-defined]
+                os.kill(os.getpid(), sig)
+
+            tg.start_soon(send)
+            with pytest.raises(expected):
+                await q.run_until_complete()
+    assert job.status is JobStatus.INIT or not job.status.is_active
+    assert job.attempt == 0  # never submitted
 
 
 def test_ctrl_c_after_a_run_behaves_normally(tmp_path: Path) -> None:

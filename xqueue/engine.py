@@ -207,6 +207,7 @@ class Engine:
         self.resume = resume
 
         self.state = _Run.IDLE
+        self._opening_stopped = False  # a signal came while the backend was opening
         self.jobs: list[Job] = []
         self.counts: Counter[JobStatus] = Counter()
         self.completed: list[Job] = []  # final jobs, in the order they ended
@@ -500,14 +501,11 @@ class Engine:
             self.scheduler.forks = self.forks
             self._plugin_features()
             self.scheduler_open = True  # closed by _close, even if open() fails half-way
-            await self.scheduler.open(self.workdir)
-            self._pool.set_hosts(await self.scheduler.capacity())  # now measured, if it was not
-            self._capacity_known = True
-            await self.hooks.call(
-                "on_init", self._hook_timeout(), xqueue=self.queue, scheduler=self.scheduler
-            )
-            await self._run_loop(receiver)
-            reason = self._reason()
+            if await self._open(receiver):
+                await self._run_loop(receiver)
+                reason = self._reason()
+            else:
+                reason = "signal"
         except Exception as exc:  # the backend would not open, a plugin failed on_init
             reason = "error"
             if self._error is None:
@@ -548,6 +546,35 @@ class Engine:
             raise self._signal_error()
         if self._error is not None:
             raise self._error
+
+    async def _open(self, receiver: Any) -> bool:
+        """Open the backend, learn its capacity, call ``on_init``; False if a signal came
+        meanwhile, which stops the opening and the run (SIGINT, SIGTERM, SIGHUP are the
+        run's from before this: an ``open()`` that waits on a silent server must not
+        leave Ctrl-C unheard for as long as its timeout)."""
+        self._opening_stopped = False
+        async with anyio.create_task_group() as tg:
+            if receiver is not None:
+                tg.start_soon(self._stop_opening, receiver, tg.cancel_scope)
+            await self.scheduler.open(self.workdir)
+            self._pool.set_hosts(await self.scheduler.capacity())  # now measured, if it was not
+            self._capacity_known = True
+            await self.hooks.call(
+                "on_init", self._hook_timeout(), xqueue=self.queue, scheduler=self.scheduler
+            )
+            tg.cancel_scope.cancel()  # opened: the run's loop watches the signals now
+        return not self._opening_stopped
+
+    async def _stop_opening(self, receiver: Any, opening: anyio.CancelScope) -> None:
+        async for sig in receiver[1]:
+            log.warning("%s while %s was opening: stopping", sig.name, self.scheduler.name)
+            self._opening_stopped = True
+            self._signal = sig  # this run stops as it would in its loop (``_on_signal``)
+            for engine in _SIGNALLED:  # other runs of the process stop too
+                if engine is not self:
+                    engine._post("signal", sig)
+            opening.cancel()
+            return
 
     def _plugin_features(self) -> None:
         """What this run must do for the optional hooks; nothing at all when unused."""
