@@ -162,3 +162,41 @@ async def test_a_keyed_job_is_not_skipped_by_a_success_without_its_key(
     await q.run_until_complete()
     assert job.reason == "" and job.attempt == 2
     assert await ran(marker) == ["a", "a"]
+
+
+async def test_a_success_settled_under_another_key_is_not_vouched_for_without_it(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """Fed without a key, a job is settled by a success made under key "k"; its newest
+    record still has the key, so a job fed with "k" next time is settled too."""
+    marker = tmp_path / "ran"
+    command = f"echo run >> {marker}"
+    for key in ("k", None, "k"):
+        q = Xqueue(workdir=workdir)
+        job = await q.feed(command, cache_key=key)
+        await q.run_until_complete()
+    assert job.reason == EARLIER and job.attempt == 1
+    assert await ran(marker) == ["run"]
+
+
+async def test_a_queue_run_again_does_not_vouch_for_what_another_run_changed(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """A queue's earlier jobs are as it last saw them; another controller may have run
+    one of them again since (and failed): its next index must not say they succeeded."""
+    marker, flag = tmp_path / "ran", tmp_path / "flag"
+    command = f"echo 0 >> {marker}; test ! -e {flag}"
+    first = Xqueue(workdir=workdir, error_strategy="ignore")
+    await first.feed(command)
+    await first.run_until_complete()
+    await anyio.Path(flag).touch()
+    other = Xqueue(workdir=workdir, error_strategy="ignore", resume=False)
+    await other.feed(command)
+    await other.run_until_complete()
+    assert other.jobs[0].status is JobStatus.FAILED
+    await anyio.Path(flag).unlink()
+    await first.feed(["true"])  # the first queue runs again, job 0 as it knew it
+    await first.run_until_complete()
+    q = await run(workdir, [command, "true"])
+    assert q.jobs[0].reason == "" and q.jobs[0].attempt == 3
+    assert await ran(marker) == ["0", "0", "0"]

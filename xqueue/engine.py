@@ -216,6 +216,10 @@ class Engine:
         self._active: dict[Job, None] = {}
         self._to_resolve: list[tuple[Job, float]] = []  # SUBMITTING jobs to look up (not before)
         self._to_kill: list[Job] = []
+        # The workdir hold (lock serial), and the jobs and ended jobs there were before it.
+        self._hold = (0, 0, 0)
+        # Jobs settled as fed from a success made under a cache key they were not fed with.
+        self._keyed_settled: set[Job] = set()
         self._turns: deque[_Turn] = deque()  # jobs fed, awaiting their number in order
         self._lookups_failing: dict[Job, float] = {}  # since when each lookup has failed
         self._unknown: dict[Job, int] = {}  # submissions in a row with an unknown outcome
@@ -397,6 +401,7 @@ class Engine:
                 self.check_can_feed()
             # Numbered here, after the last await: two feeds racing over the first lock
             # must not both take the same index (and folder).
+            self._new_hold()
             job.index = len(self.jobs)
             record = self.workdir.prepare(job, staged)
             self.jobs.append(job)
@@ -471,6 +476,7 @@ class Engine:
         """
         self.check_can_begin()
         self.workdir.lock()
+        self._new_hold()
         self.state = _Run.RUNNING if keep_feeding else _Run.DRAINING
         self._error, self._signal, self._deadline = None, None, None
         self._cancelled = False
@@ -535,8 +541,12 @@ class Engine:
                     if self._signal is None and not self._cancelled:  # not to delay a stop
                         # What the next resume reads instead of the journal: a shortcut,
                         # and only while nothing changed since (``successes``).
-                        jobs = list(self.jobs)
-                        await anyio.to_thread.run_sync(self.workdir.save_successes, jobs)
+                        await anyio.to_thread.run_sync(
+                            self.workdir.save_successes,
+                            len(self.jobs),
+                            self._fresh_jobs(),
+                            frozenset(self._keyed_settled),
+                        )
                     if self.workdir.broken is not None and self._error is None:
                         self._error = self.workdir.broken  # refused at the very end
                     await self._shutdown_hooks(reason)
@@ -553,16 +563,22 @@ class Engine:
         run's from before this: an ``open()`` that waits on a silent server must not
         leave Ctrl-C unheard for as long as its timeout)."""
         self._opening_stopped = False
+        error: Exception | None = None  # raised as it is, not in the task group's group
         async with anyio.create_task_group() as tg:
             if receiver is not None:
                 tg.start_soon(self._stop_opening, receiver, tg.cancel_scope)
-            await self.scheduler.open(self.workdir)
-            self._pool.set_hosts(await self.scheduler.capacity())  # now measured, if it was not
-            self._capacity_known = True
-            await self.hooks.call(
-                "on_init", self._hook_timeout(), xqueue=self.queue, scheduler=self.scheduler
-            )
+            try:
+                await self.scheduler.open(self.workdir)
+                self._pool.set_hosts(await self.scheduler.capacity())  # measured now, if not
+                self._capacity_known = True
+                await self.hooks.call(
+                    "on_init", self._hook_timeout(), xqueue=self.queue, scheduler=self.scheduler
+                )
+            except Exception as exc:
+                error = exc
             tg.cancel_scope.cancel()  # opened: the run's loop watches the signals now
+        if error is not None:
+            raise error
         return not self._opening_stopped
 
     async def _stop_opening(self, receiver: Any, opening: anyio.CancelScope) -> None:
@@ -575,6 +591,17 @@ class Engine:
                     engine._post("signal", sig)
             opening.cancel()
             return
+
+    def _new_hold(self) -> None:
+        """Note where this hold of the workdir's lock began, if it is a new one: what the
+        queue knows of jobs from before may be stale (``_fresh_jobs``)."""
+        if self._hold[0] != self.workdir.lock_serial:
+            self._hold = (self.workdir.lock_serial, len(self.jobs), len(self.completed))
+
+    def _fresh_jobs(self) -> list[Job]:
+        """The jobs fed or ended while the workdir was held this time."""
+        _, fed, ended = self._hold
+        return [*self.jobs[fed:], *(job for job in self.completed[ended:] if job.index < fed)]
 
     def _plugin_features(self) -> None:
         """What this run must do for the optional hooks; nothing at all when unused."""
@@ -723,6 +750,8 @@ class Engine:
                 job.attempt = job._base_attempt = _int(attempt, 0)
                 return self._release(job)
             # An earlier run's success (``_earlier_success``): settled as it is fed.
+            if record.get("cache_key") is not None and job.cache_key is None:
+                self._keyed_settled.add(job)  # not a plain success (``successes``)
             job.rc, job.attempt = 0, _int(attempt, 1)
             job.reason = "succeeded in an earlier run"
             return self._finalize(job, S.FINISHED, record=False)

@@ -30,7 +30,7 @@ import logging
 import os
 import stat
 import zlib
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from typing import TYPE_CHECKING, Any
 
 from .records import JOURNAL_FILE, READ_FLAGS, SPECS_FILE, digest
@@ -144,48 +144,66 @@ def vouched(job: Job) -> bool:
     )
 
 
-def save(root: str, jobs: Sequence[Job], previous: Successes | None) -> None:
+def save(
+    root: str, count: int, fresh: Sequence[Job], unvouched: Set[Job], previous: Successes | None
+) -> None:
+    """Write the index of a workdir whose queue has ``count`` jobs, as a run ends, its
+    records all in the journal.
+
+    ``fresh``: the jobs whose state the run knows to be current, those fed or ended
+    while it held the workdir (a job of an earlier run of the same queue may have been
+    run again since by another controller); ``unvouched``: those of them whose newest
+    record has more than a plain success (settled from a success under a cache key).
+    Entries of the other indices are those of ``previous``, the index read under this
+    hold, if no folder changed meanwhile; none otherwise. Nothing is written if
+    ``previous`` is still current and vouched for every fresh success. Written through
+    a file of another name, renamed over the old one, so a reader finds the old index
+    or the new one whole."""
     try:
-        _save(root, jobs, previous)
+        _save(root, count, fresh, unvouched, previous)
     except OSError as exc:  # the run's outcome stands; the next resume reads the journal
         log.info("could not write %s/%s: %s", root, SUCCESSES_FILE, exc)
 
 
-def _save(root: str, jobs: Sequence[Job], previous: Successes | None) -> None:
-    """Write the index for ``jobs`` (a run's, as it ends, its records all in the
-    journal), unless the one ``previous`` (read at this run's first feed) is still
-    current and vouched for every success. Written through a file of another name,
-    renamed over the old one, so a reader finds the old index or the new one whole.
-    Entries of ``previous`` past this run's jobs are kept if no folder changed.
-    Blocking."""
+def _save(
+    root: str, count: int, fresh: Sequence[Job], unvouched: Set[Job], previous: Successes | None
+) -> None:
+    def plain(job: Job) -> bool:
+        return vouched(job) and job not in unvouched
+
     records = _records(root)
     if (
         previous is not None
         and all(previous.made_from[k] == v for k, v in records.items())
-        and (previous.hits == len(jobs) or previous.hits == sum(map(vouched, jobs)))
+        and previous.hits == sum(map(plain, fresh))
     ):
         # Nothing recorded since it was read, and no success it did not vouch for: it is
         # as good as a new one, or, if a folder changed meanwhile, the next run sees that.
         return
     names = os.listdir(root)
     made_from = {**records, "folders": fingerprint(names)}
+    if previous is not None and previous.made_from["folders"] == made_from["folders"]:
+        entries = bytearray(previous.entries_from(0))  # untouched since it was read
+    else:
+        entries = bytearray()
+    if len(entries) < count * _ENTRY:
+        entries += bytes(count * _ENTRY - len(entries))
     present = set(names)
-    count = len(jobs)
-    entries = bytearray(count * _ENTRY)
     from .workdir import job_spec  # imported here: workdir imports this module
 
-    for job in jobs:
-        if vouched(job) and os.path.basename(job.dir) in present:
-            at = job.index * _ENTRY
+    for job in fresh:
+        at = job.index * _ENTRY
+        if plain(job) and os.path.basename(job.dir) in present:
             entries[at : at + _DIGEST] = digest(job_spec(job).encode())
             entries[at + _DIGEST : at + _ENTRY] = min(job.attempt, 0xFFFFFFFF).to_bytes(4, "little")
-    if previous is not None and previous.made_from["folders"] == made_from["folders"]:
-        entries += previous.entries_from(count)  # jobs not fed this time: untouched
+        else:
+            entries[at : at + _ENTRY] = bytes(_ENTRY)
     meta = {"format": FORMAT, "jobs": len(entries) // _ENTRY, **made_from}
     # One name, under the run's lock: a run killed while writing leaves one file, which
     # the next one's overwrites (O_NOFOLLOW: never through a link planted there).
     temp = f"{root}/.{SUCCESSES_FILE}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
+    fd = os.open(temp, flags, 0o644)
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(json.dumps(meta).encode() + b"\n")

@@ -46,7 +46,7 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Set
 from json.encoder import encode_basestring_ascii as _quote
 from pathlib import Path
 from typing import Any
@@ -438,6 +438,9 @@ class Workdir:
         self._specs_fd: int | None = None
         self._lock_fd: int | None = None
         self._locking: anyio.Lock | None = None
+        # Times the lock was taken: what a run learned before the current hold may be
+        # stale (another controller may have used the workdir in between).
+        self.lock_serial = 0
 
     def _not_a_folder(self) -> WorkdirError:
         """Something that is not a folder is where the workdir (or a folder above it) is."""
@@ -498,6 +501,7 @@ class Workdir:
         # sure that this is the process holding the lock (see _identity).
         os.write(fd, (f"{own_identity()} {role}" if role else own_identity()).encode())
         self._lock_fd = fd
+        self.lock_serial += 1
 
     @property
     def locked(self) -> bool:
@@ -514,11 +518,12 @@ class Workdir:
             if self._lock_fd is None:
                 await anyio.to_thread.run_sync(self.lock)
 
-    def save_successes(self, jobs: Sequence[Job]) -> None:
+    def save_successes(self, count: int, fresh: Sequence[Job], unvouched: Set[Job]) -> None:
         """A run's end, its records all written: the index of succeeded jobs the next
-        resume reads instead of the journal (``successes``). Blocking: a worker thread."""
+        resume reads instead of the journal (``successes.save``). Blocking: a worker
+        thread."""
         if self.broken is None and not self._held:  # else some record is not written
-            successes.save(self._root, jobs, self._successes)
+            successes.save(self._root, count, fresh, unvouched, self._successes)
 
     def unlock(self) -> None:
         """The run's end: the lock released, the files closed. A refused write (``broken``)
