@@ -145,6 +145,30 @@ async def test_controller_killed_mid_run_loses_nothing_and_runs_nothing_twice(
     assert all(j.attempt == 1 for j in q.jobs[:3])
 
 
+@pytest.mark.parametrize("index", ["kept", "removed"])
+async def test_a_queue_fed_again_sees_what_another_run_made_meanwhile(
+    workdir: Path, tmp_path: Path, index: str
+) -> None:
+    """Between two runs of one queue, another run made job 1's folder and ran it: the
+    queue's next feed of job 1 finds it (it listed the workdir before, and failed with
+    "cannot create job folder: File exists")."""
+    marker = tmp_path / "ran"
+    cmds = [f"echo 0 >> {marker}", f"echo 1 >> {marker}"]
+    first = Xqueue(workdir=workdir, error_strategy="ignore")
+    await first.feed(cmds[0])
+    await first.run_until_complete()
+    other = Xqueue(workdir=workdir, error_strategy="ignore")
+    for cmd in cmds:
+        await other.feed(cmd)
+    await other.run_until_complete()
+    if index == "removed":
+        await anyio.Path(workdir / "successes.idx").unlink()
+    job = await first.feed(cmds[1])
+    await first.run_until_complete()
+    assert job.status is JobStatus.FINISHED and job.reason == "succeeded in an earlier run"
+    assert sorted((await anyio.Path(marker).read_text()).split()) == ["0", "1"]
+
+
 async def test_two_runs_on_one_workdir_are_refused(workdir: Path) -> None:
     first = Xqueue(workdir=workdir)
     job = await first.feed(["sleep", "0.5"])

@@ -529,8 +529,10 @@ class Workdir:
         """The run's end: the lock released, the files closed. A refused write (``broken``)
         is forgotten: the next run tries again (the user may have made room), and opens
         the journal anew, ending a line the refused write tore. Another controller may
-        change the workdir once it is unlocked: the index of successes is read again."""
+        change the workdir once it is unlocked: what was read of it is read again."""
         self._successes, self._successes_read = None, False
+        self._names, self._by_index = None, None
+        self.reader = WorkdirReader(self.path)
         self.broken = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing releases the flock
