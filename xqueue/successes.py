@@ -175,7 +175,7 @@ def _save(
     if (
         previous is not None
         and all(previous.made_from[k] == v for k, v in records.items())
-        and previous.hits == sum(map(plain, fresh))
+        and (previous.hits == len(fresh) or previous.hits == sum(map(plain, fresh)))
     ):
         # Nothing recorded since it was read, and no success it did not vouch for: it is
         # as good as a new one, or, if a folder changed meanwhile, the next run sees that.
