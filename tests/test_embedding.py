@@ -248,6 +248,50 @@ async def test_an_unwanted_attempt_still_running_is_stopped_before_the_job_runs_
     assert job.status is S.FINISHED and job.attempt == 2, (job, job.reason)
 
 
+MANY = textwrap.dedent(
+    """
+    import anyio, sys
+    from xqueue import Xqueue
+
+    async def main(workdir, command, n):
+        q = Xqueue(workdir=workdir, forks=n)
+        for i in range(n):
+            await q.feed(command + f" # {i}")
+        await q.run_until_complete()
+
+    anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    """
+)
+
+
+async def test_unwanted_attempts_found_together_are_stopped_in_one_call(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """A resume that finds many attempts of a dead controller unwanted stops them all
+    with one call to the backend (it made one a job, each a pass over /proc locally)."""
+    started, n = tmp_path / "started", 6
+    command = f'echo $$ >> {started}; [ "$XQUEUE_JOB_ATTEMPT" = 1 ] && exec sleep 60; true'
+    script = anyio.Path(tmp_path / "controller.py")
+    await script.write_text(MANY)
+    await anyio.Path(started).write_text("")
+    first = await anyio.open_process([sys.executable, str(script), str(workdir), command, str(n)])
+    with anyio.fail_after(20):
+        while len((await read_text(started)).split()) < n:
+            await anyio.sleep(0.05)
+    os.kill(first.pid, signal.SIGKILL)
+    await first.wait()
+    await first.aclose()
+    old = [int(pid) for pid in (await read_text(started)).split()]
+
+    q = Xqueue(workdir=workdir, forks=n, resume=False)
+    jobs = [await q.feed(command + f" # {i}") for i in range(n)]
+    with anyio.fail_after(30):
+        await q.run_until_complete()
+    assert [(j.status, j.attempt) for j in jobs] == [(S.FINISHED, 2)] * n
+    assert q.statistics().kill_calls == 1
+    assert not [pid for pid in old if await is_alive(pid)]
+
+
 # -- polling hooks ---------------------------------------------------------------------------------
 class Polls:
     """Records each polling call: (time, job index, status, the job's stdout so far)."""

@@ -216,6 +216,10 @@ class Engine:
         self._active: dict[Job, None] = {}
         self._to_resolve: list[tuple[Job, float]] = []  # SUBMITTING jobs to look up (not before)
         self._to_kill: list[Job] = []
+        # Earlier runs' attempts found unwanted, stopped together once the lookups that
+        # find them are done (``_resolving`` of them run): one kill call, not one a job.
+        self._stale_found: list[Job] = []
+        self._resolving = 0
         # The workdir hold (lock serial), and the jobs and ended jobs there were before it.
         self._hold = (0, 0, 0)
         # Jobs settled as fed from a success made under a cache key they were not fed with.
@@ -931,7 +935,7 @@ class Engine:
             # An earlier run's attempt whose result is not wanted: stopped if the backend
             # still holds it (the job must never run twice at once), then run afresh.
             if found:
-                self._actions.append((self._stop_stale, (job,)))
+                self._stale_found.append(job)  # stopped with the others of its lookups
                 return []
             self._stale.discard(job)
             job.jid = None
@@ -1338,6 +1342,9 @@ class Engine:
         if self._to_kill:
             jobs, self._to_kill = self._to_kill, []
             self._actions.append((self._kill, (jobs, None, True)))
+        if self._stale_found and not self._resolving:
+            jobs, self._stale_found = self._stale_found, []
+            self._actions.append((self._stop_stale, (jobs,)))
         if self.state not in (_Run.RUNNING, _Run.DRAINING) or self._hold_until > now:
             return
         if self._counting and self._pool.in_use:
@@ -1554,30 +1561,39 @@ class Engine:
         finally:
             self._polling_posted = False
 
-    async def _stop_stale(self, job: Job) -> None:
-        """Kill an earlier run's attempt that is not wanted. One that has ended is asked
-        to be killed too, for what it may have left running (a stop's SIGTERM ended its
-        shell, and its controller died before the SIGKILL): that kill's error, if any,
-        does not hold up the new attempt."""
-        error: BaseException | None = None
-        ended = await anyio.to_thread.run_sync(self.workdir.exit_code, job) is not None
+    async def _stop_stale(self, jobs: list[Job]) -> None:
+        """Kill earlier runs' attempts that are not wanted, in one call to the backend (a
+        resume after a stop cut short may find thousands; locally each call is a pass
+        over /proc). One that has ended is asked to be killed too, for what it may have
+        left running (a stop's SIGTERM ended its shell, and its controller died before
+        the SIGKILL): that kill's error, if any, does not hold up the new attempt."""
+        ended = await anyio.to_thread.run_sync(self.workdir.exit_codes, jobs)
         try:
-            (error,) = await self.scheduler.kill_jobs([job])
+            errors: list[BaseException | None] = list(await self.scheduler.kill_jobs(jobs))
         except Exception as exc:
-            error = exc
-        if ended or isinstance(error, JobAlreadyEnded):
-            error = None
-        if error is None:
-            log.info(
-                "job %s (%s): stopped its attempt %s of an earlier run",
-                job.index,
-                job.name,
-                job.jid,
-            )
-        self._post("stale_stopped", job, error)
+            errors = [exc] * len(jobs)
+        for job, error in zip(jobs, errors, strict=True):
+            if job in ended or isinstance(error, JobAlreadyEnded):
+                error = None
+            if error is None:
+                log.info(
+                    "job %s (%s): stopped its attempt %s of an earlier run",
+                    job.index,
+                    job.name,
+                    job.jid,
+                )
+            self._post("stale_stopped", job, error)
 
     async def _resolve(self, jobs: list[Job]) -> None:
         """Find jobs whose submission may have happened: their rc file, or the backend."""
+        self._resolving += 1
+        try:
+            await self._look_up(jobs)
+        finally:
+            self._resolving -= 1
+            self._post("check")  # the attempts found unwanted are stopped now
+
+    async def _look_up(self, jobs: list[Job]) -> None:
         # Their exit records are read in a worker thread, the whole batch at once.
         ended = await anyio.to_thread.run_sync(
             self.workdir.exit_codes, [job for job in jobs if job.jid is not None]
