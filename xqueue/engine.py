@@ -216,10 +216,10 @@ class Engine:
         self._active: dict[Job, None] = {}
         self._to_resolve: list[tuple[Job, float]] = []  # SUBMITTING jobs to look up (not before)
         self._to_kill: list[Job] = []
-        # Earlier runs' attempts found unwanted, stopped together once the lookups that
-        # find them are done (``_resolving`` of them run): one kill call, not one a job.
+        # Earlier runs' attempts found unwanted, stopped together once a batch of lookups
+        # that finds them is done (``_on_looked_up``): one kill call, not one a job.
         self._stale_found: list[Job] = []
-        self._resolving = 0
+        self._stale_ready = False
         # The workdir hold (lock serial), and the jobs and ended jobs there were before it.
         self._hold = (0, 0, 0)
         # Jobs settled as fed from a success made under a cache key they were not fed with.
@@ -736,6 +736,10 @@ class Engine:
         return handler(*event[1:])
 
     def _on_check(self) -> list[HookCall]:
+        return []
+
+    def _on_looked_up(self) -> list[HookCall]:
+        self._stale_ready = bool(self._stale_found)  # what this batch (and others) found
         return []
 
     def _on_fed(self, job: Job, record: dict[str, Any] | None) -> list[HookCall]:
@@ -1342,8 +1346,8 @@ class Engine:
         if self._to_kill:
             jobs, self._to_kill = self._to_kill, []
             self._actions.append((self._kill, (jobs, None, True)))
-        if self._stale_found and not self._resolving:
-            jobs, self._stale_found = self._stale_found, []
+        if self._stale_found and self._stale_ready:
+            jobs, self._stale_found, self._stale_ready = self._stale_found, [], False
             self._actions.append((self._stop_stale, (jobs,)))
         if self.state not in (_Run.RUNNING, _Run.DRAINING) or self._hold_until > now:
             return
@@ -1586,12 +1590,10 @@ class Engine:
 
     async def _resolve(self, jobs: list[Job]) -> None:
         """Find jobs whose submission may have happened: their rc file, or the backend."""
-        self._resolving += 1
         try:
             await self._look_up(jobs)
         finally:
-            self._resolving -= 1
-            self._post("check")  # the attempts found unwanted are stopped now
+            self._post("looked_up")  # after the answers: those found unwanted go together
 
     async def _look_up(self, jobs: list[Job]) -> None:
         # Their exit records are read in a worker thread, the whole batch at once.
