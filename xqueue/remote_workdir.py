@@ -215,9 +215,7 @@ class RemoteWorkdir(Workdir):
         """Bring the local folder up to date from the bucket (blocking; under the lock)."""
         with _reading(self.url):
             _pull(self)
-        # What was read before the pull (nothing, normally) is stale now.
-        self.reader = WorkdirReader(self.path)
-        self._names = None
+        self.forget_reads()  # what was read before the pull (nothing, normally) is stale
 
     def push(self) -> bool:
         """Copy the specs and the journal to the bucket where they grew since the last

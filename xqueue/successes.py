@@ -99,8 +99,9 @@ class Successes:
         self.hits += 1
         return int.from_bytes(entries[at + _DIGEST : at + _ENTRY], "little")
 
-    def entries_from(self, index: int) -> bytes:
-        return self._entries[index * _ENTRY :]
+    @property
+    def entries(self) -> bytes:
+        return self._entries
 
 
 def load(root: str) -> Successes | None:
@@ -183,7 +184,7 @@ def _save(
     names = os.listdir(root)
     made_from = {**records, "folders": fingerprint(names)}
     if previous is not None and previous.made_from["folders"] == made_from["folders"]:
-        entries = bytearray(previous.entries_from(0))  # untouched since it was read
+        entries = bytearray(previous.entries)  # untouched since it was read
     else:
         entries = bytearray()
     if len(entries) < count * _ENTRY:

@@ -525,14 +525,19 @@ class Workdir:
         if self.broken is None and not self._held:  # else some record is not written
             successes.save(self._root, count, fresh, unvouched, self._successes)
 
+    def forget_reads(self) -> None:
+        """Drop what was read of the workdir (its listing, its records, its index of
+        successes): the workdir may have changed since (another controller, a pull)."""
+        self._successes, self._successes_read = None, False
+        self._names, self._by_index = None, None
+        self.reader = WorkdirReader(self.path)
+
     def unlock(self) -> None:
         """The run's end: the lock released, the files closed. A refused write (``broken``)
         is forgotten: the next run tries again (the user may have made room), and opens
         the journal anew, ending a line the refused write tore. Another controller may
         change the workdir once it is unlocked: what was read of it is read again."""
-        self._successes, self._successes_read = None, False
-        self._names, self._by_index = None, None
-        self.reader = WorkdirReader(self.path)
+        self.forget_reads()
         self.broken = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing releases the flock

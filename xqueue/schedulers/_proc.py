@@ -130,13 +130,14 @@ async def end_groups(groups: Mapping[K, int], grace: float, after_kill: float) -
     start time). A group's id stays taken while any process is in it, and each SIGKILL
     goes only to a group just seen to hold one.
     """
-    _signal_all(groups.values(), signal.SIGTERM)
+    signal_groups(groups.values(), signal.SIGTERM)
     left = await _wait_groups(groups, grace)
-    _signal_all(left.values(), signal.SIGKILL)
+    signal_groups(left.values(), signal.SIGKILL)
     return await _wait_groups(left, after_kill)
 
 
-def _signal_all(pgids: Iterable[int], sig: signal.Signals) -> None:
+def signal_groups(pgids: Iterable[int], sig: signal.Signals) -> None:
+    """Send ``sig`` to each process group; one already gone (or not ours) is skipped."""
     for pgid in pgids:
         try:
             os.killpg(pgid, sig)

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import anyio
 
 from ..errors import SchedulerError, SchedulerOutputError
+from ._proc import signal_groups
 
 T = TypeVar("T")
 
@@ -133,10 +134,10 @@ async def run_command(
                             pass  # it ended, or closed its input, without reading it all
                 await process.wait()
     except TimeoutError:
-        _end_group(process.pid)
+        signal_groups([process.pid], signal.SIGKILL)  # the session it led
         raise SchedulerCommandError(argv, None, f"no answer within {timeout:g}s") from None
     except BaseException:
-        _end_group(process.pid)
+        signal_groups([process.pid], signal.SIGKILL)
         raise
     finally:
         with anyio.CancelScope(shield=True):
@@ -155,11 +156,3 @@ async def run_command(
 async def _drain(stream: Any, into: list[bytes]) -> None:
     if stream is not None:
         into.extend([chunk async for chunk in stream])
-
-
-def _end_group(pgid: int) -> None:
-    """SIGKILL the session a command led (it, and whatever it started and left there)."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass  # all gone already
