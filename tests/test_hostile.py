@@ -36,6 +36,7 @@ from tests.helpers import (
     ssh_server,
 )
 from xqueue import ConfigError, Job, JobStatus, Xqueue, hookimpl
+from xqueue._text import LONGEST_EXEC_STRING
 from xqueue.job import SCRIPT
 from xqueue.scheduler import render_script
 from xqueue.schedulers._cluster import job_name, write_array
@@ -260,12 +261,14 @@ async def test_hostile_strings_run_as_data_on_every_backend(
     # A string command: its quoting in the wrapper is the second layer; its name is derived.
     command = f"printf '%s\\n' {' '.join(shlex.quote(a) for a in args)}"
     text_job = await q.feed(f'{command}; printf "%s\\n" "${{XQ_SMUGGLED-unset}}"')
+    # Twice as long: over the 128 KiB exec passes in one argument (``sh -c`` failed).
+    long_job = await q.feed(f"{command}; {command}")
     if scheduler in ("slurm", "sge"):
-        cleanup.append(("scancel" if scheduler == "slurm" else "qdel", [*jobs, text_job]))
+        cleanup.append(("scancel" if scheduler == "slurm" else "qdel", [*jobs, text_job, long_job]))
     with anyio.fail_after(110):
         await q.run_until_complete()
 
-    for job in [*jobs, text_job]:
+    for job in [*jobs, text_job, long_job]:
         stderr = await anyio.to_thread.run_sync(read, job.stderr_path)
         assert job.status is JobStatus.FINISHED, (job, job.reason, stderr)
     assert await anyio.to_thread.run_sync(leaks, base) == [], f"{backend}: payloads ran"
@@ -274,6 +277,8 @@ async def test_hostile_strings_run_as_data_on_every_backend(
         assert (await read_bytes(job.stdout_path)) == expected(args, list(envs.values()), container)
     want = "".join(f"{a}\n" for a in [*args, "unset"]).encode()
     assert (await read_bytes(text_job.stdout_path)) == want
+    assert len(os.fsencode(long_job.command)) > LONGEST_EXEC_STRING
+    assert (await read_bytes(long_job.stdout_path)) == "".join(f"{a}\n" for a in args * 2).encode()
     if scheduler == "slurm":
         await anyio.to_thread.run_sync(assert_slurm_names, jobs)
 
@@ -395,6 +400,36 @@ def test_rendered_wrapper_runs_the_argv_verbatim(tmp_path: Path) -> None:
     assert Path(job.stdout_path).read_bytes() == "".join(f"{a}\n" for a in args).encode()
     assert Path(job.attempt_path("rc")).read_text() == "0\n"
     assert leaks(tmp_path) == []
+
+
+@pytest.mark.parametrize("wrap", [None, Wrap(("echo pre",), ("echo post",))])
+def test_rendered_wrapper_runs_a_shell_command_too_long_for_exec(
+    tmp_path: Path, wrap: Wrap | None
+) -> None:
+    """Over 128 KiB, ``/bin/sh -c -- COMMAND`` failed with "Argument list too long" (rc
+    126) on every backend that runs this wrapper; the script now writes the command to
+    a file and runs that, exit status, environment and shell lines around it as before."""
+    canary = tmp_path / CANARY
+    word = f"$(touch {canary})'\"\\\n"
+    job = Job(0, f"printf %s {shlex.quote(word * 20_000)} | wc -c; echo $XQUEUE_JOB_INDEX; exit 3")
+    assert len(job.command) > LONGEST_EXEC_STRING
+    job.dir, job._wrap = str(tmp_path / HOSTILE_DIR), wrap
+    os.makedirs(job.dir)
+    Path(job.attempt_path(SCRIPT)).write_text(render_script(job, job.dir))
+    done = subprocess.run(["sh", job.attempt_path(SCRIPT)], timeout=30, cwd=tmp_path)
+    assert done.returncode == 3, Path(job.stderr_path).read_text()
+    pre, post = ("pre\n", "post\n") if wrap else ("", "")
+    assert Path(job.stdout_path).read_text() == f"{pre}{len(word) * 20_000}\n0\n{post}"
+    assert Path(job.attempt_path("rc")).read_text() == "3\n"
+    assert leaks(tmp_path) == []
+    # A command file that cannot be written: the job fails saying why, and nothing ran.
+    for kind in ("rc", "stdout", "stderr", "cmd"):
+        os.remove(job.attempt_path(kind))
+    os.mkdir(job.attempt_path("cmd"))
+    done = subprocess.run(["sh", job.attempt_path(SCRIPT)], timeout=30, cwd=tmp_path)
+    assert done.returncode != 0 and Path(job.attempt_path("rc")).read_text() != "0\n"
+    assert Path(job.stdout_path).read_text() == pre + post
+    assert "cmd" in Path(job.stderr_path).read_text()
 
 
 def test_rendered_wrapper_exports_values_verbatim(tmp_path: Path) -> None:

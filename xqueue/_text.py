@@ -27,10 +27,19 @@ from .errors import ConfigError
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 """What a shell accepts as a variable name (matched whole: no trailing newline)."""
 RESERVED_ENVS = ("XQUEUE_JOB_INDEX", "XQUEUE_JOB_ATTEMPT", "XQUEUE_JOB_DIR")
+"""Set by xqueue for every job: the backends find and kill jobs by them."""
 # The longest string exec passes, in bytes with its NUL (Linux's MAX_ARG_STRLEN): an
 # environment entry, NAME=value, longer than this reaches no program on any backend.
 LONGEST_EXEC_STRING = 32 * 4096
-"""Set by xqueue for every job: the backends find and kill jobs by them."""
+
+
+def too_long_for_exec(text: str) -> bool:
+    """Whether exec refuses ``text`` as one argument ("Argument list too long"). It is
+    asked for every job's command: one under a quarter of the limit in characters (no
+    encoding makes it longer in bytes) is the one length measured."""
+    if len(text) * 4 < LONGEST_EXEC_STRING:
+        return False
+    return len(os.fsencode(text)) + 1 > LONGEST_EXEC_STRING
 
 
 def check_text(value: str, what: str) -> str:

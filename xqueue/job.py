@@ -32,6 +32,8 @@ STDERR = "stderr"
 SCRIPT = "sh"
 RC = "rc"
 STARTED = "started"
+# A shell command too long for exec, which a wrapper script writes and runs from a file.
+COMMAND = "cmd"
 
 
 _J = TypeVar("_J", bound="Job")

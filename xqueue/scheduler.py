@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import anyio
 
-from ._text import comment, export, quote
+from ._text import comment, export, quote, too_long_for_exec
 from .capacity import Capacity
 from .failures import BACKEND_CLASSES, FailureClass
-from .job import RC, SCRIPT, STARTED, STDERR, STDOUT, Job, attempt_file
+from .job import COMMAND, RC, SCRIPT, STARTED, STDERR, STDOUT, Job, attempt_file
 from .options import SchedulerOptions
 from .states import JobStatus
 from .workdir import atomic_write, read_rc, read_text
@@ -396,10 +396,10 @@ def render_script(
         *(export(k, v) for k, v in envs.items()),
         # Only files this attempt creates, each with O_EXCL (noclobber): a link planted
         # at one of these names is removed, never written through.
-        f"rm -f {f(STARTED)} {f(STDOUT)} {f(STDERR)} {f(RC)}.tmp",
+        f"rm -f {f(STARTED)} {f(STDOUT)} {f(STDERR)} {f(RC)}.tmp {f(COMMAND)}",
         "set -C",
         f"date +%s > {f(STARTED)}",
-        *_command_lines(job, f"> {f(STDOUT)} 2> {f(STDERR)}"),
+        *_command_lines(job, f"> {f(STDOUT)} 2> {f(STDERR)}", f(COMMAND)),
         "rc=$?",
         f'echo "$rc" > {f(RC)}.tmp && mv -f {f(RC)}.tmp {f(RC)}',
         *([_END_GROUP] if end_group else []),
@@ -409,10 +409,22 @@ def render_script(
     return "\n".join(lines)
 
 
-def _command_lines(job: Job, redirect: str) -> list[str]:
+def _command_lines(job: Job, redirect: str, command_file: str) -> list[str]:
     """The command, its output redirected; with shell lines around it (``wrapping``), a
-    subshell that runs them, so an ``exit`` in one still leaves a return code here."""
-    command = " ".join(quote(a) for a in job.command_argv)
+    subshell that runs them, so an ``exit`` in one still leaves a return code here.
+
+    A shell command too long for exec to pass as one argument (over 128 KiB: ``/bin/sh
+    -c`` failed with "Argument list too long", rc 126) is written by the script itself,
+    with the shell's own ``printf`` (no exec), to ``command_file`` (quoted), and run from
+    there, as the local backend runs it: where the script runs, that file can be written.
+    The command starts only once the whole file was, and a write that fails is the job's
+    failure, its error in the job's stderr."""
+    if isinstance(job.command, str) and too_long_for_exec(job.command):
+        command = (
+            f"{{ printf '%s\\n' {quote(job.command)} > {command_file} && /bin/sh {command_file}; }}"
+        )
+    else:
+        command = " ".join(quote(a) for a in job.command_argv)
     if job._wrap is None:
         return [f"{command} < /dev/null {redirect}"]
     # set +C: the lines are the user's shell, to run as written (noclobber is only for

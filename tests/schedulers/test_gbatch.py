@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import sys
 import time
 import uuid
@@ -293,11 +294,16 @@ async def test_hostile_names_arguments_and_envs_reach_the_job_untouched(
     q = queue(gcloud, project, workdir)
     job = await q.feed(argv, name=name, envs=envs)
     job2 = await q.feed(["sh", "-c", 'printf "%s" "$HOSTILE"'], name="-" * 80, envs=envs)
+    # A shell command over the 128 KiB exec passes in one argument: run from a file.
+    word = f"$(touch {pwned})'\"\\\n"
+    job3 = await q.feed(f"printf %s {shlex.quote(word * 20_000)} | wc -c")
     with anyio.fail_after(30):
         await q.run_until_complete()
     assert job.status is JobStatus.FINISHED, job.reason
     assert await read_text(job.stdout_path) == "|".join(argv[2:]) + "|"
     assert await read_text(job2.stdout_path) == envs["HOSTILE"]
+    assert job3.status is JobStatus.FINISHED, await read_text(job3.stderr_path)
+    assert (await read_text(job3.stdout_path)).strip() == str(len(word) * 20_000)
     assert not await anyio.Path(pwned).exists()
     for j in (job, job2):
         assert j.jid

@@ -32,6 +32,7 @@ from typing import Any
 
 import anyio
 
+from .._text import LONGEST_EXEC_STRING, too_long_for_exec
 from ..capacity import Capacity
 from ..errors import JobAlreadyEnded, SchedulerError, SchedulerOptionError, SubmissionError
 from ..job import SCRIPT, Job
@@ -451,31 +452,29 @@ class LocalScheduler(Scheduler):
         return True
 
 
-# exec refuses an argument longer than this, in bytes with its NUL (Linux's
-# MAX_ARG_STRLEN), and the arguments and variables together beyond ARG_MAX, which the
+# exec refuses the arguments and variables together beyond ARG_MAX, which the
 # shepherd's own environment shares: a budget of half of it is left for that.
-_ONE_STRING = 32 * 4096
-_ALL_STRINGS = max(os.sysconf("SC_ARG_MAX"), 2 * _ONE_STRING) // 2
+_ALL_STRINGS = max(os.sysconf("SC_ARG_MAX"), 2 * LONGEST_EXEC_STRING) // 2
 
 
 def _too_long_for_exec(job: Job, request: Request) -> bool:
     """Whether ``exec`` would refuse a job's shell command (``E2BIG``, "Argument list too
-    long"), which backends that run a script never meet. A list command is the exact
-    argv the program gets, and no script can pass one longer: exec's error stands. This
-    runs for every job: a command under a quarter of the limit in characters (no
+    long"), alone or with the rest of its argv and environment. A list command is the
+    exact argv the program gets, and no script can pass one longer: exec's error stands.
+    This runs for every job: a command under a quarter of the limit in characters (no
     encoding reaches it then) is the one length asked."""
     command = job.command
-    if type(command) is not str or len(command) * 4 < _ONE_STRING:
+    if type(command) is not str or len(command) * 4 < LONGEST_EXEC_STRING:
         return False
     sizes = [len(os.fsencode(a)) + 1 for a in request.argv]
     sizes += [len(os.fsencode(f"{k}={v}")) + 1 for k, v in request.env.items()]
-    return len(os.fsencode(command)) + 1 > _ONE_STRING or sum(sizes) > _ALL_STRINGS
+    return too_long_for_exec(command) or sum(sizes) > _ALL_STRINGS
 
 
 def _from_script(job: Job, request: Request) -> Request:
     """``request`` with the job's shell command read by ``/bin/sh`` from the attempt's
-    script, as other backends run it: a shell reads a script of any length. Blocking: a
-    worker thread."""
+    script, as the wrapper of the other backends runs it (``scheduler.render_script``): a
+    shell reads a script of any length. Blocking: a worker thread."""
     assert isinstance(job.command, str)
     path = job.attempt_path(SCRIPT)
     atomic_write(path, f"{job.command}\n")
