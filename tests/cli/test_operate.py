@@ -830,9 +830,76 @@ def test_cancel_leaves_a_job_its_backend_lost_sight_of_as_recorded(tmp_path: Pat
             failure=FailureClass.NODE_FAIL,
             unsettled=True,
         )
-        said = _record_ends(workdir, [job], {job: lost})
+        said, left = _record_ends(workdir, [job], {job: lost})
     finally:
         workdir.unlock()
     assert said[job].startswith("not known to have ended (lost: server 'big'")
     assert said[job].endswith("left as recorded")
+    assert left == [job]
     assert final_states(tmp_path / "wd") == ["submitted"]
+
+
+def test_cancel_records_a_job_its_dead_run_was_killing_as_killed(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    """The run journalled its kills (``record_kills``) and was SIGKILLed while they took
+    effect: the jobs' 143 is that kill's, as a resume and ``status`` take it. cancel
+    recorded it as the jobs' own failure (NONZERO_EXIT), with status then agreeing."""
+    wd, ledger = tmp_path / "wd", tmp_path / "ledger"
+    job = f"echo x >> {ledger}; trap 'sleep 2; exit 143' TERM; while :; do sleep 0.1; done"
+    run = Run(wd, [job, job], "-f", "2")
+    runs.append(run)
+    run.wait_journal('"jid": "', 2)
+    deadline = time.monotonic() + 20
+    while not ledger.exists() or ledger.read_text().count("x") < 2:
+        assert time.monotonic() < deadline, "the jobs did not start"
+        time.sleep(0.05)
+    run.proc.send_signal(signal.SIGTERM)
+    run.wait_journal('"kill": true', 2)
+    run.proc.kill()
+    run.wait()
+    assert wait_no_job_processes(wd, 20) == []
+    deadline = time.monotonic() + 10
+    while (wd / "exits.jsonl").read_text().count("\n") < 2:
+        assert time.monotonic() < deadline, "the shepherd recorded no exits"
+        time.sleep(0.05)
+    out = xqueue("cancel", str(wd))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("recorded killed, by its run's stop (exit code 143)") == 2, out.stdout
+    assert final_states(wd) == ["killed", "killed"]
+    assert "2 killed" in xqueue("status", str(wd)).stdout
+    assert "killed: the run stopped (SIGTERM)" in xqueue("status", str(wd)).stdout
+
+
+@pytest.mark.slurm
+def test_cancel_leaves_a_job_whose_submission_may_be_under_way_for_the_next_run(
+    tmp_path: Path, runs: list[Run], slurm_cluster: str
+) -> None:
+    """A SIGKILLed controller's sbatch still going through (a busy slurmctld): cancel
+    found no job, took the intent-only records for ended and recorded them failed, and
+    the next run started the jobs beside the copies that sbatch went on to submit."""
+    wd, ledger = tmp_path / "wd", tmp_path / "ledger"
+    slow = tmp_path / "slow-sbatch"
+    slow.write_text('#!/bin/sh\nsleep 4\nexec sbatch "$@"\n')
+    slow.chmod(0o755)
+    jobs = [f"echo {i} >> {ledger}; sleep 3" for i in range(2)]
+    opts = ["-s", "slurm", "-f", "2", "-o", "poll_interval=0.2"]
+    run = Run(wd, jobs, *opts, "-o", f"sbatch={slow}")
+    runs.append(run)
+    run.wait_journal('"status": "submitting"', 2)
+    run.proc.kill()
+    run.wait()
+    out = xqueue("cancel", str(wd))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stdout.count("not found on its backend: its submission may still be") == 2
+    assert final_states(wd) == ["submitting", "submitting"]
+    time.sleep(6)  # the orphan sbatch submits the jobs
+    again = subprocess.run(
+        [*XQ, "run", "-w", str(wd), *opts],
+        input="".join(f"{j}\n" for j in jobs),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    assert sorted(ledger.read_text().split()) == ["0", "1"]  # each ran once

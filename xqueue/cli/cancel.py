@@ -29,6 +29,7 @@ import shlex
 import signal
 import stat
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -252,6 +253,10 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
             raise XqueueError(f"{exc}; kill these jobs on their backend: {ids}") from None
         seen_as = _jobs_path(path, info)
         jobs = [_job(reader, seen_as, folder, records[folder] or {}) for folder in active]
+        # Those its run was killing when it died: their end is that kill's (``record_kills``).
+        marked = {
+            job for job, f in zip(jobs, active, strict=True) if (records[f] or {}).get("kill")
+        }
         if isinstance(backend, RemoteWorkdir) and pulled is None:
             backend.stale = True  # the bucket's copies may be newer than these records
         killed, states, errors = anyio.run(_kill, scheduler, backend, jobs, out)
@@ -259,7 +264,7 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
             job.status, job.rc, job.reason = JobStatus.KILLED, None, KILLED_REASON
             workdir.record(job)
         gone = [j for j in jobs if j not in killed and j not in errors]
-        ended = _record_ends(workdir, gone, states)
+        ended, left = _record_ends(workdir, gone, states, marked)
         if isinstance(backend, RemoteWorkdir) and not backend.stale:
             _push(backend, out)
         for job in jobs:
@@ -270,7 +275,7 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
                 out.write(f"{name}: could not be killed: {printable(str(errors[job]))}\n")
             else:
                 out.write(f"{name}: {ended[job]}\n")
-        return 1 if errors else 0
+        return 1 if errors or left else 0
     finally:
         workdir.unlock()
 
@@ -321,20 +326,37 @@ def _push(workdir: RemoteWorkdir, out: TextIO) -> None:
         )
 
 
-def _record_ends(workdir: Workdir, gone: list[Job], states: dict[Job, JobState]) -> dict[Job, str]:
+def _record_ends(
+    workdir: Workdir, gone: list[Job], states: dict[Job, JobState], marked: Collection[Job] = ()
+) -> tuple[dict[Job, str], list[Job]]:
     """Record how the jobs that are not running any more ended: as the backend tells it
     (``states``: one whose jobs leave their exit code elsewhere, in a bucket, fetches it),
-    else by the exit code they left here, else failed with no code. Left recorded as
+    else by the exit code they left here, else failed with no code; a job its run was
+    killing when it died (``marked``) as killed, as a resume takes it. Left recorded as
     running, a list changed since could never run at their index
-    (``Workdir._check_ended``) whatever cancel did."""
+    (``Workdir._check_ended``) whatever cancel did. Returns what was said of each job,
+    and those left as recorded, which may still run."""
     codes = workdir.exit_codes([job for job in gone if job not in states])
     said: dict[Job, str] = {}
+    left: list[Job] = []
     for job in gone:
-        state = states.get(job)
+        state, recorded = states.get(job), job.reason
         if state is not None and state.unsettled:
             # Lost from sight (an SSH server gone down), not ended: it may still run, so
             # it stays recorded as it is, for a later run to look for before rerunning.
             said[job] = f"not known to have ended ({state.reason}): left as recorded"
+            left.append(job)
+            continue
+        if state is None and job.jid is None and codes.get(job) is None:
+            # Only its submission's intent was recorded, and neither the backend nor an
+            # exit code knows it: its submission may still be under way (a slow sbatch
+            # outlives a SIGKILLed controller), or never happened. Recorded ended, it was
+            # started again beside itself by the next run, which otherwise looks it up.
+            said[job] = (
+                "not found on its backend: its submission may still be under way, or never "
+                "happened; left as recorded, for the next run to look up (or cancel again)"
+            )
+            left.append(job)
             continue
         if state is not None:
             job.status, job.rc, job.failure = state.status, state.rc, state.failure
@@ -356,8 +378,13 @@ def _record_ends(workdir: Workdir, gone: list[Job], states: dict[Job, JobState])
                 said[job] = (
                     f"not running any more: recorded {job.status.value} (exit code {job.rc})"
                 )
+        if job in marked:
+            job.status, job.failure = JobStatus.KILLED, None
+            job.reason = recorded or "killed as its run stopped"
+            code = "no exit code" if job.rc is None else f"exit code {job.rc}"
+            said[job] = f"not running any more: recorded killed, by its run's stop ({code})"
         workdir.record(job)
-    return said
+    return said, left
 
 
 def build_scheduler(info: dict[str, Any] | None) -> Scheduler:
@@ -402,6 +429,7 @@ def _job(reader: WorkdirReader, workdir: str, folder: str, record: dict[str, Any
         job = Job(index, ["unknown"], name=folder)
     job.dir = os.path.join(workdir, folder)
     job.jid = record.get("jid") or None
+    job.reason = str(record.get("reason") or "")
     attempt = record.get("attempt")
     job.attempt = attempt if type(attempt) is int and attempt > 0 else 1
     job.status = JobStatus.SUBMITTED
