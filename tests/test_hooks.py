@@ -483,6 +483,48 @@ async def test_a_job_left_running_by_a_veto_does_not_hold_up_the_stopping_run(
         await reap_lingering_shepherds()
 
 
+async def test_a_vetoed_kill_at_the_time_limit_leaves_the_job_running_with_its_gpu(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """A job past its time limit whose kill a plugin vetoed was settled FAILED at once
+    while it ran on: its GPU went to the next job, which ran beside it, and its final
+    record made the next run start it again beside itself. It now runs on, holding its
+    GPU, and its end settles it: the limit's verdict if it fails (not retried), its own
+    success if it exits 0."""
+    from xqueue import FailureClass
+
+    class Keep:
+        @hookimpl
+        def on_job_killing(self, job: Job) -> bool:
+            return False
+
+    ledger = tmp_path / "ledger"
+
+    def job(name: str, rc: int) -> str:
+        return f"echo {name} start >> {ledger}; sleep 2.5; echo {name} end >> {ledger}; exit {rc}"
+
+    opts = {"gpus": 1}
+    kw: dict[str, Any] = {"error_strategy": "retry", "num_retries": 2}
+    q = Xqueue(workdir=workdir, forks=4, scheduler_opts=opts, plugins=[Keep()], **kw)
+    over = await q.feed(job("A", 1), resources={"gpus": 1, "walltime": 1})
+    done = await q.feed(job("B", 0), resources={"gpus": 1, "walltime": 1})
+    last = await q.feed(f"echo C start >> {ledger}", resources={"gpus": 1})
+    with anyio.fail_after(30):
+        await q.run_until_complete()
+    lines = (await anyio.Path(ledger).read_text()).split("\n")
+    assert lines == ["A start", "A end", "B start", "B end", "C start", ""]  # one GPU at a time
+    assert over.status is JobStatus.FAILED and over.attempt == 1
+    assert over.failure is FailureClass.TIMEOUT
+    assert "timed out" in over.reason and "vetoed the kill" in over.reason
+    assert done.status is JobStatus.FINISHED and done.rc == 0
+    assert last.status is JobStatus.FINISHED
+    # The journal never had A ended while it ran: a resume finds it failed, B done.
+    again = Xqueue(workdir=workdir, forks=4, scheduler_opts=opts, num_retries=0)
+    fed = [await again.feed(job("A", 1), resources={"gpus": 1, "walltime": 1})]
+    fed.append(await again.feed(job("B", 0), resources={"gpus": 1, "walltime": 1}))
+    assert fed[1].status is JobStatus.FINISHED  # settled as it was fed
+
+
 async def test_an_installed_plugin_that_cannot_load_is_named_and_left_out(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

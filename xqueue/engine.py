@@ -1269,10 +1269,21 @@ class Engine:
         why = f"left running: plugin {plugin!r} vetoed the kill"
         log.warning("job %s %s", job.index, why)
         job._kill_requested = False
-        if job._pending_state is not None and job.status.is_active:
-            return self._verdict(job, why)  # it stands; the job is only left where it is
+        pending = job._pending_state
+        if pending is not None and job.status.is_active:
+            if pending.kill:  # the backend's word: it holds the job for nothing any more
+                return self._verdict(job, why)  # it stands; the job is only left where it is
+            if self.state is not _Run.STOPPING:
+                # The run's own verdict (its time limit) waits for the job's own end, and
+                # then stands, not retried. Until then the job runs on as it was: it keeps
+                # what it was given (a GPU, a slot) and stays active in the journal.
+                # Settled at once, its GPU went to the next job while it still ran, and
+                # the next run took its final record at its word and ran it beside itself.
+                reason = f"{pending.reason} ({why})"
+                job._pending_state = dataclasses.replace(pending, reason=reason, retryable=False)
+                return []
         job._pending_state = None
-        job.reason = why
+        job.reason = why if pending is None else f"{pending.reason} ({why})"
         if self.state is _Run.STOPPING:
             self._left.add(job)
             # Let go, as ``_leave_running`` does: the backend's close does not wait for
