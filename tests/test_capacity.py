@@ -385,3 +385,11 @@ async def test_a_resumed_run_holds_the_ids_of_the_job_it_readopts(
     # The re-adopted job still holds GPU 0: the new job got the other one.
     assert (await anyio.Path(second_ids).read_text()).strip() == "1"
     assert adopted.gpus == ("0",) and other.gpus == ("1",)
+
+
+def test_a_device_listed_twice_is_one_gpu() -> None:
+    """``CUDA_VISIBLE_DEVICES=0,0,1``: a job asking for two GPUs was given 0 and 0."""
+    from xqueue.schedulers._machine import visible_devices
+
+    assert visible_devices("0,0,1") == ("0", "1")
+    assert visible_devices("2, 1,2,-1,3") == ("2", "1")

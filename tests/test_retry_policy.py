@@ -266,3 +266,57 @@ def test_the_command_line_takes_a_policy_and_shows_the_class(tmp_path: Path) -> 
     )
     assert bad.returncode == 2
     assert "retry_policy['TIMEOUT']: unknown key 'walltme'" in " ".join(bad.stderr.split())
+
+
+def test_a_request_above_its_cap_names_the_cap_not_the_request() -> None:
+    rule = {"OOM": {"memory": 2, "max_memory": "1G"}}
+    over = decide(rule, F.OOM, resources=Resources(memory_mb=4096))
+    assert not over.retry
+    assert over.note == "not retried: memory is already at its cap of 1024 MiB"  # was 4096
+
+
+def test_a_growth_past_what_a_float_holds_is_not_retried() -> None:
+    """ceil() of an infinite product raised in the run's loop, which died with it."""
+    over = decide({"OOM": {"memory": 1e308}}, F.OOM, resources=Resources(memory_mb=4096))
+    assert not over.retry
+    assert over.note == "not retried: memory cannot grow 1e+308 times from 4096 MiB"
+    capped = decide(
+        {"OOM": {"memory": 1e308, "max_memory": "8G"}}, F.OOM, resources=Resources(memory_mb=4096)
+    )
+    assert capped.retry and capped.resources == Resources(memory_mb=8192)
+
+
+async def test_a_factor_past_a_float_fails_its_job_and_the_run_goes_on(workdir: Path) -> None:
+    q = Xqueue(
+        workdir=workdir,
+        forks=2,
+        error_strategy="ignore",
+        retry_policy={"NONZERO_EXIT": {"memory": 1e308}},
+    )
+    failing = await q.feed("exit 1", resources={"memory": "4G"})
+    other = await q.feed("sleep 0.5")
+    with anyio.fail_after(30):
+        await q.run_until_complete()
+    assert failing.status is JobStatus.FAILED and failing.attempt == 1
+    assert "memory cannot grow" in failing.reason
+    assert other.status is JobStatus.FINISHED
+
+
+@pytest.mark.parametrize("gpus", [None, 0])
+async def test_a_grown_request_is_resumed_whatever_count_was_asked(
+    workdir: Path, gpus: int | None
+) -> None:
+    """A request with ``gpus=0`` (or ``cpus=0``) was no request to ``from_record``: the
+    resume dropped the grown memory and started again from the fed one."""
+    asked = {"memory": "1G"} if gpus is None else {"memory": "1G", "gpus": gpus}
+    policy = {"NONZERO_EXIT": {"memory": 2}}
+    for attempts, memory in ((2, 2048), (4, 4096)):
+        q = Xqueue(workdir=workdir, error_strategy="retry", num_retries=1, retry_policy=policy)
+        job = await q.feed("exit 1", resources=asked)
+        with anyio.fail_after(30):
+            await q.run_until_complete()
+        assert (job.attempt, job.resources and job.resources.memory_mb) == (attempts, memory)
+    assert Resources.from_record({"memory_mb": 2048, "gpus": 0, "cpus": 0}) == Resources(
+        cpus=0, memory_mb=2048, gpus=0
+    )
+    assert Resources.from_record({"memory_mb": 0}) is None

@@ -136,7 +136,11 @@ class Resources:
         if not isinstance(value, dict) or not value or set(value) - _FIELDS - {"slots"}:
             return None
         numbers = {k: v for k, v in value.items() if k != "slots"}
-        if not all(type(v) is int and v > 0 for v in numbers.values()):
+        # cpus and gpus may be 0, as ``from_value`` takes them (a job that asks for no
+        # GPU where a profile gives one): refused here, a resume lost a grown request.
+        if not all(
+            type(v) is int and (v > 0 or (v == 0 and k in _COUNTS)) for k, v in numbers.items()
+        ):
             return None
         slots = value.get("slots")
         if slots is not None:
@@ -149,3 +153,4 @@ class Resources:
 
 
 _FIELDS = {"cpus", "memory_mb", "gpus", "walltime_s"}
+_COUNTS = ("cpus", "gpus")

@@ -238,12 +238,17 @@ def _grow(rule: RetryRule, resources: Resources | None, walltime: float | None) 
     ):
         if factor is None or current is None:
             continue
-        new = min(math.ceil(current * factor), cap or math.inf)
-        what = name.split("_")[0]
+        what, product = name.split("_")[0], current * factor
+        if not math.isfinite(product) and not cap:
+            # A float's end (a factor of 1e308, or many retries): ceil() of it raised
+            # in the run's loop, and the whole run died with every job running.
+            capped.append(f"{what} cannot grow {factor:g} times from {current} {unit}")
+            continue
+        new = min(math.ceil(product) if math.isfinite(product) else math.inf, cap or math.inf)
         if new > current:
             grown[name] = int(new)
         else:
-            capped.append(f"{what} is already at its cap of {current} {unit}")
+            capped.append(f"{what} is already at its cap of {cap} {unit}")
     if capped and not grown:
         return Decision(False, note="not retried: " + "; ".join(capped))
     if not grown:

@@ -114,13 +114,14 @@ def gpu_ids() -> tuple[str, ...]:
 
 def visible_devices(value: str) -> tuple[str, ...]:
     """The ids of a CUDA_VISIBLE_DEVICES value; CUDA stops at the first invalid one
-    (``-1`` hides every device), and so does this."""
-    ids: list[str] = []
+    (``-1`` hides every device), and so does this. An id given twice is one device:
+    counted twice, one job was given it as two GPUs, and two jobs shared it."""
+    ids: dict[str, None] = {}
     for part in value.split(","):
         part = part.strip()
         if not part or part.startswith("-") or part == "NoDevFiles":
             break
-        ids.append(part)
+        ids[part] = None
     return tuple(ids)
 
 
