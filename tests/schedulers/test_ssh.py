@@ -468,6 +468,12 @@ def test_bad_server_options_are_refused(ssh_env: dict[str, str]) -> None:
         SshScheduler()
     with pytest.raises(SchedulerOptionError, match="keyfile '/nonexistent' does not exist"):
         SshScheduler(servers={"a": {**good, "keyfile": "/nonexistent"}})
+    # OpenSSH's idiom for "no known hosts" exists: it is said to be no file, with the way.
+    with pytest.raises(
+        SchedulerOptionError,
+        match=r"known_hosts file '/dev/null' is not a regular file; to skip host key checks",
+    ):
+        SshScheduler(servers={"a": {**good, "known_hosts": "/dev/null"}})
     with pytest.raises(SchedulerOptionError, match="needs a 'host'"):
         SshScheduler(servers={"a": {"port": 22}})
     with pytest.raises(SchedulerOptionError, match="'port' must be a whole number, got 'abc'"):

@@ -52,6 +52,17 @@ _SERVER_KEYS = (
 _IGNORED_KEYS = ("ctrl_persist", "ctrl_dir", "ssh")
 
 
+def _check_file(where: str, what: str, path: str) -> None:
+    """A file option names a plain file: ``/dev/null`` (OpenSSH's idiom for no known
+    hosts) exists, and was said not to."""
+    if os.path.isfile(path):
+        return
+    if not os.path.exists(path):
+        raise SchedulerOptionError(f"{where}: {what} {path!r} does not exist")
+    hint = "; to skip host key checks, set verify_host_keys false" if "known" in what else ""
+    raise SchedulerOptionError(f"{where}: {what} {path!r} is not a regular file{hint}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ServerConfig:
     """One entry of ``servers``: where to log in and how hard to load the connection."""
@@ -128,14 +139,10 @@ class ServerConfig:
             files = (keyfile,) if isinstance(keyfile, (str, os.PathLike)) else tuple(keyfile)
             kw["keyfile"] = tuple(os.path.expanduser(str(f)) for f in files)
             for f in kw["keyfile"]:
-                if not os.path.isfile(f):
-                    raise SchedulerOptionError(f"{where}: keyfile {f!r} does not exist")
+                _check_file(where, "keyfile", f)
         if kw.get("known_hosts"):
             kw["known_hosts"] = os.path.expanduser(kw["known_hosts"])
-            if not os.path.isfile(kw["known_hosts"]):
-                raise SchedulerOptionError(
-                    f"{where}: known_hosts file {kw['known_hosts']!r} does not exist"
-                )
+            _check_file(where, "known_hosts file", kw["known_hosts"])
         config = cls(**kw)
         if not 1 <= config.port <= 65535:
             raise SchedulerOptionError(f"{where}: port must be 1..65535, got {config.port}")
