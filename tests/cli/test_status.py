@@ -193,7 +193,7 @@ def test_a_job_that_ended_after_its_controller_shows_its_code(controller_killed:
     out = xqueue("status", str(controller_killed))
     assert "1 failed, 1 not submitted, 1 orphaned" in out.stdout
     assert "1 job(s) ended after their run was gone" in out.stdout
-    assert [r[2] for r in rows(out.stdout)] == ["failed", "orphaned"]
+    assert [r[2] for r in rows(out.stdout)] == ["failed (NONZERO_EXIT)", "orphaned"]
     lines = xqueue("status", str(controller_killed), "--json").stdout.splitlines()
     state = json.loads(lines[0])["state"]
     assert (state["rc"], state["ended_unwatched"], state["status"]) == (143, True, "submitted")
@@ -233,7 +233,7 @@ def test_a_job_left_submitting_is_orphaned_or_settled_by_its_code(tmp_path: Path
     assert "2 job(s) were left submitting, submitted or running" in out.stdout
     assert [r[:5] for r in rows(out.stdout)] == [
         ["0", "job-0", "orphaned", "1", "-"],
-        ["2", "job-2", "failed", "1", "2"],
+        ["2", "job-2", "failed (NONZERO_EXIT)", "1", "2"],  # its class, as any failed job's
         ["3", "job-3", "orphaned", "1", "-"],
     ]
     picked = xqueue("status", str(wd), "--state", "orphaned,submitting")
@@ -244,6 +244,7 @@ def test_a_job_left_submitting_is_orphaned_or_settled_by_its_code(tmp_path: Path
     assert [o["state"]["status"] for o in objects] == ["submitting"] * 3 + ["submitted"]
     assert [o["state"].get("rc") for o in objects] == [None, 0, 2, None]
     assert objects[1]["state"]["ended_unwatched"] is True
+    assert [o["state"].get("failure") for o in objects[1:3]] == [None, "NONZERO_EXIT"]
 
 
 def test_a_retrying_job_without_a_run_is_failed(tmp_path: Path) -> None:

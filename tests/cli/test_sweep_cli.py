@@ -81,6 +81,9 @@ def test_sweep_runs_the_file_and_status_filters_on_parameters(tmp_path: Path) ->
     assert said in typo.stderr
     none = xqueue("status", str(wd), "--param", "decay=7")  # a value no job has: no note
     assert none.returncode == 0 and none.stderr == ""
+    # No job in that state: every job has the name all the same (it was called a typo).
+    failed = xqueue("status", str(wd), "--param", "decay=0.1", "--state", "failed")
+    assert failed.returncode == 0 and failed.stderr == "", failed.stderr
 
     # Run again: every point had succeeded, nothing runs and the outputs stay.
     before = {p: p.stat().st_mtime_ns for p in wd.glob("*/job.1.stdout")}

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from ..errors import XqueueError
+from ..failures import FailureClass
 from ..params import matches, parse_filters
 from ..records import WorkdirReader, job_index
 from ..states import JobStatus
@@ -102,11 +103,18 @@ def _settle_orphans(reader: WorkdirReader, orphans: Sequence[Row]) -> None:
     for row, key in zip(orphans, wanted, strict=True):
         rc = codes.get(key)
         if rc is not None:
+            failure = None
             if (row.record or {}).get("kill"):
                 row.status = JobStatus.KILLED.value
             else:
                 row.status = JobStatus.FINISHED.value if rc == 0 else JobStatus.FAILED.value
-            row.record = {**(row.record or {}), "rc": rc, "ended_unwatched": True}
+                failure = FailureClass.NONZERO_EXIT.value if rc else None  # as the run records it
+            row.record = {
+                **(row.record or {}),
+                "rc": rc,
+                "failure": failure,
+                "ended_unwatched": True,
+            }
 
 
 def _started(reader: WorkdirReader, folder: str, record: dict[str, Any]) -> bool:
@@ -127,14 +135,16 @@ def show(
     params: Mapping[str, list[str]] | None = None,
 ) -> None:
     rows, holder = collect(reader)
-    total = len(rows)
+    everyone, total = rows, len(rows)
     if states:
         rows = [r for r in rows if r.status in states]
     if params:  # parameters are in the specs: parsed only for a filter or a row shown
         specs = reader.specs([row.folder for row in rows])
         rows = [r for r, spec in zip(rows, specs, strict=True) if matches(_params(spec), params)]
         if not rows:
-            _say_unknown(params, specs)
+            # Every job's parameters, not only those of the --state chosen: with no job in
+            # that state, each name given was said to be a typo.
+            _say_unknown(params, reader.specs([row.folder for row in everyone]))
     if as_json:
         root = str(reader.path)
         for start in range(0, len(rows), 1000):  # bounded memory, few writes
