@@ -302,23 +302,49 @@ async def test_a_hung_shutdown_hook_is_reported_and_the_run_ends(
 
 
 class CannotKill(LocalScheduler):
-    """A backend whose kill of job 0 fails (a node that does not answer), as seen from xqueue."""
+    """A backend whose kill of job 0 fails (a node that does not answer), as seen from
+    xqueue: always, or the first ``failures`` times."""
 
     name = "cannot-kill"
+    failures: float = float("inf")
 
     async def kill_jobs(self, jobs: Any) -> list[BaseException | None]:
-        ours = [j for j in jobs if j.index != 0]
+        self.tries = getattr(self, "tries", 0) + any(j.index == 0 for j in jobs)
+        fails = self.tries <= self.failures
+        ours = [j for j in jobs if j.index != 0 or not fails]
         errors = dict(zip(ours, await super().kill_jobs(ours))) if ours else {}
         return [
-            SchedulerError("the node did not answer") if j.index == 0 else errors[j] for j in jobs
+            SchedulerError("the node did not answer") if j not in errors else errors[j]
+            for j in jobs
         ]
 
 
-async def test_a_job_that_cannot_be_killed_is_reported_not_recorded_killed(
+async def test_a_kill_that_fails_once_while_stopping_is_tried_again(
     workdir: Path, tmp_path: Path
 ) -> None:
+    """A stop's kill that failed (scancel killed by a second SIGTERM to the controller's
+    process group as it started) left the job running, said unkillable at once, and the
+    run exited: now it is tried again until the stop's deadline."""
     pidfile = tmp_path / "pid"
-    q = Xqueue(CannotKill(kill_grace=0.5), workdir=workdir, forks=3)
+    backend = CannotKill(kill_grace=0.5)
+    backend.failures = 1
+    q = Xqueue(backend, workdir=workdir, forks=2)
+    job = await q.feed(f"echo $$ > {pidfile}; exec sleep 30")
+    await q.feed("sleep 0.5; exit 2")  # halts the run
+    with anyio.fail_after(20), pytest.raises(JobFailedError):
+        await q.run_until_complete()
+    assert backend.tries == 2
+    assert job.status is S.KILLED, job.reason
+    assert not await is_alive(int(await read_text(pidfile)))
+
+
+async def test_a_job_that_cannot_be_killed_is_reported_not_recorded_killed(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "SHUTDOWN_MARGIN", 2.5)  # kills are tried till then
+    pidfile = tmp_path / "pid"
+    backend = CannotKill(kill_grace=0.5)
+    q = Xqueue(backend, workdir=workdir, forks=3)
     stuck = await q.feed(f"echo $$ > {pidfile}; exec sleep 30")
     other = await q.feed(["sleep", "30"])
     await q.feed("sleep 0.5; exit 2")  # halts the run
@@ -328,6 +354,7 @@ async def test_a_job_that_cannot_be_killed_is_reported_not_recorded_killed(
         assert other.status is S.KILLED
         assert stuck.status is S.RUNNING  # not recorded as killed: it is not
         assert "could not be killed" in stuck.reason and "did not answer" in stuck.reason
+        assert backend.tries >= 2  # tried again while the stop had time
         record = await anyio.to_thread.run_sync(WorkdirReader(workdir).last_record, stuck.dir)
         # Active, and without the mark of the kill that failed: a later run adopts it.
         assert record is not None and record["status"] == "running" and "kill" not in record

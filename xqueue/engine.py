@@ -110,6 +110,8 @@ SHUTDOWN_MARGIN = 30.0
 SHUTDOWN_HOOK_TIMEOUT = 10.0
 # Seconds between two lookups of a submission whose outcome is unknown.
 RESOLVE_DELAY = 1.0
+# How long a stopping run waits before it tries a failed kill again (until its deadline).
+KILL_RETRY_DELAY = 1.0
 # Submissions of one job in a row whose outcome was unknown and that its lookup did not
 # find, after which the job fails: a submit command that exits 0 and never prints an id
 # (a wrapper, a misconfigured sbatch) was submitted again every second, for ever.
@@ -215,6 +217,7 @@ class Engine:
         self._queued: deque[Job] = deque()
         self._active: dict[Job, None] = {}
         self._to_resolve: list[tuple[Job, float]] = []  # SUBMITTING jobs to look up (not before)
+        self._kill_again: list[tuple[Job, float]] = []  # a stop's failed kills, to try again at
         self._to_kill: list[Job] = []
         # Earlier runs' attempts found unwanted, stopped together once a batch of lookups
         # that finds them is done (``_on_looked_up``): one kill call, not one a job.
@@ -483,6 +486,7 @@ class Engine:
         self._new_hold()
         self.state = _Run.RUNNING if keep_feeding else _Run.DRAINING
         self._error, self._signal, self._deadline = None, None, None
+        self._kill_again.clear()
         self._cancelled = False
         self._thread = threading.get_ident()
         self._lookups_failing.clear()
@@ -716,6 +720,8 @@ class Engine:
             waits.append(self._deadline - time.monotonic())
         if self._to_resolve:
             waits.append(min(at for _, at in self._to_resolve) - time.monotonic())
+        if self._kill_again:
+            waits.append(min(at for _, at in self._kill_again) - time.monotonic())
         if self._hold_until and (self._queued or self._backlog):
             waits.append(self._hold_until - time.monotonic())
         if self._deadlines:
@@ -1232,8 +1238,18 @@ class Engine:
             self.workdir.record(job)
             if self.state is _Run.STOPPING:
                 job.reason = f"could not be killed: {error}"
-                self._left.add(job)
-                log.error("job %s (%s, %s) %s", job.index, job.name, job.jid, job.reason)
+                again = time.monotonic() + KILL_RETRY_DELAY
+                if self._deadline is not None and again < self._deadline:
+                    # Tried again while the stop has time: a client killed as it started
+                    # (a second SIGTERM to the controller's process group reached it
+                    # before it had a session of its own), a controller daemon's blip.
+                    # Left at the first failure, the jobs ran on after the run exited.
+                    self._kill_again.append((job, again))
+                    log.warning("job %s (%s): %s; trying again", job.index, job.name, error)
+                else:
+                    self._left.add(job)
+                    self.scheduler.forget(job)  # let go: the backend's close waits not for it
+                    log.error("job %s (%s, %s) %s", job.index, job.name, job.jid, job.reason)
             else:
                 job._kill_requested, job.reason = False, ""  # it runs on
                 pending = job._pending_state
@@ -1357,6 +1373,11 @@ class Engine:
         if self._to_kill:
             jobs, self._to_kill = self._to_kill, []
             self._actions.append((self._kill, (jobs, None, True)))
+        if self._kill_again and min(at for _, at in self._kill_again) <= now:
+            due = [job for job, at in self._kill_again if at <= now and job.status.is_active]
+            self._kill_again = [(job, at) for job, at in self._kill_again if at > now]
+            if due:  # their kills were allowed already: no plugin is asked again
+                self._actions.append((self._kill, (due, None, False)))
         if self._stale_found and self._stale_ready:
             jobs, self._stale_found, self._stale_ready = self._stale_found, [], False
             self._actions.append((self._stop_stale, (jobs,)))
