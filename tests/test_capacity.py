@@ -172,6 +172,26 @@ async def test_gpu_ids_of_running_jobs_are_disjoint(workdir: Path, log: Path) ->
     assert depth(seen.values()) == 2
 
 
+async def test_jobs_given_no_gpu_on_a_gpu_host_see_none(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job asking for no GPU (or for 0) beside one given GPU 0 inherited the whole pool,
+    the controller's CUDA_VISIBLE_DEVICES=0,1, and could run on the GPU the other held."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    q = Xqueue(forks=3, workdir=workdir)
+    out = tmp_path / "seen"
+    seen = 'echo "$0 ${CUDA_VISIBLE_DEVICES-unset} ${ROCR_VISIBLE_DEVICES-unset}" >> '
+    jobs = [
+        await q.feed(["sh", "-c", f"{seen}{out}; sleep 0.5", name], resources=asked)
+        for name, asked in (("gpu", {"gpus": 1}), ("plain", None), ("zero", {"gpus": 0}))
+    ]
+    with anyio.fail_after(30):
+        await q.run_until_complete()
+    assert all(job.status is JobStatus.FINISHED for job in jobs)
+    lines = sorted((await anyio.Path(out).read_text()).splitlines())
+    assert lines == ["gpu 0 unset", "plain  unset", "zero  unset"]
+
+
 async def test_gpu_ids_come_back_after_refusal_failure_and_kill(
     workdir: Path, log: Path, tmp_path: Path
 ) -> None:

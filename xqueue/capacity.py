@@ -113,7 +113,7 @@ NOTHING = Need()
 class Claim:
     """What one job holds while it is active: a host, GPU ids, slot values."""
 
-    __slots__ = ("cpus", "gpu_env", "gpus", "held", "host", "memory_mb", "slots")
+    __slots__ = ("cpus", "gpu_env", "gpus", "held", "host", "memory_mb", "on_gpu_host", "slots")
 
     def __init__(
         self,
@@ -128,15 +128,22 @@ class Claim:
         self.gpus = gpus
         self.slots: dict[str, Any] = dict(slots or {})
         self.gpu_env = gpu_env
+        # Whether its host hands out GPUs: a job given none there must see none.
+        self.on_gpu_host = bool(gpus)
         self.held = False  # set by the pool while it counts this claim
 
     def environment(self) -> dict[str, str]:
-        """The variables a job started with this claim gets: its GPU ids and slot values."""
+        """The variables a job started with this claim gets: its GPU ids and slot values.
+
+        On a host that hands out GPUs, a job given none gets the ``gpu_env`` variables
+        empty: it inherited the whole pool (the controller's CUDA_VISIBLE_DEVICES, or
+        every device when that is unset), and ran on the GPUs other jobs were given."""
         env: dict[str, str] = {}
-        if self.gpus:
+        if self.gpus or self.on_gpu_host:
             ids = ",".join(self.gpus)
             env.update(dict.fromkeys(self.gpu_env, ids))
-            env["XQUEUE_GPUS"] = ids
+        if self.gpus:
+            env["XQUEUE_GPUS"] = ",".join(self.gpus)
         for axis, value in self.slots.items():
             env[slot_variable(axis)] = str(value)
         return env
@@ -337,6 +344,7 @@ class Pool:
         host = min(hosts, key=lambda h: h.jobs)
         gpus = tuple(host.free_gpus()[: need.gpus]) if host.cap.gpus is not None else ()
         claim = Claim(host.name, need, gpus, slots, host.cap.gpu_env)
+        claim.on_gpu_host = bool(host.cap.gpus)
         self._hold(claim)
         return claim
 
@@ -394,6 +402,7 @@ class Pool:
         if target is None:
             self._hosts[claim.host] = target = _Host(claim.host, Capacity(), False)
         claim.gpu_env = target.cap.gpu_env
+        claim.on_gpu_host = bool(target.cap.gpus)
         self._hold(claim)
         return claim
 
