@@ -903,3 +903,38 @@ def test_cancel_leaves_a_job_whose_submission_may_be_under_way_for_the_next_run(
     )
     assert again.returncode == 0, again.stderr
     assert sorted(ledger.read_text().split()) == ["0", "1"]  # each ran once
+
+
+def test_a_pipe_of_the_run_closes_when_its_controller_dies_whatever_it_left_running(
+    tmp_path: Path,
+) -> None:
+    """The shepherd kept the controller's stderr: after a SIGKILL of the controller,
+    `xqueue run ... 2>&1 | tee log` waited for the last job the shepherd still ran."""
+    import select
+
+    wd = tmp_path / "wd"
+    proc = subprocess.Popen(
+        [*XQ, "run", "-w", str(wd), "--no-progress"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdin and proc.stderr
+        proc.stdin.write(b"sleep 30\n")
+        proc.stdin.close()
+        deadline = time.monotonic() + 20
+        journal = wd / "journal.jsonl"
+        while not journal.exists() or b'"jid": "' not in journal.read_bytes():
+            assert time.monotonic() < deadline, "the job was never submitted"
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait(timeout=10)
+        assert job_processes(wd)  # the job runs on, its shepherd with it
+        ready, _, _ = select.select([proc.stderr], [], [], 10)
+        assert ready and proc.stderr.read() == b""  # the end of the stream, not a wait
+    finally:
+        if proc.stderr:
+            proc.stderr.close()
+        kill_job_processes(wd)
+        wait_no_job_processes(wd, 10)

@@ -83,12 +83,15 @@ class ShepherdLink:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             # Its own session: Ctrl-C on the controller's terminal, or a signal to the
-            # controller's process group, does not reach it.
+            # controller's process group, does not reach it. Neither of the controller's
+            # output streams: a pipe (`xqueue run 2>&1 | tee log`) stayed open while the
+            # shepherd outlived its controller, and the pipeline waited for the last job.
             proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", SCRIPT, str(exits)],
                 stdin=theirs.fileno(),
                 pass_fds=(exits,),
                 stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,
             )

@@ -54,8 +54,8 @@ SPAWN_ANSWER_WAIT = 10.0
 _LINGERING: list[ShepherdLink] = []
 
 UNKNOWN_EXIT = (
-    "exit status unknown: the job ended while neither an xqueue controller nor its "
-    "shepherd process was watching it (both were killed); see its stdout/stderr"
+    "exit status unknown: the job ended and no exit status of it was kept (its controller "
+    "and shepherd were killed, or the workdir's disk was full); see its stdout/stderr"
 )
 
 
