@@ -129,3 +129,12 @@ def test_param_filters_compare_as_the_recorded_type() -> None:
     assert not matches(None, parse_filters(["decay=0.1"]))
     with pytest.raises(ConfigError, match="not NAME=VALUE"):
         parse_filters(["decay"])
+
+
+def test_a_grid_too_big_to_run_is_refused_before_it_is_built() -> None:
+    """Seven parameters of forty values (1.6e11 points) were listed in full first: the
+    memory ran out (a MemoryError traceback under a limit, a swapping machine without)."""
+    params = {f"p{i}": list(range(40)) for i in range(7)}
+    sweep = Sweep.from_dict(one_group(command="echo {p0}", params=params))
+    with pytest.raises(ConfigError, match=r"group .* has 163,840,000,000 points .* at most"):
+        list(sweep.points())
