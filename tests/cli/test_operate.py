@@ -145,6 +145,28 @@ def test_follow_ends_when_the_controller_is_killed_and_on_ctrl_c(
     assert out.splitlines()[-1].endswith(": 2 running")
 
 
+def test_follow_of_a_workdir_removed_under_it_says_so(tmp_path: Path, runs: list[Run]) -> None:
+    """The workdir of a live run removed: the follower blamed a killed controller."""
+    import shutil
+
+    wd = tmp_path / "wd"
+    run = Run(wd, ["sleep 60"], "-f", "1")
+    runs.append(run)
+    run.wait_journal('"jid": "', 1)
+    following = subprocess.Popen(
+        [*XQ, "status", str(wd), "--follow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1)
+    shutil.rmtree(wd, ignore_errors=True)
+    _, err = following.communicate(timeout=30)
+    assert following.returncode == 1
+    assert "the workdir was removed (or moved) while it was followed" in err, err
+    assert run.proc.poll() is None  # the controller is alive all the same
+
+
 def test_follow_without_a_stream_or_run_says_so(tmp_path: Path) -> None:
     (tmp_path / "wd").mkdir()
     out = xqueue("status", str(tmp_path / "wd"), "--follow")

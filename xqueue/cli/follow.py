@@ -298,11 +298,12 @@ def _ending(follower: Follower, out: TextIO | None, shown: str = "") -> int:
         for event in view.failures:
             out.write("  " + failure_line(event) + "\n")
     if follower.gone:
-        why = (
-            "the run's controller is gone without stopping its run (killed?)"
-            if follower.tail.exists()
-            else "the run ended without an event stream (started with events off)"
-        )
+        if not os.path.isdir(follower.reader.path):  # its lock went with it
+            why = "the workdir was removed (or moved) while it was followed"
+        elif follower.tail.exists():
+            why = "the run's controller is gone without stopping its run (killed?)"
+        else:
+            why = "the run ended without an event stream (started with events off)"
         sys.stderr.write(f"xqueue: {why}; see xqueue status {printable(workdir_of(follower))}\n")
         return 1
     if out is not None:
