@@ -960,3 +960,42 @@ def test_a_pipe_of_the_run_closes_when_its_controller_dies_whatever_it_left_runn
             proc.stderr.close()
         kill_job_processes(wd)
         wait_no_job_processes(wd, 10)
+
+
+def test_cancel_of_a_read_only_workdir_with_nothing_active_says_so(tmp_path: Path) -> None:
+    """Nothing to kill, but cancel took the lock first: 'workdir is not writable', exit 2."""
+    import shutil
+    import tempfile
+
+    from .test_status import as_nobody, make_read_only, snapshot
+
+    runner = as_nobody()
+    if runner is None:
+        pytest.skip("no Python interpreter that uid 65534 may run")
+    argv, env = runner
+    assert xqueue("run", "-w", str(tmp_path / "wd"), input="true\n").returncode == 0
+    base = Path(tempfile.mkdtemp(prefix="xq-ro-"))  # pytest's tmp_path is root-only (0700)
+    try:
+        base.chmod(0o755)
+        copy = base / "wd"
+        shutil.copytree(tmp_path / "wd", copy)
+        make_read_only(copy)
+        before = snapshot(copy)
+        out = subprocess.run(
+            [*argv, "cancel", str(copy)],
+            user=65534,
+            group=65534,
+            extra_groups=[],
+            env={**env, "XQUEUE_TRUST_WORKDIR": "1"},  # another user's, read-only to us
+            capture_output=True,
+            text=True,
+            cwd="/",
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == "no run is in progress and no job is recorded as active\n"
+        assert snapshot(copy) == before
+    finally:
+        for folder, _, _ in os.walk(base):
+            os.chmod(folder, 0o755)
+        shutil.rmtree(base)

@@ -223,26 +223,27 @@ def _await_reply(request: Path, reader: WorkdirReader, timeout: float) -> dict[s
 
 # -- no run in progress ---------------------------------------------------------------------
 def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], out: TextIO) -> int:
+    info = read_json(path / RUN_FILE)
+    if info is None and (path / RUN_FILE).exists():  # there, but empty or not JSON
+        info = {}
+    if (info or {}).get("url") is None:
+        records = _records(reader)
+        if not _active(reader, folders, None, records):
+            # Nothing to kill: said without the lock (a read-only workdir answered "not
+            # writable", exit 2). A gs:// run's records are pulled from the bucket first.
+            _active(reader, folders, out, records)
+            return 0
     workdir = Workdir(path)
     workdir.lock(CANCELLING)  # no run may start under us; refused if one just did
     try:
-        info = read_json(path / RUN_FILE)
-        if info is None and (path / RUN_FILE).exists():  # there, but empty or not JSON
-            info = {}
         pulled = None
         if info is not None and info.get("url") is not None:
             pulled = _pulled(workdir, info, out)
             if pulled is not None:
                 reader = WorkdirReader(path)  # read again, as the bucket has it
         records = _records(reader)
-        chosen = folders or list(records)
-        active = [f for f in chosen if (records.get(f) or {}).get("status") in ACTIVE_RECORDS]
-        for folder in folders:
-            if folder not in active:
-                status = (records.get(folder) or {}).get("status", "not submitted")
-                out.write(f"{label(reader, folder)}: not active ({printable(str(status))})\n")
+        active = _active(reader, folders, out, records)
         if not active:
-            out.write("no run is in progress and no job is recorded as active\n")
             return 0
         try:
             scheduler, backend = pulled or _opened_on(workdir, info)
@@ -278,6 +279,28 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
         return 1 if errors or left else 0
     finally:
         workdir.unlock()
+
+
+def _active(
+    reader: WorkdirReader,
+    folders: list[str],
+    out: TextIO | None,
+    records: dict[str, dict[str, Any] | None] | None = None,
+) -> list[str]:
+    """The folders among ``folders`` (all if none) whose jobs are recorded as active;
+    with ``out``, what is said of those that are not."""
+    if records is None:
+        records = _records(reader)
+    chosen = folders or list(records)
+    active = [f for f in chosen if (records.get(f) or {}).get("status") in ACTIVE_RECORDS]
+    if out is not None:
+        for folder in folders:
+            if folder not in active:
+                status = (records.get(folder) or {}).get("status", "not submitted")
+                out.write(f"{label(reader, folder)}: not active ({printable(str(status))})\n")
+        if not active:
+            out.write("no run is in progress and no job is recorded as active\n")
+    return active
 
 
 def _opened_on(workdir: Workdir, info: dict[str, Any] | None) -> tuple[Scheduler, Workdir]:
