@@ -307,9 +307,12 @@ class CannotKill(LocalScheduler):
 
     name = "cannot-kill"
     failures: float = float("inf")
+    delay = 0.0  # seconds each failing kill of job 0 takes
 
     async def kill_jobs(self, jobs: Any) -> list[BaseException | None]:
         self.tries = getattr(self, "tries", 0) + any(j.index == 0 for j in jobs)
+        if self.delay and any(j.index == 0 for j in jobs) and self.tries <= self.failures:
+            await anyio.sleep(self.delay)
         fails = self.tries <= self.failures
         ours = [j for j in jobs if j.index != 0 or not fails]
         errors = dict(zip(ours, await super().kill_jobs(ours))) if ours else {}
@@ -335,7 +338,32 @@ async def test_a_kill_that_fails_once_while_stopping_is_tried_again(
         await q.run_until_complete()
     assert backend.tries == 2
     assert job.status is S.KILLED, job.reason
+    assert "could not be killed" not in job.reason  # it was, in the end
     assert not await is_alive(int(await read_text(pidfile)))
+
+
+async def test_a_kill_tried_again_and_cut_short_by_the_deadline_leaves_no_kill_mark(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each kill tried again is journalled first (its mark); one still under way at the
+    stop's deadline left the mark, and the next run took the job's own end (a success)
+    for the kill's and ran it a second time."""
+    monkeypatch.setattr(engine_module, "SHUTDOWN_MARGIN", 2.5)
+    backend = CannotKill(kill_grace=0.5)
+    backend.delay = 1.5  # a slow scancel that fails
+    q = Xqueue(backend, workdir=workdir, forks=2)
+    stuck = await q.feed(["sleep", "30"])
+    await q.feed("sleep 0.5; exit 2")  # halts the run
+    try:
+        with anyio.fail_after(20), pytest.raises(JobFailedError):
+            await q.run_until_complete()
+        assert backend.tries >= 2 and stuck.status is S.RUNNING
+        assert "could not be killed" in stuck.reason
+        record = await anyio.to_thread.run_sync(WorkdirReader(workdir).last_record, stuck.dir)
+        assert record is not None and record["status"] == "running" and "kill" not in record
+    finally:
+        os.killpg(int(str(stuck.jid).partition("@")[0]), signal.SIGKILL)
+        await reap_lingering_shepherds()
 
 
 async def test_a_job_that_cannot_be_killed_is_reported_not_recorded_killed(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +11,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from tests.helpers import Recorder
+from tests.helpers import Recorder, reap_lingering_shepherds
 from xqueue import ConfigError, Job, JobStatus, PluginError, Xqueue, hookimpl
 
 pytestmark = pytest.mark.anyio
@@ -523,6 +525,46 @@ async def test_a_vetoed_kill_at_the_time_limit_leaves_the_job_running_with_its_g
     fed = [await again.feed(job("A", 1), resources={"gpus": 1, "walltime": 1})]
     fed.append(await again.feed(job("B", 0), resources={"gpus": 1, "walltime": 1}))
     assert fed[1].status is JobStatus.FINISHED  # settled as it was fed
+
+
+async def test_a_job_left_past_its_limit_killed_by_name_or_by_the_stop_says_so(
+    workdir: Path,
+) -> None:
+    """After a vetoed kill at its time limit, a kill asked for by name ended the job
+    KILLED with the limit's reason, and a stop that was vetoed too said the plugin's
+    veto twice."""
+    vetoes: list[int] = []
+
+    class FirstOnly:  # vetoes each job's first kill only
+        @hookimpl
+        def on_job_killing(self, job: Job) -> bool:
+            vetoes.append(job.index)
+            return vetoes.count(job.index) > 1 if job.index == 0 else False
+
+    q = Xqueue(workdir=workdir, forks=3, plugins=[FirstOnly()], error_strategy="halt")
+    by_name = await q.feed(["sleep", "20"], resources={"walltime": 1})
+    by_stop = await q.feed(["sleep", "20"], resources={"walltime": 1})
+    await q.feed("sleep 3; exit 3")  # halts the run: the stop's kill of by_stop is vetoed
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                from xqueue import JobFailedError
+
+                with pytest.raises(JobFailedError):
+                    await q.run_until_complete()
+
+            tg.start_soon(run)
+            while vetoes.count(0) < 1 or vetoes.count(1) < 1:  # both past their limits
+                await anyio.sleep(0.05)
+            assert await q.kill(by_name)
+            while by_name.status is not JobStatus.KILLED:
+                await anyio.sleep(0.05)
+    assert by_name.reason == "killed on request"
+    assert by_stop.reason.count("vetoed the kill") == 1, by_stop.reason
+    assert "timed out" in by_stop.reason
+    os.killpg(int(str(by_stop.jid).partition("@")[0]), signal.SIGKILL)
+    await reap_lingering_shepherds()
 
 
 async def test_an_installed_plugin_that_cannot_load_is_named_and_left_out(

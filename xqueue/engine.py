@@ -218,6 +218,7 @@ class Engine:
         self._active: dict[Job, None] = {}
         self._to_resolve: list[tuple[Job, float]] = []  # SUBMITTING jobs to look up (not before)
         self._kill_again: list[tuple[Job, float]] = []  # a stop's failed kills, to try again at
+        self._kill_errors: dict[Job, str] = {}  # why a stop's kill of each failed last
         self._to_kill: list[Job] = []
         # Earlier runs' attempts found unwanted, stopped together once a batch of lookups
         # that finds them is done (``_on_looked_up``): one kill call, not one a job.
@@ -487,6 +488,7 @@ class Engine:
         self.state = _Run.RUNNING if keep_feeding else _Run.DRAINING
         self._error, self._signal, self._deadline = None, None, None
         self._kill_again.clear()
+        self._kill_errors.clear()
         self._cancelled = False
         self._thread = threading.get_ident()
         self._lookups_failing.clear()
@@ -1200,6 +1202,10 @@ class Engine:
             return []
         job._kill_requested = True
         if job.status.is_active and job.status is not S.SUBMITTING:
+            if job not in self._kill_sent:
+                # A verdict whose kill a plugin vetoed waits for the job's own end
+                # (``_on_left``); this kill is asked for by name, and ends it as such.
+                job._pending_state = None
             job.reason = "killed on request"
             self._actions.append((self._kill, ([job], reply, False)))
             return []
@@ -1237,7 +1243,7 @@ class Engine:
             # a later run adopts it, rather than take its end for this kill's.
             self.workdir.record(job)
             if self.state is _Run.STOPPING:
-                job.reason = f"could not be killed: {error}"
+                self._kill_errors[job] = f"could not be killed: {error}"
                 again = time.monotonic() + KILL_RETRY_DELAY
                 if self._deadline is not None and again < self._deadline:
                     # Tried again while the stop has time: a client killed as it started
@@ -1247,6 +1253,7 @@ class Engine:
                     self._kill_again.append((job, again))
                     log.warning("job %s (%s): %s; trying again", job.index, job.name, error)
                 else:
+                    job.reason = self._kill_errors[job]
                     self._left.add(job)
                     self.scheduler.forget(job)  # let go: the backend's close waits not for it
                     log.error("job %s (%s, %s) %s", job.index, job.name, job.jid, job.reason)
@@ -1295,11 +1302,11 @@ class Engine:
                 # what it was given (a GPU, a slot) and stays active in the journal.
                 # Settled at once, its GPU went to the next job while it still ran, and
                 # the next run took its final record at its word and ran it beside itself.
-                reason = f"{pending.reason} ({why})"
+                reason = _left_why(pending.reason, why)
                 job._pending_state = dataclasses.replace(pending, reason=reason, retryable=False)
                 return []
         job._pending_state = None
-        job.reason = why if pending is None else f"{pending.reason} ({why})"
+        job.reason = why if pending is None else _left_why(pending.reason, why)
         if self.state is _Run.STOPPING:
             self._left.add(job)
             # Let go, as ``_leave_running`` does: the backend's close does not wait for
@@ -1435,8 +1442,19 @@ class Engine:
         """The shutdown deadline passed: report what is still alive, leave it recorded."""
         for job in self.jobs:
             if job.status.is_active and job not in self._left:
-                job.reason = job.reason or "could not be killed in time"
+                job.reason = (
+                    self._kill_errors.get(job) or job.reason or "could not be killed in time"
+                )
                 self._left.add(job)
+                self.scheduler.forget(job)  # let go: the backend's close waits not for it
+                if job in self._kill_sent:
+                    # Journalled again without the mark of its kill (``record_kills``),
+                    # which a kill tried again was still under way with: the next run
+                    # took the job's own end for that kill's, and ran a success again.
+                    try:
+                        self.workdir.record(job)
+                    except WorkdirError as exc:
+                        log.error("could not journal job %s: %s", job.index, exc)
                 log.error(
                     "job %s (%s) is still alive after the shutdown deadline; id %s",
                     job.index,
@@ -1975,3 +1993,9 @@ _FINAL_HOOKS = {
     S.KILLED: "on_job_killed",
     S.SKIPPED: "on_job_skipped",
 }
+
+
+def _left_why(reason: str, why: str) -> str:
+    """A verdict's reason with why its job was left running, said once (a job whose
+    kill was vetoed at its time limit may have it vetoed again when the run stops)."""
+    return reason if reason.endswith(f"({why})") else f"{reason} ({why})"

@@ -420,9 +420,10 @@ def _command_lines(job: Job, redirect: str, command_file: str) -> list[str]:
     The command starts only once the whole file was, and a write that fails is the job's
     failure, its error in the job's stderr."""
     if isinstance(job.command, str) and too_long_for_exec(job.command):
-        command = (
-            f"{{ printf '%s\\n' {quote(job.command)} > {command_file} && /bin/sh {command_file}; }}"
-        )
+        # Written under noclobber (``set -C`` in a subshell of its own) even where the
+        # run's shell lines, which turn it off, run around it.
+        write = f"(set -C; printf '%s\\n' {quote(job.command)} > {command_file})"
+        command = f"{{ {write} && /bin/sh {command_file}; }}"
     else:
         command = " ".join(quote(a) for a in job.command_argv)
     if job._wrap is None:

@@ -109,7 +109,7 @@ class Group:
         if size > MAX_POINTS:
             raise ConfigError(
                 f"group {self.name!r} has {size:,} points (the product of its parameters' "
-                f"numbers of values); a sweep runs at most {MAX_POINTS:,} jobs: give fewer values"
+                f"numbers of values); a group may have at most {MAX_POINTS:,}: give fewer values"
             )
         names = [n for n, _ in self.params]
         rows: list[tuple[Any, ...]] = [()]
