@@ -74,6 +74,16 @@ def final_states(wd: Path) -> list[str | None]:
 
 
 # -- status --follow --------------------------------------------------------------------------
+def follow(wd: Path) -> subprocess.Popen[str]:
+    """``xqueue status WD --follow`` in the background, its output read as text."""
+    return subprocess.Popen(
+        [*XQ, "status", str(wd), "--follow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_follow_shows_a_run_of_another_process_until_it_stops(
     tmp_path: Path, runs: list[Run]
 ) -> None:
@@ -118,12 +128,7 @@ def test_follow_ends_when_the_controller_is_killed_and_on_ctrl_c(
     run = Run(wd, ["sleep 60"] * 2, "-f", "2")
     runs.append(run)
     run.wait_journal('"jid": "', 2)
-    following = subprocess.Popen(
-        [*XQ, "status", str(wd), "--follow"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    following = follow(wd)
     interrupted = PtyProcess([*XQ, "status", str(wd), "--follow"])  # a terminal's view
     try:
         deadline = time.monotonic() + 20
@@ -153,12 +158,7 @@ def test_follow_of_a_workdir_removed_under_it_says_so(tmp_path: Path, runs: list
     run = Run(wd, ["sleep 60"], "-f", "1")
     runs.append(run)
     run.wait_journal('"jid": "', 1)
-    following = subprocess.Popen(
-        [*XQ, "status", str(wd), "--follow"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    following = follow(wd)
     time.sleep(1)
     shutil.rmtree(wd, ignore_errors=True)
     _, err = following.communicate(timeout=30)
@@ -962,40 +962,19 @@ def test_a_pipe_of_the_run_closes_when_its_controller_dies_whatever_it_left_runn
         wait_no_job_processes(wd, 10)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to an unprivileged user")
 def test_cancel_of_a_read_only_workdir_with_nothing_active_says_so(tmp_path: Path) -> None:
     """Nothing to kill, but cancel took the lock first: 'workdir is not writable', exit 2."""
-    import shutil
-    import tempfile
-
-    from .test_status import as_nobody, make_read_only, snapshot
+    from .test_status import as_nobody, as_nobody_run, read_only_copy, snapshot
 
     runner = as_nobody()
     if runner is None:
         pytest.skip("no Python interpreter that uid 65534 may run")
-    argv, env = runner
     assert xqueue("run", "-w", str(tmp_path / "wd"), input="true\n").returncode == 0
-    base = Path(tempfile.mkdtemp(prefix="xq-ro-"))  # pytest's tmp_path is root-only (0700)
-    try:
-        base.chmod(0o755)
-        copy = base / "wd"
-        shutil.copytree(tmp_path / "wd", copy)
-        make_read_only(copy)
+    with read_only_copy(tmp_path / "wd") as copy:
         before = snapshot(copy)
-        out = subprocess.run(
-            [*argv, "cancel", str(copy)],
-            user=65534,
-            group=65534,
-            extra_groups=[],
-            env={**env, "XQUEUE_TRUST_WORKDIR": "1"},  # another user's, read-only to us
-            capture_output=True,
-            text=True,
-            cwd="/",
-            timeout=60,
-        )
+        # Another user's workdir, read-only to us: trusted, or cancel refuses it first.
+        out = as_nobody_run(runner, "cancel", str(copy), env={"XQUEUE_TRUST_WORKDIR": "1"})
         assert out.returncode == 0, out.stderr
         assert out.stdout == "no run is in progress and no job is recorded as active\n"
         assert snapshot(copy) == before
-    finally:
-        for folder, _, _ in os.walk(base):
-            os.chmod(folder, 0o755)
-        shutil.rmtree(base)

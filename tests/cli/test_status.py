@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -365,40 +366,55 @@ def test_status_writes_nothing_even_where_it_could(tmp_path: Path) -> None:
     assert snapshot(wd) == before
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to an unprivileged user")
-def test_status_of_a_read_only_copy_as_another_user(tmp_path: Path) -> None:
-    runner = as_nobody()
-    if runner is None:
-        pytest.skip("no Python interpreter that uid 65534 may run")
-    argv, env = runner
-    xqueue("run", "-w", str(tmp_path / "wd"), input="true\nexit 5\n")
-    base = Path(tempfile.mkdtemp(prefix="xq-ro-"))  # pytest's tmp_path is root-only (0700)
+@contextlib.contextmanager
+def read_only_copy(wd: Path) -> Iterator[Path]:
+    """A read-only copy of ``wd`` in a folder uid 65534 may enter (pytest's tmp_path is
+    root-only, 0700), removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="xq-ro-"))
     try:
         base.chmod(0o755)
         copy = base / "wd"
-        shutil.copytree(tmp_path / "wd", copy)
+        shutil.copytree(wd, copy)
         make_read_only(copy)
-        before = snapshot(copy)
-        out = subprocess.run(
-            [*argv, "status", str(copy), "--all"],
-            user=65534,
-            group=65534,
-            extra_groups=[],
-            env=env,
-            capture_output=True,
-            text=True,
-            cwd="/",
-            timeout=60,
-        )
-        assert out.returncode == 0, out.stderr
-        assert "1 failed, 1 finished" in out.stdout
-        assert snapshot(copy) == before
+        yield copy
     finally:
         for folder, dirs, _ in os.walk(base):
             for name in dirs:
                 os.chmod(os.path.join(folder, name), 0o755)
         base.chmod(0o755)
         shutil.rmtree(base)
+
+
+def as_nobody_run(
+    runner: tuple[list[str], dict[str, str]], *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``xqueue ARGS`` as uid 65534, with ``as_nobody``'s interpreter and environment."""
+    argv, base_env = runner
+    return subprocess.run(
+        [*argv, *args],
+        user=65534,
+        group=65534,
+        extra_groups=[],
+        env={**base_env, **(env or {})},
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=60,
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to an unprivileged user")
+def test_status_of_a_read_only_copy_as_another_user(tmp_path: Path) -> None:
+    runner = as_nobody()
+    if runner is None:
+        pytest.skip("no Python interpreter that uid 65534 may run")
+    xqueue("run", "-w", str(tmp_path / "wd"), input="true\nexit 5\n")
+    with read_only_copy(tmp_path / "wd") as copy:
+        before = snapshot(copy)
+        out = as_nobody_run(runner, "status", str(copy), "--all")
+        assert out.returncode == 0, out.stderr
+        assert "1 failed, 1 finished" in out.stdout
+        assert snapshot(copy) == before
 
 
 # -- names and output shown literally -----------------------------------------------------------
