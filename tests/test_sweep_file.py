@@ -136,5 +136,7 @@ def test_a_grid_too_big_to_run_is_refused_before_it_is_built() -> None:
     memory ran out (a MemoryError traceback under a limit, a swapping machine without)."""
     params = {f"p{i}": list(range(40)) for i in range(7)}
     sweep = Sweep.from_dict(one_group(command="echo {p0}", params=params))
-    with pytest.raises(ConfigError, match=r"group .* has 163,840,000,000 points .* may have at most"):
+    with pytest.raises(
+        ConfigError, match=r"group .* has 163,840,000,000 points .* may have at most"
+    ):
         list(sweep.points())
