@@ -122,6 +122,7 @@ class Claim:
         gpus: tuple[str, ...] = (),
         slots: Mapping[str, Any] | None = None,
         gpu_env: tuple[str, ...] = GPU_ENV,
+        on_gpu_host: bool = False,
     ) -> None:
         self.host = host
         self.cpus, self.memory_mb = need.cpus, need.memory_mb
@@ -129,7 +130,7 @@ class Claim:
         self.slots: dict[str, Any] = dict(slots or {})
         self.gpu_env = gpu_env
         # Whether its host hands out GPUs: a job given none there must see none.
-        self.on_gpu_host = bool(gpus)
+        self.on_gpu_host = on_gpu_host or bool(gpus)
         self.held = False  # set by the pool while it counts this claim
 
     def environment(self) -> dict[str, str]:
@@ -343,8 +344,7 @@ class Pool:
             return None
         host = min(hosts, key=lambda h: h.jobs)
         gpus = tuple(host.free_gpus()[: need.gpus]) if host.cap.gpus is not None else ()
-        claim = Claim(host.name, need, gpus, slots, host.cap.gpu_env)
-        claim.on_gpu_host = bool(host.cap.gpus)
+        claim = Claim(host.name, need, gpus, slots, host.cap.gpu_env, bool(host.cap.gpus))
         self._hold(claim)
         return claim
 

@@ -239,12 +239,15 @@ def _grow(rule: RetryRule, resources: Resources | None, walltime: float | None) 
         if factor is None or current is None:
             continue
         what, product = name.split("_")[0], current * factor
-        if not math.isfinite(product) and not cap:
+        if math.isfinite(product):
+            new = min(math.ceil(product), cap or math.inf)
+        elif cap:
+            new = cap
+        else:
             # A float's end (a factor of 1e308, or many retries): ceil() of it raised
             # in the run's loop, and the whole run died with every job running.
             capped.append(f"{what} cannot grow {factor:g} times from {current} {unit}")
             continue
-        new = min(math.ceil(product) if math.isfinite(product) else math.inf, cap or math.inf)
         if new > current:
             grown[name] = int(new)
         else:

@@ -52,14 +52,13 @@ _SERVER_KEYS = (
 _IGNORED_KEYS = ("ctrl_persist", "ctrl_dir", "ssh")
 
 
-def _check_file(where: str, what: str, path: str) -> None:
+def _check_file(where: str, what: str, path: str, hint: str = "") -> None:
     """A file option names a plain file: ``/dev/null`` (OpenSSH's idiom for no known
     hosts) exists, and was said not to."""
     if os.path.isfile(path):
         return
     if not os.path.exists(path):
         raise SchedulerOptionError(f"{where}: {what} {path!r} does not exist")
-    hint = "; to skip host key checks, set verify_host_keys false" if "known" in what else ""
     raise SchedulerOptionError(f"{where}: {what} {path!r} is not a regular file{hint}")
 
 
@@ -142,7 +141,8 @@ class ServerConfig:
                 _check_file(where, "keyfile", f)
         if kw.get("known_hosts"):
             kw["known_hosts"] = os.path.expanduser(kw["known_hosts"])
-            _check_file(where, "known_hosts file", kw["known_hosts"])
+            no_check = "; to skip host key checks, set verify_host_keys false"
+            _check_file(where, "known_hosts file", kw["known_hosts"], no_check)
         config = cls(**kw)
         if not 1 <= config.port <= 65535:
             raise SchedulerOptionError(f"{where}: port must be 1..65535, got {config.port}")
