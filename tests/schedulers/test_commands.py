@@ -3,9 +3,11 @@ qsub, condor_q...): a command cut short ends with everything it started."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from tests.helpers import is_alive
@@ -52,6 +54,40 @@ async def test_a_cancelled_command_ends_with_its_children(tmp_path: Path) -> Non
     async with anyio.create_task_group() as tg:
         tg.start_soon(run_command, [client])
         child = await child_of(pidfile)
+        tg.cancel_scope.cancel()
+    assert await gone(child)
+
+
+def children() -> set[str]:
+    """This process's children, from every thread (trio forks in a worker thread)."""
+    return {
+        pid
+        for task in Path("/proc/self/task").iterdir()
+        for pid in (task / "children").read_text().split()
+    }
+
+
+def holding_the_loop(pidfile: Path) -> int:
+    """``child_of``, blocking: no task runs until the pid is there."""
+    deadline = time.monotonic() + 10
+    while not (text := pidfile.read_text().strip()):
+        assert time.monotonic() < deadline, "the client never started its child"
+        time.sleep(0.02)
+    return int(text)
+
+
+@pytest.mark.blocking_allowed("holds the loop so the command's start cannot finish first")
+async def test_a_command_cancelled_as_it_starts_ends_with_its_children(tmp_path: Path) -> None:
+    """Cancelled after its fork but before its start returned (asyncio then waits for the
+    pipes): under load the client has already started its child by then."""
+    client, pidfile = await hung_client(tmp_path)
+    await anyio.Path(pidfile).write_text("")
+    before = children()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_command, [client])
+        while children() <= before:
+            await anyio.lowlevel.checkpoint()  # one step of the start at a time
+        child = holding_the_loop(pidfile)  # so that the start cannot finish first
         tg.cancel_scope.cancel()
     assert await gone(child)
 

@@ -37,16 +37,25 @@ def removing(command: str) -> Callable[[Sequence[Job]], None]:
     return cleanup
 
 
-def purging(command: str) -> Callable[[Job], Awaitable[None]]:
+def purging(*commands: Sequence[str]) -> Callable[[Job], Awaitable[None]]:
     """``Backend.forget`` for a cluster, which cannot be told to forget a job: the job's
     id becomes one the cluster never issued (what xqueue sees once a job is purged), and
-    the real job is removed, so it leaves no return code."""
+    the real job is removed by ``commands`` (each given the id), so it leaves no return
+    code."""
 
     async def forget(job: Job) -> None:
         real, job.jid = str(job.jid), NEVER_ISSUED
-        await anyio.run_process([command, real], check=False)
+        for command in commands:
+            await anyio.run_process([*command, real], check=False)
 
     return forget
+
+
+SLURM_PURGE = (("scancel", "--signal=STOP", "--full"), ("scancel", "--signal=KILL", "--full"))
+"""Every process of the job stopped, then killed: a plain scancel's SIGTERM reaches them
+one by one, children first (proctrack/linuxproc), and when slurmstepd lost the CPU
+between two, the wrapper saw its command end and wrote return code 143 before its own
+signal came. A stopped wrapper runs no more code."""
 
 
 class TestLocal(SchedulerConformance):
@@ -63,20 +72,9 @@ class TestSlurm(SchedulerConformance):
             "slurm",
             SLURM_FAST,
             packs=True,
-            forget=purging("scancel"),
+            forget=purging(*SLURM_PURGE),
             cleanup=removing("scancel"),
         )
-
-    @pytest.mark.serial
-    async def test_a_job_the_backend_forgets_vanishes(
-        self, backend: Backend, root: Path, left: list[Job]
-    ) -> None:
-        """The kit's test, run alone (nox's serial phase). scancel's SIGTERM reaches the job's
-        processes one by one, children first (proctrack/linuxproc): when slurmstepd lost
-        the CPU between the two, as on a machine loaded by xdist workers, the wrapper saw
-        its command end and wrote return code 143 before its own signal came, and the job
-        was rightly a failure of that code, not a vanished one."""
-        await super().test_a_job_the_backend_forgets_vanishes(backend, root, left)
 
 
 @pytest.mark.sge
@@ -84,7 +82,7 @@ class TestSge(SchedulerConformance):
     @pytest.fixture
     def backend(self, sge_cluster: None) -> Backend:
         return Backend(
-            "sge", SGE_FAST, packs=True, forget=purging("qdel"), cleanup=removing("qdel")
+            "sge", SGE_FAST, packs=True, forget=purging(("qdel",)), cleanup=removing("qdel")
         )
 
 

@@ -144,14 +144,15 @@ class CliRuntime:
             _open_log, self.options.image, job.path(RUNTIME_LOG), self.engine
         )
         try:
-            proc = await anyio.open_process(
-                self._argv(job, script),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env=self._env(job),
-                start_new_session=True,
-            )
+            with anyio.CancelScope(shield=True):  # as run_command's: no half-started runner
+                proc = await anyio.open_process(
+                    self._argv(job, script),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    env=self._env(job),
+                    start_new_session=True,
+                )
         finally:
             os.close(out)
         self._procs[job] = proc

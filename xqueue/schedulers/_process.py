@@ -108,13 +108,16 @@ async def run_command(
     outlive it, one more each time the query is tried again."""
     full_env = {**os.environ, **env} if env else None
     try:
-        process = await anyio.open_process(
-            list(argv),
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            env=full_env,
-            cwd=cwd,
-            start_new_session=True,
-        )
+        # Shielded: asyncio forks, then waits for the pipes; a cancel in between would
+        # kill the command alone (not its session) and return no process to end it with.
+        with anyio.CancelScope(shield=True):
+            process = await anyio.open_process(
+                list(argv),
+                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                env=full_env,
+                cwd=cwd,
+                start_new_session=True,
+            )
     except FileNotFoundError:
         raise SchedulerError(
             f"{argv[0]!r} not found: is the scheduler's client installed and on PATH?"
