@@ -188,6 +188,35 @@ async def _wait_for_file(path: Path, timeout: float = 10) -> str:
     return (await file.read_text()).strip()
 
 
+def _exit_recorded(workdir: Path, folder: str) -> None:
+    """Until the shepherd has reaped the job and recorded its exit (it tells the
+    controller right after): blocking, so the controller has not heard of it yet."""
+    deadline = time.monotonic() + 20
+    exits = workdir / "exits.jsonl"
+    while not (exits.exists() and f'"dir": "{folder}"' in exits.read_text()):
+        assert time.monotonic() < deadline, "the job's exit was never recorded"
+        time.sleep(0.01)
+
+
+@pytest.mark.blocking_allowed("holds the loop so the controller hears of the exit after the kill")
+async def test_a_kill_of_a_job_that_already_exited_0_leaves_it_finished(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """Its exit reaped, not yet heard of: the kill found its group gone and said nothing,
+    so the job was recorded KILLED with rc 0, and the next run ran a success again."""
+    started = tmp_path / "started"
+    async with Xqueue(workdir=workdir, error_strategy="ignore") as q:
+        job = await q.feed(f"touch {started}; while [ -e {started} ]; do sleep 0.01; done")
+        with anyio.fail_after(20):
+            while not await anyio.Path(started).exists():
+                await anyio.sleep(0.01)
+        await anyio.Path(started).unlink()  # it exits 0 now
+        _exit_recorded(workdir, os.path.basename(job.dir))
+        assert not await q.kill(job)  # nothing to kill: it had ended
+        await job.wait()
+    assert (job.status, job.rc, job.reason) == (JobStatus.FINISHED, 0, "")
+
+
 async def test_kill_reaches_the_whole_process_group(workdir: Path, tmp_path: Path) -> None:
     pidfile = tmp_path / "child.pid"
     async with Xqueue(workdir=workdir, error_strategy="ignore") as q:

@@ -36,6 +36,11 @@ def start_ticks(pid: int) -> int | None:
     return None if found is None or found[0] == b"Z" else found[1]
 
 
+def exited(pids: Mapping[K, int]) -> list[K]:
+    """The keys whose process has exited (a zombie, or gone). Blocking: a /proc read each."""
+    return [key for key, pid in pids.items() if start_ticks(pid) is None]
+
+
 async def wait_exit(pid: int, ticks: int | None = None) -> None:
     """Wait until process ``pid`` exits, without reaping it (a pidfd: no thread, no polling).
 
@@ -119,10 +124,13 @@ def each_process(name: str) -> Iterator[tuple[int, bytes]]:
         yield int(entry), data
 
 
-async def end_groups(groups: Mapping[K, int], grace: float, after_kill: float) -> dict[K, int]:
+async def end_groups(
+    groups: Mapping[K, int], grace: float, after_kill: float
+) -> tuple[dict[K, int], set[K]]:
     """SIGTERM each process group (``groups`` maps a key to its id, its leader's pid); once
     every process in them has ended, or ``grace`` has passed, SIGKILL what is left of
-    them; return those with a live process ``after_kill`` later still.
+    them. Return those with a live process ``after_kill`` later still, and those that
+    held none when signalled: they had ended on their own, and nothing was killed.
 
     The whole group, not only its leader: a job's shell dies on SIGTERM while a child
     that ignores it runs on in the group, and would outlive a job recorded killed. The
@@ -130,19 +138,23 @@ async def end_groups(groups: Mapping[K, int], grace: float, after_kill: float) -
     start time). A group's id stays taken while any process is in it, and each SIGKILL
     goes only to a group just seen to hold one.
     """
-    signal_groups(groups.values(), signal.SIGTERM)
-    left = await _wait_groups(groups, grace)
+    unsignalled = signal_groups(groups.values(), signal.SIGTERM)
+    ended = {key for key, pgid in groups.items() if pgid in unsignalled}
+    left = await _wait_groups({k: g for k, g in groups.items() if k not in ended}, grace)
     signal_groups(left.values(), signal.SIGKILL)
-    return await _wait_groups(left, after_kill)
+    return await _wait_groups(left, after_kill), ended
 
 
-def signal_groups(pgids: Iterable[int], sig: signal.Signals) -> None:
-    """Send ``sig`` to each process group; one already gone (or not ours) is skipped."""
+def signal_groups(pgids: Iterable[int], sig: signal.Signals) -> set[int]:
+    """Send ``sig`` to each process group; return those it did not reach (gone, or not
+    ours: the id now names another user's group)."""
+    missed = set()
     for pgid in pgids:
         try:
             os.killpg(pgid, sig)
         except (ProcessLookupError, PermissionError):
-            pass
+            missed.add(pgid)
+    return missed
 
 
 async def _wait_groups(groups: Mapping[K, int], timeout: float) -> dict[K, int]:

@@ -41,7 +41,14 @@ from ..scheduler import JobState, Scheduler
 from ..states import JobStatus
 from ..workdir import atomic_write, refusal
 from . import _machine
-from ._proc import end_groups, job_dirs_of_processes, leaderless_groups, start_ticks, wait_exit
+from ._proc import (
+    end_groups,
+    exited,
+    job_dirs_of_processes,
+    leaderless_groups,
+    start_ticks,
+    wait_exit,
+)
 from ._shepherd_link import Request, ShepherdLink, Ticket
 
 # The shepherd writes an adopted job's return code right after the job exits; a job
@@ -402,6 +409,12 @@ class LocalScheduler(Scheduler):
         """
         self.stats.kill_calls += 1
         groups = await self._alive_pids(jobs)
+        # Exited, not yet reaped by the shepherd: it ended on its own (nothing signalled
+        # it yet), and its exit, whatever it is, stands. Signalled now, it would be
+        # recorded killed, a success with rc 0 among them, and the next run ran it again.
+        own = {job: pid for job, pid in groups.items() if job in self._tickets}
+        for job in await anyio.to_thread.run_sync(exited, own) if own else ():
+            del groups[job]
         grace = self.options.kill_grace
         if self._link is not None:  # its own jobs: their groups are the stop's to end
             await self._link.stopping([t.pid for j in jobs if (t := self._tickets.get(j))])
@@ -412,12 +425,15 @@ class LocalScheduler(Scheduler):
         # Seen through even if the run is cancelled meanwhile (bounded: grace + 5 s at
         # most): cut short, it would leave a child of a group recorded killed alive.
         with anyio.CancelScope(shield=True):
-            left = await end_groups({**groups, **leftovers}, grace, max(grace, 5.0))
+            left, ended = await end_groups({**groups, **leftovers}, grace, max(grace, 5.0))
+        # A group gone by the SIGTERM: the job ended (and was reaped) after it was looked
+        # at, before its exit was heard of. Answered killed, a job that exited 0 was
+        # recorded KILLED, rc 0, and the next run ran it again.
         return [
             SubmissionError(f"process group {left[job]} survived SIGKILL", retryable=False)
             if job in left
             else None
-            if job in groups
+            if job in groups and job not in ended
             else JobAlreadyEnded(f"job {job.index} had ended: nothing to kill")
             for job in jobs
         ]
