@@ -459,3 +459,27 @@ async def test_jobs_fed_at_once_are_numbered_in_the_order_fed(workdir: Path) -> 
         tg.start_soon(feed, "third", 1)
     assert found == {"first": 0, "second": 1, "third": 2}
     await q.aclose()
+
+
+async def test_waiting_for_a_job_of_a_queue_closed_before_it_ran_raises(workdir: Path) -> None:
+    """A framework's error path closed the queue before its run: wait() and result()
+    waited for ever on jobs no run could take, and nothing said so."""
+    q = Xqueue(workdir=workdir)
+    job = await q.feed(["true"])
+    call = await q.submit(len, "abc")
+    errors: list[str] = []
+
+    async def waiter() -> None:
+        with pytest.raises(QueueStateError) as raised:
+            await job.wait()
+        errors.append(str(raised.value))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)  # already waiting when the queue closes
+            await anyio.wait_all_tasks_blocked()
+            await q.aclose()
+    assert errors == ["job 0 (true) will not end: its queue was closed while it was queued"]
+    for waiting in (job.wait, call.result):
+        with anyio.fail_after(5), pytest.raises(QueueStateError, match="closed while it was"):
+            await waiting()

@@ -15,7 +15,7 @@ import anyio
 
 from ._text import check_envs, check_text
 from .capacity import Claim
-from .errors import ConfigError, InvalidTransitionError
+from .errors import ConfigError, InvalidTransitionError, QueueStateError
 from .failures import FailureClass
 from .resources import Resources
 from .states import TRANSITIONS, JobStatus, S
@@ -258,7 +258,20 @@ class Job:
             if self._done is None:
                 self._done = anyio.Event()
             await self._done.wait()
+            if not self.status.is_final:  # set by ``_abandon``
+                raise QueueStateError(
+                    f"job {self.index} ({self.name}) will not end: its queue was closed "
+                    f"while it was {self.status.value}"
+                )
         return self
+
+    def _abandon(self) -> None:
+        """Its queue closed with it not ended: whoever waits for it is told so (``wait``
+        raises) rather than wait for ever. For the engine only."""
+        if not self.status.is_final:
+            if self._done is None:
+                self._done = anyio.Event()
+            self._done.set()
 
     def __repr__(self) -> str:
         rc = "" if self.rc is None else f" rc={self.rc}"

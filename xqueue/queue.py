@@ -573,6 +573,9 @@ class Xqueue:
             if self._engine.scheduler_open:  # a run closes what it opened
                 self._engine.scheduler_open = False
                 await self.scheduler.aclose()
+            for job in self._engine.jobs:  # fed, never run, or left running by a stop
+                if not job.status.is_final:
+                    job._abandon()
 
     async def __aenter__(self) -> Xqueue:
         if self._engine.state is RunState.CLOSED or self._task_group is not None:
