@@ -354,6 +354,41 @@ async def test_an_installed_plugin_with_an_unknown_hook_only_warns(
         Xqueue(workdir=workdir, plugins=["newer"])
 
 
+class _NewWrapper:
+    @hookimpl(wrapper=True)
+    def on_job_succeeded(self, job: Job) -> Any:
+        return (yield)
+
+
+class _OldWrapper:
+    @hookimpl(hookwrapper=True)
+    def on_job_submitting(self, job: Job) -> Any:
+        yield
+
+
+class _AsyncGenerator:
+    @hookimpl
+    async def on_job_started(self, job: Job) -> Any:
+        yield
+
+
+@pytest.mark.parametrize(
+    ("plugin", "why"),
+    [
+        (_NewWrapper(), "'on_job_succeeded' as a hook wrapper"),
+        (_OldWrapper(), "'on_job_submitting' as a hook wrapper"),
+        (_AsyncGenerator(), "'on_job_started' as a generator"),
+    ],
+)
+async def test_a_hook_that_would_never_run_is_refused(
+    workdir: Path, plugin: object, why: str
+) -> None:
+    """pluggy's wrapper forms and generators were registered without a word: xqueue
+    calls a hook and awaits what it returns, so their bodies never ran."""
+    with pytest.raises(ConfigError, match=f"implements {why}, which xqueue never runs"):
+        Xqueue(workdir=workdir, plugins=[plugin])
+
+
 async def test_unknown_entry_point_plugin_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown plugin 'nope'"):
         Xqueue(workdir=tmp_path / "wd", plugins=["nope"])

@@ -41,6 +41,23 @@ def _entry_points() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def _never_run(plugin: Any, callers: Iterable[Any]) -> str | None:
+    """The first hook of ``plugin`` whose body xqueue would never run, said how: pluggy's
+    wrappers (xqueue calls each hook and awaits what it returns; it never drives one
+    around the others), or a generator, whose body runs only when iterated."""
+    for caller in callers:
+        for impl in caller.get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+            if impl.hookwrapper or impl.wrapper:
+                return f"{caller.name!r} as a hook wrapper"
+            if inspect.isgeneratorfunction(impl.function) or inspect.isasyncgenfunction(
+                impl.function
+            ):
+                return f"{caller.name!r} as a generator"
+    return None
+
+
 def _has_methods(cls: type) -> bool:
     """Whether a class has a hook implementation (its own or inherited) that would be
     called unbound: a plain function, not a static or class method."""
@@ -125,6 +142,14 @@ class Hooks:
                 f"plugin {name!r} implements no xqueue hook: give an object or module with "
                 "functions marked @xqueue.hookimpl"
             )
+        never = _never_run(plugin, callers)
+        if never is not None:  # called and awaited, such a hook's body would never run
+            why = f"plugin {name!r} implements {never}, which xqueue never runs"
+            if not asked:
+                log.warning("%s", why)
+                return
+            self.pm.unregister(plugin)
+            raise ConfigError(f"{why}: a hook is a plain function or an async def without yield")
         unknown = [
             caller.name
             for caller in callers
