@@ -470,6 +470,29 @@ async def test_a_job_that_exited_in_time_is_not_timed_out_while_its_check_runs(
     assert job.status is S.FINISHED and job.attempt == 1 and job.failure is None
 
 
+async def test_a_kill_of_a_job_being_checked_is_refused_before_its_veto(workdir: Path) -> None:
+    """Asked from a hook, kill() answered True for a job whose check ran (on_job_killing
+    fired too) and the job then finished: a job being checked is not killed, False."""
+    answers: list[bool] = []
+    killing: list[int] = []
+
+    class Check:
+        @hookimpl
+        async def on_job_checking(self, xqueue: Xqueue, job: Job) -> None:
+            answers.append(await xqueue.kill(job))
+
+        @hookimpl
+        def on_job_killing(self, job: Job) -> None:
+            killing.append(job.index)
+
+    q = Xqueue(workdir=workdir, plugins=[Check()])
+    job = await q.feed(["true"])
+    with anyio.fail_after(20):
+        await q.run_until_complete()
+    assert (answers, killing) == ([False], [])
+    assert job.status is S.FINISHED and job.rc == 0
+
+
 async def test_a_kill_asked_while_a_time_limit_kill_runs_ends_the_job_killed(
     workdir: Path,
 ) -> None:

@@ -1865,8 +1865,8 @@ class Engine:
         if not (0 <= job.index < len(self.jobs) and self.jobs[job.index] is job):
             # Another queue's job: killing it here would corrupt both queues' counts.
             raise ConfigError(f"kill(): job {job.index} ({job.name}) was not fed to this queue")
-        if job.status.is_final or job.kill_requested:
-            return False
+        if job.status.is_final or job.kill_requested or job in self._checking:
+            return False  # being checked: its process has ended, and it is not killed
         if job.status.is_active and job.status is not S.SUBMITTING:
             try:
                 vetoer = await self.hooks.vetoed_by(
