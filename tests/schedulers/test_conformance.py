@@ -87,7 +87,7 @@ class TestSge(SchedulerConformance):
         )
 
 
-@pytest.mark.ssh
+@pytest.mark.htcondor
 class TestHTCondor(SchedulerConformance):
     """The personal pool of ci/htcondor.sh; workdirs in the folder it shares at the same
     path. Jobs with the same resources fed together are procs of one cluster (packs)."""

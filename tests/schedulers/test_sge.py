@@ -105,6 +105,7 @@ async def test_200_jobs_with_status_calls_proportional_to_ticks(
     assert stats.ticks <= stats.status_calls <= stats.ticks + 3  # one qstat per tick
 
 
+@pytest.mark.timeout(300)  # over the suite's 120 s: the bound below is the test's
 async def test_array_of_100_retries_only_the_failing_element(workdir: Path, tmp_path: Path) -> None:
     flag = tmp_path / "failed-once"
     q = queue(workdir, forks=100, error_strategy="retry", num_retries=2)
