@@ -87,8 +87,11 @@ def follow(wd: Path) -> subprocess.Popen[str]:
 def test_follow_shows_a_run_of_another_process_until_it_stops(
     tmp_path: Path, runs: list[Run]
 ) -> None:
-    wd = tmp_path / "wd"
-    commands = [f"sleep 0.{4 + i % 3}" for i in range(11)] + ["echo '[red]x' >&2; exit 3"]
+    wd, go = tmp_path / "wd", tmp_path / "go"
+    # The last sleep ends only once the view has shown the run going on: however slow
+    # the follower's start, the run is still there for it to show.
+    commands = [f"sleep 0.{4 + i % 3}" for i in range(10)]
+    commands += [f"until [ -e {go} ]; do sleep 0.05; done", "echo '[red]x' >&2; exit 3"]
     run = Run(wd, commands, "-f", "3")
     runs.append(run)
     deadline = time.monotonic() + 20
@@ -101,7 +104,14 @@ def test_follow_shows_a_run_of_another_process_until_it_stops(
     as_json = subprocess.Popen(
         [*XQ, "status", str(wd), "-F", "--json"], stdout=subprocess.PIPE, text=True
     )
-    out, _ = plain.communicate(timeout=60)
+    assert plain.stdout is not None
+    early: list[str] = []
+    while not any(" running" in line for line in early):
+        assert plain.poll() is None, early
+        early.append(plain.stdout.readline())  # one a second at most while it runs
+    go.touch()
+    rest, _ = plain.communicate(timeout=60)
+    out = "".join(early) + rest
     lines, _ = as_json.communicate(timeout=60)
     assert run.wait() == 1  # one job failed
     assert plain.returncode == 1  # the run did not fully succeed: so says the view too
@@ -505,8 +515,11 @@ def test_a_second_cancel_does_not_take_the_first_for_the_run(
     while it kills (the jobs ignore SIGTERM for kill_grace). The second took it for the
     run's controller, SIGTERMed it mid-kill and said "the run stopped", exit 0, while
     the jobs ran on. Now it is refused, and the first finishes its work."""
-    wd = tmp_path / "wd"
-    run = Run(wd, ["trap '' TERM; sleep 60"] * 2, "-f", "2", "-o", "kill_grace=3")
+    wd, go = tmp_path / "wd", tmp_path / "go"
+    # A job's shell outlives the SIGTERM (its sleep does not) until the test says so:
+    # the first cancel's kill lasts as long as the test needs, however slow the CLI.
+    job = f"trap 'until [ -e {go} ]; do sleep 0.05; done; exit 143' TERM; sleep 60"
+    run = Run(wd, [job] * 2, "-f", "2", "-o", "kill_grace=60")
     runs.append(run)
     run.wait_journal('"jid": "', 2)
     run.proc.kill()
@@ -527,6 +540,7 @@ def test_a_second_cancel_does_not_take_the_first_for_the_run(
         run_now = xqueue("run", "-w", str(wd), input="true\n")  # nor does a run start
         assert run_now.returncode == 2
         assert "is held by `xqueue cancel` (pid" in " ".join(run_now.stderr.split())
+        go.touch()
         out, err = first.communicate(timeout=30)
     finally:
         if first.poll() is None:
