@@ -41,21 +41,34 @@ def _entry_points() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def _never_run(plugin: Any, callers: Iterable[Any]) -> str | None:
-    """The first hook of ``plugin`` whose body xqueue would never run, said how: pluggy's
-    wrappers (xqueue calls each hook and awaits what it returns; it never drives one
-    around the others), or a generator, whose body runs only when iterated."""
+def _never_called(plugin: Any, name: str, callers: Iterable[Any]) -> tuple[str, str] | None:
+    """Why a hook of ``plugin`` would never run, and what to do: one that names no xqueue
+    hook (a misspelling), or one xqueue calls and awaits without its body ever running
+    (pluggy's wrappers, driven around other hooks, which xqueue never does; a generator,
+    whose body runs only when iterated). Nothing would say so otherwise."""
+    unknown = None
     for caller in callers:
         for impl in caller.get_hookimpls():
             if impl.plugin is not plugin:
                 continue
             if impl.hookwrapper or impl.wrapper:
-                return f"{caller.name!r} as a hook wrapper"
-            if inspect.isgeneratorfunction(impl.function) or inspect.isasyncgenfunction(
+                how = "as a hook wrapper"
+            elif inspect.isgeneratorfunction(impl.function) or inspect.isasyncgenfunction(
                 impl.function
             ):
-                return f"{caller.name!r} as a generator"
-    return None
+                how = "as a generator"
+            else:
+                if not caller.has_spec() and not impl.optionalhook and unknown is None:
+                    unknown = caller.name
+                continue
+            why = f"plugin {name!r} implements {caller.name!r} {how}, which xqueue never runs"
+            return why, "a hook is a plain function or an async def without yield"
+    if unknown is None:
+        return None
+    close = difflib.get_close_matches(unknown, _HOOK_NAMES, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    why = f"plugin {name!r} implements {unknown!r}, which is no xqueue hook{hint}"
+    return why, "mark a hook of your own with @hookimpl(optionalhook=True)"
 
 
 def _has_methods(cls: type) -> bool:
@@ -142,29 +155,14 @@ class Hooks:
                 f"plugin {name!r} implements no xqueue hook: give an object or module with "
                 "functions marked @xqueue.hookimpl"
             )
-        never = _never_run(plugin, callers)
-        if never is not None:  # called and awaited, such a hook's body would never run
-            why = f"plugin {name!r} implements {never}, which xqueue never runs"
-            if not asked:
-                log.warning("%s", why)
-                return
-            self.pm.unregister(plugin)
-            raise ConfigError(f"{why}: a hook is a plain function or an async def without yield")
-        unknown = [
-            caller.name
-            for caller in callers
-            if not caller.has_spec()
-            and any(i.plugin is plugin and not i.optionalhook for i in caller.get_hookimpls())
-        ]
-        if unknown:  # a misspelt hook would never be called, and nothing would say so
-            close = difflib.get_close_matches(unknown[0], _HOOK_NAMES, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            why = f"plugin {name!r} implements {unknown[0]!r}, which is no xqueue hook{hint}"
+        problem = _never_called(plugin, name, callers)
+        if problem is not None:
+            why, fix = problem
             if not asked:
                 log.warning("%s; that hook is never called", why)
                 return
             self.pm.unregister(plugin)
-            raise ConfigError(f"{why} (mark a hook of your own with @hookimpl(optionalhook=True))")
+            raise ConfigError(f"{why} ({fix})")
 
     def register(self, plugin: Any, name: str | None = None) -> None:
         """Add a plugin after construction (the CLI adds its progress view this way)."""
