@@ -90,7 +90,7 @@ from .resources import Resources
 from .retry import RetryPolicy
 from .scheduler import JobState, Scheduler
 from .states import ACTIVE, JobStatus, S
-from .workdir import Workdir, open_plain, read_text
+from .workdir import Workdir, open_plain, read_rc, read_text
 
 if TYPE_CHECKING:
     from .queue import Xqueue
@@ -1688,6 +1688,17 @@ class Engine:
                 self._post("left", job, vetoer)
             else:
                 to_kill.append(job)
+        if to_kill:
+            # One whose wrapper has recorded its exit ended on its own, unheard of yet (the
+            # poll comes later): its end stands, as the backend will report it. Killed, it
+            # was recorded KILLED, a success too, and the next run ran it again; a stop did
+            # that to every job that had ended since the last poll. (Not a kill tried
+            # again: the first may have reached it.)
+            first = [job for job in to_kill if job not in self._kill_sent]
+            exited = await anyio.to_thread.run_sync(_exited, first) if first else set()
+            for job in exited:
+                self._post("killed", job, JobAlreadyEnded("its exit was recorded"), reply)
+            to_kill = [job for job in to_kill if job not in exited]
         if not to_kill:
             return
         for job in to_kill:
@@ -1966,6 +1977,11 @@ def _classify(state: JobState) -> FailureClass | None:
     if state.status is S.KILLED:
         return FailureClass.KILLED
     return FailureClass.NONZERO_EXIT if state.rc else FailureClass.VANISHED
+
+
+def _exited(jobs: list[Job]) -> set[Job]:
+    """The jobs whose current attempt's wrapper has written its return code. Blocking."""
+    return {job for job in jobs if job.dir and read_rc(job) is not None}
 
 
 def _int(value: Any, default: int) -> int:

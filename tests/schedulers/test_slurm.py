@@ -21,6 +21,7 @@ from xqueue import Job, JobStatus, Xqueue
 from xqueue.engine import MAX_UNKNOWN_SUBMISSIONS
 from xqueue.errors import SchedulerOptionError, SubmissionUnknownError
 from xqueue.failures import FailureClass
+from xqueue.job import RC
 from xqueue.schedulers.batch import Submission
 from xqueue.schedulers.slurm import SlurmScheduler, sbatch_options
 from xqueue.workdir import Workdir
@@ -127,6 +128,22 @@ async def test_a_failed_job_run_again_by_a_later_run_is_not_settled_by_its_old_r
     with anyio.fail_after(60):
         await second.run_until_complete()
     assert again.status is JobStatus.FINISHED and again.rc == 0, again.reason
+
+
+async def test_a_kill_of_a_job_that_already_exited_0_leaves_it_finished(workdir: Path) -> None:
+    """Its wrapper had recorded rc 0, the run had not polled since: the kill was sent all
+    the same, and the job was recorded KILLED, rc 0, and run again by the next run. A
+    stop did that to every job that ended in its last poll interval."""
+    async with queue(workdir, scheduler_opts={"poll_interval": 10}) as q:
+        job = await q.feed("true")
+        rc_file = anyio.Path(job.attempt_path(RC))
+        with anyio.fail_after(60):
+            while not await rc_file.exists():
+                await anyio.sleep(0.02)
+        assert not await q.kill(job)  # nothing to kill: it had ended
+        with anyio.fail_after(60):
+            await job.wait()
+    assert (job.status, job.rc, job.reason) == (JobStatus.FINISHED, 0, "")
 
 
 async def test_resources_and_options_reach_slurm(workdir: Path) -> None:
