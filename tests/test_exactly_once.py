@@ -360,23 +360,36 @@ def test_controller_killed_while_stopping_ends_the_kill_and_runs_the_jobs_again(
     (it recorded all of them failed, did not run them again and exited 1), and end the
     children before the jobs run again (they ran on beside their next attempt)."""
     ledger, go, wd = tmp_path / "ledger", tmp_path / "go", tmp_path / "wd"
+    hold = tmp_path / "hold"  # the children wait for it: none may live to see it
     jobs = tmp_path / "jobs.txt"
     jobs.write_text(
         "".join(
             f"echo S {i} >> {ledger}; [ -e {go} ] && exit 0; "
-            f"(trap '' TERM; sleep 4; echo C {i} >> {ledger}) & sleep 60\n"
+            f"(trap '' TERM; until [ -e {hold} ]; do sleep 0.05; done; echo C {i} >> {ledger})"
+            " & sleep 60\n"
             for i in range(2)
         )
     )
     xq = [sys.executable, "-m", "xqueue"]
     env = {**os.environ, "XQUEUE_DISABLE_PLUGIN_AUTOLOAD": "1"}
     run = [*xq, "run", str(jobs), "-w", str(wd), "-f", "2", "--no-progress"]
-    proc = subprocess.Popen(run, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    first = [*run, "-o", "kill_grace=60"]
+    proc = subprocess.Popen(first, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: len(ledger_lines(ledger)) == 4, 30, "both jobs to start")
         time.sleep(0.3)  # their children start too
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)  # inside the kill grace (5 s): the SIGTERM is sent, not the SIGKILL
+        # Inside the kill grace (60 s, however slow the machine): the kills journaled and
+        # both shells dead of the SIGTERM, the children alive; then the SIGKILL.
+        wait_for(
+            lambda: (
+                (wd / "journal.jsonl").read_text().count('"kill": true') == 2
+                and (wd / "exits.jsonl").exists()
+                and (wd / "exits.jsonl").read_text().count('"rc": 143') == 2
+            ),
+            30,
+            "the stop to signal both jobs",
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         status = subprocess.run([*xq, "status", str(wd)], env=env, capture_output=True, text=True)
@@ -387,7 +400,9 @@ def test_controller_killed_while_stopping_ends_the_kill_and_runs_the_jobs_again(
         )
         assert again.returncode == 0, again.stdout + again.stderr
         assert "2 finished" in again.stderr, again.stderr
-        time.sleep(5)  # past the children's sleep: any left would have written "C"
+        assert wait_no_job_processes(wd, 10) == []  # the children were ended too
+        hold.touch()
+        time.sleep(0.5)
         # Each job started twice (killed, then run again), and no child lived to write.
         assert sorted(ledger.read_text().splitlines()) == ["S 0", "S 0", "S 1", "S 1"]
     finally:
