@@ -1693,7 +1693,7 @@ class Engine:
             # poll comes later): its end stands, as the backend will report it. Killed, it
             # was recorded KILLED, a success too, and the next run ran it again; a stop did
             # that to every job that had ended since the last poll. (Not a kill tried
-            # again: the first may have reached it.)
+            # again, below.)
             first = [job for job in to_kill if job not in self._kill_sent]
             exited = await anyio.to_thread.run_sync(_exited, first) if first else set()
             for job in exited:
@@ -1701,6 +1701,9 @@ class Engine:
             to_kill = [job for job in to_kill if job not in exited]
         if not to_kill:
             return
+        # A kill tried again that finds the job gone may have been the cause (its first
+        # try reached it before failing): it is not taken for an end of the job's own.
+        again = {job for job in to_kill if job in self._kill_sent}
         for job in to_kill:
             self._killing.setdefault(job, None)
         self._kill_sent.update(to_kill)
@@ -1720,6 +1723,8 @@ class Engine:
                     self._post("update", job, *ended)
             raise
         for job, error in zip(to_kill, errors):
+            if job in again and isinstance(error, JobAlreadyEnded):
+                error = None
             self._post("killed", job, error, reply)
 
     async def _await_job(self, job: Job) -> None:

@@ -96,6 +96,12 @@ def test_sacct_states_and_exit_codes() -> None:
     assert "FAILED with exit code 0:0" in unknown.reason
 
 
+def test_scancel_verbose_names_the_jobs_that_had_ended() -> None:
+    """Recorded from this Slurm: 6591 and 6592_1 ran and were signalled; 6590 and 6592_0
+    had exited, 99999999 was never issued. Only -v prints these errors."""
+    assert slurm.already_ended(read("slurm_scancel_v.txt")) == {"6590", "6592_0", "99999999"}
+
+
 def test_scontrol_show_config() -> None:
     config = slurm.parse_config(read("slurm_show_config.txt"))
     assert config["MaxArraySize"] == "1001"

@@ -146,6 +146,31 @@ async def test_a_kill_of_a_job_that_already_exited_0_leaves_it_finished(workdir:
     assert (job.status, job.rc, job.reason) == (JobStatus.FINISHED, 0, "")
 
 
+async def test_a_job_that_ends_as_scancel_runs_keeps_its_own_end(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """The job's script exited 0 while the kill was on its way: scancel found it done
+    and said so only with -v, and the job was recorded KILLED, rc 0, and run again by
+    the next run. The scancel here lets the job end and waits for Slurm to see it."""
+    go, slow = tmp_path / "go", tmp_path / "scancel"
+    await anyio.Path(slow).write_text(
+        f"#!/bin/sh\ntouch {go}\n"
+        'for id; do case $id in -*) ;; *) n=0; while [ $n -lt 600 ] && squeue -h -j "$id" '
+        "-o %T 2>/dev/null | grep -qv COMPLET; do n=$((n+1)); sleep 0.1; done;; esac; done\n"
+        'exec scancel "$@"\n'
+    )
+    await anyio.Path(slow).chmod(0o755)
+    async with queue(workdir, scheduler_opts={"scancel": str(slow)}) as q:
+        job = await q.feed(f"until [ -e {go} ]; do sleep 0.05; done")
+        with anyio.fail_after(60):
+            while job.status is not JobStatus.RUNNING:
+                await anyio.sleep(0.05)
+        assert not await q.kill(job)  # it ended before scancel reached it
+        with anyio.fail_after(60):
+            await job.wait()
+    assert (job.status, job.rc, job.reason) == (JobStatus.FINISHED, 0, "")
+
+
 async def test_resources_and_options_reach_slurm(workdir: Path) -> None:
     q = queue(workdir, scheduler_opts={"job-name": "xq-res-test", "mem": "300M", "nice": 5})
     job = await q.feed(["true"], resources={"cpus": 2, "memory": "200M", "walltime": "7m"})

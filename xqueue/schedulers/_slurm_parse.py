@@ -236,3 +236,17 @@ def accounting_state(row: SlurmRow) -> JobState | None:
             )
         return JobState(JobStatus.FAILED, rc, why)
     return terminal_state(row)
+
+
+# scancel -v, for each id it could not signal: "scancel: error: Kill job error on job id
+# 12_3: Job/step already completing or completed" (it ended: its script exited) or
+# "...: Invalid job id specified" (purged, long gone).
+_ALREADY_ENDED = re.compile(
+    r"Kill job error on job id (\S+): "
+    r"(?:Job/step already completing or completed|Invalid job id specified)"
+)
+
+
+def already_ended(stderr: str) -> set[str]:
+    """The ids ``scancel -v`` said it did not signal because they had ended."""
+    return set(_ALREADY_ENDED.findall(stderr))

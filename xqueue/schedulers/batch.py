@@ -49,8 +49,10 @@ step (async)                      default: the facts it runs and reads
                                   return code ended, read as ``query_status``'s answer
 ``query_accounting_by_tag(tag)``  ``accounting_by_tag_argv(tag)``, ``parse_accounting``:
                                   the ended jobs carrying ``tag``; None: not offered
-``kill_ids(ids)``                 ``kill_argv(ids)``: kill one chunk of ``kill_chunk``
-                                  ids (raise ``SchedulerError`` when it failed)
+``kill_ids(ids) -> ended``        ``kill_argv(ids)``, ``parse_kill(result)``: kill one
+                                  chunk of ``kill_chunk`` ids; the ids that had ended
+                                  already, nothing signalled (raise ``SchedulerError``
+                                  when it failed)
 ``list_jobs()``                   ``listing_argv()``, ``parse_listing(out)``: every job of
                                   the user as id -> (still held, tag), for recovery;
                                   None: no recovery by tag
@@ -96,13 +98,18 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 
 from .._text import quote
-from ..errors import SchedulerError, SchedulerOptionError, SubmissionUnknownError
+from ..errors import (
+    JobAlreadyEnded,
+    SchedulerError,
+    SchedulerOptionError,
+    SubmissionUnknownError,
+)
 from ..job import SCRIPT, STARTED, Job
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler
@@ -322,11 +329,12 @@ class BatchScheduler(Scheduler):
         found: dict[str, JobState] = await self._query("accounting", argv, self.parse_accounting)
         return found
 
-    async def kill_ids(self, ids: Sequence[str]) -> None:
+    async def kill_ids(self, ids: Sequence[str]) -> Collection[str]:
         """Kill these jobs and array elements (at most ``kill_chunk``); one that has
-        already ended is no error. Raise ``SchedulerError`` when the kill failed. The
-        default runs ``kill_argv``."""
-        await self.run("kill", self.kill_argv(ids))
+        already ended is no error. Return the ids the system says had ended before the
+        kill (nothing was signalled: their ends are their own). Raise ``SchedulerError``
+        when the kill failed. The default runs ``kill_argv`` and ``parse_kill``."""
+        return self.parse_kill(await self.run("kill", self.kill_argv(ids)))
 
     async def list_jobs(self) -> dict[str, tuple[bool, str]] | None:
         """Every job of the user (or of this workdir) as id -> (the system still holds
@@ -383,6 +391,11 @@ class BatchScheduler(Scheduler):
     def kill_argv(self, ids: Sequence[str]) -> list[str]:
         """The command that kills these jobs and array elements."""
         raise NotImplementedError(f"{type(self).__name__} must define kill_argv")
+
+    def parse_kill(self, result: CommandResult) -> Collection[str]:
+        """The ids the kill command said had ended before it (default: none known, so a
+        job that ended as the kill ran counts as killed)."""
+        return ()
 
     def listing_argv(self) -> list[str] | None:
         """A command listing every job of the user with its tag; None: no recovery by tag."""
@@ -772,9 +785,14 @@ class BatchScheduler(Scheduler):
         errors: list[BaseException | None] = [None] * len(jobs)
         for part in chunks(ids, self.kill_chunk):
             try:
-                await self.kill_ids(part)
+                ended = set(await self.kill_ids(part))
             except SchedulerError as exc:
                 errors = [exc if job.jid in part else e for job, e in zip(jobs, errors)]
+                continue
+            errors = [
+                JobAlreadyEnded(f"{job.jid} had ended: nothing to kill") if job.jid in ended else e
+                for job, e in zip(jobs, errors)
+            ]
         return errors
 
     async def kill_job(self, job: Job) -> None:

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -440,10 +440,12 @@ class HTCondorScheduler(BatchScheduler):
             for jid, ad in (await self._queue()).items()
         }
 
-    async def kill_ids(self, ids: Sequence[str]) -> None:
-        """One ``Remove`` for these jobs; one that has already left is not an error."""
+    async def kill_ids(self, ids: Sequence[str]) -> Collection[str]:
+        """One ``Remove`` for these jobs; one that has already left is not an error (nor
+        known to have ended before it: the schedd does not say)."""
         self._removed.update(ids)
         await self._act("Remove", ids, "xqueue: killed")
+        return ()
 
     async def _act(self, action: str, ids: Sequence[str], reason: str) -> None:
         htcondor = _htcondor()

@@ -25,7 +25,7 @@ import dataclasses
 import math
 import os
 import pwd
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import anyio
@@ -309,5 +309,9 @@ class SlurmScheduler(BatchScheduler):
         }
 
     def kill_argv(self, ids: Sequence[str]) -> list[str]:
-        """``scancel``: ids that already ended are not an error to Slurm."""
-        return [self.options.scancel, *ids]
+        """``scancel -v``: ids that already ended are not an error to Slurm, and only its
+        verbose output names them."""
+        return [self.options.scancel, "-v", *ids]
+
+    def parse_kill(self, result: CommandResult) -> Collection[str]:
+        return parse.already_ended(result.stderr)
