@@ -169,7 +169,9 @@ def test_follow_of_a_workdir_removed_under_it_says_so(tmp_path: Path, runs: list
     runs.append(run)
     run.wait_journal('"jid": "', 1)
     following = follow(wd)
-    time.sleep(1)
+    assert following.stdout is not None
+    # Removed once it follows (its first line), not after a guess at its start-up.
+    assert "1 running" in following.stdout.readline()
     shutil.rmtree(wd, ignore_errors=True)
     _, err = following.communicate(timeout=30)
     assert following.returncode == 1
