@@ -139,9 +139,21 @@ async def test_cancelling_the_caller_kills_jobs_and_raises(workdir: Path, tmp_pa
     job = await q.feed(f"echo $$ > {pidfile}; exec sleep 60")
     queued = await q.feed(["sleep", "60"])
     waiting = await q.feed(["sleep", "60"])  # forks=2: never submitted
+
+    async def time_out_once_both_run(scope: anyio.CancelScope) -> None:
+        # Not a fixed 1 s: on a loaded machine the jobs had not started by then.
+        running = (job, queued)
+        while not all(j.status is JobStatus.RUNNING for j in running):
+            await anyio.sleep(0.02)
+        while not (await anyio.Path(pidfile).exists() and (await read_text(pidfile)).strip()):
+            await anyio.sleep(0.02)
+        scope.deadline = anyio.current_time()  # the caller's timeout, now
+
     with pytest.raises(TimeoutError):
-        with anyio.fail_after(1):
-            await q.run_until_complete()
+        with anyio.fail_after(60) as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(time_out_once_both_run, scope)
+                await q.run_until_complete()
     assert job.status is JobStatus.KILLED
     assert queued.status is JobStatus.KILLED
     # Not "the run stopped (complete)", as they said when it was a cancellation.
