@@ -57,14 +57,19 @@ async def test_forks_still_bounds_jobs_that_fit(workdir: Path, log: Path) -> Non
     assert depth((await spans(log)).values()) == 2
 
 
-async def test_jobs_that_ask_nothing_are_bounded_by_forks_alone(workdir: Path, log: Path) -> None:
-    # Only what a job asks for is counted: four plain jobs run at once on one CPU.
+async def test_jobs_that_ask_nothing_are_bounded_by_forks_alone(
+    workdir: Path, tmp_path: Path
+) -> None:
+    # Only what a job asks for is counted: four plain jobs run at once on one CPU. Each
+    # ends only once all four have started (a barrier, not overlapping sleeps, which a
+    # loaded machine staggered): held to fewer at once, they would never end.
     q = Xqueue(forks=4, workdir=workdir, scheduler_opts={"cpus": 1})
-    for i in range(4):
-        await q.feed(timed(log, f"j{i}", 0.5))
-    with anyio.fail_after(30):
+    marks = [tmp_path / f"started.{i}" for i in range(4)]
+    every = " && ".join(f"[ -e {m} ]" for m in marks)
+    jobs = [await q.feed(f"touch {m}; until {every}; do sleep 0.02; done") for m in marks]
+    with anyio.fail_after(60):
         await q.run_until_complete()
-    assert depth((await spans(log)).values()) == 4
+    assert all(j.status is JobStatus.FINISHED for j in jobs)
 
 
 async def test_a_job_that_can_never_fit_is_refused_when_fed(workdir: Path) -> None:

@@ -123,9 +123,13 @@ async def test_xqute_style_keep_feeding(workdir: Path, anyio_backend: str) -> No
 
 
 async def test_as_completed_yields_in_completion_order(workdir: Path) -> None:
+    # Each job ends once the shepherd has recorded the next one's exit (it tells the
+    # controller right after), not after sleeps a loaded machine could reap together.
     q = Xqueue(forks=3, workdir=workdir)
-    for delay in ("0.6", "0.3", "0.01"):
-        await q.feed(["sleep", delay])
+    exits = workdir / "exits.jsonl"
+    for after in ("1", "2"):
+        await q.feed(f'until grep -qs \'"dir": "{after}-\' {exits}; do sleep 0.02; done')
+    await q.feed(["true"])
     order = []
     async with anyio.create_task_group() as tg:
         tg.start_soon(q.run_until_complete)
