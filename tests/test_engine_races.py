@@ -342,6 +342,21 @@ async def test_a_kill_that_fails_once_while_stopping_is_tried_again(
     assert not await is_alive(int(await read_text(pidfile)))
 
 
+async def test_a_job_that_ends_after_its_kill_failed_keeps_its_own_end(workdir: Path) -> None:
+    """A stop's kill failed (sending nothing), and the job then ended on its own, rc 0,
+    before the kill was tried again: it was recorded KILLED, rc 0, and the next run ran
+    a success again."""
+    backend = CannotKill(kill_grace=0.5)
+    backend.failures = 1
+    q = Xqueue(backend, workdir=workdir, forks=2)
+    job = await q.feed("sleep 1")
+    await q.feed("sleep 0.3; exit 2")  # halts the run while job 0 sleeps
+    with anyio.fail_after(20), pytest.raises(JobFailedError):
+        await q.run_until_complete()
+    assert backend.tries == 1  # it had ended before the kill was tried again
+    assert (job.status, job.rc) == (S.FINISHED, 0), job.reason
+
+
 async def test_a_kill_tried_again_and_cut_short_by_the_deadline_leaves_no_kill_mark(
     workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

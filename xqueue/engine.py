@@ -90,7 +90,7 @@ from .resources import Resources
 from .retry import RetryPolicy
 from .scheduler import JobState, Scheduler
 from .states import ACTIVE, JobStatus, S
-from .workdir import Workdir, open_plain, read_rc, read_text
+from .workdir import Workdir, open_plain, read_text, recorded_exits
 
 if TYPE_CHECKING:
     from .queue import Xqueue
@@ -1240,7 +1240,9 @@ class Engine:
             return []
         if error is not None:
             # Journaled again without the kill's mark (``record_kills``): it runs on, and
-            # a later run adopts it, rather than take its end for this kill's.
+            # a later run adopts it, rather than take its end for this kill's. Nor does
+            # this run: an end of its own before a kill that goes through stands.
+            self._kill_sent.discard(job)
             self.workdir.record(job)
             if self.state is _Run.STOPPING:
                 self._kill_errors[job] = f"could not be killed: {error}"
@@ -1695,7 +1697,7 @@ class Engine:
             # that to every job that had ended since the last poll. (Not a kill tried
             # again, below.)
             first = [job for job in to_kill if job not in self._kill_sent]
-            exited = await anyio.to_thread.run_sync(_exited, first) if first else set()
+            exited = await anyio.to_thread.run_sync(recorded_exits, first) if first else set()
             for job in exited:
                 self._post("killed", job, JobAlreadyEnded("its exit was recorded"), reply)
             to_kill = [job for job in to_kill if job not in exited]
@@ -1982,11 +1984,6 @@ def _classify(state: JobState) -> FailureClass | None:
     if state.status is S.KILLED:
         return FailureClass.KILLED
     return FailureClass.NONZERO_EXIT if state.rc else FailureClass.VANISHED
-
-
-def _exited(jobs: list[Job]) -> set[Job]:
-    """The jobs whose current attempt's wrapper has written its return code. Blocking."""
-    return {job for job in jobs if job.dir and read_rc(job) is not None}
 
 
 def _int(value: Any, default: int) -> int:

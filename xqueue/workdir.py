@@ -46,7 +46,7 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence, Set
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from json.encoder import encode_basestring_ascii as _quote
 from pathlib import Path
 from typing import Any
@@ -296,6 +296,13 @@ def read_rc(job: Job, attempt: int | None = None) -> int | None:
     """The return code a wrapper script recorded, if it finished (``Workdir.exit_code``
     also reads what the local shepherd recorded)."""
     return read_code(job.attempt_path(RC, attempt))
+
+
+def recorded_exits(jobs: Iterable[Job]) -> set[Job]:
+    """The jobs whose current attempt's wrapper has written its return code: ended on
+    their own, whatever the backend still lists (a kill now would be recorded as their
+    end). Blocking: a file read each."""
+    return {job for job in jobs if job.dir and read_rc(job) is not None}
 
 
 def job_record(job: Job) -> dict[str, Any]:

@@ -943,6 +943,52 @@ def test_cancel_leaves_a_job_whose_submission_may_be_under_way_for_the_next_run(
     assert sorted(ledger.read_text().split()) == ["0", "1"]  # each ran once
 
 
+@pytest.mark.slurm
+def test_cancel_leaves_a_job_that_ended_as_it_looked_for_the_next_run(
+    tmp_path: Path, runs: list[Run], slurm_cluster: str
+) -> None:
+    """A job whose wrapper recorded rc 0 while the backend still listed it (SGE does for
+    a second): cancel killed it and recorded it killed, and the next run ran a success
+    again. The squeue here answers with what it saw before letting the job end."""
+    wd, ledger, go, armed = (tmp_path / n for n in ("wd", "ledger", "go", "armed"))
+    lagging = tmp_path / "squeue"
+    lagging.write_text(
+        "#!/bin/sh\n"
+        f'[ -e {armed} ] || exec squeue "$@"\n'
+        'out=$(squeue "$@"); rc=$?\n'
+        f"touch {go}; n=0\n"
+        f'until [ -n "$(ls {wd}/*/job.1.rc 2>/dev/null)" ] || [ $n -ge 600 ]; do\n'
+        "  n=$((n+1)); sleep 0.05\ndone\n"
+        'printf "%s\\n" "$out"; exit $rc\n'
+    )
+    lagging.chmod(0o755)
+    job = f"echo 0 >> {ledger}; until [ -e {go} ]; do sleep 0.05; done"
+    opts = ["-s", "slurm", "-o", "poll_interval=0.2", "-o", f"squeue={lagging}"]
+    run = Run(wd, [job], *opts)
+    runs.append(run)
+    run.wait_journal('"jid": "', 1)
+    deadline = time.monotonic() + 60
+    while not ledger.exists():  # it runs
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    run.proc.kill()
+    run.wait()
+    armed.touch()
+    out = xqueue("cancel", str(wd))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "killed" not in out.stdout, out.stdout
+    assert final_states(wd) == ["finished"]
+    again = subprocess.run(
+        [*XQ, "run", "-w", str(wd), *opts],
+        input=f"{job}\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    assert ledger.read_text().split() == ["0"]  # it ran once
+
+
 def test_a_pipe_of_the_run_closes_when_its_controller_dies_whatever_it_left_running(
     tmp_path: Path,
 ) -> None:

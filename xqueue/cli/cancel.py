@@ -38,14 +38,14 @@ import anyio
 from .. import registry, remote_workdir
 from .._identity import CANCELLING, Controller, read_claim, verify
 from ..control import CONTROL_DIR, RUN_FILE, read_request, reply_path, usable_folder
-from ..errors import XqueueError
+from ..errors import JobAlreadyEnded, XqueueError
 from ..failures import FailureClass
 from ..job import Job
 from ..records import LOCK_FILE, READ_FLAGS, WorkdirReader, job_index, read_json
 from ..remote_workdir import RemoteWorkdir, UsesRemoteWorkdir
 from ..scheduler import JobState, Scheduler
 from ..states import ACTIVE_RECORDS, JobStatus
-from ..workdir import Workdir, check_trust, write_new
+from ..workdir import Workdir, check_trust, recorded_exits, write_new
 from .jobs import check_workdir, label, resolve
 from .text import printable
 
@@ -474,9 +474,15 @@ async def _kill(
                     job.jid = None
         known = [job for job in jobs if job.jid]
         held = await scheduler.jobs_are_running(known) if known else {}
-        alive = [job for job in known if held.get(job)]
-        outcome = await scheduler.kill_jobs(alive) if alive else []
-        ended = [job for job in known if not held.get(job)]
+        listed = [job for job in known if held.get(job)]
+        # A job whose wrapper has recorded its exit ended on its own, though the backend
+        # lists it a while longer (SGE, a second): killed, it was recorded killed and the
+        # next run ran a success again. So is one the kill found ended.
+        exited = await anyio.to_thread.run_sync(recorded_exits, listed) if listed else set()
+        alive = [job for job in listed if job not in exited]
+        outcome = list(await scheduler.kill_jobs(alive)) if alive else []
+        exited |= {j for j, e in zip(alive, outcome, strict=True) if isinstance(e, JobAlreadyEnded)}
+        ended = [job for job in known if not held.get(job) or job in exited]
         # Asked as a run's poll asks: a backend fetches the files an ended job left
         # elsewhere (gbatch, from its bucket), and gives its word on how the job ended.
         polled: dict[Job, JobState] = {}
@@ -486,7 +492,11 @@ async def _kill(
             out.write(f"could not ask the backend how ended jobs ended: {printable(str(exc))}\n")
     finally:
         await scheduler.aclose()
-    errors = {job: error for job, error in zip(alive, outcome, strict=True) if error is not None}
-    killed = [job for job in alive if job not in errors]
+    errors = {
+        job: error
+        for job, error in zip(alive, outcome, strict=True)
+        if error is not None and job not in exited
+    }
+    killed = [job for job in alive if job not in errors and job not in exited]
     states = {job: state for job, state in polled.items() if state.status.is_final}
     return killed, states, errors
