@@ -31,6 +31,7 @@ from xqueue import (
 from xqueue import engine as engine_module
 from xqueue.job import Job
 from xqueue.records import WorkdirReader
+from xqueue.schedulers._process import SchedulerCommandError
 from xqueue.schedulers.local import LocalScheduler
 from xqueue.workdir import Workdir
 
@@ -308,6 +309,9 @@ class CannotKill(LocalScheduler):
     name = "cannot-kill"
     failures: float = float("inf")
     delay = 0.0  # seconds each failing kill of job 0 takes
+    # The failure said how: a node that did not answer may have carried the kill out; a
+    # refused connection proves nothing was sent.
+    error: SchedulerError = SchedulerError("the node did not answer")
 
     async def kill_jobs(self, jobs: Any) -> list[BaseException | None]:
         self.tries = getattr(self, "tries", 0) + any(j.index == 0 for j in jobs)
@@ -316,10 +320,7 @@ class CannotKill(LocalScheduler):
         fails = self.tries <= self.failures
         ours = [j for j in jobs if j.index != 0 or not fails]
         errors = dict(zip(ours, await super().kill_jobs(ours))) if ours else {}
-        return [
-            SchedulerError("the node did not answer") if j not in errors else errors[j]
-            for j in jobs
-        ]
+        return [self.error if j not in errors else errors[j] for j in jobs]
 
 
 async def test_a_kill_that_fails_once_while_stopping_is_tried_again(
@@ -348,6 +349,8 @@ async def test_a_job_that_ends_after_its_kill_failed_keeps_its_own_end(workdir: 
     a success again."""
     backend = CannotKill(kill_grace=0.5)
     backend.failures = 1
+    backend.error = SchedulerCommandError(["scancel"], 1, "Unable to contact slurm controller")
+    assert not backend.error.ambiguous
     q = Xqueue(backend, workdir=workdir, forks=2)
     job = await q.feed("sleep 1")
     await q.feed("sleep 0.3; exit 2")  # halts the run while job 0 sleeps
@@ -355,6 +358,24 @@ async def test_a_job_that_ends_after_its_kill_failed_keeps_its_own_end(workdir: 
         await q.run_until_complete()
     assert backend.tries == 1  # it had ended before the kill was tried again
     assert (job.status, job.rc) == (S.FINISHED, 0), job.reason
+
+
+async def test_a_return_code_file_that_cannot_be_read_keeps_no_kill_from_being_sent(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """A kill reads the jobs' return code files first (one already there: the job ended
+    on its own). One that could not be read (a folder in its place; on NFS a stale
+    handle) raised, and no job of the stop's batch was killed: all ran on past the run."""
+    started = tmp_path / "started"
+    q = Xqueue(workdir=workdir, forks=3, scheduler_opts={"kill_grace": 1})
+    odd = await q.feed(f'mkdir "$XQUEUE_JOB_DIR/job.1.rc"; touch {started}; sleep 300')
+    other = await q.feed("sleep 300")
+    await q.feed(f"until [ -e {started} ]; do sleep 0.02; done; exit 3")  # halts the run
+    with anyio.fail_after(20), pytest.raises(JobFailedError):
+        await q.run_until_complete()
+    assert [j.status for j in (odd, other)] == [S.KILLED, S.KILLED]
+    for job in (odd, other):
+        assert not await is_alive(int(str(job.jid).partition("@")[0]))
 
 
 async def test_a_kill_tried_again_and_cut_short_by_the_deadline_leaves_no_kill_mark(

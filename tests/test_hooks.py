@@ -389,6 +389,34 @@ async def test_a_hook_that_would_never_run_is_refused(
         Xqueue(workdir=workdir, plugins=[plugin])
 
 
+async def test_an_installed_plugin_with_a_generator_hook_is_left_out(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Loaded because it is installed, it was only warned about, and its generator hook
+    was still called: its answer, a generator, failed every job's check."""
+    import xqueue.hooks
+
+    class Checks:
+        @hookimpl
+        def on_job_checking(self, job: Job) -> Any:
+            yield
+
+    class EntryPoint:
+        def load(self) -> Any:
+            return Checks()
+
+    monkeypatch.delenv("XQUEUE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    monkeypatch.setattr(xqueue.hooks, "_entry_points", lambda: {"checks": EntryPoint()})
+    q = Xqueue(workdir=workdir)
+    assert "checks" not in q.hooks.names()
+    assert "'on_job_checking' as a generator, which xqueue never runs; the plugin is left" in (
+        " ".join(caplog.text.split())
+    )
+    job = await q.feed(["true"])
+    await q.run_until_complete()
+    assert job.status is JobStatus.FINISHED
+
+
 async def test_unknown_entry_point_plugin_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown plugin 'nope'"):
         Xqueue(workdir=tmp_path / "wd", plugins=["nope"])

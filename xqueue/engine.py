@@ -112,6 +112,8 @@ SHUTDOWN_HOOK_TIMEOUT = 10.0
 RESOLVE_DELAY = 1.0
 # How long a stopping run waits before it tries a failed kill again (until its deadline).
 KILL_RETRY_DELAY = 1.0
+EXIT_CHECK_LIMIT = 5.0
+"""Seconds a kill may spend reading the return code files of the jobs it is for."""
 # Submissions of one job in a row whose outcome was unknown and that its lookup did not
 # find, after which the job fails: a submit command that exits 0 and never prints an id
 # (a wrapper, a misconfigured sbatch) was submitted again every second, for ever.
@@ -1234,15 +1236,19 @@ class Engine:
         if isinstance(error, JobAlreadyEnded):
             # Nothing was signalled: the end the backend reports is the job's own (an
             # rc 0 recorded "killed" made the next run start a success again).
-            job._kill_requested, job.reason = False, ""
+            if job.status.is_active:  # not one settled meanwhile: its reason stands
+                job._kill_requested, job.reason = False, ""
             if reply is not None:
                 reply.set(False)
             return []
         if error is not None:
             # Journaled again without the kill's mark (``record_kills``): it runs on, and
             # a later run adopts it, rather than take its end for this kill's. Nor does
-            # this run: an end of its own before a kill that goes through stands.
-            self._kill_sent.discard(job)
+            # this run when the kill surely reached nothing (a refused connection): an end
+            # of its own then stands. A kill that may have been carried out (it timed
+            # out) still counts as sent: a job that exits 0 on SIGTERM is not a success.
+            if getattr(error, "ambiguous", True) is False:
+                self._kill_sent.discard(job)
             self.workdir.record(job)
             if self.state is _Run.STOPPING:
                 self._kill_errors[job] = f"could not be killed: {error}"
@@ -1696,11 +1702,20 @@ class Engine:
             # was recorded KILLED, a success too, and the next run ran it again; a stop did
             # that to every job that had ended since the last poll. (Not a kill tried
             # again, below.)
+            # Bounded: on a slow shared file system the files of a big stop must not hold
+            # its kills past the deadline; those not read by then count as not ended.
             first = [job for job in to_kill if job not in self._kill_sent]
-            exited = await anyio.to_thread.run_sync(recorded_exits, first) if first else set()
+            exited: set[Job] = set()
+            with anyio.move_on_after(EXIT_CHECK_LIMIT):
+                exited = await anyio.to_thread.run_sync(
+                    recorded_exits, first, abandon_on_cancel=True
+                )
             for job in exited:
                 self._post("killed", job, JobAlreadyEnded("its exit was recorded"), reply)
             to_kill = [job for job in to_kill if job not in exited]
+            if reply is not None and any(job.status.is_final for job in to_kill):
+                reply.set(False)  # it ended while the files were read
+            to_kill = [job for job in to_kill if not job.status.is_final]
         if not to_kill:
             return
         # A kill tried again that finds the job gone may have been the cause (its first

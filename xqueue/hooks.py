@@ -41,11 +41,12 @@ def _entry_points() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def _never_called(plugin: Any, name: str, callers: Iterable[Any]) -> tuple[str, str] | None:
+def _never_called(plugin: Any, name: str, callers: Iterable[Any]) -> tuple[str, str, bool] | None:
     """Why a hook of ``plugin`` would never run, and what to do: one that names no xqueue
     hook (a misspelling), or one xqueue calls and awaits without its body ever running
     (pluggy's wrappers, driven around other hooks, which xqueue never does; a generator,
-    whose body runs only when iterated). Nothing would say so otherwise."""
+    whose body runs only when iterated). Nothing would say so otherwise. The flag: such a
+    hook would still be called, and answer with a generator (a failed check, say)."""
     unknown = None
     for caller in callers:
         for impl in caller.get_hookimpls():
@@ -62,13 +63,13 @@ def _never_called(plugin: Any, name: str, callers: Iterable[Any]) -> tuple[str, 
                     unknown = caller.name
                 continue
             why = f"plugin {name!r} implements {caller.name!r} {how}, which xqueue never runs"
-            return why, "a hook is a plain function or an async def without yield"
+            return why, "a hook is a plain function or an async def without yield", True
     if unknown is None:
         return None
     close = difflib.get_close_matches(unknown, _HOOK_NAMES, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     why = f"plugin {name!r} implements {unknown!r}, which is no xqueue hook{hint}"
-    return why, "mark a hook of your own with @hookimpl(optionalhook=True)"
+    return why, "mark a hook of your own with @hookimpl(optionalhook=True)", False
 
 
 def _has_methods(cls: type) -> bool:
@@ -157,11 +158,14 @@ class Hooks:
             )
         problem = _never_called(plugin, name, callers)
         if problem is not None:
-            why, fix = problem
-            if not asked:
+            why, fix, harmful = problem
+            if not asked and not harmful:
                 log.warning("%s; that hook is never called", why)
                 return
             self.pm.unregister(plugin)
+            if not asked:  # called, it would answer with a generator: left out whole
+                log.warning("%s; the plugin is left out (%s)", why, fix)
+                return
             raise ConfigError(f"{why} ({fix})")
 
     def register(self, plugin: Any, name: str | None = None) -> None:

@@ -302,7 +302,16 @@ def recorded_exits(jobs: Iterable[Job]) -> set[Job]:
     """The jobs whose current attempt's wrapper has written its return code: ended on
     their own, whatever the backend still lists (a kill now would be recorded as their
     end). Blocking: a file read each."""
-    return {job for job in jobs if job.dir and read_rc(job) is not None}
+    return {job for job in jobs if job.dir and _rc_or_none(job) is not None}
+
+
+def _rc_or_none(job: Job) -> int | None:
+    """``read_rc``, with a file that cannot be read (a folder in its place, EACCES, a
+    stale NFS handle) taken for none: one such job must not keep the others' kills."""
+    try:
+        return read_rc(job)
+    except (OSError, WorkdirError):
+        return None
 
 
 def job_record(job: Job) -> dict[str, Any]:

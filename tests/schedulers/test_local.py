@@ -17,7 +17,7 @@ import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from tests.helpers import cancellable_run, process_alive, read_text
+from tests.helpers import cancellable_run, is_alive, process_alive, read_text
 from xqueue import Job, JobStatus, SchedulerError, Xqueue
 from xqueue.records import WorkdirReader
 from xqueue.schedulers.local import LocalScheduler
@@ -215,6 +215,37 @@ async def test_a_kill_of_a_job_that_already_exited_0_leaves_it_finished(
         assert not await q.kill(job)  # nothing to kill: it had ended
         await job.wait()
     assert (job.status, job.rc, job.reason) == (JobStatus.FINISHED, 0, "")
+
+
+async def test_a_kill_of_a_job_whose_shell_exited_leaves_it_finished_and_its_group_ended(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """Its shell exited 0, not yet reaped (the shepherd stopped here, as a busy one is
+    slow): the kill is not sent, the job finished, and what it left in its group is
+    ended by the shepherd as it reaps (told it was being stopped, it left it running)."""
+    go, child_file = tmp_path / "go", tmp_path / "child"
+    async with Xqueue(workdir=workdir, error_strategy="ignore") as q:
+        job = await q.feed(
+            f"sleep 300 & echo $! > {child_file}; until [ -e {go} ]; do sleep 0.01; done"
+        )
+        child = int(await _wait_for_file(child_file))
+        shepherd = q.scheduler._link.proc.pid  # type: ignore[attr-defined]
+        leader = q.scheduler._tickets[job].pid  # type: ignore[attr-defined]
+        os.kill(shepherd, signal.SIGSTOP)
+        try:
+            await anyio.Path(go).touch()
+            with anyio.fail_after(20):
+                while await is_alive(leader):  # a zombie counts as dead
+                    await anyio.sleep(0.01)
+            assert not await q.kill(job)  # it had ended: nothing to kill
+        finally:
+            os.kill(shepherd, signal.SIGCONT)
+        with anyio.fail_after(30):
+            await job.wait()
+    assert (job.status, job.rc, job.reason) == (JobStatus.FINISHED, 0, "")
+    with anyio.fail_after(10):
+        while await is_alive(child):
+            await anyio.sleep(0.05)
 
 
 async def test_kill_reaches_the_whole_process_group(workdir: Path, tmp_path: Path) -> None:

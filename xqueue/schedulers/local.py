@@ -417,7 +417,9 @@ class LocalScheduler(Scheduler):
             del groups[job]
         grace = self.options.kill_grace
         if self._link is not None:  # its own jobs: their groups are the stop's to end
-            await self._link.stopping([t.pid for j in jobs if (t := self._tickets.get(j))])
+            # Not those that ended on their own: the shepherd ends what they left in their
+            # groups as it reaps them, unless told they are being stopped.
+            await self._link.stopping([t.pid for j in groups if (t := self._tickets.get(j))])
         # An adopted job's shell may be gone with its group alive: what an earlier run's
         # stop signalled and could not end (its controller SIGKILLed in the grace). Ended
         # too, and the job is still answered as ended on its own.
