@@ -19,6 +19,7 @@ from tests.helpers import cluster_queue, read_text, remove_after, run_watching_p
 from tests.schedulers.fakes import calls, garbling, submitted_ids, submitting_then
 from xqueue import Job, JobStatus, Xqueue
 from xqueue.errors import SubmissionUnknownError
+from xqueue.job import RC
 from xqueue.schedulers._sge_parse import parse_qacct
 from xqueue.schedulers.sge import SgeScheduler, _argv_flags, qsub_options
 from xqueue.workdir import Workdir
@@ -103,6 +104,22 @@ async def test_200_jobs_with_status_calls_proportional_to_ticks(
     assert peak > 20
     assert stats.submit_calls == (1 if arrays else 200)
     assert stats.ticks <= stats.status_calls <= stats.ticks + 3  # one qstat per tick
+
+
+async def test_a_kill_of_a_job_that_already_exited_0_leaves_it_finished(workdir: Path) -> None:
+    """Its wrapper had recorded rc 0, the run had not polled since (qdel says nothing of
+    jobs that had ended): the kill was sent all the same, and the job was recorded
+    KILLED, rc 0, and run again by the next run. The engine reads the rc file first."""
+    async with queue(workdir, scheduler_opts={"poll_interval": 10}) as q:
+        job = await q.feed("true")
+        rc_file = anyio.Path(job.attempt_path(RC))
+        with anyio.fail_after(60):
+            while not await rc_file.exists():
+                await anyio.sleep(0.02)
+        assert not await q.kill(job)  # nothing to kill: it had ended
+        with anyio.fail_after(60):
+            await job.wait()
+    assert (job.status, job.rc, job.reason) == (JobStatus.FINISHED, 0, "")
 
 
 @pytest.mark.timeout(300)  # over the suite's 120 s: the bound below is the test's
