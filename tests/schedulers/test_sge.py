@@ -122,6 +122,32 @@ async def test_a_kill_of_a_job_that_already_exited_0_leaves_it_finished(workdir:
     assert (job.status, job.rc, job.reason) == (JobStatus.FINISHED, 0, "")
 
 
+async def test_a_job_that_ends_as_qdel_runs_keeps_its_own_end(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """The job's wrapper wrote rc 0 while the kill was on its way (qdel registers a job
+    SGE still lists for deletion, and says nothing of its end): recorded KILLED, rc 0,
+    and run again by the next run. The qdel here lets the job end first."""
+    go, slow = tmp_path / "go", tmp_path / "qdel"
+    job_rc = workdir / "*" / "job.1.rc"
+    await anyio.Path(slow).write_text(
+        f"#!/bin/sh\ntouch {go}; n=0\n"
+        f'until [ -n "$(ls {job_rc} 2>/dev/null)" ] || [ $n -ge 600 ]; do\n'
+        "  n=$((n+1)); sleep 0.05\ndone\n"
+        'exec qdel "$@"\n'
+    )
+    await anyio.Path(slow).chmod(0o755)
+    async with queue(workdir, scheduler_opts={"qdel": str(slow)}) as q:
+        job = await q.feed(f"until [ -e {go} ]; do sleep 0.05; done")
+        with anyio.fail_after(60):
+            while job.status is not JobStatus.RUNNING:
+                await anyio.sleep(0.05)
+        await q.kill(job)  # True or False: qdel does not say whether it had ended
+        with anyio.fail_after(60):
+            await job.wait()
+    assert (job.status, job.rc, job.reason) == (JobStatus.FINISHED, 0, "")
+
+
 @pytest.mark.timeout(300)  # over the suite's 120 s: the bound below is the test's
 async def test_array_of_100_retries_only_the_failing_element(workdir: Path, tmp_path: Path) -> None:
     flag = tmp_path / "failed-once"
