@@ -297,3 +297,32 @@ def cancellable_run(q: Xqueue) -> tuple[anyio.CancelScope, Callable[[], Awaitabl
             await q.run_until_complete()
 
     return scope, run
+
+
+async def kill_once_exited(q: Xqueue) -> tuple[Job, bool]:
+    """``true`` fed to a run that polls seldom, killed once its wrapper has written rc 0,
+    before the run heard of it: the job once it ended, and what ``kill()`` said."""
+    from xqueue.job import RC
+
+    job = await q.feed("true")
+    rc_file = anyio.Path(job.attempt_path(RC))
+    with anyio.fail_after(60):
+        while not await rc_file.exists():
+            await anyio.sleep(0.02)
+    killed = await q.kill(job)
+    with anyio.fail_after(60):
+        await job.wait()
+    return job, killed
+
+
+async def kill_as_it_ends(q: Xqueue, go: Path) -> tuple[Job, bool]:
+    """A job that ends once ``go`` exists, killed once it runs (the run's kill command
+    makes ``go`` and lets it end first): the job once it ended, and what ``kill()`` said."""
+    job = await q.feed(f"until [ -e {go} ]; do sleep 0.05; done")
+    with anyio.fail_after(60):
+        while job.status is not JobStatus.RUNNING:
+            await anyio.sleep(0.05)
+    killed = await q.kill(job)
+    with anyio.fail_after(60):
+        await job.wait()
+    return job, killed

@@ -15,11 +15,17 @@ import anyio
 import pytest
 
 from tests.helpers import SGE_FAST as FAST
-from tests.helpers import cluster_queue, read_text, remove_after, run_watching_peak
+from tests.helpers import (
+    cluster_queue,
+    kill_as_it_ends,
+    kill_once_exited,
+    read_text,
+    remove_after,
+    run_watching_peak,
+)
 from tests.schedulers.fakes import calls, garbling, submitted_ids, submitting_then
 from xqueue import Job, JobStatus, Xqueue
 from xqueue.errors import SubmissionUnknownError
-from xqueue.job import RC
 from xqueue.schedulers._sge_parse import parse_qacct
 from xqueue.schedulers.sge import SgeScheduler, _argv_flags, qsub_options
 from xqueue.workdir import Workdir
@@ -111,14 +117,8 @@ async def test_a_kill_of_a_job_that_already_exited_0_leaves_it_finished(workdir:
     jobs that had ended): the kill was sent all the same, and the job was recorded
     KILLED, rc 0, and run again by the next run. The engine reads the rc file first."""
     async with queue(workdir, scheduler_opts={"poll_interval": 10}) as q:
-        job = await q.feed("true")
-        rc_file = anyio.Path(job.attempt_path(RC))
-        with anyio.fail_after(60):
-            while not await rc_file.exists():
-                await anyio.sleep(0.02)
-        assert not await q.kill(job)  # nothing to kill: it had ended
-        with anyio.fail_after(60):
-            await job.wait()
+        job, killed = await kill_once_exited(q)
+    assert not killed  # nothing to kill: it had ended
     assert (job.status, job.rc, job.reason) == (JobStatus.FINISHED, 0, "")
 
 
@@ -138,13 +138,7 @@ async def test_a_job_that_ends_as_qdel_runs_keeps_its_own_end(
     )
     await anyio.Path(slow).chmod(0o755)
     async with queue(workdir, scheduler_opts={"qdel": str(slow)}) as q:
-        job = await q.feed(f"until [ -e {go} ]; do sleep 0.05; done")
-        with anyio.fail_after(60):
-            while job.status is not JobStatus.RUNNING:
-                await anyio.sleep(0.05)
-        await q.kill(job)  # True or False: qdel does not say whether it had ended
-        with anyio.fail_after(60):
-            await job.wait()
+        job, _ = await kill_as_it_ends(q, go)  # kill() said True: qdel does not tell
     assert (job.status, job.rc, job.reason) == (JobStatus.FINISHED, 0, "")
 
 

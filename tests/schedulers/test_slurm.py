@@ -15,13 +15,19 @@ import anyio
 import pytest
 
 from tests.helpers import SLURM_FAST as FAST
-from tests.helpers import cluster_queue, read_text, remove_after, run_watching_peak
+from tests.helpers import (
+    cluster_queue,
+    kill_as_it_ends,
+    kill_once_exited,
+    read_text,
+    remove_after,
+    run_watching_peak,
+)
 from tests.schedulers.fakes import calls, garbling, submitted_ids, submitting_then
 from xqueue import Job, JobStatus, Xqueue
 from xqueue.engine import MAX_UNKNOWN_SUBMISSIONS
 from xqueue.errors import SchedulerOptionError, SubmissionUnknownError
 from xqueue.failures import FailureClass
-from xqueue.job import RC
 from xqueue.schedulers.batch import Submission
 from xqueue.schedulers.slurm import SlurmScheduler, sbatch_options
 from xqueue.workdir import Workdir
@@ -135,14 +141,8 @@ async def test_a_kill_of_a_job_that_already_exited_0_leaves_it_finished(workdir:
     the same, and the job was recorded KILLED, rc 0, and run again by the next run. A
     stop did that to every job that ended in its last poll interval."""
     async with queue(workdir, scheduler_opts={"poll_interval": 10}) as q:
-        job = await q.feed("true")
-        rc_file = anyio.Path(job.attempt_path(RC))
-        with anyio.fail_after(60):
-            while not await rc_file.exists():
-                await anyio.sleep(0.02)
-        assert not await q.kill(job)  # nothing to kill: it had ended
-        with anyio.fail_after(60):
-            await job.wait()
+        job, killed = await kill_once_exited(q)
+    assert not killed  # nothing to kill: it had ended
     assert (job.status, job.rc, job.reason) == (JobStatus.FINISHED, 0, "")
 
 
@@ -161,13 +161,8 @@ async def test_a_job_that_ends_as_scancel_runs_keeps_its_own_end(
     )
     await anyio.Path(slow).chmod(0o755)
     async with queue(workdir, scheduler_opts={"scancel": str(slow)}) as q:
-        job = await q.feed(f"until [ -e {go} ]; do sleep 0.05; done")
-        with anyio.fail_after(60):
-            while job.status is not JobStatus.RUNNING:
-                await anyio.sleep(0.05)
-        assert not await q.kill(job)  # it ended before scancel reached it
-        with anyio.fail_after(60):
-            await job.wait()
+        job, killed = await kill_as_it_ends(q, go)
+    assert not killed  # it ended before scancel reached it
     assert (job.status, job.rc, job.reason) == (JobStatus.FINISHED, 0, "")
 
 
