@@ -137,6 +137,10 @@ class Scheduler(abc.ABC):
     enforces_walltime: ClassVar[bool] = False
     """True when the backend stops a job at its limit itself (Slurm ``--time``, SGE
     ``h_rt``) and reports it as TIMEOUT; otherwise the engine kills it at the limit."""
+    rc_file_is_own_end: ClassVar[bool] = False
+    """True when a kill signals the job's whole process group at once, its wrapper with
+    it (SGE): a return code file is then only ever written by a wrapper that finished
+    first, so the end it tells is the job's own even if a kill was sent meanwhile."""
     script_ends_group: ClassVar[bool] = False
     """True when the job script SIGKILLs its own process group once the return code is
     written, for a backend that leaves a finished job's other processes alone (a plain
@@ -286,8 +290,9 @@ class Scheduler(abc.ABC):
         rc = read_rc(job)
         if rc is not None:
             self._missing_since.pop(job, None)
+            own = self.rc_file_is_own_end
             if rc == 0:
-                return JobState(JobStatus.FINISHED, rc)
+                return JobState(JobStatus.FINISHED, rc, unkilled=own)
             if backend_state is not None and backend_state.failure in BACKEND_CLASSES:
                 return JobState(
                     JobStatus.FAILED,
@@ -295,8 +300,9 @@ class Scheduler(abc.ABC):
                     backend_state.reason,
                     retryable=backend_state.retryable,
                     failure=backend_state.failure,
+                    unkilled=own,
                 )
-            return JobState(JobStatus.FAILED, rc)
+            return JobState(JobStatus.FAILED, rc, unkilled=own)
         if backend_state is not None and backend_state.status.is_final:
             self._missing_since.pop(job, None)
             return backend_state

@@ -36,7 +36,6 @@ from ..errors import SchedulerOptionError
 from ..job import Job
 from ..scheduler import JobState
 from ..states import JobStatus
-from ..workdir import read_rc
 from . import _sge_parse as parse
 from .batch import BatchOptions, BatchScheduler, CommandResult, Submission, short_options
 
@@ -128,6 +127,9 @@ class SgeScheduler(BatchScheduler):
     name = "sge"
     Options = SgeOptions
     enforces_walltime = True
+    # qdel signals a job's whole group at once, and says nothing of jobs that had ended:
+    # a success that ended as it ran was recorded killed, and the next run ran it again.
+    rc_file_is_own_end = True
     options: SgeOptions
     clients = ("qsub", "qstat", "qdel")
 
@@ -258,17 +260,6 @@ class SgeScheduler(BatchScheduler):
             jid: (parse.held(letters), names.get(jid, ""))
             for jid, letters in parse.parse_qstat_xml(stdout).items()
         }
-
-    def reconcile(self, job: Job, held: bool, backend_state: JobState | None = None) -> JobState:
-        """As every batch backend's, but an end the job's return code file tells is its
-        own even if a kill was sent: SGE signals a job's whole process group at once,
-        its wrapper with it, so only a wrapper that finished before qdel reached it
-        writes that file (qdel does not say which jobs had ended; a success that ended as
-        it ran was recorded killed, and the next run ran it again). Blocking."""
-        state = super().reconcile(job, held, backend_state)
-        if state.status.is_final and read_rc(job) is not None:
-            return dataclasses.replace(state, unkilled=True)
-        return state
 
     def kill_argv(self, ids: Sequence[str]) -> list[str]:
         """One ``qdel`` for many jobs and array tasks (``7.3``); ended ones are no error."""
