@@ -595,3 +595,25 @@ async def test_a_killed_job_says_why_it_was_killed(workdir: Path) -> None:
     reader = WorkdirReader(workdir)
     record = await anyio.to_thread.run_sync(reader.last_record, os.path.basename(named.dir))
     assert record is not None and record["reason"] == "killed on request"
+
+
+async def test_a_second_kill_while_the_first_is_under_way_says_so(workdir: Path) -> None:
+    """``xqueue cancel`` prints why a job was not killed: a second kill of a job that
+    holds off the first one's SIGTERM is "under way", not ended nor vetoed."""
+    go = workdir.parent / "go"
+    held = f"trap '' TERM; while [ ! -e {go} ]; do sleep 0.02; done"
+    async with Xqueue(workdir=workdir, scheduler_opts={"kill_grace": 30}) as q:
+        job = await q.feed(["sh", "-c", held])
+        with anyio.fail_after(10):
+            while job.status is not JobStatus.RUNNING:
+                await anyio.sleep(0.02)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(q.kill, job)
+            with anyio.fail_after(10):
+                while not job.kill_requested:
+                    await anyio.sleep(0.02)
+            assert await q._engine.kill_outcome(job) is engine_module.KillOutcome.UNDER_WAY
+            await anyio.Path(go).touch()  # it ends as the first kill's grace runs
+        await q.stop_feeding()
+    assert job.status is JobStatus.KILLED
+    assert await q._engine.kill_outcome(job) is engine_module.KillOutcome.ENDED

@@ -13,6 +13,7 @@ import pytest
 
 from tests.helpers import Recorder, reap_lingering_shepherds
 from xqueue import ConfigError, Job, JobStatus, PluginError, Xqueue, hookimpl
+from xqueue.engine import KillOutcome
 
 pytestmark = pytest.mark.anyio
 
@@ -95,6 +96,8 @@ async def test_kill_veto_leaves_job_running_to_completion(workdir: Path) -> None
             while job.status is not JobStatus.RUNNING:
                 await anyio.sleep(0.02)
         assert await q.kill(job) is False
+        # Why, as `xqueue cancel` says it: the veto, not "a kill is under way".
+        assert await q._engine.kill_outcome(job) is KillOutcome.VETOED
         await anyio.sleep(0.2)  # a kill let through would have ended it by now
         assert job.status is JobStatus.RUNNING
         await anyio.Path(go).touch()

@@ -41,6 +41,7 @@ import anyio.lowlevel
 
 from ._identity import own_identity
 from ._threads import run_in_daemon_thread
+from .engine import KillOutcome
 from .errors import XqueueError
 from .events import EVENTS_FILE, PREVIOUS
 from .hooks import hookimpl
@@ -49,6 +50,7 @@ from .states import JobStatus
 from .workdir import atomic_write
 
 if TYPE_CHECKING:
+    from .job import Job
     from .queue import Xqueue
     from .scheduler import Scheduler
 
@@ -61,10 +63,33 @@ REPLY_SUFFIX = ".reply"
 CHECK_INTERVAL = 0.5
 # How long one request waits for a kill to be confirmed before it answers without it.
 KILL_WAIT = 60.0
+# How long past two polls a job that ended on its own is waited for, to say how it ended.
+ENDING_WAIT = 5.0
 _MAX_REQUEST = 1 << 16
 KILLED = JobStatus.KILLED
 
 Apply = Callable[[list[int]], Coroutine[Any, Any, dict[str, str]]]
+
+
+async def _said(job: Job, outcome: KillOutcome, interval: float) -> str:
+    """A kill's outcome, as ``xqueue cancel`` prints it. A job that ended on its own
+    before the kill reached it (its exit recorded, or the backend had it ending) is
+    reported ended once its end is seen, at the latest a couple of polls later: it was
+    said not to be killed "because a kill is under way or a plugin vetoed it"."""
+    if outcome is KillOutcome.KILLED:
+        return "killed"
+    if outcome is KillOutcome.VETOED:
+        return "not killed: a plugin vetoed the kill"
+    if outcome is KillOutcome.UNDER_WAY:
+        return "not killed: a kill of it is under way"
+    with anyio.move_on_after(2 * interval + ENDING_WAIT):
+        try:
+            await job.wait()
+        except XqueueError:  # its queue closed first: it was still ending
+            pass
+    if job.status.is_final:
+        return f"already ended ({job.status.value})"
+    return "already ended on its own; its end is not recorded yet (`xqueue status` shows it)"
 
 
 def scheduler_options(scheduler: Scheduler) -> dict[str, Any]:
@@ -272,16 +297,12 @@ class Control:
             # Bounded: a run that ends meanwhile no longer answers kills.
             with anyio.move_on_after(KILL_WAIT):
                 try:
-                    killed = await queue.kill(job)
+                    outcome = await queue._engine.kill_outcome(job)
                 except XqueueError as exc:
                     results[str(index)] = f"not killed: {exc}"
                     return
-                if killed:
-                    results[str(index)] = "killed"
-                elif job.status.is_final:
-                    results[str(index)] = f"already ended ({job.status.value})"
-                else:
-                    results[str(index)] = "not killed: a kill is under way or a plugin vetoed it"
+                interval = queue.scheduler.options.poll_interval
+                results[str(index)] = await _said(job, outcome, interval)
                 return
             results[str(index)] = "kill asked for; not confirmed in time"
 

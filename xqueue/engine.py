@@ -156,6 +156,15 @@ HookCall = tuple[str, Job]
 Action = tuple[Callable[..., Awaitable[None]], tuple[Any, ...]]
 
 
+class KillOutcome(enum.Enum):
+    """What became of a kill asked for by name (``Engine.kill_outcome``)."""
+
+    KILLED = "killed"
+    ENDED = "ended"  # on its own, before the kill reached it: its end stands
+    UNDER_WAY = "under way"  # an earlier kill of it has not ended it yet
+    VETOED = "vetoed"  # a plugin's on_job_killing said no
+
+
 class _Reply:
     """The answer to a kill() call, set by the loop (or the kill it started)."""
 
@@ -1893,13 +1902,20 @@ class Engine:
         """Kill one job; False if it already ended or a plugin vetoed the kill. From a
         hook the run awaits, True once the kill is asked for: the run carries it out
         when the hook returns."""
+        return await self.kill_outcome(job) is KillOutcome.KILLED
+
+    async def kill_outcome(self, job: Job) -> KillOutcome:
+        """``kill``, saying why a job was not killed: ``xqueue cancel`` tells a job that
+        ended on its own (its end may come with the next poll) from a vetoed kill."""
         if not isinstance(job, Job):
             raise ConfigError(f"kill() takes a job of this queue, not {type(job).__name__}")
         if not (0 <= job.index < len(self.jobs) and self.jobs[job.index] is job):
             # Another queue's job: killing it here would corrupt both queues' counts.
             raise ConfigError(f"kill(): job {job.index} ({job.name}) was not fed to this queue")
-        if job.status.is_final or job.kill_requested or job in self._checking:
-            return False  # being checked: its process has ended, and it is not killed
+        if job.status.is_final or job in self._checking:
+            return KillOutcome.ENDED  # being checked: its process has ended, not killed
+        if job.kill_requested:
+            return KillOutcome.UNDER_WAY
         if job.status.is_active and job.status is not S.SUBMITTING:
             try:
                 vetoer = await self.hooks.vetoed_by(
@@ -1911,14 +1927,14 @@ class Engine:
                 raise
             if vetoer:
                 log.info("job %s: kill vetoed by plugin %r", job.index, vetoer)
-                return False
+                return KillOutcome.VETOED
         reply = _Reply()
         if self.running:
             self._post("kill", job, reply)
             if self.in_run():
                 # From a hook the run awaits: its answer comes only after the hook, so
                 # waiting for it here would hang the run. Asked for is all it can say.
-                return True
+                return KillOutcome.KILLED
             await self._await_reply(reply)
             if not reply.event.is_set():
                 # The run ended first (the job's end was its last event): the kill's
@@ -1933,7 +1949,11 @@ class Engine:
             await self._call_hooks(self._on_kill(job, reply))
         if isinstance(reply.value, BaseException):
             raise SchedulerError(f"could not kill job {job.index}: {reply.value}") from reply.value
-        return reply.value
+        if reply.value:
+            return KillOutcome.KILLED
+        # Not killed: another kill got there first, or the job had ended on its own (the
+        # kill's answer resets the request: ``_killed``).
+        return KillOutcome.UNDER_WAY if job.kill_requested else KillOutcome.ENDED
 
     async def _await_reply(self, reply: _Reply) -> None:
         """Wait for a kill's answer, or for the run to stop, whichever comes first."""

@@ -443,6 +443,43 @@ def test_cancel_kills_named_jobs_through_the_live_run(tmp_path: Path, runs: list
     assert wait_no_job_processes(wd, 5) == []
 
 
+def test_cancel_of_a_job_that_ended_as_it_was_asked_says_so(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    """A job whose exit was recorded but not yet seen by the run (its end comes with the
+    next poll) is not killed: its end is its own. `xqueue cancel WD JOB` said "not
+    killed: a kill is under way or a plugin vetoed it" and exited 1; it waits for the
+    end and says how the job ended."""
+    wd, go = tmp_path / "wd", tmp_path / "go"
+    # It writes its exit code, as a cluster wrapper does when its command ends, then
+    # holds until the test has sent the kill: the run reads that file before a kill.
+    ended = 'echo 0 > "$XQUEUE_JOB_DIR/job.$XQUEUE_JOB_ATTEMPT.rc"'
+    run = Run(wd, [f"{ended}; while [ ! -e {go} ]; do sleep 0.05; done"])
+    runs.append(run)
+    run.wait_journal('"jid": "', 1)
+    while not list(wd.glob("0-*/job.1.rc")):
+        time.sleep(0.05)
+    cancel = subprocess.Popen(
+        [*XQ, "cancel", str(wd), "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        control = wd / ".control"
+        deadline = time.monotonic() + 20
+        # Taken by the run, and answered "not killed" (before the fix) within moments.
+        while not control.exists() or list(control.glob("kill-*.json")):
+            assert time.monotonic() < deadline, "the run did not take the kill request"
+            time.sleep(0.05)
+        time.sleep(1)
+        go.touch()
+        out, err = cancel.communicate(timeout=30)
+    finally:
+        stop(cancel)  # type: ignore[arg-type]
+    assert cancel.returncode == 0, (out, err)
+    assert out.endswith(": already ended (finished)\n"), out
+    assert run.wait() == 0
+    assert final_states(wd) == ["finished"]
+
+
 def test_cancel_kills_a_job_by_its_whole_command_never_by_its_first_48_characters(
     tmp_path: Path, runs: list[Run]
 ) -> None:
