@@ -463,13 +463,15 @@ def test_cancel_of_a_job_that_ended_as_it_was_asked_says_so(
         [*XQ, "cancel", str(wd), "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        control = wd / ".control"
-        deadline = time.monotonic() + 20
-        # Taken by the run, and answered "not killed" (before the fix) within moments.
-        while not control.exists() or list(control.glob("kill-*.json")):
-            assert time.monotonic() < deadline, "the run did not take the kill request"
-            time.sleep(0.05)
-        time.sleep(1)
+        # The job ends once the run has had the request a while: taken within half a
+        # second, it was answered "not killed" (before the fix) at once. (Seen or not,
+        # the request is sent: looking for it only times the end for that check.)
+        deadline = time.monotonic() + 10
+        while not list(wd.glob(".control/kill-*.json")) and cancel.poll() is None:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        time.sleep(1.5)
         go.touch()
         out, err = cancel.communicate(timeout=30)
     finally:
