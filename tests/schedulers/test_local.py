@@ -20,6 +20,8 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from tests.helpers import cancellable_run, is_alive, process_alive, read_text
 from xqueue import Job, JobStatus, SchedulerError, Xqueue
 from xqueue.records import WorkdirReader
+from xqueue.schedulers import local as local_module
+from xqueue.schedulers._proc import start_ticks
 from xqueue.schedulers.local import LocalScheduler
 
 pytestmark = pytest.mark.anyio
@@ -246,6 +248,41 @@ async def test_a_kill_of_a_job_whose_shell_exited_leaves_it_finished_and_its_gro
     with anyio.fail_after(10):
         while await is_alive(child):
             await anyio.sleep(0.05)
+
+
+async def test_a_job_whose_shell_exits_as_its_kill_is_sent_keeps_its_own_end(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its shell exits 0 after the kill looked at it and before its group is signalled
+    (a stop that ends many jobs awaits the shepherd in between): signalled as a zombie,
+    it was recorded KILLED with rc 0, and the next run ran a success again (an
+    adversarial trial's Ctrl-C hit it 1 time in 4 to 15). It is looked at again as it
+    is signalled. Here it exits while the first look runs, the shepherd stopped so
+    it stays unreaped."""
+    go = tmp_path / "go"
+    async with Xqueue(workdir=workdir, error_strategy="ignore") as q:
+        job = await q.feed(f"echo up > {tmp_path}/up; until [ -e {go} ]; do sleep 0.01; done")
+        await _wait_for_file(tmp_path / "up")
+        shepherd = q.scheduler._link.proc.pid  # type: ignore[attr-defined]
+        leader = q.scheduler._tickets[job].pid  # type: ignore[attr-defined]
+
+        def exits_once_looked_at(pids: dict[Job, int]) -> list[Job]:
+            go.touch()
+            deadline = time.monotonic() + 20
+            while start_ticks(leader) is not None:  # a zombie has none
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            return []  # what the look said, a moment before
+
+        monkeypatch.setattr(local_module, "exited", exits_once_looked_at)
+        os.kill(shepherd, signal.SIGSTOP)
+        try:
+            assert not await q.kill(job)  # it had ended: nothing was killed
+        finally:
+            os.kill(shepherd, signal.SIGCONT)
+        with anyio.fail_after(30):
+            await job.wait()
+    assert (job.status, job.rc, job.reason) == (JobStatus.FINISHED, 0, "")
 
 
 async def test_kill_reaches_the_whole_process_group(workdir: Path, tmp_path: Path) -> None:

@@ -125,12 +125,16 @@ def each_process(name: str) -> Iterator[tuple[int, bytes]]:
 
 
 async def end_groups(
-    groups: Mapping[K, int], grace: float, after_kill: float
+    groups: Mapping[K, int], grace: float, after_kill: float, leaders: Collection[K] = ()
 ) -> tuple[dict[K, int], set[K]]:
     """SIGTERM each process group (``groups`` maps a key to its id, its leader's pid); once
     every process in them has ended, or ``grace`` has passed, SIGKILL what is left of
     them. Return those with a live process ``after_kill`` later still, and those that
-    held none when signalled: they had ended on their own, and nothing was killed.
+    had ended on their own: nothing was killed. Those held none when signalled, or, for
+    the keys of ``leaders``, their leader had exited (a zombie, not yet reaped) when
+    looked at just before its group was signalled; such a group is signalled all the
+    same, for what the leader left in it. A look made any earlier leaves a window in
+    which a job that exits 0 is signalled as a zombie and recorded killed.
 
     The whole group, not only its leader: a job's shell dies on SIGTERM while a child
     that ignores it runs on in the group, and would outlive a job recorded killed. The
@@ -138,11 +142,23 @@ async def end_groups(
     start time). A group's id stays taken while any process is in it, and each SIGKILL
     goes only to a group just seen to hold one.
     """
-    unsignalled = signal_groups(groups.values(), signal.SIGTERM)
-    ended = {key for key, pgid in groups.items() if pgid in unsignalled}
+    gone, unsignalled = await anyio.to_thread.run_sync(_look_and_signal, groups, leaders)
+    ended = gone | {key for key, pgid in groups.items() if pgid in unsignalled}
     left = await _wait_groups({k: g for k, g in groups.items() if k not in ended}, grace)
     signal_groups(left.values(), signal.SIGKILL)
     return await _wait_groups(left, after_kill), ended
+
+
+def _look_and_signal(groups: Mapping[K, int], leaders: Collection[K]) -> tuple[set[K], set[int]]:
+    """SIGTERM each group right after looking at its leader (for the keys of
+    ``leaders``): the keys whose leader had exited, and the groups not reached.
+    Blocking: a /proc read per leader."""
+    gone, missed = set(), set()
+    for key, pgid in groups.items():
+        if key in leaders and start_ticks(pgid) is None:
+            gone.add(key)
+        missed |= signal_groups((pgid,), signal.SIGTERM)
+    return gone, missed
 
 
 def signal_groups(pgids: Iterable[int], sig: signal.Signals) -> set[int]:

@@ -427,7 +427,9 @@ class LocalScheduler(Scheduler):
         # Seen through even if the run is cancelled meanwhile (bounded: grace + 5 s at
         # most): cut short, it would leave a child of a group recorded killed alive.
         with anyio.CancelScope(shield=True):
-            left, ended = await end_groups({**groups, **leftovers}, grace, max(grace, 5.0))
+            left, ended = await end_groups(
+                {**groups, **leftovers}, grace, max(grace, 5.0), leaders=own
+            )
         # A group gone by the SIGTERM: the job ended (and was reaped) after it was looked
         # at, before its exit was heard of. Answered killed, a job that exited 0 was
         # recorded KILLED, rc 0, and the next run ran it again.
