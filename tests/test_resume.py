@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,6 +144,59 @@ async def test_controller_killed_mid_run_loses_nothing_and_runs_nothing_twice(
     # The adopted jobs were not our children: their wrappers left their return codes.
     assert all(j.status is JobStatus.FINISHED and j.rc == 0 for j in q.jobs)
     assert all(j.attempt == 1 for j in q.jobs[:3])
+
+
+LONG_JOB = 'echo "start $$" >> "$1"; sleep 4; echo "end $$" >> "$1"'
+
+
+async def test_a_job_left_running_whose_folder_was_removed_is_stopped_before_it_runs_again(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """Its controller SIGKILLed, the job ran on; its folder removed by hand (to run it
+    afresh). The next run took the missing folder for a new job and started it beside
+    the one still running (a trial saw both write "end"). The earlier attempt, which
+    the journal has as running, is stopped first; then the job runs again once."""
+    marker = tmp_path / "ran"
+    controller = textwrap.dedent(
+        f"""
+        import anyio
+        from xqueue import Xqueue
+
+        async def main():
+            q = Xqueue(workdir={str(workdir)!r})
+            await q.feed(["sh", "-c", {LONG_JOB!r}, "job", {str(marker)!r}], name="a")
+            await q.run_until_complete()
+
+        anyio.run(main)
+        """
+    )
+    first = await anyio.open_process([sys.executable, "-c", controller])
+    try:
+        deadline = time.monotonic() + 20
+        journal = anyio.Path(workdir / "journal.jsonl")
+        while not (
+            await anyio.Path(marker).exists()
+            and await journal.exists()
+            and '"jid"' in await journal.read_text()
+        ):
+            assert time.monotonic() < deadline, "the job never started"
+            await anyio.sleep(0.05)
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        await first.wait()
+        await first.aclose()
+    pid = (await anyio.Path(marker).read_text()).split()[1]
+    await anyio.to_thread.run_sync(shutil.rmtree, workdir / "0-a")
+
+    q = Xqueue(workdir=workdir)
+    job = await q.feed(["sh", "-c", LONG_JOB, "job", str(marker)], name="a")
+    with anyio.fail_after(30):
+        await q.run_until_complete()
+    lines = (await anyio.Path(marker).read_text()).splitlines()
+    assert f"end {pid}" not in lines, f"the earlier attempt ran on beside the new: {lines}"
+    assert [line.split()[0] for line in lines] == ["start", "start", "end"], lines
+    assert (job.status, job.rc, job.attempt) == (JobStatus.FINISHED, 0, 2)
+    assert not await anyio.to_thread.run_sync(job_processes, workdir)
 
 
 @pytest.mark.parametrize("index", ["kept", "removed"])

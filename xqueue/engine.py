@@ -790,10 +790,11 @@ class Engine:
             job._base_attempt = job.attempt - 1  # a lost attempt n is not held against it
             if job.attempt == 0:
                 return self._release(job)
-            if not self._reusable(job, record) or record.get("kill"):
+            if not self._reusable(job, record) or record.get("kill") or record.get("gone"):
                 # Not wanted, or being killed when the earlier run died (its stop, a kill,
-                # a deadline: ``record_kills``), so its end is that kill's, not its own:
-                # looked up all the same, stopped, and run again; never run twice at once.
+                # a deadline: ``record_kills``), so its end is that kill's, not its own, or
+                # its folder was removed since (``Workdir.prepare``): looked up all the
+                # same, stopped, and run again; never run twice at once.
                 self._stale.add(job)
             # Re-adopted whatever its dependencies: the earlier run only started it once
             # they had succeeded, and it must not run twice. It may still hold the devices

@@ -692,14 +692,16 @@ class Workdir:
             # walked a million names.
             self._names = dict.fromkeys(os.listdir(self.path))
         if folder not in self._names:
+            left = None
             if self._names:
                 self._move_aside_others(job.index, folder)
+                left = self._left_running(folder)
             self._unmade[job] = staged
             if make:
                 self._make_now(job)
             elif not self._wake.is_set():
                 self._start_maker()
-            return None
+            return left
         spec = job_spec(job)
         known = self.reader.spec_digest(folder)
         if known is None:  # an older workdir's folder has its job.json
@@ -731,6 +733,16 @@ class Workdir:
         elif not self._wake.is_set():
             self._start_maker()
         return None
+
+    def _left_running(self, folder: str) -> dict[str, Any] | None:
+        """The record of an attempt an earlier run left running in a folder removed since
+        (by hand, to run the job afresh), marked ``gone``: the engine stops that attempt
+        before the job runs again in a new folder. Taken for a new job, it ran a second
+        time beside the first. None if the journal has no such attempt."""
+        record = self.reader.take_record(folder)
+        if not record or record.get("status") not in ACTIVE_RECORDS:
+            return None
+        return {**record, "gone": True}
 
     def _move_aside_others(self, index: int, folder: str) -> None:
         """Move aside an earlier run's folder of job ``index`` under another name (the
