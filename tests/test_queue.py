@@ -499,3 +499,29 @@ async def test_waiting_for_a_job_of_a_queue_closed_before_it_ran_raises(workdir:
     for waiting in (job.wait, call.result):
         with anyio.fail_after(5), pytest.raises(QueueStateError, match="closed while it was"):
             await waiting()
+
+
+async def test_closing_a_queue_whose_run_is_in_progress_is_refused(workdir: Path) -> None:
+    """aclose() from another task while run_until_complete() ran released the lock and
+    closed the backend under the run, which then waited for ever for a job that had
+    ended and recorded it "could not be killed in time" (a trial's run hung until cut
+    off). It is refused; the run goes on and ends as it would."""
+    q = Xqueue(workdir=workdir)
+    job = await q.feed(["sleep", "0.5"])
+    refused: list[str] = []
+
+    async def closer() -> None:
+        while job.status is not JobStatus.RUNNING:
+            await anyio.sleep(0.01)
+        with pytest.raises(QueueStateError) as raised:
+            await q.aclose()
+        refused.append(str(raised.value))
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(closer)
+            await q.run_until_complete()
+    assert refused and "still in progress" in refused[0]
+    assert (job.status, job.rc) == (JobStatus.FINISHED, 0)
+    assert q.workdir.locked is False  # the run released it as it ended
+    await q.aclose()  # and once it has ended, the queue closes

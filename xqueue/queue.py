@@ -565,6 +565,19 @@ class Xqueue:
             yield job
 
     async def aclose(self) -> None:
+        """Close a queue whose run has ended (``async with`` does it on leaving): the
+        workdir's lock is released, the scheduler closed, and waiters on jobs that will
+        never end are told so. Refused while its run is in progress: closed under it, the
+        run lost its lock and its backend and waited for ever for jobs that had ended."""
+        if self._engine.running:
+            raise QueueStateError(
+                "aclose(): this queue's run is still in progress; end it first "
+                "(stop_feeding() in keep-feeding mode, or cancel the task that runs it), "
+                "then close the queue"
+            )
+        await self._close()
+
+    async def _close(self) -> None:
         if self._engine.state is not RunState.CLOSED:
             self._engine.state = RunState.CLOSED
             if self.workdir.has_unmade():
@@ -628,7 +641,7 @@ class Xqueue:
                 tg.cancel_scope.cancel()
                 suppressed = await tg.__aexit__(exc_type, exc, tb)
         finally:
-            await self.aclose()
+            await self._close()  # its run's task has ended, whatever state it left
         if self._failure is not None:
             raise self._failure
         return suppressed
