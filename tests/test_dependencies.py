@@ -311,6 +311,45 @@ async def test_resume_after_a_partial_run_runs_only_the_rest(workdir: Path, tmp_
     assert (await span(tmp_path, "b"))[1] <= (await span(tmp_path, "c"))[0]
 
 
+@pytest.mark.parametrize("outcome", ["fails", "succeeds"])
+async def test_a_dependent_of_a_job_that_runs_again_runs_again_after_it(
+    workdir: Path, tmp_path: Path, outcome: str
+) -> None:
+    """An upstream changed since (or failed before, or lost its folder) runs again; its
+    dependent's earlier success was made from the old upstream's output. It was kept:
+    it stood as a success though the upstream now failed, and completed before the
+    upstream had even run (a trial of the embedding API). It runs again after the
+    upstream, in its folder, as the attempt after its last; skipped if that fails."""
+    first = Xqueue(workdir=workdir, error_strategy="ignore")
+    up = await first.feed(stamped(tmp_path, "up"), name="up")
+    await first.feed(stamped(tmp_path, "down"), name="down", after=[up])
+    await first.run_until_complete()
+    assert await ledger(tmp_path) == ["up", "down"]
+
+    body = "exit 3" if outcome == "fails" else "echo changed"
+    second = Xqueue(workdir=workdir, error_strategy="ignore")
+    up = await second.feed(stamped(tmp_path, "up", body), name="up")  # changed
+    down = await second.feed(stamped(tmp_path, "down"), name="down", after=[up])
+    assert down.status is S.WAITING  # not settled by its earlier success
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(second.run_until_complete)
+        with anyio.fail_after(30):
+            order = [job.name async for job in second.as_completed()]
+    assert order == ["up", "down"]
+    if outcome == "fails":
+        assert (up.status, down.status) == (S.FAILED, S.SKIPPED)
+        assert await ledger(tmp_path) == ["up", "down", "up"]
+    else:
+        assert (up.status, down.status, down.attempt) == (S.FINISHED, S.FINISHED, 2)
+        assert await ledger(tmp_path) == ["up", "down", "up", "down"]
+
+    third = Xqueue(workdir=workdir, error_strategy="ignore")  # nothing changed: all kept
+    up = await third.feed(stamped(tmp_path, "up", body), name="up")
+    down = await third.feed(stamped(tmp_path, "down"), name="down", after=[up])
+    if outcome == "succeeds":
+        assert (up.reason, down.reason) == ("succeeded in an earlier run",) * 2
+
+
 CONTROLLER = textwrap.dedent(
     """
     import anyio, json, sys

@@ -156,6 +156,9 @@ HookCall = tuple[str, Job]
 Action = tuple[Callable[..., Awaitable[None]], tuple[Any, ...]]
 
 
+EARLIER_SUCCESS: Final = "succeeded in an earlier run"  # a job settled as it is fed
+
+
 class KillOutcome(enum.Enum):
     """What became of a kill asked for by name (``Engine.kill_outcome``)."""
 
@@ -771,16 +774,17 @@ class Engine:
             job.resources, job._grown = grown, True
         status, attempt = record.get("status"), record.get("attempt")
         if status == S.FINISHED.value and record.get("rc") == 0:
-            if not self._reusable(job, record):
-                # Not wanted again (resume=False, another cache key): a new attempt after
-                # the last, so the files of the attempt that succeeded stay as they are.
+            if not self._reusable(job, record) or (job.after and not self._upstream_reused(job)):
+                # Not wanted again (resume=False, another cache key, a job it runs after
+                # that runs again): a new attempt after the last, so the files of the
+                # attempt that succeeded stay as they are.
                 job.attempt = job._base_attempt = _int(attempt, 0)
                 return self._release(job)
             # An earlier run's success (``_earlier_success``): settled as it is fed.
             if record.get("cache_key") is not None and job.cache_key is None:
                 self._keyed_settled.add(job)  # not a plain success (``successes``)
             job.rc, job.attempt = 0, _int(attempt, 1)
-            job.reason = "succeeded in an earlier run"
+            job.reason = EARLIER_SUCCESS
             return self._finalize(job, S.FINISHED, record=False)
         if status in (S.SUBMITTING.value, S.SUBMITTED.value, S.RUNNING.value) or not record:
             # An earlier run may have started it: look before running it again.
@@ -815,7 +819,17 @@ class Engine:
             record.get("status") == S.FINISHED.value
             and record.get("rc") == 0
             and self._reusable(job, record)
+            and (not job.after or self._upstream_reused(job))
         )
+
+    @staticmethod
+    def _upstream_reused(job: Job) -> bool:
+        """Whether every job ``job`` runs after was itself settled by an earlier success:
+        one that runs again (changed, failed before, its folder removed) may make other
+        output, and a dependent kept from before ran on the old one. It then ran before
+        its upstream had run, and stood as a success when that failed. (The reason is
+        the constant itself, never a copy: identity says "settled so".)"""
+        return all(dep.reason is EARLIER_SUCCESS for dep in job.after)
 
     def _reusable(self, job: Job, record: Mapping[str, Any]) -> bool:
         """Whether an earlier run's attempt of ``job`` may stand for this run's.
