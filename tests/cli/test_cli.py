@@ -352,6 +352,26 @@ def test_a_closed_pipe_on_stderr_exits_141_not_as_a_failed_job(tmp_path: Path, v
     assert json.loads(events[-1])["event"] == "run_stopped", events[-1:]
 
 
+@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["logs", "0"]])
+def test_an_output_that_refuses_writes_is_an_error_line_not_a_traceback(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """``xqueue logs WD 3 > out.txt`` on a full disk or quota, or with standard output
+    closed (``>&-``), ended in an OSError or AttributeError traceback."""
+    wd = tmp_path / "wd"
+    assert xqueue("run", "-w", str(wd), input="echo hello\n").returncode == 0
+    argv = [*XQ, command[0], str(wd), *command[1:]]
+    with open("/dev/full", "w") as full:
+        out = subprocess.run(argv, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr == "error: could not write the output: No space left on device\n"
+    closed = subprocess.run(
+        argv, stderr=subprocess.PIPE, text=True, timeout=60, preexec_fn=lambda: os.close(1)
+    )
+    assert closed.returncode == 2
+    assert closed.stderr.startswith("error: standard output is closed:"), closed.stderr
+
+
 def test_a_ctrl_c_while_the_summary_prints_exits_130_without_a_traceback(tmp_path: Path) -> None:
     """A second Ctrl-C soon after the first came once the run had stopped, while its end
     was printed with Python's own SIGINT handling back: a KeyboardInterrupt traceback.

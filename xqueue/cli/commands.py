@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -254,11 +255,28 @@ def read_commands(data: bytes, source: str) -> list[str]:
     return commands
 
 
+# The commands whose answer is their standard output (a run's view is on stderr).
+_ANSWERS_ON_STDOUT = ("status", "logs", "cancel", "schedulers")
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EBADF)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # said by the command's own parser, with its usage (the top level's is no help)
         _command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
+    if sys.stdout is None and args.command in _ANSWERS_ON_STDOUT:
+        from .report import message
+
+        _console().print(
+            message(
+                "error",
+                f"standard output is closed: `xqueue {args.command}` has "
+                "nowhere to write; redirect it (> FILE, or > /dev/null)",
+            ),
+            soft_wrap=True,
+        )
+        return EXIT_USAGE
     try:
         if args.command == "schedulers":
             print("\n".join(registry.available()))
@@ -284,6 +302,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return EXIT_SIGPIPE
+    except OSError as exc:
+        if exc.filename is not None or exc.errno not in _WRITE_ERRORS:
+            raise
+        # Standard output refused a write (a full disk or quota, an I/O error): said in
+        # a line, as any error, and the interpreter's last flush kept from failing again.
+        from .report import message
+
+        _console().print(message("error", f"could not write the output: {exc.strerror}"))
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         # A Ctrl-C once the run has stopped (a second one while it said how it ended):
         # the run's own handling is over, so only the printing stops, without a traceback.
