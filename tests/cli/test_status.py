@@ -487,6 +487,17 @@ def test_errors_quote_user_input_literally(tmp_path: Path) -> None:
     assert "error: no workdir at" in out.stderr and "[bold]no[/]such" in out.stderr
 
 
+@pytest.mark.parametrize("command", [["status"], ["status", "-F"], ["logs", "0"], ["cancel"]])
+def test_a_file_given_for_a_workdir_is_called_a_file(tmp_path: Path, command: list[str]) -> None:
+    """``xqueue status jobs.txt`` (the job list, not the workdir) said "no workdir at",
+    as if nothing were there."""
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("true\n")
+    out = xqueue(command[0], str(jobs), *command[1:])
+    assert out.returncode == 2
+    assert f"error: {str(jobs)!r} is a file, not a workdir" in out.stderr, out.stderr
+
+
 def test_status_and_the_run_say_why_a_job_failed(tmp_path: Path) -> None:
     """A user reads the class of a failure and the signal behind a return code above 128
     in the run's summary and in ``status``, not just a bare 137."""

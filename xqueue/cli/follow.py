@@ -28,6 +28,7 @@ from ..errors import XqueueError
 from ..events import EVENTS_FILE
 from ..records import WorkdirReader, parse_object, read_json
 from ..states import JobStatus
+from .jobs import no_workdir
 from .tail import Tail
 from .text import printable, rc_text
 
@@ -234,7 +235,7 @@ class Follower:
 def run(workdir: str, as_json: bool) -> int:
     """The command; returns the exit code."""
     if not os.path.isdir(workdir):
-        raise XqueueError(f"no workdir at {workdir!r}")
+        raise XqueueError(no_workdir(workdir))
     out = sys.stdout
     follower = Follower(workdir, out, as_json)
     follower.start()

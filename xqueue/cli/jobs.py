@@ -27,11 +27,19 @@ from .text import printable
 _MARKS = (LOCK_FILE, JOURNAL_FILE, SPECS_FILE, EVENTS_FILE, EXITS_FILE, RUN_FILE)
 
 
+def no_workdir(workdir: str) -> str:
+    """Why ``workdir`` is not a folder, said as it is: a job list given for a workdir
+    (``xqueue status jobs.txt``) was told "no workdir at", as if nothing were there."""
+    if os.path.lexists(workdir):
+        return f"{workdir!r} is a file, not a workdir (a folder a run used: `xqueue run -w`)"
+    return f"no workdir at {workdir!r}"
+
+
 def check_workdir(workdir: str) -> None:
     """Refuse a folder no run has used: ``xqueue cancel .`` said "no run is in progress"
     (and left a lock file) while a run went on in ``./.xqueue``, the default workdir."""
     if not os.path.isdir(workdir):
-        raise XqueueError(f"no workdir at {workdir!r}")
+        raise XqueueError(no_workdir(workdir))
     try:
         names = os.listdir(workdir)
     except OSError as exc:
