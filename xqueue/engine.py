@@ -774,7 +774,7 @@ class Engine:
             job.resources, job._grown = grown, True
         status, attempt = record.get("status"), record.get("attempt")
         if status == S.FINISHED.value and record.get("rc") == 0:
-            if not self._reusable(job, record) or (job.after and not self._upstream_reused(job)):
+            if not self._earlier_success(job, record):
                 # Not wanted again (resume=False, another cache key, a job it runs after
                 # that runs again): a new attempt after the last, so the files of the
                 # attempt that succeeded stay as they are.
