@@ -3,6 +3,7 @@ its word alone once the workdir changed since it was written."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -138,6 +139,35 @@ async def test_a_changed_job_runs_and_the_others_are_still_skipped_by_the_index(
     q = await run(workdir, cmds)
     assert [j.reason for j in q.jobs[:3]] == [EARLIER] * 3
     assert q.jobs[3].reason == "" and q.jobs[3].status is JobStatus.FINISHED
+    assert await ran(marker) == ["0", "1", "2", "3", "3b"]
+
+
+@pytest.mark.blocking_allowed("counts the listings the feeds make, on the loop as they are")
+async def test_a_job_the_index_does_not_vouch_for_costs_no_second_listing(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index's check lists the workdir; the first job it did not vouch for (one
+    changed in a million) listed it again: a second pass over a million names."""
+    marker = tmp_path / "ran"
+    cmds = jobs_of(marker, tmp_path / "flag")
+    await run(workdir, cmds)
+    cmds[3] = f"echo 3b >> {marker}"
+    listings: list[str] = []
+    listdir = os.listdir
+
+    def counted(path: str | os.PathLike[str] = ".") -> list[str]:
+        if os.path.samefile(path, workdir):
+            listings.append(str(path))
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", counted)
+    q = Xqueue(workdir=workdir, error_strategy="ignore")
+    for cmd in cmds:
+        await q.feed(cmd)
+    assert q.jobs[3].status is not JobStatus.FINISHED  # not vouched for: it runs
+    assert len(listings) == 1, listings
+    monkeypatch.undo()
+    await q.run_until_complete()
     assert await ran(marker) == ["0", "1", "2", "3", "3b"]
 
 

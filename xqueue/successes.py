@@ -104,9 +104,11 @@ class Successes:
         return self._entries
 
 
-def load(root: str) -> Successes | None:
+def load(root: str, listed: list[tuple[str, ...]] | None = None) -> Successes | None:
     """The workdir's index if it is current, else None (no file, torn, or made from other
-    inputs than the workdir has now). Blocking: it lists the workdir."""
+    inputs than the workdir has now). Blocking: it lists the workdir. The listing, if
+    it made one, is appended to ``listed``: a caller that needs the workdir's names too
+    (a job the index does not vouch for) then makes no second pass over a million."""
     path = f"{root}/{SUCCESSES_FILE}"
     try:
         fd = os.open(path, READ_FLAGS)
@@ -125,7 +127,10 @@ def load(root: str) -> Successes | None:
             return None
         if {"journal": meta["journal"], "specs": meta["specs"]} != _records(root):
             return None  # a record written since (or the files replaced)
-        if meta["folders"] != fingerprint(os.listdir(root)):
+        names = tuple(os.listdir(root))  # a tuple of strings: left out of the GC's walks
+        if listed is not None:
+            listed.append(names)
+        if meta["folders"] != fingerprint(names):
             return None  # a folder made, removed or renamed since
     except (OSError, ValueError, KeyError, TypeError):
         return None

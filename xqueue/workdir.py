@@ -432,6 +432,9 @@ class Workdir:
         # Folder names in the workdir, listed once (under the lock, nobody else adds any),
         # so feeding a job that has no folder yet costs no file-system call at all.
         self._names: dict[str, None] | None = None
+        # The listing the index's check made, kept for ``_names`` until that is made (the
+        # first job the index does not vouch for) or this hold of the workdir ends.
+        self._listed: list[tuple[str, ...]] = []
         # The index of succeeded jobs an earlier run left (``successes``), read at the
         # first feed; None if there is none that is current.
         self._successes: successes.Successes | None = None
@@ -546,6 +549,7 @@ class Workdir:
         successes): the workdir may have changed since (another controller, a pull)."""
         self._successes, self._successes_read = None, False
         self._names, self._by_index = None, None
+        self._listed.clear()
         self.reader = WorkdirReader(self.path)
 
     def unlock(self) -> None:
@@ -680,7 +684,7 @@ class Workdir:
         job.dir = f"{self._root}/{folder}"
         if not self._successes_read:
             self._successes_read = True
-            self._successes = successes.load(self._root)
+            self._successes = successes.load(self._root, self._listed)
         if self._successes is not None:
             attempt = self._successes.attempt(job, job_spec(job))
             if attempt:  # what the journal says, without reading it
@@ -690,7 +694,9 @@ class Workdir:
             # A dict, not a set: a dict of strings is left out of the cycle collector's
             # walks, a set never is, and each full collection of a million-job resume
             # walked a million names.
-            self._names = dict.fromkeys(os.listdir(self.path))
+            self._names = dict.fromkeys(
+                self._listed.pop() if self._listed else os.listdir(self.path)
+            )
         if folder not in self._names:
             left = None
             if self._names:
@@ -792,8 +798,13 @@ class Workdir:
 
     def making_ahead(self, on: bool) -> None:
         """Make fed jobs' folders soon after they are fed, without waiting for a pause
-        in the feeding (a run is on: its submissions need them), or no longer."""
+        in the feeding (a run is on: its submissions need them), or no longer. A run
+        that begins drops the listing kept for a job the index would not vouch for: the
+        jobs fed before it did not need it, and a million names are worth their memory
+        only while feeding."""
         self._ahead = on
+        if on:
+            self._listed.clear()
 
     def _start_maker(self) -> None:
         """Wake the workdir's folder thread (started on first use)."""
