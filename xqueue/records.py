@@ -690,29 +690,33 @@ class WorkdirReader:
         read line by line, keeping each folder's newest line unparsed until asked for, and
         dropping it then. Any line of a shape xqueue does not write sends every folder
         through ``last_record``'s careful reading instead."""
+        record = self.take_journal_record(folder)
+        if record is None or record["status"] not in FINAL_STATES:
+            older = read_records([f"{self.path}/{folder}/{STATUS_FILE}"])[0]
+            if older is not None and (record is None or record["time"] <= older["time"]):
+                record = older
+        return record
+
+    def take_journal_record(self, folder: str) -> dict[str, Any] | None:
+        """``take_record`` from the journal alone, with no file-system call once the
+        journal is read: for a folder that is not there (``job.status`` was in it)."""
         if self._winners is None:
             self._winners = self._index_winners()
             # A tuple of strings, which the cycle collector stops walking (a list it walks
             # at every full collection: a million names, each time).
             self._order = iter(tuple(self._winners))
         if self._journal is not None:
-            return self.last_record(folder)
-        record = None
+            return self._journal.get(folder)
         if folder in self._winners:
             self._parse_with_next(folder)
-        if folder in self._parsed:
-            entry = _entry_of(self._parsed.pop(folder))
-            if entry is None or entry[0] != folder:
-                self._winners.clear()
-                self._parsed.clear()
-                self._careful_journal()  # a torn or edited newest line
-                return self.last_record(folder)
-            record = entry[1]
-        if record is None or record["status"] not in FINAL_STATES:
-            older = read_records([f"{self.path}/{folder}/{STATUS_FILE}"])[0]
-            if older is not None and (record is None or record["time"] <= older["time"]):
-                record = older
-        return record
+        if folder not in self._parsed:
+            return None
+        entry = _entry_of(self._parsed.pop(folder))
+        if entry is None or entry[0] != folder:
+            self._winners.clear()
+            self._parsed.clear()
+            return self._careful_journal().get(folder)  # a torn or edited newest line
+        return entry[1]
 
     def _parse_with_next(self, folder: str) -> None:
         """Parse a folder's newest line into ``_parsed``, with the next ones in the

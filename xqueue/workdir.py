@@ -701,7 +701,7 @@ class Workdir:
             left = None
             if self._names:
                 self._move_aside_others(job.index, folder)
-                left = self._left_running(folder)
+                left = self._left_running(job, folder)
             self._unmade[job] = staged
             if make:
                 self._make_now(job)
@@ -740,13 +740,20 @@ class Workdir:
             self._start_maker()
         return None
 
-    def _left_running(self, folder: str) -> dict[str, Any] | None:
+    def _left_running(self, job: Job, folder: str) -> dict[str, Any] | None:
         """The record of an attempt an earlier run left running in a folder removed since
         (by hand, to run the job afresh), marked ``gone``: the engine stops that attempt
         before the job runs again in a new folder. Taken for a new job, it ran a second
-        time beside the first. None if the journal has no such attempt."""
-        record = self.reader.take_record(folder)
+        time beside the first. None if the journal has no such attempt. The journal
+        alone is asked: no file-system call per new job (``job.status`` was in the
+        folder). An attempt of another job under the folder's name (its command changed
+        too) is refused as a folder moved aside is (``_check_ended``)."""
+        record = self.reader.take_journal_record(folder)
         if not record or record.get("status") not in ACTIVE_RECORDS:
+            return None
+        known = self.reader.spec_digest(folder)
+        if known is not None and known != digest(job_spec(job).encode()):
+            self._check_ended(job.index, folder)
             return None
         return {**record, "gone": True}
 
