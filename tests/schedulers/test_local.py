@@ -258,11 +258,18 @@ async def test_a_job_whose_shell_exits_as_its_kill_is_sent_keeps_its_own_end(
     it was recorded KILLED with rc 0, and the next run ran a success again (an
     adversarial trial's Ctrl-C hit it 1 time in 4 to 15). It is looked at again as it
     is signalled. Here it exits while the first look runs, the shepherd stopped so
-    it stays unreaped."""
-    go = tmp_path / "go"
-    async with Xqueue(workdir=workdir, error_strategy="ignore") as q:
-        job = await q.feed(f"echo up > {tmp_path}/up; until [ -e {go} ]; do sleep 0.01; done")
+    it stays unreaped. What it left in its group, a child that ignores SIGTERM, is still
+    ended by the kill (the shepherd was told the job is being stopped)."""
+    go, child_file = tmp_path / "go", tmp_path / "child"
+    async with Xqueue(
+        workdir=workdir, error_strategy="ignore", scheduler_opts={"kill_grace": 1}
+    ) as q:
+        job = await q.feed(
+            f"sh -c \"trap '' TERM; sleep 300\" & echo $! > {child_file}; "
+            f"echo up > {tmp_path}/up; until [ -e {go} ]; do sleep 0.01; done"
+        )
         await _wait_for_file(tmp_path / "up")
+        child = int(await _wait_for_file(child_file))
         shepherd = q.scheduler._link.proc.pid  # type: ignore[attr-defined]
         leader = q.scheduler._tickets[job].pid  # type: ignore[attr-defined]
 
@@ -283,6 +290,9 @@ async def test_a_job_whose_shell_exits_as_its_kill_is_sent_keeps_its_own_end(
         with anyio.fail_after(30):
             await job.wait()
     assert (job.status, job.rc, job.reason) == (JobStatus.FINISHED, 0, "")
+    with anyio.fail_after(10):
+        while await is_alive(child):
+            await anyio.sleep(0.05)
 
 
 async def test_kill_reaches_the_whole_process_group(workdir: Path, tmp_path: Path) -> None:

@@ -132,8 +132,9 @@ async def end_groups(
     them. Return those with a live process ``after_kill`` later still, and those that
     had ended on their own: nothing was killed. Those held none when signalled, or, for
     the keys of ``leaders``, their leader had exited (a zombie, not yet reaped) when
-    looked at just before its group was signalled; such a group is signalled all the
-    same, for what the leader left in it. A look made any earlier leaves a window in
+    looked at just before its group was signalled; such a group is still signalled,
+    waited for and SIGKILLed as any other, for what the leader left in it (the shepherd,
+    told of the stop, leaves that to the stop). A look made any earlier leaves a window in
     which a job that exits 0 is signalled as a zombie and recorded killed.
 
     The whole group, not only its leader: a job's shell dies on SIGTERM while a child
@@ -143,10 +144,12 @@ async def end_groups(
     goes only to a group just seen to hold one.
     """
     gone, unsignalled = await anyio.to_thread.run_sync(_look_and_signal, groups, leaders)
-    ended = gone | {key for key, pgid in groups.items() if pgid in unsignalled}
-    left = await _wait_groups({k: g for k, g in groups.items() if k not in ended}, grace)
+    unreached = {key for key, pgid in groups.items() if pgid in unsignalled}
+    # A group whose leader had exited is waited for and SIGKILLed as any other: what the
+    # leader left in it may ignore SIGTERM, and the shepherd, told of the stop, leaves it.
+    left = await _wait_groups({k: g for k, g in groups.items() if k not in unreached}, grace)
     signal_groups(left.values(), signal.SIGKILL)
-    return await _wait_groups(left, after_kill), ended
+    return await _wait_groups(left, after_kill), gone | unreached
 
 
 def _look_and_signal(groups: Mapping[K, int], leaders: Collection[K]) -> tuple[set[K], set[int]]:
