@@ -7,6 +7,7 @@ started and ended (``date +%s.%N``) and appends its name to a ledger, so order a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import json
@@ -348,6 +349,42 @@ async def test_a_dependent_of_a_job_that_runs_again_runs_again_after_it(
     down = await third.feed(stamped(tmp_path, "down"), name="down", after=[up])
     if outcome == "succeeds":
         assert (up.reason, down.reason) == ("succeeded in an earlier run",) * 2
+
+
+async def test_a_dependent_whose_upstream_ran_again_is_not_reused_after_a_stop(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """Its upstream ran again and succeeded, then the run stopped (a halt) before the
+    dependent ran: its old success was still the journal's word, and the next run,
+    finding the upstream's new success, reused it (made from the old output). It is
+    journalled as no longer standing when its upstream is fed to run again."""
+
+    def feeds(body: str, other: str) -> list[tuple[str, str, bool]]:
+        return [
+            (stamped(tmp_path, "up", body), "up", False),
+            (stamped(tmp_path, "other", other), "other", False),
+            (stamped(tmp_path, "down"), "down", True),
+        ]
+
+    async def run(body: str, other: str) -> list[Job]:
+        q = Xqueue(workdir=workdir, forks=1)  # halt: the first failure stops the run
+        up = None
+        for cmd, name, dependent in feeds(body, other):
+            job = await q.feed(cmd, name=name, after=[up] if dependent else None)
+            up = up or job
+        with anyio.fail_after(30), contextlib.suppress(JobFailedError):
+            await q.run_until_complete()
+        return list(q.jobs)
+
+    await run("true", "true")
+    assert await ledger(tmp_path) == ["up", "other", "down"]
+    up, other, down = await run("echo changed", "exit 3")  # up again, then other fails
+    assert (up.status, other.status, down.status) == (S.FINISHED, S.FAILED, S.KILLED)
+    assert await ledger(tmp_path) == ["up", "other", "down", "up", "other"]
+    up, other, down = await run("echo changed", "true")
+    assert up.reason == "succeeded in an earlier run"
+    assert down.status is S.FINISHED and down.reason != "succeeded in an earlier run"
+    assert await ledger(tmp_path) == ["up", "other", "down", "up", "other", "other", "down"]
 
 
 CONTROLLER = textwrap.dedent(

@@ -779,7 +779,16 @@ class Engine:
                 # that runs again): a new attempt after the last, so the files of the
                 # attempt that succeeded stay as they are.
                 job.attempt = job._base_attempt = _int(attempt, 0)
-                return self._release(job)
+                if not self._reusable(job, record):
+                    return self._release(job)
+                # Its upstream runs again: journalled at once, so that a run that stops (or
+                # dies) before this job runs leaves no success of it to reuse beside the
+                # upstream's new one, which the next run would take as a whole.
+                job.reason = "its earlier success no longer stands: a job it runs after runs again"
+                calls = self._release(job)
+                if not job.status.is_final:
+                    self.workdir.record(job)
+                return calls
             # An earlier run's success (``_earlier_success``): settled as it is fed.
             if record.get("cache_key") is not None and job.cache_key is None:
                 self._keyed_settled.add(job)  # not a plain success (``successes``)
