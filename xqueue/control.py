@@ -92,6 +92,16 @@ async def _said(job: Job, outcome: KillOutcome, interval: float) -> str:
     return "already ended on its own; its end is not recorded yet (`xqueue status` shows it)"
 
 
+def _as_it_stands(job: Job, otherwise: str) -> str:
+    """What a kill cut short by its bound or the run's end says: the job's end if it
+    has one (a job that ended on its own is not "not killed: the run is ending")."""
+    if job.status is KILLED:
+        return "killed"
+    if job.status.is_final:
+        return f"already ended ({job.status.value})"
+    return otherwise
+
+
 def scheduler_options(scheduler: Scheduler) -> dict[str, Any]:
     """The options as ``scheduler_opts`` would give them (pass-through keys at top level)."""
     opts = scheduler.options
@@ -304,7 +314,7 @@ class Control:
                 interval = queue.scheduler.options.poll_interval
                 results[str(index)] = await _said(job, outcome, interval)
                 return
-            results[str(index)] = "kill asked for; not confirmed in time"
+            results[str(index)] = _as_it_stands(job, "kill asked for; not confirmed in time")
 
         with anyio.CancelScope() as scope:
             self._serving.add(scope)
@@ -316,6 +326,10 @@ class Control:
                 self._serving.discard(scope)
         for index in indices:  # cut short by the end of the run: say what became of it
             if str(index) not in results:
-                killed = 0 <= index < len(queue.jobs) and queue.jobs[index].status is KILLED
-                results[str(index)] = "killed" if killed else "not killed: the run is ending"
+                known = 0 <= index < len(queue.jobs)
+                results[str(index)] = (
+                    _as_it_stands(queue.jobs[index], "not killed: the run is ending")
+                    if known
+                    else "not killed: the run is ending"
+                )
         return results
