@@ -39,7 +39,8 @@ How it maps onto the queue, so that nothing here is a scheduler of its own:
 
 The order jobs are fed in depends only on the file, so a sweep run again on the same
 workdir gives every point the index and spec it had: points that succeeded are not run
-again (the queue's resume), the others are.
+again (the queue's resume), the others are, and so are the points of later sections that
+run ``after=`` one of those.
 """
 
 from __future__ import annotations

@@ -257,7 +257,8 @@ def read_commands(data: bytes, source: str) -> list[str]:
 
 # The commands whose answer is their standard output (a run's view is on stderr).
 _ANSWERS_ON_STDOUT = ("status", "logs", "cancel", "schedulers")
-_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EBADF)
+# What a write to a full or closed output raises (not EIO, which a read may raise too).
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EBADF)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -305,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         if exc.filename is not None or exc.errno not in _WRITE_ERRORS:
             raise
-        # Standard output refused a write (a full disk or quota, an I/O error): said in
+        # Standard output refused a write (a full disk or quota): said in
         # a line, as any error, and the interpreter's last flush kept from failing again.
         from .report import message
 

@@ -30,6 +30,8 @@ _MARKS = (LOCK_FILE, JOURNAL_FILE, SPECS_FILE, EVENTS_FILE, EXITS_FILE, RUN_FILE
 def no_workdir(workdir: str) -> str:
     """Why ``workdir`` is not a folder, said as it is: a job list given for a workdir
     (``xqueue status jobs.txt``) was told "no workdir at", as if nothing were there."""
+    if os.path.islink(workdir):
+        return f"no workdir at {workdir!r}: a link to {os.readlink(workdir)!r}, which is not one"
     if os.path.lexists(workdir):
         return f"{workdir!r} is a file, not a workdir (a folder a run used: `xqueue run -w`)"
     return f"no workdir at {workdir!r}"
