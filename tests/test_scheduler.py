@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import DetachedScheduler
 from xqueue import Job, JobStatus, SchedulerOptionError
-from xqueue.scheduler import VANISHED
+from xqueue.scheduler import VANISHED, JobState
 from xqueue.workdir import Workdir
 
 
@@ -56,6 +56,19 @@ def test_reconcile_prefers_the_return_code_file(tmp_path: Path) -> None:
     Path(job.attempt_path("rc")).write_text("5\n")
     state = sched.reconcile(job, held=True)
     assert (state.status, state.rc) == (JobStatus.FAILED, 5)
+
+
+def test_reconcile_keeps_a_backend_s_word_that_the_end_was_the_job_s_own(tmp_path: Path) -> None:
+    """An end the backend says no kill caused (HTCondor's COMPLETED, not REMOVED) stays
+    the job's own with the return code file's code: a kill sent as it ended was taken
+    for its end, a success recorded killed."""
+    job = make_job(tmp_path, ["true"])
+    sched = DetachedScheduler()
+    Path(job.attempt_path("rc")).write_text("0\n")
+    completed = JobState(JobStatus.FINISHED, 0, unkilled=True)
+    state = sched.reconcile(job, False, completed)
+    assert (state.status, state.rc, state.unkilled) == (JobStatus.FINISHED, 0, True)
+    assert not sched.reconcile(job, False, JobState(JobStatus.FINISHED, 0)).unkilled
 
 
 def test_reconcile_fails_a_vanished_job_after_the_grace(tmp_path: Path) -> None:

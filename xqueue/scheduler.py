@@ -290,7 +290,9 @@ class Scheduler(abc.ABC):
         rc = read_rc(job)
         if rc is not None:
             self._missing_since.pop(job, None)
-            own = self.rc_file_is_own_end
+            # The job's own end, a kill sent or not, if the backend's design says so or
+            # its answer does (an HTCondor job COMPLETED, not REMOVED).
+            own = self.rc_file_is_own_end or (backend_state is not None and backend_state.unkilled)
             if rc == 0:
                 return JobState(JobStatus.FINISHED, rc, unkilled=own)
             if backend_state is not None and backend_state.failure in BACKEND_CLASSES:

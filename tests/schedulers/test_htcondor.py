@@ -144,6 +144,44 @@ async def test_kill_removes_the_job(
     assert ad["JobStatus"] == 3 and "xqueue: killed" in ad["RemoveReason"]
 
 
+async def test_a_job_that_completes_as_its_removal_is_sent_keeps_its_own_end(
+    htcondor_pool: dict[str, Any],
+    shared_workdir: Path,
+    remove_after: list[Job],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It ends while the removal is on its way (after the run read its return code
+    file, before the schedd had the Remove): the schedd records it COMPLETED, not
+    REMOVED, as nothing was removed. It was recorded KILLED with rc 0, and the next
+    run ran a success again."""
+    go = shared_workdir.parent / f"go-{os.getpid()}"
+    act = HTCondorScheduler._act
+
+    async def after_it_completed(self: HTCondorScheduler, action: str, ids: Any, why: str) -> Any:
+        if action == "Remove":
+            await anyio.Path(go).touch()
+            with anyio.fail_after(60):  # out of the queue: it completed
+                while await in_queue(htcondor_pool, ids[0], ["JobStatus"]) is not None:
+                    await anyio.sleep(0.1)
+        return await act(self, action, ids, why)
+
+    monkeypatch.setattr(HTCondorScheduler, "_act", after_it_completed)
+    q = queue(htcondor_pool, shared_workdir)
+    async with q:
+        job = await q.feed(f"until [ -e {go} ]; do sleep 0.1; done")
+        remove_after.append(job)
+        with anyio.fail_after(60):  # its wrapper runs
+            while not await anyio.Path(job.attempt_path("started")).exists():
+                await anyio.sleep(0.1)
+        await q.kill(job)  # True: the schedd does not say which jobs it found gone
+        with anyio.fail_after(90):
+            await job.wait()
+    await q.aclose()
+    assert (job.status, job.rc, job.reason) == (JobStatus.FINISHED, 0, "")
+    ad = (await history(htcondor_pool, [str(job.jid)], ["JobStatus"]))[str(job.jid)]
+    assert ad["JobStatus"] == 4  # the schedd's own word: completed, not removed
+
+
 async def test_held_job_fails_with_the_hold_reason(
     htcondor_pool: dict[str, Any], shared_workdir: Path
 ) -> None:
@@ -311,9 +349,15 @@ def test_bad_options_are_refused() -> None:
 
 def test_how_ended_and_held_ads_read() -> None:
     done = {"JobStatus": 4, "ExitCode": 0, "ExitBySignal": True, "ExitSignal": 9}
-    assert ended_state(done, False) == JobState(JobStatus.FAILED, 137)
-    assert ended_state({"JobStatus": 4, "ExitCode": 2}, False) == JobState(JobStatus.FAILED, 2)
-    assert ended_state({"JobStatus": 4, "ExitCode": 0}, False) == JobState(JobStatus.FINISHED, 0)
+    # Completed: its own end, a removal sent or not (``unkilled``).
+    own = {"unkilled": True}
+    assert ended_state(done, False) == JobState(JobStatus.FAILED, 137, **own)
+    assert ended_state({"JobStatus": 4, "ExitCode": 2}, True) == JobState(
+        JobStatus.FAILED, 2, **own
+    )
+    assert ended_state({"JobStatus": 4, "ExitCode": 0}, True) == JobState(
+        JobStatus.FINISHED, 0, **own
+    )
     removed = {"JobStatus": 3, "RemoveReason": "via condor_rm (by user alice)"}
     assert ended_state(removed, True) == JobState(JobStatus.KILLED, None, "killed")
     outside = ended_state(removed, False)

@@ -189,14 +189,19 @@ def description(tag: str, job: Job, extra: dict[str, Any]) -> dict[str, str]:
 
 
 def ended_state(ad: Any, killed: bool) -> JobState | None:
-    """What a job ad out of the queue (or completed in it) says about how the job ended."""
+    """What a job ad out of the queue (or completed in it) says about how the job ended.
+
+    A removal ends a job REMOVED whatever its processes do meanwhile: one COMPLETED
+    ended before any removal reached it, and that end is its own (``unkilled``), a
+    removal sent or not (one that came as it ended was recorded killed, rc 0, and the
+    next run ran a success again)."""
     status = ad.get("JobStatus")
     if status == COMPLETED:
         if ad.get("ExitBySignal"):
             rc = 128 + int(ad.get("ExitSignal") or 0)
         else:
             rc = int(ad.get("ExitCode") or 0)
-        return JobState(JobStatus.FINISHED if rc == 0 else JobStatus.FAILED, rc)
+        return JobState(JobStatus.FINISHED if rc == 0 else JobStatus.FAILED, rc, unkilled=True)
     if status == REMOVED:
         if killed:
             return JobState(JobStatus.KILLED, None, "killed")
@@ -229,6 +234,14 @@ def held_state(ad: Any) -> JobState:
         kill=True,
         failure=failure,
     )
+
+
+def _count(ad: Any, key: str) -> int:
+    """A count of an action's result ad (0 if it has none, as a stand-in's may not)."""
+    try:
+        return int(ad.get(key) or 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0
 
 
 def _jid(ad: Any) -> str:
@@ -441,18 +454,26 @@ class HTCondorScheduler(BatchScheduler):
         }
 
     async def kill_ids(self, ids: Sequence[str]) -> Collection[str]:
-        """One ``Remove`` for these jobs; one that has already left is not an error (nor
-        known to have ended before it: the schedd does not say)."""
+        """One ``Remove`` for these jobs; one that has already left is not an error. The
+        schedd counts those it did not find, without naming them: if there are some, the
+        history says which of them COMPLETED, ended on their own before the removal
+        (answered so, a success is not recorded killed)."""
         self._removed.update(ids)
-        await self._act("Remove", ids, "xqueue: killed")
-        return ()
+        result = await self._act("Remove", ids, "xqueue: killed")
+        if not _count(result, "TotalNotFound"):
+            return ()
+        try:
+            ended = await self.query_accounting(ids)
+        except SchedulerError:  # the removal stands; the polls will say how they ended
+            return ()
+        return [jid for jid, state in ended.items() if state.unkilled]
 
-    async def _act(self, action: str, ids: Sequence[str], reason: str) -> None:
+    async def _act(self, action: str, ids: Sequence[str], reason: str) -> Any:
         htcondor = _htcondor()
         schedd = self._schedd
         self.stats.kill_calls += action == "Remove"
         try:
-            await self._call(
+            return await self._call(
                 action.lower(),
                 # A plain string reason is dropped by the bindings (25.x); a (reason,
                 # code) pair reaches the schedd, which records it as RemoveReason.
