@@ -127,6 +127,9 @@ def test_qstat_xml_running_and_pending_tasks() -> None:
 def test_qstat_error_state_and_its_reason() -> None:
     states = sge.parse_qstat_xml(read("sge_qstat_eqw.xml"))
     assert "Eqw" in states.values() and not sge.held("Eqw")
+    # Being deleted is still held until qstat lists it no more: a task in transfer when
+    # qdel registered its deletion still starts and runs to its end.
+    assert all(sge.held(s) for s in ("dt", "dr", "dRr", "dEqw"))
     reason = sge.parse_error_reason(read("sge_qstat_j_eqw.txt"))
     assert 'can\'t open output file "/nonexistent/dir/x.log"' in reason
 

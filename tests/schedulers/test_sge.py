@@ -142,6 +142,31 @@ async def test_a_job_that_ends_as_qdel_runs_keeps_its_own_end(
     assert (job.status, job.rc, job.reason) == (JobStatus.FINISHED, 0, "")
 
 
+async def test_a_stop_as_jobs_are_sent_to_their_host_waits_for_them_to_go(
+    workdir: Path, tmp_path: Path, delete_after: list[Job]
+) -> None:
+    """A stop's qdel "registers for deletion" tasks SGE is sending to their host (state
+    ``t``); they still start and run to their end (``dt``, ``dr``). Taken for ended, they
+    were recorded killed, the run exited while they ran, and the next run ran their
+    successes again (a trial: 6 to 8 jobs of 8, 4 times in 4). A job is killed once qstat
+    lists it no more; one that ran to its end keeps it."""
+    starts, done = tmp_path / "starts", tmp_path / "done"
+    q = queue(workdir, forks=8, error_strategy="ignore")
+    jobs = [await q.feed(f"echo {i} >> {starts}; sleep 0.3; echo {i} >> {done}") for i in range(8)]
+    delete_after.extend(jobs)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(q.run_until_complete)
+        with anyio.fail_after(60):  # every job submitted: some still on their way
+            while not all(job.jid for job in jobs):
+                await anyio.sleep(0.02)
+        tg.cancel_scope.cancel()  # the stop, as a Ctrl-C's
+    await anyio.sleep(3)  # anything still running would end meanwhile
+    finished = sorted(str(job.index) for job in jobs if job.status is JobStatus.FINISHED)
+    path = anyio.Path(done)
+    ended = (await path.read_text()).split() if await path.exists() else []
+    assert sorted(ended) == finished, [(job.status, job.rc) for job in jobs]
+
+
 @pytest.mark.timeout(300)  # over the suite's 120 s: the bound below is the test's
 async def test_array_of_100_retries_only_the_failing_element(workdir: Path, tmp_path: Path) -> None:
     flag = tmp_path / "failed-once"

@@ -164,8 +164,12 @@ def parse_error_reason(text: str) -> str:
 
 
 def held(state: str) -> bool:
-    """Whether SGE still holds a job in this state (queued, running, suspended, held)."""
-    return bool(state) and "E" not in state and "d" not in state
+    """Whether SGE still holds a job in this state (queued, running, suspended, held,
+    or being deleted). A job in deletion (``dt``, ``dr``) is held until ``qstat`` lists it
+    no more: a task being sent to its host when ``qdel`` registered its deletion still
+    starts and runs to its end (taken for ended, it was recorded killed and run again,
+    while it ran on after its run had exited). One in error state (``Eqw``) never runs."""
+    return bool(state) and ("E" not in state or "d" in state)
 
 
 def accounting_state(record: QacctRecord) -> JobState:

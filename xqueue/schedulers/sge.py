@@ -211,7 +211,6 @@ class SgeScheduler(BatchScheduler):
                 states[jid] = JobState(
                     JobStatus.FAILED, None, _ERROR_STATE, retryable=False, kill=True
                 )
-            # else being deleted: it has ended, its rc file or qacct tells how
         return states
 
     def accounting_argvs(self, ids: Sequence[str]) -> list[list[str]]:
