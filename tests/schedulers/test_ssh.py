@@ -247,6 +247,37 @@ async def test_kill_takes_down_the_whole_group_on_the_server(
     assert (await read_text(job.stdout_path)) == ""
 
 
+async def test_a_job_that_ends_as_its_kill_reaches_the_server_keeps_its_own_end(
+    servers: dict[str, Any], workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop's kills reach the server a second or two after they are sent: a job that
+    ended meanwhile (after the run read its rc file, before the kill script ran) left
+    nothing to signal, yet was recorded KILLED, rc 0, and the next run ran it again (a
+    trial: 4 to 9 jobs of 20, 9 times in 9). The kill script's "gone" is its own end."""
+    go = workdir.parent / "go"
+    kill_group = SshScheduler._kill_group
+
+    async def once_it_ended(self: SshScheduler, job: Job) -> str:
+        await anyio.Path(go).touch()
+        with anyio.fail_after(30):  # its wrapper wrote its code: nothing of it is left
+            while not await anyio.Path(job.attempt_path("rc")).exists():
+                await anyio.sleep(0.05)
+        return await kill_group(self, job)
+
+    monkeypatch.setattr(SshScheduler, "_kill_group", once_it_ended)
+    q = on_big(servers, workdir)
+    async with q:
+        job = await q.feed(["sh", "-c", f"until [ -e {go} ]; do sleep 0.05; done"])
+        with anyio.fail_after(20):
+            while job.status is not JobStatus.RUNNING:
+                await anyio.sleep(0.05)
+        assert not await q.kill(job)  # nothing was killed: it had ended
+        with anyio.fail_after(20):
+            await job.wait()
+    await q.aclose()
+    assert (job.status, job.rc, job.reason) == (JobStatus.FINISHED, 0, "")
+
+
 async def test_what_a_job_leaves_running_on_the_server_ends_with_it(
     servers: dict[str, Any], workdir: Path, ssh_env: dict[str, str]
 ) -> None:

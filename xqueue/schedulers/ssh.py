@@ -44,6 +44,7 @@ import anyio
 
 from ..capacity import Capacity, Need
 from ..errors import (
+    JobAlreadyEnded,
     SchedulerError,
     SchedulerOptionError,
     SchedulerOutputError,
@@ -549,8 +550,17 @@ class SshScheduler(Scheduler):
 
     # -- killing -------------------------------------------------------------------------
     async def kill_job(self, job: Job) -> None:
-        """TERM the job's process group, KILL it after kill_grace, and check it is gone."""
-        if await self._kill_group(job) == "survived":
+        """TERM the job's process group, KILL it after kill_grace, and check it is gone.
+
+        Nothing of the job's left to signal (the script looks right before it signals):
+        it ended on its own, and says so (``JobAlreadyEnded``). A kill that reaches the
+        server a second after it was sent found many jobs of a stop ended so, and their
+        successes were recorded killed and run again."""
+        verdict = await self._kill_group(job)
+        parsed = parse_jid(job.jid)
+        if verdict == "gone" and parsed is not None and parsed[0] in self._pools:  # it looked
+            raise JobAlreadyEnded(f"job {job.index} ({job.jid}) had ended: nothing to kill")
+        if verdict == "survived":
             server, pgid, _ = parse_jid(job.jid) or ("?", 0, "")
             raise SchedulerError(
                 f"job {job.index} ({job.jid}): processes of group {pgid} survived SIGKILL "
