@@ -557,6 +557,15 @@ async def test_workdirs_a_backend_cannot_spell_are_refused(
         await q.run_until_complete()
 
 
+async def test_a_workdir_with_a_comma_is_refused_by_sge_naming_it(tmp_path: Path) -> None:
+    """qsub reads -o and -e as a comma-separated list: every job failed to submit with
+    "two files are specified for the same host", and the path was never named."""
+    q = Xqueue("sge", workdir=tmp_path / "a,b" / "wd")
+    await q.feed(["true"])
+    with pytest.raises(ConfigError, match=r"'.*a,b/wd' holds a comma, which qsub reads"):
+        await q.run_until_complete()
+
+
 # -- shell lines around the command (prescript, postscript, jobcmd hooks) -----------------------
 # The fragments are shell by design, so what must hold is that each runs exactly as
 # written, that none can reach the command's arguments or another fragment, and that the

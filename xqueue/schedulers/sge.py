@@ -160,6 +160,13 @@ class SgeScheduler(BatchScheduler):
                 "expands in output paths ($HOME, $USER, $JOB_ID, $JOB_NAME, $HOSTNAME, "
                 "$TASK_ID); choose a workdir without it"
             )
+        if "," in str(workdir.path):
+            # qsub reads -o and -e as a comma-separated list of [host:]path: every job
+            # failed with "two files are specified for the same host", the path unnamed.
+            raise SchedulerOptionError(
+                f"sge: the workdir path {str(workdir.path)!r} holds a comma, which qsub "
+                "reads as a list of output paths; choose a workdir without one"
+            )
         await super().open(workdir)
 
     # -- submitting ------------------------------------------------------------------
