@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -219,6 +220,28 @@ async def test_a_kill_of_a_job_that_already_exited_0_leaves_it_finished(
     assert (job.status, job.rc, job.reason) == (JobStatus.FINISHED, 0, "")
 
 
+@contextlib.contextmanager
+def _shepherd_stopped(q: Xqueue) -> Iterator[None]:
+    """The run's shepherd stopped (as a busy one is slow): a job that exits stays a
+    zombie, unreaped, until it goes on."""
+    shepherd = q.scheduler._link.proc.pid  # type: ignore[attr-defined]
+    os.kill(shepherd, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(shepherd, signal.SIGCONT)
+
+
+async def _finished_and_its_child_ended(job: Job, child: int) -> None:
+    """The job ends with its own success, and what it left in its group is ended."""
+    with anyio.fail_after(30):
+        await job.wait()
+    assert (job.status, job.rc, job.reason) == (JobStatus.FINISHED, 0, "")
+    with anyio.fail_after(10):
+        while await is_alive(child):
+            await anyio.sleep(0.05)
+
+
 async def test_a_kill_of_a_job_whose_shell_exited_leaves_it_finished_and_its_group_ended(
     workdir: Path, tmp_path: Path
 ) -> None:
@@ -231,23 +254,14 @@ async def test_a_kill_of_a_job_whose_shell_exited_leaves_it_finished_and_its_gro
             f"sleep 300 & echo $! > {child_file}; until [ -e {go} ]; do sleep 0.01; done"
         )
         child = int(await _wait_for_file(child_file))
-        shepherd = q.scheduler._link.proc.pid  # type: ignore[attr-defined]
         leader = q.scheduler._tickets[job].pid  # type: ignore[attr-defined]
-        os.kill(shepherd, signal.SIGSTOP)
-        try:
+        with _shepherd_stopped(q):
             await anyio.Path(go).touch()
             with anyio.fail_after(20):
                 while await is_alive(leader):  # a zombie counts as dead
                     await anyio.sleep(0.01)
             assert not await q.kill(job)  # it had ended: nothing to kill
-        finally:
-            os.kill(shepherd, signal.SIGCONT)
-        with anyio.fail_after(30):
-            await job.wait()
-    assert (job.status, job.rc, job.reason) == (JobStatus.FINISHED, 0, "")
-    with anyio.fail_after(10):
-        while await is_alive(child):
-            await anyio.sleep(0.05)
+        await _finished_and_its_child_ended(job, child)
 
 
 async def test_a_job_whose_shell_exits_as_its_kill_is_sent_keeps_its_own_end(
@@ -270,7 +284,6 @@ async def test_a_job_whose_shell_exits_as_its_kill_is_sent_keeps_its_own_end(
         )
         await _wait_for_file(tmp_path / "up")
         child = int(await _wait_for_file(child_file))
-        shepherd = q.scheduler._link.proc.pid  # type: ignore[attr-defined]
         leader = q.scheduler._tickets[job].pid  # type: ignore[attr-defined]
 
         def exits_once_looked_at(pids: dict[Job, int]) -> list[Job]:
@@ -282,17 +295,9 @@ async def test_a_job_whose_shell_exits_as_its_kill_is_sent_keeps_its_own_end(
             return []  # what the look said, a moment before
 
         monkeypatch.setattr(local_module, "exited", exits_once_looked_at)
-        os.kill(shepherd, signal.SIGSTOP)
-        try:
+        with _shepherd_stopped(q):
             assert not await q.kill(job)  # it had ended: nothing was killed
-        finally:
-            os.kill(shepherd, signal.SIGCONT)
-        with anyio.fail_after(30):
-            await job.wait()
-    assert (job.status, job.rc, job.reason) == (JobStatus.FINISHED, 0, "")
-    with anyio.fail_after(10):
-        while await is_alive(child):
-            await anyio.sleep(0.05)
+        await _finished_and_its_child_ended(job, child)
 
 
 async def test_kill_reaches_the_whole_process_group(workdir: Path, tmp_path: Path) -> None:
