@@ -50,13 +50,14 @@ from ..errors import (
     SchedulerOutputError,
     SubmissionError,
     SubmissionUnknownError,
+    XqueueError,
 )
 from ..failures import FailureClass
 from ..job import SCRIPT, Job, attempt_file
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler, gather_bounded
 from ..states import JobStatus
-from ..workdir import read_text
+from ..workdir import read_rc, read_text
 from . import _machine
 from ._aio import AsyncioBridge
 from ._process import read_output
@@ -552,13 +553,13 @@ class SshScheduler(Scheduler):
     async def kill_job(self, job: Job) -> None:
         """TERM the job's process group, KILL it after kill_grace, and check it is gone.
 
-        Nothing of the job's left to signal (the script looks right before it signals):
-        it ended on its own, and says so (``JobAlreadyEnded``). A kill that reaches the
-        server a second after it was sent found many jobs of a stop ended so, and their
-        successes were recorded killed and run again."""
+        Nothing of the job's left to signal (the script looks right before it signals),
+        and its wrapper wrote its return code: it ended on its own, and says so
+        (``JobAlreadyEnded``). A kill that reaches the server a second after it was sent
+        found many jobs of a stop ended so, and their successes were recorded killed and
+        run again. One gone without a code (killed outside xqueue) is killed, as asked."""
         verdict = await self._kill_group(job)
-        parsed = parse_jid(job.jid)
-        if verdict == "gone" and parsed is not None and parsed[0] in self._pools:  # it looked
+        if verdict == "gone" and await anyio.to_thread.run_sync(_wrote_its_code, job):
             raise JobAlreadyEnded(f"job {job.index} ({job.jid}) had ended: nothing to kill")
         if verdict == "survived":
             server, pgid, _ = parse_jid(job.jid) or ("?", 0, "")
@@ -591,6 +592,15 @@ class SshScheduler(Scheduler):
         server = self._server_of.pop(job, None)
         if server is not None:
             self._load[server] -= 1
+
+
+def _wrote_its_code(job: Job) -> bool:
+    """Whether the job's wrapper wrote its return code (blocking: a file read). One that
+    cannot be read counts as none: the kill then stands, as it did."""
+    try:
+        return read_rc(job) is not None
+    except (OSError, XqueueError):
+        return False
 
 
 def _latest_attempt(job: Job) -> int:
