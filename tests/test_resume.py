@@ -149,13 +149,16 @@ async def test_controller_killed_mid_run_loses_nothing_and_runs_nothing_twice(
 LONG_JOB = 'echo "start $$" >> "$1"; sleep 4; echo "end $$" >> "$1"'
 
 
+@pytest.mark.parametrize("command", ["same", "changed"])
 async def test_a_job_left_running_whose_folder_was_removed_is_stopped_before_it_runs_again(
-    workdir: Path, tmp_path: Path
+    workdir: Path, tmp_path: Path, command: str
 ) -> None:
     """Its controller SIGKILLed, the job ran on; its folder removed by hand (to run it
     afresh). The next run took the missing folder for a new job and started it beside
     the one still running (a trial saw both write "end"). The earlier attempt, which
-    the journal has as running, is stopped first; then the job runs again once."""
+    the journal has as running, is stopped first; then the job runs again once. So it
+    is if its command changed too (same name, same folder): no refusal the user could
+    not get past, as `xqueue cancel` lists folders and sees none."""
     marker = tmp_path / "ran"
     controller = textwrap.dedent(
         f"""
@@ -189,7 +192,8 @@ async def test_a_job_left_running_whose_folder_was_removed_is_stopped_before_it_
     await anyio.to_thread.run_sync(shutil.rmtree, workdir / "0-a")
 
     q = Xqueue(workdir=workdir)
-    job = await q.feed(["sh", "-c", LONG_JOB, "job", str(marker)], name="a")
+    again = LONG_JOB if command == "same" else f"{LONG_JOB}; true"
+    job = await q.feed(["sh", "-c", again, "job", str(marker)], name="a")
     with anyio.fail_after(30):
         await q.run_until_complete()
     lines = (await anyio.Path(marker).read_text()).splitlines()

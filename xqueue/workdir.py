@@ -747,14 +747,15 @@ class Workdir:
         time beside the first. None if the journal has no such attempt. The journal
         alone is asked: no file-system call per new job (``job.status`` was in the
         folder). An attempt of another job under the folder's name (its command changed
-        too) is refused as a folder moved aside is (``_check_ended``)."""
+        too) is stopped all the same, by its id, but what its record says of its own
+        resources is not this job's (refused instead, as a folder moved aside is, the
+        job could never run again: ``xqueue cancel`` lists folders, and sees none)."""
         record = self.reader.take_journal_record(folder)
         if not record or record.get("status") not in ACTIVE_RECORDS:
             return None
         known = self.reader.spec_digest(folder)
         if known is not None and known != digest(job_spec(job).encode()):
-            self._check_ended(job.index, folder)
-            return None
+            record = {k: v for k, v in record.items() if k not in ("resources", "cache_key")}
         return {**record, "gone": True}
 
     def _move_aside_others(self, index: int, folder: str) -> None:
