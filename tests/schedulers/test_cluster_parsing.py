@@ -124,6 +124,24 @@ def test_qstat_xml_running_and_pending_tasks() -> None:
     assert sge.expand_tasks("3,5-9:2") == [3, 5, 7, 9]
 
 
+def test_a_job_in_deletion_counts_as_running_for_a_bounded_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Held while SGE may still start it; taken for ended (its rc file or qacct tells
+    how) once it has been in deletion far longer than a kill takes: its host is down,
+    and it would hold a run for ever."""
+    from xqueue.schedulers.sge import SgeScheduler
+
+    monkeypatch.setattr(sge, "parse_qstat_xml", lambda text: {"7": "dr", "8.1": "dt"})
+    sched = SgeScheduler(poll_interval=1, kill_grace=5)
+    states = sched.parse_status("")
+    assert states["7"].status is JobStatus.RUNNING and states["8.1"].status is JobStatus.RUNNING
+    sched._deleting["7"] -= 32  # within its 30 s and three polls
+    assert "7" in sched.parse_status("")
+    sched._deleting["7"] -= 2
+    assert set(sched.parse_status("")) == {"8.1"}
+
+
 def test_qstat_error_state_and_its_reason() -> None:
     states = sge.parse_qstat_xml(read("sge_qstat_eqw.xml"))
     assert "Eqw" in states.values() and not sge.held("Eqw")

@@ -25,10 +25,12 @@ space limit, so its allocations fail) exits as it sees fit: that is a plain non-
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import pwd
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +40,8 @@ from ..scheduler import JobState
 from ..states import JobStatus
 from . import _sge_parse as parse
 from .batch import BatchOptions, BatchScheduler, CommandResult, Submission, short_options
+
+log = logging.getLogger("xqueue")
 
 # SGE's default max_aj_tasks: the most tasks one -t array may have.
 _MAX_ARRAY = 75_000
@@ -146,6 +150,10 @@ class SgeScheduler(BatchScheduler):
         super().__init__(**options)
         self._user = pwd.getpwuid(os.getuid()).pw_name
         self._errors: dict[Job, str] = {}  # qstat -j's reason of a job in error state
+        # When each job was first seen in deletion (dt, dr): held while it may still run
+        # (a task sent to its host as qdel came starts all the same), for a bounded time.
+        self._deleting: dict[str, float] = {}
+        self._deleting_said: set[str] = set()
 
     def _raw(self) -> dict[str, Any]:
         return qsub_options(None, None, self.options.extra)
@@ -210,7 +218,19 @@ class SgeScheduler(BatchScheduler):
 
     def parse_status(self, stdout: str) -> dict[str, JobState]:
         states: dict[str, JobState] = {}
+        now = time.monotonic()
         for jid, letters in parse.parse_qstat_xml(stdout).items():
+            if (
+                "d" in letters
+                and now - self._deleting.setdefault(jid, now) > self._deleting_grace()
+            ):
+                # Still listed in deletion long after its qdel: its host is down or gone
+                # (it leaves only once that host answers, or a qdel -f). Taken for ended,
+                # as its rc file or qacct tells, rather than waited for for ever.
+                if jid not in self._deleting_said:
+                    self._deleting_said.add(jid)
+                    log.warning("sge: job %s still in deletion (%s); taken for ended", jid, letters)
+                continue
             if parse.held(letters):
                 running = "r" in letters or "t" in letters
                 states[jid] = JobState(JobStatus.RUNNING if running else JobStatus.SUBMITTED)
@@ -219,6 +239,11 @@ class SgeScheduler(BatchScheduler):
                     JobStatus.FAILED, None, _ERROR_STATE, retryable=False, kill=True
                 )
         return states
+
+    def _deleting_grace(self) -> float:
+        """How long a job listed in deletion counts as running: a task that starts after
+        its qdel is killed once its host reports it running, within seconds."""
+        return max(self.options.kill_grace, 30.0) + 3 * self.options.poll_interval
 
     def accounting_argvs(self, ids: Sequence[str]) -> list[list[str]]:
         """One ``qacct -j`` per job or array (it takes one at a time)."""
@@ -274,3 +299,5 @@ class SgeScheduler(BatchScheduler):
     def forget(self, job: Job) -> None:
         super().forget(job)
         self._errors.pop(job, None)
+        self._deleting.pop(str(job.jid), None)
+        self._deleting_said.discard(str(job.jid))
