@@ -460,10 +460,13 @@ class HTCondorScheduler(BatchScheduler):
         (answered so, a success is not recorded killed)."""
         self._removed.update(ids)
         result = await self._act("Remove", ids, "xqueue: killed")
-        if not _count(result, "TotalNotFound"):
+        missing = _count(result, "TotalNotFound")
+        if not missing:
             return ()
-        try:
-            ended = await self.query_accounting(ids)
+        pairs = [jid.split(".", 1) for jid in ids]
+        which = " || ".join(f"(ClusterId == {c} && ProcId == {p})" for c, p in pairs)
+        try:  # only those completed, and no more than were not found: a short scan
+            ended = await self._history(f"JobStatus == {COMPLETED} && ({which})", missing)
         except SchedulerError:  # the removal stands; the polls will say how they ended
             return ()
         return [jid for jid, state in ended.items() if state.unkilled]
