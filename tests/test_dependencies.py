@@ -351,13 +351,16 @@ async def test_a_dependent_of_a_job_that_runs_again_runs_again_after_it(
         assert (up.reason, down.reason) == ("succeeded in an earlier run",) * 2
 
 
+@pytest.mark.parametrize("why", ["changed", "resume=False"])
 async def test_a_dependent_whose_upstream_ran_again_is_not_reused_after_a_stop(
-    workdir: Path, tmp_path: Path
+    workdir: Path, tmp_path: Path, why: str
 ) -> None:
-    """Its upstream ran again and succeeded, then the run stopped (a halt) before the
-    dependent ran: its old success was still the journal's word, and the next run,
-    finding the upstream's new success, reused it (made from the old output). It is
-    journalled as no longer standing when its upstream is fed to run again."""
+    """Its upstream ran again (changed, or every job did: resume=False) and succeeded,
+    then the run stopped (a halt) before the dependent ran: its old success was still
+    the journal's word, and the next run, finding the upstream's new success, reused it
+    (made from the old output). It is journalled as no longer standing when its
+    success is dropped; `xqueue status` shows it not submitted once that run is gone."""
+    changed = "echo changed" if why == "changed" else "true"
 
     def feeds(body: str, other: str) -> list[tuple[str, str, bool]]:
         return [
@@ -366,8 +369,8 @@ async def test_a_dependent_whose_upstream_ran_again_is_not_reused_after_a_stop(
             (stamped(tmp_path, "down"), "down", True),
         ]
 
-    async def run(body: str, other: str) -> list[Job]:
-        q = Xqueue(workdir=workdir, forks=1)  # halt: the first failure stops the run
+    async def run(body: str, other: str, resume: bool = True) -> list[Job]:
+        q = Xqueue(workdir=workdir, forks=1, resume=resume)  # halt: the first failure stops
         up = None
         for cmd, name, dependent in feeds(body, other):
             job = await q.feed(cmd, name=name, after=[up] if dependent else None)
@@ -378,10 +381,12 @@ async def test_a_dependent_whose_upstream_ran_again_is_not_reused_after_a_stop(
 
     await run("true", "true")
     assert await ledger(tmp_path) == ["up", "other", "down"]
-    up, other, down = await run("echo changed", "exit 3")  # up again, then other fails
+    up, other, down = await run(changed, "exit 3", why == "changed")  # other fails
     assert (up.status, other.status, down.status) == (S.FINISHED, S.FAILED, S.KILLED)
     assert await ledger(tmp_path) == ["up", "other", "down", "up", "other"]
-    up, other, down = await run("echo changed", "true")
+    rows, _ = await anyio.to_thread.run_sync(status.collect, WorkdirReader(workdir))
+    assert rows[2].status == "not submitted", rows[2]
+    up, other, down = await run(changed, "true")
     assert up.reason == "succeeded in an earlier run"
     assert down.status is S.FINISHED and down.reason != "succeeded in an earlier run"
     assert await ledger(tmp_path) == ["up", "other", "down", "up", "other", "other", "down"]

@@ -157,6 +157,7 @@ Action = tuple[Callable[..., Awaitable[None]], tuple[Any, ...]]
 
 
 EARLIER_SUCCESS: Final = "succeeded in an earlier run"  # a job settled as it is fed
+_UPSTREAM_AGAIN = "a job it runs after runs again"
 
 
 class KillOutcome(enum.Enum):
@@ -779,12 +780,14 @@ class Engine:
                 # that runs again): a new attempt after the last, so the files of the
                 # attempt that succeeded stay as they are.
                 job.attempt = job._base_attempt = _int(attempt, 0)
-                if not self._reusable(job, record):
+                if not job.after:
                     return self._release(job)
-                # Its upstream runs again: journalled at once, so that a run that stops (or
-                # dies) before this job runs leaves no success of it to reuse beside the
-                # upstream's new one, which the next run would take as a whole.
-                job.reason = "its earlier success no longer stands: a job it runs after runs again"
+                # A dependent: journalled at once, so that a run that stops (or dies)
+                # before it runs leaves no success of it to reuse beside its upstream's
+                # new one (the upstream runs again too, or already ran: resume=False),
+                # which the next run would take as a whole.
+                if self._reusable(job, record):
+                    job.reason = f"its earlier success no longer stands: {_UPSTREAM_AGAIN}"
                 calls = self._release(job)
                 if not job.status.is_final:
                     self.workdir.record(job)

@@ -39,6 +39,7 @@ RETRYING, FAILED = JobStatus.RETRYING.value, JobStatus.FAILED.value  # slow enou
 # What a run that is gone may have left with the backend: a resumed run looks each of these
 # up before running it again (engine ``_on_fed``), so without a run they are orphaned.
 _ACTIVE = (JobStatus.SUBMITTING.value, SUBMITTED, RUNNING)  # in a 100,000-job summary
+_WAITING = (JobStatus.WAITING.value, JobStatus.QUEUED.value)
 _NAME_WIDTH = 48
 
 
@@ -76,6 +77,10 @@ def collect(reader: WorkdirReader) -> tuple[list[Row], str | None]:
             status = ORPHANED
         elif holder is None and record["status"] == RETRYING:
             status = FAILED  # nothing will retry it: the next run runs it again, as if failed
+        elif holder is None and record["status"] in _WAITING:
+            # A dependent whose earlier success no longer stands, journalled as its run
+            # held it: that run is gone, and the job never ran since.
+            status = NOT_SUBMITTED
         elif record["status"] == SUBMITTED and _started(reader, folder, record):
             status = RUNNING
         else:
