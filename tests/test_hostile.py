@@ -165,7 +165,7 @@ SHARED_FOLDER = ("htcondor", "apptainer")
 # The workdir's own path reaches scripts, --output/-o patterns, mounts and binds. Each
 # backend gets every character but the one it has no way to spell (and refuses: below).
 WORKDIR = "wd\n$(touch CANARY-w) `x` 'q' \"dq\" ; # %j %a $TASK_ID :x ,y"
-UNSPELLABLE = {"ch-run": ":", "podman": ":", "sge": "$", "htcondor": "\n", "apptainer": ":,"}
+UNSPELLABLE = {"ch-run": ":", "podman": ":", "sge": "$,", "htcondor": "\n", "apptainer": ":,"}
 
 
 def hostile_workdir(tmp_path: Path, backend: str) -> Path:

@@ -123,12 +123,14 @@ async def test_xqute_style_keep_feeding(workdir: Path, anyio_backend: str) -> No
 
 
 async def test_as_completed_yields_in_completion_order(workdir: Path) -> None:
-    # Each job ends once the shepherd has recorded the next one's exit (it tells the
-    # controller right after), not after sleeps a loaded machine could reap together.
+    # Each job ends once the run has taken the next one's end (its event line), not
+    # once the shepherd recorded that exit: two ends close together were woken in one
+    # batch of a loaded loop, in trio's random order.
     q = Xqueue(forks=3, workdir=workdir)
-    exits = workdir / "exits.jsonl"
+    events = workdir / "events.jsonl"
     for after in ("1", "2"):
-        await q.feed(f'until grep -qs \'"dir": "{after}-\' {exits}; do sleep 0.02; done')
+        seen = f'"event": "job_succeeded", "job": {after},'
+        await q.feed(f"until grep -qsF '{seen}' {events}; do sleep 0.02; done")
     await q.feed(["true"])
     order = []
     async with anyio.create_task_group() as tg:
