@@ -267,15 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:  # said by the command's own parser, with its usage (the top level's is no help)
         _command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     if sys.stdout is None and args.command in _ANSWERS_ON_STDOUT:
-        from .report import message
-
-        _console().print(
-            message(
-                "error",
-                f"standard output is closed: `xqueue {args.command}` has "
-                "nowhere to write; redirect it (> FILE, or > /dev/null)",
-            ),
-            soft_wrap=True,
+        _say_error(
+            f"standard output is closed: `xqueue {args.command}` has nowhere to write; "
+            "redirect it (> FILE, or > /dev/null)"
         )
         return EXIT_USAGE
     try:
@@ -298,32 +292,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, _console())
     except BrokenPipeError:
         # The reader went away (``xqueue status --json | head -1``): stop quietly, as
-        # other tools do, and keep the interpreter's final flush from failing again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        # other tools do.
+        _stdout_to_devnull()
         return EXIT_SIGPIPE
     except OSError as exc:
         if exc.filename is not None or exc.errno not in _WRITE_ERRORS:
             raise
-        # Standard output refused a write (a full disk or quota): said in
-        # a line, as any error, and the interpreter's last flush kept from failing again.
-        from .report import message
-
-        _console().print(message("error", f"could not write the output: {exc.strerror}"))
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        # Standard output refused a write (a full disk or quota): said in a line, as any
+        # error.
+        _say_error(f"could not write the output: {exc.strerror}")
+        _stdout_to_devnull()
         return EXIT_FAILED
     except KeyboardInterrupt:
         # A Ctrl-C once the run has stopped (a second one while it said how it ended):
         # the run's own handling is over, so only the printing stops, without a traceback.
         return EXIT_SIGINT
     except XqueueError as exc:
-        from .report import message
-
-        _console().print(message("error", str(exc)), soft_wrap=True)
+        _say_error(str(exc))
         return EXIT_USAGE
+
+
+def _say_error(text: str) -> None:
+    from .report import message
+
+    _console().print(message("error", text), soft_wrap=True)
+
+
+def _stdout_to_devnull() -> None:
+    """Keep the interpreter's final flush of an output that failed from failing again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _console() -> Console:

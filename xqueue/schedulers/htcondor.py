@@ -244,6 +244,12 @@ def _count(ad: Any, key: str) -> int:
         return 0
 
 
+def _any_of(ids: Sequence[str]) -> str:
+    """A constraint matching the jobs ``ids`` (``cluster.proc``)."""
+    pairs = [jid.split(".", 1) for jid in ids]
+    return "(" + " || ".join(f"(ClusterId == {c} && ProcId == {p})" for c, p in pairs) + ")"
+
+
 def _jid(ad: Any) -> str:
     return f"{ad.get('ClusterId')}.{ad.get('ProcId')}"
 
@@ -424,9 +430,7 @@ class HTCondorScheduler(BatchScheduler):
 
     async def query_accounting(self, ids: Sequence[str]) -> dict[str, JobState]:
         """How jobs that left the queue ended: ONE history call for all of them."""
-        pairs = [jid.split(".", 1) for jid in ids]
-        which = " || ".join(f"(ClusterId == {c} && ProcId == {p})" for c, p in pairs)
-        return await self._history(f"({which})", len(ids))
+        return await self._history(_any_of(ids), len(ids))
 
     async def query_accounting_by_tag(self, tag: str) -> dict[str, JobState]:
         """The ended jobs carrying a job's tag (``XqueueJob``), from the history."""
@@ -463,10 +467,8 @@ class HTCondorScheduler(BatchScheduler):
         missing = _count(result, "TotalNotFound")
         if not missing:
             return ()
-        pairs = [jid.split(".", 1) for jid in ids]
-        which = " || ".join(f"(ClusterId == {c} && ProcId == {p})" for c, p in pairs)
         try:  # only those completed, and no more than were not found: a short scan
-            ended = await self._history(f"JobStatus == {COMPLETED} && ({which})", missing)
+            ended = await self._history(f"JobStatus == {COMPLETED} && {_any_of(ids)}", missing)
         except SchedulerError:  # the removal stands; the polls will say how they ended
             return ()
         return [jid for jid, state in ended.items() if state.unkilled]

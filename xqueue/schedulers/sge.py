@@ -153,7 +153,6 @@ class SgeScheduler(BatchScheduler):
         # When each job was first seen in deletion (dt, dr): held while it may still run
         # (a task sent to its host as qdel came starts all the same), for a bounded time.
         self._deleting: dict[str, float] = {}
-        self._deleting_said: set[str] = set()
 
     def _raw(self) -> dict[str, Any]:
         return qsub_options(None, None, self.options.extra)
@@ -218,17 +217,15 @@ class SgeScheduler(BatchScheduler):
 
     def parse_status(self, stdout: str) -> dict[str, JobState]:
         states: dict[str, JobState] = {}
-        now = time.monotonic()
+        now, grace = time.monotonic(), self._deleting_grace()
         for jid, letters in parse.parse_qstat_xml(stdout).items():
-            if (
-                "d" in letters
-                and now - self._deleting.setdefault(jid, now) > self._deleting_grace()
-            ):
+            if "d" in letters and now - self._deleting.setdefault(jid, now) > grace:
                 # Still listed in deletion long after its qdel: its host is down or gone
                 # (it leaves only once that host answers, or a qdel -f). Taken for ended,
-                # as its rc file or qacct tells, rather than waited for for ever.
-                if jid not in self._deleting_said:
-                    self._deleting_said.add(jid)
+                # as its rc file or qacct tells, rather than waited for for ever. Said
+                # once: its time becomes -inf, past any grace.
+                if self._deleting[jid] > -math.inf:
+                    self._deleting[jid] = -math.inf
                     log.warning("sge: job %s still in deletion (%s); taken for ended", jid, letters)
                 continue
             if parse.held(letters):
@@ -300,4 +297,3 @@ class SgeScheduler(BatchScheduler):
         super().forget(job)
         self._errors.pop(job, None)
         self._deleting.pop(str(job.jid), None)
-        self._deleting_said.discard(str(job.jid))

@@ -50,14 +50,13 @@ from ..errors import (
     SchedulerOutputError,
     SubmissionError,
     SubmissionUnknownError,
-    XqueueError,
 )
 from ..failures import FailureClass
 from ..job import SCRIPT, Job, attempt_file
 from ..options import SchedulerOptions
 from ..scheduler import JobState, Scheduler, gather_bounded
 from ..states import JobStatus
-from ..workdir import read_rc, read_text
+from ..workdir import read_text, recorded_exits
 from . import _machine
 from ._aio import AsyncioBridge
 from ._process import read_output
@@ -559,7 +558,7 @@ class SshScheduler(Scheduler):
         found many jobs of a stop ended so, and their successes were recorded killed and
         run again. One gone without a code (killed outside xqueue) is killed, as asked."""
         verdict = await self._kill_group(job)
-        if verdict == "gone" and await anyio.to_thread.run_sync(_wrote_its_code, job):
+        if verdict == "gone" and job in await anyio.to_thread.run_sync(recorded_exits, [job]):
             raise JobAlreadyEnded(f"job {job.index} ({job.jid}) had ended: nothing to kill")
         if verdict == "survived":
             server, pgid, _ = parse_jid(job.jid) or ("?", 0, "")
@@ -592,15 +591,6 @@ class SshScheduler(Scheduler):
         server = self._server_of.pop(job, None)
         if server is not None:
             self._load[server] -= 1
-
-
-def _wrote_its_code(job: Job) -> bool:
-    """Whether the job's wrapper wrote its return code (blocking: a file read). One that
-    cannot be read counts as none: the kill then stands, as it did."""
-    try:
-        return read_rc(job) is not None
-    except (OSError, XqueueError):
-        return False
 
 
 def _latest_attempt(job: Job) -> int:
