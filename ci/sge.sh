@@ -52,7 +52,8 @@ stop_all() {
   stop_pidfile "$QM_PID" sge_qmaster 30
 }
 
-case "${1:-start}" in
+MODE=${1:-start}
+case "$MODE" in
   start|start-qmaster) need_root ;;
   stop) need_root; stop_all; echo "sge stopped"; exit 0 ;;
   stop-qmaster) need_root; stop_pidfile "$QM_PID" sge_qmaster 60; echo "sge_qmaster stopped"; exit 0 ;;
@@ -85,11 +86,13 @@ fi
 
 # ---------------------------------------------------------------- qmaster
 qmaster_up() { qconf -sh; }
+QM_FRESH=0
 if ! qmaster_up >/dev/null 2>&1; then
   if ! pidfile_alive "$QM_PID" sge_qmaster; then
     wait_for 30 none_running sge_qmaster || die "an sge_qmaster is still running but does not answer; run: $0 stop"
     log "starting sge_qmaster"
     /usr/sbin/sge_qmaster
+    QM_FRESH=1
   fi
   wait_for 30 qmaster_up || die "sge_qmaster does not answer (see $SPOOL/qmaster/messages)"
 fi
@@ -198,4 +201,18 @@ fi
 qi_line() { qstat -f -q all.q 2>/dev/null | awk -v q="all.q@$SGEHOST" '$1==q'; }
 queue_ready() { local l; l=$(qi_line); [ -n "$l" ] && [ "$(awk '{print NF}' <<<"$l")" = 5 ]; }
 wait_for 60 queue_ready || die "queue instance all.q@$SGEHOST not ready: '$(qi_line)'"
+
+# ---------------------------------------------------------------- jobs left by an earlier instance
+# sge_qmaster recovers its jobs from the spool, also those of a run cut off by a reboot, and a
+# new test run would wait behind them (see ci/slurm.sh). A plain `start` that had to start the
+# qmaster begins a new session here; `start-qmaster` (an outage test) keeps them.
+if [ "$MODE" = start ] && [ "$QM_FRESH" = 1 ]; then
+  left=$(qstat -u '*' 2>/dev/null | awk 'NR>2' | wc -l)
+  if [ "$left" -gt 0 ]; then
+    log "deleting $left job(s) sge_qmaster recovered from an earlier instance"
+    qdel -f -u '*' >/dev/null 2>&1 || true
+    left_gone() { [ "$(qstat -u '*' 2>/dev/null | awk 'NR>2' | wc -l)" = 0 ]; }
+    wait_for 60 left_gone || die "jobs recovered from an earlier instance are still queued after qdel: $(qstat -u '*' | awk 'NR>2' | head -5 | paste -sd' ')"
+  fi
+fi
 echo "sge ready: all.q@$SGEHOST $(qi_line | awk '{print $3}') slots, exec host $SGEHOST registered, SGE_ROOT=$SGE_ROOT SGE_CELL=$SGE_CELL"

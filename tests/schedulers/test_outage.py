@@ -42,6 +42,7 @@ CI = Path(__file__).resolve().parents[2] / "ci"
 OUTAGE = 20.0
 LATE = 5.0  # seconds into the outage at which the late jobs are fed
 EARLY_JOBS, LATE_JOBS, FORKS = 10, 4, 3
+STARTS_WITHIN = 60.0  # for the first FORKS jobs to start, before the outage begins
 
 
 def ci(script: str, action: str) -> None:
@@ -131,8 +132,15 @@ class Outage:
         tg.start_soon(self._run, "a")
         tg.start_soon(self._run, "s")
         tg.start_soon(self._run_late, began)
-        while len(await anyio.to_thread.run_sync(ledger_lines, self.ledger)) < FORKS:
-            await anyio.sleep(0.1)  # running, more waiting
+        with anyio.move_on_after(STARTS_WITHIN) as waiting:
+            while len(await anyio.to_thread.run_sync(ledger_lines, self.ledger)) < FORKS:
+                await anyio.sleep(0.1)  # running, more waiting
+        if waiting.cancelled_caught:  # say so, rather than time out with no word
+            started = len(await anyio.to_thread.run_sync(ledger_lines, self.ledger))
+            pytest.fail(
+                f"only {started} of the first {FORKS} jobs started within {STARTS_WITHIN:.0f} s,"
+                " before any outage: is the cluster's queue full of other jobs?"
+            )
         await anyio.run_process(["bash", str(CI / script), stop])
         self.started_at_stop = len(await anyio.to_thread.run_sync(ledger_lines, self.ledger))
         began.set()
