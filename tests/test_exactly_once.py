@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import ssh_server
 from tests.procs import (
     driver_argv,
     job_processes,
@@ -36,6 +37,7 @@ from tests.procs import (
     stop,
     wait_no_job_processes,
 )
+from xqueue.schedulers._ssh_scripts import kill_script, parse_jid
 
 JOBS = 300
 KILLS = 50
@@ -600,3 +602,133 @@ def test_a_workdir_filled_by_its_folder_thread_stops_the_run(tmp_path: Path) -> 
         timeout=60,
     )
     assert out.stdout.splitlines() == ["error WorkdirError"], out
+
+
+# -- a controller killed while its kills are on their way ----------------------------------
+# A stop journals its kills (``"kill": true``) before it sends them. A controller SIGKILLed
+# in between leaves the next run to guess whether a kill reached each job. An attempt that
+# exited 0 before any did is a success, and running it again runs it twice (a trial: 1-8
+# jobs of 20 on SGE and SSH); one that exited 0 of the kill's SIGTERM was cut short.
+
+XQ = [sys.executable, "-m", "xqueue"]
+ENV = {**os.environ, "XQUEUE_DISABLE_PLUGIN_AUTOLOAD": "1"}
+
+
+def journal(wd: Path) -> str:
+    path = wd / "journal.jsonl"
+    return path.read_text() if path.exists() else ""
+
+
+def rc_files(wd: Path) -> list[Path]:
+    return list(wd.glob("*/job.1.rc"))
+
+
+def first_run_dies_after_journalling(run: list[str], wd: Path, ledger: Path) -> None:
+    """Start ``run``, let the job start, SIGTERM it (the stop), SIGKILL it once the
+    stop has journalled its kill (its ``qdel`` never returns: the kill is not sent)."""
+    proc = subprocess.Popen(run, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: ledger_lines(ledger) == ["S"], 60, "the job to start")
+        proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: '"kill": true' in journal(wd), 30, "the stop to journal its kill")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        stop(proc)
+
+
+@pytest.mark.slow
+@pytest.mark.sge
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("sge_cluster")
+def test_sge_success_while_a_dead_runs_kill_was_on_its_way_is_kept(tmp_path: Path) -> None:
+    """SGE's kill ends the wrapper with its job, so a return code file is always the
+    job's own end (``rc_file_is_own_end``): the job exited 0 with no kill sent, and the
+    next run must keep that success, not take it for the kill's end and run it again."""
+    ledger, go, release, wd = (tmp_path / n for n in ("ledger", "go", "release", "wd"))
+    qdel = tmp_path / "qdel"  # the stop's qdel: waits, deletes nothing
+    qdel.write_text(f"#!/bin/sh\nuntil [ -e {release} ]; do sleep 0.05; done\nexit 0\n")
+    qdel.chmod(0o755)
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text(f"echo S >> {ledger}; until [ -e {go} ]; do sleep 0.05; done\n")
+    run = [*XQ, "run", str(jobs), "-w", str(wd), "-s", "sge", "--no-progress"]
+    run += ["-o", "poll_interval=0.3"]
+    try:
+        first_run_dies_after_journalling([*run, "-o", f"qdel={qdel}"], wd, ledger)
+        go.touch()  # the job ends on its own, while no controller watches
+        wait_for(lambda: rc_files(wd), 60, "the job to write its return code")
+        again = subprocess.run(run, env=ENV, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "1 finished" in again.stderr, again.stderr
+        assert ledger_lines(ledger) == ["S"]  # kept, not run again
+    finally:
+        go.touch()
+        release.touch()
+
+
+def _ssh_run(ssh_env: dict[str, str], jobs: Path, wd: Path) -> list[str]:
+    servers = {"s": ssh_server(ssh_env, ssh_env["XQ_SSH_PORT"])}
+    return [
+        *XQ,
+        *("run", str(jobs), "-w", str(wd), "-s", "ssh", "--no-progress"),
+        *("-o", f"servers={json.dumps(servers)}", "-o", "poll_interval=0.3"),
+    ]
+
+
+def _journal_kill(wd: Path) -> dict[str, Any]:
+    """Append the kill mark a stop journals before its kill is sent, to the job's last
+    record (what ``Workdir.record_kills`` writes), and return that record."""
+    record = json.loads(journal(wd).splitlines()[-1])
+    assert record["status"] in ("submitted", "running") and record["jid"], record
+    with (wd / "journal.jsonl").open("a") as fh:
+        fh.write(json.dumps({**record, "kill": True}) + "\n")
+    return record
+
+
+@pytest.mark.slow
+@pytest.mark.ssh
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("reached", [False, True], ids=["not-reached", "reached"])
+def test_ssh_success_while_a_dead_runs_kill_was_on_its_way(
+    tmp_path: Path, ssh_env: dict[str, str], reached: bool
+) -> None:
+    """A controller SIGKILLed right after its stop journalled a kill (the record is
+    written here as it writes it; a stop sends its kill scripts a moment later). If the
+    kill script never reached the job, which exited 0 on its own, the next run keeps the
+    success. If it did, the job was cut short, even one that traps SIGTERM to exit 0:
+    the group's signal ends its wrapper too, which writes no return code, and the job
+    runs again. (A wrapper that outlived the kill to write 0 would make the first case's
+    rule keep a job cut short.)"""
+    ledger, go, wd = tmp_path / "ledger", tmp_path / "go", tmp_path / "wd"
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text(
+        f"trap 'echo T >> {ledger}; exit 0' TERM; echo S >> {ledger}; "
+        f"until [ -e {go} ]; do sleep 0.05; done\n"
+    )
+    run = _ssh_run(ssh_env, jobs, wd)
+    proc = subprocess.Popen(run, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: ledger_lines(ledger) == ["S"], 60, "the job to start")
+        wait_for(lambda: '"jid"' in journal(wd), 30, "the run to journal its id")
+        proc.send_signal(signal.SIGKILL)  # its job runs on, in its own session
+        proc.wait(timeout=10)
+        record = _journal_kill(wd)
+        if reached:  # the real kill script, as the dead stop sent it (a loopback server)
+            _, pgid, start = parse_jid(record["jid"]) or ("", 0, "")
+            script = kill_script(pgid, 5, start, str(wd / record["dir"]))
+            killed = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True)
+            assert killed.stdout.split() == ["dead"], killed
+            wait_for(lambda: ledger_lines(ledger) == ["S", "T"], 30, "its trap to run")
+            assert rc_files(wd) == []
+        else:
+            go.touch()
+            wait_for(lambda: rc_files(wd), 60, "the job to write its return code")
+            assert rc_files(wd)[0].read_text().strip() == "0"
+        go.touch()
+        again = subprocess.run(run, env=ENV, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "1 finished" in again.stderr, again.stderr
+        assert ledger_lines(ledger) == (["S", "T", "S"] if reached else ["S"])
+    finally:
+        go.touch()
+        stop(proc)

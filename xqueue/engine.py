@@ -291,6 +291,9 @@ class Engine:
         # wanted (resume=False, a changed cache key), jobs that exited 0 and whose check
         # (on_job_checking) is running, and which optional hooks the plugins implement.
         self._stale: set[Job] = set()
+        # Of those, the ones stale only for the kill their run was sending when it died:
+        # one that had ended on its own with success first is kept (``_look_up``).
+        self._kill_marked: set[Job] = set()
         self._checking: set[Job] = set()
         self._wrapping = self._checks = self._polling = False
         self._polling_posted = False
@@ -812,6 +815,8 @@ class Engine:
                 # its folder was removed since (``Workdir.prepare``): looked up all the
                 # same, stopped, and run again; never run twice at once.
                 self._stale.add(job)
+                if self._reusable(job, record) and not record.get("gone"):
+                    self._kill_marked.add(job)  # unless it exited 0 first (_on_resolved)
             # Re-adopted whatever its dependencies: the earlier run only started it once
             # they had succeeded, and it must not run twice. It may still hold the devices
             # and slot values it was given: held again, so no other job gets them.
@@ -959,7 +964,9 @@ class Engine:
         job.reason = f"submission vetoed by plugin {plugin!r}"
         return self._finalize(job, S.SKIPPED)
 
-    def _on_resolved(self, job: Job, found: bool | BaseException) -> list[HookCall]:
+    def _on_resolved(
+        self, job: Job, found: bool | BaseException, own_success: bool = False
+    ) -> list[HookCall]:
         if job.status is not S.SUBMITTING:
             return []
         now = time.monotonic()
@@ -981,6 +988,12 @@ class Engine:
                 "run: left as it was recorded, a later run looks for it again",
             )
         self._lookups_failing.pop(job, None)
+        if own_success and job in self._kill_marked and job in self._stale:
+            # Its run was killing it when it died, and it had succeeded on its own first
+            # (``Scheduler.rc_file_is_own_end``): kept, as a re-adopted job's success is.
+            self._stale.discard(job)
+            log.info("job %s (%s): had ended on its own before its kill", job.index, job.name)
+        self._kill_marked.discard(job)
         if job in self._stale:
             # An earlier run's attempt whose result is not wanted: stopped if the backend
             # still holds it (the job must never run twice at once), then run afresh.
@@ -1694,9 +1707,10 @@ class Engine:
         ended = await anyio.to_thread.run_sync(
             self.workdir.exit_codes, [job for job in jobs if job.jid is not None]
         )
+        own = self.scheduler.rc_file_is_own_end  # a success of a job its run was killing
         for job in jobs:
             if job in ended:
-                self._post("resolved", job, True)
+                self._post("resolved", job, True, own and ended[job] == 0)
                 continue
             try:
                 found: bool | BaseException = await self.scheduler.recover_job(job)

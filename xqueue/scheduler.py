@@ -139,7 +139,7 @@ class Scheduler(abc.ABC):
     ``h_rt``) and reports it as TIMEOUT; otherwise the engine kills it at the limit."""
     rc_file_is_own_end: ClassVar[bool] = False
     """True when a kill signals the job's whole process group at once, its wrapper with
-    it (SGE): a return code file is then only ever written by a wrapper that finished
+    it (SGE, SSH): a return code file is then only ever written by a wrapper that finished
     first, so the end it tells is the job's own even if a kill was sent meanwhile."""
     script_ends_group: ClassVar[bool] = False
     """True when the job script SIGKILLs its own process group once the return code is

@@ -1016,7 +1016,9 @@ class Workdir:
         each one's current record). A run that dies before its kills are confirmed (a
         SIGKILL during its stop) leaves that line newest: the next run takes the
         attempt's end (SIGTERM's 143, a backend's CANCELLED) for the kill it was, not for
-        the job's own failure, and ends the attempt and runs the job again."""
+        the job's own failure, and ends the attempt and runs the job again; where a
+        return code file is always the job's own (``Scheduler.rc_file_is_own_end``), a
+        0 in it is kept: the job succeeded before the kill reached it."""
         lines = []
         for job in jobs:
             record = job_record(job)

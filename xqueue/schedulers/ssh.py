@@ -139,6 +139,9 @@ class SshScheduler(Scheduler):
     Options = SshOptions
     options: SshOptions
     script_ends_group = True  # its end is read from the rc file and /proc, not its status
+    # The kill script signals the job's whole group, its wrapper shell with it, which has
+    # no trap: a return code file is written only by a wrapper whose command ended first.
+    rc_file_is_own_end = True
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
