@@ -207,11 +207,11 @@ wait_for 60 queue_ready || die "queue instance all.q@$SGEHOST not ready: '$(qi_l
 # new test run would wait behind them (see ci/slurm.sh). A plain `start` that had to start the
 # qmaster begins a new session here; `start-qmaster` (an outage test) keeps them.
 if [ "$MODE" = start ] && [ "$QM_FRESH" = 1 ]; then
-  left=$(qstat -u '*' 2>/dev/null | awk 'NR>2' | wc -l)
-  if [ "$left" -gt 0 ]; then
-    log "deleting $left job(s) sge_qmaster recovered from an earlier instance"
+  left=$(qstat -u '*' | awk 'NR>2') || die "qstat failed after sge_qmaster started (see $SPOOL/qmaster/messages)"
+  if [ -n "$left" ]; then
+    log "deleting $(wc -l <<<"$left") job(s) sge_qmaster recovered from an earlier instance"
     qdel -f -u '*' >/dev/null 2>&1 || true
-    left_gone() { [ "$(qstat -u '*' 2>/dev/null | awk 'NR>2' | wc -l)" = 0 ]; }
+    left_gone() { local q; q=$(qstat -u '*' | awk 'NR>2') && [ -z "$q" ]; }
     wait_for 60 left_gone || die "jobs recovered from an earlier instance are still queued after qdel: $(qstat -u '*' | awk 'NR>2' | head -5 | paste -sd' ')"
   fi
 fi

@@ -241,11 +241,11 @@ wait_for 60 node_up || die "node $NODE is '$(node_state)', not idle after 60 s (
 # of a new session on this test cluster, so nothing running now waits on what it recovered.
 # `start-ctld` (an outage test's restart) keeps them: recovering jobs is what it tests.
 if [ "$MODE" = start ] && [ "$CTLD_FRESH" = 1 ]; then
-  left=$(squeue -h -r -t PENDING,RUNNING,SUSPENDED,CONFIGURING -o %i | wc -l)
-  if [ "$left" -gt 0 ]; then
-    log "cancelling $left job(s) slurmctld recovered from an earlier instance"
-    scancel --partition=debug
-    left_gone() { [ "$(squeue -h -t PENDING,RUNNING,SUSPENDED,CONFIGURING,COMPLETING -o %i | wc -l)" = 0 ]; }
+  left=$(squeue -h -r -t PENDING,RUNNING,SUSPENDED,CONFIGURING -o %i) || die "squeue failed after slurmctld started (see $LOGDIR/slurmctld.log)"
+  if [ -n "$left" ]; then
+    log "cancelling $(wc -l <<<"$left") job(s) slurmctld recovered from an earlier instance"
+    scancel --partition=debug || log "scancel exited $? (some may have ended meanwhile); waiting for the queue to empty"
+    left_gone() { local q; q=$(squeue -h -t PENDING,RUNNING,SUSPENDED,CONFIGURING,COMPLETING -o %i) && [ -z "$q" ]; }
     wait_for 60 left_gone || die "jobs recovered from an earlier instance are still queued after scancel: $(squeue -h -o '%i %T' | head -5 | paste -sd' ')"
   fi
 fi

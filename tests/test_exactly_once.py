@@ -639,12 +639,16 @@ def first_run_dies_after_journalling(run: list[str], wd: Path, ledger: Path) -> 
 
 @pytest.mark.slow
 @pytest.mark.sge
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(360)
 @pytest.mark.usefixtures("sge_cluster")
-def test_sge_success_while_a_dead_runs_kill_was_on_its_way_is_kept(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cancel", [False, True], ids=["run", "cancel-then-run"])
+def test_sge_success_while_a_dead_runs_kill_was_on_its_way_is_kept(
+    tmp_path: Path, cancel: bool
+) -> None:
     """SGE's kill ends the wrapper with its job, so a return code file is always the
     job's own end (``rc_file_is_own_end``): the job exited 0 with no kill sent, and the
-    next run must keep that success, not take it for the kill's end and run it again."""
+    next run must keep that success, not take it for the kill's end and run it again;
+    so must an ``xqueue cancel`` with no controller, which records how it ended."""
     ledger, go, release, wd = (tmp_path / n for n in ("ledger", "go", "release", "wd"))
     qdel = tmp_path / "qdel"  # the stop's qdel: waits, deletes nothing
     qdel.write_text(f"#!/bin/sh\nuntil [ -e {release} ]; do sleep 0.05; done\nexit 0\n")
@@ -657,6 +661,11 @@ def test_sge_success_while_a_dead_runs_kill_was_on_its_way_is_kept(tmp_path: Pat
         first_run_dies_after_journalling([*run, "-o", f"qdel={qdel}"], wd, ledger)
         go.touch()  # the job ends on its own, while no controller watches
         wait_for(lambda: rc_files(wd), 60, "the job to write its return code")
+        if cancel:
+            said = subprocess.run(
+                [*XQ, "cancel", str(wd)], env=ENV, capture_output=True, text=True, timeout=120
+            )
+            assert "recorded finished (exit code 0)" in said.stdout, said.stdout + said.stderr
         again = subprocess.run(run, env=ENV, capture_output=True, text=True, timeout=120)
         assert again.returncode == 0, again.stdout + again.stderr
         assert "1 finished" in again.stderr, again.stderr

@@ -265,7 +265,7 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
             job.status, job.rc, job.reason = JobStatus.KILLED, None, KILLED_REASON
             workdir.record(job)
         gone = [j for j in jobs if j not in killed and j not in errors]
-        ended, left = _record_ends(workdir, gone, states, marked)
+        ended, left = _record_ends(workdir, gone, states, marked, scheduler.rc_file_is_own_end)
         if isinstance(backend, RemoteWorkdir) and not backend.stale:
             _push(backend, out)
         for job in jobs:
@@ -350,12 +350,17 @@ def _push(workdir: RemoteWorkdir, out: TextIO) -> None:
 
 
 def _record_ends(
-    workdir: Workdir, gone: list[Job], states: dict[Job, JobState], marked: Collection[Job] = ()
+    workdir: Workdir,
+    gone: list[Job],
+    states: dict[Job, JobState],
+    marked: Collection[Job] = (),
+    own_end: bool = False,
 ) -> tuple[dict[Job, str], list[Job]]:
     """Record how the jobs that are not running any more ended: as the backend tells it
     (``states``: one whose jobs leave their exit code elsewhere, in a bucket, fetches it),
     else by the exit code they left here, else failed with no code; a job its run was
-    killing when it died (``marked``) as killed, as a resume takes it. Left recorded as
+    killing when it died (``marked``) as killed, as a resume takes it, unless it exited 0
+    where a return code is always the job's own (``own_end``). Left recorded as
     running, a list changed since could never run at their index
     (``Workdir._check_ended``) whatever cancel did. Returns what was said of each job,
     and those left as recorded, which may still run."""
@@ -401,7 +406,7 @@ def _record_ends(
                 said[job] = (
                     f"not running any more: recorded {job.status.value} (exit code {job.rc})"
                 )
-        if job in marked:
+        if job in marked and not (own_end and job.rc == 0):
             job.status, job.failure = JobStatus.KILLED, None
             job.reason = recorded or "killed as its run stopped"
             code = "no exit code" if job.rc is None else f"exit code {job.rc}"
