@@ -661,6 +661,8 @@ def test_sge_success_while_a_dead_runs_kill_was_on_its_way_is_kept(
         first_run_dies_after_journalling([*run, "-o", f"qdel={qdel}"], wd, ledger)
         go.touch()  # the job ends on its own, while no controller watches
         wait_for(lambda: rc_files(wd), 60, "the job to write its return code")
+        status = subprocess.run([*XQ, "status", str(wd)], env=ENV, capture_output=True, text=True)
+        assert "1 finished" in status.stdout and "killed" not in status.stdout, status.stdout
         if cancel:
             said = subprocess.run(
                 [*XQ, "cancel", str(wd)], env=ENV, capture_output=True, text=True, timeout=120

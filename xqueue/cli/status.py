@@ -26,7 +26,7 @@ from typing import Any, TextIO
 from ..errors import XqueueError
 from ..failures import FailureClass
 from ..params import matches, parse_filters
-from ..records import WorkdirReader, job_index
+from ..records import WorkdirReader, job_index, read_json
 from ..states import JobStatus
 from .jobs import check_workdir
 from .text import MAX_ROWS, printable, rc_text, status_text
@@ -100,16 +100,22 @@ def _settle_orphans(reader: WorkdirReader, orphans: Sequence[Row]) -> None:
     ``exits.jsonl`` (written after the attempt's submission, by its pid if known), says
     how. Such a row shows as finished or failed with that code, marked ``ended_unwatched``:
     the journal does not have it yet, and the next run on the workdir records it as it
-    re-adopts the job. One its run was killing when it died (``"kill"``) shows as killed,
-    whatever its code: the next run runs it again.
+    re-adopts the job. One its run was killing when it died (``"kill"``) shows as killed:
+    the next run runs it again. Only where the run's scheduler says a return code file is
+    always the job's own end (SGE, SSH) does a 0 show as finished: the next run keeps it.
     """
     wanted = dict(reader.attempt_asked(row.folder, row.record or {}) for row in orphans)
     codes = reader.attempt_codes(wanted)
+    own_end: bool | None = None  # asked of the run's scheduler only if a row needs it
     for row, key in zip(orphans, wanted, strict=True):
         rc = codes.get(key)
         if rc is not None:
             failure = None
-            if (row.record or {}).get("kill"):
+            killed = bool((row.record or {}).get("kill"))
+            if killed and rc == 0:
+                own_end = _rc_is_own_end(reader) if own_end is None else own_end
+                killed = not own_end
+            if killed:
                 row.status = JobStatus.KILLED.value
             else:
                 row.status = JobStatus.FINISHED.value if rc == 0 else JobStatus.FAILED.value
@@ -120,6 +126,22 @@ def _settle_orphans(reader: WorkdirReader, orphans: Sequence[Row]) -> None:
                 "failure": failure,
                 "ended_unwatched": True,
             }
+
+
+def _rc_is_own_end(reader: WorkdirReader) -> bool:
+    """``rc_file_is_own_end`` of the scheduler the workdir's last run used (``run.json``);
+    False if that cannot be told, which shows the job killed, as the rule elsewhere."""
+    from .. import registry
+    from ..control import RUN_FILE
+
+    info = read_json(os.path.join(reader.path, RUN_FILE))
+    name = (info or {}).get("scheduler")
+    if not isinstance(name, str):
+        return False
+    try:
+        return bool(registry.scheduler_class(name).rc_file_is_own_end)
+    except Exception:  # not installed here, or a broken plugin: the rule elsewhere
+        return False
 
 
 def _started(reader: WorkdirReader, folder: str, record: dict[str, Any]) -> bool:
