@@ -908,7 +908,10 @@ def test_cancel_records_a_job_its_dead_run_was_killing_as_killed(
     effect: the jobs' 143 is that kill's, as a resume and ``status`` take it. cancel
     recorded it as the jobs' own failure (NONZERO_EXIT), with status then agreeing."""
     wd, ledger = tmp_path / "wd", tmp_path / "ledger"
-    job = f"echo x >> {ledger}; trap 'sleep 2; exit 143' TERM; while :; do sleep 0.1; done"
+    job = (
+        f"echo x >> {ledger}; trap 'echo t >> {ledger}; sleep 2; exit 143' TERM; "
+        "while :; do sleep 0.1; done"
+    )
     run = Run(wd, [job, job], "-f", "2")
     runs.append(run)
     run.wait_journal('"jid": "', 2)
@@ -918,6 +921,12 @@ def test_cancel_records_a_job_its_dead_run_was_killing_as_killed(
         time.sleep(0.05)
     run.proc.send_signal(signal.SIGTERM)
     run.wait_journal('"kill": true', 2)
+    # The SIGKILL lands once both jobs have their SIGTERM (their traps say so): aimed at
+    # the journal line alone, under load it could land before the kills were sent, and
+    # the jobs then ran on for ever, as the kills had never been made.
+    while ledger.read_text().count("t") < 2:
+        assert time.monotonic() < deadline + 30, "the stop's SIGTERM did not reach the jobs"
+        time.sleep(0.02)
     run.proc.kill()
     run.wait()
     assert wait_no_job_processes(wd, 20) == []
