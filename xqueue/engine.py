@@ -990,7 +990,7 @@ class Engine:
         self._lookups_failing.pop(job, None)
         if own_success and job in self._kill_marked and job in self._stale:
             # Its run was killing it when it died, and it had succeeded on its own first
-            # (``Scheduler.rc_file_is_own_end``): kept, as a re-adopted job's success is.
+            # (``Scheduler.ended_before_kill``): kept, as a re-adopted job's success is.
             self._stale.discard(job)
             log.info("job %s (%s): had ended on its own before its kill", job.index, job.name)
         self._kill_marked.discard(job)
@@ -1707,10 +1707,9 @@ class Engine:
         ended = await anyio.to_thread.run_sync(
             self.workdir.exit_codes, [job for job in jobs if job.jid is not None]
         )
-        own = self.scheduler.rc_file_is_own_end  # a success of a job its run was killing
         for job in jobs:
             if job in ended:
-                self._post("resolved", job, True, own and ended[job] == 0)
+                self._post("resolved", job, True, self.scheduler.ended_before_kill(ended[job]))
                 continue
             try:
                 found: bool | BaseException = await self.scheduler.recover_job(job)

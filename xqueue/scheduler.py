@@ -141,6 +141,15 @@ class Scheduler(abc.ABC):
     """True when a kill signals the job's whole process group at once, its wrapper with
     it (SGE, SSH): a return code file is then only ever written by a wrapper that finished
     first, so the end it tells is the job's own even if a kill was sent meanwhile."""
+
+    @classmethod
+    def ended_before_kill(cls, rc: int | None) -> bool:
+        """Whether an attempt an earlier run was killing when it died, and which left
+        ``rc``, succeeded on its own first: its success is kept (a resume, ``xqueue
+        cancel`` and ``xqueue status`` all ask this). Only where a kill ends the wrapper
+        with its job; elsewhere a 0 may be a job that exited 0 of its SIGTERM."""
+        return cls.rc_file_is_own_end and rc == 0
+
     script_ends_group: ClassVar[bool] = False
     """True when the job script SIGKILLs its own process group once the return code is
     written, for a backend that leaves a finished job's other processes alone (a plain

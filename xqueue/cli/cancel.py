@@ -29,7 +29,7 @@ import shlex
 import signal
 import stat
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -265,7 +265,7 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
             job.status, job.rc, job.reason = JobStatus.KILLED, None, KILLED_REASON
             workdir.record(job)
         gone = [j for j in jobs if j not in killed and j not in errors]
-        ended, left = _record_ends(workdir, gone, states, marked, scheduler.rc_file_is_own_end)
+        ended, left = _record_ends(workdir, gone, states, marked, scheduler.ended_before_kill)
         if isinstance(backend, RemoteWorkdir) and not backend.stale:
             _push(backend, out)
         for job in jobs:
@@ -354,13 +354,13 @@ def _record_ends(
     gone: list[Job],
     states: dict[Job, JobState],
     marked: Collection[Job] = (),
-    own_end: bool = False,
+    ended_before_kill: Callable[[int | None], bool] = Scheduler.ended_before_kill,
 ) -> tuple[dict[Job, str], list[Job]]:
     """Record how the jobs that are not running any more ended: as the backend tells it
     (``states``: one whose jobs leave their exit code elsewhere, in a bucket, fetches it),
     else by the exit code they left here, else failed with no code; a job its run was
     killing when it died (``marked``) as killed, as a resume takes it, unless it exited 0
-    where a return code is always the job's own (``own_end``). Left recorded as
+    where a return code is always the job's own (``ended_before_kill``). Left recorded as
     running, a list changed since could never run at their index
     (``Workdir._check_ended``) whatever cancel did. Returns what was said of each job,
     and those left as recorded, which may still run."""
@@ -406,7 +406,7 @@ def _record_ends(
                 said[job] = (
                     f"not running any more: recorded {job.status.value} (exit code {job.rc})"
                 )
-        if job in marked and not (own_end and job.rc == 0):
+        if job in marked and not ended_before_kill(job.rc):
             job.status, job.failure = JobStatus.KILLED, None
             job.reason = recorded or "killed as its run stopped"
             code = "no exit code" if job.rc is None else f"exit code {job.rc}"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -106,15 +106,15 @@ def _settle_orphans(reader: WorkdirReader, orphans: Sequence[Row]) -> None:
     """
     wanted = dict(reader.attempt_asked(row.folder, row.record or {}) for row in orphans)
     codes = reader.attempt_codes(wanted)
-    own_end: bool | None = None  # asked of the run's scheduler only if a row needs it
+    kept: Callable[[int | None], bool] | None = None  # loaded only if a row needs it
     for row, key in zip(orphans, wanted, strict=True):
         rc = codes.get(key)
         if rc is not None:
             failure = None
             killed = bool((row.record or {}).get("kill"))
-            if killed and rc == 0:
-                own_end = _rc_is_own_end(reader) if own_end is None else own_end
-                killed = not own_end
+            if killed and rc == 0:  # the scheduler's word is wanted for a 0 only
+                kept = kept or _ended_before_kill(reader)
+                killed = not kept(rc)
             if killed:
                 row.status = JobStatus.KILLED.value
             else:
@@ -128,20 +128,21 @@ def _settle_orphans(reader: WorkdirReader, orphans: Sequence[Row]) -> None:
             }
 
 
-def _rc_is_own_end(reader: WorkdirReader) -> bool:
-    """``rc_file_is_own_end`` of the scheduler the workdir's last run used (``run.json``);
-    False if that cannot be told, which shows the job killed, as the rule elsewhere."""
+def _ended_before_kill(reader: WorkdirReader) -> Callable[[int | None], bool]:
+    """``ended_before_kill`` of the scheduler the workdir's last run used (``run.json``);
+    the base class's if that cannot be told, which shows the job killed."""
     from .. import registry
     from ..control import RUN_FILE
+    from ..scheduler import Scheduler
 
     info = read_json(os.path.join(reader.path, RUN_FILE))
     name = (info or {}).get("scheduler")
-    if not isinstance(name, str):
-        return False
     try:
-        return bool(registry.scheduler_class(name).rc_file_is_own_end)
+        if isinstance(name, str):
+            return registry.scheduler_class(name).ended_before_kill
     except Exception:  # not installed here, or a broken plugin: the rule elsewhere
-        return False
+        pass
+    return Scheduler.ended_before_kill
 
 
 def _started(reader: WorkdirReader, folder: str, record: dict[str, Any]) -> bool:
