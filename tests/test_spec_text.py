@@ -1,5 +1,8 @@
-"""A job's spec text is what a resumed run knows its folder by: whichever way it is put
-together, it must be exactly ``json.dumps`` of the spec with sorted keys."""
+"""Texts a resume puts together by hand for every job, each against its plain version.
+
+A job's spec text is what a resumed run knows its folder by: whichever way it is put
+together, it must be exactly ``json.dumps`` of the spec with sorted keys. The event line
+of a job settled by an earlier success must be the one every other event's code writes."""
 
 from __future__ import annotations
 
@@ -49,3 +52,23 @@ def test_the_spec_text_is_json_dumps_of_the_spec(seed: int) -> None:
         if rng.random() < 0.2:
             job.params = {"p": rng.random(), "q": text(rng)}
         assert job_spec(job) == reference(job), job
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_settled_jobs_event_line_is_the_generic_one(seed: int) -> None:
+    """The event stream formats the line of a job an earlier success settled by a
+    shortcut (a resume writes one per job): it must be the line ``_line`` writes, and
+    valid JSON, whatever the name, index, attempt and reason."""
+    from xqueue.events import EventLog, _line
+    from xqueue.states import S
+
+    rng = random.Random(seed)
+    log = EventLog("/nowhere")
+    for index in range(2000):
+        argv = ["prog" + text(rng)] + [text(rng) for _ in range(rng.randint(0, 3))]
+        job = Job(index * rng.choice((1, 1000, 10**9)), argv, name=text(rng) or None)
+        job.status, job.rc, job.attempt = S.FINISHED, 0, rng.randint(1, 10**6)
+        job.reason = rng.choice(("succeeded in an earlier run", text(rng)))
+        line = log._settled_line(job)
+        assert line == _line(log._stamped, "job_succeeded", job), job
+        assert json.loads(line)["name"] == job.name

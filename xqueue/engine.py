@@ -89,7 +89,7 @@ from .records import record_time
 from .resources import Resources
 from .retry import RetryPolicy
 from .scheduler import JobState, Scheduler
-from .states import ACTIVE, JobStatus, S
+from .states import ACTIVE, ACTIVE_RECORDS, FINISHED_RECORD, JobStatus, S
 from .workdir import Workdir, open_plain, read_text, recorded_exits
 
 if TYPE_CHECKING:
@@ -435,7 +435,8 @@ class Engine:
             if turn is not None:
                 self.leave_turn(turn)
         self.counts[S.INIT] += 1
-        if self._events is not None and record and self._earlier_success(job, record):
+        settled = bool(record and self._earlier_success(job, record))
+        if settled and self._events is not None:
             # Settled now: the event stream's line for it is the one of its end, which
             # says why (a million-job resume writes half the lines).
             self._events.settling = job
@@ -455,7 +456,7 @@ class Engine:
         if self.state in _LIVE:  # self.running, without a property call per job
             self._post("fed", job, record)
         else:
-            pending = self._fire(self._on_fed(job, record))
+            pending = self._fire(self._on_fed(job, record, settled))
             if pending is not None:
                 await pending
 
@@ -768,7 +769,12 @@ class Engine:
         self._stale_ready = bool(self._stale_found)  # what this batch (and others) found
         return []
 
-    def _on_fed(self, job: Job, record: dict[str, Any] | None) -> list[HookCall]:
+    def _on_fed(
+        self, job: Job, record: dict[str, Any] | None, settled: bool | None = None
+    ) -> list[HookCall]:
+        """``settled``: ``_earlier_success`` of the job, if ``add`` has just asked it (a
+        resume asks it of every job once, not twice); None when the run's loop takes
+        the job later, and things may have moved on."""
         if job.status is not S.INIT:  # killed (or cancelled) while on_job_init ran
             return []
         if record is None:
@@ -777,8 +783,8 @@ class Engine:
         if grown is not None:  # a retry policy grew it: go on from there
             job.resources, job._grown = grown, True
         status, attempt = record.get("status"), record.get("attempt")
-        if status == S.FINISHED.value and record.get("rc") == 0:
-            if not self._earlier_success(job, record):
+        if status == FINISHED_RECORD and record.get("rc") == 0:
+            if not (self._earlier_success(job, record) if settled is None else settled):
                 # Not wanted again (resume=False, another cache key, a job it runs after
                 # that runs again): a new attempt after the last, so the files of the
                 # attempt that succeeded stay as they are.
@@ -801,7 +807,7 @@ class Engine:
             job.rc, job.attempt = 0, _int(attempt, 1)
             job.reason = EARLIER_SUCCESS
             return self._finalize(job, S.FINISHED, record=False)
-        if status in (S.SUBMITTING.value, S.SUBMITTED.value, S.RUNNING.value) or not record:
+        if status in ACTIVE_RECORDS or not record:
             # An earlier run may have started it: look before running it again.
             job.attempt = _int(attempt, 0) or self.workdir.last_attempt(job)
             job.jid = str(record["jid"]) if record.get("jid") else None
@@ -833,7 +839,7 @@ class Engine:
     def _earlier_success(self, job: Job, record: Mapping[str, Any]) -> bool:
         """Whether ``_on_fed`` settles ``job`` as the success ``record`` tells of."""
         return (
-            record.get("status") == S.FINISHED.value
+            record.get("status") == FINISHED_RECORD
             and record.get("rc") == 0
             and self._reusable(job, record)
             and (not job.after or self._upstream_reused(job))

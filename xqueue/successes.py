@@ -90,11 +90,13 @@ class Successes:
         index = job.index
         if index >= self._count:
             return 0
+        # Compared in place (startswith at an offset): a resume asks this of every job,
+        # and each slice was a new bytes object.
         at = index * _ENTRY
         entries = self._entries
-        if entries[at + _DIGEST : at + _ENTRY] == _NONE:
+        if entries.startswith(_NONE, at + _DIGEST):
             return 0
-        if entries[at : at + _DIGEST] != digest(spec.encode()):
+        if not entries.startswith(digest(spec.encode()), at):
             return 0
         self.hits += 1
         return int.from_bytes(entries[at + _DIGEST : at + _ENTRY], "little")

@@ -72,7 +72,7 @@ from .records import (
     read_json,
     read_text,
 )
-from .states import ACTIVE, ACTIVE_RECORDS, JobStatus
+from .states import ACTIVE, ACTIVE_RECORDS, FINISHED_RECORD, JobStatus
 
 __all__ = [
     "JOURNAL_FILE",
@@ -689,7 +689,7 @@ class Workdir:
             attempt = self._successes.attempt(job, job_spec(job))
             if attempt:  # what the journal says, without reading it
                 self._move_in(job, staged)
-                return {"status": JobStatus.FINISHED.value, "attempt": attempt, "rc": 0}
+                return {"status": FINISHED_RECORD, "attempt": attempt, "rc": 0}
         if self._names is None:
             # A dict, not a set: a dict of strings is left out of the cycle collector's
             # walks, a set never is, and each full collection of a million-job resume
