@@ -62,6 +62,27 @@ wait_for() {
   done
 }
 
+# queue_empty LIST...: LIST (a command printing a cluster's queued jobs, one a line) works and
+# prints nothing.
+queue_empty() { local q; q=$("$@") && [ -z "$q" ]; }
+
+# cancel_recovered NAME LOG LIST CANCEL...: cancel what controller NAME (its log: LOG), just
+# started by this script, recovered from its state, and wait for its queue to empty. A
+# controller recovers every job of an earlier instance, also those of a benchmark or test run
+# cut off by a reboot: 4,525 elements of a 10,000-job Slurm array once filled the node for
+# minutes, and the next test run timed out behind them. A plain start that had to start the
+# controller is a new session on this test cluster, so nothing running waits on them. LIST is a
+# command (a function) printing the queued jobs one a line, CANCEL cancels them all.
+cancel_recovered() {
+  local name=$1 logfile=$2 list=$3 left; shift 3
+  left=$("$list") || die "could not list the jobs of $name once it started (see $logfile)"
+  [ -n "$left" ] || return 0
+  log "cancelling $(wc -l <<<"$left") job(s) that $name recovered from an earlier instance"
+  "$@" >/dev/null 2>&1 || log "$1 exited $? (some may have ended meanwhile); waiting for the queue to empty"
+  wait_for 60 queue_empty "$list" \
+    || die "jobs that $name recovered are still queued after $1 (see $logfile): $("$list" | head -5 | paste -sd' ')"
+}
+
 # stop_pid PID COMM [SECONDS]: SIGTERM, wait up to SECONDS (default 20), then SIGKILL.
 stop_pid() {
   local pid=$1 comm=$2 limit=${3:-20}

@@ -203,16 +203,9 @@ queue_ready() { local l; l=$(qi_line); [ -n "$l" ] && [ "$(awk '{print NF}' <<<"
 wait_for 60 queue_ready || die "queue instance all.q@$SGEHOST not ready: '$(qi_line)'"
 
 # ---------------------------------------------------------------- jobs left by an earlier instance
-# sge_qmaster recovers its jobs from the spool, also those of a run cut off by a reboot, and a
-# new test run would wait behind them (see ci/slurm.sh). A plain `start` that had to start the
-# qmaster begins a new session here; `start-qmaster` (an outage test) keeps them.
+# `start-qmaster` (an outage test's restart) keeps them: recovering jobs is what it tests.
+queued_jobs() { qstat -u '*' | awk 'NR>2'; }
 if [ "$MODE" = start ] && [ "$QM_FRESH" = 1 ]; then
-  left=$(qstat -u '*' | awk 'NR>2') || die "qstat failed after sge_qmaster started (see $SPOOL/qmaster/messages)"
-  if [ -n "$left" ]; then
-    log "deleting $(wc -l <<<"$left") job(s) sge_qmaster recovered from an earlier instance"
-    qdel -f -u '*' >/dev/null 2>&1 || true
-    left_gone() { local q; q=$(qstat -u '*' | awk 'NR>2') && [ -z "$q" ]; }
-    wait_for 60 left_gone || die "jobs recovered from an earlier instance are still queued after qdel: $(qstat -u '*' | awk 'NR>2' | head -5 | paste -sd' ')"
-  fi
+  cancel_recovered sge_qmaster "$SPOOL/qmaster/messages" queued_jobs qdel -f -u '*'
 fi
 echo "sge ready: all.q@$SGEHOST $(qi_line | awk '{print $3}') slots, exec host $SGEHOST registered, SGE_ROOT=$SGE_ROOT SGE_CELL=$SGE_CELL"

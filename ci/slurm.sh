@@ -235,19 +235,10 @@ node_up() {
 wait_for 60 node_up || die "node $NODE is '$(node_state)', not idle after 60 s (see $LOGDIR/slurmctld.log, slurmd.log)"
 
 # ---------------------------------------------------------------- jobs left by an earlier instance
-# slurmctld recovers every job from StateSaveLocation, also those of a benchmark or test run cut
-# off by a reboot: 4,525 elements of a 10,000-job array once filled the node for minutes, and the
-# next test run timed out behind them. A plain `start` that had to start slurmctld is the start
-# of a new session on this test cluster, so nothing running now waits on what it recovered.
 # `start-ctld` (an outage test's restart) keeps them: recovering jobs is what it tests.
+queued_jobs() { squeue -h -r -t PENDING,RUNNING,SUSPENDED,CONFIGURING,COMPLETING -o %i; }
 if [ "$MODE" = start ] && [ "$CTLD_FRESH" = 1 ]; then
-  left=$(squeue -h -r -t PENDING,RUNNING,SUSPENDED,CONFIGURING -o %i) || die "squeue failed after slurmctld started (see $LOGDIR/slurmctld.log)"
-  if [ -n "$left" ]; then
-    log "cancelling $(wc -l <<<"$left") job(s) slurmctld recovered from an earlier instance"
-    scancel --partition=debug || log "scancel exited $? (some may have ended meanwhile); waiting for the queue to empty"
-    left_gone() { local q; q=$(squeue -h -t PENDING,RUNNING,SUSPENDED,CONFIGURING,COMPLETING -o %i) && [ -z "$q" ]; }
-    wait_for 60 left_gone || die "jobs recovered from an earlier instance are still queued after scancel: $(squeue -h -o '%i %T' | head -5 | paste -sd' ')"
-  fi
+  cancel_recovered slurmctld "$LOGDIR/slurmctld.log" queued_jobs scancel --partition=debug
 fi
 
 if [ "$ACCT" = 1 ]; then
