@@ -59,12 +59,12 @@ class S:
 
 _FINAL = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.KILLED, JobStatus.SKIPPED})
 ACTIVE = frozenset({JobStatus.SUBMITTING, JobStatus.SUBMITTED, JobStatus.RUNNING})
+"""The states of ``is_active``, for a hot path to test without a property call."""
 ACTIVE_RECORDS = frozenset(status.value for status in ACTIVE)
 """The ``status`` of a record whose job its run may have left running."""
 FINISHED_RECORD: Final = JobStatus.FINISHED.value
 """The ``status`` of a success's record, read without ``Enum.value`` (a property): a
 resume asks it of every job it is fed."""
-"""The states of ``is_active``, for a hot path to test without a property call."""
 
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     # INIT -> FINISHED: an earlier run with the same workdir already succeeded.
