@@ -12,6 +12,8 @@ import random
 import pytest
 
 from xqueue import Job
+from xqueue.events import EventLog, _line
+from xqueue.states import S
 from xqueue.workdir import job_spec
 
 # Quotes, backslashes, control characters, non-ASCII and characters outside the BMP:
@@ -59,9 +61,6 @@ def test_a_settled_jobs_event_line_is_the_generic_one(seed: int) -> None:
     """The event stream formats the line of a job an earlier success settled by a
     shortcut (a resume writes one per job): it must be the line ``_line`` writes, and
     valid JSON, whatever the name, index, attempt and reason."""
-    from xqueue.events import EventLog, _line
-    from xqueue.states import S
-
     rng = random.Random(seed)
     log = EventLog("/nowhere")
     for index in range(2000):
