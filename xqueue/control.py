@@ -31,7 +31,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -267,7 +267,10 @@ def _addressed(path: Path, controller: str) -> bool:
 class Control:
     """The built-in plugin of every queue (see the module's docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kill: Callable[[Job], Awaitable[KillOutcome]]) -> None:
+        """``kill``: the queue's kill that says why a job was not killed (``cancel``
+        tells a job that ended on its own from a vetoed kill)."""
+        self._kill = kill
         self._queue: Xqueue | None = None
         self._watcher: _Watcher | None = None
         self._open = False
@@ -307,7 +310,7 @@ class Control:
             # Bounded: a run that ends meanwhile no longer answers kills.
             with anyio.move_on_after(KILL_WAIT):
                 try:
-                    outcome = await queue._engine.kill_outcome(job)
+                    outcome = await self._kill(job)
                 except XqueueError as exc:
                     results[str(index)] = f"not killed: {exc}"
                     return

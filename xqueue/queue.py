@@ -244,7 +244,8 @@ class Xqueue:
         self.workdir: Workdir = remote_workdir.make_workdir(workdir, self.scheduler, trust_workdir)
         # Built in, registered as any plugin is (after the user's, so called first):
         # run.json and kill requests for `xqueue cancel`, the event stream.
-        self.hooks.register(Control(), "xqueue-control")
+        # Its kills go through the engine made below, with why one was not killed.
+        self.hooks.register(Control(lambda job: self._engine.kill_outcome(job)), "xqueue-control")
         if events and EVENTS_PLUGIN not in self.hooks.blocked:  # plugins=["-xqueue-events"]
             self.hooks.register(EventLog(str(self.workdir.path / EVENTS_FILE)), EVENTS_PLUGIN)
         self._engine = Engine(
