@@ -16,8 +16,10 @@ from xqueue import (
     ConfigError,
     Job,
     JobFailedError,
+    JobState,
     JobStatus,
     QueueStateError,
+    Scheduler,
     WorkdirError,
     Xqueue,
 )
@@ -47,6 +49,45 @@ async def test_halt_raises_naming_the_job_and_kills_the_others(workdir: Path) ->
     assert slow.status is JobStatus.KILLED
     assert later.status is JobStatus.KILLED
     assert "cancelled before it was submitted" in later.reason
+
+
+class FailsAtOnce(Scheduler):
+    """Ends every job with rc 3 as soon as it is submitted: jobs submitted together end
+    in one tick, which real processes do only now and then."""
+
+    name = "fails-at-once"
+    awaits_completion = True
+    running_on_submit = True
+
+    async def submit_job(self, job: Job) -> str:
+        return str(job.index)
+
+    async def kill_job(self, job: Job) -> None:
+        pass
+
+    async def job_is_running(self, job: Job) -> bool:
+        return False
+
+    async def wait_job(self, job: Job) -> JobState:
+        return JobState(JobStatus.FAILED, 3)
+
+
+async def test_halt_with_two_jobs_failing_in_one_tick_says_the_second_as_a_failed_job(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The second failure came in as the halt began, and was logged as a "further error
+    # while stopping" with the exception's repr, before the line that said why the run
+    # halted: it is one more failed job, listed as the others are.
+    q = Xqueue(FailsAtOnce(), forks=2, workdir=workdir, error_strategy="halt")
+    first = await q.feed(["true"], name="first")
+    second = await q.feed(["true"], name="second")
+    with anyio.fail_after(20), pytest.raises(JobFailedError) as info:
+        await q.run_until_complete()
+    assert info.value.job is first
+    assert [first.rc, second.rc] == [3, 3]
+    assert second.status is JobStatus.FAILED
+    assert "further error" not in caplog.text
+    assert "JobFailedError(" not in caplog.text
 
 
 async def test_retry_until_success_keeps_every_attempt(workdir: Path, tmp_path: Path) -> None:

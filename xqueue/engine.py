@@ -1382,8 +1382,11 @@ class Engine:
         if error is not None:
             if self._error is None:
                 self._error = error
-            elif error is not self._error:
-                log.error("further error while stopping: %r", error)
+            elif error is not self._error and not isinstance(error, JobFailedError):
+                # Only the first error is raised; the others are said here. A job that
+                # failed as the halt began (two ended in one tick) is not one: it is
+                # listed with the failed jobs, as any is.
+                log.error("further error while stopping: %s: %s", type(error).__name__, error)
         if self.state is _Run.STOPPING:
             return []
         self.state = _Run.STOPPING
