@@ -12,6 +12,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,9 +69,9 @@ def runs() -> Iterator[list[Run]]:
         run.close()
 
 
-def final_states(wd: Path) -> list[str | None]:
+def final_states(wd: Path, key: str = "status") -> list[Any]:
     lines = xqueue("status", str(wd), "--json").stdout.splitlines()
-    return [(json.loads(line)["state"] or {}).get("status") for line in lines]
+    return [(json.loads(line)["state"] or {}).get(key) for line in lines]
 
 
 # -- status --follow --------------------------------------------------------------------------
@@ -525,6 +526,8 @@ def test_cancel_without_a_controller_kills_what_it_left_running(
     assert all(": killed (" in line for line in lines)
     assert wait_no_job_processes(wd, 10) == []
     assert final_states(wd) == ["killed", "killed", None]
+    # With the code the kill left, as a live run records it (it was recorded without).
+    assert final_states(wd, "rc") == [143, 143, None]
     if name != "wd":
         return  # what follows reads output that names the folder as text
     status = xqueue("status", str(wd))

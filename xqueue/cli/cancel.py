@@ -51,6 +51,8 @@ from .text import printable
 
 POLL = 0.1
 KILLED_REASON = "killed by xqueue cancel (no run was in progress)"
+CODE_WAIT = 1.0
+"""How long, at most, ``cancel`` looks for the exit codes of the jobs it killed."""
 
 
 def held_lock(path: Path) -> tuple[str, int] | None:
@@ -261,8 +263,9 @@ def _without_controller(path: Path, reader: WorkdirReader, folders: list[str], o
         if isinstance(backend, RemoteWorkdir) and pulled is None:
             backend.stale = True  # the bucket's copies may be newer than these records
         killed, states, errors = anyio.run(_kill, scheduler, backend, jobs, out)
+        codes = _codes_left(workdir, killed)
         for job in killed:
-            job.status, job.rc, job.reason = JobStatus.KILLED, None, KILLED_REASON
+            job.status, job.rc, job.reason = JobStatus.KILLED, codes.get(job), KILLED_REASON
             workdir.record(job)
         gone = [j for j in jobs if j not in killed and j not in errors]
         ended, left = _record_ends(workdir, gone, states, marked, scheduler.ended_before_kill)
@@ -347,6 +350,19 @@ def _push(workdir: RemoteWorkdir, out: TextIO) -> None:
             f"the records were not copied to {workdir.url.text} ({printable(str(exc))}); "
             "the next run from this machine copies them\n"
         )
+
+
+def _codes_left(workdir: Workdir, killed: list[Job]) -> dict[Job, int]:
+    """The exit codes the killed jobs left, as a live run records a kill's (143 for a
+    SIGTERM): a local job's shepherd writes its code as it reaps it, a moment after the
+    kill. Recorded without one, ``status`` showed no code for it. A backend that leaves
+    none within ``CODE_WAIT`` (a cluster's may come much later, or never): none."""
+    deadline = time.monotonic() + CODE_WAIT
+    while True:
+        codes = workdir.exit_codes(killed) if killed else {}
+        if len(codes) == len(killed) or time.monotonic() >= deadline:
+            return codes
+        time.sleep(POLL / 2)
 
 
 def _record_ends(
