@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from xqueue.cli.text import rc_text
+from xqueue.cli.text import clip, pad, rc_text, width
 from xqueue.failures import FailureClass
 from xqueue.job import Job
 from xqueue.states import JobStatus
@@ -537,6 +537,43 @@ def test_rc_text_names_only_standard_signals() -> None:
         "160",
         "255",
     ]
+
+
+def test_the_table_lines_up_names_of_wide_and_combining_characters(tmp_path: Path) -> None:
+    """Cells were padded by ``len``: a name of CJK characters (two columns each) or with
+    combining accents (none) pushed the rest of its row out of line."""
+    wd = Workdir(tmp_path / "wd")
+    names = ["job 日本語", "job e\u0301e\u0301", "job abcdef", "job " + "語" * 30]
+    for i, name in enumerate(names):
+        job = Job(i, f"echo {i}", name=name)
+        wd.prepare(job, make=True)
+        job.attempt, job.jid, job.status, job.rc = 1, f"{7000 + i}@1.00", JobStatus.FINISHED, 0
+        wd.record(job)
+    wd.unlock()
+    out = xqueue("status", str(tmp_path / "wd"), "--all").stdout.splitlines()
+    lines = out[next(i for i, line in enumerate(out) if line.startswith("#")) + 1 :]
+    # The widest name is the last one cut to 48 columns: "job " and 21 characters of two
+    # columns each, then the "…" (47 columns); the others take 10, 6 and 10.
+    shown = ["job 日本語", "job e\u0301e\u0301", "job abcdef", "job " + "語" * 21 + "…"]
+    pads = [37, 41, 37, 0]
+    assert [line.partition("  finished")[0] for line in lines] == [
+        f"{i}  {name}{' ' * p}" for i, (name, p) in enumerate(zip(shown, pads, strict=True))
+    ]
+
+
+def test_width_counts_the_columns_a_terminal_gives() -> None:
+    assert [width(t) for t in ("abc", "日本語", "e\u0301", "a\u200bb", "🙂", "")] == [
+        3,
+        6,
+        1,
+        2,
+        2,
+        0,
+    ]
+    assert clip("a" * 60, 48) == "a" * 47 + "…"
+    assert clip("語" * 30, 48) == "語" * 23 + "…"  # a wide character is not cut in half
+    assert clip("日本語", 6) == "日本語"
+    assert pad("日本", 6) == "日本  "
 
 
 def test_skipped_jobs_need_attention_too(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from ..params import matches, parse_filters
 from ..records import WorkdirReader, job_index, read_json
 from ..states import JobStatus
 from .jobs import check_workdir
-from .text import MAX_ROWS, printable, rc_text, status_text
+from .text import MAX_ROWS, clip, pad, printable, rc_text, status_text, width
 
 ORPHANED, NOT_SUBMITTED = "orphaned", "not submitted"
 ATTENTION = ("failed", "killed", "skipped", ORPHANED)  # as a run's own summary lists them
@@ -244,9 +244,7 @@ def _summary(
 
 def _cells(row: Row, spec: dict[str, Any] | None) -> tuple[str, ...]:
     spec, record = spec or {}, row.record or {}
-    name = printable(str(spec.get("name", row.folder)))
-    if len(name) > _NAME_WIDTH:
-        name = name[: _NAME_WIDTH - 1] + "…"
+    name = clip(printable(str(spec.get("name", row.folder))), _NAME_WIDTH)
     return (
         str(job_index(row.folder)),
         name,
@@ -271,9 +269,9 @@ def _columns(reader: WorkdirReader, rows: Sequence[Row], out: TextIO) -> None:
     if any(_params(spec) for spec in specs):  # a column of their own only when fed some
         cells = [printable(_params_text(_params(spec))) for spec in specs]
         table = [(*line[:-1], param, line[-1]) for line, param in zip(table, ["params", *cells])]
-    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]) - 1)]
+    widths = [max(width(line[i]) for line in table) for i in range(len(table[0]) - 1)]
     for line in table:
-        padded = [cell.ljust(w) for cell, w in zip(line, widths, strict=False)]
+        padded = [pad(cell, w) for cell, w in zip(line, widths, strict=False)]
         out.write("  ".join([*padded, line[-1]]).rstrip() + "\n")
 
 

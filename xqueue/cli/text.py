@@ -8,6 +8,7 @@ override could make it read as something else, so they are shown as escapes.
 from __future__ import annotations
 
 import signal
+import unicodedata
 from typing import Any
 
 MAX_ROWS = 50  # rows of failed jobs shown by default, after a run and by xqueue status
@@ -21,6 +22,41 @@ _ESCAPES.update({c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x206
 def printable(text: str) -> str:
     """``text`` with control characters and bidirectional overrides spelled as escapes."""
     return text.translate(_ESCAPES)
+
+
+def width(text: str) -> int:
+    """The columns a terminal gives ``text``: two for a wide character (CJK, most
+    emoji), none for a combining mark or a zero-width one, one for the rest. A table
+    padded by ``len`` put every cell after such a name out of line."""
+    if text.isascii():  # the common case, in C: a million rows of ``status --all``
+        return len(text)
+    return sum(map(_char_width, text))
+
+
+def _char_width(char: str) -> int:
+    if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def clip(text: str, columns: int) -> str:
+    """``text`` cut to at most ``columns`` columns (``width``), ending in "…" if cut."""
+    if width(text) <= columns:
+        return text
+    if text.isascii():
+        return text[: columns - 1] + "…"
+    kept, used = [], 1  # the "…" takes one column
+    for char in text:
+        used += _char_width(char)
+        if used > columns:
+            break
+        kept.append(char)
+    return "".join(kept) + "…"
+
+
+def pad(text: str, columns: int) -> str:
+    """``text`` padded with spaces to ``columns`` columns, as ``str.ljust`` by ``width``."""
+    return text + " " * (columns - width(text))
 
 
 def rc_text(rc: Any) -> str:
