@@ -548,7 +548,7 @@ class Xqueue:
             return
         if self._background is not None:
             task, self._background = self._background, None
-            await task
+            await _await_background(task)
         else:
             await self._engine.wait_stopped()
 
@@ -646,3 +646,23 @@ class Xqueue:
         if self._failure is not None:
             raise self._failure
         return suppressed
+
+
+async def _await_background(task: asyncio.Task[None]) -> None:
+    """Wait for the xqute-style background run; a cancellation of the wait cancels the
+    run once, as a cancelled ``run()`` is (its jobs killed), and comes through once the
+    run has stopped. Awaited bare, the task got each of the cancellations anyio delivers
+    again and again to a cancelled scope's task, and one cut the run's shielded stop
+    short: its running jobs were left running, recorded as running for good."""
+    import asyncio
+
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # retrieved (asyncio would report it): the cancellation stands
+        raise
