@@ -185,6 +185,30 @@ async def test_cancelling_stop_feeding_of_the_xqute_style_run_kills_its_jobs(
     await q.aclose()
 
 
+async def test_a_job_fed_after_the_xqute_style_run_halted_is_refused(
+    workdir: Path, anyio_backend: str
+) -> None:
+    """The run stopped on a failure before stop_feeding(): a job fed then was taken, and
+    never ran (its ``wait()`` hung), as in an ``async with`` block before its fix. Once
+    stop_feeding() has said how the run ended, the queue takes jobs for a new run."""
+    if anyio_backend == "trio":
+        pytest.skip("run_until_complete(keep_feeding=True) is asyncio's only")
+    q = Xqueue(workdir=workdir)  # error_strategy="halt"
+    await q.run_until_complete(keep_feeding=True)
+    await q.feed("exit 1")
+    with anyio.fail_after(20):
+        await q._engine.wait_stopped()  # stopped, not stopping: that state refused a job
+    with pytest.raises(QueueStateError, match="stopped before stop_feeding"):
+        await q.feed(["echo", "late"])
+    assert len(q.jobs) == 1
+    with pytest.raises(JobFailedError):
+        await q.stop_feeding()
+    again = await q.feed(["true"])
+    with anyio.fail_after(20):
+        await q.run_until_complete()
+    assert again.status is JobStatus.FINISHED
+
+
 async def test_as_completed_yields_in_completion_order(workdir: Path) -> None:
     # Each job ends once the run has taken the next one's end (its event line), not
     # once the shepherd recorded that exit: two ends close together were woken in one

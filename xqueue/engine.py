@@ -266,9 +266,10 @@ class Engine:
         self._deadlines: list[tuple[float, int, Job, int]] = []
         self._deadline_seq = itertools.count()
         self._inbox: deque[Event] = deque()
-        # Run by `async with` (``Xqueue.__aenter__``): one run, which a job fed after it
-        # stopped taking jobs would never reach.
-        self.in_block = False
+        # Set while one run is to take every job fed (``async with``, and the xqute-style
+        # run until its stop_feeding()): what a job fed once it stopped is told, since no
+        # later run would take it (its ``wait()`` hung).
+        self.one_run: str | None = None
         self._actions: list[Action] = []
         self._wake: anyio.Event | None = None
         self._progress: anyio.Event | None = None
@@ -317,15 +318,12 @@ class Engine:
                 "(anyio.from_thread.start_blocking_portal) or, in a thread anyio started "
                 "(anyio.to_thread.run_sync), anyio.from_thread.run(q.feed, ...)"
             )
-        if self.state in _TAKES_JOBS and not (self.in_block and self.state is _Run.IDLE):
+        if self.state in _TAKES_JOBS and not (self.one_run and self.state is _Run.IDLE):
             return
         if self.state is _Run.CLOSED:
             raise QueueStateError("this queue is closed; create a new Xqueue to run more jobs")
-        if self.in_block:  # its one run is ending or has ended: no later run would take it
-            raise QueueStateError(
-                "the run of this `async with` block takes no more jobs: stop_feeding() was "
-                "called, or the run stopped; feed before that, or use a new Xqueue"
-            )
+        if self.one_run:  # its one run is ending or has ended
+            raise QueueStateError(self.one_run)
         if self.state is _Run.DRAINING:
             raise QueueStateError(
                 "the queue is running and no longer accepts jobs; feed before "

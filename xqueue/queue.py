@@ -520,6 +520,11 @@ class Xqueue:
                 ) from None
             await self._engine.lock_workdir()
             self._engine.begin(keep_feeding=True)  # feeding from this line on
+            self._engine.one_run = (
+                "the run of run_until_complete(keep_feeding=True) stopped before "
+                "stop_feeding() was called, and a job fed now would never run: await "
+                "stop_feeding() for how it ended (its error, if a job failed)"
+            )
             self._set_feeding_mode(True)
             self._background = loop.create_task(self._run_in_task())
             await anyio.lowlevel.checkpoint()
@@ -548,6 +553,7 @@ class Xqueue:
             return
         if self._background is not None:
             task, self._background = self._background, None
+            self._engine.one_run = None  # the queue may be fed and run again after it
             await _await_background(task)
         else:
             await self._engine.wait_stopped()
@@ -596,7 +602,10 @@ class Xqueue:
             raise QueueStateError("an Xqueue can be entered only once")
         await self._engine.lock_workdir()
         self._engine.begin(keep_feeding=True)
-        self._engine.in_block = True
+        self._engine.one_run = (
+            "the run of this `async with` block takes no more jobs: stop_feeding() was "
+            "called, or the run stopped; feed before that, or use a new Xqueue"
+        )
         self._set_feeding_mode(True)
         tg = anyio.create_task_group()
         await tg.__aenter__()
