@@ -285,6 +285,31 @@ async def test_no_job_of_a_batch_starts_once_on_job_submitting_raised(
     assert [job.status for job in jobs[1:]] == [JobStatus.KILLED] * 2, jobs
 
 
+@pytest.mark.parametrize("hook", ["on_job_submitting", "on_jobcmd_init"])
+async def test_a_hook_raising_for_one_job_of_a_batch_blames_that_job_only(
+    workdir: Path, hook: str
+) -> None:
+    """Every job of the batch was said to have failed its submission with the plugin's
+    error (a warning and a note in its stderr each): those allowed before it, and those
+    whose hook was never called. They are cancelled, as the stop cancels any job not
+    submitted yet."""
+
+    def raise_for_job_1(self: object, job: Job) -> None:
+        if job.index == 1:
+            raise RuntimeError("boom for 1")
+
+    Raising = type("Raising", (), {hook: hookimpl(raise_for_job_1)})
+    q = Xqueue(workdir=workdir, plugins=[Raising()], forks=4, error_strategy="ignore")
+    jobs = [await q.feed(["sleep", "5"]) for _ in range(4)]
+    with anyio.fail_after(20), pytest.raises(PluginError, match="boom for 1"):
+        await q.run_until_complete()
+    assert [job.status for job in jobs] == [JobStatus.KILLED] * 4
+    assert "submission failed: plugin" in jobs[1].reason
+    cancelled = "cancelled before it was submitted: the run stopped (error)"
+    assert [jobs[i].reason for i in (0, 2, 3)] == [cancelled] * 3
+    assert not [i for i in (0, 2, 3) if await anyio.Path(jobs[i].stderr_path).exists()]
+
+
 async def test_plugin_with_unknown_argument_is_rejected(workdir: Path) -> None:
     class Bad:
         @hookimpl

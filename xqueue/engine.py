@@ -641,6 +641,9 @@ class Engine:
         self._polling = implements("on_job_polling") or implements("on_jobs_polling")
         self._polling_posted = False
 
+    def _stopped_why(self) -> str:
+        return f"the run stopped ({self._signal.name if self._signal else self._reason()})"
+
     def _reason(self) -> str:
         if self._signal is not None:
             return "signal"
@@ -882,6 +885,14 @@ class Engine:
     def _enqueue(self, job: Job) -> list[HookCall]:
         self._move(job, S.QUEUED)
         return [("on_job_queued", job)]
+
+    def _on_unsent(self, job: Job) -> list[HookCall]:
+        """A job of a batch whose submission stopped before it was sent, as another job's
+        hook raised: cancelled, as the stop cancels every job not submitted yet (the
+        plugin's error was each one's "submission failed", and a note in its stderr)."""
+        job.jid, job.rc = None, None
+        job.reason = f"cancelled before it was submitted: {self._stopped_why()}"
+        return self._finalize(job, S.KILLED, record=job in self._open_intents)  # as _on_stop
 
     def _on_submitted(self, job: Job, result: str | BaseException) -> list[HookCall]:
         if isinstance(result, SubmissionUnknownError):
@@ -1391,7 +1402,7 @@ class Engine:
         grace = _grace(self.scheduler)
         self._deadline = time.monotonic() + grace + SHUTDOWN_MARGIN
         calls: list[HookCall] = []
-        why = f"the run stopped ({self._signal.name if self._signal else self._reason()})"
+        why = self._stopped_why()
         for job in self.jobs:
             if job.status in (S.INIT, S.WAITING, S.QUEUED, S.RETRYING):
                 job._kill_requested = True
@@ -1593,8 +1604,9 @@ class Engine:
             except PluginError as exc:
                 # The run stops: neither this job nor any allowed before it is submitted.
                 self._post("stop", exc)  # first: the run's error is the plugin's, not a job's
-                for unsent in [*allowed, *batch[n:]]:
-                    self._post("submitted", unsent, exc)
+                self._post("submitted", job, exc)
+                for unsent in [*allowed, *batch[n + 1 :]]:
+                    self._post("unsent", unsent)
                 return
             if vetoer:
                 self._post("vetoed", job, vetoer)
@@ -1602,14 +1614,15 @@ class Engine:
                 allowed.append(job)
         if not allowed:
             return
-        try:
-            for job in allowed:
+        for n, job in enumerate(allowed):
+            try:
                 job._wrap = await self._wrap(job) if self._wrapping else None
-        except PluginError as exc:
-            self._post("stop", exc)  # first: the run's error is the plugin's, not a job's
-            for job in allowed:
+            except PluginError as exc:
+                self._post("stop", exc)  # first: the run's error is the plugin's, not a job's
                 self._post("submitted", job, exc)
-            return
+                for unsent in [*allowed[:n], *allowed[n + 1 :]]:
+                    self._post("unsent", unsent)
+                return
         # The intent first: a controller that dies during the submission leaves a record
         # that makes the next run look for the job instead of starting it again.
         try:
