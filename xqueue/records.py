@@ -700,11 +700,8 @@ class WorkdirReader:
     def take_journal_record(self, folder: str) -> dict[str, Any] | None:
         """``take_record`` from the journal alone, with no file-system call once the
         journal is read: for a folder that is not there (``job.status`` was in it)."""
-        if self._winners is None:
-            self._winners = self._index_winners()
-            # A tuple of strings, which the cycle collector stops walking (a list it walks
-            # at every full collection: a million names, each time).
-            self._order = iter(tuple(self._winners))
+        self._index_once()
+        assert self._winners is not None
         if self._journal is not None:
             return self._journal.get(folder)
         if folder in self._winners:
@@ -717,6 +714,23 @@ class WorkdirReader:
             self._parsed.clear()
             return self._careful_journal().get(folder)  # a torn or edited newest line
         return entry[1]
+
+    def has_journal_record(self, folder: str) -> bool:
+        """Whether the journal has a line about ``folder``, not taking it (a feed refused
+        may come again and ``take_record`` it)."""
+        self._index_once()
+        if self._journal is not None:
+            return folder in self._journal
+        assert self._winners is not None
+        return folder in self._winners or folder in self._parsed
+
+    def _index_once(self) -> None:
+        """``_index_winners`` for ``take_journal_record``, on its first call."""
+        if self._winners is None:
+            self._winners = self._index_winners()
+            # A tuple of strings, which the cycle collector stops walking (a list it walks
+            # at every full collection: a million names, each time).
+            self._order = iter(tuple(self._winners))
 
     def _parse_with_next(self, folder: str) -> None:
         """Parse a folder's newest line into ``_parsed``, with the next ones in the

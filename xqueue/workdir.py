@@ -713,7 +713,7 @@ class Workdir:
         if known is None:  # an older workdir's folder has its job.json
             text = read_text(f"{job.dir}/{SPEC_FILE}")
             known = None if text is None else digest(text.encode())
-        if known is None:
+        if known is None and not self.reader.has_journal_record(folder):
             # Made, but the run died before the spec was written (or it was never
             # submitted): no attempt ever started there, so it is this job's, fresh.
             self._unmade[job] = staged
@@ -724,10 +724,24 @@ class Workdir:
             elif not self._wake.is_set():
                 self._start_maker()
             return None
-        if known == digest(spec.encode()):
+        if known is not None and known == digest(spec.encode()):
             self._move_in(job, staged)
             return self.reader.take_record(folder) or {}
-        self._check_ended(job.index, folder)
+        if known is None:
+            # Attempts were journaled there, but their spec line is gone (specs.jsonl torn
+            # or removed): what ran cannot be told to be this job. Taken for a fresh
+            # folder, the job ran beside an attempt still running, into its files.
+            self._check_ended(job.index, folder, "has no spec line in specs.jsonl any more")
+            log.warning(
+                "job %s: folder %r has records but no spec line in %s (torn or removed): "
+                "it cannot be told to be this job, so it is moved aside and the job runs "
+                "again",
+                job.index,
+                folder,
+                SPECS_FILE,
+            )
+        else:
+            self._check_ended(job.index, folder, "is now another command")
         try:
             os.replace(job.dir, f"{job.dir}.replaced-{time.time_ns()}")
         except OSError as exc:
@@ -773,7 +787,7 @@ class Workdir:
                     self._by_index.setdefault(found, []).append(name)
         for name in self._by_index.get(index, ()):
             if name != folder:  # each checked before any moves: a refusal holds next time
-                self._check_ended(index, name)
+                self._check_ended(index, name, "is now another command")
         for name in self._by_index.pop(index, ()):
             path = f"{self._root}/{name}"
             try:
@@ -786,7 +800,7 @@ class Workdir:
                 raise WorkdirError(f"cannot move job folder {path!r} aside: {exc}") from exc
             self._names.pop(name, None)
 
-    def _check_ended(self, index: int, folder: str) -> None:
+    def _check_ended(self, index: int, folder: str, change: str) -> None:
         """Refuse to move aside a folder whose job an earlier run left running: moved, it
         ran on unseen by ``status`` and ``cancel``, and the list changed back ran it a
         second time beside itself. Its end, if an exit line or rc file has it, will do."""
@@ -798,7 +812,7 @@ class Workdir:
             if self.reader.attempt_codes(dict([self.reader.attempt_asked(folder, record)])):
                 return
         raise WorkdirError(
-            f"job {index} is now another command, but its earlier one (folder {folder!r}) "
+            f"job {index} {change}, but its earlier one (folder {folder!r}) "
             f"was {record['status']} when its run stopped and may be running still; "
             f"`xqueue cancel {self.path}` kills what that run left running and records "
             "the end of what is not running any more; then run again"

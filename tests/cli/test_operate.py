@@ -716,6 +716,40 @@ def test_a_changed_command_does_not_push_aside_a_job_left_running(
     assert len(list(wd.glob("*.replaced-*"))) == 2
 
 
+def test_a_job_whose_spec_line_is_gone_never_runs_beside_its_earlier_attempt(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    """specs.jsonl removed (or torn) while a dead controller's job still ran: the folder
+    was taken for one made and never used, and the job started again beside the earlier
+    attempt, as attempt 1 again, into its files. Now the run refuses, as for a changed
+    command; a folder whose attempt has ended is moved aside, with a warning."""
+    wd, mark = tmp_path / "wd", tmp_path / "ran"
+    # Job 1 runs for a minute the first time only, so that the last run here is short.
+    listed = ["sleep 0.2", f"[ -e {mark} ] || {{ touch {mark}; exec sleep 60; }}"]
+    killed_controller(wd, listed, runs)
+    deadline = time.monotonic() + 10
+    while not (wd / "exits.jsonl").read_text().count("\n"):  # job 0 ended unwatched
+        assert time.monotonic() < deadline, "the shepherd recorded no exit"
+        time.sleep(0.05)
+    earlier = job_processes(wd)
+    (wd / "specs.jsonl").unlink()
+    out = xqueue("run", "-w", str(wd), input="".join(f"{c}\n" for c in listed))
+    assert out.returncode == 2, out.stderr
+    said = " ".join(out.stderr.split())
+    assert "job 0: folder '0-sleep-0-2' has records but no spec line in specs.jsonl" in said
+    assert "job 1 has no spec line in specs.jsonl any more" in said
+    assert "may be running still" in said and f"xqueue cancel {wd}" in said
+    assert job_processes(wd) == earlier  # the earlier attempt alone, untouched
+    assert xqueue("cancel", str(wd)).returncode == 0
+    assert wait_no_job_processes(wd, 10) == []
+    again = xqueue("run", "-w", str(wd), input="".join(f"{c}\n" for c in listed))
+    assert again.returncode == 0, again.stderr
+    assert "job 1: folder" in " ".join(again.stderr.split())
+    assert len(list(wd.glob("0-sleep-0-2.replaced-*"))) == 1
+    assert len(list(wd.glob("1-*.replaced-*"))) == 1
+    assert final_states(wd) == ["finished", "finished"]
+
+
 def _shepherds_of(wd: Path) -> list[int]:
     """The shepherds appending to this workdir's exits.jsonl."""
     exits, found = str(wd / "exits.jsonl"), []
