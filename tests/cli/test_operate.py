@@ -372,6 +372,19 @@ def test_logs_follow_prints_until_the_job_ends_while_the_run_goes_on(
     assert run.wait() == 143
 
 
+def test_logs_follow_of_a_job_no_run_will_end_says_so_and_exits_1(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    """Its controller killed while the job ran: following it stopped at once, as it
+    should (nothing will record its end), but with exit 0, as if the job had ended."""
+    wd = tmp_path / "wd"
+    killed_controller(wd, ["sleep 60"], runs)
+    assert xqueue("logs", str(wd), "0").returncode == 0  # started: its output so far
+    out = xqueue("logs", str(wd), "0", "--follow")
+    assert out.returncode == 1
+    assert out.stderr == f"xqueue: no run is in progress in {wd}; stopped following\n"
+
+
 def test_logs_follow_of_a_job_run_again_follows_the_new_attempt(
     tmp_path: Path, runs: list[Run]
 ) -> None:

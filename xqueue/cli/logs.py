@@ -163,7 +163,10 @@ def run(workdir: str, job: str, stderr: bool, follow: bool, attempt: int | None)
                 break
             time.sleep(POLL)
         if end.nobody and not end.ended:
+            # The attempt did not end, and nothing will end it: not a success, as for
+            # ``status --follow`` of a run whose controller is gone.
             sys.stderr.write(f"xqueue: no run is in progress in {reader.path}; stopped following\n")
+            return 1
         return 0
     finally:
         output.close()
