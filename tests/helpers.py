@@ -16,7 +16,7 @@ import anyio
 import pytest
 from anyio.abc import Process
 
-from xqueue import Job, JobStatus, Scheduler, Xqueue, hookimpl
+from xqueue import Job, JobState, JobStatus, Scheduler, Xqueue, hookimpl
 
 
 async def wait_running(job: Job, timeout: float = 30) -> None:
@@ -133,6 +133,29 @@ def container_engine(request: pytest.FixtureRequest, name: str) -> dict[str, str
         assert status == 200, answer
         _imported.add(url)
     return {"bin": name, "url": url, "image": IMAGE}
+
+
+class EndsAtOnce(Scheduler):
+    """Ends each job as soon as it is submitted, as ``ending`` says (rc 0 by default): no
+    process, nothing to clean up, and jobs submitted together end in one tick, which real
+    processes do only now and then."""
+
+    name = "ends-at-once"
+    awaits_completion = True
+    running_on_submit = True
+    ending = JobState(JobStatus.FINISHED, 0)
+
+    async def submit_job(self, job: Job) -> str:
+        return str(job.index)
+
+    async def kill_job(self, job: Job) -> None:
+        pass
+
+    async def job_is_running(self, job: Job) -> bool:
+        return False
+
+    async def wait_job(self, job: Job) -> JobState:
+        return self.ending
 
 
 class DetachedScheduler(Scheduler):

@@ -32,7 +32,6 @@ from xqueue import (
     ConfigError,
     Job,
     JobFailedError,
-    JobState,
     JobStatus,
     PluginError,
     Scheduler,
@@ -697,36 +696,16 @@ async def test_a_run_cancelled_while_still_feeding_warns(
     assert not caplog.text
 
 
-class Instant(Scheduler):
-    """Ends each job with rc 0 at once: no process, nothing to clean up."""
-
-    name = "instant"
-    awaits_completion = True
-    running_on_submit = True
-
-    async def submit_job(self, job: Job) -> str:
-        return str(job.index)
-
-    async def kill_job(self, job: Job) -> None:
-        pass
-
-    async def job_is_running(self, job: Job) -> bool:
-        return False
-
-    async def wait_job(self, job: Job) -> JobState:
-        return JobState(S.FINISHED, 0)
-
-
 # Run in a process of their own: a run abandoned by its event loop leaves coroutines
 # and tasks behind (asyncio reports them as it is torn down), not this test process.
 LEFT_FEEDING = textwrap.dedent(
     """
     import asyncio, sys
-    from tests.test_embedding import Instant
+    from tests.helpers import EndsAtOnce
     from xqueue import Xqueue
 
     async def start():
-        q = Xqueue(Instant(), workdir=sys.argv[1], handle_signals=False)
+        q = Xqueue(EndsAtOnce(), workdir=sys.argv[1], handle_signals=False)
         await q.run_until_complete(keep_feeding=True)
         await q.feed(["true"])
 

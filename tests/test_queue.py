@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.helpers import DetachedScheduler, is_alive, read_text, wait_running
+from tests.helpers import DetachedScheduler, EndsAtOnce, is_alive, read_text, wait_running
 from xqueue import (
     ConfigError,
     Job,
@@ -19,7 +19,6 @@ from xqueue import (
     JobState,
     JobStatus,
     QueueStateError,
-    Scheduler,
     WorkdirError,
     Xqueue,
 )
@@ -51,25 +50,8 @@ async def test_halt_raises_naming_the_job_and_kills_the_others(workdir: Path) ->
     assert "cancelled before it was submitted" in later.reason
 
 
-class FailsAtOnce(Scheduler):
-    """Ends every job with rc 3 as soon as it is submitted: jobs submitted together end
-    in one tick, which real processes do only now and then."""
-
-    name = "fails-at-once"
-    awaits_completion = True
-    running_on_submit = True
-
-    async def submit_job(self, job: Job) -> str:
-        return str(job.index)
-
-    async def kill_job(self, job: Job) -> None:
-        pass
-
-    async def job_is_running(self, job: Job) -> bool:
-        return False
-
-    async def wait_job(self, job: Job) -> JobState:
-        return JobState(JobStatus.FAILED, 3)
+class FailsAtOnce(EndsAtOnce):
+    ending = JobState(JobStatus.FAILED, 3)
 
 
 async def test_halt_with_two_jobs_failing_in_one_tick_says_the_second_as_a_failed_job(
