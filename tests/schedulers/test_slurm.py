@@ -301,6 +301,27 @@ async def test_dependency_that_can_never_be_satisfied_ends_the_job(workdir: Path
     assert job.jid and (await show_job(job.jid))["JobState"] == "CANCELLED"
 
 
+async def test_a_job_slurm_keeps_pending_for_its_request_is_said_once(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """More CPUs than the node has: this Slurm (EnforcePartLimits=NO) takes the job and
+    keeps it pending for PartitionConfig, and the run waited for ever without a word."""
+    q = queue(workdir)
+    job = await q.feed(["true"], resources={"cpus": 64})
+    said = "is pending for PartitionConfig: Slurm will not start it"
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(q.run_until_complete)
+            while said not in caplog.text:
+                await anyio.sleep(0.1)
+            await anyio.sleep(FAST["poll_interval"] * 3)  # more polls: still said once
+            tg.cancel_scope.cancel()
+    assert caplog.text.count(said) == 1
+    assert job.jid and f"Slurm job {job.jid} " in caplog.text
+    assert job.status is JobStatus.KILLED
+    assert (await slurm_ended(job.jid))["JobState"] == "CANCELLED"
+
+
 async def test_ended_job_without_rc_file_is_resolved_by_sacct_or_vanishes(workdir: Path) -> None:
     q = queue(workdir)
     job = await q.feed(["sh", "-c", "exit 4"])

@@ -56,6 +56,22 @@ _ENDED_BY_SLURM = {
 # OUT_OF_MEMORY where cgroups count the kills: this line is the evidence of the first.
 _MEMORY_KILL = re.compile(r"exceeded (?:job |step )?memory limit|oom-kill event", re.IGNORECASE)
 NEVER_SATISFIED = "DependencyNeverSatisfied"
+# Pending reasons that only a changed request (or an administrator) removes: the job asks
+# more than its partition's nodes or limits give, or what its account or QOS may not
+# (Slurm's "job reason codes"). Slurm that does not enforce partition limits at submission
+# (EnforcePartLimits=NO) accepts such a job and keeps it pending.
+STUCK_REASONS = frozenset(
+    {
+        "PartitionConfig",
+        "PartitionTimeLimit",
+        "PartitionNodeLimit",
+        "BadConstraints",
+        "InvalidAccount",
+        "InvalidQOS",
+        "AccountNotAllowed",
+        "QOSNotAllowed",
+    }
+)
 
 # A job id as squeue and sacct print it: ``12``, ``12_3``, ``12_[1-4%2]``, ``12+0`` (a
 # heterogeneous job's component). A line that starts otherwise is not an answer to the

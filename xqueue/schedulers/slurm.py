@@ -22,6 +22,7 @@ line slurmstepd wrote into the job's Slurm output is the evidence that makes it 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import pwd
@@ -121,6 +122,9 @@ def sbatch_argv(sbatch: str, opts: dict[str, Any], script: str) -> list[str]:
     return [sbatch, "--parsable", *long_options(opts), script]
 
 
+log = logging.getLogger("xqueue.slurm")
+
+
 class SlurmScheduler(BatchScheduler):
     """Jobs are Slurm batch jobs (array elements when submitted together)."""
 
@@ -141,6 +145,7 @@ class SlurmScheduler(BatchScheduler):
         super().__init__(**options)
         self._accounting = self.options.accounting
         self._user = pwd.getpwuid(os.getuid()).pw_name
+        self._stuck: dict[str, str] = {}  # job id -> the pending reason said (``_say_stuck``)
 
     def _raw(self) -> dict[str, Any]:
         return sbatch_options(None, self.options.extra)
@@ -214,12 +219,29 @@ class SlurmScheduler(BatchScheduler):
             ended = parse.terminal_state(row)
             if ended is None:
                 pending = row.state == "PENDING"
+                if pending and row.reason in parse.STUCK_REASONS:
+                    self._say_stuck(jid, row.reason)
                 states[jid] = JobState(JobStatus.SUBMITTED if pending else JobStatus.RUNNING)
             elif row.state == "PENDING":  # a dependency never satisfied: cancel it first
                 states[jid] = dataclasses.replace(ended, kill=True)
             else:
                 states[jid] = ended
         return states
+
+    def _say_stuck(self, jid: str, reason: str) -> None:
+        """Said once a job and reason: such a job waits until someone changes it, and the
+        run waited with it for ever without a word (more CPUs than any node has)."""
+        if self._stuck.get(jid) != reason:
+            self._stuck[jid] = reason
+            log.warning(
+                "Slurm job %s is pending for %s: Slurm will not start it as it was asked "
+                "for until its request (or the partition) changes; stop it with `xqueue "
+                "cancel` (or scancel %s) and feed it with less (see `squeue -j %s -o %%r`)",
+                jid,
+                reason,
+                jid,
+                jid,
+            )
 
     def accounting_argvs(self, ids: Sequence[str]) -> list[list[str]]:
         if self._accounting is False:
