@@ -238,6 +238,27 @@ async def test_cancelling_the_caller_kills_jobs_and_raises(workdir: Path, tmp_pa
     assert not await is_alive(int(await read_text(pidfile)))
 
 
+async def test_a_stopped_run_makes_no_folder_for_the_jobs_it_never_submitted(
+    workdir: Path,
+) -> None:
+    """The run's end made the folder of every job fed and never submitted, stop or not:
+    a Ctrl-C a moment into a run of 100,000 jobs waited half a minute for 100,000
+    folders. A stop now leaves them unmade (a later run makes them as it runs them)."""
+    n = 50_000
+    q = Xqueue(forks=1, workdir=workdir)
+    jobs = [await q.feed(["true"]) for _ in range(n)]
+    with anyio.fail_after(60):
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(q.run_until_complete)
+                while jobs[0].status is not JobStatus.FINISHED:
+                    await anyio.sleep(0.01)
+                scope.cancel()
+    folders = [name async for name in anyio.Path(workdir).iterdir() if name.name[0].isdigit()]
+    assert 0 < len(folders) < n // 2
+    assert q.statistics().counts.get("finished", 0) < n
+
+
 async def test_error_in_async_with_body_kills_jobs(workdir: Path) -> None:
     with pytest.raises(ZeroDivisionError):
         async with Xqueue(workdir=workdir) as q:

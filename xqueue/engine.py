@@ -561,7 +561,9 @@ class Engine:
                         # event queued (a dependency just succeeded) must not be submitted.
                         await self._call_hooks(self._on_stop(None))
                         await self._run_loop(receiver)
-                    if self.workdir.has_unmade():
+                    if self._signal is not None or self._cancelled:  # not to delay a stop
+                        await anyio.to_thread.run_sync(self.workdir.halt_making)
+                    elif self.workdir.has_unmade():
                         # Jobs that ended unsubmitted (skipped, cancelled) get the folder
                         # every fed job has, so `xqueue status` lists them with the rest.
                         await anyio.to_thread.run_sync(self.workdir.make_remaining)

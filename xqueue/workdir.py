@@ -450,6 +450,7 @@ class Workdir:
         self._unmade: dict[Job, Mapping[str, str] | None] = {}
         self._ahead = False
         self._making = threading.Lock()
+        self._halted = False  # a stop: no more folders until the workdir is taken again
         self._maker: threading.Thread | None = None
         self._maker_lock = threading.Lock()
         self._wake = threading.Event()
@@ -493,6 +494,7 @@ class Workdir:
         """
         if self._lock_fd is not None:
             return
+        self._halted = False
         fd = open_plain(self.path / LOCK_FILE, os.O_RDWR)
         if not _flock_exclusive(fd):
             identity, cancel = read_claim(os.read(fd, 64).decode(errors="replace"))
@@ -966,7 +968,7 @@ class Workdir:
         end: its job has ended, and its record is journaled); the workdir's thread
         leaves them to the job's submission, which tries again and says why."""
         failed = set() if failed is None else failed
-        if self.broken is not None:  # full: no folder can be made, the run says so once
+        if self.broken is not None or self._halted:  # full (said once), or stopped
             return
         # A copy of the dict each round (taken at once, under the GIL: the loop adds to it
         # meanwhile), not each batch: a million unmade jobs cost one pass, not 4,000.
@@ -976,8 +978,17 @@ class Workdir:
                     failed.add(job)
                     if report and error is not self.broken:
                         log.warning("job %s: %s", job.index, error)
-                if self.broken is not None:
+                if self.broken is not None or self._halted:
                     return
+
+    def halt_making(self) -> None:
+        """Make no more folders in this hold of the workdir: a run stops (a signal, a
+        cancellation), and the jobs it never submitted need none. Making 100,000 of them
+        kept a Ctrl-C waiting for half a minute. Returns once the folder thread's batch
+        under way is written (no folder is made once the lock is released). Blocking."""
+        self._halted = True
+        with self._making:
+            pass
 
     def has_unmade(self) -> bool:
         return bool(self._unmade)
