@@ -127,6 +127,11 @@ def test_param_filters_compare_as_the_recorded_type() -> None:
     assert not matches(params, parse_filters(["name=a"]))
     assert not matches(params, parse_filters(["missing=1"]))
     assert not matches(None, parse_filters(["decay=0.1"]))
+    # Integers beyond a float's 53 bits, as 64-bit seeds are: compared exactly.
+    seeds = {"seed": 2**63 - 1}
+    assert matches(seeds, parse_filters([f"seed={2**63 - 1}"]))
+    assert not matches(seeds, parse_filters([f"seed={2**63 - 2}"]))
+    assert matches({"seed": 2**53 + 1}, parse_filters([f"seed={2**53 + 1}"]))
     with pytest.raises(ConfigError, match="not NAME=VALUE"):
         parse_filters(["decay"])
 

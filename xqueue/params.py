@@ -105,6 +105,11 @@ def _equal(value: Any, given: str) -> bool:
     word = given.strip().lower()
     if isinstance(value, bool):
         return word in (("true", "1") if value else ("false", "0"))
+    if isinstance(value, int):
+        try:  # exactly: a 64-bit seed is not a float's (2**63 - 1 matched nothing)
+            return int(word) == value
+        except ValueError:
+            pass
     if isinstance(value, (int, float)):
         try:
             return float(word) == value

@@ -135,10 +135,11 @@ def test_what_feeding_would_refuse_is_refused_before_the_workdir(tmp_path: Path)
         ('command = ["echo", "a\\u0000b"]\n', "argument 1 of the command"),
     ]:
         path.write_text(group + body)
-        out = xqueue("sweep", str(path), "-w", str(wd))
-        assert out.returncode == 2, out.stderr
-        assert f"{path}: group 'g' of section 's': {said}" in " ".join(out.stderr.split())
-        assert not wd.exists()
+        for dry in ([], ["--dry-run"]):  # a dry run listed what the run then refused
+            out = xqueue("sweep", str(path), "-w", str(wd), *dry)
+            assert out.returncode == 2, out.stderr
+            assert f"{path}: group 'g' of section 's': {said}" in " ".join(out.stderr.split())
+            assert not wd.exists()
     path.write_text(
         '[[section]]\nname = "s"\n[[section.group]]\nname = "a\\u0000b"\ncommand = "t"\n'
     )

@@ -42,15 +42,17 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from .commands import EXIT_OK, execute, make_queue
 
     sweep = Sweep.from_file(args.file)
-    if args.dry_run:
-        show(sweep)
-        return EXIT_OK
     # A module next to the file is importable by `call = "module:function"`, as a
     # script's folder is for `python script.py`; the calls' runner gets the same path.
     folder = os.path.dirname(os.path.abspath(args.file))
     if folder not in sys.path:
         sys.path.insert(0, folder)
-    sweep.check(args.file, sweep.slots)  # before the queue takes (or makes) the workdir
+    # Before the queue takes (or makes) the workdir; and for a dry run, which is how a
+    # file is checked before it runs (it listed what the run then refused).
+    sweep.check(args.file, sweep.slots)
+    if args.dry_run:
+        show(sweep)
+        return EXIT_OK
     queue = make_queue(args, console, slots=sweep.slots)
 
     async def go() -> None:
