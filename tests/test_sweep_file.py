@@ -77,6 +77,9 @@ def test_fields_braces_and_slot_fields() -> None:
         (one_group(command="echo ${x}", params={"x": 1}), "shell variable, not the field"),
         (one_group(command="echo {gpu}"), "{gpu} names no parameter"),  # not asked for
         (one_group(command="echo", params={"x": []}), "empty list"),
+        (one_group(command="echo {x}", params={"x": [1, 1, 2]}), "params.x lists 1 more than"),
+        (one_group(command="echo {x}", params={"x": [1, "1"]}), "lists 1 more than once"),
+        (one_group(command="echo {x}", params={"x": [True, "true"]}), "lists true more than"),
         (one_group(command="echo", zip={"a": [1], "b": [1, 2]}), "one length"),
         (one_group(command="echo", call="m:f"), "either a command or a call"),
         (one_group(params={"x": 1}), "either a command or a call"),

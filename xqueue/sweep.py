@@ -508,7 +508,18 @@ def _grid(value: Any, key: str, where: str) -> tuple[tuple[str, tuple[Any, ...]]
             values = [values]
         if not values:
             raise ConfigError(f"{where}: {key}.{name} is an empty list, so the group has no point")
-        grid.append((name, tuple(check_value(v, f"{where}: {key}.{name}") for v in values)))
+        checked = tuple(check_value(v, f"{where}: {key}.{name}") for v in values)
+        if key == "params":
+            # A value twice ran its points twice, under one name (so did 1 and "1", which
+            # a name and a command show alike); zip's columns may repeat a value.
+            shown = [_full_text(v) for v in checked]
+            twice = sorted({t for t in shown if shown.count(t) > 1})
+            if twice:
+                raise ConfigError(
+                    f"{where}: params.{name} lists {', '.join(twice)} more than once (as the "
+                    "job names and commands show it): give each value once"
+                )
+        grid.append((name, checked))
     return tuple(grid)
 
 
@@ -569,8 +580,12 @@ def _unique(names: Sequence[str], what: str) -> None:
 
 
 def _short(value: Any) -> str:
-    try:
-        shown = text(value)
-    except ConfigError:
-        shown = json.dumps(value, separators=(",", ":"))
+    shown = _full_text(value)
     return shown if len(shown) <= _NAME_SHOWN else shown[: _NAME_SHOWN - 1] + "…"
+
+
+def _full_text(value: Any) -> str:
+    try:
+        return text(value)
+    except ConfigError:
+        return json.dumps(value, separators=(",", ":"))
