@@ -684,6 +684,31 @@ async def test_an_installed_plugin_that_cannot_load_is_named_and_left_out(
         Xqueue(workdir=workdir, plugins=["broken"])
 
 
+async def test_an_installed_plugin_that_exits_as_it_loads_is_left_out(
+    workdir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A plugin module that calls sys.exit() as it is imported ended `xqueue run` with
+    its exit code and not a word: it is left out, named, as a broken plugin is."""
+    from importlib.metadata import EntryPoint
+
+    import xqueue.hooks
+
+    await anyio.Path(tmp_path / "xq_exits_at_import.py").write_text("import sys\nsys.exit(7)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    exits = EntryPoint("exits", "xq_exits_at_import:Plugin", "xqueue.plugins")
+    monkeypatch.delenv("XQUEUE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    monkeypatch.setattr(xqueue.hooks, "_entry_points", lambda: {"exits": exits})
+    q = Xqueue(workdir=workdir)
+    assert "exits" not in q.hooks.names()
+    assert "plugin 'exits' (entry point 'xq_exits_at_import:Plugin') cannot be loaded" in (
+        caplog.text
+    )
+    assert "SystemExit: 7" in caplog.text and "-p no:exits" in caplog.text
+
+
 @pytest.mark.parametrize("hook", ["on_job_submitting", "on_job_started", "on_job_succeeded"])
 async def test_a_hook_may_kill_a_job_and_stop_the_feeding(workdir: Path, hook: str) -> None:
     """A hook the run awaits that awaited ``q.kill()`` (or ``stop_feeding()``) waited for

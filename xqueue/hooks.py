@@ -118,7 +118,13 @@ class Hooks:
                         self._register(_load(ep, name), name, asked=False)
                     except ConfigError as exc:  # installed, not asked for: every queue
                         # of the environment would fail; only this plugin is left out
-                        log.warning("%s; left out (plugins=['-%s'] says so at once)", exc, name)
+                        log.warning(
+                            "%s; left out (plugins=['-%s'], or `-p no:%s` on the command "
+                            "line, says so at once)",
+                            exc,
+                            name,
+                            name,
+                        )
         for name in named:
             if name not in blocked:
                 self._register(_load(eps[name], name), name)
@@ -312,7 +318,8 @@ def _load(ep: Any, name: str) -> Any:
     be imported (a missing module, a dependency it lacks, an error in its code)."""
     try:
         return ep.load()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a module that calls sys.exit() as it loads
+        # ended `xqueue run` with its code, without a word; it is one more broken plugin
         dist = getattr(getattr(ep, "dist", None), "name", None)
         where = f" of {dist}" if dist else ""
         raise ConfigError(
