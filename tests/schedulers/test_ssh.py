@@ -47,6 +47,22 @@ def servers(ssh_env: dict[str, str]) -> dict[str, dict[str, Any]]:
     }
 
 
+async def test_a_login_that_runs_no_command_is_refused_in_its_own_words(
+    ssh_env: dict[str, str], workdir: Path
+) -> None:
+    """nobody's login shell is nologin, which says why on stdout, after sshd's word on
+    stderr about its missing home: the submission failure quoted stderr alone."""
+    nobody = server(ssh_env, ssh_env["XQ_SSH_PORT"], user="nobody")
+    q = Xqueue(
+        "ssh", workdir=workdir, error_strategy="ignore", scheduler_opts={"servers": {"a": nobody}}
+    )
+    job = await q.feed(["true"])
+    with anyio.fail_after(120):
+        await q.run_until_complete()
+    assert job.status is JobStatus.FAILED
+    assert "This account is currently not available" in job.reason
+
+
 async def on_server(env: dict[str, str], port: str, script: str) -> str:
     """Run a script on a server with OpenSSH's client: an independent witness."""
     argv = [

@@ -401,7 +401,9 @@ class SshScheduler(Scheduler):
             return f"{where} has no `setsid` (util-linux), which runs each job in its own group"
         if status == NO_CWD:
             return f"{where} cannot enter cwd {self.options.cwd!r}"
-        detail = (result.stderr or result.stdout).strip()
+        # Both streams: a login shell that runs no command (nologin) says why on stdout,
+        # after a word on stderr about its home; the cause was left out.
+        detail = "; ".join(t.strip() for t in (result.stderr, result.stdout) if t and t.strip())
         return f"{where}: the submit command exited {status}: {detail}"
 
     # -- status --------------------------------------------------------------------------
