@@ -214,6 +214,9 @@ def test_a_workdir_that_is_not_a_folder_is_named_for_what_it_is(tmp_path: Path) 
         ),
         (["true"], {"resources": {"memory": "lots"}}, "invalid memory 'lots'"),
         (["true"], {"resources": {"walltime": "1:xx"}}, "invalid walltime '1:xx'"),
+        # 0.5 s is 0 whole seconds: it was refused as not "positive"
+        (["true"], {"resources": {"walltime": 0.5}}, "walltime must be at least 1 second"),
+        (["true"], {"resources": {"walltime": "-1-00:00"}}, r"'-1-00:00': use \[D-\]HH:MM:SS"),
         # int(inf) raised OverflowError (nan ValueError): a traceback, from a TOML `inf`
         (["true"], {"resources": {"walltime": float("inf")}}, "walltime must be a finite"),
         (["true"], {"resources": {"walltime": float("nan")}}, "walltime must be a finite"),

@@ -59,7 +59,7 @@ def parse_walltime(value: int | float | str) -> int:
         if "-" in text:
             d, _, text = text.partition("-")
             if not d.isdigit():
-                raise ConfigError(f"invalid walltime {value!r}")
+                raise ConfigError(f"invalid walltime {value!r}: use [D-]HH:MM:SS, '90m' or seconds")
             days = int(d)
         if ":" in text:
             parts = text.split(":")
@@ -73,8 +73,8 @@ def parse_walltime(value: int | float | str) -> int:
                 raise ConfigError(f"invalid walltime {value!r}: use [D-]HH:MM:SS, '90m' or seconds")
             unit = _DURATION_UNITS[match.group(2).lower()]
             seconds = days * 86400 + _whole(float(match.group(1)) * unit, "walltime", value)
-    if seconds <= 0:
-        raise ConfigError(f"walltime must be positive, got {value!r}")
+    if seconds <= 0:  # 0.5 is cut to 0 whole seconds: "positive" alone misled
+        raise ConfigError(f"walltime must be at least 1 second, got {value!r}")
     return seconds
 
 
