@@ -83,11 +83,20 @@ out=$(podman run --rm "$IMG" sh -c 'echo podman-ok' 2>&1) || true
 
 # ---------------------------------------------------------------- Docker-compatible API service
 ping() { curl -sf --max-time 2 --unix-socket "$SOCK" http://d/_ping; }
+# The service's conmon starts each container from the service's working directory: one
+# started from a folder removed since (a clone the test command ran in) answers pings and
+# fails every container ("write child: broken pipe"; its log: "conmon: Failed to get
+# working directory"). Such a service is started again, and every service starts from /.
+if pidfile_alive "$SVC_PID" podman \
+   && [[ "$(readlink "/proc/$(cat "$SVC_PID")/cwd" 2>/dev/null)" == *" (deleted)" ]]; then
+  log "restarting the podman API service: the folder it was started from is gone"
+  stop_pidfile "$SVC_PID" podman
+fi
 if ! pidfile_alive "$SVC_PID" podman; then
   mkdir -p /run/podman; rm -f "$SOCK"
   log "starting podman system service on unix://$SOCK"
   # --time=0: never exit for inactivity
-  setsid podman system service --time=0 "unix://$SOCK" >"$SVC_LOG" 2>&1 </dev/null &
+  (cd / && exec setsid podman system service --time=0 "unix://$SOCK" >"$SVC_LOG" 2>&1 </dev/null) &
   echo $! > "$SVC_PID"
 fi
 wait_for 20 ping || die "podman API does not answer on $SOCK (see $SVC_LOG)"
