@@ -658,55 +658,51 @@ async def test_a_job_left_past_its_limit_killed_by_name_or_by_the_stop_says_so(
     await reap_lingering_shepherds()
 
 
+def installed_only(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    """The environment's installed plugins are this one entry point, auto-loaded."""
+    from importlib.metadata import EntryPoint
+
+    import xqueue.hooks
+
+    entry = EntryPoint(name, value, "xqueue.plugins")
+    monkeypatch.delenv("XQUEUE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    monkeypatch.setattr(xqueue.hooks, "_entry_points", lambda: {name: entry})
+
+
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        (None, "ModuleNotFoundError"),
+        # It ended `xqueue run` with its own exit code and not a word.
+        ("import sys\nsys.exit(7)\n", "SystemExit: 7"),
+    ],
+)
 async def test_an_installed_plugin_that_cannot_load_is_named_and_left_out(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    workdir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    source: str | None,
+    said: str,
 ) -> None:
     """A broken installed plugin (its module missing) made every Xqueue(), and so every
     `xqueue run`, fail with a bare ModuleNotFoundError that named no plugin: now one
     loaded because it is installed is left out with a warning naming it, and one the
     caller names is refused with a ConfigError saying which and why."""
-    from importlib.metadata import EntryPoint
-
-    import xqueue.hooks
-
-    broken = EntryPoint("broken", "no_such_module_xyz:Plugin", "xqueue.plugins")
-    monkeypatch.delenv("XQUEUE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
-    monkeypatch.setattr(xqueue.hooks, "_entry_points", lambda: {"broken": broken})
+    if source is not None:
+        await anyio.Path(tmp_path / "xq_broken_plugin.py").write_text(source)
+        monkeypatch.syspath_prepend(str(tmp_path))
+    installed_only(monkeypatch, "broken", "xq_broken_plugin:Plugin")
     q = Xqueue(workdir=workdir)
     assert "broken" not in q.hooks.names()
-    assert "plugin 'broken' (entry point 'no_such_module_xyz:Plugin') cannot be loaded" in (
+    assert "plugin 'broken' (entry point 'xq_broken_plugin:Plugin') cannot be loaded" in (
         caplog.text
     )
-    assert "ModuleNotFoundError" in caplog.text and "left out" in caplog.text
+    assert said in caplog.text and "left out" in caplog.text and "-p no:broken" in caplog.text
     await q.feed(["true"])
     await q.run_until_complete()
     with pytest.raises(ConfigError, match=r"plugin 'broken' \(entry point .*cannot be loaded"):
         Xqueue(workdir=workdir, plugins=["broken"])
-
-
-async def test_an_installed_plugin_that_exits_as_it_loads_is_left_out(
-    workdir: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """A plugin module that calls sys.exit() as it is imported ended `xqueue run` with
-    its exit code and not a word: it is left out, named, as a broken plugin is."""
-    from importlib.metadata import EntryPoint
-
-    import xqueue.hooks
-
-    await anyio.Path(tmp_path / "xq_exits_at_import.py").write_text("import sys\nsys.exit(7)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    exits = EntryPoint("exits", "xq_exits_at_import:Plugin", "xqueue.plugins")
-    monkeypatch.delenv("XQUEUE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
-    monkeypatch.setattr(xqueue.hooks, "_entry_points", lambda: {"exits": exits})
-    q = Xqueue(workdir=workdir)
-    assert "exits" not in q.hooks.names()
-    assert "plugin 'exits' (entry point 'xq_exits_at_import:Plugin') cannot be loaded" in (
-        caplog.text
-    )
-    assert "SystemExit: 7" in caplog.text and "-p no:exits" in caplog.text
 
 
 @pytest.mark.parametrize("hook", ["on_job_submitting", "on_job_started", "on_job_succeeded"])
