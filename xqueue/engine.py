@@ -893,8 +893,14 @@ class Engine:
         hook raised: cancelled, as the stop cancels every job not submitted yet (the
         plugin's error was each one's "submission failed", and a note in its stderr)."""
         job.jid, job.rc = None, None
-        job.reason = f"cancelled before it was submitted: {self._stopped_why()}"
-        return self._finalize(job, S.KILLED, record=job in self._open_intents)  # as _on_stop
+        return self._cancel_unsubmitted(job, self._stopped_why())
+
+    def _cancel_unsubmitted(self, job: Job, why: str, *, cascade: bool = True) -> list[HookCall]:
+        """End a job that was never submitted, as a stop ends it. Not recorded (status
+        shows it "not submitted"), but for one whose journal ends with an intent the
+        backend never took: that would read as a submission a dead run left, to look up."""
+        job.reason = f"cancelled before it was submitted: {why}"
+        return self._finalize(job, S.KILLED, record=job in self._open_intents, cascade=cascade)
 
     def _on_submitted(self, job: Job, result: str | BaseException) -> list[HookCall]:
         if isinstance(result, SubmissionUnknownError):
@@ -1408,13 +1414,8 @@ class Engine:
         for job in self.jobs:
             if job.status in (S.INIT, S.WAITING, S.QUEUED, S.RETRYING):
                 job._kill_requested = True
-                job.reason = f"cancelled before it was submitted: {why}"
                 # Every job not submitted is cancelled here: none is skipped for another.
-                # Not recorded (status shows them "not submitted"), but for one whose
-                # journal ends with an intent the backend never took: that would read
-                # as a submission a dead run left, to look up.
-                record = job in self._open_intents
-                calls += self._finalize(job, S.KILLED, record=record, cascade=False)
+                calls += self._cancel_unsubmitted(job, why, cascade=False)
             elif job.status is S.SUBMITTING:
                 job._kill_requested = True
             elif job.status.is_active and not job.kill_requested and job not in self._checking:
@@ -1605,10 +1606,7 @@ class Engine:
                 )
             except PluginError as exc:
                 # The run stops: neither this job nor any allowed before it is submitted.
-                self._post("stop", exc)  # first: the run's error is the plugin's, not a job's
-                self._post("submitted", job, exc)
-                for unsent in [*allowed, *batch[n + 1 :]]:
-                    self._post("unsent", unsent)
+                self._refused_by_plugin(exc, job, [*allowed, *batch[n + 1 :]])
                 return
             if vetoer:
                 self._post("vetoed", job, vetoer)
@@ -1620,10 +1618,7 @@ class Engine:
             try:
                 job._wrap = await self._wrap(job) if self._wrapping else None
             except PluginError as exc:
-                self._post("stop", exc)  # first: the run's error is the plugin's, not a job's
-                self._post("submitted", job, exc)
-                for unsent in [*allowed[:n], *allowed[n + 1 :]]:
-                    self._post("unsent", unsent)
+                self._refused_by_plugin(exc, job, [*allowed[:n], *allowed[n + 1 :]])
                 return
         # The intent first: a controller that dies during the submission leaves a record
         # that makes the next run look for the job instead of starting it again.
@@ -1643,6 +1638,14 @@ class Engine:
             results = [SubmissionUnknownError(f"{self.scheduler.name}: {exc!r}")] * len(allowed)
         for job, result in zip(allowed, results):
             self._post("submitted", job, result)
+
+    def _refused_by_plugin(self, exc: PluginError, job: Job, others: list[Job]) -> None:
+        """A hook raised for ``job`` as its batch was being submitted: the run stops, the
+        job fails its submission with the plugin's error, the rest of the batch is not sent."""
+        self._post("stop", exc)  # first: the run's error is the plugin's, not a job's
+        self._post("submitted", job, exc)
+        for unsent in others:
+            self._post("unsent", unsent)
 
     def _submission_error(self, error: Exception) -> Exception:
         """What a job whose submission the workdir prevented is told: the workdir's own
