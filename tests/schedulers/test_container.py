@@ -305,18 +305,18 @@ async def test_chrun_job_that_ends_leaves_nothing_running(chrun_image: str, work
             await anyio.sleep(0.05)
 
 
-async def test_chrun_job_whose_id_was_not_recorded_is_found_by_its_folder(
-    chrun_image: str, workdir: Path
-) -> None:
+async def runner_whose_id_was_not_recorded_is_found(opts: dict[str, Any], workdir: Path) -> None:
     """A controller that died between starting a runner and recording its id: the next
-    run found nothing (only the id identified a runner) and started the job a second
-    time beside the first. The runner carries its job's folder in its environment."""
-    opts = {"bin": "ch-run", "image": chrun_image, "kill_grace": 1}
-    q = Xqueue("container", workdir=workdir, scheduler_opts=opts)
+    run must find the runner, or it starts the job a second time beside the first. The
+    lookup is made once the job's wrapper runs inside the container: by then apptainer's
+    starter has replaced the runner, with none of the controller's environment (a lookup
+    by XQUEUE_JOB_DIR found nothing)."""
+    q = Xqueue("container", workdir=workdir, scheduler_opts={**opts, "kill_grace": 1})
     async with q:
         job = await q.feed(["sleep", "300"])
         with anyio.fail_after(30):
-            while job.status is not JobStatus.RUNNING:
+            started = anyio.Path(job.attempt_path("started"))
+            while job.status is not JobStatus.RUNNING or not await started.exists():
                 await anyio.sleep(0.05)
         other = ContainerScheduler(**opts)
         await other.open(q.workdir)
@@ -325,9 +325,23 @@ async def test_chrun_job_whose_id_was_not_recorded_is_found_by_its_folder(
             lost.dir, lost.attempt = job.dir, job.attempt
             assert await other.recover_job(lost)
             assert lost.jid == job.jid
+            # Another job's log names no runner: it never started.
+            never = Job(job.index + 1, job.command)
+            never.dir = str(Path(job.dir).parent / "never")
+            await anyio.Path(never.dir).mkdir()
+            await anyio.Path(never.path("job.runtime.log")).write_text("")
+            assert not await other.recover_job(never) and never.jid is None
         finally:
             await other.aclose()
         assert await q.kill(job)
+
+
+async def test_chrun_job_whose_id_was_not_recorded_is_found_by_its_output(
+    chrun_image: str, workdir: Path
+) -> None:
+    await runner_whose_id_was_not_recorded_is_found(
+        {"bin": "ch-run", "image": chrun_image}, workdir
+    )
 
 
 async def test_chrun_missing_image_directory(workdir: Path, chrun_image: str) -> None:
@@ -507,6 +521,13 @@ async def test_apptainer_kill_takes_the_container_down(
     with anyio.fail_after(5):
         while await group_alive():
             await anyio.sleep(0.05)
+
+
+@pytest.mark.apptainer
+async def test_apptainer_job_whose_id_was_not_recorded_is_found_by_its_output(
+    apptainer: dict[str, str], shared_workdir: Path
+) -> None:
+    await runner_whose_id_was_not_recorded_is_found(apptainer, shared_workdir)
 
 
 @pytest.mark.apptainer

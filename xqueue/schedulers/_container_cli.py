@@ -16,7 +16,8 @@ line becomes the job's reason when the wrapper never ran.
   (without it ``$X`` and ``$(...)`` in a value would be expanded inside).
 
 The id is ``pid:start time``. A later controller re-adopts a job that is still running
-by that id and reads the return code its wrapper wrote once it ends.
+by that id and reads the return code its wrapper wrote once it ends; one whose id was
+never recorded is found by the runtime log it holds open as its output.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from typing import TYPE_CHECKING
 
 import anyio
@@ -34,7 +36,7 @@ from anyio.abc import Process
 from ..errors import SchedulerError, SchedulerOptionError, SubmissionError
 from ..job import Job
 from ..workdir import open_output, read_rc
-from ._proc import end_groups, job_dirs_of_processes, live_groups, start_ticks, wait_exit
+from ._proc import end_groups, files_of_session_leaders, live_groups, start_ticks, wait_exit
 
 if TYPE_CHECKING:
     from .container import ContainerOptions
@@ -112,6 +114,7 @@ class CliRuntime:
         self._stopping: set[Job] = set()  # being killed: its group is the kill's to end
         self._root = ""
         self._bin = options.bin
+        self._held: tuple[float, dict[tuple[int, int], int]] | None = None
 
     async def open(self, workdir_root: str) -> None:
         bad = [c for c in self.bad_path_chars if c in workdir_root]
@@ -219,12 +222,24 @@ class CliRuntime:
 
     async def find(self, job: Job) -> str | None:
         """The runner of a job whose id was never recorded (its controller died right
-        after starting it): the process that carries its folder in XQUEUE_JOB_DIR. Not
-        found, it never started; found, it is adopted, never started a second time."""
-        pid = (await anyio.to_thread.run_sync(job_dirs_of_processes)).get(job.dir)
-        if pid is None:
-            return None
-        start = await anyio.to_thread.run_sync(_start_time, pid)
+        after starting it): the session leader that holds the job's runtime log open. Not
+        found, it never started; found, it is adopted, never started a second time.
+        (Not XQUEUE_JOB_DIR in its environment: apptainer execs its starter without it.)
+        """
+        return await anyio.to_thread.run_sync(self._find_by_log, job)
+
+    def _find_by_log(self, job: Job) -> str | None:
+        """Blocking: /proc is scanned once, and the map reused for the jobs looked up in
+        the same second (a resume may look up a whole batch)."""
+        try:
+            st = os.stat(job.path(RUNTIME_LOG))
+        except OSError:
+            return None  # never submitted: the log is opened before the runner starts
+        now = time.monotonic()
+        if self._held is None or now - self._held[0] > 1.0:
+            self._held = (now, files_of_session_leaders())
+        pid = self._held[1].get((st.st_dev, st.st_ino))
+        start = None if pid is None else _start_time(pid)
         return None if start is None else f"{pid}:{start}"
 
     def forget(self, job: Job) -> None:
@@ -249,7 +264,7 @@ class ChRunRuntime(CliRuntime):
         return argv
 
     def _env(self, job: Job) -> dict[str, str]:
-        env = {**os.environ, "XQUEUE_JOB_DIR": job.dir}
+        env = dict(os.environ)
         env.setdefault("USER", "root" if os.getuid() == 0 else str(os.getuid()))
         return env
 
@@ -279,7 +294,6 @@ class ApptainerRuntime(CliRuntime):
         ``APPTAINERENV_`` (and ``SINGULARITYENV_``) variables, which carry ``envs``."""
         env = {k: v for k, v in os.environ.items() if not _container_env(k)}
         env.update({f"APPTAINERENV_{k}": v for k, v in self.options.envs.items()})
-        env["XQUEUE_JOB_DIR"] = job.dir  # marks the runner (``find``); --cleanenv keeps it out
         return env
 
 

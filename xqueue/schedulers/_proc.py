@@ -110,6 +110,39 @@ def job_dirs_of_processes() -> dict[str, int]:
     return found
 
 
+def files_of_session_leaders() -> dict[tuple[int, int], int]:
+    """(device, inode) of each file a session leader holds open -> its pid.
+
+    How a container runner whose id was never recorded is found: by the runtime log it
+    was started with as its output (every runner leads a session of its own). Not by
+    its environment: apptainer execs its starter with one of its own, 40 ms after it
+    starts. Not only by descriptors 1 and 2: under ch-run the leader is the wrapper's
+    shell, which moves them aside while a command's output is redirected. Inodes, not
+    paths: a runner in a mount namespace of its own is matched all the same. This
+    process is left out: it held the log for a moment, to hand it over.
+    Blocking: a pass over /proc.
+    """
+    found: dict[tuple[int, int], int] = {}
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        pid = int(entry)
+        try:
+            if os.getsid(pid) != pid:
+                continue
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:  # ended meanwhile, or another user's
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            found[(st.st_dev, st.st_ino)] = pid
+    return found
+
+
 def each_process(name: str) -> Iterator[tuple[int, bytes]]:
     """(pid, content of ``/proc/<pid>/<name>``) of every process whose file can be read
     (one that ended meanwhile, or another user's, is passed over). Blocking."""
