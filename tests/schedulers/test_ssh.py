@@ -30,7 +30,7 @@ from tests.timeline import concurrent, depth, spans, timed
 from xqueue import ConfigError, Job, JobFailedError, JobStatus, SchedulerError, Xqueue, hookimpl
 from xqueue.errors import SchedulerOptionError, SubmissionUnknownError
 from xqueue.scheduler import JobState
-from xqueue.schedulers._ssh_pool import Unreachable
+from xqueue.schedulers._ssh_pool import ServerPool, Unreachable
 from xqueue.schedulers.ssh import SshScheduler
 from xqueue.workdir import Workdir
 
@@ -47,11 +47,36 @@ def servers(ssh_env: dict[str, str]) -> dict[str, dict[str, Any]]:
     }
 
 
+def hand_over_channels_once_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each command's process is handed to the pool only once the server has closed its
+    channel: the order a loaded controller sees when the remote command ends at once."""
+    acquire = ServerPool._acquire
+
+    async def acquiring(pool: ServerPool) -> Any:
+        conn = await acquire(pool)
+        create = conn.conn.create_process
+
+        async def created(*args: Any, **kwargs: Any) -> Any:
+            process = await create(*args, **kwargs)
+            await process.wait_closed()
+            return process
+
+        conn.conn.create_process = created
+        return conn
+
+    monkeypatch.setattr(ServerPool, "_acquire", acquiring)
+
+
+@pytest.mark.parametrize("closed_first", [False, True], ids=["sent", "closed-first"])
 async def test_a_login_that_runs_no_command_is_refused_in_its_own_words(
-    ssh_env: dict[str, str], workdir: Path
+    ssh_env: dict[str, str], workdir: Path, monkeypatch: pytest.MonkeyPatch, closed_first: bool
 ) -> None:
     """nobody's login shell is nologin, which says why on stdout, after sshd's word on
-    stderr about its missing home: the submission failure quoted stderr alone."""
+    stderr about its missing home: the submission failure quoted stderr alone. And when
+    nologin had closed the channel before the script was sent, it was a lost connection
+    ("Channel not open for sending"), its words unread."""
+    if closed_first:
+        hand_over_channels_once_closed(monkeypatch)
     nobody = server(ssh_env, ssh_env["XQ_SSH_PORT"], user="nobody")
     q = Xqueue(
         "ssh", workdir=workdir, error_strategy="ignore", scheduler_opts={"servers": {"a": nobody}}

@@ -192,6 +192,25 @@ class Result:
     stderr: str
 
 
+async def _communicate(process: Any, script: str) -> tuple[str, str]:
+    """Send ``script`` on the process's stdin; what it wrote once it has ended.
+
+    A remote command may end before the script is sent: a login shell that runs no
+    command (nologin) prints why and exits at once. Its channel is then closed for
+    sending, which is no lost connection: its exit status and output say why, as those
+    of any script that fails do. (Without one, the connection went: the error stands.)
+    """
+    try:
+        process.stdin.write(script)
+        process.stdin.write_eof()
+    except BrokenPipeError:
+        await process.wait_closed()
+        if process.exit_status is None and process.exit_signal is None:
+            raise
+    stdout, stderr = await process.communicate()
+    return str(stdout), str(stderr)
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
@@ -404,7 +423,7 @@ class ServerPool:
             try:
                 process = await conn.conn.create_process("sh -s", encoding="utf-8")
                 started = True
-                stdout, stderr = await asyncio.wait_for(process.communicate(script), timeout)
+                stdout, stderr = await asyncio.wait_for(_communicate(process, script), timeout)
                 status = process.exit_status
                 return Result(-1 if status is None else status, str(stdout), str(stderr))
             except asyncssh.ChannelOpenError as exc:
