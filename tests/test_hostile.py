@@ -41,7 +41,7 @@ from xqueue.job import SCRIPT
 from xqueue.scheduler import render_script
 from xqueue.schedulers._cluster import job_name, write_array
 from xqueue.schedulers._container_cli import set_env_value
-from xqueue.schedulers._ssh_scripts import kill_script, submit_script
+from xqueue.schedulers._ssh_scripts import kill_script, submit_answer, submit_script
 from xqueue.wrapping import Wrap
 
 pytestmark = pytest.mark.anyio
@@ -478,7 +478,9 @@ def test_ssh_submit_script_with_hostile_server_paths_and_cwd(tmp_path: Path) -> 
         ["sh", "-s"], input=script.encode(), capture_output=True, timeout=30, cwd=tmp_path
     )
     assert out.returncode == 0, out.stderr
-    pid = int(out.stdout.decode().splitlines()[0].removeprefix("pid "))
+    answer = submit_answer(out.stdout.decode())
+    assert answer is not None
+    pid = int(answer[0].removeprefix("pid "))
     # "<server> <pid> <start time>": the name comes back whole, newline and all.
     recorded = Path(job.attempt_path("ssh")).read_text()
     assert recorded.startswith(f"{server} {pid} ") and recorded.endswith("\n")

@@ -74,17 +74,23 @@ async def test_a_login_that_runs_no_command_is_refused_in_its_own_words(
     """nobody's login shell is nologin, which says why on stdout, after sshd's word on
     stderr about its missing home: the submission failure quoted stderr alone. And when
     nologin had closed the channel before the script was sent, it was a lost connection
-    ("Channel not open for sending"), its words unread."""
+    ("Channel not open for sending"), its words unread. Nothing was started, and the
+    script's marker line says so: it fails at once, not retried, no pid file looked for."""
     if closed_first:
         hand_over_channels_once_closed(monkeypatch)
     nobody = server(ssh_env, ssh_env["XQ_SSH_PORT"], user="nobody")
     q = Xqueue(
-        "ssh", workdir=workdir, error_strategy="ignore", scheduler_opts={"servers": {"a": nobody}}
+        "ssh",
+        workdir=workdir,
+        error_strategy="retry",
+        num_retries=2,
+        scheduler_opts={"servers": {"a": nobody}},
     )
     job = await q.feed(["true"])
     with anyio.fail_after(120):
         await q.run_until_complete()
-    assert job.status is JobStatus.FAILED
+    assert job.status is JobStatus.FAILED and job.attempt == 1
+    assert "never ran the submit script" in job.reason
     assert "This account is currently not available" in job.reason
 
 

@@ -15,6 +15,7 @@ from xqueue.schedulers._ssh_scripts import (
     parse_pid_file,
     parse_stats,
     status_script,
+    submit_answer,
     submit_script,
 )
 
@@ -79,6 +80,32 @@ def test_submit_script_writes_the_pid_file_even_when_nobody_reads_its_answer(
         time.sleep(0.1)
     assert (tmp_path / "ran").read_text() == "ran\n"
     assert not (tmp_path / "job.1.ssh.tmp").exists()
+
+
+def test_the_submit_answer_is_read_after_its_marker(tmp_path: Path) -> None:
+    """A login that greets (a ~/.ssh/rc that prints) put its words where the pid was read;
+    a login shell that runs no command prints only its own: the script never ran."""
+    (tmp_path / "job.1.sh").write_text("true\n")
+    script = submit_script("one", str(tmp_path), 1, None)
+    out = subprocess.run(
+        ["sh", "-c", "echo 'pid 1 from a greeting'; exec sh -s"],
+        input=script.encode(),
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    answer = submit_answer(out.stdout.decode())
+    assert answer is not None and len(answer) == 2
+    pid = int(answer[0].removeprefix("pid "))
+    assert answer[1].startswith(f"{pid} (")  # its /proc stat line
+    assert (tmp_path / "job.1.ssh").read_text().startswith(f"one {pid} ")
+    refused = subprocess.run(
+        ["sh", "-c", "echo 'This account is currently not available.'; exit 1"],
+        input=script.encode(),
+        capture_output=True,
+        timeout=30,
+    )
+    assert submit_answer(refused.stdout.decode()) is None
 
 
 def test_status_answers_are_read_between_their_markers() -> None:

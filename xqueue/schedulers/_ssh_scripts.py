@@ -23,6 +23,10 @@ _BEGIN, _END = "xqueue-stat-begin", "xqueue-stat-end"
 # Exit codes of the submit script for problems found on the server before the fork.
 NO_SCRIPT, NO_SETSID, NO_CWD = 95, 96, 97
 
+# The submit script's first line out: what comes before it is the login's, and an
+# answer without it, whose exit status came back, is from a script that never ran.
+SUBMIT_BEGIN = "xqueue-submit-begin"
+
 
 def parse_jid(jid: str | None) -> tuple[str, int, str] | None:
     """(server, pid, start time) from ``server:pid:start``; the server name may hold ':'."""
@@ -124,9 +128,10 @@ def alive(stats: dict[int, tuple[str, str]], pid: int, start: str) -> bool:
 
 
 def submit_script(server: str, jobdir: str, attempt: int, cwd: str | None) -> str:
-    """Start the attempt's wrapper detached; write its pid file, then print pid and stat.
+    """Start the attempt's wrapper detached; write its pid file, then print pid and stat
+    (after ``SUBMIT_BEGIN``, printed first).
 
-    The pid file is written (atomically) before anything is printed, and a dropped
+    The pid file is written (atomically) before the answer is printed, and a dropped
     connection (SIGHUP, SIGPIPE on the first echo) does not stop the script: a job that
     started always leaves its pid file, so a submission whose answer was lost is found
     where it runs instead of being started again on another server.
@@ -136,6 +141,7 @@ def submit_script(server: str, jobdir: str, attempt: int, cwd: str | None) -> st
     pid_file = q(f"{jobdir}/{attempt_file(PID, attempt)}")
     lines = [
         "trap '' HUP PIPE",
+        f"echo {SUBMIT_BEGIN}",
         f"[ -r {script} ] || exit {NO_SCRIPT}",
         f"command -v setsid >/dev/null 2>&1 || exit {NO_SETSID}",
     ]
@@ -156,6 +162,13 @@ def submit_script(server: str, jobdir: str, attempt: int, cwd: str | None) -> st
         "exit 0",
     ]
     return "\n".join(lines) + "\n"
+
+
+def submit_answer(stdout: str) -> list[str] | None:
+    """The lines the submit script printed after its first; None if it never printed it:
+    it never ran (a login shell that runs no command, nologin, says why instead)."""
+    lines = stdout.splitlines()
+    return lines[lines.index(SUBMIT_BEGIN) + 1 :] if SUBMIT_BEGIN in lines else None
 
 
 def read_pid_file_script(jobdir: str, attempt: int) -> str:

@@ -76,6 +76,7 @@ from ._ssh_scripts import (
     parse_stats,
     read_pid_file_script,
     status_script,
+    submit_answer,
     submit_script,
 )
 
@@ -365,9 +366,12 @@ class SshScheduler(Scheduler):
             submit_script(pool.name, jobdir, max(job.attempt, 1), self.options.cwd),
             timeout=self.options.command_timeout,
         )
-        if result.exit_status in (NO_SCRIPT, NO_SETSID, NO_CWD):  # before the fork
+        lines_out = submit_answer(result.stdout)
+        if result.exit_status in (NO_SCRIPT, NO_SETSID, NO_CWD) or (
+            lines_out is None and result.exit_status >= 0  # its end came back: it never ran
+        ):  # nothing was forked
             raise SubmissionError(self._submit_failure(pool, job, jobdir, result), retryable=False)
-        lines_out = result.stdout.splitlines()
+        lines_out = lines_out or []
         pid = lines_out[0].removeprefix("pid ").strip() if lines_out else ""
         parsed = parse_stat(lines_out[1]) if len(lines_out) > 1 else None
         if result.exit_status != 0 or not pid.isdigit() or parsed is None:
@@ -404,6 +408,11 @@ class SshScheduler(Scheduler):
         # Both streams: a login shell that runs no command (nologin) says why on stdout,
         # after a word on stderr about its home; the cause was left out.
         detail = "; ".join(t.strip() for t in (result.stderr, result.stdout) if t and t.strip())
+        if submit_answer(result.stdout) is None:
+            return (
+                f"{where} never ran the submit script (does the remote user's login shell "
+                f"run commands?); it exited {status}: {detail}"
+            )
         return f"{where}: the submit command exited {status}: {detail}"
 
     # -- status --------------------------------------------------------------------------
