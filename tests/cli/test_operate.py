@@ -69,6 +69,10 @@ def runs() -> Iterator[list[Run]]:
         run.close()
 
 
+def read_if_there(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
 def final_states(wd: Path, key: str = "status") -> list[Any]:
     lines = xqueue("status", str(wd), "--json").stdout.splitlines()
     return [(json.loads(line)["state"] or {}).get(key) for line in lines]
@@ -159,6 +163,30 @@ def test_follow_ends_when_the_controller_is_killed_and_on_ctrl_c(
     assert following.returncode == 1
     assert "the run's controller is gone without stopping its run" in err
     assert out.splitlines()[-1].endswith(": 2 running")
+
+
+def test_follow_of_a_run_killed_earlier_times_it_by_its_last_event(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    """A run whose controller was killed a while ago: its time ran to now (a run killed
+    yesterday showed a day, and a rate a day long), and it had an ETA."""
+    wd = tmp_path / "wd"
+    run = Run(wd, ["true", "true", "sleep 60"], "-f", "3")
+    runs.append(run)
+    deadline = time.monotonic() + 20
+    while '"event": "job_started", "job": 2' not in read_if_there(wd / "events.jsonl"):
+        assert time.monotonic() < deadline and run.proc.poll() is None
+        time.sleep(0.05)
+    run.proc.kill()
+    run.proc.wait(timeout=10)
+    events = [json.loads(line) for line in (wd / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] != "run_stopped"
+    start = next(e["time"] for e in events if e["event"] == "run_started")
+    time.sleep(1.5)  # what the follower would have added had it timed it to now
+    out = xqueue("status", str(wd), "--follow")
+    assert out.returncode == 1 and "gone without stopping its run" in out.stderr
+    last = out.stdout.splitlines()[-1]
+    assert f", ETA -, {events[-1]['time'] - start:,.1f}s: " in last, last
 
 
 def test_follow_of_a_workdir_removed_under_it_says_so(tmp_path: Path, runs: list[Run]) -> None:

@@ -59,12 +59,17 @@ class RunView:
         self.started: dict[str, Any] | None = None
         self.stopped: dict[str, Any] | None = None
         self.ignored = 0  # lines that were not events
+        self.latest: float | None = None  # the time of the newest event
+        self.abandoned = False  # its controller went away without a run_stopped event
 
     @property
     def total(self) -> int:
         return len(self.status)
 
     def apply(self, event: dict[str, Any]) -> None:
+        when = event.get("time")
+        if type(when) is float or type(when) is int:
+            self.latest = when
         kind = event.get("event")
         if kind == "run_started":
             self.started = event
@@ -95,6 +100,9 @@ class RunView:
         if start is None:
             return 0.0
         end = _number(self.stopped, "time")
+        if end is None and self.abandoned:
+            # Its last word, not now: a run killed yesterday has not run since.
+            end = self.latest
         return max((end if end is not None else now) - start, 0.0)
 
     def rate(self, now: float) -> float:
@@ -103,7 +111,7 @@ class RunView:
 
     def eta(self, now: float) -> str:
         rate, left = self.rate(now), self.total - self.done
-        if self.stopped is not None or not left:
+        if self.stopped is not None or self.abandoned or not left:
             return "-"
         return f"{left / rate:,.0f}s" if rate > 0 else "?"
 
@@ -228,7 +236,7 @@ class Follower:
             return False
         self.step()  # the last words of a controller that just ended
         if self.view.stopped is None:
-            self.gone = True
+            self.gone = self.view.abandoned = True
         return True
 
 
