@@ -69,15 +69,10 @@ ALLOWED: list[tuple[tuple[str, ...], str, tuple[str, ...], str]] = [
         ("os.listdir", "os.replace", "os.read", *FILE_IO),
         "xqueue/workdir.py",
         ("prepare",),
-        "at feed: one listing of the workdir (the first feed); a job whose folder an "
-        "earlier run left has its spec compared (a fresh job costs no I/O)",
-    ),
-    (
-        ("os.stat", "os.listdir", *FILE_READ),
-        "xqueue/successes.py",
-        ("load",),
-        "at the first feed: the index of an earlier run's successes is read and checked "
-        "(two stats and a listing of the workdir), in place of the journal's reading",
+        "at feed, where the index of successes is current: the first job it does not "
+        "vouch for lists the workdir and reads the records (else read ahead in the "
+        "lock's thread, read_ahead); a job whose folder an earlier run left has its "
+        "spec compared (a fresh job costs no I/O)",
     ),
     (
         ("os.replace",),

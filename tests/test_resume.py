@@ -8,14 +8,16 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
 from tests.procs import job_processes
-from xqueue import JobStatus, Xqueue
+from xqueue import JobStatus, Xqueue, successes
 from xqueue.records import WorkdirReader
 
 pytestmark = pytest.mark.anyio
@@ -49,6 +51,43 @@ async def test_second_run_skips_succeeded_and_reruns_failed(workdir: Path, tmp_p
     assert sorted(ran) == ["0", "1", "1", "2"]  # only job 1 ran again
     folders = [p async for p in anyio.Path(workdir).iterdir() if await p.is_dir()]
     assert len(folders) == 3  # reused, none replaced
+
+
+@pytest.mark.parametrize("index", [True, False], ids=["indexed", "journal"])
+async def test_a_resume_reads_the_workdir_off_the_event_loop(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, index: bool
+) -> None:
+    """The first feed of a resume read the index of successes, or without one the
+    journal and the specs (seconds for a million jobs), on the event loop: every other
+    task of the application waited."""
+    cmds = [["echo", str(i)] for i in range(3)]
+    q1 = Xqueue(workdir=workdir)
+    for c in cmds:
+        await q1.feed(c)
+    await q1.run_until_complete()
+    if not index:
+        await anyio.Path(workdir / "successes.idx").unlink()
+    readers: list[str] = []
+
+    def watched(name: str, read: Any) -> Any:
+        def reading(*args: Any, **kwargs: Any) -> Any:
+            if name != "_digest_once" or args[0]._digests is None:  # a read, not a look
+                on_loop = threading.current_thread() is threading.main_thread()
+                readers.append(name if on_loop else "")
+            return read(*args, **kwargs)
+
+        return reading
+
+    monkeypatch.setattr(successes, "load", watched("the index", successes.load))
+    for method in ("_index_winners", "_digest_once"):
+        read = getattr(WorkdirReader, method)
+        monkeypatch.setattr(WorkdirReader, method, watched(method, read))
+    q2 = Xqueue(workdir=workdir)
+    jobs = [await q2.feed(c) for c in cmds]
+    await q2.run_until_complete()
+    assert [j.reason for j in jobs] == ["succeeded in an earlier run"] * 3
+    assert len(readers) == (1 if index else 3)  # each read once
+    assert readers == [""] * len(readers), f"read on the event loop: {readers}"
 
 
 async def test_same_command_maps_to_same_folder_other_command_does_not(workdir: Path) -> None:

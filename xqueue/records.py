@@ -775,8 +775,24 @@ class WorkdirReader:
         """A digest of the job's spec text, dropped once asked for (a resume compares
         each folder's once: ``digest(job_spec(job))``); None if there is no spec line
         (an older workdir's ``job.json`` is then read by ``spec_text``)."""
-        if self._digests is None:
-            self._digests = {}
+        self._digest_once()
+        assert self._digests is not None
+        return self._digests.pop(folder, None)
+
+    def read_for_resume(self) -> None:
+        """Read now what a resume's first ``take_record`` and ``spec_digest`` would read
+        (the journal's newest lines, the specs' digests): in a worker thread, where a
+        million jobs' records keep no event loop waiting. Blocking."""
+        self._index_once()
+        self._digest_once()
+
+    def _digest_once(self) -> None:
+        """``spec_digest``'s index of ``specs.jsonl``, on its first call. One that fails
+        (a planted file) is not left half made, to be taken for a file without a line."""
+        if self._digests is not None:
+            return
+        self._digests = {}
+        try:
             head, tail_key, start = SPEC_HEAD.encode(), DIR_TAIL.encode(), len(SPEC_HEAD)
             torn: list[bytes] = []
             for lines in read_line_blocks(self.path / SPECS_FILE, torn):
@@ -788,7 +804,9 @@ class WorkdirReader:
                 self._spec_lines(lines)
             # A last line without its newline counts only whole, as in ``parse_specs``.
             self._spec_lines([line for line in torn if parse_object(line) is not None])
-        return self._digests.pop(folder, None)
+        except BaseException:
+            self._digests = None
+            raise
 
     def _spec_lines(self, lines: list[bytes]) -> None:
         """``spec_digest``'s index of lines one by one (``parse_specs``' rule, on bytes)."""

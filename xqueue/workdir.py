@@ -55,7 +55,7 @@ import anyio
 
 from . import successes
 from ._identity import own_identity, read_claim
-from .errors import WorkdirError
+from .errors import WorkdirError, XqueueError
 from .job import RC, SPEC_FILE, Job
 from .records import (
     DIR_TAIL,
@@ -537,7 +537,33 @@ class Workdir:
             self._locking = anyio.Lock()
         async with self._locking:  # two tasks feeding at once must not both open the file
             if self._lock_fd is None:
-                await anyio.to_thread.run_sync(self.lock)
+                await anyio.to_thread.run_sync(self._lock_and_read)
+
+    def _lock_and_read(self) -> None:
+        self.lock()
+        self.read_ahead()
+
+    def read_ahead(self) -> None:
+        """Read, in the worker thread that took the lock, what the first ``prepare`` of a
+        resume would otherwise read on the event loop (a million jobs' journal and specs
+        took seconds there, with every other task of the loop waiting): the index of
+        successes and, if it is not current, the listing and the records' indexes. With
+        a current index, a job it does not vouch for still reads them at its feed: read
+        ahead, they would be held for a resume that needs none of them. Blocking."""
+        if self._successes_read:
+            return
+        self._successes_read = True
+        self._successes = successes.load(self._root, self._listed)
+        if self._successes is None:
+            if self._names is None:
+                self._names = dict.fromkeys(
+                    self._listed.pop() if self._listed else os.listdir(self.path)
+                )
+            try:
+                self.reader.read_for_resume()  # of files that may not be there: nothing read
+            except (OSError, XqueueError):
+                # A planted or unreadable record: the job whose feed reads it fails with it.
+                self.reader = WorkdirReader(self.path)
 
     def save_successes(self, count: int, fresh: Sequence[Job], unvouched: Set[Job]) -> None:
         """A run's end, its records all written: the index of succeeded jobs the next
