@@ -24,6 +24,7 @@ from xqueue.records import WorkdirReader
 from xqueue.schedulers import local as local_module
 from xqueue.schedulers._proc import start_ticks
 from xqueue.schedulers.local import LocalScheduler
+from xqueue.workdir import Workdir
 
 pytestmark = pytest.mark.anyio
 
@@ -460,6 +461,55 @@ def _start_of(pid: int) -> float:
     with open("/proc/stat") as fh:
         btime = next(int(line.split()[1]) for line in fh if line.startswith("btime"))
     return btime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("stopped", ["reaping", "starting"])
+async def test_a_job_an_earlier_shepherd_has_not_handled_yet_is_not_run_again(
+    workdir: Path, tmp_path: Path, stopped: str
+) -> None:
+    """A controller died between starting a job and recording its id; its shepherd,
+    still alive, was slow to reap the job once it exited ("reaping": a zombie has no
+    environment to be found by) or to start it ("starting": the request sits in its
+    socket). The next run looked the job up in between, found neither the process nor
+    an exit code, and ran it a second time. Each time the shepherd is stopped
+    (SIGSTOP) for the moment that was missed, then let go."""
+    ran = tmp_path / "ran"
+    command = f"echo $$ >> {shlex.quote(str(ran))}"
+    wd = Workdir(workdir)
+    first = LocalScheduler()
+    await first.open(wd)
+    shepherd = first._link.proc.pid  # type: ignore[union-attr]
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first.serve)
+            early = Job(0, command)
+            wd.prepare(early, make=True)
+            early.attempt, early.status = 1, JobStatus.SUBMITTING
+            wd.record(early)  # the intent, as the engine records it before it submits
+            if stopped == "starting":
+                os.kill(shepherd, signal.SIGSTOP)
+                with anyio.move_on_after(0.5):  # sent; its answer never comes
+                    await first.submit_jobs([early])
+            else:
+                (jid,) = await first.submit_jobs([early])
+                os.kill(shepherd, signal.SIGSTOP)
+                pid = int(str(jid).partition("@")[0])
+                with anyio.fail_after(10):
+                    while await anyio.to_thread.run_sync(start_ticks, pid):  # a zombie yet?
+                        await anyio.sleep(0.02)
+            wd.unlock()  # the controller is gone; nothing of the job recorded
+            tg.cancel_scope.cancel()
+        q = Xqueue(workdir=workdir, error_strategy="ignore")
+        job = await q.feed(command)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(q.run_until_complete)
+            await anyio.sleep(1.5)  # the run has looked the job up meanwhile
+            os.kill(shepherd, signal.SIGCONT)
+    finally:
+        os.kill(shepherd, signal.SIGCONT)
+        await first.aclose()
+    assert (job.status, job.rc, job.attempt) == (JobStatus.FINISHED, 0, 1), job.reason
+    assert len((await read(str(ran))).split()) == 1  # it ran once
 
 
 async def test_liveness_is_not_fooled_by_pid_reuse_or_a_planted_id(workdir: Path) -> None:

@@ -143,6 +143,12 @@ def files_of_session_leaders() -> dict[tuple[int, int], int]:
     return found
 
 
+def parent_and_state(line: bytes) -> tuple[int, bytes]:
+    """(parent pid, state letter) from a ``/proc/<pid>/stat`` line."""
+    fields = line[line.rindex(b")") + 2 :].split()
+    return int(fields[1]), fields[0]
+
+
 def each_process(name: str) -> Iterator[tuple[int, bytes]]:
     """(pid, content of ``/proc/<pid>/<name>``) of every process whose file can be read
     (one that ended meanwhile, or another user's, is passed over). Blocking."""

@@ -21,6 +21,7 @@ from ..errors import SchedulerError
 from ._proc import wait_exit
 
 SCRIPT = str(Path(__file__).with_name("_shepherd.py"))
+SHEPHERD_NAME = b"_shepherd.py"  # in a shepherd's command line: how /proc tells one
 # A shepherd that reads nothing of what is sent to it for this long is taken for gone.
 _SEND_WAIT = 30.0
 

@@ -37,19 +37,22 @@ from ..capacity import Capacity
 from ..errors import JobAlreadyEnded, SchedulerError, SchedulerOptionError, SubmissionError
 from ..job import SCRIPT, Job
 from ..options import SchedulerOptions
+from ..records import EXITS_FILE
 from ..scheduler import JobState, Scheduler
 from ..states import JobStatus
 from ..workdir import atomic_write, refusal
 from . import _machine
 from ._proc import (
+    each_process,
     end_groups,
     exited,
     job_dirs_of_processes,
     leaderless_groups,
+    parent_and_state,
     start_ticks,
     wait_exit,
 )
-from ._shepherd_link import Request, ShepherdLink, Ticket
+from ._shepherd_link import SHEPHERD_NAME, Request, ShepherdLink, Ticket
 
 # The shepherd writes an adopted job's return code right after the job exits; a job
 # whose code has not appeared this long after its exit lost its shepherd too.
@@ -160,6 +163,65 @@ def _adopted_pids(jobs: list[Job]) -> dict[Job, int]:
     return alive
 
 
+def _unsettled(exits: str, own: set[int]) -> str | None:
+    """Why what an earlier run's shepherd started or saw end may not show yet, or None.
+
+    A shepherd outlives its controller, and until it has handled a job's start or exit
+    the job is nowhere to be seen: a job being started carries the shepherd's
+    environment, not its folder; one that has exited is a zombie (no environment) until
+    the shepherd reaps it and appends its code to ``exits.jsonl``. A lookup in between
+    took such a job for never started, and ran it a second time. So while a shepherd
+    holding this workdir's ``exits.jsonl`` (not one of ``own``) is anything but asleep
+    in its wait, or has a child that is a zombie or does not carry a job folder, the
+    answer is unknown. (A job that emptied its environment, ``env -i``, keeps it
+    unknown while it runs: left as recorded, never run twice.) Blocking: /proc.
+    """
+    try:
+        st = os.stat(exits)
+    except OSError:
+        return None
+    shepherds: dict[int, bytes] = {}
+    parents: dict[int, tuple[int, bytes]] = {}
+    for pid, line in each_process("stat"):
+        parents[pid] = parent_and_state(line)
+        if pid in own:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if SHEPHERD_NAME not in fh.read():
+                    continue
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                held = os.stat(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if (held.st_dev, held.st_ino) == (st.st_dev, st.st_ino):
+                shepherds[pid] = parents[pid][1]
+                break
+    for pid, state in shepherds.items():
+        if state != b"S":
+            return f"an earlier run's shepherd (pid {pid}) is busy (state {state.decode()})"
+    for pid, (parent, state) in parents.items():
+        if parent not in shepherds:
+            continue
+        if state == b"Z":
+            return f"an exit that an earlier run's shepherd (pid {parent}) has not recorded yet"
+        if not any(item.startswith(b"XQUEUE_JOB_DIR=") for item in _environ(pid).split(b"\0")):
+            return f"a process of an earlier run's shepherd (pid {parent}) is not a job's (yet)"
+    return None
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return fh.read()
+    except OSError:
+        return b""
+
+
 def _leftovers(pgids: dict[Job, int]) -> dict[Job, int]:
     """``LocalScheduler._leftover_groups``' look at /proc. Blocking."""
     found = leaderless_groups(set(pgids.values()))
@@ -185,7 +247,7 @@ class LocalScheduler(Scheduler):
         self._tickets: dict[Job, Ticket | None] = {}
         self._link: ShepherdLink | None = None
         self._base_env: dict[str, str] = {}
-        self._env_map: tuple[float, dict[str, int]] | None = None
+        self._env_map: tuple[float, dict[str, int], str | None] | None = None
         self._found: set[tuple[str, str | None]] = set()
         self._let_go: list[Ticket] = []
         # Jobs handed to the shepherd whose answer (the pid) was not awaited: the
@@ -387,12 +449,24 @@ class LocalScheduler(Scheduler):
         An earlier run killed between starting a job and recording its pid leaves no
         other trace; every job process carries its folder in its environment. /proc is
         scanned once and the map reused for the jobs recovered in the same second.
-        Blocking (it reads /proc): called in a worker thread.
+        Raises SchedulerError while an earlier run's shepherd may still hold a start or
+        an exit that neither /proc nor ``exits.jsonl`` shows (``_unsettled``): the
+        engine looks again a moment later. Blocking (it reads /proc): a worker thread.
         """
         now = time.monotonic()
         if self._env_map is None or now - self._env_map[0] > 1.0:
-            self._env_map = (now, job_dirs_of_processes())
-        pid = self._env_map[1].get(job.dir)
+            # Settled before the scan: no job can start after it. Settled after it: none
+            # that had ended by then is still unrecorded (a zombie has no environment).
+            own = {self._link.proc.pid} if self._link is not None else set()
+            exits = str(self.workdir.path / EXITS_FILE) if self.workdir is not None else ""
+            why = _unsettled(exits, own)
+            found = job_dirs_of_processes() if why is None else {}
+            why = why or _unsettled(exits, own)
+            self._env_map = (now, found, why)
+        _, found, why = self._env_map
+        pid = found.get(job.dir)
+        if pid is None and why is not None:
+            raise SchedulerError(why)
         return None if pid is None else f"{pid}@{_start_epoch(pid) or 0:.2f}"
 
     async def kill_job(self, job: Job) -> None:
