@@ -1736,6 +1736,12 @@ class Engine:
             if job in ended:
                 self._post("resolved", job, True, self.scheduler.ended_before_kill(ended[job]))
                 continue
+            if self.scheduler.submission_under_way(job):
+                # Its call outlived its wait and goes on in its thread: a lookup now may
+                # miss what it is about to submit.
+                why = "its submission call outlived its wait and is still under way"
+                self._post("resolved", job, SchedulerError(why))
+                continue
             try:
                 found: bool | BaseException = await self.scheduler.recover_job(job)
             except Exception as exc:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import abc
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -179,6 +180,10 @@ class Scheduler(abc.ABC):
         self.workdir: Workdir | None = None
         self.forks = 1  # set by the engine before open()
         self._missing_since: dict[Job, float] = {}
+        # Submission calls that outlived their wait, by job (``submit_call``), and when
+        # the last of them returned: a listing made before that cannot show its jobs.
+        self._under_way: dict[Job, threading.Event] = {}
+        self.flights_ended_at = 0.0
 
     # -- capacity --------------------------------------------------------------------
     async def capacity(self) -> Mapping[str, Capacity] | None:
@@ -333,6 +338,50 @@ class Scheduler(abc.ABC):
     async def wait_job(self, job: Job) -> JobState:
         """Wait for a submitted job to end (only for ``awaits_completion`` backends)."""
         raise NotImplementedError(f"{type(self).__name__} is polled, not awaited")
+
+    async def submit_call(
+        self,
+        jobs: Sequence[Job],
+        fn: Callable[[], T],
+        timeout: float,
+        limiter: anyio.CapacityLimiter | None = None,
+    ) -> T:
+        """A blocking submission call (a client library's) in a worker thread, awaited
+        for ``timeout`` seconds: TimeoutError after that.
+
+        Such a call cannot be stopped: one that outlives the wait, or the caller's
+        cancellation, goes on in its thread and may still submit ``jobs``. Until it
+        returns, the engine does not look them up (``submission_under_way``): a lookup
+        in between found nothing, and the jobs were submitted a second time.
+        """
+        ended = threading.Event()
+
+        def call() -> T:
+            try:
+                return fn()
+            finally:
+                ended.set()
+
+        try:
+            with anyio.fail_after(timeout):
+                return await anyio.to_thread.run_sync(call, limiter=limiter, abandon_on_cancel=True)
+        except BaseException:
+            if not ended.is_set():
+                for job in jobs:
+                    self._under_way[job] = ended
+            raise
+
+    def submission_under_way(self, job: Job) -> bool:
+        """Whether a submission call of ``job`` that outlived its wait has not returned
+        yet (``submit_call``): until it has, nothing can tell whether it submitted."""
+        ended = self._under_way.get(job)
+        if ended is None:
+            return False
+        if not ended.is_set():
+            return True
+        del self._under_way[job]
+        self.flights_ended_at = time.monotonic()
+        return False
 
     async def recover_job(self, job: Job) -> bool:
         """Whether a job an earlier run may have submitted can be adopted.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -305,6 +306,63 @@ async def test_a_restarted_controller_readopts_its_job(
     finally:
         await second.aclose()
     assert state.status is JobStatus.FAILED and state.rc == 6
+
+
+async def clusters_of(pool: dict[str, Any], jobdir: str) -> list[int]:
+    """Every cluster the schedd holds or held for a job folder (queue and history)."""
+
+    def read() -> list[int]:
+        schedd, where = _schedd(pool), f'Iwd == "{jobdir}"'
+        ads = [*schedd.query(where, ["ClusterId"]), *schedd.history(where, ["ClusterId"])]
+        return sorted({int(ad["ClusterId"]) for ad in ads})
+
+    return await anyio.to_thread.run_sync(read)
+
+
+@pytest.mark.parametrize("stop", [False, True], ids=["run", "cancelled"])
+async def test_a_submission_slower_than_its_timeout_is_not_made_twice(
+    htcondor_pool: dict[str, Any],
+    shared_workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    remove_after: list[Job],
+    stop: bool,
+) -> None:
+    """The schedd took longer than submit_timeout to queue a cluster: the bindings call
+    went on in its thread while the engine looked the job up by its tag, found nothing,
+    and submitted it again (two clusters, the first unwatched). Cancelled meanwhile, the
+    run recorded the job "killed before it was submitted" while it ran."""
+    import htcondor2
+
+    real = htcondor2.Schedd.submit
+    returned = threading.Event()
+
+    def slow(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if returned.is_set():
+            return real(self, *args, **kwargs)
+        time.sleep(3)  # a busy schedd; it queues the cluster all the same
+        try:
+            return real(self, *args, **kwargs)
+        finally:
+            returned.set()
+
+    monkeypatch.setattr(htcondor2.Schedd, "submit", slow)
+    marker = shared_workdir.parent / "ran"
+    q = queue(htcondor_pool, shared_workdir, scheduler_opts={"submit_timeout": 1})
+    job = await q.feed(f"echo x >> {marker}; sleep 1")
+    remove_after.append(job)
+    try:
+        with anyio.move_on_after(1.5 if stop else 120):
+            await q.run_until_complete()
+    finally:
+        await q.aclose()
+    with anyio.fail_after(30):
+        while not returned.is_set():
+            await anyio.sleep(0.1)
+    assert len(await clusters_of(htcondor_pool, job.dir)) == 1
+    if stop:  # found once the call returned, and removed: not "never submitted"
+        assert job.status is JobStatus.KILLED and "before it was submitted" not in job.reason
+    else:
+        assert job.status is JobStatus.FINISHED and await read_text(marker) == "x\n"
 
 
 async def test_hostile_workdir_path_is_inert(

@@ -662,11 +662,13 @@ class BatchScheduler(Scheduler):
         """Every job of the user (id -> (held, tag)) and this workdir's jobs by tag.
 
         One listing serves every job re-adopted within a second, but a listing older than
-        the last submission with an unknown outcome is not reused: it cannot show that job.
+        the last submission with an unknown outcome (or than the end of a submission call
+        that outlived its wait) is not reused: it cannot show that job.
         """
         now = time.monotonic()
         cache = self._listing
-        if cache is not None and now - cache[0] < 1.0 and cache[0] > self._unknown_at:
+        since = max(self._unknown_at, self.flights_ended_at)
+        if cache is not None and now - cache[0] < 1.0 and cache[0] > since:
             return cache[1], cache[2]
         found = await self.list_jobs()
         if found is None:

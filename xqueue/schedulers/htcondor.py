@@ -357,10 +357,13 @@ class HTCondorScheduler(BatchScheduler):
             return schedd.submit(htcondor.Submit(desc), itemdata=iter(items))
 
         self.stats.submit_calls += 1
+        timeout = self.options.submit_timeout
         try:
-            result = await self._call("submit", submit, self.options.submit_timeout)
-        except _Timeout as exc:
-            raise SubmissionUnknownError(f"{exc}; the jobs may have been queued") from exc
+            result = await self.submit_call(sub.jobs, submit, timeout, self._limiter)
+        except TimeoutError as exc:
+            raise SubmissionUnknownError(
+                f"htcondor: submit took longer than {timeout:g} s; the jobs may have been queued"
+            ) from exc
         except Exception as exc:
             raise _submit_error(exc) from exc
         return f"{int(result.cluster())}.{int(result.first_proc())}"

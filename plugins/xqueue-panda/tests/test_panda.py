@@ -243,6 +243,33 @@ async def test_lost_submit_answer_is_found_by_tag_not_submitted_twice(
     assert q.statistics().submit_calls == 1
 
 
+@pytest.mark.parametrize("stop", [False, True], ids=["run", "cancelled"])
+async def test_a_submission_slower_than_its_timeout_is_not_made_twice(
+    panda: Panda, tmp_path: Path, stop: bool
+) -> None:
+    """The server took longer than submit_timeout to store a job: the client's call
+    went on in its thread while the engine looked the job up by name, found nothing,
+    and submitted it again (two PanDA jobs, one unwatched). Cancelled meanwhile, the
+    run recorded the job "killed before it was submitted" while it ran."""
+    await anyio.to_thread.run_sync(panda.server.delay_submits, 3.0)
+    marker = tmp_path / "ran"
+    q = Xqueue("panda", workdir=tmp_path / "wd", scheduler_opts=panda.opts(submit_timeout=1))
+    job = await q.feed(f"echo once >> {shlex.quote(str(marker))}; sleep 1")
+    try:
+        with anyio.move_on_after(1.5 if stop else 60):
+            await q.run_until_complete()
+    finally:
+        await q.aclose()
+    with anyio.fail_after(10):  # the stored job, once the slow call has returned
+        while not (stored := await panda.named(f"xq{tag_of(q)}_")):
+            await anyio.sleep(0.1)
+    assert len(stored) == 1
+    if stop:  # found once the call returned, and killed: not "never submitted"
+        assert job.status is JobStatus.KILLED and "before it was submitted" not in job.reason
+    else:
+        assert job.status is JobStatus.FINISHED and (await read_text(marker)) == "once\n"
+
+
 async def test_controller_restart_readopts_running_jobs(
     panda: Panda, workdir: Path, tmp_path: Path, anyio_backend: str
 ) -> None:

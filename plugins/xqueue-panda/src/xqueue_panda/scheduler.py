@@ -305,7 +305,9 @@ class PandaScheduler(Scheduler):
     async def _submit(self, jobs: list[Job], payload: str) -> list[str | BaseException]:
         self.stats.submit_calls += 1
         try:
-            _, answer = await self._call(self.options.submit_timeout, self.api.submit, payload)
+            _, answer = await self.submit_call(
+                jobs, partial(self.api.submit, payload), self.options.submit_timeout
+            )
         except TimeoutError:
             return self._unknown(jobs, f"no answer within {self.options.submit_timeout:g} s")
         except Exception as exc:  # an answer the client could not read (200, not JSON)
@@ -406,7 +408,8 @@ class PandaScheduler(Scheduler):
             cached = self._listing
             now = time.monotonic()
             fresh = cached is not None and now - cached[0] < LISTING_TTL
-            if cached is not None and fresh and cached[0] > self._unknown_at:
+            since = max(self._unknown_at, self.flights_ended_at)
+            if cached is not None and fresh and cached[0] > since:
                 return cached[1]
             self.stats.status_calls += 1
             try:

@@ -38,7 +38,8 @@ which is panda-server's: the two share PanDA's job table.
 
 Test hooks (Python methods, not HTTP): ``record``, ``forget`` (the server loses a job),
 ``drop_submit_answers`` (store the jobs, then close the connection unanswered: a lost
-answer) and ``calls`` (how many requests each endpoint got, ids per description).
+answer), ``delay_submits`` (a busy server: it stores the jobs, only seconds later) and
+``calls`` (how many requests each endpoint got, ids per description).
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class PandaStandIn:
         self._defs = itertools.count(1)
         self._lock = threading.Condition()
         self._drop_submits = 0
+        self._submit_delays: list[float] = []
         self.counts: Counter[str] = Counter()
         self.described: list[list[int]] = []
         self._closing = threading.Event()
@@ -137,6 +139,11 @@ class PandaStandIn:
         with self._lock:
             self._drop_submits = n
 
+    def delay_submits(self, *seconds: float) -> None:
+        """The next submissions are each taken that many seconds after they arrive."""
+        with self._lock:
+            self._submit_delays = list(seconds)
+
     def reset_counts(self) -> None:
         with self._lock:
             self.counts.clear()
@@ -168,6 +175,10 @@ class PandaStandIn:
     # -- endpoints ---------------------------------------------------------------------
     def handle(self, endpoint: str, args: dict[str, Any]) -> tuple[bool, str, Any] | None:
         """(success, message, data) of one call; None to close the connection unanswered."""
+        if endpoint == "job/submit":
+            with self._lock:
+                delay = self._submit_delays.pop(0) if self._submit_delays else 0.0
+            time.sleep(delay)  # in this request's thread: the server answers others
         with self._lock:
             self.counts[endpoint] += 1
             method = getattr(self, "_" + endpoint.replace("/", "_"), None)
