@@ -223,6 +223,15 @@ def test_a_workdir_that_is_not_a_folder_is_named_for_what_it_is(tmp_path: Path) 
         (["true"], {"resources": {"memory": "1k"}}, "memory '1k' is under 1 MiB"),
         (["true"], {"resources": {"walltime": "9" * 400 + "h"}}, "walltime '9+h' is too large"),
         (["true"], {"resources": {"memory": "9" * 400 + "G"}}, "memory '9+G' is too large"),
+        # An int past a float's range passed feed() and crashed the run as the job started
+        (["true"], {"resources": {"walltime": 10**309}}, r"walltime 1000+\.\.\. is too large"),
+        (["true"], {"resources": {"memory": 10**30}}, r"memory 1000+ is too large"),
+        # "²" is a digit to str.isdigit, not to int(): a bare ValueError
+        (["true"], {"resources": {"walltime": "1:\u00b2"}}, "invalid walltime '1:\u00b2'"),
+        (["true"], {"resources": {"walltime": "1:99:99"}}, "minutes and seconds after another"),
+        (["true"], {"resources": {"walltime": "1:60"}}, "minutes and seconds after another"),
+        # A bare B is bytes: "4096B" was 4096 MiB
+        (["true"], {"resources": {"memory": "4096B"}}, "memory '4096B' is under 1 MiB"),
         (["true"], {"resources": {"cores": 2}}, r"unknown resource\(s\) \['cores'\]"),
         # exec refuses it everywhere, and each backend failed the job its own way (local
         # without naming it, Slurm with "no return code", SSH as vanished)

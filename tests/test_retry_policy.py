@@ -80,6 +80,38 @@ def test_a_policy_parses_into_typed_rules() -> None:
         RetryRule(memory=0.5)
 
 
+def test_a_policy_or_rule_made_directly_is_read_as_a_parsed_one() -> None:
+    """RetryRule("STOP") was taken for "retry"; a policy made directly with a class
+    name as its key never matched (its rule ignored), and one with a rule as a string
+    crashed the run at the first failure."""
+    assert RetryRule("STOP") == RetryRule("stop") and RetryRule(" Requeue ").own_budget
+    direct = RetryPolicy({"nonzero_exit": RetryRule("stop"), F.OOM: "requeue"})
+    assert direct.rules == {F.NONZERO_EXIT: RetryRule("stop"), F.OOM: RetryRule("requeue")}
+    for bad, message in (
+        (lambda: RetryPolicy({"NOPE": "stop"}), "unknown failure class 'NOPE'"),
+        (lambda: RetryPolicy({F.OOM: 3}), r"retry_policy\[<FailureClass.OOM"),
+        (lambda: RetryPolicy(["OOM"]), "must be a dict of failure classes"),  # type: ignore[arg-type]
+        (lambda: RetryRule(max_memory_mb=4096), "'max_memory_mb' without the factor"),
+        (lambda: RetryRule(memory=2, max_memory_mb=0), "max_memory_mb must be a whole number"),
+        (lambda: RetryRule(walltime=2, max_walltime_s=-5), "max_walltime_s must be a whole"),
+        (lambda: RetryRule("stop", retries=3), "'retries' with the action 'stop'"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            bad()
+
+
+async def test_a_direct_rule_with_a_capitalised_action_stops(tmp_path: Path) -> None:
+    q = Xqueue(
+        workdir=tmp_path / "wd",
+        error_strategy="retry",
+        num_retries=3,
+        retry_policy={"NONZERO_EXIT": RetryRule(action="STOP")},
+    )
+    job = await q.feed("exit 3")
+    await q.run_until_complete()
+    assert (job.status, job.attempt) == (JobStatus.FAILED, 1)
+
+
 # -- decisions, one failed attempt at a time ---------------------------------------------
 def decide(
     policy: dict[str, Any],

@@ -15,9 +15,24 @@ from typing import Any
 from .errors import ConfigError
 
 _MEM_UNITS = {"": 1, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
-_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+# ASCII digits only: re's \d (and str.isdigit) take other scripts' digits and "²", which
+# int() then refused with a bare ValueError.
+_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE | re.ASCII)
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE | re.ASCII)
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# The most a request may say: past these, arithmetic on it (a retry's growth, a deadline)
+# overflowed a float in the middle of a run.
+_MAX_MIB = 1 << 40  # an exbibyte
+_MAX_SECONDS = 1000 * 365 * 86400  # a thousand years
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def _whole(number: float, what: str, value: object) -> int:
@@ -37,11 +52,15 @@ def parse_memory(value: int | str) -> int:
         m = _MEM_RE.match(str(value))
         if not m:
             raise ConfigError(f"invalid memory {value!r}: use a number of MiB or e.g. '512M', '4G'")
-        mib = _whole(float(m.group(1)) * _MEM_UNITS[m.group(2).lower()], "memory", value)
+        # A bare "B" is bytes ("4096B" was read as 4096 MiB).
+        unit = _MEM_UNITS[m.group(2).lower()] if m.group(2) or not m.group(3) else 1 / 1024**2
+        mib = _whole(float(m.group(1)) * unit, "memory", value)
         if mib <= 0 and float(m.group(1)) > 0:
             raise ConfigError(f"memory {value!r} is under 1 MiB, the least a job can ask")
     if mib <= 0:
         raise ConfigError(f"memory must be positive, got {value!r}")
+    if mib > _MAX_MIB:
+        raise ConfigError(f"memory {_shown(value)} is too large")
     return mib
 
 
@@ -58,14 +77,19 @@ def parse_walltime(value: int | float | str) -> int:
         days = 0
         if "-" in text:
             d, _, text = text.partition("-")
-            if not d.isdigit():
+            if not _digits(d):
                 raise ConfigError(f"invalid walltime {value!r}: use [D-]HH:MM:SS, '90m' or seconds")
             days = int(d)
         if ":" in text:
             parts = text.split(":")
-            if len(parts) > 3 or not all(p.isdigit() for p in parts):
+            if len(parts) > 3 or not all(_digits(p) for p in parts):
                 raise ConfigError(f"invalid walltime {value!r}: use [D-]HH:MM:SS, '90m' or seconds")
             h, m, s = ([0] * (3 - len(parts))) + [int(p) for p in parts]
+            if s > 59 or (len(parts) == 3 and m > 59):  # "1:99:99" was 2 h 40 min 39 s
+                raise ConfigError(
+                    f"invalid walltime {value!r}: minutes and seconds after another field "
+                    "are 00 to 59"
+                )
             seconds = days * 86400 + h * 3600 + m * 60 + s
         else:
             match = _DURATION_RE.match(text)
@@ -75,6 +99,8 @@ def parse_walltime(value: int | float | str) -> int:
             seconds = days * 86400 + _whole(float(match.group(1)) * unit, "walltime", value)
     if seconds <= 0:  # 0.5 is cut to 0 whole seconds: "positive" alone misled
         raise ConfigError(f"walltime must be at least 1 second, got {value!r}")
+    if seconds > _MAX_SECONDS:
+        raise ConfigError(f"walltime {_shown(value)} is too large (at most a thousand years)")
     return seconds
 
 

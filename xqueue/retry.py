@@ -59,13 +59,26 @@ class RetryRule:
     max_walltime_s: int | None = None
 
     def __post_init__(self) -> None:
-        # A rule made directly (not parsed) is held to the same rules as a parsed one.
-        _action("RetryRule.action", self.action)
+        # A rule made directly (not parsed) is held to the same rules as a parsed one, and
+        # its action spelt as the policy compares it ("STOP" was taken for "retry").
+        object.__setattr__(self, "action", _action("RetryRule.action", self.action))
         _retries("RetryRule.retries", self.retries)
         _factor("RetryRule.memory", self.memory)
         _factor("RetryRule.walltime", self.walltime)
         if (self.memory or self.walltime) and self.action != "retry":
             raise ConfigError("RetryRule: growing memory or walltime needs the action 'retry'")
+        if self.retries is not None and self.action == "stop":
+            raise ConfigError("RetryRule: 'retries' with the action 'stop', which retries nothing")
+        for cap, factor, value in (
+            ("max_memory_mb", self.memory, self.max_memory_mb),
+            ("max_walltime_s", self.walltime, self.max_walltime_s),
+        ):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"RetryRule.{cap} must be a whole number >= 1, got {value!r}")
+            if factor is None:
+                raise ConfigError(f"RetryRule: {cap!r} without the factor it caps")
 
     @property
     def own_budget(self) -> bool:
@@ -89,15 +102,7 @@ class RetryRule:
             if key not in _KEYS:
                 raise ConfigError(f"{where}: unknown key {key!r}; accepted: {', '.join(_KEYS)}")
         action = _action(f"{where}['action']", value.get("action", "retry"))
-        rule = cls(
-            action=action,
-            retries=_retries(f"{where}['retries']", value.get("retries")),
-            memory=_factor(f"{where}['memory']", value.get("memory")),
-            max_memory_mb=_cap(where, "max_memory", value, parse_memory),
-            walltime=_factor(f"{where}['walltime']", value.get("walltime")),
-            max_walltime_s=_cap(where, "max_walltime", value, parse_walltime),
-        )
-        grows = rule.memory is not None or rule.walltime is not None
+        grows = value.get("memory") is not None or value.get("walltime") is not None
         if grows and action != "retry":
             raise ConfigError(
                 f"{where}: growing memory or walltime needs the action 'retry', not {action!r}"
@@ -105,7 +110,39 @@ class RetryRule:
         for factor, cap in (("memory", "max_memory"), ("walltime", "max_walltime")):
             if value.get(cap) is not None and value.get(factor) is None:
                 raise ConfigError(f"{where}: {cap!r} without {factor!r} (the factor it caps)")
-        return rule
+        if value.get("retries") is not None and action == "stop":
+            raise ConfigError(f"{where}: 'retries' with the action 'stop', which retries nothing")
+        return cls(
+            action=action,
+            retries=_retries(f"{where}['retries']", value.get("retries")),
+            memory=_factor(f"{where}['memory']", value.get("memory")),
+            max_memory_mb=_cap(where, "max_memory", value, parse_memory),
+            walltime=_factor(f"{where}['walltime']", value.get("walltime")),
+            max_walltime_s=_cap(where, "max_walltime", value, parse_walltime),
+        )
+
+
+def _rules(value: Any) -> dict[FailureClass, RetryRule]:
+    """``RetryPolicy.rules`` from a mapping of classes (or their names, any case) to rules
+    (or what ``RetryRule.parse`` reads); ConfigError naming what is wrong."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            "retry_policy must be a dict of failure classes to rules, such as "
+            f"{{'OOM': {{'memory': 2}}, 'NONZERO_EXIT': 'stop'}}, not {type(value).__name__}"
+        )
+    rules: dict[FailureClass, RetryRule] = {}
+    for key, rule in value.items():
+        try:
+            failure = FailureClass.parse(key)
+        except ValueError:
+            names = ", ".join(c.name for c in FailureClass)
+            raise ConfigError(
+                f"retry_policy: unknown failure class {key!r}; choose from {names}"
+            ) from None
+        if failure in rules:
+            raise ConfigError(f"retry_policy: {failure.name} is given twice ({key!r})")
+        rules[failure] = RetryRule.parse(f"retry_policy[{key!r}]", rule)
+    return rules
 
 
 def _action(where: str, value: Any) -> str:
@@ -160,29 +197,18 @@ class RetryPolicy:
 
     rules: Mapping[FailureClass, RetryRule] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Made directly, it is read as ``parse`` reads a mapping: a key spelt as a string
+        # never matched a class (its rule ignored), a rule given as a string crashed the
+        # run at the first failure.
+        object.__setattr__(self, "rules", _rules(self.rules))
+
     @classmethod
     def parse(cls, value: RetryPolicy | Mapping[Any, Any] | None) -> RetryPolicy | None:
         """A policy from a mapping of class names (any case) to rules; None stays None."""
         if value is None or isinstance(value, RetryPolicy):
             return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(
-                "retry_policy must be a dict of failure classes to rules, such as "
-                f"{{'OOM': {{'memory': 2}}, 'NONZERO_EXIT': 'stop'}}, not {type(value).__name__}"
-            )
-        rules: dict[FailureClass, RetryRule] = {}
-        for key, rule in value.items():
-            try:
-                failure = FailureClass.parse(key)
-            except ValueError:
-                names = ", ".join(c.name for c in FailureClass)
-                raise ConfigError(
-                    f"retry_policy: unknown failure class {key!r}; choose from {names}"
-                ) from None
-            if failure in rules:
-                raise ConfigError(f"retry_policy: {failure.name} is given twice ({key!r})")
-            rules[failure] = RetryRule.parse(f"retry_policy[{key!r}]", rule)
-        return cls(rules)
+        return cls(value)
 
     def rule(self, failure: FailureClass, error_strategy: str) -> RetryRule:
         """The rule of a class; one the policy does not name follows ``error_strategy``."""
