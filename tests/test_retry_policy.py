@@ -353,3 +353,24 @@ async def test_a_grown_request_is_resumed_whatever_count_was_asked(
         cpus=0, memory_mb=2048, gpus=0
     )
     assert Resources.from_record({"memory_mb": 0}) is None
+
+
+async def test_a_job_waiting_for_its_retry_when_the_run_stops_is_recorded_killed(
+    workdir: Path,
+) -> None:
+    """Its journal kept "retrying" (`xqueue status`: "a failed job to be retried by a run
+    that is gone") while the run said killed, with the failed attempt's rc as its own."""
+    q = Xqueue(workdir=workdir, forks=2, error_strategy="retry", num_retries=2)
+    failing = await q.feed("exit 4")
+    others = [await q.feed("sleep 30") for _ in range(2)]
+    with anyio.move_on_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(q.run_until_complete)
+            while failing.status is not JobStatus.QUEUED or failing.attempt < 1:
+                await anyio.sleep(0.02)  # failed once; its retry waits behind job 2
+            tg.cancel_scope.cancel()
+    assert [j.status for j in others] == [JobStatus.KILLED] * 2
+    assert (failing.status, failing.rc) == (JobStatus.KILLED, None)
+    assert failing.reason.startswith("cancelled before it was submitted again")
+    record = await last_record(workdir, failing.dir)
+    assert record is not None and (record["status"], record["rc"]) == ("killed", None)

@@ -283,8 +283,9 @@ class Engine:
         self._hold_until = 0.0  # no submission before this (the backend looked down)
         self._unavailable_since = 0.0
         self._outage_noted = -math.inf  # when the outage was last reported (then each minute)
-        # Jobs whose journal ends with the intent of a submission the backend could not
-        # take (transient): a run that stops before they are submitted again records them.
+        # Jobs whose journal ends with a record no attempt stands behind: the intent of a
+        # submission the backend could not take (transient), or "retrying". A run that
+        # stops before they are submitted again records how they ended.
         self._open_intents: set[Job] = set()
         self.started_at: float | None = None
         self.stopped_at: float | None = None
@@ -899,7 +900,8 @@ class Engine:
         """End a job that was never submitted, as a stop ends it. Not recorded (status
         shows it "not submitted"), but for one whose journal ends with an intent the
         backend never took: that would read as a submission a dead run left, to look up."""
-        job.reason = f"cancelled before it was submitted: {why}"
+        again = " again" if job._failures else ""  # its failed attempt's rc is not this end's
+        job.rc, job.reason = None, f"cancelled before it was submitted{again}: {why}"
         return self._finalize(job, S.KILLED, record=job in self._open_intents, cascade=cascade)
 
     def _on_submitted(self, job: Job, result: str | BaseException) -> list[HookCall]:
@@ -1201,6 +1203,7 @@ class Engine:
             if retryable and self.state is not _Run.STOPPING and self._retry(job):
                 self._move(job, S.RETRYING)
                 self.workdir.record(job)
+                self._open_intents.add(job)
                 # The failed attempt's rc and reason stay for on_job_retrying (and for
                 # `status` while it waits); the next submission clears them (_move).
                 job.jid = None
