@@ -12,6 +12,7 @@ import anyio.lowlevel
 import pytest
 
 from tests.helpers import Recorder, reap_lingering_shepherds
+from tests.procs import job_processes
 from xqueue import ConfigError, Job, JobStatus, PluginError, Xqueue, hookimpl
 from xqueue.engine import KillOutcome
 
@@ -120,6 +121,39 @@ async def test_failing_plugin_is_named_and_does_not_hang(workdir: Path) -> None:
     assert "Broken" in info.value.plugin
     assert "boom" in str(info.value)
     assert job.status is JobStatus.KILLED
+
+
+@pytest.mark.parametrize("raised", [SystemExit, KeyboardInterrupt])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_hook_that_exits_or_is_interrupted_stops_the_run_cleanly(
+    workdir: Path, raised: type[BaseException], kind: str
+) -> None:
+    """sys.exit() in a hook (or Ctrl-C landing in a slow one) escaped the engine's
+    handling of plugin errors: its stop was cut short, the jobs ran on, recorded
+    running for good, and job.wait() hung. The run now stops as for any plugin error,
+    then raises the plugin's own SystemExit or KeyboardInterrupt."""
+
+    class Exits:
+        @hookimpl
+        def on_job_started(self, job: Job) -> None:
+            if job.index == 0:
+                raise raised("leave")
+
+    class ExitsAsync:
+        @hookimpl
+        async def on_job_started(self, job: Job) -> None:
+            await anyio.lowlevel.checkpoint()
+            if job.index == 0:
+                raise raised("leave")
+
+    q = Xqueue(workdir=workdir, forks=3, plugins=[Exits() if kind == "sync" else ExitsAsync()])
+    jobs = [await q.feed(["sleep", "30"]) for _ in range(3)]
+    with anyio.fail_after(20), pytest.raises(raised):
+        await q.run_until_complete()
+    assert [j.status for j in jobs] == [JobStatus.KILLED] * 3
+    assert not await anyio.to_thread.run_sync(job_processes, workdir)
+    with anyio.fail_after(5):
+        await jobs[0].wait()  # it ended: nothing waits for ever
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])

@@ -584,6 +584,8 @@ class Engine:
                     await self._close(receiver)
         if self._signal is not None:
             raise self._signal_error()
+        if isinstance(self._error, PluginError):
+            raise self._error.reraised()
         if self._error is not None:
             raise self._error
 

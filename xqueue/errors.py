@@ -174,4 +174,11 @@ class PluginError(XqueueError):
     def __init__(self, plugin: str, hook: str, cause: BaseException) -> None:
         self.plugin = plugin
         self.hook = hook
+        self.cause = cause
         super().__init__(f"plugin {plugin!r} raised in hook {hook}: {cause!r}")
+
+    def reraised(self) -> BaseException:
+        """What the run raises once stopped: a plugin's sys.exit() or a KeyboardInterrupt
+        in a hook as itself (the caller's ``except KeyboardInterrupt`` sees it), any
+        other error as this one."""
+        return self.cause if isinstance(self.cause, (SystemExit, KeyboardInterrupt)) else self

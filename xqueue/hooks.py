@@ -261,7 +261,7 @@ class Hooks:
                     result = fn(kwargs[argnames[0]])
                 else:
                     result = fn(*[kwargs[a] for a in argnames])
-            except Exception as exc:
+            except _RAISED as exc:
                 error = error or _plugin_error(plugin, hook, exc)
                 continue
             if result is not None and inspect.isawaitable(result):
@@ -302,7 +302,7 @@ class Hooks:
             self.hung.add(plugin)
             self._impls.clear()
             raise PluginError(plugin, hook, exc) from exc
-        except Exception as exc:
+        except _RAISED as exc:
             raise PluginError(plugin, hook, exc) from exc
 
     async def vetoed_by(self, hook: str, timeout: float | None = None, **kwargs: Any) -> str | None:
@@ -328,7 +328,14 @@ def _load(ep: Any, name: str) -> Any:
         ) from exc
 
 
-def _plugin_error(plugin: str, hook: str, exc: Exception) -> PluginError:
+# What a plugin's hook may raise that stops the run as its error: also sys.exit() and a
+# KeyboardInterrupt (Ctrl-C landing in a slow hook), which escaped the engine's handling,
+# so its stop was cut short and left the jobs running. They are raised again once the
+# run has stopped (``PluginError.reraised``). Cancellation is not a plugin's error.
+_RAISED = (Exception, SystemExit, KeyboardInterrupt)
+
+
+def _plugin_error(plugin: str, hook: str, exc: BaseException) -> PluginError:
     """``raise PluginError(...) from exc``, as a value: raised once the others ran."""
     error = PluginError(plugin, hook, exc)
     error.__cause__ = exc
@@ -342,7 +349,7 @@ def _invoke(hook: str, impl: _Impl, kwargs: dict[str, Any]) -> Any:
         if len(argnames) == 1:  # most hooks take only the job: no list to build
             return fn(kwargs[argnames[0]])
         return fn(*[kwargs[a] for a in argnames])
-    except Exception as exc:
+    except _RAISED as exc:
         raise PluginError(plugin, hook, exc) from exc
 
 
