@@ -460,6 +460,27 @@ async def test_a_call_that_cannot_be_loaded_where_it_runs_is_a_call_error(
     assert "xq_by_hand" in remote_text(info.value)
 
 
+def returns_what_cannot_load() -> Any:
+    class Unloadable:
+        def __reduce__(self) -> Any:
+            return (int, ("not a number",))  # pickled fine; int("not a number") on load
+
+    return Unloadable()
+
+
+async def test_a_return_value_that_cannot_be_loaded_is_not_named_by_the_load_error(
+    workdir: Path,
+) -> None:
+    """The message said "the call returned a ValueError": the loading's error, named as
+    if it were what the call returned."""
+    async with Xqueue(workdir=workdir, error_strategy="ignore") as q:
+        job = await q.submit(returns_what_cannot_load)
+    with pytest.raises(CallError, match="return value cannot be loaded here") as info:
+        await job.result()
+    assert "returned a ValueError" not in str(info.value)
+    assert "ValueError: invalid literal for int()" in str(info.value)
+
+
 async def test_an_async_function_is_refused_at_submit(workdir: Path) -> None:
     """It was accepted, run, and failed: its coroutine came back unrun and unpicklable."""
 
@@ -470,10 +491,20 @@ async def test_an_async_function_is_refused_at_submit(workdir: Path) -> None:
         async def __call__(self) -> int:
             return 2
 
+    def numbers() -> Any:
+        yield 1
+
+    async def later() -> Any:
+        yield 2
+
     q = Xqueue(workdir=workdir)
     for fn in (fetch, Handler()):
         with pytest.raises(ConfigError, match="is an async function"):
             await q.submit(fn)
+    # Accepted, run, and failed in the job: "the return value (generator) cannot be pickled"
+    for gen in (numbers, later):
+        with pytest.raises(ConfigError, match="is a generator function"):
+            await q.submit(gen)
     assert q.jobs == []
 
 

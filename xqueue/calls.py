@@ -255,6 +255,12 @@ def pickle_call(
             "call (its coroutine would come back unrun); submit a plain function that runs "
             "it, e.g. one that calls asyncio.run() on it"
         )
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        raise ConfigError(
+            f"cannot submit {label(fn)!r}: it is a generator function, whose call returns "
+            "a generator that cannot come back from a job; submit a function that returns "
+            "its items, e.g. list(gen(...))"
+        )
     import cloudpickle  # lazily: `import xqueue` stays light
 
     try:
@@ -334,8 +340,8 @@ def read_outcome(job: Job) -> tuple[bool, Any]:
         except Exception as exc:
             err = CallError(
                 job,
-                f"{_job(job)}: the call returned a {type(exc).__name__} that cannot be loaded "
-                f"here ({exc}); is this environment the one the job ran in?",
+                f"{_job(job)}: the call's return value cannot be loaded here "
+                f"({type(exc).__name__}: {exc}); is this environment the one the job ran in?",
             )
             err.__cause__ = exc
             return False, err
