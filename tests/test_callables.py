@@ -427,7 +427,8 @@ anyio.run(main)
 def test_a_call_with_classes_of_main_resumes_in_a_later_process(tmp_path: Path) -> None:
     """cloudpickle sends a ``__main__`` class by value with an id it draws once a
     process: in the digest, it gave the same call another name in every run of the
-    script, so the call ran again each time and its folder was moved aside."""
+    script, so the call ran again each time and its folder was moved aside. And lines
+    added above its function named it anew."""
     import subprocess
 
     script, ledger = tmp_path / "main_classes.py", tmp_path / "ledger"
@@ -437,6 +438,16 @@ def test_a_call_with_classes_of_main_resumes_in_a_later_process(tmp_path: Path) 
     assert [o.stdout for o in outs] == ["ran 4\n", "succeeded in an earlier run 4\n"], outs
     assert ledger.read_text() == "ran\n"
     assert not list((tmp_path / "wd").glob("*.replaced-*"))
+    # Lines added above the function: the same code, at another line. Its first line
+    # number was in the pickle that named the call, and every call ran again.
+    script.write_text("# a comment\n\n" + MAIN_CLASSES)
+    shifted = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert shifted.stdout == "succeeded in an earlier run 4\n", shifted
+    # Its code changed: run again.
+    script.write_text(MAIN_CLASSES.replace("+ pair.a", "+ pair.a * 10"))
+    changed = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert changed.stdout == "ran 22\n", changed
+    assert ledger.read_text() == "ran\nran\n"
 
 
 async def test_a_call_that_cannot_be_loaded_where_it_runs_is_a_call_error(

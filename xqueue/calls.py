@@ -22,6 +22,7 @@ have side effects, and two equal calls are what the caller asked for).
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import inspect
@@ -52,10 +53,12 @@ __all__ = ["CALL_FILE", "RESULT", "CallJob", "RemoteTraceback"]
 RUNNER = "xqueue._callrun"  # never imported here: ``python -m`` runs it as __main__
 CALL_FILE = "call.pkl"
 RESULT = "result"  # the kind of ``job.<attempt>.result`` (``Job.attempt_path``)
-FORMAT = 2
+FORMAT = 3
 """The call file's format: 2 is the first that names the xqueue that wrote it, and the
 first a runner checks (a newer one is refused by name, instead of taken for another
-call). The code version (``code_version``) joined the digest before, under 1."""
+call). The code version (``code_version``) joined the digest before, under 1. 3 names
+the call by its place-free pickle (``place_free``) and carries that name and the SHA-256
+of the pickle it holds, which the runner checks."""
 PROTOCOL = 5  # read from Python 3.8 on; cloudpickle's own default
 _STDERR_TAIL = 600  # bytes of a job's stderr quoted when it left no result
 
@@ -118,7 +121,7 @@ async def submit(
     engine.check_can_feed()
     call, trackers = pickle_call(fn, args, kwargs)
     code = code_version(fn)
-    call_digest = digest(call, trackers, code)
+    call_digest = digest(place_free(fn, args, kwargs, call), trackers, code)
     argv = command(interpreter(engine.scheduler, python), call_digest)
     job: CallJob[T] = CallJob(0, argv, envs=envs, name=name or label(fn), resources=resources)
     job.after, job.params = after, params
@@ -126,7 +129,11 @@ async def submit(
     turn = engine.take_turn()  # numbered in the order submitted, whatever the staging takes
     try:
         await workdir.lock_async()
-        staged = {CALL_FILE: await anyio.to_thread.run_sync(_stage, workdir, call, trackers, code)}
+        staged = {
+            CALL_FILE: await anyio.to_thread.run_sync(
+                _stage, workdir, call, trackers, code, call_digest
+            )
+        }
     except BaseException:
         engine.leave_turn(turn)
         raise
@@ -139,8 +146,8 @@ async def submit(
     return job
 
 
-def _stage(workdir: Workdir, call: bytes, trackers: list[str], code: str) -> str:
-    return workdir.stage(call_file(call, trackers, code))
+def _stage(workdir: Workdir, call: bytes, trackers: list[str], code: str, name: str) -> str:
+    return workdir.stage(call_file(call, trackers, code, name))
 
 
 def digest(call: bytes, trackers: Sequence[str] = (), code: str = "") -> str:
@@ -153,6 +160,42 @@ def digest(call: bytes, trackers: Sequence[str] = (), code: str = "") -> str:
     for n, tracker in enumerate(sorted(trackers, key=lambda t: call.find(t.encode()))):
         call = call.replace(tracker.encode(), f"xqueue-class-{n:019d}".encode())
     return hashlib.sha256(call + code.encode()).hexdigest()
+
+
+def place_free(
+    fn: Callable[..., Any], args: Iterable[Any], kwargs: Mapping[str, Any] | None, call: bytes
+) -> bytes:
+    """The pickle of the call that names it: ``call`` itself, but for code sent by value
+    (a lambda, a closure, a ``__main__`` function), pickled again with each code object's
+    first line number left out. It is the one thing of its place in the file the pickle
+    keeps (cloudpickle writes no file name): a comment added at the top of a script
+    named each of its calls anew, and a resume ran them all again. The job still gets
+    ``call``, whose tracebacks show the real lines.
+    """
+    if DYNAMIC_CODE not in call:  # no code of its own: named by reference
+        return call
+    import io
+
+    import cloudpickle
+
+    reduce_code = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+    class PlaceFree(cloudpickle.Pickler):  # type: ignore[misc]
+        dispatch_table = collections.ChainMap(
+            {types.CodeType: lambda code: reduce_code(code.replace(co_firstlineno=1))},
+            cloudpickle.Pickler.dispatch_table,
+        )
+
+    out = io.BytesIO()
+    try:
+        PlaceFree(out, protocol=PROTOCOL).dump((fn, tuple(args), dict(kwargs or {})))
+    except Exception:  # whatever cloudpickle's internals became: named as before
+        return call
+    return out.getvalue()
+
+
+# cloudpickle's file name of each code object it pickles by value.
+DYNAMIC_CODE = b"<dynamic-code>"
 
 
 def code_version(fn: Callable[..., Any]) -> str:
@@ -274,7 +317,7 @@ def pickle_call(
     return call, class_trackers(call)
 
 
-def call_file(call: bytes, trackers: list[str], code: str = "") -> bytes:
+def call_file(call: bytes, trackers: list[str], code: str, name: str) -> bytes:
     """The call file's content: the call, and the controller's ``sys.path`` (absolute).
 
     The runner appends that path to its own, so a function of a module importable here
@@ -294,6 +337,8 @@ def call_file(call: bytes, trackers: list[str], code: str = "") -> bytes:
         "sys_path": path,
         "trackers": trackers,
         "code": code,
+        "name": name,  # what the command names the call by (``place_free``)
+        "sha256": hashlib.sha256(call).hexdigest(),  # of the pickle the job runs
     }
     return pickle.dumps(envelope, protocol=PROTOCOL)
 
