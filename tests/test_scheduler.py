@@ -87,3 +87,44 @@ def test_options_coerce_cli_strings() -> None:
         DetachedScheduler(submit_concurrency=0)
     with pytest.raises(SchedulerOptionError, match="expects int, got 'many'"):
         DetachedScheduler(submit_concurrency="many")
+
+
+@pytest.mark.anyio
+async def test_a_submission_call_abandoned_before_it_started_never_runs_nor_blocks_lookups() -> (
+    None
+):
+    """A call that timed out while it waited for its limiter was marked under way for ever
+    (its jobs' lookups failed for two minutes, then they were left unrun) although it
+    never started; and once started, it is under way until it returns."""
+    import threading
+    import time
+
+    import anyio
+
+    scheduler = DetachedScheduler()
+    waiting, running = Job(0, "true"), Job(1, "true")
+    limiter = anyio.CapacityLimiter(1)
+    called, held, done = threading.Event(), anyio.Event(), anyio.Event()
+
+    async def hold() -> None:  # by another task: the call waits for it, and times out
+        async with limiter:
+            held.set()
+            await done.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(hold)
+        await held.wait()
+        with pytest.raises(TimeoutError):
+            await scheduler.submit_call([waiting], called.set, 0.1, limiter)
+        done.set()
+    await anyio.sleep(0.2)
+    assert not called.is_set() and not scheduler.submission_under_way(waiting)
+    release = threading.Event()
+    with pytest.raises(TimeoutError):
+        await scheduler.submit_call([running], lambda: release.wait(10), 0.1)
+    assert scheduler.submission_under_way(running)  # started: it may still submit
+    release.set()
+    with anyio.fail_after(5):
+        while scheduler.submission_under_way(running):
+            await anyio.sleep(0.01)
+    assert 0 < scheduler.flights_ended_at <= time.monotonic()

@@ -182,7 +182,7 @@ class Scheduler(abc.ABC):
         self._missing_since: dict[Job, float] = {}
         # Submission calls that outlived their wait, by job (``submit_call``), and when
         # the last of them returned: a listing made before that cannot show its jobs.
-        self._under_way: dict[Job, threading.Event] = {}
+        self._under_way: dict[Job, _Flight] = {}
         self.flights_ended_at = 0.0
 
     # -- capacity --------------------------------------------------------------------
@@ -354,33 +354,43 @@ class Scheduler(abc.ABC):
         returns, the engine does not look them up (``submission_under_way``): a lookup
         in between found nothing, and the jobs were submitted a second time.
         """
-        ended = threading.Event()
+        flight = _Flight()
 
         def call() -> T:
+            with flight.lock:
+                if flight.abandoned:  # its caller gave up before it started: never run
+                    raise TimeoutError("abandoned before it started")
+                flight.started = True
             try:
                 return fn()
             finally:
-                ended.set()
+                flight.ended_at = time.monotonic()
+                flight.ended.set()
 
         try:
             with anyio.fail_after(timeout):
                 return await anyio.to_thread.run_sync(call, limiter=limiter, abandon_on_cancel=True)
         except BaseException:
-            if not ended.is_set():
+            with flight.lock:
+                flight.abandoned = True
+                under_way = flight.started and not flight.ended.is_set()
+            if under_way:
                 for job in jobs:
-                    self._under_way[job] = ended
+                    self._under_way[job] = flight
             raise
 
     def submission_under_way(self, job: Job) -> bool:
         """Whether a submission call of ``job`` that outlived its wait has not returned
         yet (``submit_call``): until it has, nothing can tell whether it submitted."""
-        ended = self._under_way.get(job)
-        if ended is None:
+        flight = self._under_way.get(job)
+        if flight is None:
             return False
-        if not ended.is_set():
+        if not flight.ended.is_set():
             return True
         del self._under_way[job]
-        self.flights_ended_at = time.monotonic()
+        # When it returned, once per call: a listing older than that cannot show its jobs
+        # (the time it was noticed, for each job, made a listing per job).
+        self.flights_ended_at = max(self.flights_ended_at, flight.ended_at)
         return False
 
     async def recover_job(self, job: Job) -> bool:
@@ -397,6 +407,7 @@ class Scheduler(abc.ABC):
     def forget(self, job: Job) -> None:
         """Drop any per-job state once the job has ended."""
         self._missing_since.pop(job, None)
+        self._under_way.pop(job, None)
 
     # -- the wrapper script ----------------------------------------------------------
     def script_lines(self, job: Job) -> list[str]:
@@ -497,3 +508,14 @@ def _command_lines(job: Job, redirect: str, command_file: str) -> list[str]:
     # set +C: the lines are the user's shell, to run as written (noclobber is only for
     # the wrapper's own files, opened before the subshell starts).
     return ["(", "set +C", *job._wrap.lines(command), f") < /dev/null {redirect}"]
+
+
+class _Flight:
+    """A submission call in its worker thread (``Scheduler.submit_call``)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.started = False  # fn was called (else, once abandoned, it never will be)
+        self.abandoned = False
+        self.ended = threading.Event()
+        self.ended_at = 0.0
