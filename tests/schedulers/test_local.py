@@ -465,7 +465,7 @@ def _start_of(pid: int) -> float:
 
 @pytest.mark.parametrize("stopped", ["reaping", "starting"])
 async def test_a_job_an_earlier_shepherd_has_not_handled_yet_is_not_run_again(
-    workdir: Path, tmp_path: Path, stopped: str
+    workdir: Path, tmp_path: Path, stopped: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A controller died between starting a job and recording its id; its shepherd,
     still alive, was slow to reap the job once it exited ("reaping": a zombie has no
@@ -503,13 +503,52 @@ async def test_a_job_an_earlier_shepherd_has_not_handled_yet_is_not_run_again(
         job = await q.feed(command)
         async with anyio.create_task_group() as tg:
             tg.start_soon(q.run_until_complete)
-            await anyio.sleep(1.5)  # the run has looked the job up meanwhile
+            with anyio.fail_after(10):  # the run has looked the job up meanwhile
+                while not any("looking it up failed" in r.message for r in caplog.records):
+                    await anyio.sleep(0.05)
             os.kill(shepherd, signal.SIGCONT)
     finally:
         os.kill(shepherd, signal.SIGCONT)
         await first.aclose()
     assert (job.status, job.rc, job.attempt) == (JobStatus.FINISHED, 0, 1), job.reason
     assert len((await read(str(ran))).split()) == 1  # it ran once
+
+
+async def test_an_earlier_job_that_emptied_its_environment_is_found_and_followed(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """A job of a dead run that ran `env -i ...` carries no XQUEUE_JOB_DIR: taken for a
+    job being started, it kept every lookup unanswered for two minutes, then the jobs
+    were left unrun; adopted by its id, it was declared dead while it ran ("exit status
+    unknown"). It is found by the output files its shepherd opened for it."""
+    ran = tmp_path / "ran"
+    # A list: the job's own process is env, which execs sh with an empty environment
+    # (a string would run under a shell of the shepherd's, which keeps its own).
+    command = ["env", "-i", "/bin/sh", "-c", f"echo $$ >> {shlex.quote(str(ran))}; sleep 3"]
+    wd = Workdir(workdir)
+    first = LocalScheduler()
+    await first.open(wd)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first.serve)
+            early = Job(0, command)
+            wd.prepare(early, make=True)
+            early.attempt, early.status = 1, JobStatus.SUBMITTING
+            wd.record(early)  # the intent; the controller dies before the id
+            await first.submit_jobs([early])
+            wd.unlock()
+            tg.cancel_scope.cancel()
+        q = Xqueue(workdir=workdir, error_strategy="ignore")
+        job = await q.feed(command)
+        with anyio.fail_after(30):
+            await q.run_until_complete()
+    finally:
+        await first.aclose()
+    assert (job.status, job.rc, job.attempt) == (JobStatus.FINISHED, 0, 1), job.reason
+    (pid,) = (await read(str(ran))).split()  # it ran once
+    # Adopted while it ran, by its process (not collected from exits.jsonl once the
+    # lookups, unanswered while it ran, could at last tell it had ended: "unknown").
+    assert str(job.jid).partition("@")[0] == pid
 
 
 async def test_liveness_is_not_fooled_by_pid_reuse_or_a_planted_id(workdir: Path) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterable
@@ -136,7 +137,8 @@ def live_local_jid(jid: str) -> bool:
 
 
 def _has_marker(pid: int, jobdir: str) -> bool:
-    """Whether the process carries the job's folder in its environment (XQUEUE_JOB_DIR).
+    """Whether the process carries the job's folder in its environment (XQUEUE_JOB_DIR),
+    or else has the job's output files as its stdout or stderr.
 
     A journal line is only a claim (anyone who can write the workdir can plant one):
     the start time and this marker together make sure a process is the job's own before
@@ -148,7 +150,12 @@ def _has_marker(pid: int, jobdir: str) -> bool:
     except OSError:
         return False
     # fsencode: a folder under a path that is not UTF-8 is in the environment as its bytes.
-    return os.fsencode(f"XQUEUE_JOB_DIR={jobdir}") in environ.split(b"\0")
+    if os.fsencode(f"XQUEUE_JOB_DIR={jobdir}") in environ.split(b"\0"):
+        return True
+    # A job that emptied its environment (`env -i`) still writes to the output files its
+    # shepherd opened for it: declared dead, it ran on unwatched, "exit status unknown".
+    folder = _job_folder_of_output(pid)
+    return folder is not None and folder == os.path.realpath(jobdir)
 
 
 def _adopted_pids(jobs: list[Job]) -> dict[Job, int]:
@@ -163,60 +170,89 @@ def _adopted_pids(jobs: list[Job]) -> dict[Job, int]:
     return alive
 
 
-def _unsettled(exits: str, own: set[int]) -> str | None:
-    """Why what an earlier run's shepherd started or saw end may not show yet, or None.
+def _unsettled(exits: str, own: set[int]) -> tuple[str | None, dict[str, int]]:
+    """Why what an earlier run's shepherd started or saw end may not show yet (None if
+    nothing), and the folders of its jobs that carry none in their environment.
 
     A shepherd outlives its controller, and until it has handled a job's start or exit
-    the job is nowhere to be seen: a job being started carries the shepherd's
-    environment, not its folder; one that has exited is a zombie (no environment) until
-    the shepherd reaps it and appends its code to ``exits.jsonl``. A lookup in between
-    took such a job for never started, and ran it a second time. So while a shepherd
-    holding this workdir's ``exits.jsonl`` (not one of ``own``) is anything but asleep
-    in its wait, or has a child that is a zombie or does not carry a job folder, the
-    answer is unknown. (A job that emptied its environment, ``env -i``, keeps it
-    unknown while it runs: left as recorded, never run twice.) Blocking: /proc.
+    the job is nowhere to be seen: a child not yet exec'd has the shepherd's command
+    line and environment; one that has exited is a zombie (no environment) until the
+    shepherd reaps it and appends its code to ``exits.jsonl``. A lookup in between took
+    such a job for never started, and ran it a second time. So while a shepherd holding
+    this workdir's ``exits.jsonl`` (not one of ``own``) is anything but asleep in its
+    wait, or has such a child, the answer is unknown. Its other children are jobs: each
+    found by XQUEUE_JOB_DIR, or, if it emptied its environment (``env -i``, apptainer's
+    starter), by the job files its stdout and stderr are; one that shows neither (a
+    setuid program's files cannot be read) leaves the answer unknown. Blocking: /proc.
     """
     try:
         st = os.stat(exits)
     except OSError:
-        return None
+        return None, {}
     shepherds: dict[int, bytes] = {}
     parents: dict[int, tuple[int, bytes]] = {}
     for pid, line in each_process("stat"):
         parents[pid] = parent_and_state(line)
-        if pid in own:
+        if pid in own or SHEPHERD_NAME not in _read(pid, "cmdline"):
             continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if SHEPHERD_NAME not in fh.read():
-                    continue
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                held = os.stat(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if (held.st_dev, held.st_ino) == (st.st_dev, st.st_ino):
-                shepherds[pid] = parents[pid][1]
-                break
+        if _holds(pid, (st.st_dev, st.st_ino)):
+            shepherds[pid] = parents[pid][1]
     for pid, state in shepherds.items():
         if state != b"S":
-            return f"an earlier run's shepherd (pid {pid}) is busy (state {state.decode()})"
+            return f"an earlier run's shepherd (pid {pid}) is busy (state {state.decode()})", {}
+    unmarked: dict[str, int] = {}
     for pid, (parent, state) in parents.items():
         if parent not in shepherds:
             continue
         if state == b"Z":
-            return f"an exit that an earlier run's shepherd (pid {parent}) has not recorded yet"
-        if not any(item.startswith(b"XQUEUE_JOB_DIR=") for item in _environ(pid).split(b"\0")):
-            return f"a process of an earlier run's shepherd (pid {parent}) is not a job's (yet)"
+            return f"an exit that an earlier run's shepherd (pid {parent}) has not recorded", {}
+        if SHEPHERD_NAME in _read(pid, "cmdline"):
+            return f"an earlier run's shepherd (pid {parent}) is starting a job", {}
+        if b"\0XQUEUE_JOB_DIR=" in b"\0" + _read(pid, "environ"):
+            continue
+        folder = _job_folder_of_output(pid)
+        if folder is None:
+            return f"a job of an earlier run's shepherd (pid {pid}) cannot be told apart", {}
+        unmarked[folder] = pid
+    return None, unmarked
+
+
+def _holds(pid: int, file: tuple[int, int]) -> bool:
+    """Whether the process has the file (device, inode) open."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            held = os.stat(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if (held.st_dev, held.st_ino) == file:
+            return True
+    return False
+
+
+def _job_folder_of_output(pid: int) -> str | None:
+    """The job folder (resolved) whose ``job.<n>.stdout`` or ``.stderr`` the process's
+    stdout or stderr is: the shepherd opened them for the job it started."""
+    for fd in (1, 2):
+        try:
+            path = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        folder, name = os.path.split(path)
+        if _OUTPUT_NAME.fullmatch(name):
+            return folder
     return None
 
 
-def _environ(pid: int) -> bytes:
+_OUTPUT_NAME = re.compile(r"job\.[0-9]+\.std(out|err)")
+
+
+def _read(pid: int, name: str) -> bytes:
     try:
-        with open(f"/proc/{pid}/environ", "rb") as fh:
+        with open(f"/proc/{pid}/{name}", "rb") as fh:
             return fh.read()
     except OSError:
         return b""
@@ -453,18 +489,21 @@ class LocalScheduler(Scheduler):
         an exit that neither /proc nor ``exits.jsonl`` shows (``_unsettled``): the
         engine looks again a moment later. Blocking (it reads /proc): a worker thread.
         """
-        now = time.monotonic()
-        if self._env_map is None or now - self._env_map[0] > 1.0:
+        if self._env_map is None or time.monotonic() - self._env_map[0] > 1.0:
             # Settled before the scan: no job can start after it. Settled after it: none
             # that had ended by then is still unrecorded (a zombie has no environment).
             own = {self._link.proc.pid} if self._link is not None else set()
             exits = str(self.workdir.path / EXITS_FILE) if self.workdir is not None else ""
-            why = _unsettled(exits, own)
+            why, _ = _unsettled(exits, own)
             found = job_dirs_of_processes() if why is None else {}
-            why = why or _unsettled(exits, own)
-            self._env_map = (now, found, why)
+            if why is None:
+                why, unmarked = _unsettled(exits, own)
+                found.update((os.path.realpath(d), pid) for d, pid in unmarked.items())
+            # Timed once the scans are done: on a machine of many processes they take
+            # long enough that a time taken before them had every lookup scan again.
+            self._env_map = (time.monotonic(), found, why)
         _, found, why = self._env_map
-        pid = found.get(job.dir)
+        pid = found.get(job.dir) or found.get(os.path.realpath(job.dir))
         if pid is None and why is not None:
             raise SchedulerError(why)
         return None if pid is None else f"{pid}@{_start_epoch(pid) or 0:.2f}"
