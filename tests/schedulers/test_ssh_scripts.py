@@ -99,6 +99,17 @@ def test_the_submit_answer_is_read_after_its_marker(tmp_path: Path) -> None:
     pid = int(answer[0].removeprefix("pid "))
     assert answer[1].startswith(f"{pid} (")  # its /proc stat line
     assert (tmp_path / "job.1.ssh").read_text().startswith(f"one {pid} ")
+    # A greeting with no newline (a terminal title set by ~/.bashrc): glued to the
+    # marker, it read as a script that never ran, and the job it started ran unwatched.
+    titled = subprocess.run(
+        ["sh", "-c", "printf '\\033]0;node one\\007'; exec sh -s"],
+        input=script.encode(),
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    again = submit_answer(titled.stdout.decode())
+    assert again is not None and again[0].startswith("pid ")
     refused = subprocess.run(
         ["sh", "-c", "echo 'This account is currently not available.'; exit 1"],
         input=script.encode(),

@@ -141,7 +141,9 @@ def submit_script(server: str, jobdir: str, attempt: int, cwd: str | None) -> st
     pid_file = q(f"{jobdir}/{attempt_file(PID, attempt)}")
     lines = [
         "trap '' HUP PIPE",
-        f"echo {SUBMIT_BEGIN}",
+        # On a line of its own: a login's greeting without a newline (a terminal title
+        # from ~/.bashrc) glued to it read as a script that never ran.
+        f"printf '\\n{SUBMIT_BEGIN}\\n'",
         f"[ -r {script} ] || exit {NO_SCRIPT}",
         f"command -v setsid >/dev/null 2>&1 || exit {NO_SETSID}",
     ]
@@ -168,7 +170,10 @@ def submit_answer(stdout: str) -> list[str] | None:
     """The lines the submit script printed after its first; None if it never printed it:
     it never ran (a login shell that runs no command, nologin, says why instead)."""
     lines = stdout.splitlines()
-    return lines[lines.index(SUBMIT_BEGIN) + 1 :] if SUBMIT_BEGIN in lines else None
+    for at, line in enumerate(lines):
+        if line.endswith(SUBMIT_BEGIN):
+            return lines[at + 1 :]
+    return None
 
 
 def read_pid_file_script(jobdir: str, attempt: int) -> str:

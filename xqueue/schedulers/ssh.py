@@ -368,7 +368,9 @@ class SshScheduler(Scheduler):
         )
         lines_out = submit_answer(result.stdout)
         if result.exit_status in (NO_SCRIPT, NO_SETSID, NO_CWD) or (
-            lines_out is None and result.exit_status >= 0  # its end came back: it never ran
+            # Its end came back, a failure, without the script's first line: it never ran
+            # (an exit 0 without it is no proof: looked for as one that may have started).
+            lines_out is None and result.exit_status > 0
         ):  # nothing was forked
             raise SubmissionError(self._submit_failure(pool, job, jobdir, result), retryable=False)
         lines_out = lines_out or []
