@@ -85,6 +85,7 @@ def test_a_policy_or_rule_made_directly_is_read_as_a_parsed_one() -> None:
     name as its key never matched (its rule ignored), and one with a rule as a string
     crashed the run at the first failure."""
     assert RetryRule("STOP") == RetryRule("stop") and RetryRule(" Requeue ").own_budget
+    assert RetryRule("stop", retries=0).action == "stop"  # says the same: still read
     direct = RetryPolicy({"nonzero_exit": RetryRule("stop"), F.OOM: "requeue"})
     assert direct.rules == {F.NONZERO_EXIT: RetryRule("stop"), F.OOM: RetryRule("requeue")}
     for bad, message in (
@@ -95,6 +96,7 @@ def test_a_policy_or_rule_made_directly_is_read_as_a_parsed_one() -> None:
         (lambda: RetryRule(memory=2, max_memory_mb=0), "max_memory_mb must be a whole number"),
         (lambda: RetryRule(walltime=2, max_walltime_s=-5), "max_walltime_s must be a whole"),
         (lambda: RetryRule("stop", retries=3), "'retries' with the action 'stop'"),
+        (lambda: RetryPolicy.parse({"OOM": {"action": "stop", "retries": 1}}), "'retries' with"),
     ):
         with pytest.raises(ConfigError, match=message):
             bad()

@@ -557,6 +557,15 @@ def _all_start_with(lines: list[bytes], head: bytes) -> bool:
     return lines[0][: len(head)] == head and b"\n".join(lines).count(b"\n" + head) == len(lines) - 1
 
 
+def _spec_lines(digests: dict[str, bytes], lines: list[bytes]) -> None:
+    """``spec_digest``'s index of lines one by one (``parse_specs``' rule, on bytes)."""
+    head, tail_key, start = SPEC_HEAD.encode(), DIR_TAIL.encode(), len(SPEC_HEAD)
+    for line in lines:
+        text, sep, tail = line.rpartition(tail_key)
+        if sep and tail[-2:] == b'"}' and text[:start] == head:
+            digests[tail[:-2].decode(errors="replace")] = digest(text[start:])
+
+
 class WorkdirReader:
     """A read-only view of a workdir: what ``xqueue status`` and a resuming run read.
 
@@ -788,34 +797,22 @@ class WorkdirReader:
 
     def _digest_once(self) -> None:
         """``spec_digest``'s index of ``specs.jsonl``, on its first call. One that fails
-        (a planted file) is not left half made, to be taken for a file without a line."""
+        (a planted file) leaves none half made, to be taken for a file without a line."""
         if self._digests is not None:
             return
-        self._digests = {}
-        try:
-            head, tail_key, start = SPEC_HEAD.encode(), DIR_TAIL.encode(), len(SPEC_HEAD)
-            torn: list[bytes] = []
-            for lines in read_line_blocks(self.path / SPECS_FILE, torn):
-                folders = _folders_of(lines, tail_key)
-                if folders is not None and _all_start_with(lines, head):  # the whole block
-                    specs = [line[start : line.rindex(tail_key)] for line in lines]
-                    self._digests.update(zip(folders, map(digest, specs)))
-                    continue
-                self._spec_lines(lines)
-            # A last line without its newline counts only whole, as in ``parse_specs``.
-            self._spec_lines([line for line in torn if parse_object(line) is not None])
-        except BaseException:
-            self._digests = None
-            raise
-
-    def _spec_lines(self, lines: list[bytes]) -> None:
-        """``spec_digest``'s index of lines one by one (``parse_specs``' rule, on bytes)."""
-        assert self._digests is not None
+        digests: dict[str, bytes] = {}  # published whole, once read
         head, tail_key, start = SPEC_HEAD.encode(), DIR_TAIL.encode(), len(SPEC_HEAD)
-        for line in lines:
-            text, sep, tail = line.rpartition(tail_key)
-            if sep and tail[-2:] == b'"}' and text[:start] == head:
-                self._digests[tail[:-2].decode(errors="replace")] = digest(text[start:])
+        torn: list[bytes] = []
+        for lines in read_line_blocks(self.path / SPECS_FILE, torn):
+            folders = _folders_of(lines, tail_key)
+            if folders is not None and _all_start_with(lines, head):  # the whole block
+                specs = [line[start : line.rindex(tail_key)] for line in lines]
+                digests.update(zip(folders, map(digest, specs)))
+                continue
+            _spec_lines(digests, lines)
+        # A last line without its newline counts only whole, as in ``parse_specs``.
+        _spec_lines(digests, [line for line in torn if parse_object(line) is not None])
+        self._digests = digests
 
     def spec_text(self, folder: str) -> str | None:
         """What the job is, as the JSON text xqueue wrote (``specs.jsonl``, or the folder's

@@ -67,7 +67,7 @@ class RetryRule:
         _factor("RetryRule.walltime", self.walltime)
         if (self.memory or self.walltime) and self.action != "retry":
             raise ConfigError("RetryRule: growing memory or walltime needs the action 'retry'")
-        if self.retries is not None and self.action == "stop":
+        if self.retries and self.action == "stop":  # 0 says the same as 'stop': kept
             raise ConfigError("RetryRule: 'retries' with the action 'stop', which retries nothing")
         for cap, factor, value in (
             ("max_memory_mb", self.memory, self.max_memory_mb),
@@ -110,7 +110,7 @@ class RetryRule:
         for factor, cap in (("memory", "max_memory"), ("walltime", "max_walltime")):
             if value.get(cap) is not None and value.get(factor) is None:
                 raise ConfigError(f"{where}: {cap!r} without {factor!r} (the factor it caps)")
-        if value.get("retries") is not None and action == "stop":
+        if value.get("retries") and action == "stop":
             raise ConfigError(f"{where}: 'retries' with the action 'stop', which retries nothing")
         return cls(
             action=action,

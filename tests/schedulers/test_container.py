@@ -331,6 +331,13 @@ async def runner_whose_id_was_not_recorded_is_found(opts: dict[str, Any], workdi
             await anyio.Path(never.dir).mkdir()
             await anyio.Path(never.path("job.runtime.log")).write_text("")
             assert not await other.recover_job(never) and never.jid is None
+            # A link planted at a log's name, to the running job's: not followed.
+            planted = Job(job.index + 2, job.command)
+            planted.dir = str(Path(job.dir).parent / "planted")
+            await anyio.Path(planted.dir).mkdir()
+            log = anyio.Path(planted.path("job.runtime.log"))
+            await log.symlink_to(job.path("job.runtime.log"))
+            assert not await other.recover_job(planted) and planted.jid is None
         finally:
             await other.aclose()
         assert await q.kill(job)

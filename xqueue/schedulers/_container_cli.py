@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from typing import TYPE_CHECKING
@@ -232,9 +233,11 @@ class CliRuntime:
         """Blocking: /proc is scanned once, and the map reused for the jobs looked up in
         the same second (a resume may look up a whole batch)."""
         try:
-            st = os.stat(job.path(RUNTIME_LOG))
+            st = os.lstat(job.path(RUNTIME_LOG))
         except OSError:
             return None  # never submitted: the log is opened before the runner starts
+        if not stat.S_ISREG(st.st_mode):
+            return None  # a link planted at the name would name whatever holds its target
         now = time.monotonic()
         if self._held is None or now - self._held[0] > 1.0:
             self._held = (now, files_of_session_leaders())
