@@ -66,13 +66,12 @@ ALLOWED: list[tuple[tuple[str, ...], str, tuple[str, ...], str]] = [
         "of kills: microseconds on a local disk",
     ),
     (
-        ("os.listdir", "os.replace", "os.read", *FILE_IO),
+        ("os.replace", "os.read", *FILE_IO),
         "xqueue/workdir.py",
         ("prepare",),
-        "at feed, where the index of successes is current: the first job it does not "
-        "vouch for lists the workdir and reads the records (else read ahead in the "
-        "lock's thread, read_ahead); a job whose folder an earlier run left has its "
-        "spec compared (a fresh job costs no I/O)",
+        "at feed, a job whose folder an earlier run left: an older workdir's job.json "
+        "read for its spec, a folder of another command moved aside (the listing and the "
+        "records are read in a worker thread: read_ahead, read_records)",
     ),
     (
         ("os.replace",),

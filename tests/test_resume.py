@@ -53,19 +53,21 @@ async def test_second_run_skips_succeeded_and_reruns_failed(workdir: Path, tmp_p
     assert len(folders) == 3  # reused, none replaced
 
 
-@pytest.mark.parametrize("index", [True, False], ids=["indexed", "journal"])
+@pytest.mark.parametrize("index", ["indexed", "journal", "indexed-one-failed"])
 async def test_a_resume_reads_the_workdir_off_the_event_loop(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch, index: bool
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, index: str
 ) -> None:
     """The first feed of a resume read the index of successes, or without one the
     journal and the specs (seconds for a million jobs), on the event loop: every other
-    task of the application waited."""
-    cmds = [["echo", str(i)] for i in range(3)]
-    q1 = Xqueue(workdir=workdir)
+    task of the application waited. With an index, so did the first job it did not
+    vouch for (one that failed)."""
+    failed = index == "indexed-one-failed"
+    cmds = [["sh", "-c", "exit 3" if failed and i == 1 else "true", str(i)] for i in range(3)]
+    q1 = Xqueue(workdir=workdir, error_strategy="ignore")
     for c in cmds:
         await q1.feed(c)
     await q1.run_until_complete()
-    if not index:
+    if index == "journal":
         await anyio.Path(workdir / "successes.idx").unlink()
     readers: list[str] = []
 
@@ -82,11 +84,12 @@ async def test_a_resume_reads_the_workdir_off_the_event_loop(
     for method in ("_index_winners", "_digest_once"):
         read = getattr(WorkdirReader, method)
         monkeypatch.setattr(WorkdirReader, method, watched(method, read))
-    q2 = Xqueue(workdir=workdir)
+    q2 = Xqueue(workdir=workdir, error_strategy="ignore")
     jobs = [await q2.feed(c) for c in cmds]
     await q2.run_until_complete()
-    assert [j.reason for j in jobs] == ["succeeded in an earlier run"] * 3
-    assert len(readers) == (1 if index else 3)  # each read once
+    skipped = [j.reason == "succeeded in an earlier run" for j in jobs]
+    assert skipped == [True, not failed, True]
+    assert len(readers) == (1 if index == "indexed" else 3)  # each read once
     assert readers == [""] * len(readers), f"read on the event loop: {readers}"
 
 

@@ -90,7 +90,7 @@ from .resources import Resources
 from .retry import RetryPolicy
 from .scheduler import JobState, Scheduler
 from .states import ACTIVE, ACTIVE_RECORDS, FINISHED_RECORD, JobStatus, S
-from .workdir import Workdir, open_plain, read_text, recorded_exits
+from .workdir import ReadsWanted, Workdir, open_plain, read_text, recorded_exits
 
 if TYPE_CHECKING:
     from .queue import Xqueue
@@ -428,7 +428,18 @@ class Engine:
             # must not both take the same index (and folder).
             self._new_hold()
             job.index = len(self.jobs)
-            record = self.workdir.prepare(job, staged)
+            try:
+                record = self.workdir.prepare(job, staged, defer_reads=True)
+            except ReadsWanted:
+                # A resume's first job the index of successes does not vouch for: the
+                # listing and the records (seconds for a million jobs) are read in a
+                # worker thread, this job keeping its place in line meanwhile.
+                turn = turn or self.take_turn()
+                await turn.ready.wait()
+                await anyio.to_thread.run_sync(self.workdir.read_records)
+                self.check_can_feed()
+                job.index = len(self.jobs)
+                record = self.workdir.prepare(job, staged)
             self.jobs.append(job)
         finally:
             if turn is not None:

@@ -394,6 +394,10 @@ def open_appending(path: str | os.PathLike[str]) -> int:
     return fd
 
 
+class ReadsWanted(Exception):
+    """``prepare(defer_reads=True)`` needs the listing and the records read first."""
+
+
 class Workdir:
     """The folder that holds every job's files for one queue."""
 
@@ -439,6 +443,7 @@ class Workdir:
         # first feed; None if there is none that is current.
         self._successes: successes.Successes | None = None
         self._successes_read = False
+        self._records_read = False  # the listing and the records' indexes (read_records)
         # Those names by job index, made only if a job is fed whose folder is not there.
         self._by_index: dict[int, list[str]] | None = None
         # Jobs fed without a folder yet, with their staged files. A thread of the
@@ -555,15 +560,22 @@ class Workdir:
         self._successes_read = True
         self._successes = successes.load(self._root, self._listed)
         if self._successes is None:
-            if self._names is None:
-                self._names = dict.fromkeys(
-                    self._listed.pop() if self._listed else os.listdir(self.path)
-                )
-            try:
-                self.reader.read_for_resume()  # of files that may not be there: nothing read
-            except (OSError, XqueueError):
-                # A planted or unreadable record: the job whose feed reads it fails with it.
-                self.reader = WorkdirReader(self.path)
+            self.read_records()
+
+    def read_records(self) -> None:
+        """The workdir's listing and its records' indexes, which a job the index of
+        successes does not vouch for needs (``prepare``), read once. Blocking: in a worker
+        thread (``read_ahead``, or the engine when ``prepare`` raises ``ReadsWanted``)."""
+        self._records_read = True
+        if self._names is None:
+            self._names = dict.fromkeys(
+                self._listed.pop() if self._listed else os.listdir(self.path)
+            )
+        try:
+            self.reader.read_for_resume()  # of files that may not be there: nothing read
+        except (OSError, XqueueError):
+            # A planted or unreadable record: the job whose feed reads it fails with it.
+            self.reader = WorkdirReader(self.path)
 
     def save_successes(self, count: int, fresh: Sequence[Job], unvouched: Set[Job]) -> None:
         """A run's end, its records all written: the index of succeeded jobs the next
@@ -576,6 +588,7 @@ class Workdir:
         """Drop what was read of the workdir (its listing, its records, its index of
         successes): the workdir may have changed since (another controller, a pull)."""
         self._successes, self._successes_read = None, False
+        self._records_read = False
         self._names, self._by_index = None, None
         self._listed.clear()
         self.reader = WorkdirReader(self.path)
@@ -689,7 +702,12 @@ class Workdir:
             _unlink_quietly(path)
 
     def prepare(
-        self, job: Job, staged: Mapping[str, str] | None = None, *, make: bool = False
+        self,
+        job: Job,
+        staged: Mapping[str, str] | None = None,
+        *,
+        make: bool = False,
+        defer_reads: bool = False,
     ) -> dict[str, Any] | None:
         """Name the job's folder and return the last status record of an earlier run.
 
@@ -706,7 +724,10 @@ class Workdir:
         the folder when it is made, or now into a kept one (its spec names the same
         content, so a file a crash lost is restored, and a running earlier attempt keeps
         the inode it opened). ``make``: make a new folder now (a tool or test that hands
-        the job straight to a backend, without the engine).
+        the job straight to a backend, without the engine). ``defer_reads``: a caller on
+        the event loop is told ``ReadsWanted`` (before anything is changed) instead of the
+        listing and the records being read here: it has ``read_records`` run in a worker
+        thread, then calls again.
         """
         folder = f"{job.index}-{slug(job.name)}"
         job.dir = f"{self._root}/{folder}"
@@ -718,6 +739,8 @@ class Workdir:
             if attempt:  # what the journal says, without reading it
                 self._move_in(job, staged)
                 return {"status": FINISHED_RECORD, "attempt": attempt, "rc": 0}
+        if defer_reads and not self._records_read:
+            raise ReadsWanted
         if self._names is None:
             # A dict, not a set: a dict of strings is left out of the cycle collector's
             # walks, a set never is, and each full collection of a million-job resume
