@@ -66,12 +66,14 @@ ALLOWED: list[tuple[tuple[str, ...], str, tuple[str, ...], str]] = [
         "of kills: microseconds on a local disk",
     ),
     (
-        ("os.replace", "os.read", *FILE_IO),
+        ("os.listdir", "os.replace", "os.read", *FILE_IO),
         "xqueue/workdir.py",
         ("prepare",),
         "at feed, a job whose folder an earlier run left: an older workdir's job.json "
-        "read for its spec, a folder of another command moved aside (the listing and the "
-        "records are read in a worker thread: read_ahead, read_records)",
+        "read for its spec, a folder of another command moved aside; and a tool's or "
+        "test's prepare(make=True), which lists the workdir (the engine's feeds have the "
+        "listing and the records read in a worker thread: read_ahead, read_records; "
+        "test_resume.py's off-loop test checks it)",
     ),
     (
         ("os.replace",),

@@ -463,6 +463,24 @@ def _start_of(pid: int) -> float:
     return btime + ticks / os.sysconf("SC_CLK_TCK")
 
 
+async def earlier_controller(workdir: Path) -> tuple[Workdir, LocalScheduler]:
+    """The workdir and the local scheduler of a controller about to die (see ``intended``)."""
+    wd = Workdir(workdir)
+    first = LocalScheduler()
+    await first.open(wd)
+    return wd, first
+
+
+def intended(wd: Workdir, command: object) -> Job:
+    """A job as the engine has it just before it submits: its folder made, the intent
+    recorded (a controller that dies next leaves it to be looked up)."""
+    job = Job(0, command)  # type: ignore[arg-type]
+    wd.prepare(job, make=True)
+    job.attempt, job.status = 1, JobStatus.SUBMITTING
+    wd.record(job)
+    return job
+
+
 @pytest.mark.parametrize("stopped", ["reaping", "starting"])
 async def test_a_job_an_earlier_shepherd_has_not_handled_yet_is_not_run_again(
     workdir: Path, tmp_path: Path, stopped: str, caplog: pytest.LogCaptureFixture
@@ -475,17 +493,12 @@ async def test_a_job_an_earlier_shepherd_has_not_handled_yet_is_not_run_again(
     (SIGSTOP) for the moment that was missed, then let go."""
     ran = tmp_path / "ran"
     command = f"echo $$ >> {shlex.quote(str(ran))}"
-    wd = Workdir(workdir)
-    first = LocalScheduler()
-    await first.open(wd)
+    wd, first = await earlier_controller(workdir)
     shepherd = first._link.proc.pid  # type: ignore[union-attr]
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(first.serve)
-            early = Job(0, command)
-            wd.prepare(early, make=True)
-            early.attempt, early.status = 1, JobStatus.SUBMITTING
-            wd.record(early)  # the intent, as the engine records it before it submits
+            early = intended(wd, command)
             if stopped == "starting":
                 os.kill(shepherd, signal.SIGSTOP)
                 with anyio.move_on_after(0.5):  # sent; its answer never comes
@@ -525,17 +538,11 @@ async def test_an_earlier_job_that_emptied_its_environment_is_found_and_followed
     # A list: the job's own process is env, which execs sh with an empty environment
     # (a string would run under a shell of the shepherd's, which keeps its own).
     command = ["env", "-i", "/bin/sh", "-c", f"echo $$ >> {shlex.quote(str(ran))}; sleep 3"]
-    wd = Workdir(workdir)
-    first = LocalScheduler()
-    await first.open(wd)
+    wd, first = await earlier_controller(workdir)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(first.serve)
-            early = Job(0, command)
-            wd.prepare(early, make=True)
-            early.attempt, early.status = 1, JobStatus.SUBMITTING
-            wd.record(early)  # the intent; the controller dies before the id
-            await first.submit_jobs([early])
+            await first.submit_jobs([intended(wd, command)])  # dies before the id
             wd.unlock()
             tg.cancel_scope.cancel()
         q = Xqueue(workdir=workdir, error_strategy="ignore")

@@ -87,36 +87,24 @@ def test_the_submit_answer_is_read_after_its_marker(tmp_path: Path) -> None:
     a login shell that runs no command prints only its own: the script never ran."""
     (tmp_path / "job.1.sh").write_text("true\n")
     script = submit_script("one", str(tmp_path), 1, None)
-    out = subprocess.run(
-        ["sh", "-c", "echo 'pid 1 from a greeting'; exec sh -s"],
-        input=script.encode(),
-        capture_output=True,
-        timeout=30,
-        check=True,
-    )
-    answer = submit_answer(out.stdout.decode())
+
+    def login(shell: str) -> list[str] | None:
+        """The answer of the script sent to a login shell that starts with ``shell``."""
+        out = subprocess.run(
+            ["sh", "-c", shell], input=script.encode(), capture_output=True, timeout=30
+        )
+        return submit_answer(out.stdout.decode())
+
+    answer = login("echo 'pid 1 from a greeting'; exec sh -s")
     assert answer is not None and len(answer) == 2
     pid = int(answer[0].removeprefix("pid "))
     assert answer[1].startswith(f"{pid} (")  # its /proc stat line
     assert (tmp_path / "job.1.ssh").read_text().startswith(f"one {pid} ")
     # A greeting with no newline (a terminal title set by ~/.bashrc): glued to the
     # marker, it read as a script that never ran, and the job it started ran unwatched.
-    titled = subprocess.run(
-        ["sh", "-c", "printf '\\033]0;node one\\007'; exec sh -s"],
-        input=script.encode(),
-        capture_output=True,
-        timeout=30,
-        check=True,
-    )
-    again = submit_answer(titled.stdout.decode())
+    again = login("printf '\\033]0;node one\\007'; exec sh -s")
     assert again is not None and again[0].startswith("pid ")
-    refused = subprocess.run(
-        ["sh", "-c", "echo 'This account is currently not available.'; exit 1"],
-        input=script.encode(),
-        capture_output=True,
-        timeout=30,
-    )
-    assert submit_answer(refused.stdout.decode()) is None
+    assert login("echo 'This account is currently not available.'; exit 1") is None
 
 
 def test_status_answers_are_read_between_their_markers() -> None:
