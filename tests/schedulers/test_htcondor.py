@@ -189,7 +189,9 @@ async def test_held_job_fails_with_the_hold_reason(
     hold = {"periodic_hold": "true", "periodic_hold_reason": '"xq test: held on purpose"'}
     q = queue(htcondor_pool, shared_workdir, scheduler_opts=hold)
     try:
-        job = await q.feed(["true"])
+        # Not `true`: on a loaded machine it ran to its end before the periodic hold came,
+        # and its rc file (rightly) made it a success. This one is held while it runs.
+        job = await q.feed(["sleep", "30"])
         with anyio.fail_after(60):
             await q.run_until_complete()
     finally:
