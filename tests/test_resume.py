@@ -28,15 +28,21 @@ def counting(marker: Path, i: int, extra: str = "") -> str:
     return f"echo {i} >> {marker}; {extra}"
 
 
+async def run_all(workdir: Path, cmds: list[Any]) -> Xqueue:
+    """A queue of ``cmds`` on ``workdir``, run to its end (failures ignored)."""
+    q = Xqueue(workdir=workdir, error_strategy="ignore")
+    for c in cmds:
+        await q.feed(c)
+    await q.run_until_complete()
+    return q
+
+
 async def test_second_run_skips_succeeded_and_reruns_failed(workdir: Path, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     flag = tmp_path / "fixed"
     cmds = [counting(marker, 0), counting(marker, 1, f"test -e {flag}"), counting(marker, 2)]
 
-    q1 = Xqueue(workdir=workdir, error_strategy="ignore")
-    for c in cmds:
-        await q1.feed(c)
-    await q1.run_until_complete()
+    q1 = await run_all(workdir, cmds)
     assert [j.status for j in q1.jobs] == [JobStatus.FINISHED, JobStatus.FAILED, JobStatus.FINISHED]
 
     await anyio.Path(flag).write_text("")
@@ -63,10 +69,7 @@ async def test_a_resume_reads_the_workdir_off_the_event_loop(
     vouch for (one that failed)."""
     failed = index == "indexed-one-failed"
     cmds = [["sh", "-c", "exit 3" if failed and i == 1 else "true", str(i)] for i in range(3)]
-    q1 = Xqueue(workdir=workdir, error_strategy="ignore")
-    for c in cmds:
-        await q1.feed(c)
-    await q1.run_until_complete()
+    await run_all(workdir, cmds)
     if index == "journal":
         await anyio.Path(workdir / "successes.idx").unlink()
     readers: list[str] = []
@@ -257,10 +260,7 @@ async def test_a_queue_fed_again_sees_what_another_run_made_meanwhile(
     first = Xqueue(workdir=workdir, error_strategy="ignore")
     await first.feed(cmds[0])
     await first.run_until_complete()
-    other = Xqueue(workdir=workdir, error_strategy="ignore")
-    for cmd in cmds:
-        await other.feed(cmd)
-    await other.run_until_complete()
+    await run_all(workdir, cmds)  # another run
     if index == "removed":
         await anyio.Path(workdir / "successes.idx").unlink()
     job = await first.feed(cmds[1])

@@ -176,6 +176,18 @@ def place_free(
         return call
     import io
 
+    out = io.BytesIO()
+    try:
+        _place_free_pickler()(out, protocol=PROTOCOL).dump((fn, tuple(args), dict(kwargs or {})))
+    except Exception:  # whatever cloudpickle's internals became: named as before
+        return call
+    return out.getvalue()
+
+
+@functools.cache
+def _place_free_pickler() -> Any:
+    """cloudpickle's pickler with each code object's first line number set to 1; made once
+    (once, not a class made for every call submitted)."""
     import cloudpickle
 
     reduce_code = cloudpickle.Pickler.dispatch_table[types.CodeType]
@@ -186,12 +198,7 @@ def place_free(
             cloudpickle.Pickler.dispatch_table,
         )
 
-    out = io.BytesIO()
-    try:
-        PlaceFree(out, protocol=PROTOCOL).dump((fn, tuple(args), dict(kwargs or {})))
-    except Exception:  # whatever cloudpickle's internals became: named as before
-        return call
-    return out.getvalue()
+    return PlaceFree
 
 
 # cloudpickle's file name of each code object it pickles by value.

@@ -428,18 +428,19 @@ class Engine:
             # must not both take the same index (and folder).
             self._new_hold()
             job.index = len(self.jobs)
-            try:
-                record = self.workdir.prepare(job, staged, defer_reads=True)
-            except ReadsWanted:
-                # A resume's first job the index of successes does not vouch for: the
-                # listing and the records (seconds for a million jobs) are read in a
-                # worker thread, this job keeping its place in line meanwhile.
-                turn = turn or self.take_turn()
-                await turn.ready.wait()
-                await anyio.to_thread.run_sync(self.workdir.read_records)
-                self.check_can_feed()
-                job.index = len(self.jobs)
-                record = self.workdir.prepare(job, staged)
+            while True:
+                try:
+                    record = self.workdir.prepare(job, staged, defer_reads=True)
+                    break
+                except ReadsWanted:
+                    # What a resume reads once (the index of successes; for the first job
+                    # it does not vouch for, the listing and the records: seconds for a
+                    # million jobs) is read in a worker thread, the job keeping its place.
+                    turn = turn or self.take_turn()
+                    await turn.ready.wait()
+                    await anyio.to_thread.run_sync(self.workdir.read_wanted)
+                    self.check_can_feed()
+                    job.index = len(self.jobs)
             self.jobs.append(job)
         finally:
             if turn is not None:

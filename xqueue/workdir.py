@@ -565,9 +565,13 @@ class Workdir:
     def read_records(self) -> None:
         """The workdir's listing and its records' indexes, which a job the index of
         successes does not vouch for needs (``prepare``), read once. Blocking: in a worker
-        thread (``read_ahead``, or the engine when ``prepare`` raises ``ReadsWanted``)."""
+        thread (``read_ahead``, or ``read_wanted`` when ``prepare`` raises ``ReadsWanted``),
+        but for a tool's or test's ``prepare`` of its own."""
         self._records_read = True
         if self._names is None:
+            # A dict, not a set: a dict of strings is left out of the cycle collector's
+            # walks, a set never is, and each full collection of a million-job resume
+            # walked a million names.
             self._names = dict.fromkeys(
                 self._listed.pop() if self._listed else os.listdir(self.path)
             )
@@ -576,6 +580,15 @@ class Workdir:
         except (OSError, XqueueError):
             # A planted or unreadable record: the job whose feed reads it fails with it.
             self.reader = WorkdirReader(self.path)
+
+    def read_wanted(self) -> None:
+        """The read a ``prepare(defer_reads=True)`` that raised ``ReadsWanted`` waits for:
+        the index of successes, then (for a job it does not vouch for) the records.
+        Blocking: in a worker thread."""
+        if self._successes_read:
+            self.read_records()
+        else:
+            self.read_ahead()
 
     def save_successes(self, count: int, fresh: Sequence[Job], unvouched: Set[Job]) -> None:
         """A run's end, its records all written: the index of succeeded jobs the next
@@ -732,22 +745,19 @@ class Workdir:
         folder = f"{job.index}-{slug(job.name)}"
         job.dir = f"{self._root}/{folder}"
         if not self._successes_read:
-            self._successes_read = True
-            self._successes = successes.load(self._root, self._listed)
+            if defer_reads:
+                raise ReadsWanted
+            self.read_ahead()
         if self._successes is not None:
             attempt = self._successes.attempt(job, job_spec(job))
             if attempt:  # what the journal says, without reading it
                 self._move_in(job, staged)
                 return {"status": FINISHED_RECORD, "attempt": attempt, "rc": 0}
-        if defer_reads and not self._records_read:
-            raise ReadsWanted
-        if self._names is None:
-            # A dict, not a set: a dict of strings is left out of the cycle collector's
-            # walks, a set never is, and each full collection of a million-job resume
-            # walked a million names.
-            self._names = dict.fromkeys(
-                self._listed.pop() if self._listed else os.listdir(self.path)
-            )
+        if not self._records_read:
+            if defer_reads:
+                raise ReadsWanted
+            self.read_records()
+        assert self._names is not None  # read_records listed the workdir
         if folder not in self._names:
             left = None
             if self._names:

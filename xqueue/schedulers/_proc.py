@@ -18,15 +18,29 @@ K = TypeVar("K")
 _GROUP_POLL = 0.1  # seconds between looks at a group whose leader is gone
 
 
-def stat(pid: int) -> tuple[bytes, int] | None:
-    """(state letter, start time in clock ticks since boot), or None if there is no such pid."""
+def read_proc(pid: int, name: str) -> bytes | None:
+    """``/proc/<pid>/<name>``; None for a process gone, or one whose file cannot be read
+    (another user's, a setuid program's). Blocking."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            line = fh.read()
+        with open(f"/proc/{pid}/{name}", "rb") as fh:
+            return fh.read()
     except OSError:
         return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ")".
-    fields = line[line.rindex(b")") + 2 :].split()
+
+
+def stat_fields(line: bytes) -> list[bytes]:
+    """The fields of a ``/proc/<pid>/stat`` line from the state on (state, ppid, pgrp,
+    ...): the command name before them may hold spaces and parentheses, so the line is
+    split after its last ")"."""
+    return line[line.rindex(b")") + 2 :].split()
+
+
+def stat(pid: int) -> tuple[bytes, int] | None:
+    """(state letter, start time in clock ticks since boot), or None if there is no such pid."""
+    line = read_proc(pid, "stat")
+    if line is None:
+        return None
+    fields = stat_fields(line)
     return fields[0], int(fields[19])
 
 
@@ -84,7 +98,7 @@ def _members(pgids: Collection[int]) -> tuple[set[int], dict[int, list[int]]]:
     found: dict[int, list[int]] = {}
     for pid, line in each_process("stat"):
         pids.add(pid)
-        fields = line[line.rindex(b")") + 2 :].split()  # state, ppid, pgrp, ...
+        fields = stat_fields(line)
         if fields[0] != b"Z" and int(fields[2]) in pgids:
             found.setdefault(int(fields[2]), []).append(pid)
     return pids, found
@@ -131,21 +145,31 @@ def files_of_session_leaders() -> dict[tuple[int, int], int]:
         try:
             if os.getsid(pid) != pid:
                 continue
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:  # ended meanwhile, or another user's
+        except OSError:  # ended meanwhile
             continue
-        for fd in fds:
-            try:
-                st = os.stat(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            found[(st.st_dev, st.st_ino)] = pid
+        for file in files_held(pid):
+            found[file] = pid
     return found
+
+
+def files_held(pid: int) -> Iterator[tuple[int, int]]:
+    """(device, inode) of each file the process holds open; none for a process gone or
+    another user's. Blocking."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return
+    for fd in fds:
+        try:
+            st = os.stat(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        yield st.st_dev, st.st_ino
 
 
 def parent_and_state(line: bytes) -> tuple[int, bytes]:
     """(parent pid, state letter) from a ``/proc/<pid>/stat`` line."""
-    fields = line[line.rindex(b")") + 2 :].split()
+    fields = stat_fields(line)
     return int(fields[1]), fields[0]
 
 
@@ -155,12 +179,9 @@ def each_process(name: str) -> Iterator[tuple[int, bytes]]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/{name}", "rb") as fh:
-                data = fh.read()
-        except OSError:
-            continue
-        yield int(entry), data
+        data = read_proc(int(entry), name)
+        if data is not None:
+            yield int(entry), data
 
 
 async def end_groups(

@@ -47,9 +47,11 @@ from ._proc import (
     each_process,
     end_groups,
     exited,
+    files_held,
     job_dirs_of_processes,
     leaderless_groups,
     parent_and_state,
+    read_proc,
     start_ticks,
     wait_exit,
 )
@@ -144,10 +146,8 @@ def _has_marker(pid: int, jobdir: str) -> bool:
     the start time and this marker together make sure a process is the job's own before
     it is adopted, waited on or killed.
     """
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as fh:
-            environ = fh.read()
-    except OSError:
+    environ = read_proc(pid, "environ")
+    if environ is None:
         return False
     # fsencode: a folder under a path that is not UTF-8 is in the environment as its bytes.
     if os.fsencode(f"XQUEUE_JOB_DIR={jobdir}") in environ.split(b"\0"):
@@ -193,9 +193,9 @@ def _unsettled(exits: str, own: set[int]) -> tuple[str | None, dict[str, int]]:
     parents: dict[int, tuple[int, bytes]] = {}
     for pid, line in each_process("stat"):
         parents[pid] = parent_and_state(line)
-        if pid in own or SHEPHERD_NAME not in _read(pid, "cmdline"):
+        if pid in own or SHEPHERD_NAME not in (read_proc(pid, "cmdline") or b""):
             continue
-        if _holds(pid, (st.st_dev, st.st_ino)):
+        if (st.st_dev, st.st_ino) in files_held(pid):
             shepherds[pid] = parents[pid][1]
     for pid, state in shepherds.items():
         if state != b"S":
@@ -206,31 +206,15 @@ def _unsettled(exits: str, own: set[int]) -> tuple[str | None, dict[str, int]]:
             continue
         if state == b"Z":
             return f"an exit that an earlier run's shepherd (pid {parent}) has not recorded", {}
-        if SHEPHERD_NAME in _read(pid, "cmdline"):
+        if SHEPHERD_NAME in (read_proc(pid, "cmdline") or b""):
             return f"an earlier run's shepherd (pid {parent}) is starting a job", {}
-        if b"\0XQUEUE_JOB_DIR=" in b"\0" + _read(pid, "environ"):
+        if b"\0XQUEUE_JOB_DIR=" in b"\0" + (read_proc(pid, "environ") or b""):
             continue
         folder = _job_folder_of_output(pid)
         if folder is None:
             return f"a job of an earlier run's shepherd (pid {pid}) cannot be told apart", {}
         unmarked[folder] = pid
     return None, unmarked
-
-
-def _holds(pid: int, file: tuple[int, int]) -> bool:
-    """Whether the process has the file (device, inode) open."""
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            held = os.stat(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if (held.st_dev, held.st_ino) == file:
-            return True
-    return False
 
 
 def _job_folder_of_output(pid: int) -> str | None:
@@ -248,14 +232,6 @@ def _job_folder_of_output(pid: int) -> str | None:
 
 
 _OUTPUT_NAME = re.compile(r"job\.[0-9]+\.std(out|err)")
-
-
-def _read(pid: int, name: str) -> bytes:
-    try:
-        with open(f"/proc/{pid}/{name}", "rb") as fh:
-            return fh.read()
-    except OSError:
-        return b""
 
 
 def _leftovers(pgids: dict[Job, int]) -> dict[Job, int]:
