@@ -176,16 +176,18 @@ def _check_options(cls: type[Scheduler], profile: Profile) -> None:
 
 def _read(path: Path) -> dict[str, Any] | None:
     """The parsed file, or None when there is none."""
-    import tomllib  # only a run that finds a config file pays for the import
-
     try:
         with open(path, "rb") as fh:
             _check_owner(path, os.fstat(fh.fileno()))
-            return tomllib.load(fh)
+            data = fh.read()
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    import tomllib  # only a run that finds a config file pays for the import
+
+    try:
+        return tomllib.loads(data.decode())
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except tomllib.TOMLDecodeError as exc:

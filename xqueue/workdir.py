@@ -42,7 +42,6 @@ import errno
 import json
 import logging
 import os
-import secrets
 import stat
 import threading
 import time
@@ -143,7 +142,7 @@ def atomic_write(path: str, text: str | bytes, mode: int = 0o666) -> None:
     planted a link there; the rename replaces whatever is at ``path`` (even a link)
     without following it.
     """
-    tmp = f"{path}.{secrets.token_hex(6)}.tmp"
+    tmp = f"{path}.{os.urandom(6).hex()}.tmp"
     write_new(tmp, text.encode() if isinstance(text, str) else text, mode)
     try:
         os.replace(tmp, path)
@@ -418,7 +417,7 @@ class Workdir:
             raise self._not_writable(exc) from exc
         check_trust(self.path, trust)
         try:  # an unpredictable O_EXCL name: a planted link cannot turn the probe into a write
-            probe = self.path / f".xqueue-write-test-{secrets.token_hex(6)}"
+            probe = self.path / f".xqueue-write-test-{os.urandom(6).hex()}"
             os.close(os.open(probe, os.O_WRONLY | os.O_EXCL | _CREATE_FLAGS, 0o600))
             os.unlink(probe)
         except OSError as exc:
@@ -705,7 +704,7 @@ class Workdir:
         unpredictable and created with ``O_EXCL``; the caller removes it if the job is
         never prepared (``discard``).
         """
-        path = str(self.path / f".staged-{secrets.token_hex(8)}.tmp")
+        path = str(self.path / f".staged-{os.urandom(8).hex()}.tmp")
         write_new(path, data)
         return path
 

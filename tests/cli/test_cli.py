@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -380,10 +381,10 @@ def test_a_ctrl_c_while_the_summary_prints_exits_130_without_a_traceback(tmp_pat
     jobs.write_text("true\n")
     script = (
         "import sys\n"
-        "from xqueue.cli import commands, report\n"
+        "from xqueue.cli import commands\n"
         "def interrupted(*args):\n"
         "    raise KeyboardInterrupt\n"
-        "report.summary_line = interrupted\n"
+        "commands.summary_line = interrupted\n"
         "sys.exit(commands.main(sys.argv[1:]))\n"
     )
     argv = ["run", str(jobs), "-w", str(tmp_path / "wd"), "--no-progress"]
@@ -402,3 +403,43 @@ def test_a_scheduler_option_given_twice_is_refused_not_dropped(tmp_path: Path) -
     said = " ".join(out.stderr.split())
     assert "scheduler option 'l' is given twice ('h_rt=2' and 'h_vmem=1G')" in said
     assert not (tmp_path / "wd").exists()
+
+
+@pytest.mark.parametrize(("env", "rich"), [({}, False), ({"FORCE_COLOR": "1"}, True)])
+def test_a_run_without_a_terminal_prints_plain_lines_without_loading_rich(
+    tmp_path: Path, env: dict[str, str], rich: bool
+) -> None:
+    """Loading rich was a fifth of a run's start-up; a run whose standard error is no
+    terminal prints only plain lines, so it does without. rich comes back where it
+    styles what is printed (FORCE_COLOR) and for a table of failures."""
+    script = (
+        "import sys\n"
+        "from xqueue.cli import commands\n"
+        "code = commands.main(sys.argv[1:])\n"
+        "print('rich' in sys.modules)\n"
+        "sys.exit(code)\n"
+    )
+    plain_env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+    argv = ["run", "-w", str(tmp_path / "wd"), "--no-progress"]
+    out = subprocess.run(
+        [sys.executable, "-c", script, *argv],
+        input="true\n",
+        capture_output=True,
+        text=True,
+        env={**plain_env, **env},
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"{rich}\n"
+    assert re.fullmatch(r"1 job\(s\) in \d+\.\ds: 1 finished\n", out.stderr), out.stderr
+    argv[2] = str(tmp_path / "failed")
+    failed = subprocess.run(
+        [sys.executable, "-c", script, *argv],
+        input="exit 3\n",
+        capture_output=True,
+        text=True,
+        env=plain_env,
+        timeout=60,
+    )
+    assert failed.returncode == 1 and failed.stdout == "True\n"
+    assert "1 job(s) did not succeed" in failed.stderr, failed.stderr

@@ -275,3 +275,56 @@ def test_the_console_goes_quiet_on_a_terminal_that_is_gone(
     console.print("later")  # not even tried
     assert terminal.written == ["before\n"]
     assert console.quiet and not console.pipe_closed
+
+
+class RefusingFile(io.TextIOBase):
+    """A file, not a terminal, whose writes raise ``error`` once ``refuse`` is set."""
+
+    def __init__(self, error: OSError) -> None:
+        self.error = error
+        self.refuse = False
+        self.tried = 0
+        self.written: list[str] = []
+
+    def write(self, text: str) -> int:
+        if self.refuse:
+            self.tried += 1
+            raise self.error
+        self.written.append(text)
+        return len(text)
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("no descriptor")
+
+
+@pytest.mark.parametrize("closed_pipe", [False, True], ids=["eio", "closed-pipe"])
+def test_plain_lines_fail_as_rich_ones_do(
+    monkeypatch: pytest.MonkeyPatch, closed_pipe: bool
+) -> None:
+    """Standard error that is no terminal gets plain lines, written without rich: a
+    write that fails must end the same way as through ``StderrConsole``. A closed pipe
+    raises once and says so (exit code 141); any other error makes the output quiet,
+    the exit code untouched. Nothing is tried again either way."""
+    from xqueue.cli.stderr import Stderr, message
+
+    error = BrokenPipeError(errno.EPIPE, "") if closed_pipe else OSError(errno.EIO, "")
+    file = RefusingFile(error)
+    monkeypatch.setattr(sys, "stderr", file)
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.delenv("TTY_COMPATIBLE", raising=False)
+    stderr = Stderr()
+    stderr.print(message("error", "before\x1b]0;title\x07"))
+    assert file.written == ["error: before\\x1b]0;title\\x07\n"]
+    file.refuse = True
+    if closed_pipe:
+        with pytest.raises(BrokenPipeError):
+            stderr.print(message("error", "after"))
+    else:
+        stderr.print(message("error", "after"))  # EIO: no error
+    stderr.print(message("error", "later"))  # not even tried
+    assert file.tried == 1
+    assert stderr.pipe_closed is closed_pipe and not stderr.is_terminal
+    assert "rich.console" not in sys.modules or stderr._console is None

@@ -7,7 +7,7 @@ import errno
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import anyio
 
@@ -17,9 +17,8 @@ from ..queue import ERROR_STRATEGIES, Xqueue
 from ..retry import RetryPolicy
 from ..states import JobStatus
 from . import operate, sweep
-
-if TYPE_CHECKING:
-    from rich.console import Console
+from .stderr import Stderr, logging_to, message, summary_line
+from .text import NOT_SUCCEEDED
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_SIGINT, EXIT_SIGPIPE, EXIT_SIGTERM = 130, 141, 143
@@ -313,9 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _say_error(text: str) -> None:
-    from .report import message
-
-    _console().print(message("error", text), soft_wrap=True)
+    _console().print(message("error", text))
 
 
 def _stdout_to_devnull() -> None:
@@ -325,12 +322,10 @@ def _stdout_to_devnull() -> None:
     os.close(devnull)
 
 
-def _console() -> Console:
+def _console() -> Stderr:
     """Where a run's view and every error go; rich is imported only when it is needed
-    (``xqueue status`` prints plain text and starts faster without it)."""
-    from .report import StderrConsole
-
-    return StderrConsole()
+    (see ``stderr``: ``xqueue status`` and a run without a terminal start faster)."""
+    return Stderr()
 
 
 _CHUNK = 1 << 20
@@ -362,7 +357,7 @@ def read_job_list(stream: BinaryIO, source: str) -> list[str]:
     return read_commands(b"".join(chunks), source)
 
 
-def _run(args: argparse.Namespace, console: Console) -> int:
+def _run(args: argparse.Namespace, console: Stderr) -> int:
     if args.file == "-":
         if sys.stdin is None or sys.stdin.isatty():  # None: started with stdin closed
             raise XqueueError(
@@ -388,7 +383,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     return execute(queue, console, go)
 
 
-def make_queue(args: argparse.Namespace, console: Console, **extra: Any) -> Xqueue:
+def make_queue(args: argparse.Namespace, console: Stderr, **extra: Any) -> Xqueue:
     """The queue of ``queue_arguments``' options (and ``extra`` Xqueue arguments), with
     the live view when it is asked for or the console is a terminal."""
     plugins = [p[3:] and f"-{p[3:]}" if p.startswith("no:") else p for p in args.plugin]
@@ -410,28 +405,26 @@ def make_queue(args: argparse.Namespace, console: Console, **extra: Any) -> Xque
     if show:  # rich's live display is imported only for it
         from .progress import ProgressView
 
-        queue.hooks.register(ProgressView(queue, console), "xqueue-progress")
+        queue.hooks.register(ProgressView(queue, console.rich), "xqueue-progress")
     return queue
 
 
-def execute(queue: Xqueue, console: Console, go: Callable[[], Awaitable[object]]) -> int:
+def execute(queue: Xqueue, console: Stderr, go: Callable[[], Awaitable[object]]) -> int:
     """Run ``go`` (which runs ``queue``), print how it ended, return the exit code.
 
     The run's warnings are printed by ``console`` too, so that a terminal that is gone
     (a hangup: SSH dropped) makes nothing print a traceback (StderrConsole goes quiet),
     and the code stays the signal's: 129 for the SIGHUP that came with it.
     """
-    from .report import failures_table, logging_to, message, print_table, summary_line
-
     code = EXIT_OK
     try:
         with logging_to(console):
             anyio.run(go)
     except JobFailedError as exc:
-        console.print(message("halted", str(exc)), soft_wrap=True)
+        console.print(message("halted", str(exc)))
         code = EXIT_FAILED
     except Interrupted as exc:
-        console.print(message("interrupted", str(exc)), soft_wrap=True)
+        console.print(message("interrupted", str(exc)))
         code = 128 + exc.signal if exc.signal else EXIT_SIGTERM
     except KeyboardInterrupt as exc:
         # The run's own word on what it left; Python's, from outside a run, has none.
@@ -443,11 +436,14 @@ def execute(queue: Xqueue, console: Console, go: Callable[[], Awaitable[object]]
                 if left
                 else "running jobs were killed"
             )
-        console.print(message("interrupted", f"Ctrl-C; {what}"), soft_wrap=True)
+        console.print(message("interrupted", f"Ctrl-C; {what}"))
         code = EXIT_SIGINT
     stats = queue.statistics()
     console.print(summary_line(dict(stats.counts), stats.total, stats.elapsed))
-    print_table(console, failures_table(queue.jobs, queue.scheduler.shared_fs))
+    if any(stats.counts.get(status.value) for status in NOT_SUCCEEDED):  # rich only then
+        from .report import failures_table
+
+        console.rich.print(failures_table(queue.jobs, queue.scheduler.shared_fs))
     # Skipped jobs are listed as not succeeded but do not make the code 1 (docs/cli.md):
     # one skipped because a job it runs after failed comes with that failure, and one a
     # plugin vetoed was the plugin's decision, not a job that failed.

@@ -8,10 +8,8 @@ sequence in a name could rewrite the screen or the window title).
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
 from rich.console import Console
 from rich.table import Table
@@ -20,11 +18,13 @@ from rich.text import Text
 from ..job import Job
 from ..records import READ_FLAGS
 from ..states import JobStatus
-from .text import MAX_ROWS, printable, rc_text, status_text
+from .stderr import silence
+from .text import MAX_ROWS, NOT_SUCCEEDED, printable, rc_text, status_text
 
 
 class StderrConsole(Console):
-    """The console every run's view, summary and error go to: standard error.
+    """rich's console on standard error, which ``stderr.Stderr`` loads for what needs
+    rich: a terminal's colours, the live view, the table of failed jobs.
 
     A write that fails does not end the command with a traceback. A closed pipe raises
     BrokenPipeError once (``on_broken_pipe``), for an exit code of 141; a terminal that
@@ -56,49 +56,8 @@ class StderrConsole(Console):
             self._silence()
 
     def _silence(self) -> None:
-        """Write nothing more: rich is made quiet, and standard error is /dev/null, so
-        that whatever else writes there later (the interpreter's last flush, a late
-        warning, a thread's traceback) does not fail again."""
-        self.quiet = True
-        try:
-            fd = self.file.fileno()
-        except (OSError, ValueError):  # not a real file (a test's capture): nothing to do
-            return
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, fd)
-        os.close(devnull)
-
-
-class ConsoleLogHandler(logging.Handler):
-    """xqueue's warnings during a run (``SIGHUP: stopping; ...``), printed by the run's
-    console as logging's last resort printed them, the message alone, so that a write
-    that fails is handled as for every other line: quietly. Logging itself would print
-    a traceback (``--- Logging error ---``) for each warning to a terminal that is gone."""
-
-    def __init__(self, console: Console) -> None:
-        super().__init__(logging.WARNING)
-        self.console = console
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            text = "\n".join(printable(line) for line in self.format(record).split("\n"))
-            self.console.print(Text(text), soft_wrap=True)
-        except OSError:  # a closed pipe: the console has gone quiet, the exit code is 141
-            pass
-        except Exception:
-            self.handleError(record)
-
-
-@contextmanager
-def logging_to(console: Console) -> Iterator[None]:
-    """xqueue's log goes to ``console`` (``ConsoleLogHandler``) until the block ends."""
-    logger = logging.getLogger("xqueue")
-    handler = ConsoleLogHandler(console)
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
+        """Write nothing more: rich is made quiet, and standard error is /dev/null."""
+        self.quiet = silence(self.file)
 
 
 def plain(text: str, style: str = "") -> Text:
@@ -106,17 +65,7 @@ def plain(text: str, style: str = "") -> Text:
     return Text(printable(text), style=style)
 
 
-def message(label: str, text: str, style: str = "bold red") -> Text:
-    """``label: text`` with only the label styled, for errors that quote user input."""
-    return Text.assemble((f"{label}: ", style), printable(text))
-
-
 NOT_COPIED = "- (not copied back: the job ran without this machine's file system)"
-
-
-# A skipped job did not succeed either: left out, a run with a failure and the jobs it
-# held back reported "3 job(s): 1 failed, 1 finished, 1 skipped" over a table of one.
-NOT_SUCCEEDED = (JobStatus.FAILED, JobStatus.KILLED, JobStatus.SKIPPED)
 
 
 def failures_table(jobs: Iterable[Job], shared_fs: bool = True) -> Table | None:
@@ -175,13 +124,3 @@ def _last_line(path: str, limit: int = 120) -> str:
         return ""
     lines = tail.decode(errors="replace").strip().splitlines()
     return lines[-1][:limit] if lines else ""
-
-
-def summary_line(counts: dict[str, int], total: int, elapsed: float) -> Text:
-    parts = ", ".join(f"{n:,} {state}" for state, n in sorted(counts.items()))
-    return plain(f"{total:,} job(s) in {elapsed:,.1f}s: {parts or 'nothing to do'}")
-
-
-def print_table(console: Console, table: Table | None) -> None:
-    if table is not None:
-        console.print(table)

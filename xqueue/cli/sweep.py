@@ -10,9 +10,8 @@ from typing import TYPE_CHECKING, Any
 from .text import printable
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from ..sweep import Sweep
+    from .stderr import Stderr
 
 
 def add_parser(sub: Any) -> None:
@@ -36,7 +35,7 @@ def add_parser(sub: Any) -> None:
     queue_arguments(sweep)
 
 
-def run(args: argparse.Namespace, console: Console) -> int:
+def run(args: argparse.Namespace, console: Stderr) -> int:
     """The command; XqueueError for what the user must fix (exit code 2)."""
     from ..sweep import Sweep, run_sweep
     from .commands import EXIT_OK, execute, make_queue

@@ -11,7 +11,13 @@ import signal
 import unicodedata
 from typing import Any
 
+from ..states import JobStatus
+
 MAX_ROWS = 50  # rows of failed jobs shown by default, after a run and by xqueue status
+
+# A skipped job did not succeed either: left out, a run with a failure and the jobs it
+# held back reported "3 job(s): 1 failed, 1 finished, 1 skipped" over a table of one.
+NOT_SUCCEEDED = (JobStatus.FAILED, JobStatus.KILLED, JobStatus.SKIPPED)
 
 _ESCAPES: dict[int, str] = {c: f"\\x{c:02x}" for c in (*range(32), *range(127, 160))}
 _ESCAPES.update({9: "\\t", 10: "\\n", 13: "\\r"})
