@@ -443,3 +443,81 @@ def test_a_run_without_a_terminal_prints_plain_lines_without_loading_rich(
     )
     assert failed.returncode == 1 and failed.stdout == "True\n"
     assert "1 job(s) did not succeed" in failed.stderr, failed.stderr
+
+
+BUFFERED = """
+from xqueue import hookimpl
+
+
+class Plugin:
+    @hookimpl
+    def on_init(self, xqueue):
+        self.xqueue = xqueue  # a cycle: only the collector frees it, and closes the file
+        self.log = open(xqueue.workdir.path / "plugin.log", "a")
+        self.log.write("init\\n")
+
+    @hookimpl
+    def on_job_succeeded(self, job):
+        self.log.write(f"ok {job.index}\\n")
+
+
+plugin = Plugin()
+"""
+
+
+@pytest.mark.parametrize("how", ["module", "script"])
+def test_a_plugin_file_left_to_the_collector_is_flushed_at_exit(tmp_path: Path, how: str) -> None:
+    """What the command made is still collected as its process exits (only what its
+    imports made is frozen, for a faster exit): a plugin that leaves its file to be
+    closed by the collection of the run's objects lost everything it wrote when the
+    whole heap was frozen after the command."""
+    site = tmp_path / "site"
+    info = site / "xq_buffered-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: xq-buffered\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[xqueue.plugins]\nbuffered = xq_buffered:plugin\n")
+    (site / "xq_buffered.py").write_text(BUFFERED)
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    command = XQ if how == "module" else [os.path.join(os.path.dirname(sys.executable), "xqueue")]
+    out = subprocess.run(
+        [*command, "run", "-w", str(tmp_path / "wd"), "-p", "buffered", "--no-progress"],
+        input="true\ntrue\n",
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": path, "XQUEUE_DISABLE_PLUGIN_AUTOLOAD": "1"},
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "wd" / "plugin.log").read_text() == "init\nok 0\nok 1\n"
+
+
+def test_an_error_line_into_a_closed_pipe_exits_141(tmp_path: Path) -> None:
+    """``xqueue run -o bogus=1 2>&1 | head -0``: the error line met the closed pipe and
+    its BrokenPipeError left ``main``: exit code 1, as for a failed job, not 141."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        out = subprocess.run(
+            [*XQ, "run", "-w", str(tmp_path / "wd"), "-o", "bogus=1"],
+            input=b"true\n",
+            stdout=subprocess.DEVNULL,
+            stderr=write,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert out.returncode == 141
+
+
+def test_the_summary_wraps_between_words_where_rich_prints_it(tmp_path: Path) -> None:
+    """Through rich (a terminal; FORCE_COLOR here) the summary keeps rich's wrapping at
+    the width, between words, as before plain lines came; a plain line is never cut."""
+    env = {**os.environ, "FORCE_COLOR": "1", "COLUMNS": "20"}
+    argv = [*XQ, "run", "-w", str(tmp_path / "wd"), "--no-progress"]
+    out = subprocess.run(argv, input="true\n", capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert re.fullmatch(r"1 job\(s\) in \d+\.\ds: 1 \nfinished\n", out.stderr), repr(out.stderr)
+    del env["FORCE_COLOR"]
+    argv[-2] = str(tmp_path / "plain")
+    out = subprocess.run(argv, input="true\n", capture_output=True, text=True, env=env, timeout=60)
+    assert re.fullmatch(r"1 job\(s\) in \d+\.\ds: 1 finished\n", out.stderr), repr(out.stderr)

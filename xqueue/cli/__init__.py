@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Sequence
+import sys
 
-from . import commands
+from .commands import main
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The ``xqueue`` command (``commands.main``), as its process is about to exit.
+def console_main() -> int:
+    """The ``xqueue`` command as a process of its own (the console script, ``python -m
+    xqueue``): ``main``, with what its imports made frozen out of the cycle collector's
+    reach first.
 
-    Every object left is frozen out of the cycle collector's reach first: the collector
-    passes of the interpreter's exit took 20-25 ms of a command's time on this project's
-    machines, about a fifth of its start-up, and 4 ms with them frozen. Python does not
-    promise to finalize what is still alive at exit anyway, and the run has closed its
-    workdir's files by then. Call ``commands.main`` to run a command in a process that
-    goes on (a test's).
+    The collector's passes over those objects (modules, classes, functions: never
+    garbage) took 20-25 ms of the interpreter's exit, about a fifth of a command's
+    start-up on this project's machines. What the command itself makes is not frozen,
+    so the exit still collects and finalizes it (a plugin's file left to be closed by
+    its collection is flushed). ``main`` is for a process that goes on.
     """
-    code = commands.main(argv)
     gc.freeze()
-    return code
+    return main(sys.argv[1:])
 
 
-__all__ = ["main"]
+__all__ = ["console_main", "main"]

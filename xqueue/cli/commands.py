@@ -266,11 +266,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:  # said by the command's own parser, with its usage (the top level's is no help)
         _command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     if sys.stdout is None and args.command in _ANSWERS_ON_STDOUT:
-        _say_error(
+        return _say_error(
             f"standard output is closed: `xqueue {args.command}` has nowhere to write; "
-            "redirect it (> FILE, or > /dev/null)"
+            "redirect it (> FILE, or > /dev/null)",
+            EXIT_USAGE,
         )
-        return EXIT_USAGE
     try:
         if args.command == "schedulers":
             print("\n".join(registry.available()))
@@ -299,20 +299,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # Standard output refused a write (a full disk or quota): said in a line, as any
         # error.
-        _say_error(f"could not write the output: {exc.strerror}")
+        code = _say_error(f"could not write the output: {exc.strerror}", EXIT_FAILED)
         _stdout_to_devnull()
-        return EXIT_FAILED
+        return code
     except KeyboardInterrupt:
         # A Ctrl-C once the run has stopped (a second one while it said how it ended):
         # the run's own handling is over, so only the printing stops, without a traceback.
         return EXIT_SIGINT
     except XqueueError as exc:
-        _say_error(str(exc))
-        return EXIT_USAGE
+        return _say_error(str(exc), EXIT_USAGE)
 
 
-def _say_error(text: str) -> None:
-    _console().print(message("error", text))
+def _say_error(text: str, code: int) -> int:
+    """Say ``error: text``; ``code``, or 141 if standard error is a pipe nobody reads
+    any more (``xqueue run -o bogus=1 2>&1 | head -0`` exited 1, as for a failed job)."""
+    try:
+        _console().print(message("error", text))
+    except BrokenPipeError:
+        return EXIT_SIGPIPE
+    return code
 
 
 def _stdout_to_devnull() -> None:
@@ -439,7 +444,7 @@ def execute(queue: Xqueue, console: Stderr, go: Callable[[], Awaitable[object]])
         console.print(message("interrupted", f"Ctrl-C; {what}"))
         code = EXIT_SIGINT
     stats = queue.statistics()
-    console.print(summary_line(dict(stats.counts), stats.total, stats.elapsed))
+    console.print(summary_line(dict(stats.counts), stats.total, stats.elapsed), wrap=True)
     if any(stats.counts.get(status.value) for status in NOT_SUCCEEDED):  # rich only then
         from .report import failures_table
 

@@ -79,7 +79,11 @@ class Stderr:
         self._pipe_closed = False
         self._quiet = False
         stream = sys.stderr
-        plain = stream is not None and not any(name in os.environ for name in _RICH_SETTINGS)
+        plain = (
+            stream is not None
+            and not any(name in os.environ for name in _RICH_SETTINGS)
+            and "ipykernel" not in sys.modules  # a notebook: rich shows it as one
+        )
         if plain:
             try:
                 plain = not stream.isatty()
@@ -108,9 +112,11 @@ class Stderr:
         """The reader went away: the command exits 141."""
         return self._pipe_closed or bool(getattr(self._console, "pipe_closed", False))
 
-    def print(self, line: Line) -> None:
+    def print(self, line: Line, *, wrap: bool = False) -> None:
+        """``line`` and a line end; ``wrap``: at a terminal's width, between words, as
+        rich does (a plain line never is: a log or a pipe takes any length)."""
         if self._console is not None:
-            self._console.print(line.rich(), soft_wrap=True)
+            self._console.print(line.rich(), soft_wrap=not wrap)
             return
         stream = sys.stderr
         if self._quiet or stream is None:
