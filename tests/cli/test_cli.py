@@ -311,6 +311,8 @@ def test_progress_view_renders(tmp_path: Path) -> None:
     out = xqueue("run", "--progress", "-w", str(tmp_path / "wd"), input="true\ntrue\n")
     assert out.returncode == 0
     assert "2/2" in out.stderr and "jobs/s" in out.stderr
+    # Not a terminal: the view's last line ends, and the summary has a line of its own.
+    assert re.search(r"^2 job\(s\) in [0-9.]+s: 2 finished$", out.stderr, re.M), out.stderr
 
 
 def test_run_without_a_job_list_on_a_terminal_says_what_to_do(tmp_path: Path) -> None:

@@ -69,6 +69,10 @@ class _Live(Live):
         # the cursor shown again), so whichever of those fails, nothing is left taken.
         try:
             super().stop()
+            if not self.console.is_terminal:
+                # rich ends its last render with a new line only on a terminal: in a log
+                # the run's summary went on the same line as the counts.
+                self.console.line()
         except OSError:
             self.gone = True
 
