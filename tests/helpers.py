@@ -349,3 +349,17 @@ async def kill_as_it_ends(q: Xqueue, go: Path) -> tuple[Job, bool]:
     with anyio.fail_after(60):
         await job.wait()
     return job, killed
+
+
+def plugin_distribution(site: Path, name: str, group: str, entry: str, source: str) -> str:
+    """``site`` made a folder to put on ``sys.path`` (``PYTHONPATH``) holding a real
+    installed distribution ``name``: a dist-info whose entry point ``entry`` (``key =
+    module:attr``) is in ``group`` (``xqueue.plugins``, ``xqueue.schedulers``), and the
+    module, whose source is ``source``; ``PYTHONPATH`` with it first."""
+    info = site / f"{name.replace('-', '_')}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{group}]\n{entry}\n")
+    module = entry.split("=", 1)[1].strip().split(":")[0]
+    (site / f"{module}.py").write_text(source)
+    return os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))

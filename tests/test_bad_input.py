@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import read_text
+from tests.helpers import plugin_distribution, read_text
 from xqueue import (
     ConfigError,
     JobFailedError,
@@ -96,11 +96,7 @@ def test_a_plugin_scheduler_not_installed_names_its_distribution() -> None:
 def with_plugin_distribution(tmp_path: Path, name: str, scheduler: str, module: str) -> str:
     """A folder to put on sys.path holding a real distribution: a dist-info that
     registers ``scheduler`` to a module whose source is ``module``."""
-    info = tmp_path / f"{name.replace('-', '_')}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[xqueue.schedulers]\n{scheduler} = xq_mod:Plugin\n")
-    (tmp_path / "xq_mod.py").write_text(module)
+    plugin_distribution(tmp_path, name, "xqueue.schedulers", f"{scheduler} = xq_mod:Plugin", module)
     return str(tmp_path)
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import plugin_distribution
+
 XQ = [sys.executable, "-m", "xqueue"]
 
 
@@ -331,24 +333,26 @@ def test_run_without_a_job_list_on_a_terminal_says_what_to_do(tmp_path: Path) ->
     assert "no job list: give a file" in out.stderr
 
 
+def stderr_into_closed_pipe(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """``xqueue ARGS 2>&1 | head -0`` with one job, ``true``: standard error is a pipe
+    whose reader is gone."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(
+            [*XQ, *args], input=b"true\n", stdout=subprocess.DEVNULL, stderr=write, timeout=60
+        )
+    finally:
+        os.close(write)
+
+
 @pytest.mark.parametrize("view", ["--no-progress", "--progress"])
 def test_a_closed_pipe_on_stderr_exits_141_not_as_a_failed_job(tmp_path: Path, view: str) -> None:
     """``xqueue run jobs 2>&1 | head -0``: rich exits 1 on a broken pipe, which says a
     job failed; a closed pipe is 141, as on standard output. The live view (asked for)
     meets it first, and must neither stop the run nor keep the event stream's last
     event from being written (the run ended with exit code 2 and no run_stopped)."""
-    read, write = os.pipe()
-    os.close(read)
-    try:
-        out = subprocess.run(
-            [*XQ, "run", "-w", str(tmp_path / "wd"), view],
-            input=b"true\n",
-            stdout=subprocess.DEVNULL,
-            stderr=write,
-            timeout=60,
-        )
-    finally:
-        os.close(write)
+    out = stderr_into_closed_pipe("run", "-w", str(tmp_path / "wd"), view)
     assert out.returncode == 141
     assert (tmp_path / "wd" / "journal.jsonl").read_text().count('"finished"') == 1
     events = (tmp_path / "wd" / "events.jsonl").read_text().splitlines()
@@ -473,13 +477,8 @@ def test_a_plugin_file_left_to_the_collector_is_flushed_at_exit(tmp_path: Path, 
     imports made is frozen, for a faster exit): a plugin that leaves its file to be
     closed by the collection of the run's objects lost everything it wrote when the
     whole heap was frozen after the command."""
-    site = tmp_path / "site"
-    info = site / "xq_buffered-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: xq-buffered\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[xqueue.plugins]\nbuffered = xq_buffered:plugin\n")
-    (site / "xq_buffered.py").write_text(BUFFERED)
-    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    entry = "buffered = xq_buffered:plugin"
+    path = plugin_distribution(tmp_path / "site", "xq-buffered", "xqueue.plugins", entry, BUFFERED)
     command = XQ if how == "module" else [os.path.join(os.path.dirname(sys.executable), "xqueue")]
     out = subprocess.run(
         [*command, "run", "-w", str(tmp_path / "wd"), "-p", "buffered", "--no-progress"],
@@ -496,18 +495,7 @@ def test_a_plugin_file_left_to_the_collector_is_flushed_at_exit(tmp_path: Path, 
 def test_an_error_line_into_a_closed_pipe_exits_141(tmp_path: Path) -> None:
     """``xqueue run -o bogus=1 2>&1 | head -0``: the error line met the closed pipe and
     its BrokenPipeError left ``main``: exit code 1, as for a failed job, not 141."""
-    read, write = os.pipe()
-    os.close(read)
-    try:
-        out = subprocess.run(
-            [*XQ, "run", "-w", str(tmp_path / "wd"), "-o", "bogus=1"],
-            input=b"true\n",
-            stdout=subprocess.DEVNULL,
-            stderr=write,
-            timeout=60,
-        )
-    finally:
-        os.close(write)
+    out = stderr_into_closed_pipe("run", "-w", str(tmp_path / "wd"), "-o", "bogus=1")
     assert out.returncode == 141
 
 

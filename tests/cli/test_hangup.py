@@ -179,22 +179,27 @@ def test_a_terminal_that_hangs_up_stops_the_run_as_sighup_does(
 
 
 class DyingTerminal(io.TextIOBase):
-    """A terminal's file whose writes fail (EIO) once ``dead`` is set."""
+    """A terminal's file whose writes fail (``error``: EIO) once ``dead`` is set; with
+    ``tty=False``, a file that is no terminal (a log, a pipe)."""
 
-    def __init__(self) -> None:
+    def __init__(self, error: OSError | None = None, tty: bool = True) -> None:
+        self.error = error or OSError(errno.EIO, os.strerror(errno.EIO))
+        self.tty = tty
         self.dead = threading.Event()
         self.failed = threading.Event()  # a write was refused
+        self.refused = 0
         self.written: list[str] = []
 
     def write(self, text: str) -> int:
         if self.dead.is_set():
+            self.refused += 1
             self.failed.set()
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
+            raise self.error
         self.written.append(text)
         return len(text)
 
     def isatty(self) -> bool:
-        return True
+        return self.tty
 
     def fileno(self) -> int:
         raise io.UnsupportedOperation("no descriptor")
@@ -277,29 +282,6 @@ def test_the_console_goes_quiet_on_a_terminal_that_is_gone(
     assert console.quiet and not console.pipe_closed
 
 
-class RefusingFile(io.TextIOBase):
-    """A file, not a terminal, whose writes raise ``error`` once ``refuse`` is set."""
-
-    def __init__(self, error: OSError) -> None:
-        self.error = error
-        self.refuse = False
-        self.tried = 0
-        self.written: list[str] = []
-
-    def write(self, text: str) -> int:
-        if self.refuse:
-            self.tried += 1
-            raise self.error
-        self.written.append(text)
-        return len(text)
-
-    def isatty(self) -> bool:
-        return False
-
-    def fileno(self) -> int:
-        raise io.UnsupportedOperation("no descriptor")
-
-
 @pytest.mark.parametrize("closed_pipe", [False, True], ids=["eio", "closed-pipe"])
 def test_plain_lines_fail_as_rich_ones_do(
     monkeypatch: pytest.MonkeyPatch, closed_pipe: bool
@@ -311,20 +293,20 @@ def test_plain_lines_fail_as_rich_ones_do(
     from xqueue.cli.stderr import Stderr, message
 
     error = BrokenPipeError(errno.EPIPE, "") if closed_pipe else OSError(errno.EIO, "")
-    file = RefusingFile(error)
+    file = DyingTerminal(error, tty=False)
     monkeypatch.setattr(sys, "stderr", file)
     monkeypatch.delenv("FORCE_COLOR", raising=False)
     monkeypatch.delenv("TTY_COMPATIBLE", raising=False)
     stderr = Stderr()
     stderr.print(message("error", "before\x1b]0;title\x07"))
     assert file.written == ["error: before\\x1b]0;title\\x07\n"]
-    file.refuse = True
+    file.dead.set()
     if closed_pipe:
         with pytest.raises(BrokenPipeError):
             stderr.print(message("error", "after"))
     else:
         stderr.print(message("error", "after"))  # EIO: no error
     stderr.print(message("error", "later"))  # not even tried
-    assert file.tried == 1
+    assert file.refused == 1
     assert stderr.pipe_closed is closed_pipe and not stderr.is_terminal
     assert "rich.console" not in sys.modules or stderr._console is None

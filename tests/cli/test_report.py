@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from tests.helpers import plugin_distribution
 from xqueue import Job, JobStatus
 from xqueue.cli.report import NOT_COPIED, failures_table
 from xqueue.workdir import Workdir
@@ -107,15 +108,11 @@ def test_a_run_whose_only_unsuccessful_job_a_plugin_vetoed_lists_it_and_exits_0(
 ) -> None:
     """A veto is the plugin's decision, not a failure: the exit code stays 0 (1 is for a
     job that failed or was killed, docs/cli.md), but the job is listed, with the reason."""
-    site = tmp_path / "site"
-    info = site / "xq_veto-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: xq-veto\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[xqueue.plugins]\nveto = xq_veto\n")
-    (site / "xq_veto.py").write_text(VETO)
+    path = plugin_distribution(
+        tmp_path / "site", "xq-veto", "xqueue.plugins", "veto = xq_veto", VETO
+    )
     jobs = tmp_path / "jobs.txt"
     jobs.write_text("true\n: vetoed\n")  # a command's name is the command
-    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
     out = subprocess.run(
         [*XQ, "run", str(jobs), "-w", str(tmp_path / "wd"), "-p", "veto", "--no-progress"],
         capture_output=True,
