@@ -511,3 +511,40 @@ def test_the_summary_wraps_between_words_where_rich_prints_it(tmp_path: Path) ->
     argv[-2] = str(tmp_path / "plain")
     out = subprocess.run(argv, input="true\n", capture_output=True, text=True, env=env, timeout=60)
     assert re.fullmatch(r"1 job\(s\) in \d+\.\ds: 1 finished\n", out.stderr), repr(out.stderr)
+
+
+CTRL_C_AT_EXIT = """
+import atexit, os, signal, time
+from xqueue import hookimpl
+
+
+def second_ctrl_c():
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.5)
+
+
+@hookimpl
+def on_init():
+    atexit.register(second_ctrl_c)  # it runs as the process exits, after the command
+"""
+
+
+def test_a_ctrl_c_as_the_process_exits_ends_it_without_a_message(tmp_path: Path) -> None:
+    """A second Ctrl-C soon after the first one came once the command had returned, in
+    the interpreter's exit: Python's handler raised it inside the cleanup, which printed
+    "Exception ignored in: <atexit ...> KeyboardInterrupt" and went on. The signal's
+    default action ends the process at once, without a word."""
+    path = plugin_distribution(
+        tmp_path / "site", "xq-late", "xqueue.plugins", "late = xq_late", CTRL_C_AT_EXIT
+    )
+    out = subprocess.run(
+        [*XQ, "run", "-w", str(tmp_path / "wd"), "-p", "late", "--no-progress"],
+        input="true\n",
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": path, "XQUEUE_DISABLE_PLUGIN_AUTOLOAD": "1"},
+        timeout=60,
+    )
+    assert out.returncode == -signal.SIGINT, (out.returncode, out.stderr)
+    assert "Exception ignored" not in out.stderr and "KeyboardInterrupt" not in out.stderr
+    assert out.stderr.endswith("1 finished\n"), out.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import signal
 import sys
 
 from .commands import main
@@ -20,7 +21,13 @@ def console_main() -> int:
     its collection is flushed). ``main`` is for a process that goes on.
     """
     gc.freeze()
-    return main(sys.argv[1:])
+    code = main(sys.argv[1:])
+    # The command is over: a Ctrl-C now (a second one, soon after the one that stopped
+    # the run) has nothing left to stop. Python's own handler would raise it inside the
+    # exit's cleanup ("Exception ignored in: <atexit ...> KeyboardInterrupt"); the
+    # default action ends the process quietly, as the signal's.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    return code
 
 
 __all__ = ["console_main", "main"]
