@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import process_alive
 from tests.procs import PtyProcess, job_processes, kill_job_processes, stop, wait_no_job_processes
 from xqueue.schedulers._proc import start_ticks
 
@@ -1018,6 +1020,44 @@ def test_cancel_records_a_job_its_dead_run_was_killing_as_killed(
     assert final_states(wd) == ["killed", "killed"]
     assert "2 killed" in xqueue("status", str(wd)).stdout
     assert "killed: the run stopped (SIGTERM)" in xqueue("status", str(wd)).stdout
+
+
+def test_cancel_ends_what_a_job_its_dead_run_was_killing_left_running(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    """The run's stop ended the job's shell (SIGTERM) and the run was SIGKILLed within
+    its kill_grace, before the SIGKILL of the job's group: a child that ignores SIGTERM
+    lived on. cancel recorded the job killed, exit 0, and left the child running; the
+    next run then started the job again beside it. A resume ends such a group."""
+    wd, child = tmp_path / "wd", tmp_path / "child"
+    job = f"sh -c \"trap '' TERM; echo \\$\\$ > {child}; exec sleep 120\" & wait"
+    run = Run(wd, [job], "-f", "1", "-o", "kill_grace=5")
+    runs.append(run)
+    deadline = time.monotonic() + 20
+    while not child.exists() or not child.read_text().strip():
+        assert time.monotonic() < deadline, "the job did not start its child"
+        time.sleep(0.05)
+    pid = int(child.read_text())
+    run.proc.send_signal(signal.SIGTERM)
+    run.wait_journal('"kill": true', 1)
+    while not (wd / "exits.jsonl").exists() or not (wd / "exits.jsonl").read_text():
+        assert time.monotonic() < deadline + 10, "the shepherd recorded no exit"
+        time.sleep(0.02)
+    run.proc.kill()  # within the kill_grace: the group's SIGKILL is never sent
+    run.wait()
+    assert process_alive(pid)
+    try:
+        out = xqueue("cancel", str(wd))
+        assert out.returncode == 0, out.stderr
+        assert "recorded killed, by its run's stop (exit code 143)" in out.stdout, out.stdout
+        deadline = time.monotonic() + 10
+        while process_alive(pid):
+            assert time.monotonic() < deadline, "cancel left the job's child running"
+            time.sleep(0.05)
+        assert final_states(wd) == ["killed"]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.slurm

@@ -501,8 +501,19 @@ async def _kill(
         # next run ran a success again. So is one the kill found ended.
         exited = await anyio.to_thread.run_sync(recorded_exits, listed) if listed else set()
         alive = [job for job in listed if job not in exited]
+        # One that has ended is asked to be killed too, as a resume asks it
+        # (``Engine._stop_stale``), for what it may have left running: a stop's SIGTERM
+        # ended its shell, and its controller died before the SIGKILL. Left alive, that
+        # ran on while the job was recorded ended, and the next run started it again
+        # beside it. That kill's answer does not change how the job ended.
         outcome = list(await scheduler.kill_jobs(alive)) if alive else []
         exited |= {j for j, e in zip(alive, outcome, strict=True) if isinstance(e, JobAlreadyEnded)}
+        rest = [job for job in known if job not in alive]
+        if rest:
+            try:
+                await scheduler.kill_jobs(rest)
+            except Exception as exc:
+                out.write(f"could not look for what ended jobs left: {printable(str(exc))}\n")
         ended = [job for job in known if not held.get(job) or job in exited]
         # Asked as a run's poll asks: a backend fetches the files an ended job left
         # elsewhere (gbatch, from its bucket), and gives its word on how the job ended.
