@@ -81,6 +81,9 @@ def test_fields_braces_and_slot_fields() -> None:
         (one_group(command="echo {x}", params={"x": [1, "1"]}), "lists 1 more than once"),
         (one_group(command="echo {x}", params={"x": [True, "true"]}), "lists true more than"),
         (one_group(command="echo", zip={"a": [1], "b": [1, 2]}), "one length"),
+        # A row twice ran its point twice, as a value twice in params did.
+        (one_group(command="echo", zip={"a": [1, 2, 1], "b": [3, 4, 3]}), "row 3 repeats row 1"),
+        (one_group(command="echo", zip={"a": [0.1, "0.1"], "b": [3, 3]}), "row 2 repeats row 1"),
         (one_group(command="echo", call="m:f"), "either a command or a call"),
         (one_group(params={"x": 1}), "either a command or a call"),
         (one_group(command="echo", slots=["cpu"]), "not in the [slots] table"),

@@ -11,9 +11,11 @@ Two kinds of template, two rules, each safe whatever the values hold (spaces, qu
 - **a shell string**: the template is the user's shell code, so no value is pasted into
   it. Every field becomes a double-quoted variable expansion (``"$XQUEUE_PARAM_DECAY"``,
   ``"$XQUEUE_SLOT_GPU"``) and the job gets the values in its environment. A shell never
-  reads the result of an expansion as code, in any context (quotes, a here-document,
-  ``eval`` aside), so a value is inert by construction, not by escaping it right for the
-  context the field happens to be in. Written bare (``--decay {decay}``), a field is
+  reads the result of an expansion as code (quotes, a here-document, ``eval`` aside), so
+  a value is inert by construction, not by escaping it right for the context the field
+  happens to be in; save bash's arithmetic contexts (``$(( ))``, ``[[ -eq ]]``, array
+  subscripts), which evaluate a variable's text as an expression whose subscripts can
+  run commands (docs/sweeps.md says so). Written bare (``--decay {decay}``), a field is
   exactly one word with the value.
 
 Fields: ``{name}`` of a parameter or a slot axis; ``{{`` and ``}}`` are literal braces;

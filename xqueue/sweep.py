@@ -400,6 +400,16 @@ def _resolve(group: Group, where: str | None = None) -> Callable[..., Any]:
             target = getattr(target, part)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"{where}: cannot load {group.call!r}: {exc}") from None
+    except SystemExit as exc:  # a script's `sys.exit()` (argparse's too) at import
+        raise ConfigError(
+            f"{where}: cannot load {group.call!r}: importing {module!r} called "
+            f"sys.exit({exc.code!r})"
+        ) from None
+    except Exception as exc:  # its own error at import, a SyntaxError: one line, exit 2
+        raise ConfigError(
+            f"{where}: cannot load {group.call!r}: importing {module!r} raised "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
     if not callable(target):
         raise ConfigError(f"{where}: {group.call!r} is not callable")
     return target  # type: ignore[no-any-return]
@@ -447,6 +457,15 @@ def _group(j: int, data: Any, axes: Mapping[str, tuple[Any, ...]], section: str)
     if zipped and len({len(values) for _, values in zipped}) > 1:
         lengths = {n: len(values) for n, values in zipped}
         raise ConfigError(f"{where}: the lists of zip must be of one length, not {lengths}")
+    if zipped:
+        # A row twice ran its point twice, under one name, as a value twice in params did.
+        rows = [tuple(_full_text(v) for v in row) for row in zip(*(v for _, v in zipped))]
+        twice = sorted({i for i, row in enumerate(rows) if rows.index(row) != i})
+        if twice:
+            raise ConfigError(
+                f"{where}: zip's row {twice[0] + 1} repeats row {rows.index(rows[twice[0]]) + 1}"
+                " (as the job names and commands show it): give each row once"
+            )
     names = [n for n, _ in (*params, *zipped)]
     _unique([param_variable(n) for n in names], f"parameter of {where} (ignoring case)")
     clash = sorted(set(names) & set(slots))

@@ -200,3 +200,43 @@ def test_a_run_stopped_in_a_tolerant_section_ends_as_the_stop_says(
     assert proc.returncode == code, err
     assert "takes no more jobs" not in err and f"{said}:" in err
     assert "job(s) in" in err and "next" not in err.split("job(s) in")[1].split("\n")[0]
+
+
+@pytest.mark.parametrize(
+    ("module", "said"),
+    [
+        ("import sys\nsys.exit(0)\n", "importing 'side' called sys.exit(0)"),
+        ("raise RuntimeError('no GPU here')\n", "importing 'side' raised RuntimeError: no GPU"),
+        ("def f(:\n", "importing 'side' raised SyntaxError"),
+    ],
+)
+def test_a_call_module_that_fails_as_it_is_imported_is_one_line_exit_2(
+    tmp_path: Path, module: str, said: str
+) -> None:
+    """A module whose import exits (a script's sys.exit, argparse) made the sweep exit 0
+    having run nothing; one that raised printed a traceback, exit 1."""
+    (tmp_path / "side.py").write_text(module)
+    path = tmp_path / "sweep.toml"
+    path.write_text('[[section]]\n[[section.group]]\nname = "g"\ncall = "side:f"\n')
+    out = xqueue("sweep", str(path), "-w", str(tmp_path / "wd"))
+    assert out.returncode == 2, out.stderr
+    assert said in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.count("\n") == 1
+
+
+def test_a_module_beside_the_sweep_file_does_not_replace_one_the_controller_imports(
+    tmp_path: Path,
+) -> None:
+    """The sweep file's folder went first on the path, even for a sweep with no call: a
+    `random.py` or `queue.py` beside it was imported by the controller itself (its code
+    ran there, then a traceback). It goes last, and only for a sweep with calls."""
+    for name in ("random", "queue", "subprocess", "tempfile"):
+        (tmp_path / f"{name}.py").write_text("raise SystemExit('the controller imported me')\n")
+    (tmp_path / "model.py").write_text("def fit(x):\n    return x * 2\n")
+    path = tmp_path / "sweep.toml"
+    for body in ('command = ["echo", "{x}"]\n', 'call = "model:fit"\n'):
+        path.write_text(f'[[section]]\n[[section.group]]\nname = "g"\n{body}params.x = [1, 2]\n')
+        wd = tmp_path / f"wd{len(body)}"
+        out = xqueue("sweep", str(path), "-w", str(wd), "--no-progress")
+        assert out.returncode == 0, out.stderr
+        assert "2 finished" in out.stderr and "imported me" not in out.stderr

@@ -41,11 +41,12 @@ def run(args: argparse.Namespace, console: Stderr) -> int:
     from .commands import EXIT_OK, execute, make_queue
 
     sweep = Sweep.from_file(args.file)
-    # A module next to the file is importable by `call = "module:function"`, as a
-    # script's folder is for `python script.py`; the calls' runner gets the same path.
+    # A module next to the file is importable by `call = "module:function"`; the calls'
+    # runner gets the same path. Last on the path, and only for a sweep with calls: first,
+    # a `random.py` or `queue.py` beside the file was what the controller itself imported.
     folder = os.path.dirname(os.path.abspath(args.file))
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
+    if folder not in sys.path and any(g.call for s in sweep.sections for g in s.groups):
+        sys.path.append(folder)
     # Before the queue takes (or makes) the workdir; and for a dry run, which is how a
     # file is checked before it runs (it listed what the run then refused).
     sweep.check(args.file, sweep.slots)
