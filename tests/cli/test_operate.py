@@ -711,6 +711,29 @@ def test_a_run_that_stops_without_killing_what_is_running_is_not_said_to_have(
     assert final_states(wd) == ["killed", "killed"]
 
 
+def test_cancel_of_named_jobs_none_active_says_so_of_those_only(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    """With no controller, `cancel WD 1` of an ended job said "no job is recorded as
+    active" while job 0 was: the line is about the jobs it was given."""
+    wd = tmp_path / "wd"
+    run = Run(wd, ["sleep 60", "true"], "-f", "2")
+    runs.append(run)
+    run.wait_journal('"status": "finished"', 1)
+    run.wait_journal('"jid": "', 2)
+    run.proc.kill()
+    run.wait()
+    out = xqueue("cancel", str(wd), "1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == (
+        "job 1 (true): not active (finished)\n"
+        "no run is in progress and none of these jobs is recorded as active\n"
+    )
+    everything = xqueue("cancel", str(wd))
+    assert everything.returncode == 0 and "job 0 (sleep 60): killed" in everything.stdout
+    assert wait_no_job_processes(wd, 10) == []
+
+
 def killed_controller(wd: Path, commands: list[str], runs: list[Run]) -> None:
     """Run the commands at once, and SIGKILL the controller once each was submitted."""
     run = Run(wd, commands, "-f", str(len(commands)))

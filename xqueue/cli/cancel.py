@@ -302,7 +302,8 @@ def _active(
                 status = (records.get(folder) or {}).get("status", "not submitted")
                 out.write(f"{label(reader, folder)}: not active ({printable(str(status))})\n")
         if not active:
-            out.write("no run is in progress and no job is recorded as active\n")
+            what = "none of these jobs is" if folders else "no job is"
+            out.write(f"no run is in progress and {what} recorded as active\n")
     return active
 
 
