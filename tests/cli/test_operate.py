@@ -734,6 +734,41 @@ def test_cancel_of_named_jobs_none_active_says_so_of_those_only(
     assert wait_no_job_processes(wd, 10) == []
 
 
+def test_cancel_whose_run_dies_before_taking_the_request_exits_1_and_says_what_to_do(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    """The run died (SIGKILL) with the kill request untaken: cancel exited 2, the code of
+    a usage error, and did not say that a second cancel reaches the jobs."""
+    wd = tmp_path / "wd"
+    run = Run(wd, ["sleep 60"], "-f", "1")
+    runs.append(run)
+    run.wait_journal('"jid": "', 1)
+    run.proc.send_signal(signal.SIGSTOP)  # it takes no request
+    cancel = subprocess.Popen(
+        [*XQ, "cancel", str(wd), "0", "--timeout", "30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not any(p.suffix == ".json" for p in (wd / ".control").glob("*")):
+            assert time.monotonic() < deadline, "cancel sent no request"
+            time.sleep(0.05)
+        run.proc.kill()
+        run.wait()
+        out, err = cancel.communicate(timeout=30)
+    finally:
+        if cancel.poll() is None:
+            cancel.kill()
+    assert cancel.returncode == 1, err
+    assert "ended before it took the kill request; run `xqueue cancel` again" in out, out
+    assert not [p for p in (wd / ".control").glob("*") if p.suffix == ".json"]  # withdrawn
+    again = xqueue("cancel", str(wd))
+    assert again.returncode == 0 and "job 0 (sleep 60): killed" in again.stdout, again.stdout
+    assert wait_no_job_processes(wd, 10) == []
+
+
 def killed_controller(wd: Path, commands: list[str], runs: list[Run]) -> None:
     """Run the commands at once, and SIGKILL the controller once each was submitted."""
     run = Run(wd, commands, "-f", str(len(commands)))

@@ -21,6 +21,7 @@ it says decides which process is signalled and which jobs are killed.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -169,6 +170,16 @@ def _through_controller(
             "the request is withdrawn\n"
         )
         return 1  # as for a run that does not stop in time: not a usage error
+    if reply.get("ended") is True:
+        # Not a usage error (exit 2): the jobs may run on, and a cancel now reaches them.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(request)  # a later run must not act on it
+        out.write(
+            f"the run (pid {controller.pid}) ended before it took the kill request; "
+            "run `xqueue cancel` again: with no run in progress it kills the jobs on "
+            "their backend\n"
+        )
+        return 1
     if "error" in reply:
         raise XqueueError(f"the run refused the kill request: {reply['error']}")
     results = reply.get("results")
@@ -218,7 +229,7 @@ def _await_reply(request: Path, reader: WorkdirReader, timeout: float) -> dict[s
         if time.monotonic() - checked > 1.0:
             checked = time.monotonic()
             if reader.controller() is None and os.path.exists(request):
-                raise XqueueError("the run ended before it took the kill request")
+                return {"ended": True}
         time.sleep(POLL)
     return None
 
