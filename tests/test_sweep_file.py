@@ -146,8 +146,28 @@ def test_a_grid_too_big_to_run_is_refused_before_it_is_built() -> None:
     """Seven parameters of forty values (1.6e11 points) were listed in full first: the
     memory ran out (a MemoryError traceback under a limit, a swapping machine without)."""
     params = {f"p{i}": list(range(40)) for i in range(7)}
-    sweep = Sweep.from_dict(one_group(command="echo {p0}", params=params))
     with pytest.raises(
-        ConfigError, match=r"group .* has 163,840,000,000 points .* may have at most"
+        ConfigError, match=r"^sweep.toml: group .* has 163,840,000,000 points .* may have at most"
     ):
-        list(sweep.points())
+        # Named with its file: it was said only once the points were listed, without.
+        Sweep.from_text(sweep_text(params), "sweep.toml")
+
+
+def sweep_text(params: dict[str, list[int]]) -> str:
+    """A one-group sweep file of these integer parameters."""
+    lines = "".join(f"params.{name} = {values}\n" for name, values in params.items())
+    return f'[[section]]\n[[section.group]]\nname = "g"\ncommand = "echo"\n{lines}'
+
+
+def test_a_sweep_its_controller_could_not_hold_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within the per-group limit, a 1,000 x 1,000 grid grew the controller past 2.7 GB
+    in its first minute: a sweep allowed up to 10 million points on a machine of any size
+    could only end in the OOM killer. It is measured against the machine's memory."""
+    from xqueue import sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "_memory", lambda: 1 << 30)  # a 1 GiB machine
+    grid = {"a": list(range(1000)), "b": list(range(1000))}
+    with pytest.raises(ConfigError, match=r"^s.toml: the sweep has 1,000,000 points: .* 2.8 GiB"):
+        Sweep.from_text(sweep_text(grid), "s.toml")
+    small = Sweep.from_text(sweep_text({"a": list(range(300)), "b": list(range(300))}), "s")
+    assert sum(1 for _ in small.points()) == 90_000  # 0.25 GiB: fits
