@@ -95,6 +95,10 @@ def test_fields_braces_and_slot_fields() -> None:
         (one_group(command="echo", colour="red"), "unknown key(s) ['colour']"),
         (one_group(command="echo", resources={"slots": "gpu"}), "not in resources"),
         (one_group(command="echo", resources={"memory": "lots"}), "invalid memory"),
+        (
+            one_group(command="echo", envs={"A=B": "1"}),
+            "group 'group1' of section 'section1': invalid environment",
+        ),
         (one_group(command="echo", envs={"XQUEUE_PARAM_X": "1"}, params={"x": 1}), "hold its"),
         (one_group(command="   "), "the command is empty"),
         ({"section": []}, "at least one [[section]]"),

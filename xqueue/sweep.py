@@ -502,7 +502,10 @@ def _group(j: int, data: Any, axes: Mapping[str, tuple[Any, ...]], section: str)
     if clash:
         raise ConfigError(f"{where}: {clash} is both a parameter and a slot axis")
     resources = _resources(data.get("resources", {}), slots, where)
-    envs = check_envs(_table(data.get("envs", {}), "envs", where))
+    try:
+        envs = check_envs(_table(data.get("envs", {}), "envs", where))
+    except ConfigError as exc:  # named with its group, as every other error of one
+        raise ConfigError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
     taken = sorted({param_variable(n) for n in names} & set(envs))
     if taken:
         raise ConfigError(f"{where}: envs sets {taken}, which hold its parameters")
