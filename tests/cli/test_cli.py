@@ -451,6 +451,24 @@ def test_a_run_without_a_terminal_prints_plain_lines_without_loading_rich(
     assert "1 job(s) did not succeed" in failed.stderr, failed.stderr
 
 
+def run_with_plugin(
+    tmp_path: Path, entry: str, source: str, jobs: str, command: list[str] = XQ
+) -> subprocess.CompletedProcess[str]:
+    """``xqueue run`` of ``jobs`` in ``tmp_path/wd`` with one plugin loaded, ``entry``
+    (``name = module[:attr]``) of a distribution made for it whose module is ``source``."""
+    name, module = (part.strip() for part in entry.split("="))
+    dist = f"xq-{module.split(':')[0]}"
+    path = plugin_distribution(tmp_path / "site", dist, "xqueue.plugins", entry, source)
+    return subprocess.run(
+        [*command, "run", "-w", str(tmp_path / "wd"), "-p", name, "--no-progress"],
+        input=jobs,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": path, "XQUEUE_DISABLE_PLUGIN_AUTOLOAD": "1"},
+        timeout=60,
+    )
+
+
 BUFFERED = """
 from xqueue import hookimpl
 
@@ -477,17 +495,9 @@ def test_a_plugin_file_left_to_the_collector_is_flushed_at_exit(tmp_path: Path, 
     imports made is frozen, for a faster exit): a plugin that leaves its file to be
     closed by the collection of the run's objects lost everything it wrote when the
     whole heap was frozen after the command."""
-    entry = "buffered = xq_buffered:plugin"
-    path = plugin_distribution(tmp_path / "site", "xq-buffered", "xqueue.plugins", entry, BUFFERED)
     command = XQ if how == "module" else [os.path.join(os.path.dirname(sys.executable), "xqueue")]
-    out = subprocess.run(
-        [*command, "run", "-w", str(tmp_path / "wd"), "-p", "buffered", "--no-progress"],
-        input="true\ntrue\n",
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": path, "XQUEUE_DISABLE_PLUGIN_AUTOLOAD": "1"},
-        timeout=60,
-    )
+    entry = "buffered = xq_buffered:plugin"
+    out = run_with_plugin(tmp_path, entry, BUFFERED, "true\ntrue\n", command)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "wd" / "plugin.log").read_text() == "init\nok 0\nok 1\n"
 
@@ -534,17 +544,7 @@ def test_a_ctrl_c_as_the_process_exits_ends_it_without_a_message(tmp_path: Path)
     the interpreter's exit: Python's handler raised it inside the cleanup, which printed
     "Exception ignored in: <atexit ...> KeyboardInterrupt" and went on. The signal's
     default action ends the process at once, without a word."""
-    path = plugin_distribution(
-        tmp_path / "site", "xq-late", "xqueue.plugins", "late = xq_late", CTRL_C_AT_EXIT
-    )
-    out = subprocess.run(
-        [*XQ, "run", "-w", str(tmp_path / "wd"), "-p", "late", "--no-progress"],
-        input="true\n",
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": path, "XQUEUE_DISABLE_PLUGIN_AUTOLOAD": "1"},
-        timeout=60,
-    )
+    out = run_with_plugin(tmp_path, "late = xq_late", CTRL_C_AT_EXIT, "true\n")
     assert out.returncode == -signal.SIGINT, (out.returncode, out.stderr)
     assert "Exception ignored" not in out.stderr and "KeyboardInterrupt" not in out.stderr
     assert out.stderr.endswith("1 finished\n"), out.stderr
