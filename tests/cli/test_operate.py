@@ -167,6 +167,49 @@ def test_follow_ends_when_the_controller_is_killed_and_on_ctrl_c(
     assert out.splitlines()[-1].endswith(": 2 running")
 
 
+def test_follow_of_a_run_killed_and_replaced_at_once_ends_with_it(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    """The controller was SIGKILLed and a new run took the workdir before the follower's
+    next look at the lock: it followed the new run's stream as this run's, and exited 0
+    at its end. The follower is held (SIGSTOP) over the swap, so the new stream is what
+    it sees first."""
+    wd = tmp_path / "wd"
+    first = Run(wd, ["sleep 60"], "-f", "1")
+    runs.append(first)
+    first.wait_journal('"jid": "', 1)
+    following = subprocess.Popen(
+        [*XQ, "status", str(wd), "--follow", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not (wd / "events.jsonl").read_text().count("job_started"):
+            assert time.monotonic() < deadline, "the first run started no job"
+            time.sleep(0.05)
+        time.sleep(1)  # the follower has read the first run's stream
+        following.send_signal(signal.SIGSTOP)
+        first.proc.kill()
+        first.wait()
+        second = Run(wd, ["sleep 60"], "-f", "1")
+        runs.append(second)
+        while "run_started" not in (wd / "events.jsonl").read_text():
+            assert time.monotonic() < deadline + 20, "the second run did not start"
+            time.sleep(0.05)
+        following.send_signal(signal.SIGCONT)
+        out, err = following.communicate(timeout=20)
+    finally:
+        if following.poll() is None:
+            following.kill()
+    assert following.returncode == 1, err
+    assert "the run's controller is gone without stopping its run" in err
+    assert [json.loads(line)["event"] for line in out.splitlines()].count("run_started") == 1
+    second.proc.terminate()  # the runs fixture ends what is left
+    second.wait()
+
+
 def test_follow_of_a_run_killed_earlier_times_it_by_its_last_event(
     tmp_path: Path, runs: list[Run]
 ) -> None:

@@ -197,6 +197,13 @@ class Follower:
         for item in self.tail.poll():
             changed = True
             if not isinstance(item, bytes):  # a new run's stream
+                if self.view.started is not None and self.view.stopped is None:
+                    # The run followed never stopped, and another has taken the workdir:
+                    # its controller died (SIGKILL) and a new run started within one look
+                    # at the lock. That new run is not this one's end (it was followed,
+                    # and its end taken for this run's).
+                    self.gone = self.view.abandoned = True
+                    break
                 self.view.reset()
                 self._stale = False
                 continue
@@ -224,6 +231,8 @@ class Follower:
 
     def over(self, now: float) -> bool:
         """The run ended (its last event read), or its controller is gone."""
+        if self.gone:
+            return True
         if self.view.stopped is not None and not self._stale and self.tail.caught_up():
             return True
         if now - self._checked < CONTROLLER_CHECK:
