@@ -238,9 +238,6 @@ class Sweep:
             raise ConfigError("a sweep needs at least one [[section]] with a [[section.group]]")
         parsed = tuple(_section(i, s, axes) for i, s in enumerate(sections, 1))
         _unique([s.name for s in parsed], "section")
-        for section in parsed:  # a group too big says so itself, before the total does
-            for group in section.groups:
-                group.size()
         total = sum(group.size() for section in parsed for group in section.groups)
         memory = _memory()
         if memory and total * POINT_BYTES > memory:
@@ -489,23 +486,25 @@ def _group(j: int, data: Any, axes: Mapping[str, tuple[Any, ...]], section: str)
         raise ConfigError(f"{where}: the lists of zip must be of one length, not {lengths}")
     if zipped:
         # A row twice ran its point twice, under one name, as a value twice in params did.
-        rows = [tuple(_full_text(v) for v in row) for row in zip(*(v for _, v in zipped))]
-        twice = sorted({i for i, row in enumerate(rows) if rows.index(row) != i})
-        if twice:
-            raise ConfigError(
-                f"{where}: zip's row {twice[0] + 1} repeats row {rows.index(rows[twice[0]]) + 1}"
-                " (as the job names and commands show it): give each row once"
-            )
+        first: dict[tuple[str, ...], int] = {}
+        for i, values in enumerate(zip(*(v for _, v in zipped)), 1):
+            row = first.setdefault(tuple(_full_text(v) for v in values), i)
+            if row != i:
+                raise ConfigError(
+                    f"{where}: zip's row {i} repeats row {row} (as the job names and "
+                    "commands show it): give each row once"
+                )
     names = [n for n, _ in (*params, *zipped)]
     _unique([param_variable(n) for n in names], f"parameter of {where} (ignoring case)")
     clash = sorted(set(names) & set(slots))
     if clash:
         raise ConfigError(f"{where}: {clash} is both a parameter and a slot axis")
     resources = _resources(data.get("resources", {}), slots, where)
+    envs = _table(data.get("envs", {}), "envs", where)
     try:
-        envs = check_envs(_table(data.get("envs", {}), "envs", where))
+        envs = check_envs(envs)
     except ConfigError as exc:  # named with its group, as every other error of one
-        raise ConfigError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
+        raise ConfigError(f"{where}: {exc}") from None
     taken = sorted({param_variable(n) for n in names} & set(envs))
     if taken:
         raise ConfigError(f"{where}: envs sets {taken}, which hold its parameters")

@@ -442,7 +442,6 @@ class Workdir:
         # first feed; None if there is none that is current.
         self._successes: successes.Successes | None = None
         self._successes_read = False
-        self._records_read = False  # the listing and the records' indexes (read_records)
         # Those names by job index, made only if a job is fed whose folder is not there.
         self._by_index: dict[int, list[str]] | None = None
         # Jobs fed without a folder yet, with their staged files. A thread of the
@@ -566,7 +565,6 @@ class Workdir:
         successes does not vouch for needs (``prepare``), read once. Blocking: in a worker
         thread (``read_ahead``, or ``read_wanted`` when ``prepare`` raises ``ReadsWanted``),
         but for a tool's or test's ``prepare`` of its own."""
-        self._records_read = True
         if self._names is None:
             # A dict, not a set: a dict of strings is left out of the cycle collector's
             # walks, a set never is, and each full collection of a million-job resume
@@ -600,7 +598,6 @@ class Workdir:
         """Drop what was read of the workdir (its listing, its records, its index of
         successes): the workdir may have changed since (another controller, a pull)."""
         self._successes, self._successes_read = None, False
-        self._records_read = False
         self._names, self._by_index = None, None
         self._listed.clear()
         self.reader = WorkdirReader(self.path)
@@ -752,11 +749,11 @@ class Workdir:
             if attempt:  # what the journal says, without reading it
                 self._move_in(job, staged)
                 return {"status": FINISHED_RECORD, "attempt": attempt, "rc": 0}
-        if not self._records_read:
+        if self._names is None:  # not listed yet: neither are the records read
             if defer_reads:
                 raise ReadsWanted
             self.read_records()
-        assert self._names is not None  # read_records listed the workdir
+            assert self._names is not None
         if folder not in self._names:
             left = None
             if self._names:

@@ -455,7 +455,7 @@ def execute(queue: Xqueue, console: Stderr, go: Callable[[], Awaitable[object]])
     bad = stats.counts.get(JobStatus.FAILED.value, 0) + stats.counts.get(JobStatus.KILLED.value, 0)
     if code == EXIT_OK and bad:
         code = EXIT_FAILED
-    if getattr(console, "pipe_closed", False):
+    if console.pipe_closed:
         # The live view met the closed pipe first: the console went quiet then, and the
         # lines above raised nothing. It is 141 all the same, as without the view.
         return EXIT_SIGPIPE

@@ -57,7 +57,8 @@ class StderrConsole(Console):
 
     def _silence(self) -> None:
         """Write nothing more: rich is made quiet, and standard error is /dev/null."""
-        self.quiet = silence(self.file)
+        self.quiet = True
+        silence(self.file)
 
 
 def plain(text: str, style: str = "") -> Text:

@@ -89,18 +89,15 @@ class Stderr:
                 plain = not stream.isatty()
             except (AttributeError, ValueError):  # not a real file, or a closed one
                 plain = False
-        if not plain:
-            self.rich  # noqa: B018 (a terminal shows its colours from the first line)
+        if not plain:  # a terminal shows its colours from the first line
+            self._console = _rich_console()
 
     @property
     def rich(self) -> Console:
         """rich's console on standard error, loaded at the first call."""
         if self._console is None:
-            from .report import StderrConsole
-
-            self._console = StderrConsole()
-            if self._quiet:
-                self._console.quiet = True
+            self._console = _rich_console()
+            self._console.quiet = self._quiet
         return self._console
 
     @property
@@ -125,25 +122,31 @@ class Stderr:
             stream.write(f"{line}\n")
             stream.flush()
         except BrokenPipeError:
-            self._pipe_closed = True
-            self._quiet = silence(stream)
+            self._pipe_closed = self._quiet = True
+            silence(stream)
             raise
         except OSError:
-            self._quiet = silence(stream)
+            self._quiet = True
+            silence(stream)
 
 
-def silence(stream: object) -> bool:
+def _rich_console() -> Console:
+    from .report import StderrConsole
+
+    return StderrConsole()
+
+
+def silence(stream: object) -> None:
     """Send ``stream``'s descriptor to /dev/null, so that whatever else writes there
     later (the interpreter's last flush, a late warning, a thread's traceback) does not
-    fail again. True, for the caller's "quiet" flag."""
+    fail again."""
     try:
         fd = stream.fileno()  # type: ignore[attr-defined]
     except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
-        return True
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, fd)
     os.close(devnull)
-    return True
 
 
 class ConsoleLogHandler(logging.Handler):

@@ -191,10 +191,12 @@ def _unsettled(exits: str, own: set[int]) -> tuple[str | None, dict[str, int]]:
         return None, {}
     shepherds: dict[int, bytes] = {}
     parents: dict[int, tuple[int, bytes]] = {}
+    named = set()  # with a shepherd's command line: a shepherd, or a child not yet exec'd
     for pid, line in each_process("stat"):
         parents[pid] = parent_and_state(line)
         if pid in own or SHEPHERD_NAME not in (read_proc(pid, "cmdline") or b""):
             continue
+        named.add(pid)
         if (st.st_dev, st.st_ino) in files_held(pid):
             shepherds[pid] = parents[pid][1]
     for pid, state in shepherds.items():
@@ -206,7 +208,7 @@ def _unsettled(exits: str, own: set[int]) -> tuple[str | None, dict[str, int]]:
             continue
         if state == b"Z":
             return f"an exit that an earlier run's shepherd (pid {parent}) has not recorded", {}
-        if SHEPHERD_NAME in (read_proc(pid, "cmdline") or b""):
+        if pid in named:
             return f"an earlier run's shepherd (pid {parent}) is starting a job", {}
         if b"\0XQUEUE_JOB_DIR=" in b"\0" + (read_proc(pid, "environ") or b""):
             continue
@@ -259,7 +261,7 @@ class LocalScheduler(Scheduler):
         self._tickets: dict[Job, Ticket | None] = {}
         self._link: ShepherdLink | None = None
         self._base_env: dict[str, str] = {}
-        self._env_map: tuple[float, dict[str, int], str | None] | None = None
+        self._env_map: tuple[float, dict[str, int], dict[str, int], str | None] | None = None
         self._found: set[tuple[str, str | None]] = set()
         self._let_go: list[Ticket] = []
         # Jobs handed to the shepherd whose answer (the pid) was not awaited: the
@@ -470,16 +472,17 @@ class LocalScheduler(Scheduler):
             # that had ended by then is still unrecorded (a zombie has no environment).
             own = {self._link.proc.pid} if self._link is not None else set()
             exits = str(self.workdir.path / EXITS_FILE) if self.workdir is not None else ""
-            why, _ = _unsettled(exits, own)
+            why, unmarked = _unsettled(exits, own)
             found = job_dirs_of_processes() if why is None else {}
             if why is None:
                 why, unmarked = _unsettled(exits, own)
-                found.update((os.path.realpath(d), pid) for d, pid in unmarked.items())
             # Timed once the scans are done: on a machine of many processes they take
             # long enough that a time taken before them had every lookup scan again.
-            self._env_map = (time.monotonic(), found, why)
-        _, found, why = self._env_map
-        pid = found.get(job.dir) or found.get(os.path.realpath(job.dir))
+            self._env_map = (time.monotonic(), found, unmarked, why)
+        _, found, unmarked, why = self._env_map
+        pid = found.get(job.dir)
+        if pid is None and unmarked:  # those are keyed by resolved folder (/proc's links)
+            pid = unmarked.get(os.path.realpath(job.dir))
         if pid is None and why is not None:
             raise SchedulerError(why)
         return None if pid is None else f"{pid}@{_start_epoch(pid) or 0:.2f}"
