@@ -28,9 +28,10 @@ import sys
 import tempfile
 import time
 
+from xqueue._files import atomic_write
 from xqueue.job import Job
 from xqueue.states import JobStatus
-from xqueue.workdir import Workdir, atomic_write, job_record
+from xqueue.workdir import Workdir, job_record
 
 
 def status_file(job: Job) -> None:

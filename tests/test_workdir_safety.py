@@ -17,10 +17,11 @@ import anyio
 import pytest
 
 from xqueue import WorkdirError, Xqueue, hookimpl
+from xqueue._files import atomic_write
 from xqueue.job import Job
 from xqueue.records import WorkdirReader, parse_journal
 from xqueue.states import JobStatus
-from xqueue.workdir import Workdir, atomic_write, open_output
+from xqueue.workdir import Workdir, open_output
 
 from .cli.test_cli import xqueue
 
@@ -767,7 +768,7 @@ def test_a_status_probe_on_the_lock_does_not_fail_a_starting_run(tmp_path: Path)
 def test_a_full_file_system_is_not_called_a_permission_problem() -> None:
     # Out of inodes, a job's output file was refused with "No space left on device;
     # fix its permissions or use another workdir".
-    from xqueue.records import file_error
+    from xqueue._files import file_error
 
     full = str(file_error("/wd/0-x/job.1.stdout", OSError(errno.ENOSPC, "No space left"), "open"))
     assert "make room on its file system" in full and "permissions" not in full

@@ -13,7 +13,7 @@ cloudpickled payloads: the controller can always read the envelope, including th
 remote traceback as text, even when the exception or value inside cannot be rebuilt
 there (a class its environment lacks). Nothing of xqueue imports this module (``-m``
 runs it as ``__main__``, and runpy warns of one imported before): what both sides share
-lives in ``calls``.
+lives in ``_callfile``.
 
 Exit status: 0 when the call returned, 1 when it raised (or its return value cannot be
 pickled), 2 when the call could not be loaded or the outcome not written; so a failed
@@ -31,14 +31,14 @@ from types import TracebackType
 from typing import Any
 
 from xqueue import __version__
-from xqueue.calls import CALL_FILE, FORMAT, PROTOCOL, RESULT, digest
+from xqueue._callfile import CALL_FILE, FORMAT, PROTOCOL, RESULT, digest
 
 RAISED = 1
 NOT_RUN = 2
 
 
 def _load(jobdir: str, expected: str) -> Any:
-    from xqueue.records import read_bytes  # refuses a link planted at the name
+    from xqueue._files import read_bytes  # refuses a link planted at the name
 
     path = os.path.join(jobdir, CALL_FILE)
     data = read_bytes(path)
@@ -117,7 +117,7 @@ def _skip(exc: BaseException, frames: int) -> TracebackType | None:
 
 
 def _write(path: str, record: dict[str, Any]) -> None:
-    from xqueue.workdir import atomic_write
+    from xqueue._files import atomic_write
 
     atomic_write(path, pickle.dumps(record, protocol=PROTOCOL))
 

@@ -30,14 +30,15 @@ import os
 import pickle
 import sys
 import types
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import anyio
 
+from ._callfile import CALL_FILE, FORMAT, PROTOCOL, RESULT, digest
+from ._files import READ_FLAGS, read_bytes
 from .errors import CallError, ConfigError, WorkdirError
 from .job import Job
-from .records import READ_FLAGS, read_bytes
 from .states import JobStatus
 
 if TYPE_CHECKING:
@@ -51,15 +52,6 @@ T = TypeVar("T")
 __all__ = ["CALL_FILE", "RESULT", "CallJob", "RemoteTraceback"]
 
 RUNNER = "xqueue._callrun"  # never imported here: ``python -m`` runs it as __main__
-CALL_FILE = "call.pkl"
-RESULT = "result"  # the kind of ``job.<attempt>.result`` (``Job.attempt_path``)
-FORMAT = 3
-"""The call file's format: 2 is the first that names the xqueue that wrote it, and the
-first a runner checks (a newer one is refused by name, instead of taken for another
-call). The code version (``code_version``) joined the digest before, under 1. 3 names
-the call by its place-free pickle (``place_free``) and carries that name and the SHA-256
-of the pickle it holds, which the runner checks."""
-PROTOCOL = 5  # read from Python 3.8 on; cloudpickle's own default
 _STDERR_TAIL = 600  # bytes of a job's stderr quoted when it left no result
 
 
@@ -148,18 +140,6 @@ async def submit(
 
 def _stage(workdir: Workdir, call: bytes, trackers: list[str], code: str, name: str) -> str:
     return workdir.stage(call_file(call, trackers, code, name))
-
-
-def digest(call: bytes, trackers: Sequence[str] = (), code: str = "") -> str:
-    """What names a call: the SHA-256 of its pickle, with ``trackers`` (cloudpickle's
-    ids of the classes it sends by value) replaced by their order in it, and the
-    ``code_version`` of a function the pickle names only. cloudpickle draws such an id
-    at random once a process (``__main__`` dataclasses, enums, named tuples, and
-    functions that name them): with it in the digest, every run of the same script gave
-    the same call another name, and ran it again."""
-    for n, tracker in enumerate(sorted(trackers, key=lambda t: call.find(t.encode()))):
-        call = call.replace(tracker.encode(), f"xqueue-class-{n:019d}".encode())
-    return hashlib.sha256(call + code.encode()).hexdigest()
 
 
 def place_free(

@@ -39,15 +39,15 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
+from ._files import READ_FLAGS, atomic_write
 from ._identity import own_identity
 from ._threads import run_in_daemon_thread
 from .engine import KillOutcome
 from .errors import XqueueError
 from .events import EVENTS_FILE, PREVIOUS
 from .hooks import hookimpl
-from .records import READ_FLAGS, parse_object
+from .records import parse_object
 from .states import JobStatus
-from .workdir import atomic_write
 
 if TYPE_CHECKING:
     from .job import Job

@@ -32,7 +32,6 @@ Two more append-only files hold what used to be a file or two in every job folde
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import itertools
@@ -46,8 +45,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._files import CHUNK, READ_FLAGS, check_regular, file_error, read_bytes
 from ._identity import read_claim
-from .errors import WorkdirError
 from .job import RC, SPEC_FILE, STATUS_FILE, attempt_file
 
 log = logging.getLogger("xqueue.workdir")
@@ -66,74 +65,7 @@ DIR_TAIL = ', "dir": "'
 _CLOCK_SLACK = 600.0
 FINAL_STATES = frozenset({"finished", "failed", "killed", "skipped"})
 
-# O_NONBLOCK: opening a planted FIFO must not hang the reader (it reads as empty).
-READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-_CHUNK = 1 << 16
 _BLOCK = 1 << 20  # read_line_blocks: about 5,000 journal lines
-
-
-def file_error(path: str | os.PathLike[str], exc: OSError, doing: str = "read") -> WorkdirError:
-    """A one-line error for a workdir file xqueue cannot use, saying what to do about it."""
-    if exc.errno == errno.ELOOP:
-        return WorkdirError(
-            f"{os.fspath(path)!r} is a symbolic link, where xqueue only ever writes plain "
-            "files: someone else put it there; remove it and check who can write to the workdir"
-        )
-    if exc.errno == errno.ENXIO:  # a FIFO nobody reads, or a device: not xqueue's
-        return WorkdirError(
-            f"{os.fspath(path)!r} is not a plain file, which xqueue never makes: someone "
-            "else put it there; remove it and check who can write to the workdir"
-        )
-    if exc.errno == errno.EISDIR:
-        return WorkdirError(
-            f"{os.fspath(path)!r} is a directory where xqueue keeps a file; move it away"
-        )
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # out of space or of inodes
-        fix = "make room on its file system (space and inodes: df -h, df -i) and run again"
-    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = "fix its permissions or use another workdir"
-    else:
-        fix = "use another workdir if it persists"
-    return WorkdirError(f"cannot {doing} {os.fspath(path)!r}: {exc.strerror or exc}; {fix}")
-
-
-def read_bytes(path: str | os.PathLike[str], *, regular: bool = False) -> bytes | None:
-    """The content of a file in the workdir; None if there is none.
-
-    ``regular``: the file must be a regular file (the journal); a directory, FIFO or
-    device there is an error rather than something to read.
-    """
-    try:
-        fd = os.open(path, READ_FLAGS)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise file_error(path, exc) from None
-    try:
-        size = _CHUNK
-        if regular:
-            size = max(_check_regular(path, fd), _CHUNK)
-        data = os.read(fd, size)
-        if len(data) == size:  # rare for state files (a few hundred bytes); a growing journal
-            parts = [data]
-            while chunk := os.read(fd, size):
-                parts.append(chunk)
-            data = b"".join(parts)
-        return data
-    except OSError as exc:
-        raise file_error(path, exc) from None
-    finally:
-        os.close(fd)
-
-
-def _check_regular(path: str | os.PathLike[str], fd: int) -> int:
-    """The size of the regular file open at ``fd``; a one-line error for anything else."""
-    info = os.fstat(fd)
-    if stat.S_ISDIR(info.st_mode):
-        raise file_error(path, IsADirectoryError(errno.EISDIR, "Is a directory"))
-    if not stat.S_ISREG(info.st_mode):
-        raise WorkdirError(f"{os.fspath(path)!r} is not a regular file; move it away")
-    return info.st_size
 
 
 def read_recent_lines(
@@ -154,11 +86,11 @@ def read_recent_lines(
     except OSError as exc:
         raise file_error(path, exc) from None
     try:
-        end = _check_regular(path, fd)
+        end = check_regular(path, fd)
         blocks: list[list[bytes]] = []
         carry = b""  # the start of a line whose beginning is in the block before
         while end > 0:
-            start = max(0, end - _CHUNK * 4)
+            start = max(0, end - CHUNK * 4)
             lines = (os.pread(fd, end - start, start) + carry).split(b"\n")
             carry = lines.pop(0) if start else b""
             blocks.append(lines)
@@ -186,7 +118,7 @@ def read_line_blocks(path: str | os.PathLike[str], torn: list[bytes]) -> Iterato
     except OSError as exc:
         raise file_error(path, exc) from None
     try:
-        _check_regular(path, fd)
+        check_regular(path, fd)
         os.set_blocking(fd, True)
         carry = b""
         while chunk := os.read(fd, _BLOCK):
@@ -531,7 +463,7 @@ def _newest_line(path: Path, folder: str) -> tuple[bool, dict[str, Any] | None]:
     except OSError as exc:
         raise file_error(path, exc) from None
     try:
-        size = _check_regular(path, fd)
+        size = check_regular(path, fd)
         if not size:
             return True, None
         with mmap.mmap(fd, size, prot=mmap.PROT_READ) as data:

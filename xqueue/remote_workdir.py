@@ -52,11 +52,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+from ._files import atomic_write, read_bytes
 from .errors import ConfigError, WorkdirError
 from .job import Job
-from .records import JOURNAL_FILE, SPECS_FILE, WorkdirReader, read_bytes
+from .records import JOURNAL_FILE, SPECS_FILE, WorkdirReader
 from .states import JobStatus
-from .workdir import Workdir, atomic_write, slug
+from .workdir import Workdir, slug
 
 log = logging.getLogger("xqueue")
 

@@ -38,13 +38,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import anyio
 
+from ._files import atomic_write
 from ._text import comment, export, quote, too_long_for_exec
 from .capacity import Capacity
 from .failures import BACKEND_CLASSES, FailureClass
 from .job import COMMAND, RC, SCRIPT, STARTED, STDERR, STDOUT, Job, attempt_file
 from .options import SchedulerOptions
 from .states import JobStatus
-from .workdir import atomic_write, read_rc, read_text
+from .workdir import read_rc, read_text
 
 if TYPE_CHECKING:
     from .workdir import Workdir

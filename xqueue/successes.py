@@ -33,7 +33,8 @@ import zlib
 from collections.abc import Sequence, Set
 from typing import TYPE_CHECKING, Any
 
-from .records import JOURNAL_FILE, READ_FLAGS, SPECS_FILE, digest
+from ._files import READ_FLAGS
+from .records import JOURNAL_FILE, SPECS_FILE, digest
 from .states import JobStatus
 
 if TYPE_CHECKING:

@@ -53,6 +53,7 @@ from typing import Any
 import anyio
 
 from . import successes
+from ._files import CREATE_FLAGS, file_error, unlink_quietly, write_new
 from ._identity import own_identity, read_claim
 from .errors import WorkdirError, XqueueError
 from .job import RC, SPEC_FILE, Job
@@ -65,7 +66,6 @@ from .records import (
     SPECS_FILE,
     WorkdirReader,
     digest,
-    file_error,
     job_index,
     read_code,
     read_json,
@@ -78,7 +78,6 @@ __all__ = [
     "LOCK_FILE",
     "Workdir",
     "WorkdirReader",
-    "atomic_write",
     "open_output",
     "read_json",
     "read_rc",
@@ -112,9 +111,6 @@ _FAILED = (JobStatus.FAILED, JobStatus.RETRYING)
 # identity where a set calls Enum.__hash__, a Python function.
 _ACTIVE = tuple(ACTIVE)
 TRUST_ENV = "XQUEUE_TRUST_WORKDIR"
-# O_NOFOLLOW: a link planted where xqueue writes a file must not redirect the write.
-# O_NONBLOCK: a planted FIFO must not hang the open (it is then refused as not a file).
-_CREATE_FLAGS = os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 def slug(text: str) -> str:
@@ -135,48 +131,6 @@ def slug(text: str) -> str:
     return slugify(text, max_length=_SLUG_MAX, word_boundary=True) or "job"
 
 
-def atomic_write(path: str, text: str | bytes, mode: int = 0o666) -> None:
-    """Write a file whole or not at all, through a fresh temporary file.
-
-    The temporary name is unpredictable and created with ``O_EXCL``, so nobody can have
-    planted a link there; the rename replaces whatever is at ``path`` (even a link)
-    without following it.
-    """
-    tmp = f"{path}.{os.urandom(6).hex()}.tmp"
-    write_new(tmp, text.encode() if isinstance(text, str) else text, mode)
-    try:
-        os.replace(tmp, path)
-    except OSError as exc:
-        _unlink_quietly(tmp)
-        raise file_error(path, exc, "write") from None
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Write everything, then close the descriptor (even if a write fails)."""
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-
-
-def write_new(path: str, data: bytes, mode: int = 0o666) -> None:
-    """Create a file that must not exist yet (``O_EXCL``, no link followed) and write it."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_EXCL | _CREATE_FLAGS, mode)
-    except OSError as exc:
-        raise file_error(path, exc, "create") from None
-    try:
-        _write_all(fd, data)
-    except OSError as exc:
-        _unlink_quietly(path)
-        raise file_error(path, exc, "write") from None
-    except BaseException:
-        _unlink_quietly(path)
-        raise
-
-
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})  # no room for a write
 
 
@@ -187,13 +141,6 @@ def _cannot_write(path: str | os.PathLike[str], exc: OSError) -> WorkdirError:
         f"its running jobs running, since their ends could not be recorded; {fix}, then "
         "run again on this workdir to pick them up"
     )
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def open_plain(
@@ -208,7 +155,7 @@ def open_plain(
     """
     trunc = flags & os.O_TRUNC
     try:
-        fd = os.open(path, (flags & ~os.O_TRUNC) | _CREATE_FLAGS, mode, dir_fd=dir_fd)
+        fd = os.open(path, (flags & ~os.O_TRUNC) | CREATE_FLAGS, mode, dir_fd=dir_fd)
     except OSError as exc:
         raise file_error(path, exc, "open") from None
     try:
@@ -418,7 +365,7 @@ class Workdir:
         check_trust(self.path, trust)
         try:  # an unpredictable O_EXCL name: a planted link cannot turn the probe into a write
             probe = self.path / f".xqueue-write-test-{os.urandom(6).hex()}"
-            os.close(os.open(probe, os.O_WRONLY | os.O_EXCL | _CREATE_FLAGS, 0o600))
+            os.close(os.open(probe, os.O_WRONLY | os.O_EXCL | CREATE_FLAGS, 0o600))
             os.unlink(probe)
         except OSError as exc:
             raise self._not_writable(exc) from exc
@@ -708,7 +655,7 @@ class Workdir:
     @staticmethod
     def discard(staged: Mapping[str, str]) -> None:
         for path in staged.values():
-            _unlink_quietly(path)
+            unlink_quietly(path)
 
     def prepare(
         self,

@@ -37,16 +37,17 @@ from typing import Any, TextIO
 import anyio
 
 from .. import registry, remote_workdir
+from .._files import READ_FLAGS, write_new
 from .._identity import CANCELLING, Controller, read_claim, verify
 from ..control import CONTROL_DIR, RUN_FILE, read_request, reply_path, usable_folder
 from ..errors import JobAlreadyEnded, XqueueError
 from ..failures import FailureClass
 from ..job import Job
-from ..records import LOCK_FILE, READ_FLAGS, WorkdirReader, job_index, read_json
+from ..records import LOCK_FILE, WorkdirReader, job_index, read_json
 from ..remote_workdir import RemoteWorkdir, UsesRemoteWorkdir
 from ..scheduler import JobState, Scheduler
 from ..states import ACTIVE_RECORDS, JobStatus
-from ..workdir import Workdir, check_trust, recorded_exits, write_new
+from ..workdir import Workdir, check_trust, recorded_exits
 from .jobs import check_workdir, label, resolve
 from .text import printable
 

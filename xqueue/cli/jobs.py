@@ -8,19 +8,12 @@ import shlex
 from collections.abc import Sequence
 from typing import Any
 
+from .._files import file_error
 from ..control import RUN_FILE
 from ..errors import XqueueError
 from ..events import EVENTS_FILE
 from ..job import default_name
-from ..records import (
-    EXITS_FILE,
-    JOURNAL_FILE,
-    LOCK_FILE,
-    SPECS_FILE,
-    WorkdirReader,
-    file_error,
-    job_index,
-)
+from ..records import EXITS_FILE, JOURNAL_FILE, LOCK_FILE, SPECS_FILE, WorkdirReader, job_index
 from .text import printable
 
 # What a run leaves in its workdir before or with its first job: one of them is there.

@@ -20,16 +20,10 @@ import sys
 import time
 from typing import Any, BinaryIO
 
+from .._files import READ_FLAGS, file_error
 from ..errors import XqueueError
 from ..job import RC, STDERR, STDOUT, attempt_file
-from ..records import (
-    FINAL_STATES,
-    JOURNAL_FILE,
-    READ_FLAGS,
-    WorkdirReader,
-    file_error,
-    parse_object,
-)
+from ..records import FINAL_STATES, JOURNAL_FILE, WorkdirReader, parse_object
 from .jobs import check_workdir, label, resolve
 from .tail import Tail
 

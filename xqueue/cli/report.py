@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .._files import READ_FLAGS
 from ..job import Job
-from ..records import READ_FLAGS
 from ..states import JobStatus
 from .stderr import silence
 from .text import MAX_ROWS, NOT_SUCCEEDED, printable, rc_text, status_text

@@ -13,8 +13,8 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .._files import READ_FLAGS, file_error
 from ..errors import WorkdirError
-from ..records import READ_FLAGS, file_error
 
 CHUNK = 1 << 20
 

@@ -27,11 +27,11 @@ from typing import Any, TypeVar
 
 import anyio
 
+from .._files import atomic_write
 from .._text import quote
 from ..errors import SubmissionError, SubmissionUnknownError
 from ..job import SCRIPT, Job
 from ..scheduler import SchedulerStats, gather_bounded
-from ..workdir import atomic_write
 from ._forks import Slot, plan
 from ._process import SchedulerCommandError, describe, run_command
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import anyio
 
+from .._files import atomic_write
 from .._text import LONGEST_EXEC_STRING, too_long_for_exec
 from ..capacity import Capacity
 from ..errors import JobAlreadyEnded, SchedulerError, SchedulerOptionError, SubmissionError
@@ -41,7 +42,7 @@ from ..options import SchedulerOptions
 from ..records import EXITS_FILE
 from ..scheduler import JobState, Scheduler
 from ..states import JobStatus
-from ..workdir import atomic_write, refusal
+from ..workdir import refusal
 from . import _machine
 from ._proc import (
     each_process,
