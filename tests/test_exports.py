@@ -12,6 +12,7 @@ def test_all_names_exist_and_are_sorted() -> None:
     assert sorted(xqueue.__all__) == xqueue.__all__
     for name in xqueue.__all__:
         assert hasattr(xqueue, name), name
+    assert sorted(xqueue._HOMES) == xqueue.__all__  # each public name has its module
     public = {n for n in dir(xqueue) if not n.startswith("_")}
     modules = {n for n in public if type(getattr(xqueue, n)).__name__ == "module"}
     assert public - modules == set(xqueue.__all__)
@@ -25,3 +26,29 @@ def test_import_does_not_load_backends_or_ui() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_importing_the_package_loads_no_engine() -> None:
+    """A Python call's job imports the package (``python -m xqueue._callrun``), once per
+    call, and the ``xqueue`` command imports it before it can handle a Ctrl-C: each
+    paid about 50 ms for the whole engine when the package loaded its public names."""
+    code = (
+        "import sys, xqueue, xqueue.cli, xqueue._callrun; "
+        "heavy = ['anyio', 'pluggy', 'xqueue.queue', 'xqueue.engine', 'xqueue.calls', "
+        "'xqueue.records', 'xqueue.workdir', 'xqueue.cli.commands', 'cloudpickle']; "
+        "print([m for m in heavy if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_public_name_is_loaded_when_asked_for() -> None:
+    code = (
+        "import sys, xqueue; assert 'xqueue.queue' not in sys.modules; "
+        "from xqueue import Xqueue; from xqueue.queue import Xqueue as Home; "
+        "assert Xqueue is Home and xqueue.Xqueue is Home; "
+        "assert 'Xqueue' in dir(xqueue)\n"
+        "try:\n    xqueue.NoSuchName\nexcept AttributeError as exc:\n    print(exc)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "module 'xqueue' has no attribute 'NoSuchName'"

@@ -548,3 +548,31 @@ def test_a_ctrl_c_as_the_process_exits_ends_it_without_a_message(tmp_path: Path)
     assert out.returncode == -signal.SIGINT, (out.returncode, out.stderr)
     assert "Exception ignored" not in out.stderr and "KeyboardInterrupt" not in out.stderr
     assert out.stderr.endswith("1 finished\n"), out.stderr
+
+
+def test_a_ctrl_c_while_the_command_loads_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    """Loading the command (the engine, anyio, pluggy) takes 50-70 ms, and much longer
+    from a cold or network file system; a Ctrl-C then came out of the console script's
+    own import as a KeyboardInterrupt traceback. The Ctrl-C is sent as the command's
+    module is found, through ``python -m xqueue``'s own path."""
+    script = (
+        "import os, runpy, signal, sys\n"
+        "class CtrlC:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'xqueue.cli.commands':\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, CtrlC())\n"
+        "sys.argv[0] = 'xqueue'\n"
+        "runpy.run_module('xqueue', run_name='__main__', alter_sys=True)\n"
+    )
+    argv = ["run", "-w", str(tmp_path / "wd"), "--no-progress"]
+    out = subprocess.run(
+        [sys.executable, "-c", script, *argv],
+        input="true\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (out.returncode, out.stderr) == (130, ""), (out.returncode, out.stderr)
+    assert not (tmp_path / "wd").exists()

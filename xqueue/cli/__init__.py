@@ -1,12 +1,25 @@
-"""The ``xqueue`` command line."""
+"""The ``xqueue`` command line.
+
+Nothing is imported here until the command runs: the console script imports this
+package first, and the command (with the engine under it) takes 50-70 ms to load. A
+Ctrl-C in that time is then the command's to handle (``console_main``), not a traceback
+out of an import.
+"""
 
 from __future__ import annotations
 
 import gc
 import signal
 import sys
+from collections.abc import Sequence
 
-from .commands import main
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``xqueue`` with ``argv`` (``sys.argv[1:]`` if None) and return its exit
+    status, in a process that goes on (a test, another program)."""
+    from .commands import main as command
+
+    return command(argv)
 
 
 def console_main() -> int:
@@ -20,8 +33,15 @@ def console_main() -> int:
     so the exit still collects and finalizes it (a plugin's file left to be closed by
     its collection is flushed). ``main`` is for a process that goes on.
     """
-    gc.freeze()
-    code = main(sys.argv[1:])
+    try:
+        from .commands import main as command
+    except KeyboardInterrupt:
+        # Ctrl-C before the command began: nothing has started, so there is nothing to
+        # stop or to report; the status of a command a Ctrl-C stopped (EXIT_SIGINT).
+        code = 130
+    else:
+        gc.freeze()
+        code = command(sys.argv[1:])
     # The command is over: a Ctrl-C now (a second one, soon after the one that stopped
     # the run) has nothing left to stop. Python's own handler would raise it inside the
     # exit's cleanup ("Exception ignored in: <atexit ...> KeyboardInterrupt"); the
