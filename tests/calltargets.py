@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -102,3 +103,29 @@ def raise_unless(path: str) -> None:
     if os.path.exists(path):
         os.kill(os.getpid(), signal.SIGKILL)
     raise ValueError("raised in the first run")
+
+
+def modules_loaded(*names: str) -> list[str]:
+    """Which of ``names`` the call's job had imported by the time the call ran."""
+    return [name for name in names if name in sys.modules]
+
+
+def make_doubler() -> Any:
+    """A function plain pickle cannot name (a lambda): only cloudpickle sends it back."""
+    return lambda x: x * 2
+
+
+def _made_in_main(name: str, base: type) -> type:
+    """A class the call puts in its job's ``__main__`` (the runner there): plain pickle
+    names it there, and the controller's ``__main__`` has no such class."""
+    made = type(name, (base,), {"__module__": "__main__", "value": 7})
+    setattr(sys.modules["__main__"], name, made)
+    return made
+
+
+def main_class_instance() -> Any:
+    return _made_in_main("Made", object)()
+
+
+def raise_main_error() -> None:
+    raise _made_in_main("MainError", Exception)("raised by a class of the job's __main__")

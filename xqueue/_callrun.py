@@ -73,17 +73,38 @@ def _load(jobdir: str, expected: str) -> Any:
     # reference (its module importable there) is found here too when the file system is
     # shared, as multiprocessing's spawn does; entries that do not exist here are inert.
     sys.path.extend(p for p in envelope.get("sys_path", ()) if p not in sys.path)
+    # cloudpickle's loads is pickle's: a call sent by value names cloudpickle's own
+    # functions in its pickle, which imports cloudpickle then, and only then.
+    return pickle.loads(call)
+
+
+def _dumps(value: Any) -> bytes:
+    """``value`` pickled by plain pickle if it can be (a value of importable types: most
+    results), by cloudpickle if not.
+
+    Importing cloudpickle took 25-30 ms of CPU in each call's job, twice an interpreter's
+    own start; a short call paid it on top of everything else. Plain pickle refuses what
+    it cannot name where it is loaded (a lambda, a class of the caller's ``__main__``
+    rebuilt here: it checks that the name leads back to the same object) rather than
+    pickling it wrongly, and what it can name cloudpickle too would send by name.
+    Except for ``__main__``: here that is this runner, and what a call put in it would
+    be looked for in the controller's; cloudpickle sends such objects by value."""
+    try:
+        data = pickle.dumps(value, protocol=PROTOCOL)
+        if b"__main__" not in data:  # (a value holding that text just goes the long way)
+            return data
+    except Exception:
+        pass
     import cloudpickle
 
-    return cloudpickle.loads(call)
+    whole: bytes = cloudpickle.dumps(value, protocol=PROTOCOL)
+    return whole
 
 
 def _describe(exc: BaseException, own_frames: int) -> dict[str, Any]:
     """The envelope of a raised exception: always its text; the object when it survives.
 
     ``own_frames`` of the traceback are this module's, left out of the text."""
-    import cloudpickle
-
     cls = type(exc)
     try:
         message = str(exc)
@@ -99,7 +120,7 @@ def _describe(exc: BaseException, own_frames: int) -> dict[str, Any]:
         "why": "",
     }
     try:
-        data = cloudpickle.dumps(exc, protocol=PROTOCOL)
+        data = _dumps(exc)
         pickle.loads(data)  # many exception classes pickle but cannot be rebuilt
         record["exception"] = data
     except Exception as err:
@@ -165,10 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         value = fn(*fargs, **fkwargs)
     except BaseException as exc:
         return _fail(path, exc, RAISED, own_frames=1)  # from the function's frame on
-    import cloudpickle
-
     try:
-        data = cloudpickle.dumps(value, protocol=PROTOCOL)
+        data = _dumps(value)
     except BaseException as exc:
         try:
             raise TypeError(f"the return value ({type(value).__name__}) cannot be pickled") from exc
