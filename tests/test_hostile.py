@@ -283,6 +283,46 @@ async def test_hostile_strings_run_as_data_on_every_backend(
         await anyio.to_thread.run_sync(assert_slurm_names, jobs)
 
 
+class WrapOdd:
+    """Shell lines around the odd jobs only: one queue runs the same argv bare and
+    wrapped (the local backend then starts it through ``/bin/sh -c``)."""
+
+    @hookimpl
+    def on_jobcmd_prep(self, job: Job) -> str | None:
+        return ":" if job.index % 2 else None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_list_command_runs_its_program_never_a_shell_builtin(
+    backend_opts: tuple[str, dict[str, Any]],
+    backend: str,
+    base: Path,
+    cleanup: list[tuple[str, list[Job]]],
+) -> None:
+    """A list command is an argv run as is, its program found on PATH. A wrapper script
+    (SSH, Slurm, SGE) or shell lines around it ran the shell's own builtin of that name
+    instead: dash's ``echo`` made a tab of the ``\\t`` and stopped at the ``\\c``, so the
+    same job printed something else on each backend, and finished."""
+    scheduler, opts = backend_opts
+    q = Xqueue(
+        scheduler,
+        forks=2,
+        workdir=hostile_workdir(base, backend),
+        error_strategy="ignore",
+        scheduler_opts=opts,
+        plugins=[WrapOdd()],
+    )
+    jobs = [await q.feed(["echo", "a\\tb\\c", "-e"], name=f"echo {i}") for i in range(2)]
+    if scheduler in ("slurm", "sge"):
+        cleanup.append(("scancel" if scheduler == "slurm" else "qdel", jobs))
+    with anyio.fail_after(110):
+        await q.run_until_complete()
+    for job in jobs:
+        stderr = await anyio.to_thread.run_sync(read, job.stderr_path)
+        assert job.status is JobStatus.FINISHED, (job, job.reason, stderr)
+        assert await read_bytes(job.stdout_path) == b"a\\tb\\c -e\n", job
+
+
 def read(path: str) -> str:
     try:
         return Path(path).read_text(errors="replace")[-2000:]

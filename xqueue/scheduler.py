@@ -46,6 +46,7 @@ from .job import COMMAND, RC, SCRIPT, STARTED, STDERR, STDOUT, Job, attempt_file
 from .options import SchedulerOptions
 from .states import JobStatus
 from .workdir import read_rc, read_text
+from .wrapping import program_line
 
 if TYPE_CHECKING:
     from .workdir import Workdir
@@ -503,7 +504,8 @@ def _command_lines(job: Job, redirect: str, command_file: str) -> list[str]:
         write = f"(set -C; printf '%s\\n' {quote(job.command)} > {command_file})"
         command = f"{{ {write} && /bin/sh {command_file}; }}"
     else:
-        command = " ".join(quote(a) for a in job.command_argv)
+        argv = job.command_argv
+        command = program_line(argv[0], " ".join(quote(a) for a in argv))
     if job._wrap is None:
         return [f"{command} < /dev/null {redirect}"]
     # set +C: the lines are the user's shell, to run as written (noclobber is only for

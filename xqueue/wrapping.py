@@ -26,8 +26,8 @@ read ``$XQUEUE_JOB_RC``, and an ``exit N`` in any of them ends the job with stat
 Where the command runs from a wrapper script (Slurm, SGE, SSH, containers) the block is
 a subshell of that script (``render_script``). The local backend starts an argv with no
 script; a wrapped local job is ``/bin/sh -c <block> xqueue-job <argv...>``: the argv
-stays separate words, run as ``"$@"``, never quoted into shell text (an argument of
-100 KB still fits, as unwrapped).
+stays separate words, run as ``(exec "$@")`` (``program_line``), never quoted into
+shell text (an argument of 100 KB still fits, as unwrapped).
 """
 
 from __future__ import annotations
@@ -70,7 +70,25 @@ class Wrap:
 
     def argv(self, command: Sequence[str]) -> tuple[str, ...]:
         """The argv that runs ``command`` (an argv, unchanged) inside the block."""
-        return (SHELL, "-c", "\n".join(self.lines('"$@"')), ARGV0, *command)
+        line = program_line(command[0], '"$@"')
+        return (SHELL, "-c", "\n".join(self.lines(line)), ARGV0, *command)
+
+
+def program_line(program: str, line: str) -> str:
+    """``line``, a line of shell that runs an argv whose first word is ``program``, made
+    to run the program of that name found on PATH, as exec does for an unwrapped argv.
+
+    A shell runs its own builtin of a name before any program (``echo``, ``printf``,
+    ``test``, ``kill``, ``pwd``, ``true``): dash's ``echo`` turns ``\\t`` into a tab and stops
+    at ``\\c``, so a list command printed one thing run directly and another from a
+    wrapper script (SSH, Slurm, SGE) or with shell lines around it. ``exec`` runs only
+    programs; in a subshell of its own, the line after it still runs (a shell forks for
+    a program anyway: it costs no process more). A name with a slash is a path, never a
+    builtin, and one that starts with ``-`` would be read as exec's option by bash (dash
+    reads ``--`` as a name): neither needs it."""
+    if "/" in program or program.startswith("-"):
+        return line
+    return f"(exec {line})"
 
 
 def check_fragment(text: Any, what: str) -> str:
