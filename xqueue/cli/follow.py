@@ -173,17 +173,27 @@ class Follower:
         self._stale = False  # the stream read first had ended: a new one is awaited
 
     def start(self) -> None:
-        """Read what is there; refuse to follow a workdir with neither stream nor run
-        (after ``START_GRACE``: ``xqueue run ... &`` may not have taken the workdir yet)."""
+        """Read what is there, and find the run to follow.
+
+        ``xqueue run WD ... & xqueue status WD -F`` starts the follower before the run
+        has taken the workdir (its interpreter takes about 0.1 s to get there), so a
+        workdir that no run holds is given ``START_GRACE`` to get one: with no stream,
+        before saying there is nothing to follow; with a stream that ended (the run
+        before), before taking that run's end for the view's (it was, and the follower
+        exited at once with the earlier run's outcome while the new run went on)."""
         deadline = time.monotonic() + START_GRACE
         while True:
             self._controller = self.reader.controller()
             self.step()
-            if self._controller is not None and not self.tail.exists():
-                self._refuse_without_stream()
-            if self.tail.exists() or self._controller is not None:
+            if self._controller is not None:
+                if not self.tail.exists():
+                    self._refuse_without_stream()
                 break
+            if self.tail.exists() and self.view.stopped is None:
+                break  # a run in progress, or one whose controller died (over() says)
             if time.monotonic() >= deadline:
+                if self.tail.exists():
+                    break  # the last run's end: no run came after it
                 raise XqueueError(
                     f"nothing to follow in {self.reader.path}: no {EVENTS_FILE} and no run "
                     "in progress (a run writes its events there unless started with events off)"
