@@ -48,18 +48,26 @@ def file_error(path: str | os.PathLike[str], exc: OSError, doing: str = "read") 
     return WorkdirError(f"cannot {doing} {os.fspath(path)!r}: {exc.strerror or exc}; {fix}")
 
 
+def open_to_read(path: str | os.PathLike[str]) -> int | None:
+    """A descriptor of a workdir file open for reading; None if there is none, and a
+    one-line ``WorkdirError`` (``file_error``) for anything else in the way."""
+    try:
+        return os.open(path, READ_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise file_error(path, exc) from None
+
+
 def read_bytes(path: str | os.PathLike[str], *, regular: bool = False) -> bytes | None:
     """The content of a file in the workdir; None if there is none.
 
     ``regular``: the file must be a regular file (the journal); a directory, FIFO or
     device there is an error rather than something to read.
     """
-    try:
-        fd = os.open(path, READ_FLAGS)
-    except FileNotFoundError:
+    fd = open_to_read(path)
+    if fd is None:
         return None
-    except OSError as exc:
-        raise file_error(path, exc) from None
     try:
         size = CHUNK
         if regular:

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._files import CHUNK, READ_FLAGS, check_regular, file_error, read_bytes
+from ._files import CHUNK, READ_FLAGS, check_regular, file_error, open_to_read, read_bytes
 from ._identity import read_claim
 from .job import RC, SPEC_FILE, STATUS_FILE, attempt_file
 
@@ -79,12 +79,9 @@ def read_recent_lines(
     adopted job waits for are at its end, while a run of a million jobs makes the whole
     file about 100 MB, which every such job would otherwise read again.
     """
-    try:
-        fd = os.open(path, READ_FLAGS)
-    except FileNotFoundError:
+    fd = open_to_read(path)
+    if fd is None:
         return []
-    except OSError as exc:
-        raise file_error(path, exc) from None
     try:
         end = check_regular(path, fd)
         blocks: list[list[bytes]] = []
@@ -111,12 +108,9 @@ def read_line_blocks(path: str | os.PathLike[str], torn: list[bytes]) -> Iterato
     (torn by a crash, or cut just before its newline) is not in them: it goes to
     ``torn`` for the caller to judge as its careful reading does. Nothing if there is no
     such file. Blocking."""
-    try:
-        fd = os.open(path, READ_FLAGS)
-    except FileNotFoundError:
+    fd = open_to_read(path)
+    if fd is None:
         return
-    except OSError as exc:
-        raise file_error(path, exc) from None
     try:
         check_regular(path, fd)
         os.set_blocking(fd, True)
@@ -456,12 +450,9 @@ def _newest_line(path: Path, folder: str) -> tuple[bool, dict[str, Any] | None]:
     """
     if not (folder.isascii() and folder.isprintable()) or '"' in folder or "\\" in folder:
         return _UNSURE
-    try:
-        fd = os.open(path, READ_FLAGS)
-    except FileNotFoundError:
+    fd = open_to_read(path)
+    if fd is None:
         return True, None
-    except OSError as exc:
-        raise file_error(path, exc) from None
     try:
         size = check_regular(path, fd)
         if not size:

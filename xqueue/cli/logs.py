@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any, BinaryIO
 
-from .._files import READ_FLAGS, file_error
+from .._files import file_error, open_to_read
 from ..errors import XqueueError
 from ..job import RC, STDERR, STDOUT, attempt_file
 from ..records import FINAL_STATES, JOURNAL_FILE, WorkdirReader, parse_object
@@ -49,12 +49,9 @@ def latest_attempt(reader: WorkdirReader, folder: str) -> int:
 
 
 def _open(path: str) -> int | None:
-    try:
-        fd = os.open(path, READ_FLAGS)
-    except FileNotFoundError:
+    fd = open_to_read(path)
+    if fd is None:
         return None
-    except OSError as exc:
-        raise file_error(path, exc) from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise XqueueError(f"{path!r} is not a plain file; xqueue never makes anything else")

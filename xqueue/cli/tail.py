@@ -13,7 +13,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .._files import READ_FLAGS, file_error
+from .._files import file_error, open_to_read
 from ..errors import WorkdirError
 
 CHUNK = 1 << 20
@@ -79,12 +79,9 @@ class Tail:
             raise file_error(self.path, exc) from None
 
     def _open(self) -> bool:
-        try:
-            fd = os.open(self.path, READ_FLAGS)
-        except FileNotFoundError:
+        fd = open_to_read(self.path)
+        if fd is None:
             return False
-        except OSError as exc:
-            raise file_error(self.path, exc) from None
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
