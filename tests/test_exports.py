@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 
@@ -18,28 +19,26 @@ def test_all_names_exist_and_are_sorted() -> None:
     assert public - modules == set(xqueue.__all__)
 
 
-def test_import_does_not_load_backends_or_ui() -> None:
-    code = (
-        "import sys, xqueue; heavy = ['rich', 'asyncssh', 'aiodocker', 'google.cloud', "
-        "'slugify', 'xqueue.schedulers.local', 'trio']; "
-        "print([m for m in heavy if m in sys.modules])"
-    )
+def loaded_after(imports: str, modules: list[str]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter has loaded after ``import <imports>``."""
+    code = f"import sys, {imports}; print([m for m in {modules!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    found: list[str] = ast.literal_eval(out.stdout)
+    return found
+
+
+def test_import_does_not_load_backends_or_ui() -> None:
+    heavy = ["rich", "asyncssh", "aiodocker", "google.cloud", "slugify", "trio"]
+    assert loaded_after("xqueue", [*heavy, "xqueue.schedulers.local"]) == []
 
 
 def test_importing_the_package_loads_no_engine() -> None:
     """A Python call's job imports the package (``python -m xqueue._callrun``), once per
     call, and the ``xqueue`` command imports it before it can handle a Ctrl-C: each
     paid about 50 ms for the whole engine when the package loaded its public names."""
-    code = (
-        "import sys, xqueue, xqueue.cli, xqueue._callrun; "
-        "heavy = ['anyio', 'pluggy', 'xqueue.queue', 'xqueue.engine', 'xqueue.calls', "
-        "'xqueue.records', 'xqueue.workdir', 'xqueue.cli.commands', 'cloudpickle']; "
-        "print([m for m in heavy if m in sys.modules])"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    engine = ["anyio", "pluggy", "xqueue.queue", "xqueue.engine", "xqueue.calls"]
+    engine += ["xqueue.records", "xqueue.workdir", "xqueue.cli.commands", "cloudpickle"]
+    assert loaded_after("xqueue, xqueue.cli, xqueue._callrun", engine) == []
 
 
 def test_a_public_name_is_loaded_when_asked_for() -> None:

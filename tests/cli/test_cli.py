@@ -411,6 +411,21 @@ def test_a_scheduler_option_given_twice_is_refused_not_dropped(tmp_path: Path) -
     assert not (tmp_path / "wd").exists()
 
 
+def run_script(
+    script: str, wd: Path, jobs: str = "true\n", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``script`` (Python that runs the command) given ``run -w WD --no-progress``, the
+    job list ``jobs`` on its standard input."""
+    return subprocess.run(
+        [sys.executable, "-c", script, "run", "-w", str(wd), "--no-progress"],
+        input=jobs,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
 @pytest.mark.parametrize(("env", "rich"), [({}, False), ({"FORCE_COLOR": "1"}, True)])
 def test_a_run_without_a_terminal_prints_plain_lines_without_loading_rich(
     tmp_path: Path, env: dict[str, str], rich: bool
@@ -426,27 +441,11 @@ def test_a_run_without_a_terminal_prints_plain_lines_without_loading_rich(
         "sys.exit(code)\n"
     )
     plain_env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
-    argv = ["run", "-w", str(tmp_path / "wd"), "--no-progress"]
-    out = subprocess.run(
-        [sys.executable, "-c", script, *argv],
-        input="true\n",
-        capture_output=True,
-        text=True,
-        env={**plain_env, **env},
-        timeout=60,
-    )
+    out = run_script(script, tmp_path / "wd", env={**plain_env, **env})
     assert out.returncode == 0, out.stderr
     assert out.stdout == f"{rich}\n"
     assert re.fullmatch(r"1 job\(s\) in \d+\.\ds: 1 finished\n", out.stderr), out.stderr
-    argv[2] = str(tmp_path / "failed")
-    failed = subprocess.run(
-        [sys.executable, "-c", script, *argv],
-        input="exit 3\n",
-        capture_output=True,
-        text=True,
-        env=plain_env,
-        timeout=60,
-    )
+    failed = run_script(script, tmp_path / "failed", "exit 3\n", env=plain_env)
     assert failed.returncode == 1 and failed.stdout == "True\n"
     assert "1 job(s) did not succeed" in failed.stderr, failed.stderr
 
@@ -566,13 +565,6 @@ def test_a_ctrl_c_while_the_command_loads_exits_130_without_a_traceback(tmp_path
         "sys.argv[0] = 'xqueue'\n"
         "runpy.run_module('xqueue', run_name='__main__', alter_sys=True)\n"
     )
-    argv = ["run", "-w", str(tmp_path / "wd"), "--no-progress"]
-    out = subprocess.run(
-        [sys.executable, "-c", script, *argv],
-        input="true\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_script(script, tmp_path / "wd")
     assert (out.returncode, out.stderr) == (130, ""), (out.returncode, out.stderr)
     assert not (tmp_path / "wd").exists()
