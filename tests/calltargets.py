@@ -129,3 +129,39 @@ def main_class_instance() -> Any:
 
 def raise_main_error() -> None:
     raise _made_in_main("MainError", Exception)("raised by a class of the job's __main__")
+
+
+def _made_method(name: str) -> Any:
+    def method(self: Widget) -> str:
+        return f"{name} of {self.tag}"
+
+    return method
+
+
+def _unwrapped(fn: Any) -> Any:  # a decorator without functools.wraps
+    def wrapper(*args: Any) -> Any:
+        return fn(*args)
+
+    return wrapper
+
+
+class Widget:
+    """Methods reached by another name than their function's: plain pickle writes a
+    bound method as ``getattr(obj, function name)``."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    greet = _made_method("greet")  # its function is called "method"
+
+    def method(self) -> str:  # what getattr(obj, "method") would find instead
+        return "another method"
+
+    @_unwrapped
+    def shout(self) -> str:  # its function is called "wrapper"
+        return f"shout of {self.tag}"
+
+
+def bound_methods(tag: str) -> list[Any]:
+    widget = Widget(tag)
+    return [widget.greet, widget.shout, widget.method]

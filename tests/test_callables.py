@@ -152,14 +152,21 @@ async def test_a_call_by_name_with_a_plain_value_loads_no_cloudpickle_where_it_r
 
 
 async def test_what_plain_pickle_cannot_name_comes_back_by_value(workdir: Path) -> None:
-    """The runner pickles a call's outcome with plain pickle when it can. A lambda, and a
+    """The runner pickles a call's outcome with plain pickle when it can. A lambda, a
     class the call put in its job's ``__main__`` (which plain pickle would name, to be
-    looked for in the controller's ``__main__``), still come back whole, by value."""
+    looked for in the controller's ``__main__``), and bound methods reached by another
+    name than their function's (plain pickle names them by that) still come back whole."""
     async with Xqueue(forks=3, workdir=workdir, error_strategy="ignore") as q:
         doubler = await q.submit(t.make_doubler)
         made = await q.submit(t.main_class_instance)
         raised = await q.submit(t.raise_main_error)
+        methods = await q.submit(t.bound_methods, "w")
         assert (await doubler.result())(21) == 42
+        assert [m() for m in await methods.result()] == [
+            "greet of w",
+            "shout of w",
+            "another method",
+        ]
         value = await made.result()
         assert (type(value).__name__, value.value) == ("Made", 7)
         with pytest.raises(Exception, match="raised by a class of the job's __main__") as caught:

@@ -9,7 +9,8 @@ name and renamed, so the controller never reads half of one and a late earlier a
 never overwrites a retry's.
 
 Both files hold a plain ``pickle`` of builtin types (dict, bytes, str) around the
-cloudpickled payloads: the controller can always read the envelope, including the
+payloads (cloudpickle's, or a plain pickle where that is the same: ``_dumps``): the
+controller can always read the envelope, including the
 remote traceback as text, even when the exception or value inside cannot be rebuilt
 there (a class its environment lacks). Nothing of xqueue imports this module (``-m``
 runs it as ``__main__``, and runpy warns of one imported before): what both sides share
@@ -22,12 +23,14 @@ call is a failed job, and the engine's retry and failure handling apply unchange
 
 from __future__ import annotations
 
+import copyreg
 import hashlib
+import io
 import os
 import pickle
 import sys
 import traceback
-from types import TracebackType
+import types
 from typing import Any
 
 from xqueue import __version__
@@ -78,21 +81,37 @@ def _load(jobdir: str, expected: str) -> Any:
     return pickle.loads(call)
 
 
+def _method(method: types.MethodType) -> tuple[Any, tuple[Any, Any]]:
+    return types.MethodType, (method.__func__, method.__self__)
+
+
 def _dumps(value: Any) -> bytes:
     """``value`` pickled by plain pickle if it can be (a value of importable types: most
     results), by cloudpickle if not.
 
-    Importing cloudpickle took 25-30 ms of CPU in each call's job, twice an interpreter's
-    own start; a short call paid it on top of everything else. Plain pickle refuses what
-    it cannot name where it is loaded (a lambda, a class of the caller's ``__main__``
-    rebuilt here: it checks that the name leads back to the same object) rather than
-    pickling it wrongly, and what it can name cloudpickle too would send by name.
-    Except for ``__main__``: here that is this runner, and what a call put in it would
-    be looked for in the controller's; cloudpickle sends such objects by value."""
+    Importing cloudpickle took 15-20 ms of CPU in each call's job, more than anything
+    else it loads; a short call paid it on top of everything else. Plain pickle refuses
+    what it cannot find again here by its name (a lambda, a class made in the call: it
+    checks that the name leads back to the same object), and what it finds cloudpickle
+    too sends by name (bound methods aside: below). Except for ``__main__``: here
+    that is this runner, and what a call put in it would be looked for in the
+    controller's; cloudpickle sends such objects by value. A value that goes to
+    cloudpickle is pickled twice (its ``__reduce__`` runs twice): the price of not
+    loading cloudpickle for the others."""
     try:
-        data = pickle.dumps(value, protocol=PROTOCOL)
+        out = io.BytesIO()
+        pickler = pickle.Pickler(out, protocol=PROTOCOL)
+        # Plain pickle writes a bound method as getattr(obj, its function's name): one
+        # reached by another name (made by a factory, wrapped by a decorator without
+        # functools.wraps) came back as another method, or not at all. It goes as its
+        # function and object, as cloudpickle sends it. (Made at each dump: what the
+        # call's modules registered with copyreg counts, as for pickle.dumps.)
+        pickler.dispatch_table = {**copyreg.dispatch_table, types.MethodType: _method}
+        pickler.dump(value)
+        data = out.getvalue()
         if b"__main__" not in data:  # (a value holding that text just goes the long way)
             return data
+        del data, out
     except Exception:
         pass
     import cloudpickle
@@ -128,7 +147,7 @@ def _describe(exc: BaseException, own_frames: int) -> dict[str, Any]:
     return record
 
 
-def _skip(exc: BaseException, frames: int) -> TracebackType | None:
+def _skip(exc: BaseException, frames: int) -> types.TracebackType | None:
     tb = exc.__traceback__
     for _ in range(frames):
         if tb is None or tb.tb_next is None:
