@@ -278,35 +278,53 @@ def test_follow_of_a_run_without_events_says_so_not_the_last_runs_end(
     assert '"run_stopped"' in (wd / "events.jsonl.1").read_text()  # kept as the earlier one
 
 
+@pytest.mark.parametrize("earlier", ["failed", "killed"])
 def test_follow_started_just_before_a_run_follows_it_not_the_run_before(
-    tmp_path: Path, runs: list[Run]
+    tmp_path: Path, runs: list[Run], earlier: str
 ) -> None:
     """`xqueue run -w WD ... & xqueue status WD -F` on a workdir run before: the follower
     read the earlier run's stream, found no controller yet (the new one was still
-    starting), and exited 1 with that run's failure while the new run succeeded. The
-    follower is held (SIGSTOP) from the moment it has read the earlier stream to the
-    moment the new run holds the workdir, so the race goes the bad way every time."""
+    starting), and exited 1 with that run's failure, or its controller's death, while
+    the new run succeeded. The follower is held (SIGSTOP) from the moment it has read
+    the earlier stream to the moment the new run holds the workdir, so the race goes
+    the bad way every time."""
     wd = tmp_path / "wd"
-    assert xqueue("run", "-w", str(wd), input="exit 3\n").returncode == 1
+    if earlier == "failed":
+        assert xqueue("run", "-w", str(wd), input="exit 3\n").returncode == 1
+        last, commands = "run_stopped", ["true"]
+    else:  # its job ends on its own, and the new run (the same list) takes it as done
+        last, commands = "job_started", ["sleep 0.5"]
+        killed = Run(wd, commands)
+        runs.append(killed)
+        deadline = time.monotonic() + 20
+        while '"event": "job_started"' not in read_if_there(wd / "events.jsonl"):
+            assert time.monotonic() < deadline and killed.proc.poll() is None
+            time.sleep(0.05)
+        killed.proc.kill()
+        killed.wait()
+        last = "job_started"
     follower = subprocess.Popen(
         [*XQ, "status", str(wd), "-F", "--json"], stdout=subprocess.PIPE, text=True
     )
     try:
         assert follower.stdout is not None
         kinds = []
-        while not kinds or kinds[-1] != "run_stopped":  # the earlier run's whole stream
+        while not kinds or kinds[-1] != last:  # the earlier run's whole stream
             line = follower.stdout.readline()
             assert line, f"the follower ended after {kinds}"
             kinds.append(json.loads(line)["event"])
         follower.send_signal(signal.SIGSTOP)
-        run = Run(wd, ["true"])
+        run = Run(wd, commands)
         runs.append(run)
-        run.wait_journal('"status": "submitted"', 1)  # it holds the workdir
+        deadline = time.monotonic() + 20
+        while not (wd / "events.jsonl.1").exists():  # it holds the workdir: a stream of its own
+            assert time.monotonic() < deadline and run.proc.poll() is None, run.stderr()
+            time.sleep(0.05)
         follower.send_signal(signal.SIGCONT)
         rest, _ = follower.communicate(timeout=60)
     finally:
         follower.kill()
-    assert run.wait() == 0
+    assert run.wait() == 0, run.stderr()
     after = [json.loads(line)["event"] for line in rest.splitlines()]
     assert "run_started" in after and after[-1] == "run_stopped", after
     assert after.count("job_succeeded") == 1 and "job_failed" not in after, after

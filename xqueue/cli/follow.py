@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 POLL = 0.2  # seconds between two reads of the stream
 CONTROLLER_CHECK = 1.0  # seconds between two looks at the workdir's lock
 PLAIN_EVERY = 1.0  # the most often a line is printed into a pipe
-START_GRACE = 2.0  # how long a workdir with neither stream nor run is given to get one
+START_GRACE = 2.0  # how long a workdir no run holds is given to get one (Follower.start)
 FAILURES = 5
 FINAL = frozenset(s.value for s in JobStatus if s.is_final)
 BAD = (JobStatus.FAILED.value, JobStatus.KILLED.value)
@@ -171,16 +171,18 @@ class Follower:
         self._checked = 0.0
         self._controller: str | None = None
         self._stale = False  # the stream read first had ended: a new one is awaited
+        self._following = False  # start() chose the run: a stream replaced is news now
 
     def start(self) -> None:
         """Read what is there, and find the run to follow.
 
         ``xqueue run WD ... & xqueue status WD -F`` starts the follower before the run
         has taken the workdir (its interpreter takes about 0.1 s to get there), so a
-        workdir that no run holds is given ``START_GRACE`` to get one: with no stream,
-        before saying there is nothing to follow; with a stream that ended (the run
-        before), before taking that run's end for the view's (it was, and the follower
-        exited at once with the earlier run's outcome while the new run went on)."""
+        workdir that no run holds is given ``START_GRACE`` to get one before the
+        follower decides: with no stream, that there is nothing to follow; with the
+        stream of the run before, that this run's end (or its controller's death, if it
+        was killed) is the view's. Without the grace the follower exited at once with
+        the earlier run's outcome while the new run went on."""
         deadline = time.monotonic() + START_GRACE
         while True:
             self._controller = self.reader.controller()
@@ -189,17 +191,16 @@ class Follower:
                 if not self.tail.exists():
                     self._refuse_without_stream()
                 break
-            if self.tail.exists() and self.view.stopped is None:
-                break  # a run in progress, or one whose controller died (over() says)
             if time.monotonic() >= deadline:
                 if self.tail.exists():
-                    break  # the last run's end: no run came after it
+                    break  # no run came after the last one: its stream is the view's
                 raise XqueueError(
                     f"nothing to follow in {self.reader.path}: no {EVENTS_FILE} and no run "
                     "in progress (a run writes its events there unless started with events off)"
                 )
             time.sleep(POLL)
         self._stale = self.view.stopped is not None and self._controller is not None
+        self._following = True
 
     def step(self) -> bool:
         """Read what was appended; True if anything was."""
@@ -207,7 +208,8 @@ class Follower:
         for item in self.tail.poll():
             changed = True
             if not isinstance(item, bytes):  # a new run's stream
-                if self.view.started is not None and self.view.stopped is None:
+                followed = self.view.started is not None and self.view.stopped is None
+                if followed and self._following:
                     # The run followed never stopped, and another has taken the workdir:
                     # its controller died (SIGKILL) and a new run started within one look
                     # at the lock. That new run is not this one's end (it was followed,
