@@ -47,6 +47,7 @@ def test_a_public_name_is_loaded_when_asked_for() -> None:
         "from xqueue import Xqueue; from xqueue.queue import Xqueue as Home; "
         "assert Xqueue is Home and xqueue.Xqueue is Home; "
         "assert 'Xqueue' in dir(xqueue)\n"
+        "assert xqueue.schedulers.BatchScheduler and xqueue.errors.XqueueError\n"
         "try:\n    xqueue.NoSuchName\nexcept AttributeError as exc:\n    print(exc)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -89,11 +89,19 @@ if not _typing.TYPE_CHECKING:
 
     def __getattr__(name: str) -> _typing.Any:
         home = _HOMES.get(name)
-        if home is None:
-            raise AttributeError(f"module 'xqueue' has no attribute {name!r}")
-        value = getattr(_importlib.import_module(f".{home}", __name__), name)
-        globals()[name] = value  # asked once: later lookups are plain attribute reads
-        return value
+        if home is not None:
+            value = getattr(_importlib.import_module(f".{home}", __name__), name)
+            globals()[name] = value  # asked once: later lookups are plain attribute reads
+            return value
+        if not name.startswith("_"):
+            # A public submodule (xqueue.schedulers, xqueue.errors): an attribute once
+            # the package loaded them all, as code written then may expect.
+            try:
+                return _importlib.import_module(f".{name}", __name__)
+            except ModuleNotFoundError as exc:
+                if exc.name != f"{__name__}.{name}":
+                    raise
+        raise AttributeError(f"module 'xqueue' has no attribute {name!r}")
 
     def __dir__() -> list[str]:
         return sorted({*globals(), *__all__})
