@@ -313,10 +313,16 @@ async def test_a_list_command_runs_its_program_never_a_shell_builtin(
         plugins=[WrapOdd()],
     )
     jobs = [await q.feed(["echo", "a\\tb\\c", "-e"], name=f"echo {i}") for i in range(2)]
+    # First in a script line, quoting leaves this bare: it was an assignment, and the
+    # job ran its second word. It names a program, which does not exist.
+    touch = ["XQ_SET=/bin/echo", "touch", str(base / f"{CANARY}assigned")]
+    named = [await q.feed(touch, name=f"assignment {i}") for i in range(2)]
     if scheduler in ("slurm", "sge"):
-        cleanup.append(("scancel" if scheduler == "slurm" else "qdel", jobs))
+        cleanup.append(("scancel" if scheduler == "slurm" else "qdel", [*jobs, *named]))
     with anyio.fail_after(110):
         await q.run_until_complete()
+    assert await anyio.to_thread.run_sync(leaks, base) == [], f"{backend}: the second word ran"
+    assert [job.status for job in named] == [JobStatus.FAILED] * 2, named
     for job in jobs:
         stderr = await anyio.to_thread.run_sync(read, job.stderr_path)
         assert job.status is JobStatus.FINISHED, (job, job.reason, stderr)

@@ -83,10 +83,12 @@ def program_line(program: str, line: str) -> str:
     at ``\\c``, so a list command printed one thing run directly and another from a
     wrapper script (SSH, Slurm, SGE) or with shell lines around it. ``exec`` runs only
     programs; in a subshell of its own, the line after it still runs (a shell forks for
-    a program anyway: it costs no process more). A name with a slash is a path, never a
-    builtin, and one that starts with ``-`` would be read as exec's option by bash (dash
-    reads ``--`` as a name): neither needs it."""
-    if "/" in program or program.startswith("-"):
+    a program anyway: it costs no process more). It also keeps a first word such as
+    ``X=/opt/tool`` (which quoting leaves bare) a program's name: first on a line, the
+    shell took it for an assignment and ran the second word. A name that starts with
+    ``-`` is left as it is: bash would read it as exec's option (and dash reads ``--`` as
+    a name), and a shell reads no such word as anything but a command's name."""
+    if program.startswith("-"):
         return line
     return f"(exec {line})"
 
