@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -329,6 +330,30 @@ def test_follow_started_just_before_a_run_follows_it_not_the_run_before(
     assert "run_started" in after and after[-1] == "run_stopped", after
     assert after.count("job_succeeded") == 1 and "job_failed" not in after, after
     assert follower.returncode == 0
+
+
+def test_follow_started_before_a_run_makes_its_new_workdir_waits_for_it(
+    tmp_path: Path, runs: list[Run], monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """`xqueue run -w NEW ... & xqueue status NEW -F`: the run had not made its workdir
+    yet, and the follower said "no workdir" at once (5 times in 7). In this process,
+    with a grace long enough for a slow machine; the run starts once it waits."""
+    from xqueue.cli import follow as following
+
+    monkeypatch.setattr(following, "START_GRACE", 60.0)
+    wd = tmp_path / "new"
+    result: list[Any] = []
+    waiting = threading.Thread(target=lambda: result.append(following.run(str(wd), True)))
+    waiting.start()
+    time.sleep(0.3)  # it looks for the workdir, which is not there
+    assert waiting.is_alive() and not wd.exists()
+    run = Run(wd, ["true"])
+    runs.append(run)
+    waiting.join(timeout=60)
+    assert run.wait() == 0
+    assert result == [0], result
+    kinds = [json.loads(line)["event"] for line in capsys.readouterr().out.splitlines()]
+    assert kinds.count("job_succeeded") == 1 and kinds[-1] == "run_stopped", kinds
 
 
 SLOW_FEED = (

@@ -172,9 +172,11 @@ class Follower:
         self._controller: str | None = None
         self._stale = False  # the stream read first had ended: a new one is awaited
         self._following = False  # start() chose the run: a stream replaced is news now
+        self._new_stream = False  # a stream replaced the one read first
 
-    def start(self) -> None:
-        """Read what is there, and find the run to follow.
+    def start(self, new_workdir: bool = False) -> None:
+        """Read what is there, and find the run to follow (``new_workdir``: the folder
+        was made after the follower started, so any stream in it is the run awaited).
 
         ``xqueue run WD ... & xqueue status WD -F`` starts the follower before the run
         has taken the workdir (its interpreter takes about 0.1 s to get there), so a
@@ -184,6 +186,8 @@ class Follower:
         was killed) is the view's. Without the grace the follower exited at once with
         the earlier run's outcome while the new run went on."""
         deadline = time.monotonic() + START_GRACE
+        # A stream was there at the first look: the run before (None: not looked yet).
+        found: bool | None = False if new_workdir else None
         while True:
             self._controller = self.reader.controller()
             self.step()
@@ -191,6 +195,10 @@ class Follower:
                 if not self.tail.exists():
                     self._refuse_without_stream()
                 break
+            if found is None:
+                found = self.tail.exists()
+            elif self._new_stream or (not found and self.tail.exists()):
+                break  # the run came and went between two looks: its stream is whole
             if time.monotonic() >= deadline:
                 if self.tail.exists():
                     break  # no run came after the last one: its stream is the view's
@@ -218,6 +226,7 @@ class Follower:
                     break
                 self.view.reset()
                 self._stale = False
+                self._new_stream = True
                 continue
             event = parse_object(item) if item.strip() else None
             if event is None:
@@ -263,11 +272,17 @@ class Follower:
 
 def run(workdir: str, as_json: bool) -> int:
     """The command; returns the exit code."""
-    if not os.path.isdir(workdir):
-        raise XqueueError(no_workdir(workdir))
+    deadline = time.monotonic() + START_GRACE
+    new_workdir = not os.path.isdir(workdir)
+    while not os.path.isdir(workdir):
+        # ``xqueue run -w WD ... & xqueue status WD -F`` with a new workdir: the run,
+        # still starting, has not made it yet (the follower said "no workdir" at once).
+        if os.path.lexists(workdir) or time.monotonic() >= deadline:
+            raise XqueueError(no_workdir(workdir))
+        time.sleep(POLL)
     out = sys.stdout
     follower = Follower(workdir, out, as_json)
-    follower.start()
+    follower.start(new_workdir)
     if as_json:
         _follow_quietly(follower)
     elif out.isatty():
