@@ -167,3 +167,27 @@ def test_the_live_view_of_a_resumed_run_counts_only_its_own_pace(tmp_path: Path)
         anyio.run(q.aclose)
     assert "200/201" in text
     assert "0.0 jobs/s" in text and "ETA -" in text, text
+
+
+def test_into_a_pipe_the_table_folds_no_cell(tmp_path: Path) -> None:
+    """Into a pipe or a log rich drew the table at 80 columns, and each job's stderr path
+    came out in pieces over four lines: a log could not be searched for it, nor the path
+    copied. There the table now takes the width its cells need."""
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("echo ok\nexit 3\nnosuchcmd_xyz\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "FORCE_COLOR")}
+    wd = tmp_path / "a rather long workdir name" / "so that its paths pass 80 columns"
+    out = subprocess.run(
+        [*XQ, "run", str(jobs), "-w", str(wd)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 1, out.stderr
+    for index, name in ((1, "exit-3"), (2, "nosuchcmd-xyz")):
+        path = f"{wd}/{index}-{name}/job.1.stderr"
+        assert len(path) > 80
+        assert any(path in line for line in out.stderr.splitlines()), out.stderr
+    row = next(line for line in out.stderr.splitlines() if "nosuchcmd_xyz: not found" in line)
+    assert "failed (NONZERO_EXIT)" in row, out.stderr

@@ -446,9 +446,9 @@ def execute(queue: Xqueue, console: Stderr, go: Callable[[], Awaitable[object]])
     stats = queue.statistics()
     console.print(summary_line(dict(stats.counts), stats.total, stats.elapsed), wrap=True)
     if any(stats.counts.get(status.value) for status in NOT_SUCCEEDED):  # rich only then
-        from .report import failures_table
+        from .report import failures_table, print_whole
 
-        console.rich.print(failures_table(queue.jobs, queue.scheduler.shared_fs))
+        print_whole(console.rich, failures_table(queue.jobs, queue.scheduler.shared_fs))
     # Skipped jobs are listed as not succeeded but do not make the code 1 (docs/cli.md):
     # one skipped because a job it runs after failed comes with that failure, and one a
     # plugin vetoed was the plugin's decision, not a job that failed.

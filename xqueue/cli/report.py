@@ -111,6 +111,25 @@ def failures_table(jobs: Iterable[Job], shared_fs: bool = True) -> Table | None:
     return table
 
 
+def print_whole(console: Console, table: Table | None) -> None:
+    """Print ``table``; into a pipe or a file at the width its cells need, so that none is
+    folded. At rich's 80 columns there, a job's stderr path came out in pieces over four
+    lines: a log could not be searched for it, nor the path copied. (A terminal's width
+    still folds cells: the screen has no more.)"""
+    if table is None:
+        return
+    if console.is_terminal:
+        console.print(table)
+        return
+    natural = console.measure(table, options=console.options.update(max_width=1 << 16))
+    width = console.width
+    console.width = max(width, natural.maximum)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
+
+
 def _last_line(path: str, limit: int = 120) -> str:
     """The last line of a job's stderr: usually the reason it failed. Read through the
     workdir's reader rules (no links followed, a FIFO never waited on), 4 KiB at most."""
