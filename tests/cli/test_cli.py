@@ -304,6 +304,13 @@ def test_status_shows_running_jobs_and_sigterm_stops_the_run(tmp_path: Path) -> 
         )
 
 
+def test_version_says_which_xqueue_this_is() -> None:
+    import xqueue as package
+
+    out = xqueue("--version")
+    assert (out.returncode, out.stdout) == (0, f"xqueue {package.__version__}\n"), out
+
+
 def test_schedulers_lists_builtins() -> None:
     out = xqueue("schedulers")
     assert {"local", "slurm", "sge", "ssh", "container"} <= set(out.stdout.split())

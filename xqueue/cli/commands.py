@@ -11,7 +11,7 @@ from typing import Any, BinaryIO
 
 import anyio
 
-from .. import registry, remote_workdir
+from .. import __version__, registry, remote_workdir
 from ..errors import Interrupted, JobFailedError, XqueueError
 from ..queue import ERROR_STRATEGIES, Xqueue
 from ..retry import RetryPolicy
@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xqueue", description="Run many jobs on local processes, clusters, servers."
     )
+    parser.add_argument("--version", action="version", version=f"xqueue {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser(
