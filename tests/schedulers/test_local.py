@@ -662,3 +662,39 @@ async def test_a_dead_shepherd_stops_the_run_and_leaves_nothing_running(
     pids = [int(await read_text(tmp_path / str(i))) for i in range(3)]
     assert not [pid for pid in pids if process_alive(pid)]
     assert all(j.status is JobStatus.KILLED for j in jobs), [j.status for j in jobs]
+
+
+def test_a_process_start_read_back_from_proc_is_its_wall_clock_start() -> None:
+    """A job is known by its pid and start (``pid@start``), and a later run takes a live
+    process for the job's own only if /proc puts its start within 2 s of that. The start
+    read back used /proc/stat's btime, whole seconds cut: up to a second early, which a
+    slow spawn on a loaded machine pushed past 2 s (jobs left running were run again
+    beside themselves in a full test run). It is now as exact as the clock's ticks."""
+    assert local_module._SAME_PROCESS_WINDOW == 2.0
+    for _ in range(5):
+        before = time.time()
+        proc = subprocess.Popen(["sleep", "5"])
+        after = time.time()
+        try:
+            started = local_module._start_epoch(proc.pid)
+            assert started is not None
+            assert before - 0.03 <= started <= after + 0.03, (before, started, after)
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+async def test_a_job_id_gives_the_start_its_process_has_in_proc(workdir: Path) -> None:
+    """The shepherd names a job's start by the clock before it spawns the job, whose
+    spawn returns only once the job has exec'd: the start in the id and the one /proc
+    gives the process agree to a tick or two."""
+    async with Xqueue(workdir=workdir, forks=4) as q:
+        jobs = [await q.feed(["sleep", "1"]) for _ in range(4)]
+        with anyio.fail_after(30):
+            while not all(job.jid for job in jobs):
+                await anyio.sleep(0.02)
+        for job in jobs:
+            assert job.jid is not None
+            pid, _, start = job.jid.partition("@")
+            proc_start = await anyio.to_thread.run_sync(local_module._start_epoch, int(pid))
+            assert proc_start is not None and abs(proc_start - float(start)) < 0.1, job.jid

@@ -157,6 +157,10 @@ class Shepherd:
         for item in fields[6 + nargs :]:
             name, _, value = _decode(item).partition("=")
             env[name] = value
+        # Taken before the spawn, which returns only once the child has exec'd (seconds,
+        # on a loaded machine): a lookup compares it with the start /proc gives the
+        # process, and took a job that had run on for another process.
+        start = f"{time.time():.2f}"
         try:
             pid = (
                 self._fork_exec(argv, env, cwd, out, err)
@@ -167,7 +171,6 @@ class Shepherd:
             message = f"{exc.strerror or exc}".replace("\n", " ")
             self.out.append(f"E {key} {message}")
             return
-        start = f"{time.time():.2f}"
         self.children[pid] = (key, start, tail)
         self.out.append(f"S {key} {pid} {start}")
 

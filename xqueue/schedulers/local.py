@@ -101,15 +101,20 @@ _SAME_PROCESS_WINDOW = 2.0
 
 
 def _boot_time() -> float:
+    """When the machine booted, in seconds since the epoch, to the hundredth: the wall
+    clock now less the time since boot (``/proc/uptime``, the clock of a process's start
+    in ``/proc/<pid>/stat``).
+
+    ``/proc/stat``'s ``btime`` is whole seconds, cut: a process's start read back came
+    out up to a second early. With a slow spawn on a loaded machine (the shepherd's
+    spawn returns once the child has exec'd) that passed the 2 s that tell a reused pid
+    from the job's own process: a full test run saw jobs left running by a killed
+    controller taken for gone, and run again beside themselves."""
     global _BOOT_TIME
     if _BOOT_TIME is None:
-        with open("/proc/stat", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"btime "):
-                    _BOOT_TIME = float(line.split()[1])
-                    break
-            else:  # pragma: no cover - every Linux has btime
-                _BOOT_TIME = 0.0
+        with open("/proc/uptime", "rb") as fh:
+            since_boot = float(fh.read().split()[0])
+        _BOOT_TIME = round(time.time() - since_boot, 2)
     return _BOOT_TIME
 
 
