@@ -51,6 +51,13 @@ class Run:
             assert time.monotonic() < deadline, f"no {count} x {what!r} in the journal"
             time.sleep(0.05)
 
+    def wait_event(self, what: str, timeout: float = 20) -> None:
+        """Until the run's event stream holds ``what``, the run going on."""
+        deadline = time.monotonic() + timeout
+        while what not in read_if_there(self.wd / "events.jsonl"):
+            assert time.monotonic() < deadline and self.proc.poll() is None, self.stderr()
+            time.sleep(0.05)
+
     def wait(self, timeout: float = 30) -> int:
         return self.proc.wait(timeout=timeout)
 
@@ -219,10 +226,7 @@ def test_follow_of_a_run_killed_earlier_times_it_by_its_last_event(
     wd = tmp_path / "wd"
     run = Run(wd, ["true", "true", "sleep 60"], "-f", "3")
     runs.append(run)
-    deadline = time.monotonic() + 20
-    while '"event": "job_started", "job": 2' not in read_if_there(wd / "events.jsonl"):
-        assert time.monotonic() < deadline and run.proc.poll() is None
-        time.sleep(0.05)
+    run.wait_event('"event": "job_started", "job": 2')
     run.proc.kill()
     run.proc.wait(timeout=10)
     events = [json.loads(line) for line in (wd / "events.jsonl").read_text().splitlines()]
@@ -297,13 +301,9 @@ def test_follow_started_just_before_a_run_follows_it_not_the_run_before(
         last, commands = "job_started", ["sleep 0.5"]
         killed = Run(wd, commands)
         runs.append(killed)
-        deadline = time.monotonic() + 20
-        while '"event": "job_started"' not in read_if_there(wd / "events.jsonl"):
-            assert time.monotonic() < deadline and killed.proc.poll() is None
-            time.sleep(0.05)
+        killed.wait_event('"event": "job_started"')
         killed.proc.kill()
         killed.wait()
-        last = "job_started"
     follower = subprocess.Popen(
         [*XQ, "status", str(wd), "-F", "--json"], stdout=subprocess.PIPE, text=True
     )
