@@ -174,9 +174,10 @@ class Follower:
         self._following = False  # start() chose the run: a stream replaced is news now
         self._new_stream = False  # a stream replaced the one read first
 
-    def start(self, new_workdir: bool = False) -> None:
-        """Read what is there, and find the run to follow (``new_workdir``: the folder
-        was made after the follower started, so any stream in it is the run awaited).
+    def start(self, deadline: float | None = None, new_workdir: bool = False) -> None:
+        """Read what is there, and find the run to follow by ``deadline`` (monotonic;
+        ``START_GRACE`` from now if None; ``new_workdir``: the folder was made after the
+        follower started, so any stream in it is the run awaited).
 
         ``xqueue run WD ... & xqueue status WD -F`` starts the follower before the run
         has taken the workdir (its interpreter takes about 0.1 s to get there), so a
@@ -185,7 +186,8 @@ class Follower:
         stream of the run before, that this run's end (or its controller's death, if it
         was killed) is the view's. Without the grace the follower exited at once with
         the earlier run's outcome while the new run went on."""
-        deadline = time.monotonic() + START_GRACE
+        if deadline is None:
+            deadline = time.monotonic() + START_GRACE
         # A stream was there at the first look: the run before (None: not looked yet).
         found: bool | None = False if new_workdir else None
         while True:
@@ -282,7 +284,7 @@ def run(workdir: str, as_json: bool) -> int:
         time.sleep(POLL)
     out = sys.stdout
     follower = Follower(workdir, out, as_json)
-    follower.start(new_workdir)
+    follower.start(deadline, new_workdir)  # one grace for both waits, as docs/cli.md says
     if as_json:
         _follow_quietly(follower)
     elif out.isatty():
