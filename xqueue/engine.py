@@ -57,6 +57,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextvars import ContextVar
@@ -65,7 +66,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 from anyio.abc import TaskGroup
 
-from . import wrapping
+from . import _collector, wrapping
 from .admission import Backlog
 from .capacity import Need, Pool
 from .dependencies import Graph, skip_reason
@@ -299,6 +300,9 @@ class Engine:
         self._checking: set[Job] = set()
         self._wrapping = self._checks = self._polling = False
         self._polling_posted = False
+        # Full collections spaced out while many jobs are held (``_collector``): taken
+        # as the jobs reach ``HOLD_AT``, given back as the run ends or the queue closes.
+        self._collector: _collector.Hold | None = None
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -445,6 +449,8 @@ class Engine:
         finally:
             if turn is not None:
                 self.leave_turn(turn)
+        if self._collector is None and len(self.jobs) >= _collector.HOLD_AT:
+            self._space_collections()
         self.counts[S.INIT] += 1
         settled = bool(record and self._earlier_success(job, record))
         if settled and self._events is not None:
@@ -470,6 +476,16 @@ class Engine:
             pending = self._fire(self._on_fed(job, record, settled))
             if pending is not None:
                 await pending
+
+    def _space_collections(self) -> None:
+        hold = self._collector = _collector.Hold()
+        weakref.finalize(self, hold.release)  # a queue dropped unrun, never closed
+
+    def release_collector(self) -> None:
+        """Give back the spacing of full collections: the run that needed it has ended."""
+        if self._collector is not None:
+            self._collector.release()
+            self._collector = None
 
     async def _check_fits(self, job: Job) -> None:
         """Refuse a job that could never start: more than any host has, unknown slot axes.
@@ -1983,6 +1999,7 @@ class Engine:
                 self.state = _Run.IDLE
             self.stopped_at = time.monotonic()
             self.workdir.unlock()
+            self.release_collector()
             self._notify_progress()
 
     # -- control ---------------------------------------------------------------------------

@@ -587,6 +587,7 @@ class Xqueue:
     async def _close(self) -> None:
         if self._engine.state is not RunState.CLOSED:
             self._engine.state = RunState.CLOSED
+            self._engine.release_collector()
             if self.workdir.has_unmade():
                 await anyio.to_thread.run_sync(self.workdir.forget_unmade)
             self.workdir.unlock()
