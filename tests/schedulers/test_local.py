@@ -574,12 +574,18 @@ async def test_liveness_is_not_fooled_by_pid_reuse_or_a_planted_id(workdir: Path
         ready = BufferedByteReceiveStream(marked.stdout)
         assert await ready.receive_until(b"\n", 100) == b"ready"
         # The job's own process (it carries the job's folder), at its own start time.
-        job.jid = f"{marked.pid}@{await start_of(marked.pid):.2f}"
+        job.jid = f"{marked.pid}@{await start_of(marked.pid):.2f}"  # as written before
+        assert await sched.job_is_running(job)
+        ticks = await anyio.to_thread.run_sync(start_ticks, marked.pid)
+        assert ticks is not None
+        since_boot = ticks / os.sysconf("SC_CLK_TCK")  # as written now
+        job.jid = f"{marked.pid}@b{since_boot:.2f}"
         assert await sched.job_is_running(job)
         # The same pid with a start time that is not its own: a reused pid.
-        job.jid = f"{marked.pid}@{time.time() - 3600:.2f}"
-        assert not await sched.job_is_running(job)
-        assert not await sched.recover_job(job)
+        for jid in (f"{marked.pid}@{time.time() - 3600:.2f}", f"{marked.pid}@b{since_boot - 60}"):
+            job.jid = jid
+            assert not await sched.job_is_running(job)
+            assert not await sched.recover_job(job)
         # A planted journal line naming an unrelated live process at its real start time.
         job.jid = f"{os.getpid()}@{await start_of(os.getpid()):.2f}"
         assert not await sched.job_is_running(job)
@@ -664,19 +670,19 @@ async def test_a_dead_shepherd_stops_the_run_and_leaves_nothing_running(
     assert all(j.status is JobStatus.KILLED for j in jobs), [j.status for j in jobs]
 
 
-def test_a_process_start_read_back_from_proc_is_its_wall_clock_start() -> None:
-    """A job is known by its pid and start (``pid@start``), and a later run takes a live
+def test_a_process_start_read_back_from_proc_is_its_start_on_the_boot_clock() -> None:
+    """A job is known by its pid and start (``pid@bSTART``), and a later run takes a live
     process for the job's own only if /proc puts its start within 2 s of that. The start
-    read back used /proc/stat's btime, whole seconds cut: up to a second early, which a
-    slow spawn on a loaded machine pushed past 2 s (jobs left running were run again
-    beside themselves in a full test run). It is now as exact as the clock's ticks."""
+    read back once used /proc/stat's btime, whole seconds cut: up to a second early,
+    which a slow spawn on a loaded machine pushed past 2 s (jobs left running were run
+    again beside themselves in a full test run). It is as exact as the clock's ticks."""
     assert local_module._SAME_PROCESS_WINDOW == 2.0
     for _ in range(5):
-        before = time.time()
+        before = time.clock_gettime(time.CLOCK_BOOTTIME)
         proc = subprocess.Popen(["sleep", "5"])
-        after = time.time()
+        after = time.clock_gettime(time.CLOCK_BOOTTIME)
         try:
-            started = local_module._start_epoch(proc.pid)
+            started = local_module._since_boot(proc.pid)
             assert started is not None
             assert before - 0.03 <= started <= after + 0.03, (before, started, after)
         finally:
@@ -684,17 +690,44 @@ def test_a_process_start_read_back_from_proc_is_its_wall_clock_start() -> None:
             proc.wait()
 
 
+async def jobs_with_ids(q: Xqueue, n: int) -> list[Job]:
+    jobs = [await q.feed(["sleep", "30"]) for _ in range(n)]
+    with anyio.fail_after(30):
+        while not all(job.jid for job in jobs):
+            await anyio.sleep(0.02)
+    return jobs
+
+
 async def test_a_job_id_gives_the_start_its_process_has_in_proc(workdir: Path) -> None:
     """The shepherd names a job's start by the clock before it spawns the job, whose
     spawn returns only once the job has exec'd: the start in the id and the one /proc
     gives the process agree to a tick or two."""
     async with Xqueue(workdir=workdir, forks=4) as q:
-        jobs = [await q.feed(["sleep", "1"]) for _ in range(4)]
-        with anyio.fail_after(30):
-            while not all(job.jid for job in jobs):
-                await anyio.sleep(0.02)
+        for job in await jobs_with_ids(q, 4):
+            parsed = local_module._parse_jid(job.jid)
+            assert parsed is not None and job.jid is not None and "@b" in job.jid
+            pid, start = parsed
+            proc_start = await anyio.to_thread.run_sync(local_module._since_boot, pid)
+            assert proc_start is not None and abs(proc_start - start) < 0.1, job.jid
+            await q.kill(job)
+
+
+async def test_a_job_left_running_is_its_own_after_the_wall_clock_steps(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A later run (another process, so the boot time is worked out again) finds a job
+    an earlier run left running, though the wall clock stepped by minutes in between
+    (NTP, a VM resumed). With a start in seconds since the epoch, the boot time worked
+    out from the stepped clock moved the job's start by the step: the job was taken for
+    gone, and run a second time beside itself."""
+    async with Xqueue(workdir=workdir, forks=2) as q:
+        jobs = await jobs_with_ids(q, 2)
+        real_time = time.time
+        for step in (-300.0, 300.0):
+            monkeypatch.setattr(local_module, "_BOOT_TIME", None)
+            monkeypatch.setattr(time, "time", lambda step=step: real_time() + step)
+            later = LocalScheduler()  # no ticket: it knows the jobs by their ids alone
+            assert [await later.job_is_running(job) for job in jobs] == [True, True]
+        monkeypatch.undo()
         for job in jobs:
-            assert job.jid is not None
-            pid, _, start = job.jid.partition("@")
-            proc_start = await anyio.to_thread.run_sync(local_module._start_epoch, int(pid))
-            assert proc_start is not None and abs(proc_start - float(start)) < 0.1, job.jid
+            await q.kill(job)

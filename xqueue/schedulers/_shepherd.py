@@ -26,8 +26,8 @@ Protocol, on a Unix stream socket at descriptor 0:
   ``key, cwd ("" for none), exit line tail, stdout path, stderr path, argument count,
   arguments..., NAME=value...`` (the tail ends the job's ``exits.jsonl`` line: ``,
   "attempt": n, "dir": "folder"}``), many frames to a write.
-- shepherd to controller: lines ``S key pid start`` (started; ``start`` in seconds since
-  the epoch), ``E key message`` (could not start), ``F key code stream`` (its stdout or
+- shepherd to controller: lines ``S key pid start`` (started; ``start`` is ``b`` and
+  the seconds since boot), ``E key message`` (could not start), ``F key code stream`` (its stdout or
   stderr file was refused: ``code`` is an errno, or -1 for a file with a second hard
   link, -2 for one that is not a plain file; the controller words the error) and ``X
   key rc`` (ended; ``128 + signal`` for a job a signal ended, as a shell reports it).
@@ -159,8 +159,9 @@ class Shepherd:
             env[name] = value
         # Taken before the spawn, which returns only once the child has exec'd (seconds,
         # on a loaded machine): a lookup compares it with the start /proc gives the
-        # process, and took a job that had run on for another process.
-        start = f"{time.time():.2f}"
+        # process, and took a job that had run on for another process. The clock is
+        # /proc's own (since boot), so a step of the wall clock cannot part the two.
+        start = f"b{time.clock_gettime(time.CLOCK_BOOTTIME):.2f}"
         try:
             pid = (
                 self._fork_exec(argv, env, cwd, out, err)

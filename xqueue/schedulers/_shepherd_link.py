@@ -57,7 +57,7 @@ class Ticket:
 
     def __init__(self) -> None:
         self.pid = 0
-        self.start = 0.0
+        self.start = ""  # as the job's id gives it (``local._jid``)
         self.error: str | None = None
         # (code, "stdout" or "stderr"): the shepherd refused that output file.
         self.refused: tuple[int, str] | None = None
@@ -181,7 +181,7 @@ class ShepherdLink:
             return
         if kind == "S":
             pid, start = rest.split()
-            ticket.pid, ticket.start = int(pid), float(start)
+            ticket.pid, ticket.start = int(pid), start
             ticket.started.set()
         elif kind in ("E", "F"):
             if kind == "E":

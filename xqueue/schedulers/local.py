@@ -15,9 +15,9 @@ jobs already running leave free of this machine (``_machine.measure``, or the op
 Every job gets its own session, so a kill reaches the whole process group, and Ctrl-C
 in a terminal does not hit the jobs behind the queue's back.
 
-The id recorded for a job is ``pid@start`` (when it was spawned, in seconds since the
-epoch), checked against the process's start time in /proc, so a later run never mistakes
-an unrelated process that reused the pid for the job.
+The id recorded for a job is ``pid@bSTART`` (when it was spawned, in seconds since the
+machine booted), checked against the process's start time in /proc, so a later run never
+mistakes an unrelated process that reused the pid for the job.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ _SAME_PROCESS_WINDOW = 2.0
 def _boot_time() -> float:
     """When the machine booted, in seconds since the epoch, to the hundredth: the wall
     clock now less the time since boot (``/proc/uptime``, the clock of a process's start
-    in ``/proc/<pid>/stat``).
+    in ``/proc/<pid>/stat``). Only for the ids of earlier versions (``_parse_jid``).
 
     ``/proc/stat``'s ``btime`` is whole seconds, cut: a process's start read back came
     out up to a second early. With a slow spawn on a loaded machine (the shepherd's
@@ -118,19 +118,28 @@ def _boot_time() -> float:
     return _BOOT_TIME
 
 
-def _start_epoch(pid: int) -> float | None:
-    """When a live process started (seconds since the epoch); None if gone or a zombie."""
+def _since_boot(pid: int) -> float | None:
+    """When a live process started, in seconds since boot; None if gone or a zombie."""
     ticks = start_ticks(pid)
-    return None if ticks is None else _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
+    return None if ticks is None else ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _parse_jid(jid: str | None) -> tuple[int, float] | None:
-    """A local job id is ``pid@start`` (start in seconds since the epoch)."""
+    """(pid, start in seconds since boot) of a local job id.
+
+    The shepherd writes ``pid@bSTART``: the boot-time clock (CLOCK_BOOTTIME) before the
+    spawn, the clock /proc gives a process's start by, which no step of the wall clock
+    moves. Ids in seconds since the epoch (``pid@START``, written before 2026-12-05)
+    are still read, through the boot time as the wall clock gives it now: a step of the
+    clock since they were written moves them, which is why they are no longer written.
+    """
     if not jid or "@" not in jid:
         return None
     pid, _, start = jid.partition("@")
     try:
-        return int(pid), float(start)
+        if start.startswith("b"):
+            return int(pid), float(start[1:])
+        return int(pid), float(start) - _boot_time()
     except ValueError:
         return None
 
@@ -140,7 +149,7 @@ def live_local_jid(jid: str) -> bool:
     parsed = _parse_jid(jid)
     if parsed is None:
         return False
-    started = _start_epoch(parsed[0])
+    started = _since_boot(parsed[0])
     return started is not None and abs(started - parsed[1]) < _SAME_PROCESS_WINDOW
 
 
@@ -491,7 +500,7 @@ class LocalScheduler(Scheduler):
             pid = unmarked.get(os.path.realpath(job.dir))
         if pid is None and why is not None:
             raise SchedulerError(why)
-        return None if pid is None else f"{pid}@{_start_epoch(pid) or 0:.2f}"
+        return None if pid is None else f"{pid}@b{_since_boot(pid) or 0:.2f}"
 
     async def kill_job(self, job: Job) -> None:
         (error,) = await self.kill_jobs([job])
@@ -615,4 +624,4 @@ def reap() -> None:
 
 def _jid(ticket: Ticket) -> str:
     """A started job's id: its pid and start time, which a reused pid cannot match."""
-    return f"{ticket.pid}@{ticket.start:.2f}"
+    return f"{ticket.pid}@{ticket.start}"
