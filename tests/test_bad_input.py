@@ -31,7 +31,8 @@ pytestmark = pytest.mark.anyio
         (
             {"scheduler": "slurmm"},
             UnknownSchedulerError,
-            r"unknown scheduler 'slurmm'; available schedulers: .*local.*slurm",
+            r"unknown scheduler 'slurmm' \(did you mean 'slurm'\?\); available schedulers: "
+            r".*local.*slurm",
         ),
         ({"forks": 0}, ConfigError, "forks must be >= 1, got 0"),
         # Each was an AttributeError or TypeError from deep inside, a letter-by-letter
@@ -50,6 +51,11 @@ pytestmark = pytest.mark.anyio
             {"error_strategy": "stop"},
             ConfigError,
             "invalid error_strategy 'stop'; choose one of 'halt', 'retry', 'ignore'",
+        ),
+        (
+            {"error_strategy": "hlat"},
+            ConfigError,
+            r"invalid error_strategy 'hlat' \(did you mean 'halt'\?\); choose one of",
         ),
         (
             {"scheduler_opts": {"partition": "x"}},
@@ -228,7 +234,12 @@ def test_a_workdir_that_is_not_a_folder_is_named_for_what_it_is(tmp_path: Path) 
         (["true"], {"resources": {"walltime": "1:60"}}, "minutes and seconds after another"),
         # A bare B is bytes: "4096B" was 4096 MiB
         (["true"], {"resources": {"memory": "4096B"}}, "memory '4096B' is under 1 MiB"),
-        (["true"], {"resources": {"cores": 2}}, r"unknown resource\(s\) \['cores'\]"),
+        (["true"], {"resources": {"cores": 2}}, r"unknown resource\(s\) \['cores'\]; accepted"),
+        (  # a typo: the closest accepted name is suggested
+            ["true"],
+            {"resources": {"memroy": "1G"}},
+            r"unknown resource\(s\) \['memroy'\] \(did you mean 'memory'\?\); accepted",
+        ),
         # exec refuses it everywhere, and each backend failed the job its own way (local
         # without naming it, Slurm with "no return code", SSH as vanished)
         (

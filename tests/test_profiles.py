@@ -180,7 +180,8 @@ def test_unknown_profile_without_a_config_file_says_where_it_looked(config: Conf
         ("[profile.local.fast]\n", "unknown key profile; this file holds only"),
         (
             "[profiles.local.fast]\ncwdd = '/'\n",
-            "profiles.local.fast.cwdd: scheduler 'local' does not accept option 'cwdd'; "
+            "profiles.local.fast.cwdd: scheduler 'local' does not accept option 'cwdd' "
+            "(did you mean 'cwd'?); "
             "accepted: cpus, cwd, gpu_env, gpus, kill_grace,",
         ),
         (

@@ -32,9 +32,16 @@ F = FailureClass
 @pytest.mark.parametrize(
     ("policy", "message"),
     [
-        ({"OMM": "retry"}, "unknown failure class 'OMM'; choose from OOM, TIMEOUT"),
-        ({"OOM": {"memroy": 2}}, "retry_policy['OOM']: unknown key 'memroy'; accepted: action"),
+        (
+            {"OMM": "retry"},
+            "unknown failure class 'OMM' (did you mean 'OOM'?); choose from OOM, TIMEOUT",
+        ),
+        (
+            {"OOM": {"memroy": 2}},
+            "retry_policy['OOM']: unknown key 'memroy' (did you mean 'memory'?); accepted: action",
+        ),
         ({"OOM": "again"}, "retry_policy['OOM']: unknown action 'again'"),
+        ({"OOM": "retyr"}, "unknown action 'retyr' (did you mean 'retry'?); choose one of"),
         ({"OOM": {"memory": 1}}, "retry_policy['OOM']['memory'] must be a number > 1"),
         ({"OOM": {"memory": "2x"}}, "retry_policy['OOM']['memory'] must be a number > 1"),
         ({"OOM": {"memory": True}}, "retry_policy['OOM']['memory'] must be a number > 1"),

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ._suggest import did_you_mean
+
 if TYPE_CHECKING:
     from .job import Job
     from .states import JobStatus
@@ -43,7 +45,10 @@ class UnknownSchedulerError(ConfigError, LookupError):
         self.name = name
         self.available = sorted(available)
         names = ", ".join(self.available) or "none (is xqueue installed, not just on sys.path?)"
-        message = f"unknown scheduler {name!r}; available schedulers: {names}"
+        message = (
+            f"unknown scheduler {name!r}{did_you_mean(name, self.available)}; "
+            f"available schedulers: {names}"
+        )
         if name in PLUGIN_SCHEDULERS:
             message += f"; {name!r} comes with its own distribution: {PLUGIN_SCHEDULERS[name]}"
         super().__init__(message)

@@ -23,6 +23,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
+from ._suggest import did_you_mean
 from .errors import ConfigError, SchedulerOptionError
 from .wrapping import check_fragment
 
@@ -103,7 +104,8 @@ class SchedulerOptions:
             return None, value
         accepted = ", ".join(sorted(hints))
         raise SchedulerOptionError(
-            f"scheduler {scheduler!r} does not accept option {key!r}; accepted: {accepted}"
+            f"scheduler {scheduler!r} does not accept option {key!r}"
+            f"{did_you_mean(name, hints)}; accepted: {accepted}"
         )
 
     @classmethod

@@ -23,6 +23,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
 from . import calls, profiles, remote_workdir
+from ._suggest import did_you_mean
 from ._text import check_envs, check_text
 from .capacity import check_axes
 from .control import Control
@@ -218,7 +219,8 @@ class Xqueue:
         num_retries = _check_int("num_retries", num_retries, 0)
         if error_strategy not in ERROR_STRATEGIES:
             raise ConfigError(
-                f"invalid error_strategy {error_strategy!r}; choose one of "
+                f"invalid error_strategy {error_strategy!r}"
+                f"{did_you_mean(error_strategy, ERROR_STRATEGIES)}; choose one of "
                 + ", ".join(repr(s) for s in ERROR_STRATEGIES)
             )
         policy = RetryPolicy.parse(retry_policy)

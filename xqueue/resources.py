@@ -12,6 +12,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ._suggest import did_you_mean
 from .errors import ConfigError
 
 _MEM_UNITS = {"": 1, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
@@ -137,12 +138,13 @@ class Resources:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"resources must be a dict or Resources, got {type(value).__name__}")
-        known = {"cpus", "memory", "gpus", "walltime", "slots"}
-        unknown = set(value) - known
+        known = ("cpus", "memory", "gpus", "walltime", "slots")
+        unknown = set(value) - set(known)
         if unknown:
+            first = sorted(map(str, unknown))[0]
             raise ConfigError(
-                f"unknown resource(s) {sorted(unknown)}; accepted: cpus, memory, gpus, "
-                "walltime, slots"
+                f"unknown resource(s) {sorted(unknown)}{did_you_mean(first, known)}; "
+                f"accepted: {', '.join(known)}"
             )
         return cls(
             cpus=None if value.get("cpus") is None else _positive_int("cpus", value["cpus"]),

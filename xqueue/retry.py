@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ._suggest import did_you_mean
 from .errors import ConfigError
 from .failures import FailureClass
 from .resources import Resources, parse_memory, parse_walltime
@@ -100,7 +101,10 @@ class RetryRule:
             )
         for key in value:
             if key not in _KEYS:
-                raise ConfigError(f"{where}: unknown key {key!r}; accepted: {', '.join(_KEYS)}")
+                raise ConfigError(
+                    f"{where}: unknown key {key!r}{did_you_mean(key, _KEYS)}; "
+                    f"accepted: {', '.join(_KEYS)}"
+                )
         action = _action(f"{where}['action']", value.get("action", "retry"))
         grows = value.get("memory") is not None or value.get("walltime") is not None
         if grows and action != "retry":
@@ -137,7 +141,9 @@ def _rules(value: Any) -> dict[FailureClass, RetryRule]:
         except ValueError:
             names = ", ".join(c.name for c in FailureClass)
             raise ConfigError(
-                f"retry_policy: unknown failure class {key!r}; choose from {names}"
+                f"retry_policy: unknown failure class {key!r}"
+                f"{did_you_mean(str(key).upper(), [c.name for c in FailureClass])}; "
+                f"choose from {names}"
             ) from None
         if failure in rules:
             raise ConfigError(f"retry_policy: {failure.name} is given twice ({key!r})")
@@ -148,7 +154,10 @@ def _rules(value: Any) -> dict[FailureClass, RetryRule]:
 def _action(where: str, value: Any) -> str:
     action = str(value).strip().lower() if isinstance(value, str) else None
     if action not in ACTIONS:
-        raise ConfigError(f"{where}: unknown action {value!r}; choose one of {', '.join(ACTIONS)}")
+        raise ConfigError(
+            f"{where}: unknown action {value!r}{did_you_mean(str(value).lower(), ACTIONS)}; "
+            f"choose one of {', '.join(ACTIONS)}"
+        )
     return action
 
 

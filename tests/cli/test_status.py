@@ -113,6 +113,9 @@ def test_unknown_state_is_a_usage_error(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "unknown state 'broken' for --state; choose from" in out.stderr
     assert "Traceback" not in out.stderr
+    out = xqueue("status", str(tmp_path / "wd"), "--state", "finised")
+    assert out.returncode == 2
+    assert "unknown state 'finised' for --state (did you mean 'finished'?)" in out.stderr
 
 
 def test_json_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:

@@ -538,7 +538,10 @@ async def test_unreachable_host_is_reported(
 
 def test_bad_server_options_are_refused(ssh_env: dict[str, str]) -> None:
     good = server(ssh_env, ssh_env["XQ_SSH_PORT"])
-    with pytest.raises(SchedulerOptionError, match="does not accept 'hots'; accepted: host"):
+    with pytest.raises(
+        SchedulerOptionError,
+        match=r"does not accept 'hots' \(did you mean 'host'\?\); accepted: host",
+    ):
         SshScheduler(servers={"a": {**good, "hots": "x"}})
     with pytest.raises(SchedulerOptionError, match="passwords are not supported"):
         SshScheduler(servers={"a": {**good, "password": "secret"}})

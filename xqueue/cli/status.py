@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from .._suggest import did_you_mean
 from ..errors import XqueueError
 from ..failures import FailureClass
 from ..params import matches, parse_filters
@@ -57,9 +58,11 @@ def parse_states(values: Iterable[str]) -> set[str]:
         for part in value.split(","):
             state = part.strip().lower().replace("-", " ").replace("_", " ")
             if state not in STATES:
+                names = [s.replace(" ", "-") for s in STATES]
                 raise XqueueError(
-                    f"unknown state {part.strip()!r} for --state; choose from "
-                    + ", ".join(s.replace(" ", "-") for s in STATES)
+                    f"unknown state {part.strip()!r} for --state"
+                    f"{did_you_mean(state.replace(' ', '-'), names)}; choose from "
+                    + ", ".join(names)
                 )
             chosen.add(state)
     return chosen

@@ -21,6 +21,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._suggest import did_you_mean
 from ..errors import SchedulerOptionError
 from ..failures import FailureClass
 from ..job import SCRIPT
@@ -186,7 +187,8 @@ def template(scheduler: str, extra: Mapping[str, Any]) -> dict[str, Any]:
         if name not in SETTABLE:
             accepted = ", ".join(sorted({*_CAMEL, *SETTABLE}))
             raise SchedulerOptionError(
-                f"scheduler {scheduler!r} does not accept option {key!r}; Batch job fields "
+                f"scheduler {scheduler!r} does not accept option {key!r}"
+                f"{did_you_mean(key, (*_CAMEL, *SETTABLE))}; Batch job fields "
                 f"accepted: {accepted} (and the options listed in the docs)"
             )
         if isinstance(value, str) and name != "priority":

@@ -30,6 +30,7 @@ from typing import Any
 
 import asyncssh
 
+from .._suggest import did_you_mean
 from ..errors import SchedulerOptionError
 
 log = logging.getLogger("xqueue.ssh")
@@ -96,7 +97,8 @@ class ServerConfig:
         unknown = [k for k in raw if k not in (*_SERVER_KEYS, *_IGNORED_KEYS, *others)]
         if unknown:
             raise SchedulerOptionError(
-                f"{where} does not accept {', '.join(map(repr, unknown))}; accepted: "
+                f"{where} does not accept {', '.join(map(repr, unknown))}"
+                f"{did_you_mean(unknown[0], (*_SERVER_KEYS, *others))}; accepted: "
                 f"{', '.join((*_SERVER_KEYS, *others))}"
                 + (" (passwords are not supported: use a key)" if "password" in unknown else "")
             )
