@@ -77,7 +77,10 @@ def test_sweep_runs_the_file_and_status_filters_on_parameters(tmp_path: Path) ->
     assert bad.returncode == 2 and "not NAME=VALUE" in bad.stderr
     typo = xqueue("status", str(wd), "--param", "decya=0.1")  # matched nothing, silently
     assert typo.returncode == 0 and "0 of 5 jobs" in typo.stdout
-    said = "no job has the parameter(s) 'decya'; the parameters are: decay, name"
+    said = (
+        "no job has the parameter(s) 'decya' (did you mean 'decay'?); "
+        "the parameters are: decay, name"
+    )
     assert said in typo.stderr
     none = xqueue("status", str(wd), "--param", "decay=7")  # a value no job has: no note
     assert none.returncode == 0 and none.stderr == ""

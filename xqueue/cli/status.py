@@ -204,7 +204,8 @@ def _say_unknown(params: Mapping[str, list[str]], specs: Sequence[dict[str, Any]
     if unknown:
         have = ", ".join(known) if known else "none: no job was fed params"
         sys.stderr.write(
-            f"xqueue: no job has the parameter(s) {', '.join(map(repr, unknown))}; "
+            f"xqueue: no job has the parameter(s) {', '.join(map(repr, unknown))}"
+            f"{did_you_mean(unknown[0], known)}; "
             f"the parameters are: {have}\n"
         )
 
