@@ -228,6 +228,7 @@ class Engine:
         self._opening_stopped = False  # a signal came while the backend was opening
         self.jobs: list[Job] = []
         self.counts: Counter[JobStatus] = Counter()
+        self.reused = 0  # jobs settled as fed by an earlier run's success
         self.completed: list[Job] = []  # final jobs, in the order they ended
         # Indexes kept by _move, never by hand: queued jobs in order, active ones.
         self._queued: deque[Job] = deque()
@@ -840,6 +841,7 @@ class Engine:
                 self._keyed_settled.add(job)  # not a plain success (``successes``)
             job.rc, job.attempt = 0, _int(attempt, 1)
             job.reason = EARLIER_SUCCESS
+            self.reused += 1
             return self._finalize(job, S.FINISHED, record=False)
         if status in ACTIVE_RECORDS or not record:
             # An earlier run may have started it: look before running it again.

@@ -63,6 +63,9 @@ class QueueStatistics:
     kill_calls: int = 0
     ticks: int = 0
     elapsed: float = 0.0
+    reused: int = 0
+    """Of the finished jobs, those an earlier run's success settled as they were fed:
+    not run again (their reason is "succeeded in an earlier run")."""
 
     @property
     def done(self) -> int:
@@ -313,6 +316,7 @@ class Xqueue:
             kill_calls=stats.kill_calls,
             ticks=stats.ticks,
             elapsed=0.0 if e.started_at is None else end - e.started_at,
+            reused=e.reused,
         )
 
     def __repr__(self) -> str:

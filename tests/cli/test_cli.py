@@ -32,7 +32,12 @@ def test_run_from_stdin_success(tmp_path: Path) -> None:
     out = xqueue("run", "-w", str(wd), "-f", "4", input="echo one\n# comment\n\necho two\n")
     assert out.returncode == 0, out.stderr
     assert "2 job(s) in" in out.stderr and "2 finished" in out.stderr
+    assert "earlier run" not in out.stderr
     assert sorted(p.read_text() for p in wd.glob("*/job.1.stdout")) == ["one\n", "two\n"]
+    # Run again with one job more: the summary says which were not run again.
+    out = xqueue("run", "-w", str(wd), input="echo one\necho two\necho three\n")
+    assert out.returncode == 0, out.stderr
+    assert "3 job(s) in" in out.stderr and "3 finished (2 in an earlier run)" in out.stderr
 
 
 def test_a_job_list_has_a_job_a_line_ending_at_newlines(tmp_path: Path) -> None:

@@ -92,6 +92,7 @@ def test_sweep_runs_the_file_and_status_filters_on_parameters(tmp_path: Path) ->
     before = {p: p.stat().st_mtime_ns for p in wd.glob("*/job.1.stdout")}
     again = xqueue("sweep", str(path), "-w", str(wd), "--no-progress")
     assert again.returncode == 0, again.stderr
+    assert "5 job(s) in" in again.stderr and "5 finished (5 in an earlier run)" in again.stderr
     assert {p: p.stat().st_mtime_ns for p in wd.glob("*/job.1.stdout")} == before
     assert not list(wd.glob("*/job.2.*"))
 

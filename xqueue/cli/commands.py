@@ -445,7 +445,9 @@ def execute(queue: Xqueue, console: Stderr, go: Callable[[], Awaitable[object]])
         console.print(message("interrupted", f"Ctrl-C; {what}"))
         code = EXIT_SIGINT
     stats = queue.statistics()
-    console.print(summary_line(dict(stats.counts), stats.total, stats.elapsed), wrap=True)
+    console.print(
+        summary_line(dict(stats.counts), stats.total, stats.elapsed, stats.reused), wrap=True
+    )
     if any(stats.counts.get(status.value) for status in NOT_SUCCEEDED):  # rich only then
         from .report import failures_table, print_whole
 

@@ -54,8 +54,14 @@ def message(label: str, text: str, style: str = "bold red") -> Line:
     return Line(printable(text), label, style)
 
 
-def summary_line(counts: dict[str, int], total: int, elapsed: float) -> Line:
-    parts = ", ".join(f"{n:,} {state}" for state, n in sorted(counts.items()))
+def summary_line(counts: dict[str, int], total: int, elapsed: float, reused: int = 0) -> Line:
+    """``2,000 job(s) in 1.2s: 2,000 finished``; jobs an earlier run's success settled
+    are said so, or a run that ran nothing would seem to have run them all again."""
+    parts = ", ".join(
+        f"{n:,} {state}"
+        + (f" ({reused:,} in an earlier run)" if state == "finished" and reused else "")
+        for state, n in sorted(counts.items())
+    )
     return Line(printable(f"{total:,} job(s) in {elapsed:,.1f}s: {parts or 'nothing to do'}"))
 
 
