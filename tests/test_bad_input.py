@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from tests.helpers import plugin_distribution, read_text
 from xqueue import (
     ConfigError,
+    FailureClass,
     JobFailedError,
     JobStatus,
     SchedulerError,
@@ -21,6 +23,7 @@ from xqueue import (
     WorkdirError,
     Xqueue,
 )
+from xqueue.schedulers.local import LocalScheduler
 
 pytestmark = pytest.mark.anyio
 
@@ -65,7 +68,8 @@ pytestmark = pytest.mark.anyio
         (
             {"scheduler_opts": {"kill_grace": "soon"}},
             SchedulerOptionError,
-            "option 'kill_grace' expects float, got 'soon'",
+            r"option 'kill_grace' expects seconds \(a number, or with a unit: 500ms, 90s, 5m, "
+            r"2h\), got 'soon'",
         ),
         (
             {"scheduler_opts": {"cwd": "/no/such/dir"}},
@@ -89,6 +93,37 @@ def test_bad_queue_arguments(
 ) -> None:
     with pytest.raises(error, match=message):
         Xqueue(**{"workdir": workdir, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("1.5", 1.5),
+        ("90s", 90.0),
+        ("5m", 300.0),
+        ("2h", 7200.0),
+        ("500ms", 0.5),
+        (" 1 D ", 86400.0),
+    ],
+)
+def test_a_duration_option_given_as_text_may_carry_a_unit(text: str, seconds: float) -> None:
+    """``-o timeout=1m`` was refused ("expects float"): every float option is a duration."""
+    opts = LocalScheduler(timeout=text, kill_grace=text, poll_interval=text).options
+    assert (opts.timeout, opts.kill_grace, opts.poll_interval) == (seconds, seconds, seconds)
+
+
+@pytest.mark.parametrize("text", ["1x", "m", "5 m s", "1h30m", ""])
+def test_a_duration_that_is_not_one_is_refused(text: str) -> None:
+    with pytest.raises(SchedulerOptionError, match=r"option 'timeout' expects seconds \(a number"):
+        LocalScheduler(timeout=text)
+
+
+async def test_a_timeout_with_a_unit_limits_each_job(workdir: Path) -> None:
+    q = Xqueue(workdir=workdir, scheduler_opts={"timeout": "1s"}, error_strategy="ignore")
+    job = await q.feed(["sleep", "30"])
+    with anyio.fail_after(20):
+        await q.run_until_complete()
+    assert job.status is JobStatus.FAILED and job.failure is FailureClass.TIMEOUT, job.reason
 
 
 def test_a_plugin_scheduler_not_installed_names_its_distribution() -> None:

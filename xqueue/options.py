@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -36,6 +37,11 @@ NATIVE = "native"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+# Every float option is a duration in seconds (a timeout, a grace, an interval): given
+# as text (the CLI, a profile), it may carry a unit, as people write durations.
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)\s*", re.IGNORECASE | re.ASCII)
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SECONDS = "seconds (a number, or with a unit: 500ms, 90s, 5m, 2h)"
 
 
 @dataclasses.dataclass
@@ -164,6 +170,17 @@ def _declared(cls: type[SchedulerOptions]) -> dict[str, Any]:
     return _DECLARED[cls]
 
 
+def _seconds(text: str) -> float:
+    """``"2.5"``, ``"90s"``, ``"5m"``, ``"500ms"``: a float option's text, in seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        match = _DURATION.fullmatch(text)
+        if match is None:
+            raise
+        return float(match[1]) * _UNITS[match[2].lower()]
+
+
 def _coerce(scheduler: str, name: str, value: Any, hint: Any) -> Any:
     """Turn a CLI string into the declared type; pass through values already of that type."""
     origin = typing.get_origin(hint)
@@ -184,6 +201,8 @@ def _coerce(scheduler: str, name: str, value: Any, hint: Any) -> Any:
             if text in _FALSE:
                 return False
             raise ValueError(value)
+        if hint is float and isinstance(value, str):
+            return _seconds(value)
         if hint in (int, float):
             if isinstance(value, bool):
                 raise ValueError(value)
@@ -195,7 +214,7 @@ def _coerce(scheduler: str, name: str, value: Any, hint: Any) -> Any:
         if origin in (dict, list, Mapping) and isinstance(value, str):
             return json.loads(value)
     except (ValueError, TypeError) as exc:  # TypeError: float([1]) from a TOML list
-        expected = getattr(hint, "__name__", str(hint))
+        expected = _SECONDS if hint is float else getattr(hint, "__name__", str(hint))
         raise SchedulerOptionError(
             f"scheduler {scheduler!r}: option {name!r} expects {expected}, got {value!r}"
         ) from exc

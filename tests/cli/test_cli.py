@@ -247,7 +247,7 @@ def test_the_failures_table_gives_no_stderr_file_for_a_job_that_never_started(
         (["-f", "0"], "forks must be >= 1"),
         (["-o", "partition=debug"], "does not accept option 'partition'"),
         (["-o", "justakey"], "is not KEY=VALUE"),
-        (["-o", "kill_grace=x"], "expects float"),
+        (["-o", "kill_grace=x"], "expects seconds"),
         (["/no/such/list.txt"], "cannot read job list '/no/such/list.txt'"),
         (["--frobnicate"], "usage: xqueue run [-h]"),  # run's own usage, not the top level's
         (["--frobnicate"], "xqueue run: error: unrecognized arguments: --frobnicate"),
