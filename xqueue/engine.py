@@ -57,7 +57,6 @@ import os
 import signal
 import threading
 import time
-import weakref
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextvars import ContextVar
@@ -301,9 +300,11 @@ class Engine:
         self._checking: set[Job] = set()
         self._wrapping = self._checks = self._polling = False
         self._polling_posted = False
-        # Full collections spaced out while many jobs are held (``_collector``): taken
-        # as the jobs reach ``HOLD_AT``, given back as the run ends or the queue closes.
+        # Full collections spaced out while the queue is fed in bulk (``_collector``):
+        # looked for once per ``HOLD_AT`` jobs fed, given back as the run ends, the queue
+        # closes or the feeding slows down.
         self._collector: _collector.Hold | None = None
+        self._hold_next = _collector.HOLD_AT
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -450,7 +451,7 @@ class Engine:
         finally:
             if turn is not None:
                 self.leave_turn(turn)
-        if self._collector is None and len(self.jobs) >= _collector.HOLD_AT:
+        if len(self.jobs) >= self._hold_next:
             self._space_collections()
         self.counts[S.INIT] += 1
         settled = bool(record and self._earlier_success(job, record))
@@ -479,8 +480,9 @@ class Engine:
                 await pending
 
     def _space_collections(self) -> None:
-        hold = self._collector = _collector.Hold()
-        weakref.finalize(self, hold.release)  # a queue dropped unrun, never closed
+        self._hold_next = len(self.jobs) + _collector.HOLD_AT
+        if self._collector is None or not self._collector.held:  # ended by a pause
+            self._collector = _collector.hold(self)
 
     def release_collector(self) -> None:
         """Give back the spacing of full collections: the run that needed it has ended."""

@@ -712,6 +712,24 @@ async def test_a_job_id_gives_the_start_its_process_has_in_proc(workdir: Path) -
             await q.kill(job)
 
 
+async def test_a_shepherd_not_asked_for_the_boot_clock_speaks_as_before(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that imported xqueue before it was upgraded starts the shepherd file
+    now on disk, without its new argument: that shepherd must answer in the form the
+    old controller reads (seconds since the epoch; ``float("b1713.80")`` ended its run
+    while the job ran on). Such ids are still known for the job's own."""
+    from xqueue.schedulers import _shepherd_link
+
+    monkeypatch.setattr(_shepherd_link, "BOOT_CLOCK", "")
+    async with Xqueue(workdir=workdir, forks=2) as q:
+        (job,) = await jobs_with_ids(q, 1)
+        assert job.jid is not None and "@b" not in job.jid
+        assert abs(float(job.jid.partition("@")[2]) - time.time()) < 30
+        assert await LocalScheduler().job_is_running(job)
+        await q.kill(job)
+
+
 async def test_a_job_left_running_is_its_own_after_the_wall_clock_steps(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,10 +27,13 @@ Protocol, on a Unix stream socket at descriptor 0:
   arguments..., NAME=value...`` (the tail ends the job's ``exits.jsonl`` line: ``,
   "attempt": n, "dir": "folder"}``), many frames to a write.
 - shepherd to controller: lines ``S key pid start`` (started; ``start`` is ``b`` and
-  the seconds since boot), ``E key message`` (could not start), ``F key code stream`` (its stdout or
-  stderr file was refused: ``code`` is an errno, or -1 for a file with a second hard
-  link, -2 for one that is not a plain file; the controller words the error) and ``X
-  key rc`` (ended; ``128 + signal`` for a job a signal ended, as a shell reports it).
+  the seconds since boot when the controller asks for it with the second argument
+  ``boot-clock``, else seconds since the epoch: a controller of an earlier version, in a
+  process that imported xqueue before it was upgraded, reads no other), ``E key
+  message`` (could not start), ``F key code stream`` (its stdout or stderr file was
+  refused: ``code`` is an errno, or -1 for a file with a second hard link, -2 for one
+  that is not a plain file; the controller words the error) and ``X key rc`` (ended;
+  ``128 + signal`` for a job a signal ended, as a shell reports it).
 
 Output files are opened as the controller's ``workdir.open_plain`` does, refusing what
 someone may have planted at the name: never through a link (``O_NOFOLLOW``), never a
@@ -51,6 +54,8 @@ import signal
 import stat
 import sys
 import time
+
+BOOT_CLOCK = "boot-clock"  # the argument that asks for starts since boot
 
 # What a job starts with whatever the shepherd itself does with these signals: the
 # default action (Python ignores SIGPIPE and SIGXFSZ; the shepherd ignores the rest).
@@ -100,9 +105,10 @@ def _decode(field: bytes) -> str:
 
 
 class Shepherd:
-    def __init__(self, sock: _socket.socket, exits: int) -> None:
+    def __init__(self, sock: _socket.socket, exits: int, boot_clock: bool = False) -> None:
         self.sock = sock
         self.exits = exits  # exits.jsonl, opened O_APPEND by the controller
+        self.boot_clock = boot_clock
         self.lines: list[str] = []
         self.connected = True
         self.buf = bytearray()
@@ -161,7 +167,10 @@ class Shepherd:
         # on a loaded machine): a lookup compares it with the start /proc gives the
         # process, and took a job that had run on for another process. The clock is
         # /proc's own (since boot), so a step of the wall clock cannot part the two.
-        start = f"b{time.clock_gettime(time.CLOCK_BOOTTIME):.2f}"
+        if self.boot_clock:
+            start = f"b{time.clock_gettime(time.CLOCK_BOOTTIME):.2f}"
+        else:
+            start = f"{time.time():.2f}"
         try:
             pid = (
                 self._fork_exec(argv, env, cwd, out, err)
@@ -307,7 +316,8 @@ def main() -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-    shepherd = Shepherd(_socket.socket(fileno=0), int(sys.argv[1]))
+    boot_clock = sys.argv[2:3] == [BOOT_CLOCK]
+    shepherd = Shepherd(_socket.socket(fileno=0), int(sys.argv[1]), boot_clock)
     poller = select.poll()
     poller.register(0, select.POLLIN)
     poller.register(wake_r, select.POLLIN)

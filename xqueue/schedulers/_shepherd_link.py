@@ -22,6 +22,8 @@ from ._proc import wait_exit
 
 SCRIPT = str(Path(__file__).with_name("_shepherd.py"))
 SHEPHERD_NAME = b"_shepherd.py"  # in a shepherd's command line: how /proc tells one
+# The shepherd's BOOT_CLOCK: job starts in seconds since boot (``local._parse_jid``).
+BOOT_CLOCK = "boot-clock"
 # A shepherd that reads nothing of what is sent to it for this long is taken for gone.
 _SEND_WAIT = 30.0
 
@@ -88,7 +90,7 @@ class ShepherdLink:
             # output streams: a pipe (`xqueue run 2>&1 | tee log`) stayed open while the
             # shepherd outlived its controller, and the pipeline waited for the last job.
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", SCRIPT, str(exits)],
+                [sys.executable, "-I", "-S", SCRIPT, str(exits), BOOT_CLOCK],
                 stdin=theirs.fileno(),
                 pass_fds=(exits,),
                 stdout=subprocess.DEVNULL,
