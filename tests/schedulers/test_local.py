@@ -22,7 +22,7 @@ from tests.helpers import cancellable_run, is_alive, process_alive, read_text
 from xqueue import Job, JobStatus, SchedulerError, Xqueue
 from xqueue.records import WorkdirReader
 from xqueue.schedulers import local as local_module
-from xqueue.schedulers._proc import start_ticks
+from xqueue.schedulers._proc import job_dir_in, job_dirs_of_processes, start_ticks
 from xqueue.schedulers.local import LocalScheduler
 from xqueue.workdir import Workdir
 
@@ -710,6 +710,32 @@ async def test_a_job_id_gives_the_start_its_process_has_in_proc(workdir: Path) -
             proc_start = await anyio.to_thread.run_sync(local_module._since_boot, pid)
             assert proc_start is not None and abs(proc_start - start) < 0.1, job.jid
             await q.kill(job)
+
+
+def test_a_job_is_found_by_its_own_variable_not_by_the_text_in_another() -> None:
+    """A job whose id was never recorded is found by XQUEUE_JOB_DIR in its environment.
+    A search for that text found it inside a variable placed before it (exported in the
+    controller's shell, so in every job's environment): every job was taken for the one
+    the decoy named, and none for its own (run again while it ran on)."""
+    decoy = {"OLD_XQUEUE_JOB_DIR": "/elsewhere/5-x", "NOTE": "see XQUEUE_JOB_DIR=/elsewhere/6-y"}
+    env = {**decoy, **os.environ, "XQUEUE_JOB_DIR": "/wd/3-real"}
+    proc = subprocess.Popen(["sleep", "30"], env=env, start_new_session=True)
+    try:
+        environ = b""
+        deadline = time.monotonic() + 10
+        while b"XQUEUE_JOB_DIR=/wd" not in environ and time.monotonic() < deadline:
+            with open(f"/proc/{proc.pid}/environ", "rb") as fh:  # set once it has exec'd
+                environ = fh.read()
+        assert job_dir_in(environ) == b"/wd/3-real"
+        found = job_dirs_of_processes()
+        assert found.get("/wd/3-real") == proc.pid
+        assert "/elsewhere/5-x" not in found and "/elsewhere/6-y" not in found
+    finally:
+        proc.kill()
+        proc.wait()
+    assert job_dir_in(b"XQUEUE_JOB_DIR=/a\0B=1") == b"/a"  # the first entry
+    assert job_dir_in(b"A=1\0XQUEUE_JOB_DIR=") == b""
+    assert job_dir_in(b"A=XQUEUE_JOB_DIR=/a") is None
 
 
 async def test_a_shepherd_not_asked_for_the_boot_clock_speaks_as_before(

@@ -104,17 +104,34 @@ def _members(pgids: Collection[int]) -> tuple[set[int], dict[int, list[int]]]:
     return pids, found
 
 
+_JOB_DIR = b"\0XQUEUE_JOB_DIR="
+
+
+def job_dir_in(environ: bytes) -> bytes | None:
+    """The XQUEUE_JOB_DIR of a process's environment (``/proc/<pid>/environ``), or None.
+
+    Only an entry of that very name counts, the first as for ``getenv``: a search for
+    the text found it inside ``OLD_XQUEUE_JOB_DIR=...`` (or any value holding it) placed
+    before the job's own entry, and took every job started with it in its environment
+    for the job that text named."""
+    at = (b"\0" + environ).find(_JOB_DIR)
+    if at < 0:
+        return None
+    start = at + len(_JOB_DIR) - 1  # in ``environ``, which has no leading NUL
+    end = environ.find(b"\0", start)
+    return environ[start : end if end >= 0 else None]
+
+
 def job_dirs_of_processes() -> dict[str, int]:
     """XQUEUE_JOB_DIR -> pid of every live process that carries it (a job's session
     leader wins over its children, which inherit it): how a job whose id was never
     recorded (its controller died right after starting it) is found. Blocking."""
     found: dict[str, int] = {}
     for pid, environ in each_process("environ"):
-        start = environ.find(b"XQUEUE_JOB_DIR=")
-        if start < 0 or start_ticks(pid) is None:
+        value = job_dir_in(environ)
+        if value is None or start_ticks(pid) is None:
             continue
-        end = environ.find(b"\0", start)
-        jobdir = os.fsdecode(environ[start + 15 : end if end >= 0 else None])  # as job.dir
+        jobdir = os.fsdecode(value)  # as job.dir
         try:
             leader = os.getsid(pid) == pid
         except OSError:

@@ -49,6 +49,7 @@ from ._proc import (
     end_groups,
     exited,
     files_held,
+    job_dir_in,
     job_dirs_of_processes,
     leaderless_groups,
     parent_and_state,
@@ -165,7 +166,7 @@ def _has_marker(pid: int, jobdir: str) -> bool:
     if environ is None:
         return False
     # fsencode: a folder under a path that is not UTF-8 is in the environment as its bytes.
-    if os.fsencode(f"XQUEUE_JOB_DIR={jobdir}") in environ.split(b"\0"):
+    if job_dir_in(environ) == os.fsencode(jobdir):
         return True
     # A job that emptied its environment (`env -i`) still writes to the output files its
     # shepherd opened for it: declared dead, it ran on unwatched, "exit status unknown".
@@ -225,7 +226,7 @@ def _unsettled(exits: str, own: set[int]) -> tuple[str | None, dict[str, int]]:
             return f"an exit that an earlier run's shepherd (pid {parent}) has not recorded", {}
         if pid in named:
             return f"an earlier run's shepherd (pid {parent}) is starting a job", {}
-        if b"\0XQUEUE_JOB_DIR=" in b"\0" + (read_proc(pid, "environ") or b""):
+        if job_dir_in(read_proc(pid, "environ") or b"") is not None:
             continue
         folder = _job_folder_of_output(pid)
         if folder is None:
