@@ -60,6 +60,16 @@ pytestmark = pytest.mark.anyio
             ConfigError,
             r"invalid error_strategy 'hlat' \(did you mean 'halt'\?\); choose one of",
         ),
+        (  # the type is what is wrong: no suggestion that echoes the value
+            {"error_strategy": ["halt"]},
+            ConfigError,
+            r"invalid error_strategy \['halt'\]; choose one of",
+        ),
+        (  # case does not count
+            {"scheduler": "SLURM"},
+            UnknownSchedulerError,
+            r"unknown scheduler 'SLURM' \(did you mean 'slurm'\?\)",
+        ),
         (
             {"scheduler_opts": {"partition": "x"}},
             SchedulerOptionError,
@@ -274,6 +284,11 @@ def test_a_workdir_that_is_not_a_folder_is_named_for_what_it_is(tmp_path: Path) 
             ["true"],
             {"resources": {"memroy": "1G"}},
             r"unknown resource\(s\) \['memroy'\] \(did you mean 'memory'\?\); accepted",
+        ),
+        (  # keys of several types: sorted() of them raised a bare TypeError
+            ["true"],
+            {"resources": {1: 2, "cpuz": 1}},
+            r"unknown resource\(s\) \['cpuz', 1\] \(did you mean 'cpus'\?\); accepted",
         ),
         # exec refuses it everywhere, and each backend failed the job its own way (local
         # without naming it, Slurm with "no return code", SSH as vanished)

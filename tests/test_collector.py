@@ -172,3 +172,53 @@ async def test_thresholds_set_meanwhile_are_kept(workdir: Path) -> None:
     gc.set_threshold(300, 5, 5)  # the application's choice, made while the queue held
     await q.run_until_complete()
     assert gc.get_threshold() == (300, 5, 5)
+
+
+class Fed:
+    """What a hold watches: something with the jobs fed so far."""
+
+    def __init__(self) -> None:
+        self.jobs: list[dict[str, object]] = []
+
+
+def test_a_hold_is_not_judged_on_the_interval_it_began_in() -> None:
+    """The young generation is part full when a hold is taken: the first young
+    collection came a few jobs later, and judged on those few it ended the hold in the
+    middle of a burst (3 to 11 jobs after each hold, a whole 100,000-job feed)."""
+    fed = Fed()
+    gc.collect()
+    nearly_full = [{} for _ in range(gc.get_threshold()[0] - 20)]
+    taken = _collector.hold(fed)
+    assert taken is not None
+    for i in range(2000):  # two tracked objects a job: jobs are what the process keeps
+        fed.jobs.append({"job": i, "spec": {}})
+    assert taken.held and gc.get_threshold() == SPACED
+    taken.release()
+    assert gc.get_threshold() == DEFAULT and len(nearly_full) > 0
+
+
+def test_a_hold_taken_while_another_thread_lets_go_leaves_nothing_behind() -> None:
+    """Holds taken and given back from several threads at once, while collections
+    check them: no deadlock, nothing left held, no error out of the collector's callback."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def churn() -> None:
+        try:
+            for _ in range(300):
+                fed = Fed()
+                taken = _collector.hold(fed)
+                fed.jobs.extend({"n": i} for i in range(100))
+                if taken is not None:
+                    taken.release()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=churn) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert _collector._holds == [] and gc.get_threshold() == DEFAULT

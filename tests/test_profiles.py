@@ -154,7 +154,7 @@ def test_unknown_profile_lists_the_known_ones_and_their_files(config: Config) ->
     with pytest.raises(ConfigError) as info:
         make(config, profile="gpux")
     assert str(info.value) == (
-        f"unknown profile 'gpux' for scheduler 'slurm'; known profiles: "
+        f"unknown profile 'gpux' for scheduler 'slurm' (did you mean 'gpu'?); known profiles: "
         f"cpu ({config.user}), gpu ({config.project})"
     )
     with pytest.raises(ConfigError, match=r"no profiles for scheduler 'local' in .*project"):

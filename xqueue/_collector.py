@@ -27,6 +27,7 @@ undone when the last lets go; thresholds the application set meanwhile are kept.
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import weakref
 from typing import Any, Protocol
@@ -44,7 +45,6 @@ class _Fed(Protocol):
 _lock = threading.Lock()  # queues may be fed in several threads, each with its own loop
 _holds: list[Hold] = []
 _saved: tuple[int, int, int] | None = None  # the thresholds before, while changed
-_watching = False
 
 
 class Hold:
@@ -54,7 +54,10 @@ class Hold:
 
     def __init__(self, fed: _Fed) -> None:
         self._fed = weakref.ref(fed)  # the hold must not keep a dropped queue alive
-        self._seen = len(fed.jobs)
+        # Jobs at the last young collection; None until one came: the first interval
+        # began before the hold (the young generation was part full), so it only starts
+        # the count (judged on it, a hold ended a few jobs into a burst).
+        self._seen: int | None = None
         self.held = True
 
     def release(self) -> None:
@@ -66,7 +69,7 @@ class Hold:
 def hold(fed: _Fed) -> Hold | None:
     """Space out full collections while ``fed`` (an engine) is fed; None where the
     application chose its own thresholds."""
-    global _saved, _watching
+    global _saved
     with _lock:
         if not _holds:
             current = gc.get_threshold()
@@ -74,9 +77,10 @@ def hold(fed: _Fed) -> Hold | None:
                 return None
             _saved = current
             gc.set_threshold(current[0], current[1], SPACED)
-            if not _watching:  # once per process: a no-op while nothing is held
+            # Left there, a no-op while nothing is held; put back if something (a leak
+            # checker, a test fixture) emptied the list since.
+            if _watch not in gc.callbacks:
                 gc.callbacks.append(_watch)
-                _watching = True
         taken = Hold(fed)
         _holds.append(taken)
         return taken
@@ -97,20 +101,35 @@ def _drop(taken: Hold) -> None:
 
 def _watch(phase: str, info: dict[str, int]) -> None:
     """A collection is starting: end the holds of queues no longer fed in bulk."""
-    if phase != "start" or not _holds or _saved is None:
+    if phase != "start" or not _holds:
         return
     # Not blocking: this very thread may be taking or ending a hold (an allocation there
     # started this collection); the next collection looks again.
     if not _lock.acquire(blocking=False):
         return
     try:
-        least = _saved[0] // SHARE
+        saved = _saved  # read under the lock: another thread may have ended the last hold
+        if saved is None:
+            return
+        least = saved[0] // SHARE
         for taken in _holds.copy():  # _drop removes from it
             fed = taken._fed()
-            count = -1 if fed is None else len(fed.jobs)
-            if count - taken._seen < least:
+            if fed is None:
+                _drop(taken)
+                continue
+            count, seen = len(fed.jobs), taken._seen
+            if seen is not None and count - seen < least:
                 _drop(taken)
             else:
                 taken._seen = count
     finally:
         _lock.release()
+
+
+def _after_fork() -> None:
+    """A child forked while another thread held the lock would never get it."""
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)

@@ -7,8 +7,13 @@ from collections.abc import Iterable
 
 def did_you_mean(word: object, choices: Iterable[str]) -> str:
     """`` (did you mean 'slurm'?)`` for the choice closest to ``word``, or "" if none is
-    close. Only on the way to an error: difflib is imported then."""
+    close. Case does not count ('SGE' is 'sge'). Not for what is no string at all: the
+    type is what is wrong then (``['halt']`` is not a typo of 'halt'). Only on the way to
+    an error: difflib is imported then."""
+    if not isinstance(word, str):
+        return ""
     import difflib
 
-    matches = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {matches[0]!r}?)" if matches else ""
+    folded = {choice.lower(): choice for choice in choices}
+    matches = difflib.get_close_matches(word.lower(), list(folded), n=1, cutoff=0.6)
+    return f" (did you mean {folded[matches[0]]!r}?)" if matches else ""

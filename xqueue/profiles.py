@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import registry
+from ._suggest import did_you_mean
 from .errors import ConfigError, SchedulerOptionError
 from .options import NATIVE
 from .resources import Resources
@@ -253,7 +254,10 @@ def _unknown(scheduler: str, profile: str, found: Mapping[str, Profile], read: l
     if not known:
         files = ", ".join(str(p) for p in read)
         return f"unknown profile {profile!r}: no profiles for scheduler {scheduler!r} in {files}"
-    return f"unknown profile {profile!r} for scheduler {scheduler!r}; known profiles: {known}"
+    return (
+        f"unknown profile {profile!r} for scheduler {scheduler!r}"
+        f"{did_you_mean(profile, found)}; known profiles: {known}"
+    )
 
 
 def _dotted(*keys: str) -> str:

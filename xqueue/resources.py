@@ -139,11 +139,11 @@ class Resources:
         if not isinstance(value, dict):
             raise ConfigError(f"resources must be a dict or Resources, got {type(value).__name__}")
         known = ("cpus", "memory", "gpus", "walltime", "slots")
-        unknown = set(value) - set(known)
+        unknown = sorted(set(value) - set(known), key=repr)  # keys of any type
         if unknown:
-            first = sorted(map(str, unknown))[0]
+            typo = next((key for key in unknown if isinstance(key, str)), None)
             raise ConfigError(
-                f"unknown resource(s) {sorted(unknown)}{did_you_mean(first, known)}; "
+                f"unknown resource(s) {unknown}{did_you_mean(typo, known)}; "
                 f"accepted: {', '.join(known)}"
             )
         return cls(

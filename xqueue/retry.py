@@ -142,7 +142,7 @@ def _rules(value: Any) -> dict[FailureClass, RetryRule]:
             names = ", ".join(c.name for c in FailureClass)
             raise ConfigError(
                 f"retry_policy: unknown failure class {key!r}"
-                f"{did_you_mean(str(key).upper(), [c.name for c in FailureClass])}; "
+                f"{did_you_mean(key, [c.name for c in FailureClass])}; "
                 f"choose from {names}"
             ) from None
         if failure in rules:
@@ -155,7 +155,7 @@ def _action(where: str, value: Any) -> str:
     action = str(value).strip().lower() if isinstance(value, str) else None
     if action not in ACTIONS:
         raise ConfigError(
-            f"{where}: unknown action {value!r}{did_you_mean(str(value).lower(), ACTIONS)}; "
+            f"{where}: unknown action {value!r}{did_you_mean(value, ACTIONS)}; "
             f"choose one of {', '.join(ACTIONS)}"
         )
     return action

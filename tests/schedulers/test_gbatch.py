@@ -455,6 +455,8 @@ async def test_standin_answers_like_the_batch_service(gcloud: Gcloud, project: s
         ({"taskGroups": {"taskCount": 4}}, "one Batch task"),
         ({"taskGroups": {"taskSpec": {"bogus": 1}}}, "bogus"),
         ({"machine": "e2"}, "does not accept option 'machine'"),
+        # A typo of its own option passes through as a Batch field, refused there.
+        ({"rpc_timout": "5"}, r"'rpc_timout' \(did you mean 'rpc_timeout'\?\)"),
         ({"labels": "[1]"}, "labels must be a mapping"),
     ],
 )

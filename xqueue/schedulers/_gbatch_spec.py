@@ -172,12 +172,13 @@ def parse_staging(url: str) -> tuple[str, str]:
     return bucket, f"{prefix}/" if prefix else ""
 
 
-def template(scheduler: str, extra: Mapping[str, Any]) -> dict[str, Any]:
+def template(scheduler: str, extra: Mapping[str, Any], own: Sequence[str] = ()) -> dict[str, Any]:
     """The Batch fields of ``scheduler_opts`` as one job dict (proto field names).
 
     A value may be given as JSON text (the CLI's ``-o taskGroups='[...]'``). Unknown
     keys, and a task count other than 1 (one xqueue job is one Batch task), are refused
-    here, before any job is submitted.
+    here, before any job is submitted; the closest of a Batch field and ``own`` (the
+    scheduler's own options: a typo of one of them arrives here) is suggested.
     """
     import json
 
@@ -188,7 +189,7 @@ def template(scheduler: str, extra: Mapping[str, Any]) -> dict[str, Any]:
             accepted = ", ".join(sorted({*_CAMEL, *SETTABLE}))
             raise SchedulerOptionError(
                 f"scheduler {scheduler!r} does not accept option {key!r}"
-                f"{did_you_mean(key, (*_CAMEL, *SETTABLE))}; Batch job fields "
+                f"{did_you_mean(key, (*_CAMEL, *SETTABLE, *own))}; Batch job fields "
                 f"accepted: {accepted} (and the options listed in the docs)"
             )
         if isinstance(value, str) and name != "priority":

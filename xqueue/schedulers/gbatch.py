@@ -165,7 +165,8 @@ class GbatchScheduler(Scheduler):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.template = spec.template(self.name, self.options.extra)
+        own = [field.name for field in dataclasses.fields(self.options) if field.name != "extra"]
+        self.template = spec.template(self.name, self.options.extra, own)
         _check_template(self.template)
         self._bucket, self._prefix = "", ""
         if self.options.staging_bucket:
