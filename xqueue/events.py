@@ -15,7 +15,7 @@ One file holds one run: its first event renames the file of an earlier run to
 knows a new run by a new file. Lines, each one JSON object::
 
     {"time": 1767225600.125, "event": "job_started", "job": 3, "name": "sim 3",
-     "status": "running", "attempt": 1, "jid": "4242@b81234.56", "rc": null,
+     "status": "running", "attempt": 1, "jid": "4242@b81234.56~1f2e3d4c", "rc": null,
      "reason": ""}
 
 ``event`` is the hook's name without ``on_`` (``job_init``, ``job_queued``,

@@ -22,7 +22,7 @@ from tests.helpers import cancellable_run, is_alive, process_alive, read_text
 from xqueue import Job, JobStatus, SchedulerError, Xqueue
 from xqueue.records import WorkdirReader
 from xqueue.schedulers import local as local_module
-from xqueue.schedulers._proc import job_dir_in, job_dirs_of_processes, start_ticks
+from xqueue.schedulers._proc import boot_id, job_dir_in, job_dirs_of_processes, start_ticks
 from xqueue.schedulers.local import LocalScheduler
 from xqueue.workdir import Workdir
 
@@ -581,8 +581,15 @@ async def test_liveness_is_not_fooled_by_pid_reuse_or_a_planted_id(workdir: Path
         since_boot = ticks / os.sysconf("SC_CLK_TCK")  # as written now
         job.jid = f"{marked.pid}@b{since_boot:.2f}"
         assert await sched.job_is_running(job)
-        # The same pid with a start time that is not its own: a reused pid.
-        for jid in (f"{marked.pid}@{time.time() - 3600:.2f}", f"{marked.pid}@b{since_boot - 60}"):
+        job.jid = f"{marked.pid}@b{since_boot:.2f}~{boot_id()}"  # and this boot's
+        assert await sched.job_is_running(job)
+        # The same pid with a start time that is not its own: a reused pid. And the same
+        # pid and start of another boot: after a reboot, a process of this boot has them.
+        for jid in (
+            f"{marked.pid}@{time.time() - 3600:.2f}",
+            f"{marked.pid}@b{since_boot - 60}",
+            f"{marked.pid}@b{since_boot:.2f}~00000000",
+        ):
             job.jid = jid
             assert not await sched.job_is_running(job)
             assert not await sched.recover_job(job)
@@ -706,6 +713,7 @@ async def test_a_job_id_gives_the_start_its_process_has_in_proc(workdir: Path) -
         for job in await jobs_with_ids(q, 4):
             parsed = local_module._parse_jid(job.jid)
             assert parsed is not None and job.jid is not None and "@b" in job.jid
+            assert job.jid.endswith(f"~{boot_id()}") and len(boot_id()) == 8
             pid, start = parsed
             proc_start = await anyio.to_thread.run_sync(local_module._since_boot, pid)
             assert proc_start is not None and abs(proc_start - start) < 0.1, job.jid

@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping
+from functools import cache
 from typing import TypeVar
 
 import anyio
@@ -105,6 +106,18 @@ def _members(pgids: Collection[int]) -> tuple[set[int], dict[int, list[int]]]:
 
 
 _JOB_DIR = b"\0XQUEUE_JOB_DIR="
+
+
+@cache
+def boot_id() -> str:
+    """This boot's id, its first 8 characters ("" where the kernel does not say): what
+    tells a start since boot of this boot from the same start of an earlier one."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as fh:
+            text = fh.read(8).decode("ascii", "replace")
+    except OSError:
+        return ""
+    return text if text.isalnum() else ""
 
 
 def job_dir_in(environ: bytes) -> bytes | None:

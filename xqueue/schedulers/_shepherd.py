@@ -26,10 +26,11 @@ Protocol, on a Unix stream socket at descriptor 0:
   ``key, cwd ("" for none), exit line tail, stdout path, stderr path, argument count,
   arguments..., NAME=value...`` (the tail ends the job's ``exits.jsonl`` line: ``,
   "attempt": n, "dir": "folder"}``), many frames to a write.
-- shepherd to controller: lines ``S key pid start`` (started; ``start`` is ``b`` and
-  the seconds since boot when the controller asks for it with the second argument
-  ``boot-clock``, else seconds since the epoch: a controller of an earlier version, in a
-  process that imported xqueue before it was upgraded, reads no other), ``E key
+- shepherd to controller: lines ``S key pid start`` (started; ``start`` is ``b``, the
+  seconds since boot and ``~`` with the boot's id when the controller asks for it with
+  the second argument ``boot-clock`` (the third is the boot's id), else seconds since the
+  epoch: a controller of an earlier version, in a process that imported xqueue before
+  it was upgraded, reads no other), ``E key
   message`` (could not start), ``F key code stream`` (its stdout or stderr file was
   refused: ``code`` is an errno, or -1 for a file with a second hard link, -2 for one
   that is not a plain file; the controller words the error) and ``X key rc`` (ended;
@@ -55,7 +56,7 @@ import stat
 import sys
 import time
 
-BOOT_CLOCK = "boot-clock"  # the argument that asks for starts since boot
+BOOT_CLOCK = "boot-clock"  # the argument that asks for starts since boot (then the boot)
 
 # What a job starts with whatever the shepherd itself does with these signals: the
 # default action (Python ignores SIGPIPE and SIGXFSZ; the shepherd ignores the rest).
@@ -105,10 +106,15 @@ def _decode(field: bytes) -> str:
 
 
 class Shepherd:
-    def __init__(self, sock: _socket.socket, exits: int, boot_clock: bool = False) -> None:
+    def __init__(
+        self, sock: _socket.socket, exits: int, boot_clock: bool = False, boot: str = ""
+    ) -> None:
         self.sock = sock
         self.exits = exits  # exits.jsonl, opened O_APPEND by the controller
         self.boot_clock = boot_clock
+        # A start since boot names a process of this boot only: after a reboot another
+        # process may have the same pid and start (``local._parse_jid``).
+        self.boot = f"~{boot}" if boot else ""
         self.lines: list[str] = []
         self.connected = True
         self.buf = bytearray()
@@ -168,7 +174,7 @@ class Shepherd:
         # process, and took a job that had run on for another process. The clock is
         # /proc's own (since boot), so a step of the wall clock cannot part the two.
         if self.boot_clock:
-            start = f"b{time.clock_gettime(time.CLOCK_BOOTTIME):.2f}"
+            start = f"b{time.clock_gettime(time.CLOCK_BOOTTIME):.2f}{self.boot}"
         else:
             start = f"{time.time():.2f}"
         try:
@@ -317,7 +323,8 @@ def main() -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     boot_clock = sys.argv[2:3] == [BOOT_CLOCK]
-    shepherd = Shepherd(_socket.socket(fileno=0), int(sys.argv[1]), boot_clock)
+    boot = sys.argv[3] if boot_clock and len(sys.argv) > 3 else ""
+    shepherd = Shepherd(_socket.socket(fileno=0), int(sys.argv[1]), boot_clock, boot)
     poller = select.poll()
     poller.register(0, select.POLLIN)
     poller.register(wake_r, select.POLLIN)

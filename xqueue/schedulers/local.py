@@ -15,9 +15,9 @@ jobs already running leave free of this machine (``_machine.measure``, or the op
 Every job gets its own session, so a kill reaches the whole process group, and Ctrl-C
 in a terminal does not hit the jobs behind the queue's back.
 
-The id recorded for a job is ``pid@bSTART`` (when it was spawned, in seconds since the
-machine booted), checked against the process's start time in /proc, so a later run never
-mistakes an unrelated process that reused the pid for the job.
+The id recorded for a job is ``pid@bSTART~BOOT`` (when it was spawned, in seconds since
+the machine booted, and which boot), checked against the process's start time in /proc,
+so a later run never mistakes an unrelated process that reused the pid for the job.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from ..states import JobStatus
 from ..workdir import refusal
 from . import _machine
 from ._proc import (
+    boot_id,
     each_process,
     end_groups,
     exited,
@@ -126,20 +127,26 @@ def _since_boot(pid: int) -> float | None:
 
 
 def _parse_jid(jid: str | None) -> tuple[int, float] | None:
-    """(pid, start in seconds since boot) of a local job id.
+    """(pid, start in seconds since boot) of a local job id; None if it names no process
+    of this boot.
 
-    The shepherd writes ``pid@bSTART``: the boot-time clock (CLOCK_BOOTTIME) before the
-    spawn, the clock /proc gives a process's start by, which no step of the wall clock
-    moves. Ids in seconds since the epoch (``pid@START``, written before 2026-12-05)
-    are still read, through the boot time as the wall clock gives it now: a step of the
-    clock since they were written moves them, which is why they are no longer written.
+    The shepherd writes ``pid@bSTART~BOOT``: the boot-time clock (CLOCK_BOOTTIME) before
+    the spawn, the clock /proc gives a process's start by, which no step of the wall
+    clock moves, and the first 8 characters of the boot's id: after a reboot, a process
+    may have the same pid and start again (a service started at boot). Ids in seconds
+    since the epoch (``pid@START``, written before 2026-12-05) are still read, through
+    the boot time as the wall clock gives it now: a step of the clock since they were
+    written moves them, which is why they are no longer written.
     """
     if not jid or "@" not in jid:
         return None
     pid, _, start = jid.partition("@")
     try:
         if start.startswith("b"):
-            return int(pid), float(start[1:])
+            since, _, boot = start[1:].partition("~")
+            if boot and boot != boot_id():
+                return None  # a process of an earlier boot: none of it is alive
+            return int(pid), float(since)
         return int(pid), float(start) - _boot_time()
     except ValueError:
         return None
@@ -306,8 +313,9 @@ class LocalScheduler(Scheduler):
         reap()
         self._base_env = dict(os.environ)
         exits = await anyio.to_thread.run_sync(workdir.exits_fd)  # it may end a torn line
+        boot = await anyio.to_thread.run_sync(boot_id)  # read once: job ids say which boot
         try:
-            self._link = ShepherdLink.start(self._base_env, exits)
+            self._link = ShepherdLink.start(self._base_env, exits, boot)
         finally:
             os.close(exits)  # the shepherd holds its own
 
@@ -501,7 +509,10 @@ class LocalScheduler(Scheduler):
             pid = unmarked.get(os.path.realpath(job.dir))
         if pid is None and why is not None:
             raise SchedulerError(why)
-        return None if pid is None else f"{pid}@b{_since_boot(pid) or 0:.2f}"
+        if pid is None:
+            return None
+        boot = boot_id()
+        return f"{pid}@b{_since_boot(pid) or 0:.2f}" + (f"~{boot}" if boot else "")
 
     async def kill_job(self, job: Job) -> None:
         (error,) = await self.kill_jobs([job])
