@@ -783,3 +783,40 @@ async def test_a_job_left_running_is_its_own_after_the_wall_clock_steps(
         monkeypatch.undo()
         for job in jobs:
             await q.kill(job)
+
+
+@pytest.mark.parametrize("tail", ["; sleep 3", ""], ids=["running", "ended"])
+def test_a_job_found_by_its_folder_is_the_job_not_a_process_it_left_in_a_session_of_its_own(
+    tmp_path: Path, tail: str
+) -> None:
+    """A controller killed right after it recorded a job's submission: the next run finds
+    the job by XQUEUE_JOB_DIR. The job had left a process in a session of its own
+    (``setsid cmd &``, a daemon, a nested ``xqueue run``), which carries the variable and
+    leads its session too: taken for the job, the job's own exit (under its pid) was not
+    its, the job failed as vanished, and the next run ran it a second time. Whether the
+    job still runs (the session leader that started first is the job) or has ended (its
+    end is in exits.jsonl: what is left is not the job)."""
+    ran, jobs, wd = tmp_path / "ran.txt", tmp_path / "jobs.txt", tmp_path / "wd"
+    left = f"sleep 9.37{len(tail)}"  # a name of its own, to find and end it afterwards
+    jobs.write_text(f"setsid {left} </dev/null >/dev/null 2>&1 & echo ran >> {ran}{tail}\n")
+    xq = [PY, "-m", "xqueue", "run", "-w", str(wd), str(jobs), "--no-progress"]
+    try:
+        first = subprocess.Popen(xq, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while not ran.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # the setsid'd process is started too
+        first.kill()
+        first.wait()
+        # What a controller killed between the intent and the id leaves: no id.
+        journal = wd / "journal.jsonl"
+        lines = journal.read_text().splitlines(keepends=True)
+        intent = next(i for i, line in enumerate(lines) if '"submitting"' in line)
+        journal.write_text("".join(lines[: intent + 1]))
+        for _ in range(2):  # the second run must find it done, not run it again
+            out = subprocess.run(xq, capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            assert "1 finished" in out.stderr, out.stderr
+        assert ran.read_text() == "ran\n"
+    finally:
+        subprocess.run(["pkill", "-f", left], check=False)

@@ -136,22 +136,34 @@ def job_dir_in(environ: bytes) -> bytes | None:
 
 
 def job_dirs_of_processes() -> dict[str, int]:
-    """XQUEUE_JOB_DIR -> pid of every live process that carries it (a job's session
-    leader wins over its children, which inherit it): how a job whose id was never
-    recorded (its controller died right after starting it) is found. Blocking."""
-    found: dict[str, int] = {}
+    """XQUEUE_JOB_DIR -> pid of the live process that is the job of that folder: how a
+    job whose id was never recorded (its controller died right after starting it) is
+    found. Blocking.
+
+    Every process the job started inherits the variable, and one that called ``setsid``
+    (a daemon it left behind, ``setsid cmd &``, a nested ``xqueue run``'s shepherd) leads
+    a session of its own, as the job does. The job is the session leader that started
+    first: each of its descendants started after it. Taking the last leader seen, a run
+    adopted such a descendant: the job's own exit (recorded under its pid) was then not
+    its, it was failed as vanished and run again, and ``xqueue cancel`` killed the
+    descendant and left the job running."""
+    best: dict[str, tuple[tuple[bool, int], int]] = {}  # (not a leader, start) -> pid
     for pid, environ in each_process("environ"):
         value = job_dir_in(environ)
-        if value is None or start_ticks(pid) is None:
+        if value is None:
             continue
-        jobdir = os.fsdecode(value)  # as job.dir
+        started = start_ticks(pid)
+        if started is None:
+            continue
         try:
             leader = os.getsid(pid) == pid
         except OSError:
             continue
-        if jobdir not in found or leader:
-            found[jobdir] = pid
-    return found
+        jobdir = os.fsdecode(value)  # as job.dir
+        rank = (not leader, started)
+        if jobdir not in best or rank < best[jobdir][0]:
+            best[jobdir] = (rank, pid)
+    return {jobdir: pid for jobdir, (_, pid) in best.items()}
 
 
 def files_of_session_leaders() -> dict[tuple[int, int], int]:

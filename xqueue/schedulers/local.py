@@ -475,6 +475,11 @@ class LocalScheduler(Scheduler):
             jid = await anyio.to_thread.run_sync(self._find_by_environment, job)
             if jid is None:
                 return False
+            # Its shepherd recorded its end (the scan waits for that, ``_unsettled``):
+            # what carries its folder now is something it left running, not the job.
+            assert self.workdir is not None
+            if await anyio.to_thread.run_sync(self.workdir.exit_code, job) is not None:
+                return False  # the engine reads the recorded end
             job.jid = jid
         if job not in await self._alive_pids([job]):
             return False
