@@ -227,7 +227,8 @@ class Engine:
         self._opening_stopped = False  # a signal came while the backend was opening
         self.jobs: list[Job] = []
         self.counts: Counter[JobStatus] = Counter()
-        self.reused = 0  # jobs settled as fed by an earlier run's success
+        self.reused = 0  # finished jobs this run did not run (``QueueStatistics.reused``)
+        self._readopted: dict[Job, int] = {}  # earlier runs' attempts followed, by attempt
         self.completed: list[Job] = []  # final jobs, in the order they ended
         # Indexes kept by _move, never by hand: queued jobs in order, active ones.
         self._queued: deque[Job] = deque()
@@ -1065,6 +1066,7 @@ class Engine:
             # Held by the backend, or known by id: following it settles it (its rc
             # file, the backend's accounting, or vanished after a grace).
             log.info("job %s (%s): re-adopted %s", job.index, job.name, job.jid)
+            self._readopted[job] = job.attempt
             calls = self._now_active(job, [])
             self._arm_readopted(job)
             return calls
@@ -1283,6 +1285,8 @@ class Engine:
             job.failure = None  # a class tells why the job failed, and it has not
         self._move(job, status)
         self._left.discard(job)
+        if self._readopted and status is S.FINISHED and self._readopted.get(job) == job.attempt:
+            self.reused += 1  # an earlier run's attempt, not one of this run
         if record:
             self.workdir.record(job)
         self.completed.append(job)

@@ -213,7 +213,8 @@ def _coerce(scheduler: str, name: str, value: Any, hint: Any) -> Any:
             return str(value)
         if origin in (dict, list, Mapping) and isinstance(value, str):
             return json.loads(value)
-    except (ValueError, TypeError) as exc:  # TypeError: float([1]) from a TOML list
+    # TypeError: float([1]) from a TOML list; OverflowError: float(10**400) from TOML.
+    except (ValueError, TypeError, OverflowError) as exc:
         expected = _SECONDS if hint is float else getattr(hint, "__name__", str(hint))
         raise SchedulerOptionError(
             f"scheduler {scheduler!r}: option {name!r} expects {expected}, got {value!r}"

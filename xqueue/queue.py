@@ -64,8 +64,9 @@ class QueueStatistics:
     ticks: int = 0
     elapsed: float = 0.0
     reused: int = 0
-    """Of the finished jobs, those an earlier run's success settled as they were fed:
-    not run again (their reason is "succeeded in an earlier run")."""
+    """Of the finished jobs, those this run did not run: an earlier run's success settled
+    them as they were fed (their reason is "succeeded in an earlier run"), or an earlier
+    run's attempt, still running or found ended, succeeded."""
 
     @property
     def done(self) -> int:

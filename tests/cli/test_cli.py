@@ -40,6 +40,36 @@ def test_run_from_stdin_success(tmp_path: Path) -> None:
     assert "3 job(s) in" in out.stderr and "3 finished (2 in an earlier run)" in out.stderr
 
 
+def test_the_summary_counts_the_jobs_an_earlier_run_ran_and_this_one_followed(
+    tmp_path: Path,
+) -> None:
+    """A run killed while two jobs ran: the next run follows them to their end (it starts
+    nothing), and its summary must say so, not read as if it had run them."""
+    wd, marks = tmp_path / "wd", tmp_path / "marks"
+    marks.mkdir()
+    jobs = "".join(f"touch {marks}/{i}; sleep {2 if i else 0}\n" for i in range(3))
+    first = subprocess.Popen(
+        [*XQ, "run", "-w", str(wd), "-f", "3", "--no-progress"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert first.stdin is not None
+    first.stdin.write(jobs)
+    first.stdin.close()
+    deadline = time.monotonic() + 30
+    while len(list(marks.iterdir())) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # job 0 has ended and is journalled; 1 and 2 sleep on
+    first.kill()
+    first.wait()
+    out = xqueue("run", "-w", str(wd), "-f", "3", input=jobs)
+    assert out.returncode == 0, out.stderr
+    assert "3 job(s) in" in out.stderr and "3 finished (3 in an earlier run)" in out.stderr
+    assert sorted(p.name for p in marks.iterdir()) == ["0", "1", "2"]
+
+
 def test_a_job_list_has_a_job_a_line_ending_at_newlines(tmp_path: Path) -> None:
     """\\r\\n ends a line too; a bare \\r inside a line is the command's own, not the start
     of another job (a text-mode read took it for a line end: two broken jobs)."""

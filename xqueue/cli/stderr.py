@@ -55,8 +55,8 @@ def message(label: str, text: str, style: str = "bold red") -> Line:
 
 
 def summary_line(counts: dict[str, int], total: int, elapsed: float, reused: int = 0) -> Line:
-    """``2,000 job(s) in 1.2s: 2,000 finished``; jobs an earlier run's success settled
-    are said so, or a run that ran nothing would seem to have run them all again."""
+    """``2,000 job(s) in 1.2s: 2,000 finished``; finished jobs an earlier run ran are
+    said so, or a run that ran nothing would seem to have run them all again."""
     parts = ", ".join(
         f"{n:,} {state}"
         + (f" ({reused:,} in an earlier run)" if state == "finished" and reused else "")
