@@ -336,3 +336,24 @@ def test_resources_are_normalised() -> None:
     assert Resources.from_value({"walltime": "90m", "memory": 512}) == Resources(
         memory_mb=512, walltime_s=5400
     )
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", float("inf"), 1e400, -1])
+@pytest.mark.parametrize("name", ["command_timeout", "submit_timeout", "down_retry"])
+def test_every_backends_seconds_are_finite_and_not_negative(name: str, value: object) -> None:
+    """The base options refused nan and inf; the SSH scheduler's own did not, and every
+    wait on them misbehaved (wait_for(nan) timed out at once, fail_after(nan) raised)."""
+    from xqueue.schedulers.ssh import SshScheduler
+
+    with pytest.raises(SchedulerOptionError, match=f"{name} must be a finite number of seconds"):
+        SshScheduler(servers={"a": {"host": "h"}}, **{name: value})
+
+
+@pytest.mark.parametrize("value", ["nan", -1, 0, "x", 1e400])
+def test_an_ssh_servers_connect_timeout_is_a_duration(value: object) -> None:
+    from xqueue.schedulers.ssh import SshScheduler
+
+    with pytest.raises(SchedulerOptionError, match="'connect_timeout' must be a finite number"):
+        SshScheduler(servers={"a": {"host": "h", "connect_timeout": value}})
+    good = SshScheduler(servers={"a": {"host": "h", "connect_timeout": "90s"}})
+    assert good.options.server_configs("ssh")[0].connect_timeout == 90.0

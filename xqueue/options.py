@@ -141,7 +141,8 @@ class SchedulerOptions:
 
     def validate(self, scheduler: str) -> None:
         """Reject values that parse but cannot work; subclasses extend it."""
-        for name in ("poll_interval", "kill_grace", "vanish_grace", "timeout"):
+        # Every float option is a duration (each backend's timeouts and intervals too).
+        for name in [n for n, hint in _declared(type(self)).items() if hint is float]:
             value = getattr(self, name)
             # NaN compares false with everything, so a plain "< 0" would let it through
             # and every wait on it would misbehave silently.
@@ -168,6 +169,14 @@ def _declared(cls: type[SchedulerOptions]) -> dict[str, Any]:
         fields = dataclasses.fields(cls)
         _DECLARED[cls] = {f.name: hints[f.name] for f in fields if f.name != "extra"}
     return _DECLARED[cls]
+
+
+def seconds(value: Any) -> float:
+    """A duration given as a number, or as text with a unit (``_seconds``); ValueError,
+    TypeError or OverflowError for anything else."""
+    if isinstance(value, bool):
+        raise TypeError(value)
+    return _seconds(value) if isinstance(value, str) else float(value)
 
 
 def _seconds(text: str) -> float:

@@ -559,7 +559,7 @@ def test_bad_server_options_are_refused(ssh_env: dict[str, str]) -> None:
         SshScheduler(servers={"a": {"port": 22}})
     with pytest.raises(SchedulerOptionError, match="'port' must be a whole number, got 'abc'"):
         SshScheduler(servers={"a": {**good, "port": "abc"}})
-    with pytest.raises(SchedulerOptionError, match="'connect_timeout' must be a number of"):
+    with pytest.raises(SchedulerOptionError, match="'connect_timeout' must be a finite number of"):
         SshScheduler(servers={"a": {**good, "connect_timeout": "soon"}})
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import os
 import socket
 import time
@@ -32,6 +33,7 @@ import asyncssh
 
 from .._suggest import did_you_mean
 from ..errors import SchedulerOptionError
+from ..options import seconds
 
 log = logging.getLogger("xqueue.ssh")
 # Seconds a refused channel waits before it is tried once more (``ServerPool.run``).
@@ -118,13 +120,19 @@ class ServerConfig:
             ("port", int),
             ("max_sessions", int),
             ("max_connections", int),
-            ("connect_timeout", float),
+            ("connect_timeout", seconds),
         ):
             if key in raw:
                 try:
                     kw[key] = kind(raw[key])
-                except (TypeError, ValueError):  # int()'s own words named no key
-                    what = "a whole number" if kind is int else "a number of seconds"
+                    if kind is seconds and not 0 < kw[key] < math.inf:  # nan too
+                        raise ValueError(raw[key])
+                except (TypeError, ValueError, OverflowError):  # int() named no key
+                    what = (
+                        "a whole number"
+                        if kind is int
+                        else "a finite number of seconds > 0 (or with a unit: 90s, 5m)"
+                    )
                     raise SchedulerOptionError(
                         f"{where}: {key!r} must be {what}, got {raw[key]!r}"
                     ) from None
