@@ -820,3 +820,50 @@ def test_a_job_found_by_its_folder_is_the_job_not_a_process_it_left_in_a_session
         assert ran.read_text() == "ran\n"
     finally:
         subprocess.run(["pkill", "-f", left], check=False)
+
+
+TIME_NS = ["unshare", "-T", "--boottime", "86400", "--fork"]  # a boot clock a day ahead
+LIVE = (
+    "import sys; from xqueue.schedulers.local import live_local_jid; "
+    "print(live_local_jid(sys.argv[1]))"
+)
+STARTS = """
+import anyio, sys
+from xqueue import Xqueue
+async def main():
+    async with Xqueue(workdir=sys.argv[1]) as q:
+        job = await q.feed(["sleep", "30"])
+        while not job.jid:
+            await anyio.sleep(0.02)
+        print(job.jid, flush=True)
+        sys.stdin.read()
+        await q.kill(job)
+anyio.run(main)
+"""
+
+
+def _live_from(prefix: list[str], jid: str) -> str:
+    out = subprocess.run([*prefix, PY, "-c", LIVE, jid], capture_output=True, text=True)
+    return out.stdout.strip() or out.stderr
+
+
+def test_a_job_id_reads_the_same_from_another_time_namespace(tmp_path: Path) -> None:
+    """The start in a job's id is counted from boot, and a time namespace moves the boot
+    clock (and the starts /proc shows): a run resumed in one (a restored container) took
+    every running job for gone, and ran it again. Both sides count in the machine's."""
+    if subprocess.run([*TIME_NS, "true"], capture_output=True).returncode != 0:
+        pytest.skip("no time namespaces here (unshare -T needs root and Linux 5.6)")
+    for n, (starter, looker) in enumerate([([], TIME_NS), (TIME_NS, [])]):
+        started = subprocess.Popen(
+            [*starter, PY, "-c", STARTS, str(tmp_path / str(n))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert started.stdout is not None
+            jid = started.stdout.readline().strip()
+            assert "@b" in jid
+            assert _live_from(looker, jid) == "True", (starter, jid)
+        finally:
+            started.communicate("", timeout=60)

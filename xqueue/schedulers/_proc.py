@@ -109,6 +109,23 @@ _JOB_DIR = b"\0XQUEUE_JOB_DIR="
 
 
 @cache
+def boot_offset() -> float:
+    """How far this process's time namespace moves the boot clock from the machine's:
+    CLOCK_BOOTTIME and the start times /proc shows are both moved by it (0 outside a
+    time namespace, or where the kernel has none). A job's start less this is the same
+    seen from any namespace: a run resumed in another one found every running job gone."""
+    try:
+        with open("/proc/self/timens_offsets", "rb") as fh:
+            for line in fh:
+                name, secs, nsecs = line.split()
+                if name == b"boottime":
+                    return int(secs) + int(nsecs) / 1e9
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
+@cache
 def boot_id() -> str:
     """This boot's id, its first 8 characters ("" where the kernel does not say): what
     tells a start since boot of this boot from the same start of an earlier one."""

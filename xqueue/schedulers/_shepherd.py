@@ -28,7 +28,8 @@ Protocol, on a Unix stream socket at descriptor 0:
   "attempt": n, "dir": "folder"}``), many frames to a write.
 - shepherd to controller: lines ``S key pid start`` (started; ``start`` is ``b``, the
   seconds since boot and ``~`` with the boot's id when the controller asks for it with
-  the second argument ``boot-clock`` (the third is the boot's id), else seconds since the
+  the second argument ``boot-clock`` (the third is the boot's id, the fourth what its
+  time namespace adds to the boot clock), else seconds since the
   epoch: a controller of an earlier version, in a process that imported xqueue before
   it was upgraded, reads no other), ``E key
   message`` (could not start), ``F key code stream`` (its stdout or stderr file was
@@ -107,7 +108,12 @@ def _decode(field: bytes) -> str:
 
 class Shepherd:
     def __init__(
-        self, sock: _socket.socket, exits: int, boot_clock: bool = False, boot: str = ""
+        self,
+        sock: _socket.socket,
+        exits: int,
+        boot_clock: bool = False,
+        boot: str = "",
+        offset: float = 0.0,
     ) -> None:
         self.sock = sock
         self.exits = exits  # exits.jsonl, opened O_APPEND by the controller
@@ -115,6 +121,7 @@ class Shepherd:
         # A start since boot names a process of this boot only: after a reboot another
         # process may have the same pid and start (``local._parse_jid``).
         self.boot = f"~{boot}" if boot else ""
+        self.offset = offset  # the machine's boot clock is this far behind this namespace's
         self.lines: list[str] = []
         self.connected = True
         self.buf = bytearray()
@@ -174,7 +181,8 @@ class Shepherd:
         # process, and took a job that had run on for another process. The clock is
         # /proc's own (since boot), so a step of the wall clock cannot part the two.
         if self.boot_clock:
-            start = f"b{time.clock_gettime(time.CLOCK_BOOTTIME):.2f}{self.boot}"
+            since = time.clock_gettime(time.CLOCK_BOOTTIME) - self.offset
+            start = f"b{since:.2f}{self.boot}"
         else:
             start = f"{time.time():.2f}"
         try:
@@ -324,7 +332,8 @@ def main() -> None:
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     boot_clock = sys.argv[2:3] == [BOOT_CLOCK]
     boot = sys.argv[3] if boot_clock and len(sys.argv) > 3 else ""
-    shepherd = Shepherd(_socket.socket(fileno=0), int(sys.argv[1]), boot_clock, boot)
+    offset = float(sys.argv[4]) if boot_clock and len(sys.argv) > 4 else 0.0
+    shepherd = Shepherd(_socket.socket(fileno=0), int(sys.argv[1]), boot_clock, boot, offset)
     poller = select.poll()
     poller.register(0, select.POLLIN)
     poller.register(wake_r, select.POLLIN)

@@ -81,9 +81,12 @@ class ShepherdLink:
         self._buf = b""  # a line not yet whole (kept across a cancelled serve())
 
     @classmethod
-    def start(cls, env: dict[str, str], exits: int, boot: str = "") -> ShepherdLink:
+    def start(
+        cls, env: dict[str, str], exits: int, boot: str = "", offset: float = 0.0
+    ) -> ShepherdLink:
         """Start a shepherd that appends the exits it reaps to descriptor ``exits``, and
-        names a job's start in seconds since boot, ``boot`` (``_proc.boot_id``) the boot."""
+        names a job's start in seconds since boot, ``boot`` (``_proc.boot_id``) the boot,
+        less ``offset`` (``_proc.boot_offset``: the machine's boot clock)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             # Its own session: Ctrl-C on the controller's terminal, or a signal to the
@@ -91,7 +94,7 @@ class ShepherdLink:
             # output streams: a pipe (`xqueue run 2>&1 | tee log`) stayed open while the
             # shepherd outlived its controller, and the pipeline waited for the last job.
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", SCRIPT, str(exits), BOOT_CLOCK, boot],
+                [sys.executable, "-I", "-S", SCRIPT, str(exits), BOOT_CLOCK, boot, repr(offset)],
                 stdin=theirs.fileno(),
                 pass_fds=(exits,),
                 stdout=subprocess.DEVNULL,

@@ -46,6 +46,7 @@ from ..workdir import refusal
 from . import _machine
 from ._proc import (
     boot_id,
+    boot_offset,
     each_process,
     end_groups,
     exited,
@@ -121,9 +122,10 @@ def _boot_time() -> float:
 
 
 def _since_boot(pid: int) -> float | None:
-    """When a live process started, in seconds since boot; None if gone or a zombie."""
+    """When a live process started, in seconds since boot (the machine's, whatever time
+    namespace this process is in: ``boot_offset``); None if gone or a zombie."""
     ticks = start_ticks(pid)
-    return None if ticks is None else ticks / os.sysconf("SC_CLK_TCK")
+    return None if ticks is None else ticks / os.sysconf("SC_CLK_TCK") - boot_offset()
 
 
 def _parse_jid(jid: str | None) -> tuple[int, float] | None:
@@ -313,9 +315,11 @@ class LocalScheduler(Scheduler):
         reap()
         self._base_env = dict(os.environ)
         exits = await anyio.to_thread.run_sync(workdir.exits_fd)  # it may end a torn line
-        boot = await anyio.to_thread.run_sync(boot_id)  # read once: job ids say which boot
+        # Read once, off the loop: job ids say which boot, in the machine's boot clock.
+        boot = await anyio.to_thread.run_sync(boot_id)
+        offset = await anyio.to_thread.run_sync(boot_offset)
         try:
-            self._link = ShepherdLink.start(self._base_env, exits, boot)
+            self._link = ShepherdLink.start(self._base_env, exits, boot, offset)
         finally:
             os.close(exits)  # the shepherd holds its own
 
