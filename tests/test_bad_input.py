@@ -41,6 +41,8 @@ pytestmark = pytest.mark.anyio
         # Each was an AttributeError or TypeError from deep inside, a letter-by-letter
         # plugin name, or a truthy string taken for True.
         ({"scheduler_opts": "x"}, ConfigError, "scheduler_opts is a dict of option names"),
+        # a key that is no name: a bare TypeError ("keywords must be strings") from deep inside
+        ({"scheduler_opts": {1: 2}}, ConfigError, "scheduler_opts is a dict of option names"),
         ({"workdir": 123}, ConfigError, r"workdir is a folder \(a str or a path\), not 123"),
         ({"workdir": None}, ConfigError, r"workdir is a folder \(a str or a path\), not None"),
         ({"plugins": "abc"}, ConfigError, r"not a string: plugins=\['abc'\]"),

@@ -236,7 +236,10 @@ class Xqueue:
             _check_bool("trust_workdir", trust_workdir)
         if not isinstance(workdir, (str, os.PathLike)):
             raise ConfigError(f"workdir is a folder (a str or a path), not {workdir!r}")
-        if scheduler_opts is not None and not isinstance(scheduler_opts, Mapping):
+        if scheduler_opts is not None and (
+            not isinstance(scheduler_opts, Mapping)
+            or not all(isinstance(key, str) for key in scheduler_opts)
+        ):
             raise ConfigError(
                 f"scheduler_opts is a dict of option names to values, not {scheduler_opts!r}"
             )
