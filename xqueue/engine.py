@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import heapq
 import itertools
 import logging
@@ -1015,10 +1016,25 @@ class Engine:
                 return calls
             self._to_kill.append(job)
         if self.scheduler.awaits_completion:
-            self._actions.append((self._await_job, (job,)))
+            report = functools.partial(self._reported, job, job.attempt)
+            if not self.scheduler.watch_end(job, report):
+                self._actions.append((self._await_job, (job,)))
         elif self._wake_poller is not None:
             self._wake_poller.set()
         return calls
+
+    def _reported(self, job: Job, attempt: int, state: JobState | None) -> None:
+        """A backend's word of the end of a job it watches (``Scheduler.watch_end``)."""
+        if state is None:
+            self._post("unwatched", job, attempt)
+        else:
+            self._post("update", job, state, attempt)
+
+    def _on_unwatched(self, job: Job, attempt: int) -> list[HookCall]:
+        """The backend can no longer report the job's end: it is awaited after all."""
+        if job.status.is_active and attempt == job.attempt:
+            self._actions.append((self._await_job, (job,)))
+        return []
 
     def _on_vetoed(self, job: Job, plugin: str) -> list[HookCall]:
         job.reason = f"submission vetoed by plugin {plugin!r}"

@@ -341,6 +341,20 @@ class Scheduler(abc.ABC):
         """Wait for a submitted job to end (only for ``awaits_completion`` backends)."""
         raise NotImplementedError(f"{type(self).__name__} is polled, not awaited")
 
+    def watch_end(self, job: Job, report: Callable[[JobState | None], None]) -> bool:
+        """Have ``report`` called with ``job``'s end, rather than ``wait_job`` awaited
+        in a task of its own (``awaits_completion`` backends only). Return True to take
+        it on, False (the default) to be awaited.
+
+        For a backend whose ends all come through one reader (its ``serve``: a helper
+        process's answers): a task and a wait per running job cost the controller more
+        than the rest of a short job's life. ``report`` is called at most once, from
+        the run's own tasks (or at once, from this call, for a job that has ended
+        already) and without blocking; ``report(None)`` hands the job back to
+        ``wait_job`` (its end cannot come this way any more: the helper is gone).
+        """
+        return False
+
     async def submit_call(
         self,
         jobs: Sequence[Job],

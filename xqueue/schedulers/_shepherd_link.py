@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,10 +52,38 @@ class Request:
         return len(body).to_bytes(4, "big") + body
 
 
+class Flag:
+    """A flag set once, whose event is made only if someone waits before it is set: a
+    job's start is usually answered before it is awaited, and its end watched rather
+    than awaited (``Ticket.watcher``); two events a job showed in a run's profile."""
+
+    __slots__ = ("_event", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: anyio.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        """Return at once if set (without yielding to other tasks, unlike an event)."""
+        if self._set:
+            return
+        if self._event is None:
+            self._event = anyio.Event()
+        await self._event.wait()
+
+
 class Ticket:
     """One job handed to the shepherd: its pid once started, its return code once ended."""
 
-    __slots__ = ("ended", "error", "pid", "rc", "refused", "start", "started")
+    __slots__ = ("ended", "error", "pid", "rc", "refused", "start", "started", "watcher")
 
     def __init__(self) -> None:
         self.pid = 0
@@ -64,8 +92,17 @@ class Ticket:
         # (code, "stdout" or "stderr"): the shepherd refused that output file.
         self.refused: tuple[int, str] | None = None
         self.rc: int | None = None
-        self.started = anyio.Event()
-        self.ended = anyio.Event()
+        self.started = Flag()
+        self.ended = Flag()
+        # Called with the return code once the job has ended (None: its shepherd is gone,
+        # and how it ended must be found out another way), if someone watches for that.
+        self.watcher: Callable[[int | None], None] | None = None
+
+    def end(self, rc: int | None) -> None:
+        self.rc = rc
+        self.ended.set()
+        if self.watcher is not None:
+            self.watcher(rc)
 
 
 class ShepherdLink:
@@ -199,9 +236,8 @@ class ShepherdLink:
             ticket.started.set()
             ticket.ended.set()
         else:
-            ticket.rc = int(rest)
             del self._tickets[key]
-            ticket.ended.set()
+            ticket.end(int(rest))
 
     def _lost(self, why: str) -> None:
         if self._gone is not None:
@@ -209,7 +245,7 @@ class ShepherdLink:
         self._gone = f"the local run's shepherd process (pid {self.proc.pid}) is gone: {why}"
         for ticket in self._tickets.values():
             ticket.started.set()
-            ticket.ended.set()
+            ticket.end(None)
 
     def _check(self) -> None:
         if self._gone is not None:

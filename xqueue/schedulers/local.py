@@ -23,12 +23,13 @@ so a later run never mistakes an unrelated process that reused the pid for the j
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
@@ -441,6 +442,19 @@ class LocalScheduler(Scheduler):
             return JobState(JobStatus.FAILED, None, UNKNOWN_EXIT, retryable=False)
         return _ended(rc)
 
+    def watch_end(self, job: Job, report: Callable[[JobState | None], None]) -> bool:
+        """Its shepherd's answer reports a job's end, with no task waiting for it."""
+        if type(self).wait_job is not LocalScheduler.wait_job:
+            return False  # a subclass that waits its own way is awaited
+        ticket = self._tickets.get(job)
+        if ticket is None or (ticket.ended.is_set() and ticket.rc is None):
+            return False  # adopted, or its shepherd is gone: watched through /proc
+        if ticket.ended.is_set():  # a short job's end often comes with its start
+            _report_rc(report, ticket.rc)
+        else:
+            ticket.watcher = functools.partial(_report_rc, report)
+        return True
+
     async def _alive_pids(self, jobs: Iterable[Job]) -> dict[Job, int]:
         """The live process of each job that still runs.
 
@@ -631,6 +645,10 @@ def _from_script(job: Job, request: Request) -> Request:
 
 def _ended(rc: int) -> JobState:
     return JobState(JobStatus.FINISHED if rc == 0 else JobStatus.FAILED, rc)
+
+
+def _report_rc(report: Callable[[JobState | None], None], rc: int | None) -> None:
+    report(None if rc is None else _ended(rc))
 
 
 def _still_running(pids: list[int]) -> list[int]:
