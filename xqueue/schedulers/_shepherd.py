@@ -79,7 +79,7 @@ class Refused(Exception):
         self.code, self.stream = code, stream
 
 
-def _open_output(path: str, stream: str) -> int:
+def _open_output(path: bytes, stream: str) -> int:
     try:
         fd = os.open(path, _OUTPUT, 0o644)
     except OSError as exc:
@@ -129,7 +129,7 @@ class Shepherd:
         self.stopping: set[int] = set()  # jobs the controller is stopping (``K`` frames)
         self.out: list[str] = []
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        self.environ = dict(os.environ)
+        self.environ = dict(os.environb)
 
     def receive(self) -> None:
         try:
@@ -152,11 +152,13 @@ class Shepherd:
                 self.spawn(fields)
 
     def spawn(self, fields: list[bytes]) -> None:
-        key, cwd, tail = _decode(fields[0]), _decode(fields[1]), _decode(fields[2])
+        # Paths, arguments and variables stay bytes, as the system calls take them: a
+        # job's fifty-odd strings decoded here were encoded again by the spawn.
+        key, cwd, tail = _decode(fields[0]), fields[1], _decode(fields[2])
         try:
-            out = _open_output(_decode(fields[3]), "stdout")
+            out = _open_output(fields[3], "stdout")
             try:
-                err = _open_output(_decode(fields[4]), "stderr")
+                err = _open_output(fields[4], "stderr")
             except BaseException:
                 os.close(out)
                 raise
@@ -169,12 +171,14 @@ class Shepherd:
             os.close(out)
             os.close(err)
 
-    def start(self, key: str, cwd: str, tail: str, fields: list[bytes], out: int, err: int) -> None:
+    def start(
+        self, key: str, cwd: bytes, tail: str, fields: list[bytes], out: int, err: int
+    ) -> None:
         nargs = int(fields[5])
-        argv = [_decode(f) for f in fields[6 : 6 + nargs]]
+        argv = fields[6 : 6 + nargs]
         env = self.environ.copy()
         for item in fields[6 + nargs :]:
-            name, _, value = _decode(item).partition("=")
+            name, _, value = item.partition(b"=")
             env[name] = value
         # Taken before the spawn, which returns only once the child has exec'd (seconds,
         # on a loaded machine): a lookup compares it with the start /proc gives the
@@ -198,7 +202,7 @@ class Shepherd:
         self.children[pid] = (key, start, tail)
         self.out.append(f"S {key} {pid} {start}")
 
-    def _spawn(self, argv: list[str], env: dict[str, str], out: int, err: int) -> int:
+    def _spawn(self, argv: list[bytes], env: dict[bytes, bytes], out: int, err: int) -> int:
         return os.posix_spawnp(
             argv[0],
             argv,
@@ -212,7 +216,9 @@ class Shepherd:
             setsigdef=_DEFAULT,
         )
 
-    def _fork_exec(self, argv: list[str], env: dict[str, str], cwd: str, out: int, err: int) -> int:
+    def _fork_exec(
+        self, argv: list[bytes], env: dict[bytes, bytes], cwd: bytes, out: int, err: int
+    ) -> int:
         """posix_spawn cannot change directory (before Python 3.13's chdir action)."""
         r, w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
