@@ -8,7 +8,6 @@ given only the arguments it names, and results that are awaitable are awaited.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import logging
 import os
@@ -19,6 +18,7 @@ import anyio
 import pluggy
 
 from . import hookspecs
+from ._suggest import did_you_mean
 from .errors import ConfigError, PluginError
 
 hookimpl = pluggy.HookimplMarker("xqueue")
@@ -66,8 +66,7 @@ def _never_called(plugin: Any, name: str, callers: Iterable[Any]) -> tuple[str, 
             return why, "a hook is a plain function or an async def without yield", True
     if unknown is None:
         return None
-    close = difflib.get_close_matches(unknown, _HOOK_NAMES, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(unknown, _HOOK_NAMES)
     why = f"plugin {name!r} implements {unknown!r}, which is no xqueue hook{hint}"
     return why, "mark a hook of your own with @hookimpl(optionalhook=True)", False
 
