@@ -117,13 +117,14 @@ class ShepherdLink:
         self._gone: str | None = None
         self._buf = b""  # a line not yet whole (kept across a cancelled serve())
 
-    @classmethod
-    def start(
-        cls, env: dict[str, str], exits: int, boot: str = "", offset: float = 0.0
-    ) -> ShepherdLink:
+    @staticmethod
+    def launch(
+        env: dict[str, str], exits: int, boot: str = "", offset: float = 0.0
+    ) -> tuple[subprocess.Popen[bytes], socket.socket]:
         """Start a shepherd that appends the exits it reaps to descriptor ``exits``, and
         names a job's start in seconds since boot, ``boot`` (``_proc.boot_id``) the boot,
-        less ``offset`` (``_proc.boot_offset``: the machine's boot clock)."""
+        less ``offset`` (``_proc.boot_offset``: the machine's boot clock). Blocking (it
+        forks): a worker thread; the link itself is made on the loop, with its lock."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             # Its own session: Ctrl-C on the controller's terminal, or a signal to the
@@ -145,7 +146,7 @@ class ShepherdLink:
         finally:
             theirs.close()
         ours.setblocking(False)
-        return cls(proc, ours)
+        return proc, ours
 
     async def spawn(self, requests: Sequence[Request]) -> list[Ticket]:
         """Hand jobs to the shepherd; the caller closes their descriptors once this

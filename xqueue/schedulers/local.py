@@ -28,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -43,7 +44,7 @@ from ..options import SchedulerOptions
 from ..records import EXITS_FILE
 from ..scheduler import JobState, Scheduler
 from ..states import JobStatus
-from ..workdir import refusal
+from ..workdir import Workdir, refusal
 from . import _machine
 from ._proc import (
     boot_id,
@@ -315,14 +316,7 @@ class LocalScheduler(Scheduler):
         await super().open(workdir)
         reap()
         self._base_env = dict(os.environ)
-        exits = await anyio.to_thread.run_sync(workdir.exits_fd)  # it may end a torn line
-        # Read once, off the loop: job ids say which boot, in the machine's boot clock.
-        boot = await anyio.to_thread.run_sync(boot_id)
-        offset = await anyio.to_thread.run_sync(boot_offset)
-        try:
-            self._link = ShepherdLink.start(self._base_env, exits, boot, offset)
-        finally:
-            os.close(exits)  # the shepherd holds its own
+        self._link = ShepherdLink(*await anyio.to_thread.run_sync(_launch, workdir, self._base_env))
 
     async def serve(self) -> None:
         if self._link is not None:
@@ -641,6 +635,17 @@ def _from_script(job: Job, request: Request) -> Request:
     path = job.attempt_path(SCRIPT)
     atomic_write(path, f"{job.command}\n")
     return dataclasses.replace(request, argv=job.argv_with(("/bin/sh", path)))
+
+
+def _launch(workdir: Workdir, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Any]:
+    """Start the run's shepherd (``ShepherdLink.launch``). Blocking (it opens
+    ``exits.jsonl``, which may end a torn line, reads the boot's id and clock once, and
+    forks): one worker thread for all of it."""
+    exits = workdir.exits_fd()
+    try:  # job ids say which boot, in the machine's boot clock
+        return ShepherdLink.launch(env, exits, boot_id(), boot_offset())
+    finally:
+        os.close(exits)  # the shepherd holds its own
 
 
 def _ended(rc: int) -> JobState:
