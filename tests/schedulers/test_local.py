@@ -654,6 +654,38 @@ async def test_jobs_start_with_default_signal_dispositions(workdir: Path) -> Non
         assert not mask & (1 << (sig - 1)), f"{sig.name} is ignored in the job"
 
 
+async def test_a_jobs_end_is_reported_by_its_shepherd_without_a_task_per_job(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each job's end comes with its shepherd's answer (``watch_end``): a task awaiting
+    each running job cost the controller more than a short job's record. Short jobs
+    end before the engine hears they started, long ones after; both are reported."""
+    from xqueue import engine as engine_module
+
+    awaited: list[int] = []
+    await_job = engine_module.Engine._await_job
+
+    async def counted(self: engine_module.Engine, job: Job) -> None:
+        awaited.append(job.index)
+        await await_job(self, job)
+
+    monkeypatch.setattr(engine_module.Engine, "_await_job", counted)
+    q = Xqueue(workdir=workdir, forks=4, error_strategy="ignore")
+    commands = ["true", "exit 3", "sleep 0.3", "sleep 0.3; exit 5", "kill -9 $$"] * 4
+    jobs = [await q.feed(c) for c in commands]
+    with anyio.fail_after(30):
+        await q.run_until_complete()
+    assert [(j.status, j.rc) for j in jobs[:5]] == [
+        (JobStatus.FINISHED, 0),
+        (JobStatus.FAILED, 3),
+        (JobStatus.FINISHED, 0),
+        (JobStatus.FAILED, 5),
+        (JobStatus.FAILED, 137),
+    ]
+    assert [(j.status, j.rc) for j in jobs] == [(j.status, j.rc) for j in jobs[:5]] * 4
+    assert awaited == []
+
+
 async def test_a_dead_shepherd_stops_the_run_and_leaves_nothing_running(
     workdir: Path, tmp_path: Path
 ) -> None:
