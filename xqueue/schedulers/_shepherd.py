@@ -44,7 +44,8 @@ FIFO or device, never a file with a second hard link; emptied only once it passe
 End of the controller's stream: start nothing more, reap the rest, exit.
 
 Only modules that load in microseconds are imported (no json, no subprocess, not even
-``socket``, whose enums cost more than the rest of the start): a run waits for this.
+``socket`` or ``signal``, whose enums cost more than the rest of the start: ``_socket``
+and ``_signal`` are their C halves): a run waits for this.
 """
 
 from __future__ import annotations
@@ -52,10 +53,15 @@ from __future__ import annotations
 import _socket
 import os
 import select
-import signal
 import stat
 import sys
 import time
+
+TYPE_CHECKING = False  # typing's own costs a start more than all of the above
+if TYPE_CHECKING:
+    import signal
+else:
+    import _signal as signal  # signal's C half (see above): the same names, as ints
 
 BOOT_CLOCK = "boot-clock"  # the argument that asks for starts since boot (then the boot)
 
