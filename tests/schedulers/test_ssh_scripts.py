@@ -51,6 +51,20 @@ def test_kill_spares_a_group_that_is_no_longer_the_job() -> None:
         foreign.wait()
 
 
+def test_kill_spares_a_group_whose_variable_only_holds_the_marker_after_a_newline() -> None:
+    """A reused group whose process carries a value with the job's marker on a line of
+    its own (an environment dump kept in a variable, say) is no job's: the marker is a
+    whole variable, and the environment is split at its NULs, not at newlines."""
+    foreign = start_group({"SNAPSHOT": "HOME=/root\nXQUEUE_JOB_DIR=/w/3-job\nPATH=/bin"})
+    try:
+        time.sleep(0.2)
+        assert run(kill_script(foreign.pid, 0.2, "1", "/w/3-job")).strip() == "gone"
+        assert foreign.poll() is None  # still alive
+    finally:
+        os.killpg(foreign.pid, 9)
+        foreign.wait()
+
+
 def test_kill_takes_the_job_group_by_start_time_or_marker() -> None:
     by_start = start_group()
     by_marker = start_group({"XQUEUE_JOB_DIR": "/w/3-job"})

@@ -198,7 +198,10 @@ def kill_script(pgid: int, grace: float, start: str = "", jobdir: str = "") -> s
     that group would take down something else entirely.
 
     Every value is single-quoted into the script (``shlex.quote``); a job folder with a
-    newline in its path is not used as a marker (see below).
+    newline in its path is not used as a marker (see below). A process's variables are
+    split at their NULs, each newline inside a value turned into a \\001 first: a value
+    holding a line ``XQUEUE_JOB_DIR=...`` (an environment dump kept in a variable) is
+    not the variable.
 
     A group member in state Z is dead (the server's init may reap it late), so liveness
     is read from /proc rather than from ``kill -0``. The command name in a stat line may
@@ -222,7 +225,7 @@ ours() {{
   [ -n {shlex.quote(start)} ] && [ "$st" = {shlex.quote(start)} ] && return 0
   [ -n {shlex.quote(jobdir)} ] || return 1
   for p in $(cat /proc/[0-9]*/stat 2>/dev/null | awk -v g="$g" {shlex.quote(members)}); do
-    tr '\\0' '\\n' < /proc/$p/environ 2>/dev/null | grep -qxF {marker} && return 0
+    tr '\\n\\0' '\\001\\n' < /proc/$p/environ 2>/dev/null | grep -qxF {marker} && return 0
   done
   return 1
 }}
