@@ -289,6 +289,26 @@ def test_bad_input_exits_2_with_message(tmp_path: Path, args: list[str], message
     assert message in " ".join(out.stderr.split())
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["stauts", "wd"], "invalid choice: 'stauts'"),
+        (["stauts", "wd"], "(did you mean 'status'?)"),
+        (["run", "-e", "hlt"], "(did you mean 'halt'?)"),
+    ],
+)
+def test_a_mistyped_choice_is_answered_with_the_closest_one(args: list[str], message: str) -> None:
+    out = xqueue(*args, input="")
+    assert out.returncode == 2
+    assert message in " ".join(out.stderr.split())
+
+
+def test_a_choice_far_from_any_gets_no_guess() -> None:
+    out = xqueue("frobnicate")
+    assert out.returncode == 2
+    assert "invalid choice: 'frobnicate'" in out.stderr and "did you mean" not in out.stderr
+
+
 def test_status_of_a_finished_workdir(tmp_path: Path) -> None:
     wd = tmp_path / "wd"
     xqueue("run", "-w", str(wd), input="true\nexit 4\n")

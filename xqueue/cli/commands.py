@@ -12,6 +12,7 @@ from typing import Any, BinaryIO
 import anyio
 
 from .. import __version__, registry, remote_workdir
+from .._suggest import did_you_mean
 from ..errors import Interrupted, JobFailedError, XqueueError
 from ..queue import ERROR_STRATEGIES, Xqueue
 from ..retry import RetryPolicy
@@ -25,8 +26,23 @@ EXIT_SIGINT, EXIT_SIGPIPE, EXIT_SIGTERM = 130, 141, 143
 DEFAULT_STRATEGY, DEFAULT_RETRIES = "ignore", 3
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's, naming the choice a refused one was likely meant to be: ``xqueue
+    stauts`` and ``-e hlt`` got the whole list to read again. Its subcommands' parsers
+    are of the same class (argparse makes them so)."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as exc:
+            hint = did_you_mean(value, [str(choice) for choice in action.choices or ()])
+            if not hint:
+                raise
+            raise argparse.ArgumentError(action, f"{exc.message}{hint}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="xqueue", description="Run many jobs on local processes, clusters, servers."
     )
     parser.add_argument("--version", action="version", version=f"xqueue {__version__}")
