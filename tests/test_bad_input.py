@@ -17,6 +17,7 @@ from xqueue import (
     FailureClass,
     JobFailedError,
     JobStatus,
+    Resources,
     SchedulerError,
     SchedulerOptionError,
     UnknownSchedulerError,
@@ -81,7 +82,7 @@ pytestmark = pytest.mark.anyio
             {"scheduler_opts": {"kill_grace": "soon"}},
             SchedulerOptionError,
             r"option 'kill_grace' expects seconds \(a number, or with a unit: 500ms, 90s, 5m, "
-            r"2h\), got 'soon'",
+            r"2h, or \[D-\]HH:MM:SS\), got 'soon'",
         ),
         (
             {"scheduler_opts": {"cwd": "/no/such/dir"}},
@@ -116,15 +117,45 @@ def test_bad_queue_arguments(
         ("2h", 7200.0),
         ("500ms", 0.5),
         (" 1 D ", 86400.0),
+        ("1e3s", 1000.0),
+        ("2.5E-1", 0.25),
+        ("01:30", 90.0),
+        ("01:30:00", 5400.0),
+        ("1-12", 129600.0),
+        ("1-12:30", 131400.0),
+        ("1-02:03:04", 93784.0),
     ],
 )
 def test_a_duration_option_given_as_text_may_carry_a_unit(text: str, seconds: float) -> None:
-    """``-o timeout=1m`` was refused ("expects float"): every float option is a duration."""
+    """``-o timeout=1m`` was refused ("expects float"): every float option is a duration,
+    read as a job's walltime is (``timeout=01:30:00`` and ``1e3s`` were refused)."""
     opts = LocalScheduler(timeout=text, kill_grace=text, poll_interval=text).options
     assert (opts.timeout, opts.kill_grace, opts.poll_interval) == (seconds, seconds, seconds)
+    walltime = Resources.from_value({"walltime": text}).walltime_s if seconds >= 1 else None
+    assert walltime in (None, int(seconds))
 
 
-@pytest.mark.parametrize("value", ["1x", "m", "5 m s", "1h30m", "", 10**400])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("1500ms", 1),
+        ("1e3", 1000),
+        ("1-12", 129600),
+        ("1-12:30", 131400),
+        ("1-00:30", 88200),
+        ("1-2h", 93600),
+        ("12:30", 750),
+    ],
+)
+def test_a_walltime_reads_every_duration_form(text: str, seconds: int) -> None:
+    """After days, hours come first (Slurm's D-HH[:MM[:SS]]): ``1-12:30`` was 1 day and
+    12.5 minutes, and ``1-12`` a day and 12 seconds."""
+    assert Resources.from_value({"walltime": text}).walltime_s == seconds
+
+
+@pytest.mark.parametrize(
+    "value", ["1x", "m", "5 m s", "1h30m", "", 10**400, "1:2:3:4", "1-", "1:60", "1-1:60", "1:²"]
+)
 def test_a_duration_that_is_not_one_is_refused(value: object) -> None:
     # 10**400 (a TOML integer): float() of it raised a bare OverflowError, a traceback.
     with pytest.raises(SchedulerOptionError, match=r"option 'timeout' expects seconds \(a number"):
@@ -266,7 +297,11 @@ def test_a_workdir_that_is_not_a_folder_is_named_for_what_it_is(tmp_path: Path) 
         (["true"], {"resources": {"walltime": "1:xx"}}, "invalid walltime '1:xx'"),
         # 0.5 s is 0 whole seconds: it was refused as not "positive"
         (["true"], {"resources": {"walltime": 0.5}}, "walltime must be at least 1 second"),
-        (["true"], {"resources": {"walltime": "-1-00:00"}}, r"'-1-00:00': use \[D-\]HH:MM:SS"),
+        (
+            ["true"],
+            {"resources": {"walltime": "-1-00:00"}},
+            r"'-1-00:00': use a number, .* or \[D-\]HH:MM:SS",
+        ),
         # int(inf) raised OverflowError (nan ValueError): a traceback, from a TOML `inf`
         (["true"], {"resources": {"walltime": float("inf")}}, "walltime must be a finite"),
         (["true"], {"resources": {"walltime": float("nan")}}, "walltime must be a finite"),
@@ -331,8 +366,6 @@ async def test_command_not_found_under_halt_raises(workdir: Path) -> None:
 
 
 def test_resources_are_normalised() -> None:
-    from xqueue import Resources
-
     r = Resources.from_value({"cpus": 2, "memory": "1.5G", "gpus": 1, "walltime": "1-02:03:04"})
     assert r == Resources(cpus=2, memory_mb=1536, gpus=1, walltime_s=93784)
     assert Resources.from_value({"walltime": "90m", "memory": 512}) == Resources(

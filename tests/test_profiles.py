@@ -187,7 +187,8 @@ def test_unknown_profile_without_a_config_file_says_where_it_looked(config: Conf
         (
             "[profiles.local.fast]\npoll_interval = 'soon'\n",
             "profiles.local.fast.poll_interval: scheduler 'local': option 'poll_interval' "
-            "expects seconds (a number, or with a unit: 500ms, 90s, 5m, 2h), got 'soon'",
+            "expects seconds (a number, or with a unit: 500ms, 90s, 5m, 2h, or [D-]HH:MM:SS), "
+            "got 'soon'",
         ),
         (
             '[profiles.local."my fast"]\nbad = 1\n',

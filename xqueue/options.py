@@ -18,12 +18,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
+from ._duration import FORMS, duration
 from ._suggest import did_you_mean
 from .errors import ConfigError, SchedulerOptionError
 from .wrapping import check_fragment
@@ -39,9 +39,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 # Every float option is a duration in seconds (a timeout, a grace, an interval): given
 # as text (the CLI, a profile), it may carry a unit, as people write durations.
-_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)\s*", re.IGNORECASE | re.ASCII)
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SECONDS = "seconds (a number, or with a unit: 500ms, 90s, 5m, 2h)"
+_SECONDS = f"seconds ({FORMS})"
 
 
 @dataclasses.dataclass
@@ -180,14 +178,13 @@ def seconds(value: Any) -> float:
 
 
 def _seconds(text: str) -> float:
-    """``"2.5"``, ``"90s"``, ``"5m"``, ``"500ms"``: a float option's text, in seconds."""
+    """``"2.5"``, ``"90s"``, ``"5m"``, ``"500ms"``, ``"01:30:00"``: a float option's text,
+    in seconds (``_duration.duration``; also what ``float`` reads, such as ``"inf"``,
+    which ``validate`` then refuses by name)."""
     try:
         return float(text)
     except ValueError:
-        match = _DURATION.fullmatch(text)
-        if match is None:
-            raise
-        return float(match[1]) * _UNITS[match[2].lower()]
+        return duration(text)
 
 
 def _coerce(scheduler: str, name: str, value: Any, hint: Any) -> Any:

@@ -12,6 +12,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ._duration import duration
 from ._suggest import did_you_mean
 from .errors import ConfigError
 
@@ -19,16 +20,10 @@ _MEM_UNITS = {"": 1, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
 # ASCII digits only: re's \d (and str.isdigit) take other scripts' digits and "²", which
 # int() then refused with a bare ValueError.
 _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE | re.ASCII)
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE | re.ASCII)
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 # The most a request may say: past these, arithmetic on it (a retry's growth, a deadline)
 # overflowed a float in the middle of a run.
 _MAX_MIB = 1 << 40  # an exbibyte
 _MAX_SECONDS = 1000 * 365 * 86400  # a thousand years
-
-
-def _digits(text: str) -> bool:
-    return text.isascii() and text.isdigit()
 
 
 def _shown(value: object) -> str:
@@ -74,30 +69,10 @@ def parse_walltime(value: int | float | str) -> int:
             raise ConfigError(f"walltime must be a finite number of seconds, got {value!r}")
         seconds = int(value)
     else:
-        text = str(value).strip()
-        days = 0
-        if "-" in text:
-            d, _, text = text.partition("-")
-            if not _digits(d):
-                raise ConfigError(f"invalid walltime {value!r}: use [D-]HH:MM:SS, '90m' or seconds")
-            days = int(d)
-        if ":" in text:
-            parts = text.split(":")
-            if len(parts) > 3 or not all(_digits(p) for p in parts):
-                raise ConfigError(f"invalid walltime {value!r}: use [D-]HH:MM:SS, '90m' or seconds")
-            h, m, s = ([0] * (3 - len(parts))) + [int(p) for p in parts]
-            if s > 59 or (len(parts) == 3 and m > 59):  # "1:99:99" was 2 h 40 min 39 s
-                raise ConfigError(
-                    f"invalid walltime {value!r}: minutes and seconds after another field "
-                    "are 00 to 59"
-                )
-            seconds = days * 86400 + h * 3600 + m * 60 + s
-        else:
-            match = _DURATION_RE.match(text)
-            if not match:
-                raise ConfigError(f"invalid walltime {value!r}: use [D-]HH:MM:SS, '90m' or seconds")
-            unit = _DURATION_UNITS[match.group(2).lower()]
-            seconds = days * 86400 + _whole(float(match.group(1)) * unit, "walltime", value)
+        try:
+            seconds = _whole(duration(str(value)), "walltime", value)
+        except ValueError as exc:
+            raise ConfigError(f"invalid walltime {value!r}: {exc}") from None
     if seconds <= 0:  # 0.5 is cut to 0 whole seconds: "positive" alone misled
         raise ConfigError(f"walltime must be at least 1 second, got {value!r}")
     if seconds > _MAX_SECONDS:
