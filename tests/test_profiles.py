@@ -3,6 +3,7 @@ the user's under $XDG_CONFIG_HOME, with their precedence and their error message
 
 from __future__ import annotations
 
+import logging
 import os
 import textwrap
 from collections.abc import Iterator
@@ -159,6 +160,21 @@ def test_unknown_profile_lists_the_known_ones_and_their_files(config: Config) ->
     )
     with pytest.raises(ConfigError, match=r"no profiles for scheduler 'local' in .*project"):
         make(config, "local", profile="gpu")
+
+
+def test_a_table_naming_no_scheduler_is_warned_of_once_with_the_closest_name(
+    config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``[profiles.slrum.default]`` was ignored without a word: Slurm ran without it."""
+    config.write(config.project, '[profiles.slrum.default]\npartition = "g"\n')
+    with caplog.at_level(logging.WARNING, logger="xqueue"):
+        make(config)
+        make(config, "local")
+    warned = [r.getMessage() for r in caplog.records if "names no installed" in r.getMessage()]
+    assert warned == [
+        f"{config.project}: profiles.slrum names no installed scheduler (did you mean "
+        "'slurm'?); its profiles are not used"
+    ]
 
 
 def test_unknown_profile_without_a_config_file_says_where_it_looked(config: Config) -> None:

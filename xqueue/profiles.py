@@ -20,6 +20,7 @@ option, apply to the options a run ends up with).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import stat
@@ -34,6 +35,8 @@ from .errors import ConfigError, SchedulerOptionError
 from .options import NATIVE
 from .resources import Resources
 from .scheduler import Scheduler
+
+log = logging.getLogger("xqueue")
 
 FILE_NAME = "xqueue.toml"
 DEFAULT = "default"
@@ -73,8 +76,33 @@ def profiles_of(scheduler: str) -> tuple[dict[str, Profile], list[Path]]:
         if data is None:
             continue
         read.insert(0, path)
-        found.update(_profiles(path, data).get(scheduler, {}))
+        tables = _profiles(path, data)
+        found.update(tables.get(scheduler, {}))
+        for name in tables:
+            if name != scheduler:
+                _note_stray(path, name)
     return found, read
+
+
+_noted: set[tuple[Path, str]] = set()
+
+
+def _note_stray(path: Path, name: str) -> None:
+    """Warn, once, of a ``[profiles.<name>]`` that names no installed scheduler: a typo
+    (``profiles.slrum``) left every profile in it unused, without a word. Not an error:
+    a shared file may hold the profiles of a plugin's scheduler installed elsewhere."""
+    if name in registry.BUILT_IN or (path, name) in _noted:
+        return
+    known = registry.available()  # reads the entry points: only for a name not built in
+    if name in known:
+        return
+    _noted.add((path, name))
+    log.warning(
+        "%s: %s names no installed scheduler%s; its profiles are not used",
+        path,
+        _dotted("profiles", name),
+        did_you_mean(name, known),
+    )
 
 
 @dataclass(frozen=True)
