@@ -175,6 +175,12 @@ def test_a_table_naming_no_scheduler_is_warned_of_once_with_the_closest_name(
         f"{config.project}: profiles.slrum names no installed scheduler (did you mean "
         "'slurm'?); its profiles are not used"
     ]
+    caplog.clear()
+    config.write(config.project, '[profiles."\\u001b]0;owned\\u0007"]\nx = {}\n')
+    with caplog.at_level(logging.WARNING, logger="xqueue"):
+        make(config)
+    (line,) = [r.getMessage() for r in caplog.records if "names no installed" in r.getMessage()]
+    assert "\x1b" not in line and "\\x1b]0;owned\\x07" in line
 
 
 def test_unknown_profile_without_a_config_file_says_where_it_looked(config: Config) -> None:

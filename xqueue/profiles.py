@@ -97,10 +97,13 @@ def _note_stray(path: Path, name: str) -> None:
     if name in known:
         return
     _noted.add((path, name))
+    # A name from a file someone handed over (a cloned project) is shown, not obeyed: a
+    # terminal's escape sequences in it are written out escaped.
+    table = _dotted("profiles", name) if name.isprintable() else f"profiles.{name!r}"
     log.warning(
         "%s: %s names no installed scheduler%s; its profiles are not used",
         path,
-        _dotted("profiles", name),
+        table,
         did_you_mean(name, known),
     )
 
