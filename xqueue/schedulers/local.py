@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import re
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterable
+from json.encoder import encode_basestring_ascii as quote_json
 from typing import Any
 
 import anyio
@@ -290,6 +290,7 @@ class LocalScheduler(Scheduler):
         self._base_env: dict[str, str] = {}
         self._env_map: tuple[float, dict[str, int], dict[str, int], str | None] | None = None
         self._found: set[tuple[str, str | None]] = set()
+        self._found_paths: set[str] = set()
         self._let_go: list[Ticket] = []
         # Jobs handed to the shepherd whose answer (the pid) was not awaited: the
         # submission was cancelled (kept only then, off the hot path). The shepherd
@@ -399,7 +400,7 @@ class LocalScheduler(Scheduler):
         path = env.get("PATH", self._base_env.get("PATH"))
         program = job.argv[0]
         if "/" in program:
-            if not os.access(os.path.join(self.options.cwd or "", program), os.X_OK):
+            if not self._executable(os.path.join(self.options.cwd or "", program)):
                 raise SubmissionError(
                     f"command not executable: {program!r} (no such file, or not executable)",
                     retryable=False,
@@ -408,7 +409,7 @@ class LocalScheduler(Scheduler):
             raise SubmissionError(
                 f"command not found: {program!r} (not an executable on PATH)", retryable=False
             )
-        folder = json.dumps(os.path.basename(job.dir))
+        folder = quote_json(os.path.basename(job.dir))
         tail = f', "attempt": {max(job.attempt, 1)}, "dir": {folder}}}'
         return Request(job.argv, env, self.options.cwd, tail, job.stdout_path, job.stderr_path)
 
@@ -595,6 +596,16 @@ class LocalScheduler(Scheduler):
         ticket = self._tickets.pop(job, None)
         if ticket is not None and not ticket.ended.is_set():
             self._let_go.append(ticket)  # maybe left running: the shepherd reaps it
+
+    def _executable(self, path: str) -> bool:
+        """Whether ``path`` is executable; one found so is remembered, as ``_on_path``
+        remembers (every shell command is ``/bin/sh``'s: a stat a job, on the loop)."""
+        if path in self._found_paths:
+            return True
+        if not os.access(path, os.X_OK):
+            return False
+        self._found_paths.add(path)
+        return True
 
     def _on_path(self, program: str, path: str | None) -> bool:
         """Whether ``program`` is on PATH; found ones are remembered (a PATH search is a
