@@ -39,7 +39,7 @@ from tests.procs import (
 )
 from xqueue.schedulers._ssh_scripts import kill_script, parse_jid
 
-JOBS = 300
+JOBS = 500  # enough work left for every kill to land: a faster run ends sooner
 KILLS = 50
 FORKS = 8
 SEED = 20260823

@@ -274,6 +274,11 @@ class Engine:
         # later run would take it (its ``wait()`` hung).
         self.one_run: str | None = None
         self._actions: list[Action] = []
+        # Ends a backend reported from inside ``watch_end`` (a job that ended before its
+        # start was handled): handled once the drain that started it has written its
+        # records, as an ``_await_job`` task's word was.
+        self._ended_at_once: list[Event] = []
+        self._watching = False
         self._wake: anyio.Event | None = None
         self._progress: anyio.Event | None = None
         self._tg: TaskGroup | None = None
@@ -760,6 +765,10 @@ class Engine:
             except Exception as exc:
                 log.error("could not write the journal: %s", exc)
             raise
+        finally:
+            if self._ended_at_once:
+                self._inbox.extend(self._ended_at_once)
+                self._ended_at_once.clear()
         self._flush_records()
 
     def _flush_records(self) -> None:
@@ -1017,7 +1026,12 @@ class Engine:
             self._to_kill.append(job)
         if self.scheduler.awaits_completion:
             report = functools.partial(self._reported, job, job.attempt)
-            if not self.scheduler.watch_end(job, report):
+            self._watching = True
+            try:
+                taken = self.scheduler.watch_end(job, report)
+            finally:
+                self._watching = False
+            if not taken:
                 self._actions.append((self._await_job, (job,)))
         elif self._wake_poller is not None:
             self._wake_poller.set()
@@ -1025,10 +1039,11 @@ class Engine:
 
     def _reported(self, job: Job, attempt: int, state: JobState | None) -> None:
         """A backend's word of the end of a job it watches (``Scheduler.watch_end``)."""
-        if state is None:
-            self._post("unwatched", job, attempt)
+        event = ("unwatched", job, attempt) if state is None else ("update", job, state, attempt)
+        if self._watching:
+            self._ended_at_once.append(event)
         else:
-            self._post("update", job, state, attempt)
+            self._post(*event)
 
     def _on_unwatched(self, job: Job, attempt: int) -> list[HookCall]:
         """The backend can no longer report the job's end: it is awaited after all."""

@@ -21,6 +21,8 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from tests.helpers import cancellable_run, is_alive, process_alive, read_text
 from xqueue import Job, JobStatus, SchedulerError, Xqueue
 from xqueue.records import WorkdirReader
+from xqueue.scheduler import JobState
+from xqueue.schedulers import _shepherd_link
 from xqueue.schedulers import local as local_module
 from xqueue.schedulers._proc import boot_id, job_dir_in, job_dirs_of_processes, start_ticks
 from xqueue.schedulers.local import LocalScheduler
@@ -684,6 +686,46 @@ async def test_a_jobs_end_is_reported_by_its_shepherd_without_a_task_per_job(
     ]
     assert [(j.status, j.rc) for j in jobs] == [(j.status, j.rc) for j in jobs[:5]] * 4
     assert awaited == []
+
+
+async def test_a_set_flag_is_waited_for_without_a_yield_but_not_past_a_cancellation() -> None:
+    """A ticket's start, answered before it is awaited, costs no turn of the loop; but a
+    cancelled submission still stops at it (its tickets then go to ``_unanswered``, and
+    a stop tells the shepherd before it signals them)."""
+    flag = _shepherd_link.Flag()
+    flag.set()
+    await flag.wait()
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await flag.wait()
+        pytest.fail("a cancelled wait returned")
+    assert scope.cancelled_caught
+
+
+def test_a_tickets_end_is_reported_once_whatever_comes_after() -> None:
+    """An exit line read after the link was lost (``end(None)``) is no second end."""
+    ticket, heard = _shepherd_link.Ticket(), []
+    ticket.watcher = heard.append
+    ticket.end(None)
+    ticket.end(3)
+    assert heard == [None] and ticket.rc == 3
+
+
+async def test_a_wait_job_patched_on_the_instance_is_awaited(workdir: Path) -> None:
+    """A scheduler whose ``wait_job`` is replaced (a subclass's, or a patch on the object)
+    waits its own way: its jobs' ends are not taken from the shepherd's answers."""
+    q = Xqueue(workdir=workdir, error_strategy="ignore")
+    own, called = q.scheduler.wait_job, []
+
+    async def wait_job(job: Job) -> JobState:
+        called.append(job.index)
+        await own(job)
+        return JobState(JobStatus.FAILED, 99, "its own way")
+
+    q.scheduler.wait_job = wait_job  # type: ignore[method-assign]
+    job = await q.feed(["true"])
+    await q.run_until_complete()
+    assert called == [0] and (job.status, job.rc) == (JobStatus.FAILED, 99)
 
 
 async def test_a_dead_shepherd_stops_the_run_and_leaves_nothing_running(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 
 from ..errors import SchedulerError
 from ._proc import wait_exit
@@ -74,6 +75,9 @@ class Flag:
     async def wait(self) -> None:
         """Return at once if set (without yielding to other tasks, unlike an event)."""
         if self._set:
+            # No yield, but a cancelled caller still raises here, as at any await
+            # (a cancelled submission's tickets go to ``_unanswered``).
+            await anyio.lowlevel.checkpoint_if_cancelled()
             return
         if self._event is None:
             self._event = anyio.Event()
@@ -101,8 +105,9 @@ class Ticket:
     def end(self, rc: int | None) -> None:
         self.rc = rc
         self.ended.set()
-        if self.watcher is not None:
-            self.watcher(rc)
+        watcher, self.watcher = self.watcher, None  # once: an X read after _lost is not news
+        if watcher is not None:
+            watcher(rc)
 
 
 class ShepherdLink:

@@ -439,8 +439,8 @@ class LocalScheduler(Scheduler):
 
     def watch_end(self, job: Job, report: Callable[[JobState | None], None]) -> bool:
         """Its shepherd's answer reports a job's end, with no task waiting for it."""
-        if type(self).wait_job is not LocalScheduler.wait_job:
-            return False  # a subclass that waits its own way is awaited
+        if getattr(self.wait_job, "__func__", None) is not _OWN_WAIT_JOB:
+            return False  # one that waits its own way (a subclass, a patch) is awaited
         ticket = self._tickets.get(job)
         if ticket is None or (ticket.ended.is_set() and ticket.rc is None):
             return False  # adopted, or its shepherd is gone: watched through /proc
@@ -646,6 +646,9 @@ def _from_script(job: Job, request: Request) -> Request:
     path = job.attempt_path(SCRIPT)
     atomic_write(path, f"{job.command}\n")
     return dataclasses.replace(request, argv=job.argv_with(("/bin/sh", path)))
+
+
+_OWN_WAIT_JOB = LocalScheduler.wait_job  # see watch_end
 
 
 def _launch(workdir: Workdir, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Any]:
