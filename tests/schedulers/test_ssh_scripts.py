@@ -39,26 +39,23 @@ def start_ticks(pid: int) -> str:
         return fh.read().rsplit(")", 1)[1].split()[19]
 
 
-def test_kill_spares_a_group_that_is_no_longer_the_job() -> None:
-    # A group id reused by an unrelated process: wrong start time, no job marker.
-    foreign = start_group()
+@pytest.mark.parametrize(
+    ("env", "jobdir"),
+    [
+        # A group id reused by an unrelated process: wrong start time, no job marker.
+        ({}, "/no/such/job"),
+        # Its process carries a value with the job's marker on a line of its own (an
+        # environment dump kept in a variable): the marker is a whole variable, and the
+        # environment is split at its NULs, not at newlines.
+        ({"SNAPSHOT": "HOME=/root\nXQUEUE_JOB_DIR=/w/3-job\nPATH=/bin"}, "/w/3-job"),
+    ],
+    ids=["no-marker", "marker-inside-a-value"],
+)
+def test_kill_spares_a_group_that_is_no_longer_the_job(env: dict[str, str], jobdir: str) -> None:
+    foreign = start_group(env)
     try:
         time.sleep(0.2)
-        assert run(kill_script(foreign.pid, 0.2, "1", "/no/such/job")).strip() == "gone"
-        assert foreign.poll() is None  # still alive
-    finally:
-        os.killpg(foreign.pid, 9)
-        foreign.wait()
-
-
-def test_kill_spares_a_group_whose_variable_only_holds_the_marker_after_a_newline() -> None:
-    """A reused group whose process carries a value with the job's marker on a line of
-    its own (an environment dump kept in a variable, say) is no job's: the marker is a
-    whole variable, and the environment is split at its NULs, not at newlines."""
-    foreign = start_group({"SNAPSHOT": "HOME=/root\nXQUEUE_JOB_DIR=/w/3-job\nPATH=/bin"})
-    try:
-        time.sleep(0.2)
-        assert run(kill_script(foreign.pid, 0.2, "1", "/w/3-job")).strip() == "gone"
+        assert run(kill_script(foreign.pid, 0.2, "1", jobdir)).strip() == "gone"
         assert foreign.poll() is None  # still alive
     finally:
         os.killpg(foreign.pid, 9)
