@@ -17,3 +17,9 @@ def did_you_mean(word: object, choices: Iterable[str]) -> str:
     folded = {choice.lower(): choice for choice in choices}
     matches = difflib.get_close_matches(word.lower(), list(folded), n=1, cutoff=0.6)
     return f" (did you mean {folded[matches[0]]!r}?)" if matches else ""
+
+
+def did_you_mean_any(words: Iterable[object], choices: Iterable[str]) -> str:
+    """``did_you_mean`` for the first of several refused keys that is a string (keys of a
+    dict from TOML or Python may be of any type: only a name can be a typo)."""
+    return did_you_mean(next((w for w in words if isinstance(w, str)), None), choices)

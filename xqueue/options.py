@@ -207,12 +207,12 @@ def _coerce(scheduler: str, name: str, value: Any, hint: Any) -> Any:
             if text in _FALSE:
                 return False
             raise ValueError(value)
-        if hint is float and isinstance(value, str):
-            return _seconds(value)
-        if hint in (int, float):
+        if hint is float:
+            return seconds(value)
+        if hint is int:
             if isinstance(value, bool):
                 raise ValueError(value)
-            return hint(value)
+            return int(value)
         if hint is str:
             if isinstance(value, (list, tuple)):  # str() of it named a path "['a', 'b']"
                 raise ValueError(value)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ._duration import duration
-from ._suggest import did_you_mean
+from ._suggest import did_you_mean_any
 from .errors import ConfigError
 
 _MEM_UNITS = {"": 1, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
@@ -116,9 +116,8 @@ class Resources:
         known = ("cpus", "memory", "gpus", "walltime", "slots")
         unknown = sorted(set(value) - set(known), key=repr)  # keys of any type
         if unknown:
-            typo = next((key for key in unknown if isinstance(key, str)), None)
             raise ConfigError(
-                f"unknown resource(s) {unknown}{did_you_mean(typo, known)}; "
+                f"unknown resource(s) {unknown}{did_you_mean_any(unknown, known)}; "
                 f"accepted: {', '.join(known)}"
             )
         return cls(

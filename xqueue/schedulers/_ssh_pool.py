@@ -31,7 +31,7 @@ from typing import Any
 
 import asyncssh
 
-from .._suggest import did_you_mean
+from .._suggest import did_you_mean_any
 from ..errors import SchedulerOptionError
 from ..options import seconds
 
@@ -98,10 +98,9 @@ class ServerConfig:
             )
         unknown = [k for k in raw if k not in (*_SERVER_KEYS, *_IGNORED_KEYS, *others)]
         if unknown:
-            typo = next((key for key in unknown if isinstance(key, str)), None)
             raise SchedulerOptionError(
                 f"{where} does not accept {', '.join(map(repr, unknown))}"
-                f"{did_you_mean(typo, (*_SERVER_KEYS, *others))}; accepted: "
+                f"{did_you_mean_any(unknown, (*_SERVER_KEYS, *others))}; accepted: "
                 f"{', '.join((*_SERVER_KEYS, *others))}"
                 + (" (passwords are not supported: use a key)" if "password" in unknown else "")
             )

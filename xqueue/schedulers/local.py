@@ -289,8 +289,9 @@ class LocalScheduler(Scheduler):
         self._link: ShepherdLink | None = None
         self._base_env: dict[str, str] = {}
         self._env_map: tuple[float, dict[str, int], dict[str, int], str | None] | None = None
+        # Programs found executable: (name, PATH) of one looked up on PATH, (path, None)
+        # of one given with a "/" (a name on PATH never has one).
         self._found: set[tuple[str, str | None]] = set()
-        self._found_paths: set[str] = set()
         self._let_go: list[Ticket] = []
         # Jobs handed to the shepherd whose answer (the pid) was not awaited: the
         # submission was cancelled (kept only then, off the hot path). The shepherd
@@ -600,11 +601,11 @@ class LocalScheduler(Scheduler):
     def _executable(self, path: str) -> bool:
         """Whether ``path`` is executable; one found so is remembered, as ``_on_path``
         remembers (every shell command is ``/bin/sh``'s: a stat a job, on the loop)."""
-        if path in self._found_paths:
+        if (path, None) in self._found:
             return True
         if not os.access(path, os.X_OK):
             return False
-        self._found_paths.add(path)
+        self._found.add((path, None))
         return True
 
     def _on_path(self, program: str, path: str | None) -> bool:
