@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -120,17 +121,24 @@ _imported: set[str] = set()
 
 def container_engine(request: pytest.FixtureRequest, name: str) -> dict[str, str]:
     """bin, url and an image imported from the ci/images.sh tarball through that engine's
-    API (once per engine and session), for ``scheduler_opts`` of the container scheduler."""
+    API (once per engine and session), for ``scheduler_opts`` of the container scheduler.
+
+    The import is tagged with the tarball's digest and skipped when that tag exists:
+    podman's API keeps each upload as /var/tmp/api_load.tar*, 2 MB left by every session
+    that imported again. ``IMAGE`` (``latest``) is tagged onto it each time."""
     url = str(request.getfixturevalue(f"{name}_socket"))
     rootfs: Path = request.getfixturevalue("rootfs")
     if url not in _imported:
-        status, answer = api(
-            url,
-            "POST",
-            "/images/create?fromSrc=-&repo=localhost/xqueue-test-busybox&tag=latest",
-            rootfs.read_bytes(),
-        )
+        data = rootfs.read_bytes()
+        repo, digest = IMAGE.rpartition(":")[0], hashlib.sha256(data).hexdigest()[:16]
+        status, answer = api(url, "GET", f"/images/{repo}:{digest}/json")
+        if status == 404:
+            status, answer = api(
+                url, "POST", f"/images/create?fromSrc=-&repo={repo}:{digest}", data
+            )
         assert status == 200, answer
+        status, answer = api(url, "POST", f"/images/{repo}:{digest}/tag?repo={repo}&tag=latest")
+        assert status in (200, 201), answer
         _imported.add(url)
     return {"bin": name, "url": url, "image": IMAGE}
 
