@@ -1083,7 +1083,8 @@ def test_cancel_signals_only_the_process_that_holds_the_lock(tmp_path: Path) -> 
 def test_cancel_of_a_job_that_the_run_does_not_answer_exits_1(tmp_path: Path) -> None:
     """A run that does not answer a kill request in ``--timeout`` is the run not
     stopping in time (exit 1, as documented), not a usage error (2); the request is
-    withdrawn, so the run does not act on it later. A timeout not above 0 is refused."""
+    withdrawn, so the run does not act on it later. The timeout is a duration, which
+    must be above 0."""
     wd = tmp_path / "wd"
     (wd / "0-job").mkdir(parents=True)
     lock = wd / ".lock"
@@ -1097,9 +1098,13 @@ def test_cancel_of_a_job_that_the_run_does_not_answer_exits_1(tmp_path: Path) ->
         assert out.returncode == 1, out
         assert "did not answer the kill request in 0.3s; the request is withdrawn" in out.stdout
         assert not list((wd / ".control").glob("kill-*.json"))
-        for bad in ("0", "-5", "nan"):
+        # A duration as every option reads one: a unit was refused here alone.
+        out = xqueue("cancel", str(wd), "0", "--timeout", "300ms")
+        assert "did not answer the kill request in 0.3s" in out.stdout, out
+        for bad in ("0", "-5", "nan", "inf", "0s", "5 parsecs"):
             refused = xqueue("cancel", str(wd), "0", "--timeout", bad)
-            assert refused.returncode == 2 and "not a number of seconds above 0" in refused.stderr
+            assert refused.returncode == 2, refused
+            assert f"{bad!r} is not a duration above 0 (a number, or with a unit" in refused.stderr
         assert holder.poll() is None
     finally:
         stop(holder)  # type: ignore[arg-type]

@@ -11,6 +11,8 @@ import argparse
 import math
 import sys
 
+from .._duration import FORMS
+
 EXIT_SIGINT = 130
 
 
@@ -42,18 +44,23 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--timeout",
         type=_seconds,
         default=120.0,
-        metavar="SECONDS",
-        help="how long to wait for the run to stop or answer (default 120)",
+        metavar="DURATION",
+        help="how long to wait for the run to stop or answer: seconds, or with a unit"
+        " (90s, 5m; default 120)",
     )
 
 
 def _seconds(text: str) -> float:
+    """Read as every duration option is (``options.seconds``): ``--timeout 5m`` was
+    refused here while ``-o timeout=5m`` was taken."""
+    from ..options import seconds  # only when given: status and logs start without it
+
     try:
-        value = float(text)
-    except ValueError:
+        value = seconds(text)
+    except (ValueError, OverflowError):
         value = math.nan
     if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration above 0 ({FORMS})")
     return value
 
 
