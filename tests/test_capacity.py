@@ -339,16 +339,27 @@ def test_bad_slot_axes_are_refused() -> None:
         Resources.from_value({"slots": [1]})
 
 
+BAD_COUNTS = ("1.5", "nan", " inf", "1e3")
+
+
 def test_bad_capacity_options_are_refused() -> None:
     for options, words in [
         ({"cpus": 0}, "cpus must be an integer >= 1"),
         ({"memory": "lots"}, "invalid memory 'lots'"),
         ({"gpus": [0, "0"]}, "gpus must be a count or a list of distinct device ids"),
         ({"gpus": "a,,a"}, "distinct device ids"),
+        # as the command line gives them: a count mistyped is not one device's id
+        *[({"gpus": text}, "gpus must be a whole count or device ids") for text in BAD_COUNTS],
         ({"gpu_env": ["CUDA VISIBLE"]}, "gpu_env must be a list of variable names"),
     ]:
         with pytest.raises(ConfigError, match=words):
             LocalScheduler(**options)
+    # ids that are not numbers stay ids, a count a count
+    assert _machine.given("local", None, None, "GPU-5c1a, MIG-2", None).gpus == (
+        "GPU-5c1a",
+        "MIG-2",
+    )
+    assert _machine.given("local", None, None, "2", None).gpus == ("0", "1")
 
 
 # -- the durable record --------------------------------------------------------------------

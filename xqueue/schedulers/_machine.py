@@ -175,6 +175,10 @@ def _gpus(where: str, value: Any) -> tuple[str, ...] | None:
         try:
             value = json.loads(text) if text.startswith("[") else int(text)
         except ValueError:
+            if _float(text):  # "1.5", "nan", "1e3": a count mistyped, not a device's id
+                raise SchedulerOptionError(
+                    f"{where}: gpus must be a whole count or device ids, got {text!r}"
+                ) from None
             value = [p.strip() for p in text.split(",") if p.strip()]
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return tuple(str(i) for i in range(value))
@@ -187,6 +191,14 @@ def _gpus(where: str, value: Any) -> tuple[str, ...] | None:
     raise SchedulerOptionError(
         f"{where}: gpus must be a count or a list of distinct device ids, got {value!r}"
     )
+
+
+def _float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _variables(where: str, value: Any) -> tuple[str, ...]:
