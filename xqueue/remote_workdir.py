@@ -378,14 +378,15 @@ def local_folder(text: str, *, pull: bool = True) -> str:
     this machine holds it (a run's own folder is the live one). Credentials are the
     application default ones; ``STORAGE_EMULATOR_HOST`` points at an emulator."""
     url = parse(text)
-    try:
+    try:  # both: the store's module imports google only as it is made
         from .schedulers._gcs_store import GcsStore
+
+        store = GcsStore.from_environment(url)
     except ImportError as exc:
         raise ConfigError(
             f"reading {url.text} needs the gbatch extra: pip install '.[gbatch]' in "
             f"xqueue's source folder ({exc})"
         ) from exc
-    store = GcsStore.from_environment(url)
     path = Path(store.local_dir or default_local_dir(url))
     if not path.is_dir():
         if not pull:

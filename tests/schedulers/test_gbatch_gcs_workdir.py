@@ -14,6 +14,8 @@ import io
 import json
 import logging
 import re
+import subprocess
+import sys
 import uuid
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -371,6 +373,37 @@ def test_a_scheduler_that_cannot_use_a_gs_workdir_is_refused_in_one_line() -> No
     message = str(info.value)
     assert "\n" not in message
     assert "gs://my-bucket/runs" in message and "'local'" in message and "gbatch" in message
+
+
+# The command line with Google's packages missing, as an install without the gbatch extra.
+WITHOUT_GOOGLE = """
+import sys
+sys.modules["google"] = None  # any import of google.* fails as a missing package does
+from xqueue.cli import console_main
+sys.argv[1:] = sys.argv[2:]
+sys.exit(console_main())
+"""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["status"], ["status", "--follow"], ["logs", "0"], ["cancel"]],
+    ids=" ".join,
+)
+def test_a_gs_workdir_without_the_gbatch_extra_is_one_line_and_exit_2(command: list[str]) -> None:
+    """``status``, ``logs`` and ``cancel`` of a ``gs://`` workdir where Google's client
+    libraries are not installed: they crashed with ModuleNotFoundError's traceback (exit
+    1, "a job failed") from inside the store, past the check that the store's own
+    module imports. Nothing is contacted first."""
+    url = "gs://my-bucket/runs"
+    argv = [sys.executable, "-c", WITHOUT_GOOGLE, "xqueue", command[0], url, *command[1:]]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out
+    assert out.stderr.startswith(
+        f"error: reading {url} needs the gbatch extra: pip install '.[gbatch]' in xqueue's "
+        "source folder (No module named 'google"
+    ), out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr
 
 
 @pytest.mark.parametrize(
