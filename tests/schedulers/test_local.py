@@ -751,6 +751,42 @@ async def test_a_dead_shepherd_stops_the_run_and_leaves_nothing_running(
     assert all(j.status is JobStatus.KILLED for j in jobs), [j.status for j in jobs]
 
 
+# The command line where the shepherd cannot be started: sys.executable is what the
+# launch runs, here a path with nothing at it (an interpreter another user cannot read,
+# or a process or descriptor limit, fail the same launch).
+NO_SHEPHERD = """
+import sys
+from xqueue.cli import console_main
+sys.executable = sys.argv[1]
+sys.argv[1:] = sys.argv[2:]
+sys.exit(console_main())
+"""
+
+
+def test_a_shepherd_that_cannot_start_is_a_one_line_error_and_loses_no_job(
+    tmp_path: Path,
+) -> None:
+    """It was a traceback out of subprocess.Popen, exit 1 ("a job failed"). Now a line
+    naming the shepherd, what runs it and why, exit 2; the job never started and runs
+    once when the next run can start its shepherd."""
+    wd, missing = tmp_path / "wd", tmp_path / "no-python"
+    mark = tmp_path / "ran"
+    jobs = f"echo once >> {shlex.quote(str(mark))}\n"
+    argv = [sys.executable, "-c", NO_SHEPHERD, str(missing), "run", "-w", str(wd), "--no-progress"]
+    out = subprocess.run(argv, input=jobs, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out
+    assert out.stderr == (
+        f"error: local: cannot start the run's shepherd (the process that starts its jobs and "
+        f"records their exits, run by {missing}): [Errno 2] No such file or directory: "
+        f"{str(missing)!r}\n"
+    )
+    assert not mark.exists()
+    argv = [sys.executable, "-m", "xqueue", "run", "-w", str(wd), "--no-progress"]
+    again = subprocess.run(argv, input=jobs, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again
+    assert mark.read_text() == "once\n"
+
+
 def test_a_process_start_read_back_from_proc_is_its_start_on_the_boot_clock() -> None:
     """A job is known by its pid and start (``pid@bSTART``), and a later run takes a live
     process for the job's own only if /proc puts its start within 2 s of that. The start

@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring_ascii as quote_json
@@ -318,7 +319,14 @@ class LocalScheduler(Scheduler):
         await super().open(workdir)
         reap()
         self._base_env = dict(os.environ)
-        self._link = ShepherdLink(*await anyio.to_thread.run_sync(_launch, workdir, self._base_env))
+        try:
+            launched = await anyio.to_thread.run_sync(_launch, workdir, self._base_env)
+        except OSError as exc:  # out of descriptors or processes, an unreadable interpreter
+            raise SchedulerError(
+                f"local: cannot start the run's shepherd (the process that starts its jobs "
+                f"and records their exits, run by {sys.executable}): {exc}"
+            ) from exc
+        self._link = ShepherdLink(*launched)
 
     async def serve(self) -> None:
         if self._link is not None:
