@@ -149,6 +149,26 @@ async def test_cwd_option(workdir: Path, tmp_path: Path) -> None:
     assert (await read(job.stdout_path)).strip() == str(tmp_path)
 
 
+async def test_a_working_directory_gone_during_the_run_is_named_as_the_cause(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """The folder ``cwd`` names is checked as the run opens; one removed since failed
+    its jobs with "could not start '/bin/sh': No such file or directory", which sent
+    the user after the shell. The failure names the folder now."""
+    gone = tmp_path / "d\nx"
+    await anyio.Path(gone).mkdir()
+    q = Xqueue(workdir=workdir, forks=1, error_strategy="ignore", scheduler_opts={"cwd": str(gone)})
+    first = await q.feed(["rmdir", str(gone)])
+    second = await q.feed("pwd")
+    await q.run_until_complete()
+    assert first.status is JobStatus.FINISHED
+    assert second.status is JobStatus.FAILED
+    assert second.reason == (
+        f"submission failed: could not start '/bin/sh': cannot enter its working directory "
+        f"{str(gone)!r}: No such file or directory"
+    )
+
+
 async def test_return_code_and_status_are_recorded(workdir: Path) -> None:
     job = await run_one(workdir, "echo bad >&2; exit 3")
     assert job.status is JobStatus.FAILED

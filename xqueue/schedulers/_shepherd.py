@@ -229,17 +229,20 @@ class Shepherd:
         r, w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child execs or exits
+            step = b""  # b"d" while entering the working directory: named apart
             try:
                 os.setsid()
                 for sig in _DEFAULT:
                     signal.signal(sig, signal.SIG_DFL)
+                step = b"d"
                 os.chdir(cwd)
+                step = b""
                 os.dup2(self.devnull, 0)
                 os.dup2(out, 1)
                 os.dup2(err, 2)
                 os.execvpe(argv[0], argv, env)
             except OSError as exc:
-                os.write(w, str(exc.errno).encode())
+                os.write(w, step + str(exc.errno).encode())
             finally:
                 os._exit(127)
         os.close(w)
@@ -249,7 +252,12 @@ class Shepherd:
             os.close(r)
         if failed:
             os.waitpid(pid, 0)
-            code = int(failed)
+            code = int(failed.lstrip(b"d"))
+            if failed.startswith(b"d"):  # not the program's fault: say which folder
+                where = repr(_decode(cwd))
+                raise OSError(
+                    code, f"cannot enter its working directory {where}: {os.strerror(code)}"
+                )
             raise OSError(code, os.strerror(code))
         return pid
 
