@@ -323,6 +323,17 @@ def test_a_workdir_that_is_not_a_folder_is_named_for_what_it_is(tmp_path: Path) 
             {"resources": {"memroy": "1G"}},
             r"unknown resource\(s\) \['memroy'\] \(did you mean 'memory'\?\); accepted",
         ),
+        (  # what is no slip of the keyboard away gets no guess: difflib's likeness, used
+            # before, offered 'gpus' for 'bogus' (two letters in common)
+            ["true"],
+            {"resources": {"bogus": 1}},
+            r"unknown resource\(s\) \['bogus'\]; accepted",
+        ),
+        (  # a name cut short is one
+            ["true"],
+            {"resources": {"mem": "1G"}},
+            r"unknown resource\(s\) \['mem'\] \(did you mean 'memory'\?\); accepted",
+        ),
         (  # keys of several types: sorted() of them raised a bare TypeError
             ["true"],
             {"resources": {1: 2, "cpuz": 1}},
