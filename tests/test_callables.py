@@ -458,6 +458,9 @@ anyio.run(main)
 """
 
 
+RUN: dict[str, Any] = {"capture_output": True, "text": True, "timeout": 60}
+
+
 def test_a_call_with_classes_of_main_resumes_in_a_later_process(tmp_path: Path) -> None:
     """cloudpickle sends a ``__main__`` class by value with an id it draws once a
     process: in the digest, it gave the same call another name in every run of the
@@ -477,6 +480,13 @@ def test_a_call_with_classes_of_main_resumes_in_a_later_process(tmp_path: Path) 
     script.write_text("# a comment\n\n" + MAIN_CLASSES)
     shifted = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert shifted.stdout == "succeeded in an earlier run 4\n", shifted
+    # The script by another path, or renamed: cloudpickle sends its __file__ (as typed)
+    # with the function's module name, and every call ran again.
+    renamed = tmp_path / "renamed.py"
+    renamed.write_bytes(script.read_bytes())
+    for path in (f"./{script.name}", renamed.name):
+        moved = subprocess.run([sys.executable, path, *argv[2:]], **RUN, cwd=tmp_path)
+        assert moved.stdout == "succeeded in an earlier run 4\n", (path, moved)
     # Its code changed: run again.
     script.write_text(MAIN_CLASSES.replace("+ pair.a", "+ pair.a * 10"))
     changed = subprocess.run(argv, capture_output=True, text=True, timeout=60)

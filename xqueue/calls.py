@@ -146,11 +146,13 @@ def place_free(
     fn: Callable[..., Any], args: Iterable[Any], kwargs: Mapping[str, Any] | None, call: bytes
 ) -> bytes:
     """The pickle of the call that names it: ``call`` itself, but for code sent by value
-    (a lambda, a closure, a ``__main__`` function), pickled again with each code object's
-    first line number left out. It is the one thing of its place in the file the pickle
-    keeps (cloudpickle writes no file name): a comment added at the top of a script
-    named each of its calls anew, and a resume ran them all again. The job still gets
-    ``call``, whose tracebacks show the real lines.
+    (a lambda, a closure, a ``__main__`` function), pickled again with what says where
+    its file is left out: each code object's first line number, and the script's
+    ``__file__``, which cloudpickle sends with a function's module name (as the script
+    was typed: ``./job.py`` is another than ``job.py``). A comment added at the top of a
+    script, or the script run by another path or renamed, named each of its calls anew,
+    and a resume ran them all again. The job still gets ``call``, whose tracebacks show
+    the real lines, and whose functions see their ``__file__``.
     """
     if DYNAMIC_CODE not in call:  # no code of its own: named by reference
         return call
@@ -166,8 +168,9 @@ def place_free(
 
 @functools.cache
 def _place_free_pickler() -> Any:
-    """cloudpickle's pickler with each code object's first line number set to 1; made once
-    (once, not a class made for every call submitted)."""
+    """cloudpickle's pickler with each code object's first line number set to 1, and no
+    ``__file__`` among the module attributes it sends with a function; made once (not a
+    class made for every call submitted)."""
     import cloudpickle
 
     reduce_code = cloudpickle.Pickler.dispatch_table[types.CodeType]
@@ -177,6 +180,10 @@ def _place_free_pickler() -> Any:
             {types.CodeType: lambda code: reduce_code(code.replace(co_firstlineno=1))},
             cloudpickle.Pickler.dispatch_table,
         )
+
+        def _function_getnewargs(self, func: Any) -> tuple[Any, ...]:
+            code, base_globals, *rest = super()._function_getnewargs(func)
+            return (code, {k: v for k, v in base_globals.items() if k != "__file__"}, *rest)
 
     return PlaceFree
 
