@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +295,69 @@ async def test_two_runs_on_one_workdir_are_refused(workdir: Path) -> None:
     await second.feed(["true"])  # free again once the first run ended
     await second.run_until_complete()
     assert second.jobs[0].status is JobStatus.FINISHED
+
+
+async def _held(folder: Path) -> list[str]:
+    """The files of ``folder`` this process holds open."""
+    return await anyio.to_thread.run_sync(_held_now, folder)
+
+
+def _held_now(folder: Path) -> list[str]:
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile (listdir's own)
+            continue
+        if path.startswith(f"{folder}/"):
+            held.append(os.path.basename(path))
+    return sorted(held)
+
+
+def _event_writers() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "xqueue-events" and t.is_alive())
+
+
+async def test_a_queue_closed_unrun_holds_nothing_and_its_fed_jobs_are_in_the_stream(
+    workdir: Path,
+) -> None:
+    """``aclose()`` of a queue fed and never run released the lock, but its event
+    stream's writer thread and file stayed for the life of the process (one more for
+    each such queue); its fed jobs' lines are written as it closes."""
+    writers = _event_writers()
+    q = Xqueue(workdir=workdir, plugins=["-jsonl-events"])
+    job = await q.feed(["true"])
+    assert _event_writers() == writers + 1 and "events.jsonl" in await _held(workdir)
+    await q.aclose()
+    assert await _held(workdir) == [] and _event_writers() == writers
+    lines = (await anyio.Path(workdir / "events.jsonl").read_text()).splitlines()
+    assert [(json.loads(line)["event"], json.loads(line)["job"]) for line in lines] == [
+        ("job_init", job.index),
+        ("job_queued", job.index),
+    ]
+
+
+async def test_a_queue_dropped_unclosed_lets_its_workdir_go(workdir: Path, tmp_path: Path) -> None:
+    """A framework feeds a step, fails before running it and drops the queue, then tries
+    the step again: the new queue was refused ("taken by another Xqueue of this process
+    ... aclose() the one you no longer use"), and the dropped one's lock, files and
+    writer thread stayed for the life of the process."""
+    writers = _event_writers()
+
+    async def feed_and_drop() -> weakref.ref[Xqueue]:
+        q = Xqueue(workdir=workdir, plugins=["-jsonl-events"])
+        await q.feed(["true"])
+        return weakref.ref(q)
+
+    dropped = await feed_and_drop()
+    assert ".lock" in await _held(workdir) and _event_writers() == writers + 1
+    again = Xqueue(workdir=workdir, plugins=["-jsonl-events"])
+    job = await again.feed(["echo", "again"])  # collected on the way to a refusal
+    assert dropped() is None
+    await again.run_until_complete()
+    assert job.status is JobStatus.FINISHED
+    assert await _held(workdir) == [] and _event_writers() == writers
+    await again.aclose()
 
 
 HALTING = textwrap.dedent(

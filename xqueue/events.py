@@ -225,6 +225,19 @@ class EventLog:
             self._opening.set()
             self._opening = None
 
+    @property
+    def writing(self) -> bool:
+        return self._writer is not None
+
+    def close(self) -> None:
+        """Write what waits and close the file: the queue is closed, or dropped, with no
+        run since it was fed (a run's end does it in ``on_shutdown``). The writer thread
+        and the file stayed open for as long as the process lived. Blocking: a worker
+        thread."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.finish()
+
     # -- hooks ---------------------------------------------------------------------------
     @hookimpl
     def on_job_init(self, job: Job) -> Awaitable[None] | None:

@@ -9,6 +9,7 @@ scheduler and plugins, and offers the three ways to run: ``run_until_complete()`
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import time
@@ -38,7 +39,7 @@ from .resources import Resources
 from .retry import RetryPolicy
 from .scheduler import Scheduler
 from .states import JobStatus
-from .workdir import Workdir
+from .workdir import Workdir, let_go_when_dropped
 
 if TYPE_CHECKING:
     import asyncio
@@ -134,6 +135,20 @@ def _check_cache_key(value: Any) -> str | None:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"a cache key is a non-empty string, got {value!r}")
     return check_text(value, "the cache key")
+
+
+def _holds(workdir: Workdir, events: EventLog | None) -> bool:
+    return workdir.locked or workdir.has_unmade() or (events is not None and events.writing)
+
+
+def _let_go(workdir: Workdir, events: EventLog | None) -> None:
+    """What ``aclose`` releases, for a queue dropped unclosed (``let_go_when_dropped``):
+    its event stream, the staged files of jobs never made, the workdir's lock and files.
+    A queue whose run is alive cannot be dropped: the run refers to it."""
+    if events is not None:
+        events.close()
+    workdir.forget_unmade()
+    workdir.unlock()
 
 
 def _check_timeout(value: Any) -> float | None:
@@ -255,8 +270,15 @@ class Xqueue:
         # run.json and kill requests for `xqueue cancel`, the event stream.
         # Its kills go through the engine made below, with why one was not killed.
         self.hooks.register(Control(lambda job: self._engine.kill_outcome(job)), "xqueue-control")
+        self._events: EventLog | None = None
         if events and EVENTS_PLUGIN not in self.hooks.blocked:  # plugins=["-xqueue-events"]
-            self.hooks.register(EventLog(str(self.workdir.path / EVENTS_FILE)), EVENTS_PLUGIN)
+            self._events = EventLog(str(self.workdir.path / EVENTS_FILE))
+            self.hooks.register(self._events, EVENTS_PLUGIN)
+        let_go_when_dropped(
+            self,
+            functools.partial(_holds, self.workdir, self._events),
+            functools.partial(_let_go, self.workdir, self._events),
+        )
         self._engine = Engine(
             self,
             self.scheduler,
@@ -585,7 +607,9 @@ class Xqueue:
         """Close a queue whose run has ended (``async with`` does it on leaving): the
         workdir's lock is released, the scheduler closed, and waiters on jobs that will
         never end are told so. Refused while its run is in progress: closed under it, the
-        run lost its lock and its backend and waited for ever for jobs that had ended."""
+        run lost its lock and its backend and waited for ever for jobs that had ended.
+        A queue dropped unclosed lets go of its workdir once it is collected (a new queue
+        refused the workdir collects first)."""
         if self._engine.running:
             raise QueueStateError(
                 "aclose(): this queue's run is still in progress; end it first "
@@ -601,6 +625,8 @@ class Xqueue:
             if self.workdir.has_unmade():
                 await anyio.to_thread.run_sync(self.workdir.forget_unmade)
             self.workdir.unlock()
+            if self._events is not None:  # fed since its last run, if any
+                await anyio.to_thread.run_sync(self._events.close)
             if self._engine.scheduler_open:  # a run closes what it opened
                 self._engine.scheduler_open = False
                 await self.scheduler.aclose()

@@ -39,13 +39,15 @@ opts in (``Workdir(path, trust=True)`` or ``XQUEUE_TRUST_WORKDIR=1``). Reading l
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import logging
 import os
 import stat
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from json.encoder import encode_basestring_ascii as _quote
 from pathlib import Path
 from typing import Any
@@ -452,6 +454,9 @@ class Workdir:
             os.close(fd)
             # pid and start time: another host's or container's pid 1 is not this process.
             if identity == own_identity():
+                if _collect_dropped():  # an Xqueue dropped unclosed held it: let go now
+                    self.lock(role)
+                    return
                 raise WorkdirError(
                     f"workdir {str(self.path)!r} is taken by another Xqueue of this process "
                     "(one fed jobs holds it until its run ends or it is closed): wait for "
@@ -1095,3 +1100,37 @@ def _flock_exclusive(fd: int, tries: int = 20) -> bool:
             if attempt + 1 < tries:
                 time.sleep(0.01)
     return False
+
+
+# -- what a dropped queue held ---------------------------------------------------------------
+_letting_go: list[threading.Thread] = []
+
+
+def let_go_when_dropped(
+    owner: object, holds: Callable[[], bool], release: Callable[[], None]
+) -> None:
+    """Call ``release`` once ``owner`` (an Xqueue) is collected while ``holds()``: a
+    queue fed and then dropped unclosed (a framework's step that failed between feeding
+    and running) kept its workdir's lock and files for the life of the process, and a
+    new queue on the workdir was refused with advice to close one nobody could reach any
+    more. Neither callable may refer to ``owner``. ``release`` runs in a thread of its
+    own: the collector may run in any thread, one holding a lock it takes among them."""
+
+    def start() -> None:
+        if holds():
+            thread = threading.Thread(target=release, name="xqueue-let-go", daemon=True)
+            _letting_go.append(thread)
+            thread.start()
+
+    weakref.finalize(owner, start).atexit = False  # the process's exit closes it all
+
+
+def _collect_dropped() -> bool:
+    """Collect the queues nobody refers to any more and wait until what they held is
+    released; whether any was. Only on the way to refusing a workdir to this process."""
+    gc.collect()
+    released = False
+    while _letting_go:
+        _letting_go.pop().join()
+        released = True
+    return released
