@@ -47,6 +47,30 @@ def test_script_passes_argv_verbatim_through_sh(tmp_path: Path) -> None:
     assert Path(job.attempt_path("started")).exists()
 
 
+@pytest.mark.parametrize("saved", [None, "xqueue_wrapper_path"])
+def test_a_job_with_a_path_of_its_own_still_leaves_its_return_code(
+    tmp_path: Path, saved: str | None
+) -> None:
+    """A job whose envs set PATH to a folder without the basic tools (a venv's bin):
+    the wrapper's own ``rm``, ``date`` and ``mv`` ran with it, found nothing, and no
+    return code was written, so SSH took a job that succeeded for vanished (Slurm and
+    SGE found its code only through their accounting). The command still gets the PATH
+    it was given, also when a variable of its own has the name the wrapper keeps the
+    old PATH in."""
+    bin_ = tmp_path / "venv-bin"
+    bin_.mkdir()
+    (bin_ / "hello").write_text("#!/bin/sh\necho hello from $PATH $xqueue_wrapper_path\n")
+    (bin_ / "hello").chmod(0o755)
+    envs = {"PATH": str(bin_), **({saved: "mine"} if saved else {})}
+    job = make_job(tmp_path, ["hello"], envs=envs)
+    script = DetachedScheduler().write_script(job)
+    subprocess.run(["/bin/sh", script], check=True)
+    mine = " mine" if saved else ""
+    assert Path(job.stdout_path).read_text() == f"hello from {bin_}{mine}\n"
+    assert Path(job.attempt_path("rc")).read_text() == "0\n"
+    assert Path(job.attempt_path("started")).read_text().strip().isdigit()
+
+
 def test_reconcile_prefers_the_return_code_file(tmp_path: Path) -> None:
     job = make_job(tmp_path, ["true"])
     sched = DetachedScheduler(vanish_grace=0)

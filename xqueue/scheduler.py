@@ -481,20 +481,29 @@ def render_script(
         **(job.envs or {}),
         **(job.claim.environment() if job.claim is not None else {}),
     }
+    # A job's own PATH (a venv's bin alone, say) is the command's, not the wrapper's:
+    # with it, rm, date and mv were not found, no return code was written, and a job
+    # that succeeded was taken for vanished. They run with the PATH the script began with.
+    saved, tool = "xqueue_wrapper_path", ""
+    if "PATH" in envs:
+        while saved in envs:
+            saved += "_"
+        tool = f'PATH="${saved}" '
     lines = [
         "#!/bin/sh",
         *directives,
         f"# xqueue job {job.index}: {comment(job.name)}",
         "# Written once per job; the engine never rewrites it while it may run.",
+        *([f'{saved}="$PATH"'] if tool else []),
         *(export(k, v) for k, v in envs.items()),
         # Only files this attempt creates, each with O_EXCL (noclobber): a link planted
         # at one of these names is removed, never written through.
-        f"rm -f {f(STARTED)} {f(STDOUT)} {f(STDERR)} {f(RC)}.tmp {f(COMMAND)}",
+        f"{tool}rm -f {f(STARTED)} {f(STDOUT)} {f(STDERR)} {f(RC)}.tmp {f(COMMAND)}",
         "set -C",
-        f"date +%s > {f(STARTED)}",
+        f"{tool}date +%s > {f(STARTED)}",
         *_command_lines(job, f"> {f(STDOUT)} 2> {f(STDERR)}", f(COMMAND)),
         "rc=$?",
-        f'echo "$rc" > {f(RC)}.tmp && mv -f {f(RC)}.tmp {f(RC)}',
+        f'echo "$rc" > {f(RC)}.tmp && {tool}mv -f {f(RC)}.tmp {f(RC)}',
         *([_END_GROUP] if end_group else []),
         'exit "$rc"',
         "",

@@ -192,11 +192,16 @@ async def test_list_command_reaches_the_program_exactly(
             [sys.executable, "-c", "import sys, json; print(json.dumps(sys.argv[1:]))", *args]
         )
         env_job = await q.feed("echo $GREETING", envs={"GREETING": "hi $USER"})
+        # A PATH of the job's own, without the tools the wrapper calls: a job that
+        # succeeded was failed as vanished (the wrapper wrote no return code).
+        path_job = await q.feed(["/bin/echo", "ran"], envs={"PATH": "/nonexistent"})
         await q.run_until_complete()
     finally:
         await q.aclose()
     assert json.loads(await read_text(job.stdout_path)) == args
     assert (await read_text(env_job.stdout_path)) == "hi $USER\n"
+    assert (path_job.status, path_job.rc, path_job.reason) == (JobStatus.FINISHED, 0, "")
+    assert await read_text(path_job.stdout_path) == "ran\n"
 
 
 class PoolSnapshot:
