@@ -89,7 +89,11 @@ class Hooks:
     ) -> None:
         self.pm = pluggy.PluginManager("xqueue")
         self.pm.add_hookspecs(hookspecs)
+        if plugins is not None and not isinstance(plugins, Iterable):
+            raise ConfigError(f"plugins is a list of plugins, not {plugins!r}")
         plugins = list(plugins or [])
+        if None in plugins:  # pluggy's own assert said "name or plugin"
+            raise ConfigError(f"plugins lists None: {plugins!r}")
         blocked = {p[1:] for p in plugins if isinstance(p, str) and p.startswith("-")}
         wanted = [p for p in plugins if not (isinstance(p, str) and p.startswith("-"))]
         if autoload is None:
@@ -142,6 +146,12 @@ class Hooks:
             raise ConfigError(
                 f"plugin {plugin.__qualname__!r} is a class: give an instance of it "
                 f"({plugin.__qualname__}()), whose hooks get their self"
+            )
+        if self.pm.is_registered(plugin):  # pluggy named it by a name made up here
+            label = getattr(plugin, "__name__", None) or type(plugin).__qualname__
+            raise ConfigError(
+                f"plugin {label!r} is given twice (it is registered as "
+                f"{self.pm.get_name(plugin)!r} already): give each plugin once"
             )
         if name is None:  # a readable name for messages, unique within this queue
             base = getattr(plugin, "__name__", None) or type(plugin).__qualname__
