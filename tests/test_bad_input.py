@@ -15,6 +15,7 @@ from tests.helpers import plugin_distribution, read_text
 from xqueue import (
     ConfigError,
     FailureClass,
+    Job,
     JobFailedError,
     JobStatus,
     Resources,
@@ -23,10 +24,19 @@ from xqueue import (
     UnknownSchedulerError,
     WorkdirError,
     Xqueue,
+    hookimpl,
 )
 from xqueue.schedulers.local import LocalScheduler
 
 pytestmark = pytest.mark.anyio
+
+
+class _Twice:
+    @hookimpl
+    def on_job_failed(self, job: Job) -> None: ...
+
+
+_TWICE = _Twice()
 
 
 @pytest.mark.parametrize(
@@ -48,6 +58,15 @@ pytestmark = pytest.mark.anyio
         ({"workdir": None}, ConfigError, r"workdir is a folder \(a str or a path\), not None"),
         ({"plugins": "abc"}, ConfigError, r"not a string: plugins=\['abc'\]"),
         ({"plugins": [object()]}, ConfigError, "implements no xqueue hook"),
+        # pluggy's assert (gone under python -O), a bare TypeError, and pluggy's words
+        # with a name made up here ("P-2")
+        ({"plugins": [None]}, ConfigError, r"plugins lists None: \[None\]"),
+        ({"plugins": 5}, ConfigError, "plugins is a list of plugins, not 5"),
+        (
+            {"plugins": [_TWICE, _TWICE]},
+            ConfigError,
+            "plugin '_Twice' is given twice \\(it is registered as '_Twice' already\\): give each",
+        ),
         ({"events": "no"}, ConfigError, "events must be True or False, got 'no'"),
         ({"handle_signals": "no"}, ConfigError, "handle_signals must be True or False"),
         ({"trust_workdir": "x"}, ConfigError, "trust_workdir must be True or False, got 'x'"),
@@ -293,6 +312,9 @@ def test_a_workdir_that_is_not_a_folder_is_named_for_what_it_is(tmp_path: Path) 
             {"envs": {"BAD-NAME": "1"}},
             r"invalid environment variable name\(s\) \['BAD-NAME'\]",
         ),
+        # walked through as names: "invalid environment variable name(s) ['=', '1']"
+        (["true"], {"envs": "A=1"}, "envs is a dict of variable names to values, not 'A=1'"),
+        (["true"], {"envs": [("A", "1")]}, r"envs is a dict .*, not \[\('A', '1'\)\]"),
         (["true"], {"resources": {"memory": "lots"}}, "invalid memory 'lots'"),
         (["true"], {"resources": {"walltime": "1:xx"}}, "invalid walltime '1:xx'"),
         # 0.5 s is 0 whole seconds: it was refused as not "positive"

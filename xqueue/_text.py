@@ -95,6 +95,8 @@ def env_value(name: str, value: Any) -> str:
 
 def check_envs(envs: Mapping[Any, Any]) -> dict[str, str]:
     """Names a shell accepts and xqueue does not reserve; values converted by ``env_value``."""
+    if not isinstance(envs, Mapping):  # iterated, "A=1" was the names '=' and '1'
+        raise ConfigError(f"envs is a dict of variable names to values, not {envs!r}")
     bad = [k for k in envs if not isinstance(k, str) or not ENV_NAME.fullmatch(k)]
     if bad:
         raise ConfigError(f"invalid environment variable name(s) {bad}: use letters, digits and _")
