@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,40 @@ async def test_failing_plugin_is_named_and_does_not_hang(workdir: Path) -> None:
     assert "Broken" in info.value.plugin
     assert "boom" in str(info.value)
     assert job.status is JobStatus.KILLED
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling() tells them apart")
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # trio's Cancelled cannot be raised so
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_cancellation_a_hook_raises_of_its_own_is_its_error(
+    workdir: Path, kind: str
+) -> None:
+    """A hook that awaits a future someone else cancelled (a closed client's) raises
+    CancelledError while nothing cancels the run: it ended run_until_complete() with a
+    bare CancelledError naming no plugin, which the caller took for its own task's
+    cancellation. It is the plugin's error, as any other it raises."""
+    import asyncio
+
+    class Notifier:
+        @hookimpl
+        def on_job_succeeded(self, job: Job) -> Any:
+            if kind == "sync":
+                raise asyncio.CancelledError
+            return self.notify()
+
+        async def notify(self) -> None:
+            future = asyncio.get_running_loop().create_future()
+            future.cancel()
+            await future
+
+    q = Xqueue(workdir=workdir, plugins=[Notifier()])
+    await q.feed(["true"])
+    with anyio.fail_after(10), pytest.raises(PluginError) as info:
+        await q.run_until_complete()
+    assert info.value.hook == "on_job_succeeded" and "Notifier" in info.value.plugin
+    assert isinstance(info.value.__cause__, asyncio.CancelledError)
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
 
 
 @pytest.mark.parametrize("raised", [SystemExit, KeyboardInterrupt])

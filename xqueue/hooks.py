@@ -273,6 +273,11 @@ class Hooks:
             except _RAISED as exc:
                 error = error or _plugin_error(plugin, hook, exc)
                 continue
+            except BaseException as exc:
+                if not _spontaneous_cancellation(exc):
+                    raise
+                error = error or _plugin_error(plugin, hook, exc)
+                continue
             if result is not None and inspect.isawaitable(result):
                 return self._notify_rest(hook, plugin, result, rest, kwargs, timeout, error)
         if error is not None:
@@ -313,6 +318,10 @@ class Hooks:
             raise PluginError(plugin, hook, exc) from exc
         except _RAISED as exc:
             raise PluginError(plugin, hook, exc) from exc
+        except BaseException as exc:
+            if _spontaneous_cancellation(exc):
+                raise PluginError(plugin, hook, exc) from exc
+            raise
 
     async def vetoed_by(self, hook: str, timeout: float | None = None, **kwargs: Any) -> str | None:
         """Call a veto hook; the name of the first plugin that returned False, else None."""
@@ -360,6 +369,29 @@ def _invoke(hook: str, impl: _Impl, kwargs: dict[str, Any]) -> Any:
         return fn(*[kwargs[a] for a in argnames])
     except _RAISED as exc:
         raise PluginError(plugin, hook, exc) from exc
+    except BaseException as exc:
+        if _spontaneous_cancellation(exc):
+            raise PluginError(plugin, hook, exc) from exc
+        raise
+
+
+def _spontaneous_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is a cancellation the hook raised of its own accord (it awaited a
+    future someone else cancelled: a closed client's) while nothing cancels the task
+    calling it: the plugin's error then. Raised on, it ended the run with a bare
+    CancelledError naming no plugin, which the caller's code took for its own
+    cancellation. Only asyncio's tasks can tell (``Task.cancelling``, Python 3.11);
+    trio's Cancelled cannot be raised by a hook of its own."""
+    if not isinstance(exc, anyio.get_cancelled_exc_class()):
+        return False
+    import asyncio
+
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not on asyncio
+        return False
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is not None and cancelling() == 0
 
 
 async def _bounded(awaitable: Any, timeout: float) -> Any:
