@@ -187,6 +187,18 @@ def _seconds(text: str) -> float:
         return duration(text)
 
 
+def _list_or_text(text: str) -> Any:
+    """An option of either kind (a container's ``volumes``: a path, or a list of them)
+    given as text: a JSON list as a list, as a list option reads it. From the command
+    line, ``-o volumes='["/a", "/b"]'`` was one volume of that name. Any other text,
+    a word that begins with "[" included, is itself."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, list) else text
+
+
 def _coerce(scheduler: str, name: str, value: Any, hint: Any) -> Any:
     """Turn a CLI string into the declared type; pass through values already of that type."""
     origin = typing.get_origin(hint)
@@ -219,6 +231,8 @@ def _coerce(scheduler: str, name: str, value: Any, hint: Any) -> Any:
             return str(value)
         if origin in (dict, list, Mapping) and isinstance(value, str):
             return json.loads(value)
+        if hint is Any and isinstance(value, str) and value.lstrip().startswith("["):
+            return _list_or_text(value)
     # TypeError: float([1]) from a TOML list; OverflowError: float(10**400) from TOML.
     except (ValueError, TypeError, OverflowError) as exc:
         expected = _SECONDS if hint is float else getattr(hint, "__name__", str(hint))

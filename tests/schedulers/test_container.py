@@ -243,6 +243,15 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
     ]:
         with pytest.raises(SchedulerOptionError, match=said):
             ContainerScheduler(image="x", **opts)
+    # Several volumes from the command line: a JSON list, as list options take; it
+    # was one volume named '["/a", "/b"]'. A path that begins with "[" is a path.
+    both = tmp_path / "[both"
+    both.mkdir()
+    given = json.dumps([f"{tmp_path}:/v:ro", str(both)])
+    volumes = ContainerScheduler(image="x", volumes=given).options
+    assert volumes.volumes == [(str(tmp_path), "/v", "ro"), (str(both), str(both), "rw")]
+    one = ContainerScheduler(image="x", volumes=str(both)).options
+    assert one.volumes == [(str(both), str(both), "rw")]
     sched = ContainerScheduler(image="x", bin_args=["--network", "host", "--init"])
     assert sched.runtime._extra_host == {"NetworkMode": "host", "Init": True}  # type: ignore[attr-defined]
 
