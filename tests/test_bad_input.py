@@ -417,6 +417,38 @@ def test_every_backends_seconds_are_finite_and_not_negative(name: str, value: ob
         SshScheduler(servers={"a": {"host": "h"}}, **{name: value})
 
 
+@pytest.mark.parametrize(
+    ("scheduler", "name", "opts"),
+    [
+        ("ssh", "command_timeout", {"servers": {"a": {"host": "h"}}}),
+        ("ssh", "submit_timeout", {"servers": {"a": {"host": "h"}}}),
+        ("slurm", "submit_timeout", {}),
+        ("sge", "status_timeout", {}),
+        (
+            "gbatch",
+            "rpc_timeout",
+            {"project": "p", "location": "l", "staging_bucket": "gs://my-bucket/x"},
+        ),
+        (
+            "gbatch",
+            "journal_interval",
+            {"project": "p", "location": "l", "staging_bucket": "gs://my-bucket/x"},
+        ),
+    ],
+)
+def test_a_time_limit_of_0_is_refused_where_0_breaks_it(
+    tmp_path: Path, scheduler: str, name: str, opts: dict[str, Any]
+) -> None:
+    """SSH took command_timeout=0, and the run then failed with "no server is
+    reachable: ... timed out" against a server that was fine; Slurm and SGE refused
+    theirs. Every backend's time limits are now refused at 0, by name."""
+    with pytest.raises(
+        SchedulerOptionError, match=f"{name} must be a finite number of seconds > 0, got 0.0"
+    ):
+        Xqueue(scheduler, workdir=tmp_path, scheduler_opts={**opts, name: "0"})
+    Xqueue(scheduler, workdir=tmp_path, scheduler_opts={**opts, name: "90s"})  # one above 0
+
+
 @pytest.mark.parametrize("value", ["nan", -1, 0, "x", 1e400])
 def test_an_ssh_servers_connect_timeout_is_a_duration(value: object) -> None:
     from xqueue.schedulers.ssh import SshScheduler

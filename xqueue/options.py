@@ -71,6 +71,9 @@ class SchedulerOptions:
     """Keys the scheduler passes through to its backend (only when ``accepts_extra``)."""
 
     accepts_extra: ClassVar[bool] = False
+    above_zero: ClassVar[frozenset[str]] = frozenset()
+    """Duration options that 0 breaks rather than turns off: a command's time limit, with
+    which every command timed out (and SSH said the server was unreachable)."""
 
     @classmethod
     def parse(cls: type[T], scheduler: str, raw: Mapping[str, Any] | None) -> T:
@@ -144,9 +147,11 @@ class SchedulerOptions:
             value = getattr(self, name)
             # NaN compares false with everything, so a plain "< 0" would let it through
             # and every wait on it would misbehave silently.
-            if not math.isfinite(value) or value < 0:
+            above = name in self.above_zero
+            if not math.isfinite(value) or value < 0 or (above and value == 0):
                 raise SchedulerOptionError(
-                    f"{scheduler}: {name} must be a finite number of seconds >= 0, got {value!r}"
+                    f"{scheduler}: {name} must be a finite number of seconds "
+                    f"{'> 0' if above else '>= 0'}, got {value!r}"
                 )
         if self.submit_concurrency < 1:
             raise SchedulerOptionError(f"{scheduler}: submit_concurrency must be >= 1")

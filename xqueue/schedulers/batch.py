@@ -93,7 +93,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import math
 import os
 import re
 import shutil
@@ -107,7 +106,6 @@ from .._text import quote
 from ..errors import (
     JobAlreadyEnded,
     SchedulerError,
-    SchedulerOptionError,
     SubmissionUnknownError,
 )
 from ..job import SCRIPT, STARTED, Job
@@ -169,15 +167,7 @@ class BatchOptions(SchedulerOptions):
     """Seconds a status, accounting or kill command may take."""
 
     accepts_extra = True
-
-    def validate(self, scheduler: str) -> None:
-        super().validate(scheduler)
-        for name in ("submit_timeout", "status_timeout"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value <= 0:
-                raise SchedulerOptionError(
-                    f"{scheduler}: {name} must be a finite number of seconds > 0, got {value!r}"
-                )
+    above_zero = frozenset({"submit_timeout", "status_timeout"})
 
 
 @dataclasses.dataclass(frozen=True)

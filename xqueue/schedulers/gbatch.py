@@ -123,6 +123,8 @@ class GbatchOptions(SchedulerOptions):
     array_limit: int = 1000
     """The most tasks (jobs) of one array."""
 
+    above_zero = frozenset({"journal_interval", "rpc_timeout"})
+
     accepts_extra = True
 
     def validate(self, scheduler: str) -> None:
@@ -136,8 +138,6 @@ class GbatchOptions(SchedulerOptions):
                 )
         if self.staging_bucket:
             spec.parse_staging(self.staging_bucket)
-        if self.journal_interval <= 0:
-            raise SchedulerOptionError(f"{scheduler}: journal_interval must be > 0")
         if not spec.PREFIX.match(self.job_prefix):
             raise SchedulerOptionError(
                 f"{scheduler}: job_prefix {self.job_prefix!r} must be 1-20 lowercase letters, "
@@ -149,8 +149,8 @@ class GbatchOptions(SchedulerOptions):
             raise SchedulerOptionError(f"{scheduler}: insecure needs an endpoint (host:port)")
         if self.array_limit < 1:
             raise SchedulerOptionError(f"{scheduler}: array_limit must be >= 1")
-        if self.page_size < 1 or self.rpc_timeout <= 0:
-            raise SchedulerOptionError(f"{scheduler}: page_size and rpc_timeout must be > 0")
+        if self.page_size < 1:
+            raise SchedulerOptionError(f"{scheduler}: page_size must be > 0")
 
 
 class GbatchScheduler(Scheduler):

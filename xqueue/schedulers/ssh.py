@@ -101,6 +101,8 @@ class SshOptions(SchedulerOptions):
     submit_timeout: float = 120.0
     """Seconds a job may wait for a reachable server before its submission fails."""
 
+    above_zero = frozenset({"command_timeout", "submit_timeout"})
+
     def validate(self, scheduler: str) -> None:
         super().validate(scheduler)
         if not isinstance(self.servers, dict) or not self.servers:
@@ -110,9 +112,6 @@ class SshOptions(SchedulerOptions):
             )
         if self.reconnect_attempts < 1:
             raise SchedulerOptionError(f"{scheduler}: reconnect_attempts must be >= 1")
-        for name in ("reconnect_backoff", "down_retry", "command_timeout", "submit_timeout"):
-            if getattr(self, name) < 0:
-                raise SchedulerOptionError(f"{scheduler}: {name} must be >= 0")
 
     def server_configs(self, scheduler: str) -> list[ServerConfig]:
         return [
