@@ -24,7 +24,7 @@ from tests.helpers import (
     run_watching_peak,
 )
 from tests.schedulers.fakes import calls, garbling, submitted_ids, submitting_then
-from xqueue import Job, JobStatus, Xqueue
+from xqueue import FailureClass, Job, JobStatus, Xqueue
 from xqueue.errors import SubmissionUnknownError
 from xqueue.schedulers._sge_parse import parse_qacct
 from xqueue.schedulers.sge import SgeScheduler, _argv_flags, qsub_options
@@ -219,6 +219,7 @@ async def test_job_in_error_state_fails_with_sges_reason(workdir: Path) -> None:
         await q.run_until_complete()
     assert job.status is JobStatus.FAILED and job.attempt == 1
     assert "can't open output file" in job.reason
+    assert job.failure is FailureClass.SUBMIT_FAILED  # SGE refused to start it; not vanished
     assert job.jid and job.jid not in await sh("qstat", "-u", "root")  # deleted, not left in Eqw
 
 

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import SchedulerOptionError
+from ..failures import FailureClass
 from ..job import Job
 from ..scheduler import JobState
 from ..states import JobStatus
@@ -232,8 +233,15 @@ class SgeScheduler(BatchScheduler):
                 running = "r" in letters or "t" in letters
                 states[jid] = JobState(JobStatus.RUNNING if running else JobStatus.SUBMITTED)
             elif "E" in letters:  # Eqw: it would wait for ever; deleted, not retried
+                # SGE would not start it (an output file it cannot open, a folder it
+                # cannot enter): refused, not vanished, for a retry policy's class.
                 states[jid] = JobState(
-                    JobStatus.FAILED, None, _ERROR_STATE, retryable=False, kill=True
+                    JobStatus.FAILED,
+                    None,
+                    _ERROR_STATE,
+                    retryable=False,
+                    kill=True,
+                    failure=FailureClass.SUBMIT_FAILED,
                 )
         return states
 
