@@ -36,6 +36,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from json.encoder import encode_basestring_ascii as _quote
@@ -116,6 +117,16 @@ class Writer(threading.Thread):
         while not self._halt.wait(FLUSH_INTERVAL):
             self.flush()
         self.flush()
+        self._close()
+
+    def halt(self) -> None:
+        """Stop: write what is left and close the file, in this thread. Not blocking."""
+        self._halt.set()
+
+    def _close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
     def flush(self) -> None:
         pop = self.pending.popleft
@@ -143,12 +154,10 @@ class Writer(threading.Thread):
         """Write what is left and close the file. Blocking: a worker thread."""
         self._halt.set()
         if self.is_alive():
-            self.join()
+            self.join()  # run() closes the file
         else:
             self.flush()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            self._close()
 
 
 def _job_event(event: str) -> Callable[[EventLog, Job], None]:
@@ -170,6 +179,7 @@ class EventLog:
         # killed after its run ended) waits for the next run's file.
         self.pending: deque[str] = deque()
         self._writer: Writer | None = None
+        self._dropped: weakref.finalize[[], EventLog] | None = None  # see _start
         self._opening: anyio.Event | None = None
         self._started_at = 0.0
         self._ms, self._stamped = 0, ""  # the time of the latest line, in ms and as written
@@ -218,6 +228,10 @@ class EventLog:
         try:
             await run_in_daemon_thread(writer.open)  # not anyio's: see _threads
             writer.start()
+            # A queue dropped unclosed, fed and never run: its writer ran (and kept its
+            # file open) for the life of the process. It refers to nothing of the queue.
+            self._dropped = weakref.finalize(self, writer.halt)
+            self._dropped.atexit = False  # the process's exit ends it all
         except BaseException:
             self._writer = None  # the next event tries again (and reports again)
             raise
@@ -230,13 +244,17 @@ class EventLog:
         return self._writer is not None
 
     def close(self) -> None:
-        """Write what waits and close the file: the queue is closed, or dropped, with no
-        run since it was fed (a run's end does it in ``on_shutdown``). The writer thread
-        and the file stayed open for as long as the process lived. Blocking: a worker
-        thread."""
+        """Write what waits and close the file: the queue is closed with no run since it
+        was fed (a run's end does it in ``on_shutdown``). The writer thread and the file
+        stayed open for as long as the process lived. Blocking: a worker thread."""
         writer, self._writer = self._writer, None
         if writer is not None:
-            writer.finish()
+            self._finish(writer)
+
+    def _finish(self, writer: Writer) -> None:
+        if self._dropped is not None:
+            self._dropped.detach()
+        writer.finish()
 
     # -- hooks ---------------------------------------------------------------------------
     @hookimpl
@@ -284,7 +302,7 @@ class EventLog:
             "elapsed": elapsed,
         }
         self._add_run("run_stopped", fields)
-        await anyio.to_thread.run_sync(writer.finish)
+        await anyio.to_thread.run_sync(self._finish, writer)
 
     on_job_queued = _job_event("job_queued")
     on_job_submitted = _job_event("job_submitted")

@@ -9,7 +9,6 @@ scheduler and plugins, and offers the three ways to run: ``run_until_complete()`
 from __future__ import annotations
 
 import atexit
-import functools
 import logging
 import os
 import time
@@ -137,20 +136,6 @@ def _check_cache_key(value: Any) -> str | None:
     return check_text(value, "the cache key")
 
 
-def _holds(workdir: Workdir, events: EventLog | None) -> bool:
-    return workdir.locked or workdir.has_unmade() or (events is not None and events.writing)
-
-
-def _let_go(workdir: Workdir, events: EventLog | None) -> None:
-    """What ``aclose`` releases, for a queue dropped unclosed (``let_go_when_dropped``):
-    its event stream, the staged files of jobs never made, the workdir's lock and files.
-    A queue whose run is alive cannot be dropped: the run refers to it."""
-    if events is not None:
-        events.close()
-    workdir.forget_unmade()
-    workdir.unlock()
-
-
 def _check_timeout(value: Any) -> float | None:
     import math
 
@@ -274,11 +259,7 @@ class Xqueue:
         if events and EVENTS_PLUGIN not in self.hooks.blocked:  # plugins=["-xqueue-events"]
             self._events = EventLog(str(self.workdir.path / EVENTS_FILE))
             self.hooks.register(self._events, EVENTS_PLUGIN)
-        let_go_when_dropped(
-            self,
-            functools.partial(_holds, self.workdir, self._events),
-            functools.partial(_let_go, self.workdir, self._events),
-        )
+        let_go_when_dropped(self, self.workdir)
         self._engine = Engine(
             self,
             self.scheduler,
@@ -609,7 +590,7 @@ class Xqueue:
         never end are told so. Refused while its run is in progress: closed under it, the
         run lost its lock and its backend and waited for ever for jobs that had ended.
         A queue dropped unclosed lets go of its workdir once it is collected (a new queue
-        refused the workdir collects first)."""
+        the workdir is refused to collects first)."""
         if self._engine.running:
             raise QueueStateError(
                 "aclose(): this queue's run is still in progress; end it first "
@@ -622,17 +603,20 @@ class Xqueue:
         if self._engine.state is not RunState.CLOSED:
             self._engine.state = RunState.CLOSED
             self._engine.release_collector()
-            if self.workdir.has_unmade():
-                await anyio.to_thread.run_sync(self.workdir.forget_unmade)
-            self.workdir.unlock()
-            if self._events is not None:  # fed since its last run, if any
-                await anyio.to_thread.run_sync(self._events.close)
-            if self._engine.scheduler_open:  # a run closes what it opened
-                self._engine.scheduler_open = False
-                await self.scheduler.aclose()
             for job in self._engine.jobs:  # fed, never run, or left running by a stop
                 if not job.status.is_final:
                     job._abandon()
+            # Cleanup is often in a `finally:` after a cancellation: what the queue holds
+            # is let go all the same (a close cut short stayed closed, holding it).
+            with anyio.CancelScope(shield=True):
+                if self.workdir.has_unmade():
+                    await anyio.to_thread.run_sync(self.workdir.forget_unmade)
+                self.workdir.unlock()
+                if self._events is not None and self._events.writing:  # fed, not run since
+                    await anyio.to_thread.run_sync(self._events.close)
+            if self._engine.scheduler_open:  # a run closes what it opened
+                self._engine.scheduler_open = False
+                await self.scheduler.aclose()
 
     async def __aenter__(self) -> Xqueue:
         if self._engine.state is RunState.CLOSED or self._task_group is not None:

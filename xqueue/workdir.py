@@ -47,7 +47,7 @@ import stat
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from json.encoder import encode_basestring_ascii as _quote
 from pathlib import Path
 from typing import Any
@@ -374,7 +374,10 @@ class Workdir:
 
         self.reader = WorkdirReader(self.path)
         self._root = str(self.path)
-        self._journal_fd: int | None = None
+        # The open files, in an object of their own that a finalizer closes when this
+        # workdir is collected unclosed (``_Descriptors``).
+        self._fds = _Descriptors()
+        weakref.finalize(self, self._fds.close).atexit = False
         # The error of a write the workdir refused for want of room (a full disk, a quota)
         # or that the journal refused: from then on no submission may be journalled, and
         # other records are dropped (see ``_append_journal``).
@@ -407,8 +410,6 @@ class Workdir:
         self._maker_lock = threading.Lock()
         self._wake = threading.Event()
         self._reuse: set[Job] = set()  # folders left without a spec: made, never used
-        self._specs_fd: int | None = None
-        self._lock_fd: int | None = None
         self._locking: anyio.Lock | None = None
         # Times the lock was taken: what a run learned before the current hold may be
         # stale (another controller may have used the workdir in between).
@@ -435,6 +436,31 @@ class Workdir:
             "use a folder you can write to (workdir= in Python, -w on the command line)"
         )
 
+    # Each a descriptor or None, kept in ``_fds``.
+    @property
+    def _lock_fd(self) -> int | None:
+        return self._fds.lock
+
+    @_lock_fd.setter
+    def _lock_fd(self, fd: int | None) -> None:
+        self._fds.lock = fd
+
+    @property
+    def _journal_fd(self) -> int | None:
+        return self._fds.journal
+
+    @_journal_fd.setter
+    def _journal_fd(self, fd: int | None) -> None:
+        self._fds.journal = fd
+
+    @property
+    def _specs_fd(self) -> int | None:
+        return self._fds.specs
+
+    @_specs_fd.setter
+    def _specs_fd(self, fd: int | None) -> None:
+        self._fds.specs = fd
+
     # -- the run lock ---------------------------------------------------------------------
     def lock(self, role: str = "") -> None:
         """Take the workdir for this queue; a second controller on it would corrupt both.
@@ -448,15 +474,20 @@ class Workdir:
             return
         self._halted = False
         fd = open_plain(self.path / LOCK_FILE, os.O_RDWR)
-        if not _flock_exclusive(fd):
-            identity, cancel = read_claim(os.read(fd, 64).decode(errors="replace"))
+        taken = _flock_exclusive(fd)
+        if not taken and read_claim(_claim(fd))[0] == own_identity():
+            # Held by this process: maybe by an Xqueue dropped unclosed, which lets go
+            # once it is collected (``let_go_when_dropped``).
+            gc.collect()
+            for thread in list(_letting_go):
+                thread.join()
+            taken = _flock_exclusive(fd)
+        if not taken:
+            identity, cancel = read_claim(_claim(fd))
             holder = identity.partition("@")[0]
             os.close(fd)
             # pid and start time: another host's or container's pid 1 is not this process.
             if identity == own_identity():
-                if _collect_dropped():  # an Xqueue dropped unclosed held it: let go now
-                    self.lock(role)
-                    return
                 raise WorkdirError(
                     f"workdir {str(self.path)!r} is taken by another Xqueue of this process "
                     "(one fed jobs holds it until its run ends or it is closed): wait for "
@@ -1102,35 +1133,68 @@ def _flock_exclusive(fd: int, tries: int = 20) -> bool:
     return False
 
 
-# -- what a dropped queue held ---------------------------------------------------------------
-_letting_go: list[threading.Thread] = []
+_letting_go: set[threading.Thread] = set()
 
 
-def let_go_when_dropped(
-    owner: object, holds: Callable[[], bool], release: Callable[[], None]
-) -> None:
-    """Call ``release`` once ``owner`` (an Xqueue) is collected while ``holds()``: a
-    queue fed and then dropped unclosed (a framework's step that failed between feeding
-    and running) kept its workdir's lock and files for the life of the process, and a
-    new queue on the workdir was refused with advice to close one nobody could reach any
-    more. Neither callable may refer to ``owner``. ``release`` runs in a thread of its
-    own: the collector may run in any thread, one holding a lock it takes among them."""
+def let_go_when_dropped(owner: object, workdir: Workdir) -> None:
+    """Release ``workdir`` once ``owner`` (its Xqueue) is collected unclosed: a queue fed
+    and then dropped (a framework's step that failed between feeding and running) kept
+    the workdir's lock and files for the life of the process, and a new queue on it was
+    refused with advice to close one nobody could reach any more.
 
-    def start() -> None:
-        if holds():
-            thread = threading.Thread(target=release, name="xqueue-let-go", daemon=True)
-            _letting_go.append(thread)
-            thread.start()
-
-    weakref.finalize(owner, start).atexit = False  # the process's exit closes it all
+    Collected with its queue, the workdir's own finalizer closes its files
+    (``_Descriptors``). Kept alive by its folder thread, it is released as ``aclose``
+    releases it, in a thread of its own (that thread may be the one collecting, holding
+    the lock the release takes). Only a weak reference is kept meanwhile: the workdir
+    refers to the queue's jobs, whose ``data`` may refer to the queue."""
+    weakref.finalize(owner, _let_go, weakref.ref(workdir)).atexit = False
 
 
-def _collect_dropped() -> bool:
-    """Collect the queues nobody refers to any more and wait until what they held is
-    released; whether any was. Only on the way to refusing a workdir to this process."""
-    gc.collect()
-    released = False
-    while _letting_go:
-        _letting_go.pop().join()
-        released = True
-    return released
+def _let_go(ref: weakref.ref[Workdir]) -> None:
+    workdir = ref()
+    if workdir is None or not (workdir.locked or workdir.has_unmade()):
+        return
+    thread = threading.Thread(target=_release, args=(workdir,), name="xqueue-let-go")
+    thread.daemon = True
+    _letting_go.add(thread)
+    thread.start()
+
+
+def _release(workdir: Workdir) -> None:
+    try:
+        workdir.forget_unmade()  # under the folder thread's lock: it makes no more
+        workdir.unlock()
+    finally:
+        _letting_go.discard(threading.current_thread())
+
+
+def _claim(fd: int) -> str:
+    """The lock file's text: who holds it."""
+    return os.pread(fd, 64, 0).decode(errors="replace")
+
+
+class _Descriptors:
+    """A workdir's open files (its lock, journal and specs), apart from it: a queue fed
+    and then dropped unclosed (a framework's step that failed between feeding and
+    running) kept its workdir's lock and files for the life of the process, and a new
+    queue on the workdir was refused with advice to close one nobody could reach any
+    more. The Workdir's finalizer closes them; it refers to nothing else, so it keeps
+    no queue alive (a job whose data refers to its queue would have). No thread writes
+    to them then: a folder thread refers to its workdir while it runs."""
+
+    __slots__ = ("journal", "lock", "specs")
+
+    def __init__(self) -> None:
+        self.lock: int | None = None
+        self.journal: int | None = None
+        self.specs: int | None = None
+
+    def close(self) -> None:
+        for name in self.__slots__:
+            fd = getattr(self, name)
+            if fd is not None:
+                setattr(self, name, None)
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
