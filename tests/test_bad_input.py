@@ -65,7 +65,7 @@ _TWICE = _Twice()
         (
             {"plugins": [_TWICE, _TWICE]},
             ConfigError,
-            "plugin '_Twice' is given twice \\(it is registered as '_Twice' already\\): give each",
+            "plugin '_Twice' is registered already, as '_Twice': give each plugin once",
         ),
         ({"events": "no"}, ConfigError, "events must be True or False, got 'no'"),
         ({"handle_signals": "no"}, ConfigError, "handle_signals must be True or False"),
@@ -315,6 +315,8 @@ def test_a_workdir_that_is_not_a_folder_is_named_for_what_it_is(tmp_path: Path) 
         # walked through as names: "invalid environment variable name(s) ['=', '1']"
         (["true"], {"envs": "A=1"}, "envs is a dict of variable names to values, not 'A=1'"),
         (["true"], {"envs": [("A", "1")]}, r"envs is a dict .*, not \[\('A', '1'\)\]"),
+        (["true"], {"envs": ""}, "envs is a dict of variable names to values, not ''"),
+        (["true"], {"envs": []}, r"envs is a dict of variable names to values, not \[\]"),
         (["true"], {"resources": {"memory": "lots"}}, "invalid memory 'lots'"),
         (["true"], {"resources": {"walltime": "1:xx"}}, "invalid walltime '1:xx'"),
         # 0.5 s is 0 whole seconds: it was refused as not "positive"
@@ -355,6 +357,11 @@ def test_a_workdir_that_is_not_a_folder_is_named_for_what_it_is(tmp_path: Path) 
             ["true"],
             {"resources": {"mem": "1G"}},
             r"unknown resource\(s\) \['mem'\] \(did you mean 'memory'\?\); accepted",
+        ),
+        (  # and Slurm's word for it, which one name holds
+            ["true"],
+            {"resources": {"time": "1h"}},
+            r"unknown resource\(s\) \['time'\] \(did you mean 'walltime'\?\); accepted",
         ),
         (  # keys of several types: sorted() of them raised a bare TypeError
             ["true"],
@@ -421,7 +428,6 @@ def test_every_backends_seconds_are_finite_and_not_negative(name: str, value: ob
     ("scheduler", "name", "opts"),
     [
         ("ssh", "command_timeout", {"servers": {"a": {"host": "h"}}}),
-        ("ssh", "submit_timeout", {"servers": {"a": {"host": "h"}}}),
         ("slurm", "submit_timeout", {}),
         ("sge", "status_timeout", {}),
         (
@@ -457,3 +463,12 @@ def test_an_ssh_servers_connect_timeout_is_a_duration(value: object) -> None:
         SshScheduler(servers={"a": {"host": "h", "connect_timeout": value}})
     good = SshScheduler(servers={"a": {"host": "h", "connect_timeout": "90s"}})
     assert good.options.server_configs("ssh")[0].connect_timeout == 90.0
+
+
+def test_a_suggestion_is_no_guess_for_a_word_longer_than_any_name() -> None:
+    """The comparison is quadratic in the word's length: a 200,000-letter key against a
+    choice as long took twenty minutes to get no suggestion."""
+    from xqueue._suggest import did_you_mean
+
+    assert did_you_mean("a" * 200_000, ["a" * 199_990, "memory"]) == ""
+    assert did_you_mean("memroy", ["a" * 199_990, "memory"]) == " (did you mean 'memory'?)"

@@ -22,21 +22,39 @@ def did_you_mean_any(words: Iterable[object], choices: Iterable[str]) -> str:
     return did_you_mean(next((w for w in words if isinstance(w, str)), None), choices)
 
 
+# Longer than any name: a word past it gets no guess (the comparison is quadratic).
+_LONGEST = 64
+# difflib's likeness a word must reach where no slip explains it ('on_start' for
+# 'on_job_started' is 0.73); 'gpus' for 'bogus' is 0.67, what the old cutoff let through.
+_LIKE = 0.7
+
+
 def _closest(word: str, choices: list[str]) -> str | None:
     """The choice the fewest slips of the keyboard away (a letter wrong, missing, extra,
     or two swapped), at most one per three letters of the word (so a word of one or two
-    letters only by its case); else the one choice the word begins ('mem' for 'memory').
-    difflib's likeness, used before, offered 'gpus' for 'bogus', two letters in common."""
+    letters only by its case); else the choice difflib finds most alike above ``_LIKE``
+    ('on_start': 'on_job_started'); else the one choice holding the word ('mem' for
+    'memory', 'time' for 'walltime'). difflib alone, with its default cutoff, offered
+    'gpus' for 'bogus', two letters in common."""
+    if len(word) > _LONGEST:
+        return None
     best, bound = None, len(word) // 3 + 1
     for choice in choices:
         slips = _slips(word, choice, bound)
         if slips < bound:
             best, bound = choice, slips
-    if best is None and len(word) >= 3:
-        begun = [choice for choice in choices if choice.startswith(word)]
-        if len(begun) == 1:
-            return begun[0]
-    return best
+    if best is not None:
+        return best
+    import difflib  # on the way to an error only
+
+    alike = difflib.get_close_matches(word, choices, n=1, cutoff=_LIKE)
+    if alike:
+        return alike[0]
+    if len(word) >= 3:
+        holding = [choice for choice in choices if word in choice]
+        if len(holding) == 1:
+            return holding[0]
+    return None
 
 
 def _slips(a: str, b: str, bound: int) -> int:

@@ -150,8 +150,8 @@ class Hooks:
         if self.pm.is_registered(plugin):  # pluggy named it by a name made up here
             label = getattr(plugin, "__name__", None) or type(plugin).__qualname__
             raise ConfigError(
-                f"plugin {label!r} is given twice (it is registered as "
-                f"{self.pm.get_name(plugin)!r} already): give each plugin once"
+                f"plugin {label!r} is registered already, as {self.pm.get_name(plugin)!r}: "
+                "give each plugin once (an installed one is loaded by itself)"
             )
         if name is None:  # a readable name for messages, unique within this queue
             base = getattr(plugin, "__name__", None) or type(plugin).__qualname__

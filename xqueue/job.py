@@ -152,7 +152,8 @@ class Job:
     ) -> None:
         self.index = index
         self.command = normalize_command(command)
-        self.envs = _check_envs(envs) if envs else None
+        # None is none; anything else is checked, so "" or [] is refused as not a dict.
+        self.envs = (_check_envs(envs) or None) if envs is not None else None
         # Checks only for what was given: a job is made for every feed.
         self.name = (name is not None and check_name(name)) or default_name(self.command)
         self.resources = None if resources is None else Resources.from_value(resources)

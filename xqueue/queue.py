@@ -409,7 +409,7 @@ class Xqueue:
                 "index and folder when it is fed, once; make a new job to run it again"
             )
         job.command = normalize_command(job.command)
-        job.envs = check_envs(job.envs) if job.envs else None
+        job.envs = (check_envs(job.envs) or None) if job.envs is not None else None
         job.name = check_name(job.name) or default_name(job.command)
         job.resources = profiles.with_defaults(
             Resources.from_value(job.resources), self._default_resources

@@ -101,7 +101,8 @@ class SshOptions(SchedulerOptions):
     submit_timeout: float = 120.0
     """Seconds a job may wait for a reachable server before its submission fails."""
 
-    above_zero = frozenset({"command_timeout", "submit_timeout"})
+    # submit_timeout=0 is a choice: a job fails at once when no server is up.
+    above_zero = frozenset({"command_timeout"})
 
     def validate(self, scheduler: str) -> None:
         super().validate(scheduler)
