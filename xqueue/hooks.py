@@ -349,7 +349,8 @@ def _load(ep: Any, name: str) -> Any:
 # What a plugin's hook may raise that stops the run as its error: also sys.exit() and a
 # KeyboardInterrupt (Ctrl-C landing in a slow hook), which escaped the engine's handling,
 # so its stop was cut short and left the jobs running. They are raised again once the
-# run has stopped (``PluginError.reraised``). Cancellation is not a plugin's error.
+# run has stopped (``PluginError.reraised``). A cancellation is not a plugin's error,
+# unless the hook raised it of its own (``_spontaneous_cancellation``).
 _RAISED = (Exception, SystemExit, KeyboardInterrupt)
 
 
