@@ -436,31 +436,6 @@ class Workdir:
             "use a folder you can write to (workdir= in Python, -w on the command line)"
         )
 
-    # Each a descriptor or None, kept in ``_fds``.
-    @property
-    def _lock_fd(self) -> int | None:
-        return self._fds.lock
-
-    @_lock_fd.setter
-    def _lock_fd(self, fd: int | None) -> None:
-        self._fds.lock = fd
-
-    @property
-    def _journal_fd(self) -> int | None:
-        return self._fds.journal
-
-    @_journal_fd.setter
-    def _journal_fd(self, fd: int | None) -> None:
-        self._fds.journal = fd
-
-    @property
-    def _specs_fd(self) -> int | None:
-        return self._fds.specs
-
-    @_specs_fd.setter
-    def _specs_fd(self, fd: int | None) -> None:
-        self._fds.specs = fd
-
     # -- the run lock ---------------------------------------------------------------------
     def lock(self, role: str = "") -> None:
         """Take the workdir for this queue; a second controller on it would corrupt both.
@@ -470,7 +445,7 @@ class Workdir:
         follows the identity in the lock file when the holder is not a run
         (``_identity.CANCELLING``).
         """
-        if self._lock_fd is not None:
+        if self._fds.lock is not None:
             return
         self._halted = False
         fd = open_plain(self.path / LOCK_FILE, os.O_RDWR)
@@ -507,22 +482,22 @@ class Workdir:
         # pid@start-time: `xqueue cancel` signals the controller only once it has made
         # sure that this is the process holding the lock (see _identity).
         os.write(fd, (f"{own_identity()} {role}" if role else own_identity()).encode())
-        self._lock_fd = fd
+        self._fds.lock = fd
         self.lock_serial += 1
 
     @property
     def locked(self) -> bool:
-        return self._lock_fd is not None
+        return self._fds.lock is not None
 
     async def lock_async(self) -> None:
         """``lock`` for async callers: in a worker thread, since a refusal is retried for a
         moment (``_flock_exclusive``) and the event loop must not sleep through it."""
-        if self._lock_fd is not None:
+        if self._fds.lock is not None:
             return
         if self._locking is None:
             self._locking = anyio.Lock()
         async with self._locking:  # two tasks feeding at once must not both open the file
-            if self._lock_fd is None:
+            if self._fds.lock is None:
                 await anyio.to_thread.run_sync(self._lock_and_read)
 
     def _lock_and_read(self) -> None:
@@ -592,16 +567,16 @@ class Workdir:
         change the workdir once it is unlocked: what was read of it is read again."""
         self.forget_reads()
         self.broken = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing releases the flock
-            self._lock_fd = None
-        if self._journal_fd is not None:
-            os.close(self._journal_fd)
-            self._journal_fd = None
+        if self._fds.lock is not None:
+            os.close(self._fds.lock)  # closing releases the flock
+            self._fds.lock = None
+        if self._fds.journal is not None:
+            os.close(self._fds.journal)
+            self._fds.journal = None
         with self._making:
-            if self._specs_fd is not None:
-                os.close(self._specs_fd)
-                self._specs_fd = None
+            if self._fds.specs is not None:
+                os.close(self._fds.specs)
+                self._fds.specs = None
 
     # -- the journal ------------------------------------------------------------------------
     def _append_journal(self, lines: str) -> None:
@@ -616,12 +591,12 @@ class Workdir:
         those ends as it finds a crashed run's."""
         if self.broken is not None:
             return
-        if self._journal_fd is None:
-            self._journal_fd = self._open_journal()
+        if self._fds.journal is None:
+            self._fds.journal = self._open_journal()
         view = memoryview(lines.encode())
         try:
             while view:  # a regular file takes it all at once, short of a full disk
-                view = view[os.write(self._journal_fd, view) :]
+                view = view[os.write(self._fds.journal, view) :]
         except OSError as exc:
             raise self._full(self.path / JOURNAL_FILE, exc) from exc
 
@@ -973,11 +948,11 @@ class Workdir:
     def _append_specs(self, lines: str) -> None:
         """One write for a batch of folders. A spec torn by a crash only fails to match
         next time: that job runs afresh, in a new folder."""
-        if self._specs_fd is None:
-            self._specs_fd = open_appending(self.path / SPECS_FILE)
+        if self._fds.specs is None:
+            self._fds.specs = open_appending(self.path / SPECS_FILE)
         view = memoryview(lines.encode())
         while view:  # all of it before any of these jobs counts as made
-            view = view[os.write(self._specs_fd, view) :]
+            view = view[os.write(self._fds.specs, view) :]
 
     def exits_fd(self) -> int:
         """A new descriptor appending to ``exits.jsonl``, for the local shepherd; the
