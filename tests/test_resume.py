@@ -11,7 +11,6 @@ import sys
 import textwrap
 import threading
 import time
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -335,35 +334,6 @@ async def test_a_queue_closed_unrun_holds_nothing_and_its_fed_jobs_are_in_the_st
         ("job_init", job.index),
         ("job_queued", job.index),
     ]
-
-
-async def test_a_queue_dropped_unclosed_lets_its_workdir_go(workdir: Path) -> None:
-    """A framework feeds a step, fails before running it and drops the queue, then tries
-    the step again: the new queue was refused ("taken by another Xqueue of this process
-    ... aclose() the one you no longer use"), and the dropped one's lock, files and
-    writer thread stayed for the life of the process. Also when a job's data refers to
-    its queue (a framework's step object), which a finalizer holding the workdir or the
-    event stream would have kept alive."""
-    writers = _event_writers()
-
-    async def feed_and_drop() -> weakref.ref[Xqueue]:
-        q = Xqueue(workdir=workdir)
-        job = await q.feed(["true"])
-        job.data = {"step": q}  # the embedder's own record, which refers to the queue
-        return weakref.ref(q)
-
-    dropped = await feed_and_drop()
-    assert ".lock" in await _held(workdir) and _event_writers() == writers + 1
-    again = Xqueue(workdir=workdir)
-    job = await again.feed(["echo", "again"])  # collected on the way to a refusal
-    assert dropped() is None
-    await again.run_until_complete()
-    assert job.status is JobStatus.FINISHED
-    with anyio.fail_after(5):  # the dropped writer stops in its own time
-        while _event_writers() != writers:
-            await anyio.sleep(0.01)
-    assert await _held(workdir) == []
-    await again.aclose()
 
 
 async def test_a_queue_closed_in_a_cancelled_scope_still_lets_everything_go(

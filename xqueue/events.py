@@ -36,7 +36,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from json.encoder import encode_basestring_ascii as _quote
@@ -117,16 +116,6 @@ class Writer(threading.Thread):
         while not self._halt.wait(FLUSH_INTERVAL):
             self.flush()
         self.flush()
-        self._close()
-
-    def halt(self) -> None:
-        """Stop: write what is left and close the file, in this thread. Not blocking."""
-        self._halt.set()
-
-    def _close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
 
     def flush(self) -> None:
         pop = self.pending.popleft
@@ -154,10 +143,12 @@ class Writer(threading.Thread):
         """Write what is left and close the file. Blocking: a worker thread."""
         self._halt.set()
         if self.is_alive():
-            self.join()  # run() closes the file
+            self.join()
         else:
             self.flush()
-            self._close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _job_event(event: str) -> Callable[[EventLog, Job], None]:
@@ -179,7 +170,6 @@ class EventLog:
         # killed after its run ended) waits for the next run's file.
         self.pending: deque[str] = deque()
         self._writer: Writer | None = None
-        self._dropped: weakref.finalize[[], EventLog] | None = None  # see _start
         self._opening: anyio.Event | None = None
         self._started_at = 0.0
         self._ms, self._stamped = 0, ""  # the time of the latest line, in ms and as written
@@ -228,10 +218,6 @@ class EventLog:
         try:
             await run_in_daemon_thread(writer.open)  # not anyio's: see _threads
             writer.start()
-            # A queue dropped unclosed, fed and never run: its writer ran (and kept its
-            # file open) for the life of the process. It refers to nothing of the queue.
-            self._dropped = weakref.finalize(self, writer.halt)
-            self._dropped.atexit = False  # the process's exit ends it all
         except BaseException:
             self._writer = None  # the next event tries again (and reports again)
             raise
@@ -249,12 +235,7 @@ class EventLog:
         stayed open for as long as the process lived. Blocking: a worker thread."""
         writer, self._writer = self._writer, None
         if writer is not None:
-            self._finish(writer)
-
-    def _finish(self, writer: Writer) -> None:
-        if self._dropped is not None:
-            self._dropped.detach()
-        writer.finish()
+            writer.finish()
 
     # -- hooks ---------------------------------------------------------------------------
     @hookimpl
@@ -302,7 +283,7 @@ class EventLog:
             "elapsed": elapsed,
         }
         self._add_run("run_stopped", fields)
-        await anyio.to_thread.run_sync(self._finish, writer)
+        await anyio.to_thread.run_sync(writer.finish)
 
     on_job_queued = _job_event("job_queued")
     on_job_submitted = _job_event("job_submitted")

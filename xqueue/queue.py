@@ -38,7 +38,7 @@ from .resources import Resources
 from .retry import RetryPolicy
 from .scheduler import Scheduler
 from .states import JobStatus
-from .workdir import Workdir, let_go_when_dropped
+from .workdir import Workdir
 
 if TYPE_CHECKING:
     import asyncio
@@ -259,7 +259,6 @@ class Xqueue:
         if events and EVENTS_PLUGIN not in self.hooks.blocked:  # plugins=["-xqueue-events"]
             self._events = EventLog(str(self.workdir.path / EVENTS_FILE))
             self.hooks.register(self._events, EVENTS_PLUGIN)
-        let_go_when_dropped(self, self.workdir)
         self._engine = Engine(
             self,
             self.scheduler,
@@ -588,9 +587,7 @@ class Xqueue:
         """Close a queue whose run has ended (``async with`` does it on leaving): the
         workdir's lock is released, the scheduler closed, and waiters on jobs that will
         never end are told so. Refused while its run is in progress: closed under it, the
-        run lost its lock and its backend and waited for ever for jobs that had ended.
-        A queue dropped unclosed lets go of its workdir once it is collected (a new queue
-        the workdir is refused to collects first)."""
+        run lost its lock and its backend and waited for ever for jobs that had ended."""
         if self._engine.running:
             raise QueueStateError(
                 "aclose(): this queue's run is still in progress; end it first "

@@ -39,14 +39,12 @@ opts in (``Workdir(path, trust=True)`` or ``XQUEUE_TRUST_WORKDIR=1``). Reading l
 from __future__ import annotations
 
 import errno
-import gc
 import json
 import logging
 import os
 import stat
 import threading
 import time
-import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from json.encoder import encode_basestring_ascii as _quote
 from pathlib import Path
@@ -374,10 +372,7 @@ class Workdir:
 
         self.reader = WorkdirReader(self.path)
         self._root = str(self.path)
-        # The open files, in an object of their own that a finalizer closes when this
-        # workdir is collected unclosed (``_Descriptors``).
-        self._fds = _Descriptors()
-        weakref.finalize(self, self._fds.close).atexit = False
+        self._journal_fd: int | None = None
         # The error of a write the workdir refused for want of room (a full disk, a quota)
         # or that the journal refused: from then on no submission may be journalled, and
         # other records are dropped (see ``_append_journal``).
@@ -410,6 +405,8 @@ class Workdir:
         self._maker_lock = threading.Lock()
         self._wake = threading.Event()
         self._reuse: set[Job] = set()  # folders left without a spec: made, never used
+        self._specs_fd: int | None = None
+        self._lock_fd: int | None = None
         self._locking: anyio.Lock | None = None
         # Times the lock was taken: what a run learned before the current hold may be
         # stale (another controller may have used the workdir in between).
@@ -445,20 +442,12 @@ class Workdir:
         follows the identity in the lock file when the holder is not a run
         (``_identity.CANCELLING``).
         """
-        if self._fds.lock is not None:
+        if self._lock_fd is not None:
             return
         self._halted = False
         fd = open_plain(self.path / LOCK_FILE, os.O_RDWR)
-        taken = _flock_exclusive(fd)
-        if not taken and read_claim(_claim(fd))[0] == own_identity():
-            # Held by this process: maybe by an Xqueue dropped unclosed, which lets go
-            # once it is collected (``let_go_when_dropped``).
-            gc.collect()
-            for thread in list(_letting_go):
-                thread.join()
-            taken = _flock_exclusive(fd)
-        if not taken:
-            identity, cancel = read_claim(_claim(fd))
+        if not _flock_exclusive(fd):
+            identity, cancel = read_claim(os.read(fd, 64).decode(errors="replace"))
             holder = identity.partition("@")[0]
             os.close(fd)
             # pid and start time: another host's or container's pid 1 is not this process.
@@ -482,22 +471,22 @@ class Workdir:
         # pid@start-time: `xqueue cancel` signals the controller only once it has made
         # sure that this is the process holding the lock (see _identity).
         os.write(fd, (f"{own_identity()} {role}" if role else own_identity()).encode())
-        self._fds.lock = fd
+        self._lock_fd = fd
         self.lock_serial += 1
 
     @property
     def locked(self) -> bool:
-        return self._fds.lock is not None
+        return self._lock_fd is not None
 
     async def lock_async(self) -> None:
         """``lock`` for async callers: in a worker thread, since a refusal is retried for a
         moment (``_flock_exclusive``) and the event loop must not sleep through it."""
-        if self._fds.lock is not None:
+        if self._lock_fd is not None:
             return
         if self._locking is None:
             self._locking = anyio.Lock()
         async with self._locking:  # two tasks feeding at once must not both open the file
-            if self._fds.lock is None:
+            if self._lock_fd is None:
                 await anyio.to_thread.run_sync(self._lock_and_read)
 
     def _lock_and_read(self) -> None:
@@ -567,16 +556,16 @@ class Workdir:
         change the workdir once it is unlocked: what was read of it is read again."""
         self.forget_reads()
         self.broken = None
-        if self._fds.lock is not None:
-            os.close(self._fds.lock)  # closing releases the flock
-            self._fds.lock = None
-        if self._fds.journal is not None:
-            os.close(self._fds.journal)
-            self._fds.journal = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
         with self._making:
-            if self._fds.specs is not None:
-                os.close(self._fds.specs)
-                self._fds.specs = None
+            if self._specs_fd is not None:
+                os.close(self._specs_fd)
+                self._specs_fd = None
 
     # -- the journal ------------------------------------------------------------------------
     def _append_journal(self, lines: str) -> None:
@@ -591,12 +580,12 @@ class Workdir:
         those ends as it finds a crashed run's."""
         if self.broken is not None:
             return
-        if self._fds.journal is None:
-            self._fds.journal = self._open_journal()
+        if self._journal_fd is None:
+            self._journal_fd = self._open_journal()
         view = memoryview(lines.encode())
         try:
             while view:  # a regular file takes it all at once, short of a full disk
-                view = view[os.write(self._fds.journal, view) :]
+                view = view[os.write(self._journal_fd, view) :]
         except OSError as exc:
             raise self._full(self.path / JOURNAL_FILE, exc) from exc
 
@@ -948,11 +937,11 @@ class Workdir:
     def _append_specs(self, lines: str) -> None:
         """One write for a batch of folders. A spec torn by a crash only fails to match
         next time: that job runs afresh, in a new folder."""
-        if self._fds.specs is None:
-            self._fds.specs = open_appending(self.path / SPECS_FILE)
+        if self._specs_fd is None:
+            self._specs_fd = open_appending(self.path / SPECS_FILE)
         view = memoryview(lines.encode())
         while view:  # all of it before any of these jobs counts as made
-            view = view[os.write(self._fds.specs, view) :]
+            view = view[os.write(self._specs_fd, view) :]
 
     def exits_fd(self) -> int:
         """A new descriptor appending to ``exits.jsonl``, for the local shepherd; the
@@ -1106,70 +1095,3 @@ def _flock_exclusive(fd: int, tries: int = 20) -> bool:
             if attempt + 1 < tries:
                 time.sleep(0.01)
     return False
-
-
-_letting_go: set[threading.Thread] = set()
-
-
-def let_go_when_dropped(owner: object, workdir: Workdir) -> None:
-    """Release ``workdir`` once ``owner`` (its Xqueue) is collected unclosed: a queue fed
-    and then dropped (a framework's step that failed between feeding and running) kept
-    the workdir's lock and files for the life of the process, and a new queue on it was
-    refused with advice to close one nobody could reach any more.
-
-    Collected with its queue, the workdir's own finalizer closes its files
-    (``_Descriptors``). Kept alive by its folder thread, it is released as ``aclose``
-    releases it, in a thread of its own (that thread may be the one collecting, holding
-    the lock the release takes). Only a weak reference is kept meanwhile: the workdir
-    refers to the queue's jobs, whose ``data`` may refer to the queue."""
-    weakref.finalize(owner, _let_go, weakref.ref(workdir)).atexit = False
-
-
-def _let_go(ref: weakref.ref[Workdir]) -> None:
-    workdir = ref()
-    if workdir is None or not (workdir.locked or workdir.has_unmade()):
-        return
-    thread = threading.Thread(target=_release, args=(workdir,), name="xqueue-let-go")
-    thread.daemon = True
-    _letting_go.add(thread)
-    thread.start()
-
-
-def _release(workdir: Workdir) -> None:
-    try:
-        workdir.forget_unmade()  # under the folder thread's lock: it makes no more
-        workdir.unlock()
-    finally:
-        _letting_go.discard(threading.current_thread())
-
-
-def _claim(fd: int) -> str:
-    """The lock file's text: who holds it."""
-    return os.pread(fd, 64, 0).decode(errors="replace")
-
-
-class _Descriptors:
-    """A workdir's open files (its lock, journal and specs), apart from it: a queue fed
-    and then dropped unclosed (a framework's step that failed between feeding and
-    running) kept its workdir's lock and files for the life of the process, and a new
-    queue on the workdir was refused with advice to close one nobody could reach any
-    more. The Workdir's finalizer closes them; it refers to nothing else, so it keeps
-    no queue alive (a job whose data refers to its queue would have). No thread writes
-    to them then: a folder thread refers to its workdir while it runs."""
-
-    __slots__ = ("journal", "lock", "specs")
-
-    def __init__(self) -> None:
-        self.lock: int | None = None
-        self.journal: int | None = None
-        self.specs: int | None = None
-
-    def close(self) -> None:
-        for name in self.__slots__:
-            fd = getattr(self, name)
-            if fd is not None:
-                setattr(self, name, None)
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
