@@ -109,6 +109,12 @@ def check_envs(envs: Mapping[Any, Any]) -> dict[str, str]:
     return {k: env_value(k, v) for k, v in envs.items()}
 
 
+def optional_envs(envs: Any) -> dict[str, str] | None:
+    """``check_envs`` of a job's envs, None for none (None or an empty dict): "" or []
+    is checked, and refused as no dict."""
+    return None if envs is None else check_envs(envs) or None
+
+
 def comment(text: str, limit: int = 200) -> str:
     """``text`` made safe for one line of a shell comment: it cannot end the line.
 

@@ -270,11 +270,8 @@ class Hooks:
                     result = fn(kwargs[argnames[0]])
                 else:
                     result = fn(*[kwargs[a] for a in argnames])
-            except _RAISED as exc:
-                error = error or _plugin_error(plugin, hook, exc)
-                continue
             except BaseException as exc:
-                if not _spontaneous_cancellation(exc):
+                if not _plugins_own(exc):
                     raise
                 error = error or _plugin_error(plugin, hook, exc)
                 continue
@@ -316,10 +313,8 @@ class Hooks:
             self.hung.add(plugin)
             self._impls.clear()
             raise PluginError(plugin, hook, exc) from exc
-        except _RAISED as exc:
-            raise PluginError(plugin, hook, exc) from exc
         except BaseException as exc:
-            if _spontaneous_cancellation(exc):
+            if _plugins_own(exc):
                 raise PluginError(plugin, hook, exc) from exc
             raise
 
@@ -368,12 +363,16 @@ def _invoke(hook: str, impl: _Impl, kwargs: dict[str, Any]) -> Any:
         if len(argnames) == 1:  # most hooks take only the job: no list to build
             return fn(kwargs[argnames[0]])
         return fn(*[kwargs[a] for a in argnames])
-    except _RAISED as exc:
-        raise PluginError(plugin, hook, exc) from exc
     except BaseException as exc:
-        if _spontaneous_cancellation(exc):
+        if _plugins_own(exc):
             raise PluginError(plugin, hook, exc) from exc
         raise
+
+
+def _plugins_own(exc: BaseException) -> bool:
+    """Whether what a hook raised is its plugin's error (``_RAISED``, or a cancellation
+    it raised itself), which stops the run as a PluginError, not the run's own."""
+    return isinstance(exc, _RAISED) or _spontaneous_cancellation(exc)
 
 
 def _spontaneous_cancellation(exc: BaseException) -> bool:

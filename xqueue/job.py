@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ._text import check_envs, check_text
+from ._text import check_text, optional_envs
 from .capacity import Claim
 from .errors import ConfigError, InvalidTransitionError, QueueStateError
 from .failures import FailureClass
@@ -86,11 +86,6 @@ def check_name(name: Any) -> str | None:
     return check_text(name, "the job name")
 
 
-def _check_envs(envs: Mapping[str, Any]) -> dict[str, str]:
-    """Valid, unreserved names; values converted by the rule of ``_text.env_value``."""
-    return check_envs(envs)
-
-
 def default_name(command: str | tuple[str, ...]) -> str:
     if isinstance(command, str):
         return command.strip()[:48]
@@ -152,8 +147,7 @@ class Job:
     ) -> None:
         self.index = index
         self.command = normalize_command(command)
-        # None is none; anything else is checked, so "" or [] is refused as not a dict.
-        self.envs = (_check_envs(envs) or None) if envs is not None else None
+        self.envs = optional_envs(envs)
         # Checks only for what was given: a job is made for every feed.
         self.name = (name is not None and check_name(name)) or default_name(self.command)
         self.resources = None if resources is None else Resources.from_value(resources)

@@ -24,7 +24,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from . import calls, profiles, remote_workdir
 from ._suggest import did_you_mean
-from ._text import check_envs, check_text
+from ._text import check_text, optional_envs
 from .capacity import check_axes
 from .control import Control
 from .dependencies import After, resolve_after
@@ -408,7 +408,7 @@ class Xqueue:
                 "index and folder when it is fed, once; make a new job to run it again"
             )
         job.command = normalize_command(job.command)
-        job.envs = (check_envs(job.envs) or None) if job.envs is not None else None
+        job.envs = optional_envs(job.envs)
         job.name = check_name(job.name) or default_name(job.command)
         job.resources = profiles.with_defaults(
             Resources.from_value(job.resources), self._default_resources
